@@ -1,0 +1,270 @@
+"""Record framing, msgpack encoding and hashing: the only importer of msgpack and xxhash.
+
+Room: floor. May import ``errors`` (and eventsourcing's transcoder base).
+
+A *frame* is what the journal stores under a key::
+
+    +---------+----------------------+------------------------+
+    | version | xxh3_64(key || body) |  body (msgpack or raw)  |
+    | 1 byte  | 8 bytes, big-endian  |  len(frame) - 9 bytes   |
+    +---------+----------------------+------------------------+
+
+The checksum covers the key too (for events, the 8-byte position), so a record
+copied or misplaced to another position fails verification just as a flipped
+bit does. Decoding is bounded: a frame larger than the cap, or a body that
+claims more items than it has bytes, is a :class:`~xoengine.errors.FrameError`
+and never allocates much more than the frame itself.
+
+Names travel byte-exact: ``str`` is packed and unpacked with
+``surrogateescape``, so names that came from ``os.fsdecode`` (non-UTF-8 bytes)
+round-trip, and ``bytes`` are carried as msgpack ``bin``.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import struct
+import uuid
+from decimal import Decimal
+from typing import Any, Final
+
+import msgpack
+import xxhash
+from eventsourcing.persistence import JSONTranscoder, TranscodingNotRegisteredError
+
+from xoengine.errors import (
+    ChecksumMismatchError,
+    FrameError,
+    FrameTooLargeError,
+    UnsupportedFormatError,
+)
+
+__all__ = [
+    "FORMAT_VERSION",
+    "FRAME_HEADER",
+    "MAX_FRAME_BYTES",
+    "MsgpackTranscoder",
+    "digest64",
+    "digest128",
+    "frame",
+    "hasher64",
+    "pack",
+    "unframe",
+    "unpack",
+]
+
+FORMAT_VERSION: Final = 1
+"""Frame format written by this build. Readers accept every version <= this."""
+
+FRAME_HEADER: Final = struct.Struct(">BQ")
+MAX_FRAME_BYTES: Final = 256 * 1024 * 1024
+"""Largest frame accepted on read and write (bytes)."""
+
+_EXT_UUID: Final = 1
+_EXT_DATETIME: Final = 2
+_EXT_DECIMAL: Final = 3
+_EXT_TUPLE: Final = 4
+_EXT_CUSTOM: Final = 5
+_EXT_DATE: Final = 6
+
+
+# -- hashing -----------------------------------------------------------------------
+
+
+def digest64(data: bytes | memoryview, seed: int = 0) -> int:
+    """xxh3-64 of ``data`` (change detection and checksums, not collision-proof)."""
+    return int(xxhash.xxh3_64_intdigest(data, seed))
+
+
+def digest128(data: bytes | memoryview) -> bytes:
+    """xxh3-128 digest (16 bytes) of ``data``; content ids compare bytes on a hit."""
+    return bytes(xxhash.xxh3_128_digest(data))
+
+
+def hasher64(seed: int = 0) -> Any:
+    """A streaming xxh3-64 hasher (``update``/``intdigest``)."""
+    return xxhash.xxh3_64(seed=seed)
+
+
+# -- frames ------------------------------------------------------------------------
+
+
+def _checksum(key: bytes, body: bytes | memoryview) -> int:
+    h = xxhash.xxh3_64(key)
+    h.update(body)
+    return int(h.intdigest())
+
+
+def frame(key: bytes, body: bytes | memoryview) -> bytes:
+    """Return the frame storing ``body`` under ``key``."""
+    if len(body) + FRAME_HEADER.size > MAX_FRAME_BYTES:
+        raise FrameTooLargeError(
+            position=key.hex(), size=len(body) + FRAME_HEADER.size, cap=MAX_FRAME_BYTES
+        )
+    return FRAME_HEADER.pack(FORMAT_VERSION, _checksum(key, body)) + body
+
+
+def unframe(key: bytes, value: bytes, *, where: str = "events", position: object = None) -> memoryview:
+    """Verify the frame ``value`` stored under ``key`` and return its body.
+
+    Raises :class:`~xoengine.errors.ChecksumMismatchError` (naming the position)
+    if a single bit of key or value differs from what was written.
+    """
+    pos = key.hex() if position is None else position
+    if len(value) < FRAME_HEADER.size:
+        raise FrameError(position=pos, detail=f"{len(value)}-byte frame is shorter than its header")
+    if len(value) > MAX_FRAME_BYTES:
+        raise FrameTooLargeError(position=pos, size=len(value), cap=MAX_FRAME_BYTES)
+    version, checksum = FRAME_HEADER.unpack_from(value)
+    body = memoryview(value)[FRAME_HEADER.size :]
+    if _checksum(key, body) != checksum:
+        raise ChecksumMismatchError(position=pos, table=where)
+    if version == 0 or version > FORMAT_VERSION:
+        # Checked after the checksum: a flipped version bit is damage, not a new format.
+        raise UnsupportedFormatError(position=pos, version=version, supported=FORMAT_VERSION)
+    return body
+
+
+# -- msgpack -----------------------------------------------------------------------
+
+
+def _default(obj: Any) -> Any:
+    if isinstance(obj, uuid.UUID):
+        return msgpack.ExtType(_EXT_UUID, obj.bytes)
+    if isinstance(obj, _dt.datetime):
+        return msgpack.ExtType(_EXT_DATETIME, _pack_datetime(obj))
+    if isinstance(obj, _dt.date):
+        return msgpack.ExtType(_EXT_DATE, struct.pack(">i", obj.toordinal()))
+    if isinstance(obj, Decimal):
+        return msgpack.ExtType(_EXT_DECIMAL, str(obj).encode())
+    if isinstance(obj, tuple):
+        return msgpack.ExtType(_EXT_TUPLE, _packb(list(obj)))
+    msg = f"Object of type {type(obj)} is not serializable by the xoengine codec."
+    raise TypeError(msg)
+
+
+def _pack_datetime(value: _dt.datetime) -> bytes:
+    offset = value.utcoffset()
+    naive = value.replace(tzinfo=None) - (offset or _dt.timedelta(0))
+    micros = (naive - _dt.datetime(1970, 1, 1)) // _dt.timedelta(microseconds=1)
+    # Offset in seconds, or a sentinel for a naive datetime.
+    off = 0x7FFFFFFF if offset is None else int(offset.total_seconds())
+    return struct.pack(">qi", micros, off)
+
+
+def _unpack_datetime(data: bytes) -> _dt.datetime:
+    micros, off = struct.unpack(">qi", data)
+    utc = _dt.datetime(1970, 1, 1) + _dt.timedelta(microseconds=micros)
+    if off == 0x7FFFFFFF:
+        return utc
+    tz = _dt.UTC if off == 0 else _dt.timezone(_dt.timedelta(seconds=off))
+    return (utc + _dt.timedelta(seconds=off)).replace(tzinfo=tz)
+
+
+def _ext_hook(code: int, data: bytes) -> Any:
+    if code == _EXT_UUID:
+        return uuid.UUID(bytes=data)
+    if code == _EXT_DATETIME:
+        return _unpack_datetime(data)
+    if code == _EXT_DATE:
+        return _dt.date.fromordinal(struct.unpack(">i", data)[0])
+    if code == _EXT_DECIMAL:
+        return Decimal(data.decode())
+    if code == _EXT_TUPLE:
+        return tuple(_unpackb(data))
+    return msgpack.ExtType(code, data)
+
+
+def _packb(obj: Any, default: Any = _default) -> bytes:
+    return msgpack.packb(
+        obj,
+        use_bin_type=True,
+        default=default,
+        unicode_errors="surrogateescape",
+        strict_types=False,
+        datetime=False,
+    )
+
+
+def _unpackb(data: bytes | memoryview, ext_hook: Any = _ext_hook) -> Any:
+    # unpackb caps every length at len(data): bounded by the frame.
+    return msgpack.unpackb(
+        data,
+        raw=False,
+        use_list=True,
+        ext_hook=ext_hook,
+        unicode_errors="surrogateescape",
+        strict_map_key=False,
+    )
+
+
+def pack(obj: Any) -> bytes:
+    """msgpack ``obj`` (bin for bytes, ext types for UUID, datetime, Decimal, tuple)."""
+    return _packb(obj)
+
+
+def unpack(body: bytes | memoryview, *, position: object = "?") -> Any:
+    """Inverse of :func:`pack`; malformed input is a :class:`FrameError`."""
+    try:
+        return _unpackb(body)
+    except (ValueError, TypeError, msgpack.ExtraData, msgpack.FormatError,
+            msgpack.StackError, struct.error, UnicodeDecodeError) as e:
+        raise FrameError(position=position, detail=f"undecodable body ({e})") from e
+
+
+class MsgpackTranscoder(JSONTranscoder):
+    """eventsourcing transcoder that writes msgpack instead of JSON.
+
+    UUID, timezone-aware datetime, date, Decimal, tuple and bytes round-trip
+    natively; other types use transcodings registered with :meth:`register`,
+    exactly as with the library's JSON transcoder.
+
+    It subclasses ``JSONTranscoder`` only because eventsourcing's
+    ``Application.construct_transcoder`` registers an application's custom
+    transcodings on instances of that class; none of its JSON code is used.
+    """
+
+    def encode(self, obj: Any) -> bytes:
+        """Encode ``obj`` as msgpack bytes."""
+        return _packb(obj, default=self._encode_custom)
+
+    def decode(self, data: bytes) -> Any:
+        """Decode msgpack bytes made by :meth:`encode`."""
+        try:
+            return _unpackb(data, ext_hook=self._decode_ext)
+        except TranscodingNotRegisteredError:
+            raise
+        except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as e:
+            raise FrameError(position="?", detail=f"undecodable event state ({e})") from e
+
+    def _encode_custom(self, obj: Any) -> Any:
+        transcoding = self.types.get(type(obj))
+        if transcoding is not None and not isinstance(
+            obj, (uuid.UUID, _dt.datetime, Decimal, tuple)
+        ):
+            inner = _packb([transcoding.name, transcoding.encode(obj)], default=self._encode_custom)
+            return msgpack.ExtType(_EXT_CUSTOM, inner)
+        try:
+            return _default(obj)
+        except TypeError:
+            msg = (
+                f"Object of type {type(obj)} is not "
+                "serializable. Please define and register "
+                "a custom transcoding for this type."
+            )
+            raise TranscodingNotRegisteredError(msg) from None
+
+    def _decode_ext(self, code: int, data: bytes) -> Any:
+        if code == _EXT_CUSTOM:
+            name, value = _unpackb(data, ext_hook=self._decode_ext)
+            transcoding = self.names.get(name)
+            if transcoding is None:
+                msg = (
+                    f"Data serialized with name '{name}' is not "
+                    "deserializable. Please register a custom transcoding for this type."
+                )
+                raise TranscodingNotRegisteredError(msg)
+            return transcoding.decode(value)
+        if code == _EXT_TUPLE:
+            return tuple(_unpackb(data, ext_hook=self._decode_ext))
+        return _ext_hook(code, data)

@@ -1,0 +1,602 @@
+"""The journal: an LMDB persistence module for eventsourcing 9.5.
+
+Room: record. May import ``errors``, ``codec``, ``datastore`` and eventsourcing.
+
+Select it for any eventsourcing application with::
+
+    PERSISTENCE_MODULE=xoengine.journal
+    LMDB_PATH=/var/lib/app/state          # required
+    LMDB_MAP_SIZE=67108864                # optional initial map size; grows on demand
+    LMDB_DURABILITY=sync                  # sync | metasync-off | nosync
+
+plus the library's usual keys (``TRANSCODER_TOPIC``, ``COMPRESSOR_TOPIC``,
+``CIPHER_TOPIC``/``CIPHER_KEY``, ``CREATE_TABLE``, per-application prefixes such
+as ``MYAPP_LMDB_PATH``). Without ``TRANSCODER_TOPIC`` events are msgpack
+(:class:`~xoengine.codec.MsgpackTranscoder`).
+
+Layout (see docs/journal-format.md): per application prefix ``P`` the
+sub-databases ``P.events`` (position -> frame), ``P.events.streams``
+((originator, version) -> position), ``P.snapshots`` and ``P.snapshots.streams``
+for the snapshot store, ``P.tracking`` (upstream name -> last position), and
+one shared ``blobs`` table (content id -> frame). Positions are gapless and in
+commit order because they are assigned inside LMDB's single write transaction.
+"""
+
+from __future__ import annotations
+
+import struct
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar, Final
+
+from eventsourcing.persistence import (
+    AggregateRecorder,
+    ApplicationRecorder,
+    InfrastructureFactory,
+    ListenNotifySubscription,
+    Notification,
+    ProcessRecorder,
+    StoredEvent,
+    Subscription,
+    Tracking,
+    TrackingRecorder,
+)
+from eventsourcing.utils import resolve_topic, strtobool
+
+from xoengine import codec
+from xoengine.codec import MsgpackTranscoder
+from xoengine.datastore import DEFAULT_MAP_SIZE, Durability, ReadTxn, Store, WriteTxn, open_store
+from xoengine.errors import ConfigurationError, FrameError, IntegrityViolationError
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator, Sequence
+
+    from eventsourcing.persistence import Transcoder
+    from eventsourcing.utils import Environment, EnvType
+
+__all__ = [
+    "BLOB_TABLE",
+    "BlobTable",
+    "Factory",
+    "JournalRecord",
+    "LMDBAggregateRecorder",
+    "LMDBApplicationRecorder",
+    "LMDBFactory",
+    "LMDBProcessRecorder",
+    "LMDBSubscription",
+    "LMDBTrackingRecorder",
+    "MsgpackTranscoder",
+    "decode_position",
+    "encode_position",
+]
+
+BLOB_TABLE: Final = "blobs"
+META_TABLE: Final = "meta"
+_POS = struct.Struct(">Q")
+_VERSION_OFFSET: Final = 1 << 63
+_OID_UUID: Final = 0
+_OID_STR: Final = 1
+
+
+def encode_position(position: int) -> bytes:
+    """The 8-byte big-endian key of a journal position."""
+    return _POS.pack(position)
+
+
+def decode_position(key: bytes) -> int:
+    """Inverse of :func:`encode_position`."""
+    return int(_POS.unpack(key)[0])
+
+
+def _oid_prefix(originator_id: uuid.UUID | str) -> bytes:
+    if isinstance(originator_id, uuid.UUID):
+        return b"\x00" + originator_id.bytes
+    raw = str(originator_id).encode("utf-8", "surrogateescape")
+    return b"\x01" + struct.pack(">H", len(raw)) + raw
+
+
+def _stream_key(originator_id: uuid.UUID | str, version: int) -> bytes:
+    return _oid_prefix(originator_id) + _POS.pack(version + _VERSION_OFFSET)
+
+
+@dataclass(frozen=True)
+class JournalRecord(Notification):
+    """A notification plus the journal's own commit time (UTC, ns, monotonic)."""
+
+    time_ns: int = 0
+
+
+class _Clock:
+    """Monotonic UTC labels for one journal: a clock that goes back reorders nothing."""
+
+    _clocks: ClassVar[dict[str, _Clock]] = {}
+    _lock: ClassVar[threading.Lock] = threading.Lock()
+
+    def __init__(self) -> None:
+        self.last = 0
+
+    @classmethod
+    def of(cls, store: Store) -> _Clock:
+        with cls._lock:
+            return cls._clocks.setdefault(store.path, cls())
+
+    def now(self, floor: int) -> int:
+        t = max(time.time_ns(), self.last, floor)
+        self.last = t
+        return t
+
+
+def _encode_event(position_key: bytes, event: StoredEvent, time_ns: int) -> bytes:
+    oid = event.originator_id
+    if isinstance(oid, uuid.UUID):
+        body = codec.pack([_OID_UUID, oid.bytes, event.originator_version, event.topic,
+                           event.state, time_ns])
+    else:
+        body = codec.pack([_OID_STR, str(oid), event.originator_version, event.topic,
+                           event.state, time_ns])
+    return codec.frame(position_key, body)
+
+
+def _decode_event(key: bytes, value: bytes, table: str) -> tuple[StoredEvent, int]:
+    position = decode_position(key) if len(key) == 8 else key.hex()
+    body = codec.unframe(key, value, where=table, position=position)
+    record = codec.unpack(body, position=position)
+    try:
+        kind, oid, version, topic, state, time_ns = record
+        originator_id: uuid.UUID | str = uuid.UUID(bytes=oid) if kind == _OID_UUID else oid
+        event = StoredEvent(
+            originator_id=originator_id,
+            originator_version=int(version),
+            topic=str(topic),
+            state=bytes(state),
+        )
+    except (TypeError, ValueError) as e:
+        raise FrameError(position=position, detail=f"not an event record ({e})") from e
+    return event, int(time_ns)
+
+
+def _decode_tracking(key: bytes, value: bytes, table: str) -> int:
+    body = codec.unframe(key, value, where=table, position=key.decode(errors="replace"))
+    return decode_position(bytes(body))
+
+
+class BlobTable:
+    """Content-addressed storage for large payloads (changed bytes, chunks).
+
+    A blob id is ``xxh3_128(data) || len(data) || slot`` (25 bytes). A blob is
+    stored once; on a key hit the stored bytes are compared with the new ones,
+    and a different blob under the same hash (a crafted collision) goes to the
+    next slot: data can never be substituted.
+    """
+
+    ID_SIZE: Final = 25
+
+    def __init__(self, store: Store, table: str = BLOB_TABLE) -> None:
+        """Use the shared blob table of ``store``."""
+        self.store = store
+        self.table = table
+
+    def put(self, txn: WriteTxn, data: bytes | memoryview) -> bytes:
+        """Store ``data`` inside ``txn`` (if not stored yet) and return its id."""
+        base = codec.digest128(data) + _POS.pack(len(data))
+        for slot in range(256):
+            blob_id = base + bytes((slot,))
+            existing = txn.get(self.table, blob_id)
+            if existing is None:
+                txn.put(self.table, blob_id, codec.frame(blob_id, data))
+                return blob_id
+            if codec.unframe(blob_id, existing, where=self.table) == data:
+                return blob_id
+        raise IntegrityViolationError(detail="256 different blobs share one hash")
+
+    def save(self, data: bytes | memoryview) -> bytes:
+        """Store ``data`` in its own (group-committed) transaction; return its id."""
+        return self.store.write(lambda txn: self.put(txn, data))
+
+    def get(self, blob_id: bytes, txn: ReadTxn | None = None) -> bytes:
+        """Return the verified bytes of ``blob_id`` (``KeyError`` if absent)."""
+        if txn is None:
+            with self.store.read() as rtxn:
+                return self.get(blob_id, rtxn)
+        value = txn.get(self.table, blob_id)
+        if value is None:
+            raise KeyError(blob_id.hex())
+        body = codec.unframe(blob_id, value, where=self.table)
+        if len(body) != _POS.unpack_from(blob_id, 16)[0] or codec.digest128(body) != blob_id[:16]:
+            raise FrameError(position=blob_id.hex(), detail="blob content does not match its id")
+        return bytes(body)
+
+    def __contains__(self, blob_id: bytes) -> bool:
+        """Whether ``blob_id`` is stored."""
+        with self.store.read() as txn:
+            return txn.get(self.table, blob_id) is not None
+
+
+class _LMDBRecorder:
+    """Shared plumbing: a store reference and table names under one prefix."""
+
+    def __init__(self, datastore: Store, *, prefix: str = "default") -> None:
+        self.datastore = datastore
+        self.prefix = prefix
+
+    def table(self, name: str) -> str:
+        """Name of this recorder's sub-database ``name``."""
+        return f"{self.prefix}.{name}"
+
+    def create_table(self) -> None:
+        """Create this recorder's sub-databases (no-op on a read-only journal)."""
+        self.datastore.ensure(*self._tables())
+
+    def _tables(self) -> tuple[str, ...]:
+        return ()
+
+
+class LMDBAggregateRecorder(_LMDBRecorder, AggregateRecorder):
+    """Stores aggregate events: ``<prefix>.<purpose>`` keyed by position, plus a stream index."""
+
+    def __init__(self, datastore: Store, *, prefix: str = "default", purpose: str = "events") -> None:
+        """Record into ``datastore`` under ``prefix`` (the application name) and ``purpose``."""
+        super().__init__(datastore, prefix=prefix)
+        self.events_table = self.table(purpose)
+        self.streams_table = self.events_table + ".streams"
+        self._clock = _Clock.of(datastore)
+
+    def _tables(self) -> tuple[str, ...]:
+        return (self.events_table, self.streams_table)
+
+    def insert_events(self, stored_events: Sequence[StoredEvent], **kwargs: Any) -> Sequence[int] | None:
+        """Append ``stored_events`` atomically; None (aggregate recorders report no ids)."""
+        self._insert(stored_events, **kwargs)
+        return None
+
+    def _insert(self, stored_events: Sequence[StoredEvent], **kwargs: Any) -> list[int]:
+        tracking: Tracking | None = kwargs.get("tracking")
+        if not stored_events and tracking is None:
+            return []
+        return self.datastore.write(lambda txn: self._write(txn, stored_events, tracking))
+
+    def _write(self, txn: WriteTxn, stored_events: Sequence[StoredEvent], tracking: Tracking | None) -> list[int]:
+        # 1. Check everything before the first put: a refused batch writes nothing.
+        keys = [_stream_key(e.originator_id, e.originator_version) for e in stored_events]
+        if len(set(keys)) != len(keys):
+            raise IntegrityViolationError(detail="the batch repeats an (originator, version)")
+        for key, event in zip(keys, stored_events, strict=True):
+            if txn.get(self.streams_table, key) is not None:
+                raise IntegrityViolationError(
+                    detail=f"event {event.originator_id} v{event.originator_version} already recorded"
+                )
+        if tracking is not None:
+            self._check_tracking(txn, tracking)
+        # 2. Positions follow the last one, inside the single write transaction.
+        last = txn.last(self.events_table)
+        position = decode_position(last[0]) if last else 0
+        time_ns = self._clock.now(0)
+        positions = []
+        for key, event in zip(keys, stored_events, strict=True):
+            position += 1
+            pkey = encode_position(position)
+            txn.append(self.events_table, pkey, _encode_event(pkey, event, time_ns))
+            txn.put(self.streams_table, key, pkey)
+            positions.append(position)
+        if tracking is not None:
+            self._put_tracking(txn, tracking)
+        return positions
+
+    def _check_tracking(self, txn: WriteTxn, tracking: Tracking) -> None:
+        raise NotImplementedError  # pragma: no cover (process recorders only)
+
+    def _put_tracking(self, txn: WriteTxn, tracking: Tracking) -> None:
+        raise NotImplementedError  # pragma: no cover (process recorders only)
+
+    def select_events(
+        self,
+        originator_id: uuid.UUID | str,
+        *,
+        gt: int | None = None,
+        lte: int | None = None,
+        desc: bool = False,
+        limit: int | None = None,
+    ) -> Sequence[StoredEvent]:
+        """Events of one aggregate, by version, optionally bounded and reversed."""
+        prefix = _oid_prefix(originator_id)
+        results: list[StoredEvent] = []
+        if limit is not None and limit <= 0:
+            return results
+        with self.datastore.read() as txn:
+            if desc:
+                start = _stream_key(originator_id, lte) if lte is not None else prefix + b"\xff" * 8
+                items = txn.items(self.streams_table, start, reverse=True, prefix=prefix)
+            else:
+                start = _stream_key(originator_id, gt + 1) if gt is not None else prefix
+                items = txn.items(self.streams_table, start, prefix=prefix)
+            for key, pkey in items:
+                version = _POS.unpack_from(key, len(prefix))[0] - _VERSION_OFFSET
+                if gt is not None and version <= gt:
+                    break  # only reached when walking down
+                if lte is not None and version > lte:
+                    break  # only reached when walking up
+                value = txn.get(self.events_table, pkey)
+                if value is None:
+                    raise FrameError(position=decode_position(pkey), detail="stream index points nowhere")
+                event, _ = _decode_event(pkey, value, self.events_table)
+                results.append(event)
+                if limit is not None and len(results) >= limit:
+                    break
+        return results
+
+
+class LMDBApplicationRecorder(LMDBAggregateRecorder, ApplicationRecorder):
+    """Aggregate recorder whose positions are the application's notification ids."""
+
+    def insert_events(self, stored_events: Sequence[StoredEvent], **kwargs: Any) -> Sequence[int] | None:
+        """Append atomically and return the new positions (gapless, commit order)."""
+        return self._insert(stored_events, **kwargs)
+
+    def select_notifications(
+        self,
+        start: int | None,
+        limit: int,
+        stop: int | None = None,
+        topics: Sequence[str] = (),
+        *,
+        inclusive_of_start: bool = True,
+    ) -> Sequence[Notification]:
+        """Notifications from ``start`` up to ``stop`` (inclusive), at most ``limit``."""
+        if start is None:
+            first = 1
+        else:
+            first = start if inclusive_of_start else start + 1
+        return list(self._scan(max(first, 1), stop, topics, limit, timed=False))
+
+    def records(
+        self,
+        first: int = 1,
+        *,
+        stop: int | None = None,
+        topics: Sequence[str] = (),
+        limit: int | None = None,
+    ) -> Iterator[JournalRecord]:
+        """Verified records from position ``first`` up to ``stop``, with their times.
+
+        The read transaction stays open while the iterator is live: consume it
+        promptly (a growing map waits for open readers in this process).
+        """
+        for record in self._scan(first, stop, topics, limit, timed=True):
+            assert isinstance(record, JournalRecord)
+            yield record
+
+    def _scan(
+        self, first: int, stop: int | None, topics: Sequence[str], limit: int | None, *, timed: bool
+    ) -> Iterator[Notification]:
+        wanted = set(topics)
+        count = 0
+        if limit is not None and limit <= 0:
+            return
+        with self.datastore.read() as txn:
+            for key, value in txn.items(self.events_table, encode_position(first)):
+                position = decode_position(key)
+                if stop is not None and position > stop:
+                    return
+                event, time_ns = _decode_event(key, value, self.events_table)
+                if wanted and event.topic not in wanted:
+                    continue
+                fields = {
+                    "id": position,
+                    "originator_id": event.originator_id,
+                    "originator_version": event.originator_version,
+                    "topic": event.topic,
+                    "state": event.state,
+                }
+                yield JournalRecord(**fields, time_ns=time_ns) if timed else Notification(**fields)
+                count += 1
+                if limit is not None and count >= limit:
+                    return
+
+    def max_notification_id(self) -> int | None:
+        """The last position, or None for an empty journal."""
+        with self.datastore.read() as txn:
+            last = txn.last(self.events_table)
+        return decode_position(last[0]) if last else None
+
+    def subscribe(self, gt: int | None = None, topics: Sequence[str] = ()) -> Subscription[ApplicationRecorder]:
+        """Follow the journal after position ``gt``, live, in this and other processes."""
+        return LMDBSubscription(self, gt=gt, topics=topics)
+
+
+class LMDBSubscription(ListenNotifySubscription[LMDBApplicationRecorder]):
+    """A subscription woken by commits in this process and (by polling) in others.
+
+    It is stopped and its thread joined before the environment closes.
+    """
+
+    def __init__(self, recorder: LMDBApplicationRecorder, gt: int | None = None, topics: Sequence[str] = ()) -> None:
+        """Start following ``recorder`` after ``gt``."""
+        super().__init__(recorder=recorder, gt=gt, topics=topics)
+        recorder.datastore.listen(self._has_been_notified, on_close=self._close_for_store)
+
+    def stop(self) -> None:
+        """Stop following; the pull thread ends."""
+        super().stop()
+        self._recorder.datastore.unlisten(self._has_been_notified)
+
+    def _close_for_store(self) -> None:
+        ListenNotifySubscription.stop(self)
+        if self._pull_thread is not threading.current_thread():
+            self._pull_thread.join()
+
+
+class LMDBTrackingRecorder(_LMDBRecorder, TrackingRecorder):
+    """Tracking records (upstream name -> last processed position) under ``<prefix>.tracking``.
+
+    Views (materialised projections) subclass this and call :meth:`record` so
+    that their own writes and the tracking record commit in one transaction:
+    each upstream event is applied exactly once.
+    """
+
+    def __init__(self, datastore: Store, *, prefix: str = "default", **kwargs: Any) -> None:
+        """Track into ``datastore`` under ``prefix`` (the projection or application name)."""
+        super().__init__(datastore, prefix=prefix, **kwargs)
+        self.tracking_table = self.table("tracking")
+
+    def _tables(self) -> tuple[str, ...]:
+        return (*super()._tables(), self.tracking_table)
+
+    def insert_tracking(self, tracking: Tracking) -> None:
+        """Record ``tracking``; IntegrityError unless its id is above the last one."""
+        self.record(tracking)
+
+    def record(self, tracking: Tracking, work: Callable[[WriteTxn], None] | None = None) -> None:
+        """Commit ``work`` (the view's writes) and ``tracking`` atomically."""
+
+        def write(txn: WriteTxn) -> None:
+            self._check_tracking(txn, tracking)
+            if work is not None:
+                work(txn)
+            self._put_tracking(txn, tracking)
+
+        self.datastore.write(write)
+
+    def _check_tracking(self, txn: WriteTxn, tracking: Tracking) -> None:
+        current = self._read_tracking(txn, tracking.application_name)
+        if current is not None and current >= tracking.notification_id:
+            raise IntegrityViolationError(
+                detail=f"tracking id {tracking.notification_id} for "
+                f"{tracking.application_name!r} is not above {current}"
+            )
+
+    def _put_tracking(self, txn: WriteTxn, tracking: Tracking) -> None:
+        key = tracking.application_name.encode("utf-8", "surrogateescape")
+        txn.put(self.tracking_table, key, codec.frame(key, encode_position(tracking.notification_id)))
+
+    def _read_tracking(self, txn: ReadTxn, application_name: str) -> int | None:
+        key = application_name.encode("utf-8", "surrogateescape")
+        value = txn.get(self.tracking_table, key)
+        return None if value is None else _decode_tracking(key, value, self.tracking_table)
+
+    def max_tracking_id(self, application_name: str) -> int | None:
+        """Last position recorded for ``application_name``, or None."""
+        with self.datastore.read() as txn:
+            return self._read_tracking(txn, application_name)
+
+
+class LMDBProcessRecorder(LMDBTrackingRecorder, LMDBApplicationRecorder, ProcessRecorder):
+    """Application recorder that writes events and tracking in one transaction."""
+
+    def __init__(self, datastore: Store, *, prefix: str = "default", purpose: str = "events") -> None:
+        """Record events and tracking into ``datastore`` under ``prefix``."""
+        super().__init__(datastore, prefix=prefix, purpose=purpose)
+
+
+class LMDBFactory(InfrastructureFactory[LMDBTrackingRecorder]):
+    """eventsourcing infrastructure factory for the LMDB journal.
+
+    Reads ``LMDB_PATH`` (required), ``LMDB_MAP_SIZE`` (initial bytes, default
+    64 MiB, doubles when full), ``LMDB_DURABILITY`` (``sync`` default: an
+    acknowledged append survives kill -9 and power loss; ``metasync-off``;
+    ``nosync`` for tests and benchmarks only), ``LMDB_READONLY`` (open an
+    existing journal for reading only, e.g. a forensic copy) and
+    ``CREATE_TABLE``. Every factory for one path in a process shares one
+    environment; :meth:`close` releases this factory's reference.
+    """
+
+    LMDB_PATH = "LMDB_PATH"
+    LMDB_MAP_SIZE = "LMDB_MAP_SIZE"
+    LMDB_DURABILITY = "LMDB_DURABILITY"
+    LMDB_READONLY = "LMDB_READONLY"
+    CREATE_TABLE = "CREATE_TABLE"
+
+    aggregate_recorder_class: ClassVar[type[LMDBAggregateRecorder]] = LMDBAggregateRecorder
+    application_recorder_class: ClassVar[type[LMDBApplicationRecorder]] = LMDBApplicationRecorder
+    tracking_recorder_class: ClassVar[type[LMDBTrackingRecorder]] = LMDBTrackingRecorder
+    process_recorder_class: ClassVar[type[LMDBProcessRecorder]] = LMDBProcessRecorder
+
+    def __init__(self, env: Environment | EnvType | None) -> None:
+        """Open (or share) the environment named by ``LMDB_PATH``."""
+        super().__init__(env)
+        path = self.env.get(self.LMDB_PATH)
+        if not path:
+            keys = ", ".join(self.env.create_keys(self.LMDB_PATH))
+            raise ConfigurationError(detail=f"no journal path: set one of {keys}")
+        map_size_text = self.env.get(self.LMDB_MAP_SIZE)
+        try:
+            map_size = int(map_size_text) if map_size_text else DEFAULT_MAP_SIZE
+        except ValueError:
+            raise ConfigurationError(detail=f"LMDB_MAP_SIZE {map_size_text!r} is not a number") from None
+        if map_size <= 0:
+            raise ConfigurationError(detail="LMDB_MAP_SIZE must be positive")
+        durability = Durability.parse(self.env.get(self.LMDB_DURABILITY))
+        readonly = strtobool(self.env.get(self.LMDB_READONLY, "no") or "no")
+        self.datastore: Store = open_store(
+            path, map_size=map_size, durability=durability, readonly=bool(readonly)
+        )
+        self._closed = False
+        self.prefix = (self.env.name or "default").lower()
+
+    def transcoder(self) -> Transcoder:
+        """The transcoder named by TRANSCODER_TOPIC, else msgpack."""
+        topic = self.env.get(self.TRANSCODER_TOPIC)
+        if topic:
+            transcoder_class: type[Transcoder] = resolve_topic(topic)
+            return transcoder_class()
+        return MsgpackTranscoder()
+
+    def _create(self, recorder: _LMDBRecorder) -> None:
+        if strtobool(self.env.get(self.CREATE_TABLE, "yes") or "yes"):
+            recorder.create_table()
+
+    def aggregate_recorder(self, purpose: str = "events") -> AggregateRecorder:
+        """Recorder for ``purpose`` (``events`` or ``snapshots``)."""
+        recorder = self.aggregate_recorder_class(self.datastore, prefix=self.prefix, purpose=purpose)
+        self._create(recorder)
+        return recorder
+
+    def application_recorder(self) -> ApplicationRecorder:
+        """The application's recorder (APPLICATION_RECORDER_TOPIC may name a subclass)."""
+        cls = self._resolve(self.APPLICATION_RECORDER_TOPIC, self.application_recorder_class)
+        recorder = cls(self.datastore, prefix=self.prefix)
+        self._create(recorder)
+        return recorder
+
+    def tracking_recorder(
+        self, tracking_recorder_class: type[LMDBTrackingRecorder] | None = None
+    ) -> LMDBTrackingRecorder:
+        """A tracking recorder or view (TRACKING_RECORDER_TOPIC may name a subclass)."""
+        cls = tracking_recorder_class or self._resolve(
+            self.TRACKING_RECORDER_TOPIC, self.tracking_recorder_class
+        )
+        if not issubclass(cls, LMDBTrackingRecorder):
+            raise ConfigurationError(detail=f"{cls!r} is not an LMDBTrackingRecorder")
+        recorder = cls(self.datastore, prefix=self.prefix)
+        self._create(recorder)
+        return recorder
+
+    def process_recorder(self) -> ProcessRecorder:
+        """A process recorder (PROCESS_RECORDER_TOPIC may name a subclass)."""
+        cls = self._resolve(self.PROCESS_RECORDER_TOPIC, self.process_recorder_class)
+        recorder = cls(self.datastore, prefix=self.prefix)
+        self._create(recorder)
+        return recorder
+
+    def _resolve(self, key: str, default: type[Any]) -> type[Any]:
+        topic = self.env.get(key)
+        if not topic:
+            return default
+        cls = resolve_topic(topic)
+        if not (isinstance(cls, type) and issubclass(cls, default)):
+            raise ConfigurationError(detail=f"{key}={topic} is not a {default.__name__}")
+        return cls
+
+    def blobs(self) -> BlobTable:
+        """The journal's content-addressed blob table."""
+        return BlobTable(self.datastore)
+
+    def close(self) -> None:
+        """Release this factory's reference to the environment (idempotent)."""
+        if not self._closed:
+            self._closed = True
+            self.datastore.close()
+
+
+Factory = LMDBFactory
