@@ -22,7 +22,7 @@ round-trip, and ``bytes`` are carried as msgpack ``bin``.
 
 from __future__ import annotations
 
-import datetime as _dt
+import datetime as dt
 import struct
 import uuid
 from decimal import Decimal
@@ -66,6 +66,8 @@ _EXT_DECIMAL: Final = 3
 _EXT_TUPLE: Final = 4
 _EXT_CUSTOM: Final = 5
 _EXT_DATE: Final = 6
+_EPOCH: Final = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+_NAIVE: Final = 0x7FFFFFFF
 
 
 # -- hashing -----------------------------------------------------------------------
@@ -104,7 +106,9 @@ def frame(key: bytes, body: bytes | memoryview) -> bytes:
     return FRAME_HEADER.pack(FORMAT_VERSION, _checksum(key, body)) + body
 
 
-def unframe(key: bytes, value: bytes, *, where: str = "events", position: object = None) -> memoryview:
+def unframe(
+    key: bytes, value: bytes, *, where: str = "events", position: object = None
+) -> memoryview:
     """Verify the frame ``value`` stored under ``key`` and return its body.
 
     Raises :class:`~xoengine.errors.ChecksumMismatchError` (naming the position)
@@ -131,9 +135,9 @@ def unframe(key: bytes, value: bytes, *, where: str = "events", position: object
 def _default(obj: Any) -> Any:
     if isinstance(obj, uuid.UUID):
         return msgpack.ExtType(_EXT_UUID, obj.bytes)
-    if isinstance(obj, _dt.datetime):
+    if isinstance(obj, dt.datetime):
         return msgpack.ExtType(_EXT_DATETIME, _pack_datetime(obj))
-    if isinstance(obj, _dt.date):
+    if isinstance(obj, dt.date):
         return msgpack.ExtType(_EXT_DATE, struct.pack(">i", obj.toordinal()))
     if isinstance(obj, Decimal):
         return msgpack.ExtType(_EXT_DECIMAL, str(obj).encode())
@@ -143,22 +147,21 @@ def _default(obj: Any) -> Any:
     raise TypeError(msg)
 
 
-def _pack_datetime(value: _dt.datetime) -> bytes:
+def _pack_datetime(value: dt.datetime) -> bytes:
     offset = value.utcoffset()
-    naive = value.replace(tzinfo=None) - (offset or _dt.timedelta(0))
-    micros = (naive - _dt.datetime(1970, 1, 1)) // _dt.timedelta(microseconds=1)
+    aware = value.replace(tzinfo=dt.UTC) if offset is None else value
+    micros = (aware - _EPOCH) // dt.timedelta(microseconds=1)
     # Offset in seconds, or a sentinel for a naive datetime.
-    off = 0x7FFFFFFF if offset is None else int(offset.total_seconds())
+    off = _NAIVE if offset is None else int(offset.total_seconds())
     return struct.pack(">qi", micros, off)
 
 
-def _unpack_datetime(data: bytes) -> _dt.datetime:
+def _unpack_datetime(data: bytes) -> dt.datetime:
     micros, off = struct.unpack(">qi", data)
-    utc = _dt.datetime(1970, 1, 1) + _dt.timedelta(microseconds=micros)
-    if off == 0x7FFFFFFF:
-        return utc
-    tz = _dt.UTC if off == 0 else _dt.timezone(_dt.timedelta(seconds=off))
-    return (utc + _dt.timedelta(seconds=off)).replace(tzinfo=tz)
+    utc = _EPOCH + dt.timedelta(microseconds=micros)
+    if off == _NAIVE:
+        return utc.replace(tzinfo=None)
+    return utc.astimezone(dt.UTC if off == 0 else dt.timezone(dt.timedelta(seconds=off)))
 
 
 def _ext_hook(code: int, data: bytes) -> Any:
@@ -167,7 +170,7 @@ def _ext_hook(code: int, data: bytes) -> Any:
     if code == _EXT_DATETIME:
         return _unpack_datetime(data)
     if code == _EXT_DATE:
-        return _dt.date.fromordinal(struct.unpack(">i", data)[0])
+        return dt.date.fromordinal(struct.unpack(">i", data)[0])
     if code == _EXT_DECIMAL:
         return Decimal(data.decode())
     if code == _EXT_TUPLE:
@@ -176,7 +179,7 @@ def _ext_hook(code: int, data: bytes) -> Any:
 
 
 def _packb(obj: Any, default: Any = _default) -> bytes:
-    return msgpack.packb(
+    packed: bytes = msgpack.packb(
         obj,
         use_bin_type=True,
         default=default,
@@ -184,6 +187,7 @@ def _packb(obj: Any, default: Any = _default) -> bytes:
         strict_types=False,
         datetime=False,
     )
+    return packed
 
 
 def _unpackb(data: bytes | memoryview, ext_hook: Any = _ext_hook) -> Any:
@@ -199,7 +203,7 @@ def _unpackb(data: bytes | memoryview, ext_hook: Any = _ext_hook) -> Any:
 
 
 def pack(obj: Any) -> bytes:
-    """msgpack ``obj`` (bin for bytes, ext types for UUID, datetime, Decimal, tuple)."""
+    """Encode ``obj`` as msgpack (bin for bytes, ext types for UUID, datetime, Decimal, tuple)."""
     return _packb(obj)
 
 
@@ -207,8 +211,15 @@ def unpack(body: bytes | memoryview, *, position: object = "?") -> Any:
     """Inverse of :func:`pack`; malformed input is a :class:`FrameError`."""
     try:
         return _unpackb(body)
-    except (ValueError, TypeError, msgpack.ExtraData, msgpack.FormatError,
-            msgpack.StackError, struct.error, UnicodeDecodeError) as e:
+    except (
+        ValueError,
+        TypeError,
+        msgpack.ExtraData,
+        msgpack.FormatError,
+        msgpack.StackError,
+        struct.error,
+        UnicodeDecodeError,
+    ) as e:
         raise FrameError(position=position, detail=f"undecodable body ({e})") from e
 
 
@@ -240,7 +251,7 @@ class MsgpackTranscoder(JSONTranscoder):
     def _encode_custom(self, obj: Any) -> Any:
         transcoding = self.types.get(type(obj))
         if transcoding is not None and not isinstance(
-            obj, (uuid.UUID, _dt.datetime, Decimal, tuple)
+            obj, (uuid.UUID, dt.datetime, Decimal, tuple)
         ):
             inner = _packb([transcoding.name, transcoding.encode(obj)], default=self._encode_custom)
             return msgpack.ExtType(_EXT_CUSTOM, inner)

@@ -95,9 +95,7 @@ class Durability(enum.Enum):
             return cls(value.strip().lower())
         except ValueError:
             names = ", ".join(m.value for m in cls)
-            raise ConfigurationError(
-                detail=f"durability {value!r} is not one of {names}"
-            ) from None
+            raise ConfigurationError(detail=f"durability {value!r} is not one of {names}") from None
 
 
 @dataclass(frozen=True)
@@ -179,13 +177,28 @@ class ReadTxn:
     Values are copied out as ``bytes``; nothing here outlives the transaction.
     """
 
-    def __init__(self, store: Store, txn: Any) -> None:
+    def __init__(self, store: Store, txn: Any, seq: int) -> None:
         self._store = store
         self._txn = txn
+        # Handles opened at or after this sequence number are invalid in this txn.
+        self._seq = seq
+
+    def _dbi(self, db: str) -> Any:
+        entry = self._store._handle(db)
+        if entry is None:
+            return None
+        handle, seq = entry
+        if seq >= self._seq:
+            # The table was opened after this read began (another process created
+            # it): renew the snapshot so that LMDB knows the handle.
+            self._txn.reset()
+            self._txn.renew()
+            self._seq = self._store._dbi_seq
+        return handle
 
     def get(self, db: str, key: bytes) -> bytes | None:
         """Return the value under ``key`` in sub-database ``db``, or None."""
-        handle = self._store._handle(db)
+        handle = self._dbi(db)
         if handle is None:
             return None
         value: bytes | None = self._txn.get(key, db=handle)
@@ -193,7 +206,7 @@ class ReadTxn:
 
     def last(self, db: str) -> tuple[bytes, bytes] | None:
         """Return the last (highest-key) item of ``db``, or None if it is empty."""
-        handle = self._store._handle(db)
+        handle = self._dbi(db)
         if handle is None:
             return None
         cursor = self._txn.cursor(db=handle)
@@ -214,7 +227,7 @@ class ReadTxn:
         With ``reverse`` the walk goes down from the last key <= ``start``.
         With ``prefix`` it stops at the first key without that prefix.
         """
-        handle = self._store._handle(db)
+        handle = self._dbi(db)
         if handle is None:
             return
         cursor = self._txn.cursor(db=handle)
@@ -236,9 +249,16 @@ class ReadTxn:
                 return
             yield key, value
 
+    def tables(self) -> list[str]:
+        """Names of every sub-database in the store."""
+        cursor = self._txn.cursor()
+        return [
+            bytes(k).decode("utf-8", "replace") for k in cursor.iternext(keys=True, values=False)
+        ]
+
     def count(self, db: str) -> int:
         """Number of entries in ``db``."""
-        handle = self._store._handle(db)
+        handle = self._dbi(db)
         if handle is None:
             return 0
         return int(self._txn.stat(handle)["entries"])
@@ -247,30 +267,32 @@ class ReadTxn:
 class WriteTxn(ReadTxn):
     """The write transaction handed to a function given to :meth:`Store.write`."""
 
-    def __init__(self, store: Store, txn: Any) -> None:
-        super().__init__(store, txn)
-        self.created: list[str] = []
+    def _dbi(self, db: str) -> Any:
+        entry = self._store._handle(db)
+        if entry is None or entry[1] >= self._seq:
+            raise StorageError(detail=f"table {db!r} used in a write before Store.ensure()")
+        return entry[0]
 
     def put(self, db: str, key: bytes, value: bytes, *, overwrite: bool = True) -> bool:
         """Store ``value``; with ``overwrite=False`` return False if ``key`` exists."""
-        handle = self._store._handle(db, create_in=self)
+        handle = self._dbi(db)
         return bool(self._txn.put(key, value, db=handle, overwrite=overwrite))
 
     def append(self, db: str, key: bytes, value: bytes) -> None:
         """Store at a key above every existing key (fast path); raise if it is not."""
-        handle = self._store._handle(db, create_in=self)
+        handle = self._dbi(db)
         if not self._txn.put(key, value, db=handle, append=True):
             # py-lmdb returns False instead of raising on an out-of-order key.
             raise StorageError(detail=f"append out of order in {db!r} at key {key.hex()}")
 
     def delete(self, db: str, key: bytes) -> bool:
         """Delete ``key``; return whether it existed."""
-        handle = self._store._handle(db, create_in=self)
+        handle = self._dbi(db)
         return bool(self._txn.delete(key, db=handle))
 
     def drop(self, db: str) -> None:
         """Empty sub-database ``db`` (it stays defined)."""
-        handle = self._store._handle(db, create_in=self)
+        handle = self._dbi(db)
         self._txn.drop(handle, delete=False)
 
 
@@ -299,7 +321,8 @@ class Store:
         self._write_lock = threading.Lock()
         self._pending_lock = threading.Lock()
         self._pending: list[_WriteRequest] = []
-        self._handles: dict[str, Any] = {}
+        self._handles: dict[str, tuple[Any, int]] = {}
+        self._dbi_seq = 0
         self._handles_lock = threading.Lock()
         self._lock_fd: int | None = None
         self._listeners: dict[threading.Event, Callable[[], None] | None] = {}
@@ -309,6 +332,7 @@ class Store:
         self.poll_interval = 0.05
         self._closed = False
         self._env = self._open_env(map_size)
+        self._open_existing()
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -384,35 +408,59 @@ class Store:
 
     # -- sub-databases -----------------------------------------------------------
 
-    def _handle(self, name: str, create_in: WriteTxn | None = None) -> Any:
-        handle = self._handles.get(name)
-        if handle is not None:
-            return handle
+    def _handle(self, name: str) -> tuple[Any, int] | None:
+        """The handle of table ``name`` and its open sequence number, or None if absent.
+
+        LMDB allows one transaction at a time to open handles, and a handle is
+        valid only in transactions begun after it was opened; so handles are
+        opened here, under a lock, each in its own short transaction.
+        """
+        entry = self._handles.get(name)
+        if entry is not None:
+            return entry
         with self._handles_lock:
-            handle = self._handles.get(name)
-            if handle is not None:
-                return handle
-            key = name.encode()
-            if create_in is not None:
-                handle = self._env.open_db(key, txn=create_in._txn, create=True)
-                # Valid only once this transaction commits; forgotten if it aborts.
-                create_in.created.append(name)
-            else:
-                try:
-                    with self._env.begin(write=False) as txn:
-                        handle = self._env.open_db(key, txn=txn, create=False)
-                except lmdb.NotFoundError:
-                    return None
-            self._handles[name] = handle
-            return handle
+            entry = self._handles.get(name)
+            if entry is not None:
+                return entry
+            try:
+                # Without a txn py-lmdb opens it in a transaction of its own that it
+                # commits (a read-only commit that keeps the handle, unlike reset).
+                handle = self._env.open_db(name.encode(), create=False)
+            except lmdb.NotFoundError:
+                return None
+            return self._remember(name, handle)
+
+    def _remember(self, name: str, handle: Any) -> tuple[Any, int]:
+        entry = (handle, self._dbi_seq)
+        self._dbi_seq += 1
+        self._handles[name] = entry
+        return entry
+
+    def _open_existing(self) -> None:
+        with self._env.begin(write=False) as txn:
+            names = [bytes(k).decode() for k in txn.cursor().iternext(keys=True, values=False)]
+        for name in names:
+            with contextlib.suppress(lmdb.Error):  # a key of the main db that is no table
+                self._handle(name)
 
     def ensure(self, *names: str) -> None:
-        """Create the named sub-databases if they do not exist yet."""
-        if self.readonly:
+        """Create the named tables if they do not exist yet (before writing to them)."""
+        if self.readonly or all(n in self._handles for n in names):
             return
-        missing = [n for n in names if n not in self._handles]
-        if missing:
-            self.write(lambda txn: [self._handle(n, create_in=txn) for n in missing])
+        self._check_open()
+        with self._write_lock, self._handles_lock, self._resize.shared():
+            self._take_writer_lock()
+            try:
+                with self._env.begin(write=True) as txn:
+                    opened = [
+                        (n, self._env.open_db(n.encode(), txn=txn, create=True))
+                        for n in names
+                        if n not in self._handles
+                    ]
+            except lmdb.Error as e:
+                raise _translate(e, self.path) from e
+            for name, handle in opened:
+                self._remember(name, handle)
 
     # -- transactions ------------------------------------------------------------
 
@@ -421,9 +469,10 @@ class Store:
         """A consistent read view (a snapshot of the last commit)."""
         self._check_open()
         with self._resize.shared():
+            seq = self._dbi_seq
             txn = self._begin_read()
             try:
-                yield ReadTxn(self, txn)
+                yield ReadTxn(self, txn, seq)
             except lmdb.Error as e:
                 raise _translate(e, self.path) from e
             finally:
@@ -497,48 +546,35 @@ class Store:
                 request.done = True
 
     def _run_batch(self, batch: list[_WriteRequest]) -> None:
+        seq = self._dbi_seq
         txn = self._env.begin(write=True)
-        created: list[str] = []
         try:
             for request in batch:
                 request.error = None
-                if len(batch) == 1:
-                    self._run_one(request, txn, created, nested=False)
-                else:
-                    self._run_one(request, txn, created, nested=True)
+                self._run_one(request, txn, seq, nested=len(batch) > 1)
             if len(batch) == 1 and batch[0].error is not None:
                 txn.abort()
-                self._forget(created)
                 return
             txn.commit()
         except BaseException:
-            # LMDB aborts a failed commit too; handles opened in it died with it.
             with contextlib.suppress(lmdb.Error):
-                txn.abort()
-            self._forget(created)
+                txn.abort()  # LMDB has aborted a failed commit already
             raise
 
-    def _run_one(self, request: _WriteRequest, txn: Any, created: list[str], *, nested: bool) -> None:
+    def _run_one(self, request: _WriteRequest, txn: Any, seq: int, *, nested: bool) -> None:
         inner = self._env.begin(write=True, parent=txn) if nested else txn
-        wtxn = WriteTxn(self, inner)
+        wtxn = WriteTxn(self, inner, seq)
         try:
             request.result = request.work(wtxn)
         except lmdb.Error:
             raise
-        except Exception as e:  # the caller's own error, e.g. an integrity violation
+        except Exception as e:  # noqa: BLE001 (the caller's own error goes back to it)
             request.error = e
             if nested:
                 inner.abort()
-                self._forget(wtxn.created)
             return
         if nested:
             inner.commit()
-        created.extend(wtxn.created)
-
-    def _forget(self, names: list[str]) -> None:
-        with self._handles_lock:
-            for name in names:
-                self._handles.pop(name, None)
 
     def _grow(self) -> None:
         with self._resize.exclusive():

@@ -131,11 +131,13 @@ class _Clock:
 def _encode_event(position_key: bytes, event: StoredEvent, time_ns: int) -> bytes:
     oid = event.originator_id
     if isinstance(oid, uuid.UUID):
-        body = codec.pack([_OID_UUID, oid.bytes, event.originator_version, event.topic,
-                           event.state, time_ns])
+        body = codec.pack(
+            [_OID_UUID, oid.bytes, event.originator_version, event.topic, event.state, time_ns]
+        )
     else:
-        body = codec.pack([_OID_STR, str(oid), event.originator_version, event.topic,
-                           event.state, time_ns])
+        body = codec.pack(
+            [_OID_STR, str(oid), event.originator_version, event.topic, event.state, time_ns]
+        )
     return codec.frame(position_key, body)
 
 
@@ -174,9 +176,10 @@ class BlobTable:
     ID_SIZE: Final = 25
 
     def __init__(self, store: Store, table: str = BLOB_TABLE) -> None:
-        """Use the shared blob table of ``store``."""
+        """Use the shared blob table of ``store`` (created if missing and writable)."""
         self.store = store
         self.table = table
+        store.ensure(table)
 
     def put(self, txn: WriteTxn, data: bytes | memoryview) -> bytes:
         """Store ``data`` inside ``txn`` (if not stored yet) and return its id."""
@@ -236,7 +239,9 @@ class _LMDBRecorder:
 class LMDBAggregateRecorder(_LMDBRecorder, AggregateRecorder):
     """Stores aggregate events: ``<prefix>.<purpose>`` keyed by position, plus a stream index."""
 
-    def __init__(self, datastore: Store, *, prefix: str = "default", purpose: str = "events") -> None:
+    def __init__(
+        self, datastore: Store, *, prefix: str = "default", purpose: str = "events"
+    ) -> None:
         """Record into ``datastore`` under ``prefix`` (the application name) and ``purpose``."""
         super().__init__(datastore, prefix=prefix)
         self.events_table = self.table(purpose)
@@ -246,7 +251,9 @@ class LMDBAggregateRecorder(_LMDBRecorder, AggregateRecorder):
     def _tables(self) -> tuple[str, ...]:
         return (self.events_table, self.streams_table)
 
-    def insert_events(self, stored_events: Sequence[StoredEvent], **kwargs: Any) -> Sequence[int] | None:
+    def insert_events(
+        self, stored_events: Sequence[StoredEvent], **kwargs: Any
+    ) -> Sequence[int] | None:
         """Append ``stored_events`` atomically; None (aggregate recorders report no ids)."""
         self._insert(stored_events, **kwargs)
         return None
@@ -257,16 +264,17 @@ class LMDBAggregateRecorder(_LMDBRecorder, AggregateRecorder):
             return []
         return self.datastore.write(lambda txn: self._write(txn, stored_events, tracking))
 
-    def _write(self, txn: WriteTxn, stored_events: Sequence[StoredEvent], tracking: Tracking | None) -> list[int]:
+    def _write(
+        self, txn: WriteTxn, stored_events: Sequence[StoredEvent], tracking: Tracking | None
+    ) -> list[int]:
         # 1. Check everything before the first put: a refused batch writes nothing.
         keys = [_stream_key(e.originator_id, e.originator_version) for e in stored_events]
         if len(set(keys)) != len(keys):
             raise IntegrityViolationError(detail="the batch repeats an (originator, version)")
         for key, event in zip(keys, stored_events, strict=True):
             if txn.get(self.streams_table, key) is not None:
-                raise IntegrityViolationError(
-                    detail=f"event {event.originator_id} v{event.originator_version} already recorded"
-                )
+                oid, version = event.originator_id, event.originator_version
+                raise IntegrityViolationError(detail=f"event {oid} v{version} already recorded")
         if tracking is not None:
             self._check_tracking(txn, tracking)
         # 2. Positions follow the last one, inside the single write transaction.
@@ -319,7 +327,9 @@ class LMDBAggregateRecorder(_LMDBRecorder, AggregateRecorder):
                     break  # only reached when walking up
                 value = txn.get(self.events_table, pkey)
                 if value is None:
-                    raise FrameError(position=decode_position(pkey), detail="stream index points nowhere")
+                    raise FrameError(
+                        position=decode_position(pkey), detail="stream index points nowhere"
+                    )
                 event, _ = _decode_event(pkey, value, self.events_table)
                 results.append(event)
                 if limit is not None and len(results) >= limit:
@@ -330,7 +340,9 @@ class LMDBAggregateRecorder(_LMDBRecorder, AggregateRecorder):
 class LMDBApplicationRecorder(LMDBAggregateRecorder, ApplicationRecorder):
     """Aggregate recorder whose positions are the application's notification ids."""
 
-    def insert_events(self, stored_events: Sequence[StoredEvent], **kwargs: Any) -> Sequence[int] | None:
+    def insert_events(
+        self, stored_events: Sequence[StoredEvent], **kwargs: Any
+    ) -> Sequence[int] | None:
         """Append atomically and return the new positions (gapless, commit order)."""
         return self._insert(stored_events, **kwargs)
 
@@ -344,10 +356,7 @@ class LMDBApplicationRecorder(LMDBAggregateRecorder, ApplicationRecorder):
         inclusive_of_start: bool = True,
     ) -> Sequence[Notification]:
         """Notifications from ``start`` up to ``stop`` (inclusive), at most ``limit``."""
-        if start is None:
-            first = 1
-        else:
-            first = start if inclusive_of_start else start + 1
+        first = 1 if start is None else start + (0 if inclusive_of_start else 1)
         return list(self._scan(max(first, 1), stop, topics, limit, timed=False))
 
     def records(
@@ -382,14 +391,23 @@ class LMDBApplicationRecorder(LMDBAggregateRecorder, ApplicationRecorder):
                 event, time_ns = _decode_event(key, value, self.events_table)
                 if wanted and event.topic not in wanted:
                     continue
-                fields = {
-                    "id": position,
-                    "originator_id": event.originator_id,
-                    "originator_version": event.originator_version,
-                    "topic": event.topic,
-                    "state": event.state,
-                }
-                yield JournalRecord(**fields, time_ns=time_ns) if timed else Notification(**fields)
+                if timed:
+                    yield JournalRecord(
+                        id=position,
+                        originator_id=event.originator_id,
+                        originator_version=event.originator_version,
+                        topic=event.topic,
+                        state=event.state,
+                        time_ns=time_ns,
+                    )
+                else:
+                    yield Notification(
+                        id=position,
+                        originator_id=event.originator_id,
+                        originator_version=event.originator_version,
+                        topic=event.topic,
+                        state=event.state,
+                    )
                 count += 1
                 if limit is not None and count >= limit:
                     return
@@ -400,7 +418,9 @@ class LMDBApplicationRecorder(LMDBAggregateRecorder, ApplicationRecorder):
             last = txn.last(self.events_table)
         return decode_position(last[0]) if last else None
 
-    def subscribe(self, gt: int | None = None, topics: Sequence[str] = ()) -> Subscription[ApplicationRecorder]:
+    def subscribe(
+        self, gt: int | None = None, topics: Sequence[str] = ()
+    ) -> Subscription[ApplicationRecorder]:
         """Follow the journal after position ``gt``, live, in this and other processes."""
         return LMDBSubscription(self, gt=gt, topics=topics)
 
@@ -411,7 +431,9 @@ class LMDBSubscription(ListenNotifySubscription[LMDBApplicationRecorder]):
     It is stopped and its thread joined before the environment closes.
     """
 
-    def __init__(self, recorder: LMDBApplicationRecorder, gt: int | None = None, topics: Sequence[str] = ()) -> None:
+    def __init__(
+        self, recorder: LMDBApplicationRecorder, gt: int | None = None, topics: Sequence[str] = ()
+    ) -> None:
         """Start following ``recorder`` after ``gt``."""
         super().__init__(recorder=recorder, gt=gt, topics=topics)
         recorder.datastore.listen(self._has_been_notified, on_close=self._close_for_store)
@@ -468,7 +490,9 @@ class LMDBTrackingRecorder(_LMDBRecorder, TrackingRecorder):
 
     def _put_tracking(self, txn: WriteTxn, tracking: Tracking) -> None:
         key = tracking.application_name.encode("utf-8", "surrogateescape")
-        txn.put(self.tracking_table, key, codec.frame(key, encode_position(tracking.notification_id)))
+        txn.put(
+            self.tracking_table, key, codec.frame(key, encode_position(tracking.notification_id))
+        )
 
     def _read_tracking(self, txn: ReadTxn, application_name: str) -> int | None:
         key = application_name.encode("utf-8", "surrogateescape")
@@ -484,7 +508,9 @@ class LMDBTrackingRecorder(_LMDBRecorder, TrackingRecorder):
 class LMDBProcessRecorder(LMDBTrackingRecorder, LMDBApplicationRecorder, ProcessRecorder):
     """Application recorder that writes events and tracking in one transaction."""
 
-    def __init__(self, datastore: Store, *, prefix: str = "default", purpose: str = "events") -> None:
+    def __init__(
+        self, datastore: Store, *, prefix: str = "default", purpose: str = "events"
+    ) -> None:
         """Record events and tracking into ``datastore`` under ``prefix``."""
         super().__init__(datastore, prefix=prefix, purpose=purpose)
 
@@ -523,7 +549,9 @@ class LMDBFactory(InfrastructureFactory[LMDBTrackingRecorder]):
         try:
             map_size = int(map_size_text) if map_size_text else DEFAULT_MAP_SIZE
         except ValueError:
-            raise ConfigurationError(detail=f"LMDB_MAP_SIZE {map_size_text!r} is not a number") from None
+            raise ConfigurationError(
+                detail=f"LMDB_MAP_SIZE {map_size_text!r} is not a number"
+            ) from None
         if map_size <= 0:
             raise ConfigurationError(detail="LMDB_MAP_SIZE must be positive")
         durability = Durability.parse(self.env.get(self.LMDB_DURABILITY))
@@ -548,14 +576,16 @@ class LMDBFactory(InfrastructureFactory[LMDBTrackingRecorder]):
 
     def aggregate_recorder(self, purpose: str = "events") -> AggregateRecorder:
         """Recorder for ``purpose`` (``events`` or ``snapshots``)."""
-        recorder = self.aggregate_recorder_class(self.datastore, prefix=self.prefix, purpose=purpose)
+        recorder = self.aggregate_recorder_class(
+            self.datastore, prefix=self.prefix, purpose=purpose
+        )
         self._create(recorder)
         return recorder
 
     def application_recorder(self) -> ApplicationRecorder:
         """The application's recorder (APPLICATION_RECORDER_TOPIC may name a subclass)."""
         cls = self._resolve(self.APPLICATION_RECORDER_TOPIC, self.application_recorder_class)
-        recorder = cls(self.datastore, prefix=self.prefix)
+        recorder: LMDBApplicationRecorder = cls(self.datastore, prefix=self.prefix)
         self._create(recorder)
         return recorder
 
@@ -575,7 +605,7 @@ class LMDBFactory(InfrastructureFactory[LMDBTrackingRecorder]):
     def process_recorder(self) -> ProcessRecorder:
         """A process recorder (PROCESS_RECORDER_TOPIC may name a subclass)."""
         cls = self._resolve(self.PROCESS_RECORDER_TOPIC, self.process_recorder_class)
-        recorder = cls(self.datastore, prefix=self.prefix)
+        recorder: LMDBProcessRecorder = cls(self.datastore, prefix=self.prefix)
         self._create(recorder)
         return recorder
 
@@ -600,3 +630,116 @@ class LMDBFactory(InfrastructureFactory[LMDBTrackingRecorder]):
 
 
 Factory = LMDBFactory
+
+
+# -- integrity ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Damage:
+    """One damaged record found by :func:`verify`."""
+
+    table: str
+    position: str
+    code: str
+    message: str
+
+
+@dataclass(frozen=True)
+class VerifyReport:
+    """What :func:`verify` read and what it found damaged."""
+
+    tables: dict[str, int]
+    records: int
+    damage: tuple[Damage, ...]
+
+    @property
+    def ok(self) -> bool:
+        """True when nothing is damaged."""
+        return not self.damage
+
+
+def _table_kind(name: str) -> str:
+    if name == BLOB_TABLE:
+        return "blobs"
+    if name.endswith(".streams"):
+        return "streams"
+    if name.endswith(".tracking"):
+        return "tracking"
+    if name.endswith((".events", ".snapshots")):
+        return "events"
+    return "other"
+
+
+def verify(store: Store) -> VerifyReport:
+    """Read and check every record of every table of the journal in ``store``.
+
+    Checks: each frame's checksum and format version; each event body decodes;
+    positions in an events table are gapless from 1; each stream index entry
+    points at an event with the same originator and version; each blob's bytes
+    match its content id. Damage is collected (never raised) so one bad record
+    does not hide the others.
+    """
+    damage: list[Damage] = []
+    counts: dict[str, int] = {}
+    total = 0
+
+    def note(table: str, position: object, error: Exception) -> None:
+        code = getattr(error, "code", type(error).__name__)
+        damage.append(Damage(table, str(position), code, str(error)))
+
+    with store.read() as txn:
+        names = txn.tables()
+        for name in names:
+            kind = _table_kind(name)
+            count = 0
+            expected = 1
+            for key, value in txn.items(name):
+                count += 1
+                try:
+                    if kind == "events":
+                        position = decode_position(key)
+                        if position != expected:
+                            damage.append(
+                                Damage(
+                                    name,
+                                    str(position),
+                                    "E4014",
+                                    f"gap: expected position {expected}",
+                                )
+                            )
+                        expected = position + 1
+                        _decode_event(key, value, name)
+                    elif kind == "streams":
+                        _verify_stream_entry(txn, name, key, value)
+                    elif kind == "tracking":
+                        _decode_tracking(key, value, name)
+                    elif kind == "blobs":
+                        BlobTable(store, name).get(key, txn)
+                    else:
+                        codec.unframe(key, value, where=name)
+                except (FrameError, KeyError, ValueError) as e:
+                    note(
+                        name,
+                        decode_position(key) if kind == "events" and len(key) == 8 else key.hex(),
+                        e,
+                    )
+            counts[name] = count
+            total += count
+    return VerifyReport(tables=counts, records=total, damage=tuple(damage))
+
+
+def _verify_stream_entry(txn: ReadTxn, name: str, key: bytes, value: bytes) -> None:
+    events_table = name.removesuffix(".streams")
+    event_value = txn.get(events_table, value)
+    if len(value) != 8 or event_value is None:
+        raise FrameError(position=key.hex(), detail="stream index points at no event")
+    event, _ = _decode_event(value, event_value, events_table)
+    if _stream_key(event.originator_id, event.originator_version) != key:
+        raise FrameError(position=decode_position(value), detail="stream index and event disagree")
+
+
+def applications(store: Store) -> list[str]:
+    """Prefixes (application names) that have an events table in ``store``."""
+    with store.read() as txn:
+        return sorted(n.removesuffix(".events") for n in txn.tables() if n.endswith(".events"))

@@ -167,6 +167,9 @@ class TestApplicationWithJournal(_PersistenceModuleEnv, ApplicationTestCase):
 class LMDBEventCountersView(LMDBTrackingRecorder, EventCountersView):
     """An LMDB-backed materialised view: counters and tracking in one transaction."""
 
+    def _tables(self) -> tuple[str, ...]:
+        return (*super()._tables(), self.table("counters"))
+
     def _counter(self, name: str) -> int:
         with self.datastore.read() as txn:
             value = txn.get(self.table("counters"), name.encode())
@@ -214,7 +217,9 @@ class _ProjectionEnv:
         shutil.rmtree(self._dir, ignore_errors=True)
 
 
-class TestAggregateEventCountersProjection(_ProjectionEnv, AggregateEventCountersProjectionTestCase):
+class TestAggregateEventCountersProjection(
+    _ProjectionEnv, AggregateEventCountersProjectionTestCase
+):
     view_class = LMDBEventCountersView
 
 

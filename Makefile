@@ -1,0 +1,17 @@
+PY ?= python
+
+.PHONY: lint test bench faults
+
+lint:
+	lint-imports
+	mypy
+	ruff check src
+
+test:
+	$(PY) -m pytest -q
+
+faults:
+	$(PY) -m pytest -q -s tests/faults
+
+bench:
+	$(PY) benchmarks/bench_journal.py
