@@ -66,6 +66,7 @@ _EXT_DECIMAL: Final = 3
 _EXT_TUPLE: Final = 4
 _EXT_CUSTOM: Final = 5
 _EXT_DATE: Final = 6
+_EXT_BIGINT: Final = 7
 _EPOCH: Final = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 _NAIVE: Final = 0x7FFFFFFF
 
@@ -143,6 +144,12 @@ def _default(obj: Any) -> Any:
         return msgpack.ExtType(_EXT_DECIMAL, str(obj).encode())
     if isinstance(obj, tuple):
         return msgpack.ExtType(_EXT_TUPLE, _packb(list(obj)))
+    if isinstance(obj, int):  # beyond 64 bits (msgpack calls default on overflow)
+        return msgpack.ExtType(_EXT_BIGINT, str(int(obj)).encode())
+    # strict_types sends subclasses here: store them as their base type.
+    for base in (str, bytes, dict, list, float, bool):
+        if isinstance(obj, base):
+            return base(obj)
     msg = f"Object of type {type(obj)} is not serializable by the xoengine codec."
     raise TypeError(msg)
 
@@ -175,6 +182,8 @@ def _ext_hook(code: int, data: bytes) -> Any:
         return Decimal(data.decode())
     if code == _EXT_TUPLE:
         return tuple(_unpackb(data))
+    if code == _EXT_BIGINT:
+        return int(data.decode())
     return msgpack.ExtType(code, data)
 
 
@@ -184,7 +193,7 @@ def _packb(obj: Any, default: Any = _default) -> bytes:
         use_bin_type=True,
         default=default,
         unicode_errors="surrogateescape",
-        strict_types=False,
+        strict_types=True,  # so that tuples reach default() and round-trip as tuples
         datetime=False,
     )
     return packed
@@ -255,6 +264,8 @@ class MsgpackTranscoder(JSONTranscoder):
         ):
             inner = _packb([transcoding.name, transcoding.encode(obj)], default=self._encode_custom)
             return msgpack.ExtType(_EXT_CUSTOM, inner)
+        if isinstance(obj, tuple):  # elements may need this transcoder's registrations
+            return msgpack.ExtType(_EXT_TUPLE, _packb(list(obj), default=self._encode_custom))
         try:
             return _default(obj)
         except TypeError:

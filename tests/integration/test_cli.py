@@ -1,0 +1,117 @@
+"""The CLI as a user runs it: real subprocesses on real journals."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+import uuid
+from pathlib import Path
+
+from eventsourcing.persistence import StoredEvent
+
+from xoengine import codec
+from xoengine.cli import main
+from xoengine.datastore import open_store
+from xoengine.journal import LMDBApplicationRecorder
+
+
+def _journal(path: Path, n: int = 5) -> list[uuid.UUID]:
+    store = open_store(path, durability="nosync")
+    recorder = LMDBApplicationRecorder(store, prefix="app")
+    recorder.create_table()
+    oids = [uuid.uuid4() for _ in range(n)]
+    for i, oid in enumerate(oids):
+        state = codec.pack({"path": f"dir/file{i}.txt", "size": i * 10})
+        recorder.insert_events([StoredEvent(oid, 1, "Created" if i % 2 else "Written", state)])
+    store.close()
+    return oids
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "xoengine.cli", *args], capture_output=True, text=True, timeout=120, check=False
+    )
+
+
+def test_cli_demo_runs_and_verifies(tmp_path: Path) -> None:
+    result = run_cli("demo", "--dir", str(tmp_path / "demo"))
+    assert result.returncode == 0, result.stderr
+    assert "verified: OK" in result.stdout
+    assert "identical block stored once: True" in result.stdout
+
+
+def test_cli_log_filters_and_json(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    oids = _journal(tmp_path)
+    assert main(["journal", "log", str(tmp_path), "--json", "--topic", "Created"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["position"] for r in rows] == [2, 4]
+    assert rows[0]["summary"] == "path='dir/file1.txt' size=10"
+    assert main(["journal", "log", str(tmp_path), "--from", "2", "--to", "3"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2 and lines[0].split()[0] == "2"
+    assert main(["journal", "log", str(tmp_path), "--originator", str(oids[4]), "--json"]) == 0
+    assert [json.loads(x)["position"] for x in capsys.readouterr().out.splitlines()] == [5]
+    assert main(["journal", "log", str(tmp_path), "--until", "2000-01-01T00:00:00"]) == 0
+    assert capsys.readouterr().out == ""
+
+
+def test_cli_verify_exits_nonzero_on_damage(tmp_path: Path) -> None:
+    _journal(tmp_path)
+    assert run_cli("journal", "verify", str(tmp_path)).returncode == 0
+    store = open_store(tmp_path, durability="nosync")
+    key = (2).to_bytes(8, "big")
+
+    def flip(txn):  # type: ignore[no-untyped-def]
+        value = bytearray(txn.get("app.events", key))
+        value[12] ^= 0x10
+        txn.put("app.events", key, bytes(value))
+
+    store.write(flip)
+    store.close()
+    result = run_cli("journal", "verify", str(tmp_path), "--json")
+    assert result.returncode == 4
+    report = json.loads(result.stdout)
+    assert report["ok"] is False
+    assert report["damage"][0]["position"] == "2"
+
+
+def test_cli_coded_error_for_missing_journal(tmp_path: Path) -> None:
+    result = run_cli("journal", "verify", str(tmp_path / "missing"))
+    assert result.returncode == 3
+    assert "E4001" in result.stderr and "hint:" in result.stderr
+
+
+def test_cli_copy_while_a_writer_keeps_appending(tmp_path: Path) -> None:
+    src = tmp_path / "live"
+    _journal(src, n=1)
+    with subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(f"""
+            import sys, uuid
+            from eventsourcing.persistence import StoredEvent
+            from xoengine.datastore import open_store
+            from xoengine.journal import LMDBApplicationRecorder
+            store = open_store({str(src)!r})
+            rec = LMDBApplicationRecorder(store, prefix="app")
+            oid = uuid.uuid4()
+            print("ready", flush=True)
+            for i in range(2000):
+                rec.insert_events([StoredEvent(oid, i, "Written", b"x" * 100)])
+            store.close()
+        """)],
+        stdout=subprocess.PIPE,
+        text=True,
+    ) as writer:
+        assert writer.stdout is not None
+        assert writer.stdout.readline().strip() == "ready"
+        result = run_cli("journal", "copy", str(src), str(tmp_path / "copy"))
+        assert result.returncode == 0, result.stderr
+        assert "verified OK" in result.stdout
+        writer.wait(timeout=120)
+    copy = open_store(tmp_path / "copy", readonly=True)
+    try:
+        ids = [n.id for n in LMDBApplicationRecorder(copy, prefix="app").select_notifications(None, 10_000)]
+    finally:
+        copy.close()
+    assert ids == list(range(1, len(ids) + 1))  # a consistent, gapless prefix

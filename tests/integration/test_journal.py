@@ -1,0 +1,202 @@
+"""The journal on real LMDB files: sharing, subscriptions across processes, blobs, read-only copies."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+import threading
+import uuid
+from pathlib import Path
+
+import pytest
+from eventsourcing.application import Application
+from eventsourcing.domain import Aggregate
+from eventsourcing.persistence import StoredEvent
+
+from xoengine import codec
+from xoengine.datastore import open_store
+from xoengine.errors import ConfigurationError, FrameError, JournalMissingError, JournalReadOnlyError
+from xoengine.journal import BlobTable, LMDBApplicationRecorder, LMDBFactory, verify
+
+
+def _events(n: int, oid: uuid.UUID | None = None, start: int = 1) -> list[StoredEvent]:
+    oid = oid or uuid.uuid4()
+    return [StoredEvent(oid, start + i, "topic", b"state-%d" % i) for i in range(n)]
+
+
+def test_journal_one_environment_per_path_shared_by_factories(tmp_path: Path) -> None:
+    env = {"LMDB_PATH": str(tmp_path), "PERSISTENCE_MODULE": "xoengine.journal"}
+    a = LMDBFactory(env)
+    b = LMDBFactory(env)
+    assert a.datastore is b.datastore
+    a.close()
+    recorder = b.application_recorder()
+    assert recorder.insert_events(_events(2)) == [1, 2]  # still open: b holds a reference
+    b.close()
+    assert a.datastore.closed
+
+
+def test_journal_applications_are_separated_by_prefix(tmp_path: Path) -> None:
+    class Orders(Application[uuid.UUID]):
+        pass
+
+    class Invoices(Application[uuid.UUID]):
+        pass
+
+    env = {"PERSISTENCE_MODULE": "xoengine.journal", "LMDB_PATH": str(tmp_path)}
+    with Orders(env=env) as orders, Invoices(env=env) as invoices:
+        orders.save(Aggregate())
+        invoices.save(Aggregate())
+        invoices.save(Aggregate())
+        assert orders.recorder.max_notification_id() == 1
+        assert invoices.recorder.max_notification_id() == 2
+
+
+def test_journal_requires_a_path() -> None:
+    with pytest.raises(ConfigurationError, match="LMDB_PATH"):
+        LMDBFactory({})
+
+
+def test_journal_durability_mismatch_is_refused(tmp_path: Path) -> None:
+    store = open_store(tmp_path, durability="sync")
+    try:
+        with pytest.raises(ConfigurationError):
+            open_store(tmp_path, durability="nosync")
+        with pytest.raises(ConfigurationError):
+            open_store(tmp_path, durability="fast")
+    finally:
+        store.close()
+
+
+def test_journal_readonly_open_refuses_writes_and_missing_paths(tmp_path: Path) -> None:
+    store = open_store(tmp_path / "j")
+    recorder = LMDBApplicationRecorder(store)
+    recorder.create_table()
+    recorder.insert_events(_events(3))
+    store.close()
+    ro = open_store(tmp_path / "j", readonly=True)
+    try:
+        reader = LMDBApplicationRecorder(ro)
+        assert [n.id for n in reader.select_notifications(None, 10)] == [1, 2, 3]
+        with pytest.raises(JournalReadOnlyError):
+            reader.insert_events(_events(1))
+    finally:
+        ro.close()
+    with pytest.raises(JournalMissingError):
+        open_store(tmp_path / "nothing-here", readonly=True)
+
+
+def test_journal_subscription_sees_another_process_commits(tmp_path: Path) -> None:
+    store = open_store(tmp_path)
+    recorder = LMDBApplicationRecorder(store)
+    recorder.create_table()
+    recorder.insert_events(_events(1))
+    store.close()  # the writer process must own the writer lock
+    reader_store = open_store(tmp_path, readonly=True)
+    reader = LMDBApplicationRecorder(reader_store)
+    received: list[int] = []
+    writer = textwrap.dedent(f"""
+        import uuid
+        from eventsourcing.persistence import StoredEvent
+        from xoengine.datastore import open_store
+        from xoengine.journal import LMDBApplicationRecorder
+        store = open_store({str(tmp_path)!r})
+        rec = LMDBApplicationRecorder(store)
+        oid = uuid.uuid4()
+        for i in range(5):
+            rec.insert_events([StoredEvent(oid, i, "topic", b"x")])
+        store.close()
+    """)
+    try:
+        with reader.subscribe(gt=0) as subscription:
+            subprocess.run([sys.executable, "-c", writer], check=True, timeout=120)
+            for notification in subscription:
+                received.append(notification.id)
+                if len(received) == 6:
+                    break
+    finally:
+        reader_store.close()
+    assert received == [1, 2, 3, 4, 5, 6]
+
+
+def test_journal_close_stops_and_joins_live_subscriptions(tmp_path: Path) -> None:
+    store = open_store(tmp_path)
+    recorder = LMDBApplicationRecorder(store)
+    recorder.create_table()
+    subscription = recorder.subscribe(gt=None)
+    before = threading.active_count()
+    store.close()
+    assert list(subscription) == []  # stopped, nothing raised
+    assert threading.active_count() <= before
+
+
+def test_journal_blobs_are_stored_once_and_verified(tmp_path: Path) -> None:
+    store = open_store(tmp_path, durability="nosync")
+    try:
+        blobs = BlobTable(store)
+        a = blobs.save(b"A" * 10000)
+        assert blobs.save(b"A" * 10000) == a
+        b = blobs.save(b"B" * 10000)
+        assert a != b
+        assert blobs.get(a) == b"A" * 10000
+        with store.read() as txn:
+            assert txn.count("blobs") == 2
+    finally:
+        store.close()
+
+
+def test_journal_blob_hash_collision_cannot_substitute_data(tmp_path: Path) -> None:
+    store = open_store(tmp_path, durability="nosync")
+    try:
+        blobs = BlobTable(store)
+        genuine = b"the genuine block" * 10
+        # An attacker's different bytes already sit under the genuine bytes' id
+        # (what a crafted xxh3 collision would achieve).
+        slot0 = codec.digest128(genuine) + len(genuine).to_bytes(8, "big") + b"\x00"
+        forged = b"X" * len(genuine)
+        store.write(lambda txn: txn.put("blobs", slot0, codec.frame(slot0, forged)))
+        blob_id = blobs.save(genuine)
+        assert blob_id != slot0
+        assert blobs.get(blob_id) == genuine
+        # Reading the forged slot is refused: its bytes do not match its content id.
+        with pytest.raises(FrameError):
+            blobs.get(slot0)
+    finally:
+        store.close()
+
+
+def test_journal_verify_reports_damage_by_position(tmp_path: Path) -> None:
+    store = open_store(tmp_path, durability="nosync")
+    recorder = LMDBApplicationRecorder(store)
+    recorder.create_table()
+    recorder.insert_events(_events(5))
+    key = (3).to_bytes(8, "big")
+
+    def damage(txn):  # type: ignore[no-untyped-def]
+        value = bytearray(txn.get("default.events", key))
+        value[-1] ^= 0x01
+        txn.put("default.events", key, bytes(value))
+
+    store.write(damage)
+    try:
+        report = verify(store)
+        assert not report.ok
+        assert [(d.table, d.position, d.code) for d in report.damage][0] == ("default.events", "3", "E4011")
+        with pytest.raises(FrameError, match="position 3"):
+            recorder.select_notifications(None, 10)
+    finally:
+        store.close()
+
+
+def test_journal_time_labels_are_monotonic(tmp_path: Path) -> None:
+    store = open_store(tmp_path, durability="nosync")
+    try:
+        recorder = LMDBApplicationRecorder(store)
+        recorder.create_table()
+        for _ in range(20):
+            recorder.insert_events(_events(2))
+        times = [r.time_ns for r in recorder.records()]
+        assert times == sorted(times)
+    finally:
+        store.close()
