@@ -48,6 +48,7 @@ __all__ = [
     "digest128",
     "frame",
     "hasher64",
+    "hasher128",
     "pack",
     "unframe",
     "unpack",
@@ -69,6 +70,7 @@ _EXT_DATE: Final = 6
 _EXT_BIGINT: Final = 7
 _EPOCH: Final = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 _NAIVE: Final = 0x7FFFFFFF
+_EPOCH_NAIVE: Final = _EPOCH.replace(tzinfo=None)
 
 
 # -- hashing -----------------------------------------------------------------------
@@ -87,6 +89,11 @@ def digest128(data: bytes | memoryview) -> bytes:
 def hasher64(seed: int = 0) -> Any:
     """A streaming xxh3-64 hasher (``update``/``intdigest``)."""
     return xxhash.xxh3_64(seed=seed)
+
+
+def hasher128() -> Any:
+    """A streaming xxh3-128 hasher (``update``/``digest``/``hexdigest``)."""
+    return xxhash.xxh3_128()
 
 
 # -- frames ------------------------------------------------------------------------
@@ -165,10 +172,12 @@ def _pack_datetime(value: dt.datetime) -> bytes:
 
 def _unpack_datetime(data: bytes) -> dt.datetime:
     micros, off = struct.unpack(">qi", data)
-    utc = _EPOCH + dt.timedelta(microseconds=micros)
     if off == _NAIVE:
-        return utc.replace(tzinfo=None)
-    return utc.astimezone(dt.UTC if off == 0 else dt.timezone(dt.timedelta(seconds=off)))
+        return _EPOCH_NAIVE + dt.timedelta(microseconds=micros)
+    # One addition straight to local time: the UTC instant of a datetime near
+    # year 1 or 9999 may lie outside datetime's range even when local time does not.
+    local = _EPOCH_NAIVE + dt.timedelta(microseconds=micros + off * 1_000_000)
+    return local.replace(tzinfo=dt.UTC if off == 0 else dt.timezone(dt.timedelta(seconds=off)))
 
 
 def _ext_hook(code: int, data: bytes) -> Any:

@@ -22,16 +22,35 @@ from eventsourcing.persistence import IntegrityError as _ESIntegrityError
 from eventsourcing.persistence import OperationalError as _ESOperationalError
 
 __all__ = [
+    "ReplicationTimeoutError",
+    "ReplicaDivergedError",
+    "ReplicaWriteError",
+    "ScenarioStateError",
+    "ReplicaNotFoundError",
+    "OverlappingTreesError",
+    "ScenarioNotFoundError",
+    "ScenarioExistsError",
+    "ScenarioError",
     "ChecksumMismatchError",
     "ConfigurationError",
     "DiskFullError",
+    "EntryUnreadableWarning",
+    "EntryVanishedWarning",
     "FrameError",
     "FrameTooLargeError",
     "IntegrityViolationError",
+    "InvalidRelPathError",
     "JournalLockedError",
     "JournalMissingError",
     "JournalReadOnlyError",
+    "ParentNotDirectoryError",
+    "PathError",
+    "PathEscapesRootError",
     "StorageError",
+    "SymlinkedParentError",
+    "TreeRootMissingError",
+    "TreeRootUnreadableError",
+    "TreeWarning",
     "UnsupportedFormatError",
     "XoError",
 ]
@@ -155,3 +174,170 @@ class IntegrityViolationError(XoError, _ESIntegrityError):
 
     code = "E4020"
     hint = "The event or tracking record already exists; reload and retry the command."
+
+
+# -- paths and trees ---------------------------------------------------------------
+
+
+class PathError(XoError, ValueError):
+    """Refused the path {path!r}: {detail}."""
+
+    code = "E2000"
+    hint = (
+        "Paths from outside (journal, media, network, user) must name something under "
+        "their root; check where the path came from."
+    )
+
+
+class PathEscapesRootError(PathError):
+    """The path {path!r} would leave its root: {detail}."""
+
+    code = "E2001"
+    hint = (
+        "Give a relative path without '..' parts. A journal, media file or peer that "
+        "sends such a path is damaged or hostile: investigate it before trusting it."
+    )
+
+
+class InvalidRelPathError(PathError):
+    """{path!r} is not a valid relative path: {detail}."""
+
+    code = "E2002"
+    hint = "A relative path names a file under a root: not empty, no NUL byte."
+
+
+class SymlinkedParentError(PathError):
+    """Refused {path!r} under {root!r}: its parent {parent!r} is a symbolic link."""
+
+    code = "E2003"
+    hint = (
+        "Writing through a symbolic link could leave the root. Replace the link with a "
+        "directory on the target (or remove it) and retry."
+    )
+
+
+class ParentNotDirectoryError(PathError):
+    """Refused {path!r} under {root!r}: its parent {parent!r} is not a directory."""
+
+    code = "E2004"
+    hint = "The target tree differs from the source: resynchronize the replica."
+
+
+class TreeRootMissingError(XoError):
+    """No directory at {root!r}: {detail}."""
+
+    code = "E2005"
+    exit_code = 2
+    hint = "Check the configured root directory: it must exist and be a directory."
+
+
+class TreeRootUnreadableError(XoError):
+    """Cannot list the tree at {root!r}: {detail}."""
+
+    code = "E2006"
+    exit_code = 3
+    hint = (
+        "Check permissions on the root directory. An unreadable root is never treated "
+        "as an empty tree (that would delete everything on a replica)."
+    )
+
+
+class TreeWarning(XoError):  # noqa: N818 -- collected on the walk, never raised
+    """Skipped {path!r} during the walk: {detail}."""
+
+    code = "W2000"
+    hint = "Warnings are collected on the walk and reported; the entry was skipped."
+
+
+class EntryVanishedWarning(TreeWarning):
+    """{path!r} vanished or was replaced during the walk: {detail}."""
+
+    code = "W2001"
+    hint = "The tree changed while it was read; the next scan picks the change up."
+
+
+class EntryUnreadableWarning(TreeWarning):
+    """Could not read {path!r}: {detail}."""
+
+    code = "W2002"
+    hint = (
+        "Check permissions below the root. For a directory, its contents are unknown "
+        "(not empty): nothing below it is deleted on a replica."
+    )
+
+
+# -- scenarios and replication ---------------------------------------------------------
+
+
+class ScenarioError(XoError, ValueError):
+    """Invalid scenario {name!r}: {detail}."""
+
+    code = "AE0468"  # the guide's "invalid parameter given to the scenario"
+    exit_code = 2
+    hint = "Fix the scenario definition; nothing was created or changed."
+
+
+class ScenarioExistsError(ScenarioError):
+    """A scenario named {name!r} exists already."""
+
+    code = "E3001"
+    hint = "Pick another name, or update or remove the existing scenario."
+
+
+class ScenarioNotFoundError(ScenarioError, KeyError):
+    """No scenario named {name!r}."""
+
+    code = "E3002"
+    hint = "List scenarios with Engine.scenarios() or `xoengine scenarios`."
+
+
+class OverlappingTreesError(ScenarioError):
+    """Scenario {name!r}: {first!r} and {second!r} overlap."""
+
+    code = "E3003"
+    hint = (
+        "A replica may not lie inside its master or another replica, and master roots "
+        "may not contain each other; pick separate directories."
+    )
+
+
+class ReplicaNotFoundError(ScenarioError, KeyError):
+    """Scenario {name!r} has no replica {replica!r}."""
+
+    code = "E3004"
+    hint = "Use one of the scenario's replica names."
+
+
+class ScenarioStateError(XoError):
+    """Scenario {name!r} is {state}: cannot {action}."""
+
+    code = "AE0465"  # the guide's "the scenario is not in replication state"
+    exit_code = 2
+    hint = "Start the scenario (or resume the replica) first."
+
+
+class ReplicaWriteError(XoError):
+    """Cannot {action} {path!r} on the replica at {root!r}: {detail}."""
+
+    code = "E3010"
+    exit_code = 3
+    hint = "Check the replica volume (permissions, space); the change is retried on resume."
+
+
+class ReplicaDivergedError(XoError):
+    """Replica {replica!r} differs from the journal at {path!r} (position {position})."""
+
+    code = "E3011"
+    exit_code = 3
+    hint = (
+        "Something changed the replica outside xoengine. Resume runs a block-level "
+        "resynchronization that makes it exact again."
+    )
+
+
+class ReplicationTimeoutError(XoError, TimeoutError):
+    """Timed out after {timeout} s waiting for {what}."""
+
+    code = "AE0469"  # the guide's "operation timed out"
+    exit_code = 3
+    hint = "Raise the timeout, or check the statistics for a stuck or suspended replica."

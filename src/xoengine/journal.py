@@ -254,18 +254,29 @@ class LMDBAggregateRecorder(_LMDBRecorder, AggregateRecorder):
     def insert_events(
         self, stored_events: Sequence[StoredEvent], **kwargs: Any
     ) -> Sequence[int] | None:
-        """Append ``stored_events`` atomically; None (aggregate recorders report no ids)."""
+        """Append ``stored_events`` atomically; None (aggregate recorders report no ids).
+
+        Keyword arguments: ``tracking`` (process recorders) and ``inline``, a
+        function ``(txn, positions)`` run in the same transaction after the
+        events are placed: an inline projection (e.g. the master state) that is
+        exactly as current as the journal.
+        """
         self._insert(stored_events, **kwargs)
         return None
 
     def _insert(self, stored_events: Sequence[StoredEvent], **kwargs: Any) -> list[int]:
         tracking: Tracking | None = kwargs.get("tracking")
-        if not stored_events and tracking is None:
+        inline: Callable[[WriteTxn, list[int]], None] | None = kwargs.get("inline")
+        if not stored_events and tracking is None and inline is None:
             return []
-        return self.datastore.write(lambda txn: self._write(txn, stored_events, tracking))
+        return self.datastore.write(lambda txn: self._write(txn, stored_events, tracking, inline))
 
     def _write(
-        self, txn: WriteTxn, stored_events: Sequence[StoredEvent], tracking: Tracking | None
+        self,
+        txn: WriteTxn,
+        stored_events: Sequence[StoredEvent],
+        tracking: Tracking | None,
+        inline: Callable[[WriteTxn, list[int]], None] | None = None,
     ) -> list[int]:
         # 1. Check everything before the first put: a refused batch writes nothing.
         keys = [_stream_key(e.originator_id, e.originator_version) for e in stored_events]
@@ -290,6 +301,8 @@ class LMDBAggregateRecorder(_LMDBRecorder, AggregateRecorder):
             positions.append(position)
         if tracking is not None:
             self._put_tracking(txn, tracking)
+        if inline is not None:
+            inline(txn, positions)
         return positions
 
     def _check_tracking(self, txn: WriteTxn, tracking: Tracking) -> None:

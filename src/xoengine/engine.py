@@ -1,0 +1,1037 @@
+"""The engine: composition root and public API (scenarios, replication, statistics).
+
+Room: engine. May import every room below it.
+
+An :class:`Engine` is an eventsourcing application on the LMDB journal
+(``xoengine.journal``) in ``<state_dir>/journal``. Scenarios are folded from
+their events at open; each scenario wires a :class:`~xoengine.capture.Capture`
+(master side), one :class:`~xoengine.replica.ReplicaApplier` per replica (a
+background thread while the scenario runs), and a
+:class:`~xoengine.sync.Synchronizer` per replica.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import os
+import re
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Final
+
+from eventsourcing.application import Application
+
+from xoengine import blocks
+from xoengine.capture import Capture, CaptureResult, JournaledFile, MasterState
+from xoengine.errors import (
+    ConfigurationError,
+    OverlappingTreesError,
+    ReplicaNotFoundError,
+    ReplicationTimeoutError,
+    ScenarioError,
+    ScenarioExistsError,
+    ScenarioNotFoundError,
+    ScenarioStateError,
+    TreeRootMissingError,
+    XoError,
+)
+from xoengine.events import (
+    AlertRaised,
+    BytesWritten,
+    ContentReplaced,
+    FileCreated,
+    FileDeleted,
+    FileEvent,
+    FileRenamed,
+    FileSynced,
+    ReplicaAdded,
+    ReplicaRemoved,
+    ReplicaResumed,
+    ReplicaSuspended,
+    ScenarioCreated,
+    ScenarioEvent,
+    ScenarioRemoved,
+    ScenarioStarted,
+    ScenarioStateChanged,
+    ScenarioStopped,
+    ScenarioUpdated,
+    SyncFinished,
+    SyncStarted,
+)
+from xoengine.journal import BlobTable, LMDBApplicationRecorder
+from xoengine.layout import Layout
+from xoengine.manifest import Manifest
+from xoengine.replica import FILE_TOPICS, ReplicaApplier
+from xoengine.sync import LEVELS, Synchronizer, SyncSummary
+from xoengine.tree import ReplicaTree
+from xoengine.walk import normalize_relpath
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator, Sequence
+
+    from eventsourcing.domain import DomainEvent
+
+    from xoengine.datastore import Store, WriteTxn
+
+__all__ = ["KINDS", "Engine", "ReplicaStatistics", "Scenario", "ScenarioStatistics"]
+
+KINDS: Final = ("file_server", "database", "storage_group")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+SCENARIO_TOPICS: Final = tuple(
+    f"xoengine.events:{c.__name__}"
+    for c in (
+        ScenarioCreated,
+        ScenarioUpdated,
+        ScenarioRemoved,
+        ReplicaAdded,
+        ReplicaRemoved,
+        ScenarioStarted,
+        ScenarioStopped,
+        ReplicaSuspended,
+        ReplicaResumed,
+        ScenarioStateChanged,
+    )
+)
+DEFAULT_DATABASE_PATTERNS: Final = ("*.db", "*.sqlite", "*.sqlite3", "*.mdf")
+_DB_COMPANIONS: Final = ("-wal", "-shm", "-journal", ".ldf")
+
+
+class XoApplication(Application[uuid.UUID]):
+    """The eventsourcing application every engine runs (msgpack events on the LMDB journal)."""
+
+    name = "xoengine"
+
+
+# -- scenario definition (a fold of the scenario's own events) ----------------------------------
+
+
+@dataclass
+class _Definition:
+    id: uuid.UUID
+    version: int
+    name: str
+    kind: str
+    roots: list[str]
+    replicas: dict[str, str]
+    options: dict[str, Any]
+    running: bool = False
+    suspended: set[str] = field(default_factory=set)
+    state: str = "Stopped"
+    removed: bool = False
+
+    def apply(self, event: ScenarioEvent) -> None:
+        self.version = event.originator_version
+        if isinstance(event, ScenarioUpdated):
+            self.options = {**self.options, **event.options}
+        elif isinstance(event, ScenarioRemoved):
+            self.removed = True
+        elif isinstance(event, ReplicaAdded):
+            self.replicas[event.replica] = event.path
+        elif isinstance(event, ReplicaRemoved):
+            self.replicas.pop(event.replica, None)
+            self.suspended.discard(event.replica)
+        elif isinstance(event, ScenarioStarted):
+            self.running, self.state = True, "Running"
+        elif isinstance(event, ScenarioStopped):
+            self.running, self.state = False, "Stopped"
+        elif isinstance(event, ReplicaSuspended):
+            self.suspended.add(event.replica)
+        elif isinstance(event, ReplicaResumed):
+            self.suspended.discard(event.replica)
+        elif isinstance(event, ScenarioStateChanged):
+            self.state = event.state
+
+
+def _real(path: str | os.PathLike[str]) -> str:
+    return os.path.realpath(os.fspath(path))
+
+
+def _inside(child: str, parent: str) -> bool:
+    return child == parent or child.startswith(parent.rstrip("/") + "/")
+
+
+# -- statistics -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ReplicaStatistics:
+    """One replica's figures: how far it is, how much waits, what it received."""
+
+    name: str
+    path: str
+    suspended: bool
+    applied_position: int
+    backlog_events: int
+    backlog_bytes: int
+    oldest_unapplied_age_s: float | None
+    bytes_replicated: int
+    files_replicated: int
+    undo_records: int
+
+
+@dataclass(frozen=True)
+class ScenarioStatistics:
+    """A scenario's figures (R31): state, journal position, per root and per replica."""
+
+    name: str
+    kind: str
+    state: str
+    journal_position: int
+    roots: dict[str, dict[str, int]]
+    replicas: dict[str, ReplicaStatistics]
+
+
+# -- the scenario handle -------------------------------------------------------------------------
+
+
+class Scenario:
+    """A protected tree and its replicas: the handle returned by :meth:`Engine.create_scenario`."""
+
+    def __init__(self, engine: Engine, definition: _Definition) -> None:
+        """Wire capture, appliers and synchronizers for ``definition`` (internal)."""
+        self._engine = engine
+        self._def = definition
+        self._lock = threading.RLock()
+        options = definition.options
+        self.block_size: int = int(options.get("block_size", blocks.DEFAULT_BLOCK_SIZE))
+        self.layout = Layout(tuple(definition.roots))
+        store = engine.store
+        self.manifest = Manifest(f"scenario.{definition.name}.master")
+        store.ensure(*self.manifest.tables)
+        self.master_state = MasterState(definition.name, self.manifest, self.block_size)
+        self.capture_engine = Capture(
+            definition.name,
+            self.layout,
+            self.master_state,
+            store,
+            engine.blobs,
+            engine._append,
+            include=options.get("include", ()),
+            exclude=options.get("exclude", ()),
+        )
+        self._appliers: dict[str, ReplicaApplier] = {}
+        self._threads: dict[str, _ApplierThread] = {}
+        self._watcher: Any = None
+        for replica in definition.replicas:
+            self._wire_replica(replica)
+
+    def _wire_replica(self, replica: str) -> ReplicaApplier:
+        engine = self._engine
+        tree = ReplicaTree(self._def.replicas[replica], fsync=engine.fsync)
+        applier = ReplicaApplier(
+            engine.store,
+            f"replica.{self.name}.{replica}",
+            self.name,
+            tree,
+            engine._read_file_events,
+        )
+        self._appliers[replica] = applier
+        return applier
+
+    # -- description ------------------------------------------------------------------------
+
+    @property
+    def name(self) -> str:
+        """The scenario's name."""
+        return self._def.name
+
+    @property
+    def kind(self) -> str:
+        """file_server, database or storage_group."""
+        return self._def.kind
+
+    @property
+    def roots(self) -> list[str]:
+        """Master root directories."""
+        return list(self._def.roots)
+
+    @property
+    def replicas(self) -> dict[str, str]:
+        """Replica name -> replica directory."""
+        return dict(self._def.replicas)
+
+    @property
+    def options(self) -> dict[str, Any]:
+        """The scenario's options."""
+        return dict(self._def.options)
+
+    @property
+    def state(self) -> str:
+        """Running, Stopped or Problem (R31)."""
+        return self._def.state
+
+    @property
+    def suspended(self) -> set[str]:
+        """Names of suspended replicas."""
+        return set(self._def.suspended)
+
+    def entities(self) -> list[dict[str, Any]]:
+        """The units of backup and restore (R10): per root, per database, or per group."""
+        kind = self._def.kind
+        if kind == "file_server":
+            return [
+                {"entity": Layout.root_name(r), "root": r, "paths": [self.layout.prefix(i) or "."]}
+                for i, r in enumerate(self._def.roots)
+            ]
+        if kind == "storage_group":
+            groups = self._def.options.get("groups", {})
+            return [{"entity": g, "paths": list(p)} for g, p in sorted(groups.items())]
+        return self._databases()
+
+    def _databases(self) -> list[dict[str, Any]]:
+        import fnmatch  # noqa: PLC0415
+
+        patterns = self._def.options.get("databases", DEFAULT_DATABASE_PATTERNS)
+        found = []
+        with self._engine.store.read() as txn:
+            paths = [p for p, s in self.manifest.items(txn) if s.kind == "file"]
+        names = set(paths)
+        for path in sorted(paths):
+            base = path.rpartition("/")[2]
+            if any(fnmatch.fnmatchcase(base, pat) for pat in patterns):
+                members = [path] + [path + c for c in _DB_COMPANIONS if path + c in names]
+                found.append({"entity": path, "paths": members})
+        return found
+
+    # -- life cycle -------------------------------------------------------------------------
+
+    def start(self, *, watch: bool = False, level: str = "block") -> list[SyncSummary]:
+        """Synchronize every active replica, then replicate continuously.
+
+        With ``watch`` a live watcher journals changes as they happen (within
+        ``watch_delay`` seconds, default 1); otherwise call :meth:`capture`.
+        """
+        with self._lock:
+            summaries = self.synchronize(level=level)
+            if not self._def.running:
+                self._engine._scenario_event(self._def, ScenarioStarted)
+            self._start_threads()
+            if watch:
+                self._start_watch()
+            return summaries
+
+    def stop(self) -> None:
+        """Stop replicating (the watcher and applier threads end; nothing is lost)."""
+        with self._lock:
+            self._stop_threads()
+            if self._def.running:
+                self._engine._scenario_event(self._def, ScenarioStopped)
+
+    def _start_threads(self) -> None:
+        for replica, applier in self._appliers.items():
+            if replica not in self._threads:
+                thread = _ApplierThread(self, replica, applier)
+                self._threads[replica] = thread
+                thread.start()
+
+    def _stop_threads(self) -> None:
+        if self._watcher is not None:
+            self._watcher.stop()
+            self._watcher = None
+        threads, self._threads = self._threads, {}
+        for thread in threads.values():
+            thread.stop()
+
+    def _start_watch(self) -> None:
+        from xoengine.watch import Watcher  # noqa: PLC0415 (watchdog loads only when watching)
+
+        if self._watcher is None:
+            delay = float(self._def.options.get("watch_delay", 1.0))
+            self._watcher = Watcher(self, delay=delay)
+            self._watcher.start()
+
+    # -- capture ----------------------------------------------------------------------------
+
+    def capture(self, paths: Sequence[str] | None = None) -> CaptureResult:
+        """Journal what changed on the master since the last capture (all of it, or ``paths``)."""
+        self._engine._check_open()
+        result = self.capture_engine.scan(paths)
+        self._after_append()
+        return result
+
+    def open(self, path: str, mode: str = "r+b") -> JournaledFile:
+        """Open a master file whose writes are journaled as exact byte ranges."""
+        return _NotifyingFile(self, self.capture_engine, normalize_relpath(path), mode)
+
+    def _after_append(self) -> None:
+        for thread in list(self._threads.values()):
+            thread.wake()
+        self._check_spool()
+
+    # -- synchronization --------------------------------------------------------------------
+
+    def synchronize(self, level: str = "block", replica: str | None = None) -> list[SyncSummary]:
+        """Bring replicas (all active ones, or ``replica``) in line with the master (R3)."""
+        if level not in LEVELS:
+            raise ConfigurationError(detail=f"sync level {level!r} is not one of {LEVELS}")
+        names = (
+            [replica]
+            if replica
+            else [r for r in self._def.replicas if r not in self._def.suspended]
+        )
+        for name in names:
+            self._replica(name)
+        summaries = []
+        with self.capture_engine.lock:
+            # The master state is current and no capture runs while replicas are compared.
+            self.capture_engine.scan()
+            position = self._engine.recorder.max_notification_id() or 0
+            for name in names:
+                applier = self._appliers[name]
+                with applier.lock:
+                    sync = Synchronizer(
+                        self.name,
+                        name,
+                        self.layout,
+                        applier.tree,
+                        applier.undo,
+                        self._engine.store,
+                        self._engine._append,
+                        include=self.capture_engine.include,
+                        exclude=self.capture_engine.exclude,
+                        block_size=self.block_size,
+                    )
+                    summaries.append(sync.run(level, position, applier.set_position))
+        return summaries
+
+    # -- replicas ---------------------------------------------------------------------------
+
+    def _replica(self, name: str) -> ReplicaApplier:
+        try:
+            return self._appliers[name]
+        except KeyError:
+            raise ReplicaNotFoundError(name=self.name, replica=name) from None
+
+    def suspend(self, replica: str) -> None:
+        """Stop applying changes to ``replica``; they accumulate in the journal (R9)."""
+        self._replica(replica)
+        if replica not in self._def.suspended:
+            thread = self._threads.pop(replica, None)
+            if thread is not None:
+                thread.stop()
+            self._engine._scenario_event(self._def, ReplicaSuspended, replica=replica)
+
+    def resume(self, replica: str) -> None:
+        """Apply what accumulated during the suspension, then follow again (no resync)."""
+        self._replica(replica)
+        if replica in self._def.suspended:
+            self._engine._scenario_event(self._def, ReplicaResumed, replica=replica)
+        if self._def.running and replica not in self._threads:
+            thread = _ApplierThread(self, replica, self._appliers[replica])
+            self._threads[replica] = thread
+            thread.start()
+
+    def wait_replicated(self, timeout: float | None = None) -> int:
+        """Block until every active replica applied everything journaled so far.
+
+        Returns the position waited for. Suspended replicas are not waited for.
+        Without running applier threads (scenario stopped) the replicas are
+        brought up to date in this thread.
+        """
+        target = self._engine.recorder.max_notification_id() or 0
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for name, applier in self._appliers.items():
+            if name in self._def.suspended:
+                continue
+            thread = self._threads.get(name)
+            if thread is None:
+                applier.apply_available(upto=target)
+                continue
+            thread.wake()
+            if not thread.wait_position(target, deadline):
+                raise ReplicationTimeoutError(
+                    timeout=timeout, what=f"replica {name} to reach {target}"
+                )
+        return target
+
+    # -- statistics -------------------------------------------------------------------------
+
+    def statistics(self) -> ScenarioStatistics:
+        """Backlog, data amounts and replicated totals (R31)."""
+        engine = self._engine
+        journal_position = engine.recorder.max_notification_id() or 0
+        roots: dict[str, dict[str, int]] = {}
+        with engine.store.read() as txn:
+            for index, root in enumerate(self._def.roots):
+                prefix = self.layout.prefix(index)
+                files = dirs = size = 0
+                for _, state in self.manifest.items(txn, prefix):
+                    if state.kind == "file":
+                        files += 1
+                        size += state.size
+                    elif state.kind == "dir":
+                        dirs += 1
+                roots[root] = {"files": files, "dirs": dirs, "bytes": size}
+        replicas = {
+            name: self._replica_statistics(name, journal_position) for name in self._def.replicas
+        }
+        return ScenarioStatistics(
+            self.name, self.kind, self.state, journal_position, roots, replicas
+        )
+
+    def _replica_statistics(self, name: str, journal_position: int) -> ReplicaStatistics:
+        applier = self._appliers[name]
+        applied = applier.position()
+        events = size = 0
+        oldest: float | None = None
+        for _, event in self._engine._iter_file_events(applied, self.name):
+            events += 1
+            size += _event_bytes(event)
+            if oldest is None:
+                oldest = max(0.0, (dt.datetime.now(dt.UTC) - event.timestamp).total_seconds())
+        replicated = files = 0
+        for _, event in self._engine._iter_file_events(0, self.name, upto=applied):
+            replicated += _event_bytes(event)
+            files += 1
+        undo_count, _ = applier.undo.size()
+        return ReplicaStatistics(
+            name=name,
+            path=self._def.replicas[name],
+            suspended=name in self._def.suspended,
+            applied_position=applied,
+            backlog_events=events,
+            backlog_bytes=size,
+            oldest_unapplied_age_s=oldest,
+            bytes_replicated=replicated,
+            files_replicated=files,
+            undo_records=undo_count,
+        )
+
+    def _check_spool(self) -> None:
+        limit = self._def.options.get("spool_limit")
+        if not limit:
+            return
+        worst = 0
+        for name, applier in self._appliers.items():
+            backlog = sum(
+                _event_bytes(e)
+                for _, e in self._engine._iter_file_events(applier.position(), self.name)
+            )
+            worst = max(worst, backlog)
+            del name
+        if worst > int(limit) and self._def.state != "Problem":
+            self._engine._scenario_event(
+                self._def,
+                AlertRaised,
+                code="AW0001",
+                severity="warning",
+                message=f"spool over threshold: {worst} bytes waiting (limit {limit})",
+                details={"backlog_bytes": worst, "limit": int(limit)},
+            )
+            self._engine._scenario_event(
+                self._def, ScenarioStateChanged, state="Problem", reason="spool over threshold"
+            )
+        elif worst <= int(limit) and self._def.state == "Problem":
+            state = "Running" if self._def.running else "Stopped"
+            self._engine._scenario_event(
+                self._def, ScenarioStateChanged, state=state, reason="spool back under threshold"
+            )
+
+    # -- reports ----------------------------------------------------------------------------
+
+    def sync_report(self, replica: str | None = None, *, last_only: bool = True) -> dict[str, Any]:
+        """The synchronization report (R35): files transferred with paths and sizes, counts, bytes."""
+        runs: dict[uuid.UUID, dict[str, Any]] = {}
+        for position, event in self._engine._iter_events((SyncStarted, FileSynced, SyncFinished)):
+            if event.scenario != self.name or (replica and event.replica != replica):
+                continue
+            run = runs.setdefault(event.originator_id, {"replica": event.replica, "files": []})
+            if isinstance(event, SyncStarted):
+                run.update(
+                    level=event.level,
+                    started=event.timestamp.isoformat(),
+                    position=event.position,
+                    started_at=position,
+                )
+            elif isinstance(event, FileSynced):
+                run["files"].append(
+                    {
+                        "path": event.path,
+                        "action": event.action,
+                        "size": event.size,
+                        "bytes_sent": event.bytes_sent,
+                    }
+                )
+            else:
+                run.update(
+                    finished=event.timestamp.isoformat(),
+                    files_checked=event.files_checked,
+                    files_changed=event.files_changed,
+                    files_deleted=event.files_deleted,
+                    bytes_sent=event.bytes_sent,
+                    warnings=event.warnings,
+                )
+        ordered = [r for r in runs.values() if "finished" in r]
+        if last_only:
+            latest: dict[str, dict[str, Any]] = {}
+            for run in ordered:
+                latest[run["replica"]] = run
+            ordered = list(latest.values())
+        return {"scenario": self.name, "runs": ordered}
+
+    def replication_report(
+        self, replica: str | None = None, *, detail: bool = False
+    ) -> dict[str, Any]:
+        """The replication report (R35): bytes since start and since the last report, file counts."""
+        report: dict[str, Any] = {"scenario": self.name, "replicas": {}}
+        marks = self._engine._report_marks.setdefault(self.name, {})
+        for name, applier in self._appliers.items():
+            if replica and name != replica:
+                continue
+            applied = applier.position()
+            since = marks.get(name, 0)
+            totals = {
+                "created": 0,
+                "updated": 0,
+                "deleted": 0,
+                "renamed": 0,
+                "bytes": 0,
+                "bytes_since_last_report": 0,
+            }
+            files: list[dict[str, Any]] = []
+            for position, event in self._engine._iter_file_events(0, self.name, upto=applied):
+                op = _operation(event)
+                if op in totals:
+                    totals[op] += 1
+                nbytes = _event_bytes(event)
+                totals["bytes"] += nbytes
+                if position > since:
+                    totals["bytes_since_last_report"] += nbytes
+                if detail:
+                    files.append(
+                        {"position": position, "path": event.path, "operation": op, "bytes": nbytes}
+                    )
+            entry: dict[str, Any] = {
+                "applied_position": applied,
+                **totals,
+                "errors": list(applier.counts.errors),
+            }
+            if detail:
+                entry["files"] = files
+            report["replicas"][name] = entry
+            marks[name] = applied
+        return report
+
+
+def _operation(event: FileEvent) -> str:
+    if isinstance(event, FileCreated):
+        return "created"
+    if isinstance(event, FileDeleted):
+        return "deleted"
+    if isinstance(event, FileRenamed):
+        return "renamed"
+    return "updated"
+
+
+def _event_bytes(event: FileEvent) -> int:
+    if isinstance(event, BytesWritten):
+        return sum(r[1] for r in event.ranges)
+    if isinstance(event, ContentReplaced):
+        return sum(op[2] for op in event.ops if op[0] == "data")
+    return 0
+
+
+class _NotifyingFile(JournaledFile):
+    def __init__(self, scenario: Scenario, capture: Capture, path: str, mode: str) -> None:
+        super().__init__(capture, path, mode)
+        self._scenario = scenario
+
+    def flush(self) -> None:
+        super().flush()
+        self._scenario._after_append()
+
+
+class _ApplierThread:
+    """Runs one replica's applier while the scenario runs; woken by appends."""
+
+    def __init__(self, scenario: Scenario, replica: str, applier: ReplicaApplier) -> None:
+        self.scenario = scenario
+        self.replica = replica
+        self.applier = applier
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._progress = threading.Condition()
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(
+            target=self._run, name=f"xoengine-apply:{scenario.name}:{replica}", daemon=True
+        )
+
+    def start(self) -> None:
+        self.scenario._engine.store.listen(self._wake)
+        self._thread.start()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not threading.current_thread():
+            self._thread.join()
+        self.scenario._engine.store.unlisten(self._wake)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait()
+            self._wake.clear()
+            if self._stop.is_set():
+                break
+            try:
+                self.applier.apply_available()
+            except XoError as e:
+                self.error = e
+                self.applier.counts.errors.append(str(e))
+                with contextlib.suppress(XoError):
+                    self.scenario._engine._scenario_event(
+                        self.scenario._def,
+                        AlertRaised,
+                        code=e.code,
+                        severity="error",
+                        message=str(e),
+                        details={"replica": self.replica},
+                    )
+                self._stop.set()
+            with self._progress:
+                self._progress.notify_all()
+
+    def wait_position(self, target: int, deadline: float | None) -> bool:
+        with self._progress:
+            while self.applier.position() < target:
+                if self.error is not None:
+                    raise self.error
+                if self._stop.is_set():
+                    self.applier.apply_available(upto=target)
+                    continue
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return False
+                self._wake.set()
+                self._progress.wait(timeout=remaining)
+        return True
+
+
+# -- the engine --------------------------------------------------------------------------------
+
+
+class Engine:
+    """The xoengine engine over one state directory (journal and everything derived from it).
+
+    Open with :meth:`open`; close with :meth:`close` or use it as a context
+    manager. Durability (``sync`` by default) is that of the journal; replica
+    files are fsynced unless durability is ``nosync``.
+    """
+
+    def __init__(
+        self,
+        state_dir: str | os.PathLike[str],
+        *,
+        durability: str = "sync",
+        map_size: int | None = None,
+    ) -> None:
+        """Open (creating if missing) the engine in ``state_dir``."""
+        self.state_dir = Path(state_dir)
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        env = {
+            "PERSISTENCE_MODULE": "xoengine.journal",
+            "LMDB_PATH": str(self.state_dir / "journal"),
+            "LMDB_DURABILITY": durability,
+        }
+        if map_size:
+            env["LMDB_MAP_SIZE"] = str(map_size)
+        self.app = XoApplication(env=env)
+        recorder = self.app.recorder
+        assert isinstance(recorder, LMDBApplicationRecorder)
+        self.recorder: LMDBApplicationRecorder = recorder
+        self.store: Store = recorder.datastore
+        self.blobs = BlobTable(self.store)
+        self.fsync = durability != "nosync"
+        self._closed = False
+        self._definitions: dict[str, _Definition] = {}
+        self._scenarios: dict[str, Scenario] = {}
+        self._report_marks: dict[str, dict[str, int]] = {}
+        self._lock = threading.RLock()
+        self._load()
+
+    @classmethod
+    def open(
+        cls,
+        state_dir: str | os.PathLike[str],
+        *,
+        durability: str = "sync",
+        map_size: int | None = None,
+    ) -> Engine:
+        """Open the engine in ``state_dir`` (journal in ``state_dir/journal``)."""
+        return cls(state_dir, durability=durability, map_size=map_size)
+
+    def close(self) -> None:
+        """Stop every scenario's threads and close the journal."""
+        if self._closed:
+            return
+        for scenario in self._scenarios.values():
+            scenario._stop_threads()
+        self._closed = True
+        self.app.close()
+
+    def __enter__(self) -> Engine:
+        """Use as a context manager."""
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        """Close."""
+        self.close()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ScenarioStateError(name="*", state="closed", action="use a closed engine")
+
+    # -- journal plumbing -------------------------------------------------------------------
+
+    def _append(
+        self,
+        events: Sequence[DomainEvent],
+        inline: Callable[[WriteTxn, list[int]], None] | None = None,
+    ) -> list[int]:
+        kwargs: dict[str, Any] = {} if inline is None else {"inline": inline}
+        recordings = self.app.events.put(list(events), **kwargs)
+        return [r.notification.id for r in recordings]
+
+    def _decode(self, notification: Any) -> Any:
+        return self.app.mapper.to_domain_event(notification)
+
+    def _read_file_events(self, after: int, limit: int) -> list[tuple[int, FileEvent | None]]:
+        notes = self.recorder.select_notifications(after + 1, limit)
+        out: list[tuple[int, FileEvent | None]] = []
+        for note in notes:
+            event = self._decode(note) if note.topic in FILE_TOPICS else None
+            out.append((note.id, event))
+        return out
+
+    def _iter_events(
+        self, classes: tuple[type, ...], after: int = 0, upto: int | None = None
+    ) -> Iterator[tuple[int, Any]]:
+        topics = [f"xoengine.events:{c.__name__}" for c in classes]
+        start = after + 1
+        while True:
+            notes = self.recorder.select_notifications(start, 1000, stop=upto, topics=topics)
+            for note in notes:
+                yield note.id, self._decode(note)
+            if len(notes) < 1000:
+                return
+            start = notes[-1].id + 1
+
+    def _iter_file_events(
+        self, after: int, scenario: str, upto: int | None = None
+    ) -> Iterator[tuple[int, FileEvent]]:
+        classes = tuple(
+            c for c in (FileCreated, BytesWritten, ContentReplaced, FileDeleted, FileRenamed)
+        )
+        from xoengine.events import FileTruncated, MetadataChanged  # noqa: PLC0415
+
+        for position, event in self._iter_events(
+            (*classes, FileTruncated, MetadataChanged), after, upto
+        ):
+            if event.scenario == scenario:
+                yield position, event
+
+    def _load(self) -> None:
+        for _, event in self._iter_events(tuple(_topic_class(t) for t in SCENARIO_TOPICS)):
+            if isinstance(event, ScenarioCreated):
+                self._definitions[event.name] = _Definition(
+                    id=event.originator_id,
+                    version=event.originator_version,
+                    name=event.name,
+                    kind=event.kind,
+                    roots=list(event.roots),
+                    replicas={},
+                    options=dict(event.options),
+                )
+                self._by_id = None
+            else:
+                for definition in self._definitions.values():
+                    if definition.id == event.originator_id:
+                        definition.apply(event)
+        for name, definition in list(self._definitions.items()):
+            if definition.removed:
+                del self._definitions[name]
+            else:
+                # Replication threads do not survive a restart: a scenario that was
+                # running resumes when the caller starts it again.
+                self._scenarios[name] = Scenario(self, definition)
+
+    def _scenario_event(
+        self, definition: _Definition, cls: type[ScenarioEvent], **fields: Any
+    ) -> None:
+        with self._lock:
+            event = cls(
+                originator_id=definition.id,
+                originator_version=definition.version + 1,
+                timestamp=cls.create_timestamp(),
+                **fields,
+            )
+            self._append([event])
+            definition.apply(event)
+
+    # -- scenarios ----------------------------------------------------------------------------
+
+    def create_scenario(
+        self,
+        name: str,
+        *,
+        kind: str = "file_server",
+        master: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+        replicas: dict[str, str | os.PathLike[str]],
+        **options: Any,
+    ) -> Scenario:
+        """Define a scenario; nothing is half-created if the definition is refused.
+
+        Options: ``include``/``exclude`` (glob patterns, see ``walk.PathFilter``),
+        ``block_size`` (default 4096), ``spool_limit`` (bytes of backlog that put
+        the scenario in Problem state and raise an alert), ``watch_delay``
+        (seconds, default 1), ``databases`` (patterns of database files, for
+        ``kind="database"``), ``groups`` (name -> paths, for ``storage_group``).
+        """
+        self._check_open()
+        with self._lock:
+            roots, replica_paths = self._validate(name, kind, master, replicas, options)
+            scenario_id = uuid.uuid4()
+            created = ScenarioCreated(
+                originator_id=scenario_id,
+                originator_version=1,
+                timestamp=ScenarioCreated.create_timestamp(),
+                name=name,
+                kind=kind,
+                roots=roots,
+                replicas={},
+                options=dict(options),
+            )
+            added = [
+                ReplicaAdded(
+                    originator_id=scenario_id,
+                    originator_version=2 + i,
+                    timestamp=ReplicaAdded.create_timestamp(),
+                    replica=r,
+                    path=p,
+                )
+                for i, (r, p) in enumerate(sorted(replica_paths.items()))
+            ]
+            for path in replica_paths.values():
+                Path(path).mkdir(parents=True, exist_ok=True)
+            self._append([created, *added])
+            definition = _Definition(scenario_id, 1, name, kind, roots, {}, dict(options))
+            for event in added:
+                definition.apply(event)
+            self._definitions[name] = definition
+            scenario = Scenario(self, definition)
+            self._scenarios[name] = scenario
+            return scenario
+
+    def _validate(
+        self, name: str, kind: str, master: Any, replicas: dict[str, Any], options: dict[str, Any]
+    ) -> tuple[list[str], dict[str, str]]:
+        if not isinstance(name, str) or not _NAME.match(name):
+            raise ScenarioError(name=name, detail="names are 1-64 letters, digits, '_', '.', '-'")
+        if name in self._definitions:
+            raise ScenarioExistsError(name=name)
+        if kind not in KINDS:
+            raise ScenarioError(name=name, detail=f"kind {kind!r} is not one of {KINDS}")
+        masters = [master] if isinstance(master, (str, os.PathLike)) else list(master)
+        if not masters:
+            raise ScenarioError(name=name, detail="at least one master root is needed")
+        roots = []
+        for root in masters:
+            real = _real(root)
+            if not os.path.isdir(real):  # noqa: PTH112
+                raise TreeRootMissingError(root=os.fspath(root), detail="not an existing directory")
+            roots.append(real)
+        try:
+            Layout(tuple(roots))
+        except ConfigurationError as e:
+            raise ScenarioError(name=name, detail=e.message) from None
+        if not replicas:
+            raise ScenarioError(name=name, detail="at least one replica is needed")
+        replica_paths: dict[str, str] = {}
+        for replica, path in replicas.items():
+            if not isinstance(replica, str) or not _NAME.match(replica):
+                raise ScenarioError(name=name, detail=f"replica name {replica!r} is not valid")
+            replica_paths[replica] = _real(path)
+        # Overlaps: within this scenario and against every other scenario.
+        trees = [("master", r) for r in roots] + [("replica", p) for p in replica_paths.values()]
+        for other in self._definitions.values():
+            trees += [("master", r) for r in other.roots] + [
+                ("replica", p) for p in other.replicas.values()
+            ]
+        mine = len(roots) + len(replica_paths)
+        for i, (kind_a, a) in enumerate(trees[:mine]):
+            for j, (kind_b, b) in enumerate(trees):
+                if i == j:
+                    continue
+                if _inside(a, b) or _inside(b, a):
+                    raise OverlappingTreesError(
+                        name=name, first=f"{kind_a} {a}", second=f"{kind_b} {b}"
+                    )
+        if "block_size" in options:
+            size = options["block_size"]
+            if not isinstance(size, int) or not 512 <= size <= blocks.MAX_BLOCK_SIZE:
+                raise ScenarioError(
+                    name=name, detail="block_size must be an int from 512 bytes to 4 MiB"
+                )
+        if kind == "storage_group" and not options.get("groups"):
+            raise ScenarioError(
+                name=name, detail="a storage_group scenario needs groups={name: [paths]}"
+            )
+        for key in ("include", "exclude"):
+            value = options.get(key, ())
+            if isinstance(value, str) or not all(isinstance(p, str) and p for p in value):
+                raise ScenarioError(name=name, detail=f"{key} must be a list of glob patterns")
+        return roots, replica_paths
+
+    def scenarios(self) -> list[Scenario]:
+        """Every scenario, by name."""
+        return [self._scenarios[n] for n in sorted(self._scenarios)]
+
+    def scenario(self, name: str) -> Scenario:
+        """The scenario called ``name``."""
+        try:
+            return self._scenarios[name]
+        except KeyError:
+            raise ScenarioNotFoundError(name=name) from None
+
+    def update_scenario(self, name: str, **options: Any) -> Scenario:
+        """Change options of a scenario (stopped scenarios only, so nothing runs on old settings)."""
+        scenario = self.scenario(name)
+        definition = scenario._def
+        if definition.running:
+            raise ScenarioStateError(name=name, state="running", action="update it (stop it first)")
+        merged = {**definition.options, **options}
+        if "include" in options or "exclude" in options or "block_size" in options:
+            others = {n: d for n, d in self._definitions.items() if n != name}
+            saved, self._definitions = self._definitions, others
+            try:
+                self._validate(name, definition.kind, definition.roots, definition.replicas, merged)
+            finally:
+                self._definitions = saved
+        self._scenario_event(definition, ScenarioUpdated, options=dict(options))
+        self._scenarios[name] = Scenario(self, definition)
+        return self._scenarios[name]
+
+    def remove_scenario(self, name: str) -> None:
+        """Remove a scenario (its history stays in the journal; replica files stay on disk)."""
+        scenario = self.scenario(name)
+        scenario._stop_threads()
+        self._scenario_event(scenario._def, ScenarioRemoved)
+        del self._scenarios[name]
+        del self._definitions[name]
+
+
+def _topic_class(topic: str) -> type:
+    import xoengine.events as events_module  # noqa: PLC0415
+
+    cls: type = getattr(events_module, topic.rpartition(":")[2])
+    return cls
+
+
+_ = (ClassVar,)

@@ -1,0 +1,247 @@
+"""The event catalogue: every fact xoengine records, as immutable eventsourcing events.
+
+Room: record. May import ``errors`` and eventsourcing.
+
+Names are past tense and never renamed or moved: the stored topic is
+``xoengine.events:<Name>``. A schema change gets ``class_version`` and an
+upcast method, never a rename (ARCHITECTURE.md, Events).
+
+Streams (originator ids):
+- a scenario's stream holds its definition and life cycle;
+- each tracked file, directory or symlink has a stream of its own whose id
+  survives renames, so ``history(path)`` reads one stream;
+- each synchronization run has a stream (SyncStarted, FileSynced..., SyncFinished).
+
+Paths inside events are *scenario paths*: ``/``-separated, relative to the
+scenario's tree (one root: relative to it; several roots: ``<root name>/...``),
+``str`` with non-UTF-8 bytes as surrogates (``os.fsdecode``), byte-exact in the
+journal. Byte ranges reference the journal's blob table.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from eventsourcing.domain import DomainEvent
+
+__all__ = [
+    "AlertRaised",
+    "BytesWritten",
+    "ContentReplaced",
+    "FileCreated",
+    "FileDeleted",
+    "FileEvent",
+    "FileRenamed",
+    "FileSynced",
+    "FileTruncated",
+    "MetadataChanged",
+    "ReplicaAdded",
+    "ReplicaRemoved",
+    "ReplicaResumed",
+    "ReplicaSuspended",
+    "ScenarioCreated",
+    "ScenarioEvent",
+    "ScenarioRemoved",
+    "ScenarioStarted",
+    "ScenarioStateChanged",
+    "ScenarioStopped",
+    "ScenarioUpdated",
+    "SyncFinished",
+    "SyncStarted",
+    "XoEvent",
+]
+
+
+class XoEvent(DomainEvent):
+    """Base of every xoengine event (a frozen dataclass with originator id, version, timestamp)."""
+
+
+# -- scenario ------------------------------------------------------------------------
+
+
+class ScenarioEvent(XoEvent):
+    """An event in a scenario's own stream."""
+
+
+class ScenarioCreated(ScenarioEvent):
+    """A scenario was defined: what is protected, where, and where it is replicated to."""
+
+    name: str
+    kind: str
+    roots: list[str]
+    replicas: dict[str, str]
+    options: dict[str, Any]
+
+
+class ScenarioUpdated(ScenarioEvent):
+    """Some options of a scenario changed (only the changed keys)."""
+
+    options: dict[str, Any]
+
+
+class ScenarioRemoved(ScenarioEvent):
+    """A scenario was removed; its journal history stays."""
+
+
+class ReplicaAdded(ScenarioEvent):
+    """A replica was added to a scenario."""
+
+    replica: str
+    path: str
+
+
+class ReplicaRemoved(ScenarioEvent):
+    """A replica was removed from a scenario."""
+
+    replica: str
+
+
+class ScenarioStarted(ScenarioEvent):
+    """Replication started (after the initial synchronization)."""
+
+
+class ScenarioStopped(ScenarioEvent):
+    """Replication stopped."""
+
+
+class ReplicaSuspended(ScenarioEvent):
+    """Applying changes to one replica stopped; changes keep accumulating in the journal."""
+
+    replica: str
+
+
+class ReplicaResumed(ScenarioEvent):
+    """Applying changes to one replica resumed from where it stopped."""
+
+    replica: str
+
+
+class ScenarioStateChanged(ScenarioEvent):
+    """The scenario's state changed (Running, Stopped, Problem) and why."""
+
+    state: str
+    reason: str
+
+
+class AlertRaised(ScenarioEvent):
+    """An alert for operators: code, severity (info, warning, error) and details."""
+
+    code: str
+    severity: str
+    message: str
+    details: dict[str, Any]
+
+
+# -- capture (one stream per file, directory or symlink) -------------------------------
+
+
+class FileEvent(XoEvent):
+    """A change to one tracked path of a scenario.
+
+    ``observed`` is what the master's ``lstat`` showed after the change:
+    ``[size, mode, mtime_ns, ctime_ns, inode, device]`` (empty if unknown), so
+    the master state is a pure fold of the journal.
+    """
+
+    scenario: str
+    path: str
+    observed: list[int]
+
+
+class FileCreated(FileEvent):
+    """A file, directory or symlink appeared (content follows as BytesWritten)."""
+
+    kind: str
+    mode: int
+    mtime_ns: int
+    target: str | None
+
+
+class BytesWritten(FileEvent):
+    """Byte ranges were written: ``ranges`` = [[offset, length, blob id], ...].
+
+    ``size`` is the file size after the write. ``digests`` holds the block
+    digests of every block the ranges touch, after the write:
+    [first block index, packed digests], so the master state is a pure fold.
+    """
+
+    ranges: list[list[Any]]
+    size: int
+    digests: list[Any]
+
+
+class FileTruncated(FileEvent):
+    """The file was cut (or extended with zeros) to ``size`` bytes."""
+
+    size: int
+    digests: list[Any]
+
+
+class ContentReplaced(FileEvent):
+    """The whole content was rebuilt from the old one by a delta.
+
+    ``ops`` = [["copy", old offset, length] | ["data", blob id, length], ...] in
+    order; ``base`` and ``result`` are the xxh3-128 hex of the content before
+    and after, so an applier whose copy differs refuses the delta instead of
+    building wrong data, and one that applied it already skips it.
+    """
+
+    ops: list[list[Any]]
+    size: int
+    base: str
+    result: str
+    digests: list[Any]
+
+
+class FileRenamed(FileEvent):
+    """The path moved to ``new_path`` (same identity, same stream)."""
+
+    new_path: str
+
+
+class FileDeleted(FileEvent):
+    """The path was deleted."""
+
+
+class MetadataChanged(FileEvent):
+    """Permission bits or modification time changed."""
+
+    mode: int
+    mtime_ns: int
+
+
+# -- synchronization (one stream per run) ----------------------------------------------
+
+
+class SyncStarted(XoEvent):
+    """A synchronization of one replica started at a journal position."""
+
+    scenario: str
+    replica: str
+    level: str
+    position: int
+
+
+class FileSynced(XoEvent):
+    """One path was brought in line: action (created, updated, deleted, metadata), bytes sent."""
+
+    scenario: str
+    replica: str
+    path: str
+    action: str
+    size: int
+    bytes_sent: int
+
+
+class SyncFinished(XoEvent):
+    """A synchronization finished: counts, bytes and the position the replica now holds."""
+
+    scenario: str
+    replica: str
+    level: str
+    position: int
+    files_checked: int
+    files_changed: int
+    files_deleted: int
+    bytes_sent: int
+    warnings: list[str]

@@ -1,0 +1,194 @@
+"""Manifests: what a tree holds, path by path, with block digests, stored in the journal's store.
+
+Room: algorithms/storage. May import ``errors``, ``codec``, ``datastore``; no eventsourcing.
+
+A manifest is two tables under one name ``N``:
+
+- ``N.paths``: scenario path (UTF-8 with surrogateescape) -> frame of
+  ``[file id, version, kind, size, mode, mtime_ns, ctime_ns, ino, dev, target]``;
+- ``N.blocks``: file id (16 bytes) + chunk number (4 bytes BE) -> frame of the
+  packed block digests of up to :data:`CHUNK_BLOCKS` consecutive blocks, each
+  digest :data:`DIGEST_WIDTH` bytes (``blocks.BlockMap`` layout).
+
+The master state of a scenario is a manifest folded from its file events in
+the same transaction as they are appended (``capture``); the manifest code
+itself only stores and reads.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Final
+
+from xoengine import codec
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from xoengine.datastore import ReadTxn, WriteTxn
+
+__all__ = ["CHUNK_BLOCKS", "DIGEST_WIDTH", "FileState", "Manifest"]
+
+DIGEST_WIDTH: Final = 12
+"""Bytes per block: xxh3-64 strong digest (8, little-endian) then weak sum (4, little-endian)."""
+
+CHUNK_BLOCKS: Final = 1024
+"""Block digests stored per LMDB value."""
+
+
+@dataclass(frozen=True)
+class FileState:
+    """What the manifest knows of one path."""
+
+    file_id: uuid.UUID
+    version: int
+    kind: str
+    size: int = 0
+    mode: int = 0
+    mtime_ns: int = 0
+    ctime_ns: int = 0
+    ino: int = 0
+    dev: int = 0
+    target: str | None = None
+
+    def pack(self) -> bytes:
+        """The msgpack body of this entry."""
+        return codec.pack(
+            [
+                self.file_id.bytes,
+                self.version,
+                self.kind,
+                self.size,
+                self.mode,
+                self.mtime_ns,
+                self.ctime_ns,
+                self.ino,
+                self.dev,
+                self.target,
+            ]
+        )
+
+    @classmethod
+    def unpack(cls, body: bytes | memoryview, where: str) -> FileState:
+        """Inverse of :meth:`pack`."""
+        fid, version, kind, size, mode, mtime_ns, ctime_ns, ino, dev, target = codec.unpack(
+            body, position=where
+        )
+        return cls(
+            uuid.UUID(bytes=fid), version, kind, size, mode, mtime_ns, ctime_ns, ino, dev, target
+        )
+
+    def evolve(self, **changes: object) -> FileState:
+        """A copy with ``changes``."""
+        return replace(self, **changes)  # type: ignore[arg-type]
+
+
+def _key(path: str) -> bytes:
+    return path.encode("utf-8", "surrogateescape")
+
+
+def _path(key: bytes) -> str:
+    return key.decode("utf-8", "surrogateescape")
+
+
+class Manifest:
+    """Path entries and block digests of one tree, in two tables of a store."""
+
+    def __init__(self, name: str) -> None:
+        """Name the tables ``<name>.paths`` and ``<name>.blocks``."""
+        self.name = name
+        self.paths_table = f"{name}.paths"
+        self.blocks_table = f"{name}.blocks"
+
+    @property
+    def tables(self) -> tuple[str, str]:
+        """The two table names (for ``Store.ensure``)."""
+        return (self.paths_table, self.blocks_table)
+
+    # -- paths ---------------------------------------------------------------------------
+
+    def get(self, txn: ReadTxn, path: str) -> FileState | None:
+        """The entry of ``path``, or None."""
+        key = _key(path)
+        value = txn.get(self.paths_table, key)
+        if value is None:
+            return None
+        return FileState.unpack(codec.unframe(key, value, where=self.paths_table), path)
+
+    def put(self, txn: WriteTxn, path: str, state: FileState) -> None:
+        """Store the entry of ``path``."""
+        key = _key(path)
+        txn.put(self.paths_table, key, codec.frame(key, state.pack()))
+
+    def remove(self, txn: WriteTxn, path: str) -> None:
+        """Forget ``path`` (its block digests stay with its file id until dropped)."""
+        txn.delete(self.paths_table, _key(path))
+
+    def items(self, txn: ReadTxn, prefix: str = "") -> Iterator[tuple[str, FileState]]:
+        """All ``(path, entry)`` in byte order of the path, optionally under ``prefix``."""
+        raw = _key(prefix)
+        for key, value in txn.items(self.paths_table, raw or None, prefix=raw or None):
+            path = _path(key)
+            yield path, FileState.unpack(codec.unframe(key, value, where=self.paths_table), path)
+
+    def count(self, txn: ReadTxn) -> int:
+        """Number of paths."""
+        return txn.count(self.paths_table)
+
+    # -- block digests -------------------------------------------------------------------
+
+    def _chunk_key(self, file_id: uuid.UUID, chunk: int) -> bytes:
+        return file_id.bytes + chunk.to_bytes(4, "big")
+
+    def digests(self, txn: ReadTxn, file_id: uuid.UUID, nblocks: int) -> bytes:
+        """The packed digests of blocks ``0 .. nblocks-1`` (missing ones are zero)."""
+        out = bytearray()
+        for chunk in range((nblocks + CHUNK_BLOCKS - 1) // CHUNK_BLOCKS):
+            key = self._chunk_key(file_id, chunk)
+            value = txn.get(self.blocks_table, key)
+            want = min(CHUNK_BLOCKS, nblocks - chunk * CHUNK_BLOCKS) * DIGEST_WIDTH
+            body = (
+                b"" if value is None else bytes(codec.unframe(key, value, where=self.blocks_table))
+            )
+            out += body[:want].ljust(want, b"\0")
+        return bytes(out)
+
+    def set_digests(
+        self, txn: WriteTxn, file_id: uuid.UUID, first: int, packed: bytes, nblocks: int
+    ) -> None:
+        """Store digests of blocks ``first..`` and cut the map to ``nblocks`` blocks."""
+        count = len(packed) // DIGEST_WIDTH
+        index = first
+        while index < first + count:
+            chunk, offset = divmod(index, CHUNK_BLOCKS)
+            take = min(CHUNK_BLOCKS - offset, first + count - index)
+            key = self._chunk_key(file_id, chunk)
+            value = txn.get(self.blocks_table, key)
+            body = bytearray(b"" if value is None else codec.unframe(key, value))
+            start = offset * DIGEST_WIDTH
+            if len(body) < start:
+                body += b"\0" * (start - len(body))
+            piece = packed[(index - first) * DIGEST_WIDTH : (index - first + take) * DIGEST_WIDTH]
+            body[start : start + len(piece)] = piece
+            txn.put(self.blocks_table, key, codec.frame(key, bytes(body)))
+            index += take
+        self.cut_digests(txn, file_id, nblocks)
+
+    def cut_digests(self, txn: WriteTxn, file_id: uuid.UUID, nblocks: int) -> None:
+        """Drop digests of blocks at or beyond ``nblocks``."""
+        chunk, offset = divmod(nblocks, CHUNK_BLOCKS)
+        found = list(
+            txn.items(self.blocks_table, self._chunk_key(file_id, chunk), prefix=file_id.bytes)
+        )
+        for key, value in found:  # changed after the scan: no writes under a live cursor
+            if int.from_bytes(key[16:], "big") == chunk and offset:
+                body = bytes(codec.unframe(key, value))[: offset * DIGEST_WIDTH]
+                txn.put(self.blocks_table, key, codec.frame(key, body))
+            else:
+                txn.delete(self.blocks_table, key)
+
+    def drop(self, txn: WriteTxn) -> None:
+        """Empty both tables (before a rebuild)."""
+        txn.drop(self.paths_table)
+        txn.drop(self.blocks_table)

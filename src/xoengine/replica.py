@@ -1,0 +1,318 @@
+"""The replica applier: the projection that keeps one replica an exact copy, from the journal.
+
+Room: producers and projections. May import ``errors``, ``codec``, ``datastore``,
+``events``, ``journal``, ``tree``, ``walk`` (never capture, sync or other projections).
+
+:class:`ReplicaApplier` follows the journal from its tracking position and
+applies one scenario's file events to one replica tree, in batches:
+
+1. for every event of the batch it records the *before-image* of what the
+   event will overwrite, truncate, delete, rename or re-mode (the undo log,
+   keyed by position) and commits it durably;
+2. it changes the files (idempotent operations, fsynced);
+3. it commits its tracking position.
+
+A crash between any two steps is harmless: step 1 keeps the first
+before-image recorded for a position, and step 2 re-applied gives the same
+files (a delta is checked against the content digests it applies to and
+results in). A remote replica host runs the same applier over its copy of
+the journal (ARCHITECTURE.md: the master's journal is the spool).
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import threading
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Final
+
+from eventsourcing.persistence import Tracking
+
+from xoengine import codec
+from xoengine.errors import ReplicaDivergedError
+from xoengine.events import (
+    BytesWritten,
+    ContentReplaced,
+    FileCreated,
+    FileDeleted,
+    FileEvent,
+    FileRenamed,
+    FileTruncated,
+    MetadataChanged,
+)
+from xoengine.journal import BlobTable, LMDBTrackingRecorder
+from xoengine.tree import Image, UndoLog, image_of_existing, image_of_writes, stat_meta
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator, Sequence
+
+    from xoengine.datastore import ReadTxn, Store, WriteTxn
+    from xoengine.tree import ReplicaTree
+
+__all__ = ["FILE_TOPICS", "AppliedCounts", "ReplicaApplier"]
+
+FILE_TOPICS: Final = tuple(
+    f"xoengine.events:{cls.__name__}"
+    for cls in (
+        FileCreated,
+        BytesWritten,
+        FileTruncated,
+        ContentReplaced,
+        FileRenamed,
+        FileDeleted,
+        MetadataChanged,
+    )
+)
+
+EventBatch = "Sequence[tuple[int, FileEvent | None]]"
+
+
+@dataclass
+class AppliedCounts:
+    """What an applier did since it was created (live statistics; reports use the journal)."""
+
+    events: int = 0
+    bytes: int = 0
+    created: int = 0
+    updated: int = 0
+    deleted: int = 0
+    renamed: int = 0
+    errors: list[str] = field(default_factory=list)
+
+
+class ReplicaApplier:
+    """Applies one scenario's file events to one replica tree, tracked exactly once.
+
+    ``read_events(after, limit)`` returns ``(position, event)`` pairs for the
+    positions after ``after`` (``event`` is None for anything that is not a
+    file event); the applier's tracking lives in ``<name>.tracking``.
+    """
+
+    UPSTREAM: Final = "journal"
+
+    def __init__(
+        self,
+        store: Store,
+        name: str,
+        scenario: str,
+        tree: ReplicaTree,
+        read_events: Callable[[int, int], Sequence[tuple[int, FileEvent | None]]],
+    ) -> None:
+        """Apply ``scenario``'s events to ``tree``; ``name`` prefixes its tables."""
+        self.store = store
+        self.name = name
+        self.scenario = scenario
+        self.tree = tree
+        self.read_events = read_events
+        self.blobs = BlobTable(store)
+        self.undo = UndoLog(store, name)
+        self.tracking = LMDBTrackingRecorder(store, prefix=name)
+        self.tracking.create_table()
+        self.counts = AppliedCounts()
+        self.lock = threading.RLock()  # one applier pass (or sync, or rewind) at a time
+
+    def position(self) -> int:
+        """The last journal position applied (0 if none)."""
+        return self.tracking.max_tracking_id(self.UPSTREAM) or 0
+
+    def read_position(self, txn: ReadTxn) -> int:
+        """The applied position as seen inside ``txn``."""
+        return self.tracking._read_tracking(txn, self.UPSTREAM) or 0
+
+    def set_position(self, txn: WriteTxn, position: int, *, force: bool = False) -> None:
+        """Record ``position`` as applied inside ``txn`` (``force`` allows going back: rewind)."""
+        current = self.read_position(txn)
+        if position > current or (force and position != current):
+            if force:
+                txn.delete(self.tracking.tracking_table, self.UPSTREAM.encode())
+            self.tracking._put_tracking(txn, Tracking(self.UPSTREAM, position))
+
+    def apply_available(self, limit: int = 500, upto: int | None = None) -> int:
+        """Apply journaled events after the tracked position; return how many were read."""
+        total = 0
+        with self.lock:
+            while True:
+                after = self.position()
+                if upto is not None and after >= upto:
+                    break
+                batch = [
+                    (p, e) for p, e in self.read_events(after, limit) if upto is None or p <= upto
+                ]
+                if not batch:
+                    break
+                self._apply_batch(batch)
+                total += len(batch)
+        return total
+
+    def _apply_batch(self, batch: Sequence[tuple[int, FileEvent | None]]) -> None:
+        # Split where a path (or an ancestor) repeats: before-images are read from
+        # the tree as it is before the group, right only if no path is touched twice.
+        start = 0
+        touched: set[str] = set()
+        for index, (_, event) in enumerate(batch):
+            paths = self._paths(event)
+            if touched & paths:
+                self._apply_group(batch[start:index])
+                start, touched = index, set()
+            touched |= paths
+        self._apply_group(batch[start:])
+
+    def _mine(self, event: FileEvent | None) -> bool:
+        return isinstance(event, FileEvent) and event.scenario == self.scenario
+
+    def _paths(self, event: FileEvent | None) -> set[str]:
+        if event is None or not self._mine(event):
+            return set()
+        names = [event.path, event.new_path] if isinstance(event, FileRenamed) else [event.path]
+        out: set[str] = set()
+        for name in names:
+            parts = name.split("/")
+            out.update("/".join(parts[: i + 1]) for i in range(len(parts)))
+        return out
+
+    def _apply_group(self, group: Sequence[tuple[int, FileEvent | None]]) -> None:
+        if not group:
+            return
+        mine = [(p, e) for p, e in group if e is not None and self._mine(e)]
+        last = group[-1][0]
+        # 1. Before-images, durable before any change.
+        if mine:
+            images = [(p, self._before_images(e)) for p, e in mine]
+
+            def record_undo(txn: WriteTxn) -> None:
+                for position, records in images:
+                    self.undo.record(txn, position, records)
+
+            self.store.write(record_undo)
+        # 2. The changes themselves (idempotent).
+        for position, event in mine:
+            self._apply(position, event)
+        # 3. Tracking.
+        self.store.write(lambda txn: self.set_position(txn, last))
+
+    # -- before-images -------------------------------------------------------------------
+
+    def _before_images(self, event: FileEvent) -> list[Image]:
+        tree = self.tree
+        path = event.path
+        st = tree.lstat(path)
+        if isinstance(event, FileCreated):
+            return (
+                [("created", path, {}, {})]
+                if st is None
+                else [image_of_existing(tree, path, st, deleted=False)]
+            )
+        if isinstance(event, FileDeleted):
+            return [] if st is None else [image_of_existing(tree, path, st, deleted=True)]
+        if isinstance(event, FileRenamed):
+            images: list[Image] = []
+            target = tree.lstat(event.new_path)
+            if target is not None:  # the rename replaces whatever was at new_path
+                images.append(image_of_existing(tree, event.new_path, target, deleted=True))
+            return [*images, ("renamed", path, {"new_path": event.new_path}, {})]
+        if isinstance(event, MetadataChanged):
+            return [] if st is None else [("meta", path, stat_meta(st), {})]
+        if isinstance(event, BytesWritten):
+            return [image_of_writes(tree, path, [(r[0], r[1]) for r in event.ranges], event.size)]
+        if isinstance(event, FileTruncated):
+            return [image_of_writes(tree, path, [], event.size)]
+        if isinstance(event, ContentReplaced):
+            return [self._inverse_delta(event, st)]
+        return []
+
+    def _inverse_delta(self, event: ContentReplaced, st: os.stat_result | None) -> Image:
+        # Old bytes the delta copies survive in the new content: undo copies them
+        # back from there; old bytes it drops are saved as data.
+        path = event.path
+        old_size = 0 if st is None else st.st_size
+        covered: list[tuple[int, int, int]] = []  # (old offset, length, new offset)
+        new_offset = 0
+        for op in event.ops:
+            if op[0] == "copy":
+                covered.append((op[1], op[2], new_offset))
+            new_offset += op[2]
+        covered.sort()
+        ops: list[list[Any]] = []
+        data: dict[str, bytes] = {}
+        cursor = 0
+        for old_off, length, new_off in covered:
+            if old_off > cursor:
+                name = f"d{len(data)}"
+                data[name] = self.tree.read(path, cursor, old_off - cursor)
+                ops.append(["data", name, old_off - cursor])
+            start = max(old_off, cursor)
+            if old_off + length > start:
+                ops.append(["copy", new_off + (start - old_off), old_off + length - start])
+            cursor = max(cursor, old_off + length)
+        if old_size > cursor:
+            name = f"d{len(data)}"
+            data[name] = self.tree.read(path, cursor, old_size - cursor)
+            ops.append(["data", name, old_size - cursor])
+        return ("content", path, {"old_size": old_size, "ops": ops, **stat_meta(st)}, data)
+
+    # -- applying --------------------------------------------------------------------------
+
+    def _apply(self, position: int, event: FileEvent) -> None:
+        tree = self.tree
+        counts = self.counts
+        counts.events += 1
+        if isinstance(event, FileCreated):
+            tree.create(event.path, event.kind, event.mode, event.target)
+            if event.kind != "symlink":
+                tree.set_meta(event.path, None, event.mtime_ns)
+            counts.created += 1
+        elif isinstance(event, BytesWritten):
+            pieces = ((offset, self.blobs.get(blob)) for offset, _, blob in event.ranges)
+            tree.write_ranges(event.path, pieces, event.size)
+            counts.bytes += sum(r[1] for r in event.ranges)
+            counts.updated += 1
+        elif isinstance(event, FileTruncated):
+            tree.truncate(event.path, event.size)
+            counts.updated += 1
+        elif isinstance(event, ContentReplaced):
+            self._apply_delta(position, event)
+            counts.updated += 1
+        elif isinstance(event, FileRenamed):
+            tree.rename(event.path, event.new_path)
+            counts.renamed += 1
+        elif isinstance(event, FileDeleted):
+            tree.delete(event.path)
+            counts.deleted += 1
+        elif isinstance(event, MetadataChanged):
+            tree.set_meta(event.path, event.mode, event.mtime_ns)
+        if event.observed and not isinstance(event, (FileDeleted, FileRenamed)):
+            # Content writes move the mtime: put the master's back (like rsync -a).
+            tree.set_meta(event.path, None, event.observed[2])
+
+    def _apply_delta(self, position: int, event: ContentReplaced) -> None:
+        old = self.tree.read(event.path)
+        digest = codec.digest128(old).hex()
+        if digest == event.result:
+            return  # applied already (re-application after a crash)
+        if event.base and digest != event.base:
+            raise ReplicaDivergedError(path=event.path, position=position, replica=self.name)
+        view = memoryview(old)
+
+        def chunks() -> Iterator[bytes]:
+            hasher = codec.hasher128()
+            for op in event.ops:
+                if op[0] == "copy" and op[1] + op[2] > len(view):
+                    raise ReplicaDivergedError(
+                        path=event.path, position=position, replica=self.name
+                    )
+                piece = (
+                    bytes(view[op[1] : op[1] + op[2]]) if op[0] == "copy" else self.blobs.get(op[1])
+                )
+                hasher.update(piece)
+                yield piece
+            # Built from a replica that differs from what the master had: refuse it
+            # (replace() then drops the temporary file and keeps the old content).
+            if hasher.hexdigest() != event.result:
+                raise ReplicaDivergedError(path=event.path, position=position, replica=self.name)
+
+        st = self.tree.lstat(event.path)
+        self.tree.replace(
+            event.path, chunks(), mode=None if st is None else stat.S_IMODE(st.st_mode)
+        )
+        self.counts.bytes += sum(op[2] for op in event.ops if op[0] == "data")

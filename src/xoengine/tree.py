@@ -1,0 +1,390 @@
+"""Replica trees and undo logs: the one writer of replica files and the before-images it keeps.
+
+Room: algorithms/storage. May import ``errors``, ``codec``, ``datastore``, ``journal``
+(blob table, positions) and ``walk``; no eventsourcing events.
+
+:class:`ReplicaTree` is the one writer of replica files: every path goes
+through :func:`walk.open_parent` (no symlink below the root is ever followed,
+a hostile path is refused with a coded error), whole files are written to a
+temporary name, fsynced and renamed, and ``OSError`` is translated here.
+
+:class:`UndoLog` keeps, per replica and keyed by journal position, what is
+needed to undo each change: the *before-images*. The replica applier and the
+synchronizer record them durably before they change anything; rewind plays
+them backwards.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import stat
+import threading
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Final
+
+from xoengine import codec
+from xoengine.errors import DiskFullError, ReplicaWriteError
+from xoengine.journal import BlobTable, encode_position
+from xoengine.walk import normalize_relpath, open_parent
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Iterator
+
+    from xoengine.datastore import ReadTxn, Store, WriteTxn
+
+__all__ = ["TMP_PREFIX", "Image", "ReplicaTree", "UndoLog", "UndoRecord", "kind_of", "stat_meta"]
+
+TMP_PREFIX: Final = ".xoengine-tmp-"
+"""Name prefix of temporary files (never left behind; skipped by scans of a replica)."""
+
+Image = tuple[str, str, dict[str, Any], dict[str, bytes]]
+"""A before-image being prepared: (op, path, args, {arg name: bytes to store as a blob})."""
+
+
+# -- the replica tree -------------------------------------------------------------------
+
+
+class ReplicaTree:
+    """Safe, idempotent file operations under one replica root."""
+
+    def __init__(self, root: str, *, fsync: bool = True) -> None:
+        """Operate under ``root`` (created if missing); ``fsync`` makes writes durable."""
+        self.root = root
+        self.fsync = fsync
+        os.makedirs(root, exist_ok=True)
+
+    @contextlib.contextmanager
+    def _parent(self, path: str, *, create: bool = True) -> Iterator[tuple[int, str]]:
+        try:
+            with open_parent(self.root, normalize_relpath(path), create=create) as where:
+                yield where
+        except OSError as e:
+            raise self._error(path, "open parent", e) from e
+
+    def _error(self, path: str, action: str, e: OSError) -> Exception:
+        if e.errno == errno.ENOSPC:
+            return DiskFullError(path=self.root)
+        return ReplicaWriteError(path=path, root=self.root, action=action, detail=e.strerror)
+
+    def lstat(self, path: str) -> os.stat_result | None:
+        """``lstat`` of ``path`` (None if absent or its parent is missing)."""
+        try:
+            with open_parent(self.root, normalize_relpath(path)) as (fd, leaf):
+                return os.stat(leaf, dir_fd=fd, follow_symlinks=False)
+        except FileNotFoundError:
+            return None
+        except NotADirectoryError:
+            return None
+
+    def read(self, path: str, offset: int = 0, length: int | None = None) -> bytes:
+        """Bytes of a regular file (b"" beyond its end or if it is absent)."""
+        try:
+            with self._parent(path, create=False) as (fd, leaf):
+                handle = os.open(leaf, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+        except ReplicaWriteError:
+            return b""
+        except FileNotFoundError:
+            return b""
+        try:
+            if length is None:
+                length = max(os.fstat(handle).st_size - offset, 0)
+            return os.pread(handle, length, offset) if length else b""
+        finally:
+            os.close(handle)
+
+    def readlink(self, path: str) -> str:
+        """Target of the symlink at ``path`` (fsdecoded, byte-exact)."""
+        with self._parent(path, create=False) as (fd, leaf):
+            try:
+                return os.fsdecode(os.readlink(leaf, dir_fd=fd))
+            except OSError as e:
+                raise self._error(path, "read link", e) from e
+
+    def _open_file(self, fd: int, leaf: str, path: str, mode: int = 0o644) -> int:
+        try:
+            return os.open(
+                leaf, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=fd
+            )
+        except OSError as e:
+            raise self._error(path, "open", e) from e
+
+    def write_ranges(
+        self, path: str, pieces: Iterable[tuple[int, bytes]], size: int | None
+    ) -> None:
+        """Write ``(offset, bytes)`` pieces in place, then set the size if given."""
+        with self._parent(path) as (fd, leaf):
+            handle = self._open_file(fd, leaf, path)
+            try:
+                for offset, data in pieces:
+                    os.pwrite(handle, data, offset)
+                if size is not None and os.fstat(handle).st_size != size:
+                    os.ftruncate(handle, size)
+                if self.fsync:
+                    os.fsync(handle)
+            except OSError as e:
+                raise self._error(path, "write", e) from e
+            finally:
+                os.close(handle)
+
+    def truncate(self, path: str, size: int) -> None:
+        """Cut or extend the file to ``size`` bytes."""
+        self.write_ranges(path, (), size)
+
+    def replace(self, path: str, chunks: Iterable[bytes], mode: int | None = None) -> None:
+        """Write a whole new content through temp + fsync + rename.
+
+        If ``chunks`` raises (a verification failed) the temporary file is removed
+        and the old content stays.
+        """
+        with self._parent(path) as (fd, leaf):
+            tmp = f"{TMP_PREFIX}{leaf[:100]}-{os.getpid()}-{threading.get_ident()}"
+            try:
+                handle = os.open(
+                    tmp,
+                    os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC,
+                    0o600,
+                    dir_fd=fd,
+                )
+                try:
+                    for chunk in chunks:
+                        os.write(handle, chunk)
+                    if mode is not None:
+                        os.fchmod(handle, mode)
+                    if self.fsync:
+                        os.fsync(handle)
+                finally:
+                    os.close(handle)
+                os.rename(tmp, leaf, src_dir_fd=fd, dst_dir_fd=fd)
+                if self.fsync:
+                    os.fsync(fd)
+            except BaseException as e:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp, dir_fd=fd)
+                if isinstance(e, OSError):
+                    raise self._error(path, "replace", e) from e
+                raise
+
+    def create(self, path: str, kind: str, mode: int, target: str | None) -> None:
+        """Make a file, directory or symlink if it is not there already (idempotent)."""
+        with self._parent(path) as (fd, leaf):
+            try:
+                st = os.stat(leaf, dir_fd=fd, follow_symlinks=False)
+            except FileNotFoundError:
+                st = None
+            try:
+                if st is not None and kind_of(st.st_mode) != kind:
+                    self._remove_at(fd, leaf, st)
+                    st = None
+                if kind == "dir":
+                    if st is None:
+                        os.mkdir(leaf, mode or 0o755, dir_fd=fd)
+                    os.chmod(leaf, mode, dir_fd=fd) if mode else None
+                elif kind == "symlink":
+                    if st is not None:
+                        if os.readlink(leaf, dir_fd=fd) == os.fsencode(target or "").decode(
+                            "utf-8", "surrogateescape"
+                        ):
+                            return
+                        os.unlink(leaf, dir_fd=fd)
+                    os.symlink(os.fsencode(target or ""), leaf, dir_fd=fd)
+                elif st is None:
+                    handle = os.open(
+                        leaf,
+                        os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
+                        mode,
+                        dir_fd=fd,
+                    )
+                    os.close(handle)
+                    os.chmod(leaf, mode, dir_fd=fd)
+            except OSError as e:
+                raise self._error(path, "create", e) from e
+
+    def _remove_at(self, fd: int, leaf: str, st: os.stat_result) -> None:
+        if stat.S_ISDIR(st.st_mode):
+            sub = os.open(
+                leaf, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd
+            )
+            try:
+                for name in os.listdir(sub):
+                    self._remove_at(sub, name, os.stat(name, dir_fd=sub, follow_symlinks=False))
+            finally:
+                os.close(sub)
+            os.rmdir(leaf, dir_fd=fd)
+        else:
+            os.unlink(leaf, dir_fd=fd)
+
+    def delete(self, path: str) -> None:
+        """Remove a file, link or directory (with its contents); absent is fine."""
+        try:
+            with open_parent(self.root, normalize_relpath(path)) as (fd, leaf):
+                try:
+                    st = os.stat(leaf, dir_fd=fd, follow_symlinks=False)
+                except FileNotFoundError:
+                    return
+                self._remove_at(fd, leaf, st)
+        except (FileNotFoundError, NotADirectoryError):
+            return
+        except OSError as e:
+            raise self._error(path, "delete", e) from e
+
+    def rename(self, path: str, new_path: str) -> None:
+        """Move ``path`` to ``new_path``; done already (old gone, new there) is fine."""
+        with (
+            self._parent(path, create=False) as (src_fd, src_leaf),
+            self._parent(new_path) as (
+                dst_fd,
+                dst_leaf,
+            ),
+        ):
+            try:
+                os.rename(src_leaf, dst_leaf, src_dir_fd=src_fd, dst_dir_fd=dst_fd)
+            except FileNotFoundError:
+                return
+            except OSError as e:
+                raise self._error(path, "rename", e) from e
+
+    def set_meta(self, path: str, mode: int | None, mtime_ns: int | None) -> None:
+        """Set permission bits and/or mtime (links: mtime only)."""
+        with self._parent(path) as (fd, leaf):
+            try:
+                st = os.stat(leaf, dir_fd=fd, follow_symlinks=False)
+                link = stat.S_ISLNK(st.st_mode)
+                if mode is not None and not link:
+                    os.chmod(leaf, mode, dir_fd=fd)
+                if mtime_ns is not None:
+                    os.utime(leaf, ns=(mtime_ns, mtime_ns), dir_fd=fd, follow_symlinks=not link)
+            except FileNotFoundError:
+                return
+            except OSError as e:
+                raise self._error(path, "set metadata", e) from e
+
+
+def kind_of(mode: int) -> str:
+    if stat.S_ISDIR(mode):
+        return "dir"
+    if stat.S_ISLNK(mode):
+        return "symlink"
+    if stat.S_ISREG(mode):
+        return "file"
+    return "special"
+
+
+# -- the undo log ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class UndoRecord:
+    """What undoes one change: ``op`` and its arguments (blob ids for bytes).
+
+    ops: ``created`` (undo = delete), ``bytes`` (restore ``pieces`` and the old
+    size), ``content`` (rebuild from ``ops`` over the new content),
+    ``deleted`` (recreate kind/mode/mtime/target and content blobs),
+    ``renamed`` (move back), ``meta`` (restore mode and mtime).
+    """
+
+    position: int
+    op: str
+    path: str
+    args: dict[str, Any] = field(default_factory=dict)
+
+
+class UndoLog:
+    """Before-images of one replica, keyed by journal position (durable before each change)."""
+
+    def __init__(self, store: Store, name: str) -> None:
+        """Use table ``<name>.undo`` of ``store``."""
+        self.store = store
+        self.table = f"{name}.undo"
+        self.blobs = BlobTable(store)
+        store.ensure(self.table)
+
+    @staticmethod
+    def _key(position: int, seq: int) -> bytes:
+        return encode_position(position) + seq.to_bytes(4, "big")
+
+    def has(self, txn: ReadTxn, position: int) -> bool:
+        """Whether before-images for ``position`` are recorded already."""
+        key = self._key(position, 0)
+        return any(True for _ in txn.items(self.table, key, prefix=key[:8]))
+
+    def put(self, txn: WriteTxn, position: int, seq: int, record: UndoRecord) -> None:
+        """Record one before-image (first one wins: re-application keeps the original)."""
+        key = self._key(position, seq)
+        body = codec.pack([record.op, record.path, record.args])
+        txn.put(self.table, key, codec.frame(key, body), overwrite=False)
+
+    def record(self, txn: WriteTxn, position: int, images: list[Image]) -> None:
+        """Store the before-images of one position (their bytes as blobs); keep existing ones."""
+        if self.has(txn, position):
+            return  # re-application after a crash: the original images stay
+        for seq, (op, path, args, data) in enumerate(images):
+            stored = {name: self.blobs.put(txn, value) for name, value in data.items()}
+            self.put(txn, position, seq, UndoRecord(position, op, path, args | stored))
+
+    def records(
+        self, after: int = 0, upto: int | None = None, *, reverse: bool = False
+    ) -> list[UndoRecord]:
+        """Records with ``after < position <= upto``, in (reverse) journal order."""
+        out: list[UndoRecord] = []
+        with self.store.read() as txn:
+            for key, value in txn.items(self.table, self._key(after + 1, 0)):
+                position = int.from_bytes(key[:8], "big")
+                if upto is not None and position > upto:
+                    break
+                op, path, args = codec.unpack(codec.unframe(key, value, where=self.table))
+                out.append(UndoRecord(position, op, path, args))
+        if reverse:
+            out.reverse()
+        return out
+
+    def size(self) -> tuple[int, int]:
+        """(records, bytes of frames) held."""
+        count = 0
+        total = 0
+        with self.store.read() as txn:
+            for _, value in txn.items(self.table):
+                count += 1
+                total += len(value)
+        return count, total
+
+
+def stat_meta(st: os.stat_result | None) -> dict[str, Any]:
+    """Mode and mtime of ``st`` for a before-image (empty if there was nothing)."""
+    if st is None:
+        return {}
+    return {"mode": stat.S_IMODE(st.st_mode), "mtime_ns": st.st_mtime_ns}
+
+
+def image_of_existing(tree: ReplicaTree, path: str, st: os.stat_result, *, deleted: bool) -> Image:
+    """Before-image of a path about to be deleted or replaced: kind, metadata, content."""
+    kind = kind_of(st.st_mode)
+    args: dict[str, Any] = {"kind": kind, **stat_meta(st)}
+    blobs: dict[str, bytes] = {}
+    if kind == "symlink":
+        args["target"] = tree.readlink(path)
+    elif kind == "file":
+        blobs["content"] = tree.read(path)
+    return ("deleted" if deleted else "replaced", path, args, blobs)
+
+
+def image_of_writes(
+    tree: ReplicaTree, path: str, ranges: Iterable[tuple[int, int]], new_size: int
+) -> Image:
+    """Before-image of in-place writes over ``ranges`` that leave the file ``new_size`` long."""
+    st = tree.lstat(path)
+    old_size = 0 if st is None else st.st_size
+    pieces: dict[str, bytes] = {}
+    spans: list[list[Any]] = []
+    for index, (offset, length) in enumerate(ranges):
+        end = min(offset + length, old_size)
+        if end > offset:
+            pieces[f"b{index}"] = tree.read(path, offset, end - offset)
+            spans.append([offset, f"b{index}"])
+    if old_size > new_size:  # the change also cuts the file
+        pieces["tail"] = tree.read(path, new_size, old_size - new_size)
+        spans.append([new_size, "tail"])
+    if st is None:
+        return ("created", path, {}, {})
+    return ("bytes", path, {"old_size": old_size, "spans": spans, **stat_meta(st)}, pieces)

@@ -1,0 +1,554 @@
+r"""Tree walking and path safety: the one walker and the one path normaliser.
+
+Room: algorithms/storage. Imports only :mod:`xoengine.errors` and the stdlib.
+
+Relative paths (the project's name type)
+    A *relpath* names a file under a root. It is a ``str`` as :func:`os.fsdecode`
+    makes it (``surrogateescape``: a name that is not UTF-8, like ``b"caf\xe9"``,
+    becomes ``"caf\udce9"`` and :func:`os.fsencode` gives the same bytes back),
+    with ``/`` separators, never absolute, with no empty, ``.`` or ``..`` part
+    and no NUL. File names are bytes-exact: two relpaths are equal exactly when
+    their bytes are. Every path from outside (journal, media, network, user)
+    goes through :func:`normalize_relpath`, which returns this form or raises a
+    :class:`~xoengine.errors.PathError`. ``..`` is refused rather than folded
+    away because folding is lexical and the kernel is not (``a/..`` is not ``.``
+    when ``a`` is a symlink). A backslash is an ordinary byte of a POSIX name.
+
+Writing under a root
+    :func:`resolve_under` joins a relpath to a root and refuses it when an
+    existing parent below the root is a symlink (or not a directory): a check
+    for messages and dry runs. Writers use :func:`open_parent`, which opens
+    each parent with ``O_NOFOLLOW | O_DIRECTORY`` relative to the previous
+    one, so a symlink swapped in mid-way is refused instead of followed; the
+    caller then opens the leaf with ``dir_fd`` and ``O_NOFOLLOW``. The root
+    itself is configuration, so a root that is a symlink is followed.
+
+Walking
+    :func:`walk` lists a tree the same way for master scans, sync and
+    verification: see :class:`Walk` for the order, the filter rules and what
+    happens when the tree changes while it is read.
+"""
+
+from __future__ import annotations
+
+import errno
+import fnmatch
+import os
+import re
+import stat
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from typing import Final, Literal, Self, TypeAlias, overload
+
+from xoengine.errors import (
+    ConfigurationError,
+    EntryUnreadableWarning,
+    EntryVanishedWarning,
+    InvalidRelPathError,
+    ParentNotDirectoryError,
+    PathError,
+    PathEscapesRootError,
+    SymlinkedParentError,
+    TreeRootMissingError,
+    TreeRootUnreadableError,
+    TreeWarning,
+)
+
+__all__ = [
+    "Entry",
+    "Kind",
+    "PathFilter",
+    "RelPath",
+    "Walk",
+    "normalize_relpath",
+    "open_parent",
+    "resolve_under",
+    "stat_entry",
+    "walk",
+]
+
+RelPath: TypeAlias = str
+"""A normalised relative path (see the module docstring)."""
+
+Kind: TypeAlias = Literal["file", "dir", "symlink", "special"]
+"""What an entry is; ``special`` covers fifos, sockets and devices."""
+
+AnyPath: TypeAlias = str | bytes | os.PathLike[str] | os.PathLike[bytes]
+Pattern: TypeAlias = str | bytes
+
+_ROOT_FLAGS: Final = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+_DIR_FLAGS: Final = _ROOT_FLAGS | os.O_NOFOLLOW
+# Opening a directory that was replaced by a file or symlink (O_NOFOLLOW gives
+# ENOTDIR on Linux, ELOOP elsewhere) or removed: it is gone, not unreadable.
+_GONE: Final = frozenset({errno.ENOENT, errno.ENOTDIR, errno.ELOOP})
+
+
+# -- relative paths ---------------------------------------------------------------
+
+
+def normalize_relpath(path: str | bytes) -> RelPath:
+    """Return ``path`` as a relpath, or raise a coded :class:`PathError`.
+
+    Empty and ``.`` parts are dropped (``"./a//b/"`` -> ``"a/b"``); ``bytes``
+    and ``str`` naming the same bytes give the same result, so the result is
+    canonical. Raises :class:`~xoengine.errors.PathEscapesRootError` for an
+    absolute path or a ``..`` part, :class:`~xoengine.errors.InvalidRelPathError`
+    for a NUL byte, a path naming nothing (``""``, ``"."``), a ``str`` that no
+    file name can hold (a lone surrogate) or a value that is not str/bytes.
+    """
+    if isinstance(path, str):
+        try:
+            raw = os.fsencode(path)
+        except UnicodeEncodeError as e:
+            raise InvalidRelPathError(
+                path=path, detail="no file name holds these characters"
+            ) from e
+    elif isinstance(path, bytes):
+        raw = path
+    else:
+        raise InvalidRelPathError(path=path, detail=f"a {type(path).__name__} is not a path")
+    if b"\0" in raw:
+        raise InvalidRelPathError(path=path, detail="it holds a NUL byte")
+    if raw.startswith(b"/"):
+        raise PathEscapesRootError(path=path, detail="it is absolute")
+    parts = [part for part in raw.split(b"/") if part not in {b"", b"."}]
+    if b".." in parts:
+        raise PathEscapesRootError(path=path, detail="it has a '..' part")
+    if not parts:
+        raise InvalidRelPathError(path=path, detail="it names no file under the root")
+    return os.fsdecode(b"/".join(parts))
+
+
+@overload
+def resolve_under(root: str | os.PathLike[str], relpath: str | bytes) -> str: ...
+@overload
+def resolve_under(root: bytes | os.PathLike[bytes], relpath: str | bytes) -> bytes: ...
+def resolve_under(root: AnyPath, relpath: str | bytes) -> str | bytes:
+    """Return the absolute path of ``relpath`` under ``root`` (bytes if ``root`` is bytes).
+
+    The result is lexically under ``root`` (``relpath`` is normalised first),
+    and every parent below ``root`` that exists right now is a real directory:
+    a symlink raises :class:`~xoengine.errors.SymlinkedParentError`, anything
+    else :class:`~xoengine.errors.ParentNotDirectoryError`; a parent that
+    cannot be checked (no permission, a path longer than ``PATH_MAX``) raises
+    :class:`~xoengine.errors.PathError`. Missing parents are fine. The last
+    component is not checked: it may be a symlink the caller means to replace.
+    This is a check at one instant; to write, use :func:`open_parent`, which
+    holds the parents open.
+    """
+    rel = normalize_relpath(relpath)
+    given = os.fspath(root)
+    base = os.fsencode(given)
+    if not base.startswith(b"/"):
+        base = os.getcwdb() + b"/" + base  # noqa: PTH109 -- pathlib has no bytes paths
+    base = base.rstrip(b"/") + b"/"
+    parts = rel.split("/")
+    for depth in range(1, len(parts)):
+        parent = "/".join(parts[:depth])
+        try:
+            st = os.lstat(base + os.fsencode(parent))
+        except FileNotFoundError:
+            break
+        except OSError as e:
+            raise PathError(path=rel, detail=f"cannot check {parent!r}: {e.strerror}") from e
+        _check_parent(st, rel, given, parent)
+    result = base + os.fsencode(rel)
+    return result if isinstance(given, bytes) else os.fsdecode(result)
+
+
+@contextmanager
+def open_parent(
+    root: AnyPath, relpath: str | bytes, *, create: bool = False, mode: int = 0o777
+) -> Iterator[tuple[int, str]]:
+    """Open the directory that holds ``relpath``; yield ``(dir_fd, leaf_name)``.
+
+    Each parent below ``root`` is opened relative to the previous one with
+    ``O_NOFOLLOW | O_DIRECTORY``, so no symlink is ever followed below the root,
+    even one swapped in while this runs. With ``create``, missing parents are
+    made (``mode``, minus the umask). The caller opens, renames or unlinks the
+    leaf with ``dir_fd=dir_fd`` (and ``O_NOFOLLOW`` when opening); the fd is
+    closed on exit.
+
+    Raises :class:`~xoengine.errors.SymlinkedParentError` or
+    :class:`~xoengine.errors.ParentNotDirectoryError` for a bad parent,
+    :class:`~xoengine.errors.TreeRootMissingError` or
+    :class:`~xoengine.errors.TreeRootUnreadableError` for the root. Other
+    ``OSError`` (a missing parent without ``create``, no space) propagates
+    for the writer to translate, since only it knows what the write was.
+    """
+    rel = normalize_relpath(relpath)
+    parts = rel.split("/")
+    fd = _open_root(root)
+    try:
+        for depth in range(1, len(parts)):
+            child = _open_subdir(fd, rel, "/".join(parts[:depth]), root, create=create, mode=mode)
+            fd, parent_fd = child, fd
+            os.close(parent_fd)
+        yield fd, parts[-1]
+    finally:
+        os.close(fd)
+
+
+def _open_subdir(
+    dir_fd: int, rel: str, parent: str, root: AnyPath, *, create: bool, mode: int
+) -> int:
+    name = parent.rpartition("/")[2]
+    try:
+        return os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
+    except FileNotFoundError:
+        if not create:
+            raise
+    except OSError as e:
+        if e.errno not in {errno.ENOTDIR, errno.ELOOP}:
+            raise
+        _check_parent(os.stat(name, dir_fd=dir_fd, follow_symlinks=False), rel, root, parent)
+        raise
+    # Made by someone else meanwhile? The open below still refuses a symlink.
+    with suppress(FileExistsError):
+        os.mkdir(name, mode, dir_fd=dir_fd)
+    return _open_subdir(dir_fd, rel, parent, root, create=False, mode=mode)
+
+
+def _check_parent(st: os.stat_result, rel: str, root: AnyPath, parent: str) -> None:
+    if stat.S_ISLNK(st.st_mode):
+        raise SymlinkedParentError(path=rel, root=os.fspath(root), parent=parent)
+    if not stat.S_ISDIR(st.st_mode):
+        raise ParentNotDirectoryError(path=rel, root=os.fspath(root), parent=parent)
+
+
+def _open_root(root: AnyPath) -> int:
+    try:
+        return os.open(root, _ROOT_FLAGS)
+    except (FileNotFoundError, NotADirectoryError) as e:
+        raise TreeRootMissingError(root=os.fspath(root), detail=e.strerror) from e
+    except OSError as e:
+        raise TreeRootUnreadableError(root=os.fspath(root), detail=e.strerror) from e
+
+
+# -- filters ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Rule:
+    match: Callable[[str], object]
+    whole_path: bool
+    dir_only: bool
+
+    def matches(self, relpath: str, name: str, *, is_dir: bool) -> bool:
+        if self.dir_only and not is_dir:
+            return False
+        return self.match(relpath if self.whole_path else name) is not None
+
+
+def _compile(pattern: Pattern) -> _Rule:
+    text = os.fsdecode(pattern)
+    body = text.rstrip("/")
+    dir_only = body != text
+    anywhere = ""
+    if body.startswith("/"):
+        body, whole_path = body.lstrip("/"), True
+    else:
+        while body.startswith("**/"):
+            body, anywhere = body[3:], "(?:.*/)?"
+        whole_path = "/" in body
+    if not body or "\0" in body:
+        raise ConfigurationError(detail=f"the filter pattern {text!r} matches nothing")
+    regex = re.compile(anywhere + fnmatch.translate(body), re.DOTALL)
+    return _Rule(regex.match, whole_path=whole_path, dir_only=dir_only)
+
+
+class PathFilter:
+    """Include and exclude glob patterns, as the walker applies them.
+
+    Patterns are ``fnmatch`` globs (``*``, ``?``, ``[...]``), case-sensitive,
+    given as str or bytes (bytes are :func:`os.fsdecode`-d). ``*`` also matches
+    ``/``. Like ``.gitignore``:
+
+    - a pattern with no ``/`` matches the base name at any depth (``*.tmp``);
+    - a trailing ``/`` matches directories only (``cache/``);
+    - a ``/`` elsewhere anchors it at the root: it matches the whole relpath
+      (``/build`` matches ``build`` but not ``sub/build``; ``logs/*.gz``
+      matches ``logs/x.gz`` and ``logs/old/y.gz`` but not ``sub/logs/x.gz``);
+    - a leading ``**/`` means "at any depth" (``**/node_modules``,
+      ``**/cache/*.bin``).
+
+    A path is selected when no exclude pattern matches it or any of its
+    parents (an excluded directory is not descended), and, if there are
+    include patterns, when one matches it or one of its parents. Include
+    patterns narrow files, symlinks and specials only: directories are always
+    reported and descended unless excluded, so ``include=["*.py"]`` still
+    finds ``pkg/mod.py``. Exclude wins over include.
+    """
+
+    __slots__ = ("_exclude", "_include")
+
+    def __init__(self, include: Iterable[Pattern] = (), exclude: Iterable[Pattern] = ()) -> None:
+        """Compile the patterns; a pattern that matches nothing is a ConfigurationError."""
+        self._include = tuple(_compile(p) for p in include)
+        self._exclude = tuple(_compile(p) for p in exclude)
+
+    def selects(self, relpath: str | bytes, *, is_dir: bool) -> bool:
+        """Return whether a walk over a tree holding ``relpath`` would report it."""
+        parts = normalize_relpath(relpath).split("/")
+        included = False
+        for depth in range(1, len(parts)):
+            parent = "/".join(parts[:depth])
+            if self._excludes(parent, parts[depth - 1], is_dir=True):
+                return False
+            included = included or self._includes(parent, parts[depth - 1], is_dir=True)
+        rel, name = "/".join(parts), parts[-1]
+        if self._excludes(rel, name, is_dir=is_dir):
+            return False
+        return is_dir or included or self._includes(rel, name, is_dir=is_dir)
+
+    def _excludes(self, relpath: str, name: str, *, is_dir: bool) -> bool:
+        return any(rule.matches(relpath, name, is_dir=is_dir) for rule in self._exclude)
+
+    def _includes(self, relpath: str, name: str, *, is_dir: bool) -> bool:
+        if not self._include:
+            return True
+        return any(rule.matches(relpath, name, is_dir=is_dir) for rule in self._include)
+
+
+# -- the walker -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One thing found by :func:`walk`, as ``lstat`` saw it (links are never followed).
+
+    ``size`` is the file size for files, the target length for symlinks and
+    what the file system says for the rest. ``mode`` holds the permission
+    bits only (``stat.S_IMODE``, setuid/setgid/sticky included). ``target``
+    is the symlink's target as :func:`os.readlink` gave it, fsdecoded like a
+    relpath (byte-exact); it may be absolute, dangling or lead outside the
+    root, and it is ``None`` for everything but symlinks.
+    """
+
+    relpath: RelPath
+    kind: Kind
+    size: int
+    mode: int
+    mtime_ns: int
+    ctime_ns: int
+    inode: int
+    dev: int
+    nlink: int
+    uid: int
+    gid: int
+    target: str | None = None
+
+    @property
+    def name(self) -> str:
+        """The last part of :attr:`relpath`."""
+        return self.relpath.rpartition("/")[2]
+
+
+@dataclass(slots=True)
+class _Frame:
+    fd: int
+    prefix: str
+    names: list[str]
+    included: bool
+    index: int = 0
+
+
+def _kind(mode: int) -> Kind:
+    if stat.S_ISREG(mode):
+        return "file"
+    if stat.S_ISDIR(mode):
+        return "dir"
+    if stat.S_ISLNK(mode):
+        return "symlink"
+    return "special"
+
+
+def _list(fd: int) -> list[str]:
+    return sorted(os.listdir(fd), key=os.fsencode)
+
+
+class Walk(Iterator[Entry]):
+    """An iterator over the entries under a root; made by :func:`walk`.
+
+    Order: depth first, a directory right before its contents, siblings in
+    byte order of their names; the root itself is not reported. The same tree
+    always gives the same sequence.
+
+    Symlinks are reported, never followed, so links to directories, outside
+    the root, dangling or in loops are just entries. Each directory is opened
+    with ``O_NOFOLLOW`` relative to its parent's fd and checked to be the inode
+    that was listed, so a directory swapped for a symlink mid-walk cannot lead
+    the walk outside the root. One fd is held per level of depth until the
+    walk ends or :meth:`close` is called (also on ``with`` exit).
+
+    The root must be a readable directory (a symlink to one is followed):
+    otherwise constructing the walk raises
+    :class:`~xoengine.errors.TreeRootMissingError` or
+    :class:`~xoengine.errors.TreeRootUnreadableError` -- never an empty walk.
+    Below the root nothing raises: an entry that vanishes or is replaced is
+    skipped with an :class:`~xoengine.errors.EntryVanishedWarning`; one that
+    cannot be read, with an :class:`~xoengine.errors.EntryUnreadableWarning`.
+    Both land in :attr:`warnings`. A directory that cannot be listed is still
+    reported, and its relpath is added to :attr:`unlisted`: its contents are
+    unknown, not empty, so a sync must not delete anything below it.
+    """
+
+    def __init__(
+        self, root: AnyPath, include: Iterable[Pattern] = (), exclude: Iterable[Pattern] = ()
+    ) -> None:
+        """Open and list the root; see :func:`walk`."""
+        self._stack: list[_Frame] = []
+        self.root = root
+        self.warnings: list[TreeWarning] = []
+        self.unlisted: list[RelPath] = []
+        self._filter = PathFilter(include, exclude)
+        fd = _open_root(root)
+        try:
+            names = _list(fd)
+        except OSError as e:
+            os.close(fd)
+            raise TreeRootUnreadableError(root=os.fspath(root), detail=e.strerror) from e
+        self._stack.append(_Frame(fd, "", names, included=False))
+
+    def __next__(self) -> Entry:
+        """Return the next entry (see the class docstring for the order)."""
+        while self._stack:
+            frame = self._stack[-1]
+            if frame.index == len(frame.names):
+                self._stack.pop()
+                os.close(frame.fd)
+                continue
+            name = frame.names[frame.index]
+            frame.index += 1
+            entry = self._visit(frame, name)
+            if entry is not None:
+                return entry
+        raise StopIteration
+
+    def close(self) -> None:
+        """Release the directory fds; the walk then ends. Safe to call twice."""
+        while self._stack:
+            os.close(self._stack.pop().fd)
+
+    def __enter__(self) -> Self:
+        """Return the walk itself."""
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        """Close the walk."""
+        self.close()
+
+    def __del__(self) -> None:
+        """Close fds of a walk that was dropped before its end."""
+        self.close()
+
+    def _visit(self, frame: _Frame, name: str) -> Entry | None:
+        relpath = frame.prefix + name
+        try:
+            st = os.stat(name, dir_fd=frame.fd, follow_symlinks=False)
+        except OSError as e:
+            self._skip(relpath, e)
+            return None
+        kind = _kind(st.st_mode)
+        is_dir = kind == "dir"
+        if self._filter._excludes(relpath, name, is_dir=is_dir):
+            return None
+        if is_dir:
+            included = frame.included or self._filter._includes(relpath, name, is_dir=True)
+            return _entry(relpath, kind, st) if self._descend(frame, name, st, included) else None
+        if not (frame.included or self._filter._includes(relpath, name, is_dir=False)):
+            return None
+        if kind == "symlink":
+            return self._symlink(frame, name, st)
+        return _entry(relpath, kind, st)
+
+    def _symlink(self, frame: _Frame, name: str, st: os.stat_result) -> Entry | None:
+        try:
+            target = os.readlink(name, dir_fd=frame.fd)
+        except OSError as e:
+            # EINVAL: no longer a symlink, so it was replaced after the stat.
+            self._skip(frame.prefix + name, e, gone=e.errno in _GONE | {errno.EINVAL})
+            return None
+        return _entry(frame.prefix + name, "symlink", st, target)
+
+    def _descend(self, frame: _Frame, name: str, st: os.stat_result, included: bool) -> bool:
+        """Push the directory's frame; False when it is gone (then it is not reported)."""
+        relpath = frame.prefix + name
+        try:
+            fd = os.open(name, _DIR_FLAGS, dir_fd=frame.fd)
+        except OSError as e:
+            self._skip(relpath, e, gone=e.errno in _GONE, listing=True)
+            return e.errno not in _GONE
+        try:
+            now = os.fstat(fd)
+            if (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino):
+                os.close(fd)
+                self.warnings.append(
+                    EntryVanishedWarning(path=relpath, detail="replaced by another directory")
+                )
+                return False
+            names = _list(fd)
+        except OSError as e:
+            os.close(fd)
+            self._skip(relpath, e, gone=False, listing=True)
+            return True
+        self._stack.append(_Frame(fd, relpath + "/", names, included))
+        return True
+
+    def _skip(
+        self, relpath: str, error: OSError, *, gone: bool | None = None, listing: bool = False
+    ) -> None:
+        if gone is None:
+            gone = error.errno == errno.ENOENT
+        if gone:
+            self.warnings.append(EntryVanishedWarning(path=relpath, detail=error.strerror))
+            return
+        if listing:
+            self.unlisted.append(relpath)
+        detail = f"{error.strerror}{' (its contents are unknown)' if listing else ''}"
+        self.warnings.append(EntryUnreadableWarning(path=relpath, detail=detail, errno=error.errno))
+
+
+def _entry(relpath: str, kind: Kind, st: os.stat_result, target: str | None = None) -> Entry:
+    return Entry(
+        relpath=relpath,
+        kind=kind,
+        size=st.st_size,
+        mode=stat.S_IMODE(st.st_mode),
+        mtime_ns=st.st_mtime_ns,
+        ctime_ns=st.st_ctime_ns,
+        inode=st.st_ino,
+        dev=st.st_dev,
+        nlink=st.st_nlink,
+        uid=st.st_uid,
+        gid=st.st_gid,
+        target=target,
+    )
+
+
+def walk(root: AnyPath, include: Iterable[Pattern] = (), exclude: Iterable[Pattern] = ()) -> Walk:
+    """Walk the tree under ``root``: the one walker for scans, sync and verification.
+
+    ``include`` and ``exclude`` are glob patterns (:class:`PathFilter` has the
+    rules). Iterate the result for :class:`Entry` objects, then read its
+    ``warnings`` and ``unlisted``; see :class:`Walk` for order and errors.
+    """
+    return Walk(root, include, exclude)
+
+
+def stat_entry(root: AnyPath, relpath: str | bytes) -> Entry | None:
+    """The :class:`Entry` for one path under ``root`` as :func:`walk` would report it.
+
+    None if it does not exist (or a parent is missing). Parents are opened
+    without following symlinks (:func:`open_parent`), like the walker does.
+    """
+    rel = normalize_relpath(relpath)
+    try:
+        with open_parent(root, rel) as (fd, leaf):
+            st = os.stat(leaf, dir_fd=fd, follow_symlinks=False)
+            kind = _kind(st.st_mode)
+            target = os.fsdecode(os.readlink(leaf, dir_fd=fd)) if kind == "symlink" else None
+    except (FileNotFoundError, NotADirectoryError, PathError):
+        return None
+    return _entry(rel, kind, st, target)
