@@ -308,7 +308,26 @@ class Capture:
             walked[scope] = entry
             if entry.kind == "dir":
                 self._walk_into(walked, os.path.join(root, rel), layout.prefix(index) + rel + "/")  # noqa: PTH118
+        self._widen_for_moves(walked, known)
         return walked, known
+
+    def _widen_for_moves(self, walked: dict[str, Entry], known: dict[str, FileState]) -> None:
+        """Bring a moved path's old name into a scoped pass (its notification may lag or be lost)."""
+        new = {(e.dev, e.inode): p for p, e in walked.items() if p not in known}
+        if not new:
+            return
+        with self.store.read() as txn:
+            everything = list(self.state.manifest.items(txn))
+        for path, state in everything:
+            if path in known or (state.dev, state.ino) not in new:
+                continue
+            index, rel = self.layout.split(path)
+            still = stat_entry(self.layout.roots[index], rel)
+            if still is not None and still.inode == state.ino:
+                continue  # a hard link, not a move
+            known[path] = state
+            prefix = path + "/"
+            known.update((p, s) for p, s in everything if p.startswith(prefix))
 
     def _wanted(self, rel: str, kind: str) -> bool:
         return self._filter.selects(rel, is_dir=kind == "dir")

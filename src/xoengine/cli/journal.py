@@ -1,15 +1,6 @@
-"""The ``xoengine`` command line: a thin shell over the library.
+"""Journal verbs of the CLI: ``demo`` and ``journal verify|log|copy``.
 
-Room: edge. May import everything below it; nothing imports it.
-
-Verbs so far::
-
-    xoengine demo [--dir DIR]                 write events, verify, print the log
-    xoengine journal verify PATH [--json]     scan every record; exit 4 on damage
-    xoengine journal log PATH [filters] [--json]
-    xoengine journal copy SRC DST             consistent hot copy (writers may keep going)
-
-Exit codes: 0 success, 2 usage/configuration, 3 storage, 4 damage found.
+Room: edge. PATH may be a journal directory or an engine state directory.
 """
 
 from __future__ import annotations
@@ -17,10 +8,10 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import sys
+import os
 import tempfile
 import uuid
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from xoengine import codec
 from xoengine.datastore import open_store
@@ -32,9 +23,6 @@ from xoengine.journal import (
     applications,
     verify,
 )
-
-if TYPE_CHECKING:
-    from collections.abc import Sequence
 
 EXIT_DAMAGE = 4
 
@@ -244,11 +232,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 # -- parser ------------------------------------------------------------------------------
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser (exposed for docs and tests)."""
-    parser = argparse.ArgumentParser(prog="xoengine", description=__doc__.splitlines()[0])
-    verbs = parser.add_subparsers(dest="verb", required=True)
-
+def add_parsers(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``demo`` and ``journal verify|log|copy`` to the CLI."""
     demo = verbs.add_parser("demo", help="write events, verify, print the log")
     demo.add_argument("--dir", help="state directory (default: a new temporary one)")
     demo.set_defaults(func=cmd_demo)
@@ -257,12 +242,12 @@ def build_parser() -> argparse.ArgumentParser:
     jverbs = journal.add_subparsers(dest="journal_verb", required=True)
 
     v = jverbs.add_parser("verify", help="check every record; exit 4 on damage")
-    v.add_argument("path")
+    v.add_argument("path", type=journal_path)
     v.add_argument("--json", action="store_true")
     v.set_defaults(func=cmd_verify)
 
     log = jverbs.add_parser("log", help="list events")
-    log.add_argument("path")
+    log.add_argument("path", type=journal_path)
     log.add_argument("--app", help="application (prefix); default: all")
     log.add_argument("--topic", help="only this event topic")
     log.add_argument("--originator", help="only this originator id")
@@ -274,26 +259,14 @@ def build_parser() -> argparse.ArgumentParser:
     log.set_defaults(func=cmd_log)
 
     copy = jverbs.add_parser("copy", help="consistent hot copy of a live journal")
-    copy.add_argument("src")
+    copy.add_argument("src", type=journal_path)
     copy.add_argument("dst")
     copy.set_defaults(func=cmd_copy)
-    return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run the CLI; coded errors print their code, message and hint."""
-    args = build_parser().parse_args(argv)
-    try:
-        return int(args.func(args))
-    except XoError as e:
-        print(f"error {e.code}: {e.message}\nhint: {e.hint}", file=sys.stderr)
-        return e.exit_code
-    except BrokenPipeError:  # `xoengine journal log | head`
-        return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
-
-
-__all__ = ["build_parser", "main", "summarize_state"]
+def journal_path(text: str) -> str:
+    """A journal directory, or an engine state directory holding one in ``journal/``."""
+    inner = os.path.join(text, "journal")  # noqa: PTH118
+    if os.path.exists(os.path.join(inner, "data.mdb")):  # noqa: PTH110, PTH118
+        return inner
+    return text

@@ -1,0 +1,136 @@
+"""Live capture: watch the master roots and journal changes within a bounded delay.
+
+Room: producers. May import ``errors``, ``walk`` and ``layout``; it drives a
+scenario's capture through the one method it is given (``capture(paths)``).
+
+watchdog (inotify on Linux) reports paths that changed; the watcher gathers
+them into a dirty set and, at most ``delay`` seconds after the first change
+of a burst, asks capture to journal exactly those paths (and the subtrees of
+directories that appeared), so the tree is never rescanned as a whole.
+Directory *modified* notifications are ignored (a directory's own mtime is
+journaled by the next full capture): they would make every change in a
+directory rescan it. If the kernel's event queue overflows, the watcher
+falls back to one full capture.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+from typing import TYPE_CHECKING, Any, Protocol
+
+from watchdog.events import (
+    DirModifiedEvent,
+    FileSystemEvent,
+    FileSystemEventHandler,
+    FileSystemMovedEvent,
+)
+from watchdog.observers import Observer
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from xoengine.layout import Layout
+
+__all__ = ["Capturing", "Watcher"]
+
+
+class Capturing(Protocol):
+    """What the watcher needs of a scenario."""
+
+    layout: Layout
+
+    def capture(self, paths: Sequence[str] | None = None) -> Any:
+        """Journal changes of ``paths`` (None: everything)."""
+
+
+class _Handler(FileSystemEventHandler):
+    def __init__(self, watcher: Watcher, index: int, root: str) -> None:
+        self.watcher = watcher
+        self.index = index
+        self.root = root.rstrip("/") + "/"
+
+    def _scenario_path(self, raw: str | bytes) -> str | None:
+        path = os.fsdecode(raw)
+        if not path.startswith(self.root):
+            return None
+        rel = path[len(self.root) :]
+        return self.watcher.layout.scenario_path(self.index, rel) if rel else None
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        if isinstance(event, DirModifiedEvent) or event.event_type in {"opened", "closed_no_write"}:
+            return
+        paths = [event.src_path]
+        if isinstance(event, FileSystemMovedEvent):
+            paths.append(event.dest_path)
+        scoped = [p for p in (self._scenario_path(raw) for raw in paths) if p]
+        if scoped:
+            self.watcher.mark(scoped)
+
+
+class Watcher:
+    """Watches a scenario's master roots and journals changes within ``delay`` seconds."""
+
+    def __init__(self, scenario: Capturing, *, delay: float = 1.0) -> None:
+        """Watch ``scenario`` (its ``layout.roots``); journal within ``delay`` seconds."""
+        self.scenario = scenario
+        self.layout = scenario.layout
+        self.delay = delay
+        self._dirty: set[str] = set()
+        self._lock = threading.Lock()
+        self._signal = threading.Event()
+        self._stop = threading.Event()
+        self._observer = Observer()
+        self._thread = threading.Thread(target=self._run, name="xoengine-watch-capture", daemon=True)
+        self.errors: list[BaseException] = []
+        self.captures = 0
+
+    def start(self) -> None:
+        """Start watching (the observer schedules every root recursively)."""
+        for index, root in enumerate(self.layout.roots):
+            self._observer.schedule(_Handler(self, index, root), root, recursive=True)
+        self._observer.start()
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Journal what is pending, then stop and join both threads."""
+        self._observer.stop()
+        self._observer.join()
+        self._stop.set()
+        self._signal.set()
+        self._thread.join()
+
+    def mark(self, paths: Sequence[str]) -> None:
+        """Note changed scenario paths (called from watchdog's thread)."""
+        with self._lock:
+            self._dirty.update(paths)
+        self._signal.set()
+
+    def _take(self) -> set[str]:
+        with self._lock:
+            dirty, self._dirty = self._dirty, set()
+            return dirty
+
+    def _run(self) -> None:
+        while True:
+            self._signal.wait()
+            stopping = self._stop.is_set()
+            if not stopping:
+                # Let a burst gather for a fraction of the allowed delay, then journal it:
+                # the first change of the burst is journaled within ``delay``.
+                self._stop.wait(self.delay / 4)
+            self._signal.clear()
+            dirty = self._take()
+            if dirty:
+                try:
+                    self.scenario.capture(sorted(dirty))
+                    self.captures += 1
+                except Exception as e:  # noqa: BLE001 (kept for the caller; the watcher goes on)
+                    self.errors.append(e)
+            if stopping or self._stop.is_set():
+                with contextlib.suppress(Exception):
+                    leftover = self._take()
+                    if leftover:
+                        self.scenario.capture(sorted(leftover))
+                return
