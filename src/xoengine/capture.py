@@ -517,7 +517,7 @@ class Capture:
             old_map = self.state.block_map(txn, old)
         ranges = blocks.changed_ranges(old_map, new_map)
         aligned_bytes = sum(length for _, length in ranges)
-        if len(data) != old.size and aligned_bytes > 2 * bs:
+        if len(data) != old.size and aligned_bytes > bs:
             ops = blocks.delta(old_map, view, new_map=new_map)
             literal = blocks.literal_bytes(ops)
             if literal < aligned_bytes:

@@ -27,6 +27,7 @@ from eventsourcing.application import Application
 
 from xoengine import blocks
 from xoengine.capture import Capture, CaptureResult, JournaledFile, MasterState
+from xoengine.forensic import BisectResult, DiffResult, Forensics, HistoryEntry, ReplayResult
 from xoengine.errors import (
     ConfigurationError,
     OverlappingTreesError,
@@ -51,6 +52,10 @@ from xoengine.events import (
     ReplicaAdded,
     ReplicaRemoved,
     ReplicaResumed,
+    ReplicaRewound,
+    RewindPointSet,
+    RewindStarted,
+    UndoTrimmed,
     ReplicaSuspended,
     ScenarioCreated,
     ScenarioEvent,
@@ -66,6 +71,14 @@ from xoengine.journal import BlobTable, LMDBApplicationRecorder
 from xoengine.layout import Layout
 from xoengine.manifest import Manifest
 from xoengine.replica import FILE_TOPICS, ReplicaApplier
+from xoengine.rewind import (
+    RetentionDecision,
+    RetentionPolicy,
+    RewindPoint,
+    UndoUsage,
+    retention,
+    rewind_back,
+)
 from xoengine.sync import LEVELS, Synchronizer, SyncSummary
 from xoengine.tree import ReplicaTree
 from xoengine.walk import normalize_relpath
@@ -94,6 +107,10 @@ SCENARIO_TOPICS: Final = tuple(
         ReplicaSuspended,
         ReplicaResumed,
         ScenarioStateChanged,
+        RewindPointSet,
+        RewindStarted,
+        ReplicaRewound,
+        UndoTrimmed,
     )
 )
 DEFAULT_DATABASE_PATTERNS: Final = ("*.db", "*.sqlite", "*.sqlite3", "*.mdf")
@@ -122,10 +139,20 @@ class _Definition:
     suspended: set[str] = field(default_factory=set)
     state: str = "Stopped"
     removed: bool = False
+    points: list[tuple[str, int, str]] = field(default_factory=list)
+    rewound: set[str] = field(default_factory=set)
+    pending_rewinds: dict[str, tuple[int, int]] = field(default_factory=dict)
 
     def apply(self, event: ScenarioEvent) -> None:
         self.version = event.originator_version
-        if isinstance(event, ScenarioUpdated):
+        if isinstance(event, RewindPointSet):
+            self.points.append((event.name, event.position, event.kind))
+        elif isinstance(event, RewindStarted):
+            self.pending_rewinds[event.replica] = (event.from_position, event.to_position)
+        elif isinstance(event, ReplicaRewound):
+            self.pending_rewinds.pop(event.replica, None)
+            self.rewound.add(event.replica)
+        elif isinstance(event, ScenarioUpdated):
             self.options = {**self.options, **event.options}
         elif isinstance(event, ScenarioRemoved):
             self.removed = True
@@ -142,6 +169,7 @@ class _Definition:
             self.suspended.add(event.replica)
         elif isinstance(event, ReplicaResumed):
             self.suspended.discard(event.replica)
+            self.rewound.discard(event.replica)
         elif isinstance(event, ScenarioStateChanged):
             self.state = event.state
 
@@ -221,7 +249,7 @@ class Scenario:
 
     def _wire_replica(self, replica: str) -> ReplicaApplier:
         engine = self._engine
-        tree = ReplicaTree(self._def.replicas[replica], fsync=engine.fsync)
+        tree = ReplicaTree(self._def.replicas[replica], fsync=engine.fsync, create=not engine.readonly)
         applier = ReplicaApplier(
             engine.store,
             f"replica.{self.name}.{replica}",
@@ -361,6 +389,22 @@ class Scenario:
         for thread in list(self._threads.values()):
             thread.wake()
         self._check_spool()
+        self._auto_point()
+
+    def _auto_point(self) -> None:
+        interval = self._def.options.get("rewind_interval")
+        if not interval:
+            return
+        autos = [p for p in self._def.points if p[2] == "auto"]
+        position = self._engine.recorder.max_notification_id() or 0
+        last = autos[-1][1] if autos else 0
+        if position <= last:
+            return
+        if last and self._engine.recorder.time_of(position) - self._engine.recorder.time_of(last) < float(interval) * 1e9:
+            return
+        self._engine._scenario_event(
+            self._def, RewindPointSet, name=f"auto-{position}", position=position, kind="auto"
+        )
 
     # -- synchronization --------------------------------------------------------------------
 
@@ -396,6 +440,11 @@ class Scenario:
                         block_size=self.block_size,
                     )
                     summaries.append(sync.run(level, position, applier.set_position))
+            # A rewind point at every synchronization (R6).
+            end = self._engine.recorder.max_notification_id() or 0
+            self._engine._scenario_event(
+                self._def, RewindPointSet, name=f"sync-{end}", position=end, kind="sync"
+            )
         return summaries
 
     # -- replicas ---------------------------------------------------------------------------
@@ -416,9 +465,16 @@ class Scenario:
             self._engine._scenario_event(self._def, ReplicaSuspended, replica=replica)
 
     def resume(self, replica: str) -> None:
-        """Apply what accumulated during the suspension, then follow again (no resync)."""
+        """Apply what accumulated during the suspension, then follow again (no resync).
+
+        A replica that was rewound is first brought back to the master's state by
+        a block-level resynchronization (only differing blocks move), since its
+        files may have been used or changed while it was out of replication.
+        """
         self._replica(replica)
-        if replica in self._def.suspended:
+        if replica in self._def.rewound:
+            self.synchronize(level="block", replica=replica)
+        if replica in self._def.suspended or replica in self._def.rewound:
             self._engine._scenario_event(self._def, ReplicaResumed, replica=replica)
         if self._def.running and replica not in self._threads:
             thread = _ApplierThread(self, replica, self._appliers[replica])
@@ -447,6 +503,156 @@ class Scenario:
                     timeout=timeout, what=f"replica {name} to reach {target}"
                 )
         return target
+
+    # -- rewind (R5, R6) --------------------------------------------------------------------
+
+    def set_rewind_point(self, name: str, *, kind: str = "user") -> RewindPoint:
+        """Bookmark the journal now (after journaling pending master changes)."""
+        if self._watcher is None:
+            self.capture()
+        position = self._engine.recorder.max_notification_id() or 0
+        self._engine._scenario_event(self._def, RewindPointSet, name=name, position=position, kind=kind)
+        return self._point(name, position, kind)
+
+    def _point(self, name: str, position: int, kind: str) -> RewindPoint:
+        time_ns = self._engine.recorder.time_of(position) if position else 0
+        return RewindPoint(name=name, position=position, time_ns=time_ns, kind=kind)
+
+    def rewind_points(self) -> list[RewindPoint]:
+        """Every rewind point (user, auto, sync ...) with its position and time label."""
+        return [self._point(n, p, k) for n, p, k in self._def.points]
+
+    def resolve(
+        self, to: RewindPoint | str | None = None, *, position: int | None = None, at: dt.datetime | None = None
+    ) -> int:
+        """Turn a rewind point (or its name), a position or a time into a journal position.
+
+        A time resolves to the last position whose time label is at or before
+        it (labels never go back, whatever the wall clock did).
+        """
+        given = [x is not None for x in (to, position, at)]
+        if sum(given) != 1:
+            raise ConfigurationError(detail="give exactly one of a rewind point, position= or at=")
+        if isinstance(to, RewindPoint):
+            return to.position
+        if isinstance(to, str):
+            for name, pos, _ in reversed(self._def.points):
+                if name == to:
+                    return pos
+            raise ConfigurationError(detail=f"no rewind point named {to!r}")
+        if position is not None:
+            top = self._engine.recorder.max_notification_id() or 0
+            if not 0 <= position <= top:
+                raise ConfigurationError(detail=f"position {position} is outside 0..{top}")
+            return position
+        assert at is not None
+        if at.tzinfo is None:
+            raise ConfigurationError(detail="at= needs a timezone-aware datetime")
+        return self._engine.recorder.position_at(int(at.timestamp() * 1e9))
+
+    def rewind(
+        self,
+        replica: str,
+        to: RewindPoint | str | None = None,
+        *,
+        position: int | None = None,
+        at: dt.datetime | None = None,
+    ) -> int:
+        """Reset ``replica`` to its state at a rewind point, a position or a time (R6).
+
+        The replica leaves replication (it is suspended) and stays at that state
+        until :meth:`resume`, which resynchronizes it at block level. Returns the
+        position the replica now holds. Journaled; a rewind killed midway is
+        completed when the engine opens again.
+        """
+        applier = self._replica(replica)
+        target = self.resolve(to, position=position, at=at)
+        if replica not in self._def.suspended:
+            self.suspend(replica)
+        with applier.lock:
+            current = applier.position()
+            self._engine._scenario_event(
+                self._def, RewindStarted, replica=replica, from_position=current, to_position=target
+            )
+            return self._finish_rewind(replica, current, target)
+
+    def _finish_rewind(self, replica: str, current: int, target: int) -> int:
+        applier = self._appliers[replica]
+        with applier.lock:
+            applied = applier.position()
+            records = 0
+            if target < applied:
+                records = rewind_back(
+                    self._engine.store, applier.tree, applier.undo, applied, target,
+                    lambda txn, p: applier.set_position(txn, p, force=True), self._engine.blobs.get,
+                )
+            elif target > applied:
+                applier.apply_available(upto=target)
+            self._engine._scenario_event(
+                self._def, ReplicaRewound, replica=replica, from_position=current,
+                to_position=target, records=records,
+            )
+            return target
+
+    def _complete_rewinds(self) -> None:
+        for replica, (current, target) in list(self._def.pending_rewinds.items()):
+            self._finish_rewind(replica, current, target)
+
+    def trim_undo(self, policy: RetentionPolicy | None = None, *, now_ns: int | None = None) -> dict[str, RetentionDecision]:
+        """Apply the retention policy to every replica's undo log; journal what was dropped."""
+        policy = policy or RetentionPolicy(
+            max_age_s=self._def.options.get("undo_max_age"),
+            max_bytes=self._def.options.get("undo_max_bytes"),
+            min_points=int(self._def.options.get("undo_min_points", 1)),
+            window_s=self._def.options.get("undo_window"),
+        )
+        now = time.time_ns() if now_ns is None else now_ns
+        recorder = self._engine.recorder
+        decisions: dict[str, RetentionDecision] = {}
+        points = self.rewind_points()
+        for name, applier in self._appliers.items():
+            sizes: dict[int, int] = {}
+            for position, size in applier.undo.position_sizes():
+                sizes[position] = size
+            usage = [UndoUsage(p, recorder.time_of(p), b) for p, b in sorted(sizes.items())]
+            decision = retention(usage, points, policy, now)
+            decisions[name] = decision
+            if decision.trim_upto:
+                count = applier.undo.trim(decision.trim_upto)
+                self._engine._scenario_event(
+                    self._def, UndoTrimmed, replica=name, upto=decision.trim_upto,
+                    records=count, bytes=decision.records_bytes, reasons=list(decision.reasons),
+                )
+            if decision.alert:
+                self._engine._scenario_event(
+                    self._def, AlertRaised, code="AW0002", severity="warning",
+                    message=decision.alert, details={"replica": name},
+                )
+        return decisions
+
+    # -- difference report (R35) ------------------------------------------------------------
+
+    def difference_report(self, replica: str, *, verify: bool = False) -> dict[str, Any]:
+        """Master vs replica now: files and bytes pending per path, and (verify) a hash compare."""
+        applier = self._replica(replica)
+        pending: dict[str, dict[str, int]] = {}
+        for _, event in self._engine._iter_file_events(applier.position(), self.name):
+            entry = pending.setdefault(event.path, {"events": 0, "bytes": 0})
+            entry["events"] += 1
+            entry["bytes"] += _event_bytes(event)
+        report: dict[str, Any] = {
+            "scenario": self.name,
+            "replica": replica,
+            "suspended": replica in self._def.suspended,
+            "applied_position": applier.position(),
+            "journal_position": self._engine.recorder.max_notification_id() or 0,
+            "pending_files": len(pending),
+            "pending_bytes": sum(v["bytes"] for v in pending.values()),
+            "pending": pending,
+        }
+        if verify:
+            report["differences"] = _compare_trees(self, applier.tree.root)
+        return report
 
     # -- statistics -------------------------------------------------------------------------
 
@@ -655,6 +861,50 @@ class Scenario:
         return report
 
 
+def _compare_trees(scenario: Scenario, replica_root: str) -> dict[str, str]:
+    """Hash both trees: path -> what differs (missing, extra, content, kind, mode, target)."""
+    from xoengine import codec  # noqa: PLC0415
+    from xoengine.walk import walk  # noqa: PLC0415
+
+    def digest(root: str, prefix: str) -> dict[str, tuple[str, int, str]]:
+        out: dict[str, tuple[str, int, str]] = {}
+        tree = walk(root, scenario.capture_engine.include, scenario.capture_engine.exclude)
+        with contextlib.closing(tree):
+            for entry in tree:
+                if entry.name.startswith(".xoengine-tmp-"):
+                    continue
+                if entry.kind == "file":
+                    with open(os.path.join(root, entry.relpath), "rb") as f:  # noqa: PTH118, PTH123
+                        value = codec.digest128(f.read()).hex()
+                else:
+                    value = entry.target or ""
+                out[prefix + entry.relpath] = (entry.kind, entry.mode, value)
+        return out
+
+    master: dict[str, tuple[str, int, str]] = {}
+    for index, root in enumerate(scenario.layout.roots):
+        master.update(digest(root, scenario.layout.prefix(index)))
+    replica = digest(replica_root, "")
+    for index in range(len(scenario.layout.roots)):
+        prefix = scenario.layout.prefix(index).rstrip("/")
+        if prefix:
+            replica.pop(prefix, None)
+    differences: dict[str, str] = {}
+    for path in sorted(set(master) | set(replica), key=os.fsencode):
+        a, b = master.get(path), replica.get(path)
+        if a is None:
+            differences[path] = "only on the replica"
+        elif b is None:
+            differences[path] = "missing on the replica"
+        elif a[0] != b[0]:
+            differences[path] = f"kind {a[0]} vs {b[0]}"
+        elif a[2] != b[2] and a[0] != "dir":
+            differences[path] = "content" if a[0] == "file" else "link target"
+        elif a[1] != b[1] and a[0] != "symlink":
+            differences[path] = f"mode {oct(a[1])} vs {oct(b[1])}"
+    return differences
+
+
 def _operation(event: FileEvent) -> str:
     if isinstance(event, FileCreated):
         return "created"
@@ -769,14 +1019,21 @@ class Engine:
         *,
         durability: str = "sync",
         map_size: int | None = None,
+        readonly: bool = False,
     ) -> None:
-        """Open (creating if missing) the engine in ``state_dir``."""
+        """Open (creating if missing, unless ``readonly``) the engine in ``state_dir``."""
         self.state_dir = Path(state_dir)
-        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.readonly = readonly
+        if not readonly:
+            self.state_dir.mkdir(parents=True, exist_ok=True)
+        journal = self.state_dir / "journal"
+        if readonly and not (journal / "data.mdb").exists() and (self.state_dir / "data.mdb").exists():
+            journal = self.state_dir  # a bare journal copy (`xoengine journal copy`)
         env = {
             "PERSISTENCE_MODULE": "xoengine.journal",
-            "LMDB_PATH": str(self.state_dir / "journal"),
+            "LMDB_PATH": str(journal),
             "LMDB_DURABILITY": durability,
+            "LMDB_READONLY": "yes" if readonly else "no",
         }
         if map_size:
             env["LMDB_MAP_SIZE"] = str(map_size)
@@ -801,9 +1058,85 @@ class Engine:
         *,
         durability: str = "sync",
         map_size: int | None = None,
+        readonly: bool = False,
     ) -> Engine:
-        """Open the engine in ``state_dir`` (journal in ``state_dir/journal``)."""
-        return cls(state_dir, durability=durability, map_size=map_size)
+        """Open the engine in ``state_dir`` (journal in ``state_dir/journal``).
+
+        ``readonly`` opens an existing journal (or a copy of one) for forensics:
+        nothing is written, no replica is touched.
+        """
+        return cls(state_dir, durability=durability, map_size=map_size, readonly=readonly)
+
+    # -- forensics (from the journal alone) --------------------------------------------------
+
+    def file_events(self, scenario: str, upto: int | None) -> Iterator[tuple[int, int, FileEvent]]:
+        """``(position, time label, event)`` of a scenario's file events up to ``upto``."""
+        for record in self.recorder.records(1, stop=upto, topics=FILE_TOPICS):
+            event = self._decode(record)
+            if event.scenario == scenario:
+                yield record.id, record.time_ns, event
+
+    def blob(self, blob_id: bytes) -> bytes:
+        """The verified bytes of a blob."""
+        return self.blobs.get(blob_id)
+
+    def forensics(self, scenario: str | Scenario) -> Forensics:
+        """Replay, history, diff and bisect for a scenario (by name: it may have been removed)."""
+        name = scenario.name if isinstance(scenario, Scenario) else scenario
+        return Forensics(self, name)
+
+    def position_of(self, position: int | None = None, at: dt.datetime | None = None) -> int:
+        """A position given as a position or a time (the last position labelled at or before it)."""
+        if at is not None:
+            if at.tzinfo is None:
+                raise ConfigurationError(detail="at= needs a timezone-aware datetime")
+            return self.recorder.position_at(int(at.timestamp() * 1e9))
+        if position is None:
+            return self.recorder.max_notification_id() or 0
+        return position
+
+    def replay(
+        self,
+        scenario: str | Scenario,
+        *,
+        to: str | os.PathLike[str],
+        position: int | None = None,
+        at: dt.datetime | None = None,
+        path: str | None = None,
+    ) -> ReplayResult:
+        """Rebuild a scenario's tree (or one file or subtree) as it was, from the journal alone."""
+        return self.forensics(scenario).replay(to, self.position_of(position, at), path)
+
+    def history(self, scenario: str | Scenario, path: str) -> list[HistoryEntry]:
+        """Every change to a path: position, time, operation, byte ranges, sizes, renames."""
+        return self.forensics(scenario).history(path)
+
+    def diff(
+        self, scenario: str | Scenario, from_: int | dt.datetime, to: int | dt.datetime | None = None
+    ) -> DiffResult:
+        """Paths added, removed, modified (with byte ranges) and renamed between two instants."""
+
+        def pos(value: int | dt.datetime | None) -> int:
+            if isinstance(value, dt.datetime):
+                return self.position_of(at=value)
+            return self.position_of(value)
+
+        return self.forensics(scenario).diff(pos(from_), pos(to))
+
+    def bisect(
+        self,
+        scenario: str | Scenario,
+        predicate: Callable[[str], bool],
+        *,
+        path: str | None = None,
+        between: tuple[int, int] | None = None,
+        burst_threshold: int = 10,
+    ) -> BisectResult:
+        """Find the last good position by binary search over replays (see ``Forensics.bisect``)."""
+        low, high = between or (0, self.recorder.max_notification_id() or 0)
+        return self.forensics(scenario).bisect(
+            predicate, path, (low, high), burst_threshold=burst_threshold
+        )
 
     def close(self) -> None:
         """Stop every scenario's threads and close the journal."""
@@ -899,6 +1232,8 @@ class Engine:
                 # Replication threads do not survive a restart: a scenario that was
                 # running resumes when the caller starts it again.
                 self._scenarios[name] = Scenario(self, definition)
+                if not self.readonly:
+                    self._scenarios[name]._complete_rewinds()
 
     def _scenario_event(
         self, definition: _Definition, cls: type[ScenarioEvent], **fields: Any

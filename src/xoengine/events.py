@@ -25,6 +25,10 @@ from typing import Any
 from eventsourcing.domain import DomainEvent
 
 __all__ = [
+    "UndoTrimmed",
+    "ReplicaRewound",
+    "RewindStarted",
+    "RewindPointSet",
     "AlertRaised",
     "BytesWritten",
     "ContentReplaced",
@@ -130,6 +134,41 @@ class AlertRaised(ScenarioEvent):
     severity: str
     message: str
     details: dict[str, Any]
+
+
+class RewindPointSet(ScenarioEvent):
+    """A bookmark in the journal: ``kind`` user, auto, sync, backup or integrity."""
+
+    name: str
+    position: int
+    kind: str
+
+
+class RewindStarted(ScenarioEvent):
+    """A replica started rewinding from one applied position to another."""
+
+    replica: str
+    from_position: int
+    to_position: int
+
+
+class ReplicaRewound(ScenarioEvent):
+    """A replica holds the state of ``to_position``; it stays out of replication until resumed."""
+
+    replica: str
+    from_position: int
+    to_position: int
+    records: int
+
+
+class UndoTrimmed(ScenarioEvent):
+    """Before-images up to ``upto`` were dropped by the retention policy (and why)."""
+
+    replica: str
+    upto: int
+    records: int
+    bytes: int
+    reasons: list[str]
 
 
 # -- capture (one stream per file, directory or symlink) -------------------------------

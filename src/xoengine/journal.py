@@ -425,6 +425,31 @@ class LMDBApplicationRecorder(LMDBAggregateRecorder, ApplicationRecorder):
                 if limit is not None and count >= limit:
                     return
 
+    def time_of(self, position: int) -> int:
+        """The time label (UTC ns) of ``position`` (KeyError if there is no such position)."""
+        key = encode_position(position)
+        with self.datastore.read() as txn:
+            value = txn.get(self.events_table, key)
+        if value is None:
+            raise KeyError(position)
+        return _decode_event(key, value, self.events_table)[1]
+
+    def position_at(self, time_ns: int) -> int:
+        """The last position whose time label is at or before ``time_ns`` (0 if none).
+
+        This is the one rule that turns a time into a position. Labels never go
+        back (a clock that jumps back leaves them flat until it catches up), so
+        a binary search over positions is exact.
+        """
+        low, high = 0, self.max_notification_id() or 0
+        while low < high:
+            middle = (low + high + 1) // 2
+            if self.time_of(middle) <= time_ns:
+                low = middle
+            else:
+                high = middle - 1
+        return low
+
     def max_notification_id(self) -> int | None:
         """The last position, or None for an empty journal."""
         with self.datastore.read() as txn:

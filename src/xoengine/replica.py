@@ -249,7 +249,15 @@ class ReplicaApplier:
             name = f"d{len(data)}"
             data[name] = self.tree.read(path, cursor, old_size - cursor)
             ops.append(["data", name, old_size - cursor])
-        return ("content", path, {"old_size": old_size, "ops": ops, **stat_meta(st)}, data)
+        # Digests of both contents make undoing it idempotent (a rewind may be resumed).
+        args = {
+            "old_size": old_size,
+            "ops": ops,
+            "old_digest": codec.digest128(self.tree.read(path)).hex(),
+            "new_digest": event.result,
+            **stat_meta(st),
+        }
+        return ("content", path, args, data)
 
     # -- applying --------------------------------------------------------------------------
 

@@ -49,11 +49,12 @@ Image = tuple[str, str, dict[str, Any], dict[str, bytes]]
 class ReplicaTree:
     """Safe, idempotent file operations under one replica root."""
 
-    def __init__(self, root: str, *, fsync: bool = True) -> None:
-        """Operate under ``root`` (created if missing); ``fsync`` makes writes durable."""
+    def __init__(self, root: str, *, fsync: bool = True, create: bool = True) -> None:
+        """Operate under ``root`` (created if missing and ``create``); ``fsync`` makes writes durable."""
         self.root = root
         self.fsync = fsync
-        os.makedirs(root, exist_ok=True)
+        if create:
+            os.makedirs(root, exist_ok=True)  # noqa: PTH103
 
     @contextlib.contextmanager
     def _parent(self, path: str, *, create: bool = True) -> Iterator[tuple[int, str]]:
@@ -338,6 +339,32 @@ class UndoLog:
         if reverse:
             out.reverse()
         return out
+
+    def position_sizes(self) -> list[tuple[int, int]]:
+        """(position, bytes of its records and their blobs) for every position held."""
+        sizes: dict[int, int] = {}
+        with self.store.read() as txn:
+            for key, value in txn.items(self.table):
+                position = int.from_bytes(key[:8], "big")
+                _, _, args = codec.unpack(codec.unframe(key, value, where=self.table))
+                blob_bytes = sum(
+                    int.from_bytes(v[16:24], "big")
+                    for v in args.values()
+                    if isinstance(v, bytes) and len(v) == BlobTable.ID_SIZE
+                )
+                sizes[position] = sizes.get(position, 0) + len(value) + blob_bytes
+        return sorted(sizes.items())
+
+    def trim(self, upto: int) -> int:
+        """Drop every record at or before ``upto``; return how many went."""
+
+        def work(txn: WriteTxn) -> int:
+            doomed = [k for k, _ in txn.items(self.table) if int.from_bytes(k[:8], "big") <= upto]
+            for key in doomed:
+                txn.delete(self.table, key)
+            return len(doomed)
+
+        return self.store.write(work)
 
     def size(self) -> tuple[int, int]:
         """(records, bytes of frames) held."""

@@ -1,0 +1,380 @@
+"""Forensics from the journal alone: replay, history, diff and last-good search.
+
+Room: producers and projections. May import ``errors``, ``codec``, ``events``,
+``tree`` and ``walk``. Needs nothing but a :class:`JournalSource` (the engine
+gives one over its journal, which may be a read-only copy from another
+machine): no master, no replica.
+
+The state of any file at any position is the fold of its events up to that
+position. A replay folds metadata over the scenario's file events up to the
+position (which file identities are alive, where, with which mode), then
+rebuilds the content of each wanted file from its own content events
+(byte ranges from the blob table, truncations, deltas) straight at its final
+path, so renames cost nothing.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import shutil
+import tempfile
+import uuid
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol
+
+from xoengine.errors import ConfigurationError
+from xoengine.events import (
+    BytesWritten,
+    ContentReplaced,
+    FileCreated,
+    FileDeleted,
+    FileEvent,
+    FileRenamed,
+    FileTruncated,
+    MetadataChanged,
+)
+from xoengine.tree import ReplicaTree
+from xoengine.walk import normalize_relpath
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
+
+__all__ = [
+    "BisectResult",
+    "DiffResult",
+    "Forensics",
+    "HistoryEntry",
+    "JournalSource",
+    "LiveFile",
+    "ReplayResult",
+]
+
+
+class JournalSource(Protocol):
+    """The smallest view of a journal that forensics needs."""
+
+    def file_events(self, scenario: str, upto: int | None) -> Iterator[tuple[int, int, FileEvent]]:
+        """``(position, time label ns, event)`` of ``scenario``'s file events up to ``upto``."""
+
+    def blob(self, blob_id: bytes) -> bytes:
+        """The verified bytes of a blob."""
+
+
+@dataclass
+class LiveFile:
+    """One file identity as the fold sees it at a position."""
+
+    file_id: uuid.UUID
+    path: str
+    kind: str
+    mode: int
+    mtime_ns: int
+    size: int = 0
+    target: str | None = None
+    content: list[tuple[int, FileEvent]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class ReplayResult:
+    """What a replay wrote."""
+
+    position: int
+    files: int
+    dirs: int
+    links: int
+    bytes: int
+
+
+@dataclass(frozen=True)
+class HistoryEntry:
+    """One change to a path's file identity."""
+
+    position: int
+    time: str
+    operation: str
+    path: str
+    new_path: str | None
+    ranges: list[list[int]]
+    size: int | None
+
+
+@dataclass(frozen=True)
+class DiffResult:
+    """Paths added, removed, modified (with byte ranges) and renamed between two positions."""
+
+    from_position: int
+    to_position: int
+    added: list[str]
+    removed: list[str]
+    modified: dict[str, list[list[int]]]
+    renamed: dict[str, str]
+    metadata: list[str]
+
+
+@dataclass(frozen=True)
+class BisectResult:
+    """The last position where the predicate held, and how it was found."""
+
+    last_good: int
+    first_bad: int | None
+    probes: list[tuple[int, bool]]
+    burst_position: int | None
+    burst_files: int
+
+
+def _ranges(event: FileEvent) -> list[list[int]]:
+    if isinstance(event, BytesWritten):
+        return [[r[0], r[1]] for r in event.ranges]
+    if isinstance(event, ContentReplaced):
+        out: list[list[int]] = []
+        offset = 0
+        for op in event.ops:
+            if op[0] == "data":
+                out.append([offset, op[2]])
+            offset += op[2]
+        return out
+    if isinstance(event, FileTruncated):
+        return [[event.size, 0]]
+    return []
+
+
+def _operation(event: FileEvent) -> str:
+    return {
+        FileCreated: "created",
+        BytesWritten: "written",
+        FileTruncated: "truncated",
+        ContentReplaced: "replaced",
+        FileRenamed: "renamed",
+        FileDeleted: "deleted",
+        MetadataChanged: "metadata",
+    }.get(type(event), type(event).__name__)
+
+
+class Forensics:
+    """Replay, history, diff and bisect for one scenario over a :class:`JournalSource`."""
+
+    def __init__(self, source: JournalSource, scenario: str) -> None:
+        """Investigate ``scenario`` in ``source``."""
+        self.source = source
+        self.scenario = scenario
+
+    # -- the fold -------------------------------------------------------------------------
+
+    def fold(self, position: int | None) -> dict[uuid.UUID, LiveFile]:
+        """Every file identity alive at ``position`` (None: the end), with its content events."""
+        alive: dict[uuid.UUID, LiveFile] = {}
+        for pos, _, event in self.source.file_events(self.scenario, position):
+            self._step(alive, pos, event)
+        return alive
+
+    @staticmethod
+    def _step(alive: dict[uuid.UUID, LiveFile], position: int, event: FileEvent) -> None:
+        fid = event.originator_id
+        if isinstance(event, FileCreated):
+            alive[fid] = LiveFile(fid, event.path, event.kind, event.mode, event.mtime_ns, target=event.target)
+            return
+        live = alive.get(fid)
+        if live is None:
+            return
+        if isinstance(event, FileDeleted):
+            del alive[fid]
+            return
+        if isinstance(event, FileRenamed):
+            old, new = live.path, event.new_path
+            for other in alive.values():
+                if other.path == old or other.path.startswith(old + "/"):
+                    other.path = new + other.path[len(old) :]
+            return
+        if isinstance(event, MetadataChanged):
+            live.mode, live.mtime_ns = event.mode, event.mtime_ns
+        elif isinstance(event, (BytesWritten, FileTruncated, ContentReplaced)):
+            live.size = event.size
+            live.content.append((position, event))
+        if event.observed:
+            live.size, live.mode, live.mtime_ns = event.observed[0], event.observed[1], event.observed[2]
+
+    # -- replay ---------------------------------------------------------------------------
+
+    def replay(self, to: str | os.PathLike[str], position: int | None, path: str | None = None) -> ReplayResult:
+        """Rebuild the tree (or the file or subtree at ``path``) as it was at ``position`` into ``to``."""
+        alive = self.fold(position)
+        wanted = normalize_relpath(path) if path else None
+        out = ReplicaTree(os.fspath(to), fsync=False)
+        files = dirs = links = total = 0
+        selected = [
+            f
+            for f in alive.values()
+            if wanted is None or f.path == wanted or f.path.startswith(wanted + "/")
+        ]
+        for live in sorted(selected, key=lambda f: (f.path.count("/"), os.fsencode(f.path))):
+            if live.kind == "dir":
+                out.create(live.path, "dir", live.mode, None)
+                dirs += 1
+            elif live.kind == "symlink":
+                out.create(live.path, "symlink", 0, live.target)
+                links += 1
+            elif live.kind == "file":
+                total += self._rebuild(out, live)
+                files += 1
+        # Directory modes and mtimes last: writing inside a directory moves its mtime.
+        for live in selected:
+            if live.kind == "file":
+                out.set_meta(live.path, live.mode, live.mtime_ns)
+        for live in sorted((f for f in selected if f.kind == "dir"), key=lambda f: -f.path.count("/")):
+            out.set_meta(live.path, live.mode, live.mtime_ns)
+        end = position if position is not None else max((p for f in alive.values() for p, _ in f.content), default=0)
+        return ReplayResult(position=end, files=files, dirs=dirs, links=links, bytes=total)
+
+    def _rebuild(self, out: ReplicaTree, live: LiveFile) -> int:
+        out.create(live.path, "file", 0o600, None)
+        out.truncate(live.path, 0)
+        written = 0
+        for _, event in live.content:
+            if isinstance(event, BytesWritten):
+                pieces = [(r[0], self.source.blob(r[2])) for r in event.ranges]
+                out.write_ranges(live.path, pieces, event.size)
+                written += sum(len(d) for _, d in pieces)
+            elif isinstance(event, FileTruncated):
+                out.truncate(live.path, event.size)
+            elif isinstance(event, ContentReplaced):
+                old = out.read(live.path)
+                parts = [
+                    old[op[1] : op[1] + op[2]] if op[0] == "copy" else self.source.blob(op[1])
+                    for op in event.ops
+                ]
+                out.replace(live.path, parts, mode=0o600)
+                written += sum(op[2] for op in event.ops if op[0] == "data")
+        return written
+
+    # -- history and diff -----------------------------------------------------------------
+
+    def history(self, path: str) -> list[HistoryEntry]:
+        """Every change to the file identities that ever had ``path`` (with their renames)."""
+        target = normalize_relpath(path)
+        ids: set[uuid.UUID] = set()
+        events: list[tuple[int, int, FileEvent, str]] = []
+        alive: dict[uuid.UUID, LiveFile] = {}
+        for pos, time_ns, event in self.source.file_events(self.scenario, None):
+            before = alive[event.originator_id].path if event.originator_id in alive else event.path
+            self._step(alive, pos, event)
+            if before == target or (isinstance(event, FileRenamed) and event.new_path == target):
+                ids.add(event.originator_id)
+            events.append((pos, time_ns, event, before))
+        out = []
+        for pos, time_ns, event, at in events:
+            if event.originator_id not in ids:
+                continue
+            size = getattr(event, "size", None)
+            out.append(
+                HistoryEntry(
+                    position=pos,
+                    time=dt.datetime.fromtimestamp(time_ns / 1e9, tz=dt.UTC).isoformat(timespec="microseconds"),
+                    operation=_operation(event),
+                    path=at,
+                    new_path=event.new_path if isinstance(event, FileRenamed) else None,
+                    ranges=_ranges(event),
+                    size=size if isinstance(size, int) else None,
+                )
+            )
+        return out
+
+    def diff(self, from_position: int, to_position: int) -> DiffResult:
+        """What changed between two positions (by file identity: renames are renames)."""
+        if from_position > to_position:
+            raise ConfigurationError(detail="diff needs from <= to")
+        alive: dict[uuid.UUID, LiveFile] = {}
+        before: dict[uuid.UUID, tuple[str, int]] | None = None
+        touched: dict[uuid.UUID, list[list[int]]] = {}
+        meta: set[uuid.UUID] = set()
+        for pos, _, event in self.source.file_events(self.scenario, to_position):
+            if before is None and pos > from_position:
+                before = {fid: (f.path, f.mode) for fid, f in alive.items()}
+            self._step(alive, pos, event)
+            if pos > from_position:
+                if isinstance(event, (BytesWritten, FileTruncated, ContentReplaced)):
+                    touched.setdefault(event.originator_id, []).extend(_ranges(event))
+                elif isinstance(event, MetadataChanged):
+                    meta.add(event.originator_id)
+        if before is None:
+            before = {fid: (f.path, f.mode) for fid, f in alive.items()}
+        after = {fid: f.path for fid, f in alive.items()}
+        added = sorted(p for fid, p in after.items() if fid not in before)
+        removed = sorted(p for fid, (p, _) in before.items() if fid not in after)
+        renamed = {before[fid][0]: p for fid, p in after.items() if fid in before and before[fid][0] != p}
+        modified = {after[fid]: r for fid, r in touched.items() if fid in after and fid in before}
+        metadata = sorted(after[fid] for fid in meta if fid in after and fid in before and fid not in touched)
+        return DiffResult(from_position, to_position, added, removed, modified, renamed, metadata)
+
+    # -- last-good search ------------------------------------------------------------------
+
+    def change_positions(self, low: int, high: int) -> list[tuple[int, int, uuid.UUID]]:
+        """``(position, time label, file id)`` of content changes in ``(low, high]``."""
+        return [
+            (pos, time_ns, event.originator_id)
+            for pos, time_ns, event in self.source.file_events(self.scenario, high)
+            if pos > low and not isinstance(event, MetadataChanged)
+        ]
+
+    def bisect(
+        self,
+        predicate: Callable[[str], bool],
+        path: str | None,
+        between: tuple[int, int],
+        *,
+        burst_threshold: int = 10,
+    ) -> BisectResult:
+        """Binary-search for the last position in ``between`` where ``predicate(replayed dir)`` holds.
+
+        The predicate gets a scratch directory holding the replay (of ``path`` or
+        the whole tree). ``between[0]`` must be good; if ``between[1]`` is good
+        too, it is the answer. Also reports the first *burst*: the first commit
+        (one time label) that changed at least ``burst_threshold`` files, the
+        mark of mass damage such as ransomware.
+        """
+        low, high = between
+        changes = self.change_positions(low, high)
+        probes: list[tuple[int, bool]] = []
+
+        def good(position: int) -> bool:
+            scratch = tempfile.mkdtemp(prefix="xoengine-bisect-")
+            try:
+                self.replay(scratch, position, path)
+                verdict = bool(predicate(os.path.join(scratch, path) if path else scratch))  # noqa: PTH118
+            finally:
+                shutil.rmtree(scratch, ignore_errors=True)
+            probes.append((position, verdict))
+            return verdict
+
+        if not good(low):
+            raise ConfigurationError(detail=f"the predicate fails at the lower bound {low}")
+        candidates = sorted({pos for pos, _, _ in changes})
+        first_bad: int | None = None
+        if good(high):
+            last_good = high
+        else:
+            # Invariant: the state after candidates[lo-1] (or low) is good, after candidates[hi] bad.
+            lo, hi = 0, len(candidates) - 1
+            while lo < hi:
+                mid = (lo + hi) // 2
+                if good(candidates[mid]):
+                    lo = mid + 1
+                else:
+                    hi = mid
+            first_bad = candidates[lo] if candidates else high
+            last_good = first_bad - 1 if first_bad > low else low
+        burst_position, burst_files = self._burst(changes, burst_threshold)
+        return BisectResult(last_good, first_bad, probes, burst_position, burst_files)
+
+    @staticmethod
+    def _burst(changes: list[tuple[int, int, uuid.UUID]], threshold: int) -> tuple[int | None, int]:
+        groups: dict[int, tuple[int, set[uuid.UUID]]] = {}
+        for pos, time_ns, fid in changes:
+            first, ids = groups.setdefault(time_ns, (pos, set()))
+            ids.add(fid)
+        for time_ns in sorted(groups):
+            first, ids = groups[time_ns]
+            if len(ids) >= threshold:
+                return first, len(ids)
+        return None, 0
+

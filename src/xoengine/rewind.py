@@ -1,0 +1,238 @@
+"""Rewind: play a replica's undo log backwards, and the retention policy for that log (R5, R6).
+
+Room: producers and projections. May import ``errors``, ``codec``, ``datastore``,
+``journal``, ``tree`` (never replica, capture or sync: the engine wires them).
+
+A replica at applied position A is rewound to P < A by undoing, newest
+first, every before-image recorded for positions in (P, A]. After the
+records of one position are undone, the applied position moves to just
+below it and those records are dropped, in one transaction: a rewind killed
+midway resumes from where it stopped, and every undo operation is
+idempotent (a "content" record carries the digests of both contents).
+Going forward (P > A) is the applier's job: it applies the journal up to P.
+
+:func:`retention` is a pure policy: given the undo log's sizes and ages, the
+rewind points and the configured limits, it says up to which position the
+log may be trimmed and why, and whether operators must be warned that the
+budget is about to cut the protected window.
+"""
+
+from __future__ import annotations
+
+import stat
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Final
+
+from xoengine import codec
+from xoengine.errors import ReplicaDivergedError
+from xoengine.journal import encode_position
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+
+    from xoengine.datastore import Store, WriteTxn
+    from xoengine.tree import ReplicaTree, UndoLog, UndoRecord
+
+__all__ = [
+    "RetentionDecision",
+    "RetentionPolicy",
+    "RewindPoint",
+    "UndoUsage",
+    "rewind_back",
+    "retention",
+]
+
+_ALERT_SHARE: Final = 0.8
+
+
+@dataclass(frozen=True)
+class RewindPoint:
+    """A bookmark: name, journal position, time label (UTC ns) and kind."""
+
+    name: str
+    position: int
+    time_ns: int
+    kind: str = "user"
+
+
+# -- playing the undo log backwards ----------------------------------------------------------
+
+
+def undo_one(tree: ReplicaTree, record: UndoRecord, blob: Callable[[bytes], bytes]) -> None:
+    """Undo one change on ``tree`` (idempotent: running it twice leaves the same tree)."""
+    args = record.args
+    path = record.path
+    op = record.op
+    if op == "created":
+        tree.delete(path)
+    elif op in {"deleted", "replaced"}:
+        kind = args.get("kind", "file")
+        if kind == "dir":
+            tree.create(path, "dir", args.get("mode", 0o755), None)
+        elif kind == "symlink":
+            if _kind(tree, path) not in (None, "symlink"):
+                tree.delete(path)
+            tree.create(path, "symlink", 0, args.get("target"))
+        else:
+            if _kind(tree, path) not in (None, "file"):
+                tree.delete(path)
+            content = [blob(args["content"])] if "content" in args else []
+            tree.replace(path, content, mode=args.get("mode"))
+    elif op == "renamed":
+        new = args["new_path"]
+        if tree.lstat(new) is not None:
+            tree.rename(new, path)
+    elif op == "bytes":
+        if _kind(tree, path) != "file":
+            return
+        pieces = [(offset, blob(args[name])) for offset, name in args.get("spans", [])]
+        tree.write_ranges(path, pieces, args["old_size"])
+    elif op == "content":
+        current = codec.digest128(tree.read(path)).hex()
+        if current == args.get("old_digest"):
+            pass  # undone already
+        elif current != args.get("new_digest"):
+            raise ReplicaDivergedError(path=path, position=record.position, replica=tree.root)
+        else:
+            new = tree.read(path)
+            parts = [new[o[1] : o[1] + o[2]] if o[0] == "copy" else blob(args[o[1]]) for o in args["ops"]]
+            tree.replace(path, parts, mode=args.get("mode"))
+    if op != "created" and ("mode" in args or "mtime_ns" in args) and tree.lstat(path) is not None:
+        tree.set_meta(path, args.get("mode"), args.get("mtime_ns"))
+
+
+def _kind(tree: ReplicaTree, path: str) -> str | None:
+    st = tree.lstat(path)
+    if st is None:
+        return None
+    if stat.S_ISDIR(st.st_mode):
+        return "dir"
+    if stat.S_ISLNK(st.st_mode):
+        return "symlink"
+    return "file"
+
+
+def rewind_back(
+    store: Store,
+    tree: ReplicaTree,
+    undo: UndoLog,
+    applied: int,
+    target: int,
+    set_applied: Callable[[WriteTxn, int], None],
+    blob: Callable[[bytes], bytes],
+) -> int:
+    """Undo every change in ``(target, applied]``, newest first; return records undone.
+
+    After each position's records are undone, the applied position drops below
+    it and its records are deleted, in one transaction.
+    """
+    records = undo.records(after=target, upto=applied, reverse=True)
+    by_position: dict[int, list[UndoRecord]] = {}
+    for record in records:
+        by_position.setdefault(record.position, []).append(record)
+    count = 0
+    for position in sorted(by_position, reverse=True):
+        for record in by_position[position]:  # already newest seq first
+            undo_one(tree, record, blob)
+            count += 1
+
+        def commit(txn: WriteTxn, position: int = position) -> None:
+            prefix = encode_position(position)
+            doomed = [k for k, _ in txn.items(undo.table, prefix, prefix=prefix)]
+            for key in doomed:
+                txn.delete(undo.table, key)
+            set_applied(txn, position - 1)
+
+        store.write(commit)
+    store.write(lambda txn: set_applied(txn, target))
+    return count
+
+
+# -- retention ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RetentionPolicy:
+    """Limits on one replica's undo log.
+
+    ``max_age_s``: before-images older than this may go; ``max_bytes``: total
+    budget; ``min_points``: rewind points that must stay reachable whatever the
+    budget says; ``window_s``: the history that must stay rewindable (the
+    budget never trims inside it; if it would have to, an alert is raised).
+    """
+
+    max_age_s: float | None = None
+    max_bytes: int | None = None
+    min_points: int = 1
+    window_s: float | None = None
+
+
+@dataclass(frozen=True)
+class UndoUsage:
+    """Size and time label of the before-images of one position."""
+
+    position: int
+    time_ns: int
+    bytes: int
+
+
+@dataclass(frozen=True)
+class RetentionDecision:
+    """Trim the undo log up to ``trim_upto`` (0: nothing), the reasons, and an alert if any."""
+
+    trim_upto: int
+    records_bytes: int
+    reasons: tuple[str, ...]
+    alert: str | None
+
+
+def retention(
+    usage: Sequence[UndoUsage],
+    points: Sequence[RewindPoint],
+    policy: RetentionPolicy,
+    now_ns: int,
+) -> RetentionDecision:
+    """Decide what the undo log may drop (pure: the caller journals the outcome).
+
+    Walks positions oldest first, proposing to drop a position when it is older
+    than ``max_age_s`` or the log is over ``max_bytes``; then pulls the cut back
+    so that it never enters the protected window and never makes fewer than
+    ``min_points`` of the newest rewind points unreachable (a point at P needs
+    every before-image after P).
+    """
+    ordered = sorted(usage, key=lambda u: u.position)
+    total = sum(u.bytes for u in ordered)
+    reasons: list[str] = []
+    cut = 0
+    remaining = total
+    for item in ordered:
+        too_old = policy.max_age_s is not None and now_ns - item.time_ns > policy.max_age_s * 1e9
+        too_big = policy.max_bytes is not None and remaining > policy.max_bytes
+        if not (too_old or too_big):
+            break
+        cut = item.position
+        remaining -= item.bytes
+        reason = "age" if too_old else "size"
+        if reason not in reasons:
+            reasons.append(reason)
+    alert = None
+    if policy.window_s is not None:
+        window_start = now_ns - policy.window_s * 1e9
+        inside = [u for u in ordered if u.time_ns >= window_start]
+        inside_bytes = sum(u.bytes for u in inside)
+        if cut and any(u.position <= cut for u in inside):
+            cut = max((u.position for u in ordered if u.time_ns < window_start), default=0)
+            reasons.append("held back: window")
+        if policy.max_bytes is not None and inside_bytes >= _ALERT_SHARE * policy.max_bytes:
+            alert = (
+                f"undo log for the protected window holds {inside_bytes} bytes, "
+                f"{inside_bytes * 100 // max(policy.max_bytes, 1)}% of the {policy.max_bytes}-byte "
+                "budget: raise the budget or shorten the window before history is cut"
+            )
+    newest = sorted((p.position for p in points), reverse=True)[: max(policy.min_points, 0)]
+    if newest and cut > min(newest):
+        cut = min(newest)
+        reasons.append("held back: rewind points")
+    trimmed = sum(u.bytes for u in ordered if u.position <= cut)
+    return RetentionDecision(cut, trimmed, tuple(reasons) if cut else (), alert)
+
