@@ -9,6 +9,8 @@ Verbs::
     xoengine journal verify|log|copy ...       inspect, check and hot-copy a journal
     xoengine scenario create|list|show|remove  define scenarios in a state directory
     xoengine start|stop|capture|sync|suspend|resume|stats|report STATE NAME ...
+    xoengine replay|history|diff|bisect STATE NAME ...   forensics from the journal alone
+    xoengine rewind|rewind-points|difference STATE NAME ...
 
 Exit codes: 0 success, 2 usage/configuration, 3 storage or replication, 4 damage found.
 """
@@ -19,7 +21,7 @@ import argparse
 import sys
 from typing import TYPE_CHECKING
 
-from xoengine.cli import journal, scenario
+from xoengine.cli import forensic, journal, scenario
 from xoengine.errors import XoError
 
 if TYPE_CHECKING:
@@ -33,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="xoengine", description=(__doc__ or "").splitlines()[0])
     verbs = parser.add_subparsers(dest="verb", required=True)
     scenario.add_parsers(verbs)
+    forensic.add_parsers(verbs)
     journal.add_parsers(verbs)
     return parser
 

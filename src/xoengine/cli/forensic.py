@@ -1,0 +1,167 @@
+"""Forensic and rewind verbs: replay, history, diff, bisect, rewind, rewind-points, difference.
+
+Room: edge. ``replay``, ``history``, ``diff`` and ``bisect`` open the journal
+read-only (a state directory or a bare journal copy from another machine)
+and need nothing else. Times are ISO 8601 (UTC if no offset).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import subprocess
+from typing import Any
+
+from xoengine.cli.scenario import _plain, _show
+from xoengine.engine import Engine
+from xoengine.errors import ConfigurationError
+
+
+def _time(text: str | None) -> dt.datetime | None:
+    if text is None:
+        return None
+    try:
+        stamp = dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise ConfigurationError(detail=f"{text!r} is not an ISO 8601 time") from None
+    return stamp if stamp.tzinfo else stamp.replace(tzinfo=dt.UTC)
+
+
+def _instant(text: str) -> int | dt.datetime:
+    return int(text) if text.isdigit() else _time(text)  # type: ignore[return-value]
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    """``replay``: rebuild a tree, subtree or file as it was."""
+    with Engine.open(args.state, readonly=True) as eng:
+        result = eng.replay(args.name, to=args.to, position=args.position, at=_time(args.at), path=args.path)
+        _show(result, as_json=args.json)
+    return 0
+
+
+def cmd_history(args: argparse.Namespace) -> int:
+    """``history``: every change to a path."""
+    with Engine.open(args.state, readonly=True) as eng:
+        entries = eng.history(args.name, args.path)
+    if args.json:
+        _show(entries, as_json=True)
+    else:
+        for e in entries:
+            extra = f" -> {e.new_path}" if e.new_path else ""
+            ranges = " ".join(f"{o}+{n}" for o, n in e.ranges)
+            size = "" if e.size is None else f" size={e.size}"
+            print(f"{e.position:>8}  {e.time}  {e.operation:<9} {e.path}{extra}{size}  {ranges}")  # noqa: T201
+    return 0
+
+
+def cmd_diff(args: argparse.Namespace) -> int:
+    """``diff``: what changed between two instants (positions or times)."""
+    with Engine.open(args.state, readonly=True) as eng:
+        result = eng.diff(args.name, _instant(args.from_), _instant(args.to) if args.to else None)
+        _show(result, as_json=args.json)
+    return 0
+
+
+def cmd_bisect(args: argparse.Namespace) -> int:
+    """``bisect``: last good position; the command's exit status says good (0) or bad."""
+
+    def predicate(directory: str) -> bool:
+        env = {**os.environ, "XO_REPLAY_DIR": directory}
+        return subprocess.run(args.command, shell=True, cwd=directory, env=env, check=False).returncode == 0  # noqa: S602
+
+    with Engine.open(args.state, readonly=True) as eng:
+        between = None
+        if args.good is not None:
+            between = (args.good, args.bad if args.bad is not None else eng.recorder.max_notification_id() or 0)
+        result = eng.bisect(args.name, predicate, path=args.path, between=between, burst_threshold=args.burst)
+        _show(result, as_json=args.json)
+    return 0
+
+
+def cmd_rewind(args: argparse.Namespace) -> int:
+    """``rewind``: reset a replica to a point, position or time (it stays suspended)."""
+    with Engine.open(args.state, durability=args.durability) as eng:
+        sc = eng.scenario(args.name)
+        held = sc.rewind(args.replica, args.point, position=args.position, at=_time(args.at))
+        _show({"replica": args.replica, "position": held}, as_json=args.json)
+    return 0
+
+
+def cmd_points(args: argparse.Namespace) -> int:
+    """``rewind-points``: list them; ``--set NAME`` adds one now."""
+    with Engine.open(args.state, durability=args.durability) as eng:
+        sc = eng.scenario(args.name)
+        if args.set:
+            sc.set_rewind_point(args.set)
+        rows: list[dict[str, Any]] = []
+        for point in sc.rewind_points():
+            row = _plain(point)
+            row["time"] = dt.datetime.fromtimestamp(point.time_ns / 1e9, tz=dt.UTC).isoformat()
+            rows.append(row)
+        _show(rows, as_json=args.json)
+    return 0
+
+
+def cmd_difference(args: argparse.Namespace) -> int:
+    """``difference``: master vs replica (pending changes; ``--verify`` hashes both trees)."""
+    with Engine.open(args.state, durability=args.durability) as eng:
+        _show(eng.scenario(args.name).difference_report(args.replica, verify=args.verify), as_json=args.json)
+    return 0
+
+
+def add_parsers(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add the forensic and rewind verbs."""
+
+    def common(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("state", help="state directory or journal copy")
+        parser.add_argument("name", help="scenario name")
+        parser.add_argument("--json", action="store_true")
+        parser.add_argument("--durability", default="sync", choices=["sync", "metasync-off", "nosync"])
+
+    replay = verbs.add_parser("replay", help="rebuild a tree as it was, from the journal alone")
+    common(replay)
+    replay.add_argument("--to", required=True, help="output directory")
+    replay.add_argument("--position", type=int)
+    replay.add_argument("--at", help="time (ISO 8601)")
+    replay.add_argument("--path", help="one file or subtree")
+    replay.set_defaults(func=cmd_replay)
+
+    history = verbs.add_parser("history", help="every change to a path")
+    common(history)
+    history.add_argument("path")
+    history.set_defaults(func=cmd_history)
+
+    diff = verbs.add_parser("diff", help="changes between two positions or times")
+    common(diff)
+    diff.add_argument("from_", metavar="FROM", help="position or ISO time")
+    diff.add_argument("to", nargs="?", help="position or ISO time (default: the end)")
+    diff.set_defaults(func=cmd_diff)
+
+    bisect = verbs.add_parser("bisect", help="find the last good position")
+    common(bisect)
+    bisect.add_argument("command", help="shell command run in the replayed tree; exit 0 = good")
+    bisect.add_argument("--path", help="replay only this file or subtree")
+    bisect.add_argument("--good", type=int, help="a known good position (default 0)")
+    bisect.add_argument("--bad", type=int, help="a known bad position (default: the end)")
+    bisect.add_argument("--burst", type=int, default=10, help="files changed at once that flag a burst")
+    bisect.set_defaults(func=cmd_bisect)
+
+    rewind = verbs.add_parser("rewind", help="reset a replica to an earlier state")
+    common(rewind)
+    rewind.add_argument("replica")
+    rewind.add_argument("point", nargs="?", help="rewind point name")
+    rewind.add_argument("--position", type=int)
+    rewind.add_argument("--at", help="time (ISO 8601)")
+    rewind.set_defaults(func=cmd_rewind)
+
+    points = verbs.add_parser("rewind-points", help="list (or --set) rewind points")
+    common(points)
+    points.add_argument("--set", metavar="NAME", help="add a rewind point now")
+    points.set_defaults(func=cmd_points)
+
+    difference = verbs.add_parser("difference", help="difference report: master vs replica")
+    common(difference)
+    difference.add_argument("replica")
+    difference.add_argument("--verify", action="store_true", help="hash both trees")
+    difference.set_defaults(func=cmd_difference)
