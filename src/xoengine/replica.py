@@ -111,6 +111,7 @@ class ReplicaApplier:
         self.tracking.create_table()
         self.counts = AppliedCounts()
         self.lock = threading.RLock()  # one applier pass (or sync, or rewind) at a time
+        self._swept = False
 
     def position(self) -> int:
         """The last journal position applied (0 if none)."""
@@ -132,6 +133,9 @@ class ReplicaApplier:
         """Apply journaled events after the tracked position; return how many were read."""
         total = 0
         with self.lock:
+            if not self._swept:
+                self.tree.sweep_temporary()  # left by a writer killed mid-replace
+                self._swept = True
             while True:
                 after = self.position()
                 if upto is not None and after >= upto:

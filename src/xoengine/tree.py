@@ -69,6 +69,25 @@ class ReplicaTree:
             return DiskFullError(path=self.root)
         return ReplicaWriteError(path=path, root=self.root, action=action, detail=e.strerror)
 
+    def sweep_temporary(self) -> list[str]:
+        """Delete temporary files a killed writer left behind; return their paths.
+
+        Whole-file writes go through ``<dir>/.xoengine-tmp-*`` then rename; a
+        kill -9 between the two leaves the temporary file. Run once before
+        applying (the applier and the synchronizer do).
+        """
+        from xoengine.walk import walk  # noqa: PLC0415
+
+        found: list[str] = []
+        if not os.path.isdir(self.root):  # noqa: PTH112
+            return found
+        tree = walk(self.root)
+        with contextlib.closing(tree):
+            found = [e.relpath for e in tree if e.name.startswith(TMP_PREFIX)]
+        for relpath in found:
+            self.delete(relpath)
+        return found
+
     def lstat(self, path: str) -> os.stat_result | None:
         """``lstat`` of ``path`` (None if absent or its parent is missing)."""
         try:
