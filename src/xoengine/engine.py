@@ -33,6 +33,7 @@ from xoengine.errors import (
     OverlappingTreesError,
     ReplicaNotFoundError,
     ReplicationTimeoutError,
+    RewindUnreachableError,
     ScenarioError,
     ScenarioExistsError,
     ScenarioNotFoundError,
@@ -67,7 +68,7 @@ from xoengine.events import (
     SyncFinished,
     SyncStarted,
 )
-from xoengine.journal import BlobTable, LMDBApplicationRecorder
+from xoengine.journal import BlobTable, LMDBApplicationRecorder, datetime_ns
 from xoengine.layout import Layout
 from xoengine.manifest import Manifest
 from xoengine.replica import FILE_TOPICS, ReplicaApplier
@@ -502,6 +503,8 @@ class Scenario:
                 raise ReplicationTimeoutError(
                     timeout=timeout, what=f"replica {name} to reach {target}"
                 )
+        if self._def.state == "Problem":
+            self._check_spool()  # caught up: the spool may be back under its limit
         return target
 
     # -- rewind (R5, R6) --------------------------------------------------------------------
@@ -548,7 +551,7 @@ class Scenario:
         assert at is not None
         if at.tzinfo is None:
             raise ConfigurationError(detail="at= needs a timezone-aware datetime")
-        return self._engine.recorder.position_at(int(at.timestamp() * 1e9))
+        return self._engine.recorder.position_at(datetime_ns(at))
 
     def rewind(
         self,
@@ -582,11 +585,29 @@ class Scenario:
             applier.tree.sweep_temporary()  # a rewind killed mid-replace leaves one
             applied = applier.position()
             records = 0
-            if target < applied:
+            undo = applier.undo
+            with self._engine.store.read() as txn:
+                floor, gaps = undo.floor(txn), undo.gaps(txn)
+            if target < applied and target < floor:
+                raise RewindUnreachableError(
+                    name=self.name, replica=replica, position=target, floor=floor
+                )
+            # A target inside a gap left by an earlier rewind: undo down to the gap's
+            # start, then apply the journal forward to the target.
+            low = next((lo for lo, hi in gaps if lo < target < (hi or applied + 1)), None)
+            if low is not None and target < applied:
                 records = rewind_back(
+                    self._engine.store, applier.tree, undo, applied, low,
+                    lambda txn, p: applier.set_position(txn, p, force=True), self._engine.blobs.get,
+                )
+                self._engine.store.write(lambda txn: undo.open_gap(txn, low))
+                applied = low
+            if target < applied:
+                records += rewind_back(
                     self._engine.store, applier.tree, applier.undo, applied, target,
                     lambda txn, p: applier.set_position(txn, p, force=True), self._engine.blobs.get,
                 )
+                self._engine.store.write(lambda txn: undo.open_gap(txn, target))
             elif target > applied:
                 applier.apply_available(upto=target)
             self._engine._scenario_event(
@@ -712,6 +733,10 @@ class Scenario:
         limit = self._def.options.get("spool_limit")
         if not limit:
             return
+        with self._engine._lock:  # appliers call this too: one decision at a time
+            self._check_spool_locked(limit)
+
+    def _check_spool_locked(self, limit: Any) -> None:
         worst = 0
         for name, applier in self._appliers.items():
             backlog = sum(
@@ -913,6 +938,10 @@ def _operation(event: FileEvent) -> str:
         return "deleted"
     if isinstance(event, FileRenamed):
         return "renamed"
+    if isinstance(event, (BytesWritten, ContentReplaced)) and event.originator_version == 2:
+        # A file's stream starts with FileCreated and its first content: that is the
+        # creation, already counted, not an update.
+        return "written"
     return "updated"
 
 
@@ -971,6 +1000,8 @@ class _ApplierThread:
                 break
             try:
                 self.applier.apply_available()
+                if self.scenario._def.state == "Problem":
+                    self.scenario._check_spool()  # back under the spool limit?
             except XoError as e:
                 self.error = e
                 self.applier.counts.errors.append(str(e))
@@ -1091,7 +1122,7 @@ class Engine:
         if at is not None:
             if at.tzinfo is None:
                 raise ConfigurationError(detail="at= needs a timezone-aware datetime")
-            return self.recorder.position_at(int(at.timestamp() * 1e9))
+            return self.recorder.position_at(datetime_ns(at))
         if position is None:
             return self.recorder.max_notification_id() or 0
         return position

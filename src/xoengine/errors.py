@@ -22,6 +22,7 @@ from eventsourcing.persistence import IntegrityError as _ESIntegrityError
 from eventsourcing.persistence import OperationalError as _ESOperationalError
 
 __all__ = [
+    "RewindUnreachableError",
     "ReplicationTimeoutError",
     "ReplicaDivergedError",
     "ReplicaWriteError",
@@ -341,3 +342,14 @@ class ReplicationTimeoutError(XoError, TimeoutError):
     code = "AE0469"  # the guide's "operation timed out"
     exit_code = 3
     hint = "Raise the timeout, or check the statistics for a stuck or suspended replica."
+
+
+class RewindUnreachableError(XoError):
+    """Replica {replica!r} of {name!r} cannot be rewound to position {position}: history up to {floor} was trimmed."""
+
+    code = "E3012"
+    exit_code = 2
+    hint = (
+        "The undo log's retention dropped those before-images. Replay the journal "
+        "(`xoengine replay`) to see that state, or choose a later rewind point."
+    )

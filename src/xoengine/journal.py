@@ -24,6 +24,7 @@ commit order because they are assigned inside LMDB's single write transaction.
 
 from __future__ import annotations
 
+import datetime as dt
 import struct
 import threading
 import time
@@ -68,6 +69,7 @@ __all__ = [
     "LMDBSubscription",
     "LMDBTrackingRecorder",
     "MsgpackTranscoder",
+    "datetime_ns",
     "decode_position",
     "encode_position",
 ]
@@ -76,8 +78,14 @@ BLOB_TABLE: Final = "blobs"
 META_TABLE: Final = "meta"
 _POS = struct.Struct(">Q")
 _VERSION_OFFSET: Final = 1 << 63
+_EPOCH: Final = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 _OID_UUID: Final = 0
 _OID_STR: Final = 1
+
+
+def datetime_ns(when: dt.datetime) -> int:
+    """The last UTC nanosecond of the microsecond a timezone-aware datetime names (no float)."""
+    return (when - _EPOCH) // dt.timedelta(microseconds=1) * 1000 + 999
 
 
 def encode_position(position: int) -> bytes:
@@ -116,6 +124,7 @@ class _Clock:
 
     def __init__(self) -> None:
         self.last = 0
+        self.seen: set[str] = set()  # tables whose last label has been taken as a floor
 
     @classmethod
     def of(cls, store: Store) -> _Clock:
@@ -291,7 +300,13 @@ class LMDBAggregateRecorder(_LMDBRecorder, AggregateRecorder):
         # 2. Positions follow the last one, inside the single write transaction.
         last = txn.last(self.events_table)
         position = decode_position(last[0]) if last else 0
-        time_ns = self._clock.now(0)
+        floor = 0
+        if last and self.events_table not in self._clock.seen:
+            # First append in this process: never label below what the journal holds
+            # (a clock stepped back across a restart must not make labels go back).
+            floor = _decode_event(last[0], last[1], self.events_table)[1]
+            self._clock.seen.add(self.events_table)
+        time_ns = self._clock.now(floor)
         positions = []
         for key, event in zip(keys, stored_events, strict=True):
             position += 1
@@ -439,7 +454,9 @@ class LMDBApplicationRecorder(LMDBAggregateRecorder, ApplicationRecorder):
 
         This is the one rule that turns a time into a position. Labels never go
         back (a clock that jumps back leaves them flat until it catches up), so
-        a binary search over positions is exact.
+        a binary search over positions is exact. A ``datetime`` holds only
+        microseconds: :func:`datetime_ns` maps it to the last nanosecond of that
+        microsecond, so the time printed for a position resolves to it.
         """
         low, high = 0, self.max_notification_id() or 0
         while low < high:

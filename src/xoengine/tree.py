@@ -317,8 +317,43 @@ class UndoLog:
         """Use table ``<name>.undo`` of ``store``."""
         self.store = store
         self.table = f"{name}.undo"
+        self.horizon_table = f"{name}.undo-horizon"
         self.blobs = BlobTable(store)
-        store.ensure(self.table)
+        store.ensure(self.table, self.horizon_table)
+
+    # -- reachability: what a rewind can reach exactly ---------------------------------------
+    #
+    # ``floor``: records at or below it were trimmed; no exact rewind below it.
+    # ``gaps``: [low, high) pairs: a rewind back to ``low`` consumed the records
+    # after it, and the next record written (``high``) followed a different path
+    # (a resynchronization): states strictly between are reached by undoing to
+    # ``low`` and applying forward. ``high`` is None while the gap is open.
+
+    def _meta(self, txn: ReadTxn, key: bytes, default: Any) -> Any:
+        value = txn.get(self.horizon_table, key)
+        return default if value is None else codec.unpack(codec.unframe(key, value))
+
+    def _set_meta(self, txn: WriteTxn, key: bytes, value: Any) -> None:
+        txn.put(self.horizon_table, key, codec.frame(key, codec.pack(value)))
+
+    def floor(self, txn: ReadTxn) -> int:
+        """Highest position whose before-images were trimmed away (0: none)."""
+        return int(self._meta(txn, b"floor", 0))
+
+    def gaps(self, txn: ReadTxn) -> list[tuple[int, int | None]]:
+        """Gaps left by rewinds (see the comment above)."""
+        return [(lo, hi) for lo, hi in self._meta(txn, b"gaps", [])]
+
+    def open_gap(self, txn: WriteTxn, low: int) -> None:
+        """Note that the records after ``low`` were consumed by a rewind."""
+        kept = [[lo, hi] for lo, hi in self.gaps(txn) if lo < low and (hi is None or hi <= low)]
+        self._set_meta(txn, b"gaps", [*kept, [low, None]])
+
+    def raise_floor(self, txn: WriteTxn, upto: int) -> None:
+        """Note that records at or below ``upto`` were trimmed."""
+        self._set_meta(txn, b"floor", max(self.floor(txn), upto))
+        kept = [[lo, hi] for lo, hi in self.gaps(txn) if hi is None or hi > upto]
+        self._set_meta(txn, b"gaps", kept)
 
     @staticmethod
     def _key(position: int, seq: int) -> bytes:
@@ -334,6 +369,9 @@ class UndoLog:
         key = self._key(position, seq)
         body = codec.pack([record.op, record.path, record.args])
         txn.put(self.table, key, codec.frame(key, body), overwrite=False)
+        gaps = self.gaps(txn)
+        if gaps and gaps[-1][1] is None and position > gaps[-1][0]:
+            self._set_meta(txn, b"gaps", [*[[lo, hi] for lo, hi in gaps[:-1]], [gaps[-1][0], position]])
 
     def record(self, txn: WriteTxn, position: int, images: list[Image]) -> None:
         """Store the before-images of one position (their bytes as blobs); keep existing ones."""
@@ -381,6 +419,7 @@ class UndoLog:
             doomed = [k for k, _ in txn.items(self.table) if int.from_bytes(k[:8], "big") <= upto]
             for key in doomed:
                 txn.delete(self.table, key)
+            self.raise_floor(txn, upto)
             return len(doomed)
 
         return self.store.write(work)
