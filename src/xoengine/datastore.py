@@ -16,7 +16,12 @@ LMDB's traps (FACTS.md):
   so that a second writer gets :class:`~xoengine.errors.JournalLockedError`
   instead of two processes resizing one map;
 - never ``writemap`` (a full disk would kill the process with SIGBUS);
-- stale reader slots of dead processes are cleared on open (``reader_check``).
+- stale reader slots of dead processes are cleared on open (``reader_check``);
+- a full volume is :class:`~xoengine.errors.DiskFullError` even when LMDB
+  reports the short write it causes as EIO;
+- at open, damage that LMDB would trust is refused: its meta pages and the
+  roots of the tables are checked (a flipped bit there would otherwise make it
+  read an older snapshot or lose whole tables without an error).
 """
 
 from __future__ import annotations
@@ -26,7 +31,9 @@ import enum
 import errno
 import fcntl
 import os
+import struct
 import threading
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -47,6 +54,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
 
 __all__ = [
+    "CATALOG_TABLE",
     "DEFAULT_MAP_SIZE",
     "Durability",
     "ReadTxn",
@@ -62,7 +70,16 @@ DEFAULT_MAP_SIZE = 64 * 1024 * 1024
 """Initial map size for a new journal (bytes); it doubles whenever it fills."""
 
 _MAX_DBS = 512
+_RESIZE_RETRIES = 8
+_META_RETRIES = 20
+_NEARLY_FULL = 1024 * 1024  # free bytes below which a failed write is taken for a full disk
 _LOCK_FILE = "writer.lock"
+CATALOG_TABLE = _CATALOG = "xoengine.tables"
+"""Table listing every table name with its CRC-32 (see ``Store._check_catalog``)."""
+
+
+def _crc(name: bytes) -> bytes:
+    return zlib.crc32(name).to_bytes(4, "big")
 
 
 class Durability(enum.Enum):
@@ -111,12 +128,177 @@ class StoreInfo:
     readonly: bool
 
 
+# LMDB 0.9 on-disk layout (64-bit), for _meta_problem.
+_PAGE_HEAD = struct.Struct("=QHHHH")  # pgno, pad, flags, lower, upper
+_META_HEAD = struct.Struct("=IIQQ")  # magic, version, address, map size
+_META_DB = struct.Struct("=IHHQQQQQ")  # pad, flags, depth, branch, leaf, overflow, entries, root
+_META_TAIL = struct.Struct("=QQ")  # last page, transaction id
+_NODE_HEAD = struct.Struct("=HHHH")  # data size low, high, flags, key size
+_MDB_MAGIC = 0xBEEFC0DE
+_P_INVALID = 2**64 - 1
+_P_BRANCH, _P_LEAF, _P_KINDS = 0x01, 0x02, 0x0F
+_F_BIGDATA, _F_SUBDATA = 0x01, 0x02
+_MAX_DEPTH = 64
+_FREE_LIST_PAGES = 4096  # read at most this many pages of the free list at open
+
+
+class _DamagedError(Exception):
+    """Structural damage found by the open-time check; the message says what."""
+
+
+def _meta_problem(fd: int, metas: bytes, psize: int) -> str | None:
+    """What is wrong with the meta pages ``metas`` of the data file ``fd``, or None."""
+    try:
+        newer = _newer_meta(metas, psize)
+        if newer is not None:
+            _check_roots(fd, psize, *newer)
+    except _DamagedError as e:
+        return str(e)
+    return None
+
+
+def _newer_meta(metas: bytes, psize: int) -> tuple[int, list[tuple[int, ...]]] | None:
+    """(last page, [free table, main table]) of the meta page LMDB will use."""
+    if len(metas) < 2 * psize:
+        return None  # LMDB refuses a file this short itself
+    parsed = []
+    for index in (0, 1):
+        at = index * psize + _PAGE_HEAD.size
+        magic, version, _, _ = _META_HEAD.unpack_from(metas, at)
+        if magic != _MDB_MAGIC or version != 1:
+            return None  # not a format checked here (LMDB refuses a bad magic itself)
+        at += _META_HEAD.size
+        dbs = [_META_DB.unpack_from(metas, at + k * _META_DB.size) for k in (0, 1)]
+        last_page, txnid = _META_TAIL.unpack_from(metas, at + 2 * _META_DB.size)
+        parsed.append((txnid, last_page, dbs))
+    (t0, _, _), (t1, _, _) = parsed
+    # LMDB writes transaction t into meta page t % 2, so the two are consecutive
+    # (a new file has both at 0).
+    if not t0 == t1 == 0 and (abs(t0 - t1) != 1 or t0 % 2 or not t1 % 2):
+        raise _DamagedError(f"transaction ids {t0} and {t1} are not consecutive in pages 0 and 1")
+    newer, older = (parsed[1], parsed[0]) if t1 > t0 else (parsed[0], parsed[1])
+    if newer[1] < older[1]:
+        # The file only ever grows: a newer commit never uses fewer pages.
+        raise _DamagedError(
+            f"the newer meta page (transaction {newer[0]}) uses fewer pages than the older"
+        )
+    return newer[1], newer[2]
+
+
+def _check_roots(fd: int, psize: int, last_page: int, dbs: list[tuple[int, ...]]) -> None:
+    """Check the roots of the free and main tables and, if it is one page, of every table."""
+    free_db, main_db = dbs
+    if main_db[1]:
+        raise _DamagedError(f"the main table has flags {main_db[1]:#x}")
+    roots = {"free table": free_db, "main table": main_db}
+    for name, record in roots.items():
+        _check_root(fd, psize, last_page, name, record)
+    if main_db[2] == 1:
+        for name, record in _table_records(os.pread(fd, psize, main_db[7] * psize), main_db[6]):
+            _check_root(fd, psize, last_page, name, record)
+            roots[name] = record
+    # A root that the newest commit lists as free is an older copy of that page.
+    free = set() if free_db[7] == _P_INVALID else _free_pages(fd, psize, free_db[7], last_page)
+    for name, record in roots.items():
+        if record[7] in free:
+            raise _DamagedError(f"the root page {record[7]} of the {name} is a free page")
+
+
+def _table_records(page: bytes, entries: int) -> Iterator[tuple[str, tuple[int, ...]]]:
+    """(name, MDB_db record) of each table on the main table's only page."""
+    count = (_PAGE_HEAD.unpack_from(page)[3] - _PAGE_HEAD.size) // 2
+    if count != entries:
+        raise _DamagedError(f"the main table counts {entries} tables but its page holds {count}")
+    for i in range(count):
+        (offset,) = struct.unpack_from("=H", page, _PAGE_HEAD.size + 2 * i)
+        if not _PAGE_HEAD.size <= offset <= len(page) - _NODE_HEAD.size:
+            raise _DamagedError(f"record {i} of the main table is outside its page")
+        low, high, node_flags, key_size = _NODE_HEAD.unpack_from(page, offset)
+        at = offset + _NODE_HEAD.size + key_size
+        size = low | high << 16
+        if node_flags != _F_SUBDATA or size != _META_DB.size or at + size > len(page):
+            raise _DamagedError(f"record {i} of the main table is not a table")
+        name = page[offset + _NODE_HEAD.size : at].decode(errors="replace")
+        yield f"table {name!r}", _META_DB.unpack_from(page, at)
+
+
+def _check_root(fd: int, psize: int, last_page: int, name: str, record: tuple[int, ...]) -> None:
+    """Check the root of the table described by ``record`` (an MDB_db)."""
+    _, _, depth, _, _, _, entries, root = record
+    if root == _P_INVALID:
+        if depth or entries:
+            raise _DamagedError(f"the {name} has no root but depth {depth}, {entries} entries")
+        return
+    if not 1 <= depth <= _MAX_DEPTH or root > last_page:
+        raise _DamagedError(f"the root page {root} (depth {depth}) of the {name} is not in use")
+    page = os.pread(fd, _PAGE_HEAD.size, root * psize)
+    if len(page) < _PAGE_HEAD.size:
+        raise _DamagedError(f"the root page {root} of the {name} is beyond the end of the file")
+    pgno, _, kind, _, _ = _PAGE_HEAD.unpack_from(page)
+    if pgno != root or kind & _P_KINDS != (_P_LEAF if depth == 1 else _P_BRANCH):
+        kind_name = "leaf" if depth == 1 else "branch"
+        raise _DamagedError(f"the root page {root} of the {name} is not a {kind_name}")
+
+
+def _free_pages(fd: int, psize: int, root: int, last_page: int) -> set[int]:
+    """Page numbers in LMDB's free list (empty if it is unusual or too big to read here)."""
+    free: set[int] = set()
+    stack = [root]
+    try:
+        for _ in range(_FREE_LIST_PAGES):
+            if not stack:
+                return free
+            pgno = stack.pop()
+            page = os.pread(fd, psize, pgno * psize) if pgno <= last_page else b""
+            number, _, kind, lower, _ = _PAGE_HEAD.unpack_from(page)
+            if number != pgno or not kind & (_P_BRANCH | _P_LEAF):
+                return set()
+            for i in range((lower - _PAGE_HEAD.size) // 2):
+                (offset,) = struct.unpack_from("=H", page, _PAGE_HEAD.size + 2 * i)
+                low, high, flags, _ = _NODE_HEAD.unpack_from(page, offset)
+                if kind & _P_BRANCH:
+                    stack.append(low | high << 16 | flags << 32)  # a child page number
+                else:
+                    free.update(_free_ids(fd, psize, page, offset, last_page))
+    except struct.error:  # a record or page shorter than it claims: leave it to LMDB
+        return set()
+    return set()
+
+
+def _free_ids(fd: int, psize: int, page: bytes, offset: int, last_page: int) -> tuple[int, ...]:
+    """The page numbers in the free-list record at ``offset`` (an MDB_IDL: count, then ids)."""
+    low, high, flags, key_size = _NODE_HEAD.unpack_from(page, offset)
+    size, at = low | high << 16, offset + _NODE_HEAD.size + key_size
+    if flags & _F_BIGDATA:  # the list is on overflow pages
+        (overflow,) = struct.unpack_from("=Q", page, at)
+        where = overflow * psize + _PAGE_HEAD.size
+        ids = os.pread(fd, size, where) if overflow <= last_page else b""
+    else:
+        ids = page[at : at + size]
+    (count,) = struct.unpack_from("=Q", ids)
+    return struct.unpack_from(f"={count}Q", ids, 8)
+
+
+def _volume_full(path: str) -> bool:
+    """Whether the volume holding ``path`` has (next to) no room left for this user."""
+    try:
+        stat = os.statvfs(path)
+    except OSError:
+        return False
+    blocks = stat.f_bfree if os.geteuid() == 0 else stat.f_bavail
+    return blocks * stat.f_frsize < _NEARLY_FULL
+
+
 def _translate(exc: lmdb.Error, path: str) -> StorageError:
     """Map a py-lmdb error onto the coded tree (the one choke point)."""
     text = str(exc)
     if isinstance(exc, lmdb.ReadonlyError):
         return JournalReadOnlyError(path=path, detail=text)
     if "No space left" in text or getattr(exc, "errno", None) == errno.ENOSPC:
+        return DiskFullError(path=path)
+    if "Input/output error" in text and _volume_full(path):
+        # LMDB turns a short write into EIO; the kernel writes short when the volume
+        # runs out of room in the middle of a write, so on a full volume it is ENOSPC.
         return DiskFullError(path=path)
     if isinstance(exc, (lmdb.NotFoundError,)) and "No such file" in text:
         return JournalMissingError(path=path)
@@ -130,6 +312,11 @@ class _RWLock:
         self._cond = threading.Condition(threading.Lock())
         self._readers = 0
         self._exclusive = False
+        self._mine = threading.local()
+
+    def held_here(self) -> bool:
+        """Whether this thread holds the lock shared (it must not wait for exclusive)."""
+        return bool(getattr(self._mine, "depth", 0))
 
     @contextlib.contextmanager
     def shared(self) -> Iterator[None]:
@@ -137,9 +324,11 @@ class _RWLock:
             while self._exclusive:
                 self._cond.wait()
             self._readers += 1
+        self._mine.depth = getattr(self._mine, "depth", 0) + 1
         try:
             yield
         finally:
+            self._mine.depth -= 1
             with self._cond:
                 self._readers -= 1
                 if self._readers == 0:
@@ -190,10 +379,11 @@ class ReadTxn:
         handle, seq = entry
         if seq >= self._seq:
             # The table was opened after this read began (another process created
-            # it): renew the snapshot so that LMDB knows the handle.
-            self._txn.reset()
-            self._txn.renew()
+            # it): LMDB knows the handle only in transactions begun after that, so
+            # go on in a new snapshot (py-lmdb's Transaction has no reset/renew).
+            self._txn.abort()
             self._seq = self._store._dbi_seq
+            self._txn = self._store._env.begin(write=False, buffers=False)
         return handle
 
     def get(self, db: str, key: bytes) -> bytes | None:
@@ -268,7 +458,9 @@ class WriteTxn(ReadTxn):
     """The write transaction handed to a function given to :meth:`Store.write`."""
 
     def _dbi(self, db: str) -> Any:
-        entry = self._store._handle(db)
+        # Only tables made by ensure(): opening a handle here would wait for the
+        # writer mutex this very transaction holds.
+        entry = self._store._handles.get(db)
         if entry is None or entry[1] >= self._seq:
             raise StorageError(detail=f"table {db!r} used in a write before Store.ensure()")
         return entry[0]
@@ -332,7 +524,12 @@ class Store:
         self.poll_interval = 0.05
         self._closed = False
         self._env = self._open_env(map_size)
-        self._open_existing()
+        try:
+            self._check_meta()
+            self._open_existing()
+        except BaseException:
+            self._env.close()
+            raise
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -348,12 +545,7 @@ class Store:
             if not (Path(self.path) / "data.mdb").exists():
                 raise JournalMissingError(path=self.path)
             writable_dir = os.access(self.path, os.W_OK)
-            try:
-                return lmdb.open(
-                    self.path, readonly=True, lock=writable_dir, create=False, **kwargs
-                )
-            except lmdb.Error as e:
-                raise _translate(e, self.path) from e
+            return self._lmdb_open(readonly=True, lock=writable_dir, create=False, **kwargs)
         try:
             Path(self.path).mkdir(parents=True, exist_ok=True)
         except OSError as e:
@@ -362,19 +554,27 @@ class Store:
         if existing:
             # Keep the size the file already has when it is larger than asked.
             map_size = max(map_size, (Path(self.path) / "data.mdb").stat().st_size)
-        try:
-            env = lmdb.open(
-                self.path,
-                map_size=map_size,
-                sync=self.durability is not Durability.NOSYNC,
-                metasync=self.durability is Durability.SYNC,
-                **kwargs,
-            )
-        except lmdb.Error as e:
-            raise _translate(e, self.path) from e
+        env = self._lmdb_open(
+            map_size=map_size,
+            sync=self.durability is not Durability.NOSYNC,
+            metasync=self.durability is Durability.SYNC,
+            **kwargs,
+        )
         with contextlib.suppress(lmdb.Error):
             env.reader_check()
         return env
+
+    def _lmdb_open(self, **kwargs: Any) -> Any:
+        for _ in range(_RESIZE_RETRIES):
+            try:
+                return lmdb.open(self.path, **kwargs)
+            except lmdb.MapResizedError:
+                # Another process's commit outgrew the map LMDB sized at open, before
+                # py-lmdb's first transaction: opening again maps the new size.
+                continue
+            except lmdb.Error as e:
+                raise _translate(e, self.path) from e
+        raise StorageError(detail=f"map kept being resized under {self.path}")
 
     def close(self) -> None:
         """Drop one reference; the environment closes with the last one."""
@@ -423,9 +623,18 @@ class Store:
             if entry is not None:
                 return entry
             try:
-                # Without a txn py-lmdb opens it in a transaction of its own that it
-                # commits (a read-only commit that keeps the handle, unlike reset).
-                handle = self._env.open_db(name.encode(), create=False)
+                if self.readonly:
+                    # Without a txn py-lmdb opens it in a read-only transaction of its
+                    # own that it really commits (Transaction.commit of a read-only txn
+                    # is a reset, which closes the handles opened in it).
+                    handle = self._env.open_db(name.encode(), create=False)
+                else:
+                    # In a writable env py-lmdb's own transaction is a *write* one, begun
+                    # with the GIL held: that deadlocks against a write transaction of
+                    # another thread. An explicit one waits for LMDB's writer mutex with
+                    # the GIL released; it changes nothing, so its commit writes nothing.
+                    with self._env.begin(write=True) as txn:
+                        handle = self._env.open_db(name.encode(), txn=txn, create=False)
             except lmdb.NotFoundError:
                 return None
             return self._remember(name, handle)
@@ -436,31 +645,137 @@ class Store:
         self._handles[name] = entry
         return entry
 
+    def _check_meta(self) -> None:
+        """Refuse damage in LMDB's two meta pages that LMDB itself would not notice.
+
+        LMDB trusts the meta page with the higher transaction id: one flipped bit
+        in a transaction id makes it open the previous snapshot (the last commit
+        silently gone), one in a root page number or in the main table's flags
+        makes tables vanish or shrink to an older copy (no error). On LMDB 0.9's
+        format (others are not checked) this requires: the two ids consecutive and
+        in the pages LMDB alternates them between (or both 0); the newer meta using
+        no fewer pages than the older; the main table without flags; each root (of
+        the free and main tables, and of every table when the main table is one
+        page) a page of the right number and kind that the free list does not
+        hold; the main table's page holding only table records, as many as it
+        counts. Another process may commit meanwhile: a verdict stands only if
+        the meta pages did not change while it was reached.
+
+        Not caught: a flipped bit in a table's *name* (the table then reads as
+        absent), and the one flip of the older meta's id that makes it exactly
+        one above the newer's when the newer commit took no new page.
+        """
+        if lmdb.version()[:2] != (0, 9):
+            return
+        try:
+            psize = int(self._env.stat()["psize"])
+            fd = os.open(Path(self.path) / "data.mdb", os.O_RDONLY)
+        except (lmdb.Error, OSError):
+            return
+        try:
+            for _ in range(_META_RETRIES):
+                metas = os.pread(fd, 2 * psize, 0)
+                problem = _meta_problem(fd, metas, psize)
+                if os.pread(fd, 2 * psize, 0) == metas:
+                    if problem is not None:
+                        detail = f"LMDB page structure damaged: {problem} ({self.path})"
+                        raise StorageError(detail=detail)
+                    return
+        finally:
+            os.close(fd)
+
     def _open_existing(self) -> None:
+        """Open the handle of every existing table (before any read can need one)."""
+        for _ in range(_RESIZE_RETRIES):
+            try:
+                self._open_tables()
+            except lmdb.MapResizedError:
+                # The writer grew the map after this env was opened; no transaction of
+                # this env is open yet, so adopt the new size here and start again.
+                self._env.set_mapsize(0)
+            except lmdb.Error as e:
+                raise _translate(e, self.path) from e
+            else:
+                return
+        raise StorageError(detail=f"map kept being resized under {self.path}")
+
+    def _open_tables(self) -> None:
         with self._env.begin(write=False) as txn:
-            names = [bytes(k).decode() for k in txn.cursor().iternext(keys=True, values=False)]
-        for name in names:
-            with contextlib.suppress(lmdb.Error):  # a key of the main db that is no table
+            keys = [bytes(k) for k in txn.cursor().iternext(keys=True, values=False)]
+        self._check_catalog(keys)
+        for key in keys:
+            try:
+                name = key.decode()
+            except UnicodeDecodeError:
+                # Every table name was written from a str: this one is damaged.
+                detail = f"table directory damaged: undecodable table name {key!r} ({self.path})"
+                raise StorageError(detail=detail) from None
+            try:
                 self._handle(name)
+            except lmdb.MapResizedError:
+                raise
+            except lmdb.Error:  # a key of the main db that is no table
+                continue
+
+    def _check_catalog(self, keys: list[bytes]) -> None:
+        """Every table ``ensure`` made is listed, checksummed, in the catalog: compare.
+
+        LMDB keeps table names as keys of its main database, without checksums;
+        a flipped bit there would make a table vanish (an empty journal, not an
+        error). The catalog lists every name with its CRC-32.
+        """
+        names = {k for k in keys if k != _CATALOG.encode()}
+        if not names:
+            return
+        if _CATALOG.encode() not in keys:
+            raise StorageError(detail=f"table directory damaged: the table catalog is missing ({self.path})")
+        listed: set[bytes] = set()
+        with self._env.begin(write=False) as txn:
+            handle = self._env.open_db(_CATALOG.encode(), txn=txn, create=False)
+            for key, value in txn.cursor(db=handle).iternext(keys=True, values=True):
+                if bytes(value) != _crc(bytes(key)):
+                    raise StorageError(detail=f"table directory damaged: catalog entry {bytes(key)!r} ({self.path})")
+                listed.add(bytes(key))
+        if listed != names:
+            missing = sorted(listed - names)
+            unknown = sorted(names - listed)
+            raise StorageError(
+                detail=f"table directory damaged: missing {missing}, unknown {unknown} ({self.path})"
+            )
 
     def ensure(self, *names: str) -> None:
         """Create the named tables if they do not exist yet (before writing to them)."""
         if self.readonly or all(n in self._handles for n in names):
             return
         self._check_open()
-        with self._write_lock, self._handles_lock, self._resize.shared():
-            self._take_writer_lock()
-            try:
-                with self._env.begin(write=True) as txn:
-                    opened = [
-                        (n, self._env.open_db(n.encode(), txn=txn, create=True))
-                        for n in names
-                        if n not in self._handles
-                    ]
-            except lmdb.Error as e:
-                raise _translate(e, self.path) from e
-            for name, handle in opened:
-                self._remember(name, handle)
+        with self._write_lock:
+            while True:
+                with self._handles_lock, self._resize.shared():
+                    self._take_writer_lock()
+                    try:
+                        with self._env.begin(write=True) as txn:
+                            wanted = [n for n in names if n not in self._handles]
+                            if _CATALOG not in self._handles:
+                                wanted.append(_CATALOG)
+                            opened = [
+                                (n, self._env.open_db(n.encode(), txn=txn, create=True))
+                                for n in wanted
+                            ]
+                            catalog = dict(opened).get(_CATALOG) or self._handles[_CATALOG][0]
+                            for name, _ in opened:
+                                if name != _CATALOG:
+                                    key = name.encode()
+                                    txn.put(key, _crc(key), db=catalog)
+                    except lmdb.MapFullError:
+                        opened = None
+                    except lmdb.Error as e:
+                        raise _translate(e, self.path) from e
+                    if opened is not None:
+                        for name, handle in opened:
+                            self._remember(name, handle)
+                        return
+                # Grow with no lock of ours held (readers may wait for _handles_lock).
+                self._grow()
 
     # -- transactions ------------------------------------------------------------
 
@@ -468,27 +783,41 @@ class Store:
     def read(self) -> Iterator[ReadTxn]:
         """A consistent read view (a snapshot of the last commit)."""
         self._check_open()
-        with self._resize.shared():
-            seq = self._dbi_seq
-            txn = self._begin_read()
-            try:
-                yield ReadTxn(self, txn, seq)
-            except lmdb.Error as e:
-                raise _translate(e, self.path) from e
-            finally:
-                txn.abort()
-
-    def _begin_read(self) -> Any:
-        for _ in range(3):
-            try:
-                return self._env.begin(write=False, buffers=False)
-            except lmdb.MapResizedError:
-                # Another process grew the map; adopt its size (no txn of ours is open
-                # on this thread, and set_mapsize(0) only re-reads the size).
-                self._env.set_mapsize(0)
-            except lmdb.Error as e:
-                raise _translate(e, self.path) from e
+        for _ in range(_RESIZE_RETRIES):
+            with self._resize.shared():
+                seq = self._dbi_seq
+                try:
+                    txn = self._env.begin(write=False, buffers=False)
+                except lmdb.MapResizedError:
+                    txn = None
+                except lmdb.Error as e:
+                    raise _translate(e, self.path) from e
+                if txn is not None:
+                    view = ReadTxn(self, txn, seq)
+                    try:
+                        yield view
+                    except lmdb.Error as e:
+                        raise _translate(e, self.path) from e
+                    finally:
+                        view._txn.abort()  # the view may have moved to a newer snapshot
+                    return
+            # Another process grew the map beyond ours: adopt its size, outside the
+            # shared lock (set_mapsize invalidates every transaction of this env).
+            self._adopt_map_size()
         raise StorageError(detail=f"map kept being resized under {self.path}")
+
+    def _adopt_map_size(self) -> None:
+        if self._resize.held_here():
+            # An enclosing read on this thread keeps the old map in use.
+            raise StorageError(
+                detail=f"the map of {self.path} was grown by another process during a "
+                "nested read; end the enclosing read and retry"
+            )
+        with self._resize.exclusive():
+            try:
+                self._env.set_mapsize(0)  # 0: the size the writer recorded
+            except lmdb.Error as e:
+                raise _translate(e, self.path) from e
 
     def write(self, work: Callable[[WriteTxn], T]) -> T:
         """Run ``work`` in a write transaction and commit it durably; return its result.
@@ -577,6 +906,11 @@ class Store:
             inner.commit()
 
     def _grow(self) -> None:
+        if self._resize.held_here():
+            raise StorageError(
+                detail=f"the map of {self.path} is full and cannot grow while this thread "
+                "holds a read (an unfinished records() iterator?)"
+            )
         with self._resize.exclusive():
             current = int(self._env.info()["map_size"])
             self._env.set_mapsize(current * 2)
@@ -642,26 +976,35 @@ class Store:
         seen = -1
         while not self._watcher_stop.wait(self.poll_interval):
             try:
-                with self._resize.shared():
-                    if self._closed:
-                        return
-                    current = int(self._env.info()["last_txnid"])
-            except lmdb.Error:
+                current = self.last_txnid()
+            except XoError:
                 continue
             if current != seen:
                 seen = current
                 self._notify()
 
     def last_txnid(self) -> int:
-        """Id of the last committed transaction by any process (to see others' commits)."""
-        self._check_open()
-        return int(self._env.info()["last_txnid"])
+        """Id of the last committed transaction by any process (to see others' commits).
+
+        It is the id a read begun now sees, not LMDB's ``info()["last_txnid"]``:
+        LMDB publishes a commit's meta page (read by ``info``) before the id that
+        new readers take, so a reader woken on ``info`` could read the snapshot
+        before that commit and then never be woken for it.
+        """
+        with self.read() as txn:
+            return int(txn._txn.id())
 
     def info(self) -> StoreInfo:
         """Size, use and reader figures."""
         self._check_open()
-        info = self._env.info()
-        stat = self._env.stat()
+        # Under the shared lock: py-lmdb fails (EINVAL) any call made while another
+        # thread of this process is inside set_mapsize.
+        with self._resize.shared():
+            try:
+                info = self._env.info()
+                stat = self._env.stat()
+            except lmdb.Error as e:
+                raise _translate(e, self.path) from e
         used = (int(info["last_pgno"]) + 1) * int(stat["psize"])
         return StoreInfo(
             path=self.path,

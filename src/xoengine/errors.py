@@ -22,6 +22,7 @@ from eventsourcing.persistence import IntegrityError as _ESIntegrityError
 from eventsourcing.persistence import OperationalError as _ESOperationalError
 
 __all__ = [
+    "BlobNotFoundError",
     "RewindUnreachableError",
     "ReplicationTimeoutError",
     "ReplicaDivergedError",
@@ -168,6 +169,21 @@ class UnsupportedFormatError(FrameError):
 
     code = "E4013"
     hint = "Open the journal with a newer xoengine (format versions only ever increase)."
+
+
+class BlobNotFoundError(StorageError, KeyError):
+    """No blob {blob} in the journal."""
+
+    code = "E4015"
+    exit_code = 4
+    hint = (
+        "An event references bytes the blob table does not hold: the journal is damaged "
+        "(run `xoengine journal verify`) or the blob id is wrong."
+    )
+
+    def __str__(self) -> str:
+        """The coded message (KeyError would show only the repr of its argument)."""
+        return f"{self.code}: {self.message}"
 
 
 class IntegrityViolationError(XoError, _ESIntegrityError):

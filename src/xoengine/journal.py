@@ -48,8 +48,13 @@ from eventsourcing.utils import resolve_topic, strtobool
 
 from xoengine import codec
 from xoengine.codec import MsgpackTranscoder
-from xoengine.datastore import DEFAULT_MAP_SIZE, Durability, ReadTxn, Store, WriteTxn, open_store
-from xoengine.errors import ConfigurationError, FrameError, IntegrityViolationError
+from xoengine.datastore import CATALOG_TABLE, DEFAULT_MAP_SIZE, Durability, ReadTxn, Store, WriteTxn, open_store
+from xoengine.errors import (
+    BlobNotFoundError,
+    ConfigurationError,
+    FrameError,
+    IntegrityViolationError,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator, Sequence
@@ -94,7 +99,9 @@ def encode_position(position: int) -> bytes:
 
 
 def decode_position(key: bytes) -> int:
-    """Inverse of :func:`encode_position`."""
+    """Inverse of :func:`encode_position` (a damaged key is a :class:`FrameError`)."""
+    if len(key) != _POS.size:
+        raise FrameError(position=bytes(key).hex(), detail=f"a {len(key)}-byte position key")
     return int(_POS.unpack(key)[0])
 
 
@@ -208,13 +215,13 @@ class BlobTable:
         return self.store.write(lambda txn: self.put(txn, data))
 
     def get(self, blob_id: bytes, txn: ReadTxn | None = None) -> bytes:
-        """Return the verified bytes of ``blob_id`` (``KeyError`` if absent)."""
+        """Return the verified bytes of ``blob_id`` (:class:`BlobNotFoundError`, a ``KeyError``, if absent)."""
         if txn is None:
             with self.store.read() as rtxn:
                 return self.get(blob_id, rtxn)
         value = txn.get(self.table, blob_id)
         if value is None:
-            raise KeyError(blob_id.hex())
+            raise BlobNotFoundError(blob=blob_id.hex())
         body = codec.unframe(blob_id, value, where=self.table)
         if len(body) != _POS.unpack_from(blob_id, 16)[0] or codec.digest128(body) != blob_id[:16]:
             raise FrameError(position=blob_id.hex(), detail="blob content does not match its id")
@@ -411,9 +418,18 @@ class LMDBApplicationRecorder(LMDBAggregateRecorder, ApplicationRecorder):
         count = 0
         if limit is not None and limit <= 0:
             return
+        expected = first
         with self.datastore.read() as txn:
             for key, value in txn.items(self.events_table, encode_position(first)):
-                position = decode_position(key)
+                # Positions are gapless: anything but the next one is damage, never
+                # a silent jump over missing records.
+                if key != encode_position(expected):
+                    raise FrameError(
+                        position=expected,
+                        detail=f"expected position {expected}, found key {bytes(key).hex()}",
+                    )
+                position = expected
+                expected += 1
                 if stop is not None and position > stop:
                     return
                 event, time_ns = _decode_event(key, value, self.events_table)
@@ -468,10 +484,18 @@ class LMDBApplicationRecorder(LMDBAggregateRecorder, ApplicationRecorder):
         return low
 
     def max_notification_id(self) -> int | None:
-        """The last position, or None for an empty journal."""
+        """The last position, or None for an empty journal (checked against the entry count)."""
         with self.datastore.read() as txn:
             last = txn.last(self.events_table)
-        return decode_position(last[0]) if last else None
+            count = txn.count(self.events_table)
+        if not last:
+            return None
+        if len(last[0]) != 8 or decode_position(last[0]) != count:
+            raise FrameError(
+                position=count,
+                detail=f"the last key {bytes(last[0]).hex()} does not match {count} records",
+            )
+        return decode_position(last[0])
 
     def subscribe(
         self, gt: int | None = None, topics: Sequence[str] = ()
@@ -715,6 +739,8 @@ class VerifyReport:
 
 
 def _table_kind(name: str) -> str:
+    if name == CATALOG_TABLE:
+        return "catalog"  # checked by the datastore when it opens
     if name == BLOB_TABLE:
         return "blobs"
     if name.endswith(".streams"):
@@ -747,6 +773,8 @@ def verify(store: Store) -> VerifyReport:
         names = txn.tables()
         for name in names:
             kind = _table_kind(name)
+            if kind == "catalog":
+                continue
             count = 0
             expected = 1
             for key, value in txn.items(name):

@@ -1,0 +1,205 @@
+"""A full disk is a coded DiskFullError that loses nothing acknowledged, and passes.
+
+On a real 2 MiB tmpfs (needs root: ``mount -t tmpfs``), a journal takes events
+until a write fails. The failure must be :class:`~xoengine.errors.DiskFullError`;
+the failed batch is not recorded; every event acknowledged before it is present
+(read in this process, after a reopen, and from a fresh process); once the
+tmpfs is remounted bigger, appends go on with the same open store and the
+positions stay gapless. A blob larger than the free space is a DiskFullError
+too, and leaves the journal writable.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import uuid
+from typing import TYPE_CHECKING
+
+import pytest
+from journal_probe import HERE, PYTHON, check_records, make_event, read_all
+
+from xoengine.datastore import open_store
+from xoengine.errors import DiskFullError
+from xoengine.journal import BlobTable, LMDBApplicationRecorder
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from pathlib import Path
+
+    from xoengine.datastore import Store
+
+MIB = 1024 * 1024
+HANG_GUARD_S = 120
+
+_FRESH_READER = """
+import json, sys
+sys.path.insert(0, sys.argv[3])
+from journal_probe import check_records, read_all
+from xoengine.datastore import open_store
+from xoengine.journal import LMDBApplicationRecorder
+store = open_store(sys.argv[1], readonly=True)
+notes = read_all(LMDBApplicationRecorder(store), page=100)
+check = check_records(notes)
+found = {n.id: [n.originator_id.hex, n.originator_version] for n in notes}
+acked = json.loads(open(sys.argv[2]).read())
+lost = [p for p, oid, v in acked if found.get(p) != [oid, v]]
+print(json.dumps({"count": len(notes), "problems": check.problems[:10], "lost": lost[:10]}))
+store.close()
+"""
+
+
+@pytest.fixture
+def tmpfs(tmp_path: Path) -> Iterator[Path]:
+    """A 2 MiB tmpfs mounted for the test (and always unmounted)."""
+    mount_point = tmp_path / "tmpfs"
+    mount_point.mkdir()
+    result = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount_point)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if result.returncode != 0:
+        reason = f"cannot mount a tmpfs (needs root): {result.stderr.strip() or result.returncode}"
+        print(f"\ndiskfull: SKIPPED: {reason}")
+        pytest.skip(reason)
+    try:
+        yield mount_point
+    finally:
+        result = subprocess.run(["umount", str(mount_point)], capture_output=True, check=False)
+        if result.returncode != 0:
+            subprocess.run(["umount", "-l", str(mount_point)], check=False)
+
+
+def _remount(mount_point: Path, size: str) -> None:
+    subprocess.run(["mount", "-o", f"remount,size={size}", str(mount_point)], check=True)
+
+
+def _free_bytes(directory: Path) -> int:
+    stat = os.statvfs(directory)
+    return stat.f_bavail * stat.f_frsize
+
+
+def _check_here(store: Store, acked: dict[int, tuple[uuid.UUID, int]]) -> int:
+    notes = read_all(LMDBApplicationRecorder(store), page=100)
+    check = check_records(notes)
+    assert not check.problems, check.problems[:10]
+    found = {n.id: (n.originator_id, n.originator_version) for n in notes}
+    lost = [p for p, content in acked.items() if found.get(p) != content]
+    assert not lost, f"acknowledged positions lost: {lost[:10]}"
+    return len(notes)
+
+
+def _check_fresh_process(path: Path, acked: dict[int, tuple[uuid.UUID, int]], scratch: Path) -> int:
+    acked_file = scratch / "acked.json"
+    acked_file.write_text(json.dumps([[p, oid.hex, v] for p, (oid, v) in acked.items()]))
+    result = subprocess.run(
+        [PYTHON, "-c", _FRESH_READER, str(path), str(acked_file), HERE],
+        capture_output=True,
+        text=True,
+        timeout=HANG_GUARD_S,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert not report["problems"], report
+    assert not report["lost"], report
+    return int(report["count"])
+
+
+def test_diskfull_is_coded_and_loses_nothing_acknowledged(tmpfs: Path, tmp_path: Path) -> None:
+    seed = int.from_bytes(os.urandom(4), "big")
+    rng = random.Random(seed)
+    path = tmpfs / "journal"
+    store = open_store(path, durability="sync")
+    recorder = LMDBApplicationRecorder(store)
+    recorder.create_table()
+    oids = [uuid.UUID(int=rng.getrandbits(128)) for _ in range(4)]
+    versions = dict.fromkeys(oids, 0)
+    acked: dict[int, tuple[uuid.UUID, int]] = {}
+
+    def append(size: int) -> list[int]:
+        """Append a batch; on DiskFullError nothing was recorded, so its versions are reused."""
+        events = []
+        for _ in range(size):
+            oid = rng.choice(oids)
+            versions[oid] += 1
+            events.append(make_event(oid, versions[oid]))
+        try:
+            positions = recorder.insert_events(events)
+        except DiskFullError:
+            for event in events:
+                versions[event.originator_id] -= 1  # type: ignore[index]
+            raise
+        assert positions is not None
+        acked.update(
+            (p, (e.originator_id, e.originator_version))  # type: ignore[misc]
+            for p, e in zip(positions, events, strict=True)
+        )
+        return list(positions)
+
+    try:
+        # 1. Append until the disk is full: the failure is coded, the batch not recorded.
+        failure: DiskFullError | None = None
+        attempts = 0
+        while failure is None and attempts < 100_000:
+            attempts += 1
+            try:
+                append(rng.randint(1, 20))
+            except DiskFullError as e:
+                failure = e
+        assert failure is not None, "the 2 MiB tmpfs never filled"
+        assert failure.code == "E4004"
+        assert recorder.max_notification_id() == len(acked)
+        free_at_failure = _free_bytes(tmpfs)
+        # 2. Still full: further appends fail the same way and record nothing (a small
+        #    one may fit in pages the failed commits left behind).
+        refused_again = 0
+        for size in (20, 20, 5, 1):
+            try:
+                append(size)
+            except DiskFullError:
+                refused_again += 1
+            assert recorder.max_notification_id() == len(acked)
+        count_here = _check_here(store, acked)
+        # 3. Another process reads it all while the writer still has it open.
+        count_fresh = _check_fresh_process(path, acked, tmp_path)
+        # 4. Free space: the same open store appends again, positions gapless.
+        _remount(tmpfs, "8m")
+        before = len(acked)
+        assert append(20) == list(range(before + 1, before + 21))
+        # 5. A blob larger than the free space: DiskFullError, and the journal stays writable.
+        blobs = BlobTable(store)
+        free = _free_bytes(tmpfs)
+        with pytest.raises(DiskFullError):
+            blobs.save(rng.randbytes(free + MIB))
+        small = rng.randbytes(64 * 1024)
+        blob_id = blobs.save(small)
+        append(5)
+        assert blobs.get(blob_id) == small
+    finally:
+        store.close()
+    # 6. Reopen: everything acknowledged is there, in this process and a fresh one.
+    store = open_store(path, durability="sync")
+    try:
+        count_reopened = _check_here(store, acked)
+        assert BlobTable(store).get(blob_id) == small
+    finally:
+        store.close()
+    count_reopened_fresh = _check_fresh_process(path, acked, tmp_path)
+    print(
+        f"\ndiskfull: seed {seed}, {len(acked)} events acknowledged; first DiskFullError "
+        f"({failure.code}, from LMDB's {str(failure.__cause__).split(': ', 1)[-1]!r}) after "
+        f"{attempts} batches with {free_at_failure} bytes free; refused again {refused_again} "
+        "of 4 while full"
+    )
+    print(
+        f"diskfull: while full, found {count_here} here and {count_fresh} from a fresh process; "
+        f"{count_reopened} after reopen, {count_reopened_fresh} fresh after reopen; lost 0; "
+        f"after remount to 8m appends resumed; a {(free + MIB) // 1024} KiB blob was refused "
+        f"with DiskFullError, then a 64 KiB blob and 5 events were stored"
+    )
+    assert count_reopened == count_reopened_fresh == len(acked)
