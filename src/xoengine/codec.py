@@ -154,6 +154,7 @@ def _default(obj: Any) -> Any:
     if isinstance(obj, int):  # beyond 64 bits (msgpack calls default on overflow)
         return msgpack.ExtType(_EXT_BIGINT, str(int(obj)).encode())
     # strict_types sends subclasses here: store them as their base type.
+    base: type[Any]
     for base in (str, bytes, dict, list, float, bool):
         if isinstance(obj, base):
             return base(obj)

@@ -728,20 +728,22 @@ class Store:
         if not names:
             return
         if _CATALOG.encode() not in keys:
-            raise StorageError(detail=f"table directory damaged: the table catalog is missing ({self.path})")
+            raise StorageError(
+                detail=f"table directory damaged: the table catalog is missing ({self.path})"
+            )
         listed: set[bytes] = set()
         with self._env.begin(write=False) as txn:
             handle = self._env.open_db(_CATALOG.encode(), txn=txn, create=False)
             for key, value in txn.cursor(db=handle).iternext(keys=True, values=True):
                 if bytes(value) != _crc(bytes(key)):
-                    raise StorageError(detail=f"table directory damaged: catalog entry {bytes(key)!r} ({self.path})")
+                    damaged = f"catalog entry {bytes(key)!r} ({self.path})"
+                    raise StorageError(detail=f"table directory damaged: {damaged}")
                 listed.add(bytes(key))
         if listed != names:
             missing = sorted(listed - names)
             unknown = sorted(names - listed)
-            raise StorageError(
-                detail=f"table directory damaged: missing {missing}, unknown {unknown} ({self.path})"
-            )
+            damaged = f"missing {missing}, unknown {unknown} ({self.path})"
+            raise StorageError(detail=f"table directory damaged: {damaged}")
 
     def ensure(self, *names: str) -> None:
         """Create the named tables if they do not exist yet (before writing to them)."""

@@ -23,16 +23,6 @@ from eventsourcing.persistence import OperationalError as _ESOperationalError
 
 __all__ = [
     "BlobNotFoundError",
-    "RewindUnreachableError",
-    "ReplicationTimeoutError",
-    "ReplicaDivergedError",
-    "ReplicaWriteError",
-    "ScenarioStateError",
-    "ReplicaNotFoundError",
-    "OverlappingTreesError",
-    "ScenarioNotFoundError",
-    "ScenarioExistsError",
-    "ScenarioError",
     "ChecksumMismatchError",
     "ConfigurationError",
     "DiskFullError",
@@ -45,9 +35,19 @@ __all__ = [
     "JournalLockedError",
     "JournalMissingError",
     "JournalReadOnlyError",
+    "OverlappingTreesError",
     "ParentNotDirectoryError",
     "PathError",
     "PathEscapesRootError",
+    "ReplicaDivergedError",
+    "ReplicaNotFoundError",
+    "ReplicaWriteError",
+    "ReplicationTimeoutError",
+    "RewindUnreachableError",
+    "ScenarioError",
+    "ScenarioExistsError",
+    "ScenarioNotFoundError",
+    "ScenarioStateError",
     "StorageError",
     "SymlinkedParentError",
     "TreeRootMissingError",
@@ -361,7 +361,7 @@ class ReplicationTimeoutError(XoError, TimeoutError):
 
 
 class RewindUnreachableError(XoError):
-    """Replica {replica!r} of {name!r} cannot be rewound to position {position}: history up to {floor} was trimmed."""
+    """Replica {replica!r} of {name!r} cannot be rewound to {position}: trimmed up to {floor}."""
 
     code = "E3012"
     exit_code = 2

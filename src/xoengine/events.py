@@ -25,10 +25,6 @@ from typing import Any
 from eventsourcing.domain import DomainEvent
 
 __all__ = [
-    "UndoTrimmed",
-    "ReplicaRewound",
-    "RewindStarted",
-    "RewindPointSet",
     "AlertRaised",
     "BytesWritten",
     "ContentReplaced",
@@ -42,7 +38,10 @@ __all__ = [
     "ReplicaAdded",
     "ReplicaRemoved",
     "ReplicaResumed",
+    "ReplicaRewound",
     "ReplicaSuspended",
+    "RewindPointSet",
+    "RewindStarted",
     "ScenarioCreated",
     "ScenarioEvent",
     "ScenarioRemoved",
@@ -52,6 +51,7 @@ __all__ = [
     "ScenarioUpdated",
     "SyncFinished",
     "SyncStarted",
+    "UndoTrimmed",
     "XoEvent",
 ]
 

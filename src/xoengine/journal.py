@@ -48,7 +48,15 @@ from eventsourcing.utils import resolve_topic, strtobool
 
 from xoengine import codec
 from xoengine.codec import MsgpackTranscoder
-from xoengine.datastore import CATALOG_TABLE, DEFAULT_MAP_SIZE, Durability, ReadTxn, Store, WriteTxn, open_store
+from xoengine.datastore import (
+    CATALOG_TABLE,
+    DEFAULT_MAP_SIZE,
+    Durability,
+    ReadTxn,
+    Store,
+    WriteTxn,
+    open_store,
+)
 from xoengine.errors import (
     BlobNotFoundError,
     ConfigurationError,
@@ -215,7 +223,7 @@ class BlobTable:
         return self.store.write(lambda txn: self.put(txn, data))
 
     def get(self, blob_id: bytes, txn: ReadTxn | None = None) -> bytes:
-        """Return the verified bytes of ``blob_id`` (:class:`BlobNotFoundError`, a ``KeyError``, if absent)."""
+        """Return the verified bytes of ``blob_id`` (:class:`BlobNotFoundError` if absent)."""
         if txn is None:
             with self.store.read() as rtxn:
                 return self.get(blob_id, rtxn)
@@ -770,46 +778,40 @@ def verify(store: Store) -> VerifyReport:
         damage.append(Damage(table, str(position), code, str(error)))
 
     with store.read() as txn:
-        names = txn.tables()
-        for name in names:
+        for name in txn.tables():
             kind = _table_kind(name)
             if kind == "catalog":
                 continue
             count = 0
-            expected = 1
             for key, value in txn.items(name):
                 count += 1
                 try:
-                    if kind == "events":
-                        position = decode_position(key)
-                        if position != expected:
-                            damage.append(
-                                Damage(
-                                    name,
-                                    str(position),
-                                    "E4014",
-                                    f"gap: expected position {expected}",
-                                )
-                            )
-                        expected = position + 1
-                        _decode_event(key, value, name)
-                    elif kind == "streams":
-                        _verify_stream_entry(txn, name, key, value)
-                    elif kind == "tracking":
-                        _decode_tracking(key, value, name)
-                    elif kind == "blobs":
-                        BlobTable(store, name).get(key, txn)
-                    else:
-                        codec.unframe(key, value, where=name)
+                    _verify_record(store, txn, kind, name, key, value, count)
                 except (FrameError, KeyError, ValueError) as e:
-                    note(
-                        name,
-                        decode_position(key) if kind == "events" and len(key) == 8 else key.hex(),
-                        e,
+                    where = (
+                        decode_position(key) if kind == "events" and len(key) == 8 else key.hex()
                     )
+                    note(name, where, e)
             counts[name] = count
             total += count
     return VerifyReport(tables=counts, records=total, damage=tuple(damage))
+
+
+def _verify_record(  # noqa: PLR0917 (one record's whole context, private)
+    store: Store, txn: ReadTxn, kind: str, name: str, key: bytes, value: bytes, ordinal: int
+) -> None:
+    if kind == "events":
+        if decode_position(key) != ordinal:  # the n-th record of a gapless table is position n
+            raise FrameError(position=decode_position(key), detail=f"gap: expected {ordinal}")
+        _decode_event(key, value, name)
+    elif kind == "streams":
+        _verify_stream_entry(txn, name, key, value)
+    elif kind == "tracking":
+        _decode_tracking(key, value, name)
+    elif kind == "blobs":
+        BlobTable(store, name).get(key, txn)
+    else:
+        codec.unframe(key, value, where=name)
 
 
 def _verify_stream_entry(txn: ReadTxn, name: str, key: bytes, value: bytes) -> None:

@@ -82,7 +82,9 @@ class Watcher:
         self._signal = threading.Event()
         self._stop = threading.Event()
         self._observer = Observer()
-        self._thread = threading.Thread(target=self._run, name="xoengine-watch-capture", daemon=True)
+        self._thread = threading.Thread(
+            target=self._run, name="xoengine-watch-capture", daemon=True
+        )
         self.errors: list[BaseException] = []
         self.captures = 0
 

@@ -46,7 +46,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args))
     except XoError as e:
-        print(f"error {e.code}: {e.message}\nhint: {e.hint}", file=sys.stderr)  # noqa: T201
+        print(f"error {e.code}: {e.message}\nhint: {e.hint}", file=sys.stderr)
         return e.exit_code
     except BrokenPipeError:  # `xoengine journal log | head`
         return 0

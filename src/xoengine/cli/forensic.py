@@ -35,7 +35,9 @@ def _instant(text: str) -> int | dt.datetime:
 def cmd_replay(args: argparse.Namespace) -> int:
     """``replay``: rebuild a tree, subtree or file as it was."""
     with Engine.open(args.state, readonly=True) as eng:
-        result = eng.replay(args.name, to=args.to, position=args.position, at=_time(args.at), path=args.path)
+        result = eng.replay(
+            args.name, to=args.to, position=args.position, at=_time(args.at), path=args.path
+        )
         _show(result, as_json=args.json)
     return 0
 
@@ -51,7 +53,7 @@ def cmd_history(args: argparse.Namespace) -> int:
             extra = f" -> {e.new_path}" if e.new_path else ""
             ranges = " ".join(f"{o}+{n}" for o, n in e.ranges)
             size = "" if e.size is None else f" size={e.size}"
-            print(f"{e.position:>8}  {e.time}  {e.operation:<9} {e.path}{extra}{size}  {ranges}")  # noqa: T201
+            print(f"{e.position:>8}  {e.time}  {e.operation:<9} {e.path}{extra}{size}  {ranges}")
     return 0
 
 
@@ -68,13 +70,20 @@ def cmd_bisect(args: argparse.Namespace) -> int:
 
     def predicate(directory: str) -> bool:
         env = {**os.environ, "XO_REPLAY_DIR": directory}
-        return subprocess.run(args.command, shell=True, cwd=directory, env=env, check=False).returncode == 0  # noqa: S602
+        # The operator's own command line, run as written (like git bisect run).
+        done = subprocess.run(args.command, shell=True, cwd=directory, env=env, check=False)  # noqa: S602
+        return done.returncode == 0
 
     with Engine.open(args.state, readonly=True) as eng:
         between = None
         if args.good is not None:
-            between = (args.good, args.bad if args.bad is not None else eng.recorder.max_notification_id() or 0)
-        result = eng.bisect(args.name, predicate, path=args.path, between=between, burst_threshold=args.burst)
+            between = (
+                args.good,
+                args.bad if args.bad is not None else eng.recorder.max_notification_id() or 0,
+            )
+        result = eng.bisect(
+            args.name, predicate, path=args.path, between=between, burst_threshold=args.burst
+        )
         _show(result, as_json=args.json)
     return 0
 
@@ -106,7 +115,10 @@ def cmd_points(args: argparse.Namespace) -> int:
 def cmd_difference(args: argparse.Namespace) -> int:
     """``difference``: master vs replica (pending changes; ``--verify`` hashes both trees)."""
     with Engine.open(args.state, durability=args.durability) as eng:
-        _show(eng.scenario(args.name).difference_report(args.replica, verify=args.verify), as_json=args.json)
+        _show(
+            eng.scenario(args.name).difference_report(args.replica, verify=args.verify),
+            as_json=args.json,
+        )
     return 0
 
 
@@ -117,7 +129,9 @@ def add_parsers(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         parser.add_argument("state", help="state directory or journal copy")
         parser.add_argument("name", help="scenario name")
         parser.add_argument("--json", action="store_true")
-        parser.add_argument("--durability", default="sync", choices=["sync", "metasync-off", "nosync"])
+        parser.add_argument(
+            "--durability", default="sync", choices=["sync", "metasync-off", "nosync"]
+        )
 
     replay = verbs.add_parser("replay", help="rebuild a tree as it was, from the journal alone")
     common(replay)
@@ -144,7 +158,9 @@ def add_parsers(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     bisect.add_argument("--path", help="replay only this file or subtree")
     bisect.add_argument("--good", type=int, help="a known good position (default 0)")
     bisect.add_argument("--bad", type=int, help="a known bad position (default: the end)")
-    bisect.add_argument("--burst", type=int, default=10, help="files changed at once that flag a burst")
+    bisect.add_argument(
+        "--burst", type=int, default=10, help="files changed at once that flag a burst"
+    )
     bisect.set_defaults(func=cmd_bisect)
 
     rewind = verbs.add_parser("rewind", help="reset a replica to an earlier state")

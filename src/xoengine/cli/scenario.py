@@ -42,25 +42,25 @@ def _plain(value: Any) -> Any:
 
 def _show(data: Any, *, as_json: bool, indent: str = "") -> None:
     if as_json:
-        print(json.dumps(_plain(data), indent=2, ensure_ascii=False))  # noqa: T201
+        print(json.dumps(_plain(data), indent=2, ensure_ascii=False))
         return
     plain = _plain(data)
     if isinstance(plain, dict):
         for key, value in plain.items():
             if isinstance(value, (dict, list)) and value:
-                print(f"{indent}{key}:")  # noqa: T201
+                print(f"{indent}{key}:")
                 _show(value, as_json=False, indent=indent + "  ")
             else:
-                print(f"{indent}{key}: {value}")  # noqa: T201
+                print(f"{indent}{key}: {value}")
     elif isinstance(plain, list):
         for item in plain:
             if isinstance(item, dict):
-                print(f"{indent}-")  # noqa: T201
+                print(f"{indent}-")
                 _show(item, as_json=False, indent=indent + "  ")
             else:
-                print(f"{indent}- {item}")  # noqa: T201
+                print(f"{indent}- {item}")
     else:
-        print(f"{indent}{plain}")  # noqa: T201
+        print(f"{indent}{plain}")
 
 
 def _describe(sc: Scenario) -> dict[str, Any]:
@@ -81,7 +81,7 @@ def _describe(sc: Scenario) -> dict[str, Any]:
 
 def cmd_create(args: argparse.Namespace) -> int:
     """``scenario create``."""
-    replicas: dict[str, str] = {}
+    replicas: dict[str, str | os.PathLike[str]] = {}
     for item in args.replica:
         name, sep, path = item.partition("=")
         if not sep:
@@ -95,7 +95,9 @@ def cmd_create(args: argparse.Namespace) -> int:
     if args.spool_limit:
         options["spool_limit"] = args.spool_limit
     with _engine(args) as eng:
-        sc = eng.create_scenario(args.name, kind=args.kind, master=args.master, replicas=replicas, **options)
+        sc = eng.create_scenario(
+            args.name, kind=args.kind, master=args.master, replicas=replicas, **options
+        )
         _show(_describe(sc), as_json=args.json)
     return 0
 
@@ -214,20 +216,25 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
     (master / "latest").symlink_to("docs/readme.txt")
     with open(os.fsencode(master) + b"/caf\xe9.txt", "wb") as f:  # noqa: PTH123
         f.write(b"a name that is not UTF-8\n")
-    print(f"quickstart in {base}")  # noqa: T201
+    print(f"quickstart in {base}")
     with Engine.open(base / "state", durability="sync") as eng:
-        sc = eng.create_scenario("quickstart", master=str(master), replicas={"r1": str(r1), "r2": str(r2)})
+        sc = eng.create_scenario(
+            "quickstart", master=str(master), replicas={"r1": str(r1), "r2": str(r2)}
+        )
         # 2. Initial synchronization, then continuous replication.
         for summary in sc.start(level="block"):
-            print(f"synchronized {summary.replica}: {summary.files_changed} files, {summary.bytes_sent} bytes")  # noqa: T201
+            sent = f"{summary.files_changed} files, {summary.bytes_sent} bytes"
+            print(f"synchronized {summary.replica}: {sent}")
         # 3. Change files: in place, an insertion (shifted data), a rename, a delete.
         with sc.open("db.bin", "r+b") as f:
             f.seek(4096)
             f.write(b"\x00" * 100)
-        (master / "docs" / "readme.txt").write_text("inserted line\n" + (master / "docs" / "readme.txt").read_text())
+        (master / "docs" / "readme.txt").write_text(
+            "inserted line\n" + (master / "docs" / "readme.txt").read_text()
+        )
         (master / "docs" / "notes.txt").write_text("notes\n")
         result = sc.capture()
-        print(f"captured {result.events} events, {result.bytes_journaled} bytes journaled")  # noqa: T201
+        print(f"captured {result.events} events, {result.bytes_journaled} bytes journaled")
         sc.wait_replicated()
         # 4. Suspend r2; changes spool in the journal; resume applies them (no resync).
         sc.suspend("r2")
@@ -236,16 +243,18 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
         sc.capture()
         sc.wait_replicated()
         stats = sc.statistics()
-        print(f"while suspended, r2 backlog: {stats.replicas['r2'].backlog_events} events, "  # noqa: T201
-              f"{stats.replicas['r2'].backlog_bytes} bytes")
+        print(
+            f"while suspended, r2 backlog: {stats.replicas['r2'].backlog_events} events, "
+            f"{stats.replicas['r2'].backlog_bytes} bytes"
+        )
         sc.resume("r2")
         sc.wait_replicated()
         # 5. Statistics and reports.
-        print("\nstatistics:")  # noqa: T201
+        print("\nstatistics:")
         _show(sc.statistics(), as_json=False, indent="  ")
-        print("\nsynchronization report:")  # noqa: T201
+        print("\nsynchronization report:")
         _show(sc.sync_report(), as_json=False, indent="  ")
-        print("\nreplication report:")  # noqa: T201
+        print("\nreplication report:")
         _show(sc.replication_report(), as_json=False, indent="  ")
         sc.stop()
     # 6. Check: both replicas equal the master, byte for byte.
@@ -253,7 +262,7 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
     for replica in (r1, r2):
         if _tree_digest(str(replica)) != want:
             raise ReplicaDivergedError(path=str(replica), position="end", replica=replica.name)
-    print(f"\nreplicas identical to the master: {r1.name}, {r2.name}")  # noqa: T201
+    print(f"\nreplicas identical to the master: {r1.name}, {r2.name}")
     if not args.keep and not args.dir:
         shutil.rmtree(base, ignore_errors=True)
     return 0
@@ -262,7 +271,7 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
 # -- parser ------------------------------------------------------------------------------
 
 
-def add_parsers(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def add_parsers(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:  # noqa: PLR0915
     """Add quickstart, scenario and replication verbs."""
     quick = verbs.add_parser("quickstart", help="the main job: a whole replication round trip")
     quick.add_argument("--dir", help="work directory (default: a temporary one, removed)")
@@ -274,18 +283,24 @@ def add_parsers(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         if name:
             parser.add_argument("name", help="scenario name")
         parser.add_argument("--json", action="store_true")
-        parser.add_argument("--durability", default="sync", choices=["sync", "metasync-off", "nosync"])
+        parser.add_argument(
+            "--durability", default="sync", choices=["sync", "metasync-off", "nosync"]
+        )
 
     scen = verbs.add_parser("scenario", help="define, list and remove scenarios")
     sverbs = scen.add_subparsers(dest="scenario_verb", required=True)
     create = sverbs.add_parser("create", help="define a scenario")
     common(create)
-    create.add_argument("--kind", default="file_server", choices=["file_server", "database", "storage_group"])
+    create.add_argument(
+        "--kind", default="file_server", choices=["file_server", "database", "storage_group"]
+    )
     create.add_argument("--master", action="append", required=True, help="master root (repeat)")
     create.add_argument("--replica", action="append", required=True, help="NAME=PATH (repeat)")
     create.add_argument("--include", action="append", default=[])
     create.add_argument("--exclude", action="append", default=[])
-    create.add_argument("--spool-limit", type=int, default=0, help="backlog bytes that raise an alert")
+    create.add_argument(
+        "--spool-limit", type=int, default=0, help="backlog bytes that raise an alert"
+    )
     create.set_defaults(func=cmd_create)
     lst = sverbs.add_parser("list", help="list scenarios")
     common(lst, name=False)
