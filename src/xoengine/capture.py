@@ -33,7 +33,7 @@ import stat
 import threading
 import uuid
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Final
+from typing import IO, TYPE_CHECKING, Any, Final
 
 import numpy as np
 
@@ -51,7 +51,7 @@ from xoengine.events import (
     MetadataChanged,
 )
 from xoengine.manifest import DIGEST_WIDTH, FileState, Manifest
-from xoengine.walk import Entry, PathFilter, normalize_relpath, stat_entry, walk
+from xoengine.walk import Entry, PathFilter, normalize_relpath, resolve_under, stat_entry, walk
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Sequence
@@ -167,7 +167,7 @@ class MasterState:
             elif isinstance(event, (BytesWritten, FileTruncated, ContentReplaced)):
                 state = state.evolve(size=event.size)
                 nblocks = -(-event.size // self.block_size)
-                first, packed = event.digests if event.digests else (0, b"")
+                first, packed = event.digests or (0, b"")
                 manifest.set_digests(txn, state.file_id, first, packed, nblocks)
         if event.observed:
             size, mode, mtime_ns, ctime_ns, ino, dev = event.observed
@@ -342,16 +342,8 @@ class Capture:
         self._result.warnings.extend(tree.warnings)
 
     def _diff(self, walked: dict[str, Entry], known: dict[str, FileState]) -> None:
-        # 1. Renames: a new path whose inode belongs to a vanished path of the same kind.
-        gone = {(s.dev, s.ino): p for p, s in known.items() if p not in walked and s.ino}
-        for path in sorted((p for p in walked if p not in known), key=lambda p: p.count("/")):
-            entry = walked[path]
-            old = gone.get((entry.dev, entry.inode))
-            if old is None or old not in known or known[old].kind != entry.kind or path in known:
-                continue
-            if any(path.startswith(old + "/") for _ in (0,)):
-                continue  # moved into itself: not a rename we can express
-            self._rename(old, path, known)
+        # 1. Renames (they move known entries, so the steps below see them moved).
+        self._find_renames(walked, known)
         # 2. Creations and changes, parents before children (walk order).
         for path in sorted(walked, key=lambda p: os.fsencode(p)):
             entry = walked[path]
@@ -367,6 +359,42 @@ class Capture:
         for path in sorted((p for p in known if p not in walked), key=os.fsencode, reverse=True):
             self._delete(path, known[path])
             del known[path]
+
+    def _find_renames(self, walked: dict[str, Entry], known: dict[str, FileState]) -> None:
+        """Journal moves: a new path (or a changed kind) with a vanished path's inode and kind.
+
+        Parents first, so a directory's move carries its children, and their own
+        moves are then found at their new place.
+        """
+        gone = {(s.dev, s.ino): p for p, s in known.items() if p not in walked and s.ino}
+        candidates = [p for p in walked if p not in known or known[p].kind != walked[p].kind]
+        for path in sorted(candidates, key=lambda p: p.count("/")):
+            entry = walked[path]
+            old = gone.get((entry.dev, entry.inode))
+            if old is None or old not in known or known[old].kind != entry.kind:
+                continue
+            if path.startswith(old + "/") or old.startswith(path + "/"):
+                continue  # into itself, or out of the directory it replaces
+            if not self._parents_are_dirs(path, known):
+                continue  # under what the replica still holds as a file or link
+            if path in known:
+                if known[path].kind == entry.kind:
+                    continue  # moved into place already, with its parent
+                self._delete_tree(path, known)  # the kind changed: replaced by the moved one
+            self._create_parents(path, walked, known)
+            self._rename(old, path, known)
+            for key, was in gone.items():
+                if was.startswith(old + "/"):
+                    gone[key] = path + was[len(old) :]
+
+    @staticmethod
+    def _parents_are_dirs(path: str, known: dict[str, FileState]) -> bool:
+        parts = path.split("/")
+        for depth in range(1, len(parts)):
+            state = known.get("/".join(parts[:depth]))
+            if state is not None and state.kind != "dir":
+                return False
+        return True
 
     def _rename(self, old: str, new: str, known: dict[str, FileState]) -> None:
         state = known[old]
@@ -384,9 +412,8 @@ class Capture:
         self._result.renamed += 1
         for path in [old, *[p for p in known if p.startswith(old + "/")]]:
             moved = new + path[len(old) :]
-            known[moved] = known.pop(path).evolve(
-                version=version if path == old else known[path].version
-            )
+            moving = known.pop(path)
+            known[moved] = moving.evolve(version=version) if path == old else moving
 
     def _delete_tree(self, path: str, known: dict[str, FileState]) -> None:
         for child in sorted(
@@ -416,7 +443,7 @@ class Capture:
         index, rel = self.layout.split(path)
         return os.path.join(self.layout.roots[index], rel)  # noqa: PTH118
 
-    def _create(self, path: str, entry: Entry) -> None:
+    def _create(self, path: str, entry: Entry) -> uuid.UUID:
         file_id = uuid.uuid4()
         self._versions[file_id] = 1
         created = FileCreated(
@@ -436,6 +463,33 @@ class Capture:
         if entry.kind == "file":
             state = FileState(file_id=file_id, version=1, kind="file", mode=entry.mode)
             self._capture_content(path, state, None)
+        return file_id
+
+    def _create_parents(
+        self, path: str, walked: dict[str, Entry], known: dict[str, FileState]
+    ) -> None:
+        """Journal the new directories above ``path`` before something is moved into them.
+
+        So a replica (and a rewind of it) sees the directory made, then the move,
+        as on the master; step 2 of the diff then finds them known and unchanged.
+        """
+        parts = path.split("/")
+        for depth in range(1 if self.layout.single else 2, len(parts)):
+            parent = "/".join(parts[:depth])
+            entry = walked.get(parent)
+            if parent in known or entry is None or entry.kind != "dir":
+                continue
+            file_id = self._create(parent, entry)
+            known[parent] = FileState(
+                file_id=file_id,
+                version=1,
+                kind="dir",
+                mode=entry.mode,
+                mtime_ns=entry.mtime_ns,
+                ctime_ns=entry.ctime_ns,
+                ino=entry.inode,
+                dev=entry.dev,
+            )
 
     def _update(self, path: str, entry: Entry, state: FileState) -> None:
         same_stat = (
@@ -517,10 +571,14 @@ class Capture:
             old_map = self.state.block_map(txn, old)
         ranges = blocks.changed_ranges(old_map, new_map)
         aligned_bytes = sum(length for _, length in ranges)
-        if len(data) != old.size and aligned_bytes > bs:
+        # Shifted data is worth a delta; a change confined to the old tail (an
+        # append, a cut) is cheaper as in-place writes: the replica writes in
+        # place and its undo is a truncate, not a whole-file rebuild.
+        tail_only = bool(ranges) and ranges[0][0] >= (old.size // bs) * bs
+        if len(data) != old.size and aligned_bytes > bs and not tail_only:
             ops = blocks.delta(old_map, view, new_map=new_map)
             literal = blocks.literal_bytes(ops)
-            if literal < aligned_bytes:
+            if literal + 2 * bs < aligned_bytes:
                 self._replace(path, state, view, ops, old, new_map, observed)
                 return
         if not ranges and len(data) == old.size:
@@ -713,6 +771,13 @@ class JournaledFile:
 
     Writes go to the file at once; the ranges are journaled on :meth:`flush`,
     on :meth:`close` and whenever more than :data:`BLOB_MAX` bytes are buffered.
+    A file the open creates or truncates (modes ``w``, ``x``, ``a`` on a new
+    file) is journaled at the next flush even if nothing is written, and so
+    are parent directories the master state lacks. A file changed outside
+    the journal since it was last captured is captured at open, so journaled
+    ranges always apply over what the replicas hold. A path the scenario's
+    include/exclude patterns leave out is an ordinary, unjournaled file.
+    Parents and the file itself are never reached through a symlink.
     """
 
     def __init__(self, capture: Capture, path: str, mode: str) -> None:
@@ -722,12 +787,70 @@ class JournaledFile:
         self._capture = capture
         self.path = normalize_relpath(path)
         full = capture._abs(self.path)
-        os.makedirs(os.path.dirname(full) or ".", exist_ok=True)  # noqa: PTH103, PTH120
-        self._file = open(full, mode)  # noqa: PTH123, SIM115 (closed by close())
+        index, rel = capture.layout.split(self.path)
+        self._journaled = capture._filter.selects(rel, is_dir=False)
+        # Like the walker, never follow a symlink below the root: a parent that is
+        # one is refused (SymlinkedParentError), and so is a leaf (O_NOFOLLOW).
+        resolve_under(capture.layout.roots[index], rel)
+        if self._journaled:
+            self._catch_up(index, rel, truncating="w" in mode)
+        self._make_parents(index, rel)
+        existed = os.path.lexists(full)
+        # Read access even for "w"/"a" modes: flush reads back what was written.
+        self._file: IO[bytes] = open(full, mode, opener=_read_write_opener)  # noqa: SIM115
         self._ranges: list[tuple[int, int]] = []
         self._buffered = 0
-        self._truncated = False
+        # The smallest size the file had since the last flush (None: never cut).
+        self._cut: int | None = 0 if ("w" in mode or not existed) else None
         self.closed = False
+
+    def _catch_up(self, index: int, rel: str, *, truncating: bool) -> None:
+        """Capture what changed behind the journal's back on the way to this file.
+
+        Journaled ranges apply over what the replicas hold. If the file (or a
+        parent: a directory made, a file replaced by a directory) changed since
+        the last capture, that is captured first; otherwise the new ranges would
+        land on content or parents the replicas do not have, and the stat the
+        next flush records would hide the change from later captures.
+        """
+        capture = self._capture
+        root = capture.layout.roots[index]
+        prefix = capture.layout.prefix(index)
+        parts = rel.split("/")
+        stale = None
+        with capture.store.read() as txn:
+            for depth in range(1, len(parts) + 1):
+                sub = "/".join(parts[:depth])
+                state = capture.state.manifest.get(txn, prefix + sub)
+                entry = stat_entry(root, sub)
+                if state is None and entry is None:
+                    break  # neither here nor below: the open makes it
+                leaf = depth == len(parts)
+                if state is None or entry is None or state.kind != entry.kind:
+                    stale = prefix + sub
+                    break
+                if (
+                    leaf
+                    and not truncating
+                    and _entry_observed(entry)[:5]
+                    != [
+                        state.size,
+                        state.mode,
+                        state.mtime_ns,
+                        state.ctime_ns,
+                        state.ino,
+                    ]
+                ):
+                    stale = prefix + sub
+        if stale is not None:
+            capture.scan([stale])
+
+    def _make_parents(self, index: int, rel: str) -> None:
+        root = self._capture.layout.roots[index]
+        parts = rel.split("/")[:-1]
+        for depth in range(1, len(parts) + 1):
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(os.path.join(root, *parts[:depth]))  # noqa: PTH102, PTH118
 
     def write(self, data: bytes | bytearray | memoryview) -> int:
         """Write ``data`` at the current position; it is journaled at the next flush."""
@@ -753,72 +876,132 @@ class JournaledFile:
         return self._file.read(size)
 
     def truncate(self, size: int | None = None) -> int:
-        """Cut the file; journaled at the next flush."""
+        """Cut (or extend) the file; journaled at the next flush."""
         result = self._file.truncate(size)
-        self._truncated = True
+        self._cut = result if self._cut is None else min(self._cut, result)
         return result
 
     def flush(self) -> None:
-        """Journal the ranges written since the last flush (one transaction)."""
+        """Journal what changed since the last flush (one transaction)."""
         self._file.flush()
-        if not self._ranges and not self._truncated:
+        if not self._journaled or (not self._ranges and self._cut is None):
             return
         ranges = _coalesce(self._ranges)
-        self._ranges, self._buffered, self._truncated = [], 0, False
+        cut = self._cut
+        self._ranges, self._buffered, self._cut = [], 0, None
         capture = self._capture
         with capture.lock:
             capture._result = CaptureResult()
+            capture._versions = {}
             fd = self._file.fileno()
-            os.fsync(fd) if False else None
             st = os.fstat(fd)
+            index, rel = capture.layout.split(self.path)
+            prefix = capture.layout.prefix(index)
+            parts = rel.split("/")[:-1]
+            parents = [prefix + "/".join(parts[: d + 1]) for d in range(len(parts))]
             with capture.store.read() as txn:
+                missing = [p for p in parents if capture.state.manifest.get(txn, p) is None]
                 state = capture.state.manifest.get(txn, self.path)
+                old_packed = (
+                    capture.state.manifest.digests(
+                        txn, state.file_id, -(-state.size // capture.state.block_size)
+                    )
+                    if state is not None
+                    else b""
+                )
+            # Parent directories the master state lacks come first (this open made
+            # them, or they were not captured yet), as a capture would journal them.
+            for parent in missing:
+                rel_parent = capture.layout.split(parent)[1]
+                if capture._wanted(rel_parent, "dir"):
+                    entry = stat_entry(capture.layout.roots[index], rel_parent)
+                    if entry is not None and entry.kind == "dir":
+                        capture._create(parent, entry)
             if state is None:
                 # A new file: journal it as a creation with its whole content.
-                capture._versions = {}
                 capture._create(self.path, _fd_entry(self.path, st))
                 capture._flush()
                 return
-            capture._versions = {}
-            bs = capture.state.block_size
-            pieces = [(o, os.pread(fd, n, o)) for o, n in ranges if o < st.st_size]
-            pieces = [(o, d) for o, d in pieces if d]
-            first = min((o // bs for o, _ in pieces), default=st.st_size // bs)
-            last_block = -(-st.st_size // bs)
-            end = max((o + len(d) for o, d in pieces), default=0)
-            last = min(last_block, -(-end // bs)) if pieces else last_block
-            region = os.pread(fd, (last - first) * bs, first * bs) if last > first else b""
-            partial = BlockMap.compute(region, bs)
-            digests = [first, pack_digests(partial)]
-            version = capture._next_version(state)
-            observed = _observed(st)
+            self._queue_changes(state, old_packed, ranges, cut, st)
+            capture._flush()
 
-            def make(ids: list[bytes]) -> FileEvent:
-                if not pieces:
-                    return FileTruncated(
-                        originator_id=state.file_id,
-                        originator_version=version,
-                        timestamp=FileTruncated.create_timestamp(),
-                        scenario=capture.scenario,
-                        path=self.path,
-                        observed=observed,
-                        size=st.st_size,
-                        digests=digests,
-                    )
-                return BytesWritten(
+    def _queue_changes(
+        self,
+        state: FileState,
+        old_packed: bytes,
+        ranges: list[tuple[int, int]],
+        cut: int | None,
+        st: os.stat_result,
+    ) -> None:
+        capture = self._capture
+        fd = self._file.fileno()
+        bs = capture.state.block_size
+        size = st.st_size
+        observed = _observed(st)
+        scenario = capture.scenario
+        pieces = [(o, os.pread(fd, n, o)) for o, n in ranges if o < size]
+        pieces = [(o, d) for o, d in pieces if d]
+        low = min(state.size, size if cut is None else min(cut, size))
+        if cut is not None and cut < min(state.size, size):
+            # The file was cut below what it holds now: the bytes between the cut and
+            # the current size that no write covers are zeros on the master but old
+            # data on a replica. A truncation to the cut first makes them zeros there.
+            version = capture._next_version(state)
+            cut_at = cut
+            truncated = FileTruncated(
+                originator_id=state.file_id,
+                originator_version=version,
+                timestamp=FileTruncated.create_timestamp(),
+                scenario=scenario,
+                path=self.path,
+                observed=[],
+                size=cut_at,
+                digests=[-(-cut_at // bs), b""],
+            )
+            capture._queue(lambda _ids: truncated, [])
+        # Block digests to refresh: blocks the writes touched, and every block from
+        # the lowest size the file had (a cut, a hole or an extension) to its end.
+        last_block = -(-size // bs)
+        spans = [(o // bs, min(last_block, -(-(o + len(d)) // bs))) for o, d in pieces]
+        if low != size or size != state.size:
+            spans.append((low // bs, last_block))
+        spans = [(a, b) for a, b in _coalesce([(a, b - a) for a, b in spans if b > a])]
+        spans = [(a, a + n) for a, n in spans]
+        first = spans[0][0] if spans else last_block
+        last = spans[-1][1] if spans else last_block
+        packed = bytearray(old_packed[: last * DIGEST_WIDTH].ljust(last * DIGEST_WIDTH, b"\0"))
+        for a, b in spans:
+            region = os.pread(fd, (b - a) * bs, a * bs)
+            packed[a * DIGEST_WIDTH : b * DIGEST_WIDTH] = pack_digests(BlockMap.compute(region, bs))
+        digests = [first, bytes(packed[first * DIGEST_WIDTH : last * DIGEST_WIDTH])]
+        version = capture._next_version(state)
+
+        def make(ids: list[bytes]) -> FileEvent:
+            if not pieces:
+                return FileTruncated(
                     originator_id=state.file_id,
                     originator_version=version,
-                    timestamp=BytesWritten.create_timestamp(),
-                    scenario=capture.scenario,
+                    timestamp=FileTruncated.create_timestamp(),
+                    scenario=scenario,
                     path=self.path,
                     observed=observed,
-                    ranges=[[o, len(d), b] for (o, d), b in zip(pieces, ids, strict=True)],
-                    size=st.st_size,
+                    size=size,
                     digests=digests,
                 )
+            return BytesWritten(
+                originator_id=state.file_id,
+                originator_version=version,
+                timestamp=BytesWritten.create_timestamp(),
+                scenario=scenario,
+                path=self.path,
+                observed=observed,
+                ranges=[[o, len(d), b] for (o, d), b in zip(pieces, ids, strict=True)],
+                size=size,
+                digests=digests,
+            )
 
-            capture._queue(make, [d for _, d in pieces])
-            capture._flush()
+        capture._queue(make, [d for _, d in pieces])
+        capture._result.updated += 1
 
     def close(self) -> None:
         """Journal what is left and close the file."""
@@ -837,6 +1020,12 @@ class JournaledFile:
     def __exit__(self, *exc: object) -> None:
         """Close (journaling what is left)."""
         self.close()
+
+
+def _read_write_opener(path: str, flags: int) -> int:
+    if flags & os.O_WRONLY:
+        flags = (flags & ~os.O_WRONLY) | os.O_RDWR
+    return os.open(path, flags | os.O_CLOEXEC | os.O_NOFOLLOW, 0o666)
 
 
 def _coalesce(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:

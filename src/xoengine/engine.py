@@ -570,6 +570,11 @@ class Scenario:
         """
         applier = self._replica(replica)
         target = self.resolve(to, position=position, at=at)
+        with self._engine.store.read() as txn:
+            floor = applier.undo.floor(txn)
+        if target < applier.position() and target < floor:
+            # Refused before anything is journaled or suspended.
+            raise RewindUnreachableError(name=self.name, replica=replica, position=target, floor=floor)
         if replica not in self._def.suspended:
             self.suspend(replica)
         with applier.lock:
@@ -610,6 +615,8 @@ class Scenario:
                 self._engine.store.write(lambda txn: undo.open_gap(txn, target))
             elif target > applied:
                 applier.apply_available(upto=target)
+                # States after the target were never held since: a later resync opens a gap.
+                self._engine.store.write(lambda txn: undo.open_gap(txn, target))
             self._engine._scenario_event(
                 self._def, ReplicaRewound, replica=replica, from_position=current,
                 to_position=target, records=records,
@@ -618,7 +625,20 @@ class Scenario:
 
     def _complete_rewinds(self) -> None:
         for replica, (current, target) in list(self._def.pending_rewinds.items()):
-            self._finish_rewind(replica, current, target)
+            try:
+                self._finish_rewind(replica, current, target)
+            except XoError as e:
+                # Cannot be completed (history trimmed meanwhile): say so, and close it
+                # at the position the replica holds, so that opening never fails on it.
+                self._engine._scenario_event(
+                    self._def, AlertRaised, code=e.code, severity="error", message=str(e),
+                    details={"replica": replica, "rewind_to": target},
+                )
+                held = self._appliers[replica].position()
+                self._engine._scenario_event(
+                    self._def, ReplicaRewound, replica=replica, from_position=current,
+                    to_position=held, records=0,
+                )
 
     def trim_undo(self, policy: RetentionPolicy | None = None, *, now_ns: int | None = None) -> dict[str, RetentionDecision]:
         """Apply the retention policy to every replica's undo log; journal what was dropped."""

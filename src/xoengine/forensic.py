@@ -19,8 +19,8 @@ import datetime as dt
 import os
 import shutil
 import tempfile
-import uuid
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from xoengine.errors import ConfigurationError
@@ -38,6 +38,7 @@ from xoengine.tree import ReplicaTree
 from xoengine.walk import normalize_relpath
 
 if TYPE_CHECKING:
+    import uuid
     from collections.abc import Callable, Iterator
 
 __all__ = [
@@ -172,7 +173,9 @@ class Forensics:
     def _step(alive: dict[uuid.UUID, LiveFile], position: int, event: FileEvent) -> None:
         fid = event.originator_id
         if isinstance(event, FileCreated):
-            alive[fid] = LiveFile(fid, event.path, event.kind, event.mode, event.mtime_ns, target=event.target)
+            alive[fid] = LiveFile(
+                fid, event.path, event.kind, event.mode, event.mtime_ns, target=event.target
+            )
             return
         live = alive.get(fid)
         if live is None:
@@ -192,12 +195,29 @@ class Forensics:
             live.size = event.size
             live.content.append((position, event))
         if event.observed:
-            live.size, live.mode, live.mtime_ns = event.observed[0], event.observed[1], event.observed[2]
+            live.size, live.mode, live.mtime_ns = (
+                event.observed[0],
+                event.observed[1],
+                event.observed[2],
+            )
 
     # -- replay ---------------------------------------------------------------------------
 
-    def replay(self, to: str | os.PathLike[str], position: int | None, path: str | None = None) -> ReplayResult:
-        """Rebuild the tree (or the file or subtree at ``path``) as it was at ``position`` into ``to``."""
+    def replay(
+        self, to: str | os.PathLike[str], position: int | None, path: str | None = None
+    ) -> ReplayResult:
+        """Rebuild the tree (or the file or subtree at ``path``) as at ``position`` into ``to``.
+
+        ``to`` must be new or empty: a replay over other files would mix them
+        into the tree it claims to show.
+        """
+        target = Path(to)
+        if target.is_symlink() or (
+            target.exists() and (not target.is_dir() or any(target.iterdir()))
+        ):
+            raise ConfigurationError(
+                detail=f"replay target {target} is not an empty directory: replay into a new one"
+            )
         alive = self.fold(position)
         wanted = normalize_relpath(path) if path else None
         out = ReplicaTree(os.fspath(to), fsync=False)
@@ -221,31 +241,47 @@ class Forensics:
         for live in selected:
             if live.kind == "file":
                 out.set_meta(live.path, live.mode, live.mtime_ns)
-        for live in sorted((f for f in selected if f.kind == "dir"), key=lambda f: -f.path.count("/")):
+        for live in sorted(
+            (f for f in selected if f.kind == "dir"), key=lambda f: -f.path.count("/")
+        ):
             out.set_meta(live.path, live.mode, live.mtime_ns)
-        end = position if position is not None else max((p for f in alive.values() for p, _ in f.content), default=0)
+        end = (
+            position
+            if position is not None
+            else max((p for f in alive.values() for p, _ in f.content), default=0)
+        )
         return ReplayResult(position=end, files=files, dirs=dirs, links=links, bytes=total)
 
     def _rebuild(self, out: ReplicaTree, live: LiveFile) -> int:
-        out.create(live.path, "file", 0o600, None)
-        out.truncate(live.path, 0)
-        written = 0
+        # Fold the content in memory and write the final bytes once: a file
+        # rewritten a hundred times costs one write, not a hundred.
+        content = bytearray()
+        replayed = 0
         for _, event in live.content:
             if isinstance(event, BytesWritten):
-                pieces = [(r[0], self.source.blob(r[2])) for r in event.ranges]
-                out.write_ranges(live.path, pieces, event.size)
-                written += sum(len(d) for _, d in pieces)
+                for offset, length, blob_id in event.ranges:
+                    data = self.source.blob(blob_id)
+                    if offset > len(content):
+                        content.extend(bytes(offset - len(content)))
+                    content[offset : offset + length] = data
+                    replayed += length
+                del content[event.size :]
+                content.extend(bytes(event.size - len(content)))
             elif isinstance(event, FileTruncated):
-                out.truncate(live.path, event.size)
+                del content[event.size :]
+                content.extend(bytes(event.size - len(content)))
             elif isinstance(event, ContentReplaced):
-                old = out.read(live.path)
-                parts = [
-                    old[op[1] : op[1] + op[2]] if op[0] == "copy" else self.source.blob(op[1])
-                    for op in event.ops
-                ]
-                out.replace(live.path, parts, mode=0o600)
-                written += sum(op[2] for op in event.ops if op[0] == "data")
-        return written
+                old = bytes(content)
+                content = bytearray()
+                for op in event.ops:
+                    if op[0] == "copy":
+                        content += old[op[1] : op[1] + op[2]]
+                    else:
+                        content += self.source.blob(op[1])
+                        replayed += op[2]
+        out.create(live.path, "file", 0o600, None)
+        out.write_ranges(live.path, [(0, bytes(content))] if content else [], len(content))
+        return replayed
 
     # -- history and diff -----------------------------------------------------------------
 
@@ -269,7 +305,9 @@ class Forensics:
             out.append(
                 HistoryEntry(
                     position=pos,
-                    time=dt.datetime.fromtimestamp(time_ns / 1e9, tz=dt.UTC).isoformat(timespec="microseconds"),
+                    time=dt.datetime.fromtimestamp(time_ns / 1e9, tz=dt.UTC).isoformat(
+                        timespec="microseconds"
+                    ),
                     operation=_operation(event),
                     path=at,
                     new_path=event.new_path if isinstance(event, FileRenamed) else None,
@@ -301,17 +339,24 @@ class Forensics:
         after = {fid: f.path for fid, f in alive.items()}
         added = sorted(p for fid, p in after.items() if fid not in before)
         removed = sorted(p for fid, (p, _) in before.items() if fid not in after)
-        renamed = {before[fid][0]: p for fid, p in after.items() if fid in before and before[fid][0] != p}
+        renamed = {
+            before[fid][0]: p for fid, p in after.items() if fid in before and before[fid][0] != p
+        }
         modified = {after[fid]: r for fid, r in touched.items() if fid in after and fid in before}
-        metadata = sorted(after[fid] for fid in meta if fid in after and fid in before and fid not in touched)
+        metadata = sorted(
+            after[fid] for fid in meta if fid in after and fid in before and fid not in touched
+        )
         return DiffResult(from_position, to_position, added, removed, modified, renamed, metadata)
 
     # -- last-good search ------------------------------------------------------------------
 
-    def change_positions(self, low: int, high: int) -> list[tuple[int, int, uuid.UUID]]:
-        """``(position, time label, file id)`` of content changes in ``(low, high]``."""
+    def change_positions(self, low: int, high: int) -> list[tuple[int, int, uuid.UUID, bool]]:
+        """``(position, time label, file id, created)`` of changes in ``(low, high]``.
+
+        ``created`` marks a :class:`FileCreated`; metadata-only changes are left out.
+        """
         return [
-            (pos, time_ns, event.originator_id)
+            (pos, time_ns, event.originator_id, isinstance(event, FileCreated))
             for pos, time_ns, event in self.source.file_events(self.scenario, high)
             if pos > low and not isinstance(event, MetadataChanged)
         ]
@@ -324,13 +369,15 @@ class Forensics:
         *,
         burst_threshold: int = 10,
     ) -> BisectResult:
-        """Binary-search for the last position in ``between`` where ``predicate(replayed dir)`` holds.
+        """Binary-search the last position in ``between`` where ``predicate(replayed dir)`` holds.
 
         The predicate gets a scratch directory holding the replay (of ``path`` or
         the whole tree). ``between[0]`` must be good; if ``between[1]`` is good
         too, it is the answer. Also reports the first *burst*: the first commit
-        (one time label) that changed at least ``burst_threshold`` files, the
-        mark of mass damage such as ransomware.
+        (one time label) that changed at least ``burst_threshold`` files that
+        existed before it (rewritten, truncated, renamed or deleted), the mark of
+        mass damage such as ransomware. Files a commit creates do not count, so
+        an initial load or a folder copied in is not a burst.
         """
         low, high = between
         changes = self.change_positions(low, high)
@@ -348,12 +395,13 @@ class Forensics:
 
         if not good(low):
             raise ConfigurationError(detail=f"the predicate fails at the lower bound {low}")
-        candidates = sorted({pos for pos, _, _ in changes})
+        candidates = sorted({change[0] for change in changes})
         first_bad: int | None = None
         if good(high):
             last_good = high
         else:
-            # Invariant: the state after candidates[lo-1] (or low) is good, after candidates[hi] bad.
+            # Invariant: the state after candidates[lo-1] (or low) is good, after
+            # candidates[hi] bad.
             lo, hi = 0, len(candidates) - 1
             while lo < hi:
                 mid = (lo + hi) // 2
@@ -367,14 +415,17 @@ class Forensics:
         return BisectResult(last_good, first_bad, probes, burst_position, burst_files)
 
     @staticmethod
-    def _burst(changes: list[tuple[int, int, uuid.UUID]], threshold: int) -> tuple[int | None, int]:
-        groups: dict[int, tuple[int, set[uuid.UUID]]] = {}
-        for pos, time_ns, fid in changes:
-            first, ids = groups.setdefault(time_ns, (pos, set()))
-            ids.add(fid)
+    def _burst(
+        changes: list[tuple[int, int, uuid.UUID, bool]], threshold: int
+    ) -> tuple[int | None, int]:
+        # One commit = one time label; a file it creates is new, not damaged.
+        groups: dict[int, tuple[int, set[uuid.UUID], set[uuid.UUID]]] = {}
+        for pos, time_ns, fid, created in changes:
+            _, changed, new = groups.setdefault(time_ns, (pos, set(), set()))
+            (new if created else changed).add(fid)
         for time_ns in sorted(groups):
-            first, ids = groups[time_ns]
-            if len(ids) >= threshold:
-                return first, len(ids)
+            first, changed, new = groups[time_ns]
+            damaged = changed - new
+            if damaged and len(damaged) >= threshold:
+                return first, len(damaged)
         return None, 0
-

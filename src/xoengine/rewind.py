@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import stat
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from xoengine import codec
 from xoengine.errors import ReplicaDivergedError
@@ -38,11 +38,14 @@ __all__ = [
     "RetentionPolicy",
     "RewindPoint",
     "UndoUsage",
-    "rewind_back",
     "retention",
+    "rewind_back",
 ]
 
 _ALERT_SHARE: Final = 0.8
+_RELATIVE: Final = frozenset({"renamed", "content"})
+_BATCH_POSITIONS: Final = 256
+_BATCH_BYTES: Final = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -65,22 +68,14 @@ def undo_one(tree: ReplicaTree, record: UndoRecord, blob: Callable[[bytes], byte
     op = record.op
     if op == "created":
         tree.delete(path)
-    elif op in {"deleted", "replaced"}:
-        kind = args.get("kind", "file")
-        if kind == "dir":
-            tree.create(path, "dir", args.get("mode", 0o755), None)
-        elif kind == "symlink":
-            if _kind(tree, path) not in (None, "symlink"):
-                tree.delete(path)
-            tree.create(path, "symlink", 0, args.get("target"))
-        else:
-            if _kind(tree, path) not in (None, "file"):
-                tree.delete(path)
-            content = [blob(args["content"])] if "content" in args else []
-            tree.replace(path, content, mode=args.get("mode"))
+        return
+    if op in {"deleted", "replaced"}:
+        _restore(tree, path, args, blob)
     elif op == "renamed":
         new = args["new_path"]
-        if tree.lstat(new) is not None:
+        # Undone already if the old path is back (a resumed rewind): moving again
+        # would put what an older record of this position restored at new_path over it.
+        if tree.lstat(new) is not None and tree.lstat(path) is None:
             tree.rename(new, path)
     elif op == "bytes":
         if _kind(tree, path) != "file":
@@ -88,17 +83,43 @@ def undo_one(tree: ReplicaTree, record: UndoRecord, blob: Callable[[bytes], byte
         pieces = [(offset, blob(args[name])) for offset, name in args.get("spans", [])]
         tree.write_ranges(path, pieces, args["old_size"])
     elif op == "content":
-        current = codec.digest128(tree.read(path)).hex()
-        if current == args.get("old_digest"):
-            pass  # undone already
-        elif current != args.get("new_digest"):
-            raise ReplicaDivergedError(path=path, position=record.position, replica=tree.root)
-        else:
-            new = tree.read(path)
-            parts = [new[o[1] : o[1] + o[2]] if o[0] == "copy" else blob(args[o[1]]) for o in args["ops"]]
-            tree.replace(path, parts, mode=args.get("mode"))
-    if op != "created" and ("mode" in args or "mtime_ns" in args) and tree.lstat(path) is not None:
+        _undo_delta(tree, record, blob)
+    if ("mode" in args or "mtime_ns" in args) and tree.lstat(path) is not None:
         tree.set_meta(path, args.get("mode"), args.get("mtime_ns"))
+
+
+def _restore(
+    tree: ReplicaTree, path: str, args: dict[str, Any], blob: Callable[[bytes], bytes]
+) -> None:
+    """Put back what a deletion or replacement removed: a directory, link or file."""
+    kind = args.get("kind", "file")
+    if kind == "dir":
+        tree.create(path, "dir", args.get("mode", 0o755), None)
+    elif kind == "symlink":
+        if _kind(tree, path) not in {None, "symlink"}:
+            tree.delete(path)
+        tree.create(path, "symlink", 0, args.get("target"))
+    else:
+        if _kind(tree, path) not in {None, "file"}:
+            tree.delete(path)
+        content = [blob(args["content"])] if "content" in args else []
+        tree.replace(path, content, mode=args.get("mode"))
+
+
+def _undo_delta(tree: ReplicaTree, record: UndoRecord, blob: Callable[[bytes], bytes]) -> None:
+    """Rebuild the old content from the new one and the saved bytes (digests make it idempotent)."""
+    args = record.args
+    current = tree.read(record.path)
+    digest = codec.digest128(current).hex()
+    if digest == args.get("old_digest"):
+        return  # undone already
+    if digest != args.get("new_digest"):
+        raise ReplicaDivergedError(path=record.path, position=record.position, replica=tree.root)
+    parts = [
+        current[op[1] : op[1] + op[2]] if op[0] == "copy" else blob(args[op[1]])
+        for op in args["ops"]
+    ]
+    tree.replace(record.path, parts, mode=args.get("mode"))
 
 
 def _kind(tree: ReplicaTree, path: str) -> str | None:
@@ -112,7 +133,7 @@ def _kind(tree: ReplicaTree, path: str) -> str | None:
     return "file"
 
 
-def rewind_back(
+def rewind_back(  # noqa: PLR0917 (the engine passes them in this order)
     store: Store,
     tree: ReplicaTree,
     undo: UndoLog,
@@ -123,27 +144,46 @@ def rewind_back(
 ) -> int:
     """Undo every change in ``(target, applied]``, newest first; return records undone.
 
-    After each position's records are undone, the applied position drops below
-    it and its records are deleted, in one transaction.
+    After a batch of positions is undone, the applied position drops below the
+    oldest of them and their records are deleted, in one transaction. A batch
+    ends at every rename or delta record (those depend on the state they find),
+    so a rewind resumed after a crash redoes only absolute overwrites.
     """
     records = undo.records(after=target, upto=applied, reverse=True)
     by_position: dict[int, list[UndoRecord]] = {}
     for record in records:
         by_position.setdefault(record.position, []).append(record)
     count = 0
+    batch: list[int] = []
+    batch_bytes = 0
+
+    def commit(positions: list[int]) -> None:
+        def work(txn: WriteTxn) -> None:
+            for position in positions:
+                prefix = encode_position(position)
+                for key in [k for k, _ in txn.items(undo.table, prefix, prefix=prefix)]:
+                    txn.delete(undo.table, key)
+            set_applied(txn, positions[-1] - 1)
+
+        store.write(work)
+
     for position in sorted(by_position, reverse=True):
-        for record in by_position[position]:  # already newest seq first
+        group = by_position[position]
+        for record in group:  # already newest seq first
             undo_one(tree, record, blob)
             count += 1
-
-        def commit(txn: WriteTxn, position: int = position) -> None:
-            prefix = encode_position(position)
-            doomed = [k for k, _ in txn.items(undo.table, prefix, prefix=prefix)]
-            for key in doomed:
-                txn.delete(undo.table, key)
-            set_applied(txn, position - 1)
-
-        store.write(commit)
+        batch.append(position)
+        batch_bytes += sum(len(str(r.args)) for r in group)
+        # Records that overwrite absolutely (bytes, truncations, creations, deletions,
+        # metadata) can share one commit: redoing the whole batch newest first after
+        # a crash ends with each path in its oldest before-image again. A rename or
+        # a digest-checked delta depends on the state it finds: commit before the next.
+        relative = any(r.op in _RELATIVE for r in group)
+        if relative or len(batch) >= _BATCH_POSITIONS or batch_bytes >= _BATCH_BYTES:
+            commit(batch)
+            batch, batch_bytes = [], 0
+    if batch:
+        commit(batch)
     store.write(lambda txn: set_applied(txn, target))
     return count
 
@@ -235,4 +275,3 @@ def retention(
         reasons.append("held back: rewind points")
     trimmed = sum(u.bytes for u in ordered if u.position <= cut)
     return RetentionDecision(cut, trimmed, tuple(reasons) if cut else (), alert)
-
