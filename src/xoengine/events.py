@@ -2,6 +2,9 @@
 
 Room: record. May import ``errors`` and eventsourcing.
 
+Each class is an explicit frozen dataclass (eventsourcing's metaclass makes it
+one anyway; the decorator lets type checkers see the fields).
+
 Names are past tense and never renamed or moved: the stored topic is
 ``xoengine.events:<Name>``. A schema change gets ``class_version`` and an
 upcast method, never a rename (ARCHITECTURE.md, Events).
@@ -20,6 +23,7 @@ journal. Byte ranges reference the journal's blob table.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from eventsourcing.domain import DomainEvent
@@ -56,6 +60,7 @@ __all__ = [
 ]
 
 
+@dataclass(frozen=True)
 class XoEvent(DomainEvent):
     """Base of every xoengine event (a frozen dataclass with originator id, version, timestamp)."""
 
@@ -63,10 +68,12 @@ class XoEvent(DomainEvent):
 # -- scenario ------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
 class ScenarioEvent(XoEvent):
     """An event in a scenario's own stream."""
 
 
+@dataclass(frozen=True)
 class ScenarioCreated(ScenarioEvent):
     """A scenario was defined: what is protected, where, and where it is replicated to."""
 
@@ -77,16 +84,19 @@ class ScenarioCreated(ScenarioEvent):
     options: dict[str, Any]
 
 
+@dataclass(frozen=True)
 class ScenarioUpdated(ScenarioEvent):
     """Some options of a scenario changed (only the changed keys)."""
 
     options: dict[str, Any]
 
 
+@dataclass(frozen=True)
 class ScenarioRemoved(ScenarioEvent):
     """A scenario was removed; its journal history stays."""
 
 
+@dataclass(frozen=True)
 class ReplicaAdded(ScenarioEvent):
     """A replica was added to a scenario."""
 
@@ -94,32 +104,38 @@ class ReplicaAdded(ScenarioEvent):
     path: str
 
 
+@dataclass(frozen=True)
 class ReplicaRemoved(ScenarioEvent):
     """A replica was removed from a scenario."""
 
     replica: str
 
 
+@dataclass(frozen=True)
 class ScenarioStarted(ScenarioEvent):
     """Replication started (after the initial synchronization)."""
 
 
+@dataclass(frozen=True)
 class ScenarioStopped(ScenarioEvent):
     """Replication stopped."""
 
 
+@dataclass(frozen=True)
 class ReplicaSuspended(ScenarioEvent):
     """Applying changes to one replica stopped; changes keep accumulating in the journal."""
 
     replica: str
 
 
+@dataclass(frozen=True)
 class ReplicaResumed(ScenarioEvent):
     """Applying changes to one replica resumed from where it stopped."""
 
     replica: str
 
 
+@dataclass(frozen=True)
 class ScenarioStateChanged(ScenarioEvent):
     """The scenario's state changed (Running, Stopped, Problem) and why."""
 
@@ -127,6 +143,7 @@ class ScenarioStateChanged(ScenarioEvent):
     reason: str
 
 
+@dataclass(frozen=True)
 class AlertRaised(ScenarioEvent):
     """An alert for operators: code, severity (info, warning, error) and details."""
 
@@ -136,6 +153,7 @@ class AlertRaised(ScenarioEvent):
     details: dict[str, Any]
 
 
+@dataclass(frozen=True)
 class RewindPointSet(ScenarioEvent):
     """A bookmark in the journal: ``kind`` user, auto, sync, backup or integrity."""
 
@@ -144,6 +162,7 @@ class RewindPointSet(ScenarioEvent):
     kind: str
 
 
+@dataclass(frozen=True)
 class RewindStarted(ScenarioEvent):
     """A replica started rewinding from one applied position to another."""
 
@@ -152,6 +171,7 @@ class RewindStarted(ScenarioEvent):
     to_position: int
 
 
+@dataclass(frozen=True)
 class ReplicaRewound(ScenarioEvent):
     """A replica holds the state of ``to_position``; it stays out of replication until resumed."""
 
@@ -161,6 +181,7 @@ class ReplicaRewound(ScenarioEvent):
     records: int
 
 
+@dataclass(frozen=True)
 class UndoTrimmed(ScenarioEvent):
     """Before-images up to ``upto`` were dropped by the retention policy (and why)."""
 
@@ -174,6 +195,7 @@ class UndoTrimmed(ScenarioEvent):
 # -- capture (one stream per file, directory or symlink) -------------------------------
 
 
+@dataclass(frozen=True)
 class FileEvent(XoEvent):
     """A change to one tracked path of a scenario.
 
@@ -187,6 +209,7 @@ class FileEvent(XoEvent):
     observed: list[int]
 
 
+@dataclass(frozen=True)
 class FileCreated(FileEvent):
     """A file, directory or symlink appeared (content follows as BytesWritten)."""
 
@@ -196,6 +219,7 @@ class FileCreated(FileEvent):
     target: str | None
 
 
+@dataclass(frozen=True)
 class BytesWritten(FileEvent):
     """Byte ranges were written: ``ranges`` = [[offset, length, blob id], ...].
 
@@ -209,6 +233,7 @@ class BytesWritten(FileEvent):
     digests: list[Any]
 
 
+@dataclass(frozen=True)
 class FileTruncated(FileEvent):
     """The file was cut (or extended with zeros) to ``size`` bytes."""
 
@@ -216,6 +241,7 @@ class FileTruncated(FileEvent):
     digests: list[Any]
 
 
+@dataclass(frozen=True)
 class ContentReplaced(FileEvent):
     """The whole content was rebuilt from the old one by a delta.
 
@@ -232,16 +258,19 @@ class ContentReplaced(FileEvent):
     digests: list[Any]
 
 
+@dataclass(frozen=True)
 class FileRenamed(FileEvent):
     """The path moved to ``new_path`` (same identity, same stream)."""
 
     new_path: str
 
 
+@dataclass(frozen=True)
 class FileDeleted(FileEvent):
     """The path was deleted."""
 
 
+@dataclass(frozen=True)
 class MetadataChanged(FileEvent):
     """Permission bits or modification time changed."""
 
@@ -252,6 +281,7 @@ class MetadataChanged(FileEvent):
 # -- synchronization (one stream per run) ----------------------------------------------
 
 
+@dataclass(frozen=True)
 class SyncStarted(XoEvent):
     """A synchronization of one replica started at a journal position."""
 
@@ -261,6 +291,7 @@ class SyncStarted(XoEvent):
     position: int
 
 
+@dataclass(frozen=True)
 class FileSynced(XoEvent):
     """One path was brought in line: action (created, updated, deleted, metadata), bytes sent."""
 
@@ -272,6 +303,7 @@ class FileSynced(XoEvent):
     bytes_sent: int
 
 
+@dataclass(frozen=True)
 class SyncFinished(XoEvent):
     """A synchronization finished: counts, bytes and the position the replica now holds."""
 
