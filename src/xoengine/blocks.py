@@ -69,6 +69,7 @@ __all__ = [
     "Op",
     "apply_delta",
     "apply_delta_to",
+    "block_digests",
     "changed_blocks",
     "changed_ranges",
     "copied_bytes",
@@ -236,6 +237,11 @@ def _digests(view: memoryview, block_size: int) -> list[int]:
     """xxh3-64 of every block of ``view`` (the last one may be short)."""
     digest64 = codec.digest64
     return [digest64(view[o : o + block_size]) for o in range(0, len(view), block_size)]
+
+
+def block_digests(data: Buffer, block_size: int = DEFAULT_BLOCK_SIZE) -> _U64:
+    """xxh3-64 of every block of ``data``: change detection without the weak sums."""
+    return np.array(_digests(_byte_view(data), _check_block_size(block_size)), dtype=np.uint64)
 
 
 def _mix(a: _U32, b: _U32) -> _U32:

@@ -71,6 +71,7 @@ __all__ = [
 ]
 
 BLOB_MAX: Final = 4 * 1024 * 1024
+_CHUNK: Final = 16 * 1024 * 1024
 """Largest blob a capture stores (longer ranges are split)."""
 
 FLUSH_BYTES: Final = 64 * 1024 * 1024
@@ -167,8 +168,9 @@ class MasterState:
             elif isinstance(event, (BytesWritten, FileTruncated, ContentReplaced)):
                 state = state.evolve(size=event.size)
                 nblocks = -(-event.size // self.block_size)
-                first, packed = event.digests or (0, b"")
-                manifest.set_digests(txn, state.file_id, first, packed, nblocks)
+                for first, packed in event.digests:
+                    manifest.set_digests(txn, state.file_id, first, packed, None)
+                manifest.cut_digests(txn, state.file_id, nblocks)
         if event.observed:
             size, mode, mtime_ns, ctime_ns, ino, dev = event.observed
             state = state.evolve(
@@ -260,6 +262,7 @@ class Capture:
         self._filter = PathFilter(self.include, self.exclude)
         self.lock = threading.RLock()  # one capture at a time per scenario
         self._pending: list[_Pending] = []
+        self._chunk: bytearray | None = None  # the streaming read buffer, reused
         self._pending_bytes = 0
         self._versions: dict[uuid.UUID, int] = {}
         self._result = CaptureResult()
@@ -555,6 +558,26 @@ class Capture:
         return None
 
     def _capture_content(self, path: str, state: FileState, old: FileState | None) -> None:
+        if old is not None and old.size > 0:
+            with self.store.read() as txn:
+                old_map = self.state.block_map(txn, old)
+            streamed = self._stream_changes(path, old_map)
+            if streamed is None:
+                return
+            runs, size, st = streamed
+            bs = self.state.block_size
+            changed = sum(len(d) for _, d in runs)
+            # Shifted data is worth a delta; a change confined to the old tail (an
+            # append, a cut) is cheaper as in-place writes: the replica writes in
+            # place and its undo is a truncate, not a whole-file rebuild.
+            tail_only = bool(runs) and runs[0][0] >= (old.size // bs) * bs
+            if size == old.size or changed <= bs or tail_only:
+                if not runs and size == old.size:
+                    # Same bytes: only metadata moved (e.g. touch); keep the stat current.
+                    self._metadata_only(path, state, _observed(st))
+                    return
+                self._write_runs(path, state, runs, _observed(st), size)
+                return
         got = self._read(path)
         if got is None:
             return
@@ -567,25 +590,119 @@ class Capture:
             ranges = [(0, len(data))] if data else []
             self._write_ranges(path, state, view, ranges, new_map, observed, len(data))
             return
-        with self.store.read() as txn:
-            old_map = self.state.block_map(txn, old)
         ranges = blocks.changed_ranges(old_map, new_map)
         aligned_bytes = sum(length for _, length in ranges)
-        # Shifted data is worth a delta; a change confined to the old tail (an
-        # append, a cut) is cheaper as in-place writes: the replica writes in
-        # place and its undo is a truncate, not a whole-file rebuild.
-        tail_only = bool(ranges) and ranges[0][0] >= (old.size // bs) * bs
-        if len(data) != old.size and aligned_bytes > bs and not tail_only:
-            ops = blocks.delta(old_map, view, new_map=new_map)
-            literal = blocks.literal_bytes(ops)
-            if literal + 2 * bs < aligned_bytes:
-                self._replace(path, state, view, ops, old, new_map, observed)
-                return
-        if not ranges and len(data) == old.size:
-            # Same bytes: only metadata moved (e.g. touch); keep the stat current.
-            self._metadata_only(path, state, observed)
+        ops = blocks.delta(old_map, view, new_map=new_map)
+        literal = blocks.literal_bytes(ops)
+        if literal + 2 * bs < aligned_bytes:
+            self._replace(path, state, view, ops, old, new_map, observed)
             return
         self._write_ranges(path, state, view, ranges, new_map, observed, len(data))
+
+    def _stream_changes(
+        self, path: str, old_map: BlockMap
+    ) -> tuple[list[tuple[int, bytes]], int, os.stat_result] | None:
+        """Read a file in chunks through one reused buffer; return its changed block runs.
+
+        Only the strong digests are computed while streaming (weak sums are made
+        for the changed blocks alone), and nothing but changed bytes is kept.
+        """
+        bs = self.state.block_size
+        full = self._abs(path)
+        if self._chunk is None:
+            self._chunk = bytearray(max(bs, _CHUNK - _CHUNK % bs))
+        view = memoryview(self._chunk)
+        old_digests = old_map.digest_array()
+        for attempt in range(2):
+            try:
+                fd = os.open(full, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            except OSError as e:
+                self._result.warnings.append(ChangeWhileReadWarning(path=path, detail=e.strerror))
+                return None
+            runs: list[tuple[int, bytes]] = []
+            try:
+                before = os.fstat(fd)
+                if not stat.S_ISREG(before.st_mode):
+                    return None
+                offset = 0
+                with os.fdopen(fd, "rb", buffering=0, closefd=False) as reader:
+                    while True:
+                        got = reader.readinto(view) or 0
+                        if got:
+                            self._changed_runs(view[:got], offset, old_digests, old_map.size, runs)
+                            offset += got
+                        if got < len(view):
+                            break
+                after = os.fstat(fd)
+            except OSError as e:
+                self._result.warnings.append(ChangeWhileReadWarning(path=path, detail=e.strerror))
+                return None
+            finally:
+                os.close(fd)
+            steady = (before.st_size, before.st_mtime_ns) == (after.st_size, after.st_mtime_ns)
+            if steady and offset == after.st_size:
+                return runs, offset, after
+            if attempt:
+                self._result.warnings.append(
+                    ChangeWhileReadWarning(path=path, detail="size or mtime moved during the read")
+                )
+                return runs, offset, after
+        return None
+
+    def _changed_runs(
+        self,
+        chunk: memoryview,
+        offset: int,
+        old_digests: Any,
+        old_size: int,
+        runs: list[tuple[int, bytes]],
+    ) -> None:
+        bs = self.state.block_size
+        digests = blocks.block_digests(chunk, bs)
+        first = offset // bs
+        old = old_digests[first : first + len(digests)]
+        differs = np.ones(len(digests), dtype=bool)
+        differs[: len(old)] = digests[: len(old)] != old
+        # A short last block with the same digest but another length is a change too.
+        last = len(digests) - 1
+        if last >= 0 and not differs[last] and last < len(old):
+            start = (first + last) * bs
+            if min(bs, old_size - start) != len(chunk) - last * bs:
+                differs[last] = True
+        for index in np.flatnonzero(differs).tolist():
+            begin = index * bs
+            data = bytes(chunk[begin : begin + bs])
+            at = offset + begin
+            if runs and runs[-1][0] + len(runs[-1][1]) == at and len(runs[-1][1]) < BLOB_MAX:
+                runs[-1] = (runs[-1][0], runs[-1][1] + data)
+            else:
+                runs.append((at, data))
+
+    def _write_runs(
+        self, path: str, state: FileState, runs: list[tuple[int, bytes]], observed: list[int], size: int
+    ) -> None:
+        bs = self.state.block_size
+        # Digests of the changed blocks only, one span per run: the event stays small.
+        spans = [[at // bs, pack_digests(BlockMap.compute(data, bs))] for at, data in runs]
+        version = self._next_version(state)
+        scenario = self.scenario
+
+        def make(ids: list[bytes]) -> FileEvent:
+            return BytesWritten(
+                originator_id=state.file_id,
+                originator_version=version,
+                timestamp=BytesWritten.create_timestamp(),
+                scenario=scenario,
+                path=path,
+                observed=observed,
+                ranges=[[at, len(data), b] for (at, data), b in zip(runs, ids, strict=True)],
+                size=size,
+                digests=spans,
+            )
+
+        self._queue(make, [data for _, data in runs])
+        self._result.bytes_changed += sum(len(d) for _, d in runs)
+        self._result.updated += 1
 
     def _metadata_only(self, path: str, state: FileState, observed: list[int]) -> None:
         event = MetadataChanged(
@@ -617,9 +734,10 @@ class Capture:
             for start, length in ranges
             for offset in range(start, start + length, BLOB_MAX)
         ]
-        first = pieces[0][0] // bs if pieces else new_map.block_count
-        last = -(-(pieces[-1][0] + pieces[-1][1]) // bs) if pieces else new_map.block_count
-        digests = [first, pack_digests(new_map, first, last)]
+        digests = [
+            [start // bs, pack_digests(new_map, start // bs, -(-(start + length) // bs))]
+            for start, length in ranges
+        ]
         version = self._next_version(state)
         scenario = self.scenario
 
@@ -660,7 +778,7 @@ class Capture:
         scenario = self.scenario
         base = self._base_digest(old)
         result = codec.digest128(view).hex()
-        digests = [0, pack_digests(new_map)]
+        digests = [[0, pack_digests(new_map)]]
         size = len(view)
 
         def make(ids: list[bytes]) -> FileEvent:
@@ -956,7 +1074,7 @@ class JournaledFile:
                 path=self.path,
                 observed=[],
                 size=cut_at,
-                digests=[-(-cut_at // bs), b""],
+                digests=[[-(-cut_at // bs), b""]],
             )
             capture._queue(lambda _ids: truncated, [])
         # Block digests to refresh: blocks the writes touched, and every block from
@@ -973,7 +1091,7 @@ class JournaledFile:
         for a, b in spans:
             region = os.pread(fd, (b - a) * bs, a * bs)
             packed[a * DIGEST_WIDTH : b * DIGEST_WIDTH] = pack_digests(BlockMap.compute(region, bs))
-        digests = [first, bytes(packed[first * DIGEST_WIDTH : last * DIGEST_WIDTH])]
+        digests = [[first, bytes(packed[first * DIGEST_WIDTH : last * DIGEST_WIDTH])]]
         version = capture._next_version(state)
 
         def make(ids: list[bytes]) -> FileEvent:

@@ -224,8 +224,8 @@ class BytesWritten(FileEvent):
     """Byte ranges were written: ``ranges`` = [[offset, length, blob id], ...].
 
     ``size`` is the file size after the write. ``digests`` holds the block
-    digests of every block the ranges touch, after the write:
-    [first block index, packed digests], so the master state is a pure fold.
+    digests of every block the ranges touch, after the write, as spans
+    [[first block index, packed digests], ...], so the master state is a pure fold.
     """
 
     ranges: list[list[Any]]

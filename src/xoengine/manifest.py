@@ -155,9 +155,9 @@ class Manifest:
         return bytes(out)
 
     def set_digests(
-        self, txn: WriteTxn, file_id: uuid.UUID, first: int, packed: bytes, nblocks: int
+        self, txn: WriteTxn, file_id: uuid.UUID, first: int, packed: bytes, nblocks: int | None
     ) -> None:
-        """Store digests of blocks ``first..`` and cut the map to ``nblocks`` blocks."""
+        """Store digests of blocks ``first..`` (and cut the map to ``nblocks`` blocks if given)."""
         count = len(packed) // DIGEST_WIDTH
         index = first
         while index < first + count:
@@ -173,7 +173,8 @@ class Manifest:
             body[start : start + len(piece)] = piece
             txn.put(self.blocks_table, key, codec.frame(key, bytes(body)))
             index += take
-        self.cut_digests(txn, file_id, nblocks)
+        if nblocks is not None:
+            self.cut_digests(txn, file_id, nblocks)
 
     def cut_digests(self, txn: WriteTxn, file_id: uuid.UUID, nblocks: int) -> None:
         """Drop digests of blocks at or beyond ``nblocks``."""
