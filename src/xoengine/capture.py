@@ -263,6 +263,7 @@ class Capture:
         self.lock = threading.RLock()  # one capture at a time per scenario
         self._pending: list[_Pending] = []
         self._chunk: bytearray | None = None  # the streaming read buffer, reused
+        self._known: dict[str, FileState] | None = None  # decoded master state, see _collect
         self._pending_bytes = 0
         self._versions: dict[uuid.UUID, int] = {}
         self._result = CaptureResult()
@@ -291,7 +292,12 @@ class Capture:
         layout = self.layout
         with self.store.read() as txn:
             if scopes is None:
-                known = dict(self.state.manifest.items(txn))
+                # Only this capture (under its lock) changes the master state, so the
+                # decoded manifest stays valid until the next append: a no-change pass
+                # decodes nothing.
+                if self._known is None:
+                    self._known = dict(self.state.manifest.items(txn))
+                known = dict(self._known)
             else:
                 for scope in _top_scopes(scopes):
                     entry = self.state.manifest.get(txn, scope)
@@ -827,11 +833,16 @@ class Capture:
         if self._pending_bytes >= FLUSH_BYTES or len(self._pending) >= FLUSH_EVENTS:
             self._flush()
 
+    def forget_master_state(self) -> None:
+        """Drop the decoded copy of the master state (after it was changed elsewhere)."""
+        self._known = None
+
     def _flush(self) -> None:
         pending, self._pending = self._pending, []
         self._pending_bytes = 0
         if not pending:
             return
+        self._known = None
         # Blobs first (own transaction): an event never references a missing blob;
         # a crash in between leaves only unreferenced blobs.
         flat = [d for p in pending for d in p.blobs]

@@ -793,6 +793,7 @@ class Scenario:
         """
         engine = self._engine
         with self.capture_engine.lock:
+            self.capture_engine.forget_master_state()
             engine.store.write(lambda txn: self.manifest.drop(txn))
             batch: list[FileEvent] = []
 
