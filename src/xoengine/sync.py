@@ -47,6 +47,7 @@ __all__ = ["LEVELS", "SyncSummary", "Synchronizer"]
 
 LEVELS: Final = ("block", "file")
 _BATCH_BYTES: Final = 64 * 1024 * 1024
+_BATCH_PATHS: Final = 512
 
 
 @dataclass
@@ -122,15 +123,34 @@ class Synchronizer:
         master = self._walk_master(summary)
         replica = self._walk_replica(summary)
         synced: list[DomainEvent] = []
+        creations: list[tuple[str, Entry]] = []
+        pending_bytes = 0
+
+        def note(path: str, entry: Entry, action: str, sent: int) -> None:
+            summary.files_changed += 1
+            summary.bytes_sent += sent
+            summary.transferred.append((path, action, entry.size, sent))
+            synced.append(self._synced(path, action, entry.size, sent))
+
         for path in sorted(master, key=os.fsencode):
             summary.files_checked += 1
             entry = master[path]
+            if path not in replica and entry.kind in {"file", "dir", "symlink"}:
+                # New paths go in batches: one transaction for their before-images.
+                creations.append((path, entry))
+                pending_bytes += entry.size
+                if len(creations) >= _BATCH_PATHS or pending_bytes >= _BATCH_BYTES:
+                    for done in self._create_batch(creations):
+                        note(*done)
+                    creations, pending_bytes = [], 0
+                continue
             action, sent = self._bring(path, entry, replica.get(path), level)
             if action:
-                summary.files_changed += 1
-                summary.bytes_sent += sent
-                summary.transferred.append((path, action, entry.size, sent))
-                synced.append(self._synced(path, action, entry.size, sent))
+                note(path, entry, action, sent)
+        for done in self._create_batch(creations):
+            note(*done)
+        if self.tree.fsync:
+            os.sync()  # the batch-written new files, durable before SyncFinished
         for path in sorted((p for p in replica if p not in master), key=os.fsencode, reverse=True):
             if any(path.startswith(u + "/") or path == u for u in self._unlisted):
                 continue  # unknown master contents: never delete on a guess
@@ -195,6 +215,30 @@ class Synchronizer:
         return found
 
     # -- one path -----------------------------------------------------------------------------
+
+    def _create_batch(self, batch: list[tuple[str, Entry]]) -> list[tuple[str, Entry, str, int]]:
+        """Create paths the replica lacks: their before-images first, in one transaction."""
+        if not batch:
+            return []
+        self._record([("created", path, {}, {}) for path, _ in batch])
+        done = []
+        for path, entry in batch:
+            if entry.kind == "dir":
+                self.tree.create(path, "dir", entry.mode, None)
+                sent = 0
+            elif entry.kind == "symlink":
+                self.tree.create(path, "symlink", 0, entry.target)
+                sent = 0
+            else:
+                index, rel = self.layout.split(path)
+                source = os.path.join(self.layout.roots[index], rel)  # noqa: PTH118
+                sent = self.tree.copy_new(path, source, entry.mode)
+                self.tree.set_meta(path, entry.mode, entry.mtime_ns)
+            done.append((path, entry, "created", sent))
+        for path, entry in batch:  # directory modes last: creating children moves mtimes
+            if entry.kind == "dir":
+                self.tree.set_meta(path, entry.mode, None)
+        return done
 
     def _bring(self, path: str, entry: Entry, have: Entry | None, level: str) -> tuple[str, int]:
         tree = self.tree

@@ -148,6 +148,39 @@ class ReplicaTree:
             finally:
                 os.close(handle)
 
+    def copy_new(self, path: str, source: str, mode: int) -> int:
+        """Create ``path`` with the bytes of the file ``source`` (kernel copy); return the size.
+
+        For files that did not exist on the replica: written in place and not
+        fsynced here (the caller makes the whole batch durable at once); a copy
+        cut short by a crash has the wrong mtime, so the next sync sends it again.
+        """
+        with self._parent(path) as (fd, leaf):
+            try:
+                src = os.open(source, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            except OSError as e:
+                raise self._error(path, "read the master copy of", e) from e
+            try:
+                dst = os.open(
+                    leaf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC,
+                    0o600, dir_fd=fd,
+                )
+                try:
+                    total = 0
+                    while True:
+                        moved = os.copy_file_range(src, dst, 1 << 30)
+                        if not moved:
+                            break
+                        total += moved
+                    os.fchmod(dst, mode)
+                    return total
+                finally:
+                    os.close(dst)
+            except OSError as e:
+                raise self._error(path, "copy", e) from e
+            finally:
+                os.close(src)
+
     def truncate(self, path: str, size: int) -> None:
         """Cut or extend the file to ``size`` bytes."""
         self.write_ranges(path, (), size)
