@@ -122,6 +122,7 @@ class Synchronizer:
         # 2. Compare and transfer.
         master = self._walk_master(summary)
         replica = self._walk_replica(summary)
+        self._replica_entries = replica  # kept current as kind changes delete subtrees
         synced: list[DomainEvent] = []
         creations: list[tuple[str, Entry]] = []
         pending_bytes = 0
@@ -216,6 +217,20 @@ class Synchronizer:
 
     # -- one path -----------------------------------------------------------------------------
 
+    def _delete_tree(self, path: str) -> None:
+        """Delete a replica path and everything below it, keeping every before-image."""
+        below = sorted(
+            (p for p in self._replica_entries if p.startswith(path + "/")), key=os.fsencode, reverse=True
+        )
+        images = []
+        for victim in [*below, path]:
+            st = self.tree.lstat(victim)
+            if st is not None:
+                images.append(image_of_existing(self.tree, victim, st, deleted=True))
+            self._replica_entries.pop(victim, None)
+        self._record(images)
+        self.tree.delete(path)
+
     def _create_batch(self, batch: list[tuple[str, Entry]]) -> list[tuple[str, Entry, str, int]]:
         """Create paths the replica lacks: their before-images first, in one transaction."""
         if not batch:
@@ -243,10 +258,7 @@ class Synchronizer:
     def _bring(self, path: str, entry: Entry, have: Entry | None, level: str) -> tuple[str, int]:
         tree = self.tree
         if have is not None and have.kind != entry.kind:
-            self._record(
-                [image_of_existing(tree, path, tree.lstat(path) or _never(), deleted=True)]
-            )
-            tree.delete(path)
+            self._delete_tree(path)
             have = None
         if entry.kind == "dir":
             if have is None:
@@ -281,6 +293,8 @@ class Synchronizer:
             tree.set_meta(path, entry.mode, entry.mtime_ns)
             return ("created" if have is None else "updated"), len(data)
         sent = self._block_update(path, data, have)
+        if (have.mode, have.mtime_ns) != (entry.mode, entry.mtime_ns):
+            self._record([("meta", path, {"mode": have.mode, "mtime_ns": have.mtime_ns}, {})])
         tree.set_meta(path, entry.mode, entry.mtime_ns)
         return ("updated" if sent or have.size != len(data) else "metadata"), sent
 
