@@ -49,6 +49,7 @@ from xoengine.events import (
     FileRenamed,
     FileTruncated,
     MetadataChanged,
+    new_id,
 )
 from xoengine.manifest import DIGEST_WIDTH, FileState, Manifest
 from xoengine.walk import Entry, PathFilter, normalize_relpath, resolve_under, stat_entry, walk
@@ -453,7 +454,7 @@ class Capture:
         return os.path.join(self.layout.roots[index], rel)  # noqa: PTH118
 
     def _create(self, path: str, entry: Entry) -> uuid.UUID:
-        file_id = uuid.uuid4()
+        file_id = new_id()
         self._versions[file_id] = 1
         created = FileCreated(
             originator_id=file_id,

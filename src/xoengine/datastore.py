@@ -33,6 +33,7 @@ import fcntl
 import os
 import struct
 import threading
+import time
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,6 +75,10 @@ _RESIZE_RETRIES = 8
 _META_RETRIES = 20
 _NEARLY_FULL = 1024 * 1024  # free bytes below which a failed write is taken for a full disk
 _LOCK_FILE = "writer.lock"
+_GATHER_WAIT = 0.0005
+"""Longest a group-commit leader waits for writers that were active just now (s)."""
+_GATHER_IDLE = 0.020
+"""A writer idle for longer than this is not waited for (s)."""
 CATALOG_TABLE = _CATALOG = "xoengine.tables"
 """Table listing every table name with its CRC-32 (see ``Store._check_catalog``)."""
 
@@ -513,6 +518,9 @@ class Store:
         self._write_lock = threading.Lock()
         self._pending_lock = threading.Lock()
         self._pending: list[_WriteRequest] = []
+        self._queue = threading.Condition(self._pending_lock)
+        self._writers: dict[int, float] = {}  # thread -> when it last wrote (group commit)
+        self._leading = False
         self._handles: dict[str, tuple[Any, int]] = {}
         self._dbi_seq = 0
         self._handles_lock = threading.Lock()
@@ -837,14 +845,39 @@ class Store:
         if self.readonly:
             raise JournalReadOnlyError(path=self.path, detail="write refused")
         request = _WriteRequest(work)
-        with self._pending_lock:
+        batch: list[_WriteRequest] | None = None
+        with self._queue:
+            now = time.monotonic()
+            self._writers[threading.get_ident()] = now
             self._pending.append(request)
-        with self._write_lock:
+            self._queue.notify_all()
+            # Followers wait for the leader's commit, never for the write lock: a
+            # request committed in someone's batch returns at once.
+            while not request.done and self._leading:
+                self._queue.wait()
             if not request.done:
-                with self._pending_lock:
-                    batch, self._pending = self._pending, []
-                self._commit_batch(batch)
-                self._notify()
+                self._leading = True
+                # Gather briefly for writers active in the last moments (at most
+                # _GATHER_WAIT; a lone writer never waits), then take the queue.
+                idle = [i for i, t in self._writers.items() if now - t > _GATHER_IDLE]
+                for ident in idle:
+                    del self._writers[ident]
+                deadline = now + _GATHER_WAIT
+                while len(self._pending) < len(self._writers):
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        break
+                    self._queue.wait(left)
+                batch, self._pending = self._pending, []
+        if batch is not None:
+            try:
+                with self._write_lock:
+                    self._commit_batch(batch)
+            finally:
+                with self._queue:
+                    self._leading = False
+                    self._queue.notify_all()
+            self._notify()
         if request.error is not None:
             raise request.error
         return request.result  # type: ignore[no-any-return]

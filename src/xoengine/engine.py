@@ -27,7 +27,6 @@ from eventsourcing.application import Application
 
 from xoengine import blocks
 from xoengine.capture import Capture, CaptureResult, JournaledFile, MasterState
-from xoengine.forensic import BisectResult, DiffResult, Forensics, HistoryEntry, ReplayResult
 from xoengine.errors import (
     ConfigurationError,
     OverlappingTreesError,
@@ -54,10 +53,9 @@ from xoengine.events import (
     ReplicaRemoved,
     ReplicaResumed,
     ReplicaRewound,
+    ReplicaSuspended,
     RewindPointSet,
     RewindStarted,
-    UndoTrimmed,
-    ReplicaSuspended,
     ScenarioCreated,
     ScenarioEvent,
     ScenarioRemoved,
@@ -67,7 +65,10 @@ from xoengine.events import (
     ScenarioUpdated,
     SyncFinished,
     SyncStarted,
+    UndoTrimmed,
+    new_id,
 )
+from xoengine.forensic import BisectResult, DiffResult, Forensics, HistoryEntry, ReplayResult
 from xoengine.journal import BlobTable, LMDBApplicationRecorder, datetime_ns
 from xoengine.layout import Layout
 from xoengine.manifest import Manifest
@@ -1323,7 +1324,7 @@ class Engine:
         self._check_open()
         with self._lock:
             roots, replica_paths = self._validate(name, kind, master, replicas, options)
-            scenario_id = uuid.uuid4()
+            scenario_id = new_id()
             created = ScenarioCreated(
                 originator_id=scenario_id,
                 originator_version=1,

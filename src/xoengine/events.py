@@ -23,12 +23,16 @@ journal. Byte ranges reference the journal's blob table.
 
 from __future__ import annotations
 
+import os
+import time
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
 from eventsourcing.domain import DomainEvent
 
 __all__ = [
+    "new_id",
     "AlertRaised",
     "BytesWritten",
     "ContentReplaced",
@@ -58,6 +62,20 @@ __all__ = [
     "UndoTrimmed",
     "XoEvent",
 ]
+
+
+def new_id() -> uuid.UUID:
+    """A time-ordered UUID (RFC 9562 version 7) for a new stream.
+
+    Streams created close in time get neighbouring ids, so the stream index
+    takes appends on few B-tree pages instead of one random page per event
+    (uuid4): measured 2.6x more events per second at batch 100 (docs/performance.md).
+    """
+    ms = time.time_ns() // 1_000_000
+    value = (ms & (1 << 48) - 1) << 80 | int.from_bytes(os.urandom(10), "big")
+    value = (value & ~(0xF << 76)) | (0x7 << 76)  # version 7
+    value = (value & ~(0x3 << 62)) | (0x2 << 62)  # RFC 4122 variant
+    return uuid.UUID(int=value)
 
 
 @dataclass(frozen=True)

@@ -294,8 +294,9 @@ class ReplicaApplier:
         elif isinstance(event, MetadataChanged):
             tree.set_meta(event.path, event.mode, event.mtime_ns)
         if event.observed and not isinstance(event, (FileDeleted, FileRenamed)):
-            # Content writes move the mtime: put the master's back (like rsync -a).
-            tree.set_meta(event.path, None, event.observed[2])
+            # Content writes move the mtime: put the master's back (like rsync -a). The
+            # mode too: a chmod between two captures travels only in the observed stat.
+            tree.set_meta(event.path, event.observed[1], event.observed[2])
 
     def _apply_delta(self, position: int, event: ContentReplaced) -> None:
         old = self.tree.read(event.path)

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, Final
 from xoengine import blocks
 from xoengine.blocks import BlockMap, Copy
 from xoengine.errors import ConfigurationError, TreeWarning, XoError
-from xoengine.events import FileSynced, SyncFinished, SyncStarted
+from xoengine.events import FileSynced, SyncFinished, SyncStarted, new_id
 from xoengine.tree import TMP_PREFIX, Image, image_of_existing, image_of_writes, kind_of
 from xoengine.walk import Entry, walk
 
@@ -112,7 +112,7 @@ class Synchronizer:
         if level not in LEVELS:
             raise ConfigurationError(detail=f"sync level {level!r} is not one of {LEVELS}")
         summary = SyncSummary(self.scenario, self.replica, level, position)
-        run_id = uuid.uuid4()
+        run_id = new_id()
         self._version = 0
         self._run_id = run_id
         # 1. Journal the start; before-images are keyed by its position.

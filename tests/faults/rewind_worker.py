@@ -1,0 +1,64 @@
+"""Child process of test_rewind_crash.py: rewind a replica until killed.
+
+Usage: rewind_worker.py STATE SCENARIO REPLICA (POINT | --open-only) [DIE_AT_RENAME]
+
+Opens the engine in STATE with ``durability="sync"`` (which completes any
+interrupted rewind) and, unless ``--open-only``, rewinds REPLICA to the rewind
+point named POINT. Prints ``OPENING`` before the open, ``READY`` once the
+engine is open, ``U`` after every before-image it has undone (one write(2)
+each, so the parent can kill it after a chosen number of them), and ``DONE``
+at the end. With DIE_AT_RENAME = N it kills itself (SIGKILL) just before the
+N-th rename of a temporary file into place: a whole-file write (``replace``)
+interrupted with its temporary file written and fsynced.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+
+import xoengine.rewind as rewind_module
+from xoengine.engine import Engine
+from xoengine.tree import TMP_PREFIX
+
+
+def say(line: str) -> None:
+    data = (line + "\n").encode()
+    while data:
+        data = data[os.write(1, data) :]
+
+
+def main() -> None:
+    state, scenario, replica, point = sys.argv[1:5]
+    undo_one = rewind_module.undo_one
+
+    def reporting_undo_one(*args: object, **kwargs: object) -> None:
+        undo_one(*args, **kwargs)  # type: ignore[arg-type]
+        say("U")
+
+    rewind_module.undo_one = reporting_undo_one  # type: ignore[assignment]
+    if len(sys.argv) > 5:
+        countdown = [int(sys.argv[5])]
+        rename = os.rename
+
+        def dying_rename(src: str, dst: str, **kwargs: int) -> None:
+            if isinstance(src, str) and src.startswith(TMP_PREFIX):
+                countdown[0] -= 1
+                if countdown[0] <= 0:
+                    say("DYING")
+                    os.kill(os.getpid(), signal.SIGKILL)
+            rename(src, dst, **kwargs)
+
+        os.rename = dying_rename  # type: ignore[assignment]
+    say("OPENING")
+    eng = Engine.open(state, durability="sync")
+    say("READY")
+    if point != "--open-only":
+        eng.scenario(scenario).rewind(replica, point)
+    eng.close()
+    say("DONE")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,904 @@
+"""Forensics, rewind, retention and the difference report on real trees and a real journal.
+
+- Forensics from a read-only *copy* of the journal (``xoengine journal copy``):
+  replay of the whole tree, one file and one subtree; ``history`` of a path
+  through its rename chain; ``bisect`` for the last good position, with a
+  ransomware-like burst (one capture rewriting 12 files) reported; the CLI verbs.
+- Retention on a live engine: ``trim_undo`` journals ``UndoTrimmed`` and the
+  ``AW0002`` alert; what a rewind to a point whose before-images are gone does.
+- Time to position across a wall clock that jumps back: labels never go back,
+  and a time resolves to the last position labelled at or before it.
+- The difference report during a suspension and after the resume.
+
+Tests whose first comment says "Was a bug" are regressions for bugs found
+while writing them (all fixed since).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+import os
+import stat
+import types
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import xoengine.journal as journal_module
+from xoengine.cli import main
+from xoengine.engine import Engine, Scenario
+from xoengine.errors import RewindUnreachableError, XoError
+from xoengine.events import AlertRaised, ReplicaRewound, UndoTrimmed
+from xoengine.rewind import RetentionPolicy
+
+Node = tuple[Any, ...]
+EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+
+
+def snapshot(root: str | os.PathLike[str]) -> dict[bytes, Node]:
+    """Every entry under ``root``: kind, permission bits, content or link target."""
+    out: dict[bytes, Node] = {}
+
+    def visit(rel: bytes) -> None:
+        with os.scandir(os.path.join(os.fsencode(root), rel)) as entries:
+            for entry in entries:
+                path = os.path.join(rel, entry.name) if rel else entry.name
+                st = entry.stat(follow_symlinks=False)
+                if stat.S_ISLNK(st.st_mode):
+                    out[path] = ("symlink", os.readlink(entry.path))
+                elif stat.S_ISDIR(st.st_mode):
+                    out[path] = ("dir", stat.S_IMODE(st.st_mode))
+                    visit(path)
+                else:
+                    with open(entry.path, "rb") as f:
+                        out[path] = ("file", stat.S_IMODE(st.st_mode), f.read())
+
+    visit(b"")
+    return out
+
+
+def subtree(tree: dict[bytes, Node], top: bytes) -> dict[bytes, Node]:
+    """The entries of ``tree`` at or under ``top`` (paths kept as they are)."""
+    return {p: n for p, n in tree.items() if p == top or p.startswith(top + b"/")}
+
+
+def with_parents(
+    tree: dict[bytes, Node], top: bytes, replayed: dict[bytes, Node]
+) -> dict[bytes, Node]:
+    """``subtree`` plus the parent directories a replay of ``top`` has to make (any mode)."""
+    out = subtree(tree, top)
+    parts = top.split(b"/")
+    for depth in range(1, len(parts)):
+        parent = b"/".join(parts[:depth])
+        out[parent] = replayed.get(parent, ("dir", None))
+    return out
+
+
+def journal_events(eng: Engine, *classes: type) -> list[tuple[int, Any]]:
+    """``(position, event)`` of the given event classes, in journal order."""
+    topics = [f"xoengine.events:{c.__name__}" for c in classes]
+    notes = eng.recorder.select_notifications(1, 1_000_000, topics=topics)
+    return [(n.id, eng.app.mapper.to_domain_event(n)) for n in notes]
+
+
+def at_ns(ns: int) -> dt.datetime:
+    """The aware datetime of a UTC ns time (exact to the microsecond, no float)."""
+    return EPOCH + dt.timedelta(microseconds=ns // 1000)
+
+
+def write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+
+
+def new_engine(base: Path, **options: Any) -> tuple[Engine, Scenario, Path]:
+    master = base / "master"
+    master.mkdir(exist_ok=True)
+    eng = Engine.open(base / "state", durability="nosync")
+    sc = eng.create_scenario(
+        "fx",
+        master=str(master),
+        replicas={"r1": str(base / "r1"), "r2": str(base / "r2")},
+        **options,
+    )
+    return eng, sc, master
+
+
+# -- the forensic world: one history, investigated from a read-only copy ----------------------
+
+DOCS = [f"docs/f{i:02}.txt".encode() for i in range(12)]
+
+
+@dataclasses.dataclass
+class World:
+    base: Path
+    state: Path
+    copy: Path
+    trees: dict[str, dict[bytes, Node]]
+    points: dict[str, int]
+    before_burst: int
+    history_path: str
+
+
+def _good(data: bytes) -> bool:
+    return data.startswith(b"GOOD")
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> World:
+    """A scenario with a scripted history, then a hot copy of its journal.
+
+    report.txt: created (1000 bytes), 5 bytes written at 100, renamed to
+    archive/report-2024.txt, renamed to archive/old/report.txt, deleted.
+    docs/: 12 files starting with "GOOD", all rewritten by one capture
+    (the burst) after point "good".
+    """
+    base = tmp_path_factory.mktemp("world")
+    eng, sc, master = new_engine(base)
+    for i, doc in enumerate(DOCS):
+        write(master / os.fsdecode(doc), b"GOOD " + bytes([65 + i]) * (300 + 50 * i))
+    write(master / "notes.txt", b"notes\n")
+    (master / "lib").mkdir()
+    os.symlink("../notes.txt", master / "lib" / "notes-link")
+    sc.start()
+    trees: dict[str, dict[bytes, Node]] = {}
+    points: dict[str, int] = {}
+
+    def mark(name: str) -> None:
+        points[name] = sc.set_rewind_point(name).position
+        trees[name] = snapshot(master)
+
+    mark("start")
+    with sc.open("report.txt", "wb") as f:  # exact byte ranges
+        f.write(b"R" * 1000)
+    with sc.open("report.txt", "r+b") as f:
+        f.seek(100)
+        f.write(b"XYZXY")
+    mark("written")
+    (master / "archive").mkdir()
+    sc.capture()
+    os.rename(master / "report.txt", master / "archive" / "report-2024.txt")
+    sc.capture()
+    (master / "archive" / "old").mkdir()
+    sc.capture()
+    os.rename(master / "archive" / "report-2024.txt", master / "archive" / "old" / "report.txt")
+    mark("renamed")
+    with (master / "notes.txt").open("ab") as f:
+        f.write(b"one more line\n")
+    mark("good")
+    before_burst = eng.recorder.max_notification_id() or 0
+    for doc in DOCS:  # ransomware: every document rewritten, one capture
+        path = master / os.fsdecode(doc)
+        size = path.stat().st_size
+        path.write_bytes((b"ENCRYPTED" * (size // 9 + 1))[:size])
+    sc.capture()
+    mark("burst")
+    (master / "archive" / "old" / "report.txt").unlink()
+    with (master / "notes.txt").open("ab") as f:
+        f.write(b"after\n")
+    mark("end")
+    sc.wait_replicated()
+    copy = base / "journal-copy"
+    # Hot copy: the engine is still open.
+    assert main(["journal", "copy", str(base / "state" / "journal"), str(copy)]) == 0
+    eng.close()
+    return World(base, base / "state", copy, trees, points, before_burst, "report.txt")
+
+
+@pytest.fixture
+def ro(world: World) -> Any:
+    with Engine.open(world.copy, readonly=True) as eng:
+        yield eng
+
+
+def test_replay_from_readonly_copy_rebuilds_every_point(
+    world: World, ro: Engine, tmp_path: Path
+) -> None:
+    for name, position in world.points.items():
+        out = tmp_path / name
+        result = ro.replay("fx", to=out, position=position)
+        assert result.position == position
+        assert snapshot(out) == world.trees[name], name
+
+
+def test_replay_from_readonly_copy_rebuilds_one_file(
+    world: World, ro: Engine, tmp_path: Path
+) -> None:
+    out = tmp_path / "one"
+    result = ro.replay(
+        "fx", to=out, position=world.points["renamed"], path="archive/old/report.txt"
+    )
+    assert result.files == 1
+    got = snapshot(out)
+    want = with_parents(world.trees["renamed"], b"archive/old/report.txt", got)
+    assert got == want
+    assert got[b"archive/old/report.txt"][2] == b"R" * 100 + b"XYZXY" + b"R" * 895
+
+
+def test_replay_from_readonly_copy_rebuilds_one_subtree(
+    world: World, ro: Engine, tmp_path: Path
+) -> None:
+    for name in ("good", "burst"):
+        out = tmp_path / name
+        ro.replay("fx", to=out, position=world.points[name], path="docs")
+        assert snapshot(out) == subtree(world.trees[name], b"docs"), name
+
+
+def test_replay_at_a_time_uses_the_last_position_labelled_before_it(
+    world: World, ro: Engine, tmp_path: Path
+) -> None:
+    position = world.points["written"]
+    label = ro.recorder.time_of(position)
+    following = ro.recorder.time_of(position + 1)  # the point's own event
+    if following - label < 2000:
+        pytest.skip("two labels within 2 us: a time between them is not expressible")
+    when = at_ns(label + 1000)
+    assert ro.position_of(at=when) == ro.recorder.position_at(label + 1000) == position
+    out = tmp_path / "at"
+    ro.replay("fx", to=out, at=when)
+    assert snapshot(out) == world.trees["written"]
+
+
+def test_replay_refuses_a_destination_that_is_not_empty(
+    world: World, ro: Engine, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    ro.replay("fx", to=out, position=world.points["end"])
+    before = snapshot(out)
+    with pytest.raises(XoError):
+        ro.replay("fx", to=out, position=world.points["start"])  # would leave "end" files in it
+    assert snapshot(out) == before
+    (tmp_path / "file").write_bytes(b"x")
+    with pytest.raises(XoError):
+        ro.replay("fx", to=tmp_path / "file", position=world.points["start"])
+    (tmp_path / "empty").mkdir()
+    ro.replay("fx", to=tmp_path / "empty", position=world.points["start"])
+    assert snapshot(tmp_path / "empty") == world.trees["start"]
+
+
+def test_replay_readonly_leaves_the_copy_unchanged(world: World, tmp_path: Path) -> None:
+    before = {p.name: p.read_bytes() for p in world.copy.iterdir() if p.name == "data.mdb"}
+    with Engine.open(world.copy, readonly=True) as eng:
+        eng.replay("fx", to=tmp_path / "x", position=world.points["end"])
+        eng.history("fx", "notes.txt")
+    assert {p.name: p.read_bytes() for p in world.copy.iterdir() if p.name == "data.mdb"} == before
+
+
+HISTORY = [
+    ("created", "report.txt", None, [], None),
+    ("written", "report.txt", None, [[0, 1000]], 1000),
+    ("written", "report.txt", None, [[100, 5]], 1000),
+    ("renamed", "report.txt", "archive/report-2024.txt", [], None),
+    ("renamed", "archive/report-2024.txt", "archive/old/report.txt", [], None),
+    ("deleted", "archive/old/report.txt", None, [], None),
+]
+
+
+@pytest.mark.parametrize(
+    "path", ["report.txt", "archive/report-2024.txt", "archive/old/report.txt"]
+)
+def test_history_follows_creation_writes_rename_chain_and_deletion(ro: Engine, path: str) -> None:
+    entries = ro.history("fx", path)
+    # Captures after a rename may journal a metadata change (the ctime moved): not asked about.
+    got = [
+        (e.operation, e.path, e.new_path, e.ranges, e.size)
+        for e in entries
+        if e.operation != "metadata"
+    ]
+    assert got == HISTORY
+    positions = [e.position for e in entries]
+    assert positions == sorted(positions)
+    times = [dt.datetime.fromisoformat(e.time) for e in entries]
+    assert times == sorted(times)
+
+
+def test_history_of_an_unknown_path_is_empty(ro: Engine) -> None:
+    assert ro.history("fx", "never/was.txt") == []
+
+
+def test_diff_between_points_names_renames_and_byte_ranges(world: World, ro: Engine) -> None:
+    result = ro.diff("fx", world.points["start"], world.points["written"])
+    assert result.added == ["report.txt"]
+    assert result.removed == []
+    assert result.modified == {}  # created after "start": added, not modified
+    result = ro.diff("fx", world.points["written"], world.points["renamed"])
+    assert result.renamed == {"report.txt": "archive/old/report.txt"}
+    assert result.added == ["archive", "archive/old"]
+    result = ro.diff("fx", world.points["good"], world.points["burst"])
+    assert sorted(result.modified) == sorted(os.fsdecode(d) for d in DOCS)
+    for doc in DOCS:
+        size = len(world.trees["burst"][doc][2])
+        covered = sum(length for _, length in result.modified[os.fsdecode(doc)])
+        assert covered >= size - len(b"GOOD ") + 4  # everything after "GOOD" changed
+
+
+def test_bisect_finds_last_good_position_and_the_burst(world: World, ro: Engine) -> None:
+    def docs_good(directory: str) -> bool:
+        docs = Path(directory) / "docs"
+        return all(_good(p.read_bytes()) for p in docs.iterdir()) if docs.exists() else True
+
+    result = ro.bisect("fx", docs_good)
+    assert result.last_good == world.before_burst
+    assert result.first_bad == world.before_burst + 1
+    assert result.burst_position == world.before_burst + 1
+    assert result.burst_files == len(DOCS)
+    # Binary search, not a scan.
+    assert len(result.probes) <= 2 + (world.points["end"]).bit_length() + 1
+    # The initial load (16 files created in one commit) is not a burst.
+    assert ro.bisect("fx", docs_good, between=(0, world.points["good"])).burst_position is None
+    # Narrowed bounds give the same answer.
+    narrowed = ro.bisect("fx", docs_good, between=(world.points["good"], world.points["end"]))
+    assert (narrowed.last_good, narrowed.first_bad) == (result.last_good, result.first_bad)
+
+
+def test_bisect_of_one_file_with_a_good_end_returns_the_end(world: World, ro: Engine) -> None:
+    result = ro.bisect(
+        "fx",
+        lambda p: not os.path.exists(p) or Path(p).read_bytes().startswith(b"notes"),
+        path="notes.txt",
+    )
+    assert result.first_bad is None
+    assert (
+        result.last_good == world.points["end"] + 1
+    )  # the journal's end: the "end" point's own event
+
+
+def test_bisect_refuses_a_bad_lower_bound(world: World, ro: Engine) -> None:
+    with pytest.raises(XoError):
+        ro.bisect("fx", lambda d: False, between=(world.points["good"], world.points["end"]))
+
+
+# -- the CLI verbs ------------------------------------------------------------------------------
+
+
+def _json(capsys: pytest.CaptureFixture[str], argv: list[str]) -> Any:
+    capsys.readouterr()
+    assert main(argv) == 0, capsys.readouterr().err
+    return json.loads(capsys.readouterr().out)
+
+
+def test_cli_forensic_verbs_on_the_journal_copy(
+    world: World, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    copy = str(world.copy)
+    out = tmp_path / "replay"
+    shown = _json(
+        capsys,
+        [
+            "replay",
+            copy,
+            "fx",
+            "--to",
+            str(out),
+            "--position",
+            str(world.points["renamed"]),
+            "--json",
+        ],
+    )
+    assert shown["position"] == world.points["renamed"]
+    assert snapshot(out) == world.trees["renamed"]
+
+    history = _json(capsys, ["history", copy, "fx", "report.txt", "--json"])
+    with Engine.open(world.copy, readonly=True) as eng:
+        assert history == [dataclasses.asdict(e) for e in eng.history("fx", "report.txt")]
+        expected_diff = eng.diff("fx", world.points["written"], world.points["end"])
+    assert [h["operation"] for h in history if h["operation"] != "metadata"] == [
+        h[0] for h in HISTORY
+    ]
+
+    diff = _json(
+        capsys,
+        ["diff", copy, "fx", str(world.points["written"]), str(world.points["end"]), "--json"],
+    )
+    assert diff == json.loads(json.dumps(dataclasses.asdict(expected_diff)))
+    assert "report.txt" in diff["removed"]
+
+
+def test_cli_rewind_points_rewind_and_difference(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    eng, sc, master = new_engine(tmp_path)
+    write(master / "a", b"first")
+    sc.start()
+    one = sc.set_rewind_point("one")
+    tree_one = snapshot(master)
+    write(master / "a", b"second version")
+    write(master / "sub" / "b", b"bbb")
+    two = sc.set_rewind_point("two")
+    sc.wait_replicated()
+    eng.close()
+    state = str(tmp_path / "state")
+    nosync = ["--durability", "nosync"]
+
+    rows = _json(capsys, ["rewind-points", state, "fx", "--json", *nosync])
+    by_name = {r["name"]: r for r in rows}
+    assert by_name["one"]["position"] == one.position
+    assert by_name["two"]["position"] == two.position
+    assert by_name["one"]["kind"] == "user"
+    assert dt.datetime.fromisoformat(by_name["one"]["time"]) <= dt.datetime.fromisoformat(
+        by_name["two"]["time"]
+    )
+
+    held = _json(capsys, ["rewind", state, "fx", "r1", "one", "--json", *nosync])
+    assert held == {"replica": "r1", "position": one.position}
+    assert snapshot(tmp_path / "r1") == tree_one
+
+    report = _json(capsys, ["difference", state, "fx", "r1", "--verify", "--json", *nosync])
+    assert report["suspended"] is True
+    assert report["differences"] == {
+        "a": "content",
+        "sub": "missing on the replica",
+        "sub/b": "missing on the replica",
+    }
+    # Rewound to "one": what the journal holds after it is pending again.
+    assert set(report["pending"]) == {"a", "sub", "sub/b"}
+
+    other = _json(capsys, ["difference", state, "fx", "r2", "--verify", "--json", *nosync])
+    assert other["differences"] == {}
+    assert other["suspended"] is False
+
+
+# -- retention on a live engine -----------------------------------------------------------------
+
+
+def _history_with_points(
+    tmp_path: Path,
+) -> tuple[Engine, Scenario, Path, list[tuple[Any, dict[bytes, Node]]]]:
+    eng, sc, master = new_engine(tmp_path)
+    write(master / "a", b"a0" * 300)
+    sc.start()
+    marks = []
+    for i in range(1, 5):
+        write(master / "a", f"a{i}".encode() * (300 + 100 * i))
+        write(master / f"f{i}", bytes([i]) * 2000)
+        marks.append((sc.set_rewind_point(f"p{i}"), snapshot(master)))
+    sc.wait_replicated()
+    return eng, sc, master, marks
+
+
+def test_trim_undo_journals_the_trim_and_keeps_the_newest_point(tmp_path: Path) -> None:
+    eng, sc, master, marks = _history_with_points(tmp_path)
+    try:
+        undo_before = sc.statistics().replicas["r1"].undo_records
+        decisions = sc.trim_undo(RetentionPolicy(max_bytes=1, min_points=1))
+        newest = max(p.position for p in sc.rewind_points())
+        for replica in ("r1", "r2"):
+            assert decisions[replica].trim_upto == newest
+            assert decisions[replica].reasons == ("size",)
+        trims = [e for _, e in journal_events(eng, UndoTrimmed)]
+        assert sorted(e.replica for e in trims) == ["r1", "r2"]
+        for event in trims:
+            assert event.upto == newest
+            assert event.bytes == decisions[event.replica].records_bytes > 0
+            assert event.records > 0
+            assert event.reasons == ["size"]
+        assert sc.statistics().replicas["r1"].undo_records == undo_before - next(
+            e.records for e in trims if e.replica == "r1"
+        )
+        assert not journal_events(eng, AlertRaised)
+        # The newest point stays reachable: changes after it, then a rewind to it.
+        last_point, last_tree = marks[-1]
+        assert last_point.position == newest
+        write(master / "a", b"later")
+        sc.capture()
+        sc.wait_replicated()
+        sc.rewind("r1", last_point)
+        assert snapshot(tmp_path / "r1") == last_tree
+    finally:
+        eng.close()
+
+
+def test_trim_undo_alerts_when_the_window_nears_the_budget(tmp_path: Path) -> None:
+    eng, sc, _master, _marks = _history_with_points(tmp_path)
+    try:
+        held = sum(size for _, size in sc._appliers["r1"].undo.position_sizes())
+        now = eng.recorder.time_of(eng.recorder.max_notification_id() or 0) + 1
+        # The window covers everything; the budget is just above what the window holds.
+        policy = RetentionPolicy(max_bytes=int(held / 0.85), window_s=3600, min_points=0)
+        decisions = sc.trim_undo(policy, now_ns=now)
+        assert decisions["r1"].trim_upto == 0
+        assert decisions["r1"].alert is not None
+        alerts = [e for _, e in journal_events(eng, AlertRaised)]
+        assert {a.details["replica"] for a in alerts} == {"r1", "r2"}
+        assert all(a.code == "AW0002" and a.severity == "warning" for a in alerts)
+        assert not journal_events(eng, UndoTrimmed)
+        # Comfortably under 80 %: no alert.
+        sc.trim_undo(RetentionPolicy(max_bytes=held * 2, window_s=3600, min_points=0), now_ns=now)
+        assert len(journal_events(eng, AlertRaised)) == len(alerts)
+    finally:
+        eng.close()
+
+
+def test_rewind_to_a_trimmed_point_is_refused(tmp_path: Path) -> None:
+    # Was a bug: the rewind stopped at the trim position and reported success.
+    eng, sc, _master, marks = _history_with_points(tmp_path)
+    try:
+        sc.trim_undo(RetentionPolicy(max_bytes=1, min_points=1))
+        before = snapshot(tmp_path / "r1")
+        with pytest.raises(RewindUnreachableError) as refused:
+            sc.rewind("r1", marks[0][0])
+        assert refused.value.code == "E3012"
+        assert snapshot(tmp_path / "r1") == before  # refused before touching anything
+        # The newest point is still reachable.
+        sc.rewind("r1", marks[-1][0])
+        assert snapshot(tmp_path / "r1") == marks[-1][1]
+    finally:
+        eng.close()
+
+
+def test_engine_opens_after_a_refused_rewind(tmp_path: Path) -> None:
+    # Was a bug: the refusal left its RewindStarted pending and every later open raised.
+    eng, sc, _master, marks = _history_with_points(tmp_path)
+    sc.trim_undo(RetentionPolicy(max_bytes=1, min_points=1))
+    before = snapshot(tmp_path / "r1")
+    with pytest.raises(RewindUnreachableError):
+        sc.rewind("r1", marks[0][0])
+    eng.close()
+    with Engine.open(tmp_path / "state", durability="nosync") as eng:
+        assert snapshot(tmp_path / "r1") == before
+        eng.scenario("fx").rewind("r1", marks[-1][0])
+        assert snapshot(tmp_path / "r1") == marks[-1][1]
+
+
+def test_rewind_into_the_gap_left_by_an_earlier_rewind_is_exact(tmp_path: Path) -> None:
+    # Was a bug: after a rewind to P and a resume, a rewind to a point between P and the
+    # resume's resync silently gave the tree at P (those before-images were consumed).
+    eng, sc, _master, marks = _history_with_points(tmp_path)
+    try:
+        sc.rewind("r1", marks[0][0])
+        sc.resume("r1")
+        sc.wait_replicated()
+        for point, tree in [marks[2], marks[1], marks[3], marks[0], marks[2]]:
+            sc.rewind("r1", point)
+            assert snapshot(tmp_path / "r1") == tree, point.name
+    finally:
+        eng.close()
+
+
+def test_rewind_after_resume_reaches_points_before_and_after_the_gap(tmp_path: Path) -> None:
+    eng, sc, master, marks = _history_with_points(tmp_path)
+    try:
+        sc.rewind("r1", marks[1][0])
+        sc.resume("r1")
+        sc.wait_replicated()
+        write(master / "late", b"late")
+        late = sc.set_rewind_point("late")
+        late_tree = snapshot(master)
+        write(master / "a", b"newest")
+        sc.capture()
+        sc.wait_replicated()
+        for point, tree in [(late, late_tree), marks[1], marks[0], (late, late_tree)]:
+            sc.rewind("r1", point)
+            assert snapshot(tmp_path / "r1") == tree, point.name
+    finally:
+        eng.close()
+
+
+def test_rewind_removes_directory_made_for_a_rename(tmp_path: Path) -> None:
+    # Was a bug: the capture journaled the rename before the directories' FileCreated, the
+    # applier made them implicitly (before-image "replaced", not "created"), and a rewind
+    # left them behind.
+    eng, sc, master = new_engine(tmp_path)
+    try:
+        write(master / "a", b"a")
+        sc.start()
+        start = sc.set_rewind_point("start")
+        tree = snapshot(master)
+        (master / "x" / "y").mkdir(parents=True)
+        os.rename(master / "a", master / "x" / "y" / "a")
+        sc.set_rewind_point("moved")
+        sc.wait_replicated()
+        sc.rewind("r1", start)
+        assert snapshot(tmp_path / "r1") == tree
+    finally:
+        eng.close()
+
+
+def test_capture_file_renamed_onto_its_removed_parent(tmp_path: Path) -> None:
+    # Was a KeyError in the scan (the rename's source went with the replaced directory).
+    eng, sc, master = new_engine(tmp_path)
+    try:
+        write(master / "d" / "f", b"fff")
+        sc.start()
+        os.rename(master / "d" / "f", master / "tmp")
+        (master / "d").rmdir()
+        os.rename(master / "tmp", master / "d")
+        sc.capture()
+        sc.wait_replicated()
+        assert snapshot(tmp_path / "r1") == snapshot(master)
+    finally:
+        eng.close()
+
+
+def test_rewind_across_a_resync_restores_the_modes_it_changed(tmp_path: Path) -> None:
+    # Was a bug: the resync set mode and mtime of a file with the same bytes but another
+    # mtime without a before-image, so a rewind across it kept the new mode.
+    eng, sc, master = new_engine(tmp_path)
+    try:
+        write(master / "b", b"\x00")
+        sc.start()
+        start = sc.set_rewind_point("start")
+        tree = snapshot(master)
+        os.chmod(master / "b", 0o600)
+        with (master / "b").open("r+b") as f:
+            f.write(b"\x00")  # same bytes, new mtime
+        sc.capture()
+        sc.wait_replicated()
+        sc.rewind("r1", start)
+        sc.resume("r1")  # the resync puts the mode (and mtime) back to the master's
+        sc.wait_replicated()
+        sc.rewind("r1", start)
+        assert snapshot(tmp_path / "r1") == tree
+    finally:
+        eng.close()
+
+
+def test_resume_after_a_rewind_across_a_directory_replaced_by_a_file(tmp_path: Path) -> None:
+    # Was a bug: the resync deleted the directory with its children keeping only the
+    # directory's before-image, then failed deleting the children (E2004).
+    eng, sc, master = new_engine(tmp_path)
+    try:
+        write(master / "a" / "a", b"inside")
+        sc.start()
+        start = sc.set_rewind_point("start")
+        tree = snapshot(master)
+        (master / "a" / "a").unlink()
+        (master / "a").rmdir()
+        write(master / "a", b"now a file")
+        sc.capture()
+        sc.wait_replicated()
+        sc.rewind("r1", start)
+        sc.resume("r1")
+        sc.wait_replicated()
+        assert snapshot(tmp_path / "r1") == snapshot(master)
+        sc.rewind("r1", start)  # back across the resync: the directory and its file again
+        assert snapshot(tmp_path / "r1") == tree
+    finally:
+        eng.close()
+
+
+def test_rewind_after_a_forward_rewind_and_resume_is_exact(tmp_path: Path) -> None:
+    # Was a bug: a rewind that ended by applying the journal forward opened no gap at its
+    # target, so after a resume the points between it and the resync gave its state.
+    eng, sc, master = new_engine(tmp_path)
+    try:
+        sc.start()
+        marks = []
+        for i in range(1, 5):
+            write(master / "f", b"v%d" % i)
+            marks.append((sc.set_rewind_point(f"p{i}"), snapshot(master)))
+        sc.wait_replicated()
+        sc.rewind("r1", marks[0][0])
+        sc.rewind("r1", marks[2][0])  # forward
+        sc.resume("r1")
+        sc.wait_replicated()
+        for point, tree in [marks[3], marks[1], marks[3], marks[2]]:
+            sc.rewind("r1", point)
+            assert snapshot(tmp_path / "r1") == tree, point.name
+    finally:
+        eng.close()
+
+
+# -- time to position across a clock that jumps back ------------------------------------------
+
+
+class FakeClock:
+    """``time.time_ns`` as xoengine.journal sees it: 1 ms per reading, moved by hand."""
+
+    def __init__(self, start_ns: int) -> None:
+        self.now = start_ns
+        self.step = 1_000_000
+        self.readings: list[int] = []
+
+    def time_ns(self) -> int:
+        self.now += self.step
+        self.readings.append(self.now)
+        return self.now
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
+    fake = FakeClock(1_800_000_000 * 10**9 + 123)  # labels off the microsecond grid
+    monkeypatch.setattr(journal_module, "time", types.SimpleNamespace(time_ns=fake.time_ns))
+    return fake
+
+
+def test_clock_jump_back_keeps_labels_and_positions_in_order(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    eng, sc, master = new_engine(tmp_path)
+    try:
+        write(master / "f", b"v0")
+        sc.start()
+        trees: dict[str, dict[bytes, Node]] = {}
+        points = {}
+        for name, content, jump in [
+            ("a", b"v1", 0),
+            ("b", b"v2-", -10 * 10**9),  # wall clock stepped back 10 s
+            ("c", b"v3--", 0),  # still behind the last label
+            ("d", b"v4---", +30 * 10**9),  # and ahead again
+        ]:
+            clock.now += jump
+            write(master / "f", content)
+            points[name] = sc.set_rewind_point(name)
+            trees[name] = snapshot(master)
+        sc.wait_replicated()
+        top = eng.recorder.max_notification_id() or 0
+        labels = {p: eng.recorder.time_of(p) for p in range(1, top + 1)}
+        # Labels never go back; the clock did.
+        assert all(labels[p] <= labels[p + 1] for p in range(1, top))
+        assert any(b < a for a, b in zip(clock.readings, clock.readings[1:], strict=False))
+        # Positions are commit order whatever the labels say.
+        assert [points[n].position for n in "abcd"] == sorted(points[n].position for n in "abcd")
+        assert (
+            labels[points["b"].position]
+            == labels[points["c"].position]
+            == labels[points["a"].position + 1]
+        )
+
+        def documented(t: int) -> int:
+            return max((p for p, label in labels.items() if label <= t), default=0)
+
+        probes = {t + d for t in [*labels.values(), *clock.readings] for d in (-1, 0, 1)}
+        for t in sorted(probes):
+            assert eng.recorder.position_at(t) == documented(t), t
+        # Times expressed as datetimes (microseconds), half a step away from any label.
+        for point in points.values():
+            label = labels[point.position]
+            when = at_ns(label + 500_000)
+            assert eng.position_of(at=when) == documented(label + 500_000)
+            assert sc.resolve(at=when) == documented(label + 500_000)
+        # "The time of b" is also the time of c: they share a label, so it resolves to c.
+        assert sc.resolve(at=at_ns(labels[points["b"].position] + 500_000)) >= points["c"].position
+        # A time-based rewind lands on the documented position and its tree.
+        for name in ("c", "a", "d"):
+            label = labels[points[name].position]
+            held = sc.rewind("r1", at=at_ns(label + 500_000))
+            assert held == documented(label + 500_000)
+            assert snapshot(tmp_path / "r1") == trees[name], name
+        # Before the first label: position 0.
+        assert eng.recorder.position_at(labels[1] - 1) == 0
+    finally:
+        eng.close()
+
+
+def test_time_equal_to_a_label_resolves_to_that_position(tmp_path: Path, clock: FakeClock) -> None:
+    # Was a bug: datetimes went through a float (int(at.timestamp() * 1e9)), ~240 ns off.
+    eng, sc, master = new_engine(tmp_path)
+    try:
+        write(master / "f", b"v0")
+        sc.start()
+        # A label on the microsecond grid whose float conversion rounds down.
+        label = next(
+            ns
+            for ns in range(clock.now + 10**9 - clock.now % 1000, clock.now + 2 * 10**9, 1000)
+            if int(at_ns(ns).timestamp() * 1e9) < ns
+        )
+        clock.now = label - clock.step
+        sc.set_rewind_point("exact")  # nothing to capture: one append, labelled `label`
+        position = eng.recorder.max_notification_id() or 0
+        assert eng.recorder.time_of(position) == label
+        sc.set_rewind_point("after")
+        assert eng.recorder.position_at(label) == position
+        assert eng.position_of(at=at_ns(label)) == position
+    finally:
+        eng.close()
+
+
+def test_clock_labels_never_go_back_across_a_restart(tmp_path: Path, clock: FakeClock) -> None:
+    # Was a bug: a new process's clock started from 0, not from the journal's last label.
+    eng, sc, master = new_engine(tmp_path)
+    write(master / "f", b"v0")
+    sc.start()
+    write(master / "f", b"v1")
+    sc.capture()
+    path = eng.store.path
+    eng.close()
+    journal_module._Clock._clocks.pop(path, None)
+    clock.now -= 3600 * 10**9  # the wall clock was an hour ahead; NTP stepped it back
+    eng = Engine.open(tmp_path / "state", durability="nosync")
+    try:
+        write(master / "f", b"v2")
+        eng.scenario("fx").capture()
+        top = eng.recorder.max_notification_id() or 0
+        labels = [eng.recorder.time_of(p) for p in range(1, top + 1)]
+        assert labels == sorted(labels)
+    finally:
+        eng.close()
+
+
+# -- the difference report ----------------------------------------------------------------------
+
+
+def test_difference_report_shows_pending_changes_during_a_suspension(tmp_path: Path) -> None:
+    eng, sc, master = new_engine(tmp_path)
+    try:
+        write(master / "a", b"a" * 5000)
+        write(master / "b", b"bbb")
+        write(master / "e", b"eee")
+        sc.start()
+        sc.suspend("r1")
+        with sc.open("a", "r+b") as f:  # exact ranges: 100 bytes at 2000
+            f.seek(2000)
+            f.write(b"Z" * 100)
+        with sc.open("c", "wb") as f:
+            f.write(b"c" * 300)
+        (master / "b").unlink()
+        (master / "d").mkdir()
+        os.chmod(master / "e", 0o600)
+        sc.capture()
+        sc.wait_replicated()
+        report = sc.difference_report("r1", verify=True)
+        assert report["suspended"] is True
+        assert report["applied_position"] < report["journal_position"]
+        assert set(report["pending"]) == {"a", "b", "c", "d", "e"}
+        assert report["pending_files"] == 5
+        assert report["pending_bytes"] == 400
+        assert report["pending"]["a"] == {"events": 1, "bytes": 100}
+        assert report["pending"]["c"]["bytes"] == 300
+        differences = report["differences"]
+        assert set(differences) == {"a", "b", "c", "d", "e"}
+        assert differences["a"] == "content"
+        assert differences["b"] == "only on the replica"
+        assert differences["c"] == differences["d"] == "missing on the replica"
+        assert differences["e"].startswith("mode")
+        # The replica that kept replicating has nothing pending and no difference.
+        other = sc.difference_report("r2", verify=True)
+        assert (other["pending_files"], other["pending_bytes"], other["differences"]) == (0, 0, {})
+        # Without verify no tree is hashed.
+        assert "differences" not in sc.difference_report("r1")
+
+        sc.resume("r1")
+        sc.wait_replicated()
+        report = sc.difference_report("r1", verify=True)
+        assert report["suspended"] is False
+        assert (report["pending_files"], report["pending_bytes"], report["pending"]) == (0, 0, {})
+        assert report["differences"] == {}
+        assert report["applied_position"] == report["journal_position"]
+    finally:
+        eng.close()
+
+
+def test_difference_report_after_rewind_and_resume_shows_nothing(tmp_path: Path) -> None:
+    eng, sc, master = new_engine(tmp_path)
+    try:
+        write(master / "a", b"a" * 3000)
+        sc.start()
+        one = sc.set_rewind_point("one")
+        write(master / "a", b"b" * 2000)
+        write(master / "n", b"new")
+        sc.capture()
+        sc.wait_replicated()
+        sc.rewind("r1", one)
+        during = sc.difference_report("r1", verify=True)
+        assert set(during["differences"]) == {"a", "n"}
+        runs_before = len(sc.sync_report("r1", last_only=False)["runs"])
+        sc.resume("r1")
+        sc.wait_replicated()
+        runs = sc.sync_report("r1", last_only=False)["runs"]
+        assert len(runs) == runs_before + 1
+        assert runs[-1]["level"] == "block"
+        after = sc.difference_report("r1", verify=True)
+        assert (after["pending_files"], after["differences"]) == (0, {})
+        assert snapshot(tmp_path / "r1") == snapshot(master)
+    finally:
+        eng.close()
+
+
+def test_rewind_leaves_the_master_and_other_replicas_alone(tmp_path: Path) -> None:
+    eng, sc, master, marks = _history_with_points(tmp_path)
+    try:
+        master_tree = snapshot(master)
+        sc.rewind("r1", marks[0][0])
+        assert snapshot(master) == master_tree
+        sc.wait_replicated()
+        assert snapshot(tmp_path / "r2") == master_tree
+        assert sc.suspended == {"r1"}
+        events = [e for _, e in journal_events(eng, ReplicaRewound)]
+        assert [(e.replica, e.to_position) for e in events] == [("r1", marks[0][0].position)]
+        assert events[0].records > 0
+    finally:
+        eng.close()

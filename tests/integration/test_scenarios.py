@@ -1,0 +1,682 @@
+"""Scenarios end to end on real trees and a real LMDB journal.
+
+Suspend and resume without resynchronization, replicas at different journal
+positions, engine restarts, scenario validation, entities, filters,
+synchronization levels, statistics and reports, and hostile paths. Trees are
+built with ``xoengine.testing`` and compared byte for byte with it.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import sqlite3
+import uuid
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from xoengine.engine import Engine, Scenario
+from xoengine.errors import (
+    OverlappingTreesError,
+    PathEscapesRootError,
+    ScenarioError,
+    ScenarioExistsError,
+    SymlinkedParentError,
+    TreeRootMissingError,
+    XoError,
+)
+from xoengine.events import AlertRaised, ContentReplaced, FileCreated, ScenarioStateChanged
+from xoengine.replica import ReplicaApplier
+from xoengine.testing import (
+    Append,
+    Chmod,
+    CreateFile,
+    Delete,
+    Insert,
+    MakeDir,
+    Operation,
+    Rename,
+    Symlink,
+    TreeBuilder,
+    Truncate,
+    WriteAt,
+    assert_trees_equal,
+    compare_trees,
+    snapshot_tree,
+    temporary_engine,
+)
+from xoengine.tree import ReplicaTree
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from pathlib import Path
+
+
+def _random(n: int, seed: int = 0) -> bytes:
+    return random.Random(seed).randbytes(n)
+
+
+# Three scripts that, one after the other, touch every kind of change.
+SCRIPT_A: list[Operation] = [
+    CreateFile("a.txt", b"hello " * 200),
+    MakeDir("docs/old", 0o750),
+    CreateFile("docs/old/big.bin", _random(40_000, 1)),
+    CreateFile(b"caf\xe9", b"non-UTF-8 name"),
+    Symlink("link-to-a", "a.txt"),
+    Symlink("docs/dangling", "../nowhere"),
+    Symlink("abs", "/nonexistent/absolute\xe9"),
+    CreateFile("empty", b""),
+]
+SCRIPT_B: list[Operation] = [
+    WriteAt("a.txt", 10, b"WORLD"),
+    Append("a.txt", b"tail"),
+    Insert("docs/old/big.bin", 20_000, b"inserted in the middle"),
+    Rename("docs/old", "docs/new"),
+    Rename(b"caf\xe9", b"docs/caf\xe9-moved"),
+    Chmod("a.txt", 0o600),
+    Truncate("empty", 3000),
+    Symlink("docs/new/up", ".."),
+]
+SCRIPT_C: list[Operation] = [
+    Truncate("docs/new/big.bin", 1000),
+    Delete("link-to-a"),
+    CreateFile("link-to-a", b"now a file"),
+    Delete("docs/new"),
+    MakeDir("docs/new"),
+    CreateFile("docs/new/x", b"x"),
+    Chmod("docs", 0o700),
+]
+
+
+@pytest.fixture
+def engine(tmp_path: Path) -> Iterator[Engine]:
+    with temporary_engine(tmp_path) as eng:
+        yield eng
+
+
+def _scenario(engine: Engine, tmp_path: Path, *replicas: str, **options: Any) -> Scenario:
+    master = tmp_path / "master"
+    master.mkdir(exist_ok=True)
+    names = replicas or ("r1",)
+    return engine.create_scenario(
+        "fs", master=master, replicas={r: tmp_path / r for r in names}, **options
+    )
+
+
+def _positions(engine: Engine) -> list[int]:
+    top = engine.recorder.max_notification_id() or 0
+    return [n.id for n in engine.recorder.select_notifications(1, top + 10)]
+
+
+def _sync_runs(sc: Scenario, replica: str) -> int:
+    return len(sc.sync_report(replica, last_only=False)["runs"])
+
+
+# -- suspend, resume, positions ------------------------------------------------------------
+
+
+def test_scenario_resume_applies_backlog_without_resync(engine: Engine, tmp_path: Path) -> None:
+    sc = _scenario(engine, tmp_path, "r1", "r2")
+    master = TreeBuilder(tmp_path / "master")
+    master.apply_all(SCRIPT_A)
+    sc.start()
+    runs = _sync_runs(sc, "r2")
+    sc.suspend("r2")
+    assert sc.statistics().replicas["r2"].suspended
+    for script in (SCRIPT_B, SCRIPT_C):
+        master.apply_all(script)
+        sc.capture()
+        sc.wait_replicated(timeout=30)
+    assert_trees_equal(tmp_path / "master", tmp_path / "r1", mtimes=True)
+    assert compare_trees(tmp_path / "master", tmp_path / "r2")  # still the old copy
+    waiting = sc.statistics().replicas["r2"]
+    assert waiting.backlog_events > 0
+    assert waiting.backlog_bytes > 0
+    assert waiting.applied_position < sc.statistics().journal_position
+
+    sc.resume("r2")
+    sc.wait_replicated(timeout=30)
+    assert_trees_equal(tmp_path / "master", tmp_path / "r2", mtimes=True)
+    caught_up = sc.statistics().replicas["r2"]
+    assert (caught_up.backlog_events, caught_up.backlog_bytes) == (0, 0)
+    assert not caught_up.suspended
+    assert _sync_runs(sc, "r2") == runs  # the backlog was applied, nothing resynchronized
+
+
+def test_scenario_replicas_at_different_positions_each_converge(
+    engine: Engine, tmp_path: Path
+) -> None:
+    sc = _scenario(engine, tmp_path, "r1", "r2")
+    master = TreeBuilder(tmp_path / "master")
+    sc.start()
+    master.apply_all(SCRIPT_A)
+    sc.capture()
+    sc.wait_replicated(timeout=30)
+    sc.suspend("r2")
+    after_a = tmp_path / "after-a"
+    shutil.copytree(tmp_path / "master", after_a, symlinks=True)
+    master.apply_all(SCRIPT_B)
+    sc.capture()
+    sc.wait_replicated(timeout=30)
+    after_b = tmp_path / "after-b"
+    shutil.copytree(tmp_path / "master", after_b, symlinks=True)
+    sc.suspend("r1")
+    master.apply_all(SCRIPT_C)
+    sc.capture()
+    # r1 holds the master after B, r2 after A: each exactly, at its own position.
+    assert_trees_equal(after_b, tmp_path / "r1", mtimes=True)
+    assert_trees_equal(after_a, tmp_path / "r2", mtimes=True)
+    stats = sc.statistics().replicas
+    assert stats["r2"].applied_position < stats["r1"].applied_position
+    assert stats["r1"].applied_position < sc.statistics().journal_position
+    # r2 overtakes r1, then both converge on the master.
+    sc.resume("r2")
+    sc.wait_replicated(timeout=30)
+    assert_trees_equal(tmp_path / "master", tmp_path / "r2", mtimes=True)
+    assert_trees_equal(after_b, tmp_path / "r1", mtimes=True)
+    sc.resume("r1")
+    sc.wait_replicated(timeout=30)
+    assert_trees_equal(tmp_path / "master", tmp_path / "r1", mtimes=True)
+
+
+def test_engine_restart_resumes_where_it_stopped(tmp_path: Path) -> None:
+    master = TreeBuilder(tmp_path / "master")
+    master.apply_all(SCRIPT_A)
+    with temporary_engine(tmp_path) as engine:
+        sc = _scenario(engine, tmp_path, "r1", "r2")
+        sc.start()
+        sc.suspend("r2")
+        master.apply_all(SCRIPT_B)
+        sc.capture()
+        sc.wait_replicated(timeout=30)
+        stopped_at = engine.recorder.max_notification_id()
+        r2_at = sc.statistics().replicas["r2"].applied_position
+        assert r2_at < (stopped_at or 0)
+    # Closed before r2 applied anything of B; reopened on the same state directory.
+    with Engine.open(tmp_path / "state", durability="nosync") as engine:
+        sc = engine.scenario("fs")
+        assert (sc.state, sc.suspended) == ("Running", {"r2"})
+        assert sc.statistics().replicas["r2"].applied_position == r2_at
+        summaries = sc.start()
+        assert [s.replica for s in summaries] == ["r1"]
+        assert summaries[0].files_changed == summaries[0].files_deleted == 0
+        master.apply_all(SCRIPT_C)
+        result = sc.capture()
+        assert result.positions[0] > (stopped_at or 0)
+        sc.resume("r2")
+        sc.wait_replicated(timeout=30)
+        assert_trees_equal(tmp_path / "master", tmp_path / "r1", mtimes=True)
+        assert_trees_equal(tmp_path / "master", tmp_path / "r2", mtimes=True)
+        positions = _positions(engine)
+        assert positions == list(range(1, len(positions) + 1))  # gapless across the restart
+
+
+# -- scenario validation -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("case", "error"),
+    [
+        ("overlapping roots", OverlappingTreesError),
+        ("replica inside its master", OverlappingTreesError),
+        ("replica inside another replica", OverlappingTreesError),
+        ("replica inside another scenario's replica", OverlappingTreesError),
+        ("master inside another scenario's master", OverlappingTreesError),
+        ("replica reached through a symlink into the master", OverlappingTreesError),
+        ("master root missing", TreeRootMissingError),
+        ("duplicate name", ScenarioExistsError),
+        ("bad kind", ScenarioError),
+        ("storage group without groups", ScenarioError),
+        ("bad name", ScenarioError),
+        ("no replica", ScenarioError),
+        ("bad block size", ScenarioError),
+    ],
+)
+def test_create_scenario_refuses_bad_definitions_and_creates_nothing(
+    engine: Engine, tmp_path: Path, case: str, error: type[XoError]
+) -> None:
+    m = tmp_path / "m"
+    (m / "sub").mkdir(parents=True)
+    (tmp_path / "other").mkdir()
+    engine.create_scenario("taken", master=tmp_path / "other", replicas={"r": tmp_path / "or"})
+    (tmp_path / "into-master").symlink_to(m)
+    args: dict[str, Any] = {"master": m, "replicas": {"r1": tmp_path / "fresh"}}
+    name = "new"
+    if case == "overlapping roots":
+        args["master"] = [m, m / "sub"]
+    elif case == "replica inside its master":
+        args["replicas"] = {"r1": m / "sub" / "rep"}
+    elif case == "replica inside another replica":
+        args["replicas"] = {"r1": tmp_path / "fresh", "r2": tmp_path / "fresh" / "r2"}
+    elif case == "replica inside another scenario's replica":
+        args["replicas"] = {"r1": tmp_path / "or" / "nested"}
+    elif case == "master inside another scenario's master":
+        args["master"] = tmp_path / "other"
+    elif case == "replica reached through a symlink into the master":
+        args["replicas"] = {"r1": tmp_path / "into-master" / "rep"}
+    elif case == "master root missing":
+        args["master"] = tmp_path / "absent"
+    elif case == "duplicate name":
+        name = "taken"
+    elif case == "bad kind":
+        args["kind"] = "exchange"
+    elif case == "storage group without groups":
+        args["kind"] = "storage_group"
+    elif case == "bad name":
+        name = "../escape"
+    elif case == "no replica":
+        args["replicas"] = {}
+    elif case == "bad block size":
+        args["block_size"] = 100
+    before = ([s.name for s in engine.scenarios()], engine.recorder.max_notification_id())
+    with pytest.raises(error) as raised:
+        engine.create_scenario(name, **args)
+    assert raised.value.code  # a coded error, for operators and the CLI
+    after = ([s.name for s in engine.scenarios()], engine.recorder.max_notification_id())
+    assert after == before  # nothing half-created: no scenario, no event
+    assert not (tmp_path / "fresh").exists()  # and no replica directory
+    assert not (m / "sub" / "rep").exists()
+
+
+# -- entities (R10) -----------------------------------------------------------------------------
+
+
+def test_scenario_file_server_entity_per_root_and_replica_holds_root_names(
+    engine: Engine, tmp_path: Path
+) -> None:
+    alpha, beta = tmp_path / "hosts" / "alpha", tmp_path / "vols" / "beta"
+    TreeBuilder(alpha).apply_all([CreateFile("a.txt", b"A"), MakeDir("d")])
+    TreeBuilder(beta).apply_all([CreateFile("d/b.txt", b"B"), Symlink("l", "d/b.txt")])
+    sc = engine.create_scenario("multi", master=[alpha, beta], replicas={"r": tmp_path / "r"})
+    assert [(e["entity"], e["paths"]) for e in sc.entities()] == [
+        ("alpha", ["alpha/"]),
+        ("beta", ["beta/"]),
+    ]
+    sc.start()
+    assert sorted(os.listdir(tmp_path / "r")) == ["alpha", "beta"]
+    TreeBuilder(beta).apply_all([Append("d/b.txt", b"more"), Rename("d", "e")])
+    TreeBuilder(alpha).apply_all([Delete("a.txt"), CreateFile("d/new", b"n")])
+    sc.capture()
+    sc.wait_replicated(timeout=30)
+    assert_trees_equal(alpha, tmp_path / "r" / "alpha", mtimes=True)
+    assert_trees_equal(beta, tmp_path / "r" / "beta", mtimes=True)
+    with sc.open("beta/e/journaled.bin", "wb") as f:
+        f.write(b"through the journaled file")
+    sc.wait_replicated(timeout=30)
+    assert_trees_equal(beta, tmp_path / "r" / "beta", mtimes=True)
+
+
+def test_scenario_database_entity_per_database_file_set(engine: Engine, tmp_path: Path) -> None:
+    master = tmp_path / "master"
+    (master / "data").mkdir(parents=True)
+    conns = []
+    for name in ("sales.db", "data/hr.db"):
+        conn = sqlite3.connect(master / name)
+        conn.execute("pragma journal_mode=wal")
+        conn.execute("create table t (x)")
+        conn.execute("insert into t values (1)")
+        conn.commit()
+        conns.append(conn)  # kept open: the -wal and -shm files stay
+    (master / "notes.txt").write_text("not a database")
+    (master / "data" / "archive.sqlite").write_bytes(b"")
+    try:
+        sc = engine.create_scenario(
+            "db", kind="database", master=master, replicas={"r": tmp_path / "r"}
+        )
+        sc.start()
+        entities = {e["entity"]: e["paths"] for e in sc.entities()}
+        assert entities == {
+            "data/archive.sqlite": ["data/archive.sqlite"],
+            "data/hr.db": ["data/hr.db", "data/hr.db-wal", "data/hr.db-shm"],
+            "sales.db": ["sales.db", "sales.db-wal", "sales.db-shm"],
+        }
+        sqlite3.connect(master / "new.db").close()  # auto-discovered at the next capture (R42)
+        sc.capture()
+        assert "new.db" in {e["entity"] for e in sc.entities()}
+    finally:
+        for conn in conns:
+            conn.close()
+
+
+def test_scenario_storage_group_entities_are_the_configured_groups(
+    engine: Engine, tmp_path: Path
+) -> None:
+    master = tmp_path / "master"
+    TreeBuilder(master).apply_all([CreateFile("sg1/mail.edb", b"e"), CreateFile("sg2/x", b"x")])
+    sc = engine.create_scenario(
+        "sg",
+        kind="storage_group",
+        master=master,
+        replicas={"r": tmp_path / "r"},
+        groups={"second": ["sg2"], "first": ["sg1/mail.edb", "sg1/logs"]},
+    )
+    assert sc.entities() == [
+        {"entity": "first", "paths": ["sg1/mail.edb", "sg1/logs"]},
+        {"entity": "second", "paths": ["sg2"]},
+    ]
+
+
+# -- filters and synchronization levels -----------------------------------------------------
+
+
+def test_scenario_excluded_paths_never_reach_the_replica(engine: Engine, tmp_path: Path) -> None:
+    master = TreeBuilder(tmp_path / "master")
+    master.apply_all(
+        [CreateFile("keep.txt", b"k"), CreateFile("skip.tmp", b"s"), CreateFile("cache/c", b"c")]
+    )
+    sc = _scenario(engine, tmp_path, exclude=["*.tmp", "cache/"])
+    sc.start()
+    master.apply_all(
+        [
+            CreateFile("sub/more.tmp", b"m"),
+            CreateFile("cache/d", b"d"),
+            Rename("keep.txt", "kept.tmp"),  # renamed out of the selection: gone from replicas
+            CreateFile("sub/real", b"r"),
+        ]
+    )
+    sc.capture()
+    with sc.open("sub/opened.tmp", "wb") as f:  # the journaled file honours the filter too
+        f.write(b"never journaled")
+    with sc.open("sub/opened.txt", "wb") as f:
+        f.write(b"journaled")
+    sc.wait_replicated(timeout=30)
+    assert sorted(snapshot_tree(tmp_path / "r1")) == [b"sub", b"sub/opened.txt", b"sub/real"]
+    assert_trees_equal(
+        tmp_path / "master",
+        tmp_path / "r1",
+        ignore=["cache", "skip.tmp", "kept.tmp", "sub/more.tmp", "sub/opened.tmp"],
+    )
+
+
+def test_synchronize_block_level_sends_only_changed_blocks(engine: Engine, tmp_path: Path) -> None:
+    big = _random(512 * 1024, 7)
+    script: list[Operation] = [CreateFile("db/big.mdf", big), CreateFile("small.txt", b"s" * 100)]
+    changes: list[Operation] = [
+        WriteAt("db/big.mdf", 4096 * 3, b"X" * 100),
+        WriteAt("db/big.mdf", 4096 * 90, b"Y" * 4096),
+        Insert("db/big.mdf", 300_000, b"shifted"),  # a delta finds the moved blocks
+        Append("small.txt", b"!"),
+    ]
+    sent = {}
+    for level in ("file", "block"):
+        master, replica = tmp_path / f"m-{level}", tmp_path / f"r-{level}"
+        TreeBuilder(master).apply_all(script)
+        shutil.copytree(master, replica, symlinks=True)  # the replica holds an older copy
+        TreeBuilder(master).apply_all(changes)
+        sc = engine.create_scenario(level, master=master, replicas={"r": replica})
+        (summary,) = sc.start(level=level)
+        assert_trees_equal(master, replica, mtimes=True)
+        (run,) = sc.sync_report("r")["runs"]
+        assert (run["level"], run["bytes_sent"]) == (level, summary.bytes_sent)
+        assert {f["path"] for f in run["files"]} == {"db/big.mdf", "small.txt"}
+        sent[level] = run["bytes_sent"]
+    assert sent["file"] >= len(big)
+    assert sent["block"] < 4 * 4096 + 200  # three changed regions, about a block each
+    assert sent["block"] * 20 < sent["file"]
+
+
+# -- statistics, reports, alerts --------------------------------------------------------------
+
+
+def test_replication_report_counts_operations(engine: Engine, tmp_path: Path) -> None:
+    sc = _scenario(engine, tmp_path)
+    sc.start()
+    master = TreeBuilder(tmp_path / "master")
+    master.apply_all([CreateFile("a", b"1" * 1000), CreateFile("b", b"2"), CreateFile("c", b"")])
+    sc.capture()
+    sc.wait_replicated(timeout=30)
+    first = sc.replication_report()["replicas"]["r1"]
+    assert (first["created"], first["updated"], first["deleted"], first["renamed"]) == (3, 0, 0, 0)
+    assert first["bytes"] == first["bytes_since_last_report"] == 1001
+    master.apply_all([WriteAt("a", 0, b"x"), Rename("b", "b2"), Delete("c")])
+    sc.capture()
+    sc.wait_replicated(timeout=30)
+    report = sc.replication_report(detail=True)["replicas"]["r1"]
+    assert (report["created"], report["deleted"], report["renamed"]) == (3, 1, 1)
+    # "a" was written; "b2" too counts as updated: a rename moves the ctime, so the
+    # capture re-reads it and journals its new stat (MetadataChanged).
+    assert report["updated"] == 2
+    assert report["bytes_since_last_report"] == 1000  # the block of "a" that changed
+    assert report["errors"] == []
+    assert {(f["path"], f["operation"]) for f in report["files"]} >= {
+        ("a", "updated"),
+        ("b", "renamed"),
+        ("c", "deleted"),
+    }
+
+
+def test_scenario_spool_limit_puts_it_in_problem_until_caught_up(
+    engine: Engine, tmp_path: Path
+) -> None:
+    sc = _scenario(engine, tmp_path, "r1", "r2", spool_limit=10_000)
+    sc.start()
+    assert sc.state == "Running"
+    sc.suspend("r2")
+    master = TreeBuilder(tmp_path / "master")
+    master.apply(CreateFile("small", b"s" * 1000))
+    sc.capture()
+    assert sc.state == "Running"  # under the limit
+    master.apply(CreateFile("large", _random(20_000)))
+    sc.capture()
+    assert sc.state == "Problem"
+    alerts = [e for _, e in engine._iter_events((AlertRaised,))]
+    assert [(a.code, a.details["backlog_bytes"]) for a in alerts] == [("AW0001", 21_000)]
+    sc.resume("r2")
+    sc.wait_replicated(timeout=30)
+    assert sc.state == "Running"
+    states = [e.state for _, e in engine._iter_events((ScenarioStateChanged,))]
+    assert states == ["Problem", "Running"]
+    assert_trees_equal(tmp_path / "master", tmp_path / "r2", mtimes=True)
+
+
+def test_capture_journals_an_insertion_as_a_small_delta(engine: Engine, tmp_path: Path) -> None:
+    sc = _scenario(engine, tmp_path, block_size=512)
+    master = TreeBuilder(tmp_path / "master")
+    master.apply(CreateFile("big", _random(64 * 1024, 3)))
+    sc.start()
+    master.apply(Insert("big", 100, b"a few inserted bytes"))
+    result = sc.capture()
+    assert result.bytes_journaled < 2 * 512  # not the 64 KiB after the insertion point
+    sc.wait_replicated(timeout=30)
+    assert_trees_equal(tmp_path / "master", tmp_path / "r1", mtimes=True)
+    assert any(True for _ in engine._iter_events((ContentReplaced,)))
+
+
+# -- hostile paths ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def hostile(tmp_path: Path) -> tuple[ReplicaTree, Path, Path]:
+    """A replica root whose ``link`` is a symlink to a directory outside it."""
+    root, outside = tmp_path / "replica", tmp_path / "outside"
+    outside.mkdir()
+    (outside / "victim").write_bytes(b"keep me")
+    root.mkdir()
+    (root / "link").symlink_to(outside)
+    (root / "file").write_bytes(b"f")
+    return ReplicaTree(str(root), fsync=False), root, outside
+
+
+@pytest.mark.parametrize(
+    "operation",
+    [
+        "write_ranges",
+        "truncate",
+        "replace",
+        "create file",
+        "create dir",
+        "create symlink",
+        "rename into",
+        "rename out of",
+        "delete",
+        "set_meta",
+        "lstat",
+        "read",
+    ],
+)
+def test_replica_tree_refuses_symlinked_parent(
+    hostile: tuple[ReplicaTree, Path, Path], operation: str
+) -> None:
+    tree, root, outside = hostile
+    before = snapshot_tree(outside)
+    actions = {
+        "write_ranges": lambda: tree.write_ranges("link/victim", [(0, b"X")], None),
+        "truncate": lambda: tree.truncate("link/victim", 0),
+        "replace": lambda: tree.replace("link/victim", [b"X"]),
+        "create file": lambda: tree.create("link/new", "file", 0o644, None),
+        "create dir": lambda: tree.create("link/new", "dir", 0o755, None),
+        "create symlink": lambda: tree.create("link/new", "symlink", 0, "/etc"),
+        "rename into": lambda: tree.rename("file", "link/file"),
+        "rename out of": lambda: tree.rename("link/victim", "stolen"),
+        "delete": lambda: tree.delete("link/victim"),
+        "set_meta": lambda: tree.set_meta("link/victim", 0o777, 0),
+        "lstat": lambda: tree.lstat("link/victim"),
+        "read": lambda: tree.read("link/victim"),
+    }
+    with pytest.raises(SymlinkedParentError) as raised:
+        actions[operation]()
+    assert raised.value.code == "E2003"
+    assert snapshot_tree(outside) == before  # nothing outside the root changed
+    assert sorted(os.listdir(root)) == ["file", "link"]
+
+
+@pytest.mark.parametrize("path", ["../x", "a/../../x", "/etc/passwd", "link/../../x"])
+def test_replica_tree_refuses_escaping_paths(
+    hostile: tuple[ReplicaTree, Path, Path], path: str
+) -> None:
+    tree, root, _ = hostile
+    before = snapshot_tree(root.parent)
+    for action in (
+        lambda: tree.write_ranges(path, [(0, b"X")], None),
+        lambda: tree.create(path, "file", 0o644, None),
+        lambda: tree.rename("file", path),
+        lambda: tree.delete(path),
+    ):
+        with pytest.raises(PathEscapesRootError):
+            action()
+    assert snapshot_tree(root.parent) == before
+
+
+def test_replica_applier_refuses_an_event_that_escapes_its_root(
+    engine: Engine, tmp_path: Path
+) -> None:
+    (tmp_path / "replica").mkdir()
+    event = FileCreated(
+        originator_id=uuid.uuid4(),
+        originator_version=1,
+        timestamp=FileCreated.create_timestamp(),
+        scenario="s",
+        path="../escaped",
+        observed=[],
+        kind="file",
+        mode=0o644,
+        mtime_ns=0,
+        target=None,
+    )
+    applier = ReplicaApplier(
+        engine.store,
+        "replica.s.hostile",
+        "s",
+        ReplicaTree(str(tmp_path / "replica"), fsync=False),
+        lambda after, _limit: [(1, event)] if after < 1 else [],
+    )
+
+    def files() -> dict[bytes, Any]:
+        return {p: n for p, n in snapshot_tree(tmp_path).items() if not p.startswith(b"state")}
+
+    before = files()
+    with pytest.raises(PathEscapesRootError):
+        applier.apply_available()
+    assert applier.position() == 0  # not marked applied
+    assert files() == before
+
+
+def test_replica_applier_refuses_parent_swapped_for_symlink(engine: Engine, tmp_path: Path) -> None:
+    sc = _scenario(engine, tmp_path)
+    master = TreeBuilder(tmp_path / "master")
+    master.apply(CreateFile("d/f", b"data"))
+    sc.start()
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    shutil.rmtree(tmp_path / "r1" / "d")
+    (tmp_path / "r1" / "d").symlink_to(outside)  # someone tampers with the replica
+    master.apply(WriteAt("d/f", 0, b"DATA"))
+    master.apply(CreateFile("d/g", b"new"))
+    sc.capture()
+    with pytest.raises(SymlinkedParentError):
+        sc.wait_replicated(timeout=30)
+    sc.stop()  # the applier thread has ended: its alert is journaled
+    assert os.listdir(outside) == []
+    alerts = [e for _, e in engine._iter_events((AlertRaised,))]
+    assert [a.code for a in alerts] == ["E2003"]
+    assert sc.replication_report()["replicas"]["r1"]["errors"]
+
+
+# -- the journaled file object (sc.open) -------------------------------------------------------
+
+
+def test_journaled_file_new_empty_file_and_its_parents_reach_the_replica(
+    engine: Engine, tmp_path: Path
+) -> None:
+    sc = _scenario(engine, tmp_path)
+    sc.start()
+    with sc.open("new/deep/empty", "wb"):
+        pass  # created by the open alone
+    with sc.open("appended", "ab") as f:  # a write-only mode: flush still reads back
+        f.write(b"log line\n")
+    sc.wait_replicated(timeout=30)
+    assert_trees_equal(tmp_path / "master", tmp_path / "r1", mtimes=True)
+    # The directories are in the master state, so renaming them later is a rename.
+    os.rename(tmp_path / "master" / "new", tmp_path / "master" / "renamed")
+    result = sc.capture()
+    assert (result.renamed, result.created, result.deleted) == (1, 0, 0)
+    sc.wait_replicated(timeout=30)
+    assert_trees_equal(tmp_path / "master", tmp_path / "r1", mtimes=True)
+
+
+def test_journaled_file_cut_then_written_past_the_cut_zeroes_the_replica(
+    engine: Engine, tmp_path: Path
+) -> None:
+    sc = _scenario(engine, tmp_path, block_size=512)
+    TreeBuilder(tmp_path / "master").apply(CreateFile("f", _random(4000)))
+    sc.start()
+    with sc.open("f") as f:
+        f.truncate(300)  # the replica's bytes 300.. must not survive
+        f.seek(2500)
+        f.write(b"tail")
+    sc.wait_replicated(timeout=30)
+    assert_trees_equal(tmp_path / "master", tmp_path / "r1", mtimes=True)
+    data = (tmp_path / "r1" / "f").read_bytes()
+    assert data[300:2500] == bytes(2200)
+    # The master state's block digests match the file, so a capture finds nothing.
+    assert sc.capture().events == 0
+
+
+def test_journaled_file_journals_plain_changes_it_finds_at_open(
+    engine: Engine, tmp_path: Path
+) -> None:
+    sc = _scenario(engine, tmp_path, block_size=512)
+    master = TreeBuilder(tmp_path / "master")
+    master.apply(CreateFile("f", _random(3000)))
+    sc.start()
+    master.apply_all([Append("f", b"appended without the journal"), WriteAt("f", 0, b"plain")])
+    with sc.open("f") as f:
+        f.seek(1000)
+        f.write(b"journaled")
+    sc.wait_replicated(timeout=30)
+    assert_trees_equal(tmp_path / "master", tmp_path / "r1", mtimes=True)
+
+
+def test_journaled_file_refuses_symlinked_parent(engine: Engine, tmp_path: Path) -> None:
+    sc = _scenario(engine, tmp_path)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (tmp_path / "master" / "link").symlink_to(outside)
+    (tmp_path / "master" / "to-file").symlink_to(outside / "victim")
+    with pytest.raises(SymlinkedParentError):
+        sc.open("link/victim", "wb")
+    with pytest.raises(OSError, match="symbolic links"):
+        sc.open("to-file", "wb")
+    assert os.listdir(outside) == []

@@ -1,0 +1,457 @@
+r"""Rewind and forensic properties: every rewind point is a state you can get back, exactly.
+
+Each example is a fresh engine (real LMDB, ``nosync``) protecting a small
+master tree with two replicas. A random change script runs on the master
+(create, overwrite, append, insert so data shifts, write in place, truncate
+both ways, rename files and whole directories, delete, mkdir, symlinks, chmod,
+non-UTF-8 names, block size 512 or 4096) and sets rewind points at random
+moments. ``set_rewind_point`` captures first, so the master tree right after
+it *is* the state at the point's position: the test copies it (names, kinds,
+content, permission bits, link targets). Then, for every recorded point:
+
+(a) rewinding replica r1 to the points in random order, back and forth, leaves
+    exactly the recorded tree (going back plays the undo log, going forward
+    applies the journal again);
+(b) ``Engine.replay`` rebuilds the recorded tree from the journal alone, and a
+    replay does not touch the replica (tree, applied position, undo log);
+(c) ``Engine.diff`` between two points agrees with the recorded trees, see
+    :func:`check_diff` for exactly what is asserted and why.
+
+A second property resumes r1 after the rewinds (a block-level resync), runs
+more of the script with more points, and rewinds to every point again,
+resuming at random in between: old points now lie in the gaps that earlier
+rewinds (backward, forward, into a gap) and resyncs left in the undo log.
+
+File mtimes are not compared: the brief of a rewind is content, kinds, modes
+and link targets (replication properties check mtimes separately).
+
+Deleted entries (and what a rename replaces) are moved to a graveyard outside
+the master instead of being unlinked, so their inode numbers stay in use: the
+capture matches renames by inode, and a reused inode turns a delete + create
+into a rename (into a new directory, say), which made failing examples
+irreproducible.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import stat
+import tempfile
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from hypothesis import HealthCheck, event, given, note, settings
+from hypothesis import strategies as st
+
+from xoengine.engine import Engine, Scenario
+
+if TYPE_CHECKING:
+    from xoengine.forensic import DiffResult
+    from xoengine.rewind import RewindPoint
+
+# Few names, so that operations collide: overwrite, rename over, re-create.
+NAMES = [b"a", b"b", b"caf\xe9", b"\xff\xfe", "\u00e9t\u00e9".encode(), b"sp ace", b"x.db"]
+LINK_TARGETS = [b"a", b"../a", b"caf\xe9", b"nowhere", b"d/e/f", b"/etc/passwd"]
+FILE_MODES = [0o600, 0o644, 0o640, 0o664, 0o700, 0o755]
+DIR_MODES = [0o700, 0o750, 0o755, 0o711]
+
+small_bytes = st.binary(max_size=700)
+large_bytes = st.builds(
+    lambda seed, size: random.Random(seed).randbytes(size),
+    st.integers(0, 2**32),
+    st.integers(1500, 6000),
+)
+contents = st.one_of(small_bytes, small_bytes, large_bytes)
+
+OPERATIONS = [
+    "create", "create", "overwrite", "append", "insert", "write_at", "truncate",
+    "rename_file", "rename_dir", "delete", "mkdir", "symlink", "chmod_file", "chmod_dir",
+    "point", "point",
+]  # fmt: skip
+
+STATS: dict[str, int] = {"examples": 0, "points": 0, "rewinds": 0, "replays": 0, "diffs": 0}
+
+# -- recorded trees -----------------------------------------------------------------------
+
+Node = tuple[Any, ...]  # ("file", mode, bytes) | ("dir", mode) | ("symlink", target)
+
+
+def snapshot(root: str) -> dict[bytes, Node]:
+    """Every entry under ``root`` by relative bytes path: kind, permission bits, content/target."""
+    out: dict[bytes, Node] = {}
+
+    def visit(rel: bytes) -> None:
+        with os.scandir(os.path.join(os.fsencode(root), rel)) as entries:
+            for entry in entries:
+                path = os.path.join(rel, entry.name) if rel else entry.name
+                st_ = entry.stat(follow_symlinks=False)
+                if stat.S_ISLNK(st_.st_mode):
+                    out[path] = ("symlink", os.readlink(entry.path))
+                elif stat.S_ISDIR(st_.st_mode):
+                    out[path] = ("dir", stat.S_IMODE(st_.st_mode))
+                    visit(path)
+                else:
+                    with open(entry.path, "rb") as f:
+                        out[path] = ("file", stat.S_IMODE(st_.st_mode), f.read())
+
+    visit(b"")
+    return out
+
+
+def differences(want: dict[bytes, Node], got: dict[bytes, Node]) -> list[str]:
+    """Readable list of what differs (for assertion messages)."""
+    out = []
+    for path in sorted(set(want) | set(got)):
+        a, b = want.get(path), got.get(path)
+        if a != b:
+            short = [
+                x if not isinstance(x, bytes) or len(x) < 40 else f"<{len(x)} bytes>"
+                for x in (a, b)
+            ]
+            out.append(f"{path!r}: want {short[0]} got {short[1]}")
+    return out
+
+
+def assert_tree(root: str, want: dict[bytes, Node], what: str) -> None:
+    got = snapshot(root)
+    assert got == want, f"{what}: " + "; ".join(differences(want, got)[:10])
+
+
+# -- the change script ------------------------------------------------------------------------
+
+
+@dataclass
+class Recorded:
+    point: RewindPoint
+    tree: dict[bytes, Node]
+
+
+def _join(parent: bytes, name: bytes) -> bytes:
+    return parent + b"/" + name if parent else name
+
+
+class Script:
+    """Applies random operations to the master (plain os calls) and records rewind points."""
+
+    def __init__(self, master: str, graveyard: str, data: st.DataObject) -> None:
+        self.master = os.fsencode(master)
+        self.graveyard = os.fsencode(graveyard)
+        self.data = data
+        self.buried = 0
+
+    def abspath(self, rel: bytes) -> bytes:
+        return os.path.join(self.master, rel)
+
+    def bury(self, rel: bytes) -> None:
+        """Delete ``rel`` from the master, keeping its inode (and its children's) in use."""
+        self.buried += 1
+        os.rename(self.abspath(rel), os.path.join(self.graveyard, b"%d" % self.buried))
+
+    def nodes(self) -> dict[bytes, Node]:
+        return snapshot(os.fsdecode(self.master))
+
+    def draw(self, strategy: st.SearchStrategy[Any]) -> Any:
+        return self.data.draw(strategy)
+
+    def pick(self, paths: list[bytes]) -> bytes:
+        return self.draw(st.sampled_from(sorted(paths)))
+
+    def new_path(self, nodes: dict[bytes, Node]) -> bytes:
+        dirs = [b"", *(p for p, n in nodes.items() if n[0] == "dir")]
+        return _join(self.pick(dirs), self.draw(st.sampled_from(NAMES)))
+
+    def run(self, op: str) -> str | None:
+        """Apply ``op`` if the tree allows it; return what was done (None: nothing)."""
+        nodes = self.nodes()
+        files = [p for p, n in nodes.items() if n[0] == "file"]
+        dirs = [p for p, n in nodes.items() if n[0] == "dir"]
+        if (
+            op
+            in {
+                "overwrite",
+                "append",
+                "insert",
+                "write_at",
+                "truncate",
+                "rename_file",
+                "chmod_file",
+            }
+            and not files
+        ):
+            op = "create"
+        if op in {"rename_dir", "chmod_dir"} and not dirs:
+            op = "mkdir"
+        if op == "delete" and not nodes:
+            op = "create"
+        if op == "create":
+            path = self.new_path(nodes)
+            if path in nodes and nodes[path][0] != "file":
+                return None
+            data = self.draw(contents)
+            with open(self.abspath(path), "wb") as f:
+                f.write(data)
+            return f"create {path!r} {len(data)}"
+        if op in {"overwrite", "append", "insert", "write_at"}:
+            path = self.pick(files)
+            old = nodes[path][2]
+            data = self.draw(contents)
+            if op == "overwrite":
+                new = data
+            elif op == "append":
+                new = old + data
+            elif op == "insert":
+                at = self.draw(st.integers(0, len(old)))
+                new = old[:at] + data[:300] + old[at:]
+            else:
+                at = self.draw(st.integers(0, len(old)))
+                chunk = data[:200]
+                new = old[:at] + chunk + old[at + len(chunk) :]
+            # In place (same inode), as an editor that rewrites would not keep it.
+            with open(self.abspath(path), "r+b") as f:
+                f.write(new)
+                f.truncate(len(new))
+            return f"{op} {path!r} {len(old)}->{len(new)}"
+        if op == "truncate":
+            path = self.pick(files)
+            size = self.draw(st.integers(0, len(nodes[path][2]) + 1500))
+            os.truncate(self.abspath(path), size)
+            return f"truncate {path!r} {size}"
+        if op == "rename_file":
+            src = self.pick(files)
+            dst = self.new_path(nodes)
+            if dst == src or (dst in nodes and nodes[dst][0] == "dir"):
+                return None
+            if dst in nodes:
+                self.bury(dst)  # what the rename replaces
+            os.rename(self.abspath(src), self.abspath(dst))
+            return f"rename {src!r} -> {dst!r}"
+        if op == "rename_dir":
+            src = self.pick(dirs)
+            dst = self.new_path(nodes)
+            if dst in nodes or dst == src or dst.startswith(src + b"/"):
+                return None
+            os.rename(self.abspath(src), self.abspath(dst))
+            return f"rename dir {src!r} -> {dst!r}"
+        if op == "delete":
+            path = self.pick(list(nodes))
+            self.bury(path)
+            return f"delete {path!r}"
+        if op == "mkdir":
+            path = self.new_path(nodes)
+            if path in nodes:
+                return None
+            os.mkdir(self.abspath(path))
+            return f"mkdir {path!r}"
+        if op == "symlink":
+            path = self.new_path(nodes)
+            if path in nodes:
+                return None
+            target = self.draw(st.sampled_from(LINK_TARGETS))
+            os.symlink(target, self.abspath(path))
+            return f"symlink {path!r} -> {target!r}"
+        if op == "chmod_file":
+            path = self.pick(files)
+            mode = self.draw(st.sampled_from(FILE_MODES))
+            os.chmod(self.abspath(path), mode)
+            return f"chmod {path!r} {mode:o}"
+        if op == "chmod_dir":
+            path = self.pick(dirs)
+            mode = self.draw(st.sampled_from(DIR_MODES))
+            os.chmod(self.abspath(path), mode)
+            return f"chmod dir {path!r} {mode:o}"
+        raise AssertionError(op)
+
+
+# -- checks -----------------------------------------------------------------------------------
+
+
+def check_rewinds(sc: Scenario, replica_root: str, order: list[Recorded]) -> None:
+    """(a) Rewinding r1 to each point, in the drawn order, leaves exactly that point's tree."""
+    for rec in order:
+        held = sc.rewind("r1", rec.point)
+        assert held == rec.point.position
+        assert_tree(replica_root, rec.tree, f"r1 rewound to {rec.point.name}@{rec.point.position}")
+        STATS["rewinds"] += 1
+
+
+def check_replays(
+    eng: Engine, sc: Scenario, replica_root: str, records: list[Recorded], scratch: str
+) -> None:
+    """(b) A replay rebuilds each point's tree from the journal and leaves the replica alone."""
+    replica_before = snapshot(replica_root)
+    stats_before = sc.statistics().replicas["r1"]
+    for i, rec in enumerate(records):
+        out = os.path.join(scratch, f"replay-{i}")
+        result = eng.replay(sc.name, to=out, position=rec.point.position)
+        assert result.position == rec.point.position
+        assert_tree(out, rec.tree, f"replay at {rec.point.name}@{rec.point.position}")
+        files = sum(1 for n in rec.tree.values() if n[0] == "file")
+        assert (result.files, result.dirs, result.links) == (
+            files,
+            sum(1 for n in rec.tree.values() if n[0] == "dir"),
+            sum(1 for n in rec.tree.values() if n[0] == "symlink"),
+        )
+        STATS["replays"] += 1
+    assert snapshot(replica_root) == replica_before, "a replay changed the replica"
+    stats_after = sc.statistics().replicas["r1"]
+    assert stats_after.applied_position == stats_before.applied_position
+    assert stats_after.undo_records == stats_before.undo_records
+
+
+def check_diff(result: DiffResult, a: dict[bytes, Node], b: dict[bytes, Node]) -> None:
+    """(c) ``diff(a, b)`` against the recorded trees at a and b.
+
+    The diff follows file *identities* (a rename is a rename); the trees only
+    know *paths*. Translated to paths, with ``added* = added + renamed targets``
+    and ``removed* = removed + renamed sources``:
+
+    - every added* path exists at b and every removed* path existed at a (the
+      diff invents nothing);
+    - paths only at b are exactly the added* paths that were not at a, and paths
+      only at a are exactly the removed* paths gone at b (a path at both ends may
+      still be removed* and added*: deleted, or moved away, and re-created);
+    - a path that is a file at both ends with different bytes is in
+      ``modified`` unless its identity changed (then it is in added*): modified
+      is a superset, since bytes may be written and written back;
+    - ``modified`` names files that exist at b; a path whose permission bits
+      changed (same kind at both ends) is in metadata, modified or added*.
+    """
+    dec = os.fsencode
+    added = {dec(p) for p in result.added} | {dec(p) for p in result.renamed.values()}
+    removed = {dec(p) for p in result.removed} | {dec(p) for p in result.renamed}
+    modified = {dec(p) for p in result.modified}
+    metadata = {dec(p) for p in result.metadata}
+    assert added <= set(b), f"added but not there at b: {sorted(added - set(b))}"
+    assert removed <= set(a), f"removed but not there at a: {sorted(removed - set(a))}"
+    assert set(b) - set(a) == added - set(a), "paths only at b vs added"
+    assert set(a) - set(b) == removed - set(b), "paths only at a vs removed"
+    both = set(a) & set(b)
+    changed = {p for p in both if a[p][0] == b[p][0] == "file" and a[p][2] != b[p][2]}
+    assert changed - added <= modified, (
+        f"content changed, not in modified: {sorted(changed - added - modified)}"
+    )
+    assert all(b[p][0] == "file" for p in modified), "modified names a non-file"
+    for path, ranges in result.modified.items():
+        assert all(offset >= 0 and length >= 0 for offset, length in ranges), (path, ranges)
+    moded = {p for p in both if a[p][0] == b[p][0] != "symlink" and a[p][1] != b[p][1]}
+    assert moded - added <= metadata | modified, (
+        f"mode changed, not reported: {sorted(moded - added - metadata - modified)}"
+    )
+
+
+def check_diffs(eng: Engine, sc: Scenario, records: list[Recorded]) -> None:
+    for i, first in enumerate(records):
+        for second in records[i:]:
+            result = eng.diff(sc.name, first.point.position, second.point.position)
+            if first.point.position == second.point.position:
+                assert not (result.added or result.removed or result.modified or result.renamed)
+            check_diff(result, first.tree, second.tree)
+            STATS["diffs"] += 1
+
+
+# -- the property -----------------------------------------------------------------------------
+
+
+def run_script(
+    sc: Scenario, script: Script, records: list[Recorded], steps: list[str], master: str
+) -> None:
+    """Apply ``steps`` to the master; a "point" step (and the end) records a rewind point."""
+    for op in [*steps, "point"]:
+        if op == "point":
+            point = sc.set_rewind_point(f"p{len(records)}")
+            records.append(Recorded(point, snapshot(master)))
+            note(f"point {point.name}@{point.position}")
+            continue
+        done = script.run(op)
+        if done is not None:
+            note(done)
+            event(op)
+    STATS["points"] += len(records)
+    sc.wait_replicated()
+    assert [r.point.position for r in records] == sorted(r.point.position for r in records)
+
+
+def run_example(
+    block_size: int,
+    initial: list[tuple[bytes, bytes]],
+    steps: list[str],
+    data: st.DataObject,
+    *,
+    resume_round: bool,
+) -> None:
+    STATS["examples"] += 1
+    base = tempfile.mkdtemp(prefix="xo-rewindprop-")
+    master, r1, r2 = (os.path.join(base, n) for n in ("master", "r1", "r2"))
+    os.mkdir(master)
+    for name, content in initial:
+        with open(os.path.join(os.fsencode(master), name), "wb") as f:
+            f.write(content)
+    eng = Engine.open(os.path.join(base, "state"), durability="nosync")
+    try:
+        sc = eng.create_scenario(
+            "rw", master=master, replicas={"r1": r1, "r2": r2}, block_size=block_size
+        )
+        sc.start()
+        start = next(p for p in reversed(sc.rewind_points()) if p.kind == "sync")
+        records = [Recorded(start, snapshot(master))]
+        graveyard = os.path.join(base, "graveyard")
+        os.mkdir(graveyard)
+        script = Script(master, graveyard, data)
+        run_script(sc, script, records, steps, master)
+
+        order = data.draw(st.permutations(records), label="rewind order")
+        order += data.draw(st.lists(st.sampled_from(records), max_size=4), label="and then")
+        check_rewinds(sc, r1, order)
+        if resume_round:
+            # Back into replication (a block-level resync), more changes and points, then
+            # every point again: old ones now lie in the gaps the rewinds above left.
+            sc.resume("r1")
+            sc.wait_replicated()
+            assert_tree(r1, records[-1].tree, "r1 resumed")
+            more = data.draw(st.lists(st.sampled_from(OPERATIONS), max_size=12), label="more")
+            run_script(sc, script, records, more, master)
+            order = data.draw(st.permutations(records), label="rewind order after resume")
+            for rec in order:
+                check_rewinds(sc, r1, [rec])
+                if data.draw(st.booleans(), label="resume after it"):
+                    sc.resume("r1")
+                    sc.wait_replicated()
+                    assert_tree(r1, records[-1].tree, "r1 resumed again")
+        else:
+            check_replays(eng, sc, r1, records, base)
+            check_diffs(eng, sc, records)
+        # r2 kept replicating through all of it.
+        sc.wait_replicated()
+        assert_tree(r2, records[-1].tree, "r2 (never rewound)")
+    finally:
+        eng.close()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+EXAMPLES = int(os.environ.get("REWIND_EXAMPLES", "400"))
+block_sizes = st.sampled_from([512, 512, 4096])
+initials = st.lists(st.tuples(st.sampled_from(NAMES), contents), max_size=3)
+scripts = st.lists(st.sampled_from(OPERATIONS), min_size=1, max_size=22)
+SLOW_OK = [HealthCheck.too_slow, HealthCheck.data_too_large]
+
+
+@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=SLOW_OK)
+@given(block_size=block_sizes, initial=initials, steps=scripts, data=st.data())
+def test_rewind_points_are_exact_states(
+    block_size: int, initial: list[tuple[bytes, bytes]], steps: list[str], data: st.DataObject
+) -> None:
+    run_example(block_size, initial, steps, data, resume_round=False)
+
+
+@settings(max_examples=max(EXAMPLES // 4, 10), deadline=None, suppress_health_check=SLOW_OK)
+@given(block_size=block_sizes, initial=initials, steps=scripts, data=st.data())
+def test_rewind_points_stay_exact_across_resumes(
+    block_size: int, initial: list[tuple[bytes, bytes]], steps: list[str], data: st.DataObject
+) -> None:
+    run_example(block_size, initial, steps, data, resume_round=True)
+
+
+def teardown_module() -> None:
+    print(f"\nrewind properties: {STATS}")

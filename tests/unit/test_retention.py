@@ -1,0 +1,236 @@
+"""The undo-log retention policy (``rewind.retention``): a pure function, tested as one.
+
+Usage is per journal position (before-image bytes, time label); labels never go
+back (the journal's clock), so the generated usage has non-decreasing times.
+A reference model states the policy in three lines and hypothesis checks the
+function against it, plus the invariants on their own: nothing inside the
+protected window is trimmed, and the ``min_points`` newest rewind points stay
+reachable (a point at P needs every before-image after P, so the cut must be
+<= P).
+"""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from xoengine.rewind import RetentionDecision, RetentionPolicy, RewindPoint, UndoUsage, retention
+
+S = 1_000_000_000  # one second in ns
+NOW = 10_000 * S
+
+
+def usage(*items: tuple[int, int, int]) -> list[UndoUsage]:
+    """``(position, age in seconds, bytes)`` -> usage with time labels relative to NOW."""
+    return [UndoUsage(position=p, time_ns=NOW - age * S, bytes=b) for p, age, b in items]
+
+
+def point(position: int, name: str | None = None) -> RewindPoint:
+    return RewindPoint(name=name or f"p{position}", position=position, time_ns=0)
+
+
+# Ten positions, one per 100 s, 100 bytes each: position 1 is 1000 s old, position 10 100 s.
+TEN = usage(*((p, 1100 - 100 * p, 100) for p in range(1, 11)))
+
+
+def test_retention_keeps_everything_without_limits() -> None:
+    decision = retention(TEN, [point(1)], RetentionPolicy(min_points=0), NOW)
+    assert decision == RetentionDecision(trim_upto=0, records_bytes=0, reasons=(), alert=None)
+
+
+def test_retention_trims_by_age() -> None:
+    # Older than 550 s: positions 1..5 (1000..600 s old).
+    decision = retention(TEN, [], RetentionPolicy(max_age_s=550, min_points=0), NOW)
+    assert decision.trim_upto == 5
+    assert decision.records_bytes == 500
+    assert decision.reasons == ("age",)
+    assert decision.alert is None
+
+
+def test_retention_trims_by_size_oldest_first() -> None:
+    # 1000 bytes held, budget 650: the four oldest go (600 bytes remain).
+    decision = retention(TEN, [], RetentionPolicy(max_bytes=650, min_points=0), NOW)
+    assert decision.trim_upto == 4
+    assert decision.records_bytes == 400
+    assert decision.reasons == ("size",)
+
+
+def test_retention_trims_by_age_then_size() -> None:
+    decision = retention(TEN, [], RetentionPolicy(max_age_s=850, max_bytes=500, min_points=0), NOW)
+    assert decision.trim_upto == 5
+    assert decision.reasons == ("age", "size")
+
+
+def test_retention_never_trims_inside_the_window() -> None:
+    # The size budget wants 1..7 gone, but the window (last 450 s) starts at position 7.
+    decision = retention(TEN, [], RetentionPolicy(max_bytes=300, window_s=450, min_points=0), NOW)
+    assert decision.trim_upto == 6
+    assert decision.records_bytes == 600
+    assert decision.reasons == ("size", "held back: window")
+
+
+def test_retention_window_with_nothing_outside_trims_nothing() -> None:
+    decision = retention(TEN, [], RetentionPolicy(max_bytes=100, window_s=5000, min_points=0), NOW)
+    assert decision.trim_upto == 0
+    assert decision.records_bytes == 0
+    assert decision.reasons == ()
+    assert decision.alert is not None  # 1000 bytes in the window, budget 100
+
+
+def test_retention_keeps_min_points_reachable() -> None:
+    # Age wants 1..8 gone; the two newest points are at 3 and 6: records after 3 must stay.
+    points = [point(1), point(3), point(6)]
+    decision = retention(TEN, points, RetentionPolicy(max_age_s=250, min_points=2), NOW)
+    assert decision.trim_upto == 3
+    assert decision.records_bytes == 300
+    assert decision.reasons == ("age", "held back: rewind points")
+
+
+def test_retention_point_order_does_not_matter() -> None:
+    points = [point(6), point(1), point(3)]
+    decision = retention(TEN, points, RetentionPolicy(max_age_s=250, min_points=2), NOW)
+    assert decision.trim_upto == 3
+
+
+def test_retention_may_trim_up_to_a_point_itself() -> None:
+    # A point at P needs the records *after* P only: trimming up to P keeps it reachable.
+    decision = retention(TEN, [point(5)], RetentionPolicy(max_age_s=0, min_points=1), NOW)
+    assert decision.trim_upto == 5
+
+
+def test_retention_min_points_zero_lets_the_budget_cut_every_point() -> None:
+    decision = retention(TEN, [point(2)], RetentionPolicy(max_bytes=0, min_points=0), NOW)
+    assert decision.trim_upto == 10
+    assert decision.records_bytes == 1000
+
+
+def test_retention_alerts_at_eighty_percent_of_the_budget_in_the_window() -> None:
+    # The last 450 s hold positions 7..10: 400 bytes.
+    policy = RetentionPolicy(max_bytes=500, window_s=450, min_points=0)
+    decision = retention(TEN, [], policy, NOW)
+    assert decision.trim_upto == 5  # the budget is met outside the window
+    assert decision.alert is not None
+    assert "400 bytes" in decision.alert
+    assert "80%" in decision.alert
+
+
+def test_retention_no_alert_below_eighty_percent() -> None:
+    policy = RetentionPolicy(max_bytes=501, window_s=450, min_points=0)
+    decision = retention(TEN, [], policy, NOW)
+    assert decision.alert is None  # 400 / 501 = 79.8 %
+
+
+def test_retention_no_alert_without_a_window() -> None:
+    decision = retention(TEN, [], RetentionPolicy(max_bytes=10, min_points=0), NOW)
+    assert decision.alert is None
+
+
+def test_retention_is_pure() -> None:
+    items = list(TEN)
+    points = [point(3)]
+    policy = RetentionPolicy(max_age_s=250, max_bytes=300, window_s=150, min_points=1)
+    first = retention(items, points, policy, NOW)
+    assert retention(list(reversed(items)), points, policy, NOW) == first
+    assert items == TEN
+    assert points == [point(3)]
+
+
+# -- properties ---------------------------------------------------------------------------------
+
+
+@st.composite
+def usages(draw: st.DrawFn) -> list[UndoUsage]:
+    """Strictly increasing positions with non-decreasing time labels (as the journal gives)."""
+    count = draw(st.integers(0, 25))
+    position = 0
+    time_ns = NOW - draw(st.integers(0, 5000)) * S
+    out = []
+    for _ in range(count):
+        position += draw(st.integers(1, 5))
+        time_ns += draw(st.sampled_from([0, S // 2, S, 37 * S, 300 * S]))
+        out.append(UndoUsage(position, min(time_ns, NOW), draw(st.integers(0, 2000))))
+    return out
+
+
+policies = st.builds(
+    RetentionPolicy,
+    max_age_s=st.none() | st.integers(0, 6000).map(float),
+    max_bytes=st.none() | st.integers(0, 30_000),
+    min_points=st.integers(0, 4),
+    window_s=st.none() | st.integers(0, 6000).map(float),
+)
+
+
+def model(
+    items: list[UndoUsage], points: list[RewindPoint], policy: RetentionPolicy, now: int
+) -> int:
+    """The policy in words: the smallest oldest-first cut that satisfies age and size, then
+    pulled back to just before the window and to the oldest of the min_points newest points."""
+    cut, remaining = 0, sum(u.bytes for u in items)
+    for u in items:
+        old = policy.max_age_s is not None and now - u.time_ns > policy.max_age_s * S
+        big = policy.max_bytes is not None and remaining > policy.max_bytes
+        if not (old or big):
+            break
+        cut, remaining = u.position, remaining - u.bytes
+    if policy.window_s is not None:
+        outside = [u.position for u in items if u.time_ns < now - policy.window_s * S]
+        cut = min(cut, max(outside, default=0))
+    newest = sorted((p.position for p in points), reverse=True)[: policy.min_points]
+    if newest:
+        cut = min(cut, *newest)
+    return cut
+
+
+@settings(max_examples=400, deadline=None)
+@given(items=usages(), positions=st.lists(st.integers(0, 130), max_size=6), policy=policies)
+def test_retention_never_trims_inside_the_window_or_past_the_newest_points(
+    items: list[UndoUsage], positions: list[int], policy: RetentionPolicy
+) -> None:
+    points = [point(p, f"p{i}") for i, p in enumerate(positions)]
+    decision = retention(items, points, policy, NOW)
+    cut = decision.trim_upto
+    # Nothing inside the protected window goes.
+    if policy.window_s is not None:
+        start = NOW - policy.window_s * S
+        assert all(u.time_ns < start for u in items if u.position <= cut)
+    # The min_points newest points stay reachable: every record after them is kept.
+    for p in sorted(positions, reverse=True)[: policy.min_points]:
+        assert cut <= p
+    # Without age, size or anything, nothing goes.
+    if policy.max_age_s is None and policy.max_bytes is None:
+        assert cut == 0
+    # The numbers add up, and the decision is the model's.
+    assert decision.records_bytes == sum(u.bytes for u in items if u.position <= cut)
+    assert cut == model(items, points, policy, NOW)
+    assert bool(decision.reasons) == bool(cut)
+    # The alert says the window's records are at or over 80 % of the budget, and only then.
+    if policy.window_s is not None and policy.max_bytes is not None:
+        inside = sum(u.bytes for u in items if u.time_ns >= NOW - policy.window_s * S)
+        assert (decision.alert is not None) == (inside >= 0.8 * policy.max_bytes)
+    else:
+        assert decision.alert is None
+
+
+@settings(max_examples=200, deadline=None)
+@given(items=usages(), policy=policies)
+def test_retention_meets_age_and_size_when_unconstrained(
+    items: list[UndoUsage], policy: RetentionPolicy
+) -> None:
+    free = RetentionPolicy(max_age_s=policy.max_age_s, max_bytes=policy.max_bytes, min_points=0)
+    cut = retention(items, [], free, NOW).trim_upto
+    kept = [u for u in items if u.position > cut]
+    if policy.max_bytes is not None:
+        assert sum(u.bytes for u in kept) <= policy.max_bytes
+    if policy.max_age_s is not None:
+        assert all(NOW - u.time_ns <= policy.max_age_s * S for u in kept)
+    # And it trims no more than it must: keeping the last trimmed position would break a limit.
+    trimmed = [u for u in items if u.position <= cut]
+    if trimmed:
+        last = trimmed[-1]
+        too_old = policy.max_age_s is not None and NOW - last.time_ns > policy.max_age_s * S
+        too_big = (
+            policy.max_bytes is not None
+            and sum(u.bytes for u in kept) + last.bytes > policy.max_bytes
+        )
+        assert too_old or too_big
