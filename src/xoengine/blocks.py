@@ -421,7 +421,7 @@ class BlockMap:
         """
         _check_block_size(block_size)
         if isinstance(source, str | bytes | os.PathLike):
-            with open(source, "rb", buffering=0) as f:  # noqa: PTH123 - paths may be bytes
+            with open(source, "rb", buffering=0) as f:
                 return cls.compute_file(f, block_size, buffer_size=buffer_size)
         buffer = memoryview(bytearray(max(block_size, buffer_size - buffer_size % block_size)))
         builder = _MapBuilder(block_size)

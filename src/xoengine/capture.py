@@ -33,7 +33,7 @@ import stat
 import threading
 import uuid
 from dataclasses import dataclass, field
-from typing import IO, TYPE_CHECKING, Any, Final
+from typing import IO, TYPE_CHECKING, Any, Final, Self
 
 import numpy as np
 
@@ -188,9 +188,7 @@ class MasterState:
                 continue
             manifest.remove(txn, path)
             moved = new + path[len(old) :]
-            if path == old:
-                state = state.evolve(version=version)
-            manifest.put(txn, moved, state)
+            manifest.put(txn, moved, state.evolve(version=version) if path == old else state)
 
     def block_map(self, txn: ReadTxn, state: FileState) -> BlockMap:
         """The block map the master state holds for a file."""
@@ -301,9 +299,9 @@ class Capture:
                 known = dict(self._known)
             else:
                 for scope in _top_scopes(scopes):
-                    entry = self.state.manifest.get(txn, scope)
-                    if entry is not None:
-                        known[scope] = entry
+                    held = self.state.manifest.get(txn, scope)
+                    if held is not None:
+                        known[scope] = held
                     known.update(self.state.manifest.items(txn, scope + "/"))
         if scopes is None:
             for index, root in enumerate(layout.roots):
@@ -317,12 +315,12 @@ class Capture:
                 continue
             walked[scope] = entry
             if entry.kind == "dir":
-                self._walk_into(walked, os.path.join(root, rel), layout.prefix(index) + rel + "/")  # noqa: PTH118
+                self._walk_into(walked, os.path.join(root, rel), layout.prefix(index) + rel + "/")
         self._widen_for_moves(walked, known)
         return walked, known
 
     def _widen_for_moves(self, walked: dict[str, Entry], known: dict[str, FileState]) -> None:
-        """Bring a moved path's old name into a scoped pass (its notification may lag or be lost)."""
+        """Bring a moved path's old name into a scoped pass (its notification may be lost)."""
         new = {(e.dev, e.inode): p for p, e in walked.items() if p not in known}
         if not new:
             return
@@ -355,7 +353,7 @@ class Capture:
         # 1. Renames (they move known entries, so the steps below see them moved).
         self._find_renames(walked, known)
         # 2. Creations and changes, parents before children (walk order).
-        for path in sorted(walked, key=lambda p: os.fsencode(p)):
+        for path in sorted(walked, key=os.fsencode):
             entry = walked[path]
             state = known.get(path)
             if state is not None and state.kind != entry.kind:
@@ -451,7 +449,7 @@ class Capture:
 
     def _abs(self, path: str) -> str:
         index, rel = self.layout.split(path)
-        return os.path.join(self.layout.roots[index], rel)  # noqa: PTH118
+        return os.path.join(self.layout.roots[index], rel)
 
     def _create(self, path: str, entry: Entry) -> uuid.UUID:
         file_id = new_id()
@@ -686,7 +684,12 @@ class Capture:
                 runs.append((at, data))
 
     def _write_runs(
-        self, path: str, state: FileState, runs: list[tuple[int, bytes]], observed: list[int], size: int
+        self,
+        path: str,
+        state: FileState,
+        runs: list[tuple[int, bytes]],
+        observed: list[int],
+        size: int,
     ) -> None:
         bs = self.state.block_size
         # Digests of the changed blocks only, one span per run: the event stays small.
@@ -980,7 +983,7 @@ class JournaledFile:
         parts = rel.split("/")[:-1]
         for depth in range(1, len(parts) + 1):
             with contextlib.suppress(FileExistsError):
-                os.mkdir(os.path.join(root, *parts[:depth]))  # noqa: PTH102, PTH118
+                os.mkdir(os.path.join(root, *parts[:depth]))
 
     def write(self, data: bytes | bytearray | memoryview) -> int:
         """Write ``data`` at the current position; it is journaled at the next flush."""
@@ -1143,7 +1146,7 @@ class JournaledFile:
             self._file.close()
             self.closed = True
 
-    def __enter__(self) -> JournaledFile:
+    def __enter__(self) -> Self:
         """Use as a context manager."""
         return self
 

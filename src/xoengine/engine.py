@@ -21,7 +21,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Final
+from typing import TYPE_CHECKING, Any, ClassVar, Final, Self
 
 from eventsourcing.application import Application
 
@@ -251,7 +251,9 @@ class Scenario:
 
     def _wire_replica(self, replica: str) -> ReplicaApplier:
         engine = self._engine
-        tree = ReplicaTree(self._def.replicas[replica], fsync=engine.fsync, create=not engine.readonly)
+        tree = ReplicaTree(
+            self._def.replicas[replica], fsync=engine.fsync, create=not engine.readonly
+        )
         applier = ReplicaApplier(
             engine.store,
             f"replica.{self.name}.{replica}",
@@ -402,7 +404,11 @@ class Scenario:
         last = autos[-1][1] if autos else 0
         if position <= last:
             return
-        if last and self._engine.recorder.time_of(position) - self._engine.recorder.time_of(last) < float(interval) * 1e9:
+        if (
+            last
+            and self._engine.recorder.time_of(position) - self._engine.recorder.time_of(last)
+            < float(interval) * 1e9
+        ):
             return
         self._engine._scenario_event(
             self._def, RewindPointSet, name=f"auto-{position}", position=position, kind="auto"
@@ -515,7 +521,9 @@ class Scenario:
         if self._watcher is None:
             self.capture()
         position = self._engine.recorder.max_notification_id() or 0
-        self._engine._scenario_event(self._def, RewindPointSet, name=name, position=position, kind=kind)
+        self._engine._scenario_event(
+            self._def, RewindPointSet, name=name, position=position, kind=kind
+        )
         return self._point(name, position, kind)
 
     def _point(self, name: str, position: int, kind: str) -> RewindPoint:
@@ -527,7 +535,11 @@ class Scenario:
         return [self._point(n, p, k) for n, p, k in self._def.points]
 
     def resolve(
-        self, to: RewindPoint | str | None = None, *, position: int | None = None, at: dt.datetime | None = None
+        self,
+        to: RewindPoint | str | None = None,
+        *,
+        position: int | None = None,
+        at: dt.datetime | None = None,
     ) -> int:
         """Turn a rewind point (or its name), a position or a time into a journal position.
 
@@ -575,7 +587,9 @@ class Scenario:
             floor = applier.undo.floor(txn)
         if target < applier.position() and target < floor:
             # Refused before anything is journaled or suspended.
-            raise RewindUnreachableError(name=self.name, replica=replica, position=target, floor=floor)
+            raise RewindUnreachableError(
+                name=self.name, replica=replica, position=target, floor=floor
+            )
         if replica not in self._def.suspended:
             self.suspend(replica)
         with applier.lock:
@@ -603,15 +617,25 @@ class Scenario:
             low = next((lo for lo, hi in gaps if lo < target < (hi or applied + 1)), None)
             if low is not None and target < applied:
                 records = rewind_back(
-                    self._engine.store, applier.tree, undo, applied, low,
-                    lambda txn, p: applier.set_position(txn, p, force=True), self._engine.blobs.get,
+                    self._engine.store,
+                    applier.tree,
+                    undo,
+                    applied,
+                    low,
+                    lambda txn, p: applier.set_position(txn, p, force=True),
+                    self._engine.blobs.get,
                 )
                 self._engine.store.write(lambda txn: undo.open_gap(txn, low))
                 applied = low
             if target < applied:
                 records += rewind_back(
-                    self._engine.store, applier.tree, applier.undo, applied, target,
-                    lambda txn, p: applier.set_position(txn, p, force=True), self._engine.blobs.get,
+                    self._engine.store,
+                    applier.tree,
+                    applier.undo,
+                    applied,
+                    target,
+                    lambda txn, p: applier.set_position(txn, p, force=True),
+                    self._engine.blobs.get,
                 )
                 self._engine.store.write(lambda txn: undo.open_gap(txn, target))
             elif target > applied:
@@ -619,8 +643,12 @@ class Scenario:
                 # States after the target were never held since: a later resync opens a gap.
                 self._engine.store.write(lambda txn: undo.open_gap(txn, target))
             self._engine._scenario_event(
-                self._def, ReplicaRewound, replica=replica, from_position=current,
-                to_position=target, records=records,
+                self._def,
+                ReplicaRewound,
+                replica=replica,
+                from_position=current,
+                to_position=target,
+                records=records,
             )
             return target
 
@@ -632,16 +660,26 @@ class Scenario:
                 # Cannot be completed (history trimmed meanwhile): say so, and close it
                 # at the position the replica holds, so that opening never fails on it.
                 self._engine._scenario_event(
-                    self._def, AlertRaised, code=e.code, severity="error", message=str(e),
+                    self._def,
+                    AlertRaised,
+                    code=e.code,
+                    severity="error",
+                    message=str(e),
                     details={"replica": replica, "rewind_to": target},
                 )
                 held = self._appliers[replica].position()
                 self._engine._scenario_event(
-                    self._def, ReplicaRewound, replica=replica, from_position=current,
-                    to_position=held, records=0,
+                    self._def,
+                    ReplicaRewound,
+                    replica=replica,
+                    from_position=current,
+                    to_position=held,
+                    records=0,
                 )
 
-    def trim_undo(self, policy: RetentionPolicy | None = None, *, now_ns: int | None = None) -> dict[str, RetentionDecision]:
+    def trim_undo(
+        self, policy: RetentionPolicy | None = None, *, now_ns: int | None = None
+    ) -> dict[str, RetentionDecision]:
         """Apply the retention policy to every replica's undo log; journal what was dropped."""
         policy = policy or RetentionPolicy(
             max_age_s=self._def.options.get("undo_max_age"),
@@ -654,22 +692,29 @@ class Scenario:
         decisions: dict[str, RetentionDecision] = {}
         points = self.rewind_points()
         for name, applier in self._appliers.items():
-            sizes: dict[int, int] = {}
-            for position, size in applier.undo.position_sizes():
-                sizes[position] = size
+            sizes = dict(applier.undo.position_sizes())
             usage = [UndoUsage(p, recorder.time_of(p), b) for p, b in sorted(sizes.items())]
             decision = retention(usage, points, policy, now)
             decisions[name] = decision
             if decision.trim_upto:
                 count = applier.undo.trim(decision.trim_upto)
                 self._engine._scenario_event(
-                    self._def, UndoTrimmed, replica=name, upto=decision.trim_upto,
-                    records=count, bytes=decision.records_bytes, reasons=list(decision.reasons),
+                    self._def,
+                    UndoTrimmed,
+                    replica=name,
+                    upto=decision.trim_upto,
+                    records=count,
+                    bytes=decision.records_bytes,
+                    reasons=list(decision.reasons),
                 )
             if decision.alert:
                 self._engine._scenario_event(
-                    self._def, AlertRaised, code="AW0002", severity="warning",
-                    message=decision.alert, details={"replica": name},
+                    self._def,
+                    AlertRaised,
+                    code="AW0002",
+                    severity="warning",
+                    message=decision.alert,
+                    details={"replica": name},
                 )
         return decisions
 
@@ -715,14 +760,12 @@ class Scenario:
                     elif state.kind == "dir":
                         dirs += 1
                 roots[root] = {"files": files, "dirs": dirs, "bytes": size}
-        replicas = {
-            name: self._replica_statistics(name, journal_position) for name in self._def.replicas
-        }
+        replicas = {name: self._replica_statistics(name) for name in self._def.replicas}
         return ScenarioStatistics(
             self.name, self.kind, self.state, journal_position, roots, replicas
         )
 
-    def _replica_statistics(self, name: str, journal_position: int) -> ReplicaStatistics:
+    def _replica_statistics(self, name: str) -> ReplicaStatistics:
         applier = self._appliers[name]
         applied = applier.position()
         events = size = 0
@@ -795,7 +838,7 @@ class Scenario:
         engine = self._engine
         with self.capture_engine.lock:
             self.capture_engine.forget_master_state()
-            engine.store.write(lambda txn: self.manifest.drop(txn))
+            engine.store.write(self.manifest.drop)
             batch: list[FileEvent] = []
 
             def fold(txn: WriteTxn) -> None:
@@ -826,7 +869,7 @@ class Scenario:
     # -- reports ----------------------------------------------------------------------------
 
     def sync_report(self, replica: str | None = None, *, last_only: bool = True) -> dict[str, Any]:
-        """The synchronization report (R35): files transferred with paths and sizes, counts, bytes."""
+        """The synchronization report (R35): files sent with paths and sizes, counts, bytes."""
         runs: dict[uuid.UUID, dict[str, Any]] = {}
         for position, event in self._engine._iter_events((SyncStarted, FileSynced, SyncFinished)):
             if event.scenario != self.name or (replica and event.replica != replica):
@@ -868,7 +911,7 @@ class Scenario:
     def replication_report(
         self, replica: str | None = None, *, detail: bool = False
     ) -> dict[str, Any]:
-        """The replication report (R35): bytes since start and since the last report, file counts."""
+        """The replication report (R35): bytes since start and since the last report, counts."""
         report: dict[str, Any] = {"scenario": self.name, "replicas": {}}
         marks = self._engine._report_marks.setdefault(self.name, {})
         for name, applier in self._appliers.items():
@@ -922,7 +965,7 @@ def _compare_trees(scenario: Scenario, replica_root: str) -> dict[str, str]:
                 if entry.name.startswith(".xoengine-tmp-"):
                     continue
                 if entry.kind == "file":
-                    with open(os.path.join(root, entry.relpath), "rb") as f:  # noqa: PTH118, PTH123
+                    with open(os.path.join(root, entry.relpath), "rb") as f:
                         value = codec.digest128(f.read()).hex()
                 else:
                     value = entry.target or ""
@@ -1081,7 +1124,11 @@ class Engine:
         if not readonly:
             self.state_dir.mkdir(parents=True, exist_ok=True)
         journal = self.state_dir / "journal"
-        if readonly and not (journal / "data.mdb").exists() and (self.state_dir / "data.mdb").exists():
+        if (
+            readonly
+            and not (journal / "data.mdb").exists()
+            and (self.state_dir / "data.mdb").exists()
+        ):
             journal = self.state_dir  # a bare journal copy (`xoengine journal copy`)
         env = {
             "PERSISTENCE_MODULE": "xoengine.journal",
@@ -1166,7 +1213,10 @@ class Engine:
         return self.forensics(scenario).history(path)
 
     def diff(
-        self, scenario: str | Scenario, from_: int | dt.datetime, to: int | dt.datetime | None = None
+        self,
+        scenario: str | Scenario,
+        from_: int | dt.datetime,
+        to: int | dt.datetime | None = None,
     ) -> DiffResult:
         """Paths added, removed, modified (with byte ranges) and renamed between two instants."""
 
@@ -1201,7 +1251,7 @@ class Engine:
         self._closed = True
         self.app.close()
 
-    def __enter__(self) -> Engine:
+    def __enter__(self) -> Self:
         """Use as a context manager."""
         return self
 
@@ -1371,7 +1421,7 @@ class Engine:
         roots = []
         for root in masters:
             real = _real(root)
-            if not os.path.isdir(real):  # noqa: PTH112
+            if not os.path.isdir(real):
                 raise TreeRootMissingError(root=os.fspath(root), detail="not an existing directory")
             roots.append(real)
         try:
@@ -1428,7 +1478,7 @@ class Engine:
             raise ScenarioNotFoundError(name=name) from None
 
     def update_scenario(self, name: str, **options: Any) -> Scenario:
-        """Change options of a scenario (stopped scenarios only, so nothing runs on old settings)."""
+        """Change options of a scenario (stopped only, so nothing runs on old settings)."""
         scenario = self.scenario(name)
         definition = scenario._def
         if definition.running:

@@ -32,7 +32,6 @@ from typing import Any
 from eventsourcing.domain import DomainEvent
 
 __all__ = [
-    "new_id",
     "AlertRaised",
     "BytesWritten",
     "ContentReplaced",
@@ -61,6 +60,7 @@ __all__ = [
     "SyncStarted",
     "UndoTrimmed",
     "XoEvent",
+    "new_id",
 ]
 
 

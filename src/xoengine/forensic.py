@@ -387,7 +387,7 @@ class Forensics:
             scratch = tempfile.mkdtemp(prefix="xoengine-bisect-")
             try:
                 self.replay(scratch, position, path)
-                verdict = bool(predicate(os.path.join(scratch, path) if path else scratch))  # noqa: PTH118
+                verdict = bool(predicate(os.path.join(scratch, path) if path else scratch))
             finally:
                 shutil.rmtree(scratch, ignore_errors=True)
             probes.append((position, verdict))

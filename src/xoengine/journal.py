@@ -797,7 +797,7 @@ def verify(store: Store) -> VerifyReport:
     return VerifyReport(tables=counts, records=total, damage=tuple(damage))
 
 
-def _verify_record(  # noqa: PLR0917 (one record's whole context, private)
+def _verify_record(
     store: Store, txn: ReadTxn, kind: str, name: str, key: bytes, value: bytes, ordinal: int
 ) -> None:
     if kind == "events":

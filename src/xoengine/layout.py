@@ -37,7 +37,7 @@ class Layout:
     @staticmethod
     def root_name(root: str) -> str:
         """The name of ``root`` inside a multi-root scenario (its base name)."""
-        return os.path.basename(os.path.normpath(root))  # noqa: PTH119 (str paths with surrogates)
+        return os.path.basename(os.path.normpath(root))
 
     @property
     def single(self) -> bool:

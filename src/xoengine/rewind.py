@@ -133,7 +133,7 @@ def _kind(tree: ReplicaTree, path: str) -> str | None:
     return "file"
 
 
-def rewind_back(  # noqa: PLR0917 (the engine passes them in this order)
+def rewind_back(
     store: Store,
     tree: ReplicaTree,
     undo: UndoLog,

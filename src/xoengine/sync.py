@@ -23,12 +23,11 @@ from __future__ import annotations
 
 import contextlib
 import os
-import uuid
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
 from xoengine import blocks
-from xoengine.blocks import BlockMap, Copy
+from xoengine.blocks import BlockMap
 from xoengine.errors import ConfigurationError, TreeWarning, XoError
 from xoengine.events import FileSynced, SyncFinished, SyncStarted, new_id
 from xoengine.tree import TMP_PREFIX, Image, image_of_existing, image_of_writes, kind_of
@@ -220,7 +219,9 @@ class Synchronizer:
     def _delete_tree(self, path: str) -> None:
         """Delete a replica path and everything below it, keeping every before-image."""
         below = sorted(
-            (p for p in self._replica_entries if p.startswith(path + "/")), key=os.fsencode, reverse=True
+            (p for p in self._replica_entries if p.startswith(path + "/")),
+            key=os.fsencode,
+            reverse=True,
         )
         images = []
         for victim in [*below, path]:
@@ -246,7 +247,7 @@ class Synchronizer:
                 sent = 0
             else:
                 index, rel = self.layout.split(path)
-                source = os.path.join(self.layout.roots[index], rel)  # noqa: PTH118
+                source = os.path.join(self.layout.roots[index], rel)
                 sent = self.tree.copy_new(path, source, entry.mode)
                 self.tree.set_meta(path, entry.mode, entry.mtime_ns)
             done.append((path, entry, "created", sent))
@@ -284,9 +285,10 @@ class Synchronizer:
         if data is None:
             return "", 0
         if have is None or level == "file" or have.size == 0:
+            st = tree.lstat(path) if have else None
             self._record(
-                [image_of_existing(tree, path, tree.lstat(path), deleted=False)]
-                if have
+                [image_of_existing(tree, path, st, deleted=False)]
+                if st is not None
                 else [("created", path, {}, {})]
             )
             tree.replace(path, [data], mode=entry.mode)
@@ -336,7 +338,7 @@ class Synchronizer:
 
     def _read_master(self, path: str) -> bytes | None:
         index, rel = self.layout.split(path)
-        full = os.path.join(self.layout.roots[index], rel)  # noqa: PTH118
+        full = os.path.join(self.layout.roots[index], rel)
         try:
             fd = os.open(full, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         except OSError:
@@ -369,7 +371,7 @@ class Synchronizer:
 
     def _event(self, cls: Any, **fields: Any) -> DomainEvent:
         self._version += 1
-        return cls(
+        event: DomainEvent = cls(
             originator_id=self._run_id,
             originator_version=self._version,
             timestamp=cls.create_timestamp(),
@@ -377,6 +379,7 @@ class Synchronizer:
             replica=self.replica,
             **fields,
         )
+        return event
 
     def _synced(self, path: str, action: str, size: int, sent: int) -> DomainEvent:
         return self._event(FileSynced, path=path, action=action, size=size, bytes_sent=sent)

@@ -95,7 +95,7 @@ def temporary_engine(
     if directory is None:
         scratch = tempfile.mkdtemp(prefix="xoengine-test-")
         directory = scratch
-    engine = Engine.open(os.path.join(directory, "state"), durability=durability, map_size=map_size)  # noqa: PTH118
+    engine = Engine.open(os.path.join(directory, "state"), durability=durability, map_size=map_size)
     try:
         yield engine
     finally:
@@ -199,7 +199,7 @@ class Rename:
 
     def apply(self, builder: TreeBuilder) -> None:
         """Apply to ``builder``'s tree."""
-        os.rename(builder.abspath(self.path), builder.abspath(self.new_path))  # noqa: PTH104
+        os.rename(builder.abspath(self.path), builder.abspath(self.new_path))
 
 
 @dataclass(frozen=True)
@@ -214,7 +214,7 @@ class Delete:
         if stat.S_ISDIR(os.lstat(full).st_mode):
             shutil.rmtree(full)
         else:
-            os.unlink(full)  # noqa: PTH108
+            os.unlink(full)
 
 
 @dataclass(frozen=True)
@@ -228,8 +228,8 @@ class MakeDir:
         """Apply to ``builder``'s tree."""
         builder.makedirs(_parent(self.path))
         full = builder.abspath(self.path)
-        os.mkdir(full)  # noqa: PTH102
-        os.chmod(full, self.mode)  # noqa: PTH101 (the umask must not change the bits)
+        os.mkdir(full)
+        os.chmod(full, self.mode)
 
 
 @dataclass(frozen=True)
@@ -242,7 +242,7 @@ class Symlink:
     def apply(self, builder: TreeBuilder) -> None:
         """Apply to ``builder``'s tree."""
         builder.makedirs(_parent(self.path))
-        os.symlink(os.fsencode(self.target), builder.abspath(self.path))  # noqa: PTH211
+        os.symlink(os.fsencode(self.target), builder.abspath(self.path))
 
 
 @dataclass(frozen=True)
@@ -254,7 +254,7 @@ class Chmod:
 
     def apply(self, builder: TreeBuilder) -> None:
         """Apply to ``builder``'s tree."""
-        os.chmod(builder.abspath(self.path), self.mode)  # noqa: PTH101
+        os.chmod(builder.abspath(self.path), self.mode)
 
 
 Operation: TypeAlias = (
@@ -283,7 +283,7 @@ class TreeBuilder:
     def __init__(self, root: str | os.PathLike[str], opener: FileOpener | None = None) -> None:
         """Build under ``root`` (created if missing)."""
         self.root = os.fspath(root)
-        os.makedirs(self.root, exist_ok=True)  # noqa: PTH103
+        os.makedirs(self.root, exist_ok=True)
         self.opener = opener
         self.applied: list[Operation] = []
 
@@ -294,14 +294,14 @@ class TreeBuilder:
     def makedirs(self, path: PathLike) -> None:
         """Make ``path`` and its missing parents (nothing if ``path`` is empty: the root)."""
         if os.fsencode(path):
-            os.makedirs(self.abspath(path), exist_ok=True)  # noqa: PTH103
+            os.makedirs(self.abspath(path), exist_ok=True)
 
     def open_file(self, path: PathLike, mode: str) -> IO[bytes]:
         """Open a file for a content operation, through the opener if there is one."""
         if self.opener is not None:
             file: IO[bytes] = self.opener(os.fsdecode(_rel(path)), mode)
             return file
-        return open(self.abspath(path), mode)  # noqa: PTH123 (the caller closes it)
+        return open(self.abspath(path), mode)
 
     def apply(self, operation: Operation) -> None:
         """Apply one operation and remember it in :attr:`applied`."""
@@ -377,15 +377,15 @@ def snapshot_tree(
 
     def visit(rel: bytes) -> None:
         here = base + b"/" + rel if rel else base
-        for name in sorted(os.listdir(here)):  # noqa: PTH208 (bytes names: pathlib has none)
+        for name in sorted(os.listdir(here)):
             child = rel + b"/" + name if rel else name
             full = base + b"/" + child
             st = os.lstat(full)
             kind = _kind(st.st_mode)
-            target = os.readlink(full) if kind == "symlink" else None  # noqa: PTH115
+            target = os.readlink(full) if kind == "symlink" else None
             data = None
             if kind == "file" and content:
-                with open(full, "rb") as f:  # noqa: PTH123
+                with open(full, "rb") as f:
                     data = f.read()
             out[child] = Node(
                 kind, stat.S_IMODE(st.st_mode), st.st_size, st.st_mtime_ns, target, data
@@ -407,7 +407,7 @@ def _first_difference(a: bytes, b: bytes) -> int:
 
 def _files_differ(left: bytes, right: bytes) -> int | None:
     """Offset of the first differing byte of two files, or None if their bytes are equal."""
-    with open(left, "rb") as a, open(right, "rb") as b:  # noqa: PTH123
+    with open(left, "rb") as a, open(right, "rb") as b:
         offset = 0
         while True:
             x, y = a.read(_CHUNK), b.read(_CHUNK)

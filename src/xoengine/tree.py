@@ -50,11 +50,11 @@ class ReplicaTree:
     """Safe, idempotent file operations under one replica root."""
 
     def __init__(self, root: str, *, fsync: bool = True, create: bool = True) -> None:
-        """Operate under ``root`` (created if missing and ``create``); ``fsync`` makes writes durable."""
+        """Operate under ``root`` (made if missing and ``create``); ``fsync``: durable writes."""
         self.root = root
         self.fsync = fsync
         if create:
-            os.makedirs(root, exist_ok=True)  # noqa: PTH103
+            os.makedirs(root, exist_ok=True)
 
     @contextlib.contextmanager
     def _parent(self, path: str, *, create: bool = True) -> Iterator[tuple[int, str]]:
@@ -79,7 +79,7 @@ class ReplicaTree:
         from xoengine.walk import walk  # noqa: PLC0415
 
         found: list[str] = []
-        if not os.path.isdir(self.root):  # noqa: PTH112
+        if not os.path.isdir(self.root):
             return found
         tree = walk(self.root)
         with contextlib.closing(tree):
@@ -162,8 +162,10 @@ class ReplicaTree:
                 raise self._error(path, "read the master copy of", e) from e
             try:
                 dst = os.open(
-                    leaf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC,
-                    0o600, dir_fd=fd,
+                    leaf,
+                    os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC,
+                    0o600,
+                    dir_fd=fd,
                 )
                 try:
                     total = 0
@@ -315,6 +317,7 @@ class ReplicaTree:
 
 
 def kind_of(mode: int) -> str:
+    """file, dir, symlink or special for an ``st_mode``."""
     if stat.S_ISDIR(mode):
         return "dir"
     if stat.S_ISLNK(mode):
@@ -404,7 +407,9 @@ class UndoLog:
         txn.put(self.table, key, codec.frame(key, body), overwrite=False)
         gaps = self.gaps(txn)
         if gaps and gaps[-1][1] is None and position > gaps[-1][0]:
-            self._set_meta(txn, b"gaps", [*[[lo, hi] for lo, hi in gaps[:-1]], [gaps[-1][0], position]])
+            self._set_meta(
+                txn, b"gaps", [*[[lo, hi] for lo, hi in gaps[:-1]], [gaps[-1][0], position]]
+            )
 
     def record(self, txn: WriteTxn, position: int, images: list[Image]) -> None:
         """Store the before-images of one position (their bytes as blobs); keep existing ones."""

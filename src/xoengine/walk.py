@@ -141,7 +141,7 @@ def resolve_under(root: AnyPath, relpath: str | bytes) -> str | bytes:
     given = os.fspath(root)
     base = os.fsencode(given)
     if not base.startswith(b"/"):
-        base = os.getcwdb() + b"/" + base  # noqa: PTH109 -- pathlib has no bytes paths
+        base = os.getcwdb() + b"/" + base
     base = base.rstrip(b"/") + b"/"
     parts = rel.split("/")
     for depth in range(1, len(parts)):

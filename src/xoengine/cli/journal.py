@@ -266,7 +266,7 @@ def add_parsers(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 
 def journal_path(text: str) -> str:
     """A journal directory, or an engine state directory holding one in ``journal/``."""
-    inner = os.path.join(text, "journal")  # noqa: PTH118
-    if os.path.exists(os.path.join(inner, "data.mdb")):  # noqa: PTH110, PTH118
+    inner = os.path.join(text, "journal")
+    if os.path.exists(os.path.join(inner, "data.mdb")):
         return inner
     return text

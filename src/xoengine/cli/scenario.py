@@ -214,7 +214,7 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
     (master / "db.bin").write_bytes(os.urandom(256 * 1024))
     (master / "latest").unlink(missing_ok=True)
     (master / "latest").symlink_to("docs/readme.txt")
-    with open(os.fsencode(master) + b"/caf\xe9.txt", "wb") as f:  # noqa: PTH123
+    with open(os.fsencode(master) + b"/caf\xe9.txt", "wb") as f:
         f.write(b"a name that is not UTF-8\n")
     print(f"quickstart in {base}")
     with Engine.open(base / "state", durability="sync") as eng:
@@ -271,7 +271,7 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
 # -- parser ------------------------------------------------------------------------------
 
 
-def add_parsers(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:  # noqa: PLR0915
+def add_parsers(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add quickstart, scenario and replication verbs."""
     quick = verbs.add_parser("quickstart", help="the main job: a whole replication round trip")
     quick.add_argument("--dir", help="work directory (default: a temporary one, removed)")
