@@ -52,7 +52,15 @@ from xoengine.events import (
     new_id,
 )
 from xoengine.manifest import DIGEST_WIDTH, FileState, Manifest
-from xoengine.walk import Entry, PathFilter, normalize_relpath, resolve_under, stat_entry, walk
+from xoengine.walk import (
+    Entry,
+    PathFilter,
+    entry_from_stat,
+    normalize_relpath,
+    resolve_under,
+    stat_entry,
+    walk,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Sequence
@@ -1173,16 +1181,4 @@ def _coalesce(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
 
 
 def _fd_entry(path: str, st: os.stat_result) -> Entry:
-    return Entry(
-        relpath=path,
-        kind="file",
-        size=st.st_size,
-        mode=stat.S_IMODE(st.st_mode),
-        mtime_ns=st.st_mtime_ns,
-        ctime_ns=st.st_ctime_ns,
-        inode=st.st_ino,
-        dev=st.st_dev,
-        nlink=st.st_nlink,
-        uid=st.st_uid,
-        gid=st.st_gid,
-    )
+    return entry_from_stat(path, "file", st)

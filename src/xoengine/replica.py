@@ -65,8 +65,6 @@ FILE_TOPICS: Final = tuple(
     )
 )
 
-EventBatch = "Sequence[tuple[int, FileEvent | None]]"
-
 
 @dataclass
 class AppliedCounts:

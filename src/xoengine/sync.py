@@ -31,7 +31,7 @@ from xoengine.blocks import BlockMap
 from xoengine.errors import ConfigurationError, TreeWarning, XoError
 from xoengine.events import FileSynced, SyncFinished, SyncStarted, new_id
 from xoengine.tree import TMP_PREFIX, Image, image_of_existing, image_of_writes, kind_of
-from xoengine.walk import Entry, walk
+from xoengine.walk import Entry, entry_from_stat, walk
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -395,20 +395,7 @@ class _Sink:
 
 
 def _root_entry(name: str, root: str) -> Entry:
-    st = os.stat(root)
-    return Entry(
-        relpath=name,
-        kind="dir",
-        size=0,
-        mode=st.st_mode & 0o7777,
-        mtime_ns=st.st_mtime_ns,
-        ctime_ns=st.st_ctime_ns,
-        inode=st.st_ino,
-        dev=st.st_dev,
-        nlink=st.st_nlink,
-        uid=st.st_uid,
-        gid=st.st_gid,
-    )
+    return entry_from_stat(name, "dir", os.stat(root))
 
 
 def _never() -> os.stat_result:

@@ -61,6 +61,7 @@ __all__ = [
     "PathFilter",
     "RelPath",
     "Walk",
+    "entry_from_stat",
     "normalize_relpath",
     "open_parent",
     "resolve_under",
@@ -456,12 +457,16 @@ class Walk(Iterator[Entry]):
             return None
         if is_dir:
             included = frame.included or self._filter._includes(relpath, name, is_dir=True)
-            return _entry(relpath, kind, st) if self._descend(frame, name, st, included) else None
+            return (
+                entry_from_stat(relpath, kind, st)
+                if self._descend(frame, name, st, included)
+                else None
+            )
         if not (frame.included or self._filter._includes(relpath, name, is_dir=False)):
             return None
         if kind == "symlink":
             return self._symlink(frame, name, st)
-        return _entry(relpath, kind, st)
+        return entry_from_stat(relpath, kind, st)
 
     def _symlink(self, frame: _Frame, name: str, st: os.stat_result) -> Entry | None:
         try:
@@ -470,7 +475,7 @@ class Walk(Iterator[Entry]):
             # EINVAL: no longer a symlink, so it was replaced after the stat.
             self._skip(frame.prefix + name, e, gone=e.errno in _GONE | {errno.EINVAL})
             return None
-        return _entry(frame.prefix + name, "symlink", st, target)
+        return entry_from_stat(frame.prefix + name, "symlink", st, target)
 
     def _descend(self, frame: _Frame, name: str, st: os.stat_result, included: bool) -> bool:
         """Push the directory's frame; False when it is gone (then it is not reported)."""
@@ -510,7 +515,10 @@ class Walk(Iterator[Entry]):
         self.warnings.append(EntryUnreadableWarning(path=relpath, detail=detail, errno=error.errno))
 
 
-def _entry(relpath: str, kind: Kind, st: os.stat_result, target: str | None = None) -> Entry:
+def entry_from_stat(
+    relpath: str, kind: Kind, st: os.stat_result, target: str | None = None
+) -> Entry:
+    """The :class:`Entry` for an ``lstat`` result (how the walker reports what it sees)."""
     return Entry(
         relpath=relpath,
         kind=kind,
@@ -551,4 +559,4 @@ def stat_entry(root: AnyPath, relpath: str | bytes) -> Entry | None:
             target = os.fsdecode(os.readlink(leaf, dir_fd=fd)) if kind == "symlink" else None
     except (FileNotFoundError, NotADirectoryError, PathError):
         return None
-    return _entry(rel, kind, st, target)
+    return entry_from_stat(rel, kind, st, target)
