@@ -361,7 +361,9 @@ class Capture:
         # 1. Renames (they move known entries, so the steps below see them moved).
         self._find_renames(walked, known)
         # 2. Creations and changes, parents before children (walk order).
-        for path in sorted(walked, key=os.fsencode):
+        # ``walked`` is in walk order (each directory right before its contents), all
+        # this loop needs: no sort on the no-change path.
+        for path in list(walked):
             entry = walked[path]
             state = known.get(path)
             if state is not None and state.kind != entry.kind:
