@@ -238,9 +238,6 @@ class Forensics:
                 total += self._rebuild(out, live)
                 files += 1
         # Directory modes and mtimes last: writing inside a directory moves its mtime.
-        for live in selected:
-            if live.kind == "file":
-                out.set_meta(live.path, live.mode, live.mtime_ns)
         for live in sorted(
             (f for f in selected if f.kind == "dir"), key=lambda f: -f.path.count("/")
         ):
@@ -279,8 +276,7 @@ class Forensics:
                     else:
                         content += self.source.blob(op[1])
                         replayed += op[2]
-        out.create(live.path, "file", 0o600, None)
-        out.write_ranges(live.path, [(0, bytes(content))] if content else [], len(content))
+        out.write_file(live.path, bytes(content), live.mode, live.mtime_ns)
         return replayed
 
     # -- history and diff -----------------------------------------------------------------

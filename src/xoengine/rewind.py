@@ -78,10 +78,9 @@ def undo_one(tree: ReplicaTree, record: UndoRecord, blob: Callable[[bytes], byte
         if tree.lstat(new) is not None and tree.lstat(path) is None:
             tree.rename(new, path)
     elif op == "bytes":
-        if _kind(tree, path) != "file":
-            return
         pieces = [(offset, blob(args[name])) for offset, name in args.get("spans", [])]
-        tree.write_ranges(path, pieces, args["old_size"])
+        tree.restore_bytes(path, pieces, args["old_size"], args.get("mode"), args.get("mtime_ns"))
+        return  # bytes, size and metadata in one open
     elif op == "content":
         _undo_delta(tree, record, blob)
     if ("mode" in args or "mtime_ns" in args) and tree.lstat(path) is not None:

@@ -183,6 +183,74 @@ class ReplicaTree:
             finally:
                 os.close(src)
 
+    def write_file(self, path: str, data: bytes, mode: int, mtime_ns: int) -> None:
+        """Write a whole file in place with its mode and mtime, in one open.
+
+        For trees being built from nothing (a forensic replay into an empty
+        directory): no temporary name, since there is no old content to keep.
+        """
+        with self._parent(path) as (fd, leaf):
+            try:
+                handle = os.open(
+                    leaf,
+                    os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC,
+                    0o600,
+                    dir_fd=fd,
+                )
+                try:
+                    view = memoryview(data)
+                    while view:
+                        view = view[os.write(handle, view) :]
+                    os.fchmod(handle, mode)
+                    os.utime(handle, ns=(mtime_ns, mtime_ns))
+                    if self.fsync:
+                        os.fsync(handle)
+                finally:
+                    os.close(handle)
+            except OSError as e:
+                raise self._error(path, "write", e) from e
+
+    def restore_bytes(
+        self,
+        path: str,
+        pieces: list[tuple[int, bytes]],
+        size: int,
+        mode: int | None,
+        mtime_ns: int | None,
+    ) -> None:
+        """Put back bytes, size, mode and mtime of an existing regular file, in one open.
+
+        The undo of in-place writes. Anything but a regular file at ``path``
+        (absent, a directory, a link) is left alone, as an undo of a later
+        record will have put it there.
+        """
+        try:
+            with open_parent(self.root, normalize_relpath(path)) as (fd, leaf):
+                try:
+                    handle = os.open(leaf, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+                except OSError as e:
+                    if e.errno in {errno.ENOENT, errno.ELOOP, errno.EISDIR, errno.ENOTDIR}:
+                        return
+                    raise self._error(path, "restore", e) from e
+                try:
+                    if not stat.S_ISREG(os.fstat(handle).st_mode):
+                        return
+                    for offset, data in pieces:
+                        os.pwrite(handle, data, offset)
+                    os.ftruncate(handle, size)
+                    if mode is not None:
+                        os.fchmod(handle, mode)
+                    if mtime_ns is not None:
+                        os.utime(handle, ns=(mtime_ns, mtime_ns))
+                    if self.fsync:
+                        os.fsync(handle)
+                except OSError as e:
+                    raise self._error(path, "restore", e) from e
+                finally:
+                    os.close(handle)
+        except (FileNotFoundError, NotADirectoryError):
+            return
+
     def truncate(self, path: str, size: int) -> None:
         """Cut or extend the file to ``size`` bytes."""
         self.write_ranges(path, (), size)
