@@ -704,25 +704,7 @@ class Capture:
         bs = self.state.block_size
         # Digests of the changed blocks only, one span per run: the event stays small.
         spans = [[at // bs, pack_digests(BlockMap.compute(data, bs))] for at, data in runs]
-        version = self._next_version(state)
-        scenario = self.scenario
-
-        def make(ids: list[bytes]) -> FileEvent:
-            return BytesWritten(
-                originator_id=state.file_id,
-                originator_version=version,
-                timestamp=BytesWritten.create_timestamp(),
-                scenario=scenario,
-                path=path,
-                observed=observed,
-                ranges=[[at, len(data), b] for (at, data), b in zip(runs, ids, strict=True)],
-                size=size,
-                digests=spans,
-            )
-
-        self._queue(make, [data for _, data in runs])
-        self._result.bytes_changed += sum(len(d) for _, d in runs)
-        self._result.updated += 1
+        self._bytes_written(path, state, runs, spans, observed, size)
 
     def _metadata_only(self, path: str, state: FileState, observed: list[int]) -> None:
         event = MetadataChanged(
@@ -750,14 +732,26 @@ class Capture:
     ) -> None:
         bs = self.state.block_size
         pieces = [
-            (offset, min(BLOB_MAX, start + length - offset))
+            (offset, view[offset : offset + min(BLOB_MAX, start + length - offset)])
             for start, length in ranges
             for offset in range(start, start + length, BLOB_MAX)
         ]
-        digests = [
+        spans = [
             [start // bs, pack_digests(new_map, start // bs, -(-(start + length) // bs))]
             for start, length in ranges
         ]
+        self._bytes_written(path, state, pieces, spans, observed, size)
+
+    def _bytes_written(
+        self,
+        path: str,
+        state: FileState,
+        pieces: Sequence[tuple[int, bytes | memoryview]],
+        spans: list[list[Any]],
+        observed: list[int],
+        size: int,
+    ) -> None:
+        """Queue one BytesWritten: ``pieces`` become blobs, ``spans`` the new block digests."""
         version = self._next_version(state)
         scenario = self.scenario
 
@@ -769,13 +763,13 @@ class Capture:
                 scenario=scenario,
                 path=path,
                 observed=observed,
-                ranges=[[o, n, b] for (o, n), b in zip(pieces, ids, strict=True)],
+                ranges=[[at, len(data), b] for (at, data), b in zip(pieces, ids, strict=True)],
                 size=size,
-                digests=digests,
+                digests=spans,
             )
 
-        self._queue(make, [view[o : o + n] for o, n in pieces])
-        self._result.bytes_changed += sum(n for _, n in pieces)
+        self._queue(make, [data for _, data in pieces])
+        self._result.bytes_changed += sum(len(data) for _, data in pieces)
         self._result.updated += 1
 
     def _replace(
