@@ -15,3 +15,5 @@ faults:
 
 bench:
 	$(PY) benchmarks/bench_journal.py
+	$(PY) benchmarks/bench_sync.py
+	$(PY) benchmarks/bench_rewind.py
