@@ -246,6 +246,7 @@ class Scenario:
         self._appliers: dict[str, ReplicaApplier] = {}
         self._threads: dict[str, _ApplierThread] = {}
         self._watcher: Any = None
+        self._captured = threading.Condition()  # notified after every append
         for replica in definition.replicas:
             self._wire_replica(replica)
 
@@ -394,6 +395,26 @@ class Scenario:
             thread.wake()
         self._check_spool()
         self._auto_point()
+        with self._captured:
+            self._captured.notify_all()
+
+    def wait_captured(self, path: str, timeout: float | None = None) -> None:
+        """Block until ``path`` is in the master state (journaled), e.g. by the live watcher.
+
+        Write a marker file after a burst of changes and wait for it: the kernel
+        reports changes in order, so everything before the marker is journaled too.
+        """
+        wanted = normalize_relpath(path)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._captured:
+            while True:
+                with self._engine.store.read() as txn:
+                    if self.manifest.get(txn, wanted) is not None:
+                        return
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    raise ReplicationTimeoutError(timeout=timeout, what=f"{wanted} to be journaled")
+                self._captured.wait(remaining)
 
     def _auto_point(self) -> None:
         interval = self._def.options.get("rewind_interval")
