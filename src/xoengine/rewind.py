@@ -168,16 +168,20 @@ def rewind_back(
 
     for position in sorted(by_position, reverse=True):
         group = by_position[position]
+        # Records that overwrite absolutely (bytes, truncations, creations, deletions,
+        # metadata) can share one commit: redoing the whole batch newest first after
+        # a crash ends with each path in its oldest before-image again. A rename or
+        # a digest-checked delta depends on the state it finds (its redo may skip):
+        # it gets a commit of its own, before and after, so no redo crosses it.
+        relative = any(r.op in _RELATIVE for r in group)
+        if relative and batch:
+            commit(batch)
+            batch, batch_bytes = [], 0
         for record in group:  # already newest seq first
             undo_one(tree, record, blob)
             count += 1
         batch.append(position)
         batch_bytes += sum(len(str(r.args)) for r in group)
-        # Records that overwrite absolutely (bytes, truncations, creations, deletions,
-        # metadata) can share one commit: redoing the whole batch newest first after
-        # a crash ends with each path in its oldest before-image again. A rename or
-        # a digest-checked delta depends on the state it finds: commit before the next.
-        relative = any(r.op in _RELATIVE for r in group)
         if relative or len(batch) >= _BATCH_POSITIONS or batch_bytes >= _BATCH_BYTES:
             commit(batch)
             batch, batch_bytes = [], 0
