@@ -57,6 +57,7 @@ __all__ = [
     "WriteAt",
     "assert_trees_equal",
     "compare_trees",
+    "snapshot_contents",
     "snapshot_tree",
     "temporary_engine",
 ]
@@ -394,6 +395,23 @@ def snapshot_tree(
                 visit(child)
 
     visit(b"")
+    return out
+
+
+def snapshot_contents(root: str | os.PathLike[str] | bytes) -> dict[bytes, tuple[Any, ...]]:
+    """A time-free view of :func:`snapshot_tree`: what rewinds and replays must reproduce.
+
+    ``("file", mode, bytes)``, ``("dir", mode)`` or ``("symlink", target)`` per
+    relative bytes path (times, sizes of directories and link modes left out).
+    """
+    out: dict[bytes, tuple[Any, ...]] = {}
+    for path, node in snapshot_tree(root).items():
+        if node.kind == "symlink":
+            out[path] = ("symlink", node.target)
+        elif node.kind == "dir":
+            out[path] = ("dir", node.mode)
+        else:
+            out[path] = (node.kind, node.mode, node.content)
     return out
 
 

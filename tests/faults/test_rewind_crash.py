@@ -25,7 +25,6 @@ from __future__ import annotations
 import os
 import random
 import signal
-import stat
 import subprocess
 from typing import TYPE_CHECKING, Any
 
@@ -35,6 +34,7 @@ from journal_probe import HERE, PYTHON, LineReader
 import xoengine.rewind as rewind_module
 from xoengine.engine import Engine, Scenario
 from xoengine.events import FileRenamed, ReplicaRewound, RewindStarted
+from xoengine.testing import snapshot_contents
 from xoengine.tree import TMP_PREFIX
 
 if TYPE_CHECKING:
@@ -47,25 +47,8 @@ WORKER = os.path.join(HERE, "rewind_worker.py")
 Node = tuple[Any, ...]
 
 
-def snapshot(root: Path) -> dict[bytes, Node]:
-    out: dict[bytes, Node] = {}
 
-    def visit(rel: bytes) -> None:
-        with os.scandir(os.path.join(os.fsencode(root), rel)) as entries:
-            for entry in entries:
-                path = os.path.join(rel, entry.name) if rel else entry.name
-                st = entry.stat(follow_symlinks=False)
-                if stat.S_ISLNK(st.st_mode):
-                    out[path] = ("symlink", os.readlink(entry.path))
-                elif stat.S_ISDIR(st.st_mode):
-                    out[path] = ("dir", stat.S_IMODE(st.st_mode))
-                    visit(path)
-                else:
-                    with open(entry.path, "rb") as f:
-                        out[path] = ("file", stat.S_IMODE(st.st_mode), f.read())
-
-    visit(b"")
-    return out
+snapshot = snapshot_contents
 
 
 def temp_files(root: Path) -> list[str]:

@@ -20,7 +20,6 @@ import dataclasses
 import datetime as dt
 import json
 import os
-import stat
 import types
 from pathlib import Path
 from typing import Any
@@ -33,31 +32,14 @@ from xoengine.engine import Engine, Scenario
 from xoengine.errors import RewindUnreachableError, XoError
 from xoengine.events import AlertRaised, ReplicaRewound, UndoTrimmed
 from xoengine.rewind import RetentionPolicy
+from xoengine.testing import snapshot_contents
 
 Node = tuple[Any, ...]
 EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
 
-def snapshot(root: str | os.PathLike[str]) -> dict[bytes, Node]:
-    """Every entry under ``root``: kind, permission bits, content or link target."""
-    out: dict[bytes, Node] = {}
 
-    def visit(rel: bytes) -> None:
-        with os.scandir(os.path.join(os.fsencode(root), rel)) as entries:
-            for entry in entries:
-                path = os.path.join(rel, entry.name) if rel else entry.name
-                st = entry.stat(follow_symlinks=False)
-                if stat.S_ISLNK(st.st_mode):
-                    out[path] = ("symlink", os.readlink(entry.path))
-                elif stat.S_ISDIR(st.st_mode):
-                    out[path] = ("dir", stat.S_IMODE(st.st_mode))
-                    visit(path)
-                else:
-                    with open(entry.path, "rb") as f:
-                        out[path] = ("file", stat.S_IMODE(st.st_mode), f.read())
-
-    visit(b"")
-    return out
+snapshot = snapshot_contents
 
 
 def subtree(tree: dict[bytes, Node], top: bytes) -> dict[bytes, Node]:

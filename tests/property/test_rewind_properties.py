@@ -37,7 +37,6 @@ from __future__ import annotations
 import os
 import random
 import shutil
-import stat
 import tempfile
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -46,6 +45,7 @@ from hypothesis import HealthCheck, event, given, note, settings
 from hypothesis import strategies as st
 
 from xoengine.engine import Engine, Scenario
+from xoengine.testing import snapshot_contents
 
 if TYPE_CHECKING:
     from xoengine.forensic import DiffResult
@@ -78,26 +78,8 @@ STATS: dict[str, int] = {"examples": 0, "points": 0, "rewinds": 0, "replays": 0,
 Node = tuple[Any, ...]  # ("file", mode, bytes) | ("dir", mode) | ("symlink", target)
 
 
-def snapshot(root: str) -> dict[bytes, Node]:
-    """Every entry under ``root`` by relative bytes path: kind, permission bits, content/target."""
-    out: dict[bytes, Node] = {}
 
-    def visit(rel: bytes) -> None:
-        with os.scandir(os.path.join(os.fsencode(root), rel)) as entries:
-            for entry in entries:
-                path = os.path.join(rel, entry.name) if rel else entry.name
-                st_ = entry.stat(follow_symlinks=False)
-                if stat.S_ISLNK(st_.st_mode):
-                    out[path] = ("symlink", os.readlink(entry.path))
-                elif stat.S_ISDIR(st_.st_mode):
-                    out[path] = ("dir", stat.S_IMODE(st_.st_mode))
-                    visit(path)
-                else:
-                    with open(entry.path, "rb") as f:
-                        out[path] = ("file", stat.S_IMODE(st_.st_mode), f.read())
-
-    visit(b"")
-    return out
+snapshot = snapshot_contents
 
 
 def differences(want: dict[bytes, Node], got: dict[bytes, Node]) -> list[str]:
