@@ -49,6 +49,8 @@ from xoengine.events import (
     FileEvent,
     FileRenamed,
     FileSynced,
+    FileTruncated,
+    MetadataChanged,
     ReplicaAdded,
     ReplicaRemoved,
     ReplicaResumed,
@@ -71,6 +73,7 @@ from xoengine.events import (
 from xoengine.forensic import BisectResult, DiffResult, Forensics, HistoryEntry, ReplayResult
 from xoengine.journal import BlobTable, LMDBApplicationRecorder, datetime_ns
 from xoengine.layout import Layout
+from xoengine.ledger import Ledger, event_bytes, operation
 from xoengine.manifest import Manifest
 from xoengine.replica import FILE_TOPICS, ReplicaApplier
 from xoengine.rewind import (
@@ -95,6 +98,15 @@ if TYPE_CHECKING:
 __all__ = ["KINDS", "Engine", "ReplicaStatistics", "Scenario", "ScenarioStatistics"]
 
 KINDS: Final = ("file_server", "database", "storage_group")
+_FILE_EVENTS: Final = (
+    FileCreated,
+    BytesWritten,
+    FileTruncated,
+    ContentReplaced,
+    FileRenamed,
+    FileDeleted,
+    MetadataChanged,
+)
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 SCENARIO_TOPICS: Final = tuple(
     f"xoengine.events:{c.__name__}"
@@ -748,7 +760,7 @@ class Scenario:
         for _, event in self._engine._iter_file_events(applier.position(), self.name):
             entry = pending.setdefault(event.path, {"events": 0, "bytes": 0})
             entry["events"] += 1
-            entry["bytes"] += _event_bytes(event)
+            entry["bytes"] += event_bytes(event)
         report: dict[str, Any] = {
             "scenario": self.name,
             "replica": replica,
@@ -789,28 +801,24 @@ class Scenario:
     def _replica_statistics(self, name: str) -> ReplicaStatistics:
         applier = self._appliers[name]
         applied = applier.position()
-        events = size = 0
+        ledger = self._engine._ledger
+        backlog = ledger.span(self.name, applied)
+        done = ledger.span(self.name, 0, applied)
         oldest: float | None = None
-        for _, event in self._engine._iter_file_events(applied, self.name):
-            events += 1
-            size += _event_bytes(event)
-            if oldest is None:
-                oldest = max(0.0, (dt.datetime.now(dt.UTC) - event.timestamp).total_seconds())
-        replicated = files = 0
-        for _, event in self._engine._iter_file_events(0, self.name, upto=applied):
-            replicated += _event_bytes(event)
-            files += 1
+        if backlog.first is not None:
+            journaled = self._engine.recorder.time_of(backlog.first) / 1e9
+            oldest = max(0.0, time.time() - journaled)
         undo_count, _ = applier.undo.size()
         return ReplicaStatistics(
             name=name,
             path=self._def.replicas[name],
             suspended=name in self._def.suspended,
             applied_position=applied,
-            backlog_events=events,
-            backlog_bytes=size,
+            backlog_events=backlog.events,
+            backlog_bytes=backlog.bytes,
             oldest_unapplied_age_s=oldest,
-            bytes_replicated=replicated,
-            files_replicated=files,
+            bytes_replicated=done.bytes,
+            files_replicated=done.events,
             undo_records=undo_count,
         )
 
@@ -822,14 +830,13 @@ class Scenario:
             self._check_spool_locked(limit)
 
     def _check_spool_locked(self, limit: Any) -> None:
-        worst = 0
-        for name, applier in self._appliers.items():
-            backlog = sum(
-                _event_bytes(e)
-                for _, e in self._engine._iter_file_events(applier.position(), self.name)
-            )
-            worst = max(worst, backlog)
-            del name
+        worst = max(
+            (
+                self._engine._ledger.span(self.name, applier.position()).bytes
+                for applier in self._appliers.values()
+            ),
+            default=0,
+        )
         if worst > int(limit) and self._def.state != "Problem":
             self._engine._scenario_event(
                 self._def,
@@ -940,26 +947,21 @@ class Scenario:
                 continue
             applied = applier.position()
             since = marks.get(name, 0)
-            totals = {
-                "created": 0,
-                "updated": 0,
-                "deleted": 0,
-                "renamed": 0,
-                "bytes": 0,
-                "bytes_since_last_report": 0,
-            }
+            ledger = self._engine._ledger
+            done = ledger.span(self.name, 0, applied)
+            totals = {op: done.counts[op] for op in ("created", "updated", "deleted", "renamed")}
+            totals["bytes"] = done.bytes
+            totals["bytes_since_last_report"] = ledger.span(self.name, since, applied).bytes
             files: list[dict[str, Any]] = []
-            for position, event in self._engine._iter_file_events(0, self.name, upto=applied):
-                op = _operation(event)
-                if op in totals:
-                    totals[op] += 1
-                nbytes = _event_bytes(event)
-                totals["bytes"] += nbytes
-                if position > since:
-                    totals["bytes_since_last_report"] += nbytes
-                if detail:
+            if detail:
+                for position, event in self._engine._iter_file_events(0, self.name, upto=applied):
                     files.append(
-                        {"position": position, "path": event.path, "operation": op, "bytes": nbytes}
+                        {
+                            "position": position,
+                            "path": event.path,
+                            "operation": operation(event),
+                            "bytes": event_bytes(event),
+                        }
                     )
             entry: dict[str, Any] = {
                 "applied_position": applied,
@@ -1015,28 +1017,6 @@ def _compare_trees(scenario: Scenario, replica_root: str) -> dict[str, str]:
         elif a[1] != b[1] and a[0] != "symlink":
             differences[path] = f"mode {oct(a[1])} vs {oct(b[1])}"
     return differences
-
-
-def _operation(event: FileEvent) -> str:
-    if isinstance(event, FileCreated):
-        return "created"
-    if isinstance(event, FileDeleted):
-        return "deleted"
-    if isinstance(event, FileRenamed):
-        return "renamed"
-    if isinstance(event, (BytesWritten, ContentReplaced)) and event.originator_version == 2:
-        # A file's stream starts with FileCreated and its first content: that is the
-        # creation, already counted, not an update.
-        return "written"
-    return "updated"
-
-
-def _event_bytes(event: FileEvent) -> int:
-    if isinstance(event, BytesWritten):
-        return sum(r[1] for r in event.ranges)
-    if isinstance(event, ContentReplaced):
-        return sum(op[2] for op in event.ops if op[0] == "data")
-    return 0
 
 
 class _NotifyingFile(JournaledFile):
@@ -1171,6 +1151,10 @@ class Engine:
         self._scenarios: dict[str, Scenario] = {}
         self._report_marks: dict[str, dict[str, int]] = {}
         self._lock = threading.RLock()
+        self._ledger = Ledger(
+            lambda after, upto: self._iter_file_events(after, None, upto),
+            lambda: self.recorder.max_notification_id() or 0,
+        )
         self._load()
 
     @classmethod
@@ -1320,17 +1304,11 @@ class Engine:
             start = notes[-1].id + 1
 
     def _iter_file_events(
-        self, after: int, scenario: str, upto: int | None = None
+        self, after: int, scenario: str | None, upto: int | None = None
     ) -> Iterator[tuple[int, FileEvent]]:
-        classes = tuple(
-            c for c in (FileCreated, BytesWritten, ContentReplaced, FileDeleted, FileRenamed)
-        )
-        from xoengine.events import FileTruncated, MetadataChanged  # noqa: PLC0415
-
-        for position, event in self._iter_events(
-            (*classes, FileTruncated, MetadataChanged), after, upto
-        ):
-            if event.scenario == scenario:
+        """File events after ``after`` (up to ``upto``), of one scenario or (None) of all."""
+        for position, event in self._iter_events(_FILE_EVENTS, after, upto):
+            if scenario is None or event.scenario == scenario:
                 yield position, event
 
     def _load(self) -> None:

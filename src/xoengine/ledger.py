@@ -1,0 +1,135 @@
+"""The ledger: running totals of each scenario's file events by journal position (R31, R35).
+
+Room: producers and projections. May import ``events`` (nothing that touches
+the journal or a tree: the engine feeds it).
+
+Statistics, the spool check and the replication report all ask "how many
+events and bytes of this scenario lie between position *a* and position
+*b*?", over and over while the journal grows (the spool check runs after
+every append). Scanning the journal for each answer made a long suspension
+quadratic. The ledger decodes each file event once, keeps prefix sums per
+scenario and answers with two bisects. It lives in memory and is rebuilt
+from the journal by the first question after an engine opens.
+"""
+
+from __future__ import annotations
+
+import bisect
+import threading
+from array import array
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Final
+
+from xoengine.events import (
+    BytesWritten,
+    ContentReplaced,
+    FileCreated,
+    FileDeleted,
+    FileEvent,
+    FileRenamed,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable
+
+__all__ = ["OPERATIONS", "Ledger", "Span", "event_bytes", "operation"]
+
+OPERATIONS: Final = ("created", "written", "updated", "deleted", "renamed")
+
+
+def operation(event: FileEvent) -> str:
+    """What a file event did, as the replication report counts it (one of :data:`OPERATIONS`)."""
+    if isinstance(event, FileCreated):
+        return "created"
+    if isinstance(event, FileDeleted):
+        return "deleted"
+    if isinstance(event, FileRenamed):
+        return "renamed"
+    if isinstance(event, (BytesWritten, ContentReplaced)) and event.originator_version == 2:
+        # A file's stream starts with FileCreated and its first content: that is the
+        # creation, already counted, not an update.
+        return "written"
+    return "updated"
+
+
+def event_bytes(event: FileEvent) -> int:
+    """Bytes of file data an event carries (what replication moves)."""
+    if isinstance(event, BytesWritten):
+        return sum(r[1] for r in event.ranges)
+    if isinstance(event, ContentReplaced):
+        return sum(op[2] for op in event.ops if op[0] == "data")
+    return 0
+
+
+@dataclass(frozen=True)
+class Span:
+    """What one scenario journaled in a range of positions."""
+
+    events: int
+    bytes: int
+    first: int | None
+    """Position of the first event in the range (None if it holds none)."""
+    counts: dict[str, int]
+    """Events per operation (:data:`OPERATIONS`)."""
+
+
+class _Series:
+    """One scenario's positions with prefix sums (index k: totals of the first k events)."""
+
+    def __init__(self) -> None:
+        self.positions = array("q")
+        self.sums = {name: array("q", [0]) for name in ("bytes", *OPERATIONS)}
+
+    def add(self, position: int, event: FileEvent) -> None:
+        self.positions.append(position)
+        op = operation(event)
+        for name, sums in self.sums.items():
+            step = event_bytes(event) if name == "bytes" else int(name == op)
+            sums.append(sums[-1] + step)
+
+    def span(self, after: int, upto: int | None) -> Span:
+        lo = bisect.bisect_right(self.positions, after)
+        hi = len(self.positions) if upto is None else bisect.bisect_right(self.positions, upto)
+        hi = max(lo, hi)
+        total = {name: sums[hi] - sums[lo] for name, sums in self.sums.items()}
+        return Span(
+            events=hi - lo,
+            bytes=total.pop("bytes"),
+            first=self.positions[lo] if hi > lo else None,
+            counts=total,
+        )
+
+
+class Ledger:
+    """Prefix sums of every scenario's file events, extended as the journal grows.
+
+    ``source(after, upto)`` yields ``(position, event)`` for the file events
+    in (``after``, ``upto``], in order; ``head()`` is the journal's last
+    position. Before each answer the ledger reads what lies between the head
+    it saw last and the head now, so every record is read once per ledger.
+    """
+
+    def __init__(
+        self,
+        source: Callable[[int, int], Iterable[tuple[int, FileEvent]]],
+        head: Callable[[], int],
+    ) -> None:
+        """Follow the file events that ``source`` yields up to ``head()``."""
+        self._source = source
+        self._head = head
+        self._lock = threading.Lock()
+        self._scanned = 0
+        self._series: dict[str, _Series] = {}
+
+    def span(self, scenario: str, after: int, upto: int | None = None) -> Span:
+        """Totals of ``scenario``'s events at positions in (``after``, ``upto``]."""
+        with self._lock:
+            head = self._head()
+            if head > self._scanned:
+                for position, event in self._source(self._scanned, head):
+                    self._series.setdefault(event.scenario, _Series()).add(position, event)
+                self._scanned = head
+            series = self._series.get(scenario)
+            if series is None:
+                return Span(0, 0, None, dict.fromkeys(OPERATIONS, 0))
+            return series.span(after, upto)
