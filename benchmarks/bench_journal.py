@@ -7,12 +7,14 @@ Cases (events/s; every case gets a fresh store in a temporary directory):
 
 1. raw py-lmdb, the ceiling: position-keyed appends framed exactly like
    ``xoengine.codec.frame``, batch 100, sync=True + metasync=True (and, for
-   reference, the same plus a put into a uuid-keyed stream index);
+   reference, the same plus a put into a uuid-keyed stream index, and the same
+   at batch 2: what one Application save commits, the floor of that path);
 2. ``LMDBApplicationRecorder.insert_events`` at batch 1 and 100, durability
    ``sync`` and ``nosync`` (plus reference rows: ``metasync-off``, and
    time-ordered uuid7-style originators instead of uuid4);
 3. eventsourcing's SQLite recorder (a file, WAL, as the library sets it up) and
-   POPO recorder at batch 1 and 100;
+   POPO recorder at batch 1 and 100 (and batch 100 with uuid7 originators, so
+   that the uuid7 ratio compares like with like);
 4. group commit: 4 threads each appending one event per call, at ``sync``;
 5. the Application path (create an aggregate, trigger one event, save) on
    xoengine (msgpack and JSON transcoders, ``sync``), on SQLite and on POPO.
@@ -464,6 +466,11 @@ def build_cases(b: Bench, events7: list[StoredEvent]) -> list[Case]:
             "  ref: xoengine b100 sync, uuid7 originators",
             lambda: b.xo(events7, batch=100, durability="sync"),
         ),
+        Case(
+            "sqlite_b100_u7",
+            "  ref: SQLite recorder b100, uuid7 originators",
+            lambda: b.sqlite(events7, batch=100),
+        ),
         # Batch 1 at sync and group commit.
         Case(
             "xo_b1_sync",
@@ -481,7 +488,13 @@ def build_cases(b: Bench, events7: list[StoredEvent]) -> list[Case]:
             "  ref: xoengine b1, metasync-off (1 flush)",
             lambda: b.xo(b.few, batch=1, durability="metasync-off"),
         ),
-        # The Application path.
+        # The Application path, after its floor: raw py-lmdb at sync committing what
+        # one save commits (2 framed events and their stream index puts).
+        Case(
+            "raw_b2",
+            "  ref: raw py-lmdb + stream index, b2, sync (a save's floor)",
+            lambda: b.raw_lmdb(b.few, batch=2, index=True),
+        ),
         Case(
             "app_xo_msgpack",
             "Application save, xoengine sync, msgpack",
@@ -614,7 +627,9 @@ def main(argv: list[str] | None = None) -> int:
         ("xoengine b100 sync / raw + stream index", "xo_b100_sync", "raw_idx"),
         ("raw + stream index / raw ceiling", "raw_idx", "raw"),
         ("xoengine b100 sync uuid7 / raw ceiling", "xo_b100_u7", "raw"),
-        ("xoengine b100 sync uuid7 / SQLite b100", "xo_b100_u7", "sqlite_b100"),
+        ("xoengine b100 sync uuid7 / SQLite b100 uuid7", "xo_b100_u7", "sqlite_b100_u7"),
+        ("raw py-lmdb b2 sync (a save's floor) / App SQLite", "raw_b2", "app_sqlite"),
+        ("Application xoengine msgpack / raw b2 floor", "app_xo_msgpack", "raw_b2"),
         ("xoengine b1 sync / SQLite b1", "xo_b1_sync", "sqlite_b1"),
         ("xoengine b1 metasync-off / sync", "xo_b1_msoff", "xo_b1_sync"),
         ("Application xoengine JSON / SQLite", "app_xo_json", "app_sqlite"),
