@@ -28,6 +28,7 @@ from eventsourcing.application import Application
 from xoengine import blocks
 from xoengine.capture import Capture, CaptureResult, JournaledFile, MasterState
 from xoengine.errors import (
+    ApplierFailedError,
     ConfigurationError,
     OverlappingTreesError,
     ReplicaNotFoundError,
@@ -257,6 +258,7 @@ class Scenario:
         )
         self._appliers: dict[str, ReplicaApplier] = {}
         self._threads: dict[str, _ApplierThread] = {}
+        self._spool_over = False
         self._watcher: Any = None
         self._captured = threading.Condition()  # notified after every append
         for replica in definition.replicas:
@@ -367,11 +369,18 @@ class Scenario:
                 self._engine._scenario_event(self._def, ScenarioStopped)
 
     def _start_threads(self) -> None:
-        for replica, applier in self._appliers.items():
-            if replica not in self._threads:
-                thread = _ApplierThread(self, replica, applier)
-                self._threads[replica] = thread
-                thread.start()
+        for replica in self._appliers:
+            self._start_thread(replica)
+
+    def _start_thread(self, replica: str) -> None:
+        old = self._threads.get(replica)
+        if old is not None and old.error is None:
+            return
+        if old is not None:
+            old.stop()  # it failed: a fresh thread retries from the tracking position
+        thread = _ApplierThread(self, replica, self._appliers[replica])
+        self._threads[replica] = thread
+        thread.start()
 
     def _stop_threads(self) -> None:
         if self._watcher is not None:
@@ -405,7 +414,7 @@ class Scenario:
     def _after_append(self) -> None:
         for thread in list(self._threads.values()):
             thread.wake()
-        self._check_spool()
+        self._check_state()
         self._auto_point()
         with self._captured:
             self._captured.notify_all()
@@ -511,16 +520,17 @@ class Scenario:
         A replica that was rewound is first brought back to the master's state by
         a block-level resynchronization (only differing blocks move), since its
         files may have been used or changed while it was out of replication.
+        A replica whose applier stopped on an error (the scenario is then in
+        Problem) is retried from its tracking position.
         """
         self._replica(replica)
         if replica in self._def.rewound:
             self.synchronize(level="block", replica=replica)
         if replica in self._def.suspended or replica in self._def.rewound:
             self._engine._scenario_event(self._def, ReplicaResumed, replica=replica)
-        if self._def.running and replica not in self._threads:
-            thread = _ApplierThread(self, replica, self._appliers[replica])
-            self._threads[replica] = thread
-            thread.start()
+        if self._def.running:
+            self._start_thread(replica)
+        self._check_state()
 
     def wait_replicated(self, timeout: float | None = None) -> int:
         """Block until every active replica applied everything journaled so far.
@@ -544,7 +554,7 @@ class Scenario:
                     timeout=timeout, what=f"replica {name} to reach {target}"
                 )
         if self._def.state == "Problem":
-            self._check_spool()  # caught up: the spool may be back under its limit
+            self._check_state()  # caught up: the spool may be back under its limit
         return target
 
     # -- rewind (R5, R6) --------------------------------------------------------------------
@@ -822,37 +832,43 @@ class Scenario:
             undo_records=undo_count,
         )
 
-    def _check_spool(self) -> None:
-        limit = self._def.options.get("spool_limit")
-        if not limit:
-            return
+    def _check_state(self) -> None:
+        """Problem while a replica's applier has failed or the spool is over its limit."""
         with self._engine._lock:  # appliers call this too: one decision at a time
-            self._check_spool_locked(limit)
+            self._check_state_locked()
 
-    def _check_spool_locked(self, limit: Any) -> None:
-        worst = max(
-            (
-                self._engine._ledger.span(self.name, applier.position()).bytes
-                for applier in self._appliers.values()
-            ),
-            default=0,
-        )
-        if worst > int(limit) and self._def.state != "Problem":
-            self._engine._scenario_event(
-                self._def,
-                AlertRaised,
-                code="AW0001",
-                severity="warning",
-                message=f"spool over threshold: {worst} bytes waiting (limit {limit})",
-                details={"backlog_bytes": worst, "limit": int(limit)},
+    def _check_state_locked(self) -> None:
+        limit = int(self._def.options.get("spool_limit") or 0)
+        over = False
+        if limit:
+            worst = max(
+                (
+                    self._engine._ledger.span(self.name, applier.position()).bytes
+                    for applier in self._appliers.values()
+                ),
+                default=0,
             )
+            over = worst > limit
+            if over and not self._spool_over:
+                self._engine._scenario_event(
+                    self._def,
+                    AlertRaised,
+                    code="AW0001",
+                    severity="warning",
+                    message=f"spool over threshold: {worst} bytes waiting (limit {limit})",
+                    details={"backlog_bytes": worst, "limit": limit},
+                )
+            self._spool_over = over
+        failed = sorted(name for name, t in self._threads.items() if t.error is not None)
+        if (over or failed) and self._def.state != "Problem":
+            reason = "spool over threshold" if over else f"replica {failed[0]} stopped on an error"
             self._engine._scenario_event(
-                self._def, ScenarioStateChanged, state="Problem", reason="spool over threshold"
+                self._def, ScenarioStateChanged, state="Problem", reason=reason
             )
-        elif worst <= int(limit) and self._def.state == "Problem":
+        elif not over and not failed and self._def.state == "Problem":
             state = "Running" if self._def.running else "Stopped"
             self._engine._scenario_event(
-                self._def, ScenarioStateChanged, state=state, reason="spool back under threshold"
+                self._def, ScenarioStateChanged, state=state, reason="problem cleared"
             )
 
     # -- projections ------------------------------------------------------------------------
@@ -1067,22 +1083,35 @@ class _ApplierThread:
             try:
                 self.applier.apply_available()
                 if self.scenario._def.state == "Problem":
-                    self.scenario._check_spool()  # back under the spool limit?
-            except XoError as e:
-                self.error = e
-                self.applier.counts.errors.append(str(e))
-                with contextlib.suppress(XoError):
-                    self.scenario._engine._scenario_event(
-                        self.scenario._def,
-                        AlertRaised,
-                        code=e.code,
-                        severity="error",
-                        message=str(e),
-                        details={"replica": self.replica},
-                    )
-                self._stop.set()
+                    self.scenario._check_state()  # back under the spool limit?
+            except Exception as e:  # noqa: BLE001 (reported, never lost with the thread)
+                self._fail(e)
             with self._progress:
                 self._progress.notify_all()
+
+    def _fail(self, e: Exception) -> None:
+        # The thread ends; the error is journaled (alert), the scenario goes to
+        # Problem, waiters get the error, and resume() starts a fresh thread.
+        error = (
+            e
+            if isinstance(e, XoError)
+            else ApplierFailedError(replica=self.replica, detail=repr(e))
+        )
+        if error is not e:
+            error.__cause__ = e
+        self.error = error
+        self.applier.counts.errors.append(str(error))
+        self._stop.set()
+        with contextlib.suppress(XoError):
+            self.scenario._engine._scenario_event(
+                self.scenario._def,
+                AlertRaised,
+                code=error.code,
+                severity="error",
+                message=str(error),
+                details={"replica": self.replica},
+            )
+            self.scenario._check_state()
 
     def wait_position(self, target: int, deadline: float | None) -> bool:
         with self._progress:

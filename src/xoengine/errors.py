@@ -22,6 +22,7 @@ from eventsourcing.persistence import IntegrityError as _ESIntegrityError
 from eventsourcing.persistence import OperationalError as _ESOperationalError
 
 __all__ = [
+    "ApplierFailedError",
     "BlobNotFoundError",
     "ChecksumMismatchError",
     "ConfigurationError",
@@ -358,6 +359,14 @@ class ReplicationTimeoutError(XoError, TimeoutError):
     code = "AE0469"  # the guide's "operation timed out"
     exit_code = 3
     hint = "Raise the timeout, or check the statistics for a stuck or suspended replica."
+
+
+class ApplierFailedError(XoError):
+    """The applier of replica {replica!r} stopped on an unexpected error: {detail}."""
+
+    code = "E3013"
+    exit_code = 3
+    hint = "The scenario is in Problem; fix the cause and resume the replica to retry."
 
 
 class RewindUnreachableError(XoError):

@@ -510,6 +510,35 @@ def test_statistics_follow_a_long_suspension_across_a_restart(tmp_path: Path) ->
     assert_trees_equal(tmp_path / "master", tmp_path / "r2", mtimes=True)
 
 
+def test_failed_applier_puts_scenario_in_problem_and_resume_retries(
+    engine: Engine, tmp_path: Path
+) -> None:
+    sc = _scenario(engine, tmp_path)
+    master = TreeBuilder(tmp_path / "master")
+    master.apply_all([MakeDir("d"), CreateFile("a", b"a")])
+    sc.start()
+    # Someone puts a file where the replica holds the directory "d".
+    shutil.rmtree(tmp_path / "r1" / "d")
+    (tmp_path / "r1" / "d").write_bytes(b"in the way")
+    master.apply(CreateFile("d/x", b"new file"))
+    sc.capture()
+    with pytest.raises(XoError) as failed:
+        sc.wait_replicated(timeout=30)
+    assert sc.state == "Problem"
+    alerts = [e for _, e in engine._iter_events((AlertRaised,))]
+    assert [(a.code, a.details["replica"]) for a in alerts] == [(failed.value.code, "r1")]
+    assert sc.replication_report()["replicas"]["r1"]["errors"] == [str(failed.value)]
+    # The operator clears the obstacle and resumes: the applier retries from its position.
+    (tmp_path / "r1" / "d").unlink()
+    (tmp_path / "r1" / "d").mkdir()
+    sc.resume("r1")
+    sc.wait_replicated(timeout=30)
+    assert sc.state == "Running"
+    assert_trees_equal(tmp_path / "master", tmp_path / "r1", mtimes=False)
+    states = [(e.state, e.reason) for _, e in engine._iter_events((ScenarioStateChanged,))]
+    assert states == [("Problem", "replica r1 stopped on an error"), ("Running", "problem cleared")]
+
+
 def test_capture_journals_an_insertion_as_a_small_delta(engine: Engine, tmp_path: Path) -> None:
     sc = _scenario(engine, tmp_path, block_size=512)
     master = TreeBuilder(tmp_path / "master")
