@@ -13,19 +13,13 @@ import os
 import subprocess
 from typing import Any
 
+from xoengine.cli.journal import parse_time
 from xoengine.cli.scenario import _plain, _show
 from xoengine.engine import Engine
-from xoengine.errors import ConfigurationError
 
 
 def _time(text: str | None) -> dt.datetime | None:
-    if text is None:
-        return None
-    try:
-        stamp = dt.datetime.fromisoformat(text)
-    except ValueError:
-        raise ConfigurationError(detail=f"{text!r} is not an ISO 8601 time") from None
-    return stamp if stamp.tzinfo else stamp.replace(tzinfo=dt.UTC)
+    return None if text is None else parse_time(text)
 
 
 def _instant(text: str) -> int | dt.datetime:
@@ -137,7 +131,7 @@ def add_parsers(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     common(replay)
     replay.add_argument("--to", required=True, help="output directory")
     replay.add_argument("--position", type=int)
-    replay.add_argument("--at", help="time (ISO 8601)")
+    replay.add_argument("--at", help="time (ISO 8601; UTC if no offset)")
     replay.add_argument("--path", help="one file or subtree")
     replay.set_defaults(func=cmd_replay)
 
@@ -168,7 +162,7 @@ def add_parsers(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     rewind.add_argument("replica")
     rewind.add_argument("point", nargs="?", help="rewind point name")
     rewind.add_argument("--position", type=int)
-    rewind.add_argument("--at", help="time (ISO 8601)")
+    rewind.add_argument("--at", help="time (ISO 8601; UTC if no offset)")
     rewind.set_defaults(func=cmd_rewind)
 
     points = verbs.add_parser("rewind-points", help="list (or --set) rewind points")
