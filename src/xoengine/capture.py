@@ -31,6 +31,7 @@ import contextlib
 import os
 import stat
 import threading
+import time
 import uuid
 from dataclasses import dataclass, field
 from typing import IO, TYPE_CHECKING, Any, Final, Self
@@ -121,6 +122,7 @@ def unpack_map(packed: bytes, size: int, block_size: int) -> BlockMap:
 
 
 def _observed(st: os.stat_result | None) -> list[int]:
+    """The stat of a file just read, with the time it was taken (call right after fstat)."""
     if st is None:
         return []
     return [
@@ -130,7 +132,34 @@ def _observed(st: os.stat_result | None) -> list[int]:
         st.st_ctime_ns,
         st.st_ino,
         st.st_dev,
+        time.time_ns(),
     ]
+
+
+RACY_WINDOW_NS: Final = 20_000_000
+"""How close to its stat's timestamps a file may be seen and still be racy (ns).
+
+A filesystem stamps files with a coarse clock: a jiffy (up to 10 ms) on Linux
+before multigrain timestamps (6.13), a whole second on ext4 with 128-byte
+inodes or on many NFS servers, two seconds on FAT. A file whose stat was taken
+within one tick of its mtime or ctime may be rewritten, same size, in that very
+tick: its stat then shows nothing. Such a file is *racy* (git's term) and the
+capture reads it again while its stat stays the same (see ``Capture._racy``).
+"""
+RACY_WINDOW_WHOLE_SECONDS_NS: Final = 2_000_000_000
+"""The window for timestamps that are whole seconds (filesystems without sub-second time)."""
+
+
+def _racy_window(state: FileState) -> int:
+    whole = state.mtime_ns % 1_000_000_000 == 0 and state.ctime_ns % 1_000_000_000 == 0
+    return RACY_WINDOW_WHOLE_SECONDS_NS if whole else RACY_WINDOW_NS
+
+
+def racy(state: FileState) -> bool:
+    """Whether ``state``'s stat was taken too soon after its timestamps to vouch for it."""
+    if state.kind != "file" or not state.size or not state.observed_ns:
+        return False
+    return state.observed_ns - max(state.mtime_ns, state.ctime_ns) < _racy_window(state)
 
 
 # -- the fold ----------------------------------------------------------------------------
@@ -181,9 +210,15 @@ class MasterState:
                     manifest.set_digests(txn, state.file_id, first, packed, None)
                 manifest.cut_digests(txn, state.file_id, nblocks)
         if event.observed:
-            size, mode, mtime_ns, ctime_ns, ino, dev = event.observed
+            size, mode, mtime_ns, ctime_ns, ino, dev, *when = event.observed
             state = state.evolve(
-                size=size, mode=mode, mtime_ns=mtime_ns, ctime_ns=ctime_ns, ino=ino, dev=dev
+                size=size,
+                mode=mode,
+                mtime_ns=mtime_ns,
+                ctime_ns=ctime_ns,
+                ino=ino,
+                dev=dev,
+                observed_ns=when[0] if when else 0,
             )
         manifest.put(txn, event.path, state)
 
@@ -274,6 +309,7 @@ class Capture:
         self._pending_bytes = 0
         self._versions: dict[uuid.UUID, int] = {}
         self._result = CaptureResult()
+        self._settled: set[tuple[str, int]] = set()  # racy files re-read after their tick
 
     # -- scanning ------------------------------------------------------------------------------
 
@@ -517,6 +553,8 @@ class Capture:
             and entry.inode == state.ino
         )
         if same_stat and entry.mode == state.mode:
+            if self._racy(path, state):
+                self._capture_content(path, state, state, quiet=True)
             return
         if entry.kind == "symlink" and entry.target != state.target:
             self._delete(path, state)  # a link's target is its content: re-create it
@@ -572,7 +610,26 @@ class Capture:
                 return data, after
         return None
 
-    def _capture_content(self, path: str, state: FileState, old: FileState | None) -> None:
+    def _racy(self, path: str, state: FileState) -> bool:
+        """Whether an unchanged stat cannot vouch for ``path``: read its bytes again.
+
+        Once a re-read happens after the racy window has passed, any later
+        write moves the stat, so that version of the file is settled for the
+        life of this capture (a new process re-reads it once more).
+        """
+        if not racy(state):
+            return False
+        key = (path, state.version)
+        if key in self._settled:
+            return False
+        if time.time_ns() - max(state.mtime_ns, state.ctime_ns) >= _racy_window(state):
+            self._settled.add(key)
+        return True
+
+    def _capture_content(
+        self, path: str, state: FileState, old: FileState | None, *, quiet: bool = False
+    ) -> None:
+        """Journal what changed in ``path``'s bytes (``quiet``: nothing if they did not)."""
         if old is not None and old.size > 0:
             with self.store.read() as txn:
                 old_map = self.state.block_map(txn, old)
@@ -589,7 +646,8 @@ class Capture:
             if size == old.size or changed <= bs or tail_only:
                 if not runs and size == old.size:
                     # Same bytes: only metadata moved (e.g. touch); keep the stat current.
-                    self._metadata_only(path, state, _observed(st))
+                    if not quiet:
+                        self._metadata_only(path, state, _observed(st))
                     return
                 self._write_runs(path, state, runs, _observed(st), size)
                 return

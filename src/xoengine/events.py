@@ -219,7 +219,10 @@ class FileEvent(XoEvent):
 
     ``observed`` is what the master's ``lstat`` showed after the change:
     ``[size, mode, mtime_ns, ctime_ns, inode, device]`` (empty if unknown), so
-    the master state is a pure fold of the journal.
+    the master state is a pure fold of the journal. A seventh element, when
+    present, is the wall-clock time (ns) the stat was taken: with it the
+    capture knows which files a later rewrite could hide from (the racy rule
+    in ``capture``).
     """
 
     scenario: str

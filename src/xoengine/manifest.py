@@ -51,6 +51,8 @@ class FileState:
     ino: int = 0
     dev: int = 0
     target: str | None = None
+    observed_ns: int = 0
+    """Wall-clock time (ns) the stat above was taken (0: unknown; see capture's racy rule)."""
 
     def pack(self) -> bytes:
         """The msgpack body of this entry."""
@@ -66,17 +68,29 @@ class FileState:
                 self.ino,
                 self.dev,
                 self.target,
+                self.observed_ns,
             ]
         )
 
     @classmethod
     def unpack(cls, body: bytes | memoryview, where: str) -> FileState:
         """Inverse of :meth:`pack`."""
-        fid, version, kind, size, mode, mtime_ns, ctime_ns, ino, dev, target = codec.unpack(
+        fid, version, kind, size, mode, mtime_ns, ctime_ns, ino, dev, target, *rest = codec.unpack(
             body, position=where
         )
+        observed_ns = rest[0] if rest else 0  # entries written before it was recorded
         return cls(
-            uuid.UUID(bytes=fid), version, kind, size, mode, mtime_ns, ctime_ns, ino, dev, target
+            uuid.UUID(bytes=fid),
+            version,
+            kind,
+            size,
+            mode,
+            mtime_ns,
+            ctime_ns,
+            ino,
+            dev,
+            target,
+            observed_ns,
         )
 
     def evolve(self, **changes: object) -> FileState:
