@@ -655,10 +655,10 @@ class Capture:
         if got is None:
             return
         data, st = got
+        observed = _observed(st)  # first: its time must not lag the fstat (racy rule)
         bs = self.state.block_size
         new_map = BlockMap.compute(data, bs)
         view = memoryview(data)
-        observed = _observed(st)
         if old is None or old.size == 0:
             ranges = [(0, len(data))] if data else []
             self._write_ranges(path, state, view, ranges, new_map, observed, len(data))
