@@ -1,10 +1,16 @@
-"""Shared fixtures: a clean environment for every test (no XO*/LMDB_*/PERSISTENCE_MODULE leaks)."""
+"""Shared fixtures: a clean environment for every test, and a coarse-time filesystem."""
 
 from __future__ import annotations
 
 import os
+import subprocess
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from pathlib import Path
 
 _PREFIXES = ("XO", "LMDB_", "PERSISTENCE_MODULE", "TRANSCODER_TOPIC", "CIPHER_", "COMPRESSOR_TOPIC")
 
@@ -14,3 +20,32 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
     for key in list(os.environ):
         if key.startswith(_PREFIXES):
             monkeypatch.delenv(key)
+
+
+def _run(*argv: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(argv, capture_output=True, text=True, check=False)
+
+
+@pytest.fixture
+def coarse_fs(tmp_path: Path) -> Iterator[Path]:
+    """An ext4 with 128-byte inodes (timestamps in whole seconds), loop-mounted for the test.
+
+    A rewrite of the same size within the second leaves a file's stat as it was:
+    the filesystem that makes racy files happen for real. Making it needs root
+    (mke2fs, mount -o loop); the test is skipped, saying why, where it cannot be.
+    """
+    image, mount_point = tmp_path / "coarse.img", tmp_path / "coarse"
+    mount_point.mkdir()
+    with image.open("wb") as f:
+        f.truncate(256 * 1024 * 1024)  # sparse
+    made = _run("mke2fs", "-q", "-t", "ext4", "-I", "128", "-F", str(image))
+    if made.returncode != 0:
+        pytest.skip(f"cannot make a coarse-time ext4: {made.stderr.strip()}")
+    mounted = _run("mount", "-o", "loop", str(image), str(mount_point))
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot loop-mount a coarse-time ext4 (needs root): {mounted.stderr.strip()}")
+    try:
+        yield mount_point
+    finally:
+        if _run("umount", str(mount_point)).returncode != 0:
+            _run("umount", "-l", str(mount_point))

@@ -4,14 +4,13 @@ ext4 made with 128-byte inodes keeps whole seconds: a rewrite of the same size
 within the second of the last capture leaves size, mtime, ctime and inode as
 they were. Such a file is *racy* (git's word): its stat cannot vouch for it.
 The capture must look at its bytes again, or the replica and the journal keep
-the old content forever. The filesystem is real (a loop-mounted image, which
-needs root); the test is skipped, saying why, where it cannot be mounted.
+the old content forever. The filesystem is real (``coarse_fs`` in conftest: a
+loop-mounted image, which needs root; skipped, saying why, where it cannot be).
 """
 
 from __future__ import annotations
 
 import os
-import subprocess
 from typing import TYPE_CHECKING
 
 import pytest
@@ -19,31 +18,7 @@ import pytest
 from xoengine.testing import assert_trees_equal, temporary_engine
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
     from pathlib import Path
-
-
-def _run(*argv: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(argv, capture_output=True, text=True, check=False)
-
-
-@pytest.fixture
-def coarse_fs(tmp_path: Path) -> Iterator[Path]:
-    """A 16 MiB ext4 with 128-byte inodes (1 s timestamps), loop-mounted for the test."""
-    image, mount_point = tmp_path / "coarse.img", tmp_path / "coarse"
-    mount_point.mkdir()
-    with image.open("wb") as f:
-        f.truncate(16 * 1024 * 1024)
-    made = _run("mke2fs", "-q", "-t", "ext4", "-I", "128", "-F", str(image))
-    mounted = made.returncode == 0 and _run("mount", "-o", "loop", str(image), str(mount_point))
-    if not mounted or mounted.returncode != 0:
-        reason = (made.stderr if made.returncode else mounted and mounted.stderr) or "?"
-        pytest.skip(f"cannot make and loop-mount a coarse-time ext4 (needs root): {reason}")
-    try:
-        yield mount_point
-    finally:
-        if _run("umount", str(mount_point)).returncode != 0:
-            _run("umount", "-l", str(mount_point))
 
 
 def _stamp(path: Path) -> tuple[int, int, int, int]:

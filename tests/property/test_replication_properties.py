@@ -22,7 +22,7 @@ import os
 import random
 import shutil
 import tempfile
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from hypothesis import HealthCheck, event, note, settings
 from hypothesis import strategies as st
@@ -55,6 +55,11 @@ from xoengine.testing import (
     assert_trees_equal,
     snapshot_tree,
 )
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    import pytest
 
 # Few names, so that operations collide: overwrite, rename over, re-create.
 NAMES = [b"a", b"b", b"caf\xe9", b"\xff\xfe", "\u00e9t\u00e9".encode(), b"sp ace", b"x.db", b"-"]
@@ -132,11 +137,12 @@ class ChangeScriptMachine(RuleBasedStateMachine):
     structural: ClassVar[bool] = True  # renames, deletes, mkdir, symlinks, chmod (need capture)
     rebuild_checks: ClassVar[bool] = False
     label: ClassVar[str] = "captured scripts"
+    base_dir: ClassVar[str | None] = None  # where the trees and the journal go (None: tmp)
 
     def __init__(self) -> None:
         super().__init__()
         EXAMPLES[self.label] = EXAMPLES.get(self.label, 0) + 1
-        self.base = tempfile.mkdtemp(prefix="xo-replprop-")
+        self.base = tempfile.mkdtemp(prefix="xo-replprop-", dir=self.base_dir)
         self.master = os.path.join(self.base, "master")
         self.replicas = {
             "r1": os.path.join(self.base, "r1"),
@@ -405,6 +411,12 @@ class RebuildMachine(ChangeScriptMachine):
     label = "rebuild scripts"
 
 
+class CoarseTimeMachine(ChangeScriptMachine):
+    """Captured scripts on a filesystem with one-second timestamps (racy files everywhere)."""
+
+    label = "coarse-time scripts"
+
+
 def _run(machine: type[ChangeScriptMachine], examples: int, **options: Any) -> None:
     before = EXAMPLES.get(machine.label, 0)
     replaced = DELTAS.get(machine.label, 0)
@@ -425,3 +437,11 @@ def test_replica_matches_master_after_journaled_file_scripts() -> None:
 
 def test_master_state_rebuilt_from_journal_equals_live() -> None:
     _run(RebuildMachine, 50, stateful_step_count=30)
+
+
+def test_replica_matches_master_on_a_coarse_time_filesystem(
+    coarse_fs: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Every script runs within a second or two, so same-size rewrites keep their stat.
+    monkeypatch.setattr(CoarseTimeMachine, "base_dir", str(coarse_fs))
+    _run(CoarseTimeMachine, int(os.environ.get("REPLICATION_EXAMPLES", "60")))
