@@ -552,13 +552,19 @@ class Capture:
             and entry.ctime_ns == state.ctime_ns
             and entry.inode == state.ino
         )
-        if same_stat and entry.mode == state.mode:
-            if self._racy(path, state):
-                self._capture_content(path, state, state, quiet=True)
-            return
         if entry.kind == "symlink" and entry.target != state.target:
-            self._delete(path, state)  # a link's target is its content: re-create it
+            # Checked before the stat: a link re-made in the same tick on a reused
+            # inode can show the old stat (a link's size is its target's length).
+            self._delete(path, state)
             self._create(path, entry)
+            return
+        if same_stat and entry.kind == "file" and self._racy(path, state):
+            # The stat cannot vouch for the bytes: look at them. A content event
+            # carries the new stat (a new mode too); same bytes journal only a
+            # mode that moved.
+            self._capture_content(path, state, state, quiet=entry.mode == state.mode)
+            return
+        if same_stat and entry.mode == state.mode:
             return
         if entry.kind == "file" and not same_stat:
             self._capture_content(path, state, state)
@@ -1024,18 +1030,9 @@ class JournaledFile:
                 if state is None or entry is None or state.kind != entry.kind:
                     stale = prefix + sub
                     break
-                if (
-                    leaf
-                    and not truncating
-                    and _entry_observed(entry)[:5]
-                    != [
-                        state.size,
-                        state.mode,
-                        state.mtime_ns,
-                        state.ctime_ns,
-                        state.ino,
-                    ]
-                ):
+                known = [state.size, state.mode, state.mtime_ns, state.ctime_ns, state.ino]
+                # A racy file's stat cannot say it is unchanged: let the scan look.
+                if leaf and not truncating and (_entry_observed(entry)[:5] != known or racy(state)):
                     stale = prefix + sub
         if stale is not None:
             capture.scan([stale])
