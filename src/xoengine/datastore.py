@@ -205,13 +205,14 @@ class _RWLock:
 class _WriteRequest:
     """One caller's write function waiting for (or done in) a group commit."""
 
-    __slots__ = ("done", "error", "result", "work")
+    __slots__ = ("committed", "done", "error", "result", "work")
 
     def __init__(self, work: Callable[[WriteTxn], Any]) -> None:
         self.work = work
         self.result: Any = None
         self.error: BaseException | None = None
         self.done = False
+        self.committed: list[Callable[[], None]] = []
 
 
 class ReadTxn:
@@ -310,6 +311,20 @@ class ReadTxn:
 
 class WriteTxn(ReadTxn):
     """The write transaction handed to a function given to :meth:`Store.write`."""
+
+    def __init__(self, store: Store, txn: Any, seq: int) -> None:
+        super().__init__(store, txn, seq)
+        self.committed: list[Callable[[], None]] = []
+
+    def on_commit(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` once this caller's work is committed (never if it is not).
+
+        For in-memory caches of what the transaction wrote: a function given to
+        :meth:`Store.write` may run more than once (map growth) or be rolled
+        back (its own error), and only the run that commits calls back. It runs
+        in the committing thread after the commit, before the caller returns.
+        """
+        self.committed.append(callback)
 
     def _dbi(self, db: str) -> Any:
         # Only tables made by ensure(): opening a handle here would wait for the
@@ -659,6 +674,10 @@ class Store:
                         raise _translate(e, self.path) from e
                     finally:
                         view._txn.abort()  # the view may have moved to a newer snapshot
+                        # py-lmdb keeps an aborted read transaction's reader slot until
+                        # the object is freed; a traceback cycle holding the view would
+                        # keep it for as long as the cycle lives (1,024 slots in all).
+                        view._txn = None
                     return
             # Another process grew the map beyond ours: adopt its size, outside the
             # shared lock (set_mapsize invalidates every transaction of this env).
@@ -764,6 +783,7 @@ class Store:
         try:
             for request in batch:
                 request.error = None
+                request.committed = []
                 self._run_one(request, txn, seq, nested=len(batch) > 1)
             if len(batch) == 1 and batch[0].error is not None:
                 txn.abort()
@@ -773,6 +793,9 @@ class Store:
             with contextlib.suppress(lmdb.Error):
                 txn.abort()  # LMDB has aborted a failed commit already
             raise
+        for request in batch:
+            for callback in request.committed:
+                callback()
 
     def _run_one(self, request: _WriteRequest, txn: Any, seq: int, *, nested: bool) -> None:
         inner = self._env.begin(write=True, parent=txn) if nested else txn
@@ -788,6 +811,7 @@ class Store:
             return
         if nested:
             inner.commit()
+        request.committed = wtxn.committed
 
     def _grow(self) -> None:
         if self._resize.held_here():

@@ -183,6 +183,10 @@ def _decode_event(key: bytes, value: bytes, table: str) -> tuple[StoredEvent, in
     return event, int(time_ns)
 
 
+def _frame_marker(position: int) -> bytes:
+    return codec.frame(_MARKER_KEY, encode_position(position))
+
+
 def _decode_tracking(key: bytes, value: bytes, table: str) -> int:
     body = codec.unframe(key, value, where=table, position=key.decode(errors="replace"))
     return decode_position(bytes(body))
@@ -241,6 +245,140 @@ class BlobTable:
             return txn.get(self.table, blob_id) is not None
 
 
+MERGE_AT: Final = 16384
+"""Unmerged events after which the writer merges their stream entries into the sorted index."""
+_MARKER_KEY: Final = b"upto"
+
+
+class _StreamTail:
+    """Stream-index entries of the events above the merge marker, held in memory.
+
+    With random originator ids (uuid4, eventsourcing's default) every put into
+    the sorted stream index lands on its own B-tree page: at batch 100 that
+    was two thirds of a commit's pages. So an append only appends the event;
+    its ``(originator, version) -> position`` entry lives here, and every
+    :data:`MERGE_AT` events the writer puts them all into the sorted index in
+    key order (a few pages per hundred entries) and moves the marker
+    (``P.events.indexed``), in one transaction. What is above the marker is
+    found by scanning the events table, so this is only ever a cache of
+    committed records: another process, or a reopened journal, builds its own.
+
+    Only committed snapshots change it (read transactions and the writer's
+    on-commit callback); a write transaction takes a private view (its own
+    uncommitted events, an uncommitted merge) and never changes it.
+    """
+
+    def __init__(self, events_table: str) -> None:
+        self._events_table = events_table
+        self._lock = threading.Lock()
+        self._base = -1  # the marker these entries are above (-1: not built)
+        self._upto = 0  # the last position they cover
+        self._entries: dict[bytes, dict[int, int]] = {}  # oid prefix -> version -> position
+        self._count = 0
+
+    def _scan(self, txn: ReadTxn, after: int, last: int) -> Iterator[tuple[bytes, int, int]]:
+        """(oid prefix, version, position) of the events in (after, last], checksums verified."""
+        if last <= after:
+            return
+        for key, value in txn.items(self._events_table, encode_position(after + 1)):
+            position = decode_position(key)
+            if position > last:
+                return
+            event, _ = _decode_event(key, value, self._events_table)
+            yield _oid_prefix(event.originator_id), event.originator_version, position
+
+    def _add(self, prefix: bytes, version: int, position: int) -> None:
+        self._entries.setdefault(prefix, {})[version] = position
+        self._count += 1
+
+    def _follow(self, txn: ReadTxn, marker: int, last: int) -> bool:
+        """Bring the shared entries to a committed snapshot; False if it is older than them."""
+        if marker < self._base:
+            return False  # a merge committed since this snapshot began
+        if marker > self._base:
+            if self._base < 0 or self._upto <= marker:
+                self._entries, self._count = {}, 0
+            else:
+                for versions in self._entries.values():
+                    for version in [v for v, p in versions.items() if p <= marker]:
+                        del versions[version]
+                        self._count -= 1
+                self._entries = {k: v for k, v in self._entries.items() if v}
+            self._base, self._upto = marker, max(self._upto, marker)
+        if self._upto < last:
+            for prefix, version, position in self._scan(txn, self._upto, last):
+                self._add(prefix, version, position)
+            self._upto = last
+        return True
+
+    @property
+    def built(self) -> bool:
+        """Whether the shared entries were built (else a write would scan all above the marker)."""
+        return self._base >= 0
+
+    def follow(self, txn: ReadTxn, marker: int, last: int) -> None:
+        """Bring the shared entries up to the committed snapshot ``txn``."""
+        with self._lock:
+            self._follow(txn, marker, last)
+
+    def read(self, txn: ReadTxn, marker: int, last: int, prefix: bytes) -> dict[int, int]:
+        """``version -> position`` of one stream above ``marker`` in a committed snapshot."""
+        with self._lock:
+            if self._follow(txn, marker, last):
+                return {v: p for v, p in self._entries.get(prefix, {}).items() if p <= last}
+        return {v: p for k, v, p in self._scan(txn, marker, last) if k == prefix}
+
+    def _private(self, txn: ReadTxn, marker: int, last: int) -> tuple[int, list[Any]]:
+        """What a write transaction sees beyond the shared entries: (their end, a scan)."""
+        upto = max(self._upto, marker) if marker >= self._base >= 0 else marker
+        return upto, list(self._scan(txn, upto, last)) if upto < last else []
+
+    def recorded(
+        self, txn: ReadTxn, marker: int, last: int, wanted: list[tuple[bytes, int]]
+    ) -> tuple[bytes, int] | None:
+        """The first of ``wanted`` (prefix, version) already above ``marker``, or None."""
+        with self._lock:
+            upto, scanned = self._private(txn, marker, last)
+            shared = upto > marker
+            for prefix, version in wanted:
+                position = self._entries.get(prefix, {}).get(version) if shared else None
+                if position is not None and marker < position <= upto:
+                    return prefix, version
+        extra = {(prefix, version) for prefix, version, _ in scanned}
+        return next((w for w in wanted if w in extra), None)
+
+    def everything(self, txn: ReadTxn, marker: int, last: int) -> list[tuple[bytes, int, int]]:
+        """Every (prefix, version, position) above ``marker`` up to ``last`` (for a merge)."""
+        with self._lock:
+            upto, scanned = self._private(txn, marker, last)
+            shared = [
+                (prefix, version, position)
+                for prefix, versions in self._entries.items()
+                for version, position in versions.items()
+                if marker < position <= upto
+            ]
+        return shared + scanned
+
+    def appended(self, added: list[tuple[bytes, int, int]], first: int, last: int) -> None:
+        """The writer's callback: its batch ``first..last`` committed (ignored on a gap)."""
+        with self._lock:
+            if self._base >= 0 and self._upto == first - 1:
+                for prefix, version, position in added:
+                    self._add(prefix, version, position)
+                self._upto = last
+
+    def merged(self, marker: int) -> None:
+        """The writer's callback: every entry up to ``marker`` is in the sorted index now."""
+        with self._lock:
+            if marker > self._base:
+                if self._base < 0 or self._upto <= marker:
+                    self._entries, self._count = {}, 0
+                    self._base, self._upto = marker, marker
+                else:
+                    self._base = -1  # entries above the merge exist: rebuild on the next read
+                    self._entries, self._count = {}, 0
+
+
 class _LMDBRecorder:
     """Shared plumbing: a store reference and table names under one prefix."""
 
@@ -264,16 +402,43 @@ class LMDBAggregateRecorder(_LMDBRecorder, AggregateRecorder):
     """Stores aggregate events: ``<prefix>.<purpose>`` keyed by position, plus a stream index."""
 
     def __init__(
-        self, datastore: Store, *, prefix: str = "default", purpose: str = "events"
+        self,
+        datastore: Store,
+        *,
+        prefix: str = "default",
+        purpose: str = "events",
+        merge_at: int = MERGE_AT,
     ) -> None:
-        """Record into ``datastore`` under ``prefix`` (the application name) and ``purpose``."""
+        """Record into ``datastore`` under ``prefix`` (the application name) and ``purpose``.
+
+        ``merge_at``: unmerged events after which their stream entries are put
+        into the sorted index (1: at every append, as a plain B-tree index).
+        """
         super().__init__(datastore, prefix=prefix)
         self.events_table = self.table(purpose)
         self.streams_table = self.events_table + ".streams"
+        self.marker_table = self.events_table + ".indexed"
+        self.merge_at = max(1, merge_at)
+        self._tail = _StreamTail(self.events_table)
         self._clock = _Clock.of(datastore)
 
     def _tables(self) -> tuple[str, ...]:
-        return (self.events_table, self.streams_table)
+        return (self.events_table, self.streams_table, self.marker_table)
+
+    def _bounds(self, txn: ReadTxn) -> tuple[int, int, bool]:
+        """(merge marker, last position, whether the marker is stored) in ``txn``.
+
+        A journal written before the marker existed has every event indexed:
+        its marker is its last position.
+        """
+        # The marker first: a table opened after this read began renews its snapshot.
+        value = txn.get(self.marker_table, _MARKER_KEY)
+        last_record = txn.last(self.events_table)
+        last = decode_position(last_record[0]) if last_record else 0
+        if value is None:
+            return last, last, False
+        body = codec.unframe(_MARKER_KEY, value, where=self.marker_table, position="marker")
+        return decode_position(bytes(body)), last, True
 
     def insert_events(
         self, stored_events: Sequence[StoredEvent], **kwargs: Any
@@ -293,6 +458,12 @@ class LMDBAggregateRecorder(_LMDBRecorder, AggregateRecorder):
         inline: Callable[[WriteTxn, list[int]], None] | None = kwargs.get("inline")
         if not stored_events and tracking is None and inline is None:
             return []
+        if stored_events and not self._tail.built:
+            # Build the stream tail from the last commit once; after that this
+            # recorder's own commits keep it current, and a write scans only what
+            # others committed since (usually nothing).
+            with self.datastore.read() as txn:
+                self._tail.follow(txn, *self._bounds(txn)[:2])
         return self.datastore.write(lambda txn: self._write(txn, stored_events, tracking, inline))
 
     def _write(
@@ -303,13 +474,24 @@ class LMDBAggregateRecorder(_LMDBRecorder, AggregateRecorder):
         inline: Callable[[WriteTxn, list[int]], None] | None = None,
     ) -> list[int]:
         # 1. Check everything before the first put: a refused batch writes nothing.
-        keys = [_stream_key(e.originator_id, e.originator_version) for e in stored_events]
+        prefixes = [_oid_prefix(e.originator_id) for e in stored_events]
+        keys = [
+            p + _POS.pack(e.originator_version + _VERSION_OFFSET)
+            for p, e in zip(prefixes, stored_events, strict=True)
+        ]
         if len(set(keys)) != len(keys):
             raise IntegrityViolationError(detail="the batch repeats an (originator, version)")
+        marker, top, stored = self._bounds(txn)
+        wanted = [(p, e.originator_version) for p, e in zip(prefixes, stored_events, strict=True)]
         for key, event in zip(keys, stored_events, strict=True):
             if txn.get(self.streams_table, key) is not None:
                 oid, version = event.originator_id, event.originator_version
                 raise IntegrityViolationError(detail=f"event {oid} v{version} already recorded")
+        clash = self._tail.recorded(txn, marker, top, wanted) if wanted else None
+        if clash is not None:
+            event = stored_events[wanted.index(clash)]
+            oid, version = event.originator_id, event.originator_version
+            raise IntegrityViolationError(detail=f"event {oid} v{version} already recorded")
         if tracking is not None:
             self._check_tracking(txn, tracking)
         # 2. Positions follow the last one, inside the single write transaction.
@@ -323,17 +505,52 @@ class LMDBAggregateRecorder(_LMDBRecorder, AggregateRecorder):
             self._clock.seen.add(self.events_table)
         time_ns = self._clock.now(floor)
         positions = []
-        for key, event in zip(keys, stored_events, strict=True):
+        for event in stored_events:
             position += 1
             pkey = encode_position(position)
             txn.append(self.events_table, pkey, _encode_event(pkey, event, time_ns))
-            txn.put(self.streams_table, key, pkey)
             positions.append(position)
+        if stored_events:
+            self._index(txn, marker, top, stored, prefixes, stored_events, positions)
         if tracking is not None:
             self._put_tracking(txn, tracking)
         if inline is not None:
             inline(txn, positions)
         return positions
+
+    def _index(
+        self,
+        txn: WriteTxn,
+        marker: int,
+        top: int,
+        stored: bool,
+        prefixes: list[bytes],
+        events: Sequence[StoredEvent],
+        positions: list[int],
+    ) -> None:
+        """Stream entries of the batch: kept in the tail, or all merged into the sorted index."""
+        added = [
+            (prefix, e.originator_version, position)
+            for prefix, e, position in zip(prefixes, events, positions, strict=True)
+        ]
+        unmerged = positions[-1] - marker
+        if unmerged < self.merge_at:
+            if not stored:  # first append since the marker exists: all below is indexed
+                txn.put(self.marker_table, _MARKER_KEY, _frame_marker(marker))
+            first, last = positions[0], positions[-1]
+            txn.on_commit(lambda: self._tail.appended(added, first, last))
+            return
+        # Merge: every entry above the marker, in key order (neighbours share pages).
+        entries = [
+            (prefix + _POS.pack(version + _VERSION_OFFSET), position)
+            for prefix, version, position in self._tail.everything(txn, marker, top) + added
+        ]
+        entries.sort()
+        for key, position in entries:
+            txn.put(self.streams_table, key, encode_position(position))
+        new_marker = positions[-1]
+        txn.put(self.marker_table, _MARKER_KEY, _frame_marker(new_marker))
+        txn.on_commit(lambda: self._tail.merged(new_marker))
 
     def _check_tracking(self, txn: WriteTxn, tracking: Tracking) -> None:
         raise NotImplementedError  # pragma: no cover (process recorders only)
@@ -356,27 +573,41 @@ class LMDBAggregateRecorder(_LMDBRecorder, AggregateRecorder):
         if limit is not None and limit <= 0:
             return results
         with self.datastore.read() as txn:
+            marker, last, _ = self._bounds(txn)
+            # Versions above the merge marker (in memory), then the sorted index.
+            found = [
+                (version, position)
+                for version, position in self._tail.read(txn, marker, last, prefix).items()
+                if (gt is None or version > gt) and (lte is None or version <= lte)
+            ]
             if desc:
                 start = _stream_key(originator_id, lte) if lte is not None else prefix + b"\xff" * 8
                 items = txn.items(self.streams_table, start, reverse=True, prefix=prefix)
             else:
                 start = _stream_key(originator_id, gt + 1) if gt is not None else prefix
                 items = txn.items(self.streams_table, start, prefix=prefix)
-            for key, pkey in items:
+            for indexed, (key, pkey) in enumerate(items, 1):
                 version = _POS.unpack_from(key, len(prefix))[0] - _VERSION_OFFSET
                 if gt is not None and version <= gt:
                     break  # only reached when walking down
                 if lte is not None and version > lte:
                     break  # only reached when walking up
+                found.append((version, decode_position(pkey)))
+                if limit is not None and indexed >= limit:
+                    break
+            found.sort(reverse=desc)
+            for version, position in found[:limit]:
+                pkey = encode_position(position)
                 value = txn.get(self.events_table, pkey)
                 if value is None:
-                    raise FrameError(
-                        position=decode_position(pkey), detail="stream index points nowhere"
-                    )
+                    raise FrameError(position=position, detail="stream index points nowhere")
                 event, _ = _decode_event(pkey, value, self.events_table)
+                if (
+                    event.originator_version != version
+                    or _oid_prefix(event.originator_id) != prefix
+                ):
+                    raise FrameError(position=position, detail="stream index and event disagree")
                 results.append(event)
-                if limit is not None and len(results) >= limit:
-                    break
         return results
 
 
@@ -596,10 +827,15 @@ class LMDBProcessRecorder(LMDBTrackingRecorder, LMDBApplicationRecorder, Process
     """Application recorder that writes events and tracking in one transaction."""
 
     def __init__(
-        self, datastore: Store, *, prefix: str = "default", purpose: str = "events"
+        self,
+        datastore: Store,
+        *,
+        prefix: str = "default",
+        purpose: str = "events",
+        merge_at: int = MERGE_AT,
     ) -> None:
         """Record events and tracking into ``datastore`` under ``prefix``."""
-        super().__init__(datastore, prefix=prefix, purpose=purpose)
+        super().__init__(datastore, prefix=prefix, purpose=purpose, merge_at=merge_at)
 
 
 class LMDBFactory(InfrastructureFactory[LMDBTrackingRecorder]):
@@ -753,6 +989,8 @@ def _table_kind(name: str) -> str:
         return "blobs"
     if name.endswith(".streams"):
         return "streams"
+    if name.endswith(".indexed"):
+        return "marker"
     if name.endswith(".tracking"):
         return "tracking"
     if name.endswith((".events", ".snapshots")):
@@ -765,7 +1003,8 @@ def verify(store: Store) -> VerifyReport:
 
     Checks: each frame's checksum and format version; each event body decodes;
     positions in an events table are gapless from 1; each stream index entry
-    points at an event with the same originator and version; each blob's bytes
+    points at an event with the same originator and version; a merge marker
+    is not beyond the last event; each blob's bytes
     match its content id. Damage is collected (never raised) so one bad record
     does not hide the others.
     """
@@ -806,6 +1045,12 @@ def _verify_record(
         _decode_event(key, value, name)
     elif kind == "streams":
         _verify_stream_entry(txn, name, key, value)
+    elif kind == "marker":
+        body = codec.unframe(key, value, where=name, position="marker")
+        events_table = name.removesuffix(".indexed")
+        last = txn.last(events_table)
+        if decode_position(bytes(body)) > (decode_position(last[0]) if last else 0):
+            raise FrameError(position="marker", detail="merge marker beyond the last event")
     elif kind == "tracking":
         _decode_tracking(key, value, name)
     elif kind == "blobs":

@@ -80,6 +80,24 @@ class TestLMDBApplicationRecorder(_TempJournals, ApplicationRecorderTestCase):
         self.optional_test_insert_subscribe()
 
 
+class TestLMDBAggregateRecorderMergingOften(TestLMDBAggregateRecorder):
+    """The same suite with the stream index merged every 2 events (not 16,384)."""
+
+    def create_recorder(self) -> LMDBAggregateRecorder:
+        recorder = LMDBAggregateRecorder(self.new_store(), merge_at=2)
+        recorder.create_table()
+        return recorder
+
+
+class TestLMDBApplicationRecorderMergingOften(TestLMDBApplicationRecorder):
+    """The same suite with the stream index merged every 2 events (not 16,384)."""
+
+    def create_recorder(self) -> LMDBApplicationRecorder:
+        recorder = LMDBApplicationRecorder(self.new_store(), merge_at=2)
+        recorder.create_table()
+        return recorder
+
+
 class TestLMDBTrackingRecorder(_TempJournals, TrackingRecorderTestCase):
     def create_recorder(self) -> LMDBTrackingRecorder:
         recorder = LMDBTrackingRecorder(self.new_store())

@@ -55,14 +55,25 @@ def _outcome(fn):  # type: ignore[no-untyped-def]
         return ("integrity", None)
 
 
-@given(batches, st.lists(queries, max_size=8), st.lists(note_queries, max_size=8))
-@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-def test_recorder_matches_popo(batch_list, event_queries, notification_queries) -> None:  # type: ignore[no-untyped-def]
+@given(
+    batches,
+    st.lists(queries, max_size=8),
+    st.lists(note_queries, max_size=8),
+    st.sampled_from([1, 2, 3, 7, 10**6]),
+    st.booleans(),
+)
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def test_recorder_matches_popo(batch_list, event_queries, notification_queries, merge_at, second) -> None:  # type: ignore[no-untyped-def]
+    # merge_at: how many events wait above the merge marker (in memory) before their
+    # stream entries go into the sorted index; 1 is a plain index. With ``second``
+    # the queries go through another recorder on the same store, which builds its
+    # view of the unmerged events by scanning the journal instead of being told.
     path = tempfile.mkdtemp(prefix="xo-prop-")
     store = open_store(path, durability="nosync")
     try:
-        ours = LMDBProcessRecorder(store)
+        ours = LMDBProcessRecorder(store, merge_at=merge_at)
         ours.create_table()
+        reader = LMDBProcessRecorder(store) if second else ours
         model = POPOProcessRecorder()
         for batch, tracking_id in batch_list:
             tracking = Tracking("up", tracking_id) if tracking_id is not None else None
@@ -85,7 +96,7 @@ def test_recorder_matches_popo(batch_list, event_queries, notification_queries) 
                 want_e.reverse()
             if limit is not None:
                 want_e = want_e[:limit]
-            assert ours.select_events(oid, gt=gt, lte=lte, desc=desc, limit=limit) == want_e
+            assert reader.select_events(oid, gt=gt, lte=lte, desc=desc, limit=limit) == want_e
         for start, limit, stop, topics, inclusive in notification_queries:
             got_n = ours.select_notifications(start, limit, stop, topics, inclusive_of_start=inclusive)
             want_n = model.select_notifications(start, limit, stop, topics, inclusive_of_start=inclusive)
