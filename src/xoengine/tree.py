@@ -16,6 +16,7 @@ them backwards.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import errno
 import os
@@ -34,13 +35,69 @@ if TYPE_CHECKING:
 
     from xoengine.datastore import ReadTxn, Store, WriteTxn
 
-__all__ = ["TMP_PREFIX", "Image", "ReplicaTree", "UndoLog", "UndoRecord", "kind_of", "stat_meta"]
+__all__ = [
+    "TMP_PREFIX",
+    "Extents",
+    "Image",
+    "ReplicaTree",
+    "UndoLog",
+    "UndoRecord",
+    "kind_of",
+    "stat_meta",
+]
 
 TMP_PREFIX: Final = ".xoengine-tmp-"
 """Name prefix of temporary files (never left behind; skipped by scans of a replica)."""
 
 Image = tuple[str, str, dict[str, Any], dict[str, bytes]]
 """A before-image being prepared: (op, path, args, {arg name: bytes to store as a blob})."""
+
+
+# -- extent maps -----------------------------------------------------------------------
+
+
+class Extents:
+    """Where each byte of one file comes from: pieces of blobs; the first claim of a byte wins.
+
+    A rewind claims before-images oldest first (a byte gets its oldest
+    before-image), a replay claims writes newest first (a byte gets its newest
+    write): either way each byte is written once, and only the blobs that
+    still contribute a byte are read. ``pieces`` are
+    ``(file offset, blob id, offset in blob, length)``.
+    """
+
+    def __init__(self) -> None:
+        """An empty map: no byte claimed."""
+        self._starts: list[int] = []  # sorted disjoint claimed intervals, merged when they touch
+        self._ends: list[int] = []
+        self.pieces: list[tuple[int, bytes, int, int]] = []
+
+    def claim(self, offset: int, blob_id: bytes, length: int, limit: int | None = None) -> None:
+        """Give the bytes of ``blob_id`` at ``offset`` (up to ``limit``) to what is unclaimed."""
+        end = offset + length if limit is None else min(offset + length, limit)
+        if end <= offset:
+            return
+        starts, ends = self._starts, self._ends
+        first = bisect.bisect_left(ends, offset)  # claimed intervals touching [offset, end]
+        last = bisect.bisect_right(starts, end)
+        cursor = offset
+        for index in range(first, last):
+            if starts[index] > cursor:
+                self.pieces.append((cursor, blob_id, cursor - offset, starts[index] - cursor))
+            cursor = max(cursor, ends[index])
+        if cursor < end:
+            self.pieces.append((cursor, blob_id, cursor - offset, end - cursor))
+        low = min(offset, starts[first]) if first < last else offset
+        high = max(end, ends[last - 1]) if first < last else end
+        starts[first:last] = [low]
+        ends[first:last] = [high]
+
+    def by_blob(self) -> dict[bytes, list[tuple[int, int, int]]]:
+        """``{blob id: [(file offset, offset in blob, length)]}``: read each blob once."""
+        out: dict[bytes, list[tuple[int, int, int]]] = {}
+        for offset, blob_id, start, length in self.pieces:
+            out.setdefault(blob_id, []).append((offset, start, length))
+        return out
 
 
 # -- the replica tree -------------------------------------------------------------------
@@ -213,16 +270,18 @@ class ReplicaTree:
     def restore_bytes(
         self,
         path: str,
-        pieces: list[tuple[int, bytes]],
+        pieces: Iterable[tuple[int, bytes | memoryview]],
         size: int,
         mode: int | None,
         mtime_ns: int | None,
     ) -> None:
         """Put back bytes, size, mode and mtime of an existing regular file, in one open.
 
-        The undo of in-place writes. Anything but a regular file at ``path``
-        (absent, a directory, a link) is left alone, as an undo of a later
-        record will have put it there.
+        The undo of in-place writes (one record's, or a whole coalesced run's).
+        Anything but a regular file at ``path`` (absent, a directory, a link) is
+        left alone, as an undo of a later record will have put it there.
+        ``pieces`` is consumed only if the file is there. Size, mode and mtime
+        are set only where they differ.
         """
         try:
             with open_parent(self.root, normalize_relpath(path)) as (fd, leaf):
@@ -233,12 +292,16 @@ class ReplicaTree:
                         return
                     raise self._error(path, "restore", e) from e
                 try:
-                    if not stat.S_ISREG(os.fstat(handle).st_mode):
+                    st = os.fstat(handle)
+                    if not stat.S_ISREG(st.st_mode):
                         return
+                    end = st.st_size
                     for offset, data in pieces:
                         os.pwrite(handle, data, offset)
-                    os.ftruncate(handle, size)
-                    if mode is not None:
+                        end = max(end, offset + len(data))
+                    if end != size:
+                        os.ftruncate(handle, size)
+                    if mode is not None and stat.S_IMODE(st.st_mode) != mode:
                         os.fchmod(handle, mode)
                     if mtime_ns is not None:
                         os.utime(handle, ns=(mtime_ns, mtime_ns))
