@@ -246,6 +246,20 @@ class ReplicaTree:
         For trees being built from nothing (a forensic replay into an empty
         directory): no temporary name, since there is no old content to keep.
         """
+        self.write_new(path, [(0, data)], len(data), mode, mtime_ns)
+
+    def write_new(
+        self,
+        path: str,
+        pieces: Iterable[tuple[int, bytes | memoryview]],
+        size: int,
+        mode: int,
+        mtime_ns: int,
+    ) -> None:
+        """Write a file from scratch: ``(offset, bytes)`` pieces, then its size, mode and mtime.
+
+        Bytes no piece covers are zeros (holes). In place, as :meth:`write_file`.
+        """
         with self._parent(path) as (fd, leaf):
             try:
                 handle = os.open(
@@ -255,9 +269,12 @@ class ReplicaTree:
                     dir_fd=fd,
                 )
                 try:
-                    view = memoryview(data)
-                    while view:
-                        view = view[os.write(handle, view) :]
+                    end = 0
+                    for offset, data in pieces:
+                        _pwrite_all(handle, data, offset)
+                        end = max(end, offset + len(data))
+                    if end != size:
+                        os.ftruncate(handle, size)
                     os.fchmod(handle, mode)
                     os.utime(handle, ns=(mtime_ns, mtime_ns))
                     if self.fsync:
@@ -297,7 +314,7 @@ class ReplicaTree:
                         return
                     end = st.st_size
                     for offset, data in pieces:
-                        os.pwrite(handle, data, offset)
+                        _pwrite_all(handle, data, offset)
                         end = max(end, offset + len(data))
                     if end != size:
                         os.ftruncate(handle, size)
@@ -445,6 +462,13 @@ class ReplicaTree:
                 return
             except OSError as e:
                 raise self._error(path, "set metadata", e) from e
+
+
+def _pwrite_all(handle: int, data: bytes | memoryview, offset: int) -> None:
+    view = memoryview(data)
+    while view:
+        done = os.pwrite(handle, view, offset)
+        view, offset = view[done:], offset + done
 
 
 def kind_of(mode: int) -> str:
