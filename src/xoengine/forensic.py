@@ -255,12 +255,22 @@ class Forensics:
         alive = self.fold(position)
         wanted = normalize_relpath(path) if path else None
         out = ReplicaTree(os.fspath(to), fsync=False)
-        files = dirs = links = total = 0
         selected = [
             f
             for f in alive.values()
             if wanted is None or f.path == wanted or f.path.startswith(wanted + "/")
         ]
+        with out.holding_parents():  # a new tree: nothing moves
+            files, dirs, links, total = self._write_tree(out, selected)
+        end = (
+            position
+            if position is not None
+            else max((p for f in alive.values() for p, _ in f.content), default=0)
+        )
+        return ReplayResult(position=end, files=files, dirs=dirs, links=links, bytes=total)
+
+    def _write_tree(self, out: ReplicaTree, selected: list[LiveFile]) -> tuple[int, int, int, int]:
+        files = dirs = links = total = 0
         for live in sorted(selected, key=lambda f: (f.path.count("/"), os.fsencode(f.path))):
             if live.kind == "dir":
                 out.create(live.path, "dir", live.mode, None)
@@ -276,12 +286,7 @@ class Forensics:
             (f for f in selected if f.kind == "dir"), key=lambda f: -f.path.count("/")
         ):
             out.set_meta(live.path, live.mode, live.mtime_ns)
-        end = (
-            position
-            if position is not None
-            else max((p for f in alive.values() for p, _ in f.content), default=0)
-        )
-        return ReplayResult(position=end, files=files, dirs=dirs, links=links, bytes=total)
+        return files, dirs, links, total
 
     def _rebuild(self, out: ReplicaTree, live: LiveFile) -> int:
         # Each byte of the result comes from the newest write that covers it and was

@@ -276,8 +276,9 @@ def rewind_back(
 
     def flush() -> None:
         nonlocal batch, batch_bytes, run, run_positions
-        for plan in plan_run(run):  # written (and fsynced) before the commit that drops them
-            undo_path(tree, plan, blob)
+        with tree.holding_parents():  # a run moves no directory
+            for plan in plan_run(run):  # written (and fsynced) before the commit drops them
+                undo_path(tree, plan, blob)
         positions = batch + run_positions
         if positions:
             commit(positions)

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Final
 from xoengine import codec
 from xoengine.errors import DiskFullError, ReplicaWriteError
 from xoengine.journal import BlobTable, encode_position
-from xoengine.walk import normalize_relpath, open_parent
+from xoengine.walk import ParentCache, open_parent
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator
@@ -110,13 +110,39 @@ class ReplicaTree:
         """Operate under ``root`` (made if missing and ``create``); ``fsync``: durable writes."""
         self.root = root
         self.fsync = fsync
+        self._held: tuple[int, ParentCache] | None = None  # (thread, cache): holding_parents
         if create:
             os.makedirs(root, exist_ok=True)
 
     @contextlib.contextmanager
+    def holding_parents(self) -> Iterator[None]:
+        """Open each parent directory once for the calls made inside (this thread only).
+
+        Only around work that moves and removes no directory (a replay, a run of
+        in-place undos): a held directory fd follows its directory if it moves.
+        """
+        if self._held is not None and self._held[0] == threading.get_ident():
+            yield  # nested: the outer one holds them
+            return
+        cache = ParentCache(self.root)
+        self._held = (threading.get_ident(), cache)
+        try:
+            yield
+        finally:
+            self._held = None
+            cache.close()
+
+    def _open_parent(
+        self, path: str, *, create: bool = False
+    ) -> contextlib.AbstractContextManager[tuple[int, str]]:
+        held = self._held
+        cache = held[1] if held is not None and held[0] == threading.get_ident() else None
+        return open_parent(self.root, path, create=create, cache=cache)
+
+    @contextlib.contextmanager
     def _parent(self, path: str, *, create: bool = True) -> Iterator[tuple[int, str]]:
         try:
-            with open_parent(self.root, normalize_relpath(path), create=create) as where:
+            with self._open_parent(path, create=create) as where:
                 yield where
         except OSError as e:
             raise self._error(path, "open parent", e) from e
@@ -148,7 +174,7 @@ class ReplicaTree:
     def lstat(self, path: str) -> os.stat_result | None:
         """``lstat`` of ``path`` (None if absent or its parent is missing)."""
         try:
-            with open_parent(self.root, normalize_relpath(path)) as (fd, leaf):
+            with self._open_parent(path) as (fd, leaf):
                 return os.stat(leaf, dir_fd=fd, follow_symlinks=False)
         except FileNotFoundError:
             return None
@@ -301,7 +327,7 @@ class ReplicaTree:
         are set only where they differ.
         """
         try:
-            with open_parent(self.root, normalize_relpath(path)) as (fd, leaf):
+            with self._open_parent(path) as (fd, leaf):
                 try:
                     handle = os.open(leaf, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
                 except OSError as e:
@@ -421,7 +447,7 @@ class ReplicaTree:
     def delete(self, path: str) -> None:
         """Remove a file, link or directory (with its contents); absent is fine."""
         try:
-            with open_parent(self.root, normalize_relpath(path)) as (fd, leaf):
+            with self._open_parent(path) as (fd, leaf):
                 try:
                     st = os.stat(leaf, dir_fd=fd, follow_symlinks=False)
                 except FileNotFoundError:
