@@ -10,7 +10,9 @@ position. A replay folds metadata over the scenario's file events up to the
 position (which file identities are alive, where, with which mode), then
 rebuilds the content of each wanted file from its own content events
 (byte ranges from the blob table, truncations, deltas) straight at its final
-path, so renames cost nothing.
+path, so renames cost nothing. Each byte comes from the newest write that
+covers it (:class:`~xoengine.tree.Extents`): only blobs that still contribute
+are read, and each file is written once, in one open.
 """
 
 from __future__ import annotations

@@ -8,6 +8,10 @@ through :func:`walk.open_parent` (no symlink below the root is ever followed,
 a hostile path is refused with a coded error), whole files are written to a
 temporary name, fsynced and renamed, and ``OSError`` is translated here.
 
+:class:`Extents` maps the bytes of one file to pieces of blobs, first claim
+wins: the plan of a coalesced rewind (oldest before-images) or replay
+(newest writes), so each byte is written once.
+
 :class:`UndoLog` keeps, per replica and keyed by journal position, what is
 needed to undo each change: the *before-images*. The replica applier and the
 synchronizer record them durably before they change anything; rewind plays
