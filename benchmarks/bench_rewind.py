@@ -20,7 +20,7 @@ undo log for all of it.
 
 The engine is then closed and reopened at ``--durability`` (default
 ``nosync``: no fsync of journal commits or of replica files; at ``sync`` a
-rewind fsyncs each file it writes and each per-position commit; a replay never
+rewind fsyncs each file it writes and each of its commits; a replay never
 fsyncs its output). Before each timed step ``os.sync()`` flushes the dirty
 pages of the previous one. Every byte is read from the page cache
 (``drop_caches`` is refused on this machine).
@@ -52,6 +52,9 @@ Two references put the figures in context (benchmark code, not xoengine's):
   the file; planned per file, each contributing blob read once, each byte
   written once, one open/ftruncate (and, above ``nosync``, one fsync) per file.
   Run on a copy of r1 / into a scratch tree and checked like the real thing.
+- bounds of a replay: the fold alone (``Forensics.fold``), and the output
+  tree written from memory (same files and sizes, one open and one write
+  each): no replay can take less than their sum.
 
 Ratios against the target (>= 0.5x raw) are printed as PASS/FAIL. The exit
 status is 0 either way: this is a measurement, not a test. The benchmark reads
@@ -222,6 +225,27 @@ def floor_write(blobs: BlobTable, root: Path, writes: list[Write], *, create: bo
         finally:
             os.close(fd)
         total += len(data)
+    return total
+
+
+def tree_write(root: Path, files: list[tuple[str, int]]) -> int:
+    """The tree floor of a replay: create each output file and write its final size, from memory.
+
+    No journal, no blob, no fold: what any replay into a new tree pays at least.
+    """
+    made: set[Path] = set()
+    data = memoryview(os.urandom(max((size for _, size in files), default=0)))
+    total = 0
+    for path, size in files:
+        full = root / path
+        if full.parent not in made:
+            full.parent.mkdir(parents=True, exist_ok=True)
+            made.add(full.parent)
+        fd = os.open(full, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        try:
+            total += os.pwrite(fd, data[:size], 0) if size else 0
+        finally:
+            os.close(fd)
     return total
 
 
@@ -795,6 +819,16 @@ def measure(cfg: Config, built: Built, replica: Path, state: Path, prof: Profile
                     whatif_replay, eng, co_dir, position, prefix,
                 )
                 co_check_r = compare(expected, tree_digests(co_dir))
+                # Bounds on any replay: the fold alone, and writing the final tree alone.
+                t_fold, _ = best_of(cfg.repeat, Forensics(eng, SCENARIO).fold, position)
+                tree_files = [(str(f.relative_to(out)), f.stat().st_size)
+                              for f in sorted(out.rglob("*")) if f.is_file()]
+                tw_dir = cfg.work / f"treewrite-{len(outputs)}"
+                outputs.append(tw_dir)
+                t_tree, _ = best_timed(
+                    cfg.repeat, lambda d=tw_dir: shutil.rmtree(d, ignore_errors=True),
+                    tree_write, tw_dir, tree_files,
+                )
                 row = Row(f"replay {label}", result.bytes, t_replay)
                 coalesced_r = Row("what-if coalesced", id_bytes, t_co_r)
                 raw_r = Row("raw get (same ids)", id_bytes, t_raw_r)
@@ -813,6 +847,9 @@ def measure(cfg: Config, built: Built, replica: Path, state: Path, prof: Profile
                     f"{coalesced_r.rate:.0f} MB/s of replayed bytes; read {co_blobs_r} blobs, "
                     f"wrote {fmt_bytes(co_written_r)}, {co_bad_r} files not coalescible; "
                     f"vs master: {co_check_r}")
+                log(f"  bounds: fold alone {t_fold:.3f} s; output tree written from memory "
+                    f"({len(tree_files)} files) {t_tree:.3f} s; sum {t_fold + t_tree:.3f} s = "
+                    f"{t_raw_r / (t_fold + t_tree):.2f}x of raw get at best")
                 replays.append((label, row, raw_r, floor_r, coalesced_r))
         finally:
             for out in outputs:

@@ -10,7 +10,9 @@ position. A replay folds metadata over the scenario's file events up to the
 position (which file identities are alive, where, with which mode), then
 rebuilds the content of each wanted file from its own content events
 (byte ranges from the blob table, truncations, deltas) straight at its final
-path, so renames cost nothing.
+path, so renames cost nothing. Each byte comes from the newest write that
+covers it (:class:`~xoengine.tree.Extents`): only blobs that still contribute
+are read, and each file is written once, in one open.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from xoengine.events import (
     FileTruncated,
     MetadataChanged,
 )
-from xoengine.tree import ReplicaTree
+from xoengine.tree import Extents, ReplicaTree
 from xoengine.walk import normalize_relpath
 
 if TYPE_CHECKING:
@@ -78,7 +80,12 @@ class LiveFile:
 
 @dataclass(frozen=True)
 class ReplayResult:
-    """What a replay wrote."""
+    """What a replay rebuilt.
+
+    ``bytes``: the bytes of the journaled writes it folded (written ranges and
+    delta literals of the files rebuilt), whether or not a later write covered
+    them; not the size of the output tree.
+    """
 
     position: int
     files: int
@@ -138,6 +145,35 @@ def _ranges(event: FileEvent) -> list[list[int]]:
     if isinstance(event, FileTruncated):
         return [[event.size, 0]]
     return []
+
+
+def _moves(event: ContentReplaced) -> bool:
+    """Whether a delta copies old bytes to another offset (not an extent map over the old)."""
+    cursor = 0
+    for op in event.ops:
+        if op[0] == "copy" and op[1] != cursor:
+            return True
+        cursor += op[2]
+    return False
+
+
+def _size_after(events: list[FileEvent], size: int) -> int:
+    """The size of a file of ``size`` bytes after its content ``events``."""
+    for event in events:
+        if isinstance(event, ContentReplaced):
+            size = sum(op[2] for op in event.ops)
+        elif isinstance(event, (BytesWritten, FileTruncated)):
+            size = event.size
+    return size
+
+
+def _written(event: FileEvent) -> int:
+    """Bytes an event writes (journaled ranges and delta literals): what a replay replays."""
+    if isinstance(event, BytesWritten):
+        return sum(r[1] for r in event.ranges)
+    if isinstance(event, ContentReplaced):
+        return sum(op[2] for op in event.ops if op[0] == "data")
+    return 0
 
 
 def _operation(event: FileEvent) -> str:
@@ -221,12 +257,22 @@ class Forensics:
         alive = self.fold(position)
         wanted = normalize_relpath(path) if path else None
         out = ReplicaTree(os.fspath(to), fsync=False)
-        files = dirs = links = total = 0
         selected = [
             f
             for f in alive.values()
             if wanted is None or f.path == wanted or f.path.startswith(wanted + "/")
         ]
+        with out.holding_parents():  # a new tree: nothing moves
+            files, dirs, links, total = self._write_tree(out, selected)
+        end = (
+            position
+            if position is not None
+            else max((p for f in alive.values() for p, _ in f.content), default=0)
+        )
+        return ReplayResult(position=end, files=files, dirs=dirs, links=links, bytes=total)
+
+    def _write_tree(self, out: ReplicaTree, selected: list[LiveFile]) -> tuple[int, int, int, int]:
+        files = dirs = links = total = 0
         for live in sorted(selected, key=lambda f: (f.path.count("/"), os.fsencode(f.path))):
             if live.kind == "dir":
                 out.create(live.path, "dir", live.mode, None)
@@ -242,26 +288,56 @@ class Forensics:
             (f for f in selected if f.kind == "dir"), key=lambda f: -f.path.count("/")
         ):
             out.set_meta(live.path, live.mode, live.mtime_ns)
-        end = (
-            position
-            if position is not None
-            else max((p for f in alive.values() for p, _ in f.content), default=0)
-        )
-        return ReplayResult(position=end, files=files, dirs=dirs, links=links, bytes=total)
+        return files, dirs, links, total
 
     def _rebuild(self, out: ReplicaTree, live: LiveFile) -> int:
-        # Fold the content in memory and write the final bytes once: a file
-        # rewritten a hundred times costs one write, not a hundred.
+        # Each byte of the result comes from the newest write that covers it and was
+        # not cut off since: claim writes newest first, read only the blobs that
+        # still contribute, write each byte once, in one open. A delta that moves
+        # old bytes (a shifted copy) needs the content it applies to: the events
+        # up to the newest such delta are folded in memory, as a base.
+        events = [event for _, event in live.content]
+        shifted = [i for i, e in enumerate(events) if isinstance(e, ContentReplaced) and _moves(e)]
+        split = shifted[-1] + 1 if shifted else 0
+        base = self._fold(events[:split])
+        size = limit = _size_after(events[split:], len(base))
+        extents = Extents()
+        for event in reversed(events[split:]):
+            if isinstance(event, BytesWritten):
+                limit = min(limit, event.size)
+                for offset, length, blob_id in event.ranges:
+                    extents.claim(offset, blob_id, length, limit)
+            elif isinstance(event, FileTruncated):
+                limit = min(limit, event.size)
+            elif isinstance(event, ContentReplaced):
+                limit = min(limit, sum(op[2] for op in event.ops))
+                cursor = 0
+                for op in event.ops:
+                    if op[0] == "data":
+                        extents.claim(cursor, op[1], op[2], limit)
+                    cursor += op[2]
+
+        def pieces() -> Iterator[tuple[int, bytes | memoryview]]:
+            if base and limit:
+                yield 0, memoryview(base)[:limit]  # under the newer writes
+            for blob_id, uses in extents.by_blob().items():
+                data = memoryview(self.source.blob(blob_id))
+                for offset, start, length in uses:
+                    yield offset, data[start : start + length]
+
+        out.write_new(live.path, pieces(), size, live.mode, live.mtime_ns)
+        return sum(_written(event) for event in events)
+
+    def _fold(self, events: list[FileEvent]) -> bytes:
+        """The content after ``events`` from nothing, folded in memory (any delta)."""
         content = bytearray()
-        replayed = 0
-        for _, event in live.content:
+        for event in events:
             if isinstance(event, BytesWritten):
                 for offset, length, blob_id in event.ranges:
                     data = self.source.blob(blob_id)
                     if offset > len(content):
                         content.extend(bytes(offset - len(content)))
                     content[offset : offset + length] = data
-                    replayed += length
                 del content[event.size :]
                 content.extend(bytes(event.size - len(content)))
             elif isinstance(event, FileTruncated):
@@ -275,9 +351,7 @@ class Forensics:
                         content += old[op[1] : op[1] + op[2]]
                     else:
                         content += self.source.blob(op[1])
-                        replayed += op[2]
-        out.write_file(live.path, bytes(content), live.mode, live.mtime_ns)
-        return replayed
+        return bytes(content)
 
     # -- history and diff -----------------------------------------------------------------
 

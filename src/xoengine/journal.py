@@ -239,6 +239,11 @@ class BlobTable:
             raise FrameError(position=blob_id.hex(), detail="blob content does not match its id")
         return bytes(body)
 
+    @staticmethod
+    def size_of(blob_id: bytes) -> int:
+        """Length of the bytes of ``blob_id`` (read from the id: no lookup)."""
+        return int(_POS.unpack_from(blob_id, 16)[0])
+
     def __contains__(self, blob_id: bytes) -> bool:
         """Whether ``blob_id`` is stored."""
         with self.store.read() as txn:

@@ -4,11 +4,18 @@ Room: producers and projections. May import ``errors``, ``codec``, ``datastore``
 ``journal``, ``tree`` (never replica, capture or sync: the engine wires them).
 
 A replica at applied position A is rewound to P < A by undoing, newest
-first, every before-image recorded for positions in (P, A]. After the
-records of one position are undone, the applied position moves to just
-below it and those records are dropped, in one transaction: a rewind killed
-midway resumes from where it stopped, and every undo operation is
-idempotent (a "content" record carries the digests of both contents).
+first, every before-image recorded for positions in (P, A]. The records are
+cut into *runs* of in-place changes (bytes written, truncations, metadata,
+whole contents rebuilt with in-place copies only) separated by *structural*
+records (creations, deletions, renames, contents with shifted copies). A run
+is undone per path at once: each byte gets its oldest before-image in the
+run, the file its oldest size, mode and mtime, in one open; structural
+records are undone one at a time. After records are undone, the applied
+position moves below the oldest of them and they are dropped, in one
+transaction: a rewind killed midway resumes from where it stopped. Redoing
+is exact: a run's plan is computed from its records alone, never from the
+replica's content, and every other undo is idempotent (a "content" record
+carries the digests of both contents).
 Going forward (P > A) is the applier's job: it applies the journal up to P.
 
 :func:`retention` is a pure policy: given the undo log's sizes and ages, the
@@ -20,15 +27,16 @@ budget is about to cut the protected window.
 from __future__ import annotations
 
 import stat
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
 from xoengine import codec
 from xoengine.errors import ReplicaDivergedError
-from xoengine.journal import encode_position
+from xoengine.journal import BlobTable, encode_position
+from xoengine.tree import Extents
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Sequence
+    from collections.abc import Callable, Iterator, Sequence
 
     from xoengine.datastore import Store, WriteTxn
     from xoengine.tree import ReplicaTree, UndoLog, UndoRecord
@@ -40,10 +48,13 @@ __all__ = [
     "UndoUsage",
     "retention",
     "rewind_back",
+    "undo_one",
+    "undo_path",
 ]
 
 _ALERT_SHARE: Final = 0.8
 _RELATIVE: Final = frozenset({"renamed", "content"})
+_IN_PLACE: Final = frozenset({"bytes", "meta"})
 _BATCH_POSITIONS: Final = 256
 _BATCH_BYTES: Final = 1 << 20
 
@@ -121,6 +132,97 @@ def _undo_delta(tree: ReplicaTree, record: UndoRecord, blob: Callable[[bytes], b
     tree.replace(record.path, parts, mode=args.get("mode"))
 
 
+# -- runs of in-place changes, undone per path ------------------------------------------------
+
+
+@dataclass
+class PathPlan:
+    """What undoing a run of in-place records does to one path.
+
+    ``extents``: the oldest before-image of each byte; ``size``: the oldest
+    size (None: only metadata changed); ``mode``/``mtime_ns``: the oldest ones
+    recorded; ``records``: how many records of the run it stands for.
+    """
+
+    path: str
+    extents: Extents = field(default_factory=Extents)
+    size: int | None = None
+    mode: int | None = None
+    mtime_ns: int | None = None
+    records: int = 0
+
+
+def _coalescable(record: UndoRecord) -> bool:
+    if record.op in _IN_PLACE:
+        return True
+    if record.op != "content":
+        return False
+    cursor = 0
+    for op in record.args["ops"]:  # in place: every copy takes old bytes from where they were
+        if op[0] == "copy" and op[1] != cursor:
+            return False
+        cursor += op[2]
+    return True
+
+
+def _spans(record: UndoRecord) -> Iterator[tuple[int, bytes, int]]:
+    """``(offset, blob id, length)`` of the before-images of an in-place record."""
+    args = record.args
+    if record.op == "bytes":
+        for offset, name in args.get("spans", []):
+            yield offset, args[name], BlobTable.size_of(args[name])
+    elif record.op == "content":
+        cursor = 0
+        for op in args["ops"]:
+            if op[0] == "data":
+                yield cursor, args[op[1]], op[2]
+            cursor += op[2]
+
+
+def plan_run(records: Sequence[UndoRecord]) -> list[PathPlan]:
+    """Per path, what undoing ``records`` (in-place ones, newest first) amounts to.
+
+    A byte no record of the run saved was not changed by the run (or did not
+    exist before it, and the oldest size cuts it off): it is left as it is.
+    """
+    plans: dict[str, PathPlan] = {}
+    for record in reversed(records):  # oldest first: the first claim of a byte wins
+        plan = plans.get(record.path)
+        if plan is None:
+            plan = plans[record.path] = PathPlan(record.path)
+        plan.records += 1
+        args = record.args
+        if plan.mode is None:
+            plan.mode = args.get("mode")
+        if plan.mtime_ns is None:
+            plan.mtime_ns = args.get("mtime_ns")
+        if record.op == "meta":
+            continue
+        if plan.size is None:
+            plan.size = args["old_size"]
+        for offset, blob_id, length in _spans(record):
+            plan.extents.claim(offset, blob_id, length, plan.size)
+    return list(plans.values())
+
+
+def undo_path(tree: ReplicaTree, plan: PathPlan, blob: Callable[[bytes], bytes]) -> None:
+    """Apply one path's plan: each contributing blob read once, the file opened once."""
+    if plan.size is None:
+        if (plan.mode is not None or plan.mtime_ns is not None) and tree.lstat(
+            plan.path
+        ) is not None:
+            tree.set_meta(plan.path, plan.mode, plan.mtime_ns)
+        return
+
+    def pieces() -> Iterator[tuple[int, memoryview]]:
+        for blob_id, uses in plan.extents.by_blob().items():
+            data = memoryview(blob(blob_id))
+            for offset, start, length in uses:
+                yield offset, data[start : start + length]
+
+    tree.restore_bytes(plan.path, pieces(), plan.size, plan.mode, plan.mtime_ns)
+
+
 def _kind(tree: ReplicaTree, path: str) -> str | None:
     st = tree.lstat(path)
     if st is None:
@@ -143,18 +245,24 @@ def rewind_back(
 ) -> int:
     """Undo every change in ``(target, applied]``, newest first; return records undone.
 
-    After a batch of positions is undone, the applied position drops below the
-    oldest of them and their records are deleted, in one transaction. A batch
-    ends at every rename or delta record (those depend on the state they find),
-    so a rewind resumed after a crash redoes only absolute overwrites.
+    Positions whose records are all in-place changes form runs, undone per
+    path (:func:`plan_run`, :func:`undo_path`); the others are undone record
+    by record (:func:`undo_one`). After undoing, the applied position drops
+    below the oldest position undone and its records are deleted, in one
+    transaction, and only then: a rewind resumed after a crash redoes a run
+    from its records (the same plan, or one including older records, which
+    overrides it), or absolute overwrites. A rename or a delta that depends on
+    the state it finds gets commits of its own, before and after.
     """
     records = undo.records(after=target, upto=applied, reverse=True)
     by_position: dict[int, list[UndoRecord]] = {}
     for record in records:
         by_position.setdefault(record.position, []).append(record)
     count = 0
-    batch: list[int] = []
+    batch: list[int] = []  # undone, not committed yet (newest first)
     batch_bytes = 0
+    run: list[UndoRecord] = []  # in-place records not undone yet (newest first)
+    run_positions: list[int] = []
 
     def commit(positions: list[int]) -> None:
         def work(txn: WriteTxn) -> None:
@@ -166,27 +274,39 @@ def rewind_back(
 
         store.write(work)
 
+    def flush() -> None:
+        nonlocal batch, batch_bytes, run, run_positions
+        with tree.holding_parents():  # a run moves no directory
+            for plan in plan_run(run):  # written (and fsynced) before the commit drops them
+                undo_path(tree, plan, blob)
+        positions = batch + run_positions
+        if positions:
+            commit(positions)
+        batch, batch_bytes, run, run_positions = [], 0, [], []
+
     for position in sorted(by_position, reverse=True):
         group = by_position[position]
-        # Records that overwrite absolutely (bytes, truncations, creations, deletions,
-        # metadata) can share one commit: redoing the whole batch newest first after
-        # a crash ends with each path in its oldest before-image again. A rename or
-        # a digest-checked delta depends on the state it finds (its redo may skip):
-        # it gets a commit of its own, before and after, so no redo crosses it.
+        if all(_coalescable(r) for r in group):
+            run.extend(group)  # already newest seq first
+            run_positions.append(position)
+            count += len(group)
+            continue
+        # Records that overwrite absolutely (creations, deletions) can share one
+        # commit with a run: redoing it all newest first after a crash ends with
+        # each path in its oldest before-image again. A rename or a digest-checked
+        # delta depends on the state it finds (its redo may skip): it gets a commit
+        # of its own, before and after, so no redo crosses it.
         relative = any(r.op in _RELATIVE for r in group)
-        if relative and batch:
-            commit(batch)
-            batch, batch_bytes = [], 0
+        if relative or run:
+            flush()
         for record in group:  # already newest seq first
             undo_one(tree, record, blob)
             count += 1
         batch.append(position)
         batch_bytes += sum(len(str(r.args)) for r in group)
         if relative or len(batch) >= _BATCH_POSITIONS or batch_bytes >= _BATCH_BYTES:
-            commit(batch)
-            batch, batch_bytes = [], 0
-    if batch:
-        commit(batch)
+            flush()
+    flush()
     store.write(lambda txn: set_applied(txn, target))
     return count
 

@@ -8,6 +8,10 @@ through :func:`walk.open_parent` (no symlink below the root is ever followed,
 a hostile path is refused with a coded error), whole files are written to a
 temporary name, fsynced and renamed, and ``OSError`` is translated here.
 
+:class:`Extents` maps the bytes of one file to pieces of blobs, first claim
+wins: the plan of a coalesced rewind (oldest before-images) or replay
+(newest writes), so each byte is written once.
+
 :class:`UndoLog` keeps, per replica and keyed by journal position, what is
 needed to undo each change: the *before-images*. The replica applier and the
 synchronizer record them durably before they change anything; rewind plays
@@ -16,6 +20,7 @@ them backwards.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import errno
 import os
@@ -27,20 +32,76 @@ from typing import TYPE_CHECKING, Any, Final
 from xoengine import codec
 from xoengine.errors import DiskFullError, ReplicaWriteError
 from xoengine.journal import BlobTable, encode_position
-from xoengine.walk import normalize_relpath, open_parent
+from xoengine.walk import ParentCache, open_parent
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator
 
     from xoengine.datastore import ReadTxn, Store, WriteTxn
 
-__all__ = ["TMP_PREFIX", "Image", "ReplicaTree", "UndoLog", "UndoRecord", "kind_of", "stat_meta"]
+__all__ = [
+    "TMP_PREFIX",
+    "Extents",
+    "Image",
+    "ReplicaTree",
+    "UndoLog",
+    "UndoRecord",
+    "kind_of",
+    "stat_meta",
+]
 
 TMP_PREFIX: Final = ".xoengine-tmp-"
 """Name prefix of temporary files (never left behind; skipped by scans of a replica)."""
 
 Image = tuple[str, str, dict[str, Any], dict[str, bytes]]
 """A before-image being prepared: (op, path, args, {arg name: bytes to store as a blob})."""
+
+
+# -- extent maps -----------------------------------------------------------------------
+
+
+class Extents:
+    """Where each byte of one file comes from: pieces of blobs; the first claim of a byte wins.
+
+    A rewind claims before-images oldest first (a byte gets its oldest
+    before-image), a replay claims writes newest first (a byte gets its newest
+    write): either way each byte is written once, and only the blobs that
+    still contribute a byte are read. ``pieces`` are
+    ``(file offset, blob id, offset in blob, length)``.
+    """
+
+    def __init__(self) -> None:
+        """An empty map: no byte claimed."""
+        self._starts: list[int] = []  # sorted disjoint claimed intervals, merged when they touch
+        self._ends: list[int] = []
+        self.pieces: list[tuple[int, bytes, int, int]] = []
+
+    def claim(self, offset: int, blob_id: bytes, length: int, limit: int | None = None) -> None:
+        """Give the bytes of ``blob_id`` at ``offset`` (up to ``limit``) to what is unclaimed."""
+        end = offset + length if limit is None else min(offset + length, limit)
+        if end <= offset:
+            return
+        starts, ends = self._starts, self._ends
+        first = bisect.bisect_left(ends, offset)  # claimed intervals touching [offset, end]
+        last = bisect.bisect_right(starts, end)
+        cursor = offset
+        for index in range(first, last):
+            if starts[index] > cursor:
+                self.pieces.append((cursor, blob_id, cursor - offset, starts[index] - cursor))
+            cursor = max(cursor, ends[index])
+        if cursor < end:
+            self.pieces.append((cursor, blob_id, cursor - offset, end - cursor))
+        low = min(offset, starts[first]) if first < last else offset
+        high = max(end, ends[last - 1]) if first < last else end
+        starts[first:last] = [low]
+        ends[first:last] = [high]
+
+    def by_blob(self) -> dict[bytes, list[tuple[int, int, int]]]:
+        """``{blob id: [(file offset, offset in blob, length)]}``: read each blob once."""
+        out: dict[bytes, list[tuple[int, int, int]]] = {}
+        for offset, blob_id, start, length in self.pieces:
+            out.setdefault(blob_id, []).append((offset, start, length))
+        return out
 
 
 # -- the replica tree -------------------------------------------------------------------
@@ -53,13 +114,39 @@ class ReplicaTree:
         """Operate under ``root`` (made if missing and ``create``); ``fsync``: durable writes."""
         self.root = root
         self.fsync = fsync
+        self._held: tuple[int, ParentCache] | None = None  # (thread, cache): holding_parents
         if create:
             os.makedirs(root, exist_ok=True)
 
     @contextlib.contextmanager
+    def holding_parents(self) -> Iterator[None]:
+        """Open each parent directory once for the calls made inside (this thread only).
+
+        Only around work that moves and removes no directory (a replay, a run of
+        in-place undos): a held directory fd follows its directory if it moves.
+        """
+        if self._held is not None and self._held[0] == threading.get_ident():
+            yield  # nested: the outer one holds them
+            return
+        cache = ParentCache(self.root)
+        self._held = (threading.get_ident(), cache)
+        try:
+            yield
+        finally:
+            self._held = None
+            cache.close()
+
+    def _open_parent(
+        self, path: str, *, create: bool = False
+    ) -> contextlib.AbstractContextManager[tuple[int, str]]:
+        held = self._held
+        cache = held[1] if held is not None and held[0] == threading.get_ident() else None
+        return open_parent(self.root, path, create=create, cache=cache)
+
+    @contextlib.contextmanager
     def _parent(self, path: str, *, create: bool = True) -> Iterator[tuple[int, str]]:
         try:
-            with open_parent(self.root, normalize_relpath(path), create=create) as where:
+            with self._open_parent(path, create=create) as where:
                 yield where
         except OSError as e:
             raise self._error(path, "open parent", e) from e
@@ -91,7 +178,7 @@ class ReplicaTree:
     def lstat(self, path: str) -> os.stat_result | None:
         """``lstat`` of ``path`` (None if absent or its parent is missing)."""
         try:
-            with open_parent(self.root, normalize_relpath(path)) as (fd, leaf):
+            with self._open_parent(path) as (fd, leaf):
                 return os.stat(leaf, dir_fd=fd, follow_symlinks=False)
         except FileNotFoundError:
             return None
@@ -189,6 +276,20 @@ class ReplicaTree:
         For trees being built from nothing (a forensic replay into an empty
         directory): no temporary name, since there is no old content to keep.
         """
+        self.write_new(path, [(0, data)], len(data), mode, mtime_ns)
+
+    def write_new(
+        self,
+        path: str,
+        pieces: Iterable[tuple[int, bytes | memoryview]],
+        size: int,
+        mode: int,
+        mtime_ns: int,
+    ) -> None:
+        """Write a file from scratch: ``(offset, bytes)`` pieces, then its size, mode and mtime.
+
+        Bytes no piece covers are zeros (holes). In place, as :meth:`write_file`.
+        """
         with self._parent(path) as (fd, leaf):
             try:
                 handle = os.open(
@@ -198,9 +299,12 @@ class ReplicaTree:
                     dir_fd=fd,
                 )
                 try:
-                    view = memoryview(data)
-                    while view:
-                        view = view[os.write(handle, view) :]
+                    end = 0
+                    for offset, data in pieces:
+                        _pwrite_all(handle, data, offset)
+                        end = max(end, offset + len(data))
+                    if end != size:
+                        os.ftruncate(handle, size)
                     os.fchmod(handle, mode)
                     os.utime(handle, ns=(mtime_ns, mtime_ns))
                     if self.fsync:
@@ -213,19 +317,21 @@ class ReplicaTree:
     def restore_bytes(
         self,
         path: str,
-        pieces: list[tuple[int, bytes]],
+        pieces: Iterable[tuple[int, bytes | memoryview]],
         size: int,
         mode: int | None,
         mtime_ns: int | None,
     ) -> None:
         """Put back bytes, size, mode and mtime of an existing regular file, in one open.
 
-        The undo of in-place writes. Anything but a regular file at ``path``
-        (absent, a directory, a link) is left alone, as an undo of a later
-        record will have put it there.
+        The undo of in-place writes (one record's, or a whole coalesced run's).
+        Anything but a regular file at ``path`` (absent, a directory, a link) is
+        left alone, as an undo of a later record will have put it there.
+        ``pieces`` is consumed only if the file is there. Size, mode and mtime
+        are set only where they differ.
         """
         try:
-            with open_parent(self.root, normalize_relpath(path)) as (fd, leaf):
+            with self._open_parent(path) as (fd, leaf):
                 try:
                     handle = os.open(leaf, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
                 except OSError as e:
@@ -233,12 +339,16 @@ class ReplicaTree:
                         return
                     raise self._error(path, "restore", e) from e
                 try:
-                    if not stat.S_ISREG(os.fstat(handle).st_mode):
+                    st = os.fstat(handle)
+                    if not stat.S_ISREG(st.st_mode):
                         return
+                    end = st.st_size
                     for offset, data in pieces:
-                        os.pwrite(handle, data, offset)
-                    os.ftruncate(handle, size)
-                    if mode is not None:
+                        _pwrite_all(handle, data, offset)
+                        end = max(end, offset + len(data))
+                    if end != size:
+                        os.ftruncate(handle, size)
+                    if mode is not None and stat.S_IMODE(st.st_mode) != mode:
                         os.fchmod(handle, mode)
                     if mtime_ns is not None:
                         os.utime(handle, ns=(mtime_ns, mtime_ns))
@@ -341,7 +451,7 @@ class ReplicaTree:
     def delete(self, path: str) -> None:
         """Remove a file, link or directory (with its contents); absent is fine."""
         try:
-            with open_parent(self.root, normalize_relpath(path)) as (fd, leaf):
+            with self._open_parent(path) as (fd, leaf):
                 try:
                     st = os.stat(leaf, dir_fd=fd, follow_symlinks=False)
                 except FileNotFoundError:
@@ -382,6 +492,13 @@ class ReplicaTree:
                 return
             except OSError as e:
                 raise self._error(path, "set metadata", e) from e
+
+
+def _pwrite_all(handle: int, data: bytes | memoryview, offset: int) -> None:
+    view = memoryview(data)
+    while view:
+        done = os.pwrite(handle, view, offset)
+        view, offset = view[done:], offset + done
 
 
 def kind_of(mode: int) -> str:

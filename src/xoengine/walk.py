@@ -21,7 +21,10 @@ Writing under a root
     each parent with ``O_NOFOLLOW | O_DIRECTORY`` relative to the previous
     one, so a symlink swapped in mid-way is refused instead of followed; the
     caller then opens the leaf with ``dir_fd`` and ``O_NOFOLLOW``. The root
-    itself is configuration, so a root that is a symlink is followed.
+    itself is configuration, so a root that is a symlink is followed. A
+    :class:`ParentCache` keeps the directories it opened for a batch of writes
+    in which no directory is moved or removed (a replay, a run of in-place
+    undos), so each is opened once.
 
 Walking
     :func:`walk` lists a tree the same way for master scans, sync and
@@ -58,6 +61,7 @@ from xoengine.errors import (
 __all__ = [
     "Entry",
     "Kind",
+    "ParentCache",
     "PathFilter",
     "RelPath",
     "Walk",
@@ -158,9 +162,51 @@ def resolve_under(root: AnyPath, relpath: str | bytes) -> str | bytes:
     return result if isinstance(given, bytes) else os.fsdecode(result)
 
 
+class ParentCache:
+    """Directories under one root held open for a batch of :func:`open_parent` calls.
+
+    Each directory is opened once, the way :func:`open_parent` opens it (no
+    symlink followed). Only for batches that move or remove no directory: a
+    held fd follows its directory wherever it goes. Close it when done.
+    """
+
+    def __init__(self, root: AnyPath) -> None:
+        """Hold directories of ``root`` (none yet)."""
+        self.root = root
+        self._fds: dict[str, int] = {}
+
+    def parent(self, rel: RelPath, *, create: bool, mode: int = 0o777) -> tuple[int, str]:
+        """``(dir_fd, leaf)`` for the normalised ``rel``; the fd stays the cache's."""
+        head, _, leaf = rel.rpartition("/")
+        return self._dir(head, rel, create=create, mode=mode), leaf
+
+    def _dir(self, path: str, rel: str, *, create: bool, mode: int) -> int:
+        fd = self._fds.get(path)
+        if fd is None:
+            if path:
+                head = path.rpartition("/")[0]
+                above = self._dir(head, rel, create=create, mode=mode)
+                fd = _open_subdir(above, rel, path, self.root, create=create, mode=mode)
+            else:
+                fd = _open_root(self.root)
+            self._fds[path] = fd
+        return fd
+
+    def close(self) -> None:
+        """Close every directory held."""
+        fds, self._fds = self._fds, {}
+        for fd in fds.values():
+            os.close(fd)
+
+
 @contextmanager
 def open_parent(
-    root: AnyPath, relpath: str | bytes, *, create: bool = False, mode: int = 0o777
+    root: AnyPath,
+    relpath: str | bytes,
+    *,
+    create: bool = False,
+    mode: int = 0o777,
+    cache: ParentCache | None = None,
 ) -> Iterator[tuple[int, str]]:
     """Open the directory that holds ``relpath``; yield ``(dir_fd, leaf_name)``.
 
@@ -177,8 +223,12 @@ def open_parent(
     :class:`~xoengine.errors.TreeRootUnreadableError` for the root. Other
     ``OSError`` (a missing parent without ``create``, no space) propagates
     for the writer to translate, since only it knows what the write was.
+    With ``cache`` (for ``root``), parents come from it and stay open.
     """
     rel = normalize_relpath(relpath)
+    if cache is not None:  # the fd is the cache's: not closed here
+        yield cache.parent(rel, create=create, mode=mode)
+        return
     parts = rel.split("/")
     fd = _open_root(root)
     try:

@@ -6,7 +6,8 @@ Opens the engine in STATE with ``durability="sync"`` (which completes any
 interrupted rewind) and, unless ``--open-only``, rewinds REPLICA to the rewind
 point named POINT. Prints ``OPENING`` before the open, ``READY`` once the
 engine is open, ``U`` after every before-image it has undone (one write(2)
-each, so the parent can kill it after a chosen number of them), and ``DONE``
+each, so the parent can kill it after a chosen number of them; a path of a
+coalesced run reports one per record it stands for, once written), and ``DONE``
 at the end. With DIE_AT_RENAME = N it kills itself (SIGKILL) just before the
 N-th rename of a temporary file into place: a whole-file write (``replace``)
 interrupted with its temporary file written and fsynced.
@@ -38,6 +39,14 @@ def main() -> None:
         say("U")
 
     rewind_module.undo_one = reporting_undo_one  # type: ignore[assignment]
+    undo_path = rewind_module.undo_path
+
+    def reporting_undo_path(*args: object, **kwargs: object) -> None:
+        undo_path(*args, **kwargs)  # type: ignore[arg-type]
+        for _ in range(args[1].records):  # type: ignore[attr-defined]  # one per record
+            say("U")
+
+    rewind_module.undo_path = reporting_undo_path  # type: ignore[assignment]
     if len(sys.argv) > 5:
         countdown = [int(sys.argv[5])]
         rename = os.rename

@@ -336,3 +336,78 @@ def test_rewind_resumed_between_undo_and_commit_is_idempotent(
     monkeypatch.setattr(rewind_module, "encode_position", real)
     with Engine.open(tmp_path / "state", durability="nosync") as eng:  # completes the rewind
         assert snapshot(r1) == want
+
+
+@pytest.mark.parametrize("die_after", [0, 1, 3, 5, "commit"])
+def test_rewind_killed_inside_a_coalesced_run_is_completed_at_open(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, die_after: int | str
+) -> None:
+    """A run of in-place undos killed after some of its paths (or before its commit) is redone.
+
+    The files written before the kill hold their oldest before-images already; the
+    redo plans the run again from its records (never from the files) and ends
+    with every file exact. The kill comes after ``die_after`` paths, or in the
+    commit that would drop the run's records.
+    """
+    rng = random.Random(7)
+    master, r1 = tmp_path / "master", tmp_path / "r1"
+    master.mkdir()
+    for i in range(6):
+        (master / f"f{i}").write_bytes(rng.randbytes(rng.randint(0, 20000)))
+    eng = Engine.open(tmp_path / "state", durability="nosync")
+    sc = eng.create_scenario("cx", master=str(master), replicas={"r1": str(r1)}, block_size=512)
+    sc.start()
+    point = sc.set_rewind_point("before")
+    want = snapshot(master)
+    for _ in range(40):  # overlapping writes, truncations, extensions, appends, chmods
+        path = master / f"f{rng.randrange(6)}"
+        size = path.stat().st_size
+        what = rng.choice(["write", "write", "truncate", "extend", "append", "chmod"])
+        if what == "write":
+            with path.open("r+b") as f:
+                f.seek(rng.randrange(size + 1))
+                f.write(rng.randbytes(rng.randint(1, 5000)))
+        elif what == "truncate":
+            os.truncate(path, rng.randrange(size + 1))
+        elif what == "extend":
+            os.truncate(path, size + rng.randint(1, 5000))
+        elif what == "append":
+            with path.open("ab") as f:
+                f.write(rng.randbytes(rng.randint(1, 5000)))
+        else:
+            path.chmod(rng.choice([0o600, 0o640, 0o755]))
+        sc.capture()
+    sc.wait_replicated()
+    records = sc._appliers["r1"].undo.records(after=point.position)
+    assert {r.op for r in records} <= {"bytes", "meta", "content"}, "one run only"
+    assert len({r.path for r in records}) == 6
+
+    real_undo_path, real_encode = rewind_module.undo_path, rewind_module.encode_position
+    done = [0]
+
+    def dying_undo_path(*args: Any) -> None:
+        if done[0] == die_after:
+            raise _Killed
+        real_undo_path(*args)
+        done[0] += 1
+
+    def dying_encode(position: int) -> bytes:
+        raise _Killed
+
+    if die_after == "commit":
+        monkeypatch.setattr(rewind_module, "encode_position", dying_encode)
+    else:
+        monkeypatch.setattr(rewind_module, "undo_path", dying_undo_path)
+    with pytest.raises(_Killed):
+        sc.rewind("r1", point)
+    eng._closed = True  # the process is dead: no clean close
+    eng.app.close()
+    monkeypatch.setattr(rewind_module, "undo_path", real_undo_path)
+    monkeypatch.setattr(rewind_module, "encode_position", real_encode)
+    if die_after == "commit":
+        assert snapshot(r1) == want  # written, not committed
+    with Engine.open(tmp_path / "state", durability="nosync") as eng:  # completes the rewind
+        assert snapshot(r1) == want
+        sc = eng.scenario("cx")
+        assert sc.statistics().replicas["r1"].applied_position == point.position
+        assert sc._appliers["r1"].undo.records(after=point.position) == []
