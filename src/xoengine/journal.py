@@ -1,6 +1,7 @@
 """The journal: an LMDB persistence module for eventsourcing 9.5.
 
-Room: record. May import ``errors``, ``codec``, ``datastore`` and eventsourcing.
+Room: record. May import ``errors``, ``codec``, ``datastore``, ``record``,
+``blobtable``, ``streamindex`` and eventsourcing.
 
 Select it for any eventsourcing application with::
 
@@ -24,8 +25,6 @@ commit order because they are assigned inside LMDB's single write transaction.
 
 from __future__ import annotations
 
-import datetime as dt
-import struct
 import threading
 import time
 import uuid
@@ -47,6 +46,7 @@ from eventsourcing.persistence import (
 from eventsourcing.utils import resolve_topic, strtobool
 
 from xoengine import codec
+from xoengine.blobtable import BLOB_TABLE, BlobTable
 from xoengine.codec import MsgpackTranscoder
 from xoengine.datastore import (
     CATALOG_TABLE,
@@ -58,11 +58,22 @@ from xoengine.datastore import (
     open_store,
 )
 from xoengine.errors import (
-    BlobNotFoundError,
     ConfigurationError,
     FrameError,
     IntegrityViolationError,
 )
+from xoengine.record import (
+    POS,
+    VERSION_OFFSET,
+    datetime_ns,
+    decode_event,
+    decode_position,
+    encode_event,
+    encode_position,
+    oid_prefix,
+    stream_key,
+)
+from xoengine.streamindex import MARKER_KEY, MERGE_AT, StreamTail, frame_marker
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator, Sequence
@@ -87,41 +98,7 @@ __all__ = [
     "encode_position",
 ]
 
-BLOB_TABLE: Final = "blobs"
 META_TABLE: Final = "meta"
-_POS = struct.Struct(">Q")
-_VERSION_OFFSET: Final = 1 << 63
-_EPOCH: Final = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
-_OID_UUID: Final = 0
-_OID_STR: Final = 1
-
-
-def datetime_ns(when: dt.datetime) -> int:
-    """The last UTC nanosecond of the microsecond a timezone-aware datetime names (no float)."""
-    return (when - _EPOCH) // dt.timedelta(microseconds=1) * 1000 + 999
-
-
-def encode_position(position: int) -> bytes:
-    """The 8-byte big-endian key of a journal position."""
-    return _POS.pack(position)
-
-
-def decode_position(key: bytes) -> int:
-    """Inverse of :func:`encode_position` (a damaged key is a :class:`FrameError`)."""
-    if len(key) != _POS.size:
-        raise FrameError(position=bytes(key).hex(), detail=f"a {len(key)}-byte position key")
-    return int(_POS.unpack(key)[0])
-
-
-def _oid_prefix(originator_id: uuid.UUID | str) -> bytes:
-    if isinstance(originator_id, uuid.UUID):
-        return b"\x00" + originator_id.bytes
-    raw = str(originator_id).encode("utf-8", "surrogateescape")
-    return b"\x01" + struct.pack(">H", len(raw)) + raw
-
-
-def _stream_key(originator_id: uuid.UUID | str, version: int) -> bytes:
-    return _oid_prefix(originator_id) + _POS.pack(version + _VERSION_OFFSET)
 
 
 @dataclass(frozen=True)
@@ -152,236 +129,9 @@ class _Clock:
         return t
 
 
-def _encode_event(position_key: bytes, event: StoredEvent, time_ns: int) -> bytes:
-    oid = event.originator_id
-    if isinstance(oid, uuid.UUID):
-        body = codec.pack(
-            [_OID_UUID, oid.bytes, event.originator_version, event.topic, event.state, time_ns]
-        )
-    else:
-        body = codec.pack(
-            [_OID_STR, str(oid), event.originator_version, event.topic, event.state, time_ns]
-        )
-    return codec.frame(position_key, body)
-
-
-def _decode_event(key: bytes, value: bytes, table: str) -> tuple[StoredEvent, int]:
-    position = decode_position(key) if len(key) == 8 else key.hex()
-    body = codec.unframe(key, value, where=table, position=position)
-    record = codec.unpack(body, position=position)
-    try:
-        kind, oid, version, topic, state, time_ns = record
-        originator_id: uuid.UUID | str = uuid.UUID(bytes=oid) if kind == _OID_UUID else oid
-        event = StoredEvent(
-            originator_id=originator_id,
-            originator_version=int(version),
-            topic=str(topic),
-            state=bytes(state),
-        )
-    except (TypeError, ValueError) as e:
-        raise FrameError(position=position, detail=f"not an event record ({e})") from e
-    return event, int(time_ns)
-
-
-def _frame_marker(position: int) -> bytes:
-    return codec.frame(_MARKER_KEY, encode_position(position))
-
-
 def _decode_tracking(key: bytes, value: bytes, table: str) -> int:
     body = codec.unframe(key, value, where=table, position=key.decode(errors="replace"))
     return decode_position(bytes(body))
-
-
-class BlobTable:
-    """Content-addressed storage for large payloads (changed bytes, chunks).
-
-    A blob id is ``xxh3_128(data) || len(data) || slot`` (25 bytes). A blob is
-    stored once; on a key hit the stored bytes are compared with the new ones,
-    and a different blob under the same hash (a crafted collision) goes to the
-    next slot: data can never be substituted.
-    """
-
-    ID_SIZE: Final = 25
-
-    def __init__(self, store: Store, table: str = BLOB_TABLE) -> None:
-        """Use the shared blob table of ``store`` (created if missing and writable)."""
-        self.store = store
-        self.table = table
-        store.ensure(table)
-
-    def put(self, txn: WriteTxn, data: bytes | memoryview) -> bytes:
-        """Store ``data`` inside ``txn`` (if not stored yet) and return its id."""
-        base = codec.digest128(data) + _POS.pack(len(data))
-        for slot in range(256):
-            blob_id = base + bytes((slot,))
-            existing = txn.get(self.table, blob_id)
-            if existing is None:
-                txn.put(self.table, blob_id, codec.frame(blob_id, data))
-                return blob_id
-            if codec.unframe(blob_id, existing, where=self.table) == data:
-                return blob_id
-        raise IntegrityViolationError(detail="256 different blobs share one hash")
-
-    def save(self, data: bytes | memoryview) -> bytes:
-        """Store ``data`` in its own (group-committed) transaction; return its id."""
-        return self.store.write(lambda txn: self.put(txn, data))
-
-    def get(self, blob_id: bytes, txn: ReadTxn | None = None) -> bytes:
-        """Return the verified bytes of ``blob_id`` (:class:`BlobNotFoundError` if absent)."""
-        if txn is None:
-            with self.store.read() as rtxn:
-                return self.get(blob_id, rtxn)
-        value = txn.get(self.table, blob_id)
-        if value is None:
-            raise BlobNotFoundError(blob=blob_id.hex())
-        body = codec.unframe(blob_id, value, where=self.table)
-        if len(body) != _POS.unpack_from(blob_id, 16)[0] or codec.digest128(body) != blob_id[:16]:
-            raise FrameError(position=blob_id.hex(), detail="blob content does not match its id")
-        return bytes(body)
-
-    @staticmethod
-    def size_of(blob_id: bytes) -> int:
-        """Length of the bytes of ``blob_id`` (read from the id: no lookup)."""
-        return int(_POS.unpack_from(blob_id, 16)[0])
-
-    def __contains__(self, blob_id: bytes) -> bool:
-        """Whether ``blob_id`` is stored."""
-        with self.store.read() as txn:
-            return txn.get(self.table, blob_id) is not None
-
-
-MERGE_AT: Final = 16384
-"""Unmerged events after which the writer merges their stream entries into the sorted index."""
-_MARKER_KEY: Final = b"upto"
-
-
-class _StreamTail:
-    """Stream-index entries of the events above the merge marker, held in memory.
-
-    With random originator ids (uuid4, eventsourcing's default) every put into
-    the sorted stream index lands on its own B-tree page: at batch 100 that
-    was two thirds of a commit's pages. So an append only appends the event;
-    its ``(originator, version) -> position`` entry lives here, and every
-    :data:`MERGE_AT` events the writer puts them all into the sorted index in
-    key order (a few pages per hundred entries) and moves the marker
-    (``P.events.indexed``), in one transaction. What is above the marker is
-    found by scanning the events table, so this is only ever a cache of
-    committed records: another process, or a reopened journal, builds its own.
-
-    Only committed snapshots change it (read transactions and the writer's
-    on-commit callback); a write transaction takes a private view (its own
-    uncommitted events, an uncommitted merge) and never changes it.
-    """
-
-    def __init__(self, events_table: str) -> None:
-        self._events_table = events_table
-        self._lock = threading.Lock()
-        self._base = -1  # the marker these entries are above (-1: not built)
-        self._upto = 0  # the last position they cover
-        self._entries: dict[bytes, dict[int, int]] = {}  # oid prefix -> version -> position
-        self._count = 0
-
-    def _scan(self, txn: ReadTxn, after: int, last: int) -> Iterator[tuple[bytes, int, int]]:
-        """(oid prefix, version, position) of the events in (after, last], checksums verified."""
-        if last <= after:
-            return
-        for key, value in txn.items(self._events_table, encode_position(after + 1)):
-            position = decode_position(key)
-            if position > last:
-                return
-            event, _ = _decode_event(key, value, self._events_table)
-            yield _oid_prefix(event.originator_id), event.originator_version, position
-
-    def _add(self, prefix: bytes, version: int, position: int) -> None:
-        self._entries.setdefault(prefix, {})[version] = position
-        self._count += 1
-
-    def _follow(self, txn: ReadTxn, marker: int, last: int) -> bool:
-        """Bring the shared entries to a committed snapshot; False if it is older than them."""
-        if marker < self._base:
-            return False  # a merge committed since this snapshot began
-        if marker > self._base:
-            if self._base < 0 or self._upto <= marker:
-                self._entries, self._count = {}, 0
-            else:
-                for versions in self._entries.values():
-                    for version in [v for v, p in versions.items() if p <= marker]:
-                        del versions[version]
-                        self._count -= 1
-                self._entries = {k: v for k, v in self._entries.items() if v}
-            self._base, self._upto = marker, max(self._upto, marker)
-        if self._upto < last:
-            for prefix, version, position in self._scan(txn, self._upto, last):
-                self._add(prefix, version, position)
-            self._upto = last
-        return True
-
-    @property
-    def built(self) -> bool:
-        """Whether the shared entries were built (else a write would scan all above the marker)."""
-        return self._base >= 0
-
-    def follow(self, txn: ReadTxn, marker: int, last: int) -> None:
-        """Bring the shared entries up to the committed snapshot ``txn``."""
-        with self._lock:
-            self._follow(txn, marker, last)
-
-    def read(self, txn: ReadTxn, marker: int, last: int, prefix: bytes) -> dict[int, int]:
-        """``version -> position`` of one stream above ``marker`` in a committed snapshot."""
-        with self._lock:
-            if self._follow(txn, marker, last):
-                return {v: p for v, p in self._entries.get(prefix, {}).items() if p <= last}
-        return {v: p for k, v, p in self._scan(txn, marker, last) if k == prefix}
-
-    def _private(self, txn: ReadTxn, marker: int, last: int) -> tuple[int, list[Any]]:
-        """What a write transaction sees beyond the shared entries: (their end, a scan)."""
-        upto = max(self._upto, marker) if marker >= self._base >= 0 else marker
-        return upto, list(self._scan(txn, upto, last)) if upto < last else []
-
-    def recorded(
-        self, txn: ReadTxn, marker: int, last: int, wanted: list[tuple[bytes, int]]
-    ) -> tuple[bytes, int] | None:
-        """The first of ``wanted`` (prefix, version) already above ``marker``, or None."""
-        with self._lock:
-            upto, scanned = self._private(txn, marker, last)
-            shared = upto > marker
-            for prefix, version in wanted:
-                position = self._entries.get(prefix, {}).get(version) if shared else None
-                if position is not None and marker < position <= upto:
-                    return prefix, version
-        extra = {(prefix, version) for prefix, version, _ in scanned}
-        return next((w for w in wanted if w in extra), None)
-
-    def everything(self, txn: ReadTxn, marker: int, last: int) -> list[tuple[bytes, int, int]]:
-        """Every (prefix, version, position) above ``marker`` up to ``last`` (for a merge)."""
-        with self._lock:
-            upto, scanned = self._private(txn, marker, last)
-            shared = [
-                (prefix, version, position)
-                for prefix, versions in self._entries.items()
-                for version, position in versions.items()
-                if marker < position <= upto
-            ]
-        return shared + scanned
-
-    def appended(self, added: list[tuple[bytes, int, int]], first: int, last: int) -> None:
-        """The writer's callback: its batch ``first..last`` committed (ignored on a gap)."""
-        with self._lock:
-            if self._base >= 0 and self._upto == first - 1:
-                for prefix, version, position in added:
-                    self._add(prefix, version, position)
-                self._upto = last
-
-    def merged(self, marker: int) -> None:
-        """The writer's callback: every entry up to ``marker`` is in the sorted index now."""
-        with self._lock:
-            if marker > self._base:
-                if self._base < 0 or self._upto <= marker:
-                    self._entries, self._count = {}, 0
-                    self._base, self._upto = marker, marker
-                else:
-                    self._base = -1  # entries above the merge exist: rebuild on the next read
-                    self._entries, self._count = {}, 0
 
 
 class _LMDBRecorder:
@@ -424,7 +174,7 @@ class LMDBAggregateRecorder(_LMDBRecorder, AggregateRecorder):
         self.streams_table = self.events_table + ".streams"
         self.marker_table = self.events_table + ".indexed"
         self.merge_at = max(1, merge_at)
-        self._tail = _StreamTail(self.events_table)
+        self._tail = StreamTail(self.events_table)
         self._clock = _Clock.of(datastore)
 
     def _tables(self) -> tuple[str, ...]:
@@ -437,12 +187,12 @@ class LMDBAggregateRecorder(_LMDBRecorder, AggregateRecorder):
         its marker is its last position.
         """
         # The marker first: a table opened after this read began renews its snapshot.
-        value = txn.get(self.marker_table, _MARKER_KEY)
+        value = txn.get(self.marker_table, MARKER_KEY)
         last_record = txn.last(self.events_table)
         last = decode_position(last_record[0]) if last_record else 0
         if value is None:
             return last, last, False
-        body = codec.unframe(_MARKER_KEY, value, where=self.marker_table, position="marker")
+        body = codec.unframe(MARKER_KEY, value, where=self.marker_table, position="marker")
         return decode_position(bytes(body)), last, True
 
     def insert_events(
@@ -479,9 +229,9 @@ class LMDBAggregateRecorder(_LMDBRecorder, AggregateRecorder):
         inline: Callable[[WriteTxn, list[int]], None] | None = None,
     ) -> list[int]:
         # 1. Check everything before the first put: a refused batch writes nothing.
-        prefixes = [_oid_prefix(e.originator_id) for e in stored_events]
+        prefixes = [oid_prefix(e.originator_id) for e in stored_events]
         keys = [
-            p + _POS.pack(e.originator_version + _VERSION_OFFSET)
+            p + POS.pack(e.originator_version + VERSION_OFFSET)
             for p, e in zip(prefixes, stored_events, strict=True)
         ]
         if len(set(keys)) != len(keys):
@@ -506,14 +256,14 @@ class LMDBAggregateRecorder(_LMDBRecorder, AggregateRecorder):
         if last and self.events_table not in self._clock.seen:
             # First append in this process: never label below what the journal holds
             # (a clock stepped back across a restart must not make labels go back).
-            floor = _decode_event(last[0], last[1], self.events_table)[1]
+            floor = decode_event(last[0], last[1], self.events_table)[1]
             self._clock.seen.add(self.events_table)
         time_ns = self._clock.now(floor)
         positions = []
         for event in stored_events:
             position += 1
             pkey = encode_position(position)
-            txn.append(self.events_table, pkey, _encode_event(pkey, event, time_ns))
+            txn.append(self.events_table, pkey, encode_event(pkey, event, time_ns))
             positions.append(position)
         if stored_events:
             self._index(txn, marker, top, stored, prefixes, stored_events, positions)
@@ -541,20 +291,20 @@ class LMDBAggregateRecorder(_LMDBRecorder, AggregateRecorder):
         unmerged = positions[-1] - marker
         if unmerged < self.merge_at:
             if not stored:  # first append since the marker exists: all below is indexed
-                txn.put(self.marker_table, _MARKER_KEY, _frame_marker(marker))
+                txn.put(self.marker_table, MARKER_KEY, frame_marker(marker))
             first, last = positions[0], positions[-1]
             txn.on_commit(lambda: self._tail.appended(added, first, last))
             return
         # Merge: every entry above the marker, in key order (neighbours share pages).
         entries = [
-            (prefix + _POS.pack(version + _VERSION_OFFSET), position)
+            (prefix + POS.pack(version + VERSION_OFFSET), position)
             for prefix, version, position in self._tail.everything(txn, marker, top) + added
         ]
         entries.sort()
         for key, position in entries:
             txn.put(self.streams_table, key, encode_position(position))
         new_marker = positions[-1]
-        txn.put(self.marker_table, _MARKER_KEY, _frame_marker(new_marker))
+        txn.put(self.marker_table, MARKER_KEY, frame_marker(new_marker))
         txn.on_commit(lambda: self._tail.merged(new_marker))
 
     def _check_tracking(self, txn: WriteTxn, tracking: Tracking) -> None:
@@ -573,7 +323,7 @@ class LMDBAggregateRecorder(_LMDBRecorder, AggregateRecorder):
         limit: int | None = None,
     ) -> Sequence[StoredEvent]:
         """Events of one aggregate, by version, optionally bounded and reversed."""
-        prefix = _oid_prefix(originator_id)
+        prefix = oid_prefix(originator_id)
         results: list[StoredEvent] = []
         if limit is not None and limit <= 0:
             return results
@@ -586,13 +336,13 @@ class LMDBAggregateRecorder(_LMDBRecorder, AggregateRecorder):
                 if (gt is None or version > gt) and (lte is None or version <= lte)
             ]
             if desc:
-                start = _stream_key(originator_id, lte) if lte is not None else prefix + b"\xff" * 8
+                start = stream_key(originator_id, lte) if lte is not None else prefix + b"\xff" * 8
                 items = txn.items(self.streams_table, start, reverse=True, prefix=prefix)
             else:
-                start = _stream_key(originator_id, gt + 1) if gt is not None else prefix
+                start = stream_key(originator_id, gt + 1) if gt is not None else prefix
                 items = txn.items(self.streams_table, start, prefix=prefix)
             for indexed, (key, pkey) in enumerate(items, 1):
-                version = _POS.unpack_from(key, len(prefix))[0] - _VERSION_OFFSET
+                version = POS.unpack_from(key, len(prefix))[0] - VERSION_OFFSET
                 if gt is not None and version <= gt:
                     break  # only reached when walking down
                 if lte is not None and version > lte:
@@ -606,11 +356,8 @@ class LMDBAggregateRecorder(_LMDBRecorder, AggregateRecorder):
                 value = txn.get(self.events_table, pkey)
                 if value is None:
                     raise FrameError(position=position, detail="stream index points nowhere")
-                event, _ = _decode_event(pkey, value, self.events_table)
-                if (
-                    event.originator_version != version
-                    or _oid_prefix(event.originator_id) != prefix
-                ):
+                event, _ = decode_event(pkey, value, self.events_table)
+                if event.originator_version != version or oid_prefix(event.originator_id) != prefix:
                     raise FrameError(position=position, detail="stream index and event disagree")
                 results.append(event)
         return results
@@ -676,7 +423,7 @@ class LMDBApplicationRecorder(LMDBAggregateRecorder, ApplicationRecorder):
                 expected += 1
                 if stop is not None and position > stop:
                     return
-                event, time_ns = _decode_event(key, value, self.events_table)
+                event, time_ns = decode_event(key, value, self.events_table)
                 if wanted and event.topic not in wanted:
                     continue
                 if timed:
@@ -707,7 +454,7 @@ class LMDBApplicationRecorder(LMDBAggregateRecorder, ApplicationRecorder):
             value = txn.get(self.events_table, key)
         if value is None:
             raise KeyError(position)
-        return _decode_event(key, value, self.events_table)[1]
+        return decode_event(key, value, self.events_table)[1]
 
     def position_at(self, time_ns: int) -> int:
         """The last position whose time label is at or before ``time_ns`` (0 if none).
@@ -1047,7 +794,7 @@ def _verify_record(
     if kind == "events":
         if decode_position(key) != ordinal:  # the n-th record of a gapless table is position n
             raise FrameError(position=decode_position(key), detail=f"gap: expected {ordinal}")
-        _decode_event(key, value, name)
+        decode_event(key, value, name)
     elif kind == "streams":
         _verify_stream_entry(txn, name, key, value)
     elif kind == "marker":
@@ -1069,8 +816,8 @@ def _verify_stream_entry(txn: ReadTxn, name: str, key: bytes, value: bytes) -> N
     event_value = txn.get(events_table, value)
     if len(value) != 8 or event_value is None:
         raise FrameError(position=key.hex(), detail="stream index points at no event")
-    event, _ = _decode_event(value, event_value, events_table)
-    if _stream_key(event.originator_id, event.originator_version) != key:
+    event, _ = decode_event(value, event_value, events_table)
+    if stream_key(event.originator_id, event.originator_version) != key:
         raise FrameError(position=decode_position(value), detail="stream index and event disagree")
 
 

@@ -1,0 +1,77 @@
+"""The blob table: content-addressed payloads (changed bytes, before-images, chunks).
+
+Room: record. May import ``errors``, ``codec``, ``datastore`` and ``record``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Final
+
+from xoengine import codec
+from xoengine.errors import BlobNotFoundError, FrameError, IntegrityViolationError
+from xoengine.record import POS
+
+if TYPE_CHECKING:
+    from xoengine.datastore import ReadTxn, Store, WriteTxn
+
+__all__ = ["BLOB_TABLE", "BlobTable"]
+
+BLOB_TABLE: Final = "blobs"
+
+
+class BlobTable:
+    """Content-addressed storage for large payloads (changed bytes, chunks).
+
+    A blob id is ``xxh3_128(data) || len(data) || slot`` (25 bytes). A blob is
+    stored once; on a key hit the stored bytes are compared with the new ones,
+    and a different blob under the same hash (a crafted collision) goes to the
+    next slot: data can never be substituted.
+    """
+
+    ID_SIZE: Final = 25
+
+    def __init__(self, store: Store, table: str = BLOB_TABLE) -> None:
+        """Use the shared blob table of ``store`` (created if missing and writable)."""
+        self.store = store
+        self.table = table
+        store.ensure(table)
+
+    def put(self, txn: WriteTxn, data: bytes | memoryview) -> bytes:
+        """Store ``data`` inside ``txn`` (if not stored yet) and return its id."""
+        base = codec.digest128(data) + POS.pack(len(data))
+        for slot in range(256):
+            blob_id = base + bytes((slot,))
+            existing = txn.get(self.table, blob_id)
+            if existing is None:
+                txn.put(self.table, blob_id, codec.frame(blob_id, data))
+                return blob_id
+            if codec.unframe(blob_id, existing, where=self.table) == data:
+                return blob_id
+        raise IntegrityViolationError(detail="256 different blobs share one hash")
+
+    def save(self, data: bytes | memoryview) -> bytes:
+        """Store ``data`` in its own (group-committed) transaction; return its id."""
+        return self.store.write(lambda txn: self.put(txn, data))
+
+    def get(self, blob_id: bytes, txn: ReadTxn | None = None) -> bytes:
+        """Return the verified bytes of ``blob_id`` (:class:`BlobNotFoundError` if absent)."""
+        if txn is None:
+            with self.store.read() as rtxn:
+                return self.get(blob_id, rtxn)
+        value = txn.get(self.table, blob_id)
+        if value is None:
+            raise BlobNotFoundError(blob=blob_id.hex())
+        body = codec.unframe(blob_id, value, where=self.table)
+        if len(body) != POS.unpack_from(blob_id, 16)[0] or codec.digest128(body) != blob_id[:16]:
+            raise FrameError(position=blob_id.hex(), detail="blob content does not match its id")
+        return bytes(body)
+
+    @staticmethod
+    def size_of(blob_id: bytes) -> int:
+        """Length of the bytes of ``blob_id`` (read from the id: no lookup)."""
+        return int(POS.unpack_from(blob_id, 16)[0])
+
+    def __contains__(self, blob_id: bytes) -> bool:
+        """Whether ``blob_id`` is stored."""
+        with self.store.read() as txn:
+            return txn.get(self.table, blob_id) is not None

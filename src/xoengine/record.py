@@ -1,0 +1,100 @@
+"""The event record: positions, stream keys and the frame of an event (format version 1).
+
+Room: record. May import ``errors`` and ``codec`` (and eventsourcing's
+``StoredEvent``). The journal's recorders, the stream index and the
+verifier all encode and decode through these few functions; the layout is
+documented in docs/journal-format.md.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import struct
+import uuid
+from typing import Final
+
+from eventsourcing.persistence import StoredEvent
+
+from xoengine import codec
+from xoengine.errors import FrameError
+
+__all__ = [
+    "POS",
+    "VERSION_OFFSET",
+    "datetime_ns",
+    "decode_event",
+    "decode_position",
+    "encode_event",
+    "encode_position",
+    "oid_prefix",
+    "stream_key",
+]
+
+POS: Final = struct.Struct(">Q")
+VERSION_OFFSET: Final = 1 << 63
+_EPOCH: Final = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+OID_UUID: Final = 0  # the first field of an event record: a UUID originator
+OID_STR: Final = 1  # or a string one
+
+
+def datetime_ns(when: dt.datetime) -> int:
+    """The last UTC nanosecond of the microsecond a timezone-aware datetime names (no float)."""
+    return (when - _EPOCH) // dt.timedelta(microseconds=1) * 1000 + 999
+
+
+def encode_position(position: int) -> bytes:
+    """The 8-byte big-endian key of a journal position."""
+    return POS.pack(position)
+
+
+def decode_position(key: bytes) -> int:
+    """Inverse of :func:`encode_position` (a damaged key is a :class:`FrameError`)."""
+    if len(key) != POS.size:
+        raise FrameError(position=bytes(key).hex(), detail=f"a {len(key)}-byte position key")
+    return int(POS.unpack(key)[0])
+
+
+def oid_prefix(originator_id: uuid.UUID | str) -> bytes:
+    """The stream-key prefix of an originator (UUID or string id)."""
+    if isinstance(originator_id, uuid.UUID):
+        return b"\x00" + originator_id.bytes
+    raw = str(originator_id).encode("utf-8", "surrogateescape")
+    return b"\x01" + struct.pack(">H", len(raw)) + raw
+
+
+def stream_key(originator_id: uuid.UUID | str, version: int) -> bytes:
+    """The key of one event in a stream index: prefix, then ``version + 2**63``."""
+    return oid_prefix(originator_id) + POS.pack(version + VERSION_OFFSET)
+
+
+def encode_event(position_key: bytes, event: StoredEvent, time_ns: int) -> bytes:
+    """The frame of an event record at ``position_key`` labelled ``time_ns``."""
+    oid = event.originator_id
+    if isinstance(oid, uuid.UUID):
+        body = codec.pack(
+            [OID_UUID, oid.bytes, event.originator_version, event.topic, event.state, time_ns]
+        )
+    else:
+        body = codec.pack(
+            [OID_STR, str(oid), event.originator_version, event.topic, event.state, time_ns]
+        )
+    return codec.frame(position_key, body)
+
+
+def decode_event(key: bytes, value: bytes, table: str) -> tuple[StoredEvent, int]:
+    """The verified event and time label of a frame (coded errors for damage)."""
+    position = decode_position(key) if len(key) == 8 else key.hex()
+    body = codec.unframe(key, value, where=table, position=position)
+    record = codec.unpack(body, position=position)
+    try:
+        kind, oid, version, topic, state, time_ns = record
+        originator_id: uuid.UUID | str = uuid.UUID(bytes=oid) if kind == OID_UUID else oid
+        event = StoredEvent(
+            originator_id=originator_id,
+            originator_version=int(version),
+            topic=str(topic),
+            state=bytes(state),
+        )
+    except (TypeError, ValueError) as e:
+        raise FrameError(position=position, detail=f"not an event record ({e})") from e
+    return event, int(time_ns)
