@@ -1,6 +1,6 @@
 """Child process of test_crash.py: append events forever until killed.
 
-Usage: crash_writer.py PATH SEED THREADS
+Usage: crash_writer.py PATH SEED THREADS [MERGE_AT]
 
 Prints ``OPENING`` before it opens the journal, ``READY`` once the journal is open, then, only after ``insert_events``
 returned, one line ``A <position> <originator hex> <version>`` per acknowledged
@@ -24,9 +24,10 @@ from xoengine.journal import LMDBApplicationRecorder
 
 def main() -> None:
     path, seed, threads = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+    merge_at = int(sys.argv[4]) if len(sys.argv) > 4 else 16384
     write_all(1, b"OPENING\n")
     store = open_store(path, durability="sync")
-    recorder = LMDBApplicationRecorder(store)
+    recorder = LMDBApplicationRecorder(store, merge_at=merge_at)
     recorder.create_table()
     out = threading.Lock()
     write_all(1, b"READY\n")

@@ -43,7 +43,8 @@ def _kill_at_random(
     extra = 0 if target < 0 else rng.randint(0, 6000)
     with errors.open("wb") as stderr:
         proc = subprocess.Popen(
-            [PYTHON, WRITER, str(path), str(seed), str(threads)],
+            # A small merge_at makes kills land in stream-index merges too.
+            [PYTHON, WRITER, str(path), str(seed), str(threads), str(rng.choice([7, 64, 16384]))],
             stdout=subprocess.PIPE,
             stderr=stderr,
             bufsize=0,
