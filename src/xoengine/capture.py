@@ -885,6 +885,9 @@ class Capture:
         flat = [d for p in pending for d in p.blobs]
         ids: list[bytes] = []
         if flat:
+            # Room for the batch first: a map filling in mid-batch would abort and rerun it.
+            size = sum(len(d) for d in flat)
+            self.store.reserve(size + size // 8 + (1 << 20))
             ids = self.store.write(lambda txn: [self.blobs.put(txn, d) for d in flat])
         events: list[FileEvent] = []
         cursor = 0
