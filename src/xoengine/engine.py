@@ -934,6 +934,7 @@ class Scenario:
             else:
                 run.update(
                     finished=event.timestamp.isoformat(),
+                    position=event.position,  # the master state the replica now holds
                     files_checked=event.files_checked,
                     files_changed=event.files_changed,
                     files_deleted=event.files_deleted,
