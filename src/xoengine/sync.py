@@ -141,6 +141,7 @@ class Synchronizer:
         self._version = 0
         self._run_id = run_id
         self._follow = follow
+        self._created: list[str] = []
         # 1. Journal the start; before-images are keyed by its position.
         (started,) = self._append([self._event(SyncStarted, level=level, position=position)], None)
         self._undo_position = started
@@ -176,8 +177,8 @@ class Synchronizer:
                 note(path, entry, action, sent)
         for done in self._create_batch(creations):
             note(*done)
-        if self.tree.fsync:
-            os.sync()  # the batch-written new files, durable before SyncFinished
+        # The new paths were written without flushes of their own: durable before SyncFinished.
+        self.tree.flush(self._created)
         if follow is not None:
             # The journal holds everything the scan found before SyncFinished moves
             # the applied position past it (raises if the scan failed).
@@ -269,6 +270,7 @@ class Synchronizer:
         if not batch:
             return []
         self._record([("created", path, {}, {}) for path, _ in batch])
+        self._created.extend(path for path, _ in batch)
         done = []
         for path, entry in batch:
             if entry.kind == "dir":

@@ -152,7 +152,8 @@ class ReplicaTree:
         """Create ``path`` with the bytes of the file ``source`` (kernel copy); return the size.
 
         For files that did not exist on the replica: written in place and not
-        fsynced here (the caller makes the whole batch durable at once); a copy
+        fsynced here (the caller makes the whole batch durable at once with
+        :meth:`flush`; writeback starts here); a copy
         cut short by a crash has the wrong mtime, so the next sync sends it again.
         """
         with self._parent(path) as (fd, leaf):
@@ -175,6 +176,10 @@ class ReplicaTree:
                             break
                         total += moved
                     os.fchmod(dst, mode)
+                    if self.fsync:
+                        # Start writing it back now (asynchronously): the caller's flush
+                        # of the batch then finds little left to wait for.
+                        os.posix_fadvise(dst, 0, 0, os.POSIX_FADV_DONTNEED)
                     return total
                 finally:
                     os.close(dst)
@@ -182,6 +187,43 @@ class ReplicaTree:
                 raise self._error(path, "copy", e) from e
             finally:
                 os.close(src)
+
+    def flush(self, paths: Iterable[str]) -> None:
+        """Make paths written without a flush of their own durable (``copy_new``, ``create``).
+
+        One pass after the whole batch was written: fsync each file and
+        directory (a symlink is covered by its directory), then each parent
+        directory once, for the new names. Nothing to do without ``fsync``.
+        """
+        if not self.fsync:
+            return
+        parents: set[str] = set()
+        for path in paths:
+            rel = normalize_relpath(path)
+            parents.add(rel.rpartition("/")[0])
+            self._fsync_path(rel)
+        for parent in sorted(parents, key=len, reverse=True):
+            self._fsync_path(parent)
+
+    def _fsync_path(self, rel: str) -> None:
+        flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+        try:
+            if not rel:
+                handle = os.open(self.root, flags | os.O_DIRECTORY)
+            else:
+                with open_parent(self.root, rel) as (fd, leaf):
+                    try:
+                        handle = os.open(leaf, flags, dir_fd=fd)
+                    except OSError as e:
+                        if e.errno == errno.ELOOP:
+                            return  # a symlink: its directory's fsync makes it durable
+                        raise
+            try:
+                os.fsync(handle)
+            finally:
+                os.close(handle)
+        except OSError as e:
+            raise self._error(rel or ".", "flush", e) from e
 
     def write_file(self, path: str, data: bytes, mode: int, mtime_ns: int) -> None:
         """Write a whole file in place with its mode and mtime, in one open.
