@@ -1555,6 +1555,9 @@ def _topic_class(topic: str) -> type:
 _ = (ClassVar,)
 
 
+_FOLLOW_NOTIFY_EVERY: Final = 64
+
+
 class _ScanFollower:
     """What a synchronizer running beside a capture scan waits on (see ``synchronize``)."""
 
@@ -1573,7 +1576,10 @@ class _ScanFollower:
     def read(self, path: str) -> None:
         with self._cond:
             self._read.add(path)
-            self._cond.notify_all()
+            # Wake the synchronizer every few files, not every file: both threads
+            # need the GIL, and a hand-over per small file costs more than it saves.
+            if len(self._read) % _FOLLOW_NOTIFY_EVERY == 0:
+                self._cond.notify_all()
 
     def finish(self, position: int | None) -> None:
         """The scan ended: at ``position``, or failed (None)."""

@@ -21,6 +21,7 @@ import errno
 import os
 import stat
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
@@ -38,6 +39,11 @@ __all__ = ["TMP_PREFIX", "Image", "ReplicaTree", "UndoLog", "UndoRecord", "kind_
 
 TMP_PREFIX: Final = ".xoengine-tmp-"
 """Name prefix of temporary files (never left behind; skipped by scans of a replica)."""
+
+_WRITEBACK_EARLY: Final = 1024 * 1024
+"""``copy_new`` starts the writeback of copies at least this large (small ones: at flush)."""
+_FSYNC_THREADS: Final = 8
+"""Threads that fsync the paths of one ``flush`` (below this many paths: the caller alone)."""
 
 Image = tuple[str, str, dict[str, Any], dict[str, bytes]]
 """A before-image being prepared: (op, path, args, {arg name: bytes to store as a blob})."""
@@ -176,9 +182,9 @@ class ReplicaTree:
                             break
                         total += moved
                     os.fchmod(dst, mode)
-                    if self.fsync:
-                        # Start writing it back now (asynchronously): the caller's flush
-                        # of the batch then finds little left to wait for.
+                    if self.fsync and total >= _WRITEBACK_EARLY:
+                        # Start writing a large copy back now (asynchronously): the
+                        # caller's flush of the batch then finds little left to wait for.
                         os.posix_fadvise(dst, 0, 0, os.POSIX_FADV_DONTNEED)
                     return total
                 finally:
@@ -197,13 +203,17 @@ class ReplicaTree:
         """
         if not self.fsync:
             return
-        parents: set[str] = set()
-        for path in paths:
-            rel = normalize_relpath(path)
-            parents.add(rel.rpartition("/")[0])
-            self._fsync_path(rel)
-        for parent in sorted(parents, key=len, reverse=True):
-            self._fsync_path(parent)
+        rels = [normalize_relpath(path) for path in paths]
+        parents = sorted({rel.rpartition("/")[0] for rel in rels}, key=len, reverse=True)
+        if len(rels) <= _FSYNC_THREADS:
+            for rel in [*rels, *parents]:
+                self._fsync_path(rel)
+            return
+        # Many small files: fsyncs from a few threads (they release the GIL) share
+        # the file system's journal commits instead of waiting for one each.
+        with ThreadPoolExecutor(_FSYNC_THREADS, thread_name_prefix="xoengine-flush") as pool:
+            list(pool.map(self._fsync_path, rels))
+            list(pool.map(self._fsync_path, parents))
 
     def _fsync_path(self, rel: str) -> None:
         flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
