@@ -458,6 +458,34 @@ def test_synchronize_beside_the_scan_copies_after_it_and_finishes_after_its_even
     ]
 
 
+@pytest.mark.parametrize("each_max", [0, 2048])
+def test_synchronize_flushes_new_paths_one_by_one_or_with_one_syncfs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, each_max: int
+) -> None:
+    from xoengine import tree  # noqa: PLC0415
+
+    monkeypatch.setattr(tree, "_FSYNC_EACH_MAX", each_max)
+    flushed: list[str] = []
+    real_fsync = tree.ReplicaTree._fsync_path
+
+    def fsync_path(self: ReplicaTree, rel: str) -> None:
+        flushed.append(rel)
+        real_fsync(self, rel)
+
+    monkeypatch.setattr(tree.ReplicaTree, "_fsync_path", fsync_path)
+    with temporary_engine(tmp_path, durability="sync") as engine:
+        sc = _scenario(engine, tmp_path)
+        TreeBuilder(tmp_path / "master").apply_all(
+            [*SCRIPT_A, *(CreateFile(f"many/f{i:02d}", _random(3000, i)) for i in range(20))]
+        )
+        sc.start()
+        assert_trees_equal(tmp_path / "master", tmp_path / "r1", mtimes=True)
+    if each_max:  # every new file and directory, and each parent directory (the root too)
+        assert {"a.txt", "docs/old/big.bin", "many/f19", "many", "docs/old", ""} <= set(flushed)
+    else:
+        assert flushed == []
+
+
 def test_synchronize_journals_no_sync_finished_when_the_scan_fails(
     engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
