@@ -60,6 +60,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import lmdb
 import numpy as np
 
 import xoengine
@@ -333,7 +334,7 @@ class Report:
 
     def row(self, case: str, what: str, xo: str, rs: str = "-", r: str = "-") -> None:
         self.rows.append((case, what, xo, rs, r))
-        log(f"  {what:<44} xoengine {xo:>14}   rsync {rs:>14}   ratio {r:>7}")
+        log(f"  {what:<52} xoengine {xo:>14}   rsync {rs:>14}   ratio {r:>7}")
 
 
 # -- the cases -------------------------------------------------------------------------------
@@ -389,6 +390,102 @@ def spread(values: list[float]) -> str:
     return ", ".join(fmt_s(v) for v in values)
 
 
+# -- physical bounds for case a (same bytes, same disk, same run) -----------------------------
+
+
+def _tree_files(src: Path) -> list[Path]:
+    return sorted(Path(d) / f for d, _, fs in os.walk(src) for f in fs)
+
+
+def bound_plain_write(work: Path, size: int) -> None:
+    """Python writes of ``size`` bytes to one new file from a reused buffer, then fsync."""
+    work.mkdir(parents=True, exist_ok=True)
+    buf = memoryview(random_bytes(np.random.default_rng(21), 4 * MiB))
+    path = work / "plain.bin"
+    with open(path, "wb", buffering=0) as f:
+        left = size
+        while left:
+            n = min(left, len(buf))
+            f.write(buf[:n])
+            left -= n
+        os.fsync(f.fileno())
+    path.unlink()
+
+
+def bound_copy_tree(src: Path, dst: Path, files: list[Path]) -> None:
+    """Every file copied with copy_file_range (no per-file fsync), then one sync."""
+    for source in files:
+        target = dst / source.relative_to(src)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fi = os.open(source, os.O_RDONLY)
+        fo = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            while os.copy_file_range(fi, fo, 1 << 30):
+                pass
+        finally:
+            os.close(fi)
+            os.close(fo)
+    os.sync()
+
+
+def bound_lmdb_blobs(path: Path, files: list[Path]) -> None:
+    """Raw py-lmdb at sync=True, metasync=True: the tree's bytes as 4 MiB values (read
+    through one reused buffer), 64 MiB per commit, map sized up front: the journal's floor."""
+    env = lmdb.open(str(path), map_size=4 * GiB, sync=True, metasync=True, max_dbs=2)
+    try:
+        db = env.open_db(b"blobs")
+        buf = memoryview(bytearray(16 * MiB))
+        txn = env.begin(write=True)
+        key = held = 0
+        for source in files:
+            with open(source, "rb", buffering=0) as f:
+                while got := f.readinto(buf):
+                    for at in range(0, got, 4 * MiB):
+                        value = buf[at : min(got, at + 4 * MiB)]
+                        txn.put(key.to_bytes(8, "big"), value, db=db)
+                        key += 1
+                        held += len(value)
+                        if held >= 64 * MiB:
+                            txn.commit()
+                            txn = env.begin(write=True)
+                            held = 0
+        txn.commit()
+    finally:
+        env.close()
+
+
+def bound_both(src: Path, work: Path, files: list[Path]) -> None:
+    """The journal floor and the replica floor at once, in two threads (what xoengine's
+    design must do at `sync`: 2 GiB written and flushed)."""
+    work.mkdir(parents=True, exist_ok=True)
+    journal = threading.Thread(target=bound_lmdb_blobs, args=(work / "lmdb", files))
+    journal.start()
+    bound_copy_tree(src, work / "copy", files)
+    journal.join()
+
+
+def measure_bounds(src: Path, work: Path, size: int) -> dict[str, float]:
+    files = _tree_files(src)
+    out: dict[str, float] = {}
+    steps: list[tuple[str, Any]] = [
+        (f"write + fsync {fmt_bytes(size)}, one file", lambda: bound_plain_write(work, size)),
+        (
+            f"write + fsync {fmt_bytes(2 * size)}, one file",
+            lambda: bound_plain_write(work, 2 * size),
+        ),
+        ("copy tree (copy_file_range) + sync", lambda: bound_copy_tree(src, work / "c", files)),
+        ("LMDB put + commit of the tree at sync", lambda: bound_lmdb_blobs(work / "l", files)),
+        ("LMDB at sync || copy tree + sync", lambda: bound_both(src, work / "b", files)),
+    ]
+    for name, step in steps:
+        rmtree(work)
+        work.mkdir(parents=True)
+        t, _ = timed(step)
+        out[name] = t
+    rmtree(work)
+    return out
+
+
 def case_a(cfg: Config, rsync: str | None, rep: Report) -> None:
     log(f"\n(a) initial sync: mixed tree, {fmt_bytes(cfg.size)} in ~{cfg.mixed_files} files")
     src = cached(
@@ -402,6 +499,7 @@ def case_a(cfg: Config, rsync: str | None, rep: Report) -> None:
     xo: dict[str, list[float]] = {"sync": [], "nosync": []}
     rs: list[float] = []
     rs_sync: list[float] = []
+    bounds: dict[str, list[float]] = {}
     journal = 0
     for rnd in range(cfg.rounds):
         # Interleaved, so that a slow patch of the (shared) disk does not land on one tool only.
@@ -436,6 +534,9 @@ def case_a(cfg: Config, rsync: str | None, rep: Report) -> None:
             rs_sync.append(t + (time.perf_counter() - t0))
             assert same_tree(src, dst)
             log(f"  round {rnd + 1}: rsync -a: {fmt_s(rs[-1])} (+ sync: {fmt_s(rs_sync[-1])})")
+        for name, t in measure_bounds(src, work / "bounds", cfg.size).items():
+            bounds.setdefault(name, []).append(t)
+            log(f"  round {rnd + 1}: bound: {name}: {fmt_s(t)}")
     # Phase split: capture (the baseline into the journal), then synchronize (the replica copy).
     phases: dict[str, float] = {}
     for durability in ("sync", "nosync"):
@@ -469,6 +570,9 @@ def case_a(cfg: Config, rsync: str | None, rep: Report) -> None:
         fmt_s(rsy),
         fmt_ratio(ratio(xs, rsy)),
     )
+    for name, times in bounds.items():
+        b = med(times)
+        rep.row("a", f"  bound: {name}", fmt_s(b), fmt_s(r), fmt_ratio(ratio(b, r)))
     for d in ("sync", "nosync"):
         rep.row("a", f"  phase [{d}]: capture (baseline journal)", fmt_s(phases[d + ".capture"]))
         rep.row("a", f"  phase [{d}]: synchronize (replica copy)", fmt_s(phases[d + ".sync"]))
@@ -995,9 +1099,9 @@ def main() -> None:
     rmtree(cfg.work)
     log(f"\n[load average at the end: {load()}]")
     log(f"\nSummary (ratios are xoengine / rsync; total run {time.perf_counter() - t0:.0f} s)")
-    log(f"  {'case':<5}{'measure':<46}{'xoengine':>22}{'rsync':>12}{'ratio':>9}")
+    log(f"  {'case':<5}{'measure':<54}{'xoengine':>14}{'rsync':>12}{'ratio':>9}")
     for case, what, xo, rs, r in rep.rows:
-        log(f"  {case:<5}{what:<46}{xo:>22}{rs:>12}{r:>9}")
+        log(f"  {case:<5}{what:<54}{xo:>14}{rs:>12}{r:>9}")
     log("\nTargets")
     for t in rep.targets:
         limit = f"{t.limit:.2f}x" if t.unit == "x" else fmt_bytes(t.limit)

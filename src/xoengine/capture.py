@@ -34,7 +34,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import IO, TYPE_CHECKING, Any, Final, Self
+from typing import IO, TYPE_CHECKING, Any, Final, Protocol, Self
 
 import numpy as np
 
@@ -76,6 +76,7 @@ __all__ = [
     "ChangeWhileReadWarning",
     "JournaledFile",
     "MasterState",
+    "ScanProgress",
     "pack_digests",
     "unpack_map",
 ]
@@ -310,21 +311,41 @@ class Capture:
         self._versions: dict[uuid.UUID, int] = {}
         self._result = CaptureResult()
         self._settled: set[tuple[str, int]] = set()  # racy files re-read after their tick
+        self._committer: _Committer | None = None  # set during scan(): commits off-thread
+        self._progress: ScanProgress | None = None
 
     # -- scanning ------------------------------------------------------------------------------
 
-    def scan(self, scopes: Iterable[str] | None = None) -> CaptureResult:
+    def scan(
+        self, scopes: Iterable[str] | None = None, progress: ScanProgress | None = None
+    ) -> CaptureResult:
         """Journal every difference between the master and the master state.
 
         ``scopes`` limits the pass to those scenario paths and what is below them
-        (the live watcher's dirty set); None scans every root.
+        (the live watcher's dirty set); None scans every root. ``progress`` is
+        told when the walk is done and as each path has been read (a
+        synchronizer running beside the scan copies a file only after that).
+
+        Batches are committed by a writer thread while the next batch is read
+        and hashed (LMDB commits release the GIL); their order is kept, and
+        the scan returns only when every batch is committed.
         """
         with self.lock:
             self._result = CaptureResult()
             self._versions = {}
-            walked, known = self._collect(scopes)
-            self._diff(walked, known)
-            self._flush()
+            self._progress = progress
+            self._committer = _Committer()
+            try:
+                walked, known = self._collect(scopes)
+                if progress is not None:
+                    progress.walked()
+                self._diff(walked, known)
+                self._flush()
+                self._committer.finish()
+            finally:
+                self._committer.close()
+                self._committer = None
+                self._progress = None
             return self._result
 
     def _collect(
@@ -409,6 +430,8 @@ class Capture:
                 self._create(path, entry)
             else:
                 self._update(path, entry, state)
+            if self._progress is not None:
+                self._progress.read(path)
         # 3. Deletions, children before parents.
         for path in sorted((p for p in known if p not in walked), key=os.fsencode, reverse=True):
             self._delete(path, known[path])
@@ -915,11 +938,20 @@ class Capture:
         if not pending:
             return
         self._known = None
+        if self._committer is not None:
+            self._committer.submit(lambda: self._commit(pending))
+        else:
+            self._commit(pending)
+
+    def _commit(self, pending: list[_Pending]) -> None:
         # Blobs first (own transaction): an event never references a missing blob;
         # a crash in between leaves only unreferenced blobs.
         flat = [d for p in pending for d in p.blobs]
         ids: list[bytes] = []
         if flat:
+            # Room for the batch first: a map filling in mid-batch would abort and rerun it.
+            size = sum(len(d) for d in flat)
+            self.store.reserve(size + size // 8 + (1 << 20))
             ids = self.store.write(lambda txn: [self.blobs.put(txn, d) for d in flat])
         events: list[FileEvent] = []
         cursor = 0
@@ -937,6 +969,58 @@ class Capture:
         result.events += len(events)
         result.positions.extend(positions)
         result.bytes_journaled += sum(len(d) for d in flat)
+
+
+class ScanProgress(Protocol):
+    """What a scan tells a reader that follows it (a synchronizer copying behind it)."""
+
+    def walked(self) -> None:
+        """The master tree was walked: every path the scan will journal is known."""
+
+    def read(self, path: str) -> None:
+        """``path`` was read (its content is in the batch being journaled)."""
+
+
+class _Committer:
+    """One writer thread running commits in order, at most one behind the caller.
+
+    ``submit`` waits for the previous commit first, so at most two batches are
+    held in memory, and a failure surfaces in the caller at its next submit or
+    at ``finish``.
+    """
+
+    def __init__(self) -> None:
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+
+    def _run(self, work: Callable[[], None]) -> None:
+        try:
+            work()
+        except BaseException as e:  # noqa: BLE001 (handed back to the caller in finish)
+            self._error = e
+
+    def submit(self, work: Callable[[], None]) -> None:
+        self.finish()
+        self._thread = threading.Thread(
+            target=self._run, args=(work,), name="xoengine-capture-commit", daemon=True
+        )
+        self._thread.start()
+
+    def finish(self) -> None:
+        """Wait for the running commit; raise its error, if any."""
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        error, self._error = self._error, None
+        if error is not None:
+            raise error
+
+    def close(self) -> None:
+        """Wait for the running commit (an error already being raised wins)."""
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        self._error = None
 
 
 def _read_all(fd: int, size: int) -> bytes:

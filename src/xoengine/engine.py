@@ -27,6 +27,7 @@ from eventsourcing.application import Application
 
 from xoengine import blocks
 from xoengine.capture import Capture, CaptureResult, JournaledFile, MasterState
+from xoengine.datastore import keep_freed_memory
 from xoengine.errors import (
     ApplierFailedError,
     ConfigurationError,
@@ -469,27 +470,46 @@ class Scenario:
         )
         for name in names:
             self._replica(name)
-        summaries = []
+        summaries: list[SyncSummary] = []
         with self.capture_engine.lock:
-            # The master state is current and no capture runs while replicas are compared.
-            self.capture_engine.scan()
-            position = self._engine.recorder.max_notification_id() or 0
-            for name in names:
-                applier = self._appliers[name]
-                with applier.lock:
-                    sync = Synchronizer(
-                        self.name,
-                        name,
-                        self.layout,
-                        applier.tree,
-                        applier.undo,
-                        self._engine.store,
-                        self._engine._append,
-                        include=self.capture_engine.include,
-                        exclude=self.capture_engine.exclude,
-                        block_size=self.block_size,
-                    )
-                    summaries.append(sync.run(level, position, applier.set_position))
+            # The scan makes the master state current, and no other capture runs
+            # while replicas are compared. The replicas are synchronized beside it,
+            # in another thread that follows the scan (a file is copied only after
+            # the scan read it; SyncFinished comes after the scan's last event), so
+            # the journal's writes and the replica's writes overlap.
+            follower = _ScanFollower()
+            start = self._engine.recorder.max_notification_id() or 0
+
+            def replicate() -> None:
+                for name in names:
+                    applier = self._appliers[name]
+                    with applier.lock:
+                        sync = Synchronizer(
+                            self.name,
+                            name,
+                            self.layout,
+                            applier.tree,
+                            applier.undo,
+                            self._engine.store,
+                            self._engine._append,
+                            include=self.capture_engine.include,
+                            exclude=self.capture_engine.exclude,
+                            block_size=self.block_size,
+                        )
+                        summaries.append(
+                            sync.run(level, start, applier.set_position, follow=follower)
+                        )
+
+            worker = _Worker(replicate, name=f"xoengine-sync:{self.name}")
+            try:
+                self.capture_engine.scan(progress=follower)
+            except BaseException:
+                follower.finish(None)
+                worker.join()
+                raise
+            follower.finish(self._engine.recorder.max_notification_id() or 0)
+            worker.join()
+            worker.raise_error()
             # A rewind point at every synchronization (R6).
             end = self._engine.recorder.max_notification_id() or 0
             self._engine._scenario_event(
@@ -938,6 +958,7 @@ class Scenario:
             else:
                 run.update(
                     finished=event.timestamp.isoformat(),
+                    position=event.position,  # the master state the replica now holds
                     files_checked=event.files_checked,
                     files_changed=event.files_changed,
                     files_deleted=event.files_deleted,
@@ -1153,6 +1174,7 @@ class Engine:
         self.readonly = readonly
         if not readonly:
             self.state_dir.mkdir(parents=True, exist_ok=True)
+            keep_freed_memory()  # captures allocate and free LMDB pages by the GiB
         journal = self.state_dir / "journal"
         if (
             readonly
@@ -1540,3 +1562,83 @@ def _topic_class(topic: str) -> type:
 
 
 _ = (ClassVar,)
+
+
+_FOLLOW_NOTIFY_EVERY: Final = 64
+
+
+class _ScanFollower:
+    """What a synchronizer running beside a capture scan waits on (see ``synchronize``)."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._walked = False
+        self._read: set[str] = set()
+        self._done = False
+        self._position: int | None = None
+
+    def walked(self) -> None:
+        with self._cond:
+            self._walked = True
+            self._cond.notify_all()
+
+    def read(self, path: str) -> None:
+        with self._cond:
+            self._read.add(path)
+            # Wake the synchronizer every few files, not every file: both threads
+            # need the GIL, and a hand-over per small file costs more than it saves.
+            if len(self._read) % _FOLLOW_NOTIFY_EVERY == 0:
+                self._cond.notify_all()
+
+    def finish(self, position: int | None) -> None:
+        """The scan ended: at ``position``, or failed (None)."""
+        with self._cond:
+            self._done = True
+            self._position = position
+            self._cond.notify_all()
+
+    def _check(self) -> None:
+        if self._done and self._position is None:
+            raise ScenarioStateError(
+                name="*", state="capture failed", action="finish a synchronization"
+            )
+
+    def wait_walked(self) -> None:
+        with self._cond:
+            self._cond.wait_for(lambda: self._walked or self._done)
+            self._check()
+
+    def wait_read(self, path: str) -> None:
+        with self._cond:
+            self._cond.wait_for(lambda: path in self._read or self._done)
+            self._check()
+
+    def wait_done(self) -> int:
+        with self._cond:
+            self._cond.wait_for(lambda: self._done)
+            self._check()
+            assert self._position is not None
+            return self._position
+
+
+class _Worker:
+    """A thread running one function, its exception kept for the caller."""
+
+    def __init__(self, work: Callable[[], None], name: str) -> None:
+        self._error: BaseException | None = None
+        self._work = work
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            self._work()
+        except BaseException as e:  # noqa: BLE001 (raised again in the caller's thread)
+            self._error = e
+
+    def join(self) -> None:
+        self._thread.join()
+
+    def raise_error(self) -> None:
+        if self._error is not None:
+            raise self._error

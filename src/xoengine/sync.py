@@ -24,7 +24,7 @@ from __future__ import annotations
 import contextlib
 import os
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from xoengine import blocks
 from xoengine.blocks import BlockMap
@@ -42,11 +42,12 @@ if TYPE_CHECKING:
     from xoengine.layout import Layout
     from xoengine.tree import ReplicaTree, UndoLog
 
-__all__ = ["LEVELS", "SyncSummary", "Synchronizer"]
+__all__ = ["LEVELS", "CaptureFollower", "SyncSummary", "Synchronizer"]
 
 LEVELS: Final = ("block", "file")
-_BATCH_BYTES: Final = 64 * 1024 * 1024
-_BATCH_PATHS: Final = 512
+_BATCH_PATHS: Final = 8192
+"""New paths whose before-images (a few bytes each) share one transaction: few commits,
+since each may wait for a capture commit of many MiB running beside the sync."""
 
 
 @dataclass
@@ -63,6 +64,19 @@ class SyncSummary:
     bytes_sent: int = 0
     transferred: list[tuple[str, str, int, int]] = field(default_factory=list)
     warnings: list[XoError] = field(default_factory=list)
+
+
+class CaptureFollower(Protocol):
+    """A capture scan running beside a synchronization, as the synchronizer waits on it."""
+
+    def wait_walked(self) -> None:
+        """Return once the scan has walked the master (or ended)."""
+
+    def wait_read(self, path: str) -> None:
+        """Return once the scan has read ``path`` (or ended)."""
+
+    def wait_done(self) -> int:
+        """Return the journal position after the scan's last event; raise if it failed."""
 
 
 class Synchronizer:
@@ -99,14 +113,26 @@ class Synchronizer:
         self.include = tuple(include)
         self.exclude = tuple(exclude)
         self.block_size = block_size
+        self._follow: CaptureFollower | None = None
 
     def run(
-        self, level: str, position: int, set_applied: Callable[[WriteTxn, int], None]
+        self,
+        level: str,
+        position: int,
+        set_applied: Callable[[WriteTxn, int], None],
+        follow: CaptureFollower | None = None,
     ) -> SyncSummary:
         """Synchronize at journal ``position`` (the master state the capture just journaled).
 
         ``set_applied(txn, p)`` records the replica's applied position; it runs in
         the transaction that appends SyncFinished.
+
+        With ``follow``, a capture scan runs beside this one (another thread) and
+        ``position`` is where it started: the master is walked after the scan's
+        walk, each file is read after the scan read it, and SyncFinished comes
+        after the scan's last event. So the replica is never older than what the
+        journal holds below SyncFinished (the applier starts after it), exactly
+        as when the scan runs first.
         """
         if level not in LEVELS:
             raise ConfigurationError(detail=f"sync level {level!r} is not one of {LEVELS}")
@@ -114,17 +140,20 @@ class Synchronizer:
         run_id = new_id()
         self._version = 0
         self._run_id = run_id
+        self._follow = follow
+        self._created: list[str] = []
         # 1. Journal the start; before-images are keyed by its position.
         (started,) = self._append([self._event(SyncStarted, level=level, position=position)], None)
         self._undo_position = started
         self._undo_seq = 0
-        # 2. Compare and transfer.
+        # 2. Compare and transfer (behind the capture's walk and reads, if one runs).
+        if follow is not None:
+            follow.wait_walked()
         master = self._walk_master(summary)
         replica = self._walk_replica(summary)
         self._replica_entries = replica  # kept current as kind changes delete subtrees
         synced: list[DomainEvent] = []
         creations: list[tuple[str, Entry]] = []
-        pending_bytes = 0
 
         def note(path: str, entry: Entry, action: str, sent: int) -> None:
             summary.files_changed += 1
@@ -138,19 +167,23 @@ class Synchronizer:
             if path not in replica and entry.kind in {"file", "dir", "symlink"}:
                 # New paths go in batches: one transaction for their before-images.
                 creations.append((path, entry))
-                pending_bytes += entry.size
-                if len(creations) >= _BATCH_PATHS or pending_bytes >= _BATCH_BYTES:
+                if len(creations) >= _BATCH_PATHS:
                     for done in self._create_batch(creations):
                         note(*done)
-                    creations, pending_bytes = [], 0
+                    creations = []
                 continue
             action, sent = self._bring(path, entry, replica.get(path), level)
             if action:
                 note(path, entry, action, sent)
         for done in self._create_batch(creations):
             note(*done)
-        if self.tree.fsync:
-            os.sync()  # the batch-written new files, durable before SyncFinished
+        # The new paths were written without flushes of their own: durable before SyncFinished.
+        self.tree.flush(self._created)
+        if follow is not None:
+            # The journal holds everything the scan found before SyncFinished moves
+            # the applied position past it (raises if the scan failed).
+            position = follow.wait_done()
+            summary.position = position
         for path in sorted((p for p in replica if p not in master), key=os.fsencode, reverse=True):
             if any(path.startswith(u + "/") or path == u for u in self._unlisted):
                 continue  # unknown master contents: never delete on a guess
@@ -237,6 +270,7 @@ class Synchronizer:
         if not batch:
             return []
         self._record([("created", path, {}, {}) for path, _ in batch])
+        self._created.extend(path for path, _ in batch)
         done = []
         for path, entry in batch:
             if entry.kind == "dir":
@@ -246,6 +280,8 @@ class Synchronizer:
                 self.tree.create(path, "symlink", 0, entry.target)
                 sent = 0
             else:
+                if self._follow is not None:
+                    self._follow.wait_read(path)
                 index, rel = self.layout.split(path)
                 source = os.path.join(self.layout.roots[index], rel)
                 sent = self.tree.copy_new(path, source, entry.mode)
@@ -337,6 +373,8 @@ class Synchronizer:
         return "metadata"
 
     def _read_master(self, path: str) -> bytes | None:
+        if self._follow is not None:
+            self._follow.wait_read(path)
         index, rel = self.layout.split(path)
         full = os.path.join(self.layout.roots[index], rel)
         try:

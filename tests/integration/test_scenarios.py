@@ -418,6 +418,102 @@ def test_synchronize_block_level_sends_only_changed_blocks(engine: Engine, tmp_p
     assert sent["block"] * 20 < sent["file"]
 
 
+def test_synchronize_beside_the_scan_copies_after_it_and_finishes_after_its_events(
+    engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from xoengine import capture  # noqa: PLC0415
+
+    sc = _scenario(engine, tmp_path, "r1", "r2")
+    TreeBuilder(tmp_path / "master").apply_all(
+        [CreateFile(f"d{i % 3}/f{i:03d}", _random(1000 + 97 * i, i)) for i in range(60)]
+    )
+    # The scan commits in small batches, so the synchronizer runs while it is journaling.
+    monkeypatch.setattr(capture, "FLUSH_EVENTS", 7)
+    order: list[tuple[str, str]] = []
+    real_read, real_copy = capture.Capture._read, ReplicaTree.copy_new
+
+    def read(self: capture.Capture, path: str) -> Any:
+        order.append(("read", path))
+        return real_read(self, path)
+
+    def copy_new(self: ReplicaTree, path: str, source: str, mode: int) -> int:
+        order.append(("copy", path))
+        return real_copy(self, path, source, mode)
+
+    monkeypatch.setattr(capture.Capture, "_read", read)
+    monkeypatch.setattr(ReplicaTree, "copy_new", copy_new)
+    summaries = sc.start()
+    for replica in ("r1", "r2"):
+        assert_trees_equal(tmp_path / "master", tmp_path / replica, mtimes=True)
+    # Every copy comes after the scan read that file.
+    for index, (kind, path) in enumerate(order):
+        if kind == "copy":
+            assert ("read", path) in order[:index]
+    # SyncFinished lies after the scan's last event: the appliers apply nothing of it again.
+    files = [p for p, e in engine._iter_events((FileCreated,))]
+    for summary in summaries:
+        assert summary.position >= max(files)
+        assert sc._appliers[summary.replica].position() > max(files)
+    assert [r["position"] for r in sc.sync_report(last_only=False)["runs"]] == [
+        s.position for s in summaries
+    ]
+
+
+@pytest.mark.parametrize("each_max", [0, 2048])
+def test_synchronize_flushes_new_paths_one_by_one_or_with_one_syncfs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, each_max: int
+) -> None:
+    from xoengine import tree  # noqa: PLC0415
+
+    monkeypatch.setattr(tree, "_FSYNC_EACH_MAX", each_max)
+    flushed: list[str] = []
+    real_fsync = tree.ReplicaTree._fsync_path
+
+    def fsync_path(self: ReplicaTree, rel: str) -> None:
+        flushed.append(rel)
+        real_fsync(self, rel)
+
+    monkeypatch.setattr(tree.ReplicaTree, "_fsync_path", fsync_path)
+    with temporary_engine(tmp_path, durability="sync") as engine:
+        sc = _scenario(engine, tmp_path)
+        TreeBuilder(tmp_path / "master").apply_all(
+            [*SCRIPT_A, *(CreateFile(f"many/f{i:02d}", _random(3000, i)) for i in range(20))]
+        )
+        sc.start()
+        assert_trees_equal(tmp_path / "master", tmp_path / "r1", mtimes=True)
+    if each_max:  # every new file and directory, and each parent directory (the root too)
+        assert {"a.txt", "docs/old/big.bin", "many/f19", "many", "docs/old", ""} <= set(flushed)
+    else:
+        assert flushed == []
+
+
+def test_synchronize_journals_no_sync_finished_when_the_scan_fails(
+    engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from xoengine import capture  # noqa: PLC0415
+
+    sc = _scenario(engine, tmp_path)
+    TreeBuilder(tmp_path / "master").apply_all(
+        [CreateFile(f"f{i:02d}", _random(500, i)) for i in range(20)]
+    )
+    real_read = capture.Capture._read
+
+    def failing_read(self: capture.Capture, path: str) -> Any:
+        if path == "f10":
+            raise XoError(detail="injected")
+        return real_read(self, path)
+
+    monkeypatch.setattr(capture.Capture, "_read", failing_read)
+    with pytest.raises(XoError, match="injected"):
+        sc.synchronize()
+    assert sc._appliers["r1"].position() == 0
+    assert not any(run.get("finished") for run in sc.sync_report(last_only=False)["runs"])
+    # The next synchronization completes the replica.
+    monkeypatch.setattr(capture.Capture, "_read", real_read)
+    sc.synchronize()
+    assert_trees_equal(tmp_path / "master", tmp_path / "r1", mtimes=True)
+
+
 # -- statistics, reports, alerts --------------------------------------------------------------
 
 
