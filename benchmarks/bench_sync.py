@@ -836,10 +836,14 @@ def case_c(cfg: Config, rsync: str | None, rep: Report) -> None:
         "  of which capture / apply",
         f"{fmt_s(med([c for c, _, _ in xo]))} / {fmt_s(med([a for _, a, _ in xo]))}",
     )
-    rep.targets.append(Target("c", "journaled bytes <= 64 KiB", journaled, 64 * KiB, "B"))
+    # Everything the journal grew by: the blobs and the event records (the new block
+    # digests of the whole shifted file travel in the record). Blobs alone: info.
     rep.targets.append(
-        Target("c", "  same, counting event records too (info)", journaled + records, 64 * KiB, "B")
+        Target(
+            "c", "journaled bytes (blobs + records) <= 64 KiB", journaled + records, 64 * KiB, "B"
+        )
     )
+    rep.targets.append(Target("c", "  blobs only (info)", journaled, 64 * KiB, "B"))
 
 
 def case_d(cfg: Config, rsync: str | None, rep: Report) -> None:

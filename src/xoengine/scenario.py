@@ -1,0 +1,1102 @@
+"""The scenario handle: life cycle, capture, replication, rewind, statistics and reports.
+
+Room: engine (with ``engine``, which creates scenarios and holds their
+definitions; this module sees it only for type checking). May import every
+lower room: the producers and projections it drives, storage, algorithms,
+record and floor.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import os
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Final
+
+from xoengine import blocks
+from xoengine.capture import Capture, CaptureResult, JournaledFile, MasterState
+from xoengine.errors import (
+    ApplierFailedError,
+    ConfigurationError,
+    ReplicaNotFoundError,
+    ReplicationTimeoutError,
+    RewindUnreachableError,
+    ScenarioStateError,
+    XoError,
+)
+from xoengine.events import (
+    AlertRaised,
+    FileEvent,
+    FileSynced,
+    ReplicaResumed,
+    ReplicaRewound,
+    ReplicaSuspended,
+    RewindPointSet,
+    RewindStarted,
+    ScenarioStarted,
+    ScenarioStateChanged,
+    ScenarioStopped,
+    SyncFinished,
+    SyncStarted,
+    UndoTrimmed,
+)
+from xoengine.journal import datetime_ns
+from xoengine.layout import Layout
+from xoengine.ledger import event_bytes, operation
+from xoengine.manifest import Manifest
+from xoengine.replica import ReplicaApplier
+from xoengine.rewind import (
+    RetentionDecision,
+    RetentionPolicy,
+    RewindPoint,
+    UndoUsage,
+    retention,
+    rewind_back,
+)
+from xoengine.sync import LEVELS, Synchronizer, SyncSummary
+from xoengine.tree import ReplicaTree
+from xoengine.walk import normalize_relpath
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+
+    from xoengine.datastore import WriteTxn
+    from xoengine.engine import Engine, _Definition
+
+__all__ = ["DEFAULT_DATABASE_PATTERNS", "ReplicaStatistics", "Scenario", "ScenarioStatistics"]
+
+
+DEFAULT_DATABASE_PATTERNS: Final = ("*.db", "*.sqlite", "*.sqlite3", "*.mdf")
+
+
+_DB_COMPANIONS: Final = ("-wal", "-shm", "-journal", ".ldf")
+
+
+@dataclass(frozen=True)
+class ReplicaStatistics:
+    """One replica's figures: how far it is, how much waits, what it received."""
+
+    name: str
+    path: str
+    suspended: bool
+    applied_position: int
+    backlog_events: int
+    backlog_bytes: int
+    oldest_unapplied_age_s: float | None
+    bytes_replicated: int
+    files_replicated: int
+    undo_records: int
+
+
+@dataclass(frozen=True)
+class ScenarioStatistics:
+    """A scenario's figures (R31): state, journal position, per root and per replica."""
+
+    name: str
+    kind: str
+    state: str
+    journal_position: int
+    roots: dict[str, dict[str, int]]
+    replicas: dict[str, ReplicaStatistics]
+
+
+class Scenario:
+    """A protected tree and its replicas: the handle returned by :meth:`Engine.create_scenario`."""
+
+    def __init__(self, engine: Engine, definition: _Definition) -> None:
+        """Wire capture, appliers and synchronizers for ``definition`` (internal)."""
+        self._engine = engine
+        self._def = definition
+        self._lock = threading.RLock()
+        options = definition.options
+        self.block_size: int = int(options.get("block_size", blocks.DEFAULT_BLOCK_SIZE))
+        self.layout = Layout(tuple(definition.roots))
+        store = engine.store
+        self.manifest = Manifest(f"scenario.{definition.name}.master")
+        store.ensure(*self.manifest.tables)
+        self.master_state = MasterState(definition.name, self.manifest, self.block_size)
+        self.capture_engine = Capture(
+            definition.name,
+            self.layout,
+            self.master_state,
+            store,
+            engine.blobs,
+            engine._append,
+            include=options.get("include", ()),
+            exclude=options.get("exclude", ()),
+        )
+        self._appliers: dict[str, ReplicaApplier] = {}
+        self._threads: dict[str, _ApplierThread] = {}
+        self._spool_over = False
+        self._watcher: Any = None
+        self._captured = threading.Condition()  # notified after every append
+        for replica in definition.replicas:
+            self._wire_replica(replica)
+
+    def _wire_replica(self, replica: str) -> ReplicaApplier:
+        engine = self._engine
+        tree = ReplicaTree(
+            self._def.replicas[replica], fsync=engine.fsync, create=not engine.readonly
+        )
+        applier = ReplicaApplier(
+            engine.store,
+            f"replica.{self.name}.{replica}",
+            self.name,
+            tree,
+            engine._read_file_events,
+        )
+        self._appliers[replica] = applier
+        return applier
+
+    # -- description ------------------------------------------------------------------------
+
+    @property
+    def name(self) -> str:
+        """The scenario's name."""
+        return self._def.name
+
+    @property
+    def kind(self) -> str:
+        """file_server, database or storage_group."""
+        return self._def.kind
+
+    @property
+    def roots(self) -> list[str]:
+        """Master root directories."""
+        return list(self._def.roots)
+
+    @property
+    def replicas(self) -> dict[str, str]:
+        """Replica name -> replica directory."""
+        return dict(self._def.replicas)
+
+    @property
+    def options(self) -> dict[str, Any]:
+        """The scenario's options."""
+        return dict(self._def.options)
+
+    @property
+    def state(self) -> str:
+        """Running, Stopped or Problem (R31)."""
+        return self._def.state
+
+    @property
+    def suspended(self) -> set[str]:
+        """Names of suspended replicas."""
+        return set(self._def.suspended)
+
+    def entities(self) -> list[dict[str, Any]]:
+        """The units of backup and restore (R10): per root, per database, or per group."""
+        kind = self._def.kind
+        if kind == "file_server":
+            return [
+                {"entity": Layout.root_name(r), "root": r, "paths": [self.layout.prefix(i) or "."]}
+                for i, r in enumerate(self._def.roots)
+            ]
+        if kind == "storage_group":
+            groups = self._def.options.get("groups", {})
+            return [{"entity": g, "paths": list(p)} for g, p in sorted(groups.items())]
+        return self._databases()
+
+    def _databases(self) -> list[dict[str, Any]]:
+        import fnmatch  # noqa: PLC0415
+
+        patterns = self._def.options.get("databases", DEFAULT_DATABASE_PATTERNS)
+        found = []
+        with self._engine.store.read() as txn:
+            paths = [p for p, s in self.manifest.items(txn) if s.kind == "file"]
+        names = set(paths)
+        for path in sorted(paths):
+            base = path.rpartition("/")[2]
+            if any(fnmatch.fnmatchcase(base, pat) for pat in patterns):
+                members = [path] + [path + c for c in _DB_COMPANIONS if path + c in names]
+                found.append({"entity": path, "paths": members})
+        return found
+
+    # -- life cycle -------------------------------------------------------------------------
+
+    def start(self, *, watch: bool = False, level: str = "block") -> list[SyncSummary]:
+        """Synchronize every active replica, then replicate continuously.
+
+        With ``watch`` a live watcher journals changes as they happen (within
+        ``watch_delay`` seconds, default 1); otherwise call :meth:`capture`.
+        """
+        with self._lock:
+            summaries = self.synchronize(level=level)
+            if not self._def.running:
+                self._engine._scenario_event(self._def, ScenarioStarted)
+            self._start_threads()
+            if watch:
+                self._start_watch()
+            return summaries
+
+    def stop(self) -> None:
+        """Stop replicating (the watcher and applier threads end; nothing is lost)."""
+        with self._lock:
+            self._stop_threads()
+            if self._def.running:
+                self._engine._scenario_event(self._def, ScenarioStopped)
+
+    def _start_threads(self) -> None:
+        for replica in self._appliers:
+            self._start_thread(replica)
+
+    def _start_thread(self, replica: str) -> None:
+        old = self._threads.get(replica)
+        if old is not None and old.error is None:
+            return
+        if old is not None:
+            old.stop()  # it failed: a fresh thread retries from the tracking position
+        thread = _ApplierThread(self, replica, self._appliers[replica])
+        self._threads[replica] = thread
+        thread.start()
+
+    def _stop_threads(self) -> None:
+        if self._watcher is not None:
+            self._watcher.stop()
+            self._watcher = None
+        threads, self._threads = self._threads, {}
+        for thread in threads.values():
+            thread.stop()
+
+    def _start_watch(self) -> None:
+        from xoengine.watch import Watcher  # noqa: PLC0415 (watchdog loads only when watching)
+
+        if self._watcher is None:
+            delay = float(self._def.options.get("watch_delay", 1.0))
+            self._watcher = Watcher(self, delay=delay)
+            self._watcher.start()
+
+    # -- capture ----------------------------------------------------------------------------
+
+    def capture(self, paths: Sequence[str] | None = None) -> CaptureResult:
+        """Journal what changed on the master since the last capture (all of it, or ``paths``)."""
+        self._engine._check_open()
+        result = self.capture_engine.scan(paths)
+        self._after_append()
+        return result
+
+    def open(self, path: str, mode: str = "r+b") -> JournaledFile:
+        """Open a master file whose writes are journaled as exact byte ranges."""
+        return _NotifyingFile(self, self.capture_engine, normalize_relpath(path), mode)
+
+    def _after_append(self) -> None:
+        for thread in list(self._threads.values()):
+            thread.wake()
+        self._check_state()
+        self._auto_point()
+        with self._captured:
+            self._captured.notify_all()
+
+    def wait_captured(self, path: str, timeout: float | None = None) -> None:
+        """Block until ``path`` is in the master state (journaled), e.g. by the live watcher.
+
+        Write a marker file after a burst of changes and wait for it: the kernel
+        reports changes in order, so everything before the marker is journaled too.
+        """
+        wanted = normalize_relpath(path)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._captured:
+            while True:
+                with self._engine.store.read() as txn:
+                    if self.manifest.get(txn, wanted) is not None:
+                        return
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    raise ReplicationTimeoutError(timeout=timeout, what=f"{wanted} to be journaled")
+                self._captured.wait(remaining)
+
+    def _auto_point(self) -> None:
+        interval = self._def.options.get("rewind_interval")
+        if not interval:
+            return
+        autos = [p for p in self._def.points if p[2] == "auto"]
+        position = self._engine.recorder.max_notification_id() or 0
+        last = autos[-1][1] if autos else 0
+        if position <= last:
+            return
+        if (
+            last
+            and self._engine.recorder.time_of(position) - self._engine.recorder.time_of(last)
+            < float(interval) * 1e9
+        ):
+            return
+        self._engine._scenario_event(
+            self._def, RewindPointSet, name=f"auto-{position}", position=position, kind="auto"
+        )
+
+    # -- synchronization --------------------------------------------------------------------
+
+    def synchronize(self, level: str = "block", replica: str | None = None) -> list[SyncSummary]:
+        """Bring replicas (all active ones, or ``replica``) in line with the master (R3)."""
+        if level not in LEVELS:
+            raise ConfigurationError(detail=f"sync level {level!r} is not one of {LEVELS}")
+        names = (
+            [replica]
+            if replica
+            else [r for r in self._def.replicas if r not in self._def.suspended]
+        )
+        for name in names:
+            self._replica(name)
+        summaries: list[SyncSummary] = []
+        with self.capture_engine.lock:
+            # The scan makes the master state current, and no other capture runs
+            # while replicas are compared. The replicas are synchronized beside it,
+            # in another thread that follows the scan (a file is copied only after
+            # the scan read it; SyncFinished comes after the scan's last event), so
+            # the journal's writes and the replica's writes overlap.
+            follower = _ScanFollower()
+            start = self._engine.recorder.max_notification_id() or 0
+
+            def replicate() -> None:
+                for name in names:
+                    applier = self._appliers[name]
+                    with applier.lock:
+                        sync = Synchronizer(
+                            self.name,
+                            name,
+                            self.layout,
+                            applier.tree,
+                            applier.undo,
+                            self._engine.store,
+                            self._engine._append,
+                            include=self.capture_engine.include,
+                            exclude=self.capture_engine.exclude,
+                            block_size=self.block_size,
+                        )
+                        summaries.append(
+                            sync.run(level, start, applier.set_position, follow=follower)
+                        )
+
+            worker = _Worker(replicate, name=f"xoengine-sync:{self.name}")
+            try:
+                self.capture_engine.scan(progress=follower)
+            except BaseException:
+                follower.finish(None)
+                worker.join()
+                raise
+            follower.finish(self._engine.recorder.max_notification_id() or 0)
+            worker.join()
+            worker.raise_error()
+            # A rewind point at every synchronization (R6).
+            end = self._engine.recorder.max_notification_id() or 0
+            self._engine._scenario_event(
+                self._def, RewindPointSet, name=f"sync-{end}", position=end, kind="sync"
+            )
+        return summaries
+
+    # -- replicas ---------------------------------------------------------------------------
+
+    def _replica(self, name: str) -> ReplicaApplier:
+        try:
+            return self._appliers[name]
+        except KeyError:
+            raise ReplicaNotFoundError(name=self.name, replica=name) from None
+
+    def suspend(self, replica: str) -> None:
+        """Stop applying changes to ``replica``; they accumulate in the journal (R9)."""
+        self._replica(replica)
+        if replica not in self._def.suspended:
+            thread = self._threads.pop(replica, None)
+            if thread is not None:
+                thread.stop()
+            self._engine._scenario_event(self._def, ReplicaSuspended, replica=replica)
+
+    def resume(self, replica: str) -> None:
+        """Apply what accumulated during the suspension, then follow again (no resync).
+
+        A replica that was rewound is first brought back to the master's state by
+        a block-level resynchronization (only differing blocks move), since its
+        files may have been used or changed while it was out of replication.
+        A replica whose applier stopped on an error (the scenario is then in
+        Problem) is retried from its tracking position.
+        """
+        self._replica(replica)
+        if replica in self._def.rewound:
+            self.synchronize(level="block", replica=replica)
+        if replica in self._def.suspended or replica in self._def.rewound:
+            self._engine._scenario_event(self._def, ReplicaResumed, replica=replica)
+        if self._def.running:
+            self._start_thread(replica)
+        self._check_state()
+
+    def wait_replicated(self, timeout: float | None = None) -> int:
+        """Block until every active replica applied everything journaled so far.
+
+        Returns the position waited for. Suspended replicas are not waited for.
+        Without running applier threads (scenario stopped) the replicas are
+        brought up to date in this thread.
+        """
+        target = self._engine.recorder.max_notification_id() or 0
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for name, applier in self._appliers.items():
+            if name in self._def.suspended:
+                continue
+            thread = self._threads.get(name)
+            if thread is None:
+                applier.apply_available(upto=target)
+                continue
+            thread.wake()
+            if not thread.wait_position(target, deadline):
+                raise ReplicationTimeoutError(
+                    timeout=timeout, what=f"replica {name} to reach {target}"
+                )
+        if self._def.state == "Problem":
+            self._check_state()  # caught up: the spool may be back under its limit
+        return target
+
+    # -- rewind (R5, R6) --------------------------------------------------------------------
+
+    def set_rewind_point(self, name: str, *, kind: str = "user") -> RewindPoint:
+        """Bookmark the journal now (after journaling pending master changes)."""
+        if self._watcher is None:
+            self.capture()
+        position = self._engine.recorder.max_notification_id() or 0
+        self._engine._scenario_event(
+            self._def, RewindPointSet, name=name, position=position, kind=kind
+        )
+        return self._point(name, position, kind)
+
+    def _point(self, name: str, position: int, kind: str) -> RewindPoint:
+        time_ns = self._engine.recorder.time_of(position) if position else 0
+        return RewindPoint(name=name, position=position, time_ns=time_ns, kind=kind)
+
+    def rewind_points(self) -> list[RewindPoint]:
+        """Every rewind point (user, auto, sync ...) with its position and time label."""
+        return [self._point(n, p, k) for n, p, k in self._def.points]
+
+    def resolve(
+        self,
+        to: RewindPoint | str | None = None,
+        *,
+        position: int | None = None,
+        at: dt.datetime | None = None,
+    ) -> int:
+        """Turn a rewind point (or its name), a position or a time into a journal position.
+
+        A time resolves to the last position whose time label is at or before
+        it (labels never go back, whatever the wall clock did).
+        """
+        given = [x is not None for x in (to, position, at)]
+        if sum(given) != 1:
+            raise ConfigurationError(detail="give exactly one of a rewind point, position= or at=")
+        if isinstance(to, RewindPoint):
+            return to.position
+        if isinstance(to, str):
+            for name, pos, _ in reversed(self._def.points):
+                if name == to:
+                    return pos
+            raise ConfigurationError(detail=f"no rewind point named {to!r}")
+        if position is not None:
+            top = self._engine.recorder.max_notification_id() or 0
+            if not 0 <= position <= top:
+                raise ConfigurationError(detail=f"position {position} is outside 0..{top}")
+            return position
+        assert at is not None
+        if at.tzinfo is None:
+            raise ConfigurationError(detail="at= needs a timezone-aware datetime")
+        return self._engine.recorder.position_at(datetime_ns(at))
+
+    def rewind(
+        self,
+        replica: str,
+        to: RewindPoint | str | None = None,
+        *,
+        position: int | None = None,
+        at: dt.datetime | None = None,
+    ) -> int:
+        """Reset ``replica`` to its state at a rewind point, a position or a time (R6).
+
+        The replica leaves replication (it is suspended) and stays at that state
+        until :meth:`resume`, which resynchronizes it at block level. Returns the
+        position the replica now holds. Journaled; a rewind killed midway is
+        completed when the engine opens again.
+        """
+        applier = self._replica(replica)
+        target = self.resolve(to, position=position, at=at)
+        with self._engine.store.read() as txn:
+            floor = applier.undo.floor(txn)
+        if target < applier.position() and target < floor:
+            # Refused before anything is journaled or suspended.
+            raise RewindUnreachableError(
+                name=self.name, replica=replica, position=target, floor=floor
+            )
+        if replica not in self._def.suspended:
+            self.suspend(replica)
+        with applier.lock:
+            current = applier.position()
+            self._engine._scenario_event(
+                self._def, RewindStarted, replica=replica, from_position=current, to_position=target
+            )
+            return self._finish_rewind(replica, current, target)
+
+    def _finish_rewind(self, replica: str, current: int, target: int) -> int:
+        applier = self._appliers[replica]
+        with applier.lock:
+            applier.tree.sweep_temporary()  # a rewind killed mid-replace leaves one
+            applied = applier.position()
+            records = 0
+            undo = applier.undo
+            with self._engine.store.read() as txn:
+                floor, gaps = undo.floor(txn), undo.gaps(txn)
+            if target < applied and target < floor:
+                raise RewindUnreachableError(
+                    name=self.name, replica=replica, position=target, floor=floor
+                )
+            # A target inside a gap left by an earlier rewind: undo down to the gap's
+            # start, then apply the journal forward to the target.
+            low = next((lo for lo, hi in gaps if lo < target < (hi or applied + 1)), None)
+            if low is not None and target < applied:
+                records = rewind_back(
+                    self._engine.store,
+                    applier.tree,
+                    undo,
+                    applied,
+                    low,
+                    lambda txn, p: applier.set_position(txn, p, force=True),
+                    self._engine.blobs.get,
+                )
+                self._engine.store.write(lambda txn: undo.open_gap(txn, low))
+                applied = low
+            if target < applied:
+                records += rewind_back(
+                    self._engine.store,
+                    applier.tree,
+                    applier.undo,
+                    applied,
+                    target,
+                    lambda txn, p: applier.set_position(txn, p, force=True),
+                    self._engine.blobs.get,
+                )
+                self._engine.store.write(lambda txn: undo.open_gap(txn, target))
+            elif target > applied:
+                applier.apply_available(upto=target)
+                # States after the target were never held since: a later resync opens a gap.
+                self._engine.store.write(lambda txn: undo.open_gap(txn, target))
+            self._engine._scenario_event(
+                self._def,
+                ReplicaRewound,
+                replica=replica,
+                from_position=current,
+                to_position=target,
+                records=records,
+            )
+            return target
+
+    def _complete_rewinds(self) -> None:
+        for replica, (current, target) in list(self._def.pending_rewinds.items()):
+            try:
+                self._finish_rewind(replica, current, target)
+            except XoError as e:
+                # Cannot be completed (history trimmed meanwhile): say so, and close it
+                # at the position the replica holds, so that opening never fails on it.
+                self._engine._scenario_event(
+                    self._def,
+                    AlertRaised,
+                    code=e.code,
+                    severity="error",
+                    message=str(e),
+                    details={"replica": replica, "rewind_to": target},
+                )
+                held = self._appliers[replica].position()
+                self._engine._scenario_event(
+                    self._def,
+                    ReplicaRewound,
+                    replica=replica,
+                    from_position=current,
+                    to_position=held,
+                    records=0,
+                )
+
+    def trim_undo(
+        self, policy: RetentionPolicy | None = None, *, now_ns: int | None = None
+    ) -> dict[str, RetentionDecision]:
+        """Apply the retention policy to every replica's undo log; journal what was dropped."""
+        policy = policy or RetentionPolicy(
+            max_age_s=self._def.options.get("undo_max_age"),
+            max_bytes=self._def.options.get("undo_max_bytes"),
+            min_points=int(self._def.options.get("undo_min_points", 1)),
+            window_s=self._def.options.get("undo_window"),
+        )
+        now = time.time_ns() if now_ns is None else now_ns
+        recorder = self._engine.recorder
+        decisions: dict[str, RetentionDecision] = {}
+        points = self.rewind_points()
+        for name, applier in self._appliers.items():
+            sizes = dict(applier.undo.position_sizes())
+            usage = [UndoUsage(p, recorder.time_of(p), b) for p, b in sorted(sizes.items())]
+            decision = retention(usage, points, policy, now)
+            decisions[name] = decision
+            if decision.trim_upto:
+                count = applier.undo.trim(decision.trim_upto)
+                self._engine._scenario_event(
+                    self._def,
+                    UndoTrimmed,
+                    replica=name,
+                    upto=decision.trim_upto,
+                    records=count,
+                    bytes=decision.records_bytes,
+                    reasons=list(decision.reasons),
+                )
+            if decision.alert:
+                self._engine._scenario_event(
+                    self._def,
+                    AlertRaised,
+                    code="AW0002",
+                    severity="warning",
+                    message=decision.alert,
+                    details={"replica": name},
+                )
+        return decisions
+
+    # -- difference report (R35) ------------------------------------------------------------
+
+    def difference_report(self, replica: str, *, verify: bool = False) -> dict[str, Any]:
+        """Master vs replica now: files and bytes pending per path, and (verify) a hash compare."""
+        applier = self._replica(replica)
+        pending: dict[str, dict[str, int]] = {}
+        for _, event in self._engine._iter_file_events(applier.position(), self.name):
+            entry = pending.setdefault(event.path, {"events": 0, "bytes": 0})
+            entry["events"] += 1
+            entry["bytes"] += event_bytes(event)
+        report: dict[str, Any] = {
+            "scenario": self.name,
+            "replica": replica,
+            "suspended": replica in self._def.suspended,
+            "applied_position": applier.position(),
+            "journal_position": self._engine.recorder.max_notification_id() or 0,
+            "pending_files": len(pending),
+            "pending_bytes": sum(v["bytes"] for v in pending.values()),
+            "pending": pending,
+        }
+        if verify:
+            report["differences"] = _compare_trees(self, applier.tree.root)
+        return report
+
+    # -- statistics -------------------------------------------------------------------------
+
+    def statistics(self) -> ScenarioStatistics:
+        """Backlog, data amounts and replicated totals (R31)."""
+        engine = self._engine
+        journal_position = engine.recorder.max_notification_id() or 0
+        roots: dict[str, dict[str, int]] = {}
+        with engine.store.read() as txn:
+            for index, root in enumerate(self._def.roots):
+                prefix = self.layout.prefix(index)
+                files = dirs = size = 0
+                for _, state in self.manifest.items(txn, prefix):
+                    if state.kind == "file":
+                        files += 1
+                        size += state.size
+                    elif state.kind == "dir":
+                        dirs += 1
+                roots[root] = {"files": files, "dirs": dirs, "bytes": size}
+        replicas = {name: self._replica_statistics(name) for name in self._def.replicas}
+        return ScenarioStatistics(
+            self.name, self.kind, self.state, journal_position, roots, replicas
+        )
+
+    def _replica_statistics(self, name: str) -> ReplicaStatistics:
+        applier = self._appliers[name]
+        applied = applier.position()
+        ledger = self._engine._ledger
+        backlog = ledger.span(self.name, applied)
+        done = ledger.span(self.name, 0, applied)
+        oldest: float | None = None
+        if backlog.first is not None:
+            journaled = self._engine.recorder.time_of(backlog.first) / 1e9
+            oldest = max(0.0, time.time() - journaled)
+        undo_count, _ = applier.undo.size()
+        return ReplicaStatistics(
+            name=name,
+            path=self._def.replicas[name],
+            suspended=name in self._def.suspended,
+            applied_position=applied,
+            backlog_events=backlog.events,
+            backlog_bytes=backlog.bytes,
+            oldest_unapplied_age_s=oldest,
+            bytes_replicated=done.bytes,
+            files_replicated=done.events,
+            undo_records=undo_count,
+        )
+
+    def _check_state(self) -> None:
+        """Problem while a replica's applier has failed or the spool is over its limit."""
+        with self._engine._lock:  # appliers call this too: one decision at a time
+            self._check_state_locked()
+
+    def _check_state_locked(self) -> None:
+        limit = int(self._def.options.get("spool_limit") or 0)
+        over = False
+        if limit:
+            worst = max(
+                (
+                    self._engine._ledger.span(self.name, applier.position()).bytes
+                    for applier in self._appliers.values()
+                ),
+                default=0,
+            )
+            over = worst > limit
+            if over and not self._spool_over:
+                self._engine._scenario_event(
+                    self._def,
+                    AlertRaised,
+                    code="AW0001",
+                    severity="warning",
+                    message=f"spool over threshold: {worst} bytes waiting (limit {limit})",
+                    details={"backlog_bytes": worst, "limit": limit},
+                )
+            self._spool_over = over
+        failed = sorted(name for name, t in self._threads.items() if t.error is not None)
+        if (over or failed) and self._def.state != "Problem":
+            reason = "spool over threshold" if over else f"replica {failed[0]} stopped on an error"
+            self._engine._scenario_event(
+                self._def, ScenarioStateChanged, state="Problem", reason=reason
+            )
+        elif not over and not failed and self._def.state == "Problem":
+            state = "Running" if self._def.running else "Stopped"
+            self._engine._scenario_event(
+                self._def, ScenarioStateChanged, state=state, reason="problem cleared"
+            )
+
+    # -- projections ------------------------------------------------------------------------
+
+    def rebuild_master_state(self) -> int:
+        """Drop the master state and fold it again from the journal alone; return events folded.
+
+        A rebuilt projection equals the live one (tested): the fold is the same
+        code that runs inline with every append.
+        """
+        engine = self._engine
+        with self.capture_engine.lock:
+            self.capture_engine.forget_master_state()
+            engine.store.write(self.manifest.drop)
+            batch: list[FileEvent] = []
+
+            def fold(txn: WriteTxn) -> None:
+                for event in batch:
+                    self.master_state.fold(txn, event)
+
+            count = 0
+            for _, event in engine._iter_file_events(0, self.name):
+                batch.append(event)
+                if len(batch) >= 1000:
+                    engine.store.write(fold)
+                    count += len(batch)
+                    batch.clear()
+            if batch:
+                engine.store.write(fold)
+                count += len(batch)
+            return count
+
+    def master_state_snapshot(self) -> dict[str, Any]:
+        """The master state as plain data (path -> entry and block digests), for comparison."""
+        out: dict[str, Any] = {}
+        with self._engine.store.read() as txn:
+            for path, state in self.manifest.items(txn):
+                nblocks = -(-state.size // self.block_size) if state.kind == "file" else 0
+                out[path] = (state, self.manifest.digests(txn, state.file_id, nblocks))
+        return out
+
+    # -- reports ----------------------------------------------------------------------------
+
+    def sync_report(self, replica: str | None = None, *, last_only: bool = True) -> dict[str, Any]:
+        """The synchronization report (R35): files sent with paths and sizes, counts, bytes."""
+        runs: dict[uuid.UUID, dict[str, Any]] = {}
+        for position, event in self._engine._iter_events((SyncStarted, FileSynced, SyncFinished)):
+            if event.scenario != self.name or (replica and event.replica != replica):
+                continue
+            run = runs.setdefault(event.originator_id, {"replica": event.replica, "files": []})
+            if isinstance(event, SyncStarted):
+                run.update(
+                    level=event.level,
+                    started=event.timestamp.isoformat(),
+                    position=event.position,
+                    started_at=position,
+                )
+            elif isinstance(event, FileSynced):
+                run["files"].append(
+                    {
+                        "path": event.path,
+                        "action": event.action,
+                        "size": event.size,
+                        "bytes_sent": event.bytes_sent,
+                    }
+                )
+            else:
+                run.update(
+                    finished=event.timestamp.isoformat(),
+                    position=event.position,  # the master state the replica now holds
+                    files_checked=event.files_checked,
+                    files_changed=event.files_changed,
+                    files_deleted=event.files_deleted,
+                    bytes_sent=event.bytes_sent,
+                    warnings=event.warnings,
+                )
+        ordered = [r for r in runs.values() if "finished" in r]
+        if last_only:
+            latest: dict[str, dict[str, Any]] = {}
+            for run in ordered:
+                latest[run["replica"]] = run
+            ordered = list(latest.values())
+        return {"scenario": self.name, "runs": ordered}
+
+    def replication_report(
+        self, replica: str | None = None, *, detail: bool = False
+    ) -> dict[str, Any]:
+        """The replication report (R35): bytes since start and since the last report, counts."""
+        report: dict[str, Any] = {"scenario": self.name, "replicas": {}}
+        marks = self._engine._report_marks.setdefault(self.name, {})
+        for name, applier in self._appliers.items():
+            if replica and name != replica:
+                continue
+            applied = applier.position()
+            since = marks.get(name, 0)
+            ledger = self._engine._ledger
+            done = ledger.span(self.name, 0, applied)
+            totals = {op: done.counts[op] for op in ("created", "updated", "deleted", "renamed")}
+            totals["bytes"] = done.bytes
+            totals["bytes_since_last_report"] = ledger.span(self.name, since, applied).bytes
+            files: list[dict[str, Any]] = []
+            if detail:
+                for position, event in self._engine._iter_file_events(0, self.name, upto=applied):
+                    files.append(
+                        {
+                            "position": position,
+                            "path": event.path,
+                            "operation": operation(event),
+                            "bytes": event_bytes(event),
+                        }
+                    )
+            entry: dict[str, Any] = {
+                "applied_position": applied,
+                **totals,
+                "errors": list(applier.counts.errors),
+            }
+            if detail:
+                entry["files"] = files
+            report["replicas"][name] = entry
+            marks[name] = applied
+        return report
+
+
+def _compare_trees(scenario: Scenario, replica_root: str) -> dict[str, str]:
+    """Hash both trees: path -> what differs (missing, extra, content, kind, mode, target)."""
+    from xoengine import codec  # noqa: PLC0415
+    from xoengine.walk import walk  # noqa: PLC0415
+
+    def digest(root: str, prefix: str) -> dict[str, tuple[str, int, str]]:
+        out: dict[str, tuple[str, int, str]] = {}
+        tree = walk(root, scenario.capture_engine.include, scenario.capture_engine.exclude)
+        with contextlib.closing(tree):
+            for entry in tree:
+                if entry.name.startswith(".xoengine-tmp-"):
+                    continue
+                if entry.kind == "file":
+                    with open(os.path.join(root, entry.relpath), "rb") as f:
+                        value = codec.digest128(f.read()).hex()
+                else:
+                    value = entry.target or ""
+                out[prefix + entry.relpath] = (entry.kind, entry.mode, value)
+        return out
+
+    master: dict[str, tuple[str, int, str]] = {}
+    for index, root in enumerate(scenario.layout.roots):
+        master.update(digest(root, scenario.layout.prefix(index)))
+    replica = digest(replica_root, "")
+    for index in range(len(scenario.layout.roots)):
+        prefix = scenario.layout.prefix(index).rstrip("/")
+        if prefix:
+            replica.pop(prefix, None)
+    differences: dict[str, str] = {}
+    for path in sorted(set(master) | set(replica), key=os.fsencode):
+        a, b = master.get(path), replica.get(path)
+        if a is None:
+            differences[path] = "only on the replica"
+        elif b is None:
+            differences[path] = "missing on the replica"
+        elif a[0] != b[0]:
+            differences[path] = f"kind {a[0]} vs {b[0]}"
+        elif a[2] != b[2] and a[0] != "dir":
+            differences[path] = "content" if a[0] == "file" else "link target"
+        elif a[1] != b[1] and a[0] != "symlink":
+            differences[path] = f"mode {oct(a[1])} vs {oct(b[1])}"
+    return differences
+
+
+class _NotifyingFile(JournaledFile):
+    def __init__(self, scenario: Scenario, capture: Capture, path: str, mode: str) -> None:
+        super().__init__(capture, path, mode)
+        self._scenario = scenario
+
+    def flush(self) -> None:
+        super().flush()
+        self._scenario._after_append()
+
+
+class _ApplierThread:
+    """Runs one replica's applier while the scenario runs; woken by appends."""
+
+    def __init__(self, scenario: Scenario, replica: str, applier: ReplicaApplier) -> None:
+        self.scenario = scenario
+        self.replica = replica
+        self.applier = applier
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._progress = threading.Condition()
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(
+            target=self._run, name=f"xoengine-apply:{scenario.name}:{replica}", daemon=True
+        )
+
+    def start(self) -> None:
+        self.scenario._engine.store.listen(self._wake)
+        self._thread.start()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not threading.current_thread():
+            self._thread.join()
+        self.scenario._engine.store.unlisten(self._wake)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait()
+            self._wake.clear()
+            if self._stop.is_set():
+                break
+            try:
+                self.applier.apply_available()
+                if self.scenario._def.state == "Problem":
+                    self.scenario._check_state()  # back under the spool limit?
+            except Exception as e:  # noqa: BLE001 (reported, never lost with the thread)
+                self._fail(e)
+            with self._progress:
+                self._progress.notify_all()
+
+    def _fail(self, e: Exception) -> None:
+        # The thread ends; the error is journaled (alert), the scenario goes to
+        # Problem, waiters get the error, and resume() starts a fresh thread.
+        error = (
+            e
+            if isinstance(e, XoError)
+            else ApplierFailedError(replica=self.replica, detail=repr(e))
+        )
+        if error is not e:
+            error.__cause__ = e
+        self.error = error
+        self.applier.counts.errors.append(str(error))
+        self._stop.set()
+        with contextlib.suppress(XoError):
+            self.scenario._engine._scenario_event(
+                self.scenario._def,
+                AlertRaised,
+                code=error.code,
+                severity="error",
+                message=str(error),
+                details={"replica": self.replica},
+            )
+            self.scenario._check_state()
+
+    def wait_position(self, target: int, deadline: float | None) -> bool:
+        with self._progress:
+            while self.applier.position() < target:
+                if self.error is not None:
+                    raise self.error
+                if self._stop.is_set():
+                    self.applier.apply_available(upto=target)
+                    continue
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return False
+                self._wake.set()
+                self._progress.wait(timeout=remaining)
+        return True
+
+
+_FOLLOW_NOTIFY_EVERY: Final = 64
+
+
+class _ScanFollower:
+    """What a synchronizer running beside a capture scan waits on (see ``synchronize``)."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._walked = False
+        self._read: set[str] = set()
+        self._done = False
+        self._position: int | None = None
+
+    def walked(self) -> None:
+        with self._cond:
+            self._walked = True
+            self._cond.notify_all()
+
+    def read(self, path: str) -> None:
+        with self._cond:
+            self._read.add(path)
+            # Wake the synchronizer every few files, not every file: both threads
+            # need the GIL, and a hand-over per small file costs more than it saves.
+            if len(self._read) % _FOLLOW_NOTIFY_EVERY == 0:
+                self._cond.notify_all()
+
+    def finish(self, position: int | None) -> None:
+        """The scan ended: at ``position``, or failed (None)."""
+        with self._cond:
+            self._done = True
+            self._position = position
+            self._cond.notify_all()
+
+    def _check(self) -> None:
+        if self._done and self._position is None:
+            raise ScenarioStateError(
+                name="*", state="capture failed", action="finish a synchronization"
+            )
+
+    def wait_walked(self) -> None:
+        with self._cond:
+            self._cond.wait_for(lambda: self._walked or self._done)
+            self._check()
+
+    def wait_read(self, path: str) -> None:
+        with self._cond:
+            self._cond.wait_for(lambda: path in self._read or self._done)
+            self._check()
+
+    def wait_done(self) -> int:
+        with self._cond:
+            self._cond.wait_for(lambda: self._done)
+            self._check()
+            assert self._position is not None
+            return self._position
+
+
+class _Worker:
+    """A thread running one function, its exception kept for the caller."""
+
+    def __init__(self, work: Callable[[], None], name: str) -> None:
+        self._error: BaseException | None = None
+        self._work = work
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            self._work()
+        except BaseException as e:  # noqa: BLE001 (raised again in the caller's thread)
+            self._error = e
+
+    def join(self) -> None:
+        self._thread.join()
+
+    def raise_error(self) -> None:
+        if self._error is not None:
+            raise self._error
