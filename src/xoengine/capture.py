@@ -1,7 +1,7 @@
 """Capture: turn what happened on the master into file events, and fold them into the master state.
 
 Room: producers and projections. May import ``errors``, ``codec``, ``datastore``,
-``events``, ``journal``, ``blocks``, ``manifest``, ``layout``, ``walk``.
+``events``, ``journal``, ``blocks``, ``masterstate``, ``manifest``, ``layout``, ``walk``.
 
 Three sources produce the same events:
 
@@ -11,7 +11,8 @@ Three sources produce the same events:
   still caught: putting an mtime back changes the ctime.
 - the live watcher (``xoengine.watch``) calls :meth:`Capture.scan` with the
   paths it saw change, so the tree is not rescanned.
-- :class:`JournaledFile` (``sc.open``) journals its writes as exact ranges.
+- :class:`~xoengine.journaledfile.JournaledFile` (``sc.open``) journals its
+  writes as exact ranges.
 
 Changed content is journaled as cheaply as the change allows: changed aligned
 blocks as :class:`~xoengine.events.BytesWritten`; when the size changed and
@@ -19,10 +20,8 @@ data shifted, an rsync-style delta (:func:`blocks.delta`) as
 :class:`~xoengine.events.ContentReplaced`, if that carries fewer bytes. Bytes
 go to the blob table; events carry blob ids.
 
-:class:`MasterState` is the fold of file events into the manifest. It runs
-inside the append transaction (the journal's ``inline`` hook), so the master
-state is exactly as current as the journal, and it can be dropped and rebuilt
-from the journal alone.
+The master state (the fold of file events into the manifest, and the racy
+rule) is ``xoengine.masterstate``; its names are re-exported here.
 """
 
 from __future__ import annotations
@@ -34,7 +33,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import IO, TYPE_CHECKING, Any, Final, Protocol, Self
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import numpy as np
 
@@ -48,17 +47,15 @@ from xoengine.events import (
     FileDeleted,
     FileEvent,
     FileRenamed,
-    FileTruncated,
     MetadataChanged,
     new_id,
 )
-from xoengine.manifest import DIGEST_WIDTH, FileState, Manifest
+from xoengine.manifest import FileState
+from xoengine.masterstate import MasterState, pack_digests, racy, racy_window, unpack_map
 from xoengine.walk import (
     Entry,
     PathFilter,
-    entry_from_stat,
     normalize_relpath,
-    resolve_under,
     stat_entry,
     walk,
 )
@@ -66,7 +63,7 @@ from xoengine.walk import (
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Sequence
 
-    from xoengine.datastore import ReadTxn, Store, WriteTxn
+    from xoengine.datastore import Store, WriteTxn
     from xoengine.journal import BlobTable
     from xoengine.layout import Layout
 
@@ -74,7 +71,6 @@ __all__ = [
     "Capture",
     "CaptureResult",
     "ChangeWhileReadWarning",
-    "JournaledFile",
     "MasterState",
     "ScanProgress",
     "pack_digests",
@@ -87,7 +83,6 @@ _CHUNK: Final = 16 * 1024 * 1024
 
 FLUSH_BYTES: Final = 64 * 1024 * 1024
 FLUSH_EVENTS: Final = 2000
-_PACKED = np.dtype([("strong", "<u8"), ("weak", "<u4")])
 
 
 class ChangeWhileReadWarning(TreeWarning):
@@ -95,31 +90,6 @@ class ChangeWhileReadWarning(TreeWarning):
 
     code = "W2010"
     hint = "The next capture (or the live watcher) journals the final content."
-
-
-# -- block digests in the manifest ------------------------------------------------------
-
-
-def pack_digests(block_map: BlockMap, first: int = 0, last: int | None = None) -> bytes:
-    """Blocks ``first..last-1`` of ``block_map`` in the manifest's 12-byte layout."""
-    count = block_map.block_count
-    last = count if last is None else min(last, count)
-    packed = np.empty(max(last - first, 0), dtype=_PACKED)
-    packed["strong"] = block_map.digest_array()[first:last]
-    packed["weak"] = block_map.weak_array()[first:last]
-    return packed.tobytes()
-
-
-def unpack_map(packed: bytes, size: int, block_size: int) -> BlockMap:
-    """A :class:`BlockMap` for ``size`` bytes from manifest digests (file digest unknown)."""
-    records = np.frombuffer(packed, dtype=_PACKED)
-    return BlockMap(
-        block_size=block_size,
-        size=size,
-        digests=records["strong"].astype("<u8").tobytes(),
-        weak=records["weak"].astype("<u4").tobytes(),
-        file_digest=bytes(16),
-    )
 
 
 def _observed(st: os.stat_result | None) -> list[int]:
@@ -135,111 +105,6 @@ def _observed(st: os.stat_result | None) -> list[int]:
         st.st_dev,
         time.time_ns(),
     ]
-
-
-RACY_WINDOW_NS: Final = 20_000_000
-"""How close to its stat's timestamps a file may be seen and still be racy (ns).
-
-A filesystem stamps files with a coarse clock: a jiffy (up to 10 ms) on Linux
-before multigrain timestamps (6.13), a whole second on ext4 with 128-byte
-inodes or on many NFS servers, two seconds on FAT. A file whose stat was taken
-within one tick of its mtime or ctime may be rewritten, same size, in that very
-tick: its stat then shows nothing. Such a file is *racy* (git's term) and the
-capture reads it again while its stat stays the same (see ``Capture._racy``).
-"""
-RACY_WINDOW_WHOLE_SECONDS_NS: Final = 2_000_000_000
-"""The window for timestamps that are whole seconds (filesystems without sub-second time)."""
-
-
-def _racy_window(state: FileState) -> int:
-    whole = state.mtime_ns % 1_000_000_000 == 0 and state.ctime_ns % 1_000_000_000 == 0
-    return RACY_WINDOW_WHOLE_SECONDS_NS if whole else RACY_WINDOW_NS
-
-
-def racy(state: FileState) -> bool:
-    """Whether ``state``'s stat was taken too soon after its timestamps to vouch for it."""
-    if state.kind != "file" or not state.size or not state.observed_ns:
-        return False
-    return state.observed_ns - max(state.mtime_ns, state.ctime_ns) < _racy_window(state)
-
-
-# -- the fold ----------------------------------------------------------------------------
-
-
-class MasterState:
-    """The master-state projection of one scenario: a fold of its file events into a manifest."""
-
-    def __init__(self, scenario: str, manifest: Manifest, block_size: int) -> None:
-        """Fold ``scenario``'s events into ``manifest``."""
-        self.scenario = scenario
-        self.manifest = manifest
-        self.block_size = block_size
-
-    def fold(self, txn: WriteTxn, event: FileEvent) -> None:
-        """Apply one file event to the manifest (inside the append transaction)."""
-        manifest = self.manifest
-        if isinstance(event, FileRenamed):
-            self._rename(txn, event.path, event.new_path, event.originator_version)
-            return
-        if isinstance(event, FileDeleted):
-            old = manifest.get(txn, event.path)
-            manifest.remove(txn, event.path)
-            if old is not None:
-                manifest.cut_digests(txn, old.file_id, 0)
-            return
-        if isinstance(event, FileCreated):
-            state = FileState(
-                file_id=event.originator_id,
-                version=event.originator_version,
-                kind=event.kind,
-                mode=event.mode,
-                mtime_ns=event.mtime_ns,
-                target=event.target,
-                size=len(os.fsencode(event.target)) if event.target is not None else 0,
-            )
-        else:
-            current = manifest.get(txn, event.path)
-            if current is None:  # a stream the master state never saw: ignore, never invent
-                return
-            state = current.evolve(version=event.originator_version)
-            if isinstance(event, MetadataChanged):
-                state = state.evolve(mode=event.mode, mtime_ns=event.mtime_ns)
-            elif isinstance(event, (BytesWritten, FileTruncated, ContentReplaced)):
-                state = state.evolve(size=event.size)
-                nblocks = -(-event.size // self.block_size)
-                for first, packed in event.digests:
-                    manifest.set_digests(txn, state.file_id, first, packed, None)
-                manifest.cut_digests(txn, state.file_id, nblocks)
-        if event.observed:
-            size, mode, mtime_ns, ctime_ns, ino, dev, *when = event.observed
-            state = state.evolve(
-                size=size,
-                mode=mode,
-                mtime_ns=mtime_ns,
-                ctime_ns=ctime_ns,
-                ino=ino,
-                dev=dev,
-                observed_ns=when[0] if when else 0,
-            )
-        manifest.put(txn, event.path, state)
-
-    def _rename(self, txn: WriteTxn, old: str, new: str, version: int) -> None:
-        manifest = self.manifest
-        moving = [(old, manifest.get(txn, old))]
-        moving += list(manifest.items(txn, old + "/"))
-        for path, state in moving:
-            if state is None:
-                continue
-            manifest.remove(txn, path)
-            moved = new + path[len(old) :]
-            manifest.put(txn, moved, state.evolve(version=version) if path == old else state)
-
-    def block_map(self, txn: ReadTxn, state: FileState) -> BlockMap:
-        """The block map the master state holds for a file."""
-        nblocks = -(-state.size // self.block_size)
-        return unpack_map(
-            self.manifest.digests(txn, state.file_id, nblocks), state.size, self.block_size
-        )
 
 
 # -- capture ---------------------------------------------------------------------------------
@@ -651,7 +516,7 @@ class Capture:
         key = (path, state.version)
         if key in self._settled:
             return False
-        if time.time_ns() - max(state.mtime_ns, state.ctime_ns) >= _racy_window(state):
+        if time.time_ns() - max(state.mtime_ns, state.ctime_ns) >= racy_window(state):
             self._settled.add(key)
         return True
 
@@ -1046,274 +911,3 @@ def _top_scopes(scopes: Iterable[str]) -> list[str]:
 
 def _entry_observed(entry: Entry) -> list[int]:
     return [entry.size, entry.mode, entry.mtime_ns, entry.ctime_ns, entry.inode, entry.dev]
-
-
-# -- the journaled file object ------------------------------------------------------------
-
-
-class JournaledFile:
-    """A binary file on the master whose writes are journaled as exact byte ranges.
-
-    Writes go to the file at once; the ranges are journaled on :meth:`flush`,
-    on :meth:`close` and whenever more than :data:`BLOB_MAX` bytes are buffered.
-    A file the open creates or truncates (modes ``w``, ``x``, ``a`` on a new
-    file) is journaled at the next flush even if nothing is written, and so
-    are parent directories the master state lacks. A file changed outside
-    the journal since it was last captured is captured at open, so journaled
-    ranges always apply over what the replicas hold. A path the scenario's
-    include/exclude patterns leave out is an ordinary, unjournaled file.
-    Parents and the file itself are never reached through a symlink.
-    """
-
-    def __init__(self, capture: Capture, path: str, mode: str) -> None:
-        """Open scenario path ``path`` on the master (``mode`` as for ``open``, binary)."""
-        if "b" not in mode:
-            mode += "b"
-        self._capture = capture
-        self.path = normalize_relpath(path)
-        full = capture._abs(self.path)
-        index, rel = capture.layout.split(self.path)
-        self._journaled = capture._filter.selects(rel, is_dir=False)
-        # Like the walker, never follow a symlink below the root: a parent that is
-        # one is refused (SymlinkedParentError), and so is a leaf (O_NOFOLLOW).
-        resolve_under(capture.layout.roots[index], rel)
-        if self._journaled:
-            self._catch_up(index, rel, truncating="w" in mode)
-        self._make_parents(index, rel)
-        existed = os.path.lexists(full)
-        # Read access even for "w"/"a" modes: flush reads back what was written.
-        self._file: IO[bytes] = open(full, mode, opener=_read_write_opener)  # noqa: SIM115
-        self._ranges: list[tuple[int, int]] = []
-        self._buffered = 0
-        # The smallest size the file had since the last flush (None: never cut).
-        self._cut: int | None = 0 if ("w" in mode or not existed) else None
-        self.closed = False
-
-    def _catch_up(self, index: int, rel: str, *, truncating: bool) -> None:
-        """Capture what changed behind the journal's back on the way to this file.
-
-        Journaled ranges apply over what the replicas hold. If the file (or a
-        parent: a directory made, a file replaced by a directory) changed since
-        the last capture, that is captured first; otherwise the new ranges would
-        land on content or parents the replicas do not have, and the stat the
-        next flush records would hide the change from later captures.
-        """
-        capture = self._capture
-        root = capture.layout.roots[index]
-        prefix = capture.layout.prefix(index)
-        parts = rel.split("/")
-        stale = None
-        with capture.store.read() as txn:
-            for depth in range(1, len(parts) + 1):
-                sub = "/".join(parts[:depth])
-                state = capture.state.manifest.get(txn, prefix + sub)
-                entry = stat_entry(root, sub)
-                if state is None and entry is None:
-                    break  # neither here nor below: the open makes it
-                leaf = depth == len(parts)
-                if state is None or entry is None or state.kind != entry.kind:
-                    stale = prefix + sub
-                    break
-                known = [state.size, state.mode, state.mtime_ns, state.ctime_ns, state.ino]
-                # A racy file's stat cannot say it is unchanged: let the scan look.
-                if leaf and not truncating and (_entry_observed(entry)[:5] != known or racy(state)):
-                    stale = prefix + sub
-        if stale is not None:
-            capture.scan([stale])
-
-    def _make_parents(self, index: int, rel: str) -> None:
-        root = self._capture.layout.roots[index]
-        parts = rel.split("/")[:-1]
-        for depth in range(1, len(parts) + 1):
-            with contextlib.suppress(FileExistsError):
-                os.mkdir(os.path.join(root, *parts[:depth]))
-
-    def write(self, data: bytes | bytearray | memoryview) -> int:
-        """Write ``data`` at the current position; it is journaled at the next flush."""
-        offset = self._file.tell()
-        written = self._file.write(data)
-        if written:
-            self._ranges.append((offset, written))
-            self._buffered += written
-            if self._buffered >= BLOB_MAX:
-                self.flush()
-        return written
-
-    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
-        """Move the file position."""
-        return self._file.seek(offset, whence)
-
-    def tell(self) -> int:
-        """The file position."""
-        return self._file.tell()
-
-    def read(self, size: int = -1) -> bytes:
-        """Read (nothing to journal)."""
-        return self._file.read(size)
-
-    def truncate(self, size: int | None = None) -> int:
-        """Cut (or extend) the file; journaled at the next flush."""
-        result = self._file.truncate(size)
-        self._cut = result if self._cut is None else min(self._cut, result)
-        return result
-
-    def flush(self) -> None:
-        """Journal what changed since the last flush (one transaction)."""
-        self._file.flush()
-        if not self._journaled or (not self._ranges and self._cut is None):
-            return
-        ranges = _coalesce(self._ranges)
-        cut = self._cut
-        self._ranges, self._buffered, self._cut = [], 0, None
-        capture = self._capture
-        with capture.lock:
-            capture._result = CaptureResult()
-            capture._versions = {}
-            fd = self._file.fileno()
-            st = os.fstat(fd)
-            index, rel = capture.layout.split(self.path)
-            prefix = capture.layout.prefix(index)
-            parts = rel.split("/")[:-1]
-            parents = [prefix + "/".join(parts[: d + 1]) for d in range(len(parts))]
-            with capture.store.read() as txn:
-                missing = [p for p in parents if capture.state.manifest.get(txn, p) is None]
-                state = capture.state.manifest.get(txn, self.path)
-                old_packed = (
-                    capture.state.manifest.digests(
-                        txn, state.file_id, -(-state.size // capture.state.block_size)
-                    )
-                    if state is not None
-                    else b""
-                )
-            # Parent directories the master state lacks come first (this open made
-            # them, or they were not captured yet), as a capture would journal them.
-            for parent in missing:
-                rel_parent = capture.layout.split(parent)[1]
-                if capture._wanted(rel_parent, "dir"):
-                    entry = stat_entry(capture.layout.roots[index], rel_parent)
-                    if entry is not None and entry.kind == "dir":
-                        capture._create(parent, entry)
-            if state is None:
-                # A new file: journal it as a creation with its whole content.
-                capture._create(self.path, _fd_entry(self.path, st))
-                capture._flush()
-                return
-            self._queue_changes(state, old_packed, ranges, cut, st)
-            capture._flush()
-
-    def _queue_changes(
-        self,
-        state: FileState,
-        old_packed: bytes,
-        ranges: list[tuple[int, int]],
-        cut: int | None,
-        st: os.stat_result,
-    ) -> None:
-        capture = self._capture
-        fd = self._file.fileno()
-        bs = capture.state.block_size
-        size = st.st_size
-        observed = _observed(st)
-        scenario = capture.scenario
-        pieces = [(o, os.pread(fd, n, o)) for o, n in ranges if o < size]
-        pieces = [(o, d) for o, d in pieces if d]
-        low = min(state.size, size if cut is None else min(cut, size))
-        if cut is not None and cut < min(state.size, size):
-            # The file was cut below what it holds now: the bytes between the cut and
-            # the current size that no write covers are zeros on the master but old
-            # data on a replica. A truncation to the cut first makes them zeros there.
-            version = capture._next_version(state)
-            cut_at = cut
-            truncated = FileTruncated(
-                originator_id=state.file_id,
-                originator_version=version,
-                timestamp=FileTruncated.create_timestamp(),
-                scenario=scenario,
-                path=self.path,
-                observed=[],
-                size=cut_at,
-                digests=[[-(-cut_at // bs), b""]],
-            )
-            capture._queue(lambda _ids: truncated, [])
-        # Block digests to refresh: blocks the writes touched, and every block from
-        # the lowest size the file had (a cut, a hole or an extension) to its end.
-        last_block = -(-size // bs)
-        spans = [(o // bs, min(last_block, -(-(o + len(d)) // bs))) for o, d in pieces]
-        if low != size or size != state.size:
-            spans.append((low // bs, last_block))
-        spans = [(a, b) for a, b in _coalesce([(a, b - a) for a, b in spans if b > a])]
-        spans = [(a, a + n) for a, n in spans]
-        first = spans[0][0] if spans else last_block
-        last = spans[-1][1] if spans else last_block
-        packed = bytearray(old_packed[: last * DIGEST_WIDTH].ljust(last * DIGEST_WIDTH, b"\0"))
-        for a, b in spans:
-            region = os.pread(fd, (b - a) * bs, a * bs)
-            packed[a * DIGEST_WIDTH : b * DIGEST_WIDTH] = pack_digests(BlockMap.compute(region, bs))
-        digests = [[first, bytes(packed[first * DIGEST_WIDTH : last * DIGEST_WIDTH])]]
-        version = capture._next_version(state)
-
-        def make(ids: list[bytes]) -> FileEvent:
-            if not pieces:
-                return FileTruncated(
-                    originator_id=state.file_id,
-                    originator_version=version,
-                    timestamp=FileTruncated.create_timestamp(),
-                    scenario=scenario,
-                    path=self.path,
-                    observed=observed,
-                    size=size,
-                    digests=digests,
-                )
-            return BytesWritten(
-                originator_id=state.file_id,
-                originator_version=version,
-                timestamp=BytesWritten.create_timestamp(),
-                scenario=scenario,
-                path=self.path,
-                observed=observed,
-                ranges=[[o, len(d), b] for (o, d), b in zip(pieces, ids, strict=True)],
-                size=size,
-                digests=digests,
-            )
-
-        capture._queue(make, [d for _, d in pieces])
-        capture._result.updated += 1
-
-    def close(self) -> None:
-        """Journal what is left and close the file."""
-        if self.closed:
-            return
-        try:
-            self.flush()
-        finally:
-            self._file.close()
-            self.closed = True
-
-    def __enter__(self) -> Self:
-        """Use as a context manager."""
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        """Close (journaling what is left)."""
-        self.close()
-
-
-def _read_write_opener(path: str, flags: int) -> int:
-    if flags & os.O_WRONLY:
-        flags = (flags & ~os.O_WRONLY) | os.O_RDWR
-    return os.open(path, flags | os.O_CLOEXEC | os.O_NOFOLLOW, 0o666)
-
-
-def _coalesce(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
-    out: list[tuple[int, int]] = []
-    for start, length in sorted(ranges):
-        if out and start <= out[-1][0] + out[-1][1]:
-            prev_start, prev_len = out[-1]
-            out[-1] = (prev_start, max(prev_start + prev_len, start + length) - prev_start)
-        else:
-            out.append((start, length))
-    return out
-
-
-def _fd_entry(path: str, st: os.stat_result) -> Entry:
-    return entry_from_stat(path, "file", st)

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
 from xoengine import blocks
-from xoengine.capture import Capture, CaptureResult, JournaledFile, MasterState
+from xoengine.capture import Capture, CaptureResult, MasterState
 from xoengine.errors import (
     ApplierFailedError,
     ConfigurationError,
@@ -45,6 +45,7 @@ from xoengine.events import (
     UndoTrimmed,
 )
 from xoengine.journal import datetime_ns
+from xoengine.journaledfile import JournaledFile
 from xoengine.layout import Layout
 from xoengine.ledger import event_bytes, operation
 from xoengine.manifest import Manifest

@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 
 from xoengine import codec
-from xoengine.capture import RACY_WINDOW_NS, RACY_WINDOW_WHOLE_SECONDS_NS, racy
+from xoengine.masterstate import RACY_WINDOW_NS, RACY_WINDOW_WHOLE_SECONDS_NS, racy
 from xoengine.manifest import FileState
 
 SECOND = 1_000_000_000

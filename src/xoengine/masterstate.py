@@ -1,0 +1,177 @@
+"""The master state: the fold of file events into a manifest, and the racy rule.
+
+Room: master state, between producers and storage. May import ``blocks``,
+``events``, ``manifest`` (and numpy for the packed digests).
+
+:class:`MasterState` runs inside the append transaction (the journal's
+``inline`` hook), so the master state is exactly as current as the journal,
+and it can be dropped and rebuilt from the journal alone. :func:`racy` says
+which recorded stats cannot vouch for a file (docs/design.md, "Change
+detection and racy files").
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING, Final
+
+import numpy as np
+
+from xoengine.blocks import BlockMap
+from xoengine.events import (
+    BytesWritten,
+    ContentReplaced,
+    FileCreated,
+    FileDeleted,
+    FileEvent,
+    FileRenamed,
+    FileTruncated,
+    MetadataChanged,
+)
+from xoengine.manifest import FileState, Manifest
+
+if TYPE_CHECKING:
+    from xoengine.datastore import ReadTxn, WriteTxn
+
+__all__ = [
+    "RACY_WINDOW_NS",
+    "RACY_WINDOW_WHOLE_SECONDS_NS",
+    "MasterState",
+    "pack_digests",
+    "racy",
+    "racy_window",
+    "unpack_map",
+]
+
+_PACKED = np.dtype([("strong", "<u8"), ("weak", "<u4")])
+
+
+# -- block digests in the manifest ------------------------------------------------------
+
+
+def pack_digests(block_map: BlockMap, first: int = 0, last: int | None = None) -> bytes:
+    """Blocks ``first..last-1`` of ``block_map`` in the manifest's 12-byte layout."""
+    count = block_map.block_count
+    last = count if last is None else min(last, count)
+    packed = np.empty(max(last - first, 0), dtype=_PACKED)
+    packed["strong"] = block_map.digest_array()[first:last]
+    packed["weak"] = block_map.weak_array()[first:last]
+    return packed.tobytes()
+
+
+def unpack_map(packed: bytes, size: int, block_size: int) -> BlockMap:
+    """A :class:`BlockMap` for ``size`` bytes from manifest digests (file digest unknown)."""
+    records = np.frombuffer(packed, dtype=_PACKED)
+    return BlockMap(
+        block_size=block_size,
+        size=size,
+        digests=records["strong"].astype("<u8").tobytes(),
+        weak=records["weak"].astype("<u4").tobytes(),
+        file_digest=bytes(16),
+    )
+
+
+RACY_WINDOW_NS: Final = 20_000_000
+"""How close to its stat's timestamps a file may be seen and still be racy (ns).
+
+A filesystem stamps files with a coarse clock: a jiffy (up to 10 ms) on Linux
+before multigrain timestamps (6.13), a whole second on ext4 with 128-byte
+inodes or on many NFS servers, two seconds on FAT. A file whose stat was taken
+within one tick of its mtime or ctime may be rewritten, same size, in that very
+tick: its stat then shows nothing. Such a file is *racy* (git's term) and the
+capture reads it again while its stat stays the same (see ``Capture._racy``).
+"""
+RACY_WINDOW_WHOLE_SECONDS_NS: Final = 2_000_000_000
+"""The window for timestamps that are whole seconds (filesystems without sub-second time)."""
+
+
+def racy_window(state: FileState) -> int:
+    """The window within which a stat taken after a timestamp leaves the file racy (ns)."""
+    whole = state.mtime_ns % 1_000_000_000 == 0 and state.ctime_ns % 1_000_000_000 == 0
+    return RACY_WINDOW_WHOLE_SECONDS_NS if whole else RACY_WINDOW_NS
+
+
+def racy(state: FileState) -> bool:
+    """Whether ``state``'s stat was taken too soon after its timestamps to vouch for it."""
+    if state.kind != "file" or not state.size or not state.observed_ns:
+        return False
+    return state.observed_ns - max(state.mtime_ns, state.ctime_ns) < racy_window(state)
+
+
+# -- the fold ----------------------------------------------------------------------------
+
+
+class MasterState:
+    """The master-state projection of one scenario: a fold of its file events into a manifest."""
+
+    def __init__(self, scenario: str, manifest: Manifest, block_size: int) -> None:
+        """Fold ``scenario``'s events into ``manifest``."""
+        self.scenario = scenario
+        self.manifest = manifest
+        self.block_size = block_size
+
+    def fold(self, txn: WriteTxn, event: FileEvent) -> None:
+        """Apply one file event to the manifest (inside the append transaction)."""
+        manifest = self.manifest
+        if isinstance(event, FileRenamed):
+            self._rename(txn, event.path, event.new_path, event.originator_version)
+            return
+        if isinstance(event, FileDeleted):
+            old = manifest.get(txn, event.path)
+            manifest.remove(txn, event.path)
+            if old is not None:
+                manifest.cut_digests(txn, old.file_id, 0)
+            return
+        if isinstance(event, FileCreated):
+            state = FileState(
+                file_id=event.originator_id,
+                version=event.originator_version,
+                kind=event.kind,
+                mode=event.mode,
+                mtime_ns=event.mtime_ns,
+                target=event.target,
+                size=len(os.fsencode(event.target)) if event.target is not None else 0,
+            )
+        else:
+            current = manifest.get(txn, event.path)
+            if current is None:  # a stream the master state never saw: ignore, never invent
+                return
+            state = current.evolve(version=event.originator_version)
+            if isinstance(event, MetadataChanged):
+                state = state.evolve(mode=event.mode, mtime_ns=event.mtime_ns)
+            elif isinstance(event, (BytesWritten, FileTruncated, ContentReplaced)):
+                state = state.evolve(size=event.size)
+                nblocks = -(-event.size // self.block_size)
+                for first, packed in event.digests:
+                    manifest.set_digests(txn, state.file_id, first, packed, None)
+                manifest.cut_digests(txn, state.file_id, nblocks)
+        if event.observed:
+            size, mode, mtime_ns, ctime_ns, ino, dev, *when = event.observed
+            state = state.evolve(
+                size=size,
+                mode=mode,
+                mtime_ns=mtime_ns,
+                ctime_ns=ctime_ns,
+                ino=ino,
+                dev=dev,
+                observed_ns=when[0] if when else 0,
+            )
+        manifest.put(txn, event.path, state)
+
+    def _rename(self, txn: WriteTxn, old: str, new: str, version: int) -> None:
+        manifest = self.manifest
+        moving = [(old, manifest.get(txn, old))]
+        moving += list(manifest.items(txn, old + "/"))
+        for path, state in moving:
+            if state is None:
+                continue
+            manifest.remove(txn, path)
+            moved = new + path[len(old) :]
+            manifest.put(txn, moved, state.evolve(version=version) if path == old else state)
+
+    def block_map(self, txn: ReadTxn, state: FileState) -> BlockMap:
+        """The block map the master state holds for a file."""
+        nblocks = -(-state.size // self.block_size)
+        return unpack_map(
+            self.manifest.digests(txn, state.file_id, nblocks), state.size, self.block_size
+        )
