@@ -8,24 +8,21 @@ record and floor.
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
-import os
 import threading
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
 from xoengine import blocks
 from xoengine.capture import Capture, CaptureResult, MasterState
 from xoengine.errors import (
-    ApplierFailedError,
     ConfigurationError,
     ReplicaNotFoundError,
     ReplicationTimeoutError,
     RewindUnreachableError,
-    ScenarioStateError,
     XoError,
 )
 from xoengine.events import (
@@ -61,9 +58,10 @@ from xoengine.rewind import (
 from xoengine.sync import LEVELS, Synchronizer, SyncSummary
 from xoengine.tree import ReplicaTree
 from xoengine.walk import normalize_relpath
+from xoengine.worker import ApplierThread, ScanFollower, compare_trees
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Sequence
+    from collections.abc import Sequence
 
     from xoengine.datastore import WriteTxn
     from xoengine.engine import Engine, _Definition
@@ -131,7 +129,7 @@ class Scenario:
             exclude=options.get("exclude", ()),
         )
         self._appliers: dict[str, ReplicaApplier] = {}
-        self._threads: dict[str, _ApplierThread] = {}
+        self._threads: dict[str, ApplierThread] = {}
         self._spool_over = False
         self._watcher: Any = None
         self._captured = threading.Condition()  # notified after every append
@@ -252,7 +250,7 @@ class Scenario:
             return
         if old is not None:
             old.stop()  # it failed: a fresh thread retries from the tracking position
-        thread = _ApplierThread(self, replica, self._appliers[replica])
+        thread = ApplierThread(self, replica, self._appliers[replica])
         self._threads[replica] = thread
         thread.start()
 
@@ -350,7 +348,7 @@ class Scenario:
             # in another thread that follows the scan (a file is copied only after
             # the scan read it; SyncFinished comes after the scan's last event), so
             # the journal's writes and the replica's writes overlap.
-            follower = _ScanFollower()
+            follower = ScanFollower()
             start = self._engine.recorder.max_notification_id() or 0
 
             def replicate() -> None:
@@ -373,16 +371,15 @@ class Scenario:
                             sync.run(level, start, applier.set_position, follow=follower)
                         )
 
-            worker = _Worker(replicate, name=f"xoengine-sync:{self.name}")
-            try:
-                self.capture_engine.scan(progress=follower)
-            except BaseException:
-                follower.finish(None)
-                worker.join()
-                raise
-            follower.finish(self._engine.recorder.max_notification_id() or 0)
-            worker.join()
-            worker.raise_error()
+            with ThreadPoolExecutor(1, thread_name_prefix=f"xoengine-sync:{self.name}") as pool:
+                copying = pool.submit(replicate)
+                try:
+                    self.capture_engine.scan(progress=follower)
+                except BaseException:
+                    follower.finish(None)  # the synchronizer stops; leaving the pool joins it
+                    raise
+                follower.finish(self._engine.recorder.max_notification_id() or 0)
+                copying.result()  # the synchronizer's own error, if any
             # A rewind point at every synchronization (R6).
             end = self._engine.recorder.max_notification_id() or 0
             self._engine._scenario_event(
@@ -675,7 +672,7 @@ class Scenario:
             "pending": pending,
         }
         if verify:
-            report["differences"] = _compare_trees(self, applier.tree.root)
+            report["differences"] = compare_trees(self, applier.tree.root)
         return report
 
     # -- statistics -------------------------------------------------------------------------
@@ -885,50 +882,6 @@ class Scenario:
         return report
 
 
-def _compare_trees(scenario: Scenario, replica_root: str) -> dict[str, str]:
-    """Hash both trees: path -> what differs (missing, extra, content, kind, mode, target)."""
-    from xoengine import codec  # noqa: PLC0415
-    from xoengine.walk import walk  # noqa: PLC0415
-
-    def digest(root: str, prefix: str) -> dict[str, tuple[str, int, str]]:
-        out: dict[str, tuple[str, int, str]] = {}
-        tree = walk(root, scenario.capture_engine.include, scenario.capture_engine.exclude)
-        with contextlib.closing(tree):
-            for entry in tree:
-                if entry.name.startswith(".xoengine-tmp-"):
-                    continue
-                if entry.kind == "file":
-                    with open(os.path.join(root, entry.relpath), "rb") as f:
-                        value = codec.digest128(f.read()).hex()
-                else:
-                    value = entry.target or ""
-                out[prefix + entry.relpath] = (entry.kind, entry.mode, value)
-        return out
-
-    master: dict[str, tuple[str, int, str]] = {}
-    for index, root in enumerate(scenario.layout.roots):
-        master.update(digest(root, scenario.layout.prefix(index)))
-    replica = digest(replica_root, "")
-    for index in range(len(scenario.layout.roots)):
-        prefix = scenario.layout.prefix(index).rstrip("/")
-        if prefix:
-            replica.pop(prefix, None)
-    differences: dict[str, str] = {}
-    for path in sorted(set(master) | set(replica), key=os.fsencode):
-        a, b = master.get(path), replica.get(path)
-        if a is None:
-            differences[path] = "only on the replica"
-        elif b is None:
-            differences[path] = "missing on the replica"
-        elif a[0] != b[0]:
-            differences[path] = f"kind {a[0]} vs {b[0]}"
-        elif a[2] != b[2] and a[0] != "dir":
-            differences[path] = "content" if a[0] == "file" else "link target"
-        elif a[1] != b[1] and a[0] != "symlink":
-            differences[path] = f"mode {oct(a[1])} vs {oct(b[1])}"
-    return differences
-
-
 class _NotifyingFile(JournaledFile):
     def __init__(self, scenario: Scenario, capture: Capture, path: str, mode: str) -> None:
         super().__init__(capture, path, mode)
@@ -937,167 +890,3 @@ class _NotifyingFile(JournaledFile):
     def flush(self) -> None:
         super().flush()
         self._scenario._after_append()
-
-
-class _ApplierThread:
-    """Runs one replica's applier while the scenario runs; woken by appends."""
-
-    def __init__(self, scenario: Scenario, replica: str, applier: ReplicaApplier) -> None:
-        self.scenario = scenario
-        self.replica = replica
-        self.applier = applier
-        self._wake = threading.Event()
-        self._stop = threading.Event()
-        self._progress = threading.Condition()
-        self.error: BaseException | None = None
-        self._thread = threading.Thread(
-            target=self._run, name=f"xoengine-apply:{scenario.name}:{replica}", daemon=True
-        )
-
-    def start(self) -> None:
-        self.scenario._engine.store.listen(self._wake)
-        self._thread.start()
-
-    def wake(self) -> None:
-        self._wake.set()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._wake.set()
-        if self._thread is not threading.current_thread():
-            self._thread.join()
-        self.scenario._engine.store.unlisten(self._wake)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self._wake.wait()
-            self._wake.clear()
-            if self._stop.is_set():
-                break
-            try:
-                self.applier.apply_available()
-                if self.scenario._def.state == "Problem":
-                    self.scenario._check_state()  # back under the spool limit?
-            except Exception as e:  # noqa: BLE001 (reported, never lost with the thread)
-                self._fail(e)
-            with self._progress:
-                self._progress.notify_all()
-
-    def _fail(self, e: Exception) -> None:
-        # The thread ends; the error is journaled (alert), the scenario goes to
-        # Problem, waiters get the error, and resume() starts a fresh thread.
-        error = (
-            e
-            if isinstance(e, XoError)
-            else ApplierFailedError(replica=self.replica, detail=repr(e))
-        )
-        if error is not e:
-            error.__cause__ = e
-        self.error = error
-        self.applier.counts.errors.append(str(error))
-        self._stop.set()
-        with contextlib.suppress(XoError):
-            self.scenario._engine._scenario_event(
-                self.scenario._def,
-                AlertRaised,
-                code=error.code,
-                severity="error",
-                message=str(error),
-                details={"replica": self.replica},
-            )
-            self.scenario._check_state()
-
-    def wait_position(self, target: int, deadline: float | None) -> bool:
-        with self._progress:
-            while self.applier.position() < target:
-                if self.error is not None:
-                    raise self.error
-                if self._stop.is_set():
-                    self.applier.apply_available(upto=target)
-                    continue
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
-                    return False
-                self._wake.set()
-                self._progress.wait(timeout=remaining)
-        return True
-
-
-_FOLLOW_NOTIFY_EVERY: Final = 64
-
-
-class _ScanFollower:
-    """What a synchronizer running beside a capture scan waits on (see ``synchronize``)."""
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition()
-        self._walked = False
-        self._read: set[str] = set()
-        self._done = False
-        self._position: int | None = None
-
-    def walked(self) -> None:
-        with self._cond:
-            self._walked = True
-            self._cond.notify_all()
-
-    def read(self, path: str) -> None:
-        with self._cond:
-            self._read.add(path)
-            # Wake the synchronizer every few files, not every file: both threads
-            # need the GIL, and a hand-over per small file costs more than it saves.
-            if len(self._read) % _FOLLOW_NOTIFY_EVERY == 0:
-                self._cond.notify_all()
-
-    def finish(self, position: int | None) -> None:
-        """The scan ended: at ``position``, or failed (None)."""
-        with self._cond:
-            self._done = True
-            self._position = position
-            self._cond.notify_all()
-
-    def _check(self) -> None:
-        if self._done and self._position is None:
-            raise ScenarioStateError(
-                name="*", state="capture failed", action="finish a synchronization"
-            )
-
-    def wait_walked(self) -> None:
-        with self._cond:
-            self._cond.wait_for(lambda: self._walked or self._done)
-            self._check()
-
-    def wait_read(self, path: str) -> None:
-        with self._cond:
-            self._cond.wait_for(lambda: path in self._read or self._done)
-            self._check()
-
-    def wait_done(self) -> int:
-        with self._cond:
-            self._cond.wait_for(lambda: self._done)
-            self._check()
-            assert self._position is not None
-            return self._position
-
-
-class _Worker:
-    """A thread running one function, its exception kept for the caller."""
-
-    def __init__(self, work: Callable[[], None], name: str) -> None:
-        self._error: BaseException | None = None
-        self._work = work
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        try:
-            self._work()
-        except BaseException as e:  # noqa: BLE001 (raised again in the caller's thread)
-            self._error = e
-
-    def join(self) -> None:
-        self._thread.join()
-
-    def raise_error(self) -> None:
-        if self._error is not None:
-            raise self._error

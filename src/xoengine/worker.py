@@ -1,0 +1,223 @@
+"""The scenario's background workers: the applier thread, the scan follower, tree comparison.
+
+Room: engine (beside ``scenario``, which starts them; they see it only for
+type checking). May import every lower room.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+import time
+from typing import TYPE_CHECKING, Final
+
+from xoengine.errors import (
+    ApplierFailedError,
+    ScenarioStateError,
+    XoError,
+)
+from xoengine.events import (
+    AlertRaised,
+)
+
+if TYPE_CHECKING:
+    from xoengine.replica import ReplicaApplier
+    from xoengine.scenario import Scenario
+
+
+__all__ = ["ApplierThread", "ScanFollower", "compare_trees"]
+
+
+def compare_trees(scenario: Scenario, replica_root: str) -> dict[str, str]:
+    """Hash both trees: path -> what differs (missing, extra, content, kind, mode, target)."""
+    from xoengine import codec  # noqa: PLC0415
+    from xoengine.walk import walk  # noqa: PLC0415
+
+    def digest(root: str, prefix: str) -> dict[str, tuple[str, int, str]]:
+        out: dict[str, tuple[str, int, str]] = {}
+        tree = walk(root, scenario.capture_engine.include, scenario.capture_engine.exclude)
+        with contextlib.closing(tree):
+            for entry in tree:
+                if entry.name.startswith(".xoengine-tmp-"):
+                    continue
+                if entry.kind == "file":
+                    with open(os.path.join(root, entry.relpath), "rb") as f:
+                        value = codec.digest128(f.read()).hex()
+                else:
+                    value = entry.target or ""
+                out[prefix + entry.relpath] = (entry.kind, entry.mode, value)
+        return out
+
+    master: dict[str, tuple[str, int, str]] = {}
+    for index, root in enumerate(scenario.layout.roots):
+        master.update(digest(root, scenario.layout.prefix(index)))
+    replica = digest(replica_root, "")
+    for index in range(len(scenario.layout.roots)):
+        prefix = scenario.layout.prefix(index).rstrip("/")
+        if prefix:
+            replica.pop(prefix, None)
+    differences: dict[str, str] = {}
+    for path in sorted(set(master) | set(replica), key=os.fsencode):
+        a, b = master.get(path), replica.get(path)
+        if a is None:
+            differences[path] = "only on the replica"
+        elif b is None:
+            differences[path] = "missing on the replica"
+        elif a[0] != b[0]:
+            differences[path] = f"kind {a[0]} vs {b[0]}"
+        elif a[2] != b[2] and a[0] != "dir":
+            differences[path] = "content" if a[0] == "file" else "link target"
+        elif a[1] != b[1] and a[0] != "symlink":
+            differences[path] = f"mode {oct(a[1])} vs {oct(b[1])}"
+    return differences
+
+
+class ApplierThread:
+    """Runs one replica's applier while the scenario runs; woken by appends."""
+
+    def __init__(self, scenario: Scenario, replica: str, applier: ReplicaApplier) -> None:
+        self.scenario = scenario
+        self.replica = replica
+        self.applier = applier
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._progress = threading.Condition()
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(
+            target=self._run, name=f"xoengine-apply:{scenario.name}:{replica}", daemon=True
+        )
+
+    def start(self) -> None:
+        """Follow the journal's commits and start the thread."""
+        self.scenario._engine.store.listen(self._wake)
+        self._thread.start()
+
+    def wake(self) -> None:
+        """Look for new events now."""
+        self._wake.set()
+
+    def stop(self) -> None:
+        """End the thread (after its current batch) and stop following commits."""
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not threading.current_thread():
+            self._thread.join()
+        self.scenario._engine.store.unlisten(self._wake)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait()
+            self._wake.clear()
+            if self._stop.is_set():
+                break
+            try:
+                self.applier.apply_available()
+                if self.scenario._def.state == "Problem":
+                    self.scenario._check_state()  # back under the spool limit?
+            except Exception as e:  # noqa: BLE001 (reported, never lost with the thread)
+                self._fail(e)
+            with self._progress:
+                self._progress.notify_all()
+
+    def _fail(self, e: Exception) -> None:
+        # The thread ends; the error is journaled (alert), the scenario goes to
+        # Problem, waiters get the error, and resume() starts a fresh thread.
+        error = (
+            e
+            if isinstance(e, XoError)
+            else ApplierFailedError(replica=self.replica, detail=repr(e))
+        )
+        if error is not e:
+            error.__cause__ = e
+        self.error = error
+        self.applier.counts.errors.append(str(error))
+        self._stop.set()
+        with contextlib.suppress(XoError):
+            self.scenario._engine._scenario_event(
+                self.scenario._def,
+                AlertRaised,
+                code=error.code,
+                severity="error",
+                message=str(error),
+                details={"replica": self.replica},
+            )
+            self.scenario._check_state()
+
+    def wait_position(self, target: int, deadline: float | None) -> bool:
+        """Wait until the replica applied ``target`` (False at ``deadline``; its error raised)."""
+        with self._progress:
+            while self.applier.position() < target:
+                if self.error is not None:
+                    raise self.error
+                if self._stop.is_set():
+                    self.applier.apply_available(upto=target)
+                    continue
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return False
+                self._wake.set()
+                self._progress.wait(timeout=remaining)
+        return True
+
+
+_FOLLOW_NOTIFY_EVERY: Final = 64
+
+
+class ScanFollower:
+    """What a synchronizer running beside a capture scan waits on (see ``synchronize``)."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._walked = False
+        self._read: set[str] = set()
+        self._done = False
+        self._position: int | None = None
+
+    def walked(self) -> None:
+        """The scan finished walking the tree."""
+        with self._cond:
+            self._walked = True
+            self._cond.notify_all()
+
+    def read(self, path: str) -> None:
+        """The scan read ``path`` (its events are journaled or queued)."""
+        with self._cond:
+            self._read.add(path)
+            # Wake the synchronizer every few files, not every file: both threads
+            # need the GIL, and a hand-over per small file costs more than it saves.
+            if len(self._read) % _FOLLOW_NOTIFY_EVERY == 0:
+                self._cond.notify_all()
+
+    def finish(self, position: int | None) -> None:
+        """The scan ended: at ``position``, or failed (None)."""
+        with self._cond:
+            self._done = True
+            self._position = position
+            self._cond.notify_all()
+
+    def _check(self) -> None:
+        if self._done and self._position is None:
+            raise ScenarioStateError(
+                name="*", state="capture failed", action="finish a synchronization"
+            )
+
+    def wait_walked(self) -> None:
+        """Wait for the scan's walk (raise if the scan failed)."""
+        with self._cond:
+            self._cond.wait_for(lambda: self._walked or self._done)
+            self._check()
+
+    def wait_read(self, path: str) -> None:
+        """Wait until the scan read ``path`` (raise if the scan failed)."""
+        with self._cond:
+            self._cond.wait_for(lambda: path in self._read or self._done)
+            self._check()
+
+    def wait_done(self) -> int:
+        """Wait for the scan's end; return its last position (raise if it failed)."""
+        with self._cond:
+            self._cond.wait_for(lambda: self._done)
+            self._check()
+            assert self._position is not None
+            return self._position
