@@ -9,6 +9,9 @@ record and floor.
 from __future__ import annotations
 
 import datetime as dt
+import functools
+import os
+import tempfile
 import threading
 import time
 import uuid
@@ -45,7 +48,7 @@ from xoengine.journal import datetime_ns
 from xoengine.journaledfile import JournaledFile
 from xoengine.layout import Layout
 from xoengine.ledger import event_bytes, operation
-from xoengine.manifest import Manifest
+from xoengine.manifest import FileState, Manifest
 from xoengine.replica import ReplicaApplier
 from xoengine.rewind import (
     RetentionDecision,
@@ -368,7 +371,13 @@ class Scenario:
                             block_size=self.block_size,
                         )
                         summaries.append(
-                            sync.run(level, start, applier.set_position, follow=follower)
+                            sync.run(
+                                level,
+                                start,
+                                applier.set_position,
+                                follow=follower,
+                                settle=functools.partial(self._settle, applier.tree),
+                            )
                         )
 
             with ThreadPoolExecutor(1, thread_name_prefix=f"xoengine-sync:{self.name}") as pool:
@@ -386,6 +395,41 @@ class Scenario:
                 self._def, RewindPointSet, name=f"sync-{end}", position=end, kind="sync"
             )
         return summaries
+
+    def _settle(self, tree: ReplicaTree, copied: list[str], position: int) -> None:
+        """Make new replica files hold what the journal holds at ``position`` (sync beside a scan).
+
+        A copy is trusted when the master file still has the stat the scan
+        recorded: nothing was written to it since the scan read it. Otherwise the
+        copy may hold later bytes, which must arrive through the next capture
+        instead: the file is written again from the journal (a replay of that one
+        path), or removed if the journal does not hold it at ``position``.
+        """
+        moved: list[tuple[str, FileState | None]] = []
+        with self._engine.store.read() as txn:
+            for path in copied:
+                state = self.manifest.get(txn, path)
+                index, rel = self.layout.split(path)
+                try:
+                    st = os.lstat(os.path.join(self.layout.roots[index], rel))
+                except OSError:
+                    st = None
+                seen = (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino) if st else None
+                if state is None or seen != (state.size, state.mtime_ns, state.ctime_ns, state.ino):
+                    moved.append((path, state))
+        if not moved:
+            return
+        forensics = self._engine.forensics(self.name)
+        with tempfile.TemporaryDirectory(prefix="xoengine-settle-") as scratch:
+            for number, (path, state) in enumerate(moved):
+                if state is None or state.kind != "file":
+                    tree.delete(path)
+                    continue
+                out = os.path.join(scratch, str(number))
+                forensics.replay(out, position, path)
+                tree.copy_new(path, os.path.join(out, path), state.mode)
+                tree.set_meta(path, state.mode, state.mtime_ns)
+        tree.flush([path for path, state in moved if state is not None])
 
     # -- replicas ---------------------------------------------------------------------------
 

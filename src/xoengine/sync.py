@@ -121,6 +121,7 @@ class Synchronizer:
         position: int,
         set_applied: Callable[[WriteTxn, int], None],
         follow: CaptureFollower | None = None,
+        settle: Callable[[list[str], int], None] | None = None,
     ) -> SyncSummary:
         """Synchronize at journal ``position`` (the master state the capture just journaled).
 
@@ -132,7 +133,10 @@ class Synchronizer:
         walk, each file is read after the scan read it, and SyncFinished comes
         after the scan's last event. So the replica is never older than what the
         journal holds below SyncFinished (the applier starts after it), exactly
-        as when the scan runs first.
+        as when the scan runs first. A file written on the master between the
+        scan's read and the copy would reach the replica early (or one the scan
+        never saw at all): ``settle(copied, position)`` runs before SyncFinished
+        to make the new files hold exactly what the journal holds at ``position``.
         """
         if level not in LEVELS:
             raise ConfigurationError(detail=f"sync level {level!r} is not one of {LEVELS}")
@@ -142,6 +146,7 @@ class Synchronizer:
         self._run_id = run_id
         self._follow = follow
         self._created: list[str] = []
+        self._copied: list[str] = []
         # 1. Journal the start; before-images are keyed by its position.
         (started,) = self._append([self._event(SyncStarted, level=level, position=position)], None)
         self._undo_position = started
@@ -184,6 +189,8 @@ class Synchronizer:
             # the applied position past it (raises if the scan failed).
             position = follow.wait_done()
             summary.position = position
+            if settle is not None:
+                settle(self._copied, position)
         for path in sorted((p for p in replica if p not in master), key=os.fsencode, reverse=True):
             if any(path.startswith(u + "/") or path == u for u in self._unlisted):
                 continue  # unknown master contents: never delete on a guess
@@ -286,6 +293,7 @@ class Synchronizer:
                 source = os.path.join(self.layout.roots[index], rel)
                 sent = self.tree.copy_new(path, source, entry.mode)
                 self.tree.set_meta(path, entry.mode, entry.mtime_ns)
+                self._copied.append(path)
             done.append((path, entry, "created", sent))
         for path, entry in batch:  # directory modes last: creating children moves mtimes
             if entry.kind == "dir":

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from xoengine import scenario as scenario_module
 from xoengine.engine import Engine, Scenario
 from xoengine.errors import (
     OverlappingTreesError,
@@ -49,6 +50,7 @@ from xoengine.testing import (
     temporary_engine,
 )
 from xoengine.tree import ReplicaTree
+from xoengine.worker import ScanFollower
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -633,6 +635,37 @@ def test_failed_applier_puts_scenario_in_problem_and_resume_retries(
     assert_trees_equal(tmp_path / "master", tmp_path / "r1", mtimes=False)
     states = [(e.state, e.reason) for _, e in engine._iter_events((ScenarioStateChanged,))]
     assert states == [("Problem", "replica r1 stopped on an error"), ("Running", "problem cleared")]
+
+
+def test_initial_sync_holds_what_the_journal_holds_when_the_master_moves_mid_copy(
+    engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The replica is copied beside the scan that journals the baseline, each file
+    # after the scan read it. A file written between that read and the copy must
+    # not reach the replica early: the replica holds what the journal holds at
+    # SyncFinished, and the write arrives through the next capture like any other.
+    master = tmp_path / "master"
+    master.mkdir()
+    for i in range(5):
+        (master / f"f{i}").write_bytes(_random(5000, i))
+    original = (master / "f2").read_bytes()
+
+    class MovingFollower(ScanFollower):
+        def read(self, path: str) -> None:
+            super().read(path)
+            if path == "f2":  # read by the scan, not yet copied: write to it now
+                with (master / "f2").open("r+b") as f:
+                    f.write(b"X" * 100)
+
+    monkeypatch.setattr(scenario_module, "ScanFollower", MovingFollower)
+    sc = _scenario(engine, tmp_path)
+    (summary,) = sc.start()
+    assert (tmp_path / "r1" / "f2").read_bytes() == original
+    engine.replay("fs", to=tmp_path / "replayed", position=summary.position)
+    assert_trees_equal(tmp_path / "replayed", tmp_path / "r1", mtimes=True)
+    sc.capture()
+    sc.wait_replicated(timeout=30)
+    assert_trees_equal(master, tmp_path / "r1", mtimes=True)
 
 
 def test_capture_journals_an_insertion_as_a_small_delta(engine: Engine, tmp_path: Path) -> None:
