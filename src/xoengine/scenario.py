@@ -49,6 +49,7 @@ from xoengine.journaledfile import JournaledFile
 from xoengine.layout import Layout
 from xoengine.ledger import event_bytes, operation
 from xoengine.manifest import FileState, Manifest
+from xoengine.masterstate import racy
 from xoengine.replica import ReplicaApplier
 from xoengine.rewind import (
     RetentionDecision,
@@ -415,7 +416,9 @@ class Scenario:
                 except OSError:
                     st = None
                 seen = (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino) if st else None
-                if state is None or seen != (state.size, state.mtime_ns, state.ctime_ns, state.ino):
+                known = (state.size, state.mtime_ns, state.ctime_ns, state.ino) if state else None
+                # A racy stat cannot say the file is unchanged: take the journal's bytes.
+                if state is None or seen != known or racy(state):
                     moved.append((path, state))
         if not moved:
             return

@@ -130,6 +130,27 @@ class Extents:
 # -- the replica tree -------------------------------------------------------------------
 
 
+def _copy_all(src: int, dst: int) -> int:
+    """Copy all of ``src`` into ``dst`` in the kernel; return the bytes copied.
+
+    ``copy_file_range`` first (it can share extents), and ``sendfile`` where it
+    cannot cross between the two filesystems (EXDEV: a replica on another disk
+    than its master) or is not offered.
+    """
+    total = 0
+    try:
+        while moved := os.copy_file_range(src, dst, 1 << 30):
+            total += moved
+    except OSError as e:
+        if e.errno not in (errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL):
+            raise
+    else:
+        return total
+    while moved := os.sendfile(dst, src, total, 1 << 30):  # dst's position is at total
+        total += moved
+    return total
+
+
 class ReplicaTree:
     """Safe, idempotent file operations under one replica root."""
 
@@ -279,12 +300,7 @@ class ReplicaTree:
                     dir_fd=fd,
                 )
                 try:
-                    total = 0
-                    while True:
-                        moved = os.copy_file_range(src, dst, 1 << 30)
-                        if not moved:
-                            break
-                        total += moved
+                    total = _copy_all(src, dst)
                     os.fchmod(dst, mode)
                     if self.fsync and total >= _WRITEBACK_EARLY:
                         # Start writing a large copy back now (asynchronously): the
