@@ -42,7 +42,7 @@ import stat
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
-from typing import Final, Literal, Self, TypeAlias, overload
+from typing import Final, Literal, NamedTuple, Self, TypeAlias, overload
 
 from xoengine.errors import (
     ConfigurationError,
@@ -365,9 +365,12 @@ class PathFilter:
 # -- the walker -----------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class Entry:
+class Entry(NamedTuple):
     """One thing found by :func:`walk`, as ``lstat`` saw it (links are never followed).
+
+    A named tuple, not a frozen dataclass: a walk makes one per path, and a
+    no-change capture pass of 10,000 files spent a tenth of its time building
+    them (a tuple is built ~5x faster).
 
     ``size`` is the file size for files, the target length for symlinks and
     what the file system says for the rest. ``mode`` holds the permission
