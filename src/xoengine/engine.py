@@ -36,14 +36,8 @@ from xoengine.errors import (
     TreeRootMissingError,
 )
 from xoengine.events import (
-    BytesWritten,
-    ContentReplaced,
-    FileCreated,
-    FileDeleted,
+    FILE_EVENTS,
     FileEvent,
-    FileRenamed,
-    FileTruncated,
-    MetadataChanged,
     ReplicaAdded,
     ReplicaRemoved,
     ReplicaResumed,
@@ -78,15 +72,6 @@ if TYPE_CHECKING:
 __all__ = ["KINDS", "Engine", "ReplicaStatistics", "Scenario", "ScenarioStatistics"]
 
 KINDS: Final = ("file_server", "database", "storage_group")
-_FILE_EVENTS: Final = (
-    FileCreated,
-    BytesWritten,
-    FileTruncated,
-    ContentReplaced,
-    FileRenamed,
-    FileDeleted,
-    MetadataChanged,
-)
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 SCENARIO_TOPICS: Final = tuple(
     f"xoengine.events:{c.__name__}"
@@ -388,7 +373,7 @@ class Engine:
         self, after: int, scenario: str | None, upto: int | None = None
     ) -> Iterator[tuple[int, FileEvent]]:
         """File events after ``after`` (up to ``upto``), of one scenario or (None) of all."""
-        for position, event in self._iter_events(_FILE_EVENTS, after, upto):
+        for position, event in self._iter_events(FILE_EVENTS, after, upto):
             if scenario is None or event.scenario == scenario:
                 yield position, event
 

@@ -27,11 +27,12 @@ import os
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 from eventsourcing.domain import DomainEvent
 
 __all__ = [
+    "FILE_EVENTS",
     "AlertRaised",
     "BytesWritten",
     "ContentReplaced",
@@ -337,3 +338,15 @@ class SyncFinished(XoEvent):
     files_deleted: int
     bytes_sent: int
     warnings: list[str]
+
+
+FILE_EVENTS: Final = (
+    FileCreated,
+    BytesWritten,
+    FileTruncated,
+    ContentReplaced,
+    FileRenamed,
+    FileDeleted,
+    MetadataChanged,
+)
+"""Every kind of file event: what the replica applies, the master state folds, the ledger counts."""

@@ -32,6 +32,7 @@ from eventsourcing.persistence import Tracking
 from xoengine import codec
 from xoengine.errors import ReplicaDivergedError
 from xoengine.events import (
+    FILE_EVENTS,
     BytesWritten,
     ContentReplaced,
     FileCreated,
@@ -52,18 +53,7 @@ if TYPE_CHECKING:
 
 __all__ = ["FILE_TOPICS", "AppliedCounts", "ReplicaApplier"]
 
-FILE_TOPICS: Final = tuple(
-    f"xoengine.events:{cls.__name__}"
-    for cls in (
-        FileCreated,
-        BytesWritten,
-        FileTruncated,
-        ContentReplaced,
-        FileRenamed,
-        FileDeleted,
-        MetadataChanged,
-    )
-)
+FILE_TOPICS: Final = tuple(f"xoengine.events:{cls.__name__}" for cls in FILE_EVENTS)
 
 
 @dataclass
