@@ -230,32 +230,29 @@ class LMDBAggregateRecorder(_LMDBRecorder, AggregateRecorder):
     ) -> list[int]:
         # 1. Check everything before the first put: a refused batch writes nothing.
         prefixes = [oid_prefix(e.originator_id) for e in stored_events]
-        keys = [
-            p + POS.pack(e.originator_version + VERSION_OFFSET)
-            for p, e in zip(prefixes, stored_events, strict=True)
-        ]
+        wanted = [(p, e.originator_version) for p, e in zip(prefixes, stored_events, strict=True)]
+        keys = [p + POS.pack(version + VERSION_OFFSET) for p, version in wanted]
         if len(set(keys)) != len(keys):
             raise IntegrityViolationError(detail="the batch repeats an (originator, version)")
         marker, top, stored = self._bounds(txn)
-        wanted = [(p, e.originator_version) for p, e in zip(prefixes, stored_events, strict=True)]
-        for key, event in zip(keys, stored_events, strict=True):
-            if txn.get(self.streams_table, key) is not None:
-                oid, version = event.originator_id, event.originator_version
-                raise IntegrityViolationError(detail=f"event {oid} v{version} already recorded")
-        clash = self._tail.recorded(txn, marker, top, wanted) if wanted else None
+        # Merged entries are in the sorted index; newer ones in the stream tail.
+        clash = next((i for i, k in enumerate(keys) if txn.get(self.streams_table, k)), None)
+        if clash is None and wanted:
+            found = self._tail.recorded(txn, marker, top, wanted)
+            clash = None if found is None else wanted.index(found)
         if clash is not None:
-            event = stored_events[wanted.index(clash)]
-            oid, version = event.originator_id, event.originator_version
+            oid, version = stored_events[clash].originator_id, wanted[clash][1]
             raise IntegrityViolationError(detail=f"event {oid} v{version} already recorded")
         if tracking is not None:
             self._check_tracking(txn, tracking)
         # 2. Positions follow the last one, inside the single write transaction.
-        last = txn.last(self.events_table)
-        position = decode_position(last[0]) if last else 0
+        position = top
         floor = 0
-        if last and self.events_table not in self._clock.seen:
+        if top and self.events_table not in self._clock.seen:
             # First append in this process: never label below what the journal holds
             # (a clock stepped back across a restart must not make labels go back).
+            last = txn.last(self.events_table)
+            assert last is not None
             floor = decode_event(last[0], last[1], self.events_table)[1]
             self._clock.seen.add(self.events_table)
         time_ns = self._clock.now(floor)

@@ -49,7 +49,6 @@ class StreamTail:
         self._base = -1  # the marker these entries are above (-1: not built)
         self._upto = 0  # the last position they cover
         self._entries: dict[bytes, dict[int, int]] = {}  # oid prefix -> version -> position
-        self._count = 0
 
     def _scan(self, txn: ReadTxn, after: int, last: int) -> Iterator[tuple[bytes, int, int]]:
         """(oid prefix, version, position) of the events in (after, last], checksums verified."""
@@ -64,27 +63,29 @@ class StreamTail:
 
     def _add(self, prefix: bytes, version: int, position: int) -> None:
         self._entries.setdefault(prefix, {})[version] = position
-        self._count += 1
 
     def _follow(self, txn: ReadTxn, marker: int, last: int) -> bool:
         """Bring the shared entries to a committed snapshot; False if it is older than them."""
         if marker < self._base:
             return False  # a merge committed since this snapshot began
         if marker > self._base:
-            if self._base < 0 or self._upto <= marker:
-                self._entries, self._count = {}, 0
-            else:
-                for versions in self._entries.values():
-                    for version in [v for v, p in versions.items() if p <= marker]:
-                        del versions[version]
-                        self._count -= 1
-                self._entries = {k: v for k, v in self._entries.items() if v}
-            self._base, self._upto = marker, max(self._upto, marker)
+            self._advance(marker)
         if self._upto < last:
             for prefix, version, position in self._scan(txn, self._upto, last):
                 self._add(prefix, version, position)
             self._upto = last
         return True
+
+    def _advance(self, marker: int) -> None:
+        """Forget the entries at or below ``marker``: a merge put them in the sorted index."""
+        if self._base < 0 or self._upto <= marker:
+            self._entries, self._upto = {}, marker
+        else:
+            for versions in self._entries.values():
+                for version in [v for v, p in versions.items() if p <= marker]:
+                    del versions[version]
+            self._entries = {k: v for k, v in self._entries.items() if v}
+        self._base = marker
 
     @property
     def built(self) -> bool:
@@ -146,12 +147,7 @@ class StreamTail:
         """The writer's callback: every entry up to ``marker`` is in the sorted index now."""
         with self._lock:
             if marker > self._base:
-                if self._base < 0 or self._upto <= marker:
-                    self._entries, self._count = {}, 0
-                    self._base, self._upto = marker, marker
-                else:
-                    self._base = -1  # entries above the merge exist: rebuild on the next read
-                    self._entries, self._count = {}, 0
+                self._advance(marker)
 
 
 def frame_marker(position: int) -> bytes:
