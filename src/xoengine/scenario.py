@@ -61,7 +61,7 @@ from xoengine.rewind import (
 )
 from xoengine.sync import LEVELS, Synchronizer, SyncSummary
 from xoengine.tree import ReplicaTree
-from xoengine.walk import normalize_relpath
+from xoengine.walk import normalize_relpath, stat_entry
 from xoengine.worker import ApplierThread, ScanFollower, compare_trees
 
 if TYPE_CHECKING:
@@ -411,11 +411,8 @@ class Scenario:
             for path in copied:
                 state = self.manifest.get(txn, path)
                 index, rel = self.layout.split(path)
-                try:
-                    st = os.lstat(os.path.join(self.layout.roots[index], rel))
-                except OSError:
-                    st = None
-                seen = (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino) if st else None
+                st = stat_entry(self.layout.roots[index], rel)  # as the scan's walk saw it
+                seen = (st.size, st.mtime_ns, st.ctime_ns, st.inode) if st else None
                 known = (state.size, state.mtime_ns, state.ctime_ns, state.ino) if state else None
                 # A racy stat cannot say the file is unchanged: take the journal's bytes.
                 if state is None or seen != known or racy(state):
