@@ -837,7 +837,7 @@ def case_c(cfg: Config, rsync: str | None, rep: Report) -> None:
         f"{fmt_s(med([c for c, _, _ in xo]))} / {fmt_s(med([a for _, a, _ in xo]))}",
     )
     # Everything the journal grew by: the blobs and the event records (the new block
-    # digests of the whole shifted file travel in the record). Blobs alone: info.
+    # map of the shifted file is the master state's, not in the record). Blobs alone: info.
     rep.targets.append(
         Target(
             "c", "journaled bytes (blobs + records) <= 64 KiB", journaled + records, 64 * KiB, "B"

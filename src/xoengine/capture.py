@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any, Final, Protocol
 import numpy as np
 
 from xoengine import blocks, codec
-from xoengine.blocks import BlockMap, Copy
+from xoengine.blocks import BlockMap, Copy, Literal
 from xoengine.errors import TreeWarning, XoError
 from xoengine.events import (
     BytesWritten,
@@ -137,6 +137,8 @@ class _Pending:
 
     make: Callable[[list[bytes]], FileEvent]
     blobs: list[bytes | memoryview]
+    derived: bytes | None = None
+    """The packed new block map of a ContentReplaced (not in the event; see MasterState.fold)."""
 
 
 class Capture:
@@ -524,9 +526,11 @@ class Capture:
         self, path: str, state: FileState, old: FileState | None, *, quiet: bool = False
     ) -> None:
         """Journal what changed in ``path``'s bytes (``quiet``: nothing if they did not)."""
+        old_map = None
         if old is not None and old.size > 0:
             with self.store.read() as txn:
                 old_map = self.state.block_map(txn, old)
+        if old is not None and old_map is not None:
             streamed = self._stream_changes(path, old_map)
             if streamed is None:
                 return
@@ -556,6 +560,10 @@ class Capture:
         if old is None or old.size == 0:
             ranges = [(0, len(data))] if data else []
             self._write_ranges(path, state, view, ranges, new_map, observed, len(data))
+            return
+        if old_map is None:  # underived: nothing to compare with, so the whole content goes
+            whole: list[blocks.Op] = [Literal(0, len(data))] if data else []
+            self._replace(path, state, view, whole, old, new_map, observed)
             return
         ranges = blocks.changed_ranges(old_map, new_map)
         aligned_bytes = sum(length for _, length in ranges)
@@ -744,7 +752,7 @@ class Capture:
         scenario = self.scenario
         base = self._base_digest(old)
         result = codec.digest128(view).hex()
-        digests = [[0, pack_digests(new_map)]]
+        derived = pack_digests(new_map)
         size = len(view)
 
         def make(ids: list[bytes]) -> FileEvent:
@@ -768,10 +776,10 @@ class Capture:
                 size=size,
                 base=base,
                 result=result,
-                digests=digests,
+                digests=[],
             )
 
-        self._queue(make, [view[o : o + n] for o, n in pieces])
+        self._queue(make, [view[o : o + n] for o, n in pieces], derived)
         self._result.bytes_changed += sum(n for _, n in pieces)
         self._result.updated += 1
 
@@ -786,9 +794,12 @@ class Capture:
     # -- batching ------------------------------------------------------------------------------
 
     def _queue(
-        self, make: Callable[[list[bytes]], FileEvent], data: list[bytes | memoryview]
+        self,
+        make: Callable[[list[bytes]], FileEvent],
+        data: list[bytes | memoryview],
+        derived: bytes | None = None,
     ) -> None:
-        self._pending.append(_Pending(make, data))
+        self._pending.append(_Pending(make, data, derived))
         self._pending_bytes += sum(len(d) for d in data)
         if self._pending_bytes >= FLUSH_BYTES or len(self._pending) >= FLUSH_EVENTS:
             self._flush()
@@ -826,8 +837,8 @@ class Capture:
             cursor += n
 
         def fold(txn: WriteTxn, _positions: list[int]) -> None:
-            for event in events:
-                self.state.fold(txn, event)
+            for event, item in zip(events, pending, strict=True):
+                self.state.fold(txn, event, item.derived)
 
         positions = self._append(events, fold)
         result = self._result

@@ -271,6 +271,11 @@ class ContentReplaced(FileEvent):
     order; ``base`` and ``result`` are the xxh3-128 hex of the content before
     and after, so an applier whose copy differs refuses the delta instead of
     building wrong data, and one that applied it already skips it.
+
+    ``digests`` is empty in events written since the block map became derived
+    data (docs/design.md, "Change detection"): the master state takes the new
+    map from the capture, or derives it from the content on a rebuild. Older
+    journals carry the whole new map there, and it is still folded.
     """
 
     ops: list[list[Any]]

@@ -41,7 +41,7 @@ from xoengine.walk import normalize_relpath
 
 if TYPE_CHECKING:
     import uuid
-    from collections.abc import Callable, Iterator
+    from collections.abc import Callable, Collection, Iterator
 
 __all__ = [
     "BisectResult",
@@ -327,6 +327,16 @@ class Forensics:
 
         out.write_new(live.path, pieces(), size, live.mode, live.mtime_ns)
         return sum(_written(event) for event in events)
+
+    def contents(
+        self, file_ids: Collection[uuid.UUID], position: int | None = None
+    ) -> Iterator[tuple[uuid.UUID, bytes]]:
+        """The content of each wanted file identity alive at ``position``, one at a time."""
+        alive = self.fold(position)
+        for file_id in file_ids:
+            live = alive.get(file_id)
+            if live is not None and live.kind == "file":
+                yield file_id, self._fold([event for _, event in live.content])
 
     def _fold(self, events: list[FileEvent]) -> bytes:
         """The content after ``events`` from nothing, folded in memory (any delta)."""

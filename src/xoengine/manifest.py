@@ -2,13 +2,16 @@
 
 Room: algorithms/storage. May import ``errors``, ``codec``, ``datastore``; no eventsourcing.
 
-A manifest is two tables under one name ``N``:
+A manifest is three tables under one name ``N``:
 
 - ``N.paths``: scenario path (UTF-8 with surrogateescape) -> frame of
   ``[file id, version, kind, size, mode, mtime_ns, ctime_ns, ino, dev, target]``;
 - ``N.blocks``: file id (16 bytes) + chunk number (4 bytes BE) -> frame of the
   packed block digests of up to :data:`CHUNK_BLOCKS` consecutive blocks, each
-  digest :data:`DIGEST_WIDTH` bytes (``blocks.BlockMap`` layout).
+  digest :data:`DIGEST_WIDTH` bytes (``blocks.BlockMap`` layout);
+- ``N.underived``: file id -> empty: files whose block digests are not known
+  yet and must be derived from their content (a delta's new map is not in its
+  event; see ``masterstate``).
 
 The master state of a scenario is a manifest folded from its file events in
 the same transaction as they are appended (``capture``); the manifest code
@@ -114,11 +117,12 @@ class Manifest:
         self.name = name
         self.paths_table = f"{name}.paths"
         self.blocks_table = f"{name}.blocks"
+        self.underived_table = f"{name}.underived"
 
     @property
-    def tables(self) -> tuple[str, str]:
-        """The two table names (for ``Store.ensure``)."""
-        return (self.paths_table, self.blocks_table)
+    def tables(self) -> tuple[str, str, str]:
+        """The table names (for ``Store.ensure``)."""
+        return (self.paths_table, self.blocks_table, self.underived_table)
 
     # -- paths ---------------------------------------------------------------------------
 
@@ -203,7 +207,25 @@ class Manifest:
             else:
                 txn.delete(self.blocks_table, key)
 
+    # -- maps still to derive ------------------------------------------------------------
+
+    def mark_underived(self, txn: WriteTxn, file_id: uuid.UUID, *, underived: bool) -> None:
+        """Record (or clear) that ``file_id``'s block map must be derived from its content."""
+        if underived:
+            txn.put(self.underived_table, file_id.bytes, b"")
+        else:
+            txn.delete(self.underived_table, file_id.bytes)
+
+    def is_underived(self, txn: ReadTxn, file_id: uuid.UUID) -> bool:
+        """Whether ``file_id``'s block map is still to be derived (its digests are not known)."""
+        return txn.get(self.underived_table, file_id.bytes) is not None
+
+    def underived(self, txn: ReadTxn) -> set[uuid.UUID]:
+        """Every file id whose block map is still to be derived."""
+        return {uuid.UUID(bytes=bytes(key)) for key, _ in txn.items(self.underived_table)}
+
     def drop(self, txn: WriteTxn) -> None:
-        """Empty both tables (before a rebuild)."""
+        """Empty the tables (before a rebuild)."""
         txn.drop(self.paths_table)
         txn.drop(self.blocks_table)
+        txn.drop(self.underived_table)

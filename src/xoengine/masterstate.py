@@ -31,6 +31,8 @@ from xoengine.events import (
 from xoengine.manifest import FileState, Manifest
 
 if TYPE_CHECKING:
+    import uuid
+
     from xoengine.datastore import ReadTxn, WriteTxn
 
 __all__ = [
@@ -110,8 +112,17 @@ class MasterState:
         self.manifest = manifest
         self.block_size = block_size
 
-    def fold(self, txn: WriteTxn, event: FileEvent) -> None:
-        """Apply one file event to the manifest (inside the append transaction)."""
+    def fold(self, txn: WriteTxn, event: FileEvent, derived: bytes | None = None) -> None:
+        """Apply one file event to the manifest (inside the append transaction).
+
+        A :class:`ContentReplaced` carries no block digests (the new map of a
+        shifted content is as large as the content is long, while the delta
+        may be a few bytes): its producer, which read the new content, hands
+        the packed map in as ``derived``. Without it (a rebuild from the journal
+        alone) the file is marked *underived*: its map is derived later from
+        the content the journal holds (``Scenario.rebuild_master_state``), and
+        until then a capture of that file journals its whole content.
+        """
         manifest = self.manifest
         if isinstance(event, FileRenamed):
             self._rename(txn, event.path, event.new_path, event.originator_version)
@@ -121,6 +132,7 @@ class MasterState:
             manifest.remove(txn, event.path)
             if old is not None:
                 manifest.cut_digests(txn, old.file_id, 0)
+                manifest.mark_underived(txn, old.file_id, underived=False)
             return
         if isinstance(event, FileCreated):
             state = FileState(
@@ -142,7 +154,12 @@ class MasterState:
             elif isinstance(event, (BytesWritten, FileTruncated, ContentReplaced)):
                 state = state.evolve(size=event.size)
                 nblocks = -(-event.size // self.block_size)
-                for first, packed in event.digests:
+                spans = event.digests
+                if isinstance(event, ContentReplaced) and not spans:
+                    manifest.cut_digests(txn, state.file_id, 0)
+                    manifest.mark_underived(txn, state.file_id, underived=derived is None)
+                    spans = [[0, derived]] if derived is not None else []
+                for first, packed in spans:
                     manifest.set_digests(txn, state.file_id, first, packed, None)
                 manifest.cut_digests(txn, state.file_id, nblocks)
         if event.observed:
@@ -169,8 +186,16 @@ class MasterState:
             moved = new + path[len(old) :]
             manifest.put(txn, moved, state.evolve(version=version) if path == old else state)
 
-    def block_map(self, txn: ReadTxn, state: FileState) -> BlockMap:
-        """The block map the master state holds for a file."""
+    def derive(self, txn: WriteTxn, file_id: uuid.UUID, block_map: BlockMap) -> None:
+        """Store the map derived for an underived file (from its content in the journal)."""
+        self.manifest.cut_digests(txn, file_id, 0)
+        self.manifest.set_digests(txn, file_id, 0, pack_digests(block_map), None)
+        self.manifest.mark_underived(txn, file_id, underived=False)
+
+    def block_map(self, txn: ReadTxn, state: FileState) -> BlockMap | None:
+        """The block map the master state holds for a file (None: underived, not known)."""
+        if self.manifest.is_underived(txn, state.file_id):
+            return None
         nblocks = -(-state.size // self.block_size)
         return unpack_map(
             self.manifest.digests(txn, state.file_id, nblocks), state.size, self.block_size

@@ -833,7 +833,21 @@ class Scenario:
             if batch:
                 engine.store.write(fold)
                 count += len(batch)
+            self._derive_maps()
             return count
+
+    def _derive_maps(self) -> None:
+        """Derive the block maps a delta left unknown, from the content the journal holds."""
+        with self._engine.store.read() as txn:
+            wanted = self.manifest.underived(txn)
+        if not wanted:
+            return
+        forensics = self._engine.forensics(self.name)
+        for file_id, content in forensics.contents(wanted):
+            block_map = blocks.BlockMap.compute(content, self.block_size)
+            self._engine.store.write(
+                functools.partial(self.master_state.derive, file_id=file_id, block_map=block_map)
+            )
 
     def master_state_snapshot(self) -> dict[str, Any]:
         """The master state as plain data (path -> entry and block digests), for comparison."""

@@ -30,6 +30,7 @@ from xoengine.errors import (
 )
 from xoengine.events import AlertRaised, ContentReplaced, FileCreated, ScenarioStateChanged
 from xoengine.ledger import event_bytes
+from xoengine.record import encode_position
 from xoengine.replica import ReplicaApplier
 from xoengine.testing import (
     Append,
@@ -676,9 +677,7 @@ def test_replica_on_another_filesystem_is_synchronized_and_follows(
     master = TreeBuilder(tmp_path / "master")
     master.apply_all(SCRIPT_A)
     (tmp_path / "master" / "big").write_bytes(_random(3 * 1024 * 1024, 7))
-    sc = engine.create_scenario(
-        "fs", master=tmp_path / "master", replicas={"r1": coarse_fs / "r1"}
-    )
+    sc = engine.create_scenario("fs", master=tmp_path / "master", replicas={"r1": coarse_fs / "r1"})
     sc.start()
     # (That file system keeps whole seconds: mtimes cannot match to the nanosecond.)
     assert_trees_equal(tmp_path / "master", coarse_fs / "r1", mtimes=False)
@@ -699,6 +698,77 @@ def test_capture_journals_an_insertion_as_a_small_delta(engine: Engine, tmp_path
     sc.wait_replicated(timeout=30)
     assert_trees_equal(tmp_path / "master", tmp_path / "r1", mtimes=True)
     assert any(True for _ in engine._iter_events((ContentReplaced,)))
+
+
+def _record_bytes(engine: Engine, positions: list[int]) -> int:
+    with engine.store.read() as txn:
+        return sum(
+            len(txn.get(engine.recorder.events_table, encode_position(p)) or b"") for p in positions
+        )
+
+
+def test_a_shifting_delta_record_carries_no_block_map(engine: Engine, tmp_path: Path) -> None:
+    # 100 bytes in front of 1 MiB shift all 2,048 blocks: their new digests
+    # (24 KiB) are the master state's to keep, not the journal's to carry.
+    sc = _scenario(engine, tmp_path, block_size=512)
+    master = TreeBuilder(tmp_path / "master")
+    master.apply(CreateFile("big", _random(1024 * 1024, 5)))
+    sc.start()
+    master.apply(Insert("big", 0, _random(100, 6)))
+    result = sc.capture()
+    assert result.bytes_journaled == 100
+    assert _record_bytes(engine, result.positions) < 1024
+    before = sc.master_state_snapshot()
+    # The master state kept the new map: an unchanged file is not journaled again,
+    # and one more insertion is again a small delta.
+    assert sc.capture().events == 0
+    master.apply(Insert("big", 4096, _random(50, 7)))
+    again = sc.capture()
+    assert again.bytes_journaled == 50
+    sc.wait_replicated(timeout=30)
+    assert_trees_equal(tmp_path / "master", tmp_path / "r1", mtimes=True)
+    assert before != sc.master_state_snapshot()
+
+
+def test_rebuilt_master_state_derives_delta_maps_from_the_journal(
+    engine: Engine, tmp_path: Path
+) -> None:
+    sc = _scenario(engine, tmp_path, block_size=512)
+    master = TreeBuilder(tmp_path / "master")
+    master.apply(CreateFile("big", _random(256 * 1024, 8)))
+    master.apply(CreateFile("small", b"s" * 3000))
+    sc.start()
+    master.apply(Insert("big", 10, _random(30, 9)))
+    master.apply(WriteAt("big", 200_000, b"after the delta"))
+    sc.capture()
+    master.apply(WriteAt("big", 7, b"x"))
+    sc.capture()
+    assert any(True for _ in engine._iter_events((ContentReplaced,)))
+    live = sc.master_state_snapshot()
+    sc.rebuild_master_state()
+    assert sc.master_state_snapshot() == live
+    with engine.store.read() as txn:
+        assert not sc.manifest.underived(txn)
+
+
+def test_a_file_whose_map_is_underived_is_journaled_whole(engine: Engine, tmp_path: Path) -> None:
+    # A map the master state could not derive (the rebuild did not get to it) is
+    # never guessed at: the next change of that file journals its whole content.
+    sc = _scenario(engine, tmp_path, block_size=512)
+    master = TreeBuilder(tmp_path / "master")
+    master.apply(CreateFile("big", _random(64 * 1024, 10)))
+    sc.start()
+    with engine.store.read() as txn:
+        state = sc.manifest.get(txn, "big")
+    assert state is not None
+    engine.store.write(lambda txn: sc.manifest.mark_underived(txn, state.file_id, underived=True))
+    master.apply(WriteAt("big", 100, b"one small change"))
+    result = sc.capture()
+    assert result.bytes_journaled == 64 * 1024
+    with engine.store.read() as txn:
+        assert not sc.manifest.is_underived(txn, state.file_id)
+    sc.wait_replicated(timeout=30)
+    assert_trees_equal(tmp_path / "master", tmp_path / "r1", mtimes=True)
 
 
 # -- hostile paths ---------------------------------------------------------------------------
