@@ -26,11 +26,14 @@ import datetime as dt
 import struct
 import uuid
 from decimal import Decimal
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import msgpack
 import xxhash
 from eventsourcing.persistence import JSONTranscoder, TranscodingNotRegisteredError
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 from xoengine.errors import (
     ChecksumMismatchError,
@@ -99,7 +102,12 @@ def hasher128() -> Any:
 # -- frames ------------------------------------------------------------------------
 
 
+_JOIN_BELOW: Final = 4096
+
+
 def _checksum(key: bytes, body: bytes | memoryview) -> int:
+    if len(body) <= _JOIN_BELOW:  # one call over a small copy: the same value, sooner
+        return int(xxhash.xxh3_64_intdigest(key + body))
     h = xxhash.xxh3_64(key)
     h.update(body)
     return int(h.intdigest())
@@ -219,6 +227,18 @@ def _unpackb(data: bytes | memoryview, ext_hook: Any = _ext_hook) -> Any:
         unicode_errors="surrogateescape",
         strict_map_key=False,
     )
+
+
+def packer() -> Callable[[Any], bytes]:
+    """A :func:`pack` that reuses one msgpack packer: for a batch, in one thread only."""
+    pack: Callable[[Any], bytes] = msgpack.Packer(
+        use_bin_type=True,
+        default=_default,
+        unicode_errors="surrogateescape",
+        strict_types=True,
+        datetime=False,
+    ).pack
+    return pack
 
 
 def pack(obj: Any) -> bytes:

@@ -68,7 +68,7 @@ from xoengine.record import (
     datetime_ns,
     decode_event,
     decode_position,
-    encode_event,
+    encode_events,
     encode_position,
     oid_prefix,
     stream_key,
@@ -236,7 +236,8 @@ class LMDBAggregateRecorder(_LMDBRecorder, AggregateRecorder):
             raise IntegrityViolationError(detail="the batch repeats an (originator, version)")
         marker, top, stored = self._bounds(txn)
         # Merged entries are in the sorted index; newer ones in the stream tail.
-        clash = next((i for i, k in enumerate(keys) if txn.get(self.streams_table, k)), None)
+        merged = txn.found(self.streams_table, keys)
+        clash = next((i for i, k in enumerate(keys) if k in merged), None) if merged else None
         if clash is None and wanted:
             found = self._tail.recorded(txn, marker, top, wanted)
             clash = None if found is None else wanted.index(found)
@@ -246,7 +247,7 @@ class LMDBAggregateRecorder(_LMDBRecorder, AggregateRecorder):
         if tracking is not None:
             self._check_tracking(txn, tracking)
         # 2. Positions follow the last one, inside the single write transaction.
-        position = top
+
         floor = 0
         if top and self.events_table not in self._clock.seen:
             # First append in this process: never label below what the journal holds
@@ -256,12 +257,8 @@ class LMDBAggregateRecorder(_LMDBRecorder, AggregateRecorder):
             floor = decode_event(last[0], last[1], self.events_table)[1]
             self._clock.seen.add(self.events_table)
         time_ns = self._clock.now(floor)
-        positions = []
-        for event in stored_events:
-            position += 1
-            pkey = encode_position(position)
-            txn.append(self.events_table, pkey, encode_event(pkey, event, time_ns))
-            positions.append(position)
+        positions = list(range(top + 1, top + 1 + len(stored_events)))
+        txn.append_many(self.events_table, encode_events(top + 1, stored_events, prefixes, time_ns))
         if stored_events:
             self._index(txn, marker, top, stored, prefixes, stored_events, positions)
         if tracking is not None:
@@ -298,8 +295,7 @@ class LMDBAggregateRecorder(_LMDBRecorder, AggregateRecorder):
             for prefix, version, position in self._tail.everything(txn, marker, top) + added
         ]
         entries.sort()
-        for key, position in entries:
-            txn.put(self.streams_table, key, encode_position(position))
+        txn.put_many(self.streams_table, [(key, encode_position(p)) for key, p in entries])
         new_marker = positions[-1]
         txn.put(self.marker_table, MARKER_KEY, frame_marker(new_marker))
         txn.on_commit(lambda: self._tail.merged(new_marker))

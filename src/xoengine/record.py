@@ -11,12 +11,15 @@ from __future__ import annotations
 import datetime as dt
 import struct
 import uuid
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from eventsourcing.persistence import StoredEvent
 
 from xoengine import codec
 from xoengine.errors import FrameError
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 __all__ = [
     "POS",
@@ -24,7 +27,7 @@ __all__ = [
     "datetime_ns",
     "decode_event",
     "decode_position",
-    "encode_event",
+    "encode_events",
     "encode_position",
     "oid_prefix",
     "stream_key",
@@ -67,18 +70,28 @@ def stream_key(originator_id: uuid.UUID | str, version: int) -> bytes:
     return oid_prefix(originator_id) + POS.pack(version + VERSION_OFFSET)
 
 
-def encode_event(position_key: bytes, event: StoredEvent, time_ns: int) -> bytes:
-    """The frame of an event record at ``position_key`` labelled ``time_ns``."""
-    oid = event.originator_id
-    if isinstance(oid, uuid.UUID):
-        body = codec.pack(
-            [OID_UUID, oid.bytes, event.originator_version, event.topic, event.state, time_ns]
-        )
-    else:
-        body = codec.pack(
-            [OID_STR, str(oid), event.originator_version, event.topic, event.state, time_ns]
-        )
-    return codec.frame(position_key, body)
+def encode_events(
+    first: int, events: Sequence[StoredEvent], prefixes: Sequence[bytes], time_ns: int
+) -> list[tuple[bytes, bytes]]:
+    """``(position key, frame)`` of ``events`` placed from position ``first``, labelled ``time_ns``.
+
+    ``prefixes`` are the events' :func:`oid_prefix` (already made for the
+    stream index: a UUID's bytes follow its one-byte tag).
+    """
+    pack = codec.packer()
+    out = []
+    for position, event, prefix in zip(
+        range(first, first + len(events)), events, prefixes, strict=True
+    ):
+        pkey = POS.pack(position)
+        if prefix[0] == 0:
+            oid: bytes | str = prefix[1:]
+            kind = OID_UUID
+        else:
+            oid, kind = str(event.originator_id), OID_STR
+        body = pack([kind, oid, event.originator_version, event.topic, event.state, time_ns])
+        out.append((pkey, codec.frame(pkey, body)))
+    return out
 
 
 def decode_event(key: bytes, value: bytes, table: str) -> tuple[StoredEvent, int]:

@@ -14,7 +14,7 @@ from xoengine.errors import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
+    from collections.abc import Callable, Iterator, Sequence
 
     from xoengine.datastore import Store
 
@@ -55,6 +55,14 @@ class ReadTxn:
             return None
         value: bytes | None = self._txn.get(key, db=handle)
         return value
+
+    def found(self, db: str, keys: Sequence[bytes]) -> set[bytes]:
+        """Which of ``keys`` are in ``db`` (one call into LMDB for all of them)."""
+        handle = self._dbi(db)
+        if handle is None or not keys:
+            return set()
+        cursor = self._txn.cursor(db=handle)
+        return {bytes(key) for key, _ in cursor.getmulti(keys)}
 
     def last(self, db: str) -> tuple[bytes, bytes] | None:
         """Return the last (highest-key) item of ``db``, or None if it is empty."""
@@ -152,6 +160,18 @@ class WriteTxn(ReadTxn):
         if not self._txn.put(key, value, db=handle, append=True):
             # py-lmdb returns False instead of raising on an out-of-order key.
             raise StorageError(detail=f"append out of order in {db!r} at key {key.hex()}")
+
+    def append_many(self, db: str, items: Sequence[tuple[bytes, bytes]]) -> None:
+        """:meth:`append` for many items in ascending key order, in one call into LMDB."""
+        cursor = self._txn.cursor(db=self._dbi(db))
+        _, added = cursor.putmulti(items, append=True)
+        if added != len(items):
+            key = items[added][0] if added < len(items) else b""
+            raise StorageError(detail=f"append out of order in {db!r} at key {key.hex()}")
+
+    def put_many(self, db: str, items: Sequence[tuple[bytes, bytes]]) -> None:
+        """:meth:`put` (overwriting) for many items, in one call into LMDB."""
+        self._txn.cursor(db=self._dbi(db)).putmulti(items)
 
     def delete(self, db: str, key: bytes) -> bool:
         """Delete ``key``; return whether it existed."""
