@@ -65,7 +65,7 @@ from xoengine.walk import normalize_relpath, stat_entry
 from xoengine.worker import ApplierThread, ScanFollower, compare_trees
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
 
     from xoengine.datastore import WriteTxn
     from xoengine.engine import Engine, _Definition
@@ -397,18 +397,25 @@ class Scenario:
             )
         return summaries
 
-    def _settle(self, tree: ReplicaTree, copied: list[str], position: int) -> None:
-        """Make new replica files hold what the journal holds at ``position`` (sync beside a scan).
+    def _settle(
+        self,
+        tree: ReplicaTree,
+        written: list[str],
+        position: int,
+        keep: Callable[[list[str]], None],
+    ) -> None:
+        """Make replica files a sync wrote hold what the journal holds at ``position``.
 
-        A copy is trusted when the master file still has the stat the scan
-        recorded: nothing was written to it since the scan read it. Otherwise the
-        copy may hold later bytes, which must arrive through the next capture
-        instead: the file is written again from the journal (a replay of that one
-        path), or removed if the journal does not hold it at ``position``.
+        (A sync beside a scan.) A copy is trusted when the master file still has
+        the stat the scan recorded: nothing was written to it since the scan
+        read it. Otherwise the copy may hold later bytes, which must arrive
+        through the next capture instead: the path is written again from the
+        journal (a replay of that one path), as what the journal holds there
+        (a file, a directory, a link), or removed if it holds nothing.
         """
         moved: list[tuple[str, FileState | None]] = []
         with self._engine.store.read() as txn:
-            for path in copied:
+            for path in written:
                 state = self.manifest.get(txn, path)
                 index, rel = self.layout.split(path)
                 st = stat_entry(self.layout.roots[index], rel)  # as the scan's walk saw it
@@ -419,11 +426,16 @@ class Scenario:
                     moved.append((path, state))
         if not moved:
             return
+        keep([path for path, _ in moved])
         forensics = self._engine.forensics(self.name)
         with tempfile.TemporaryDirectory(prefix="xoengine-settle-") as scratch:
             for number, (path, state) in enumerate(moved):
                 if state is None or state.kind != "file":
                     tree.delete(path)
+                    if state is not None:
+                        tree.create(path, state.kind, state.mode, state.target)
+                        if state.kind == "dir":
+                            tree.set_meta(path, state.mode, None)
                     continue
                 out = os.path.join(scratch, str(number))
                 forensics.replay(out, position, path)

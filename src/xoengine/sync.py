@@ -28,9 +28,9 @@ from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from xoengine import blocks
 from xoengine.blocks import BlockMap
-from xoengine.errors import ConfigurationError, TreeWarning, XoError
+from xoengine.errors import ConfigurationError, XoError
 from xoengine.events import FileSynced, SyncFinished, SyncStarted, new_id
-from xoengine.tree import TMP_PREFIX, Image, image_of_existing, image_of_writes, kind_of
+from xoengine.tree import TMP_PREFIX, Image, UndoRecord, image_of_existing, image_of_writes
 from xoengine.walk import Entry, entry_from_stat, walk
 
 if TYPE_CHECKING:
@@ -42,7 +42,7 @@ if TYPE_CHECKING:
     from xoengine.layout import Layout
     from xoengine.tree import ReplicaTree, UndoLog
 
-__all__ = ["LEVELS", "CaptureFollower", "SyncSummary", "Synchronizer"]
+__all__ = ["LEVELS", "CaptureFollower", "Settle", "SyncSummary", "Synchronizer"]
 
 LEVELS: Final = ("block", "file")
 _BATCH_PATHS: Final = 8192
@@ -77,6 +77,18 @@ class CaptureFollower(Protocol):
 
     def wait_done(self) -> int:
         """Return the journal position after the scan's last event; raise if it failed."""
+
+
+class Settle(Protocol):
+    """Makes the files a sync wrote beside a scan hold what the journal holds (the scenario's)."""
+
+    def __call__(
+        self, written: list[str], position: int, keep: Callable[[list[str]], None]
+    ) -> None:
+        """Rewrite those of ``written`` the journal holds otherwise at ``position``.
+
+        ``keep(paths)`` must be called with the paths before they change.
+        """
 
 
 class Synchronizer:
@@ -121,7 +133,7 @@ class Synchronizer:
         position: int,
         set_applied: Callable[[WriteTxn, int], None],
         follow: CaptureFollower | None = None,
-        settle: Callable[[list[str], int], None] | None = None,
+        settle: Settle | None = None,
     ) -> SyncSummary:
         """Synchronize at journal ``position`` (the master state the capture just journaled).
 
@@ -135,8 +147,11 @@ class Synchronizer:
         journal holds below SyncFinished (the applier starts after it), exactly
         as when the scan runs first. A file written on the master between the
         scan's read and the copy would reach the replica early (or one the scan
-        never saw at all): ``settle(copied, position)`` runs before SyncFinished
-        to make the new files hold exactly what the journal holds at ``position``.
+        never saw at all): ``settle(written, position, keep)`` runs before
+        SyncFinished to make the files this run wrote (created or updated in
+        place) hold exactly what the journal holds at ``position``; it calls
+        ``keep(paths)`` before it changes any of them, so that their before-images
+        (the bytes this run wrote over) go to the undo log first.
         """
         if level not in LEVELS:
             raise ConfigurationError(detail=f"sync level {level!r} is not one of {LEVELS}")
@@ -146,7 +161,8 @@ class Synchronizer:
         self._run_id = run_id
         self._follow = follow
         self._created: list[str] = []
-        self._copied: list[str] = []
+        self._copied: list[str] = []  # new files and files updated in place (for settle)
+        self._existed: set[str] = set()  # of those, the ones the replica had before this run
         # 1. Journal the start; before-images are keyed by its position.
         (started,) = self._append([self._event(SyncStarted, level=level, position=position)], None)
         self._undo_position = started
@@ -190,7 +206,7 @@ class Synchronizer:
             position = follow.wait_done()
             summary.position = position
             if settle is not None:
-                settle(self._copied, position)
+                settle(self._copied, position, self._keep)
         for path in sorted((p for p in replica if p not in master), key=os.fsencode, reverse=True):
             if any(path.startswith(u + "/") or path == u for u in self._unlisted):
                 continue  # unknown master contents: never delete on a guess
@@ -328,6 +344,9 @@ class Synchronizer:
         data = self._read_master(path)
         if data is None:
             return "", 0
+        self._copied.append(path)
+        if have is not None:
+            self._existed.add(path)
         if have is None or level == "file" or have.size == 0:
             st = tree.lstat(path) if have else None
             self._record(
@@ -380,6 +399,16 @@ class Synchronizer:
         self.tree.set_meta(path, entry.mode, None if entry.kind == "dir" else entry.mtime_ns)
         return "metadata"
 
+    def _keep(self, paths: list[str]) -> None:
+        """Before-images of files this run updated in place, about to change again (settle)."""
+        tree = self.tree
+        images = []
+        for path in paths:
+            st = tree.lstat(path) if path in self._existed else None
+            if st is not None:
+                images.append(image_of_existing(tree, path, st, deleted=False))
+        self._record(images)
+
     def _read_master(self, path: str) -> bytes | None:
         if self._follow is not None:
             self._follow.wait_read(path)
@@ -407,8 +436,6 @@ class Synchronizer:
         def write(txn: WriteTxn) -> None:
             for offset, (op, path, args, data) in enumerate(images):
                 stored = {name: self.undo.blobs.put(txn, value) for name, value in data.items()}
-                from xoengine.tree import UndoRecord  # noqa: PLC0415
-
                 self.undo.put(
                     txn, position, seq + offset, UndoRecord(position, op, path, args | stored)
                 )
@@ -446,6 +473,3 @@ def _root_entry(name: str, root: str) -> Entry:
 
 def _never() -> os.stat_result:
     raise XoError(detail="a replica path vanished during synchronization")
-
-
-_ = (kind_of, TreeWarning)

@@ -28,7 +28,13 @@ from xoengine.errors import (
     TreeRootMissingError,
     XoError,
 )
-from xoengine.events import AlertRaised, ContentReplaced, FileCreated, ScenarioStateChanged
+from xoengine.events import (
+    AlertRaised,
+    ContentReplaced,
+    FileCreated,
+    ScenarioStateChanged,
+    SyncStarted,
+)
 from xoengine.ledger import event_bytes
 from xoengine.record import encode_position
 from xoengine.replica import ReplicaApplier
@@ -638,8 +644,9 @@ def test_failed_applier_puts_scenario_in_problem_and_resume_retries(
     assert states == [("Problem", "replica r1 stopped on an error"), ("Running", "problem cleared")]
 
 
+@pytest.mark.parametrize("replica_had", ["nothing", "older files"])
 def test_initial_sync_holds_what_the_journal_holds_when_the_master_moves_mid_copy(
-    engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, replica_had: str
 ) -> None:
     # The replica is copied beside the scan that journals the baseline, each file
     # after the scan read it. A file written between that read and the copy must
@@ -650,6 +657,13 @@ def test_initial_sync_holds_what_the_journal_holds_when_the_master_moves_mid_cop
     for i in range(5):
         (master / f"f{i}").write_bytes(_random(5000, i))
     original = (master / "f2").read_bytes()
+    if replica_had == "older files":
+        # Same sizes, other bytes and mtimes: updated in place, block by block.
+        (tmp_path / "r1").mkdir()
+        for i in range(5):
+            (tmp_path / "r1" / f"f{i}").write_bytes(_random(5000, 100 + i))
+            os.utime(tmp_path / "r1" / f"f{i}", ns=(1_000_000_000, 1_000_000_000))
+    before = snapshot_tree(tmp_path / "r1") if replica_had != "nothing" else None
 
     class MovingFollower(ScanFollower):
         def read(self, path: str) -> None:
@@ -667,6 +681,11 @@ def test_initial_sync_holds_what_the_journal_holds_when_the_master_moves_mid_cop
     sc.capture()
     sc.wait_replicated(timeout=30)
     assert_trees_equal(master, tmp_path / "r1", mtimes=True)
+    if before is not None:
+        # The undo log kept what the sync wrote over, settle's rewrite included.
+        (started, _), *_ = engine._iter_events((SyncStarted,))
+        sc.rewind("r1", position=started - 1)
+        assert snapshot_tree(tmp_path / "r1") == before
 
 
 def test_replica_on_another_filesystem_is_synchronized_and_follows(
