@@ -569,9 +569,15 @@ class Scenario:
         until :meth:`resume`, which resynchronizes it at block level. Returns the
         position the replica now holds. Journaled; a rewind killed midway is
         completed when the engine opens again.
+
+        A target inside one of this replica's synchronization runs (from its
+        SyncStarted up to, not including, its SyncFinished) is moved to that
+        SyncFinished: while a synchronization runs the replica holds no state
+        the journal names, and at SyncFinished it holds exactly the journal's
+        state there. The position returned says where the replica is.
         """
         applier = self._replica(replica)
-        target = self.resolve(to, position=position, at=at)
+        target = self._outside_syncs(replica, self.resolve(to, position=position, at=at))
         with self._engine.store.read() as txn:
             floor = applier.undo.floor(txn)
         if target < applier.position() and target < floor:
@@ -587,6 +593,18 @@ class Scenario:
                 self._def, RewindStarted, replica=replica, from_position=current, to_position=target
             )
             return self._finish_rewind(replica, current, target)
+
+    def _outside_syncs(self, replica: str, target: int) -> int:
+        """``target``, or the end of the synchronization run of ``replica`` it falls in."""
+        started: dict[uuid.UUID, int] = {}
+        for position, event in self._engine._iter_events((SyncStarted, SyncFinished)):
+            if event.scenario != self.name or event.replica != replica:
+                continue
+            if isinstance(event, SyncStarted):
+                started[event.originator_id] = position
+            elif started.get(event.originator_id, position) <= target < position:
+                return position
+        return target
 
     def _finish_rewind(self, replica: str, current: int, target: int) -> int:
         applier = self._appliers[replica]

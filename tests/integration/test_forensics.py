@@ -30,7 +30,7 @@ import xoengine.journal as journal_module
 from xoengine.cli import main
 from xoengine.engine import Engine, Scenario
 from xoengine.errors import RewindUnreachableError, XoError
-from xoengine.events import AlertRaised, ReplicaRewound, UndoTrimmed
+from xoengine.events import AlertRaised, ReplicaRewound, SyncFinished, SyncStarted, UndoTrimmed
 from xoengine.rewind import RetentionPolicy
 from xoengine.testing import snapshot_contents
 
@@ -555,6 +555,31 @@ def test_rewind_after_resume_reaches_points_before_and_after_the_gap(tmp_path: P
         for point, tree in [(late, late_tree), marks[1], marks[0], (late, late_tree)]:
             sc.rewind("r1", point)
             assert snapshot(tmp_path / "r1") == tree, point.name
+    finally:
+        eng.close()
+
+
+def test_rewind_into_a_synchronization_run_lands_at_its_end(tmp_path: Path) -> None:
+    # Inside a sync run the replica holds no state the journal names: the rule
+    # moves such a target to the run's SyncFinished, where it holds the journal's.
+    eng, sc, master = new_engine(tmp_path)
+    try:
+        for i in range(6):
+            write(master / f"d/f{i}", bytes([i]) * (3000 + i))
+        sc.start()
+        write(master / "d/f1", b"changed after the sync")
+        sc.capture()
+        sc.wait_replicated()
+        (started, _), *_ = journal_events(eng, SyncStarted)
+        finished = next(p for p, e in journal_events(eng, SyncFinished) if e.replica == "r1")
+        assert finished > started + 1  # the scan's events lie between them
+        for target in (started, started + 1, finished - 1):
+            assert sc.rewind("r1", position=target) == finished
+            eng.replay("fx", to=tmp_path / f"at-{target}", position=finished)
+            assert snapshot(tmp_path / "r1") == snapshot(tmp_path / f"at-{target}")
+            rewound = [e for _, e in journal_events(eng, ReplicaRewound)][-1]
+            assert rewound.to_position == finished
+        assert sc.rewind("r1", position=finished + 1) == finished + 1
     finally:
         eng.close()
 
