@@ -11,7 +11,8 @@ A manifest is three tables under one name ``N``:
   digest :data:`DIGEST_WIDTH` bytes (``blocks.BlockMap`` layout);
 - ``N.underived``: file id -> empty: files whose block digests are not known
   yet and must be derived from their content (a delta's new map is not in its
-  event; see ``masterstate``).
+  event; see ``masterstate``); and the key ``rebuilding`` while a rebuild of
+  the manifest has begun and not ended.
 
 The master state of a scenario is a manifest folded from its file events in
 the same transaction as they are appended (``capture``); the manifest code
@@ -38,6 +39,9 @@ DIGEST_WIDTH: Final = 12
 
 CHUNK_BLOCKS: Final = 1024
 """Block digests stored per LMDB value."""
+
+_ID_BYTES: Final = 16
+_REBUILDING: Final = b"rebuilding"  # in the underived table: no file id is 10 bytes long
 
 
 @dataclass(frozen=True)
@@ -222,7 +226,22 @@ class Manifest:
 
     def underived(self, txn: ReadTxn) -> set[uuid.UUID]:
         """Every file id whose block map is still to be derived."""
-        return {uuid.UUID(bytes=bytes(key)) for key, _ in txn.items(self.underived_table)}
+        return {
+            uuid.UUID(bytes=bytes(key))
+            for key, _ in txn.items(self.underived_table)
+            if len(key) == _ID_BYTES
+        }
+
+    def mark_rebuilding(self, txn: WriteTxn, *, rebuilding: bool) -> None:
+        """Record (or clear) that a rebuild of this manifest has begun and not ended."""
+        if rebuilding:
+            txn.put(self.underived_table, _REBUILDING, b"")
+        else:
+            txn.delete(self.underived_table, _REBUILDING)
+
+    def is_rebuilding(self, txn: ReadTxn) -> bool:
+        """Whether a rebuild began and did not end (a crash midway): it must run again."""
+        return txn.get(self.underived_table, _REBUILDING) is not None
 
     def drop(self, txn: WriteTxn) -> None:
         """Empty the tables (before a rebuild)."""

@@ -139,6 +139,10 @@ class Scenario:
         self._captured = threading.Condition()  # notified after every append
         for replica in definition.replicas:
             self._wire_replica(replica)
+        with store.read() as txn:
+            interrupted = self.manifest.is_rebuilding(txn)
+        if interrupted:  # a rebuild killed midway left part of the master state
+            self.rebuild_master_state()
 
     def _wire_replica(self, replica: str) -> ReplicaApplier:
         engine = self._engine
@@ -841,12 +845,18 @@ class Scenario:
         """Drop the master state and fold it again from the journal alone; return events folded.
 
         A rebuilt projection equals the live one (tested): the fold is the same
-        code that runs inline with every append.
+        code that runs inline with every append. A rebuild killed midway runs
+        again when the engine opens (the manifest is marked until it ends).
         """
         engine = self._engine
+
+        def drop(txn: WriteTxn) -> None:
+            self.manifest.drop(txn)
+            self.manifest.mark_rebuilding(txn, rebuilding=True)
+
         with self.capture_engine.lock:
             self.capture_engine.forget_master_state()
-            engine.store.write(self.manifest.drop)
+            engine.store.write(drop)
             batch: list[FileEvent] = []
 
             def fold(txn: WriteTxn) -> None:
@@ -864,6 +874,7 @@ class Scenario:
                 engine.store.write(fold)
                 count += len(batch)
             self._derive_maps()
+            engine.store.write(functools.partial(self.manifest.mark_rebuilding, rebuilding=False))
             return count
 
     def _derive_maps(self) -> None:

@@ -38,7 +38,6 @@ Node = tuple[Any, ...]
 EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
 
-
 snapshot = snapshot_contents
 
 

@@ -770,6 +770,34 @@ def test_rebuilt_master_state_derives_delta_maps_from_the_journal(
         assert not sc.manifest.underived(txn)
 
 
+def test_a_rebuild_cut_short_runs_again_when_the_engine_opens(
+    engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sc = _scenario(engine, tmp_path, block_size=512)
+    master = TreeBuilder(tmp_path / "master")
+    master.apply_all([CreateFile(f"f{i}", _random(20_000, 20 + i)) for i in range(5)])
+    sc.start()
+    master.apply(Insert("f1", 5, b"shifts every block"))
+    sc.capture()
+    live = sc.master_state_snapshot()
+
+    def crash(self: Scenario) -> None:
+        raise RuntimeError("killed before the maps were derived")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(Scenario, "_derive_maps", crash)
+        with pytest.raises(RuntimeError):
+            sc.rebuild_master_state()
+    assert sc.master_state_snapshot() != live  # f1's map is missing
+    engine.close()
+    with temporary_engine(tmp_path) as again:
+        reopened = again.scenario("fs")
+        assert reopened.master_state_snapshot() == live
+        with again.store.read() as txn:
+            assert not reopened.manifest.is_rebuilding(txn)
+        assert reopened.capture().events == 0
+
+
 def test_a_file_whose_map_is_underived_is_journaled_whole(engine: Engine, tmp_path: Path) -> None:
     # A map the master state could not derive (the rebuild did not get to it) is
     # never guessed at: the next change of that file journals its whole content.
