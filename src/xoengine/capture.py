@@ -644,14 +644,22 @@ class Capture:
             start = (first + last) * bs
             if min(bs, old_size - start) != len(chunk) - last * bs:
                 differs[last] = True
-        for index in np.flatnonzero(differs).tolist():
-            begin = index * bs
-            data = bytes(chunk[begin : begin + bs])
-            at = offset + begin
-            if runs and runs[-1][0] + len(runs[-1][1]) == at and len(runs[-1][1]) < BLOB_MAX:
-                runs[-1] = (runs[-1][0], runs[-1][1] + data)
-            else:
-                runs.append((at, data))
+        # Runs of consecutive changed blocks, each sliced once (a block-by-block
+        # concatenation copied each run over again: quadratic in its length).
+        edges = np.flatnonzero(np.diff(differs.astype(np.int8), prepend=0, append=0))
+        per_blob = max(1, BLOB_MAX // bs)
+        for first_block, end_block in zip(edges[::2].tolist(), edges[1::2].tolist(), strict=True):
+            for start in range(first_block, end_block, per_blob):
+                begin, end = start * bs, min(end_block, start + per_blob) * bs
+                data = chunk[begin:end]
+                at = offset + begin
+                run_at, run = runs[-1] if runs else (-1, b"")
+                if run_at + len(run) == at and len(run) < BLOB_MAX:
+                    room = BLOB_MAX - len(run)  # a run grows to BLOB_MAX, never past it
+                    runs[-1] = (run_at, run + data[:room])
+                    data, at = data[room:], at + room
+                if data:
+                    runs.append((at, bytes(data)))
 
     def _write_runs(
         self,
