@@ -280,7 +280,8 @@ class Store:
         self._write_lock = threading.Lock()
         self._pending_lock = threading.Lock()
         self._pending: list[_WriteRequest] = []
-        self._queue = threading.Condition(self._pending_lock)
+        self._queue = threading.Condition(self._pending_lock)  # followers: a commit ended
+        self._gather = threading.Condition(self._pending_lock)  # the leader: a request came
         self._writers: dict[int, float] = {}  # thread -> when it last wrote (group commit)
         self._leading = False
         self._handles: dict[str, tuple[Any, int]] = {}
@@ -616,7 +617,8 @@ class Store:
             now = time.monotonic()
             self._writers[threading.get_ident()] = now
             self._pending.append(request)
-            self._queue.notify_all()
+            if self._leading and len(self._pending) >= len(self._writers):
+                self._gather.notify()  # the gathering leader only, once everyone is in
             # Followers wait for the leader's commit, never for the write lock: a
             # request committed in someone's batch returns at once.
             while not request.done and self._leading:
@@ -633,7 +635,7 @@ class Store:
                     left = deadline - time.monotonic()
                     if left <= 0:
                         break
-                    self._queue.wait(left)
+                    self._gather.wait(left)
                 batch, self._pending = self._pending, []
         if batch is not None:
             try:
