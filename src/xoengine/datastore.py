@@ -600,13 +600,14 @@ class Store:
         """Run ``work`` in a write transaction and commit it durably; return its result.
 
         Group commit: while one thread commits, others queue their work; the next
-        committer runs every queued function in one transaction (each in its own
-        nested transaction, so one that raises is rolled back alone and its
-        exception goes back to its caller) and pays one fsync for all of them.
+        committer runs every queued function in one transaction and pays one
+        fsync for all of them. A function that raises is left out: its exception
+        goes back to its caller and the others run again in a new transaction.
 
         ``work`` may run more than once: if the map fills (in ``put`` or at
         commit) the transaction is aborted, the map doubled, and the batch run
-        again from the start. It must not have effects outside the transaction.
+        again from the start; likewise when another function of its batch
+        raised. It must not have effects outside the transaction.
         """
         self._check_open()
         if self.readonly:
@@ -678,39 +679,45 @@ class Store:
                 request.done = True
 
     def _run_batch(self, batch: list[_WriteRequest]) -> None:
+        # One transaction for the whole batch. A request whose work raises its own
+        # error is dropped (the error goes back to its caller) and the others run
+        # again in a fresh transaction: work may run more than once, and a batch
+        # without failures (the usual case) pays for no nested transactions.
         seq = self._dbi_seq
-        txn = self._env.begin(write=True)
-        try:
-            for request in batch:
-                request.error = None
-                request.committed = []
-                self._run_one(request, txn, seq, nested=len(batch) > 1)
-            if len(batch) == 1 and batch[0].error is not None:
-                txn.abort()
-                return
-            txn.commit()
-        except BaseException:
-            with contextlib.suppress(lmdb.Error):
-                txn.abort()  # LMDB has aborted a failed commit already
-            raise
-        for request in batch:
-            for callback in request.committed:
-                callback()
+        live = list(batch)
+        while live:
+            txn = self._env.begin(write=True)
+            try:
+                failed = None
+                for request in live:
+                    request.error, request.committed = None, []
+                    self._run_one(request, txn, seq)
+                    if request.error is not None:
+                        failed = request
+                        break
+                if failed is not None:
+                    txn.abort()
+                    live.remove(failed)
+                    continue
+                txn.commit()
+            except BaseException:
+                with contextlib.suppress(lmdb.Error):
+                    txn.abort()  # LMDB has aborted a failed commit already
+                raise
+            for request in live:
+                for callback in request.committed:
+                    callback()
+            return
 
-    def _run_one(self, request: _WriteRequest, txn: Any, seq: int, *, nested: bool) -> None:
-        inner = self._env.begin(write=True, parent=txn) if nested else txn
-        wtxn = WriteTxn(self, inner, seq)
+    def _run_one(self, request: _WriteRequest, txn: Any, seq: int) -> None:
+        wtxn = WriteTxn(self, txn, seq)
         try:
             request.result = request.work(wtxn)
         except lmdb.Error:
             raise
         except Exception as e:  # noqa: BLE001 (the caller's own error goes back to it)
             request.error = e
-            if nested:
-                inner.abort()
             return
-        if nested:
-            inner.commit()
         request.committed = wtxn.committed
 
     def reserve(self, nbytes: int) -> None:

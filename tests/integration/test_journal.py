@@ -16,7 +16,12 @@ from eventsourcing.persistence import StoredEvent
 
 from xoengine import codec
 from xoengine.datastore import open_store
-from xoengine.errors import ConfigurationError, FrameError, JournalMissingError, JournalReadOnlyError
+from xoengine.errors import (
+    ConfigurationError,
+    FrameError,
+    JournalMissingError,
+    JournalReadOnlyError,
+)
 from xoengine.journal import BlobTable, LMDBApplicationRecorder, LMDBFactory, verify
 
 
@@ -182,7 +187,11 @@ def test_journal_verify_reports_damage_by_position(tmp_path: Path) -> None:
     try:
         report = verify(store)
         assert not report.ok
-        assert [(d.table, d.position, d.code) for d in report.damage][0] == ("default.events", "3", "E4011")
+        assert [(d.table, d.position, d.code) for d in report.damage][0] == (
+            "default.events",
+            "3",
+            "E4011",
+        )
         with pytest.raises(FrameError, match="position 3"):
             recorder.select_notifications(None, 10)
     finally:
@@ -198,5 +207,40 @@ def test_journal_time_labels_are_monotonic(tmp_path: Path) -> None:
             recorder.insert_events(_events(2))
         times = [r.time_ns for r in recorder.records()]
         assert times == sorted(times)
+    finally:
+        store.close()
+
+
+def test_a_group_commit_leaves_out_only_the_work_that_raised(tmp_path: Path) -> None:
+    # What a leader does with a gathered batch: one transaction for all; a work
+    # that raises gets its error back, writes nothing, and the others commit.
+    from xoengine import datastore  # noqa: PLC0415
+
+    store = open_store(tmp_path / "j", durability="nosync")
+    try:
+        store.ensure("t")
+        runs: list[str] = []
+        committed: list[str] = []
+
+        def put(name: str, *, fail: bool = False) -> datastore._WriteRequest:
+            def work(txn: datastore.WriteTxn) -> str:
+                runs.append(name)
+                txn.put("t", name.encode(), b"v")
+                txn.on_commit(lambda: committed.append(name))
+                if fail:
+                    raise ValueError(name)
+                return name
+
+            return datastore._WriteRequest(work)
+
+        batch = [put("a"), put("b", fail=True), put("c"), put("d", fail=True), put("e")]
+        store._commit_batch(batch)
+        assert [r.result for r in batch if r.error is None] == ["a", "c", "e"]
+        assert [str(r.error) for r in batch if r.error is not None] == ["b", "d"]
+        assert all(r.done for r in batch)
+        assert committed == ["a", "c", "e"]  # each on_commit once, only for what committed
+        with store.read() as txn:
+            assert [k for k, _ in txn.items("t")] == [b"a", b"c", b"e"]
+        assert runs.count("a") == 3  # ran again after each failure: work may run more than once
     finally:
         store.close()
