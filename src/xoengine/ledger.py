@@ -1,5 +1,8 @@
 """The ledger: running totals of each scenario's file events by journal position (R31, R35).
 
+And :func:`sync_runs`, the fold of synchronization events behind the
+synchronization report (R35) and the rewind rule for targets inside a run.
+
 Room: producers and projections. May import ``events`` (nothing that touches
 the journal or a tree: the engine feeds it).
 
@@ -27,12 +30,17 @@ from xoengine.events import (
     FileDeleted,
     FileEvent,
     FileRenamed,
+    FileSynced,
+    SyncFinished,
+    SyncStarted,
 )
 
 if TYPE_CHECKING:
+    import uuid
     from collections.abc import Callable, Iterable
+    from typing import Any
 
-__all__ = ["OPERATIONS", "Ledger", "Span", "event_bytes", "operation"]
+__all__ = ["OPERATIONS", "SYNC_EVENTS", "Ledger", "Span", "event_bytes", "operation", "sync_runs"]
 
 OPERATIONS: Final = ("created", "written", "updated", "deleted", "renamed")
 
@@ -133,3 +141,54 @@ class Ledger:
             if series is None:
                 return Span(0, 0, None, dict.fromkeys(OPERATIONS, 0))
             return series.span(after, upto)
+
+
+SYNC_EVENTS: Final = (SyncStarted, FileSynced, SyncFinished)
+"""The events :func:`sync_runs` folds."""
+
+
+def sync_runs(
+    events: Iterable[tuple[int, SyncStarted | FileSynced | SyncFinished]],
+    scenario: str,
+    replica: str | None = None,
+) -> list[dict[str, Any]]:
+    """The finished synchronization runs of a scenario (one replica, or all), in order.
+
+    Each run: replica, level, start and finish times, ``started_at`` and
+    ``finished_at`` (the journal positions of its SyncStarted and
+    SyncFinished), ``position`` (the master state the replica then holds),
+    counts, bytes, warnings, and the files sent with paths and sizes.
+    """
+    runs: dict[uuid.UUID, dict[str, Any]] = {}
+    for position, event in events:
+        if event.scenario != scenario or (replica and event.replica != replica):
+            continue
+        run = runs.setdefault(event.originator_id, {"replica": event.replica, "files": []})
+        if isinstance(event, SyncStarted):
+            run.update(
+                level=event.level,
+                started=event.timestamp.isoformat(),
+                position=event.position,
+                started_at=position,
+            )
+        elif isinstance(event, FileSynced):
+            run["files"].append(
+                {
+                    "path": event.path,
+                    "action": event.action,
+                    "size": event.size,
+                    "bytes_sent": event.bytes_sent,
+                }
+            )
+        else:
+            run.update(
+                finished=event.timestamp.isoformat(),
+                finished_at=position,
+                position=event.position,  # the master state the replica now holds
+                files_checked=event.files_checked,
+                files_changed=event.files_changed,
+                files_deleted=event.files_deleted,
+                bytes_sent=event.bytes_sent,
+                warnings=event.warnings,
+            )
+    return [r for r in runs.values() if "finished" in r]

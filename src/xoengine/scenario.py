@@ -14,7 +14,6 @@ import os
 import tempfile
 import threading
 import time
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
@@ -31,7 +30,6 @@ from xoengine.errors import (
 from xoengine.events import (
     AlertRaised,
     FileEvent,
-    FileSynced,
     ReplicaResumed,
     ReplicaRewound,
     ReplicaSuspended,
@@ -40,14 +38,12 @@ from xoengine.events import (
     ScenarioStarted,
     ScenarioStateChanged,
     ScenarioStopped,
-    SyncFinished,
-    SyncStarted,
     UndoTrimmed,
 )
 from xoengine.journal import datetime_ns
 from xoengine.journaledfile import JournaledFile
 from xoengine.layout import Layout
-from xoengine.ledger import event_bytes, operation
+from xoengine.ledger import SYNC_EVENTS, event_bytes, operation, sync_runs
 from xoengine.manifest import FileState, Manifest
 from xoengine.masterstate import racy
 from xoengine.replica import ReplicaApplier
@@ -600,14 +596,9 @@ class Scenario:
 
     def _outside_syncs(self, replica: str, target: int) -> int:
         """``target``, or the end of the synchronization run of ``replica`` it falls in."""
-        started: dict[uuid.UUID, int] = {}
-        for position, event in self._engine._iter_events((SyncStarted, SyncFinished)):
-            if event.scenario != self.name or event.replica != replica:
-                continue
-            if isinstance(event, SyncStarted):
-                started[event.originator_id] = position
-            elif started.get(event.originator_id, position) <= target < position:
-                return position
+        for run in sync_runs(self._engine._iter_events(SYNC_EVENTS), self.name, replica):
+            if run.get("started_at", run["finished_at"]) <= target < run["finished_at"]:
+                return int(run["finished_at"])
         return target
 
     def _finish_rewind(self, replica: str, current: int, target: int) -> int:
@@ -903,38 +894,7 @@ class Scenario:
 
     def sync_report(self, replica: str | None = None, *, last_only: bool = True) -> dict[str, Any]:
         """The synchronization report (R35): files sent with paths and sizes, counts, bytes."""
-        runs: dict[uuid.UUID, dict[str, Any]] = {}
-        for position, event in self._engine._iter_events((SyncStarted, FileSynced, SyncFinished)):
-            if event.scenario != self.name or (replica and event.replica != replica):
-                continue
-            run = runs.setdefault(event.originator_id, {"replica": event.replica, "files": []})
-            if isinstance(event, SyncStarted):
-                run.update(
-                    level=event.level,
-                    started=event.timestamp.isoformat(),
-                    position=event.position,
-                    started_at=position,
-                )
-            elif isinstance(event, FileSynced):
-                run["files"].append(
-                    {
-                        "path": event.path,
-                        "action": event.action,
-                        "size": event.size,
-                        "bytes_sent": event.bytes_sent,
-                    }
-                )
-            else:
-                run.update(
-                    finished=event.timestamp.isoformat(),
-                    position=event.position,  # the master state the replica now holds
-                    files_checked=event.files_checked,
-                    files_changed=event.files_changed,
-                    files_deleted=event.files_deleted,
-                    bytes_sent=event.bytes_sent,
-                    warnings=event.warnings,
-                )
-        ordered = [r for r in runs.values() if "finished" in r]
+        ordered = sync_runs(self._engine._iter_events(SYNC_EVENTS), self.name, replica)
         if last_only:
             latest: dict[str, dict[str, Any]] = {}
             for run in ordered:
