@@ -11,7 +11,13 @@ import threading
 from typing import TYPE_CHECKING, Any, Final
 
 from xoengine import codec
-from xoengine.record import decode_event, decode_position, encode_position, oid_prefix
+from xoengine.record import (
+    POS,
+    VERSION_OFFSET,
+    decode_position,
+    decode_stream_key,
+    encode_position,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -38,6 +44,12 @@ class StreamTail:
     found by scanning the events table, so this is only ever a cache of
     committed records: another process, or a reopened journal, builds its own.
 
+    Entries are held as the sorted index stores them (stream key -> position
+    key): a duplicate check is a lookup and a merge a sort of them. The
+    ``version -> position`` maps per stream that readers use are made from
+    them when a read comes, so an append that nobody reads back costs no more
+    than a dict update.
+
     Only committed snapshots change it (read transactions and the writer's
     on-commit callback); a write transaction takes a private view (its own
     uncommitted events, an uncommitted merge) and never changes it.
@@ -48,21 +60,32 @@ class StreamTail:
         self._lock = threading.Lock()
         self._base = -1  # the marker these entries are above (-1: not built)
         self._upto = 0  # the last position they cover
-        self._entries: dict[bytes, dict[int, int]] = {}  # oid prefix -> version -> position
+        self._entries: dict[bytes, bytes] = {}  # stream key -> position key
+        self._streams: dict[bytes, dict[int, int]] = {}  # oid prefix -> version -> position
+        self._unread: list[bytes] = []  # stream keys of entries not yet in _streams
 
-    def _scan(self, txn: ReadTxn, after: int, last: int) -> Iterator[tuple[bytes, int, int]]:
-        """(oid prefix, version, position) of the events in (after, last], checksums verified."""
+    def _scan(self, txn: ReadTxn, after: int, last: int) -> Iterator[tuple[bytes, bytes]]:
+        """(stream key, position key) of the events in (after, last], checksums verified."""
         if last <= after:
             return
         for key, value in txn.items(self._events_table, encode_position(after + 1)):
-            position = decode_position(key)
-            if position > last:
+            if decode_position(key) > last:
                 return
-            event, _ = decode_event(key, value, self._events_table)
-            yield oid_prefix(event.originator_id), event.originator_version, position
+            yield decode_stream_key(key, value, self._events_table), key
 
-    def _add(self, prefix: bytes, version: int, position: int) -> None:
-        self._entries.setdefault(prefix, {})[version] = position
+    def _add(self, keys: list[bytes], pkeys: list[bytes]) -> None:
+        self._entries.update(zip(keys, pkeys, strict=True))
+        self._unread += keys
+
+    def _by_stream(self) -> dict[bytes, dict[int, int]]:
+        """The entries per stream, with those added since the last read."""
+        streams, entries = self._streams, self._entries
+        for key in self._unread:
+            # A stream key is the oid prefix, then the version + 2**63 in 8 bytes.
+            version = POS.unpack_from(key, len(key) - 8)[0] - VERSION_OFFSET
+            streams.setdefault(key[:-8], {})[version] = decode_position(entries[key])
+        self._unread = []
+        return streams
 
     def _follow(self, txn: ReadTxn, marker: int, last: int) -> bool:
         """Bring the shared entries to a committed snapshot; False if it is older than them."""
@@ -71,8 +94,8 @@ class StreamTail:
         if marker > self._base:
             self._advance(marker)
         if self._upto < last:
-            for prefix, version, position in self._scan(txn, self._upto, last):
-                self._add(prefix, version, position)
+            scanned = list(self._scan(txn, self._upto, last))
+            self._add([key for key, _ in scanned], [pkey for _, pkey in scanned])
             self._upto = last
         return True
 
@@ -81,10 +104,9 @@ class StreamTail:
         if self._base < 0 or self._upto <= marker:
             self._entries, self._upto = {}, marker
         else:
-            for versions in self._entries.values():
-                for version in [v for v, p in versions.items() if p <= marker]:
-                    del versions[version]
-            self._entries = {k: v for k, v in self._entries.items() if v}
+            above = encode_position(marker)
+            self._entries = {key: pkey for key, pkey in self._entries.items() if pkey > above}
+        self._streams, self._unread = {}, list(self._entries)
         self._base = marker
 
     @property
@@ -101,46 +123,52 @@ class StreamTail:
         """``version -> position`` of one stream above ``marker`` in a committed snapshot."""
         with self._lock:
             if self._follow(txn, marker, last):
-                return {v: p for v, p in self._entries.get(prefix, {}).items() if p <= last}
-        return {v: p for k, v, p in self._scan(txn, marker, last) if k == prefix}
+                versions = self._by_stream().get(prefix, {})
+                return {v: p for v, p in versions.items() if p <= last}
+        return {
+            POS.unpack_from(key, len(prefix))[0] - VERSION_OFFSET: decode_position(pkey)
+            for key, pkey in self._scan(txn, marker, last)
+            if key[:-8] == prefix
+        }
 
     def _private(self, txn: ReadTxn, marker: int, last: int) -> tuple[int, list[Any]]:
         """What a write transaction sees beyond the shared entries: (their end, a scan)."""
         upto = max(self._upto, marker) if marker >= self._base >= 0 else marker
         return upto, list(self._scan(txn, upto, last)) if upto < last else []
 
-    def recorded(
-        self, txn: ReadTxn, marker: int, last: int, wanted: list[tuple[bytes, int]]
-    ) -> tuple[bytes, int] | None:
-        """The first of ``wanted`` (prefix, version) already above ``marker``, or None."""
-        with self._lock:
-            upto, scanned = self._private(txn, marker, last)
-            shared = upto > marker
-            for prefix, version in wanted:
-                position = self._entries.get(prefix, {}).get(version) if shared else None
-                if position is not None and marker < position <= upto:
-                    return prefix, version
-        extra = {(prefix, version) for prefix, version, _ in scanned}
-        return next((w for w in wanted if w in extra), None)
+    def _shared(self, marker: int, upto: int) -> dict[bytes, bytes]:
+        """The shared entries in (marker, upto] (all of them unless another process merged)."""
+        if marker == self._base:
+            return self._entries  # they are exactly (base, upto]
+        low, high = encode_position(marker), encode_position(upto)
+        return {k: p for k, p in self._entries.items() if low < p <= high}
 
-    def everything(self, txn: ReadTxn, marker: int, last: int) -> list[tuple[bytes, int, int]]:
-        """Every (prefix, version, position) above ``marker`` up to ``last`` (for a merge)."""
+    def recorded(self, txn: ReadTxn, marker: int, last: int, keys: list[bytes]) -> int | None:
+        """The index of the first of stream ``keys`` already above ``marker``, or None."""
         with self._lock:
             upto, scanned = self._private(txn, marker, last)
-            shared = [
-                (prefix, version, position)
-                for prefix, versions in self._entries.items()
-                for version, position in versions.items()
-                if marker < position <= upto
-            ]
+            shared = self._shared(marker, upto) if upto > marker else {}
+            clash = next((i for i, key in enumerate(keys) if key in shared), None)
+        if clash is None and scanned:
+            extra = {key for key, _ in scanned}
+            clash = next((i for i, key in enumerate(keys) if key in extra), None)
+        return clash
+
+    def everything(self, txn: ReadTxn, marker: int, last: int) -> list[tuple[bytes, bytes]]:
+        """Every (stream key, position key) above ``marker`` up to ``last`` (for a merge)."""
+        with self._lock:
+            upto, scanned = self._private(txn, marker, last)
+            shared = list(self._shared(marker, upto).items()) if upto > marker else []
         return shared + scanned
 
-    def appended(self, added: list[tuple[bytes, int, int]], first: int, last: int) -> None:
-        """The writer's callback: its batch ``first..last`` committed (ignored on a gap)."""
+    def appended(self, keys: list[bytes], pkeys: list[bytes], first: int, last: int) -> None:
+        """The writer's callback: its batch ``first..last`` committed (ignored on a gap).
+
+        ``keys`` are the batch's stream keys, ``pkeys`` their position keys.
+        """
         with self._lock:
             if self._base >= 0 and self._upto == first - 1:
-                for prefix, version, position in added:
-                    self._add(prefix, version, position)
+                self._add(keys, pkeys)
                 self._upto = last
 
     def merged(self, marker: int) -> None:
