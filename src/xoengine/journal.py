@@ -291,9 +291,8 @@ class LMDBAggregateRecorder(_LMDBRecorder, AggregateRecorder):
             return
         # Merge: every entry above the marker, in key order (neighbours share pages).
         merging = self._tail.everything(txn, marker, top)
-        merging += zip(keys, pkeys, strict=True)
-        merging.sort()
-        txn.put_many(self.streams_table, merging)
+        merging.update(zip(keys, pkeys, strict=True))
+        txn.put_many(self.streams_table, [(key, merging[key]) for key in sorted(merging)])
         txn.put(self.marker_table, MARKER_KEY, frame_marker(last))
         txn.on_commit(lambda: self._tail.merged(last))
 

@@ -148,18 +148,18 @@ class StreamTail:
         with self._lock:
             upto, scanned = self._private(txn, marker, last)
             shared = self._shared(marker, upto) if upto > marker else {}
-            clash = next((i for i, key in enumerate(keys) if key in shared), None)
-        if clash is None and scanned:
-            extra = {key for key, _ in scanned}
-            clash = next((i for i, key in enumerate(keys) if key in extra), None)
-        return clash
+            if not shared.keys().isdisjoint(keys):  # one call: a clash is the rare case
+                return next(i for i, key in enumerate(keys) if key in shared)
+        extra = {key for key, _ in scanned}
+        return next((i for i, key in enumerate(keys) if key in extra), None) if extra else None
 
-    def everything(self, txn: ReadTxn, marker: int, last: int) -> list[tuple[bytes, bytes]]:
-        """Every (stream key, position key) above ``marker`` up to ``last`` (for a merge)."""
+    def everything(self, txn: ReadTxn, marker: int, last: int) -> dict[bytes, bytes]:
+        """Every stream key -> position key above ``marker`` up to ``last`` (for a merge)."""
         with self._lock:
             upto, scanned = self._private(txn, marker, last)
-            shared = list(self._shared(marker, upto).items()) if upto > marker else []
-        return shared + scanned
+            entries = dict(self._shared(marker, upto)) if upto > marker else {}
+        entries.update(scanned)
+        return entries
 
     def appended(self, keys: list[bytes], pkeys: list[bytes], first: int, last: int) -> None:
         """The writer's callback: its batch ``first..last`` committed (ignored on a gap).
