@@ -74,7 +74,7 @@ from xoengine.record import (
     oid_prefixes,
     stream_key,
 )
-from xoengine.streamindex import MARKER_KEY, MERGE_AT, StreamTail, frame_marker
+from xoengine.streamindex import MARKER_KEY, MERGE_AT, StreamEntries, StreamTail, frame_marker
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator, Sequence
@@ -231,10 +231,8 @@ class LMDBAggregateRecorder(_LMDBRecorder, AggregateRecorder):
     ) -> list[int]:
         # 1. Check everything before the first put: a refused batch writes nothing.
         prefixes = oid_prefixes(stored_events)
-        keys = [
-            p + POS.pack(e.originator_version + VERSION_OFFSET)
-            for p, e in zip(prefixes, stored_events, strict=True)
-        ]
+        versions = [e.originator_version for e in stored_events]
+        keys = [p + POS.pack(v + VERSION_OFFSET) for p, v in zip(prefixes, versions, strict=True)]
         if len(set(keys)) != len(keys):
             raise IntegrityViolationError(detail="the batch repeats an (originator, version)")
         marker, top, stored = self._bounds(txn)
@@ -260,12 +258,15 @@ class LMDBAggregateRecorder(_LMDBRecorder, AggregateRecorder):
             floor = decode_event(last[0], last[1], self.events_table)[1]
             self._clock.seen.add(self.events_table)
         time_ns = self._clock.now(floor)
-        positions = list(range(top + 1, top + 1 + len(stored_events)))
+        placed = range(top + 1, top + 1 + len(stored_events))
+        positions = list(placed)
         encoded = encode_events(top + 1, stored_events, prefixes, time_ns)
         txn.append_many(self.events_table, encoded)
         if stored_events:
             pkeys = [pkey for pkey, _ in encoded]
-            self._index(txn, marker, top, stored, keys, pkeys, positions)
+            # The tail keeps the range: the list goes back to the caller, who may change it.
+            batch = StreamEntries(keys, pkeys, prefixes, versions, placed)
+            self._index(txn, marker, top, stored, batch)
         if tracking is not None:
             self._put_tracking(txn, tracking)
         if inline is not None:
@@ -278,20 +279,18 @@ class LMDBAggregateRecorder(_LMDBRecorder, AggregateRecorder):
         marker: int,
         top: int,
         stored: bool,
-        keys: list[bytes],
-        pkeys: list[bytes],
-        positions: list[int],
+        batch: StreamEntries,
     ) -> None:
-        """The batch's stream entries (``keys`` -> ``pkeys``): kept in the tail, or all merged."""
-        first, last = positions[0], positions[-1]
+        """The batch's stream entries: kept in the tail, or merged with it into the index."""
+        last = batch.positions[-1]
         if last - marker < self.merge_at:
             if not stored:  # first append since the marker exists: all below is indexed
                 txn.put(self.marker_table, MARKER_KEY, frame_marker(marker))
-            txn.on_commit(lambda: self._tail.appended(keys, pkeys, first, last))
+            txn.on_commit(lambda: self._tail.appended(batch))
             return
         # Merge: every entry above the marker, in key order (neighbours share pages).
         merging = self._tail.everything(txn, marker, top)
-        merging.update(zip(keys, pkeys, strict=True))
+        merging.update(zip(batch.keys, batch.pkeys, strict=True))
         txn.put_many(self.streams_table, [(key, merging[key]) for key in sorted(merging)])
         txn.put(self.marker_table, MARKER_KEY, frame_marker(last))
         txn.on_commit(lambda: self._tail.merged(last))

@@ -8,7 +8,7 @@ merge marker").
 from __future__ import annotations
 
 import threading
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
 from xoengine import codec
 from xoengine.record import (
@@ -20,15 +20,25 @@ from xoengine.record import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Iterator, Sequence
 
     from xoengine.datastore import ReadTxn
 
-__all__ = ["MARKER_KEY", "MERGE_AT", "StreamTail", "frame_marker"]
+__all__ = ["MARKER_KEY", "MERGE_AT", "StreamEntries", "StreamTail", "frame_marker"]
 
 MERGE_AT: Final = 16384
 """Unmerged events after which the writer merges their stream entries into the sorted index."""
 MARKER_KEY: Final = b"upto"
+
+
+class StreamEntries(NamedTuple):
+    """Stream-index entries of a batch of events, in the forms the tail uses them."""
+
+    keys: list[bytes]  # stream keys (oid prefix, version)
+    pkeys: list[bytes]  # position keys, in the same order
+    prefixes: list[bytes]  # the keys' oid prefixes
+    versions: list[int]
+    positions: Sequence[int]
 
 
 class StreamTail:
@@ -62,7 +72,7 @@ class StreamTail:
         self._upto = 0  # the last position they cover
         self._entries: dict[bytes, bytes] = {}  # stream key -> position key
         self._streams: dict[bytes, dict[int, int]] = {}  # oid prefix -> version -> position
-        self._unread: list[bytes] = []  # stream keys of entries not yet in _streams
+        self._unread: list[StreamEntries] = []  # batches not yet in _streams
 
     def _scan(self, txn: ReadTxn, after: int, last: int) -> Iterator[tuple[bytes, bytes]]:
         """(stream key, position key) of the events in (after, last], checksums verified."""
@@ -73,18 +83,32 @@ class StreamTail:
                 return
             yield decode_stream_key(key, value, self._events_table), key
 
-    def _add(self, keys: list[bytes], pkeys: list[bytes]) -> None:
-        self._entries.update(zip(keys, pkeys, strict=True))
-        self._unread += keys
+    def _add(self, batch: StreamEntries) -> None:
+        # Not strict: the lists are made together, and at batch 2 (an Application
+        # save) the check would cost as much as the update.
+        self._entries.update(zip(batch.keys, batch.pkeys, strict=False))
+        self._unread.append(batch)
+
+    def _add_items(self, items: list[tuple[bytes, bytes]]) -> None:
+        """:meth:`_add` for (stream key, position key) pairs (scanned, or kept after a merge)."""
+        keys = [key for key, _ in items]
+        # A stream key is the oid prefix, then the version + 2**63 in 8 bytes.
+        prefixes = [key[:-8] for key in keys]
+        versions = [POS.unpack_from(key, len(key) - 8)[0] - VERSION_OFFSET for key in keys]
+        pkeys = [pkey for _, pkey in items]
+        positions = [decode_position(pkey) for pkey in pkeys]
+        self._add(StreamEntries(keys, pkeys, prefixes, versions, positions))
 
     def _by_stream(self) -> dict[bytes, dict[int, int]]:
         """The entries per stream, with those added since the last read."""
-        streams, entries = self._streams, self._entries
-        for key in self._unread:
-            # A stream key is the oid prefix, then the version + 2**63 in 8 bytes.
-            version = POS.unpack_from(key, len(key) - 8)[0] - VERSION_OFFSET
-            streams.setdefault(key[:-8], {})[version] = decode_position(entries[key])
-        self._unread = []
+        streams = self._streams
+        if self._unread:
+            for batch in self._unread:
+                for prefix, version, position in zip(
+                    batch.prefixes, batch.versions, batch.positions, strict=False
+                ):
+                    streams.setdefault(prefix, {})[version] = position
+            self._unread = []
         return streams
 
     def _follow(self, txn: ReadTxn, marker: int, last: int) -> bool:
@@ -94,19 +118,19 @@ class StreamTail:
         if marker > self._base:
             self._advance(marker)
         if self._upto < last:
-            scanned = list(self._scan(txn, self._upto, last))
-            self._add([key for key, _ in scanned], [pkey for _, pkey in scanned])
+            self._add_items(list(self._scan(txn, self._upto, last)))
             self._upto = last
         return True
 
     def _advance(self, marker: int) -> None:
         """Forget the entries at or below ``marker``: a merge put them in the sorted index."""
-        if self._base < 0 or self._upto <= marker:
-            self._entries, self._upto = {}, marker
-        else:
+        entries = self._entries
+        self._entries, self._streams, self._unread = {}, {}, []
+        if self._base >= 0 and self._upto > marker:
             above = encode_position(marker)
-            self._entries = {key: pkey for key, pkey in self._entries.items() if pkey > above}
-        self._streams, self._unread = {}, list(self._entries)
+            self._add_items([(key, pkey) for key, pkey in entries.items() if pkey > above])
+        else:
+            self._upto = marker
         self._base = marker
 
     @property
@@ -161,14 +185,12 @@ class StreamTail:
         entries.update(scanned)
         return entries
 
-    def appended(self, keys: list[bytes], pkeys: list[bytes], first: int, last: int) -> None:
-        """The writer's callback: its batch ``first..last`` committed (ignored on a gap).
-
-        ``keys`` are the batch's stream keys, ``pkeys`` their position keys.
-        """
+    def appended(self, batch: StreamEntries) -> None:
+        """The writer's callback: its ``batch`` committed (ignored after a gap)."""
+        first, last = batch.positions[0], batch.positions[-1]
         with self._lock:
             if self._base >= 0 and self._upto == first - 1:
-                self._add(keys, pkeys)
+                self._add(batch)
                 self._upto = last
 
     def merged(self, marker: int) -> None:
