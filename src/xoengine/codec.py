@@ -33,7 +33,7 @@ import xxhash
 from eventsourcing.persistence import JSONTranscoder, TranscodingNotRegisteredError
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Iterable
 
 from xoengine.errors import (
     ChecksumMismatchError,
@@ -50,6 +50,7 @@ __all__ = [
     "digest64",
     "digest128",
     "frame",
+    "frame_many",
     "hasher64",
     "hasher128",
     "pack",
@@ -120,6 +121,25 @@ def frame(key: bytes, body: bytes | memoryview) -> bytes:
             position=key.hex(), size=len(body) + FRAME_HEADER.size, cap=MAX_FRAME_BYTES
         )
     return FRAME_HEADER.pack(FORMAT_VERSION, _checksum(key, body)) + body
+
+
+def frame_many(items: Iterable[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """``(key, frame(key, body))`` for each ``(key, body)``: :func:`frame` for a batch.
+
+    The same frames, without two Python calls per item (an append of a batch
+    of small events spent a fifth of its framing time in them).
+    """
+    header, digest = FRAME_HEADER.pack, xxhash.xxh3_64_intdigest
+    out = []
+    for key, body in items:
+        size = len(body)
+        if size + FRAME_HEADER.size > MAX_FRAME_BYTES:
+            raise FrameTooLargeError(
+                position=key.hex(), size=size + FRAME_HEADER.size, cap=MAX_FRAME_BYTES
+            )
+        checksum = digest(key + body) if size <= _JOIN_BELOW else _checksum(key, body)
+        out.append((key, header(FORMAT_VERSION, checksum) + body))
+    return out
 
 
 def unframe(

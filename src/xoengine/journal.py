@@ -71,9 +71,10 @@ from xoengine.record import (
     encode_events,
     encode_position,
     oid_prefix,
+    oid_prefixes,
     stream_key,
 )
-from xoengine.streamindex import MARKER_KEY, MERGE_AT, StreamTail, frame_marker
+from xoengine.streamindex import MARKER_KEY, MERGE_AT, StreamEntries, StreamTail, frame_marker
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator, Sequence
@@ -229,21 +230,21 @@ class LMDBAggregateRecorder(_LMDBRecorder, AggregateRecorder):
         inline: Callable[[WriteTxn, list[int]], None] | None = None,
     ) -> list[int]:
         # 1. Check everything before the first put: a refused batch writes nothing.
-        prefixes = [oid_prefix(e.originator_id) for e in stored_events]
-        wanted = [(p, e.originator_version) for p, e in zip(prefixes, stored_events, strict=True)]
-        keys = [p + POS.pack(version + VERSION_OFFSET) for p, version in wanted]
+        prefixes = oid_prefixes(stored_events)
+        versions = [e.originator_version for e in stored_events]
+        keys = [p + POS.pack(v + VERSION_OFFSET) for p, v in zip(prefixes, versions, strict=True)]
         if len(set(keys)) != len(keys):
             raise IntegrityViolationError(detail="the batch repeats an (originator, version)")
         marker, top, stored = self._bounds(txn)
         # Merged entries are in the sorted index; newer ones in the stream tail.
         merged = txn.found(self.streams_table, keys)
         clash = next((i for i, k in enumerate(keys) if k in merged), None) if merged else None
-        if clash is None and wanted:
-            found = self._tail.recorded(txn, marker, top, wanted)
-            clash = None if found is None else wanted.index(found)
+        if clash is None and keys:
+            clash = self._tail.recorded(txn, marker, top, keys)
         if clash is not None:
-            oid, version = stored_events[clash].originator_id, wanted[clash][1]
-            raise IntegrityViolationError(detail=f"event {oid} v{version} already recorded")
+            event = stored_events[clash]
+            detail = f"event {event.originator_id} v{event.originator_version} already recorded"
+            raise IntegrityViolationError(detail=detail)
         if tracking is not None:
             self._check_tracking(txn, tracking)
         # 2. Positions follow the last one, inside the single write transaction.
@@ -257,10 +258,15 @@ class LMDBAggregateRecorder(_LMDBRecorder, AggregateRecorder):
             floor = decode_event(last[0], last[1], self.events_table)[1]
             self._clock.seen.add(self.events_table)
         time_ns = self._clock.now(floor)
-        positions = list(range(top + 1, top + 1 + len(stored_events)))
-        txn.append_many(self.events_table, encode_events(top + 1, stored_events, prefixes, time_ns))
+        placed = range(top + 1, top + 1 + len(stored_events))
+        positions = list(placed)
+        encoded = encode_events(top + 1, stored_events, prefixes, time_ns)
+        txn.append_many(self.events_table, encoded)
         if stored_events:
-            self._index(txn, marker, top, stored, prefixes, stored_events, positions)
+            pkeys = [pkey for pkey, _ in encoded]
+            # The tail keeps the range: the list goes back to the caller, who may change it.
+            batch = StreamEntries(keys, pkeys, prefixes, versions, placed)
+            self._index(txn, marker, top, stored, batch)
         if tracking is not None:
             self._put_tracking(txn, tracking)
         if inline is not None:
@@ -273,32 +279,21 @@ class LMDBAggregateRecorder(_LMDBRecorder, AggregateRecorder):
         marker: int,
         top: int,
         stored: bool,
-        prefixes: list[bytes],
-        events: Sequence[StoredEvent],
-        positions: list[int],
+        batch: StreamEntries,
     ) -> None:
-        """Stream entries of the batch: kept in the tail, or all merged into the sorted index."""
-        added = [
-            (prefix, e.originator_version, position)
-            for prefix, e, position in zip(prefixes, events, positions, strict=True)
-        ]
-        unmerged = positions[-1] - marker
-        if unmerged < self.merge_at:
+        """The batch's stream entries: kept in the tail, or merged with it into the index."""
+        last = batch.positions[-1]
+        if last - marker < self.merge_at:
             if not stored:  # first append since the marker exists: all below is indexed
                 txn.put(self.marker_table, MARKER_KEY, frame_marker(marker))
-            first, last = positions[0], positions[-1]
-            txn.on_commit(lambda: self._tail.appended(added, first, last))
+            txn.on_commit(lambda: self._tail.appended(batch))
             return
         # Merge: every entry above the marker, in key order (neighbours share pages).
-        entries = [
-            (prefix + POS.pack(version + VERSION_OFFSET), position)
-            for prefix, version, position in self._tail.everything(txn, marker, top) + added
-        ]
-        entries.sort()
-        txn.put_many(self.streams_table, [(key, encode_position(p)) for key, p in entries])
-        new_marker = positions[-1]
-        txn.put(self.marker_table, MARKER_KEY, frame_marker(new_marker))
-        txn.on_commit(lambda: self._tail.merged(new_marker))
+        merging = self._tail.everything(txn, marker, top)
+        merging.update(zip(batch.keys, batch.pkeys, strict=True))
+        txn.put_many(self.streams_table, [(key, merging[key]) for key in sorted(merging)])
+        txn.put(self.marker_table, MARKER_KEY, frame_marker(last))
+        txn.on_commit(lambda: self._tail.merged(last))
 
     def _check_tracking(self, txn: WriteTxn, tracking: Tracking) -> None:
         raise NotImplementedError  # pragma: no cover (process recorders only)

@@ -27,9 +27,11 @@ __all__ = [
     "datetime_ns",
     "decode_event",
     "decode_position",
+    "decode_stream_key",
     "encode_events",
     "encode_position",
     "oid_prefix",
+    "oid_prefixes",
     "stream_key",
 ]
 
@@ -70,6 +72,16 @@ def stream_key(originator_id: uuid.UUID | str, version: int) -> bytes:
     return oid_prefix(originator_id) + POS.pack(version + VERSION_OFFSET)
 
 
+def oid_prefixes(events: Sequence[StoredEvent]) -> list[bytes]:
+    """:func:`oid_prefix` of each event's originator (a UUID's without a call of its own)."""
+    return [
+        b"\x00" + oid.int.to_bytes(16, "big")  # UUID.bytes, without the property's call
+        if type(oid := e.originator_id) is uuid.UUID
+        else oid_prefix(oid)
+        for e in events
+    ]
+
+
 def encode_events(
     first: int, events: Sequence[StoredEvent], prefixes: Sequence[bytes], time_ns: int
 ) -> list[tuple[bytes, bytes]]:
@@ -79,19 +91,18 @@ def encode_events(
     stream index: a UUID's bytes follow its one-byte tag).
     """
     pack = codec.packer()
-    out = []
+    bodies = []
     for position, event, prefix in zip(
         range(first, first + len(events)), events, prefixes, strict=True
     ):
-        pkey = POS.pack(position)
         if prefix[0] == 0:
             oid: bytes | str = prefix[1:]
             kind = OID_UUID
         else:
             oid, kind = str(event.originator_id), OID_STR
         body = pack([kind, oid, event.originator_version, event.topic, event.state, time_ns])
-        out.append((pkey, codec.frame(pkey, body)))
-    return out
+        bodies.append((POS.pack(position), body))
+    return codec.frame_many(bodies)
 
 
 def decode_event(key: bytes, value: bytes, table: str) -> tuple[StoredEvent, int]:
@@ -111,3 +122,29 @@ def decode_event(key: bytes, value: bytes, table: str) -> tuple[StoredEvent, int
     except (TypeError, ValueError) as e:
         raise FrameError(position=position, detail=f"not an event record ({e})") from e
     return event, int(time_ns)
+
+
+def decode_stream_key(key: bytes, value: bytes, table: str) -> bytes:
+    """The :func:`stream_key` of a frame's event, verified as :func:`decode_event` does.
+
+    For rebuilding the stream index: the common record (a UUID originator,
+    fields of their stored types) is checked field by field without making
+    the event; any other goes through :func:`decode_event`.
+    """
+    position = decode_position(key) if len(key) == 8 else key.hex()
+    body = codec.unframe(key, value, where=table, position=position)
+    record = codec.unpack(body, position=position)
+    if type(record) is list and len(record) == 6:
+        kind, oid, version, topic, state, time_ns = record
+        if (
+            kind == OID_UUID
+            and type(oid) is bytes
+            and len(oid) == 16  # a UUID's bytes
+            and type(version) is int
+            and type(topic) is str
+            and type(state) is bytes
+            and type(time_ns) is int
+        ):
+            return b"\x00" + oid + POS.pack(version + VERSION_OFFSET)
+    event, _ = decode_event(key, value, table)
+    return stream_key(event.originator_id, event.originator_version)

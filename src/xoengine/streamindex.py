@@ -8,21 +8,37 @@ merge marker").
 from __future__ import annotations
 
 import threading
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
 from xoengine import codec
-from xoengine.record import decode_event, decode_position, encode_position, oid_prefix
+from xoengine.record import (
+    POS,
+    VERSION_OFFSET,
+    decode_position,
+    decode_stream_key,
+    encode_position,
+)
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Iterator, Sequence
 
     from xoengine.datastore import ReadTxn
 
-__all__ = ["MARKER_KEY", "MERGE_AT", "StreamTail", "frame_marker"]
+__all__ = ["MARKER_KEY", "MERGE_AT", "StreamEntries", "StreamTail", "frame_marker"]
 
 MERGE_AT: Final = 16384
 """Unmerged events after which the writer merges their stream entries into the sorted index."""
 MARKER_KEY: Final = b"upto"
+
+
+class StreamEntries(NamedTuple):
+    """Stream-index entries of a batch of events, in the forms the tail uses them."""
+
+    keys: list[bytes]  # stream keys (oid prefix, version)
+    pkeys: list[bytes]  # position keys, in the same order
+    prefixes: list[bytes]  # the keys' oid prefixes
+    versions: list[int]
+    positions: Sequence[int]
 
 
 class StreamTail:
@@ -38,6 +54,12 @@ class StreamTail:
     found by scanning the events table, so this is only ever a cache of
     committed records: another process, or a reopened journal, builds its own.
 
+    Entries are held as the sorted index stores them (stream key -> position
+    key): a duplicate check is a lookup and a merge a sort of them. The
+    ``version -> position`` maps per stream that readers use are made from
+    them when a read comes, so an append that nobody reads back costs no more
+    than a dict update.
+
     Only committed snapshots change it (read transactions and the writer's
     on-commit callback); a write transaction takes a private view (its own
     uncommitted events, an uncommitted merge) and never changes it.
@@ -48,21 +70,46 @@ class StreamTail:
         self._lock = threading.Lock()
         self._base = -1  # the marker these entries are above (-1: not built)
         self._upto = 0  # the last position they cover
-        self._entries: dict[bytes, dict[int, int]] = {}  # oid prefix -> version -> position
+        self._entries: dict[bytes, bytes] = {}  # stream key -> position key
+        self._streams: dict[bytes, dict[int, int]] = {}  # oid prefix -> version -> position
+        self._unread: list[StreamEntries] = []  # batches not yet in _streams
 
-    def _scan(self, txn: ReadTxn, after: int, last: int) -> Iterator[tuple[bytes, int, int]]:
-        """(oid prefix, version, position) of the events in (after, last], checksums verified."""
+    def _scan(self, txn: ReadTxn, after: int, last: int) -> Iterator[tuple[bytes, bytes]]:
+        """(stream key, position key) of the events in (after, last], checksums verified."""
         if last <= after:
             return
         for key, value in txn.items(self._events_table, encode_position(after + 1)):
-            position = decode_position(key)
-            if position > last:
+            if decode_position(key) > last:
                 return
-            event, _ = decode_event(key, value, self._events_table)
-            yield oid_prefix(event.originator_id), event.originator_version, position
+            yield decode_stream_key(key, value, self._events_table), key
 
-    def _add(self, prefix: bytes, version: int, position: int) -> None:
-        self._entries.setdefault(prefix, {})[version] = position
+    def _add(self, batch: StreamEntries) -> None:
+        # Not strict: the lists are made together, and at batch 2 (an Application
+        # save) the check would cost as much as the update.
+        self._entries.update(zip(batch.keys, batch.pkeys, strict=False))
+        self._unread.append(batch)
+
+    def _add_items(self, items: list[tuple[bytes, bytes]]) -> None:
+        """:meth:`_add` for (stream key, position key) pairs (scanned, or kept after a merge)."""
+        keys = [key for key, _ in items]
+        # A stream key is the oid prefix, then the version + 2**63 in 8 bytes.
+        prefixes = [key[:-8] for key in keys]
+        versions = [POS.unpack_from(key, len(key) - 8)[0] - VERSION_OFFSET for key in keys]
+        pkeys = [pkey for _, pkey in items]
+        positions = [decode_position(pkey) for pkey in pkeys]
+        self._add(StreamEntries(keys, pkeys, prefixes, versions, positions))
+
+    def _by_stream(self) -> dict[bytes, dict[int, int]]:
+        """The entries per stream, with those added since the last read."""
+        streams = self._streams
+        if self._unread:
+            for batch in self._unread:
+                for prefix, version, position in zip(
+                    batch.prefixes, batch.versions, batch.positions, strict=False
+                ):
+                    streams.setdefault(prefix, {})[version] = position
+            self._unread = []
+        return streams
 
     def _follow(self, txn: ReadTxn, marker: int, last: int) -> bool:
         """Bring the shared entries to a committed snapshot; False if it is older than them."""
@@ -71,20 +118,19 @@ class StreamTail:
         if marker > self._base:
             self._advance(marker)
         if self._upto < last:
-            for prefix, version, position in self._scan(txn, self._upto, last):
-                self._add(prefix, version, position)
+            self._add_items(list(self._scan(txn, self._upto, last)))
             self._upto = last
         return True
 
     def _advance(self, marker: int) -> None:
         """Forget the entries at or below ``marker``: a merge put them in the sorted index."""
-        if self._base < 0 or self._upto <= marker:
-            self._entries, self._upto = {}, marker
+        entries = self._entries
+        self._entries, self._streams, self._unread = {}, {}, []
+        if self._base >= 0 and self._upto > marker:
+            above = encode_position(marker)
+            self._add_items([(key, pkey) for key, pkey in entries.items() if pkey > above])
         else:
-            for versions in self._entries.values():
-                for version in [v for v, p in versions.items() if p <= marker]:
-                    del versions[version]
-            self._entries = {k: v for k, v in self._entries.items() if v}
+            self._upto = marker
         self._base = marker
 
     @property
@@ -101,46 +147,50 @@ class StreamTail:
         """``version -> position`` of one stream above ``marker`` in a committed snapshot."""
         with self._lock:
             if self._follow(txn, marker, last):
-                return {v: p for v, p in self._entries.get(prefix, {}).items() if p <= last}
-        return {v: p for k, v, p in self._scan(txn, marker, last) if k == prefix}
+                versions = self._by_stream().get(prefix, {})
+                return {v: p for v, p in versions.items() if p <= last}
+        return {
+            POS.unpack_from(key, len(prefix))[0] - VERSION_OFFSET: decode_position(pkey)
+            for key, pkey in self._scan(txn, marker, last)
+            if key[:-8] == prefix
+        }
 
     def _private(self, txn: ReadTxn, marker: int, last: int) -> tuple[int, list[Any]]:
         """What a write transaction sees beyond the shared entries: (their end, a scan)."""
         upto = max(self._upto, marker) if marker >= self._base >= 0 else marker
         return upto, list(self._scan(txn, upto, last)) if upto < last else []
 
-    def recorded(
-        self, txn: ReadTxn, marker: int, last: int, wanted: list[tuple[bytes, int]]
-    ) -> tuple[bytes, int] | None:
-        """The first of ``wanted`` (prefix, version) already above ``marker``, or None."""
+    def _shared(self, marker: int, upto: int) -> dict[bytes, bytes]:
+        """The shared entries in (marker, upto] (all of them unless another process merged)."""
+        if marker == self._base:
+            return self._entries  # they are exactly (base, upto]
+        low, high = encode_position(marker), encode_position(upto)
+        return {k: p for k, p in self._entries.items() if low < p <= high}
+
+    def recorded(self, txn: ReadTxn, marker: int, last: int, keys: list[bytes]) -> int | None:
+        """The index of the first of stream ``keys`` already above ``marker``, or None."""
         with self._lock:
             upto, scanned = self._private(txn, marker, last)
-            shared = upto > marker
-            for prefix, version in wanted:
-                position = self._entries.get(prefix, {}).get(version) if shared else None
-                if position is not None and marker < position <= upto:
-                    return prefix, version
-        extra = {(prefix, version) for prefix, version, _ in scanned}
-        return next((w for w in wanted if w in extra), None)
+            shared = self._shared(marker, upto) if upto > marker else {}
+            if not shared.keys().isdisjoint(keys):  # one call: a clash is the rare case
+                return next(i for i, key in enumerate(keys) if key in shared)
+        extra = {key for key, _ in scanned}
+        return next((i for i, key in enumerate(keys) if key in extra), None) if extra else None
 
-    def everything(self, txn: ReadTxn, marker: int, last: int) -> list[tuple[bytes, int, int]]:
-        """Every (prefix, version, position) above ``marker`` up to ``last`` (for a merge)."""
+    def everything(self, txn: ReadTxn, marker: int, last: int) -> dict[bytes, bytes]:
+        """Every stream key -> position key above ``marker`` up to ``last`` (for a merge)."""
         with self._lock:
             upto, scanned = self._private(txn, marker, last)
-            shared = [
-                (prefix, version, position)
-                for prefix, versions in self._entries.items()
-                for version, position in versions.items()
-                if marker < position <= upto
-            ]
-        return shared + scanned
+            entries = dict(self._shared(marker, upto)) if upto > marker else {}
+        entries.update(scanned)
+        return entries
 
-    def appended(self, added: list[tuple[bytes, int, int]], first: int, last: int) -> None:
-        """The writer's callback: its batch ``first..last`` committed (ignored on a gap)."""
+    def appended(self, batch: StreamEntries) -> None:
+        """The writer's callback: its ``batch`` committed (ignored after a gap)."""
+        first, last = batch.positions[0], batch.positions[-1]
         with self._lock:
             if self._base >= 0 and self._upto == first - 1:
-                for prefix, version, position in added:
-                    self._add(prefix, version, position)
+                self._add(batch)
                 self._upto = last
 
     def merged(self, marker: int) -> None:

@@ -86,6 +86,11 @@ def test_codec_frame_bound_to_its_key(body: bytes, position: int) -> None:
         codec.unframe((position + 1).to_bytes(8, "big"), framed)
 
 
+@given(st.lists(st.tuples(st.binary(max_size=12), st.binary(max_size=5000)), max_size=5))
+def test_codec_frame_many_frames_as_frame_does(items: list[tuple[bytes, bytes]]) -> None:
+    assert codec.frame_many(items) == [(key, codec.frame(key, body)) for key, body in items]
+
+
 @given(st.binary(max_size=200))
 def test_codec_unpack_garbage_is_value_or_frame_error(garbage: bytes) -> None:
     try:
