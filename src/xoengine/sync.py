@@ -294,6 +294,11 @@ class Synchronizer:
             return []
         self._record([("created", path, {}, {}) for path, _ in batch])
         self._created.extend(path for path, _ in batch)
+        # Creations only (nothing moves or goes): each parent directory opened once.
+        with self.tree.holding_parents():
+            return self._create_each(batch)
+
+    def _create_each(self, batch: list[tuple[str, Entry]]) -> list[tuple[str, Entry, str, int]]:
         done = []
         for path, entry in batch:
             if entry.kind == "dir":

@@ -162,18 +162,28 @@ def resolve_under(root: AnyPath, relpath: str | bytes) -> str | bytes:
     return result if isinstance(given, bytes) else os.fsdecode(result)
 
 
+PARENT_CACHE_FDS: Final = 256
+"""Directories a :class:`ParentCache` keeps open at most."""
+
+
 class ParentCache:
     """Directories under one root held open for a batch of :func:`open_parent` calls.
 
     Each directory is opened once, the way :func:`open_parent` opens it (no
     symlink followed). Only for batches that move or remove no directory: a
     held fd follows its directory wherever it goes. Close it when done.
+
+    At most :data:`PARENT_CACHE_FDS` directories stay open (the least recently
+    used are closed first), so a tree with more directories than the process
+    may open files is no error; the most recent ones always stay, so an
+    operation holding two parents at once (a rename) keeps both.
     """
 
-    def __init__(self, root: AnyPath) -> None:
-        """Hold directories of ``root`` (none yet)."""
+    def __init__(self, root: AnyPath, limit: int = PARENT_CACHE_FDS) -> None:
+        """Hold directories of ``root`` (none yet), at most ``limit`` at a time."""
         self.root = root
-        self._fds: dict[str, int] = {}
+        self.limit = max(limit, 8)
+        self._fds: dict[str, int] = {}  # in order of use, the most recent last
 
     def parent(self, rel: RelPath, *, create: bool, mode: int = 0o777) -> tuple[int, str]:
         """``(dir_fd, leaf)`` for the normalised ``rel``; the fd stays the cache's."""
@@ -181,7 +191,8 @@ class ParentCache:
         return self._dir(head, rel, create=create, mode=mode), leaf
 
     def _dir(self, path: str, rel: str, *, create: bool, mode: int) -> int:
-        fd = self._fds.get(path)
+        fds = self._fds
+        fd = fds.pop(path, None)
         if fd is None:
             if path:
                 head = path.rpartition("/")[0]
@@ -189,7 +200,10 @@ class ParentCache:
                 fd = _open_subdir(above, rel, path, self.root, create=create, mode=mode)
             else:
                 fd = _open_root(self.root)
-            self._fds[path] = fd
+            if len(fds) >= self.limit:
+                for old in list(fds)[: len(fds) - self.limit // 2]:
+                    os.close(fds.pop(old))
+        fds[path] = fd  # the most recently used last
         return fd
 
     def close(self) -> None:

@@ -898,3 +898,29 @@ def test_walk_module_imports_only_errors_and_the_stdlib() -> None:
     }
     assert {m for m in imports if m.startswith("xoengine")} == {"xoengine.errors"}
     assert "Room: algorithms/storage" in source
+
+
+def test_parent_cache_keeps_a_bounded_number_of_directories_open(tmp_path: Path) -> None:
+    # A replay or sync of a tree with more directories than the process may open
+    # files must not fail with EMFILE: the least recently used fds are closed.
+    from xoengine.walk import ParentCache  # noqa: PLC0415
+
+    for i in range(40):
+        (tmp_path / f"d{i:02d}" / "sub").mkdir(parents=True)
+    cache = ParentCache(str(tmp_path), limit=8)
+    try:
+        held: list[int] = []
+        for i in range(40):
+            fd, leaf = cache.parent(f"d{i:02d}/sub/file", create=False)
+            assert leaf == "file"
+            assert os.path.samestat(os.fstat(fd), os.stat(tmp_path / f"d{i:02d}" / "sub"))
+            assert len(cache._fds) <= 8
+            held.append(fd)
+        # The two most recent parents (an operation holding two) are still open.
+        first, _ = cache.parent("d38/sub/x", create=False)
+        second, _ = cache.parent("d39/sub/x", create=False)
+        assert os.path.samestat(os.fstat(first), os.stat(tmp_path / "d38" / "sub"))
+        assert os.path.samestat(os.fstat(second), os.stat(tmp_path / "d39" / "sub"))
+    finally:
+        cache.close()
+    assert not cache._fds
