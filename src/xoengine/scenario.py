@@ -8,6 +8,7 @@ record and floor.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import functools
 import os
@@ -57,7 +58,7 @@ from xoengine.rewind import (
 )
 from xoengine.sync import LEVELS, Synchronizer, SyncSummary
 from xoengine.tree import ReplicaTree
-from xoengine.walk import normalize_relpath, stat_entry
+from xoengine.walk import ParentCache, normalize_relpath, stat_entry
 from xoengine.worker import ApplierThread, ScanFollower, compare_trees
 
 if TYPE_CHECKING:
@@ -414,11 +415,14 @@ class Scenario:
         (a file, a directory, a link), or removed if it holds nothing.
         """
         moved: list[tuple[str, FileState | None]] = []
-        with self._engine.store.read() as txn:
+        caches = [ParentCache(root) for root in self.layout.roots]
+        with contextlib.ExitStack() as closing, self._engine.store.read() as txn:
+            for cache in caches:
+                closing.callback(cache.close)
             for path in written:
                 state = self.manifest.get(txn, path)
                 index, rel = self.layout.split(path)
-                st = stat_entry(self.layout.roots[index], rel)  # as the scan's walk saw it
+                st = stat_entry(self.layout.roots[index], rel, caches[index])  # as the scan saw it
                 seen = (st.size, st.mtime_ns, st.ctime_ns, st.inode) if st else None
                 known = (state.size, state.mtime_ns, state.ctime_ns, state.ino) if state else None
                 # A racy stat cannot say the file is unchanged: take the journal's bytes.

@@ -612,15 +612,18 @@ def walk(root: AnyPath, include: Iterable[Pattern] = (), exclude: Iterable[Patte
     return Walk(root, include, exclude)
 
 
-def stat_entry(root: AnyPath, relpath: str | bytes) -> Entry | None:
+def stat_entry(
+    root: AnyPath, relpath: str | bytes, cache: ParentCache | None = None
+) -> Entry | None:
     """The :class:`Entry` for one path under ``root`` as :func:`walk` would report it.
 
     None if it does not exist (or a parent is missing). Parents are opened
-    without following symlinks (:func:`open_parent`), like the walker does.
+    without following symlinks (:func:`open_parent`), like the walker does;
+    through ``cache`` (a :class:`ParentCache` of ``root``) for many paths.
     """
     rel = normalize_relpath(relpath)
     try:
-        with open_parent(root, rel) as (fd, leaf):
+        with open_parent(root, rel, cache=cache) as (fd, leaf):
             st = os.stat(leaf, dir_fd=fd, follow_symlinks=False)
             kind = _kind(st.st_mode)
             target = os.fsdecode(os.readlink(leaf, dir_fd=fd)) if kind == "symlink" else None
