@@ -235,8 +235,7 @@ def _u8(view: memoryview) -> _U8:
 
 def _digests(view: memoryview, block_size: int) -> list[int]:
     """xxh3-64 of every block of ``view`` (the last one may be short)."""
-    digest64 = codec.digest64
-    return [digest64(view[o : o + block_size]) for o in range(0, len(view), block_size)]
+    return codec.block_digests64(view, block_size)
 
 
 def block_digests(data: Buffer, block_size: int = DEFAULT_BLOCK_SIZE) -> _U64:
