@@ -37,7 +37,7 @@ from xoengine.journal import BlobTable, encode_position
 from xoengine.walk import ParentCache, normalize_relpath, open_parent
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable, Iterator
+    from collections.abc import Callable, Iterable, Iterator, Sequence
 
     from xoengine.datastore import ReadTxn, Store, WriteTxn
 
@@ -231,17 +231,33 @@ class ReplicaTree:
 
     def read(self, path: str, offset: int = 0, length: int | None = None) -> bytes:
         """Bytes of a regular file (b"" beyond its end or if it is absent)."""
-        try:
-            with self._parent(path, create=False) as (fd, leaf):
-                handle = os.open(leaf, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
-        except ReplicaWriteError:
-            return b""
-        except FileNotFoundError:
-            return b""
-        try:
+        with self._reading(path) as handle:
+            if handle is None:
+                return b""
             if length is None:
                 length = max(os.fstat(handle).st_size - offset, 0)
             return os.pread(handle, length, offset) if length else b""
+
+    def read_ranges(self, path: str, ranges: Sequence[tuple[int, int]]) -> list[bytes]:
+        """Bytes at each ``(offset, length)`` of a regular file, in one open (as :meth:`read`)."""
+        with self._reading(path) as handle:
+            if handle is None:
+                return [b"" for _ in ranges]
+            return [
+                os.pread(handle, length, offset) if length else b"" for offset, length in ranges
+            ]
+
+    @contextlib.contextmanager
+    def _reading(self, path: str) -> Iterator[int | None]:
+        """A read-only fd of the regular file at ``path`` (None if it is absent)."""
+        try:
+            with self._parent(path, create=False) as (fd, leaf):
+                handle = os.open(leaf, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+        except (ReplicaWriteError, FileNotFoundError):
+            yield None
+            return
+        try:
+            yield handle
         finally:
             os.close(handle)
 
@@ -785,16 +801,19 @@ def image_of_writes(
     """Before-image of in-place writes over ``ranges`` that leave the file ``new_size`` long."""
     st = tree.lstat(path)
     old_size = 0 if st is None else st.st_size
-    pieces: dict[str, bytes] = {}
     spans: list[list[Any]] = []
+    wanted: list[tuple[int, int]] = []
     for index, (offset, length) in enumerate(ranges):
         end = min(offset + length, old_size)
         if end > offset:
-            pieces[f"b{index}"] = tree.read(path, offset, end - offset)
             spans.append([offset, f"b{index}"])
+            wanted.append((offset, end - offset))
     if old_size > new_size:  # the change also cuts the file
-        pieces["tail"] = tree.read(path, new_size, old_size - new_size)
         spans.append([new_size, "tail"])
+        wanted.append((new_size, old_size - new_size))
+    # Every before-image through one open of the file.
+    read = tree.read_ranges(path, wanted) if wanted else []
+    pieces = {name: data for (_, name), data in zip(spans, read, strict=True)}
     if st is None:
         return ("created", path, {}, {})
     return ("bytes", path, {"old_size": old_size, "spans": spans, **stat_meta(st)}, pieces)
