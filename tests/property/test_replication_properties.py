@@ -405,10 +405,26 @@ class JournaledFileMachine(ChangeScriptMachine):
 
 
 class RebuildMachine(ChangeScriptMachine):
-    """Captured scripts again; at the end the master state is dropped and folded again."""
+    """Captured scripts again; at the end the master state is dropped and folded again.
+
+    One more rule puts bytes in front of a file of many blocks: a delta whose
+    new block map is not in the journal, so the rebuild must derive it from the
+    content the journal holds.
+    """
 
     rebuild_checks = True
     label = "rebuild scripts"
+
+    @rule(seed=st.integers(0, 2**16), head=st.binary(min_size=1, max_size=64))
+    def shift_a_large_file(self, seed: int, head: bytes) -> None:
+        path = os.path.join(self.master, "shifted.bin")
+        if not os.path.isfile(path) or os.path.islink(path):
+            if os.path.lexists(path):
+                return
+            self.apply(CreateFile(b"shifted.bin", random.Random(seed).randbytes(24 * 1024)))
+            self.replicate()
+        self.apply(Insert(b"shifted.bin", 0, head))
+        self.replicate()
 
 
 class CoarseTimeMachine(ChangeScriptMachine):
