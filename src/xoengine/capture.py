@@ -83,6 +83,8 @@ _CHUNK: Final = 16 * 1024 * 1024
 
 FLUSH_BYTES: Final = 64 * 1024 * 1024
 FLUSH_EVENTS: Final = 2000
+OFF_THREAD_BYTES: Final = 16 * 1024 * 1024
+"""A scan's batch at least this large is committed by a thread beside the scan (overlap)."""
 
 
 class ChangeWhileReadWarning(TreeWarning):
@@ -818,14 +820,20 @@ class Capture:
 
     def _flush(self) -> None:
         pending, self._pending = self._pending, []
-        self._pending_bytes = 0
+        nbytes, self._pending_bytes = self._pending_bytes, 0
         if not pending:
             return
         self._known = None
-        if self._committer is not None:
-            self._committer.submit(lambda: self._commit(pending))
-        else:
-            self._commit(pending)
+        committer = self._committer
+        if committer is not None and nbytes >= OFF_THREAD_BYTES:
+            committer.submit(lambda: self._commit(pending))
+            return
+        # A batch of small files commits here: a commit thread beside a scan that
+        # makes ~10 system calls per file costs both more in GIL handoffs than the
+        # overlap saves (10,000 small files: 3.1-3.5 s threaded, 1.9-2.3 s here).
+        if committer is not None:
+            committer.finish()  # in order: after the batch being committed
+        self._commit(pending)
 
     def _commit(self, pending: list[_Pending]) -> None:
         # Blobs first (own transaction): an event never references a missing blob;
