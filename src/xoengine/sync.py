@@ -46,6 +46,7 @@ __all__ = ["LEVELS", "CaptureFollower", "Settle", "SyncSummary", "Synchronizer"]
 
 LEVELS: Final = ("block", "file")
 _BATCH_PATHS: Final = 8192
+_SMALL_AVERAGE: Final = 256 * 1024  # below this average file size, copy after the scan
 """New paths whose before-images (a few bytes each) share one transaction: few commits,
 since each may wait for a capture commit of many MiB running beside the sync."""
 
@@ -171,6 +172,11 @@ class Synchronizer:
         if follow is not None:
             follow.wait_walked()
         master = self._walk_master(summary)
+        if follow is not None and _mostly_small(master):
+            # Copying small files while the scan reads and journals them costs both
+            # threads more (a GIL handoff at every system call, creations waiting
+            # on the journal's fsyncs) than the overlap saves: copy after the scan.
+            follow.wait_done()
         replica = self._walk_replica(summary)
         self._replica_entries = replica  # kept current as kind changes delete subtrees
         synced: list[DomainEvent] = []
@@ -470,6 +476,12 @@ class _Sink:
     def write(self, data: bytes | memoryview) -> int:
         self.out += data
         return len(data)
+
+
+def _mostly_small(entries: dict[str, Entry]) -> bool:
+    """Whether the regular files average less than :data:`_SMALL_AVERAGE` bytes."""
+    sizes = [e.size for e in entries.values() if e.kind == "file"]
+    return bool(sizes) and sum(sizes) < _SMALL_AVERAGE * len(sizes)
 
 
 def _root_entry(name: str, root: str) -> Entry:

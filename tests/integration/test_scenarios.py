@@ -427,8 +427,18 @@ def test_synchronize_block_level_sends_only_changed_blocks(engine: Engine, tmp_p
     assert sent["block"] * 20 < sent["file"]
 
 
+@pytest.fixture(params=["copies beside the scan", "copies after the scan"])
+def copy_timing(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Both ways a sync beside a scan copies: interleaved (large files) or after it (small)."""
+    from xoengine import sync  # noqa: PLC0415
+
+    beside = request.param == "copies beside the scan"
+    monkeypatch.setattr(sync, "_SMALL_AVERAGE", 0 if beside else 1 << 62)
+    return str(request.param)
+
+
 def test_synchronize_beside_the_scan_copies_after_it_and_finishes_after_its_events(
-    engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, copy_timing: str
 ) -> None:
     from xoengine import capture  # noqa: PLC0415
 
@@ -646,7 +656,11 @@ def test_failed_applier_puts_scenario_in_problem_and_resume_retries(
 
 @pytest.mark.parametrize("replica_had", ["nothing", "older files"])
 def test_initial_sync_holds_what_the_journal_holds_when_the_master_moves_mid_copy(
-    engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, replica_had: str
+    engine: Engine,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    replica_had: str,
+    copy_timing: str,
 ) -> None:
     # The replica is copied beside the scan that journals the baseline, each file
     # after the scan read it. A file written between that read and the copy must
