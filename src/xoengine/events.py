@@ -61,6 +61,7 @@ __all__ = [
     "SyncStarted",
     "UndoTrimmed",
     "XoEvent",
+    "event_bytes",
     "new_id",
 ]
 
@@ -355,3 +356,12 @@ FILE_EVENTS: Final = (
     MetadataChanged,
 )
 """Every kind of file event: what the replica applies, the master state folds, the ledger counts."""
+
+
+def event_bytes(event: FileEvent) -> int:
+    """Bytes of file data an event carries: its journaled ranges, or its delta's literals."""
+    if isinstance(event, BytesWritten):
+        return sum(r[1] for r in event.ranges)
+    if isinstance(event, ContentReplaced):
+        return sum(op[2] for op in event.ops if op[0] == "data")
+    return 0

@@ -35,6 +35,7 @@ from xoengine.events import (
     FileRenamed,
     FileTruncated,
     MetadataChanged,
+    event_bytes,
 )
 from xoengine.tree import Extents, ReplicaTree
 from xoengine.walk import normalize_relpath
@@ -165,15 +166,6 @@ def _size_after(events: list[FileEvent], size: int) -> int:
         elif isinstance(event, (BytesWritten, FileTruncated)):
             size = event.size
     return size
-
-
-def _written(event: FileEvent) -> int:
-    """Bytes an event writes (journaled ranges and delta literals): what a replay replays."""
-    if isinstance(event, BytesWritten):
-        return sum(r[1] for r in event.ranges)
-    if isinstance(event, ContentReplaced):
-        return sum(op[2] for op in event.ops if op[0] == "data")
-    return 0
 
 
 def _operation(event: FileEvent) -> str:
@@ -326,7 +318,7 @@ class Forensics:
                     yield offset, data[start : start + length]
 
         out.write_new(live.path, pieces(), size, live.mode, live.mtime_ns)
-        return sum(_written(event) for event in events)
+        return sum(event_bytes(event) for event in events)
 
     def contents(
         self, file_ids: Collection[uuid.UUID], position: int | None = None

@@ -33,6 +33,7 @@ from xoengine.events import (
     FileSynced,
     SyncFinished,
     SyncStarted,
+    event_bytes,
 )
 
 if TYPE_CHECKING:
@@ -40,7 +41,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
     from typing import Any
 
-__all__ = ["OPERATIONS", "SYNC_EVENTS", "Ledger", "Span", "event_bytes", "operation", "sync_runs"]
+__all__ = ["OPERATIONS", "SYNC_EVENTS", "Ledger", "Span", "operation", "sync_runs"]
 
 OPERATIONS: Final = ("created", "written", "updated", "deleted", "renamed")
 
@@ -58,15 +59,6 @@ def operation(event: FileEvent) -> str:
         # creation, already counted, not an update.
         return "written"
     return "updated"
-
-
-def event_bytes(event: FileEvent) -> int:
-    """Bytes of file data an event carries (what replication moves)."""
-    if isinstance(event, BytesWritten):
-        return sum(r[1] for r in event.ranges)
-    if isinstance(event, ContentReplaced):
-        return sum(op[2] for op in event.ops if op[0] == "data")
-    return 0
 
 
 @dataclass(frozen=True)

@@ -40,11 +40,12 @@ from xoengine.events import (
     ScenarioStateChanged,
     ScenarioStopped,
     UndoTrimmed,
+    event_bytes,
 )
 from xoengine.journal import datetime_ns
 from xoengine.journaledfile import JournaledFile
 from xoengine.layout import Layout
-from xoengine.ledger import SYNC_EVENTS, event_bytes, operation, sync_runs
+from xoengine.ledger import SYNC_EVENTS, operation, sync_runs
 from xoengine.manifest import FileState, Manifest
 from xoengine.masterstate import racy
 from xoengine.replica import ReplicaApplier

@@ -34,8 +34,8 @@ from xoengine.events import (
     FileCreated,
     ScenarioStateChanged,
     SyncStarted,
+    event_bytes,
 )
-from xoengine.ledger import event_bytes
 from xoengine.record import encode_position
 from xoengine.replica import ReplicaApplier
 from xoengine.testing import (
