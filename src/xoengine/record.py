@@ -11,7 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import struct
 import uuid
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from eventsourcing.persistence import StoredEvent
 
@@ -105,11 +105,16 @@ def encode_events(
     return codec.frame_many(bodies)
 
 
-def decode_event(key: bytes, value: bytes, table: str) -> tuple[StoredEvent, int]:
-    """The verified event and time label of a frame (coded errors for damage)."""
+def _record(key: bytes, value: bytes, table: str) -> tuple[int | str, Any]:
+    """The position (or key, in hex) and the checksum-verified, unpacked record of a frame."""
     position = decode_position(key) if len(key) == 8 else key.hex()
     body = codec.unframe(key, value, where=table, position=position)
-    record = codec.unpack(body, position=position)
+    return position, codec.unpack(body, position=position)
+
+
+def decode_event(key: bytes, value: bytes, table: str) -> tuple[StoredEvent, int]:
+    """The verified event and time label of a frame (coded errors for damage)."""
+    position, record = _record(key, value, table)
     try:
         kind, oid, version, topic, state, time_ns = record
         originator_id: uuid.UUID | str = uuid.UUID(bytes=oid) if kind == OID_UUID else oid
@@ -131,9 +136,7 @@ def decode_stream_key(key: bytes, value: bytes, table: str) -> bytes:
     fields of their stored types) is checked field by field without making
     the event; any other goes through :func:`decode_event`.
     """
-    position = decode_position(key) if len(key) == 8 else key.hex()
-    body = codec.unframe(key, value, where=table, position=position)
-    record = codec.unpack(body, position=position)
+    _, record = _record(key, value, table)
     if type(record) is list and len(record) == 6:
         kind, oid, version, topic, state, time_ns = record
         if (

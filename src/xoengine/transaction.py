@@ -154,15 +154,11 @@ class WriteTxn(ReadTxn):
         handle = self._dbi(db)
         return bool(self._txn.put(key, value, db=handle, overwrite=overwrite))
 
-    def append(self, db: str, key: bytes, value: bytes) -> None:
-        """Store at a key above every existing key (fast path); raise if it is not."""
-        handle = self._dbi(db)
-        if not self._txn.put(key, value, db=handle, append=True):
-            # py-lmdb returns False instead of raising on an out-of-order key.
-            raise StorageError(detail=f"append out of order in {db!r} at key {key.hex()}")
-
     def append_many(self, db: str, items: Sequence[tuple[bytes, bytes]]) -> None:
-        """:meth:`append` for many items in ascending key order, in one call into LMDB."""
+        """Store items at keys above every existing key, in ascending order, in one call.
+
+        LMDB's append fast path; raise if a key is not above the ones before it.
+        """
         cursor = self._txn.cursor(db=self._dbi(db))
         _, added = cursor.putmulti(items, append=True)
         if added != len(items):
