@@ -248,7 +248,6 @@ class LMDBAggregateRecorder(_LMDBRecorder, AggregateRecorder):
         if tracking is not None:
             self._check_tracking(txn, tracking)
         # 2. Positions follow the last one, inside the single write transaction.
-
         floor = 0
         if top and self.events_table not in self._clock.seen:
             # First append in this process: never label below what the journal holds

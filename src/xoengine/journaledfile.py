@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from typing import IO, Self
+from typing import IO, Any, Self
 
 from xoengine.blocks import BlockMap
 from xoengine.capture import BLOB_MAX, Capture, CaptureResult, _entry_observed, _observed
@@ -235,29 +235,21 @@ class JournaledFile:
         digests = [[first, bytes(packed[first * DIGEST_WIDTH : last * DIGEST_WIDTH])]]
         version = capture._next_version(state)
 
+        common: dict[str, Any] = {
+            "originator_id": state.file_id,
+            "originator_version": version,
+            "scenario": scenario,
+            "path": self.path,
+            "observed": observed,
+            "size": size,
+            "digests": digests,
+        }
+
         def make(ids: list[bytes]) -> FileEvent:
-            if not pieces:
-                return FileTruncated(
-                    originator_id=state.file_id,
-                    originator_version=version,
-                    timestamp=FileTruncated.create_timestamp(),
-                    scenario=scenario,
-                    path=self.path,
-                    observed=observed,
-                    size=size,
-                    digests=digests,
-                )
-            return BytesWritten(
-                originator_id=state.file_id,
-                originator_version=version,
-                timestamp=BytesWritten.create_timestamp(),
-                scenario=scenario,
-                path=self.path,
-                observed=observed,
-                ranges=[[o, len(d), b] for (o, d), b in zip(pieces, ids, strict=True)],
-                size=size,
-                digests=digests,
-            )
+            if not pieces:  # only the size moved
+                return FileTruncated(timestamp=FileTruncated.create_timestamp(), **common)
+            ranges = [[o, len(d), b] for (o, d), b in zip(pieces, ids, strict=True)]
+            return BytesWritten(timestamp=BytesWritten.create_timestamp(), ranges=ranges, **common)
 
         capture._queue(make, [d for _, d in pieces])
         capture._result.updated += 1
