@@ -242,13 +242,24 @@ class _RWLock:
                 self._cond.notify_all()
 
 
+Together = tuple["Callable[[WriteTxn, list[Any]], list[Any]]", Any]
+"""``(runner, item)``: a write that may run in one call with others of the same runner.
+
+``runner(txn, items)`` returns one result per item, in order. Requests of
+one group commit that share a runner (compared with ``==``: a bound method
+of one object) run as one call; if that call raises, each runs alone by its
+own work function instead.
+"""
+
+
 class _WriteRequest:
     """One caller's write function waiting for (or done in) a group commit."""
 
-    __slots__ = ("committed", "done", "error", "result", "work")
+    __slots__ = ("committed", "done", "error", "result", "together", "work")
 
-    def __init__(self, work: Callable[[WriteTxn], Any]) -> None:
+    def __init__(self, work: Callable[[WriteTxn], Any], together: Together | None) -> None:
         self.work = work
+        self.together = together
         self.result: Any = None
         self.error: BaseException | None = None
         self.done = False
@@ -596,13 +607,15 @@ class Store:
             except lmdb.Error as e:
                 raise _translate(e, self.path) from e
 
-    def write(self, work: Callable[[WriteTxn], T]) -> T:
+    def write(self, work: Callable[[WriteTxn], T], *, together: Together | None = None) -> T:
         """Run ``work`` in a write transaction and commit it durably; return its result.
 
         Group commit: while one thread commits, others queue their work; the next
         committer runs every queued function in one transaction and pays one
         fsync for all of them. A function that raises is left out: its exception
         goes back to its caller and the others run again in a new transaction.
+        Queued requests given the same ``together`` runner run as one call of it
+        (see :data:`Together`): several callers' appends cost what one batch does.
 
         ``work`` may run more than once: if the map fills (in ``put`` or at
         commit) the transaction is aborted, the map doubled, and the batch run
@@ -612,7 +625,7 @@ class Store:
         self._check_open()
         if self.readonly:
             raise JournalReadOnlyError(path=self.path, detail="write refused")
-        request = _WriteRequest(work)
+        request = _WriteRequest(work, together)
         batch: list[_WriteRequest] | None = None
         with self._queue:
             now = time.monotonic()
@@ -688,16 +701,13 @@ class Store:
         while live:
             txn = self._env.begin(write=True)
             try:
-                failed = None
                 for request in live:
                     request.error, request.committed = None, []
-                    self._run_one(request, txn, seq)
-                    if request.error is not None:
-                        failed = request
-                        break
+                failed = self._run_groups(live, txn, seq)
                 if failed is not None:
                     txn.abort()
-                    live.remove(failed)
+                    if failed.error is not None:
+                        live.remove(failed)
                     continue
                 txn.commit()
             except BaseException:
@@ -708,6 +718,50 @@ class Store:
                 for callback in request.committed:
                     callback()
             return
+
+    def _run_groups(self, live: list[_WriteRequest], txn: Any, seq: int) -> _WriteRequest | None:
+        """Run ``live`` in ``txn``, requests of one runner together; the one that failed, if any.
+
+        A failed joint call returns its first request with no error of its own:
+        the group's requests lose ``together`` and the batch runs again.
+        """
+        groups: list[list[_WriteRequest]] = []
+        by_runner: dict[Any, list[_WriteRequest]] = {}
+        for request in live:
+            if request.together is None:
+                groups.append([request])
+                continue
+            group = by_runner.get(request.together[0])
+            if group is None:
+                group = by_runner[request.together[0]] = []
+                groups.append(group)
+            group.append(request)
+        for group in groups:
+            if len(group) > 1:
+                if not self._run_joint(group, txn, seq):
+                    for request in group:
+                        request.together = None
+                    return group[0]
+                continue
+            request = group[0]
+            self._run_one(request, txn, seq)
+            if request.error is not None:
+                return request
+        return None
+
+    def _run_joint(self, group: list[_WriteRequest], txn: Any, seq: int) -> bool:
+        wtxn = WriteTxn(self, txn, seq)
+        runner = group[0].together[0]  # type: ignore[index]
+        try:
+            results = runner(wtxn, [request.together[1] for request in group])  # type: ignore[index]
+        except lmdb.Error:
+            raise
+        except Exception:  # noqa: BLE001 (each request runs alone and gets its own error)
+            return False
+        for request, result in zip(group, results, strict=True):
+            request.result = result
+        group[0].committed = wtxn.committed
+        return True
 
     def _run_one(self, request: _WriteRequest, txn: Any, seq: int) -> None:
         wtxn = WriteTxn(self, txn, seq)

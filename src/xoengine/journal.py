@@ -25,6 +25,7 @@ commit order because they are assigned inside LMDB's single write transaction.
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 import uuid
@@ -220,7 +221,21 @@ class LMDBAggregateRecorder(_LMDBRecorder, AggregateRecorder):
             # others committed since (usually nothing).
             with self.datastore.read() as txn:
                 self._tail.follow(txn, *self._bounds(txn)[:2])
+        if tracking is None and inline is None:
+            # Plain appends of several threads' group commit run as one batch.
+            return self.datastore.write(
+                lambda txn: self._write(txn, stored_events, None),
+                together=(self._write_together, stored_events),
+            )
         return self.datastore.write(lambda txn: self._write(txn, stored_events, tracking, inline))
+
+    def _write_together(
+        self, txn: WriteTxn, batches: list[Sequence[StoredEvent]]
+    ) -> list[list[int]]:
+        """Several callers' plain appends placed as one batch; each caller's positions."""
+        positions = self._write(txn, [event for batch in batches for event in batch], None)
+        ends = list(itertools.accumulate(len(batch) for batch in batches))
+        return [positions[end - len(batch) : end] for batch, end in zip(batches, ends, strict=True)]
 
     def _write(
         self,

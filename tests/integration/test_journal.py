@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from eventsourcing.application import Application
 from eventsourcing.domain import Aggregate
-from eventsourcing.persistence import StoredEvent
+from eventsourcing.persistence import IntegrityError, StoredEvent
 
 from xoengine import codec
 from xoengine.datastore import open_store
@@ -231,7 +231,7 @@ def test_a_group_commit_leaves_out_only_the_work_that_raised(tmp_path: Path) -> 
                     raise ValueError(name)
                 return name
 
-            return datastore._WriteRequest(work)
+            return datastore._WriteRequest(work, None)
 
         batch = [put("a"), put("b", fail=True), put("c"), put("d", fail=True), put("e")]
         store._commit_batch(batch)
@@ -242,5 +242,90 @@ def test_a_group_commit_leaves_out_only_the_work_that_raised(tmp_path: Path) -> 
         with store.read() as txn:
             assert [k for k, _ in txn.items("t")] == [b"a", b"c", b"e"]
         assert runs.count("a") == 3  # ran again after each failure: work may run more than once
+    finally:
+        store.close()
+
+
+def test_requests_of_one_runner_run_together_and_alone_when_that_fails(tmp_path: Path) -> None:
+    # Queued requests sharing a "together" runner run as one call of it; if that
+    # call raises, each runs alone by its own work, and only the bad one fails.
+    from xoengine import datastore  # noqa: PLC0415
+
+    store = open_store(tmp_path / "j", durability="nosync")
+    try:
+        store.ensure("t")
+        calls: list[list[str]] = []
+
+        def runner(txn: datastore.WriteTxn, names: list[str]) -> list[str]:
+            calls.append(list(names))
+            for name in names:
+                txn.put("t", name.encode(), b"joint")
+                if name.startswith("bad"):
+                    raise ValueError(name)
+            return [name.upper() for name in names]
+
+        def request(name: str) -> datastore._WriteRequest:
+            def work(txn: datastore.WriteTxn) -> str:
+                txn.put("t", name.encode(), b"alone")
+                if name.startswith("bad"):
+                    raise ValueError(name)
+                return name
+
+            return datastore._WriteRequest(work, (runner, name))
+
+        good = [request("a"), request("b"), request("c")]
+        store._commit_batch(good)
+        assert calls == [["a", "b", "c"]]
+        assert [r.result for r in good] == ["A", "B", "C"]
+        assert all(r.error is None and r.done for r in good)
+
+        calls.clear()
+        mixed = [request("d"), request("bad"), request("e")]
+        store._commit_batch(mixed)
+        assert calls == [["d", "bad", "e"]]  # tried once together, then alone
+        assert [r.result for r in mixed] == ["d", None, "e"]
+        assert [str(r.error) for r in mixed] == ["None", "bad", "None"]
+        with store.read() as txn:
+            values = dict(txn.items("t"))
+        assert values == {
+            b"a": b"joint",
+            b"b": b"joint",
+            b"c": b"joint",
+            b"d": b"alone",
+            b"e": b"alone",
+        }
+    finally:
+        store.close()
+
+
+def test_concurrent_appends_run_together_and_a_clash_fails_only_its_caller(tmp_path: Path) -> None:
+    # Several threads' plain appends in one group commit: each gets its own
+    # positions; a duplicate (originator, version) fails only the caller that
+    # repeated it, even when it was gathered with the others.
+    from xoengine import datastore  # noqa: PLC0415
+
+    store = open_store(tmp_path / "j", durability="nosync")
+    try:
+        recorder = LMDBApplicationRecorder(store)
+        recorder.create_table()
+        oid = uuid.uuid4()
+        first = [StoredEvent(oid, 1, "t", b"x")]
+        recorder.insert_events(first)
+        batches = [
+            [StoredEvent(uuid.uuid4(), 1, "t", b"a"), StoredEvent(uuid.uuid4(), 1, "t", b"b")],
+            [StoredEvent(oid, 1, "t", b"again")],  # already recorded
+            [StoredEvent(uuid.uuid4(), 1, "t", b"c")],
+        ]
+        requests = [
+            datastore._WriteRequest(
+                lambda txn, b=batch: recorder._write(txn, b, None),
+                (recorder._write_together, batch),
+            )
+            for batch in batches
+        ]
+        store._commit_batch(requests)
+        assert isinstance(requests[1].error, IntegrityError)
+        assert [r.result for r in requests] == [[2, 3], None, [4]]
+        assert [n.state for n in recorder.select_notifications(1, 10)] == [b"x", b"a", b"b", b"c"]
     finally:
         store.close()
