@@ -89,6 +89,8 @@ from xoengine.forensic import Forensics
 from xoengine.journal import BLOB_TABLE, BlobTable
 from xoengine.tree import TMP_PREFIX
 
+from scratch import Scratch  # benchmarks/scratch.py, beside this script
+
 KiB = 1024
 MiB = 1024 * KiB
 GiB = 1024 * MiB
@@ -228,13 +230,14 @@ def floor_write(blobs: BlobTable, root: Path, writes: list[Write], *, create: bo
     return total
 
 
-def tree_write(root: Path, files: list[tuple[str, int]]) -> int:
+def tree_write(root: Path, files: list[tuple[str, int]], data: memoryview) -> int:
     """The tree floor of a replay: create each output file and write its final size, from memory.
 
     No journal, no blob, no fold: what any replay into a new tree pays at least.
+    ``data`` (made before the timing: ``os.urandom`` of 64 MiB alone takes
+    ~0.2 s) holds at least the largest file's size.
     """
     made: set[Path] = set()
-    data = memoryview(os.urandom(max((size for _, size in files), default=0)))
     total = 0
     for path, size in files:
         full = root / path
@@ -321,6 +324,7 @@ class Config:
     keep: bool
     seed: int
     profile: Path | None
+    scratch: Scratch = field(init=False)
 
 
 def build_baseline(cfg: Config, master: Path, rng: np.random.Generator) -> None:
@@ -731,7 +735,7 @@ def measure(cfg: Config, built: Built, replica: Path, state: Path, prof: Profile
         copy = cfg.work / "r1-whatif"
 
         def fresh_copy() -> None:
-            shutil.rmtree(copy, ignore_errors=True)
+            cfg.scratch.discard(copy)
             shutil.copytree(replica, copy, symlinks=True)
 
         t_co, (co_blobs, co_written, co_bad) = best_timed(
@@ -739,7 +743,7 @@ def measure(cfg: Config, built: Built, replica: Path, state: Path, prof: Profile
             fsync=cfg.durability != "nosync",
         )
         co_check = compare(built.baseline, tree_digests(copy))
-        shutil.rmtree(copy, ignore_errors=True)
+        cfg.scratch.discard(copy)
         coalesced_u = Row("what-if coalesced", plan.nbytes, t_co)
         with prof.run("rewind"):
             t_rewind, _ = timed(sc.rewind, "r1", "baseline")
@@ -809,13 +813,13 @@ def measure(cfg: Config, built: Built, replica: Path, state: Path, prof: Profile
                 floor_dir = cfg.work / f"floor-{len(outputs)}"
                 outputs.append(floor_dir)
                 t_floor_r, _ = best_timed(
-                    cfg.repeat, lambda d=floor_dir: shutil.rmtree(d, ignore_errors=True),
+                    cfg.repeat, lambda d=floor_dir: cfg.scratch.discard(d),
                     floor_write, eng.blobs, floor_dir, writes, create=True,
                 )
                 co_dir = cfg.work / f"coalesced-{len(outputs)}"
                 outputs.append(co_dir)
                 t_co_r, (co_blobs_r, co_written_r, co_bad_r) = best_timed(
-                    cfg.repeat, lambda d=co_dir: shutil.rmtree(d, ignore_errors=True),
+                    cfg.repeat, lambda d=co_dir: cfg.scratch.discard(d),
                     whatif_replay, eng, co_dir, position, prefix,
                 )
                 co_check_r = compare(expected, tree_digests(co_dir))
@@ -825,9 +829,10 @@ def measure(cfg: Config, built: Built, replica: Path, state: Path, prof: Profile
                               for f in sorted(out.rglob("*")) if f.is_file()]
                 tw_dir = cfg.work / f"treewrite-{len(outputs)}"
                 outputs.append(tw_dir)
+                source = memoryview(os.urandom(max((n for _, n in tree_files), default=0)))
                 t_tree, _ = best_timed(
-                    cfg.repeat, lambda d=tw_dir: shutil.rmtree(d, ignore_errors=True),
-                    tree_write, tw_dir, tree_files,
+                    cfg.repeat, lambda d=tw_dir: cfg.scratch.discard(d),
+                    tree_write, tw_dir, tree_files, source,
                 )
                 row = Row(f"replay {label}", result.bytes, t_replay)
                 coalesced_r = Row("what-if coalesced", id_bytes, t_co_r)
@@ -853,7 +858,7 @@ def measure(cfg: Config, built: Built, replica: Path, state: Path, prof: Profile
                 replays.append((label, row, raw_r, floor_r, coalesced_r))
         finally:
             for out in outputs:
-                shutil.rmtree(out, ignore_errors=True)
+                cfg.scratch.discard(out)
 
         # -- ratios ----------------------------------------------------------------------
         log(f"\nRatios (target >= {TARGET}x raw), measured at durability {cfg.durability}")
@@ -931,8 +936,7 @@ def main() -> None:
     )
     if cfg.profile:
         cfg.profile.mkdir(parents=True, exist_ok=True)
-    shutil.rmtree(cfg.work, ignore_errors=True)
-    cfg.work.mkdir(parents=True)
+    cfg.scratch = Scratch(cfg.work)  # nothing deleted until the end: see benchmarks/scratch.py
     master, replica, state = cfg.work / "master", cfg.work / "r1", cfg.work / "state"
     log(f"bench_rewind: xoengine {getattr(xoengine, '__version__', '?')}, Python "
         f"{platform.python_version()}, {os.cpu_count()} CPUs, {platform.platform()}")
@@ -946,8 +950,7 @@ def main() -> None:
         log(f"  build total {built.seconds:.1f} s")
         summary = measure(cfg, built, replica, state, prof)
     finally:
-        if not cfg.keep:
-            shutil.rmtree(cfg.work, ignore_errors=True)
+        cfg.scratch.empty(keep_work=cfg.keep)
     log(f"\nSummary ({cfg.durability}; load {load()}; total {time.perf_counter() - started:.0f} s)")
     for line in summary:
         log(f"  {line}")

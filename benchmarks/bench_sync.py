@@ -67,6 +67,8 @@ import xoengine
 from xoengine.engine import Engine
 from xoengine.journal import encode_position
 
+from scratch import Scratch  # benchmarks/scratch.py, beside this script
+
 KiB = 1024
 MiB = 1024 * KiB
 GiB = 1024 * MiB
@@ -107,8 +109,14 @@ def fmt_ratio(r: float | None) -> str:
     return "-" if r is None else f"{r:.2f}x"
 
 
+SCRATCH: Scratch | None = None  # set by main(): see benchmarks/scratch.py
+
+
 def rmtree(path: Path) -> None:
-    if path.exists():
+    """Remove ``path``: inside the work directory, moved to its trash (no inode freed mid-run)."""
+    if SCRATCH is not None and path.is_relative_to(SCRATCH.work):
+        SCRATCH.discard(path)
+    elif path.exists():
         shutil.rmtree(path)
 
 
@@ -1075,7 +1083,8 @@ def main() -> None:
     )
     if cfg.profile:
         cfg.profile.mkdir(parents=True, exist_ok=True)
-    cfg.work.mkdir(parents=True, exist_ok=True)
+    global SCRATCH  # noqa: PLW0603 (one work directory per run)
+    SCRATCH = Scratch(cfg.work)
     cfg.cache.mkdir(parents=True, exist_ok=True)
     log(
         f"bench_sync: xoengine {getattr(xoengine, '__version__', '?')}, Python "
@@ -1100,7 +1109,7 @@ def main() -> None:
             case_d(cfg, rsync, rep)
         elif case == "e":
             case_e(cfg, rep)
-    rmtree(cfg.work)
+    SCRATCH.empty()
     log(f"\n[load average at the end: {load()}]")
     log(f"\nSummary (ratios are xoengine / rsync; total run {time.perf_counter() - t0:.0f} s)")
     log(f"  {'case':<5}{'measure':<54}{'xoengine':>14}{'rsync':>12}{'ratio':>9}")
