@@ -13,6 +13,7 @@ background thread while the scenario runs), and a
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
 import re
@@ -34,6 +35,7 @@ from xoengine.errors import (
     ScenarioNotFoundError,
     ScenarioStateError,
     TreeRootMissingError,
+    XoError,
 )
 from xoengine.events import (
     FILE_EVENTS,
@@ -52,6 +54,8 @@ from xoengine.events import (
     ScenarioStateChanged,
     ScenarioStopped,
     ScenarioUpdated,
+    SyncFinished,
+    SyncStarted,
     UndoTrimmed,
     new_id,
 )
@@ -217,6 +221,10 @@ class Engine:
         self._scenarios: dict[str, Scenario] = {}
         self._report_marks: dict[str, dict[str, int]] = {}
         self._lock = threading.RLock()
+        # Journal bounds of finished synchronization runs, per (scenario, replica):
+        # read from the journal once at open, then kept as runs are appended.
+        self._sync_runs: dict[tuple[str, str], list[tuple[int, int]]] = {}
+        self._sync_started: dict[uuid.UUID, int] = {}
         self._ledger = Ledger(
             lambda after, upto: self._iter_file_events(after, None, upto),
             lambda: self.recorder.max_notification_id() or 0,
@@ -320,7 +328,13 @@ class Engine:
         for scenario in self._scenarios.values():
             scenario._stop_threads()
         self._closed = True
-        self.app.close()
+        try:
+            # A clean close leaves no stream entries to rebuild at the next open.
+            # If it cannot write (a full disk), the next open rebuilds them: no loss.
+            with contextlib.suppress(XoError):
+                self.recorder.merge_stream_tail()
+        finally:
+            self.app.close()
 
     def __enter__(self) -> Self:
         """Use as a context manager."""
@@ -343,7 +357,22 @@ class Engine:
     ) -> list[int]:
         kwargs: dict[str, Any] = {} if inline is None else {"inline": inline}
         recordings = self.app.events.put(list(events), **kwargs)
-        return [r.notification.id for r in recordings]
+        positions = [r.notification.id for r in recordings]
+        for position, event in zip(positions, events, strict=True):
+            if isinstance(event, SyncStarted | SyncFinished):
+                self._note_sync(position, event)
+        return positions
+
+    def _note_sync(self, position: int, event: SyncStarted | SyncFinished) -> None:
+        if isinstance(event, SyncStarted):
+            self._sync_started[event.originator_id] = position
+            return
+        started = self._sync_started.pop(event.originator_id, position)
+        self._sync_runs.setdefault((event.scenario, event.replica), []).append((started, position))
+
+    def _finished_syncs(self, scenario: str, replica: str) -> list[tuple[int, int]]:
+        """``(SyncStarted, SyncFinished)`` positions of a replica's finished runs, in order."""
+        return list(self._sync_runs.get((scenario, replica), ()))
 
     def _decode(self, notification: Any) -> Any:
         return self.app.mapper.to_domain_event(notification)
@@ -378,8 +407,11 @@ class Engine:
                 yield position, event
 
     def _load(self) -> None:
-        for _, event in self._iter_events(tuple(_topic_class(t) for t in SCENARIO_TOPICS)):
-            if isinstance(event, ScenarioCreated):
+        topics = (*(_topic_class(t) for t in SCENARIO_TOPICS), SyncStarted, SyncFinished)
+        for position, event in self._iter_events(topics):
+            if isinstance(event, SyncStarted | SyncFinished):
+                self._note_sync(position, event)
+            elif isinstance(event, ScenarioCreated):
                 self._definitions[event.name] = _Definition(
                     id=event.originator_id,
                     version=event.originator_version,

@@ -302,12 +302,37 @@ class LMDBAggregateRecorder(_LMDBRecorder, AggregateRecorder):
                 txn.put(self.marker_table, MARKER_KEY, frame_marker(marker))
             txn.on_commit(lambda: self._tail.appended(batch))
             return
-        # Merge: every entry above the marker, in key order (neighbours share pages).
+        self._merge(txn, marker, top, dict(zip(batch.keys, batch.pkeys, strict=True)), last)
+
+    def _merge(
+        self, txn: WriteTxn, marker: int, top: int, adding: dict[bytes, bytes], last: int
+    ) -> None:
+        """Entries above the marker and ``adding`` into the sorted index; marker to ``last``."""
         merging = self._tail.everything(txn, marker, top)
-        merging.update(zip(batch.keys, batch.pkeys, strict=True))
+        merging.update(adding)
+        # In key order: neighbours share pages.
         txn.put_many(self.streams_table, [(key, merging[key]) for key in sorted(merging)])
         txn.put(self.marker_table, MARKER_KEY, frame_marker(last))
         txn.on_commit(lambda: self._tail.merged(last))
+
+    def merge_stream_tail(self) -> None:
+        """Put the stream entries above the merge marker into the sorted index now.
+
+        Appends keep their newest stream entries in memory and merge them every
+        :data:`MERGE_AT` events; a reopened journal's first append rebuilds them
+        by reading every event above the marker. A clean shutdown calls this
+        (:meth:`xoengine.Engine.close` does), so the next open reads none.
+        Nothing to do on a read-only journal or when all is merged.
+        """
+        if self.datastore.readonly or self.datastore.closed:
+            return
+
+        def work(txn: WriteTxn) -> None:
+            marker, top, stored = self._bounds(txn)
+            if stored and top > marker:
+                self._merge(txn, marker, top, {}, top)
+
+        self.datastore.write(work)
 
     def _check_tracking(self, txn: WriteTxn, tracking: Tracking) -> None:
         raise NotImplementedError  # pragma: no cover (process recorders only)

@@ -601,9 +601,9 @@ class Scenario:
 
     def _outside_syncs(self, replica: str, target: int) -> int:
         """``target``, or the end of the synchronization run of ``replica`` it falls in."""
-        for run in sync_runs(self._engine._iter_events(SYNC_EVENTS), self.name, replica):
-            if run.get("started_at", run["finished_at"]) <= target < run["finished_at"]:
-                return int(run["finished_at"])
+        for started, finished in self._engine._finished_syncs(self.name, replica):
+            if started <= target < finished:
+                return finished
         return target
 
     def _finish_rewind(self, replica: str, current: int, target: int) -> int:

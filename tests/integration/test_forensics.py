@@ -31,6 +31,7 @@ from xoengine.cli import main
 from xoengine.engine import Engine, Scenario
 from xoengine.errors import RewindUnreachableError, XoError
 from xoengine.events import AlertRaised, ReplicaRewound, SyncFinished, SyncStarted, UndoTrimmed
+from xoengine.ledger import SYNC_EVENTS, sync_runs
 from xoengine.rewind import RetentionPolicy
 from xoengine.testing import snapshot_contents
 
@@ -579,6 +580,39 @@ def test_rewind_into_a_synchronization_run_lands_at_its_end(tmp_path: Path) -> N
             rewound = [e for _, e in journal_events(eng, ReplicaRewound)][-1]
             assert rewound.to_position == finished
         assert sc.rewind("r1", position=finished + 1) == finished + 1
+    finally:
+        eng.close()
+
+
+def test_the_sync_runs_a_rewind_checks_are_the_journals_also_after_reopening(
+    tmp_path: Path,
+) -> None:
+    # The engine keeps the bounds of finished sync runs as they are appended and
+    # reads them from the journal at open: both equal the synchronization report's.
+    eng, sc, master = new_engine(tmp_path)
+    try:
+        for i in range(4):
+            write(master / f"d/f{i}", bytes([i]) * (2000 + i))
+        sc.start()
+        write(master / "d/f1", b"changed")
+        sc.synchronize(level="file")
+        sc.wait_replicated()
+
+        def from_report(replica: str) -> list[tuple[int, int]]:
+            runs = sync_runs(eng._iter_events(SYNC_EVENTS), "fx", replica)
+            return [(run["started_at"], run["finished_at"]) for run in runs]
+
+        live = {r: eng._finished_syncs("fx", r) for r in ("r1", "r2")}
+        assert live == {r: from_report(r) for r in ("r1", "r2")}
+        assert all(len(runs) == 2 for runs in live.values())
+    finally:
+        eng.close()
+    eng = Engine.open(tmp_path / "state", durability="nosync")
+    try:
+        assert {r: eng._finished_syncs("fx", r) for r in ("r1", "r2")} == live
+        (started, finished), _ = live["r1"]
+        sc = eng.scenario("fx")
+        assert sc.rewind("r1", position=started) == finished
     finally:
         eng.close()
 

@@ -329,3 +329,33 @@ def test_concurrent_appends_run_together_and_a_clash_fails_only_its_caller(tmp_p
         assert [n.state for n in recorder.select_notifications(1, 10)] == [b"x", b"a", b"b", b"c"]
     finally:
         store.close()
+
+
+def test_merging_the_stream_tail_leaves_a_reopened_journal_nothing_to_rebuild(
+    tmp_path: Path,
+) -> None:
+    # A clean close merges the in-memory stream entries into the sorted index: a
+    # new recorder (a reopened journal) then builds an empty tail, finds every
+    # stream, and still refuses a duplicate.
+    store = open_store(tmp_path / "j", durability="nosync")
+    try:
+        recorder = LMDBApplicationRecorder(store)
+        recorder.create_table()
+        oids = [uuid.uuid4() for _ in range(5)]
+        recorder.insert_events([StoredEvent(o, v, "t", b"x") for o in oids for v in (1, 2)])
+        with store.read() as txn:
+            assert recorder._bounds(txn)[:2] == (0, 10)  # all ten above the marker
+        recorder.merge_stream_tail()
+        recorder.merge_stream_tail()  # nothing left: no change
+        with store.read() as txn:
+            assert recorder._bounds(txn) == (10, 10, True)
+
+        again = LMDBApplicationRecorder(store)
+        assert [e.originator_version for e in again.select_events(oids[0])] == [1, 2]
+        with pytest.raises(IntegrityError):
+            again.insert_events([StoredEvent(oids[1], 2, "t", b"again")])
+        again.insert_events([StoredEvent(oids[1], 3, "t", b"y")])
+        assert again._tail._base == 10 and len(again._tail._entries) == 1
+        assert [e.state for e in again.select_events(oids[1])] == [b"x", b"x", b"y"]
+    finally:
+        store.close()
