@@ -291,10 +291,10 @@ class Store:
         self._write_lock = threading.Lock()
         self._pending_lock = threading.Lock()
         self._pending: list[_WriteRequest] = []
-        self._queue = threading.Condition(self._pending_lock)  # followers: a commit ended
-        self._gather = threading.Condition(self._pending_lock)  # the leader: a request came
+        self._queue = threading.Condition(self._pending_lock)  # a commit ended
         self._writers: dict[int, float] = {}  # thread -> when it last wrote (group commit)
         self._leading = False
+        self._gathering = False
         self._handles: dict[str, tuple[Any, int]] = {}
         self._dbi_seq = 0
         self._handles_lock = threading.Lock()
@@ -612,7 +612,9 @@ class Store:
 
         Group commit: while one thread commits, others queue their work; the next
         committer runs every queued function in one transaction and pays one
-        fsync for all of them. A function that raises is left out: its exception
+        fsync for all of them. The first caller after a commit gathers (for at
+        most ``_GATHER_WAIT``) until every thread that wrote lately has queued;
+        the caller completing the batch commits it, else the gatherer does. A function that raises is left out: its exception
         goes back to its caller and the others run again in a new transaction.
         Queued requests given the same ``together`` runner run as one call of it
         (see :data:`Together`): several callers' appends cost what one batch does.
@@ -631,26 +633,45 @@ class Store:
             now = time.monotonic()
             self._writers[threading.get_ident()] = now
             self._pending.append(request)
-            if self._leading and len(self._pending) >= len(self._writers):
-                self._gather.notify()  # the gathering leader only, once everyone is in
-            # Followers wait for the leader's commit, never for the write lock: a
-            # request committed in someone's batch returns at once.
-            while not request.done and self._leading:
-                self._queue.wait()
-            if not request.done:
-                self._leading = True
-                # Gather briefly for writers active in the last moments (at most
-                # _GATHER_WAIT; a lone writer never waits), then take the queue.
-                idle = [i for i, t in self._writers.items() if now - t > _GATHER_IDLE]
-                for ident in idle:
-                    del self._writers[ident]
-                deadline = now + _GATHER_WAIT
-                while len(self._pending) < len(self._writers):
-                    left = deadline - time.monotonic()
-                    if left <= 0:
-                        break
-                    self._gather.wait(left)
+            if self._gathering and len(self._pending) >= len(self._writers):
+                # Everyone is in: the last one commits the batch itself, sparing a
+                # wake-up of the gathering leader (it waits for the commit as a follower).
+                self._gathering = False
                 batch, self._pending = self._pending, []
+            else:
+                # Followers wait for the commit, never for the write lock: a request
+                # committed in someone's batch returns at once.
+                while not request.done and self._leading:
+                    self._queue.wait()
+                if not request.done:
+                    self._leading = self._gathering = True
+                    # Gather briefly for writers active in the last moments (at most
+                    # _GATHER_WAIT; a lone writer never waits), then take the queue,
+                    # unless the last of them took it.
+                    now = time.monotonic()  # it may have waited for a commit first
+                    idle = [i for i, t in self._writers.items() if now - t > _GATHER_IDLE]
+                    for ident in idle:
+                        del self._writers[ident]
+                    deadline = now + _GATHER_WAIT
+                    # The last arrival may take the batch (and commit it) meanwhile; by
+                    # the time this wakes, the next leader may be gathering its own.
+                    while (
+                        self._gathering
+                        and not request.done
+                        and len(self._pending) < len(self._writers)
+                    ):
+                        left = deadline - time.monotonic()
+                        if left <= 0:
+                            break
+                        self._queue.wait(left)
+                    if request.done:
+                        pass
+                    elif self._gathering:
+                        self._gathering = False
+                        batch, self._pending = self._pending, []
+                    else:
+                        while not request.done:
+                            self._queue.wait()
         if batch is not None:
             try:
                 with self._write_lock:

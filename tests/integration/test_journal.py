@@ -359,3 +359,46 @@ def test_merging_the_stream_tail_leaves_a_reopened_journal_nothing_to_rebuild(
         assert [e.state for e in again.select_events(oids[1])] == [b"x", b"x", b"y"]
     finally:
         store.close()
+
+
+def test_many_threads_appending_at_once_each_get_their_own_positions(tmp_path: Path) -> None:
+    # Group commit under load: batches gathered by one thread and committed by
+    # whichever caller completes them. Every acknowledged event is at the
+    # position its caller was given, positions are gapless, and of two callers
+    # racing for one (originator, version) exactly one wins.
+    store = open_store(tmp_path / "j", durability="nosync")
+    try:
+        recorder = LMDBApplicationRecorder(store)
+        recorder.create_table()
+        contested = [uuid.uuid4() for _ in range(50)]
+        results: dict[int, list[tuple[int, bytes]]] = {k: [] for k in range(8)}
+        refused: list[int] = []
+        barrier = threading.Barrier(8)
+
+        def run(k: int) -> None:
+            barrier.wait()
+            for i in range(150):
+                if i < len(contested) and k < 2:  # threads 0 and 1 race for the same ids
+                    event = StoredEvent(contested[i], 1, "t", f"{k}:{i}".encode())
+                else:
+                    event = StoredEvent(uuid.uuid4(), 1, "t", f"{k}:{i}".encode())
+                try:
+                    (position,) = recorder.insert_events([event])
+                except IntegrityError:
+                    refused.append(k)
+                    continue
+                results[k].append((position, event.state))
+
+        threads = [threading.Thread(target=run, args=(k,)) for k in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        acknowledged = dict(pair for pairs in results.values() for pair in pairs)
+        assert len(refused) == len(contested)  # one of each racing pair lost
+        assert len(acknowledged) == 8 * 150 - len(contested)
+        stored = {n.id: n.state for n in recorder.select_notifications(1, 10_000)}
+        assert stored == acknowledged  # gapless, and each event where its caller was told
+        assert sorted(stored) == list(range(1, len(stored) + 1))
+    finally:
+        store.close()
