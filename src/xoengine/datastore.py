@@ -614,8 +614,9 @@ class Store:
         committer runs every queued function in one transaction and pays one
         fsync for all of them. The first caller after a commit gathers (for at
         most ``_GATHER_WAIT``) until every thread that wrote lately has queued;
-        the caller completing the batch commits it, else the gatherer does. A function that raises is left out: its exception
-        goes back to its caller and the others run again in a new transaction.
+        the caller completing the batch commits it, else the gatherer does. A
+        function that raises is left out: its exception goes back to its caller
+        and the others run again in a new transaction.
         Queued requests given the same ``together`` runner run as one call of it
         (see :data:`Together`): several callers' appends cost what one batch does.
 
