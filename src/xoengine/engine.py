@@ -256,9 +256,9 @@ class Engine:
             if event.scenario == scenario:
                 yield record.id, record.time_ns, event
 
-    def blob(self, blob_id: bytes) -> bytes:
-        """The verified bytes of a blob."""
-        return self.blobs.get(blob_id)
+    def blob(self, blob_id: bytes) -> memoryview:
+        """The verified bytes of a blob (a read-only view: no copy beyond LMDB's)."""
+        return self.blobs.view(blob_id)
 
     def forensics(self, scenario: str | Scenario) -> Forensics:
         """Replay, history, diff and bisect for a scenario (by name: it may have been removed)."""

@@ -61,7 +61,7 @@ class JournalSource(Protocol):
     def file_events(self, scenario: str, upto: int | None) -> Iterator[tuple[int, int, FileEvent]]:
         """``(position, time label ns, event)`` of ``scenario``'s file events up to ``upto``."""
 
-    def blob(self, blob_id: bytes) -> bytes:
+    def blob(self, blob_id: bytes) -> bytes | memoryview:
         """The verified bytes of a blob."""
 
 

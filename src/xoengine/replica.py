@@ -263,7 +263,7 @@ class ReplicaApplier:
                 tree.set_meta(event.path, None, event.mtime_ns)
             counts.created += 1
         elif isinstance(event, BytesWritten):
-            pieces = ((offset, self.blobs.get(blob)) for offset, _, blob in event.ranges)
+            pieces = ((offset, self.blobs.view(blob)) for offset, _, blob in event.ranges)
             tree.write_ranges(event.path, pieces, event.size)
             counts.bytes += sum(r[1] for r in event.ranges)
             counts.updated += 1
@@ -295,16 +295,14 @@ class ReplicaApplier:
             raise ReplicaDivergedError(path=event.path, position=position, replica=self.name)
         view = memoryview(old)
 
-        def chunks() -> Iterator[bytes]:
+        def chunks() -> Iterator[bytes | memoryview]:
             hasher = codec.hasher128()
             for op in event.ops:
                 if op[0] == "copy" and op[1] + op[2] > len(view):
                     raise ReplicaDivergedError(
                         path=event.path, position=position, replica=self.name
                     )
-                piece = (
-                    bytes(view[op[1] : op[1] + op[2]]) if op[0] == "copy" else self.blobs.get(op[1])
-                )
+                piece = view[op[1] : op[1] + op[2]] if op[0] == "copy" else self.blobs.view(op[1])
                 hasher.update(piece)
                 yield piece
             # Built from a replica that differs from what the master had: refuse it

@@ -72,7 +72,9 @@ class RewindPoint:
 # -- playing the undo log backwards ----------------------------------------------------------
 
 
-def undo_one(tree: ReplicaTree, record: UndoRecord, blob: Callable[[bytes], bytes]) -> None:
+def undo_one(
+    tree: ReplicaTree, record: UndoRecord, blob: Callable[[bytes], bytes | memoryview]
+) -> None:
     """Undo one change on ``tree`` (idempotent: running it twice leaves the same tree)."""
     args = record.args
     path = record.path
@@ -99,7 +101,7 @@ def undo_one(tree: ReplicaTree, record: UndoRecord, blob: Callable[[bytes], byte
 
 
 def _restore(
-    tree: ReplicaTree, path: str, args: dict[str, Any], blob: Callable[[bytes], bytes]
+    tree: ReplicaTree, path: str, args: dict[str, Any], blob: Callable[[bytes], bytes | memoryview]
 ) -> None:
     """Put back what a deletion or replacement removed: a directory, link or file."""
     kind = args.get("kind", "file")
@@ -116,7 +118,9 @@ def _restore(
         tree.replace(path, content, mode=args.get("mode"))
 
 
-def _undo_delta(tree: ReplicaTree, record: UndoRecord, blob: Callable[[bytes], bytes]) -> None:
+def _undo_delta(
+    tree: ReplicaTree, record: UndoRecord, blob: Callable[[bytes], bytes | memoryview]
+) -> None:
     """Rebuild the old content from the new one and the saved bytes (digests make it idempotent)."""
     args = record.args
     current = tree.read(record.path)
@@ -205,7 +209,9 @@ def plan_run(records: Sequence[UndoRecord]) -> list[PathPlan]:
     return list(plans.values())
 
 
-def undo_path(tree: ReplicaTree, plan: PathPlan, blob: Callable[[bytes], bytes]) -> None:
+def undo_path(
+    tree: ReplicaTree, plan: PathPlan, blob: Callable[[bytes], bytes | memoryview]
+) -> None:
     """Apply one path's plan: each contributing blob read once, the file opened once."""
     if plan.size is None:
         if (plan.mode is not None or plan.mtime_ns is not None) and tree.lstat(
@@ -241,7 +247,7 @@ def rewind_back(
     applied: int,
     target: int,
     set_applied: Callable[[WriteTxn, int], None],
-    blob: Callable[[bytes], bytes],
+    blob: Callable[[bytes], bytes | memoryview],
 ) -> int:
     """Undo every change in ``(target, applied]``, newest first; return records undone.
 

@@ -630,7 +630,7 @@ class Scenario:
                     applied,
                     low,
                     lambda txn, p: applier.set_position(txn, p, force=True),
-                    self._engine.blobs.get,
+                    self._engine.blobs.view,
                 )
                 self._engine.store.write(lambda txn: undo.open_gap(txn, low))
                 applied = low
@@ -642,7 +642,7 @@ class Scenario:
                     applied,
                     target,
                     lambda txn, p: applier.set_position(txn, p, force=True),
-                    self._engine.blobs.get,
+                    self._engine.blobs.view,
                 )
                 self._engine.store.write(lambda txn: undo.open_gap(txn, target))
             elif target > applied:

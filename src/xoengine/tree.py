@@ -278,7 +278,7 @@ class ReplicaTree:
             raise self._error(path, "open", e) from e
 
     def write_ranges(
-        self, path: str, pieces: Iterable[tuple[int, bytes]], size: int | None
+        self, path: str, pieces: Iterable[tuple[int, bytes | memoryview]], size: int | None
     ) -> None:
         """Write ``(offset, bytes)`` pieces in place, then set the size if given."""
         with self._parent(path) as (fd, leaf):
@@ -483,7 +483,9 @@ class ReplicaTree:
         """Cut or extend the file to ``size`` bytes."""
         self.write_ranges(path, (), size)
 
-    def replace(self, path: str, chunks: Iterable[bytes], mode: int | None = None) -> None:
+    def replace(
+        self, path: str, chunks: Iterable[bytes | memoryview], mode: int | None = None
+    ) -> None:
         """Write a whole new content through temp + fsync + rename.
 
         If ``chunks`` raises (a verification failed) the temporary file is removed

@@ -147,6 +147,12 @@ def test_journal_blobs_are_stored_once_and_verified(tmp_path: Path) -> None:
         assert blobs.get(a) == b"A" * 10000
         with store.read() as txn:
             assert txn.count("blobs") == 2
+            inside = blobs.view(b, txn)
+        # A view is the verified bytes, read-only, and outlives its transaction.
+        assert inside == b"B" * 10000 and blobs.view(a) == b"A" * 10000
+        assert inside.readonly
+        with pytest.raises(TypeError):
+            inside[0] = 0
     finally:
         store.close()
 
@@ -167,6 +173,8 @@ def test_journal_blob_hash_collision_cannot_substitute_data(tmp_path: Path) -> N
         # Reading the forged slot is refused: its bytes do not match its content id.
         with pytest.raises(FrameError):
             blobs.get(slot0)
+        with pytest.raises(FrameError):
+            blobs.view(slot0)
     finally:
         store.close()
 
