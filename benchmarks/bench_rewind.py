@@ -35,16 +35,16 @@ Measured:
    in the middle of the changes, and of ``big/`` only at the end; throughput =
    bytes written to the output tree (``ReplayResult.bytes``) per second, best
    of ``--repeat``. The output is checked against the master's digests at P.
-3. raw reads, the references the targets are set against: ``BlobTable.get``
-   (the engine's ``blobs.get``, exactly what rewind and replay call; it
-   verifies the frame checksum and the content id) over the same blob ids in
-   the same order, and a cursor scan of the whole ``blobs`` table
+3. raw reads, the references the targets are set against: ``BlobTable.view``
+   (the verified read rewind and replay call: frame checksum and content id
+   checked, one copy out of LMDB; ``get`` adds a second) over the same blob
+   ids in the same order, and a cursor scan of the whole ``blobs`` table
    (``store.read()`` + ``txn.items("blobs")`` + ``codec.unframe``: frame-verified
    reads; also with the content id checked as ``get`` does). Best of 3.
 
 Two references put the figures in context (benchmark code, not xoengine's):
 
-- floor: the same blobs read with ``blobs.get`` and ``pwrite`` to the same
+- floor: the same blobs read with ``blobs.view`` and ``pwrite`` to the same
   offsets, one ``open`` per piece, nothing else (in place on r1 after the
   rewind; into new files for replays): the cost of moving the bytes at all.
 - what-if coalesced: a rewind needs only the OLDEST before-image of each byte
@@ -190,7 +190,7 @@ def blob_len(blob_id: bytes) -> int:
 def raw_get(blobs: BlobTable, ids: list[bytes]) -> int:
     total = 0
     for blob_id in ids:
-        total += len(blobs.get(blob_id))
+        total += len(blobs.view(blob_id))
     return total
 
 
@@ -211,12 +211,12 @@ Write = tuple[str, int, bytes]  # (relative path, offset, blob id)
 
 
 def floor_write(blobs: BlobTable, root: Path, writes: list[Write], *, create: bool) -> int:
-    """The data-movement floor: ``blobs.get`` + one open and ``pwrite`` per piece, nothing else."""
+    """The data-movement floor: ``blobs.view`` + one open and ``pwrite`` per piece, nothing else."""
     flags = os.O_WRONLY | os.O_CLOEXEC | (os.O_CREAT if create else 0)
     made: set[Path] = set()
     total = 0
     for path, offset, blob_id in writes:
-        data = blobs.get(blob_id)
+        data = blobs.view(blob_id)
         full = root / path
         if create and full.parent not in made:
             full.parent.mkdir(parents=True, exist_ok=True)
@@ -645,7 +645,7 @@ def run_coalesced(
     written = 0
     try:
         for blob_id, uses in by_blob.items():
-            view = memoryview(blobs.get(blob_id))
+            view = blobs.view(blob_id)
             for path, offset, start, length in uses:
                 written += os.pwrite(fd_of(path), view[start : start + length], offset)
         for path, plan in plans.items():
@@ -761,7 +761,7 @@ def measure(cfg: Config, built: Built, replica: Path, state: Path, prof: Profile
         log(f"  {plan.records} undo records ({ops}), {len(plan.ids)} blob reads, "
             f"{fmt_bytes(plan.nbytes)} of before-images")
         log(f"  sc.rewind:                          {t_rewind:7.3f} s  {rewind.rate:8.0f} MB/s")
-        log(f"  raw BlobTable.get (same ids):       {raw_u.seconds:7.3f} s  {raw_u.rate:8.0f} MB/s")
+        log(f"  raw BlobTable.view (same ids):      {raw_u.seconds:7.3f} s  {raw_u.rate:8.0f} MB/s")
         log(f"  floor: get + open + pwrite in place: {t_floor:6.3f} s  {floor_u.rate:8.0f} MB/s")
         log(f"  r1 after rewind vs baseline: {check}")
         fsynced = ", one fsync per file" if cfg.durability != "nosync" else ""
@@ -843,7 +843,7 @@ def measure(cfg: Config, built: Built, replica: Path, state: Path, prof: Profile
                     f"({fmt_bytes(id_bytes)})")
                 log(f"  eng.replay:                         {t_replay:7.3f} s  {row.rate:8.0f} MB/s"
                     f"  (best of {cfg.repeat})")
-                log(f"  raw BlobTable.get (same ids):       {t_raw_r:7.3f} s  {raw_r.rate:8.0f} MB/s")
+                log(f"  raw BlobTable.view (same ids):      {t_raw_r:7.3f} s  {raw_r.rate:8.0f} MB/s")
                 log(f"  floor: get + open + pwrite, new files: {t_floor_r:4.3f} s  "
                     f"{floor_r.rate:8.0f} MB/s")
                 log(f"  output tree {fmt_bytes(tree_bytes)}: {mbps(tree_bytes, t_replay):.0f} MB/s of "

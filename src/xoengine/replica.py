@@ -117,13 +117,17 @@ class ReplicaApplier:
                 txn.delete(self.tracking.tracking_table, self.UPSTREAM.encode())
             self.tracking._put_tracking(txn, Tracking(self.UPSTREAM, position))
 
+    def sweep_once(self) -> None:
+        """Delete what a writer killed mid-replace left (once per process; later ones clean up)."""
+        if not self._swept:
+            self.tree.sweep_temporary()
+            self._swept = True
+
     def apply_available(self, limit: int = 500, upto: int | None = None) -> int:
         """Apply journaled events after the tracked position; return how many were read."""
         total = 0
         with self.lock:
-            if not self._swept:
-                self.tree.sweep_temporary()  # left by a writer killed mid-replace
-                self._swept = True
+            self.sweep_once()
             while True:
                 after = self.position()
                 if upto is not None and after >= upto:

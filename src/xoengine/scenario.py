@@ -609,7 +609,7 @@ class Scenario:
     def _finish_rewind(self, replica: str, current: int, target: int) -> int:
         applier = self._appliers[replica]
         with applier.lock:
-            applier.tree.sweep_temporary()  # a rewind killed mid-replace leaves one
+            applier.sweep_once()  # a rewind or apply killed mid-replace leaves one
             applied = applier.position()
             records = 0
             undo = applier.undo
