@@ -1,10 +1,12 @@
 """kill -9 the replica applier at random moments: after a restart the replica is identical.
 
 A replica is suspended while the master takes many changes (writes, inserts,
-renames, deletes); a subprocess resumes it and is killed at a random moment
-while applying. The parent reopens the engine, drains, and checks the replica
-is byte-identical to the master with no torn or temporary files left. The
-kill moment is random (a fault injection), nothing waits on time to sync.
+renames, deletes); a subprocess resumes it, applies the backlog a few events
+per step, reporting each step, and is killed at a random point: after a
+random number of steps, a random moment into the next one. The parent reopens
+the engine, drains, and checks the replica is byte-identical to the master
+with no torn or temporary files left. The kill moment is random (a fault
+injection); nothing waits on time to sync. Most trials must kill mid-apply.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from xoengine.engine import Engine
 from xoengine.testing import compare_trees
 
 WORKER = Path(__file__).with_name("applier_worker.py")
-TRIALS = 12
+TRIALS = 16
 
 
 def _mutate(master: Path, rng: random.Random, round_no: int) -> None:
@@ -67,16 +69,25 @@ def test_applier_crash_restart_converges(tmp_path: Path) -> None:
             for round_no in range(3):
                 _mutate(master, rng, trial * 10 + round_no)
                 sc.capture()
-        # 2. A worker applies it and is killed at a random moment.
+        # 2. A worker applies it a few events per step and is killed at a random point:
+        #    after hearing of a random number of steps, a random moment into the next.
+        limit, steps = rng.randint(1, 6), rng.randint(0, 8)
         with subprocess.Popen(
-            [sys.executable, str(WORKER), str(state), "crash", "r1"], stdout=subprocess.PIPE, text=True
+            [sys.executable, str(WORKER), str(state), "crash", "r1", str(limit)],
+            stdout=subprocess.PIPE,
+            text=True,
         ) as worker:
             assert worker.stdout is not None
             assert worker.stdout.readline().strip() == "opened"
-            time.sleep(rng.uniform(0, 0.25))  # fault injection: when to kill, not synchronisation
+            heard = ""
+            for _ in range(steps):
+                heard = worker.stdout.readline().strip()
+                if heard != "applied":
+                    break
+            time.sleep(rng.uniform(0, 0.004))  # fault injection: when to kill, not synchronisation
             worker.send_signal(signal.SIGKILL)
             worker.wait()
-            rest = worker.stdout.read()
+            rest = heard + worker.stdout.read()
         if "done" in rest:
             finished += 1
         else:
@@ -90,4 +101,4 @@ def test_applier_crash_restart_converges(tmp_path: Path) -> None:
         leftovers = [p for p in replica.rglob(".xoengine-tmp-*")]
         assert leftovers == []
     print(f"\napplier crash: {TRIALS} trials, {killed} killed while applying, {finished} finished first")
-    assert killed > 0
+    assert killed >= TRIALS // 2
