@@ -11,7 +11,6 @@ injection); nothing waits on time to sync. Most trials must kill mid-apply.
 
 from __future__ import annotations
 
-import os
 import random
 import signal
 import subprocess
@@ -55,7 +54,9 @@ def test_applier_crash_restart_converges(tmp_path: Path) -> None:
     master, replica, state = tmp_path / "m", tmp_path / "r", tmp_path / "state"
     (master / "sub").mkdir(parents=True)
     for i in range(20):
-        (master / ("sub" if i % 2 else ".") / f"f{i}.bin").write_bytes(rng.randbytes(rng.randrange(1, 300_000)))
+        (master / ("sub" if i % 2 else ".") / f"f{i}.bin").write_bytes(
+            rng.randbytes(rng.randrange(1, 300_000))
+        )
     with Engine.open(state, durability="sync") as eng:
         sc = eng.create_scenario("crash", master=str(master), replicas={"r1": str(replica)})
         sc.start()
@@ -98,7 +99,9 @@ def test_applier_crash_restart_converges(tmp_path: Path) -> None:
             sc.resume("r1")
             sc.wait_replicated()
         assert compare_trees(master, replica) == []
-        leftovers = [p for p in replica.rglob(".xoengine-tmp-*")]
+        leftovers = list(replica.rglob(".xoengine-tmp-*"))
         assert leftovers == []
-    print(f"\napplier crash: {TRIALS} trials, {killed} killed while applying, {finished} finished first")
+    print(
+        f"\napplier crash: {TRIALS} trials, {killed} killed while applying, {finished} finished first"
+    )
     assert killed >= TRIALS // 2
