@@ -780,6 +780,8 @@ class Store:
             raise
         except Exception:  # noqa: BLE001 (each request runs alone and gets its own error)
             return False
+        if len(results) != len(group):
+            return False  # a runner that does not answer each item: run each alone
         for request, result in zip(group, results, strict=True):
             request.result = result
         group[0].committed = wtxn.committed

@@ -615,6 +615,17 @@ def test_the_sync_runs_a_rewind_checks_are_the_journals_also_after_reopening(
         assert sc.rewind("r1", position=started) == finished
     finally:
         eng.close()
+    # A run journaled by another engine on the same journal, after this one opened,
+    # is found when asked (read from the journal, not only from its own appends).
+    eng = Engine.open(tmp_path / "state", durability="nosync")
+    other = Engine.open(tmp_path / "state", durability="nosync")
+    try:
+        other.scenario("fx").synchronize(level="file", replica="r2")
+        assert len(from_report("r2")) == 3
+        assert eng._finished_syncs("fx", "r2") == from_report("r2")
+    finally:
+        other.close()
+        eng.close()
 
 
 def test_rewind_removes_directory_made_for_a_rename(tmp_path: Path) -> None:
