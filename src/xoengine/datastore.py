@@ -665,14 +665,11 @@ class Store:
                         if left <= 0:
                             break
                         self._queue.wait(left)
-                    if request.done:
-                        pass
-                    elif self._gathering:
+                    if not request.done and self._gathering:
                         self._gathering = False
                         batch, self._pending = self._pending, []
-                    else:
-                        while not request.done:
-                            self._queue.wait()
+                    while batch is None and not request.done:  # the last arrival took it
+                        self._queue.wait()
         if batch is not None:
             try:
                 with self._write_lock:

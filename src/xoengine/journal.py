@@ -233,9 +233,8 @@ class LMDBAggregateRecorder(_LMDBRecorder, AggregateRecorder):
         self, txn: WriteTxn, batches: list[Sequence[StoredEvent]]
     ) -> list[list[int]]:
         """Several callers' plain appends placed as one batch; each caller's positions."""
-        positions = self._write(txn, [event for batch in batches for event in batch], None)
-        ends = list(itertools.accumulate(len(batch) for batch in batches))
-        return [positions[end - len(batch) : end] for batch, end in zip(batches, ends, strict=True)]
+        placed = iter(self._write(txn, [event for batch in batches for event in batch], None))
+        return [list(itertools.islice(placed, len(batch))) for batch in batches]
 
     def _write(
         self,
@@ -328,8 +327,8 @@ class LMDBAggregateRecorder(_LMDBRecorder, AggregateRecorder):
             return
 
         def work(txn: WriteTxn) -> None:
-            marker, top, stored = self._bounds(txn)
-            if stored and top > marker:
+            marker, top, _ = self._bounds(txn)
+            if top > marker:
                 self._merge(txn, marker, top, {}, top)
 
         self.datastore.write(work)
