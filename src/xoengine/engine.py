@@ -222,12 +222,10 @@ class Engine:
         self._report_marks: dict[str, dict[str, int]] = {}
         self._lock = threading.RLock()
         # Journal bounds of finished synchronization runs, per (scenario, replica):
-        # SyncFinished position -> SyncStarted position. Read from the journal at
-        # open, kept as this engine appends, and complete up to _sync_upto (what
-        # another engine on the journal appended after it is read when asked).
-        self._sync_runs: dict[tuple[str, str], dict[int, int]] = {}
+        # read from the journal at open, then kept as this engine (the journal's
+        # one writer) appends runs.
+        self._sync_runs: dict[tuple[str, str], list[tuple[int, int]]] = {}
         self._sync_started: dict[uuid.UUID, int] = {}
-        self._sync_upto = 0
         self._ledger = Ledger(
             lambda after, upto: self._iter_file_events(after, None, upto),
             lambda: self.recorder.max_notification_id() or 0,
@@ -361,12 +359,9 @@ class Engine:
         kwargs: dict[str, Any] = {} if inline is None else {"inline": inline}
         recordings = self.app.events.put(list(events), **kwargs)
         positions = [r.notification.id for r in recordings]
-        with self._lock:
-            for position, event in zip(positions, events, strict=True):
-                if isinstance(event, SyncStarted | SyncFinished):
-                    self._note_sync(position, event)
-            if positions and positions[0] == self._sync_upto + 1:
-                self._sync_upto = positions[-1]  # nobody else appended in between
+        for position, event in zip(positions, events, strict=True):
+            if isinstance(event, SyncStarted | SyncFinished):
+                self._note_sync(position, event)
         return positions
 
     def _note_sync(self, position: int, event: SyncStarted | SyncFinished) -> None:
@@ -374,20 +369,12 @@ class Engine:
             self._sync_started[event.originator_id] = position
             return
         started = self._sync_started.pop(event.originator_id, position)
-        self._sync_runs.setdefault((event.scenario, event.replica), {})[position] = started
+        runs = self._sync_runs.setdefault((event.scenario, event.replica), [])
+        runs.append((started, position))  # one list append: safe beside a reader
 
     def _finished_syncs(self, scenario: str, replica: str) -> list[tuple[int, int]]:
         """``(SyncStarted, SyncFinished)`` positions of a replica's finished runs, in order."""
-        top = self.recorder.max_notification_id() or 0
-        with self._lock:
-            if top > self._sync_upto:  # appended by another engine on this journal
-                for position, event in self._iter_events(
-                    (SyncStarted, SyncFinished), self._sync_upto, top
-                ):
-                    self._note_sync(position, event)
-                self._sync_upto = top
-            runs = self._sync_runs.get((scenario, replica), {})
-            return sorted((started, finished) for finished, started in runs.items())
+        return list(self._sync_runs.get((scenario, replica), ()))
 
     def _decode(self, notification: Any) -> Any:
         return self.app.mapper.to_domain_event(notification)
@@ -423,8 +410,7 @@ class Engine:
 
     def _load(self) -> None:
         topics = (*(_topic_class(t) for t in SCENARIO_TOPICS), SyncStarted, SyncFinished)
-        self._sync_upto = self.recorder.max_notification_id() or 0
-        for position, event in self._iter_events(topics, 0, self._sync_upto):
+        for position, event in self._iter_events(topics):
             if isinstance(event, SyncStarted | SyncFinished):
                 self._note_sync(position, event)
             elif isinstance(event, ScenarioCreated):

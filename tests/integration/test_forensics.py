@@ -580,52 +580,24 @@ def test_rewind_into_a_synchronization_run_lands_at_its_end(tmp_path: Path) -> N
             rewound = [e for _, e in journal_events(eng, ReplicaRewound)][-1]
             assert rewound.to_position == finished
         assert sc.rewind("r1", position=finished + 1) == finished + 1
-    finally:
-        eng.close()
-
-
-def test_the_sync_runs_a_rewind_checks_are_the_journals_also_after_reopening(
-    tmp_path: Path,
-) -> None:
-    # The engine keeps the bounds of finished sync runs as they are appended and
-    # reads them from the journal at open: both equal the synchronization report's.
-    eng, sc, master = new_engine(tmp_path)
-    try:
-        for i in range(4):
-            write(master / f"d/f{i}", bytes([i]) * (2000 + i))
-        sc.start()
-        write(master / "d/f1", b"changed")
-        sc.synchronize(level="file")
-        sc.wait_replicated()
-
-        def from_report(replica: str) -> list[tuple[int, int]]:
-            runs = sync_runs(eng._iter_events(SYNC_EVENTS), "fx", replica)
-            return [(run["started_at"], run["finished_at"]) for run in runs]
-
+        # The rule reads the engine's bounds of sync runs, kept as runs are
+        # appended and read again at open: both are the synchronization report's.
         live = {r: eng._finished_syncs("fx", r) for r in ("r1", "r2")}
-        assert live == {r: from_report(r) for r in ("r1", "r2")}
-        assert all(len(runs) == 2 for runs in live.values())
+        assert live == {r: report_runs(eng, r) for r in ("r1", "r2")}
     finally:
         eng.close()
     eng = Engine.open(tmp_path / "state", durability="nosync")
     try:
         assert {r: eng._finished_syncs("fx", r) for r in ("r1", "r2")} == live
-        (started, finished), _ = live["r1"]
-        sc = eng.scenario("fx")
-        assert sc.rewind("r1", position=started) == finished
+        assert eng.scenario("fx").rewind("r1", position=started) == finished
     finally:
         eng.close()
-    # A run journaled by another engine on the same journal, after this one opened,
-    # is found when asked (read from the journal, not only from its own appends).
-    eng = Engine.open(tmp_path / "state", durability="nosync")
-    other = Engine.open(tmp_path / "state", durability="nosync")
-    try:
-        other.scenario("fx").synchronize(level="file", replica="r2")
-        assert len(from_report("r2")) == 3
-        assert eng._finished_syncs("fx", "r2") == from_report("r2")
-    finally:
-        other.close()
-        eng.close()
+
+
+def report_runs(eng: Engine, replica: str) -> list[tuple[int, int]]:
+    """``(SyncStarted, SyncFinished)`` positions of the synchronization report's runs."""
+    runs = sync_runs(eng._iter_events(SYNC_EVENTS), "fx", replica)
+    return [(run["started_at"], run["finished_at"]) for run in runs]
 
 
 def test_rewind_removes_directory_made_for_a_rename(tmp_path: Path) -> None:
