@@ -7,6 +7,7 @@ import sys
 import textwrap
 import threading
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -306,107 +307,107 @@ def test_requests_of_one_runner_run_together_and_alone_when_that_fails(tmp_path:
         store.close()
 
 
-def test_concurrent_appends_run_together_and_a_clash_fails_only_its_caller(tmp_path: Path) -> None:
+@pytest.fixture
+def recorder(tmp_path: Path) -> Iterator[LMDBApplicationRecorder]:
+    """An application recorder on a new journal (nosync), closed after the test."""
+    store = open_store(tmp_path / "j", durability="nosync")
+    try:
+        recorder = LMDBApplicationRecorder(store)
+        recorder.create_table()
+        yield recorder
+    finally:
+        store.close()
+
+
+def test_concurrent_appends_run_together_and_a_clash_fails_only_its_caller(
+    recorder: LMDBApplicationRecorder,
+) -> None:
     # Several threads' plain appends in one group commit: each gets its own
     # positions; a duplicate (originator, version) fails only the caller that
     # repeated it, even when it was gathered with the others.
     from xoengine import datastore  # noqa: PLC0415
 
-    store = open_store(tmp_path / "j", durability="nosync")
-    try:
-        recorder = LMDBApplicationRecorder(store)
-        recorder.create_table()
-        oid = uuid.uuid4()
-        first = [StoredEvent(oid, 1, "t", b"x")]
-        recorder.insert_events(first)
-        batches = [
-            [StoredEvent(uuid.uuid4(), 1, "t", b"a"), StoredEvent(uuid.uuid4(), 1, "t", b"b")],
-            [StoredEvent(oid, 1, "t", b"again")],  # already recorded
-            [StoredEvent(uuid.uuid4(), 1, "t", b"c")],
-        ]
-        requests = [
-            datastore._WriteRequest(
-                lambda txn, b=batch: recorder._write(txn, b, None),
-                (recorder._write_together, batch),
-            )
-            for batch in batches
-        ]
-        store._commit_batch(requests)
-        assert isinstance(requests[1].error, IntegrityError)
-        assert [r.result for r in requests] == [[2, 3], None, [4]]
-        assert [n.state for n in recorder.select_notifications(1, 10)] == [b"x", b"a", b"b", b"c"]
-    finally:
-        store.close()
+    store = recorder.datastore
+    oid = uuid.uuid4()
+    first = [StoredEvent(oid, 1, "t", b"x")]
+    recorder.insert_events(first)
+    batches = [
+        [StoredEvent(uuid.uuid4(), 1, "t", b"a"), StoredEvent(uuid.uuid4(), 1, "t", b"b")],
+        [StoredEvent(oid, 1, "t", b"again")],  # already recorded
+        [StoredEvent(uuid.uuid4(), 1, "t", b"c")],
+    ]
+    requests = [
+        datastore._WriteRequest(
+            lambda txn, b=batch: recorder._write(txn, b, None),
+            (recorder._write_together, batch),
+        )
+        for batch in batches
+    ]
+    store._commit_batch(requests)
+    assert isinstance(requests[1].error, IntegrityError)
+    assert [r.result for r in requests] == [[2, 3], None, [4]]
+    assert [n.state for n in recorder.select_notifications(1, 10)] == [b"x", b"a", b"b", b"c"]
 
 
 def test_merging_the_stream_tail_leaves_a_reopened_journal_nothing_to_rebuild(
-    tmp_path: Path,
+    recorder: LMDBApplicationRecorder,
 ) -> None:
     # A clean close merges the in-memory stream entries into the sorted index: a
     # new recorder (a reopened journal) then builds an empty tail, finds every
     # stream, and still refuses a duplicate.
-    store = open_store(tmp_path / "j", durability="nosync")
-    try:
-        recorder = LMDBApplicationRecorder(store)
-        recorder.create_table()
-        oids = [uuid.uuid4() for _ in range(5)]
-        recorder.insert_events([StoredEvent(o, v, "t", b"x") for o in oids for v in (1, 2)])
-        with store.read() as txn:
-            assert recorder._bounds(txn)[:2] == (0, 10)  # all ten above the marker
-        recorder.merge_stream_tail()
-        recorder.merge_stream_tail()  # nothing left: no change
-        with store.read() as txn:
-            assert recorder._bounds(txn) == (10, 10, True)
+    store = recorder.datastore
+    oids = [uuid.uuid4() for _ in range(5)]
+    recorder.insert_events([StoredEvent(o, v, "t", b"x") for o in oids for v in (1, 2)])
+    with store.read() as txn:
+        assert recorder._bounds(txn)[:2] == (0, 10)  # all ten above the marker
+    recorder.merge_stream_tail()
+    recorder.merge_stream_tail()  # nothing left: no change
+    with store.read() as txn:
+        assert recorder._bounds(txn) == (10, 10, True)
 
-        again = LMDBApplicationRecorder(store)
-        assert [e.originator_version for e in again.select_events(oids[0])] == [1, 2]
-        with pytest.raises(IntegrityError):
-            again.insert_events([StoredEvent(oids[1], 2, "t", b"again")])
-        again.insert_events([StoredEvent(oids[1], 3, "t", b"y")])
-        assert again._tail._base == 10 and len(again._tail._entries) == 1
-        assert [e.state for e in again.select_events(oids[1])] == [b"x", b"x", b"y"]
-    finally:
-        store.close()
+    again = LMDBApplicationRecorder(store)
+    assert [e.originator_version for e in again.select_events(oids[0])] == [1, 2]
+    with pytest.raises(IntegrityError):
+        again.insert_events([StoredEvent(oids[1], 2, "t", b"again")])
+    again.insert_events([StoredEvent(oids[1], 3, "t", b"y")])
+    assert again._tail._base == 10 and len(again._tail._entries) == 1
+    assert [e.state for e in again.select_events(oids[1])] == [b"x", b"x", b"y"]
 
 
-def test_many_threads_appending_at_once_each_get_their_own_positions(tmp_path: Path) -> None:
+def test_many_threads_appending_at_once_each_get_their_own_positions(
+    recorder: LMDBApplicationRecorder,
+) -> None:
     # Group commit under load: batches gathered by one thread and committed by
     # whichever caller completes them. Every acknowledged event is at the
     # position its caller was given, positions are gapless, and of two callers
     # racing for one (originator, version) exactly one wins.
-    store = open_store(tmp_path / "j", durability="nosync")
-    try:
-        recorder = LMDBApplicationRecorder(store)
-        recorder.create_table()
-        contested = [uuid.uuid4() for _ in range(50)]
-        results: dict[int, list[tuple[int, bytes]]] = {k: [] for k in range(8)}
-        refused: list[int] = []
-        barrier = threading.Barrier(8)
+    contested = [uuid.uuid4() for _ in range(50)]
+    results: dict[int, list[tuple[int, bytes]]] = {k: [] for k in range(8)}
+    refused: list[int] = []
+    barrier = threading.Barrier(8)
 
-        def run(k: int) -> None:
-            barrier.wait()
-            for i in range(150):
-                if i < len(contested) and k < 2:  # threads 0 and 1 race for the same ids
-                    event = StoredEvent(contested[i], 1, "t", f"{k}:{i}".encode())
-                else:
-                    event = StoredEvent(uuid.uuid4(), 1, "t", f"{k}:{i}".encode())
-                try:
-                    (position,) = recorder.insert_events([event])
-                except IntegrityError:
-                    refused.append(k)
-                    continue
-                results[k].append((position, event.state))
+    def run(k: int) -> None:
+        barrier.wait()
+        for i in range(150):
+            if i < len(contested) and k < 2:  # threads 0 and 1 race for the same ids
+                event = StoredEvent(contested[i], 1, "t", f"{k}:{i}".encode())
+            else:
+                event = StoredEvent(uuid.uuid4(), 1, "t", f"{k}:{i}".encode())
+            try:
+                (position,) = recorder.insert_events([event])
+            except IntegrityError:
+                refused.append(k)
+                continue
+            results[k].append((position, event.state))
 
-        threads = [threading.Thread(target=run, args=(k,)) for k in range(8)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        acknowledged = dict(pair for pairs in results.values() for pair in pairs)
-        assert len(refused) == len(contested)  # one of each racing pair lost
-        assert len(acknowledged) == 8 * 150 - len(contested)
-        stored = {n.id: n.state for n in recorder.select_notifications(1, 10_000)}
-        assert stored == acknowledged  # gapless, and each event where its caller was told
-        assert sorted(stored) == list(range(1, len(stored) + 1))
-    finally:
-        store.close()
+    threads = [threading.Thread(target=run, args=(k,)) for k in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    acknowledged = dict(pair for pairs in results.values() for pair in pairs)
+    assert len(refused) == len(contested)  # one of each racing pair lost
+    assert len(acknowledged) == 8 * 150 - len(contested)
+    stored = {n.id: n.state for n in recorder.select_notifications(1, 10_000)}
+    assert stored == acknowledged  # gapless, and each event where its caller was told
+    assert sorted(stored) == list(range(1, len(stored) + 1))
