@@ -282,9 +282,9 @@ def rewind_back(
 
     def flush() -> None:
         nonlocal batch, batch_bytes, run, run_positions
-        with tree.holding_parents():  # a run moves no directory
-            for plan in plan_run(run):  # written (and fsynced) before the commit drops them
-                undo_path(tree, plan, blob)
+        # A run moves no directory and each plan has a path of its own: written (and
+        # fsynced) from a few threads, all before the commit drops the records.
+        tree.for_each(lambda plan: undo_path(tree, plan, blob), plan_run(run))
         positions = batch + run_positions
         if positions:
             commit(positions)

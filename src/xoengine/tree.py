@@ -29,7 +29,7 @@ import stat
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from xoengine import codec
 from xoengine.errors import DiskFullError, ReplicaWriteError
@@ -62,6 +62,11 @@ _FSYNC_EACH_MAX: Final = 2048
 for); more get one syncfs of the replica's file system."""
 _FSYNC_THREADS: Final = 8
 """Threads that fsync the paths of one ``flush`` (below this many paths: the caller alone)."""
+_FILE_THREADS: Final = 4
+"""Threads of ``for_each``: a file's new pages, discards and fsyncs wait in the kernel with the
+GIL released, so a second core and the device's queue work while Python plans the next file."""
+
+_Item = TypeVar("_Item")
 
 
 def _find_syncfs() -> Callable[[int], int] | None:
@@ -158,7 +163,7 @@ class ReplicaTree:
         """Operate under ``root`` (made if missing and ``create``); ``fsync``: durable writes."""
         self.root = root
         self.fsync = fsync
-        self._held: tuple[int, ParentCache] | None = None  # (thread, cache): holding_parents
+        self._held: dict[int, ParentCache] = {}  # thread -> its cache, inside holding_parents
         if create:
             os.makedirs(root, exist_ok=True)
 
@@ -169,22 +174,61 @@ class ReplicaTree:
         Only around work that moves and removes no directory (a replay, a run of
         in-place undos): a held directory fd follows its directory if it moves.
         """
-        if self._held is not None and self._held[0] == threading.get_ident():
+        me = threading.get_ident()
+        if me in self._held:
             yield  # nested: the outer one holds them
             return
-        cache = ParentCache(self.root)
-        self._held = (threading.get_ident(), cache)
+        cache = self._held[me] = ParentCache(self.root)
         try:
             yield
         finally:
-            self._held = None
+            del self._held[me]
             cache.close()
+
+    def for_each(
+        self, work: Callable[[_Item], object], items: Iterable[_Item], threads: int = _FILE_THREADS
+    ) -> None:
+        """Run ``work`` on every item from up to ``threads`` threads, each holding its parents.
+
+        For batches of per-file work on distinct paths that moves and removes no
+        directory (the files of a replay, the paths of a run of undos): their
+        writes, truncations and fsyncs overlap. After a failure no new item is
+        started, and the first error is raised once every thread has stopped.
+        """
+        pending = list(items)
+        if threads < 2 or len(pending) < 2:
+            with self.holding_parents():
+                for item in pending:
+                    work(item)
+            return
+        feed = iter(pending)
+        lock = threading.Lock()
+        failed = threading.Event()
+
+        def run() -> None:
+            with self.holding_parents():
+                while not failed.is_set():
+                    with lock:
+                        try:
+                            item = next(feed)
+                        except StopIteration:
+                            return
+                    try:
+                        work(item)
+                    except BaseException:
+                        failed.set()
+                        raise
+
+        count = min(threads, len(pending))
+        with ThreadPoolExecutor(count, thread_name_prefix="xoengine-files") as pool:
+            futures = [pool.submit(run) for _ in range(count)]
+        for future in futures:
+            future.result()
 
     def _open_parent(
         self, path: str, *, create: bool = False
     ) -> contextlib.AbstractContextManager[tuple[int, str]]:
-        held = self._held
-        cache = held[1] if held is not None and held[0] == threading.get_ident() else None
+        cache = self._held.get(threading.get_ident())
         return open_parent(self.root, path, create=create, cache=cache)
 
     @contextlib.contextmanager

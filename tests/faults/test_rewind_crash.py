@@ -26,6 +26,7 @@ import os
 import random
 import signal
 import subprocess
+import threading
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -384,12 +385,14 @@ def test_rewind_killed_inside_a_coalesced_run_is_completed_at_open(
 
     real_undo_path, real_encode = rewind_module.undo_path, rewind_module.encode_position
     done = [0]
+    counting = threading.Lock()  # paths are undone from several threads
 
     def dying_undo_path(*args: Any) -> None:
-        if done[0] == die_after:
-            raise _Killed
+        with counting:
+            if done[0] >= die_after:
+                raise _Killed
+            done[0] += 1
         real_undo_path(*args)
-        done[0] += 1
 
     def dying_encode(position: int) -> bytes:
         raise _Killed

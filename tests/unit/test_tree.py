@@ -1,0 +1,69 @@
+"""ReplicaTree.for_each: per-file work from several threads, each holding its own parents."""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+import pytest
+
+from xoengine.errors import ParentNotDirectoryError, XoError
+from xoengine.tree import ReplicaTree
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_for_each_writes_every_file_once_and_closes_its_parents(tmp_path: Path) -> None:
+    tree = ReplicaTree(str(tmp_path / "out"), fsync=False)
+    paths = [f"d{i % 13}/e{i % 5}/f{i}" for i in range(300)]
+    for path in {p.rpartition("/")[0] for p in paths}:
+        os.makedirs(tmp_path / "out" / path)
+    seen: list[str] = []
+    threads: set[int] = set()
+    fds = open_fds()
+
+    def write(path: str) -> None:
+        threads.add(threading.get_ident())
+        seen.append(path)
+        tree.write_new(path, [(0, path.encode() * 3)], 3 * len(path), 0o640, 10**18)
+
+    tree.for_each(write, paths, threads=4)
+    assert sorted(seen) == sorted(paths)  # each item exactly once
+    assert len(threads) > 1
+    for path in paths:
+        assert (tmp_path / "out" / path).read_bytes() == path.encode() * 3
+    assert open_fds() == fds  # every thread's held directories are closed
+
+
+def test_for_each_raises_the_first_error_and_starts_nothing_after_it(tmp_path: Path) -> None:
+    root = tmp_path / "out"
+    tree = ReplicaTree(str(root), fsync=False)
+    (root / "blocked").write_bytes(b"a file where a directory should be")
+    paths = [f"ok{i}" for i in range(40)] + ["blocked/x"] + [f"late{i}" for i in range(400)]
+    started: list[str] = []
+    lock = threading.Lock()
+    fds = open_fds()
+
+    def write(path: str) -> None:
+        with lock:
+            started.append(path)
+        tree.write_new(path, [(0, b"x")], 1, 0o600, 0)
+
+    with pytest.raises(ParentNotDirectoryError) as caught:
+        tree.for_each(write, paths, threads=4)
+    assert isinstance(caught.value, XoError)
+    assert "blocked/x" in started
+    # After the failure the threads stop taking items: the long tail is never reached.
+    assert len(started) < len(paths)
+    assert all((root / p).exists() for p in started if p != "blocked/x")
+    assert open_fds() == fds
+
+
+def test_for_each_on_one_thread_runs_in_order(tmp_path: Path) -> None:
+    tree = ReplicaTree(str(tmp_path / "out"), fsync=False)
+    order: list[int] = []
+    tree.for_each(order.append, range(50), threads=1)
+    assert order == list(range(50))
