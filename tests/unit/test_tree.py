@@ -67,3 +67,18 @@ def test_for_each_on_one_thread_runs_in_order(tmp_path: Path) -> None:
     order: list[int] = []
     tree.for_each(order.append, range(50), threads=1)
     assert order == list(range(50))
+
+
+def test_for_each_uses_threads_by_default_only_where_files_are_fsynced(tmp_path: Path) -> None:
+    """Without fsync, threads would only contend for the GIL: the caller does the work."""
+    for fsync, many in ((False, False), (True, True)):
+        tree = ReplicaTree(str(tmp_path / f"out{fsync}"), fsync=fsync)
+        seen: set[int] = set()
+
+        def write(i: int, tree: ReplicaTree = tree, seen: set[int] = seen) -> None:
+            seen.add(threading.get_ident())
+            tree.write_new(f"f{i}", [(0, b"x" * 100)], 100, 0o600, 0)
+
+        tree.for_each(write, range(200))
+        assert (len(seen) > 1) is many
+        assert (threading.get_ident() in seen) is not many
