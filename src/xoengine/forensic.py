@@ -277,7 +277,7 @@ class Forensics:
             else:
                 written.append(self._rebuild(out, live))
 
-        out.for_each(write, leaves)  # one path each: files written from a few threads
+        out.for_each(write, leaves)  # one path each (no fsync here: on this thread)
         # Directory modes and mtimes last: writing inside a directory moves its mtime.
         for live in sorted(dirs, key=lambda f: -f.path.count("/")):
             out.set_meta(live.path, live.mode, live.mtime_ns)

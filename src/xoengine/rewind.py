@@ -282,8 +282,8 @@ def rewind_back(
 
     def flush() -> None:
         nonlocal batch, batch_bytes, run, run_positions
-        # A run moves no directory and each plan has a path of its own: written (and
-        # fsynced) from a few threads, all before the commit drops the records.
+        # A run moves no directory and each plan has a path of its own: all written
+        # (a tree that fsyncs: from several threads) before the commit drops the records.
         tree.for_each(lambda plan: undo_path(tree, plan, blob), plan_run(run))
         positions = batch + run_positions
         if positions:
