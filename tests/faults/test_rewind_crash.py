@@ -48,7 +48,6 @@ WORKER = os.path.join(HERE, "rewind_worker.py")
 Node = tuple[Any, ...]
 
 
-
 snapshot = snapshot_contents
 
 
@@ -339,23 +338,27 @@ def test_rewind_resumed_between_undo_and_commit_is_idempotent(
         assert snapshot(r1) == want
 
 
-@pytest.mark.parametrize("die_after", [0, 1, 3, 5, "commit"])
+@pytest.mark.parametrize(
+    ("die_after", "durability"),
+    [(0, "nosync"), (1, "nosync"), (3, "nosync"), (5, "nosync"), ("commit", "nosync"), (3, "sync")],
+)
 def test_rewind_killed_inside_a_coalesced_run_is_completed_at_open(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, die_after: int | str
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, die_after: int | str, durability: str
 ) -> None:
     """A run of in-place undos killed after some of its paths (or before its commit) is redone.
 
     The files written before the kill hold their oldest before-images already; the
     redo plans the run again from its records (never from the files) and ends
     with every file exact. The kill comes after ``die_after`` paths, or in the
-    commit that would drop the run's records.
+    commit that would drop the run's records. At ``sync`` the paths are undone
+    from several threads, and the kill comes from one of them.
     """
     rng = random.Random(7)
     master, r1 = tmp_path / "master", tmp_path / "r1"
     master.mkdir()
     for i in range(6):
         (master / f"f{i}").write_bytes(rng.randbytes(rng.randint(0, 20000)))
-    eng = Engine.open(tmp_path / "state", durability="nosync")
+    eng = Engine.open(tmp_path / "state", durability=durability)
     sc = eng.create_scenario("cx", master=str(master), replicas={"r1": str(r1)}, block_size=512)
     sc.start()
     point = sc.set_rewind_point("before")
@@ -409,7 +412,7 @@ def test_rewind_killed_inside_a_coalesced_run_is_completed_at_open(
     monkeypatch.setattr(rewind_module, "encode_position", real_encode)
     if die_after == "commit":
         assert snapshot(r1) == want  # written, not committed
-    with Engine.open(tmp_path / "state", durability="nosync") as eng:  # completes the rewind
+    with Engine.open(tmp_path / "state", durability=durability) as eng:  # completes the rewind
         assert snapshot(r1) == want
         sc = eng.scenario("cx")
         assert sc.statistics().replicas["r1"].applied_position == point.position
