@@ -6,7 +6,8 @@ the failed batch is not recorded; every event acknowledged before it is present
 (read in this process, after a reopen, and from a fresh process); once the
 tmpfs is remounted bigger, appends go on with the same open store and the
 positions stay gapless. A blob larger than the free space is a DiskFullError
-too, and leaves the journal writable.
+too, and leaves the journal writable. A rewind whose replica disk is full fails
+with DiskFullError too, and completes once there is room.
 """
 
 from __future__ import annotations
@@ -203,3 +204,50 @@ def test_diskfull_is_coded_and_loses_nothing_acknowledged(tmpfs: Path, tmp_path:
         f"with DiskFullError, then a 64 KiB blob and 5 events were stored"
     )
     assert count_reopened == count_reopened_fresh == len(acked)
+
+
+def test_rewind_onto_a_full_replica_disk_is_coded_and_completes_once_there_is_room(
+    tmpfs: Path, tmp_path: Path
+) -> None:
+    """A rewind that cannot write its before-images back fails with DiskFullError.
+
+    The replica lives on the 2 MiB tmpfs, the journal beside it. At ``sync`` the
+    paths of the rewind's run are undone from several threads, so the error
+    comes from one of them. Nothing is committed for the run, the replica stays
+    out of replication, and once there is room the engine's next open completes
+    the rewind: every file is back to its state at the point.
+    """
+    from xoengine.engine import Engine  # noqa: PLC0415
+    from xoengine.testing import snapshot_contents  # noqa: PLC0415
+
+    rng = random.Random(11)
+    master, replica = tmp_path / "master", tmpfs / "r1"
+    master.mkdir()
+    for i in range(6):
+        (master / f"f{i}").write_bytes(rng.randbytes(256 * 1024))
+    want = snapshot_contents(master)
+    with Engine.open(tmp_path / "state", durability="sync") as eng:
+        sc = eng.create_scenario("full", master=str(master), replicas={"r1": str(replica)})
+        sc.start()
+        point = sc.set_rewind_point("before")
+        for i in range(6):
+            os.truncate(master / f"f{i}", 16 * 1024)  # the replica frees 1.4 MiB
+        sc.capture()
+        sc.wait_replicated()
+        sc.stop()
+        filler = tmpfs / "filler"
+        with filler.open("wb", buffering=0) as f:  # leaves less room than the cut bytes need
+            try:
+                while True:
+                    f.write(bytes(64 * 1024))
+            except OSError:
+                pass
+        assert _free_bytes(tmpfs) < 6 * 240 * 1024
+        with pytest.raises(DiskFullError):
+            sc.rewind("r1", point)
+        assert "r1" in sc._def.suspended  # out of replication, not half-replicating
+    filler.unlink()
+    with Engine.open(tmp_path / "state", durability="sync") as eng:  # completes the rewind
+        sc = eng.scenario("full")
+        assert snapshot_contents(replica) == want
+        assert sc.statistics().replicas["r1"].applied_position == point.position
