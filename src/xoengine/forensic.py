@@ -17,13 +17,15 @@ are read, and each file is written once, in one open.
 
 from __future__ import annotations
 
+import bisect as bisection
 import datetime as dt
+import itertools
 import os
 import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Final, Protocol
 
 from xoengine.errors import ConfigurationError
 from xoengine.events import (
@@ -63,6 +65,41 @@ class JournalSource(Protocol):
 
     def blob(self, blob_id: bytes) -> bytes | memoryview:
         """The verified bytes of a blob."""
+
+
+_DECODED_MAX: Final = 250_000
+"""A bisect keeps at most this many decoded file events for its probes (each is a few
+hundred bytes); with more, each probe decodes the journal again."""
+
+
+class _Decoded:
+    """A :class:`JournalSource` over one scenario's file events up to ``limit``, decoded once.
+
+    A bisect folds many prefixes of the same history: decoding is most of a
+    fold's cost, so its probes share one decoded list. Anything else is read
+    from ``source``.
+    """
+
+    def __init__(
+        self,
+        source: JournalSource,
+        scenario: str,
+        limit: int,
+        events: list[tuple[int, int, FileEvent]],
+    ) -> None:
+        self._source = source
+        self._scenario = scenario
+        self._limit = limit
+        self._events = events
+        self._positions = [position for position, _, _ in events]
+
+    def file_events(self, scenario: str, upto: int | None) -> Iterator[tuple[int, int, FileEvent]]:
+        if scenario != self._scenario or upto is None or upto > self._limit:
+            return self._source.file_events(scenario, upto)
+        return iter(self._events[: bisection.bisect_right(self._positions, upto)])
+
+    def blob(self, blob_id: bytes) -> bytes | memoryview:
+        return self._source.blob(blob_id)
 
 
 @dataclass
@@ -453,13 +490,22 @@ class Forensics:
         an initial load or a folder copied in is not a burst.
         """
         low, high = between
-        changes = self.change_positions(low, high)
+        decoded = list(
+            itertools.islice(self.source.file_events(self.scenario, high), _DECODED_MAX + 1)
+        )
+        probe = (
+            Forensics(_Decoded(self.source, self.scenario, high, decoded), self.scenario)
+            if len(decoded) <= _DECODED_MAX
+            else self
+        )
+        del decoded
+        changes = probe.change_positions(low, high)
         probes: list[tuple[int, bool]] = []
 
         def good(position: int) -> bool:
             scratch = tempfile.mkdtemp(prefix="xoengine-bisect-")
             try:
-                self.replay(scratch, position, path)
+                probe.replay(scratch, position, path)
                 verdict = bool(predicate(os.path.join(scratch, path) if path else scratch))
             finally:
                 shutil.rmtree(scratch, ignore_errors=True)

@@ -26,6 +26,7 @@ from typing import Any
 
 import pytest
 
+import xoengine.forensic as forensic_module
 import xoengine.journal as journal_module
 from xoengine.cli import main
 from xoengine.engine import Engine, Scenario
@@ -314,6 +315,32 @@ def test_bisect_finds_last_good_position_and_the_burst(world: World, ro: Engine)
     # Narrowed bounds give the same answer.
     narrowed = ro.bisect("fx", docs_good, between=(world.points["good"], world.points["end"]))
     assert (narrowed.last_good, narrowed.first_bad) == (result.last_good, result.first_bad)
+
+
+def test_bisect_decodes_the_journal_once_for_all_its_probes(
+    world: World, ro: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The probes fold prefixes of one decoded history; past the cap each decodes again."""
+
+    def docs_good(directory: str) -> bool:
+        docs = Path(directory) / "docs"
+        return all(_good(p.read_bytes()) for p in docs.iterdir()) if docs.exists() else True
+
+    reads: list[int | None] = []
+    real = Engine.file_events
+
+    def counted(self: Engine, scenario: str, upto: int | None) -> Any:
+        reads.append(upto)
+        return real(self, scenario, upto)
+
+    monkeypatch.setattr(Engine, "file_events", counted)
+    once = ro.bisect("fx", docs_good)
+    assert len(reads) == 1 and len(once.probes) > 3
+    reads.clear()
+    monkeypatch.setattr(forensic_module, "_DECODED_MAX", 3)  # fewer than the journal holds
+    again = ro.bisect("fx", docs_good)
+    assert len(reads) == 1 + 1 + len(again.probes)  # the capped read, the changes, each probe
+    assert again == once
 
 
 def test_bisect_of_one_file_with_a_good_end_returns_the_end(world: World, ro: Engine) -> None:
