@@ -27,7 +27,7 @@ import errno
 import os
 import stat
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
@@ -66,6 +66,9 @@ _FILE_THREADS: Final = 4
 """Threads of ``for_each`` in a tree that fsyncs: each file's fsync waits for the device with
 the GIL released while other threads write (a rewind at ``sync``: 0.90 -> 0.69 s). Without
 fsync, threads only contend for the GIL (measured slower): one thread does the work."""
+
+_WAIT_SLICE_S: Final = 0.2
+"""``for_each`` checks for signals (Ctrl-C) at least this often while its threads work."""
 
 _Item = TypeVar("_Item")
 
@@ -194,9 +197,9 @@ class ReplicaTree:
         For batches of per-file work on distinct paths that moves and removes no
         directory (the files of a replay, the paths of a run of undos). By
         default a tree that fsyncs uses :data:`_FILE_THREADS` threads, so that
-        fsyncs overlap, and one that does not uses one. After a failure no new
-        item is started, and the first error is raised once every thread has
-        stopped.
+        fsyncs overlap, and one that does not uses one. After a failure (or an
+        interruption of the caller) no new item is started, and the first error
+        is raised once every thread has stopped.
         """
         if threads is None:
             threads = _FILE_THREADS if self.fsync else 1
@@ -227,8 +230,15 @@ class ReplicaTree:
         count = min(threads, len(pending))
         with ThreadPoolExecutor(count, thread_name_prefix="xoengine-files") as pool:
             futures = [pool.submit(run) for _ in range(count)]
-        for future in futures:
-            future.result()
+            try:
+                # Wait in slices: a signal caught by one of the threads (Ctrl-C) is
+                # handled by this one, which an untimed wait would leave asleep.
+                while wait(futures, timeout=_WAIT_SLICE_S).not_done:
+                    pass
+                for future in futures:
+                    future.result()
+            finally:  # an interrupted caller stops the threads after their item
+                failed.set()
 
     def _open_parent(
         self, path: str, *, create: bool = False

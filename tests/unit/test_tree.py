@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import threading
 from pathlib import Path
 
@@ -82,3 +83,28 @@ def test_for_each_uses_threads_by_default_only_where_files_are_fsynced(tmp_path:
         tree.for_each(write, range(200))
         assert (len(seen) > 1) is many
         assert (threading.get_ident() in seen) is not many
+
+
+def test_for_each_stops_its_threads_when_the_caller_is_interrupted(tmp_path: Path) -> None:
+    """Ctrl-C while the caller waits: the threads finish the item they hold and take no more.
+
+    The signal goes to the process from a worker thread (as a terminal's would
+    reach any thread); the items fsync, so the 5,000 of them take far longer
+    than the caller needs to notice.
+    """
+    tree = ReplicaTree(str(tmp_path / "out"), fsync=True)
+    started: list[int] = []
+    lock = threading.Lock()
+
+    def write(i: int) -> None:
+        with lock:
+            started.append(i)
+        if i == 20:
+            os.kill(os.getpid(), signal.SIGINT)  # delivered to the waiting caller
+        tree.write_new(f"f{i}", [(0, b"x" * 4096)], 4096, 0o600, 0)
+
+    with pytest.raises(KeyboardInterrupt):
+        tree.for_each(write, range(5000), threads=4)
+    assert 20 in started
+    assert len(started) < 5000
+    assert sorted(os.listdir(tmp_path / "out")) == sorted(f"f{i}" for i in started)
