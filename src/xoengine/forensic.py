@@ -291,7 +291,8 @@ class Forensics:
             for f in alive.values()
             if wanted is None or f.path == wanted or f.path.startswith(wanted + "/")
         ]
-        files, dirs, links, total = self._write_tree(out, selected)  # a new tree: nothing moves
+        with out.holding_parents():  # a new tree: nothing moves
+            files, dirs, links, total = self._write_tree(out, selected)
         end = (
             position
             if position is not None
@@ -300,25 +301,23 @@ class Forensics:
         return ReplayResult(position=end, files=files, dirs=dirs, links=links, bytes=total)
 
     def _write_tree(self, out: ReplicaTree, selected: list[LiveFile]) -> tuple[int, int, int, int]:
-        ordered = sorted(selected, key=lambda f: (f.path.count("/"), os.fsencode(f.path)))
-        dirs = [f for f in ordered if f.kind == "dir"]
-        leaves = [f for f in ordered if f.kind in {"file", "symlink"}]
-        with out.holding_parents():
-            for live in dirs:  # parents first
+        files = dirs = links = total = 0
+        for live in sorted(selected, key=lambda f: (f.path.count("/"), os.fsencode(f.path))):
+            if live.kind == "dir":
                 out.create(live.path, "dir", live.mode, None)
-        written: list[int] = []
-
-        def write(live: LiveFile) -> None:
-            if live.kind == "symlink":
+                dirs += 1
+            elif live.kind == "symlink":
                 out.create(live.path, "symlink", 0, live.target)
-            else:
-                written.append(self._rebuild(out, live))
-
-        out.for_each(write, leaves)  # one path each (no fsync here: on this thread)
+                links += 1
+            elif live.kind == "file":
+                total += self._rebuild(out, live)
+                files += 1
         # Directory modes and mtimes last: writing inside a directory moves its mtime.
-        for live in sorted(dirs, key=lambda f: -f.path.count("/")):
+        for live in sorted(
+            (f for f in selected if f.kind == "dir"), key=lambda f: -f.path.count("/")
+        ):
             out.set_meta(live.path, live.mode, live.mtime_ns)
-        return len(written), len(dirs), len(leaves) - len(written), sum(written)
+        return files, dirs, links, total
 
     def _rebuild(self, out: ReplicaTree, live: LiveFile) -> int:
         # Each byte of the result comes from the newest write that covers it and was
