@@ -489,15 +489,7 @@ class Forensics:
         an initial load or a folder copied in is not a burst.
         """
         low, high = between
-        decoded = list(
-            itertools.islice(self.source.file_events(self.scenario, high), _DECODED_MAX + 1)
-        )
-        probe = (
-            Forensics(_Decoded(self.source, self.scenario, high, decoded), self.scenario)
-            if len(decoded) <= _DECODED_MAX
-            else self
-        )
-        del decoded
+        probe = self._decoded_upto(high)
         changes = probe.change_positions(low, high)
         probes: list[tuple[int, bool]] = []
 
@@ -531,6 +523,15 @@ class Forensics:
             last_good = first_bad - 1 if first_bad > low else low
         burst_position, burst_files = self._burst(changes, burst_threshold)
         return BisectResult(last_good, first_bad, probes, burst_position, burst_files)
+
+    def _decoded_upto(self, high: int) -> Forensics:
+        """These forensics over the file events up to ``high`` decoded once (self if too many)."""
+        events = list(
+            itertools.islice(self.source.file_events(self.scenario, high), _DECODED_MAX + 1)
+        )
+        if len(events) > _DECODED_MAX:
+            return self
+        return Forensics(_Decoded(self.source, self.scenario, high, events), self.scenario)
 
     @staticmethod
     def _burst(
