@@ -409,9 +409,8 @@ class ReplicaTree:
             return
         # Many small files: fsyncs from a few threads (they release the GIL) share
         # the file system's journal commits instead of waiting for one each.
-        with ThreadPoolExecutor(_FSYNC_THREADS, thread_name_prefix="xoengine-flush") as pool:
-            list(pool.map(self._fsync_path, rels))
-            list(pool.map(self._fsync_path, parents))
+        self.for_each(self._fsync_path, rels, threads=_FSYNC_THREADS)
+        self.for_each(self._fsync_path, parents, threads=_FSYNC_THREADS)
 
     def _syncfs(self) -> None:
         # Thousands of paths: one syncfs(2) of the replica's file system beats a
@@ -433,7 +432,7 @@ class ReplicaTree:
             if not rel:
                 handle = os.open(self.root, flags | os.O_DIRECTORY)
             else:
-                with open_parent(self.root, rel) as (fd, leaf):
+                with self._open_parent(rel) as (fd, leaf):
                     try:
                         handle = os.open(leaf, flags, dir_fd=fd)
                     except OSError as e:
