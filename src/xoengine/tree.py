@@ -195,7 +195,7 @@ class ReplicaTree:
         """Run ``work`` on every item from up to ``threads`` threads, each holding its parents.
 
         For batches of per-file work on distinct paths that moves and removes no
-        directory (the files of a replay, the paths of a run of undos). By
+        directory (the paths of a run of undos, the fsyncs of :meth:`flush`). By
         default a tree that fsyncs uses :data:`_FILE_THREADS` threads, so that
         fsyncs overlap, and one that does not uses one. After a failure (or an
         interruption of the caller) no new item is started, and the first error
