@@ -21,7 +21,7 @@ import threading
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Final, Self
+from typing import TYPE_CHECKING, Any, ClassVar, Final, Self, TypeAlias
 
 from eventsourcing.application import Application
 
@@ -64,6 +64,7 @@ from xoengine.journal import BlobTable, LMDBApplicationRecorder, datetime_ns
 from xoengine.layout import Layout
 from xoengine.ledger import Ledger
 from xoengine.replica import FILE_TOPICS
+from xoengine.rewind import RewindPoint
 from xoengine.scenario import ReplicaStatistics, Scenario, ScenarioStatistics
 
 if TYPE_CHECKING:
@@ -73,7 +74,11 @@ if TYPE_CHECKING:
 
     from xoengine.datastore import Store, WriteTxn
 
-__all__ = ["KINDS", "Engine", "ReplicaStatistics", "Scenario", "ScenarioStatistics"]
+__all__ = ["KINDS", "Engine", "Instant", "ReplicaStatistics", "Scenario", "ScenarioStatistics"]
+
+#: An instant of a scenario's history: a journal position, a time (timezone-aware),
+#: or a rewind point (or its name). See :meth:`Engine.instant`.
+Instant: TypeAlias = int | dt.datetime | RewindPoint | str
 
 KINDS: Final = ("file_server", "database", "storage_group")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -283,10 +288,19 @@ class Engine:
         to: str | os.PathLike[str],
         position: int | None = None,
         at: dt.datetime | None = None,
+        point: RewindPoint | str | None = None,
         path: str | None = None,
     ) -> ReplayResult:
-        """Rebuild a scenario's tree (or one file or subtree) as it was, from the journal alone."""
-        return self.forensics(scenario).replay(to, self.position_of(position, at), path)
+        """Rebuild a scenario's tree (or one file or subtree) as it was, from the journal alone.
+
+        The instant is one of ``position``, ``at`` (a time) or ``point`` (a rewind
+        point or its name); none of them: the end of the journal.
+        """
+        given = [value for value in (position, at, point) if value is not None]
+        if len(given) > 1:
+            raise ConfigurationError(detail="give at most one of position=, at= or point=")
+        instant = given[0] if given else None
+        return self.forensics(scenario).replay(to, self.instant(scenario, instant), path)
 
     def history(self, scenario: str | Scenario, path: str) -> list[HistoryEntry]:
         """Every change to a path: position, time, operation, byte ranges, sizes, renames."""
@@ -295,17 +309,17 @@ class Engine:
     def diff(
         self,
         scenario: str | Scenario,
-        from_: int | dt.datetime,
-        to: int | dt.datetime | None = None,
+        from_: Instant,
+        to: Instant | None = None,
     ) -> DiffResult:
-        """Paths added, removed, modified (with byte ranges) and renamed between two instants."""
+        """Paths added, removed, modified (with byte ranges) and renamed between two instants.
 
-        def pos(value: int | dt.datetime | None) -> int:
-            if isinstance(value, dt.datetime):
-                return self.position_of(at=value)
-            return self.position_of(value)
-
-        return self.forensics(scenario).diff(pos(from_), pos(to))
+        Each instant is a position, a time, or a rewind point (or its name);
+        ``to=None`` is the end of the journal.
+        """
+        return self.forensics(scenario).diff(
+            self.instant(scenario, from_), self.instant(scenario, to)
+        )
 
     def bisect(
         self,
@@ -313,14 +327,35 @@ class Engine:
         predicate: Callable[[str], bool],
         *,
         path: str | None = None,
-        between: tuple[int, int] | None = None,
+        between: tuple[Instant, Instant | None] | None = None,
         burst_threshold: int = 10,
     ) -> BisectResult:
-        """Find the last good position by binary search over replays (see ``Forensics.bisect``)."""
-        low, high = between or (0, self.recorder.max_notification_id() or 0)
+        """Find the last good position by binary search over replays (see ``Forensics.bisect``).
+
+        ``between`` is (a good instant, a bad one or None for the end); by
+        default the whole journal, from position 0 (the empty tree).
+        """
+        low, high = between or (0, None)
         return self.forensics(scenario).bisect(
-            predicate, path, (low, high), burst_threshold=burst_threshold
+            predicate,
+            path,
+            (self.instant(scenario, low), self.instant(scenario, high)),
+            burst_threshold=burst_threshold,
         )
+
+    def instant(self, scenario: str | Scenario, value: Instant | None) -> int:
+        """The journal position of an instant: a position, a time, or a rewind point (or name).
+
+        ``None`` is the end of the journal. A time resolves by the one rule of
+        :meth:`position_of`; a rewind point name is looked up among the
+        scenario's points (the newest of that name).
+        """
+        if isinstance(value, RewindPoint | str):
+            named = scenario if isinstance(scenario, Scenario) else self.scenario(scenario)
+            return named.resolve(value)
+        if isinstance(value, dt.datetime):
+            return self.position_of(at=value)
+        return self.position_of(value)
 
     def close(self) -> None:
         """Stop every scenario's threads and close the journal."""

@@ -504,7 +504,11 @@ class Forensics:
             return verdict
 
         if not good(low):
-            raise ConfigurationError(detail=f"the predicate fails at the lower bound {low}")
+            raise ConfigurationError(
+                detail=f"the predicate fails at the lower bound {low}"
+                + (" (the empty tree)" if low == 0 else "")
+                + ": give a good instant to search from (between=(good, bad); CLI: --good)"
+            )
         candidates = sorted({change[0] for change in changes})
         first_bad: int | None = None
         if good(high):

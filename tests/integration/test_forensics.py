@@ -30,7 +30,7 @@ import xoengine.forensic as forensic_module
 import xoengine.journal as journal_module
 from xoengine.cli import main
 from xoengine.engine import Engine, Scenario
-from xoengine.errors import RewindUnreachableError, XoError
+from xoengine.errors import ConfigurationError, RewindUnreachableError, XoError
 from xoengine.events import AlertRaised, ReplicaRewound, SyncFinished, SyncStarted, UndoTrimmed
 from xoengine.ledger import SYNC_EVENTS, sync_runs
 from xoengine.rewind import RetentionPolicy
@@ -360,6 +360,33 @@ def test_bisect_refuses_a_bad_lower_bound(world: World, ro: Engine) -> None:
         ro.bisect("fx", lambda d: False, between=(world.points["good"], world.points["end"]))
 
 
+def test_instants_are_positions_times_or_rewind_points(
+    world: World, ro: Engine, tmp_path: Path
+) -> None:
+    """Replay, diff and bisect take a rewind point (or its name) wherever they take a position."""
+    point = next(p for p in ro.scenario("fx").rewind_points() if p.name == "renamed")
+    assert ro.instant("fx", "renamed") == ro.instant("fx", point) == world.points["renamed"]
+    assert ro.instant("fx", world.points["good"]) == world.points["good"]
+    assert ro.instant("fx", None) == ro.recorder.max_notification_id()
+    when = at_ns(point.time_ns)
+    assert ro.instant("fx", when) == ro.position_of(at=when) >= world.points["renamed"]
+    ro.replay("fx", to=tmp_path / "by-name", point="renamed")
+    assert snapshot(tmp_path / "by-name") == world.trees["renamed"]
+    assert ro.diff("fx", point, "good") == ro.diff("fx", point.position, world.points["good"])
+    by_name = ro.bisect("fx", lambda d: True, between=("good", "burst"))
+    assert by_name.last_good == world.points["burst"]
+    with pytest.raises(ConfigurationError, match="no rewind point named 'nope'"):
+        ro.diff("fx", "nope")
+    with pytest.raises(ConfigurationError, match="at most one"):
+        ro.replay("fx", to=tmp_path / "both", position=1, point="good")
+    assert not (tmp_path / "both").exists()
+
+
+def test_bisect_refuses_an_empty_tree_that_fails_with_a_way_out(ro: Engine) -> None:
+    with pytest.raises(ConfigurationError, match=r"lower bound 0 \(the empty tree\).*--good"):
+        ro.bisect("fx", lambda d: os.path.exists(os.path.join(d, "notes.txt")))
+
+
 # -- the CLI verbs ------------------------------------------------------------------------------
 
 
@@ -404,6 +431,32 @@ def test_cli_forensic_verbs_on_the_journal_copy(
     )
     assert diff == json.loads(json.dumps(dataclasses.asdict(expected_diff)))
     assert "report.txt" in diff["removed"]
+    # Rewind point names wherever a position goes; a number is always a position.
+    assert _json(capsys, ["diff", copy, "fx", "written", "end", "--json"]) == diff
+    by_point = tmp_path / "by-point"
+    shown = _json(
+        capsys, ["replay", copy, "fx", "--to", str(by_point), "--point", "renamed", "--json"]
+    )
+    assert shown["position"] == world.points["renamed"]
+    assert snapshot(by_point) == world.trees["renamed"]
+    found = _json(
+        capsys,
+        [
+            "bisect",
+            copy,
+            "fx",
+            'test -z "$(grep -L GOOD docs/*)"',
+            "--good",
+            "good",
+            "--bad",
+            "end",
+            "--json",
+        ],
+    )
+    assert (found["last_good"], found["burst_position"]) == (
+        world.before_burst,
+        world.before_burst + 1,
+    )
 
 
 def test_cli_rewind_points_rewind_and_difference(

@@ -2,7 +2,9 @@
 
 Room: edge. ``replay``, ``history``, ``diff`` and ``bisect`` open the journal
 read-only (a state directory or a bare journal copy from another machine)
-and need nothing else. Times are ISO 8601 (UTC if no offset).
+and need nothing else. An instant on the command line is a number (a
+position), else a rewind point name of the scenario, else an ISO 8601 time
+(UTC if no offset).
 """
 
 from __future__ import annotations
@@ -15,22 +17,33 @@ from typing import Any
 
 from xoengine.cli.journal import parse_time
 from xoengine.cli.scenario import _plain, _show
-from xoengine.engine import Engine
+from xoengine.engine import Engine, Instant
 
 
 def _time(text: str | None) -> dt.datetime | None:
     return None if text is None else parse_time(text)
 
 
-def _instant(text: str) -> int | dt.datetime:
-    return int(text) if text.isdigit() else _time(text)  # type: ignore[return-value]
+def _instant(eng: Engine, scenario: str, text: str | None) -> Instant | None:
+    """An instant from the command line (see the module's docstring)."""
+    if text is None:
+        return None
+    if text.isdigit():
+        return int(text)
+    names = {p.name for sc in eng.scenarios() if sc.name == scenario for p in sc.rewind_points()}
+    return text if text in names else parse_time(text)
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
     """``replay``: rebuild a tree, subtree or file as it was."""
     with Engine.open(args.state, readonly=True) as eng:
         result = eng.replay(
-            args.name, to=args.to, position=args.position, at=_time(args.at), path=args.path
+            args.name,
+            to=args.to,
+            position=args.position,
+            at=_time(args.at),
+            point=args.point,
+            path=args.path,
         )
         _show(result, as_json=args.json)
     return 0
@@ -52,9 +65,11 @@ def cmd_history(args: argparse.Namespace) -> int:
 
 
 def cmd_diff(args: argparse.Namespace) -> int:
-    """``diff``: what changed between two instants (positions or times)."""
+    """``diff``: what changed between two instants (positions, rewind points or times)."""
     with Engine.open(args.state, readonly=True) as eng:
-        result = eng.diff(args.name, _instant(args.from_), _instant(args.to) if args.to else None)
+        start = _instant(eng, args.name, args.from_)
+        assert start is not None
+        result = eng.diff(args.name, start, _instant(eng, args.name, args.to))
         _show(result, as_json=args.json)
     return 0
 
@@ -69,14 +84,14 @@ def cmd_bisect(args: argparse.Namespace) -> int:
         return done.returncode == 0
 
     with Engine.open(args.state, readonly=True) as eng:
-        between = None
-        if args.good is not None:
-            between = (
-                args.good,
-                args.bad if args.bad is not None else eng.recorder.max_notification_id() or 0,
-            )
+        good = _instant(eng, args.name, args.good)
+        bad = _instant(eng, args.name, args.bad)
         result = eng.bisect(
-            args.name, predicate, path=args.path, between=between, burst_threshold=args.burst
+            args.name,
+            predicate,
+            path=args.path,
+            between=None if good is None and bad is None else (0 if good is None else good, bad),
+            burst_threshold=args.burst,
         )
         _show(result, as_json=args.json)
     return 0
@@ -116,6 +131,9 @@ def cmd_difference(args: argparse.Namespace) -> int:
     return 0
 
 
+_INSTANT = "position, rewind point name or ISO time"
+
+
 def add_parsers(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the forensic and rewind verbs."""
 
@@ -132,6 +150,7 @@ def add_parsers(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     replay.add_argument("--to", required=True, help="output directory")
     replay.add_argument("--position", type=int)
     replay.add_argument("--at", help="time (ISO 8601; UTC if no offset)")
+    replay.add_argument("--point", help="rewind point name")
     replay.add_argument("--path", help="one file or subtree")
     replay.set_defaults(func=cmd_replay)
 
@@ -140,18 +159,18 @@ def add_parsers(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     history.add_argument("path")
     history.set_defaults(func=cmd_history)
 
-    diff = verbs.add_parser("diff", help="changes between two positions or times")
+    diff = verbs.add_parser("diff", help="changes between two instants")
     common(diff)
-    diff.add_argument("from_", metavar="FROM", help="position or ISO time")
-    diff.add_argument("to", nargs="?", help="position or ISO time (default: the end)")
+    diff.add_argument("from_", metavar="FROM", help=_INSTANT)
+    diff.add_argument("to", nargs="?", help=f"{_INSTANT} (default: the end)")
     diff.set_defaults(func=cmd_diff)
 
     bisect = verbs.add_parser("bisect", help="find the last good position")
     common(bisect)
     bisect.add_argument("command", help="shell command run in the replayed tree; exit 0 = good")
     bisect.add_argument("--path", help="replay only this file or subtree")
-    bisect.add_argument("--good", type=int, help="a known good position (default 0)")
-    bisect.add_argument("--bad", type=int, help="a known bad position (default: the end)")
+    bisect.add_argument("--good", help=f"a known good instant: {_INSTANT} (default 0)")
+    bisect.add_argument("--bad", help=f"a known bad instant: {_INSTANT} (default: the end)")
     bisect.add_argument(
         "--burst", type=int, default=10, help="files changed at once that flag a burst"
     )
