@@ -223,6 +223,7 @@ class Engine:
         self.fsync = durability != "nosync"
         self._closed = False
         self._definitions: dict[str, _Definition] = {}
+        self._ever_named: set[str] = set()  # every scenario name the journal holds, removed too
         self._scenarios: dict[str, Scenario] = {}
         self._report_marks: dict[str, dict[str, int]] = {}
         self._lock = threading.RLock()
@@ -267,8 +268,14 @@ class Engine:
         return self.blobs.view(blob_id)
 
     def forensics(self, scenario: str | Scenario) -> Forensics:
-        """Replay, history, diff and bisect for a scenario (by name: it may have been removed)."""
+        """Replay, history, diff and bisect for a scenario (by name: it may have been removed).
+
+        A name the journal never held is refused (:class:`ScenarioNotFoundError`):
+        a typo must not pass for a scenario that had no files.
+        """
         name = scenario.name if isinstance(scenario, Scenario) else scenario
+        if name not in self._ever_named:
+            raise ScenarioNotFoundError(name=name)
         return Forensics(self, name)
 
     def position_of(self, position: int | None = None, at: dt.datetime | None = None) -> int:
@@ -277,8 +284,11 @@ class Engine:
             if at.tzinfo is None:
                 raise ConfigurationError(detail="at= needs a timezone-aware datetime")
             return self.recorder.position_at(datetime_ns(at))
+        top = self.recorder.max_notification_id() or 0
         if position is None:
-            return self.recorder.max_notification_id() or 0
+            return top
+        if not 0 <= position <= top:
+            raise ConfigurationError(detail=f"position {position} is outside 0..{top}")
         return position
 
     def replay(
@@ -449,6 +459,7 @@ class Engine:
             if isinstance(event, SyncStarted | SyncFinished):
                 self._note_sync(position, event)
             elif isinstance(event, ScenarioCreated):
+                self._ever_named.add(event.name)
                 self._definitions[event.name] = _Definition(
                     id=event.originator_id,
                     version=event.originator_version,
@@ -536,6 +547,7 @@ class Engine:
             for event in added:
                 definition.apply(event)
             self._definitions[name] = definition
+            self._ever_named.add(name)
             scenario = Scenario(self, definition)
             self._scenarios[name] = scenario
             return scenario

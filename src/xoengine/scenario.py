@@ -42,7 +42,6 @@ from xoengine.events import (
     UndoTrimmed,
     event_bytes,
 )
-from xoengine.journal import datetime_ns
 from xoengine.journaledfile import JournaledFile
 from xoengine.layout import Layout
 from xoengine.ledger import SYNC_EVENTS, operation, sync_runs
@@ -550,15 +549,7 @@ class Scenario:
                 if name == to:
                     return pos
             raise ConfigurationError(detail=f"no rewind point named {to!r}")
-        if position is not None:
-            top = self._engine.recorder.max_notification_id() or 0
-            if not 0 <= position <= top:
-                raise ConfigurationError(detail=f"position {position} is outside 0..{top}")
-            return position
-        assert at is not None
-        if at.tzinfo is None:
-            raise ConfigurationError(detail="at= needs a timezone-aware datetime")
-        return self._engine.recorder.position_at(datetime_ns(at))
+        return self._engine.position_of(position, at)
 
     def rewind(
         self,

@@ -30,7 +30,12 @@ import xoengine.forensic as forensic_module
 import xoengine.journal as journal_module
 from xoengine.cli import main
 from xoengine.engine import Engine, Scenario
-from xoengine.errors import ConfigurationError, RewindUnreachableError, XoError
+from xoengine.errors import (
+    ConfigurationError,
+    RewindUnreachableError,
+    ScenarioNotFoundError,
+    XoError,
+)
 from xoengine.events import AlertRaised, ReplicaRewound, SyncFinished, SyncStarted, UndoTrimmed
 from xoengine.ledger import SYNC_EVENTS, sync_runs
 from xoengine.rewind import RetentionPolicy
@@ -382,6 +387,34 @@ def test_instants_are_positions_times_or_rewind_points(
     assert not (tmp_path / "both").exists()
 
 
+def test_forensics_refuse_a_position_past_the_end_and_an_unknown_scenario(
+    ro: Engine, tmp_path: Path
+) -> None:
+    """A typo must not pass for history: no silent clamp, no empty tree for a wrong name."""
+    end = ro.recorder.max_notification_id() or 0
+    with pytest.raises(ConfigurationError, match=f"position {end + 1} is outside 0..{end}"):
+        ro.replay("fx", to=tmp_path / "past", position=end + 1)
+    with pytest.raises(ConfigurationError, match="outside"):
+        ro.diff("fx", 0, end + 1)
+    with pytest.raises(ScenarioNotFoundError):
+        ro.replay("fX", to=tmp_path / "typo")
+    with pytest.raises(ScenarioNotFoundError):
+        ro.history("fX", "notes.txt")
+    assert not (tmp_path / "past").exists() and not (tmp_path / "typo").exists()
+
+
+def test_forensics_of_a_removed_scenario_still_work(tmp_path: Path) -> None:
+    eng, sc, master = new_engine(tmp_path)
+    write(master / "kept.txt", b"evidence")
+    sc.start()
+    eng.remove_scenario("fx")
+    eng.close()
+    with Engine.open(tmp_path / "state", readonly=True) as ro:
+        ro.replay("fx", to=tmp_path / "out")
+        assert (tmp_path / "out" / "kept.txt").read_bytes() == b"evidence"
+        assert [h.operation for h in ro.history("fx", "kept.txt")][:2] == ["created", "written"]
+
+
 def test_bisect_refuses_an_empty_tree_that_fails_with_a_way_out(ro: Engine) -> None:
     with pytest.raises(ConfigurationError, match=r"lower bound 0 \(the empty tree\).*--good"):
         ro.bisect("fx", lambda d: os.path.exists(os.path.join(d, "notes.txt")))
@@ -456,6 +489,11 @@ def test_cli_forensic_verbs_on_the_journal_copy(
     assert (found["last_good"], found["burst_position"]) == (
         world.before_burst,
         world.before_burst + 1,
+    )
+    capsys.readouterr()
+    assert main(["diff", copy, "fx", "nope"]) != 0
+    assert "neither a position, a rewind point of fx, nor an ISO 8601 time" in (
+        capsys.readouterr().err
     )
 
 

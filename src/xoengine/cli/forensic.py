@@ -18,6 +18,7 @@ from typing import Any
 from xoengine.cli.journal import parse_time
 from xoengine.cli.scenario import _plain, _show
 from xoengine.engine import Engine, Instant
+from xoengine.errors import ConfigurationError
 
 
 def _time(text: str | None) -> dt.datetime | None:
@@ -31,7 +32,15 @@ def _instant(eng: Engine, scenario: str, text: str | None) -> Instant | None:
     if text.isdigit():
         return int(text)
     names = {p.name for sc in eng.scenarios() if sc.name == scenario for p in sc.rewind_points()}
-    return text if text in names else parse_time(text)
+    if text in names:
+        return text
+    try:
+        return parse_time(text)
+    except ConfigurationError:
+        raise ConfigurationError(
+            detail=f"{text!r} is neither a position, a rewind point of {scenario}, "
+            "nor an ISO 8601 time"
+        ) from None
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
