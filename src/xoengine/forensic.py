@@ -25,7 +25,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Final, Protocol
+from typing import TYPE_CHECKING, Final, Protocol, TypeAlias
 
 from xoengine.errors import ConfigurationError
 from xoengine.events import (
@@ -143,6 +143,8 @@ class HistoryEntry:
     new_path: str | None
     ranges: list[list[int]]
     size: int | None
+    moved_with: str | None = None  # "old -> new" of the directory whose rename moved it
+    file_id: str = ""  # the identity changed: a path deleted and made again is a new one
 
 
 @dataclass(frozen=True)
@@ -203,6 +205,16 @@ def _size_after(events: list[FileEvent], size: int) -> int:
         elif isinstance(event, (BytesWritten, FileTruncated)):
             size = event.size
     return size
+
+
+#: A line of a history: position, time label, file id, its own event (None for a
+#: move by a directory's rename), path before, new path, the directory's rename.
+_Change: TypeAlias = "tuple[int, int, uuid.UUID, FileEvent | None, str, str | None, str | None]"
+
+
+def _event_size(event: FileEvent | None) -> int | None:
+    size = getattr(event, "size", None)
+    return size if isinstance(size, int) else None
 
 
 def _operation(event: FileEvent) -> str:
@@ -395,36 +407,51 @@ class Forensics:
     # -- history and diff -----------------------------------------------------------------
 
     def history(self, path: str) -> list[HistoryEntry]:
-        """Every change to the file identities that ever had ``path`` (with their renames)."""
+        """Every change to the file identities that ever had ``path`` (with their renames).
+
+        A file moved by the rename of a directory above it gets an entry of its
+        own for that move: operation ``renamed``, its old and new path, and the
+        directory's rename in ``moved_with``. So the rename chain is whole, and
+        a file that has its path only through such a move has a history.
+        """
         target = normalize_relpath(path)
         ids: set[uuid.UUID] = set()
-        events: list[tuple[int, int, FileEvent, str]] = []
+        changes: list[_Change] = []
         alive: dict[uuid.UUID, LiveFile] = {}
         for pos, time_ns, event in self.source.file_events(self.scenario, None):
-            before = alive[event.originator_id].path if event.originator_id in alive else event.path
+            fid = event.originator_id
+            before = alive[fid].path if fid in alive else event.path
+            moved: list[tuple[uuid.UUID, str]] = []
+            if isinstance(event, FileRenamed) and fid in alive:
+                prefix = before + "/"
+                moved = [(k, f.path) for k, f in alive.items() if f.path.startswith(prefix)]
             self._step(alive, pos, event)
-            if before == target or (isinstance(event, FileRenamed) and event.new_path == target):
-                ids.add(event.originator_id)
-            events.append((pos, time_ns, event, before))
-        out = []
-        for pos, time_ns, event, at in events:
-            if event.originator_id not in ids:
-                continue
-            size = getattr(event, "size", None)
-            out.append(
-                HistoryEntry(
-                    position=pos,
-                    time=dt.datetime.fromtimestamp(time_ns / 1e9, tz=dt.UTC).isoformat(
-                        timespec="microseconds"
-                    ),
-                    operation=_operation(event),
-                    path=at,
-                    new_path=event.new_path if isinstance(event, FileRenamed) else None,
-                    ranges=_ranges(event),
-                    size=size if isinstance(size, int) else None,
-                )
+            new = event.new_path if isinstance(event, FileRenamed) else None
+            if target in (before, new):
+                ids.add(fid)
+            changes.append((pos, time_ns, fid, event, before, new, None))
+            for other, old in moved:
+                now = alive[other].path
+                if target in (old, now):
+                    ids.add(other)
+                changes.append((pos, time_ns, other, None, old, now, f"{before} -> {new}"))
+        return [
+            HistoryEntry(
+                position=pos,
+                time=dt.datetime.fromtimestamp(time_ns / 1e9, tz=dt.UTC).isoformat(
+                    timespec="microseconds"
+                ),
+                operation="renamed" if event is None else _operation(event),
+                path=at,
+                new_path=new,
+                ranges=[] if event is None else _ranges(event),
+                size=_event_size(event),
+                moved_with=via,
+                file_id=str(fid),
             )
-        return out
+            for pos, time_ns, fid, event, at, new, via in changes
+            if fid in ids
+        ]
 
     def diff(self, from_position: int, to_position: int) -> DiffResult:
         """What changed between two positions (by file identity: renames are renames)."""

@@ -283,6 +283,46 @@ def test_history_follows_creation_writes_rename_chain_and_deletion(ro: Engine, p
     assert times == sorted(times)
 
 
+def test_history_follows_a_file_moved_by_directory_renames(tmp_path: Path) -> None:
+    """The rename chain is whole when directories above the file move it."""
+    eng, sc, master = new_engine(tmp_path)
+    write(master / "a" / "b" / "f.txt", b"one")
+    write(master / "a" / "other.txt", b"stays")
+    sc.start()
+    steps = [
+        lambda: os.rename(master / "a", master / "x"),
+        lambda: write(master / "x" / "b" / "f.txt", b"one two"),
+        lambda: os.rename(master / "x" / "b", master / "y"),
+        lambda: os.rename(master / "y" / "f.txt", master / "y" / "g.txt"),
+    ]
+    for step in steps:
+        step()
+        sc.capture()
+    expected = [
+        ("created", "a/b/f.txt", None, None),
+        ("written", "a/b/f.txt", None, None),
+        ("renamed", "a/b/f.txt", "x/b/f.txt", "a -> x"),
+        ("written", "x/b/f.txt", None, None),
+        ("renamed", "x/b/f.txt", "y/f.txt", "x/b -> y"),
+        ("renamed", "y/f.txt", "y/g.txt", None),
+    ]
+    for path in ("y/g.txt", "y/f.txt", "x/b/f.txt", "a/b/f.txt"):
+        entries = [e for e in eng.history("fx", path) if e.operation != "metadata"]
+        assert [(e.operation, e.path, e.new_path, e.moved_with) for e in entries] == expected
+    positions = [e.position for e in eng.history("fx", "y/g.txt")]
+    assert positions == sorted(positions)
+    # A file moved only by its directory's rename has a history under its new path,
+    # and the move of one directory is not a change of files outside it.
+    assert [e.operation for e in eng.history("fx", "x/other.txt")][-1] == "renamed"
+    directory = [e for e in eng.history("fx", "y") if e.operation != "metadata"]
+    assert [(e.operation, e.path, e.new_path, e.moved_with) for e in directory] == [
+        ("created", "a/b", None, None),
+        ("renamed", "a/b", "x/b", "a -> x"),
+        ("renamed", "x/b", "y", None),
+    ]
+    eng.close()
+
+
 def test_history_of_an_unknown_path_is_empty(ro: Engine) -> None:
     assert ro.history("fx", "never/was.txt") == []
 

@@ -71,12 +71,18 @@ OPERATIONS = [
     "point", "point",
 ]  # fmt: skip
 
-STATS: dict[str, int] = {"examples": 0, "points": 0, "rewinds": 0, "replays": 0, "diffs": 0}
+STATS: dict[str, int] = {
+    "examples": 0,
+    "points": 0,
+    "rewinds": 0,
+    "replays": 0,
+    "diffs": 0,
+    "histories": 0,
+}
 
 # -- recorded trees -----------------------------------------------------------------------
 
 Node = tuple[Any, ...]  # ("file", mode, bytes) | ("dir", mode) | ("symlink", target)
-
 
 
 snapshot = snapshot_contents
@@ -333,6 +339,36 @@ def check_diffs(eng: Engine, sc: Scenario, records: list[Recorded]) -> None:
             STATS["diffs"] += 1
 
 
+def check_histories(eng: Engine, sc: Scenario, records: list[Recorded]) -> None:
+    """(d) ``history(p)`` tells where each identity that ever had ``p`` was, at any point.
+
+    Read as a story (created at a path, renamed, moved with a renamed directory,
+    deleted), the history of every path of every recorded tree puts some
+    identity at that path at that point, and puts no identity at a path the
+    tree did not have then.
+    """
+    paths = {p for rec in records for p in rec.tree if p}
+    for path in paths:
+        entries = eng.history(sc.name, os.fsdecode(path))
+        for rec in records:
+            where: dict[str, str | None] = {}
+            for e in entries:
+                if e.position > rec.point.position:
+                    break
+                if e.operation == "created":
+                    where[e.file_id] = e.path
+                elif e.operation == "renamed":
+                    assert where.get(e.file_id) == e.path, (path, e)
+                    where[e.file_id] = e.new_path
+                elif e.operation == "deleted":
+                    where[e.file_id] = None
+            at = {os.fsencode(p) for p in where.values() if p is not None}
+            if path in rec.tree:
+                assert path in at, f"history({path!r}) loses it at {rec.point.name}: {entries}"
+            assert at <= set(rec.tree), (path, rec.point.name, at - set(rec.tree))
+            STATS["histories"] += 1
+
+
 # -- the property -----------------------------------------------------------------------------
 
 
@@ -368,7 +404,12 @@ def run_example(
     master, r1, r2 = (os.path.join(base, n) for n in ("master", "r1", "r2"))
     os.mkdir(master)
     for name, content in initial:
-        with open(os.path.join(os.fsencode(master), name), "wb") as f:
+        full = os.path.join(os.fsencode(master), name)
+        parent = os.path.dirname(full)
+        if os.path.isfile(parent) or os.path.isdir(full):
+            continue  # the name is taken by the other kind
+        os.makedirs(parent, exist_ok=True)
+        with open(full, "wb") as f:
             f.write(content)
     eng = Engine.open(os.path.join(base, "state"), durability="nosync")
     try:
@@ -404,6 +445,7 @@ def run_example(
         else:
             check_replays(eng, sc, r1, records, base)
             check_diffs(eng, sc, records)
+            check_histories(eng, sc, records)
         # r2 kept replicating through all of it.
         sc.wait_replicated()
         assert_tree(r2, records[-1].tree, "r2 (never rewound)")
@@ -414,7 +456,13 @@ def run_example(
 
 EXAMPLES = int(os.environ.get("REWIND_EXAMPLES", "400"))
 block_sizes = st.sampled_from([512, 512, 4096])
-initials = st.lists(st.tuples(st.sampled_from(NAMES), contents), max_size=3)
+# Top-level files, and files in a directory from the start: so that directories
+# whose files are journaled already get renamed, deleted and rewound.
+initial_paths = st.one_of(
+    st.sampled_from(NAMES),
+    st.builds(b"/".join, st.tuples(st.sampled_from(NAMES[:3]), st.sampled_from(NAMES))),
+)
+initials = st.lists(st.tuples(initial_paths, contents), max_size=4)
 scripts = st.lists(st.sampled_from(OPERATIONS), min_size=1, max_size=22)
 SLOW_OK = [HealthCheck.too_slow, HealthCheck.data_too_large]
 

@@ -67,6 +67,8 @@ def cmd_history(args: argparse.Namespace) -> int:
     else:
         for e in entries:
             extra = f" -> {e.new_path}" if e.new_path else ""
+            if e.moved_with:
+                extra += f" (directory {e.moved_with})"
             ranges = " ".join(f"{o}+{n}" for o, n in e.ranges)
             size = "" if e.size is None else f" size={e.size}"
             print(f"{e.position:>8}  {e.time}  {e.operation:<9} {e.path}{extra}{size}  {ranges}")
