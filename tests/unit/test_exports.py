@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import xoengine
 
 
@@ -14,3 +17,21 @@ def test_exports_all_names_exist_and_are_documented() -> None:
 def test_exports_list_is_guarded() -> None:
     public = {n for n in dir(xoengine) if not n.startswith("_") and n[0].isupper()}
     assert public <= set(xoengine.__all__) | {"TYPE_CHECKING"}
+
+
+def test_engine_names_load_on_first_use_only() -> None:
+    """``import xoengine.journal`` (a persistence module) does not pull in the engine."""
+    code = (
+        "import sys, xoengine.journal\n"
+        "assert 'xoengine.engine' not in sys.modules\n"
+        "from xoengine import Engine, RewindPoint\n"
+        "import xoengine.engine, xoengine.rewind\n"
+        "assert Engine is xoengine.engine.Engine and RewindPoint is xoengine.rewind.RewindPoint\n"
+        "try:\n"
+        "    xoengine.Nope\n"
+        "except AttributeError:\n"
+        "    print('ok')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "ok"
