@@ -823,6 +823,19 @@ class Store:
             current = int(self._env.info()["map_size"])
             self._env.set_mapsize(current * 2)
 
+    def claim_writer(self) -> None:
+        """Become the journal's one writer process now rather than at the first write.
+
+        For owners that keep state derived from the journal in memory (an engine):
+        another process writing behind them would leave it stale. Raises
+        :class:`JournalLockedError` if another process holds the journal.
+        """
+        if self.readonly:
+            return
+        self._check_open()
+        with self._write_lock:
+            self._take_writer_lock()
+
     def _take_writer_lock(self) -> None:
         if self._lock_fd is not None:
             return

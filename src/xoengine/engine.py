@@ -219,6 +219,14 @@ class Engine:
         assert isinstance(recorder, LMDBApplicationRecorder)
         self.recorder: LMDBApplicationRecorder = recorder
         self.store: Store = recorder.datastore
+        if not readonly:
+            # The engine keeps projections of the journal in memory and applies it to
+            # replicas: a second writer process would act on a journal it has not read.
+            try:
+                self.store.claim_writer()
+            except BaseException:
+                self.app.close()
+                raise
         self.blobs = BlobTable(self.store)
         self.fsync = durability != "nosync"
         self._closed = False

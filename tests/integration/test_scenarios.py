@@ -12,6 +12,8 @@ import os
 import random
 import shutil
 import sqlite3
+import subprocess
+import sys
 import uuid
 from typing import TYPE_CHECKING, Any
 
@@ -1028,3 +1030,43 @@ def test_journaled_file_refuses_symlinked_parent(engine: Engine, tmp_path: Path)
     with pytest.raises(OSError, match="symbolic links"):
         sc.open("to-file", "wb")
     assert os.listdir(outside) == []
+
+
+def test_an_open_engine_is_the_journals_one_writer_from_the_start(tmp_path: Path) -> None:
+    """A second process cannot open the state writable behind an engine that has not written.
+
+    The engine holds the journal's projections in memory; before, the writer lock
+    was taken at the first write, so another process could write first and leave
+    this engine acting on a journal it had not read.
+    """
+    master = tmp_path / "master"
+    master.mkdir()
+    (master / "a.txt").write_bytes(b"a")
+    with Engine.open(tmp_path / "state", durability="nosync") as eng:
+        eng.create_scenario("s", master=str(master), replicas={"r1": str(tmp_path / "r1")})
+    probe = (
+        "import sys\n"
+        "from xoengine.engine import Engine\n"
+        "from xoengine.errors import JournalLockedError\n"
+        "try:\n"
+        "    Engine.open(sys.argv[1], durability='nosync').close()\n"
+        "except JournalLockedError as e:\n"
+        "    print(e.code)\n"
+        "else:\n"
+        "    print('opened')\n"
+        "with Engine.open(sys.argv[1], readonly=True) as ro:\n"
+        "    print(len(ro.history('s', 'a.txt')))\n"
+    )
+
+    def other_process() -> list[str]:
+        done = subprocess.run(
+            [sys.executable, "-c", probe, str(tmp_path / "state")],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        return done.stdout.split()
+
+    with Engine.open(tmp_path / "state", durability="nosync"):  # opened, nothing written
+        assert other_process() == ["E4002", "0"]  # refused; reading is fine
+    assert other_process() == ["opened", "0"]
