@@ -516,6 +516,10 @@ class Forensics:
         an initial load or a folder copied in is not a burst.
         """
         low, high = between
+        if low > high:
+            raise ConfigurationError(
+                detail=f"bisect needs its good bound first: {low} comes after {high}"
+            )
         probe = self._decoded_upto(high)
         changes = probe.change_positions(low, high)
         probes: list[tuple[int, bool]] = []

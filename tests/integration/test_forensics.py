@@ -455,6 +455,11 @@ def test_forensics_of_a_removed_scenario_still_work(tmp_path: Path) -> None:
         assert [h.operation for h in ro.history("fx", "kept.txt")][:2] == ["created", "written"]
 
 
+def test_bisect_refuses_bounds_in_the_wrong_order(ro: Engine) -> None:
+    with pytest.raises(ConfigurationError, match="good bound first"):
+        ro.bisect("fx", lambda d: True, between=("burst", "good"))
+
+
 def test_bisect_refuses_an_empty_tree_that_fails_with_a_way_out(ro: Engine) -> None:
     with pytest.raises(ConfigurationError, match=r"lower bound 0 \(the empty tree\).*--good"):
         ro.bisect("fx", lambda d: os.path.exists(os.path.join(d, "notes.txt")))
