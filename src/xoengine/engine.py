@@ -81,6 +81,16 @@ __all__ = ["KINDS", "Engine", "Instant", "ReplicaStatistics", "Scenario", "Scena
 Instant: TypeAlias = int | dt.datetime | RewindPoint | str
 
 KINDS: Final = ("file_server", "database", "storage_group")
+#: Scenario options that are numbers >= 0 (seconds, bytes or counts).
+_NUMERIC_OPTIONS: Final = (
+    "spool_limit",
+    "rewind_interval",
+    "undo_max_age",
+    "undo_max_bytes",
+    "undo_min_points",
+    "undo_window",
+    "undo_check_interval",
+)
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 SCENARIO_TOPICS: Final = tuple(
     f"xoengine.events:{c.__name__}"
@@ -618,6 +628,12 @@ class Engine:
             value = options.get(key, ())
             if isinstance(value, str) or not all(isinstance(p, str) and p for p in value):
                 raise ScenarioError(name=name, detail=f"{key} must be a list of glob patterns")
+        for key in _NUMERIC_OPTIONS:
+            value = options.get(key)
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, int | float) or value < 0
+            ):
+                raise ScenarioError(name=name, detail=f"{key} must be a number >= 0")
         return roots, replica_paths
 
     def scenarios(self) -> list[Scenario]:
@@ -638,7 +654,7 @@ class Engine:
         if definition.running:
             raise ScenarioStateError(name=name, state="running", action="update it (stop it first)")
         merged = {**definition.options, **options}
-        if "include" in options or "exclude" in options or "block_size" in options:
+        if {"include", "exclude", "block_size", *_NUMERIC_OPTIONS} & set(options):
             others = {n: d for n, d in self._definitions.items() if n != name}
             saved, self._definitions = self._definitions, others
             try:

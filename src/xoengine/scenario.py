@@ -134,6 +134,8 @@ class Scenario:
         self._spool_over = False
         self._watcher: Any = None
         self._captured = threading.Condition()  # notified after every append
+        self._trim_checked = -float("inf")  # monotonic time of the last automatic retention
+        self._undo_alerted: set[str] = set()  # replicas whose budget alert is standing
         for replica in definition.replicas:
             self._wire_replica(replica)
         with store.read() as txn:
@@ -293,6 +295,7 @@ class Scenario:
             thread.wake()
         self._check_state()
         self._auto_point()
+        self._auto_trim()
         with self._captured:
             self._captured.notify_all()
 
@@ -332,6 +335,22 @@ class Scenario:
         self._engine._scenario_event(
             self._def, RewindPointSet, name=f"auto-{position}", position=position, kind="auto"
         )
+
+    def _auto_trim(self) -> None:
+        """Apply the configured retention after appends, at most every ``undo_check_interval`` s.
+
+        Only when a limit is configured (``undo_max_age``, ``undo_max_bytes`` or
+        ``undo_window``); the check reads every undo record's size, so it is paced
+        (default every 60 s).
+        """
+        options = self._def.options
+        if not any(options.get(k) for k in ("undo_max_age", "undo_max_bytes", "undo_window")):
+            return
+        now = time.monotonic()
+        if now - self._trim_checked < float(options.get("undo_check_interval", 60)):
+            return
+        self._trim_checked = now
+        self.trim_undo()
 
     # -- synchronization --------------------------------------------------------------------
 
@@ -690,22 +709,26 @@ class Scenario:
         decisions: dict[str, RetentionDecision] = {}
         points = self.rewind_points()
         for name, applier in self._appliers.items():
-            sizes = dict(applier.undo.position_sizes())
-            usage = [UndoUsage(p, recorder.time_of(p), b) for p, b in sorted(sizes.items())]
-            decision = retention(usage, points, policy, now)
-            decisions[name] = decision
-            if decision.trim_upto:
-                count = applier.undo.trim(decision.trim_upto)
-                self._engine._scenario_event(
-                    self._def,
-                    UndoTrimmed,
-                    replica=name,
-                    upto=decision.trim_upto,
-                    records=count,
-                    bytes=decision.records_bytes,
-                    reasons=list(decision.reasons),
-                )
-            if decision.alert:
+            with applier.lock:  # not while a batch is applied or a rewind reads the log
+                sizes = dict(applier.undo.position_sizes())
+                usage = [UndoUsage(p, recorder.time_of(p), b) for p, b in sorted(sizes.items())]
+                decision = retention(usage, points, policy, now)
+                decisions[name] = decision
+                if decision.trim_upto:
+                    count = applier.undo.trim(decision.trim_upto)
+                    self._engine._scenario_event(
+                        self._def,
+                        UndoTrimmed,
+                        replica=name,
+                        upto=decision.trim_upto,
+                        records=count,
+                        bytes=decision.records_bytes,
+                        reasons=list(decision.reasons),
+                    )
+            if decision.alert is None:
+                self._undo_alerted.discard(name)
+            elif name not in self._undo_alerted:  # once while it stands, not at every check
+                self._undo_alerted.add(name)
                 self._engine._scenario_event(
                     self._def,
                     AlertRaised,

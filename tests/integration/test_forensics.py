@@ -33,6 +33,7 @@ from xoengine.engine import Engine, Scenario
 from xoengine.errors import (
     ConfigurationError,
     RewindUnreachableError,
+    ScenarioError,
     ScenarioNotFoundError,
     XoError,
 )
@@ -653,6 +654,82 @@ def test_trim_undo_alerts_when_the_window_nears_the_budget(tmp_path: Path) -> No
         # Comfortably under 80 %: no alert.
         sc.trim_undo(RetentionPolicy(max_bytes=held * 2, window_s=3600, min_points=0), now_ns=now)
         assert len(journal_events(eng, AlertRaised)) == len(alerts)
+    finally:
+        eng.close()
+
+
+def test_configured_retention_runs_on_its_own_and_keeps_the_newest_point(
+    tmp_path: Path,
+) -> None:
+    """With a budget configured, appends apply it (no trim_undo call), journaled."""
+    eng, sc, master = new_engine(
+        tmp_path, undo_max_bytes=1, undo_min_points=1, undo_check_interval=0
+    )
+    try:
+        write(master / "a", b"a0" * 300)
+        sc.start()
+        marks = []
+        for i in range(1, 4):
+            write(master / "a", f"a{i}".encode() * (300 + 100 * i))
+            marks.append((sc.set_rewind_point(f"p{i}"), snapshot(master)))
+        sc.wait_replicated()
+        sc.capture()  # nothing new: the retention check still runs
+        newest, tree = marks[-1]
+        trims = [e for _, e in journal_events(eng, UndoTrimmed)]
+        assert {e.replica for e in trims} == {"r1", "r2"}
+        assert max(e.upto for e in trims) <= newest.position
+        for replica in ("r1", "r2"):
+            held = [p for p, _ in sc._appliers[replica].undo.position_sizes()]
+            assert all(p > newest.position for p in held)
+        write(master / "a", b"after the newest point")
+        sc.capture()
+        sc.wait_replicated()
+        sc.rewind("r1", newest)
+        assert snapshot(tmp_path / "r1") == tree
+    finally:
+        eng.close()
+
+
+def test_configured_retention_alerts_once_while_the_window_is_near_the_budget(
+    tmp_path: Path,
+) -> None:
+    eng, sc, master = new_engine(
+        tmp_path, undo_max_bytes=1, undo_window=3600, undo_min_points=0, undo_check_interval=0
+    )
+    try:
+        write(master / "a", b"a0" * 300)
+        sc.start()
+        for i in range(1, 4):
+            write(master / "a", f"a{i}".encode() * 400)
+            sc.capture()
+            sc.wait_replicated()
+        alerts = [e for _, e in journal_events(eng, AlertRaised) if e.code == "AW0002"]
+        assert sorted(a.details["replica"] for a in alerts) == ["r1", "r2"]  # once each
+        assert not journal_events(eng, UndoTrimmed)  # the window holds the history
+        # Cleared (a generous budget), then standing again: one more alert each.
+        sc.trim_undo(RetentionPolicy(max_bytes=1 << 40, window_s=3600, min_points=0))
+        write(master / "a", b"b" * 900)
+        sc.capture()
+        alerts = [e for _, e in journal_events(eng, AlertRaised) if e.code == "AW0002"]
+        assert len(alerts) == 4
+    finally:
+        eng.close()
+
+
+def test_retention_options_are_checked(tmp_path: Path) -> None:
+    eng, sc, _master = new_engine(tmp_path)
+    (tmp_path / "m2").mkdir()
+    try:
+        with pytest.raises(ScenarioError, match="undo_max_bytes must be a number"):
+            eng.create_scenario(
+                "other",
+                master=str(tmp_path / "m2"),
+                replicas={"r1": str(tmp_path / "o1")},
+                undo_max_bytes="lots",
+            )
+        with pytest.raises(ScenarioError, match="undo_window must be a number"):
+            eng.update_scenario("fx", undo_window=-1)
+        assert eng.update_scenario("fx", undo_window=3600).options["undo_window"] == 3600
     finally:
         eng.close()
 
