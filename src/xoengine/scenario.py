@@ -90,6 +90,7 @@ class ReplicaStatistics:
     bytes_replicated: int
     files_replicated: int
     undo_records: int
+    rewind_floor: int = 0  # a rewind reaches positions >= this one (retention trimmed below)
 
 
 @dataclass(frozen=True)
@@ -797,6 +798,8 @@ class Scenario:
             journaled = self._engine.recorder.time_of(backlog.first) / 1e9
             oldest = max(0.0, time.time() - journaled)
         undo_count, _ = applier.undo.size()
+        with self._engine.store.read() as txn:
+            floor = applier.undo.floor(txn)
         return ReplicaStatistics(
             name=name,
             path=self._def.replicas[name],
@@ -808,6 +811,7 @@ class Scenario:
             bytes_replicated=done.bytes,
             files_replicated=done.events,
             undo_records=undo_count,
+            rewind_floor=floor,
         )
 
     def _check_state(self) -> None:

@@ -624,6 +624,7 @@ def test_trim_undo_journals_the_trim_and_keeps_the_newest_point(tmp_path: Path) 
         assert sc.statistics().replicas["r1"].undo_records == undo_before - next(
             e.records for e in trims if e.replica == "r1"
         )
+        assert sc.statistics().replicas["r1"].rewind_floor == newest
         assert not journal_events(eng, AlertRaised)
         # The newest point stays reachable: changes after it, then a rewind to it.
         last_point, last_tree = marks[-1]
