@@ -91,6 +91,10 @@ _NUMERIC_OPTIONS: Final = (
     "undo_window",
     "undo_check_interval",
 )
+#: Every scenario option (a typo must not pass silently for an unset limit).
+_KNOWN_OPTIONS: Final = frozenset(
+    {"block_size", "include", "exclude", "groups", "databases", "watch_delay", *_NUMERIC_OPTIONS}
+)
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 SCENARIO_TOPICS: Final = tuple(
     f"xoengine.events:{c.__name__}"
@@ -628,6 +632,13 @@ class Engine:
             value = options.get(key, ())
             if isinstance(value, str) or not all(isinstance(p, str) and p for p in value):
                 raise ScenarioError(name=name, detail=f"{key} must be a list of glob patterns")
+        unknown = sorted(set(options) - _KNOWN_OPTIONS)
+        if unknown:
+            raise ScenarioError(
+                name=name,
+                detail=f"unknown option(s) {', '.join(unknown)}; "
+                f"known: {', '.join(sorted(_KNOWN_OPTIONS))}",
+            )
         for key in _NUMERIC_OPTIONS:
             value = options.get(key)
             if value is not None and (
@@ -654,13 +665,12 @@ class Engine:
         if definition.running:
             raise ScenarioStateError(name=name, state="running", action="update it (stop it first)")
         merged = {**definition.options, **options}
-        if {"include", "exclude", "block_size", *_NUMERIC_OPTIONS} & set(options):
-            others = {n: d for n, d in self._definitions.items() if n != name}
-            saved, self._definitions = self._definitions, others
-            try:
-                self._validate(name, definition.kind, definition.roots, definition.replicas, merged)
-            finally:
-                self._definitions = saved
+        others = {n: d for n, d in self._definitions.items() if n != name}
+        saved, self._definitions = self._definitions, others
+        try:
+            self._validate(name, definition.kind, definition.roots, definition.replicas, merged)
+        finally:
+            self._definitions = saved
         self._scenario_event(definition, ScenarioUpdated, options=dict(options))
         self._scenarios[name] = Scenario(self, definition)
         return self._scenarios[name]

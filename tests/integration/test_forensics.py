@@ -728,6 +728,8 @@ def test_retention_options_are_checked(tmp_path: Path) -> None:
                 replicas={"r1": str(tmp_path / "o1")},
                 undo_max_bytes="lots",
             )
+        with pytest.raises(ScenarioError, match="unknown option.s. undo_max_byte;"):
+            eng.update_scenario("fx", undo_max_byte=10)  # a typo is not an unset limit
         with pytest.raises(ScenarioError, match="undo_window must be a number"):
             eng.update_scenario("fx", undo_window=-1)
         assert eng.update_scenario("fx", undo_window=3600).options["undo_window"] == 3600
