@@ -31,7 +31,11 @@ def _journal(path: Path, n: int = 5) -> list[uuid.UUID]:
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "xoengine.cli", *args], capture_output=True, text=True, timeout=120, check=False
+        [sys.executable, "-m", "xoengine.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
 
 
@@ -87,7 +91,10 @@ def test_cli_copy_while_a_writer_keeps_appending(tmp_path: Path) -> None:
     src = tmp_path / "live"
     _journal(src, n=1)
     with subprocess.Popen(
-        [sys.executable, "-c", textwrap.dedent(f"""
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent(f"""
             import sys, uuid
             from eventsourcing.persistence import StoredEvent
             from xoengine.datastore import open_store
@@ -99,7 +106,8 @@ def test_cli_copy_while_a_writer_keeps_appending(tmp_path: Path) -> None:
             for i in range(2000):
                 rec.insert_events([StoredEvent(oid, i, "Written", b"x" * 100)])
             store.close()
-        """)],
+        """),
+        ],
         stdout=subprocess.PIPE,
         text=True,
     ) as writer:
@@ -111,7 +119,28 @@ def test_cli_copy_while_a_writer_keeps_appending(tmp_path: Path) -> None:
         writer.wait(timeout=120)
     copy = open_store(tmp_path / "copy", readonly=True)
     try:
-        ids = [n.id for n in LMDBApplicationRecorder(copy, prefix="app").select_notifications(None, 10_000)]
+        ids = [
+            n.id
+            for n in LMDBApplicationRecorder(copy, prefix="app").select_notifications(None, 10_000)
+        ]
     finally:
         copy.close()
     assert ids == list(range(1, len(ids) + 1))  # a consistent, gapless prefix
+
+
+def test_cli_scenario_options_at_create_and_update(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    (tmp_path / "m").mkdir()
+    state, master, replica = (str(tmp_path / n) for n in ("state", "m", "r"))
+    argv = ["scenario", "create", state, "s", "--master", master, "--replica", f"r1={replica}"]
+    assert main([*argv, "--option", "undo_max_bytes=1000000", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["options"] == {"undo_max_bytes": 1000000}
+    update = ["scenario", "update", state, "s", "--json"]
+    assert main([*update, "--option", "undo_window=3600", "--option", 'include=["*.db"]']) == 0
+    assert json.loads(capsys.readouterr().out)["options"] == {
+        "undo_max_bytes": 1000000,
+        "undo_window": 3600,
+        "include": ["*.db"],
+    }
+    assert main([*update, "--option", "undo_max_byte=5"]) != 0  # a typo is refused
+    assert "unknown option(s) undo_max_byte" in capsys.readouterr().err
+    assert main([*update, "--option", "no-equals-sign"]) != 0

@@ -94,10 +94,35 @@ def cmd_create(args: argparse.Namespace) -> int:
         options["exclude"] = args.exclude
     if args.spool_limit:
         options["spool_limit"] = args.spool_limit
+    options.update(_options(args.option))
     with _engine(args) as eng:
         sc = eng.create_scenario(
             args.name, kind=args.kind, master=args.master, replicas=replicas, **options
         )
+        _show(_describe(sc), as_json=args.json)
+    return 0
+
+
+def _options(items: list[str]) -> dict[str, Any]:
+    """``KEY=VALUE`` options; a VALUE that parses as JSON (numbers, lists) is taken as such."""
+    options: dict[str, Any] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise ConfigurationError(detail=f"--option takes KEY=VALUE, not {item!r}")
+        try:
+            options[key] = json.loads(text)
+        except ValueError:
+            options[key] = text
+    return options
+
+
+def cmd_update(args: argparse.Namespace) -> int:
+    """``scenario update``: change options of a stopped scenario."""
+    if not args.option:
+        raise ConfigurationError(detail="scenario update needs at least one --option KEY=VALUE")
+    with _engine(args) as eng:
+        sc = eng.update_scenario(args.name, **_options(args.option))
         _show(_describe(sc), as_json=args.json)
     return 0
 
@@ -271,6 +296,12 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
 # -- parser ------------------------------------------------------------------------------
 
 
+_OPTION_HELP = (
+    "KEY=VALUE scenario option, VALUE as JSON if it parses (repeat), e.g. "
+    "undo_max_bytes=10000000000 undo_window=86400 rewind_interval=300"
+)
+
+
 def add_parsers(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add quickstart, scenario and replication verbs."""
     quick = verbs.add_parser("quickstart", help="the main job: a whole replication round trip")
@@ -287,7 +318,7 @@ def add_parsers(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
             "--durability", default="sync", choices=["sync", "metasync-off", "nosync"]
         )
 
-    scen = verbs.add_parser("scenario", help="define, list and remove scenarios")
+    scen = verbs.add_parser("scenario", help="define, update, list and remove scenarios")
     sverbs = scen.add_subparsers(dest="scenario_verb", required=True)
     create = sverbs.add_parser("create", help="define a scenario")
     common(create)
@@ -301,7 +332,12 @@ def add_parsers(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     create.add_argument(
         "--spool-limit", type=int, default=0, help="backlog bytes that raise an alert"
     )
+    create.add_argument("--option", action="append", default=[], help=_OPTION_HELP)
     create.set_defaults(func=cmd_create)
+    update = sverbs.add_parser("update", help="change options of a stopped scenario")
+    common(update)
+    update.add_argument("--option", action="append", default=[], help=_OPTION_HELP)
+    update.set_defaults(func=cmd_update)
     lst = sverbs.add_parser("list", help="list scenarios")
     common(lst, name=False)
     lst.set_defaults(func=cmd_list)
