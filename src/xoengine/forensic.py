@@ -145,6 +145,8 @@ class HistoryEntry:
     size: int | None
     moved_with: str | None = None  # "old -> new" of the directory whose rename moved it
     file_id: str = ""  # the identity changed: a path deleted and made again is a new one
+    target: str | None = None  # where a created symbolic link points
+    mode: int | None = None  # permission bits set by a creation or a metadata change
 
 
 @dataclass(frozen=True)
@@ -448,6 +450,8 @@ class Forensics:
                 size=_event_size(event),
                 moved_with=via,
                 file_id=str(fid),
+                target=event.target if isinstance(event, FileCreated) else None,
+                mode=event.mode if isinstance(event, FileCreated | MetadataChanged) else None,
             )
             for pos, time_ns, fid, event, at, new, via in changes
             if fid in ids

@@ -324,6 +324,24 @@ def test_history_follows_a_file_moved_by_directory_renames(tmp_path: Path) -> No
     eng.close()
 
 
+def test_history_shows_link_targets_and_modes(tmp_path: Path) -> None:
+    eng, sc, master = new_engine(tmp_path)
+    write(master / "a", b"a")
+    os.symlink("a", master / "link")
+    sc.start()
+    os.unlink(master / "link")
+    os.symlink("elsewhere", master / "link")
+    os.chmod(master / "a", 0o600)
+    sc.capture()
+    try:
+        link = [(e.operation, e.target) for e in eng.history("fx", "link")]
+        assert link == [("created", "a"), ("deleted", None), ("created", "elsewhere")]
+        modes = [(e.operation, e.mode) for e in eng.history("fx", "a") if e.mode is not None]
+        assert modes[0][0] == "created" and modes[-1] == ("metadata", 0o600)
+    finally:
+        eng.close()
+
+
 def test_history_of_an_unknown_path_is_empty(ro: Engine) -> None:
     assert ro.history("fx", "never/was.txt") == []
 

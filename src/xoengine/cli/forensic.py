@@ -69,6 +69,10 @@ def cmd_history(args: argparse.Namespace) -> int:
             extra = f" -> {e.new_path}" if e.new_path else ""
             if e.moved_with:
                 extra += f" (directory {e.moved_with})"
+            if e.target is not None:
+                extra += f" (symlink to {e.target})"
+            if e.mode is not None and e.target is None:
+                extra += f" mode={e.mode:04o}"
             ranges = " ".join(f"{o}+{n}" for o, n in e.ranges)
             size = "" if e.size is None else f" size={e.size}"
             print(f"{e.position:>8}  {e.time}  {e.operation:<9} {e.path}{extra}{size}  {ranges}")
