@@ -288,7 +288,8 @@ class Forensics:
         """Rebuild the tree (or the file or subtree at ``path``) as at ``position`` into ``to``.
 
         ``to`` must be new or empty: a replay over other files would mix them
-        into the tree it claims to show.
+        into the tree it claims to show. A replay that fails (a damaged blob, a
+        full disk, an interruption) removes what it wrote: ``to`` is left as found.
         """
         target = Path(to)
         if target.is_symlink() or (
@@ -299,14 +300,28 @@ class Forensics:
             )
         alive = self.fold(position)
         wanted = normalize_relpath(path) if path else None
-        out = ReplicaTree(os.fspath(to), fsync=False)
+        existed = target.exists()
         selected = [
             f
             for f in alive.values()
             if wanted is None or f.path == wanted or f.path.startswith(wanted + "/")
         ]
-        with out.holding_parents():  # a new tree: nothing moves
-            files, dirs, links, total = self._write_tree(out, selected)
+        try:
+            out = ReplicaTree(os.fspath(to), fsync=False)
+            with out.holding_parents():  # a new tree: nothing moves
+                files, dirs, links, total = self._write_tree(out, selected)
+        except BaseException:
+            # A half-written tree would pass for the answer (an empty file for one
+            # whose bytes could not be read): leave ``to`` as it was found.
+            if existed:
+                for child in list(target.iterdir()):
+                    if child.is_dir() and not child.is_symlink():
+                        shutil.rmtree(child, ignore_errors=True)
+                    else:
+                        child.unlink(missing_ok=True)
+            else:
+                shutil.rmtree(target, ignore_errors=True)
+            raise
         end = (
             position
             if position is not None

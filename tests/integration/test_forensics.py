@@ -32,6 +32,7 @@ from xoengine.cli import main
 from xoengine.engine import Engine, Scenario
 from xoengine.errors import (
     ConfigurationError,
+    FrameError,
     RewindUnreachableError,
     ScenarioError,
     ScenarioNotFoundError,
@@ -246,6 +247,30 @@ def test_replay_refuses_a_destination_that_is_not_empty(
     (tmp_path / "empty").mkdir()
     ro.replay("fx", to=tmp_path / "empty", position=world.points["start"])
     assert snapshot(tmp_path / "empty") == world.trees["start"]
+
+
+@pytest.mark.parametrize("made", [False, True])
+def test_replay_that_fails_leaves_no_partial_tree(
+    world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, made: bool
+) -> None:
+    """An unreadable blob midway: no half-written tree passes for the answer."""
+    out = tmp_path / "out"
+    if made:
+        out.mkdir()  # an empty directory given by the caller stays, empty
+    reads: list[bytes] = []
+    real = Engine.blob
+
+    def damaged(self: Engine, blob_id: bytes) -> memoryview:
+        reads.append(blob_id)
+        if len(reads) == 3:
+            raise FrameError(position=blob_id.hex(), detail="damaged on purpose")
+        return real(self, blob_id)
+
+    monkeypatch.setattr(Engine, "blob", damaged)
+    with Engine.open(world.copy, readonly=True) as ro, pytest.raises(FrameError):
+        ro.replay("fx", to=out, position=world.points["end"])
+    assert len(reads) == 3  # it had written files before the damaged read
+    assert (list(out.iterdir()) == []) if made else not out.exists()
 
 
 def test_replay_readonly_leaves_the_copy_unchanged(world: World, tmp_path: Path) -> None:
@@ -736,7 +761,7 @@ def test_configured_retention_alerts_once_while_the_window_is_near_the_budget(
 
 
 def test_retention_options_are_checked(tmp_path: Path) -> None:
-    eng, sc, _master = new_engine(tmp_path)
+    eng, _sc, _master = new_engine(tmp_path)
     (tmp_path / "m2").mkdir()
     try:
         with pytest.raises(ScenarioError, match="undo_max_bytes must be a number"):
@@ -746,7 +771,7 @@ def test_retention_options_are_checked(tmp_path: Path) -> None:
                 replicas={"r1": str(tmp_path / "o1")},
                 undo_max_bytes="lots",
             )
-        with pytest.raises(ScenarioError, match="unknown option.s. undo_max_byte;"):
+        with pytest.raises(ScenarioError, match=r"unknown option\(s\) undo_max_byte;"):
             eng.update_scenario("fx", undo_max_byte=10)  # a typo is not an unset limit
         with pytest.raises(ScenarioError, match="undo_window must be a number"):
             eng.update_scenario("fx", undo_window=-1)
