@@ -505,15 +505,15 @@ class Forensics:
 
     # -- last-good search ------------------------------------------------------------------
 
-    def change_positions(self, low: int, high: int) -> list[tuple[int, int, uuid.UUID, bool]]:
-        """``(position, time label, file id, created)`` of changes in ``(low, high]``.
+    def change_positions(self, low: int, high: int) -> list[tuple[int, int, uuid.UUID, str]]:
+        """``(position, time label, file id, operation)`` of every change in ``(low, high]``.
 
-        ``created`` marks a :class:`FileCreated`; metadata-only changes are left out.
+        Metadata changes included: a predicate may look at modes and times.
         """
         return [
-            (pos, time_ns, event.originator_id, isinstance(event, FileCreated))
+            (pos, time_ns, event.originator_id, _operation(event))
             for pos, time_ns, event in self.source.file_events(self.scenario, high)
-            if pos > low and not isinstance(event, MetadataChanged)
+            if pos > low
         ]
 
     def bisect(
@@ -589,13 +589,16 @@ class Forensics:
 
     @staticmethod
     def _burst(
-        changes: list[tuple[int, int, uuid.UUID, bool]], threshold: int
+        changes: list[tuple[int, int, uuid.UUID, str]], threshold: int
     ) -> tuple[int | None, int]:
-        # One commit = one time label; a file it creates is new, not damaged.
+        # One commit = one time label; a file it creates is new, not damaged, and a
+        # change of mode or mtime alone is not damage either.
         groups: dict[int, tuple[int, set[uuid.UUID], set[uuid.UUID]]] = {}
-        for pos, time_ns, fid, created in changes:
+        for pos, time_ns, fid, operation in changes:
+            if operation == "metadata":
+                continue
             _, changed, new = groups.setdefault(time_ns, (pos, set(), set()))
-            (new if created else changed).add(fid)
+            (new if operation == "created" else changed).add(fid)
         for time_ns in sorted(groups):
             first, changed, new = groups[time_ns]
             damaged = changed - new

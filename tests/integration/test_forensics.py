@@ -20,6 +20,7 @@ import dataclasses
 import datetime as dt
 import json
 import os
+import stat
 import types
 from pathlib import Path
 from typing import Any
@@ -499,6 +500,30 @@ def test_forensics_of_a_removed_scenario_still_work(tmp_path: Path) -> None:
         assert [h.operation for h in ro.history("fx", "kept.txt")][:2] == ["created", "written"]
 
 
+def test_bisect_finds_a_change_of_mode_alone(tmp_path: Path) -> None:
+    """A metadata change is a candidate too: a predicate may look at modes."""
+    eng, sc, master = new_engine(tmp_path)
+    write(master / "key.pem", b"secret")
+    os.chmod(master / "key.pem", 0o600)
+    sc.start()
+    write(master / "other.txt", b"x")
+    sc.capture()
+    os.chmod(master / "key.pem", 0o644)  # the damage: readable by all
+    sc.capture()
+    write(master / "later.txt", b"y")
+    sc.capture()
+    try:
+        chmod = next(e.position for e in eng.history("fx", "key.pem") if e.mode == 0o644)
+        found = eng.bisect(
+            "fx",
+            lambda p: not os.path.exists(p) or stat.S_IMODE(os.stat(p).st_mode) == 0o600,
+            path="key.pem",
+        )
+        assert (found.last_good, found.first_bad) == (chmod - 1, chmod)
+    finally:
+        eng.close()
+
+
 def test_bisect_refuses_bounds_in_the_wrong_order(ro: Engine) -> None:
     with pytest.raises(ConfigurationError, match="good bound first"):
         ro.bisect("fx", lambda d: True, between=("burst", "good"))
@@ -579,6 +604,16 @@ def test_cli_forensic_verbs_on_the_journal_copy(
         world.before_burst,
         world.before_burst + 1,
     )
+    # --path naming a file: the command still runs at the replay's root (it used
+    # to be started in the file, which failed with NotADirectoryError).
+    found = _json(
+        capsys,
+        [
+            *("bisect", copy, "fx", 'test -s notes.txt -a -f "$XO_REPLAY_PATH"'),
+            *("--path", "notes.txt", "--good", "start", "--json"),
+        ],
+    )
+    assert found["first_bad"] is None
     capsys.readouterr()
     assert main(["diff", copy, "fx", "nope"]) != 0
     assert "neither a position, a rewind point of fx, nor an ISO 8601 time" in (

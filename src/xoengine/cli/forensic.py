@@ -90,12 +90,22 @@ def cmd_diff(args: argparse.Namespace) -> int:
 
 
 def cmd_bisect(args: argparse.Namespace) -> int:
-    """``bisect``: last good position; the command's exit status says good (0) or bad."""
+    """``bisect``: last good position; the command's exit status says good (0) or bad.
 
-    def predicate(directory: str) -> bool:
-        env = {**os.environ, "XO_REPLAY_DIR": directory}
+    The command runs at the root of each probe's replay, with or without
+    ``--path`` (which may name a file, absent at some probes): paths in it are
+    relative to the tree's root. ``$XO_REPLAY_DIR`` is that root and
+    ``$XO_REPLAY_PATH`` the replayed file or subtree (the root without ``--path``).
+    """
+
+    def predicate(replayed: str) -> bool:
+        root = replayed
+        if args.path:  # the library hands over root/path: run at the root
+            root = replayed[: len(replayed) - len(args.path)].rstrip(os.sep)
+            assert os.path.join(root, args.path) == replayed
+        env = {**os.environ, "XO_REPLAY_DIR": root, "XO_REPLAY_PATH": replayed}
         # The operator's own command line, run as written (like git bisect run).
-        done = subprocess.run(args.command, shell=True, cwd=directory, env=env, check=False)  # noqa: S602
+        done = subprocess.run(args.command, shell=True, cwd=root, env=env, check=False)  # noqa: S602
         return done.returncode == 0
 
     with Engine.open(args.state, readonly=True) as eng:
