@@ -683,6 +683,15 @@ def _history_with_points(
     return eng, sc, master, marks
 
 
+def _assert_reachable(sc: Scenario, master: Path, point: Any, tree: dict[bytes, Node]) -> None:
+    """Changes after ``point``, then a rewind of r1 to it gives its tree back."""
+    write(master / "a", b"after the point")
+    sc.capture()
+    sc.wait_replicated()
+    sc.rewind("r1", point)
+    assert snapshot(sc.replicas["r1"]) == tree
+
+
 def test_trim_undo_journals_the_trim_and_keeps_the_newest_point(tmp_path: Path) -> None:
     eng, sc, master, marks = _history_with_points(tmp_path)
     try:
@@ -704,14 +713,9 @@ def test_trim_undo_journals_the_trim_and_keeps_the_newest_point(tmp_path: Path) 
         )
         assert sc.statistics().replicas["r1"].rewind_floor == newest
         assert not journal_events(eng, AlertRaised)
-        # The newest point stays reachable: changes after it, then a rewind to it.
         last_point, last_tree = marks[-1]
         assert last_point.position == newest
-        write(master / "a", b"later")
-        sc.capture()
-        sc.wait_replicated()
-        sc.rewind("r1", last_point)
-        assert snapshot(tmp_path / "r1") == last_tree
+        _assert_reachable(sc, master, last_point, last_tree)
     finally:
         eng.close()
 
@@ -760,11 +764,7 @@ def test_configured_retention_runs_on_its_own_and_keeps_the_newest_point(
         for replica in ("r1", "r2"):
             held = [p for p, _ in sc._appliers[replica].undo.position_sizes()]
             assert all(p > newest.position for p in held)
-        write(master / "a", b"after the newest point")
-        sc.capture()
-        sc.wait_replicated()
-        sc.rewind("r1", newest)
-        assert snapshot(tmp_path / "r1") == tree
+        _assert_reachable(sc, master, newest, tree)
     finally:
         eng.close()
 
