@@ -1067,6 +1067,16 @@ def test_an_open_engine_is_the_journals_one_writer_from_the_start(tmp_path: Path
         )
         return done.stdout.split()
 
+    def cli(*argv: str) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-m", "xoengine.cli", argv[0], str(tmp_path / "state"), "s"]
+        return subprocess.run([*command, *argv[1:]], capture_output=True, text=True, check=False)
+
     with Engine.open(tmp_path / "state", durability="nosync"):  # opened, nothing written
         assert other_process() == ["E4002", "0"]  # refused; reading is fine
+        # The verbs that only look open read-only, so they run beside a daemon.
+        for verb in (["stats"], ["report", "sync"], ["rewind-points"], ["difference", "r1"]):
+            done = cli(*verb, "--json")
+            assert done.returncode == 0, (verb, done.stderr)
+        refused = cli("rewind-points", "--set", "p")
+        assert refused.returncode != 0 and "E4002" in refused.stderr
     assert other_process() == ["opened", "0"]

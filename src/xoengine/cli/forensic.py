@@ -16,7 +16,7 @@ import subprocess
 from typing import Any
 
 from xoengine.cli.journal import parse_time
-from xoengine.cli.scenario import _plain, _show
+from xoengine.cli.scenario import _engine, _plain, _show
 from xoengine.engine import Engine, Instant
 from xoengine.errors import ConfigurationError
 
@@ -133,7 +133,7 @@ def cmd_rewind(args: argparse.Namespace) -> int:
 
 def cmd_points(args: argparse.Namespace) -> int:
     """``rewind-points``: list them; ``--set NAME`` adds one now."""
-    with Engine.open(args.state, durability=args.durability) as eng:
+    with _engine(args, readonly=not args.set) as eng:
         sc = eng.scenario(args.name)
         if args.set:
             sc.set_rewind_point(args.set)
@@ -148,7 +148,7 @@ def cmd_points(args: argparse.Namespace) -> int:
 
 def cmd_difference(args: argparse.Namespace) -> int:
     """``difference``: master vs replica (pending changes; ``--verify`` hashes both trees)."""
-    with Engine.open(args.state, durability=args.durability) as eng:
+    with _engine(args, readonly=True) as eng:
         _show(
             eng.scenario(args.name).difference_report(args.replica, verify=args.verify),
             as_json=args.json,

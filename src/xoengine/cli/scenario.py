@@ -24,7 +24,15 @@ from xoengine.errors import ConfigurationError, ReplicaDivergedError
 from xoengine.walk import walk
 
 
-def _engine(args: argparse.Namespace) -> Engine:
+def _engine(args: argparse.Namespace, *, readonly: bool = False) -> Engine:
+    """The engine of ``args.state``; read-only for verbs that only look.
+
+    A writable engine is the journal's one writer from its open, so the verbs
+    that only read (list, stats, report, rewind-points, difference) open it
+    read-only: they run beside a running daemon (``start --watch``).
+    """
+    if readonly:
+        return Engine.open(args.state, readonly=True)
     return Engine.open(args.state, durability=args.durability)
 
 
@@ -129,7 +137,7 @@ def cmd_update(args: argparse.Namespace) -> int:
 
 def cmd_list(args: argparse.Namespace) -> int:
     """``scenario list``."""
-    with _engine(args) as eng:
+    with _engine(args, readonly=True) as eng:
         _show([_describe(sc) for sc in eng.scenarios()], as_json=args.json)
     return 0
 
@@ -199,14 +207,14 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 def cmd_stats(args: argparse.Namespace) -> int:
     """``stats``."""
-    with _engine(args) as eng:
+    with _engine(args, readonly=True) as eng:
         _show(eng.scenario(args.name).statistics(), as_json=args.json)
     return 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
     """``report sync|replication``."""
-    with _engine(args) as eng:
+    with _engine(args, readonly=True) as eng:
         sc = eng.scenario(args.name)
         if args.kind == "sync":
             report = sc.sync_report(args.replica, last_only=not args.all)
