@@ -249,25 +249,35 @@ class Forensics:
         return alive
 
     @staticmethod
-    def _step(alive: dict[uuid.UUID, LiveFile], position: int, event: FileEvent) -> None:
+    def _step(
+        alive: dict[uuid.UUID, LiveFile], position: int, event: FileEvent
+    ) -> list[tuple[uuid.UUID, str]]:
+        """Fold ``event`` into ``alive``.
+
+        Returns ``(file id, old path)`` of what the rename of a directory moved
+        with it (the renamed identity itself not included); else nothing.
+        """
         fid = event.originator_id
         if isinstance(event, FileCreated):
             alive[fid] = LiveFile(
                 fid, event.path, event.kind, event.mode, event.mtime_ns, target=event.target
             )
-            return
+            return []
         live = alive.get(fid)
         if live is None:
-            return
+            return []
         if isinstance(event, FileDeleted):
             del alive[fid]
-            return
+            return []
         if isinstance(event, FileRenamed):
             old, new = live.path, event.new_path
-            for other in alive.values():
-                if other.path == old or other.path.startswith(old + "/"):
+            live.path = new
+            moved = []
+            for key, other in alive.items():
+                if key != fid and (other.path == old or other.path.startswith(old + "/")):
+                    moved.append((key, other.path))
                     other.path = new + other.path[len(old) :]
-            return
+            return moved
         if isinstance(event, MetadataChanged):
             live.mode, live.mtime_ns = event.mode, event.mtime_ns
         elif isinstance(event, (BytesWritten, FileTruncated, ContentReplaced)):
@@ -279,6 +289,7 @@ class Forensics:
                 event.observed[1],
                 event.observed[2],
             )
+        return []
 
     # -- replay ---------------------------------------------------------------------------
 
@@ -438,11 +449,7 @@ class Forensics:
         for pos, time_ns, event in self.source.file_events(self.scenario, None):
             fid = event.originator_id
             before = alive[fid].path if fid in alive else event.path
-            moved: list[tuple[uuid.UUID, str]] = []
-            if isinstance(event, FileRenamed) and fid in alive:
-                prefix = before + "/"
-                moved = [(k, f.path) for k, f in alive.items() if f.path.startswith(prefix)]
-            self._step(alive, pos, event)
+            moved = self._step(alive, pos, event)
             new = event.new_path if isinstance(event, FileRenamed) else None
             if target in (before, new):
                 ids.add(fid)
