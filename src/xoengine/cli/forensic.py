@@ -10,6 +10,7 @@ position), else a rewind point name of the scenario, else an ISO 8601 time
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import os
 import subprocess
@@ -18,7 +19,7 @@ from typing import Any
 from xoengine.cli.journal import parse_time
 from xoengine.cli.scenario import _engine, _plain, _show
 from xoengine.engine import Engine, Instant
-from xoengine.errors import ConfigurationError
+from xoengine.errors import ConfigurationError, XoError
 
 
 def _time(text: str | None) -> dt.datetime | None:
@@ -31,9 +32,8 @@ def _instant(eng: Engine, scenario: str, text: str | None) -> Instant | None:
         return None
     if text.isdigit():
         return int(text)
-    names = {p.name for sc in eng.scenarios() if sc.name == scenario for p in sc.rewind_points()}
-    if text in names:
-        return text
+    with contextlib.suppress(XoError):  # no such scenario (removed) or no such point
+        return eng.scenario(scenario).resolve(text)
     try:
         return parse_time(text)
     except ConfigurationError:
