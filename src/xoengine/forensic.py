@@ -18,6 +18,7 @@ are read, and each file is written once, in one open.
 from __future__ import annotations
 
 import bisect as bisection
+import contextlib
 import datetime as dt
 import itertools
 import os
@@ -27,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Final, Protocol, TypeAlias
 
-from xoengine.errors import ConfigurationError
+from xoengine.errors import ConfigurationError, XoError
 from xoengine.events import (
     BytesWritten,
     ContentReplaced,
@@ -317,21 +318,18 @@ class Forensics:
             for f in alive.values()
             if wanted is None or f.path == wanted or f.path.startswith(wanted + "/")
         ]
+        out = ReplicaTree(os.fspath(to), fsync=False)
         try:
-            out = ReplicaTree(os.fspath(to), fsync=False)
             with out.holding_parents():  # a new tree: nothing moves
                 files, dirs, links, total = self._write_tree(out, selected)
         except BaseException:
             # A half-written tree would pass for the answer (an empty file for one
             # whose bytes could not be read): leave ``to`` as it was found.
-            if existed:
-                for child in list(target.iterdir()):
-                    if child.is_dir() and not child.is_symlink():
-                        shutil.rmtree(child, ignore_errors=True)
-                    else:
-                        child.unlink(missing_ok=True)
-            else:
-                shutil.rmtree(target, ignore_errors=True)
+            with contextlib.suppress(XoError, OSError):
+                for name in os.listdir(target):
+                    out.delete(name)
+                if not existed:
+                    target.rmdir()
             raise
         end = (
             position
