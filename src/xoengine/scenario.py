@@ -344,14 +344,24 @@ class Scenario:
         ``undo_window``); the check reads every undo record's size, so it is paced
         (default every 60 s).
         """
-        options = self._def.options
-        if not any(options.get(k) for k in ("undo_max_age", "undo_max_bytes", "undo_window")):
+        policy = self._retention_policy()
+        if not (policy.max_age_s or policy.max_bytes or policy.window_s):
             return
         now = time.monotonic()
-        if now - self._trim_checked < float(options.get("undo_check_interval", 60)):
+        if now - self._trim_checked < float(self._def.options.get("undo_check_interval", 60)):
             return
         self._trim_checked = now
-        self.trim_undo()
+        self.trim_undo(policy)
+
+    def _retention_policy(self) -> RetentionPolicy:
+        """The retention the scenario's options configure."""
+        options = self._def.options
+        return RetentionPolicy(
+            max_age_s=options.get("undo_max_age"),
+            max_bytes=options.get("undo_max_bytes"),
+            min_points=int(options.get("undo_min_points", 1)),
+            window_s=options.get("undo_window"),
+        )
 
     # -- synchronization --------------------------------------------------------------------
 
@@ -699,12 +709,7 @@ class Scenario:
         self, policy: RetentionPolicy | None = None, *, now_ns: int | None = None
     ) -> dict[str, RetentionDecision]:
         """Apply the retention policy to every replica's undo log; journal what was dropped."""
-        policy = policy or RetentionPolicy(
-            max_age_s=self._def.options.get("undo_max_age"),
-            max_bytes=self._def.options.get("undo_max_bytes"),
-            min_points=int(self._def.options.get("undo_min_points", 1)),
-            window_s=self._def.options.get("undo_window"),
-        )
+        policy = policy or self._retention_policy()
         now = time.time_ns() if now_ns is None else now_ns
         recorder = self._engine.recorder
         decisions: dict[str, RetentionDecision] = {}
