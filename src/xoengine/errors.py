@@ -49,6 +49,7 @@ __all__ = [
     "ScenarioExistsError",
     "ScenarioNotFoundError",
     "ScenarioStateError",
+    "SpecialFileSkippedWarning",
     "StorageError",
     "SymlinkedParentError",
     "TreeRootMissingError",
@@ -281,6 +282,16 @@ class EntryUnreadableWarning(TreeWarning):
     hint = (
         "Check permissions below the root. For a directory, its contents are unknown "
         "(not empty): nothing below it is deleted on a replica."
+    )
+
+
+class SpecialFileSkippedWarning(TreeWarning):
+    """{path!r} is a {detail}: only files, directories and symlinks are replicated."""
+
+    code = "W2003"
+    hint = (
+        "Fifos, sockets and device nodes have no content to copy; recreate them on the "
+        "replica host if an application needs them, or exclude them."
     )
 
 

@@ -23,12 +23,13 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from xoengine import blocks
 from xoengine.blocks import BlockMap
-from xoengine.errors import ConfigurationError, XoError
+from xoengine.errors import ConfigurationError, SpecialFileSkippedWarning, XoError
 from xoengine.events import FileSynced, SyncFinished, SyncStarted, new_id
 from xoengine.tree import TMP_PREFIX, Image, UndoRecord, image_of_existing, image_of_writes
 from xoengine.walk import Entry, entry_from_stat, walk
@@ -255,7 +256,14 @@ class Synchronizer:
             tree = walk(root, self.include, self.exclude)
             with contextlib.closing(tree):
                 for entry in tree:
-                    if entry.kind != "special":
+                    if entry.kind == "special":
+                        summary.warnings.append(
+                            SpecialFileSkippedWarning(
+                                path=prefix + entry.relpath,
+                                detail=_special_kind(os.path.join(root, entry.relpath)),
+                            )
+                        )
+                    else:
                         found[prefix + entry.relpath] = entry
             summary.warnings.extend(tree.warnings)
             self._unlisted.extend(prefix + u for u in tree.unlisted)
@@ -490,3 +498,20 @@ def _root_entry(name: str, root: str) -> Entry:
 
 def _never() -> os.stat_result:
     raise XoError(detail="a replica path vanished during synchronization")
+
+
+def _special_kind(path: str) -> str:
+    """What a special file is, in words (for the warning that skips it)."""
+    try:
+        mode = os.lstat(path).st_mode
+    except OSError:
+        return "special file"
+    for test, name in (
+        (stat.S_ISFIFO, "fifo"),
+        (stat.S_ISSOCK, "socket"),
+        (stat.S_ISCHR, "character device"),
+        (stat.S_ISBLK, "block device"),
+    ):
+        if test(mode):
+            return name
+    return "special file"

@@ -140,24 +140,121 @@ class Extents:
 
 
 def _copy_all(src: int, dst: int) -> int:
-    """Copy all of ``src`` into ``dst`` in the kernel; return the bytes copied.
+    """Copy ``src`` into the new, empty ``dst`` in the kernel, holes kept; return the bytes copied.
 
-    ``copy_file_range`` first (it can share extents), and ``sendfile`` where it
-    cannot cross between the two filesystems (EXDEV: a replica on another disk
-    than its master) or is not offered.
+    Only the data segments of ``src`` are copied (``SEEK_DATA``/``SEEK_HOLE``),
+    then ``dst`` gets ``src``'s size: a sparse master file (a thin disk image)
+    stays sparse on the replica instead of taking its whole size on disk.
+    Where the file system cannot tell holes apart, the whole file is one segment.
     """
-    total = 0
-    try:
-        while moved := os.copy_file_range(src, dst, 1 << 30):
-            total += moved
-    except OSError as e:
-        if e.errno not in (errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL):
-            raise
-    else:
-        return total
-    while moved := os.sendfile(dst, src, total, 1 << 30):  # dst's position is at total
-        total += moved
-    return total
+    copied = position = 0
+    kernel = True  # copy_file_range until it cannot cross file systems, then sendfile
+    while True:
+        try:
+            start = os.lseek(src, position, os.SEEK_DATA)
+            stop = os.lseek(src, start, os.SEEK_HOLE)
+        except OSError as e:
+            if e.errno == errno.ENXIO:  # no data at or after position
+                break
+            if e.errno not in (errno.EINVAL, errno.EOPNOTSUPP) or position:
+                raise
+            start, stop = 0, os.fstat(src).st_size
+        moved, kernel = _copy_range(src, dst, start, stop - start, kernel)
+        copied += moved
+        if start + moved < stop:  # the file shrank while being copied
+            break
+        position = stop
+    size = os.fstat(src).st_size
+    if os.fstat(dst).st_size != size:
+        os.ftruncate(dst, size)
+    return copied
+
+
+def _copy_range(src: int, dst: int, offset: int, count: int, kernel: bool) -> tuple[int, bool]:
+    """Copy ``count`` bytes at ``offset`` from ``src`` to the same offset of ``dst``.
+
+    Returns the bytes copied (fewer if ``src`` ended first) and whether
+    ``copy_file_range`` still works between the two (it may share extents; it
+    cannot cross file systems, EXDEV: then ``sendfile``).
+    """
+    done = 0
+    while kernel and done < count:
+        try:
+            moved = os.copy_file_range(src, dst, count - done, offset + done, offset + done)
+        except OSError as e:
+            if e.errno not in (errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL):
+                raise
+            kernel = False
+            break
+        if not moved:
+            return done, kernel
+        done += moved
+    os.lseek(dst, offset + done, os.SEEK_SET)
+    while done < count:  # sendfile writes at dst's position
+        moved = os.sendfile(dst, src, offset + done, count - done)
+        if not moved:
+            break
+        done += moved
+    return done, kernel
+
+
+_ZEROS: Final = bytes(1 << 20)
+"""Compared against, never written: a calloc'd buffer costs no memory until touched."""
+_HOLE_GRAIN: Final = 64 * 1024
+"""Zeros past a file's end are found (and left unwritten) in runs of this many bytes."""
+
+
+def _is_zeros(data: memoryview) -> bool:
+    """Whether every byte of ``data`` is zero (memcmp speed; stops at the first other byte)."""
+    step = len(_ZEROS)
+    return all(_ZEROS.startswith(data[i : i + step]) for i in range(0, len(data), step))
+
+
+def _nonzero_span(view: memoryview, low: int, high: int) -> tuple[int, int]:
+    """``view[low:high]`` without the runs of zeros (``_HOLE_GRAIN`` each) that lead or end it."""
+    while high > low:
+        cut = max(low, high - _HOLE_GRAIN)
+        if not _is_zeros(view[cut:high]):
+            break
+        high = cut
+    while low < high:
+        cut = min(high, low + _HOLE_GRAIN)
+        if not _is_zeros(view[low:cut]):
+            break
+        low = cut
+    return low, high
+
+
+def _write_pieces(handle: int, pieces: Iterable[tuple[int, bytes | memoryview]], size: int) -> int:
+    """Write ``(offset, bytes)`` pieces into a file of ``size`` bytes; return its size after.
+
+    Zeros over no byte the file holds (past its first ``size`` bytes and the
+    pieces before them) are left unwritten where they lead or end a part of a
+    piece (in runs of ``_HOLE_GRAIN``): they read as zeros once the caller
+    sets the size, and holes stay holes, so a sparse file replicates and
+    replays sparse. Everything over bytes the file holds is written as is.
+    """
+    held = Extents()  # the claims are the bytes held; its pieces, the parts of a piece over none
+    held.claim(0, b"", size)
+    end = size
+
+    def put(view: memoryview, offset: int, low: int, high: int) -> None:
+        nonlocal end
+        if high > low:
+            _pwrite_all(handle, view[low:high], offset + low)
+            end = max(end, offset + high)
+
+    for offset, data in pieces:
+        view = memoryview(data).cast("B")
+        held.pieces.clear()
+        held.claim(offset, b"", len(view))
+        cursor = 0
+        for _, _, start, length in held.pieces:
+            put(view, offset, cursor, start)
+            put(view, offset, *_nonzero_span(view, start, start + length))
+            cursor = start + length
+        put(view, offset, cursor, len(view))
+    return end
 
 
 class ReplicaTree:
@@ -337,15 +434,14 @@ class ReplicaTree:
             raise self._error(path, "open", e) from e
 
     def write_ranges(
-        self, path: str, pieces: Iterable[tuple[int, bytes | memoryview]], size: int | None
+        self, path: str, pieces: Iterable[tuple[int, bytes | memoryview]], size: int
     ) -> None:
-        """Write ``(offset, bytes)`` pieces in place, then set the size if given."""
+        """Write ``(offset, bytes)`` pieces in place, then set the size."""
         with self._parent(path) as (fd, leaf):
             handle = self._open_file(fd, leaf, path)
             try:
-                for offset, data in pieces:
-                    os.pwrite(handle, data, offset)
-                if size is not None and os.fstat(handle).st_size != size:
+                end = _write_pieces(handle, pieces, os.fstat(handle).st_size)
+                if end != size:
                     os.ftruncate(handle, size)
                 if self.fsync:
                     os.fsync(handle)
@@ -475,10 +571,7 @@ class ReplicaTree:
                     dir_fd=fd,
                 )
                 try:
-                    end = 0
-                    for offset, data in pieces:
-                        _pwrite_all(handle, data, offset)
-                        end = max(end, offset + len(data))
+                    end = _write_pieces(handle, pieces, 0)
                     if end != size:
                         os.ftruncate(handle, size)
                     os.fchmod(handle, mode)
@@ -518,10 +611,7 @@ class ReplicaTree:
                     st = os.fstat(handle)
                     if not stat.S_ISREG(st.st_mode):
                         return
-                    end = st.st_size
-                    for offset, data in pieces:
-                        _pwrite_all(handle, data, offset)
-                        end = max(end, offset + len(data))
+                    end = _write_pieces(handle, pieces, st.st_size)
                     if end != size:
                         os.ftruncate(handle, size)
                     if mode is not None and stat.S_IMODE(st.st_mode) != mode:

@@ -712,6 +712,10 @@ def test_replica_on_another_filesystem_is_synchronized_and_follows(
     master = TreeBuilder(tmp_path / "master")
     master.apply_all(SCRIPT_A)
     (tmp_path / "master" / "big").write_bytes(_random(3 * 1024 * 1024, 7))
+    with open(tmp_path / "master" / "thin", "wb") as f:  # holes: copied segment by segment
+        f.write(b"head")
+        f.seek(5 * 1024 * 1024)
+        f.write(b"tail")
     sc = engine.create_scenario("fs", master=tmp_path / "master", replicas={"r1": coarse_fs / "r1"})
     sc.start()
     # (That file system keeps whole seconds: mtimes cannot match to the nanosecond.)
@@ -720,6 +724,60 @@ def test_replica_on_another_filesystem_is_synchronized_and_follows(
     sc.capture()
     sc.wait_replicated(timeout=30)
     assert_trees_equal(tmp_path / "master", coarse_fs / "r1", mtimes=False)
+
+
+def test_synchronize_warns_of_the_special_files_it_skips(engine: Engine, tmp_path: Path) -> None:
+    master = TreeBuilder(tmp_path / "master")
+    master.apply_all([CreateFile("a.txt", b"a"), MakeDir("run")])
+    os.mkfifo(tmp_path / "master" / "run" / "pipe")
+    sc = _scenario(engine, tmp_path)
+    (summary,) = sc.synchronize()
+    assert [(w.code, w.fields["path"], str(w)) for w in summary.warnings] == [
+        (
+            "W2003",
+            "run/pipe",
+            "W2003: 'run/pipe' is a fifo: only files, directories and symlinks are replicated.",
+        )
+    ]
+    assert sorted(os.listdir(tmp_path / "r1" / "run")) == []
+    assert (tmp_path / "r1" / "a.txt").read_bytes() == b"a"
+
+
+def test_sparse_files_stay_sparse_on_the_replica_and_in_replays(
+    engine: Engine, tmp_path: Path
+) -> None:
+    """A thin image (holes) synchronized, grown with holes, replayed and rewound."""
+    mib = 1024 * 1024
+    thin = tmp_path / "master" / "thin.img"
+    thin.parent.mkdir()
+    with open(thin, "wb") as f:
+        f.write(b"boot")
+        f.seek(32 * mib)
+        f.write(b"data")
+    if thin.stat().st_blocks * 512 >= mib:
+        pytest.skip("this file system does not keep holes")
+    sc = _scenario(engine, tmp_path)
+    sc.start()
+    replica = tmp_path / "r1" / "thin.img"
+    assert_trees_equal(tmp_path / "master", tmp_path / "r1")
+    assert replica.stat().st_blocks * 512 < mib
+    sc.set_rewind_point("small")
+    with open(thin, "r+b") as f:  # grows by 64 MiB, of which 4 bytes are data
+        f.seek(96 * mib)
+        f.write(b"more")
+    sc.capture()
+    sc.wait_replicated(timeout=30)
+    assert_trees_equal(tmp_path / "master", tmp_path / "r1")
+    assert replica.stat().st_blocks * 512 < mib
+    out = tmp_path / "replayed"
+    engine.replay(sc, to=out)
+    assert_trees_equal(tmp_path / "master", out)
+    assert (out / "thin.img").stat().st_blocks * 512 < mib
+    sc.rewind("r1", "small")
+    assert replica.stat().st_size == 32 * mib + 4
+    with open(replica, "rb") as f:
+        f.seek(32 * mib)
+        assert f.read() == b"data"
 
 
 def test_capture_journals_an_insertion_as_a_small_delta(engine: Engine, tmp_path: Path) -> None:
@@ -872,7 +930,7 @@ def test_replica_tree_refuses_symlinked_parent(
     tree, root, outside = hostile
     before = snapshot_tree(outside)
     actions = {
-        "write_ranges": lambda: tree.write_ranges("link/victim", [(0, b"X")], None),
+        "write_ranges": lambda: tree.write_ranges("link/victim", [(0, b"X")], 1),
         "truncate": lambda: tree.truncate("link/victim", 0),
         "replace": lambda: tree.replace("link/victim", [b"X"]),
         "create file": lambda: tree.create("link/new", "file", 0o644, None),
@@ -899,7 +957,7 @@ def test_replica_tree_refuses_escaping_paths(
     tree, root, _ = hostile
     before = snapshot_tree(root.parent)
     for action in (
-        lambda: tree.write_ranges(path, [(0, b"X")], None),
+        lambda: tree.write_ranges(path, [(0, b"X")], 1),
         lambda: tree.create(path, "file", 0o644, None),
         lambda: tree.rename("file", path),
         lambda: tree.delete(path),

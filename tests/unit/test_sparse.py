@@ -1,0 +1,137 @@
+"""Sparse files: zeros past the end of a file are left as holes, bytes stay exact."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from xoengine.tree import ReplicaTree
+
+MiB = 1024 * 1024
+
+
+def allocated(path: Path) -> int:
+    """Bytes the file takes on disk."""
+    return os.lstat(path).st_blocks * 512
+
+
+def sparse_supported(tmp_path: Path) -> bool:
+    probe = tmp_path / "probe"
+    with open(probe, "wb") as f:
+        f.truncate(8 * MiB)
+        f.write(b"x")
+    supported = allocated(probe) < MiB
+    probe.unlink()
+    return supported
+
+
+@pytest.fixture
+def sparse_dir(tmp_path: Path) -> Path:
+    if not sparse_supported(tmp_path):
+        pytest.skip("this file system does not keep holes")
+    return tmp_path
+
+
+# A piece: (offset, length, fill byte); fill 0 makes a piece of zeros.
+pieces_strategy = st.lists(
+    st.tuples(st.integers(0, 300_000), st.integers(1, 70_000), st.sampled_from([0, 0, 1, 7])),
+    max_size=12,
+)
+
+
+def model(initial: bytes, pieces: list[tuple[int, int, int]], size: int) -> bytes:
+    out = bytearray(initial)
+    for offset, length, fill in pieces:
+        if len(out) < offset + length:
+            out.extend(bytes(offset + length - len(out)))
+        out[offset : offset + length] = bytes([fill]) * length
+    return bytes(out[:size]) + bytes(max(0, size - len(out)))
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    initial=st.binary(max_size=5000),
+    pieces=pieces_strategy,
+    extra=st.integers(-5000, 100_000),
+)
+def test_written_bytes_are_exact_whatever_is_left_as_holes(
+    tmp_path_factory: pytest.TempPathFactory,
+    initial: bytes,
+    pieces: list[tuple[int, int, int]],
+    extra: int,
+) -> None:
+    """write_ranges, write_new and restore_bytes against a bytearray model.
+
+    Zeros written over earlier bytes (the file's own or an earlier piece's,
+    overlapping pieces included) must be written; only zeros past every byte
+    held may be skipped.
+    """
+    root = tmp_path_factory.mktemp("sparse")
+    tree = ReplicaTree(str(root), fsync=False)
+    furthest = max([len(initial)] + [o + n for o, n, _ in pieces])
+    size = max(0, furthest + extra)
+    data = [(o, bytes([f]) * n) for o, n, f in pieces]
+    for name in ("ranges", "restore"):
+        (root / name).write_bytes(initial)
+    tree.write_ranges("ranges", data, size)
+    tree.restore_bytes("restore", data, size, None, None)
+    tree.write_new("new", data, size, 0o600, 10**18)
+    assert (root / "ranges").read_bytes() == model(initial, pieces, size)
+    assert (root / "restore").read_bytes() == model(initial, pieces, size)
+    assert (root / "new").read_bytes() == model(b"", pieces, size)
+
+
+def test_zeros_past_the_end_stay_holes(sparse_dir: Path) -> None:
+    tree = ReplicaTree(str(sparse_dir / "out"), fsync=False)
+    zeros = bytes(4 * MiB)
+    tree.write_new(
+        "image", [(0, zeros), (4 * MiB, zeros), (9 * MiB, b"end")], 9 * MiB + 3, 0o600, 0
+    )
+    image = sparse_dir / "out" / "image"
+    assert image.read_bytes() == bytes(9 * MiB) + b"end"
+    assert allocated(image) < MiB
+    # Growing it with zeros, then data further on: still no zeros on disk.
+    tree.write_ranges("image", [(10 * MiB, zeros), (20 * MiB, b"tail")], 20 * MiB + 4)
+    assert image.stat().st_size == 20 * MiB + 4
+    assert allocated(image) < MiB
+    with open(image, "rb") as f:
+        f.seek(20 * MiB)
+        assert f.read() == b"tail"
+    # Zeros over data already there are written.
+    tree.write_ranges("image", [(9 * MiB, bytes(3))], 20 * MiB + 4)
+    assert image.read_bytes() == bytes(20 * MiB) + b"tail"
+
+
+def test_copy_new_keeps_holes(sparse_dir: Path) -> None:
+    master = sparse_dir / "thin.img"
+    with open(master, "wb") as f:
+        f.write(b"head")
+        f.seek(64 * MiB)
+        f.write(b"middle")
+        f.truncate(128 * MiB)  # ends in a hole
+    tree = ReplicaTree(str(sparse_dir / "replica"), fsync=False)
+    copied = tree.copy_new("thin.img", str(master), 0o640)
+    replica = sparse_dir / "replica" / "thin.img"
+    assert replica.stat().st_size == 128 * MiB
+    assert allocated(replica) < 4 * MiB
+    assert copied < 4 * MiB  # the bytes sent: data segments only
+    with open(master, "rb") as a, open(replica, "rb") as b:
+        while block := a.read(MiB):
+            assert b.read(MiB) == block
+    assert replica.stat().st_mode & 0o777 == 0o640
+
+
+def test_copy_new_of_a_file_with_no_holes_copies_it_all(tmp_path: Path) -> None:
+    master = tmp_path / "dense"
+    content = os.urandom(3 * MiB + 5)
+    master.write_bytes(content)
+    tree = ReplicaTree(str(tmp_path / "replica"), fsync=False)
+    assert tree.copy_new("dense", str(master), 0o600) == len(content)
+    assert (tmp_path / "replica" / "dense").read_bytes() == content
+    (tmp_path / "empty").write_bytes(b"")
+    assert tree.copy_new("empty", str(tmp_path / "empty"), 0o600) == 0
+    assert (tmp_path / "replica" / "empty").read_bytes() == b""
