@@ -12,6 +12,7 @@ import contextlib
 import datetime as dt
 import functools
 import os
+import stat
 import tempfile
 import threading
 import time
@@ -31,6 +32,7 @@ from xoengine.errors import (
 from xoengine.events import (
     AlertRaised,
     FileEvent,
+    FileRenamed,
     ReplicaResumed,
     ReplicaRewound,
     ReplicaSuspended,
@@ -58,7 +60,7 @@ from xoengine.rewind import (
 )
 from xoengine.sync import LEVELS, Synchronizer, SyncSummary
 from xoengine.tree import ReplicaTree
-from xoengine.walk import ParentCache, normalize_relpath, stat_entry
+from xoengine.walk import ParentCache, normalize_relpath, stat_entry, walk
 from xoengine.worker import ApplierThread, ScanFollower, compare_trees
 
 if TYPE_CHECKING:
@@ -750,11 +752,19 @@ class Scenario:
     def difference_report(self, replica: str, *, verify: bool = False) -> dict[str, Any]:
         """Master vs replica now: files and bytes pending per path, and (verify) a hash compare."""
         applier = self._replica(replica)
-        pending: dict[str, dict[str, int]] = {}
+        pending: dict[str, dict[str, Any]] = {}
+        moved = 0
         for _, event in self._engine._iter_file_events(applier.position(), self.name):
             entry = pending.setdefault(event.path, {"events": 0, "bytes": 0})
             entry["events"] += 1
             entry["bytes"] += event_bytes(event)
+            if isinstance(event, FileRenamed):
+                entry["renamed_to"] = event.new_path
+                if "entries_moved" not in entry:
+                    # What the replica holds below a renamed directory moves with it:
+                    # pending too, though no event names those paths.
+                    entry["entries_moved"] = _entries_below(applier.tree, event.path)
+                    moved += entry["entries_moved"]
         report: dict[str, Any] = {
             "scenario": self.name,
             "replica": replica,
@@ -763,6 +773,7 @@ class Scenario:
             "journal_position": self._engine.recorder.max_notification_id() or 0,
             "pending_files": len(pending),
             "pending_bytes": sum(v["bytes"] for v in pending.values()),
+            "pending_moved": moved,
             "pending": pending,
         }
         if verify:
@@ -977,3 +988,13 @@ class _NotifyingFile(JournaledFile):
     def flush(self) -> None:
         super().flush()
         self._scenario._after_append()
+
+
+def _entries_below(tree: ReplicaTree, path: str) -> int:
+    """How many entries the replica holds below ``path`` (0 unless it is a directory there)."""
+    st = tree.lstat(path)
+    if st is None or not stat.S_ISDIR(st.st_mode):
+        return 0
+    entries = walk(os.path.join(tree.root, path))
+    with contextlib.closing(entries):
+        return sum(1 for _ in entries)

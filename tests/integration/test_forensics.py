@@ -1206,6 +1206,33 @@ def test_difference_report_shows_pending_changes_during_a_suspension(tmp_path: P
         eng.close()
 
 
+def test_difference_report_counts_what_a_pending_directory_rename_moves(
+    tmp_path: Path,
+) -> None:
+    eng, sc, master = new_engine(tmp_path)
+    try:
+        write(master / "d" / "a", b"a")
+        write(master / "d" / "sub" / "b", b"b")
+        write(master / "plain", b"p")
+        sc.start()
+        sc.suspend("r1")
+        os.rename(master / "d", master / "e")
+        os.rename(master / "plain", master / "plain2")
+        sc.capture()
+        report = sc.difference_report("r1")
+        # d/a, d/sub and d/sub/b are on the replica under d: they move with it.
+        assert report["pending"]["d"]["renamed_to"] == "e"
+        assert report["pending"]["d"]["entries_moved"] == 3
+        assert report["pending"]["plain"]["renamed_to"] == "plain2"
+        assert report["pending"]["plain"]["entries_moved"] == 0
+        assert report["pending_moved"] == 3
+        sc.resume("r1")
+        sc.wait_replicated()
+        assert sc.difference_report("r1")["pending_moved"] == 0
+    finally:
+        eng.close()
+
+
 def test_difference_report_after_rewind_and_resume_shows_nothing(tmp_path: Path) -> None:
     eng, sc, master = new_engine(tmp_path)
     try:
