@@ -392,16 +392,14 @@ class ReplicaTree:
                 return b""
             if length is None:
                 length = max(os.fstat(handle).st_size - offset, 0)
-            return os.pread(handle, length, offset) if length else b""
+            return _pread_all(handle, length, offset)
 
     def read_ranges(self, path: str, ranges: Sequence[tuple[int, int]]) -> list[bytes]:
         """Bytes at each ``(offset, length)`` of a regular file, in one open (as :meth:`read`)."""
         with self._reading(path) as handle:
             if handle is None:
                 return [b"" for _ in ranges]
-            return [
-                os.pread(handle, length, offset) if length else b"" for offset, length in ranges
-            ]
+            return [_pread_all(handle, length, offset) for offset, length in ranges]
 
     @contextlib.contextmanager
     def _reading(self, path: str) -> Iterator[int | None]:
@@ -649,8 +647,10 @@ class ReplicaTree:
                     dir_fd=fd,
                 )
                 try:
+                    offset = 0
                     for chunk in chunks:
-                        os.write(handle, chunk)
+                        _pwrite_all(handle, chunk, offset)
+                        offset += len(chunk)
                     if mode is not None:
                         os.fchmod(handle, mode)
                     if self.fsync:
@@ -763,10 +763,24 @@ class ReplicaTree:
 
 
 def _pwrite_all(handle: int, data: bytes | memoryview, offset: int) -> None:
-    view = memoryview(data)
+    """All of ``data`` at ``offset``: one call moves at most ~2 GiB on Linux."""
+    view = memoryview(data).cast("B")
     while view:
         done = os.pwrite(handle, view, offset)
         view, offset = view[done:], offset + done
+
+
+def _pread_all(handle: int, length: int, offset: int) -> bytes:
+    """``length`` bytes at ``offset`` (fewer only at the end): one call reads ~2 GiB at most."""
+    first = os.pread(handle, length, offset) if length > 0 else b""
+    if len(first) == length or not first:
+        return first
+    parts = [first]
+    got = len(first)
+    while got < length and (more := os.pread(handle, length - got, offset + got)):
+        parts.append(more)
+        got += len(more)
+    return b"".join(parts)
 
 
 def kind_of(mode: int) -> str:

@@ -135,3 +135,26 @@ def test_copy_new_of_a_file_with_no_holes_copies_it_all(tmp_path: Path) -> None:
     (tmp_path / "empty").write_bytes(b"")
     assert tree.copy_new("empty", str(tmp_path / "empty"), 0o600) == 0
     assert (tmp_path / "replica" / "empty").read_bytes() == b""
+
+
+def test_whole_file_reads_and_writes_past_two_gib(sparse_dir: Path) -> None:
+    """One read or write call moves at most 2 GiB - 4 KiB on Linux: the rest must follow.
+
+    Before the loops, ``tree.read`` of this file returned 2,147,479,552 of its
+    2,147,491,840 bytes, silently (a whole-file read feeds deltas and
+    rewinds). Several seconds here: the 2 GiB buffers are fresh memory.
+    """
+    size = 2 * 1024 * MiB + 8192
+    with open(sparse_dir / "big", "wb") as f:
+        f.seek(size - 4)
+        f.write(b"tail")
+    tree = ReplicaTree(str(sparse_dir), fsync=False)
+    data = tree.read("big")
+    assert len(data) == size
+    assert data[-4:] == b"tail"
+    tree.replace("copy", [data])  # replace writes every byte: one 2 GiB write call
+    del data
+    assert (sparse_dir / "copy").stat().st_size == size
+    with open(sparse_dir / "copy", "rb") as f:
+        f.seek(size - 4)
+        assert f.read() == b"tail"
