@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from typing import IO, Any, Self
+from typing import IO, Any, Final, Self
 
 from xoengine.blocks import BlockMap
 from xoengine.capture import BLOB_MAX, Capture, CaptureResult, _entry_observed, _observed
@@ -20,6 +20,7 @@ from xoengine.events import (
 )
 from xoengine.manifest import DIGEST_WIDTH, FileState
 from xoengine.masterstate import pack_digests, racy
+from xoengine.tree import pread_all
 from xoengine.walk import (
     Entry,
     entry_from_stat,
@@ -29,6 +30,9 @@ from xoengine.walk import (
 )
 
 __all__ = ["JournaledFile"]
+
+_DIGEST_READ: Final = 64 * 1024 * 1024
+"""Bytes read at a time to refresh the block digests of what a flush changed."""
 
 
 # -- the journaled file object ------------------------------------------------------------
@@ -198,7 +202,7 @@ class JournaledFile:
         size = st.st_size
         observed = _observed(st)
         scenario = capture.scenario
-        pieces = [(o, os.pread(fd, n, o)) for o, n in ranges if o < size]
+        pieces = [(o, pread_all(fd, n, o)) for o, n in ranges if o < size]
         pieces = [(o, d) for o, d in pieces if d]
         low = min(state.size, size if cut is None else min(cut, size))
         if cut is not None and cut < min(state.size, size):
@@ -229,9 +233,14 @@ class JournaledFile:
         first = spans[0][0] if spans else last_block
         last = spans[-1][1] if spans else last_block
         packed = bytearray(old_packed[: last * DIGEST_WIDTH].ljust(last * DIGEST_WIDTH, b"\0"))
+        step = max(1, _DIGEST_READ // bs)  # blocks per read: memory stays bounded
         for a, b in spans:
-            region = os.pread(fd, (b - a) * bs, a * bs)
-            packed[a * DIGEST_WIDTH : b * DIGEST_WIDTH] = pack_digests(BlockMap.compute(region, bs))
+            for lo in range(a, b, step):
+                hi = min(b, lo + step)
+                region = pread_all(fd, (hi - lo) * bs, lo * bs)
+                packed[lo * DIGEST_WIDTH : hi * DIGEST_WIDTH] = pack_digests(
+                    BlockMap.compute(region, bs)
+                )
         digests = [[first, bytes(packed[first * DIGEST_WIDTH : last * DIGEST_WIDTH])]]
         version = capture._next_version(state)
 

@@ -49,6 +49,7 @@ __all__ = [
     "UndoLog",
     "UndoRecord",
     "kind_of",
+    "pread_all",
     "stat_meta",
 ]
 
@@ -392,14 +393,14 @@ class ReplicaTree:
                 return b""
             if length is None:
                 length = max(os.fstat(handle).st_size - offset, 0)
-            return _pread_all(handle, length, offset)
+            return pread_all(handle, length, offset)
 
     def read_ranges(self, path: str, ranges: Sequence[tuple[int, int]]) -> list[bytes]:
         """Bytes at each ``(offset, length)`` of a regular file, in one open (as :meth:`read`)."""
         with self._reading(path) as handle:
             if handle is None:
                 return [b"" for _ in ranges]
-            return [_pread_all(handle, length, offset) for offset, length in ranges]
+            return [pread_all(handle, length, offset) for offset, length in ranges]
 
     @contextlib.contextmanager
     def _reading(self, path: str) -> Iterator[int | None]:
@@ -770,7 +771,7 @@ def _pwrite_all(handle: int, data: bytes | memoryview, offset: int) -> None:
         view, offset = view[done:], offset + done
 
 
-def _pread_all(handle: int, length: int, offset: int) -> bytes:
+def pread_all(handle: int, length: int, offset: int) -> bytes:
     """``length`` bytes at ``offset`` (fewer only at the end): one call reads ~2 GiB at most."""
     first = os.pread(handle, length, offset) if length > 0 else b""
     if len(first) == length or not first:

@@ -1062,6 +1062,29 @@ def test_journaled_file_cut_then_written_past_the_cut_zeroes_the_replica(
     assert sc.capture().events == 0
 
 
+def test_journaled_file_refreshes_the_digests_of_a_large_write_in_bounded_reads(
+    engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from xoengine import journaledfile  # noqa: PLC0415
+    from xoengine.blocks import BlockMap  # noqa: PLC0415
+
+    monkeypatch.setattr(journaledfile, "_DIGEST_READ", 2048)  # 4 blocks per read
+    sc = _scenario(engine, tmp_path, block_size=512)
+    TreeBuilder(tmp_path / "master").apply(CreateFile("f", _random(3000)))
+    sc.start()
+    with sc.open("f", "r+b") as f:  # 40 KiB from 1000 on: 80 blocks, read 4 at a time
+        f.seek(1000)
+        f.write(_random(40_000, 3))
+    sc.wait_replicated(timeout=30)
+    assert_trees_equal(tmp_path / "master", tmp_path / "r1", mtimes=True)
+    state = sc.capture_engine.state
+    with engine.store.read() as txn:
+        kept = state.block_map(txn, state.manifest.get(txn, "f"))
+    assert kept is not None
+    fresh = BlockMap.compute((tmp_path / "master" / "f").read_bytes(), 512)
+    assert (kept.size, kept.digests, kept.weak) == (fresh.size, fresh.digests, fresh.weak)
+
+
 def test_journaled_file_journals_plain_changes_it_finds_at_open(
     engine: Engine, tmp_path: Path
 ) -> None:
