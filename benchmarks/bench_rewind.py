@@ -465,8 +465,11 @@ def undo_plan(sc: Any, target: int) -> UndoPlan:
         ops[record.op] = ops.get(record.op, 0) + 1
         if record.op == "bytes":
             writes += [(record.path, offset, args[name]) for offset, name in args.get("spans", [])]
-        elif record.op in {"deleted", "replaced"} and "content" in args:
-            writes.append((record.path, 0, args["content"]))
+        elif record.op in {"deleted", "replaced"}:
+            cursor = 0
+            for name in args.get("chunks", ["content"] if "content" in args else []):
+                writes.append((record.path, cursor, args[name]))
+                cursor += blob_len(args[name])
         elif record.op == "content":
             cursor = 0
             for op in args["ops"]:

@@ -14,9 +14,12 @@ from xoengine.record import POS
 if TYPE_CHECKING:
     from xoengine.datastore import ReadTxn, Store, WriteTxn
 
-__all__ = ["BLOB_TABLE", "BlobTable"]
+__all__ = ["BLOB_MAX", "BLOB_TABLE", "BlobTable"]
 
 BLOB_TABLE: Final = "blobs"
+BLOB_MAX: Final = 4 * 1024 * 1024
+"""Largest blob xoengine stores: changed bytes, before-images and chunks are split to it
+(far below the frame cap, ``codec.MAX_FRAME_BYTES``)."""
 
 
 class BlobTable:

@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any, Final, Protocol
 import numpy as np
 
 from xoengine import blocks, codec
+from xoengine.blobtable import BLOB_MAX
 from xoengine.blocks import BlockMap, Copy, Literal
 from xoengine.errors import TreeWarning, XoError
 from xoengine.events import (
@@ -77,9 +78,7 @@ __all__ = [
     "unpack_map",
 ]
 
-BLOB_MAX: Final = 4 * 1024 * 1024
 _CHUNK: Final = 16 * 1024 * 1024
-"""Largest blob a capture stores (longer ranges are split)."""
 
 FLUSH_BYTES: Final = 64 * 1024 * 1024
 FLUSH_EVENTS: Final = 2000

@@ -39,6 +39,7 @@ from xoengine.errors import (
     ChecksumMismatchError,
     FrameError,
     FrameTooLargeError,
+    RecordTooLargeError,
     UnsupportedFormatError,
 )
 
@@ -124,7 +125,7 @@ def _checksum(key: bytes, body: bytes | memoryview) -> int:
 def frame(key: bytes, body: bytes | memoryview) -> bytes:
     """Return the frame storing ``body`` under ``key``."""
     if len(body) + FRAME_HEADER.size > MAX_FRAME_BYTES:
-        raise FrameTooLargeError(
+        raise RecordTooLargeError(
             position=key.hex(), size=len(body) + FRAME_HEADER.size, cap=MAX_FRAME_BYTES
         )
     return FRAME_HEADER.pack(FORMAT_VERSION, _checksum(key, body)) + body
@@ -141,7 +142,7 @@ def frame_many(items: Iterable[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]
     for key, body in items:
         size = len(body)
         if size + FRAME_HEADER.size > MAX_FRAME_BYTES:
-            raise FrameTooLargeError(
+            raise RecordTooLargeError(
                 position=key.hex(), size=size + FRAME_HEADER.size, cap=MAX_FRAME_BYTES
             )
         checksum = digest(key + body) if size <= _JOIN_BELOW else _checksum(key, body)

@@ -40,6 +40,7 @@ __all__ = [
     "ParentNotDirectoryError",
     "PathError",
     "PathEscapesRootError",
+    "RecordTooLargeError",
     "ReplicaDivergedError",
     "ReplicaNotFoundError",
     "ReplicaWriteError",
@@ -164,6 +165,16 @@ class FrameTooLargeError(FrameError):
     """Record at position {position} declares {size} bytes, above the cap of {cap}."""
 
     code = "E4012"
+
+
+class RecordTooLargeError(FrameTooLargeError):
+    """Refused to store a record of {size} bytes under key {position}: the cap is {cap}."""
+
+    code = "E4014"
+    hint = (
+        "Nothing was written and the journal is intact. xoengine stores content in "
+        "4 MiB blobs, so a record this large is a bug: report it with the traceback."
+    )
 
 
 class UnsupportedFormatError(FrameError):

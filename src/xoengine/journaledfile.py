@@ -11,8 +11,9 @@ import contextlib
 import os
 from typing import IO, Any, Final, Self
 
+from xoengine.blobtable import BLOB_MAX
 from xoengine.blocks import BlockMap
-from xoengine.capture import BLOB_MAX, Capture, CaptureResult, _entry_observed, _observed
+from xoengine.capture import Capture, CaptureResult, _entry_observed, _observed
 from xoengine.events import (
     BytesWritten,
     FileEvent,
@@ -202,7 +203,12 @@ class JournaledFile:
         size = st.st_size
         observed = _observed(st)
         scenario = capture.scenario
-        pieces = [(o, pread_all(fd, n, o)) for o, n in ranges if o < size]
+        pieces = [  # one blob each: BLOB_MAX at most, whatever one write() was
+            (start, pread_all(fd, min(BLOB_MAX, o + n - start), start))
+            for o, n in ranges
+            if o < size
+            for start in range(o, o + n, BLOB_MAX)
+        ]
         pieces = [(o, d) for o, d in pieces if d]
         low = min(state.size, size if cut is None else min(cut, size))
         if cut is not None and cut < min(state.size, size):

@@ -43,7 +43,14 @@ from xoengine.events import (
     MetadataChanged,
 )
 from xoengine.journal import BlobTable, LMDBTrackingRecorder
-from xoengine.tree import Image, UndoLog, image_of_existing, image_of_writes, stat_meta
+from xoengine.tree import (
+    Image,
+    UndoLog,
+    image_chunks,
+    image_of_existing,
+    image_of_writes,
+    stat_meta,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator, Sequence
@@ -232,19 +239,22 @@ class ReplicaApplier:
         ops: list[list[Any]] = []
         data: dict[str, bytes] = {}
         cursor = 0
+
+        def save(offset: int, length: int) -> None:  # old bytes no copy keeps: as data
+            for start, size in image_chunks(offset, length):
+                name = f"d{len(data)}"
+                data[name] = self.tree.read(path, start, size)
+                ops.append(["data", name, size])
+
         for old_off, length, new_off in covered:
             if old_off > cursor:
-                name = f"d{len(data)}"
-                data[name] = self.tree.read(path, cursor, old_off - cursor)
-                ops.append(["data", name, old_off - cursor])
+                save(cursor, old_off - cursor)
             start = max(old_off, cursor)
             if old_off + length > start:
                 ops.append(["copy", new_off + (start - old_off), old_off + length - start])
             cursor = max(cursor, old_off + length)
         if old_size > cursor:
-            name = f"d{len(data)}"
-            data[name] = self.tree.read(path, cursor, old_size - cursor)
-            ops.append(["data", name, old_size - cursor])
+            save(cursor, old_size - cursor)
         # Digests of both contents make undoing it idempotent (a rewind may be resumed).
         args = {
             "old_size": old_size,

@@ -114,8 +114,8 @@ def _restore(
     else:
         if _kind(tree, path) not in {None, "file"}:
             tree.delete(path)
-        content = [blob(args["content"])] if "content" in args else []
-        tree.replace(path, content, mode=args.get("mode"))
+        names = args.get("chunks", ["content"] if "content" in args else [])
+        tree.replace(path, (blob(args[name]) for name in names), mode=args.get("mode"))
 
 
 def _undo_delta(

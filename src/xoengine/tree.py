@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from xoengine import codec
+from xoengine.blobtable import BLOB_MAX
 from xoengine.errors import DiskFullError, ReplicaWriteError
 from xoengine.journal import BlobTable, encode_position
 from xoengine.walk import ParentCache, normalize_relpath, open_parent
@@ -48,6 +49,7 @@ __all__ = [
     "ReplicaTree",
     "UndoLog",
     "UndoRecord",
+    "image_chunks",
     "kind_of",
     "pread_all",
     "stat_meta",
@@ -88,6 +90,16 @@ _syncfs = _find_syncfs()
 
 Image = tuple[str, str, dict[str, Any], dict[str, bytes]]
 """A before-image being prepared: (op, path, args, {arg name: bytes to store as a blob})."""
+
+
+def image_chunks(offset: int, length: int) -> Iterator[tuple[int, int]]:
+    """``(offset, length)`` pieces of at most ``BLOB_MAX`` covering a region of a before-image.
+
+    A larger region is saved as several blobs (deleting a 300 MiB file once
+    stopped replication: its before-image was one frame above the cap).
+    """
+    for start in range(offset, offset + max(length, 0), BLOB_MAX):
+        yield start, min(BLOB_MAX, offset + length - start)
 
 
 # -- extent maps -----------------------------------------------------------------------
@@ -956,7 +968,13 @@ def image_of_existing(tree: ReplicaTree, path: str, st: os.stat_result, *, delet
     if kind == "symlink":
         args["target"] = tree.readlink(path)
     elif kind == "file":
-        blobs["content"] = tree.read(path)
+        parts = list(image_chunks(0, st.st_size))
+        if len(parts) <= 1:
+            blobs["content"] = tree.read(path)
+        else:  # saved as several blobs, restored in order
+            names = [f"content.{index}" for index in range(len(parts))]
+            blobs.update(zip(names, tree.read_ranges(path, parts), strict=True))
+            args["chunks"] = names
     return ("deleted" if deleted else "replaced", path, args, blobs)
 
 
@@ -969,13 +987,13 @@ def image_of_writes(
     spans: list[list[Any]] = []
     wanted: list[tuple[int, int]] = []
     for index, (offset, length) in enumerate(ranges):
-        end = min(offset + length, old_size)
-        if end > offset:
-            spans.append([offset, f"b{index}"])
-            wanted.append((offset, end - offset))
+        for part, (start, size) in enumerate(image_chunks(offset, min(length, old_size - offset))):
+            spans.append([start, f"b{index}" if part == 0 else f"b{index}.{part}"])
+            wanted.append((start, size))
     if old_size > new_size:  # the change also cuts the file
-        spans.append([new_size, "tail"])
-        wanted.append((new_size, old_size - new_size))
+        for part, (start, size) in enumerate(image_chunks(new_size, old_size - new_size)):
+            spans.append([start, "tail" if part == 0 else f"tail.{part}"])
+            wanted.append((start, size))
     # Every before-image through one open of the file.
     read = tree.read_ranges(path, wanted) if wanted else []
     pieces = {name: data for (_, name), data in zip(spans, read, strict=True)}

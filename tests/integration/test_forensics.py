@@ -1157,6 +1157,61 @@ def test_clock_labels_never_go_back_across_a_restart(tmp_path: Path, clock: Fake
 # -- the difference report ----------------------------------------------------------------------
 
 
+def test_before_images_of_large_files_are_saved_in_bounded_blobs(tmp_path: Path) -> None:
+    """Deleting, replacing, cutting and rewriting a file larger than a blob may hold.
+
+    A before-image was one blob, and a frame holds at most 256 MiB: deleting a
+    300 MiB file on the master stopped replication (E4012 in the applier).
+    Every blob of every undo record now holds at most BLOB_MAX bytes, and
+    rewinding to each point gives back the exact bytes.
+    """
+    from xoengine.blobtable import BLOB_MAX  # noqa: PLC0415
+    from xoengine.events import BytesWritten  # noqa: PLC0415
+
+    eng, sc, master = new_engine(tmp_path)
+    try:
+        size = 2 * BLOB_MAX + 12345
+        first = os.urandom(size)
+        write(master / "big", first)
+        write(master / "other", os.urandom(size))
+        sc.start()
+        marks = [(sc.set_rewind_point("start"), snapshot_contents(master))]
+        steps = [
+            (master / "other").unlink,  # deleted
+            lambda: write(master / "big", os.urandom(size)),  # rewritten whole
+            lambda: os.truncate(master / "big", 1000),  # cut: the tail is saved
+            lambda: os.rename(master / "big", master / "moved"),
+        ]
+        for number, step in enumerate(steps):
+            step()
+            sc.capture()
+            sc.wait_replicated()
+            marks.append((sc.set_rewind_point(f"p{number}"), snapshot_contents(master)))
+        write(master / "moved", first)  # replaced by the first content again
+        with sc.open("moved", "r+b") as f:  # and a large journaled write over it
+            f.seek(100)
+            f.write(os.urandom(BLOB_MAX * 2))
+        sc.wait_replicated()
+        records = sc._appliers["r1"].undo.records(after=0)
+        saved = [
+            value
+            for record in records
+            for value in record.args.values()
+            if isinstance(value, bytes) and len(value) == 25
+        ]
+        assert saved
+        assert max(eng.blobs.size_of(blob_id) for blob_id in saved) <= BLOB_MAX
+        assert any("chunks" in record.args for record in records)
+        # The journaled write of 8 MiB in one call is journaled in blobs of 4 MiB at most.
+        written = journal_events(eng, BytesWritten)
+        assert max(r[1] for _, event in written for r in event.ranges) <= BLOB_MAX
+        for point, tree in reversed(marks):
+            sc.rewind("r1", point)
+            assert snapshot_contents(tmp_path / "r1") == tree
+    finally:
+        eng.close()
+
+
 def test_difference_report_shows_pending_changes_during_a_suspension(tmp_path: Path) -> None:
     eng, sc, master = new_engine(tmp_path)
     try:
