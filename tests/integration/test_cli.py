@@ -144,3 +144,42 @@ def test_cli_scenario_options_at_create_and_update(tmp_path: Path, capsys) -> No
     assert main([*update, "--option", "undo_max_byte=5"]) != 0  # a typo is refused
     assert "unknown option(s) undo_max_byte" in capsys.readouterr().err
     assert main([*update, "--option", "no-equals-sign"]) != 0
+
+
+def test_cli_shows_any_file_name_unambiguously_on_a_strict_utf8_stream(tmp_path: Path) -> None:
+    """Names with a newline or bytes that are not UTF-8, through history, diff and JSON.
+
+    Under a strict UTF-8 stdout (PYTHONIOENCODING=utf-8, as in most desktop
+    locales) ``history`` of such a name stopped with a UnicodeEncodeError, and a
+    newline in a name split its line of a report in two.
+    """
+    import os  # noqa: PLC0415
+
+    master = tmp_path / "m"
+    master.mkdir()
+    bad = os.fsencode(master) + b"/bad\xff.txt"
+    with open(bad, "wb") as f:
+        f.write(b"x")
+    (master / "new\nline").write_bytes(b"y")
+    state = str(tmp_path / "state")
+    create = ["scenario", "create", state, "s", "--master", str(master)]
+    assert main([*create, "--replica", f"r1={tmp_path / 'r1'}"]) == 0
+    assert main(["start", state, "s"]) == 0
+    env = {**os.environ, "PYTHONIOENCODING": "utf-8"}
+
+    def cli(*args: str) -> subprocess.CompletedProcess[bytes]:
+        command = [sys.executable, "-m", "xoengine.cli", *args]
+        return subprocess.run(command, capture_output=True, timeout=120, check=False, env=env)
+
+    history = cli("history", state, "s", os.fsdecode(b"bad\xff.txt"))
+    assert history.returncode == 0, history.stderr
+    assert b'created   "bad\\xff.txt"' in history.stdout
+    diff = cli("diff", state, "s", "0")
+    assert diff.returncode == 0, diff.stderr
+    assert b'  - "bad\\xff.txt"\n' in diff.stdout
+    assert b'  - "new\\nline"\n' in diff.stdout
+    diff_json = cli("diff", state, "s", "0", "--json")
+    assert diff_json.returncode == 0, diff_json.stderr
+    added = json.loads(diff_json.stdout.decode("utf-8"))["added"]  # strict: valid UTF-8
+    assert os.fsdecode(b"bad\xff.txt") in added
+    assert "new\nline" in added

@@ -17,6 +17,7 @@ import subprocess
 from typing import Any
 
 from xoengine.cli.journal import parse_time
+from xoengine.cli.output import shown
 from xoengine.cli.scenario import _engine, _plain, _show
 from xoengine.engine import Engine, Instant
 from xoengine.errors import ConfigurationError, XoError
@@ -66,16 +67,17 @@ def cmd_history(args: argparse.Namespace) -> int:
         _show(entries, as_json=True)
     else:
         for e in entries:
-            extra = f" -> {e.new_path}" if e.new_path else ""
+            extra = f" -> {shown(e.new_path)}" if e.new_path else ""
             if e.moved_with:
-                extra += f" (directory {e.moved_with})"
+                extra += f" (directory {shown(e.moved_with)})"
             if e.target is not None:
-                extra += f" (symlink to {e.target})"
+                extra += f" (symlink to {shown(e.target)})"
             if e.mode is not None and e.target is None:
                 extra += f" mode={e.mode:04o}"
             ranges = " ".join(f"{o}+{n}" for o, n in e.ranges)
             size = "" if e.size is None else f" size={e.size}"
-            print(f"{e.position:>8}  {e.time}  {e.operation:<9} {e.path}{extra}{size}  {ranges}")
+            line = f"{e.position:>8}  {e.time}  {e.operation:<9} {shown(e.path)}{extra}{size}"
+            print(f"{line}  {ranges}")
     return 0
 
 

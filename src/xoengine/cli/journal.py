@@ -14,6 +14,7 @@ import uuid
 from typing import Any
 
 from xoengine import codec
+from xoengine.cli.output import json_text, shown
 from xoengine.datastore import open_store
 from xoengine.errors import ConfigurationError, XoError
 from xoengine.journal import (
@@ -141,11 +142,11 @@ def cmd_log(args: argparse.Namespace) -> int:
                     continue
                 row = _record_dict(app, record)
                 if args.json:
-                    print(json.dumps(row, ensure_ascii=False))
+                    print(json_text(row))
                 else:
                     print(
                         f"{row['position']:>8}  {row['time']}  {row['topic']}  "
-                        f"{row['originator']} v{row['version']}  {row['summary']}"
+                        f"{row['originator']} v{row['version']}  {shown(row['summary'])}"
                     )
     finally:
         store.close()

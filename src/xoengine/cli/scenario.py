@@ -19,6 +19,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from xoengine.cli.output import json_text, shown
 from xoengine.engine import Engine, Scenario
 from xoengine.errors import ConfigurationError, ReplicaDivergedError
 from xoengine.walk import walk
@@ -50,25 +51,30 @@ def _plain(value: Any) -> Any:
 
 def _show(data: Any, *, as_json: bool, indent: str = "") -> None:
     if as_json:
-        print(json.dumps(_plain(data), indent=2, ensure_ascii=False))
+        print(json_text(_plain(data), indent=2))
         return
     plain = _plain(data)
     if isinstance(plain, dict):
         for key, value in plain.items():
             if isinstance(value, (dict, list)) and value:
-                print(f"{indent}{key}:")
+                print(f"{indent}{shown(key)}:")
                 _show(value, as_json=False, indent=indent + "  ")
             else:
-                print(f"{indent}{key}: {value}")
+                print(f"{indent}{shown(key)}: {_scalar(value)}")
     elif isinstance(plain, list):
         for item in plain:
             if isinstance(item, dict):
                 print(f"{indent}-")
                 _show(item, as_json=False, indent=indent + "  ")
             else:
-                print(f"{indent}- {item}")
+                print(f"{indent}- {_scalar(item)}")
     else:
-        print(f"{indent}{plain}")
+        print(f"{indent}{_scalar(plain)}")
+
+
+def _scalar(value: Any) -> str:
+    # A list inline is its repr: the strings in it are escaped already.
+    return shown(value) if isinstance(value, str) else str(value)
 
 
 def _describe(sc: Scenario) -> dict[str, Any]:
