@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Callable, Iterator
     from pathlib import Path
 
 _PREFIXES = ("XO", "LMDB_", "PERSISTENCE_MODULE", "TRANSCODER_TOPIC", "CIPHER_", "COMPRESSOR_TOPIC")
@@ -49,3 +49,32 @@ def coarse_fs(tmp_path: Path) -> Iterator[Path]:
     finally:
         if _run("umount", str(mount_point)).returncode != 0:
             _run("umount", "-l", str(mount_point))
+
+
+@pytest.fixture
+def readonly_view(tmp_path: Path) -> Iterator[Callable[[Path], Path]]:
+    """Mount a directory read-only elsewhere (a bind mount): evidence behind a write blocker.
+
+    Writes below the view fail with EROFS whatever the permissions say, root's
+    included. Needs root (mount); skipped, saying why, where it cannot be done.
+    """
+    views: list[Path] = []
+
+    def view(source: Path) -> Path:
+        target = tmp_path / f"readonly-{len(views)}"
+        target.mkdir()
+        bound = _run("mount", "--bind", str(source), str(target))
+        if bound.returncode != 0:
+            pytest.skip(f"cannot bind-mount (needs root): {bound.stderr.strip()}")
+        views.append(target)
+        remounted = _run("mount", "-o", "remount,ro,bind", str(target))
+        if remounted.returncode != 0:
+            pytest.skip(f"cannot make a bind mount read-only: {remounted.stderr.strip()}")
+        return target
+
+    try:
+        yield view
+    finally:
+        for target in reversed(views):
+            if _run("umount", str(target)).returncode != 0:
+                _run("umount", "-l", str(target))

@@ -195,6 +195,27 @@ def test_replay_from_readonly_copy_rebuilds_every_point(
         assert snapshot(out) == world.trees[name], name
 
 
+def test_forensics_read_a_journal_on_read_only_media(
+    world: World, tmp_path: Path, readonly_view: Any
+) -> None:
+    """Evidence behind a write blocker: a read-only mount of a copy without its lock file."""
+    copy = tmp_path / "evidence"
+    copy.mkdir()
+    # The data file alone: its lock file stays behind, as a copy of the evidence would.
+    (copy / "data.mdb").write_bytes((world.copy / "data.mdb").read_bytes())
+    view = readonly_view(copy)
+    with pytest.raises(OSError, match="Read-only file system"):
+        (view / "probe").write_bytes(b"")
+    with Engine.open(view, readonly=True) as eng:
+        for name, position in world.points.items():
+            out = tmp_path / "out" / name
+            eng.replay("fx", to=out, position=position)
+            assert snapshot(out) == world.trees[name], name
+        assert eng.history("fx", world.history_path)
+    assert main(["journal", "verify", str(view)]) == 0
+    assert os.listdir(view) == ["data.mdb"]
+
+
 def test_replay_from_readonly_copy_rebuilds_one_file(
     world: World, ro: Engine, tmp_path: Path
 ) -> None:
