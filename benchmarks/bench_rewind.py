@@ -131,6 +131,37 @@ def load() -> str:
     return f"{one:.2f} (5 min {five:.2f}) on {os.cpu_count()} CPUs"
 
 
+def environment(work: Path) -> list[str]:
+    """What of the machine moves the ratios: file-system discards, free page reporting.
+
+    Both make writing cost more than reading here, whatever the code does: a
+    file system mounted with ``discard`` trims every block range a truncation
+    frees, synchronously; a guest that reports free memory to its host
+    (virtio-balloon free page reporting) gives back each freed 2 MiB block,
+    so the next new page-cache page costs a host fault.
+    """
+    lines = []
+    where, options = "", ""
+    with contextlib.suppress(OSError), open("/proc/mounts") as mounts:
+        for line in mounts:
+            fields = line.split()
+            inside = len(fields) > 3 and str(work.resolve()).startswith(fields[1])
+            if inside and len(fields[1]) >= len(where):
+                where, options = fields[1], fields[3]
+    if where:
+        trims = "discard (synchronous trims)" if "discard" in options.split(",") else "no discard"
+        lines.append(f"file system at {where}: {trims}")
+    reporting = Path("/sys/module/page_reporting/parameters")
+    if reporting.is_dir():
+        values = {}
+        for name in ("page_reporting_order", "min_free_ms"):
+            with contextlib.suppress(OSError):
+                values[name] = (reporting / name).read_text().strip()
+        shown = ", ".join(f"{k} {v}" for k, v in values.items())
+        lines.append(f"free page reporting to the host: on ({shown}): new pages may cost a host fault")
+    return lines
+
+
 def tree_digests(root: Path) -> dict[str, str]:
     """relpath -> xxh3-128 of every regular file, 'dir' for directories, 'link:' + target."""
     out: dict[str, str] = {}
@@ -945,6 +976,8 @@ def main() -> None:
         f"{platform.python_version()}, {os.cpu_count()} CPUs, {platform.platform()}")
     log(f"  {' '.join(sys.argv)}")
     log(f"  load {load()}; build at nosync, measured phases at {cfg.durability}")
+    for line in environment(cfg.work):
+        log(f"  {line}")
     started = time.perf_counter()
     prof = Profiler(cfg.profile)
     try:
