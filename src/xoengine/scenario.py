@@ -12,6 +12,7 @@ import contextlib
 import datetime as dt
 import functools
 import os
+import re
 import stat
 import tempfile
 import threading
@@ -76,6 +77,9 @@ DEFAULT_DATABASE_PATTERNS: Final = ("*.db", "*.sqlite", "*.sqlite3", "*.mdf")
 
 
 _DB_COMPANIONS: Final = ("-wal", "-shm", "-journal", ".ldf")
+
+_AUTO_POINT_NAME: Final = re.compile(r"(?:sync|auto|backup|integrity)-\d+")
+"""Names of automatic rewind points (kind, then position): refused for user points."""
 
 
 @dataclass(frozen=True)
@@ -542,7 +546,15 @@ class Scenario:
     # -- rewind (R5, R6) --------------------------------------------------------------------
 
     def set_rewind_point(self, name: str, *, kind: str = "user") -> RewindPoint:
-        """Bookmark the journal now (after journaling pending master changes)."""
+        """Bookmark the journal now (after journaling pending master changes).
+
+        A user point's name must name it alone: it is refused if empty, if
+        another point of the scenario has it, if it is a number (the CLI reads
+        a number as a position) or if it has the form of an automatic point's
+        name (``sync-N``, ``auto-N``, ``backup-N``, ``integrity-N``).
+        """
+        if kind == "user":
+            self._check_point_name(name)
         if self._watcher is None:
             self.capture()
         position = self._engine.recorder.max_notification_id() or 0
@@ -550,6 +562,19 @@ class Scenario:
             self._def, RewindPointSet, name=name, position=position, kind=kind
         )
         return self._point(name, position, kind)
+
+    def _check_point_name(self, name: str) -> None:
+        why = None
+        if not name.strip():
+            why = "it is empty"
+        elif name.strip().isdigit():
+            why = "it is a number, which names a position"
+        elif _AUTO_POINT_NAME.fullmatch(name):
+            why = "that form is kept for automatic points"
+        elif any(point_name == name for point_name, _, _ in self._def.points):
+            why = "another rewind point of this scenario has it"
+        if why is not None:
+            raise ConfigurationError(detail=f"rewind point name {name!r} refused: {why}")
 
     def _point(self, name: str, position: int, kind: str) -> RewindPoint:
         time_ns = self._engine.recorder.time_of(position) if position else 0

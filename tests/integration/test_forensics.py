@@ -1233,6 +1233,28 @@ def test_before_images_of_large_files_are_saved_in_bounded_blobs(tmp_path: Path)
         eng.close()
 
 
+def test_a_user_rewind_point_name_names_one_point(tmp_path: Path) -> None:
+    """A second point of one name made 'rewind to X' pick one of two silently."""
+    eng, sc, master = new_engine(tmp_path)
+    try:
+        write(master / "a", b"a")
+        sc.start()
+        sync_name = sc.rewind_points()[-1].name  # sync-N, the end of the first sync
+        first = sc.set_rewind_point("before-upgrade")
+        for name in ["before-upgrade", "", "  ", "42", sync_name, "auto-7", "backup-12"]:
+            with pytest.raises(ConfigurationError, match="rewind point name"):
+                sc.set_rewind_point(name)
+        assert [p.name for p in sc.rewind_points()] == [sync_name, "before-upgrade"]
+        assert sc.resolve("before-upgrade") == first.position
+        sc.set_rewind_point("sync-before-upgrade")  # only the exact automatic form is kept
+        # The CLI: --set '' is refused, not read as a listing.
+        state = str(tmp_path / "state")
+        eng.close()
+        assert main(["rewind-points", state, "fx", "--set", ""]) != 0
+    finally:
+        eng.close()
+
+
 def test_difference_report_shows_pending_changes_during_a_suspension(tmp_path: Path) -> None:
     eng, sc, master = new_engine(tmp_path)
     try:

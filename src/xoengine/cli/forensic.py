@@ -135,9 +135,10 @@ def cmd_rewind(args: argparse.Namespace) -> int:
 
 def cmd_points(args: argparse.Namespace) -> int:
     """``rewind-points``: list them; ``--set NAME`` adds one now."""
-    with _engine(args, readonly=not args.set) as eng:
+    setting = args.set is not None  # "--set ''" is refused by the engine, not a listing
+    with _engine(args, readonly=not setting) as eng:
         sc = eng.scenario(args.name)
-        if args.set:
+        if setting:
             sc.set_rewind_point(args.set)
         rows: list[dict[str, Any]] = []
         for point in sc.rewind_points():
