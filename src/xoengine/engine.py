@@ -347,7 +347,8 @@ class Engine:
         """Paths added, removed, modified (with byte ranges) and renamed between two instants.
 
         Each instant is a position, a time, or a rewind point (or its name);
-        ``to=None`` is the end of the journal.
+        ``to=None`` is the end of the journal. ``from_`` may be the later one:
+        the result then says what leads back to ``to``.
         """
         return self.forensics(scenario).diff(
             self.instant(scenario, from_), self.instant(scenario, to)

@@ -478,33 +478,38 @@ class Forensics:
         ]
 
     def diff(self, from_position: int, to_position: int) -> DiffResult:
-        """What changed between two positions (by file identity: renames are renames)."""
-        if from_position > to_position:
-            raise ConfigurationError(detail="diff needs from <= to")
+        """What changed between two positions (by file identity: renames are renames).
+
+        ``from_position`` may be the later one: the result then says what leads
+        back from it to ``to_position`` (added: paths that come back; removed:
+        paths that go; renamed: new name back to old; modified: the byte ranges
+        that differ, named by their path at ``to_position``), which is what a
+        rewind between them changes.
+        """
+        low, high = sorted((from_position, to_position))
         alive: dict[uuid.UUID, LiveFile] = {}
-        before: dict[uuid.UUID, tuple[str, int]] | None = None
+        at_low: dict[uuid.UUID, str] | None = None
         touched: dict[uuid.UUID, list[list[int]]] = {}
         meta: set[uuid.UUID] = set()
-        for pos, _, event in self.source.file_events(self.scenario, to_position):
-            if before is None and pos > from_position:
-                before = {fid: (f.path, f.mode) for fid, f in alive.items()}
+        for pos, _, event in self.source.file_events(self.scenario, high):
+            if at_low is None and pos > low:
+                at_low = {fid: f.path for fid, f in alive.items()}
             self._step(alive, pos, event)
-            if pos > from_position:
+            if pos > low:
                 if isinstance(event, (BytesWritten, FileTruncated, ContentReplaced)):
                     touched.setdefault(event.originator_id, []).extend(_ranges(event))
                 elif isinstance(event, MetadataChanged):
                     meta.add(event.originator_id)
-        if before is None:
-            before = {fid: (f.path, f.mode) for fid, f in alive.items()}
-        after = {fid: f.path for fid, f in alive.items()}
-        added = sorted(p for fid, p in after.items() if fid not in before)
-        removed = sorted(p for fid, (p, _) in before.items() if fid not in after)
-        renamed = {
-            before[fid][0]: p for fid, p in after.items() if fid in before and before[fid][0] != p
-        }
-        modified = {after[fid]: r for fid, r in touched.items() if fid in after and fid in before}
+        if at_low is None:
+            at_low = {fid: f.path for fid, f in alive.items()}
+        at_high = {fid: f.path for fid, f in alive.items()}
+        start, end = (at_low, at_high) if from_position <= to_position else (at_high, at_low)
+        added = sorted(p for fid, p in end.items() if fid not in start)
+        removed = sorted(p for fid, p in start.items() if fid not in end)
+        renamed = {start[fid]: p for fid, p in end.items() if fid in start and start[fid] != p}
+        modified = {end[fid]: r for fid, r in touched.items() if fid in start and fid in end}
         metadata = sorted(
-            after[fid] for fid in meta if fid in after and fid in before and fid not in touched
+            end[fid] for fid in meta if fid in start and fid in end and fid not in touched
         )
         return DiffResult(from_position, to_position, added, removed, modified, renamed, metadata)
 

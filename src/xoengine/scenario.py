@@ -69,6 +69,7 @@ if TYPE_CHECKING:
 
     from xoengine.datastore import WriteTxn
     from xoengine.engine import Engine, _Definition
+    from xoengine.forensic import DiffResult
 
 __all__ = ["DEFAULT_DATABASE_PATTERNS", "ReplicaStatistics", "Scenario", "ScenarioStatistics"]
 
@@ -629,6 +630,43 @@ class Scenario:
         the journal names, and at SyncFinished it holds exactly the journal's
         state there. The position returned says where the replica is.
         """
+        applier, target = self._rewind_target(replica, to, position, at)
+        if replica not in self._def.suspended:
+            self.suspend(replica)
+        with applier.lock:
+            current = applier.position()
+            self._engine._scenario_event(
+                self._def, RewindStarted, replica=replica, from_position=current, to_position=target
+            )
+            return self._finish_rewind(replica, current, target)
+
+    def rewind_preview(
+        self,
+        replica: str,
+        to: RewindPoint | str | None = None,
+        *,
+        position: int | None = None,
+        at: dt.datetime | None = None,
+    ) -> DiffResult:
+        """What :meth:`rewind` with the same arguments would change on ``replica``; nothing is done.
+
+        A diff from the position the replica holds to the one it would hold
+        (``to_position``, moved out of a synchronization run as a rewind
+        moves it): ``added`` paths come back, ``removed`` paths go, ``renamed``
+        are renamed back, ``modified`` byte ranges are put back. A target the
+        undo log no longer reaches is refused as the rewind would refuse it.
+        """
+        applier, target = self._rewind_target(replica, to, position, at)
+        return self._engine.diff(self, applier.position(), target)
+
+    def _rewind_target(
+        self,
+        replica: str,
+        to: RewindPoint | str | None,
+        position: int | None,
+        at: dt.datetime | None,
+    ) -> tuple[ReplicaApplier, int]:
+        """The replica's applier and the position a rewind would take it to (or refuse)."""
         applier = self._replica(replica)
         target = self._outside_syncs(replica, self.resolve(to, position=position, at=at))
         with self._engine.store.read() as txn:
@@ -638,14 +676,7 @@ class Scenario:
             raise RewindUnreachableError(
                 name=self.name, replica=replica, position=target, floor=floor
             )
-        if replica not in self._def.suspended:
-            self.suspend(replica)
-        with applier.lock:
-            current = applier.position()
-            self._engine._scenario_event(
-                self._def, RewindStarted, replica=replica, from_position=current, to_position=target
-            )
-            return self._finish_rewind(replica, current, target)
+        return applier, target
 
     def _outside_syncs(self, replica: str, target: int) -> int:
         """``target``, or the end of the synchronization run of ``replica`` it falls in."""

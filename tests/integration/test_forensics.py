@@ -1233,6 +1233,44 @@ def test_before_images_of_large_files_are_saved_in_bounded_blobs(tmp_path: Path)
         eng.close()
 
 
+def test_rewind_preview_says_what_the_rewind_then_does(tmp_path: Path) -> None:
+    eng, sc, master = new_engine(tmp_path)
+    try:
+        write(master / "keep", b"k" * 5000)
+        write(master / "gone-later", b"g")
+        write(master / "d" / "f", b"f")
+        sc.start()
+        point = sc.set_rewind_point("before")
+        with sc.open("keep", "r+b") as f:  # 10 bytes at 100
+            f.seek(100)
+            f.write(b"X" * 10)
+        write(master / "new", b"n")  # first: "new" must not take the inode of "gone-later"
+        (master / "gone-later").unlink()
+        os.rename(master / "d", master / "e")
+        sc.capture()
+        sc.wait_replicated()
+        replica = tmp_path / "r1"
+        before = snapshot(replica)
+        preview = sc.rewind_preview("r1", "before")
+        assert snapshot(replica) == before  # nothing done
+        assert preview.to_position == point.position
+        assert preview.added == ["gone-later"]  # comes back
+        assert preview.removed == ["new"]  # goes
+        assert preview.renamed == {"e": "d", "e/f": "d/f"}  # renamed back
+        assert preview.modified == {"keep": [[100, 10]]}  # put back
+        sc.rewind("r1", "before")
+        after = snapshot(replica)
+        assert set(after) - set(before) == {b"gone-later", b"d", b"d/f"}
+        assert set(before) - set(after) == {b"new", b"e", b"e/f"}
+        # The CLI's --dry-run shows the same, read-only, and changes nothing either.
+        state = str(tmp_path / "state")
+        eng.close()
+        assert main(["rewind", state, "fx", "r1", "before", "--dry-run", "--json"]) == 0
+        assert snapshot(replica) == after
+    finally:
+        eng.close()
+
+
 def test_a_user_rewind_point_name_names_one_point(tmp_path: Path) -> None:
     """A second point of one name made 'rewind to X' pick one of two silently."""
     eng, sc, master = new_engine(tmp_path)

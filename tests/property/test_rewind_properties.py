@@ -330,13 +330,16 @@ def check_diff(result: DiffResult, a: dict[bytes, Node], b: dict[bytes, Node]) -
 
 
 def check_diffs(eng: Engine, sc: Scenario, records: list[Recorded]) -> None:
+    """Every pair of points, both ways: a diff from a later point leads back (a rewind preview)."""
     for i, first in enumerate(records):
         for second in records[i:]:
             result = eng.diff(sc.name, first.point.position, second.point.position)
             if first.point.position == second.point.position:
                 assert not (result.added or result.removed or result.modified or result.renamed)
             check_diff(result, first.tree, second.tree)
-            STATS["diffs"] += 1
+            back = eng.diff(sc.name, second.point.position, first.point.position)
+            check_diff(back, second.tree, first.tree)
+            STATS["diffs"] += 2
 
 
 def check_histories(eng: Engine, sc: Scenario, records: list[Recorded]) -> None:

@@ -125,10 +125,20 @@ def cmd_bisect(args: argparse.Namespace) -> int:
 
 
 def cmd_rewind(args: argparse.Namespace) -> int:
-    """``rewind``: reset a replica to a point, position or time (it stays suspended)."""
+    """``rewind``: reset a replica to a point, position or time (it stays suspended).
+
+    ``--dry-run`` opens the journal read-only and shows what the rewind would
+    change on the replica, doing nothing.
+    """
+    target = {"position": args.position, "at": _time(args.at)}
+    if args.dry_run:
+        with Engine.open(args.state, readonly=True) as eng:
+            preview = eng.scenario(args.name).rewind_preview(args.replica, args.point, **target)
+            _show(preview, as_json=args.json)
+        return 0
     with Engine.open(args.state, durability=args.durability) as eng:
         sc = eng.scenario(args.name)
-        held = sc.rewind(args.replica, args.point, position=args.position, at=_time(args.at))
+        held = sc.rewind(args.replica, args.point, **target)
         _show({"replica": args.replica, "position": held}, as_json=args.json)
     return 0
 
@@ -210,6 +220,12 @@ def add_parsers(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     rewind.add_argument("point", nargs="?", help="rewind point name")
     rewind.add_argument("--position", type=int)
     rewind.add_argument("--at", help="time (ISO 8601; UTC if no offset)")
+    rewind.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="show what the rewind would change on the replica (paths that come back, "
+        "go, are renamed back, byte ranges put back); change nothing",
+    )
     rewind.set_defaults(func=cmd_rewind)
 
     points = verbs.add_parser("rewind-points", help="list (or --set) rewind points")
