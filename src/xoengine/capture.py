@@ -56,6 +56,7 @@ from xoengine.masterstate import MasterState, pack_digests, racy, racy_window, u
 from xoengine.walk import (
     Entry,
     PathFilter,
+    birth_ns,
     normalize_relpath,
     stat_entry,
     walk,
@@ -320,6 +321,8 @@ class Capture:
                 continue
             if path.startswith(old + "/") or old.startswith(path + "/"):
                 continue  # into itself, or out of the directory it replaces
+            if self._reborn(path, known[old]):
+                continue  # a new file given the freed inode number: created, not moved
             if not self._parents_are_dirs(path, known):
                 continue  # under what the replica still holds as a file or link
             if path in known:
@@ -331,6 +334,19 @@ class Capture:
             for key, was in gone.items():
                 if was.startswith(old + "/"):
                     gone[key] = path + was[len(old) :]
+
+    def _reborn(self, path: str, was: FileState) -> bool:
+        """Whether ``path``'s inode was created after ``was`` (the vanished path) was last seen.
+
+        ext4 hands a freed inode number out again at once: "delete a, create b"
+        between two scans looks like "rename a to b" by inode. A rename keeps
+        the inode's birth time, which is at or before any change time seen of
+        it; a new inode is born after the old one's last change time. Where no
+        birth time is known, the inode decides, as before.
+        """
+        index, rel = self.layout.split(path)
+        born = birth_ns(self.layout.roots[index], rel)
+        return born is not None and was.ctime_ns > 0 and born > was.ctime_ns
 
     @staticmethod
     def _parents_are_dirs(path: str, known: dict[str, FileState]) -> bool:

@@ -34,6 +34,7 @@ Walking
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import fnmatch
 import os
@@ -42,6 +43,7 @@ import stat
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
+from struct import Struct
 from typing import Final, Literal, NamedTuple, Self, TypeAlias, overload
 
 from xoengine.errors import (
@@ -65,6 +67,7 @@ __all__ = [
     "PathFilter",
     "RelPath",
     "Walk",
+    "birth_ns",
     "entry_from_stat",
     "normalize_relpath",
     "open_parent",
@@ -630,3 +633,53 @@ def stat_entry(
     except (FileNotFoundError, NotADirectoryError, PathError):
         return None
     return entry_from_stat(rel, kind, st, target)
+
+
+# -- birth times (statx) -----------------------------------------------------------------
+
+_STATX_BTIME: Final = 0x800
+_AT_SYMLINK_NOFOLLOW: Final = 0x100
+_STATX_SIZE: Final = 256
+_STATX_MASK = Struct("=I")  # stx_mask, at offset 0
+_STATX_BTIME_AT: Final = 80  # struct statx_timestamp stx_btime: s64 seconds, u32 nanoseconds
+_STATX_STAMP = Struct("=qI")
+
+
+def _find_statx() -> Callable[..., int] | None:
+    try:
+        statx = ctypes.CDLL(None, use_errno=True).statx
+    except (OSError, AttributeError):
+        return None
+    statx.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_uint, ctypes.c_char_p]
+    statx.restype = ctypes.c_int
+    result: Callable[..., int] = statx
+    return result
+
+
+_statx = _find_statx()
+
+
+def birth_ns(root: AnyPath, relpath: str | bytes) -> int | None:
+    """When the inode at ``relpath`` was created (ns), or None where that is not known.
+
+    The birth time tells a renamed file from a new file that got the inode
+    number of a deleted one (ext4 hands freed inode numbers out again at
+    once): a rename keeps the birth time, a new inode gets a new one. None
+    without ``statx`` in the C library, on file systems that keep no birth
+    time (ext4 with 128-byte inodes, most network file systems) and for a
+    path that is gone.
+    """
+    if _statx is None:
+        return None
+    buffer = ctypes.create_string_buffer(_STATX_SIZE)
+    try:
+        with open_parent(root, normalize_relpath(relpath)) as (fd, leaf):
+            if _statx(fd, os.fsencode(leaf), _AT_SYMLINK_NOFOLLOW, _STATX_BTIME, buffer) != 0:
+                return None
+    except (OSError, PathError):
+        return None
+    raw = buffer.raw
+    if not _STATX_MASK.unpack_from(raw, 0)[0] & _STATX_BTIME:
+        return None
+    seconds, nanos = _STATX_STAMP.unpack_from(raw, _STATX_BTIME_AT)
+    return int(seconds) * 1_000_000_000 + int(nanos)

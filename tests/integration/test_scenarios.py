@@ -780,6 +780,38 @@ def test_sparse_files_stay_sparse_on_the_replica_and_in_replays(
         assert f.read() == b"data"
 
 
+def test_capture_tells_a_new_file_on_a_reused_inode_from_a_rename(
+    engine: Engine, tmp_path: Path
+) -> None:
+    """ext4 gives a deleted file's inode number to the next new file at once.
+
+    "rm a; create b" between two scans was journaled as "a renamed to b", and
+    the history of b began with a's creation. The birth time tells them apart.
+    """
+    from xoengine.walk import birth_ns  # noqa: PLC0415
+
+    master = tmp_path / "master"
+    master.mkdir()
+    (master / "a").write_bytes(b"old file")
+    if birth_ns(master, "a") is None:
+        pytest.skip("this file system keeps no birth time")
+    sc = _scenario(engine, tmp_path)
+    sc.start()
+    inode = (master / "a").stat().st_ino
+    (master / "a").unlink()
+    (master / "b").write_bytes(b"new file")
+    if (master / "b").stat().st_ino != inode:
+        pytest.skip("the file system did not reuse the inode number")
+    result = sc.capture()
+    assert (result.renamed, result.created, result.deleted) == (0, 1, 1)
+    sc.wait_replicated(timeout=30)
+    assert_trees_equal(tmp_path / "master", tmp_path / "r1")
+    assert [e.operation for e in engine.history(sc, "b")][0] == "created"
+    # A real rename is still a rename.
+    os.rename(master / "b", master / "c")
+    assert sc.capture().renamed == 1
+
+
 def test_capture_journals_an_insertion_as_a_small_delta(engine: Engine, tmp_path: Path) -> None:
     sc = _scenario(engine, tmp_path, block_size=512)
     master = TreeBuilder(tmp_path / "master")
