@@ -17,11 +17,13 @@ import contextlib
 import datetime as dt
 import os
 import re
+import stat
+import tempfile
 import threading
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Final, Self, TypeAlias
+from typing import TYPE_CHECKING, Any, BinaryIO, ClassVar, Final, Self, TypeAlias
 
 from eventsourcing.application import Application
 
@@ -29,6 +31,7 @@ from xoengine import blocks
 from xoengine.datastore import keep_freed_memory
 from xoengine.errors import (
     ConfigurationError,
+    NoFileAtError,
     OverlappingTreesError,
     ScenarioError,
     ScenarioExistsError,
@@ -66,6 +69,7 @@ from xoengine.ledger import Ledger
 from xoengine.replica import FILE_TOPICS
 from xoengine.rewind import RewindPoint
 from xoengine.scenario import ReplicaStatistics, Scenario, ScenarioStatistics
+from xoengine.walk import normalize_relpath
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator, Sequence
@@ -333,6 +337,41 @@ class Engine:
             raise ConfigurationError(detail="give at most one of position=, at= or point=")
         instant = given[0] if given else None
         return self.forensics(scenario).replay(to, self.instant(scenario, instant), path)
+
+    @contextlib.contextmanager
+    def file_at(
+        self,
+        scenario: str | Scenario,
+        path: str,
+        at: Instant | None = None,
+        *,
+        scratch: str | os.PathLike[str] | None = None,
+    ) -> Iterator[BinaryIO]:
+        """The bytes a file held at an instant, as an open binary file: ``with eng.file_at(...)``.
+
+        ``at`` is a position, a time or a rewind point (or its name); None is
+        the end of the journal. The file is replayed from the journal alone into
+        a temporary directory (under ``scratch``, default the system's), which
+        is removed when the block ends. :class:`NoFileAtError` if the path held
+        nothing, a directory or a symbolic link then.
+        """
+        position = self.instant(scenario, at)
+        rel = normalize_relpath(path)
+        with tempfile.TemporaryDirectory(prefix="xoengine-file-at-", dir=scratch) as temporary:
+            out = os.path.join(temporary, "tree")
+            self.forensics(scenario).replay(out, position, rel)
+            full = os.path.join(out, rel)
+            try:
+                st = os.lstat(full)
+            except FileNotFoundError:
+                raise NoFileAtError(path=rel, position=position, detail="nothing") from None
+            if not stat.S_ISREG(st.st_mode):
+                what = "a directory" if stat.S_ISDIR(st.st_mode) else "a symbolic link"
+                if stat.S_ISLNK(st.st_mode):
+                    what += f" to {os.readlink(full)!r}"
+                raise NoFileAtError(path=rel, position=position, detail=what)
+            with open(full, "rb") as handle:
+                yield handle
 
     def history(self, scenario: str | Scenario, path: str) -> list[HistoryEntry]:
         """Every change to a path: position, time, operation, byte ranges, sizes, renames."""

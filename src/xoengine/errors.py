@@ -36,6 +36,7 @@ __all__ = [
     "JournalLockedError",
     "JournalMissingError",
     "JournalReadOnlyError",
+    "NoFileAtError",
     "OverlappingTreesError",
     "ParentNotDirectoryError",
     "PathError",
@@ -389,6 +390,21 @@ class ApplierFailedError(XoError):
     code = "E3013"
     exit_code = 3
     hint = "The scenario is in Problem; fix the cause and resume the replica to retry."
+
+
+class NoFileAtError(XoError, FileNotFoundError):
+    """{path!r} was no regular file at position {position}: {detail}."""
+
+    code = "E3014"
+    exit_code = 2
+    hint = (
+        "`xoengine history` lists when the path existed and what it was; a directory "
+        "is rebuilt with `xoengine replay --path`."
+    )
+
+    def __str__(self) -> str:
+        """The coded message (OSError would show its own fields)."""
+        return f"{self.code}: {self.message}"
 
 
 class RewindUnreachableError(XoError):

@@ -21,6 +21,8 @@ import datetime as dt
 import json
 import os
 import stat
+import subprocess
+import sys
 import types
 from pathlib import Path
 from typing import Any
@@ -34,6 +36,7 @@ from xoengine.engine import Engine, Scenario
 from xoengine.errors import (
     ConfigurationError,
     FrameError,
+    NoFileAtError,
     RewindUnreachableError,
     ScenarioError,
     ScenarioNotFoundError,
@@ -214,6 +217,47 @@ def test_forensics_read_a_journal_on_read_only_media(
         assert eng.history("fx", world.history_path)
     assert main(["journal", "verify", str(view)]) == 0
     assert os.listdir(view) == ["data.mdb"]
+
+
+def test_file_at_gives_each_file_as_it_was_at_every_point(
+    world: World, ro: Engine, tmp_path: Path
+) -> None:
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    for name, position in world.points.items():
+        for raw, node in world.trees[name].items():
+            path = os.fsdecode(raw)
+            if node[0] == "file":
+                with ro.file_at("fx", path, position, scratch=scratch) as f:
+                    assert f.read() == node[2], (name, path)
+            else:  # a directory or a link is not a file's bytes
+                with pytest.raises(NoFileAtError, match=r"a directory|a symbolic link"):
+                    ro.file_at("fx", path, name, scratch=scratch).__enter__()
+        with pytest.raises(NoFileAtError, match="nothing"):
+            ro.file_at("fx", "never-there", position, scratch=scratch).__enter__()
+    assert os.listdir(scratch) == []  # every temporary replay removed
+
+
+def test_cli_cat_writes_exactly_the_bytes_and_names_the_position(
+    world: World, tmp_path: Path
+) -> None:
+    name, position = max(world.points.items(), key=lambda item: item[1])
+    raw, node = next((p, n) for p, n in world.trees[name].items() if n[0] == "file")
+    command = [sys.executable, "-m", "xoengine.cli", "cat", str(world.copy), "fx"]
+    result = subprocess.run(
+        [*command, os.fsdecode(raw), "--at", str(position)],
+        capture_output=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == node[2]
+    assert f"at position {position} (".encode() in result.stderr
+    out = tmp_path / "out.bin"
+    argv = ["cat", str(world.copy), "fx", os.fsdecode(raw), "--at", name, "--out", str(out)]
+    assert main(argv) == 0
+    assert out.read_bytes() == node[2]
+    assert main(["cat", str(world.copy), "fx", "never-there"]) == 2
 
 
 def test_replay_from_readonly_copy_rebuilds_one_file(

@@ -9,7 +9,7 @@ Verbs::
     xoengine journal verify|log|copy ...       inspect, check and hot-copy a journal
     xoengine scenario create|list|show|remove  define scenarios in a state directory
     xoengine start|stop|capture|sync|suspend|resume|stats|report STATE NAME ...
-    xoengine replay|history|diff|bisect STATE NAME ...   forensics from the journal alone
+    xoengine replay|cat|history|diff|bisect STATE NAME ...   forensics from the journal alone
     xoengine rewind|rewind-points|difference STATE NAME ...
 
 Exit codes: 0 success, 2 usage/configuration, 3 storage or replication, 4 damage found.
