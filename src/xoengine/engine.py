@@ -326,17 +326,20 @@ class Engine:
         at: dt.datetime | None = None,
         point: RewindPoint | str | None = None,
         path: str | None = None,
+        progress: Callable[[int, int], None] | None = None,
     ) -> ReplayResult:
         """Rebuild a scenario's tree (or one file or subtree) as it was, from the journal alone.
 
         The instant is one of ``position``, ``at`` (a time) or ``point`` (a rewind
         point or its name); none of them: the end of the journal.
+        ``progress(done, total)`` follows each entry written.
         """
         given = [value for value in (position, at, point) if value is not None]
         if len(given) > 1:
             raise ConfigurationError(detail="give at most one of position=, at= or point=")
         instant = given[0] if given else None
-        return self.forensics(scenario).replay(to, self.instant(scenario, instant), path)
+        at_position = self.instant(scenario, instant)
+        return self.forensics(scenario).replay(to, at_position, path, progress)
 
     @contextlib.contextmanager
     def file_at(

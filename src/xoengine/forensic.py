@@ -295,9 +295,15 @@ class Forensics:
     # -- replay ---------------------------------------------------------------------------
 
     def replay(
-        self, to: str | os.PathLike[str], position: int | None, path: str | None = None
+        self,
+        to: str | os.PathLike[str],
+        position: int | None,
+        path: str | None = None,
+        progress: Callable[[int, int], None] | None = None,
     ) -> ReplayResult:
         """Rebuild the tree (or the file or subtree at ``path``) as at ``position`` into ``to``.
+
+        ``progress(done, total)`` follows each file written (entries of the tree).
 
         ``to`` must be new or empty: a replay over other files would mix them
         into the tree it claims to show. A replay that fails (a damaged blob, a
@@ -321,7 +327,7 @@ class Forensics:
         out = ReplicaTree(os.fspath(to), fsync=False)
         try:
             with out.holding_parents():  # a new tree: nothing moves
-                files, dirs, links, total = self._write_tree(out, selected)
+                files, dirs, links, total = self._write_tree(out, selected, progress)
         except BaseException:
             # A half-written tree would pass for the answer (an empty file for one
             # whose bytes could not be read): leave ``to`` as it was found.
@@ -338,9 +344,15 @@ class Forensics:
         )
         return ReplayResult(position=end, files=files, dirs=dirs, links=links, bytes=total)
 
-    def _write_tree(self, out: ReplicaTree, selected: list[LiveFile]) -> tuple[int, int, int, int]:
+    def _write_tree(
+        self,
+        out: ReplicaTree,
+        selected: list[LiveFile],
+        progress: Callable[[int, int], None] | None = None,
+    ) -> tuple[int, int, int, int]:
         files = dirs = links = total = 0
-        for live in sorted(selected, key=lambda f: (f.path.count("/"), os.fsencode(f.path))):
+        ordered = sorted(selected, key=lambda f: (f.path.count("/"), os.fsencode(f.path)))
+        for done, live in enumerate(ordered, 1):
             if live.kind == "dir":
                 out.create(live.path, "dir", live.mode, None)
                 dirs += 1
@@ -350,6 +362,8 @@ class Forensics:
             elif live.kind == "file":
                 total += self._rebuild(out, live)
                 files += 1
+            if progress is not None:
+                progress(done, len(ordered))
         # Directory modes and mtimes last: writing inside a directory moves its mtime.
         for live in sorted(
             (f for f in selected if f.kind == "dir"), key=lambda f: -f.path.count("/")

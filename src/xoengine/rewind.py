@@ -248,8 +248,11 @@ def rewind_back(
     target: int,
     set_applied: Callable[[WriteTxn, int], None],
     blob: Callable[[bytes], bytes | memoryview],
+    progress: Callable[[int, int], None] | None = None,
 ) -> int:
     """Undo every change in ``(target, applied]``, newest first; return records undone.
+
+    ``progress(done, total)`` follows each commit (records undone, records to undo).
 
     Positions whose records are all in-place changes form runs, undone per
     path (:func:`plan_run`, :func:`undo_path`); the others are undone record
@@ -288,6 +291,8 @@ def rewind_back(
         positions = batch + run_positions
         if positions:
             commit(positions)
+            if progress is not None:
+                progress(count, len(records))
         batch, batch_bytes, run, run_positions = [], 0, [], []
 
     for position in sorted(by_position, reverse=True):

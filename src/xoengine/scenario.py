@@ -616,6 +616,7 @@ class Scenario:
         *,
         position: int | None = None,
         at: dt.datetime | None = None,
+        progress: Callable[[int, int], None] | None = None,
     ) -> int:
         """Reset ``replica`` to its state at a rewind point, a position or a time (R6).
 
@@ -629,6 +630,9 @@ class Scenario:
         SyncFinished: while a synchronization runs the replica holds no state
         the journal names, and at SyncFinished it holds exactly the journal's
         state there. The position returned says where the replica is.
+
+        ``progress(done, total)`` is called after each commit of undone
+        before-images (records of the undo log), from the calling thread.
         """
         applier, target = self._rewind_target(replica, to, position, at)
         if replica not in self._def.suspended:
@@ -638,7 +642,7 @@ class Scenario:
             self._engine._scenario_event(
                 self._def, RewindStarted, replica=replica, from_position=current, to_position=target
             )
-            return self._finish_rewind(replica, current, target)
+            return self._finish_rewind(replica, current, target, progress)
 
     def rewind_preview(
         self,
@@ -685,7 +689,13 @@ class Scenario:
                 return finished
         return target
 
-    def _finish_rewind(self, replica: str, current: int, target: int) -> int:
+    def _finish_rewind(
+        self,
+        replica: str,
+        current: int,
+        target: int,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> int:
         applier = self._appliers[replica]
         with applier.lock:
             applier.sweep_once()  # a rewind or apply killed mid-replace leaves one
@@ -710,6 +720,7 @@ class Scenario:
                     low,
                     lambda txn, p: applier.set_position(txn, p, force=True),
                     self._engine.blobs.view,
+                    progress,
                 )
                 self._engine.store.write(lambda txn: undo.open_gap(txn, low))
                 applied = low
@@ -722,6 +733,7 @@ class Scenario:
                     target,
                     lambda txn, p: applier.set_position(txn, p, force=True),
                     self._engine.blobs.view,
+                    progress,
                 )
                 self._engine.store.write(lambda txn: undo.open_gap(txn, target))
             elif target > applied:

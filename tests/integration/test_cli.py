@@ -183,3 +183,57 @@ def test_cli_shows_any_file_name_unambiguously_on_a_strict_utf8_stream(tmp_path:
     added = json.loads(diff_json.stdout.decode("utf-8"))["added"]  # strict: valid UTF-8
     assert os.fsdecode(b"bad\xff.txt") in added
     assert "new\nline" in added
+
+
+def test_cli_rewind_and_replay_report_progress_on_a_terminal(tmp_path: Path) -> None:
+    """On a terminal stderr, rewind and replay say how far they are; on a pipe, nothing."""
+    import os  # noqa: PLC0415
+    import pty  # noqa: PLC0415
+
+    master = tmp_path / "m"
+    master.mkdir()
+    (master / "a").write_bytes(b"a")
+    state = str(tmp_path / "state")
+    create = ["scenario", "create", state, "s", "--master", str(master)]
+    assert main([*create, "--replica", f"r1={tmp_path / 'r1'}"]) == 0
+    assert main(["start", state, "s"]) == 0
+    assert main(["rewind-points", state, "s", "--set", "one"]) == 0
+    (master / "a").write_bytes(b"changed")
+    (master / "b").write_bytes(b"b")
+    assert main(["capture", state, "s"]) == 0
+
+    def on_terminal(*args: str) -> tuple[int, str]:
+        leader, follower = pty.openpty()
+        try:
+            done = subprocess.run(
+                [sys.executable, "-m", "xoengine.cli", *args],
+                stdout=subprocess.DEVNULL,
+                stderr=follower,
+                timeout=120,
+                check=False,
+            )
+            os.close(follower)
+            chunks = []
+            while True:
+                try:
+                    chunk = os.read(leader, 65536)
+                except OSError:  # EIO: the terminal's other side is closed
+                    break
+                if not chunk:
+                    break
+                chunks.append(chunk)
+        finally:
+            os.close(leader)
+        return done.returncode, b"".join(chunks).decode()
+
+    code, said = on_terminal("rewind", state, "s", "r1", "one")
+    assert code == 0
+    last = said.strip().splitlines()[-1]
+    done, total = last.removeprefix("undo records undone: ").split(" of ")
+    assert done == total != "0"  # the last report: every record undone
+    code, said = on_terminal("replay", state, "s", "--to", str(tmp_path / "out"))
+    assert code == 0
+    assert "entries written: 2 of 2" in said
+    piped = run_cli("replay", state, "s", "--to", str(tmp_path / "out2"))
+    assert piped.returncode == 0
+    assert "entries written" not in piped.stderr

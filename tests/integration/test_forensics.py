@@ -1315,6 +1315,31 @@ def test_rewind_preview_says_what_the_rewind_then_does(tmp_path: Path) -> None:
         eng.close()
 
 
+def test_long_rewinds_and_replays_report_progress(tmp_path: Path) -> None:
+    eng, sc, master = new_engine(tmp_path)
+    try:
+        for i in range(5):
+            write(master / f"f{i}", b"x" * 100)
+        sc.start()
+        point = sc.set_rewind_point("start")
+        for i in range(5):
+            write(master / f"f{i}", b"y" * (200 + i))
+            sc.capture()
+        sc.wait_replicated()
+        calls: list[tuple[int, int]] = []
+        sc.rewind("r1", point, progress=lambda done, total: calls.append((done, total)))
+        assert calls
+        assert [done for done, _ in calls] == sorted(done for done, _ in calls)
+        assert len({total for _, total in calls}) == 1
+        assert calls[-1][0] == calls[-1][1] > 0  # every record undone
+        written: list[tuple[int, int]] = []
+        result = eng.replay(sc, to=tmp_path / "out", progress=lambda d, t: written.append((d, t)))
+        entries = result.files + result.dirs + result.links
+        assert written == [(n, entries) for n in range(1, entries + 1)]
+    finally:
+        eng.close()
+
+
 def test_a_user_rewind_point_name_names_one_point(tmp_path: Path) -> None:
     """A second point of one name made 'rewind to X' pick one of two silently."""
     eng, sc, master = new_engine(tmp_path)

@@ -15,13 +15,17 @@ import datetime as dt
 import os
 import subprocess
 import sys
-from typing import Any, BinaryIO
+import time
+from typing import TYPE_CHECKING, Any, BinaryIO, Final
 
 from xoengine.cli.journal import parse_time
 from xoengine.cli.output import shown
 from xoengine.cli.scenario import _engine, _plain, _show
 from xoengine.engine import Engine, Instant
 from xoengine.errors import ConfigurationError, XoError
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 
 def _time(text: str | None) -> dt.datetime | None:
@@ -77,6 +81,25 @@ def _copy(source: BinaryIO, sink: BinaryIO) -> int:
     return copied
 
 
+def _progress(what: str) -> Callable[[int, int], None] | None:
+    """A reporter for a long rewind or replay: a line on stderr at most every 2 s, on a terminal."""
+    if not sys.stderr.isatty():
+        return None
+    last = time.monotonic()
+
+    def report(done: int, total: int) -> None:
+        nonlocal last
+        now = time.monotonic()
+        if now - last >= _PROGRESS_EVERY_S or done == total:
+            last = now
+            print(f"{what}: {done} of {total}", file=sys.stderr, flush=True)
+
+    return report
+
+
+_PROGRESS_EVERY_S: Final = 2.0
+
+
 def cmd_replay(args: argparse.Namespace) -> int:
     """``replay``: rebuild a tree, subtree or file as it was."""
     with Engine.open(args.state, readonly=True) as eng:
@@ -87,6 +110,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
             at=_time(args.at),
             point=args.point,
             path=args.path,
+            progress=_progress("entries written"),
         )
         _show(result, as_json=args.json)
     return 0
@@ -171,7 +195,9 @@ def cmd_rewind(args: argparse.Namespace) -> int:
         return 0
     with Engine.open(args.state, durability=args.durability) as eng:
         sc = eng.scenario(args.name)
-        held = sc.rewind(args.replica, args.point, **target)
+        held = sc.rewind(
+            args.replica, args.point, **target, progress=_progress("undo records undone")
+        )
         _show({"replica": args.replica, "position": held}, as_json=args.json)
     return 0
 
