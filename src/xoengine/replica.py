@@ -21,6 +21,7 @@ the journal (ARCHITECTURE.md: the master's journal is the spool).
 
 from __future__ import annotations
 
+import functools
 import os
 import stat
 import threading
@@ -45,6 +46,7 @@ from xoengine.events import (
 from xoengine.journal import BlobTable, LMDBTrackingRecorder
 from xoengine.tree import (
     Image,
+    ImageBytes,
     UndoLog,
     image_chunks,
     image_of_existing,
@@ -237,13 +239,13 @@ class ReplicaApplier:
             new_offset += op[2]
         covered.sort()
         ops: list[list[Any]] = []
-        data: dict[str, bytes] = {}
+        data: dict[str, ImageBytes] = {}
         cursor = 0
 
         def save(offset: int, length: int) -> None:  # old bytes no copy keeps: as data
-            for start, size in image_chunks(offset, length):
+            for start, size in image_chunks(offset, length):  # each read as it is stored
                 name = f"d{len(data)}"
-                data[name] = self.tree.read(path, start, size)
+                data[name] = functools.partial(self.tree.read, path, start, size)
                 ops.append(["data", name, size])
 
         for old_off, length, new_off in covered:

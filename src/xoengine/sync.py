@@ -31,7 +31,14 @@ from xoengine import blocks
 from xoengine.blocks import BlockMap
 from xoengine.errors import ConfigurationError, SpecialFileSkippedWarning, XoError
 from xoengine.events import FileSynced, SyncFinished, SyncStarted, new_id
-from xoengine.tree import TMP_PREFIX, Image, UndoRecord, image_of_existing, image_of_writes
+from xoengine.tree import (
+    TMP_PREFIX,
+    Image,
+    UndoRecord,
+    image_of_existing,
+    image_of_writes,
+    store_image_bytes,
+)
 from xoengine.walk import Entry, entry_from_stat, walk
 
 if TYPE_CHECKING:
@@ -454,7 +461,7 @@ class Synchronizer:
 
         def write(txn: WriteTxn) -> None:
             for offset, (op, path, args, data) in enumerate(images):
-                stored = {name: self.undo.blobs.put(txn, value) for name, value in data.items()}
+                stored = store_image_bytes(self.undo.blobs, txn, data)
                 self.undo.put(
                     txn, position, seq + offset, UndoRecord(position, op, path, args | stored)
                 )

@@ -24,12 +24,13 @@ import bisect
 import contextlib
 import ctypes
 import errno
+import functools
 import os
 import stat
 import threading
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Final, TypeVar
+from typing import TYPE_CHECKING, Any, Final, TypeAlias, TypeVar
 
 from xoengine import codec
 from xoengine.blobtable import BLOB_MAX
@@ -46,6 +47,7 @@ __all__ = [
     "TMP_PREFIX",
     "Extents",
     "Image",
+    "ImageBytes",
     "ReplicaTree",
     "UndoLog",
     "UndoRecord",
@@ -53,6 +55,7 @@ __all__ = [
     "kind_of",
     "pread_all",
     "stat_meta",
+    "store_image_bytes",
 ]
 
 TMP_PREFIX: Final = ".xoengine-tmp-"
@@ -88,8 +91,25 @@ def _find_syncfs() -> Callable[[int], int] | None:
 
 _syncfs = _find_syncfs()
 
-Image = tuple[str, str, dict[str, Any], dict[str, bytes]]
+ImageBytes: TypeAlias = "bytes | Callable[[], bytes]"
+"""Bytes of a before-image, or a reader of them called when they are stored (one chunk of a
+large file at a time: a 20 GiB file's before-image never sits in memory whole)."""
+
+Image = tuple[str, str, dict[str, Any], dict[str, ImageBytes]]
 """A before-image being prepared: (op, path, args, {arg name: bytes to store as a blob})."""
+
+
+_EAGER_IMAGE: Final = 16 * 1024 * 1024
+"""Before-images of in-place writes up to this size are read at once, in one open."""
+
+
+def store_image_bytes(
+    blobs: BlobTable, txn: WriteTxn, data: dict[str, ImageBytes]
+) -> dict[str, bytes]:
+    """Store an image's bytes as blobs inside ``txn`` (readers read now); ``{name: blob id}``."""
+    return {
+        name: blobs.put(txn, value() if callable(value) else value) for name, value in data.items()
+    }
 
 
 def image_chunks(offset: int, length: int) -> Iterator[tuple[int, int]]:
@@ -896,7 +916,7 @@ class UndoLog:
         if self.has(txn, position):
             return  # re-application after a crash: the original images stay
         for seq, (op, path, args, data) in enumerate(images):
-            stored = {name: self.blobs.put(txn, value) for name, value in data.items()}
+            stored = store_image_bytes(self.blobs, txn, data)
             self.put(txn, position, seq, UndoRecord(position, op, path, args | stored))
 
     def records(
@@ -964,16 +984,17 @@ def image_of_existing(tree: ReplicaTree, path: str, st: os.stat_result, *, delet
     """Before-image of a path about to be deleted or replaced: kind, metadata, content."""
     kind = kind_of(st.st_mode)
     args: dict[str, Any] = {"kind": kind, **stat_meta(st)}
-    blobs: dict[str, bytes] = {}
+    blobs: dict[str, ImageBytes] = {}
     if kind == "symlink":
         args["target"] = tree.readlink(path)
     elif kind == "file":
         parts = list(image_chunks(0, st.st_size))
         if len(parts) <= 1:
             blobs["content"] = tree.read(path)
-        else:  # saved as several blobs, restored in order
+        else:  # saved as several blobs, restored in order, each read as it is stored
             names = [f"content.{index}" for index in range(len(parts))]
-            blobs.update(zip(names, tree.read_ranges(path, parts), strict=True))
+            for name, (offset, length) in zip(names, parts, strict=True):
+                blobs[name] = functools.partial(tree.read, path, offset, length)
             args["chunks"] = names
     return ("deleted" if deleted else "replaced", path, args, blobs)
 
@@ -994,9 +1015,16 @@ def image_of_writes(
         for part, (start, size) in enumerate(image_chunks(new_size, old_size - new_size)):
             spans.append([start, "tail" if part == 0 else f"tail.{part}"])
             wanted.append((start, size))
-    # Every before-image through one open of the file.
-    read = tree.read_ranges(path, wanted) if wanted else []
-    pieces = {name: data for (_, name), data in zip(spans, read, strict=True)}
+    pieces: dict[str, ImageBytes]
+    if sum(length for _, length in wanted) <= _EAGER_IMAGE:
+        # Every before-image through one open of the file.
+        read = tree.read_ranges(path, wanted) if wanted else []
+        pieces = {name: data for (_, name), data in zip(spans, read, strict=True)}
+    else:  # a large cut or rewrite: each chunk read as it is stored
+        pieces = {
+            name: functools.partial(tree.read, path, start, length)
+            for (_, name), (start, length) in zip(spans, wanted, strict=True)
+        }
     if st is None:
         return ("created", path, {}, {})
     return ("bytes", path, {"old_size": old_size, "spans": spans, **stat_meta(st)}, pieces)
