@@ -261,7 +261,7 @@ class ReplicaApplier:
         args = {
             "old_size": old_size,
             "ops": ops,
-            "old_digest": codec.digest128(self.tree.read(path)).hex(),
+            "old_digest": self.tree.digest128(path).hex(),
             "new_digest": event.result,
             **stat_meta(st),
         }

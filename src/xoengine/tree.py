@@ -99,6 +99,9 @@ Image = tuple[str, str, dict[str, Any], dict[str, ImageBytes]]
 """A before-image being prepared: (op, path, args, {arg name: bytes to store as a blob})."""
 
 
+_DIGEST_CHUNK: Final = 1024 * 1024
+"""Bytes read at a time to hash a whole file."""
+
 _EAGER_IMAGE: Final = 16 * 1024 * 1024
 """Before-images of in-place writes up to this size are read at once, in one open."""
 
@@ -426,6 +429,16 @@ class ReplicaTree:
             if length is None:
                 length = max(os.fstat(handle).st_size - offset, 0)
             return pread_all(handle, length, offset)
+
+    def digest128(self, path: str) -> bytes:
+        """:func:`codec.digest128` of a regular file, read 1 MiB at a time (of b"" if absent)."""
+        hasher = codec.hasher128()
+        with self._reading(path) as handle:
+            offset = 0
+            while handle is not None and (chunk := os.pread(handle, _DIGEST_CHUNK, offset)):
+                hasher.update(chunk)
+                offset += len(chunk)
+        return bytes(hasher.digest())
 
     def read_ranges(self, path: str, ranges: Sequence[tuple[int, int]]) -> list[bytes]:
         """Bytes at each ``(offset, length)`` of a regular file, in one open (as :meth:`read`)."""

@@ -42,8 +42,11 @@ def compare_trees(scenario: Scenario, replica_root: str) -> dict[str, str]:
                 if entry.name.startswith(".xoengine-tmp-"):
                     continue
                 if entry.kind == "file":
+                    hasher = codec.hasher128()
                     with open(os.path.join(root, entry.relpath), "rb") as f:
-                        value = codec.digest128(f.read()).hex()
+                        while chunk := f.read(1 << 20):  # a file of any size, 1 MiB at a time
+                            hasher.update(chunk)
+                    value = hasher.hexdigest()
                 else:
                     value = entry.target or ""
                 out[prefix + entry.relpath] = (entry.kind, entry.mode, value)

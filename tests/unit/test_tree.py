@@ -108,3 +108,16 @@ def test_for_each_stops_its_threads_when_the_caller_is_interrupted(tmp_path: Pat
     assert 20 in started
     assert len(started) < 5000
     assert sorted(os.listdir(tmp_path / "out")) == sorted(f"f{i}" for i in started)
+
+
+@pytest.mark.parametrize("size", [0, 1, 1024 * 1024 - 1, 1024 * 1024, 3 * 1024 * 1024 + 7])
+def test_digest128_of_a_file_read_in_chunks_is_the_digest_of_its_bytes(
+    tmp_path: Path, size: int
+) -> None:
+    from xoengine import codec  # noqa: PLC0415
+
+    data = os.urandom(size)
+    (tmp_path / "f").write_bytes(data)
+    tree = ReplicaTree(str(tmp_path), fsync=False)
+    assert tree.digest128("f") == codec.digest128(data)
+    assert tree.digest128("absent") == codec.digest128(b"")
