@@ -28,6 +28,7 @@ from xoengine.errors import (
     ReplicaNotFoundError,
     ReplicationTimeoutError,
     RewindUnreachableError,
+    TreeRootMissingError,
     XoError,
 )
 from xoengine.events import (
@@ -153,8 +154,16 @@ class Scenario:
 
     def _wire_replica(self, replica: str) -> ReplicaApplier:
         engine = self._engine
+        # The root is made for a replica never synchronized. Once one was, a missing
+        # root means its volume is gone (deleted, not mounted): made anew, it would
+        # take changes as if it held the rest, and rewinds would answer from nothing.
+        # Applying and rewinding then stop with TreeRootMissingError; a synchronization
+        # (resume after a rewind, or sync) builds it again.
+        synchronized = bool(engine._finished_syncs(self.name, replica))
         tree = ReplicaTree(
-            self._def.replicas[replica], fsync=engine.fsync, create=not engine.readonly
+            self._def.replicas[replica],
+            fsync=engine.fsync,
+            create=not engine.readonly and not synchronized,
         )
         applier = ReplicaApplier(
             engine.store,
@@ -635,6 +644,12 @@ class Scenario:
         before-images (records of the undo log), from the calling thread.
         """
         applier, target = self._rewind_target(replica, to, position, at)
+        if not os.path.isdir(applier.tree.root):  # refused before anything is journaled
+            raise TreeRootMissingError(
+                root=applier.tree.root,
+                detail="the replica is gone (deleted, or its volume not mounted): restore "
+                "it, or synchronize the replica to build it again from the master",
+            )
         if replica not in self._def.suspended:
             self.suspend(replica)
         with applier.lock:

@@ -164,6 +164,9 @@ class Synchronizer:
         """
         if level not in LEVELS:
             raise ConfigurationError(detail=f"sync level {level!r} is not one of {LEVELS}")
+        # A synchronization builds the replica from whatever is there: the root too,
+        # and only here (an applier finding it gone stops instead; see _wire_replica).
+        os.makedirs(self.tree.root, exist_ok=True)
         summary = SyncSummary(self.scenario, self.replica, level, position)
         run_id = new_id()
         self._version = 0

@@ -656,6 +656,40 @@ def test_failed_applier_puts_scenario_in_problem_and_resume_retries(
     assert states == [("Problem", "replica r1 stopped on an error"), ("Running", "problem cleared")]
 
 
+def test_a_replica_whose_root_vanished_stops_instead_of_starting_over_empty(
+    tmp_path: Path,
+) -> None:
+    """Deleted (or an unmounted volume's empty place gone): no silent new, empty replica.
+
+    The root was made again at every engine open: the next changes went into
+    an empty replica that the scenario called Running, and a rewind "rewound"
+    nothing and reported success.
+    """
+    master = TreeBuilder(tmp_path / "master")
+    master.apply_all([CreateFile("a", b"a"), CreateFile("b", b"b")])
+    with temporary_engine(tmp_path) as engine:
+        sc = _scenario(engine, tmp_path)
+        sc.start()
+        point = sc.set_rewind_point("one")
+    shutil.rmtree(tmp_path / "r1")
+    with temporary_engine(tmp_path) as engine:  # a new process: the root is not made again
+        sc = engine.scenario("fs")
+        assert not (tmp_path / "r1").exists()
+        master.apply(CreateFile("c", b"c"))
+        sc.capture()  # as `xoengine capture` does: journal, then apply in this thread
+        with pytest.raises(TreeRootMissingError):
+            sc.wait_replicated(timeout=30)
+        assert not (tmp_path / "r1").exists()
+        top = engine.recorder.max_notification_id()
+        with pytest.raises(TreeRootMissingError, match="synchronize the replica"):
+            sc.rewind("r1", point)
+        assert engine.recorder.max_notification_id() == top  # refused before journaling
+        # A synchronization builds the replica again, root and all.
+        sc.synchronize(replica="r1")
+        sc.wait_replicated(timeout=30)
+        assert_trees_equal(tmp_path / "master", tmp_path / "r1", mtimes=False)
+
+
 @pytest.mark.parametrize("replica_had", ["nothing", "older files"])
 def test_initial_sync_holds_what_the_journal_holds_when_the_master_moves_mid_copy(
     engine: Engine,
@@ -806,7 +840,7 @@ def test_capture_tells_a_new_file_on_a_reused_inode_from_a_rename(
     assert (result.renamed, result.created, result.deleted) == (0, 1, 1)
     sc.wait_replicated(timeout=30)
     assert_trees_equal(tmp_path / "master", tmp_path / "r1")
-    assert [e.operation for e in engine.history(sc, "b")][0] == "created"
+    assert engine.history(sc, "b")[0].operation == "created"
     # A real rename is still a rename.
     os.rename(master / "b", master / "c")
     assert sc.capture().renamed == 1
