@@ -185,16 +185,22 @@ def _copy_all(src: int, dst: int) -> int:
     """
     copied = position = 0
     kernel = True  # copy_file_range until it cannot cross file systems, then sendfile
+    seeks = True  # SEEK_DATA/SEEK_HOLE until the file system says it has no such thing
     while True:
-        try:
-            start = os.lseek(src, position, os.SEEK_DATA)
-            stop = os.lseek(src, start, os.SEEK_HOLE)
-        except OSError as e:
-            if e.errno == errno.ENXIO:  # no data at or after position
+        if seeks:
+            try:
+                start = os.lseek(src, position, os.SEEK_DATA)
+                stop = os.lseek(src, start, os.SEEK_HOLE)
+            except OSError as e:
+                if e.errno == errno.ENXIO:  # no data at or after position
+                    break
+                if e.errno not in (errno.EINVAL, errno.EOPNOTSUPP):
+                    raise
+                seeks = False
+        if not seeks:  # the rest of the file is one segment
+            start, stop = position, os.fstat(src).st_size
+            if stop <= start:
                 break
-            if e.errno not in (errno.EINVAL, errno.EOPNOTSUPP) or position:
-                raise
-            start, stop = 0, os.fstat(src).st_size
         moved, kernel = _copy_range(src, dst, start, stop - start, kernel)
         copied += moved
         if start + moved < stop:  # the file shrank while being copied

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
 
@@ -158,3 +159,25 @@ def test_whole_file_reads_and_writes_past_two_gib(sparse_dir: Path) -> None:
     with open(sparse_dir / "copy", "rb") as f:
         f.seek(size - 4)
         assert f.read() == b"tail"
+
+
+def test_copy_new_where_the_file_system_cannot_tell_holes_copies_it_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file system without SEEK_DATA (mocked: every local one here has it) gets one segment."""
+    real_lseek = os.lseek
+
+    def lseek(fd: int, offset: int, how: int) -> int:
+        if how in (os.SEEK_DATA, os.SEEK_HOLE):
+            raise OSError(errno.EINVAL, "not supported")
+        return real_lseek(fd, offset, how)
+
+    monkeypatch.setattr(os, "lseek", lseek)
+    master = tmp_path / "m"
+    with open(master, "wb") as f:
+        f.write(b"head")
+        f.seek(3 * MiB)
+        f.write(b"tail")
+    tree = ReplicaTree(str(tmp_path / "replica"), fsync=False)
+    assert tree.copy_new("m", str(master), 0o600) == 3 * MiB + 4
+    assert (tmp_path / "replica" / "m").read_bytes() == master.read_bytes()
