@@ -44,6 +44,7 @@ __all__ = [
     "RecordTooLargeError",
     "ReplicaDivergedError",
     "ReplicaNotFoundError",
+    "ReplicaVolumeChangedError",
     "ReplicaWriteError",
     "ReplicationTimeoutError",
     "RewindUnreachableError",
@@ -373,6 +374,17 @@ class ReplicaDivergedError(XoError):
     hint = (
         "Something changed the replica outside xoengine. Resume runs a block-level "
         "resynchronization that makes it exact again."
+    )
+
+
+class ReplicaVolumeChangedError(XoError):
+    """Replica root {root!r} is on another file system than at its last sync ({detail})."""
+
+    code = "E3015"
+    exit_code = 3
+    hint = (
+        "Its volume is not mounted, or was replaced: mount it again, or synchronize the "
+        "replica to build it on this file system. Nothing was written."
     )
 
 

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, Final
 from eventsourcing.persistence import Tracking
 
 from xoengine import codec
-from xoengine.errors import ReplicaDivergedError
+from xoengine.errors import ReplicaDivergedError, ReplicaVolumeChangedError
 from xoengine.events import (
     FILE_EVENTS,
     BytesWritten,
@@ -176,10 +176,27 @@ class ReplicaApplier:
             out.update("/".join(parts[: i + 1]) for i in range(len(parts)))
         return out
 
+    def check_volume(self) -> None:
+        """Refuse to write if the root is on another file system than the last sync built.
+
+        An unmounted volume leaves its mount point, an empty directory on the
+        file system below: written into, it would fill that one and pass for
+        the replica. (A root that is gone altogether fails on its own.)
+        """
+        with self.store.read() as txn:
+            was = self.undo.volume(txn)
+        now = self.tree.volume()
+        if was is not None and now is not None and now != was:
+            raise ReplicaVolumeChangedError(
+                root=self.tree.root, detail=f"file system id {now:x}, was {was:x}"
+            )
+
     def _apply_group(self, group: Sequence[tuple[int, FileEvent | None]]) -> None:
         if not group:
             return
         mine = [(p, e) for p, e in group if e is not None and self._mine(e)]
+        if mine:
+            self.check_volume()
         last = group[-1][0]
         # 1. Before-images, durable before any change.
         if mine:

@@ -650,6 +650,7 @@ class Scenario:
                 detail="the replica is gone (deleted, or its volume not mounted): restore "
                 "it, or synchronize the replica to build it again from the master",
             )
+        applier.check_volume()
         if replica not in self._def.suspended:
             self.suspend(replica)
         with applier.lock:

@@ -250,8 +250,11 @@ class Synchronizer:
             warnings=[str(w) for w in summary.warnings],
         )
 
+        volume = self.tree.volume()
+
         def applied(txn: WriteTxn, positions: list[int]) -> None:
             set_applied(txn, positions[-1])
+            self.undo.set_volume(txn, volume)  # what appliers and rewinds check it against
 
         self._append([*synced, finished], applied)
         return summary

@@ -436,6 +436,18 @@ class ReplicaTree:
                 length = max(os.fstat(handle).st_size - offset, 0)
             return pread_all(handle, length, offset)
 
+    def volume(self) -> int | None:
+        """The id of the file system holding the root (``statvfs`` f_fsid); None if unknown.
+
+        ext4 and xfs derive it from the file system's UUID, so it stays the same
+        across reboots; a file system that reports 0 (tmpfs) is unknown.
+        """
+        try:
+            fsid = os.statvfs(self.root).f_fsid
+        except OSError:
+            return None
+        return fsid or None
+
     def digest128(self, path: str) -> bytes:
         """:func:`codec.digest128` of a regular file, read 1 MiB at a time (of b"" if absent)."""
         hasher = codec.hasher128()
@@ -898,6 +910,16 @@ class UndoLog:
     def gaps(self, txn: ReadTxn) -> list[tuple[int, int | None]]:
         """Gaps left by rewinds (see the comment above)."""
         return [(lo, hi) for lo, hi in self._meta(txn, b"gaps", [])]
+
+    def volume(self, txn: ReadTxn) -> int | None:
+        """The file system the replica was on at its last synchronization (None: unknown)."""
+        value = self._meta(txn, b"volume", None)
+        return None if value is None else int(value)
+
+    def set_volume(self, txn: WriteTxn, fsid: int | None) -> None:
+        """Note the file system a synchronization just built the replica on."""
+        if fsid is not None:
+            self._set_meta(txn, b"volume", fsid)
 
     def open_gap(self, txn: WriteTxn, low: int) -> None:
         """Note that the records after ``low`` were consumed by a rewind."""

@@ -24,6 +24,7 @@ from xoengine.engine import Engine, Scenario
 from xoengine.errors import (
     OverlappingTreesError,
     PathEscapesRootError,
+    ReplicaVolumeChangedError,
     ScenarioError,
     ScenarioExistsError,
     SymlinkedParentError,
@@ -844,6 +845,41 @@ def test_capture_tells_a_new_file_on_a_reused_inode_from_a_rename(
     # A real rename is still a rename.
     os.rename(master / "b", master / "c")
     assert sc.capture().renamed == 1
+
+
+def test_a_replica_whose_volume_is_not_mounted_is_not_written_into_its_mount_point(
+    engine: Engine, tmp_path: Path, coarse_fs: Path
+) -> None:
+    """The replica is a whole volume; unmounted, its mount point is an empty directory.
+
+    Written into, that directory (on the file system below) would fill up and
+    pass for the replica. The file system id noted at the last synchronization
+    says it is not the replica's.
+    """
+    master = TreeBuilder(tmp_path / "master")
+    master.apply_all([CreateFile("a", b"a"), MakeDir("d")])
+    sc = engine.create_scenario("fs", master=tmp_path / "master", replicas={"r1": coarse_fs})
+    sc.synchronize()
+    point = sc.set_rewind_point("one")
+    master.apply(CreateFile("b", b"b"))
+    sc.capture()
+    sc.wait_replicated(timeout=30)
+    assert subprocess.run(["umount", str(coarse_fs)], check=False).returncode == 0
+    master.apply(CreateFile("c", b"c"))
+    sc.capture()
+    with pytest.raises(ReplicaVolumeChangedError):
+        sc.wait_replicated(timeout=30)
+    assert os.listdir(coarse_fs) == []  # nothing written into the mount point
+    top = engine.recorder.max_notification_id()
+    with pytest.raises(ReplicaVolumeChangedError):
+        sc.rewind("r1", point)
+    assert engine.recorder.max_notification_id() == top  # refused before journaling
+    # Mounted again, replication goes on where it stopped.
+    image = tmp_path / "coarse.img"
+    mounted = subprocess.run(["mount", "-o", "loop", str(image), str(coarse_fs)], check=False)
+    assert mounted.returncode == 0
+    sc.wait_replicated(timeout=30)
+    assert_trees_equal(tmp_path / "master", coarse_fs, mtimes=False)
 
 
 def test_capture_journals_an_insertion_as_a_small_delta(engine: Engine, tmp_path: Path) -> None:
