@@ -12,14 +12,26 @@ from xoengine.errors import BlobNotFoundError, FrameError, IntegrityViolationErr
 from xoengine.record import POS
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     from xoengine.datastore import ReadTxn, Store, WriteTxn
 
-__all__ = ["BLOB_MAX", "BLOB_TABLE", "BlobTable"]
+__all__ = ["BLOB_MAX", "BLOB_TABLE", "BlobTable", "blob_chunks"]
 
 BLOB_TABLE: Final = "blobs"
 BLOB_MAX: Final = 4 * 1024 * 1024
 """Largest blob xoengine stores: changed bytes, before-images and chunks are split to it
 (far below the frame cap, ``codec.MAX_FRAME_BYTES``)."""
+
+
+def blob_chunks(offset: int, length: int) -> Iterator[tuple[int, int]]:
+    """``(offset, length)`` pieces of at most :data:`BLOB_MAX` covering a region (none if empty).
+
+    The one way a region becomes blobs: journaled writes, delta literals and
+    before-images alike.
+    """
+    for start in range(offset, offset + max(length, 0), BLOB_MAX):
+        yield start, min(BLOB_MAX, offset + length - start)
 
 
 class BlobTable:

@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any, Final, Protocol
 import numpy as np
 
 from xoengine import blocks, codec
-from xoengine.blobtable import BLOB_MAX
+from xoengine.blobtable import BLOB_MAX, blob_chunks
 from xoengine.blocks import BlockMap, Copy, Literal
 from xoengine.errors import TreeWarning, XoError
 from xoengine.events import (
@@ -717,9 +717,9 @@ class Capture:
     ) -> None:
         bs = self.state.block_size
         pieces = [
-            (offset, view[offset : offset + min(BLOB_MAX, start + length - offset)])
+            (offset, view[offset : offset + size])
             for start, length in ranges
-            for offset in range(start, start + length, BLOB_MAX)
+            for offset, size in blob_chunks(start, length)
         ]
         spans = [
             [start // bs, pack_digests(new_map, start // bs, -(-(start + length) // bs))]
@@ -768,11 +768,7 @@ class Capture:
         observed: list[int],
     ) -> None:
         literals = [(op.offset, op.length) for op in ops if not isinstance(op, Copy)]
-        pieces = [
-            (offset, min(BLOB_MAX, start + length - offset))
-            for start, length in literals
-            for offset in range(start, start + length, BLOB_MAX)
-        ]
+        pieces = [piece for start, length in literals for piece in blob_chunks(start, length)]
         version = self._next_version(state)
         scenario = self.scenario
         base = self._base_digest(old)
@@ -787,8 +783,7 @@ class Capture:
                 if isinstance(op, Copy):
                     plain.append(["copy", op.offset, op.length])
                 else:
-                    for offset in range(op.offset, op.offset + op.length, BLOB_MAX):
-                        length = min(BLOB_MAX, op.offset + op.length - offset)
+                    for offset, length in blob_chunks(op.offset, op.length):
                         plain.append(["data", by_offset[offset], length])
             return ContentReplaced(
                 originator_id=state.file_id,

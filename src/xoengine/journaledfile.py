@@ -11,7 +11,7 @@ import contextlib
 import os
 from typing import IO, Any, Final, Self
 
-from xoengine.blobtable import BLOB_MAX
+from xoengine.blobtable import BLOB_MAX, blob_chunks
 from xoengine.blocks import BlockMap
 from xoengine.capture import Capture, CaptureResult, _entry_observed, _observed
 from xoengine.events import (
@@ -203,11 +203,11 @@ class JournaledFile:
         size = st.st_size
         observed = _observed(st)
         scenario = capture.scenario
-        pieces = [  # one blob each: BLOB_MAX at most, whatever one write() was
-            (start, pread_all(fd, min(BLOB_MAX, o + n - start), start))
+        pieces = [  # one blob each, whatever one write() was
+            (start, pread_all(fd, length, start))
             for o, n in ranges
             if o < size
-            for start in range(o, o + n, BLOB_MAX)
+            for start, length in blob_chunks(o, n)
         ]
         pieces = [(o, d) for o, d in pieces if d]
         low = min(state.size, size if cut is None else min(cut, size))

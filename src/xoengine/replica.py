@@ -31,7 +31,12 @@ from typing import TYPE_CHECKING, Any, Final
 from eventsourcing.persistence import Tracking
 
 from xoengine import codec
-from xoengine.errors import ReplicaDivergedError, ReplicaVolumeChangedError
+from xoengine.blobtable import blob_chunks
+from xoengine.errors import (
+    ReplicaDivergedError,
+    ReplicaVolumeChangedError,
+    TreeRootMissingError,
+)
 from xoengine.events import (
     FILE_EVENTS,
     BytesWritten,
@@ -48,7 +53,6 @@ from xoengine.tree import (
     Image,
     ImageBytes,
     UndoLog,
-    image_chunks,
     image_of_existing,
     image_of_writes,
     stat_meta,
@@ -176,13 +180,20 @@ class ReplicaApplier:
             out.update("/".join(parts[: i + 1]) for i in range(len(parts)))
         return out
 
-    def check_volume(self) -> None:
-        """Refuse to write if the root is on another file system than the last sync built.
+    def check_root(self) -> None:
+        """Refuse to write if the root is gone, or on another file system than the last sync built.
 
-        An unmounted volume leaves its mount point, an empty directory on the
+        A deleted replica is not made again, empty, behind the operator's back;
+        an unmounted volume leaves its mount point, an empty directory on the
         file system below: written into, it would fill that one and pass for
-        the replica. (A root that is gone altogether fails on its own.)
+        the replica. A synchronization builds the replica again where it is.
         """
+        if not os.path.isdir(self.tree.root):
+            raise TreeRootMissingError(
+                root=self.tree.root,
+                detail="the replica is gone (deleted, or its volume not mounted): restore "
+                "it, or synchronize the replica to build it again from the master",
+            )
         with self.store.read() as txn:
             was = self.undo.volume(txn)
         now = self.tree.volume()
@@ -196,7 +207,7 @@ class ReplicaApplier:
             return
         mine = [(p, e) for p, e in group if e is not None and self._mine(e)]
         if mine:
-            self.check_volume()
+            self.check_root()
         last = group[-1][0]
         # 1. Before-images, durable before any change.
         if mine:
@@ -260,7 +271,7 @@ class ReplicaApplier:
         cursor = 0
 
         def save(offset: int, length: int) -> None:  # old bytes no copy keeps: as data
-            for start, size in image_chunks(offset, length):  # each read as it is stored
+            for start, size in blob_chunks(offset, length):  # each read as it is stored
                 name = f"d{len(data)}"
                 data[name] = functools.partial(self.tree.read, path, start, size)
                 ops.append(["data", name, size])

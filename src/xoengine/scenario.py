@@ -28,7 +28,6 @@ from xoengine.errors import (
     ReplicaNotFoundError,
     ReplicationTimeoutError,
     RewindUnreachableError,
-    TreeRootMissingError,
     XoError,
 )
 from xoengine.events import (
@@ -644,13 +643,7 @@ class Scenario:
         before-images (records of the undo log), from the calling thread.
         """
         applier, target = self._rewind_target(replica, to, position, at)
-        if not os.path.isdir(applier.tree.root):  # refused before anything is journaled
-            raise TreeRootMissingError(
-                root=applier.tree.root,
-                detail="the replica is gone (deleted, or its volume not mounted): restore "
-                "it, or synchronize the replica to build it again from the master",
-            )
-        applier.check_volume()
+        applier.check_root()  # refused before anything is journaled
         if replica not in self._def.suspended:
             self.suspend(replica)
         with applier.lock:

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final, TypeAlias, TypeVar
 
 from xoengine import codec
-from xoengine.blobtable import BLOB_MAX
+from xoengine.blobtable import blob_chunks
 from xoengine.errors import DiskFullError, ReplicaWriteError
 from xoengine.journal import BlobTable, encode_position
 from xoengine.walk import ParentCache, normalize_relpath, open_parent
@@ -51,7 +51,6 @@ __all__ = [
     "ReplicaTree",
     "UndoLog",
     "UndoRecord",
-    "image_chunks",
     "kind_of",
     "pread_all",
     "stat_meta",
@@ -113,16 +112,6 @@ def store_image_bytes(
     return {
         name: blobs.put(txn, value() if callable(value) else value) for name, value in data.items()
     }
-
-
-def image_chunks(offset: int, length: int) -> Iterator[tuple[int, int]]:
-    """``(offset, length)`` pieces of at most ``BLOB_MAX`` covering a region of a before-image.
-
-    A larger region is saved as several blobs (deleting a 300 MiB file once
-    stopped replication: its before-image was one frame above the cap).
-    """
-    for start in range(offset, offset + max(length, 0), BLOB_MAX):
-        yield start, min(BLOB_MAX, offset + length - start)
 
 
 # -- extent maps -----------------------------------------------------------------------
@@ -1029,7 +1018,7 @@ def image_of_existing(tree: ReplicaTree, path: str, st: os.stat_result, *, delet
     if kind == "symlink":
         args["target"] = tree.readlink(path)
     elif kind == "file":
-        parts = list(image_chunks(0, st.st_size))
+        parts = list(blob_chunks(0, st.st_size))
         if len(parts) <= 1:
             blobs["content"] = tree.read(path)
         else:  # saved as several blobs, restored in order, each read as it is stored
@@ -1049,11 +1038,11 @@ def image_of_writes(
     spans: list[list[Any]] = []
     wanted: list[tuple[int, int]] = []
     for index, (offset, length) in enumerate(ranges):
-        for part, (start, size) in enumerate(image_chunks(offset, min(length, old_size - offset))):
+        for part, (start, size) in enumerate(blob_chunks(offset, min(length, old_size - offset))):
             spans.append([start, f"b{index}" if part == 0 else f"b{index}.{part}"])
             wanted.append((start, size))
     if old_size > new_size:  # the change also cuts the file
-        for part, (start, size) in enumerate(image_chunks(new_size, old_size - new_size)):
+        for part, (start, size) in enumerate(blob_chunks(new_size, old_size - new_size)):
             spans.append([start, "tail" if part == 0 else f"tail.{part}"])
             wanted.append((start, size))
     pieces: dict[str, ImageBytes]
