@@ -27,10 +27,12 @@ rule) is ``xoengine.masterstate``; its names are re-exported here.
 from __future__ import annotations
 
 import contextlib
+import mmap
 import os
 import stat
 import threading
 import time
+import typing
 import uuid
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final, Protocol
@@ -38,6 +40,7 @@ from typing import TYPE_CHECKING, Any, Final, Protocol
 import numpy as np
 
 from xoengine import blocks, codec
+from xoengine import tree as trees
 from xoengine.blobtable import BLOB_MAX, blob_chunks
 from xoengine.blocks import BlockMap, Copy, Literal
 from xoengine.errors import TreeWarning, XoError
@@ -53,6 +56,7 @@ from xoengine.events import (
 )
 from xoengine.manifest import FileState
 from xoengine.masterstate import MasterState, pack_digests, racy, racy_window, unpack_map
+from xoengine.tree import read_whole
 from xoengine.walk import (
     Entry,
     PathFilter,
@@ -80,7 +84,6 @@ __all__ = [
 ]
 
 _CHUNK: Final = 16 * 1024 * 1024
-
 FLUSH_BYTES: Final = 64 * 1024 * 1024
 FLUSH_EVENTS: Final = 2000
 OFF_THREAD_BYTES: Final = 16 * 1024 * 1024
@@ -492,7 +495,7 @@ class Capture:
 
     # -- content -----------------------------------------------------------------------------
 
-    def _read(self, path: str) -> tuple[bytes, os.stat_result] | None:
+    def _read(self, path: str) -> tuple[bytes | mmap.mmap, os.stat_result] | None:
         """Read a regular file consistently (retry once if it changes while read)."""
         full = self._abs(path)
         for attempt in range(2):
@@ -505,7 +508,7 @@ class Capture:
                 before = os.fstat(fd)
                 if not stat.S_ISREG(before.st_mode):
                     return None
-                data = _read_all(fd, before.st_size)
+                data = read_whole(fd, before.st_size, self.store.path)
                 after = os.fstat(fd)
             except OSError as e:
                 self._result.warnings.append(ChangeWhileReadWarning(path=path, detail=e.strerror))
@@ -551,20 +554,7 @@ class Capture:
             streamed = self._stream_changes(path, old_map)
             if streamed is None:
                 return
-            runs, size, st = streamed
-            bs = self.state.block_size
-            changed = sum(len(d) for _, d in runs)
-            # Shifted data is worth a delta; a change confined to the old tail (an
-            # append, a cut) is cheaper as in-place writes: the replica writes in
-            # place and its undo is a truncate, not a whole-file rebuild.
-            tail_only = bool(runs) and runs[0][0] >= (old.size // bs) * bs
-            if size == old.size or changed <= bs or tail_only:
-                if not runs and size == old.size:
-                    # Same bytes: only metadata moved (e.g. touch); keep the stat current.
-                    if not quiet:
-                        self._metadata_only(path, state, _observed(st))
-                    return
-                self._write_runs(path, state, runs, _observed(st), size)
+            if streamed != "whole" and self._in_place(path, state, old, streamed, quiet=quiet):
                 return
         got = self._read(path)
         if got is None:
@@ -584,6 +574,10 @@ class Capture:
             return
         ranges = blocks.changed_ranges(old_map, new_map)
         aligned_bytes = sum(length for _, length in ranges)
+        first = ranges[0][0] if ranges else None
+        if not self._shifts(old, len(data), first, aligned_bytes):  # read whole: too much changed
+            self._write_ranges(path, state, view, ranges, new_map, observed, len(data))
+            return
         ops = blocks.delta(old_map, view, new_map=new_map)
         literal = blocks.literal_bytes(ops)
         if literal + 2 * bs < aligned_bytes:
@@ -591,13 +585,52 @@ class Capture:
             return
         self._write_ranges(path, state, view, ranges, new_map, observed, len(data))
 
+    def _shifts(self, old: FileState, size: int, first: int | None, changed: int) -> bool:
+        """Whether changes may have shifted data (worth a delta) rather than written in place.
+
+        ``first``: the offset of the first changed block; ``changed``: the bytes
+        of changed blocks. A change confined to the old tail (an append, a cut)
+        is cheaper as in-place writes: the replica writes in place and its undo
+        is a truncate, not a whole-file rebuild. So is one that keeps the size.
+        """
+        bs = self.state.block_size
+        tail_only = first is not None and first >= (old.size // bs) * bs
+        return size != old.size and changed > bs and not tail_only
+
+    def _in_place(
+        self,
+        path: str,
+        state: FileState,
+        old: FileState,
+        streamed: tuple[list[tuple[int, bytes]], int, os.stat_result],
+        *,
+        quiet: bool,
+    ) -> bool:
+        """Journal streamed changes as in-place writes if that is how they are best sent.
+
+        Returns False for changes that shift data: a delta is worth it then.
+        """
+        runs, size, st = streamed
+        changed = sum(len(d) for _, d in runs)
+        if self._shifts(old, size, runs[0][0] if runs else None, changed):
+            return False
+        if not runs and size == old.size:
+            # Same bytes: only metadata moved (e.g. touch); keep the stat current.
+            if not quiet:
+                self._metadata_only(path, state, _observed(st))
+            return True
+        self._write_runs(path, state, runs, _observed(st), size)
+        return True
+
     def _stream_changes(
         self, path: str, old_map: BlockMap
-    ) -> tuple[list[tuple[int, bytes]], int, os.stat_result] | None:
+    ) -> tuple[list[tuple[int, bytes]], int, os.stat_result] | typing.Literal["whole"] | None:
         """Read a file in chunks through one reused buffer; return its changed block runs.
 
         Only the strong digests are computed while streaming (weak sums are made
         for the changed blocks alone), and nothing but changed bytes is kept.
+        ``"whole"`` if more changed than is worth holding in memory (the caller
+        reads the file whole, mapped); None if it could not be read.
         """
         bs = self.state.block_size
         full = self._abs(path)
@@ -612,6 +645,7 @@ class Capture:
                 self._result.warnings.append(ChangeWhileReadWarning(path=path, detail=e.strerror))
                 return None
             runs: list[tuple[int, bytes]] = []
+            held = 0
             try:
                 before = os.fstat(fd)
                 if not stat.S_ISREG(before.st_mode):
@@ -621,8 +655,12 @@ class Capture:
                     while True:
                         got = reader.readinto(view) or 0
                         if got:
-                            self._changed_runs(view[:got], offset, old_digests, old_map.size, runs)
+                            held += self._changed_runs(
+                                view[:got], offset, old_digests, old_map.size, runs
+                            )
                             offset += got
+                            if held > trees.HOLD_MAX:  # too much to hold: the caller reads it whole
+                                return "whole"
                         if got < len(view):
                             break
                 after = os.fstat(fd)
@@ -648,7 +686,8 @@ class Capture:
         old_digests: Any,
         old_size: int,
         runs: list[tuple[int, bytes]],
-    ) -> None:
+    ) -> int:
+        """Append the changed blocks of ``chunk`` (at ``offset``) to ``runs``; return the bytes."""
         bs = self.state.block_size
         digests = blocks.block_digests(chunk, bs)
         first = offset // bs
@@ -665,6 +704,7 @@ class Capture:
         # concatenation copied each run over again: quadratic in its length).
         edges = np.flatnonzero(np.diff(differs.astype(np.int8), prepend=0, append=0))
         per_blob = max(1, BLOB_MAX // bs)
+        added = 0
         for first_block, end_block in zip(edges[::2].tolist(), edges[1::2].tolist(), strict=True):
             for start in range(first_block, end_block, per_blob):
                 begin, end = start * bs, min(end_block, start + per_blob) * bs
@@ -677,6 +717,8 @@ class Capture:
                     data, at = data[room:], at + room
                 if data:
                     runs.append((at, bytes(data)))
+                added += min(end, len(chunk)) - begin
+        return added
 
     def _write_runs(
         self,
@@ -923,18 +965,6 @@ class _Committer:
             self._thread.join()
             self._thread = None
         self._error = None
-
-
-def _read_all(fd: int, size: int) -> bytes:
-    chunks = []
-    remaining = size
-    while True:
-        chunk = os.read(fd, max(remaining, 1 << 20) if remaining > 0 else 1 << 20)
-        if not chunk:
-            break
-        chunks.append(chunk)
-        remaining -= len(chunk)
-    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 def _top_scopes(scopes: Iterable[str]) -> list[str]:

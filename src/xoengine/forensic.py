@@ -19,8 +19,10 @@ from __future__ import annotations
 
 import bisect as bisection
 import contextlib
+import dataclasses
 import datetime as dt
 import itertools
+import mmap
 import os
 import shutil
 import tempfile
@@ -28,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Final, Protocol, TypeAlias
 
-from xoengine.errors import ConfigurationError, XoError
+from xoengine.errors import ConfigurationError, FrameError, XoError
 from xoengine.events import (
     BytesWritten,
     ContentReplaced,
@@ -40,7 +42,7 @@ from xoengine.events import (
     MetadataChanged,
     event_bytes,
 )
-from xoengine.tree import Extents, ReplicaTree
+from xoengine.tree import Extents, ReplicaTree, event_delta
 from xoengine.walk import normalize_relpath
 
 if TYPE_CHECKING:
@@ -374,16 +376,50 @@ class Forensics:
     def _rebuild(self, out: ReplicaTree, live: LiveFile) -> int:
         # Each byte of the result comes from the newest write that covers it and was
         # not cut off since: claim writes newest first, read only the blobs that
-        # still contribute, write each byte once, in one open. A delta that moves
-        # old bytes (a shifted copy) needs the content it applies to: the events
-        # up to the newest such delta are folded in memory, as a base.
+        # still contribute, write each byte once. A delta that moves old bytes (a
+        # shifted copy) applies to the content before it: the file is written up to
+        # that delta, which then rebuilds it from its own bytes a chunk at a time
+        # (ReplicaTree.rebuild, as the applier does), and so on after it.
         events = [event for _, event in live.content]
         shifted = [i for i, e in enumerate(events) if isinstance(e, ContentReplaced) and _moves(e)]
-        split = shifted[-1] + 1 if shifted else 0
-        base = self._fold(events[:split])
-        size = limit = _size_after(events[split:], len(base))
+        # Written in several steps: writable until the last one sets the mode.
+        mode = 0o600 if shifted else live.mode
+        size = begin = 0
+        for stop in [*shifted, len(events)]:
+            size = self._overlay(out, live, events[begin:stop], size, mode, fresh=begin == 0)
+            if stop < len(events):
+                event = events[stop]
+                assert isinstance(event, ContentReplaced)
+                delta = event_delta(event.ops, self.source.blob)
+                made = out.rebuild(live.path, *delta, base=None, result=None)
+                if made == "diverged":
+                    raise FrameError(
+                        position=live.content[stop][0],
+                        detail=f"its delta copies bytes {live.path!r} did not hold then",
+                    )
+                size = sum(op[2] for op in event.ops)
+            begin = stop + 1
+        if shifted:
+            out.set_meta(live.path, live.mode, live.mtime_ns)
+        return sum(event_bytes(event) for event in events)
+
+    def _overlay(
+        self,
+        out: ReplicaTree,
+        live: LiveFile,
+        events: list[FileEvent],
+        size: int,
+        mode: int,
+        *,
+        fresh: bool,
+    ) -> int:
+        """Write ``events`` (no shifting delta among them) over the file's ``size`` bytes.
+
+        ``fresh``: the file is written from nothing. Returns the size after them.
+        """
+        end = limit = _size_after(events, size)
         extents = Extents()
-        for event in reversed(events[split:]):
+        for event in reversed(events):
             if isinstance(event, BytesWritten):
                 limit = min(limit, event.size)
                 for offset, length, blob_id in event.ranges:
@@ -399,50 +435,43 @@ class Forensics:
                     cursor += op[2]
 
         def pieces() -> Iterator[tuple[int, bytes | memoryview]]:
-            if base and limit:
-                yield 0, memoryview(base)[:limit]  # under the newer writes
             for blob_id, uses in extents.by_blob().items():
                 data = memoryview(self.source.blob(blob_id))
                 for offset, start, length in uses:
                     yield offset, data[start : start + length]
 
-        out.write_new(live.path, pieces(), size, live.mode, live.mtime_ns)
-        return sum(event_bytes(event) for event in events)
+        if fresh:
+            out.write_new(live.path, pieces(), end, mode, live.mtime_ns)
+        elif events:
+            if limit < size:  # bytes cut off since the delta: gone, even if the file grew back
+                out.truncate(live.path, limit)
+            out.restore_bytes(live.path, pieces(), end, None, None)
+        return end
 
     def contents(
         self, file_ids: Collection[uuid.UUID], position: int | None = None
-    ) -> Iterator[tuple[uuid.UUID, bytes]]:
-        """The content of each wanted file identity alive at ``position``, one at a time."""
-        alive = self.fold(position)
-        for file_id in file_ids:
-            live = alive.get(file_id)
-            if live is not None and live.kind == "file":
-                yield file_id, self._fold([event for _, event in live.content])
+    ) -> Iterator[tuple[uuid.UUID, bytes | mmap.mmap]]:
+        """The content of each wanted file identity alive at ``position``, one at a time.
 
-    def _fold(self, events: list[FileEvent]) -> bytes:
-        """The content after ``events`` from nothing, folded in memory (any delta)."""
-        content = bytearray()
-        for event in events:
-            if isinstance(event, BytesWritten):
-                for offset, length, blob_id in event.ranges:
-                    data = self.source.blob(blob_id)
-                    if offset > len(content):
-                        content.extend(bytes(offset - len(content)))
-                    content[offset : offset + length] = data
-                del content[event.size :]
-                content.extend(bytes(event.size - len(content)))
-            elif isinstance(event, FileTruncated):
-                del content[event.size :]
-                content.extend(bytes(event.size - len(content)))
-            elif isinstance(event, ContentReplaced):
-                old = bytes(content)
-                content = bytearray()
-                for op in event.ops:
-                    if op[0] == "copy":
-                        content += old[op[1] : op[1] + op[2]]
+        Each is replayed into a temporary directory and given mapped: the map is
+        valid until the next one is asked for.
+        """
+        alive = self.fold(position)
+        with tempfile.TemporaryDirectory(prefix="xoengine-contents-") as temporary:
+            out = ReplicaTree(temporary, fsync=False)
+            for file_id in file_ids:
+                live = alive.get(file_id)
+                if live is None or live.kind != "file":
+                    continue
+                name = file_id.hex
+                self._rebuild(out, dataclasses.replace(live, path=name, mode=0o600))
+                with open(os.path.join(temporary, name), "rb") as handle:
+                    if os.fstat(handle.fileno()).st_size == 0:
+                        yield file_id, b""
                     else:
-                        content += self.source.blob(op[1])
-        return bytes(content)
+                        with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+                            yield file_id, mapped
+                out.delete(name)
 
     # -- history and diff -----------------------------------------------------------------
 

@@ -23,14 +23,12 @@ from __future__ import annotations
 
 import functools
 import os
-import stat
 import threading
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
 from eventsourcing.persistence import Tracking
 
-from xoengine import codec
 from xoengine.blobtable import blob_chunks
 from xoengine.errors import (
     ReplicaDivergedError,
@@ -53,13 +51,14 @@ from xoengine.tree import (
     Image,
     ImageBytes,
     UndoLog,
+    event_delta,
     image_of_existing,
     image_of_writes,
     stat_meta,
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator, Sequence
+    from collections.abc import Callable, Sequence
 
     from xoengine.datastore import ReadTxn, Store, WriteTxn
     from xoengine.tree import ReplicaTree
@@ -331,31 +330,14 @@ class ReplicaApplier:
             tree.set_meta(event.path, event.observed[1], event.observed[2])
 
     def _apply_delta(self, position: int, event: ContentReplaced) -> None:
-        old = self.tree.read(event.path)
-        digest = codec.digest128(old).hex()
-        if digest == event.result:
-            return  # applied already (re-application after a crash)
-        if event.base and digest != event.base:
-            raise ReplicaDivergedError(path=event.path, position=position, replica=self.name)
-        view = memoryview(old)
-
-        def chunks() -> Iterator[bytes | memoryview]:
-            hasher = codec.hasher128()
-            for op in event.ops:
-                if op[0] == "copy" and op[1] + op[2] > len(view):
-                    raise ReplicaDivergedError(
-                        path=event.path, position=position, replica=self.name
-                    )
-                piece = view[op[1] : op[1] + op[2]] if op[0] == "copy" else self.blobs.view(op[1])
-                hasher.update(piece)
-                yield piece
-            # Built from a replica that differs from what the master had: refuse it
-            # (replace() then drops the temporary file and keeps the old content).
-            if hasher.hexdigest() != event.result:
-                raise ReplicaDivergedError(path=event.path, position=position, replica=self.name)
-
-        st = self.tree.lstat(event.path)
-        self.tree.replace(
-            event.path, chunks(), mode=None if st is None else stat.S_IMODE(st.st_mode)
+        # Built from a replica that differs from what the master had: refused, and
+        # the old content stays. Applied already (a re-application after a crash): done.
+        outcome = self.tree.rebuild(
+            event.path,
+            *event_delta(event.ops, self.blobs.view),
+            base=event.base or None,
+            result=event.result,
         )
+        if outcome == "diverged":
+            raise ReplicaDivergedError(path=event.path, position=position, replica=self.name)
         self.counts.bytes += sum(op[2] for op in event.ops if op[0] == "data")

@@ -30,10 +30,9 @@ import stat
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
-from xoengine import codec
 from xoengine.errors import ReplicaDivergedError
 from xoengine.journal import BlobTable, encode_position
-from xoengine.tree import Extents
+from xoengine.tree import Extents, event_delta
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator, Sequence
@@ -123,17 +122,15 @@ def _undo_delta(
 ) -> None:
     """Rebuild the old content from the new one and the saved bytes (digests make it idempotent)."""
     args = record.args
-    current = tree.read(record.path)
-    digest = codec.digest128(current).hex()
-    if digest == args.get("old_digest"):
-        return  # undone already
-    if digest != args.get("new_digest"):
+    outcome = tree.rebuild(
+        record.path,
+        *event_delta(args["ops"], lambda name: blob(args[name])),  # data: an arg's name
+        base=args.get("new_digest"),
+        result=args.get("old_digest"),
+        mode=args.get("mode"),
+    )
+    if outcome == "diverged":
         raise ReplicaDivergedError(path=record.path, position=record.position, replica=tree.root)
-    parts = [
-        current[op[1] : op[1] + op[2]] if op[0] == "copy" else blob(args[op[1]])
-        for op in args["ops"]
-    ]
-    tree.replace(record.path, parts, mode=args.get("mode"))
 
 
 # -- runs of in-place changes, undone per path ------------------------------------------------

@@ -22,6 +22,7 @@ the same transaction).
 from __future__ import annotations
 
 import contextlib
+import mmap
 import os
 import stat
 from dataclasses import dataclass, field
@@ -37,6 +38,7 @@ from xoengine.tree import (
     UndoRecord,
     image_of_existing,
     image_of_writes,
+    read_whole,
     store_image_bytes,
 )
 from xoengine.walk import Entry, entry_from_stat, walk
@@ -386,7 +388,7 @@ class Synchronizer:
                 if st is not None
                 else [("created", path, {}, {})]
             )
-            tree.replace(path, [data], mode=entry.mode)
+            tree.replace(path, [memoryview(data)], mode=entry.mode)
             tree.set_meta(path, entry.mode, entry.mtime_ns)
             return ("created" if have is None else "updated"), len(data)
         sent = self._block_update(path, data, have)
@@ -395,30 +397,31 @@ class Synchronizer:
         tree.set_meta(path, entry.mode, entry.mtime_ns)
         return ("updated" if sent or have.size != len(data) else "metadata"), sent
 
-    def _block_update(self, path: str, data: bytes, have: Entry) -> int:
+    def _block_update(self, path: str, data: bytes | mmap.mmap, have: Entry) -> int:
         tree = self.tree
-        old = tree.read(path)
         bs = self.block_size
-        old_map = BlockMap.compute(old, bs)
+        old_map = tree.block_map(path, bs)  # read a chunk at a time: the file may be large
         new_map = BlockMap.compute(data, bs)
         ranges = blocks.changed_ranges(old_map, new_map)
         aligned = sum(n for _, n in ranges)
-        if len(data) != len(old) and aligned > 2 * bs:
+        if len(data) != old_map.size and aligned > 2 * bs:
             ops = blocks.delta(old_map, data, new_map=new_map)
             literal = blocks.literal_bytes(ops)
             if literal < aligned:
                 self._record(
                     [image_of_existing(tree, path, tree.lstat(path) or _never(), deleted=False)]
                 )
-                out = bytearray()
-                blocks.apply_delta_to(old, ops, data, _Sink(out))
-                tree.replace(path, [bytes(out)], mode=have.mode)
+                base, result = old_map.file_digest.hex(), new_map.file_digest.hex()
+                made = tree.rebuild(path, ops, data, base=base, result=result, mode=have.mode)
+                if made == "diverged":  # the replica's file moved under the sync: send it whole
+                    tree.replace(path, [memoryview(data)], mode=have.mode)
+                    return len(data)
                 return literal
-        if not ranges and len(data) == len(old):
+        if not ranges and len(data) == old_map.size:
             return 0
         self._record([image_of_writes(tree, path, ranges, len(data))])
         view = memoryview(data)
-        tree.write_ranges(path, ((o, bytes(view[o : o + n])) for o, n in ranges), len(data))
+        tree.write_ranges(path, ((o, view[o : o + n]) for o, n in ranges), len(data))
         return aligned
 
     def _meta(self, path: str, entry: Entry, have: Entry) -> str:
@@ -441,7 +444,7 @@ class Synchronizer:
                 images.append(image_of_existing(tree, path, st, deleted=False))
         self._record(images)
 
-    def _read_master(self, path: str) -> bytes | None:
+    def _read_master(self, path: str) -> bytes | mmap.mmap | None:
         if self._follow is not None:
             self._follow.wait_read(path)
         index, rel = self.layout.split(path)
@@ -451,8 +454,7 @@ class Synchronizer:
         except OSError:
             return None
         try:
-            with os.fdopen(fd, "rb", closefd=False) as f:
-                return f.read()
+            return read_whole(fd, os.fstat(fd).st_size, self.store.path)
         finally:
             os.close(fd)
 
@@ -488,15 +490,6 @@ class Synchronizer:
 
     def _synced(self, path: str, action: str, size: int, sent: int) -> DomainEvent:
         return self._event(FileSynced, path=path, action=action, size=size, bytes_sent=sent)
-
-
-class _Sink:
-    def __init__(self, out: bytearray) -> None:
-        self.out = out
-
-    def write(self, data: bytes | memoryview) -> int:
-        self.out += data
-        return len(data)
 
 
 def _mostly_small(entries: dict[str, Entry]) -> bool:

@@ -25,14 +25,15 @@ import contextlib
 import ctypes
 import errno
 import functools
+import mmap
 import os
 import stat
 import threading
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Final, TypeAlias, TypeVar
+from typing import TYPE_CHECKING, Any, Final, Literal, TypeAlias, TypeVar
 
-from xoengine import codec
+from xoengine import blocks, codec
 from xoengine.blobtable import blob_chunks
 from xoengine.errors import DiskFullError, ReplicaWriteError
 from xoengine.journal import BlobTable, encode_position
@@ -41,18 +42,24 @@ from xoengine.walk import ParentCache, normalize_relpath, open_parent
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Iterator, Sequence
 
+    from xoengine.blocks import Buffer
     from xoengine.datastore import ReadTxn, Store, WriteTxn
 
 __all__ = [
+    "HOLD_MAX",
     "TMP_PREFIX",
     "Extents",
     "Image",
     "ImageBytes",
+    "Rebuilt",
     "ReplicaTree",
     "UndoLog",
     "UndoRecord",
+    "copy_sparse",
+    "event_delta",
     "kind_of",
     "pread_all",
+    "read_whole",
     "stat_meta",
     "store_image_bytes",
 ]
@@ -94,9 +101,16 @@ ImageBytes: TypeAlias = "bytes | Callable[[], bytes]"
 """Bytes of a before-image, or a reader of them called when they are stored (one chunk of a
 large file at a time: a 20 GiB file's before-image never sits in memory whole)."""
 
+Rebuilt: TypeAlias = 'Literal["rebuilt", "done", "diverged"]'
+"""What :meth:`ReplicaTree.rebuild` did."""
+
 Image = tuple[str, str, dict[str, Any], dict[str, ImageBytes]]
 """A before-image being prepared: (op, path, args, {arg name: bytes to store as a blob})."""
 
+
+HOLD_MAX: Final = 256 * 1024 * 1024
+"""Most bytes of one file read whole into memory: a larger one is a private mapped copy
+(:func:`read_whole`); the capture's stream of changed blocks stops holding them there."""
 
 _DIGEST_CHUNK: Final = 1024 * 1024
 """Bytes read at a time to hash a whole file."""
@@ -164,7 +178,7 @@ class Extents:
 # -- the replica tree -------------------------------------------------------------------
 
 
-def _copy_all(src: int, dst: int) -> int:
+def copy_sparse(src: int, dst: int) -> int:
     """Copy ``src`` into the new, empty ``dst`` in the kernel, holes kept; return the bytes copied.
 
     Only the data segments of ``src`` are copied (``SEEK_DATA``/``SEEK_HOLE``),
@@ -439,13 +453,16 @@ class ReplicaTree:
 
     def digest128(self, path: str) -> bytes:
         """:func:`codec.digest128` of a regular file, read 1 MiB at a time (of b"" if absent)."""
-        hasher = codec.hasher128()
         with self._reading(path) as handle:
-            offset = 0
-            while handle is not None and (chunk := os.pread(handle, _DIGEST_CHUNK, offset)):
-                hasher.update(chunk)
-                offset += len(chunk)
-        return bytes(hasher.digest())
+            return _digest_of(handle)
+
+    def block_map(self, path: str, block_size: int) -> blocks.BlockMap:
+        """:meth:`blocks.BlockMap.compute_file` of a regular file (of b"" if absent)."""
+        with self._reading(path) as handle:
+            if handle is None:
+                return blocks.BlockMap.compute(b"", block_size)
+            with os.fdopen(handle, "rb", 0, closefd=False) as reader:
+                return blocks.BlockMap.compute_file(reader, block_size)
 
     def read_ranges(self, path: str, ranges: Sequence[tuple[int, int]]) -> list[bytes]:
         """Bytes at each ``(offset, length)`` of a regular file, in one open (as :meth:`read`)."""
@@ -522,7 +539,7 @@ class ReplicaTree:
                     dir_fd=fd,
                 )
                 try:
-                    total = _copy_all(src, dst)
+                    total = copy_sparse(src, dst)
                     os.fchmod(dst, mode)
                     if self.fsync and total >= _WRITEBACK_EARLY:
                         # Start writing a large copy back now (asynchronously): the
@@ -690,6 +707,60 @@ class ReplicaTree:
         If ``chunks`` raises (a verification failed) the temporary file is removed
         and the old content stays.
         """
+        with self._temporary(path, mode) as handle:
+            offset = 0
+            for chunk in chunks:
+                _pwrite_all(handle, chunk, offset)
+                offset += len(chunk)
+
+    def rebuild(
+        self,
+        path: str,
+        ops: Sequence[blocks.Op],
+        literals: blocks.LiteralSource,
+        *,
+        base: str | None,
+        result: str | None,
+        mode: int | None = None,
+    ) -> Rebuilt:
+        """Replace a file by a delta over its own bytes (:func:`blocks.apply_delta_to`).
+
+        The current bytes are read through the open file as the new content is
+        written to a temporary file, so memory stays at a chunk whatever the
+        file's size. ``base`` and ``result`` are hex :func:`codec.digest128` s
+        (None: not checked): ``"done"`` if the file holds ``result`` already (a
+        resumed apply or undo), ``"diverged"`` if it does not hold ``base``, a
+        copy reaches past its end, or the bytes written do not hash to
+        ``result`` (the file is then left as it was); else ``"rebuilt"``.
+        ``mode`` None keeps the file's mode. :func:`event_delta` turns the ops
+        of an event or an undo record into ``ops`` and ``literals``.
+        """
+        with self._reading(path) as handle:
+            st = None if handle is None else os.fstat(handle)
+            size = 0 if st is None else st.st_size
+            if base is not None or result is not None:
+                digest = _digest_of(handle).hex()
+                if digest == result:
+                    return "done"
+                if base is not None and digest != base:
+                    return "diverged"
+            if any(isinstance(op, blocks.Copy) and op.offset + op.length > size for op in ops):
+                return "diverged"
+            if mode is None and st is not None:
+                mode = stat.S_IMODE(st.st_mode)
+            old: Any = b"" if handle is None else os.fdopen(handle, "rb", 0, closefd=False)
+            try:
+                with self._temporary(path, mode) as out:
+                    sink = _Appender(out)
+                    blocks.apply_delta_to(old, ops, literals, sink)
+                    sink.check(result)
+            except _NotTheResultError:
+                return "diverged"
+        return "rebuilt"
+
+    @contextlib.contextmanager
+    def _temporary(self, path: str, mode: int | None) -> Iterator[int]:
+        """A new file's fd, renamed over ``path`` (fsynced) if the block ends well, else removed."""
         with self._parent(path) as (fd, leaf):
             tmp = f"{TMP_PREFIX}{leaf[:100]}-{os.getpid()}-{threading.get_ident()}"
             try:
@@ -700,10 +771,7 @@ class ReplicaTree:
                     dir_fd=fd,
                 )
                 try:
-                    offset = 0
-                    for chunk in chunks:
-                        _pwrite_all(handle, chunk, offset)
-                        offset += len(chunk)
+                    yield handle
                     if mode is not None:
                         os.fchmod(handle, mode)
                     if self.fsync:
@@ -815,6 +883,40 @@ class ReplicaTree:
                 raise self._error(path, "set metadata", e) from e
 
 
+class _NotTheResultError(Exception):
+    """The bytes a rebuild wrote do not hash to the result it was given."""
+
+
+class _Appender:
+    """A writer that appends to an fd and hashes what it wrote (for ``apply_delta_to``)."""
+
+    def __init__(self, handle: int) -> None:
+        self.handle = handle
+        self.offset = 0
+        self.hasher = codec.hasher128()
+
+    def write(self, data: bytes | memoryview, /) -> int:
+        _pwrite_all(self.handle, data, self.offset)
+        self.hasher.update(data)
+        self.offset += len(data)
+        return len(data)
+
+    def check(self, result: str | None) -> None:
+        """Raise :class:`_NotTheResultError` unless what was written hashes to ``result``."""
+        if result is not None and self.hasher.hexdigest() != result:
+            raise _NotTheResultError
+
+
+def _digest_of(handle: int | None) -> bytes:
+    """:func:`codec.digest128` of an open file's bytes, read 1 MiB at a time (of b"" if None)."""
+    hasher = codec.hasher128()
+    offset = 0
+    while handle is not None and (chunk := os.pread(handle, _DIGEST_CHUNK, offset)):
+        hasher.update(chunk)
+        offset += len(chunk)
+    return bytes(hasher.digest())
+
+
 def _pwrite_all(handle: int, data: bytes | memoryview, offset: int) -> None:
     """All of ``data`` at ``offset``: one call moves at most ~2 GiB on Linux."""
     view = memoryview(data).cast("B")
@@ -834,6 +936,70 @@ def pread_all(handle: int, length: int, offset: int) -> bytes:
         parts.append(more)
         got += len(more)
     return b"".join(parts)
+
+
+def event_delta(
+    ops: Iterable[Sequence[Any]], blob: Callable[[Any], Buffer]
+) -> tuple[list[blocks.Op], blocks.LiteralSource]:
+    """The ops of an event or undo record as :mod:`blocks` ops and their literal source.
+
+    ``("copy", offset, length)`` takes old bytes; ``("data", ref, length)``
+    takes the bytes ``blob(ref)`` gives (a blob id, or the name of the record
+    argument that holds one).
+    """
+    delta: list[blocks.Op] = []
+    refs: dict[int, Any] = {}
+    cursor = 0
+    for kind, ref, length in ops:
+        if kind == "copy":
+            delta.append(blocks.Copy(ref, length))
+        else:
+            refs[cursor] = ref
+            delta.append(blocks.Literal(cursor, length))
+        cursor += length
+    return delta, lambda offset, _: blob(refs[offset])
+
+
+def read_whole(fd: int, size: int, scratch: str) -> bytes | mmap.mmap:
+    """The bytes of an open file (``size`` from its fstat): in memory, or a private mapped copy.
+
+    A file larger than :data:`HOLD_MAX` is copied in the kernel to an unnamed
+    file in the directory ``scratch`` (``O_TMPFILE``: nothing is left behind,
+    even by a kill) and mapped: whoever reads it whole (a delta, a block map)
+    then reads page cache the kernel can reclaim, not process memory (a 20 GiB
+    file is not 20 GiB of RAM), and the copy is private, so nothing truncates
+    it under the map. Where that is not possible (no ``O_TMPFILE``, no space)
+    the file is read into memory. ``OSError`` of the source propagates.
+    """
+    if size <= HOLD_MAX:
+        return _read_all(fd, size)
+    try:
+        copy = os.open(scratch, os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o600)
+    except OSError:
+        return _read_all(fd, size)
+    try:
+        copy_sparse(fd, copy)
+        if os.fstat(copy).st_size == 0:  # emptied while copied: nothing to map
+            return b""
+        return mmap.mmap(copy, 0, access=mmap.ACCESS_READ)
+    except OSError:
+        os.lseek(fd, 0, os.SEEK_SET)
+        return _read_all(fd, size)
+    finally:
+        os.close(copy)  # the map holds the unnamed file until it is dropped
+
+
+def _read_all(fd: int, size: int) -> bytes:
+    """All bytes of an fd from its offset (``size`` is a hint: the file may have grown)."""
+    chunks = []
+    remaining = size
+    while True:
+        chunk = os.read(fd, max(remaining, 1 << 20) if remaining > 0 else 1 << 20)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        remaining -= len(chunk)
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 def kind_of(mode: int) -> str:

@@ -1379,6 +1379,59 @@ def test_the_before_image_of_a_large_file_is_read_a_chunk_at_a_time(tmp_path: Pa
         eng.close()
 
 
+def test_a_shifting_delta_of_a_large_file_is_applied_undone_and_replayed_in_chunks(
+    tmp_path: Path,
+) -> None:
+    """A delta over a large file keeps a chunk or two of it in memory, not the file.
+
+    Applying an insertion, rewinding it and replaying it each read the whole
+    old content into memory first (a 1 GiB file: over 1 GiB per replica).
+    """
+    import tracemalloc  # noqa: PLC0415
+
+    from xoengine import codec  # noqa: PLC0415
+    from xoengine.blobtable import BLOB_MAX  # noqa: PLC0415
+    from xoengine.events import ContentReplaced  # noqa: PLC0415
+
+    eng, sc, master = new_engine(tmp_path)
+    try:
+        content = os.urandom(12 * BLOB_MAX)
+        write(master / "big", content)
+        sc.start()
+        point = sc.set_rewind_point("before")
+        for name in ("r1", "r2"):
+            sc.suspend(name)
+        shifted = b"inserted " * 100 + content
+        write(master / "big", shifted)
+        sc.capture()
+        (_, delta), = journal_events(eng, ContentReplaced)
+        assert sum(op[2] for op in delta.ops if op[0] == "data") < BLOB_MAX  # shifted, not resent
+        old, new = codec.digest128(content), codec.digest128(shifted)
+        del content, shifted
+        peaks = {}
+        tracemalloc.start()
+        try:
+            for name in ("r1", "r2"):
+                sc.resume(name)
+            sc.wait_replicated()
+            peaks["apply"] = tracemalloc.get_traced_memory()[1]
+            tracemalloc.reset_peak()
+            sc.rewind("r1", point)
+            peaks["rewind"] = tracemalloc.get_traced_memory()[1]
+            tracemalloc.reset_peak()
+            eng.replay(sc, to=tmp_path / "out")
+            peaks["replay"] = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        held = {step: round(peak / BLOB_MAX, 1) for step, peak in peaks.items()}
+        assert max(peaks.values()) < 4 * BLOB_MAX, f"chunks held at once: {held}"
+        assert codec.digest128((tmp_path / "r2" / "big").read_bytes()) == new
+        assert codec.digest128((tmp_path / "r1" / "big").read_bytes()) == old
+        assert codec.digest128((tmp_path / "out" / "big").read_bytes()) == new
+    finally:
+        eng.close()
+
+
 def test_a_user_rewind_point_name_names_one_point(tmp_path: Path) -> None:
     """A second point of one name made 'rewind to X' pick one of two silently."""
     eng, sc, master = new_engine(tmp_path)

@@ -121,3 +121,37 @@ def test_digest128_of_a_file_read_in_chunks_is_the_digest_of_its_bytes(
     tree = ReplicaTree(str(tmp_path), fsync=False)
     assert tree.digest128("f") == codec.digest128(data)
     assert tree.digest128("absent") == codec.digest128(b"")
+
+
+def test_read_whole_maps_a_private_copy_of_a_large_file_and_leaves_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import mmap  # noqa: PLC0415
+
+    from xoengine import tree as tree_module  # noqa: PLC0415
+
+    monkeypatch.setattr(tree_module, "HOLD_MAX", 1000)
+    source = tmp_path / "source"
+    data = os.urandom(5000)
+    source.write_bytes(data)
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    fd = os.open(source, os.O_RDONLY)
+    try:
+        got = tree_module.read_whole(fd, 5000, str(scratch))
+        assert isinstance(got, mmap.mmap)
+        assert got[:] == data
+        source.write_bytes(b"changed under the map")  # truncates the source: the copy holds
+        assert got[:] == data
+        assert not list(scratch.iterdir())  # unnamed: nothing to clean up, even after a kill
+        os.lseek(fd, 0, os.SEEK_SET)
+        small = tree_module.read_whole(fd, 21, str(scratch))
+        assert small == b"changed under the map"  # at most HOLD_MAX: read into memory
+        # Where no unnamed copy can be made (no such directory, no O_TMPFILE, a full
+        # disk), a large file is read into memory.
+        source.write_bytes(data)
+        os.lseek(fd, 0, os.SEEK_SET)
+        assert tree_module.read_whole(fd, 5000, str(tmp_path / "missing")) == data
+    finally:
+        os.close(fd)
+
