@@ -109,6 +109,8 @@ def _observed(st: os.stat_result | None) -> list[int]:
         st.st_ino,
         st.st_dev,
         time.time_ns(),
+        st.st_uid,
+        st.st_gid,
     ]
 
 
@@ -468,18 +470,23 @@ class Capture:
             self._delete(path, state)
             self._create(path, entry)
             return
+        # A chown moves the ctime, but not on a file system of coarse timestamps
+        # within its tick: the owner is compared itself (unknown in old journals).
+        same_meta = entry.mode == state.mode and (
+            state.uid < 0 or (entry.uid, entry.gid) == (state.uid, state.gid)
+        )
         if same_stat and entry.kind == "file" and self._racy(path, state):
             # The stat cannot vouch for the bytes: look at them. A content event
-            # carries the new stat (a new mode too); same bytes journal only a
-            # mode that moved.
-            self._capture_content(path, state, state, quiet=entry.mode == state.mode)
+            # carries the new stat (a new mode and owner too); same bytes journal
+            # only metadata that moved.
+            self._capture_content(path, state, state, quiet=same_meta)
             return
-        if same_stat and entry.mode == state.mode:
+        if same_stat and same_meta:
             return
         if entry.kind == "file" and not same_stat:
             self._capture_content(path, state, state)
             return  # content events carry the new stat (observed); metadata included
-        if entry.mode != state.mode or entry.mtime_ns != state.mtime_ns or not same_stat:
+        if not same_meta or entry.mtime_ns != state.mtime_ns or not same_stat:
             event = MetadataChanged(
                 originator_id=state.file_id,
                 originator_version=self._next_version(state),
@@ -977,4 +984,15 @@ def _top_scopes(scopes: Iterable[str]) -> list[str]:
 
 
 def _entry_observed(entry: Entry) -> list[int]:
-    return [entry.size, entry.mode, entry.mtime_ns, entry.ctime_ns, entry.inode, entry.dev]
+    """The stat a walk saw, in the form of :func:`_observed` (0: the time it was taken unknown)."""
+    return [
+        entry.size,
+        entry.mode,
+        entry.mtime_ns,
+        entry.ctime_ns,
+        entry.inode,
+        entry.dev,
+        0,
+        entry.uid,
+        entry.gid,
+    ]

@@ -27,9 +27,12 @@ import os
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from eventsourcing.domain import DomainEvent
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 __all__ = [
     "FILE_EVENTS",
@@ -63,6 +66,7 @@ __all__ = [
     "XoEvent",
     "event_bytes",
     "new_id",
+    "observed_owner",
 ]
 
 
@@ -222,14 +226,20 @@ class FileEvent(XoEvent):
     ``observed`` is what the master's ``lstat`` showed after the change:
     ``[size, mode, mtime_ns, ctime_ns, inode, device]`` (empty if unknown), so
     the master state is a pure fold of the journal. A seventh element, when
-    present, is the wall-clock time (ns) the stat was taken: with it the
-    capture knows which files a later rewrite could hide from (the racy rule
-    in ``capture``).
+    present, is the wall-clock time (ns) the stat was taken (0: unknown): with
+    it the capture knows which files a later rewrite could hide from (the racy
+    rule in ``capture``). An eighth and ninth, when present, are the owner's
+    uid and gid (:func:`observed_owner`); journals written before them have none.
     """
 
     scenario: str
     path: str
     observed: list[int]
+
+
+def observed_owner(observed: Sequence[int]) -> list[int] | None:
+    """``[uid, gid]`` in a file event's ``observed`` stat, None where it has none."""
+    return [observed[7], observed[8]] if len(observed) >= 9 else None
 
 
 @dataclass(frozen=True)

@@ -41,6 +41,7 @@ from xoengine.events import (
     FileTruncated,
     MetadataChanged,
     event_bytes,
+    observed_owner,
 )
 from xoengine.tree import Extents, ReplicaTree, event_delta
 from xoengine.walk import normalize_relpath
@@ -117,6 +118,8 @@ class LiveFile:
     size: int = 0
     target: str | None = None
     content: list[tuple[int, FileEvent]] = field(default_factory=list)
+    owner: list[int] | None = None
+    """``[uid, gid]`` (None: the journal does not say, as in journals before owners)."""
 
 
 @dataclass(frozen=True)
@@ -150,6 +153,7 @@ class HistoryEntry:
     file_id: str = ""  # the identity changed: a path deleted and made again is a new one
     target: str | None = None  # where a created symbolic link points
     mode: int | None = None  # permission bits set by a creation or a metadata change
+    owner: list[int] | None = None  # [uid, gid] after the change, where the journal says
 
 
 @dataclass(frozen=True)
@@ -263,7 +267,13 @@ class Forensics:
         fid = event.originator_id
         if isinstance(event, FileCreated):
             alive[fid] = LiveFile(
-                fid, event.path, event.kind, event.mode, event.mtime_ns, target=event.target
+                fid,
+                event.path,
+                event.kind,
+                event.mode,
+                event.mtime_ns,
+                target=event.target,
+                owner=observed_owner(event.observed),
             )
             return []
         live = alive.get(fid)
@@ -292,6 +302,7 @@ class Forensics:
                 event.observed[1],
                 event.observed[2],
             )
+            live.owner = observed_owner(event.observed) or live.owner
         return []
 
     # -- replay ---------------------------------------------------------------------------
@@ -360,6 +371,7 @@ class Forensics:
                 dirs += 1
             elif live.kind == "symlink":
                 out.create(live.path, "symlink", 0, live.target)
+                out.set_meta(live.path, None, None, live.owner)
                 links += 1
             elif live.kind == "file":
                 total += self._rebuild(out, live)
@@ -370,7 +382,7 @@ class Forensics:
         for live in sorted(
             (f for f in selected if f.kind == "dir"), key=lambda f: -f.path.count("/")
         ):
-            out.set_meta(live.path, live.mode, live.mtime_ns)
+            out.set_meta(live.path, live.mode, live.mtime_ns, live.owner)
         return files, dirs, links, total
 
     def _rebuild(self, out: ReplicaTree, live: LiveFile) -> int:
@@ -400,7 +412,7 @@ class Forensics:
                 size = sum(op[2] for op in event.ops)
             begin = stop + 1
         if shifted:
-            out.set_meta(live.path, live.mode, live.mtime_ns)
+            out.set_meta(live.path, live.mode, live.mtime_ns, live.owner)
         return sum(event_bytes(event) for event in events)
 
     def _overlay(
@@ -441,7 +453,7 @@ class Forensics:
                     yield offset, data[start : start + length]
 
         if fresh:
-            out.write_new(live.path, pieces(), end, mode, live.mtime_ns)
+            out.write_new(live.path, pieces(), end, mode, live.mtime_ns, live.owner)
         elif events:
             if limit < size:  # bytes cut off since the delta: gone, even if the file grew back
                 out.truncate(live.path, limit)
@@ -464,7 +476,7 @@ class Forensics:
                 if live is None or live.kind != "file":
                     continue
                 name = file_id.hex
-                self._rebuild(out, dataclasses.replace(live, path=name, mode=0o600))
+                self._rebuild(out, dataclasses.replace(live, path=name, mode=0o600, owner=None))
                 with open(os.path.join(temporary, name), "rb") as handle:
                     if os.fstat(handle.fileno()).st_size == 0:
                         yield file_id, b""
@@ -515,6 +527,7 @@ class Forensics:
                 file_id=str(fid),
                 target=event.target if isinstance(event, FileCreated) else None,
                 mode=event.mode if isinstance(event, FileCreated | MetadataChanged) else None,
+                owner=None if event is None else observed_owner(event.observed),
             )
             for pos, time_ns, fid, event, at, new, via in changes
             if fid in ids

@@ -60,6 +60,9 @@ class FileState:
     target: str | None = None
     observed_ns: int = 0
     """Wall-clock time (ns) the stat above was taken (0: unknown; see capture's racy rule)."""
+    uid: int = -1
+    gid: int = -1
+    """The owner (-1: unknown, as in journals written before owners were recorded)."""
 
     def pack(self) -> bytes:
         """The msgpack body of this entry."""
@@ -76,6 +79,8 @@ class FileState:
                 self.dev,
                 self.target,
                 self.observed_ns,
+                self.uid,
+                self.gid,
             ]
         )
 
@@ -86,6 +91,7 @@ class FileState:
             body, position=where
         )
         observed_ns = rest[0] if rest else 0  # entries written before it was recorded
+        uid, gid = rest[1:3] if len(rest) >= 3 else (-1, -1)  # as for the owner
         return cls(
             uuid.UUID(bytes=fid),
             version,
@@ -98,6 +104,8 @@ class FileState:
             dev,
             target,
             observed_ns,
+            uid,
+            gid,
         )
 
     def evolve(self, **changes: object) -> FileState:

@@ -173,6 +173,8 @@ class MasterState:
                 dev=dev,
                 observed_ns=when[0] if when else 0,
             )
+            if len(when) >= 3:  # the owner, in events since it was recorded
+                state = state.evolve(uid=when[1], gid=when[2])
         manifest.put(txn, event.path, state)
 
     def _rename(self, txn: WriteTxn, old: str, new: str, version: int) -> None:

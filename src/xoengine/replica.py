@@ -45,6 +45,7 @@ from xoengine.events import (
     FileRenamed,
     FileTruncated,
     MetadataChanged,
+    observed_owner,
 )
 from xoengine.journal import BlobTable, LMDBTrackingRecorder
 from xoengine.tree import (
@@ -327,7 +328,8 @@ class ReplicaApplier:
         if event.observed and not isinstance(event, (FileDeleted, FileRenamed)):
             # Content writes move the mtime: put the master's back (like rsync -a). The
             # mode too: a chmod between two captures travels only in the observed stat.
-            tree.set_meta(event.path, event.observed[1], event.observed[2])
+            observed = event.observed
+            tree.set_meta(event.path, observed[1], observed[2], observed_owner(observed))
 
     def _apply_delta(self, position: int, event: ContentReplaced) -> None:
         # Built from a replica that differs from what the master had: refused, and

@@ -38,7 +38,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Iterator, Sequence
 
     from xoengine.datastore import Store, WriteTxn
-    from xoengine.tree import ReplicaTree, UndoLog, UndoRecord
+    from xoengine.tree import Owner, ReplicaTree, UndoLog, UndoRecord
 
 __all__ = [
     "RetentionDecision",
@@ -91,12 +91,19 @@ def undo_one(
             tree.rename(new, path)
     elif op == "bytes":
         pieces = [(offset, blob(args[name])) for offset, name in args.get("spans", [])]
-        tree.restore_bytes(path, pieces, args["old_size"], args.get("mode"), args.get("mtime_ns"))
+        tree.restore_bytes(
+            path,
+            pieces,
+            args["old_size"],
+            args.get("mode"),
+            args.get("mtime_ns"),
+            args.get("owner"),
+        )
         return  # bytes, size and metadata in one open
     elif op == "content":
         _undo_delta(tree, record, blob)
     if ("mode" in args or "mtime_ns" in args) and tree.lstat(path) is not None:
-        tree.set_meta(path, args.get("mode"), args.get("mtime_ns"))
+        tree.set_meta(path, args.get("mode"), args.get("mtime_ns"), args.get("owner"))
 
 
 def _restore(
@@ -114,7 +121,8 @@ def _restore(
         if _kind(tree, path) not in {None, "file"}:
             tree.delete(path)
         names = args.get("chunks", ["content"] if "content" in args else [])
-        tree.replace(path, (blob(args[name]) for name in names), mode=args.get("mode"))
+        chunks = (blob(args[name]) for name in names)
+        tree.replace(path, chunks, mode=args.get("mode"), owner=args.get("owner"))
 
 
 def _undo_delta(
@@ -128,6 +136,7 @@ def _undo_delta(
         base=args.get("new_digest"),
         result=args.get("old_digest"),
         mode=args.get("mode"),
+        owner=args.get("owner"),
     )
     if outcome == "diverged":
         raise ReplicaDivergedError(path=record.path, position=record.position, replica=tree.root)
@@ -141,7 +150,7 @@ class PathPlan:
     """What undoing a run of in-place records does to one path.
 
     ``extents``: the oldest before-image of each byte; ``size``: the oldest
-    size (None: only metadata changed); ``mode``/``mtime_ns``: the oldest ones
+    size (None: only metadata changed); ``mode``/``mtime_ns``/``owner``: the oldest ones
     recorded; ``records``: how many records of the run it stands for.
     """
 
@@ -150,6 +159,7 @@ class PathPlan:
     size: int | None = None
     mode: int | None = None
     mtime_ns: int | None = None
+    owner: Owner | None = None
     records: int = 0
 
 
@@ -197,6 +207,8 @@ def plan_run(records: Sequence[UndoRecord]) -> list[PathPlan]:
             plan.mode = args.get("mode")
         if plan.mtime_ns is None:
             plan.mtime_ns = args.get("mtime_ns")
+        if plan.owner is None:
+            plan.owner = args.get("owner")
         if record.op == "meta":
             continue
         if plan.size is None:
@@ -214,7 +226,7 @@ def undo_path(
         if (plan.mode is not None or plan.mtime_ns is not None) and tree.lstat(
             plan.path
         ) is not None:
-            tree.set_meta(plan.path, plan.mode, plan.mtime_ns)
+            tree.set_meta(plan.path, plan.mode, plan.mtime_ns, plan.owner)
         return
 
     def pieces() -> Iterator[tuple[int, memoryview]]:
@@ -223,7 +235,7 @@ def undo_path(
             for offset, start, length in uses:
                 yield offset, data[start : start + length]
 
-    tree.restore_bytes(plan.path, pieces(), plan.size, plan.mode, plan.mtime_ns)
+    tree.restore_bytes(plan.path, pieces(), plan.size, plan.mode, plan.mtime_ns, plan.owner)
 
 
 def _kind(tree: ReplicaTree, path: str) -> str | None:

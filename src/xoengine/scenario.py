@@ -479,17 +479,18 @@ class Scenario:
         forensics = self._engine.forensics(self.name)
         with tempfile.TemporaryDirectory(prefix="xoengine-settle-") as scratch:
             for number, (path, state) in enumerate(moved):
+                owner = (state.uid, state.gid) if state and state.uid >= 0 else None
                 if state is None or state.kind != "file":
                     tree.delete(path)
                     if state is not None:
                         tree.create(path, state.kind, state.mode, state.target)
-                        if state.kind == "dir":
-                            tree.set_meta(path, state.mode, None)
+                        mode = state.mode if state.kind == "dir" else None
+                        tree.set_meta(path, mode, None, owner)
                     continue
                 out = os.path.join(scratch, str(number))
                 forensics.replay(out, position, path)
                 tree.copy_new(path, os.path.join(out, path), state.mode)
-                tree.set_meta(path, state.mode, state.mtime_ns)
+                tree.set_meta(path, state.mode, state.mtime_ns, owner)
         tree.flush([path for path, state in moved if state is not None])
 
     # -- replicas ---------------------------------------------------------------------------

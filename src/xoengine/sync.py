@@ -335,6 +335,7 @@ class Synchronizer:
                 sent = 0
             elif entry.kind == "symlink":
                 self.tree.create(path, "symlink", 0, entry.target)
+                self.tree.set_meta(path, None, None, _owner(entry))
                 sent = 0
             else:
                 if self._follow is not None:
@@ -342,12 +343,12 @@ class Synchronizer:
                 index, rel = self.layout.split(path)
                 source = os.path.join(self.layout.roots[index], rel)
                 sent = self.tree.copy_new(path, source, entry.mode)
-                self.tree.set_meta(path, entry.mode, entry.mtime_ns)
+                self.tree.set_meta(path, entry.mode, entry.mtime_ns, _owner(entry))
                 self._copied.append(path)
             done.append((path, entry, "created", sent))
         for path, entry in batch:  # directory modes last: creating children moves mtimes
             if entry.kind == "dir":
-                self.tree.set_meta(path, entry.mode, None)
+                self.tree.set_meta(path, entry.mode, None, _owner(entry))
         return done
 
     def _bring(self, path: str, entry: Entry, have: Entry | None, level: str) -> tuple[str, int]:
@@ -359,11 +360,12 @@ class Synchronizer:
             if have is None:
                 self._record([("created", path, {}, {})])
                 tree.create(path, "dir", entry.mode, None)
+                tree.set_meta(path, None, None, _owner(entry))
                 return "created", 0
             return self._meta(path, entry, have), 0
         if entry.kind == "symlink":
             if have is not None and have.target == entry.target:
-                return "", 0
+                return self._meta(path, entry, have), 0
             if have is not None:
                 self._record(
                     [image_of_existing(tree, path, tree.lstat(path) or _never(), deleted=True)]
@@ -371,6 +373,7 @@ class Synchronizer:
             else:
                 self._record([("created", path, {}, {})])
             tree.create(path, "symlink", 0, entry.target)
+            tree.set_meta(path, None, None, _owner(entry))
             return ("created" if have is None else "updated"), 0
         # Regular files.
         if have is not None and have.size == entry.size and have.mtime_ns == entry.mtime_ns:
@@ -389,12 +392,12 @@ class Synchronizer:
                 else [("created", path, {}, {})]
             )
             tree.replace(path, [memoryview(data)], mode=entry.mode)
-            tree.set_meta(path, entry.mode, entry.mtime_ns)
+            tree.set_meta(path, entry.mode, entry.mtime_ns, _owner(entry))
             return ("created" if have is None else "updated"), len(data)
         sent = self._block_update(path, data, have)
-        if (have.mode, have.mtime_ns) != (entry.mode, entry.mtime_ns):
-            self._record([("meta", path, {"mode": have.mode, "mtime_ns": have.mtime_ns}, {})])
-        tree.set_meta(path, entry.mode, entry.mtime_ns)
+        if _meta_of(have) != _meta_of(entry):
+            self._record([("meta", path, _meta_of(have), {})])
+        tree.set_meta(path, entry.mode, entry.mtime_ns, _owner(entry))
         return ("updated" if sent or have.size != len(data) else "metadata"), sent
 
     def _block_update(self, path: str, data: bytes | mmap.mmap, have: Entry) -> int:
@@ -425,13 +428,19 @@ class Synchronizer:
         return aligned
 
     def _meta(self, path: str, entry: Entry, have: Entry) -> str:
-        if have.mode == entry.mode and (entry.kind == "dir" or have.mtime_ns == entry.mtime_ns):
+        """Bring the mode, mtime and owner (a link: its owner) the master has; "" if it had them."""
+        file = entry.kind == "file"
+        link = entry.kind == "symlink"
+        if (
+            _owner(have) == _owner(entry)
+            and (link or have.mode == entry.mode)
+            and (not file or have.mtime_ns == entry.mtime_ns)
+        ):
             return ""
         st = self.tree.lstat(path)
-        self._record(
-            [("meta", path, {"mode": have.mode, "mtime_ns": have.mtime_ns}, {})] if st else []
-        )
-        self.tree.set_meta(path, entry.mode, None if entry.kind == "dir" else entry.mtime_ns)
+        self._record([("meta", path, _meta_of(have), {})] if st else [])
+        mode = None if link else entry.mode
+        self.tree.set_meta(path, mode, entry.mtime_ns if file else None, _owner(entry))
         return "metadata"
 
     def _keep(self, paths: list[str]) -> None:
@@ -490,6 +499,15 @@ class Synchronizer:
 
     def _synced(self, path: str, action: str, size: int, sent: int) -> DomainEvent:
         return self._event(FileSynced, path=path, action=action, size=size, bytes_sent=sent)
+
+
+def _owner(entry: Entry) -> tuple[int, int]:
+    return (entry.uid, entry.gid)
+
+
+def _meta_of(entry: Entry) -> dict[str, Any]:
+    """The metadata of a walked entry, as a ``meta`` before-image holds it."""
+    return {"mode": entry.mode, "mtime_ns": entry.mtime_ns, "owner": [entry.uid, entry.gid]}
 
 
 def _mostly_small(entries: dict[str, Entry]) -> bool:

@@ -42,6 +42,7 @@ __all__ = [
     "CONTENT_OPERATIONS",
     "Append",
     "Chmod",
+    "Chown",
     "CreateFile",
     "Delete",
     "Difference",
@@ -258,8 +259,31 @@ class Chmod:
         os.chmod(builder.abspath(self.path), self.mode)
 
 
+@dataclass(frozen=True)
+class Chown:
+    """Set the owner (uid and gid) of a file, directory or link itself (root only)."""
+
+    path: PathLike
+    uid: int
+    gid: int
+
+    def apply(self, builder: TreeBuilder) -> None:
+        """Apply to ``builder``'s tree."""
+        os.chown(builder.abspath(self.path), self.uid, self.gid, follow_symlinks=False)
+
+
 Operation: TypeAlias = (
-    CreateFile | WriteAt | Append | Insert | Truncate | Rename | Delete | MakeDir | Symlink | Chmod
+    CreateFile
+    | WriteAt
+    | Append
+    | Insert
+    | Truncate
+    | Rename
+    | Delete
+    | MakeDir
+    | Symlink
+    | Chmod
+    | Chown
 )
 """One step of a change script."""
 
@@ -332,6 +356,7 @@ class Node:
     mtime_ns: int
     target: bytes | None = None
     content: bytes | None = None
+    owner: tuple[int, int] = (-1, -1)
 
 
 @dataclass(frozen=True)
@@ -339,8 +364,8 @@ class Difference:
     """One way two trees differ at ``path`` (relative bytes).
 
     ``aspect`` is ``missing`` (only in the left tree), ``extra`` (only in
-    the right tree), ``kind``, ``content``, ``mode``, ``target`` or
-    ``mtime``; ``left`` and ``right`` show the two values (for content: the
+    the right tree), ``kind``, ``content``, ``mode``, ``owner``, ``target``
+    or ``mtime``; ``left`` and ``right`` show the two values (for content: the
     size and the first differing offset).
     """
 
@@ -389,7 +414,13 @@ def snapshot_tree(
                 with open(full, "rb") as f:
                     data = f.read()
             out[child] = Node(
-                kind, stat.S_IMODE(st.st_mode), st.st_size, st.st_mtime_ns, target, data
+                kind,
+                stat.S_IMODE(st.st_mode),
+                st.st_size,
+                st.st_mtime_ns,
+                target,
+                data,
+                (st.st_uid, st.st_gid),
             )
             if kind == "dir":
                 visit(child)
@@ -401,17 +432,18 @@ def snapshot_tree(
 def snapshot_contents(root: str | os.PathLike[str] | bytes) -> dict[bytes, tuple[Any, ...]]:
     """A time-free view of :func:`snapshot_tree`: what rewinds and replays must reproduce.
 
-    ``("file", mode, bytes)``, ``("dir", mode)`` or ``("symlink", target)`` per
-    relative bytes path (times, sizes of directories and link modes left out).
+    ``("file", mode, bytes, owner)``, ``("dir", mode, owner)`` or ``("symlink",
+    target, owner)`` per relative bytes path, ``owner`` being ``(uid, gid)``
+    (times, sizes of directories and link modes left out).
     """
     out: dict[bytes, tuple[Any, ...]] = {}
     for path, node in snapshot_tree(root).items():
         if node.kind == "symlink":
-            out[path] = ("symlink", node.target)
+            out[path] = ("symlink", node.target, node.owner)
         elif node.kind == "dir":
-            out[path] = ("dir", node.mode)
+            out[path] = ("dir", node.mode, node.owner)
         else:
-            out[path] = (node.kind, node.mode, node.content)
+            out[path] = (node.kind, node.mode, node.content, node.owner)
     return out
 
 
@@ -442,12 +474,14 @@ def compare_trees(
     *,
     mtimes: bool = False,
     modes: bool = True,
+    owners: bool = True,
     ignore: Iterable[PathLike] = (),
 ) -> list[Difference]:
     """Every difference between the trees under ``left`` and ``right`` (empty: identical).
 
     Names are compared as bytes; kinds, file contents (byte by byte),
-    permission bits (``modes``), symlink targets (as bytes) and, with
+    permission bits (``modes``), owners (``owners``: uid and gid, links
+    included), symlink targets (as bytes) and, with
     ``mtimes``, file modification times (to the nanosecond; directories and
     links are not compared, since creating an entry moves its directory's
     mtime). The roots themselves are not compared. Paths in ``ignore`` (and
@@ -465,7 +499,9 @@ def compare_trees(
     for path in sorted(set(a) | set(b)):
         if not ignored(path):
             diffs.extend(
-                _compare_nodes(path, a.get(path), b.get(path), bases, mtimes=mtimes, modes=modes)
+                _compare_nodes(
+                    path, a.get(path), b.get(path), bases, mtimes=mtimes, modes=modes, owners=owners
+                )
             )
     return diffs
 
@@ -478,15 +514,21 @@ def _compare_nodes(
     *,
     mtimes: bool,
     modes: bool,
+    owners: bool,
 ) -> list[Difference]:
     if x is None or y is None:
         aspect = "missing" if y is None else "extra"
         return [Difference(path, aspect, x and x.kind, y and y.kind)]
     if x.kind != y.kind:
         return [Difference(path, "kind", x.kind, y.kind)]
-    if x.kind == "symlink":
-        return [] if x.target == y.target else [Difference(path, "target", x.target, y.target)]
     diffs = []
+    if owners and x.owner != y.owner:
+        left, right = (f"{n.owner[0]}:{n.owner[1]}" for n in (x, y))
+        diffs.append(Difference(path, "owner", left, right))
+    if x.kind == "symlink":
+        if x.target != y.target:
+            diffs.append(Difference(path, "target", x.target, y.target))
+        return diffs
     if modes and x.mode != y.mode:
         diffs.append(Difference(path, "mode", oct(x.mode), oct(y.mode)))
     if x.kind == "file":

@@ -51,6 +51,7 @@ __all__ = [
     "Extents",
     "Image",
     "ImageBytes",
+    "Owner",
     "Rebuilt",
     "ReplicaTree",
     "UndoLog",
@@ -103,6 +104,9 @@ large file at a time: a 20 GiB file's before-image never sits in memory whole)."
 
 Rebuilt: TypeAlias = 'Literal["rebuilt", "done", "diverged"]'
 """What :meth:`ReplicaTree.rebuild` did."""
+
+Owner: TypeAlias = "Sequence[int]"
+"""``(uid, gid)`` of a file (a list once it went through msgpack)."""
 
 Image = tuple[str, str, dict[str, Any], dict[str, ImageBytes]]
 """A before-image being prepared: (op, path, args, {arg name: bytes to store as a blob})."""
@@ -625,10 +629,12 @@ class ReplicaTree:
         size: int,
         mode: int,
         mtime_ns: int,
+        owner: Owner | None = None,
     ) -> None:
         """Write a file from scratch: ``(offset, bytes)`` pieces, then its size, mode and mtime.
 
         Bytes no piece covers are zeros (holes). In place, as :meth:`write_file`.
+        ``owner``: ``(uid, gid)`` to give it, where this process may.
         """
         with self._parent(path) as (fd, leaf):
             try:
@@ -642,6 +648,7 @@ class ReplicaTree:
                     end = _write_pieces(handle, pieces, 0)
                     if end != size:
                         os.ftruncate(handle, size)
+                    _chown(handle, owner, os.fstat(handle))
                     os.fchmod(handle, mode)
                     os.utime(handle, ns=(mtime_ns, mtime_ns))
                     if self.fsync:
@@ -658,8 +665,9 @@ class ReplicaTree:
         size: int,
         mode: int | None,
         mtime_ns: int | None,
+        owner: Owner | None = None,
     ) -> None:
-        """Put back bytes, size, mode and mtime of an existing regular file, in one open.
+        """Put back bytes, size, mode, mtime and owner of an existing regular file, in one open.
 
         The undo of in-place writes (one record's, or a whole coalesced run's).
         Anything but a regular file at ``path`` (absent, a directory, a link) is
@@ -682,7 +690,10 @@ class ReplicaTree:
                     end = _write_pieces(handle, pieces, st.st_size)
                     if end != size:
                         os.ftruncate(handle, size)
-                    if mode is not None and stat.S_IMODE(st.st_mode) != mode:
+                    chowned = _chown(handle, owner, st)  # may clear setuid: mode after it
+                    if mode is None and chowned:
+                        mode = stat.S_IMODE(st.st_mode)
+                    if mode is not None and (chowned or stat.S_IMODE(st.st_mode) != mode):
                         os.fchmod(handle, mode)
                     if mtime_ns is not None:
                         os.utime(handle, ns=(mtime_ns, mtime_ns))
@@ -700,14 +711,18 @@ class ReplicaTree:
         self.write_ranges(path, (), size)
 
     def replace(
-        self, path: str, chunks: Iterable[bytes | memoryview], mode: int | None = None
+        self,
+        path: str,
+        chunks: Iterable[bytes | memoryview],
+        mode: int | None = None,
+        owner: Owner | None = None,
     ) -> None:
         """Write a whole new content through temp + fsync + rename.
 
         If ``chunks`` raises (a verification failed) the temporary file is removed
-        and the old content stays.
+        and the old content stays. ``owner`` None: this process's.
         """
-        with self._temporary(path, mode) as handle:
+        with self._temporary(path, mode, owner) as handle:
             offset = 0
             for chunk in chunks:
                 _pwrite_all(handle, chunk, offset)
@@ -722,6 +737,7 @@ class ReplicaTree:
         base: str | None,
         result: str | None,
         mode: int | None = None,
+        owner: Owner | None = None,
     ) -> Rebuilt:
         """Replace a file by a delta over its own bytes (:func:`blocks.apply_delta_to`).
 
@@ -732,7 +748,7 @@ class ReplicaTree:
         resumed apply or undo), ``"diverged"`` if it does not hold ``base``, a
         copy reaches past its end, or the bytes written do not hash to
         ``result`` (the file is then left as it was); else ``"rebuilt"``.
-        ``mode`` None keeps the file's mode. :func:`event_delta` turns the ops
+        ``mode`` and ``owner`` None keep the file's. :func:`event_delta` turns the ops
         of an event or an undo record into ``ops`` and ``literals``.
         """
         with self._reading(path) as handle:
@@ -748,9 +764,11 @@ class ReplicaTree:
                 return "diverged"
             if mode is None and st is not None:
                 mode = stat.S_IMODE(st.st_mode)
+            if owner is None and st is not None:
+                owner = (st.st_uid, st.st_gid)
             old: Any = b"" if handle is None else os.fdopen(handle, "rb", 0, closefd=False)
             try:
-                with self._temporary(path, mode) as out:
+                with self._temporary(path, mode, owner) as out:
                     sink = _Appender(out)
                     blocks.apply_delta_to(old, ops, literals, sink)
                     sink.check(result)
@@ -759,7 +777,7 @@ class ReplicaTree:
         return "rebuilt"
 
     @contextlib.contextmanager
-    def _temporary(self, path: str, mode: int | None) -> Iterator[int]:
+    def _temporary(self, path: str, mode: int | None, owner: Owner | None = None) -> Iterator[int]:
         """A new file's fd, renamed over ``path`` (fsynced) if the block ends well, else removed."""
         with self._parent(path) as (fd, leaf):
             tmp = f"{TMP_PREFIX}{leaf[:100]}-{os.getpid()}-{threading.get_ident()}"
@@ -772,6 +790,7 @@ class ReplicaTree:
                 )
                 try:
                     yield handle
+                    _chown(handle, owner, None)
                     if mode is not None:
                         os.fchmod(handle, mode)
                     if self.fsync:
@@ -867,12 +886,20 @@ class ReplicaTree:
             except OSError as e:
                 raise self._error(path, "rename", e) from e
 
-    def set_meta(self, path: str, mode: int | None, mtime_ns: int | None) -> None:
-        """Set permission bits and/or mtime (links: mtime only)."""
+    def set_meta(
+        self, path: str, mode: int | None, mtime_ns: int | None, owner: Owner | None = None
+    ) -> None:
+        """Set owner, permission bits and/or mtime (links: owner and mtime only).
+
+        ``owner`` is ``(uid, gid)``; it is set where this process may (root, or
+        a group of its own), and left as it is where the system refuses.
+        """
         with self._parent(path) as (fd, leaf):
             try:
                 st = os.stat(leaf, dir_fd=fd, follow_symlinks=False)
                 link = stat.S_ISLNK(st.st_mode)
+                if _chown_at(fd, leaf, owner, st) and mode is None:
+                    mode = stat.S_IMODE(st.st_mode)  # a chown may have cleared setuid
                 if mode is not None and not link:
                     os.chmod(leaf, mode, dir_fd=fd)
                 if mtime_ns is not None:
@@ -881,6 +908,37 @@ class ReplicaTree:
                 return
             except OSError as e:
                 raise self._error(path, "set metadata", e) from e
+
+
+_CANNOT_CHOWN: Final = frozenset({errno.EPERM, errno.EINVAL})
+"""Refusals that leave a file with this process's owner: not root (as rsync without
+``--super``), or an id the user namespace does not map (a container)."""
+
+
+def _chown(handle: int, owner: Owner | None, st: os.stat_result | None) -> bool:
+    """Give an open file ``owner`` unless it has it (``st``) or we may not; True if done."""
+    if owner is None or (st is not None and (st.st_uid, st.st_gid) == tuple(owner)):
+        return False
+    try:
+        os.fchown(handle, owner[0], owner[1])
+    except OSError as e:
+        if e.errno not in _CANNOT_CHOWN:
+            raise
+        return False
+    return True
+
+
+def _chown_at(fd: int, leaf: str, owner: Owner | None, st: os.stat_result) -> bool:
+    """:func:`_chown` of ``leaf`` in the directory ``fd`` (a link itself, never its target)."""
+    if owner is None or (st.st_uid, st.st_gid) == tuple(owner):
+        return False
+    try:
+        os.chown(leaf, owner[0], owner[1], dir_fd=fd, follow_symlinks=False)
+    except OSError as e:
+        if e.errno not in _CANNOT_CHOWN:
+            raise
+        return False
+    return True
 
 
 class _NotTheResultError(Exception):
@@ -1170,10 +1228,14 @@ class UndoLog:
 
 
 def stat_meta(st: os.stat_result | None) -> dict[str, Any]:
-    """Mode and mtime of ``st`` for a before-image (empty if there was nothing)."""
+    """Mode, mtime and owner of ``st`` for a before-image (empty if there was nothing)."""
     if st is None:
         return {}
-    return {"mode": stat.S_IMODE(st.st_mode), "mtime_ns": st.st_mtime_ns}
+    return {
+        "mode": stat.S_IMODE(st.st_mode),
+        "mtime_ns": st.st_mtime_ns,
+        "owner": [st.st_uid, st.st_gid],
+    }
 
 
 def image_of_existing(tree: ReplicaTree, path: str, st: os.stat_result, *, deleted: bool) -> Image:

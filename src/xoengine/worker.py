@@ -30,12 +30,12 @@ __all__ = ["ApplierThread", "ScanFollower", "compare_trees"]
 
 
 def compare_trees(scenario: Scenario, replica_root: str) -> dict[str, str]:
-    """Hash both trees: path -> what differs (missing, extra, content, kind, mode, target)."""
+    """Hash both trees: path -> what differs (missing, extra, content, kind, mode, owner...)."""
     from xoengine import codec  # noqa: PLC0415
     from xoengine.walk import walk  # noqa: PLC0415
 
-    def digest(root: str, prefix: str) -> dict[str, tuple[str, int, str]]:
-        out: dict[str, tuple[str, int, str]] = {}
+    def digest(root: str, prefix: str) -> dict[str, tuple[str, int, str, tuple[int, int]]]:
+        out: dict[str, tuple[str, int, str, tuple[int, int]]] = {}
         tree = walk(root, scenario.capture_engine.include, scenario.capture_engine.exclude)
         with contextlib.closing(tree):
             for entry in tree:
@@ -49,10 +49,15 @@ def compare_trees(scenario: Scenario, replica_root: str) -> dict[str, str]:
                     value = hasher.hexdigest()
                 else:
                     value = entry.target or ""
-                out[prefix + entry.relpath] = (entry.kind, entry.mode, value)
+                out[prefix + entry.relpath] = (
+                    entry.kind,
+                    entry.mode,
+                    value,
+                    (entry.uid, entry.gid),
+                )
         return out
 
-    master: dict[str, tuple[str, int, str]] = {}
+    master: dict[str, tuple[str, int, str, tuple[int, int]]] = {}
     for index, root in enumerate(scenario.layout.roots):
         master.update(digest(root, scenario.layout.prefix(index)))
     replica = digest(replica_root, "")
@@ -73,6 +78,8 @@ def compare_trees(scenario: Scenario, replica_root: str) -> dict[str, str]:
             differences[path] = "content" if a[0] == "file" else "link target"
         elif a[1] != b[1] and a[0] != "symlink":
             differences[path] = f"mode {oct(a[1])} vs {oct(b[1])}"
+        elif a[3] != b[3]:
+            differences[path] = f"owner {a[3][0]}:{a[3][1]} vs {b[3][0]}:{b[3][1]}"
     return differences
 
 

@@ -45,7 +45,7 @@ from xoengine.errors import (
 from xoengine.events import AlertRaised, ReplicaRewound, SyncFinished, SyncStarted, UndoTrimmed
 from xoengine.ledger import SYNC_EVENTS, sync_runs
 from xoengine.rewind import RetentionPolicy
-from xoengine.testing import snapshot_contents
+from xoengine.testing import assert_trees_equal, snapshot_contents
 
 Node = tuple[Any, ...]
 EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
@@ -1428,6 +1428,62 @@ def test_a_shifting_delta_of_a_large_file_is_applied_undone_and_replayed_in_chun
         assert codec.digest128((tmp_path / "r2" / "big").read_bytes()) == new
         assert codec.digest128((tmp_path / "r1" / "big").read_bytes()) == old
         assert codec.digest128((tmp_path / "out" / "big").read_bytes()) == new
+    finally:
+        eng.close()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root gives files to other users")
+def test_owners_are_replicated_rewound_replayed_and_in_the_history(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A file server failed over to a replica of root-owned files breaks every user's access.
+
+    uid and gid travel in each event's observed stat: the applier, the
+    synchronization, rewind (the before-images keep them), replay and history.
+    """
+    eng, sc, master = new_engine(tmp_path)
+    try:
+        write(master / "home" / "alice" / "notes.txt", b"alice's notes\n" * 100)
+        os.symlink("notes.txt", master / "home" / "alice" / "link")
+        for path in ("home/alice", "home/alice/notes.txt", "home/alice/link"):
+            os.chown(master / path, 1000, 100, follow_symlinks=False)
+        sc.start()  # the initial synchronization carries them
+        assert not sc.difference_report("r1", verify=True)["differences"]
+        before = sc.set_rewind_point("before")
+        was = snapshot(tmp_path / "r1")
+        assert was[b"home/alice/notes.txt"][-1] == (1000, 100)
+        assert was[b"home/alice/link"][-1] == (1000, 100)
+        # The owner changes alone, then with the bytes (a delta rebuilds the file).
+        os.chown(master / "home" / "alice" / "notes.txt", 65534, 65534)
+        sc.capture()
+        sc.suspend("r2")
+        with open(master / "home" / "alice" / "notes.txt", "r+b") as f:
+            f.write(b"inserted at the front\n" + (b"alice's notes\n" * 100))
+        os.chown(master / "home" / "alice", 0, 65534)
+        sc.capture()
+        sc.wait_replicated()
+        report = sc.difference_report("r2", verify=True)  # suspended: it shows the owners
+        assert "owner 0:65534 vs 1000:100" in report["differences"]["home/alice"]
+        assert_trees_equal(master, tmp_path / "r1")  # owners included
+        now = snapshot(tmp_path / "r1")
+        assert now[b"home/alice/notes.txt"][-1] == (65534, 65534)
+        # Replays give each point's owners; a rewind puts them back.
+        eng.replay(sc, to=tmp_path / "then", position=before.position)
+        assert snapshot(tmp_path / "then") == was
+        eng.replay(sc, to=tmp_path / "end")
+        assert snapshot(tmp_path / "end") == now
+        sc.rewind("r1", before)
+        assert snapshot(tmp_path / "r1") == was
+        sc.resume("r1")  # the block-level resync brings the owners back too
+        assert snapshot(tmp_path / "r1") == now
+        history = eng.history(sc, "home/alice/notes.txt")
+        changes = [(e.operation, e.owner) for e in history if e.operation == "metadata"]
+        assert changes == [("metadata", [65534, 65534])]
+        state = str(tmp_path / "state")
+        eng.close()
+        capsys.readouterr()
+        assert main(["history", state, "fx", "home/alice/notes.txt"]) == 0
+        assert "owner=65534:65534" in capsys.readouterr().out
     finally:
         eng.close()
 

@@ -42,6 +42,7 @@ from xoengine.events import BytesWritten, ContentReplaced
 from xoengine.testing import (
     Append,
     Chmod,
+    Chown,
     CreateFile,
     Delete,
     Insert,
@@ -395,6 +396,15 @@ class ChangeScriptMachine(RuleBasedStateMachine):
             path = data.draw(st.sampled_from(paths))
             modes = dir_modes if tree.nodes[path].kind == "dir" else file_modes
             self.apply(Chmod(path, data.draw(modes)))
+
+    @precondition(lambda self: self.structural and os.geteuid() == 0)  # only root gives away
+    @rule(data=st.data())
+    def chown(self, data: st.DataObject) -> None:
+        paths = self.tree().of("file", "dir", "symlink")
+        if paths:
+            path = data.draw(st.sampled_from(paths))
+            uid, gid = data.draw(st.sampled_from([(0, 0), (65534, 65534), (1000, 100)]))
+            self.apply(Chown(path, uid, gid))
 
 
 class JournaledFileMachine(ChangeScriptMachine):

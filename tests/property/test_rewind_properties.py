@@ -68,8 +68,10 @@ contents = st.one_of(small_bytes, small_bytes, large_bytes)
 OPERATIONS = [
     "create", "create", "overwrite", "append", "insert", "write_at", "truncate",
     "rename_file", "rename_dir", "delete", "mkdir", "symlink", "chmod_file", "chmod_dir",
+    *(["chown"] if os.geteuid() == 0 else []),  # only root gives files away
     "point", "point",
 ]  # fmt: skip
+OWNERS = [(0, 0), (65534, 65534), (1000, 100), (0, 65534)]
 
 STATS: dict[str, int] = {
     "examples": 0,
@@ -82,7 +84,7 @@ STATS: dict[str, int] = {
 
 # -- recorded trees -----------------------------------------------------------------------
 
-Node = tuple[Any, ...]  # ("file", mode, bytes) | ("dir", mode) | ("symlink", target)
+Node = tuple[Any, ...]  # ("file", mode, bytes, owner) | ("dir", mode, owner) | ("symlink", target, owner)
 
 
 snapshot = snapshot_contents
@@ -171,7 +173,7 @@ class Script:
             op = "create"
         if op in {"rename_dir", "chmod_dir"} and not dirs:
             op = "mkdir"
-        if op == "delete" and not nodes:
+        if op in {"delete", "chown"} and not nodes:
             op = "create"
         if op == "create":
             path = self.new_path(nodes)
@@ -249,6 +251,11 @@ class Script:
             mode = self.draw(st.sampled_from(DIR_MODES))
             os.chmod(self.abspath(path), mode)
             return f"chmod dir {path!r} {mode:o}"
+        if op == "chown":  # a file, a directory or a link itself
+            path = self.pick(list(nodes))
+            uid, gid = self.draw(st.sampled_from(OWNERS))
+            os.chown(self.abspath(path), uid, gid, follow_symlinks=False)
+            return f"chown {path!r} {uid}:{gid}"
         raise AssertionError(op)
 
 
@@ -304,7 +311,8 @@ def check_diff(result: DiffResult, a: dict[bytes, Node], b: dict[bytes, Node]) -
       ``modified`` unless its identity changed (then it is in added*): modified
       is a superset, since bytes may be written and written back;
     - ``modified`` names files that exist at b; a path whose permission bits
-      changed (same kind at both ends) is in metadata, modified or added*.
+      changed (same kind at both ends) is in metadata, modified or added*; so
+      is a path whose owner changed.
     """
     dec = os.fsencode
     added = {dec(p) for p in result.added} | {dec(p) for p in result.renamed.values()}
@@ -324,6 +332,7 @@ def check_diff(result: DiffResult, a: dict[bytes, Node], b: dict[bytes, Node]) -
     for path, ranges in result.modified.items():
         assert all(offset >= 0 and length >= 0 for offset, length in ranges), (path, ranges)
     moded = {p for p in both if a[p][0] == b[p][0] != "symlink" and a[p][1] != b[p][1]}
+    moded |= {p for p in both if a[p][0] == b[p][0] and a[p][-1] != b[p][-1]}  # the owner
     assert moded - added <= metadata | modified, (
         f"mode changed, not reported: {sorted(moded - added - metadata - modified)}"
     )

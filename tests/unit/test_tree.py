@@ -155,3 +155,33 @@ def test_read_whole_maps_a_private_copy_of_a_large_file_and_leaves_nothing(
     finally:
         os.close(fd)
 
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to drop to another user")
+def test_owners_are_left_as_they_are_where_the_process_may_not_give_them(tmp_path: Path) -> None:
+    """A replica run by a user (not root) keeps its files that user's, with no error."""
+    import subprocess  # noqa: PLC0415
+    import sys  # noqa: PLC0415
+
+    import shutil  # noqa: PLC0415
+    import tempfile  # noqa: PLC0415
+
+    root = Path(tempfile.mkdtemp(prefix="xoengine-nobody-"))  # pytest's tmp is root's alone
+    os.chown(root, 65534, 65534)
+    script = (
+        "import os\n"
+        "from xoengine.tree import ReplicaTree\n"
+        "os.setgid(65534); os.setuid(65534)\n"
+        f"tree = ReplicaTree({str(root)!r})\n"
+        "tree.write_new('f', [(0, b'x')], 1, 0o640, 0, owner=(0, 0))\n"
+        "tree.set_meta('f', 0o600, None, owner=(1000, 100))\n"
+        "tree.restore_bytes('f', [(0, b'y')], 1, None, None, owner=(0, 0))\n"
+        "tree.replace('f', [b'z'], mode=0o644, owner=(0, 0))\n"
+    )
+    try:
+        subprocess.run([sys.executable, "-c", script], check=True, cwd=tmp_path)
+        st = os.stat(root / "f")
+        assert (st.st_uid, st.st_gid, st.st_mode & 0o777) == (65534, 65534, 0o644)
+        assert (root / "f").read_bytes() == b"z"
+    finally:
+        shutil.rmtree(root)

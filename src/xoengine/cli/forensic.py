@@ -131,6 +131,8 @@ def cmd_history(args: argparse.Namespace) -> int:
                 extra += f" (symlink to {shown(e.target)})"
             if e.mode is not None and e.target is None:
                 extra += f" mode={e.mode:04o}"
+            if e.owner is not None and e.operation in {"created", "metadata"}:
+                extra += f" owner={e.owner[0]}:{e.owner[1]}"
             ranges = " ".join(f"{o}+{n}" for o, n in e.ranges)
             size = "" if e.size is None else f" size={e.size}"
             line = f"{e.position:>8}  {e.time}  {e.operation:<9} {shown(e.path)}{extra}{size}"
