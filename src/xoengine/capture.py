@@ -455,6 +455,8 @@ class Capture:
                 ctime_ns=entry.ctime_ns,
                 ino=entry.inode,
                 dev=entry.dev,
+                uid=entry.uid,
+                gid=entry.gid,
             )
 
     def _update(self, path: str, entry: Entry, state: FileState) -> None:
@@ -471,10 +473,9 @@ class Capture:
             self._create(path, entry)
             return
         # A chown moves the ctime, but not on a file system of coarse timestamps
-        # within its tick: the owner is compared itself (unknown in old journals).
-        same_meta = entry.mode == state.mode and (
-            state.uid < 0 or (entry.uid, entry.gid) == (state.uid, state.gid)
-        )
+        # within its tick: the owner is compared itself. A journal written before
+        # owners were recorded (-1) learns each one once, as a metadata change.
+        same_meta = entry.mode == state.mode and (entry.uid, entry.gid) == (state.uid, state.gid)
         if same_stat and entry.kind == "file" and self._racy(path, state):
             # The stat cannot vouch for the bytes: look at them. A content event
             # carries the new stat (a new mode and owner too); same bytes journal
@@ -558,7 +559,18 @@ class Capture:
             with self.store.read() as txn:
                 old_map = self.state.block_map(txn, old)
         if old is not None and old_map is not None:
-            streamed = self._stream_changes(path, old_map)
+
+            def spill(runs: list[tuple[int, bytes]], before: os.stat_result) -> bool:
+                # Too much held: an in-place change is journaled in parts as it is
+                # read (a 300 MiB append to a 20 GiB image is not a copy of it).
+                assert old is not None
+                changed = sum(len(d) for _, d in runs)
+                if self._shifts(old, before.st_size, runs[0][0], changed):
+                    return False
+                self._write_runs(path, state, runs, _observed(before), before.st_size)
+                return True
+
+            streamed = self._stream_changes(path, old_map, spill)
             if streamed is None:
                 return
             if streamed != "whole" and self._in_place(path, state, old, streamed, quiet=quiet):
@@ -630,14 +642,19 @@ class Capture:
         return True
 
     def _stream_changes(
-        self, path: str, old_map: BlockMap
+        self,
+        path: str,
+        old_map: BlockMap,
+        spill: Callable[[list[tuple[int, bytes]], os.stat_result], bool],
     ) -> tuple[list[tuple[int, bytes]], int, os.stat_result] | typing.Literal["whole"] | None:
         """Read a file in chunks through one reused buffer; return its changed block runs.
 
         Only the strong digests are computed while streaming (weak sums are made
         for the changed blocks alone), and nothing but changed bytes is kept.
-        ``"whole"`` if more changed than is worth holding in memory (the caller
-        reads the file whole, mapped); None if it could not be read.
+        Past ``FLUSH_BYTES`` of them, ``spill(runs, stat before)`` journals the
+        runs held and the stream goes on; if it will not (the change shifts
+        data), past ``HOLD_MAX``: ``"whole"``, the caller reads the file whole,
+        mapped, for a delta. None if it could not be read.
         """
         bs = self.state.block_size
         full = self._abs(path)
@@ -666,7 +683,9 @@ class Capture:
                                 view[:got], offset, old_digests, old_map.size, runs
                             )
                             offset += got
-                            if held > trees.HOLD_MAX:  # too much to hold: the caller reads it whole
+                            if held > FLUSH_BYTES and spill(runs, before):
+                                runs, held = [], 0  # the spilled list is the journal's now
+                            elif held > trees.HOLD_MAX:
                                 return "whole"
                         if got < len(view):
                             break

@@ -461,15 +461,20 @@ class Forensics:
         return end
 
     def contents(
-        self, file_ids: Collection[uuid.UUID], position: int | None = None
+        self,
+        file_ids: Collection[uuid.UUID],
+        position: int | None = None,
+        *,
+        scratch: str | None = None,
     ) -> Iterator[tuple[uuid.UUID, bytes | mmap.mmap]]:
         """The content of each wanted file identity alive at ``position``, one at a time.
 
-        Each is replayed into a temporary directory and given mapped: the map is
-        valid until the next one is asked for.
+        Each is replayed into a temporary directory under ``scratch`` (default:
+        the system's, which may be memory) and given mapped: the map is valid
+        until the next one is asked for.
         """
         alive = self.fold(position)
-        with tempfile.TemporaryDirectory(prefix="xoengine-contents-") as temporary:
+        with tempfile.TemporaryDirectory(prefix="xoengine-contents-", dir=scratch) as temporary:
             out = ReplicaTree(temporary, fsync=False)
             for file_id in file_ids:
                 live = alive.get(file_id)

@@ -855,7 +855,9 @@ class Scenario:
             "pending": pending,
         }
         if verify:
-            report["differences"] = compare_trees(self, applier.tree.root)
+            # Owners only where the replica can be given them (root).
+            owners = applier.tree.owners
+            report["differences"] = compare_trees(self, applier.tree.root, owners=owners)
         return report
 
     # -- statistics -------------------------------------------------------------------------
@@ -992,7 +994,7 @@ class Scenario:
         if not wanted:
             return
         forensics = self._engine.forensics(self.name)
-        for file_id, content in forensics.contents(wanted):
+        for file_id, content in forensics.contents(wanted, scratch=self._engine.store.path):
             block_map = blocks.BlockMap.compute(content, self.block_size)
             self._engine.store.write(
                 functools.partial(self.master_state.derive, file_id=file_id, block_map=block_map)

@@ -335,20 +335,20 @@ class Synchronizer:
                 sent = 0
             elif entry.kind == "symlink":
                 self.tree.create(path, "symlink", 0, entry.target)
-                self.tree.set_meta(path, None, None, _owner(entry))
+                self.tree.set_meta(path, None, None, self._owner(entry))
                 sent = 0
             else:
                 if self._follow is not None:
                     self._follow.wait_read(path)
                 index, rel = self.layout.split(path)
                 source = os.path.join(self.layout.roots[index], rel)
-                sent = self.tree.copy_new(path, source, entry.mode)
-                self.tree.set_meta(path, entry.mode, entry.mtime_ns, _owner(entry))
+                sent = self.tree.copy_new(path, source, entry.mode, self._owner(entry))
+                self.tree.set_meta(path, entry.mode, entry.mtime_ns, self._owner(entry))
                 self._copied.append(path)
             done.append((path, entry, "created", sent))
         for path, entry in batch:  # directory modes last: creating children moves mtimes
             if entry.kind == "dir":
-                self.tree.set_meta(path, entry.mode, None, _owner(entry))
+                self.tree.set_meta(path, entry.mode, None, self._owner(entry))
         return done
 
     def _bring(self, path: str, entry: Entry, have: Entry | None, level: str) -> tuple[str, int]:
@@ -360,7 +360,7 @@ class Synchronizer:
             if have is None:
                 self._record([("created", path, {}, {})])
                 tree.create(path, "dir", entry.mode, None)
-                tree.set_meta(path, None, None, _owner(entry))
+                tree.set_meta(path, None, None, self._owner(entry))
                 return "created", 0
             return self._meta(path, entry, have), 0
         if entry.kind == "symlink":
@@ -373,7 +373,7 @@ class Synchronizer:
             else:
                 self._record([("created", path, {}, {})])
             tree.create(path, "symlink", 0, entry.target)
-            tree.set_meta(path, None, None, _owner(entry))
+            tree.set_meta(path, None, None, self._owner(entry))
             return ("created" if have is None else "updated"), 0
         # Regular files.
         if have is not None and have.size == entry.size and have.mtime_ns == entry.mtime_ns:
@@ -391,13 +391,13 @@ class Synchronizer:
                 if st is not None
                 else [("created", path, {}, {})]
             )
-            tree.replace(path, [memoryview(data)], mode=entry.mode)
-            tree.set_meta(path, entry.mode, entry.mtime_ns, _owner(entry))
+            tree.replace(path, [memoryview(data)], mode=entry.mode, owner=self._owner(entry))
+            tree.set_meta(path, entry.mode, entry.mtime_ns, self._owner(entry))
             return ("created" if have is None else "updated"), len(data)
         sent = self._block_update(path, data, have)
-        if _meta_of(have) != _meta_of(entry):
-            self._record([("meta", path, _meta_of(have), {})])
-        tree.set_meta(path, entry.mode, entry.mtime_ns, _owner(entry))
+        if self._meta_of(have) != self._meta_of(entry):
+            self._record([("meta", path, self._meta_of(have), {})])
+        tree.set_meta(path, entry.mode, entry.mtime_ns, self._owner(entry))
         return ("updated" if sent or have.size != len(data) else "metadata"), sent
 
     def _block_update(self, path: str, data: bytes | mmap.mmap, have: Entry) -> int:
@@ -427,20 +427,30 @@ class Synchronizer:
         tree.write_ranges(path, ((o, view[o : o + n]) for o, n in ranges), len(data))
         return aligned
 
+    def _owner(self, entry: Entry) -> tuple[int, int] | None:
+        """The owner to give (and compare): None where the replica cannot be given owners."""
+        return (entry.uid, entry.gid) if self.tree.owners else None
+
+    def _meta_of(self, entry: Entry) -> dict[str, Any]:
+        """The metadata of a walked entry, as a ``meta`` before-image holds it."""
+        meta: dict[str, Any] = {"mode": entry.mode, "mtime_ns": entry.mtime_ns}
+        owner = self._owner(entry)
+        return meta if owner is None else {**meta, "owner": list(owner)}
+
     def _meta(self, path: str, entry: Entry, have: Entry) -> str:
         """Bring the mode, mtime and owner (a link: its owner) the master has; "" if it had them."""
         file = entry.kind == "file"
         link = entry.kind == "symlink"
         if (
-            _owner(have) == _owner(entry)
+            self._owner(have) == self._owner(entry)
             and (link or have.mode == entry.mode)
             and (not file or have.mtime_ns == entry.mtime_ns)
         ):
             return ""
         st = self.tree.lstat(path)
-        self._record([("meta", path, _meta_of(have), {})] if st else [])
+        self._record([("meta", path, self._meta_of(have), {})] if st else [])
         mode = None if link else entry.mode
-        self.tree.set_meta(path, mode, entry.mtime_ns if file else None, _owner(entry))
+        self.tree.set_meta(path, mode, entry.mtime_ns if file else None, self._owner(entry))
         return "metadata"
 
     def _keep(self, paths: list[str]) -> None:
@@ -499,15 +509,6 @@ class Synchronizer:
 
     def _synced(self, path: str, action: str, size: int, sent: int) -> DomainEvent:
         return self._event(FileSynced, path=path, action=action, size=size, bytes_sent=sent)
-
-
-def _owner(entry: Entry) -> tuple[int, int]:
-    return (entry.uid, entry.gid)
-
-
-def _meta_of(entry: Entry) -> dict[str, Any]:
-    """The metadata of a walked entry, as a ``meta`` before-image holds it."""
-    return {"mode": entry.mode, "mtime_ns": entry.mtime_ns, "owner": [entry.uid, entry.gid]}
 
 
 def _mostly_small(entries: dict[str, Entry]) -> bool:

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any, Final, Literal, TypeAlias, TypeVar
 
 from xoengine import blocks, codec
 from xoengine.blobtable import blob_chunks
-from xoengine.errors import DiskFullError, ReplicaWriteError
+from xoengine.errors import DiskFullError, FrameError, ReplicaWriteError
 from xoengine.journal import BlobTable, encode_position
 from xoengine.walk import ParentCache, normalize_relpath, open_parent
 
@@ -313,6 +313,9 @@ class ReplicaTree:
         """Operate under ``root`` (made if missing and ``create``); ``fsync``: durable writes."""
         self.root = root
         self.fsync = fsync
+        self.owners = os.geteuid() == 0
+        """Whether files here can be given their owners (root, until a chown is refused):
+        where not, they stay this process's, and owners are not compared (sync, verify)."""
         self._held: dict[int, ParentCache] = {}  # thread -> its cache, inside holding_parents
         if create:
             os.makedirs(root, exist_ok=True)
@@ -522,8 +525,10 @@ class ReplicaTree:
             finally:
                 os.close(handle)
 
-    def copy_new(self, path: str, source: str, mode: int) -> int:
+    def copy_new(self, path: str, source: str, mode: int, owner: Owner | None = None) -> int:
         """Create ``path`` with the bytes of the file ``source`` (kernel copy); return the size.
+
+        ``owner`` is given before the mode: a setuid copy never belongs to root.
 
         For files that did not exist on the replica: written in place and not
         fsynced here (the caller makes the whole batch durable at once with
@@ -544,6 +549,7 @@ class ReplicaTree:
                 )
                 try:
                     total = copy_sparse(src, dst)
+                    self._chown(dst, owner, None)
                     os.fchmod(dst, mode)
                     if self.fsync and total >= _WRITEBACK_EARLY:
                         # Start writing a large copy back now (asynchronously): the
@@ -648,7 +654,7 @@ class ReplicaTree:
                     end = _write_pieces(handle, pieces, 0)
                     if end != size:
                         os.ftruncate(handle, size)
-                    _chown(handle, owner, os.fstat(handle))
+                    self._chown(handle, owner, os.fstat(handle))
                     os.fchmod(handle, mode)
                     os.utime(handle, ns=(mtime_ns, mtime_ns))
                     if self.fsync:
@@ -690,7 +696,7 @@ class ReplicaTree:
                     end = _write_pieces(handle, pieces, st.st_size)
                     if end != size:
                         os.ftruncate(handle, size)
-                    chowned = _chown(handle, owner, st)  # may clear setuid: mode after it
+                    chowned = self._chown(handle, owner, st)  # may clear setuid: mode after it
                     if mode is None and chowned:
                         mode = stat.S_IMODE(st.st_mode)
                     if mode is not None and (chowned or stat.S_IMODE(st.st_mode) != mode):
@@ -772,7 +778,7 @@ class ReplicaTree:
                     sink = _Appender(out)
                     blocks.apply_delta_to(old, ops, literals, sink)
                     sink.check(result)
-            except _NotTheResultError:
+            except (_NotTheResultError, FrameError):  # FrameError: it shrank while read
                 return "diverged"
         return "rebuilt"
 
@@ -790,7 +796,7 @@ class ReplicaTree:
                 )
                 try:
                     yield handle
-                    _chown(handle, owner, None)
+                    self._chown(handle, owner, None)
                     if mode is not None:
                         os.fchmod(handle, mode)
                     if self.fsync:
@@ -831,6 +837,9 @@ class ReplicaTree:
                         os.unlink(leaf, dir_fd=fd)
                     os.symlink(os.fsencode(target or ""), leaf, dir_fd=fd)
                 elif st is None:
+                    # No setuid/setgid yet: the file is this process's (root's) until
+                    # its owner is set, which puts the whole mode back after it.
+                    mode &= ~_SPECIAL_BITS
                     handle = os.open(
                         leaf,
                         os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
@@ -886,6 +895,31 @@ class ReplicaTree:
             except OSError as e:
                 raise self._error(path, "rename", e) from e
 
+    def _chown(self, handle: int, owner: Owner | None, st: os.stat_result | None) -> bool:
+        """Give an open file ``owner`` unless it has it (``st``) or we may not; True if done."""
+        if owner is None or (st is not None and (st.st_uid, st.st_gid) == tuple(owner)):
+            return False
+        return self._refused(lambda: os.fchown(handle, owner[0], owner[1]))
+
+    def _chown_at(self, fd: int, leaf: str, owner: Owner | None, st: os.stat_result) -> bool:
+        """:meth:`_chown` of ``leaf`` in the directory ``fd`` (a link itself, never its target)."""
+        if owner is None or (st.st_uid, st.st_gid) == tuple(owner):
+            return False
+        return self._refused(
+            lambda: os.chown(leaf, owner[0], owner[1], dir_fd=fd, follow_symlinks=False)
+        )
+
+    def _refused(self, chown: Callable[[], None]) -> bool:
+        """Run ``chown``; True if done. A refusal turns :attr:`owners` off, not an error."""
+        try:
+            chown()
+        except OSError as e:
+            if e.errno not in _CANNOT_CHOWN:
+                raise
+            self.owners = False
+            return False
+        return True
+
     def set_meta(
         self, path: str, mode: int | None, mtime_ns: int | None, owner: Owner | None = None
     ) -> None:
@@ -898,7 +932,7 @@ class ReplicaTree:
             try:
                 st = os.stat(leaf, dir_fd=fd, follow_symlinks=False)
                 link = stat.S_ISLNK(st.st_mode)
-                if _chown_at(fd, leaf, owner, st) and mode is None:
+                if self._chown_at(fd, leaf, owner, st) and mode is None:
                     mode = stat.S_IMODE(st.st_mode)  # a chown may have cleared setuid
                 if mode is not None and not link:
                     os.chmod(leaf, mode, dir_fd=fd)
@@ -910,35 +944,11 @@ class ReplicaTree:
                 raise self._error(path, "set metadata", e) from e
 
 
+_SPECIAL_BITS: Final = stat.S_ISUID | stat.S_ISGID | stat.S_ISVTX
+
 _CANNOT_CHOWN: Final = frozenset({errno.EPERM, errno.EINVAL})
 """Refusals that leave a file with this process's owner: not root (as rsync without
 ``--super``), or an id the user namespace does not map (a container)."""
-
-
-def _chown(handle: int, owner: Owner | None, st: os.stat_result | None) -> bool:
-    """Give an open file ``owner`` unless it has it (``st``) or we may not; True if done."""
-    if owner is None or (st is not None and (st.st_uid, st.st_gid) == tuple(owner)):
-        return False
-    try:
-        os.fchown(handle, owner[0], owner[1])
-    except OSError as e:
-        if e.errno not in _CANNOT_CHOWN:
-            raise
-        return False
-    return True
-
-
-def _chown_at(fd: int, leaf: str, owner: Owner | None, st: os.stat_result) -> bool:
-    """:func:`_chown` of ``leaf`` in the directory ``fd`` (a link itself, never its target)."""
-    if owner is None or (st.st_uid, st.st_gid) == tuple(owner):
-        return False
-    try:
-        os.chown(leaf, owner[0], owner[1], dir_fd=fd, follow_symlinks=False)
-    except OSError as e:
-        if e.errno not in _CANNOT_CHOWN:
-            raise
-        return False
-    return True
 
 
 class _NotTheResultError(Exception):

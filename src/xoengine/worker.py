@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 __all__ = ["ApplierThread", "ScanFollower", "compare_trees"]
 
 
-def compare_trees(scenario: Scenario, replica_root: str) -> dict[str, str]:
+def compare_trees(scenario: Scenario, replica_root: str, *, owners: bool = True) -> dict[str, str]:
     """Hash both trees: path -> what differs (missing, extra, content, kind, mode, owner...)."""
     from xoengine import codec  # noqa: PLC0415
     from xoengine.walk import walk  # noqa: PLC0415
@@ -78,7 +78,7 @@ def compare_trees(scenario: Scenario, replica_root: str) -> dict[str, str]:
             differences[path] = "content" if a[0] == "file" else "link target"
         elif a[1] != b[1] and a[0] != "symlink":
             differences[path] = f"mode {oct(a[1])} vs {oct(b[1])}"
-        elif a[3] != b[3]:
+        elif owners and a[3] != b[3]:
             differences[path] = f"owner {a[3][0]}:{a[3][1]} vs {b[3][0]}:{b[3][1]}"
     return differences
 

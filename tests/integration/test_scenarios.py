@@ -458,9 +458,9 @@ def test_synchronize_beside_the_scan_copies_after_it_and_finishes_after_its_even
         order.append(("read", path))
         return real_read(self, path)
 
-    def copy_new(self: ReplicaTree, path: str, source: str, mode: int) -> int:
+    def copy_new(self: ReplicaTree, path: str, source: str, mode: int, owner: Any = None) -> int:
         order.append(("copy", path))
-        return real_copy(self, path, source, mode)
+        return real_copy(self, path, source, mode, owner)
 
     monkeypatch.setattr(capture.Capture, "_read", read)
     monkeypatch.setattr(ReplicaTree, "copy_new", copy_new)
@@ -946,7 +946,7 @@ def test_rebuilt_master_state_derives_delta_maps_from_the_journal(
         assert not sc.manifest.underived(txn)
 
 
-@pytest.mark.parametrize("change", ["create", "insert", "rewrite"])
+@pytest.mark.parametrize("change", ["create", "insert", "rewrite", "append"])
 def test_a_capture_holds_a_bounded_part_of_a_large_file(
     engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, change: str
 ) -> None:
@@ -957,10 +957,12 @@ def test_a_capture_holds_a_bounded_part_of_a_large_file(
     """
     import tracemalloc  # noqa: PLC0415
 
+    from xoengine import capture as capture_module  # noqa: PLC0415
     from xoengine import tree as tree_module  # noqa: PLC0415
     from xoengine.blobtable import BLOB_MAX  # noqa: PLC0415
 
     monkeypatch.setattr(tree_module, "HOLD_MAX", 2 * BLOB_MAX)
+    monkeypatch.setattr(capture_module, "FLUSH_BYTES", 2 * BLOB_MAX)  # batches committed
     sc = _scenario(engine, tmp_path, "r1")
     master = TreeBuilder(tmp_path / "master")
     content = _random(24 * BLOB_MAX, 31)
@@ -972,7 +974,14 @@ def test_a_capture_holds_a_bounded_part_of_a_large_file(
         "create": CreateFile("big", content),
         "insert": Insert("big", 100, b"shifts every block"),
         "rewrite": CreateFile("big", _random(24 * BLOB_MAX, 32)),
+        "append": Append("big", _random(6 * BLOB_MAX, 33)),
     }[change]
+    if change in {"rewrite", "append"}:  # in place: journaled in parts as read, never copied
+
+        def no_whole_read(*_: object) -> None:
+            raise AssertionError("an in-place change was read whole")
+
+        monkeypatch.setattr(capture_module, "read_whole", no_whole_read)
     master.apply(step)
     del content
     tracemalloc.start()
@@ -982,11 +991,14 @@ def test_a_capture_holds_a_bounded_part_of_a_large_file(
     finally:
         tracemalloc.stop()
     assert result.events >= 1
-    # The read buffer, the blocks held before giving up on streaming, the delta's
-    # scratch: the same for any size of file. Not the file's 24 chunks.
+    # The read buffer, the blocks held (HOLD_MAX) and batches being committed
+    # (FLUSH_BYTES, two at most), the delta's scratch: the same for any size of
+    # file. Not the file's 24 chunks.
     assert peak < 16 * BLOB_MAX, f"{peak / BLOB_MAX:.1f} chunks held at once"
     if change == "insert":
         assert result.bytes_journaled < BLOB_MAX  # a delta still, from the mapped copy
+    if change == "append":
+        assert result.bytes_journaled == 6 * BLOB_MAX  # the appended bytes only
     sc.resume("r1")
     sc.wait_replicated(timeout=60)
     assert_trees_equal(tmp_path / "master", tmp_path / "r1", mtimes=True)
@@ -1054,6 +1066,73 @@ def test_a_rebuild_cut_short_runs_again_when_the_engine_opens(
         with again.store.read() as txn:
             assert not reopened.manifest.is_rebuilding(txn)
         assert reopened.capture().events == 0
+
+
+def test_a_journal_from_before_owners_learns_each_owner_once(
+    engine: Engine, tmp_path: Path
+) -> None:
+    # Master-state entries written before owners were recorded hold -1: the next
+    # capture journals each path's owner once (a metadata change), then nothing.
+    from xoengine.events import MetadataChanged, observed_owner  # noqa: PLC0415
+
+    sc = _scenario(engine, tmp_path)
+    master = TreeBuilder(tmp_path / "master")
+    master.apply_all([CreateFile("d/a", b"a"), Symlink("d/l", "a")])
+    sc.start()
+
+    def forget(txn: Any) -> None:
+        for path, state in list(sc.manifest.items(txn)):
+            sc.manifest.put(txn, path, state.evolve(uid=-1, gid=-1))
+
+    engine.store.write(forget)
+    sc.capture_engine.forget_master_state()
+    st = os.lstat(tmp_path / "master" / "d" / "a")
+    assert sc.capture().metadata == 3  # d, d/a and d/l
+    learned = [e for _, e in engine._iter_events((MetadataChanged,))]
+    assert {observed_owner(e.observed)[0] for e in learned} == {st.st_uid}  # type: ignore[index]
+    with engine.store.read() as txn:
+        assert all(state.uid == st.st_uid for _, state in sc.manifest.items(txn))
+    assert sc.capture().events == 0
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to drop to another user")
+def test_a_replica_run_by_a_user_keeps_its_owner_and_settles(tmp_path: Path) -> None:
+    # Run as nobody, the replica's files stay nobody's (no chown is possible): a
+    # second synchronization must find nothing to do and the verify no difference,
+    # not the owners of root's files again and again.
+    import json  # noqa: PLC0415
+    import tempfile  # noqa: PLC0415
+    from pathlib import Path  # noqa: PLC0415
+
+    base = Path(tempfile.mkdtemp(prefix="xoengine-nobody-"))  # pytest's tmp is root's alone
+    try:
+        os.chown(base, 65534, 65534)
+        TreeBuilder(base / "master").apply_all(
+            [CreateFile("docs/a", b"a" * 5000), Symlink("docs/l", "a"), CreateFile("b", b"b")]
+        )
+        script = (
+            "import json, os, sys\n"
+            "from xoengine.engine import Engine\n"
+            "import xoengine.worker\n"
+            "os.setgid(65534); os.setuid(65534)  # after the imports: root's Python may be 0700\n"
+            "base = sys.argv[1]\n"
+            "eng = Engine.open(base + '/state', durability='nosync')\n"
+            "sc = eng.create_scenario('n', master=base + '/master', replicas={'r1': base + '/r1'})\n"
+            "sc.start()\n"
+            "sc.synchronize(level='block', replica='r1')\n"
+            "run = sc.sync_report('r1')['runs'][-1]\n"
+            "verify = sc.difference_report('r1', verify=True)['differences']\n"
+            "print(json.dumps([run['files_changed'], verify]))\n"
+            "eng.close()\n"
+        )
+        done = subprocess.run(
+            [sys.executable, "-c", script, str(base)], check=True, capture_output=True, text=True
+        )
+        changed, differences = json.loads(done.stdout.strip().splitlines()[-1])
+        assert (changed, differences) == (0, {})
+        assert os.stat(base / "r1" / "docs" / "a").st_uid == 65534
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
 
 
 def test_a_file_whose_map_is_underived_is_journaled_whole(engine: Engine, tmp_path: Path) -> None:

@@ -34,6 +34,7 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
+from xoengine import capture as capture_module
 from xoengine import tree as tree_module
 from xoengine.blocks import BlockMap
 from xoengine.capture import pack_digests
@@ -467,7 +468,7 @@ def test_master_state_rebuilt_from_journal_equals_live() -> None:
 
 
 class MappedCopyMachine(RebuildMachine):
-    """Rebuild scripts (with their shifted file) where every changed file is read as a mapped copy."""
+    """Rebuild scripts (with their shifted file), every changed file spilled or read mapped."""
 
     label = "mapped-copy scripts"
 
@@ -479,6 +480,9 @@ def test_replica_matches_master_when_files_are_read_as_mapped_copies(
     # of more changed bytes than that gives up for the whole read: with 0, every
     # change of a file takes that path (a 20 GiB file would, in production).
     monkeypatch.setattr(tree_module, "HOLD_MAX", 0)
+    # And every in-place change is journaled in parts as read (spilled), with each
+    # batch committed at once.
+    monkeypatch.setattr(capture_module, "FLUSH_BYTES", 0)
     _run(MappedCopyMachine, 50, stateful_step_count=30)
 
 

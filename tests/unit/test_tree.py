@@ -185,3 +185,22 @@ def test_owners_are_left_as_they_are_where_the_process_may_not_give_them(tmp_pat
         assert (root / "f").read_bytes() == b"z"
     finally:
         shutil.rmtree(root)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root gives files to other users")
+def test_a_setuid_file_never_belongs_to_root_on_the_way(tmp_path: Path) -> None:
+    """A kill between writing a file and giving it its owner must not leave a root setuid file."""
+    tree = ReplicaTree(str(tmp_path / "replica"))
+    tree.create("made", "file", 0o4755, None)  # its owner comes later (the next event)
+    assert os.stat(tmp_path / "replica" / "made").st_mode & 0o7777 == 0o755
+    tree.set_meta("made", 0o4755, None, owner=(1000, 100))
+    st = os.stat(tmp_path / "replica" / "made")
+    assert (st.st_uid, st.st_gid, st.st_mode & 0o7777) == (1000, 100, 0o4755)
+    source = tmp_path / "source"
+    source.write_bytes(b"#!/bin/sh\n")
+    tree.copy_new("copied", str(source), 0o6755, owner=(1000, 100))  # owner before mode
+    st = os.stat(tmp_path / "replica" / "copied")
+    assert (st.st_uid, st.st_gid, st.st_mode & 0o7777) == (1000, 100, 0o6755)
+    tree.replace("copied", [b"new"], mode=0o4750, owner=(65534, 65534))
+    st = os.stat(tmp_path / "replica" / "copied")
+    assert (st.st_uid, st.st_gid, st.st_mode & 0o7777) == (65534, 65534, 0o4750)

@@ -123,6 +123,7 @@ def cmd_history(args: argparse.Namespace) -> int:
     if args.json:
         _show(entries, as_json=True)
     else:
+        owners: dict[str, list[int]] = {}  # the last owner shown, per file identity
         for e in entries:
             extra = f" -> {shown(e.new_path)}" if e.new_path else ""
             if e.moved_with:
@@ -131,7 +132,8 @@ def cmd_history(args: argparse.Namespace) -> int:
                 extra += f" (symlink to {shown(e.target)})"
             if e.mode is not None and e.target is None:
                 extra += f" mode={e.mode:04o}"
-            if e.owner is not None and e.operation in {"created", "metadata"}:
+            if e.owner is not None and owners.get(e.file_id) != e.owner:
+                owners[e.file_id] = e.owner  # shown where it is first known, and changes
                 extra += f" owner={e.owner[0]}:{e.owner[1]}"
             ranges = " ".join(f"{o}+{n}" for o, n in e.ranges)
             size = "" if e.size is None else f" size={e.size}"
