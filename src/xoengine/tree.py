@@ -28,6 +28,7 @@ import functools
 import mmap
 import os
 import stat
+import tempfile
 import threading
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -946,6 +947,9 @@ class ReplicaTree:
 
 _SPECIAL_BITS: Final = stat.S_ISUID | stat.S_ISGID | stat.S_ISVTX
 
+_NO_TMPFILE: Final = frozenset({errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL})
+"""What ``open(O_TMPFILE)`` says where the file system (or the kernel) has no such thing."""
+
 _CANNOT_CHOWN: Final = frozenset({errno.EPERM, errno.EINVAL})
 """Refusals that leave a file with this process's owner: not root (as rsync without
 ``--super``), or an id the user namespace does not map (a container)."""
@@ -1036,13 +1040,15 @@ def read_whole(fd: int, size: int, scratch: str) -> bytes | mmap.mmap:
     even by a kill) and mapped: whoever reads it whole (a delta, a block map)
     then reads page cache the kernel can reclaim, not process memory (a 20 GiB
     file is not 20 GiB of RAM), and the copy is private, so nothing truncates
-    it under the map. Where that is not possible (no ``O_TMPFILE``, no space)
-    the file is read into memory. ``OSError`` of the source propagates.
+    it under the map. A file system without ``O_TMPFILE`` (NFS, FAT) gets a
+    named file, unlinked at once. Where no copy can be made at all (no space,
+    no such directory) the file is read into memory. ``OSError`` of the source
+    propagates.
     """
     if size <= HOLD_MAX:
         return _read_all(fd, size)
     try:
-        copy = os.open(scratch, os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o600)
+        copy = _unnamed_file(scratch)
     except OSError:
         return _read_all(fd, size)
     try:
@@ -1055,6 +1061,18 @@ def read_whole(fd: int, size: int, scratch: str) -> bytes | mmap.mmap:
         return _read_all(fd, size)
     finally:
         os.close(copy)  # the map holds the unnamed file until it is dropped
+
+
+def _unnamed_file(directory: str) -> int:
+    """A new file in ``directory`` that no name reaches, open for reading and writing."""
+    try:
+        return os.open(directory, os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o600)
+    except OSError as e:
+        if e.errno not in _NO_TMPFILE:
+            raise
+    handle, name = tempfile.mkstemp(prefix=TMP_PREFIX, dir=directory)  # then unnamed at once
+    os.unlink(name)
+    return handle
 
 
 def _read_all(fd: int, size: int) -> bytes:

@@ -147,11 +147,19 @@ def test_read_whole_maps_a_private_copy_of_a_large_file_and_leaves_nothing(
         os.lseek(fd, 0, os.SEEK_SET)
         small = tree_module.read_whole(fd, 21, str(scratch))
         assert small == b"changed under the map"  # at most HOLD_MAX: read into memory
-        # Where no unnamed copy can be made (no such directory, no O_TMPFILE, a full
-        # disk), a large file is read into memory.
+        # Where no copy can be made at all (no such directory, a full disk), a large
+        # file is read into memory.
         source.write_bytes(data)
         os.lseek(fd, 0, os.SEEK_SET)
         assert tree_module.read_whole(fd, 5000, str(tmp_path / "missing")) == data
+        # A file system without O_TMPFILE (NFS, FAT; opening the directory itself is
+        # what a kernel without the flag does): a named copy, unlinked at once.
+        monkeypatch.setattr(os, "O_TMPFILE", 0)
+        os.lseek(fd, 0, os.SEEK_SET)
+        named = tree_module.read_whole(fd, 5000, str(scratch))
+        assert isinstance(named, mmap.mmap)
+        assert named[:] == data
+        assert not list(scratch.iterdir())
     finally:
         os.close(fd)
 
