@@ -564,11 +564,8 @@ class Capture:
                 # Too much held: an in-place change is journaled in parts as it is
                 # read (a 300 MiB append to a 20 GiB image is not a copy of it).
                 assert old is not None
-                changed = sum(len(d) for _, d in runs)
-                if self._shifts(old, before.st_size, runs[0][0], changed):
-                    return False
-                self._write_runs(path, state, runs, _observed(before), before.st_size)
-                return True
+                part = (runs, before.st_size, before)
+                return self._in_place(path, state, old, part, quiet=True)
 
             streamed = self._stream_changes(path, old_map, spill)
             if streamed is None:

@@ -27,6 +27,7 @@ from xoengine.events import (
     FileRenamed,
     FileTruncated,
     MetadataChanged,
+    observed_owner,
 )
 from xoengine.manifest import FileState, Manifest
 
@@ -173,8 +174,9 @@ class MasterState:
                 dev=dev,
                 observed_ns=when[0] if when else 0,
             )
-            if len(when) >= 3:  # the owner, in events since it was recorded
-                state = state.evolve(uid=when[1], gid=when[2])
+            owner = observed_owner(event.observed)  # in events since it was recorded
+            if owner is not None:
+                state = state.evolve(uid=owner[0], gid=owner[1])
         manifest.put(txn, event.path, state)
 
     def _rename(self, txn: WriteTxn, old: str, new: str, version: int) -> None:

@@ -489,8 +489,8 @@ class Scenario:
                     continue
                 out = os.path.join(scratch, str(number))
                 forensics.replay(out, position, path)
-                tree.copy_new(path, os.path.join(out, path), state.mode)
-                tree.set_meta(path, state.mode, state.mtime_ns, owner)
+                tree.copy_new(path, os.path.join(out, path), state.mode, owner)
+                tree.set_meta(path, None, state.mtime_ns)  # owner and mode: copy_new
         tree.flush([path for path, state in moved if state is not None])
 
     # -- replicas ---------------------------------------------------------------------------

@@ -343,7 +343,7 @@ class Synchronizer:
                 index, rel = self.layout.split(path)
                 source = os.path.join(self.layout.roots[index], rel)
                 sent = self.tree.copy_new(path, source, entry.mode, self._owner(entry))
-                self.tree.set_meta(path, entry.mode, entry.mtime_ns, self._owner(entry))
+                self.tree.set_meta(path, None, entry.mtime_ns)  # owner and mode: copy_new
                 self._copied.append(path)
             done.append((path, entry, "created", sent))
         for path, entry in batch:  # directory modes last: creating children moves mtimes
@@ -392,7 +392,7 @@ class Synchronizer:
                 else [("created", path, {}, {})]
             )
             tree.replace(path, [memoryview(data)], mode=entry.mode, owner=self._owner(entry))
-            tree.set_meta(path, entry.mode, entry.mtime_ns, self._owner(entry))
+            tree.set_meta(path, None, entry.mtime_ns)  # owner and mode: replace
             return ("created" if have is None else "updated"), len(data)
         sent = self._block_update(path, data, have)
         if self._meta_of(have) != self._meta_of(entry):

@@ -896,24 +896,27 @@ class ReplicaTree:
             except OSError as e:
                 raise self._error(path, "rename", e) from e
 
-    def _chown(self, handle: int, owner: Owner | None, st: os.stat_result | None) -> bool:
-        """Give an open file ``owner`` unless it has it (``st``) or we may not; True if done."""
+    def _chown(
+        self,
+        target: int | str,
+        owner: Owner | None,
+        st: os.stat_result | None,
+        dir_fd: int | None = None,
+    ) -> bool:
+        """Give ``owner`` to ``target`` unless it has it (``st``); True if done.
+
+        ``target`` is an open file, or a name in the directory ``dir_fd`` (a link
+        itself then, never what it points to). A refusal (not root, an id the
+        namespace does not map) turns :attr:`owners` off and leaves the file as
+        it is: not an error.
+        """
         if owner is None or (st is not None and (st.st_uid, st.st_gid) == tuple(owner)):
             return False
-        return self._refused(lambda: os.fchown(handle, owner[0], owner[1]))
-
-    def _chown_at(self, fd: int, leaf: str, owner: Owner | None, st: os.stat_result) -> bool:
-        """:meth:`_chown` of ``leaf`` in the directory ``fd`` (a link itself, never its target)."""
-        if owner is None or (st.st_uid, st.st_gid) == tuple(owner):
-            return False
-        return self._refused(
-            lambda: os.chown(leaf, owner[0], owner[1], dir_fd=fd, follow_symlinks=False)
-        )
-
-    def _refused(self, chown: Callable[[], None]) -> bool:
-        """Run ``chown``; True if done. A refusal turns :attr:`owners` off, not an error."""
         try:
-            chown()
+            if dir_fd is None:
+                os.chown(target, owner[0], owner[1])
+            else:
+                os.chown(target, owner[0], owner[1], dir_fd=dir_fd, follow_symlinks=False)
         except OSError as e:
             if e.errno not in _CANNOT_CHOWN:
                 raise
@@ -933,7 +936,7 @@ class ReplicaTree:
             try:
                 st = os.stat(leaf, dir_fd=fd, follow_symlinks=False)
                 link = stat.S_ISLNK(st.st_mode)
-                if self._chown_at(fd, leaf, owner, st) and mode is None:
+                if self._chown(leaf, owner, st, fd) and mode is None:
                     mode = stat.S_IMODE(st.st_mode)  # a chown may have cleared setuid
                 if mode is not None and not link:
                     os.chmod(leaf, mode, dir_fd=fd)
@@ -1046,19 +1049,18 @@ def read_whole(fd: int, size: int, scratch: str) -> bytes | mmap.mmap:
     propagates.
     """
     if size <= HOLD_MAX:
-        return _read_all(fd, size)
+        return pread_all(fd, size, 0)
     try:
         copy = _unnamed_file(scratch)
     except OSError:
-        return _read_all(fd, size)
+        return pread_all(fd, size, 0)
     try:
         copy_sparse(fd, copy)
         if os.fstat(copy).st_size == 0:  # emptied while copied: nothing to map
             return b""
         return mmap.mmap(copy, 0, access=mmap.ACCESS_READ)
     except OSError:
-        os.lseek(fd, 0, os.SEEK_SET)
-        return _read_all(fd, size)
+        return pread_all(fd, size, 0)
     finally:
         os.close(copy)  # the map holds the unnamed file until it is dropped
 
@@ -1073,19 +1075,6 @@ def _unnamed_file(directory: str) -> int:
     handle, name = tempfile.mkstemp(prefix=TMP_PREFIX, dir=directory)  # then unnamed at once
     os.unlink(name)
     return handle
-
-
-def _read_all(fd: int, size: int) -> bytes:
-    """All bytes of an fd from its offset (``size`` is a hint: the file may have grown)."""
-    chunks = []
-    remaining = size
-    while True:
-        chunk = os.read(fd, max(remaining, 1 << 20) if remaining > 0 else 1 << 20)
-        if not chunk:
-            break
-        chunks.append(chunk)
-        remaining -= len(chunk)
-    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 def kind_of(mode: int) -> str:

@@ -31,22 +31,19 @@ __all__ = ["ApplierThread", "ScanFollower", "compare_trees"]
 
 def compare_trees(scenario: Scenario, replica_root: str, *, owners: bool = True) -> dict[str, str]:
     """Hash both trees: path -> what differs (missing, extra, content, kind, mode, owner...)."""
-    from xoengine import codec  # noqa: PLC0415
+    from xoengine.tree import TMP_PREFIX, ReplicaTree  # noqa: PLC0415
     from xoengine.walk import walk  # noqa: PLC0415
 
     def digest(root: str, prefix: str) -> dict[str, tuple[str, int, str, tuple[int, int]]]:
         out: dict[str, tuple[str, int, str, tuple[int, int]]] = {}
+        files = ReplicaTree(root, fsync=False, create=False)  # read only: its streamed digest
         tree = walk(root, scenario.capture_engine.include, scenario.capture_engine.exclude)
         with contextlib.closing(tree):
             for entry in tree:
-                if entry.name.startswith(".xoengine-tmp-"):
+                if entry.name.startswith(TMP_PREFIX):
                     continue
                 if entry.kind == "file":
-                    hasher = codec.hasher128()
-                    with open(os.path.join(root, entry.relpath), "rb") as f:
-                        while chunk := f.read(1 << 20):  # a file of any size, 1 MiB at a time
-                            hasher.update(chunk)
-                    value = hasher.hexdigest()
+                    value = files.digest128(entry.relpath).hex()
                 else:
                     value = entry.target or ""
                 out[prefix + entry.relpath] = (
