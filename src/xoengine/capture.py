@@ -52,16 +52,26 @@ from xoengine.events import (
     FileEvent,
     FileRenamed,
     MetadataChanged,
+    XattrsChanged,
     new_id,
 )
 from xoengine.manifest import FileState
-from xoengine.masterstate import MasterState, pack_digests, racy, racy_window, unpack_map
+from xoengine.masterstate import (
+    MasterState,
+    pack_digests,
+    racy,
+    racy_window,
+    unpack_map,
+    xattr_digest,
+    xattrs_racy,
+)
 from xoengine.tree import read_whole
 from xoengine.walk import (
     Entry,
     PathFilter,
     birth_ns,
     normalize_relpath,
+    read_xattrs,
     stat_entry,
     walk,
 )
@@ -185,6 +195,7 @@ class Capture:
         self._versions: dict[uuid.UUID, int] = {}
         self._result = CaptureResult()
         self._settled: set[tuple[str, int]] = set()  # racy files re-read after their tick
+        self._settled_xattrs: set[tuple[str, int]] = set()  # the same, for extended attributes
         self._committer: _Committer | None = None  # set during scan(): commits off-thread
         self._progress: ScanProgress | None = None
 
@@ -364,17 +375,7 @@ class Capture:
 
     def _rename(self, old: str, new: str, known: dict[str, FileState]) -> None:
         state = known[old]
-        version = self._next_version(state)
-        event = FileRenamed(
-            originator_id=state.file_id,
-            originator_version=version,
-            timestamp=FileRenamed.create_timestamp(),
-            scenario=self.scenario,
-            path=old,
-            observed=[],
-            new_path=new,
-        )
-        self._queue(lambda _ids: event, [])
+        version = self._journal(FileRenamed, state, old, [], new_path=new)
         self._result.renamed += 1
         for path in [old, *[p for p in known if p.startswith(old + "/")]]:
             moved = new + path[len(old) :]
@@ -389,16 +390,25 @@ class Capture:
         self._delete(path, known.pop(path))
 
     def _delete(self, path: str, state: FileState) -> None:
-        event = FileDeleted(
+        self._journal(FileDeleted, state, path, [])
+        self._result.deleted += 1
+
+    def _journal(
+        self, cls: type[FileEvent], state: FileState, path: str, observed: list[int], **fields: Any
+    ) -> int:
+        """Queue an event of ``cls`` that carries no file data for ``state``'s file; its version."""
+        version = self._next_version(state)
+        event = cls(
             originator_id=state.file_id,
-            originator_version=self._next_version(state),
-            timestamp=FileDeleted.create_timestamp(),
+            originator_version=version,
+            timestamp=cls.create_timestamp(),
             scenario=self.scenario,
             path=path,
-            observed=[],
+            observed=observed,
+            **fields,
         )
         self._queue(lambda _ids: event, [])
-        self._result.deleted += 1
+        return version
 
     def _next_version(self, state: FileState) -> int:
         version = self._versions.get(state.file_id, state.version) + 1
@@ -409,7 +419,8 @@ class Capture:
         index, rel = self.layout.split(path)
         return os.path.join(self.layout.roots[index], rel)
 
-    def _create(self, path: str, entry: Entry) -> uuid.UUID:
+    def _create(self, path: str, entry: Entry) -> FileState:
+        """Journal a new path: its creation, content and extended attributes; its new state."""
         file_id = new_id()
         self._versions[file_id] = 1
         created = FileCreated(
@@ -426,10 +437,10 @@ class Capture:
         )
         self._queue(lambda _ids: created, [])
         self._result.created += 1
+        state = FileState(file_id=file_id, version=1, kind=entry.kind, mode=entry.mode, xattrs=0)
         if entry.kind == "file":
-            state = FileState(file_id=file_id, version=1, kind="file", mode=entry.mode)
             self._capture_content(path, state, None)
-        return file_id
+        return state.evolve(xattrs=self._xattrs(path, state))
 
     def _create_parents(
         self, path: str, walked: dict[str, Entry], known: dict[str, FileState]
@@ -445,10 +456,9 @@ class Capture:
             entry = walked.get(parent)
             if parent in known or entry is None or entry.kind != "dir":
                 continue
-            file_id = self._create(parent, entry)
-            known[parent] = FileState(
-                file_id=file_id,
-                version=1,
+            made = self._create(parent, entry)
+            known[parent] = made.evolve(
+                version=self._versions[made.file_id],
                 kind="dir",
                 mode=entry.mode,
                 mtime_ns=entry.mtime_ns,
@@ -460,6 +470,20 @@ class Capture:
             )
 
     def _update(self, path: str, entry: Entry, state: FileState) -> None:
+        # Setting an extended attribute moves the ctime only (within a coarse
+        # clock's tick, not even that): they are read where the stat moved, where
+        # it cannot vouch for them and where the master state does not know them.
+        look = (
+            state.xattrs < 0
+            or (entry.size, entry.mtime_ns, entry.ctime_ns, entry.inode, entry.mode)
+            != (state.size, state.mtime_ns, state.ctime_ns, state.ino, state.mode)
+            or self._racy(path, state, xattrs=True)
+        )
+        if self._update_stat(path, entry, state) and look:
+            self._xattrs(path, state)
+
+    def _update_stat(self, path: str, entry: Entry, state: FileState) -> bool:
+        """Journal what moved in ``path``'s content, stat and owner; False if it was made anew."""
         same_stat = (
             entry.size == state.size
             and entry.mtime_ns == state.mtime_ns
@@ -471,7 +495,7 @@ class Capture:
             # inode can show the old stat (a link's size is its target's length).
             self._delete(path, state)
             self._create(path, entry)
-            return
+            return False
         # A chown moves the ctime, but not on a file system of coarse timestamps
         # within its tick: the owner is compared itself. A journal written before
         # owners were recorded (-1) learns each one once, as a metadata change.
@@ -481,25 +505,33 @@ class Capture:
             # carries the new stat (a new mode and owner too); same bytes journal
             # only metadata that moved.
             self._capture_content(path, state, state, quiet=same_meta)
-            return
+            return True
         if same_stat and same_meta:
-            return
+            return True
         if entry.kind == "file" and not same_stat:
             self._capture_content(path, state, state)
-            return  # content events carry the new stat (observed); metadata included
+            return True  # content events carry the new stat (observed); metadata included
         if not same_meta or entry.mtime_ns != state.mtime_ns or not same_stat:
-            event = MetadataChanged(
-                originator_id=state.file_id,
-                originator_version=self._next_version(state),
-                timestamp=MetadataChanged.create_timestamp(),
-                scenario=self.scenario,
-                path=path,
-                observed=_entry_observed(entry),
-                mode=entry.mode,
-                mtime_ns=entry.mtime_ns,
-            )
-            self._queue(lambda _ids: event, [])
-            self._result.metadata += 1
+            self._metadata_only(path, state, _entry_observed(entry))
+        return True
+
+    def _xattrs(self, path: str, state: FileState) -> int:
+        """Journal ``path``'s extended attributes where they are not what ``state`` knows.
+
+        After the path's other events: the replica applies them last (a write or
+        a chown there drops ``security.capability``, as it did on the master).
+        The event carries no stat: the other events of this pass carry it.
+        """
+        try:
+            found = read_xattrs(self._abs(path))
+        except OSError:
+            return state.xattrs  # gone: the next pass journals that
+        digest = xattr_digest(found)
+        if digest == state.xattrs:
+            return digest
+        self._journal(XattrsChanged, state, path, [], xattrs=found)
+        self._result.metadata += 1
+        return digest
 
     # -- content -----------------------------------------------------------------------------
 
@@ -534,20 +566,22 @@ class Capture:
                 return data, after
         return None
 
-    def _racy(self, path: str, state: FileState) -> bool:
+    def _racy(self, path: str, state: FileState, *, xattrs: bool = False) -> bool:
         """Whether an unchanged stat cannot vouch for ``path``: read its bytes again.
 
+        (``xattrs``: its extended attributes, :func:`masterstate.xattrs_racy`.)
         Once a re-read happens after the racy window has passed, any later
         write moves the stat, so that version of the file is settled for the
         life of this capture (a new process re-reads it once more).
         """
-        if not racy(state):
+        if not (xattrs_racy(state) if xattrs else racy(state)):
             return False
+        settled = self._settled_xattrs if xattrs else self._settled
         key = (path, state.version)
-        if key in self._settled:
+        if key in settled:
             return False
         if time.time_ns() - max(state.mtime_ns, state.ctime_ns) >= racy_window(state):
-            self._settled.add(key)
+            settled.add(key)
         return True
 
     def _capture_content(
@@ -757,17 +791,9 @@ class Capture:
         self._bytes_written(path, state, runs, spans, observed, size)
 
     def _metadata_only(self, path: str, state: FileState, observed: list[int]) -> None:
-        event = MetadataChanged(
-            originator_id=state.file_id,
-            originator_version=self._next_version(state),
-            timestamp=MetadataChanged.create_timestamp(),
-            scenario=self.scenario,
-            path=path,
-            observed=observed,
-            mode=observed[1],
-            mtime_ns=observed[2],
+        self._journal(
+            MetadataChanged, state, path, observed, mode=observed[1], mtime_ns=observed[2]
         )
-        self._queue(lambda _ids: event, [])
         self._result.metadata += 1
 
     def _write_ranges(

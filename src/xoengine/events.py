@@ -63,6 +63,7 @@ __all__ = [
     "SyncFinished",
     "SyncStarted",
     "UndoTrimmed",
+    "XattrsChanged",
     "XoEvent",
     "event_bytes",
     "new_id",
@@ -316,6 +317,21 @@ class MetadataChanged(FileEvent):
     mtime_ns: int
 
 
+@dataclass(frozen=True)
+class XattrsChanged(FileEvent):
+    """The extended attributes changed: ``xattrs`` is the whole set after the change.
+
+    Name -> value, every namespace the capture could read (POSIX ACLs as
+    ``system.posix_acl_access``/``_default``, file capabilities as
+    ``security.capability``, Samba's NT ACLs as ``security.NTACL``, ``user.*``).
+    A path whose set is empty gets one only when it had some before. Applied
+    after the other events of its path and capture: a write or a chown makes
+    the kernel drop ``security.capability``, and setting an ACL sets mode bits.
+    """
+
+    xattrs: dict[str, bytes]
+
+
 # -- synchronization (one stream per run) ----------------------------------------------
 
 
@@ -364,6 +380,7 @@ FILE_EVENTS: Final = (
     FileRenamed,
     FileDeleted,
     MetadataChanged,
+    XattrsChanged,
 )
 """Every kind of file event: what the replica applies, the master state folds, the ledger counts."""
 

@@ -40,11 +40,12 @@ from xoengine.events import (
     FileRenamed,
     FileTruncated,
     MetadataChanged,
+    XattrsChanged,
     event_bytes,
     observed_owner,
 )
 from xoengine.tree import Extents, ReplicaTree, event_delta
-from xoengine.walk import normalize_relpath
+from xoengine.walk import Xattrs, normalize_relpath, read_xattrs
 
 if TYPE_CHECKING:
     import uuid
@@ -70,6 +71,9 @@ class JournalSource(Protocol):
     def blob(self, blob_id: bytes) -> bytes | memoryview:
         """The verified bytes of a blob."""
 
+
+_DEFAULT_ACL: Final = "system.posix_acl_default"
+"""A directory's ACL that the paths made in it inherit."""
 
 _DECODED_MAX: Final = 250_000
 """A bisect keeps at most this many decoded file events for its probes (each is a few
@@ -120,6 +124,8 @@ class LiveFile:
     content: list[tuple[int, FileEvent]] = field(default_factory=list)
     owner: list[int] | None = None
     """``[uid, gid]`` (None: the journal does not say, as in journals before owners)."""
+    xattrs: Xattrs | None = None
+    """Extended attributes (None: the journal never gave them: none)."""
 
 
 @dataclass(frozen=True)
@@ -154,6 +160,7 @@ class HistoryEntry:
     target: str | None = None  # where a created symbolic link points
     mode: int | None = None  # permission bits set by a creation or a metadata change
     owner: list[int] | None = None  # [uid, gid] after the change, where the journal says
+    xattrs: dict[str, str] | None = None  # name -> value (hex) after an "xattrs" change
 
 
 @dataclass(frozen=True)
@@ -235,6 +242,7 @@ def _operation(event: FileEvent) -> str:
         FileRenamed: "renamed",
         FileDeleted: "deleted",
         MetadataChanged: "metadata",
+        XattrsChanged: "xattrs",
     }.get(type(event), type(event).__name__)
 
 
@@ -293,6 +301,8 @@ class Forensics:
             return moved
         if isinstance(event, MetadataChanged):
             live.mode, live.mtime_ns = event.mode, event.mtime_ns
+        elif isinstance(event, XattrsChanged):
+            live.xattrs = event.xattrs
         elif isinstance(event, (BytesWritten, FileTruncated, ContentReplaced)):
             live.size = event.size
             live.content.append((position, event))
@@ -365,6 +375,11 @@ class Forensics:
     ) -> tuple[int, int, int, int]:
         files = dirs = links = total = 0
         ordered = sorted(selected, key=lambda f: (f.path.count("/"), os.fsencode(f.path)))
+        # Where a default ACL (of the target, or of a directory replayed) could hand
+        # one down, every path gets its own set, an empty one too.
+        inherit = _DEFAULT_ACL in read_xattrs(out.root) or any(
+            live.xattrs and _DEFAULT_ACL in live.xattrs for live in selected
+        )
         for done, live in enumerate(ordered, 1):
             if live.kind == "dir":
                 out.create(live.path, "dir", live.mode, None)
@@ -376,6 +391,8 @@ class Forensics:
             elif live.kind == "file":
                 total += self._rebuild(out, live)
                 files += 1
+            if (live.xattrs or inherit) and live.kind != "dir":  # last, as the applier does
+                out.set_xattrs(live.path, live.xattrs or {})
             if progress is not None:
                 progress(done, len(ordered))
         # Directory modes and mtimes last: writing inside a directory moves its mtime.
@@ -383,6 +400,8 @@ class Forensics:
             (f for f in selected if f.kind == "dir"), key=lambda f: -f.path.count("/")
         ):
             out.set_meta(live.path, live.mode, live.mtime_ns, live.owner)
+            if live.xattrs or inherit:
+                out.set_xattrs(live.path, live.xattrs or {})
         return files, dirs, links, total
 
     def _rebuild(self, out: ReplicaTree, live: LiveFile) -> int:
@@ -481,7 +500,8 @@ class Forensics:
                 if live is None or live.kind != "file":
                     continue
                 name = file_id.hex
-                self._rebuild(out, dataclasses.replace(live, path=name, mode=0o600, owner=None))
+                bare = dataclasses.replace(live, path=name, mode=0o600, owner=None, xattrs=None)
+                self._rebuild(out, bare)
                 with open(os.path.join(temporary, name), "rb") as handle:
                     if os.fstat(handle.fileno()).st_size == 0:
                         yield file_id, b""
@@ -533,6 +553,11 @@ class Forensics:
                 target=event.target if isinstance(event, FileCreated) else None,
                 mode=event.mode if isinstance(event, FileCreated | MetadataChanged) else None,
                 owner=None if event is None else observed_owner(event.observed),
+                xattrs=(
+                    {name: value.hex() for name, value in event.xattrs.items()}
+                    if isinstance(event, XattrsChanged)
+                    else None
+                ),
             )
             for pos, time_ns, fid, event, at, new, via in changes
             if fid in ids
@@ -559,7 +584,7 @@ class Forensics:
             if pos > low:
                 if isinstance(event, (BytesWritten, FileTruncated, ContentReplaced)):
                     touched.setdefault(event.originator_id, []).extend(_ranges(event))
-                elif isinstance(event, MetadataChanged):
+                elif isinstance(event, MetadataChanged | XattrsChanged):
                     meta.add(event.originator_id)
         if at_low is None:
             at_low = {fid: f.path for fid, f in alive.items()}
@@ -666,7 +691,7 @@ class Forensics:
         # change of mode or mtime alone is not damage either.
         groups: dict[int, tuple[int, set[uuid.UUID], set[uuid.UUID]]] = {}
         for pos, time_ns, fid, operation in changes:
-            if operation == "metadata":
+            if operation in {"metadata", "xattrs"}:
                 continue
             _, changed, new = groups.setdefault(time_ns, (pos, set(), set()))
             (new if operation == "created" else changed).add(fid)

@@ -5,7 +5,9 @@ Room: algorithms/storage. May import ``errors``, ``codec``, ``datastore``; no ev
 A manifest is three tables under one name ``N``:
 
 - ``N.paths``: scenario path (UTF-8 with surrogateescape) -> frame of
-  ``[file id, version, kind, size, mode, mtime_ns, ctime_ns, ino, dev, target]``;
+  ``[file id, version, kind, size, mode, mtime_ns, ctime_ns, ino, dev, target,
+  observed_ns, uid, gid, xattrs digest]`` (entries written before the last
+  four have fewer: see :meth:`FileState.unpack`);
 - ``N.blocks``: file id (16 bytes) + chunk number (4 bytes BE) -> frame of the
   packed block digests of up to :data:`CHUNK_BLOCKS` consecutive blocks, each
   digest :data:`DIGEST_WIDTH` bytes (``blocks.BlockMap`` layout);
@@ -63,6 +65,9 @@ class FileState:
     uid: int = -1
     gid: int = -1
     """The owner (-1: unknown, as in journals written before owners were recorded)."""
+    xattrs: int = -1
+    """Digest of the extended attributes (``masterstate.xattr_digest``: 0 none, -1 unknown,
+    as in entries written before they were recorded)."""
 
     def pack(self) -> bytes:
         """The msgpack body of this entry."""
@@ -81,6 +86,7 @@ class FileState:
                 self.observed_ns,
                 self.uid,
                 self.gid,
+                self.xattrs,
             ]
         )
 
@@ -92,6 +98,7 @@ class FileState:
         )
         observed_ns = rest[0] if rest else 0  # entries written before it was recorded
         uid, gid = rest[1:3] if len(rest) >= 3 else (-1, -1)  # as for the owner
+        xattrs = rest[3] if len(rest) >= 4 else -1  # and for extended attributes
         return cls(
             uuid.UUID(bytes=fid),
             version,
@@ -106,6 +113,7 @@ class FileState:
             observed_ns,
             uid,
             gid,
+            xattrs,
         )
 
     def evolve(self, **changes: object) -> FileState:

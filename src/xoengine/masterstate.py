@@ -1,7 +1,7 @@
 """The master state: the fold of file events into a manifest, and the racy rule.
 
-Room: master state, between producers and storage. May import ``blocks``,
-``events``, ``manifest`` (and numpy for the packed digests).
+Room: master state, between producers and storage. May import ``codec``,
+``blocks``, ``events``, ``manifest`` (and numpy for the packed digests).
 
 :class:`MasterState` runs inside the append transaction (the journal's
 ``inline`` hook), so the master state is exactly as current as the journal,
@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Final
 
 import numpy as np
 
+from xoengine import codec
 from xoengine.blocks import BlockMap
 from xoengine.events import (
     BytesWritten,
@@ -27,6 +28,7 @@ from xoengine.events import (
     FileRenamed,
     FileTruncated,
     MetadataChanged,
+    XattrsChanged,
     observed_owner,
 )
 from xoengine.manifest import FileState, Manifest
@@ -44,6 +46,8 @@ __all__ = [
     "racy",
     "racy_window",
     "unpack_map",
+    "xattr_digest",
+    "xattrs_racy",
 ]
 
 _PACKED = np.dtype([("strong", "<u8"), ("weak", "<u4")])
@@ -101,6 +105,25 @@ def racy(state: FileState) -> bool:
     return state.observed_ns - max(state.mtime_ns, state.ctime_ns) < racy_window(state)
 
 
+def xattrs_racy(state: FileState) -> bool:
+    """Whether ``state``'s stat cannot vouch for the path's extended attributes.
+
+    Setting one moves the ctime alone, on any kind of path and size, so this
+    is :func:`racy` for every path; and a stat whose time is unknown (the
+    events of directories and links carry none) never vouches.
+    """
+    if not state.observed_ns:
+        return True
+    return state.observed_ns - max(state.mtime_ns, state.ctime_ns) < racy_window(state)
+
+
+def xattr_digest(xattrs: dict[str, bytes]) -> int:
+    """What the master state keeps of a set of extended attributes: 0 for none."""
+    if not xattrs:
+        return 0
+    return codec.digest64(codec.pack(sorted(xattrs.items()))) or 1
+
+
 # -- the fold ----------------------------------------------------------------------------
 
 
@@ -144,6 +167,7 @@ class MasterState:
                 mtime_ns=event.mtime_ns,
                 target=event.target,
                 size=len(os.fsencode(event.target)) if event.target is not None else 0,
+                xattrs=0,  # made with none: an XattrsChanged follows if it has some
             )
         else:
             current = manifest.get(txn, event.path)
@@ -152,6 +176,8 @@ class MasterState:
             state = current.evolve(version=event.originator_version)
             if isinstance(event, MetadataChanged):
                 state = state.evolve(mode=event.mode, mtime_ns=event.mtime_ns)
+            elif isinstance(event, XattrsChanged):
+                state = state.evolve(xattrs=xattr_digest(event.xattrs))
             elif isinstance(event, (BytesWritten, FileTruncated, ContentReplaced)):
                 state = state.evolve(size=event.size)
                 nblocks = -(-event.size // self.block_size)

@@ -45,6 +45,7 @@ from xoengine.events import (
     FileRenamed,
     FileTruncated,
     MetadataChanged,
+    XattrsChanged,
     observed_owner,
 )
 from xoengine.journal import BlobTable, LMDBTrackingRecorder
@@ -55,7 +56,6 @@ from xoengine.tree import (
     event_delta,
     image_of_existing,
     image_of_writes,
-    stat_meta,
 )
 
 if TYPE_CHECKING:
@@ -65,6 +65,8 @@ if TYPE_CHECKING:
     from xoengine.tree import ReplicaTree
 
 __all__ = ["FILE_TOPICS", "AppliedCounts", "ReplicaApplier"]
+
+_CAPABILITY: Final = "security.capability"
 
 FILE_TOPICS: Final = tuple(f"xoengine.events:{cls.__name__}" for cls in FILE_EVENTS)
 
@@ -210,8 +212,8 @@ class ReplicaApplier:
             self.check_root()
         last = group[-1][0]
         # 1. Before-images, durable before any change.
-        if mine:
-            images = [(p, self._before_images(e)) for p, e in mine]
+        images = [(p, self._before_images(e)) for p, e in mine]
+        if images:
 
             def record_undo(txn: WriteTxn) -> None:
                 for position, records in images:
@@ -219,8 +221,9 @@ class ReplicaApplier:
 
             self.store.write(record_undo)
         # 2. The changes themselves (idempotent).
-        for position, event in mine:
+        for (position, event), (_, records) in zip(mine, images, strict=True):
             self._apply(position, event)
+            self._keep_capability(event, records)
         # 3. Tracking.
         self.store.write(lambda txn: self.set_position(txn, last))
 
@@ -245,7 +248,10 @@ class ReplicaApplier:
                 images.append(image_of_existing(tree, event.new_path, target, deleted=True))
             return [*images, ("renamed", path, {"new_path": event.new_path}, {})]
         if isinstance(event, MetadataChanged):
-            return [] if st is None else [("meta", path, stat_meta(st), {})]
+            return [] if st is None else [("meta", path, tree.meta(path, st), {})]
+        if isinstance(event, XattrsChanged):
+            xattrs = None if st is None else tree.get_xattrs(path)
+            return [] if xattrs is None else [("xattrs", path, {"xattrs": xattrs}, {})]
         if isinstance(event, BytesWritten):
             return [image_of_writes(tree, path, [(r[0], r[1]) for r in event.ranges], event.size)]
         if isinstance(event, FileTruncated):
@@ -291,7 +297,7 @@ class ReplicaApplier:
             "ops": ops,
             "old_digest": self.tree.digest128(path).hex(),
             "new_digest": event.result,
-            **stat_meta(st),
+            **self.tree.meta(path, st),
         }
         return ("content", path, args, data)
 
@@ -330,6 +336,28 @@ class ReplicaApplier:
             # mode too: a chmod between two captures travels only in the observed stat.
             observed = event.observed
             tree.set_meta(event.path, observed[1], observed[2], observed_owner(observed))
+        if isinstance(event, XattrsChanged):  # last: see the event
+            tree.set_xattrs(event.path, event.xattrs)
+        elif isinstance(event, FileCreated) and event.kind != "symlink":
+            # Made with none, as on the master (an XattrsChanged follows if it has
+            # some): not with an ACL the replica's directory would hand down to it.
+            tree.set_xattrs(event.path, {})
+
+    def _keep_capability(self, event: FileEvent, records: list[Image]) -> None:
+        """Give back a file capability the kernel dropped as ``event`` was applied.
+
+        A write, a truncation or a chown drops ``security.capability``. On the
+        master it did too: if it stayed dropped, the capture journaled the
+        XattrsChanged that says so, and applies it next; if it was set again
+        before the capture looked (a reinstalled binary), the journal says the
+        set never changed, and neither may the replica's.
+        """
+        if isinstance(event, (XattrsChanged, FileCreated, FileDeleted, FileRenamed)):
+            return
+        for _, path, args, _ in records:
+            before = args.get("xattrs")
+            if path == event.path and before and _CAPABILITY in before:
+                self.tree.set_xattrs(path, before)
 
     def _apply_delta(self, position: int, event: ContentReplaced) -> None:
         # Built from a replica that differs from what the master had: refused, and

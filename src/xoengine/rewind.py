@@ -39,6 +39,7 @@ if TYPE_CHECKING:
 
     from xoengine.datastore import Store, WriteTxn
     from xoengine.tree import Owner, ReplicaTree, UndoLog, UndoRecord
+    from xoengine.walk import Xattrs
 
 __all__ = [
     "RetentionDecision",
@@ -53,7 +54,8 @@ __all__ = [
 
 _ALERT_SHARE: Final = 0.8
 _RELATIVE: Final = frozenset({"renamed", "content"})
-_IN_PLACE: Final = frozenset({"bytes", "meta"})
+_IN_PLACE: Final = frozenset({"bytes", "meta", "xattrs"})
+_NO_BYTES: Final = frozenset({"meta", "xattrs"})
 _BATCH_POSITIONS: Final = 256
 _BATCH_BYTES: Final = 1 << 20
 
@@ -98,12 +100,13 @@ def undo_one(
             args.get("mode"),
             args.get("mtime_ns"),
             args.get("owner"),
-        )
-        return  # bytes, size and metadata in one open
+        )  # bytes, size, mode, mtime and owner in one open
     elif op == "content":
         _undo_delta(tree, record, blob)
-    if ("mode" in args or "mtime_ns" in args) and tree.lstat(path) is not None:
+    if op != "bytes" and ("mode" in args or "mtime_ns" in args) and tree.lstat(path) is not None:
         tree.set_meta(path, args.get("mode"), args.get("mtime_ns"), args.get("owner"))
+    if "xattrs" in args:  # last: writes and chowns drop file capabilities
+        tree.set_xattrs(path, args["xattrs"])
 
 
 def _restore(
@@ -150,8 +153,8 @@ class PathPlan:
     """What undoing a run of in-place records does to one path.
 
     ``extents``: the oldest before-image of each byte; ``size``: the oldest
-    size (None: only metadata changed); ``mode``/``mtime_ns``/``owner``: the oldest ones
-    recorded; ``records``: how many records of the run it stands for.
+    size (None: only metadata changed); ``mode``/``mtime_ns``/``owner``/``xattrs``:
+    the oldest ones recorded; ``records``: how many records of the run it stands for.
     """
 
     path: str
@@ -160,6 +163,7 @@ class PathPlan:
     mode: int | None = None
     mtime_ns: int | None = None
     owner: Owner | None = None
+    xattrs: Xattrs | None = None
     records: int = 0
 
 
@@ -209,7 +213,9 @@ def plan_run(records: Sequence[UndoRecord]) -> list[PathPlan]:
             plan.mtime_ns = args.get("mtime_ns")
         if plan.owner is None:
             plan.owner = args.get("owner")
-        if record.op == "meta":
+        if plan.xattrs is None:
+            plan.xattrs = args.get("xattrs")
+        if record.op in _NO_BYTES:
             continue
         if plan.size is None:
             plan.size = args["old_size"]
@@ -227,15 +233,17 @@ def undo_path(
             plan.path
         ) is not None:
             tree.set_meta(plan.path, plan.mode, plan.mtime_ns, plan.owner)
-        return
+    else:
 
-    def pieces() -> Iterator[tuple[int, memoryview]]:
-        for blob_id, uses in plan.extents.by_blob().items():
-            data = memoryview(blob(blob_id))
-            for offset, start, length in uses:
-                yield offset, data[start : start + length]
+        def pieces() -> Iterator[tuple[int, memoryview]]:
+            for blob_id, uses in plan.extents.by_blob().items():
+                data = memoryview(blob(blob_id))
+                for offset, start, length in uses:
+                    yield offset, data[start : start + length]
 
-    tree.restore_bytes(plan.path, pieces(), plan.size, plan.mode, plan.mtime_ns, plan.owner)
+        tree.restore_bytes(plan.path, pieces(), plan.size, plan.mode, plan.mtime_ns, plan.owner)
+    if plan.xattrs is not None:  # last: writes and chowns drop file capabilities
+        tree.set_xattrs(plan.path, plan.xattrs)
 
 
 def _kind(tree: ReplicaTree, path: str) -> str | None:

@@ -61,7 +61,7 @@ from xoengine.rewind import (
 )
 from xoengine.sync import LEVELS, Synchronizer, SyncSummary
 from xoengine.tree import ReplicaTree
-from xoengine.walk import ParentCache, normalize_relpath, stat_entry, walk
+from xoengine.walk import ParentCache, normalize_relpath, read_xattrs, stat_entry, walk
 from xoengine.worker import ApplierThread, ScanFollower, compare_trees
 
 if TYPE_CHECKING:
@@ -69,7 +69,7 @@ if TYPE_CHECKING:
 
     from xoengine.datastore import WriteTxn
     from xoengine.engine import Engine, _Definition
-    from xoengine.forensic import DiffResult
+    from xoengine.forensic import DiffResult, Forensics
 
 __all__ = ["DEFAULT_DATABASE_PATTERNS", "ReplicaStatistics", "Scenario", "ScenarioStatistics"]
 
@@ -486,11 +486,14 @@ class Scenario:
                         tree.create(path, state.kind, state.mode, state.target)
                         mode = state.mode if state.kind == "dir" else None
                         tree.set_meta(path, mode, None, owner)
+                        tree.set_xattrs(path, _xattrs_at(forensics, path, position))
                     continue
                 out = os.path.join(scratch, str(number))
                 forensics.replay(out, position, path)
                 tree.copy_new(path, os.path.join(out, path), state.mode, owner)
                 tree.set_meta(path, None, state.mtime_ns)  # owner and mode: copy_new
+                # Last, as the replay left them (none handed down by a default ACL).
+                tree.set_xattrs(path, read_xattrs(os.path.join(out, path)))
         tree.flush([path for path, state in moved if state is not None])
 
     # -- replicas ---------------------------------------------------------------------------
@@ -1078,3 +1081,11 @@ def _entries_below(tree: ReplicaTree, path: str) -> int:
     entries = walk(os.path.join(tree.root, path))
     with contextlib.closing(entries):
         return sum(1 for _ in entries)
+
+
+def _xattrs_at(forensics: Forensics, path: str, position: int) -> dict[str, bytes]:
+    """The extended attributes the journal gives ``path`` at ``position`` (none: empty)."""
+    for live in forensics.fold(position).values():
+        if live.path == path:
+            return live.xattrs or {}
+    return {}

@@ -41,7 +41,7 @@ from xoengine.tree import (
     read_whole,
     store_image_bytes,
 )
-from xoengine.walk import Entry, entry_from_stat, walk
+from xoengine.walk import Entry, entry_from_stat, read_xattrs, walk
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -213,6 +213,8 @@ class Synchronizer:
                     creations = []
                 continue
             action, sent = self._bring(path, entry, replica.get(path), level)
+            if self._xattrs(path, record=True) and not action:
+                action = "metadata"
             if action:
                 note(path, entry, action, sent)
         for done in self._create_batch(creations):
@@ -340,8 +342,7 @@ class Synchronizer:
             else:
                 if self._follow is not None:
                     self._follow.wait_read(path)
-                index, rel = self.layout.split(path)
-                source = os.path.join(self.layout.roots[index], rel)
+                source = self._source(path)
                 sent = self.tree.copy_new(path, source, entry.mode, self._owner(entry))
                 self.tree.set_meta(path, None, entry.mtime_ns)  # owner and mode: copy_new
                 self._copied.append(path)
@@ -349,6 +350,8 @@ class Synchronizer:
         for path, entry in batch:  # directory modes last: creating children moves mtimes
             if entry.kind == "dir":
                 self.tree.set_meta(path, entry.mode, None, self._owner(entry))
+        for path, _ in batch:  # extended attributes after modes (an ACL sets mode bits)
+            self._xattrs(path, record=False)
         return done
 
     def _bring(self, path: str, entry: Entry, have: Entry | None, level: str) -> tuple[str, int]:
@@ -453,6 +456,30 @@ class Synchronizer:
         self.tree.set_meta(path, mode, entry.mtime_ns if file else None, self._owner(entry))
         return "metadata"
 
+    def _xattrs(self, path: str, *, record: bool) -> bool:
+        """Give the replica's ``path`` the master's extended attributes; True if they differed.
+
+        ``record``: keep the replica's old ones as a before-image first (not for
+        a path this run created: undoing its creation removes them with it).
+        Namespaces the replica cannot be given are not compared.
+        """
+        tree = self.tree
+        try:
+            want = tree.comparable(read_xattrs(self._source(path)))
+        except OSError:
+            return False  # gone from the master: the capture journals that
+        have = tree.get_xattrs(path)
+        if have is None or tree.comparable(have) == want:
+            return False
+        if record:
+            self._record([("xattrs", path, {"xattrs": have}, {})])
+        return tree.set_xattrs(path, want)
+
+    def _source(self, path: str) -> str:
+        """Where the master holds a scenario path."""
+        index, rel = self.layout.split(path)
+        return os.path.join(self.layout.roots[index], rel)
+
     def _keep(self, paths: list[str]) -> None:
         """Before-images of files this run updated in place, about to change again (settle)."""
         tree = self.tree
@@ -466,10 +493,8 @@ class Synchronizer:
     def _read_master(self, path: str) -> bytes | mmap.mmap | None:
         if self._follow is not None:
             self._follow.wait_read(path)
-        index, rel = self.layout.split(path)
-        full = os.path.join(self.layout.roots[index], rel)
         try:
-            fd = os.open(full, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            fd = os.open(self._source(path), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         except OSError:
             return None
         try:

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING, Any, Literal, Protocol, TypeAlias
 
 from xoengine.engine import Engine
-from xoengine.walk import normalize_relpath
+from xoengine.walk import normalize_relpath, read_xattrs
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator
@@ -52,6 +52,7 @@ __all__ = [
     "Node",
     "Operation",
     "Rename",
+    "SetXattr",
     "Symlink",
     "TreeBuilder",
     "Truncate",
@@ -272,6 +273,23 @@ class Chown:
         os.chown(builder.abspath(self.path), self.uid, self.gid, follow_symlinks=False)
 
 
+@dataclass(frozen=True)
+class SetXattr:
+    """Set an extended attribute of a file, directory or link itself (None: remove it)."""
+
+    path: PathLike
+    name: str
+    value: bytes | None
+
+    def apply(self, builder: TreeBuilder) -> None:
+        """Apply to ``builder``'s tree."""
+        where = builder.abspath(self.path)
+        if self.value is None:
+            os.removexattr(where, self.name, follow_symlinks=False)
+        else:
+            os.setxattr(where, self.name, self.value, follow_symlinks=False)
+
+
 Operation: TypeAlias = (
     CreateFile
     | WriteAt
@@ -284,6 +302,7 @@ Operation: TypeAlias = (
     | Symlink
     | Chmod
     | Chown
+    | SetXattr
 )
 """One step of a change script."""
 
@@ -357,6 +376,8 @@ class Node:
     target: bytes | None = None
     content: bytes | None = None
     owner: tuple[int, int] = (-1, -1)
+    xattrs: tuple[tuple[str, bytes], ...] = ()
+    """Extended attributes, sorted by name."""
 
 
 @dataclass(frozen=True)
@@ -364,7 +385,7 @@ class Difference:
     """One way two trees differ at ``path`` (relative bytes).
 
     ``aspect`` is ``missing`` (only in the left tree), ``extra`` (only in
-    the right tree), ``kind``, ``content``, ``mode``, ``owner``, ``target``
+    the right tree), ``kind``, ``content``, ``mode``, ``owner``, ``xattrs``, ``target``
     or ``mtime``; ``left`` and ``right`` show the two values (for content: the
     size and the first differing offset).
     """
@@ -421,6 +442,7 @@ def snapshot_tree(
                 target,
                 data,
                 (st.st_uid, st.st_gid),
+                tuple(read_xattrs(os.fsdecode(full)).items()),
             )
             if kind == "dir":
                 visit(child)
@@ -432,18 +454,19 @@ def snapshot_tree(
 def snapshot_contents(root: str | os.PathLike[str] | bytes) -> dict[bytes, tuple[Any, ...]]:
     """A time-free view of :func:`snapshot_tree`: what rewinds and replays must reproduce.
 
-    ``("file", mode, bytes, owner)``, ``("dir", mode, owner)`` or ``("symlink",
-    target, owner)`` per relative bytes path, ``owner`` being ``(uid, gid)``
-    (times, sizes of directories and link modes left out).
+    ``("file", mode, bytes, xattrs, owner)``, ``("dir", mode, xattrs, owner)``
+    or ``("symlink", target, xattrs, owner)`` per relative bytes path, ``xattrs``
+    being :attr:`Node.xattrs` and ``owner`` ``(uid, gid)`` (times, sizes of
+    directories and link modes left out).
     """
     out: dict[bytes, tuple[Any, ...]] = {}
     for path, node in snapshot_tree(root).items():
         if node.kind == "symlink":
-            out[path] = ("symlink", node.target, node.owner)
+            out[path] = ("symlink", node.target, node.xattrs, node.owner)
         elif node.kind == "dir":
-            out[path] = ("dir", node.mode, node.owner)
+            out[path] = ("dir", node.mode, node.xattrs, node.owner)
         else:
-            out[path] = (node.kind, node.mode, node.content, node.owner)
+            out[path] = (node.kind, node.mode, node.content, node.xattrs, node.owner)
     return out
 
 
@@ -475,13 +498,14 @@ def compare_trees(
     mtimes: bool = False,
     modes: bool = True,
     owners: bool = True,
+    xattrs: bool = True,
     ignore: Iterable[PathLike] = (),
 ) -> list[Difference]:
     """Every difference between the trees under ``left`` and ``right`` (empty: identical).
 
     Names are compared as bytes; kinds, file contents (byte by byte),
     permission bits (``modes``), owners (``owners``: uid and gid, links
-    included), symlink targets (as bytes) and, with
+    included), extended attributes (``xattrs``), symlink targets (as bytes) and, with
     ``mtimes``, file modification times (to the nanosecond; directories and
     links are not compared, since creating an entry moves its directory's
     mtime). The roots themselves are not compared. Paths in ``ignore`` (and
@@ -500,7 +524,14 @@ def compare_trees(
         if not ignored(path):
             diffs.extend(
                 _compare_nodes(
-                    path, a.get(path), b.get(path), bases, mtimes=mtimes, modes=modes, owners=owners
+                    path,
+                    a.get(path),
+                    b.get(path),
+                    bases,
+                    mtimes=mtimes,
+                    modes=modes,
+                    owners=owners,
+                    xattrs=xattrs,
                 )
             )
     return diffs
@@ -515,6 +546,7 @@ def _compare_nodes(
     mtimes: bool,
     modes: bool,
     owners: bool,
+    xattrs: bool,
 ) -> list[Difference]:
     if x is None or y is None:
         aspect = "missing" if y is None else "extra"
@@ -525,6 +557,8 @@ def _compare_nodes(
     if owners and x.owner != y.owner:
         left, right = (f"{n.owner[0]}:{n.owner[1]}" for n in (x, y))
         diffs.append(Difference(path, "owner", left, right))
+    if xattrs and x.xattrs != y.xattrs:
+        diffs.append(Difference(path, "xattrs", dict(x.xattrs), dict(y.xattrs)))
     if x.kind == "symlink":
         if x.target != y.target:
             diffs.append(Difference(path, "target", x.target, y.target))

@@ -38,7 +38,7 @@ from xoengine import blocks, codec
 from xoengine.blobtable import blob_chunks
 from xoengine.errors import DiskFullError, FrameError, ReplicaWriteError
 from xoengine.journal import BlobTable, encode_position
-from xoengine.walk import ParentCache, normalize_relpath, open_parent
+from xoengine.walk import ParentCache, Xattrs, at_fd, normalize_relpath, open_parent, read_xattrs
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -62,7 +62,6 @@ __all__ = [
     "kind_of",
     "pread_all",
     "read_whole",
-    "stat_meta",
     "store_image_bytes",
 ]
 
@@ -317,6 +316,10 @@ class ReplicaTree:
         self.owners = os.geteuid() == 0
         """Whether files here can be given their owners (root, until a chown is refused):
         where not, they stay this process's, and owners are not compared (sync, verify)."""
+        self.xattrs_refused: set[str] = set() if self.owners else set(_ROOT_XATTRS)
+        """Namespaces of extended attributes this tree cannot be given (``trusted``,
+        ``security`` where not root; any the file system refuses, once it has): left
+        as they are, and not compared (sync, verify)."""
         self._held: dict[int, ParentCache] = {}  # thread -> its cache, inside holding_parents
         if create:
             os.makedirs(root, exist_ok=True)
@@ -755,8 +758,10 @@ class ReplicaTree:
         resumed apply or undo), ``"diverged"`` if it does not hold ``base``, a
         copy reaches past its end, or the bytes written do not hash to
         ``result`` (the file is then left as it was); else ``"rebuilt"``.
-        ``mode`` and ``owner`` None keep the file's. :func:`event_delta` turns the ops
-        of an event or an undo record into ``ops`` and ``literals``.
+        ``mode`` and ``owner`` None keep the file's; its extended attributes are
+        kept (the master's file kept them: the delta stands for writes in place).
+        :func:`event_delta` turns the ops of an event or an undo record into
+        ``ops`` and ``literals``.
         """
         with self._reading(path) as handle:
             st = None if handle is None else os.fstat(handle)
@@ -773,9 +778,10 @@ class ReplicaTree:
                 mode = stat.S_IMODE(st.st_mode)
             if owner is None and st is not None:
                 owner = (st.st_uid, st.st_gid)
+            xattrs = None if handle is None else read_xattrs(handle)  # the file's, kept
             old: Any = b"" if handle is None else os.fdopen(handle, "rb", 0, closefd=False)
             try:
-                with self._temporary(path, mode, owner) as out:
+                with self._temporary(path, mode, owner, xattrs) as out:
                     sink = _Appender(out)
                     blocks.apply_delta_to(old, ops, literals, sink)
                     sink.check(result)
@@ -784,8 +790,17 @@ class ReplicaTree:
         return "rebuilt"
 
     @contextlib.contextmanager
-    def _temporary(self, path: str, mode: int | None, owner: Owner | None = None) -> Iterator[int]:
-        """A new file's fd, renamed over ``path`` (fsynced) if the block ends well, else removed."""
+    def _temporary(
+        self,
+        path: str,
+        mode: int | None,
+        owner: Owner | None = None,
+        xattrs: Xattrs | None = None,
+    ) -> Iterator[int]:
+        """A new file's fd, renamed over ``path`` (fsynced) if the block ends well, else removed.
+
+        It gets ``owner``, ``mode`` and ``xattrs`` (in that order) before the rename.
+        """
         with self._parent(path) as (fd, leaf):
             tmp = f"{TMP_PREFIX}{leaf[:100]}-{os.getpid()}-{threading.get_ident()}"
             try:
@@ -800,6 +815,8 @@ class ReplicaTree:
                     self._chown(handle, owner, None)
                     if mode is not None:
                         os.fchmod(handle, mode)
+                    if xattrs is not None:  # none inherited from a default ACL either
+                        self._put_xattrs(handle, xattrs)
                     if self.fsync:
                         os.fsync(handle)
                 finally:
@@ -924,6 +941,80 @@ class ReplicaTree:
             return False
         return True
 
+    def get_xattrs(self, path: str) -> Xattrs | None:
+        """Extended attributes of ``path`` (a link itself), None if it is not there."""
+        try:
+            with self._open_parent(path) as (fd, leaf):
+                return read_xattrs(at_fd(fd, leaf))
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+
+    def comparable(self, xattrs: Xattrs) -> Xattrs:
+        """``xattrs`` without the namespaces this tree cannot be given."""
+        if not self.xattrs_refused:
+            return xattrs
+        return {k: v for k, v in xattrs.items() if k.partition(".")[0] not in self.xattrs_refused}
+
+    def set_xattrs(self, path: str, xattrs: Xattrs) -> bool:
+        """Make ``path``'s extended attributes exactly ``xattrs``; True if any changed.
+
+        Names it has and ``xattrs`` lacks are removed. A namespace the system
+        refuses (not root, a file system without it) is left as it is, and
+        :attr:`xattrs_refused` records it. Last after other changes: a write or a
+        chown drops ``security.capability``, and setting a POSIX ACL sets mode bits.
+        """
+        try:
+            with self._open_parent(path) as (fd, leaf):
+                return self._put_xattrs(at_fd(fd, leaf), xattrs)
+        except (FileNotFoundError, NotADirectoryError):
+            return False  # not there (a rewind resumed after a kill: deleted since)
+        except OSError as e:
+            raise self._error(path, "set extended attributes", e) from e
+
+    def _put_xattrs(self, where: str | int, xattrs: Xattrs) -> bool:
+        """:meth:`set_xattrs` on a path (a link itself) or an open file."""
+        changed = False
+        have = self.comparable(read_xattrs(where))
+        want = self.comparable(xattrs)
+        for name in [n for n in have if n not in want]:
+            changed |= self._xattr(os.removexattr, where, name)
+        for name, value in want.items():
+            if have.get(name) != value:
+                changed |= self._xattr(os.setxattr, where, name, value)
+        return changed
+
+    def _xattr(self, call: Callable[..., None], where: str | int, name: str, *value: bytes) -> bool:
+        try:
+            if isinstance(where, int):
+                call(where, name, *value)
+            else:
+                call(where, name, *value, follow_symlinks=False)
+        except OSError as e:
+            if e.errno in {errno.ENODATA, errno.EACCES}:  # removed already; a read-only
+                return False  # file of a user's replica (user.* needs write access)
+            if e.errno not in _CANNOT_SET_XATTR:
+                raise
+            self.xattrs_refused.add(name.partition(".")[0])
+            return False
+        return True
+
+    def meta(self, path: str, st: os.stat_result | None) -> dict[str, Any]:
+        """Mode, mtime, owner and extended attributes for a before-image (``st``: its lstat).
+
+        Empty if there was nothing; no ``xattrs`` key if they could not be read.
+        """
+        if st is None:
+            return {}
+        meta: dict[str, Any] = {
+            "mode": stat.S_IMODE(st.st_mode),
+            "mtime_ns": st.st_mtime_ns,
+            "owner": [st.st_uid, st.st_gid],
+        }
+        xattrs = self.get_xattrs(path)
+        if xattrs is not None:
+            meta["xattrs"] = xattrs
+        return meta
+
     def set_meta(
         self, path: str, mode: int | None, mtime_ns: int | None, owner: Owner | None = None
     ) -> None:
@@ -952,6 +1043,14 @@ _SPECIAL_BITS: Final = stat.S_ISUID | stat.S_ISGID | stat.S_ISVTX
 
 _NO_TMPFILE: Final = frozenset({errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL})
 """What ``open(O_TMPFILE)`` says where the file system (or the kernel) has no such thing."""
+
+_ROOT_XATTRS: Final = ("trusted", "security")
+"""Namespaces of extended attributes only root may set (``security.capability`` needs
+``CAP_SETFCAP``; an unprivileged process cannot even list ``trusted``)."""
+
+_CANNOT_SET_XATTR: Final = frozenset({errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP})
+"""Refusals that leave a namespace of extended attributes as it is: not permitted for
+this process, or not kept by this file system."""
 
 _CANNOT_CHOWN: Final = frozenset({errno.EPERM, errno.EINVAL})
 """Refusals that leave a file with this process's owner: not root (as rsync without
@@ -1244,21 +1343,10 @@ class UndoLog:
         return count, total
 
 
-def stat_meta(st: os.stat_result | None) -> dict[str, Any]:
-    """Mode, mtime and owner of ``st`` for a before-image (empty if there was nothing)."""
-    if st is None:
-        return {}
-    return {
-        "mode": stat.S_IMODE(st.st_mode),
-        "mtime_ns": st.st_mtime_ns,
-        "owner": [st.st_uid, st.st_gid],
-    }
-
-
 def image_of_existing(tree: ReplicaTree, path: str, st: os.stat_result, *, deleted: bool) -> Image:
     """Before-image of a path about to be deleted or replaced: kind, metadata, content."""
     kind = kind_of(st.st_mode)
-    args: dict[str, Any] = {"kind": kind, **stat_meta(st)}
+    args: dict[str, Any] = {"kind": kind, **tree.meta(path, st)}
     blobs: dict[str, ImageBytes] = {}
     if kind == "symlink":
         args["target"] = tree.readlink(path)
@@ -1302,4 +1390,4 @@ def image_of_writes(
         }
     if st is None:
         return ("created", path, {}, {})
-    return ("bytes", path, {"old_size": old_size, "spans": spans, **stat_meta(st)}, pieces)
+    return ("bytes", path, {"old_size": old_size, "spans": spans, **tree.meta(path, st)}, pieces)

@@ -67,10 +67,13 @@ __all__ = [
     "PathFilter",
     "RelPath",
     "Walk",
+    "Xattrs",
+    "at_fd",
     "birth_ns",
     "entry_from_stat",
     "normalize_relpath",
     "open_parent",
+    "read_xattrs",
     "resolve_under",
     "stat_entry",
     "walk",
@@ -683,3 +686,47 @@ def birth_ns(root: AnyPath, relpath: str | bytes) -> int | None:
         return None
     seconds, nanos = _STATX_STAMP.unpack_from(raw, _STATX_BTIME_AT)
     return int(seconds) * 1_000_000_000 + int(nanos)
+
+
+# -- extended attributes ----------------------------------------------------------
+
+Xattrs: TypeAlias = dict[str, bytes]
+"""Extended attributes of one path: name (``os.fsdecode`` form) -> value, sorted by name."""
+
+_NO_XATTRS: Final = frozenset({errno.ENOTSUP, errno.EOPNOTSUPP})
+
+
+def at_fd(fd: int, leaf: str) -> str:
+    """A path naming ``leaf`` in the open directory ``fd`` (for calls that take no ``dir_fd``).
+
+    ``/proc/self/fd/N`` is the directory the fd holds, wherever it has moved:
+    what comes before ``leaf`` is never looked up again, so a symlink swapped
+    into the parents since they were opened is not followed.
+    """
+    return f"/proc/self/fd/{fd}/{leaf}"
+
+
+def read_xattrs(path: str | int) -> Xattrs:
+    """Every extended attribute of ``path`` (an open file, or a path: a link itself, not followed).
+
+    The namespaces the process may read: all of them as root (``user``,
+    ``trusted``, ``security``: file capabilities, SELinux labels, Samba's NT
+    ACLs; ``system``: POSIX ACLs), ``user`` and ``security`` otherwise. Empty
+    where the file system keeps none. An attribute removed between the listing
+    and its read is left out; :class:`FileNotFoundError` (the path is gone) is raised.
+    """
+    follow = isinstance(path, int)  # an fd has nothing to follow
+    try:
+        names = os.listxattr(path, follow_symlinks=follow)
+    except OSError as e:
+        if e.errno in _NO_XATTRS:
+            return {}
+        raise
+    found: Xattrs = {}
+    for name in sorted(names, key=os.fsencode):
+        try:
+            found[name] = os.getxattr(path, name, follow_symlinks=follow)
+        except OSError as e:
+            if e.errno not in {errno.ENODATA, *_NO_XATTRS}:
+                raise
+    return found

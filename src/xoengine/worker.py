@@ -28,14 +28,20 @@ if TYPE_CHECKING:
 
 __all__ = ["ApplierThread", "ScanFollower", "compare_trees"]
 
+_Seen = tuple[str, int, str, tuple[int, int], dict[str, bytes]]
+"""A walked entry as the difference report compares it: kind, mode, content digest or link
+target, owner, extended attributes."""
+
 
 def compare_trees(scenario: Scenario, replica_root: str, *, owners: bool = True) -> dict[str, str]:
     """Hash both trees: path -> what differs (missing, extra, content, kind, mode, owner...)."""
     from xoengine.tree import TMP_PREFIX, ReplicaTree  # noqa: PLC0415
-    from xoengine.walk import walk  # noqa: PLC0415
+    from xoengine.walk import read_xattrs, walk  # noqa: PLC0415
 
-    def digest(root: str, prefix: str) -> dict[str, tuple[str, int, str, tuple[int, int]]]:
-        out: dict[str, tuple[str, int, str, tuple[int, int]]] = {}
+    replica_tree = ReplicaTree(replica_root, fsync=False, create=False)
+
+    def digest(root: str, prefix: str) -> dict[str, _Seen]:
+        out: dict[str, _Seen] = {}
         files = ReplicaTree(root, fsync=False, create=False)  # read only: its streamed digest
         tree = walk(root, scenario.capture_engine.include, scenario.capture_engine.exclude)
         with contextlib.closing(tree):
@@ -46,15 +52,20 @@ def compare_trees(scenario: Scenario, replica_root: str, *, owners: bool = True)
                     value = files.digest128(entry.relpath).hex()
                 else:
                     value = entry.target or ""
+                try:  # as far as the replica can be given them
+                    xattrs = replica_tree.comparable(read_xattrs(os.path.join(root, entry.relpath)))
+                except FileNotFoundError:
+                    xattrs = {}
                 out[prefix + entry.relpath] = (
                     entry.kind,
                     entry.mode,
                     value,
                     (entry.uid, entry.gid),
+                    xattrs,
                 )
         return out
 
-    master: dict[str, tuple[str, int, str, tuple[int, int]]] = {}
+    master: dict[str, _Seen] = {}
     for index, root in enumerate(scenario.layout.roots):
         master.update(digest(root, scenario.layout.prefix(index)))
     replica = digest(replica_root, "")
@@ -77,6 +88,9 @@ def compare_trees(scenario: Scenario, replica_root: str, *, owners: bool = True)
             differences[path] = f"mode {oct(a[1])} vs {oct(b[1])}"
         elif owners and a[3] != b[3]:
             differences[path] = f"owner {a[3][0]}:{a[3][1]} vs {b[3][0]}:{b[3][1]}"
+        elif a[4] != b[4]:
+            names = sorted(set(a[4]) ^ set(b[4]) | {n for n in a[4] if a[4][n] != b[4].get(n)})
+            differences[path] = f"extended attributes {', '.join(names)}"
     return differences
 
 

@@ -52,3 +52,36 @@ def test_capture_sees_a_same_size_rewrite_within_one_timestamp_tick(
         # Replayed from the journal alone, the file holds the rewrite too.
         engine.replay("c", to=tmp_path / "replayed")
         assert (tmp_path / "replayed" / "f").read_bytes() == target.read_bytes()
+
+
+@pytest.mark.parametrize("kind", ["empty file", "file", "directory", "symlink"])
+def test_capture_sees_an_xattr_set_within_one_timestamp_tick(
+    coarse_fs: Path, tmp_path: Path, kind: str
+) -> None:
+    # Was a bug: setting an extended attribute moves the ctime alone, not within
+    # its second here, and only racy non-empty files were looked at again.
+    master = coarse_fs / "master"
+    master.mkdir()
+    target = master / "p"
+    with temporary_engine(tmp_path) as engine:
+        sc = engine.create_scenario("c", master=master, replicas={"r1": tmp_path / "r1"})
+        sc.start()
+        for attempt in range(20):
+            if kind == "directory":
+                target.mkdir()
+            elif kind == "symlink":
+                target.symlink_to("nowhere")
+            else:
+                target.write_bytes(b"" if kind == "empty file" else b"x")
+            sc.capture()
+            recorded = os.lstat(target).st_ctime_ns
+            os.setxattr(target, "trusted.t", b"%d" % attempt, follow_symlinks=False)
+            if os.lstat(target).st_ctime_ns == recorded:
+                break  # the stat shows nothing: the case under test
+            os.rmdir(target) if kind == "directory" else target.unlink()
+            sc.capture()
+        else:
+            pytest.fail("20 attempts all crossed a second boundary")
+        sc.capture()
+        sc.wait_replicated(timeout=30)
+        assert_trees_equal(master, tmp_path / "r1")  # extended attributes included

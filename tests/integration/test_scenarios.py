@@ -50,6 +50,7 @@ from xoengine.testing import (
     MakeDir,
     Operation,
     Rename,
+    SetXattr,
     Symlink,
     TreeBuilder,
     Truncate,
@@ -1099,7 +1100,8 @@ def test_a_journal_from_before_owners_learns_each_owner_once(
 def test_a_replica_run_by_a_user_keeps_its_owner_and_settles(tmp_path: Path) -> None:
     # Run as nobody, the replica's files stay nobody's (no chown is possible): a
     # second synchronization must find nothing to do and the verify no difference,
-    # not the owners of root's files again and again.
+    # not the owners (or the extended attributes only root may set) of root's files
+    # again and again.
     import json  # noqa: PLC0415
     import tempfile  # noqa: PLC0415
     from pathlib import Path  # noqa: PLC0415
@@ -1108,7 +1110,15 @@ def test_a_replica_run_by_a_user_keeps_its_owner_and_settles(tmp_path: Path) -> 
     try:
         os.chown(base, 65534, 65534)
         TreeBuilder(base / "master").apply_all(
-            [CreateFile("docs/a", b"a" * 5000), Symlink("docs/l", "a"), CreateFile("b", b"b")]
+            [
+                CreateFile("docs/a", b"a" * 5000),
+                Symlink("docs/l", "a"),
+                CreateFile("b", b"b"),
+                # A user may give the replica user.* ones, not security.* or trusted.*.
+                SetXattr("docs/a", "user.note", b"kept"),
+                SetXattr("b", "security.capability", bytes.fromhex("01000002" + "00" * 16)),
+                SetXattr("docs", "trusted.t", b"root's"),
+            ]
         )
         script = (
             "import json, os, sys\n"
@@ -1131,6 +1141,8 @@ def test_a_replica_run_by_a_user_keeps_its_owner_and_settles(tmp_path: Path) -> 
         changed, differences = json.loads(done.stdout.strip().splitlines()[-1])
         assert (changed, differences) == (0, {})
         assert os.stat(base / "r1" / "docs" / "a").st_uid == 65534
+        assert os.getxattr(base / "r1" / "docs" / "a", "user.note") == b"kept"
+        assert os.listxattr(base / "r1" / "b") == []
     finally:
         shutil.rmtree(base, ignore_errors=True)
 

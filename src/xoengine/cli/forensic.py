@@ -135,6 +135,8 @@ def cmd_history(args: argparse.Namespace) -> int:
             if e.owner is not None and owners.get(e.file_id) != e.owner:
                 owners[e.file_id] = e.owner  # shown where it is first known, and changes
                 extra += f" owner={e.owner[0]}:{e.owner[1]}"
+            if e.xattrs is not None:
+                extra += f" xattrs={','.join(shown(name) for name in e.xattrs) or '(none)'}"
             ranges = " ".join(f"{o}+{n}" for o, n in e.ranges)
             size = "" if e.size is None else f" size={e.size}"
             line = f"{e.position:>8}  {e.time}  {e.operation:<9} {shown(e.path)}{extra}{size}"

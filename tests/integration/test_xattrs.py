@@ -1,0 +1,361 @@
+"""Extended attributes on real trees: POSIX ACLs, file capabilities, user and trusted ones.
+
+A replica of a Samba share without its NT ACLs, or of ``/usr/bin`` without
+``ping``'s capability, is not a copy a server can fail over to. Each test
+sets attributes with ``os.setxattr`` on a real ext4 tree and checks the
+replica, a rewind, a replay and the history against the master.
+
+The kernel drops ``security.capability`` when a file is written or chowned:
+the tests that write after a ``setcap`` check that a rewind across that write
+gives the capability back.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from xoengine.cli import main
+from xoengine.events import ContentReplaced, XattrsChanged
+from xoengine.testing import (
+    CreateFile,
+    MakeDir,
+    SetXattr,
+    Symlink,
+    TreeBuilder,
+    WriteAt,
+    assert_trees_equal,
+    snapshot_contents,
+    temporary_engine,
+)
+from xoengine.tree import ReplicaTree
+from xoengine.walk import read_xattrs
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from xoengine.engine import Engine, Scenario
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="trusted.* and capabilities need root")
+
+CAP_NET_RAW = bytes.fromhex("0100000200200000000000000000000000000000")  # v2, cap_net_raw+p
+CAP_NET_ADMIN = bytes.fromhex("0100000200100000000000000000000000000000")  # v2, cap_net_admin+p
+ACL_UNDEFINED_ID = 0xFFFFFFFF
+
+
+def acl(*users: tuple[int, int], user_obj: int = 6, group_obj: int = 4, other: int = 4) -> bytes:
+    """A ``system.posix_acl_*`` value: owner, named users ``(uid, perms)``, group, mask, other."""
+    entries = [(0x01, user_obj, ACL_UNDEFINED_ID)]
+    entries += [(0x02, perms, uid) for uid, perms in users]
+    entries.append((0x04, group_obj, ACL_UNDEFINED_ID))
+    if users:
+        entries.append((0x10, 7, ACL_UNDEFINED_ID))  # the mask
+    entries.append((0x20, other, ACL_UNDEFINED_ID))
+    return struct.pack("<I", 2) + b"".join(struct.pack("<HHI", *e) for e in entries)
+
+
+@pytest.fixture
+def engine(tmp_path: Path) -> Iterator[Engine]:
+    with temporary_engine(tmp_path) as eng:
+        yield eng
+
+
+def _scenario(engine: Engine, tmp_path: Path, **options: Any) -> tuple[Scenario, TreeBuilder]:
+    master = tmp_path / "master"
+    master.mkdir(exist_ok=True)
+    sc = engine.create_scenario(
+        "xa",
+        master=master,
+        replicas={"r1": tmp_path / "r1", "r2": tmp_path / "r2"},
+        **options,
+    )
+    return sc, TreeBuilder(master)
+
+
+def _share(master: TreeBuilder) -> None:
+    master.apply_all(
+        [
+            MakeDir("share"),
+            SetXattr("share", "system.posix_acl_default", acl((1000, 7))),
+            SetXattr("share", "user.department", b"finance"),
+            CreateFile("share/report.txt", b"quarterly figures\n" * 200),
+            SetXattr("share/report.txt", "system.posix_acl_access", acl((1000, 6))),
+            SetXattr("share/report.txt", "security.NTACL", b"\x04\x00" + bytes(range(200))),
+            CreateFile("bin/ping", b"\x7fELF" + bytes(8000)),
+            SetXattr("bin/ping", "security.capability", CAP_NET_RAW),
+            Symlink("share/latest", "report.txt"),
+            SetXattr("share/latest", "trusted.origin", b"link"),
+        ]
+    )
+
+
+def test_xattrs_are_replicated_rewound_replayed_and_in_the_history(
+    engine: Engine, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    sc, master = _scenario(engine, tmp_path)
+    _share(master)
+    sc.start()  # the initial synchronization carries them
+    assert_trees_equal(master.root, tmp_path / "r1")  # extended attributes included
+    assert read_xattrs(str(tmp_path / "r1" / "bin" / "ping")) == {
+        "security.capability": CAP_NET_RAW
+    }
+    assert not sc.difference_report("r1", verify=True)["differences"]
+    before = sc.set_rewind_point("before")
+    was = snapshot_contents(tmp_path / "r1")
+    # Changed, removed and added, each alone (only the ctime moves), then with bytes.
+    master.apply_all(
+        [
+            SetXattr("share", "user.department", b"audit"),
+            SetXattr("share/report.txt", "security.NTACL", None),
+            SetXattr("share/report.txt", "user.reviewed", b"yes"),
+            SetXattr("bin/ping", "security.capability", CAP_NET_ADMIN),
+            SetXattr("share/latest", "trusted.origin", b"moved"),
+        ]
+    )
+    assert sc.capture().metadata == 8  # the ctime moved (metadata), then the xattrs
+    sc.wait_replicated()
+    assert_trees_equal(master.root, tmp_path / "r1")
+    sc.suspend("r2")
+    master.apply(WriteAt("bin/ping", 100, b"patched"))  # the kernel drops the capability
+    assert read_xattrs(os.path.join(master.root, "bin", "ping")) == {}
+    master.apply(CreateFile("share/new.txt", b"new"))  # inherits the default ACL
+    master.apply(SetXattr("share", "user.department", b"legal"))
+    sc.capture()
+    sc.wait_replicated()
+    assert_trees_equal(master.root, tmp_path / "r1")
+    report = sc.difference_report("r2", verify=True)  # suspended: it names them
+    assert report["differences"]["share"] == "extended attributes user.department"
+    now = snapshot_contents(tmp_path / "r1")
+    # Replays give each point's attributes; a rewind puts them back (the capability
+    # too, though undoing the write's bytes makes the kernel drop it again).
+    engine.replay(sc, to=tmp_path / "then", position=before.position)
+    assert snapshot_contents(tmp_path / "then") == was
+    engine.replay(sc, to=tmp_path / "end")
+    assert snapshot_contents(tmp_path / "end") == now
+    sc.rewind("r1", before)
+    assert snapshot_contents(tmp_path / "r1") == was
+    sc.resume("r1")  # the block-level resync brings them back too
+    assert snapshot_contents(tmp_path / "r1") == now
+    sc.resume("r2")
+    sc.wait_replicated()
+    assert snapshot_contents(tmp_path / "r2") == now
+    history = engine.history(sc, "bin/ping")
+    sets = [e.xattrs for e in history if e.operation == "xattrs"]
+    assert sets == [
+        {"security.capability": CAP_NET_RAW.hex()},
+        {"security.capability": CAP_NET_ADMIN.hex()},
+        {},
+    ]
+    diff = engine.diff(sc, before)
+    assert "share" in diff.metadata and "bin/ping" in diff.modified
+    state = str(engine.store.path)
+    engine.close()
+    capsys.readouterr()
+    assert main(["history", state, "xa", "share/report.txt"]) == 0
+    out = capsys.readouterr().out
+    assert "xattrs=security.NTACL,system.posix_acl_access" in out
+    assert "xattrs=system.posix_acl_access,user.reviewed" in out
+
+
+@pytest.mark.parametrize("how", ["write", "chown", "truncate"])
+def test_a_rewind_across_a_write_gives_the_capability_back(
+    engine: Engine, tmp_path: Path, how: str
+) -> None:
+    # Was a bug class to rule out: undoing the write restores bytes (the kernel then
+    # drops the capability again); the xattrs undone after it must put it back.
+    sc, master = _scenario(engine, tmp_path)
+    master.apply_all([CreateFile("tool", bytes(20000)), SetXattr("tool", "user.a", b"1")])
+    sc.start()
+    master.apply(SetXattr("tool", "security.capability", CAP_NET_RAW))
+    sc.capture()
+    sc.wait_replicated()
+    point = sc.set_rewind_point("capable")
+    was = snapshot_contents(tmp_path / "r1")
+    assert was[b"tool"][3] == (("security.capability", CAP_NET_RAW), ("user.a", b"1"))
+    full = os.path.join(master.root, "tool")
+    for step in range(3):  # several changes: the rewind coalesces them into one run
+        if how == "write":
+            master.apply(WriteAt("tool", 4096 * step, b"changed"))
+        elif how == "chown":
+            os.chown(full, 1000 + step, 1000)
+        else:
+            os.truncate(full, 20000 - 1000 * (step + 1))
+        sc.capture()
+    assert read_xattrs(full) == {"user.a": b"1"}
+    sc.wait_replicated()
+    assert_trees_equal(master.root, tmp_path / "r1")
+    sc.rewind("r1", point)
+    assert snapshot_contents(tmp_path / "r1") == was
+    out = tmp_path / "out"
+    engine.replay(sc, to=out, position=point.position)
+    assert snapshot_contents(out) == was
+
+
+def test_an_xattr_change_alone_is_captured_once(engine: Engine, tmp_path: Path) -> None:
+    sc, master = _scenario(engine, tmp_path)
+    master.apply_all([CreateFile("d/a", b"a"), Symlink("d/l", "a")])
+    sc.start()
+    assert sc.capture().events == 0
+    master.apply(SetXattr("d/a", "user.tag", b"x"))
+    result = sc.capture()
+    assert (result.events, result.metadata) == (2, 2)  # the ctime moved (metadata), the xattrs
+    assert sc.capture().events == 0
+    events = [e for _, e in engine._iter_events((XattrsChanged,))]
+    assert [(e.path, e.xattrs) for e in events] == [("d/a", {"user.tag": b"x"})]
+
+
+def test_a_master_state_from_before_xattrs_learns_them_once(engine: Engine, tmp_path: Path) -> None:
+    # Master-state entries written before extended attributes were recorded hold -1:
+    # the next capture journals each path's set once (empty ones too), then nothing.
+    sc, master = _scenario(engine, tmp_path)
+    master.apply_all([CreateFile("d/a", b"a"), Symlink("d/l", "a")])
+    sc.start()
+    master.apply(SetXattr("d/a", "user.tag", b"x"))
+    sc.capture()
+
+    def forget(txn: Any) -> None:
+        for path, state in list(sc.manifest.items(txn)):
+            sc.manifest.put(txn, path, state.evolve(xattrs=-1))
+
+    engine.store.write(forget)
+    sc.capture_engine.forget_master_state()
+    assert sc.capture().metadata == 3  # d, d/a and d/l
+    assert sc.capture().events == 0
+    sc.wait_replicated()
+    assert_trees_equal(master.root, tmp_path / "r1")
+
+
+def test_the_synchronization_brings_xattrs_and_keeps_their_before_images(
+    engine: Engine, tmp_path: Path
+) -> None:
+    sc, master = _scenario(engine, tmp_path)
+    _share(master)
+    sc.start()
+    sc.stop()
+    # The replica drifts (an administrator's hand): extra, changed and missing ones.
+    replica = tmp_path / "r1"
+    os.setxattr(replica / "share" / "report.txt", "user.stray", b"1")
+    os.removexattr(replica / "bin" / "ping", "security.capability")
+    os.setxattr(replica / "share", "user.department", b"wrong")
+    drifted = snapshot_contents(replica)
+    point = sc.set_rewind_point("drifted")
+    for level in ("file", "block"):
+        sc.synchronize(level=level, replica="r1")
+        assert_trees_equal(master.root, replica)
+        if level == "file":
+            run = sc.sync_report("r1")["runs"][-1]
+            assert run["files_changed"] == 3
+            sc.rewind("r1", point)  # the sync's before-images hold the drifted set
+            assert snapshot_contents(replica) == drifted
+    sc.synchronize(level="file", replica="r1")
+    assert sc.sync_report("r1")["runs"][-1]["files_changed"] == 0
+
+
+def test_a_tree_that_cannot_take_a_namespace_leaves_it_and_does_not_compare_it(
+    tmp_path: Path,
+) -> None:
+    tree = ReplicaTree(str(tmp_path / "t"), fsync=False)
+    (tmp_path / "t" / "f").write_bytes(b"f")
+    tree.xattrs_refused.add("trusted")  # as for a user who is not root
+    assert tree.set_xattrs("f", {"trusted.x": b"1", "user.y": b"2"})
+    assert read_xattrs(str(tmp_path / "t" / "f")) == {"user.y": b"2"}
+    assert tree.comparable({"trusted.x": b"1", "user.y": b"2"}) == {"user.y": b"2"}
+    os.setxattr(tmp_path / "t" / "f", "trusted.kept", b"k")
+    assert not tree.set_xattrs("f", {"user.y": b"2"})  # trusted.kept: not this tree's to remove
+    assert "trusted.kept" in read_xattrs(str(tmp_path / "t" / "f"))
+    assert tree.get_xattrs("missing") is None
+    assert not tree.set_xattrs("missing/deeper", {"user.y": b"2"})
+    assert not (tmp_path / "t" / "missing").exists()  # no parent made for it
+
+
+def test_a_delta_keeps_the_files_xattrs(engine: Engine, tmp_path: Path) -> None:
+    # Was a bug (found by the replication property): a delta rebuilds the replica's
+    # file into a new inode, which came out without the attributes the master's
+    # file kept (its bytes moved in place there). Applied, rewound and replayed.
+    sc, master = _scenario(engine, tmp_path, block_size=512)
+    data = bytes(range(256)) * 40
+    master.apply_all([CreateFile("f", data), SetXattr("f", "user.a", b"kept")])
+    sc.start()
+    point = sc.set_rewind_point("before")
+    was = snapshot_contents(tmp_path / "r1")
+    master.apply(WriteAt("f", 0, b"!" + data))  # every byte shifted by one: a delta
+    sc.capture()
+    sc.wait_replicated()
+    assert [type(e) for _, e in engine._iter_events((ContentReplaced, XattrsChanged))] == [
+        XattrsChanged,
+        ContentReplaced,  # the set did not change: no second XattrsChanged
+    ]
+    assert_trees_equal(master.root, tmp_path / "r1")
+    now = snapshot_contents(tmp_path / "r1")
+    engine.replay(sc, to=tmp_path / "end")
+    assert snapshot_contents(tmp_path / "end") == now
+    sc.rewind("r1", point)
+    assert snapshot_contents(tmp_path / "r1") == was
+
+
+def test_no_acl_is_handed_down_that_the_master_has_not(engine: Engine, tmp_path: Path) -> None:
+    # Was a bug (found by the replication property): a path the replica makes in a
+    # directory with a default ACL inherits one. Where the master's path has none
+    # (made before the directory got its default ACL, or its ACL removed since),
+    # nothing took it away: in the applier, in a rewind's delta, in a replay.
+    sc, master = _scenario(engine, tmp_path, block_size=512)
+    master.apply_all([MakeDir("sub"), SetXattr("sub", "system.posix_acl_default", acl((1000, 7)))])
+    sc.start()
+    data = bytes(range(256)) * 40
+    master.apply_all(
+        [
+            CreateFile("sub/a", data),
+            SetXattr("sub/a", "system.posix_acl_access", None),
+            MakeDir("sub/d"),
+            SetXattr("sub/d", "system.posix_acl_access", None),
+            SetXattr("sub/d", "system.posix_acl_default", None),
+        ]
+    )
+    assert read_xattrs(os.path.join(master.root, "sub", "a")) == {}
+    sc.capture()
+    sc.wait_replicated()
+    assert_trees_equal(master.root, tmp_path / "r1")
+    point = sc.set_rewind_point("plain")
+    was = snapshot_contents(tmp_path / "r1")
+    master.apply(WriteAt("sub/a", 0, b"!" + data))  # a delta: a new inode on the replica
+    sc.capture()
+    sc.wait_replicated()
+    assert_trees_equal(master.root, tmp_path / "r1")
+    sc.rewind("r1", point)  # undone by a delta too
+    assert snapshot_contents(tmp_path / "r1") == was
+    # A replay into a directory whose default ACL would hand one down to everything.
+    out = tmp_path / "out"
+    out.mkdir()
+    os.setxattr(out, "system.posix_acl_default", acl((1001, 5)))
+    engine.replay(sc, to=out, position=point.position)
+    assert snapshot_contents(out) == was
+
+
+@pytest.mark.parametrize("how", ["write", "chown", "truncate"])
+def test_a_capability_set_again_before_the_capture_stays(
+    engine: Engine, tmp_path: Path, how: str
+) -> None:
+    # Was a bug (found by the rewind property): a binary reinstalled in place gets
+    # its capability back before the capture looks, so the journal says the set
+    # never changed; the replica's write (or chown) dropped it, and it stayed gone.
+    sc, master = _scenario(engine, tmp_path)
+    master.apply_all([CreateFile("tool", bytes(20000)), SetXattr("tool", "user.a", b"1")])
+    master.apply(SetXattr("tool", "security.capability", CAP_NET_RAW))
+    sc.start()
+    full = os.path.join(master.root, "tool")
+    if how == "write":
+        master.apply(WriteAt("tool", 100, b"new build"))
+    elif how == "chown":
+        os.chown(full, 1000, 1000)
+    else:
+        os.truncate(full, 10000)
+    assert "security.capability" not in read_xattrs(full)
+    master.apply(SetXattr("tool", "security.capability", CAP_NET_RAW))
+    sc.capture()
+    assert not list(engine._iter_events((XattrsChanged,)))[1:]  # the set did not change
+    sc.wait_replicated()
+    assert_trees_equal(master.root, tmp_path / "r1")
