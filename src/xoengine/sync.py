@@ -399,7 +399,7 @@ class Synchronizer:
             return ("created" if have is None else "updated"), len(data)
         sent = self._block_update(path, data, have)
         if self._meta_of(have) != self._meta_of(entry):
-            self._record([("meta", path, self._meta_of(have), {})])
+            self._record([("meta", path, self._meta_image(path, have), {})])
         tree.set_meta(path, entry.mode, entry.mtime_ns, self._owner(entry))
         return ("updated" if sent or have.size != len(data) else "metadata"), sent
 
@@ -440,6 +440,15 @@ class Synchronizer:
         owner = self._owner(entry)
         return meta if owner is None else {**meta, "owner": list(owner)}
 
+    def _meta_image(self, path: str, have: Entry) -> dict[str, Any]:
+        """A ``meta`` before-image of the replica's ``path`` (walked as ``have``).
+
+        Its extended attributes too: the chown that follows drops a capability.
+        """
+        xattrs = self.tree.get_xattrs(path)
+        meta = self._meta_of(have)
+        return meta if xattrs is None else {**meta, "xattrs": xattrs}
+
     def _meta(self, path: str, entry: Entry, have: Entry) -> str:
         """Bring the mode, mtime and owner (a link: its owner) the master has; "" if it had them."""
         file = entry.kind == "file"
@@ -451,7 +460,7 @@ class Synchronizer:
         ):
             return ""
         st = self.tree.lstat(path)
-        self._record([("meta", path, self._meta_of(have), {})] if st else [])
+        self._record([("meta", path, self._meta_image(path, have), {})] if st else [])
         mode = None if link else entry.mode
         self.tree.set_meta(path, mode, entry.mtime_ns if file else None, self._owner(entry))
         return "metadata"

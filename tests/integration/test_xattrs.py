@@ -359,3 +359,29 @@ def test_a_capability_set_again_before_the_capture_stays(
     assert not list(engine._iter_events((XattrsChanged,)))[1:]  # the set did not change
     sc.wait_replicated()
     assert_trees_equal(master.root, tmp_path / "r1")
+
+
+def test_a_rewind_across_a_resyncs_chown_gives_the_capability_back(
+    engine: Engine, tmp_path: Path
+) -> None:
+    # Was a bug (found by the rewind property): the resync after a rewind kept a
+    # 'meta' before-image of mode, mtime and owner only, then its chown dropped the
+    # replica's capability; rewinding over the resync put the owner back, not it.
+    sc, master = _scenario(engine, tmp_path, block_size=512)
+    sc.start()
+    master.apply_all(
+        [CreateFile("a", b"binary"), SetXattr("a", "security.capability", CAP_NET_RAW)]
+    )
+    p1 = sc.set_rewind_point("p1")
+    os.chmod(os.path.join(master.root, "a"), 0o600)
+    p2 = sc.set_rewind_point("p2")
+    at_p2 = snapshot_contents(master.root)
+    os.chown(os.path.join(master.root, "a"), 65534, 65534)  # the kernel drops it
+    sc.set_rewind_point("p3")
+    sc.wait_replicated()
+    sc.rewind("r1", p1)
+    sc.resume("r1")  # the resync chowns r1's file back: its capability goes with it
+    sc.wait_replicated()
+    assert snapshot_contents(tmp_path / "r1") == snapshot_contents(master.root)
+    sc.rewind("r1", p2)
+    assert snapshot_contents(tmp_path / "r1") == at_p2
