@@ -67,6 +67,7 @@ from xoengine.masterstate import (
 )
 from xoengine.tree import read_whole
 from xoengine.walk import (
+    CAPABILITY,
     Entry,
     PathFilter,
     birth_ns,
@@ -196,6 +197,7 @@ class Capture:
         self._result = CaptureResult()
         self._settled: set[tuple[str, int]] = set()  # racy files re-read after their tick
         self._settled_xattrs: set[tuple[str, int]] = set()  # the same, for extended attributes
+        self._walk_ns = 0  # when the last walk began
         self._committer: _Committer | None = None  # set during scan(): commits off-thread
         self._progress: ScanProgress | None = None
 
@@ -239,6 +241,7 @@ class Capture:
         walked: dict[str, Entry] = {}
         known: dict[str, FileState] = {}
         layout = self.layout
+        self._walk_ns = time.time_ns()  # before any lstat of this walk (see _entry_observed)
         with self.store.read() as txn:
             if scopes is None:
                 # Only this capture (under its lock) changes the master state, so the
@@ -429,7 +432,7 @@ class Capture:
             timestamp=FileCreated.create_timestamp(),
             scenario=self.scenario,
             path=path,
-            observed=[] if entry.kind == "file" else _entry_observed(entry),
+            observed=[] if entry.kind == "file" else _entry_observed(entry, self._walk_ns),
             kind=entry.kind,
             mode=entry.mode,
             mtime_ns=entry.mtime_ns,
@@ -480,7 +483,15 @@ class Capture:
             or self._racy(path, state, xattrs=True)
         )
         if self._update_stat(path, entry, state) and look:
-            self._xattrs(path, state)
+            # A write, truncation or chown dropped any capability (here and on the
+            # replica as it applies them): one the path has now was given again.
+            again = (entry.size, entry.mtime_ns, entry.uid, entry.gid) != (
+                state.size,
+                state.mtime_ns,
+                state.uid,
+                state.gid,
+            )
+            self._xattrs(path, state, again=again)
 
     def _update_stat(self, path: str, entry: Entry, state: FileState) -> bool:
         """Journal what moved in ``path``'s content, stat and owner; False if it was made anew."""
@@ -512,11 +523,15 @@ class Capture:
             self._capture_content(path, state, state)
             return True  # content events carry the new stat (observed); metadata included
         if not same_meta or entry.mtime_ns != state.mtime_ns or not same_stat:
-            self._metadata_only(path, state, _entry_observed(entry))
+            self._metadata_only(path, state, _entry_observed(entry, self._walk_ns))
         return True
 
-    def _xattrs(self, path: str, state: FileState) -> int:
+    def _xattrs(self, path: str, state: FileState, *, again: bool = False) -> int:
         """Journal ``path``'s extended attributes where they are not what ``state`` knows.
+
+        ``again``: the path was written or given another owner since ``state``,
+        so a file capability it has was set again (the kernel drops it): its set
+        is journaled even if it is the one known, for the replica lost it too.
 
         After the path's other events: the replica applies them last (a write or
         a chown there drops ``security.capability``, as it did on the master).
@@ -527,7 +542,7 @@ class Capture:
         except OSError:
             return state.xattrs  # gone: the next pass journals that
         digest = xattr_digest(found)
-        if digest == state.xattrs:
+        if digest == state.xattrs and not (again and CAPABILITY in found):
             return digest
         self._journal(XattrsChanged, state, path, [], xattrs=found)
         self._result.metadata += 1
@@ -1025,8 +1040,13 @@ def _top_scopes(scopes: Iterable[str]) -> list[str]:
     return top
 
 
-def _entry_observed(entry: Entry) -> list[int]:
-    """The stat a walk saw, in the form of :func:`_observed` (0: the time it was taken unknown)."""
+def _entry_observed(entry: Entry, walk_ns: int) -> list[int]:
+    """The stat a walk begun at ``walk_ns`` saw, in the form of :func:`_observed`.
+
+    The walk's start stands for the time the stat was taken: never later than
+    it, so the racy rules (:func:`masterstate.racy`, :func:`xattrs_racy`) can
+    only find the stat too recent to vouch, never the reverse.
+    """
     return [
         entry.size,
         entry.mode,
@@ -1034,7 +1054,7 @@ def _entry_observed(entry: Entry) -> list[int]:
         entry.ctime_ns,
         entry.inode,
         entry.dev,
-        0,
+        walk_ns,
         entry.uid,
         entry.gid,
     ]

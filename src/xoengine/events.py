@@ -227,7 +227,8 @@ class FileEvent(XoEvent):
     ``observed`` is what the master's ``lstat`` showed after the change:
     ``[size, mode, mtime_ns, ctime_ns, inode, device]`` (empty if unknown), so
     the master state is a pure fold of the journal. A seventh element, when
-    present, is the wall-clock time (ns) the stat was taken (0: unknown): with
+    present, is the wall-clock time (ns) the stat was taken, or a time before it
+    (the start of the walk that saw it; 0: unknown, in older journals): with
     it the capture knows which files a later rewrite could hide from (the racy
     rule in ``capture``). An eighth and ninth, when present, are the owner's
     uid and gid (:func:`observed_owner`); journals written before them have none.

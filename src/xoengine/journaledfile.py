@@ -104,7 +104,11 @@ class JournaledFile:
                     break
                 known = [state.size, state.mode, state.mtime_ns, state.ctime_ns, state.ino]
                 # A racy file's stat cannot say it is unchanged: let the scan look.
-                if leaf and not truncating and (_entry_observed(entry)[:5] != known or racy(state)):
+                if (
+                    leaf
+                    and not truncating
+                    and (_entry_observed(entry, 0)[:5] != known or racy(state))
+                ):
                     stale = prefix + sub
         if stale is not None:
             capture.scan([stale])

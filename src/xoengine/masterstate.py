@@ -1,6 +1,6 @@
 """The master state: the fold of file events into a manifest, and the racy rule.
 
-Room: master state, between producers and storage. May import ``codec``,
+Room: master state, between producers and storage. May import ``codec``, ``walk``,
 ``blocks``, ``events``, ``manifest`` (and numpy for the packed digests).
 
 :class:`MasterState` runs inside the append transaction (the journal's
@@ -32,6 +32,7 @@ from xoengine.events import (
     observed_owner,
 )
 from xoengine.manifest import FileState, Manifest
+from xoengine.walk import CAPABILITY
 
 if TYPE_CHECKING:
     import uuid
@@ -42,6 +43,7 @@ __all__ = [
     "RACY_WINDOW_NS",
     "RACY_WINDOW_WHOLE_SECONDS_NS",
     "MasterState",
+    "capability_dropped",
     "pack_digests",
     "racy",
     "racy_window",
@@ -118,10 +120,29 @@ def xattrs_racy(state: FileState) -> bool:
 
 
 def xattr_digest(xattrs: dict[str, bytes]) -> int:
-    """What the master state keeps of a set of extended attributes: 0 for none."""
+    """What the master state keeps of a set of extended attributes: 0 for none.
+
+    Odd where the set holds a file capability (:func:`capability_dropped`).
+    """
     if not xattrs:
         return 0
-    return codec.digest64(codec.pack(sorted(xattrs.items()))) or 1
+    digest = codec.digest64(codec.pack(sorted(xattrs.items()))) & ~1
+    return (digest | (CAPABILITY in xattrs)) or 2
+
+
+def capability_dropped(state: FileState, event: FileEvent) -> bool:
+    """Whether ``event`` made the kernel drop the file capability ``state`` says the path has.
+
+    A write, a truncation or a chown does. The set is then unknown (-1): the
+    next capture journals it whole, even if the capability was given again
+    meanwhile, since the replica's copy of the change drops it too.
+    """
+    if state.xattrs <= 0 or not state.xattrs & 1:
+        return False
+    if isinstance(event, (BytesWritten, FileTruncated, ContentReplaced)):
+        return True
+    owner = observed_owner(event.observed)
+    return owner is not None and (owner[0], owner[1]) != (state.uid, state.gid)
 
 
 # -- the fold ----------------------------------------------------------------------------
@@ -189,6 +210,8 @@ class MasterState:
                 for first, packed in spans:
                     manifest.set_digests(txn, state.file_id, first, packed, None)
                 manifest.cut_digests(txn, state.file_id, nblocks)
+        if capability_dropped(state, event):
+            state = state.evolve(xattrs=-1)
         if event.observed:
             size, mode, mtime_ns, ctime_ns, ino, dev, *when = event.observed
             state = state.evolve(

@@ -66,8 +66,6 @@ if TYPE_CHECKING:
 
 __all__ = ["FILE_TOPICS", "AppliedCounts", "ReplicaApplier"]
 
-_CAPABILITY: Final = "security.capability"
-
 FILE_TOPICS: Final = tuple(f"xoengine.events:{cls.__name__}" for cls in FILE_EVENTS)
 
 
@@ -221,9 +219,8 @@ class ReplicaApplier:
 
             self.store.write(record_undo)
         # 2. The changes themselves (idempotent).
-        for (position, event), (_, records) in zip(mine, images, strict=True):
+        for position, event in mine:
             self._apply(position, event)
-            self._keep_capability(event, records)
         # 3. Tracking.
         self.store.write(lambda txn: self.set_position(txn, last))
 
@@ -342,22 +339,6 @@ class ReplicaApplier:
             # Made with none, as on the master (an XattrsChanged follows if it has
             # some): not with an ACL the replica's directory would hand down to it.
             tree.set_xattrs(event.path, {})
-
-    def _keep_capability(self, event: FileEvent, records: list[Image]) -> None:
-        """Give back a file capability the kernel dropped as ``event`` was applied.
-
-        A write, a truncation or a chown drops ``security.capability``. On the
-        master it did too: if it stayed dropped, the capture journaled the
-        XattrsChanged that says so, and applies it next; if it was set again
-        before the capture looked (a reinstalled binary), the journal says the
-        set never changed, and neither may the replica's.
-        """
-        if isinstance(event, (XattrsChanged, FileCreated, FileDeleted, FileRenamed)):
-            return
-        for _, path, args, _ in records:
-            before = args.get("xattrs")
-            if path == event.path and before and _CAPABILITY in before:
-                self.tree.set_xattrs(path, before)
 
     def _apply_delta(self, position: int, event: ContentReplaced) -> None:
         # Built from a replica that differs from what the master had: refused, and

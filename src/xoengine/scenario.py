@@ -61,7 +61,7 @@ from xoengine.rewind import (
 )
 from xoengine.sync import LEVELS, Synchronizer, SyncSummary
 from xoengine.tree import ReplicaTree
-from xoengine.walk import ParentCache, normalize_relpath, read_xattrs, stat_entry, walk
+from xoengine.walk import ParentCache, normalize_relpath, stat_entry, walk
 from xoengine.worker import ApplierThread, ScanFollower, compare_trees
 
 if TYPE_CHECKING:
@@ -69,7 +69,7 @@ if TYPE_CHECKING:
 
     from xoengine.datastore import WriteTxn
     from xoengine.engine import Engine, _Definition
-    from xoengine.forensic import DiffResult, Forensics
+    from xoengine.forensic import DiffResult
 
 __all__ = ["DEFAULT_DATABASE_PATTERNS", "ReplicaStatistics", "Scenario", "ScenarioStatistics"]
 
@@ -477,6 +477,9 @@ class Scenario:
             return
         keep([path for path, _ in moved])
         forensics = self._engine.forensics(self.name)
+        # The journal's extended attributes, not the replayed copy's: a scratch
+        # directory may keep fewer (tmpfs before Linux 6.6 has no user.*).
+        xattrs = {live.path: live.xattrs or {} for live in forensics.fold(position).values()}
         with tempfile.TemporaryDirectory(prefix="xoengine-settle-") as scratch:
             for number, (path, state) in enumerate(moved):
                 owner = (state.uid, state.gid) if state and state.uid >= 0 else None
@@ -486,14 +489,13 @@ class Scenario:
                         tree.create(path, state.kind, state.mode, state.target)
                         mode = state.mode if state.kind == "dir" else None
                         tree.set_meta(path, mode, None, owner)
-                        tree.set_xattrs(path, _xattrs_at(forensics, path, position))
+                        tree.set_xattrs(path, xattrs.get(path, {}))
                     continue
                 out = os.path.join(scratch, str(number))
                 forensics.replay(out, position, path)
                 tree.copy_new(path, os.path.join(out, path), state.mode, owner)
                 tree.set_meta(path, None, state.mtime_ns)  # owner and mode: copy_new
-                # Last, as the replay left them (none handed down by a default ACL).
-                tree.set_xattrs(path, read_xattrs(os.path.join(out, path)))
+                tree.set_xattrs(path, xattrs.get(path, {}))  # last (none handed down)
         tree.flush([path for path, state in moved if state is not None])
 
     # -- replicas ---------------------------------------------------------------------------
@@ -1081,11 +1083,3 @@ def _entries_below(tree: ReplicaTree, path: str) -> int:
     entries = walk(os.path.join(tree.root, path))
     with contextlib.closing(entries):
         return sum(1 for _ in entries)
-
-
-def _xattrs_at(forensics: Forensics, path: str, position: int) -> dict[str, bytes]:
-    """The extended attributes the journal gives ``path`` at ``position`` (none: empty)."""
-    for live in forensics.fold(position).values():
-        if live.path == path:
-            return live.xattrs or {}
-    return {}

@@ -317,9 +317,9 @@ class ReplicaTree:
         """Whether files here can be given their owners (root, until a chown is refused):
         where not, they stay this process's, and owners are not compared (sync, verify)."""
         self.xattrs_refused: set[str] = set() if self.owners else set(_ROOT_XATTRS)
-        """Namespaces of extended attributes this tree cannot be given (``trusted``,
-        ``security`` where not root; any the file system refuses, once it has): left
-        as they are, and not compared (sync, verify)."""
+        """Extended attributes this tree cannot be given: namespaces (``trusted`` and
+        ``security`` where not root) and names (each one the system refused, once it
+        has): left as they are, and not compared (sync, verify)."""
         self._held: dict[int, ParentCache] = {}  # thread -> its cache, inside holding_parents
         if create:
             os.makedirs(root, exist_ok=True)
@@ -942,26 +942,38 @@ class ReplicaTree:
         return True
 
     def get_xattrs(self, path: str) -> Xattrs | None:
-        """Extended attributes of ``path`` (a link itself), None if it is not there."""
+        """Extended attributes of ``path`` (a link itself), None if it is not there.
+
+        Read by name under the root, not through :meth:`_open_parent`: a read
+        changes nothing, and walking the parents costs ~20 us a path (a sync
+        compares every path, the applier reads one per before-image).
+        """
         try:
-            with self._open_parent(path) as (fd, leaf):
-                return read_xattrs(at_fd(fd, leaf))
+            return read_xattrs(os.path.join(self.root, path))
         except (FileNotFoundError, NotADirectoryError):
             return None
 
     def comparable(self, xattrs: Xattrs) -> Xattrs:
-        """``xattrs`` without the namespaces this tree cannot be given."""
-        if not self.xattrs_refused:
+        """``xattrs`` without those this tree cannot be given (:attr:`xattrs_refused`)."""
+        refused = self.xattrs_refused
+        if not refused:
             return xattrs
-        return {k: v for k, v in xattrs.items() if k.partition(".")[0] not in self.xattrs_refused}
+        return {
+            k: v
+            for k, v in xattrs.items()
+            if k not in refused and k.partition(".")[0] not in refused
+        }
 
     def set_xattrs(self, path: str, xattrs: Xattrs) -> bool:
         """Make ``path``'s extended attributes exactly ``xattrs``; True if any changed.
 
-        Names it has and ``xattrs`` lacks are removed. A namespace the system
-        refuses (not root, a file system without it) is left as it is, and
-        :attr:`xattrs_refused` records it. Last after other changes: a write or a
-        chown drops ``security.capability``, and setting a POSIX ACL sets mode bits.
+        Names it has and ``xattrs`` lacks are removed. What the system refuses
+        is left as it is and its name recorded in :attr:`xattrs_refused`: a
+        value too large for this file system, an ACL naming an id a container
+        does not map, an NT ACL a container's root may not set, a name the file
+        system does not keep (:data:`_CANNOT_SET_XATTR`). Last after
+        other changes: a write or a chown drops ``security.capability``, and
+        setting a POSIX ACL sets mode bits.
         """
         try:
             with self._open_parent(path) as (fd, leaf):
@@ -984,17 +996,23 @@ class ReplicaTree:
         return changed
 
     def _xattr(self, call: Callable[..., None], where: str | int, name: str, *value: bytes) -> bool:
+        follow = {} if isinstance(where, int) else {"follow_symlinks": False}
         try:
-            if isinstance(where, int):
-                call(where, name, *value)
-            else:
-                call(where, name, *value, follow_symlinks=False)
+            try:
+                call(where, name, *value, **follow)
+            except PermissionError as e:
+                # user.* needs write access, even for the owner: a user's replica
+                # of a read-only file or directory gets it as rsync -X does.
+                if e.errno != errno.EACCES or self.owners:
+                    raise
+                with _writable(where):
+                    call(where, name, *value, **follow)
         except OSError as e:
-            if e.errno in {errno.ENODATA, errno.EACCES}:  # removed already; a read-only
-                return False  # file of a user's replica (user.* needs write access)
+            if e.errno == errno.ENODATA:  # removed already
+                return False
             if e.errno not in _CANNOT_SET_XATTR:
                 raise
-            self.xattrs_refused.add(name.partition(".")[0])
+            self.xattrs_refused.add(name)
             return False
         return True
 
@@ -1048,9 +1066,37 @@ _ROOT_XATTRS: Final = ("trusted", "security")
 """Namespaces of extended attributes only root may set (``security.capability`` needs
 ``CAP_SETFCAP``; an unprivileged process cannot even list ``trusted``)."""
 
-_CANNOT_SET_XATTR: Final = frozenset({errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP})
-"""Refusals that leave a namespace of extended attributes as it is: not permitted for
-this process, or not kept by this file system."""
+_CANNOT_SET_XATTR: Final = frozenset(
+    {
+        errno.EPERM,
+        errno.EACCES,
+        errno.EINVAL,
+        errno.ENOSPC,
+        errno.E2BIG,
+        errno.ERANGE,
+        errno.ENOTSUP,
+        errno.EOPNOTSUPP,
+    }
+)
+"""Refusals of one extended attribute, left as it is: not permitted to this process (a
+container's root may set a capability, not an NT ACL), an ACL naming an id not mapped
+here, a value too large for this file system (ext4 says ENOSPC past its block, E2BIG
+past 64 KiB), a name it does not keep (``system.nfs4_acl`` on ext4). Replication goes on."""
+
+
+@contextlib.contextmanager
+def _writable(where: str | int) -> Iterator[None]:
+    """Give the owner write access to ``where`` for the block (then its mode back)."""
+    st = os.stat(where, follow_symlinks=False) if isinstance(where, str) else os.fstat(where)
+    if stat.S_ISLNK(st.st_mode) or st.st_mode & stat.S_IWUSR:
+        yield
+        return
+    os.chmod(where, stat.S_IMODE(st.st_mode) | stat.S_IWUSR)
+    try:
+        yield
+    finally:
+        os.chmod(where, stat.S_IMODE(st.st_mode))
+
 
 _CANNOT_CHOWN: Final = frozenset({errno.EPERM, errno.EINVAL})
 """Refusals that leave a file with this process's owner: not root (as rsync without

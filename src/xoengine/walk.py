@@ -61,6 +61,7 @@ from xoengine.errors import (
 )
 
 __all__ = [
+    "CAPABILITY",
     "Entry",
     "Kind",
     "ParentCache",
@@ -692,6 +693,10 @@ def birth_ns(root: AnyPath, relpath: str | bytes) -> int | None:
 
 Xattrs: TypeAlias = dict[str, bytes]
 """Extended attributes of one path: name (``os.fsdecode`` form) -> value, sorted by name."""
+
+CAPABILITY: Final = "security.capability"
+"""A file's capabilities: the kernel drops them when the file is written, truncated or
+given another owner (on the master and on a replica alike)."""
 
 _NO_XATTRS: Final = frozenset({errno.ENOTSUP, errno.EOPNOTSUPP})
 

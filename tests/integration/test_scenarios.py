@@ -1118,6 +1118,10 @@ def test_a_replica_run_by_a_user_keeps_its_owner_and_settles(tmp_path: Path) -> 
                 SetXattr("docs/a", "user.note", b"kept"),
                 SetXattr("b", "security.capability", bytes.fromhex("01000002" + "00" * 16)),
                 SetXattr("docs", "trusted.t", b"root's"),
+                # user.* needs write access, even the owner's: given as rsync -X does.
+                CreateFile("ro.txt", b"r"),
+                SetXattr("ro.txt", "user.note", b"read-only"),
+                Chmod("ro.txt", 0o444),
             ]
         )
         script = (
@@ -1143,6 +1147,8 @@ def test_a_replica_run_by_a_user_keeps_its_owner_and_settles(tmp_path: Path) -> 
         assert os.stat(base / "r1" / "docs" / "a").st_uid == 65534
         assert os.getxattr(base / "r1" / "docs" / "a", "user.note") == b"kept"
         assert os.listxattr(base / "r1" / "b") == []
+        assert os.getxattr(base / "r1" / "ro.txt", "user.note") == b"read-only"
+        assert os.stat(base / "r1" / "ro.txt").st_mode & 0o777 == 0o444
     finally:
         shutil.rmtree(base, ignore_errors=True)
 
