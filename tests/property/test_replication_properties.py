@@ -4,13 +4,23 @@ Each example is a fresh engine (real LMDB, ``nosync``) protecting a small
 master tree with two replicas. A rule-based machine changes the master with
 every kind of operation (create, overwrite, append, insert so data shifts,
 truncate both ways, rename files and whole directories, delete, mkdir,
-symlinks of every sort, chmod, non-UTF-8 names, nested paths) and, at random
-points, captures and waits: the replicas must then be byte-identical to the
-master (names, kinds, content, modes, link targets, file mtimes), and the
-master state must describe the master exactly (sizes and block digests).
+symlinks of every sort, chmod, chown, extended attributes set and removed,
+non-UTF-8 names, nested paths) and, at random points, captures and waits: the
+replicas must then be byte-identical to the master (names, kinds, content,
+modes, owners, extended attributes, link targets, file mtimes), and the master
+state must describe the master exactly (sizes, block digests, the digest of
+the extended attributes).
 One replica is suspended and resumed at random, and the engine is restarted
 at random; after a restart the start-up synchronization must find nothing to
 send, since the applier already made the replicas exact.
+
+Extended attributes come from a few names and values, so that they collide and
+get removed: ``user.*`` (not on links: Linux refuses), ``trusted.*`` (links
+too), file capabilities (``security.capability``, regular files) and POSIX
+ACLs (an access ACL sets the mode's bits, a chmod its mask; a default ACL on a
+directory is inherited by what is created in it). A write, a truncation or a
+chown makes the kernel drop a capability, so the content rules and chown pick
+a file that has one half the time.
 
 ``REPLICATION_EXAMPLES=2000`` in the environment runs that many examples of
 the two main machines instead of the quick default (a soak run).
@@ -21,6 +31,7 @@ from __future__ import annotations
 import os
 import random
 import shutil
+import struct
 import tempfile
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -39,7 +50,8 @@ from xoengine import tree as tree_module
 from xoengine.blocks import BlockMap
 from xoengine.capture import pack_digests
 from xoengine.engine import Engine, Scenario
-from xoengine.events import BytesWritten, ContentReplaced
+from xoengine.events import BytesWritten, ContentReplaced, XattrsChanged
+from xoengine.masterstate import xattr_digest
 from xoengine.testing import (
     Append,
     Chmod,
@@ -51,6 +63,7 @@ from xoengine.testing import (
     Node,
     Operation,
     Rename,
+    SetXattr,
     Symlink,
     TreeBuilder,
     Truncate,
@@ -77,6 +90,64 @@ contents = st.one_of(small_bytes, large_bytes)
 file_modes = st.integers(0, 0o177).map(lambda m: 0o600 | m)
 dir_modes = st.integers(0, 0o077).map(lambda m: 0o700 | m)
 
+
+def _acl(
+    user_obj: int,
+    group_obj: int,
+    other: int,
+    *,
+    users: tuple[tuple[int, int], ...] = (),
+    groups: tuple[tuple[int, int], ...] = (),
+    mask: int | None = None,
+) -> bytes:
+    """A ``system.posix_acl_*`` value (version 2): entries ``(tag, perms, id)`` by tag, then id.
+
+    ``users``/``groups``: named entries ``(id, perms)``, which need a ``mask``.
+    """
+    no_id = 0xFFFFFFFF
+    entries = [(0x01, user_obj, no_id), (0x04, group_obj, no_id), (0x20, other, no_id)]
+    entries += [(0x02, perms, uid) for uid, perms in users]
+    entries += [(0x08, perms, gid) for gid, perms in groups]
+    if mask is not None:
+        entries.append((0x10, mask, no_id))
+    entries.sort(key=lambda e: (e[0], e[2]))
+    return struct.pack("<I", 2) + b"".join(struct.pack("<HHI", *e) for e in entries)
+
+
+CAPABILITY = "security.capability"
+CAPABILITIES = [
+    bytes.fromhex("0100000200200000000000000000000000000000"),  # v2, cap_net_raw+p
+    bytes.fromhex("0100000200040000000000000000000000000000"),  # v2, cap_net_bind_service+p
+]
+# For directories: the owner keeps rwx, as in dir_modes (an access ACL sets the mode).
+DIR_ACLS = [
+    _acl(7, 5, 0, users=((1000, 7),), mask=7),
+    _acl(7, 5, 5, users=((65534, 7), (1000, 4)), groups=((100, 6),), mask=5),
+    _acl(7, 4, 4, mask=0),  # a mask and no named entry: the group bits are the mask's
+    _acl(7, 5, 0),  # as a mode: the kernel keeps no attribute, it sets the mode bits
+]
+FILE_ACLS = [*DIR_ACLS, _acl(6, 4, 0, users=((1000, 6),), mask=6), _acl(6, 0, 0)]
+XATTR_VALUES: dict[str, list[bytes]] = {
+    "user.a": [b"", b"1", b"two", b"\x00\xff" * 40],
+    "user.b": [b"1", b"caf\xe9"],
+    "trusted.t": [b"", b"x", b"\xe9t\xe9"],
+    CAPABILITY: CAPABILITIES,
+    "system.posix_acl_access": FILE_ACLS,  # directories: DIR_ACLS
+    "system.posix_acl_default": DIR_ACLS,
+}
+# Per kind, what may be set: user.* not on links (Linux refuses), capabilities on files
+# (the setcap rule sets them too).
+XATTR_NAMES = {
+    "file": ["user.a", "user.b", "trusted.t", CAPABILITY, "system.posix_acl_access"],
+    "dir": ["user.a", "user.b", "trusted.t", "system.posix_acl_access", "system.posix_acl_default"],
+    "symlink": ["trusted.t"],
+}
+if os.geteuid() != 0:  # trusted.* and capabilities are root's
+    XATTR_NAMES = {
+        kind: [n for n in names if n.startswith(("user.", "system."))]
+        for kind, names in XATTR_NAMES.items()
+    }
+
 MACHINE_SETTINGS = settings(
     deadline=None,
     stateful_step_count=25,
@@ -85,6 +156,9 @@ MACHINE_SETTINGS = settings(
 
 EXAMPLES: dict[str, int] = {}  # machines run, per label (printed with -s)
 DELTAS: dict[str, int] = {}  # ContentReplaced events replicated, per label
+XATTR_OPS: dict[str, int] = {}  # extended attributes set or removed on the master, per label
+XATTR_EVENTS: dict[str, int] = {}  # XattrsChanged events replicated, per label
+CAP_DROPS: dict[str, int] = {}  # writes, truncations and chowns of a file with a capability
 
 
 def _join(parent: bytes, name: bytes) -> bytes:
@@ -114,6 +188,8 @@ def check_master_state(scenario: Scenario, master: str, *, files_only: bool = Fa
             want = pack_digests(BlockMap.compute(node.content, scenario.block_size))
             assert digests == want, f"stale block digests for {path!r}"
             assert entry.mode == node.mode, path
+        if not files_only:  # the journaled-file machine sets none, and never captures
+            assert entry.xattrs == xattr_digest(dict(node.xattrs)), f"xattrs of {path!r}"
 
 
 class _Tree:
@@ -214,14 +290,18 @@ class ChangeScriptMachine(RuleBasedStateMachine):
         self.sc.wait_replicated(timeout=60)
         self.check_replicas()
         check_master_state(self.sc, self.master, files_only=self.opener_writes)
-        replaced = self._count_replaced(before or 0)
+        replaced = self._count(ContentReplaced, before or 0)
         if replaced:
             event("ContentReplaced journaled")
             DELTAS[self.label] = DELTAS.get(self.label, 0) + replaced
+        xattrs = self._count(XattrsChanged, before or 0)
+        if xattrs:
+            event("XattrsChanged journaled")
+            XATTR_EVENTS[self.label] = XATTR_EVENTS.get(self.label, 0) + xattrs
 
-    def _count_replaced(self, after: int) -> int:
+    def _count(self, kind: type, after: int) -> int:
         assert self.engine is not None
-        return sum(1 for _ in self.engine._iter_events((ContentReplaced,), after))
+        return sum(1 for _ in self.engine._iter_events((kind,), after))
 
     def rebuild_master_state(self) -> None:
         live = self.sc.master_state_snapshot()
@@ -272,8 +352,24 @@ class ChangeScriptMachine(RuleBasedStateMachine):
         files = tree.of("file")
         if not files:
             return None
-        path = data.draw(st.sampled_from(files))
+        path = self._prefer_capped(data, tree, files)
         return path, tree.nodes[path].size
+
+    def _prefer_capped(self, data: st.DataObject, tree: _Tree, paths: list[bytes]) -> bytes:
+        """One of ``paths``, half the time one with a file capability (if any has one).
+
+        A write, a truncation or a chown makes the kernel drop the capability.
+        """
+        capped = [p for p in paths if CAPABILITY in dict(tree.nodes[p].xattrs)]
+        prefer = data.draw(st.booleans(), label="one with a capability") if capped else False
+        if prefer:
+            path = data.draw(st.sampled_from(capped))
+        else:
+            path = data.draw(st.sampled_from(paths))
+        if path in capped:
+            event("changed after a setcap")
+            CAP_DROPS[self.label] = CAP_DROPS.get(self.label, 0) + 1
+        return path
 
     @rule(data=st.data(), content=st.binary(min_size=1, max_size=700))
     def write_at(self, data: st.DataObject, content: bytes) -> None:
@@ -401,11 +497,40 @@ class ChangeScriptMachine(RuleBasedStateMachine):
     @precondition(lambda self: self.structural and os.geteuid() == 0)  # only root gives away
     @rule(data=st.data())
     def chown(self, data: st.DataObject) -> None:
-        paths = self.tree().of("file", "dir", "symlink")
+        tree = self.tree()
+        paths = tree.of("file", "dir", "symlink")
         if paths:
-            path = data.draw(st.sampled_from(paths))
+            path = self._prefer_capped(data, tree, paths)  # even to the same owner: dropped
             uid, gid = data.draw(st.sampled_from([(0, 0), (65534, 65534), (1000, 100)]))
             self.apply(Chown(path, uid, gid))
+
+    @precondition(lambda self: self.structural)
+    @rule(data=st.data())
+    def set_xattr(self, data: st.DataObject) -> None:
+        """Set or remove one extended attribute (removal only where there is one to remove)."""
+        tree = self.tree()
+        paths = [p for p in tree.of("file", "dir", "symlink") if XATTR_NAMES[tree.nodes[p].kind]]
+        if not paths:
+            return
+        path = data.draw(st.sampled_from(paths))
+        node = tree.nodes[path]
+        name = data.draw(st.sampled_from(XATTR_NAMES[node.kind]))
+        value: bytes | None = None
+        if name not in dict(node.xattrs) or not data.draw(st.booleans(), label="remove"):
+            directory = node.kind == "dir" and name == "system.posix_acl_access"
+            values = DIR_ACLS if directory else XATTR_VALUES[name]
+            value = data.draw(st.sampled_from(values))
+        XATTR_OPS[self.label] = XATTR_OPS.get(self.label, 0) + 1
+        self.apply(SetXattr(path, name, value))
+
+    @precondition(lambda self: self.structural and os.geteuid() == 0)  # CAP_SETFCAP
+    @rule(data=st.data(), value=st.sampled_from(CAPABILITIES))
+    def setcap(self, data: st.DataObject, value: bytes) -> None:
+        """A file capability: the content rules and chown then pick that file half the time."""
+        files = self.tree().of("file")
+        if files:
+            XATTR_OPS[self.label] = XATTR_OPS.get(self.label, 0) + 1
+            self.apply(SetXattr(data.draw(st.sampled_from(files)), CAPABILITY, value))
 
 
 class JournaledFileMachine(ChangeScriptMachine):
@@ -446,13 +571,18 @@ class CoarseTimeMachine(ChangeScriptMachine):
 
 
 def _run(machine: type[ChangeScriptMachine], examples: int, **options: Any) -> None:
-    before = EXAMPLES.get(machine.label, 0)
-    replaced = DELTAS.get(machine.label, 0)
+    counters = (EXAMPLES, DELTAS, XATTR_OPS, XATTR_EVENTS, CAP_DROPS)
+    before = [c.get(machine.label, 0) for c in counters]
     run_state_machine_as_test(
         machine, settings=settings(MACHINE_SETTINGS, max_examples=examples, **options)
     )
-    deltas = DELTAS.get(machine.label, 0) - replaced
-    print(f"{machine.label}: {EXAMPLES.get(machine.label, 0) - before} examples, {deltas} deltas")
+    runs, deltas, xattr_ops, xattr_events, cap_drops = (
+        c.get(machine.label, 0) - b for c, b in zip(counters, before, strict=True)
+    )
+    print(
+        f"{machine.label}: {runs} examples, {deltas} deltas, {xattr_ops} xattr ops"
+        f" ({cap_drops} writes or chowns after a setcap), {xattr_events} XattrsChanged"
+    )
 
 
 def test_replica_matches_master_after_captured_scripts() -> None:

@@ -4,10 +4,11 @@ Each example is a fresh engine (real LMDB, ``nosync``) protecting a small
 master tree with two replicas. A random change script runs on the master
 (create, overwrite, append, insert so data shifts, write in place, truncate
 both ways, rename files and whole directories, delete, mkdir, symlinks, chmod,
-non-UTF-8 names, block size 512 or 4096) and sets rewind points at random
-moments. ``set_rewind_point`` captures first, so the master tree right after
-it *is* the state at the point's position: the test copies it (names, kinds,
-content, permission bits, link targets). Then, for every recorded point:
+chown, extended attributes set and removed, non-UTF-8 names, block size 512 or
+4096) and sets rewind points at random moments. ``set_rewind_point`` captures
+first, so the master tree right after it *is* the state at the point's
+position: the test copies it (names, kinds, content, permission bits, owners,
+extended attributes, link targets). Then, for every recorded point:
 
 (a) rewinding replica r1 to the points in random order, back and forth, leaves
     exactly the recorded tree (going back plays the undo log, going forward
@@ -15,7 +16,17 @@ content, permission bits, link targets). Then, for every recorded point:
 (b) ``Engine.replay`` rebuilds the recorded tree from the journal alone, and a
     replay does not touch the replica (tree, applied position, undo log);
 (c) ``Engine.diff`` between two points agrees with the recorded trees, see
-    :func:`check_diff` for exactly what is asserted and why.
+    :func:`check_diff` for exactly what is asserted and why;
+(d) ``Engine.history`` of every path puts the right identity there, with the
+    right extended attributes, at every point.
+
+Extended attributes come from a few names and values, so that they collide and
+get removed: ``user.*`` (not on links: Linux refuses), ``trusted.*`` (links
+too), file capabilities (``security.capability``, regular files) and POSIX
+ACLs (an access ACL sets the mode's bits, a chmod its mask; a default ACL on a
+directory is inherited by what is created in it). A write, a truncation or a
+chown makes the kernel drop a capability, so those operations pick a file that
+has one half the time: rewinding across them must give the capability back.
 
 A second property resumes r1 after the rewinds (a block-level resync), runs
 more of the script with more points, and rewinds to every point again,
@@ -37,6 +48,7 @@ from __future__ import annotations
 import os
 import random
 import shutil
+import struct
 import tempfile
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -69,9 +81,68 @@ OPERATIONS = [
     "create", "create", "overwrite", "append", "insert", "write_at", "truncate",
     "rename_file", "rename_dir", "delete", "mkdir", "symlink", "chmod_file", "chmod_dir",
     *(["chown"] if os.geteuid() == 0 else []),  # only root gives files away
+    "xattr", "xattr", *(["setcap"] if os.geteuid() == 0 else []),  # capabilities: root's
     "point", "point",
 ]  # fmt: skip
 OWNERS = [(0, 0), (65534, 65534), (1000, 100), (0, 65534)]
+
+
+def _acl(
+    user_obj: int,
+    group_obj: int,
+    other: int,
+    *,
+    users: tuple[tuple[int, int], ...] = (),
+    groups: tuple[tuple[int, int], ...] = (),
+    mask: int | None = None,
+) -> bytes:
+    """A ``system.posix_acl_*`` value (version 2): entries ``(tag, perms, id)`` by tag, then id.
+
+    ``users``/``groups``: named entries ``(id, perms)``, which need a ``mask``.
+    """
+    no_id = 0xFFFFFFFF
+    entries = [(0x01, user_obj, no_id), (0x04, group_obj, no_id), (0x20, other, no_id)]
+    entries += [(0x02, perms, uid) for uid, perms in users]
+    entries += [(0x08, perms, gid) for gid, perms in groups]
+    if mask is not None:
+        entries.append((0x10, mask, no_id))
+    entries.sort(key=lambda e: (e[0], e[2]))
+    return struct.pack("<I", 2) + b"".join(struct.pack("<HHI", *e) for e in entries)
+
+
+CAPABILITY = "security.capability"
+CAPABILITIES = [
+    bytes.fromhex("0100000200200000000000000000000000000000"),  # v2, cap_net_raw+p
+    bytes.fromhex("0100000200040000000000000000000000000000"),  # v2, cap_net_bind_service+p
+]
+# For directories: the owner keeps rwx, as in DIR_MODES (an access ACL sets the mode).
+DIR_ACLS = [
+    _acl(7, 5, 0, users=((1000, 7),), mask=7),
+    _acl(7, 5, 5, users=((65534, 7), (1000, 4)), groups=((100, 6),), mask=5),
+    _acl(7, 4, 4, mask=0),  # a mask and no named entry: the group bits are the mask's
+    _acl(7, 5, 0),  # as a mode: the kernel keeps no attribute, it sets the mode bits
+]
+FILE_ACLS = [*DIR_ACLS, _acl(6, 4, 0, users=((1000, 6),), mask=6), _acl(6, 0, 0)]
+XATTR_VALUES: dict[str, list[bytes]] = {
+    "user.a": [b"", b"1", b"two", b"\x00\xff" * 40],
+    "user.b": [b"1", b"caf\xe9"],
+    "trusted.t": [b"", b"x", b"\xe9t\xe9"],
+    CAPABILITY: CAPABILITIES,
+    "system.posix_acl_access": FILE_ACLS,  # directories: DIR_ACLS
+    "system.posix_acl_default": DIR_ACLS,
+}
+# Per kind, what may be set: user.* not on links (Linux refuses), capabilities on files
+# (the "setcap" operation sets them too).
+XATTR_NAMES = {
+    "file": ["user.a", "user.b", "trusted.t", CAPABILITY, "system.posix_acl_access"],
+    "dir": ["user.a", "user.b", "trusted.t", "system.posix_acl_access", "system.posix_acl_default"],
+    "symlink": ["trusted.t"],
+}
+if os.geteuid() != 0:  # trusted.* and capabilities are root's
+    XATTR_NAMES = {
+        kind: [n for n in names if n.startswith(("user.", "system."))]
+        for kind, names in XATTR_NAMES.items()
+    }
 
 STATS: dict[str, int] = {
     "examples": 0,
@@ -80,11 +151,15 @@ STATS: dict[str, int] = {
     "replays": 0,
     "diffs": 0,
     "histories": 0,
+    "xattr ops": 0,  # extended attributes set or removed
+    "after setcap": 0,  # writes, truncations and chowns of a file with a capability
 }
 
 # -- recorded trees -----------------------------------------------------------------------
 
-Node = tuple[Any, ...]  # ("file", mode, bytes, owner) | ("dir", mode, owner) | ("symlink", target, owner)
+# ("file", mode, bytes, xattrs, owner) | ("dir", mode, xattrs, owner) | ("symlink", target,
+# xattrs, owner); xattrs: sorted ((name, value), ...)
+Node = tuple[Any, ...]
 
 
 snapshot = snapshot_contents
@@ -148,6 +223,21 @@ class Script:
     def pick(self, paths: list[bytes]) -> bytes:
         return self.draw(st.sampled_from(sorted(paths)))
 
+    def pick_prefer_capped(self, paths: list[bytes], nodes: dict[bytes, Node]) -> bytes:
+        """One of ``paths``, half the time one with a file capability (if any has one).
+
+        A write, a truncation or a chown makes the kernel drop the capability.
+        """
+        capped = [p for p in paths if CAPABILITY in dict(nodes[p][-2])]
+        if capped and self.draw(st.booleans()):
+            path = self.pick(capped)
+        else:
+            path = self.pick(paths)
+        if path in capped:
+            STATS["after setcap"] += 1
+            event("changed after a setcap")
+        return path
+
     def new_path(self, nodes: dict[bytes, Node]) -> bytes:
         dirs = [b"", *(p for p, n in nodes.items() if n[0] == "dir")]
         return _join(self.pick(dirs), self.draw(st.sampled_from(NAMES)))
@@ -160,6 +250,7 @@ class Script:
         if (
             op
             in {
+                "setcap",
                 "overwrite",
                 "append",
                 "insert",
@@ -173,7 +264,7 @@ class Script:
             op = "create"
         if op in {"rename_dir", "chmod_dir"} and not dirs:
             op = "mkdir"
-        if op in {"delete", "chown"} and not nodes:
+        if op in {"delete", "chown", "xattr"} and not nodes:
             op = "create"
         if op == "create":
             path = self.new_path(nodes)
@@ -184,7 +275,7 @@ class Script:
                 f.write(data)
             return f"create {path!r} {len(data)}"
         if op in {"overwrite", "append", "insert", "write_at"}:
-            path = self.pick(files)
+            path = self.pick_prefer_capped(files, nodes)
             old = nodes[path][2]
             data = self.draw(contents)
             if op == "overwrite":
@@ -204,7 +295,7 @@ class Script:
                 f.truncate(len(new))
             return f"{op} {path!r} {len(old)}->{len(new)}"
         if op == "truncate":
-            path = self.pick(files)
+            path = self.pick_prefer_capped(files, nodes)
             size = self.draw(st.integers(0, len(nodes[path][2]) + 1500))
             os.truncate(self.abspath(path), size)
             return f"truncate {path!r} {size}"
@@ -252,10 +343,30 @@ class Script:
             os.chmod(self.abspath(path), mode)
             return f"chmod dir {path!r} {mode:o}"
         if op == "chown":  # a file, a directory or a link itself
-            path = self.pick(list(nodes))
+            path = self.pick_prefer_capped(list(nodes), nodes)
             uid, gid = self.draw(st.sampled_from(OWNERS))
             os.chown(self.abspath(path), uid, gid, follow_symlinks=False)
             return f"chown {path!r} {uid}:{gid}"
+        if op == "setcap":  # then writes, truncations and chowns may drop it
+            path = self.pick(files)
+            value = self.draw(st.sampled_from(CAPABILITIES))
+            os.setxattr(self.abspath(path), CAPABILITY, value)
+            STATS["xattr ops"] += 1
+            return f"setcap {path!r} {value.hex()}"
+        if op == "xattr":  # set one, or remove one it has
+            path = self.pick(list(nodes))
+            kind = nodes[path][0]
+            if not XATTR_NAMES[kind]:
+                return None
+            name = self.draw(st.sampled_from(XATTR_NAMES[kind]))
+            STATS["xattr ops"] += 1
+            if name in dict(nodes[path][-2]) and self.draw(st.booleans()):
+                os.removexattr(self.abspath(path), name, follow_symlinks=False)
+                return f"removexattr {path!r} {name}"
+            directory = kind == "dir" and name == "system.posix_acl_access"
+            value = self.draw(st.sampled_from(DIR_ACLS if directory else XATTR_VALUES[name]))
+            os.setxattr(self.abspath(path), name, value, follow_symlinks=False)
+            return f"setxattr {path!r} {name}={value.hex()}"
         raise AssertionError(op)
 
 
@@ -312,7 +423,7 @@ def check_diff(result: DiffResult, a: dict[bytes, Node], b: dict[bytes, Node]) -
       is a superset, since bytes may be written and written back;
     - ``modified`` names files that exist at b; a path whose permission bits
       changed (same kind at both ends) is in metadata, modified or added*; so
-      is a path whose owner changed.
+      is a path whose owner or extended attributes changed.
     """
     dec = os.fsencode
     added = {dec(p) for p in result.added} | {dec(p) for p in result.renamed.values()}
@@ -333,8 +444,9 @@ def check_diff(result: DiffResult, a: dict[bytes, Node], b: dict[bytes, Node]) -
         assert all(offset >= 0 and length >= 0 for offset, length in ranges), (path, ranges)
     moded = {p for p in both if a[p][0] == b[p][0] != "symlink" and a[p][1] != b[p][1]}
     moded |= {p for p in both if a[p][0] == b[p][0] and a[p][-1] != b[p][-1]}  # the owner
+    moded |= {p for p in both if a[p][0] == b[p][0] and a[p][-2] != b[p][-2]}  # the xattrs
     assert moded - added <= metadata | modified, (
-        f"mode changed, not reported: {sorted(moded - added - metadata - modified)}"
+        f"mode, owner or xattrs changed, not reported: {sorted(moded - added - metadata - modified)}"
     )
 
 
@@ -355,20 +467,28 @@ def check_histories(eng: Engine, sc: Scenario, records: list[Recorded]) -> None:
     """(d) ``history(p)`` tells where each identity that ever had ``p`` was, at any point.
 
     Read as a story (created at a path, renamed, moved with a renamed directory,
-    deleted), the history of every path of every recorded tree puts some
-    identity at that path at that point, and puts no identity at a path the
-    tree did not have then.
+    deleted, extended attributes set), the history of every path of every
+    recorded tree puts some identity at that path at that point, with the
+    extended attributes the tree had there (none until an "xattrs" entry gives
+    the whole set), and puts no identity at a path the tree did not have then.
     """
     paths = {p for rec in records for p in rec.tree if p}
     for path in paths:
         entries = eng.history(sc.name, os.fsdecode(path))
         for rec in records:
             where: dict[str, str | None] = {}
+            xattrs: dict[str, tuple[tuple[str, bytes], ...]] = {}
             for e in entries:
                 if e.position > rec.point.position:
                     break
                 if e.operation == "created":
                     where[e.file_id] = e.path
+                    xattrs[e.file_id] = ()
+                elif e.operation == "xattrs":
+                    assert e.xattrs is not None, e
+                    xattrs[e.file_id] = tuple(
+                        sorted((n, bytes.fromhex(v)) for n, v in e.xattrs.items())
+                    )
                 elif e.operation == "renamed":
                     assert where.get(e.file_id) == e.path, (path, e)
                     where[e.file_id] = e.new_path
@@ -377,6 +497,10 @@ def check_histories(eng: Engine, sc: Scenario, records: list[Recorded]) -> None:
             at = {os.fsencode(p) for p in where.values() if p is not None}
             if path in rec.tree:
                 assert path in at, f"history({path!r}) loses it at {rec.point.name}: {entries}"
+                here = [f for f, p in where.items() if p is not None and os.fsencode(p) == path]
+                assert [xattrs.get(f) for f in here] == [rec.tree[path][-2]], (
+                    f"history({path!r}) xattrs at {rec.point.name}: {entries}"
+                )
             assert at <= set(rec.tree), (path, rec.point.name, at - set(rec.tree))
             STATS["histories"] += 1
 
