@@ -474,11 +474,14 @@ class Synchronizer:
         """
         tree = self.tree
         try:
-            want = tree.comparable(read_xattrs(self._source(path)))
+            want = read_xattrs(self._source(path))
         except OSError:
             return False  # gone from the master: the capture journals that
         have = tree.get_xattrs(path)
-        if have is None or tree.comparable(have) == want:
+        if have is None or have == want:
+            return False
+        want = tree.comparable(want)
+        if tree.comparable(have) == want:
             return False
         if record:
             self._record([("xattrs", path, {"xattrs": have}, {})])
@@ -486,6 +489,8 @@ class Synchronizer:
 
     def _source(self, path: str) -> str:
         """Where the master holds a scenario path."""
+        if self.layout.single:  # a scenario path, valid already: the root's own relpath
+            return os.path.join(self.layout.roots[0], path)
         index, rel = self.layout.split(path)
         return os.path.join(self.layout.roots[index], rel)
 

@@ -28,6 +28,7 @@ import contextlib
 import os
 import shutil
 import stat
+import struct
 import tempfile
 from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING, Any, Literal, Protocol, TypeAlias
@@ -59,6 +60,7 @@ __all__ = [
     "WriteAt",
     "assert_trees_equal",
     "compare_trees",
+    "posix_acl",
     "snapshot_contents",
     "snapshot_tree",
     "temporary_engine",
@@ -288,6 +290,32 @@ class SetXattr:
             os.removexattr(where, self.name, follow_symlinks=False)
         else:
             os.setxattr(where, self.name, self.value, follow_symlinks=False)
+
+
+def posix_acl(
+    user_obj: int,
+    group_obj: int,
+    other: int,
+    *,
+    users: Iterable[tuple[int, int]] = (),
+    groups: Iterable[tuple[int, int]] = (),
+    mask: int | None = None,
+) -> bytes:
+    """A ``system.posix_acl_access``/``_default`` value, for :class:`SetXattr`.
+
+    Permissions are ``rwx`` bits (0-7): the owner's, the owning group's, the
+    others'; ``users``/``groups`` are named entries ``(id, perms)``, which need
+    a ``mask``. The kernel's format: version 2, then ``(tag, perms, id)``
+    entries by tag, then id.
+    """
+    no_id = 0xFFFFFFFF
+    entries = [(0x01, user_obj, no_id), (0x04, group_obj, no_id), (0x20, other, no_id)]
+    entries += [(0x02, perms, uid) for uid, perms in users]
+    entries += [(0x08, perms, gid) for gid, perms in groups]
+    if mask is not None:
+        entries.append((0x10, mask, no_id))
+    entries.sort(key=lambda e: (e[0], e[2]))
+    return struct.pack("<I", 2) + b"".join(struct.pack("<HHI", *e) for e in entries)
 
 
 Operation: TypeAlias = (

@@ -7,10 +7,12 @@ watchdog (inotify on Linux) reports paths that changed; the watcher gathers
 them into a dirty set and, at most ``delay`` seconds after the first change
 of a burst, asks capture to journal exactly those paths (and the subtrees of
 directories that appeared), so the tree is never rescanned as a whole.
-Directory *modified* notifications are ignored (a directory's own mtime, and
-a change of its mode, owner or extended attributes alone, which inotify
-reports the same way, are journaled by the next full capture): they would
-make every change in a directory rescan it. If the kernel's event queue overflows, the watcher
+Directory *modified* notifications are ignored (a directory's own mtime is
+journaled by the next full capture): they would make every change in a
+directory rescan it. A change of a directory's mode, owner or extended
+attributes comes as an attribute event (``DirAttribEvent``, recent watchdog)
+and is captured at once; where watchdog reports it as *modified*, the next
+full capture journals it. If the kernel's event queue overflows, the watcher
 falls back to one full capture.
 """
 

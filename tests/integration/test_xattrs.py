@@ -13,7 +13,6 @@ gives the capability back.
 from __future__ import annotations
 
 import os
-import struct
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -29,6 +28,7 @@ from xoengine.testing import (
     TreeBuilder,
     WriteAt,
     assert_trees_equal,
+    posix_acl,
     snapshot_contents,
     temporary_engine,
 )
@@ -44,18 +44,11 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="trusted.* and capabil
 
 CAP_NET_RAW = bytes.fromhex("0100000200200000000000000000000000000000")  # v2, cap_net_raw+p
 CAP_NET_ADMIN = bytes.fromhex("0100000200100000000000000000000000000000")  # v2, cap_net_admin+p
-ACL_UNDEFINED_ID = 0xFFFFFFFF
 
 
-def acl(*users: tuple[int, int], user_obj: int = 6, group_obj: int = 4, other: int = 4) -> bytes:
-    """A ``system.posix_acl_*`` value: owner, named users ``(uid, perms)``, group, mask, other."""
-    entries = [(0x01, user_obj, ACL_UNDEFINED_ID)]
-    entries += [(0x02, perms, uid) for uid, perms in users]
-    entries.append((0x04, group_obj, ACL_UNDEFINED_ID))
-    if users:
-        entries.append((0x10, 7, ACL_UNDEFINED_ID))  # the mask
-    entries.append((0x20, other, ACL_UNDEFINED_ID))
-    return struct.pack("<I", 2) + b"".join(struct.pack("<HHI", *e) for e in entries)
+def acl(*users: tuple[int, int]) -> bytes:
+    """An ACL: the owner rw, named users ``(uid, perms)``, group and others r."""
+    return posix_acl(6, 4, 4, users=users, mask=7 if users else None)
 
 
 @pytest.fixture

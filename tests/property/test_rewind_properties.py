@@ -48,7 +48,6 @@ from __future__ import annotations
 import os
 import random
 import shutil
-import struct
 import tempfile
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -57,7 +56,7 @@ from hypothesis import HealthCheck, event, given, note, settings
 from hypothesis import strategies as st
 
 from xoengine.engine import Engine, Scenario
-from xoengine.testing import snapshot_contents
+from xoengine.testing import posix_acl, snapshot_contents
 
 if TYPE_CHECKING:
     from xoengine.forensic import DiffResult
@@ -87,29 +86,6 @@ OPERATIONS = [
 OWNERS = [(0, 0), (65534, 65534), (1000, 100), (0, 65534)]
 
 
-def _acl(
-    user_obj: int,
-    group_obj: int,
-    other: int,
-    *,
-    users: tuple[tuple[int, int], ...] = (),
-    groups: tuple[tuple[int, int], ...] = (),
-    mask: int | None = None,
-) -> bytes:
-    """A ``system.posix_acl_*`` value (version 2): entries ``(tag, perms, id)`` by tag, then id.
-
-    ``users``/``groups``: named entries ``(id, perms)``, which need a ``mask``.
-    """
-    no_id = 0xFFFFFFFF
-    entries = [(0x01, user_obj, no_id), (0x04, group_obj, no_id), (0x20, other, no_id)]
-    entries += [(0x02, perms, uid) for uid, perms in users]
-    entries += [(0x08, perms, gid) for gid, perms in groups]
-    if mask is not None:
-        entries.append((0x10, mask, no_id))
-    entries.sort(key=lambda e: (e[0], e[2]))
-    return struct.pack("<I", 2) + b"".join(struct.pack("<HHI", *e) for e in entries)
-
-
 CAPABILITY = "security.capability"
 CAPABILITIES = [
     bytes.fromhex("0100000200200000000000000000000000000000"),  # v2, cap_net_raw+p
@@ -117,12 +93,12 @@ CAPABILITIES = [
 ]
 # For directories: the owner keeps rwx, as in DIR_MODES (an access ACL sets the mode).
 DIR_ACLS = [
-    _acl(7, 5, 0, users=((1000, 7),), mask=7),
-    _acl(7, 5, 5, users=((65534, 7), (1000, 4)), groups=((100, 6),), mask=5),
-    _acl(7, 4, 4, mask=0),  # a mask and no named entry: the group bits are the mask's
-    _acl(7, 5, 0),  # as a mode: the kernel keeps no attribute, it sets the mode bits
+    posix_acl(7, 5, 0, users=((1000, 7),), mask=7),
+    posix_acl(7, 5, 5, users=((65534, 7), (1000, 4)), groups=((100, 6),), mask=5),
+    posix_acl(7, 4, 4, mask=0),  # a mask and no named entry: the group bits are the mask's
+    posix_acl(7, 5, 0),  # as a mode: the kernel keeps no attribute, it sets the mode bits
 ]
-FILE_ACLS = [*DIR_ACLS, _acl(6, 4, 0, users=((1000, 6),), mask=6), _acl(6, 0, 0)]
+FILE_ACLS = [*DIR_ACLS, posix_acl(6, 4, 0, users=((1000, 6),), mask=6), posix_acl(6, 0, 0)]
 XATTR_VALUES: dict[str, list[bytes]] = {
     "user.a": [b"", b"1", b"two", b"\x00\xff" * 40],
     "user.b": [b"1", b"caf\xe9"],
