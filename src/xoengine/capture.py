@@ -437,6 +437,7 @@ class Capture:
             mode=entry.mode,
             mtime_ns=entry.mtime_ns,
             target=entry.target,
+            xattrs_recorded=True,
         )
         self._queue(lambda _ids: created, [])
         self._result.created += 1

@@ -246,12 +246,19 @@ def observed_owner(observed: Sequence[int]) -> list[int] | None:
 
 @dataclass(frozen=True)
 class FileCreated(FileEvent):
-    """A file, directory or symlink appeared (content follows as BytesWritten)."""
+    """A file, directory or symlink appeared (content follows as BytesWritten).
+
+    ``xattrs_recorded``: an XattrsChanged follows if the path has extended
+    attributes. False in journals written before they were recorded (a stored
+    event without the field decodes with this default): a master state folded
+    from those does not know the path's set, and the capture journals it once.
+    """
 
     kind: str
     mode: int
     mtime_ns: int
     target: str | None
+    xattrs_recorded: bool = False
 
 
 @dataclass(frozen=True)

@@ -188,7 +188,8 @@ class MasterState:
                 mtime_ns=event.mtime_ns,
                 target=event.target,
                 size=len(os.fsencode(event.target)) if event.target is not None else 0,
-                xattrs=0,  # made with none: an XattrsChanged follows if it has some
+                # Made with none (an XattrsChanged follows if it has some), or not known.
+                xattrs=0 if event.xattrs_recorded else -1,
             )
         else:
             current = manifest.get(txn, event.path)

@@ -12,6 +12,7 @@ gives the capability back.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -403,3 +404,28 @@ def test_an_attribute_the_replica_cannot_hold_is_left_out_not_fatal(tmp_path: Pa
     assert tree.xattrs_refused == {"user.big", "system.posix_acl_access"}
     assert tree.comparable(wanted) == {"user.small": b"kept"}
     assert not tree.set_xattrs("f", wanted)  # nothing left to change
+
+
+def test_a_creation_from_before_xattrs_decodes_as_not_recording_them(
+    engine: Engine, tmp_path: Path
+) -> None:
+    # Was a gap (found by review): a master state rebuilt from a journal written
+    # before xattrs were recorded took each creation for "made with none", so a
+    # set already on the master was never journaled. Such a FileCreated (stored
+    # without the field) decodes with xattrs_recorded False, folded as unknown.
+    sc, master = _scenario(engine, tmp_path)
+    master.apply(CreateFile("a", b"a"))
+    sc.start()
+    note = next(
+        n
+        for n in engine.recorder.select_notifications(1, 100)
+        if n.topic == "xoengine.events:FileCreated"
+    )
+    mapper = engine.app.mapper
+    assert mapper.to_domain_event(note).xattrs_recorded is True
+    state = mapper.transcoder.decode(note.state)
+    del state["xattrs_recorded"]
+    old = dataclasses.replace(note, state=mapper.transcoder.encode(state))
+    assert mapper.to_domain_event(old).xattrs_recorded is False
+    with engine.store.read() as txn:  # this journal's creation: known to have none
+        assert sc.manifest.get(txn, "a").xattrs == 0  # type: ignore[union-attr]
