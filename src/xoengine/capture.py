@@ -58,6 +58,7 @@ from xoengine.events import (
 from xoengine.manifest import FileState
 from xoengine.masterstate import (
     MasterState,
+    holds_capability,
     pack_digests,
     racy,
     racy_window,
@@ -67,7 +68,6 @@ from xoengine.masterstate import (
 )
 from xoengine.tree import read_whole
 from xoengine.walk import (
-    CAPABILITY,
     Entry,
     PathFilter,
     birth_ns,
@@ -418,10 +418,6 @@ class Capture:
         self._versions[state.file_id] = version
         return version
 
-    def _abs(self, path: str) -> str:
-        index, rel = self.layout.split(path)
-        return os.path.join(self.layout.roots[index], rel)
-
     def _create(self, path: str, entry: Entry) -> FileState:
         """Journal a new path: its creation, content and extended attributes; its new state."""
         file_id = new_id()
@@ -474,44 +470,44 @@ class Capture:
             )
 
     def _update(self, path: str, entry: Entry, state: FileState) -> None:
-        # Setting an extended attribute moves the ctime only (within a coarse
-        # clock's tick, not even that): they are read where the stat moved, where
-        # it cannot vouch for them and where the master state does not know them.
-        look = (
-            state.xattrs < 0
-            or (entry.size, entry.mtime_ns, entry.ctime_ns, entry.inode, entry.mode)
-            != (state.size, state.mtime_ns, state.ctime_ns, state.ino, state.mode)
-            or self._racy(path, state, xattrs=True)
-        )
-        if self._update_stat(path, entry, state) and look:
-            # A write, truncation or chown dropped any capability (here and on the
-            # replica as it applies them): one the path has now was given again.
-            again = (entry.size, entry.mtime_ns, entry.uid, entry.gid) != (
-                state.size,
-                state.mtime_ns,
-                state.uid,
-                state.gid,
-            )
-            self._xattrs(path, state, again=again)
-
-    def _update_stat(self, path: str, entry: Entry, state: FileState) -> bool:
-        """Journal what moved in ``path``'s content, stat and owner; False if it was made anew."""
         same_stat = (
             entry.size == state.size
             and entry.mtime_ns == state.mtime_ns
             and entry.ctime_ns == state.ctime_ns
             and entry.inode == state.ino
         )
+        # A chown moves the ctime, but not on a file system of coarse timestamps
+        # within its tick: the owner is compared itself. A journal written before
+        # owners were recorded (-1) learns each one once, as a metadata change.
+        same_meta = entry.mode == state.mode and (entry.uid, entry.gid) == (state.uid, state.gid)
+        # Setting an extended attribute moves the ctime only (within a coarse
+        # clock's tick, not even that): they are read where the stat moved, where
+        # it cannot vouch for them and where the master state does not know them.
+        look = (
+            state.xattrs < 0
+            or not (same_stat and same_meta)
+            or self._racy(path, state, xattrs=True)
+        )
+        if self._update_stat(path, entry, state, same_stat, same_meta) and look:
+            # A write, truncation or chown dropped any capability (here and on the
+            # replica as it applies them): one the path has now was given again.
+            again = (
+                entry.size != state.size
+                or entry.mtime_ns != state.mtime_ns
+                or (entry.uid, entry.gid) != (state.uid, state.gid)
+            )
+            self._xattrs(path, state, again=again)
+
+    def _update_stat(
+        self, path: str, entry: Entry, state: FileState, same_stat: bool, same_meta: bool
+    ) -> bool:
+        """Journal what moved in ``path``'s content, stat and owner; False if it was made anew."""
         if entry.kind == "symlink" and entry.target != state.target:
             # Checked before the stat: a link re-made in the same tick on a reused
             # inode can show the old stat (a link's size is its target's length).
             self._delete(path, state)
             self._create(path, entry)
             return False
-        # A chown moves the ctime, but not on a file system of coarse timestamps
-        # within its tick: the owner is compared itself. A journal written before
-        # owners were recorded (-1) learns each one once, as a metadata change.
-        same_meta = entry.mode == state.mode and (entry.uid, entry.gid) == (state.uid, state.gid)
         if same_stat and entry.kind == "file" and self._racy(path, state):
             # The stat cannot vouch for the bytes: look at them. A content event
             # carries the new stat (a new mode and owner too); same bytes journal
@@ -539,11 +535,11 @@ class Capture:
         The event carries no stat: the other events of this pass carry it.
         """
         try:
-            found = read_xattrs(self._abs(path))
+            found = read_xattrs(self.layout.master_path(path))
         except OSError:
             return state.xattrs  # gone: the next pass journals that
         digest = xattr_digest(found)
-        if digest == state.xattrs and not (again and CAPABILITY in found):
+        if digest == state.xattrs and not (again and holds_capability(digest)):
             return digest
         self._journal(XattrsChanged, state, path, [], xattrs=found)
         self._result.metadata += 1
@@ -553,7 +549,7 @@ class Capture:
 
     def _read(self, path: str) -> tuple[bytes | mmap.mmap, os.stat_result] | None:
         """Read a regular file consistently (retry once if it changes while read)."""
-        full = self._abs(path)
+        full = self.layout.master_path(path)
         for attempt in range(2):
             try:
                 fd = os.open(full, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
@@ -704,7 +700,7 @@ class Capture:
         mapped, for a delta. None if it could not be read.
         """
         bs = self.state.block_size
-        full = self._abs(path)
+        full = self.layout.master_path(path)
         if self._chunk is None:
             self._chunk = bytearray(max(bs, _CHUNK - _CHUNK % bs))
         view = memoryview(self._chunk)

@@ -59,7 +59,7 @@ class JournaledFile:
             mode += "b"
         self._capture = capture
         self.path = normalize_relpath(path)
-        full = capture._abs(self.path)
+        full = capture.layout.master_path(self.path)
         index, rel = capture.layout.split(self.path)
         self._journaled = capture._filter.selects(rel, is_dir=False)
         # Like the walker, never follow a symlink below the root: a parent that is

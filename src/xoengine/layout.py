@@ -63,6 +63,11 @@ class Layout:
                 return index, rest
         raise ConfigurationError(detail=f"{path!r} is under no root of this scenario")
 
+    def master_path(self, path: str) -> str:
+        """Where the master holds the scenario path ``path`` (validated)."""
+        index, rel = self.split(path)
+        return os.path.join(self.roots[index], rel)
+
     def replica_subdir(self, index: int) -> str:
         """Where root ``index`` lives inside a replica directory ("" = the replica itself)."""
         return "" if self.single else self.root_name(self.roots[index])

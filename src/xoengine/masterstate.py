@@ -44,6 +44,7 @@ __all__ = [
     "RACY_WINDOW_WHOLE_SECONDS_NS",
     "MasterState",
     "capability_dropped",
+    "holds_capability",
     "pack_digests",
     "racy",
     "racy_window",
@@ -122,12 +123,17 @@ def xattrs_racy(state: FileState) -> bool:
 def xattr_digest(xattrs: dict[str, bytes]) -> int:
     """What the master state keeps of a set of extended attributes: 0 for none.
 
-    Odd where the set holds a file capability (:func:`capability_dropped`).
+    Odd where the set holds a file capability (:func:`holds_capability`).
     """
     if not xattrs:
         return 0
     digest = codec.digest64(codec.pack(sorted(xattrs.items()))) & ~1
     return (digest | (CAPABILITY in xattrs)) or 2
+
+
+def holds_capability(digest: int) -> bool:
+    """Whether the set of :func:`xattr_digest` ``digest`` holds a file capability."""
+    return digest > 0 and bool(digest & 1)
 
 
 def capability_dropped(state: FileState, event: FileEvent) -> bool:
@@ -137,7 +143,7 @@ def capability_dropped(state: FileState, event: FileEvent) -> bool:
     next capture journals it whole, even if the capability was given again
     meanwhile, since the replica's copy of the change drops it too.
     """
-    if state.xattrs <= 0 or not state.xattrs & 1:
+    if not holds_capability(state.xattrs):
         return False
     if isinstance(event, (BytesWritten, FileTruncated, ContentReplaced)):
         return True

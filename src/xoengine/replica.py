@@ -210,8 +210,8 @@ class ReplicaApplier:
             self.check_root()
         last = group[-1][0]
         # 1. Before-images, durable before any change.
-        images = [(p, self._before_images(e)) for p, e in mine]
-        if images:
+        if mine:
+            images = [(p, self._before_images(e)) for p, e in mine]
 
             def record_undo(txn: WriteTxn) -> None:
                 for position, records in images:

@@ -342,7 +342,7 @@ class Synchronizer:
             else:
                 if self._follow is not None:
                     self._follow.wait_read(path)
-                source = self._source(path)
+                source = self.layout.master_path(path)
                 sent = self.tree.copy_new(path, source, entry.mode, self._owner(entry))
                 self.tree.set_meta(path, None, entry.mtime_ns)  # owner and mode: copy_new
                 self._copied.append(path)
@@ -399,7 +399,7 @@ class Synchronizer:
             return ("created" if have is None else "updated"), len(data)
         sent = self._block_update(path, data, have)
         if self._meta_of(have) != self._meta_of(entry):
-            self._record([("meta", path, self._meta_image(path, have), {})])
+            self._record([("meta", path, tree.meta(path, tree.lstat(path)), {})])
         tree.set_meta(path, entry.mode, entry.mtime_ns, self._owner(entry))
         return ("updated" if sent or have.size != len(data) else "metadata"), sent
 
@@ -440,15 +440,6 @@ class Synchronizer:
         owner = self._owner(entry)
         return meta if owner is None else {**meta, "owner": list(owner)}
 
-    def _meta_image(self, path: str, have: Entry) -> dict[str, Any]:
-        """A ``meta`` before-image of the replica's ``path`` (walked as ``have``).
-
-        Its extended attributes too: the chown that follows drops a capability.
-        """
-        xattrs = self.tree.get_xattrs(path)
-        meta = self._meta_of(have)
-        return meta if xattrs is None else {**meta, "xattrs": xattrs}
-
     def _meta(self, path: str, entry: Entry, have: Entry) -> str:
         """Bring the mode, mtime and owner (a link: its owner) the master has; "" if it had them."""
         file = entry.kind == "file"
@@ -460,7 +451,7 @@ class Synchronizer:
         ):
             return ""
         st = self.tree.lstat(path)
-        self._record([("meta", path, self._meta_image(path, have), {})] if st else [])
+        self._record([("meta", path, self.tree.meta(path, st), {})] if st else [])
         mode = None if link else entry.mode
         self.tree.set_meta(path, mode, entry.mtime_ns if file else None, self._owner(entry))
         return "metadata"
@@ -474,7 +465,7 @@ class Synchronizer:
         """
         tree = self.tree
         try:
-            want = read_xattrs(self._source(path))
+            want = read_xattrs(self.layout.master_path(path))
         except OSError:
             return False  # gone from the master: the capture journals that
         have = tree.get_xattrs(path)
@@ -486,13 +477,6 @@ class Synchronizer:
         if record:
             self._record([("xattrs", path, {"xattrs": have}, {})])
         return tree.set_xattrs(path, want)
-
-    def _source(self, path: str) -> str:
-        """Where the master holds a scenario path."""
-        if self.layout.single:  # a scenario path, valid already: the root's own relpath
-            return os.path.join(self.layout.roots[0], path)
-        index, rel = self.layout.split(path)
-        return os.path.join(self.layout.roots[index], rel)
 
     def _keep(self, paths: list[str]) -> None:
         """Before-images of files this run updated in place, about to change again (settle)."""
@@ -508,7 +492,7 @@ class Synchronizer:
         if self._follow is not None:
             self._follow.wait_read(path)
         try:
-            fd = os.open(self._source(path), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            fd = os.open(self.layout.master_path(path), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         except OSError:
             return None
         try:
