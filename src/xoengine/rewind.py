@@ -100,12 +100,13 @@ def undo_one(
             args.get("mode"),
             args.get("mtime_ns"),
             args.get("owner"),
-        )  # bytes, size, mode, mtime and owner in one open
+            args.get("xattrs"),
+        )  # bytes, size, mode, mtime, owner and extended attributes in one open
     elif op == "content":
         _undo_delta(tree, record, blob)
     if op != "bytes" and ("mode" in args or "mtime_ns" in args) and tree.lstat(path) is not None:
         tree.set_meta(path, args.get("mode"), args.get("mtime_ns"), args.get("owner"))
-    if "xattrs" in args:  # last: writes and chowns drop file capabilities
+    if "xattrs" in args and op != "bytes":  # last: writes and chowns drop capabilities
         tree.set_xattrs(path, args["xattrs"])
 
 
@@ -228,12 +229,7 @@ def undo_path(
     tree: ReplicaTree, plan: PathPlan, blob: Callable[[bytes], bytes | memoryview]
 ) -> None:
     """Apply one path's plan: each contributing blob read once, the file opened once."""
-    if plan.size is None:
-        if (plan.mode is not None or plan.mtime_ns is not None) and tree.lstat(
-            plan.path
-        ) is not None:
-            tree.set_meta(plan.path, plan.mode, plan.mtime_ns, plan.owner)
-    else:
+    if plan.size is not None:
 
         def pieces() -> Iterator[tuple[int, memoryview]]:
             for blob_id, uses in plan.extents.by_blob().items():
@@ -241,8 +237,13 @@ def undo_path(
                 for offset, start, length in uses:
                     yield offset, data[start : start + length]
 
-        tree.restore_bytes(plan.path, pieces(), plan.size, plan.mode, plan.mtime_ns, plan.owner)
-    if plan.xattrs is not None:  # last: writes and chowns drop file capabilities
+        tree.restore_bytes(
+            plan.path, pieces(), plan.size, plan.mode, plan.mtime_ns, plan.owner, plan.xattrs
+        )  # extended attributes last in it: writes and chowns drop capabilities
+        return
+    if (plan.mode is not None or plan.mtime_ns is not None) and tree.lstat(plan.path) is not None:
+        tree.set_meta(plan.path, plan.mode, plan.mtime_ns, plan.owner)
+    if plan.xattrs is not None:  # last: a chown drops file capabilities
         tree.set_xattrs(plan.path, plan.xattrs)
 
 

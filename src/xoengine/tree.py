@@ -676,14 +676,16 @@ class ReplicaTree:
         mode: int | None,
         mtime_ns: int | None,
         owner: Owner | None = None,
+        xattrs: Xattrs | None = None,
     ) -> None:
-        """Put back bytes, size, mode, mtime and owner of an existing regular file, in one open.
+        """Put back bytes, size, mode, mtime, owner and extended attributes of a regular file.
 
-        The undo of in-place writes (one record's, or a whole coalesced run's).
-        Anything but a regular file at ``path`` (absent, a directory, a link) is
-        left alone, as an undo of a later record will have put it there.
+        The undo of in-place writes (one record's, or a whole coalesced run's), in
+        one open. Anything but a regular file at ``path`` (absent, a directory, a
+        link) is left alone, as an undo of a later record will have put it there.
         ``pieces`` is consumed only if the file is there. Size, mode and mtime
-        are set only where they differ.
+        are set only where they differ; ``xattrs`` (None: left as they are) last,
+        as a write or a chown drops ``security.capability``, and before the fsync.
         """
         try:
             with self._open_parent(path) as (fd, leaf):
@@ -707,6 +709,8 @@ class ReplicaTree:
                         os.fchmod(handle, mode)
                     if mtime_ns is not None:
                         os.utime(handle, ns=(mtime_ns, mtime_ns))
+                    if xattrs is not None:
+                        self._put_xattrs(handle, xattrs)
                     if self.fsync:
                         os.fsync(handle)
                 except OSError as e:
