@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, ClassVar, Final, Self, TypeAlias
 
 from eventsourcing.application import Application
+from eventsourcing.utils import get_topic
 
 from xoengine import blocks
 from xoengine.datastore import keep_freed_memory
@@ -101,7 +102,7 @@ _KNOWN_OPTIONS: Final = frozenset(
 )
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 SCENARIO_TOPICS: Final = tuple(
-    f"xoengine.events:{c.__name__}"
+    get_topic(c)
     for c in (
         ScenarioCreated,
         ScenarioUpdated,
@@ -282,12 +283,34 @@ class Engine:
 
     # -- forensics (from the journal alone) --------------------------------------------------
 
-    def file_events(self, scenario: str, upto: int | None) -> Iterator[tuple[int, int, FileEvent]]:
-        """``(position, time label, event)`` of a scenario's file events up to ``upto``."""
-        for record in self.recorder.records(1, stop=upto, topics=FILE_TOPICS):
+    def file_events(
+        self,
+        scenario: str,
+        upto: int | None,
+        *,
+        after: int = 0,
+        kinds: tuple[type[FileEvent], ...] = FILE_EVENTS,
+    ) -> Iterator[tuple[int, int, FileEvent]]:
+        """``(position, time label, event)`` of a scenario's file events in ``(after, upto]``.
+
+        Only events of ``kinds``: the others are skipped before their state is decoded.
+        """
+        topics = FILE_TOPICS if kinds == FILE_EVENTS else [get_topic(c) for c in kinds]
+        for record in self.recorder.records(after + 1, stop=upto, topics=topics):
             event = self._decode(record)
             if event.scenario == scenario:
                 yield record.id, record.time_ns, event
+
+    def file_stream(
+        self, file_id: uuid.UUID, upto: int | None
+    ) -> Iterator[tuple[int, int, FileEvent]]:
+        """``(position, time label, event)`` of one file identity's events up to ``upto``.
+
+        Read through the journal's stream index: the cost follows that
+        identity's events, not the journal's length.
+        """
+        for record in self.recorder.stream_records(file_id, stop=upto):
+            yield record.id, record.time_ns, self._decode(record)
 
     def blob(self, blob_id: bytes) -> memoryview:
         """The verified bytes of a blob (a read-only view: no copy beyond LMDB's)."""
@@ -500,7 +523,7 @@ class Engine:
     def _iter_events(
         self, classes: tuple[type, ...], after: int = 0, upto: int | None = None
     ) -> Iterator[tuple[int, Any]]:
-        topics = [f"xoengine.events:{c.__name__}" for c in classes]
+        topics = [get_topic(c) for c in classes]
         start = after + 1
         while True:
             notes = self.recorder.select_notifications(start, 1000, stop=upto, topics=topics)

@@ -13,6 +13,12 @@ rebuilds the content of each wanted file from its own content events
 path, so renames cost nothing. Each byte comes from the newest write that
 covers it (:class:`~xoengine.tree.Extents`): only blobs that still contribute
 are read, and each file is written once, in one open.
+
+Questions about some paths (the replay of a file or subtree, ``history``,
+``contents``) fold only the events that make, move or end paths
+(:data:`PATH_EVENTS`) over the whole journal, then read the events of the
+identities they need by identity (the journal's stream index): their memory
+follows the tree's shape and the answer, not the journal's length.
 """
 
 from __future__ import annotations
@@ -26,12 +32,14 @@ import mmap
 import os
 import shutil
 import tempfile
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Final, Protocol, TypeAlias
+from typing import TYPE_CHECKING, Final, Protocol
 
 from xoengine.errors import ConfigurationError, FrameError, XoError
 from xoengine.events import (
+    FILE_EVENTS,
     BytesWritten,
     ContentReplaced,
     FileCreated,
@@ -48,10 +56,10 @@ from xoengine.tree import Extents, ReplicaTree, event_delta
 from xoengine.walk import Xattrs, normalize_relpath, read_xattrs
 
 if TYPE_CHECKING:
-    import uuid
     from collections.abc import Callable, Collection, Iterator
 
 __all__ = [
+    "PATH_EVENTS",
     "BisectResult",
     "DiffResult",
     "Forensics",
@@ -62,11 +70,30 @@ __all__ = [
 ]
 
 
+PATH_EVENTS: Final = (FileCreated, FileRenamed, FileDeleted)
+"""The file events that make, move or end a path: a fold of them alone knows every path."""
+
+
 class JournalSource(Protocol):
     """The smallest view of a journal that forensics needs."""
 
-    def file_events(self, scenario: str, upto: int | None) -> Iterator[tuple[int, int, FileEvent]]:
-        """``(position, time label ns, event)`` of ``scenario``'s file events up to ``upto``."""
+    def file_events(
+        self,
+        scenario: str,
+        upto: int | None,
+        *,
+        after: int = 0,
+        kinds: tuple[type[FileEvent], ...] = FILE_EVENTS,
+    ) -> Iterator[tuple[int, int, FileEvent]]:
+        """``(position, time label ns, event)`` of ``scenario``'s file events in ``(after, upto]``.
+
+        Only events of ``kinds`` (the others are not decoded).
+        """
+
+    def file_stream(
+        self, file_id: uuid.UUID, upto: int | None
+    ) -> Iterator[tuple[int, int, FileEvent]]:
+        """The same for one file identity's events, read by identity (not by a scan)."""
 
     def blob(self, blob_id: bytes) -> bytes | memoryview:
         """The verified bytes of a blob."""
@@ -100,11 +127,32 @@ class _Decoded:
         self._limit = limit
         self._events = events
         self._positions = [position for position, _, _ in events]
+        self._streams: dict[uuid.UUID, list[tuple[int, int, FileEvent]]] | None = None
 
-    def file_events(self, scenario: str, upto: int | None) -> Iterator[tuple[int, int, FileEvent]]:
+    def file_events(
+        self,
+        scenario: str,
+        upto: int | None,
+        *,
+        after: int = 0,
+        kinds: tuple[type[FileEvent], ...] = FILE_EVENTS,
+    ) -> Iterator[tuple[int, int, FileEvent]]:
         if scenario != self._scenario or upto is None or upto > self._limit:
-            return self._source.file_events(scenario, upto)
-        return iter(self._events[: bisection.bisect_right(self._positions, upto)])
+            return self._source.file_events(scenario, upto, after=after, kinds=kinds)
+        first = bisection.bisect_right(self._positions, after)
+        last = bisection.bisect_right(self._positions, upto)
+        return (item for item in self._events[first:last] if isinstance(item[2], kinds))
+
+    def file_stream(
+        self, file_id: uuid.UUID, upto: int | None
+    ) -> Iterator[tuple[int, int, FileEvent]]:
+        if upto is None or upto > self._limit:
+            return self._source.file_stream(file_id, upto)
+        if self._streams is None:
+            self._streams = {}
+            for item in self._events:
+                self._streams.setdefault(item[2].originator_id, []).append(item)
+        return itertools.takewhile(lambda item: item[0] <= upto, self._streams.get(file_id, []))
 
     def blob(self, blob_id: bytes) -> bytes | memoryview:
         return self._source.blob(blob_id)
@@ -223,11 +271,6 @@ def _size_after(events: list[FileEvent], size: int) -> int:
     return size
 
 
-#: A line of a history: position, time label, file id, its own event (None for a
-#: move by a directory's rename), path before, new path, the directory's rename.
-_Change: TypeAlias = "tuple[int, int, uuid.UUID, FileEvent | None, str, str | None, str | None]"
-
-
 def _event_size(event: FileEvent | None) -> int | None:
     size = getattr(event, "size", None)
     return size if isinstance(size, int) else None
@@ -262,6 +305,28 @@ class Forensics:
         for pos, _, event in self.source.file_events(self.scenario, position):
             self._step(alive, pos, event)
         return alive
+
+    def paths(self, position: int | None) -> dict[uuid.UUID, LiveFile]:
+        """Every file identity alive at ``position``: its path and kind only.
+
+        The fold of :data:`PATH_EVENTS` alone; mode, size, owner and content
+        are what the creation said (see :meth:`live` for the rest).
+        """
+        alive: dict[uuid.UUID, LiveFile] = {}
+        for pos, _, event in self.source.file_events(self.scenario, position, kinds=PATH_EVENTS):
+            self._step(alive, pos, event)
+        return alive
+
+    def live(self, file_id: uuid.UUID, position: int | None) -> LiveFile | None:
+        """One file identity as at ``position`` (None if not alive then), from its own events.
+
+        Its path is the one its own events give: a directory renamed above it
+        moves it without an event of its own (:meth:`paths` has it).
+        """
+        alive: dict[uuid.UUID, LiveFile] = {}
+        for pos, _, event in self.source.file_stream(file_id, position):
+            self._step(alive, pos, event)
+        return alive.get(file_id)
 
     @staticmethod
     def _step(
@@ -339,14 +404,8 @@ class Forensics:
             raise ConfigurationError(
                 detail=f"replay target {target} is not an empty directory: replay into a new one"
             )
-        alive = self.fold(position)
-        wanted = normalize_relpath(path) if path else None
+        selected = self._selected(position, normalize_relpath(path) if path else None)
         existed = target.exists()
-        selected = [
-            f
-            for f in alive.values()
-            if wanted is None or f.path == wanted or f.path.startswith(wanted + "/")
-        ]
         out = ReplicaTree(os.fspath(to), fsync=False)
         try:
             with out.holding_parents():  # a new tree: nothing moves
@@ -363,9 +422,26 @@ class Forensics:
         end = (
             position
             if position is not None
-            else max((p for f in alive.values() for p, _ in f.content), default=0)
+            else max((p for f in selected for p, _ in f.content), default=0)
         )
         return ReplayResult(position=end, files=files, dirs=dirs, links=links, bytes=total)
+
+    def _selected(self, position: int | None, wanted: str | None) -> list[LiveFile]:
+        """The identities alive at ``position`` at ``wanted`` or under it (None: all of them).
+
+        The whole tree from one fold of every event; a file or subtree from the
+        fold of paths, then each wanted identity from its own events.
+        """
+        if wanted is None:
+            return list(self.fold(position).values())
+        selected = []
+        for shape in self.paths(position).values():
+            if shape.path == wanted or shape.path.startswith(wanted + "/"):
+                live = self.live(shape.file_id, position)
+                assert live is not None, "alive in the fold of paths, so in its own events"
+                live.path = shape.path
+                selected.append(live)
+        return selected
 
     def _write_tree(
         self,
@@ -492,11 +568,10 @@ class Forensics:
         the system's, which may be memory) and given mapped: the map is valid
         until the next one is asked for.
         """
-        alive = self.fold(position)
         with tempfile.TemporaryDirectory(prefix="xoengine-contents-", dir=scratch) as temporary:
             out = ReplicaTree(temporary, fsync=False)
             for file_id in file_ids:
-                live = alive.get(file_id)
+                live = self.live(file_id, position)
                 if live is None or live.kind != "file":
                     continue
                 name = file_id.hex
@@ -521,47 +596,75 @@ class Forensics:
         a file that has its path only through such a move has a history.
         """
         target = normalize_relpath(path)
-        ids: set[uuid.UUID] = set()
-        changes: list[_Change] = []
+        # The fold of paths: each identity's path after each of its moves (its
+        # own renames and those of directories above it), and the moves it had
+        # without an event of its own.
         alive: dict[uuid.UUID, LiveFile] = {}
-        for pos, time_ns, event in self.source.file_events(self.scenario, None):
+        moves: dict[uuid.UUID, list[tuple[int, str]]] = {}
+        carried: dict[uuid.UUID, list[tuple[int, int, str, str, str]]] = {}
+        kinds = PATH_EVENTS
+        for pos, time_ns, event in self.source.file_events(self.scenario, None, kinds=kinds):
             fid = event.originator_id
             before = alive[fid].path if fid in alive else event.path
             moved = self._step(alive, pos, event)
-            new = event.new_path if isinstance(event, FileRenamed) else None
-            if target in (before, new):
-                ids.add(fid)
-            changes.append((pos, time_ns, fid, event, before, new, None))
-            for other, old in moved:
-                now = alive[other].path
-                if target in (old, now):
-                    ids.add(other)
-                changes.append((pos, time_ns, other, None, old, now, f"{before} -> {new}"))
-        return [
-            HistoryEntry(
-                position=pos,
-                time=dt.datetime.fromtimestamp(time_ns / 1e9, tz=dt.UTC).isoformat(
-                    timespec="microseconds"
-                ),
-                operation="renamed" if event is None else _operation(event),
-                path=at,
-                new_path=new,
-                ranges=[] if event is None else _ranges(event),
-                size=_event_size(event),
-                moved_with=via,
-                file_id=str(fid),
-                target=event.target if isinstance(event, FileCreated) else None,
-                mode=event.mode if isinstance(event, FileCreated | MetadataChanged) else None,
-                owner=None if event is None else observed_owner(event.observed),
-                xattrs=(
-                    {name: value.hex() for name, value in event.xattrs.items()}
-                    if isinstance(event, XattrsChanged)
-                    else None
-                ),
-            )
-            for pos, time_ns, fid, event, at, new, via in changes
-            if fid in ids
-        ]
+            if isinstance(event, FileCreated):
+                moves.setdefault(fid, []).append((pos, event.path))
+            elif isinstance(event, FileRenamed):
+                moves.setdefault(fid, []).append((pos, event.new_path))
+                for other, old in moved:
+                    now = alive[other].path
+                    moves.setdefault(other, []).append((pos, now))
+                    via = f"{before} -> {event.new_path}"
+                    carried.setdefault(other, []).append((pos, time_ns, old, now, via))
+        ids = [fid for fid, paths in moves.items() if any(p == target for _, p in paths)]
+        entries: list[tuple[int, int, HistoryEntry]] = []
+        for fid in ids:
+            timeline = moves[fid]
+            starts = [pos for pos, _ in timeline]
+            for pos, time_ns, event in self.source.file_stream(fid, None):
+                # Where it was just before this event: after its last move before it.
+                index = bisection.bisect_left(starts, pos) - 1
+                at = timeline[index][1] if index >= 0 else event.path
+                entries.append((pos, 0, self._entry(pos, time_ns, fid, event, at)))
+            for n, (pos, time_ns, old, now, via) in enumerate(carried.get(fid, []), 1):
+                entries.append((pos, n, self._entry(pos, time_ns, fid, None, old, now, via)))
+        entries.sort(key=lambda item: (item[0], item[1]))
+        return [entry for _, _, entry in entries]
+
+    @staticmethod
+    def _entry(
+        position: int,
+        time_ns: int,
+        fid: uuid.UUID,
+        event: FileEvent | None,
+        at: str,
+        new: str | None = None,
+        via: str | None = None,
+    ) -> HistoryEntry:
+        """One history entry: ``event`` at path ``at``, or (None) a move to ``new`` ``via`` one."""
+        if isinstance(event, FileRenamed):
+            new = event.new_path
+        return HistoryEntry(
+            position=position,
+            time=dt.datetime.fromtimestamp(time_ns / 1e9, tz=dt.UTC).isoformat(
+                timespec="microseconds"
+            ),
+            operation="renamed" if event is None else _operation(event),
+            path=at,
+            new_path=new,
+            ranges=[] if event is None else _ranges(event),
+            size=_event_size(event),
+            moved_with=via,
+            file_id=str(fid),
+            target=event.target if isinstance(event, FileCreated) else None,
+            mode=event.mode if isinstance(event, FileCreated | MetadataChanged) else None,
+            owner=None if event is None else observed_owner(event.observed),
+            xattrs=(
+                {name: value.hex() for name, value in event.xattrs.items()}
+                if isinstance(event, XattrsChanged)
+                else None
+            ),
+        )
 
     def diff(self, from_position: int, to_position: int) -> DiffResult:
         """What changed between two positions (by file identity: renames are renames).
@@ -573,21 +676,18 @@ class Forensics:
         rewind between them changes.
         """
         low, high = sorted((from_position, to_position))
-        alive: dict[uuid.UUID, LiveFile] = {}
-        at_low: dict[uuid.UUID, str] | None = None
+        # Up to low only paths matter; after it, what each change touched.
+        alive = self.paths(low)
+        at_low = {fid: f.path for fid, f in alive.items()}
         touched: dict[uuid.UUID, list[list[int]]] = {}
         meta: set[uuid.UUID] = set()
-        for pos, _, event in self.source.file_events(self.scenario, high):
-            if at_low is None and pos > low:
-                at_low = {fid: f.path for fid, f in alive.items()}
-            self._step(alive, pos, event)
-            if pos > low:
-                if isinstance(event, (BytesWritten, FileTruncated, ContentReplaced)):
-                    touched.setdefault(event.originator_id, []).extend(_ranges(event))
-                elif isinstance(event, MetadataChanged | XattrsChanged):
-                    meta.add(event.originator_id)
-        if at_low is None:
-            at_low = {fid: f.path for fid, f in alive.items()}
+        for pos, _, event in self.source.file_events(self.scenario, high, after=low):
+            if isinstance(event, PATH_EVENTS):
+                self._step(alive, pos, event)
+            elif isinstance(event, (BytesWritten, FileTruncated, ContentReplaced)):
+                touched.setdefault(event.originator_id, []).extend(_ranges(event))
+            else:
+                meta.add(event.originator_id)  # MetadataChanged, XattrsChanged
         at_high = {fid: f.path for fid, f in alive.items()}
         start, end = (at_low, at_high) if from_position <= to_position else (at_high, at_low)
         added = sorted(p for fid, p in end.items() if fid not in start)
@@ -608,8 +708,7 @@ class Forensics:
         """
         return [
             (pos, time_ns, event.originator_id, _operation(event))
-            for pos, time_ns, event in self.source.file_events(self.scenario, high)
-            if pos > low
+            for pos, time_ns, event in self.source.file_events(self.scenario, high, after=low)
         ]
 
     def bisect(

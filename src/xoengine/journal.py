@@ -349,44 +349,93 @@ class LMDBAggregateRecorder(_LMDBRecorder, AggregateRecorder):
         limit: int | None = None,
     ) -> Sequence[StoredEvent]:
         """Events of one aggregate, by version, optionally bounded and reversed."""
-        prefix = oid_prefix(originator_id)
-        results: list[StoredEvent] = []
         if limit is not None and limit <= 0:
-            return results
+            return []
+        prefix = oid_prefix(originator_id)
         with self.datastore.read() as txn:
-            marker, last, _ = self._bounds(txn)
-            # Versions above the merge marker (in memory), then the sorted index.
-            found = [
-                (version, position)
-                for version, position in self._tail.read(txn, marker, last, prefix).items()
-                if (gt is None or version > gt) and (lte is None or version <= lte)
+            return [
+                self._indexed(txn, prefix, version, position)[0]
+                for version, position in self._stream(
+                    txn, originator_id, gt=gt, lte=lte, desc=desc, limit=limit
+                )
             ]
-            if desc:
-                start = stream_key(originator_id, lte) if lte is not None else prefix + b"\xff" * 8
-                items = txn.items(self.streams_table, start, reverse=True, prefix=prefix)
-            else:
-                start = stream_key(originator_id, gt + 1) if gt is not None else prefix
-                items = txn.items(self.streams_table, start, prefix=prefix)
-            for indexed, (key, pkey) in enumerate(items, 1):
-                version = POS.unpack_from(key, len(prefix))[0] - VERSION_OFFSET
-                if gt is not None and version <= gt:
-                    break  # only reached when walking down
-                if lte is not None and version > lte:
-                    break  # only reached when walking up
-                found.append((version, decode_position(pkey)))
-                if limit is not None and indexed >= limit:
-                    break
-            found.sort(reverse=desc)
-            for version, position in found[:limit]:
-                pkey = encode_position(position)
-                value = txn.get(self.events_table, pkey)
-                if value is None:
-                    raise FrameError(position=position, detail="stream index points nowhere")
-                event, _ = decode_event(pkey, value, self.events_table)
-                if event.originator_version != version or oid_prefix(event.originator_id) != prefix:
-                    raise FrameError(position=position, detail="stream index and event disagree")
-                results.append(event)
-        return results
+
+    def stream_records(
+        self, originator_id: uuid.UUID | str, *, stop: int | None = None
+    ) -> list[JournalRecord]:
+        """One aggregate's records up to position ``stop``, by version, with positions and times.
+
+        What :meth:`select_events` gives, read through the stream index too: the
+        cost follows the aggregate's events, not the journal's.
+        """
+        prefix = oid_prefix(originator_id)
+        records: list[JournalRecord] = []
+        with self.datastore.read() as txn:
+            for version, position in self._stream(txn, originator_id):
+                if stop is not None and position > stop:
+                    continue  # not decoded (an aggregate's versions follow its positions)
+                event, time_ns = self._indexed(txn, prefix, version, position)
+                records.append(
+                    JournalRecord(
+                        id=position,
+                        originator_id=event.originator_id,
+                        originator_version=version,
+                        topic=event.topic,
+                        state=event.state,
+                        time_ns=time_ns,
+                    )
+                )
+        return records
+
+    def _stream(
+        self,
+        txn: ReadTxn,
+        originator_id: uuid.UUID | str,
+        *,
+        gt: int | None = None,
+        lte: int | None = None,
+        desc: bool = False,
+        limit: int | None = None,
+    ) -> list[tuple[int, int]]:
+        """``(version, position)`` of one aggregate's events from the stream index, bounded."""
+        prefix = oid_prefix(originator_id)
+        marker, last, _ = self._bounds(txn)
+        # Versions above the merge marker (in memory), then the sorted index.
+        found = [
+            (version, position)
+            for version, position in self._tail.read(txn, marker, last, prefix).items()
+            if (gt is None or version > gt) and (lte is None or version <= lte)
+        ]
+        if desc:
+            start = stream_key(originator_id, lte) if lte is not None else prefix + b"\xff" * 8
+            items = txn.items(self.streams_table, start, reverse=True, prefix=prefix)
+        else:
+            start = stream_key(originator_id, gt + 1) if gt is not None else prefix
+            items = txn.items(self.streams_table, start, prefix=prefix)
+        for indexed, (key, pkey) in enumerate(items, 1):
+            version = POS.unpack_from(key, len(prefix))[0] - VERSION_OFFSET
+            if gt is not None and version <= gt:
+                break  # only reached when walking down
+            if lte is not None and version > lte:
+                break  # only reached when walking up
+            found.append((version, decode_position(pkey)))
+            if limit is not None and indexed >= limit:
+                break
+        found.sort(reverse=desc)
+        return found[:limit]
+
+    def _indexed(
+        self, txn: ReadTxn, prefix: bytes, version: int, position: int
+    ) -> tuple[StoredEvent, int]:
+        """The event (and time label) the stream index puts at ``position``, checked against it."""
+        pkey = encode_position(position)
+        value = txn.get(self.events_table, pkey)
+        if value is None:
+            raise FrameError(position=position, detail="stream index points nowhere")
+        event, time_ns = decode_event(pkey, value, self.events_table)
+        if event.originator_version != version or oid_prefix(event.originator_id) != prefix:
+            raise FrameError(position=position, detail="stream index and event disagree")
+        return event, time_ns
 
 
 class LMDBApplicationRecorder(LMDBAggregateRecorder, ApplicationRecorder):

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
 from eventsourcing.persistence import Tracking
+from eventsourcing.utils import get_topic
 
 from xoengine.blobtable import blob_chunks
 from xoengine.errors import (
@@ -66,7 +67,7 @@ if TYPE_CHECKING:
 
 __all__ = ["FILE_TOPICS", "AppliedCounts", "ReplicaApplier"]
 
-FILE_TOPICS: Final = tuple(f"xoengine.events:{cls.__name__}" for cls in FILE_EVENTS)
+FILE_TOPICS: Final = tuple(get_topic(cls) for cls in FILE_EVENTS)
 
 
 @dataclass

@@ -24,6 +24,7 @@ import stat
 import subprocess
 import sys
 import types
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -415,6 +416,42 @@ def test_history_follows_a_file_moved_by_directory_renames(tmp_path: Path) -> No
     eng.close()
 
 
+def test_one_path_is_answered_from_the_path_events_and_its_own(
+    world: World, ro: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """History and the replay of one file decode no other file's content or metadata.
+
+    Their memory follows the answer, not the journal: a long journal of writes
+    to other files costs them one scan of records, and no event objects.
+    """
+    decoded: list[Any] = []
+    real = Engine._decode
+
+    def counted(self: Engine, record: Any) -> Any:
+        event = real(self, record)
+        decoded.append(event)
+        return event
+
+    monkeypatch.setattr(Engine, "_decode", counted)
+    path_kinds = forensic_module.PATH_EVENTS
+    for path in ("report.txt", "docs/f03.txt"):
+        decoded.clear()
+        ids = {uuid.UUID(e.file_id) for e in ro.history("fx", path)}
+        assert ids
+        others = [
+            e for e in decoded if not isinstance(e, path_kinds) and e.originator_id not in ids
+        ]
+        assert others == [], f"history({path!r}) decoded {len(others)} events of other files"
+    decoded.clear()
+    out = tmp_path / "one"
+    ro.replay("fx", to=out, path="docs/f03.txt", position=world.points["end"])
+    assert snapshot(out)[b"docs/f03.txt"] == world.trees["end"][b"docs/f03.txt"]
+    content = [e for e in decoded if not isinstance(e, path_kinds)]
+    assert content and {e.originator_id for e in content} == {
+        uuid.UUID(e.file_id) for e in ro.history("fx", "docs/f03.txt")
+    }
+
+
 def test_history_shows_link_targets_and_modes(tmp_path: Path) -> None:
     eng, sc, master = new_engine(tmp_path)
     write(master / "a", b"a")
@@ -484,9 +521,9 @@ def test_bisect_decodes_the_journal_once_for_all_its_probes(
     reads: list[int | None] = []
     real = Engine.file_events
 
-    def counted(self: Engine, scenario: str, upto: int | None) -> Any:
+    def counted(self: Engine, scenario: str, upto: int | None, **kinds: Any) -> Any:
         reads.append(upto)
-        return real(self, scenario, upto)
+        return real(self, scenario, upto, **kinds)
 
     monkeypatch.setattr(Engine, "file_events", counted)
     once = ro.bisect("fx", docs_good)

@@ -101,6 +101,15 @@ def test_recorder_matches_popo(batch_list, event_queries, notification_queries, 
             got_n = ours.select_notifications(start, limit, stop, topics, inclusive_of_start=inclusive)
             want_n = model.select_notifications(start, limit, stop, topics, inclusive_of_start=inclusive)
             assert got_n == list(want_n)
+        # One aggregate's records by the stream index: those of a scan, by version.
+        scanned = list(ours.records())
+        for oid in ORIGINATORS:
+            for stop in (None, 0, 3, 10):
+                want_r = sorted(
+                    (r for r in scanned if r.originator_id == oid and (stop is None or r.id <= stop)),
+                    key=lambda r: r.originator_version,
+                )
+                assert reader.stream_records(oid, stop=stop) == want_r, (oid, stop)
         # Positions are gapless from 1.
         everything = ours.select_notifications(None, 10_000)
         assert [n.id for n in everything] == list(range(1, len(everything) + 1))

@@ -125,6 +125,7 @@ STATS: dict[str, int] = {
     "points": 0,
     "rewinds": 0,
     "replays": 0,
+    "path replays": 0,
     "diffs": 0,
     "histories": 0,
     "xattr ops": 0,  # extended attributes set or removed
@@ -358,6 +359,24 @@ def check_rewinds(sc: Scenario, replica_root: str, order: list[Recorded]) -> Non
         STATS["rewinds"] += 1
 
 
+def check_path_replay(
+    eng: Engine, sc: Scenario, rec: Recorded, path: bytes, scratch: str
+) -> None:
+    """``replay(path=)`` gives exactly the subtree at ``path`` of the point's tree."""
+
+    def under(tree: dict[bytes, Node]) -> dict[bytes, Node]:
+        return {p: n for p, n in tree.items() if p == path or p.startswith(path + b"/")}
+
+    out = tempfile.mkdtemp(prefix="path-replay-", dir=scratch)
+    os.rmdir(out)
+    eng.replay(sc.name, to=out, position=rec.point.position, path=os.fsdecode(path))
+    got, want = under(snapshot(out)) if os.path.exists(out) else {}, under(rec.tree)
+    assert got == want, f"replay of {path!r} at {rec.point.name}: " + "; ".join(
+        differences(want, got)[:10]
+    )
+    STATS["path replays"] += 1
+
+
 def check_replays(
     eng: Engine, sc: Scenario, replica_root: str, records: list[Recorded], scratch: str
 ) -> None:
@@ -376,6 +395,11 @@ def check_replays(
             sum(1 for n in rec.tree.values() if n[0] == "symlink"),
         )
         STATS["replays"] += 1
+        # One path of this point's tree, and one of another point's (maybe gone or
+        # never there by then): read by identity, it must give the same subtree.
+        for j, tree in enumerate((rec.tree, records[(i + 1) % len(records)].tree)):
+            if tree:
+                check_path_replay(eng, sc, rec, sorted(tree)[(7 * i + j) % len(tree)], scratch)
     assert snapshot(replica_root) == replica_before, "a replay changed the replica"
     stats_after = sc.statistics().replicas["r1"]
     assert stats_after.applied_position == stats_before.applied_position
