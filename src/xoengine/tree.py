@@ -1256,6 +1256,10 @@ class UndoRecord:
     args: dict[str, Any] = field(default_factory=dict)
 
 
+_XATTRS_ID: Final = "xattrs_id"
+"""An undo record's key for the blob id of its extended attributes (see :meth:`UndoLog.put`)."""
+
+
 class UndoLog:
     """Before-images of one replica, keyed by journal position (durable before each change)."""
 
@@ -1321,9 +1325,20 @@ class UndoLog:
         return any(True for _ in txn.items(self.table, key, prefix=key[:8]))
 
     def put(self, txn: WriteTxn, position: int, seq: int, record: UndoRecord) -> None:
-        """Record one before-image (first one wins: re-application keeps the original)."""
+        """Record one before-image (first one wins: re-application keeps the original).
+
+        A non-empty set of extended attributes is stored as a blob, once for
+        every record that holds the same set (an NT ACL of a few KiB would
+        otherwise be repeated in each before-image of the file's writes);
+        :meth:`records` gives it back in ``args["xattrs"]``.
+        """
         key = self._key(position, seq)
-        body = codec.pack([record.op, record.path, record.args])
+        args = record.args
+        if args.get("xattrs"):
+            shared = codec.pack(dict(sorted(args["xattrs"].items())))
+            args = {k: v for k, v in args.items() if k != "xattrs"}
+            args[_XATTRS_ID] = self.blobs.put(txn, shared)
+        body = codec.pack([record.op, record.path, args])
         txn.put(self.table, key, codec.frame(key, body), overwrite=False)
         gaps = self.gaps(txn)
         if gaps and gaps[-1][1] is None and position > gaps[-1][0]:
@@ -1344,12 +1359,18 @@ class UndoLog:
     ) -> list[UndoRecord]:
         """Records with ``after < position <= upto``, in (reverse) journal order."""
         out: list[UndoRecord] = []
+        sets: dict[bytes, Xattrs] = {}
         with self.store.read() as txn:
             for key, value in txn.items(self.table, self._key(after + 1, 0)):
                 position = int.from_bytes(key[:8], "big")
                 if upto is not None and position > upto:
                     break
                 op, path, args = codec.unpack(codec.unframe(key, value, where=self.table))
+                if _XATTRS_ID in args:
+                    blob_id = args.pop(_XATTRS_ID)
+                    if blob_id not in sets:
+                        sets[blob_id] = codec.unpack(self.blobs.get(blob_id, txn))
+                    args["xattrs"] = dict(sets[blob_id])
                 out.append(UndoRecord(position, op, path, args))
         if reverse:
             out.reverse()
@@ -1362,10 +1383,10 @@ class UndoLog:
             for key, value in txn.items(self.table):
                 position = int.from_bytes(key[:8], "big")
                 _, _, args = codec.unpack(codec.unframe(key, value, where=self.table))
-                blob_bytes = sum(
+                blob_bytes = sum(  # a shared set of attributes not counted: stored once
                     int.from_bytes(v[16:24], "big")
-                    for v in args.values()
-                    if isinstance(v, bytes) and len(v) == BlobTable.ID_SIZE
+                    for k, v in args.items()
+                    if isinstance(v, bytes) and len(v) == BlobTable.ID_SIZE and k != _XATTRS_ID
                 )
                 sizes[position] = sizes.get(position, 0) + len(value) + blob_bytes
         return sorted(sizes.items())

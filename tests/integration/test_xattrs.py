@@ -189,6 +189,39 @@ def test_a_rewind_across_a_write_gives_the_capability_back(
     assert snapshot_contents(out) == was
 
 
+def test_the_undo_log_keeps_one_copy_of_a_files_attribute_set(
+    engine: Engine, tmp_path: Path
+) -> None:
+    """Each write's before-image names the file's set; an NT ACL is not stored per write."""
+    ntacl = bytes(range(256)) * 12  # 3 KiB, as a Samba share's NT ACL can be
+    sc, master = _scenario(engine, tmp_path)
+    master.apply_all([CreateFile("db", bytes(65536)), SetXattr("db", "security.NTACL", ntacl)])
+    sc.start()
+    point = sc.set_rewind_point("before")
+    was = snapshot_contents(tmp_path / "r1")
+    undo = sc._appliers["r1"].undo
+    count, frames = undo.size()
+    writes = 40
+    for step in range(writes):
+        master.apply(WriteAt("db", 512 * step, b"page %d" % step))
+        sc.capture()
+    sc.wait_replicated()
+    count_after, frames_after = undo.size()
+    assert count_after - count >= writes
+    assert frames_after - frames < writes * 400  # records of ~100-300 bytes: no ACL inside
+    records = undo.records(after=point.position)
+    held = [r.args["xattrs"] for r in records if r.op == "bytes"]
+    assert held == [{"security.NTACL": ntacl}] * len(held) and held
+    # The budget counts each write's 4 KiB block and its record, not the set again.
+    sizes = dict(undo.position_sizes())
+    assert max(sizes[r.position] for r in records) < 4096 + 1024
+    master.apply(SetXattr("db", "security.NTACL", b"changed"))
+    sc.capture()
+    sc.wait_replicated()
+    sc.rewind("r1", point)
+    assert snapshot_contents(tmp_path / "r1") == was
+
+
 def test_an_xattr_change_alone_is_captured_once(engine: Engine, tmp_path: Path) -> None:
     sc, master = _scenario(engine, tmp_path)
     master.apply_all([CreateFile("d/a", b"a"), Symlink("d/l", "a")])
