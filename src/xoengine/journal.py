@@ -68,6 +68,7 @@ from xoengine.record import (
     VERSION_OFFSET,
     datetime_ns,
     decode_event,
+    decode_event_of,
     decode_position,
     encode_events,
     encode_position,
@@ -498,9 +499,13 @@ class LMDBApplicationRecorder(LMDBAggregateRecorder, ApplicationRecorder):
                 expected += 1
                 if stop is not None and position > stop:
                     return
-                event, time_ns = decode_event(key, value, self.events_table)
-                if wanted and event.topic not in wanted:
-                    continue
+                if wanted:
+                    decoded = decode_event_of(key, value, self.events_table, wanted)
+                    if decoded is None:
+                        continue  # another topic: verified, not made
+                    event, time_ns = decoded
+                else:
+                    event, time_ns = decode_event(key, value, self.events_table)
                 if timed:
                     yield JournalRecord(
                         id=position,

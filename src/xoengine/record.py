@@ -19,13 +19,14 @@ from xoengine import codec
 from xoengine.errors import FrameError
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Container, Sequence
 
 __all__ = [
     "POS",
     "VERSION_OFFSET",
     "datetime_ns",
     "decode_event",
+    "decode_event_of",
     "decode_position",
     "decode_stream_key",
     "encode_events",
@@ -114,7 +115,25 @@ def _record(key: bytes, value: bytes, table: str) -> tuple[int | str, Any]:
 
 def decode_event(key: bytes, value: bytes, table: str) -> tuple[StoredEvent, int]:
     """The verified event and time label of a frame (coded errors for damage)."""
+    return _event(*_record(key, value, table))
+
+
+def decode_event_of(
+    key: bytes, value: bytes, table: str, topics: Container[str]
+) -> tuple[StoredEvent, int] | None:
+    """:func:`decode_event` for a scan that wants ``topics``: None for another topic.
+
+    The frame is verified either way; an event of another topic is not made.
+    """
     position, record = _record(key, value, table)
+    topic = record[3] if type(record) is list and len(record) == 6 else None
+    if type(topic) is str and topic not in topics:
+        return None
+    return _event(position, record)
+
+
+def _event(position: int | str, record: Any) -> tuple[StoredEvent, int]:
+    """The event and time label of an unpacked record (FrameError if it is not one)."""
     try:
         kind, oid, version, topic, state, time_ns = record
         originator_id: uuid.UUID | str = uuid.UUID(bytes=oid) if kind == OID_UUID else oid
