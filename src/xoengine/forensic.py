@@ -102,6 +102,11 @@ class JournalSource(Protocol):
 _DEFAULT_ACL: Final = "system.posix_acl_default"
 """A directory's ACL that the paths made in it inherit."""
 
+_FOLD_MAX: Final = 250_000
+"""A whole-tree replay at a position up to this folds every event at once (the fastest
+way, and each live file's content events are held until it is written); past it,
+each identity is read from its own events as it is written (bounded memory)."""
+
 _DECODED_MAX: Final = 250_000
 """A bisect keeps at most this many decoded file events for its probes (each is a few
 hundred bytes); with more, each probe decodes the journal again."""
@@ -404,12 +409,12 @@ class Forensics:
             raise ConfigurationError(
                 detail=f"replay target {target} is not an empty directory: replay into a new one"
             )
-        selected = self._selected(position, normalize_relpath(path) if path else None)
+        selected, load = self._selected(position, normalize_relpath(path) if path else None)
         existed = target.exists()
         out = ReplicaTree(os.fspath(to), fsync=False)
         try:
             with out.holding_parents():  # a new tree: nothing moves
-                files, dirs, links, total = self._write_tree(out, selected, progress)
+                files, dirs, links, total, end = self._write_tree(out, selected, load, progress)
         except BaseException:
             # A half-written tree would pass for the answer (an empty file for one
             # whose bytes could not be read): leave ``to`` as it was found.
@@ -419,66 +424,85 @@ class Forensics:
                 if not existed:
                     target.rmdir()
             raise
-        end = (
-            position
-            if position is not None
-            else max((p for f in selected for p, _ in f.content), default=0)
+        return ReplayResult(
+            position=end if position is None else position,
+            files=files,
+            dirs=dirs,
+            links=links,
+            bytes=total,
         )
-        return ReplayResult(position=end, files=files, dirs=dirs, links=links, bytes=total)
 
-    def _selected(self, position: int | None, wanted: str | None) -> list[LiveFile]:
+    def _selected(
+        self, position: int | None, wanted: str | None
+    ) -> tuple[list[LiveFile], Callable[[LiveFile], LiveFile]]:
         """The identities alive at ``position`` at ``wanted`` or under it (None: all of them).
 
-        The whole tree from one fold of every event; a file or subtree from the
-        fold of paths, then each wanted identity from its own events.
+        With the function that gives each one whole. Up to :data:`_FOLD_MAX`
+        positions the whole tree comes from one fold of every event, whole
+        already. Otherwise the fold of paths gives where each identity is, and
+        each is read from its own events when it is written: memory for one
+        file's events at a time, not the tree's.
         """
-        if wanted is None:
-            return list(self.fold(position).values())
-        selected = []
-        for shape in self.paths(position).values():
-            if shape.path == wanted or shape.path.startswith(wanted + "/"):
-                live = self.live(shape.file_id, position)
-                assert live is not None, "alive in the fold of paths, so in its own events"
-                live.path = shape.path
-                selected.append(live)
-        return selected
+        if wanted is None and position is not None and position <= _FOLD_MAX:
+            return list(self.fold(position).values()), lambda live: live
+
+        def load(shape: LiveFile) -> LiveFile:
+            live = self.live(shape.file_id, position)
+            assert live is not None, "alive in the fold of paths, so in its own events"
+            live.path = shape.path
+            return live
+
+        selected = [
+            shape
+            for shape in self.paths(position).values()
+            if wanted is None or shape.path == wanted or shape.path.startswith(wanted + "/")
+        ]
+        return selected, load
 
     def _write_tree(
         self,
         out: ReplicaTree,
         selected: list[LiveFile],
+        load: Callable[[LiveFile], LiveFile],
         progress: Callable[[int, int], None] | None = None,
-    ) -> tuple[int, int, int, int]:
-        files = dirs = links = total = 0
+    ) -> tuple[int, int, int, int, int]:
+        """Write ``selected`` (each given whole by ``load``, one at a time).
+
+        Returns the files, directories and links written, the bytes of the
+        journaled writes folded, and the newest position of a content event.
+        """
+        files = links = total = end = 0
         ordered = sorted(selected, key=lambda f: (f.path.count("/"), os.fsencode(f.path)))
+        directories = {f.file_id: load(f) for f in selected if f.kind == "dir"}
         # Where a default ACL (of the target, or of a directory replayed) could hand
         # one down, every path gets its own set, an empty one too.
         inherit = _DEFAULT_ACL in read_xattrs(out.root) or any(
-            live.xattrs and _DEFAULT_ACL in live.xattrs for live in selected
+            live.xattrs and _DEFAULT_ACL in live.xattrs for live in directories.values()
         )
-        for done, live in enumerate(ordered, 1):
-            if live.kind == "dir":
+        for done, shape in enumerate(ordered, 1):
+            if shape.kind == "dir":
+                live = directories[shape.file_id]
                 out.create(live.path, "dir", live.mode, None)
-                dirs += 1
-            elif live.kind == "symlink":
-                out.create(live.path, "symlink", 0, live.target)
-                out.set_meta(live.path, None, None, live.owner)
-                links += 1
-            elif live.kind == "file":
-                total += self._rebuild(out, live)
-                files += 1
-            if (live.xattrs or inherit) and live.kind != "dir":  # last, as the applier does
-                out.set_xattrs(live.path, live.xattrs or {})
+            else:
+                live = load(shape)
+                if live.kind == "symlink":
+                    out.create(live.path, "symlink", 0, live.target)
+                    out.set_meta(live.path, None, None, live.owner)
+                    links += 1
+                elif live.kind == "file":
+                    total += self._rebuild(out, live)
+                    files += 1
+                    end = max(end, live.content[-1][0] if live.content else 0)
+                if live.xattrs or inherit:  # last, as the applier does
+                    out.set_xattrs(live.path, live.xattrs or {})
             if progress is not None:
                 progress(done, len(ordered))
         # Directory modes and mtimes last: writing inside a directory moves its mtime.
-        for live in sorted(
-            (f for f in selected if f.kind == "dir"), key=lambda f: -f.path.count("/")
-        ):
+        for live in sorted(directories.values(), key=lambda f: -f.path.count("/")):
             out.set_meta(live.path, live.mode, live.mtime_ns, live.owner)
             if live.xattrs or inherit:
                 out.set_xattrs(live.path, live.xattrs or {})
-        return files, dirs, links, total
+        return files, len(directories), links, total, end
 
     def _rebuild(self, out: ReplicaTree, live: LiveFile) -> int:
         # Each byte of the result comes from the newest write that covers it and was

@@ -70,6 +70,7 @@ if TYPE_CHECKING:
     from xoengine.datastore import WriteTxn
     from xoengine.engine import Engine, _Definition
     from xoengine.forensic import DiffResult
+    from xoengine.walk import Xattrs
 
 __all__ = ["DEFAULT_DATABASE_PATTERNS", "ReplicaStatistics", "Scenario", "ScenarioStatistics"]
 
@@ -479,7 +480,12 @@ class Scenario:
         forensics = self._engine.forensics(self.name)
         # The journal's extended attributes, not the replayed copy's: a scratch
         # directory may keep fewer (tmpfs before Linux 6.6 has no user.*).
-        xattrs = {live.path: live.xattrs or {} for live in forensics.fold(position).values()}
+        ids = {shape.path: fid for fid, shape in forensics.paths(position).items()}
+
+        def journal_xattrs(path: str) -> Xattrs:
+            live = forensics.live(ids[path], position) if path in ids else None
+            return (live.xattrs if live else None) or {}
+
         with tempfile.TemporaryDirectory(prefix="xoengine-settle-") as scratch:
             for number, (path, state) in enumerate(moved):
                 owner = (state.uid, state.gid) if state and state.uid >= 0 else None
@@ -489,13 +495,13 @@ class Scenario:
                         tree.create(path, state.kind, state.mode, state.target)
                         mode = state.mode if state.kind == "dir" else None
                         tree.set_meta(path, mode, None, owner)
-                        tree.set_xattrs(path, xattrs.get(path, {}))
+                        tree.set_xattrs(path, journal_xattrs(path))
                     continue
                 out = os.path.join(scratch, str(number))
                 forensics.replay(out, position, path)
                 tree.copy_new(path, os.path.join(out, path), state.mode, owner)
                 tree.set_meta(path, None, state.mtime_ns)  # owner and mode: copy_new
-                tree.set_xattrs(path, xattrs.get(path, {}))  # last (none handed down)
+                tree.set_xattrs(path, journal_xattrs(path))  # last (none handed down)
         tree.flush([path for path, state in moved if state is not None])
 
     # -- replicas ---------------------------------------------------------------------------

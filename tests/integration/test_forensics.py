@@ -199,6 +199,27 @@ def test_replay_from_readonly_copy_rebuilds_every_point(
         assert snapshot(out) == world.trees[name], name
 
 
+def test_a_long_journal_is_replayed_one_identity_at_a_time(
+    world: World, ro: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past _FOLD_MAX positions a whole-tree replay reads each identity by stream: same trees."""
+    monkeypatch.setattr(forensic_module, "_FOLD_MAX", 0)
+    folded: list[Any] = []
+    monkeypatch.setattr(forensic_module.Forensics, "fold", lambda *a: folded.append(a))
+    progress: list[tuple[int, int]] = []
+    for name, position in world.points.items():
+        out = tmp_path / name
+        result = ro.replay("fx", to=out, position=position, progress=lambda *p: progress.append(p))
+        assert result.position == position
+        assert snapshot(out) == world.trees[name], name
+        tree = world.trees[name]
+        assert (result.files, result.dirs, result.links) == tuple(
+            sum(1 for n in tree.values() if n[0] == kind) for kind in ("file", "dir", "symlink")
+        )
+    assert not folded
+    assert progress and progress[-1][0] == progress[-1][1]
+
+
 def test_forensics_read_a_journal_on_read_only_media(
     world: World, tmp_path: Path, readonly_view: Any
 ) -> None:

@@ -55,6 +55,7 @@ from typing import TYPE_CHECKING, Any
 from hypothesis import HealthCheck, event, given, note, settings
 from hypothesis import strategies as st
 
+from xoengine import forensic
 from xoengine.engine import Engine, Scenario
 from xoengine.testing import posix_acl, snapshot_contents
 
@@ -385,7 +386,12 @@ def check_replays(
     stats_before = sc.statistics().replicas["r1"]
     for i, rec in enumerate(records):
         out = os.path.join(scratch, f"replay-{i}")
-        result = eng.replay(sc.name, to=out, position=rec.point.position)
+        # Every other one as a long journal is replayed: one identity at a time.
+        fold_max, forensic._FOLD_MAX = forensic._FOLD_MAX, 0 if i % 2 else forensic._FOLD_MAX
+        try:
+            result = eng.replay(sc.name, to=out, position=rec.point.position)
+        finally:
+            forensic._FOLD_MAX = fold_max
         assert result.position == rec.point.position
         assert_tree(out, rec.tree, f"replay at {rec.point.name}@{rec.point.position}")
         files = sum(1 for n in rec.tree.values() if n[0] == "file")
