@@ -626,6 +626,12 @@ class Capture:
         bs = self.state.block_size
         new_map = BlockMap.compute(data, bs)
         view = memoryview(data)
+        if old is not None and old.size == 0 and not data:
+            # Still empty: only metadata moved (a chmod, an attribute set). Not a
+            # write, which would say the kernel dropped a file capability.
+            if not quiet:
+                self._metadata_only(path, state, observed)
+            return
         if old is None or old.size == 0:
             ranges = [(0, len(data))] if data else []
             self._write_ranges(path, state, view, ranges, new_map, observed, len(data))

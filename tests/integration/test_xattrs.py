@@ -222,6 +222,36 @@ def test_the_undo_log_keeps_one_copy_of_a_files_attribute_set(
     assert snapshot_contents(tmp_path / "r1") == was
 
 
+def test_a_chmod_of_an_empty_file_with_a_capability_is_not_a_write(
+    engine: Engine, tmp_path: Path
+) -> None:
+    # Was a bug (found by the replication property): an empty file whose stat moved
+    # was journaled as a write of nothing, which says the kernel dropped the file's
+    # capability: the master state forgot its set, and journaled it again later.
+    sc, master = _scenario(engine, tmp_path)
+    master.apply_all(
+        [CreateFile("empty", b""), SetXattr("empty", "security.capability", CAP_NET_RAW)]
+    )
+    sc.start()
+    known = sc.master_state_snapshot()["empty"][0].xattrs
+    assert known > 0
+    position = engine.recorder.max_notification_id() or 0
+    os.chmod(os.path.join(master.root, "empty"), 0o600)
+    sc.capture()
+    sc.wait_replicated()
+    state = sc.master_state_snapshot()["empty"][0]
+    assert (state.mode, state.xattrs) == (0o600, known)
+    kinds = [type(e).__name__ for _, e in engine._iter_file_events(position, "xa")]
+    assert kinds == ["MetadataChanged"]
+    assert_trees_equal(master.root, tmp_path / "r1")
+    # Emptied again (O_TRUNC drops the capability on the master): the set follows.
+    Path(master.root, "empty").write_bytes(b"")
+    sc.capture()
+    sc.wait_replicated()
+    assert read_xattrs(os.path.join(master.root, "empty")) == {}
+    assert_trees_equal(master.root, tmp_path / "r1")
+
+
 def test_an_xattr_change_alone_is_captured_once(engine: Engine, tmp_path: Path) -> None:
     sc, master = _scenario(engine, tmp_path)
     master.apply_all([CreateFile("d/a", b"a"), Symlink("d/l", "a")])
