@@ -141,6 +141,7 @@ class Scenario:
         self._appliers: dict[str, ReplicaApplier] = {}
         self._threads: dict[str, ApplierThread] = {}
         self._spool_over = False
+        self._left_out: dict[str, set[str]] = {}  # replica -> attribute names alerted (AW0003)
         self._watcher: Any = None
         self._captured = threading.Condition()  # notified after every append
         self._trim_checked = -float("inf")  # monotonic time of the last automatic retention
@@ -442,6 +443,7 @@ class Scenario:
             self._engine._scenario_event(
                 self._def, RewindPointSet, name=f"sync-{end}", position=end, kind="sync"
             )
+        self._alert_left_out()
         return summaries
 
     def _settle(
@@ -925,6 +927,31 @@ class Scenario:
         """Problem while a replica's applier has failed or the spool is over its limit."""
         with self._engine._lock:  # appliers call this too: one decision at a time
             self._check_state_locked()
+        self._alert_left_out()
+
+    def _alert_left_out(self) -> None:
+        """Alert AW0003 once (in this process) per replica and attribute name it left out.
+
+        A replica that cannot hold a master's attribute (an NT ACL on a replica
+        run by a user, a value too large for its file system) goes on without
+        it: an operator must hear of it before failing over to that replica.
+        """
+        with self._engine._lock:
+            for name, applier in self._appliers.items():
+                reported = self._left_out.setdefault(name, set())
+                new = sorted(frozenset(applier.tree.xattrs_left_out) - reported)
+                if not new:
+                    continue
+                reported.update(new)
+                self._engine._scenario_event(
+                    self._def,
+                    AlertRaised,
+                    code="AW0003",
+                    severity="warning",
+                    message=f"replica {name} cannot hold extended attributes "
+                    f"{', '.join(new)} of the master: left out",
+                    details={"replica": name, "names": new},
+                )
 
     def _check_state_locked(self) -> None:
         limit = int(self._def.options.get("spool_limit") or 0)

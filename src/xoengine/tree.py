@@ -320,6 +320,9 @@ class ReplicaTree:
         """Extended attributes this tree cannot be given: namespaces (``trusted`` and
         ``security`` where not root) and names (each one the system refused, once it
         has): left as they are, and not compared (sync, verify)."""
+        self.xattrs_left_out: set[str] = set()
+        """Names of the attributes a set given to this tree held and it left out (in
+        :attr:`xattrs_refused`): what a replica lacks that the master has."""
         self._held: dict[int, ParentCache] = {}  # thread -> its cache, inside holding_parents
         if create:
             os.makedirs(root, exist_ok=True)
@@ -992,6 +995,8 @@ class ReplicaTree:
         changed = False
         have = self.comparable(read_xattrs(where))
         want = self.comparable(xattrs)
+        if len(want) < len(xattrs):
+            self.xattrs_left_out.update(name for name in xattrs if name not in want)
         for name in [n for n in have if n not in want]:
             changed |= self._xattr(os.removexattr, where, name)
         for name, value in want.items():
@@ -1017,6 +1022,8 @@ class ReplicaTree:
             if e.errno not in _CANNOT_SET_XATTR:
                 raise
             self.xattrs_refused.add(name)
+            if value:  # a removal refused leaves nothing out
+                self.xattrs_left_out.add(name)
             return False
         return True
 

@@ -134,6 +134,7 @@ class ApplierThread:
                 break
             try:
                 self.applier.apply_available()
+                self.scenario._alert_left_out()
                 if self.scenario._def.state == "Problem":
                     self.scenario._check_state()  # back under the spool limit?
             except Exception as e:  # noqa: BLE001 (reported, never lost with the thread)

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from xoengine.cli import main
-from xoengine.events import ContentReplaced, XattrsChanged
+from xoengine.events import AlertRaised, ContentReplaced, XattrsChanged
 from xoengine.testing import (
     CreateFile,
     MakeDir,
@@ -467,6 +467,37 @@ def test_an_attribute_the_replica_cannot_hold_is_left_out_not_fatal(tmp_path: Pa
     assert tree.xattrs_refused == {"user.big", "system.posix_acl_access"}
     assert tree.comparable(wanted) == {"user.small": b"kept"}
     assert not tree.set_xattrs("f", wanted)  # nothing left to change
+
+
+def test_an_attribute_a_replica_leaves_out_raises_one_alert_per_name(
+    engine: Engine, tmp_path: Path
+) -> None:
+    """An operator hears that a replica lacks an attribute before failing over to it."""
+    sc, master = _scenario(engine, tmp_path)
+    master.apply_all([CreateFile("doc", b"doc"), SetXattr("doc", "user.kept", b"1")])
+    # As a replica run by a user refuses security.* and trusted.*: this one, user.*.
+    sc._appliers["r1"].tree.xattrs_refused.add("user")
+    sc.start()
+    master.apply(SetXattr("doc", "user.ntacl", b"A" * 100))
+    sc.capture()
+    sc.wait_replicated()
+    master.apply(SetXattr("doc", "user.ntacl", b"B" * 100))  # the same name again: no new alert
+    sc.capture()
+    sc.wait_replicated()
+
+    def alerts() -> list[Any]:
+        return [e for _, e in engine._iter_events((AlertRaised,)) if e.code == "AW0003"]
+
+    assert [(a.severity, a.details) for a in alerts()] == [
+        ("warning", {"replica": "r1", "names": ["user.kept"]}),
+        ("warning", {"replica": "r1", "names": ["user.ntacl"]}),
+    ]
+    assert "user.ntacl" in alerts()[1].message
+    assert read_xattrs(str(tmp_path / "r1" / "doc")) == {}
+    assert read_xattrs(str(tmp_path / "r2" / "doc")) == {
+        "user.kept": b"1",
+        "user.ntacl": b"B" * 100,
+    }
 
 
 def test_a_creation_from_before_xattrs_decodes_as_not_recording_them(
