@@ -261,7 +261,7 @@ class Engine:
         self._sync_started: dict[uuid.UUID, int] = {}
         self._ledger = Ledger(
             lambda after, upto: self._iter_file_events(after, None, upto),
-            lambda: self.recorder.max_notification_id() or 0,
+            self.last_position,
         )
         self._load()
 
@@ -316,6 +316,10 @@ class Engine:
         """The verified bytes of a blob (a read-only view: no copy beyond LMDB's)."""
         return self.blobs.view(blob_id)
 
+    def last_position(self) -> int:
+        """The journal's last position now (0: empty)."""
+        return self.recorder.max_notification_id() or 0
+
     def forensics(self, scenario: str | Scenario) -> Forensics:
         """Replay, history, diff and bisect for a scenario (by name: it may have been removed).
 
@@ -333,7 +337,7 @@ class Engine:
             if at.tzinfo is None:
                 raise ConfigurationError(detail="at= needs a timezone-aware datetime")
             return self.recorder.position_at(datetime_ns(at))
-        top = self.recorder.max_notification_id() or 0
+        top = self.last_position()
         if position is None:
             return top
         if not 0 <= position <= top:

@@ -98,6 +98,9 @@ class JournalSource(Protocol):
     def blob(self, blob_id: bytes) -> bytes | memoryview:
         """The verified bytes of a blob."""
 
+    def last_position(self) -> int:
+        """The journal's last position now (0: empty): where "the end" is, for one answer."""
+
 
 _DEFAULT_ACL: Final = "system.posix_acl_default"
 """A directory's ACL that the paths made in it inherit."""
@@ -161,6 +164,9 @@ class _Decoded:
 
     def blob(self, blob_id: bytes) -> bytes | memoryview:
         return self._source.blob(blob_id)
+
+    def last_position(self) -> int:
+        return self._source.last_position()
 
 
 @dataclass
@@ -409,12 +415,14 @@ class Forensics:
             raise ConfigurationError(
                 detail=f"replay target {target} is not an empty directory: replay into a new one"
             )
+        if position is None:  # one instant for every read of the answer
+            position = self.source.last_position()
         selected, load = self._selected(position, normalize_relpath(path) if path else None)
         existed = target.exists()
         out = ReplicaTree(os.fspath(to), fsync=False)
         try:
             with out.holding_parents():  # a new tree: nothing moves
-                files, dirs, links, total, end = self._write_tree(out, selected, load, progress)
+                files, dirs, links, total = self._write_tree(out, selected, load, progress)
         except BaseException:
             # A half-written tree would pass for the answer (an empty file for one
             # whose bytes could not be read): leave ``to`` as it was found.
@@ -424,16 +432,10 @@ class Forensics:
                 if not existed:
                     target.rmdir()
             raise
-        return ReplayResult(
-            position=end if position is None else position,
-            files=files,
-            dirs=dirs,
-            links=links,
-            bytes=total,
-        )
+        return ReplayResult(position=position, files=files, dirs=dirs, links=links, bytes=total)
 
     def _selected(
-        self, position: int | None, wanted: str | None
+        self, position: int, wanted: str | None
     ) -> tuple[list[LiveFile], Callable[[LiveFile], LiveFile]]:
         """The identities alive at ``position`` at ``wanted`` or under it (None: all of them).
 
@@ -443,12 +445,16 @@ class Forensics:
         each is read from its own events when it is written: memory for one
         file's events at a time, not the tree's.
         """
-        if wanted is None and position is not None and position <= _FOLD_MAX:
+        if wanted is None and position <= _FOLD_MAX:
             return list(self.fold(position).values()), lambda live: live
 
         def load(shape: LiveFile) -> LiveFile:
             live = self.live(shape.file_id, position)
-            assert live is not None, "alive in the fold of paths, so in its own events"
+            if live is None:
+                raise FrameError(
+                    position=position,
+                    detail=f"the path events hold {shape.path!r}, its own events do not",
+                )
             live.path = shape.path
             return live
 
@@ -465,13 +471,13 @@ class Forensics:
         selected: list[LiveFile],
         load: Callable[[LiveFile], LiveFile],
         progress: Callable[[int, int], None] | None = None,
-    ) -> tuple[int, int, int, int, int]:
+    ) -> tuple[int, int, int, int]:
         """Write ``selected`` (each given whole by ``load``, one at a time).
 
-        Returns the files, directories and links written, the bytes of the
-        journaled writes folded, and the newest position of a content event.
+        Returns the files, directories and links written, and the bytes of the
+        journaled writes folded.
         """
-        files = links = total = end = 0
+        files = links = total = 0
         ordered = sorted(selected, key=lambda f: (f.path.count("/"), os.fsencode(f.path)))
         directories = {f.file_id: load(f) for f in selected if f.kind == "dir"}
         # Where a default ACL (of the target, or of a directory replayed) could hand
@@ -492,7 +498,6 @@ class Forensics:
                 elif live.kind == "file":
                     total += self._rebuild(out, live)
                     files += 1
-                    end = max(end, live.content[-1][0] if live.content else 0)
                 if live.xattrs or inherit:  # last, as the applier does
                     out.set_xattrs(live.path, live.xattrs or {})
             if progress is not None:
@@ -502,7 +507,7 @@ class Forensics:
             out.set_meta(live.path, live.mode, live.mtime_ns, live.owner)
             if live.xattrs or inherit:
                 out.set_xattrs(live.path, live.xattrs or {})
-        return files, len(directories), links, total, end
+        return files, len(directories), links, total
 
     def _rebuild(self, out: ReplicaTree, live: LiveFile) -> int:
         # Each byte of the result comes from the newest write that covers it and was
@@ -592,6 +597,8 @@ class Forensics:
         the system's, which may be memory) and given mapped: the map is valid
         until the next one is asked for.
         """
+        if position is None:  # one instant for every identity
+            position = self.source.last_position()
         with tempfile.TemporaryDirectory(prefix="xoengine-contents-", dir=scratch) as temporary:
             out = ReplicaTree(temporary, fsync=False)
             for file_id in file_ids:
@@ -620,6 +627,7 @@ class Forensics:
         a file that has its path only through such a move has a history.
         """
         target = normalize_relpath(path)
+        end = self.source.last_position()  # both reads end here: one instant, while captures go on
         # The fold of paths: each identity's path after each of its moves (its
         # own renames and those of directories above it), and the moves it had
         # without an event of its own.
@@ -627,7 +635,7 @@ class Forensics:
         moves: dict[uuid.UUID, list[tuple[int, str]]] = {}
         carried: dict[uuid.UUID, list[tuple[int, int, str, str, str]]] = {}
         kinds = PATH_EVENTS
-        for pos, time_ns, event in self.source.file_events(self.scenario, None, kinds=kinds):
+        for pos, time_ns, event in self.source.file_events(self.scenario, end, kinds=kinds):
             fid = event.originator_id
             before = alive[fid].path if fid in alive else event.path
             moved = self._step(alive, pos, event)
@@ -645,7 +653,7 @@ class Forensics:
         for fid in ids:
             timeline = moves[fid]
             starts = [pos for pos, _ in timeline]
-            for pos, time_ns, event in self.source.file_stream(fid, None):
+            for pos, time_ns, event in self.source.file_stream(fid, end):
                 # Where it was just before this event: after its last move before it.
                 index = bisection.bisect_left(starts, pos) - 1
                 at = timeline[index][1] if index >= 0 else event.path

@@ -473,6 +473,36 @@ def test_one_path_is_answered_from_the_path_events_and_its_own(
     }
 
 
+def test_a_history_is_one_instant_while_captures_go_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Was a bug (found by review): history reads the path events, then each identity's
+    # own; a capture committed between them gave a write after a directory's rename at
+    # the old path, without the move that carried the file there.
+    eng, sc, master = new_engine(tmp_path)
+    write(master / "d" / "x", b"one")
+    sc.start()
+    real = Engine.file_events
+    fired: list[int] = []
+
+    def racing(self: Engine, scenario: str, upto: int | None, **kinds: Any) -> Any:
+        yield from real(self, scenario, upto, **kinds)
+        if not fired:  # another thread commits right after the first scan
+            fired.append(1)
+            os.rename(master / "d", master / "e")
+            with open(master / "e" / "x", "ab") as f:
+                f.write(b" two")
+            sc.capture()
+
+    monkeypatch.setattr(Engine, "file_events", racing)
+    during = eng.history("fx", "d/x")
+    monkeypatch.undo()
+    after = eng.history("fx", "d/x")
+    assert fired and len(after) > len(during)
+    assert during == after[: len(during)]  # the history as of one instant: a prefix of later
+    eng.close()
+
+
 def test_history_shows_link_targets_and_modes(tmp_path: Path) -> None:
     eng, sc, master = new_engine(tmp_path)
     write(master / "a", b"a")
