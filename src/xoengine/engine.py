@@ -43,6 +43,7 @@ from xoengine.errors import (
 )
 from xoengine.events import (
     FILE_EVENTS,
+    AlertRaised,
     FileEvent,
     ReplicaAdded,
     ReplicaRemoved,
@@ -114,6 +115,7 @@ SCENARIO_TOPICS: Final = tuple(
         ReplicaSuspended,
         ReplicaResumed,
         ScenarioStateChanged,
+        AlertRaised,
         RewindPointSet,
         RewindStarted,
         ReplicaRewound,
@@ -147,10 +149,16 @@ class _Definition:
     points: list[tuple[str, int, str]] = field(default_factory=list)
     rewound: set[str] = field(default_factory=set)
     pending_rewinds: dict[str, tuple[int, int]] = field(default_factory=dict)
+    left_out: dict[str, set[str]] = field(default_factory=dict)
+    """Replica -> the attribute names an AW0003 alert said it left out."""
 
     def apply(self, event: ScenarioEvent) -> None:
         self.version = event.originator_version
-        if isinstance(event, RewindPointSet):
+        if isinstance(event, AlertRaised):
+            if event.code == "AW0003":
+                replica = str(event.details["replica"])
+                self.left_out.setdefault(replica, set()).update(event.details["names"])
+        elif isinstance(event, RewindPointSet):
             self.points.append((event.name, event.position, event.kind))
         elif isinstance(event, RewindStarted):
             self.pending_rewinds[event.replica] = (event.from_position, event.to_position)

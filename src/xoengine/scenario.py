@@ -141,7 +141,6 @@ class Scenario:
         self._appliers: dict[str, ReplicaApplier] = {}
         self._threads: dict[str, ApplierThread] = {}
         self._spool_over = False
-        self._left_out: dict[str, set[str]] = {}  # replica -> attribute names alerted (AW0003)
         self._watcher: Any = None
         self._captured = threading.Condition()  # notified after every append
         self._trim_checked = -float("inf")  # monotonic time of the last automatic retention
@@ -564,6 +563,7 @@ class Scenario:
                 )
         if self._def.state == "Problem":
             self._check_state()  # caught up: the spool may be back under its limit
+        self._alert_left_out()  # what was applied is told by now, whichever thread applied it
         return target
 
     # -- rewind (R5, R6) --------------------------------------------------------------------
@@ -930,7 +930,7 @@ class Scenario:
         self._alert_left_out()
 
     def _alert_left_out(self) -> None:
-        """Alert AW0003 once (in this process) per replica and attribute name it left out.
+        """Alert AW0003 once per replica and attribute name it left out (the journal says which).
 
         A replica that cannot hold a master's attribute (an NT ACL on a replica
         run by a user, a value too large for its file system) goes on without
@@ -938,11 +938,10 @@ class Scenario:
         """
         with self._engine._lock:
             for name, applier in self._appliers.items():
-                reported = self._left_out.setdefault(name, set())
+                reported = self._def.left_out.get(name, set())
                 new = sorted(frozenset(applier.tree.xattrs_left_out) - reported)
                 if not new:
                     continue
-                reported.update(new)
                 self._engine._scenario_event(
                     self._def,
                     AlertRaised,

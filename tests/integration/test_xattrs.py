@@ -500,6 +500,37 @@ def test_an_attribute_a_replica_leaves_out_raises_one_alert_per_name(
     }
 
 
+def test_after_a_restart_an_alert_is_neither_repeated_nor_in_the_way(tmp_path: Path) -> None:
+    # Was a bug (found while adding AW0003): an engine opened on a journal whose last
+    # scenario event was an alert (any: AW0001, AW0002, an applier's error) did not
+    # count it, so the next scenario event reused its version and was refused
+    # (E4020): no rewind point, start or stop until another process wrote one.
+    master_root = tmp_path / "master"
+    with temporary_engine(tmp_path) as engine:
+        sc, master = _scenario(engine, tmp_path)
+        master.apply_all([CreateFile("doc", b"doc"), SetXattr("doc", "user.kept", b"1")])
+        sc._appliers["r1"].tree.xattrs_refused.add("user")
+        sc.start()
+        master.apply(SetXattr("doc", "user.other", b"2"))
+        sc.capture()
+        sc.wait_replicated()
+        alerts = [e for _, e in engine._iter_events((AlertRaised,))]
+        assert [a.details["names"] for a in alerts] == [["user.kept"], ["user.other"]]
+        (last,) = engine.recorder.select_events(sc._def.id, desc=True, limit=1)
+        assert last.topic.endswith(":AlertRaised")  # the scenario's last event
+    with temporary_engine(tmp_path) as engine:
+        sc = engine.scenario("xa")
+        sc._appliers["r1"].tree.xattrs_refused.add("user")
+        point = sc.set_rewind_point("after-restart")  # refused before: E4020
+        sc.start()
+        TreeBuilder(master_root).apply(SetXattr("doc", "user.kept", b"3"))
+        sc.capture()
+        sc.wait_replicated()
+        assert point.position > 0
+        names = [e.details["names"] for _, e in engine._iter_events((AlertRaised,))]
+        assert names == [["user.kept"], ["user.other"]]  # both alerted before the restart
+
+
 def test_a_creation_from_before_xattrs_decodes_as_not_recording_them(
     engine: Engine, tmp_path: Path
 ) -> None:
