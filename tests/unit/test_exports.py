@@ -35,3 +35,17 @@ def test_engine_names_load_on_first_use_only() -> None:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "ok"
+
+
+def test_an_engine_folds_every_kind_of_scenario_event_when_it_opens() -> None:
+    """Each scenario event moves the stream's version: one left out of the fold at open
+    (as AlertRaised was) makes the next scenario event reuse a version, refused (E4020)."""
+    from eventsourcing.utils import get_topic  # noqa: PLC0415
+
+    from xoengine.engine import SCENARIO_TOPICS  # noqa: PLC0415
+    from xoengine.events import ScenarioEvent  # noqa: PLC0415
+
+    def kinds(cls: type) -> set[type]:
+        return {c for sub in cls.__subclasses__() for c in {sub, *kinds(sub)}}
+
+    assert set(SCENARIO_TOPICS) == {get_topic(c) for c in kinds(ScenarioEvent)}
