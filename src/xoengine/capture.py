@@ -519,8 +519,7 @@ class Capture:
         if entry.kind == "file" and not same_stat:
             self._capture_content(path, state, state)
             return True  # content events carry the new stat (observed); metadata included
-        if not same_meta or entry.mtime_ns != state.mtime_ns or not same_stat:
-            self._metadata_only(path, state, _entry_observed(entry, self._walk_ns))
+        self._metadata_only(path, state, _entry_observed(entry, self._walk_ns))  # what moved
         return True
 
     def _xattrs(self, path: str, state: FileState, *, again: bool = False) -> int:

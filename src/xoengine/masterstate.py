@@ -101,23 +101,26 @@ def racy_window(state: FileState) -> int:
     return RACY_WINDOW_WHOLE_SECONDS_NS if whole else RACY_WINDOW_NS
 
 
+def _too_soon(state: FileState) -> bool:
+    """Whether ``state``'s stat was taken within the racy window of its timestamps."""
+    return state.observed_ns - max(state.mtime_ns, state.ctime_ns) < racy_window(state)
+
+
 def racy(state: FileState) -> bool:
     """Whether ``state``'s stat was taken too soon after its timestamps to vouch for it."""
     if state.kind != "file" or not state.size or not state.observed_ns:
         return False
-    return state.observed_ns - max(state.mtime_ns, state.ctime_ns) < racy_window(state)
+    return _too_soon(state)
 
 
 def xattrs_racy(state: FileState) -> bool:
     """Whether ``state``'s stat cannot vouch for the path's extended attributes.
 
     Setting one moves the ctime alone, on any kind of path and size, so this
-    is :func:`racy` for every path; and a stat whose time is unknown (the
-    events of directories and links carry none) never vouches.
+    is :func:`racy` for every path; and a stat whose time is unknown (events
+    of journals written before it was recorded) never vouches.
     """
-    if not state.observed_ns:
-        return True
-    return state.observed_ns - max(state.mtime_ns, state.ctime_ns) < racy_window(state)
+    return not state.observed_ns or _too_soon(state)
 
 
 def xattr_digest(xattrs: dict[str, bytes]) -> int:

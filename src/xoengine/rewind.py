@@ -101,12 +101,13 @@ def undo_one(
             args.get("mtime_ns"),
             args.get("owner"),
             args.get("xattrs"),
-        )  # bytes, size, mode, mtime, owner and extended attributes in one open
+        )
+        return  # bytes, size, mode, mtime, owner and extended attributes in one open
     elif op == "content":
         _undo_delta(tree, record, blob)
-    if op != "bytes" and ("mode" in args or "mtime_ns" in args) and tree.lstat(path) is not None:
+    if ("mode" in args or "mtime_ns" in args) and tree.lstat(path) is not None:
         tree.set_meta(path, args.get("mode"), args.get("mtime_ns"), args.get("owner"))
-    if "xattrs" in args and op != "bytes":  # last: writes and chowns drop capabilities
+    if "xattrs" in args:  # last: writes and chowns drop capabilities
         tree.set_xattrs(path, args["xattrs"])
 
 
