@@ -339,7 +339,7 @@ class Scenario:
         if not interval:
             return
         autos = [p for p in self._def.points if p[2] == "auto"]
-        position = self._engine.recorder.max_notification_id() or 0
+        position = self._engine.last_position()
         last = autos[-1][1] if autos else 0
         if position <= last:
             return
@@ -400,7 +400,7 @@ class Scenario:
             # the scan read it; SyncFinished comes after the scan's last event), so
             # the journal's writes and the replica's writes overlap.
             follower = ScanFollower()
-            start = self._engine.recorder.max_notification_id() or 0
+            start = self._engine.last_position()
 
             def replicate() -> None:
                 for name in names:
@@ -435,10 +435,10 @@ class Scenario:
                 except BaseException:
                     follower.finish(None)  # the synchronizer stops; leaving the pool joins it
                     raise
-                follower.finish(self._engine.recorder.max_notification_id() or 0)
+                follower.finish(self._engine.last_position())
                 copying.result()  # the synchronizer's own error, if any
             # A rewind point at every synchronization (R6).
-            end = self._engine.recorder.max_notification_id() or 0
+            end = self._engine.last_position()
             self._engine._scenario_event(
                 self._def, RewindPointSet, name=f"sync-{end}", position=end, kind="sync"
             )
@@ -547,7 +547,7 @@ class Scenario:
         Without running applier threads (scenario stopped) the replicas are
         brought up to date in this thread.
         """
-        target = self._engine.recorder.max_notification_id() or 0
+        target = self._engine.last_position()
         deadline = None if timeout is None else time.monotonic() + timeout
         for name, applier in self._appliers.items():
             if name in self._def.suspended:
@@ -580,7 +580,7 @@ class Scenario:
             self._check_point_name(name)
         if self._watcher is None:
             self.capture()
-        position = self._engine.recorder.max_notification_id() or 0
+        position = self._engine.last_position()
         self._engine._scenario_event(
             self._def, RewindPointSet, name=name, position=position, kind=kind
         )
@@ -861,16 +861,14 @@ class Scenario:
             "replica": replica,
             "suspended": replica in self._def.suspended,
             "applied_position": applier.position(),
-            "journal_position": self._engine.recorder.max_notification_id() or 0,
+            "journal_position": self._engine.last_position(),
             "pending_files": len(pending),
             "pending_bytes": sum(v["bytes"] for v in pending.values()),
             "pending_moved": moved,
             "pending": pending,
         }
         if verify:
-            # Owners only where the replica can be given them (root).
-            owners = applier.tree.owners
-            report["differences"] = compare_trees(self, applier.tree.root, owners=owners)
+            report["differences"] = compare_trees(self, applier.tree)
         return report
 
     # -- statistics -------------------------------------------------------------------------
@@ -878,7 +876,7 @@ class Scenario:
     def statistics(self) -> ScenarioStatistics:
         """Backlog, data amounts and replicated totals (R31)."""
         engine = self._engine
-        journal_position = engine.recorder.max_notification_id() or 0
+        journal_position = engine.last_position()
         roots: dict[str, dict[str, int]] = {}
         with engine.store.read() as txn:
             for index, root in enumerate(self._def.roots):

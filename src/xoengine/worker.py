@@ -24,6 +24,7 @@ from xoengine.events import (
 if TYPE_CHECKING:
     from xoengine.replica import ReplicaApplier
     from xoengine.scenario import Scenario
+    from xoengine.tree import ReplicaTree
 
 
 __all__ = ["ApplierThread", "ScanFollower", "compare_trees"]
@@ -33,12 +34,17 @@ _Seen = tuple[str, int, str, tuple[int, int], dict[str, bytes]]
 target, owner, extended attributes."""
 
 
-def compare_trees(scenario: Scenario, replica_root: str, *, owners: bool = True) -> dict[str, str]:
-    """Hash both trees: path -> what differs (missing, extra, content, kind, mode, owner...)."""
+def compare_trees(scenario: Scenario, replica_tree: ReplicaTree) -> dict[str, str]:
+    """Hash both trees: path -> what differs (missing, extra, content, kind, mode, owner...).
+
+    As far as the replica's tree can hold them: owners where it may give them
+    (root), extended attributes but those it refused (:meth:`ReplicaTree.comparable`).
+    """
     from xoengine.tree import TMP_PREFIX, ReplicaTree  # noqa: PLC0415
     from xoengine.walk import read_xattrs, walk  # noqa: PLC0415
 
-    replica_tree = ReplicaTree(replica_root, fsync=False, create=False)
+    owners = replica_tree.owners
+    replica_root = replica_tree.root
 
     def digest(root: str, prefix: str) -> dict[str, _Seen]:
         out: dict[str, _Seen] = {}

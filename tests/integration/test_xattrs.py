@@ -494,6 +494,10 @@ def test_an_attribute_a_replica_leaves_out_raises_one_alert_per_name(
     ]
     assert "user.ntacl" in alerts()[1].message
     assert read_xattrs(str(tmp_path / "r1" / "doc")) == {}
+    # Told once by the alert, not again as a difference (as for a user's replica).
+    assert sc.difference_report("r1", verify=True)["differences"] == {}
+    report = sc.difference_report("r2", verify=True)
+    assert report["differences"] == {}
     assert read_xattrs(str(tmp_path / "r2" / "doc")) == {
         "user.kept": b"1",
         "user.ntacl": b"B" * 100,
