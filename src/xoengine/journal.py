@@ -374,7 +374,7 @@ class LMDBAggregateRecorder(_LMDBRecorder, AggregateRecorder):
         with self.datastore.read() as txn:
             for version, position in self._stream(txn, originator_id):
                 if stop is not None and position > stop:
-                    continue  # not decoded (an aggregate's versions follow its positions)
+                    continue  # past the bound: not decoded (versions need not follow positions)
                 event, time_ns = self._indexed(txn, prefix, version, position)
                 records.append(
                     JournalRecord(
