@@ -14,11 +14,8 @@ One replica is suspended and resumed at random, and the engine is restarted
 at random; after a restart the start-up synchronization must find nothing to
 send, since the applier already made the replicas exact.
 
-Extended attributes come from a few names and values, so that they collide and
-get removed: ``user.*`` (not on links: Linux refuses), ``trusted.*`` (links
-too), file capabilities (``security.capability``, regular files) and POSIX
-ACLs (an access ACL sets the mode's bits, a chmod its mask; a default ACL on a
-directory is inherited by what is created in it). A write, a truncation or a
+Extended attributes come from ``xattr_values`` (a few names and values, so
+that they collide and get removed). A write, a truncation or a
 chown makes the kernel drop a capability, so the content rules and chown pick
 a file that has one half the time.
 

@@ -20,11 +20,8 @@ extended attributes, link targets). Then, for every recorded point:
 (d) ``Engine.history`` of every path puts the right identity there, with the
     right extended attributes, at every point.
 
-Extended attributes come from a few names and values, so that they collide and
-get removed: ``user.*`` (not on links: Linux refuses), ``trusted.*`` (links
-too), file capabilities (``security.capability``, regular files) and POSIX
-ACLs (an access ACL sets the mode's bits, a chmod its mask; a default ACL on a
-directory is inherited by what is created in it). A write, a truncation or a
+Extended attributes come from ``xattr_values`` (a few names and values, so
+that they collide and get removed). A write, a truncation or a
 chown makes the kernel drop a capability, so those operations pick a file that
 has one half the time: rewinding across them must give the capability back.
 

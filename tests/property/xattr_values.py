@@ -1,7 +1,11 @@
 """Extended attributes the property tests set at random: names per kind and their values.
 
-Shared by the replication and rewind properties (a sibling module, as
-``tests/faults`` shares ``journal_probe``).
+A few names and values, so that they collide and get removed: ``user.*``
+(not on links: Linux refuses), ``trusted.*`` (links too), file capabilities
+(``security.capability``, regular files) and POSIX ACLs (an access ACL sets
+the mode's bits, a chmod its mask; a default ACL on a directory is inherited
+by what is created in it). Shared by the replication and rewind properties (a
+sibling module, as ``tests/faults`` shares ``journal_probe``).
 """
 
 from __future__ import annotations
