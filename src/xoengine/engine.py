@@ -251,6 +251,9 @@ class Engine:
             # replicas: a second writer process would act on a journal it has not read.
             try:
                 self.store.claim_writer()
+                # A journal of an older xoengine: its topic index covers only what
+                # was appended since (once, then the open's own scans use it).
+                self.recorder.index_topics()
             except BaseException:
                 self.app.close()
                 raise

@@ -16,9 +16,10 @@ are read, and each file is written once, in one open.
 
 Questions about some paths (the replay of a file or subtree, ``history``,
 ``contents``) fold only the events that make, move or end paths
-(:data:`PATH_EVENTS`) over the whole journal, then read the events of the
-identities they need by identity (the journal's stream index): their memory
-follows the tree's shape and the answer, not the journal's length.
+(:data:`PATH_EVENTS`, found by the journal's topic index), then read the
+events of the identities they need by identity (the journal's stream index):
+their time and memory follow the tree's shape and the answer, not the
+journal's length.
 """
 
 from __future__ import annotations

@@ -17,7 +17,8 @@ as ``MYAPP_LMDB_PATH``). Without ``TRANSCODER_TOPIC`` events are msgpack
 
 Layout (see docs/journal-format.md): per application prefix ``P`` the
 sub-databases ``P.events`` (position -> frame), ``P.events.streams``
-((originator, version) -> position), ``P.snapshots`` and ``P.snapshots.streams``
+((originator, version) -> position), ``P.events.topics`` ((topic key, position),
+for reads of some topics), ``P.snapshots`` and ``P.snapshots.streams``
 for the snapshot store, ``P.tracking`` (upstream name -> last position), and
 one shared ``blobs`` table (content id -> frame). Positions are gapless and in
 commit order because they are assigned inside LMDB's single write transaction.
@@ -25,6 +26,7 @@ commit order because they are assigned inside LMDB's single write transaction.
 
 from __future__ import annotations
 
+import heapq
 import itertools
 import threading
 import time
@@ -70,11 +72,15 @@ from xoengine.record import (
     decode_event,
     decode_event_of,
     decode_position,
+    decode_topic,
+    decode_topic_entry,
     encode_events,
     encode_position,
+    encode_topic_entries,
     oid_prefix,
     oid_prefixes,
     stream_key,
+    topic_key,
 )
 from xoengine.streamindex import MARKER_KEY, MERGE_AT, StreamEntries, StreamTail, frame_marker
 
@@ -102,6 +108,10 @@ __all__ = [
 ]
 
 META_TABLE: Final = "meta"
+TOPICS_KEY: Final = b"topics"
+"""The key, in ``P.events.indexed``, of the first position the topic index holds."""
+TOPICS_CHUNK: Final = 50_000
+"""Events indexed per transaction when :meth:`LMDBApplicationRecorder.index_topics` catches up."""
 
 
 @dataclass(frozen=True)
@@ -277,6 +287,7 @@ class LMDBAggregateRecorder(_LMDBRecorder, AggregateRecorder):
         encoded = encode_events(top + 1, stored_events, prefixes, time_ns)
         txn.append_many(self.events_table, encoded)
         if stored_events:
+            self._placed(txn, top + 1, stored_events)
             pkeys = [pkey for pkey, _ in encoded]
             # The tail keeps the range: the list goes back to the caller, who may change it.
             batch = StreamEntries(keys, pkeys, prefixes, versions, placed)
@@ -286,6 +297,9 @@ class LMDBAggregateRecorder(_LMDBRecorder, AggregateRecorder):
         if inline is not None:
             inline(txn, positions)
         return positions
+
+    def _placed(self, txn: WriteTxn, first: int, stored_events: Sequence[StoredEvent]) -> None:
+        """Hook: index ``stored_events``, placed from position ``first``, in the same write."""
 
     def _index(
         self,
@@ -440,7 +454,87 @@ class LMDBAggregateRecorder(_LMDBRecorder, AggregateRecorder):
 
 
 class LMDBApplicationRecorder(LMDBAggregateRecorder, ApplicationRecorder):
-    """Aggregate recorder whose positions are the application's notification ids."""
+    """Aggregate recorder whose positions are the application's notification ids.
+
+    Beside the stream index it keeps a topic index, ``P.events.topics``, written
+    with each append: per topic key (:func:`~xoengine.record.topic_key`), the
+    positions of its events in that append. A read of some topics
+    (``select_notifications``, :meth:`records`) walks their entries and reads
+    only their events.
+    """
+
+    def __init__(self, datastore: Store, **kwargs: Any) -> None:
+        """As :class:`LMDBAggregateRecorder`; the topic index is ``<events table>.topics``."""
+        super().__init__(datastore, **kwargs)
+        self.topics_table = self.events_table + ".topics"
+        self._topics_marked = False  # the first indexed position is stored (it never goes)
+
+    def _tables(self) -> tuple[str, ...]:
+        return (*super()._tables(), self.topics_table)
+
+    def _placed(self, txn: WriteTxn, first: int, stored_events: Sequence[StoredEvent]) -> None:
+        if not self._topics_marked:
+            if self._topics_from(txn) is None:
+                # A new journal indexes from its first event; an older one from its first
+                # append since (index_topics() catches up with the events before it).
+                txn.put(self.marker_table, TOPICS_KEY, codec.frame(TOPICS_KEY, POS.pack(first)))
+            txn.on_commit(self._topics_stored)
+        entries = encode_topic_entries(first, [event.topic for event in stored_events])
+        if len(entries) == 1:
+            txn.put(self.topics_table, *entries[0])
+        else:
+            txn.put_many(self.topics_table, entries)
+
+    def _topics_stored(self) -> None:
+        self._topics_marked = True
+
+    def _topics_from(self, txn: ReadTxn) -> int | None:
+        """The first position the topic index holds in ``txn`` (None: it holds none)."""
+        # The index first: a table opened after this read began renews its snapshot.
+        txn.count(self.topics_table)
+        value = txn.get(self.marker_table, TOPICS_KEY)
+        if value is None:
+            return None
+        body = codec.unframe(TOPICS_KEY, value, where=self.marker_table, position="topics")
+        return decode_position(bytes(body))
+
+    def index_topics(self) -> int:
+        """Index the topics of the events written before the topic index existed.
+
+        A journal written by an older xoengine has its topic index begin at its
+        first append since. This walks back from there, :data:`TOPICS_CHUNK`
+        events per transaction (each moves the first indexed position down, so
+        an interrupted run goes on where it stopped), and returns how many
+        events it indexed. :class:`xoengine.Engine` calls it when it opens a
+        journal writable. Nothing to do on a read-only journal: readers scan the
+        events below the index.
+        """
+        if self.datastore.readonly or self.datastore.closed:
+            return 0
+        indexed = 0
+        while step := self.datastore.write(self._index_older):
+            indexed += step
+        return indexed
+
+    def _index_older(self, txn: WriteTxn) -> int:
+        """Index up to :data:`TOPICS_CHUNK` events below the topic index's first position."""
+        start = self._topics_from(txn)
+        if start is None:
+            last = txn.last(self.events_table)
+            start = decode_position(last[0]) + 1 if last else 1
+        low = max(1, start - TOPICS_CHUNK)
+        if low >= start:
+            return 0
+        topics = []
+        for key, value in txn.items(self.events_table, POS.pack(low)):
+            if decode_position(key) >= start:
+                break
+            topics.append(decode_topic(key, value, self.events_table))
+        if len(topics) != start - low:
+            raise FrameError(position=low, detail="positions below the topic index have gaps")
+        txn.put_many(self.topics_table, encode_topic_entries(low, topics))
+        txn.put(self.marker_table, TOPICS_KEY, codec.frame(TOPICS_KEY, POS.pack(low)))
+        return len(topics)
 
     def insert_events(
         self, stored_events: Sequence[StoredEvent], **kwargs: Any
@@ -481,31 +575,11 @@ class LMDBApplicationRecorder(LMDBAggregateRecorder, ApplicationRecorder):
     def _scan(
         self, first: int, stop: int | None, topics: Sequence[str], limit: int | None, *, timed: bool
     ) -> Iterator[Notification]:
-        wanted = set(topics)
-        count = 0
         if limit is not None and limit <= 0:
             return
-        expected = first
+        count = 0
         with self.datastore.read() as txn:
-            for key, value in txn.items(self.events_table, encode_position(first)):
-                # Positions are gapless: anything but the next one is damage, never
-                # a silent jump over missing records.
-                if key != encode_position(expected):
-                    raise FrameError(
-                        position=expected,
-                        detail=f"expected position {expected}, found key {bytes(key).hex()}",
-                    )
-                position = expected
-                expected += 1
-                if stop is not None and position > stop:
-                    return
-                if wanted:
-                    decoded = decode_event_of(key, value, self.events_table, wanted)
-                    if decoded is None:
-                        continue  # another topic: verified, not made
-                    event, time_ns = decoded
-                else:
-                    event, time_ns = decode_event(key, value, self.events_table)
+            for position, event, time_ns in self._events(txn, first, stop, set(topics)):
                 if timed:
                     yield JournalRecord(
                         id=position,
@@ -526,6 +600,82 @@ class LMDBApplicationRecorder(LMDBAggregateRecorder, ApplicationRecorder):
                 count += 1
                 if limit is not None and count >= limit:
                     return
+
+    def _events(
+        self, txn: ReadTxn, first: int, stop: int | None, wanted: set[str]
+    ) -> Iterator[tuple[int, StoredEvent, int]]:
+        """``(position, event, time label)`` from ``first`` up to ``stop``, of ``wanted`` topics.
+
+        Every topic (``wanted`` empty): every frame. Some: the frames below the
+        topic index, then the index's entries of those topics.
+        """
+        indexed = self._topics_from(txn) if wanted else None
+        if indexed is None:
+            yield from self._frames(txn, first, stop, wanted)
+            return
+        if first < indexed:
+            below = indexed - 1 if stop is None else min(stop, indexed - 1)
+            yield from self._frames(txn, first, below, wanted)
+        yield from self._by_topic(txn, max(first, indexed), stop, wanted)
+
+    def _frames(
+        self, txn: ReadTxn, first: int, stop: int | None, wanted: set[str]
+    ) -> Iterator[tuple[int, StoredEvent, int]]:
+        """Every frame from ``first`` up to ``stop`` verified; the events of ``wanted`` made."""
+        expected = first
+        for key, value in txn.items(self.events_table, encode_position(first)):
+            # Positions are gapless: anything but the next one is damage, never
+            # a silent jump over missing records.
+            if key != encode_position(expected):
+                raise FrameError(
+                    position=expected,
+                    detail=f"expected position {expected}, found key {bytes(key).hex()}",
+                )
+            position = expected
+            expected += 1
+            if stop is not None and position > stop:
+                return
+            if wanted:
+                decoded = decode_event_of(key, value, self.events_table, wanted)
+                if decoded is None:
+                    continue  # another topic: verified, not made
+                yield position, *decoded
+            else:
+                yield position, *decode_event(key, value, self.events_table)
+
+    def _by_topic(
+        self, txn: ReadTxn, first: int, stop: int | None, wanted: set[str]
+    ) -> Iterator[tuple[int, StoredEvent, int]]:
+        """The events of ``wanted`` topics from ``first`` up to ``stop``, by the topic index."""
+        walks = [
+            self._topic_walk(txn, tkey, first, stop) for tkey in {topic_key(t) for t in wanted}
+        ]
+        for position, tkey in heapq.merge(*walks):
+            pkey = encode_position(position)
+            value = txn.get(self.events_table, pkey)
+            if value is None:
+                raise FrameError(position=position, detail="topic index points at no event")
+            event, time_ns = decode_event(pkey, value, self.events_table)
+            if topic_key(event.topic) != tkey:
+                raise FrameError(position=position, detail="topic index and event disagree")
+            if event.topic in wanted:  # else another topic with the same key
+                yield position, event, time_ns
+
+    def _topic_walk(
+        self, txn: ReadTxn, tkey: bytes, first: int, stop: int | None
+    ) -> Iterator[tuple[int, bytes]]:
+        """``(position, topic key)`` of one topic key's events from ``first`` up to ``stop``."""
+        start = tkey + POS.pack(first)
+        # The entry that holds ``first`` may begin below it.
+        for key, _ in txn.items(self.topics_table, start, reverse=True, prefix=tkey):
+            start = key
+            break
+        for key, value in txn.items(self.topics_table, start, prefix=tkey):
+            for position in decode_topic_entry(key, value, self.topics_table)[1]:
+                if stop is not None and position > stop:
+                    return
+                if position >= first:
+                    yield position, tkey
 
     def time_of(self, position: int) -> int:
         """The time label (UTC ns) of ``position`` (KeyError if there is no such position)."""
@@ -823,6 +973,8 @@ def _table_kind(name: str) -> str:
         return "streams"
     if name.endswith(".indexed"):
         return "marker"
+    if name.endswith(".topics"):
+        return "topics"
     if name.endswith(".tracking"):
         return "tracking"
     if name.endswith((".events", ".snapshots")):
@@ -835,8 +987,9 @@ def verify(store: Store) -> VerifyReport:
 
     Checks: each frame's checksum and format version; each event body decodes;
     positions in an events table are gapless from 1; each stream index entry
-    points at an event with the same originator and version; a merge marker
-    is not beyond the last event; each blob's bytes
+    points at an event with the same originator and version; each topic index
+    entry at an event of its topic, and the index holds every event from its
+    first position; a marker is not beyond the last event; each blob's bytes
     match its content id. Damage is collected (never raised) so one bad record
     does not hide the others.
     """
@@ -853,11 +1006,14 @@ def verify(store: Store) -> VerifyReport:
             kind = _table_kind(name)
             if kind == "catalog":
                 continue
-            count = 0
+            count = named = 0  # named: the events the topic index's entries name
             for key, value in txn.items(name):
                 count += 1
                 try:
-                    _verify_record(store, txn, kind, name, key, value, count)
+                    if kind == "topics":
+                        named += _verify_topic_entry(txn, name, key, value)
+                    else:
+                        _verify_record(store, txn, kind, name, key, value, count)
                 except (FrameError, KeyError, ValueError) as e:
                     where = (
                         decode_position(key) if kind == "events" and len(key) == 8 else key.hex()
@@ -865,6 +1021,8 @@ def verify(store: Store) -> VerifyReport:
                     note(name, where, e)
             counts[name] = count
             total += count
+            if kind == "topics" and (why := _topics_missing(txn, name, named)) is not None:
+                note(name, "count", FrameError(position="topics", detail=why))
     return VerifyReport(tables=counts, records=total, damage=tuple(damage))
 
 
@@ -882,7 +1040,7 @@ def _verify_record(
         events_table = name.removesuffix(".indexed")
         last = txn.last(events_table)
         if decode_position(bytes(body)) > (decode_position(last[0]) if last else 0):
-            raise FrameError(position="marker", detail="merge marker beyond the last event")
+            raise FrameError(position="marker", detail=f"marker {key!r} beyond the last event")
     elif kind == "tracking":
         _decode_tracking(key, value, name)
     elif kind == "blobs":
@@ -899,6 +1057,42 @@ def _verify_stream_entry(txn: ReadTxn, name: str, key: bytes, value: bytes) -> N
     event, _ = decode_event(value, event_value, events_table)
     if stream_key(event.originator_id, event.originator_version) != key:
         raise FrameError(position=decode_position(value), detail="stream index and event disagree")
+
+
+def _verify_topic_entry(txn: ReadTxn, name: str, key: bytes, value: bytes) -> int:
+    """Check one topic index entry; the number of events it names."""
+    events_table = name.removesuffix(".topics")
+    tkey, positions = decode_topic_entry(key, value, name)
+    for position in positions:
+        pkey = encode_position(position)
+        event_value = txn.get(events_table, pkey)
+        if event_value is None:
+            raise FrameError(position=position, detail="topic index points at no event")
+        if topic_key(decode_topic(pkey, event_value, events_table)) != tkey:
+            raise FrameError(position=position, detail="topic index and event disagree")
+    return len(positions)
+
+
+def _topics_missing(txn: ReadTxn, name: str, named: int) -> str | None:
+    """Why the topic index ``name``, whose entries name ``named`` events, misses some.
+
+    None when it misses none: each entry was checked to name events of its own
+    topic key, and an event has one topic, so an index that holds every event
+    from its first position names as many as there are from there.
+    """
+    events_table = name.removesuffix(".topics")
+    value = txn.get(events_table + ".indexed", TOPICS_KEY)
+    last = txn.last(events_table)
+    end = decode_position(last[0]) if last else 0
+    if value is None:
+        return None if named == 0 else f"{named} events named but no first position"
+    try:
+        body = codec.unframe(TOPICS_KEY, value, where=name, position="topics")
+        start = decode_position(bytes(body))
+    except FrameError as e:
+        return str(e)
+    expected = max(0, end - start + 1)
+    return None if named == expected else f"{named} events named of {expected} from {start}"
 
 
 def applications(store: Store) -> list[str]:

@@ -9,6 +9,8 @@ documented in docs/journal-format.md.
 from __future__ import annotations
 
 import datetime as dt
+import functools
+import itertools
 import struct
 import uuid
 from typing import TYPE_CHECKING, Any, Final
@@ -29,11 +31,15 @@ __all__ = [
     "decode_event_of",
     "decode_position",
     "decode_stream_key",
+    "decode_topic",
+    "decode_topic_entry",
     "encode_events",
     "encode_position",
+    "encode_topic_entries",
     "oid_prefix",
     "oid_prefixes",
     "stream_key",
+    "topic_key",
 ]
 
 POS: Final = struct.Struct(">Q")
@@ -71,6 +77,57 @@ def oid_prefix(originator_id: uuid.UUID | str) -> bytes:
 def stream_key(originator_id: uuid.UUID | str, version: int) -> bytes:
     """The key of one event in a stream index: prefix, then ``version + 2**63``."""
     return oid_prefix(originator_id) + POS.pack(version + VERSION_OFFSET)
+
+
+@functools.lru_cache(maxsize=4096)
+def topic_key(topic: str) -> bytes:
+    """The 8-byte prefix of a topic's entries in the topic index: xxh3-64 of its UTF-8.
+
+    Two topics may share it: a reader checks each event's own topic.
+    """
+    return POS.pack(codec.digest64(topic.encode("utf-8", "surrogateescape")))
+
+
+TOPIC_RUN_MAX: Final = 1024
+"""Positions one topic index entry holds at most."""
+
+
+def encode_topic_entries(first: int, topics: Sequence[str]) -> list[tuple[bytes, bytes]]:
+    """The topic index entries of events of ``topics`` placed from position ``first``.
+
+    One entry per topic key and run of up to :data:`TOPIC_RUN_MAX` positions, in
+    key order: the key is the topic key and the run's first position, the value
+    the frame of the run's positions (8 bytes big-endian each, ascending).
+    """
+    if len(topics) == 1:  # a plain append of one event: the common case
+        key = topic_key(topics[0]) + POS.pack(first)
+        return [(key, codec.frame(key, POS.pack(first)))]
+    runs: dict[bytes, list[int]] = {}
+    for position, topic in enumerate(topics, first):
+        runs.setdefault(topic_key(topic), []).append(position)
+    entries = []
+    for tkey, positions in runs.items():
+        for low in range(0, len(positions), TOPIC_RUN_MAX):
+            run = positions[low : low + TOPIC_RUN_MAX]
+            key = tkey + POS.pack(run[0])
+            entries.append((key, struct.pack(f">{len(run)}Q", *run)))
+    entries.sort()
+    return codec.frame_many(entries)
+
+
+def decode_topic_entry(key: bytes, value: bytes, table: str) -> tuple[bytes, tuple[int, ...]]:
+    """The topic key and the positions of a topic index entry, checked (coded errors)."""
+    where = bytes(key).hex()
+    body = bytes(codec.unframe(key, value, where=table, position=where))
+    count, rest = divmod(len(body), POS.size)
+    if len(key) != 16 or rest or not count:
+        raise FrameError(position=where, detail="not a topic index entry")
+    positions = struct.unpack(f">{count}Q", body)
+    if positions[0] != POS.unpack_from(key, 8)[0] or any(
+        a >= b for a, b in itertools.pairwise(positions)
+    ):
+        raise FrameError(position=where, detail="a topic index entry out of order")
+    return bytes(key[:8]), positions
 
 
 def oid_prefixes(events: Sequence[StoredEvent]) -> list[bytes]:
@@ -116,6 +173,14 @@ def _record(key: bytes, value: bytes, table: str) -> tuple[int | str, Any]:
 def decode_event(key: bytes, value: bytes, table: str) -> tuple[StoredEvent, int]:
     """The verified event and time label of a frame (coded errors for damage)."""
     return _event(*_record(key, value, table))
+
+
+def decode_topic(key: bytes, value: bytes, table: str) -> str:
+    """The topic of a frame's event, the frame verified (for indexing without making events)."""
+    position, record = _record(key, value, table)
+    if type(record) is list and len(record) == 6 and type(record[3]) is str:
+        return record[3]
+    return _event(position, record)[0].topic
 
 
 def decode_event_of(

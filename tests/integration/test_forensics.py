@@ -33,6 +33,7 @@ import pytest
 import xoengine.forensic as forensic_module
 import xoengine.journal as journal_module
 from xoengine.cli import main
+from xoengine.datastore import open_store
 from xoengine.engine import Engine, Scenario
 from xoengine.errors import (
     ConfigurationError,
@@ -197,6 +198,44 @@ def test_replay_from_readonly_copy_rebuilds_every_point(
         result = ro.replay("fx", to=out, position=position)
         assert result.position == position
         assert snapshot(out) == world.trees[name], name
+
+
+def test_a_journal_older_than_the_topic_index_answers_the_same(
+    world: World, ro: Engine, tmp_path: Path
+) -> None:
+    """Read-only it is scanned; the first writable open indexes it, and it answers the same."""
+    journal = tmp_path / "state" / "journal"
+    journal.mkdir(parents=True)
+    (journal / "data.mdb").write_bytes((world.copy / "data.mdb").read_bytes())
+    store = open_store(str(journal), durability="nosync")
+    (prefix,) = journal_module.applications(store)
+    recorder = journal_module.LMDBApplicationRecorder(store, prefix=prefix)
+    recorder.create_table()
+
+    def forget(txn: Any) -> None:  # what a journal of an xoengine before the topic index holds
+        txn.drop(recorder.topics_table)
+        txn.delete(recorder.marker_table, journal_module.TOPICS_KEY)
+
+    store.write(forget)
+    store.close()
+    end = world.points["end"]
+    expected_history = ro.history("fx", world.history_path)
+    expected_diff = ro.diff("fx", world.points["start"], end)
+    for readonly in (True, False):
+        with Engine.open(tmp_path / "state", readonly=readonly) as eng:
+            with eng.store.read() as txn:
+                indexed_from = eng.recorder._topics_from(txn)
+            assert indexed_from == (None if readonly else 1)
+            for name, position in world.points.items():
+                out = tmp_path / f"{readonly}-{name}"
+                eng.replay("fx", to=out, position=position)
+                assert snapshot(out) == world.trees[name], name
+            assert eng.history("fx", world.history_path) == expected_history
+            assert eng.diff("fx", world.points["start"], end) == expected_diff
+            report = journal_module.verify(eng.store)
+            assert report.ok, report.damage
+            # verify counted the events the entries name against those from the first.
+            assert (report.tables.get(eng.recorder.topics_table, 0) == 0) == readonly
 
 
 def test_a_long_journal_is_replayed_one_identity_at_a_time(

@@ -207,6 +207,62 @@ def test_journal_verify_reports_damage_by_position(tmp_path: Path) -> None:
         store.close()
 
 
+@pytest.mark.parametrize(
+    ("harm", "detail"),
+    [
+        ("drop an entry", "2 events named of 3 from 1"),
+        ("move a position to another topic", "topic index and event disagree"),
+        ("point past the last event", "topic index points at no event"),
+        ("flip a bit", "Checksum mismatch"),
+    ],
+)
+def test_verify_and_topic_reads_catch_a_damaged_topic_index(
+    tmp_path: Path, harm: str, detail: str
+) -> None:
+    from xoengine.record import topic_key  # noqa: PLC0415
+
+    store = open_store(tmp_path, durability="nosync")
+    recorder = LMDBApplicationRecorder(store)
+    recorder.create_table()
+    oid = uuid.uuid4()
+    recorder.insert_events(
+        [StoredEvent(oid, 1, "a", b""), StoredEvent(oid, 2, "b", b""), StoredEvent(oid, 3, "a", b"")]
+    )
+    table = "default.events.topics"
+
+    def entry(topic: str, *positions: int) -> tuple[bytes, bytes]:
+        key = topic_key(topic) + positions[0].to_bytes(8, "big")
+        return key, codec.frame(key, b"".join(p.to_bytes(8, "big") for p in positions))
+
+    def damage(txn):  # type: ignore[no-untyped-def]
+        assert txn.get(table, entry("a", 1, 3)[0]) == entry("a", 1, 3)[1]  # one entry: 1 and 3
+        if harm == "drop an entry":
+            txn.delete(table, entry("b", 2)[0])
+        elif harm == "move a position to another topic":
+            txn.put(table, *entry("a", 1))
+            txn.put(table, *entry("b", 3))
+        elif harm == "point past the last event":
+            txn.put(table, *entry("a", 1, 3, 9))
+        else:
+            key, value = entry("a", 1, 3)
+            txn.put(table, key, value[:-1] + bytes([value[-1] ^ 1]))
+
+    store.write(damage)
+    try:
+        report = verify(store)
+        assert detail in " ".join(d.message for d in report.damage if d.table == table)
+        if harm == "drop an entry":
+            # Only verify can tell: the entry is simply not there.
+            assert recorder.select_notifications(None, 10, topics=["b"]) == []
+        else:
+            with pytest.raises(FrameError, match=detail):
+                recorder.select_notifications(None, 10, topics=["a", "b"])
+        # A read of every topic does not use the index.
+        assert [n.id for n in recorder.select_notifications(None, 10)] == [1, 2, 3]
+    finally:
+        store.close()
+
+
 def test_journal_time_labels_are_monotonic(tmp_path: Path) -> None:
     store = open_store(tmp_path, durability="nosync")
     try:

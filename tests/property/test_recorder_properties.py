@@ -6,17 +6,20 @@ both recorders get the same calls and must give the same answers and errors.
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import tempfile
 import uuid
+from unittest import mock
 
 from eventsourcing.persistence import IntegrityError, StoredEvent, Tracking
 from eventsourcing.popo import POPOProcessRecorder
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from xoengine import journal, record
 from xoengine.datastore import open_store
-from xoengine.journal import LMDBProcessRecorder
+from xoengine.journal import LMDBProcessRecorder, verify
 
 ORIGINATORS = [uuid.UUID(int=i + 1) for i in range(3)] + ["name-a", "name-b\udce9"]
 TOPICS = ["t1", "t2", "t3"]
@@ -55,33 +58,80 @@ def _outcome(fn):  # type: ignore[no-untyped-def]
         return ("integrity", None)
 
 
+_topic_key = record.topic_key
+
+
+def _collide(topic: str) -> bytes:
+    """A topic key under which t1 and t2 share their entries (a hash collision)."""
+    return _topic_key("t1" if topic == "t2" else topic)
+
+
+def _forget_topic_index(store, recorder) -> None:  # type: ignore[no-untyped-def]
+    """Make the journal look written by an xoengine older than the topic index."""
+
+    def work(txn) -> None:  # type: ignore[no-untyped-def]
+        txn.drop(recorder.topics_table)
+        txn.delete(recorder.marker_table, journal.TOPICS_KEY)
+
+    store.write(work)
+
+
 @given(
     batches,
     st.lists(queries, max_size=8),
     st.lists(note_queries, max_size=8),
     st.sampled_from([1, 2, 3, 7, 10**6]),
     st.booleans(),
+    st.none() | st.integers(min_value=0, max_value=12),
+    st.sampled_from(["leave", "catch up", "catch up in steps"]),
+    st.booleans(),
 )
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-def test_recorder_matches_popo(batch_list, event_queries, notification_queries, merge_at, second) -> None:  # type: ignore[no-untyped-def]
+def test_recorder_matches_popo(  # type: ignore[no-untyped-def]
+    batch_list, event_queries, notification_queries, merge_at, second, older, upgrade, collide
+) -> None:
     # merge_at: how many events wait above the merge marker (in memory) before their
     # stream entries go into the sorted index; 1 is a plain index. With ``second``
     # the queries go through another recorder on the same store, which builds its
     # view of the unmerged events by scanning the journal instead of being told.
+    # ``older``: the first batches were written before the topic index existed (it
+    # begins at the next append), then ``upgrade`` leaves the events before it to
+    # scans or indexes them (in steps: TOPICS_CHUNK 2 events per step, and two
+    # positions per entry at most, for the appends too). ``collide``: two
+    # topics share a topic key.
     path = tempfile.mkdtemp(prefix="xo-prop-")
     store = open_store(path, durability="nosync")
+    patches = contextlib.ExitStack()
+    if collide:
+        patches.enter_context(mock.patch.object(journal, "topic_key", _collide))
+        patches.enter_context(mock.patch.object(record, "topic_key", _collide))
+    if upgrade == "catch up in steps":
+        patches.enter_context(mock.patch.object(journal, "TOPICS_CHUNK", 2))
+        patches.enter_context(mock.patch.object(record, "TOPIC_RUN_MAX", 2))
     try:
+        patches.__enter__()
         ours = LMDBProcessRecorder(store, merge_at=merge_at)
         ours.create_table()
         reader = LMDBProcessRecorder(store) if second else ours
         model = POPOProcessRecorder()
-        for batch, tracking_id in batch_list:
+        unindexed = 0  # events written "before the topic index existed"
+        for i, (batch, tracking_id) in enumerate(batch_list):
+            if i == older:
+                unindexed = ours.max_notification_id() or 0
+                _forget_topic_index(store, ours)
+                ours = LMDBProcessRecorder(store, merge_at=merge_at)  # as a new process
+                reader = LMDBProcessRecorder(store) if second else ours
             tracking = Tracking("up", tracking_id) if tracking_id is not None else None
             got = _outcome(lambda: ours.insert_events(batch, tracking=tracking))
             want = _outcome(lambda: model.insert_events(batch, tracking=tracking))
             assert got == want, (batch, tracking)
             assert ours.max_tracking_id("up") == model.max_tracking_id("up")
         assert ours.max_notification_id() == model.max_notification_id()
+        if older is not None and upgrade != "leave":
+            assert ours.index_topics() == unindexed
+            assert ours.index_topics() == 0  # caught up
+        report = verify(store)
+        assert report.ok, report.damage
         for oid, gt, lte, desc, limit in event_queries:
             # POPO keeps insertion order within a stream; the contract (and SQLite) is
             # version order, so the reference is derived from POPO's full stream.
@@ -114,5 +164,6 @@ def test_recorder_matches_popo(batch_list, event_queries, notification_queries, 
         everything = ours.select_notifications(None, 10_000)
         assert [n.id for n in everything] == list(range(1, len(everything) + 1))
     finally:
+        patches.close()
         store.close()
         shutil.rmtree(path, ignore_errors=True)
