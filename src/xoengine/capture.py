@@ -27,6 +27,7 @@ rule) is ``xoengine.masterstate``; its names are re-exported here.
 from __future__ import annotations
 
 import contextlib
+import functools
 import mmap
 import os
 import stat
@@ -52,8 +53,10 @@ from xoengine.events import (
     FileEvent,
     FileRenamed,
     MetadataChanged,
+    RootChanged,
     XattrsChanged,
     new_id,
+    root_stream,
 )
 from xoengine.manifest import FileState
 from xoengine.masterstate import (
@@ -153,7 +156,7 @@ class CaptureResult:
 class _Pending:
     """One event waiting for its blobs: ``make(blob_ids)`` builds it once they are stored."""
 
-    make: Callable[[list[bytes]], FileEvent]
+    make: Callable[[list[bytes]], FileEvent | RootChanged]
     blobs: list[bytes | memoryview]
     derived: bytes | None = None
     """The packed new block map of a ContentReplaced (not in the event; see MasterState.fold)."""
@@ -164,6 +167,8 @@ class Capture:
 
     ``append(events, inline)`` appends domain events in one transaction and runs
     ``inline(txn, positions)`` in it; the engine wires it to the journal.
+    ``roots()`` gives the last :class:`RootChanged` the journal holds for each
+    root of the scenario (by name); each pass compares every root with it.
     """
 
     def __init__(
@@ -173,10 +178,13 @@ class Capture:
         state: MasterState,
         store: Store,
         blobs: BlobTable,
-        append: Callable[[Sequence[FileEvent], Callable[[WriteTxn, list[int]], None]], list[int]],
+        append: Callable[
+            [Sequence[FileEvent | RootChanged], Callable[[WriteTxn, list[int]], None]], list[int]
+        ],
         *,
         include: Sequence[str] = (),
         exclude: Sequence[str] = (),
+        roots: Callable[[], dict[str, RootChanged]] = dict,
     ) -> None:
         """Capture ``scenario`` (its master roots in ``layout``) into the journal."""
         self.scenario = scenario
@@ -192,6 +200,9 @@ class Capture:
         self._pending: list[_Pending] = []
         self._chunk: bytearray | None = None  # the streaming read buffer, reused
         self._known: dict[str, FileState] | None = None  # decoded master state, see _collect
+        self._read_roots = roots
+        # Root name -> (version, mode, owner, attributes) journaled last (None: not read yet).
+        self._roots: dict[str, tuple[int, int, list[int], dict[str, bytes]]] | None = None
         self._pending_bytes = 0
         self._versions: dict[uuid.UUID, int] = {}
         self._result = CaptureResult()
@@ -227,8 +238,12 @@ class Capture:
                 if progress is not None:
                     progress.walked()
                 self._diff(walked, known)
+                self._check_roots()
                 self._flush()
                 self._committer.finish()
+            except BaseException:
+                self._roots = None  # what was queued may not be in the journal
+                raise
             finally:
                 self._committer.close()
                 self._committer = None
@@ -271,6 +286,44 @@ class Capture:
                 self._walk_into(walked, os.path.join(root, rel), layout.prefix(index) + rel + "/")
         self._widen_for_moves(walked, known)
         return walked, known
+
+    def _check_roots(self) -> None:
+        """Journal each master root whose own mode, owner or attributes moved, or first seen.
+
+        Every pass, scoped ones too: a root is one stat and one read of its
+        attributes, and its own changes come to no scope.
+        """
+        if self._roots is None:
+            self._roots = {
+                name: (e.originator_version, e.mode, list(e.owner), dict(e.xattrs))
+                for name, e in self._read_roots().items()
+            }
+        for index, root in enumerate(self.layout.roots):
+            name = self.layout.prefix(index).rstrip("/")
+            real = os.path.realpath(root)  # the directory itself, if given as a link to it
+            try:
+                st = os.stat(real)
+                xattrs = read_xattrs(real)
+            except OSError:
+                continue  # gone or unreadable: the walk says so
+            seen = (stat.S_IMODE(st.st_mode), [st.st_uid, st.st_gid], xattrs)
+            known = self._roots.get(name)
+            if known is not None and known[1:] == seen:
+                continue
+            version = (known[0] if known is not None else 0) + 1
+            event = RootChanged(
+                originator_id=root_stream(self.scenario, name),
+                originator_version=version,
+                timestamp=RootChanged.create_timestamp(),
+                scenario=self.scenario,
+                root=name,
+                mode=seen[0],
+                owner=seen[1],
+                xattrs=xattrs,
+            )
+            self._queue(functools.partial(_made, event), [])
+            self._roots[name] = (version, *seen)
+            self._result.metadata += 1
 
     def _widen_for_moves(self, walked: dict[str, Entry], known: dict[str, FileState]) -> None:
         """Bring a moved path's old name into a scoped pass (its notification may be lost)."""
@@ -923,7 +976,7 @@ class Capture:
 
     def _queue(
         self,
-        make: Callable[[list[bytes]], FileEvent],
+        make: Callable[[list[bytes]], FileEvent | RootChanged],
         data: list[bytes | memoryview],
         derived: bytes | None = None,
     ) -> None:
@@ -963,7 +1016,7 @@ class Capture:
             size = sum(len(d) for d in flat)
             self.store.reserve(size + size // 8 + (1 << 20))
             ids = self.store.write(lambda txn: [self.blobs.put(txn, d) for d in flat])
-        events: list[FileEvent] = []
+        events: list[FileEvent | RootChanged] = []
         cursor = 0
         for item in pending:
             n = len(item.blobs)
@@ -972,7 +1025,8 @@ class Capture:
 
         def fold(txn: WriteTxn, _positions: list[int]) -> None:
             for event, item in zip(events, pending, strict=True):
-                self.state.fold(txn, event, item.derived)
+                if isinstance(event, FileEvent):  # a root is not in the master state
+                    self.state.fold(txn, event, item.derived)
 
         positions = self._append(events, fold)
         result = self._result
@@ -1031,6 +1085,11 @@ class _Committer:
             self._thread.join()
             self._thread = None
         self._error = None
+
+
+def _made(event: RootChanged, _ids: list[bytes]) -> RootChanged:
+    """An event that needs no blob, as :meth:`Capture._queue` wants it."""
+    return event
 
 
 def _top_scopes(scopes: Iterable[str]) -> list[str]:

@@ -52,6 +52,7 @@ from xoengine.events import (
     ReplicaSuspended,
     RewindPointSet,
     RewindStarted,
+    RootChanged,
     ScenarioCreated,
     ScenarioEvent,
     ScenarioRemoved,
@@ -68,7 +69,7 @@ from xoengine.forensic import BisectResult, DiffResult, Forensics, HistoryEntry,
 from xoengine.journal import BlobTable, LMDBApplicationRecorder, datetime_ns
 from xoengine.layout import Layout
 from xoengine.ledger import Ledger
-from xoengine.replica import FILE_TOPICS
+from xoengine.replica import APPLIED_TOPICS, FILE_TOPICS, Applied
 from xoengine.rewind import RewindPoint
 from xoengine.scenario import ReplicaStatistics, Scenario, ScenarioStatistics
 from xoengine.walk import normalize_relpath
@@ -101,6 +102,8 @@ _NUMERIC_OPTIONS: Final = (
 _KNOWN_OPTIONS: Final = frozenset(
     {"block_size", "include", "exclude", "groups", "databases", "watch_delay", *_NUMERIC_OPTIONS}
 )
+_ROOT_TOPIC: Final = get_topic(RootChanged)
+
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 SCENARIO_TOPICS: Final = tuple(
     get_topic(c)
@@ -311,6 +314,22 @@ class Engine:
             event = self._decode(record)
             if event.scenario == scenario:
                 yield record.id, record.time_ns, event
+
+    def root_events(
+        self, scenario: str, upto: int | None, *, after: int = 0
+    ) -> Iterator[tuple[int, int, RootChanged]]:
+        """``(position, time label, event)`` of a scenario's root changes in ``(after, upto]``.
+
+        Read through the journal's topic index: a few events, however long the journal.
+        """
+        for record in self.recorder.records(after + 1, stop=upto, topics=[_ROOT_TOPIC]):
+            event = self._decode(record)
+            if event.scenario == scenario:
+                yield record.id, record.time_ns, event
+
+    def _roots_journaled(self, scenario: str) -> dict[str, RootChanged]:
+        """The last :class:`RootChanged` of each of a scenario's roots (by name)."""
+        return {event.root: event for _, _, event in self.root_events(scenario, None)}
 
     def file_stream(
         self, file_id: uuid.UUID, upto: int | None
@@ -527,11 +546,11 @@ class Engine:
     def _decode(self, notification: Any) -> Any:
         return self.app.mapper.to_domain_event(notification)
 
-    def _read_file_events(self, after: int, limit: int) -> list[tuple[int, FileEvent | None]]:
+    def _read_file_events(self, after: int, limit: int) -> list[tuple[int, Applied | None]]:
         notes = self.recorder.select_notifications(after + 1, limit)
-        out: list[tuple[int, FileEvent | None]] = []
+        out: list[tuple[int, Applied | None]] = []
         for note in notes:
-            event = self._decode(note) if note.topic in FILE_TOPICS else None
+            event = self._decode(note) if note.topic in APPLIED_TOPICS else None
             out.append((note.id, event))
         return out
 

@@ -13,7 +13,9 @@ Streams (originator ids):
 - a scenario's stream holds its definition and life cycle;
 - each tracked file, directory or symlink has a stream of its own whose id
   survives renames, so ``history(path)`` reads one stream;
-- each synchronization run has a stream (SyncStarted, FileSynced..., SyncFinished).
+- each synchronization run has a stream (SyncStarted, FileSynced..., SyncFinished);
+- each master root of a scenario has a stream of its own metadata (RootChanged),
+  its id derived from the scenario's and the root's names (:func:`root_stream`).
 
 Paths inside events are *scenario paths*: ``/``-separated, relative to the
 scenario's tree (one root: relative to it; several roots: ``<root name>/...``),
@@ -23,6 +25,7 @@ journal. Byte ranges reference the journal's blob table.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import time
 import uuid
@@ -53,6 +56,7 @@ __all__ = [
     "ReplicaSuspended",
     "RewindPointSet",
     "RewindStarted",
+    "RootChanged",
     "ScenarioCreated",
     "ScenarioEvent",
     "ScenarioRemoved",
@@ -68,6 +72,8 @@ __all__ = [
     "event_bytes",
     "new_id",
     "observed_owner",
+    "root_label",
+    "root_stream",
 ]
 
 
@@ -338,6 +344,42 @@ class XattrsChanged(FileEvent):
     """
 
     xattrs: dict[str, bytes]
+
+
+@dataclass(frozen=True)
+class RootChanged(XoEvent):
+    """A master root's own permission bits, owner or extended attributes changed.
+
+    Also journaled when a capture first sees the root (a new scenario, or a
+    journal written before roots were). ``root`` is the root's name in
+    scenario paths: "" for a scenario of one root (its replicas' own
+    directory), the root's name when there are several (the replicas'
+    sub-directory of that name). Its mtime is not kept: a directory's moves
+    with every entry made or removed in it. ``xattrs`` is the whole set, as
+    in :class:`XattrsChanged`.
+    """
+
+    scenario: str
+    root: str
+    mode: int
+    owner: list[int]
+    xattrs: dict[str, bytes]
+
+
+_ROOTS: Final = uuid.UUID("8f7cf4a6-55a5-5b0e-9a3c-52c8a0d1e6a1")
+
+
+def root_stream(scenario: str, root: str) -> uuid.UUID:
+    """The stream id of a scenario root's :class:`RootChanged` events."""
+    # uuid5 by hand: uuid.uuid5 encodes the name strictly, and names may hold any bytes.
+    name = f"{scenario}\0{root}".encode("utf-8", "surrogateescape")
+    digest = hashlib.sha1(_ROOTS.bytes + name, usedforsecurity=False).digest()
+    return uuid.UUID(bytes=digest[:16], version=5)
+
+
+def root_label(root: str) -> str:
+    """How reports name a root: its name, or "." for the one root of a scenario."""
+    return root or "."
 
 
 # -- synchronization (one stream per run) ----------------------------------------------

@@ -49,9 +49,11 @@ from xoengine.events import (
     FileRenamed,
     FileTruncated,
     MetadataChanged,
+    RootChanged,
     XattrsChanged,
     event_bytes,
     observed_owner,
+    root_label,
 )
 from xoengine.tree import Extents, ReplicaTree, event_delta
 from xoengine.walk import Xattrs, normalize_relpath, read_xattrs
@@ -95,6 +97,11 @@ class JournalSource(Protocol):
         self, file_id: uuid.UUID, upto: int | None
     ) -> Iterator[tuple[int, int, FileEvent]]:
         """The same for one file identity's events, read by identity (not by a scan)."""
+
+    def root_events(
+        self, scenario: str, upto: int | None, *, after: int = 0
+    ) -> Iterator[tuple[int, int, RootChanged]]:
+        """The same for the changes of ``scenario``'s roots' own metadata."""
 
     def blob(self, blob_id: bytes) -> bytes | memoryview:
         """The verified bytes of a blob."""
@@ -162,6 +169,11 @@ class _Decoded:
             for item in self._events:
                 self._streams.setdefault(item[2].originator_id, []).append(item)
         return itertools.takewhile(lambda item: item[0] <= upto, self._streams.get(file_id, []))
+
+    def root_events(
+        self, scenario: str, upto: int | None, *, after: int = 0
+    ) -> Iterator[tuple[int, int, RootChanged]]:
+        return self._source.root_events(scenario, upto, after=after)
 
     def blob(self, blob_id: bytes) -> bytes | memoryview:
         return self._source.blob(blob_id)
@@ -234,6 +246,8 @@ class DiffResult:
     modified: dict[str, list[list[int]]]
     renamed: dict[str, str]
     metadata: list[str]
+    roots: list[str] = field(default_factory=list)
+    """Roots whose own mode, owner or extended attributes differ ("." for the one root)."""
 
 
 @dataclass(frozen=True)
@@ -245,6 +259,10 @@ class BisectResult:
     probes: list[tuple[int, bool]]
     burst_position: int | None
     burst_files: int
+
+
+def _root_meta(event: RootChanged) -> tuple[int, list[int], dict[str, bytes]]:
+    return event.mode, event.owner, event.xattrs
 
 
 def _ranges(event: FileEvent) -> list[list[int]]:
@@ -424,6 +442,11 @@ class Forensics:
         try:
             with out.holding_parents():  # a new tree: nothing moves
                 files, dirs, links, total = self._write_tree(out, selected, load, progress)
+            if path is None:  # last: a root's mode may forbid writing into it
+                for name, event in self.roots(position).items():
+                    if name and out.lstat(name) is None:  # a root of several, empty then
+                        out.create(name, "dir", event.mode, None)
+                    out.set_root(name, event.mode, event.owner, event.xattrs)
         except BaseException:
             # A half-written tree would pass for the answer (an empty file for one
             # whose bytes could not be read): leave ``to`` as it was found.
@@ -730,7 +753,20 @@ class Forensics:
         metadata = sorted(
             end[fid] for fid in meta if fid in start and fid in end and fid not in touched
         )
-        return DiffResult(from_position, to_position, added, removed, modified, renamed, metadata)
+        # Roots known at both ends (a journal older than root events knows them later).
+        before, after = self.roots(low), self.roots(high)
+        roots = sorted(
+            root_label(name)
+            for name, event in after.items()
+            if name in before and _root_meta(before[name]) != _root_meta(event)
+        )
+        return DiffResult(
+            from_position, to_position, added, removed, modified, renamed, metadata, roots
+        )
+
+    def roots(self, position: int | None) -> dict[str, RootChanged]:
+        """The own metadata of each root (by name) as journaled last at ``position``."""
+        return {e.root: e for _, _, e in self.source.root_events(self.scenario, position)}
 
     # -- last-good search ------------------------------------------------------------------
 

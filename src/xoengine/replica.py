@@ -25,7 +25,7 @@ import functools
 import os
 import threading
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, TypeAlias
 
 from eventsourcing.persistence import Tracking
 from eventsourcing.utils import get_topic
@@ -46,6 +46,7 @@ from xoengine.events import (
     FileRenamed,
     FileTruncated,
     MetadataChanged,
+    RootChanged,
     XattrsChanged,
     observed_owner,
 )
@@ -65,9 +66,13 @@ if TYPE_CHECKING:
     from xoengine.datastore import ReadTxn, Store, WriteTxn
     from xoengine.tree import ReplicaTree
 
-__all__ = ["FILE_TOPICS", "AppliedCounts", "ReplicaApplier"]
+__all__ = ["APPLIED_TOPICS", "FILE_TOPICS", "Applied", "AppliedCounts", "ReplicaApplier"]
 
 FILE_TOPICS: Final = tuple(get_topic(cls) for cls in FILE_EVENTS)
+APPLIED_TOPICS: Final = (*FILE_TOPICS, get_topic(RootChanged))
+"""What a replica applies: the file events, and the changes of the roots' own metadata."""
+
+Applied: TypeAlias = "FileEvent | RootChanged"
 
 
 @dataclass
@@ -87,8 +92,9 @@ class ReplicaApplier:
     """Applies one scenario's file events to one replica tree, tracked exactly once.
 
     ``read_events(after, limit)`` returns ``(position, event)`` pairs for the
-    positions after ``after`` (``event`` is None for anything that is not a
-    file event); the applier's tracking lives in ``<name>.tracking``.
+    positions after ``after`` (``event`` is None for anything it does not
+    apply: not of :data:`APPLIED_TOPICS`); the applier's tracking lives in
+    ``<name>.tracking``.
     """
 
     UPSTREAM: Final = "journal"
@@ -99,7 +105,7 @@ class ReplicaApplier:
         name: str,
         scenario: str,
         tree: ReplicaTree,
-        read_events: Callable[[int, int], Sequence[tuple[int, FileEvent | None]]],
+        read_events: Callable[[int, int], Sequence[tuple[int, Applied | None]]],
     ) -> None:
         """Apply ``scenario``'s events to ``tree``; ``name`` prefixes its tables."""
         self.store = store
@@ -155,7 +161,7 @@ class ReplicaApplier:
                 total += len(batch)
         return total
 
-    def _apply_batch(self, batch: Sequence[tuple[int, FileEvent | None]]) -> None:
+    def _apply_batch(self, batch: Sequence[tuple[int, Applied | None]]) -> None:
         # Split where a path (or an ancestor) repeats: before-images are read from
         # the tree as it is before the group, right only if no path is touched twice.
         start = 0
@@ -168,12 +174,14 @@ class ReplicaApplier:
             touched |= paths
         self._apply_group(batch[start:])
 
-    def _mine(self, event: FileEvent | None) -> bool:
-        return isinstance(event, FileEvent) and event.scenario == self.scenario
+    def _mine(self, event: Applied | None) -> bool:
+        return isinstance(event, FileEvent | RootChanged) and event.scenario == self.scenario
 
-    def _paths(self, event: FileEvent | None) -> set[str]:
+    def _paths(self, event: Applied | None) -> set[str]:
         if event is None or not self._mine(event):
             return set()
+        if isinstance(event, RootChanged):
+            return {"\0root\0" + event.root}  # no path's: a root's own metadata
         names = [event.path, event.new_path] if isinstance(event, FileRenamed) else [event.path]
         out: set[str] = set()
         for name in names:
@@ -203,7 +211,7 @@ class ReplicaApplier:
                 root=self.tree.root, detail=f"file system id {now:x}, was {was:x}"
             )
 
-    def _apply_group(self, group: Sequence[tuple[int, FileEvent | None]]) -> None:
+    def _apply_group(self, group: Sequence[tuple[int, Applied | None]]) -> None:
         if not group:
             return
         mine = [(p, e) for p, e in group if e is not None and self._mine(e)]
@@ -227,8 +235,10 @@ class ReplicaApplier:
 
     # -- before-images -------------------------------------------------------------------
 
-    def _before_images(self, event: FileEvent) -> list[Image]:
+    def _before_images(self, event: Applied) -> list[Image]:
         tree = self.tree
+        if isinstance(event, RootChanged):
+            return [("root", event.root, tree.root_meta(event.root), {})]
         path = event.path
         st = tree.lstat(path)
         if isinstance(event, FileCreated):
@@ -301,10 +311,13 @@ class ReplicaApplier:
 
     # -- applying --------------------------------------------------------------------------
 
-    def _apply(self, position: int, event: FileEvent) -> None:
+    def _apply(self, position: int, event: Applied) -> None:
         tree = self.tree
         counts = self.counts
         counts.events += 1
+        if isinstance(event, RootChanged):
+            tree.set_root(event.root, event.mode, event.owner, event.xattrs)
+            return
         if isinstance(event, FileCreated):
             tree.create(event.path, event.kind, event.mode, event.target)
             if event.kind != "symlink":

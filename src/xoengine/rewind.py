@@ -83,6 +83,10 @@ def undo_one(
     if op == "created":
         tree.delete(path)
         return
+    if op == "root":  # a root's own metadata (``path``: its name, "" for the one root)
+        if args:
+            tree.set_root(path, args["mode"], args.get("owner"), args.get("xattrs", {}))
+        return
     if op in {"deleted", "replaced"}:
         _restore(tree, path, args, blob)
     elif op == "renamed":

@@ -242,6 +242,8 @@ class Synchronizer:
             summary.files_deleted += 1
             summary.transferred.append((path, "deleted", 0, 0))
             synced.append(self._synced(path, "deleted", 0, 0))
+        if self.layout.single and self._root():
+            summary.files_changed += 1
         # 3. Journal the results; SyncFinished moves the applied position atomically.
         finished = self._event(
             SyncFinished,
@@ -477,6 +479,31 @@ class Synchronizer:
         if record:
             self._record([("xattrs", path, {"xattrs": have}, {})])
         return tree.set_xattrs(path, want)
+
+    def _root(self) -> bool:
+        """Give the replica's own directory the master root's mode, owner and attributes.
+
+        (The roots of a scenario of several are directories of the replica: the
+        walk brings them.) True if they differed; the old ones are kept first.
+        """
+        tree = self.tree
+        real = os.path.realpath(self.layout.roots[0])
+        try:
+            st = os.stat(real)
+            want = tree.comparable(read_xattrs(real))
+        except OSError:
+            return False
+        have = tree.root_meta("")
+        owner = [st.st_uid, st.st_gid] if tree.owners else have.get("owner")
+        if (
+            have.get("mode") == stat.S_IMODE(st.st_mode)
+            and have.get("owner") == owner
+            and tree.comparable(have.get("xattrs", {})) == want
+        ):
+            return False
+        self._record([("root", "", have, {})])
+        tree.set_root("", stat.S_IMODE(st.st_mode), owner, want)
+        return True
 
     def _keep(self, paths: list[str]) -> None:
         """Before-images of files this run updated in place, about to change again (settle)."""

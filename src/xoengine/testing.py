@@ -61,6 +61,7 @@ __all__ = [
     "assert_trees_equal",
     "compare_trees",
     "posix_acl",
+    "root_node",
     "snapshot_contents",
     "snapshot_tree",
     "temporary_engine",
@@ -519,6 +520,20 @@ def _files_differ(left: bytes, right: bytes) -> int | None:
             offset += len(x)
 
 
+def root_node(root: str | os.PathLike[str] | bytes) -> Node:
+    """The root directory itself as :func:`snapshot_tree` records its entries (a link: followed)."""
+    st = os.stat(root)
+    xattrs = read_xattrs(os.path.realpath(os.fsdecode(root)))
+    return Node(
+        "dir",
+        stat.S_IMODE(st.st_mode),
+        st.st_size,
+        st.st_mtime_ns,
+        owner=(st.st_uid, st.st_gid),
+        xattrs=tuple(xattrs.items()),
+    )
+
+
 def compare_trees(
     left: str | os.PathLike[str] | bytes,
     right: str | os.PathLike[str] | bytes,
@@ -527,6 +542,7 @@ def compare_trees(
     modes: bool = True,
     owners: bool = True,
     xattrs: bool = True,
+    root: bool = False,
     ignore: Iterable[PathLike] = (),
 ) -> list[Difference]:
     """Every difference between the trees under ``left`` and ``right`` (empty: identical).
@@ -536,8 +552,9 @@ def compare_trees(
     included), extended attributes (``xattrs``), symlink targets (as bytes) and, with
     ``mtimes``, file modification times (to the nanosecond; directories and
     links are not compared, since creating an entry moves its directory's
-    mtime). The roots themselves are not compared. Paths in ``ignore`` (and
-    everything below them) are skipped on both sides.
+    mtime). With ``root``, the roots' own permission bits, owners and extended
+    attributes too (as ``.``), as a replica's own directory copies them. Paths
+    in ``ignore`` (and everything below them) are skipped on both sides.
     """
     skip = [_rel(p) for p in ignore]
 
@@ -548,6 +565,9 @@ def compare_trees(
     b = snapshot_tree(right, content=False)
     bases = (os.fsencode(left), os.fsencode(right))
     diffs: list[Difference] = []
+    if root:
+        options = {"mtimes": False, "modes": modes, "owners": owners, "xattrs": xattrs}
+        diffs += _compare_nodes(b".", root_node(left), root_node(right), bases, **options)
     for path in sorted(set(a) | set(b)):
         if not ignored(path):
             diffs.extend(

@@ -1044,6 +1044,60 @@ class ReplicaTree:
             meta["xattrs"] = xattrs
         return meta
 
+    def root_meta(self, sub: str) -> dict[str, Any]:
+        """Mode, owner and extended attributes of a master root's copy (a before-image).
+
+        ``sub`` is the root's name in scenario paths: "" for this tree's own
+        directory (a scenario of one root), else the directory of that name in
+        it. Empty if it is not there.
+        """
+        if sub:
+            st = self.lstat(sub)
+            xattrs = self.get_xattrs(sub)
+            if st is None or xattrs is None:
+                return {}
+            return {
+                "mode": stat.S_IMODE(st.st_mode),
+                "owner": [st.st_uid, st.st_gid],
+                "xattrs": xattrs,
+            }
+        try:
+            fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
+        except FileNotFoundError:
+            return {}
+        try:
+            st = os.fstat(fd)
+            return {
+                "mode": stat.S_IMODE(st.st_mode),
+                "owner": [st.st_uid, st.st_gid],
+                "xattrs": read_xattrs(fd),
+            }
+        finally:
+            os.close(fd)
+
+    def set_root(self, sub: str, mode: int, owner: Owner | None, xattrs: Xattrs) -> None:
+        """Give a master root's copy (``sub``: see :meth:`root_meta`) its mode, owner, attributes.
+
+        As :meth:`set_meta` and :meth:`set_xattrs` do for a path: an owner or an
+        attribute this process may not give is left as it is.
+        """
+        if sub:
+            self.set_meta(sub, mode, None, owner)
+            self.set_xattrs(sub, xattrs)
+            return
+        try:
+            fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
+        except OSError as e:
+            raise self._error(".", "open the root", e) from e
+        try:
+            self._chown(fd, owner, os.fstat(fd))
+            os.chmod(fd, mode)
+            self._put_xattrs(fd, xattrs)  # last: setting an ACL sets mode bits
+        except OSError as e:
+            raise self._error(".", "set the root's metadata", e) from e
+        finally:
+            os.close(fd)
+
     def set_meta(
         self, path: str, mode: int | None, mtime_ns: int | None, owner: Owner | None = None
     ) -> None:

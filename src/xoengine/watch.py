@@ -11,8 +11,9 @@ Directory *modified* notifications are ignored (a directory's own mtime is
 journaled by the next full capture): they would make every change in a
 directory rescan it. A change of a directory's mode, owner or extended
 attributes comes as an attribute event (``DirAttribEvent``, recent watchdog)
-and is captured at once; where watchdog reports it as *modified*, the next
-full capture journals it. If the kernel's event queue overflows, the watcher
+and is captured at once (a root's own, by a pass over no path: every pass
+checks the roots); where watchdog reports it as *modified*, the next full
+capture journals it. If the kernel's event queue overflows, the watcher
 falls back to one full capture.
 """
 
@@ -70,6 +71,8 @@ class _Handler(FileSystemEventHandler):
         scoped = [p for p in (self._scenario_path(raw) for raw in paths) if p]
         if scoped:
             self.watcher.mark(scoped)
+        elif os.fsdecode(event.src_path).rstrip("/") + "/" == self.root:
+            self.watcher.mark([])  # the root's own mode, owner or attributes: every pass checks
 
 
 class Watcher:
@@ -81,6 +84,7 @@ class Watcher:
         self.layout = scenario.layout
         self.delay = delay
         self._dirty: set[str] = set()
+        self._roots_dirty = False  # a root's own metadata changed (a pass checks every root)
         self._lock = threading.Lock()
         self._signal = threading.Event()
         self._stop = threading.Event()
@@ -107,15 +111,18 @@ class Watcher:
         self._thread.join()
 
     def mark(self, paths: Sequence[str]) -> None:
-        """Note changed scenario paths (called from watchdog's thread)."""
+        """Note changed scenario paths (called from watchdog's thread); none: a root changed."""
         with self._lock:
             self._dirty.update(paths)
+            self._roots_dirty |= not paths
         self._signal.set()
 
-    def _take(self) -> set[str]:
+    def _take(self) -> set[str] | None:
+        """The paths to capture (empty: only the roots), None if nothing changed."""
         with self._lock:
             dirty, self._dirty = self._dirty, set()
-            return dirty
+            roots, self._roots_dirty = self._roots_dirty, False
+            return dirty if dirty or roots else None
 
     def _run(self) -> None:
         while True:
@@ -127,7 +134,7 @@ class Watcher:
                 self._stop.wait(self.delay / 4)
             self._signal.clear()
             dirty = self._take()
-            if dirty:
+            if dirty is not None:
                 try:
                     self.scenario.capture(sorted(dirty))
                     self.captures += 1
@@ -136,6 +143,6 @@ class Watcher:
             if stopping or self._stop.is_set():
                 with contextlib.suppress(Exception):
                     leftover = self._take()
-                    if leftover:
+                    if leftover is not None:
                         self.scenario.capture(sorted(leftover))
                 return

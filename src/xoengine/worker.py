@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
 import threading
 import time
 from typing import TYPE_CHECKING, Final
@@ -19,6 +20,7 @@ from xoengine.errors import (
 )
 from xoengine.events import (
     AlertRaised,
+    root_label,
 )
 
 if TYPE_CHECKING:
@@ -95,9 +97,39 @@ def compare_trees(scenario: Scenario, replica_tree: ReplicaTree) -> dict[str, st
         elif owners and a[3] != b[3]:
             differences[path] = f"owner {a[3][0]}:{a[3][1]} vs {b[3][0]}:{b[3][1]}"
         elif a[4] != b[4]:
-            names = sorted(set(a[4]) ^ set(b[4]) | {n for n in a[4] if a[4][n] != b[4].get(n)})
-            differences[path] = f"extended attributes {', '.join(names)}"
+            differences[path] = _xattrs_differ(a[4], b[4])
+    for index, root in enumerate(scenario.layout.roots):  # the roots' own metadata
+        name = scenario.layout.prefix(index).rstrip("/")
+        if (why := _root_differs(root, name, replica_tree)) is not None:
+            differences[root_label(name)] = why
     return differences
+
+
+def _root_differs(root: str, name: str, replica_tree: ReplicaTree) -> str | None:
+    """What differs between a master root and its copy (mode, owner, attributes), if anything."""
+    from xoengine.walk import read_xattrs  # noqa: PLC0415
+
+    real = os.path.realpath(root)
+    try:
+        st = os.stat(real)
+        xattrs = replica_tree.comparable(read_xattrs(real))
+    except OSError:
+        return None  # the walk said what is wrong with it
+    have = replica_tree.root_meta(name)
+    if not have:
+        return "missing on the replica"
+    if have["mode"] != stat.S_IMODE(st.st_mode):
+        return f"mode {oct(stat.S_IMODE(st.st_mode))} vs {oct(have['mode'])}"
+    if replica_tree.owners and have["owner"] != [st.st_uid, st.st_gid]:
+        return f"owner {st.st_uid}:{st.st_gid} vs {have['owner'][0]}:{have['owner'][1]}"
+    theirs = replica_tree.comparable(have["xattrs"])
+    return _xattrs_differ(xattrs, theirs) if theirs != xattrs else None
+
+
+def _xattrs_differ(ours: dict[str, bytes], theirs: dict[str, bytes]) -> str:
+    """How two sets of extended attributes differ: the names in one only or with other values."""
+    names = sorted(set(ours) ^ set(theirs) | {n for n in ours if ours[n] != theirs.get(n)})
+    return f"extended attributes {', '.join(names)}"
 
 
 class ApplierThread:

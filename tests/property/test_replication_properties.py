@@ -68,6 +68,7 @@ from xoengine.testing import (
     assert_trees_equal,
     snapshot_tree,
 )
+from xoengine.walk import read_xattrs
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -220,7 +221,7 @@ class ChangeScriptMachine(RuleBasedStateMachine):
     def check_replicas(self) -> None:
         for name, path in self.replicas.items():
             if name not in self.sc.suspended:
-                assert_trees_equal(self.master, path, mtimes=True)
+                assert_trees_equal(self.master, path, mtimes=True, root=True)
 
     @rule()
     def replicate(self) -> None:
@@ -443,6 +444,31 @@ class ChangeScriptMachine(RuleBasedStateMachine):
             path = self._prefer_capped(data, tree, paths)  # even to the same owner: dropped
             uid, gid = data.draw(st.sampled_from([(0, 0), (65534, 65534), (1000, 100)]))
             self.apply(Chown(path, uid, gid))
+
+    @precondition(lambda self: self.structural and not self.opener_writes)
+    @rule(data=st.data(), what=st.sampled_from(["chmod", "chown", "xattr"]))
+    def change_the_root(self, data: st.DataObject, what: str) -> None:
+        """The master root's own mode, owner or an attribute (replicas: their own directory)."""
+        root = self.master
+        if what == "chmod":
+            mode = data.draw(dir_modes)
+            note(f"chmod the root {mode:o}")
+            os.chmod(root, mode)
+        elif what == "chown" and os.geteuid() == 0:
+            uid, gid = data.draw(st.sampled_from([(0, 0), (65534, 65534), (1000, 100)]))
+            note(f"chown the root {uid}:{gid}")
+            os.chown(root, uid, gid)
+        else:
+            name = data.draw(st.sampled_from(XATTR_NAMES["dir"]))
+            XATTR_OPS[self.label] = XATTR_OPS.get(self.label, 0) + 1
+            if name in read_xattrs(root) and data.draw(st.booleans(), label="remove"):
+                note(f"removexattr the root {name}")
+                os.removexattr(root, name)
+                return
+            values = DIR_ACLS if name == "system.posix_acl_access" else XATTR_VALUES[name]
+            value = data.draw(st.sampled_from(values))
+            note(f"setxattr the root {name}={value.hex()}")
+            os.setxattr(root, name, value)
 
     @precondition(lambda self: self.structural)
     @rule(data=st.data())

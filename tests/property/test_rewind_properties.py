@@ -4,11 +4,13 @@ Each example is a fresh engine (real LMDB, ``nosync``) protecting a small
 master tree with two replicas. A random change script runs on the master
 (create, overwrite, append, insert so data shifts, write in place, truncate
 both ways, rename files and whole directories, delete, mkdir, symlinks, chmod,
-chown, extended attributes set and removed, non-UTF-8 names, block size 512 or
-4096) and sets rewind points at random moments. ``set_rewind_point`` captures
+chown, extended attributes set and removed, the same on the master root itself,
+non-UTF-8 names, block size 512 or 4096) and sets rewind points at random
+moments. ``set_rewind_point`` captures
 first, so the master tree right after it *is* the state at the point's
 position: the test copies it (names, kinds, content, permission bits, owners,
-extended attributes, link targets). Then, for every recorded point:
+extended attributes, link targets, and the root's own mode, owner and
+attributes). Then, for every recorded point:
 
 (a) rewinding replica r1 to the points in random order, back and forth, leaves
     exactly the recorded tree (going back plays the undo log, going forward
@@ -55,7 +57,8 @@ from xattr_values import CAPABILITIES, CAPABILITY, DIR_ACLS, XATTR_NAMES, XATTR_
 
 from xoengine import forensic
 from xoengine.engine import Engine, Scenario
-from xoengine.testing import snapshot_contents
+from xoengine.testing import root_node, snapshot_contents
+from xoengine.walk import read_xattrs
 
 if TYPE_CHECKING:
     from xoengine.forensic import DiffResult
@@ -64,6 +67,7 @@ if TYPE_CHECKING:
 # Few names, so that operations collide: overwrite, rename over, re-create.
 NAMES = [b"a", b"b", b"caf\xe9", b"\xff\xfe", "\u00e9t\u00e9".encode(), b"sp ace", b"x.db"]
 LINK_TARGETS = [b"a", b"../a", b"caf\xe9", b"nowhere", b"d/e/f", b"/etc/passwd"]
+OWNERS_OK = os.geteuid() == 0  # only root gives files away
 FILE_MODES = [0o600, 0o644, 0o640, 0o664, 0o700, 0o755]
 DIR_MODES = [0o700, 0o750, 0o755, 0o711]
 
@@ -78,8 +82,9 @@ contents = st.one_of(small_bytes, small_bytes, large_bytes)
 OPERATIONS = [
     "create", "create", "overwrite", "append", "insert", "write_at", "truncate",
     "rename_file", "rename_dir", "delete", "mkdir", "symlink", "chmod_file", "chmod_dir",
-    *(["chown"] if os.geteuid() == 0 else []),  # only root gives files away
+    *(["chown"] if OWNERS_OK else []),
     "xattr", "xattr", *(["setcap"] if os.geteuid() == 0 else []),  # capabilities: root's
+    "root",  # the master root's own mode, owner or extended attributes
     "point", "point",
 ]  # fmt: skip
 OWNERS = [(0, 0), (65534, 65534), (1000, 100), (0, 65534)]
@@ -95,6 +100,7 @@ STATS: dict[str, int] = {
     "histories": 0,
     "xattr ops": 0,  # extended attributes set or removed
     "after setcap": 0,  # writes, truncations and chowns of a file with a capability
+    "root ops": 0,  # the root's own mode, owner or extended attributes changed
 }
 
 # -- recorded trees -----------------------------------------------------------------------
@@ -104,7 +110,14 @@ STATS: dict[str, int] = {
 Node = tuple[Any, ...]
 
 
-snapshot = snapshot_contents
+ROOT = b"."
+"""The key of the root's own node in a recorded tree: ("root", mode, xattrs, owner)."""
+
+
+def snapshot(root: str) -> dict[bytes, Node]:
+    """:func:`snapshot_contents`, and the root directory's own metadata under :data:`ROOT`."""
+    own = root_node(root)
+    return {**snapshot_contents(root), ROOT: ("root", own.mode, own.xattrs, own.owner)}
 
 
 def differences(want: dict[bytes, Node], got: dict[bytes, Node]) -> list[str]:
@@ -157,7 +170,7 @@ class Script:
         os.rename(self.abspath(rel), os.path.join(self.graveyard, b"%d" % self.buried))
 
     def nodes(self) -> dict[bytes, Node]:
-        return snapshot(os.fsdecode(self.master))
+        return snapshot_contents(os.fsdecode(self.master))
 
     def draw(self, strategy: st.SearchStrategy[Any]) -> Any:
         return self.data.draw(strategy)
@@ -295,6 +308,28 @@ class Script:
             os.setxattr(self.abspath(path), CAPABILITY, value)
             STATS["xattr ops"] += 1
             return f"setcap {path!r} {value.hex()}"
+        if op == "root":  # the root's own metadata: a chmod, an owner, an attribute
+            root = self.master
+            STATS["root ops"] += 1
+            what = self.draw(st.sampled_from(["chmod", "xattr", *(["chown"] if OWNERS_OK else [])]))
+            if what == "chmod":
+                mode = self.draw(st.sampled_from(DIR_MODES))
+                os.chmod(root, mode)
+                return f"chmod the root {mode:o}"
+            if what == "chown":
+                uid, gid = self.draw(st.sampled_from(OWNERS))
+                os.chown(root, uid, gid)
+                return f"chown the root {uid}:{gid}"
+            name = self.draw(st.sampled_from(XATTR_NAMES["dir"]))
+            STATS["xattr ops"] += 1
+            if name in read_xattrs(root) and self.draw(st.booleans()):
+                os.removexattr(root, name)
+                return f"removexattr the root {name}"
+            value = self.draw(
+                st.sampled_from(DIR_ACLS if name == "system.posix_acl_access" else XATTR_VALUES[name])
+            )
+            os.setxattr(root, name, value)
+            return f"setxattr the root {name}={value.hex()}"
         if op == "xattr":  # set one, or remove one it has
             path = self.pick(list(nodes))
             kind = nodes[path][0]
@@ -368,8 +403,9 @@ def check_replays(
         # One path of this point's tree, and one of another point's (maybe gone or
         # never there by then): read by identity, it must give the same subtree.
         for j, tree in enumerate((rec.tree, records[(i + 1) % len(records)].tree)):
-            if tree:
-                check_path_replay(eng, sc, rec, sorted(tree)[(7 * i + j) % len(tree)], scratch)
+            paths = sorted(p for p in tree if p != ROOT)
+            if paths:
+                check_path_replay(eng, sc, rec, paths[(7 * i + j) % len(paths)], scratch)
     assert snapshot(replica_root) == replica_before, "a replay changed the replica"
     stats_after = sc.statistics().replicas["r1"]
     assert stats_after.applied_position == stats_before.applied_position
@@ -395,6 +431,10 @@ def check_diff(result: DiffResult, a: dict[bytes, Node], b: dict[bytes, Node]) -
       changed (same kind at both ends) is in metadata, modified or added*; so
       is a path whose owner or extended attributes changed.
     """
+    # The roots' own metadata: reported where it differs (the tree has one root).
+    assert result.roots == (["."] if a[ROOT] != b[ROOT] else []), (result.roots, a[ROOT], b[ROOT])
+    a = {p: n for p, n in a.items() if p != ROOT}
+    b = {p: n for p, n in b.items() if p != ROOT}
     dec = os.fsencode
     added = {dec(p) for p in result.added} | {dec(p) for p in result.renamed.values()}
     removed = {dec(p) for p in result.removed} | {dec(p) for p in result.renamed}
@@ -442,7 +482,7 @@ def check_histories(eng: Engine, sc: Scenario, records: list[Recorded]) -> None:
     extended attributes the tree had there (none until an "xattrs" entry gives
     the whole set), and puts no identity at a path the tree did not have then.
     """
-    paths = {p for rec in records for p in rec.tree if p}
+    paths = {p for rec in records for p in rec.tree if p and p != ROOT}
     for path in paths:
         entries = eng.history(sc.name, os.fsdecode(path))
         for rec in records:
