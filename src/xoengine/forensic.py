@@ -261,6 +261,11 @@ class BisectResult:
     burst_files: int
 
 
+def _iso(time_ns: int) -> str:
+    """A journal time label as an ISO 8601 UTC time, to the microsecond."""
+    return dt.datetime.fromtimestamp(time_ns / 1e9, tz=dt.UTC).isoformat(timespec="microseconds")
+
+
 def _root_meta(event: RootChanged) -> tuple[int, list[int], dict[str, bytes]]:
     return event.mode, event.owner, event.xattrs
 
@@ -649,9 +654,21 @@ class Forensics:
         own for that move: operation ``renamed``, its old and new path, and the
         directory's rename in ``moved_with``. So the rename chain is whole, and
         a file that has its path only through such a move has a history.
+
+        A root's own changes (mode, owner, extended attributes: operation
+        ``root``) are the history of ``.`` (the one root of a scenario) or of the
+        root's name (a root of several).
         """
-        target = normalize_relpath(path)
-        end = self.source.last_position()  # both reads end here: one instant, while captures go on
+        end = self.source.last_position()  # every read ends here: one instant, while captures go on
+        root_only = path.strip("/") in {"", "."}
+        target = "" if root_only else normalize_relpath(path)
+        roots = [
+            (pos, 0, self._root_entry(pos, time_ns, event))
+            for pos, time_ns, event in self.source.root_events(self.scenario, end)
+            if event.root == target
+        ]
+        if root_only:
+            return [entry for _, _, entry in roots]
         # The fold of paths: each identity's path after each of its moves (its
         # own renames and those of directories above it), and the moves it had
         # without an event of its own.
@@ -673,7 +690,7 @@ class Forensics:
                     via = f"{before} -> {event.new_path}"
                     carried.setdefault(other, []).append((pos, time_ns, old, now, via))
         ids = [fid for fid, paths in moves.items() if any(p == target for _, p in paths)]
-        entries: list[tuple[int, int, HistoryEntry]] = []
+        entries: list[tuple[int, int, HistoryEntry]] = roots
         for fid in ids:
             timeline = moves[fid]
             starts = [pos for pos, _ in timeline]
@@ -702,9 +719,7 @@ class Forensics:
             new = event.new_path
         return HistoryEntry(
             position=position,
-            time=dt.datetime.fromtimestamp(time_ns / 1e9, tz=dt.UTC).isoformat(
-                timespec="microseconds"
-            ),
+            time=_iso(time_ns),
             operation="renamed" if event is None else _operation(event),
             path=at,
             new_path=new,
@@ -720,6 +735,23 @@ class Forensics:
                 if isinstance(event, XattrsChanged)
                 else None
             ),
+        )
+
+    @staticmethod
+    def _root_entry(position: int, time_ns: int, event: RootChanged) -> HistoryEntry:
+        """One change of a root's own metadata, as a history entry (operation ``root``)."""
+        return HistoryEntry(
+            position=position,
+            time=_iso(time_ns),
+            operation="root",
+            path=root_label(event.root),
+            new_path=None,
+            ranges=[],
+            size=None,
+            file_id=str(event.originator_id),
+            mode=event.mode,
+            owner=list(event.owner),
+            xattrs={name: value.hex() for name, value in event.xattrs.items()},
         )
 
     def diff(self, from_position: int, to_position: int) -> DiffResult:
@@ -809,10 +841,13 @@ class Forensics:
 
         def good(position: int) -> bool:
             scratch = tempfile.mkdtemp(prefix="xoengine-bisect-")
+            tree = os.path.join(scratch, "tree")  # it gets the root's mode: not the one we remove
             try:
-                probe.replay(scratch, position, path)
-                verdict = bool(predicate(os.path.join(scratch, path) if path else scratch))
+                probe.replay(tree, position, path)
+                verdict = bool(predicate(os.path.join(tree, path) if path else tree))
             finally:
+                with contextlib.suppress(OSError):
+                    os.chmod(tree, 0o700)  # a root's mode may forbid removing what is in it
                 shutil.rmtree(scratch, ignore_errors=True)
             probes.append((position, verdict))
             return verdict

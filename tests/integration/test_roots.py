@@ -73,6 +73,13 @@ def test_one_root_is_synchronized_captured_rewound_and_replayed(tmp_path: Path) 
         assert own(replica) == after
         journaled = [event for _, _, event in eng.root_events("s", None)]
         assert [(e.root, e.originator_version) for e in journaled] == [("", 1), ("", 2)]
+        history = eng.history("s", ".")
+        assert [(h.operation, h.path, h.mode) for h in history] == [
+            ("root", ".", 0o750),
+            ("root", ".", 0o700),
+        ]
+        assert history[-1].xattrs == {"user.owner": b"finance".hex()}
+        assert eng.history("s", "") == history
     with Engine.open(tmp_path / "state", durability="nosync") as eng:
         assert eng.scenario("s").capture().events == 0  # known from the journal
 
@@ -101,6 +108,8 @@ def test_roots_of_several_are_the_replicas_directories(tmp_path: Path) -> None:
         assert sc.difference_report("r", verify=True)["differences"] == {
             "beta": "extended attributes user.stray"
         }
+        history = eng.history("multi", "alpha")
+        assert [(h.operation, h.path, h.mode) for h in history][-1] == ("root", "alpha", 0o700)
         out = tmp_path / "out"
         eng.replay("multi", to=out)
         assert own(out / "alpha") == own(alpha)

@@ -482,6 +482,16 @@ def check_histories(eng: Engine, sc: Scenario, records: list[Recorded]) -> None:
     extended attributes the tree had there (none until an "xattrs" entry gives
     the whole set), and puts no identity at a path the tree did not have then.
     """
+    # The root's own: its last change by each point is what the point's tree has.
+    changes = eng.history(sc.name, ".")
+    assert {e.operation for e in changes} <= {"root"}, changes
+    for rec in records:
+        last = [e for e in changes if e.position <= rec.point.position][-1:]
+        assert last, f"history('.') has nothing by {rec.point.name}"
+        got = (last[0].mode, {n: bytes.fromhex(v) for n, v in (last[0].xattrs or {}).items()})
+        want = (rec.tree[ROOT][1], dict(rec.tree[ROOT][2]))
+        assert got == want, f"history('.') at {rec.point.name}: {got} != {want}"
+        assert tuple(last[0].owner or ()) == rec.tree[ROOT][3]
     paths = {p for rec in records for p in rec.tree if p and p != ROOT}
     for path in paths:
         entries = eng.history(sc.name, os.fsdecode(path))
