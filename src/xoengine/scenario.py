@@ -44,6 +44,7 @@ from xoengine.events import (
     ScenarioStopped,
     UndoTrimmed,
     event_bytes,
+    root_label,
 )
 from xoengine.journaledfile import JournaledFile
 from xoengine.layout import Layout
@@ -857,6 +858,9 @@ class Scenario:
                     # pending too, though no event names those paths.
                     entry["entries_moved"] = _entries_below(applier.tree, event.path)
                     moved += entry["entries_moved"]
+        for _, _, change in self._engine.root_events(self.name, None, after=applier.position()):
+            entry = pending.setdefault(root_label(change.root), {"events": 0, "bytes": 0})
+            entry["events"] += 1  # a root's own mode, owner or attributes
         report: dict[str, Any] = {
             "scenario": self.name,
             "replica": replica,

@@ -54,10 +54,22 @@ def test_one_root_is_synchronized_captured_rewound_and_replayed(tmp_path: Path) 
         assert own(replica) == after
         assert sc.difference_report("r", verify=True)["differences"] == {}
         os.chmod(replica, 0o755)  # behind the engine's back
-        assert sc.difference_report("r", verify=True)["differences"] == {
-            ".": "mode 0o700 vs 0o755"
-        }
+        assert sc.difference_report("r", verify=True)["differences"] == {".": "mode 0o700 vs 0o755"}
         os.chmod(replica, 0o700)
+        sc.suspend("r")  # a root's change waits in the spool like a path's
+        os.chmod(master, 0o711)
+        sc.capture()
+        pending = sc.difference_report("r")
+        assert (pending["pending"], pending["pending_files"]) == (
+            {".": {"events": 1, "bytes": 0}},
+            1,
+        )
+        sc.resume("r")
+        sc.wait_replicated()
+        assert sc.difference_report("r")["pending"] == {}
+        os.chmod(master, 0o700)
+        sc.capture()
+        sc.wait_replicated()
         end = eng.last_position()
         assert eng.diff("s", p1.position, end).roots == ["."]
         assert eng.diff("s", end, p1.position).roots == ["."]
@@ -72,10 +84,14 @@ def test_one_root_is_synchronized_captured_rewound_and_replayed(tmp_path: Path) 
         sc.wait_replicated()
         assert own(replica) == after
         journaled = [event for _, _, event in eng.root_events("s", None)]
-        assert [(e.root, e.originator_version) for e in journaled] == [("", 1), ("", 2)]
+        assert [(e.root, e.originator_version) for e in journaled] == [
+            ("", v) for v in (1, 2, 3, 4)
+        ]
         history = eng.history("s", ".")
         assert [(h.operation, h.path, h.mode) for h in history] == [
             ("root", ".", 0o750),
+            ("root", ".", 0o700),
+            ("root", ".", 0o711),
             ("root", ".", 0o700),
         ]
         assert history[-1].xattrs == {"user.owner": b"finance".hex()}
