@@ -42,6 +42,7 @@ from xoengine.errors import (
     XoError,
 )
 from xoengine.events import (
+    APPLIED_EVENTS,
     FILE_EVENTS,
     AlertRaised,
     FileEvent,
@@ -274,7 +275,7 @@ class Engine:
         self._sync_runs: dict[tuple[str, str], list[tuple[int, int]]] = {}
         self._sync_started: dict[uuid.UUID, int] = {}
         self._ledger = Ledger(
-            lambda after, upto: self._iter_file_events(after, None, upto),
+            lambda after, upto: self._iter_events(APPLIED_EVENTS, after, upto),
             self.last_position,
         )
         self._load()

@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
 __all__ = [
+    "APPLIED_EVENTS",
     "FILE_EVENTS",
     "AlertRaised",
     "BytesWritten",
@@ -432,10 +433,13 @@ FILE_EVENTS: Final = (
     MetadataChanged,
     XattrsChanged,
 )
-"""Every kind of file event: what the replica applies, the master state folds, the ledger counts."""
+"""Every kind of file event: what the master state folds and forensics replays."""
+
+APPLIED_EVENTS: Final = (*FILE_EVENTS, RootChanged)
+"""What a replica applies and the ledger counts: the file events and the roots' own changes."""
 
 
-def event_bytes(event: FileEvent) -> int:
+def event_bytes(event: FileEvent | RootChanged) -> int:
     """Bytes of file data an event carries: its journaled ranges, or its delta's literals."""
     if isinstance(event, BytesWritten):
         return sum(r[1] for r in event.ranges)

@@ -1,4 +1,4 @@
-"""The ledger: running totals of each scenario's file events by journal position (R31, R35).
+"""The ledger: running totals of each scenario's applied events by journal position (R31, R35).
 
 And :func:`sync_runs`, the fold of synchronization events behind the
 synchronization report (R35) and the rewind rule for targets inside a run.
@@ -31,6 +31,7 @@ from xoengine.events import (
     FileEvent,
     FileRenamed,
     FileSynced,
+    RootChanged,
     SyncFinished,
     SyncStarted,
     event_bytes,
@@ -46,8 +47,14 @@ __all__ = ["OPERATIONS", "SYNC_EVENTS", "Ledger", "Span", "operation", "sync_run
 OPERATIONS: Final = ("created", "written", "updated", "deleted", "renamed")
 
 
-def operation(event: FileEvent) -> str:
-    """What a file event did, as the replication report counts it (one of :data:`OPERATIONS`)."""
+def operation(event: FileEvent | RootChanged) -> str:
+    """What an event did, as the replication report counts it (one of :data:`OPERATIONS`).
+
+    A root's own change is ``root``: an event of the backlog, not a file
+    operation (the first of each root is journaled when a capture first sees it).
+    """
+    if isinstance(event, RootChanged):
+        return "root"
     if isinstance(event, FileCreated):
         return "created"
     if isinstance(event, FileDeleted):
@@ -80,7 +87,7 @@ class _Series:
         self.positions = array("q")
         self.sums = {name: array("q", [0]) for name in ("bytes", *OPERATIONS)}
 
-    def add(self, position: int, event: FileEvent) -> None:
+    def add(self, position: int, event: FileEvent | RootChanged) -> None:
         self.positions.append(position)
         op = operation(event)
         for name, sums in self.sums.items():
@@ -101,20 +108,21 @@ class _Series:
 
 
 class Ledger:
-    """Prefix sums of every scenario's file events, extended as the journal grows.
+    """Prefix sums of every scenario's applied events, extended as the journal grows.
 
-    ``source(after, upto)`` yields ``(position, event)`` for the file events
-    in (``after``, ``upto``], in order; ``head()`` is the journal's last
-    position. Before each answer the ledger reads what lies between the head
-    it saw last and the head now, so every record is read once per ledger.
+    ``source(after, upto)`` yields ``(position, event)`` for the events a
+    replica applies (:data:`~xoengine.events.APPLIED_EVENTS`) in (``after``,
+    ``upto``], in order; ``head()`` is the journal's last position. Before
+    each answer the ledger reads what lies between the head it saw last and
+    the head now, so every record is read once per ledger.
     """
 
     def __init__(
         self,
-        source: Callable[[int, int], Iterable[tuple[int, FileEvent]]],
+        source: Callable[[int, int], Iterable[tuple[int, FileEvent | RootChanged]]],
         head: Callable[[], int],
     ) -> None:
-        """Follow the file events that ``source`` yields up to ``head()``."""
+        """Follow the events that ``source`` yields up to ``head()``."""
         self._source = source
         self._head = head
         self._lock = threading.Lock()

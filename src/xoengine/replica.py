@@ -37,6 +37,7 @@ from xoengine.errors import (
     TreeRootMissingError,
 )
 from xoengine.events import (
+    APPLIED_EVENTS,
     FILE_EVENTS,
     BytesWritten,
     ContentReplaced,
@@ -69,7 +70,7 @@ if TYPE_CHECKING:
 __all__ = ["APPLIED_TOPICS", "FILE_TOPICS", "Applied", "AppliedCounts", "ReplicaApplier"]
 
 FILE_TOPICS: Final = tuple(get_topic(cls) for cls in FILE_EVENTS)
-APPLIED_TOPICS: Final = (*FILE_TOPICS, get_topic(RootChanged))
+APPLIED_TOPICS: Final = tuple(get_topic(cls) for cls in APPLIED_EVENTS)
 """What a replica applies: the file events, and the changes of the roots' own metadata."""
 
 Applied: TypeAlias = "FileEvent | RootChanged"

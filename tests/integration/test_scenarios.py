@@ -597,7 +597,8 @@ def test_statistics_follow_a_long_suspension_across_a_restart(tmp_path: Path) ->
     # restart (the ledger is rebuilt from the journal), and once the replica resumes.
     def scanned(engine: Engine, after: int) -> tuple[int, int]:
         events = [e for p, _, e in engine.file_events("fs", None) if p > after]
-        return len(events), sum(event_bytes(e) for e in events)
+        roots = sum(1 for p, _, _ in engine.root_events("fs", None) if p > after)
+        return len(events) + roots, sum(event_bytes(e) for e in events)
 
     master = TreeBuilder(tmp_path / "master")
     master.apply(CreateFile("seed", b"0"))
@@ -607,6 +608,8 @@ def test_statistics_follow_a_long_suspension_across_a_restart(tmp_path: Path) ->
         sc.suspend("r2")
         for i in range(30):
             master.apply_all([CreateFile(f"f{i}", _random(100 + 37 * i, i)), Append("seed", b"+")])
+            if i % 10 == 5:  # the root's own change waits too
+                os.chmod(tmp_path / "master", 0o700 + i)
             sc.capture()
             stats = sc.statistics().replicas["r2"]
             assert (stats.backlog_events, stats.backlog_bytes) == scanned(
