@@ -468,9 +468,25 @@ class LMDBApplicationRecorder(LMDBAggregateRecorder, ApplicationRecorder):
         super().__init__(datastore, **kwargs)
         self.topics_table = self.events_table + ".topics"
         self._topics_marked = False  # the first indexed position is stored (it never goes)
+        self._topics_made = False  # its tables exist (ensured once)
 
     def _tables(self) -> tuple[str, ...]:
         return (*super()._tables(), self.topics_table)
+
+    def _insert(self, stored_events: Sequence[StoredEvent], **kwargs: Any) -> list[int]:
+        if stored_events:
+            self._make_topic_tables()
+        return super()._insert(stored_events, **kwargs)
+
+    def _make_topic_tables(self) -> None:
+        """Make the topic index's tables if they are missing.
+
+        Whatever ``CREATE_TABLE`` says: a journal of an older xoengine, appended
+        to by an application that creates no tables, has none for the index.
+        """
+        if not self._topics_made:
+            self.datastore.ensure(self.topics_table, self.marker_table)
+            self._topics_made = True
 
     def _placed(self, txn: WriteTxn, first: int, stored_events: Sequence[StoredEvent]) -> None:
         if not self._topics_marked:
@@ -511,6 +527,7 @@ class LMDBApplicationRecorder(LMDBAggregateRecorder, ApplicationRecorder):
         """
         if self.datastore.readonly or self.datastore.closed:
             return 0
+        self._make_topic_tables()
         indexed = 0
         while step := self.datastore.write(self._index_older):
             indexed += step

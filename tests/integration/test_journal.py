@@ -263,6 +263,35 @@ def test_verify_and_topic_reads_catch_a_damaged_topic_index(
         store.close()
 
 
+def test_a_journal_older_than_the_topic_index_takes_appends_without_create_table(
+    tmp_path: Path,
+) -> None:
+    """Was a bug: with ``CREATE_TABLE=no`` the first append to such a journal failed (E4000)."""
+    from xoengine.record import encode_events, oid_prefixes  # noqa: PLC0415
+
+    store = open_store(tmp_path, durability="nosync")
+    # The tables an xoengine before the topic index made, and its events in them.
+    store.ensure("default.events", "default.events.streams", "default.events.indexed")
+    old = [StoredEvent(uuid.uuid4(), 1, topic, b"") for topic in ("a", "b", "a")]
+    store.write(
+        lambda txn: txn.append_many("default.events", encode_events(1, old, oid_prefixes(old), 1))
+    )
+    store.close()
+    env = {"LMDB_PATH": str(tmp_path), "CREATE_TABLE": "no"}
+    factory = LMDBFactory(env)
+    try:
+        recorder = factory.application_recorder()
+        assert recorder.insert_events(_events(2)) == [4, 5]  # indexed from 4; 1-3 scanned
+        assert [n.id for n in recorder.select_notifications(None, 10, topics=["a"])] == [1, 3]
+        assert [n.id for n in recorder.select_notifications(None, 10, topics=["topic"])] == [4, 5]
+        assert isinstance(recorder, LMDBApplicationRecorder)
+        assert recorder.index_topics() == 3
+        assert [n.id for n in recorder.select_notifications(None, 10, topics=["a"])] == [1, 3]
+        assert verify(factory.datastore).ok
+    finally:
+        factory.close()
+
+
 def test_journal_time_labels_are_monotonic(tmp_path: Path) -> None:
     store = open_store(tmp_path, durability="nosync")
     try:
