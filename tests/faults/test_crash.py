@@ -7,7 +7,8 @@ a random number of them plus a random number of further bytes (the random
 delay is the time it takes to read them: no sleeping). It then drains what the
 child had already reported, reopens the journal and checks it: it opens, its
 positions are gapless, every frame verifies, every record's content is its own,
-every acknowledged event is there, and each originator's stream is a prefix.
+every acknowledged event is there, each originator's stream is a prefix, the
+topic index names exactly the events of each topic, and ``verify`` is clean.
 Several trials share one journal, so each trial also checks the reopen and the
 continued appending after the previous crash.
 """
@@ -21,10 +22,10 @@ import subprocess
 import uuid
 from typing import TYPE_CHECKING
 
-from journal_probe import HERE, PYTHON, LineReader, check_records, read_all
+from journal_probe import END_TOPIC, HERE, PYTHON, TOPIC, LineReader, check_records, read_all
 
 from xoengine.datastore import open_store
-from xoengine.journal import LMDBApplicationRecorder
+from xoengine.journal import LMDBApplicationRecorder, verify
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -120,6 +121,13 @@ def test_crash_kill9_loses_no_acknowledged_event(tmp_path: Path) -> None:
                 notes = read_all(recorder, page=rng.choice([1, 7, 100, 256, 1000]))
                 last = recorder.max_notification_id() or 0
                 check = check_records(notes)
+                # The topic index agrees with the events table, and verify finds nothing.
+                for topic in (TOPIC, END_TOPIC):
+                    by_index = recorder.select_notifications(None, 10**7, topics=[topic])
+                    if [n.id for n in by_index] != [n.id for n in notes if n.topic == topic]:
+                        problems.append(f"journal{j} trial {t}: topic index of {topic}")
+                report = verify(store)
+                problems.extend(f"journal{j} trial {t}: {d.message}" for d in report.damage)
                 # The stream index agrees with the events table for this run's originators.
                 for oid in {oid for oid, _ in reported.values()}:
                     versions = [e.originator_version for e in recorder.select_events(oid)]
