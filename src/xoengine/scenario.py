@@ -18,7 +18,7 @@ import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
 from xoengine import blocks
@@ -100,6 +100,8 @@ class ReplicaStatistics:
     files_replicated: int
     undo_records: int
     rewind_floor: int = 0  # a rewind reaches positions >= this one (retention trimmed below)
+    xattrs_left_out: list[str] = field(default_factory=list)
+    """Extended attributes the master has and this replica leaves out (alert AW0003)."""
 
 
 @dataclass(frozen=True)
@@ -871,6 +873,7 @@ class Scenario:
             "pending_bytes": sum(v["bytes"] for v in pending.values()),
             "pending_moved": moved,
             "pending": pending,
+            "xattrs_left_out": self._left_out(replica),
         }
         if verify:
             report["differences"] = compare_trees(self, applier.tree)
@@ -924,7 +927,13 @@ class Scenario:
             files_replicated=done.events,
             undo_records=undo_count,
             rewind_floor=floor,
+            xattrs_left_out=self._left_out(name),
         )
+
+    def _left_out(self, replica: str) -> list[str]:
+        """Attribute names a replica leaves out: told by AW0003 (the journal), or since."""
+        told = self._def.left_out.get(replica, set())
+        return sorted(told | self._replica(replica).tree.xattrs_left_out)
 
     def _check_state(self) -> None:
         """Problem while a replica's applier has failed or the spool is over its limit."""

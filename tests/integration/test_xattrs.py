@@ -494,10 +494,14 @@ def test_an_attribute_a_replica_leaves_out_raises_one_alert_per_name(
     ]
     assert "user.ntacl" in alerts()[1].message
     assert read_xattrs(str(tmp_path / "r1" / "doc")) == {}
-    # Told once by the alert, not again as a difference (as for a user's replica).
-    assert sc.difference_report("r1", verify=True)["differences"] == {}
+    # Told once by the alert, not again as a difference (as for a user's replica),
+    # and named in the report and the statistics for as long as it lasts.
+    report = sc.difference_report("r1", verify=True)
+    assert (report["differences"], report["xattrs_left_out"]) == ({}, ["user.kept", "user.ntacl"])
+    assert sc.statistics().replicas["r1"].xattrs_left_out == ["user.kept", "user.ntacl"]
+    assert sc.statistics().replicas["r2"].xattrs_left_out == []
     report = sc.difference_report("r2", verify=True)
-    assert report["differences"] == {}
+    assert (report["differences"], report["xattrs_left_out"]) == ({}, [])
     assert read_xattrs(str(tmp_path / "r2" / "doc")) == {
         "user.kept": b"1",
         "user.ntacl": b"B" * 100,
@@ -524,6 +528,8 @@ def test_after_a_restart_an_alert_is_neither_repeated_nor_in_the_way(tmp_path: P
         assert last.topic.endswith(":AlertRaised")  # the scenario's last event
     with temporary_engine(tmp_path) as engine:
         sc = engine.scenario("xa")
+        # The journal's alerts name them before anything is refused in this process.
+        assert sc.statistics().replicas["r1"].xattrs_left_out == ["user.kept", "user.other"]
         sc._appliers["r1"].tree.xattrs_refused.add("user")
         point = sc.set_rewind_point("after-restart")  # refused before: E4020
         sc.start()
