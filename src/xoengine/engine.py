@@ -311,10 +311,7 @@ class Engine:
         Only events of ``kinds``: the others are skipped before their state is decoded.
         """
         topics = FILE_TOPICS if kinds == FILE_EVENTS else [get_topic(c) for c in kinds]
-        for record in self.recorder.records(after + 1, stop=upto, topics=topics):
-            event = self._decode(record)
-            if event.scenario == scenario:
-                yield record.id, record.time_ns, event
+        return self._scenario_events(scenario, topics, after, upto)
 
     def root_events(
         self, scenario: str, upto: int | None, *, after: int = 0
@@ -323,14 +320,16 @@ class Engine:
 
         Read through the journal's topic index: a few events, however long the journal.
         """
-        for record in self.recorder.records(after + 1, stop=upto, topics=[_ROOT_TOPIC]):
+        return self._scenario_events(scenario, [_ROOT_TOPIC], after, upto)
+
+    def _scenario_events(
+        self, scenario: str, topics: Sequence[str], after: int, upto: int | None
+    ) -> Iterator[tuple[int, int, Any]]:
+        """``(position, time label, event)`` of a scenario's events of ``topics`` in a range."""
+        for record in self.recorder.records(after + 1, stop=upto, topics=topics):
             event = self._decode(record)
             if event.scenario == scenario:
                 yield record.id, record.time_ns, event
-
-    def _roots_journaled(self, scenario: str) -> dict[str, RootChanged]:
-        """The last :class:`RootChanged` of each of a scenario's roots (by name)."""
-        return {event.root: event for _, _, event in self.root_events(scenario, None)}
 
     def file_stream(
         self, file_id: uuid.UUID, upto: int | None

@@ -200,13 +200,12 @@ class LMDBAggregateRecorder(_LMDBRecorder, AggregateRecorder):
         its marker is its last position.
         """
         # The marker first: a table opened after this read began renews its snapshot.
-        value = txn.get(self.marker_table, MARKER_KEY)
+        marker = _read_marker(txn, self.marker_table, MARKER_KEY, "marker")
         last_record = txn.last(self.events_table)
         last = decode_position(last_record[0]) if last_record else 0
-        if value is None:
+        if marker is None:
             return last, last, False
-        body = codec.unframe(MARKER_KEY, value, where=self.marker_table, position="marker")
-        return decode_position(bytes(body)), last, True
+        return marker, last, True
 
     def insert_events(
         self, stored_events: Sequence[StoredEvent], **kwargs: Any
@@ -493,7 +492,7 @@ class LMDBApplicationRecorder(LMDBAggregateRecorder, ApplicationRecorder):
             if self._topics_from(txn) is None:
                 # A new journal indexes from its first event; an older one from its first
                 # append since (index_topics() catches up with the events before it).
-                txn.put(self.marker_table, TOPICS_KEY, codec.frame(TOPICS_KEY, POS.pack(first)))
+                txn.put(self.marker_table, TOPICS_KEY, frame_marker(first, TOPICS_KEY))
             txn.on_commit(self._topics_stored)
         entries = encode_topic_entries(first, [event.topic for event in stored_events])
         if len(entries) == 1:
@@ -508,11 +507,7 @@ class LMDBApplicationRecorder(LMDBAggregateRecorder, ApplicationRecorder):
         """The first position the topic index holds in ``txn`` (None: it holds none)."""
         # The index first: a table opened after this read began renews its snapshot.
         txn.count(self.topics_table)
-        value = txn.get(self.marker_table, TOPICS_KEY)
-        if value is None:
-            return None
-        body = codec.unframe(TOPICS_KEY, value, where=self.marker_table, position="topics")
-        return decode_position(bytes(body))
+        return _read_marker(txn, self.marker_table, TOPICS_KEY, "topics")
 
     def index_topics(self) -> int:
         """Index the topics of the events written before the topic index existed.
@@ -550,7 +545,7 @@ class LMDBApplicationRecorder(LMDBAggregateRecorder, ApplicationRecorder):
         if len(topics) != start - low:
             raise FrameError(position=low, detail="positions below the topic index have gaps")
         txn.put_many(self.topics_table, encode_topic_entries(low, topics))
-        txn.put(self.marker_table, TOPICS_KEY, codec.frame(TOPICS_KEY, POS.pack(low)))
+        txn.put(self.marker_table, TOPICS_KEY, frame_marker(low, TOPICS_KEY))
         return len(topics)
 
     def insert_events(
@@ -668,13 +663,7 @@ class LMDBApplicationRecorder(LMDBAggregateRecorder, ApplicationRecorder):
             self._topic_walk(txn, tkey, first, stop) for tkey in {topic_key(t) for t in wanted}
         ]
         for position, tkey in heapq.merge(*walks):
-            pkey = encode_position(position)
-            value = txn.get(self.events_table, pkey)
-            if value is None:
-                raise FrameError(position=position, detail="topic index points at no event")
-            event, time_ns = decode_event(pkey, value, self.events_table)
-            if topic_key(event.topic) != tkey:
-                raise FrameError(position=position, detail="topic index and event disagree")
+            event, time_ns = _named_event(txn, self.events_table, tkey, position)
             if event.topic in wanted:  # else another topic with the same key
                 yield position, event, time_ns
 
@@ -1076,17 +1065,37 @@ def _verify_stream_entry(txn: ReadTxn, name: str, key: bytes, value: bytes) -> N
         raise FrameError(position=decode_position(value), detail="stream index and event disagree")
 
 
+def _read_marker(txn: ReadTxn, table: str, key: bytes, label: str) -> int | None:
+    """The position a marker of ``table`` holds under ``key`` (None: no such marker).
+
+    ``label`` names it in a damage report, where a record's position would be.
+    """
+    value = txn.get(table, key)
+    if value is None:
+        return None
+    return decode_position(bytes(codec.unframe(key, value, where=table, position=label)))
+
+
+def _named_event(
+    txn: ReadTxn, events_table: str, tkey: bytes, position: int
+) -> tuple[StoredEvent, int]:
+    """The event (and time label) a topic index entry of ``tkey`` names at ``position``, checked."""
+    pkey = encode_position(position)
+    value = txn.get(events_table, pkey)
+    if value is None:
+        raise FrameError(position=position, detail="topic index points at no event")
+    event, time_ns = decode_event(pkey, value, events_table)
+    if topic_key(event.topic) != tkey:
+        raise FrameError(position=position, detail="topic index and event disagree")
+    return event, time_ns
+
+
 def _verify_topic_entry(txn: ReadTxn, name: str, key: bytes, value: bytes) -> int:
     """Check one topic index entry; the number of events it names."""
     events_table = name.removesuffix(".topics")
     tkey, positions = decode_topic_entry(key, value, name)
     for position in positions:
-        pkey = encode_position(position)
-        event_value = txn.get(events_table, pkey)
-        if event_value is None:
-            raise FrameError(position=position, detail="topic index points at no event")
-        if topic_key(decode_topic(pkey, event_value, events_table)) != tkey:
-            raise FrameError(position=position, detail="topic index and event disagree")
+        _named_event(txn, events_table, tkey, position)
     return len(positions)
 
 
@@ -1098,16 +1107,14 @@ def _topics_missing(txn: ReadTxn, name: str, named: int) -> str | None:
     from its first position names as many as there are from there.
     """
     events_table = name.removesuffix(".topics")
-    value = txn.get(events_table + ".indexed", TOPICS_KEY)
-    last = txn.last(events_table)
-    end = decode_position(last[0]) if last else 0
-    if value is None:
-        return None if named == 0 else f"{named} events named but no first position"
     try:
-        body = codec.unframe(TOPICS_KEY, value, where=name, position="topics")
-        start = decode_position(bytes(body))
+        start = _read_marker(txn, events_table + ".indexed", TOPICS_KEY, "topics")
     except FrameError as e:
         return str(e)
+    if start is None:
+        return None if named == 0 else f"{named} events named but no first position"
+    last = txn.last(events_table)
+    end = decode_position(last[0]) if last else 0
     expected = max(0, end - start + 1)
     return None if named == expected else f"{named} events named of {expected} from {start}"
 

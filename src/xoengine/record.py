@@ -178,9 +178,8 @@ def decode_event(key: bytes, value: bytes, table: str) -> tuple[StoredEvent, int
 def decode_topic(key: bytes, value: bytes, table: str) -> str:
     """The topic of a frame's event, the frame verified (for indexing without making events)."""
     position, record = _record(key, value, table)
-    if type(record) is list and len(record) == 6 and type(record[3]) is str:
-        return record[3]
-    return _event(position, record)[0].topic
+    topic = _topic_of(record)
+    return topic if topic is not None else _event(position, record)[0].topic
 
 
 def decode_event_of(
@@ -191,10 +190,17 @@ def decode_event_of(
     The frame is verified either way; an event of another topic is not made.
     """
     position, record = _record(key, value, table)
-    topic = record[3] if type(record) is list and len(record) == 6 else None
-    if type(topic) is str and topic not in topics:
+    topic = _topic_of(record)
+    if topic is not None and topic not in topics:
         return None
     return _event(position, record)
+
+
+def _topic_of(record: Any) -> str | None:
+    """The topic of an unpacked event record of the common shape (None: let :func:`_event` say)."""
+    if type(record) is list and len(record) == 6 and type(record[3]) is str:
+        return record[3]
+    return None
 
 
 def _event(position: int | str, record: Any) -> tuple[StoredEvent, int]:

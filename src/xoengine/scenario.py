@@ -140,7 +140,7 @@ class Scenario:
             engine._append,
             include=options.get("include", ()),
             exclude=options.get("exclude", ()),
-            roots=lambda: engine._roots_journaled(definition.name),
+            roots=lambda: engine.forensics(definition.name).roots(None),
         )
         self._appliers: dict[str, ReplicaApplier] = {}
         self._threads: dict[str, ApplierThread] = {}

@@ -200,6 +200,6 @@ class StreamTail:
                 self._advance(marker)
 
 
-def frame_marker(position: int) -> bytes:
-    """The frame of a merge marker at ``position``."""
-    return codec.frame(MARKER_KEY, encode_position(position))
+def frame_marker(position: int, key: bytes = MARKER_KEY) -> bytes:
+    """The frame of a marker (by default the merge marker) at ``position``."""
+    return codec.frame(key, encode_position(position))
