@@ -75,6 +75,7 @@ from xoengine.walk import (
     PathFilter,
     birth_ns,
     normalize_relpath,
+    own_meta,
     read_xattrs,
     stat_entry,
     walk,
@@ -300,13 +301,12 @@ class Capture:
             }
         for index, root in enumerate(self.layout.roots):
             name = self.layout.prefix(index).rstrip("/")
-            real = os.path.realpath(root)  # the directory itself, if given as a link to it
             try:
-                st = os.stat(real)
-                xattrs = read_xattrs(real)
+                meta = own_meta(root)
             except OSError:
                 continue  # gone or unreadable: the walk says so
-            seen = (stat.S_IMODE(st.st_mode), [st.st_uid, st.st_gid], xattrs)
+            xattrs = meta["xattrs"]
+            seen = (meta["mode"], meta["owner"], xattrs)
             known = self._roots.get(name)
             if known is not None and known[1:] == seen:
                 continue

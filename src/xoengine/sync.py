@@ -41,7 +41,7 @@ from xoengine.tree import (
     read_whole,
     store_image_bytes,
 )
-from xoengine.walk import Entry, entry_from_stat, read_xattrs, walk
+from xoengine.walk import Entry, entry_from_stat, own_meta, read_xattrs, walk
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -487,22 +487,21 @@ class Synchronizer:
         walk brings them.) True if they differed; the old ones are kept first.
         """
         tree = self.tree
-        real = os.path.realpath(self.layout.roots[0])
         try:
-            st = os.stat(real)
-            want = tree.comparable(read_xattrs(real))
+            master = own_meta(self.layout.roots[0])
         except OSError:
             return False
+        want = tree.comparable(master["xattrs"])
         have = tree.root_meta("")
-        owner = [st.st_uid, st.st_gid] if tree.owners else have.get("owner")
+        owner = master["owner"] if tree.owners else have.get("owner")
         if (
-            have.get("mode") == stat.S_IMODE(st.st_mode)
+            have.get("mode") == master["mode"]
             and have.get("owner") == owner
             and tree.comparable(have.get("xattrs", {})) == want
         ):
             return False
         self._record([("root", "", have, {})])
-        tree.set_root("", stat.S_IMODE(st.st_mode), owner, want)
+        tree.set_root("", master["mode"], owner, want)
         return True
 
     def _keep(self, paths: list[str]) -> None:

@@ -38,7 +38,15 @@ from xoengine import blocks, codec
 from xoengine.blobtable import blob_chunks
 from xoengine.errors import DiskFullError, FrameError, ReplicaWriteError
 from xoengine.journal import BlobTable, encode_position
-from xoengine.walk import ParentCache, Xattrs, at_fd, normalize_relpath, open_parent, read_xattrs
+from xoengine.walk import (
+    ParentCache,
+    Xattrs,
+    at_fd,
+    normalize_relpath,
+    open_parent,
+    own_meta,
+    read_xattrs,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -1062,18 +1070,9 @@ class ReplicaTree:
                 "xattrs": xattrs,
             }
         try:
-            fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
+            return own_meta(self.root)
         except FileNotFoundError:
             return {}
-        try:
-            st = os.fstat(fd)
-            return {
-                "mode": stat.S_IMODE(st.st_mode),
-                "owner": [st.st_uid, st.st_gid],
-                "xattrs": read_xattrs(fd),
-            }
-        finally:
-            os.close(fd)
 
     def set_root(self, sub: str, mode: int, owner: Owner | None, xattrs: Xattrs) -> None:
         """Give a master root's copy (``sub``: see :meth:`root_meta`) its mode, owner, attributes.

@@ -44,7 +44,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from struct import Struct
-from typing import Final, Literal, NamedTuple, Self, TypeAlias, overload
+from typing import Any, Final, Literal, NamedTuple, Self, TypeAlias, overload
 
 from xoengine.errors import (
     ConfigurationError,
@@ -74,6 +74,7 @@ __all__ = [
     "entry_from_stat",
     "normalize_relpath",
     "open_parent",
+    "own_meta",
     "read_xattrs",
     "resolve_under",
     "stat_entry",
@@ -709,6 +710,24 @@ def at_fd(fd: int, leaf: str) -> str:
     into the parents since they were opened is not followed.
     """
     return f"/proc/self/fd/{fd}/{leaf}"
+
+
+def own_meta(root: str) -> dict[str, Any]:
+    """``mode``, ``owner`` (``[uid, gid]``) and ``xattrs`` of the directory ``root`` itself.
+
+    What a scenario keeps of a root (a link to a directory: the directory).
+    Read through one open of it; :class:`OSError` if it cannot be.
+    """
+    fd = os.open(root, _ROOT_FLAGS)
+    try:
+        st = os.fstat(fd)
+        return {
+            "mode": stat.S_IMODE(st.st_mode),
+            "owner": [st.st_uid, st.st_gid],
+            "xattrs": read_xattrs(fd),
+        }
+    finally:
+        os.close(fd)
 
 
 def read_xattrs(path: str | int) -> Xattrs:

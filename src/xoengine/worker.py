@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import stat
 import threading
 import time
 from typing import TYPE_CHECKING, Final
@@ -107,21 +106,21 @@ def compare_trees(scenario: Scenario, replica_tree: ReplicaTree) -> dict[str, st
 
 def _root_differs(root: str, name: str, replica_tree: ReplicaTree) -> str | None:
     """What differs between a master root and its copy (mode, owner, attributes), if anything."""
-    from xoengine.walk import read_xattrs  # noqa: PLC0415
+    from xoengine.walk import own_meta  # noqa: PLC0415
 
-    real = os.path.realpath(root)
     try:
-        st = os.stat(real)
-        xattrs = replica_tree.comparable(read_xattrs(real))
+        master = own_meta(root)
     except OSError:
         return None  # the walk said what is wrong with it
+    xattrs = replica_tree.comparable(master["xattrs"])
     have = replica_tree.root_meta(name)
     if not have:
         return "missing on the replica"
-    if have["mode"] != stat.S_IMODE(st.st_mode):
-        return f"mode {oct(stat.S_IMODE(st.st_mode))} vs {oct(have['mode'])}"
-    if replica_tree.owners and have["owner"] != [st.st_uid, st.st_gid]:
-        return f"owner {st.st_uid}:{st.st_gid} vs {have['owner'][0]}:{have['owner'][1]}"
+    if have["mode"] != master["mode"]:
+        return f"mode {oct(master['mode'])} vs {oct(have['mode'])}"
+    if replica_tree.owners and have["owner"] != master["owner"]:
+        (a, b), (c, d) = master["owner"], have["owner"]
+        return f"owner {a}:{b} vs {c}:{d}"
     theirs = replica_tree.comparable(have["xattrs"])
     return _xattrs_differ(xattrs, theirs) if theirs != xattrs else None
 
