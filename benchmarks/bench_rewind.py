@@ -38,15 +38,17 @@ Measured:
 3. raw reads, the references the targets are set against: ``BlobTable.view``
    (the verified read rewind and replay call: frame checksum and content id
    checked, one copy out of LMDB; ``get`` adds a second) over the same blob
-   ids in the same order, and a cursor scan of the whole ``blobs`` table
+   ids in the same order (for the rewind through ``UndoLog.view``: the
+   before-images the journal does not hold are in the undo log's own blob
+   table), taken before the rewind, which frees them; and a cursor scan of the whole ``blobs`` table
    (``store.read()`` + ``txn.items("blobs")`` + ``codec.unframe``: frame-verified
    reads; also with the content id checked as ``get`` does). Best of 3.
 
 Two references put the figures in context (benchmark code, not xoengine's):
 
 - floor: the same blobs read with ``blobs.view`` and ``pwrite`` to the same
-  offsets, one ``open`` per piece, nothing else (in place on r1 after the
-  rewind; into new files for replays): the cost of moving the bytes at all.
+  offsets, one ``open`` per piece, nothing else (in place on a copy of r1
+  before the rewind; into new files for replays): the cost of moving the bytes at all.
 - what-if coalesced: a rewind needs only the OLDEST before-image of each byte
   (and the oldest size), a replay only the NEWEST write of each byte still in
   the file; planned per file, each contributing blob read once, each byte
@@ -75,6 +77,7 @@ import pstats
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -86,8 +89,8 @@ from xoengine import codec
 from xoengine.engine import Engine
 from xoengine.events import BytesWritten, ContentReplaced
 from xoengine.forensic import Forensics
-from xoengine.journal import BLOB_TABLE, BlobTable
-from xoengine.tree import TMP_PREFIX
+from xoengine.journal import BLOB_TABLE
+from xoengine.tree import TMP_PREFIX, undo_blob_size
 
 from scratch import Scratch  # benchmarks/scratch.py, beside this script
 
@@ -212,16 +215,19 @@ def table_pages(eng: Engine, names: list[str]) -> dict[str, tuple[int, int]]:
 
 
 def blob_len(blob_id: bytes) -> int:
-    return int.from_bytes(blob_id[16:24], "big")
+    return undo_blob_size(blob_id)  # an undo record's id (either table) or a journal's
 
 
 # -- raw reads -------------------------------------------------------------------------------
 
 
-def raw_get(blobs: BlobTable, ids: list[bytes]) -> int:
+View = Callable[[bytes], memoryview]  # a blob id's bytes: ``UndoLog.view`` or ``BlobTable.view``
+
+
+def raw_get(view: View, ids: list[bytes]) -> int:
     total = 0
     for blob_id in ids:
-        total += len(blobs.view(blob_id))
+        total += len(view(blob_id))
     return total
 
 
@@ -241,13 +247,13 @@ def raw_scan(eng: Engine, *, check_id: bool) -> tuple[int, int]:
 Write = tuple[str, int, bytes]  # (relative path, offset, blob id)
 
 
-def floor_write(blobs: BlobTable, root: Path, writes: list[Write], *, create: bool) -> int:
-    """The data-movement floor: ``blobs.view`` + one open and ``pwrite`` per piece, nothing else."""
+def floor_write(view: View, root: Path, writes: list[Write], *, create: bool) -> int:
+    """The data-movement floor: ``view`` + one open and ``pwrite`` per piece, nothing else."""
     flags = os.O_WRONLY | os.O_CLOEXEC | (os.O_CREAT if create else 0)
     made: set[Path] = set()
     total = 0
     for path, offset, blob_id in writes:
-        data = blobs.view(blob_id)
+        data = view(blob_id)
         full = root / path
         if create and full.parent not in made:
             full.parent.mkdir(parents=True, exist_ok=True)
@@ -654,7 +660,7 @@ def plan_coalesced_replay(eng: Engine, position: int, prefix: str | None) -> dic
 
 
 def run_coalesced(
-    blobs: BlobTable, root: Path, plans: dict[str, FilePlan], *, create: bool, fsync: bool = False
+    view: View, root: Path, plans: dict[str, FilePlan], *, create: bool, fsync: bool = False
 ) -> tuple[int, int]:
     """Write every plan's pieces (each blob read once), set sizes, fsync each file once if asked.
 
@@ -679,9 +685,9 @@ def run_coalesced(
     written = 0
     try:
         for blob_id, uses in by_blob.items():
-            view = blobs.view(blob_id)
+            data = view(blob_id)
             for path, offset, start, length in uses:
-                written += os.pwrite(fd_of(path), view[start : start + length], offset)
+                written += os.pwrite(fd_of(path), data[start : start + length], offset)
         for path, plan in plans.items():
             if plan.size is not None:
                 fd = fd_of(path)
@@ -697,12 +703,12 @@ def run_coalesced(
 
 
 def whatif_rewind(
-    blobs: BlobTable, root: Path, records: list[Any], *, fsync: bool
+    view: View, root: Path, records: list[Any], *, fsync: bool
 ) -> tuple[int, int, int]:
     """Plan and run a coalesced rewind on ``root``; (blobs read, bytes written, paths not coalescible)."""
     plans = plan_coalesced_rewind(records)
     bad = sum(1 for p in plans.values() if not p.ok)
-    nblobs, written = run_coalesced(blobs, root, plans, create=False, fsync=fsync)
+    nblobs, written = run_coalesced(view, root, plans, create=False, fsync=fsync)
     return nblobs, written, bad
 
 
@@ -712,7 +718,7 @@ def whatif_replay(
     """Plan (fold included) and run a coalesced replay into ``root``; same triple."""
     plans = plan_coalesced_replay(eng, position, prefix)
     bad = sum(1 for p in plans.values() if not p.ok)
-    nblobs, written = run_coalesced(eng.blobs, root, plans, create=True)
+    nblobs, written = run_coalesced(eng.blobs.view, root, plans, create=True)
     return nblobs, written, bad
 
 
@@ -742,7 +748,9 @@ def measure(cfg: Config, built: Built, replica: Path, state: Path, prof: Profile
             elif isinstance(event, ContentReplaced):
                 journal_ids.update(op[1] for op in event.ops if op[0] == "data")
         shared = sum(n for i, n in unique_undo.items() if i in journal_ids)
-        pages = table_pages(eng, [BLOB_TABLE, undo.table, eng.recorder.events_table])
+        pages = table_pages(
+            eng, [BLOB_TABLE, undo.own.table, undo.table, eng.recorder.events_table]
+        )
         data_mdb = state / "journal" / "data.mdb"
         apparent, allocated = file_on_disk(data_mdb)
         log("\nSizes")
@@ -764,7 +772,7 @@ def measure(cfg: Config, built: Built, replica: Path, state: Path, prof: Profile
         # -- rewind ----------------------------------------------------------------------
         log(f"\nRewind r1 to 'baseline' (position {built.point_position}), "
             f"durability {cfg.durability}")
-        raw_before = best_of(3, raw_get, eng.blobs, plan.ids)
+        raw_u_t, _ = best_of(3, raw_get, undo.view, plan.ids)
         # What-if first, on a copy of r1 as it is now (the rewind consumes the undo log).
         copy = cfg.work / "r1-whatif"
 
@@ -773,29 +781,28 @@ def measure(cfg: Config, built: Built, replica: Path, state: Path, prof: Profile
             shutil.copytree(replica, copy, symlinks=True)
 
         t_co, (co_blobs, co_written, co_bad) = best_timed(
-            cfg.repeat, fresh_copy, whatif_rewind, eng.blobs, copy, plan.records_list,
+            cfg.repeat, fresh_copy, whatif_rewind, undo.view, copy, plan.records_list,
             fsync=cfg.durability != "nosync",
         )
         co_check = compare(built.baseline, tree_digests(copy))
+        # Reference only: the same before-images put back in rewind order, in place on a
+        # copy of r1 (the rewind frees the blobs only its records held: it goes last).
+        t_floor, _ = best_timed(
+            cfg.repeat, fresh_copy, floor_write, undo.view, copy, plan.writes, create=False
+        )
         cfg.scratch.discard(copy)
         coalesced_u = Row("what-if coalesced", plan.nbytes, t_co)
         with prof.run("rewind"):
             t_rewind, _ = timed(sc.rewind, "r1", "baseline")
-        raw_after = best_of(3, raw_get, eng.blobs, plan.ids)
         rewind = Row("rewind", plan.nbytes, t_rewind)
-        raw_u = Row("raw get (same ids)", plan.nbytes, min(raw_before[0], raw_after[0]))
+        raw_u = Row("raw get (same ids)", plan.nbytes, raw_u_t)
         check = compare(built.baseline, tree_digests(replica))
-        # Reference only: the same before-images put back in rewind order (r1 stays at the
-        # baseline, apart from sizes, which this floor does not restore).
-        t_floor, _ = best_timed(
-            cfg.repeat, lambda: None, floor_write, eng.blobs, replica, plan.writes, create=False
-        )
         floor_u = Row("floor get+pwrite", plan.nbytes, t_floor)
         ops = ", ".join(f"{op} {n}" for op, n in sorted(plan.ops.items()))
         log(f"  {plan.records} undo records ({ops}), {len(plan.ids)} blob reads, "
             f"{fmt_bytes(plan.nbytes)} of before-images")
         log(f"  sc.rewind:                          {t_rewind:7.3f} s  {rewind.rate:8.0f} MB/s")
-        log(f"  raw BlobTable.view (same ids):      {raw_u.seconds:7.3f} s  {raw_u.rate:8.0f} MB/s")
+        log(f"  raw UndoLog.view (same ids):        {raw_u.seconds:7.3f} s  {raw_u.rate:8.0f} MB/s")
         log(f"  floor: get + open + pwrite in place: {t_floor:6.3f} s  {floor_u.rate:8.0f} MB/s")
         log(f"  r1 after rewind vs baseline: {check}")
         fsynced = ", one fsync per file" if cfg.durability != "nosync" else ""
@@ -843,12 +850,12 @@ def measure(cfg: Config, built: Built, replica: Path, state: Path, prof: Profile
                         best = (t, result)
                 assert best is not None
                 t_replay, result = best
-                t_raw_r, _ = best_of(3, raw_get, eng.blobs, ids)
+                t_raw_r, _ = best_of(3, raw_get, eng.blobs.view, ids)
                 floor_dir = cfg.work / f"floor-{len(outputs)}"
                 outputs.append(floor_dir)
                 t_floor_r, _ = best_timed(
                     cfg.repeat, lambda d=floor_dir: cfg.scratch.discard(d),
-                    floor_write, eng.blobs, floor_dir, writes, create=True,
+                    floor_write, eng.blobs.view, floor_dir, writes, create=True,
                 )
                 co_dir = cfg.work / f"coalesced-{len(outputs)}"
                 outputs.append(co_dir)

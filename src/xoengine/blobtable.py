@@ -16,9 +16,11 @@ if TYPE_CHECKING:
 
     from xoengine.datastore import ReadTxn, Store, WriteTxn
 
-__all__ = ["BLOB_MAX", "BLOB_TABLE", "BlobTable", "blob_chunks"]
+__all__ = ["BLOB_MAX", "BLOB_SUFFIX", "BLOB_TABLE", "BlobTable", "blob_chunks", "content_key"]
 
 BLOB_TABLE: Final = "blobs"
+BLOB_SUFFIX: Final = ".blobs"
+"""How the name of any other blob table ends (a replica's undo log has one of its own)."""
 BLOB_MAX: Final = 4 * 1024 * 1024
 """Largest blob xoengine stores: changed bytes, before-images and chunks are split to it
 (far below the frame cap, ``codec.MAX_FRAME_BYTES``)."""
@@ -32,6 +34,11 @@ def blob_chunks(offset: int, length: int) -> Iterator[tuple[int, int]]:
     """
     for start in range(offset, offset + max(length, 0), BLOB_MAX):
         yield start, min(BLOB_MAX, offset + length - start)
+
+
+def content_key(data: bytes | memoryview) -> bytes:
+    """The first 24 bytes of a blob id: ``xxh3_128(data) || len(data)`` (the slot follows)."""
+    return codec.digest128(data) + POS.pack(len(data))
 
 
 class BlobTable:
@@ -51,17 +58,39 @@ class BlobTable:
         self.table = table
         store.ensure(table)
 
-    def put(self, txn: WriteTxn, data: bytes | memoryview) -> bytes:
-        """Store ``data`` inside ``txn`` (if not stored yet) and return its id."""
-        base = codec.digest128(data) + POS.pack(len(data))
+    def put(self, txn: WriteTxn, data: bytes | memoryview, key: bytes | None = None) -> bytes:
+        """Store ``data`` inside ``txn`` (if not stored yet) and return its id.
+
+        ``key``: :func:`content_key` of ``data`` if the caller has it already.
+        """
+        blob_id, stored = self._place(txn, content_key(data) if key is None else key, data)
+        if not stored:
+            txn.put(self.table, blob_id, codec.frame(blob_id, data))
+        return blob_id
+
+    def find(
+        self, txn: ReadTxn, data: bytes | memoryview, key: bytes | None = None
+    ) -> bytes | None:
+        """The id of ``data`` if this table holds those bytes, else None (nothing written).
+
+        ``key``: :func:`content_key` of ``data`` if the caller has it already.
+        """
+        blob_id, stored = self._place(txn, content_key(data) if key is None else key, data)
+        return blob_id if stored else None
+
+    def discard(self, txn: WriteTxn, blob_id: bytes) -> None:
+        """Delete ``blob_id`` (from a table whose owner counts references; never the journal's)."""
+        txn.delete(self.table, blob_id)
+
+    def _place(self, txn: ReadTxn, key: bytes, data: bytes | memoryview) -> tuple[bytes, bool]:
+        """(id, whether stored): the slot holding ``data``, else the first free one."""
         for slot in range(256):
-            blob_id = base + bytes((slot,))
+            blob_id = key + bytes((slot,))
             existing = txn.get(self.table, blob_id)
             if existing is None:
-                txn.put(self.table, blob_id, codec.frame(blob_id, data))
-                return blob_id
+                return blob_id, False
             if codec.unframe(blob_id, existing, where=self.table) == data:
-                return blob_id
+                return blob_id, True
         raise IntegrityViolationError(detail="256 different blobs share one hash")
 
     def save(self, data: bytes | memoryview) -> bytes:

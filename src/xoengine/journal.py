@@ -49,7 +49,7 @@ from eventsourcing.persistence import (
 from eventsourcing.utils import resolve_topic, strtobool
 
 from xoengine import codec
-from xoengine.blobtable import BLOB_TABLE, BlobTable
+from xoengine.blobtable import BLOB_SUFFIX, BLOB_TABLE, BlobTable
 from xoengine.codec import MsgpackTranscoder
 from xoengine.datastore import (
     CATALOG_TABLE,
@@ -973,7 +973,7 @@ class VerifyReport:
 def _table_kind(name: str) -> str:
     if name == CATALOG_TABLE:
         return "catalog"  # checked by the datastore when it opens
-    if name == BLOB_TABLE:
+    if name == BLOB_TABLE or name.endswith(BLOB_SUFFIX):
         return "blobs"
     if name.endswith(".streams"):
         return "streams"

@@ -31,8 +31,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
 from xoengine.errors import ReplicaDivergedError
-from xoengine.journal import BlobTable, encode_position
-from xoengine.tree import Extents, event_delta
+from xoengine.tree import Extents, event_delta, undo_blob_size
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator, Sequence
@@ -191,7 +190,7 @@ def _spans(record: UndoRecord) -> Iterator[tuple[int, bytes, int]]:
     args = record.args
     if record.op == "bytes":
         for offset, name in args.get("spans", []):
-            yield offset, args[name], BlobTable.size_of(args[name])
+            yield offset, args[name], undo_blob_size(args[name])
     elif record.op == "content":
         cursor = 0
         for op in args["ops"]:
@@ -270,7 +269,6 @@ def rewind_back(
     applied: int,
     target: int,
     set_applied: Callable[[WriteTxn, int], None],
-    blob: Callable[[bytes], bytes | memoryview],
     progress: Callable[[int, int], None] | None = None,
 ) -> int:
     """Undo every change in ``(target, applied]``, newest first; return records undone.
@@ -299,9 +297,7 @@ def rewind_back(
     def commit(positions: list[int]) -> None:
         def work(txn: WriteTxn) -> None:
             for position in positions:
-                prefix = encode_position(position)
-                for key in [k for k, _ in txn.items(undo.table, prefix, prefix=prefix)]:
-                    txn.delete(undo.table, key)
+                undo.drop(txn, position)
             set_applied(txn, positions[-1] - 1)
 
         store.write(work)
@@ -310,7 +306,7 @@ def rewind_back(
         nonlocal batch, batch_bytes, run, run_positions
         # A run moves no directory and each plan has a path of its own: all written
         # (a tree that fsyncs: from several threads) before the commit drops the records.
-        tree.for_each(lambda plan: undo_path(tree, plan, blob), plan_run(run))
+        tree.for_each(lambda plan: undo_path(tree, plan, undo.view), plan_run(run))
         positions = batch + run_positions
         if positions:
             commit(positions)
@@ -334,7 +330,7 @@ def rewind_back(
         if relative or run:
             flush()
         for record in group:  # already newest seq first
-            undo_one(tree, record, blob)
+            undo_one(tree, record, undo.view)
             count += 1
         batch.append(position)
         batch_bytes += sum(len(str(r.args)) for r in group)

@@ -746,7 +746,6 @@ class Scenario:
                     applied,
                     low,
                     lambda txn, p: applier.set_position(txn, p, force=True),
-                    self._engine.blobs.view,
                     progress,
                 )
                 self._engine.store.write(lambda txn: undo.open_gap(txn, low))
@@ -759,7 +758,6 @@ class Scenario:
                     applied,
                     target,
                     lambda txn, p: applier.set_position(txn, p, force=True),
-                    self._engine.blobs.view,
                     progress,
                 )
                 self._engine.store.write(lambda txn: undo.open_gap(txn, target))

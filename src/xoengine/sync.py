@@ -35,11 +35,9 @@ from xoengine.events import FileSynced, SyncFinished, SyncStarted, new_id
 from xoengine.tree import (
     TMP_PREFIX,
     Image,
-    UndoRecord,
     image_of_existing,
     image_of_writes,
     read_whole,
-    store_image_bytes,
 )
 from xoengine.walk import Entry, entry_from_stat, own_meta, read_xattrs, walk
 
@@ -536,11 +534,8 @@ class Synchronizer:
         self._undo_seq += len(images)
 
         def write(txn: WriteTxn) -> None:
-            for offset, (op, path, args, data) in enumerate(images):
-                stored = store_image_bytes(self.undo.blobs, txn, data)
-                self.undo.put(
-                    txn, position, seq + offset, UndoRecord(position, op, path, args | stored)
-                )
+            for offset, image in enumerate(images):
+                self.undo.put(txn, position, seq + offset, image)
 
         self.store.write(write)
 

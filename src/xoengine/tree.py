@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final, Literal, TypeAlias, TypeVar
 
 from xoengine import blocks, codec
-from xoengine.blobtable import blob_chunks
+from xoengine.blobtable import BLOB_SUFFIX, blob_chunks, content_key
 from xoengine.errors import DiskFullError, FrameError, ReplicaWriteError
 from xoengine.journal import BlobTable, encode_position
 from xoengine.walk import (
@@ -70,7 +70,7 @@ __all__ = [
     "kind_of",
     "pread_all",
     "read_whole",
-    "store_image_bytes",
+    "undo_blob_size",
 ]
 
 TMP_PREFIX: Final = ".xoengine-tmp-"
@@ -129,15 +129,6 @@ _DIGEST_CHUNK: Final = 1024 * 1024
 
 _EAGER_IMAGE: Final = 16 * 1024 * 1024
 """Before-images of in-place writes up to this size are read at once, in one open."""
-
-
-def store_image_bytes(
-    blobs: BlobTable, txn: WriteTxn, data: dict[str, ImageBytes]
-) -> dict[str, bytes]:
-    """Store an image's bytes as blobs inside ``txn`` (readers read now); ``{name: blob id}``."""
-    return {
-        name: blobs.put(txn, value() if callable(value) else value) for name, value in data.items()
-    }
 
 
 # -- extent maps -----------------------------------------------------------------------
@@ -1319,17 +1310,37 @@ class UndoRecord:
 _XATTRS_ID: Final = "xattrs_id"
 """An undo record's key for the blob id of its extended attributes (see :meth:`UndoLog.put`)."""
 
+_OWN_IDS: Final = "own_ids"
+"""An undo record's key for the ids of the blobs it holds a reference to in its log's own table."""
+
+_OWN: Final = b"u"
+"""First byte of the id of a blob in an undo log's own table (26 bytes; the journal's are 25)."""
+
+
+def undo_blob_size(blob_id: bytes) -> int:
+    """Length of the bytes of a blob id an undo record holds (either table; no lookup)."""
+    return BlobTable.size_of(blob_id[1:] if len(blob_id) > BlobTable.ID_SIZE else blob_id)
+
 
 class UndoLog:
     """Before-images of one replica, keyed by journal position (durable before each change)."""
 
     def __init__(self, store: Store, name: str) -> None:
-        """Use table ``<name>.undo`` of ``store``."""
+        """Use tables ``<name>.undo``, ``<name>.undo-horizon``, ``.undo.blobs`` and ``.undo.refs``.
+
+        Before-images whose bytes the journal's blob table holds already (what
+        an earlier write put there) point at them: those are never deleted.
+        The others go to the log's own blob table, with a count of the records
+        that point at each (``.undo.refs``), and leave it with their last
+        record: a trim or a rewind frees what it drops, in its transaction.
+        """
         self.store = store
         self.table = f"{name}.undo"
         self.horizon_table = f"{name}.undo-horizon"
+        self.refs_table = f"{name}.undo.refs"
         self.blobs = BlobTable(store)
-        store.ensure(self.table, self.horizon_table)
+        self.own = BlobTable(store, f"{name}.undo{BLOB_SUFFIX}")
+        store.ensure(self.table, self.horizon_table, self.refs_table)
 
     # -- reachability: what a rewind can reach exactly ---------------------------------------
     #
@@ -1384,8 +1395,8 @@ class UndoLog:
         key = self._key(position, 0)
         return any(True for _ in txn.items(self.table, key, prefix=key[:8]))
 
-    def put(self, txn: WriteTxn, position: int, seq: int, record: UndoRecord) -> None:
-        """Record one before-image (first one wins: re-application keeps the original).
+    def put(self, txn: WriteTxn, position: int, seq: int, image: Image) -> None:
+        """Record one before-image and its bytes (first wins: re-application keeps the original).
 
         A non-empty set of extended attributes is stored as a blob, once for
         every record that holds the same set (an NT ACL of a few KiB would
@@ -1393,12 +1404,21 @@ class UndoLog:
         :meth:`records` gives it back in ``args["xattrs"]``.
         """
         key = self._key(position, seq)
-        args = record.args
+        if txn.get(self.table, key) is not None:
+            return
+        op, path, args, data = image
+        own: list[bytes] = []
+        args = args | {
+            name: self._store(txn, value() if callable(value) else value, own)
+            for name, value in data.items()
+        }
         if args.get("xattrs"):
             shared = codec.pack(dict(sorted(args["xattrs"].items())))
             args = {k: v for k, v in args.items() if k != "xattrs"}
-            args[_XATTRS_ID] = self.blobs.put(txn, shared)
-        body = codec.pack([record.op, record.path, args])
+            args[_XATTRS_ID] = self._store(txn, shared, own)
+        if own:
+            args[_OWN_IDS] = own
+        body = codec.pack([op, path, args])
         txn.put(self.table, key, codec.frame(key, body), overwrite=False)
         gaps = self.gaps(txn)
         if gaps and gaps[-1][1] is None and position > gaps[-1][0]:
@@ -1406,13 +1426,71 @@ class UndoLog:
                 txn, b"gaps", [*[[lo, hi] for lo, hi in gaps[:-1]], [gaps[-1][0], position]]
             )
 
+    def _store(self, txn: WriteTxn, data: bytes | memoryview, own: list[bytes]) -> bytes:
+        """The id of ``data``: the journal's blob if it holds these bytes, else one of our own."""
+        key = content_key(data)
+        shared = self.blobs.find(txn, data, key)
+        if shared is not None:
+            return shared
+        blob_id = self.own.put(txn, data, key)
+        refs = txn.get(self.refs_table, blob_id)
+        count = 0 if refs is None else codec.unpack(codec.unframe(blob_id, refs))
+        txn.put(self.refs_table, blob_id, codec.frame(blob_id, codec.pack(count + 1)))
+        own.append(blob_id)
+        return _OWN + blob_id
+
+    def _release(self, txn: WriteTxn, key: bytes, value: bytes) -> None:
+        """Delete one record; its own blobs go with their last reference."""
+        _, _, args = codec.unpack(codec.unframe(key, value, where=self.table))
+        for blob_id in args.get(_OWN_IDS, ()):
+            refs = txn.get(self.refs_table, blob_id)
+            count = 0 if refs is None else codec.unpack(codec.unframe(blob_id, refs)) - 1
+            if count > 0:
+                txn.put(self.refs_table, blob_id, codec.frame(blob_id, codec.pack(count)))
+            else:
+                txn.delete(self.refs_table, blob_id)
+                self.own.discard(txn, blob_id)
+        txn.delete(self.table, key)
+
+    def view(self, blob_id: bytes, txn: ReadTxn | None = None) -> memoryview:
+        """The verified bytes of a blob id an undo record holds (in our table or the journal's)."""
+        if len(blob_id) > BlobTable.ID_SIZE and blob_id[:1] == _OWN:
+            return self.own.view(blob_id[1:], txn)
+        return self.blobs.view(blob_id, txn)
+
+    def check(self) -> list[str]:
+        """Where the records, the reference counts and the own blob table disagree ([]: nowhere).
+
+        Each own blob is counted once per record that holds it, and stored
+        exactly while a record holds it.
+        """
+        held: dict[bytes, int] = {}
+        with self.store.read() as txn:
+            for key, value in txn.items(self.table):
+                _, _, args = codec.unpack(codec.unframe(key, value, where=self.table))
+                for blob_id in args.get(_OWN_IDS, ()):
+                    held[blob_id] = held.get(blob_id, 0) + 1
+            counted = {
+                k: codec.unpack(codec.unframe(k, v, where=self.refs_table))
+                for k, v in txn.items(self.refs_table)
+            }
+            stored = {k for k, _ in txn.items(self.own.table)}
+        problems = []
+        for blob_id in sorted(held.keys() | counted.keys() | stored):
+            records, count = held.get(blob_id, 0), counted.get(blob_id, 0)
+            if records != count or (blob_id in stored) != (records > 0):
+                problems.append(
+                    f"blob {blob_id.hex()}: held by {records} records, counted {count}, "
+                    f"{'stored' if blob_id in stored else 'missing'}"
+                )
+        return problems
+
     def record(self, txn: WriteTxn, position: int, images: list[Image]) -> None:
-        """Store the before-images of one position (their bytes as blobs); keep existing ones."""
+        """Store the before-images of one position; keep existing ones."""
         if self.has(txn, position):
             return  # re-application after a crash: the original images stay
-        for seq, (op, path, args, data) in enumerate(images):
-            stored = store_image_bytes(self.blobs, txn, data)
-            self.put(txn, position, seq, UndoRecord(position, op, path, args | stored))
+        for seq, image in enumerate(images):
+            self.put(txn, position, seq, image)
 
     def records(
         self, after: int = 0, upto: int | None = None, *, reverse: bool = False
@@ -1426,10 +1504,11 @@ class UndoLog:
                 if upto is not None and position > upto:
                     break
                 op, path, args = codec.unpack(codec.unframe(key, value, where=self.table))
+                args.pop(_OWN_IDS, None)
                 if _XATTRS_ID in args:
                     blob_id = args.pop(_XATTRS_ID)
                     if blob_id not in sets:
-                        sets[blob_id] = codec.unpack(self.blobs.get(blob_id, txn))
+                        sets[blob_id] = codec.unpack(self.view(blob_id, txn))
                     args["xattrs"] = dict(sets[blob_id])
                 out.append(UndoRecord(position, op, path, args))
         if reverse:
@@ -1444,24 +1523,36 @@ class UndoLog:
                 position = int.from_bytes(key[:8], "big")
                 _, _, args = codec.unpack(codec.unframe(key, value, where=self.table))
                 blob_bytes = sum(  # a shared set of attributes not counted: stored once
-                    int.from_bytes(v[16:24], "big")
+                    undo_blob_size(v)
                     for k, v in args.items()
-                    if isinstance(v, bytes) and len(v) == BlobTable.ID_SIZE and k != _XATTRS_ID
+                    if isinstance(v, bytes)
+                    and len(v) in {BlobTable.ID_SIZE, BlobTable.ID_SIZE + 1}
+                    and k != _XATTRS_ID
                 )
                 sizes[position] = sizes.get(position, 0) + len(value) + blob_bytes
         return sorted(sizes.items())
 
     def trim(self, upto: int) -> int:
-        """Drop every record at or before ``upto``; return how many went."""
+        """Drop every record at or before ``upto`` (and what only they held); return how many."""
 
         def work(txn: WriteTxn) -> int:
-            doomed = [k for k, _ in txn.items(self.table) if int.from_bytes(k[:8], "big") <= upto]
-            for key in doomed:
-                txn.delete(self.table, key)
+            doomed = []
+            for key, value in txn.items(self.table):
+                if int.from_bytes(key[:8], "big") > upto:
+                    break
+                doomed.append((key, value))
+            for key, value in doomed:
+                self._release(txn, key, value)
             self.raise_floor(txn, upto)
             return len(doomed)
 
         return self.store.write(work)
+
+    def drop(self, txn: WriteTxn, position: int) -> None:
+        """Delete the records of ``position`` (a rewind undid them), and what only they held."""
+        prefix = encode_position(position)
+        for key, value in list(txn.items(self.table, prefix, prefix=prefix)):
+            self._release(txn, key, value)
 
     def size(self) -> tuple[int, int]:
         """(records, bytes of frames) held."""

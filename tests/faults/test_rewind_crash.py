@@ -36,10 +36,12 @@ import xoengine.rewind as rewind_module
 from xoengine.engine import Engine, Scenario
 from xoengine.events import FileRenamed, ReplicaRewound, RewindStarted
 from xoengine.testing import snapshot_contents
-from xoengine.tree import TMP_PREFIX
+from xoengine.tree import TMP_PREFIX, UndoLog
 
 if TYPE_CHECKING:
     from pathlib import Path
+
+    from xoengine.datastore import WriteTxn
 
 TRIALS = 8
 CAPTURES_PER_TRIAL = 30
@@ -220,6 +222,8 @@ def trial(
         assert rewound, "no ReplicaRewound journaled"
         assert sc.statistics().replicas["r1"].applied_position == position
         assert "r1" in sc.suspended
+        # The records undone went with their blobs, in the commits the kills cut short too.
+        assert sc._appliers["r1"].undo.check() == []
 
         # 4. Resume: block-level resync back to the master.
         runs = len(sc.sync_report("r1", last_only=False)["runs"])
@@ -232,6 +236,8 @@ def trial(
         assert snapshot(r1) == snapshot(master)
         assert snapshot(tmp_path / "r2") == snapshot(master)
         assert temp_files(r1) == []
+        for replica in ("r1", "r2"):
+            assert sc._appliers[replica].undo.check() == []
     totals["trials"] += 1
 
 
@@ -321,19 +327,19 @@ def test_rewind_resumed_between_undo_and_commit_is_idempotent(
     assert len(renamed) == 1
 
     # Die in the commit that follows the undo of the rename's position.
-    real = rewind_module.encode_position
+    real = UndoLog.drop
 
-    def dying(position: int) -> bytes:
+    def dying(self: UndoLog, txn: WriteTxn, position: int) -> None:
         if position == renamed[0]:
             raise _Killed
-        return real(position)
+        real(self, txn, position)
 
-    monkeypatch.setattr(rewind_module, "encode_position", dying)
+    monkeypatch.setattr(UndoLog, "drop", dying)
     with pytest.raises(_Killed):
         sc.rewind("r1", point)
     eng._closed = True  # the process is dead: no clean close
     eng.app.close()
-    monkeypatch.setattr(rewind_module, "encode_position", real)
+    monkeypatch.setattr(UndoLog, "drop", real)
     with Engine.open(tmp_path / "state", durability="nosync") as eng:  # completes the rewind
         assert snapshot(r1) == want
 
@@ -386,7 +392,7 @@ def test_rewind_killed_inside_a_coalesced_run_is_completed_at_open(
     assert {r.op for r in records} <= {"bytes", "meta", "content"}, "one run only"
     assert len({r.path for r in records}) == 6
 
-    real_undo_path, real_encode = rewind_module.undo_path, rewind_module.encode_position
+    real_undo_path, real_drop = rewind_module.undo_path, UndoLog.drop
     done = [0]
     counting = threading.Lock()  # paths are undone from several threads
 
@@ -397,11 +403,11 @@ def test_rewind_killed_inside_a_coalesced_run_is_completed_at_open(
             done[0] += 1
         real_undo_path(*args)
 
-    def dying_encode(position: int) -> bytes:
+    def dying_drop(self: UndoLog, txn: WriteTxn, position: int) -> None:
         raise _Killed
 
     if die_after == "commit":
-        monkeypatch.setattr(rewind_module, "encode_position", dying_encode)
+        monkeypatch.setattr(UndoLog, "drop", dying_drop)
     else:
         monkeypatch.setattr(rewind_module, "undo_path", dying_undo_path)
     with pytest.raises(_Killed):
@@ -409,7 +415,7 @@ def test_rewind_killed_inside_a_coalesced_run_is_completed_at_open(
     eng._closed = True  # the process is dead: no clean close
     eng.app.close()
     monkeypatch.setattr(rewind_module, "undo_path", real_undo_path)
-    monkeypatch.setattr(rewind_module, "encode_position", real_encode)
+    monkeypatch.setattr(UndoLog, "drop", real_drop)
     if die_after == "commit":
         assert snapshot(r1) == want  # written, not committed
     with Engine.open(tmp_path / "state", durability=durability) as eng:  # completes the rewind
@@ -417,3 +423,4 @@ def test_rewind_killed_inside_a_coalesced_run_is_completed_at_open(
         sc = eng.scenario("cx")
         assert sc.statistics().replicas["r1"].applied_position == point.position
         assert sc._appliers["r1"].undo.records(after=point.position) == []
+        assert sc._appliers["r1"].undo.check() == []

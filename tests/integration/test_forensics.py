@@ -20,6 +20,7 @@ import dataclasses
 import datetime as dt
 import json
 import os
+import random
 import stat
 import subprocess
 import sys
@@ -32,6 +33,8 @@ import pytest
 
 import xoengine.forensic as forensic_module
 import xoengine.journal as journal_module
+from xoengine import codec
+from xoengine.blobtable import BlobTable
 from xoengine.cli import main
 from xoengine.datastore import open_store
 from xoengine.engine import Engine, Scenario
@@ -52,9 +55,11 @@ from xoengine.events import (
     SyncStarted,
     UndoTrimmed,
 )
+from xoengine.journal import encode_position
 from xoengine.ledger import SYNC_EVENTS, sync_runs
 from xoengine.rewind import RetentionPolicy
 from xoengine.testing import assert_trees_equal, snapshot_contents
+from xoengine.tree import UndoLog
 
 Node = tuple[Any, ...]
 EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
@@ -920,6 +925,140 @@ def test_trim_undo_journals_the_trim_and_keeps_the_newest_point(tmp_path: Path) 
         eng.close()
 
 
+def _own_blobs(sc: Scenario, replica: str) -> int:
+    """Blobs in ``replica``'s undo log's own table (what only its records hold)."""
+    undo = sc._appliers[replica].undo
+    with undo.store.read() as txn:
+        return sum(1 for _ in txn.items(undo.own.table))
+
+
+def test_trims_and_rewinds_free_the_before_images_only_the_undo_log_held(tmp_path: Path) -> None:
+    """Before-images of bytes the journal never held leave with the last record holding them.
+
+    The master's file reaches the replicas by synchronization (no journaled
+    bytes), then gets writes at random places: what they overwrite is in the
+    undo logs' own tables. A rewind drops the records after its target, a trim
+    those up to its position, and their blobs go in the same transaction.
+    """
+    rng = random.Random(5)
+    eng, sc, master = new_engine(tmp_path)
+    try:
+        write(master / "a", rng.randbytes(200_000))
+        sc.start()
+        points = []
+        for i in range(6):
+            with (master / "a").open("r+b") as f:
+                f.seek(rng.randrange(190_000))
+                f.write(rng.randbytes(rng.randint(100, 5000)))
+            sc.capture()
+            points.append((sc.set_rewind_point(f"p{i}"), snapshot(master)))
+        sc.wait_replicated()
+        held = _own_blobs(sc, "r1")
+        assert held > 0
+        assert _own_blobs(sc, "r2") == held
+        for replica in ("r1", "r2"):
+            assert sc._appliers[replica].undo.check() == []
+
+        sc.rewind("r1", points[2][0])
+        assert snapshot(tmp_path / "r1") == points[2][1]
+        assert 0 < _own_blobs(sc, "r1") < held
+        assert sc._appliers["r1"].undo.check() == []
+
+        sc.trim_undo(RetentionPolicy(max_bytes=1, min_points=1))
+        for replica in ("r1", "r2"):
+            undo = sc._appliers[replica].undo
+            assert undo.records() == []
+            assert _own_blobs(sc, replica) == 0
+            assert undo.check() == []
+            with undo.store.read() as txn:
+                assert list(txn.items(undo.refs_table)) == []
+        _assert_reachable(sc, master, points[-1][0], points[-1][1])  # r1 resumed by a rewind
+        assert sc._appliers["r1"].undo.check() == []
+    finally:
+        eng.close()
+
+
+def test_journal_verify_names_an_undo_blob_counted_wrong(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rng = random.Random(6)
+    eng, sc, master = new_engine(tmp_path)
+    write(master / "a", rng.randbytes(50_000))
+    sc.start()
+    with (master / "a").open("r+b") as f:
+        f.seek(1000)
+        f.write(rng.randbytes(3000))
+    sc.capture()
+    sc.wait_replicated()
+    refs_table = sc._appliers["r1"].undo.refs_table
+    with eng.store.read() as txn:
+        blob_id = next(k for k, _ in txn.items(refs_table))
+    eng.close()
+    state = str(tmp_path / "state")
+    assert main(["journal", "verify", state]) == 0
+    store = open_store(tmp_path / "state" / "journal", durability="nosync")
+    try:
+        frame = codec.frame(blob_id, codec.pack(7))
+        store.write(lambda txn: txn.put(refs_table, blob_id, frame))
+    finally:
+        store.close()
+    capsys.readouterr()
+    assert main(["journal", "verify", state]) == 4
+    out = capsys.readouterr().out
+    assert f"DAMAGE E4010 {refs_table} at refs: blob {blob_id.hex()}" in out
+    assert "held by 1 records, counted 7, stored" in out
+
+
+def test_before_images_the_journal_holds_are_not_stored_again(tmp_path: Path) -> None:
+    """Rewriting a file the journal wrote: the before-image is the journal's blob, not a copy."""
+    eng, sc, master = new_engine(tmp_path)
+    try:
+        write(master / "a", b"v0" * 30_000)
+        sc.start()
+        write(master / "a", b"v1" * 30_000)
+        sc.capture()
+        point = sc.set_rewind_point("v1")
+        sc.wait_replicated()
+        own_before = _own_blobs(sc, "r1")
+        write(master / "a", b"v2" * 30_000)
+        sc.capture()
+        sc.wait_replicated()
+        undo = sc._appliers["r1"].undo
+        after = undo.records(after=point.position)
+        assert after
+        ids = [v for r in after for v in r.args.values() if isinstance(v, bytes)]
+        assert ids
+        assert all(blob_id in eng.blobs for blob_id in ids)  # the journal's own ids
+        assert _own_blobs(sc, "r1") == own_before
+        sc.rewind("r1", point)
+        assert (tmp_path / "r1" / "a").read_bytes() == b"v1" * 30_000
+        assert undo.check() == []
+    finally:
+        eng.close()
+
+
+def test_undo_records_of_earlier_versions_read_and_trim_without_touching_the_journal(
+    tmp_path: Path,
+) -> None:
+    """A record whose before-image is in the journal's blob table (as all were) keeps working."""
+    store = open_store(tmp_path / "state", durability="nosync")
+    try:
+        undo = UndoLog(store, "replica.fx.r1")
+        blob_id = BlobTable(store).save(b"what the file held")
+        key = encode_position(5) + (0).to_bytes(4, "big")
+        body = codec.pack(["deleted", "f", {"kind": "file", "content": blob_id}])
+        store.write(lambda txn: txn.put(undo.table, key, codec.frame(key, body)))
+        (record,) = undo.records()
+        assert record.args == {"kind": "file", "content": blob_id}
+        assert undo.view(record.args["content"]) == b"what the file held"
+        assert undo.trim(5) == 1
+        assert undo.records() == []
+        assert blob_id in BlobTable(store)  # the journal's blobs are never deleted
+        assert undo.check() == []
+    finally:
+        store.close()
+
+
 def test_trim_undo_alerts_when_the_window_nears_the_budget(tmp_path: Path) -> None:
     eng, sc, _master, _marks = _history_with_points(tmp_path)
     try:
@@ -1539,7 +1678,7 @@ def test_a_shifting_delta_of_a_large_file_is_applied_undone_and_replayed_in_chun
         shifted = b"inserted " * 100 + content
         write(master / "big", shifted)
         sc.capture()
-        (_, delta), = journal_events(eng, ContentReplaced)
+        ((_, delta),) = journal_events(eng, ContentReplaced)
         assert sum(op[2] for op in delta.ops if op[0] == "data") < BLOB_MAX  # shifted, not resent
         old, new = codec.digest128(content), codec.digest128(shifted)
         del content, shifted

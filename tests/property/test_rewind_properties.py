@@ -51,12 +51,15 @@ import tempfile
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import pytest
 from hypothesis import HealthCheck, event, given, note, settings
 from hypothesis import strategies as st
 from xattr_values import CAPABILITIES, CAPABILITY, DIR_ACLS, XATTR_NAMES, XATTR_VALUES
 
 from xoengine import forensic
 from xoengine.engine import Engine, Scenario
+from xoengine.errors import RewindUnreachableError
+from xoengine.rewind import RetentionPolicy
 from xoengine.testing import root_node, snapshot_contents
 from xoengine.walk import read_xattrs
 
@@ -101,6 +104,8 @@ STATS: dict[str, int] = {
     "xattr ops": 0,  # extended attributes set or removed
     "after setcap": 0,  # writes, truncations and chowns of a file with a capability
     "root ops": 0,  # the root's own mode, owner or extended attributes changed
+    "trims": 0,  # retention trims of the undo logs in the resume round
+    "refused": 0,  # rewinds refused below a trim
 }
 
 # -- recorded trees -----------------------------------------------------------------------
@@ -326,7 +331,9 @@ class Script:
                 os.removexattr(root, name)
                 return f"removexattr the root {name}"
             value = self.draw(
-                st.sampled_from(DIR_ACLS if name == "system.posix_acl_access" else XATTR_VALUES[name])
+                st.sampled_from(
+                    DIR_ACLS if name == "system.posix_acl_access" else XATTR_VALUES[name]
+                )
             )
             os.setxattr(root, name, value)
             return f"setxattr the root {name}={value.hex()}"
@@ -350,18 +357,28 @@ class Script:
 # -- checks -----------------------------------------------------------------------------------
 
 
-def check_rewinds(sc: Scenario, replica_root: str, order: list[Recorded]) -> None:
-    """(a) Rewinding r1 to each point, in the drawn order, leaves exactly that point's tree."""
+def check_rewinds(sc: Scenario, replica_root: str, order: list[Recorded], floor: int = 0) -> None:
+    """(a) Rewinding r1 to each point, in the drawn order, leaves exactly that point's tree.
+
+    Below ``floor`` (a trim's position) a rewind back is refused, the replica untouched.
+    """
     for rec in order:
+        applied = sc.statistics().replicas["r1"].applied_position
+        if rec.point.position < floor and rec.point.position < applied:
+            before = snapshot(replica_root)
+            with pytest.raises(RewindUnreachableError):
+                sc.rewind("r1", rec.point)
+            assert snapshot(replica_root) == before
+            STATS["refused"] += 1
+            continue
         held = sc.rewind("r1", rec.point)
         assert held == rec.point.position
         assert_tree(replica_root, rec.tree, f"r1 rewound to {rec.point.name}@{rec.point.position}")
+        assert sc._appliers["r1"].undo.check() == []  # what each record holds, no more
         STATS["rewinds"] += 1
 
 
-def check_path_replay(
-    eng: Engine, sc: Scenario, rec: Recorded, path: bytes, scratch: str
-) -> None:
+def check_path_replay(eng: Engine, sc: Scenario, rec: Recorded, path: bytes, scratch: str) -> None:
     """``replay(path=)`` gives exactly the subtree at ``path`` of the point's tree."""
 
     def under(tree: dict[bytes, Node]) -> dict[bytes, Node]:
@@ -592,12 +609,22 @@ def run_example(
             more = data.draw(st.lists(st.sampled_from(OPERATIONS), max_size=12), label="more")
             run_script(sc, script, records, more, master)
             order = data.draw(st.permutations(records), label="rewind order after resume")
+            floor = 0
             for rec in order:
-                check_rewinds(sc, r1, [rec])
+                check_rewinds(sc, r1, [rec], floor)
                 if data.draw(st.booleans(), label="resume after it"):
                     sc.resume("r1")
                     sc.wait_replicated()
                     assert_tree(r1, records[-1].tree, "r1 resumed again")
+                if not floor and data.draw(st.booleans(), label="trim now"):
+                    # Retention keeps the newest ``kept`` points; older ones become
+                    # unreachable backwards, and the before-images only they held go.
+                    kept = data.draw(st.integers(1, len(records)), label="points kept")
+                    decisions = sc.trim_undo(RetentionPolicy(max_bytes=1, min_points=kept))
+                    floor = decisions["r1"].trim_upto
+                    STATS["trims"] += 1
+                    for name in ("r1", "r2"):
+                        assert sc._appliers[name].undo.check() == []
         else:
             check_replays(eng, sc, r1, records, base)
             check_diffs(eng, sc, records)
@@ -605,6 +632,7 @@ def run_example(
         # r2 kept replicating through all of it.
         sc.wait_replicated()
         assert_tree(r2, records[-1].tree, "r2 (never rewound)")
+        assert sc._appliers["r2"].undo.check() == []
     finally:
         eng.close()
         shutil.rmtree(base, ignore_errors=True)

@@ -6,25 +6,33 @@ Room: edge. PATH may be a journal directory or an engine state directory.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import json
 import os
 import tempfile
 import uuid
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from xoengine import codec
 from xoengine.cli.output import json_text, shown
 from xoengine.datastore import open_store
-from xoengine.errors import ConfigurationError, XoError
+from xoengine.errors import ConfigurationError, FrameError, XoError
 from xoengine.journal import (
     BlobTable,
+    Damage,
     JournalRecord,
     LMDBApplicationRecorder,
     applications,
     datetime_ns,
     verify,
 )
+from xoengine.tree import UndoLog
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Iterator
+
+    from xoengine.datastore import Store
 
 EXIT_DAMAGE = 4
 
@@ -97,8 +105,10 @@ def cmd_verify(args: argparse.Namespace) -> int:
     store = open_store(args.path, readonly=True)
     try:
         report = verify(store)
+        undo = tuple(_undo_damage(store, report.tables))
     finally:
         store.close()
+    report = dataclasses.replace(report, damage=report.damage + undo)
     if args.json:
         print(
             json.dumps(
@@ -120,6 +130,19 @@ def cmd_verify(args: argparse.Namespace) -> int:
         verdict = "OK" if report.ok else f"DAMAGED ({len(report.damage)} records)"
         print(f"{report.records} records in {len(report.tables)} tables verified: {verdict}")
     return 0 if report.ok else EXIT_DAMAGE
+
+
+def _undo_damage(store: Store, tables: Iterable[str]) -> Iterator[Damage]:
+    """Where each replica's undo log and the counts of its own blobs disagree."""
+    for name in tables:
+        if name.endswith(".undo"):
+            undo = UndoLog(store, name.removesuffix(".undo"))
+            try:
+                problems = undo.check()
+            except FrameError:
+                continue  # a damaged record: reported by ``verify`` already
+            for problem in problems:
+                yield Damage(undo.refs_table, "refs", FrameError.code, problem)
 
 
 def cmd_log(args: argparse.Namespace) -> int:
