@@ -63,10 +63,16 @@ class BlobTable:
 
         ``key``: :func:`content_key` of ``data`` if the caller has it already.
         """
+        return self.add(txn, data, key)[0]
+
+    def add(
+        self, txn: WriteTxn, data: bytes | memoryview, key: bytes | None = None
+    ) -> tuple[bytes, bool]:
+        """:meth:`put`, also saying whether the bytes are new to the table."""
         blob_id, stored = self._place(txn, content_key(data) if key is None else key, data)
         if not stored:
             txn.put(self.table, blob_id, codec.frame(blob_id, data))
-        return blob_id
+        return blob_id, not stored
 
     def find(
         self, txn: ReadTxn, data: bytes | memoryview, key: bytes | None = None

@@ -1432,23 +1432,28 @@ class UndoLog:
         shared = self.blobs.find(txn, data, key)
         if shared is not None:
             return shared
-        blob_id = self.own.put(txn, data, key)
-        refs = txn.get(self.refs_table, blob_id)
-        count = 0 if refs is None else codec.unpack(codec.unframe(blob_id, refs))
-        txn.put(self.refs_table, blob_id, codec.frame(blob_id, codec.pack(count + 1)))
+        blob_id, new = self.own.add(txn, data, key)
+        if not new:  # held by another record too: counted (no count: held by one)
+            count = self._refs(txn, blob_id) + 1
+            txn.put(self.refs_table, blob_id, codec.frame(blob_id, codec.pack(count)))
         own.append(blob_id)
         return _OWN + blob_id
+
+    def _refs(self, txn: ReadTxn, blob_id: bytes) -> int:
+        """How many records hold an own blob: its count, or one if it has none."""
+        refs = txn.get(self.refs_table, blob_id)
+        return 1 if refs is None else int(codec.unpack(codec.unframe(blob_id, refs)))
 
     def _release(self, txn: WriteTxn, key: bytes, value: bytes) -> None:
         """Delete one record; its own blobs go with their last reference."""
         _, _, args = codec.unpack(codec.unframe(key, value, where=self.table))
         for blob_id in args.get(_OWN_IDS, ()):
-            refs = txn.get(self.refs_table, blob_id)
-            count = 0 if refs is None else codec.unpack(codec.unframe(blob_id, refs)) - 1
-            if count > 0:
+            count = self._refs(txn, blob_id) - 1
+            if count > 1:
                 txn.put(self.refs_table, blob_id, codec.frame(blob_id, codec.pack(count)))
-            else:
+            elif count == 1:
                 txn.delete(self.refs_table, blob_id)
+            else:
                 self.own.discard(txn, blob_id)
         txn.delete(self.table, key)
 
@@ -1461,8 +1466,8 @@ class UndoLog:
     def check(self) -> list[str]:
         """Where the records, the reference counts and the own blob table disagree ([]: nowhere).
 
-        Each own blob is counted once per record that holds it, and stored
-        exactly while a record holds it.
+        Each own blob is stored exactly while a record holds it, and counted
+        once per record that holds it when more than one does (no count: one).
         """
         held: dict[bytes, int] = {}
         with self.store.read() as txn:
@@ -1477,8 +1482,10 @@ class UndoLog:
             stored = {k for k, _ in txn.items(self.own.table)}
         problems = []
         for blob_id in sorted(held.keys() | counted.keys() | stored):
-            records, count = held.get(blob_id, 0), counted.get(blob_id, 0)
-            if records != count or (blob_id in stored) != (records > 0):
+            records = held.get(blob_id, 0)
+            count = counted.get(blob_id, 1 if blob_id in stored else 0)
+            stray = counted.get(blob_id, 2) < 2  # a count is kept for two records or more
+            if records != count or (blob_id in stored) != (records > 0) or stray:
                 problems.append(
                     f"blob {blob_id.hex()}: held by {records} records, counted {count}, "
                     f"{'stored' if blob_id in stored else 'missing'}"

@@ -978,6 +978,49 @@ def test_trims_and_rewinds_free_the_before_images_only_the_undo_log_held(tmp_pat
         eng.close()
 
 
+def test_a_before_image_two_records_hold_is_counted_and_goes_with_the_last(
+    tmp_path: Path,
+) -> None:
+    """Two files with the same bytes get the same write: their before-images are one blob."""
+    rng = random.Random(7)
+    same, patch = rng.randbytes(20_000), rng.randbytes(1000)
+    eng, sc, master = new_engine(tmp_path)
+    try:
+        write(master / "x", same)
+        write(master / "y", same)
+        sc.start()
+        points = [sc.set_rewind_point("start")]
+        for name in ("x", "y"):
+            with (master / name).open("r+b") as f:
+                f.seek(1000)
+                f.write(patch)
+            sc.capture()
+            points.append(sc.set_rewind_point(name))
+        sc.wait_replicated()
+        undo = sc._appliers["r1"].undo
+
+        def own() -> dict[bytes, int | None]:
+            with eng.store.read() as txn:
+                return {
+                    k: None
+                    if (c := txn.get(undo.refs_table, k)) is None
+                    else codec.unpack(codec.unframe(k, c))
+                    for k, _ in txn.items(undo.own.table)
+                }
+
+        assert list(own().values()) == [2]
+        sc.rewind("r1", points[1])  # y's write undone: x's record holds the blob alone
+        assert list(own().values()) == [None]
+        assert undo.check() == []
+        sc.rewind("r1", points[0])
+        assert own() == {}
+        assert undo.check() == []
+        assert (tmp_path / "r1" / "x").read_bytes() == same
+        assert (tmp_path / "r1" / "y").read_bytes() == same
+    finally:
+        eng.close()
+
+
 def test_journal_verify_names_an_undo_blob_counted_wrong(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -990,9 +1033,11 @@ def test_journal_verify_names_an_undo_blob_counted_wrong(
         f.write(rng.randbytes(3000))
     sc.capture()
     sc.wait_replicated()
-    refs_table = sc._appliers["r1"].undo.refs_table
+    undo = sc._appliers["r1"].undo
+    refs_table = undo.refs_table
     with eng.store.read() as txn:
-        blob_id = next(k for k, _ in txn.items(refs_table))
+        blob_id = next(k for k, _ in txn.items(undo.own.table))
+        assert txn.get(refs_table, blob_id) is None  # held by one record: no count kept
     eng.close()
     state = str(tmp_path / "state")
     assert main(["journal", "verify", state]) == 0
