@@ -70,7 +70,7 @@ from xoengine.forensic import BisectResult, DiffResult, Forensics, HistoryEntry,
 from xoengine.journal import BlobTable, LMDBApplicationRecorder, datetime_ns
 from xoengine.layout import Layout
 from xoengine.ledger import Ledger
-from xoengine.replica import APPLIED_TOPICS, FILE_TOPICS, Applied
+from xoengine.replica import APPLIED_TOPICS, FILE_TOPICS, Applied, forget_replica
 from xoengine.rewind import RewindPoint
 from xoengine.scenario import ReplicaStatistics, Scenario, ScenarioStatistics
 from xoengine.walk import normalize_relpath
@@ -664,6 +664,9 @@ class Engine:
             ]
             for path in replica_paths.values():
                 Path(path).mkdir(parents=True, exist_ok=True)
+            if name in self._ever_named:  # an older scenario of this name: start afresh
+                for replica in replica_paths:
+                    forget_replica(self.store, name, replica)
             self._append([created, *added])
             definition = _Definition(scenario_id, 1, name, kind, roots, {}, dict(options))
             for event in added:
@@ -776,12 +779,19 @@ class Engine:
         return self._scenarios[name]
 
     def remove_scenario(self, name: str) -> None:
-        """Remove a scenario (its history stays in the journal; replica files stay on disk)."""
+        """Remove a scenario (its history stays in the journal; replica files stay on disk).
+
+        What its replicas' appliers kept goes: their tracking positions and
+        undo logs (with the before-images only those held), so they can no
+        longer be rewound. Forensics answer from the journal as before.
+        """
         scenario = self.scenario(name)
         scenario._stop_threads()
         self._scenario_event(scenario._def, ScenarioRemoved)
         del self._scenarios[name]
         del self._definitions[name]
+        for replica in scenario._def.replicas:
+            forget_replica(self.store, name, replica)
 
 
 def _topic_class(topic: str) -> type:

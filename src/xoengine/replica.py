@@ -67,13 +67,45 @@ if TYPE_CHECKING:
     from xoengine.datastore import ReadTxn, Store, WriteTxn
     from xoengine.tree import ReplicaTree
 
-__all__ = ["APPLIED_TOPICS", "FILE_TOPICS", "Applied", "AppliedCounts", "ReplicaApplier"]
+__all__ = [
+    "APPLIED_TOPICS",
+    "FILE_TOPICS",
+    "Applied",
+    "AppliedCounts",
+    "ReplicaApplier",
+    "forget_replica",
+    "replica_state_name",
+]
 
 FILE_TOPICS: Final = tuple(get_topic(cls) for cls in FILE_EVENTS)
 APPLIED_TOPICS: Final = tuple(get_topic(cls) for cls in APPLIED_EVENTS)
 """What a replica applies: the file events, and the changes of the roots' own metadata."""
 
 Applied: TypeAlias = "FileEvent | RootChanged"
+
+
+def replica_state_name(scenario: str, replica: str) -> str:
+    """The prefix of the tables a replica's applier keeps (tracking, undo log)."""
+    return f"replica.{scenario}.{replica}"
+
+
+def forget_replica(store: Store, scenario: str, replica: str) -> None:
+    """Empty what an applier of ``replica`` kept: its tracking position and its undo log.
+
+    For a scenario removed (its before-images and their blobs are freed), and
+    for a new scenario under a name used before: its replicas start from
+    nothing, like any new replica (a synchronization builds them), not from a
+    position and before-images the old scenario's replicas left.
+    """
+    name = replica_state_name(scenario, replica)
+    tables = (LMDBTrackingRecorder(store, prefix=name).tracking_table, *UndoLog.table_names(name))
+    store.ensure(*tables)
+
+    def work(txn: WriteTxn) -> None:
+        for table in tables:
+            txn.drop(table)
+
+    store.write(work)
 
 
 @dataclass

@@ -51,7 +51,7 @@ from xoengine.layout import Layout
 from xoengine.ledger import SYNC_EVENTS, operation, sync_runs
 from xoengine.manifest import FileState, Manifest
 from xoengine.masterstate import racy
-from xoengine.replica import ReplicaApplier
+from xoengine.replica import ReplicaApplier, replica_state_name
 from xoengine.rewind import (
     RetentionDecision,
     RetentionPolicy,
@@ -171,7 +171,7 @@ class Scenario:
         )
         applier = ReplicaApplier(
             engine.store,
-            f"replica.{self.name}.{replica}",
+            replica_state_name(self.name, replica),
             self.name,
             tree,
             engine._read_file_events,

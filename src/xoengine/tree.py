@@ -1335,12 +1335,16 @@ class UndoLog:
         record: a trim or a rewind frees what it drops, in its transaction.
         """
         self.store = store
-        self.table = f"{name}.undo"
-        self.horizon_table = f"{name}.undo-horizon"
-        self.refs_table = f"{name}.undo.refs"
+        self.table, self.horizon_table, self.refs_table, own = self.table_names(name)
         self.blobs = BlobTable(store)
-        self.own = BlobTable(store, f"{name}.undo{BLOB_SUFFIX}")
+        self.own = BlobTable(store, own)
         store.ensure(self.table, self.horizon_table, self.refs_table)
+
+    @staticmethod
+    def table_names(name: str) -> tuple[str, str, str, str]:
+        """The tables of the undo log ``name``: records, horizon, counts and own blobs."""
+        undo = f"{name}.undo"
+        return undo, f"{name}.undo-horizon", f"{undo}.refs", f"{undo}{BLOB_SUFFIX}"
 
     # -- reachability: what a rewind can reach exactly ---------------------------------------
     #

@@ -31,6 +31,7 @@ from typing import Any
 
 import pytest
 
+import xoengine.engine as engine_module
 import xoengine.forensic as forensic_module
 import xoengine.journal as journal_module
 from xoengine import codec
@@ -703,6 +704,64 @@ def test_forensics_of_a_removed_scenario_still_work(tmp_path: Path) -> None:
         ro.replay("fx", to=tmp_path / "out")
         assert (tmp_path / "out" / "kept.txt").read_bytes() == b"evidence"
         assert [h.operation for h in ro.history("fx", "kept.txt")][:2] == ["created", "written"]
+
+
+@pytest.mark.parametrize("killed_in_removal", [False, True])
+def test_a_removed_scenario_frees_its_undo_logs_and_its_name_starts_afresh(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, killed_in_removal: bool
+) -> None:
+    """Removal empties the replicas' tracking and undo logs; the journal keeps the history.
+
+    A new scenario under the same name gets replicas that start from nothing:
+    a rewind of one to a position of the old scenario must not put back what
+    the old scenario's replica held (``b``, deleted there). If the removal
+    died after journaling ``ScenarioRemoved``, the creation empties them.
+    """
+    rng = random.Random(8)
+    eng, sc, master = new_engine(tmp_path)
+    try:
+        write(master / "b", rng.randbytes(20_000))
+        write(master / "kept", b"in the old master to the end")
+        sc.start()
+        early = sc.set_rewind_point("b there")
+        with (master / "b").open("r+b") as f:
+            f.write(rng.randbytes(500))
+        sc.capture()
+        (master / "b").unlink()
+        sc.capture()
+        sc.wait_replicated()
+        assert _own_blobs(sc, "r1") > 0
+        if killed_in_removal:
+            forget = engine_module.forget_replica
+            monkeypatch.setattr(engine_module, "forget_replica", lambda *_: None)
+        eng.remove_scenario("fx")
+        for replica in ("r1", "r2"):
+            undo = UndoLog(eng.store, f"replica.fx.{replica}")
+            assert (undo.records() == []) is not killed_in_removal
+            with eng.store.read() as txn:
+                assert (list(txn.items(undo.own.table)) == []) is not killed_in_removal
+                tracking = list(txn.items(f"replica.fx.{replica}.tracking"))
+                assert (tracking == []) is not killed_in_removal
+        if killed_in_removal:
+            monkeypatch.setattr(engine_module, "forget_replica", forget)
+
+        master2 = tmp_path / "master2"
+        master2.mkdir()
+        write(master2 / "c", b"new scenario")
+        sc = eng.create_scenario("fx", master=str(master2), replicas={"r1": str(tmp_path / "n1")})
+        assert sc.statistics().replicas["r1"].applied_position == 0
+        sc.start()
+        sc.rewind("r1", position=early.position)
+        assert not (tmp_path / "n1" / "b").exists()
+        assert sc._appliers["r1"].undo.check() == []
+    finally:
+        eng.close()
+    with Engine.open(tmp_path / "state", readonly=True) as ro:  # the history is still there
+        assert "created" in [h.operation for h in ro.history("fx", "b")]
+        # The name's history goes on: the new master's first pass ended the old one's files.
+        assert [h.operation for h in ro.history("fx", "kept")][-1] == "deleted"
+        ro.replay("fx", to=tmp_path / "now")
+        assert sorted(p.name for p in (tmp_path / "now").iterdir()) == ["c"]
 
 
 def test_bisect_finds_a_change_of_mode_alone(tmp_path: Path) -> None:
