@@ -1366,8 +1366,20 @@ class UndoLog:
         return int(self._meta(txn, b"floor", 0))
 
     def gaps(self, txn: ReadTxn) -> list[tuple[int, int | None]]:
-        """Gaps left by rewinds (see the comment above)."""
-        return [(lo, hi) for lo, hi in self._meta(txn, b"gaps", [])]
+        """Gaps left by rewinds (see the comment above), in order; only the last may be open.
+
+        A gap still open when the next one opens (the replica went from its
+        ``low`` to the next ``low`` recording nothing: no file event between)
+        ends at the next one's ``low``. Left open, it claimed every position up
+        to the replica's, and a rewind into it after a trim undid down to a
+        ``low`` whose records were gone, then applied the journal again over a
+        tree that already held it.
+        """
+        stored = [(lo, hi) for lo, hi in self._meta(txn, b"gaps", [])]
+        return [
+            (lo, stored[i + 1][0] if hi is None and i + 1 < len(stored) else hi)
+            for i, (lo, hi) in enumerate(stored)
+        ]
 
     def volume(self, txn: ReadTxn) -> int | None:
         """The file system the replica was on at its last synchronization (None: unknown)."""

@@ -1258,6 +1258,49 @@ def test_retention_options_are_checked(tmp_path: Path) -> None:
         eng.close()
 
 
+def test_a_rewind_after_forward_rewinds_and_a_trim_does_not_apply_the_journal_twice(
+    tmp_path: Path,
+) -> None:
+    """Was a bug (found by the rewind property once it trimmed): a gap that stayed open.
+
+    Rewinding forward from p1 to p2 (no file event between) opened a gap at p2
+    while the one at p1 stayed open; later records closed only the last. After
+    a trim above p1, a rewind to p3 fell in the open gap: it undid down to p1
+    (nothing left to undo) and applied the journal from p1 again over a tree
+    that held it already: the delete of ``x`` removed the directory renamed
+    to ``x``.
+    """
+    eng, sc, master = new_engine(tmp_path)
+    try:
+        write(master / "x", b"a file")
+        write(master / "d" / "f", b"in d")
+        sc.start()
+        start = sc.set_rewind_point("start")
+        write(master / "y", b"y")
+        sc.capture()
+        p1 = sc.set_rewind_point("p1")
+        p2 = sc.set_rewind_point("p2")  # nothing changed since p1
+        (master / "x").unlink()
+        (master / "d").rename(master / "x")
+        sc.capture()
+        p3 = sc.set_rewind_point("p3")
+        tree = snapshot(master)
+        p4 = sc.set_rewind_point("p4")  # nothing changed since p3
+        sc.wait_replicated()
+        for point in (start, p1, p2, p4):  # back, then forward in steps
+            sc.rewind("r1", point)
+        undo = sc._appliers["r1"].undo
+        undo.trim(p3.position)
+        with eng.store.read() as txn:
+            assert all(hi is not None for _, hi in undo.gaps(txn)[:-1])  # only the last is open
+        assert sc.rewind("r1", p3) == p3.position
+        assert snapshot(tmp_path / "r1") == tree
+        assert (tmp_path / "r1" / "x" / "f").read_bytes() == b"in d"
+        assert undo.check() == []
+    finally:
+        eng.close()
+
+
 def test_rewind_to_a_trimmed_point_is_refused(tmp_path: Path) -> None:
     # Was a bug: the rewind stopped at the trim position and reported success.
     eng, sc, _master, marks = _history_with_points(tmp_path)
