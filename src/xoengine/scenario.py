@@ -99,6 +99,9 @@ class ReplicaStatistics:
     bytes_replicated: int
     files_replicated: int
     undo_records: int
+    undo_bytes: int = 0
+    """Room the undo log takes in the state directory: its records and the before-images
+    only it holds (those the journal holds already are not stored twice)."""
     rewind_floor: int = 0  # a rewind reaches positions >= this one (retention trimmed below)
     xattrs_left_out: list[str] = field(default_factory=list)
     """Extended attributes the master has and this replica leaves out (alert AW0003)."""
@@ -910,9 +913,9 @@ class Scenario:
         if backlog.first is not None:
             journaled = self._engine.recorder.time_of(backlog.first) / 1e9
             oldest = max(0.0, time.time() - journaled)
-        undo_count, _ = applier.undo.size()
         with self._engine.store.read() as txn:
             floor = applier.undo.floor(txn)
+            undo_count, undo_bytes = applier.undo.usage(txn)
         return ReplicaStatistics(
             name=name,
             path=self._def.replicas[name],
@@ -924,6 +927,7 @@ class Scenario:
             bytes_replicated=done.bytes,
             files_replicated=done.events,
             undo_records=undo_count,
+            undo_bytes=undo_bytes,
             rewind_floor=floor,
             xattrs_left_out=self._left_out(name),
         )

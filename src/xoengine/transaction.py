@@ -123,6 +123,15 @@ class ReadTxn:
             return 0
         return int(self._txn.stat(handle)["entries"])
 
+    def page_bytes(self, db: str) -> int:
+        """Bytes of the pages ``db`` holds (branch, leaf and overflow): its room on disk."""
+        handle = self._dbi(db)
+        if handle is None:
+            return 0
+        stat = self._txn.stat(handle)
+        pages = stat["branch_pages"] + stat["leaf_pages"] + stat["overflow_pages"]
+        return int(pages * stat["psize"])
+
 
 class WriteTxn(ReadTxn):
     """The write transaction handed to a function given to :meth:`Store.write`."""

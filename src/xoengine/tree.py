@@ -1577,6 +1577,14 @@ class UndoLog:
         for key, value in list(txn.items(self.table, prefix, prefix=prefix)):
             self._release(txn, key, value)
 
+    def usage(self, txn: ReadTxn) -> tuple[int, int]:
+        """(records, bytes of pages its tables hold): its records and the blobs only it holds.
+
+        Before-images that point at the journal's blobs take no room here.
+        """
+        tables = (self.table, self.horizon_table, self.refs_table, self.own.table)
+        return txn.count(self.table), sum(txn.page_bytes(t) for t in tables)
+
     def size(self) -> tuple[int, int]:
         """(records, bytes of frames) held."""
         count = 0

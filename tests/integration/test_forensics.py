@@ -1015,6 +1015,7 @@ def test_trims_and_rewinds_free_the_before_images_only_the_undo_log_held(tmp_pat
         held = _own_blobs(sc, "r1")
         assert held > 0
         assert _own_blobs(sc, "r2") == held
+        room = sc.statistics().replicas["r2"].undo_bytes
         for replica in ("r1", "r2"):
             assert sc._appliers[replica].undo.check() == []
 
@@ -1031,6 +1032,9 @@ def test_trims_and_rewinds_free_the_before_images_only_the_undo_log_held(tmp_pat
             assert undo.check() == []
             with undo.store.read() as txn:
                 assert list(txn.items(undo.refs_table)) == []
+        # What is left of r2's undo log: its floor, on one page.
+        assert sc.statistics().replicas["r2"].undo_bytes <= 4096 < room
+        assert sc.statistics().replicas["r2"].undo_records == 0
         _assert_reachable(sc, master, points[-1][0], points[-1][1])  # r1 resumed by a rewind
         assert sc._appliers["r1"].undo.check() == []
     finally:
