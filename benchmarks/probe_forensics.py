@@ -9,8 +9,9 @@ Builds a scenario (one replica) over 100 files of 4 KiB and journals
 the files). Then each question runs in a process of its own, so that its peak
 RSS (``getrusage``) is its own: the read-only open of the engine alone, the
 history of one file, the replay of one file, a diff from the middle of the
-journal to its end, and a replay of the whole tree twice: by the fold of every event (what positions up to ``forensic._FOLD_MAX``
-use) and one identity at a time (what longer journals use). Each replay is
+journal to its end, a replay of the whole tree twice: by the fold of every event (what positions up to ``forensic._FOLD_MAX``
+use) and one identity at a time (what longer journals use), and the
+scenario's statistics (the first question after an open builds the ledger). Each replay is
 checked against the master. The first line, the open engine alone, is the
 baseline of the memory figures; its time is the open's.
 
@@ -31,7 +32,15 @@ import time
 from pathlib import Path
 
 FILES = 100
-QUESTIONS = ("open", "history", "replay-file", "diff", "replay-tree-fold", "replay-tree-streamed")
+QUESTIONS = (
+    "open",
+    "history",
+    "replay-file",
+    "diff",
+    "replay-tree-fold",
+    "replay-tree-streamed",
+    "statistics",
+)
 
 
 def build(work: Path, writes: int) -> None:
@@ -85,6 +94,9 @@ def ask(work: Path, question: str) -> None:
         elif question == "diff":
             half = eng.last_position() // 2
             what = f"{len(eng.diff('s', half).modified)} files modified since position {half}"
+        elif question == "statistics":
+            stats = eng.scenario("s").statistics().replicas["r1"]
+            what = f"{stats.files_replicated} events replicated, {stats.undo_records} undo records"
         elif question.startswith("replay-tree"):
             result = eng.replay("s", to=out)
             mismatch = filecmp.dircmp(out, work / "master").diff_files
@@ -103,13 +115,23 @@ def main() -> None:
     parser.add_argument("--work", default="/tmp/xoengine-probe-forensics")
     parser.add_argument("--keep", action="store_true", help="keep (and reuse) the journal")
     parser.add_argument("--question", choices=QUESTIONS, help=argparse.SUPPRESS)
+    parser.add_argument("--build-only", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     work = Path(args.work)
     if args.question:
         ask(work, args.question)
         return
-    if not (args.keep and (work / "state").exists()):
+    if args.build_only:
         build(work, args.writes)
+        return
+    if not (args.keep and (work / "state").exists()):
+        # In a child: a process exec'd from this one starts with this one's peak RSS
+        # (Linux carries ru_maxrss across execve), so this one must stay small.
+        subprocess.run(
+            [sys.executable, __file__, "--work", str(work), "--writes", str(args.writes),
+             "--build-only"],
+            check=True,
+        )  # fmt: skip
     try:
         for question in QUESTIONS:
             subprocess.run(

@@ -135,7 +135,10 @@ class Ledger:
             head = self._head()
             if head > self._scanned:
                 for position, event in self._source(self._scanned, head):
-                    self._series.setdefault(event.scenario, _Series()).add(position, event)
+                    series = self._series.get(event.scenario)
+                    if series is None:  # not setdefault: a _Series per event is not free
+                        series = self._series[event.scenario] = _Series()
+                    series.add(position, event)
                 self._scanned = head
             series = self._series.get(scenario)
             if series is None:
