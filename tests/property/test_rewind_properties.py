@@ -29,8 +29,15 @@ has one half the time: rewinding across them must give the capability back.
 
 A second property resumes r1 after the rewinds (a block-level resync), runs
 more of the script with more points, and rewinds to every point again,
-resuming at random in between: old points now lie in the gaps that earlier
-rewinds (backward, forward, into a gap) and resyncs left in the undo log.
+resuming and trimming at random in between: old points now lie in the gaps
+that earlier rewinds (backward, forward, into a gap) and resyncs left in the
+undo log.
+
+Retention trims at random too: a script step with a random budget (while r1
+and r2 replicate), and between the rewinds of the resume round. A rewind back
+below the highest trim is refused and leaves the replica as it was; every
+other point stays exact; after every rewind each blob of the undo log's own
+table is held and counted exactly (``UndoLog.check``).
 
 File mtimes are not compared: the brief of a rewind is content, kinds, modes
 and link targets (replication properties check mtimes separately).
@@ -89,6 +96,7 @@ OPERATIONS = [
     "xattr", "xattr", *(["setcap"] if os.geteuid() == 0 else []),  # capabilities: root's
     "root",  # the master root's own mode, owner or extended attributes
     "point", "point",
+    "trim",  # retention with a random budget, while r1 and r2 replicate
 ]  # fmt: skip
 OWNERS = [(0, 0), (65534, 65534), (1000, 100), (0, 65534)]
 
@@ -104,7 +112,7 @@ STATS: dict[str, int] = {
     "xattr ops": 0,  # extended attributes set or removed
     "after setcap": 0,  # writes, truncations and chowns of a file with a capability
     "root ops": 0,  # the root's own mode, owner or extended attributes changed
-    "trims": 0,  # retention trims of the undo logs in the resume round
+    "trims": 0,  # retention trims that cut r1's undo log (script steps, resume round)
     "refused": 0,  # rewinds refused below a trim
 }
 
@@ -165,6 +173,7 @@ class Script:
         self.graveyard = os.fsencode(graveyard)
         self.data = data
         self.buried = 0
+        self.floor = 0  # the highest position retention trimmed r1's undo log to
 
     def abspath(self, rel: bytes) -> bytes:
         return os.path.join(self.master, rel)
@@ -555,6 +564,16 @@ def run_script(
             records.append(Recorded(point, snapshot(master)))
             note(f"point {point.name}@{point.position}")
             continue
+        if op == "trim":
+            policy = RetentionPolicy(
+                max_bytes=script.draw(st.integers(0, 20_000)),
+                min_points=script.draw(st.integers(1, 3)),
+            )
+            trimmed = sc.trim_undo(policy)["r1"].trim_upto
+            script.floor = max(script.floor, trimmed)
+            note(f"trim {policy} -> r1 up to {trimmed}")
+            STATS["trims"] += bool(trimmed)
+            continue
         done = script.run(op)
         if done is not None:
             note(done)
@@ -599,7 +618,7 @@ def run_example(
 
         order = data.draw(st.permutations(records), label="rewind order")
         order += data.draw(st.lists(st.sampled_from(records), max_size=4), label="and then")
-        check_rewinds(sc, r1, order)
+        check_rewinds(sc, r1, order, script.floor)
         if resume_round:
             # Back into replication (a block-level resync), more changes and points, then
             # every point again: old ones now lie in the gaps the rewinds above left.
@@ -609,19 +628,19 @@ def run_example(
             more = data.draw(st.lists(st.sampled_from(OPERATIONS), max_size=12), label="more")
             run_script(sc, script, records, more, master)
             order = data.draw(st.permutations(records), label="rewind order after resume")
-            floor = 0
+            floor = script.floor
             for rec in order:
                 check_rewinds(sc, r1, [rec], floor)
                 if data.draw(st.booleans(), label="resume after it"):
                     sc.resume("r1")
                     sc.wait_replicated()
                     assert_tree(r1, records[-1].tree, "r1 resumed again")
-                if not floor and data.draw(st.booleans(), label="trim now"):
+                if data.draw(st.booleans(), label="trim now"):
                     # Retention keeps the newest ``kept`` points; older ones become
                     # unreachable backwards, and the before-images only they held go.
                     kept = data.draw(st.integers(1, len(records)), label="points kept")
                     decisions = sc.trim_undo(RetentionPolicy(max_bytes=1, min_points=kept))
-                    floor = decisions["r1"].trim_upto
+                    floor = max(floor, decisions["r1"].trim_upto)
                     STATS["trims"] += 1
                     for name in ("r1", "r2"):
                         assert sc._appliers[name].undo.check() == []
