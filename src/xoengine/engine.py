@@ -70,7 +70,13 @@ from xoengine.forensic import BisectResult, DiffResult, Forensics, HistoryEntry,
 from xoengine.journal import BlobTable, LMDBApplicationRecorder, datetime_ns
 from xoengine.layout import Layout
 from xoengine.ledger import Ledger
-from xoengine.replica import APPLIED_TOPICS, FILE_TOPICS, Applied, forget_replica
+from xoengine.replica import (
+    APPLIED_TOPICS,
+    FILE_TOPICS,
+    Applied,
+    forget_replica,
+    replica_state_name,
+)
 from xoengine.rewind import RewindPoint
 from xoengine.scenario import ReplicaStatistics, Scenario, ScenarioStatistics
 from xoengine.walk import normalize_relpath
@@ -664,9 +670,8 @@ class Engine:
             ]
             for path in replica_paths.values():
                 Path(path).mkdir(parents=True, exist_ok=True)
-            if name in self._ever_named:  # an older scenario of this name: start afresh
-                for replica in replica_paths:
-                    forget_replica(self.store, name, replica)
+            for replica in replica_paths:  # what a removed scenario may have left: start afresh
+                forget_replica(self.store, name, replica)
             self._append([created, *added])
             definition = _Definition(scenario_id, 1, name, kind, roots, {}, dict(options))
             for event in added:
@@ -706,6 +711,21 @@ class Engine:
             if not isinstance(replica, str) or not _NAME.match(replica):
                 raise ScenarioError(name=name, detail=f"replica name {replica!r} is not valid")
             replica_paths[replica] = _real(path)
+        # Names may hold dots: scenario "a" with replica "b.c" and scenario "a.b" with
+        # replica "c" would keep their replicas' state in the same tables.
+        taken = {
+            replica_state_name(other.name, replica): (other.name, replica)
+            for other in self._definitions.values()
+            for replica in other.replicas
+        }
+        for replica in replica_paths:
+            clash = taken.get(replica_state_name(name, replica))
+            if clash is not None:
+                raise ScenarioError(
+                    name=name,
+                    detail=f"replica {replica!r} would share its state tables with replica "
+                    f"{clash[1]!r} of scenario {clash[0]!r}; choose other names",
+                )
         # Overlaps: within this scenario and against every other scenario.
         trees = [("master", r) for r in roots] + [("replica", p) for p in replica_paths.values()]
         for other in self._definitions.values():
@@ -790,8 +810,14 @@ class Engine:
         self._scenario_event(scenario._def, ScenarioRemoved)
         del self._scenarios[name]
         del self._definitions[name]
+        shared = {  # state directories from before names were checked may share tables
+            replica_state_name(other.name, replica)
+            for other in self._definitions.values()
+            for replica in other.replicas
+        }
         for replica in scenario._def.replicas:
-            forget_replica(self.store, name, replica)
+            if replica_state_name(name, replica) not in shared:
+                forget_replica(self.store, name, replica)
 
 
 def _topic_class(topic: str) -> type:

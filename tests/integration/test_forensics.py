@@ -764,6 +764,48 @@ def test_a_removed_scenario_frees_its_undo_logs_and_its_name_starts_afresh(
         assert sorted(p.name for p in (tmp_path / "now").iterdir()) == ["c"]
 
 
+def test_scenario_and_replica_names_whose_state_tables_would_clash_are_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Scenario "a" + replica "b.c" and scenario "a.b" + replica "c": one set of tables.
+
+    Was a bug (found in review): removing one scenario emptied the other's
+    replica state, and its next rewind left the files as they were, silently.
+    A clash with a live scenario is refused; what a removed one left behind
+    under the same tables (a removal killed before emptying them) is emptied.
+    """
+    (tmp_path / "m1").mkdir()
+    (tmp_path / "m2").mkdir()
+    write(tmp_path / "m2" / "f", b"v1")
+    with Engine.open(tmp_path / "state", durability="nosync") as eng:
+        eng.create_scenario(
+            "a", master=str(tmp_path / "m1"), replicas={"b.c": str(tmp_path / "r1")}
+        )
+        with pytest.raises(
+            ScenarioError, match=r"would share its state tables with replica 'b\.c'"
+        ):
+            eng.create_scenario(
+                "a.b", master=str(tmp_path / "m2"), replicas={"c": str(tmp_path / "r2")}
+            )
+    with Engine.open(tmp_path / "other", durability="nosync") as eng:
+        sc = eng.create_scenario(
+            "a.b", master=str(tmp_path / "m2"), replicas={"c": str(tmp_path / "r3")}
+        )
+        sc.start()
+        write(tmp_path / "m2" / "f", b"v2")
+        sc.capture()
+        sc.wait_replicated()
+        assert sc._appliers["c"].undo.records() != []
+        monkeypatch.setattr(engine_module, "forget_replica", lambda *_: None)  # killed first
+        eng.remove_scenario("a.b")
+        monkeypatch.undo()
+        sc = eng.create_scenario(
+            "a", master=str(tmp_path / "m1"), replicas={"b.c": str(tmp_path / "r4")}
+        )
+        assert sc.statistics().replicas["b.c"].applied_position == 0
+        assert sc._appliers["b.c"].undo.records() == []
+
+
 def test_bisect_finds_a_change_of_mode_alone(tmp_path: Path) -> None:
     """A metadata change is a candidate too: a predicate may look at modes."""
     eng, sc, master = new_engine(tmp_path)
