@@ -76,6 +76,7 @@ from xoengine.replica import (
     Applied,
     forget_replica,
     replica_state_name,
+    replica_tables,
 )
 from xoengine.rewind import RewindPoint
 from xoengine.scenario import ReplicaStatistics, Scenario, ScenarioStatistics
@@ -602,6 +603,7 @@ class Engine:
                 for definition in self._definitions.values():
                     if definition.id == event.originator_id:
                         definition.apply(event)
+        removed = [d for d in self._definitions.values() if d.removed]
         for name, definition in list(self._definitions.items()):
             if definition.removed:
                 del self._definitions[name]
@@ -611,6 +613,23 @@ class Engine:
                 self._scenarios[name] = Scenario(self, definition)
                 if not self.readonly:
                     self._scenarios[name]._complete_rewinds()
+        if not self.readonly:
+            self._forget_removed(removed)
+
+    def _forget_removed(self, removed: list[_Definition]) -> None:
+        """Empty what removed scenarios' replicas left (a removal killed before it did)."""
+        live = {
+            replica_state_name(d.name, replica)
+            for d in self._definitions.values()
+            for replica in d.replicas
+        }
+        for definition in removed:
+            for replica in definition.replicas:
+                tables = replica_tables(self.store, definition.name, replica)
+                with self.store.read() as txn:
+                    left = any(txn.count(t) for t in tables)
+                if left and replica_state_name(definition.name, replica) not in live:
+                    forget_replica(self.store, definition.name, replica)
 
     def _scenario_event(
         self, definition: _Definition, cls: type[ScenarioEvent], **fields: Any

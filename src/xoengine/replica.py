@@ -75,6 +75,7 @@ __all__ = [
     "ReplicaApplier",
     "forget_replica",
     "replica_state_name",
+    "replica_tables",
 ]
 
 FILE_TOPICS: Final = tuple(get_topic(cls) for cls in FILE_EVENTS)
@@ -89,6 +90,12 @@ def replica_state_name(scenario: str, replica: str) -> str:
     return f"replica.{scenario}.{replica}"
 
 
+def replica_tables(store: Store, scenario: str, replica: str) -> tuple[str, ...]:
+    """The tables an applier of ``replica`` keeps: its tracking position and its undo log."""
+    name = replica_state_name(scenario, replica)
+    return (LMDBTrackingRecorder(store, prefix=name).tracking_table, *UndoLog.table_names(name))
+
+
 def forget_replica(store: Store, scenario: str, replica: str) -> None:
     """Empty what an applier of ``replica`` kept: its tracking position and its undo log.
 
@@ -97,8 +104,7 @@ def forget_replica(store: Store, scenario: str, replica: str) -> None:
     nothing, like any new replica (a synchronization builds them), not from a
     position and before-images the old scenario's replicas left.
     """
-    name = replica_state_name(scenario, replica)
-    tables = (LMDBTrackingRecorder(store, prefix=name).tracking_table, *UndoLog.table_names(name))
+    tables = replica_tables(store, scenario, replica)
     store.ensure(*tables)
 
     def work(txn: WriteTxn) -> None:

@@ -715,7 +715,8 @@ def test_a_removed_scenario_frees_its_undo_logs_and_its_name_starts_afresh(
     A new scenario under the same name gets replicas that start from nothing:
     a rewind of one to a position of the old scenario must not put back what
     the old scenario's replica held (``b``, deleted there). If the removal
-    died after journaling ``ScenarioRemoved``, the creation empties them.
+    died after journaling ``ScenarioRemoved``, the next writable open empties
+    them (and a creation would).
     """
     rng = random.Random(8)
     eng, sc, master = new_engine(tmp_path)
@@ -744,6 +745,14 @@ def test_a_removed_scenario_frees_its_undo_logs_and_its_name_starts_afresh(
                 assert (tracking == []) is not killed_in_removal
         if killed_in_removal:
             monkeypatch.setattr(engine_module, "forget_replica", forget)
+            eng.close()  # the next writable open empties what the removal left
+            eng = Engine.open(tmp_path / "state", durability="nosync")
+            for replica in ("r1", "r2"):
+                undo = UndoLog(eng.store, f"replica.fx.{replica}")
+                assert undo.records() == []
+                with eng.store.read() as txn:
+                    assert list(txn.items(undo.own.table)) == []
+                    assert list(txn.items(f"replica.fx.{replica}.tracking")) == []
 
         master2 = tmp_path / "master2"
         master2.mkdir()
