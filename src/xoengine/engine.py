@@ -616,13 +616,21 @@ class Engine:
         if not self.readonly:
             self._forget_removed(removed)
 
-    def _forget_removed(self, removed: list[_Definition]) -> None:
-        """Empty what removed scenarios' replicas left (a removal killed before it did)."""
-        live = {
-            replica_state_name(d.name, replica)
+    def _replica_states(self) -> dict[str, tuple[str, str]]:
+        """The state name of every live scenario's replica -> (scenario, replica).
+
+        Names may hold dots: scenario "a" with replica "b.c" and scenario "a.b"
+        with replica "c" would keep their replicas' state in the same tables.
+        """
+        return {
+            replica_state_name(d.name, replica): (d.name, replica)
             for d in self._definitions.values()
             for replica in d.replicas
         }
+
+    def _forget_removed(self, removed: list[_Definition]) -> None:
+        """Empty what removed scenarios' replicas left (a removal killed before it did)."""
+        live = self._replica_states()
         for definition in removed:
             for replica in definition.replicas:
                 tables = replica_tables(self.store, definition.name, replica)
@@ -730,13 +738,7 @@ class Engine:
             if not isinstance(replica, str) or not _NAME.match(replica):
                 raise ScenarioError(name=name, detail=f"replica name {replica!r} is not valid")
             replica_paths[replica] = _real(path)
-        # Names may hold dots: scenario "a" with replica "b.c" and scenario "a.b" with
-        # replica "c" would keep their replicas' state in the same tables.
-        taken = {
-            replica_state_name(other.name, replica): (other.name, replica)
-            for other in self._definitions.values()
-            for replica in other.replicas
-        }
+        taken = self._replica_states()
         for replica in replica_paths:
             clash = taken.get(replica_state_name(name, replica))
             if clash is not None:
@@ -829,11 +831,7 @@ class Engine:
         self._scenario_event(scenario._def, ScenarioRemoved)
         del self._scenarios[name]
         del self._definitions[name]
-        shared = {  # state directories from before names were checked may share tables
-            replica_state_name(other.name, replica)
-            for other in self._definitions.values()
-            for replica in other.replicas
-        }
+        shared = self._replica_states()  # directories from before the check may share them
         for replica in scenario._def.replicas:
             if replica_state_name(name, replica) not in shared:
                 forget_replica(self.store, name, replica)

@@ -100,9 +100,9 @@ def forget_replica(store: Store, scenario: str, replica: str) -> None:
     """Empty what an applier of ``replica`` kept: its tracking position and its undo log.
 
     For a scenario removed (its before-images and their blobs are freed), and
-    for a new scenario under a name used before: its replicas start from
-    nothing, like any new replica (a synchronization builds them), not from a
-    position and before-images the old scenario's replicas left.
+    for a new scenario before it is journaled: its replicas start from nothing
+    (a synchronization builds them), not from a position and before-images
+    that a removed scenario's replicas left under the same tables.
     """
     tables = replica_tables(store, scenario, replica)
     store.ensure(*tables)

@@ -1335,7 +1335,8 @@ class UndoLog:
         record: a trim or a rewind frees what it drops, in its transaction.
         """
         self.store = store
-        self.table, self.horizon_table, self.refs_table, own = self.table_names(name)
+        self.tables = self.table_names(name)
+        self.table, self.horizon_table, self.refs_table, own = self.tables
         self.blobs = BlobTable(store)
         self.own = BlobTable(store, own)
         store.ensure(self.table, self.horizon_table, self.refs_table)
@@ -1582,8 +1583,7 @@ class UndoLog:
 
         Before-images that point at the journal's blobs take no room here.
         """
-        tables = (self.table, self.horizon_table, self.refs_table, self.own.table)
-        return txn.count(self.table), sum(txn.page_bytes(t) for t in tables)
+        return txn.count(self.table), sum(txn.page_bytes(t) for t in self.tables)
 
     def size(self) -> tuple[int, int]:
         """(records, bytes of frames) held."""
