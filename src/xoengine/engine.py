@@ -162,6 +162,9 @@ class _Definition:
     pending_rewinds: dict[str, tuple[int, int]] = field(default_factory=dict)
     left_out: dict[str, set[str]] = field(default_factory=dict)
     """Replica -> the attribute names an AW0003 alert said it left out."""
+    created: int = 0
+    """The position of its ScenarioCreated: the name's events before it are another
+    scenario's (one removed), which its replicas never held."""
 
     def apply(self, event: ScenarioEvent) -> None:
         self.version = event.originator_version
@@ -597,6 +600,7 @@ class Engine:
                     roots=list(event.roots),
                     replicas={},
                     options=dict(event.options),
+                    created=position,
                 )
                 self._by_id = None
             else:
@@ -699,8 +703,10 @@ class Engine:
                 Path(path).mkdir(parents=True, exist_ok=True)
             for replica in replica_paths:  # what a removed scenario may have left: start afresh
                 forget_replica(self.store, name, replica)
-            self._append([created, *added])
-            definition = _Definition(scenario_id, 1, name, kind, roots, {}, dict(options))
+            first, *_ = self._append([created, *added])
+            definition = _Definition(
+                scenario_id, 1, name, kind, roots, {}, dict(options), created=first
+            )
             for event in added:
                 definition.apply(event)
             self._definitions[name] = definition

@@ -145,9 +145,16 @@ class ReplicaApplier:
         scenario: str,
         tree: ReplicaTree,
         read_events: Callable[[int, int], Sequence[tuple[int, Applied | None]]],
+        recover: Callable[[], object] | None = None,
     ) -> None:
-        """Apply ``scenario``'s events to ``tree``; ``name`` prefixes its tables."""
+        """Apply ``scenario``'s events to ``tree``; ``name`` prefixes its tables.
+
+        ``recover()`` runs before each pass (under :attr:`lock`): it undoes what
+        an apply or a synchronization that did not finish left past the applied
+        position, so that events apply to the state they follow.
+        """
         self.store = store
+        self.recover = recover
         self.name = name
         self.scenario = scenario
         self.tree = tree
@@ -187,6 +194,8 @@ class ReplicaApplier:
         total = 0
         with self.lock:
             self.sweep_once()
+            if self.recover is not None:
+                self.recover()
             while True:
                 after = self.position()
                 if upto is not None and after >= upto:

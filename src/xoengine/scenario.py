@@ -178,6 +178,7 @@ class Scenario:
             self.name,
             tree,
             engine._read_file_events,
+            recover=functools.partial(self._recover, replica),
         )
         self._appliers[replica] = applier
         return applier
@@ -272,8 +273,11 @@ class Scenario:
                 self._engine._scenario_event(self._def, ScenarioStopped)
 
     def _start_threads(self) -> None:
+        # Not for suspended replicas (a rewound one among them): they stay as they
+        # are, across a second start and across a restart, until resume().
         for replica in self._appliers:
-            self._start_thread(replica)
+            if replica not in self._def.suspended:
+                self._start_thread(replica)
 
     def _start_thread(self, replica: str) -> None:
         old = self._threads.get(replica)
@@ -432,6 +436,9 @@ class Scenario:
                                 applier.set_position,
                                 follow=follower,
                                 settle=functools.partial(self._settle, applier.tree),
+                                # Never below its creation: the name's earlier events
+                                # are a removed scenario's, which no replica here held.
+                                held=max(applier.position(), self._def.created),
                             )
                         )
 
@@ -729,6 +736,7 @@ class Scenario:
         applier = self._appliers[replica]
         with applier.lock:
             applier.sweep_once()  # a rewind or apply killed mid-replace leaves one
+            self._recover(replica)
             applied = applier.position()
             records = 0
             undo = applier.undo
@@ -778,6 +786,35 @@ class Scenario:
             )
             return target
 
+    def _recover(self, replica: str) -> int:
+        """Undo what an apply or a synchronization that did not finish left on ``replica``.
+
+        Every change to a replica is recorded in its undo log before it is
+        made, and the applied position moves after it: records above that
+        position belong to an apply or a synchronization that was killed or
+        failed midway. Undone (newest first), the replica holds its applied
+        position's state again: the state the next events and a rewind start
+        from. (A synchronization needs no such start: it compares whatever is
+        there, and a rewind across it undoes both.) Returns the records undone.
+        """
+        applier = self._appliers[replica]
+        with applier.lock:
+            applied = applier.position()
+            with self._engine.store.read() as txn:
+                top = applier.undo.last_position(txn)
+            if top <= applied:
+                return 0
+            # Each commit would move the applied position to below what it undid:
+            # never above the position held (the events between were not applied).
+            return rewind_back(
+                self._engine.store,
+                applier.tree,
+                applier.undo,
+                top,
+                applied,
+                lambda txn, p: applier.set_position(txn, min(p, applied), force=True),
+            )
+
     def _complete_rewinds(self) -> None:
         for replica, (current, target) in list(self._def.pending_rewinds.items()):
             try:
@@ -814,8 +851,14 @@ class Scenario:
         points = self.rewind_points()
         for name, applier in self._appliers.items():
             with applier.lock:  # not while a batch is applied or a rewind reads the log
-                sizes = dict(applier.undo.position_sizes())
-                usage = [UndoUsage(p, recorder.time_of(p), b) for p, b in sorted(sizes.items())]
+                # Records above the applied position are what an apply or a sync that
+                # did not finish left: kept for _recover, which undoes their changes.
+                applied = applier.position()
+                usage = [
+                    UndoUsage(p, recorder.time_of(p), b)
+                    for p, b in applier.undo.position_sizes()
+                    if p <= applied
+                ]
                 decision = retention(usage, points, policy, now)
                 decisions[name] = decision
                 if decision.trim_upto:

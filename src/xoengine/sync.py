@@ -143,11 +143,19 @@ class Synchronizer:
         set_applied: Callable[[WriteTxn, int], None],
         follow: CaptureFollower | None = None,
         settle: Settle | None = None,
+        *,
+        held: int,
     ) -> SyncSummary:
         """Synchronize at journal ``position`` (the master state the capture just journaled).
 
         ``set_applied(txn, p)`` records the replica's applied position; it runs in
-        the transaction that appends SyncFinished.
+        the transaction that appends SyncFinished. ``held`` is the position the
+        replica holds now: when journal positions lie between it and this run's
+        start, the replica never holds their states (this run takes it from
+        ``held`` to the master's state by another path than their events), so
+        the undo log opens a gap at ``held`` (see :meth:`UndoLog.gaps`): a
+        rewind to one of them undoes to ``held`` and applies the journal
+        forward from there.
 
         With ``follow``, a capture scan runs beside this one (another thread) and
         ``position`` is where it started: the master is walked after the scan's
@@ -177,6 +185,8 @@ class Synchronizer:
         self._existed: set[str] = set()  # of those, the ones the replica had before this run
         # 1. Journal the start; before-images are keyed by its position.
         (started,) = self._append([self._event(SyncStarted, level=level, position=position)], None)
+        if started > held + 1:  # before this run records anything: it closes the gap
+            self.store.write(lambda txn: self.undo.open_gap(txn, held))
         self._undo_position = started
         self._undo_seq = 0
         # 2. Compare and transfer (behind the capture's walk and reads, if one runs).

@@ -1407,6 +1407,11 @@ class UndoLog:
     def _key(position: int, seq: int) -> bytes:
         return encode_position(position) + seq.to_bytes(4, "big")
 
+    def last_position(self, txn: ReadTxn) -> int:
+        """The highest position that has records (0: none)."""
+        last = txn.last(self.table)
+        return 0 if last is None else int.from_bytes(last[0][:8], "big")
+
     def has(self, txn: ReadTxn, position: int) -> bool:
         """Whether before-images for ``position`` are recorded already."""
         key = self._key(position, 0)

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import signal
+import subprocess
 import sys
 import uuid
 from dataclasses import dataclass, field
@@ -23,7 +25,7 @@ from typing import TYPE_CHECKING
 from eventsourcing.persistence import StoredEvent
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable
+    from collections.abc import Callable, Iterable
 
     from eventsourcing.persistence import Notification
 
@@ -170,3 +172,34 @@ class LineReader:
         while not self.eof:
             lines.extend(self.read_some())
         return lines
+
+
+def run_killed(argv: list[str], until: Callable[[str], bool] | None) -> tuple[list[str], str]:
+    """Run a child; SIGKILL it at the first line it writes for which ``until(line)`` holds.
+
+    ``until`` None: let it end by itself. Its stdout is read two bytes at a
+    time, so the kill lands close to the line that decided it. Returns every
+    line it wrote (those after the deciding one too) and its stderr.
+    """
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=0)
+    assert proc.stdout is not None
+    assert proc.stderr is not None
+    reader = LineReader(proc.stdout.fileno())
+    lines: list[str] = []
+    try:
+        killed = False
+        while not reader.eof and not killed:
+            for line in reader.read_some(2):
+                lines.append(line)
+                killed = killed or (until is not None and until(line))
+        if killed:
+            os.kill(proc.pid, signal.SIGKILL)
+        lines.extend(reader.drain())
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        errors = proc.stderr.read().decode()
+        proc.stdout.close()
+        proc.stderr.close()
+    return lines, errors

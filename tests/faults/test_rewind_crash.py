@@ -24,19 +24,19 @@ from __future__ import annotations
 
 import os
 import random
-import signal
-import subprocess
 import threading
 from typing import TYPE_CHECKING, Any
 
 import pytest
-from journal_probe import HERE, PYTHON, LineReader
+from journal_probe import HERE, PYTHON, run_killed
 
 import xoengine.rewind as rewind_module
 from xoengine.engine import Engine, Scenario
 from xoengine.events import FileRenamed, ReplicaRewound, RewindStarted
+from xoengine.rewind import RetentionPolicy
+from xoengine.sync import Synchronizer
 from xoengine.testing import snapshot_contents
-from xoengine.tree import TMP_PREFIX, UndoLog
+from xoengine.tree import TMP_PREFIX, ReplicaTree, UndoLog
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -109,41 +109,25 @@ def change_master(master: Path, rng: random.Random, sc: Scenario) -> None:
 
 
 def run_worker(
-    state: Path, point: str, target: int, extra: list[str] | None = None
+    state: Path, point: str, target: int | None, extra: list[str] | None = None
 ) -> tuple[int, str]:
     """Run the worker; SIGKILL it once it has reported ``target`` undone before-images
     (``target`` None: let it run until it ends or kills itself).
 
     Returns (before-images reported, how it ended: "killed", "died" or "done").
     """
-    proc = subprocess.Popen(
+    ready = [False]
+    undone = [0]
+
+    def reached(line: str) -> bool:
+        ready[0] = ready[0] or line == "READY"
+        undone[0] += line == "U"
+        return target is not None and ready[0] and undone[0] >= target
+
+    lines, errors = run_killed(
         [PYTHON, WORKER, str(state), "cx", "r1", point, *(extra or [])],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        bufsize=0,
+        None if target is None else reached,
     )
-    assert proc.stdout is not None
-    assert proc.stderr is not None
-    reader = LineReader(proc.stdout.fileno())
-    undone = 0
-    ready = False
-    lines: list[str] = []
-    try:
-        while not reader.eof and (target is None or not (ready and undone >= target)):
-            for line in reader.read_some(2):  # read little: the kill lands close to the target
-                lines.append(line)
-                ready = ready or line == "READY"
-                undone += line == "U"
-        if target is not None:
-            os.kill(proc.pid, signal.SIGKILL)
-        lines.extend(reader.drain())
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait()
-        errors = proc.stderr.read().decode()
-        proc.stdout.close()
-        proc.stderr.close()
     assert "Traceback" not in errors, errors
     how = "done" if "DONE" in lines else "died" if "DYING" in lines else "killed"
     return sum(line == "U" for line in lines), how
@@ -300,6 +284,12 @@ class _Killed(BaseException):
     """Stands for SIGKILL inside the process: nothing after it runs, nothing catches it."""
 
 
+def _dead(eng: Engine) -> None:
+    """Leave ``eng`` as a killed process leaves it: no clean close."""
+    eng._closed = True
+    eng.app.close()
+
+
 def test_rewind_resumed_between_undo_and_commit_is_idempotent(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -337,8 +327,7 @@ def test_rewind_resumed_between_undo_and_commit_is_idempotent(
     monkeypatch.setattr(UndoLog, "drop", dying)
     with pytest.raises(_Killed):
         sc.rewind("r1", point)
-    eng._closed = True  # the process is dead: no clean close
-    eng.app.close()
+    _dead(eng)
     monkeypatch.setattr(UndoLog, "drop", real)
     with Engine.open(tmp_path / "state", durability="nosync") as eng:  # completes the rewind
         assert snapshot(r1) == want
@@ -412,8 +401,7 @@ def test_rewind_killed_inside_a_coalesced_run_is_completed_at_open(
         monkeypatch.setattr(rewind_module, "undo_path", dying_undo_path)
     with pytest.raises(_Killed):
         sc.rewind("r1", point)
-    eng._closed = True  # the process is dead: no clean close
-    eng.app.close()
+    _dead(eng)
     monkeypatch.setattr(rewind_module, "undo_path", real_undo_path)
     monkeypatch.setattr(UndoLog, "drop", real_drop)
     if die_after == "commit":
@@ -423,4 +411,150 @@ def test_rewind_killed_inside_a_coalesced_run_is_completed_at_open(
         sc = eng.scenario("cx")
         assert sc.statistics().replicas["r1"].applied_position == point.position
         assert sc._appliers["r1"].undo.records(after=point.position) == []
+        assert sc._appliers["r1"].undo.check() == []
+
+
+class _Points:
+    """A master of a few files changed in place, and rewind points with their trees."""
+
+    def __init__(self, tmp_path: Path, seed: int) -> None:
+        self.rng = random.Random(seed)
+        self.master = tmp_path / "master"
+        self.master.mkdir()
+        for i in range(8):
+            (self.master / f"f{i}").write_bytes(self.rng.randbytes(self.rng.randint(600, 9000)))
+        self.trees: dict[str, dict[bytes, Node]] = {}
+
+    def change(self, sc: Scenario) -> None:
+        """Writes in place into five of the files, each captured on its own."""
+        for i in self.rng.sample(range(8), 5):
+            path = self.master / f"f{i}"
+            with path.open("r+b") as f:
+                f.seek(self.rng.randrange(path.stat().st_size))
+                f.write(self.rng.randbytes(700))
+            sc.capture()
+
+    def mark(self, sc: Scenario, name: str) -> None:
+        sc.set_rewind_point(name)
+        self.trees[name] = snapshot(self.master)
+
+    def check(self, sc: Scenario, r1: Path, names: list[str]) -> None:
+        for name in names:
+            sc.rewind("r1", name)
+            got = snapshot(r1)
+            assert got == self.trees[name], f"r1 rewound to {name}: " + ", ".join(
+                repr(p)
+                for p in sorted(set(got) | set(self.trees[name]))
+                if got.get(p) != self.trees[name].get(p)
+            )
+
+
+@pytest.mark.parametrize("trim_first", [False, True])
+def test_a_rewound_replica_whose_resync_was_killed_midway_rewinds_exactly(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, trim_first: bool
+) -> None:
+    """Was a bug: a resume killed inside its block-level resynchronization.
+
+    The resync had written some files (their before-images recorded) while the
+    replica's applied position stayed at the rewound one. A rewind then started
+    from those files: to the position held it changed nothing, forward it
+    applied events over newer bytes, back it left them as they were. What an
+    apply or a synchronization that did not finish left is undone first now.
+    With ``trim_first`` a retention trim comes before: it used to drop those
+    before-images (they lie above the position held), and nothing could undo
+    the resync's writes any more.
+    """
+    points = _Points(tmp_path, 11)
+    r1 = tmp_path / "r1"
+    eng = Engine.open(tmp_path / "state", durability="nosync")
+    sc = eng.create_scenario(
+        "cx",
+        master=str(points.master),
+        replicas={"r1": str(r1), "r2": str(tmp_path / "r2")},
+        block_size=512,
+    )
+    sc.start()
+    for name in ("p0", "p1", "p2"):
+        points.mark(sc, name)
+        points.change(sc)
+    sc.wait_replicated()
+    sc.rewind("r1", "p0")
+    points.change(sc)  # while r1 is out of replication
+    points.mark(sc, "p3")
+
+    real = Synchronizer._record
+    recorded = [0]
+
+    def dying(self: Synchronizer, images: Any) -> None:
+        real(self, images)  # the before-image is durable; the change is not made
+        recorded[0] += 1
+        if recorded[0] == 3:
+            raise _Killed
+
+    monkeypatch.setattr(Synchronizer, "_record", dying)
+    with pytest.raises(_Killed):
+        sc.resume("r1")
+    _dead(eng)
+    monkeypatch.setattr(Synchronizer, "_record", real)
+    assert snapshot(r1) != points.trees["p0"]  # two files hold the master's newer bytes
+
+    with Engine.open(tmp_path / "state", durability="nosync") as eng:
+        sc = eng.scenario("cx")
+        assert "r1" in sc.suspended  # the resume did not happen
+        if trim_first:  # every record up to the position held goes, no more
+            sc.trim_undo(RetentionPolicy(max_bytes=1, min_points=1))
+            points.check(sc, r1, ["p0", "p3", "p0"])
+        else:
+            points.check(sc, r1, ["p0", "p2", "p1", "p3", "p0"])
+        assert sc._appliers["r1"].undo.check() == []
+        sc.resume("r1")
+        sc.wait_replicated()
+        assert snapshot(r1) == snapshot(points.master)
+        points.check(sc, r1, ["p3", "p0"] if trim_first else ["p3", "p1", "p2", "p0"])
+        assert sc._appliers["r1"].undo.check() == []
+
+
+def test_a_rewind_after_an_apply_killed_midway_starts_from_the_position_held(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An apply killed inside a group of events leaves some of their changes made.
+
+    Their before-images are recorded above the applied position. A rewind back
+    undid only what lies below it, and the changes made stayed; they are
+    undone first now. Applying again (no rewind) ends right either way.
+    """
+    points = _Points(tmp_path, 12)
+    r1 = tmp_path / "r1"
+    eng = Engine.open(tmp_path / "state", durability="nosync")
+    sc = eng.create_scenario("cx", master=str(points.master), replicas={"r1": str(r1)})
+    sc.start()
+    points.mark(sc, "p0")
+    points.change(sc)
+    points.mark(sc, "p1")
+    sc.wait_replicated()
+    sc.stop()  # the next changes are applied by wait_replicated, in this thread
+    points.change(sc)
+    points.mark(sc, "p2")
+
+    real = ReplicaTree.write_ranges
+    written = [0]
+
+    def dying(self: ReplicaTree, *args: Any) -> None:
+        if written[0] == 2:
+            raise _Killed
+        written[0] += 1
+        real(self, *args)
+
+    monkeypatch.setattr(ReplicaTree, "write_ranges", dying)
+    with pytest.raises(_Killed):
+        sc.wait_replicated()
+    _dead(eng)
+    monkeypatch.setattr(ReplicaTree, "write_ranges", real)
+    assert snapshot(r1) not in (points.trees["p1"], points.trees["p2"])  # half the group
+
+    with Engine.open(tmp_path / "state", durability="nosync") as eng:
+        sc = eng.scenario("cx")
+        applied = sc.statistics().replicas["r1"].applied_position
+        assert applied < sc._appliers["r1"].undo.records()[-1].position  # records above it
+        points.check(sc, r1, ["p1", "p0", "p2", "p1"])
         assert sc._appliers["r1"].undo.check() == []

@@ -1456,6 +1456,47 @@ def test_rewind_into_a_synchronization_run_lands_at_its_end(tmp_path: Path) -> N
         eng.close()
 
 
+def test_rewind_to_points_set_while_the_replicas_lagged_is_exact(tmp_path: Path) -> None:
+    """Was a bug: points journaled while replication was stopped.
+
+    The replicas held an older position; the next start took them to the
+    master by a resync, whose before-images are keyed at its SyncStarted,
+    after those points. A rewind to one of them undid the resync and stopped
+    there: it gave the tree at the position the replica had held, not the
+    point's. The resync now opens a gap at that position: a rewind into it
+    undoes to there and applies the journal forward.
+    """
+    eng, sc, master = new_engine(tmp_path)
+    try:
+        write(master / "a", b"first")
+        sc.set_rewind_point("unsynced")  # before the replicas were ever synchronized
+        trees = {"unsynced": snapshot(master)}
+        write(master / "d" / "b", b"b")
+        sc.start()
+        sc.wait_replicated()
+        trees["held"] = snapshot(master)
+        sc.set_rewind_point("held")
+        sc.stop()
+        write(master / "a", b"second")
+        write(master / "c", b"new")
+        sc.set_rewind_point("lagged")  # captures: journaled, applied by no one
+        trees["lagged"] = snapshot(master)
+        (master / "d" / "b").unlink()
+        write(master / "a", b"third, longer")
+        sc.set_rewind_point("later")
+        trees["later"] = snapshot(master)
+        write(master / "c", b"changed after the last point")
+        sc.start()  # r1 and r2 resynchronized from "held" to the master
+        sc.wait_replicated()
+        assert snapshot(tmp_path / "r1") == snapshot(master)
+        for name in ("lagged", "held", "later", "unsynced", "lagged"):
+            sc.rewind("r1", name)
+            assert snapshot(tmp_path / "r1") == trees[name], name
+        assert sc._appliers["r1"].undo.check() == []
+    finally:
+        eng.close()
+
+
 def report_runs(eng: Engine, replica: str) -> list[tuple[int, int]]:
     """``(SyncStarted, SyncFinished)`` positions of the synchronization report's runs."""
     runs = sync_runs(eng._iter_events(SYNC_EVENTS), "fx", replica)

@@ -159,6 +159,40 @@ def test_scenario_resume_applies_backlog_without_resync(engine: Engine, tmp_path
     assert _sync_runs(sc, "r2") == runs  # the backlog was applied, nothing resynchronized
 
 
+def test_a_suspended_replica_stays_out_of_replication_across_starts_and_restarts(
+    tmp_path: Path,
+) -> None:
+    # Was a bug: start() followed every replica, suspended ones too. A second
+    # start, or the first after a restart, put a suspended (or rewound) replica
+    # back into replication behind the operator's back.
+    master = TreeBuilder(tmp_path / "master")
+    master.apply(CreateFile("f", b"0"))
+    with Engine.open(tmp_path / "state", durability="nosync") as engine:
+        sc = _scenario(engine, tmp_path, "r1", "r2")
+        sc.start()
+        sc.suspend("r2")
+        held = sc.statistics().replicas["r2"].applied_position
+        sc.start()
+        assert sorted(sc._threads) == ["r1"]
+        master.apply(Append("f", b"1"))
+        sc.capture()
+        sc.wait_replicated(timeout=30)
+    with Engine.open(tmp_path / "state", durability="nosync") as engine:
+        sc = engine.scenario("fs")
+        sc.start()
+        assert sorted(sc._threads) == ["r1"]
+        master.apply(Append("f", b"2"))
+        sc.capture()
+        sc.wait_replicated(timeout=30)
+        sc.stop()  # joins the applier threads: whatever they did is done
+        assert (tmp_path / "r2" / "f").read_bytes() == b"0"
+        assert sc.statistics().replicas["r2"].applied_position == held
+        assert sc.suspended == {"r2"}
+        sc.resume("r2")  # after a restart too, the backlog is applied
+        sc.wait_replicated(timeout=30)
+    assert_trees_equal(tmp_path / "master", tmp_path / "r2", mtimes=True)
+
+
 def test_scenario_replicas_at_different_positions_each_converge(
     engine: Engine, tmp_path: Path
 ) -> None:

@@ -33,6 +33,10 @@ resuming and trimming at random in between: old points now lie in the gaps
 that earlier rewinds (backward, forward, into a gap) and resyncs left in the
 undo log.
 
+Replication stops and starts again at random: points set while it is stopped
+lie between the position a replica holds and the resync that the next start
+runs, and must stay exact.
+
 Retention trims at random too: a script step with a random budget (while r1
 and r2 replicate), and between the rewinds of the resume round. A rewind back
 below the highest trim is refused and leaves the replica as it was; every
@@ -97,6 +101,7 @@ OPERATIONS = [
     "root",  # the master root's own mode, owner or extended attributes
     "point", "point",
     "trim",  # retention with a random budget, while r1 and r2 replicate
+    "restart",  # stop replicating (changes and points go on), or start again: a resync
 ]  # fmt: skip
 OWNERS = [(0, 0), (65534, 65534), (1000, 100), (0, 65534)]
 
@@ -114,6 +119,7 @@ STATS: dict[str, int] = {
     "root ops": 0,  # the root's own mode, owner or extended attributes changed
     "trims": 0,  # retention trims that cut r1's undo log (script steps, resume round)
     "refused": 0,  # rewinds refused below a trim
+    "lagged": 0,  # starts that resynchronized replicas behind the journal
 }
 
 # -- recorded trees -----------------------------------------------------------------------
@@ -554,6 +560,25 @@ def check_histories(eng: Engine, sc: Scenario, records: list[Recorded]) -> None:
 # -- the property -----------------------------------------------------------------------------
 
 
+def restart(sc: Scenario) -> None:
+    """Stop replicating, or start again: a synchronization of the active replicas.
+
+    While stopped, changes and points are journaled and the replicas lag; the
+    start takes them from the position they hold to the master's state by a
+    resync, not by the events between: the points set meanwhile must stay
+    exact.
+    """
+    if sc.state != "Stopped":
+        sc.stop()
+        note("stop")
+        return
+    held = sc.statistics().replicas
+    lagged = [r for r, s in held.items() if not s.suspended and s.backlog_events]
+    sc.start()
+    note(f"start: {lagged} resynchronized while behind")
+    STATS["lagged"] += bool(lagged)
+
+
 def run_script(
     sc: Scenario, script: Script, records: list[Recorded], steps: list[str], master: str
 ) -> None:
@@ -574,11 +599,16 @@ def run_script(
             note(f"trim {policy} -> r1 up to {trimmed}")
             STATS["trims"] += bool(trimmed)
             continue
+        if op == "restart":
+            restart(sc)
+            continue
         done = script.run(op)
         if done is not None:
             note(done)
             event(op)
     STATS["points"] += len(records)
+    if sc.state == "Stopped":
+        restart(sc)
     sc.wait_replicated()
     assert [r.point.position for r in records] == sorted(r.point.position for r in records)
 
