@@ -6,7 +6,8 @@ ROOT holds ``m`` (the master), ``r1`` and ``r2`` (its replicas), ``state``
 (scenario ``s``, made by the parent) and ``points.json``. The worker opens the
 engine, starts the scenario (a resync of its active replicas) and then, until
 it is killed, at random: writes to the master (a whole file then a capture, or
-in place through ``sc.open``), sets a rewind point (and records the master's
+in place through ``sc.open``, a cut), deletes and renames files (over another,
+maybe) and directories, sets a rewind point (and records the master's
 tree under the point's name in ``points.json``), rewinds a replica to a
 recorded point, resumes a replica, trims the undo logs with a random budget,
 and stops or starts replication. It prints ``OP`` after each operation (one
@@ -23,11 +24,11 @@ import random
 import sys
 from pathlib import Path
 
-from xoengine.engine import Engine
+from xoengine.engine import Engine, Scenario
 from xoengine.errors import XoError
 from xoengine.rewind import RetentionPolicy
 
-NAMES = ["a", "b", "c", "d/e"]
+NAMES = ["a", "b", "c", "d/e", "d/f", "d2/g"]
 POOL = [bytes([65 + i]) * n for i, n in enumerate([0, 1, 300, 5000, 70000])]
 
 
@@ -57,15 +58,10 @@ def main() -> None:
     say("READY")
     for i in range(10**6):
         op = rng.random()
-        if op < 0.45:
-            path = Path("m", rng.choice(NAMES))
-            if rng.random() < 0.5 or not path.exists():
-                path.write_bytes(rng.choice(POOL) + rng.choice(POOL)[: rng.randint(0, 5000)])
-                sc.capture()
-            else:
-                with sc.open(str(path.relative_to("m")), "r+b") as f:
-                    f.seek(rng.randint(0, path.stat().st_size))
-                    f.write(rng.choice(POOL)[: rng.randint(1, 3000)] or b"z")
+        if op < 0.35:
+            change(sc, rng)
+        elif op < 0.45:
+            move(sc, rng)
         elif op < 0.6:
             point = sc.set_rewind_point(f"p{seed}-{i}")
             points[point.name] = [point.position, tree("m")]
@@ -91,6 +87,46 @@ def main() -> None:
         else:
             sc.stop()
         say("OP")
+
+
+def change(sc: Scenario, rng: random.Random) -> None:
+    """A whole-file write then a capture, or a write or a cut in place through ``sc.open``."""
+    path = Path("m", rng.choice(NAMES))
+    if rng.random() < 0.5 or not path.is_file():
+        if path.is_dir():
+            return
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(rng.choice(POOL) + rng.choice(POOL)[: rng.randint(0, 5000)])
+        sc.capture()
+        return
+    with sc.open(str(path.relative_to("m")), "r+b") as f:
+        size = path.stat().st_size
+        if rng.random() < 0.2:
+            f.truncate(rng.randint(0, size + 3000))
+        else:
+            f.seek(rng.randint(0, size))
+            f.write(rng.choice(POOL)[: rng.randint(1, 3000)] or b"z")
+
+
+def move(sc: Scenario, rng: random.Random) -> None:
+    """A file deleted or renamed (over another, maybe), or a directory renamed; captured."""
+    files = sorted(p for p in Path("m").rglob("*") if p.is_file())
+    what = rng.choice(["delete", "rename", "rename", "directory"])
+    if what == "directory":
+        src, dst = (Path("m", d) for d in rng.sample(["d", "d2"], 2))
+        if not src.is_dir() or dst.exists():
+            return
+        src.rename(dst)
+    elif files:
+        path = rng.choice(files)
+        if what == "delete":
+            path.unlink()
+        else:
+            target = Path("m", rng.choice(NAMES))
+            if target.is_dir() or not target.parent.is_dir():
+                return
+            path.rename(target)
+    sc.capture()
 
 
 if __name__ == "__main__":

@@ -59,8 +59,8 @@ def test_random_work_killed_at_random_keeps_every_point_exact(tmp_path: Path) ->
     rng = random.Random(seed)
     print(f"\nrandom kills: seed {seed}")
     master = tmp_path / "m"
-    (master / "d").mkdir(parents=True)
     for name in NAMES:
+        (master / name).parent.mkdir(parents=True, exist_ok=True)
         (master / name).write_bytes(rng.randbytes(rng.randint(0, 9000)))
     (tmp_path / "points.json").write_text("{}")
     with Engine.open(tmp_path / "state", durability="nosync") as eng:
