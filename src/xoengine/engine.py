@@ -287,6 +287,8 @@ class Engine:
         self._ledger = Ledger(
             lambda after, upto: self._iter_events(APPLIED_EVENTS, after, upto),
             self.last_position,
+            self.store,
+            writable=not readonly,
         )
         self._load()
 

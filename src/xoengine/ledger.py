@@ -3,16 +3,22 @@
 And :func:`sync_runs`, the fold of synchronization events behind the
 synchronization report (R35) and the rewind rule for targets inside a run.
 
-Room: producers and projections. May import ``events`` (nothing that touches
-the journal or a tree: the engine feeds it).
+Room: producers and projections. May import ``events``, ``codec`` and
+``datastore`` (nothing that reads the journal or a tree: the engine feeds it).
 
 Statistics, the spool check and the replication report all ask "how many
 events and bytes of this scenario lie between position *a* and position
 *b*?", over and over while the journal grows (the spool check runs after
 every append). Scanning the journal for each answer made a long suspension
-quadratic. The ledger decodes each file event once, keeps prefix sums per
-scenario and answers with two bisects. It lives in memory and is rebuilt
-from the journal by the first question after an engine opens.
+quadratic. The ledger decodes each file event once and keeps each
+scenario's running totals by position: a question is two lookups.
+
+The totals are a projection kept in the state directory (table
+:data:`LEDGER_TABLE`), written by the questions themselves every
+:data:`FLUSH_EVENTS` events they read: so each event is decoded once for the
+life of the state directory, not once per process, and memory holds only the
+events read since the last write. An engine opened read-only answers from the
+table and reads the rest of the journal into memory.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from array import array
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
+from xoengine import codec
 from xoengine.events import (
     BytesWritten,
     ContentReplaced,
@@ -42,9 +49,28 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
     from typing import Any
 
-__all__ = ["OPERATIONS", "SYNC_EVENTS", "Ledger", "Span", "operation", "sync_runs"]
+    from xoengine.datastore import Store, WriteTxn
+
+__all__ = [
+    "FLUSH_EVENTS",
+    "LEDGER_TABLE",
+    "OPERATIONS",
+    "SYNC_EVENTS",
+    "Ledger",
+    "Span",
+    "operation",
+    "sync_runs",
+]
 
 OPERATIONS: Final = ("created", "written", "updated", "deleted", "renamed")
+LEDGER_TABLE: Final = "ledger"
+"""Key: ``len(name)`` (1 byte) ‖ scenario name (UTF-8) ‖ position (8 bytes BE); value: frame
+of ``[events, bytes, *OPERATIONS counts]``, the scenario's totals up to and including that
+position (an applied event of it). Key ``0xff``: frame of the position read up to."""
+FLUSH_EVENTS: Final = 8192
+"""Events read into memory before they are written to the table (a writable engine)."""
+_READ_UPTO: Final = b"\xff"  # no scenario's key starts with it: names are 1-64 bytes
+_FIELDS: Final = ("events", "bytes", *OPERATIONS)
 
 
 def operation(event: FileEvent | RootChanged) -> str:
@@ -80,70 +106,172 @@ class Span:
     """Events per operation (:data:`OPERATIONS`)."""
 
 
-class _Series:
-    """One scenario's positions with prefix sums (index k: totals of the first k events)."""
+def _key(scenario: str, position: int) -> bytes:
+    name = scenario.encode()
+    return bytes([len(name)]) + name + position.to_bytes(8, "big")
 
-    def __init__(self) -> None:
+
+class _Series:
+    """One scenario's events read since the table's last write, with running totals.
+
+    ``base``: the scenario's totals before them (:data:`_FIELDS` order);
+    ``totals[i]``: the totals up to and including ``positions[i]``.
+    """
+
+    def __init__(self, base: list[int]) -> None:
+        self.base = base
         self.positions = array("q")
-        self.sums = {name: array("q", [0]) for name in ("bytes", *OPERATIONS)}
+        self.totals = [array("q") for _ in _FIELDS]
 
     def add(self, position: int, event: FileEvent | RootChanged) -> None:
-        self.positions.append(position)
+        last = self.last()
         op = operation(event)
-        for name, sums in self.sums.items():
-            step = event_bytes(event) if name == "bytes" else int(name == op)
-            sums.append(sums[-1] + step)
+        steps = (1, event_bytes(event), *(int(name == op) for name in OPERATIONS))
+        self.positions.append(position)
+        for column, before, step in zip(self.totals, last, steps, strict=True):
+            column.append(before + step)
 
-    def span(self, after: int, upto: int | None) -> Span:
-        lo = bisect.bisect_right(self.positions, after)
-        hi = len(self.positions) if upto is None else bisect.bisect_right(self.positions, upto)
-        hi = max(lo, hi)
-        total = {name: sums[hi] - sums[lo] for name, sums in self.sums.items()}
-        return Span(
-            events=hi - lo,
-            bytes=total.pop("bytes"),
-            first=self.positions[lo] if hi > lo else None,
-            counts=total,
-        )
+    def last(self) -> list[int]:
+        """The totals up to the last event read."""
+        if not self.positions:
+            return self.base
+        return [column[-1] for column in self.totals]
+
+    def at(self, position: int) -> list[int]:
+        """The totals up to and including ``position``."""
+        k = bisect.bisect_right(self.positions, position)
+        return self.base if k == 0 else [column[k - 1] for column in self.totals]
+
+    def first_after(self, position: int) -> int | None:
+        k = bisect.bisect_right(self.positions, position)
+        return self.positions[k] if k < len(self.positions) else None
+
+    def rows(self, scenario: str) -> Iterable[tuple[bytes, list[int]]]:
+        for i, position in enumerate(self.positions):
+            yield _key(scenario, position), [column[i] for column in self.totals]
 
 
 class Ledger:
-    """Prefix sums of every scenario's applied events, extended as the journal grows.
+    """Running totals of every scenario's applied events, extended as the journal grows.
 
     ``source(after, upto)`` yields ``(position, event)`` for the events a
     replica applies (:data:`~xoengine.events.APPLIED_EVENTS`) in (``after``,
     ``upto``], in order; ``head()`` is the journal's last position. Before
-    each answer the ledger reads what lies between the head it saw last and
-    the head now, so every record is read once per ledger.
+    each answer the ledger reads what lies between the position it read up to
+    and the head now. With ``store`` it keeps the totals in
+    :data:`LEDGER_TABLE` (written only if ``writable``): it starts from there.
     """
 
     def __init__(
         self,
         source: Callable[[int, int], Iterable[tuple[int, FileEvent | RootChanged]]],
         head: Callable[[], int],
+        store: Store | None = None,
+        *,
+        writable: bool = False,
     ) -> None:
         """Follow the events that ``source`` yields up to ``head()``."""
         self._source = source
         self._head = head
+        self._store = store
+        self._writable = store is not None and writable
         self._lock = threading.Lock()
-        self._scanned = 0
-        self._series: dict[str, _Series] = {}
+        self._stored = 0  # the table holds every event up to here
+        self._scanned = 0  # the events up to here are read (in the table or in _series)
+        self._series: dict[str, _Series] = {}  # events after _stored
+        self._pending = 0  # events in _series
+        if store is None:
+            return
+        if self._writable:
+            store.ensure(LEDGER_TABLE)
+        with store.read() as txn:
+            value = txn.get(LEDGER_TABLE, _READ_UPTO)
+            stored = 0 if value is None else int(codec.unpack(codec.unframe(_READ_UPTO, value)))
+        if stored > head():
+            # Totals of a longer journal than this one: not its own. Read again.
+            if self._writable:
+                store.write(lambda txn: txn.drop(LEDGER_TABLE))
+            else:
+                self._store = None
+            stored = 0
+        self._stored = self._scanned = stored
 
     def span(self, scenario: str, after: int, upto: int | None = None) -> Span:
         """Totals of ``scenario``'s events at positions in (``after``, ``upto``]."""
         with self._lock:
             head = self._head()
             if head > self._scanned:
-                for position, event in self._source(self._scanned, head):
-                    series = self._series.get(event.scenario)
-                    if series is None:  # not setdefault: a _Series per event is not free
-                        series = self._series[event.scenario] = _Series()
-                    series.add(position, event)
-                self._scanned = head
-            series = self._series.get(scenario)
+                self._read(head)
+            end = self._totals(scenario, head if upto is None else upto)
+            start = self._totals(scenario, after)
+            delta = [max(0, b - a) for a, b in zip(start, end, strict=True)]
+            first = None
+            if delta[0]:
+                first = self._first_after(scenario, after)
+            return Span(
+                events=delta[0],
+                bytes=delta[1],
+                first=first,
+                counts=dict(zip(OPERATIONS, delta[2:], strict=True)),
+            )
+
+    # -- reading the journal, writing the table ------------------------------------------------
+
+    def _read(self, head: int) -> None:
+        for position, event in self._source(self._scanned, head):
+            series = self._series.get(event.scenario)
             if series is None:
-                return Span(0, 0, None, dict.fromkeys(OPERATIONS, 0))
-            return series.span(after, upto)
+                series = self._series[event.scenario] = _Series(
+                    self._stored_totals(event.scenario, self._stored)
+                )
+            series.add(position, event)
+            self._pending += 1
+            if self._writable and self._pending >= FLUSH_EVENTS:
+                self._flush(position)
+        self._scanned = head
+
+    def _flush(self, upto: int) -> None:
+        """Write the events read (all at or below ``upto``) and forget them."""
+        series, self._series, self._pending = self._series, {}, 0
+
+        def work(txn: WriteTxn) -> None:
+            for scenario, one in series.items():
+                for key, totals in one.rows(scenario):
+                    txn.put(LEDGER_TABLE, key, codec.frame(key, codec.pack(totals)))
+            txn.put(LEDGER_TABLE, _READ_UPTO, codec.frame(_READ_UPTO, codec.pack(upto)))
+
+        assert self._store is not None
+        self._store.write(work)
+        self._stored = upto
+
+    # -- answering -----------------------------------------------------------------------------
+
+    def _stored_totals(self, scenario: str, position: int) -> list[int]:
+        """The table's totals of ``scenario`` up to ``position`` (zeros: none)."""
+        if self._store is None or self._stored == 0:
+            return [0] * len(_FIELDS)
+        key = _key(scenario, position)
+        with self._store.read() as txn:
+            for found, value in txn.items(LEDGER_TABLE, key, reverse=True, prefix=key[:-8]):
+                return list(codec.unpack(codec.unframe(found, value, where=LEDGER_TABLE)))
+        return [0] * len(_FIELDS)
+
+    def _totals(self, scenario: str, position: int) -> list[int]:
+        if position < self._stored:
+            return self._stored_totals(scenario, position)
+        series = self._series.get(scenario)
+        if series is None:
+            return self._stored_totals(scenario, self._stored)
+        return series.at(position)
+
+    def _first_after(self, scenario: str, position: int) -> int | None:
+        if position < self._stored and self._store is not None:
+            key = _key(scenario, position + 1)
+            with self._store.read() as txn:
+                for found, _ in txn.items(LEDGER_TABLE, key, prefix=key[:-8]):
+                    return int.from_bytes(found[-8:], "big")
+        series = self._series.get(scenario)
+        return None if series is None else series.first_after(position)
 
 
 SYNC_EVENTS: Final = (SyncStarted, FileSynced, SyncFinished)

@@ -626,9 +626,10 @@ def test_scenario_spool_limit_puts_it_in_problem_until_caught_up(
 
 
 def test_statistics_follow_a_long_suspension_across_a_restart(tmp_path: Path) -> None:
-    # The backlog figures come from the ledger (prefix sums read once per engine);
-    # here they are checked against a plain scan of the journal, before and after a
-    # restart (the ledger is rebuilt from the journal), and once the replica resumes.
+    # The backlog figures come from the ledger (running totals kept in the state
+    # directory); here they are checked against a plain scan of the journal, before
+    # and after a restart (the ledger starts from its table), and once the replica
+    # resumes.
     def scanned(engine: Engine, after: int) -> tuple[int, int]:
         events = [e for p, _, e in engine.file_events("fs", None) if p > after]
         roots = sum(1 for p, _, _ in engine.root_events("fs", None) if p > after)
