@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
 from xoengine import codec
+from xoengine.errors import XoError
 from xoengine.events import (
     BytesWritten,
     ContentReplaced,
@@ -180,6 +181,7 @@ class Ledger:
         self._scanned = 0  # the events up to here are read (in the table or in _series)
         self._series: dict[str, _Series] = {}  # events after _stored
         self._pending = 0  # events in _series
+        self._flush_at = FLUSH_EVENTS  # write when _pending reaches it
         if store is None:
             return
         if self._writable:
@@ -225,14 +227,20 @@ class Ledger:
                     self._stored_totals(event.scenario, self._stored)
                 )
             series.add(position, event)
+            self._scanned = position
             self._pending += 1
-            if self._writable and self._pending >= FLUSH_EVENTS:
+            if self._writable and self._pending >= self._flush_at:
                 self._flush(position)
         self._scanned = head
 
     def _flush(self, upto: int) -> None:
-        """Write the events read (all at or below ``upto``) and forget them."""
-        series, self._series, self._pending = self._series, {}, 0
+        """Write the events read (all at or below ``upto``) and forget them.
+
+        A write that fails (a full disk, say) keeps them in memory, answers
+        stay right, and the next try comes :data:`FLUSH_EVENTS` events later:
+        the table only saves work.
+        """
+        series = self._series
 
         def work(txn: WriteTxn) -> None:
             for scenario, one in series.items():
@@ -241,7 +249,12 @@ class Ledger:
             txn.put(LEDGER_TABLE, _READ_UPTO, codec.frame(_READ_UPTO, codec.pack(upto)))
 
         assert self._store is not None
-        self._store.write(work)
+        try:
+            self._store.write(work)
+        except XoError:
+            self._flush_at = self._pending + FLUSH_EVENTS
+            return
+        self._series, self._pending, self._flush_at = {}, 0, FLUSH_EVENTS
         self._stored = upto
 
     # -- answering -----------------------------------------------------------------------------

@@ -48,7 +48,7 @@ from xoengine.events import (
 )
 from xoengine.journaledfile import JournaledFile
 from xoengine.layout import Layout
-from xoengine.ledger import SYNC_EVENTS, operation, sync_runs
+from xoengine.ledger import SYNC_EVENTS, Span, operation, sync_runs
 from xoengine.manifest import FileState, Manifest
 from xoengine.masterstate import racy
 from xoengine.replica import ReplicaApplier, replica_state_name
@@ -71,6 +71,7 @@ if TYPE_CHECKING:
     from xoengine.datastore import WriteTxn
     from xoengine.engine import Engine, _Definition
     from xoengine.forensic import DiffResult
+    from xoengine.replica import Applied
     from xoengine.walk import Xattrs
 
 __all__ = ["DEFAULT_DATABASE_PATTERNS", "ReplicaStatistics", "Scenario", "ScenarioStatistics"]
@@ -172,12 +173,18 @@ class Scenario:
             fsync=engine.fsync,
             create=not engine.readonly and not synchronized,
         )
+        created = self._def.created
+
+        def read_events(after: int, limit: int) -> Sequence[tuple[int, Applied | None]]:
+            # Never from before the scenario's creation: a removed namesake's events.
+            return engine._read_file_events(max(after, created), limit)
+
         applier = ReplicaApplier(
             engine.store,
             replica_state_name(self.name, replica),
             self.name,
             tree,
-            engine._read_file_events,
+            read_events,
             recover=functools.partial(self._recover, replica),
         )
         self._appliers[replica] = applier
@@ -735,6 +742,7 @@ class Scenario:
     ) -> int:
         applier = self._appliers[replica]
         with applier.lock:
+            applier.check_root()  # a root gone, or another volume mounted there: not written
             applier.sweep_once()  # a rewind or apply killed mid-replace leaves one
             self._recover(replica)
             applied = applier.position()
@@ -804,6 +812,7 @@ class Scenario:
                 top = applier.undo.last_position(txn)
             if top <= applied:
                 return 0
+            applier.check_root()  # never undone into another volume's mount point
             # Each commit would move the applied position to below what it undid:
             # never above the position held (the events between were not applied).
             return rewind_back(
@@ -893,7 +902,8 @@ class Scenario:
         applier = self._replica(replica)
         pending: dict[str, dict[str, Any]] = {}
         moved = 0
-        for _, event in self._engine._iter_file_events(applier.position(), self.name):
+        since = max(applier.position(), self._def.created)  # not a removed namesake's
+        for _, event in self._engine._iter_file_events(since, self.name):
             entry = pending.setdefault(event.path, {"events": 0, "bytes": 0})
             entry["events"] += 1
             entry["bytes"] += event_bytes(event)
@@ -904,7 +914,7 @@ class Scenario:
                     # pending too, though no event names those paths.
                     entry["entries_moved"] = _entries_below(applier.tree, event.path)
                     moved += entry["entries_moved"]
-        for _, _, change in self._engine.root_events(self.name, None, after=applier.position()):
+        for _, _, change in self._engine.root_events(self.name, None, after=since):
             entry = pending.setdefault(root_label(change.root), {"events": 0, "bytes": 0})
             entry["events"] += 1  # a root's own mode, owner or attributes
         report: dict[str, Any] = {
@@ -946,12 +956,19 @@ class Scenario:
             self.name, self.kind, self.state, journal_position, roots, replicas
         )
 
+    def _span(self, after: int, upto: int | None = None) -> Span:
+        """The totals of the scenario's events in (``after``, ``upto``] (from the ledger).
+
+        Never from before its creation: the name's events there are a removed
+        scenario's, which no replica of this one received or waits for.
+        """
+        return self._engine._ledger.span(self.name, max(after, self._def.created), upto)
+
     def _replica_statistics(self, name: str) -> ReplicaStatistics:
         applier = self._appliers[name]
         applied = applier.position()
-        ledger = self._engine._ledger
-        backlog = ledger.span(self.name, applied)
-        done = ledger.span(self.name, 0, applied)
+        backlog = self._span(applied)
+        done = self._span(0, applied)
         oldest: float | None = None
         if backlog.first is not None:
             journaled = self._engine.recorder.time_of(backlog.first) / 1e9
@@ -1014,10 +1031,7 @@ class Scenario:
         over = False
         if limit:
             worst = max(
-                (
-                    self._engine._ledger.span(self.name, applier.position()).bytes
-                    for applier in self._appliers.values()
-                ),
+                (self._span(applier.position()).bytes for applier in self._appliers.values()),
                 default=0,
             )
             over = worst > limit
@@ -1126,14 +1140,14 @@ class Scenario:
                 continue
             applied = applier.position()
             since = marks.get(name, 0)
-            ledger = self._engine._ledger
-            done = ledger.span(self.name, 0, applied)
+            done = self._span(0, applied)
             totals = {op: done.counts[op] for op in ("created", "updated", "deleted", "renamed")}
             totals["bytes"] = done.bytes
-            totals["bytes_since_last_report"] = ledger.span(self.name, since, applied).bytes
+            totals["bytes_since_last_report"] = self._span(since, applied).bytes
             files: list[dict[str, Any]] = []
             if detail:
-                for position, event in self._engine._iter_file_events(0, self.name, upto=applied):
+                events = self._engine._iter_file_events(self._def.created, self.name, upto=applied)
+                for position, event in events:
                     files.append(
                         {
                             "position": position,

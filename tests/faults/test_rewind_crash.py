@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import os
 import random
+import subprocess
 import threading
 from typing import TYPE_CHECKING, Any
 
@@ -32,6 +33,7 @@ from journal_probe import HERE, PYTHON, run_killed
 
 import xoengine.rewind as rewind_module
 from xoengine.engine import Engine, Scenario
+from xoengine.errors import ReplicaVolumeChangedError
 from xoengine.events import FileRenamed, ReplicaRewound, RewindStarted
 from xoengine.rewind import RetentionPolicy
 from xoengine.sync import Synchronizer
@@ -558,3 +560,57 @@ def test_a_rewind_after_an_apply_killed_midway_starts_from_the_position_held(
         assert applied < sc._appliers["r1"].undo.records()[-1].position  # records above it
         points.check(sc, r1, ["p1", "p0", "p2", "p1"])
         assert sc._appliers["r1"].undo.check() == []
+
+
+def test_what_a_killed_apply_left_is_not_undone_into_an_unmounted_volume(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, coarse_fs: Path
+) -> None:
+    """A review finding: recovery ran before the volume check.
+
+    With the replica's volume unmounted, it undid the leftover changes into
+    the mount point (another file system's directory) and dropped their
+    records; with the volume back, the half-applied files stayed, and a rewind
+    across them was silently wrong. Now nothing is written or dropped until
+    the replica's own volume is there again.
+    """
+    points = _Points(tmp_path, 13)
+    eng = Engine.open(tmp_path / "state", durability="nosync")
+    sc = eng.create_scenario("cx", master=str(points.master), replicas={"r1": str(coarse_fs)})
+    sc.start()
+    points.mark(sc, "p0")
+    points.change(sc)
+    points.mark(sc, "p1")
+    sc.wait_replicated()
+    sc.stop()
+    points.change(sc)
+    points.mark(sc, "p2")
+    real = ReplicaTree.write_ranges
+    written = [0]
+
+    def dying(self: ReplicaTree, *args: Any) -> None:
+        if written[0] == 2:
+            raise _Killed
+        written[0] += 1
+        real(self, *args)
+
+    monkeypatch.setattr(ReplicaTree, "write_ranges", dying)
+    with pytest.raises(_Killed):
+        sc.wait_replicated()
+    _dead(eng)
+    monkeypatch.setattr(ReplicaTree, "write_ranges", real)
+    assert subprocess.run(["umount", str(coarse_fs)], check=False).returncode == 0
+
+    with Engine.open(tmp_path / "state", durability="nosync") as eng:
+        sc = eng.scenario("cx")
+        held = sc._appliers["r1"].undo.records()
+        with pytest.raises(ReplicaVolumeChangedError):
+            sc.wait_replicated()
+        with pytest.raises(ReplicaVolumeChangedError):
+            sc.rewind("r1", "p0")
+        assert os.listdir(coarse_fs) == []  # nothing written into the mount point
+        assert sc._appliers["r1"].undo.records() == held  # nor a record dropped
+        mounted = subprocess.run(
+            ["mount", "-o", "loop", str(tmp_path / "coarse.img"), str(coarse_fs)], check=False
+        )
+        assert mounted.returncode == 0
+        points.check(sc, coarse_fs, ["p1", "p0", "p2", "p1"])

@@ -667,6 +667,37 @@ def test_statistics_follow_a_long_suspension_across_a_restart(tmp_path: Path) ->
     assert_trees_equal(tmp_path / "master", tmp_path / "r2", mtimes=True)
 
 
+def test_a_scenario_under_a_removed_ones_name_counts_only_its_own_events(
+    tmp_path: Path,
+) -> None:
+    # A review finding (older than the ledger's table): the backlog, the spool
+    # check and the reports of a new scenario counted the removed namesake's
+    # events; with a spool limit it went to Problem at its first capture.
+    master = TreeBuilder(tmp_path / "old")
+    master.apply(CreateFile("big", _random(100_000, 1)))
+    with Engine.open(tmp_path / "state", durability="nosync") as engine:
+        old = engine.create_scenario("fs", master=tmp_path / "old", replicas={"r": tmp_path / "r"})
+        old.start()
+        old.wait_replicated(timeout=30)
+        old.stop()
+        engine.remove_scenario("fs")
+        (tmp_path / "new").mkdir()
+        sc = engine.create_scenario(
+            "fs", master=tmp_path / "new", replicas={"r": tmp_path / "r2"}, spool_limit=1000
+        )
+        fresh = sc.statistics().replicas["r"]
+        assert (fresh.backlog_events, fresh.backlog_bytes, fresh.bytes_replicated) == (0, 0, 0)
+        assert sc.difference_report("r")["pending_files"] == 0
+        sc.capture()  # journals the end of "big" (the name's history goes on): 0 bytes
+        assert sc.state == "Stopped"  # not Problem: 100,000 bytes of another's do not wait
+        sc.start()
+        sc.wait_replicated(timeout=30)
+        report = sc.replication_report(detail=True)["replicas"]["r"]
+        assert report["bytes"] == 0
+        assert all(f["path"] != "big" or f["operation"] == "deleted" for f in report["files"])
+        assert not os.listdir(tmp_path / "r2")
+
+
 def test_failed_applier_puts_scenario_in_problem_and_resume_retries(
     engine: Engine, tmp_path: Path
 ) -> None:

@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 
 from xoengine import ledger as ledger_module
 from xoengine.engine import Engine
+from xoengine.errors import DiskFullError
 from xoengine.events import APPLIED_EVENTS, event_bytes
 from xoengine.ledger import OPERATIONS, operation
 
@@ -162,3 +163,50 @@ def test_an_open_reads_only_what_the_ledger_table_does_not_hold(
             assert again.files_replicated == first.files_replicated > 95
             assert again.bytes_replicated == first.bytes_replicated
             assert len(read) < 10, read  # what the last write of the table left out
+
+
+def test_a_ledger_write_that_fails_loses_no_event(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A review finding: a failed write of the table (a full disk) dropped the events
+    read since the last one, and the next write stored the undercount."""
+    monkeypatch.setattr(ledger_module, "FLUSH_EVENTS", 10)
+    master = tmp_path / "m"
+    master.mkdir()
+    with Engine.open(tmp_path / "state", durability="nosync") as eng:
+        sc = eng.create_scenario("s", master=str(master), replicas={"r": str(tmp_path / "r")})
+
+        def writes(n: int) -> None:
+            with sc.open("f", "r+b" if (master / "f").exists() else "w+b") as f:
+                for i in range(n):
+                    f.write(b"%05d" % i)
+                    f.flush()
+
+        def totals() -> tuple[int, int]:
+            span = eng._ledger.span("s", 0)
+            return span.events, span.bytes
+
+        def scanned() -> tuple[int, int]:
+            want = scan(eng, "s", 0, None)
+            return want["events"], want["bytes"]
+
+        writes(6)
+        assert totals() == scanned()  # read, in memory
+        writes(20)
+        real = eng.store.write
+        failed: list[str] = []
+
+        def full(work: Any, **kwargs: Any) -> Any:
+            if work.__qualname__.startswith("Ledger._flush") and not failed:
+                failed.append(work.__qualname__)
+                raise DiskFullError(path=str(tmp_path))
+            return real(work, **kwargs)
+
+        monkeypatch.setattr(eng.store, "write", full)
+        assert totals() == scanned()  # the write failed; the answer is right, no error
+        assert failed
+        writes(30)
+        assert totals() == scanned()  # written at the next try
+        assert eng._ledger._stored > 0
+    with Engine.open(tmp_path / "state", durability="nosync", readonly=True) as eng:
+        assert totals() == scanned()
