@@ -516,17 +516,10 @@ def test_a_rewound_replica_whose_resync_was_killed_midway_rewinds_exactly(
         assert sc._appliers["r1"].undo.check() == []
 
 
-def test_a_rewind_after_an_apply_killed_midway_starts_from_the_position_held(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+def _kill_an_apply_midway(
+    tmp_path: Path, points: _Points, r1: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """An apply killed inside a group of events leaves some of their changes made.
-
-    Their before-images are recorded above the applied position. A rewind back
-    undid only what lies below it, and the changes made stayed; they are
-    undone first now. Applying again (no rewind) ends right either way.
-    """
-    points = _Points(tmp_path, 12)
-    r1 = tmp_path / "r1"
+    """Points p0, p1 (applied), p2 (journaled); the apply of p2's group dies after two writes."""
     eng = Engine.open(tmp_path / "state", durability="nosync")
     sc = eng.create_scenario("cx", master=str(points.master), replicas={"r1": str(r1)})
     sc.start()
@@ -537,7 +530,6 @@ def test_a_rewind_after_an_apply_killed_midway_starts_from_the_position_held(
     sc.stop()  # the next changes are applied by wait_replicated, in this thread
     points.change(sc)
     points.mark(sc, "p2")
-
     real = ReplicaTree.write_ranges
     written = [0]
 
@@ -552,6 +544,20 @@ def test_a_rewind_after_an_apply_killed_midway_starts_from_the_position_held(
         sc.wait_replicated()
     _dead(eng)
     monkeypatch.setattr(ReplicaTree, "write_ranges", real)
+
+
+def test_a_rewind_after_an_apply_killed_midway_starts_from_the_position_held(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An apply killed inside a group of events leaves some of their changes made.
+
+    Their before-images are recorded above the applied position. A rewind back
+    undid only what lies below it, and the changes made stayed; they are
+    undone first now. Applying again (no rewind) ends right either way.
+    """
+    points = _Points(tmp_path, 12)
+    r1 = tmp_path / "r1"
+    _kill_an_apply_midway(tmp_path, points, r1, monkeypatch)
     assert snapshot(r1) not in (points.trees["p1"], points.trees["p2"])  # half the group
 
     with Engine.open(tmp_path / "state", durability="nosync") as eng:
@@ -574,30 +580,7 @@ def test_what_a_killed_apply_left_is_not_undone_into_an_unmounted_volume(
     the replica's own volume is there again.
     """
     points = _Points(tmp_path, 13)
-    eng = Engine.open(tmp_path / "state", durability="nosync")
-    sc = eng.create_scenario("cx", master=str(points.master), replicas={"r1": str(coarse_fs)})
-    sc.start()
-    points.mark(sc, "p0")
-    points.change(sc)
-    points.mark(sc, "p1")
-    sc.wait_replicated()
-    sc.stop()
-    points.change(sc)
-    points.mark(sc, "p2")
-    real = ReplicaTree.write_ranges
-    written = [0]
-
-    def dying(self: ReplicaTree, *args: Any) -> None:
-        if written[0] == 2:
-            raise _Killed
-        written[0] += 1
-        real(self, *args)
-
-    monkeypatch.setattr(ReplicaTree, "write_ranges", dying)
-    with pytest.raises(_Killed):
-        sc.wait_replicated()
-    _dead(eng)
-    monkeypatch.setattr(ReplicaTree, "write_ranges", real)
+    _kill_an_apply_midway(tmp_path, points, coarse_fs, monkeypatch)
     assert subprocess.run(["umount", str(coarse_fs)], check=False).returncode == 0
 
     with Engine.open(tmp_path / "state", durability="nosync") as eng:
