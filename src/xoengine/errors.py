@@ -372,8 +372,9 @@ class ReplicaDivergedError(XoError):
     code = "E3011"
     exit_code = 3
     hint = (
-        "Something changed the replica outside xoengine. Resume runs a block-level "
-        "resynchronization that makes it exact again."
+        "Something changed the replica outside xoengine. A block-level synchronization "
+        "of the replica makes it exact again: `sc.synchronize(replica=...)` (CLI "
+        "`xoengine sync STATE SCENARIO --replica R`), or resume() if it was rewound."
     )
 
 
