@@ -67,10 +67,12 @@ OPERATIONS: Final = ("created", "written", "updated", "deleted", "renamed")
 LEDGER_TABLE: Final = "ledger"
 """Key: ``len(name)`` (1 byte) ‖ scenario name (UTF-8) ‖ position (8 bytes BE); value: frame
 of ``[events, bytes, *OPERATIONS counts]``, the scenario's totals up to and including that
-position (an applied event of it). Key ``0xff``: frame of the position read up to."""
+position (an applied event of it). Key ``0x00``: frame of the position read up to."""
 FLUSH_EVENTS: Final = 8192
 """Events read into memory before they are written to the table (a writable engine)."""
-_READ_UPTO: Final = b"\xff"  # no scenario's key starts with it: names are 1-64 bytes
+_READ_UPTO: Final = b"\x00"  # no scenario's key starts with it: names are 1-64 bytes
+# (first, not last: a scenario's new totals then go at the end of the table, where
+# LMDB fills pages whole instead of splitting them in half: half the room)
 _FIELDS: Final = ("events", "bytes", *OPERATIONS)
 
 
