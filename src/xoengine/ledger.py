@@ -123,22 +123,20 @@ class _Series:
 
     def __init__(self, base: list[int]) -> None:
         self.base = base
+        self.last = list(base)  # the totals up to the last event read
         self.positions = array("q")
         self.totals = [array("q") for _ in _FIELDS]
 
     def add(self, position: int, event: FileEvent | RootChanged) -> None:
-        last = self.last()
         op = operation(event)
-        steps = (1, event_bytes(event), *(int(name == op) for name in OPERATIONS))
+        last = self.last
+        last[0] += 1
+        last[1] += event_bytes(event)
+        if op in OPERATIONS:  # a root's own change counts as an event of no operation
+            last[2 + OPERATIONS.index(op)] += 1
         self.positions.append(position)
-        for column, before, step in zip(self.totals, last, steps, strict=True):
-            column.append(before + step)
-
-    def last(self) -> list[int]:
-        """The totals up to the last event read."""
-        if not self.positions:
-            return self.base
-        return [column[-1] for column in self.totals]
+        for column, total in zip(self.totals, last, strict=True):
+            column.append(total)
 
     def at(self, position: int) -> list[int]:
         """The totals up to and including ``position``."""

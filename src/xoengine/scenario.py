@@ -173,11 +173,9 @@ class Scenario:
             fsync=engine.fsync,
             create=not engine.readonly and not synchronized,
         )
-        created = self._def.created
 
         def read_events(after: int, limit: int) -> Sequence[tuple[int, Applied | None]]:
-            # Never from before the scenario's creation: a removed namesake's events.
-            return engine._read_file_events(max(after, created), limit)
+            return engine._read_file_events(self._own(after), limit)
 
         applier = ReplicaApplier(
             engine.store,
@@ -443,9 +441,7 @@ class Scenario:
                                 applier.set_position,
                                 follow=follower,
                                 settle=functools.partial(self._settle, applier.tree),
-                                # Never below its creation: the name's earlier events
-                                # are a removed scenario's, which no replica here held.
-                                held=max(applier.position(), self._def.created),
+                                held=self._own(applier.position()),
                             )
                         )
 
@@ -902,7 +898,7 @@ class Scenario:
         applier = self._replica(replica)
         pending: dict[str, dict[str, Any]] = {}
         moved = 0
-        since = max(applier.position(), self._def.created)  # not a removed namesake's
+        since = self._own(applier.position())
         for _, event in self._engine._iter_file_events(since, self.name):
             entry = pending.setdefault(event.path, {"events": 0, "bytes": 0})
             entry["events"] += 1
@@ -956,13 +952,18 @@ class Scenario:
             self.name, self.kind, self.state, journal_position, roots, replicas
         )
 
-    def _span(self, after: int, upto: int | None = None) -> Span:
-        """The totals of the scenario's events in (``after``, ``upto``] (from the ledger).
+    def _own(self, after: int) -> int:
+        """``after``, or the scenario's creation if it is earlier.
 
-        Never from before its creation: the name's events there are a removed
-        scenario's, which no replica of this one received or waits for.
+        The name's events before its creation are a removed scenario's, which
+        no replica of this one held, received or waits for: what is applied,
+        pending, counted or reported of this scenario starts here.
         """
-        return self._engine._ledger.span(self.name, max(after, self._def.created), upto)
+        return max(after, self._def.created)
+
+    def _span(self, after: int, upto: int | None = None) -> Span:
+        """The totals of the scenario's own events in (``after``, ``upto``] (from the ledger)."""
+        return self._engine._ledger.span(self.name, self._own(after), upto)
 
     def _replica_statistics(self, name: str) -> ReplicaStatistics:
         applier = self._appliers[name]
@@ -1146,7 +1147,7 @@ class Scenario:
             totals["bytes_since_last_report"] = self._span(since, applied).bytes
             files: list[dict[str, Any]] = []
             if detail:
-                events = self._engine._iter_file_events(self._def.created, self.name, upto=applied)
+                events = self._engine._iter_file_events(self._own(0), self.name, upto=applied)
                 for position, event in events:
                     files.append(
                         {
