@@ -6,7 +6,10 @@ Room: algorithms/storage. May import ``errors``, ``codec``, ``datastore``, ``jou
 :class:`ReplicaTree` is the one writer of replica files: every path goes
 through :func:`walk.open_parent` (no symlink below the root is ever followed,
 a hostile path is refused with a coded error), whole files are written to a
-temporary name, fsynced and renamed, and ``OSError`` is translated here.
+temporary name, fsynced and renamed, and ``OSError`` is translated here:
+no method lets one out uncoded. A name added or removed in a directory of
+this process's that lacks ``u+wx`` (a read-only directory, as a user runs
+it) is retried with ``u+wx`` given for the call (:func:`walk.as_owner`).
 
 :class:`Extents` maps the bytes of one file to pieces of blobs, first claim
 wins: the plan of a coalesced rewind (oldest before-images) or replay
@@ -41,10 +44,12 @@ from xoengine.journal import BlobTable, encode_position
 from xoengine.walk import (
     ParentCache,
     Xattrs,
+    as_owner,
     at_fd,
     normalize_relpath,
     open_parent,
     own_meta,
+    owner_access,
     read_xattrs,
 )
 
@@ -306,12 +311,24 @@ def _write_pieces(handle: int, pieces: Iterable[tuple[int, bytes | memoryview]],
 
 
 class ReplicaTree:
-    """Safe, idempotent file operations under one replica root."""
+    """Safe, idempotent file operations under one replica root.
 
-    def __init__(self, root: str, *, fsync: bool = True, create: bool = True) -> None:
-        """Operate under ``root`` (made if missing and ``create``); ``fsync``: durable writes."""
+    Every ``OSError`` of its methods is raised as a coded error:
+    :class:`~xoengine.errors.ReplicaWriteError` (E3010), or
+    :class:`~xoengine.errors.DiskFullError` for a full volume.
+    """
+
+    def __init__(
+        self, root: str, *, fsync: bool = True, create: bool = True, replica: bool = True
+    ) -> None:
+        """Operate under ``root`` (made if missing and ``create``); ``fsync``: durable writes.
+
+        ``replica`` False: the tree is no replica (a replay's target, a scratch
+        directory) and its errors say "the tree at" instead of "the replica at".
+        """
         self.root = root
         self.fsync = fsync
+        self.replica = replica
         self.owners = os.geteuid() == 0
         """Whether files here can be given their owners (root, until a chown is refused):
         where not, they stay this process's, and owners are not compared (sync, verify)."""
@@ -412,7 +429,11 @@ class ReplicaTree:
     def _error(self, path: str, action: str, e: OSError) -> Exception:
         if e.errno == errno.ENOSPC:
             return DiskFullError(path=self.root)
-        return ReplicaWriteError(path=path, root=self.root, action=action, detail=e.strerror)
+        fields = {"path": path, "root": self.root, "action": action, "detail": e.strerror}
+        if self.replica:
+            return ReplicaWriteError(**fields)
+        where = f"in the tree at {self.root!r}"
+        return ReplicaWriteError(f"Cannot {action} {path!r} {where}: {e.strerror}.", **fields)
 
     def sweep_temporary(self) -> list[str]:
         """Delete temporary files a killed writer left behind; return their paths.
@@ -438,10 +459,10 @@ class ReplicaTree:
         try:
             with self._open_parent(path) as (fd, leaf):
                 return os.stat(leaf, dir_fd=fd, follow_symlinks=False)
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             return None
-        except NotADirectoryError:
-            return None
+        except OSError as e:  # an error, never "absent": a rewind would take it for gone
+            raise self._error(path, "look up", e) from e
 
     def read(self, path: str, offset: int = 0, length: int | None = None) -> bytes:
         """Bytes of a regular file (b"" beyond its end or if it is absent)."""
@@ -486,15 +507,22 @@ class ReplicaTree:
 
     @contextlib.contextmanager
     def _reading(self, path: str) -> Iterator[int | None]:
-        """A read-only fd of the regular file at ``path`` (None if it is absent)."""
+        """A read-only fd of the regular file at ``path`` (None if it or a parent is absent).
+
+        An ``OSError`` of the block (a read) is raised coded too.
+        """
         try:
-            with self._parent(path, create=False) as (fd, leaf):
+            with self._open_parent(path) as (fd, leaf):
                 handle = os.open(leaf, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
-        except (ReplicaWriteError, FileNotFoundError):
+        except (FileNotFoundError, NotADirectoryError):
             yield None
             return
+        except OSError as e:  # unreadable is not absent: b"" would pass for its bytes
+            raise self._error(path, "read", e) from e
         try:
             yield handle
+        except OSError as e:
+            raise self._error(path, "read", e) from e
         finally:
             os.close(handle)
 
@@ -508,9 +536,7 @@ class ReplicaTree:
 
     def _open_file(self, fd: int, leaf: str, path: str, mode: int = 0o644) -> int:
         try:
-            return os.open(
-                leaf, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=fd
-            )
+            return _open_at(fd, leaf, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
         except OSError as e:
             raise self._error(path, "open", e) from e
 
@@ -547,12 +573,7 @@ class ReplicaTree:
             except OSError as e:
                 raise self._error(path, "read the master copy of", e) from e
             try:
-                dst = os.open(
-                    leaf,
-                    os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC,
-                    0o600,
-                    dir_fd=fd,
-                )
+                dst = _create_in(fd, leaf)
                 try:
                     total = copy_sparse(src, dst)
                     self._chown(dst, owner, None)
@@ -650,12 +671,7 @@ class ReplicaTree:
         """
         with self._parent(path) as (fd, leaf):
             try:
-                handle = os.open(
-                    leaf,
-                    os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC,
-                    0o600,
-                    dir_fd=fd,
-                )
+                handle = _create_in(fd, leaf)
                 try:
                     end = _write_pieces(handle, pieces, 0)
                     if end != size:
@@ -679,28 +695,30 @@ class ReplicaTree:
         mtime_ns: int | None,
         owner: Owner | None = None,
         xattrs: Xattrs | None = None,
-    ) -> None:
+    ) -> bool:
         """Put back bytes, size, mode, mtime, owner and extended attributes of a regular file.
 
         The undo of in-place writes (one record's, or a whole coalesced run's), in
         one open. Anything but a regular file at ``path`` (absent, a directory, a
-        link) is left alone, as an undo of a later record will have put it there.
-        ``pieces`` is consumed only if the file is there. Size, mode and mtime
-        are set only where they differ; ``xattrs`` (None: left as they are) last,
-        as a write or a chown drops ``security.capability``, and before the fsync.
+        link) is left alone and False returned: a rewind redoing what a killed one
+        did finds there what an undo of an older record put there (the caller
+        knows whether that can be). ``pieces`` is consumed only if the file is
+        there. Size, mode and mtime are set only where they differ; ``xattrs``
+        (None: left as they are) last, as a write or a chown drops
+        ``security.capability``, and before the fsync.
         """
         try:
             with self._open_parent(path) as (fd, leaf):
                 try:
-                    handle = os.open(leaf, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+                    handle = _open_at(fd, leaf, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
                 except OSError as e:
                     if e.errno in {errno.ENOENT, errno.ELOOP, errno.EISDIR, errno.ENOTDIR}:
-                        return
+                        return False
                     raise self._error(path, "restore", e) from e
                 try:
                     st = os.fstat(handle)
                     if not stat.S_ISREG(st.st_mode):
-                        return
+                        return False
                     end = _write_pieces(handle, pieces, st.st_size)
                     if end != size:
                         os.ftruncate(handle, size)
@@ -720,7 +738,10 @@ class ReplicaTree:
                 finally:
                     os.close(handle)
         except (FileNotFoundError, NotADirectoryError):
-            return
+            return False
+        except OSError as e:  # a parent that cannot be opened (no permission)
+            raise self._error(path, "restore", e) from e
+        return True
 
     def truncate(self, path: str, size: int) -> None:
         """Cut or extend the file to ``size`` bytes."""
@@ -810,12 +831,7 @@ class ReplicaTree:
         with self._parent(path) as (fd, leaf):
             tmp = f"{TMP_PREFIX}{leaf[:100]}-{os.getpid()}-{threading.get_ident()}"
             try:
-                handle = os.open(
-                    tmp,
-                    os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC,
-                    0o600,
-                    dir_fd=fd,
-                )
+                handle = _create_in(fd, tmp)
                 try:
                     yield handle
                     self._chown(handle, owner, None)
@@ -827,12 +843,12 @@ class ReplicaTree:
                         os.fsync(handle)
                 finally:
                     os.close(handle)
-                os.rename(tmp, leaf, src_dir_fd=fd, dst_dir_fd=fd)
+                as_owner(lambda: os.rename(tmp, leaf, src_dir_fd=fd, dst_dir_fd=fd), fd)
                 if self.fsync:
                     os.fsync(fd)
             except BaseException as e:
                 with contextlib.suppress(OSError):
-                    os.unlink(tmp, dir_fd=fd)
+                    as_owner(lambda: os.unlink(tmp, dir_fd=fd), fd)
                 if isinstance(e, OSError):
                     raise self._error(path, "replace", e) from e
                 raise
@@ -841,16 +857,16 @@ class ReplicaTree:
         """Make a file, directory or symlink if it is not there already (idempotent)."""
         with self._parent(path) as (fd, leaf):
             try:
-                st = os.stat(leaf, dir_fd=fd, follow_symlinks=False)
-            except FileNotFoundError:
-                st = None
-            try:
+                try:
+                    st = os.stat(leaf, dir_fd=fd, follow_symlinks=False)
+                except FileNotFoundError:
+                    st = None
                 if st is not None and kind_of(st.st_mode) != kind:
                     self._remove_at(fd, leaf, st)
                     st = None
                 if kind == "dir":
                     if st is None:
-                        os.mkdir(leaf, mode or 0o755, dir_fd=fd)
+                        as_owner(lambda: os.mkdir(leaf, mode or 0o755, dir_fd=fd), fd)
                     os.chmod(leaf, mode, dir_fd=fd) if mode else None
                 elif kind == "symlink":
                     if st is not None:
@@ -858,19 +874,15 @@ class ReplicaTree:
                             "utf-8", "surrogateescape"
                         ):
                             return
-                        os.unlink(leaf, dir_fd=fd)
-                    os.symlink(os.fsencode(target or ""), leaf, dir_fd=fd)
+                        as_owner(lambda: os.unlink(leaf, dir_fd=fd), fd)
+                    link = os.fsencode(target or "")
+                    as_owner(lambda: os.symlink(link, leaf, dir_fd=fd), fd)
                 elif st is None:
                     # No setuid/setgid yet: the file is this process's (root's) until
                     # its owner is set, which puts the whole mode back after it.
                     mode &= ~_SPECIAL_BITS
-                    handle = os.open(
-                        leaf,
-                        os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
-                        mode,
-                        dir_fd=fd,
-                    )
-                    os.close(handle)
+                    flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+                    os.close(as_owner(lambda: os.open(leaf, flags, mode, dir_fd=fd), fd))
                     os.chmod(leaf, mode, dir_fd=fd)
             except OSError as e:
                 raise self._error(path, "create", e) from e
@@ -881,13 +893,17 @@ class ReplicaTree:
                 leaf, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd
             )
             try:
-                for name in os.listdir(sub):
-                    self._remove_at(sub, name, os.stat(name, dir_fd=sub, follow_symlinks=False))
+                names = os.listdir(sub)
+                # Emptied whole: a read-only directory of this user's gets u+wx once
+                # (not once a name), its mode back if it outlives this (an error).
+                with owner_access(sub) if names and not self.owners else contextlib.nullcontext():
+                    for name in names:
+                        self._remove_at(sub, name, os.stat(name, dir_fd=sub, follow_symlinks=False))
             finally:
                 os.close(sub)
-            os.rmdir(leaf, dir_fd=fd)
+            as_owner(lambda: os.rmdir(leaf, dir_fd=fd), fd)
         else:
-            os.unlink(leaf, dir_fd=fd)
+            as_owner(lambda: os.unlink(leaf, dir_fd=fd), fd)
 
     def delete(self, path: str) -> None:
         """Remove a file, link or directory (with its contents); absent is fine."""
@@ -912,8 +928,18 @@ class ReplicaTree:
                 dst_leaf,
             ),
         ):
-            try:
+
+            def move() -> None:
                 os.rename(src_leaf, dst_leaf, src_dir_fd=src_fd, dst_dir_fd=dst_fd)
+
+            try:
+                try:
+                    move()
+                except PermissionError:
+                    # Read-only directories of this user's: both parents, and a
+                    # directory moved to another parent (its ".." changes).
+                    with _moved_dir(src_fd, src_leaf) as moved:
+                        as_owner(move, src_fd, dst_fd, *moved)
             except FileNotFoundError:
                 return
             except OSError as e:
@@ -958,6 +984,8 @@ class ReplicaTree:
             return read_xattrs(os.path.join(self.root, path))
         except (FileNotFoundError, NotADirectoryError):
             return None
+        except OSError as e:
+            raise self._error(path, "read extended attributes of", e) from e
 
     def comparable(self, xattrs: Xattrs) -> Xattrs:
         """``xattrs`` without those this tree cannot be given (:attr:`xattrs_refused`)."""
@@ -1013,7 +1041,7 @@ class ReplicaTree:
                 # of a read-only file or directory gets it as rsync -X does.
                 if e.errno != errno.EACCES or self.owners:
                     raise
-                with _writable(where):
+                with owner_access(where, stat.S_IWUSR):
                     call(where, name, *value, **follow)
         except OSError as e:
             if e.errno == errno.ENODATA:  # removed already
@@ -1064,6 +1092,8 @@ class ReplicaTree:
             return own_meta(self.root)
         except FileNotFoundError:
             return {}
+        except OSError as e:
+            raise self._error(".", "read the metadata of", e) from e
 
     def set_root(self, sub: str, mode: int, owner: Owner | None, xattrs: Xattrs) -> None:
         """Give a master root's copy (``sub``: see :meth:`root_meta`) its mode, owner, attributes.
@@ -1139,18 +1169,52 @@ here, a value too large for this file system (ext4 says ENOSPC past its block, E
 past 64 KiB), a name it does not keep (``system.nfs4_acl`` on ext4). Replication goes on."""
 
 
-@contextlib.contextmanager
-def _writable(where: str | int) -> Iterator[None]:
-    """Give the owner write access to ``where`` for the block (then its mode back)."""
-    st = os.stat(where, follow_symlinks=False) if isinstance(where, str) else os.fstat(where)
-    if stat.S_ISLNK(st.st_mode) or st.st_mode & stat.S_IWUSR:
-        yield
-        return
-    os.chmod(where, stat.S_IMODE(st.st_mode) | stat.S_IWUSR)
+def _create_in(fd: int, leaf: str) -> int:
+    """A new (or emptied) file ``leaf`` in the directory ``fd``, open for writing, mode 0600."""
+    return _open_at(fd, leaf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC)
+
+
+def _open_at(fd: int, leaf: str, flags: int, mode: int = 0o600) -> int:
+    """``os.open`` of ``leaf`` in the directory ``fd`` for writing, as far as its owner may.
+
+    Refused (EACCES) in a read-only directory of this user's (a new name), or
+    on a read-only file of this user's (an existing one), it is opened again
+    with ``u+wx`` on the directory, then with ``u+w`` on the file, for the
+    open only: the fd stays writable once their modes are back.
+    """
+
+    def call() -> int:
+        return os.open(leaf, flags, mode, dir_fd=fd)
+
     try:
-        yield
+        return as_owner(call, fd)
+    except PermissionError as e:
+        if e.errno != errno.EACCES:
+            raise
+        refused = e
+    with (
+        contextlib.suppress(FileNotFoundError),
+        owner_access(at_fd(fd, leaf), stat.S_IWUSR) as granted,
+    ):
+        if granted:
+            return call()
+    raise refused
+
+
+@contextlib.contextmanager
+def _moved_dir(fd: int, leaf: str) -> Iterator[tuple[int, ...]]:
+    """``(fd,)`` of the directory ``leaf`` in ``fd`` for the block; ``()`` if it is none."""
+    try:
+        handle = os.open(
+            leaf, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd
+        )
+    except OSError:
+        yield ()
+        return
+    try:
+        yield (handle,)
     finally:
-        os.chmod(where, stat.S_IMODE(st.st_mode))
+        os.close(handle)
 
 
 _CANNOT_CHOWN: Final = frozenset({errno.EPERM, errno.EINVAL})
@@ -1392,6 +1456,26 @@ class UndoLog:
         if fsid is not None:
             self._set_meta(txn, b"volume", fsid)
 
+    def undoing(self, txn: ReadTxn) -> bool:
+        """Whether a rewind of this log started and did not finish (see ``rewind_back``)."""
+        return bool(self._meta(txn, b"undoing", default=False))
+
+    def set_undoing(self, txn: WriteTxn, value: bool) -> None:
+        """Note that a rewind of this log starts (True) or finished (False)."""
+        self._set_meta(txn, b"undoing", value)
+
+    def rewound_print(self, txn: ReadTxn) -> bytes | None:
+        """The replica's print as its last rewind left it (None: none noted)."""
+        value = self._meta(txn, b"rewound-print", None)
+        return None if value is None else bytes(value)
+
+    def set_rewound_print(self, txn: WriteTxn, value: bytes | None) -> None:
+        """Note the replica's print as a rewind leaves it (see ``Scenario.resume``).
+
+        None: nothing to compare with; ``b""``: used (matches no print).
+        """
+        self._set_meta(txn, b"rewound-print", value)
+
     def open_gap(self, txn: WriteTxn, low: int) -> None:
         """Note that the records after ``low`` were consumed by a rewind."""
         kept = [[lo, hi] for lo, hi in self.gaps(txn) if lo < low and (hi is None or hi <= low)]
@@ -1563,19 +1647,28 @@ class UndoLog:
 
     def trim(self, upto: int) -> int:
         """Drop every record at or before ``upto`` (and what only they held); return how many."""
+        return self.store.write(lambda txn: self.trim_in(txn, upto))
 
-        def work(txn: WriteTxn) -> int:
-            doomed = []
-            for key, value in txn.items(self.table):
-                if int.from_bytes(key[:8], "big") > upto:
-                    break
-                doomed.append((key, value))
-            for key, value in doomed:
-                self._release(txn, key, value)
-            self.raise_floor(txn, upto)
-            return len(doomed)
+    def trim_in(self, txn: WriteTxn, upto: int) -> int:
+        """:meth:`trim` inside ``txn`` (the one that journals the trim)."""
+        doomed = []
+        for key, value in txn.items(self.table):
+            if int.from_bytes(key[:8], "big") > upto:
+                break
+            doomed.append((key, value))
+        for key, value in doomed:
+            self._release(txn, key, value)
+        self.raise_floor(txn, upto)
+        return len(doomed)
 
-        return self.store.write(work)
+    def count_upto(self, txn: ReadTxn, upto: int) -> int:
+        """How many records lie at or before ``upto``."""
+        count = 0
+        for key, _ in txn.items(self.table):
+            if int.from_bytes(key[:8], "big") > upto:
+                break
+            count += 1
+        return count
 
     def drop(self, txn: WriteTxn, position: int) -> None:
         """Delete the records of ``position`` (a rewind undid them), and what only they held."""

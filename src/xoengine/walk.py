@@ -26,6 +26,16 @@ Writing under a root
     in which no directory is moved or removed (a replay, a run of in-place
     undos), so each is opened once.
 
+Directories without the owner's write permission
+    A process that is not root cannot add or remove names in a directory of
+    its own whose mode lacks ``u+wx`` (a read-only ``0555`` directory a replay
+    or a replica must hold files in). :func:`as_owner` does such a call again
+    with ``u+wx`` added to the directories it names and their mode put back
+    right after (``rsync -a`` run by a user gets there by making directories
+    writable first and giving them their modes at the end). A kill in between
+    leaves a directory with ``u+wx`` too many: a verification reports it, the
+    next synchronization puts its mode right.
+
 Walking
     :func:`walk` lists a tree the same way for master scans, sync and
     verification: see :class:`Walk` for the order, the filter rules and what
@@ -40,11 +50,12 @@ import fnmatch
 import os
 import re
 import stat
+import threading
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager, suppress
+from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass
 from struct import Struct
-from typing import Any, Final, Literal, NamedTuple, Self, TypeAlias, overload
+from typing import Any, Final, Literal, NamedTuple, Self, TypeAlias, TypeVar, overload
 
 from xoengine.errors import (
     ConfigurationError,
@@ -69,12 +80,14 @@ __all__ = [
     "RelPath",
     "Walk",
     "Xattrs",
+    "as_owner",
     "at_fd",
     "birth_ns",
     "entry_from_stat",
     "normalize_relpath",
     "open_parent",
     "own_meta",
+    "owner_access",
     "read_xattrs",
     "resolve_under",
     "stat_entry",
@@ -279,7 +292,7 @@ def _open_subdir(
         raise
     # Made by someone else meanwhile? The open below still refuses a symlink.
     with suppress(FileExistsError):
-        os.mkdir(name, mode, dir_fd=dir_fd)
+        as_owner(lambda: os.mkdir(name, mode, dir_fd=dir_fd), dir_fd)
     return _open_subdir(dir_fd, rel, parent, root, create=False, mode=mode)
 
 
@@ -297,6 +310,66 @@ def _open_root(root: AnyPath) -> int:
         raise TreeRootMissingError(root=os.fspath(root), detail=e.strerror) from e
     except OSError as e:
         raise TreeRootUnreadableError(root=os.fspath(root), detail=e.strerror) from e
+
+
+# -- directories without the owner's write permission ---------------------------------
+
+_T = TypeVar("_T")
+
+DIR_WRITE: Final = stat.S_IWUSR | stat.S_IXUSR
+"""What the owner needs on a directory to add or remove names in it."""
+
+_GRANTS: Final = threading.RLock()
+"""Held from adding bits to a mode until it is put back: two threads working in one
+read-only directory never put back a mode the other one still needs."""
+
+
+@contextmanager
+def owner_access(where: int | str, bits: int = DIR_WRITE) -> Iterator[bool]:
+    """Add ``bits`` to the mode of ``where`` for the block, if this process owns it; yield if done.
+
+    ``where`` is an open file, or a path (a link itself: left alone). Nothing
+    is done where the mode has ``bits`` already or another user owns it. The
+    mode is put back after the block unless something set another one
+    meanwhile (that one is kept).
+    """
+    with _GRANTS:
+        st = _lstat(where)
+        old = stat.S_IMODE(st.st_mode)
+        if stat.S_ISLNK(st.st_mode) or old & bits == bits or st.st_uid != os.geteuid():
+            yield False
+            return
+        os.chmod(where, old | bits)
+        try:
+            yield True
+        finally:
+            with suppress(FileNotFoundError):  # a path removed in the block: nothing to put back
+                if stat.S_IMODE(_lstat(where).st_mode) == old | bits:
+                    os.chmod(where, old)
+
+
+def _lstat(where: int | str) -> os.stat_result:
+    return os.fstat(where) if isinstance(where, int) else os.stat(where, follow_symlinks=False)
+
+
+def as_owner(call: Callable[[], _T], *dirs: int) -> _T:
+    """``call()``; if refused (EACCES), again with ``u+wx`` on the directories ``dirs``.
+
+    ``dirs`` are open directories ``call`` adds or removes names in; each of
+    them this process owns gets ``u+wx`` for the second call only
+    (:func:`owner_access`). Where none can be given, the refusal is raised.
+    """
+    try:
+        return call()
+    except PermissionError as e:
+        if e.errno != errno.EACCES or not dirs:
+            raise
+        refused = e
+    with _GRANTS, ExitStack() as stack:
+        granted = [stack.enter_context(owner_access(fd)) for fd in dirs]  # each one, not any
+        if not any(granted):
+            raise refused
+        return call()
 
 
 # -- filters ------------------------------------------------------------------------
