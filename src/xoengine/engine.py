@@ -66,7 +66,14 @@ from xoengine.events import (
     UndoTrimmed,
     new_id,
 )
-from xoengine.forensic import BisectResult, DiffResult, Forensics, HistoryEntry, ReplayResult
+from xoengine.forensic import (
+    BURST_WINDOW_S,
+    BisectResult,
+    DiffResult,
+    Forensics,
+    HistoryEntry,
+    ReplayResult,
+)
 from xoengine.journal import BlobTable, LMDBApplicationRecorder, datetime_ns
 from xoengine.layout import Layout
 from xoengine.ledger import Ledger
@@ -160,6 +167,8 @@ class _Definition:
     points: list[tuple[str, int, str]] = field(default_factory=list)
     rewound: set[str] = field(default_factory=set)
     pending_rewinds: dict[str, tuple[int, int]] = field(default_factory=dict)
+    undo_alerted: set[str] = field(default_factory=set)
+    """Replicas whose undo budget alert (AW0002) stands: raised, not yet cleared."""
     left_out: dict[str, set[str]] = field(default_factory=dict)
     """Replica -> the attribute names an AW0003 alert said it left out."""
     created: int = 0
@@ -169,7 +178,13 @@ class _Definition:
     def apply(self, event: ScenarioEvent) -> None:
         self.version = event.originator_version
         if isinstance(event, AlertRaised):
-            if event.code == "AW0003":
+            if event.code == "AW0002":  # the undo budget nears the window; "info": cleared
+                replica = str(event.details["replica"])
+                if event.severity == "info":
+                    self.undo_alerted.discard(replica)
+                else:
+                    self.undo_alerted.add(replica)
+            elif event.code == "AW0003":
                 replica = str(event.details["replica"])
                 self.left_out.setdefault(replica, set()).update(event.details["names"])
         elif isinstance(event, RewindPointSet):
@@ -197,6 +212,8 @@ class _Definition:
         elif isinstance(event, ReplicaResumed):
             self.suspended.discard(event.replica)
             self.rewound.discard(event.replica)
+            # A rewind left unfinished is given up: the replica follows the master again.
+            self.pending_rewinds.pop(event.replica, None)
         elif isinstance(event, ScenarioStateChanged):
             self.state = event.state
 
@@ -376,12 +393,16 @@ class Engine:
     def position_of(self, position: int | None = None, at: dt.datetime | None = None) -> int:
         """A position given as a position or a time (the last position labelled at or before it)."""
         if at is not None:
+            if not isinstance(at, dt.datetime):
+                raise ConfigurationError(detail=f"a time is a datetime, not {at!r}")
             if at.tzinfo is None:
                 raise ConfigurationError(detail="at= needs a timezone-aware datetime")
             return self.recorder.position_at(datetime_ns(at))
         top = self.last_position()
         if position is None:
             return top
+        if not isinstance(position, int) or isinstance(position, bool):
+            raise ConfigurationError(detail=f"a position is an int, not {position!r}")
         if not 0 <= position <= top:
             raise ConfigurationError(detail=f"position {position} is outside 0..{top}")
         return position
@@ -406,6 +427,13 @@ class Engine:
         given = [value for value in (position, at, point) if value is not None]
         if len(given) > 1:
             raise ConfigurationError(detail="give at most one of position=, at= or point=")
+        for name, value, kinds in (
+            ("position", position, int),
+            ("at", at, dt.datetime),
+            ("point", point, RewindPoint | str),
+        ):  # each keyword takes its own kind: point=17 is no point, position="17" no position
+            if value is not None and (isinstance(value, bool) or not isinstance(value, kinds)):
+                raise ConfigurationError(detail=f"{name}= does not take {value!r}")
         instant = given[0] if given else None
         at_position = self.instant(scenario, instant)
         return self.forensics(scenario).replay(to, at_position, path, progress)
@@ -473,11 +501,13 @@ class Engine:
         path: str | None = None,
         between: tuple[Instant, Instant | None] | None = None,
         burst_threshold: int = 10,
+        burst_window: float = BURST_WINDOW_S,
     ) -> BisectResult:
         """Find the last good position by binary search over replays (see ``Forensics.bisect``).
 
         ``between`` is (a good instant, a bad one or None for the end); by
-        default the whole journal, from position 0 (the empty tree).
+        default the whole journal, from position 0 (the empty tree). A burst
+        is ``burst_threshold`` files damaged within ``burst_window`` seconds.
         """
         low, high = between or (0, None)
         return self.forensics(scenario).bisect(
@@ -485,6 +515,7 @@ class Engine:
             path,
             (self.instant(scenario, low), self.instant(scenario, high)),
             burst_threshold=burst_threshold,
+            burst_window=burst_window,
         )
 
     def instant(self, scenario: str | Scenario, value: Instant | None) -> int:
@@ -492,14 +523,47 @@ class Engine:
 
         ``None`` is the end of the journal. A time resolves by the one rule of
         :meth:`position_of`; a rewind point name is looked up among the
-        scenario's points (the newest of that name).
+        scenario's points (the newest of that name). A removed scenario's
+        points count: the name resolves to the newest point of that name of
+        any scenario that bore the scenario's name (so the one of the name now
+        wins; an older one's point of the same name is reachable by position).
         """
-        if isinstance(value, RewindPoint | str):
-            named = scenario if isinstance(scenario, Scenario) else self.scenario(scenario)
-            return named.resolve(value)
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, int | dt.datetime | RewindPoint | str)
+        ):
+            raise ConfigurationError(
+                detail=f"an instant is a position, a time (datetime) or a rewind point, "
+                f"not {value!r}"
+            )
+        if isinstance(value, str):
+            name = scenario.name if isinstance(scenario, Scenario) else scenario
+            live = self._scenarios.get(name)
+            with contextlib.suppress(ConfigurationError):  # not one of its points: older ones
+                if live is not None:
+                    return live.resolve(value)
+            if name not in self._ever_named:
+                raise ScenarioNotFoundError(name=name)
+            found = self._removed_point(name, value)
+            if found is None:
+                raise ConfigurationError(detail=f"no rewind point named {value!r}")
+            return found
+        if isinstance(value, RewindPoint):
+            return value.position
         if isinstance(value, dt.datetime):
             return self.position_of(at=value)
         return self.position_of(value)
+
+    def _removed_point(self, scenario: str, name: str) -> int | None:
+        """The position of the newest point ``name`` of a removed scenario called ``scenario``."""
+        ids: set[uuid.UUID] = set()
+        found: int | None = None
+        for _, event in self._iter_events((ScenarioCreated, RewindPointSet)):
+            if isinstance(event, ScenarioCreated):
+                if event.name == scenario:
+                    ids.add(event.originator_id)
+            elif event.originator_id in ids and event.name == name:
+                found = event.position
+        return found
 
     def close(self) -> None:
         """Stop every scenario's threads and close the journal."""
@@ -646,8 +710,13 @@ class Engine:
                     forget_replica(self.store, definition.name, replica)
 
     def _scenario_event(
-        self, definition: _Definition, cls: type[ScenarioEvent], **fields: Any
+        self,
+        definition: _Definition,
+        cls: type[ScenarioEvent],
+        inline: Callable[[WriteTxn, list[int]], None] | None = None,
+        **fields: Any,
     ) -> None:
+        """Journal a scenario event; ``inline(txn, positions)`` runs in its transaction."""
         with self._lock:
             event = cls(
                 originator_id=definition.id,
@@ -655,7 +724,7 @@ class Engine:
                 timestamp=cls.create_timestamp(),
                 **fields,
             )
-            self._append([event])
+            self._append([event], inline)
             definition.apply(event)
 
     # -- scenarios ----------------------------------------------------------------------------

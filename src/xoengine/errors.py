@@ -421,11 +421,13 @@ class NoFileAtError(XoError, FileNotFoundError):
 
 
 class RewindUnreachableError(XoError):
-    """Replica {replica!r} of {name!r} cannot be rewound to {position}: trimmed up to {floor}."""
+    """Replica {replica!r} of {name!r} cannot be rewound to {position}, before {floor}."""
 
     code = "E3012"
     exit_code = 2
     hint = (
-        "The undo log's retention dropped those before-images. Replay the journal "
+        "Before that, the undo log holds no state the journal names: retention dropped "
+        "those before-images, the replica's first synchronization found its directory "
+        "not empty, or the scenario did not exist yet. Replay the journal "
         "(`xoengine replay`) to see that state, or choose a later rewind point."
     )

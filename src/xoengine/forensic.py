@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Final, Protocol
 
-from xoengine.errors import ConfigurationError, FrameError, XoError
+from xoengine.errors import ConfigurationError, FrameError, NoFileAtError, XoError
 from xoengine.events import (
     FILE_EVENTS,
     BytesWritten,
@@ -62,6 +62,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Collection, Iterator
 
 __all__ = [
+    "BURST_WINDOW_S",
     "PATH_EVENTS",
     "BisectResult",
     "DiffResult",
@@ -117,6 +118,9 @@ _FOLD_MAX: Final = 250_000
 """A whole-tree replay at a position up to this folds every event at once (the fastest
 way, and each live file's content events are held until it is written); past it,
 each identity is read from its own events as it is written (bounded memory)."""
+
+BURST_WINDOW_S: Final = 60.0
+"""A bisect's burst: the files damaged by commits within this many seconds count together."""
 
 _DECODED_MAX: Final = 250_000
 """A bisect keeps at most this many decoded file events for its probes (each is a few
@@ -270,7 +274,13 @@ def _root_meta(event: RootChanged) -> tuple[int, list[int], dict[str, bytes]]:
     return event.mode, event.owner, event.xattrs
 
 
-def _ranges(event: FileEvent) -> list[list[int]]:
+def _ranges(event: FileEvent, before: int | None = None) -> list[list[int]]:
+    """The ``[offset, length]`` byte ranges an event changed.
+
+    A truncation changed the bytes between the size ``before`` it and its own
+    (the tail cut off, or the zeros it added); where the size before is not
+    known (or the same), it is ``[size, 0]``: cut at ``size``.
+    """
     if isinstance(event, BytesWritten):
         return [[r[0], r[1]] for r in event.ranges]
     if isinstance(event, ContentReplaced):
@@ -282,7 +292,8 @@ def _ranges(event: FileEvent) -> list[list[int]]:
             offset += op[2]
         return out
     if isinstance(event, FileTruncated):
-        return [[event.size, 0]]
+        low, high = sorted((event.size, event.size if before is None else before))
+        return [[low, high - low]]
     return []
 
 
@@ -441,17 +452,30 @@ class Forensics:
             )
         if position is None:  # one instant for every read of the answer
             position = self.source.last_position()
-        selected, load = self._selected(position, normalize_relpath(path) if path else None)
+        wanted = normalize_relpath(path) if path else None
+        selected, load = self._selected(position, wanted)
+        # The roots' own metadata: every root's for the tree, a root's own when it is
+        # the path asked for (a root of several), none under one.
+        roots = {
+            name: event
+            for name, event in self.roots(position).items()
+            if wanted is None or (name and name == wanted)
+        }
+        if wanted is not None and not selected and not roots:  # never an empty answer
+            raise NoFileAtError(
+                path=wanted,
+                position=position,
+                detail="nothing was there (`history` says when something was)",
+            )
         existed = target.exists()
-        out = ReplicaTree(os.fspath(to), fsync=False)
+        out = ReplicaTree(os.fspath(to), fsync=False, replica=False)
         try:
             with out.holding_parents():  # a new tree: nothing moves
                 files, dirs, links, total = self._write_tree(out, selected, load, progress)
-            if path is None:  # last: a root's mode may forbid writing into it
-                for name, event in self.roots(position).items():
-                    if name and out.lstat(name) is None:  # a root of several, empty then
-                        out.create(name, "dir", event.mode, None)
-                    out.set_root(name, event.mode, event.owner, event.xattrs)
+            for name, event in roots.items():  # last: a root's mode may forbid writing into it
+                if name and out.lstat(name) is None:  # a root of several, empty then
+                    out.create(name, "dir", event.mode, None)
+                out.set_root(name, event.mode, event.owner, event.xattrs)
         except BaseException:
             # A half-written tree would pass for the answer (an empty file for one
             # whose bytes could not be read): leave ``to`` as it was found.
@@ -629,7 +653,7 @@ class Forensics:
         if position is None:  # one instant for every identity
             position = self.source.last_position()
         with tempfile.TemporaryDirectory(prefix="xoengine-contents-", dir=scratch) as temporary:
-            out = ReplicaTree(temporary, fsync=False)
+            out = ReplicaTree(temporary, fsync=False, replica=False)
             for file_id in file_ids:
                 live = self.live(file_id, position)
                 if live is None or live.kind != "file":
@@ -690,15 +714,24 @@ class Forensics:
                     via = f"{before} -> {event.new_path}"
                     carried.setdefault(other, []).append((pos, time_ns, old, now, via))
         ids = [fid for fid, paths in moves.items() if any(p == target for _, p in paths)]
+        if not ids and not roots:  # a typo must not pass for a path that never changed
+            raise NoFileAtError(
+                path=target,
+                position=end,
+                detail=f"no file, directory or link of scenario {self.scenario!r} "
+                "ever had that path",
+            )
         entries: list[tuple[int, int, HistoryEntry]] = roots
         for fid in ids:
             timeline = moves[fid]
             starts = [pos for pos, _ in timeline]
+            size = 0  # made empty: its content events give every size after
             for pos, time_ns, event in self.source.file_stream(fid, end):
                 # Where it was just before this event: after its last move before it.
                 index = bisection.bisect_left(starts, pos) - 1
                 at = timeline[index][1] if index >= 0 else event.path
-                entries.append((pos, 0, self._entry(pos, time_ns, fid, event, at)))
+                entries.append((pos, 0, self._entry(pos, time_ns, fid, event, at, before=size)))
+                size = _size_after([event], size)
             for n, (pos, time_ns, old, now, via) in enumerate(carried.get(fid, []), 1):
                 entries.append((pos, n, self._entry(pos, time_ns, fid, None, old, now, via)))
         entries.sort(key=lambda item: (item[0], item[1]))
@@ -713,8 +746,13 @@ class Forensics:
         at: str,
         new: str | None = None,
         via: str | None = None,
+        *,
+        before: int | None = None,
     ) -> HistoryEntry:
-        """One history entry: ``event`` at path ``at``, or (None) a move to ``new`` ``via`` one."""
+        """One history entry: ``event`` at path ``at``, or (None) a move to ``new`` ``via`` one.
+
+        ``before``: the file's size before the event (for a truncation's range).
+        """
         if isinstance(event, FileRenamed):
             new = event.new_path
         return HistoryEntry(
@@ -723,7 +761,7 @@ class Forensics:
             operation="renamed" if event is None else _operation(event),
             path=at,
             new_path=new,
-            ranges=[] if event is None else _ranges(event),
+            ranges=[] if event is None else _ranges(event, before),
             size=_event_size(event),
             moved_with=via,
             file_id=str(fid),
@@ -769,11 +807,21 @@ class Forensics:
         at_low = {fid: f.path for fid, f in alive.items()}
         touched: dict[uuid.UUID, list[list[int]]] = {}
         meta: set[uuid.UUID] = set()
+        sizes: dict[uuid.UUID, int] = {}  # of the files changed since low, after each change
         for pos, _, event in self.source.file_events(self.scenario, high, after=low):
+            fid = event.originator_id
             if isinstance(event, PATH_EVENTS):
                 self._step(alive, pos, event)
+                if isinstance(event, FileCreated):
+                    sizes[fid] = 0
             elif isinstance(event, (BytesWritten, FileTruncated, ContentReplaced)):
-                touched.setdefault(event.originator_id, []).extend(_ranges(event))
+                if fid not in sizes and isinstance(event, FileTruncated):
+                    # Only a truncation's range needs the size before it: read it then.
+                    was = self.live(fid, low)
+                    sizes[fid] = 0 if was is None else _size_after([e for _, e in was.content], 0)
+                size = sizes.get(fid)
+                touched.setdefault(fid, []).extend(_ranges(event, size))
+                sizes[fid] = _size_after([event], size or 0)
             else:
                 meta.add(event.originator_id)  # MetadataChanged, XattrsChanged
         at_high = {fid: f.path for fid, f in alive.items()}
@@ -805,12 +853,18 @@ class Forensics:
     def change_positions(self, low: int, high: int) -> list[tuple[int, int, uuid.UUID, str]]:
         """``(position, time label, file id, operation)`` of every change in ``(low, high]``.
 
-        Metadata changes included: a predicate may look at modes and times.
+        Metadata changes included, a root's own too (operation ``root``, the
+        root's stream id): a predicate may look at modes and times.
         """
-        return [
+        changes = [
             (pos, time_ns, event.originator_id, _operation(event))
             for pos, time_ns, event in self.source.file_events(self.scenario, high, after=low)
         ]
+        roots = [
+            (pos, time_ns, event.originator_id, "root")
+            for pos, time_ns, event in self.source.root_events(self.scenario, high, after=low)
+        ]
+        return sorted(changes + roots, key=lambda change: change[0]) if roots else changes
 
     def bisect(
         self,
@@ -819,16 +873,30 @@ class Forensics:
         between: tuple[int, int],
         *,
         burst_threshold: int = 10,
+        burst_window: float = BURST_WINDOW_S,
     ) -> BisectResult:
         """Binary-search the last position in ``between`` where ``predicate(replayed dir)`` holds.
 
         The predicate gets a scratch directory holding the replay (of ``path`` or
-        the whole tree). ``between[0]`` must be good; if ``between[1]`` is good
-        too, it is the answer. Also reports the first *burst*: the first commit
-        (one time label) that changed at least ``burst_threshold`` files that
-        existed before it (rewritten, truncated, renamed or deleted), the mark of
-        mass damage such as ransomware. Files a commit creates do not count, so
-        an initial load or a folder copied in is not a burst.
+        the whole tree; where ``path`` held nothing, the path is absent from it).
+        ``between[0]`` must be good; if ``between[1]`` is good too, it is the
+        answer. Every change is a candidate: file events and a root's own.
+
+        Also reports the first *burst*, the mark of mass damage such as
+        ransomware: at least ``burst_threshold`` files that existed before it
+        changed (rewritten, truncated, renamed or deleted) by commits whose time
+        labels lie within ``burst_window`` seconds. So one capture pass counts
+        as one burst even when it is committed in several transactions (every
+        64 MiB or 2000 changes), and so do the many small commits of a watcher.
+        The burst is the first shortest run of commits that holds it, with the
+        commits that follow it straight on in the journal (the rest of its
+        capture pass) within the window: its position is the run's first
+        change, its files those the run damaged (a burst that went on after a
+        pause may have damaged more, which ``diff`` lists). Files created
+        within the window do not count, so
+        an initial load or a folder copied in is not a burst; neither is a
+        change of mode, times or attributes alone. ``burst_window=0``: one
+        commit at a time.
         """
         low, high = between
         if low > high:
@@ -843,7 +911,10 @@ class Forensics:
             scratch = tempfile.mkdtemp(prefix="xoengine-bisect-")
             tree = os.path.join(scratch, "tree")  # it gets the root's mode: not the one we remove
             try:
-                probe.replay(tree, position, path)
+                try:
+                    probe.replay(tree, position, path)
+                except NoFileAtError:  # the path held nothing then: the predicate judges that
+                    os.mkdir(tree)
                 verdict = bool(predicate(os.path.join(tree, path) if path else tree))
             finally:
                 with contextlib.suppress(OSError):
@@ -874,7 +945,9 @@ class Forensics:
                     hi = mid
             first_bad = candidates[lo] if candidates else high
             last_good = first_bad - 1 if first_bad > low else low
-        burst_position, burst_files = self._burst(changes, burst_threshold)
+        burst_position, burst_files = self._burst(
+            changes, burst_threshold, round(burst_window * 1e9)
+        )
         return BisectResult(last_good, first_bad, probes, burst_position, burst_files)
 
     def _decoded_upto(self, high: int) -> Forensics:
@@ -888,19 +961,57 @@ class Forensics:
 
     @staticmethod
     def _burst(
-        changes: list[tuple[int, int, uuid.UUID, str]], threshold: int
+        changes: list[tuple[int, int, uuid.UUID, str]], threshold: int, window_ns: int
     ) -> tuple[int | None, int]:
-        # One commit = one time label; a file it creates is new, not damaged, and a
-        # change of mode or mtime alone is not damage either.
-        groups: dict[int, tuple[int, set[uuid.UUID], set[uuid.UUID]]] = {}
+        # Commits (time labels) in order; a window of them, from each commit on,
+        # slides over the history. A file a commit in the window creates is new,
+        # not damaged, and a change of mode, mtime or attributes alone is not
+        # damage either.
+        commits: dict[int, tuple[int, list[tuple[uuid.UUID, bool]]]] = {}
+        bounds: dict[int, list[int]] = {}  # time label -> [first, last] position of its changes
         for pos, time_ns, fid, operation in changes:
-            if operation in {"metadata", "xattrs"}:
-                continue
-            _, changed, new = groups.setdefault(time_ns, (pos, set(), set()))
-            (new if operation == "created" else changed).add(fid)
-        for time_ns in sorted(groups):
-            first, changed, new = groups[time_ns]
-            damaged = changed - new
-            if damaged and len(damaged) >= threshold:
-                return first, len(damaged)
+            bounds.setdefault(time_ns, [pos, pos])[1] = pos
+            if operation not in {"metadata", "xattrs", "root"}:
+                commits.setdefault(time_ns, (pos, []))[1].append((fid, operation == "created"))
+        labels = sorted(commits)
+        counts: dict[tuple[uuid.UUID, bool], int] = {}  # (file, created?) -> events in window
+        damaged = 0
+
+        def hurt(fid: uuid.UUID) -> bool:
+            return counts.get((fid, False), 0) > 0 and counts.get((fid, True), 0) == 0
+
+        def shift(label: int, step: int) -> None:
+            nonlocal damaged
+            for fid, created in commits[label][1]:
+                was = hurt(fid)
+                counts[fid, created] = counts.get((fid, created), 0) + step
+                damaged += hurt(fid) - was
+
+        end = 0  # the window: commits labels[start:end], within window_ns of the first
+        for start, label in enumerate(labels):
+            while end < len(labels) and labels[end] - label <= window_ns:
+                shift(labels[end], 1)
+                end += 1
+            if damaged and damaged >= threshold:
+                # The burst: the shortest run of the window's commits that still holds
+                # it (its start first: a commit that made files may come off).
+                first, last = start, end - 1
+                while first < last:
+                    shift(labels[first], -1)
+                    if damaged < threshold:
+                        shift(labels[first], 1)
+                        break
+                    first += 1
+                while last > first:
+                    shift(labels[last], -1)
+                    if damaged < threshold:
+                        shift(labels[last], 1)
+                        break
+                    last -= 1
+                # With the commits right after it in the journal: the rest of its pass.
+                while last + 1 < end and bounds[labels[last + 1]][0] == bounds[labels[last]][1] + 1:
+                    last += 1
+                    shift(labels[last], 1)
+                return commits[labels[first]][0], damaged
+            shift(label, -1)
         return None, 0

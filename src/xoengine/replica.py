@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import functools
 import os
+import stat
 import threading
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final, TypeAlias
@@ -268,7 +269,7 @@ class ReplicaApplier:
         last = group[-1][0]
         # 1. Before-images, durable before any change.
         if mine:
-            images = [(p, self._before_images(e)) for p, e in mine]
+            images = [(p, self._before_images(p, e)) for p, e in mine]
 
             def record_undo(txn: WriteTxn) -> None:
                 for position, records in images:
@@ -283,7 +284,7 @@ class ReplicaApplier:
 
     # -- before-images -------------------------------------------------------------------
 
-    def _before_images(self, event: Applied) -> list[Image]:
+    def _before_images(self, position: int, event: Applied) -> list[Image]:
         tree = self.tree
         if isinstance(event, RootChanged):
             return [("root", event.root, tree.root_meta(event.root), {})]
@@ -308,6 +309,12 @@ class ReplicaApplier:
         if isinstance(event, XattrsChanged):
             xattrs = None if st is None else tree.get_xattrs(path)
             return [] if xattrs is None else [("xattrs", path, {"xattrs": xattrs}, {})]
+        if isinstance(event, BytesWritten | FileTruncated) and (
+            st is None or not stat.S_ISREG(st.st_mode)
+        ):
+            # The file these bytes go into is not there (a group never creates and
+            # writes one path): something outside xoengine removed or replaced it.
+            raise ReplicaDivergedError(path=path, position=position, replica=self.name)
         if isinstance(event, BytesWritten):
             return [image_of_writes(tree, path, [(r[0], r[1]) for r in event.ranges], event.size)]
         if isinstance(event, FileTruncated):

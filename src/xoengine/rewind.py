@@ -73,9 +73,17 @@ class RewindPoint:
 
 
 def undo_one(
-    tree: ReplicaTree, record: UndoRecord, blob: Callable[[bytes], bytes | memoryview]
+    tree: ReplicaTree,
+    record: UndoRecord,
+    blob: Callable[[bytes], bytes | memoryview],
+    strict: bool = False,
 ) -> None:
-    """Undo one change on ``tree`` (idempotent: running it twice leaves the same tree)."""
+    """Undo one change on ``tree`` (idempotent: running it twice leaves the same tree).
+
+    ``strict``: nothing undone before it was redone (see :func:`rewind_back`), so
+    in-place bytes to put back into a file that is not there mean the replica
+    was changed outside xoengine: :class:`ReplicaDivergedError`.
+    """
     args = record.args
     path = record.path
     op = record.op
@@ -96,7 +104,7 @@ def undo_one(
             tree.rename(new, path)
     elif op == "bytes":
         pieces = [(offset, blob(args[name])) for offset, name in args.get("spans", [])]
-        tree.restore_bytes(
+        restored = tree.restore_bytes(
             path,
             pieces,
             args["old_size"],
@@ -105,6 +113,8 @@ def undo_one(
             args.get("owner"),
             args.get("xattrs"),
         )
+        if strict and not restored:
+            raise ReplicaDivergedError(path=path, position=record.position, replica=tree.root)
         return  # bytes, size, mode, mtime, owner and extended attributes in one open
     elif op == "content":
         _undo_delta(tree, record, blob)
@@ -170,6 +180,8 @@ class PathPlan:
     owner: Owner | None = None
     xattrs: Xattrs | None = None
     records: int = 0
+    position: int = 0
+    """The newest position of the run that changed the path."""
 
 
 def _coalescable(record: UndoRecord) -> bool:
@@ -209,7 +221,7 @@ def plan_run(records: Sequence[UndoRecord]) -> list[PathPlan]:
     for record in reversed(records):  # oldest first: the first claim of a byte wins
         plan = plans.get(record.path)
         if plan is None:
-            plan = plans[record.path] = PathPlan(record.path)
+            plan = plans[record.path] = PathPlan(record.path, position=record.position)
         plan.records += 1
         args = record.args
         if plan.mode is None:
@@ -230,9 +242,15 @@ def plan_run(records: Sequence[UndoRecord]) -> list[PathPlan]:
 
 
 def undo_path(
-    tree: ReplicaTree, plan: PathPlan, blob: Callable[[bytes], bytes | memoryview]
+    tree: ReplicaTree,
+    plan: PathPlan,
+    blob: Callable[[bytes], bytes | memoryview],
+    strict: bool = False,
 ) -> None:
-    """Apply one path's plan: each contributing blob read once, the file opened once."""
+    """Apply one path's plan: each contributing blob read once, the file opened once.
+
+    ``strict`` as for :func:`undo_one`.
+    """
     if plan.size is not None:
 
         def pieces() -> Iterator[tuple[int, memoryview]]:
@@ -241,9 +259,11 @@ def undo_path(
                 for offset, start, length in uses:
                     yield offset, data[start : start + length]
 
-        tree.restore_bytes(
+        restored = tree.restore_bytes(
             plan.path, pieces(), plan.size, plan.mode, plan.mtime_ns, plan.owner, plan.xattrs
         )  # extended attributes last in it: writes and chowns drop capabilities
+        if strict and not restored:
+            raise ReplicaDivergedError(path=plan.path, position=plan.position, replica=tree.root)
         return
     if (plan.mode is not None or plan.mtime_ns is not None) and tree.lstat(plan.path) is not None:
         tree.set_meta(plan.path, plan.mode, plan.mtime_ns, plan.owner)
@@ -270,10 +290,21 @@ def rewind_back(
     target: int,
     set_applied: Callable[[WriteTxn, int], None],
     progress: Callable[[int, int], None] | None = None,
+    *,
+    leftovers: bool = False,
 ) -> int:
     """Undo every change in ``(target, applied]``, newest first; return records undone.
 
     ``progress(done, total)`` follows each commit (records undone, records to undo).
+
+    The log notes that a rewind runs until it is done. A file its in-place
+    records put bytes back into must be there, unless this run may redo what
+    one that did not finish did (an older record's undo may have removed it):
+    in the first commit's worth of records after such a run, and throughout
+    with ``leftovers`` (what a killed apply or synchronization left: its
+    changes may or may not have been made). Elsewhere a missing file means the
+    replica was changed outside xoengine: :class:`ReplicaDivergedError`,
+    never a silently incomplete rewind.
 
     Positions whose records are all in-place changes form runs, undone per
     path (:func:`plan_run`, :func:`undo_path`); the others are undone record
@@ -285,6 +316,29 @@ def rewind_back(
     the state it finds gets commits of its own, before and after.
     """
     records = undo.records(after=target, upto=applied, reverse=True)
+
+    def done(txn: WriteTxn) -> None:
+        set_applied(txn, target)
+        undo.set_undoing(txn, value=False)
+
+    if not records:
+        store.write(done)
+        return 0
+    with store.read() as txn:
+        strict = not (leftovers or undo.undoing(txn))
+    store.write(lambda txn: undo.set_undoing(txn, value=True))
+    # What undoing a record of this run removes: a file that is not there is
+    # redone work only if one of them (or its parent's) took it away.
+    removed = {r.path for r in records if r.op == "created"}
+    removed |= {r.args["new_path"] for r in records if r.op == "renamed"}
+
+    def missing(path: str) -> bool:
+        """Whether a missing ``path`` means the replica was changed outside xoengine."""
+        if strict:
+            return True
+        parts = path.split("/")
+        return not any("/".join(parts[:n]) in removed for n in range(1, len(parts) + 1))
+
     by_position: dict[int, list[UndoRecord]] = {}
     for record in records:
         by_position.setdefault(record.position, []).append(record)
@@ -303,13 +357,16 @@ def rewind_back(
         store.write(work)
 
     def flush() -> None:
-        nonlocal batch, batch_bytes, run, run_positions
+        nonlocal batch, batch_bytes, run, run_positions, strict
         # A run moves no directory and each plan has a path of its own: all written
         # (a tree that fsyncs: from several threads) before the commit drops the records.
-        tree.for_each(lambda plan: undo_path(tree, plan, undo.view), plan_run(run))
+        tree.for_each(
+            lambda plan: undo_path(tree, plan, undo.view, missing(plan.path)), plan_run(run)
+        )
         positions = batch + run_positions
         if positions:
             commit(positions)
+            strict = not leftovers  # what follows was never started before
             if progress is not None:
                 progress(count, len(records))
         batch, batch_bytes, run, run_positions = [], 0, [], []
@@ -330,14 +387,14 @@ def rewind_back(
         if relative or run:
             flush()
         for record in group:  # already newest seq first
-            undo_one(tree, record, undo.view)
+            undo_one(tree, record, undo.view, missing(record.path))
             count += 1
         batch.append(position)
         batch_bytes += sum(len(str(r.args)) for r in group)
         if relative or len(batch) >= _BATCH_POSITIONS or batch_bytes >= _BATCH_BYTES:
             flush()
     flush()
-    store.write(lambda txn: set_applied(txn, target))
+    store.write(done)
     return count
 
 

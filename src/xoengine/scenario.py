@@ -21,10 +21,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
-from xoengine import blocks
+from xoengine import blocks, codec
 from xoengine.capture import Capture, CaptureResult, MasterState
 from xoengine.errors import (
     ConfigurationError,
+    ReplicaDivergedError,
     ReplicaNotFoundError,
     ReplicationTimeoutError,
     RewindUnreachableError,
@@ -66,12 +67,13 @@ from xoengine.walk import ParentCache, normalize_relpath, stat_entry, walk
 from xoengine.worker import ApplierThread, ScanFollower, compare_trees
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Sequence
+    from collections.abc import Callable, Collection, Sequence
 
-    from xoengine.datastore import WriteTxn
+    from xoengine.datastore import ReadTxn, WriteTxn
     from xoengine.engine import Engine, _Definition
     from xoengine.forensic import DiffResult
     from xoengine.replica import Applied
+    from xoengine.tree import UndoLog
     from xoengine.walk import Xattrs
 
 __all__ = ["DEFAULT_DATABASE_PATTERNS", "ReplicaStatistics", "Scenario", "ScenarioStatistics"]
@@ -83,6 +85,13 @@ DEFAULT_DATABASE_PATTERNS: Final = ("*.db", "*.sqlite", "*.sqlite3", "*.mdf")
 _DB_COMPANIONS: Final = ("-wal", "-shm", "-journal", ".ldf")
 
 _AUTO_POINT_NAME: Final = re.compile(r"(?:sync|auto|backup|integrity)-\d+")
+
+
+def _trim_inline(undo: UndoLog, upto: int, txn: WriteTxn, _positions: list[int]) -> None:
+    """Trim ``undo`` up to ``upto`` in the transaction that journals UndoTrimmed."""
+    undo.trim_in(txn, upto)
+
+
 """Names of automatic rewind points (kind, then position): refused for user points."""
 
 
@@ -152,7 +161,6 @@ class Scenario:
         self._watcher: Any = None
         self._captured = threading.Condition()  # notified after every append
         self._trim_checked = -float("inf")  # monotonic time of the last automatic retention
-        self._undo_alerted: set[str] = set()  # replicas whose budget alert is standing
         for replica in definition.replicas:
             self._wire_replica(replica)
         with store.read() as txn:
@@ -399,6 +407,22 @@ class Scenario:
 
     def synchronize(self, level: str = "block", replica: str | None = None) -> list[SyncSummary]:
         """Bring replicas (all active ones, or ``replica``) in line with the master (R3)."""
+        return self._synchronize(level, replica)
+
+    def _synchronize(
+        self,
+        level: str,
+        replica: str | None,
+        recheck: Collection[str] = (),
+        *,
+        foreign: bool = False,
+    ) -> list[SyncSummary]:
+        """:meth:`synchronize`; the files in ``recheck`` have their bytes compared.
+
+        (Whatever their size and modification time say.) ``foreign``: the
+        replica holds a state the journal does not name (see
+        :meth:`Synchronizer.run`).
+        """
         if level not in LEVELS:
             raise ConfigurationError(detail=f"sync level {level!r} is not one of {LEVELS}")
         names = (
@@ -433,6 +457,7 @@ class Scenario:
                             include=self.capture_engine.include,
                             exclude=self.capture_engine.exclude,
                             block_size=self.block_size,
+                            recheck=recheck,
                         )
                         summaries.append(
                             sync.run(
@@ -442,6 +467,8 @@ class Scenario:
                                 follow=follower,
                                 settle=functools.partial(self._settle, applier.tree),
                                 held=self._own(applier.position()),
+                                first=not self._own_syncs(name),
+                                foreign=foreign,
                             )
                         )
 
@@ -546,11 +573,36 @@ class Scenario:
         a block-level resynchronization (only differing blocks move), since its
         files may have been used or changed while it was out of replication.
         A replica whose applier stopped on an error (the scenario is then in
-        Problem) is retried from its tracking position.
+        Problem) is retried from its tracking position. A rewind that could not
+        finish (a full disk, a volume gone) is given up the same way: the
+        replica is resynchronized and follows the master again.
         """
-        self._replica(replica)
-        if replica in self._def.rewound:
-            self.synchronize(level="block", replica=replica)
+        applier = self._replica(replica)
+        if replica in self._def.rewound or replica in self._def.pending_rewinds:
+            # A rewind puts back the files' old modification times: a file the
+            # master has changed since, at the same size and time (cp -p, tar x),
+            # would pass the size-and-time check. The files the journal changed
+            # after the position the replica holds have their bytes compared.
+            held = applier.position()
+            since = self._engine.diff(self, self._own(held))
+            recheck = {*since.added, *since.modified, *since.renamed.values()}
+            used = self._used_while_rewound(replica)
+            # The verdict outlives a resync killed midway (its own writes change the
+            # print): a later rewind or resume goes by it.
+            verdict = b"" if used else None
+            self._engine.store.write(lambda txn: applier.undo.set_rewound_print(txn, verdict))
+            self._synchronize("block", replica, recheck, foreign=used)
+            if used:
+                self._alert(
+                    code="AW0004",
+                    severity="warning",
+                    message=(
+                        f"replica {replica!r} was changed while rewound (to {held}): "
+                        "a rewind of it reaches the resume's synchronization and later "
+                        "only; a replay reads any earlier state from the journal"
+                    ),
+                    details={"replica": replica, "held": held},
+                )
         if replica in self._def.suspended or replica in self._def.rewound:
             self._engine._scenario_event(self._def, ReplicaResumed, replica=replica)
         if self._def.running:
@@ -585,28 +637,33 @@ class Scenario:
 
     # -- rewind (R5, R6) --------------------------------------------------------------------
 
-    def set_rewind_point(self, name: str, *, kind: str = "user") -> RewindPoint:
-        """Bookmark the journal now (after journaling pending master changes).
+    def set_rewind_point(self, name: str) -> RewindPoint:
+        """Bookmark the journal now, after journaling every change on the master.
 
-        A user point's name must name it alone: it is refused if empty, if
-        another point of the scenario has it, if it is a number (the CLI reads
-        a number as a position) or if it has the form of an automatic point's
-        name (``sync-N``, ``auto-N``, ``backup-N``, ``integrity-N``).
+        The master is scanned whole first, with the live watcher on too (it may
+        not have seen the latest writes yet), so the point holds every change
+        made before the call. Its name must name it alone: it is refused if
+        empty, if another point of the scenario has it, if it is a number (the
+        CLI reads a number as a position), if it holds a control character or
+        if it has the form of an automatic point's name (``sync-N``,
+        ``auto-N``, ``backup-N``, ``integrity-N``).
         """
-        if kind == "user":
-            self._check_point_name(name)
-        if self._watcher is None:
-            self.capture()
+        self._check_point_name(name)
+        self.capture()
         position = self._engine.last_position()
         self._engine._scenario_event(
-            self._def, RewindPointSet, name=name, position=position, kind=kind
+            self._def, RewindPointSet, name=name, position=position, kind="user"
         )
-        return self._point(name, position, kind)
+        return self._point(name, position, "user")
 
-    def _check_point_name(self, name: str) -> None:
+    def _check_point_name(self, name: object) -> None:
+        if not isinstance(name, str):
+            raise ConfigurationError(detail=f"a rewind point's name is a str, not {name!r}")
         why = None
         if not name.strip():
             why = "it is empty"
+        elif not name.isprintable():
+            why = "it holds a control character"
         elif name.strip().isdigit():
             why = "it is a number, which names a position"
         elif _AUTO_POINT_NAME.fullmatch(name):
@@ -626,15 +683,16 @@ class Scenario:
 
     def resolve(
         self,
-        to: RewindPoint | str | None = None,
+        to: RewindPoint | str | int | dt.datetime | None = None,
         *,
         position: int | None = None,
         at: dt.datetime | None = None,
     ) -> int:
         """Turn a rewind point (or its name), a position or a time into a journal position.
 
-        A time resolves to the last position whose time label is at or before
-        it (labels never go back, whatever the wall clock did).
+        ``to`` may be any of them (an ``int`` is a position, a ``datetime`` a
+        time). A time resolves to the last position whose time label is at or
+        before it (labels never go back, whatever the wall clock did).
         """
         given = [x is not None for x in (to, position, at)]
         if sum(given) != 1:
@@ -646,12 +704,16 @@ class Scenario:
                 if name == to:
                     return pos
             raise ConfigurationError(detail=f"no rewind point named {to!r}")
+        if isinstance(to, dt.datetime):
+            return self._engine.position_of(at=to)
+        if to is not None:
+            return self._engine.position_of(to)
         return self._engine.position_of(position, at)
 
     def rewind(
         self,
         replica: str,
-        to: RewindPoint | str | None = None,
+        to: RewindPoint | str | int | dt.datetime | None = None,
         *,
         position: int | None = None,
         at: dt.datetime | None = None,
@@ -675,6 +737,10 @@ class Scenario:
         """
         applier, target = self._rewind_target(replica, to, position, at)
         applier.check_root()  # refused before anything is journaled
+        if self._used_while_rewound(replica):
+            # Undoing and applying the journal start from the state the rewind left:
+            # from another one, they would give a tree the journal never held.
+            raise ReplicaDivergedError(replica=replica, path=".", position=applier.position())
         if replica not in self._def.suspended:
             self.suspend(replica)
         with applier.lock:
@@ -687,7 +753,7 @@ class Scenario:
     def rewind_preview(
         self,
         replica: str,
-        to: RewindPoint | str | None = None,
+        to: RewindPoint | str | int | dt.datetime | None = None,
         *,
         position: int | None = None,
         at: dt.datetime | None = None,
@@ -706,7 +772,7 @@ class Scenario:
     def _rewind_target(
         self,
         replica: str,
-        to: RewindPoint | str | None,
+        to: RewindPoint | str | int | dt.datetime | None,
         position: int | None,
         at: dt.datetime | None,
     ) -> tuple[ReplicaApplier, int]:
@@ -714,7 +780,7 @@ class Scenario:
         applier = self._replica(replica)
         target = self._outside_syncs(replica, self.resolve(to, position=position, at=at))
         with self._engine.store.read() as txn:
-            floor = applier.undo.floor(txn)
+            floor = self._floor(applier, txn)
         if target < applier.position() and target < floor:
             # Refused before anything is journaled or suspended.
             raise RewindUnreachableError(
@@ -722,9 +788,23 @@ class Scenario:
             )
         return applier, target
 
+    def _floor(self, applier: ReplicaApplier, txn: ReadTxn) -> int:
+        """The lowest position a rewind of the replica reaches (below its position).
+
+        Where retention trimmed its undo log, or a first synchronization found
+        its directory not empty (see :meth:`Synchronizer.run`); never before
+        the scenario was created (under a reused name, another one's events).
+        """
+        return max(applier.undo.floor(txn), self._def.created)
+
+    def _own_syncs(self, replica: str) -> list[tuple[int, int]]:
+        """``(SyncStarted, SyncFinished)`` of the replica's finished runs in this scenario."""
+        runs = self._engine._finished_syncs(self.name, replica)
+        return [(started, finished) for started, finished in runs if started > self._def.created]
+
     def _outside_syncs(self, replica: str, target: int) -> int:
         """``target``, or the end of the synchronization run of ``replica`` it falls in."""
-        for started, finished in self._engine._finished_syncs(self.name, replica):
+        for started, finished in self._own_syncs(replica):
             if started <= target < finished:
                 return finished
         return target
@@ -745,7 +825,7 @@ class Scenario:
             records = 0
             undo = applier.undo
             with self._engine.store.read() as txn:
-                floor, gaps = undo.floor(txn), undo.gaps(txn)
+                floor, gaps = self._floor(applier, txn), undo.gaps(txn)
             if target < applied and target < floor:
                 raise RewindUnreachableError(
                     name=self.name, replica=replica, position=target, floor=floor
@@ -780,15 +860,51 @@ class Scenario:
                 applier.apply_available(upto=target)
                 # States after the target were never held since: a later resync opens a gap.
                 self._engine.store.write(lambda txn: undo.open_gap(txn, target))
-            self._engine._scenario_event(
-                self._def,
-                ReplicaRewound,
-                replica=replica,
-                from_position=current,
-                to_position=target,
-                records=records,
-            )
+            self._rewound(replica, current, target, records)
             return target
+
+    def _rewound(self, replica: str, current: int, held: int, records: int) -> None:
+        """Journal ReplicaRewound, and note the replica's print as the rewind left it.
+
+        :meth:`resume` compares it with the replica's print then: a replica used
+        while it was out of replication holds a state the journal does not name.
+        """
+        undo = self._appliers[replica].undo
+        try:
+            mark = self._print(replica)
+        except (XoError, OSError):
+            mark = b""  # matches no print: the next resume takes the replica as used
+        self._engine._scenario_event(
+            self._def,
+            ReplicaRewound,
+            lambda txn, _: undo.set_rewound_print(txn, mark),
+            replica=replica,
+            from_position=current,
+            to_position=held,
+            records=records,
+        )
+
+    def _used_while_rewound(self, replica: str) -> bool:
+        """Whether a rewound replica changed since its rewind (its print is another)."""
+        if replica not in self._def.rewound:
+            return False
+        with self._engine.store.read() as txn:
+            left = self._appliers[replica].undo.rewound_print(txn)
+        return left is not None and left != self._print(replica)
+
+    def _print(self, replica: str) -> bytes:
+        """A digest of every entry of the replica's tree as ``lstat`` sees it.
+
+        Any write, creation, deletion, rename or change of mode or owner changes
+        an entry's change time (which nothing sets back) or the entries listed.
+        """
+        tree = walk(self._appliers[replica].tree.root)
+        with contextlib.closing(tree):
+            rows = sorted(
+                f"{e.relpath}\0{e.kind}\0{e.size}\0{e.mtime_ns}\0{e.ctime_ns}\0{e.inode}"
+                for e in tree
+            )
+        return codec.digest128("\n".join(rows).encode("utf-8", "surrogateescape"))
 
     def _recover(self, replica: str) -> int:
         """Undo what an apply or a synchronization that did not finish left on ``replica``.
@@ -818,6 +934,7 @@ class Scenario:
                 top,
                 applied,
                 lambda txn, p: applier.set_position(txn, min(p, applied), force=True),
+                leftovers=True,
             )
 
     def _complete_rewinds(self) -> None:
@@ -825,25 +942,20 @@ class Scenario:
             try:
                 self._finish_rewind(replica, current, target)
             except XoError as e:
-                # Cannot be completed (history trimmed meanwhile): say so, and close it
-                # at the position the replica holds, so that opening never fails on it.
-                self._engine._scenario_event(
-                    self._def,
-                    AlertRaised,
+                # Opening never fails on it: say why. A passing cause (a volume not
+                # mounted yet, a full disk, a file that could not be written) leaves
+                # the rewind pending, the replica suspended: the next open completes
+                # it, or resume() gives it up. History trimmed meanwhile never comes
+                # back: the rewind is closed at the position the replica holds.
+                self._alert(
                     code=e.code,
                     severity="error",
                     message=str(e),
                     details={"replica": replica, "rewind_to": target},
                 )
-                held = self._appliers[replica].position()
-                self._engine._scenario_event(
-                    self._def,
-                    ReplicaRewound,
-                    replica=replica,
-                    from_position=current,
-                    to_position=held,
-                    records=0,
-                )
+                if not isinstance(e, RewindUnreachableError):
+                    continue
+                self._rewound(replica, current, self._appliers[replica].position(), 0)
 
     def trim_undo(
         self, policy: RetentionPolicy | None = None, *, now_ns: int | None = None
@@ -867,27 +979,37 @@ class Scenario:
                 decision = retention(usage, points, policy, now)
                 decisions[name] = decision
                 if decision.trim_upto:
-                    count = applier.undo.trim(decision.trim_upto)
+                    # The trim and its UndoTrimmed commit together: history is never
+                    # shortened without the journal saying so.
+                    upto = decision.trim_upto
+                    with self._engine.store.read() as txn:
+                        count = applier.undo.count_upto(txn, upto)
                     self._engine._scenario_event(
                         self._def,
                         UndoTrimmed,
+                        functools.partial(_trim_inline, applier.undo, upto),
                         replica=name,
                         upto=decision.trim_upto,
                         records=count,
                         bytes=decision.records_bytes,
                         reasons=list(decision.reasons),
                     )
-            if decision.alert is None:
-                self._undo_alerted.discard(name)
-            elif name not in self._undo_alerted:  # once while it stands, not at every check
-                self._undo_alerted.add(name)
-                self._engine._scenario_event(
-                    self._def,
-                    AlertRaised,
+            # Raised once while it stands (across opens too: the journal says whether
+            # it stands), and cleared in the journal when it no longer does.
+            standing = name in self._def.undo_alerted
+            if decision.alert is not None and not standing:
+                self._alert(
                     code="AW0002",
                     severity="warning",
                     message=decision.alert,
                     details={"replica": name},
+                )
+            elif decision.alert is None and standing:
+                self._alert(
+                    code="AW0002",
+                    severity="info",
+                    message=f"cleared: the undo budget of replica {name!r} holds its window again",
+                    details={"replica": name, "cleared": True},
                 )
         return decisions
 
@@ -975,7 +1097,7 @@ class Scenario:
             journaled = self._engine.recorder.time_of(backlog.first) / 1e9
             oldest = max(0.0, time.time() - journaled)
         with self._engine.store.read() as txn:
-            floor = applier.undo.floor(txn)
+            floor = self._floor(applier, txn)
             undo_count, undo_bytes = applier.undo.usage(txn)
         return ReplicaStatistics(
             name=name,
@@ -1004,6 +1126,12 @@ class Scenario:
             self._check_state_locked()
         self._alert_left_out()
 
+    def _alert(self, *, code: str, severity: str, message: str, details: dict[str, Any]) -> None:
+        """Journal an ``AlertRaised`` of this scenario."""
+        self._engine._scenario_event(
+            self._def, AlertRaised, code=code, severity=severity, message=message, details=details
+        )
+
     def _alert_left_out(self) -> None:
         """Alert AW0003 once per replica and attribute name it left out (the journal says which).
 
@@ -1017,9 +1145,7 @@ class Scenario:
                 new = sorted(frozenset(applier.tree.xattrs_left_out) - reported)
                 if not new:
                     continue
-                self._engine._scenario_event(
-                    self._def,
-                    AlertRaised,
+                self._alert(
                     code="AW0003",
                     severity="warning",
                     message=f"replica {name} cannot hold extended attributes "
@@ -1037,9 +1163,7 @@ class Scenario:
             )
             over = worst > limit
             if over and not self._spool_over:
-                self._engine._scenario_event(
-                    self._def,
-                    AlertRaised,
+                self._alert(
                     code="AW0001",
                     severity="warning",
                     message=f"spool over threshold: {worst} bytes waiting (limit {limit})",

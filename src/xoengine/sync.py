@@ -42,7 +42,7 @@ from xoengine.tree import (
 from xoengine.walk import Entry, entry_from_stat, own_meta, read_xattrs, walk
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Sequence
+    from collections.abc import Callable, Collection, Sequence
 
     from eventsourcing.domain import DomainEvent
 
@@ -122,8 +122,13 @@ class Synchronizer:
         include: Sequence[str] = (),
         exclude: Sequence[str] = (),
         block_size: int = blocks.DEFAULT_BLOCK_SIZE,
+        recheck: Collection[str] = (),
     ) -> None:
-        """Synchronize ``replica`` (its ``tree`` and ``undo`` log) with the master roots."""
+        """Synchronize ``replica`` (its ``tree`` and ``undo`` log) with the master roots.
+
+        A file of the same size and modification time on both sides is taken
+        as the same, unless its path is in ``recheck``: its bytes are compared.
+        """
         self.scenario = scenario
         self.replica = replica
         self.layout = layout
@@ -134,6 +139,7 @@ class Synchronizer:
         self.include = tuple(include)
         self.exclude = tuple(exclude)
         self.block_size = block_size
+        self.recheck = recheck
         self._follow: CaptureFollower | None = None
 
     def run(
@@ -145,6 +151,8 @@ class Synchronizer:
         settle: Settle | None = None,
         *,
         held: int,
+        first: bool = False,
+        foreign: bool = False,
     ) -> SyncSummary:
         """Synchronize at journal ``position`` (the master state the capture just journaled).
 
@@ -169,6 +177,12 @@ class Synchronizer:
         place) hold exactly what the journal holds at ``position``; it calls
         ``keep(paths)`` before it changes any of them, so that their before-images
         (the bytes this run wrote over) go to the undo log first.
+
+        ``first``: the replica's first synchronization. If its directory held
+        anything then, the replica held no state the journal names before this
+        run: a rewind reaches this run and later (the undo log's floor moves
+        to its SyncStarted), never the directory's old contents. ``foreign``
+        says the same of a replica changed while it was rewound.
         """
         if level not in LEVELS:
             raise ConfigurationError(detail=f"sync level {level!r} is not one of {LEVELS}")
@@ -200,6 +214,8 @@ class Synchronizer:
             follow.wait_done()
         replica = self._walk_replica(summary)
         self._replica_entries = replica  # kept current as kind changes delete subtrees
+        roots = {self.layout.prefix(i).rstrip("/") for i in range(len(self.layout.roots))}
+        seeded = foreign or (first and any(path not in roots for path in replica))
         synced: list[DomainEvent] = []
         creations: list[tuple[str, Entry]] = []
 
@@ -269,6 +285,8 @@ class Synchronizer:
         def applied(txn: WriteTxn, positions: list[int]) -> None:
             set_applied(txn, positions[-1])
             self.undo.set_volume(txn, volume)  # what appliers and rewinds check it against
+            if seeded:
+                self.undo.raise_floor(txn, started)
 
         self._append([*synced, finished], applied)
         return summary
@@ -389,7 +407,12 @@ class Synchronizer:
             tree.set_meta(path, None, None, self._owner(entry))
             return ("created" if have is None else "updated"), 0
         # Regular files.
-        if have is not None and have.size == entry.size and have.mtime_ns == entry.mtime_ns:
+        if (
+            have is not None
+            and have.size == entry.size
+            and have.mtime_ns == entry.mtime_ns
+            and path not in self.recheck
+        ):
             return self._meta(path, entry, have), 0
         data = self._read_master(path)
         if data is None:

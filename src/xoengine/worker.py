@@ -49,7 +49,9 @@ def compare_trees(scenario: Scenario, replica_tree: ReplicaTree) -> dict[str, st
 
     def digest(root: str, prefix: str) -> dict[str, _Seen]:
         out: dict[str, _Seen] = {}
-        files = ReplicaTree(root, fsync=False, create=False)  # read only: its streamed digest
+        files = ReplicaTree(
+            root, fsync=False, create=False, replica=False
+        )  # read only: its streamed digest
         tree = walk(root, scenario.capture_engine.include, scenario.capture_engine.exclude)
         with contextlib.closing(tree):
             for entry in tree:

@@ -574,8 +574,9 @@ def test_history_shows_link_targets_and_modes(tmp_path: Path) -> None:
         eng.close()
 
 
-def test_history_of_an_unknown_path_is_empty(ro: Engine) -> None:
-    assert ro.history("fx", "never/was.txt") == []
+def test_history_of_an_unknown_path_is_an_error(ro: Engine) -> None:
+    with pytest.raises(NoFileAtError, match="ever had that path"):
+        ro.history("fx", "never/was.txt")
 
 
 def test_diff_between_points_names_renames_and_byte_ranges(world: World, ro: Engine) -> None:
@@ -713,8 +714,8 @@ def test_a_removed_scenario_frees_its_undo_logs_and_its_name_starts_afresh(
     """Removal empties the replicas' tracking and undo logs; the journal keeps the history.
 
     A new scenario under the same name gets replicas that start from nothing:
-    a rewind of one to a position of the old scenario must not put back what
-    the old scenario's replica held (``b``, deleted there). If the removal
+    a rewind of one to a position of the old scenario is refused, and puts
+    nothing back of what the old scenario's replica held (``b``, deleted there). If the removal
     died after journaling ``ScenarioRemoved``, the next writable open empties
     them (and a creation would).
     """
@@ -760,7 +761,8 @@ def test_a_removed_scenario_frees_its_undo_logs_and_its_name_starts_afresh(
         sc = eng.create_scenario("fx", master=str(master2), replicas={"r1": str(tmp_path / "n1")})
         assert sc.statistics().replicas["r1"].applied_position == 0
         sc.start()
-        sc.rewind("r1", position=early.position)
+        with pytest.raises(RewindUnreachableError):  # before the new scenario was created
+            sc.rewind("r1", position=early.position)
         assert not (tmp_path / "n1" / "b").exists()
         assert sc._appliers["r1"].undo.check() == []
     finally:
@@ -1232,9 +1234,13 @@ def test_trim_undo_alerts_when_the_window_nears_the_budget(tmp_path: Path) -> No
         assert {a.details["replica"] for a in alerts} == {"r1", "r2"}
         assert all(a.code == "AW0002" and a.severity == "warning" for a in alerts)
         assert not journal_events(eng, UndoTrimmed)
-        # Comfortably under 80 %: no alert.
+        # Comfortably under 80 %: no alert; the standing one is cleared in the journal.
         sc.trim_undo(RetentionPolicy(max_bytes=held * 2, window_s=3600, min_points=0), now_ns=now)
-        assert len(journal_events(eng, AlertRaised)) == len(alerts)
+        cleared = [e for _, e in journal_events(eng, AlertRaised)][len(alerts) :]
+        assert {a.details["replica"] for a in cleared} == {"r1", "r2"}
+        assert all(a.code == "AW0002" and a.severity == "info" for a in cleared)
+        sc.trim_undo(RetentionPolicy(max_bytes=held * 2, window_s=3600, min_points=0), now_ns=now)
+        assert len(journal_events(eng, AlertRaised)) == len(alerts) + len(cleared)
     finally:
         eng.close()
 
@@ -1280,17 +1286,31 @@ def test_configured_retention_alerts_once_while_the_window_is_near_the_budget(
             write(master / "a", f"a{i}".encode() * 400)
             sc.capture()
             sc.wait_replicated()
-        alerts = [e for _, e in journal_events(eng, AlertRaised) if e.code == "AW0002"]
+        alerts = warnings(eng)
         assert sorted(a.details["replica"] for a in alerts) == ["r1", "r2"]  # once each
         assert not journal_events(eng, UndoTrimmed)  # the window holds the history
         # Cleared (a generous budget), then standing again: one more alert each.
         sc.trim_undo(RetentionPolicy(max_bytes=1 << 40, window_s=3600, min_points=0))
         write(master / "a", b"b" * 900)
         sc.capture()
-        alerts = [e for _, e in journal_events(eng, AlertRaised) if e.code == "AW0002"]
-        assert len(alerts) == 4
+        assert len(warnings(eng)) == 4
     finally:
         eng.close()
+    # Was a bug: whether it stood was kept in memory, so each open raised it again.
+    with Engine.open(tmp_path / "state", durability="nosync") as eng:
+        sc = eng.scenario("fx")
+        write(master / "a", b"c" * 900)
+        sc.capture()
+        assert len(warnings(eng)) == 4
+
+
+def warnings(eng: Engine) -> list[Any]:
+    """The AW0002 alerts raised (not the notices that they cleared)."""
+    return [
+        e
+        for _, e in journal_events(eng, AlertRaised)
+        if e.code == "AW0002" and e.severity == "warning"
+    ]
 
 
 def test_retention_options_are_checked(tmp_path: Path) -> None:

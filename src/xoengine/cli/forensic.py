@@ -161,6 +161,8 @@ def cmd_bisect(args: argparse.Namespace) -> int:
     ``--path`` (which may name a file, absent at some probes): paths in it are
     relative to the tree's root. ``$XO_REPLAY_DIR`` is that root and
     ``$XO_REPLAY_PATH`` the replayed file or subtree (the root without ``--path``).
+    What the command prints goes to stderr: stdout holds the answer alone
+    (``--json`` stays parseable).
     """
 
     def predicate(replayed: str) -> bool:
@@ -170,7 +172,12 @@ def cmd_bisect(args: argparse.Namespace) -> int:
             assert os.path.join(root, args.path) == replayed
         env = {**os.environ, "XO_REPLAY_DIR": root, "XO_REPLAY_PATH": replayed}
         # The operator's own command line, run as written (like git bisect run).
-        done = subprocess.run(args.command, shell=True, cwd=root, env=env, check=False)  # noqa: S602
+        done = subprocess.run(  # noqa: S602
+            args.command, shell=True, cwd=root, env=env, check=False, stdout=subprocess.PIPE
+        )
+        if done.stdout:  # the command's own output: beside our messages, not in the answer
+            sys.stderr.write(done.stdout.decode(errors="replace"))
+            sys.stderr.flush()
         return done.returncode == 0
 
     with Engine.open(args.state, readonly=True) as eng:

@@ -1,0 +1,398 @@
+"""Forensic verbs: the findings of review 14 (bisect, bursts, empty answers, roots, instants).
+
+- ``bisect`` takes a root's own change (``RootChanged``) as a candidate.
+- A burst committed in several transactions (one capture pass past
+  ``FLUSH_BYTES``) is still one burst; the window rule that says so.
+- A replay of a path that held nothing, and the history of a path that never
+  was, are errors (E3014), never an empty answer.
+- A replay of one root of several gives it its mode.
+- ``bisect --json`` stays JSON when the command prints.
+- Instants of the wrong type are ``ConfigurationError``.
+- A removed scenario's rewind point names resolve; with the name reused, the
+  newest point of a name wins.
+- A truncation's byte range spans the bytes it changed.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import stat
+import uuid
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from xoengine.capture import FLUSH_BYTES
+from xoengine.cli import main
+from xoengine.engine import Engine
+from xoengine.errors import ConfigurationError, NoFileAtError, ScenarioNotFoundError
+from xoengine.forensic import Forensics
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+
+def write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+
+
+@pytest.fixture
+def small(tmp_path: Path) -> Iterator[tuple[Engine, dict[str, int]]]:
+    """Scenario "s": ``a`` written twice, ``later`` made after point "before", ``gone`` deleted."""
+    master = tmp_path / "m"
+    write(master / "a", b"1")
+    write(master / "gone", b"g")
+    eng = Engine.open(tmp_path / "state", durability="nosync")
+    sc = eng.create_scenario("s", master=str(master), replicas={"r1": str(tmp_path / "r1")})
+    sc.start()
+    points = {"before": sc.set_rewind_point("before").position}
+    write(master / "a", b"22")
+    write(master / "later", b"l")
+    (master / "gone").unlink()
+    sc.capture()
+    points["end"] = eng.last_position()
+    sc.stop()
+    try:
+        yield eng, points
+    finally:
+        eng.close()
+
+
+# -- 1. root changes are bisect candidates ------------------------------------------------------
+
+
+def test_bisect_takes_a_root_change_as_a_candidate(tmp_path: Path) -> None:
+    master = tmp_path / "m"
+    write(master / "a", b"1")
+    master.chmod(0o755)
+    with Engine.open(tmp_path / "state", durability="nosync") as eng:
+        sc = eng.create_scenario("s", master=str(master), replicas={"r1": str(tmp_path / "r1")})
+        sc.start()
+        good_end = eng.last_position()
+        master.chmod(0o700)  # the damage: the share's root mode
+        sc.capture()
+        root_change = eng.last_position()
+        for i in range(3):
+            write(master / f"later{i}", b"x")
+            sc.capture()
+        sc.stop()
+        assert [e.mode for e in eng.history("s", ".")][-1] == 0o700
+
+        def good(tree: str) -> bool:
+            return stat.S_IMODE(os.stat(tree).st_mode) == 0o755
+
+        found = eng.bisect("s", good, between=(good_end, None))
+        assert (found.last_good, found.first_bad) == (root_change - 1, root_change)
+        out = tmp_path / "check"
+        eng.replay("s", to=out, position=found.last_good)
+        assert good(str(out))
+
+
+# -- 2. a burst committed in several transactions ----------------------------------------------
+
+
+def test_bisect_finds_a_burst_that_one_capture_committed_in_several_transactions(
+    tmp_path: Path,
+) -> None:
+    count, size = 12, FLUSH_BYTES // 10  # one pass of 1.2 FLUSH_BYTES: two commits
+    master = tmp_path / "m"
+    master.mkdir()
+    for i in range(count):
+        (master / f"f{i:02}.doc").write_bytes(b"GOOD" + os.urandom(size - 4))
+    with Engine.open(tmp_path / "state", durability="nosync") as eng:
+        sc = eng.create_scenario("s", master=str(master), replicas={"r1": str(tmp_path / "r1")})
+        sc.start()
+        sc.suspend("r1")  # the replica needs nothing here
+        good_end = eng.last_position()
+        for i in range(count):  # "encrypt" every file in place
+            (master / f"f{i:02}.doc").write_bytes(b"BAD!" + os.urandom(size - 4))
+        sc.capture()  # ONE capture pass
+        labels = {eng.recorder.time_of(p) for p in range(good_end + 1, eng.last_position() + 1)}
+        assert len(labels) > 1  # the premise: the pass is more than one commit
+        sc.stop()
+
+    def intact(tree: str) -> bool:
+        for name in os.listdir(tree):
+            with Path(tree, name).open("rb") as f:
+                if f.read(4) != b"GOOD":
+                    return False
+        return True
+
+    with Engine.open(tmp_path / "state", readonly=True) as ro:
+        found = ro.bisect("s", intact, between=(good_end, None))
+        assert (found.last_good, found.first_bad) == (good_end, good_end + 1)
+        assert (found.burst_position, found.burst_files) == (good_end + 1, count)
+        # burst_window=0 is the rule of one commit at a time: no commit holds them all.
+        alone = ro.bisect(
+            "s", intact, between=(good_end, None), burst_threshold=count, burst_window=0
+        )
+        assert alone.burst_position is None
+
+
+def test_burst_window_rules() -> None:
+    """The burst rule alone, on changes ``(position, time label, file id, operation)``."""
+    second = 10**9
+    old = [uuid.uuid4() for _ in range(12)]
+    # A load that made the files, then one pass rewriting them in two commits.
+    load = [(1 + i, 0, fid, "created") for i, fid in enumerate(old)]
+    first = [(20 + i, 30 * second, fid, "written") for i, fid in enumerate(old[:8])]
+    rest = [(40 + i, 31 * second, fid, "written") for i, fid in enumerate(old[8:])]
+    later = [(60, 45 * second, old[0], "deleted"), (61, 45 * second, uuid.uuid4(), "created")]
+    changes = load + first + rest + later
+    window = 60 * second
+    # The files made within the window of the load do not count; the run is the pass.
+    assert Forensics._burst(changes, 10, window) == (20, 12)
+    assert Forensics._burst(changes, 10, 0) == (None, 0)  # neither commit holds 10
+    assert Forensics._burst(changes, 8, 0) == (20, 8)
+    # Its shortest run is the first commit; the commit right after it in the journal
+    # is the rest of its pass and counts, one after other events does not.
+    assert Forensics._burst(changes, 8, window) == (20, 8)
+    straight = [(p - 12 if 40 <= p < 60 else p, t, f, o) for p, t, f, o in changes]
+    assert Forensics._burst(straight, 8, window) == (20, 12)
+    # Too far apart, two halves are two small changes.
+    apart = [(p, t + (120 * second if t == 31 * second else 0), f, o) for p, t, f, o in changes]
+    assert Forensics._burst(apart, 10, window) == (None, 0)
+    # Metadata alone is no damage; files made in the window are new, not damaged.
+    meta = [(70 + i, 200 * second, fid, "metadata") for i, fid in enumerate(old)]
+    assert Forensics._burst(meta, 10, window) == (None, 0)
+    fresh = [uuid.uuid4() for _ in range(12)]
+    made = [(80 + i, 300 * second, fid, "created") for i, fid in enumerate(fresh)]
+    made += [(100 + i, 300 * second, fid, "written") for i, fid in enumerate(fresh)]
+    assert Forensics._burst(made, 10, window) == (None, 0)
+    # A file made before the window existed before it: rewritten, it is damaged.
+    again = [(120 + i, 400 * second, fid, "written") for i, fid in enumerate(fresh)]
+    assert Forensics._burst(made + again, 10, window) == (120, 12)
+
+
+# -- 3. never an empty answer -----------------------------------------------------------------
+
+
+def test_replay_of_a_path_that_held_nothing_is_an_error(
+    small: tuple[Engine, dict[str, int]], tmp_path: Path
+) -> None:
+    eng, _ = small
+    out = tmp_path / "out"
+    with pytest.raises(NoFileAtError, match="E3014"):
+        eng.replay("s", to=out, path="no/such/file")
+    assert not out.exists()  # nothing made
+    # It existed, later: the answer at "before" is still an error, the end has it.
+    with pytest.raises(NoFileAtError, match="position"):
+        eng.replay("s", to=out, path="later", point="before")
+    eng.replay("s", to=out, path="later")
+    assert (out / "later").read_bytes() == b"l"
+    # It existed, earlier: deleted since.
+    with pytest.raises(NoFileAtError):
+        eng.replay("s", to=tmp_path / "out2", path="gone")
+    eng.replay("s", to=tmp_path / "out3", path="gone", point="before")
+    assert (tmp_path / "out3" / "gone").read_bytes() == b"g"
+
+
+def test_history_of_a_path_that_never_was_is_an_error(
+    small: tuple[Engine, dict[str, int]],
+) -> None:
+    eng, _ = small
+    with pytest.raises(NoFileAtError, match="ever had that path"):
+        eng.history("s", "no/such/file")
+    assert [e.operation for e in eng.history("s", "gone")][-1] == "deleted"
+    assert eng.history("s", "later")[0].operation == "created"
+
+
+def test_cli_replay_and_history_of_nothing_exit_2(
+    small: tuple[Engine, dict[str, int]], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    eng, _ = small
+    state = str(eng.state_dir)
+    eng.close()
+    assert main(["replay", state, "s", "--to", str(tmp_path / "o"), "--path", "no/such"]) == 2
+    assert "E3014" in capsys.readouterr().err
+    assert main(["history", state, "s", "no/such"]) == 2
+    assert "E3014" in capsys.readouterr().err
+
+
+def test_bisect_of_a_path_absent_at_some_probes_still_runs(
+    small: tuple[Engine, dict[str, int]],
+) -> None:
+    eng, points = small
+    found = eng.bisect("s", lambda p: not os.path.exists(p), path="later")
+    assert found.first_bad is not None
+    assert points["before"] <= found.last_good < found.first_bad <= points["end"]
+
+
+# -- 4. a root of several, replayed alone -------------------------------------------------------
+
+
+def test_replay_of_one_root_of_several_gives_it_its_mode(tmp_path: Path) -> None:
+    (tmp_path / "x" / "alpha").mkdir(parents=True)
+    (tmp_path / "y" / "beta").mkdir(parents=True)
+    write(tmp_path / "x" / "alpha" / "f", b"f")
+    write(tmp_path / "y" / "beta" / "g", b"g")
+    (tmp_path / "y" / "beta").chmod(0o755)
+    (tmp_path / "y" / "empty").mkdir()
+    roots = [str(tmp_path / "x" / "alpha"), str(tmp_path / "y" / "beta")]
+    roots.append(str(tmp_path / "y" / "empty"))
+    with Engine.open(tmp_path / "state", durability="nosync") as eng:
+        sc = eng.create_scenario("s", master=roots, replicas={"r1": str(tmp_path / "r1")})
+        sc.start()
+        (tmp_path / "y" / "beta").chmod(0o700)
+        (tmp_path / "y" / "empty").chmod(0o750)
+        sc.capture()
+        sc.stop()
+        whole = tmp_path / "whole"
+        eng.replay("s", to=whole)
+        assert stat.S_IMODE((whole / "beta").stat().st_mode) == 0o700
+        alone = tmp_path / "alone"
+        eng.replay("s", to=alone, path="beta")
+        assert stat.S_IMODE((alone / "beta").stat().st_mode) == 0o700
+        assert (alone / "beta" / "g").read_bytes() == b"g"
+        assert sorted(os.listdir(alone)) == ["beta"]
+        # An empty root is an answer too (its directory, with its mode), not nothing.
+        empty = tmp_path / "empty"
+        eng.replay("s", to=empty, path="empty")
+        assert os.listdir(empty / "empty") == []
+        assert stat.S_IMODE((empty / "empty").stat().st_mode) == 0o750
+
+
+# -- 5. bisect --json with a chatty command ----------------------------------------------------
+
+
+def test_cli_bisect_json_stays_json_when_the_command_prints(
+    small: tuple[Engine, dict[str, int]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    eng, points = small
+    state = str(eng.state_dir)
+    eng.close()
+    command = "echo checking; test ! -e later"
+    code = main(["bisect", state, "s", command, "--good", "before", "--json"])
+    assert code == 0
+    captured = capsys.readouterr()
+    found = json.loads(captured.out)
+    assert found["first_bad"] is not None
+    assert points["before"] <= found["last_good"] < found["first_bad"] <= points["end"]
+    assert "checking" in captured.err
+
+
+# -- 6. instants of the wrong type ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "keywords",
+    [
+        {"at": dt.date(2026, 11, 27)},
+        {"position": 5.5},
+        {"position": True},
+        {"position": "1"},
+        {"point": 1},
+        {"at": 1},
+    ],
+    ids=repr,
+)
+def test_replay_refuses_an_instant_of_the_wrong_type(
+    small: tuple[Engine, dict[str, int]], tmp_path: Path, keywords: dict[str, Any]
+) -> None:
+    eng, _ = small
+    with pytest.raises(ConfigurationError):
+        eng.replay("s", to=tmp_path / "out", **keywords)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("value", [dt.date(2026, 1, 1), 5.5, True, b"before", 1j], ids=repr)
+def test_instants_of_the_wrong_type_are_configuration_errors(
+    small: tuple[Engine, dict[str, int]], value: Any
+) -> None:
+    eng, _ = small
+    with pytest.raises(ConfigurationError):
+        eng.diff("s", value)
+    with pytest.raises(ConfigurationError):
+        eng.diff("s", 1, value)
+    with pytest.raises(ConfigurationError), eng.file_at("s", "a", value):
+        pass
+    with pytest.raises(ConfigurationError):
+        eng.bisect("s", lambda _: True, between=(value, None))
+    with pytest.raises(ConfigurationError):
+        eng.instant("s", value)
+
+
+# -- 7. rewind point names of a removed scenario -----------------------------------------------
+
+
+def test_a_removed_scenarios_point_names_resolve(tmp_path: Path) -> None:
+    master = tmp_path / "m"
+    write(master / "a", b"1")
+    with Engine.open(tmp_path / "state", durability="nosync") as eng:
+        sc = eng.create_scenario("s", master=str(master), replicas={"r1": str(tmp_path / "r1")})
+        sc.start()
+        before = sc.set_rewind_point("before").position
+        write(master / "a", b"2")
+        sc.capture()
+        sc.stop()
+        eng.remove_scenario("s")
+    with Engine.open(tmp_path / "state", readonly=True) as ro:
+        assert ro.instant("s", "before") == before
+        assert ro.replay("s", to=tmp_path / "o", point="before").position == before
+        assert (tmp_path / "o" / "a").read_bytes() == b"1"
+        assert ro.diff("s", "before") == ro.diff("s", before)
+        with ro.file_at("s", "a", "before") as f:
+            assert f.read() == b"1"
+        with pytest.raises(ConfigurationError, match="no rewind point named 'after'"):
+            ro.instant("s", "after")
+        with pytest.raises(ScenarioNotFoundError):
+            ro.instant("t", "before")
+
+
+def test_a_reused_name_resolves_a_point_name_to_the_newest(tmp_path: Path) -> None:
+    master = tmp_path / "m"
+    write(master / "a", b"old")
+    with Engine.open(tmp_path / "state", durability="nosync") as eng:
+        sc = eng.create_scenario("s", master=str(master), replicas={"r1": str(tmp_path / "r1")})
+        sc.start()
+        old_only = sc.set_rewind_point("old-only").position
+        old_shared = sc.set_rewind_point("shared").position
+        sc.stop()
+        eng.remove_scenario("s")
+        write(master / "a", b"new")
+        sc = eng.create_scenario("s", master=str(master), replicas={"r2": str(tmp_path / "r2")})
+        sc.start()
+        new_shared = sc.set_rewind_point("shared").position
+        sc.stop()
+        assert new_shared > old_shared
+        assert eng.instant("s", "shared") == new_shared  # the scenario of the name now wins
+        assert eng.instant("s", "old-only") == old_only  # an older one's, where it alone has it
+        with eng.file_at("s", "a", "old-only") as f:
+            assert f.read() == b"old"
+
+
+# -- 8. truncation ranges ------------------------------------------------------------------------
+
+
+def test_a_truncations_range_spans_the_bytes_it_changed(tmp_path: Path) -> None:
+    master = tmp_path / "m"
+    write(master / "f", b"0123456789")
+    write(master / "g", b"0123456789" * 1000)
+    write(master / "h", b"0123456789")
+    with Engine.open(tmp_path / "state", durability="nosync") as eng:
+        sc = eng.create_scenario("s", master=str(master), replicas={"r1": str(tmp_path / "r1")})
+        sc.start()
+        a = eng.last_position()
+        with sc.open("f", "r+b") as f:
+            f.truncate(5000)  # bytes 10..4999 become zeros
+        with sc.open("g", "r+b") as f:
+            f.truncate(3)  # bytes 3..9999 go
+        with sc.open("h", "r+b") as f:
+            f.write(b"abcdefghijklmnopqrst")  # 20 bytes, then cut to 4
+        with sc.open("h", "r+b") as f:
+            f.truncate(4)
+        b = eng.last_position()
+        sc.stop()
+        assert eng.diff("s", a, b).modified == {
+            "f": [[10, 4990]],
+            "g": [[3, 9997]],
+            "h": [[0, 20], [4, 16]],
+        }
+        assert eng.diff("s", b, a).modified == eng.diff("s", a, b).modified
+        for path, ranges in {"f": [[10, 4990]], "g": [[3, 9997]], "h": [[4, 16]]}.items():
+            cuts = [e for e in eng.history("s", path) if e.operation == "truncated"]
+            assert [e.ranges for e in cuts] == [ranges]

@@ -1,0 +1,433 @@
+"""Rewinds at their edges: targets given every way, rewinds that could not finish, resumes.
+
+Each test here is a regression for a bug a review found (session 14): the
+replica was left silently wrong, or the engine could not open again.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from xoengine.engine import Engine, Scenario
+from xoengine.errors import (
+    ConfigurationError,
+    ReplicaDivergedError,
+    RewindUnreachableError,
+)
+from xoengine.events import AlertRaised, RewindStarted, UndoTrimmed
+from xoengine.rewind import RetentionPolicy
+from xoengine.testing import snapshot_contents
+
+snapshot = snapshot_contents
+
+
+def write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+
+
+def new_scenario(base: Path) -> tuple[Engine, Scenario, Path]:
+    master = base / "m"
+    master.mkdir(exist_ok=True)
+    eng = Engine.open(base / "state", durability="nosync")
+    sc = eng.create_scenario("s", master=str(master), replicas={"r1": str(base / "r1")})
+    return eng, sc, master
+
+
+def events_of(eng: Engine, cls: type) -> list[Any]:
+    notes = eng.recorder.select_notifications(
+        1, 1_000_000, topics=[f"xoengine.events:{cls.__name__}"]
+    )
+    return [eng.app.mapper.to_domain_event(n) for n in notes]
+
+
+def test_resume_compares_the_bytes_of_files_whose_size_and_time_came_back(
+    tmp_path: Path,
+) -> None:
+    # Was a bug: the rewind put the old modification time back; the master's file,
+    # rewritten at the same size with its time kept (cp -p, tar x), passed the
+    # resync's size-and-time check, and the replica kept the old bytes for good.
+    eng, sc, master = new_scenario(tmp_path)
+    try:
+        write(master / "f", b"A" * 4096)
+        kept = os.stat(master / "f")
+        sc.start()
+        point = sc.set_rewind_point("P")
+        write(master / "f", b"B" * 4096)
+        os.utime(master / "f", ns=(kept.st_atime_ns, kept.st_mtime_ns))
+        sc.capture()
+        sc.wait_replicated()
+        sc.rewind("r1", point)
+        assert (tmp_path / "r1/f").read_bytes() == b"A" * 4096
+        sc.resume("r1")
+        sc.wait_replicated()
+        assert snapshot(tmp_path / "r1") == snapshot(master)
+    finally:
+        eng.close()
+
+
+def test_a_rewind_target_is_a_point_a_name_a_position_or_a_time(tmp_path: Path) -> None:
+    # Was a bug: sc.rewind("r1", 10) and sc.rewind("r1", a_datetime) rewound to the end.
+    eng, sc, master = new_scenario(tmp_path)
+    try:
+        write(master / "f", b"good")
+        sc.start()
+        good = sc.set_rewind_point("good")
+        want = snapshot(master)
+        write(master / "f", b"bad!!")
+        sc.capture()
+        sc.wait_replicated()
+        label = eng.recorder.time_of(good.position)
+        when = dt.datetime.fromtimestamp(label / 1e9, tz=dt.UTC) + dt.timedelta(microseconds=1)
+        for target in (good.position, when, "good", good):
+            assert sc.rewind_preview("r1", target).to_position == good.position
+            assert sc.rewind("r1", target) == good.position
+            assert snapshot(tmp_path / "r1") == want
+            sc.resume("r1")
+            sc.wait_replicated()
+    finally:
+        eng.close()
+
+
+@pytest.mark.parametrize(
+    "arguments",
+    [
+        {"position": 1.5},
+        {"position": True},
+        {"position": "3"},
+        {"at": "2026-11-27T10:00:00+00:00"},
+        {"at": dt.date(2026, 11, 27)},
+        {"to": 2.0},
+        {"to": b"good"},
+    ],
+    ids=lambda a: f"{next(iter(a))}={next(iter(a.values()))!r}",
+)
+def test_a_rewind_target_of_the_wrong_type_is_refused_before_anything_is_journaled(
+    tmp_path: Path, arguments: dict[str, Any]
+) -> None:
+    # Was a bug: position=10.5 was journaled in RewindStarted, and every writable open
+    # after that failed on it with an uncoded struct.error.
+    eng, sc, master = new_scenario(tmp_path)
+    write(master / "f", b"x")
+    sc.start()
+    sc.set_rewind_point("good")
+    sc.wait_replicated()
+    top = eng.last_position()
+    with pytest.raises(ConfigurationError):
+        sc.rewind_preview("r1", **arguments)
+    with pytest.raises(ConfigurationError):
+        sc.rewind("r1", **arguments)
+    assert eng.last_position() == top
+    assert not events_of(eng, RewindStarted)
+    eng.close()
+    with Engine.open(tmp_path / "state", durability="nosync") as eng:
+        assert "r1" not in eng.scenario("s").suspended
+
+
+@pytest.mark.parametrize("name", [None, 5, b"p", "two\nlines", "tab\there"])
+def test_a_rewind_point_name_that_is_not_plain_text_is_refused(tmp_path: Path, name: Any) -> None:
+    eng, sc, master = new_scenario(tmp_path)
+    try:
+        write(master / "f", b"x")
+        with pytest.raises(ConfigurationError):
+            sc.set_rewind_point(name)
+        assert sc.rewind_points() == []
+    finally:
+        eng.close()
+
+
+def test_a_rewind_point_set_with_the_watcher_on_holds_the_latest_writes(tmp_path: Path) -> None:
+    # Was a bug: with the live watcher on, the point was set before the watcher had
+    # journaled the writes made just before it.
+    eng, sc, master = new_scenario(tmp_path)
+    try:
+        write(master / "report.txt", b"draft")
+        sc.start(watch=True)
+        write(master / "report.txt", b"final version, approved")
+        point = sc.set_rewind_point("approved")
+        with eng.file_at("s", "report.txt", point) as f:
+            assert f.read() == b"final version, approved"
+    finally:
+        eng.close()
+
+
+def _rewind_fails_midway(tmp_path: Path) -> tuple[Engine, Scenario, Path, Any, bytes]:
+    """A rewind that stops on E3011 (the replica was edited by hand): left pending."""
+    eng, sc, master = new_scenario(tmp_path)
+    content = bytes(range(256)) * 256
+    write(master / "f.bin", content)
+    sc.start()
+    point = sc.set_rewind_point("P")
+    write(master / "f.bin", content[:1000] + b"INSERTED" + content[1000:])  # a shifting delta
+    sc.capture()
+    sc.wait_replicated()
+    with open(tmp_path / "r1/f.bin", "r+b") as f:
+        f.seek(30000)
+        f.write(b"HAND")
+    with pytest.raises(ReplicaDivergedError):
+        sc.rewind("r1", point)
+    assert "r1" in sc._def.pending_rewinds
+    return eng, sc, master, point, content
+
+
+def test_resume_gives_up_a_rewind_that_could_not_finish(tmp_path: Path) -> None:
+    # Was a bug: the rewind stayed pending after the resume, and the next open rewound
+    # the replica (in replication again by then) to the point without a word.
+    eng, sc, master, _point, _content = _rewind_fails_midway(tmp_path)
+    sc.resume("r1")
+    sc.wait_replicated()
+    assert snapshot(tmp_path / "r1") == snapshot(master)
+    eng.close()
+    with Engine.open(tmp_path / "state", durability="nosync") as eng:
+        sc = eng.scenario("s")
+        assert not sc._def.pending_rewinds
+        assert snapshot(tmp_path / "r1") == snapshot(master)
+        sc.start()
+        sc.wait_replicated()
+        assert snapshot(tmp_path / "r1") == snapshot(master)
+
+
+def test_a_rewind_that_cannot_finish_at_open_for_a_passing_cause_stays_pending(
+    tmp_path: Path,
+) -> None:
+    # Was a bug: any error at open closed the rewind where it stood (the replica's
+    # volume not mounted yet, say), and nothing completed it once the cause was gone.
+    eng, sc, master, _point, _content = _rewind_fails_midway(tmp_path)
+    eng.close()
+    replica, away = tmp_path / "r1", tmp_path / "r1.away"
+    replica.rename(away)  # the volume is not there at the next open
+    for expected in ("E2005", "E3011"):
+        with Engine.open(tmp_path / "state", durability="nosync") as eng:
+            sc = eng.scenario("s")
+            assert "r1" in sc._def.pending_rewinds
+            assert "r1" in sc.suspended
+            assert [e.code for e in events_of(eng, AlertRaised)][-1] == expected
+        if away.exists():
+            away.rename(replica)  # back; the hand edit still stops the rewind
+    with Engine.open(tmp_path / "state", durability="nosync") as eng:
+        sc = eng.scenario("s")
+        sc.resume("r1")  # given up: a resync makes the replica exact again
+        sc.wait_replicated()
+        assert not sc._def.pending_rewinds
+        assert snapshot(replica) == snapshot(master)
+
+
+def test_a_rewind_before_a_first_sync_that_found_the_directory_full_is_refused(
+    tmp_path: Path,
+) -> None:
+    # Was a bug: the rewind put the directory's old contents back and called that the
+    # journal's state at the position (a replay there gave another tree).
+    write(tmp_path / "r1/stale", b"stale seed")
+    eng, sc, master = new_scenario(tmp_path)
+    try:
+        write(master / "f", b"one")
+        early = sc.set_rewind_point("early")  # before the first synchronization
+        sc.start()
+        write(master / "f", b"two")
+        sc.capture()
+        sc.wait_replicated()
+        before = snapshot(tmp_path / "r1")
+        with pytest.raises(RewindUnreachableError):
+            sc.rewind_preview("r1", early)
+        with pytest.raises(RewindUnreachableError):
+            sc.rewind("r1", early)
+        assert snapshot(tmp_path / "r1") == before
+        assert "r1" not in sc.suspended
+        assert sc.statistics().replicas["r1"].rewind_floor > early.position
+    finally:
+        eng.close()
+
+
+def test_a_rewind_before_a_first_sync_into_an_empty_directory_is_exact(tmp_path: Path) -> None:
+    eng, sc, master = new_scenario(tmp_path)
+    try:
+        write(master / "f", b"one")
+        early = sc.set_rewind_point("early")
+        want = snapshot(master)
+        sc.start()
+        write(master / "f", b"two")
+        write(master / "g", b"new")
+        sc.capture()
+        sc.wait_replicated()
+        sc.rewind("r1", early)
+        assert snapshot(tmp_path / "r1") == want
+    finally:
+        eng.close()
+
+
+def test_a_rewind_to_before_the_scenario_was_created_is_refused(tmp_path: Path) -> None:
+    # Was a bug: under a reused name, a position of the removed scenario emptied the
+    # new one's replica, where a replay of the name gave the old scenario's files.
+    eng, sc, master = new_scenario(tmp_path)
+    try:
+        write(master / "f", b"old")
+        sc.start()
+        old = sc.set_rewind_point("old")
+        sc.stop()
+        eng.remove_scenario("s")
+        shutil.rmtree(tmp_path / "r1")
+        sc = eng.create_scenario("s", master=str(master), replicas={"r1": str(tmp_path / "r1")})
+        sc.start()
+        write(master / "f", b"new")
+        sc.capture()
+        sc.wait_replicated()
+        with pytest.raises(RewindUnreachableError):
+            sc.rewind("r1", position=old.position)
+        assert (tmp_path / "r1/f").read_bytes() == b"new"
+    finally:
+        eng.close()
+
+
+def _points(tmp_path: Path) -> tuple[Engine, Scenario, Path, list[tuple[Any, dict[bytes, Any]]]]:
+    eng, sc, master = new_scenario(tmp_path)
+    write(master / "db", b"A" * 8192)
+    sc.start()
+    marks = []
+    for i in range(3):
+        with open(master / "db", "r+b") as f:
+            f.seek(4096)
+            f.write(bytes([66 + i]) * 16)
+        write(master / f"log{i}", b"line %d\n" % i)
+        sc.capture()
+        marks.append((sc.set_rewind_point(f"p{i}"), snapshot(master)))
+    sc.wait_replicated()
+    return eng, sc, master, marks
+
+
+def test_a_replica_used_while_rewound_is_never_rewound_from_what_it_became(
+    tmp_path: Path,
+) -> None:
+    # Was a bug: an application wrote into the rewound replica; later rewinds undid and
+    # applied the journal over those writes and reported trees the journal never held.
+    eng, sc, master, marks = _points(tmp_path)
+    try:
+        (p0, _), (p1, _), _ = marks
+        sc.rewind("r1", p0)
+        with open(tmp_path / "r1/db", "r+b") as f:  # the application uses the replica
+            f.seek(100)
+            f.write(b"XXXXXXXXXX")
+        write(tmp_path / "r1/app.lock", b"pid")
+        with pytest.raises(ReplicaDivergedError):
+            sc.rewind("r1", p1)
+        sc.resume("r1")  # resynchronized; what it was before the resume is out of reach
+        sc.wait_replicated()
+        assert snapshot(tmp_path / "r1") == snapshot(master)
+        assert "AW0004" in [e.code for e in events_of(eng, AlertRaised)]
+        with pytest.raises(RewindUnreachableError):
+            sc.rewind("r1", p1)
+        write(master / "later", b"later")
+        later = sc.set_rewind_point("later")
+        want = snapshot(master)
+        write(master / "db", b"gone")
+        sc.capture()
+        sc.wait_replicated()
+        sc.rewind("r1", later)  # after the resume: exact
+        assert snapshot(tmp_path / "r1") == want
+    finally:
+        eng.close()
+
+
+def test_a_replica_left_as_rewound_keeps_its_history_across_resumes(tmp_path: Path) -> None:
+    eng, sc, _master, marks = _points(tmp_path)
+    try:
+        (p0, tree0), (p1, tree1), _ = marks
+        sc.rewind("r1", p0)
+        sc.rewind("r1", p1)  # forward, then back: nothing else touched it
+        sc.rewind("r1", p0)
+        sc.resume("r1")
+        sc.wait_replicated()
+        assert "AW0004" not in [e.code for e in events_of(eng, AlertRaised)]
+        for point, tree in [(p1, tree1), (p0, tree0)]:
+            sc.rewind("r1", point)
+            assert snapshot(tmp_path / "r1") == tree
+    finally:
+        eng.close()
+
+
+class _Killed(BaseException):
+    """Stands for SIGKILL inside the process: nothing after it runs, nothing catches it."""
+
+
+def test_a_trim_killed_before_it_is_journaled_trims_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Was a bug: the trim committed first and UndoTrimmed after it, in its own
+    # transaction: a kill between shortened history with nothing journaled.
+    eng, sc, _master, _marks = _points(tmp_path)
+    undo = sc._appliers["r1"].undo
+    held = undo.records()
+    with eng.store.read() as txn:
+        floor = undo.floor(txn)
+    real = type(eng)._append
+
+    def dying(self: Engine, events: Any, inline: Any = None) -> list[int]:
+        if any(isinstance(e, UndoTrimmed) for e in events):
+            raise _Killed
+        return real(self, events, inline)
+
+    monkeypatch.setattr(type(eng), "_append", dying)
+    with pytest.raises(_Killed):
+        sc.trim_undo(RetentionPolicy(max_bytes=1, min_points=1))
+    assert undo.records() == held
+    with eng.store.read() as txn:
+        assert undo.floor(txn) == floor
+    monkeypatch.setattr(type(eng), "_append", real)
+    decisions = sc.trim_undo(RetentionPolicy(max_bytes=1, min_points=1))
+    trims = events_of(eng, UndoTrimmed)
+    assert [t.upto for t in trims if t.replica == "r1"] == [decisions["r1"].trim_upto]
+    assert len(undo.records()) == len(held) - trims[0].records
+    eng.close()
+
+
+def _written_in_place(tmp_path: Path) -> tuple[Engine, Scenario, Path, Any]:
+    """f and g, a point, then bytes written into both in place (journaled writes)."""
+    eng, sc, master = new_scenario(tmp_path)
+    write(master / "f", b"A" * 4096)
+    write(master / "g", b"G" * 4096)
+    sc.start()
+    point = sc.set_rewind_point("P")
+    for name in ("f", "g"):
+        with sc.open(name) as f:
+            f.seek(100)
+            f.write(b"HH")
+    sc.wait_replicated()
+    return eng, sc, master, point
+
+
+def test_a_rewind_that_finds_a_file_gone_from_the_replica_says_so(tmp_path: Path) -> None:
+    # Was a bug: the bytes to put back into a file someone deleted from the replica
+    # were skipped, and the rewind reported the point reached.
+    eng, sc, master, point = _written_in_place(tmp_path)
+    try:
+        (tmp_path / "r1/g").unlink()
+        with pytest.raises(ReplicaDivergedError, match="'g'"):
+            sc.rewind("r1", point)
+        sc.resume("r1")  # the way out the error's hint names
+        sc.wait_replicated()
+        assert snapshot(tmp_path / "r1") == snapshot(master)
+    finally:
+        eng.close()
+
+
+def test_a_write_into_a_file_gone_from_the_replica_stops_its_applier(tmp_path: Path) -> None:
+    # Was a bug: the write made a new file of zeros with the written bytes in it.
+    eng, sc, _master = new_scenario(tmp_path)
+    try:
+        write(tmp_path / "m/g", b"G" * 4096)
+        sc.start()
+        sc.stop()  # the next writes are applied in this thread
+        (tmp_path / "r1/g").unlink()
+        with sc.open("g") as f:
+            f.seek(100)
+            f.write(b"HH")
+        with pytest.raises(ReplicaDivergedError, match="'g'"):
+            sc.wait_replicated()
+        assert not (tmp_path / "r1/g").exists()
+    finally:
+        eng.close()
