@@ -19,9 +19,13 @@ LMDB's traps (FACTS.md):
 - stale reader slots of dead processes are cleared on open (``reader_check``);
 - a full volume is :class:`~xoengine.errors.DiskFullError` even when LMDB
   reports the short write it causes as EIO;
-- at open, damage that LMDB would trust is refused: its meta pages and the
-  roots of the tables are checked (a flipped bit there would otherwise make it
-  read an older snapshot or lose whole tables without an error).
+- at open, damage that LMDB would trust is refused: the data file's length
+  (before LMDB maps it: a meta page cut short is SIGBUS), its meta pages and
+  the roots of the tables are checked (a flipped bit there would otherwise make
+  it read an older snapshot or lose whole tables without an error); damage to
+  LMDB's structure is :class:`~xoengine.errors.JournalDamagedError` (exit 4);
+- a new journal is never created inside another one's directory (a bare copy
+  opened writable by mistake would be hidden by it).
 """
 
 from __future__ import annotations
@@ -45,13 +49,16 @@ import lmdb
 from xoengine.errors import (
     ConfigurationError,
     DiskFullError,
+    JournalDamagedError,
+    JournalInsideJournalError,
     JournalLockedError,
     JournalMissingError,
     JournalReadOnlyError,
+    OutputLocationError,
     StorageError,
     XoError,
 )
-from xoengine.metapage import meta_problem
+from xoengine.metapage import meta_problem, size_problem
 from xoengine.transaction import ReadTxn, WriteTxn
 
 if TYPE_CHECKING:
@@ -160,6 +167,26 @@ class Durability(enum.Enum):
             raise ConfigurationError(detail=f"durability {value!r} is not one of {names}") from None
 
 
+def make_directory(target: Path, action: str, not_done: str) -> list[Path]:
+    """Make ``target`` and its missing parents; return the ones made, deepest first.
+
+    For what xoengine writes out (a journal copy, a replay): a failure removes
+    what it made and is coded, E4004 on a full volume (``not_done`` says what
+    was not done), else E2007 (``action``: what could not be done).
+    """
+    made = [p for p in (target, *target.parents) if not os.path.lexists(p)]
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        for directory in made:
+            with contextlib.suppress(OSError):
+                directory.rmdir()
+        if e.errno == errno.ENOSPC:
+            raise DiskFullError(path=str(target), detail=not_done) from e
+        raise OutputLocationError(action=action, path=str(target), detail=e.strerror) from e
+    return made
+
+
 @dataclass(frozen=True)
 class StoreInfo:
     """Figures about one store, for ``statistics()`` and the CLI."""
@@ -183,17 +210,28 @@ def _volume_full(path: str) -> bool:
     return blocks * stat.f_frsize < _NEARLY_FULL
 
 
-def _translate(exc: lmdb.Error, path: str) -> StorageError:
-    """Map a py-lmdb error onto the coded tree (the one choke point)."""
+_DAMAGE = (lmdb.CorruptedError, lmdb.PageNotFoundError, lmdb.InvalidError)
+"""LMDB's answers to a broken page structure (or a data file that is no LMDB file)."""
+
+
+def _translate(
+    exc: lmdb.Error, path: str, *, not_done: str = "the last write to the journal was not recorded"
+) -> StorageError:
+    """Map a py-lmdb error onto the coded tree (the one choke point).
+
+    ``not_done``: what a full volume at ``path`` left undone, for the message.
+    """
     text = str(exc)
     if isinstance(exc, lmdb.ReadonlyError):
         return JournalReadOnlyError(path=path, detail=text)
     if "No space left" in text or getattr(exc, "errno", None) == errno.ENOSPC:
-        return DiskFullError(path=path)
+        return DiskFullError(path=path, detail=not_done)
     if "Input/output error" in text and _volume_full(path):
         # LMDB turns a short write into EIO; the kernel writes short when the volume
         # runs out of room in the middle of a write, so on a full volume it is ENOSPC.
-        return DiskFullError(path=path)
+        return DiskFullError(path=path, detail=not_done)
+    if isinstance(exc, _DAMAGE):
+        return JournalDamagedError(path=path, detail=f"{type(exc).__name__}: {text}")
     if isinstance(exc, (lmdb.NotFoundError,)) and "No such file" in text:
         return JournalMissingError(path=path)
     return StorageError(detail=f"{type(exc).__name__}: {text} ({path})")
@@ -305,6 +343,7 @@ class Store:
         self._watcher_stop = threading.Event()
         self.poll_interval = 0.05
         self._closed = False
+        self._check_size()
         self._env = self._open_env(map_size)
         try:
             self._check_meta()
@@ -314,6 +353,29 @@ class Store:
             raise
 
     # -- lifecycle ---------------------------------------------------------------
+
+    def _check_size(self) -> None:
+        """Refuse a data file too short for LMDB's meta pages, before LMDB maps it."""
+        try:
+            fd = os.open(Path(self.path) / "data.mdb", os.O_RDONLY)
+        except OSError:
+            return  # none (a new journal, or a missing one: said by the open)
+        try:
+            problem = size_problem(fd)
+        finally:
+            os.close(fd)
+        if problem is not None:
+            raise JournalDamagedError(path=self.path, detail=problem)
+
+    def _refuse_nested(self) -> None:
+        """Refuse to create a journal in a directory of another journal (a bare copy).
+
+        An engine opened writable on a bare copy would make ``COPY/journal``; the
+        verbs that only look would then read that empty journal, not the copy.
+        """
+        here = Path(self.path)
+        if not (here / "data.mdb").exists() and (here.parent / "data.mdb").is_file():
+            raise JournalInsideJournalError(path=self.path, parent=str(here.parent))
 
     def _open_env(self, map_size: int) -> Any:
         kwargs: dict[str, Any] = {
@@ -328,6 +390,7 @@ class Store:
                 raise JournalMissingError(path=self.path)
             writable_dir = os.access(self.path, os.W_OK)
             return self._lmdb_open(readonly=True, lock=writable_dir, create=False, **kwargs)
+        self._refuse_nested()
         try:
             Path(self.path).mkdir(parents=True, exist_ok=True)
         except OSError as e:
@@ -460,8 +523,8 @@ class Store:
                 problem = meta_problem(fd, metas, psize)
                 if os.pread(fd, 2 * psize, 0) == metas:
                     if problem is not None:
-                        detail = f"LMDB page structure damaged: {problem} ({self.path})"
-                        raise StorageError(detail=detail)
+                        detail = f"LMDB page structure damaged: {problem}"
+                        raise JournalDamagedError(path=self.path, detail=detail)
                     return
         finally:
             os.close(fd)
@@ -490,8 +553,8 @@ class Store:
                 name = key.decode()
             except UnicodeDecodeError:
                 # Every table name was written from a str: this one is damaged.
-                detail = f"table directory damaged: undecodable table name {key!r} ({self.path})"
-                raise StorageError(detail=detail) from None
+                detail = f"table directory damaged: undecodable table name {key!r}"
+                raise JournalDamagedError(path=self.path, detail=detail) from None
             try:
                 self._handle(name)
             except lmdb.MapResizedError:
@@ -510,22 +573,24 @@ class Store:
         if not names:
             return
         if _CATALOG.encode() not in keys:
-            raise StorageError(
-                detail=f"table directory damaged: the table catalog is missing ({self.path})"
+            raise JournalDamagedError(
+                path=self.path, detail="table directory damaged: the table catalog is missing"
             )
         listed: set[bytes] = set()
         with self._env.begin(write=False) as txn:
             handle = self._env.open_db(_CATALOG.encode(), txn=txn, create=False)
             for key, value in txn.cursor(db=handle).iternext(keys=True, values=True):
                 if bytes(value) != _crc(bytes(key)):
-                    damaged = f"catalog entry {bytes(key)!r} ({self.path})"
-                    raise StorageError(detail=f"table directory damaged: {damaged}")
+                    damaged = f"catalog entry {bytes(key)!r}"
+                    raise JournalDamagedError(
+                        path=self.path, detail=f"table directory damaged: {damaged}"
+                    )
                 listed.add(bytes(key))
         if listed != names:
             missing = sorted(listed - names)
             unknown = sorted(names - listed)
-            damaged = f"missing {missing}, unknown {unknown} ({self.path})"
-            raise StorageError(detail=f"table directory damaged: {damaged}")
+            damaged = f"missing {missing}, unknown {unknown}"
+            raise JournalDamagedError(path=self.path, detail=f"table directory damaged: {damaged}")
 
     def ensure(self, *names: str) -> None:
         """Create the named tables if they do not exist yet (before writing to them)."""
@@ -938,16 +1003,32 @@ class Store:
         )
 
     def copy_to(self, destination: str, *, compact: bool = True) -> None:
-        """Write a consistent copy of the environment into ``destination`` (hot copy)."""
+        """Write a consistent copy of the environment into ``destination`` (hot copy).
+
+        ``destination`` is made if missing and must hold no journal. A copy that
+        fails (a full volume) removes what it wrote, the directories it made
+        too: a retry finds ``destination`` as it was.
+        """
         self._check_open()
-        Path(destination).mkdir(parents=True, exist_ok=True)
-        if (Path(destination) / "data.mdb").exists():
+        target = Path(destination)
+        made = make_directory(target, "make the copy's directory", "the copy was not made")
+        if (target / "data.mdb").exists():
             raise ConfigurationError(detail=f"{destination} already holds a journal")
-        with self._resize.shared():
-            try:
-                self._env.copy(destination, compact=compact)
-            except lmdb.Error as e:
-                raise _translate(e, destination) from e
+        try:
+            with self._resize.shared():
+                try:
+                    self._env.copy(destination, compact=compact)
+                except lmdb.Error as e:
+                    not_done = "the copy was not made (what it wrote is removed)"
+                    raise _translate(e, destination, not_done=not_done) from e
+        except BaseException:
+            # A partial data.mdb would pass for a damaged journal and block a retry.
+            with contextlib.suppress(OSError):
+                (target / "data.mdb").unlink()
+            for directory in made:
+                with contextlib.suppress(OSError):
+                    directory.rmdir()
+            raise
 
 
 # -- the process-wide registry -----------------------------------------------------

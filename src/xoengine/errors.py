@@ -33,10 +33,13 @@ __all__ = [
     "FrameTooLargeError",
     "IntegrityViolationError",
     "InvalidRelPathError",
+    "JournalDamagedError",
+    "JournalInsideJournalError",
     "JournalLockedError",
     "JournalMissingError",
     "JournalReadOnlyError",
     "NoFileAtError",
+    "OutputLocationError",
     "OverlappingTreesError",
     "ParentNotDirectoryError",
     "PathError",
@@ -136,35 +139,79 @@ class JournalReadOnlyError(StorageError):
     hint = "Open the journal writable to change it; copies for investigators stay read-only."
 
 
+class JournalInsideJournalError(ConfigurationError):
+    """Refused to create a journal at {path}: {parent} holds a journal already."""
+
+    code = "E1002"
+    hint = (
+        "That directory is a bare journal copy (`xoengine journal copy`): read it with "
+        "the verbs that only look, or copy it into a state directory's journal/ to "
+        "write to it. Nothing was created."
+    )
+
+
 class DiskFullError(StorageError):
-    """No space left for the journal at {path}: the last operation was not recorded."""
+    """No space left on the volume holding {path}: {detail}."""
 
     code = "E4004"
     hint = (
-        "Free space on the volume holding the state directory, then retry: everything "
-        "acknowledged before this error is intact."
+        "Free space on the volume holding the path named (or write elsewhere), then "
+        "retry: the journal keeps everything acknowledged before this error, and a "
+        "replay or a copy removes what it wrote."
+    )
+
+    def __init__(self, message: str | None = None, **fields: Any) -> None:
+        """As :class:`XoError`; ``detail`` says what was not done (default: the last write)."""
+        fields.setdefault("detail", "the last write did not finish")
+        super().__init__(message, **fields)
+
+
+class JournalDamagedError(StorageError):
+    """The journal at {path} is damaged: {detail}."""
+
+    code = "E4005"
+    exit_code = 4
+    hint = (
+        "LMDB's own page structure is broken (a cut-short or corrupted file): nothing "
+        "was read from it. Restore the state directory from a copy "
+        "(`xoengine journal copy`); `xoengine journal verify` checks a copy."
     )
 
 
 class FrameError(StorageError):
-    """Malformed record at position {position}: {detail}."""
+    """Malformed record at {at}: {detail}."""
 
     code = "E4010"
     exit_code = 4
     hint = (
-        "The journal is damaged at that position. Run `xoengine journal verify` and "
+        "The journal is damaged at that record. Run `xoengine journal verify` and "
         "restore the state directory from a copy (`xoengine journal copy`)."
     )
 
+    def __init__(self, message: str | None = None, **fields: Any) -> None:
+        """As :class:`XoError`; ``at`` names the record: a position, else its key (a blob id)."""
+        fields.setdefault("at", _record_at(fields.get("position")))
+        super().__init__(message, **fields)
+
+
+def _record_at(position: object) -> str:
+    """Where a damaged record is: a journal position, a key (a blob id, in hex) or a label."""
+    text = str(position)
+    if isinstance(position, int) or text.isdigit():
+        return f"position {text}"
+    if len(text) >= 16 and all(c in "0123456789abcdef" for c in text):
+        return f"key {text}"
+    return text
+
 
 class ChecksumMismatchError(FrameError):
-    """Checksum mismatch at position {position} in {table}: the record is damaged."""
+    """Checksum mismatch at {at} in {table}: the record is damaged."""
 
     code = "E4011"
 
 
 class FrameTooLargeError(FrameError):
-    """Record at position {position} declares {size} bytes, above the cap of {cap}."""
+    """Record at {at} declares {size} bytes, above the cap of {cap}."""
 
     code = "E4012"
 
@@ -180,7 +227,7 @@ class RecordTooLargeError(FrameTooLargeError):
 
 
 class UnsupportedFormatError(FrameError):
-    """Record at position {position} has format version {version}; this build reads {supported}."""
+    """Record at {at} has format version {version}; this build reads {supported}."""
 
     code = "E4013"
     hint = "Open the journal with a newer xoengine (format versions only ever increase)."
@@ -225,6 +272,7 @@ class PathEscapesRootError(PathError):
     """The path {path!r} would leave its root: {detail}."""
 
     code = "E2001"
+    exit_code = 2
     hint = (
         "Give a relative path without '..' parts. A journal, media file or peer that "
         "sends such a path is damaged or hostile: investigate it before trusting it."
@@ -235,6 +283,7 @@ class InvalidRelPathError(PathError):
     """{path!r} is not a valid relative path: {detail}."""
 
     code = "E2002"
+    exit_code = 2
     hint = "A relative path names a file under a root: not empty, no NUL byte."
 
 
@@ -253,6 +302,17 @@ class ParentNotDirectoryError(PathError):
 
     code = "E2004"
     hint = "The target tree differs from the source: resynchronize the replica."
+
+
+class OutputLocationError(XoError):
+    """Cannot {action} {path!r}: {detail}."""
+
+    code = "E2007"
+    exit_code = 2
+    hint = (
+        "Give a path whose parent is an existing, writable directory, outside the state "
+        "directory (a replay's --to: a new or empty directory). Nothing was written."
+    )
 
 
 class TreeRootMissingError(XoError):
@@ -330,7 +390,7 @@ class ScenarioNotFoundError(ScenarioError, KeyError):
     """No scenario named {name!r}."""
 
     code = "E3002"
-    hint = "List scenarios with Engine.scenarios() or `xoengine scenarios`."
+    hint = "List scenarios with Engine.scenarios() or `xoengine scenario list STATE`."
 
 
 class OverlappingTreesError(ScenarioError):

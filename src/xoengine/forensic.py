@@ -38,7 +38,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Final, Protocol
 
-from xoengine.errors import ConfigurationError, FrameError, NoFileAtError, XoError
+from xoengine.datastore import make_directory
+from xoengine.errors import (
+    ConfigurationError,
+    FrameError,
+    NoFileAtError,
+    XoError,
+)
 from xoengine.events import (
     FILE_EVENTS,
     BytesWritten,
@@ -335,6 +341,11 @@ def _operation(event: FileEvent) -> str:
     }.get(type(event), type(event).__name__)
 
 
+def _make_target(target: Path) -> list[Path]:
+    """Make the replay target ``target``; return the directories made, deepest first."""
+    return make_directory(target, "make the replay target", "the replay target was not made")
+
+
 class Forensics:
     """Replay, history, diff and bisect for one scenario over a :class:`JournalSource`."""
 
@@ -441,7 +452,9 @@ class Forensics:
 
         ``to`` must be new or empty: a replay over other files would mix them
         into the tree it claims to show. A replay that fails (a damaged blob, a
-        full disk, an interruption) removes what it wrote: ``to`` is left as found.
+        full disk, an interruption) removes what it wrote, the directories it made
+        for ``to`` too: they are left as found. A ``to`` that cannot be made is
+        :class:`~xoengine.errors.OutputLocationError` (or ``DiskFullError``).
         """
         target = Path(to)
         if target.is_symlink() or (
@@ -467,7 +480,7 @@ class Forensics:
                 position=position,
                 detail="nothing was there (`history` says when something was)",
             )
-        existed = target.exists()
+        made = _make_target(target)
         out = ReplicaTree(os.fspath(to), fsync=False, replica=False)
         try:
             with out.holding_parents():  # a new tree: nothing moves
@@ -482,8 +495,9 @@ class Forensics:
             with contextlib.suppress(XoError, OSError):
                 for name in os.listdir(target):
                     out.delete(name)
-                if not existed:
-                    target.rmdir()
+            for directory in made:  # deepest first
+                with contextlib.suppress(OSError):
+                    directory.rmdir()
             raise
         return ReplayResult(position=position, files=files, dirs=dirs, links=links, bytes=total)
 

@@ -9,10 +9,13 @@ snapshot or lose whole tables without an error. :func:`meta_problem` reads
 the two meta pages and the roots they point to, as LMDB 0.9 lays them out
 (64-bit), and says what is wrong; ``datastore.Store`` refuses to open such a
 file with a coded error. The rules are listed on ``Store._check_meta``.
+:func:`size_problem` is asked first, before LMDB maps the file: LMDB checks
+no length, and reads a meta page cut short through its map (SIGBUS).
 """
 
 from __future__ import annotations
 
+import mmap
 import os
 import struct
 from typing import TYPE_CHECKING
@@ -20,7 +23,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
-__all__ = ["meta_problem"]
+__all__ = ["meta_problem", "size_problem"]
 
 # LMDB 0.9 on-disk layout (64-bit).
 _PAGE_HEAD = struct.Struct("=QHHHH")  # pgno, pad, flags, lower, upper
@@ -34,10 +37,33 @@ _P_BRANCH, _P_LEAF, _P_KINDS = 0x01, 0x02, 0x0F
 _F_BIGDATA, _F_SUBDATA = 0x01, 0x02
 _MAX_DEPTH = 64
 _FREE_LIST_PAGES = 4096  # read at most this many pages of the free list at open
+_PSIZE = struct.Struct("=I")  # the free table's pad in the first meta page: LMDB's page size
 
 
 class _DamagedError(Exception):
     """Structural damage found by the open-time check; the message says what."""
+
+
+def size_problem(fd: int) -> str | None:
+    """What is wrong with the length of the data file ``fd``, or None.
+
+    An empty file is a new journal (LMDB writes its meta pages). Any other
+    holds LMDB's two meta pages whole, of the page size the first one names
+    (the system's where it names none).
+    """
+    size = os.fstat(fd).st_size
+    if size == 0:
+        return None
+    psize = mmap.PAGESIZE
+    head = os.pread(fd, _PAGE_HEAD.size + _META_HEAD.size + _PSIZE.size, 0)
+    if len(head) == _PAGE_HEAD.size + _META_HEAD.size + _PSIZE.size:
+        magic, _, _, _ = _META_HEAD.unpack_from(head, _PAGE_HEAD.size)
+        (named,) = _PSIZE.unpack_from(head, _PAGE_HEAD.size + _META_HEAD.size)
+        if magic == _MDB_MAGIC and named >= psize:  # LMDB's pages are no smaller than the system's
+            psize = named
+    if size < 2 * psize:
+        return f"the data file is cut short: {size} bytes, less than two {psize}-byte meta pages"
+    return None
 
 
 def meta_problem(fd: int, metas: bytes, psize: int) -> str | None:
@@ -54,7 +80,8 @@ def meta_problem(fd: int, metas: bytes, psize: int) -> str | None:
 def _newer_meta(metas: bytes, psize: int) -> tuple[int, list[tuple[int, ...]]] | None:
     """(last page, [free table, main table]) of the meta page LMDB will use."""
     if len(metas) < 2 * psize:
-        return None  # LMDB refuses a file this short itself
+        # LMDB would read the meta page cut short through its map (SIGBUS).
+        raise _DamagedError(f"the data file is cut short: {len(metas)} bytes, not two meta pages")
     parsed = []
     for index in (0, 1):
         at = index * psize + _PAGE_HEAD.size

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as dt
+import errno
 import os
 import subprocess
 import sys
@@ -22,7 +23,7 @@ from xoengine.cli.journal import parse_time
 from xoengine.cli.output import shown
 from xoengine.cli.scenario import _engine, _plain, _show
 from xoengine.engine import Engine, Instant
-from xoengine.errors import ConfigurationError, XoError
+from xoengine.errors import ConfigurationError, DiskFullError, OutputLocationError, XoError
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -49,19 +50,63 @@ def _instant(eng: Engine, scenario: str, text: str | None) -> Instant | None:
         ) from None
 
 
+def _outside_state(state: str, path: str, action: str) -> None:
+    """Refuse an output ``path`` inside the state directory (or journal copy) ``state``."""
+    home, there = os.path.realpath(state), os.path.realpath(path)
+    if os.path.commonpath([home, there]) == home:
+        raise OutputLocationError(
+            action=action, path=path, detail=f"it is inside the state directory {state}"
+        )
+
+
+def _check_output(state: str, out: str | None, scratch: str | None) -> None:
+    """Refuse ``cat``'s output file and scratch directory before any work is done."""
+    if out is not None:
+        _outside_state(state, out, "write the output to")
+        parent = os.path.dirname(out) or "."
+        if not os.path.isdir(parent):
+            raise OutputLocationError(
+                action="write the output to", path=out, detail=f"{parent} is not a directory"
+            )
+    if scratch is not None and not (
+        os.path.isdir(scratch) and os.access(scratch, os.W_OK | os.X_OK)
+    ):
+        raise OutputLocationError(
+            action="replay into the scratch directory",
+            path=scratch,
+            detail="it is not a directory this process may write in",
+        )
+
+
+def _write_out(source: BinaryIO, out: str) -> int:
+    """Copy ``source`` into the new file ``out``; a failed copy leaves no partial file."""
+    opened = False
+    try:
+        with open(out, "wb") as sink:
+            opened = True
+            return _copy(source, sink)
+    except OSError as e:
+        if opened:
+            with contextlib.suppress(OSError):
+                os.unlink(out)
+        if e.errno == errno.ENOSPC:
+            raise DiskFullError(path=out, detail="the output was not written") from e
+        raise OutputLocationError(action="write the output to", path=out, detail=e.strerror) from e
+
+
 def cmd_cat(args: argparse.Namespace) -> int:
     """``cat``: the bytes one file held at an instant, to stdout or ``--out``.
 
     A line on stderr says which position that was (and its time), so the
     bytes on stdout stay exactly the file's.
     """
+    _check_output(args.state, args.out, args.scratch)
     with Engine.open(args.state, readonly=True) as eng:
         instant = _instant(eng, args.name, args.at)
         position = eng.instant(args.name, instant)
         with eng.file_at(args.name, args.path, position, scratch=args.scratch) as source:
             if args.out:
-                with open(args.out, "wb") as sink:
-                    copied = _copy(source, sink)
+                copied = _write_out(source, args.out)
             else:
                 copied = _copy(source, sys.stdout.buffer)
                 sys.stdout.buffer.flush()
@@ -101,7 +146,8 @@ _PROGRESS_EVERY_S: Final = 2.0
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    """``replay``: rebuild a tree, subtree or file as it was."""
+    """``replay``: rebuild a tree, subtree or file as it was (never inside the state directory)."""
+    _outside_state(args.state, args.to, "replay into")
     with Engine.open(args.state, readonly=True) as eng:
         result = eng.replay(
             args.name,

@@ -1,0 +1,304 @@
+"""Review 14: journals cut short or damaged, full volumes, bare copies, bad output paths.
+
+Real journals, real subprocesses (a journal LMDB reads past its end kills the
+process with SIGBUS, so every open of a damaged file runs in a child). The
+full-volume tests loop-mount a small ext4 (root only; skipped, saying why,
+where that cannot be done).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+
+from xoengine.engine import Engine
+from xoengine.errors import (
+    ChecksumMismatchError,
+    DiskFullError,
+    JournalInsideJournalError,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+SCENARIO = "s"
+
+
+def run_cli(*args: str | Path, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "xoengine.cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        cwd=cwd,
+    )
+
+
+def run_python(code: str, *args: str | Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", code, *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def _state(where: Path, files: dict[str, bytes]) -> Path:
+    """A state directory with scenario ``s`` replicated once; the master at ``where/m``."""
+    master = where / "m"
+    for name, data in files.items():
+        (master / name).parent.mkdir(parents=True, exist_ok=True)
+        (master / name).write_bytes(data)
+    state = where / "state"
+    with Engine.open(state, durability="nosync") as eng:
+        sc = eng.create_scenario(SCENARIO, master=str(master), replicas={"r1": str(where / "r1")})
+        sc.start()
+        sc.wait_replicated()
+        sc.stop()
+    return state
+
+
+@pytest.fixture
+def copy(tmp_path: Path) -> Path:
+    """A bare journal copy (``xoengine journal copy``) of a small scenario."""
+    state = _state(tmp_path, {"f.txt": b"hi\n", "d/g.txt": b"g" * 3000})
+    made = run_cli("journal", "copy", state, tmp_path / "copy")
+    assert made.returncode == 0, made.stderr
+    return tmp_path / "copy"
+
+
+# -- a data file cut short ---------------------------------------------------------------
+
+_OPEN = """
+import sys
+from xoengine.engine import Engine
+from xoengine.errors import XoError
+try:
+    with Engine.open(sys.argv[1], readonly=sys.argv[2] == "readonly") as eng:
+        eng.scenarios()
+except XoError as e:
+    print(e.code, e.exit_code)
+else:
+    print("opened")
+"""
+
+
+@pytest.mark.parametrize("cut", [4097, 5000, 8191])
+def test_journal_cut_inside_its_second_meta_page_is_damage_on_every_open(
+    copy: Path, tmp_path: Path, cut: int
+) -> None:
+    """Was SIGBUS: a data file cut inside its second meta page was mapped and read past its end."""
+    os.truncate(copy / "data.mdb", cut)
+    for verb in (
+        ["journal", "verify", copy],
+        ["journal", "log", copy],
+        ["history", copy, SCENARIO, "f.txt"],
+        ["replay", copy, SCENARIO, "--to", tmp_path / "out"],
+    ):
+        result = run_cli(*verb)
+        assert result.returncode == 4, (verb, result.returncode, result.stderr)
+        assert "E4005" in result.stderr and "cut short" in result.stderr, result.stderr
+    assert not (tmp_path / "out").exists()
+    # Opened as a state directory (its journal in journal/), read-only and writable.
+    state = tmp_path / "cut-state"
+    state.mkdir()
+    shutil.copytree(copy, state / "journal")
+    for mode in ("readonly", "writable"):
+        result = run_python(_OPEN, state, mode)
+        assert result.stdout.split() == ["E4005", "4"], (mode, result.returncode, result.stderr)
+    assert (state / "journal" / "data.mdb").stat().st_size == cut  # nothing written to it
+
+
+def test_structural_damage_exits_4_like_any_damage(copy: Path) -> None:
+    """Was exit 3 (E4000, a failed store): a root page beyond the file's end is damage."""
+    os.truncate(copy / "data.mdb", 8192)  # both meta pages, none of the tables
+    result = run_cli("journal", "verify", copy)
+    assert result.returncode == 4, result.stderr
+    assert "E4005" in result.stderr and "LMDB page structure damaged" in result.stderr
+    assert run_cli("history", copy, SCENARIO, "f.txt").returncode == 4
+
+
+def test_empty_data_file_is_still_a_new_journal(tmp_path: Path) -> None:
+    """Only a file shorter than its meta pages is damage: an empty one is a journal to start."""
+    (tmp_path / "state" / "journal").mkdir(parents=True)
+    (tmp_path / "state" / "journal" / "data.mdb").touch()
+    with Engine.open(tmp_path / "state", durability="nosync") as eng:
+        assert eng.scenarios() == []
+
+
+# -- a bare copy opened writable by mistake ----------------------------------------------
+
+
+def test_writable_verb_on_a_bare_copy_creates_nothing_and_hides_nothing(copy: Path) -> None:
+    """Was: E3002 after making an empty COPY/journal, which every later read then read."""
+    before = sorted(os.listdir(copy))
+    result = run_cli("rewind-points", copy, SCENARIO, "--set", "oops")
+    assert result.returncode == 2, result.stderr
+    assert "E1002" in result.stderr and "bare journal copy" in result.stderr
+    assert sorted(os.listdir(copy)) == before
+    history = run_cli("history", copy, SCENARIO, "f.txt")
+    assert history.returncode == 0, history.stderr
+    assert "f.txt" in history.stdout
+    with pytest.raises(JournalInsideJournalError):
+        Engine.open(copy, durability="nosync")
+    assert sorted(os.listdir(copy)) == before
+
+
+# -- output paths ------------------------------------------------------------------------
+
+
+def test_bad_output_paths_are_coded_usage_errors(copy: Path, tmp_path: Path) -> None:
+    """Were raw NotADirectoryError / FileNotFoundError tracebacks (exit 1)."""
+    (tmp_path / "afile").touch()
+    for args in (
+        ["replay", copy, SCENARIO, "--to", tmp_path / "afile" / "x"],
+        ["replay", copy, SCENARIO, "--to", "/proc/xoengine-no-such"],
+        ["replay", copy, SCENARIO, "--to", copy / "replayed"],
+        ["cat", copy, SCENARIO, "f.txt", "--out", tmp_path / "nodir" / "x"],
+        ["cat", copy, SCENARIO, "f.txt", "--out", copy / "f.out"],
+        ["cat", copy, SCENARIO, "f.txt", "--scratch", tmp_path / "nonexistent"],
+    ):
+        result = run_cli(*args)
+        assert result.returncode == 2, (args, result.stderr)
+        assert result.stderr.startswith("error E2007:"), (args, result.stderr)
+        assert "Traceback" not in result.stderr
+    assert sorted(os.listdir(copy)) == ["data.mdb", "lock.mdb"]
+    assert not (tmp_path / "nodir").exists()
+
+
+def test_replay_into_the_state_directory_is_refused(tmp_path: Path) -> None:
+    state = _state(tmp_path, {"f.txt": b"hi\n"})
+    result = run_cli("replay", state, SCENARIO, "--to", state / "journal" / "replayed")
+    assert result.returncode == 2, result.stderr
+    assert "E2007" in result.stderr and "inside the state directory" in result.stderr
+    assert not (state / "journal" / "replayed").exists()
+
+
+def test_failed_replay_removes_the_directories_it_made(tmp_path: Path) -> None:
+    """Was: new/deep stayed behind a replay into new/deep/target that failed (a damaged blob)."""
+    secret = os.urandom(3000)
+    state = _state(tmp_path, {"d/victim.bin": secret, "ok.txt": b"ok"})
+    assert run_cli("journal", "copy", state, tmp_path / "copy").returncode == 0
+    data = tmp_path / "copy" / "data.mdb"  # compacted: the blob's one copy
+    raw = bytearray(data.read_bytes())
+    at = raw.find(secret[100:200])
+    assert at > 0
+    raw[at + 50] ^= 0x01
+    data.write_bytes(raw)
+    result = run_cli("replay", "copy", SCENARIO, "--to", "new/deep/target", cwd=tmp_path)
+    assert result.returncode == 4, result.stderr
+    assert not (tmp_path / "new").exists()
+    # E4011 names the blob by its key, not as a journal position.
+    assert "E4011" in result.stderr
+    assert "at key " in result.stderr and "at position" not in result.stderr
+
+
+# -- messages and exit codes -------------------------------------------------------------
+
+
+def test_path_errors_exit_2_and_the_scenario_hint_names_a_real_command(copy: Path) -> None:
+    escapes = run_cli("history", copy, SCENARIO, "../x")
+    assert escapes.returncode == 2, escapes.stderr
+    assert "E2001" in escapes.stderr
+    missing = run_cli("history", copy, "nosuch", "x")
+    assert missing.returncode == 2
+    assert "`xoengine scenario list STATE`" in missing.stderr
+    assert run_cli("scenario", "list", copy).returncode == 0
+
+
+def test_damage_messages_name_what_they_name() -> None:
+    blob = ChecksumMismatchError(position="9f" * 16, table="xoengine.blobs")
+    assert "at key " + "9f" * 16 in blob.message and "position" not in blob.message
+    event = ChecksumMismatchError(position=17, table="default.events")
+    assert "at position 17 in default.events" in event.message
+    full = DiskFullError(path="/mnt/replica")
+    assert "/mnt/replica" in full.message and "journal" not in full.message
+    assert "state directory" not in full.hint
+
+
+# -- full volumes ------------------------------------------------------------------------
+
+
+@pytest.fixture
+def small_volume(tmp_path: Path) -> Iterator[Path]:
+    """An 8 MiB ext4 loop-mounted for the test (root only), always unmounted."""
+    image, mount_point = tmp_path / "small.img", tmp_path / "vol"
+    mount_point.mkdir()
+    with image.open("wb") as f:
+        f.truncate(8 * 1024 * 1024)
+    made = subprocess.run(
+        ["mkfs.ext4", "-q", "-m", "0", "-F", str(image)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if made.returncode != 0:
+        pytest.skip(f"cannot make an ext4 image: {made.stderr.strip()}")
+    mounted = subprocess.run(
+        ["mount", "-o", "loop", str(image), str(mount_point)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot loop-mount an ext4 (needs root): {mounted.stderr.strip()}")
+    try:
+        yield mount_point
+    finally:
+        if subprocess.run(["umount", str(mount_point)], check=False).returncode != 0:
+            subprocess.run(["umount", "-l", str(mount_point)], check=False)
+
+
+def _fill(volume: Path, leave: int) -> Path:
+    """Fill ``volume`` up to about ``leave`` free bytes; the filler file."""
+    filler = volume / "filler"
+    with filler.open("wb", buffering=0) as f:
+        while True:
+            stat = os.statvfs(volume)
+            if stat.f_bavail * stat.f_frsize <= leave + 64 * 1024:
+                break
+            try:
+                f.write(bytes(64 * 1024))
+            except OSError:
+                break
+    return filler
+
+
+def test_journal_copy_onto_a_full_volume_leaves_nothing_and_can_be_retried(
+    tmp_path: Path, small_volume: Path
+) -> None:
+    """Was: a partial data.mdb stayed, and the retry said E1001 "already holds a journal"."""
+    files = {f"f{i}": os.urandom(400 * 1024) for i in range(10)}
+    state = _state(tmp_path, files)
+    filler = _fill(small_volume, leave=1024 * 1024)
+    destination = small_volume / "deep" / "copy"
+    result = run_cli("journal", "copy", state, destination)
+    assert result.returncode == 3, result.stderr
+    assert "E4004" in result.stderr and str(destination) in result.stderr
+    assert "the copy was not made" in result.stderr
+    assert sorted(os.listdir(small_volume)) == ["filler", "lost+found"]
+    filler.unlink()
+    again = run_cli("journal", "copy", state, destination)
+    assert again.returncode == 0, again.stderr
+    assert "verified OK" in again.stdout
+
+
+def test_replay_onto_a_full_volume_names_that_volume(tmp_path: Path, small_volume: Path) -> None:
+    """Was: "No space left for the journal", hinting at the state directory's volume."""
+    files = {f"d/f{i}": os.urandom(512 * 1024) for i in range(8)}
+    state = _state(tmp_path, files)
+    _fill(small_volume, leave=1024 * 1024)
+    target = small_volume / "new" / "target"
+    with Engine.open(state, readonly=True) as eng, pytest.raises(DiskFullError) as caught:
+        eng.replay(SCENARIO, to=str(target))
+    assert str(target) in caught.value.message
+    assert "journal" not in caught.value.message
+    assert sorted(os.listdir(small_volume)) == ["filler", "lost+found"]
