@@ -169,6 +169,8 @@ class _Definition:
     pending_rewinds: dict[str, tuple[int, int]] = field(default_factory=dict)
     undo_alerted: set[str] = field(default_factory=set)
     """Replicas whose undo budget alert (AW0002) stands: raised, not yet cleared."""
+    diverged: set[str] = field(default_factory=set)
+    """Replicas found changed outside xoengine (E3011), not synchronized since."""
     left_out: dict[str, set[str]] = field(default_factory=dict)
     """Replica -> the attribute names an AW0003 alert said it left out."""
     created: int = 0
@@ -178,12 +180,15 @@ class _Definition:
     def apply(self, event: ScenarioEvent) -> None:
         self.version = event.originator_version
         if isinstance(event, AlertRaised):
-            if event.code == "AW0002":  # the undo budget nears the window; "info": cleared
+            # AW0002: the undo budget nears the window; E3011: the replica diverged.
+            # Raised, they stand until an "info" one of the same code says they cleared.
+            standing = {"AW0002": self.undo_alerted, "E3011": self.diverged}.get(event.code)
+            if standing is not None:
                 replica = str(event.details["replica"])
                 if event.severity == "info":
-                    self.undo_alerted.discard(replica)
+                    standing.discard(replica)
                 else:
-                    self.undo_alerted.add(replica)
+                    standing.add(replica)
             elif event.code == "AW0003":
                 replica = str(event.details["replica"])
                 self.left_out.setdefault(replica, set()).update(event.details["names"])
@@ -866,6 +871,10 @@ class Engine:
                 isinstance(value, bool) or not isinstance(value, int | float) or value < 0
             ):
                 raise ScenarioError(name=name, detail=f"{key} must be a number >= 0")
+        for key in ("spool_limit", "undo_max_bytes", "undo_min_points"):  # counts
+            value = options.get(key)
+            if value is not None and not isinstance(value, int):
+                raise ScenarioError(name=name, detail=f"{key} must be a whole number")
         return roots, replica_paths
 
     def scenarios(self) -> list[Scenario]:

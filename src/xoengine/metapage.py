@@ -71,6 +71,7 @@ def meta_problem(fd: int, metas: bytes, psize: int) -> str | None:
     try:
         newer = _newer_meta(metas, psize)
         if newer is not None:
+            _check_length(fd, psize, newer[0])
             _check_roots(fd, psize, *newer)
     except _DamagedError as e:
         return str(e)
@@ -104,6 +105,19 @@ def _newer_meta(metas: bytes, psize: int) -> tuple[int, list[tuple[int, ...]]] |
             f"the newer meta page (transaction {newer[0]}) uses fewer pages than the older"
         )
     return newer[1], newer[2]
+
+
+def _check_length(fd: int, psize: int, last_page: int) -> None:
+    """Refuse a data file without every page the newest commit uses.
+
+    LMDB would read the missing ones through its map, past the file's end: SIGBUS.
+    """
+    size = os.fstat(fd).st_size
+    if size < (last_page + 1) * psize:
+        raise _DamagedError(
+            f"the data file is cut short: {size} bytes, where the newest commit "
+            f"uses {last_page + 1} pages of {psize}"
+        )
 
 
 def _check_roots(fd: int, psize: int, last_page: int, dbs: list[tuple[int, ...]]) -> None:

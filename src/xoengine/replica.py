@@ -147,15 +147,18 @@ class ReplicaApplier:
         tree: ReplicaTree,
         read_events: Callable[[int, int], Sequence[tuple[int, Applied | None]]],
         recover: Callable[[], object] | None = None,
+        diverged: Callable[[ReplicaDivergedError], object] | None = None,
     ) -> None:
         """Apply ``scenario``'s events to ``tree``; ``name`` prefixes its tables.
 
         ``recover()`` runs before each pass (under :attr:`lock`): it undoes what
         an apply or a synchronization that did not finish left past the applied
-        position, so that events apply to the state they follow.
+        position, so that events apply to the state they follow. ``diverged(e)``
+        hears of a pass stopped by :class:`ReplicaDivergedError` before it is raised.
         """
         self.store = store
         self.recover = recover
+        self.diverged = diverged
         self.name = name
         self.scenario = scenario
         self.tree = tree
@@ -195,19 +198,26 @@ class ReplicaApplier:
         total = 0
         with self.lock:
             self.sweep_once()
-            if self.recover is not None:
-                self.recover()
-            while True:
-                after = self.position()
-                if upto is not None and after >= upto:
-                    break
-                batch = [
-                    (p, e) for p, e in self.read_events(after, limit) if upto is None or p <= upto
-                ]
-                if not batch:
-                    break
-                self._apply_batch(batch)
-                total += len(batch)
+            try:
+                if self.recover is not None:
+                    self.recover()
+                while True:
+                    after = self.position()
+                    if upto is not None and after >= upto:
+                        break
+                    batch = [
+                        (p, e)
+                        for p, e in self.read_events(after, limit)
+                        if upto is None or p <= upto
+                    ]
+                    if not batch:
+                        break
+                    self._apply_batch(batch)
+                    total += len(batch)
+            except ReplicaDivergedError as e:
+                if self.diverged is not None:
+                    self.diverged(e)
+                raise
         return total
 
     def _apply_batch(self, batch: Sequence[tuple[int, Applied | None]]) -> None:

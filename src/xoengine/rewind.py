@@ -30,7 +30,7 @@ import stat
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
-from xoengine.errors import ReplicaDivergedError
+from xoengine.errors import ConfigurationError, ReplicaDivergedError
 from xoengine.tree import Extents, event_delta, undo_blob_size
 
 if TYPE_CHECKING:
@@ -415,6 +415,20 @@ class RetentionPolicy:
     max_bytes: int | None = None
     min_points: int = 1
     window_s: float | None = None
+
+    def __post_init__(self) -> None:
+        """Refuse what no budget means: a negative or non-numeric limit, a fractional count."""
+        limits = {"max_age_s": self.max_age_s, "window_s": self.window_s}
+        for name, value in limits.items():
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, int | float) or value < 0
+            ):
+                raise ConfigurationError(detail=f"{name} is a number >= 0 or None, not {value!r}")
+        for name, count in {"max_bytes": self.max_bytes, "min_points": self.min_points}.items():
+            if (count is not None or name == "min_points") and (
+                isinstance(count, bool) or not isinstance(count, int) or count < 0
+            ):
+                raise ConfigurationError(detail=f"{name} is an int >= 0, not {count!r}")
 
 
 @dataclass(frozen=True)

@@ -192,6 +192,7 @@ class Scenario:
             tree,
             read_events,
             recover=functools.partial(self._recover, replica),
+            diverged=functools.partial(self._diverged, replica),
         )
         self._appliers[replica] = applier
         return applier
@@ -486,6 +487,14 @@ class Scenario:
             self._engine._scenario_event(
                 self._def, RewindPointSet, name=f"sync-{end}", position=end, kind="sync"
             )
+        for name in names:
+            if name in self._def.diverged:  # exact again: the divergence is over
+                self._alert(
+                    code="E3011",
+                    severity="info",
+                    message=f"cleared: replica {name!r} was synchronized with the master",
+                    details={"replica": name, "cleared": True},
+                )
         self._alert_left_out()
         return summaries
 
@@ -737,6 +746,10 @@ class Scenario:
         """
         applier, target = self._rewind_target(replica, to, position, at)
         applier.check_root()  # refused before anything is journaled
+        if replica in self._def.diverged:
+            # Found changed outside xoengine: neither the undo log nor the journal
+            # knows what it holds. A synchronization (or resume) makes it exact first.
+            raise ReplicaDivergedError(replica=replica, path=".", position=applier.position())
         if self._used_while_rewound(replica):
             # Undoing and applying the journal start from the state the rewind left:
             # from another one, they would give a tree the journal never held.
@@ -748,7 +761,11 @@ class Scenario:
             self._engine._scenario_event(
                 self._def, RewindStarted, replica=replica, from_position=current, to_position=target
             )
-            return self._finish_rewind(replica, current, target, progress)
+            try:
+                return self._finish_rewind(replica, current, target, progress)
+            except ReplicaDivergedError as e:
+                self._diverged(replica, e)
+                raise
 
     def rewind_preview(
         self,
@@ -884,6 +901,13 @@ class Scenario:
             records=records,
         )
 
+    def _diverged(self, replica: str, error: ReplicaDivergedError) -> None:
+        """Journal that ``replica`` was found changed outside xoengine (once, until synced)."""
+        if replica not in self._def.diverged:
+            self._alert(
+                code=error.code, severity="error", message=str(error), details={"replica": replica}
+            )
+
     def _used_while_rewound(self, replica: str) -> bool:
         """Whether a rewound replica changed since its rewind (its print is another)."""
         if replica not in self._def.rewound:
@@ -961,6 +985,10 @@ class Scenario:
         self, policy: RetentionPolicy | None = None, *, now_ns: int | None = None
     ) -> dict[str, RetentionDecision]:
         """Apply the retention policy to every replica's undo log; journal what was dropped."""
+        if policy is not None and not isinstance(policy, RetentionPolicy):
+            raise ConfigurationError(
+                detail=f"a retention policy is a RetentionPolicy, not {policy!r}"
+            )
         policy = policy or self._retention_policy()
         now = time.time_ns() if now_ns is None else now_ns
         recorder = self._engine.recorder

@@ -302,3 +302,24 @@ def test_replay_onto_a_full_volume_names_that_volume(tmp_path: Path, small_volum
     assert str(target) in caught.value.message
     assert "journal" not in caught.value.message
     assert sorted(os.listdir(small_volume)) == ["filler", "lost+found"]
+
+
+@pytest.mark.parametrize("pages_cut", [1, 37])
+def test_a_state_directory_journal_cut_among_its_data_pages_is_damage(
+    tmp_path: Path, pages_cut: int
+) -> None:
+    """Was SIGBUS: pages the newest commit uses, cut from the end of a live journal."""
+    state = _state(tmp_path, {f"f{i}.bin": os.urandom(40_000) for i in range(40)})
+    data = state / "journal" / "data.mdb"
+    os.truncate(data, data.stat().st_size - pages_cut * 4096)
+    for verb in (
+        ["journal", "verify", state],
+        ["replay", state, SCENARIO, "--to", tmp_path / "out"],
+        ["history", state, SCENARIO, "f1.bin"],
+    ):
+        result = run_cli(*verb)
+        assert result.returncode == 4, (verb, result.returncode, result.stderr)
+        assert "E4005" in result.stderr and "cut short" in result.stderr, result.stderr
+    for mode in ("readonly", "writable"):
+        result = run_python(_OPEN, state, mode)
+        assert result.stdout.split() == ["E4005", "4"], (mode, result.returncode, result.stderr)

@@ -19,6 +19,7 @@ from xoengine.errors import (
     ConfigurationError,
     ReplicaDivergedError,
     RewindUnreachableError,
+    ScenarioError,
 )
 from xoengine.events import AlertRaised, RewindStarted, UndoTrimmed
 from xoengine.rewind import RetentionPolicy
@@ -429,5 +430,71 @@ def test_a_write_into_a_file_gone_from_the_replica_stops_its_applier(tmp_path: P
         with pytest.raises(ReplicaDivergedError, match="'g'"):
             sc.wait_replicated()
         assert not (tmp_path / "r1/g").exists()
+    finally:
+        eng.close()
+
+
+def test_a_replica_found_diverged_is_not_rewound_until_synchronized(tmp_path: Path) -> None:
+    # Was a bug: right after its applier stopped on E3011, a rewind of the replica
+    # reported the point reached, over bytes someone had written by hand.
+    eng, sc, master, point = _written_in_place(tmp_path)
+    sc.stop()
+    (tmp_path / "r1/g").unlink()
+    with sc.open("g") as f:
+        f.write(b"II")
+    with pytest.raises(ReplicaDivergedError):
+        sc.wait_replicated()
+    eng.close()
+    with Engine.open(tmp_path / "state", durability="nosync") as eng:  # the journal says so
+        sc = eng.scenario("s")
+        with pytest.raises(ReplicaDivergedError):
+            sc.rewind("r1", point)
+        assert "r1" not in sc.suspended  # refused before anything was done
+        sc.synchronize(replica="r1")  # exact again: the divergence is over
+        sc.wait_replicated()
+        assert snapshot(tmp_path / "r1") == snapshot(master)
+        want = snapshot(tmp_path / "r1")
+        later = sc.set_rewind_point("later")
+        write(master / "f", b"changed")
+        sc.capture()
+        sc.wait_replicated()
+        sc.rewind("r1", later)
+        assert snapshot(tmp_path / "r1") == want
+        cleared = [e for e in events_of(eng, AlertRaised) if e.code == "E3011"]
+        assert [e.severity for e in cleared] == ["error", "info"]
+
+
+@pytest.mark.parametrize(
+    "policy",
+    [
+        {"max_bytes": -1},
+        {"max_bytes": 1.5},
+        {"min_points": -5},
+        {"min_points": 1.5},
+        {"max_age_s": -1.0},
+        {"window_s": "1h"},
+    ],
+)
+def test_a_retention_policy_that_means_no_budget_is_refused(
+    tmp_path: Path, policy: dict[str, Any]
+) -> None:
+    # Was a bug: max_bytes=-1 trimmed the whole undo log.
+    with pytest.raises(ConfigurationError):
+        RetentionPolicy(**policy)
+
+
+def test_trim_undo_and_the_undo_options_refuse_what_is_not_a_budget(tmp_path: Path) -> None:
+    eng, sc, _master = new_scenario(tmp_path)
+    try:
+        with pytest.raises(ConfigurationError):
+            sc.trim_undo("x")  # type: ignore[arg-type]
+        (tmp_path / "m2").mkdir()
+        with pytest.raises(ScenarioError, match="whole number"):
+            eng.create_scenario(
+                "t",
+                master=str(tmp_path / "m2"),
+                replicas={"r": str(tmp_path / "r2")},
+                undo_min_points=1.5,
+            )
     finally:
         eng.close()
