@@ -341,6 +341,8 @@ def test_a_removed_scenarios_point_names_resolve(tmp_path: Path) -> None:
             ro.instant("s", "after")
         with pytest.raises(ScenarioNotFoundError):
             ro.instant("t", "before")
+    # The command line reads a point name of the removed scenario as the API does.
+    assert main(["diff", str(tmp_path / "state"), "s", "before"]) == 0
 
 
 def test_a_reused_name_resolves_a_point_name_to_the_newest(tmp_path: Path) -> None:

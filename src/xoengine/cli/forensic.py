@@ -40,7 +40,7 @@ def _instant(eng: Engine, scenario: str, text: str | None) -> Instant | None:
     if text.isdigit():
         return int(text)
     with contextlib.suppress(XoError):  # no such scenario (removed) or no such point
-        return eng.scenario(scenario).resolve(text)
+        return eng.instant(scenario, text)
     try:
         return parse_time(text)
     except ConfigurationError:
