@@ -252,6 +252,7 @@ class IntegrityViolationError(XoError, _ESIntegrityError):
     """Refused to record: {detail}."""
 
     code = "E4020"
+    exit_code = 3
     hint = "The event or tracking record already exists; reload and retry the command."
 
 
@@ -262,6 +263,7 @@ class PathError(XoError, ValueError):
     """Refused the path {path!r}: {detail}."""
 
     code = "E2000"
+    exit_code = 2
     hint = (
         "Paths from outside (journal, media, network, user) must name something under "
         "their root; check where the path came from."
@@ -291,6 +293,7 @@ class SymlinkedParentError(PathError):
     """Refused {path!r} under {root!r}: its parent {parent!r} is a symbolic link."""
 
     code = "E2003"
+    exit_code = 3  # the tree's state, not the command's
     hint = (
         "Writing through a symbolic link could leave the root. Replace the link with a "
         "directory on the target (or remove it) and retry."
@@ -301,6 +304,7 @@ class ParentNotDirectoryError(PathError):
     """Refused {path!r} under {root!r}: its parent {parent!r} is not a directory."""
 
     code = "E2004"
+    exit_code = 3
     hint = "The target tree differs from the source: resynchronize the replica."
 
 

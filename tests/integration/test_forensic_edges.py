@@ -15,7 +15,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import io
 import json
 import os
 import stat
@@ -131,6 +133,15 @@ def test_bisect_finds_a_burst_that_one_capture_committed_in_several_transactions
             "s", intact, between=(good_end, None), burst_threshold=count, burst_window=0
         )
         assert alone.burst_position is None
+    # The command line takes the window too.
+    command = "head -c4 f00.doc | grep -q GOOD"
+    state = str(tmp_path / "state")
+    for window, burst in (("60", good_end + 1), ("0", None)):
+        argv = ["bisect", state, "s", command, "--good", str(good_end), "--json"]
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            assert main([*argv, "--burst", str(count), "--burst-window", window]) == 0
+        assert json.loads(out.getvalue())["burst_position"] == burst
 
 
 def test_burst_window_rules() -> None:

@@ -24,6 +24,7 @@ from xoengine.cli.output import shown
 from xoengine.cli.scenario import _engine, _plain, _show
 from xoengine.engine import Engine, Instant
 from xoengine.errors import ConfigurationError, DiskFullError, OutputLocationError, XoError
+from xoengine.forensic import BURST_WINDOW_S
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -235,6 +236,7 @@ def cmd_bisect(args: argparse.Namespace) -> int:
             path=args.path,
             between=None if good is None and bad is None else (0 if good is None else good, bad),
             burst_threshold=args.burst,
+            burst_window=args.burst_window,
         )
         _show(result, as_json=args.json)
     return 0
@@ -337,6 +339,13 @@ def add_parsers(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     bisect.add_argument("--bad", help=f"a known bad instant: {_INSTANT} (default: the end)")
     bisect.add_argument(
         "--burst", type=int, default=10, help="files changed at once that flag a burst"
+    )
+    bisect.add_argument(
+        "--burst-window",
+        type=float,
+        default=BURST_WINDOW_S,
+        metavar="SECONDS",
+        help=f"how close in time a burst's changes are (default {BURST_WINDOW_S:g}; 0: one commit)",
     )
     bisect.set_defaults(func=cmd_bisect)
 
