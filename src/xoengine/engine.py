@@ -104,6 +104,7 @@ Instant: TypeAlias = int | dt.datetime | RewindPoint | str
 
 KINDS: Final = ("file_server", "database", "storage_group")
 #: Scenario options that are numbers >= 0 (seconds, bytes or counts).
+_COUNT_OPTIONS: Final = frozenset({"spool_limit", "undo_max_bytes", "undo_min_points"})
 _NUMERIC_OPTIONS: Final = (
     "spool_limit",
     "rewind_interval",
@@ -151,6 +152,12 @@ class XoApplication(Application[uuid.UUID]):
 # -- scenario definition (a fold of the scenario's own events) ----------------------------------
 
 
+STANDING_ALERTS: Final = frozenset({"AW0002", "E3011"})
+"""Alerts that stand for a replica while their condition does, until an ``info`` alert of
+the same code clears them: AW0002 the undo budget nears the window, E3011 the replica was
+changed outside xoengine (cleared by a synchronization of it)."""
+
+
 @dataclass
 class _Definition:
     id: uuid.UUID
@@ -167,23 +174,24 @@ class _Definition:
     points: list[tuple[str, int, str]] = field(default_factory=list)
     rewound: set[str] = field(default_factory=set)
     pending_rewinds: dict[str, tuple[int, int]] = field(default_factory=dict)
-    undo_alerted: set[str] = field(default_factory=set)
-    """Replicas whose undo budget alert (AW0002) stands: raised, not yet cleared."""
-    diverged: set[str] = field(default_factory=set)
-    """Replicas found changed outside xoengine (E3011), not synchronized since."""
+    standing_alerts: dict[str, set[str]] = field(default_factory=dict)
+    """Alert code -> the replicas it stands for: raised, not cleared since (see
+    :data:`STANDING_ALERTS`)."""
     left_out: dict[str, set[str]] = field(default_factory=dict)
     """Replica -> the attribute names an AW0003 alert said it left out."""
     created: int = 0
     """The position of its ScenarioCreated: the name's events before it are another
     scenario's (one removed), which its replicas never held."""
 
+    def standing(self, code: str) -> set[str]:
+        """The replicas alert ``code`` (one of :data:`STANDING_ALERTS`) stands for."""
+        return self.standing_alerts.setdefault(code, set())
+
     def apply(self, event: ScenarioEvent) -> None:
         self.version = event.originator_version
         if isinstance(event, AlertRaised):
-            # AW0002: the undo budget nears the window; E3011: the replica diverged.
-            # Raised, they stand until an "info" one of the same code says they cleared.
-            standing = {"AW0002": self.undo_alerted, "E3011": self.diverged}.get(event.code)
-            if standing is not None:
+            if event.code in STANDING_ALERTS:
+                standing = self.standing(event.code)
                 replica = str(event.details["replica"])
                 if event.severity == "info":
                     standing.discard(replica)
@@ -407,7 +415,10 @@ class Engine:
         if position is None:
             return top
         if not isinstance(position, int) or isinstance(position, bool):
-            raise ConfigurationError(detail=f"a position is an int, not {position!r}")
+            raise ConfigurationError(
+                detail="an instant is a position (int), a time (aware datetime) "
+                f"or a rewind point, not {position!r}"
+            )
         if not 0 <= position <= top:
             raise ConfigurationError(detail=f"position {position} is outside 0..{top}")
         return position
@@ -533,13 +544,6 @@ class Engine:
         any scenario that bore the scenario's name (so the one of the name now
         wins; an older one's point of the same name is reachable by position).
         """
-        if value is not None and (
-            isinstance(value, bool) or not isinstance(value, int | dt.datetime | RewindPoint | str)
-        ):
-            raise ConfigurationError(
-                detail=f"an instant is a position, a time (datetime) or a rewind point, "
-                f"not {value!r}"
-            )
         if isinstance(value, str):
             name = scenario.name if isinstance(scenario, Scenario) else scenario
             live = self._scenarios.get(name)
@@ -867,14 +871,14 @@ class Engine:
             )
         for key in _NUMERIC_OPTIONS:
             value = options.get(key)
+            count = key in _COUNT_OPTIONS
             if value is not None and (
-                isinstance(value, bool) or not isinstance(value, int | float) or value < 0
+                isinstance(value, bool)
+                or not isinstance(value, int if count else int | float)
+                or value < 0
             ):
-                raise ScenarioError(name=name, detail=f"{key} must be a number >= 0")
-        for key in ("spool_limit", "undo_max_bytes", "undo_min_points"):  # counts
-            value = options.get(key)
-            if value is not None and not isinstance(value, int):
-                raise ScenarioError(name=name, detail=f"{key} must be a whole number")
+                whole = ", a whole one" if count else ""
+                raise ScenarioError(name=name, detail=f"{key} must be a number >= 0{whole}")
         return roots, replica_paths
 
     def scenarios(self) -> list[Scenario]:

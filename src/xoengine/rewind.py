@@ -325,8 +325,10 @@ def rewind_back(
         store.write(done)
         return 0
     with store.read() as txn:
-        strict = not (leftovers or undo.undoing(txn))
-    store.write(lambda txn: undo.set_undoing(txn, value=True))
+        unfinished = undo.undoing(txn)
+    strict = not (leftovers or unfinished)
+    if not unfinished:  # noted before the first change (set already: a run to redo)
+        store.write(lambda txn: undo.set_undoing(txn, value=True))
     # What undoing a record of this run removes: a file that is not there is
     # redone work only if one of them (or its parent's) took it away.
     removed = {r.path for r in records if r.op == "created"}

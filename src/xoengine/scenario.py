@@ -85,14 +85,12 @@ DEFAULT_DATABASE_PATTERNS: Final = ("*.db", "*.sqlite", "*.sqlite3", "*.mdf")
 _DB_COMPANIONS: Final = ("-wal", "-shm", "-journal", ".ldf")
 
 _AUTO_POINT_NAME: Final = re.compile(r"(?:sync|auto|backup|integrity)-\d+")
+"""Names of automatic rewind points (kind, then position): refused for user points."""
 
 
 def _trim_inline(undo: UndoLog, upto: int, txn: WriteTxn, _positions: list[int]) -> None:
     """Trim ``undo`` up to ``upto`` in the transaction that journals UndoTrimmed."""
     undo.trim_in(txn, upto)
-
-
-"""Names of automatic rewind points (kind, then position): refused for user points."""
 
 
 @dataclass(frozen=True)
@@ -487,14 +485,8 @@ class Scenario:
             self._engine._scenario_event(
                 self._def, RewindPointSet, name=f"sync-{end}", position=end, kind="sync"
             )
-        for name in names:
-            if name in self._def.diverged:  # exact again: the divergence is over
-                self._alert(
-                    code="E3011",
-                    severity="info",
-                    message=f"cleared: replica {name!r} was synchronized with the master",
-                    details={"replica": name, "cleared": True},
-                )
+        for name in names:  # exact again: a divergence found is over
+            self._standing("E3011", name, None, "it was synchronized with the master")
         self._alert_left_out()
         return summaries
 
@@ -746,13 +738,11 @@ class Scenario:
         """
         applier, target = self._rewind_target(replica, to, position, at)
         applier.check_root()  # refused before anything is journaled
-        if replica in self._def.diverged:
-            # Found changed outside xoengine: neither the undo log nor the journal
-            # knows what it holds. A synchronization (or resume) makes it exact first.
-            raise ReplicaDivergedError(replica=replica, path=".", position=applier.position())
-        if self._used_while_rewound(replica):
-            # Undoing and applying the journal start from the state the rewind left:
-            # from another one, they would give a tree the journal never held.
+        if replica in self._def.standing("E3011") or self._used_while_rewound(replica):
+            # Found changed outside xoengine, or used since its rewind: undoing and
+            # applying the journal from a state neither the undo log nor the journal
+            # knows would give a tree the journal never held. A synchronization (or
+            # resume) makes it exact first.
             raise ReplicaDivergedError(replica=replica, path=".", position=applier.position())
         if replica not in self._def.suspended:
             self.suspend(replica)
@@ -903,10 +893,7 @@ class Scenario:
 
     def _diverged(self, replica: str, error: ReplicaDivergedError) -> None:
         """Journal that ``replica`` was found changed outside xoengine (once, until synced)."""
-        if replica not in self._def.diverged:
-            self._alert(
-                code=error.code, severity="error", message=str(error), details={"replica": replica}
-            )
+        self._standing(error.code, replica, ("error", str(error)))
 
     def _used_while_rewound(self, replica: str) -> bool:
         """Whether a rewound replica changed since its rewind (its print is another)."""
@@ -1022,23 +1009,8 @@ class Scenario:
                         bytes=decision.records_bytes,
                         reasons=list(decision.reasons),
                     )
-            # Raised once while it stands (across opens too: the journal says whether
-            # it stands), and cleared in the journal when it no longer does.
-            standing = name in self._def.undo_alerted
-            if decision.alert is not None and not standing:
-                self._alert(
-                    code="AW0002",
-                    severity="warning",
-                    message=decision.alert,
-                    details={"replica": name},
-                )
-            elif decision.alert is None and standing:
-                self._alert(
-                    code="AW0002",
-                    severity="info",
-                    message=f"cleared: the undo budget of replica {name!r} holds its window again",
-                    details={"replica": name, "cleared": True},
-                )
+            raised = None if decision.alert is None else ("warning", decision.alert)
+            self._standing("AW0002", name, raised, "its undo budget holds its window again")
         return decisions
 
     # -- difference report (R35) ------------------------------------------------------------
@@ -1159,6 +1131,28 @@ class Scenario:
         self._engine._scenario_event(
             self._def, AlertRaised, code=code, severity=severity, message=message, details=details
         )
+
+    def _standing(
+        self, code: str, replica: str, raised: tuple[str, str] | None, cleared: str = ""
+    ) -> None:
+        """Keep the journal's word on an alert that stands while its condition does.
+
+        ``raised``: the condition holds, as ``(severity, message)``: alerted once
+        while it stands, across opens too (the journal says whether it stands).
+        None: it does not, and a standing alert is cleared by an ``info`` one of
+        the same code, saying ``cleared``.
+        """
+        standing = replica in self._def.standing(code)
+        if raised is not None and not standing:
+            severity, message = raised
+            self._alert(code=code, severity=severity, message=message, details={"replica": replica})
+        elif raised is None and standing:
+            self._alert(
+                code=code,
+                severity="info",
+                message=f"cleared: replica {replica!r}: {cleared}",
+                details={"replica": replica, "cleared": True},
+            )
 
     def _alert_left_out(self) -> None:
         """Alert AW0003 once per replica and attribute name it left out (the journal says which).

@@ -1651,11 +1651,7 @@ class UndoLog:
 
     def trim_in(self, txn: WriteTxn, upto: int) -> int:
         """:meth:`trim` inside ``txn`` (the one that journals the trim)."""
-        doomed = []
-        for key, value in txn.items(self.table):
-            if int.from_bytes(key[:8], "big") > upto:
-                break
-            doomed.append((key, value))
+        doomed = list(self._upto(txn, upto))
         for key, value in doomed:
             self._release(txn, key, value)
         self.raise_floor(txn, upto)
@@ -1663,12 +1659,14 @@ class UndoLog:
 
     def count_upto(self, txn: ReadTxn, upto: int) -> int:
         """How many records lie at or before ``upto``."""
-        count = 0
-        for key, _ in txn.items(self.table):
+        return sum(1 for _ in self._upto(txn, upto))
+
+    def _upto(self, txn: ReadTxn, upto: int) -> Iterator[tuple[bytes, bytes]]:
+        """The records at or before ``upto``, oldest first."""
+        for key, value in txn.items(self.table):
             if int.from_bytes(key[:8], "big") > upto:
-                break
-            count += 1
-        return count
+                return
+            yield key, value
 
     def drop(self, txn: WriteTxn, position: int) -> None:
         """Delete the records of ``position`` (a rewind undid them), and what only they held."""

@@ -489,7 +489,7 @@ def test_trim_undo_and_the_undo_options_refuse_what_is_not_a_budget(tmp_path: Pa
         with pytest.raises(ConfigurationError):
             sc.trim_undo("x")  # type: ignore[arg-type]
         (tmp_path / "m2").mkdir()
-        with pytest.raises(ScenarioError, match="whole number"):
+        with pytest.raises(ScenarioError, match="whole one"):
             eng.create_scenario(
                 "t",
                 master=str(tmp_path / "m2"),
