@@ -327,7 +327,11 @@ class Capture:
 
     def _widen_for_moves(self, walked: dict[str, Entry], known: dict[str, FileState]) -> None:
         """Bring a moved path's old name into a scoped pass (its notification may be lost)."""
-        new = {(e.dev, e.inode): p for p, e in walked.items() if p not in known}
+        new = {
+            (e.dev, e.inode): p
+            for p, e in walked.items()
+            if p not in known or not _same_inode(known[p], e)
+        }
         if not new:
             return
         with self.store.read() as txn:
@@ -379,13 +383,17 @@ class Capture:
             del known[path]
 
     def _find_renames(self, walked: dict[str, Entry], known: dict[str, FileState]) -> None:
-        """Journal moves: a new path (or a changed kind) with a vanished path's inode and kind.
+        """Journal moves: a path that holds a vanished path's inode (and kind) it did not hold.
 
         Parents first, so a directory's move carries its children, and their own
-        moves are then found at their new place.
+        moves are then found at their new place. A move onto a path that existed
+        (``mv a b`` over ``b``, an editor's save through a temporary file) is
+        journaled as what it is: ``b`` deleted, then ``a`` renamed to ``b``.
         """
         gone = {(s.dev, s.ino): p for p, s in known.items() if p not in walked and s.ino}
-        candidates = [p for p in walked if p not in known or known[p].kind != walked[p].kind]
+        if not gone:
+            return
+        candidates = [p for p in walked if p not in known or not _same_inode(known[p], walked[p])]
         for path in sorted(candidates, key=lambda p: p.count("/")):
             entry = walked[path]
             old = gone.get((entry.dev, entry.inode))
@@ -398,9 +406,9 @@ class Capture:
             if not self._parents_are_dirs(path, known):
                 continue  # under what the replica still holds as a file or link
             if path in known:
-                if known[path].kind == entry.kind:
+                if _same_inode(known[path], entry):
                     continue  # moved into place already, with its parent
-                self._delete_tree(path, known)  # the kind changed: replaced by the moved one
+                self._delete_tree(path, known)  # replaced by the moved one
             self._create_parents(path, walked, known)
             self._rename(old, path, known)
             for key, was in gone.items():
@@ -1119,3 +1127,10 @@ def _entry_observed(entry: Entry, walk_ns: int) -> list[int]:
         entry.uid,
         entry.gid,
     ]
+
+
+def _same_inode(state: FileState, entry: Entry) -> bool:
+    """Whether ``entry`` is the inode the manifest knows at its path (unknown inodes: by kind)."""
+    if state.kind != entry.kind:
+        return False
+    return not state.ino or (state.dev, state.ino) == (entry.dev, entry.inode)

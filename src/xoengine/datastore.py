@@ -589,8 +589,11 @@ class Store:
         if listed != names:
             missing = sorted(listed - names)
             unknown = sorted(names - listed)
-            damaged = f"missing {missing}, unknown {unknown}"
-            raise JournalDamagedError(path=self.path, detail=f"table directory damaged: {damaged}")
+            if missing:  # a name damaged, or a table dropped
+                detail = f"table directory damaged: missing {missing}, unknown {unknown}"
+            else:
+                detail = f"tables xoengine did not make: {unknown} (written by another program)"
+            raise JournalDamagedError(path=self.path, detail=detail)
 
     def ensure(self, *names: str) -> None:
         """Create the named tables if they do not exist yet (before writing to them)."""

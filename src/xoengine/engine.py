@@ -32,6 +32,7 @@ from xoengine import blocks
 from xoengine.datastore import keep_freed_memory
 from xoengine.errors import (
     ConfigurationError,
+    JournalLockedError,
     NoFileAtError,
     OverlappingTreesError,
     ScenarioError,
@@ -231,6 +232,41 @@ class _Definition:
             self.state = event.state
 
 
+_WRITERS: dict[tuple[int, int], Engine] = {}
+"""The writable engine of each journal directory (device, inode) in this process."""
+_WRITERS_LOCK = threading.Lock()
+
+
+def _claim_in_process(engine: Engine) -> None:
+    """Make ``engine`` its journal's one writable engine in this process, or refuse (E4002).
+
+    The writer lock keeps other processes out; in one process, two engines
+    would each hold projections the other's appends do not update (a second
+    scenario of a name, threads of a dropped engine applying beside a new one).
+    """
+    journal = engine.recorder.datastore.path
+    seen = os.stat(journal)
+    key = (seen.st_dev, seen.st_ino)
+    with _WRITERS_LOCK:
+        holder = _WRITERS.get(key)
+        if holder is not None and not holder._closed:
+            raise JournalLockedError(
+                f"An engine of this process (pid {os.getpid()}) has the journal at "
+                f"{journal} open for writing already: close it first (an Engine not "
+                "closed keeps its scenarios' threads running).",
+                path=journal,
+                pid=os.getpid(),
+            )
+        _WRITERS[key] = engine
+
+
+def _release_in_process(engine: Engine) -> None:
+    with _WRITERS_LOCK:
+        for key, holder in list(_WRITERS.items()):
+            if holder is engine:
+                del _WRITERS[key]
+
+
 def _real(path: str | os.PathLike[str]) -> str:
     return os.path.realpath(os.fspath(path))
 
@@ -301,9 +337,9 @@ class Engine:
             except BaseException:
                 self.app.close()
                 raise
+        self._closed = False
         self.blobs = BlobTable(self.store)
         self.fsync = durability != "nosync"
-        self._closed = False
         self._definitions: dict[str, _Definition] = {}
         self._ever_named: set[str] = set()  # every scenario name the journal holds, removed too
         self._scenarios: dict[str, Scenario] = {}
@@ -320,7 +356,17 @@ class Engine:
             self.store,
             writable=not readonly,
         )
-        self._load()
+        if not readonly:
+            try:
+                _claim_in_process(self)
+            except BaseException:
+                self.app.close()
+                raise
+        try:
+            self._load()
+        except BaseException:
+            _release_in_process(self)
+            raise
 
     @classmethod
     def open(
@@ -352,6 +398,7 @@ class Engine:
 
         Only events of ``kinds``: the others are skipped before their state is decoded.
         """
+        self._check_open("read file events")
         topics = FILE_TOPICS if kinds == FILE_EVENTS else [get_topic(c) for c in kinds]
         return self._scenario_events(scenario, topics, after, upto)
 
@@ -362,6 +409,7 @@ class Engine:
 
         Read through the journal's topic index: a few events, however long the journal.
         """
+        self._check_open("read root events")
         return self._scenario_events(scenario, [_ROOT_TOPIC], after, upto)
 
     def _scenario_events(
@@ -381,15 +429,18 @@ class Engine:
         Read through the journal's stream index: the cost follows that
         identity's events, not the journal's length.
         """
+        self._check_open("read a file's events")
         for record in self.recorder.stream_records(file_id, stop=upto):
             yield record.id, record.time_ns, self._decode(record)
 
     def blob(self, blob_id: bytes) -> memoryview:
         """The verified bytes of a blob (a read-only view: no copy beyond LMDB's)."""
+        self._check_open("read a blob")
         return self.blobs.view(blob_id)
 
     def last_position(self) -> int:
         """The journal's last position now (0: empty)."""
+        self._check_open("read the journal")
         return self.recorder.max_notification_id() or 0
 
     def forensics(self, scenario: str | Scenario) -> Forensics:
@@ -399,6 +450,7 @@ class Engine:
         a typo must not pass for a scenario that had no files.
         """
         name = scenario.name if isinstance(scenario, Scenario) else scenario
+        self._check_open(f"read the history of scenario {name!r}")
         if name not in self._ever_named:
             raise ScenarioNotFoundError(name=name)
         return Forensics(self, name)
@@ -475,7 +527,10 @@ class Engine:
         rel = normalize_relpath(path)
         with tempfile.TemporaryDirectory(prefix="xoengine-file-at-", dir=scratch) as temporary:
             out = os.path.join(temporary, "tree")
-            self.forensics(scenario).replay(out, position, rel)
+            try:
+                self.forensics(scenario).replay(out, position, rel)
+            except NoFileAtError as e:  # a file's bytes were asked for: say it in those words
+                raise NoFileAtError(path=rel, position=position, detail="nothing") from e
             full = os.path.join(out, rel)
             try:
                 st = os.lstat(full)
@@ -581,6 +636,7 @@ class Engine:
         for scenario in self._scenarios.values():
             scenario._stop_threads()
         self._closed = True
+        _release_in_process(self)
         try:
             # A clean close leaves no stream entries to rebuild at the next open.
             # If it cannot write (a full disk), the next open rebuilds them: no loss.
@@ -597,9 +653,15 @@ class Engine:
         """Close."""
         self.close()
 
-    def _check_open(self) -> None:
+    def _check_open(self, action: str = "use it") -> None:
+        """Refuse to ``action`` on a closed engine (one coded error for every call)."""
         if self._closed:
-            raise ScenarioStateError(name="*", state="closed", action="use a closed engine")
+            raise ScenarioStateError(
+                f"The engine on {os.fspath(self.state_dir)!r} is closed: cannot {action}.",
+                name="*",
+                state="closed",
+                action=action,
+            )
 
     # -- journal plumbing -------------------------------------------------------------------
 
@@ -755,7 +817,7 @@ class Engine:
         (seconds, default 1), ``databases`` (patterns of database files, for
         ``kind="database"``), ``groups`` (name -> paths, for ``storage_group``).
         """
-        self._check_open()
+        self._check_open(f"create scenario {name!r}")
         with self._lock:
             roots, replica_paths = self._validate(name, kind, master, replicas, options)
             scenario_id = new_id()
@@ -840,6 +902,9 @@ class Engine:
                 ("replica", p) for p in other.replicas.values()
             ]
         mine = len(roots) + len(replica_paths)
+        # The state directory too: a synchronization would delete the journal from a
+        # replica holding it, and a master holding it would journal the journal.
+        trees.append(("state directory", _real(self.state_dir)))
         for i, (kind_a, a) in enumerate(trees[:mine]):
             for j, (kind_b, b) in enumerate(trees):
                 if i == j:
@@ -883,17 +948,23 @@ class Engine:
 
     def scenarios(self) -> list[Scenario]:
         """Every scenario, by name."""
+        self._check_open("list scenarios")
         return [self._scenarios[n] for n in sorted(self._scenarios)]
 
     def scenario(self, name: str) -> Scenario:
         """The scenario called ``name``."""
+        self._check_open(f"open scenario {name!r}")
         try:
             return self._scenarios[name]
         except KeyError:
             raise ScenarioNotFoundError(name=name) from None
 
     def update_scenario(self, name: str, **options: Any) -> Scenario:
-        """Change options of a scenario (stopped only, so nothing runs on old settings)."""
+        """Change options of a scenario (stopped only, so nothing runs on old settings).
+
+        The scenario's handle is updated in place (and returned): a handle kept
+        from before works on the new options.
+        """
         scenario = self.scenario(name)
         definition = scenario._def
         if definition.running:
@@ -906,15 +977,16 @@ class Engine:
         finally:
             self._definitions = saved
         self._scenario_event(definition, ScenarioUpdated, options=dict(options))
-        self._scenarios[name] = Scenario(self, definition)
-        return self._scenarios[name]
+        scenario._wire()
+        return scenario
 
     def remove_scenario(self, name: str) -> None:
         """Remove a scenario (its history stays in the journal; replica files stay on disk).
 
         What its replicas' appliers kept goes: their tracking positions and
         undo logs (with the before-images only those held), so they can no
-        longer be rewound. Forensics answer from the journal as before.
+        longer be rewound. Forensics answer from the journal as before. A
+        handle of it kept by the caller refuses every use from then on.
         """
         scenario = self.scenario(name)
         scenario._stop_threads()

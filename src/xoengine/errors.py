@@ -172,7 +172,8 @@ class JournalDamagedError(StorageError):
     code = "E4005"
     exit_code = 4
     hint = (
-        "LMDB's own page structure is broken (a cut-short or corrupted file): nothing "
+        "The journal's structure (LMDB's pages, or its list of tables) is not what "
+        "xoengine wrote (a cut-short, corrupted or foreign-modified file): nothing "
         "was read from it. Restore the state directory from a copy "
         "(`xoengine journal copy`); `xoengine journal verify` checks a copy."
     )
@@ -220,6 +221,7 @@ class RecordTooLargeError(FrameTooLargeError):
     """Refused to store a record of {size} bytes under key {position}: the cap is {cap}."""
 
     code = "E4014"
+    exit_code = 3  # a refusal before the write: nothing damaged
     hint = (
         "Nothing was written and the journal is intact. xoengine stores content in "
         "4 MiB blobs, so a record this large is a bug: report it with the traceback."
@@ -402,8 +404,9 @@ class OverlappingTreesError(ScenarioError):
 
     code = "E3003"
     hint = (
-        "A replica may not lie inside its master or another replica, and master roots "
-        "may not contain each other; pick separate directories."
+        "A replica may not lie inside its master or another replica, master roots "
+        "may not contain each other, and neither may hold or lie in the engine's state "
+        "directory; pick separate directories."
     )
 
 
@@ -419,7 +422,10 @@ class ScenarioStateError(XoError):
 
     code = "AE0465"  # the guide's "the scenario is not in replication state"
     exit_code = 2
-    hint = "Start the scenario (or resume the replica) first."
+    hint = (
+        "Bring the scenario to the state the action needs first, as the message "
+        "says: stop it to update it (`xoengine stop`), open a new engine for a closed one."
+    )
 
 
 class ReplicaWriteError(XoError):

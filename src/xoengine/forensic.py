@@ -476,9 +476,11 @@ class Forensics:
         }
         if wanted is not None and not selected and not roots:  # never an empty answer
             raise NoFileAtError(
+                f"Nothing was at {wanted!r} at position {position} "
+                "(`history` says when something was).",
                 path=wanted,
                 position=position,
-                detail="nothing was there (`history` says when something was)",
+                detail="nothing was there",
             )
         made = _make_target(target)
         out = ReplicaTree(os.fspath(to), fsync=False, replica=False)
@@ -730,10 +732,11 @@ class Forensics:
         ids = [fid for fid, paths in moves.items() if any(p == target for _, p in paths)]
         if not ids and not roots:  # a typo must not pass for a path that never changed
             raise NoFileAtError(
+                f"No file, directory or link of scenario {self.scenario!r} ever had the "
+                f"path {target!r} (journal read up to position {end}).",
                 path=target,
                 position=end,
-                detail=f"no file, directory or link of scenario {self.scenario!r} "
-                "ever had that path",
+                detail="no history",
             )
         entries: list[tuple[int, int, HistoryEntry]] = roots
         for fid in ids:
@@ -808,6 +811,9 @@ class Forensics:
 
     def diff(self, from_position: int, to_position: int) -> DiffResult:
         """What changed between two positions (by file identity: renames are renames).
+
+        A path can be both removed (the file it held) and added or a rename's
+        target (the file that took its place), as after ``mv a b`` over ``b``.
 
         ``from_position`` may be the later one: the result then says what leads
         back from it to ``to_position`` (added: paths that come back; removed:

@@ -29,6 +29,7 @@ from xoengine.errors import (
     ReplicaNotFoundError,
     ReplicationTimeoutError,
     RewindUnreachableError,
+    ScenarioStateError,
     XoError,
 )
 from xoengine.events import (
@@ -64,7 +65,7 @@ from xoengine.rewind import (
 from xoengine.sync import LEVELS, Synchronizer, SyncSummary
 from xoengine.tree import ReplicaTree
 from xoengine.walk import ParentCache, normalize_relpath, stat_entry, walk
-from xoengine.worker import ApplierThread, ScanFollower, compare_trees
+from xoengine.worker import ApplierThread, ScanFollower, coded_failure, compare_trees
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Collection, Sequence
@@ -135,6 +136,11 @@ class Scenario:
         self._engine = engine
         self._def = definition
         self._lock = threading.RLock()
+        self._wire()
+
+    def _wire(self) -> None:
+        """Build what the definition's options decide (again after an update, stopped)."""
+        engine, definition = self._engine, self._def
         options = definition.options
         self.block_size: int = int(options.get("block_size", blocks.DEFAULT_BLOCK_SIZE))
         self.layout = Layout(tuple(definition.roots))
@@ -155,6 +161,8 @@ class Scenario:
         )
         self._appliers: dict[str, ReplicaApplier] = {}
         self._threads: dict[str, ApplierThread] = {}
+        self._failed_inline: dict[str, XoError] = {}
+        """Replicas whose inline apply (``wait_replicated`` with no thread) failed last."""
         self._spool_over = False
         self._watcher: Any = None
         self._captured = threading.Condition()  # notified after every append
@@ -165,6 +173,12 @@ class Scenario:
             interrupted = self.manifest.is_rebuilding(txn)
         if interrupted:  # a rebuild killed midway left part of the master state
             self.rebuild_master_state()
+
+    def _usable(self, action: str) -> None:
+        """Refuse to ``action`` through a handle of a closed engine or a removed scenario."""
+        self._engine._check_open(f"{action} scenario {self.name!r}")
+        if self._def.removed:
+            raise ScenarioStateError(name=self.name, state="removed", action=action)
 
     def _wire_replica(self, replica: str) -> ReplicaApplier:
         engine = self._engine
@@ -268,6 +282,7 @@ class Scenario:
         With ``watch`` a live watcher journals changes as they happen (within
         ``watch_delay`` seconds, default 1); otherwise call :meth:`capture`.
         """
+        self._usable("start")
         with self._lock:
             summaries = self.synchronize(level=level)
             if not self._def.running:
@@ -279,6 +294,7 @@ class Scenario:
 
     def stop(self) -> None:
         """Stop replicating (the watcher and applier threads end; nothing is lost)."""
+        self._usable("stop")
         with self._lock:
             self._stop_threads()
             if self._def.running:
@@ -321,13 +337,14 @@ class Scenario:
 
     def capture(self, paths: Sequence[str] | None = None) -> CaptureResult:
         """Journal what changed on the master since the last capture (all of it, or ``paths``)."""
-        self._engine._check_open()
+        self._usable("capture")
         result = self.capture_engine.scan(paths)
         self._after_append()
         return result
 
     def open(self, path: str, mode: str = "r+b") -> JournaledFile:
         """Open a master file whose writes are journaled as exact byte ranges."""
+        self._usable("open a file of")
         return _NotifyingFile(self, self.capture_engine, normalize_relpath(path), mode)
 
     def _after_append(self) -> None:
@@ -345,6 +362,7 @@ class Scenario:
         Write a marker file after a burst of changes and wait for it: the kernel
         reports changes in order, so everything before the marker is journaled too.
         """
+        self._usable("wait for")
         wanted = normalize_relpath(path)
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._captured:
@@ -406,6 +424,7 @@ class Scenario:
 
     def synchronize(self, level: str = "block", replica: str | None = None) -> list[SyncSummary]:
         """Bring replicas (all active ones, or ``replica``) in line with the master (R3)."""
+        self._usable("synchronize")
         return self._synchronize(level, replica)
 
     def _synchronize(
@@ -560,6 +579,7 @@ class Scenario:
 
     def suspend(self, replica: str) -> None:
         """Stop applying changes to ``replica``; they accumulate in the journal (R9)."""
+        self._usable("suspend a replica of")
         self._replica(replica)
         if replica not in self._def.suspended:
             thread = self._threads.pop(replica, None)
@@ -578,6 +598,7 @@ class Scenario:
         finish (a full disk, a volume gone) is given up the same way: the
         replica is resynchronized and follows the master again.
         """
+        self._usable("resume a replica of")
         applier = self._replica(replica)
         if replica in self._def.rewound or replica in self._def.pending_rewinds:
             # A rewind puts back the files' old modification times: a file the
@@ -606,6 +627,7 @@ class Scenario:
                 )
         if replica in self._def.suspended or replica in self._def.rewound:
             self._engine._scenario_event(self._def, ReplicaResumed, replica=replica)
+        self._failed_inline.pop(replica, None)
         if self._def.running:
             self._start_thread(replica)
         self._check_state()
@@ -617,6 +639,7 @@ class Scenario:
         Without running applier threads (scenario stopped) the replicas are
         brought up to date in this thread.
         """
+        self._usable("wait for")
         target = self._engine.last_position()
         deadline = None if timeout is None else time.monotonic() + timeout
         for name, applier in self._appliers.items():
@@ -624,7 +647,16 @@ class Scenario:
                 continue
             thread = self._threads.get(name)
             if thread is None:
-                applier.apply_available(upto=target)
+                try:
+                    applier.apply_available(upto=target)
+                except Exception as e:
+                    # As an applier thread's failure: journaled, and the scenario in Problem.
+                    error = coded_failure(name, e)
+                    self._failed_inline[name] = error
+                    self._applier_failed(name, error)
+                    raise error from e
+                if self._failed_inline.pop(name, None) is not None:
+                    self._check_state()
                 continue
             thread.wake()
             if not thread.wait_position(target, deadline):
@@ -651,10 +683,12 @@ class Scenario:
         """
         self._check_point_name(name)
         self.capture()
-        position = self._engine.last_position()
-        self._engine._scenario_event(
-            self._def, RewindPointSet, name=name, position=position, kind="user"
-        )
+        with self._engine._lock:  # checked again with the append: one point of a name
+            self._check_point_name(name)
+            position = self._engine.last_position()
+            self._engine._scenario_event(
+                self._def, RewindPointSet, name=name, position=position, kind="user"
+            )
         return self._point(name, position, "user")
 
     def _check_point_name(self, name: object) -> None:
@@ -736,6 +770,7 @@ class Scenario:
         ``progress(done, total)`` is called after each commit of undone
         before-images (records of the undo log), from the calling thread.
         """
+        self._usable("rewind a replica of")
         applier, target = self._rewind_target(replica, to, position, at)
         applier.check_root()  # refused before anything is journaled
         if replica in self._def.standing("E3011") or self._used_while_rewound(replica):
@@ -773,6 +808,7 @@ class Scenario:
         are renamed back, ``modified`` byte ranges are put back. A target the
         undo log no longer reaches is refused as the rewind would refuse it.
         """
+        self._usable("preview a rewind of")
         applier, target = self._rewind_target(replica, to, position, at)
         return self._engine.diff(self, applier.position(), target)
 
@@ -972,6 +1008,7 @@ class Scenario:
         self, policy: RetentionPolicy | None = None, *, now_ns: int | None = None
     ) -> dict[str, RetentionDecision]:
         """Apply the retention policy to every replica's undo log; journal what was dropped."""
+        self._usable("trim the undo logs of")
         if policy is not None and not isinstance(policy, RetentionPolicy):
             raise ConfigurationError(
                 detail=f"a retention policy is a RetentionPolicy, not {policy!r}"
@@ -1017,6 +1054,7 @@ class Scenario:
 
     def difference_report(self, replica: str, *, verify: bool = False) -> dict[str, Any]:
         """Master vs replica now: files and bytes pending per path, and (verify) a hash compare."""
+        self._usable("report on")
         applier = self._replica(replica)
         pending: dict[str, dict[str, Any]] = {}
         moved = 0
@@ -1055,6 +1093,7 @@ class Scenario:
 
     def statistics(self) -> ScenarioStatistics:
         """Backlog, data amounts and replicated totals (R31)."""
+        self._usable("read the statistics of")
         engine = self._engine
         journal_position = engine.last_position()
         roots: dict[str, dict[str, int]] = {}
@@ -1126,6 +1165,19 @@ class Scenario:
             self._check_state_locked()
         self._alert_left_out()
 
+    def _applier_failed(self, replica: str, error: XoError) -> None:
+        """Journal an applier's failure (an error alert) and put the scenario in Problem."""
+        self._appliers[replica].counts.errors.append(str(error))
+        with contextlib.suppress(XoError):
+            if replica not in self._def.standing_alerts.get(error.code, ()):  # said already
+                self._alert(
+                    code=error.code,
+                    severity="error",
+                    message=str(error),
+                    details={"replica": replica},
+                )
+            self._check_state()
+
     def _alert(self, *, code: str, severity: str, message: str, details: dict[str, Any]) -> None:
         """Journal an ``AlertRaised`` of this scenario."""
         self._engine._scenario_event(
@@ -1192,7 +1244,10 @@ class Scenario:
                     details={"backlog_bytes": worst, "limit": limit},
                 )
             self._spool_over = over
-        failed = sorted(name for name, t in self._threads.items() if t.error is not None)
+        failed = sorted(
+            {name for name, t in self._threads.items() if t.error is not None}
+            | self._failed_inline.keys()
+        )
         if (over or failed) and self._def.state != "Problem":
             reason = "spool over threshold" if over else f"replica {failed[0]} stopped on an error"
             self._engine._scenario_event(
@@ -1213,6 +1268,7 @@ class Scenario:
         code that runs inline with every append. A rebuild killed midway runs
         again when the engine opens (the manifest is marked until it ends).
         """
+        self._usable("rebuild the master state of")
         engine = self._engine
 
         def drop(txn: WriteTxn) -> None:
@@ -1268,6 +1324,7 @@ class Scenario:
 
     def sync_report(self, replica: str | None = None, *, last_only: bool = True) -> dict[str, Any]:
         """The synchronization report (R35): files sent with paths and sizes, counts, bytes."""
+        self._usable("report on")
         ordered = sync_runs(self._engine._iter_events(SYNC_EVENTS), self.name, replica)
         if last_only:
             latest: dict[str, dict[str, Any]] = {}
@@ -1280,6 +1337,7 @@ class Scenario:
         self, replica: str | None = None, *, detail: bool = False
     ) -> dict[str, Any]:
         """The replication report (R35): bytes since start and since the last report, counts."""
+        self._usable("report on")
         report: dict[str, Any] = {"scenario": self.name, "replicas": {}}
         marks = self._engine._report_marks.setdefault(self.name, {})
         for name, applier in self._appliers.items():

@@ -428,7 +428,7 @@ class ReplicaTree:
 
     def _error(self, path: str, action: str, e: OSError) -> Exception:
         if e.errno == errno.ENOSPC:
-            return DiskFullError(path=self.root)
+            return DiskFullError(path=self.root, detail=f"could not {action} {path!r}")
         fields = {"path": path, "root": self.root, "action": action, "detail": e.strerror}
         if self.replica:
             return ReplicaWriteError(**fields)

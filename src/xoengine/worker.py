@@ -18,7 +18,6 @@ from xoengine.errors import (
     XoError,
 )
 from xoengine.events import (
-    AlertRaised,
     root_label,
 )
 
@@ -28,7 +27,7 @@ if TYPE_CHECKING:
     from xoengine.tree import ReplicaTree
 
 
-__all__ = ["ApplierThread", "ScanFollower", "compare_trees"]
+__all__ = ["ApplierThread", "ScanFollower", "coded_failure", "compare_trees"]
 
 _Seen = tuple[str, int, str, tuple[int, int], dict[str, bytes]]
 """A walked entry as the difference report compares it: kind, mode, content digest or link
@@ -46,8 +45,9 @@ def compare_trees(scenario: Scenario, replica_tree: ReplicaTree) -> dict[str, st
 
     owners = replica_tree.owners
     replica_root = replica_tree.root
+    unlisted: dict[str, str] = {}  # directory -> the side that could not list it
 
-    def digest(root: str, prefix: str) -> dict[str, _Seen]:
+    def digest(root: str, prefix: str, side: str) -> dict[str, _Seen]:
         out: dict[str, _Seen] = {}
         files = ReplicaTree(
             root, fsync=False, create=False, replica=False
@@ -72,19 +72,23 @@ def compare_trees(scenario: Scenario, replica_tree: ReplicaTree) -> dict[str, st
                     (entry.uid, entry.gid),
                     xattrs,
                 )
+        unlisted.update((prefix + u, side) for u in tree.unlisted)
         return out
 
     master: dict[str, _Seen] = {}
     for index, root in enumerate(scenario.layout.roots):
-        master.update(digest(root, scenario.layout.prefix(index)))
-    replica = digest(replica_root, "")
+        master.update(digest(root, scenario.layout.prefix(index), "master"))
+    replica = digest(replica_root, "", "replica")
     for index in range(len(scenario.layout.roots)):
         prefix = scenario.layout.prefix(index).rstrip("/")
         if prefix:
             replica.pop(prefix, None)
-    differences: dict[str, str] = {}
+    # A directory one side could not list: its contents are unknown there, not missing.
+    differences = {d: f"unreadable on the {side}" for d, side in unlisted.items()}
     for path in sorted(set(master) | set(replica), key=os.fsencode):
         a, b = master.get(path), replica.get(path)
+        if unlisted and (path in unlisted or any(path.startswith(d + "/") for d in unlisted)):
+            continue
         if a is None:
             differences[path] = "only on the replica"
         elif b is None:
@@ -184,26 +188,9 @@ class ApplierThread:
     def _fail(self, e: Exception) -> None:
         # The thread ends; the error is journaled (alert), the scenario goes to
         # Problem, waiters get the error, and resume() starts a fresh thread.
-        error = (
-            e
-            if isinstance(e, XoError)
-            else ApplierFailedError(replica=self.replica, detail=repr(e))
-        )
-        if error is not e:
-            error.__cause__ = e
-        self.error = error
-        self.applier.counts.errors.append(str(error))
+        self.error = coded_failure(self.replica, e)
         self._stop.set()
-        with contextlib.suppress(XoError):
-            self.scenario._engine._scenario_event(
-                self.scenario._def,
-                AlertRaised,
-                code=error.code,
-                severity="error",
-                message=str(error),
-                details={"replica": self.replica},
-            )
-            self.scenario._check_state()
+        self.scenario._applier_failed(self.replica, self.error)
 
     def wait_position(self, target: int, deadline: float | None) -> bool:
         """Wait until the replica applied ``target`` (False at ``deadline``; its error raised)."""
@@ -220,6 +207,15 @@ class ApplierThread:
                 self._wake.set()
                 self._progress.wait(timeout=remaining)
         return True
+
+
+def coded_failure(replica: str, e: Exception) -> XoError:
+    """What an applier's exception is reported as: itself if coded, else E3007 caused by it."""
+    if isinstance(e, XoError):
+        return e
+    error = ApplierFailedError(replica=replica, detail=repr(e))
+    error.__cause__ = e
+    return error
 
 
 _FOLLOW_NOTIFY_EVERY: Final = 64

@@ -243,8 +243,11 @@ def test_rewind_onto_a_full_replica_disk_is_coded_and_completes_once_there_is_ro
             except OSError:
                 pass
         assert _free_bytes(tmpfs) < 6 * 240 * 1024
-        with pytest.raises(DiskFullError):
+        with pytest.raises(DiskFullError) as full:
             sc.rewind("r1", point)
+        # It names the replica's volume and the file it could not put back.
+        assert full.value.fields["path"] == str(replica)
+        assert "could not restore 'f" in full.value.fields["detail"], str(full.value)
         assert "r1" in sc._def.suspended  # out of replication, not half-replicating
     filler.unlink()
     with Engine.open(tmp_path / "state", durability="sync") as eng:  # completes the rewind

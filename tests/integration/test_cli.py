@@ -14,7 +14,10 @@ from eventsourcing.persistence import StoredEvent
 from xoengine import codec
 from xoengine.cli import main
 from xoengine.datastore import open_store
+from xoengine.engine import Engine
 from xoengine.journal import LMDBApplicationRecorder
+
+TOPIC = "xoengine.events:FileCreated"
 
 
 def _journal(path: Path, n: int = 5) -> list[uuid.UUID]:
@@ -48,10 +51,22 @@ def test_cli_demo_runs_and_verifies(tmp_path: Path) -> None:
 
 def test_cli_log_filters_and_json(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
     oids = _journal(tmp_path)
+    (tmp_path / "master").mkdir()
+    (tmp_path / "master" / "a").write_text("a")
+    (tmp_path / "master" / "b").write_text("b")
+    with Engine.open(tmp_path / "engine", durability="nosync") as eng:
+        master, replica = str(tmp_path / "master"), str(tmp_path / "replica")
+        eng.create_scenario("s", master=master, replicas={"r": replica}).start()
     assert main(["journal", "log", str(tmp_path), "--json", "--topic", "Created"]) == 0
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [r["position"] for r in rows] == [2, 4]
     assert rows[0]["summary"] == "path='dir/file1.txt' size=10"
+    # An engine's topics are ``module:Class``: the class name alone selects them too.
+    assert main(["journal", "log", str(tmp_path / "engine"), "--topic", "FileCreated"]) == 0
+    created = capsys.readouterr().out.splitlines()
+    assert main(["journal", "log", str(tmp_path / "engine"), "--topic", TOPIC]) == 0
+    assert capsys.readouterr().out.splitlines() == created
+    assert len(created) == 2 and all(TOPIC in line for line in created)
     assert main(["journal", "log", str(tmp_path), "--from", "2", "--to", "3"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 2 and lines[0].split()[0] == "2"

@@ -206,7 +206,7 @@ def test_history_of_a_path_that_never_was_is_an_error(
     small: tuple[Engine, dict[str, int]],
 ) -> None:
     eng, _ = small
-    with pytest.raises(NoFileAtError, match="ever had that path"):
+    with pytest.raises(NoFileAtError, match="ever had the path"):
         eng.history("s", "no/such/file")
     assert [e.operation for e in eng.history("s", "gone")][-1] == "deleted"
     assert eng.history("s", "later")[0].operation == "created"

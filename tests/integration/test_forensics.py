@@ -489,6 +489,55 @@ def test_history_follows_a_file_moved_by_directory_renames(tmp_path: Path) -> No
     eng.close()
 
 
+def test_a_move_onto_an_existing_path_is_a_deletion_and_a_rename(tmp_path: Path) -> None:
+    """``mv a b`` over ``b``, and an editor's save through a temporary file, link the histories.
+
+    Was journaled as a write of the new bytes into ``b`` and a deletion of ``a``:
+    ``history("a")`` ended in a deletion and ``diff`` showed no rename.
+    """
+    eng, sc, master = new_engine(tmp_path)
+    try:
+        write(master / "doc.txt", b"version 1\n")
+        write(master / "a", b"AAAA")
+        write(master / "b", b"BBBBBB")
+        sc.start()
+        before = sc.set_rewind_point("before")
+        tree = snapshot(master)
+        write(master / ".doc.txt.swp", b"version 2, longer\n")
+        sc.capture()
+        os.rename(master / ".doc.txt.swp", master / "doc.txt")
+        os.rename(master / "a", master / "b")
+        after = sc.set_rewind_point("after")
+
+        def changes(path: str) -> list[tuple[str, str, str | None]]:
+            entries = eng.history("fx", path)
+            return [
+                (e.operation, e.path, e.new_path)
+                for e in entries
+                if e.position > before.position and e.operation != "metadata"
+            ]
+
+        assert changes("b") == [("deleted", "b", None), ("renamed", "a", "b")]
+        assert changes("a") == [("renamed", "a", "b")]
+        assert changes("doc.txt") == [
+            ("created", ".doc.txt.swp", None),
+            ("written", ".doc.txt.swp", None),
+            ("deleted", "doc.txt", None),
+            ("renamed", ".doc.txt.swp", "doc.txt"),
+        ]
+        diff = eng.diff("fx", before.position, after.position)
+        assert diff.renamed == {"a": "b"}  # the swap file came and went within the span
+        assert diff.removed == ["b", "doc.txt"]  # the files those paths held
+        assert diff.added == ["doc.txt"]
+        # The replica and a rewind agree with the master, both ways.
+        sc.wait_replicated()
+        assert snapshot(tmp_path / "r1") == snapshot(master)
+        sc.rewind("r1", before)
+        assert snapshot(tmp_path / "r1") == tree
+    finally:
+        eng.close()
+
+
 def test_one_path_is_answered_from_the_path_events_and_its_own(
     world: World, ro: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -575,7 +624,7 @@ def test_history_shows_link_targets_and_modes(tmp_path: Path) -> None:
 
 
 def test_history_of_an_unknown_path_is_an_error(ro: Engine) -> None:
-    with pytest.raises(NoFileAtError, match="ever had that path"):
+    with pytest.raises(NoFileAtError, match="ever had the path"):
         ro.history("fx", "never/was.txt")
 
 

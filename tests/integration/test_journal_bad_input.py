@@ -126,6 +126,26 @@ def test_structural_damage_exits_4_like_any_damage(copy: Path) -> None:
     assert run_cli("history", copy, SCENARIO, "f.txt").returncode == 4
 
 
+_ADD_TABLE = """
+import sys, lmdb
+env = lmdb.open(sys.argv[1], max_dbs=100)
+notes = env.open_db(b"investigator.notes")
+with env.begin(write=True) as txn:
+    txn.put(b"k", b"v", db=notes)
+env.close()
+"""
+
+
+def test_a_table_another_program_added_is_named_as_such(copy: Path) -> None:
+    # Refused (the journal is no longer what xoengine wrote), but not called a
+    # damaged table directory with "missing []".
+    assert run_python(_ADD_TABLE, copy).returncode == 0
+    result = run_cli("journal", "verify", copy)
+    assert result.returncode == 4, result.stderr
+    assert "E4005" in result.stderr
+    assert "tables xoengine did not make: [b'investigator.notes']" in result.stderr
+
+
 def test_empty_data_file_is_still_a_new_journal(tmp_path: Path) -> None:
     """Only a file shorter than its meta pages is damage: an empty one is a journal to start."""
     (tmp_path / "state" / "journal").mkdir(parents=True)

@@ -729,6 +729,37 @@ def test_failed_applier_puts_scenario_in_problem_and_resume_retries(
     assert states == [("Problem", "replica r1 stopped on an error"), ("Running", "problem cleared")]
 
 
+def test_a_failed_apply_without_applier_threads_is_journaled_too(tmp_path: Path) -> None:
+    """An engine opened on a running scenario applies in ``wait_replicated`` (as the CLI does).
+
+    Was: the error reached the caller, but no alert was journaled and the
+    scenario stayed Running (``xoengine capture`` with the replica gone).
+    """
+    master = TreeBuilder(tmp_path / "master")
+    master.apply_all([MakeDir("d"), CreateFile("a", b"a")])
+    with Engine.open(tmp_path / "state", durability="nosync") as eng:
+        _scenario(eng, tmp_path).start()  # stays Running when this process closes it
+    shutil.rmtree(tmp_path / "r1" / "d")
+    (tmp_path / "r1" / "d").write_bytes(b"in the way")
+    master.apply(CreateFile("d/x", b"new file"))
+    with Engine.open(tmp_path / "state", durability="nosync") as eng:
+        sc = eng.scenario("fs")
+        sc.capture()
+        with pytest.raises(XoError) as failed:
+            sc.wait_replicated()
+        assert sc.state == "Problem"
+        alerts = [e for _, e in eng._iter_events((AlertRaised,))]
+        assert [(a.code, a.details["replica"]) for a in alerts] == [(failed.value.code, "r1")]
+    (tmp_path / "r1" / "d").unlink()
+    (tmp_path / "r1" / "d").mkdir()
+    with Engine.open(tmp_path / "state", durability="nosync") as eng:
+        sc = eng.scenario("fs")
+        sc.resume("r1")
+        sc.wait_replicated()
+        assert sc.state == "Running"
+        assert_trees_equal(tmp_path / "master", tmp_path / "r1", mtimes=False)
+
+
 def test_a_replica_whose_root_vanished_stops_instead_of_starting_over_empty(
     tmp_path: Path,
 ) -> None:

@@ -215,6 +215,35 @@ def test_apply_into_an_unreadable_directory_is_coded(user_dir: Path) -> None:
 
 
 @as_user
+def test_verify_says_a_directory_it_cannot_list_is_unreadable(user_dir: Path) -> None:
+    # Was "missing on the replica" for each file under a replica directory of mode 000
+    # (and "only on the replica" under such a master directory).
+    result = run_as_user(
+        user_dir,
+        """
+        import json, os
+        from pathlib import Path
+        from xoengine.engine import Engine
+
+        Path("m/d").mkdir(parents=True)
+        Path("m/d/x").write_text("x")
+        Path("m/y").write_text("y")
+        out = {}
+        with Engine.open("state", durability="nosync") as eng:
+            sc = eng.create_scenario("s", master="m", replicas={"r1": "r1"})
+            sc.start()
+            sc.stop()
+            for side in ("r1", "m"):
+                os.chmod(f"{side}/d", 0)
+                out[side] = sc.difference_report("r1", verify=True)["differences"]
+                os.chmod(f"{side}/d", 0o755)
+        print(json.dumps(out))
+        """,
+    )
+    assert result == {"r1": {"d": "unreadable on the replica"}, "m": {"d": "unreadable on the master"}}
+
+
+@as_user
 def test_a_user_replicates_rewinds_and_replays_read_only_directories(user_dir: Path) -> None:
     # Directories of mode 0555 holding files, one holding another, and a read-only
     # file: synchronized, applied (names added, removed, a directory moved from one

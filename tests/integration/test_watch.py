@@ -49,11 +49,22 @@ def test_watch_replicates_bursts_without_capture_calls(tmp_path: Path) -> None:
                 sc.wait_replicated(timeout=60)
                 assert compare_trees(master, r1) == []
                 assert compare_trees(master, r2) == []
+            # An editor's save: a temporary file moved over the one it replaces.
+            (master / ".a.txt.tmp").write_text("saved\n")
+            (master / "marker-save-1").write_text("written")
+            sc.wait_captured("marker-save-1", timeout=60)
+            (master / ".a.txt.tmp").rename(master / "a.txt")
+            (master / "marker-save-2").write_text("moved")
+            sc.wait_captured("marker-save-2", timeout=60)
+            sc.wait_replicated(timeout=60)
+            assert compare_trees(master, r1) == []
         finally:
             sc.stop()
         history = eng.history("live", "renamed0")
         assert [h.operation for h in history][:1] == ["created"]
         assert any(h.operation == "renamed" for h in history)
+        saved = [(h.operation, h.path, h.new_path) for h in eng.history("live", "a.txt")]
+        assert saved[-3:-1] == [("deleted", "a.txt", None), ("renamed", ".a.txt.tmp", "a.txt")]
 
 
 def test_watch_and_scan_journal_the_same_tree(tmp_path: Path) -> None:

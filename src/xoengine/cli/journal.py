@@ -155,8 +155,13 @@ def cmd_log(args: argparse.Namespace) -> int:
         apps = [args.app] if args.app else applications(store)
         for app in apps:
             recorder = LMDBApplicationRecorder(store, prefix=app)
-            topics = [args.topic] if args.topic else ()
+            # A whole topic (``module:Class``) reads the topic index; a class name alone
+            # (``FileCreated``, ``Aggregate.Event``) is matched against every record's.
+            whole = args.topic if args.topic and ":" in args.topic else None
+            topics = [whole] if whole else []
             for record in recorder.records(args.start, stop=args.stop, topics=topics):
+                if args.topic and not whole and not _names_class(record.topic, args.topic):
+                    continue
                 if args.originator and str(record.originator_id) != args.originator:
                     continue
                 if since is not None and record.time_ns < since:
@@ -174,6 +179,12 @@ def cmd_log(args: argparse.Namespace) -> int:
     finally:
         store.close()
     return 0
+
+
+def _names_class(topic: str, name: str) -> bool:
+    """Whether ``topic`` (``module:Qual.Name``) is of the class ``name`` (or ``Qual.Name``)."""
+    qualname = topic.partition(":")[2]
+    return name in {topic, qualname} or qualname.endswith("." + name)
 
 
 def cmd_copy(args: argparse.Namespace) -> int:
@@ -274,7 +285,9 @@ def add_parsers(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     log = jverbs.add_parser("log", help="list events")
     log.add_argument("path", type=journal_path)
     log.add_argument("--app", help="application (prefix); default: all")
-    log.add_argument("--topic", help="only this event topic")
+    log.add_argument(
+        "--topic", help="only this event topic (module:Class, or the class name alone)"
+    )
     log.add_argument("--originator", help="only this originator id")
     log.add_argument("--from", dest="start", type=int, default=1, help="first position")
     log.add_argument("--to", dest="stop", type=int, default=None, help="last position")

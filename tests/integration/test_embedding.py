@@ -1,0 +1,204 @@
+"""The engine as an embedding program holds it: its state directory, its handles, its threads.
+
+Each test was a finding of a review that embedded the library: a journal
+deleted by its own replica, two engines of one journal in one process, two
+points of one name, handles that outlived their scenario.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from xoengine.engine import Engine
+from xoengine.errors import (
+    ConfigurationError,
+    JournalLockedError,
+    OverlappingTreesError,
+    ScenarioStateError,
+)
+from xoengine.testing import snapshot_contents
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+
+def _master(base: Path) -> Path:
+    master = base / "m"
+    master.mkdir(exist_ok=True)
+    (master / "a").write_text("a")
+    return master
+
+
+@pytest.mark.parametrize(
+    ("state", "master", "replica"),
+    [
+        ("r1/state", "m", "r1"),  # a synchronization would delete the journal
+        ("r1", "m", "r1"),
+        ("m/.state", "m", "r1"),  # every capture would journal the journal
+        ("state", "state/m", "r1"),
+        ("state", "m", "state/r1"),
+    ],
+)
+def test_the_state_directory_may_not_overlap_a_tree(
+    tmp_path: Path, state: str, master: str, replica: str
+) -> None:
+    (tmp_path / master).mkdir(parents=True, exist_ok=True)
+    with Engine.open(tmp_path / state, durability="nosync") as eng:
+        with pytest.raises(OverlappingTreesError, match="state directory"):
+            eng.create_scenario(
+                "s", master=str(tmp_path / master), replicas={"r1": str(tmp_path / replica)}
+            )
+        assert eng.scenarios() == []
+        assert eng.last_position() == 0  # nothing half-created
+
+
+def test_one_writable_engine_per_journal_in_a_process(tmp_path: Path) -> None:
+    master = _master(tmp_path)
+    first = Engine.open(tmp_path / "state", durability="nosync")
+    try:
+        first.create_scenario("s", master=str(master), replicas={"r1": str(tmp_path / "r1")})
+        # Another path to the same directory is the same journal.
+        (tmp_path / "alias").symlink_to(tmp_path / "state")
+        for path in (tmp_path / "state", tmp_path / "alias"):
+            with pytest.raises(JournalLockedError, match="this process"):
+                Engine.open(path, durability="nosync")
+        with Engine.open(tmp_path / "state", readonly=True) as reader:  # readers are welcome
+            assert [s.name for s in reader.scenarios()] == ["s"]
+        assert [s.name for s in first.scenarios()] == ["s"]  # the refused open took nothing
+    finally:
+        first.close()
+    with Engine.open(tmp_path / "state", durability="nosync") as second:
+        assert [s.name for s in second.scenarios()] == ["s"]
+
+
+def test_a_refused_open_leaves_the_journal_to_its_holder(tmp_path: Path) -> None:
+    master = _master(tmp_path)
+    with Engine.open(tmp_path / "state", durability="nosync") as first:
+        sc = first.create_scenario("s", master=str(master), replicas={"r1": str(tmp_path / "r1")})
+        with pytest.raises(JournalLockedError):
+            Engine.open(tmp_path / "state", durability="nosync")
+        sc.start()  # the holder's store was not closed by the refused open
+        (master / "b").write_text("b")
+        sc.capture()
+        sc.wait_replicated()
+        assert snapshot_contents(tmp_path / "r1") == snapshot_contents(master)
+        sc.stop()
+
+
+def test_two_threads_setting_one_point_name_make_one_point(tmp_path: Path) -> None:
+    master = _master(tmp_path)
+    with Engine.open(tmp_path / "state", durability="nosync") as eng:
+        sc = eng.create_scenario("s", master=str(master), replicas={"r1": str(tmp_path / "r1")})
+        sc.start()
+        for round_ in range(10):
+            name = f"p{round_}"
+            ready = threading.Barrier(2)
+            outcomes: list[str] = []
+
+            def set_point(name: str = name, ready: threading.Barrier = ready) -> None:
+                ready.wait()
+                try:
+                    sc.set_rewind_point(name)
+                    outcomes.append("set")
+                except ConfigurationError:
+                    outcomes.append("refused")
+
+            threads = [threading.Thread(target=set_point) for _ in range(2)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            assert sorted(outcomes) == ["refused", "set"]
+            assert [p.name for p in sc.rewind_points()].count(name) == 1
+        sc.stop()
+
+
+def _uses(sc: Any) -> dict[str, Callable[[], object]]:
+    """Every public use of a scenario handle, by name."""
+    return {
+        "start": sc.start,
+        "stop": sc.stop,
+        "capture": sc.capture,
+        "open": lambda: sc.open("a"),
+        "synchronize": sc.synchronize,
+        "suspend": lambda: sc.suspend("r1"),
+        "resume": lambda: sc.resume("r1"),
+        "wait_replicated": sc.wait_replicated,
+        "wait_captured": lambda: sc.wait_captured("a"),
+        "set_rewind_point": lambda: sc.set_rewind_point("late"),
+        "rewind": lambda: sc.rewind("r1", 1),
+        "rewind_preview": lambda: sc.rewind_preview("r1", 1),
+        "trim_undo": sc.trim_undo,
+        "difference_report": lambda: sc.difference_report("r1"),
+        "statistics": sc.statistics,
+        "sync_report": sc.sync_report,
+        "replication_report": sc.replication_report,
+        "rebuild_master_state": sc.rebuild_master_state,
+    }
+
+
+def test_a_removed_scenarios_handle_refuses_every_use(tmp_path: Path) -> None:
+    # Was: it captured, set points and replicated, as history of the name's next
+    # scenario, and its applier thread outlived the engine.
+    master = _master(tmp_path)
+    with Engine.open(tmp_path / "state", durability="nosync") as eng:
+        sc = eng.create_scenario("s", master=str(master), replicas={"r1": str(tmp_path / "r1")})
+        before = set(threading.enumerate())
+        sc.start()
+        eng.remove_scenario("s")
+        end = eng.last_position()
+        for use, call in _uses(sc).items():
+            with pytest.raises(ScenarioStateError, match="'s' is removed") as refused:
+                call()
+            assert refused.value.code == "AE0465", use
+        assert eng.last_position() == end  # nothing journaled
+        assert [t.name for t in set(threading.enumerate()) - before] == []  # no thread left
+
+
+def test_a_closed_engines_handles_refuse_every_use_alike(tmp_path: Path) -> None:
+    master = _master(tmp_path)
+    eng = Engine.open(tmp_path / "state", durability="nosync")
+    sc = eng.create_scenario("s", master=str(master), replicas={"r1": str(tmp_path / "r1")})
+    sc.start()
+    eng.close()
+    engine_uses: dict[str, Callable[[], object]] = {
+        "scenarios": eng.scenarios,
+        "scenario": lambda: eng.scenario("s"),
+        "last_position": eng.last_position,
+        "history": lambda: eng.history("s", "a"),
+        "replay": lambda: eng.replay("s", to=tmp_path / "out"),
+        "create_scenario": lambda: eng.create_scenario("t", master=str(master), replicas={}),
+        "update_scenario": lambda: eng.update_scenario("s", watch_delay=2),
+        "remove_scenario": lambda: eng.remove_scenario("s"),
+    }
+    for use, call in {**_uses(sc), **engine_uses}.items():
+        with pytest.raises(ScenarioStateError, match="is closed: cannot") as refused:
+            call()
+        assert refused.value.code == "AE0465", use
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_handle_kept_across_an_update_follows_it(tmp_path: Path) -> None:
+    # Was: the old handle kept the old options and could start a second applier.
+    master = _master(tmp_path)
+    with Engine.open(tmp_path / "state", durability="nosync") as eng:
+        sc = eng.create_scenario("s", master=str(master), replicas={"r1": str(tmp_path / "r1")})
+        sc.start()
+        sc.stop()
+        assert eng.update_scenario("s", exclude=["*.tmp"]) is sc
+        before = set(threading.enumerate())
+        sc.start()
+        (master / "scratch.tmp").write_text("left out")
+        (master / "b").write_text("b")
+        sc.capture()
+        sc.wait_replicated()
+        assert sorted(snapshot_contents(tmp_path / "r1")) == [b"a", b"b"]
+        started = set(threading.enumerate()) - before
+        assert [t.name for t in started if t.name.startswith("xoengine-apply")] == [
+            "xoengine-apply:s:r1"
+        ]
+        sc.stop()
