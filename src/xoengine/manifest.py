@@ -7,7 +7,10 @@ A manifest is three tables under one name ``N``:
 - ``N.paths``: scenario path (UTF-8 with surrogateescape) -> frame of
   ``[file id, version, kind, size, mode, mtime_ns, ctime_ns, ino, dev, target,
   observed_ns, uid, gid, xattrs digest]`` (entries written before the last
-  four have fewer: see :meth:`FileState.unpack`);
+  four have fewer: see :meth:`FileState.unpack`). A path longer than
+  :data:`KEY_MAX` bytes (LMDB's key limit) is keyed by its first
+  :data:`LONG_HEAD` bytes, a NUL (no path holds one) and the xxh3-128 of the
+  whole path, and its frame holds ``[path bytes, entry]`` (see :func:`path_key`);
 - ``N.blocks``: file id (16 bytes) + chunk number (4 bytes BE) -> frame of the
   packed block digests of up to :data:`CHUNK_BLOCKS` consecutive blocks, each
   digest :data:`DIGEST_WIDTH` bytes (``blocks.BlockMap`` layout);
@@ -28,19 +31,34 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Final
 
 from xoengine import codec
+from xoengine.errors import FrameError
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
     from xoengine.datastore import ReadTxn, WriteTxn
 
-__all__ = ["CHUNK_BLOCKS", "DIGEST_WIDTH", "FileState", "Manifest"]
+__all__ = [
+    "CHUNK_BLOCKS",
+    "DIGEST_WIDTH",
+    "KEY_MAX",
+    "LONG_HEAD",
+    "FileState",
+    "Manifest",
+    "path_key",
+]
 
 DIGEST_WIDTH: Final = 12
 """Bytes per block: xxh3-64 strong digest (8, little-endian) then weak sum (4, little-endian)."""
 
 CHUNK_BLOCKS: Final = 1024
 """Block digests stored per LMDB value."""
+
+KEY_MAX: Final = 511
+"""Longest key LMDB stores (its default build): a longer path is keyed by :func:`path_key`."""
+
+LONG_HEAD: Final = KEY_MAX - 1 - 16
+"""Bytes of a long path its key begins with (then a NUL and a 16-byte digest: KEY_MAX in all)."""
 
 _ID_BYTES: Final = 16
 _REBUILDING: Final = b"rebuilding"  # in the underived table: no file id is 10 bytes long
@@ -121,12 +139,37 @@ class FileState:
         return replace(self, **changes)  # type: ignore[arg-type]
 
 
-def _key(path: str) -> bytes:
+def _raw(path: str) -> bytes:
     return path.encode("utf-8", "surrogateescape")
 
 
-def _path(key: bytes) -> str:
-    return key.decode("utf-8", "surrogateescape")
+def _path(raw: bytes) -> str:
+    return raw.decode("utf-8", "surrogateescape")
+
+
+def path_key(raw: bytes) -> bytes:
+    """The ``paths`` key of a path's bytes: themselves, or a long path's fixed-length key.
+
+    Longer than :data:`KEY_MAX`: their first :data:`LONG_HEAD` bytes, a NUL and
+    the xxh3-128 of all of them. Such a key still begins with every prefix of
+    the path up to LONG_HEAD bytes (a prefix scan finds it), and only such a
+    key holds a NUL: the keys of shorter paths (all an older store holds)
+    keep their meaning.
+    """
+    if len(raw) <= KEY_MAX:
+        return raw
+    return raw[:LONG_HEAD] + b"\0" + codec.digest128(raw)
+
+
+def _is_long(key: bytes) -> bool:
+    return len(key) == KEY_MAX and key[LONG_HEAD] == 0
+
+
+def _sorted(run: list[tuple[bytes, FileState]], under: bytes) -> Iterator[tuple[str, FileState]]:
+    """The entries of ``run`` whose path begins with ``under``, in byte order of the path."""
+    for raw, state in sorted(run, key=lambda entry: entry[0]):
+        if raw.startswith(under):
+            yield _path(raw), state
 
 
 class Manifest:
@@ -148,31 +191,57 @@ class Manifest:
 
     def get(self, txn: ReadTxn, path: str) -> FileState | None:
         """The entry of ``path``, or None."""
-        key = _key(path)
+        key = path_key(_raw(path))
         value = txn.get(self.paths_table, key)
         if value is None:
             return None
-        return FileState.unpack(codec.unframe(key, value, where=self.paths_table), path)
+        return self._decode(key, value)[1]
 
     def put(self, txn: WriteTxn, path: str, state: FileState) -> None:
         """Store the entry of ``path``."""
-        key = _key(path)
-        txn.put(self.paths_table, key, codec.frame(key, state.pack()))
+        raw = _raw(path)
+        key = path_key(raw)
+        body = codec.pack([raw, state.pack()]) if _is_long(key) else state.pack()
+        txn.put(self.paths_table, key, codec.frame(key, body))
 
     def remove(self, txn: WriteTxn, path: str) -> None:
         """Forget ``path`` (its block digests stay with its file id until dropped)."""
-        txn.delete(self.paths_table, _key(path))
+        txn.delete(self.paths_table, path_key(_raw(path)))
 
     def items(self, txn: ReadTxn, prefix: str = "") -> Iterator[tuple[str, FileState]]:
-        """All ``(path, entry)`` in byte order of the path, optionally under ``prefix``."""
-        raw = _key(prefix)
-        for key, value in txn.items(self.paths_table, raw or None, prefix=raw or None):
-            path = _path(key)
-            yield path, FileState.unpack(codec.unframe(key, value, where=self.paths_table), path)
+        """All ``(path, entry)`` in byte order of the path, optionally under ``prefix``.
+
+        Keys sharing a first :data:`LONG_HEAD` bytes are adjacent, and out of
+        path order only there (a long path's digest): such a run is sorted.
+        """
+        raw = _raw(prefix)
+        scan = raw[:LONG_HEAD]  # a long path's key holds no more of it
+        run: list[tuple[bytes, FileState]] = []
+        for key, value in txn.items(self.paths_table, scan or None, prefix=scan or None):
+            if run and key[:LONG_HEAD] != run[0][0][:LONG_HEAD]:
+                yield from _sorted(run, raw)
+                run = []
+            if len(key) >= LONG_HEAD:
+                run.append(self._decode(key, value))
+            else:
+                path = _path(key)
+                body = codec.unframe(key, value, where=self.paths_table)
+                yield path, FileState.unpack(body, path)
+        yield from _sorted(run, raw)
 
     def count(self, txn: ReadTxn) -> int:
         """Number of paths."""
         return txn.count(self.paths_table)
+
+    def _decode(self, key: bytes, value: bytes) -> tuple[bytes, FileState]:
+        """The path bytes and entry of one ``paths`` item (its frame verified)."""
+        body = codec.unframe(key, value, where=self.paths_table)
+        if not _is_long(key):
+            return key, FileState.unpack(body, _path(key))
+        raw, entry = codec.unpack(body, position=key.hex())
+        if path_key(raw) != key:
+            raise FrameError(position=key.hex(), detail="a long path's key is not of its path")
+        return raw, FileState.unpack(entry, _path(raw))
 
     # -- block digests -------------------------------------------------------------------
 
