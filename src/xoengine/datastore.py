@@ -9,7 +9,10 @@ LMDB's traps (FACTS.md):
 
 - the map grows on demand: ``MapFullError`` can come from ``put`` *or* from
   commit, so a write is a re-runnable function; the store aborts, grows the map
-  with no transaction open in this process, and runs the function again;
+  with no transaction open in this process, and runs the function again; a read
+  of this process left open and idle (a paused iterator, perhaps of the thread
+  waiting for that write) fails the write with a coded error naming its thread
+  after :data:`GROW_PATIENCE` seconds, instead of blocking it for ever;
 - a reader that meets ``MapResizedError`` (another process grew the map)
   adopts the new size and retries;
 - one writer *process* per path, enforced with ``flock`` on ``writer.lock``,
@@ -67,6 +70,7 @@ if TYPE_CHECKING:
 __all__ = [
     "CATALOG_TABLE",
     "DEFAULT_MAP_SIZE",
+    "GROW_PATIENCE",
     "Durability",
     "ReadTxn",
     "Store",
@@ -90,6 +94,14 @@ _GATHER_WAIT = 0.0005
 """Longest a group-commit leader waits for writers that were active just now (s)."""
 _GATHER_IDLE = 0.020
 """A writer idle for longer than this is not waited for (s)."""
+GROW_PATIENCE = 10.0
+"""How long a resize of the map waits for reads of this process that do nothing (s).
+
+Past it the write that needed the room fails with a coded error naming the
+threads: a read left open (a paused iterator) would otherwise block it for
+ever, even from the thread waiting for the write.
+"""
+_PATIENCE_TICK = 0.25
 CATALOG_TABLE = _CATALOG = "xoengine.tables"
 """Table listing every table name with its CRC-32 (see ``Store._check_catalog``)."""
 
@@ -237,40 +249,70 @@ def _translate(
     return StorageError(detail=f"{type(exc).__name__}: {text} ({path})")
 
 
+class _ReadsHeld(Exception):  # noqa: N818 (internal: turned into a coded error)
+    """Reads of this process stayed open, idle, for longer than a resizer's patience."""
+
+    def __init__(self, readers: dict[int, int]) -> None:
+        super().__init__(readers)
+        self.readers = readers
+
+
 class _RWLock:
-    """Many readers or one resizer: ``set_mapsize`` needs no transaction open."""
+    """Many readers or one resizer: ``set_mapsize`` needs no transaction open.
+
+    A waiting resizer keeps new readers out (a thread already reading may
+    nest), so a stream of short reads cannot starve it. It may be given a
+    patience: a read that stays open and idle (a paused iterator, perhaps of
+    the very thread waiting for the resize) would otherwise keep it waiting for
+    ever. Readers count as busy while they begin or end reads, or look up a
+    table (every call of a read view does: :meth:`Store._handle`).
+    """
 
     def __init__(self) -> None:
         self._cond = threading.Condition(threading.Lock())
-        self._readers = 0
+        self._readers: dict[int, int] = {}  # thread ident -> reads open on it
         self._exclusive = False
-        self._mine = threading.local()
+        self._waiting = 0  # resizers waiting
+        self.activity = 0  # bumped by readers (a hint, read and written without the lock)
 
     def held_here(self) -> bool:
         """Whether this thread holds the lock shared (it must not wait for exclusive)."""
-        return bool(getattr(self._mine, "depth", 0))
+        return threading.get_ident() in self._readers
 
     @contextlib.contextmanager
     def shared(self) -> Iterator[None]:
+        # The thread that entered is the one released: a generator holding a read
+        # may be finished (or collected) on another thread.
+        ident = threading.get_ident()
         with self._cond:
-            while self._exclusive:
+            nested = ident in self._readers
+            while self._exclusive or (self._waiting and not nested):
                 self._cond.wait()
-            self._readers += 1
-        self._mine.depth = getattr(self._mine, "depth", 0) + 1
+            self._readers[ident] = self._readers.get(ident, 0) + 1
+            self.activity += 1
         try:
             yield
         finally:
-            self._mine.depth -= 1
             with self._cond:
-                self._readers -= 1
-                if self._readers == 0:
+                depth = self._readers.pop(ident) - 1
+                if depth:
+                    self._readers[ident] = depth
+                self.activity += 1
+                if self._waiting:
                     self._cond.notify_all()
 
     @contextlib.contextmanager
-    def exclusive(self) -> Iterator[None]:
+    def exclusive(self, patience: float | None = None) -> Iterator[None]:
+        """Hold the lock alone; with ``patience``, :class:`_ReadsHeld` if readers idle that long."""
         with self._cond:
-            while self._exclusive or self._readers:
-                self._cond.wait()
+            self._waiting += 1
+            try:
+                idle = self._wait_alone(patience)
+            finally:
+                self._waiting -= 1
+                self._cond.notify_all()  # readers held back go on if this one gives up
+            if idle is not None:
+                raise _ReadsHeld(idle)
             self._exclusive = True
         try:
             yield
@@ -278,6 +320,21 @@ class _RWLock:
             with self._cond:
                 self._exclusive = False
                 self._cond.notify_all()
+
+    def _wait_alone(self, patience: float | None) -> dict[int, int] | None:
+        """Wait (holding the condition) until no one holds the lock; the readers if they idle."""
+        seen, since = self.activity, time.monotonic()
+        while self._exclusive or self._readers:
+            if patience is None:
+                self._cond.wait()
+                continue
+            now = time.monotonic()
+            if self.activity != seen:
+                seen, since = self.activity, now
+            elif now - since >= patience:
+                return dict(self._readers)
+            self._cond.wait(min(patience, _PATIENCE_TICK))
+        return None
 
 
 Together = tuple["Callable[[WriteTxn, list[Any]], list[Any]]", Any]
@@ -342,6 +399,7 @@ class Store:
         self._watcher: threading.Thread | None = None
         self._watcher_stop = threading.Event()
         self.poll_interval = 0.05
+        self.grow_patience = GROW_PATIENCE
         self._closed = False
         self._check_size()
         self._env = self._open_env(map_size)
@@ -460,6 +518,7 @@ class Store:
         valid only in transactions begun after it was opened; so handles are
         opened here, under a lock, each in its own short transaction.
         """
+        self._resize.activity += 1  # a read view at work (see _RWLock)
         entry = self._handles.get(name)
         if entry is not None:
             return entry
@@ -669,11 +728,33 @@ class Store:
                 detail=f"the map of {self.path} was grown by another process during a "
                 "nested read; end the enclosing read and retry"
             )
-        with self._resize.exclusive():
-            try:
-                self._env.set_mapsize(0)  # 0: the size the writer recorded
-            except lmdb.Error as e:
-                raise _translate(e, self.path) from e
+        try:
+            # 0: the size the writer recorded
+            self._set_map_size(lambda: 0, "was grown by another process", "This read was not done")
+        except lmdb.Error as e:
+            raise _translate(e, self.path) from e
+
+    def _set_map_size(self, size: Callable[[], int], what: str, not_done: str) -> None:
+        """``set_mapsize(size())`` with no transaction open in this process.
+
+        Waits for the reads of this process, but not for reads that stay open
+        and idle (:attr:`grow_patience`): rather than a wait that may never end
+        (the idle read may be the caller's own, on another thread), a coded
+        error naming their threads. ``what``: why the map changes; ``not_done``:
+        what the error leaves undone.
+        """
+        try:
+            with self._resize.exclusive(self.grow_patience):
+                self._env.set_mapsize(size())
+        except _ReadsHeld as e:
+            names = {t.ident: t.name for t in threading.enumerate()}
+            held = ", ".join(repr(names.get(ident, str(ident))) for ident in sorted(e.readers))
+            raise StorageError(
+                detail=f"the map of {self.path} {what} but reads of this process stay open "
+                f"and idle (thread {held}, for {self.grow_patience:g} s): an unfinished "
+                f"iterator, e.g. of file_events() or records()? {not_done}; finish or close "
+                "the iterator, then retry"
+            ) from None
 
     def write(self, work: Callable[[WriteTxn], T], *, together: Together | None = None) -> T:
         """Run ``work`` in a write transaction and commit it durably; return its result.
@@ -762,8 +843,9 @@ class Store:
                     self._grow()
                     continue
                 except lmdb.MapResizedError:
-                    with self._resize.exclusive():
-                        self._env.set_mapsize(0)
+                    self._set_map_size(
+                        lambda: 0, "was grown by another process", "The write was not recorded"
+                    )
                     continue
                 break
         except lmdb.Error as e:
@@ -887,9 +969,11 @@ class Store:
                 detail=f"the map of {self.path} is full and cannot grow while this thread "
                 "holds a read (an unfinished records() iterator?)"
             )
-        with self._resize.exclusive():
-            current = int(self._env.info()["map_size"])
-            self._env.set_mapsize(current * 2)
+        self._set_map_size(
+            lambda: int(self._env.info()["map_size"]) * 2,
+            "is full and must grow",
+            "The write that needed the room was not recorded",
+        )
 
     def claim_writer(self) -> None:
         """Become the journal's one writer process now rather than at the first write.

@@ -318,9 +318,17 @@ class Engine:
             "LMDB_PATH": str(journal),
             "LMDB_DURABILITY": durability,
             "LMDB_READONLY": "yes" if readonly else "no",
+            # The journal's format is the engine's, not the process environment's:
+            # plain msgpack, no compressor, no cipher (docs/journal-format.md).
+            "TRANSCODER_TOPIC": "",
+            "COMPRESSOR_TOPIC": "",
+            "CIPHER_TOPIC": "",
+            "CIPHER_KEY": "",
         }
         if map_size:
             env["LMDB_MAP_SIZE"] = str(map_size)
+        # eventsourcing reads XOENGINE_<KEY> before <KEY>, from os.environ too.
+        env |= {f"{XoApplication.name.upper()}_{key}": value for key, value in env.items()}
         self.app = XoApplication(env=env)
         recorder = self.app.recorder
         assert isinstance(recorder, LMDBApplicationRecorder)

@@ -578,7 +578,8 @@ class LMDBApplicationRecorder(LMDBAggregateRecorder, ApplicationRecorder):
         """Verified records from position ``first`` up to ``stop``, with their times.
 
         The read transaction stays open while the iterator is live: consume it
-        promptly (a growing map waits for open readers in this process).
+        promptly (a growing map waits for open reads of this process, and fails the
+        write with a coded error once they stay idle for ``Store.grow_patience``).
         """
         for record in self._scan(first, stop, topics, limit, timed=True):
             assert isinstance(record, JournalRecord)

@@ -7,6 +7,10 @@ points of one name, handles that outlived their scenario.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import textwrap
 import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -202,3 +206,32 @@ def test_a_handle_kept_across_an_update_follows_it(tmp_path: Path) -> None:
             "xoengine-apply:s:r1"
         ]
         sc.stop()
+
+
+def test_the_process_environment_does_not_change_the_journals_format(tmp_path: Path) -> None:
+    # eventsourcing takes COMPRESSOR_TOPIC, CIPHER_KEY ... from os.environ: an engine
+    # opened in such a process wrote a journal other readers could not decode.
+    master = _master(tmp_path)
+    script = textwrap.dedent(
+        """
+        import sys
+        from xoengine.engine import Engine
+        with Engine.open(sys.argv[1], durability="nosync") as eng:
+            eng.create_scenario("s", master=sys.argv[2], replicas={"r1": sys.argv[3]}).start()
+        """
+    )
+    odd = {
+        **os.environ,
+        "COMPRESSOR_TOPIC": "eventsourcing.compressor:ZlibCompressor",
+        "XOENGINE_CIPHER_KEY": "a" * 44,
+        "XOENGINE_PERSISTENCE_MODULE": "eventsourcing.popo",
+        "LMDB_PATH": str(tmp_path / "elsewhere"),
+    }
+    args = [str(tmp_path / "state"), str(master), str(tmp_path / "r1")]
+    done = subprocess.run(
+        [sys.executable, "-c", script, *args], env=odd, capture_output=True, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert not (tmp_path / "elsewhere").exists()
+    with Engine.open(tmp_path / "state", readonly=True) as eng:
+        assert [e.operation for e in eng.history("s", "a")] == ["created", "written"]

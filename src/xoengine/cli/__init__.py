@@ -13,21 +13,29 @@ Verbs::
     xoengine rewind|rewind-points|difference STATE NAME ...
 
 Exit codes: 0 success, 2 usage/configuration, 3 storage or replication, 4 damage found.
+SIGTERM (``docker stop``, systemd) interrupts a verb as Ctrl-C does: what it was
+writing is cleaned up the same way (a replay removes its partial tree), then the
+process ends by that signal, as after Ctrl-C (a shell shows 143; 130 for Ctrl-C).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
+import signal
 import sys
-from typing import TYPE_CHECKING
+import threading
+from typing import TYPE_CHECKING, Any
 
 from xoengine.cli import forensic, journal, scenario
 from xoengine.errors import XoError
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Iterator, Sequence
+    from types import FrameType
 
-__all__ = ["build_parser", "main"]
+__all__ = ["Terminated", "build_parser", "main"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,13 +48,69 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where Ctrl-C's KeyboardInterrupt would be: the same cleanup runs."""
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """While a verb runs, SIGTERM raises :class:`Terminated` (once: the cleanup is not cut short).
+
+    Only from the main thread (where Python runs signal handlers); the
+    previous handler is back afterwards.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    raised = False
+
+    def interrupt(signum: int, frame: FrameType | None) -> None:
+        nonlocal raised
+        del signum, frame
+        if not raised:
+            raised = True
+            raise Terminated
+
+    previous: Any = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _terminated() -> int:
+    """End the process by SIGTERM, as Python ends it by SIGINT after Ctrl-C (else: 143).
+
+    The parent sees the signal, not an error status: systemd counts a service
+    ended by SIGTERM as stopped, and a shell shows 143 (130 after Ctrl-C).
+    """
+    print("xoengine: stopped by SIGTERM", file=sys.stderr)
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):
+            stream.flush()
+    # The handler in place again decides: by default the process ends here.
+    if (
+        threading.current_thread() is threading.main_thread()
+        and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+    ):
+        os.kill(os.getpid(), signal.SIGTERM)
+    return 128 + signal.SIGTERM
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the CLI; coded errors print their code, message and hint."""
+    """Run the CLI; coded errors print their code, message and hint.
+
+    SIGTERM stops a verb as Ctrl-C does (its cleanup runs), then ends the
+    process by that signal (:func:`_terminated`).
+    """
     args = build_parser().parse_args(argv)
     try:
-        return int(args.func(args))
+        with _sigterm_interrupts():
+            return int(args.func(args))
     except XoError as e:
         print(f"error {e.code}: {e.message}\nhint: {e.hint}", file=sys.stderr)
         return e.exit_code
     except BrokenPipeError:  # `xoengine journal log | head`
         return 0
+    except Terminated:
+        return _terminated()

@@ -80,16 +80,18 @@ def _check_output(state: str, out: str | None, scratch: str | None) -> None:
 
 
 def _write_out(source: BinaryIO, out: str) -> int:
-    """Copy ``source`` into the new file ``out``; a failed copy leaves no partial file."""
+    """Copy ``source`` into the new file ``out``; a failed or interrupted copy leaves no file."""
     opened = False
     try:
         with open(out, "wb") as sink:
             opened = True
             return _copy(source, sink)
-    except OSError as e:
+    except BaseException as e:
         if opened:
             with contextlib.suppress(OSError):
                 os.unlink(out)
+        if not isinstance(e, OSError):
+            raise  # Ctrl-C, SIGTERM (the CLI's Terminated): cleaned up, as a replay is
         if e.errno == errno.ENOSPC:
             raise DiskFullError(path=out, detail="the output was not written") from e
         raise OutputLocationError(action="write the output to", path=out, detail=e.strerror) from e

@@ -1,0 +1,318 @@
+"""Runtime edges: an open iterator and a growing map, stop with the
+watcher on, and the CLI killed by SIGTERM.
+
+1. A capture that must grow the LMDB map while a journal iterator is open (on the
+   capturing thread itself, or on another one) ends: the grow cannot wait for an
+   idle read, so the capture fails with a coded error instead of hanging, and
+   nothing is lost (a capture after the iterator ends journals it all). Busy
+   readers do not make it fail. Each case runs in a subprocess with a timeout, so
+   a regression fails instead of hanging the suite.
+2. ``stop()`` journals a change made just before it, with no watchdog noise (nothing
+   logged: on a process without logging set up that went to stderr).
+3. ``xoengine replay`` and ``cat --out`` interrupted by SIGTERM clean up as after
+   Ctrl-C and end by that signal. The child blocks at a known point and says so
+   on stderr; the signal is sent then (no sleeps).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from xoengine.engine import Engine
+from xoengine.testing import compare_trees
+from xoengine.watch import _Handler
+
+HANG_GUARD_S = 180  # only ends a stuck child so that the failure is reported
+
+_GROW_SCRIPT = r"""
+import json, os, sys, threading
+from pathlib import Path
+from xoengine.engine import Engine
+from xoengine.errors import StorageError
+from xoengine.testing import compare_trees
+
+mode, base = sys.argv[1], Path(sys.argv[2])
+master, replica = base / "m", base / "r1"
+master.mkdir()
+(master / "small").write_text("x")
+eng = Engine.open(base / "state", durability="nosync", map_size=4 * 1024 * 1024)
+eng.store.grow_patience = 2.0
+sc = eng.create_scenario("s", master=str(master), replicas={"r1": str(replica)})
+sc.start()
+before = eng.last_position()
+# One batch of 24 MiB: committed off the scanning thread, it needs the map to grow.
+for i in range(2):
+    (master / f"big{i}").write_bytes(os.urandom(12 * 1024 * 1024))
+grew_from = eng.store.info().map_size
+
+def attempt():
+    try:
+        return "captured %d" % sc.capture().events
+    except StorageError as e:
+        return f"{e.code} {e.message}"
+
+if mode == "same":
+    # The embedder's natural loop: capture while iterating the journal.
+    for _ in eng.file_events("s", None):
+        first = attempt()
+        break
+elif mode == "other":
+    held, release = threading.Event(), threading.Event()
+    def hold():
+        events = eng.file_events("s", None)
+        next(events)
+        held.set()
+        release.wait()
+        events.close()
+    holder = threading.Thread(target=hold, name="ui-thread")
+    holder.start()
+    held.wait()
+    first = attempt()
+    release.set()
+    holder.join()
+else:  # "busy": another thread reads all along, each read short
+    done = threading.Event()
+    def read():
+        while not done.is_set():
+            eng.history("s", "small")
+            sc.statistics()
+    reader = threading.Thread(target=read, name="reader")
+    reader.start()
+    first = attempt()
+    done.set()
+    reader.join()
+second = sc.capture().events
+sc.wait_replicated(timeout=60)
+journaled = {e.path for _, _, e in eng.file_events("s", None)}
+print(json.dumps({
+    "first": first,
+    "second": second,
+    "grew": eng.store.info().map_size > grew_from,
+    "kept": eng.last_position() > before,
+    "journaled": sorted(journaled),
+    "differences": len(compare_trees(master, replica)),
+}))
+eng.close()
+"""
+
+
+def _grow(mode: str, tmp_path: Path) -> dict[str, object]:
+    done = subprocess.run(
+        [sys.executable, "-c", _GROW_SCRIPT, mode, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=HANG_GUARD_S,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    result: dict[str, object] = json.loads(done.stdout.splitlines()[-1])
+    return result
+
+
+@pytest.mark.parametrize("mode", ["same", "other"])
+def test_capture_needing_a_bigger_map_beside_an_open_iterator_ends(
+    mode: str, tmp_path: Path
+) -> None:
+    result = _grow(mode, tmp_path)
+    first = str(result["first"])
+    # A coded error naming the thread that holds the read, not a hang.
+    assert first.startswith("E4000 "), first
+    assert "file_events()" in first
+    assert ("'MainThread'" if mode == "same" else "'ui-thread'") in first
+    # Nothing lost: once the iterator ended, the next capture journals it all (the
+    # two files, their directory's change), as one capture does with no iterator open.
+    assert result["second"] == 4
+    assert result["grew"] is True
+    assert result["journaled"] == ["big0", "big1", "small"]
+    assert result["differences"] == 0
+
+
+def test_capture_needing_a_bigger_map_waits_for_busy_readers(tmp_path: Path) -> None:
+    result = _grow("busy", tmp_path)
+    assert result["first"] == "captured 4"
+    assert result["second"] == 0
+    assert result["grew"] is True
+    assert result["journaled"] == ["big0", "big1", "small"]
+    assert result["differences"] == 0
+
+
+# -- 2. stop() with the live watcher ----------------------------------------------------------
+
+
+ROUNDS = 8
+
+
+def _journal_holds(eng: Engine, master: Path, where: Path) -> list[str]:
+    """How the journal's end differs from ``master`` (a replay of it, compared)."""
+    eng.replay("s", to=where, position=eng.last_position())
+    return [str(d) for d in compare_trees(master, where)]
+
+
+def test_watch_stop_journals_a_change_made_just_before(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    master, replica = tmp_path / "m", tmp_path / "r1"
+    master.mkdir()
+    (master / "a").write_text("0")
+    with Engine.open(tmp_path / "state", durability="nosync") as eng:
+        # A long delay: only stop() can have journaled what follows.
+        sc = eng.create_scenario(
+            "s", master=str(master), replicas={"r1": str(replica)}, watch_delay=30
+        )
+        for k in range(ROUNDS):
+            sc.start(watch=True)
+            (master / f"new{k}").write_text(f"round {k}")
+            (master / "a").write_text(f"{k + 1}")
+            sc.stop()
+            assert _journal_holds(eng, master, tmp_path / f"replay{k}") == [], k
+    assert not [r for r in caplog.records if r.name.startswith("watchdog")]
+
+
+def test_watch_journals_a_change_made_just_before_close_by_exception(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The report's case: the `with` block left through an exception right after a write.
+    master = tmp_path / "m"
+    master.mkdir()
+    (master / "a").write_text("1")
+    for k in range(ROUNDS):
+        state = tmp_path / f"state{k}"
+        with pytest.raises(RuntimeError), Engine.open(state, durability="nosync") as eng:
+            sc = eng.create_scenario(
+                "s", master=str(master), replicas={"r1": str(tmp_path / f"r{k}")}, watch_delay=30
+            )
+            sc.start(watch=True)
+            (master / f"b{k}").write_text("new file")
+            raise RuntimeError("embedder bug")
+        with Engine.open(state, readonly=True) as reader:
+            assert _journal_holds(reader, master, tmp_path / f"replay{k}") == [], k
+    assert not [r for r in caplog.records if r.name.startswith("watchdog")]
+
+
+def test_watch_stop_without_a_mark_captures_everything(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # No file stop() may open (or another observer): the last pass is a full capture.
+    monkeypatch.setattr(_Handler, "open_mark", lambda _self: False)
+    master, replica = tmp_path / "m", tmp_path / "r1"
+    master.mkdir()
+    with Engine.open(tmp_path / "state", durability="nosync") as eng:
+        sc = eng.create_scenario(
+            "s", master=str(master), replicas={"r1": str(replica)}, watch_delay=30
+        )
+        sc.start(watch=True)
+        (master / "late").write_text("x")
+        sc.stop()
+        assert _journal_holds(eng, master, tmp_path / "replay") == []
+
+
+# -- 3. the CLI and SIGTERM -------------------------------------------------------------------
+
+# Runs the CLI with one step made to stop half-way: it says "blocked" on stderr and
+# waits on stdin, where the test's signal finds it.
+_CLI_HOOKED = r"""
+import sys
+from xoengine import cli, tree
+from xoengine.cli import forensic
+
+def block():
+    print("blocked", file=sys.stderr, flush=True)
+    sys.stdin.readline()
+
+hook = sys.argv[1]
+if hook == "replay":
+    write_new = tree.ReplicaTree.write_new
+    count = 0
+    def hooked(self, *args, **kwargs):
+        global count
+        count += 1
+        if count == 5:  # some files written, more to come
+            block()
+        return write_new(self, *args, **kwargs)
+    tree.ReplicaTree.write_new = hooked
+else:
+    copy = forensic._copy
+    def hooked_copy(source, sink):
+        sink.write(source.read(1 << 16))
+        sink.flush()
+        block()
+        return copy(source, sink)
+    forensic._copy = hooked_copy
+sys.exit(cli.main(sys.argv[2:]))
+"""
+
+
+@pytest.fixture(scope="module")
+def journal_state(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    base = tmp_path_factory.mktemp("cli-sigterm")
+    master = base / "m"
+    (master / "sub").mkdir(parents=True)
+    for i in range(20):
+        (master / "sub" / f"f{i:02d}").write_bytes(os.urandom(100_000 + i))
+    with Engine.open(base / "state", durability="nosync") as eng:
+        sc = eng.create_scenario("s", master=str(master), replicas={"r1": str(base / "r1")})
+        sc.start()
+        sc.stop()
+    return base
+
+
+def _interrupted(hook: str, args: list[str], signum: signal.Signals) -> tuple[int, str]:
+    child = subprocess.Popen(
+        [sys.executable, "-c", _CLI_HOOKED, hook, *args],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert child.stderr is not None
+        line = child.stderr.readline()
+        assert line == "blocked\n", line + child.stderr.read()
+        child.send_signal(signum)
+        _, err = child.communicate(timeout=HANG_GUARD_S)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    return child.returncode, err
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_cli_replay_interrupted_removes_its_partial_tree(
+    journal_state: Path, tmp_path: Path, signum: signal.Signals
+) -> None:
+    out = tmp_path / "out" / "rep"
+    args = ["replay", str(journal_state / "state"), "s", "--to", str(out)]
+    returncode, err = _interrupted("replay", args, signum)
+    assert returncode == -signum, err  # ended by the signal, as after Ctrl-C
+    assert not (tmp_path / "out").exists(), list((tmp_path / "out").rglob("*"))
+    if signum == signal.SIGTERM:
+        assert "stopped by SIGTERM" in err
+        assert "Traceback" not in err
+
+
+def test_cli_cat_out_interrupted_by_sigterm_leaves_no_file(
+    journal_state: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "f00.copy"
+    args = ["cat", str(journal_state / "state"), "s", "sub/f00", "--out", str(out)]
+    returncode, err = _interrupted("cat", args, signal.SIGTERM)
+    assert returncode == -signal.SIGTERM, err
+    assert not out.exists()
+
+
+def test_cli_replay_after_sigterm_handler_is_restored(journal_state: Path, tmp_path: Path) -> None:
+    # In-process: the verb runs with the CLI's SIGTERM handler, and the caller's is back after.
+    from xoengine.cli import main  # noqa: PLC0415
+
+    before = signal.getsignal(signal.SIGTERM)
+    assert main(["replay", str(journal_state / "state"), "s", "--to", str(tmp_path / "rep")]) == 0
+    assert signal.getsignal(signal.SIGTERM) is before
+    assert compare_trees(journal_state / "m", tmp_path / "rep") == []
