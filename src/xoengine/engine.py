@@ -374,6 +374,7 @@ class Engine:
             self._load()
         except BaseException:
             _release_in_process(self)
+            self.app.close()  # a failed open keeps nothing open
             raise
 
     @classmethod

@@ -654,6 +654,8 @@ class Scenario:
                     error = coded_failure(name, e)
                     self._failed_inline[name] = error
                     self._applier_failed(name, error)
+                    if error is e:
+                        raise
                     raise error from e
                 if self._failed_inline.pop(name, None) is not None:
                     self._check_state()
