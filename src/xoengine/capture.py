@@ -327,11 +327,9 @@ class Capture:
 
     def _widen_for_moves(self, walked: dict[str, Entry], known: dict[str, FileState]) -> None:
         """Bring a moved path's old name into a scoped pass (its notification may be lost)."""
-        new = {
-            (e.dev, e.inode): p
-            for p, e in walked.items()
-            if p not in known or not _same_inode(known[p], e)
-        }
+        # New paths only: a path now holding another inode (moved over) had its
+        # source's own notification, which put the source in this pass.
+        new = {(e.dev, e.inode): p for p, e in walked.items() if p not in known}
         if not new:
             return
         with self.store.read() as txn:

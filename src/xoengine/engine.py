@@ -301,7 +301,7 @@ class Engine:
         readonly: bool = False,
     ) -> None:
         """Open (creating if missing, unless ``readonly``) the engine in ``state_dir``."""
-        self.state_dir = Path(state_dir)
+        self.state_dir = Path(state_dir).absolute()  # checked against trees: cwd may change
         self.readonly = readonly
         if not readonly:
             self.state_dir.mkdir(parents=True, exist_ok=True)
@@ -850,8 +850,13 @@ class Engine:
                 )
                 for i, (r, p) in enumerate(sorted(replica_paths.items()))
             ]
-            for path in replica_paths.values():
-                Path(path).mkdir(parents=True, exist_ok=True)
+            for replica, path in replica_paths.items():
+                try:
+                    Path(path).mkdir(parents=True, exist_ok=True)
+                except OSError as e:
+                    raise ScenarioError(
+                        name=name, detail=f"replica {replica!r} at {path}: {e.strerror}"
+                    ) from e
             for replica in replica_paths:  # what a removed scenario may have left: start afresh
                 forget_replica(self.store, name, replica)
             first, *_ = self._append([created, *added])
@@ -985,8 +990,9 @@ class Engine:
             self._validate(name, definition.kind, definition.roots, definition.replicas, merged)
         finally:
             self._definitions = saved
-        self._scenario_event(definition, ScenarioUpdated, options=dict(options))
-        scenario._wire()
+        with scenario._capture_lock:  # no capture runs on half-rewired options
+            self._scenario_event(definition, ScenarioUpdated, options=dict(options))
+            scenario._wire()
         return scenario
 
     def remove_scenario(self, name: str) -> None:

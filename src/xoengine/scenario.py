@@ -136,6 +136,9 @@ class Scenario:
         self._engine = engine
         self._def = definition
         self._lock = threading.RLock()
+        # Kept across an update's rewiring: a capture or a wait under way holds them.
+        self._capture_lock = threading.RLock()  # one capture at a time per scenario
+        self._captured = threading.Condition()  # notified after every append
         self._wire()
 
     def _wire(self) -> None:
@@ -159,13 +162,13 @@ class Scenario:
             exclude=options.get("exclude", ()),
             roots=lambda: engine.forensics(definition.name).roots(None),
         )
+        self.capture_engine.lock = self._capture_lock
         self._appliers: dict[str, ReplicaApplier] = {}
         self._threads: dict[str, ApplierThread] = {}
         self._failed_inline: dict[str, XoError] = {}
         """Replicas whose inline apply (``wait_replicated`` with no thread) failed last."""
         self._spool_over = False
         self._watcher: Any = None
-        self._captured = threading.Condition()  # notified after every append
         self._trim_checked = -float("inf")  # monotonic time of the last automatic retention
         for replica in definition.replicas:
             self._wire_replica(replica)
@@ -248,6 +251,7 @@ class Scenario:
 
     def entities(self) -> list[dict[str, Any]]:
         """The units of backup and restore (R10): per root, per database, or per group."""
+        self._usable("list the entities of")
         kind = self._def.kind
         if kind == "file_server":
             return [
@@ -338,7 +342,8 @@ class Scenario:
     def capture(self, paths: Sequence[str] | None = None) -> CaptureResult:
         """Journal what changed on the master since the last capture (all of it, or ``paths``)."""
         self._usable("capture")
-        result = self.capture_engine.scan(paths)
+        with self._capture_lock:  # taken before the engine is read: an update may rewire it
+            result = self.capture_engine.scan(paths)
         self._after_append()
         return result
 
@@ -716,6 +721,7 @@ class Scenario:
 
     def rewind_points(self) -> list[RewindPoint]:
         """Every rewind point (user, auto, sync ...) with its position and time label."""
+        self._usable("list the rewind points of")
         return [self._point(n, p, k) for n, p, k in self._def.points]
 
     def resolve(
@@ -731,6 +737,7 @@ class Scenario:
         time). A time resolves to the last position whose time label is at or
         before it (labels never go back, whatever the wall clock did).
         """
+        self._usable("resolve an instant of")
         given = [x is not None for x in (to, position, at)]
         if sum(given) != 1:
             raise ConfigurationError(detail="give exactly one of a rewind point, position= or at=")
@@ -1315,6 +1322,7 @@ class Scenario:
 
     def master_state_snapshot(self) -> dict[str, Any]:
         """The master state as plain data (path -> entry and block digests), for comparison."""
+        self._usable("read the master state of")
         out: dict[str, Any] = {}
         with self._engine.store.read() as txn:
             for path, state in self.manifest.items(txn):

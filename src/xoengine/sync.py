@@ -188,7 +188,7 @@ class Synchronizer:
             raise ConfigurationError(detail=f"sync level {level!r} is not one of {LEVELS}")
         # A synchronization builds the replica from whatever is there: the root too,
         # and only here (an applier finding it gone stops instead; see _wire_replica).
-        os.makedirs(self.tree.root, exist_ok=True)
+        self.tree.make_root()
         summary = SyncSummary(self.scenario, self.replica, level, position)
         run_id = new_id()
         self._version = 0

@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any, Final, Literal, TypeAlias, TypeVar
 
 from xoengine import blocks, codec
 from xoengine.blobtable import BLOB_SUFFIX, blob_chunks, content_key
-from xoengine.errors import DiskFullError, FrameError, ReplicaWriteError
+from xoengine.errors import DiskFullError, FrameError, ReplicaWriteError, XoError
 from xoengine.journal import BlobTable, encode_position
 from xoengine.walk import (
     ParentCache,
@@ -341,7 +341,17 @@ class ReplicaTree:
         :attr:`xattrs_refused`): what a replica lacks that the master has."""
         self._held: dict[int, ParentCache] = {}  # thread -> its cache, inside holding_parents
         if create:
-            os.makedirs(root, exist_ok=True)
+            # Where it cannot be made (a file in the way), its use says so, coded:
+            # opening the engine does not fail on it.
+            with contextlib.suppress(XoError):
+                self.make_root()
+
+    def make_root(self) -> None:
+        """Make the root directory (and its parents) where missing; a coded error if it cannot."""
+        try:
+            os.makedirs(self.root, exist_ok=True)
+        except OSError as e:
+            raise self._error(".", "make the directory", e) from e
 
     @contextlib.contextmanager
     def holding_parents(self) -> Iterator[None]:

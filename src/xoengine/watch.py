@@ -16,23 +16,18 @@ checks the roots); where watchdog reports it as *modified*, the next full
 capture journals it. If the kernel's event queue overflows, the watcher
 falls back to one full capture.
 
-``stop`` journals every change reported before it was called: it opens a file
-of each root and waits until watchdog hands over that open, which inotify
-reports after every earlier change; then the capture thread journals what is
-pending. Where that cannot be done (a root with no file it may open, another
-observer than inotify's, a mark that does not arrive), the last pass is a full
-capture instead.
+``stop`` journals every change made before it was called: its last pass is a
+full capture, after the observer stopped. Events still queued in watchdog when
+it stops are dropped (and a mark sent through the queue cannot tell a stale
+event of the same file from its own), so only a scan can vouch for them.
 """
 
 from __future__ import annotations
 
-import contextlib
-import itertools
 import logging
 import os
 import threading
-import time
-from typing import TYPE_CHECKING, Any, Final, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from watchdog.events import (
     DirModifiedEvent,
@@ -49,10 +44,6 @@ if TYPE_CHECKING:
 
 __all__ = ["Capturing", "Watcher"]
 
-_DRAIN_TIMEOUT_S: Final = 5.0
-"""Longest ``stop`` waits for a root's mark to come through watchdog (then: a full capture)."""
-_MARK_SEARCH: Final = 64
-"""Directories looked into, per root, for a file to open as the mark."""
 _STOPPED_EMITTER = "InotifyEmitter.queue_events() called when the thread is inactive"
 
 
@@ -80,8 +71,6 @@ class _Handler(FileSystemEventHandler):
         self.watcher = watcher
         self.index = index
         self.root = root.rstrip("/") + "/"
-        self.mark_path: str | None = None  # the file stop() opens, once it does
-        self.drained = threading.Event()  # its close came through: all before it did too
 
     def _scenario_path(self, raw: str | bytes) -> str | None:
         path = os.fsdecode(raw)
@@ -91,12 +80,7 @@ class _Handler(FileSystemEventHandler):
         return self.watcher.layout.scenario_path(self.index, rel) if rel else None
 
     def on_any_event(self, event: FileSystemEvent) -> None:
-        if event.event_type == "closed_no_write":
-            path = os.path.normpath(os.fsdecode(event.src_path))
-            if self.mark_path is not None and path == self.mark_path:
-                self.drained.set()
-            return
-        if isinstance(event, DirModifiedEvent) or event.event_type == "opened":
+        if isinstance(event, DirModifiedEvent) or event.event_type in {"opened", "closed_no_write"}:
             return
         paths = [event.src_path]
         if isinstance(event, FileSystemMovedEvent):
@@ -106,31 +90,6 @@ class _Handler(FileSystemEventHandler):
             self.watcher.mark(scoped)
         elif os.fsdecode(event.src_path).rstrip("/") + "/" == self.root:
             self.watcher.mark([])  # the root's own mode, owner or attributes: every pass checks
-
-    def open_mark(self) -> bool:
-        """Open and close a file of the root (changing nothing); False if there is none to open.
-
-        inotify reports the open and close after every change it reported before.
-        """
-        pending = [self.root]
-        for directory in itertools.islice(pending, _MARK_SEARCH):  # breadth first, as it grows
-            with contextlib.suppress(OSError), os.scandir(directory) as entries:
-                for entry in entries:
-                    if entry.is_dir(follow_symlinks=False):
-                        pending.append(entry.path)
-                    elif entry.is_file(follow_symlinks=False) and self._open_close(entry.path):
-                        return True
-        return False
-
-    def _open_close(self, path: str) -> bool:
-        self.mark_path = os.path.normpath(path)
-        flags = os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_NOCTTY | os.O_CLOEXEC
-        try:
-            os.close(os.open(path, flags))
-        except OSError:
-            self.mark_path = None
-            return False
-        return True
 
 
 class Watcher:
@@ -147,8 +106,6 @@ class Watcher:
         self._signal = threading.Event()
         self._stop = threading.Event()
         self._observer = Observer()
-        self._handlers: list[_Handler] = []
-        self._rescan = False  # the last pass captures everything (stop could not drain)
         self._thread = threading.Thread(
             target=self._run, name="xoengine-watch-capture", daemon=True
         )
@@ -158,33 +115,25 @@ class Watcher:
     def start(self) -> None:
         """Start watching (the observer schedules every root recursively)."""
         for index, root in enumerate(self.layout.roots):
-            handler = _Handler(self, index, root)
-            self._handlers.append(handler)
-            self._observer.schedule(handler, root, recursive=True)
+            self._observer.schedule(_Handler(self, index, root), root, recursive=True)
         self._observer.start()
         self._thread.start()
 
     def stop(self) -> None:
-        """Journal every change reported before the call, then stop and join both threads."""
-        if self._observer.is_alive() and not self._drain():
-            self._rescan = True
-        self._observer.stop()
-        self._observer.join()
+        """Stop watching, journal every change made before the call (a full pass), join.
+
+        An error of watchdog's as it stops (its inotify watches confused by an
+        exchange of two directories, say) is kept in :attr:`errors`: the full
+        pass journals what it missed, and both threads end all the same.
+        """
+        try:
+            self._observer.stop()
+            self._observer.join()
+        except Exception as e:  # noqa: BLE001 (kept for the caller; the last pass covers it)
+            self.errors.append(e)
         self._stop.set()
         self._signal.set()
         self._thread.join()
-
-    def _drain(self) -> bool:
-        """Wait until watchdog handed over every change reported so far; False if it cannot."""
-        if not type(self._observer).__name__.startswith("Inotify"):
-            return False  # no open events: nothing to wait for
-        if not all(handler.open_mark() for handler in self._handlers):
-            return False
-        deadline = time.monotonic() + _DRAIN_TIMEOUT_S
-        return all(
-            handler.drained.wait(max(0.0, deadline - time.monotonic()))
-            for handler in self._handlers
-        )
 
     def mark(self, paths: Sequence[str]) -> None:
         """Note changed scenario paths (called from watchdog's thread); none: a root changed."""
@@ -209,12 +158,8 @@ class Watcher:
                 self._stop.wait(self.delay / 4)
             self._signal.clear()
             if self._stop.is_set():
-                # The last pass: the observer has stopped, and stop() drained it first.
-                dirty = self._take()
-                if self._rescan:
-                    self._capture(None)
-                elif dirty is not None:
-                    self._capture(sorted(dirty))
+                self._take()
+                self._capture(None)  # the last pass: everything, the observer has stopped
                 return
             dirty = self._take()
             if dirty is not None:

@@ -22,7 +22,9 @@ from xoengine.errors import (
     ConfigurationError,
     JournalLockedError,
     OverlappingTreesError,
+    ScenarioError,
     ScenarioStateError,
+    XoError,
 )
 from xoengine.testing import snapshot_contents
 
@@ -58,6 +60,67 @@ def test_the_state_directory_may_not_overlap_a_tree(
             )
         assert eng.scenarios() == []
         assert eng.last_position() == 0  # nothing half-created
+
+
+def test_a_relative_state_directory_is_checked_where_it_was_opened(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Was: checked against the current directory, so a replica holding it was accepted
+    # after a chdir, and start() deleted the journal.
+    master = _master(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    with Engine.open("r1/state", durability="nosync") as eng:
+        monkeypatch.chdir(master)
+        with pytest.raises(OverlappingTreesError, match="state directory"):
+            eng.create_scenario("s", master=str(master), replicas={"r1": str(tmp_path / "r1")})
+
+
+def test_an_engine_opens_when_a_new_replicas_directory_cannot_be_made(tmp_path: Path) -> None:
+    # Was a bare NotADirectoryError from every writable open, until fixed by hand.
+    master = _master(tmp_path)
+    replica = tmp_path / "place" / "r1"
+    with Engine.open(tmp_path / "state", durability="nosync") as eng:
+        eng.create_scenario("s", master=str(master), replicas={"r1": str(replica)})
+    replica.rmdir()
+    (tmp_path / "place").rmdir()
+    (tmp_path / "place").write_text("a file where the replica's parent was")
+    with Engine.open(tmp_path / "state", durability="nosync") as eng:
+        sc = eng.scenario("s")
+        with pytest.raises(XoError) as failed:
+            sc.start()
+        assert failed.value.code.startswith("E"), failed.value
+        with pytest.raises(ScenarioError, match="'r2'"):  # and at creation, coded too
+            other = tmp_path / "other"
+            other.mkdir()
+            eng.create_scenario(
+                "t", master=str(_master(other)), replicas={"r2": str(replica.parent / "r2")}
+            )
+
+
+def test_a_waiter_and_a_capture_go_on_across_an_update(tmp_path: Path) -> None:
+    # Was: the update replaced the condition wait_captured() sleeps on (a hang) and
+    # the capture lock (overlapping captures failed with E4020).
+    master = _master(tmp_path)
+    with Engine.open(tmp_path / "state", durability="nosync") as eng:
+        sc = eng.create_scenario("s", master=str(master), replicas={"r1": str(tmp_path / "r1")})
+        waiting = threading.Event()
+        seen: list[str] = []
+
+        def wait() -> None:
+            waiting.set()
+            sc.wait_captured("late")
+            seen.append("late")
+
+        waiter = threading.Thread(target=wait)
+        waiter.start()
+        waiting.wait()
+        lock = sc.capture_engine.lock
+        eng.update_scenario("s", exclude=["*.tmp"])
+        assert sc.capture_engine.lock is lock
+        (master / "late").write_text("x")
+        sc.capture()
+        waiter.join(timeout=60)  # a hang guard only: the capture above wakes it
+        assert seen == ["late"]
 
 
 def test_one_writable_engine_per_journal_in_a_process(tmp_path: Path) -> None:
@@ -142,6 +205,10 @@ def _uses(sc: Any) -> dict[str, Callable[[], object]]:
         "sync_report": sc.sync_report,
         "replication_report": sc.replication_report,
         "rebuild_master_state": sc.rebuild_master_state,
+        "rewind_points": sc.rewind_points,
+        "resolve": lambda: sc.resolve(1),
+        "entities": sc.entities,
+        "master_state_snapshot": sc.master_state_snapshot,
     }
 
 

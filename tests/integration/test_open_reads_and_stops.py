@@ -7,8 +7,9 @@ watcher on, and the CLI killed by SIGTERM.
    nothing is lost (a capture after the iterator ends journals it all). Busy
    readers do not make it fail. Each case runs in a subprocess with a timeout, so
    a regression fails instead of hanging the suite.
-2. ``stop()`` journals a change made just before it, with no watchdog noise (nothing
-   logged: on a process without logging set up that went to stderr).
+2. ``stop()`` journals every change made before it (its last pass is a full
+   capture), with no watchdog noise (nothing logged: on a process without logging
+   set up that went to stderr).
 3. ``xoengine replay`` and ``cat --out`` interrupted by SIGTERM clean up as after
    Ctrl-C and end by that signal. The child blocks at a known point and says so
    on stderr; the signal is sent then (no sleeps).
@@ -27,7 +28,6 @@ import pytest
 
 from xoengine.engine import Engine
 from xoengine.testing import compare_trees
-from xoengine.watch import _Handler
 
 HANG_GUARD_S = 180  # only ends a stuck child so that the failure is reported
 
@@ -196,21 +196,61 @@ def test_watch_journals_a_change_made_just_before_close_by_exception(
     assert not [r for r in caplog.records if r.name.startswith("watchdog")]
 
 
-def test_watch_stop_without_a_mark_captures_everything(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # No file stop() may open (or another observer): the last pass is a full capture.
-    monkeypatch.setattr(_Handler, "open_mark", lambda _self: False)
+def test_watch_stop_journals_a_burst_after_a_read_of_a_file(tmp_path: Path) -> None:
+    # A mark sent through watchdog's queue (open a file, wait for its close event) was
+    # taken for the stale close of a read made just before the burst: 157 of 400 files.
     master, replica = tmp_path / "m", tmp_path / "r1"
     master.mkdir()
+    (master / "a").write_text("0")
     with Engine.open(tmp_path / "state", durability="nosync") as eng:
         sc = eng.create_scenario(
             "s", master=str(master), replicas={"r1": str(replica)}, watch_delay=30
         )
         sc.start(watch=True)
-        (master / "late").write_text("x")
+        assert (master / "a").read_text() == "0"
+        for i in range(400):
+            (master / f"burst{i:03}").write_text(str(i))
         sc.stop()
         assert _journal_holds(eng, master, tmp_path / "replay") == []
+
+
+_EXCHANGE_SCRIPT = r"""
+import ctypes, json, sys
+from pathlib import Path
+from xoengine.engine import Engine
+
+base = Path(sys.argv[1])
+master = base / "m"
+(master / "x1").mkdir(parents=True)
+(master / "x1" / "k").write_text("k")
+(master / "x2").mkdir()
+(master / "x2" / "k2").write_text("k2")
+eng = Engine.open(base / "state", durability="nosync")
+sc = eng.create_scenario("s", master=str(master), replicas={"r1": str(base / "r1")}, watch_delay=30)
+sc.start(watch=True)
+libc = ctypes.CDLL(None, use_errno=True)
+RENAME_EXCHANGE = 2
+x1, x2 = str(master / "x1").encode(), str(master / "x2").encode()
+assert libc.renameat2(-100, x1, -100, x2, RENAME_EXCHANGE) == 0, ctypes.get_errno()
+(master / "x1" / "late").write_text("written just before stop")
+sc.stop()
+print(json.dumps({"late": [e.operation for e in eng.history("s", "x1/late")]}))
+eng.close()
+"""
+
+
+def test_watch_stop_after_two_directories_were_exchanged(tmp_path: Path) -> None:
+    # watchdog's inotify watches lose track of an exchange (renameat2 RENAME_EXCHANGE):
+    # stop() raised its KeyError, the watcher's thread went on, and close() hung.
+    done = subprocess.run(
+        [sys.executable, "-c", _EXCHANGE_SCRIPT, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=HANG_GUARD_S,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout.splitlines()[-1]) == {"late": ["created", "written"]}
 
 
 # -- 3. the CLI and SIGTERM -------------------------------------------------------------------
