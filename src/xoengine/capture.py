@@ -381,37 +381,70 @@ class Capture:
             del known[path]
 
     def _find_renames(self, walked: dict[str, Entry], known: dict[str, FileState]) -> None:
-        """Journal moves: a path that holds a vanished path's inode (and kind) it did not hold.
+        """Journal moves: a path that holds an inode (and kind) another path held and lost.
 
         Parents first, so a directory's move carries its children, and their own
         moves are then found at their new place. A move onto a path that existed
         (``mv a b`` over ``b``, an editor's save through a temporary file) is
-        journaled as what it is: ``b`` deleted, then ``a`` renamed to ``b``.
+        journaled as what it is: ``b`` deleted, then ``a`` renamed to ``b``. A
+        path may give its inode away and take another's in one pass (``mv A B;
+        mv C A``, a deployment's swap): new paths come first at each depth, and a
+        path whose own inode went to a path not handled yet is not deleted (its
+        identity moves there first). Where neither order serves (two paths that
+        exchanged inodes), their contents are compared as usual.
         """
-        gone = {(s.dev, s.ino): p for p, s in known.items() if p not in walked and s.ino}
+        gone = {
+            (s.dev, s.ino): p
+            for p, s in known.items()
+            if s.ino and (p not in walked or not _same_inode(s, walked[p]))
+        }
         if not gone:
             return
+        now_at = {(e.dev, e.inode): p for p, e in walked.items()}
         candidates = [p for p in walked if p not in known or not _same_inode(known[p], walked[p])]
-        for path in sorted(candidates, key=lambda p: p.count("/")):
-            entry = walked[path]
-            old = gone.get((entry.dev, entry.inode))
-            if old is None or old not in known or known[old].kind != entry.kind:
-                continue
-            if path.startswith(old + "/") or old.startswith(path + "/"):
-                continue  # into itself, or out of the directory it replaces
-            if self._reborn(path, known[old]):
-                continue  # a new file given the freed inode number: created, not moved
-            if not self._parents_are_dirs(path, known):
-                continue  # under what the replica still holds as a file or link
-            if path in known:
-                if _same_inode(known[path], entry):
-                    continue  # moved into place already, with its parent
-                self._delete_tree(path, known)  # replaced by the moved one
-            self._create_parents(path, walked, known)
-            self._rename(old, path, known)
-            for key, was in gone.items():
-                if was.startswith(old + "/"):
-                    gone[key] = path + was[len(old) :]
+        ordered = sorted(candidates, key=lambda p: (p.count("/"), p in known))
+        # Each one moved in turn; kept: those whose own identity had to move on first.
+        deferred = [p for p in ordered if self._move_into(p, walked, known, gone, now_at) is None]
+        for path in deferred:  # their identity went on (now new paths), or they exchanged
+            self._move_into(path, walked, known, gone, now_at)
+
+    def _move_into(
+        self,
+        path: str,
+        walked: dict[str, Entry],
+        known: dict[str, FileState],
+        gone: dict[tuple[int, int], str],
+        now_at: dict[tuple[int, int], str],
+    ) -> bool | None:
+        """Journal the move of what ``path`` holds from where it was, if it moved there.
+
+        True if it did, False if it did not move, None if it may once the
+        identity ``path`` holds now has moved on (to a path not handled yet).
+        """
+        entry = walked[path]
+        old = gone.get((entry.dev, entry.inode))
+        if old is None or old not in known or not _same_inode(known[old], entry):
+            return False  # its inode was no other known path's, or that one moved on
+        if path.startswith(old + "/") or old.startswith(path + "/"):
+            return False  # into itself, or out of the directory it replaces
+        if self._reborn(path, known[old]):
+            return False  # a new file given the freed inode number: created, not moved
+        if not self._parents_are_dirs(path, known):
+            return False  # under what the replica still holds as a file or link
+        if path in known:
+            mine = known[path]
+            if _same_inode(mine, entry):
+                return False  # moved into place already, with its parent
+            elsewhere = now_at.get((mine.dev, mine.ino), path)
+            if elsewhere != path and not self._reborn(elsewhere, mine):
+                return None  # its own identity moves on first (or the two exchanged)
+            self._delete_tree(path, known)  # replaced by the moved one
+        self._create_parents(path, walked, known)
+        self._rename(old, path, known)
+        for key, was in gone.items():
+            if was.startswith(old + "/"):
+                gone[key] = path + was[len(old) :]
+        return True
 
     def _reborn(self, path: str, was: FileState) -> bool:
         """Whether ``path``'s inode was created after ``was`` (the vanished path) was last seen.

@@ -538,6 +538,52 @@ def test_a_move_onto_an_existing_path_is_a_deletion_and_a_rename(tmp_path: Path)
         eng.close()
 
 
+def test_a_deployment_swap_is_two_renames(tmp_path: Path) -> None:
+    """``mv A B; mv C A`` between two scans: A's identity moves to B, C's to A.
+
+    Was: A's files deleted and B's journaled anew with all their content (the
+    old path A is not gone, it holds C's inode), and C renamed to A.
+    """
+    eng, sc, master = new_engine(tmp_path)
+    try:
+        write(master / "current" / "app.bin", b"release 1" * 1000)
+        write(master / "next" / "app.bin", b"release 2" * 1000)
+        write(master / "a", b"a")
+        write(master / "b", b"b")
+        write(master / "c", b"c")
+        sc.start()
+        before = sc.set_rewind_point("before")
+        tree = snapshot(master)
+        os.rename(master / "current", master / "previous")
+        os.rename(master / "next", master / "current")
+        os.rename(master / "a", master / "b")  # over b
+        os.rename(master / "c", master / "a")
+        after = sc.set_rewind_point("after")
+        diff = eng.diff("fx", before.position, after.position)
+        assert diff.renamed == {
+            "current": "previous",
+            "current/app.bin": "previous/app.bin",
+            "next": "current",
+            "next/app.bin": "current/app.bin",
+            "a": "b",
+            "c": "a",
+        }
+        assert (diff.added, diff.removed, diff.modified) == ([], ["b"], {})
+        moved = [e for e in eng.history("fx", "previous/app.bin") if e.position > before.position]
+        assert [(e.operation, e.path, e.new_path) for e in moved] == [
+            ("renamed", "current/app.bin", "previous/app.bin")
+        ]
+        # No content journaled again: only the renames, the deletion and metadata.
+        content = [e for e in eng.history("fx", "current/app.bin") if e.operation == "written"]
+        assert all(e.position < before.position for e in content)
+        sc.wait_replicated()
+        assert snapshot(tmp_path / "r1") == snapshot(master)
+        sc.rewind("r1", before)
+        assert snapshot(tmp_path / "r1") == tree
+    finally:
+        eng.close()
+
+
 def test_one_path_is_answered_from_the_path_events_and_its_own(
     world: World, ro: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
