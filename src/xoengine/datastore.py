@@ -476,6 +476,16 @@ class Store:
                 # py-lmdb's first transaction: opening again maps the new size.
                 continue
             except lmdb.Error as e:
+                if "already open in this process" in str(e):
+                    # py-lmdb's own registry (by inode): another path to this journal
+                    # (a bind mount), or the process this one was forked from, holds it.
+                    raise JournalLockedError(
+                        f"The journal at {self.path} is open already, through another path "
+                        "to it in this process (a bind mount) or in the process this one "
+                        f"was forked from (pid {os.getppid()}).",
+                        path=self.path,
+                        pid=os.getppid(),
+                    ) from e
                 raise _translate(e, self.path) from e
         raise StorageError(detail=f"map kept being resized under {self.path}")
 

@@ -302,3 +302,36 @@ def test_the_process_environment_does_not_change_the_journals_format(tmp_path: P
     assert not (tmp_path / "elsewhere").exists()
     with Engine.open(tmp_path / "state", readonly=True) as eng:
         assert [e.operation for e in eng.history("s", "a")] == ["created", "written"]
+
+
+_FORK_SCRIPT = """
+import os, sys
+from xoengine.engine import Engine
+from xoengine.errors import XoError
+
+eng = Engine.open(sys.argv[1], durability="nosync")
+child = os.fork()
+if child == 0:
+    try:
+        Engine.open(sys.argv[1], durability="nosync")
+        code = "opened"
+    except XoError as e:
+        code = e.code
+    print(code, flush=True)
+    os._exit(0)
+os.waitpid(child, 0)
+eng.close()
+"""
+
+
+def test_a_forked_child_is_refused_the_journal_its_parent_writes(tmp_path: Path) -> None:
+    # Was E4000 "already open in this process" (py-lmdb's registry, which the child inherits).
+    done = subprocess.run(
+        [sys.executable, "-c", _FORK_SCRIPT, str(tmp_path / "state")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["E4002"]
