@@ -714,6 +714,27 @@ class _Delta:
 
     def scan(self, start: int, end: int) -> None:
         """Cover new ``[start, end)`` with copies of old blocks found anywhere, else literals."""
+        tail = self._moved_tail(start, end)
+        if tail:
+            end -= tail
+        self._scan(start, end)
+        if tail:
+            self.out.add(_COPY_KIND, self.old.size - tail, tail)
+
+    def _moved_tail(self, start: int, end: int) -> int:
+        """The length of the old short last block if ``[start, end)`` ends the new content with it.
+
+        A full block is found anywhere by the rolling sum; the short one only where
+        a chain of matches leads to it, or in place. An edit in the block before
+        it moves it with nothing to lead there: rsync looks for it at the end.
+        """
+        short = self.old.size % self.bs
+        if not short or end != len(self.new) or end - start < short:
+            return 0
+        here = codec.digest64(self.new[end - short : end])
+        return short if here == self.old.block_digest(self.old.block_count - 1) else 0
+
+    def _scan(self, start: int, end: int) -> None:
         if end - start < self.bs:  # too short to hold a whole old block
             self.out.add(_LITERAL_KIND, start, end - start)
             return

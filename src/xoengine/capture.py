@@ -580,13 +580,17 @@ class Capture:
             or not (same_stat and same_meta)
             or self._racy(path, state, xattrs=True)
         )
+        updated = self._result.updated  # content events journaled so far
         if self._update_stat(path, entry, state, same_stat, same_meta) and look:
             # A write, truncation or chown dropped any capability (here and on the
             # replica as it applies them): one the path has now was given again.
+            # Within a coarse clock's tick only the bytes tell of a write: a content
+            # event journaled for the path just now counts.
             again = (
                 entry.size != state.size
                 or entry.mtime_ns != state.mtime_ns
                 or (entry.uid, entry.gid) != (state.uid, state.gid)
+                or self._result.updated != updated
             )
             self._xattrs(path, state, again=again)
 

@@ -85,3 +85,42 @@ def test_capture_sees_an_xattr_set_within_one_timestamp_tick(
         sc.capture()
         sc.wait_replicated(timeout=30)
         assert_trees_equal(master, tmp_path / "r1")  # extended attributes included
+
+
+CAPABILITY = b"\x01\x00\x00\x02\x00 \x00\x00" + bytes(12)  # cap_net_bind_service, permitted
+
+
+def test_a_capability_given_again_after_a_write_within_one_tick_reaches_the_replica(
+    coarse_fs: Path, tmp_path: Path
+) -> None:
+    # Found by the coarse-time property run: a same-size write (which drops the file's
+    # capability) and the same capability set again, both within the second, left the
+    # xattrs as the journal knew them: the replica applied the write, lost its
+    # capability with it, and was never given it again.
+    master = coarse_fs / "master"
+    master.mkdir()
+    target = master / "a"
+    target.write_bytes(os.urandom(3000))
+    try:
+        os.setxattr(target, "security.capability", CAPABILITY)
+    except OSError as e:
+        pytest.skip(f"cannot set a file capability here: {e.strerror}")
+    with temporary_engine(tmp_path) as engine:
+        sc = engine.create_scenario("c", master=master, replicas={"r1": tmp_path / "r1"})
+        sc.start()
+        sc.wait_replicated(timeout=30)
+        for attempt in range(20):
+            recorded = _stamp(target)
+            with target.open("r+b") as f:
+                f.write(bytes([attempt]))  # same size; the kernel drops the capability
+            os.setxattr(target, "security.capability", CAPABILITY)
+            if _stamp(target)[:2] == recorded[:2]:
+                break  # the write is invisible to size and mtime: the case under test
+            sc.capture()
+        else:
+            pytest.fail("20 writes all crossed a second boundary")
+        sc.capture()
+        sc.wait_replicated(timeout=30)
+        got = os.getxattr(tmp_path / "r1" / "a", "security.capability")
+        assert got == CAPABILITY
+        assert_trees_equal(master, tmp_path / "r1", mtimes=True)

@@ -93,6 +93,18 @@ def test_single_edit_costs_at_most_its_size_plus_two_blocks(case: tuple[bytes, b
     assert blocks.literal_bytes(ops) <= size + 2 * block_size
 
 
+def test_an_edit_in_the_block_before_a_short_tail_leaves_the_tail_a_copy() -> None:
+    # Found by the property above (a fresh clone's seed): a 9-byte deletion at 184 of
+    # 275 bytes broke blocks 2 and 3, and the short last block, moved by -9, was sent
+    # as literal bytes (138 > 9 + 2 * 64): only a chain of matches led to it.
+    old = random.Random(15).randbytes(275)
+    new = old[:184] + old[193:]
+    ops = delta(BlockMap.compute(old, 64), new)
+    assert apply_delta(old, ops, new) == new
+    assert blocks.literal_bytes(ops) == 247 - 128  # the broken blocks only
+    assert ops[-1] == blocks.Copy(offset=256, length=19)
+
+
 @settings(max_examples=150, deadline=None)
 @given(data=contents, block_size=BLOCK_SIZES, buffer_size=st.integers(1, 700))
 def test_blockmap_from_a_reader_equals_from_memory(
