@@ -692,9 +692,14 @@ class _Delta:
             # The old short last block matches if the new content holds it in place.
             offset, length = old.block_range(full)
             if length < bs and offset + length <= size:
-                here = codec.digest64(self.new[offset : offset + length])
-                matched[full] = here == old.block_digest(full)
+                matched[full] = self._holds_short_block(offset)
         return matched
+
+    def _holds_short_block(self, at: int) -> bool:
+        """Whether the new content holds the old short last block at ``at``."""
+        last = self.old.block_count - 1
+        length = self.old.block_range(last)[1]
+        return codec.digest64(self.new[at : at + length]) == self.old.block_digest(last)
 
     def run(self, matched: npt.NDArray[np.bool_]) -> list[Op]:
         old, bs, size = self.old, self.bs, len(self.new)
@@ -731,8 +736,7 @@ class _Delta:
         short = self.old.size % self.bs
         if not short or end != len(self.new) or end - start < short:
             return 0
-        here = codec.digest64(self.new[end - short : end])
-        return short if here == self.old.block_digest(self.old.block_count - 1) else 0
+        return short if self._holds_short_block(end - short) else 0
 
     def _scan(self, start: int, end: int) -> None:
         if end - start < self.bs:  # too short to hold a whole old block

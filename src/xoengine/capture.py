@@ -400,7 +400,11 @@ class Capture:
         }
         if not gone:
             return
-        now_at = {(e.dev, e.inode): p for p, e in walked.items()}
+
+        @functools.cache
+        def now_at() -> dict[tuple[int, int], str]:  # only a replaced path asks (rare)
+            return {(e.dev, e.inode): p for p, e in walked.items()}
+
         candidates = [p for p in walked if p not in known or not _same_inode(known[p], walked[p])]
         ordered = sorted(candidates, key=lambda p: (p.count("/"), p in known))
         # Each one moved in turn; kept: those whose own identity had to move on first.
@@ -414,7 +418,7 @@ class Capture:
         walked: dict[str, Entry],
         known: dict[str, FileState],
         gone: dict[tuple[int, int], str],
-        now_at: dict[tuple[int, int], str],
+        now_at: Callable[[], dict[tuple[int, int], str]],
     ) -> bool | None:
         """Journal the move of what ``path`` holds from where it was, if it moved there.
 
@@ -435,7 +439,7 @@ class Capture:
             mine = known[path]
             if _same_inode(mine, entry):
                 return False  # moved into place already, with its parent
-            elsewhere = now_at.get((mine.dev, mine.ino), path)
+            elsewhere = now_at().get((mine.dev, mine.ino), path)
             if elsewhere != path and not self._reborn(elsewhere, mine):
                 return None  # its own identity moves on first (or the two exchanged)
             self._delete_tree(path, known)  # replaced by the moved one

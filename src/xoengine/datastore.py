@@ -394,6 +394,7 @@ class Store:
         self._dbi_seq = 0
         self._handles_lock = threading.Lock()
         self._lock_fd: int | None = None
+        self._owner: object | None = None  # the one writer of this process (claim_writer)
         self._listeners: dict[threading.Event, Callable[[], None] | None] = {}
         self._listen_lock = threading.Lock()
         self._watcher: threading.Thread | None = None
@@ -985,18 +986,36 @@ class Store:
             "The write that needed the room was not recorded",
         )
 
-    def claim_writer(self) -> None:
+    def claim_writer(self, owner: object | None = None) -> None:
         """Become the journal's one writer process now rather than at the first write.
 
         For owners that keep state derived from the journal in memory (an engine):
         another process writing behind them would leave it stale. Raises
-        :class:`JournalLockedError` if another process holds the journal.
+        :class:`JournalLockedError` if another process holds the journal, or if
+        another ``owner`` of this process does (this store is every opener's of
+        the journal in the process), until :meth:`release_writer`.
         """
         if self.readonly:
             return
         self._check_open()
         with self._write_lock:
+            if owner is not None and self._owner not in {None, owner}:
+                raise JournalLockedError(
+                    f"An engine of this process (pid {os.getpid()}) has the journal at "
+                    f"{self.path} open for writing already: close it first (an Engine not "
+                    "closed keeps its scenarios' threads running).",
+                    path=self.path,
+                    pid=os.getpid(),
+                )
             self._take_writer_lock()
+            if owner is not None:
+                self._owner = owner
+
+    def release_writer(self, owner: object) -> None:
+        """End ``owner``'s claim (:meth:`claim_writer`); the process stays the writer."""
+        with self._write_lock:
+            if self._owner is owner:
+                self._owner = None
 
     def _take_writer_lock(self) -> None:
         if self._lock_fd is not None:

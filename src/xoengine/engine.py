@@ -32,7 +32,6 @@ from xoengine import blocks
 from xoengine.datastore import keep_freed_memory
 from xoengine.errors import (
     ConfigurationError,
-    JournalLockedError,
     NoFileAtError,
     OverlappingTreesError,
     ScenarioError,
@@ -232,41 +231,6 @@ class _Definition:
             self.state = event.state
 
 
-_WRITERS: dict[tuple[int, int], Engine] = {}
-"""The writable engine of each journal directory (device, inode) in this process."""
-_WRITERS_LOCK = threading.Lock()
-
-
-def _claim_in_process(engine: Engine) -> None:
-    """Make ``engine`` its journal's one writable engine in this process, or refuse (E4002).
-
-    The writer lock keeps other processes out; in one process, two engines
-    would each hold projections the other's appends do not update (a second
-    scenario of a name, threads of a dropped engine applying beside a new one).
-    """
-    journal = engine.recorder.datastore.path
-    seen = os.stat(journal)
-    key = (seen.st_dev, seen.st_ino)
-    with _WRITERS_LOCK:
-        holder = _WRITERS.get(key)
-        if holder is not None and not holder._closed:
-            raise JournalLockedError(
-                f"An engine of this process (pid {os.getpid()}) has the journal at "
-                f"{journal} open for writing already: close it first (an Engine not "
-                "closed keeps its scenarios' threads running).",
-                path=journal,
-                pid=os.getpid(),
-            )
-        _WRITERS[key] = engine
-
-
-def _release_in_process(engine: Engine) -> None:
-    with _WRITERS_LOCK:
-        for key, holder in list(_WRITERS.items()):
-            if holder is engine:
-                del _WRITERS[key]
-
-
 def _real(path: str | os.PathLike[str]) -> str:
     return os.path.realpath(os.fspath(path))
 
@@ -337,12 +301,16 @@ class Engine:
         if not readonly:
             # The engine keeps projections of the journal in memory and applies it to
             # replicas: a second writer process would act on a journal it has not read.
+            # One engine per journal in this process too: two would each hold projections
+            # the other's appends do not update (a second scenario of a name, threads of
+            # a dropped engine applying beside a new one).
             try:
-                self.store.claim_writer()
+                self.store.claim_writer(owner=self)
                 # A journal of an older xoengine: its topic index covers only what
                 # was appended since (once, then the open's own scans use it).
                 self.recorder.index_topics()
             except BaseException:
+                self.store.release_writer(self)
                 self.app.close()
                 raise
         self._closed = False
@@ -364,16 +332,10 @@ class Engine:
             self.store,
             writable=not readonly,
         )
-        if not readonly:
-            try:
-                _claim_in_process(self)
-            except BaseException:
-                self.app.close()
-                raise
         try:
             self._load()
         except BaseException:
-            _release_in_process(self)
+            self.store.release_writer(self)
             self.app.close()  # a failed open keeps nothing open
             raise
 
@@ -645,7 +607,7 @@ class Engine:
         for scenario in self._scenarios.values():
             scenario._stop_threads()
         self._closed = True
-        _release_in_process(self)
+        self.store.release_writer(self)
         try:
             # A clean close leaves no stream entries to rebuild at the next open.
             # If it cannot write (a full disk), the next open rebuilds them: no loss.
