@@ -29,7 +29,13 @@ from xoengine.journal import (
 
 if TYPE_CHECKING:
     from xoengine.engine import Engine, Scenario
-    from xoengine.forensic import BisectResult, DiffResult, HistoryEntry, ReplayResult
+    from xoengine.forensic import (
+        BisectResult,
+        DiffResult,
+        HeldSpan,
+        HistoryEntry,
+        ReplayResult,
+    )
     from xoengine.rewind import RetentionPolicy, RewindPoint
 
 #: Names loaded on first use, and the module each comes from.
@@ -37,6 +43,7 @@ _LAZY = {
     "BisectResult": "xoengine.forensic",
     "DiffResult": "xoengine.forensic",
     "Engine": "xoengine.engine",
+    "HeldSpan": "xoengine.forensic",
     "HistoryEntry": "xoengine.forensic",
     "ReplayResult": "xoengine.forensic",
     "RetentionPolicy": "xoengine.rewind",
@@ -61,6 +68,7 @@ __all__ = [
     "DiffResult",
     "Durability",
     "Engine",
+    "HeldSpan",
     "HistoryEntry",
     "LMDBAggregateRecorder",
     "LMDBApplicationRecorder",

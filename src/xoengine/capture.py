@@ -233,7 +233,7 @@ class Capture:
             self._result = CaptureResult()
             self._versions = {}
             self._progress = progress
-            self._committer = _Committer()
+            self._committer = _Committer(self.store.awaiting_write)
             try:
                 walked, known = self._collect(scopes)
                 if progress is not None:
@@ -1100,7 +1100,8 @@ class _Committer:
     at ``finish``.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, awaiting: Callable[[], contextlib.AbstractContextManager[None]]) -> None:
+        self._awaiting = awaiting  # marks the caller's wait (Store.awaiting_write)
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
 
@@ -1120,7 +1121,8 @@ class _Committer:
     def finish(self) -> None:
         """Wait for the running commit; raise its error, if any."""
         if self._thread is not None:
-            self._thread.join()
+            with self._awaiting():
+                self._thread.join()
             self._thread = None
         error, self._error = self._error, None
         if error is not None:
@@ -1129,7 +1131,8 @@ class _Committer:
     def close(self) -> None:
         """Wait for the running commit (an error already being raised wins)."""
         if self._thread is not None:
-            self._thread.join()
+            with self._awaiting():
+                self._thread.join()
             self._thread = None
         self._error = None
 

@@ -10,9 +10,9 @@ LMDB's traps (FACTS.md):
 - the map grows on demand: ``MapFullError`` can come from ``put`` *or* from
   commit, so a write is a re-runnable function; the store aborts, grows the map
   with no transaction open in this process, and runs the function again; a read
-  of this process left open and idle (a paused iterator, perhaps of the thread
-  waiting for that write) fails the write with a coded error naming its thread
-  after :data:`GROW_PATIENCE` seconds, instead of blocking it for ever;
+  of this process left open and idle fails the write with a coded error
+  naming its thread after :data:`GROW_PATIENCE` seconds (at once if that
+  thread waits for the write), instead of blocking it for ever;
 - a reader that meets ``MapResizedError`` (another process grew the map)
   adopts the new size and retries;
 - one writer *process* per path, enforced with ``flock`` on ``writer.lock``,
@@ -98,8 +98,7 @@ GROW_PATIENCE = 10.0
 """How long a resize of the map waits for reads of this process that do nothing (s).
 
 Past it the write that needed the room fails with a coded error naming the
-threads: a read left open (a paused iterator) would otherwise block it for
-ever, even from the thread waiting for the write.
+threads: a read left open would otherwise block it for ever.
 """
 _PATIENCE_TICK = 0.25
 CATALOG_TABLE = _CATALOG = "xoengine.tables"
@@ -252,9 +251,10 @@ def _translate(
 class _ReadsHeld(Exception):  # noqa: N818 (internal: turned into a coded error)
     """Reads of this process stayed open, idle, for longer than a resizer's patience."""
 
-    def __init__(self, readers: dict[int, int]) -> None:
+    def __init__(self, readers: dict[int, int], waiting: bool) -> None:
         super().__init__(readers)
         self.readers = readers
+        self.waiting = waiting  # a reader's thread waits for the resizer (no patience spent)
 
 
 class _RWLock:
@@ -262,15 +262,18 @@ class _RWLock:
 
     A waiting resizer keeps new readers out (a thread already reading may
     nest), so a stream of short reads cannot starve it. It may be given a
-    patience: a read that stays open and idle (a paused iterator, perhaps of
+    patience: a read that stays open and idle (a paused reader, perhaps of
     the very thread waiting for the resize) would otherwise keep it waiting for
     ever. Readers count as busy while they begin or end reads, or look up a
-    table (every call of a read view does: :meth:`Store._handle`).
+    table (every call of a read view does: :meth:`Store._handle`). A reader on
+    a thread that is itself waiting for a write (:meth:`blocked`) can never end
+    its read first: a patient resizer gives up at once.
     """
 
     def __init__(self) -> None:
         self._cond = threading.Condition(threading.Lock())
         self._readers: dict[int, int] = {}  # thread ident -> reads open on it
+        self._blocked: dict[int, int] = {}  # thread ident -> waits for a write on it
         self._exclusive = False
         self._waiting = 0  # resizers waiting
         self.activity = 0  # bumped by readers (a hint, read and written without the lock)
@@ -278,6 +281,21 @@ class _RWLock:
     def held_here(self) -> bool:
         """Whether this thread holds the lock shared (it must not wait for exclusive)."""
         return threading.get_ident() in self._readers
+
+    @contextlib.contextmanager
+    def blocked(self) -> Iterator[None]:
+        """Mark this thread as waiting (for a write) for the block: its open reads are idle."""
+        ident = threading.get_ident()
+        with self._cond:
+            self._blocked[ident] = self._blocked.get(ident, 0) + 1
+            self._cond.notify_all()
+        try:
+            yield
+        finally:
+            with self._cond:
+                depth = self._blocked.pop(ident) - 1
+                if depth:
+                    self._blocked[ident] = depth
 
     @contextlib.contextmanager
     def shared(self) -> Iterator[None]:
@@ -312,7 +330,7 @@ class _RWLock:
                 self._waiting -= 1
                 self._cond.notify_all()  # readers held back go on if this one gives up
             if idle is not None:
-                raise _ReadsHeld(idle)
+                raise idle
             self._exclusive = True
         try:
             yield
@@ -321,7 +339,7 @@ class _RWLock:
                 self._exclusive = False
                 self._cond.notify_all()
 
-    def _wait_alone(self, patience: float | None) -> dict[int, int] | None:
+    def _wait_alone(self, patience: float | None) -> _ReadsHeld | None:
         """Wait (holding the condition) until no one holds the lock; the readers if they idle."""
         seen, since = self.activity, time.monotonic()
         while self._exclusive or self._readers:
@@ -329,10 +347,12 @@ class _RWLock:
                 self._cond.wait()
                 continue
             now = time.monotonic()
+            if not self._blocked.keys().isdisjoint(self._readers):
+                return _ReadsHeld(dict(self._readers), waiting=True)  # they wait for us
             if self.activity != seen:
                 seen, since = self.activity, now
             elif now - since >= patience:
-                return dict(self._readers)
+                return _ReadsHeld(dict(self._readers), waiting=False)
             self._cond.wait(min(patience, _PATIENCE_TICK))
         return None
 
@@ -701,6 +721,17 @@ class Store:
 
     # -- transactions ------------------------------------------------------------
 
+    def awaiting_write(self) -> contextlib.AbstractContextManager[None]:
+        """Mark this thread, for the block, as waiting for a write of this store.
+
+        A read this thread left open cannot end meanwhile,
+        so a write that must grow the map fails at once with a coded error
+        rather than waiting :attr:`grow_patience` for it. :meth:`write` marks
+        its callers itself; code that waits for a write on another thread (a
+        commit thread) marks its wait with this.
+        """
+        return self._resize.blocked()
+
     @contextlib.contextmanager
     def read(self) -> Iterator[ReadTxn]:
         """A consistent read view (a snapshot of the last commit)."""
@@ -760,11 +791,11 @@ class Store:
         except _ReadsHeld as e:
             names = {t.ident: t.name for t in threading.enumerate()}
             held = ", ".join(repr(names.get(ident, str(ident))) for ident in sorted(e.readers))
+            idle = "which waits for this write" if e.waiting else f"for {self.grow_patience:g} s"
             raise StorageError(
                 detail=f"the map of {self.path} {what} but reads of this process stay open "
-                f"and idle (thread {held}, for {self.grow_patience:g} s): an unfinished "
-                f"iterator, e.g. of file_events() or records()? {not_done}; finish or close "
-                "the iterator, then retry"
+                f"and idle (thread {held}, {idle}): a Store.read() block left open? "
+                f"{not_done}; end the read, then retry"
             ) from None
 
     def write(self, work: Callable[[WriteTxn], T], *, together: Together | None = None) -> T:
@@ -790,7 +821,7 @@ class Store:
             raise JournalReadOnlyError(path=self.path, detail="write refused")
         request = _WriteRequest(work, together)
         batch: list[_WriteRequest] | None = None
-        with self._queue:
+        with self._resize.blocked(), self._queue:
             now = time.monotonic()
             self._writers[threading.get_ident()] = now
             self._pending.append(request)
@@ -978,7 +1009,7 @@ class Store:
         if self._resize.held_here():
             raise StorageError(
                 detail=f"the map of {self.path} is full and cannot grow while this thread "
-                "holds a read (an unfinished records() iterator?)"
+                "holds a read (a Store.read() block left open?)"
             )
         self._set_map_size(
             lambda: int(self._env.info()["map_size"]) * 2,

@@ -71,6 +71,7 @@ from xoengine.forensic import (
     BisectResult,
     DiffResult,
     Forensics,
+    HeldSpan,
     HistoryEntry,
     ReplayResult,
 )
@@ -518,6 +519,17 @@ class Engine:
     def history(self, scenario: str | Scenario, path: str) -> list[HistoryEntry]:
         """Every change to a path: position, time, operation, byte ranges, sizes, renames."""
         return self.forensics(scenario).history(path)
+
+    def held(self, scenario: str | Scenario, path: str, at: Instant | None = None) -> HeldSpan:
+        """Since when, and until when, ``path`` held the bytes it held at an instant.
+
+        The changes journaled for the path at or before the instant (``since``)
+        and after it (``until``; None: unchanged to the journal's end), as
+        :class:`HistoryEntry` items: what an investigator quotes beside the
+        bytes :meth:`file_at` gives. :class:`NoFileAtError` if the path held
+        nothing then.
+        """
+        return self.forensics(scenario).held(path, self.instant(scenario, at))
 
     def diff(
         self,

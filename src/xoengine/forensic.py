@@ -243,6 +243,40 @@ class HistoryEntry:
     mode: int | None = None  # permission bits set by a creation or a metadata change
     owner: list[int] | None = None  # [uid, gid] after the change, where the journal says
     xattrs: dict[str, str] | None = None  # name -> value (hex) after an "xattrs" change
+    mtime: str | None = None
+    """The path's modification time, as the master's ``lstat`` gave it after the change.
+
+    ``time`` is when the journal recorded the change; ``mtime`` is what the
+    file says, which any writer may set (``touch -d``). None where the
+    journal holds no stat (deletions, moves with a directory, old journals).
+    """
+    ctime: str | None = None
+    """The path's status-change time from the same ``lstat``: the kernel sets it at
+    every change, and no user call sets it back. A write whose ``mtime`` lies
+    well before its ``ctime`` had its modification time set back.
+    """
+
+
+@dataclass(frozen=True)
+class HeldSpan:
+    """The changes that bound the bytes one path held at one position.
+
+    ``since``: the change that gave the path those bytes (its creation, its
+    last write, truncation or delta, or the rename that moved the file there),
+    at or before ``position``. ``until``: the first change after ``position``
+    that took them away (a write, a truncation, a delta, the file's deletion or
+    its rename elsewhere); None if the path holds them at the journal's end.
+    The master held those bytes from ``since`` to ``until`` as far as the
+    journal saw: a change is journaled when a capture sees it, so it was made
+    before its own entry's time (and, by its ``ctime``, when).
+    """
+
+    position: int
+    since: HistoryEntry
+    until: HistoryEntry | None
+
+
+_CONTENT_CHANGES: Final = frozenset({"written", "truncated", "replaced"})
 
 
 @dataclass(frozen=True)
@@ -274,6 +308,25 @@ class BisectResult:
 def _iso(time_ns: int) -> str:
     """A journal time label as an ISO 8601 UTC time, to the microsecond."""
     return dt.datetime.fromtimestamp(time_ns / 1e9, tz=dt.UTC).isoformat(timespec="microseconds")
+
+
+def _observed_time(event: FileEvent, index: int) -> str | None:
+    """Element ``index`` of the event's ``observed`` stat (2: mtime, 3: ctime), as ISO.
+
+    A file may carry any time (``touch -d``): one outside the years 1-9999 is
+    given as ``@`` and its seconds since the epoch.
+    """
+    if len(event.observed) <= index:
+        return None
+    ns = event.observed[index]
+    try:
+        return (_EPOCH + dt.timedelta(microseconds=ns // 1000)).isoformat(timespec="microseconds")
+    except OverflowError:
+        seconds, fraction = divmod(abs(ns), 10**9)
+        return f"@{'-' if ns < 0 else ''}{seconds}.{fraction:09d}"
+
+
+_EPOCH: Final = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
 
 def _root_meta(event: RootChanged) -> tuple[int, list[int], dict[str, bytes]]:
@@ -754,6 +807,37 @@ class Forensics:
         entries.sort(key=lambda item: (item[0], item[1]))
         return [entry for _, _, entry in entries]
 
+    def held(self, path: str, position: int) -> HeldSpan:
+        """The changes that bound what ``path`` held at ``position`` (see :class:`HeldSpan`).
+
+        :class:`NoFileAtError` if the path held nothing then.
+        """
+        target = normalize_relpath(path)
+        current: str | None = None  # the file identity at the path
+        since: HistoryEntry | None = None
+        until: HistoryEntry | None = None
+        for entry in self.history(target):
+            if entry.position > position:
+                if entry.file_id == current and (
+                    entry.operation in _CONTENT_CHANGES
+                    or entry.operation == "deleted"
+                    or (entry.operation == "renamed" and entry.new_path != target)
+                ):
+                    until = entry
+                    break
+                continue
+            if entry.operation == "renamed" and entry.new_path == target:
+                current, since = entry.file_id, entry  # moved in
+            elif entry.file_id == current and entry.operation in {"deleted", "renamed"}:
+                current, since = None, None  # gone, or moved away
+            elif entry.path == target and entry.operation == "created":
+                current, since = entry.file_id, entry
+            elif entry.file_id == current and entry.operation in _CONTENT_CHANGES:
+                since = entry
+        if since is None:
+            raise NoFileAtError(path=target, position=position, detail="nothing")
+        return HeldSpan(position=position, since=since, until=until)
+
     @staticmethod
     def _entry(
         position: int,
@@ -790,6 +874,8 @@ class Forensics:
                 if isinstance(event, XattrsChanged)
                 else None
             ),
+            mtime=None if event is None else _observed_time(event, 2),
+            ctime=None if event is None else _observed_time(event, 3),
         )
 
     @staticmethod

@@ -112,6 +112,8 @@ TOPICS_KEY: Final = b"topics"
 """The key, in ``P.events.indexed``, of the first position the topic index holds."""
 TOPICS_CHUNK: Final = 50_000
 """Events indexed per transaction when :meth:`LMDBApplicationRecorder.index_topics` catches up."""
+RECORDS_CHUNK: Final = 1024
+"""How many records :meth:`LMDBApplicationRecorder.records` reads in one read transaction."""
 
 
 @dataclass(frozen=True)
@@ -577,13 +579,30 @@ class LMDBApplicationRecorder(LMDBAggregateRecorder, ApplicationRecorder):
     ) -> Iterator[JournalRecord]:
         """Verified records from position ``first`` up to ``stop``, with their times.
 
-        The read transaction stays open while the iterator is live: consume it
-        promptly (a growing map waits for open reads of this process, and fails the
-        write with a coded error once they stay idle for ``Store.grow_patience``).
+        ``stop=None``: up to the journal's last position when the first record is
+        read (records appended later are not given). The records are read
+        :data:`RECORDS_CHUNK` at a time, each chunk in a read transaction of its
+        own, so the iterator holds no read while its consumer works (or leaves it
+        unfinished): a write that must grow the map never waits for it. Records
+        below the journal's end never change, so the chunks make one answer.
         """
-        for record in self._scan(first, stop, topics, limit, timed=True):
-            assert isinstance(record, JournalRecord)
-            yield record
+        if stop is None:
+            with self.datastore.read() as txn:
+                last = txn.last(self.events_table)
+            # A last key of another shape is damage, which the scan reports where it is.
+            stop = decode_position(last[0]) if last and len(last[0]) == 8 else None
+        left = limit
+        while left is None or left > 0:
+            wanted = RECORDS_CHUNK if left is None else min(left, RECORDS_CHUNK)
+            chunk = list(self._scan(first, stop, topics, wanted, timed=True))
+            for record in chunk:
+                assert isinstance(record, JournalRecord)
+                yield record
+            if len(chunk) < wanted:
+                return
+            first = chunk[-1].id + 1
+            if left is not None:
+                left -= len(chunk)
 
     def _scan(
         self, first: int, stop: int | None, topics: Sequence[str], limit: int | None, *, timed: bool

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import hashlib
 import json
 import os
 import random
@@ -332,6 +333,76 @@ def test_cli_cat_writes_exactly_the_bytes_and_names_the_position(
     assert main(argv) == 0
     assert out.read_bytes() == node[2]
     assert main(["cat", str(world.copy), "fx", "never-there"]) == 2
+
+
+def _bytes_at(eng: Engine, path: str, position: int, scratch: Path) -> bytes | None:
+    """What ``path`` held at ``position`` (None: no regular file)."""
+    try:
+        with eng.file_at("fx", path, position, scratch=scratch) as f:
+            return f.read()
+    except NoFileAtError:
+        return None
+
+
+def test_held_spans_bound_exactly_the_positions_holding_the_same_bytes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``held`` at every position: same bytes from ``since`` to before ``until``, others at both ends.
+
+    The path goes through a write, a truncation, a move away and back, a
+    file moved onto it (``mv c a`` over it), a directory rename that carries
+    it, a chmod (which changes no byte), and a deletion.
+    """
+    eng, sc, master = new_engine(tmp_path)
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    steps: list[Any] = [
+        lambda: write(master / "d" / "a", b"one"),
+        lambda: write(master / "d" / "a", b"one, and two"),
+        lambda: os.truncate(master / "d" / "a", 4),
+        lambda: os.rename(master / "d" / "a", master / "b"),
+        lambda: os.rename(master / "b", master / "d" / "a"),
+        lambda: write(master / "c", b"c's bytes"),
+        lambda: os.rename(master / "c", master / "d" / "a"),
+        lambda: os.chmod(master / "d" / "a", 0o600),
+        lambda: os.rename(master / "d", master / "e"),
+        lambda: os.rename(master / "e", master / "d"),
+        lambda: write(master / "d" / "a", b"last"),
+        lambda: os.unlink(master / "d" / "a"),
+    ]
+    sc.start()
+    for step in steps:
+        step()
+        sc.capture()
+    try:
+        end = eng.last_position()
+        contents = [_bytes_at(eng, "d/a", position, scratch) for position in range(end + 1)]
+        held = {}
+        for position, content in enumerate(contents):
+            if content is None:
+                with pytest.raises(NoFileAtError):
+                    eng.held("fx", "d/a", position)
+                continue
+            span = eng.held("fx", "d/a", position)
+            start = span.since.position
+            stop = end + 1 if span.until is None else span.until.position
+            held[position] = (start, span.until and stop)
+            assert start <= position < stop
+            assert set(contents[start:stop]) == {content}, (position, start, stop)
+            assert contents[start - 1] != content
+            assert stop > end or contents[stop] != content
+        assert len(set(held.values())) >= 6, held  # one span per content the path had
+    finally:
+        eng.close()
+    position = max(held)
+    out = tmp_path / "out"
+    capsys.readouterr()
+    argv = ["cat", "--json", str(tmp_path / "state"), "fx", "d/a", "--at", str(position)]
+    assert main([*argv, "--out", str(out)]) == 0
+    summary = json.loads(capsys.readouterr().err)
+    assert summary["sha256"] == hashlib.sha256(out.read_bytes()).hexdigest()
+    assert summary["since"]["position"] == held[position][0]
+    assert summary["until"]["operation"] == "deleted"
 
 
 def test_replay_from_readonly_copy_rebuilds_one_file(
@@ -667,6 +738,42 @@ def test_history_shows_link_targets_and_modes(tmp_path: Path) -> None:
         assert modes[0][0] == "created" and modes[-1] == ("metadata", 0o600)
     finally:
         eng.close()
+
+
+def test_history_gives_the_files_own_times_beside_the_journals(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A backdated mtime shows as such: ``ctime`` (which no user call sets) is after it."""
+    eng, sc, master = new_engine(tmp_path)
+    write(master / "a", b"first")
+    sc.start()
+    write(master / "a", b"second, longer")
+    backdated = int(dt.datetime(2001, 1, 1, tzinfo=dt.UTC).timestamp()) * 10**9 + 123_456_000
+    os.utime(master / "a", ns=(backdated, backdated))
+    sc.capture()
+    try:
+        entries = eng.history("fx", "a")
+        last = entries[-1]
+        assert last.operation in ("written", "replaced")
+        assert last.mtime == "2001-01-01T00:00:00.123456+00:00"
+        assert last.ctime is not None
+        # The kernel stamped the change after the journal saw the first content,
+        # and before it journaled the second.
+        assert entries[-2].time <= last.ctime <= last.time
+        assert entries[-2].mtime is not None and entries[-2].mtime > last.mtime
+        deleted = [e for e in eng.history("fx", "a") if e.operation == "deleted"]
+        assert deleted == []
+        os.unlink(master / "a")
+        sc.capture()
+        gone = eng.history("fx", "a")[-1]
+        assert (gone.operation, gone.mtime, gone.ctime) == ("deleted", None, None)
+    finally:
+        eng.close()
+    shown = _json(capsys, ["history", "--json", str(tmp_path / "state"), "fx", "a"])
+    assert shown[-2]["mtime"] == last.mtime and shown[-2]["ctime"] == last.ctime
+    capsys.readouterr()
+    assert main(["history", str(tmp_path / "state"), "fx", "a"]) == 0
+    assert f"mtime={last.mtime}" in capsys.readouterr().out.splitlines()[-2]
 
 
 def test_history_of_an_unknown_path_is_an_error(ro: Engine) -> None:

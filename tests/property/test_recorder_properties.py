@@ -51,6 +51,11 @@ note_queries = st.tuples(
 )
 
 
+def _note(n):  # type: ignore[no-untyped-def]
+    """A notification's fields (a journal record's without its time)."""
+    return (n.id, n.originator_id, n.originator_version, n.topic, n.state)
+
+
 def _outcome(fn):  # type: ignore[no-untyped-def]
     try:
         return ("ok", fn())
@@ -85,10 +90,19 @@ def _forget_topic_index(store, recorder) -> None:  # type: ignore[no-untyped-def
     st.none() | st.integers(min_value=0, max_value=12),
     st.sampled_from(["leave", "catch up", "catch up in steps"]),
     st.booleans(),
+    st.sampled_from([1, 2, 5, journal.RECORDS_CHUNK]),
 )
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 def test_recorder_matches_popo(  # type: ignore[no-untyped-def]
-    batch_list, event_queries, notification_queries, merge_at, second, older, upgrade, collide
+    batch_list,
+    event_queries,
+    notification_queries,
+    merge_at,
+    second,
+    older,
+    upgrade,
+    collide,
+    records_chunk,
 ) -> None:
     # merge_at: how many events wait above the merge marker (in memory) before their
     # stream entries go into the sorted index; 1 is a plain index. With ``second``
@@ -98,7 +112,8 @@ def test_recorder_matches_popo(  # type: ignore[no-untyped-def]
     # begins at the next append), then ``upgrade`` leaves the events before it to
     # scans or indexes them (in steps: TOPICS_CHUNK 2 events per step, and two
     # positions per entry at most, for the appends too). ``collide``: two
-    # topics share a topic key.
+    # topics share a topic key. ``records_chunk``: records() reads that many records
+    # per read transaction.
     path = tempfile.mkdtemp(prefix="xo-prop-")
     store = open_store(path, durability="nosync")
     patches = contextlib.ExitStack()
@@ -108,6 +123,7 @@ def test_recorder_matches_popo(  # type: ignore[no-untyped-def]
     if upgrade == "catch up in steps":
         patches.enter_context(mock.patch.object(journal, "TOPICS_CHUNK", 2))
         patches.enter_context(mock.patch.object(record, "TOPIC_RUN_MAX", 2))
+    patches.enter_context(mock.patch.object(journal, "RECORDS_CHUNK", records_chunk))
     try:
         patches.__enter__()
         ours = LMDBProcessRecorder(store, merge_at=merge_at)
@@ -151,6 +167,10 @@ def test_recorder_matches_popo(  # type: ignore[no-untyped-def]
             got_n = ours.select_notifications(start, limit, stop, topics, inclusive_of_start=inclusive)
             want_n = model.select_notifications(start, limit, stop, topics, inclusive_of_start=inclusive)
             assert got_n == list(want_n)
+            # The same range by records(), read in chunks: the same notifications.
+            first = 1 if start is None else max(start + (0 if inclusive else 1), 1)
+            got_r = list(ours.records(first, stop=stop, topics=topics, limit=limit))
+            assert [_note(r) for r in got_r] == [_note(n) for n in want_n]
         # One aggregate's records by the stream index: those of a scan, by version.
         scanned = list(ours.records())
         for oid in ORIGINATORS:

@@ -13,6 +13,7 @@ import argparse
 import contextlib
 import datetime as dt
 import errno
+import hashlib
 import os
 import subprocess
 import sys
@@ -20,11 +21,11 @@ import time
 from typing import TYPE_CHECKING, Any, BinaryIO, Final
 
 from xoengine.cli.journal import parse_time
-from xoengine.cli.output import shown
+from xoengine.cli.output import json_text, shown
 from xoengine.cli.scenario import _engine, _plain, _show
 from xoengine.engine import Engine, Instant
 from xoengine.errors import ConfigurationError, DiskFullError, OutputLocationError, XoError
-from xoengine.forensic import BURST_WINDOW_S
+from xoengine.forensic import BURST_WINDOW_S, HistoryEntry
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -79,13 +80,13 @@ def _check_output(state: str, out: str | None, scratch: str | None) -> None:
         )
 
 
-def _write_out(source: BinaryIO, out: str) -> int:
+def _write_out(source: BinaryIO, out: str, digest: hashlib._Hash) -> int:
     """Copy ``source`` into the new file ``out``; a failed or interrupted copy leaves no file."""
     opened = False
     try:
         with open(out, "wb") as sink:
             opened = True
-            return _copy(source, sink)
+            return _copy(source, sink, digest)
     except BaseException as e:
         if opened:
             with contextlib.suppress(OSError):
@@ -100,31 +101,61 @@ def _write_out(source: BinaryIO, out: str) -> int:
 def cmd_cat(args: argparse.Namespace) -> int:
     """``cat``: the bytes one file held at an instant, to stdout or ``--out``.
 
-    A line on stderr says which position that was (and its time), so the
-    bytes on stdout stay exactly the file's.
+    A summary on stderr (a line, or with ``--json`` a JSON object) says which
+    position that was, the bytes' SHA-256, and the changes that bound them:
+    since when the path held them and what changed them next. The bytes on
+    stdout stay exactly the file's.
     """
     _check_output(args.state, args.out, args.scratch)
     with Engine.open(args.state, readonly=True) as eng:
         instant = _instant(eng, args.name, args.at)
         position = eng.instant(args.name, instant)
+        digest = hashlib.sha256()
         with eng.file_at(args.name, args.path, position, scratch=args.scratch) as source:
             if args.out:
-                copied = _write_out(source, args.out)
+                copied = _write_out(source, args.out, digest)
             else:
-                copied = _copy(source, sys.stdout.buffer)
+                copied = _copy(source, sys.stdout.buffer, digest)
                 sys.stdout.buffer.flush()
+        held = eng.held(args.name, args.path, position)
         when = dt.datetime.fromtimestamp(eng.recorder.time_of(position) / 1e9, tz=dt.UTC)
-        print(
-            f"{shown(args.path)} at position {position} ({when.isoformat()}): {copied} bytes",
-            file=sys.stderr,
-        )
+    if args.json:
+        summary = {
+            "path": args.path,
+            "position": position,
+            "time": when.isoformat(),
+            "bytes": copied,
+            "sha256": digest.hexdigest(),
+            "since": held.since,
+            "until": held.until,
+        }
+        print(json_text(_plain(summary), indent=2), file=sys.stderr)
+        return 0
+    until = held.until
+    print(
+        f"{shown(args.path)} at position {position} ({when.isoformat()}): {copied} bytes, "
+        f"sha256 {digest.hexdigest()}\n"
+        f"  held since position {held.since.position} ({held.since.time}, "
+        f"{held.since.operation}{_mtime(held.since)})\n"
+        + (
+            f"  until position {until.position} ({until.time}, {until.operation})"
+            if until is not None
+            else "  unchanged to the journal's end"
+        ),
+        file=sys.stderr,
+    )
     return 0
 
 
-def _copy(source: BinaryIO, sink: BinaryIO) -> int:
+def _mtime(entry: HistoryEntry) -> str:
+    return "" if entry.mtime is None else f", mtime {entry.mtime}"
+
+
+def _copy(source: BinaryIO, sink: BinaryIO, digest: hashlib._Hash) -> int:
     copied = 0
     while chunk := source.read(1 << 20):
         sink.write(chunk)
+        digest.update(chunk)
         copied += len(chunk)
     return copied
 
@@ -165,6 +196,10 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return 0
 
 
+_CONTENT_OPERATIONS: Final = ("created", "written", "truncated", "replaced")
+"""History operations whose text line shows the file's own mtime."""
+
+
 def cmd_history(args: argparse.Namespace) -> int:
     """``history``: every change to a path."""
     with Engine.open(args.state, readonly=True) as eng:
@@ -188,6 +223,8 @@ def cmd_history(args: argparse.Namespace) -> int:
                 extra += f" xattrs={','.join(shown(name) for name in e.xattrs) or '(none)'}"
             ranges = " ".join(f"{o}+{n}" for o, n in e.ranges)
             size = "" if e.size is None else f" size={e.size}"
+            if e.mtime is not None and e.operation in _CONTENT_OPERATIONS:
+                size += f" mtime={e.mtime}"
             line = f"{e.position:>8}  {e.time}  {e.operation:<9} {shown(e.path)}{extra}{size}"
             print(f"{line}  {ranges}")
     return 0
