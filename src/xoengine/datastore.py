@@ -101,6 +101,8 @@ Past it the write that needed the room fails with a coded error naming the
 threads: a read left open would otherwise block it for ever.
 """
 _PATIENCE_TICK = 0.25
+_ABORT_PATIENCE = 0.02
+"""How long an abort waits for reads that do nothing (s): they have no operation in flight."""
 CATALOG_TABLE = _CATALOG = "xoengine.tables"
 """Table listing every table name with its CRC-32 (see ``Store._check_catalog``)."""
 
@@ -257,6 +259,15 @@ class _ReadsHeld(Exception):  # noqa: N818 (internal: turned into a coded error)
         self.waiting = waiting  # a reader's thread waits for the resizer (no patience spent)
 
 
+def _bump(counts: dict[int, int], key: int, step: int) -> None:
+    """Add ``step`` to ``counts[key]``; a count that drops to zero leaves the dict."""
+    count = counts.get(key, 0) + step
+    if count:
+        counts[key] = count
+    else:
+        del counts[key]
+
+
 class _RWLock:
     """Many readers or one resizer: ``set_mapsize`` needs no transaction open.
 
@@ -287,15 +298,13 @@ class _RWLock:
         """Mark this thread as waiting (for a write) for the block: its open reads are idle."""
         ident = threading.get_ident()
         with self._cond:
-            self._blocked[ident] = self._blocked.get(ident, 0) + 1
+            _bump(self._blocked, ident, 1)
             self._cond.notify_all()
         try:
             yield
         finally:
             with self._cond:
-                depth = self._blocked.pop(ident) - 1
-                if depth:
-                    self._blocked[ident] = depth
+                _bump(self._blocked, ident, -1)
 
     @contextlib.contextmanager
     def shared(self) -> Iterator[None]:
@@ -306,15 +315,13 @@ class _RWLock:
             nested = ident in self._readers
             while self._exclusive or (self._waiting and not nested):
                 self._cond.wait()
-            self._readers[ident] = self._readers.get(ident, 0) + 1
+            _bump(self._readers, ident, 1)
             self.activity += 1
         try:
             yield
         finally:
             with self._cond:
-                depth = self._readers.pop(ident) - 1
-                if depth:
-                    self._readers[ident] = depth
+                _bump(self._readers, ident, -1)
                 self.activity += 1
                 if self._waiting:
                     self._cond.notify_all()
@@ -404,6 +411,7 @@ class Store:
         self._refs = 0
         self._resize = _RWLock()
         self._write_lock = threading.Lock()
+        self._working: int | None = None  # the thread running a batch's work functions
         self._pending_lock = threading.Lock()
         self._pending: list[_WriteRequest] = []
         self._queue = threading.Condition(self._pending_lock)  # a commit ended
@@ -734,7 +742,12 @@ class Store:
 
     @contextlib.contextmanager
     def read(self) -> Iterator[ReadTxn]:
-        """A consistent read view (a snapshot of the last commit)."""
+        """A consistent read view (a snapshot of the last commit).
+
+        The read counts as the opening thread's until the block ends, wherever
+        it is used: a block left open by a thread that then waits for a write
+        makes a write that must grow the map fail at once (E4000).
+        """
         self._check_open()
         for _ in range(_RESIZE_RETRIES):
             with self._resize.shared():
@@ -819,6 +832,12 @@ class Store:
         self._check_open()
         if self.readonly:
             raise JournalReadOnlyError(path=self.path, detail="write refused")
+        if self._working == threading.get_ident():
+            raise StorageError(
+                detail=f"a write to {self.path} was asked from inside the work of another "
+                "(it would wait for its own commit): do it in the same transaction, with "
+                "the WriteTxn the work is given"
+            )
         request = _WriteRequest(work, together)
         batch: list[_WriteRequest] | None = None
         with self._resize.blocked(), self._queue:
@@ -877,19 +896,7 @@ class Store:
     def _commit_batch(self, batch: list[_WriteRequest]) -> None:
         try:
             self._take_writer_lock()
-            while True:
-                try:
-                    with self._resize.shared():
-                        self._run_batch(batch)
-                except lmdb.MapFullError:
-                    self._grow()
-                    continue
-                except lmdb.MapResizedError:
-                    self._set_map_size(
-                        lambda: 0, "was grown by another process", "The write was not recorded"
-                    )
-                    continue
-                break
+            self._run_batch(batch)
         except lmdb.Error as e:
             error: BaseException = _translate(e, self.path)
             error.__cause__ = e
@@ -906,29 +913,66 @@ class Store:
         # One transaction for the whole batch. A request whose work raises its own
         # error is dropped (the error goes back to its caller) and the others run
         # again in a fresh transaction: work may run more than once, and a batch
-        # without failures (the usual case) pays for no nested transactions.
-        seq = self._dbi_seq
+        # without failures (the usual case) pays for no nested transactions. A full
+        # map (or one another process grew) runs the whole batch again, resized.
         live = list(batch)
         while live:
-            txn = self._env.begin(write=True)
+            txn = None
             try:
-                for request in live:
-                    request.error, request.committed = None, []
-                failed = self._run_groups(live, txn, seq)
-                if failed is not None:
-                    txn.abort()
-                    if failed.error is not None:
-                        live.remove(failed)
-                    continue
-                txn.commit()
+                with self._resize.shared():
+                    txn = self._env.begin(write=True)
+                    for request in live:
+                        request.error, request.committed = None, []
+                    self._working = threading.get_ident()
+                    try:
+                        failed = self._run_groups(live, txn, self._dbi_seq)
+                    finally:
+                        self._working = None
+                    if failed is None:
+                        done, txn = txn, None
+                        done.commit()
+            except lmdb.MapFullError:
+                self._abort(txn)
+                self._grow()
+                live = list(batch)
+                continue
+            except lmdb.MapResizedError:
+                self._abort(txn)
+                self._set_map_size(
+                    lambda: 0, "was grown by another process", "The write was not recorded"
+                )
+                live = list(batch)
+                continue
             except BaseException:
-                with contextlib.suppress(lmdb.Error):
-                    txn.abort()  # LMDB has aborted a failed commit already
+                self._abort(txn)
                 raise
+            if txn is not None:
+                self._abort(txn)
+                if failed is not None and failed.error is not None:
+                    live.remove(failed)
+                continue
             for request in live:
                 for callback in request.committed:
                     callback()
             return
+
+    def _abort(self, txn: Any) -> None:
+        """Abort the write transaction ``txn`` (None: none) with no read of this process busy.
+
+        py-lmdb (2.x on) makes an abort wait until no operation of any thread is
+        in flight: threads that keep reading would hold it off for as long as
+        they read (seconds, or for ever). So new reads are held back and those
+        at work finish first; reads left open and idle do nothing in flight,
+        and are not waited for beyond a short patience.
+        """
+        if txn is None:
+            return
+        with contextlib.suppress(_ReadsHeld), self._resize.exclusive(_ABORT_PATIENCE):
+            with contextlib.suppress(lmdb.Error):  # LMDB aborted a failed commit already
+                txn.abort()
+            return
+        with contextlib.suppress(lmdb.Error):
+            txn.abort()
 
     def _run_groups(self, live: list[_WriteRequest], txn: Any, seq: int) -> _WriteRequest | None:
         """Run ``live`` in ``txn``, requests of one runner together; the one that failed, if any.

@@ -252,8 +252,9 @@ class HistoryEntry:
     """
     ctime: str | None = None
     """The path's status-change time from the same ``lstat``: the kernel sets it at
-    every change, and no user call sets it back. A write whose ``mtime`` lies
-    well before its ``ctime`` had its modification time set back.
+    every change (a chmod, a rename, a new link too), and no user call sets it back.
+    A write whose ``mtime`` lies before the ``time`` of the file's previous entry had
+    its modification time set back (the journal saw other bytes then).
     """
 
 
@@ -810,16 +811,34 @@ class Forensics:
     def held(self, path: str, position: int) -> HeldSpan:
         """The changes that bound what ``path`` held at ``position`` (see :class:`HeldSpan`).
 
-        :class:`NoFileAtError` if the path held nothing then.
+        For a directory or a link: its creation (or its move there) and its
+        deletion (or its move away). A write that changed no byte (the empty
+        write that follows the creation of an empty file) bounds nothing.
+        :class:`NoFileAtError` if the path held nothing then, or names a root.
         """
+        if path.strip("/") in {"", "."}:
+            raise NoFileAtError(path=path, position=position, detail="a root")
         target = normalize_relpath(path)
         current: str | None = None  # the file identity at the path
         since: HistoryEntry | None = None
         until: HistoryEntry | None = None
+        sizes: dict[str, int] = {}  # file identity -> its size after the entries so far
+
+        def changes_bytes(entry: HistoryEntry) -> bool:
+            before = sizes.get(entry.file_id, 0)
+            if entry.size is not None:
+                sizes[entry.file_id] = entry.size
+            if entry.operation not in _CONTENT_CHANGES:
+                return False
+            if entry.operation == "replaced":  # a delta may move bytes with no literal
+                return True
+            return entry.size != before or any(length > 0 for _, length in entry.ranges)
+
         for entry in self.history(target):
+            changed = changes_bytes(entry)
             if entry.position > position:
                 if entry.file_id == current and (
-                    entry.operation in _CONTENT_CHANGES
+                    changed
                     or entry.operation == "deleted"
                     or (entry.operation == "renamed" and entry.new_path != target)
                 ):
@@ -832,7 +851,7 @@ class Forensics:
                 current, since = None, None  # gone, or moved away
             elif entry.path == target and entry.operation == "created":
                 current, since = entry.file_id, entry
-            elif entry.file_id == current and entry.operation in _CONTENT_CHANGES:
+            elif entry.file_id == current and changed:
                 since = entry
         if since is None:
             raise NoFileAtError(path=target, position=position, detail="nothing")

@@ -591,13 +591,18 @@ class LMDBApplicationRecorder(LMDBAggregateRecorder, ApplicationRecorder):
                 last = txn.last(self.events_table)
             # A last key of another shape is damage, which the scan reports where it is.
             stop = decode_position(last[0]) if last and len(last[0]) == 8 else None
-        left = limit
+        first, left = max(first, 1), limit
         while left is None or left > 0:
             wanted = RECORDS_CHUNK if left is None else min(left, RECORDS_CHUNK)
-            chunk = list(self._scan(first, stop, topics, wanted, timed=True))
-            for record in chunk:
-                assert isinstance(record, JournalRecord)
-                yield record
+            chunk: list[JournalRecord] = []
+            try:
+                for record in self._scan(first, stop, topics, wanted, timed=True):
+                    assert isinstance(record, JournalRecord)
+                    chunk.append(record)
+            except Exception:
+                yield from chunk  # the good records before the damage, then its error
+                raise
+            yield from chunk
             if len(chunk) < wanted:
                 return
             first = chunk[-1].id + 1

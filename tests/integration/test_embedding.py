@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from xoengine.datastore import open_store
 from xoengine.engine import Engine
 from xoengine.errors import (
     ConfigurationError,
@@ -24,6 +25,7 @@ from xoengine.errors import (
     OverlappingTreesError,
     ScenarioError,
     ScenarioStateError,
+    StorageError,
     XoError,
 )
 from xoengine.testing import snapshot_contents
@@ -335,3 +337,23 @@ def test_a_forked_child_is_refused_the_journal_its_parent_writes(tmp_path: Path)
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["E4002"]
+
+
+def test_a_write_asked_from_inside_a_writes_work_is_refused(tmp_path: Path) -> None:
+    """It would wait for its own commit for ever: a coded error instead, and nothing lost."""
+    store = open_store(tmp_path / "store", durability="nosync")
+    store.ensure("t")
+
+    def outer(txn: Any) -> str:
+        txn.put("t", b"outer", b"1")
+        try:
+            store.write(lambda inner: inner.put("t", b"inner", b"2"))
+        except StorageError as e:
+            return e.code
+        return "written"
+
+    assert store.write(outer) == "E4000"
+    with store.read() as txn:
+        assert (txn.get("t", b"outer"), txn.get("t", b"inner")) == (b"1", None)
+    store.write(lambda txn: txn.put("t", b"after", b"3"))  # the store goes on
+    store.close()

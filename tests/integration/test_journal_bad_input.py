@@ -12,17 +12,21 @@ import os
 import shutil
 import subprocess
 import sys
+import uuid
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
+from eventsourcing.persistence import StoredEvent
 
+from xoengine.datastore import open_store
 from xoengine.engine import Engine
 from xoengine.errors import (
     ChecksumMismatchError,
     DiskFullError,
     JournalInsideJournalError,
 )
+from xoengine.journal import LMDBApplicationRecorder, encode_position
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -343,3 +347,35 @@ def test_a_state_directory_journal_cut_among_its_data_pages_is_damage(
     for mode in ("readonly", "writable"):
         result = run_python(_OPEN, state, mode)
         assert result.stdout.split() == ["E4005", "4"], (mode, result.returncode, result.stderr)
+
+
+def test_a_damaged_record_still_lets_every_record_before_it_be_read(tmp_path: Path) -> None:
+    """``records()`` reads in chunks: the good records before the damage come out first.
+
+    The damage is in the middle of a chunk (position 1,500; chunks of 1,024), so
+    a chunk read whole before it is given out would drop 1..1,024 good records.
+    """
+    store = open_store(tmp_path / "journal", durability="nosync")
+    recorder = LMDBApplicationRecorder(store)
+    recorder.create_table()
+    origin = uuid.uuid4()
+    recorder.insert_events(
+        [StoredEvent(origin, version, "t", b"state") for version in range(1, 3001)]
+    )
+    table = recorder.events_table
+
+    def damage(txn: Any) -> None:
+        key = encode_position(1500)
+        value = bytearray(txn.get(table, key))
+        value[-1] ^= 1
+        txn.put(table, key, bytes(value))
+
+    store.write(damage)
+    seen = []
+    with pytest.raises(ChecksumMismatchError):
+        seen.extend(record.id for record in recorder.records())
+    assert seen == list(range(1, 1500))
+    store.close()
+    listed = run_cli("journal", "log", tmp_path / "journal")
+    assert listed.returncode == 4, listed.stderr
+    assert len(listed.stdout.splitlines()) == 1499

@@ -153,6 +153,65 @@ def test_capture_needing_a_bigger_map_waits_for_busy_readers_not_iterators(
     assert result["differences"] == 0
 
 
+_ABORT_SCRIPT = r"""
+import json, os, sys, threading
+from xoengine.datastore import open_store
+
+store = open_store(sys.argv[1], durability="nosync", map_size=1 << 20)
+store.ensure("t")
+stop = threading.Event()
+
+def read():
+    while not stop.is_set():
+        with store.read() as txn:
+            txn.get("t", b"k")
+
+readers = [threading.Thread(target=read) for _ in range(3)]
+for reader in readers:
+    reader.start()
+outcomes = []
+for i in range(40):
+    data = os.urandom(256 * 1024)
+    def work(txn, i=i, data=data):
+        txn.put("t", b"k%d" % i, data)
+        if i % 4 == 3:
+            raise ValueError(i)  # its caller's error: the transaction is aborted
+    try:
+        store.write(work)
+        outcomes.append("ok")
+    except ValueError:
+        outcomes.append("refused")
+stop.set()
+for reader in readers:
+    reader.join()
+with store.read() as txn:
+    kept = sum(1 for _ in txn.items("t"))
+print(json.dumps({"outcomes": outcomes, "kept": kept, "map": store.info().map_size}))
+store.close()
+"""
+
+
+def test_writes_that_abort_finish_while_other_threads_keep_reading(tmp_path: Path) -> None:
+    """A full map and a failing write each abort a transaction; busy readers never hold it off.
+
+    py-lmdb (2.x on) makes an abort wait until no operation of any thread is in
+    flight: three threads reading back to back held a write's abort for
+    seconds, or for ever (3 of 90 writes done in 30 s).
+    """
+    done = subprocess.run(
+        [sys.executable, "-c", _ABORT_SCRIPT, str(tmp_path / "store")],
+        capture_output=True,
+        text=True,
+        timeout=HANG_GUARD_S,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout.splitlines()[-1])
+    assert result["outcomes"] == ["refused" if i % 4 == 3 else "ok" for i in range(40)]
+    assert result["kept"] == 30
+    assert result["map"] > 1 << 20
+
+
 # -- 2. stop() with the live watcher ----------------------------------------------------------
 
 

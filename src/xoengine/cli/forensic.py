@@ -65,6 +65,10 @@ def _check_output(state: str, out: str | None, scratch: str | None) -> None:
     """Refuse ``cat``'s output file and scratch directory before any work is done."""
     if out is not None:
         _outside_state(state, out, "write the output to")
+        if os.path.lexists(out):  # evidence may be there: never written over
+            raise OutputLocationError(
+                action="write the output to", path=out, detail="it exists already"
+            )
         parent = os.path.dirname(out) or "."
         if not os.path.isdir(parent):
             raise OutputLocationError(
@@ -84,7 +88,7 @@ def _write_out(source: BinaryIO, out: str, digest: hashlib._Hash) -> int:
     """Copy ``source`` into the new file ``out``; a failed or interrupted copy leaves no file."""
     opened = False
     try:
-        with open(out, "wb") as sink:
+        with open(out, "xb") as sink:
             opened = True
             return _copy(source, sink, digest)
     except BaseException as e:
