@@ -1120,21 +1120,21 @@ class _Committer:
 
     def finish(self) -> None:
         """Wait for the running commit; raise its error, if any."""
-        if self._thread is not None:
-            with self._awaiting():
-                self._thread.join()
-            self._thread = None
+        self._join()
         error, self._error = self._error, None
         if error is not None:
             raise error
 
     def close(self) -> None:
         """Wait for the running commit (an error already being raised wins)."""
+        self._join()
+        self._error = None
+
+    def _join(self) -> None:
         if self._thread is not None:
             with self._awaiting():
                 self._thread.join()
             self._thread = None
-        self._error = None
 
 
 def _made(event: RootChanged, _ids: list[bytes]) -> RootChanged:

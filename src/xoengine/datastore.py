@@ -917,7 +917,9 @@ class Store:
         # map (or one another process grew) runs the whole batch again, resized.
         live = list(batch)
         while live:
-            txn = None
+            txn: Any = None
+            failed: _WriteRequest | None = None
+            resize: Callable[[], None] | None = None
             try:
                 with self._resize.shared():
                     txn = self._env.begin(write=True)
@@ -932,29 +934,25 @@ class Store:
                         done, txn = txn, None
                         done.commit()
             except lmdb.MapFullError:
-                self._abort(txn)
-                self._grow()
-                live = list(batch)
-                continue
+                resize = self._grow
             except lmdb.MapResizedError:
-                self._abort(txn)
-                self._set_map_size(
-                    lambda: 0, "was grown by another process", "The write was not recorded"
-                )
+                resize = self._adopt_size
+            finally:
+                self._abort(txn)  # None once committed
+            if resize is not None:
+                resize()
                 live = list(batch)
-                continue
-            except BaseException:
-                self._abort(txn)
-                raise
-            if txn is not None:
-                self._abort(txn)
-                if failed is not None and failed.error is not None:
+            elif failed is not None:
+                if failed.error is not None:
                     live.remove(failed)
-                continue
-            for request in live:
-                for callback in request.committed:
-                    callback()
-            return
+            else:
+                for request in live:
+                    for callback in request.committed:
+                        callback()
+                return
+
+    def _adopt_size(self) -> None:
+        self._set_map_size(lambda: 0, "was grown by another process", "The write was not recorded")
 
     def _abort(self, txn: Any) -> None:
         """Abort the write transaction ``txn`` (None: none) with no read of this process busy.
@@ -967,12 +965,11 @@ class Store:
         """
         if txn is None:
             return
-        with contextlib.suppress(_ReadsHeld), self._resize.exclusive(_ABORT_PATIENCE):
+        with contextlib.ExitStack() as quiet:
+            with contextlib.suppress(_ReadsHeld):
+                quiet.enter_context(self._resize.exclusive(_ABORT_PATIENCE))
             with contextlib.suppress(lmdb.Error):  # LMDB aborted a failed commit already
                 txn.abort()
-            return
-        with contextlib.suppress(lmdb.Error):
-            txn.abort()
 
     def _run_groups(self, live: list[_WriteRequest], txn: Any, seq: int) -> _WriteRequest | None:
         """Run ``live`` in ``txn``, requests of one runner together; the one that failed, if any.

@@ -27,7 +27,6 @@ from __future__ import annotations
 import bisect as bisection
 import contextlib
 import dataclasses
-import datetime as dt
 import itertools
 import mmap
 import os
@@ -61,6 +60,7 @@ from xoengine.events import (
     observed_owner,
     root_label,
 )
+from xoengine.journal import iso_time
 from xoengine.tree import Extents, ReplicaTree, event_delta
 from xoengine.walk import Xattrs, normalize_relpath, read_xattrs
 
@@ -69,10 +69,12 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BURST_WINDOW_S",
+    "CONTENT_CHANGES",
     "PATH_EVENTS",
     "BisectResult",
     "DiffResult",
     "Forensics",
+    "HeldSpan",
     "HistoryEntry",
     "JournalSource",
     "LiveFile",
@@ -277,7 +279,8 @@ class HeldSpan:
     until: HistoryEntry | None
 
 
-_CONTENT_CHANGES: Final = frozenset({"written", "truncated", "replaced"})
+CONTENT_CHANGES: Final = frozenset({"written", "truncated", "replaced"})
+"""The history operations that change a file's bytes."""
 
 
 @dataclass(frozen=True)
@@ -306,28 +309,14 @@ class BisectResult:
     burst_files: int
 
 
-def _iso(time_ns: int) -> str:
-    """A journal time label as an ISO 8601 UTC time, to the microsecond."""
-    return dt.datetime.fromtimestamp(time_ns / 1e9, tz=dt.UTC).isoformat(timespec="microseconds")
+def _names_root(path: str) -> bool:
+    """Whether ``path`` names the root (``.``, ``/`` or nothing) rather than a path below it."""
+    return path.strip("/") in {"", "."}
 
 
 def _observed_time(event: FileEvent, index: int) -> str | None:
-    """Element ``index`` of the event's ``observed`` stat (2: mtime, 3: ctime), as ISO.
-
-    A file may carry any time (``touch -d``): one outside the years 1-9999 is
-    given as ``@`` and its seconds since the epoch.
-    """
-    if len(event.observed) <= index:
-        return None
-    ns = event.observed[index]
-    try:
-        return (_EPOCH + dt.timedelta(microseconds=ns // 1000)).isoformat(timespec="microseconds")
-    except OverflowError:
-        seconds, fraction = divmod(abs(ns), 10**9)
-        return f"@{'-' if ns < 0 else ''}{seconds}.{fraction:09d}"
-
-
-_EPOCH: Final = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+    """Element ``index`` of the event's ``observed`` stat (2: mtime, 3: ctime), as ISO."""
+    return iso_time(event.observed[index]) if len(event.observed) > index else None
 
 
 def _root_meta(event: RootChanged) -> tuple[int, list[int], dict[str, bytes]]:
@@ -754,7 +743,7 @@ class Forensics:
         root's name (a root of several).
         """
         end = self.source.last_position()  # every read ends here: one instant, while captures go on
-        root_only = path.strip("/") in {"", "."}
+        root_only = _names_root(path)
         target = "" if root_only else normalize_relpath(path)
         roots = [
             (pos, 0, self._root_entry(pos, time_ns, event))
@@ -816,7 +805,7 @@ class Forensics:
         write that follows the creation of an empty file) bounds nothing.
         :class:`NoFileAtError` if the path held nothing then, or names a root.
         """
-        if path.strip("/") in {"", "."}:
+        if _names_root(path):
             raise NoFileAtError(path=path, position=position, detail="a root")
         target = normalize_relpath(path)
         current: str | None = None  # the file identity at the path
@@ -828,7 +817,7 @@ class Forensics:
             before = sizes.get(entry.file_id, 0)
             if entry.size is not None:
                 sizes[entry.file_id] = entry.size
-            if entry.operation not in _CONTENT_CHANGES:
+            if entry.operation not in CONTENT_CHANGES:
                 return False
             if entry.operation == "replaced":  # a delta may move bytes with no literal
                 return True
@@ -877,7 +866,7 @@ class Forensics:
             new = event.new_path
         return HistoryEntry(
             position=position,
-            time=_iso(time_ns),
+            time=iso_time(time_ns),
             operation="renamed" if event is None else _operation(event),
             path=at,
             new_path=new,
@@ -902,7 +891,7 @@ class Forensics:
         """One change of a root's own metadata, as a history entry (operation ``root``)."""
         return HistoryEntry(
             position=position,
-            time=_iso(time_ns),
+            time=iso_time(time_ns),
             operation="root",
             path=root_label(event.root),
             new_path=None,

@@ -77,6 +77,7 @@ from xoengine.record import (
     encode_events,
     encode_position,
     encode_topic_entries,
+    iso_time,
     oid_prefix,
     oid_prefixes,
     stream_key,
@@ -105,6 +106,7 @@ __all__ = [
     "datetime_ns",
     "decode_position",
     "encode_position",
+    "iso_time",
 ]
 
 META_TABLE: Final = "meta"

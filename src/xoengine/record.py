@@ -36,6 +36,7 @@ __all__ = [
     "encode_events",
     "encode_position",
     "encode_topic_entries",
+    "iso_time",
     "oid_prefix",
     "oid_prefixes",
     "stream_key",
@@ -52,6 +53,21 @@ OID_STR: Final = 1  # or a string one
 def datetime_ns(when: dt.datetime) -> int:
     """The last UTC nanosecond of the microsecond a timezone-aware datetime names (no float)."""
     return (when - _EPOCH) // dt.timedelta(microseconds=1) * 1000 + 999
+
+
+def iso_time(time_ns: int) -> str:
+    """A UTC time in nanoseconds as ISO 8601 to the microsecond: :func:`datetime_ns` reversed.
+
+    No float: a label is shown in the microsecond that resolves to it.
+    A file may carry any time (``touch -d``): one outside the years 1-9999 is
+    given as ``@`` and its seconds since the epoch.
+    """
+    try:
+        when = _EPOCH + dt.timedelta(microseconds=time_ns // 1000)
+    except OverflowError:
+        seconds, fraction = divmod(abs(time_ns), 10**9)
+        return f"@{'-' if time_ns < 0 else ''}{seconds}.{fraction:09d}"
+    return when.isoformat(timespec="microseconds")
 
 
 def encode_position(position: int) -> bytes:

@@ -25,10 +25,11 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from xoengine.engine import Engine
+from xoengine.engine import Engine, Scenario
 from xoengine.testing import compare_trees
 
 HANG_GUARD_S = 180  # only ends a stuck child so that the failure is reported
@@ -111,16 +112,21 @@ eng.close()
 """
 
 
-def _grow(mode: str, tmp_path: Path) -> dict[str, object]:
+def _child(script: str, *args: str | Path) -> Any:
+    """Run ``script`` in a child (ended by HANG_GUARD_S); the JSON of its last line."""
     done = subprocess.run(
-        [sys.executable, "-c", _GROW_SCRIPT, mode, str(tmp_path)],
+        [sys.executable, "-c", script, *map(str, args)],
         capture_output=True,
         text=True,
         timeout=HANG_GUARD_S,
         check=False,
     )
     assert done.returncode == 0, done.stderr
-    result: dict[str, object] = json.loads(done.stdout.splitlines()[-1])
+    return json.loads(done.stdout.splitlines()[-1])
+
+
+def _grow(mode: str, tmp_path: Path) -> dict[str, object]:
+    result: dict[str, object] = _child(_GROW_SCRIPT, mode, tmp_path)
     return result
 
 
@@ -198,15 +204,7 @@ def test_writes_that_abort_finish_while_other_threads_keep_reading(tmp_path: Pat
     flight: three threads reading back to back held a write's abort for
     seconds, or for ever (3 of 90 writes done in 30 s).
     """
-    done = subprocess.run(
-        [sys.executable, "-c", _ABORT_SCRIPT, str(tmp_path / "store")],
-        capture_output=True,
-        text=True,
-        timeout=HANG_GUARD_S,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
-    result = json.loads(done.stdout.splitlines()[-1])
+    result = _child(_ABORT_SCRIPT, tmp_path / "store")
     assert result["outcomes"] == ["refused" if i % 4 == 3 else "ok" for i in range(40)]
     assert result["kept"] == 30
     assert result["map"] > 1 << 20
@@ -224,17 +222,22 @@ def _journal_holds(eng: Engine, master: Path, where: Path) -> list[str]:
     return [str(d) for d in compare_trees(master, where)]
 
 
+def _watched(eng: Engine, tmp_path: Path) -> tuple[Scenario, Path]:
+    """Scenario ``s`` of a master holding ``a`` ("0"), with a long watch delay: only
+    ``stop()`` (or ``close()``) can journal what the test changes after ``start``."""
+    master = tmp_path / "m"
+    master.mkdir()
+    (master / "a").write_text("0")
+    replica = str(tmp_path / "r1")
+    sc = eng.create_scenario("s", master=str(master), replicas={"r1": replica}, watch_delay=30)
+    return sc, master
+
+
 def test_watch_stop_journals_a_change_made_just_before(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    master, replica = tmp_path / "m", tmp_path / "r1"
-    master.mkdir()
-    (master / "a").write_text("0")
     with Engine.open(tmp_path / "state", durability="nosync") as eng:
-        # A long delay: only stop() can have journaled what follows.
-        sc = eng.create_scenario(
-            "s", master=str(master), replicas={"r1": str(replica)}, watch_delay=30
-        )
+        sc, master = _watched(eng, tmp_path)
         for k in range(ROUNDS):
             sc.start(watch=True)
             (master / f"new{k}").write_text(f"round {k}")
@@ -268,13 +271,8 @@ def test_watch_journals_a_change_made_just_before_close_by_exception(
 def test_watch_stop_journals_a_burst_after_a_read_of_a_file(tmp_path: Path) -> None:
     # A mark sent through watchdog's queue (open a file, wait for its close event) was
     # taken for the stale close of a read made just before the burst: 157 of 400 files.
-    master, replica = tmp_path / "m", tmp_path / "r1"
-    master.mkdir()
-    (master / "a").write_text("0")
     with Engine.open(tmp_path / "state", durability="nosync") as eng:
-        sc = eng.create_scenario(
-            "s", master=str(master), replicas={"r1": str(replica)}, watch_delay=30
-        )
+        sc, master = _watched(eng, tmp_path)
         sc.start(watch=True)
         assert (master / "a").read_text() == "0"
         for i in range(400):
@@ -311,15 +309,7 @@ eng.close()
 def test_watch_stop_after_two_directories_were_exchanged(tmp_path: Path) -> None:
     # watchdog's inotify watches lose track of an exchange (renameat2 RENAME_EXCHANGE):
     # stop() raised its KeyError, the watcher's thread went on, and close() hung.
-    done = subprocess.run(
-        [sys.executable, "-c", _EXCHANGE_SCRIPT, str(tmp_path)],
-        capture_output=True,
-        text=True,
-        timeout=HANG_GUARD_S,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout.splitlines()[-1]) == {"late": ["created", "written"]}
+    assert _child(_EXCHANGE_SCRIPT, tmp_path) == {"late": ["created", "written"]}
 
 
 # -- 3. the CLI and SIGTERM -------------------------------------------------------------------

@@ -25,7 +25,8 @@ from xoengine.cli.output import json_text, shown
 from xoengine.cli.scenario import _engine, _plain, _show
 from xoengine.engine import Engine, Instant
 from xoengine.errors import ConfigurationError, DiskFullError, OutputLocationError, XoError
-from xoengine.forensic import BURST_WINDOW_S, HistoryEntry
+from xoengine.forensic import BURST_WINDOW_S, CONTENT_CHANGES, HistoryEntry
+from xoengine.journal import iso_time
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -122,12 +123,12 @@ def cmd_cat(args: argparse.Namespace) -> int:
                 copied = _copy(source, sys.stdout.buffer, digest)
                 sys.stdout.buffer.flush()
         held = eng.held(args.name, args.path, position)
-        when = dt.datetime.fromtimestamp(eng.recorder.time_of(position) / 1e9, tz=dt.UTC)
+        when = iso_time(eng.recorder.time_of(position))
     if args.json:
         summary = {
             "path": args.path,
             "position": position,
-            "time": when.isoformat(),
+            "time": when,
             "bytes": copied,
             "sha256": digest.hexdigest(),
             "since": held.since,
@@ -137,7 +138,7 @@ def cmd_cat(args: argparse.Namespace) -> int:
         return 0
     until = held.until
     print(
-        f"{shown(args.path)} at position {position} ({when.isoformat()}): {copied} bytes, "
+        f"{shown(args.path)} at position {position} ({when}): {copied} bytes, "
         f"sha256 {digest.hexdigest()}\n"
         f"  held since position {held.since.position} ({held.since.time}, "
         f"{held.since.operation}{_mtime(held.since)})\n"
@@ -200,10 +201,6 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return 0
 
 
-_CONTENT_OPERATIONS: Final = ("created", "written", "truncated", "replaced")
-"""History operations whose text line shows the file's own mtime."""
-
-
 def cmd_history(args: argparse.Namespace) -> int:
     """``history``: every change to a path."""
     with Engine.open(args.state, readonly=True) as eng:
@@ -227,7 +224,7 @@ def cmd_history(args: argparse.Namespace) -> int:
                 extra += f" xattrs={','.join(shown(name) for name in e.xattrs) or '(none)'}"
             ranges = " ".join(f"{o}+{n}" for o, n in e.ranges)
             size = "" if e.size is None else f" size={e.size}"
-            if e.mtime is not None and e.operation in _CONTENT_OPERATIONS:
+            if e.mtime is not None and (e.operation == "created" or e.operation in CONTENT_CHANGES):
                 size += f" mtime={e.mtime}"
             line = f"{e.position:>8}  {e.time}  {e.operation:<9} {shown(e.path)}{extra}{size}"
             print(f"{line}  {ranges}")
@@ -316,7 +313,7 @@ def cmd_points(args: argparse.Namespace) -> int:
         rows: list[dict[str, Any]] = []
         for point in sc.rewind_points():
             row = _plain(point)
-            row["time"] = dt.datetime.fromtimestamp(point.time_ns / 1e9, tz=dt.UTC).isoformat()
+            row["time"] = iso_time(point.time_ns)
             rows.append(row)
         _show(rows, as_json=args.json)
     return 0

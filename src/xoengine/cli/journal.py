@@ -25,6 +25,7 @@ from xoengine.journal import (
     LMDBApplicationRecorder,
     applications,
     datetime_ns,
+    iso_time,
     verify,
 )
 from xoengine.tree import UndoLog
@@ -35,11 +36,6 @@ if TYPE_CHECKING:
     from xoengine.datastore import Store
 
 EXIT_DAMAGE = 4
-
-
-def _iso(time_ns: int) -> str:
-    stamp = dt.datetime.fromtimestamp(time_ns / 1e9, tz=dt.UTC)
-    return stamp.isoformat(timespec="microseconds")
 
 
 def parse_time(text: str) -> dt.datetime:
@@ -89,7 +85,7 @@ def _record_dict(app: str, record: JournalRecord) -> dict[str, Any]:
     return {
         "application": app,
         "position": record.id,
-        "time": _iso(record.time_ns),
+        "time": iso_time(record.time_ns),
         "topic": record.topic,
         "originator": str(record.originator_id),
         "version": record.originator_version,
