@@ -83,6 +83,7 @@ __all__ = [
 
 
 PATH_EVENTS: Final = (FileCreated, FileRenamed, FileDeleted)
+_META_NAMES: Final = ("mode", "mtime", "owner")  # the order of _user_meta
 """The file events that make, move or end a path: a fold of them alone knows every path."""
 
 
@@ -258,6 +259,14 @@ class HistoryEntry:
     A write whose ``mtime`` lies before the ``time`` of the file's previous entry had
     its modification time set back (the journal saw other bytes then).
     """
+    changed: list[str] | None = None
+    """For a ``metadata`` entry: which of ``mode``, ``mtime`` and ``owner`` it moved.
+
+    Empty: only the ``ctime`` moved, with nothing a user sets (a rename of the
+    file, a hard link made or removed, a chmod or touch to the same value): the
+    capture journals the new ``lstat`` so that it can tell the next change.
+    None for the other operations.
+    """
 
 
 @dataclass(frozen=True)
@@ -294,6 +303,9 @@ class DiffResult:
     modified: dict[str, list[list[int]]]
     renamed: dict[str, str]
     metadata: list[str]
+    """Paths of the same identity at both ends, bytes untouched, whose mode, mtime,
+    owner or extended attributes differ (a rename alone, or a chmod and back, is no
+    difference)."""
     roots: list[str] = field(default_factory=list)
     """Roots whose own mode, owner or extended attributes differ ("." for the one root)."""
 
@@ -317,6 +329,13 @@ def _names_root(path: str) -> bool:
 def _observed_time(event: FileEvent, index: int) -> str | None:
     """Element ``index`` of the event's ``observed`` stat (2: mtime, 3: ctime), as ISO."""
     return iso_time(event.observed[index]) if len(event.observed) > index else None
+
+
+def _user_meta(live: LiveFile | None) -> tuple[object, ...]:
+    """What a user sets on a file identity: mode, mtime, owner, extended attributes."""
+    if live is None:
+        return ()
+    return live.mode, live.mtime_ns, live.owner, live.xattrs
 
 
 def _root_meta(event: RootChanged) -> tuple[int, list[int], dict[str, bytes]]:
@@ -786,11 +805,19 @@ class Forensics:
             timeline = moves[fid]
             starts = [pos for pos, _ in timeline]
             size = 0  # made empty: its content events give every size after
+            state: dict[uuid.UUID, LiveFile] = {}  # the identity's own fold, for what moved
             for pos, time_ns, event in self.source.file_stream(fid, end):
                 # Where it was just before this event: after its last move before it.
                 index = bisection.bisect_left(starts, pos) - 1
                 at = timeline[index][1] if index >= 0 else event.path
-                entries.append((pos, 0, self._entry(pos, time_ns, fid, event, at, before=size)))
+                was = _user_meta(state.get(fid))
+                self._step(state, pos, event)
+                entry = self._entry(pos, time_ns, fid, event, at, before=size)
+                if isinstance(event, MetadataChanged):
+                    after = _user_meta(state.get(fid))
+                    pairs = zip(_META_NAMES, was, after, strict=False)  # not the xattrs
+                    entry = dataclasses.replace(entry, changed=[n for n, a, b in pairs if a != b])
+                entries.append((pos, 0, entry))
                 size = _size_after([event], size)
             for n, (pos, time_ns, old, now, via) in enumerate(carried.get(fid, []), 1):
                 entries.append((pos, n, self._entry(pos, time_ns, fid, None, old, now, via)))
@@ -945,7 +972,12 @@ class Forensics:
         renamed = {start[fid]: p for fid, p in end.items() if fid in start and start[fid] != p}
         modified = {end[fid]: r for fid, r in touched.items() if fid in start and fid in end}
         metadata = sorted(
-            end[fid] for fid in meta if fid in start and fid in end and fid not in touched
+            end[fid]
+            for fid in meta
+            if fid in start
+            and fid in end
+            and fid not in touched
+            and self._meta_moved(fid, low, high)
         )
         # Roots known at both ends (a journal older than root events knows them later).
         before, after = self.roots(low), self.roots(high)
@@ -957,6 +989,20 @@ class Forensics:
         return DiffResult(
             from_position, to_position, added, removed, modified, renamed, metadata, roots
         )
+
+    def _meta_moved(self, fid: uuid.UUID, low: int, high: int) -> bool:
+        """Whether what a user sets on ``fid`` differs at ``low`` and ``high``.
+
+        Its metadata events in between may cancel out (a chmod and back), or
+        move the ctime alone (a rename): neither is a difference.
+        """
+        state: dict[uuid.UUID, LiveFile] = {}
+        was: tuple[object, ...] | None = None
+        for pos, _, event in self.source.file_stream(fid, high):
+            if was is None and pos > low:
+                was = _user_meta(state.get(fid))
+            self._step(state, pos, event)
+        return was is not None and was != _user_meta(state.get(fid))
 
     def roots(self, position: int | None) -> dict[str, RootChanged]:
         """The own metadata of each root (by name) as journaled last at ``position``."""

@@ -782,6 +782,45 @@ def test_history_gives_the_files_own_times_beside_the_journals(
     assert f"mtime={last.mtime}" in capsys.readouterr().out.splitlines()[-2]
 
 
+def test_metadata_entries_say_what_moved_and_diff_lists_only_real_differences(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A rename moves the ctime alone; a chmod and back is no difference between its ends."""
+    eng, sc, master = new_engine(tmp_path)
+    write(master / "a", b"bytes")
+    write(master / "b", b"other")
+    sc.start()
+    start = eng.last_position()
+    os.rename(master / "a", master / "c")
+    sc.capture()
+    renamed = eng.last_position()
+    os.chmod(master / "b", 0o600)
+    os.utime(master / "c", ns=(10**18, 10**18))
+    sc.capture()
+    moded = eng.last_position()
+    os.chmod(master / "b", 0o644)
+    os.chown(master / "c", 1234, 5678)
+    sc.capture()
+    try:
+        meta = [(e.path, e.changed) for e in eng.history("fx", "c") if e.operation == "metadata"]
+        assert meta == [("c", []), ("c", ["mtime"]), ("c", ["owner"])]
+        meta = [(e.path, e.changed) for e in eng.history("fx", "b") if e.operation == "metadata"]
+        assert meta == [("b", ["mode"]), ("b", ["mode"])]
+        assert all(e.changed is None for e in eng.history("fx", "c") if e.operation != "metadata")
+        assert eng.diff("fx", start, renamed).metadata == []
+        assert eng.diff("fx", start, renamed).renamed == {"a": "c"}
+        assert eng.diff("fx", renamed, moded).metadata == ["b", "c"]
+        assert eng.diff("fx", moded, renamed).metadata == ["b", "c"]
+        assert eng.diff("fx", renamed, eng.last_position()).metadata == ["c"]  # b's mode is back
+    finally:
+        eng.close()
+    assert main(["history", str(tmp_path / "state"), "fx", "c"]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if "metadata" in line]
+    assert lines[0].rstrip().endswith("c (ctime only)")
+    assert "mtime=" in lines[1] and "mode=" not in lines[1]
+    assert "owner=1234:5678" in lines[2] and "mtime=" not in lines[2]
+
+
 def test_history_of_an_unknown_path_is_an_error(ro: Engine) -> None:
     with pytest.raises(NoFileAtError, match="ever had the path"):
         ro.history("fx", "never/was.txt")

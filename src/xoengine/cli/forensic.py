@@ -215,7 +215,8 @@ def cmd_history(args: argparse.Namespace) -> int:
                 extra += f" (directory {shown(e.moved_with)})"
             if e.target is not None:
                 extra += f" (symlink to {shown(e.target)})"
-            if e.mode is not None and e.target is None:
+            meta = e.changed  # a metadata entry shows what it moved
+            if e.mode is not None and e.target is None and (meta is None or "mode" in meta):
                 extra += f" mode={e.mode:04o}"
             if e.owner is not None and owners.get(e.file_id) != e.owner:
                 owners[e.file_id] = e.owner  # shown where it is first known, and changes
@@ -224,8 +225,14 @@ def cmd_history(args: argparse.Namespace) -> int:
                 extra += f" xattrs={','.join(shown(name) for name in e.xattrs) or '(none)'}"
             ranges = " ".join(f"{o}+{n}" for o, n in e.ranges)
             size = "" if e.size is None else f" size={e.size}"
-            if e.mtime is not None and (e.operation == "created" or e.operation in CONTENT_CHANGES):
+            if e.mtime is not None and (
+                e.operation == "created"
+                or e.operation in CONTENT_CHANGES
+                or "mtime" in (meta or [])
+            ):
                 size += f" mtime={e.mtime}"
+            if meta == []:
+                size += " (ctime only)"
             line = f"{e.position:>8}  {e.time}  {e.operation:<9} {shown(e.path)}{extra}{size}"
             print(f"{line}  {ranges}")
     return 0
