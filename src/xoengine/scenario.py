@@ -582,6 +582,11 @@ class Scenario:
         except KeyError:
             raise ReplicaNotFoundError(name=self.name, replica=name) from None
 
+    def applied_position(self, replica: str) -> int:
+        """The journal position ``replica`` holds: applied up to it, or rewound to it."""
+        self._usable("read the position of a replica of")
+        return self._replica(replica).position()
+
     def suspend(self, replica: str) -> None:
         """Stop applying changes to ``replica``; they accumulate in the journal (R9)."""
         self._usable("suspend a replica of")

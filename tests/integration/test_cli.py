@@ -243,9 +243,10 @@ def test_cli_rewind_and_replay_report_progress_on_a_terminal(tmp_path: Path) -> 
 
     code, said = on_terminal("rewind", state, "s", "r1", "one")
     assert code == 0
-    last = said.strip().splitlines()[-1]
-    done, total = last.removeprefix("undo records undone: ").split(" of ")
+    reports = [line for line in said.splitlines() if line.startswith("undo records undone: ")]
+    done, total = reports[-1].removeprefix("undo records undone: ").strip().split(" of ")
     assert done == total != "0"  # the last report: every record undone
+    assert "xoengine resume" in said.split(reports[-1])[-1]  # then how the replica comes back
     code, said = on_terminal("replay", state, "s", "--to", str(tmp_path / "out"))
     assert code == 0
     assert "entries written: 2 of 2" in said

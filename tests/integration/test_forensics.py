@@ -1210,8 +1210,15 @@ def test_cli_rewind_points_rewind_and_difference(
         by_name["two"]["time"]
     )
 
+    applied = _json(capsys, ["stats", state, "fx", "--json"])["replicas"]["r1"]["applied_position"]
     held = _json(capsys, ["rewind", state, "fx", "r1", "one", "--json", *nosync])
-    assert held == {"replica": "r1", "position": one.position}
+    assert held == {
+        "replica": "r1",
+        "position": one.position,
+        "time": by_name["one"]["time"],
+        "from_position": applied,
+        "suspended": True,
+    }
     assert snapshot(tmp_path / "r1") == tree_one
 
     report = _json(capsys, ["difference", state, "fx", "r1", "--verify", "--json", *nosync])
@@ -1227,6 +1234,23 @@ def test_cli_rewind_points_rewind_and_difference(
     other = _json(capsys, ["difference", state, "fx", "r2", "--verify", "--json", *nosync])
     assert other["differences"] == {}
     assert other["suspended"] is False
+
+    # In text, the rewind says where the replica is and how it comes back.
+    applied = _json(capsys, ["stats", state, "fx", "--json"])["replicas"]["r2"]["applied_position"]
+    assert main(["rewind", state, "fx", "r2", "--position", str(one.position), *nosync]) == 0
+    said = capsys.readouterr()
+    assert f"from_position: {applied}" in said.out and "suspended: True" in said.out
+    assert f"xoengine resume {state} fx r2" in said.err
+
+    # The resume says what it did: after a rewind, a resynchronization first.
+    resumed = _json(capsys, ["resume", state, "fx", "r2", "--json", *nosync])
+    assert resumed["resynchronized"]["level"] == "block"
+    assert resumed["resynchronized"]["files_changed"] >= 1  # "a" went back to its new bytes
+    assert snapshot(tmp_path / "r2") == snapshot(master)
+    assert main(["suspend", state, "fx", "r2", *nosync]) == 0
+    resumed_plain = _json(capsys, ["resume", state, "fx", "r2", "--json", *nosync])
+    assert resumed_plain["resynchronized"] is None
+    assert resumed_plain["position"] >= resumed["position"]
 
 
 # -- retention on a live engine -----------------------------------------------------------------

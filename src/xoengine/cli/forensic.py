@@ -15,6 +15,7 @@ import datetime as dt
 import errno
 import hashlib
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -303,10 +304,25 @@ def cmd_rewind(args: argparse.Namespace) -> int:
         return 0
     with Engine.open(args.state, durability=args.durability) as eng:
         sc = eng.scenario(args.name)
+        was = sc.applied_position(args.replica)
         held = sc.rewind(
             args.replica, args.point, **target, progress=_progress("undo records undone")
         )
-        _show({"replica": args.replica, "position": held}, as_json=args.json)
+        result = {
+            "replica": args.replica,
+            "position": held,
+            "time": iso_time(eng.recorder.time_of(held)) if held else None,
+            "from_position": was,
+            "suspended": True,
+        }
+        _show(result, as_json=args.json)
+    if not args.json:
+        print(
+            f"{args.replica} stays out of replication at that state until "
+            f"`xoengine resume {shlex.join([args.state, args.name, args.replica])}`, "
+            "which resynchronizes it with the master",
+            file=sys.stderr,
+        )
     return 0
 
 

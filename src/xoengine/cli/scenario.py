@@ -203,11 +203,25 @@ def cmd_suspend(args: argparse.Namespace) -> int:
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
-    """``resume``: apply what accumulated (no resync)."""
+    """``resume``: apply what accumulated; after a rewind, resynchronize first.
+
+    Prints the position the replica reached and, if the resume resynchronized
+    it, what that synchronization checked and sent.
+    """
     with _engine(args) as eng:
         sc = eng.scenario(args.name)
+        before = eng.last_position()
         sc.resume(args.replica)
         sc.wait_replicated()
+        runs = sc.sync_report(args.replica)["runs"]
+        resync = next((run for run in runs if run["position"] > before), None)
+        keys = ("level", "files_checked", "files_changed", "files_deleted", "bytes_sent")
+        result = {
+            "replica": args.replica,
+            "position": sc.applied_position(args.replica),
+            "resynchronized": None if resync is None else {key: resync[key] for key in keys},
+        }
+        _show(result, as_json=args.json)
     return 0
 
 
