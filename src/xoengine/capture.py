@@ -82,7 +82,7 @@ from xoengine.walk import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable, Sequence
+    from collections.abc import Callable, Iterable, Iterator, Sequence
 
     from xoengine.datastore import Store, WriteTxn
     from xoengine.journal import BlobTable
@@ -205,6 +205,8 @@ class Capture:
         # Root name -> (version, mode, owner, attributes) journaled last (None: not read yet).
         self._roots: dict[str, tuple[int, int, list[int], dict[str, bytes]]] | None = None
         self._pending_bytes = 0
+        self._path_start: int | None = None  # where the path being queued began (_one_path)
+        self._stored_bytes = 0  # bytes of the queued events stored already (_store_blobs)
         self._versions: dict[uuid.UUID, int] = {}
         self._result = CaptureResult()
         self._settled: set[tuple[str, int]] = set()  # racy files re-read after their tick
@@ -366,13 +368,14 @@ class Capture:
         for path in list(walked):
             entry = walked[path]
             state = known.get(path)
-            if state is not None and state.kind != entry.kind:
-                self._delete_tree(path, known)
-                state = None
-            if state is None:
-                self._create(path, entry)
-            else:
-                self._update(path, entry, state)
+            with self._one_path():
+                if state is not None and state.kind != entry.kind:
+                    self._delete_tree(path, known)
+                    state = None
+                if state is None:
+                    self._create(path, entry)
+                else:
+                    self._update(path, entry, state)
             if self._progress is not None:
                 self._progress.read(path)
         # 3. Deletions, children before parents.
@@ -947,6 +950,7 @@ class Capture:
         """Queue one BytesWritten: ``pieces`` become blobs, ``spans`` the new block digests."""
         version = self._next_version(state)
         scenario = self.scenario
+        extents = [(at, len(data)) for at, data in pieces]  # not the bytes: stored, they go
 
         def make(ids: list[bytes]) -> FileEvent:
             return BytesWritten(
@@ -956,7 +960,7 @@ class Capture:
                 scenario=scenario,
                 path=path,
                 observed=observed,
-                ranges=[[at, len(data), b] for (at, data), b in zip(pieces, ids, strict=True)],
+                ranges=[[at, n, b] for (at, n), b in zip(extents, ids, strict=True)],
                 size=size,
                 digests=spans,
             )
@@ -1029,8 +1033,67 @@ class Capture:
     ) -> None:
         self._pending.append(_Pending(make, data, derived))
         self._pending_bytes += sum(len(d) for d in data)
-        if self._pending_bytes >= FLUSH_BYTES or len(self._pending) >= FLUSH_EVENTS:
+        if self._path_start is None:
+            self._flush_if_full()
+        elif self._pending_bytes >= FLUSH_BYTES or len(self._pending) >= FLUSH_EVENTS:
+            # Full in the middle of a path: the paths before it commit, its own
+            # events wait for its end, and past FLUSH_BYTES its bytes go now.
+            if self._path_start:
+                mine = self._pending[self._path_start :]
+                del self._pending[self._path_start :]
+                self._pending_bytes -= _nbytes(mine)
+                self._flush()
+                self._pending, self._pending_bytes, self._path_start = mine, _nbytes(mine), 0
+            if self._pending_bytes >= FLUSH_BYTES:
+                self._store_blobs()
+
+    @contextlib.contextmanager
+    def _one_path(self) -> Iterator[None]:
+        """Journal one path's change in one commit, however many bytes it moves.
+
+        A position between two commits of one file's change would name a state
+        the master never had (new bytes up to some offset, old ones after it):
+        past ``FLUSH_BYTES`` its bytes are stored as they are read and its
+        events wait (a few per 64 MiB) for the commit after its last one.
+        """
+        self._path_start = len(self._pending)
+        try:
+            yield
+        finally:
+            self._path_start = None
+        self._flush_if_full()
+
+    def _flush_if_full(self) -> None:
+        held = self._pending_bytes + self._stored_bytes
+        if held >= FLUSH_BYTES or len(self._pending) >= FLUSH_EVENTS:
             self._flush()
+
+    def _store_blobs(self) -> None:
+        """Store the blobs of the queued events now; the events wait, holding their ids."""
+        committer = self._committer
+        if committer is not None:
+            committer.finish()  # at most one batch of bytes in memory, as for commits
+        pending = self._pending
+        ids = self._put_blobs([d for p in pending for d in p.blobs])
+        self._stored_bytes += self._pending_bytes
+        self._pending, self._pending_bytes = [], 0
+        cursor = 0
+        for item in pending:
+            n = len(item.blobs)
+            made = functools.partial(_with_ids, item.make, ids[cursor : cursor + n])
+            self._pending.append(_Pending(made, [], item.derived))
+            cursor += n
+
+    def _put_blobs(self, flat: list[bytes | memoryview]) -> list[bytes]:
+        """Store ``flat`` in one transaction of its own; their ids (counted as journaled)."""
+        if not flat:
+            return []
+        # Room for the batch first: a map filling in mid-batch would abort and rerun it.
+        size = sum(len(d) for d in flat)
+        self.store.reserve(size + size // 8 + (1 << 20))
+        ids = self.store.write(lambda txn: [self.blobs.put(txn, d) for d in flat])
+        self._result.bytes_journaled += size
+        return ids
 
     def forget_master_state(self) -> None:
         """Drop the decoded copy of the master state (after it was changed elsewhere)."""
@@ -1038,7 +1101,7 @@ class Capture:
 
     def _flush(self) -> None:
         pending, self._pending = self._pending, []
-        nbytes, self._pending_bytes = self._pending_bytes, 0
+        nbytes, self._pending_bytes, self._stored_bytes = self._pending_bytes, 0, 0
         if not pending:
             return
         self._known = None
@@ -1056,13 +1119,7 @@ class Capture:
     def _commit(self, pending: list[_Pending]) -> None:
         # Blobs first (own transaction): an event never references a missing blob;
         # a crash in between leaves only unreferenced blobs.
-        flat = [d for p in pending for d in p.blobs]
-        ids: list[bytes] = []
-        if flat:
-            # Room for the batch first: a map filling in mid-batch would abort and rerun it.
-            size = sum(len(d) for d in flat)
-            self.store.reserve(size + size // 8 + (1 << 20))
-            ids = self.store.write(lambda txn: [self.blobs.put(txn, d) for d in flat])
+        ids = self._put_blobs([d for p in pending for d in p.blobs])
         events: list[FileEvent | RootChanged] = []
         cursor = 0
         for item in pending:
@@ -1079,7 +1136,6 @@ class Capture:
         result = self._result
         result.events += len(events)
         result.positions.extend(positions)
-        result.bytes_journaled += sum(len(d) for d in flat)
 
 
 class ScanProgress(Protocol):
@@ -1140,6 +1196,17 @@ class _Committer:
 def _made(event: RootChanged, _ids: list[bytes]) -> RootChanged:
     """An event that needs no blob, as :meth:`Capture._queue` wants it."""
     return event
+
+
+def _nbytes(items: list[_Pending]) -> int:
+    return sum(len(d) for item in items for d in item.blobs)
+
+
+def _with_ids(
+    make: Callable[[list[bytes]], FileEvent | RootChanged], ids: list[bytes], _none: list[bytes]
+) -> FileEvent | RootChanged:
+    """An event whose blobs were stored already (:meth:`Capture._store_blobs`)."""
+    return make(ids)
 
 
 def _top_scopes(scopes: Iterable[str]) -> list[str]:

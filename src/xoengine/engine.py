@@ -153,10 +153,11 @@ class XoApplication(Application[uuid.UUID]):
 # -- scenario definition (a fold of the scenario's own events) ----------------------------------
 
 
-STANDING_ALERTS: Final = frozenset({"AW0002", "E3011"})
+STANDING_ALERTS: Final = frozenset({"AW0001", "AW0002", "E3011"})
 """Alerts that stand for a replica while their condition does, until an ``info`` alert of
-the same code clears them: AW0002 the undo budget nears the window, E3011 the replica was
-changed outside xoengine (cleared by a synchronization of it)."""
+the same code clears them: AW0001 its backlog is over ``spool_limit``, AW0002 the undo
+budget nears the window, E3011 the replica was changed outside xoengine (cleared by a
+synchronization of it)."""
 
 
 @dataclass
@@ -191,7 +192,9 @@ class _Definition:
     def apply(self, event: ScenarioEvent) -> None:
         self.version = event.originator_version
         if isinstance(event, AlertRaised):
-            if event.code in STANDING_ALERTS:
+            if event.code in STANDING_ALERTS and "replica" in event.details:
+                # (An AW0001 of a journal before it stood per replica names none: it
+                # stands for no one, and the next check says again what holds.)
                 standing = self.standing(event.code)
                 replica = str(event.details["replica"])
                 if event.severity == "info":
@@ -594,8 +597,8 @@ class Engine:
             if found is None:
                 raise ConfigurationError(detail=f"no rewind point named {value!r}")
             return found
-        if isinstance(value, RewindPoint):
-            return value.position
+        if isinstance(value, RewindPoint):  # checked as a position: it may be another journal's
+            return self.position_of(value.position)
         if isinstance(value, dt.datetime):
             return self.position_of(at=value)
         return self.position_of(value)

@@ -84,6 +84,7 @@ __all__ = [
 
 PATH_EVENTS: Final = (FileCreated, FileRenamed, FileDeleted)
 _META_NAMES: Final = ("mode", "mtime", "owner")  # the order of _user_meta
+_YEAR_S: Final = 366 * 24 * 3600  # the widest burst window taken
 """The file events that make, move or end a path: a fold of them alone knows every path."""
 
 
@@ -257,7 +258,8 @@ class HistoryEntry:
     """The path's status-change time from the same ``lstat``: the kernel sets it at
     every change (a chmod, a rename, a new link too), and no user call sets it back.
     A write whose ``mtime`` lies before the ``time`` of the file's previous entry had
-    its modification time set back (the journal saw other bytes then).
+    its modification time set back (the journal saw other bytes then), unless the
+    clock stepped back in between (labels stay flat then; see the user guide).
     """
     changed: list[str] | None = None
     """For a ``metadata`` entry: which of ``mode``, ``mtime`` and ``owner`` it moved.
@@ -347,10 +349,15 @@ def _ranges(event: FileEvent, before: int | None = None) -> list[list[int]]:
 
     A truncation changed the bytes between the size ``before`` it and its own
     (the tail cut off, or the zeros it added); where the size before is not
-    known (or the same), it is ``[size, 0]``: cut at ``size``.
+    known (or the same), it is ``[size, 0]``: cut at ``size``. A write that a
+    capture saw shrink the file (``truncate``, ``>``) cut the tail too: its
+    ranges end with the bytes between its size and ``before``.
     """
     if isinstance(event, BytesWritten):
-        return [[r[0], r[1]] for r in event.ranges]
+        written = [[r[0], r[1]] for r in event.ranges]
+        if before is not None and event.size < before:
+            written.append([event.size, before - event.size])
+        return written
     if isinstance(event, ContentReplaced):
         out: list[list[int]] = []
         offset = 0
@@ -639,6 +646,27 @@ class Forensics:
             if live.xattrs or inherit:
                 out.set_xattrs(live.path, live.xattrs or {})
         return files, len(directories), links, total
+
+    def rebuild_file(
+        self, file_id: uuid.UUID, position: int, to: str, path: str
+    ) -> LiveFile | None:
+        """Write one file identity's bytes as at ``position`` at ``path`` under the new ``to``.
+
+        From its own events alone (the stream index), with no fold of the journal's
+        paths: for a caller that knows the identity (a synchronizer, from the master
+        state). Returns it as it was then; None, with nothing written, if it was
+        not a regular file alive then.
+        """
+        live = self.live(file_id, position)
+        if live is None or live.kind != "file":
+            return None
+        live.path = normalize_relpath(path)
+        parent = os.path.dirname(os.path.join(to, live.path))
+        os.makedirs(parent, exist_ok=True)
+        out = ReplicaTree(to, fsync=False, replica=False)
+        with out.holding_parents():
+            self._rebuild(out, live)
+        return live
 
     def _rebuild(self, out: ReplicaTree, live: LiveFile) -> int:
         # Each byte of the result comes from the newest write that covers it and was
@@ -956,8 +984,8 @@ class Forensics:
                 if isinstance(event, FileCreated):
                     sizes[fid] = 0
             elif isinstance(event, (BytesWritten, FileTruncated, ContentReplaced)):
-                if fid not in sizes and isinstance(event, FileTruncated):
-                    # Only a truncation's range needs the size before it: read it then.
+                if fid not in sizes and isinstance(event, FileTruncated | BytesWritten):
+                    # Only a cut's range needs the size before it: read it then.
                     was = self.live(fid, low)
                     sizes[fid] = 0 if was is None else _size_after([e for _, e in was.content], 0)
                 size = sizes.get(fid)
@@ -1048,20 +1076,30 @@ class Forensics:
         labels lie within ``burst_window`` seconds. So one capture pass counts
         as one burst even when it is committed in several transactions (every
         64 MiB or 2000 changes), and so do the many small commits of a watcher.
-        The burst is the first shortest run of commits that holds it, with the
-        commits that follow it straight on in the journal (the rest of its
-        capture pass) within the window: its position is the run's first
-        change, its files those the run damaged (a burst that went on after a
-        pause may have damaged more, which ``diff`` lists). Files created
-        within the window do not count, so
-        an initial load or a folder copied in is not a burst; neither is a
-        change of mode, times or attributes alone. ``burst_window=0``: one
-        commit at a time.
+        The burst is the first window that holds it: the commits within
+        ``burst_window`` seconds of the earliest commit from which that many
+        files are damaged. Its position is the window's first change to a file
+        that was there, never later (a restore to before it undoes all of it);
+        its files are those the window damaged (an attack that went on longer
+        may have damaged more, which ``diff`` lists). Files created within the
+        window do not count, so an initial load or a folder copied in is not a
+        burst; neither is a change of mode, times or attributes alone.
+        ``burst_window=0``: one commit at a time. A threshold below 1, or a
+        window that is negative, not finite or over a year, is a
+        :class:`ConfigurationError` before any probe.
         """
         low, high = between
         if low > high:
             raise ConfigurationError(
                 detail=f"bisect needs its good bound first: {low} comes after {high}"
+            )
+        if isinstance(burst_threshold, bool) or not isinstance(burst_threshold, int):
+            raise ConfigurationError(detail=f"burst_threshold must be a count: {burst_threshold!r}")
+        if burst_threshold < 1:
+            raise ConfigurationError(detail=f"burst_threshold must be 1 or more: {burst_threshold}")
+        if not (isinstance(burst_window, int | float) and 0 <= burst_window <= _YEAR_S):
+            raise ConfigurationError(
+                detail=f"burst_window must be 0 to {_YEAR_S} seconds: {burst_window!r}"
             )
         probe = self._decoded_upto(high)
         changes = probe.change_positions(low, high)
@@ -1153,25 +1191,12 @@ class Forensics:
                 shift(labels[end], 1)
                 end += 1
             if damaged and damaged >= threshold:
-                # The burst: the shortest run of the window's commits that still holds
-                # it (its start first: a commit that made files may come off).
-                first, last = start, end - 1
-                while first < last:
-                    shift(labels[first], -1)
-                    if damaged < threshold:
-                        shift(labels[first], 1)
-                        break
+                # The burst: the whole window, from its first commit that changed a
+                # file that was there (a commit that only made files is no damage).
+                # Never a later start: a restore to before the burst must undo all of it.
+                first = start
+                while all(created for _, created in commits[labels[first]][1]):
                     first += 1
-                while last > first:
-                    shift(labels[last], -1)
-                    if damaged < threshold:
-                        shift(labels[last], 1)
-                        break
-                    last -= 1
-                # With the commits right after it in the journal: the rest of its pass.
-                while last + 1 < end and bounds[labels[last + 1]][0] == bounds[labels[last]][1] + 1:
-                    last += 1
-                    shift(labels[last], 1)
                 return commits[labels[first]][0], damaged
             shift(label, -1)
         return None, 0

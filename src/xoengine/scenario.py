@@ -25,6 +25,7 @@ from xoengine import blocks, codec
 from xoengine.capture import Capture, CaptureResult, MasterState
 from xoengine.errors import (
     ConfigurationError,
+    FrameError,
     ReplicaDivergedError,
     ReplicaNotFoundError,
     ReplicationTimeoutError,
@@ -34,8 +35,12 @@ from xoengine.errors import (
 )
 from xoengine.events import (
     AlertRaised,
+    BytesWritten,
+    ContentReplaced,
+    FileCreated,
     FileEvent,
     FileRenamed,
+    FileTruncated,
     ReplicaResumed,
     ReplicaRewound,
     ReplicaSuspended,
@@ -75,7 +80,6 @@ if TYPE_CHECKING:
     from xoengine.forensic import DiffResult
     from xoengine.replica import Applied
     from xoengine.tree import UndoLog
-    from xoengine.walk import Xattrs
 
 __all__ = ["DEFAULT_DATABASE_PATTERNS", "ReplicaStatistics", "Scenario", "ScenarioStatistics"]
 
@@ -87,6 +91,18 @@ _DB_COMPANIONS: Final = ("-wal", "-shm", "-journal", ".ldf")
 
 _AUTO_POINT_NAME: Final = re.compile(r"(?:sync|auto|backup|integrity)-\d+")
 """Names of automatic rewind points (kind, then position): refused for user points."""
+
+_MOVES: Final = (FileCreated, FileRenamed, BytesWritten, FileTruncated, ContentReplaced)
+"""The events that give a path other bytes, or a file another path."""
+
+
+def _reads_as_time(name: str) -> bool:
+    """Whether the command line would read ``name`` as an ISO 8601 time too."""
+    try:
+        dt.datetime.fromisoformat(name.strip())
+    except ValueError:
+        return False
+    return True
 
 
 def _trim_inline(undo: UndoLog, upto: int, txn: WriteTxn, _positions: list[int]) -> None:
@@ -167,7 +183,6 @@ class Scenario:
         self._threads: dict[str, ApplierThread] = {}
         self._failed_inline: dict[str, XoError] = {}
         """Replicas whose inline apply (``wait_replicated`` with no thread) failed last."""
-        self._spool_over = False
         self._watcher: Any = None
         self._trim_checked = -float("inf")  # monotonic time of the last automatic retention
         for replica in definition.replicas:
@@ -547,15 +562,12 @@ class Scenario:
         if not moved:
             return
         keep([path for path, _ in moved])
+        # Each path's identity is the master state's (no capture runs beside a sync:
+        # it is the state at ``position``), read from its own events: the cost is
+        # those events', not the journal's. The journal's extended attributes, not
+        # a scratch copy's: a scratch directory may keep fewer (tmpfs before Linux
+        # 6.6 has no user.*).
         forensics = self._engine.forensics(self.name)
-        # The journal's extended attributes, not the replayed copy's: a scratch
-        # directory may keep fewer (tmpfs before Linux 6.6 has no user.*).
-        ids = {shape.path: fid for fid, shape in forensics.paths(position).items()}
-
-        def journal_xattrs(path: str) -> Xattrs:
-            live = forensics.live(ids[path], position) if path in ids else None
-            return (live.xattrs if live else None) or {}
-
         with tempfile.TemporaryDirectory(prefix="xoengine-settle-") as scratch:
             for number, (path, state) in enumerate(moved):
                 owner = (state.uid, state.gid) if state and state.uid >= 0 else None
@@ -565,13 +577,19 @@ class Scenario:
                         tree.create(path, state.kind, state.mode, state.target)
                         mode = state.mode if state.kind == "dir" else None
                         tree.set_meta(path, mode, None, owner)
-                        tree.set_xattrs(path, journal_xattrs(path))
+                        live = forensics.live(state.file_id, position)
+                        tree.set_xattrs(path, (live.xattrs if live else None) or {})
                     continue
                 out = os.path.join(scratch, str(number))
-                forensics.replay(out, position, path)
+                live = forensics.rebuild_file(state.file_id, position, out, path)
+                if live is None:
+                    raise FrameError(
+                        position=position,
+                        detail=f"the master state holds {path!r}, its own events do not",
+                    )
                 tree.copy_new(path, os.path.join(out, path), state.mode, owner)
                 tree.set_meta(path, None, state.mtime_ns)  # owner and mode: copy_new
-                tree.set_xattrs(path, journal_xattrs(path))  # last (none handed down)
+                tree.set_xattrs(path, live.xattrs or {})  # last (none handed down)
         tree.flush([path for path, state in moved if state is not None])
 
     # -- replicas ---------------------------------------------------------------------------
@@ -616,8 +634,7 @@ class Scenario:
             # would pass the size-and-time check. The files the journal changed
             # after the position the replica holds have their bytes compared.
             held = applier.position()
-            since = self._engine.diff(self, self._own(held))
-            recheck = {*since.added, *since.modified, *since.renamed.values()}
+            recheck = self._moved_since(self._own(held))
             used = self._used_while_rewound(replica)
             # The verdict outlives a resync killed midway (its own writes change the
             # print): a later rewind or resume goes by it.
@@ -641,6 +658,27 @@ class Scenario:
         if self._def.running:
             self._start_thread(replica)
         self._check_state()
+
+    def _moved_since(self, after: int) -> set[str]:
+        """The master's paths of the files whose bytes or place changed after ``after``.
+
+        From the events after it and the master state, never a fold of the journal
+        from its start: a resume after a rewind costs what changed since, not the
+        journal's age. A directory moved or made since brings what is under it.
+        """
+        ids = {
+            event.originator_id
+            for _, _, event in self._engine.file_events(self.name, None, after=after, kinds=_MOVES)
+        }
+        if not ids:
+            return set()
+        with self._engine.store.read() as txn:
+            now = [(path, st.kind) for path, st in self.manifest.items(txn) if st.file_id in ids]
+            paths = {path for path, _ in now}
+            for path, kind in now:
+                if kind == "dir":
+                    paths.update(below for below, _ in self.manifest.items(txn, path + "/"))
+        return paths
 
     def wait_replicated(self, timeout: float | None = None) -> int:
         """Block until every active replica applied everything journaled so far.
@@ -713,6 +751,8 @@ class Scenario:
             why = "it holds a control character"
         elif name.strip().isdigit():
             why = "it is a number, which names a position"
+        elif _reads_as_time(name):
+            why = "it reads as an ISO 8601 time, which names an instant"
         elif _AUTO_POINT_NAME.fullmatch(name):
             why = "that form is kept for automatic points"
         elif any(point_name == name for point_name, _, _ in self._def.points):
@@ -1199,19 +1239,25 @@ class Scenario:
         )
 
     def _standing(
-        self, code: str, replica: str, raised: tuple[str, str] | None, cleared: str = ""
+        self,
+        code: str,
+        replica: str,
+        raised: tuple[str, str] | None,
+        cleared: str = "",
+        details: dict[str, Any] | None = None,
     ) -> None:
         """Keep the journal's word on an alert that stands while its condition does.
 
         ``raised``: the condition holds, as ``(severity, message)``: alerted once
         while it stands, across opens too (the journal says whether it stands).
         None: it does not, and a standing alert is cleared by an ``info`` one of
-        the same code, saying ``cleared``.
+        the same code, saying ``cleared``. ``details`` go into the raised alert.
         """
         standing = replica in self._def.standing(code)
         if raised is not None and not standing:
             severity, message = raised
-            self._alert(code=code, severity=severity, message=message, details={"replica": replica})
+            said = {"replica": replica, **(details or {})}
+            self._alert(code=code, severity=severity, message=message, details=said)
         elif raised is None and standing:
             self._alert(
                 code=code,
@@ -1244,20 +1290,27 @@ class Scenario:
     def _check_state_locked(self) -> None:
         limit = int(self._def.options.get("spool_limit") or 0)
         over = False
-        if limit:
-            worst = max(
-                (self._span(applier.position()).bytes for applier in self._appliers.values()),
-                default=0,
+        for name, applier in self._appliers.items():
+            # The spool is what waits for a suspended replica (a replica that follows
+            # has a backlog only until it applies the last append). Raised once per
+            # replica while it stays over the limit, across opens too (the journal
+            # says it stands), and cleared when it falls back or the replica resumes.
+            spooling = limit and name in self._def.suspended
+            waiting = self._span(applier.position()).bytes if spooling else 0
+            raised = None
+            if spooling and waiting > limit:
+                over = True
+                message = f"spool over threshold: {waiting} bytes waiting (limit {limit})"
+                raised = ("warning", message)
+            elif name not in self._def.standing("AW0001"):
+                continue  # nothing to say (and no backlog read when no limit is set)
+            self._standing(
+                "AW0001",
+                name,
+                raised,
+                cleared=f"spool back under threshold ({limit} bytes)",
+                details={"backlog_bytes": waiting, "limit": limit},
             )
-            over = worst > limit
-            if over and not self._spool_over:
-                self._alert(
-                    code="AW0001",
-                    severity="warning",
-                    message=f"spool over threshold: {worst} bytes waiting (limit {limit})",
-                    details={"backlog_bytes": worst, "limit": limit},
-                )
-            self._spool_over = over
         failed = sorted(
             {name for name, t in self._threads.items() if t.error is not None}
             | self._failed_inline.keys()

@@ -10,7 +10,12 @@
 - Instants of the wrong type are ``ConfigurationError``.
 - A removed scenario's rewind point names resolve; with the name reused, the
   newest point of a name wins.
-- A truncation's byte range spans the bytes it changed.
+- A truncation's byte range spans the bytes it changed, a cut a capture saw too.
+- Review 17: a burst reported from its start, whatever its length; a burst
+  window or threshold out of range refused before any probe; a bisect command
+  that gives no verdict (not found, killed) stops the search; one file's
+  change past ``FLUSH_BYTES`` is one commit; ``cat`` says when a position is a
+  step inside one.
 """
 
 from __future__ import annotations
@@ -159,11 +164,23 @@ def test_burst_window_rules() -> None:
     assert Forensics._burst(changes, 10, window) == (20, 12)
     assert Forensics._burst(changes, 10, 0) == (None, 0)  # neither commit holds 10
     assert Forensics._burst(changes, 8, 0) == (20, 8)
-    # Its shortest run is the first commit; the commit right after it in the journal
-    # is the rest of its pass and counts, one after other events does not.
-    assert Forensics._burst(changes, 8, window) == (20, 8)
+    # The whole window counts, whether or not its commits follow each other straight on.
+    assert Forensics._burst(changes, 8, window) == (20, 12)
     straight = [(p - 12 if 40 <= p < 60 else p, t, f, o) for p, t, f, o in changes]
     assert Forensics._burst(straight, 8, window) == (20, 12)
+    # An attack longer than the threshold: its start, never its end. Was a bug
+    # (review 17): the window was cut from the front while it still held the
+    # threshold, so 100 files damaged one by one gave the last 10.
+    victims = [uuid.uuid4() for _ in range(100)]
+    slow = [(1 + i, 0, fid, "created") for i, fid in enumerate(victims)]
+    slow += [(200 + i, second + i * second // 10, fid, "written") for i, fid in enumerate(victims)]
+    assert Forensics._burst(slow, 10, window) == (200, 100)
+    # One commit over the threshold is the start too, with what follows in the window.
+    big = [
+        (200 if i < 50 else 300 + i, second * (1 if i < 50 else 2), fid, "deleted")
+        for i, fid in enumerate(victims)
+    ]
+    assert Forensics._burst(slow[:100] + big, 10, window) == (200, 100)
     # Too far apart, two halves are two small changes.
     apart = [(p, t + (120 * second if t == 31 * second else 0), f, o) for p, t, f, o in changes]
     assert Forensics._burst(apart, 10, window) == (None, 0)
@@ -177,6 +194,47 @@ def test_burst_window_rules() -> None:
     # A file made before the window existed before it: rewritten, it is damaged.
     again = [(120 + i, 400 * second, fid, "written") for i, fid in enumerate(fresh)]
     assert Forensics._burst(made + again, 10, window) == (120, 12)
+
+
+def test_bisect_refuses_a_burst_window_or_threshold_out_of_range_before_any_probe(
+    small: tuple[Engine, dict[str, int]], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Was a bug (review 17): nan or inf ended in a traceback, after every probe had run."""
+    eng, points = small
+    probed: list[str] = []
+
+    def predicate(tree: str) -> bool:
+        probed.append(tree)
+        return True
+
+    between = (points["before"], points["end"])
+    for window in (float("nan"), float("inf"), 1e300, -1.0):
+        with pytest.raises(ConfigurationError, match="burst_window"):
+            eng.bisect("s", predicate, between=between, burst_window=window)
+    for threshold in (0, -3):
+        with pytest.raises(ConfigurationError, match="burst_threshold"):
+            eng.bisect("s", predicate, between=between, burst_threshold=threshold)
+    assert probed == []
+    state = str(tmp_path / "state")
+    for option in (["--burst-window", "nan"], ["--burst", "0"]):
+        assert main(["bisect", state, "s", "true", "--good", "0", *option]) == 2
+        assert "burst_" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("command", "status"), [("no-such-command-xo", 127), ("kill -9 $$", -9)])
+def test_cli_bisect_stops_on_a_command_that_gives_no_verdict(
+    small: tuple[Engine, dict[str, int]],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    command: str,
+    status: int,
+) -> None:
+    """Was a bug (review 17): a command not found read as "bad at the lower bound"."""
+    _, points = small
+    argv = ["bisect", str(tmp_path / "state"), "s", command, "--good", str(points["before"])]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"exit status {status}" in err and "lower bound" not in err
 
 
 # -- 3. never an empty answer -----------------------------------------------------------------
@@ -409,3 +467,104 @@ def test_a_truncations_range_spans_the_bytes_it_changed(tmp_path: Path) -> None:
         for path, ranges in {"f": [[10, 4990]], "g": [[3, 9997]], "h": [[4, 16]]}.items():
             cuts = [e for e in eng.history("s", path) if e.operation == "truncated"]
             assert [e.ranges for e in cuts] == [ranges]
+
+
+def test_a_cut_a_capture_saw_spans_the_tail_that_went(tmp_path: Path) -> None:
+    """``truncate`` or ``>`` on the master: journaled as a write, the cut is in its ranges.
+
+    Was a bug (review 17): a 1 MiB file cut to 512 KiB showed no range at all
+    in ``diff``, ``history`` and ``rewind --dry-run``.
+    """
+    mib = 1 << 20
+    master = tmp_path / "m"
+    for name in ("half", "zero"):
+        write(master / name, os.urandom(mib))
+    with Engine.open(tmp_path / "state", durability="nosync") as eng:
+        sc = eng.create_scenario("s", master=str(master), replicas={"r1": str(tmp_path / "r1")})
+        sc.start()
+        a = eng.last_position()
+        os.truncate(master / "half", mib // 2)
+        os.truncate(master / "zero", 0)
+        sc.capture()
+        b = eng.last_position()
+        modified = eng.diff("s", a, b).modified
+        assert [mib // 2, mib // 2] in modified["half"]
+        assert modified["zero"] == [[0, mib]]
+        assert eng.diff("s", b, a).modified == modified
+        sc.wait_replicated()
+        assert sc.rewind_preview("r1", position=a).modified == modified
+        last = eng.history("s", "half")[-1]
+        assert (last.operation, last.size) == ("written", mib // 2)
+        assert [mib // 2, mib // 2] in last.ranges
+        sc.stop()
+
+
+# -- 9. one path's change is one commit ------------------------------------------------------------
+
+
+def test_a_file_change_past_the_flush_size_is_journaled_in_one_commit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No time shows a file half old, half new: a state the master never had.
+
+    Was a bug (review 17): a change streamed past ``FLUSH_BYTES`` committed
+    its parts as it read them, each under a time label of its own. The bytes
+    are still stored as they are read (memory stays bounded); the events wait.
+    """
+    from xoengine import capture as capture_module  # noqa: PLC0415
+    from xoengine.blobtable import BLOB_MAX  # noqa: PLC0415
+
+    monkeypatch.setattr(capture_module, "FLUSH_BYTES", BLOB_MAX)
+    old, new = os.urandom(6 * BLOB_MAX), os.urandom(6 * BLOB_MAX)
+    master = tmp_path / "m"
+    write(master / "small", b"s")
+    write(master / "big", old)
+    with Engine.open(tmp_path / "state", durability="nosync") as eng:
+        sc = eng.create_scenario("s", master=str(master), replicas={"r1": str(tmp_path / "r1")})
+        sc.start()
+        before = eng.last_position()
+        write(master / "big", new)
+        write(master / "small", b"t")
+        result = sc.capture()
+        assert result.bytes_journaled >= len(new)
+        positions = range(before, eng.last_position() + 1)
+        labels = {eng.recorder.time_of(p) for p in positions}
+        assert len(labels) > 1  # the premise: the pass is more than one commit
+        seen = set()
+        for label in labels:  # a time resolves to the end of a commit
+            position = eng.instant("s", dt.datetime.fromtimestamp(label / 1e9, dt.UTC))
+            assert eng.recorder.time_of(position) == label
+            with contextlib.suppress(NoFileAtError), eng.file_at("s", "big", position) as f:
+                seen.add(f.read())
+        assert seen == {old, new}
+        # The file's events share one commit: one label from its first to its last.
+        history = [e for e in eng.history("s", "big") if e.position > before]
+        assert len(history) > 2  # the premise: the change is several events
+        assert len({e.time for e in history}) == 1
+        sc.wait_replicated()
+        assert (tmp_path / "r1" / "big").read_bytes() == new
+
+
+def test_cat_says_when_a_position_is_a_step_inside_one_commit(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A file's creation and its content are two positions of one commit: the first is a step."""
+    master = tmp_path / "m"
+    write(master / "a", b"first")
+    with Engine.open(tmp_path / "state", durability="nosync") as eng:
+        sc = eng.create_scenario("s", master=str(master), replicas={"r1": str(tmp_path / "r1")})
+        sc.start()
+        write(master / "b", b"made with bytes")
+        sc.capture()
+        created, written = (e.position for e in eng.history("s", "b"))
+        assert written == created + 1
+    state = str(tmp_path / "state")
+    assert main(["cat", state, "s", "b", "--at", str(created)]) == 0
+    said = capsys.readouterr()
+    assert said.out == ""  # made empty, then written: the step holds no byte yet
+    assert f"not the last of its time label, which names position {written}" in said.err
+    assert main(["cat", state, "s", "b", "--at", str(written), "--json"]) == 0
+    said = capsys.readouterr()
+    assert said.out == "made with bytes"
+    assert json.loads(said.err)["commit_end"] == written
+    assert "time label" not in said.err

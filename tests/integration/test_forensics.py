@@ -59,7 +59,7 @@ from xoengine.events import (
 )
 from xoengine.journal import encode_position
 from xoengine.ledger import SYNC_EVENTS, sync_runs
-from xoengine.rewind import RetentionPolicy
+from xoengine.rewind import RetentionPolicy, RewindPoint
 from xoengine.testing import assert_trees_equal, snapshot_contents
 from xoengine.tree import UndoLog
 
@@ -850,8 +850,16 @@ def test_bisect_finds_last_good_position_and_the_burst(world: World, ro: Engine)
     result = ro.bisect("fx", docs_good)
     assert result.last_good == world.before_burst
     assert result.first_bad == world.before_burst + 1
-    assert result.burst_position == world.before_burst + 1
-    assert result.burst_files == len(DOCS)
+    # The world's whole history took a second or so: the default window of 60 s
+    # takes in the edits made before the encryption too, never starting later.
+    assert result.burst_position is not None
+    assert result.burst_position <= world.before_burst + 1
+    assert result.burst_files >= len(DOCS)
+    one_commit = ro.bisect("fx", docs_good, burst_window=0)  # one commit at a time
+    assert (one_commit.burst_position, one_commit.burst_files) == (
+        world.before_burst + 1,
+        len(DOCS),
+    )
     # Binary search, not a scan.
     assert len(result.probes) <= 2 + (world.points["end"]).bit_length() + 1
     # The initial load (16 files created in one commit) is not a burst.
@@ -859,6 +867,8 @@ def test_bisect_finds_last_good_position_and_the_burst(world: World, ro: Engine)
     # Narrowed bounds give the same answer.
     narrowed = ro.bisect("fx", docs_good, between=(world.points["good"], world.points["end"]))
     assert (narrowed.last_good, narrowed.first_bad) == (result.last_good, result.first_bad)
+    assert narrowed.burst_position == world.before_burst + 1
+    assert narrowed.burst_files >= len(DOCS)  # and what the window took in after it
 
 
 def test_bisect_decodes_the_journal_once_for_all_its_probes(
@@ -935,6 +945,10 @@ def test_forensics_refuse_a_position_past_the_end_and_an_unknown_scenario(
         ro.replay("fx", to=tmp_path / "past", position=end + 1)
     with pytest.raises(ConfigurationError, match="outside"):
         ro.diff("fx", 0, end + 1)
+    # A point object is checked too (it may come from another journal).
+    elsewhere = RewindPoint(name="x", position=end + 1, time_ns=0, kind="user")
+    with pytest.raises(ConfigurationError, match="outside"):
+        ro.diff("fx", 0, elsewhere)
     with pytest.raises(ScenarioNotFoundError):
         ro.replay("fX", to=tmp_path / "typo")
     with pytest.raises(ScenarioNotFoundError):
@@ -2296,6 +2310,30 @@ def test_owners_are_replicated_rewound_replayed_and_in_the_history(
         eng.close()
 
 
+def test_a_point_named_like_a_time_is_ambiguous_on_the_command_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A journal may hold one from before such names were refused: neither reading is taken.
+
+    Was a bug (review 17): ``cat --at``, ``diff`` and ``bisect`` read the string
+    as the point, ``replay --at`` as the time: one string, two instants.
+    """
+    import xoengine.scenario as scenario_module  # noqa: PLC0415
+
+    eng, sc, master = new_engine(tmp_path)
+    write(master / "a", b"a")
+    sc.start()
+    monkeypatch.setattr(scenario_module, "_reads_as_time", lambda _name: False)
+    point = sc.set_rewind_point("2001-01-01T00:00:00")
+    eng.close()
+    state = str(tmp_path / "state")
+    for argv in (["cat", state, "fx", "a", "--at"], ["diff", state, "fx"]):
+        assert main([*argv, "2001-01-01T00:00:00"]) == 2
+        assert f"both a rewind point of fx (position {point.position})" in capsys.readouterr().err
+    assert main(["cat", state, "fx", "a", "--at", str(point.position)]) == 0
+    assert capsys.readouterr().out == "a"
+
+
 def test_a_user_rewind_point_name_names_one_point(tmp_path: Path) -> None:
     """A second point of one name made 'rewind to X' pick one of two silently."""
     eng, sc, master = new_engine(tmp_path)
@@ -2304,7 +2342,8 @@ def test_a_user_rewind_point_name_names_one_point(tmp_path: Path) -> None:
         sc.start()
         sync_name = sc.rewind_points()[-1].name  # sync-N, the end of the first sync
         first = sc.set_rewind_point("before-upgrade")
-        for name in ["before-upgrade", "", "  ", "42", sync_name, "auto-7", "backup-12"]:
+        times = ["2026-11-28T04:00:00", "2026-11-28", " 2026-11-28 04:00Z"]  # instants on the CLI
+        for name in ["before-upgrade", "", "  ", "42", sync_name, "auto-7", "backup-12", *times]:
             with pytest.raises(ConfigurationError, match="rewind point name"):
                 sc.set_rewind_point(name)
         assert [p.name for p in sc.rewind_points()] == [sync_name, "before-upgrade"]

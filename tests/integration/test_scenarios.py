@@ -627,6 +627,36 @@ def test_scenario_spool_limit_puts_it_in_problem_until_caught_up(
     assert_trees_equal(tmp_path / "master", tmp_path / "r2", mtimes=True)
 
 
+def test_the_spool_alert_stands_once_per_replica_across_opens_until_cleared(
+    tmp_path: Path,
+) -> None:
+    """Was a bug (review 17): every open while the backlog stayed over raised AW0001 again
+    (a capture from cron every minute: one warning a minute), and none ever cleared it."""
+
+    def spool_alerts(engine: Engine) -> list[tuple[str, str, bool]]:
+        alerts = [e for _, e in engine._iter_events((AlertRaised,)) if e.code == "AW0001"]
+        return [(a.details["replica"], a.severity, "cleared" in a.details) for a in alerts]
+
+    master = TreeBuilder(tmp_path / "master")
+    master.apply(CreateFile("seed", b"0"))
+    with Engine.open(tmp_path / "state", durability="nosync") as engine:
+        sc = _scenario(engine, tmp_path, "r1", "r2", spool_limit=10_000)
+        sc.start()
+        sc.suspend("r2")
+    for i in range(3):  # three command line captures, each its own engine
+        master.apply(CreateFile(f"f{i}", _random(8_000, i)))
+        with Engine.open(tmp_path / "state", durability="nosync") as engine:
+            engine.scenario("fs").capture()
+    with Engine.open(tmp_path / "state", durability="nosync") as engine:
+        assert spool_alerts(engine) == [("r2", "warning", False)]
+        sc = engine.scenario("fs")
+        assert sc.state == "Problem"
+        sc.resume("r2")
+        sc.wait_replicated(timeout=30)
+        assert sc.state == "Running"
+        assert spool_alerts(engine) == [("r2", "warning", False), ("r2", "info", True)]
+
+
 def test_statistics_follow_a_long_suspension_across_a_restart(tmp_path: Path) -> None:
     # The backlog figures come from the ledger (running totals kept in the state
     # directory); here they are checked against a plain scan of the journal, before

@@ -43,15 +43,24 @@ def _instant(eng: Engine, scenario: str, text: str | None) -> Instant | None:
         return None
     if text.isdigit():
         return int(text)
+    point: int | None = None
     with contextlib.suppress(XoError):  # no such scenario (removed) or no such point
-        return eng.instant(scenario, text)
-    try:
-        return parse_time(text)
-    except ConfigurationError:
+        point = eng.instant(scenario, text)
+    stamp: dt.datetime | None = None
+    with contextlib.suppress(ConfigurationError):
+        stamp = parse_time(text)
+    if point is not None and stamp is not None:  # a point named so before such names were refused
         raise ConfigurationError(
-            detail=f"{text!r} is neither a position, a rewind point of {scenario}, "
-            "nor an ISO 8601 time"
-        ) from None
+            detail=f"{text!r} is both a rewind point of {scenario} (position {point}) and an "
+            "ISO 8601 time: give the point's position, or the time with its UTC offset"
+        )
+    if point is not None:
+        return point
+    if stamp is not None:
+        return stamp
+    raise ConfigurationError(
+        detail=f"{text!r} is neither a position, a rewind point of {scenario}, nor an ISO 8601 time"
+    )
 
 
 def _outside_state(state: str, path: str, action: str) -> None:
@@ -124,12 +133,17 @@ def cmd_cat(args: argparse.Namespace) -> int:
                 copied = _copy(source, sys.stdout.buffer, digest)
                 sys.stdout.buffer.flush()
         held = eng.held(args.name, args.path, position)
-        when = iso_time(eng.recorder.time_of(position))
+        label = eng.recorder.time_of(position)
+        # A commit's positions share its label; one before its last is a step of it
+        # (a creation before its content): what a time names is the commit's end.
+        commit_end = eng.recorder.position_at(label)
+        when = iso_time(label)
     if args.json:
         summary = {
             "path": args.path,
             "position": position,
             "time": when,
+            "commit_end": commit_end,
             "bytes": copied,
             "sha256": digest.hexdigest(),
             "since": held.since,
@@ -147,6 +161,12 @@ def cmd_cat(args: argparse.Namespace) -> int:
             f"  until position {until.position} ({until.time}, {until.operation})"
             if until is not None
             else "  unchanged to the journal's end"
+        )
+        + (
+            f"\n  position {position} is not the last of its time label, which names "
+            f"position {commit_end}: the positions of one commit share its label"
+            if commit_end != position
+            else ""
         ),
         file=sys.stderr,
     )
@@ -183,6 +203,8 @@ def _progress(what: str) -> Callable[[int, int], None] | None:
 
 
 _PROGRESS_EVERY_S: Final = 2.0
+_NO_VERDICT: Final = 126
+"""Exit statuses from here up say the bisect command did not run or died (as git bisect)."""
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
@@ -257,7 +279,9 @@ def cmd_bisect(args: argparse.Namespace) -> int:
     relative to the tree's root. ``$XO_REPLAY_DIR`` is that root and
     ``$XO_REPLAY_PATH`` the replayed file or subtree (the root without ``--path``).
     What the command prints goes to stderr: stdout holds the answer alone
-    (``--json`` stays parseable).
+    (``--json`` stays parseable). As with ``git bisect run``, an exit status
+    of 126 or more (not executable, not found, killed by a signal) is no
+    verdict: the search stops with E1001 rather than call the probe bad.
     """
 
     def predicate(replayed: str) -> bool:
@@ -273,6 +297,11 @@ def cmd_bisect(args: argparse.Namespace) -> int:
         if done.stdout:  # the command's own output: beside our messages, not in the answer
             sys.stderr.write(done.stdout.decode(errors="replace"))
             sys.stderr.flush()
+        if done.returncode >= _NO_VERDICT or done.returncode < 0:
+            raise ConfigurationError(
+                detail=f"the command {args.command!r} gave no verdict: exit status "
+                f"{done.returncode} (126: not executable, 127: not found, 128+N: signal N)"
+            )
         return done.returncode == 0
 
     with Engine.open(args.state, readonly=True) as eng:

@@ -214,7 +214,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
         sc.resume(args.replica)
         sc.wait_replicated()
         runs = sc.sync_report(args.replica)["runs"]
-        resync = next((run for run in runs if run["position"] > before), None)
+        resync = next((run for run in runs if run["started_at"] > before), None)
         keys = ("level", "files_checked", "files_changed", "files_deleted", "bytes_sent")
         result = {
             "replica": args.replica,
