@@ -616,11 +616,19 @@ class Engine:
         return found
 
     def close(self) -> None:
-        """Stop every scenario's threads and close the journal."""
+        """Stop every scenario's threads and close the journal.
+
+        A live watcher's last pass that failed (its changes not journaled) is
+        raised once the journal is closed.
+        """
         if self._closed:
             return
+        failed: list[Exception] = []  # a live watcher's last pass: raised once closed
         for scenario in self._scenarios.values():
-            scenario._stop_threads()
+            try:
+                scenario._stop_threads()
+            except Exception as e:  # noqa: BLE001 (every scenario stops first)
+                failed.append(e)
         self._closed = True
         self.store.release_writer(self)
         try:
@@ -630,6 +638,8 @@ class Engine:
                 self.recorder.merge_stream_tail()
         finally:
             self.app.close()
+        if failed:
+            raise failed[0]
 
     def __enter__(self) -> Self:
         """Use as a context manager."""
@@ -981,7 +991,8 @@ class Engine:
         handle of it kept by the caller refuses every use from then on.
         """
         scenario = self.scenario(name)
-        scenario._stop_threads()
+        with contextlib.suppress(Exception):  # its watcher's last pass: the scenario goes
+            scenario._stop_threads()
         self._scenario_event(scenario._def, ScenarioRemoved)
         del self._scenarios[name]
         del self._definitions[name]

@@ -182,6 +182,7 @@ class Scenario:
         self._appliers: dict[str, ReplicaApplier] = {}
         self._threads: dict[str, ApplierThread] = {}
         self._failed_inline: dict[str, XoError] = {}
+        self._watch_error: XoError | None = None  # the live watcher's passes fail with it
         """Replicas whose inline apply (``wait_replicated`` with no thread) failed last."""
         self._watcher: Any = None
         self._trim_checked = -float("inf")  # monotonic time of the last automatic retention
@@ -260,6 +261,16 @@ class Scenario:
         return self._def.state
 
     @property
+    def watch_error(self) -> Exception | None:
+        """The error the live watcher's passes fail with (they are retried); else None.
+
+        Also journaled (an error alert, the scenario in Problem) where the
+        journal can take it: a full journal volume cannot.
+        """
+        watcher = self._watcher
+        return None if watcher is None else watcher.failing
+
+    @property
     def suspended(self) -> set[str]:
         """Names of suspended replicas."""
         return set(self._def.suspended)
@@ -315,9 +326,12 @@ class Scenario:
         """Stop replicating (the watcher and applier threads end; nothing is lost)."""
         self._usable("stop")
         with self._lock:
-            self._stop_threads()
-            if self._def.running:
-                self._engine._scenario_event(self._def, ScenarioStopped)
+            try:
+                self._stop_threads()  # the live watcher's last pass may fail: raised after
+            finally:
+                if self._def.running:
+                    with contextlib.suppress(XoError):  # a full volume: the error above says so
+                        self._engine._scenario_event(self._def, ScenarioStopped)
 
     def _start_threads(self) -> None:
         # Not for suspended replicas (a rewound one among them): they stay as they
@@ -337,12 +351,15 @@ class Scenario:
         thread.start()
 
     def _stop_threads(self) -> None:
-        if self._watcher is not None:
-            self._watcher.stop()
-            self._watcher = None
-        threads, self._threads = self._threads, {}
-        for thread in threads.values():
-            thread.stop()
+        """End the watcher and the appliers; then raise the watcher's last pass's error, if any."""
+        watcher, self._watcher = self._watcher, None
+        try:
+            if watcher is not None:
+                watcher.stop()
+        finally:
+            threads, self._threads = self._threads, {}
+            for thread in threads.values():
+                thread.stop()
 
     def _start_watch(self) -> None:
         from xoengine.watch import Watcher  # noqa: PLC0415 (watchdog loads only when watching)
@@ -351,6 +368,32 @@ class Scenario:
             delay = float(self._def.options.get("watch_delay", 1.0))
             self._watcher = Watcher(self, delay=delay)
             self._watcher.start()
+
+    def _watch_failed(self, error: Exception | None) -> None:
+        """The live watcher's passes began to fail (``error``), or one succeeded again (None).
+
+        An error alert when they begin (the error's code; details say ``watcher``)
+        and the scenario goes to Problem; an ``info`` alert of the same code and
+        the state back when one succeeds. The watcher retries meanwhile.
+        """
+        was = self._watch_error
+        self._watch_error = None if error is None else coded_failure("", error)
+        with contextlib.suppress(XoError):  # a full volume refuses these too
+            if self._watch_error is not None:
+                self._alert(
+                    code=self._watch_error.code,
+                    severity="error",
+                    message=f"live capture failed, retried as full passes: {self._watch_error}",
+                    details={"watcher": True},
+                )
+            elif was is not None:
+                self._alert(
+                    code=was.code,
+                    severity="info",
+                    message="cleared: live capture works again",
+                    details={"watcher": True, "cleared": True},
+                )
+            self._check_state()
 
     # -- capture ----------------------------------------------------------------------------
 
@@ -1315,12 +1358,19 @@ class Scenario:
             {name for name, t in self._threads.items() if t.error is not None}
             | self._failed_inline.keys()
         )
-        if (over or failed) and self._def.state != "Problem":
-            reason = "spool over threshold" if over else f"replica {failed[0]} stopped on an error"
+        watch = self._watch_error
+        if (over or failed or watch) and self._def.state != "Problem":
+            reason = (
+                "spool over threshold"
+                if over
+                else f"replica {failed[0]} stopped on an error"
+                if failed
+                else f"live capture failed ({watch.code if watch else ''})"
+            )
             self._engine._scenario_event(
                 self._def, ScenarioStateChanged, state="Problem", reason=reason
             )
-        elif not over and not failed and self._def.state == "Problem":
+        elif not over and not failed and not watch and self._def.state == "Problem":
             state = "Running" if self._def.running else "Stopped"
             self._engine._scenario_event(
                 self._def, ScenarioStateChanged, state=state, reason="problem cleared"

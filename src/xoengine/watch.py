@@ -20,10 +20,17 @@ falls back to one full capture.
 full capture, after the observer stopped. Events still queued in watchdog when
 it stops are dropped (and a mark sent through the queue cannot tell a stale
 event of the same file from its own), so only a scan can vouch for them.
+
+A pass that fails (a full journal volume, the master root gone) loses nothing
+it was told: the watcher tells the scenario (``_watch_failed``), then retries
+with full passes, which see whatever changed meanwhile, after pauses that grow
+to :data:`RETRY_MAX_S`, until one succeeds (``_watch_failed(None)``). A last
+pass that fails is raised from ``stop``.
 """
 
 from __future__ import annotations
 
+import collections
 import logging
 import os
 import threading
@@ -42,7 +49,10 @@ if TYPE_CHECKING:
 
     from xoengine.layout import Layout
 
-__all__ = ["Capturing", "Watcher"]
+__all__ = ["RETRY_MAX_S", "Capturing", "Watcher"]
+
+RETRY_MAX_S = 30.0
+"""The longest pause between the retries of a failing live capture."""
 
 _STOPPED_EMITTER = "InotifyEmitter.queue_events() called when the thread is inactive"
 
@@ -64,6 +74,9 @@ class Capturing(Protocol):
 
     def capture(self, paths: Sequence[str] | None = None) -> Any:
         """Journal changes of ``paths`` (None: everything)."""
+
+    def _watch_failed(self, error: Exception | None) -> None:
+        """Passes began to fail with ``error``; None: one succeeds again after failures."""
 
 
 class _Handler(FileSystemEventHandler):
@@ -109,8 +122,12 @@ class Watcher:
         self._thread = threading.Thread(
             target=self._run, name="xoengine-watch-capture", daemon=True
         )
-        self.errors: list[BaseException] = []
+        self.errors: collections.deque[BaseException] = collections.deque(maxlen=16)
+        """The newest errors of failed passes (and of watchdog's stop)."""
+        self.failing: Exception | None = None
+        """The error of the failing passes; None while they succeed."""
         self.captures = 0
+        self._retries = 0
 
     def start(self) -> None:
         """Start watching (the observer schedules every root recursively)."""
@@ -124,7 +141,8 @@ class Watcher:
 
         An error of watchdog's as it stops (its inotify watches confused by an
         exchange of two directories, say) is kept in :attr:`errors`: the full
-        pass journals what it missed, and both threads end all the same.
+        pass journals what it missed, and both threads end all the same. If
+        that last pass fails, its error is raised once both have ended.
         """
         try:
             self._observer.stop()
@@ -134,6 +152,8 @@ class Watcher:
         self._stop.set()
         self._signal.set()
         self._thread.join()
+        if self.failing is not None:
+            raise self.failing
 
     def mark(self, paths: Sequence[str]) -> None:
         """Note changed scenario paths (called from watchdog's thread); none: a root changed."""
@@ -154,20 +174,41 @@ class Watcher:
             self._signal.wait()
             if not self._stop.is_set():
                 # Let a burst gather for a fraction of the allowed delay, then journal it:
-                # the first change of the burst is journaled within ``delay``.
-                self._stop.wait(self.delay / 4)
+                # the first change of the burst is journaled within ``delay``. After a
+                # failed pass, wait longer each time before the next try.
+                pause = self.delay / 4
+                if self.failing is not None:
+                    pause = min(RETRY_MAX_S, max(self.delay, 0.5) * 2 ** min(self._retries, 8))
+                self._stop.wait(pause)
             self._signal.clear()
             if self._stop.is_set():
                 self._take()
                 self._capture(None)  # the last pass: everything, the observer has stopped
                 return
             dirty = self._take()
-            if dirty is not None:
+            if self.failing is not None:  # a retry: a full pass sees what the failed one missed
+                self._capture(None)
+            elif dirty is not None:
                 self._capture(sorted(dirty))
 
     def _capture(self, paths: list[str] | None) -> None:
         try:
             self.scenario.capture(paths)
-            self.captures += 1
-        except Exception as e:  # noqa: BLE001 (kept for the caller; the watcher goes on)
+        except Exception as e:  # noqa: BLE001 (told, kept, retried; the watcher goes on)
+            self.errors.append(e)
+            first, self.failing = self.failing is None, e
+            self._retries += 1
+            self._signal.set()  # a retry, after a pause
+            if first:
+                self._tell(e)
+            return
+        self.captures += 1
+        if self.failing is not None:
+            self.failing, self._retries = None, 0
+            self._tell(None)
+
+    def _tell(self, error: Exception | None) -> None:
+        try:
+            self.scenario._watch_failed(error)  # the protocol's hook
+        except Exception as e:  # noqa: BLE001 (a full volume refuses the alert too: kept)
             self.errors.append(e)

@@ -7,10 +7,20 @@ until the marker is journaled (the kernel reports changes in order).
 from __future__ import annotations
 
 import os
+import threading
+import time
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
 
 from xoengine.engine import Engine
+from xoengine.errors import TreeRootMissingError
+from xoengine.events import AlertRaised
 from xoengine.testing import compare_trees
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 
 def _burst(master: Path, n: int) -> None:
@@ -90,3 +100,60 @@ def test_watch_and_scan_journal_the_same_tree(tmp_path: Path) -> None:
         assert compare_trees(master, replica) == []
         results.append(sorted(p.relative_to(replica).as_posix() for p in replica.rglob("*")))
     assert results[0] == results[1]
+
+
+def _until(condition: Callable[[], bool], timeout: float = 60.0) -> None:
+    """Wait for ``condition`` (a state the watcher's thread reaches), failing after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    pause = threading.Event()
+    while not condition():
+        assert time.monotonic() < deadline, "the condition never held"
+        pause.wait(0.02)
+
+
+def test_a_failing_live_capture_is_told_retried_and_loses_nothing(tmp_path: Path) -> None:
+    """The master root goes away under the watcher, then comes back.
+
+    Was a bug (review 17): the failure went into a private list only (state
+    Running, no alert), and the paths of the failed pass were forgotten until
+    the next full scan.
+    """
+    master, away, r1 = tmp_path / "m", tmp_path / "away", tmp_path / "r1"
+    master.mkdir()
+    (master / "a").write_bytes(b"a")
+    with Engine.open(tmp_path / "state", durability="nosync") as eng:
+        sc = eng.create_scenario("w", master=str(master), replicas={"r1": str(r1)}, watch_delay=0.1)
+        sc.start(watch=True)
+        os.rename(master, away)  # the watches follow the directory: its events still come
+        (away / "during").write_bytes(b"written while the root was gone")
+        _until(lambda: isinstance(sc.watch_error, TreeRootMissingError))
+        assert sc.state == "Problem"
+        alerts = [e for _, e in eng._iter_events((AlertRaised,)) if e.details.get("watcher")]
+        assert [(a.code, a.severity) for a in alerts] == [("E2005", "error")]
+        os.rename(away, master)
+        (master / "after").write_bytes(b"after")
+        sc.wait_captured("after", timeout=60)  # a retry: a full pass
+        sc.wait_captured("during", timeout=60)  # what the failed pass missed
+        _until(lambda: sc.watch_error is None)
+        sc.wait_replicated(timeout=60)
+        assert compare_trees(master, r1) == []
+        assert sc.state == "Running"
+        alerts = [e for _, e in eng._iter_events((AlertRaised,)) if e.details.get("watcher")]
+        assert [(a.code, a.severity) for a in alerts] == [("E2005", "error"), ("E2005", "info")]
+        sc.stop()
+
+
+def test_stop_raises_when_the_watchers_last_pass_fails(tmp_path: Path) -> None:
+    """``stop`` promises every change made before it is journaled: when it cannot, it says so."""
+    master, away = tmp_path / "m", tmp_path / "away"
+    master.mkdir()
+    (master / "a").write_bytes(b"a")
+    with Engine.open(tmp_path / "state", durability="nosync") as eng:
+        sc = eng.create_scenario("w", master=str(master), replicas={"r1": str(tmp_path / "r1")})
+        sc.start(watch=True)
+        os.rename(master, away)
+        with pytest.raises(TreeRootMissingError):
+            sc.stop()
+        assert sc.state == "Stopped" and sc.watch_error is None  # the watcher is gone
+        assert sc._threads == {}  # the appliers ended too
+        os.rename(away, master)

@@ -14,10 +14,11 @@ import json
 import os
 import shutil
 import signal
+import sys
 import tempfile
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from xoengine.cli.output import json_text, shown
 from xoengine.engine import Engine, Scenario
@@ -155,6 +156,9 @@ def cmd_remove(args: argparse.Namespace) -> int:
     return 0
 
 
+_WATCH_POLL_S: Final = 1.0
+
+
 def cmd_start(args: argparse.Namespace) -> int:
     """``start``: synchronize, then replicate (``--watch``: until interrupted)."""
     with _engine(args) as eng:
@@ -165,7 +169,13 @@ def cmd_start(args: argparse.Namespace) -> int:
             stop = threading.Event()
             signal.signal(signal.SIGINT, lambda *_: stop.set())
             signal.signal(signal.SIGTERM, lambda *_: stop.set())
-            stop.wait()
+            said: Exception | None = None
+            while not stop.wait(_WATCH_POLL_S):  # say when live capture fails, and recovers
+                error = sc.watch_error
+                if error is not said:
+                    text = "works again" if error is None else f"fails, retrying: {error}"
+                    print(f"live capture {text}", file=sys.stderr, flush=True)
+                    said = error
             sc.wait_replicated()
     return 0
 
