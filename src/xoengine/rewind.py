@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     from xoengine.walk import Xattrs
 
 __all__ = [
+    "CLEAR_SHARE",
     "RetentionDecision",
     "RetentionPolicy",
     "RewindPoint",
@@ -52,6 +53,8 @@ __all__ = [
 ]
 
 _ALERT_SHARE: Final = 0.8
+CLEAR_SHARE: Final = 0.7
+"""Under this share of the budget, a standing AW0002 is cleared (see RetentionDecision)."""
 _RELATIVE: Final = frozenset({"renamed", "content"})
 _IN_PLACE: Final = frozenset({"bytes", "meta", "xattrs"})
 _NO_BYTES: Final = frozenset({"meta", "xattrs"})
@@ -450,6 +453,11 @@ class RetentionDecision:
     records_bytes: int
     reasons: tuple[str, ...]
     alert: str | None
+    window_share: float | None = None
+    """The protected window's before-images as a share of ``max_bytes`` (None: no
+    window or no budget). ``alert`` is raised from 0.8 on; an alert standing
+    is cleared only under 0.7, so that a share moving around 0.8 does not
+    raise and clear it over and over."""
 
 
 def retention(
@@ -482,6 +490,7 @@ def retention(
         if reason not in reasons:
             reasons.append(reason)
     alert = None
+    share = None
     if policy.window_s is not None:
         window_start = now_ns - policy.window_s * 1e9
         inside = [u for u in ordered if u.time_ns >= window_start]
@@ -489,6 +498,8 @@ def retention(
         if cut and any(u.position <= cut for u in inside):
             cut = max((u.position for u in ordered if u.time_ns < window_start), default=0)
             reasons.append("held back: window")
+        if policy.max_bytes is not None:
+            share = inside_bytes / max(policy.max_bytes, 1)
         if policy.max_bytes is not None and inside_bytes >= _ALERT_SHARE * policy.max_bytes:
             alert = (
                 f"undo log for the protected window holds {inside_bytes} bytes, "
@@ -500,4 +511,4 @@ def retention(
         cut = min(newest)
         reasons.append("held back: rewind points")
     trimmed = sum(u.bytes for u in ordered if u.position <= cut)
-    return RetentionDecision(cut, trimmed, tuple(reasons) if cut else (), alert)
+    return RetentionDecision(cut, trimmed, tuple(reasons) if cut else (), alert, share)

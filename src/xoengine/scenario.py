@@ -60,6 +60,7 @@ from xoengine.manifest import FileState, Manifest
 from xoengine.masterstate import racy
 from xoengine.replica import ReplicaApplier, replica_state_name
 from xoengine.rewind import (
+    CLEAR_SHARE,
     RetentionDecision,
     RetentionPolicy,
     RewindPoint,
@@ -183,6 +184,7 @@ class Scenario:
         self._threads: dict[str, ApplierThread] = {}
         self._failed_inline: dict[str, XoError] = {}
         self._watch_error: XoError | None = None  # the live watcher's passes fail with it
+        self._labels: dict[int, int] = {}  # position -> time label, of the rewind points
         """Replicas whose inline apply (``wait_replicated`` with no thread) failed last."""
         self._watcher: Any = None
         self._trim_checked = -float("inf")  # monotonic time of the last automatic retention
@@ -442,9 +444,9 @@ class Scenario:
         interval = self._def.options.get("rewind_interval")
         if not interval:
             return
-        autos = [p for p in self._def.points if p[2] == "auto"]
+        # The newest automatic point: from the end (the list holds every point ever set).
+        last = next((pos for _, pos, kind in reversed(self._def.points) if kind == "auto"), 0)
         position = self._engine.last_position()
-        last = autos[-1][1] if autos else 0
         if position <= last:
             return
         if (
@@ -648,6 +650,13 @@ class Scenario:
         self._usable("read the position of a replica of")
         return self._replica(replica).position()
 
+    def rewind_floor(self, replica: str) -> int:
+        """The lowest position a rewind of ``replica`` reaches (retention trimmed below it)."""
+        self._usable("read the rewind floor of a replica of")
+        applier = self._replica(replica)
+        with self._engine.store.read() as txn:
+            return self._floor(applier, txn)
+
     def suspend(self, replica: str) -> None:
         """Stop applying changes to ``replica``; they accumulate in the journal (R9)."""
         self._usable("suspend a replica of")
@@ -804,7 +813,11 @@ class Scenario:
             raise ConfigurationError(detail=f"rewind point name {name!r} refused: {why}")
 
     def _point(self, name: str, position: int, kind: str) -> RewindPoint:
-        time_ns = self._engine.recorder.time_of(position) if position else 0
+        time_ns = self._labels.get(position)
+        if time_ns is None:  # read once: a label never changes
+            time_ns = self._labels[position] = (
+                self._engine.recorder.time_of(position) if position else 0
+            )
         return RewindPoint(name=name, position=position, time_ns=time_ns, kind=kind)
 
     def rewind_points(self) -> list[RewindPoint]:
@@ -1144,6 +1157,9 @@ class Scenario:
                         reasons=list(decision.reasons),
                     )
             raised = None if decision.alert is None else ("warning", decision.alert)
+            share = decision.window_share
+            if raised is None and share is not None and share >= CLEAR_SHARE:
+                continue  # standing or not, it stays so until the share falls under 0.7
             self._standing("AW0002", name, raised, "its undo budget holds its window again")
         return decisions
 

@@ -1519,7 +1519,14 @@ def test_trim_undo_alerts_when_the_window_nears_the_budget(tmp_path: Path) -> No
         assert {a.details["replica"] for a in alerts} == {"r1", "r2"}
         assert all(a.code == "AW0002" and a.severity == "warning" for a in alerts)
         assert not journal_events(eng, UndoTrimmed)
-        # Comfortably under 80 %: no alert; the standing one is cleared in the journal.
+        # Between 70 and 80 %: no new alert, and the standing one stands (review 17: a
+        # share moving around 80 % raised and cleared it over and over).
+        near = sc.trim_undo(
+            RetentionPolicy(max_bytes=int(held / 0.75), window_s=3600, min_points=0), now_ns=now
+        )
+        assert near["r1"].alert is None and 0.7 <= (near["r1"].window_share or 0) < 0.8
+        assert len(journal_events(eng, AlertRaised)) == len(alerts)
+        # Comfortably under 70 %: no alert; the standing one is cleared in the journal.
         sc.trim_undo(RetentionPolicy(max_bytes=held * 2, window_s=3600, min_points=0), now_ns=now)
         cleared = [e for _, e in journal_events(eng, AlertRaised)][len(alerts) :]
         assert {a.details["replica"] for a in cleared} == {"r1", "r2"}
@@ -1661,11 +1668,21 @@ def test_a_rewind_after_forward_rewinds_and_a_trim_does_not_apply_the_journal_tw
         eng.close()
 
 
-def test_rewind_to_a_trimmed_point_is_refused(tmp_path: Path) -> None:
+def test_rewind_to_a_trimmed_point_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     # Was a bug: the rewind stopped at the trim position and reported success.
     eng, sc, _master, marks = _history_with_points(tmp_path)
     try:
         sc.trim_undo(RetentionPolicy(max_bytes=1, min_points=1))
+        assert sc.rewind_floor("r1") > marks[0][0].position
+        assert sc.rewind_floor("r1") <= marks[-1][0].position
+        # The listing says which replicas still reach each point (review 17: it
+        # listed them all alike, and most were refused).
+        state = str(tmp_path / "state")
+        rows = {r["name"]: r for r in _json(capsys, ["rewind-points", state, "fx", "--json"])}
+        assert "r1" not in rows[marks[0][0].name]["reachable_by"]
+        assert "r1" in rows[marks[-1][0].name]["reachable_by"]
         before = snapshot(tmp_path / "r1")
         with pytest.raises(RewindUnreachableError) as refused:
             sc.rewind("r1", marks[0][0])

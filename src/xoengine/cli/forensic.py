@@ -362,10 +362,16 @@ def cmd_points(args: argparse.Namespace) -> int:
         sc = eng.scenario(args.name)
         if setting:
             sc.set_rewind_point(args.set)
+        # Which replicas a rewind to each point still reaches: retention trims below
+        # a floor, and a replica holds no later state than it applied.
+        spans = {r: (sc.rewind_floor(r), sc.applied_position(r)) for r in sc.replicas}
         rows: list[dict[str, Any]] = []
         for point in sc.rewind_points():
             row = _plain(point)
             row["time"] = iso_time(point.time_ns)
+            row["reachable_by"] = [
+                r for r, (low, high) in spans.items() if low <= point.position <= high
+            ]
             rows.append(row)
         _show(rows, as_json=args.json)
     return 0
