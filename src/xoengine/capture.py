@@ -234,6 +234,9 @@ class Capture:
         with self.lock:
             self._result = CaptureResult()
             self._versions = {}
+            # Nothing of a pass that failed carries over (its journal is what it committed).
+            self._pending, self._pending_bytes, self._stored_bytes = [], 0, 0
+            self._path_start = None
             self._progress = progress
             self._committer = _Committer(self.store.awaiting_write)
             try:
@@ -1069,18 +1072,31 @@ class Capture:
             self._flush()
 
     def _store_blobs(self) -> None:
-        """Store the blobs of the queued events now; the events wait, holding their ids."""
-        committer = self._committer
-        if committer is not None:
-            committer.finish()  # at most one batch of bytes in memory, as for commits
-        pending = self._pending
-        ids = self._put_blobs([d for p in pending for d in p.blobs])
-        self._stored_bytes += self._pending_bytes
+        """Store the blobs of the queued events now; the events wait for their ids.
+
+        Beside the scan, as a commit is (the committer runs its work in order,
+        so the ids are there before any commit of these events), or here.
+        """
+        pending, nbytes = self._pending, self._pending_bytes
+        flat = [d for p in pending for d in p.blobs]
+        stored: list[list[bytes]] = []  # the ids, once the blobs are in
+        self._stored_bytes += nbytes
         self._pending, self._pending_bytes = [], 0
+
+        def store() -> None:
+            stored.append(self._put_blobs(flat))
+
+        committer = self._committer
+        if committer is not None and nbytes >= OFF_THREAD_BYTES:
+            committer.submit(store)  # waits for the one before: two batches at most held
+        else:
+            if committer is not None:
+                committer.finish()
+            store()
         cursor = 0
         for item in pending:
             n = len(item.blobs)
-            made = functools.partial(_with_ids, item.make, ids[cursor : cursor + n])
+            made = functools.partial(_with_stored, item.make, stored, cursor, n)
             self._pending.append(_Pending(made, [], item.derived))
             cursor += n
 
@@ -1202,11 +1218,15 @@ def _nbytes(items: list[_Pending]) -> int:
     return sum(len(d) for item in items for d in item.blobs)
 
 
-def _with_ids(
-    make: Callable[[list[bytes]], FileEvent | RootChanged], ids: list[bytes], _none: list[bytes]
+def _with_stored(
+    make: Callable[[list[bytes]], FileEvent | RootChanged],
+    stored: list[list[bytes]],
+    start: int,
+    count: int,
+    _none: list[bytes],
 ) -> FileEvent | RootChanged:
-    """An event whose blobs were stored already (:meth:`Capture._store_blobs`)."""
-    return make(ids)
+    """An event whose blobs were stored before (:meth:`Capture._store_blobs`): its ids."""
+    return make(stored[0][start : start + count])
 
 
 def _top_scopes(scopes: Iterable[str]) -> list[str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -24,4 +25,7 @@ def _blocks() -> list[tuple[str, int, str]]:
 @pytest.mark.parametrize(("doc", "index", "code"), _blocks(), ids=lambda v: str(v)[:30])
 def test_docs_code_block_runs(doc: str, index: int, code: str, tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     monkeypatch.chdir(tmp_path)
+    # An example's tempfile.mkdtemp() (the journal of an eventsourcing app) lands here,
+    # and goes with it: not one directory left in /tmp per run.
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     exec(compile(code, f"{doc}[{index}]", "exec"), {"__name__": f"docs_{index}"})
