@@ -211,6 +211,8 @@ class Capture:
         self._result = CaptureResult()
         self._settled: set[tuple[str, int]] = set()  # racy files re-read after their tick
         self._settled_xattrs: set[tuple[str, int]] = set()  # the same, for extended attributes
+        self._settling: set[tuple[str, int]] = set()  # re-read by the pass running: settled after
+        self._settling_xattrs: set[tuple[str, int]] = set()
         self._walk_ns = 0  # when the last walk began
         self._committer: _Committer | None = None  # set during scan(): commits off-thread
         self._progress: ScanProgress | None = None
@@ -237,6 +239,7 @@ class Capture:
             # Nothing of a pass that failed carries over (its journal is what it committed).
             self._pending, self._pending_bytes, self._stored_bytes = [], 0, 0
             self._path_start = None
+            self._settling, self._settling_xattrs = set(), set()
             self._progress = progress
             self._committer = _Committer(self.store.awaiting_write)
             try:
@@ -247,6 +250,9 @@ class Capture:
                 self._check_roots()
                 self._flush()
                 self._committer.finish()
+                # Journaled: what the re-reads of racy files found vouches for them now.
+                self._settled |= self._settling
+                self._settled_xattrs |= self._settling_xattrs
             except BaseException:
                 self._roots = None  # what was queued may not be in the journal
                 raise
@@ -698,7 +704,8 @@ class Capture:
         if key in settled:
             return False
         if time.time_ns() - max(state.mtime_ns, state.ctime_ns) >= racy_window(state):
-            settled.add(key)
+            # Settled once what this re-read finds is journaled: when the pass succeeds.
+            (self._settling_xattrs if xattrs else self._settling).add(key)
         return True
 
     def _capture_content(
@@ -718,7 +725,7 @@ class Capture:
                 part = (runs, before.st_size, before)
                 return self._in_place(path, state, old, part, quiet=True)
 
-            streamed = self._stream_changes(path, old_map, spill)
+            streamed = self._stream_changes(path, old_map, spill, self._parts_forgetter(state))
             if streamed is None:
                 return
             if streamed != "whole" and self._in_place(path, state, old, streamed, quiet=quiet):
@@ -795,11 +802,37 @@ class Capture:
         self._write_runs(path, state, runs, _observed(st), size)
         return True
 
+    def _parts_forgetter(self, state: FileState) -> Callable[[], None]:
+        """What drops the parts of ``state``'s change queued from here on (none committed yet).
+
+        A read that must start again (the file moved while it was read) may
+        have spilled bytes the file held only then; the next read compares with
+        the old content again and journals all of what differs from it.
+        """
+        start = self._path_start
+        mark = None if start is None else len(self._pending) - start
+        version = self._versions.get(state.file_id)
+
+        def forget() -> None:
+            if mark is None or self._path_start is None:
+                return
+            cut = self._path_start + mark  # the path's items keep their place (_queue)
+            dropped = self._pending[cut:]
+            del self._pending[cut:]
+            self._pending_bytes -= _nbytes(dropped)  # stored ones: orphan blobs, harmless
+            if version is None:
+                self._versions.pop(state.file_id, None)
+            else:
+                self._versions[state.file_id] = version
+
+        return forget
+
     def _stream_changes(
         self,
         path: str,
         old_map: BlockMap,
         spill: Callable[[list[tuple[int, bytes]], os.stat_result], bool],
+        forget: Callable[[], None],
     ) -> tuple[list[tuple[int, bytes]], int, os.stat_result] | typing.Literal["whole"] | None:
         """Read a file in chunks through one reused buffer; return its changed block runs.
 
@@ -808,7 +841,8 @@ class Capture:
         Past ``FLUSH_BYTES`` of them, ``spill(runs, stat before)`` journals the
         runs held and the stream goes on; if it will not (the change shifts
         data), past ``HOLD_MAX``: ``"whole"``, the caller reads the file whole,
-        mapped, for a delta. None if it could not be read.
+        mapped, for a delta. None if it could not be read. ``forget()`` drops
+        what a read spilled, before it starts again or gives up.
         """
         bs = self.state.block_size
         full = self.layout.master_path(path)
@@ -817,16 +851,20 @@ class Capture:
         view = memoryview(self._chunk)
         old_digests = old_map.digest_array()
         for attempt in range(2):
+            if attempt:
+                forget()  # read again, from the old content: nothing of the first read stays
             try:
                 fd = os.open(full, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
             except OSError as e:
                 self._result.warnings.append(ChangeWhileReadWarning(path=path, detail=e.strerror))
+                forget()
                 return None
             runs: list[tuple[int, bytes]] = []
             held = 0
             try:
                 before = os.fstat(fd)
                 if not stat.S_ISREG(before.st_mode):
+                    forget()
                     return None
                 offset = 0
                 with os.fdopen(fd, "rb", buffering=0, closefd=False) as reader:
@@ -846,6 +884,7 @@ class Capture:
                 after = os.fstat(fd)
             except OSError as e:
                 self._result.warnings.append(ChangeWhileReadWarning(path=path, detail=e.strerror))
+                forget()
                 return None
             finally:
                 os.close(fd)

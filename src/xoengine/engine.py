@@ -645,9 +645,13 @@ class Engine:
         """Use as a context manager."""
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        """Close."""
-        self.close()
+    def __exit__(self, kind: object, *_: object) -> None:
+        """Close; when the block raised, its error wins over a watcher's (see :meth:`close`)."""
+        if kind is None:
+            self.close()
+            return
+        with contextlib.suppress(Exception):
+            self.close()  # closed all the same: it raises only at its end
 
     def _check_open(self, action: str = "use it") -> None:
         """Refuse to ``action`` on a closed engine (one coded error for every call)."""

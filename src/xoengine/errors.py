@@ -24,6 +24,7 @@ from eventsourcing.persistence import OperationalError as _ESOperationalError
 __all__ = [
     "ApplierFailedError",
     "BlobNotFoundError",
+    "CaptureFailedError",
     "ChecksumMismatchError",
     "ConfigurationError",
     "DiskFullError",
@@ -473,6 +474,17 @@ class ApplierFailedError(XoError):
     code = "E3013"
     exit_code = 3
     hint = "The scenario is in Problem; fix the cause and resume the replica to retry."
+
+
+class CaptureFailedError(XoError):
+    """A live capture pass of scenario {name!r} stopped on an unexpected error: {detail}."""
+
+    code = "E2008"
+    exit_code = 3
+    hint = (
+        "Nothing of the failed pass is journaled; the watcher retries with full passes "
+        "until one succeeds. Fix the cause (see the detail)."
+    )
 
 
 class NoFileAtError(XoError, FileNotFoundError):

@@ -29,6 +29,7 @@ import contextlib
 import dataclasses
 import itertools
 import mmap
+import numbers
 import os
 import shutil
 import tempfile
@@ -1093,11 +1094,11 @@ class Forensics:
             raise ConfigurationError(
                 detail=f"bisect needs its good bound first: {low} comes after {high}"
             )
-        if isinstance(burst_threshold, bool) or not isinstance(burst_threshold, int):
+        if isinstance(burst_threshold, bool) or not isinstance(burst_threshold, numbers.Integral):
             raise ConfigurationError(detail=f"burst_threshold must be a count: {burst_threshold!r}")
         if burst_threshold < 1:
             raise ConfigurationError(detail=f"burst_threshold must be 1 or more: {burst_threshold}")
-        if not (isinstance(burst_window, int | float) and 0 <= burst_window <= _YEAR_S):
+        if not (isinstance(burst_window, numbers.Real) and 0 <= burst_window <= _YEAR_S):
             raise ConfigurationError(
                 detail=f"burst_window must be 0 to {_YEAR_S} seconds: {burst_window!r}"
             )
@@ -1192,11 +1193,11 @@ class Forensics:
                 end += 1
             if damaged and damaged >= threshold:
                 # The burst: the whole window, from its first commit that changed a
-                # file that was there (a commit that only made files is no damage).
+                # file that was there (one that only made and wrote new files is no damage).
                 # Never a later start: a restore to before the burst must undo all of it.
                 first = start
-                while all(created for _, created in commits[labels[first]][1]):
-                    first += 1
+                while not any(not made and hurt(fid) for fid, made in commits[labels[first]][1]):
+                    first += 1  # it changed only files the window made
                 return commits[labels[first]][0], damaged
             shift(label, -1)
         return None, 0

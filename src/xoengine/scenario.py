@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Final
 from xoengine import blocks, codec
 from xoengine.capture import Capture, CaptureResult, MasterState
 from xoengine.errors import (
+    CaptureFailedError,
     ConfigurationError,
     FrameError,
     ReplicaDivergedError,
@@ -362,6 +363,8 @@ class Scenario:
             threads, self._threads = self._threads, {}
             for thread in threads.values():
                 thread.stop()
+            if self._watch_error is not None:  # no live capture fails now: said, and cleared
+                self._watch_failed(None)
 
     def _start_watch(self) -> None:
         from xoengine.watch import Watcher  # noqa: PLC0415 (watchdog loads only when watching)
@@ -379,7 +382,11 @@ class Scenario:
         the state back when one succeeds. The watcher retries meanwhile.
         """
         was = self._watch_error
-        self._watch_error = None if error is None else coded_failure("", error)
+        if error is None or isinstance(error, XoError):
+            self._watch_error = error
+        else:  # an uncoded failure: coded, with it as the cause
+            self._watch_error = CaptureFailedError(name=self.name, detail=repr(error))
+            self._watch_error.__cause__ = error
         with contextlib.suppress(XoError):  # a full volume refuses these too
             if self._watch_error is not None:
                 self._alert(

@@ -196,7 +196,9 @@ class Watcher:
             self.scenario.capture(paths)
         except Exception as e:  # noqa: BLE001 (told, kept, retried; the watcher goes on)
             self.errors.append(e)
-            first, self.failing = self.failing is None, e
+            first = self.failing is None
+            if first:  # the error of the outage, kept while it lasts (errors has each one)
+                self.failing = e
             self._retries += 1
             self._signal.set()  # a retry, after a pause
             if first:

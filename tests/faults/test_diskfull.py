@@ -300,3 +300,54 @@ def test_live_capture_on_a_full_journal_volume_retries_and_loses_nothing(
         sc.wait_replicated(timeout=HANG_GUARD_S)
         assert compare_trees(master, replica) == []
         sc.stop()
+
+
+def test_a_racy_file_a_failed_pass_read_is_read_again_by_the_next(
+    tmpfs: Path, coarse_fs: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A same-size rewrite within one second, then a pass that fails on a full journal volume.
+
+    Was a bug (review 17): the failed pass re-read the racy file and marked it
+    settled before anything was journaled, so no later pass of the process
+    (the live watcher's retries included) read it again: its new bytes never
+    reached the journal or the replica.
+    """
+    import time  # noqa: PLC0415
+    import types  # noqa: PLC0415
+
+    from xoengine import capture as capture_module  # noqa: PLC0415
+    from xoengine.engine import Engine  # noqa: PLC0415
+
+    _remount(tmpfs, "24m")
+    master = coarse_fs / "m"
+    master.mkdir()
+    a = master / "a"
+    with Engine.open(tmpfs / "state", durability="nosync") as eng:
+        sc = eng.create_scenario("s", master=str(master), replicas={"r1": str(tmp_path / "r1")})
+        sc.start()
+        for _ in range(20):  # a rewrite in the second of the capture before: the stat stays
+            a.write_bytes(b"11111")
+            sc.capture()
+            before = os.stat(a)
+            a.write_bytes(b"22222")
+            after = os.stat(a)
+            if (before.st_mtime_ns, before.st_ctime_ns) == (after.st_mtime_ns, after.st_ctime_ns):
+                break
+        else:
+            pytest.skip("no rewrite within one second of its capture in 20 tries")
+        # The clock as a capture sees it, past the racy window: a re-read settles the file.
+        later = types.SimpleNamespace(time_ns=lambda: time.time_ns() + 3 * 10**9)
+        monkeypatch.setattr(capture_module, "time", later)
+        filler = tmpfs / "filler"
+        with filler.open("wb", buffering=0) as f:
+            f.write(b"\0" * max(0, _free_bytes(tmpfs) - 256 * 1024))
+        (master / "big").write_bytes(random.Random(3).randbytes(2 * MIB))
+        with pytest.raises(DiskFullError):
+            sc.capture()
+        filler.unlink()
+        sc.capture()
+        with eng.file_at("s", "a") as f:
+            assert f.read() == b"22222"
+        sc.wait_replicated(timeout=HANG_GUARD_S)
+        assert (tmp_path / "r1" / "a").read_bytes() == b"22222"
+        sc.stop()

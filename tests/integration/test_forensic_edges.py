@@ -181,6 +181,10 @@ def test_burst_window_rules() -> None:
         for i, fid in enumerate(victims)
     ]
     assert Forensics._burst(slow[:100] + big, 10, window) == (200, 100)
+    # A commit that made a file and wrote it is no damage: the burst starts after it.
+    new = uuid.uuid4()
+    made_first = [(190, second // 2, new, "created"), (191, second // 2, new, "written")]
+    assert Forensics._burst(slow + made_first, 10, window) == (200, 100)
     # Too far apart, two halves are two small changes.
     apart = [(p, t + (120 * second if t == 31 * second else 0), f, o) for p, t, f, o in changes]
     assert Forensics._burst(apart, 10, window) == (None, 0)
@@ -562,7 +566,7 @@ def test_cat_says_when_a_position_is_a_step_inside_one_commit(
     assert main(["cat", state, "s", "b", "--at", str(created)]) == 0
     said = capsys.readouterr()
     assert said.out == ""  # made empty, then written: the step holds no byte yet
-    assert f"not the last of its time label, which names position {written}" in said.err
+    assert f"shares its time label with later positions, up to {written}" in said.err
     assert main(["cat", state, "s", "b", "--at", str(written), "--json"]) == 0
     said = capsys.readouterr()
     assert said.out == "made with bytes"

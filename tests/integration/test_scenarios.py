@@ -1150,6 +1150,48 @@ def test_a_capture_holds_a_bounded_part_of_a_large_file(
     assert_trees_equal(tmp_path / "master", tmp_path / "r1", mtimes=True)
 
 
+def test_a_file_changed_while_read_keeps_nothing_of_the_first_read(
+    engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first read spilled bytes the file held only while it was read; the second read
+    finds them back as they were: the journal must hold what the file holds.
+
+    Was a bug (review 17, older than it): the parts the first read journaled
+    stayed, and the second read, comparing with the old content, did not write
+    those blocks again. A real write to the file during the capture's real read
+    (between two of its chunks) makes it happen.
+    """
+    from xoengine import capture as capture_module  # noqa: PLC0415
+
+    monkeypatch.setattr(capture_module, "_CHUNK", 64 * 1024)  # four reads of the file
+    monkeypatch.setattr(capture_module, "FLUSH_BYTES", 16 * 1024)  # spilled after the first
+    sc = _scenario(engine, tmp_path, "r1")
+    old = _random(256 * 1024, 41)
+    master = tmp_path / "master"
+    (master / "f").write_bytes(old)
+    sc.start()
+    with (master / "f").open("r+b") as f:
+        f.write(_random(64 * 1024, 42))  # what the first read sees in its first chunk
+    reads = capture_module.Capture._changed_runs
+    first = [True]
+
+    def read_then_restore(self: Any, *args: Any) -> int:
+        got = reads(self, *args)
+        if first[0]:
+            first[0] = False
+            with (master / "f").open("r+b") as f:
+                f.write(old[: 64 * 1024])  # back as it was, while the read goes on
+        return got
+
+    monkeypatch.setattr(capture_module.Capture, "_changed_runs", read_then_restore)
+    sc.capture()
+    assert not first[0]  # the premise: the file changed during the read
+    with engine.file_at("fs", "f") as f:
+        assert f.read() == old
+    sc.wait_replicated(timeout=30)
+    assert (tmp_path / "r1" / "f").read_bytes() == old
+
+
 def test_a_block_level_resync_holds_a_bounded_part_of_a_large_file(
     engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

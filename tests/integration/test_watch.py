@@ -86,7 +86,9 @@ def test_watch_and_scan_journal_the_same_tree(tmp_path: Path) -> None:
         (master / "a.txt").write_text("initial\n")
         (master / "big.bin").write_bytes(b"\x01" * 300_000)
         with Engine.open(tmp_path / mode / "state", durability="nosync") as eng:
-            sc = eng.create_scenario("s", master=str(master), replicas={"r": str(replica)}, watch_delay=0.2)
+            sc = eng.create_scenario(
+                "s", master=str(master), replicas={"r": str(replica)}, watch_delay=0.2
+            )
             sc.start(watch=mode == "watch")
             try:
                 _burst(master, 0)
@@ -127,6 +129,9 @@ def test_a_failing_live_capture_is_told_retried_and_loses_nothing(tmp_path: Path
         os.rename(master, away)  # the watches follow the directory: its events still come
         (away / "during").write_bytes(b"written while the root was gone")
         _until(lambda: isinstance(sc.watch_error, TreeRootMissingError))
+        first = sc.watch_error
+        _until(lambda: len(sc._watcher.errors) >= 2)  # a retry failed too
+        assert sc.watch_error is first  # one outage, one error: said once (start --watch)
         assert sc.state == "Problem"
         alerts = [e for _, e in eng._iter_events((AlertRaised,)) if e.details.get("watcher")]
         assert [(a.code, a.severity) for a in alerts] == [("E2005", "error")]
@@ -157,3 +162,32 @@ def test_stop_raises_when_the_watchers_last_pass_fails(tmp_path: Path) -> None:
         assert sc.state == "Stopped" and sc.watch_error is None  # the watcher is gone
         assert sc._threads == {}  # the appliers ended too
         os.rename(away, master)
+        # Started again, it is Running: no live capture failed since (review 17: the
+        # handle kept the old error and the scenario stayed in Problem).
+        sc.start(watch=True)
+        sc.capture()
+        assert sc.state == "Running"
+        sc.stop()
+        alerts = [(e.code, e.severity) for _, e in eng._iter_events((AlertRaised,))]
+        assert alerts[-1] == ("E2005", "info")  # the error alert was cleared
+
+
+def test_close_raises_a_failed_last_pass_unless_the_with_block_raised(tmp_path: Path) -> None:
+    """``close()`` raises a failed last pass; leaving a ``with`` on an error, that error wins."""
+
+    class Boom(Exception):
+        pass
+
+    for n, body in enumerate((None, Boom)):
+        master, away = tmp_path / f"m{n}", tmp_path / f"away{n}"
+        master.mkdir()
+        with (
+            pytest.raises(TreeRootMissingError if body is None else Boom),
+            Engine.open(tmp_path / f"state{n}", durability="nosync") as eng,
+        ):
+            replicas = {"r1": str(tmp_path / f"r{n}")}
+            eng.create_scenario("w", master=str(master), replicas=replicas).start(watch=True)
+            os.rename(master, away)
+            if body is not None:
+                raise body
+        assert eng._closed  # closed all the same

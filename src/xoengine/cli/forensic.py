@@ -163,8 +163,8 @@ def cmd_cat(args: argparse.Namespace) -> int:
             else "  unchanged to the journal's end"
         )
         + (
-            f"\n  position {position} is not the last of its time label, which names "
-            f"position {commit_end}: the positions of one commit share its label"
+            f"\n  position {position} shares its time label with later positions, up to "
+            f"{commit_end}, which that time names (one commit's positions share its label)"
             if commit_end != position
             else ""
         ),
