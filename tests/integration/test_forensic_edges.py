@@ -572,3 +572,26 @@ def test_cat_says_when_a_position_is_a_step_inside_one_commit(
     assert said.out == "made with bytes"
     assert json.loads(said.err)["commit_end"] == written
     assert "time label" not in said.err
+
+
+def test_a_time_before_the_scenarios_first_change_is_said_so(
+    small: tuple[Engine, dict[str, int]], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The rule gives a position where the journal knows nothing: the answer is empty, and said so.
+
+    Review 17: ``replay --at 1999-01-01`` gave an empty tree and exit 0, as if
+    the master had been empty then.
+    """
+    eng, points = small
+    state = str(tmp_path / "state")
+    early = "1999-01-01T00:00:00"
+    assert main(["replay", state, "s", "--to", str(tmp_path / "out"), "--at", early]) == 0
+    said = capsys.readouterr().err
+    assert f"note: {early} names position 0, before the first change" in said
+    assert main(["diff", state, "s", early, "--json"]) == 0
+    out, err = capsys.readouterr()
+    assert "before the first change" in err
+    json.loads(out)  # stdout stays the answer alone
+    when = dt.datetime.fromtimestamp(eng.recorder.time_of(points["end"]) / 1e9, dt.UTC)
+    assert main(["diff", state, "s", when.isoformat()]) == 0
+    assert "note:" not in capsys.readouterr().err

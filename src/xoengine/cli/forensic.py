@@ -63,6 +63,27 @@ def _instant(eng: Engine, scenario: str, text: str | None) -> Instant | None:
     )
 
 
+def _before_history(eng: Engine, scenario: str, instant: Instant | None, text: str | None) -> None:
+    """Say on stderr when a time names a position before the scenario's first change.
+
+    The rule (the last position labelled at or before it) gives a position
+    where the journal knows nothing of the tree: an empty answer then says
+    nothing about what the master held.
+    """
+    if not isinstance(instant, dt.datetime):
+        return
+    position = eng.instant(scenario, instant)
+    first = next(iter(eng.file_events(scenario, None)), None)
+    if first is None or first[0] <= position:
+        return
+    print(
+        f"note: {text} names position {position}, before the first change the journal holds "
+        f"for {scenario} (position {first[0]}, {iso_time(first[1])}): the journal knows nothing "
+        "of its tree then",
+        file=sys.stderr,
+    )
+
+
 def _outside_state(state: str, path: str, action: str) -> None:
     """Refuse an output ``path`` inside the state directory (or journal copy) ``state``."""
     home, there = os.path.realpath(state), os.path.realpath(path)
@@ -124,6 +145,7 @@ def cmd_cat(args: argparse.Namespace) -> int:
     _check_output(args.state, args.out, args.scratch)
     with Engine.open(args.state, readonly=True) as eng:
         instant = _instant(eng, args.name, args.at)
+        _before_history(eng, args.name, instant, args.at)
         position = eng.instant(args.name, instant)
         digest = hashlib.sha256()
         with eng.file_at(args.name, args.path, position, scratch=args.scratch) as source:
@@ -211,6 +233,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     """``replay``: rebuild a tree, subtree or file as it was (never inside the state directory)."""
     _outside_state(args.state, args.to, "replay into")
     with Engine.open(args.state, readonly=True) as eng:
+        _before_history(eng, args.name, _time(args.at), args.at)
         result = eng.replay(
             args.name,
             to=args.to,
@@ -266,7 +289,10 @@ def cmd_diff(args: argparse.Namespace) -> int:
     with Engine.open(args.state, readonly=True) as eng:
         start = _instant(eng, args.name, args.from_)
         assert start is not None
-        result = eng.diff(args.name, start, _instant(eng, args.name, args.to))
+        end = _instant(eng, args.name, args.to)
+        _before_history(eng, args.name, start, args.from_)
+        _before_history(eng, args.name, end, args.to)
+        result = eng.diff(args.name, start, end)
         _show(result, as_json=args.json)
     return 0
 
