@@ -1082,10 +1082,11 @@ class Capture:
             # events wait for its end, and past FLUSH_BYTES its bytes go now.
             if self._path_start:
                 mine = self._pending[self._path_start :]
+                mine_bytes = _nbytes(mine)
                 del self._pending[self._path_start :]
-                self._pending_bytes -= _nbytes(mine)
+                self._pending_bytes -= mine_bytes
                 self._flush()
-                self._pending, self._pending_bytes, self._path_start = mine, _nbytes(mine), 0
+                self._pending, self._pending_bytes, self._path_start = mine, mine_bytes, 0
             if self._pending_bytes >= FLUSH_BYTES:
                 self._store_blobs()
 

@@ -623,12 +623,12 @@ class Engine:
         """
         if self._closed:
             return
-        failed: list[Exception] = []  # a live watcher's last pass: raised once closed
+        failed: Exception | None = None  # a live watcher's last pass: raised once closed
         for scenario in self._scenarios.values():
             try:
                 scenario._stop_threads()
             except Exception as e:  # noqa: BLE001 (every scenario stops first)
-                failed.append(e)
+                failed = failed or e
         self._closed = True
         self.store.release_writer(self)
         try:
@@ -638,8 +638,8 @@ class Engine:
                 self.recorder.merge_stream_tail()
         finally:
             self.app.close()
-        if failed:
-            raise failed[0]
+        if failed is not None:
+            raise failed
 
     def __enter__(self) -> Self:
         """Use as a context manager."""

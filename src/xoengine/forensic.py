@@ -84,9 +84,9 @@ __all__ = [
 
 
 PATH_EVENTS: Final = (FileCreated, FileRenamed, FileDeleted)
+"""The file events that make, move or end a path: a fold of them alone knows every path."""
 _META_NAMES: Final = ("mode", "mtime", "owner")  # the order of _user_meta
 _YEAR_S: Final = 366 * 24 * 3600  # the widest burst window taken
-"""The file events that make, move or end a path: a fold of them alone knows every path."""
 
 
 class JournalSource(Protocol):
@@ -1167,9 +1167,7 @@ class Forensics:
         # not damaged, and a change of mode, mtime or attributes alone is not
         # damage either.
         commits: dict[int, tuple[int, list[tuple[uuid.UUID, bool]]]] = {}
-        bounds: dict[int, list[int]] = {}  # time label -> [first, last] position of its changes
         for pos, time_ns, fid, operation in changes:
-            bounds.setdefault(time_ns, [pos, pos])[1] = pos
             if operation not in {"metadata", "xattrs", "root"}:
                 commits.setdefault(time_ns, (pos, []))[1].append((fid, operation == "created"))
         labels = sorted(commits)

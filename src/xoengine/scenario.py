@@ -184,9 +184,9 @@ class Scenario:
         self._appliers: dict[str, ReplicaApplier] = {}
         self._threads: dict[str, ApplierThread] = {}
         self._failed_inline: dict[str, XoError] = {}
+        """Replicas whose inline apply (``wait_replicated`` with no thread) failed last."""
         self._watch_error: XoError | None = None  # the live watcher's passes fail with it
         self._labels: dict[int, int] = {}  # position -> time label, of the rewind points
-        """Replicas whose inline apply (``wait_replicated`` with no thread) failed last."""
         self._watcher: Any = None
         self._trim_checked = -float("inf")  # monotonic time of the last automatic retention
         for replica in definition.replicas:

@@ -196,12 +196,10 @@ class Watcher:
             self.scenario.capture(paths)
         except Exception as e:  # noqa: BLE001 (told, kept, retried; the watcher goes on)
             self.errors.append(e)
-            first = self.failing is None
-            if first:  # the error of the outage, kept while it lasts (errors has each one)
-                self.failing = e
             self._retries += 1
             self._signal.set()  # a retry, after a pause
-            if first:
+            if self.failing is None:  # the error of the outage, kept while it lasts
+                self.failing = e
                 self._tell(e)
             return
         self.captures += 1
