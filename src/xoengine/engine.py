@@ -86,7 +86,7 @@ from xoengine.replica import (
     replica_state_name,
     replica_tables,
 )
-from xoengine.rewind import RewindPoint
+from xoengine.rewind import RetentionClock, RewindPoint
 from xoengine.scenario import ReplicaStatistics, Scenario, ScenarioStatistics
 from xoengine.walk import normalize_relpath
 
@@ -153,11 +153,12 @@ class XoApplication(Application[uuid.UUID]):
 # -- scenario definition (a fold of the scenario's own events) ----------------------------------
 
 
-STANDING_ALERTS: Final = frozenset({"AW0001", "AW0002", "E3011"})
+STANDING_ALERTS: Final = frozenset({"AW0001", "AW0002", "AW0005", "E3011"})
 """Alerts that stand for a replica while their condition does, until an ``info`` alert of
 the same code clears them: AW0001 its backlog is over ``spool_limit``, AW0002 the undo
-budget nears the window, E3011 the replica was changed outside xoengine (cleared by a
-synchronization of it)."""
+budget nears the window, AW0005 the clock is ahead of the time that has passed (its
+undo log is aged by elapsed time), E3011 the replica was changed outside xoengine (cleared
+by a synchronization of it)."""
 
 
 @dataclass
@@ -318,6 +319,10 @@ class Engine:
                 self.app.close()
                 raise
         self._closed = False
+        self.retention_clock = RetentionClock(
+            None if readonly else self.state_dir / "retention-clock"
+        )
+        """What undo logs are aged by: a wall clock stepped forward does not age them."""
         self.blobs = BlobTable(self.store)
         self.fsync = durability != "nosync"
         self._definitions: dict[str, _Definition] = {}

@@ -21,14 +21,20 @@ Going forward (P > A) is the applier's job: it applies the journal up to P.
 :func:`retention` is a pure policy: given the undo log's sizes and ages, the
 rewind points and the configured limits, it says up to which position the
 log may be trimmed and why, and whether operators must be warned that the
-budget is about to cut the protected window.
+budget is about to cut the protected window. :class:`RetentionClock` is the
+clock it measures ages with: a wall clock stepped forward does not age history.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import stat
+import threading
+import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Final
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Final
 
 from xoengine.errors import ConfigurationError, ReplicaDivergedError
 from xoengine.tree import Extents, event_delta, undo_blob_size
@@ -42,6 +48,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CLEAR_SHARE",
+    "RetentionClock",
     "RetentionDecision",
     "RetentionPolicy",
     "RewindPoint",
@@ -434,6 +441,92 @@ class RetentionPolicy:
                 isinstance(count, bool) or not isinstance(count, int) or count < 0
             ):
                 raise ConfigurationError(detail=f"{name} is an int >= 0, not {count!r}")
+
+
+class RetentionClock:
+    """The time age retention measures at: the wall clock, as far as elapsed time vouches for it.
+
+    A wall clock stepped forward (a bad NTP source, a date set by hand) would
+    make every before-image look old at once, and ``max_age_s`` would trim
+    history down to ``min_points``. This clock never goes ahead of its last
+    reading by more than the time that has passed since on ``CLOCK_BOOTTIME``
+    (which runs at the wall clock's rate, NTP's slewing included, but which no
+    step moves). Forward steps of up to :attr:`SLACK_NS` in all pass unseen
+    (a boot's first NTP correction); beyond that, :meth:`read` gives the
+    elapsed-time bound and how far the wall clock is ahead of it. A clock that
+    goes back is taken as it reads (ages shrink: nothing is cut sooner).
+
+    ``path``: a file where each reading is kept (one per journal, beside it), so
+    that the next engine of the same boot goes on from it: a step made while no
+    engine was open is seen too. Across a reboot, or without the file, the
+    first reading is taken as the clock says. The file is a hint, not history:
+    it is written without sync, and a failure to write it is not an error.
+    """
+
+    SLACK_NS: ClassVar[int] = 60 * 10**9
+
+    def __init__(self, path: Path | None = None) -> None:
+        """Take the first reading (or the saved one of this boot): steps from then on are seen."""
+        self._lock = threading.Lock()
+        self._path = path
+        self._boot_id = _boot_id()
+        self._anchor = self._saved() or self._clocks()
+
+    @staticmethod
+    def _clocks() -> tuple[int, int]:
+        return time.time_ns(), time.clock_gettime_ns(time.CLOCK_BOOTTIME)
+
+    def _saved(self) -> tuple[int, int] | None:
+        """The last reading saved in ``path``, if it was taken since this boot."""
+        if self._path is None or not self._boot_id:
+            return None
+        try:
+            boot_id, wall, boot = self._path.read_text().split()
+            saved = (int(wall), int(boot))
+        except (OSError, ValueError):
+            return None
+        if boot_id != self._boot_id or saved[1] > self._clocks()[1]:
+            return None
+        return saved
+
+    def _save(self) -> None:
+        if self._path is None or not self._boot_id:
+            return
+        wall, boot = self._anchor
+        spare = self._path.with_name(self._path.name + ".new")
+        with contextlib.suppress(OSError):
+            spare.write_text(f"{self._boot_id} {wall} {boot}\n")
+            os.replace(spare, self._path)
+
+    def read(self) -> tuple[int, int]:
+        """``(now_ns, ahead_ns)``: the time to measure ages at, and the wall clock's lead on it.
+
+        ``ahead_ns`` is 0 unless the wall clock has been stepped forward by
+        more than :attr:`SLACK_NS` since the first reading; ``now_ns`` is then
+        the last trusted reading plus the time elapsed since.
+        """
+        wall, boot = self._clocks()
+        with self._lock:
+            then_wall, then_boot = self._anchor
+            trusted = then_wall + (boot - then_boot)
+            if wall <= trusted:
+                self._anchor = (wall, boot)
+                ahead = 0
+            else:
+                self._anchor = (trusted, boot)  # small steps add up: none is forgotten
+                ahead = wall - trusted
+            self._save()
+        if ahead <= self.SLACK_NS:
+            return wall, 0
+        return trusted, ahead
+
+
+def _boot_id() -> str:
+    """The id of the running boot (Linux); empty where there is none: nothing is saved."""
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return ""
 
 
 @dataclass(frozen=True)

@@ -1124,14 +1124,20 @@ class Scenario:
     def trim_undo(
         self, policy: RetentionPolicy | None = None, *, now_ns: int | None = None
     ) -> dict[str, RetentionDecision]:
-        """Apply the retention policy to every replica's undo log; journal what was dropped."""
+        """Apply the retention policy to every replica's undo log; journal what was dropped.
+
+        ``now_ns``: the time ages are measured at. By default the engine's
+        :attr:`~xoengine.engine.Engine.retention_clock`, which a clock stepped
+        forward does not move (AW0005 stands per replica while it is ahead).
+        """
         self._usable("trim the undo logs of")
         if policy is not None and not isinstance(policy, RetentionPolicy):
             raise ConfigurationError(
                 detail=f"a retention policy is a RetentionPolicy, not {policy!r}"
             )
         policy = policy or self._retention_policy()
-        now = time.time_ns() if now_ns is None else now_ns
+        now, ahead = self._engine.retention_clock.read() if now_ns is None else (now_ns, 0)
+        ages = policy.max_age_s is not None or policy.window_s is not None
         recorder = self._engine.recorder
         decisions: dict[str, RetentionDecision] = {}
         points = self.rewind_points()
@@ -1163,12 +1169,30 @@ class Scenario:
                         bytes=decision.records_bytes,
                         reasons=list(decision.reasons),
                     )
+            if now_ns is None and (ages or name in self._def.standing("AW0005")):
+                self._clock_ahead(name, ahead if ages else 0)  # (a caller's time says nothing)
             raised = None if decision.alert is None else ("warning", decision.alert)
             share = decision.window_share
             if raised is None and share is not None and share >= CLEAR_SHARE:
                 continue  # standing or not, it stays so until the share falls under 0.7
             self._standing("AW0002", name, raised, "its undo budget holds its window again")
         return decisions
+
+    def _clock_ahead(self, replica: str, ahead_ns: int) -> None:
+        """Keep AW0005 standing while the clock is ahead of the time that has passed."""
+        seconds = round(ahead_ns / 1e9)
+        message = (
+            f"the clock is {seconds} s ahead of the time that has passed since it was last "
+            f"trusted (stepped forward?): the undo log of replica {replica!r} is aged by "
+            "elapsed time, not by the clock; check the clock"
+        )
+        self._standing(
+            "AW0005",
+            replica,
+            ("warning", message) if ahead_ns else None,
+            "age retention measures with the clock again",
+            {"ahead_s": seconds},
+        )
 
     # -- difference report (R35) ------------------------------------------------------------
 

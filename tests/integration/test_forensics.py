@@ -25,6 +25,7 @@ import random
 import stat
 import subprocess
 import sys
+import time
 import types
 import uuid
 from pathlib import Path
@@ -35,6 +36,7 @@ import pytest
 import xoengine.engine as engine_module
 import xoengine.forensic as forensic_module
 import xoengine.journal as journal_module
+import xoengine.rewind as rewind_module
 from xoengine import codec
 from xoengine.blobtable import BlobTable
 from xoengine.cli import main
@@ -2009,6 +2011,112 @@ def test_clock_jump_back_keeps_labels_and_positions_in_order(
             assert snapshot(tmp_path / "r1") == trees[name], name
         # Before the first label: position 0.
         assert eng.recorder.position_at(labels[1] - 1) == 0
+    finally:
+        eng.close()
+
+
+class SteppedClock(FakeClock):
+    """The wall clock as ``FakeClock``, and ``CLOCK_BOOTTIME`` beside it, which no step moves."""
+
+    def __init__(self, start_ns: int) -> None:
+        super().__init__(start_ns)
+        self.boot = 10**12
+
+    def clock_gettime_ns(self, which: int) -> int:
+        assert which == time.CLOCK_BOOTTIME
+        return self.boot
+
+    def elapse(self, ns: int) -> None:
+        """Time passes: both clocks move."""
+        self.now += ns
+        self.boot += ns
+
+
+@pytest.fixture
+def stepped(monkeypatch: pytest.MonkeyPatch) -> SteppedClock:
+    fake = SteppedClock(1_800_000_000 * 10**9)
+    times = types.SimpleNamespace(
+        time_ns=fake.time_ns,
+        clock_gettime_ns=fake.clock_gettime_ns,
+        CLOCK_BOOTTIME=time.CLOCK_BOOTTIME,
+    )
+    monkeypatch.setattr(journal_module, "time", times)
+    monkeypatch.setattr(rewind_module, "time", times)
+    return fake
+
+
+HOUR = 3600 * 10**9
+YEAR = 365 * 24 * HOUR
+
+
+def aw0005(eng: Engine) -> list[Any]:
+    return [e for _, e in journal_events(eng, AlertRaised) if e.code == "AW0005"]
+
+
+def test_a_clock_stepped_forward_ages_no_history(tmp_path: Path, stepped: SteppedClock) -> None:
+    """Age retention measures elapsed time: a year's step of the clock trims nothing (AW0005)."""
+    eng, sc, _master, marks = _history_with_points(tmp_path)
+    policy = RetentionPolicy(max_age_s=3600, min_points=0)
+    try:
+        assert sc.trim_undo(policy)["r1"].trim_upto == 0  # all of it is seconds old
+        stepped.now += YEAR  # stepped forward a year; no time passed
+        decisions = sc.trim_undo(policy)
+        assert {d.trim_upto for d in decisions.values()} == {0}
+        assert not journal_events(eng, UndoTrimmed)
+        raised = aw0005(eng)
+        assert sorted(a.details["replica"] for a in raised) == ["r1", "r2"]
+        assert {a.severity for a in raised} == {"warning"}
+        assert all(abs(a.details["ahead_s"] - 365 * 24 * 3600) < 60 for a in raised)
+        sc.trim_undo(policy)
+        assert len(aw0005(eng)) == 2  # it stands: said once
+        # Two hours pass: the history is now two hours old by elapsed time, and goes.
+        stepped.elapse(2 * HOUR)
+        newest = eng.recorder.max_notification_id() or 0
+        decisions = sc.trim_undo(policy)
+        assert decisions["r1"].reasons == ("age",)
+        assert decisions["r1"].trim_upto >= marks[-1][0].position
+        assert decisions["r1"].trim_upto <= newest
+        # The clock is set right: the alert is cleared, once.
+        stepped.now -= YEAR
+        sc.trim_undo(policy)
+        sc.trim_undo(policy)
+        cleared = aw0005(eng)[2:]
+        assert sorted(a.details["replica"] for a in cleared) == ["r1", "r2"]
+        assert {a.severity for a in cleared} == {"info"}
+    finally:
+        eng.close()
+
+
+def test_a_clock_stepped_forward_between_two_engines_ages_no_history(
+    tmp_path: Path, stepped: SteppedClock
+) -> None:
+    """The next engine of the same boot goes on from the last reading (cron-run captures)."""
+    eng, sc, _master, _marks = _history_with_points(tmp_path)
+    policy = RetentionPolicy(max_age_s=3600, min_points=0)
+    try:
+        assert sc.trim_undo(policy)["r1"].trim_upto == 0
+    finally:
+        eng.close()
+    stepped.elapse(60 * 10**9)
+    stepped.now += YEAR  # while no engine was open
+    eng = Engine.open(tmp_path / "state", durability="nosync")
+    try:
+        sc = eng.scenario("fx")
+        assert {d.trim_upto for d in sc.trim_undo(policy).values()} == {0}
+        assert sorted(a.details["replica"] for a in aw0005(eng)) == ["r1", "r2"]
+        stepped.elapse(2 * HOUR)
+        assert sc.trim_undo(policy)["r1"].reasons == ("age",)
+    finally:
+        eng.close()
+    # A reading of another boot is not gone on from: the clock is taken as it reads.
+    saved = tmp_path / "state" / "retention-clock"
+    boot_id, wall, boot = saved.read_text().split()
+    saved.write_text(f"{boot_id[::-1]} {wall} {boot}\n")
+    stepped.now += YEAR
+    eng = Engine.open(tmp_path / "state", durability="nosync")
+    try:
+        eng.scenario("fx").trim_undo(policy)
+        assert [a.severity for a in aw0005(eng)][-2:] == ["info", "info"]
     finally:
         eng.close()
 

@@ -7,14 +7,29 @@ function against it, plus the invariants on their own: nothing inside the
 protected window is trimmed, and the ``min_points`` newest rewind points stay
 reachable (a point at P needs every before-image after P, so the cut must be
 <= P).
+
+``RetentionClock``, the time ages are measured at, is tested with its two clocks
+(wall and ``CLOCK_BOOTTIME``) moved by hand: a step of the wall clock is what
+this machine cannot be asked to do under a test.
 """
 
 from __future__ import annotations
 
+import time
+
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from xoengine.rewind import RetentionDecision, RetentionPolicy, RewindPoint, UndoUsage, retention
+import xoengine.rewind as rewind_module
+from xoengine.rewind import (
+    RetentionClock,
+    RetentionDecision,
+    RetentionPolicy,
+    RewindPoint,
+    UndoUsage,
+    retention,
+)
 
 S = 1_000_000_000  # one second in ns
 NOW = 10_000 * S
@@ -234,3 +249,72 @@ def test_retention_meets_age_and_size_when_unconstrained(
             and sum(u.bytes for u in kept) + last.bytes > policy.max_bytes
         )
         assert too_old or too_big
+
+
+# -- the clock ages are measured at ---------------------------------------------------------------
+
+
+class Clocks:
+    """A wall clock and ``CLOCK_BOOTTIME``, as ``xoengine.rewind`` reads them."""
+
+    CLOCK_BOOTTIME = time.CLOCK_BOOTTIME
+
+    def __init__(self) -> None:
+        self.wall = NOW
+        self.boot = 7 * S
+
+    def time_ns(self) -> int:
+        return self.wall
+
+    def clock_gettime_ns(self, which: int) -> int:
+        assert which == time.CLOCK_BOOTTIME
+        return self.boot
+
+    def elapse(self, ns: int) -> None:
+        self.wall += ns
+        self.boot += ns
+
+
+@pytest.fixture
+def clocks(monkeypatch: pytest.MonkeyPatch) -> Clocks:
+    fake = Clocks()
+    monkeypatch.setattr(rewind_module, "time", fake)
+    return fake
+
+
+def test_retention_clock_follows_the_wall_clock_as_time_passes(clocks: Clocks) -> None:
+    clock = RetentionClock()
+    for step in (S, 3600 * S, 10 * 86400 * S):
+        clocks.elapse(step)
+        assert clock.read() == (clocks.wall, 0)
+
+
+def test_retention_clock_does_not_follow_a_step_forward(clocks: Clocks) -> None:
+    clock = RetentionClock()
+    clocks.wall += 86400 * S  # a day ahead, no time passed
+    assert clock.read() == (NOW, 86400 * S)
+    clocks.elapse(10 * S)
+    assert clock.read() == (NOW + 10 * S, 86400 * S)
+    clocks.wall -= 86400 * S  # set right
+    assert clock.read() == (NOW + 10 * S, 0)
+
+
+def test_retention_clock_lets_a_small_step_pass_but_adds_steps_up(clocks: Clocks) -> None:
+    clock = RetentionClock()
+    slack = RetentionClock.SLACK_NS
+    clocks.wall += slack  # within the slack: taken as it reads
+    assert clock.read() == (NOW + slack, 0)
+    clocks.elapse(3600 * S)
+    assert clock.read() == (NOW + slack + 3600 * S, 0)
+    clocks.wall += 1  # one more ns ahead: now the steps add up past the slack
+    assert clock.read() == (NOW + 3600 * S, slack + 1)
+
+
+def test_retention_clock_takes_a_step_back_as_it_reads(clocks: Clocks) -> None:
+    clock = RetentionClock()
+    clocks.wall -= 3600 * S
+    assert clock.read() == (NOW - 3600 * S, 0)
+    clocks.elapse(60 * S)
+    assert clock.read() == (NOW - 3540 * S, 0)
+    clocks.wall += 3600 * S  # back to where it was: a step forward from the new reading
+    assert clock.read() == (NOW - 3540 * S, 3600 * S)
