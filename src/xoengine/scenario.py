@@ -132,6 +132,10 @@ class ReplicaStatistics:
     rewind_floor: int = 0  # a rewind reaches positions >= this one (retention trimmed below)
     xattrs_left_out: list[str] = field(default_factory=list)
     """Extended attributes the master has and this replica leaves out (alert AW0003)."""
+    standing_alerts: list[str] = field(default_factory=list)
+    """Codes of the alerts that stand for this replica (raised, not yet cleared): AW0001
+    spool over its limit, AW0002 undo budget near the window, AW0005 the clock ahead
+    of elapsed time, E3011 changed outside xoengine, an applier's error."""
 
 
 @dataclass(frozen=True)
@@ -1296,6 +1300,9 @@ class Scenario:
             undo_bytes=undo_bytes,
             rewind_floor=floor,
             xattrs_left_out=self._left_out(name),
+            standing_alerts=sorted(
+                code for code, names in self._def.standing_alerts.items() if name in names
+            ),
         )
 
     def _left_out(self, replica: str) -> list[str]:

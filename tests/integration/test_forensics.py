@@ -1521,6 +1521,7 @@ def test_trim_undo_alerts_when_the_window_nears_the_budget(tmp_path: Path) -> No
         assert {a.details["replica"] for a in alerts} == {"r1", "r2"}
         assert all(a.code == "AW0002" and a.severity == "warning" for a in alerts)
         assert not journal_events(eng, UndoTrimmed)
+        assert sc.statistics().replicas["r2"].standing_alerts == ["AW0002"]
         # Between 70 and 80 %: no new alert, and the standing one stands (review 17: a
         # share moving around 80 % raised and cleared it over and over).
         near = sc.trim_undo(
@@ -2069,6 +2070,7 @@ def test_a_clock_stepped_forward_ages_no_history(tmp_path: Path, stepped: Steppe
         assert all(abs(a.details["ahead_s"] - 365 * 24 * 3600) < 60 for a in raised)
         sc.trim_undo(policy)
         assert len(aw0005(eng)) == 2  # it stands: said once
+        assert sc.statistics().replicas["r1"].standing_alerts == ["AW0005"]
         # Two hours pass: the history is now two hours old by elapsed time, and goes.
         stepped.elapse(2 * HOUR)
         newest = eng.recorder.max_notification_id() or 0
@@ -2083,6 +2085,7 @@ def test_a_clock_stepped_forward_ages_no_history(tmp_path: Path, stepped: Steppe
         cleared = aw0005(eng)[2:]
         assert sorted(a.details["replica"] for a in cleared) == ["r1", "r2"]
         assert {a.severity for a in cleared} == {"info"}
+        assert sc.statistics().replicas["r1"].standing_alerts == []
     finally:
         eng.close()
 
