@@ -1001,7 +1001,7 @@ class Engine:
         """
         scenario = self.scenario(name)
         with contextlib.suppress(Exception):  # its watcher's last pass: the scenario goes
-            scenario._stop_threads()
+            scenario._stop_threads(drain=False)  # its replicas are left as they are
         self._scenario_event(scenario._def, ScenarioRemoved)
         del self._scenarios[name]
         del self._definitions[name]

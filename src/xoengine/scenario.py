@@ -357,8 +357,13 @@ class Scenario:
         self._threads[replica] = thread
         thread.start()
 
-    def _stop_threads(self) -> None:
-        """End the watcher and the appliers; then raise the watcher's last pass's error, if any."""
+    def _stop_threads(self, *, drain: bool = True) -> None:
+        """End the watcher and the appliers; then raise the watcher's last pass's error, if any.
+
+        With ``drain`` the appliers first apply everything journaled by then
+        (the watcher's last pass among it), so a stopped scenario's running
+        replicas hold every change made before the stop.
+        """
         watcher, self._watcher = self._watcher, None
         try:
             if watcher is not None:
@@ -366,6 +371,8 @@ class Scenario:
         finally:
             threads, self._threads = self._threads, {}
             for thread in threads.values():
+                if drain:
+                    thread.drain()
                 thread.stop()
             if self._watch_error is not None:  # no live capture fails now: said, and cleared
                 self._watch_failed(None)

@@ -161,6 +161,17 @@ class ApplierThread:
         """Look for new events now."""
         self._wake.set()
 
+    def drain(self) -> None:
+        """Apply everything journaled by now before the thread is stopped.
+
+        A failure meanwhile is not raised: the thread reported it (an alert,
+        the scenario in Problem) and the next start retries from the tracking
+        position.
+        """
+        if self.error is None:
+            with contextlib.suppress(XoError):
+                self.wait_position(self.scenario._engine.last_position(), None)
+
     def stop(self) -> None:
         """End the thread (after its current batch) and stop following commits."""
         self._stop.set()

@@ -191,3 +191,37 @@ def test_close_raises_a_failed_last_pass_unless_the_with_block_raised(tmp_path: 
             if body is not None:
                 raise body
         assert eng._closed  # closed all the same
+
+
+def test_stop_and_close_apply_the_last_pass_to_the_replicas(tmp_path: Path) -> None:
+    """What the watcher's last pass journals is on the running replicas when stop/close return.
+
+    Review 18: the appliers were told to end just as that pass committed, so
+    the replica lacked the last change whenever its thread woke too late (7 of
+    16 shutdowns of ``xoengine start --watch``). The watch delay here is
+    longer than the test, so only the last pass sees each change, and the
+    appliers are still busy with the wake-up of ``wait_replicated`` when it
+    commits.
+    """
+    master, r1, r2 = tmp_path / "m", tmp_path / "r1", tmp_path / "r2"
+    master.mkdir()
+    (master / "a.txt").write_text("v0\n")
+    replicas = {"r1": str(r1), "r2": str(r2)}
+    with Engine.open(tmp_path / "state") as eng:
+        sc = eng.create_scenario("w", master=str(master), replicas=replicas, watch_delay=3600)
+        for n in range(1, 9):
+            sc.start(watch=True)
+            (master / "a.txt").write_text(f"v{n}\n")
+            (master / f"new-{n}").write_bytes(os.urandom(5000))
+            sc.wait_replicated()  # as ``start --watch`` does: it wakes the appliers
+            sc.stop()
+            assert compare_trees(master, r1) == [], n
+            assert compare_trees(master, r2) == [], n
+            assert sc.statistics().replicas["r1"].backlog_events == 0
+    for n in range(9, 13):  # and close(), as ``start --watch`` ends
+        with Engine.open(tmp_path / "state") as eng:
+            sc = eng.scenario("w")
+            sc.start(watch=True)
+            (master / "a.txt").write_text(f"v{n}\n")
+            sc.wait_replicated()
+        assert compare_trees(master, r1) == [], n
