@@ -47,7 +47,7 @@ from __future__ import annotations
 import io
 import mmap
 import os
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Final, Protocol
@@ -72,6 +72,7 @@ __all__ = [
     "block_digests",
     "changed_blocks",
     "changed_ranges",
+    "coalesce_ranges",
     "copied_bytes",
     "delta",
     "literal_bytes",
@@ -577,6 +578,18 @@ def changed_ranges(old: BlockMap, new: BlockMap | Buffer) -> list[tuple[int, int
         else:
             ranges.append((start, end - start))
     return ranges
+
+
+def coalesce_ranges(ranges: Iterable[Sequence[int]]) -> list[tuple[int, int]]:
+    """``(offset, length)`` ranges sorted, with those that overlap or touch made one."""
+    out: list[tuple[int, int]] = []
+    for start, length in sorted((int(r[0]), int(r[1])) for r in ranges):
+        if out and start <= out[-1][0] + out[-1][1]:
+            prev_start, prev_len = out[-1]
+            out[-1] = (prev_start, max(prev_start + prev_len, start + length) - prev_start)
+        else:
+            out.append((start, length))
+    return out
 
 
 # -- delta ------------------------------------------------------------------------

@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Final, Protocol
 
+from xoengine.blocks import coalesce_ranges
 from xoengine.datastore import make_directory
 from xoengine.errors import (
     ConfigurationError,
@@ -66,7 +67,7 @@ from xoengine.tree import Extents, ReplicaTree, event_delta
 from xoengine.walk import Xattrs, normalize_relpath, read_xattrs
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Collection, Iterator
+    from collections.abc import Callable, Collection, Iterator, Sequence
 
 __all__ = [
     "BURST_WINDOW_S",
@@ -350,27 +351,32 @@ def _ranges(event: FileEvent, before: int | None = None) -> list[list[int]]:
 
     A truncation changed the bytes between the size ``before`` it and its own
     (the tail cut off, or the zeros it added); where the size before is not
-    known (or the same), it is ``[size, 0]``: cut at ``size``. A write that a
-    capture saw shrink the file (``truncate``, ``>``) cut the tail too: its
-    ranges end with the bytes between its size and ``before``.
+    known (or the same), it is ``[size, 0]``: cut at ``size``. A write or a
+    delta that a capture saw shrink the file (``truncate``, ``>``) cut the
+    tail too: its ranges include the bytes between its size and ``before``.
+    A delta changed its new bytes and the old bytes it copied to another
+    offset (a block copied over another, a hole punched where zeros were
+    elsewhere): the delta copies a block from elsewhere only when the block
+    at its own offset differs. The ranges are sorted, and merged where they
+    touch.
     """
+    out: list[Sequence[int]] = []
+    size: int | None = None
     if isinstance(event, BytesWritten):
-        written = [[r[0], r[1]] for r in event.ranges]
-        if before is not None and event.size < before:
-            written.append([event.size, before - event.size])
-        return written
-    if isinstance(event, ContentReplaced):
-        out: list[list[int]] = []
+        out, size = list(event.ranges), event.size
+    elif isinstance(event, ContentReplaced):
         offset = 0
         for op in event.ops:
-            if op[0] == "data":
-                out.append([offset, op[2]])
+            if op[0] == "data" or op[1] != offset:
+                out.append((offset, op[2]))
             offset += op[2]
-        return out
-    if isinstance(event, FileTruncated):
+        size = offset
+    elif isinstance(event, FileTruncated):
         low, high = sorted((event.size, event.size if before is None else before))
         return [[low, high - low]]
-    return []
+    if size is not None and before is not None and size < before:
+        out.append((size, before - size))
+    return [[start, length] for start, length in coalesce_ranges(out)]
 
 
 def _moves(event: ContentReplaced) -> bool:
@@ -985,7 +991,7 @@ class Forensics:
                 if isinstance(event, FileCreated):
                     sizes[fid] = 0
             elif isinstance(event, (BytesWritten, FileTruncated, ContentReplaced)):
-                if fid not in sizes and isinstance(event, FileTruncated | BytesWritten):
+                if fid not in sizes:
                     # Only a cut's range needs the size before it: read it then.
                     was = self.live(fid, low)
                     sizes[fid] = 0 if was is None else _size_after([e for _, e in was.content], 0)
@@ -999,7 +1005,11 @@ class Forensics:
         added = sorted(p for fid, p in end.items() if fid not in start)
         removed = sorted(p for fid, p in start.items() if fid not in end)
         renamed = {start[fid]: p for fid, p in end.items() if fid in start and start[fid] != p}
-        modified = {end[fid]: r for fid, r in touched.items() if fid in start and fid in end}
+        modified = {
+            end[fid]: [[a, n] for a, n in coalesce_ranges(r)]
+            for fid, r in touched.items()
+            if fid in start and fid in end
+        }
         metadata = sorted(
             end[fid]
             for fid in meta

@@ -12,7 +12,7 @@ import os
 from typing import IO, Any, Final, Self
 
 from xoengine.blobtable import BLOB_MAX, blob_chunks
-from xoengine.blocks import BlockMap
+from xoengine.blocks import BlockMap, coalesce_ranges
 from xoengine.capture import Capture, CaptureResult, _entry_observed, _observed
 from xoengine.events import (
     BytesWritten,
@@ -154,7 +154,7 @@ class JournaledFile:
         self._file.flush()
         if not self._journaled or (not self._ranges and self._cut is None):
             return
-        ranges = _coalesce(self._ranges)
+        ranges = coalesce_ranges(self._ranges)
         cut = self._cut
         self._ranges, self._buffered, self._cut = [], 0, None
         capture = self._capture
@@ -238,7 +238,7 @@ class JournaledFile:
         spans = [(o // bs, min(last_block, -(-(o + len(d)) // bs))) for o, d in pieces]
         if low != size or size != state.size:
             spans.append((low // bs, last_block))
-        spans = [(a, b) for a, b in _coalesce([(a, b - a) for a, b in spans if b > a])]
+        spans = [(a, b) for a, b in coalesce_ranges([(a, b - a) for a, b in spans if b > a])]
         spans = [(a, a + n) for a, n in spans]
         first = spans[0][0] if spans else last_block
         last = spans[-1][1] if spans else last_block
@@ -296,17 +296,6 @@ def _read_write_opener(path: str, flags: int) -> int:
     if flags & os.O_WRONLY:
         flags = (flags & ~os.O_WRONLY) | os.O_RDWR
     return os.open(path, flags | os.O_CLOEXEC | os.O_NOFOLLOW, 0o666)
-
-
-def _coalesce(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
-    out: list[tuple[int, int]] = []
-    for start, length in sorted(ranges):
-        if out and start <= out[-1][0] + out[-1][1]:
-            prev_start, prev_len = out[-1]
-            out[-1] = (prev_start, max(prev_start + prev_len, start + length) - prev_start)
-        else:
-            out.append((start, length))
-    return out
 
 
 def _fd_entry(path: str, st: os.stat_result) -> Entry:

@@ -465,7 +465,7 @@ def test_a_truncations_range_spans_the_bytes_it_changed(tmp_path: Path) -> None:
         assert eng.diff("s", a, b).modified == {
             "f": [[10, 4990]],
             "g": [[3, 9997]],
-            "h": [[0, 20], [4, 16]],
+            "h": [[0, 20]],  # the cut lies inside the write: one range
         }
         assert eng.diff("s", b, a).modified == eng.diff("s", a, b).modified
         for path, ranges in {"f": [[10, 4990]], "g": [[3, 9997]], "h": [[4, 16]]}.items():
@@ -500,6 +500,39 @@ def test_a_cut_a_capture_saw_spans_the_tail_that_went(tmp_path: Path) -> None:
         last = eng.history("s", "half")[-1]
         assert (last.operation, last.size) == ("written", mib // 2)
         assert [mib // 2, mib // 2] in last.ranges
+        sc.stop()
+
+
+def test_bytes_a_delta_moved_within_the_file_are_in_its_ranges(tmp_path: Path) -> None:
+    """Blocks copied over others, a hole punched, the tail cut: each change is in the ranges.
+
+    Was a bug (review 18): the capture journals such a change as a delta
+    (``replaced``) that builds the moved bytes from the old content; only its
+    new data counted, so ``diff``, ``history`` and ``rewind --dry-run`` said
+    ``f.bin: []`` while 44 KiB had changed.
+    """
+    kib = 1024
+    master = tmp_path / "m"
+    blocks = b"".join(bytes([65 + i]) * 4 * kib for i in range(16))
+    write(master / "f.bin", blocks + bytes(16 * kib))
+    with Engine.open(tmp_path / "state", durability="nosync") as eng:
+        sc = eng.create_scenario("s", master=str(master), replicas={"r1": str(tmp_path / "r1")})
+        sc.start()
+        before = sc.set_rewind_point("before").position
+        fd = os.open(master / "f.bin", os.O_RDWR)
+        try:
+            os.pwrite(fd, blocks[: 16 * kib], 32 * kib)  # blocks 0-3 over blocks 8-11
+            os.pwrite(fd, bytes(16 * kib), 8 * kib)  # blocks 2-5 zeroed, as a punched hole reads
+            os.ftruncate(fd, 68 * kib)  # the zero tail goes
+        finally:
+            os.close(fd)
+        after = sc.set_rewind_point("after").position
+        want = [[8 * kib, 16 * kib], [32 * kib, 16 * kib], [68 * kib, 12 * kib]]
+        (change,) = [e for e in eng.history("s", "f.bin") if e.position > before]
+        assert (change.operation, change.ranges) == ("replaced", want)
+        assert eng.diff("s", before, after).modified == {"f.bin": want}
+        sc.wait_replicated()
+        assert sc.rewind_preview("r1", position=before).modified == {"f.bin": want}
         sc.stop()
 
 

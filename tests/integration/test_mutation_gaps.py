@@ -16,6 +16,7 @@ import pytest
 
 from xoengine.engine import Engine, Scenario
 from xoengine.errors import ReplicaDivergedError
+from xoengine.events import ContentReplaced
 from xoengine.forensic import Forensics
 from xoengine.rewind import RetentionPolicy, UndoUsage, retention
 from xoengine.testing import snapshot_contents
@@ -211,7 +212,10 @@ def test_difference_report_counts_the_literal_bytes_of_a_pending_delta(tmp_path:
         sc.capture()
         last = eng.history("fx", "big")[-1]
         assert last.operation == "replaced"  # the premise: journaled as a delta
-        literal = sum(length for _, length in last.ranges)
+        # Every byte moved: history says so; the pending bytes are the delta's new data.
+        assert last.ranges == [[0, len(body) + 21]]
+        (_, delta) = list(eng._iter_events((ContentReplaced,)))[-1]
+        literal = sum(op[2] for op in delta.ops if op[0] == "data")
         assert 0 < literal < len(body)
         report = sc.difference_report("r1")
         assert report["pending"]["big"] == {"events": 1, "bytes": literal}

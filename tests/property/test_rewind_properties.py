@@ -2,7 +2,8 @@ r"""Rewind and forensic properties: every rewind point is a state you can get ba
 
 Each example is a fresh engine (real LMDB, ``nosync``) protecting a small
 master tree with two replicas. A random change script runs on the master
-(create, overwrite, append, insert so data shifts, write in place, truncate
+(create, overwrite, append, insert so data shifts, write in place, copy a
+part of a file over another part of it (``dd conv=notrunc``), truncate
 both ways, rename files and whole directories, delete, mkdir, symlinks, chmod,
 chown, extended attributes set and removed, the same on the master root itself,
 non-UTF-8 names, block size 512 or 4096) and sets rewind points at random
@@ -62,6 +63,7 @@ import tempfile
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, event, given, note, settings
 from hypothesis import strategies as st
@@ -94,7 +96,7 @@ large_bytes = st.builds(
 contents = st.one_of(small_bytes, small_bytes, large_bytes)
 
 OPERATIONS = [
-    "create", "create", "overwrite", "append", "insert", "write_at", "truncate",
+    "create", "create", "overwrite", "append", "insert", "write_at", "copy_within", "truncate",
     "rename_file", "rename_dir", "delete", "mkdir", "symlink", "chmod_file", "chmod_dir",
     *(["chown"] if OWNERS_OK else []),
     "xattr", "xattr", *(["setcap"] if os.geteuid() == 0 else []),  # capabilities: root's
@@ -230,6 +232,7 @@ class Script:
                 "append",
                 "insert",
                 "write_at",
+                "copy_within",
                 "truncate",
                 "rename_file",
                 "chmod_file",
@@ -269,6 +272,19 @@ class Script:
                 f.write(new)
                 f.truncate(len(new))
             return f"{op} {path!r} {len(old)}->{len(new)}"
+        if op == "copy_within":  # ``dd conv=notrunc`` of the file onto itself: bytes move
+            path = self.pick_prefer_capped(files, nodes)
+            old = nodes[path][2]
+            if len(old) < 2:
+                return None
+            length = self.draw(st.integers(1, len(old) // 2))
+            src, dst = (self.draw(st.integers(0, len(old) - length)) for _ in range(2))
+            fd = os.open(self.abspath(path), os.O_WRONLY)
+            try:
+                os.pwrite(fd, old[src : src + length], dst)
+            finally:
+                os.close(fd)
+            return f"copy_within {path!r} {src}+{length} -> {dst}"
         if op == "truncate":
             path = self.pick_prefer_capped(files, nodes)
             size = self.draw(st.integers(0, len(nodes[path][2]) + 1500))
@@ -465,7 +481,10 @@ def check_diff(result: DiffResult, a: dict[bytes, Node], b: dict[bytes, Node]) -
       still be removed* and added*: deleted, or moved away, and re-created);
     - a path that is a file at both ends with different bytes is in
       ``modified`` unless its identity changed (then it is in added*): modified
-      is a superset, since bytes may be written and written back;
+      is a superset, since bytes may be written and written back; its byte
+      ranges are sorted and cover every byte that differs between the ends
+      (and the bytes one end has past the other's size), whether a write, a
+      truncation or a delta (bytes moved within the file) changed it;
     - ``modified`` names files that exist at b; a path whose permission bits
       changed (same kind at both ends) is in metadata, modified or added*; so
       is a path whose owner or extended attributes changed.
@@ -491,12 +510,30 @@ def check_diff(result: DiffResult, a: dict[bytes, Node], b: dict[bytes, Node]) -
     assert all(b[p][0] == "file" for p in modified), "modified names a non-file"
     for path, ranges in result.modified.items():
         assert all(offset >= 0 and length >= 0 for offset, length in ranges), (path, ranges)
+        assert ranges == sorted(ranges), (path, ranges)
+        p = dec(path)
+        if p not in added and a[p][0] == "file":  # the same identity at both ends
+            missed = uncovered(a[p][2], b[p][2], ranges)
+            assert not missed, f"{path}: bytes {missed} differ outside the ranges {ranges}"
     moded = {p for p in both if a[p][0] == b[p][0] != "symlink" and a[p][1] != b[p][1]}
     moded |= {p for p in both if a[p][0] == b[p][0] and a[p][-1] != b[p][-1]}  # the owner
     moded |= {p for p in both if a[p][0] == b[p][0] and a[p][-2] != b[p][-2]}  # the xattrs
     assert moded - added <= metadata | modified, (
         f"mode, owner or xattrs changed, not reported: {sorted(moded - added - metadata - modified)}"
     )
+
+
+def uncovered(old: bytes, new: bytes, ranges: list[list[int]]) -> list[int]:
+    """The first offsets whose byte differs (or exists at one end only) outside ``ranges``."""
+    size = max(len(old), len(new))
+    differs = np.ones(size, dtype=np.bool_)
+    common = min(len(old), len(new))
+    differs[:common] = np.frombuffer(old[:common], np.uint8) != np.frombuffer(
+        new[:common], np.uint8
+    )
+    for offset, length in ranges:
+        differs[offset : offset + length] = False
+    return [int(i) for i in np.flatnonzero(differs)[:5]]
 
 
 def check_diffs(eng: Engine, sc: Scenario, records: list[Recorded]) -> None:
