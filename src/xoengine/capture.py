@@ -297,6 +297,7 @@ class Capture:
             if entry.kind == "dir":
                 self._walk_into(walked, os.path.join(root, rel), layout.prefix(index) + rel + "/")
         self._widen_for_moves(walked, known)
+        self._widen_for_links(walked, known)
         return walked, known
 
     def _check_roots(self) -> None:
@@ -355,6 +356,28 @@ class Capture:
             known[path] = state
             prefix = path + "/"
             known.update((p, s) for p, s in everything if p.startswith(prefix))
+
+    def _widen_for_links(self, walked: dict[str, Entry], known: dict[str, FileState]) -> None:
+        """Bring the other names of a hard-linked file into a scoped pass.
+
+        A write or a chmod through one name changed every name of the inode,
+        but the kernel tells of the name the program used only. The master
+        state is read whole for it, and only when a file of the pass has more
+        than one link.
+        """
+        linked = {(e.dev, e.inode) for e in walked.values() if e.kind == "file" and e.nlink > 1}
+        if not linked:
+            return
+        with self.store.read() as txn:
+            everything = list(self.state.manifest.items(txn))
+        for path, state in everything:
+            if path in walked or (state.dev, state.ino) not in linked:
+                continue
+            index, rel = self.layout.split(path)
+            entry = stat_entry(self.layout.roots[index], rel)
+            if entry is not None and (entry.dev, entry.inode) in linked:
+                walked[path] = entry  # still a name of it (else its own notification says)
+                known[path] = state
 
     def _wanted(self, rel: str, kind: str) -> bool:
         return self._filter.selects(rel, is_dir=kind == "dir")

@@ -502,8 +502,9 @@ def snapshot_contents(root: str | os.PathLike[str] | bytes) -> dict[bytes, tuple
 def _first_difference(a: bytes, b: bytes) -> int:
     limit = min(len(a), len(b))
     for start in range(0, limit, 4096):
-        if a[start : start + 4096] != b[start : start + 4096]:
-            return next(i for i in range(start, min(start + 4096, limit)) if a[i] != b[i])
+        end = min(start + 4096, limit)  # a prefix of the other is no difference before limit
+        if a[start:end] != b[start:end]:
+            return next(i for i in range(start, end) if a[i] != b[i])
     return limit
 
 

@@ -74,6 +74,7 @@ def test_compare_trees_reports_every_aspect(tmp_path: Path) -> None:
         [
             *common,
             CreateFile("content", b"abcd"),
+            CreateFile("prefix", b"first line\n"),
             CreateFile("mode", b"m"),
             Chmod("mode", 0o600),
             Symlink("target", "one"),
@@ -85,6 +86,7 @@ def test_compare_trees_reports_every_aspect(tmp_path: Path) -> None:
         [
             *common,
             CreateFile("content", b"abXd"),
+            CreateFile("prefix", b"first line\nappended\n"),  # the other's bytes, and more
             CreateFile("mode", b"m"),
             Chmod("mode", 0o644),
             Symlink("target", "two"),
@@ -97,12 +99,15 @@ def test_compare_trees_reports_every_aspect(tmp_path: Path) -> None:
         (b"caf\xe9", "missing"),
         ("caf\u00e9".encode(), "extra"),
         (b"content", "content"),
+        (b"prefix", "content"),
         (b"kind", "kind"),
         (b"mode", "mode"),
         (b"target", "target"),
     }
     content = next(d for d in diffs if d.aspect == "content")
     assert "first at 2" in str(content.right)
+    prefix = next(d for d in diffs if d.path == b"prefix")
+    assert (prefix.left, prefix.right) == ("11 bytes", "20 bytes, first at 11")
     assert compare_trees(tmp_path / "a", tmp_path / "a", mtimes=True) == []
     os.utime(tmp_path / "a" / "same", ns=(1, 1))
     os.utime(tmp_path / "b" / "same", ns=(2, 2))
@@ -114,7 +119,7 @@ def test_compare_trees_reports_every_aspect(tmp_path: Path) -> None:
         for d in compare_trees(
             tmp_path / "a",
             tmp_path / "b",
-            ignore=[b"caf\xe9", "caf\u00e9", "content", "kind", "mode", "target"],
+            ignore=[b"caf\xe9", "caf\u00e9", "content", "prefix", "kind", "mode", "target"],
         )
     ] == []
     with pytest.raises(AssertionError, match="difference"):

@@ -175,14 +175,14 @@ def test_stop_raises_when_the_watchers_last_pass_fails(tmp_path: Path) -> None:
 def test_close_raises_a_failed_last_pass_unless_the_with_block_raised(tmp_path: Path) -> None:
     """``close()`` raises a failed last pass; leaving a ``with`` on an error, that error wins."""
 
-    class Boom(Exception):
+    class BoomError(Exception):
         pass
 
-    for n, body in enumerate((None, Boom)):
+    for n, body in enumerate((None, BoomError)):
         master, away = tmp_path / f"m{n}", tmp_path / f"away{n}"
         master.mkdir()
         with (
-            pytest.raises(TreeRootMissingError if body is None else Boom),
+            pytest.raises(TreeRootMissingError if body is None else BoomError),
             Engine.open(tmp_path / f"state{n}", durability="nosync") as eng,
         ):
             replicas = {"r1": str(tmp_path / f"r{n}")}
@@ -225,3 +225,41 @@ def test_stop_and_close_apply_the_last_pass_to_the_replicas(tmp_path: Path) -> N
             (master / "a.txt").write_text(f"v{n}\n")
             sc.wait_replicated()
         assert compare_trees(master, r1) == [], n
+
+
+def test_a_change_through_one_hard_link_is_journaled_for_every_name(tmp_path: Path) -> None:
+    """The kernel names the path a program opened; the other names of the inode changed too.
+
+    Review 18: ``ln notes.txt link; echo x >> link`` under the watcher left
+    ``notes.txt`` with its old bytes (and a chmod, its old mode) on every
+    replica and in the journal until a full pass, while ``difference`` said
+    nothing was pending. A scoped capture of one name now captures them all.
+    """
+    master, r1 = tmp_path / "m", tmp_path / "r1"
+    (master / "sub").mkdir(parents=True)
+    (master / "notes.txt").write_text("first line\n")
+    os.link(master / "notes.txt", master / "sub" / "link.txt")
+    os.link(master / "notes.txt", master / "third.txt")
+    with Engine.open(tmp_path / "state", durability="nosync") as eng:
+        sc = eng.create_scenario("w", master=str(master), replicas={"r1": str(r1)})
+        sc.start()
+        with (master / "sub" / "link.txt").open("a") as f:
+            f.write("appended through the link\n")
+        os.chmod(master / "sub" / "link.txt", 0o600)
+        sc.capture(["sub/link.txt"])  # as the watcher does: the name it was told about
+        sc.wait_replicated()
+        assert compare_trees(master, r1) == []
+        assert not sc.difference_report("r1", verify=True)["differences"]
+        for name in ("notes.txt", "third.txt"):
+            assert eng.history("w", name)[-1].operation == "written"
+            with eng.file_at("w", name, eng.last_position()) as f:  # what ``cat`` answers
+                assert f.read() == (master / name).read_bytes()
+        # Under the live watcher, likewise.
+        sc.start(watch=True)
+        with (master / "third.txt").open("a") as f:
+            f.write("and through the third name\n")
+        (master / "marker").write_text("done")
+        sc.wait_captured("marker", timeout=60)
+        sc.wait_replicated(timeout=60)
+        assert compare_trees(master, r1) == []
+        sc.stop()
