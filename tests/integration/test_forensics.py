@@ -1184,6 +1184,13 @@ def test_cli_forensic_verbs_on_the_journal_copy(
         world.before_burst,
         world.before_burst + 1,
     )
+    # The text output says what the burst is: a heuristic (review 18: a git
+    # checkout was reported as a burst with no word of it).
+    argv = ["bisect", copy, "fx", 'test -z "$(grep -L GOOD docs/*)"', "--good", "good"]
+    assert main(argv) == 0
+    said = capsys.readouterr()
+    assert f"burst_position: {world.before_burst + 1}" in said.out
+    assert f"from position {world.before_burst + 1}; a heuristic" in said.err
     # --path naming a file: the command still runs at the replay's root (it used
     # to be started in the file, which failed with NotADirectoryError).
     found = _json(
@@ -1675,7 +1682,7 @@ def test_rewind_to_a_trimmed_point_is_refused(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     # Was a bug: the rewind stopped at the trim position and reported success.
-    eng, sc, _master, marks = _history_with_points(tmp_path)
+    eng, sc, master, marks = _history_with_points(tmp_path)
     try:
         sc.trim_undo(RetentionPolicy(max_bytes=1, min_points=1))
         assert sc.rewind_floor("r1") > marks[0][0].position
@@ -1694,6 +1701,14 @@ def test_rewind_to_a_trimmed_point_is_refused(
         # The newest point is still reachable.
         sc.rewind("r1", marks[-1][0])
         assert snapshot(tmp_path / "r1") == marks[-1][1]
+        # So is a point after what r1 applied: forward (review 18: listed as reachable by none).
+        (master / "later").write_bytes(b"after the rewind")
+        ahead = sc.set_rewind_point("ahead")
+        assert sc.applied_position("r1") < ahead.position
+        rows = {r["name"]: r for r in _json(capsys, ["rewind-points", state, "fx", "--json"])}
+        assert "r1" in rows["ahead"]["reachable_by"]
+        assert sc.rewind("r1", ahead) == ahead.position
+        assert (tmp_path / "r1" / "later").read_bytes() == b"after the rewind"
     finally:
         eng.close()
 

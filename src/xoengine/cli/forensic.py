@@ -342,6 +342,13 @@ def cmd_bisect(args: argparse.Namespace) -> int:
             burst_window=args.burst_window,
         )
         _show(result, as_json=args.json)
+        if result.burst_position is not None:
+            print(
+                f"burst: {result.burst_files} files changed close together from position "
+                f"{result.burst_position}; a heuristic for mass damage (ransomware), "
+                "which a checkout, a build or an unpacked archive also trips",
+                file=sys.stderr,
+            )
     return 0
 
 
@@ -389,15 +396,13 @@ def cmd_points(args: argparse.Namespace) -> int:
         if setting:
             sc.set_rewind_point(args.set)
         # Which replicas a rewind to each point still reaches: retention trims below
-        # a floor, and a replica holds no later state than it applied.
-        spans = {r: (sc.rewind_floor(r), sc.applied_position(r)) for r in sc.replicas}
+        # a floor; a point after what a replica applied is reached by applying forward.
+        floors = {r: sc.rewind_floor(r) for r in sc.replicas}
         rows: list[dict[str, Any]] = []
         for point in sc.rewind_points():
             row = _plain(point)
             row["time"] = iso_time(point.time_ns)
-            row["reachable_by"] = [
-                r for r, (low, high) in spans.items() if low <= point.position <= high
-            ]
+            row["reachable_by"] = [r for r, low in floors.items() if low <= point.position]
             rows.append(row)
         _show(rows, as_json=args.json)
     return 0
