@@ -21,9 +21,10 @@ import sys
 import time
 from typing import TYPE_CHECKING, Any, BinaryIO, Final
 
+from xoengine.cli.daemon import run_or_ask
 from xoengine.cli.journal import parse_time
-from xoengine.cli.output import json_text, shown
-from xoengine.cli.scenario import _engine, _plain, _show
+from xoengine.cli.output import json_text, plain, shown
+from xoengine.cli.scenario import _engine, _show
 from xoengine.engine import Engine, Instant
 from xoengine.errors import ConfigurationError, DiskFullError, OutputLocationError, XoError
 from xoengine.forensic import BURST_WINDOW_S, CONTENT_CHANGES, HistoryEntry
@@ -171,7 +172,7 @@ def cmd_cat(args: argparse.Namespace) -> int:
             "since": held.since,
             "until": held.until,
         }
-        print(json_text(_plain(summary), indent=2), file=sys.stderr)
+        print(json_text(plain(summary), indent=2), file=sys.stderr)
         return 0
     until = held.until
     print(
@@ -390,17 +391,23 @@ def cmd_rewind(args: argparse.Namespace) -> int:
 
 def cmd_points(args: argparse.Namespace) -> int:
     """``rewind-points``: list them; ``--set NAME`` adds one now."""
-    setting = args.set is not None  # "--set ''" is refused by the engine, not a listing
-    with _engine(args, readonly=not setting) as eng:
+    if args.set is not None:  # "--set ''" is refused by the engine, not a listing
+        request = {"verb": "point", "name": args.set}
+        run_or_ask(
+            args.state,
+            args.durability,
+            args.name,
+            request,
+            lambda sc: sc.set_rewind_point(args.set),
+        )
+    with _engine(args, readonly=True) as eng:
         sc = eng.scenario(args.name)
-        if setting:
-            sc.set_rewind_point(args.set)
         # Which replicas a rewind to each point still reaches: retention trims below
         # a floor; a point after what a replica applied is reached by applying forward.
         floors = {r: sc.rewind_floor(r) for r in sc.replicas}
         rows: list[dict[str, Any]] = []
         for point in sc.rewind_points():
-            row = _plain(point)
+            row = plain(point)
             row["time"] = iso_time(point.time_ns)
             row["reachable_by"] = [r for r, low in floors.items() if low <= point.position]
             rows.append(row)

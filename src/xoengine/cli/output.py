@@ -11,10 +11,11 @@ escape, which ``json.loads`` turns back into the same str).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from typing import Any
 
-__all__ = ["json_text", "shown"]
+__all__ = ["json_text", "plain", "shown"]
 
 _ESCAPES = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
@@ -55,3 +56,20 @@ def json_text(value: Any, **options: Any) -> str:
     """``json.dumps(value, ensure_ascii=False, **options)`` that is always valid UTF-8."""
     text = json.dumps(value, ensure_ascii=False, **options)
     return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def plain(value: Any) -> Any:
+    """``value`` as JSON takes it.
+
+    Dataclasses and dicts become dicts (keys as text), lists, tuples and sets
+    lists; text, numbers, booleans and None stay; anything else is its text.
+    """
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, dict):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set)):
+        return [plain(v) for v in value]
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return str(value)

@@ -9,7 +9,6 @@ interrupted.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import shutil
@@ -18,9 +17,10 @@ import sys
 import tempfile
 import threading
 from pathlib import Path
-from typing import Any, Final
+from typing import Any
 
-from xoengine.cli.output import json_text, shown
+from xoengine.cli.daemon import POLL_S, Daemon, run_or_ask
+from xoengine.cli.output import json_text, plain, shown
 from xoengine.engine import Engine, Scenario
 from xoengine.errors import ConfigurationError, ReplicaDivergedError
 from xoengine.walk import walk
@@ -38,39 +38,27 @@ def _engine(args: argparse.Namespace, *, readonly: bool = False) -> Engine:
     return Engine.open(args.state, durability=args.durability)
 
 
-def _plain(value: Any) -> Any:
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple, set)):
-        return [_plain(v) for v in value]
-    if isinstance(value, (str, int, float, bool)) or value is None:
-        return value
-    return str(value)
-
-
 def _show(data: Any, *, as_json: bool, indent: str = "") -> None:
     if as_json:
-        print(json_text(_plain(data), indent=2))
+        print(json_text(plain(data), indent=2))
         return
-    plain = _plain(data)
-    if isinstance(plain, dict):
-        for key, value in plain.items():
-            if isinstance(value, (dict, list)) and value:
+    value = plain(data)
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if isinstance(item, (dict, list)) and item:
                 print(f"{indent}{shown(key)}:")
-                _show(value, as_json=False, indent=indent + "  ")
+                _show(item, as_json=False, indent=indent + "  ")
             else:
-                print(f"{indent}{shown(key)}: {_scalar(value)}")
-    elif isinstance(plain, list):
-        for item in plain:
+                print(f"{indent}{shown(key)}: {_scalar(item)}")
+    elif isinstance(value, list):
+        for item in value:
             if isinstance(item, dict):
                 print(f"{indent}-")
                 _show(item, as_json=False, indent=indent + "  ")
             else:
                 print(f"{indent}- {_scalar(item)}")
     else:
-        print(f"{indent}{_scalar(plain)}")
+        print(f"{indent}{_scalar(value)}")
 
 
 def _scalar(value: Any) -> str:
@@ -156,44 +144,76 @@ def cmd_remove(args: argparse.Namespace) -> int:
     return 0
 
 
-_WATCH_POLL_S: Final = 1.0
-
-
 def cmd_start(args: argparse.Namespace) -> int:
-    """``start``: synchronize, then replicate (``--watch``: until interrupted)."""
+    """``start``: synchronize, then replicate (``--watch``: until interrupted or stopped).
+
+    With ``--watch`` it answers ``rewind-points --set``, ``capture``, ``wait``
+    and ``stop`` of its scenario from other commands (:mod:`xoengine.cli.daemon`).
+    """
     with _engine(args) as eng:
         sc = eng.scenario(args.name)
         summaries = sc.start(level=args.level, watch=args.watch)
-        _show({"synchronized": summaries}, as_json=args.json)
-        if args.watch:
-            stop = threading.Event()
-            signal.signal(signal.SIGINT, lambda *_: stop.set())
-            signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        if not args.watch:
+            _show({"synchronized": summaries}, as_json=args.json)
+            return 0
+        stop = threading.Event()
+        signal.signal(signal.SIGINT, lambda *_: stop.set())
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        daemon = Daemon.open(eng.state_dir, sc, stop)
+        try:
+            _show({"synchronized": summaries}, as_json=args.json)
+            sys.stdout.flush()
             said: Exception | None = None
-            while not stop.wait(_WATCH_POLL_S):  # say when live capture fails, and recovers
-                error = sc.watch_error
+            while not stop.wait(POLL_S):
+                daemon.serve()
+                error = sc.watch_error  # say when live capture fails, and recovers
                 if error is not said:
                     text = "works again" if error is None else f"fails, retrying: {error}"
                     print(f"live capture {text}", file=sys.stderr, flush=True)
                     said = error
+        finally:
+            daemon.close()
+        if daemon.stop_requested:
+            sc.stop()  # as `xoengine stop` does: journaled as stopped
+        else:
             sc.wait_replicated()
     return 0
 
 
 def cmd_stop(args: argparse.Namespace) -> int:
-    """``stop``."""
-    with _engine(args) as eng:
-        eng.scenario(args.name).stop()
+    """``stop`` (a running ``start --watch`` of the scenario is told to stop, and waited for)."""
+    run_or_ask(args.state, args.durability, args.name, {"verb": "stop"}, _stop)
     return 0
+
+
+def _stop(sc: Scenario) -> None:
+    sc.stop()
 
 
 def cmd_capture(args: argparse.Namespace) -> int:
     """``capture``: journal the master's changes and apply them to active replicas."""
-    with _engine(args) as eng:
-        sc = eng.scenario(args.name)
-        result = sc.capture()
-        sc.wait_replicated()
-        _show(result, as_json=args.json)
+    result = run_or_ask(args.state, args.durability, args.name, {"verb": "capture"}, _capture)
+    _show(result, as_json=args.json)
+    return 0
+
+
+def _capture(sc: Scenario) -> object:
+    result = sc.capture()
+    sc.wait_replicated()
+    return result
+
+
+def cmd_wait(args: argparse.Namespace) -> int:
+    """``wait``: until every active replica applied everything journaled so far."""
+    request = {"verb": "wait", "timeout": args.timeout}
+    position = run_or_ask(
+        args.state,
+        args.durability,
+        args.name,
+        request,
+        lambda sc: {"position": sc.wait_replicated(timeout=args.timeout)},
+    )
+    _show(position, as_json=args.json)
     return 0
 
 
@@ -396,6 +416,10 @@ def add_parsers(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         parser = verbs.add_parser(verb, help=text)
         common(parser)
         parser.set_defaults(func=func)
+    wait = verbs.add_parser("wait", help="until the replicas applied everything journaled")
+    common(wait)
+    wait.add_argument("--timeout", type=float, help="seconds (AE0469 when they pass)")
+    wait.set_defaults(func=cmd_wait)
     sync = verbs.add_parser("sync", help="synchronize replicas")
     common(sync)
     sync.add_argument("--level", default="block", choices=["block", "file"])

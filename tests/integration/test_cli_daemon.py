@@ -1,0 +1,121 @@
+"""Commands beside a running ``xoengine start --watch``: it carries out their requests.
+
+The journal has one writer process. Review 18: with the daemon running, a
+user could not set a rewind point (E4002) nor wait for replication (no such
+verb); the only way was to stop the daemon, which costs a resynchronization
+of every replica per point. The daemon here is a real subprocess; the other
+commands run in this process through ``main``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+
+from xoengine.cli import main
+from xoengine.cli.daemon import REQUESTS
+from xoengine.engine import Engine
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+
+def _json(capsys: pytest.CaptureFixture[str], argv: list[str]) -> object:
+    capsys.readouterr()
+    assert main(argv) == 0, capsys.readouterr().err
+    return json.loads(capsys.readouterr().out)
+
+
+@pytest.fixture
+def daemon(tmp_path: Path) -> Iterator[tuple[str, Path, subprocess.Popen[str]]]:
+    """A state directory whose scenario ``fs1`` runs under ``start --watch``.
+
+    Its watch delay is longer than the test: only captures and points journal.
+    """
+    master = tmp_path / "m"
+    master.mkdir()
+    (master / "a.txt").write_text("v1\n")
+    state = str(tmp_path / "state")
+    (tmp_path / "m2").mkdir()
+    for name, root in (("fs1", master), ("other", tmp_path / "m2")):
+        argv = ["scenario", "create", state, name, "--master", str(root)]
+        argv += ["--replica", f"r1={tmp_path / name}", "--option", "watch_delay=3600"]
+        assert main(argv) == 0
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "xoengine.cli", "start", state, "fs1", "--watch", "--json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    assert proc.stdout is not None
+    assert proc.stdout.readline().strip() == "{"  # printed once it serves requests
+    try:
+        yield state, master, proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        assert proc.stderr is not None
+        proc.stderr.close()
+        proc.stdout.close()
+
+
+def test_point_capture_wait_and_stop_go_through_the_running_daemon(
+    daemon: tuple[str, Path, subprocess.Popen[str]],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    state, master, proc = daemon
+    replica = tmp_path / "fs1"
+    (master / "a.txt").write_text("v2\n")
+    rows = _json(capsys, ["rewind-points", state, "fs1", "--set", "p1", "--json"])
+    assert isinstance(rows, list)
+    assert [r["name"] for r in rows if r["kind"] == "user"] == ["p1"]
+    capsys.readouterr()
+    assert main(["cat", state, "fs1", "a.txt", "--at", "p1"]) == 0
+    assert capsys.readouterr().out == "v2\n"  # the point holds the write made before it
+    (master / "a.txt").write_text("v3\n")
+    captured = _json(capsys, ["capture", state, "fs1", "--json"])
+    assert isinstance(captured, dict) and captured["updated"] == 1
+    assert (replica / "a.txt").read_text() == "v3\n"  # capture waits for the replicas
+    waited = _json(capsys, ["wait", state, "fs1", "--json", "--timeout", "60"])
+    assert isinstance(waited, dict) and waited["position"] >= 1
+    # Errors come back coded, as the command itself would raise them.
+    assert main(["rewind-points", state, "fs1", "--set", "p1"]) == 2
+    said = capsys.readouterr().err
+    assert "error E1001" in said and "another rewind point of this scenario has it" in said
+    assert main(["capture", state, "other"]) == 2
+    assert "protects scenario 'fs1', not 'other'" in capsys.readouterr().err
+    assert proc.poll() is None  # still serving
+    assert main(["stop", state, "fs1"]) == 0  # returns once the daemon ended
+    assert proc.poll() == 0
+    stats = _json(capsys, ["stats", state, "fs1", "--json"])
+    assert isinstance(stats, dict) and stats["state"] == "Stopped"
+    assert not list(Path(state, REQUESTS).iterdir())  # every request and answer removed
+    (master / "a.txt").write_text("v4\n")
+    assert main(["capture", state, "fs1"]) == 0  # no daemon: the command runs it
+    assert (replica / "a.txt").read_text() == "v4\n"
+
+
+def test_a_writer_that_is_not_the_daemon_is_refused_as_before(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A note left by an earlier daemon whose pid is not the writer's: E4002, nothing asked."""
+    master = tmp_path / "m"
+    master.mkdir()
+    state = tmp_path / "state"
+    with Engine.open(state) as eng:  # this process is the writer
+        eng.create_scenario("fs1", master=str(master), replicas={"r1": str(tmp_path / "r1")})
+        (state / REQUESTS).mkdir()
+        (state / REQUESTS / "daemon.json").write_text(json.dumps({"pid": 1, "scenario": "fs1"}))
+        capsys.readouterr()
+        assert main(["rewind-points", str(state), "fs1", "--set", "p"]) == 3
+        assert "error E4002" in capsys.readouterr().err
+        assert [p.name for p in (state / REQUESTS).iterdir()] == ["daemon.json"]
