@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -102,6 +103,26 @@ def test_point_capture_wait_and_stop_go_through_the_running_daemon(
     (master / "a.txt").write_text("v4\n")
     assert main(["capture", state, "fs1"]) == 0  # no daemon: the command runs it
     assert (replica / "a.txt").read_text() == "v4\n"
+
+
+def test_sigterm_stops_the_daemon_with_every_change_on_the_replicas(
+    daemon: tuple[str, Path, subprocess.Popen[str]],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """``systemctl stop``: the last pass journals the change, the replicas get it, state Stopped.
+
+    Review 18: the last pass's change reached the journal but no replica, the
+    exit status was 0 and ``stats`` said Running, backlog 1.
+    """
+    state, master, proc = daemon
+    (master / "a.txt").write_text("saved just before the shutdown\n")  # no pass saw it yet
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait() == 0
+    assert (tmp_path / "fs1" / "a.txt").read_text() == "saved just before the shutdown\n"
+    stats = _json(capsys, ["stats", state, "fs1", "--json"])
+    assert isinstance(stats, dict) and stats["state"] == "Stopped"
+    assert stats["replicas"]["r1"]["backlog_events"] == 0
 
 
 def test_a_writer_that_is_not_the_daemon_is_refused_as_before(

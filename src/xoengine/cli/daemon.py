@@ -77,7 +77,6 @@ class Daemon:
     directory: Path
     scenario: Scenario
     stop: threading.Event
-    stop_requested: bool = False
 
     @classmethod
     def open(
@@ -126,7 +125,6 @@ class Daemon:
             if verb == "wait":
                 return {"result": {"position": sc.wait_replicated(timeout=request.get("timeout"))}}
             if verb == "stop":
-                self.stop_requested = True
                 self.stop.set()
                 return {"result": {"stopping": os.getpid()}}
             raise ConfigurationError(detail=f"a request the daemon cannot read: {request!r}")

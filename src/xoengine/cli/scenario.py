@@ -173,10 +173,7 @@ def cmd_start(args: argparse.Namespace) -> int:
                     said = error
         finally:
             daemon.close()
-        if daemon.stop_requested:
-            sc.stop()  # as `xoengine stop` does: journaled as stopped
-        else:
-            sc.wait_replicated()
+        sc.stop()  # Ctrl-C, SIGTERM or `xoengine stop`: a stop, journaled (only a crash is not)
     return 0
 
 
