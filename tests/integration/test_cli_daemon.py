@@ -94,6 +94,17 @@ def test_point_capture_wait_and_stop_go_through_the_running_daemon(
     assert "error E1001" in said and "another rewind point of this scenario has it" in said
     assert main(["capture", state, "other"]) == 2
     assert "protects scenario 'fs1', not 'other'" in capsys.readouterr().err
+    # Requests it cannot carry out are answered with an error; the daemon goes on.
+    requests = Path(state, REQUESTS)
+    bad = {"text": "not json", "list": "[1, 2]", "nameless": '{"verb": "point", "scenario": "fs1"}'}
+    for name, body in bad.items():
+        (requests / f"{name}.request").write_text(body)
+    for _ in range(2):  # the second is taken in a later round than the bad ones
+        _json(capsys, ["wait", state, "fs1", "--json"])
+    for name in bad:
+        answer = json.loads((requests / f"{name}.answer").read_text())
+        assert answer["error"]["code"] == "E1001", answer
+        (requests / f"{name}.answer").unlink()
     assert proc.poll() is None  # still serving
     assert main(["stop", state, "fs1"]) == 0  # returns once the daemon ended
     assert proc.poll() == 0

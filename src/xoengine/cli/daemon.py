@@ -95,8 +95,7 @@ class Daemon:
 
     def serve(self) -> None:
         """Carry out and answer every request waiting, oldest first."""
-        waiting = sorted(self.directory.glob("*" + _REQUEST), key=lambda p: p.stat().st_mtime_ns)
-        for path in waiting:
+        for path in sorted(self.directory.glob("*" + _REQUEST), key=_age):
             try:
                 request = json.loads(path.read_bytes())
                 path.unlink()
@@ -105,31 +104,48 @@ class Daemon:
             except (OSError, ValueError) as e:
                 request = {"verb": None, "unreadable": repr(e)}
                 path.unlink(missing_ok=True)
-            _write(path.with_suffix(_ANSWER), self._answer(request))
+            answer = self._answer(request if isinstance(request, dict) else {"verb": None})
+            with contextlib.suppress(OSError):  # a full volume: the command waits, or is stopped
+                _write(path.with_suffix(_ANSWER), answer)
 
     def _answer(self, request: dict[str, Any]) -> dict[str, Any]:
-        sc = self.scenario
+        """The result of ``request``, or its error: nothing a request holds ends the daemon."""
         try:
-            verb = request.get("verb")
-            if request.get("scenario") != sc.name:
-                raise ConfigurationError(
-                    detail=f"the running `xoengine start --watch` (pid {os.getpid()}) "
-                    f"protects scenario {sc.name!r}, not {request.get('scenario')!r}"
-                )
-            if verb == "point":
-                return {"result": plain(sc.set_rewind_point(str(request["name"])))}
-            if verb == "capture":
-                result = sc.capture()
-                sc.wait_replicated()
-                return {"result": plain(result)}
-            if verb == "wait":
-                return {"result": {"position": sc.wait_replicated(timeout=request.get("timeout"))}}
-            if verb == "stop":
-                self.stop.set()
-                return {"result": {"stopping": os.getpid()}}
-            raise ConfigurationError(detail=f"a request the daemon cannot read: {request!r}")
+            return self._carry_out(request)
         except XoError as e:
             return {"error": e.describe()}
+        except Exception as e:  # noqa: BLE001 (a malformed request: said to its command)
+            error = ConfigurationError(detail=f"request {request!r} failed: {e!r}")
+            return {"error": error.describe()}
+
+    def _carry_out(self, request: dict[str, Any]) -> dict[str, Any]:
+        sc = self.scenario
+        verb = request.get("verb")
+        if request.get("scenario") != sc.name:
+            raise ConfigurationError(
+                detail=f"the running `xoengine start --watch` (pid {os.getpid()}) "
+                f"protects scenario {sc.name!r}, not {request.get('scenario')!r}"
+            )
+        if verb == "point":
+            return {"result": plain(sc.set_rewind_point(str(request["name"])))}
+        if verb == "capture":
+            result = sc.capture()
+            sc.wait_replicated()
+            return {"result": plain(result)}
+        if verb == "wait":
+            return {"result": {"position": sc.wait_replicated(timeout=request.get("timeout"))}}
+        if verb == "stop":
+            self.stop.set()
+            return {"result": {"stopping": os.getpid()}}
+        raise ConfigurationError(detail=f"a request the daemon cannot read: {request!r}")
+
+
+def _age(path: Path) -> int:
+    """When ``path`` was written (0 if its command took it back meanwhile)."""
+    try:
+        return path.stat().st_mtime_ns
+    except FileNotFoundError:
+        return 0
 
 
 def _rebuilt(described: dict[str, Any]) -> XoError:
