@@ -201,6 +201,10 @@ class Capture:
         self._pending: list[_Pending] = []
         self._chunk: bytearray | None = None  # the streaming read buffer, reused
         self._known: dict[str, FileState] | None = None  # decoded master state, see _collect
+        # Hard-linked files: the names of each (dev, inode) seen, and the link count
+        # at which the master state was last searched for its names (_widen_for_links).
+        self._link_names: dict[tuple[int, int], set[str]] = {}
+        self._link_searched: dict[tuple[int, int], int] = {}
         self._read_roots = roots
         # Root name -> (version, mode, owner, attributes) journaled last (None: not read yet).
         self._roots: dict[str, tuple[int, int, list[int], dict[str, bytes]]] | None = None
@@ -286,18 +290,23 @@ class Capture:
         if scopes is None:
             for index, root in enumerate(layout.roots):
                 self._walk_into(walked, root, layout.prefix(index))
+            self._index_links(walked)
             return walked, known
+        unwanted: list[Entry] = []  # an excluded name may be a link to included ones
         for scope in _top_scopes(scopes):
             index, rel = layout.split(scope)
             root = layout.roots[index]
             entry = stat_entry(root, rel)
-            if entry is None or not self._wanted(rel, entry.kind) or entry.kind == "special":
+            if entry is None or entry.kind == "special":
+                continue
+            if not self._wanted(rel, entry.kind):
+                unwanted.append(entry)
                 continue
             walked[scope] = entry
             if entry.kind == "dir":
                 self._walk_into(walked, os.path.join(root, rel), layout.prefix(index) + rel + "/")
         self._widen_for_moves(walked, known)
-        self._widen_for_links(walked, known)
+        self._widen_for_links(walked, known, unwanted)
         return walked, known
 
     def _check_roots(self) -> None:
@@ -357,27 +366,56 @@ class Capture:
             prefix = path + "/"
             known.update((p, s) for p, s in everything if p.startswith(prefix))
 
-    def _widen_for_links(self, walked: dict[str, Entry], known: dict[str, FileState]) -> None:
+    def _index_links(self, walked: dict[str, Entry]) -> None:
+        """After a full walk: the names of every hard-linked file, all of them found."""
+        names: dict[tuple[int, int], set[str]] = {}
+        counts: dict[tuple[int, int], int] = {}
+        for path, e in walked.items():
+            if e.kind == "file" and e.nlink > 1:
+                names.setdefault((e.dev, e.inode), set()).add(path)
+                counts[(e.dev, e.inode)] = e.nlink
+        self._link_names, self._link_searched = names, counts
+
+    def _widen_for_links(
+        self, walked: dict[str, Entry], known: dict[str, FileState], unwanted: list[Entry]
+    ) -> None:
         """Bring the other names of a hard-linked file into a scoped pass.
 
         A write or a chmod through one name changed every name of the inode,
-        but the kernel tells of the name the program used only. The master
-        state is read whole for it, and only when a file of the pass has more
-        than one link.
+        but the kernel tells of the name the program used only (an excluded
+        one too). The names are kept from the last full walk and from every
+        pass; the master state is searched for an inode's names only when its
+        link count grew since it was last searched (a link made since), so a
+        pass over a linked file costs its names' stats, not the tree's size.
         """
-        linked = {(e.dev, e.inode) for e in walked.values() if e.kind == "file" and e.nlink > 1}
-        if not linked:
+        counts: dict[tuple[int, int], int] = {}
+        for path, e in [*walked.items(), *(("", e) for e in unwanted)]:
+            if e.kind == "file" and e.nlink > 1:
+                counts[(e.dev, e.inode)] = e.nlink
+                if path:
+                    self._link_names.setdefault((e.dev, e.inode), set()).add(path)
+        if not counts:
             return
+        grown = {k for k, n in counts.items() if self._link_searched.get(k, 0) < n}
         with self.store.read() as txn:
-            everything = list(self.state.manifest.items(txn))
-        for path, state in everything:
-            if path in walked or (state.dev, state.ino) not in linked:
-                continue
-            index, rel = self.layout.split(path)
-            entry = stat_entry(self.layout.roots[index], rel)
-            if entry is not None and (entry.dev, entry.inode) in linked:
-                walked[path] = entry  # still a name of it (else its own notification says)
-                known[path] = state
+            if grown:
+                for path, state in self.state.manifest.items(txn):
+                    if (state.dev, state.ino) in grown:
+                        self._link_names.setdefault((state.dev, state.ino), set()).add(path)
+                self._link_searched.update((k, counts[k]) for k in grown)
+            for key in counts:
+                names = self._link_names.get(key, set())
+                for path in sorted(names - walked.keys()):
+                    held = known.get(path)
+                    if held is None:
+                        held = self.state.manifest.get(txn, path)
+                    index, rel = self.layout.split(path)
+                    entry = stat_entry(self.layout.roots[index], rel)
+                    if held is None or entry is None or (entry.dev, entry.inode) != key:
+                        names.discard(path)  # no longer a name of it (its own event says)
+                        continue
+                    walked[path] = entry
+                    known[path] = held
 
     def _wanted(self, rel: str, kind: str) -> bool:
         return self._filter.selects(rel, is_dir=kind == "dir")

@@ -536,12 +536,13 @@ class Store:
             self._listeners.clear()
         if watcher is not None:
             watcher.join()
-        self._closed = True
-        with self._resize.exclusive():
-            self._env.close()
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)
-            self._lock_fd = None
+        with self._write_lock:  # after a commit under way; none begins after
+            self._closed = True
+            with self._resize.exclusive():
+                self._env.close()
+            if self._lock_fd is not None:
+                os.close(self._lock_fd)
+                self._lock_fd = None
 
     @property
     def closed(self) -> bool:
@@ -895,6 +896,7 @@ class Store:
 
     def _commit_batch(self, batch: list[_WriteRequest]) -> None:
         try:
+            self._check_open()  # a thread left writing past close() takes no lock again
             self._take_writer_lock()
             self._run_batch(batch)
         except lmdb.Error as e:

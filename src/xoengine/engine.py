@@ -628,12 +628,15 @@ class Engine:
         """
         if self._closed:
             return
-        failed: Exception | None = None  # a live watcher's last pass: raised once closed
+        failed: BaseException | None = None  # a live watcher's last pass: raised once closed
+        interrupted = False
         for scenario in self._scenarios.values():
             try:
-                scenario._stop_threads()
+                scenario._stop_threads(drain=not interrupted)
             except Exception as e:  # noqa: BLE001 (every scenario stops first)
                 failed = failed or e
+            except BaseException as e:  # noqa: BLE001 (Ctrl-C: the others stop, undrained)
+                failed, interrupted = e, True
         self._closed = True
         self.store.release_writer(self)
         try:

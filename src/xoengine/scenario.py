@@ -370,10 +370,12 @@ class Scenario:
                 watcher.stop()
         finally:
             threads, self._threads = self._threads, {}
-            for thread in threads.values():
-                if drain:
+            try:
+                for thread in threads.values() if drain else ():
                     thread.drain()
-                thread.stop()
+            finally:  # Ctrl-C in a long drain: every thread still ends (what is left waits)
+                for thread in threads.values():
+                    thread.stop()
             if self._watch_error is not None:  # no live capture fails now: said, and cleared
                 self._watch_failed(None)
 
