@@ -48,6 +48,10 @@ def daemon(tmp_path: Path) -> Iterator[tuple[str, Path, subprocess.Popen[str]]]:
         argv = ["scenario", "create", state, name, "--master", str(root)]
         argv += ["--replica", f"r1={tmp_path / name}", "--option", "watch_delay=3600"]
         assert main(argv) == 0
+    # A stop request an earlier daemon never took (both killed): the new one drops it.
+    (Path(state) / REQUESTS).mkdir()
+    leftover = {"verb": "stop", "scenario": "fs1"}
+    (Path(state) / REQUESTS / f"{os.getpid()}-left.request").write_text(json.dumps(leftover))
     proc = subprocess.Popen(
         [sys.executable, "-m", "xoengine.cli", "start", state, "fs1", "--watch", "--json"],
         stdout=subprocess.PIPE,
@@ -96,16 +100,25 @@ def test_point_capture_wait_and_stop_go_through_the_running_daemon(
     assert "protects scenario 'fs1', not 'other'" in capsys.readouterr().err
     # Requests it cannot carry out are answered with an error; the daemon goes on.
     requests = Path(state, REQUESTS)
+    me = os.getpid()
     bad = {"text": "not json", "list": "[1, 2]", "nameless": '{"verb": "point", "scenario": "fs1"}'}
     for name, body in bad.items():
-        (requests / f"{name}.request").write_text(body)
+        (requests / f"{me}-{name}.request").write_text(body)
+    os.mkfifo(requests / f"{me}-fifo.request")  # read, it would block the daemon for good
+    (requests / f"{me}-zero.request").symlink_to("/dev/zero")
+    gone = subprocess.Popen(["true"])  # a command that ended: nobody waits for its answer
+    gone.wait()
+    stop = json.dumps({"verb": "stop", "scenario": "fs1"})
+    (requests / f"{gone.pid}-gone.request").write_text(stop)
     for _ in range(2):  # the second is taken in a later round than the bad ones
         _json(capsys, ["wait", state, "fs1", "--json"])
-    for name in bad:
-        answer = json.loads((requests / f"{name}.answer").read_text())
+    for name in [*bad, "fifo", "zero"]:
+        answer = json.loads((requests / f"{me}-{name}.answer").read_text())
         assert answer["error"]["code"] == "E1001", answer
-        (requests / f"{name}.answer").unlink()
-    assert proc.poll() is None  # still serving
+        (requests / f"{me}-{name}.answer").unlink()
+    assert not (requests / f"{gone.pid}-gone.request").exists()  # dropped, not carried out
+    assert not (requests / f"{gone.pid}-gone.answer").exists()
+    assert proc.poll() is None  # still serving: neither stop request stopped it
     assert main(["stop", state, "fs1"]) == 0  # returns once the daemon ended
     assert proc.poll() == 0
     stats = _json(capsys, ["stats", state, "fs1", "--json"])
@@ -134,6 +147,24 @@ def test_sigterm_stops_the_daemon_with_every_change_on_the_replicas(
     stats = _json(capsys, ["stats", state, "fs1", "--json"])
     assert isinstance(stats, dict) and stats["state"] == "Stopped"
     assert stats["replicas"]["r1"]["backlog_events"] == 0
+
+
+def test_stop_says_when_the_daemons_stop_failed(
+    daemon: tuple[str, Path, subprocess.Popen[str]],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The master root gone: the last pass fails, and ``xoengine stop`` says so (E2005).
+
+    Review 18 (second reading): the daemon answered "stopping" before it
+    stopped, so ``stop`` exited 0 while the daemon's last pass failed.
+    """
+    state, master, proc = daemon
+    master.rename(tmp_path / "away")
+    capsys.readouterr()
+    assert main(["stop", state, "fs1"]) == 2
+    assert "error E2005" in capsys.readouterr().err
+    assert proc.wait() == 2
 
 
 def test_a_writer_that_is_not_the_daemon_is_refused_as_before(

@@ -3,16 +3,20 @@
 Room: edge (the command line). A journal has one writer process. While
 ``start --watch`` is that writer, ``rewind-points --set``, ``capture``,
 ``wait`` and ``stop`` of the scenario it runs are handed to it instead of
-failing with E4002: each is a JSON file in ``STATE/requests`` (written whole,
-then renamed into place), which the daemon takes, carries out and answers
-with a file of the same name; the command reads the answer and removes it.
-The daemon names itself in ``STATE/requests/daemon.json`` (its pid and
-scenario) while it serves, and looks for requests four times a second.
+failing with E4002: each is a JSON file in ``STATE/requests`` named after the
+asking process (``PID-ID.request``, written whole, then renamed into place),
+which the daemon takes, carries out and answers with ``PID-ID.answer``; the
+command reads the answer and removes it. The daemon names itself in
+``STATE/requests/daemon.json`` (its pid and scenario) while it serves, looks
+for requests four times a second in a thread of its own (so a long request
+never holds up its stop), and carries them out one at a time.
 
 A request is carried out as the same verb would be by the command itself;
-its error comes back coded as it was raised. If the daemon ends before it
-answers (stopped, killed), the command runs the verb itself, since the
-journal is free then.
+its error comes back coded as it was raised. A request or an answer whose
+command has ended (interrupted) is dropped; a new daemon drops whatever an
+earlier one left. If the daemon ends before it answers (stopped, killed),
+the command runs the verb itself, since the journal is free then. ``stop``
+is answered once the scenario stopped, with its error if the stop failed.
 """
 
 from __future__ import annotations
@@ -20,19 +24,24 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import stat
+import threading
 import time
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 from xoengine import errors
 from xoengine.cli.output import plain
 from xoengine.engine import Engine
-from xoengine.errors import ConfigurationError, JournalLockedError, XoError
+from xoengine.errors import (
+    ConfigurationError,
+    JournalLockedError,
+    ReplicationTimeoutError,
+    XoError,
+)
 
 if TYPE_CHECKING:
-    import threading
     from collections.abc import Callable
 
     from xoengine.engine import Scenario
@@ -46,6 +55,7 @@ POLL_S: Final = 0.25
 _SELF: Final = "daemon.json"
 _REQUEST: Final = ".request"
 _ANSWER: Final = ".answer"
+_REQUEST_MAX: Final = 1 << 16  # bytes: a request is a few names
 
 
 def _write(path: Path, value: Any) -> None:
@@ -70,45 +80,102 @@ def _alive(pid: int) -> bool:
     return stat.rpartition(")")[2].split()[:1] != ["Z"]
 
 
-@dataclass
+def _asker(path: Path) -> int | None:
+    """The pid of the command that wrote ``path`` (``PID-ID.request``), None if not named so."""
+    pid, sep, _ = path.name.partition("-")
+    return int(pid) if sep and pid.isdigit() else None
+
+
+def _read_request(path: Path) -> Any:
+    """The JSON of a request file: a regular file of at most 64 KiB (never a FIFO or a link)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_size > _REQUEST_MAX:
+            raise ValueError(
+                f"not a request file ({stat.filemode(st.st_mode)}, {st.st_size} bytes)"
+            )
+        return json.loads(os.read(fd, _REQUEST_MAX + 1))
+    finally:
+        os.close(fd)
+
+
 class Daemon:
     """The serving side: ``start --watch`` answers the requests for its scenario."""
 
-    directory: Path
-    scenario: Scenario
-    stop: threading.Event
+    def __init__(
+        self, state_dir: str | os.PathLike[str], scenario: Scenario, stop: threading.Event
+    ) -> None:
+        """Serve requests for ``scenario``; ``stop`` is set by a ``stop`` request.
 
-    @classmethod
-    def open(
-        cls, state_dir: str | os.PathLike[str], scenario: Scenario, stop: threading.Event
-    ) -> Daemon:
-        """Serve requests for ``scenario``; ``stop`` is set by a ``stop`` request."""
-        directory = Path(state_dir) / REQUESTS
-        directory.mkdir(mode=0o700, exist_ok=True)
-        _write(directory / _SELF, {"pid": os.getpid(), "scenario": scenario.name})
-        return cls(directory, scenario, stop)
+        What an earlier daemon left in the directory is dropped first: its
+        commands have ended, or run their verbs themselves.
+        """
+        self.directory = Path(state_dir) / REQUESTS
+        self.scenario = scenario
+        self.stop = stop
+        self._closing = threading.Event()
+        self._stop_answers: list[Path] = []
+        self.directory.mkdir(mode=0o700, exist_ok=True)
+        for left in self.directory.iterdir():
+            if left.name != _SELF:
+                with contextlib.suppress(OSError):
+                    left.unlink()
+        _write(self.directory / _SELF, {"pid": os.getpid(), "scenario": scenario.name})
+        self._thread = threading.Thread(target=self._run, name="xoengine-requests", daemon=True)
+        self._thread.start()
 
     def close(self) -> None:
-        """Stop serving (a command waiting for an answer then runs its verb itself)."""
+        """Stop serving (a command waiting for an answer then waits for the process to end)."""
+        self._closing.set()
         with contextlib.suppress(FileNotFoundError):
             (self.directory / _SELF).unlink()
 
+    def stopped(self, error: BaseException | None) -> None:
+        """Answer the ``stop`` requests: the scenario stopped, or ``error`` (its stop failed)."""
+        if isinstance(error, XoError):
+            answer: dict[str, Any] = {"error": error.describe()}
+        elif error is not None:
+            answer = {"error": ConfigurationError(detail=f"the stop failed: {error!r}").describe()}
+        else:
+            answer = {"result": {"stopped": self.scenario.name}}
+        for path in self._stop_answers:
+            with contextlib.suppress(OSError):
+                _write(path, answer)
+
+    def _run(self) -> None:
+        while not self._closing.wait(POLL_S):
+            with contextlib.suppress(OSError):  # the directory gone: nothing to serve
+                self.serve()
+
     def serve(self) -> None:
-        """Carry out and answer every request waiting, oldest first."""
+        """Carry out and answer every request waiting, oldest first; drop what no one waits for."""
+        for path in sorted(self.directory.glob("*" + _ANSWER)):
+            pid = _asker(path)
+            if pid is None or not _alive(pid):  # its command was interrupted
+                path.unlink(missing_ok=True)
         for path in sorted(self.directory.glob("*" + _REQUEST), key=_age):
+            if self._closing.is_set():
+                return
+            pid = _asker(path)
             try:
-                request = json.loads(path.read_bytes())
-                path.unlink()
+                request = _read_request(path) if pid is not None and _alive(pid) else None
             except FileNotFoundError:
                 continue  # its command gave up and took it back
             except (OSError, ValueError) as e:
                 request = {"verb": None, "unreadable": repr(e)}
-                path.unlink(missing_ok=True)
+            path.unlink(missing_ok=True)
+            if request is None:
+                continue  # no command waits for it
+            answer_path = path.with_suffix(_ANSWER)
             answer = self._answer(request if isinstance(request, dict) else {"verb": None})
+            if answer is None:  # a stop: answered once the scenario stopped
+                self._stop_answers.append(answer_path)
+                continue
             with contextlib.suppress(OSError):  # a full volume: the command waits, or is stopped
-                _write(path.with_suffix(_ANSWER), answer)
+                _write(answer_path, answer)
 
-    def _answer(self, request: dict[str, Any]) -> dict[str, Any]:
+    def _answer(self, request: dict[str, Any]) -> dict[str, Any] | None:
         """The result of ``request``, or its error: nothing a request holds ends the daemon."""
         try:
             return self._carry_out(request)
@@ -118,7 +185,7 @@ class Daemon:
             error = ConfigurationError(detail=f"request {request!r} failed: {e!r}")
             return {"error": error.describe()}
 
-    def _carry_out(self, request: dict[str, Any]) -> dict[str, Any]:
+    def _carry_out(self, request: dict[str, Any]) -> dict[str, Any] | None:
         sc = self.scenario
         verb = request.get("verb")
         if request.get("scenario") != sc.name:
@@ -136,7 +203,7 @@ class Daemon:
             return {"result": {"position": sc.wait_replicated(timeout=request.get("timeout"))}}
         if verb == "stop":
             self.stop.set()
-            return {"result": {"stopping": os.getpid()}}
+            return None
         raise ConfigurationError(detail=f"a request the daemon cannot read: {request!r}")
 
 
@@ -161,8 +228,14 @@ def _rebuilt(described: dict[str, Any]) -> XoError:
 _GONE: Final = object()
 
 
-def _ask(state_dir: str, busy: JournalLockedError, request: dict[str, Any]) -> Any:
-    """Hand ``request`` to the daemon that holds the journal; ``_GONE`` if it ended first."""
+def _ask(
+    state_dir: str, busy: JournalLockedError, request: dict[str, Any], timeout: float | None
+) -> Any:
+    """Hand ``request`` to the daemon that holds the journal; ``_GONE`` if it ended first.
+
+    ``timeout``: seconds to wait for the answer (the daemon may be busy with
+    another command's request), then ReplicationTimeoutError.
+    """
     directory = Path(state_dir) / REQUESTS
     try:
         daemon = json.loads((directory / _SELF).read_bytes())
@@ -171,9 +244,10 @@ def _ask(state_dir: str, busy: JournalLockedError, request: dict[str, Any]) -> A
     pid = daemon.get("pid")
     if not isinstance(pid, int) or str(pid) != str(busy.fields.get("pid")):
         raise busy  # a note left by an earlier daemon: this writer is another program
-    name = uuid.uuid4().hex
+    name = f"{os.getpid()}-{uuid.uuid4().hex}"
     request_path = directory / (name + _REQUEST)
     answer_path = directory / (name + _ANSWER)
+    deadline = None if timeout is None else time.monotonic() + timeout
     _write(request_path, request)
     try:
         while True:
@@ -184,13 +258,16 @@ def _ask(state_dir: str, busy: JournalLockedError, request: dict[str, Any]) -> A
                 pass
             if not _alive(pid):
                 return _GONE
+            if deadline is not None and time.monotonic() > deadline:
+                what = f"the running daemon (pid {pid}) to answer"
+                raise ReplicationTimeoutError(timeout=timeout, what=what)
             time.sleep(POLL_S / 2)
     finally:
         request_path.unlink(missing_ok=True)
         answer_path.unlink(missing_ok=True)
     if "error" in answer:
         raise _rebuilt(answer["error"])
-    if request["verb"] == "stop":  # answered once the daemon ended: the journal is free
+    if request["verb"] == "stop":  # answered as the daemon ends: the journal is free after
         while _alive(pid):
             time.sleep(POLL_S / 2)
     return answer["result"]
@@ -211,7 +288,10 @@ def run_or_ask(
     try:
         engine = Engine.open(state_dir, durability=durability)
     except JournalLockedError as busy:
-        answer = _ask(state_dir, busy, {**request, "scenario": scenario})
+        timeout = request.get("timeout")
+        if timeout is not None:
+            timeout = float(timeout) + 2 * POLL_S  # the daemon's wait, and its poll
+        answer = _ask(state_dir, busy, {**request, "scenario": scenario}, timeout)
         if answer is not _GONE:
             return answer
         engine = Engine.open(state_dir, durability=durability)

@@ -157,15 +157,14 @@ def cmd_start(args: argparse.Namespace) -> int:
             _show({"synchronized": summaries}, as_json=args.json)
             return 0
         stop = threading.Event()
-        signal.signal(signal.SIGINT, lambda *_: stop.set())
-        signal.signal(signal.SIGTERM, lambda *_: stop.set())
-        daemon = Daemon.open(eng.state_dir, sc, stop)
+        signals = (signal.SIGINT, signal.SIGTERM)
+        handlers = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in signals}
+        daemon = Daemon(eng.state_dir, sc, stop)
         try:
             _show({"synchronized": summaries}, as_json=args.json)
             sys.stdout.flush()
             said: Exception | None = None
             while not stop.wait(POLL_S):
-                daemon.serve()
                 error = sc.watch_error  # say when live capture fails, and recovers
                 if error is not said:
                     text = "works again" if error is None else f"fails, retrying: {error}"
@@ -173,7 +172,15 @@ def cmd_start(args: argparse.Namespace) -> int:
                     said = error
         finally:
             daemon.close()
-        sc.stop()  # Ctrl-C, SIGTERM or `xoengine stop`: a stop, journaled (only a crash is not)
+            for sig, handler in handlers.items():  # a second Ctrl-C or SIGTERM interrupts the stop
+                signal.signal(sig, handler)
+        # Ctrl-C, SIGTERM or `xoengine stop`: a stop, journaled (only a crash is not).
+        try:
+            sc.stop()
+        except BaseException as e:
+            daemon.stopped(e)
+            raise
+        daemon.stopped(None)
     return 0
 
 
