@@ -193,15 +193,21 @@ class ReplicaApplier:
             self.tree.sweep_temporary()
             self._swept = True
 
-    def apply_available(self, limit: int = 500, upto: int | None = None) -> int:
-        """Apply journaled events after the tracked position; return how many were read."""
+    def apply_available(
+        self, limit: int = 500, upto: int | None = None, stopping: Callable[[], bool] | None = None
+    ) -> int:
+        """Apply journaled events after the tracked position; return how many were read.
+
+        ``stopping`` is asked between groups of events (each a commit of the
+        tracking position): when it says so, the rest waits for the next call.
+        """
         total = 0
         with self.lock:
             self.sweep_once()
             try:
                 if self.recover is not None:
                     self.recover()
-                while True:
+                while stopping is None or not stopping():
                     after = self.position()
                     if upto is not None and after >= upto:
                         break
@@ -212,15 +218,17 @@ class ReplicaApplier:
                     ]
                     if not batch:
                         break
-                    self._apply_batch(batch)
-                    total += len(batch)
+                    total += self._apply_batch(batch, stopping)
             except ReplicaDivergedError as e:
                 if self.diverged is not None:
                     self.diverged(e)
                 raise
         return total
 
-    def _apply_batch(self, batch: Sequence[tuple[int, Applied | None]]) -> None:
+    def _apply_batch(
+        self, batch: Sequence[tuple[int, Applied | None]], stopping: Callable[[], bool] | None
+    ) -> int:
+        """Apply ``batch`` in groups; return how many events were applied (all, unless stopping)."""
         # Split where a path (or an ancestor) repeats: before-images are read from
         # the tree as it is before the group, right only if no path is touched twice.
         start = 0
@@ -229,9 +237,12 @@ class ReplicaApplier:
             paths = self._paths(event)
             if touched & paths:
                 self._apply_group(batch[start:index])
+                if stopping is not None and stopping():
+                    return index
                 start, touched = index, set()
             touched |= paths
         self._apply_group(batch[start:])
+        return len(batch)
 
     def _mine(self, event: Applied | None) -> bool:
         return isinstance(event, FileEvent | RootChanged) and event.scenario == self.scenario

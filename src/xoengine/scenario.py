@@ -368,6 +368,11 @@ class Scenario:
         try:
             if watcher is not None:
                 watcher.stop()
+        except Exception:
+            raise  # its last pass failed: what was journaled is still applied
+        except BaseException:
+            drain = False  # Ctrl-C: stop now
+            raise
         finally:
             threads, self._threads = self._threads, {}
             try:

@@ -187,7 +187,7 @@ class ApplierThread:
             if self._stop.is_set():
                 break
             try:
-                self.applier.apply_available()
+                self.applier.apply_available(stopping=self._stop.is_set)
                 self.scenario._alert_left_out()
                 if self.scenario._def.state == "Problem":
                     self.scenario._check_state()  # back under the spool limit?

@@ -10,7 +10,7 @@ import os
 import threading
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -348,3 +348,49 @@ def test_linked_names_are_found_through_an_excluded_name_and_without_rereading_t
         sc.wait_replicated()
         assert compare_trees(master, r1, ignore=["data.tmp"]) == []
         assert len(reads) == searched  # once per link made, not per pass
+
+
+def test_an_applier_told_to_stop_ends_after_its_group_not_its_backlog(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stop (a second Ctrl-C in a drain) waits for one group of events, not the whole backlog.
+
+    Review 18 (second reading): with a slow replica, ``start --watch`` ignored
+    every further Ctrl-C and SIGTERM for two minutes: the applier went through
+    all it could read before it looked at its stop. The first group is held
+    at a gate until the stop is asked for.
+    """
+    from xoengine.replica import ReplicaApplier  # noqa: PLC0415
+
+    master = tmp_path / "m"
+    master.mkdir()
+    with Engine.open(tmp_path / "state", durability="nosync") as eng:
+        sc = eng.create_scenario("w", master=str(master), replicas={"r1": str(tmp_path / "r1")})
+        sc.start()
+        thread = sc._threads["r1"]
+        gate, entered = threading.Event(), threading.Event()
+        original = ReplicaApplier._apply_group
+
+        def gated(self: ReplicaApplier, group: Any) -> None:
+            entered.set()
+            gate.wait()
+            original(self, group)
+
+        monkeypatch.setattr(ReplicaApplier, "_apply_group", gated)
+        for n in range(20):
+            (master / f"f{n}").write_bytes(b"x" * n)
+        sc.capture()  # 20 creations and writes: a group per file
+        entered.wait()
+        stopper = threading.Thread(target=thread.stop)
+        stopper.start()
+        _until(thread._stop.is_set)
+        gate.set()
+        stopper.join()
+        held = thread.applier.position()
+        assert held < eng.last_position()  # the rest waits in the journal
+        monkeypatch.undo()
+        sc._threads.pop("r1")
+        sc.stop()
+        sc.start()  # a new thread takes it up
+        sc.wait_replicated()
+        assert compare_trees(master, tmp_path / "r1") == []
