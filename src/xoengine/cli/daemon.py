@@ -56,6 +56,7 @@ _SELF: Final = "daemon.json"
 _REQUEST: Final = ".request"
 _ANSWER: Final = ".answer"
 _REQUEST_MAX: Final = 1 << 16  # bytes: a request is a few names
+_FINISH_S: Final = 60.0  # how long a stopped daemon waits for the request it is carrying out
 
 
 def _write(path: Path, value: Any) -> None:
@@ -142,6 +143,9 @@ class Daemon:
         for path in self._stop_answers:
             with contextlib.suppress(OSError):
                 _write(path, answer)
+        # A request begun before the stop ends before the journal closes (the
+        # scenario's stop let any wait in it return); one that hangs is left.
+        self._thread.join(timeout=_FINISH_S)
 
     def _run(self) -> None:
         while not self._closing.wait(POLL_S):
