@@ -132,6 +132,15 @@ def _observed(st: os.stat_result | None) -> list[int]:
 # -- capture ---------------------------------------------------------------------------------
 
 
+_Inode = tuple[int, int]
+"""A file's identity on the master: (device, inode number)."""
+
+
+def _link_counts(entries: Iterable[Entry]) -> dict[_Inode, int]:
+    """The link counts of the hard-linked files among ``entries``."""
+    return {(e.dev, e.inode): e.nlink for e in entries if e.kind == "file" and e.nlink > 1}
+
+
 @dataclass
 class CaptureResult:
     """What one capture pass journaled."""
@@ -203,8 +212,8 @@ class Capture:
         self._known: dict[str, FileState] | None = None  # decoded master state, see _collect
         # Hard-linked files: the names of each (dev, inode) seen, and the link count
         # at which the master state was last searched for its names (_widen_for_links).
-        self._link_names: dict[tuple[int, int], set[str]] = {}
-        self._link_searched: dict[tuple[int, int], int] = {}
+        self._link_names: dict[_Inode, set[str]] = {}
+        self._link_searched: dict[_Inode, int] = {}
         self._read_roots = roots
         # Root name -> (version, mode, owner, attributes) journaled last (None: not read yet).
         self._roots: dict[str, tuple[int, int, list[int], dict[str, bytes]]] | None = None
@@ -368,13 +377,13 @@ class Capture:
 
     def _index_links(self, walked: dict[str, Entry]) -> None:
         """After a full walk: the names of every hard-linked file, all of them found."""
-        names: dict[tuple[int, int], set[str]] = {}
-        counts: dict[tuple[int, int], int] = {}
+        self._link_names, self._link_searched = {}, _link_counts(walked.values())
+        self._note_link_names(walked, self._link_searched)
+
+    def _note_link_names(self, walked: dict[str, Entry], counts: dict[_Inode, int]) -> None:
         for path, e in walked.items():
-            if e.kind == "file" and e.nlink > 1:
-                names.setdefault((e.dev, e.inode), set()).add(path)
-                counts[(e.dev, e.inode)] = e.nlink
-        self._link_names, self._link_searched = names, counts
+            if (e.dev, e.inode) in counts:
+                self._link_names.setdefault((e.dev, e.inode), set()).add(path)
 
     def _widen_for_links(
         self, walked: dict[str, Entry], known: dict[str, FileState], unwanted: list[Entry]
@@ -388,14 +397,10 @@ class Capture:
         link count grew since it was last searched (a link made since), so a
         pass over a linked file costs its names' stats, not the tree's size.
         """
-        counts: dict[tuple[int, int], int] = {}
-        for path, e in [*walked.items(), *(("", e) for e in unwanted)]:
-            if e.kind == "file" and e.nlink > 1:
-                counts[(e.dev, e.inode)] = e.nlink
-                if path:
-                    self._link_names.setdefault((e.dev, e.inode), set()).add(path)
+        counts = _link_counts([*walked.values(), *unwanted])
         if not counts:
             return
+        self._note_link_names(walked, counts)
         grown = {k for k, n in counts.items() if self._link_searched.get(k, 0) < n}
         with self.store.read() as txn:
             if grown:

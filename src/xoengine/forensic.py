@@ -67,7 +67,7 @@ from xoengine.tree import Extents, ReplicaTree, event_delta
 from xoengine.walk import Xattrs, normalize_relpath, read_xattrs
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Collection, Iterator, Sequence
+    from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 
 __all__ = [
     "BURST_WINDOW_S",
@@ -376,7 +376,12 @@ def _ranges(event: FileEvent, before: int | None = None) -> list[list[int]]:
         return [[low, high - low]]
     if size is not None and before is not None and size < before:
         out.append((size, before - size))
-    return [[start, length] for start, length in coalesce_ranges(out)]
+    return _merged(out)
+
+
+def _merged(ranges: Iterable[Sequence[int]]) -> list[list[int]]:
+    """``ranges`` sorted and merged where they touch, as the ``[offset, length]`` lists shown."""
+    return [[start, length] for start, length in coalesce_ranges(ranges)]
 
 
 def _moves(event: ContentReplaced) -> bool:
@@ -1006,9 +1011,7 @@ class Forensics:
         removed = sorted(p for fid, p in start.items() if fid not in end)
         renamed = {start[fid]: p for fid, p in end.items() if fid in start and start[fid] != p}
         modified = {
-            end[fid]: [[a, n] for a, n in coalesce_ranges(r)]
-            for fid, r in touched.items()
-            if fid in start and fid in end
+            end[fid]: _merged(r) for fid, r in touched.items() if fid in start and fid in end
         }
         metadata = sorted(
             end[fid]

@@ -238,8 +238,7 @@ class JournaledFile:
         spans = [(o // bs, min(last_block, -(-(o + len(d)) // bs))) for o, d in pieces]
         if low != size or size != state.size:
             spans.append((low // bs, last_block))
-        spans = [(a, b) for a, b in coalesce_ranges([(a, b - a) for a, b in spans if b > a])]
-        spans = [(a, a + n) for a, n in spans]
+        spans = [(a, a + n) for a, n in coalesce_ranges([(a, b - a) for a, b in spans if b > a])]
         first = spans[0][0] if spans else last_block
         last = spans[-1][1] if spans else last_block
         packed = bytearray(old_packed[: last * DIGEST_WIDTH].ljust(last * DIGEST_WIDTH, b"\0"))

@@ -173,7 +173,7 @@ class ApplierThread:
                 self.wait_position(self.scenario._engine.last_position(), None)
 
     def stop(self) -> None:
-        """End the thread (after its current batch) and stop following commits."""
+        """End the thread (after the group of events it is applying) and stop following commits."""
         self._stop.set()
         self._wake.set()
         if self._thread is not threading.current_thread():

@@ -46,7 +46,7 @@ if TYPE_CHECKING:
 
     from xoengine.engine import Scenario
 
-__all__ = ["POLL_S", "REQUESTS", "Daemon", "run_or_ask"]
+__all__ = ["POLL_S", "REQUESTS", "VERBS", "Daemon", "run_or_ask"]
 
 REQUESTS: Final = "requests"
 """The directory of the state directory that requests and answers pass through."""
@@ -57,6 +57,35 @@ _REQUEST: Final = ".request"
 _ANSWER: Final = ".answer"
 _REQUEST_MAX: Final = 1 << 16  # bytes: a request is a few names
 _FINISH_S: Final = 60.0  # how long a stopped daemon waits for the request it is carrying out
+
+
+def _point(sc: Scenario, request: dict[str, Any]) -> Any:
+    return sc.set_rewind_point(str(request["name"]))
+
+
+def _capture(sc: Scenario, request: dict[str, Any]) -> Any:
+    del request
+    result = sc.capture()
+    sc.wait_replicated()
+    return result
+
+
+def _wait(sc: Scenario, request: dict[str, Any]) -> Any:
+    return {"position": sc.wait_replicated(timeout=request.get("timeout"))}
+
+
+def _stop(sc: Scenario, request: dict[str, Any]) -> Any:
+    del request
+    sc.stop()
+
+
+VERBS: Final[dict[str, Callable[[Scenario, dict[str, Any]], Any]]] = {
+    "point": _point,
+    "capture": _capture,
+    "wait": _wait,
+    "stop": _stop,
+}
+"""What each request does to the scenario, the same whether the daemon or the command runs it."""
 
 
 def _write(path: Path, value: Any) -> None:
@@ -75,10 +104,10 @@ def _alive(pid: int) -> bool:
     except PermissionError:  # another user's: alive
         return True
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
+        status = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return True  # no /proc to ask: it answered the signal
-    return stat.rpartition(")")[2].split()[:1] != ["Z"]
+    return status.rpartition(")")[2].split()[:1] != ["Z"]
 
 
 def _asker(path: Path) -> int | None:
@@ -197,18 +226,12 @@ class Daemon:
                 detail=f"the running `xoengine start --watch` (pid {os.getpid()}) "
                 f"protects scenario {sc.name!r}, not {request.get('scenario')!r}"
             )
-        if verb == "point":
-            return {"result": plain(sc.set_rewind_point(str(request["name"])))}
-        if verb == "capture":
-            result = sc.capture()
-            sc.wait_replicated()
-            return {"result": plain(result)}
-        if verb == "wait":
-            return {"result": {"position": sc.wait_replicated(timeout=request.get("timeout"))}}
-        if verb == "stop":
+        if verb == "stop":  # the main loop ends, and stops the scenario as it always does
             self.stop.set()
             return None
-        raise ConfigurationError(detail=f"a request the daemon cannot read: {request!r}")
+        if verb not in VERBS:
+            raise ConfigurationError(detail=f"a request the daemon cannot read: {request!r}")
+        return {"result": plain(VERBS[verb](sc, request))}
 
 
 def _age(path: Path) -> int:
@@ -277,17 +300,12 @@ def _ask(
     return answer["result"]
 
 
-def run_or_ask(
-    state_dir: str,
-    durability: str,
-    scenario: str,
-    request: dict[str, Any],
-    local: Callable[[Scenario], Any],
-) -> Any:
-    """Run ``local`` on ``scenario`` with a writable engine, or have the running daemon do it.
+def run_or_ask(state_dir: str, durability: str, scenario: str, request: dict[str, Any]) -> Any:
+    """Carry out ``request`` (``{"verb": ..., ...}``, see :data:`VERBS`) on ``scenario``.
 
-    ``request`` is the same verb for the daemon (``{"verb": ..., ...}``). The
-    answer is plain data either way, so the two print alike.
+    With a writable engine of its own, or through the running daemon that
+    holds the journal. The answer is plain data either way, so the two print
+    alike.
     """
     try:
         engine = Engine.open(state_dir, durability=durability)
@@ -300,4 +318,4 @@ def run_or_ask(
             return answer
         engine = Engine.open(state_dir, durability=durability)
     with engine:
-        return plain(local(engine.scenario(scenario)))
+        return plain(VERBS[request["verb"]](engine.scenario(scenario), request))

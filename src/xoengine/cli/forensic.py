@@ -392,14 +392,7 @@ def cmd_rewind(args: argparse.Namespace) -> int:
 def cmd_points(args: argparse.Namespace) -> int:
     """``rewind-points``: list them; ``--set NAME`` adds one now."""
     if args.set is not None:  # "--set ''" is refused by the engine, not a listing
-        request = {"verb": "point", "name": args.set}
-        run_or_ask(
-            args.state,
-            args.durability,
-            args.name,
-            request,
-            lambda sc: sc.set_rewind_point(args.set),
-        )
+        run_or_ask(args.state, args.durability, args.name, {"verb": "point", "name": args.set})
     with _engine(args, readonly=True) as eng:
         sc = eng.scenario(args.name)
         # Which replicas a rewind to each point still reaches: retention trims below

@@ -186,38 +186,22 @@ def cmd_start(args: argparse.Namespace) -> int:
 
 def cmd_stop(args: argparse.Namespace) -> int:
     """``stop`` (a running ``start --watch`` of the scenario is told to stop, and waited for)."""
-    run_or_ask(args.state, args.durability, args.name, {"verb": "stop"}, _stop)
+    run_or_ask(args.state, args.durability, args.name, {"verb": "stop"})
     return 0
-
-
-def _stop(sc: Scenario) -> None:
-    sc.stop()
 
 
 def cmd_capture(args: argparse.Namespace) -> int:
     """``capture``: journal the master's changes and apply them to active replicas."""
-    result = run_or_ask(args.state, args.durability, args.name, {"verb": "capture"}, _capture)
-    _show(result, as_json=args.json)
+    _show(
+        run_or_ask(args.state, args.durability, args.name, {"verb": "capture"}), as_json=args.json
+    )
     return 0
-
-
-def _capture(sc: Scenario) -> object:
-    result = sc.capture()
-    sc.wait_replicated()
-    return result
 
 
 def cmd_wait(args: argparse.Namespace) -> int:
     """``wait``: until every active replica applied everything journaled so far."""
     request = {"verb": "wait", "timeout": args.timeout}
-    position = run_or_ask(
-        args.state,
-        args.durability,
-        args.name,
-        request,
-        lambda sc: {"position": sc.wait_replicated(timeout=args.timeout)},
-    )
-    _show(position, as_json=args.json)
+    _show(run_or_ask(args.state, args.durability, args.name, request), as_json=args.json)
     return 0
 
 
