@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
+from scenario_kit import write
 
 from xoengine.capture import FLUSH_BYTES
 from xoengine.cli import main
@@ -40,11 +41,6 @@ from xoengine.forensic import Forensics
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
-
-
-def write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(data)
 
 
 @pytest.fixture

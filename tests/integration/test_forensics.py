@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import functools
 import hashlib
 import json
 import os
@@ -32,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from scenario_kit import new_scenario, write
 
 import xoengine.engine as engine_module
 import xoengine.forensic as forensic_module
@@ -101,22 +103,7 @@ def at_ns(ns: int) -> dt.datetime:
     return EPOCH + dt.timedelta(microseconds=ns // 1000)
 
 
-def write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(data)
-
-
-def new_engine(base: Path, **options: Any) -> tuple[Engine, Scenario, Path]:
-    master = base / "master"
-    master.mkdir(exist_ok=True)
-    eng = Engine.open(base / "state", durability="nosync")
-    sc = eng.create_scenario(
-        "fx",
-        master=str(master),
-        replicas={"r1": str(base / "r1"), "r2": str(base / "r2")},
-        **options,
-    )
-    return eng, sc, master
+new_engine = functools.partial(new_scenario, replicas=("r1", "r2"))
 
 
 # -- the forensic world: one history, investigated from a read-only copy ----------------------

@@ -13,8 +13,9 @@ import uuid
 from pathlib import Path
 
 import pytest
+from scenario_kit import new_scenario, write
 
-from xoengine.engine import Engine, Scenario
+from xoengine.engine import Engine
 from xoengine.errors import ReplicaDivergedError
 from xoengine.events import ContentReplaced
 from xoengine.forensic import Forensics
@@ -23,19 +24,6 @@ from xoengine.testing import snapshot_contents
 
 S = 1_000_000_000  # one second in ns
 NOW = 10_000 * S
-
-
-def write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(data)
-
-
-def new_scenario(base: Path) -> tuple[Engine, Scenario, Path]:
-    master = base / "master"
-    master.mkdir(exist_ok=True)
-    eng = Engine.open(base / "state", durability="nosync")
-    sc = eng.create_scenario("fx", master=str(master), replicas={"r1": str(base / "r1")})
-    return eng, sc, master
 
 
 # -- retention ---------------------------------------------------------------------------------

@@ -7,12 +7,15 @@ replica was left silently wrong, or the engine could not open again.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import os
 import shutil
 from pathlib import Path
 from typing import Any
 
 import pytest
+import scenario_kit as kit
+from scenario_kit import write
 
 from xoengine.engine import Engine, Scenario
 from xoengine.errors import (
@@ -28,17 +31,7 @@ from xoengine.testing import snapshot_contents
 snapshot = snapshot_contents
 
 
-def write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(data)
-
-
-def new_scenario(base: Path) -> tuple[Engine, Scenario, Path]:
-    master = base / "m"
-    master.mkdir(exist_ok=True)
-    eng = Engine.open(base / "state", durability="nosync")
-    sc = eng.create_scenario("s", master=str(master), replicas={"r1": str(base / "r1")})
-    return eng, sc, master
+new_scenario = functools.partial(kit.new_scenario, name="s", master="m")
 
 
 def events_of(eng: Engine, cls: type) -> list[Any]:
