@@ -40,6 +40,7 @@ import errno
 import fcntl
 import os
 import platform
+import stat
 import threading
 import time
 import zlib
@@ -442,15 +443,34 @@ class Store:
     # -- lifecycle ---------------------------------------------------------------
 
     def _check_size(self) -> None:
-        """Refuse a data file too short for LMDB's meta pages, before LMDB maps it."""
+        """Refuse a data file too short for LMDB's meta pages, before LMDB maps it.
+
+        And LMDB's files that are not regular files: a copy whose ``lock.mdb`` is a
+        symbolic link would have LMDB write its reader table through it, into
+        whatever file it names, though the verb only reads.
+        """
+        sizes: dict[str, int] = {}
+        for name in ("data.mdb", "lock.mdb"):
+            with contextlib.suppress(OSError):  # none: a new journal, or said by the open
+                st = os.lstat(Path(self.path) / name)
+                if not stat.S_ISREG(st.st_mode):
+                    raise JournalDamagedError(
+                        path=self.path, detail=f"its {name} is not a regular file"
+                    )
+                sizes[name] = st.st_size
         try:
-            fd = os.open(Path(self.path) / "data.mdb", os.O_RDONLY)
+            fd = os.open(Path(self.path) / "data.mdb", os.O_RDONLY | os.O_NOFOLLOW)
         except OSError:
             return  # none (a new journal, or a missing one: said by the open)
         try:
             problem = size_problem(fd)
         finally:
             os.close(fd)
+        if problem is None and sizes.get("data.mdb") == 0 and sizes.get("lock.mdb"):
+            # An empty data file alone is a journal to start; beside the lock table
+            # of a journal that was opened, it is one cut to nothing (LMDB would
+            # start a new one in it, and the damage would read as "no scenario").
+            problem = "the data file is cut short: empty, beside the lock file of a journal in use"
         if problem is not None:
             raise JournalDamagedError(path=self.path, detail=problem)
 

@@ -95,11 +95,15 @@ else:
 """
 
 
-@pytest.mark.parametrize("cut", [4097, 5000, 8191])
+@pytest.mark.parametrize("cut", [0, 4097, 5000, 8191])
 def test_journal_cut_inside_its_second_meta_page_is_damage_on_every_open(
     copy: Path, tmp_path: Path, cut: int
 ) -> None:
-    """Was SIGBUS: a data file cut inside its second meta page was mapped and read past its end."""
+    """Was SIGBUS: a data file cut inside its second meta page was mapped and read past its end.
+
+    Cut to nothing (review 19): a writable open made a new empty journal in it (E3002
+    "no scenario", and ``verify`` then said OK); read-only opens said E4000.
+    """
     os.truncate(copy / "data.mdb", cut)
     for verb in (
         ["journal", "verify", copy],
@@ -119,6 +123,36 @@ def test_journal_cut_inside_its_second_meta_page_is_damage_on_every_open(
         result = run_python(_OPEN, state, mode)
         assert result.stdout.split() == ["E4005", "4"], (mode, result.returncode, result.stderr)
     assert (state / "journal" / "data.mdb").stat().st_size == cut  # nothing written to it
+
+
+@pytest.mark.parametrize("name", ["lock.mdb", "data.mdb"])
+def test_a_journal_file_that_is_a_link_is_refused_and_its_target_left_alone(
+    copy: Path, tmp_path: Path, name: str
+) -> None:
+    """Review 19: a copy whose lock.mdb was a symbolic link had LMDB write its reader
+    table through it (a read-only ``history`` turned a 32-byte file into 65,664 bytes)."""
+    decoy = tmp_path / "decoy"
+    decoy.write_bytes(b"an investigator's own file\n")
+    moved = tmp_path / f"{name}.real"
+    (copy / name).rename(moved)
+    if name == "data.mdb":  # the link names the real data: still refused, never read through
+        (copy / name).symlink_to(moved)
+    else:
+        (copy / name).symlink_to(decoy)
+    for verb in (["history", copy, SCENARIO, "f.txt"], ["journal", "verify", copy]):
+        result = run_cli(*verb)
+        assert result.returncode == 4, (verb, result.stderr)
+        assert "E4005" in result.stderr and f"its {name} is not a regular file" in result.stderr
+    state = tmp_path / "linked-state"
+    (state / "journal").mkdir(parents=True)
+    for entry in copy.iterdir():
+        (state / "journal" / entry.name).symlink_to(entry) if entry.is_symlink() else shutil.copy(
+            entry, state / "journal" / entry.name
+        )
+    for mode in ("readonly", "writable"):
+        result = run_python(_OPEN, state, mode)
+        assert result.stdout.split() == ["E4005", "4"], (mode, result.returncode, result.stderr)
+    assert decoy.read_bytes() == b"an investigator's own file\n"
 
 
 def test_structural_damage_exits_4_like_any_damage(copy: Path) -> None:
