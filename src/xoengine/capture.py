@@ -74,6 +74,7 @@ from xoengine.walk import (
     Entry,
     PathFilter,
     birth_ns,
+    check_real_root,
     normalize_relpath,
     own_meta,
     read_xattrs,
@@ -247,6 +248,8 @@ class Capture:
         the scan returns only when every batch is committed.
         """
         with self.lock:
+            for root in self.layout.roots:  # not the state directory through a link
+                check_real_root(root, "master")
             self._result = CaptureResult()
             self._versions = {}
             # Nothing of a pass that failed carries over (its journal is what it committed).

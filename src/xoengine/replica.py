@@ -61,6 +61,7 @@ from xoengine.tree import (
     image_of_existing,
     image_of_writes,
 )
+from xoengine.walk import check_real_root
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -259,6 +260,13 @@ class ReplicaApplier:
             out.update("/".join(parts[: i + 1]) for i in range(len(parts)))
         return out
 
+    def check_place(self) -> None:
+        """Refuse a root that leads elsewhere through a link now (see ``check_real_root``).
+
+        Asked by synchronizations too, which otherwise build the replica where it is.
+        """
+        check_real_root(self.tree.root, "replica")
+
     def check_root(self) -> None:
         """Refuse to write if the root is gone, or on another file system than the last sync built.
 
@@ -267,6 +275,7 @@ class ReplicaApplier:
         file system below: written into, it would fill that one and pass for
         the replica. A synchronization builds the replica again where it is.
         """
+        self.check_place()
         if not os.path.isdir(self.tree.root):
             raise TreeRootMissingError(
                 root=self.tree.root,

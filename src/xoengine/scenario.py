@@ -539,7 +539,8 @@ class Scenario:
             else [r for r in self._def.replicas if r not in self._def.suspended]
         )
         for name in names:
-            self._replica(name)
+            # Nothing copied into, or deleted from, the target of a link put there.
+            self._replica(name).check_place()
         summaries: list[SyncSummary] = []
         with self.capture_engine.lock:
             # The scan makes the master state current, and no other capture runs

@@ -83,6 +83,7 @@ __all__ = [
     "as_owner",
     "at_fd",
     "birth_ns",
+    "check_real_root",
     "entry_from_stat",
     "normalize_relpath",
     "open_parent",
@@ -301,6 +302,27 @@ def _check_parent(st: os.stat_result, rel: str, root: AnyPath, parent: str) -> N
         raise SymlinkedParentError(path=rel, root=os.fspath(root), parent=parent)
     if not stat.S_ISDIR(st.st_mode):
         raise ParentNotDirectoryError(path=rel, root=os.fspath(root), parent=parent)
+
+
+def check_real_root(root: str, what: str) -> None:
+    """Refuse a configured root that now leads elsewhere through a symbolic link.
+
+    A scenario keeps its roots resolved (``os.path.realpath`` at creation). If
+    the root, or a directory above it, is a link now (a replica directory
+    replaced by a link to another place, the master to the state directory),
+    walking or writing through it would work on a tree nobody configured: a
+    synchronization would delete what is there and copy the master into it.
+    :class:`~xoengine.errors.TreeRootMissingError`; a missing root is left to
+    whoever opens it.
+    """
+    real = os.path.realpath(root)
+    if real != root and os.path.lexists(root):
+        raise TreeRootMissingError(
+            root=root,
+            detail=f"the {what} root leads to {real!r} now, through a symbolic link; a "
+            "root is never followed through one: put the directory back, or give the "
+            "scenario the new place",
+        )
 
 
 def _open_root(root: AnyPath) -> int:
