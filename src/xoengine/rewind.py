@@ -36,7 +36,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Final
 
-from xoengine.errors import ConfigurationError, ReplicaDivergedError
+from xoengine.errors import (
+    ConfigurationError,
+    ParentNotDirectoryError,
+    ReplicaDivergedError,
+    SymlinkedParentError,
+)
 from xoengine.tree import Extents, event_delta, undo_blob_size
 
 if TYPE_CHECKING:
@@ -98,7 +103,13 @@ def undo_one(
     path = record.path
     op = record.op
     if op == "created":
-        tree.delete(path)
+        try:
+            tree.delete(path)
+        except (SymlinkedParentError, ParentNotDirectoryError):
+            # Under a link or a file: redone after an older record's undo put that
+            # back (a killed rewind), the path is gone already. Else, changed outside.
+            if strict:
+                raise
         return
     if op == "root":  # a root's own metadata (``path``: its name, "" for the one root)
         if args:

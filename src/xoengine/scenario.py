@@ -713,7 +713,10 @@ class Scenario:
             # after the position the replica holds have their bytes compared.
             held = applier.position()
             recheck = self._moved_since(self._own(held))
-            used = self._used_while_rewound(replica)
+            # A rewind given up midway left a tree the journal never held, as a
+            # replica used while rewound does: the undo log below it no longer fits.
+            given_up = replica in self._def.pending_rewinds
+            used = self._used_while_rewound(replica) or given_up
             # The verdict outlives a resync killed midway (its own writes change the
             # print): a later rewind or resume goes by it.
             verdict = b"" if used else None
@@ -724,9 +727,14 @@ class Scenario:
                     code="AW0004",
                     severity="warning",
                     message=(
-                        f"replica {replica!r} was changed while rewound (to {held}): "
-                        "a rewind of it reaches the resume's synchronization and later "
-                        "only; a replay reads any earlier state from the journal"
+                        f"replica {replica!r} "
+                        + (
+                            f"was left part-rewound by a rewind given up (at {held})"
+                            if given_up
+                            else f"was changed while rewound (to {held})"
+                        )
+                        + ": a rewind of it reaches the resume's synchronization and "
+                        "later only; a replay reads any earlier state from the journal"
                     ),
                     details={"replica": replica, "held": held},
                 )

@@ -10,7 +10,9 @@ each, so the parent can kill it after a chosen number of them; a path of a
 coalesced run reports one per record it stands for, once written), and ``DONE``
 at the end. With DIE_AT_RENAME = N it kills itself (SIGKILL) just before the
 N-th rename of a temporary file into place: a whole-file write (``replace``)
-interrupted with its temporary file written and fsynced.
+interrupted with its temporary file written and fsynced. With the environment
+variable ``DIE_AFTER_UNDO`` = N it kills itself right after reporting the N-th
+undone before-image: before that group's commit, at a chosen record.
 """
 
 from __future__ import annotations
@@ -33,10 +35,19 @@ def say(line: str) -> None:
 def main() -> None:
     state, scenario, replica, point = sys.argv[1:5]
     undo_one = rewind_module.undo_one
+    reported = [0]
+    die_after = int(os.environ.get("DIE_AFTER_UNDO", "0"))
+
+    def say_undone() -> None:
+        say("U")
+        reported[0] += 1
+        if reported[0] == die_after:
+            say("DYING")
+            os.kill(os.getpid(), signal.SIGKILL)
 
     def reporting_undo_one(*args: object, **kwargs: object) -> None:
         undo_one(*args, **kwargs)  # type: ignore[arg-type]
-        say("U")
+        say_undone()
 
     rewind_module.undo_one = reporting_undo_one  # type: ignore[assignment]
     undo_path = rewind_module.undo_path
@@ -44,7 +55,7 @@ def main() -> None:
     def reporting_undo_path(*args: object, **kwargs: object) -> None:
         undo_path(*args, **kwargs)  # type: ignore[arg-type]
         for _ in range(args[1].records):  # type: ignore[attr-defined]  # one per record
-            say("U")
+            say_undone()
 
     rewind_module.undo_path = reporting_undo_path  # type: ignore[assignment]
     if len(sys.argv) > 5:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 import subprocess
 import threading
 from typing import TYPE_CHECKING, Any
@@ -597,3 +598,86 @@ def test_what_a_killed_apply_left_is_not_undone_into_an_unmounted_volume(
         )
         assert mounted.returncode == 0
         points.check(sc, coarse_fs, ["p1", "p0", "p2", "p1"])
+
+
+def test_a_rewind_killed_after_any_record_of_kind_swaps_completes_at_open(
+    tmp_path: Path,
+) -> None:
+    """Review 19: killed after it put back a link (or a file) where a directory had
+    been, before the commit, the rewind's redo found the directory's child under a
+    link and refused it (E2003, E2004) at every open: 7 of 31 kill points stuck.
+
+    The worker kills itself after each record in turn, on a history of kind swaps
+    (link, directory and file each becoming another), renames and a swap of names.
+    """
+    master, state, r1 = tmp_path / "master", tmp_path / "state", tmp_path / "r1"
+    master.mkdir()
+    (master / "f").write_bytes(b"f" * 100)
+    os.symlink("f", master / "ln2dir")
+    (master / "dir2ln").mkdir()
+    (master / "dir2ln" / "a").write_bytes(b"a" * 3000)
+    (master / "file2dir").write_bytes(b"F" * 5000)
+    (master / "dir2file" / "z").mkdir(parents=True)
+    (master / "dir2file" / "z" / "q").write_bytes(b"q" * 50)
+    (master / "A" / "B").mkdir(parents=True)
+    (master / "A" / "B" / "c").write_bytes(b"c" * 7000)
+    (master / "swap1").write_bytes(b"1" * 10)
+    (master / "swap2").write_bytes(b"2" * 20)
+    with Engine.open(state, durability="sync") as eng:
+        sc = eng.create_scenario("cx", master=str(master), replicas={"r1": str(r1)})
+        sc.start()
+        sc.set_rewind_point("P")
+        expected = snapshot(master)
+        os.unlink(master / "ln2dir")
+        (master / "ln2dir").mkdir()
+        (master / "ln2dir" / "x").write_bytes(b"x" * 10)
+        shutil.rmtree(master / "dir2ln")
+        os.symlink("A", master / "dir2ln")
+        os.unlink(master / "file2dir")
+        (master / "file2dir").mkdir()
+        (master / "file2dir" / "in").write_bytes(b"in")
+        shutil.rmtree(master / "dir2file")
+        (master / "dir2file").write_bytes(b"now a file")
+        sc.capture()
+        (master / "A" / "B").rename(master / "B2")
+        (master / "A").rename(master / "A2")
+        os.symlink("A2", master / "A")
+        (master / "swap1").rename(master / "tmp")
+        (master / "swap2").rename(master / "swap1")
+        (master / "tmp").rename(master / "swap2")
+        sc.capture()
+        shutil.rmtree(master / "ln2dir")
+        os.symlink("B2", master / "ln2dir")
+        (master / "B2" / "c").write_bytes(b"C" * 9000)
+        (master / "file2dir" / "in").rename(master / "in")
+        os.rmdir(master / "file2dir")
+        (master / "in").rename(master / "file2dir")
+        sc.capture()
+        sc.wait_replicated()
+        sc.stop()
+    pristine = tmp_path / "pristine"
+    shutil.copytree(state, pristine / "state", symlinks=True)
+    shutil.copytree(r1, pristine / "r1", symlinks=True)
+    k = 0
+    while True:
+        k += 1
+        for name in ("state", "r1"):
+            shutil.rmtree(tmp_path / name)
+            shutil.copytree(pristine / name, tmp_path / name, symlinks=True)
+        proc = subprocess.run(
+            [PYTHON, WORKER, str(state), "cx", "r1", "P"],
+            env={**os.environ, "DIE_AFTER_UNDO": str(k)},
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert "Traceback" not in proc.stderr, proc.stderr
+        if "DYING" not in proc.stdout:
+            assert "DONE" in proc.stdout, proc.stdout
+            break  # every record had its kill
+        with Engine.open(state, durability="sync") as eng:  # completes the rewind
+            sc = eng.scenario("cx")
+            assert sc.applied_position("r1") == sc.resolve("P"), k
+            assert not sc.statistics().replicas["r1"].standing_alerts, k
+        assert snapshot(r1) == expected, k
+    assert k > 20  # the history has that many records to kill after
