@@ -71,7 +71,7 @@ from xoengine.rewind import (
 )
 from xoengine.sync import LEVELS, Synchronizer, SyncSummary
 from xoengine.tree import ReplicaTree
-from xoengine.walk import ParentCache, normalize_relpath, stat_entry, walk
+from xoengine.walk import Entry, ParentCache, normalize_relpath, stat_entry, walk
 from xoengine.worker import ApplierThread, ScanFollower, coded_failure, compare_trees
 
 if TYPE_CHECKING:
@@ -578,6 +578,7 @@ class Scenario:
                                 held=self._own(applier.position()),
                                 first=not self._own_syncs(name),
                                 foreign=foreign,
+                                check_held=self._held_otherwise,
                             )
                         )
 
@@ -595,10 +596,60 @@ class Scenario:
             self._engine._scenario_event(
                 self._def, RewindPointSet, name=f"sync-{end}", position=end, kind="sync"
             )
+        for summary in summaries:
+            if summary.diverged:
+                self._alert(
+                    code="AW0004",
+                    severity="warning",
+                    message=(
+                        f"replica {summary.replica!r} held {len(summary.diverged)} path(s) "
+                        "otherwise than the journal (changed outside xoengine), e.g. "
+                        f"{summary.diverged[0]!r}: the synchronization repaired them; a "
+                        "rewind of it reaches this synchronization and later only (it "
+                        "would put them back); a replay reads any earlier state from the journal"
+                    ),
+                    details={"replica": summary.replica, "paths": summary.diverged[:100]},
+                )
         for name in names:  # exact again: a divergence found is over
             self._standing("E3011", name, None, "it was synchronized with the master")
         self._alert_left_out()
         return summaries
+
+    def _held_otherwise(self, held: int, entries: dict[str, Entry | None]) -> list[str]:
+        """Of a synchronization's changed paths, where the replica did not hold the journal's state.
+
+        (A :class:`~xoengine.sync.HeldCheck`.) A path the journal changed after
+        ``held`` (itself, or a directory above it) is the master's change, not
+        the replica's. For any other, the journal's state at ``held`` is the
+        master state's now: the replica's entry must be of its kind (and a
+        file's size and mtime, which replicas keep), or absent where the
+        journal has nothing. A file the master gained or lost beside the scan
+        is neither: the journal has nothing of it, or still has it.
+        """
+        changed: set[str] = set()
+        for _, _, event in self._engine.file_events(self.name, None, after=held):
+            changed.add(event.path)
+            if isinstance(event, FileRenamed):
+                changed.add(event.new_path)
+        out: list[str] = []
+        with self._engine.store.read() as txn:
+            for path in sorted(entries, key=os.fsencode):
+                parts = path.split("/")
+                if any("/".join(parts[:n]) in changed for n in range(1, len(parts) + 1)):
+                    continue
+                entry, state = entries[path], self.manifest.get(txn, path)
+                if entry is None or state is None:
+                    if entry is not None:  # a path the journal never held there
+                        out.append(path)
+                    elif state is not None and state.kind != "dir":
+                        out.append(path)  # gone from the replica (a directory: its files say)
+                    continue
+                if entry.kind != state.kind or (
+                    entry.kind == "file"
+                    and (entry.size, entry.mtime_ns) != (state.size, state.mtime_ns)
+                ):
+                    out.append(path)
+        return out
 
     def _settle(
         self,

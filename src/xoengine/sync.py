@@ -50,7 +50,7 @@ if TYPE_CHECKING:
     from xoengine.layout import Layout
     from xoengine.tree import ReplicaTree, UndoLog
 
-__all__ = ["LEVELS", "CaptureFollower", "Settle", "SyncSummary", "Synchronizer"]
+__all__ = ["LEVELS", "CaptureFollower", "HeldCheck", "Settle", "SyncSummary", "Synchronizer"]
 
 LEVELS: Final = ("block", "file")
 _BATCH_PATHS: Final = 8192
@@ -73,6 +73,10 @@ class SyncSummary:
     bytes_sent: int = 0
     transferred: list[tuple[str, str, int, int]] = field(default_factory=list)
     warnings: list[XoError] = field(default_factory=list)
+    diverged: list[str] = field(default_factory=list)
+    """Paths where the replica held what the journal never held at its position
+    (changed outside xoengine): this run repaired them, and the undo log's floor
+    moved to its start (a rewind would put them back)."""
 
 
 class CaptureFollower(Protocol):
@@ -86,6 +90,13 @@ class CaptureFollower(Protocol):
 
     def wait_done(self) -> int:
         """Return the journal position after the scan's last event; raise if it failed."""
+
+
+class HeldCheck(Protocol):
+    """Says where a replica did not hold the journal's state at its position (the scenario's)."""
+
+    def __call__(self, held: int, entries: dict[str, Entry | None]) -> list[str]:
+        """Those of ``entries`` (the replica's; None: none) not as the journal held at ``held``."""
 
 
 class Settle(Protocol):
@@ -153,6 +164,7 @@ class Synchronizer:
         held: int,
         first: bool = False,
         foreign: bool = False,
+        check_held: HeldCheck | None = None,
     ) -> SyncSummary:
         """Synchronize at journal ``position`` (the master state the capture just journaled).
 
@@ -183,6 +195,12 @@ class Synchronizer:
         run: a rewind reaches this run and later (the undo log's floor moves
         to its SyncStarted), never the directory's old contents. ``foreign``
         says the same of a replica changed while it was rewound.
+
+        ``check_held(held, entries)``: of the paths this run changed (each with
+        the replica's entry before it, None where it had none), those where the
+        replica did not hold what the journal holds at ``held`` (a hand edit, an
+        encryption while replication was stopped): it held no state the journal
+        names, as for ``foreign``; they go to :attr:`SyncSummary.diverged`.
         """
         if level not in LEVELS:
             raise ConfigurationError(detail=f"sync level {level!r} is not one of {LEVELS}")
@@ -213,6 +231,7 @@ class Synchronizer:
             # on the journal's fsyncs) than the overlap saves: copy after the scan.
             follow.wait_done()
         replica = self._walk_replica(summary)
+        found: dict[str, Entry] = dict(replica)  # as this run found it
         self._replica_entries = replica  # kept current as kind changes delete subtrees
         roots = {self.layout.prefix(i).rstrip("/") for i in range(len(self.layout.roots))}
         seeded = foreign or (first and any(path not in roots for path in replica))
@@ -268,6 +287,11 @@ class Synchronizer:
             synced.append(self._synced(path, "deleted", 0, 0))
         if self.layout.single and self._root():
             summary.files_changed += 1
+        if not seeded and check_held is not None:
+            changed = {path for path, action, _, _ in summary.transferred if action != "metadata"}
+            if changed:
+                summary.diverged = check_held(held, {path: found.get(path) for path in changed})
+                seeded = bool(summary.diverged)
         # 3. Journal the results; SyncFinished moves the applied position atomically.
         finished = self._event(
             SyncFinished,

@@ -195,6 +195,51 @@ def test_resume_gives_up_a_rewind_that_could_not_finish(tmp_path: Path) -> None:
         assert snapshot(tmp_path / "r1") == snapshot(master)
 
 
+def test_a_resync_that_repairs_a_replica_changed_by_hand_puts_the_history_below_out_of_reach(
+    tmp_path: Path,
+) -> None:
+    """Review 19: damage done to a replica while replication was stopped (a directory
+    deleted, a file overwritten: an encryption) was repaired by the next start, and a
+    rewind to an earlier point then undid the repair: the damage came back, reported
+    as the point's tree. A resync of the master's own changes keeps the points below
+    reachable (here, and in the property tests' random stops and starts)."""
+    eng, sc, master = kit.new_scenario(tmp_path)
+    try:
+        for d in ("a", "b"):
+            for i in range(3):
+                write(master / d / f"f{i}", bytes([i]) * 5000)
+        sc.start()
+        point = sc.set_rewind_point("P")
+        sc.stop()
+        write(master / "b" / "f2", b"the master's change, while stopped")
+        sc.start()  # a resync of the master's changes alone: P stays in reach
+        sc.wait_replicated()
+        assert sc.rewind_floor("r1") <= point.position
+        assert not [e for e in events_of(eng, AlertRaised) if e.code == "AW0004"]
+        sc.stop()
+        shutil.rmtree(tmp_path / "r1" / "a")
+        write(tmp_path / "r1" / "b" / "f0", b"junk")
+        write(master / "b" / "f1", b"the master's own change, while stopped")
+        sc.start()
+        sc.wait_replicated()
+        assert snapshot(tmp_path / "r1") == snapshot(master)
+        alert = [e for e in events_of(eng, AlertRaised) if e.code == "AW0004"][-1]
+        assert alert.details["paths"] == ["a/f0", "a/f1", "a/f2", "b/f0"]
+        assert sc.rewind_floor("r1") > point.position
+        with pytest.raises(RewindUnreachableError):
+            sc.rewind("r1", point)
+        later = sc.set_rewind_point("Q")
+        write(master / "b" / "f2", b"after Q")
+        sc.capture()
+        sc.wait_replicated()
+        expected = snapshot(master)
+        sc.rewind("r1", later)
+        assert snapshot(tmp_path / "r1") != expected
+        assert (tmp_path / "r1" / "b" / "f2").read_bytes() == b"the master's change, while stopped"
+    finally:
+        eng.close()
+
+
 def test_a_rewind_that_cannot_finish_at_open_for_a_passing_cause_stays_pending(
     tmp_path: Path,
 ) -> None:
