@@ -227,6 +227,7 @@ class Capture:
         self._settled_xattrs: set[tuple[str, int]] = set()  # the same, for extended attributes
         self._settling: set[tuple[str, int]] = set()  # re-read by the pass running: settled after
         self._settling_xattrs: set[tuple[str, int]] = set()
+        self._unlisted: list[str] = []  # directories the pass could not list (W2002)
         self._walk_ns = 0  # when the last walk began
         self._committer: _Committer | None = None  # set during scan(): commits off-thread
         self._progress: ScanProgress | None = None
@@ -256,6 +257,7 @@ class Capture:
             self._pending, self._pending_bytes, self._stored_bytes = [], 0, 0
             self._path_start = None
             self._settling, self._settling_xattrs = set(), set()
+            self._unlisted = []
             self._progress = progress
             self._committer = _Committer(self.store.awaiting_write)
             try:
@@ -436,6 +438,7 @@ class Capture:
                     continue
                 walked[prefix + entry.relpath] = entry
         self._result.warnings.extend(tree.warnings)
+        self._unlisted.extend(prefix + relpath for relpath in tree.unlisted)
 
     def _diff(self, walked: dict[str, Entry], known: dict[str, FileState]) -> None:
         # 1. Renames (they move known entries, so the steps below see them moved).
@@ -456,8 +459,12 @@ class Capture:
                     self._update(path, entry, state)
             if self._progress is not None:
                 self._progress.read(path)
-        # 3. Deletions, children before parents.
+        # 3. Deletions, children before parents. Not below a directory the walk could
+        # not list (W2002): its contents are unknown, not gone.
+        unknown = tuple(u + "/" for u in self._unlisted)
         for path in sorted((p for p in known if p not in walked), key=os.fsencode, reverse=True):
+            if unknown and path.startswith(unknown):
+                continue
             self._delete(path, known[path])
             del known[path]
 

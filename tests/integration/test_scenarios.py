@@ -1629,3 +1629,49 @@ def test_an_open_engine_is_the_journals_one_writer_from_the_start(tmp_path: Path
         refused = cli("rewind-points", "--set", "p")
         assert refused.returncode != 0 and "E4002" in refused.stderr
     assert other_process() == ["opened", "0"]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to drop to another user")
+def test_a_master_directory_a_user_cannot_list_loses_nothing_in_the_journal() -> None:
+    """Review 19: run as a user, a master directory made unlistable (mode 0300) had
+    its files journaled as deleted in the same pass that warned W2002 "its contents are
+    unknown (not empty)"; listable again, they came back as new files, new identities."""
+    import json  # noqa: PLC0415
+    import tempfile  # noqa: PLC0415
+    from pathlib import Path  # noqa: PLC0415
+
+    base = Path(tempfile.mkdtemp(prefix="xoengine-nobody-"))  # pytest's tmp is root's alone
+    try:
+        os.chown(base, 65534, 65534)
+        script = (
+            "import json, os, sys\n"
+            "from xoengine.engine import Engine\n"
+            "os.setgid(65534); os.setuid(65534)  # after the imports: root's Python may be 0700\n"
+            "base = sys.argv[1]\n"
+            "os.makedirs(base + '/master/a')\n"
+            "open(base + '/master/a/x', 'wb').write(b'x' * 100)\n"
+            "eng = Engine.open(base + '/state', durability='nosync')\n"
+            "sc = eng.create_scenario('n', master=base + '/master', replicas={'r1': base + '/r1'})\n"
+            "sc.start()\n"
+            "sc.wait_replicated()\n"
+            "os.chmod(base + '/master/a', 0o300)\n"
+            "hidden = sc.capture()\n"
+            "sc.wait_replicated()\n"
+            "os.chmod(base + '/master/a', 0o755)\n"
+            "back = sc.capture()\n"
+            "sc.wait_replicated()\n"
+            "ops = [c.operation for c in eng.history(sc, 'a/x')]\n"
+            "codes = [w.code for w in hidden.warnings]\n"
+            "print(json.dumps([hidden.deleted, codes, back.created, ops]))\n"
+            "eng.close()\n"
+        )
+        done = subprocess.run(
+            [sys.executable, "-c", script, str(base)], check=True, capture_output=True, text=True
+        )
+        deleted, codes, created, ops = json.loads(done.stdout.strip().splitlines()[-1])
+        assert (deleted, created) == (0, 0)
+        assert "W2002" in codes
+        assert "deleted" not in ops, ops
+        assert (base / "r1" / "a" / "x").read_bytes() == b"x" * 100
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
