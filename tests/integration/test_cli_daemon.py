@@ -167,6 +167,78 @@ def test_stop_says_when_the_daemons_stop_failed(
     assert proc.wait() == 2
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to mount a full tmpfs")
+def test_commands_beside_the_daemon_on_a_full_state_volume_are_coded_and_stop_still_stops(
+    daemon: tuple[str, Path, subprocess.Popen[str]],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Review 19: with no room for a request file, ``capture``, ``wait``, ``stop`` and
+    ``rewind-points --set`` died with a traceback, and ``stop`` could not stop the daemon.
+
+    The requests' directory is a full tmpfs here (the daemon's note copied into it).
+    """
+    state, _master, proc = daemon
+    requests = Path(state) / REQUESTS
+    note = (requests / "daemon.json").read_bytes()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(requests)], check=True)
+    try:
+        (requests / "daemon.json").write_bytes(note)
+        with pytest.raises(OSError), open(requests / "filler", "wb", buffering=0) as filler:
+            while True:
+                filler.write(b"\0" * 4096)
+        for argv in (["capture", state, "fs1"], ["rewind-points", state, "fs1", "--set", "p"]):
+            capsys.readouterr()
+            assert main(argv) == 3, argv
+            err = capsys.readouterr().err
+            assert err.startswith("error E4004:") and "Traceback" not in err, err
+        assert main(["stop", state, "fs1"]) == 0  # told by SIGTERM: a stop all the same
+        assert proc.wait() == 0
+    finally:
+        subprocess.run(["umount", str(requests)], check=True)
+    stats = _json(capsys, ["stats", state, "fs1", "--json"])
+    assert isinstance(stats, dict) and stats["state"] == "Stopped"
+
+
+def test_output_on_a_full_volume_is_coded(tmp_path: Path) -> None:
+    """Review 19: ``history > /dev/full`` and ``cat > file`` on a full volume: traceback, exit 1."""
+    master = tmp_path / "m"
+    master.mkdir()
+    (master / "big").write_bytes(os.urandom(300_000))
+    state = str(tmp_path / "state")
+    assert (
+        main(
+            [
+                "scenario",
+                "create",
+                state,
+                "s",
+                "--master",
+                str(master),
+                "--replica",
+                f"r1={tmp_path / 'r1'}",
+            ]
+        )
+        == 0
+    )
+    assert main(["start", state, "s"]) == 0
+    for argv in (
+        ["cat", state, "s", "big"],
+        ["history", state, "s", "big"],
+        ["journal", "log", str(Path(state) / "journal")],
+    ):
+        with open("/dev/full", "w") as full:
+            done = subprocess.run(
+                [sys.executable, "-m", "xoengine.cli", *argv],
+                stdout=full,
+                stderr=subprocess.PIPE,
+                text=True,
+                check=False,
+            )
+        assert done.returncode == 3, (argv, done.stderr)
+        assert done.stderr.startswith("error E4004:") and "Traceback" not in done.stderr
+
+
 def test_a_writer_that_is_not_the_daemon_is_refused_as_before(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

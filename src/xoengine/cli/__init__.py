@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import os
 import signal
 import sys
@@ -29,7 +30,7 @@ import threading
 from typing import TYPE_CHECKING, Any
 
 from xoengine.cli import forensic, journal, scenario
-from xoengine.errors import XoError
+from xoengine.errors import DiskFullError, XoError
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Sequence
@@ -97,6 +98,13 @@ def _terminated() -> int:
     return 128 + signal.SIGTERM
 
 
+def _coded(e: XoError) -> int:
+    """Print a coded error's code, message and hint; its exit status."""
+    with contextlib.suppress(OSError):
+        print(f"error {e.code}: {e.message}\nhint: {e.hint}", file=sys.stderr)
+    return e.exit_code
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; coded errors print their code, message and hint.
 
@@ -106,11 +114,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         with _sigterm_interrupts():
-            return int(args.func(args))
+            status = int(args.func(args))
+            sys.stdout.flush()  # a full volume found here, not as the interpreter ends
+            return status
     except XoError as e:
-        print(f"error {e.code}: {e.message}\nhint: {e.hint}", file=sys.stderr)
-        return e.exit_code
+        return _coded(e)
     except BrokenPipeError:  # `xoengine journal log | head`
         return 0
+    except OSError as e:
+        if e.errno not in {errno.ENOSPC, errno.EDQUOT}:
+            raise
+        # The standard output on a full volume (`xoengine cat ... > file`): what is
+        # there is part of the answer only; the rest is dropped, not retried at exit.
+        with contextlib.suppress(OSError, ValueError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return _coded(
+            DiskFullError(
+                path=e.filename or "the standard output",
+                detail="the output was not written whole: what was written is a part only",
+            )
+        )
     except Terminated:
         return _terminated()

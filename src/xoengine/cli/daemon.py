@@ -22,8 +22,10 @@ is answered once the scenario stopped, with its error if the stop failed.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
+import signal
 import stat
 import threading
 import time
@@ -89,10 +91,21 @@ VERBS: Final[dict[str, Callable[[Scenario, dict[str, Any]], Any]]] = {
 
 
 def _write(path: Path, value: Any) -> None:
-    """Write ``value`` as JSON to ``path`` whole: a reader never sees part of it."""
+    """Write ``value`` as JSON to ``path`` whole: a reader never sees part of it.
+
+    A full volume is :class:`~xoengine.errors.DiskFullError`, nothing left behind.
+    """
     partial = path.with_name(f".{path.name}.{uuid.uuid4().hex}")
-    partial.write_text(json.dumps(value))
-    os.replace(partial, path)
+    try:
+        partial.write_text(json.dumps(value))
+        os.replace(partial, path)
+    except OSError as e:
+        partial.unlink(missing_ok=True)
+        if e.errno in {errno.ENOSPC, errno.EDQUOT}:
+            raise errors.DiskFullError(
+                path=str(path.parent), detail=f"{path.name} was not written"
+            ) from e
+        raise
 
 
 def _alive(pid: int) -> bool:
@@ -275,7 +288,17 @@ def _ask(
     request_path = directory / (name + _REQUEST)
     answer_path = directory / (name + _ANSWER)
     deadline = None if timeout is None else time.monotonic() + timeout
-    _write(request_path, request)
+    try:
+        _write(request_path, request)
+    except errors.DiskFullError:
+        if request["verb"] != "stop" or daemon.get("scenario") != request["scenario"]:
+            raise
+        # No room for the request: SIGTERM ends a daemon as a stop does, room or not.
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+        while _alive(pid):
+            time.sleep(POLL_S / 2)
+        return None
     try:
         while True:
             try:
