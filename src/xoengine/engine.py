@@ -796,15 +796,28 @@ class Engine:
         **fields: Any,
     ) -> None:
         """Journal a scenario event; ``inline(txn, positions)`` runs in its transaction."""
+        self._scenario_events_at_once(definition, [(cls, fields)], inline)
+
+    def _scenario_events_at_once(
+        self,
+        definition: _Definition,
+        made: Sequence[tuple[type[ScenarioEvent], dict[str, Any]]],
+        inline: Callable[[WriteTxn, list[int]], None] | None = None,
+    ) -> None:
+        """Journal several scenario events in one commit: all of them, or none."""
         with self._lock:
-            event = cls(
-                originator_id=definition.id,
-                originator_version=definition.version + 1,
-                timestamp=cls.create_timestamp(),
-                **fields,
-            )
-            self._append([event], inline)
-            definition.apply(event)
+            events = [
+                cls(
+                    originator_id=definition.id,
+                    originator_version=definition.version + 1 + number,
+                    timestamp=cls.create_timestamp(),
+                    **fields,
+                )
+                for number, (cls, fields) in enumerate(made)
+            ]
+            self._append(events, inline)
+            for event in events:
+                definition.apply(event)
 
     # -- scenarios ----------------------------------------------------------------------------
 

@@ -974,13 +974,28 @@ class Scenario:
             # knows would give a tree the journal never held. A synchronization (or
             # resume) makes it exact first.
             raise ReplicaDivergedError(replica=replica, path=".", position=applier.position())
-        if replica not in self._def.suspended:
-            self.suspend(replica)
+        suspending = replica not in self._def.suspended
+        if suspending:  # journaled with the rewind's start: a kill between leaves neither
+            thread = self._threads.pop(replica, None)
+            if thread is not None:
+                thread.stop()
         with applier.lock:
             current = applier.position()
-            self._engine._scenario_event(
-                self._def, RewindStarted, replica=replica, from_position=current, to_position=target
-            )
+            started: dict[str, Any] = {
+                "replica": replica,
+                "from_position": current,
+                "to_position": target,
+            }
+            try:
+                self._engine._scenario_events_at_once(
+                    self._def,
+                    [(ReplicaSuspended, {"replica": replica})] * suspending
+                    + [(RewindStarted, started)],
+                )
+            except BaseException:
+                if suspending and self._def.running:
+                    self._start_thread(replica)  # not rewound, not suspended: it follows
+                raise
             try:
                 return self._finish_rewind(replica, current, target, progress)
             except ReplicaDivergedError as e:

@@ -24,7 +24,7 @@ from xoengine.errors import (
     RewindUnreachableError,
     ScenarioError,
 )
-from xoengine.events import AlertRaised, RewindStarted, UndoTrimmed
+from xoengine.events import AlertRaised, ReplicaSuspended, RewindStarted, UndoTrimmed
 from xoengine.rewind import RetentionPolicy
 from xoengine.testing import snapshot_contents
 
@@ -236,6 +236,41 @@ def test_a_resync_that_repairs_a_replica_changed_by_hand_puts_the_history_below_
         sc.rewind("r1", later)
         assert snapshot(tmp_path / "r1") != expected
         assert (tmp_path / "r1" / "b" / "f2").read_bytes() == b"the master's change, while stopped"
+    finally:
+        eng.close()
+
+
+def test_a_rewind_whose_start_is_not_journaled_leaves_the_replica_in_replication(
+    tmp_path: Path,
+) -> None:
+    """Review 19: the suspension and the rewind's start were two commits; killed
+    between them, the replica stayed suspended, not rewound, and nothing said why.
+    They are one commit now: a start that fails journals neither."""
+    eng, sc, master = kit.new_scenario(tmp_path)
+    try:
+        write(master / "f", b"one")
+        sc.start()
+        point = sc.set_rewind_point("P")
+        write(master / "f", b"two")
+        sc.capture()
+        sc.wait_replicated()
+        append = eng._append
+
+        def refusing(events: list[Any], *args: Any, **kwargs: Any) -> Any:
+            if any(isinstance(e, RewindStarted) for e in events):
+                raise OSError("the commit of the rewind's start fails")
+            return append(events, *args, **kwargs)
+
+        eng._append = refusing  # type: ignore[method-assign]
+        with pytest.raises(OSError):
+            sc.rewind("r1", point)
+        eng._append = append  # type: ignore[method-assign]
+        assert "r1" not in sc.suspended
+        assert not events_of(eng, ReplicaSuspended)
+        write(master / "f", b"three")
+        sc.capture()
+        sc.wait_replicated()  # still followed
+        assert (tmp_path / "r1" / "f").read_bytes() == b"three"
     finally:
         eng.close()
 
