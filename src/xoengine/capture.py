@@ -27,6 +27,7 @@ rule) is ``xoengine.masterstate``; its names are re-exported here.
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import mmap
 import os
@@ -44,7 +45,7 @@ from xoengine import blocks, codec
 from xoengine import tree as trees
 from xoengine.blobtable import BLOB_MAX, blob_chunks
 from xoengine.blocks import BlockMap, Copy, Literal
-from xoengine.errors import TreeWarning, XoError
+from xoengine.errors import EntryUnreadableWarning, TreeWarning, XoError
 from xoengine.events import (
     BytesWritten,
     ContentReplaced,
@@ -111,6 +112,13 @@ class ChangeWhileReadWarning(TreeWarning):
 
     code = "W2010"
     hint = "The next capture (or the live watcher) journals the final content."
+
+
+def _unread(path: str, error: OSError) -> TreeWarning:
+    """The warning for a file that could not be opened: unreadable (W2002), or gone meanwhile."""
+    if error.errno in {errno.EACCES, errno.EPERM}:
+        return EntryUnreadableWarning(path=path, detail=error.strerror, errno=error.errno)
+    return ChangeWhileReadWarning(path=path, detail=error.strerror)
 
 
 def _observed(st: os.stat_result | None) -> list[int]:
@@ -741,7 +749,7 @@ class Capture:
             try:
                 fd = os.open(full, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
             except OSError as e:
-                self._result.warnings.append(ChangeWhileReadWarning(path=path, detail=e.strerror))
+                self._result.warnings.append(_unread(path, e))
                 return None
             try:
                 before = os.fstat(fd)
@@ -932,7 +940,7 @@ class Capture:
             try:
                 fd = os.open(full, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
             except OSError as e:
-                self._result.warnings.append(ChangeWhileReadWarning(path=path, detail=e.strerror))
+                self._result.warnings.append(_unread(path, e))
                 forget()
                 return None
             runs: list[tuple[int, bytes]] = []

@@ -1635,7 +1635,8 @@ def test_an_open_engine_is_the_journals_one_writer_from_the_start(tmp_path: Path
 def test_a_master_directory_a_user_cannot_list_loses_nothing_in_the_journal() -> None:
     """Review 19: run as a user, a master directory made unlistable (mode 0300) had
     its files journaled as deleted in the same pass that warned W2002 "its contents are
-    unknown (not empty)"; listable again, they came back as new files, new identities."""
+    unknown (not empty)"; listable again, they came back as new files, new identities.
+    A file it cannot read was said to have changed while read (W2010)."""
     import json  # noqa: PLC0415
     import tempfile  # noqa: PLC0415
     from pathlib import Path  # noqa: PLC0415
@@ -1655,13 +1656,15 @@ def test_a_master_directory_a_user_cannot_list_loses_nothing_in_the_journal() ->
             "sc.start()\n"
             "sc.wait_replicated()\n"
             "os.chmod(base + '/master/a', 0o300)\n"
+            "open(base + '/master/secret', 'wb').write(b's')\n"
+            "os.chmod(base + '/master/secret', 0o200)\n"
             "hidden = sc.capture()\n"
             "sc.wait_replicated()\n"
             "os.chmod(base + '/master/a', 0o755)\n"
             "back = sc.capture()\n"
             "sc.wait_replicated()\n"
             "ops = [c.operation for c in eng.history(sc, 'a/x')]\n"
-            "codes = [w.code for w in hidden.warnings]\n"
+            "codes = [(w.code, w.fields.get('path')) for w in hidden.warnings]\n"
             "print(json.dumps([hidden.deleted, codes, back.created, ops]))\n"
             "eng.close()\n"
         )
@@ -1670,7 +1673,8 @@ def test_a_master_directory_a_user_cannot_list_loses_nothing_in_the_journal() ->
         )
         deleted, codes, created, ops = json.loads(done.stdout.strip().splitlines()[-1])
         assert (deleted, created) == (0, 0)
-        assert "W2002" in codes
+        # A file that cannot be read is unreadable (W2002), not "changed while read" (W2010).
+        assert sorted(map(tuple, codes)) == [("W2002", "a"), ("W2002", "secret")], codes
         assert "deleted" not in ops, ops
         assert (base / "r1" / "a" / "x").read_bytes() == b"x" * 100
     finally:
