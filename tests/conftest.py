@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 from typing import TYPE_CHECKING
 
@@ -11,6 +12,14 @@ import pytest
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
     from pathlib import Path
+
+# Run as a background job of a shell without job control (`cmd &`, nohup), the suite
+# starts with SIGINT ignored: Python then raises no KeyboardInterrupt, and the
+# processes the tests start inherit the ignored signal. The tests of Ctrl-C need
+# it delivered: give the process Python's own handler (its children start with
+# the default action, as from a terminal).
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 _PREFIXES = ("XO", "LMDB_", "PERSISTENCE_MODULE", "TRANSCODER_TOPIC", "CIPHER_", "COMPRESSOR_TOPIC")
 
