@@ -639,10 +639,8 @@ class Scenario:
                     continue
                 entry, state = entries[path], self.manifest.get(txn, path)
                 if entry is None or state is None:
-                    if entry is not None:  # a path the journal never held there
+                    if (entry is None) != (state is None):  # gone from the replica, or extra
                         out.append(path)
-                    elif state is not None and state.kind != "dir":
-                        out.append(path)  # gone from the replica (a directory: its files say)
                     continue
                 if entry.kind != state.kind or (
                     entry.kind == "file"

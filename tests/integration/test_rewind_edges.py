@@ -208,6 +208,7 @@ def test_a_resync_that_repairs_a_replica_changed_by_hand_puts_the_history_below_
         for d in ("a", "b"):
             for i in range(3):
                 write(master / d / f"f{i}", bytes([i]) * 5000)
+        (master / "c").mkdir()
         sc.start()
         point = sc.set_rewind_point("P")
         sc.stop()
@@ -219,12 +220,13 @@ def test_a_resync_that_repairs_a_replica_changed_by_hand_puts_the_history_below_
         sc.stop()
         shutil.rmtree(tmp_path / "r1" / "a")
         write(tmp_path / "r1" / "b" / "f0", b"junk")
+        (tmp_path / "r1" / "c").rmdir()  # an empty directory, gone
         write(master / "b" / "f1", b"the master's own change, while stopped")
         sc.start()
         sc.wait_replicated()
         assert snapshot(tmp_path / "r1") == snapshot(master)
         alert = [e for e in events_of(eng, AlertRaised) if e.code == "AW0004"][-1]
-        assert alert.details["paths"] == ["a/f0", "a/f1", "a/f2", "b/f0"]
+        assert alert.details["paths"] == ["a", "a/f0", "a/f1", "a/f2", "b/f0", "c"]
         assert sc.rewind_floor("r1") > point.position
         with pytest.raises(RewindUnreachableError):
             sc.rewind("r1", point)
