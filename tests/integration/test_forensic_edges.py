@@ -624,3 +624,22 @@ def test_a_time_before_the_scenarios_first_change_is_said_so(
     when = dt.datetime.fromtimestamp(eng.recorder.time_of(points["end"]) / 1e9, dt.UTC)
     assert main(["diff", state, "s", when.isoformat()]) == 0
     assert "note:" not in capsys.readouterr().err
+
+
+def test_a_time_finer_than_a_microsecond_is_refused_not_cut(
+    small: tuple[Engine, dict[str, int]], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Review 19: ``--at`` with nanoseconds (``stat -c %z``) was cut to its microsecond,
+    which names that microsecond's last nanosecond: 1 ns before a commit gave the commit."""
+    eng, points = small
+    state = str(tmp_path / "state")
+    label = eng.recorder.time_of(points["end"])
+    seconds, ns = divmod(label - 1, 10**9)
+    whole = dt.datetime.fromtimestamp(seconds, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    capsys.readouterr()
+    assert main(["cat", state, "s", "b", "--at", f"{whole}.{ns:09d}+00:00"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error E1001:") and "finer than a microsecond" in err, err
+    # Zeros past the microsecond name it exactly: taken.
+    micro = f"{whole}.{ns // 1000:06d}000"
+    assert main(["diff", state, "s", micro, "--json"]) == 0

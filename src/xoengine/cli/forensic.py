@@ -22,7 +22,7 @@ import time
 from typing import TYPE_CHECKING, Any, BinaryIO, Final
 
 from xoengine.cli.daemon import run_or_ask
-from xoengine.cli.journal import parse_time
+from xoengine.cli.journal import parse_time, refuse_finer_than_microseconds
 from xoengine.cli.output import json_text, plain, shown
 from xoengine.cli.scenario import _engine, _show
 from xoengine.engine import Engine, Instant
@@ -47,6 +47,8 @@ def _instant(eng: Engine, scenario: str, text: str | None) -> Instant | None:
     point: int | None = None
     with contextlib.suppress(XoError):  # no such scenario (removed) or no such point
         point = eng.instant(scenario, text)
+    if point is None:
+        refuse_finer_than_microseconds(text)  # a time, too fine to take: said as such
     stamp: dt.datetime | None = None
     with contextlib.suppress(ConfigurationError):
         stamp = parse_time(text)

@@ -10,9 +10,10 @@ import dataclasses
 import datetime as dt
 import json
 import os
+import re
 import tempfile
 import uuid
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from xoengine import codec
 from xoengine.cli.output import json_text, shown
@@ -38,8 +39,29 @@ if TYPE_CHECKING:
 EXIT_DAMAGE = 4
 
 
+_FINER_THAN_MICROSECONDS: Final = re.compile(r"[.,]\d{6}(\d+)")
+
+
+def refuse_finer_than_microseconds(text: str) -> None:
+    """Refuse a time finer than a microsecond (``stat``'s nanoseconds), never cut it.
+
+    Times are resolved to the microsecond (a time names the last nanosecond of
+    its microsecond): cut, it would name a later instant and show changes made
+    after the one asked about.
+    """
+    finer = _FINER_THAN_MICROSECONDS.search(text)
+    if finer is not None and finer.group(1).strip("0"):
+        raise ConfigurationError(
+            detail=f"{text!r} is finer than a microsecond, the resolution of times here: "
+            "give at most 6 fractional digits (a time names its microsecond up to its "
+            "last nanosecond), or a position (`xoengine journal log` lists them with "
+            "their times)"
+        )
+
+
 def parse_time(text: str) -> dt.datetime:
-    """An ISO 8601 time from the command line (UTC when it has no offset)."""
+    """An ISO 8601 time from the command line (UTC when it has no offset), to the microsecond."""
+    refuse_finer_than_microseconds(text)
     try:
         stamp = dt.datetime.fromisoformat(text)
     except ValueError:
