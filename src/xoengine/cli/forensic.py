@@ -189,7 +189,8 @@ def cmd_cat(args: argparse.Namespace) -> int:
         )
         + (
             f"\n  position {position} shares its time label with later positions, up to "
-            f"{commit_end}, which that time names (one commit's positions share its label)"
+            f"{commit_end}, which that time names (the positions of one commit share its "
+            "label, and so do commits made while the clock stood behind the last label)"
             if commit_end != position
             else ""
         ),
