@@ -1212,6 +1212,24 @@ class Store:
             readonly=self.readonly,
         )
 
+    def _copy_env(self, destination: str, *, compact: bool) -> None:
+        """LMDB's copy into ``destination``; again after another process grew the map."""
+        for _ in range(_RESIZE_RETRIES):
+            with self._resize.shared():
+                try:
+                    self._env.copy(destination, compact=compact)
+                except lmdb.MapResizedError:
+                    pass  # a writer in another process grew the map: adopt, copy again
+                except lmdb.Error as e:
+                    not_done = "the copy was not made (what it wrote is removed)"
+                    raise _translate(e, destination, not_done=not_done) from e
+                else:
+                    return
+            with contextlib.suppress(OSError):
+                (Path(destination) / "data.mdb").unlink()
+            self._adopt_map_size()
+        raise StorageError(detail=f"map kept being resized under {self.path}")
+
     def copy_to(self, destination: str, *, compact: bool = True) -> None:
         """Write a consistent copy of the environment into ``destination`` (hot copy).
 
@@ -1225,12 +1243,7 @@ class Store:
         if (target / "data.mdb").exists():
             raise ConfigurationError(detail=f"{destination} already holds a journal")
         try:
-            with self._resize.shared():
-                try:
-                    self._env.copy(destination, compact=compact)
-                except lmdb.Error as e:
-                    not_done = "the copy was not made (what it wrote is removed)"
-                    raise _translate(e, destination, not_done=not_done) from e
+            self._copy_env(destination, compact=compact)
         except BaseException:
             # A partial data.mdb would pass for a damaged journal and block a retry.
             with contextlib.suppress(OSError):

@@ -339,7 +339,7 @@ def _user_meta(live: LiveFile | None) -> tuple[object, ...]:
     """What a user sets on a file identity: mode, mtime, owner, extended attributes."""
     if live is None:
         return ()
-    return live.mode, live.mtime_ns, live.owner, live.xattrs
+    return live.mode, live.mtime_ns, live.owner, live.xattrs or {}  # none ever set, or all removed
 
 
 def _root_meta(event: RootChanged) -> tuple[int, list[int], dict[str, bytes]]:

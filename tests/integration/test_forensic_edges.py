@@ -643,3 +643,22 @@ def test_a_time_finer_than_a_microsecond_is_refused_not_cut(
     # Zeros past the microsecond name it exactly: taken.
     micro = f"{whole}.{ns // 1000:06d}000"
     assert main(["diff", state, "s", micro, "--json"]) == 0
+
+
+def test_an_attribute_set_and_removed_again_is_no_difference(tmp_path: Path) -> None:
+    """Review 19: ``diff`` listed the file under ``metadata``: no attributes ever set
+    (None) and all of them removed ({}) were compared as different."""
+    master = tmp_path / "m"
+    write(master / "xa", b"b")
+    with Engine.open(tmp_path / "state", durability="nosync") as eng:
+        sc = eng.create_scenario("s", master=str(master), replicas={"r1": str(tmp_path / "r1")})
+        sc.start()
+        before = eng.last_position()
+        stat_before = os.stat(master / "xa")
+        os.setxattr(master / "xa", "user.k", b"v1")
+        sc.capture()
+        os.removexattr(master / "xa", "user.k")
+        os.utime(master / "xa", ns=(stat_before.st_atime_ns, stat_before.st_mtime_ns))
+        sc.capture()
+        assert eng.diff(sc, before, eng.last_position()).metadata == []
+        sc.stop()
