@@ -61,7 +61,7 @@ from xoengine.tree import (
     image_of_existing,
     image_of_writes,
 )
-from xoengine.walk import check_real_root
+from xoengine.walk import check_real_root, path_and_parents
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -254,11 +254,7 @@ class ReplicaApplier:
         if isinstance(event, RootChanged):
             return {"\0root\0" + event.root}  # no path's: a root's own metadata
         names = [event.path, event.new_path] if isinstance(event, FileRenamed) else [event.path]
-        out: set[str] = set()
-        for name in names:
-            parts = name.split("/")
-            out.update("/".join(parts[: i + 1]) for i in range(len(parts)))
-        return out
+        return {path for name in names for path in path_and_parents(name)}
 
     def check_place(self) -> None:
         """Refuse a root that leads elsewhere through a link now (see ``check_real_root``).

@@ -43,6 +43,7 @@ from xoengine.errors import (
     SymlinkedParentError,
 )
 from xoengine.tree import Extents, event_delta, undo_blob_size
+from xoengine.walk import path_and_parents
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator, Sequence
@@ -359,8 +360,7 @@ def rewind_back(
         """Whether a missing ``path`` means the replica was changed outside xoengine."""
         if strict:
             return True
-        parts = path.split("/")
-        return not any("/".join(parts[:n]) in removed for n in range(1, len(parts) + 1))
+        return not any(p in removed for p in path_and_parents(path))
 
     by_position: dict[int, list[UndoRecord]] = {}
     for record in records:

@@ -71,7 +71,14 @@ from xoengine.rewind import (
 )
 from xoengine.sync import LEVELS, Synchronizer, SyncSummary
 from xoengine.tree import ReplicaTree
-from xoengine.walk import Entry, ParentCache, normalize_relpath, stat_entry, walk
+from xoengine.walk import (
+    Entry,
+    ParentCache,
+    normalize_relpath,
+    path_and_parents,
+    stat_entry,
+    walk,
+)
 from xoengine.worker import ApplierThread, ScanFollower, coded_failure, compare_trees
 
 if TYPE_CHECKING:
@@ -634,8 +641,7 @@ class Scenario:
         out: list[str] = []
         with self._engine.store.read() as txn:
             for path in sorted(entries, key=os.fsencode):
-                parts = path.split("/")
-                if any("/".join(parts[:n]) in changed for n in range(1, len(parts) + 1)):
+                if any(p in changed for p in path_and_parents(path)):
                     continue
                 entry, state = entries[path], self.manifest.get(txn, path)
                 if entry is None or state is None:
@@ -737,10 +743,14 @@ class Scenario:
         self._usable("suspend a replica of")
         self._replica(replica)
         if replica not in self._def.suspended:
-            thread = self._threads.pop(replica, None)
-            if thread is not None:
-                thread.stop()
+            self._stop_thread(replica)
             self._engine._scenario_event(self._def, ReplicaSuspended, replica=replica)
+
+    def _stop_thread(self, replica: str) -> None:
+        """End the applier thread of ``replica``, if one runs (a suspension, a rewind)."""
+        thread = self._threads.pop(replica, None)
+        if thread is not None:
+            thread.stop()
 
     def resume(self, replica: str) -> None:
         """Apply what accumulated during the suspension, then follow again (no resync).
@@ -974,9 +984,7 @@ class Scenario:
             raise ReplicaDivergedError(replica=replica, path=".", position=applier.position())
         suspending = replica not in self._def.suspended
         if suspending:  # journaled with the rewind's start: a kill between leaves neither
-            thread = self._threads.pop(replica, None)
-            if thread is not None:
-                thread.stop()
+            self._stop_thread(replica)
         with applier.lock:
             current = applier.position()
             started: dict[str, Any] = {

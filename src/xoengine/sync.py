@@ -231,10 +231,11 @@ class Synchronizer:
             # on the journal's fsyncs) than the overlap saves: copy after the scan.
             follow.wait_done()
         replica = self._walk_replica(summary)
-        found: dict[str, Entry] = dict(replica)  # as this run found it
         self._replica_entries = replica  # kept current as kind changes delete subtrees
         roots = {self.layout.prefix(i).rstrip("/") for i in range(len(self.layout.roots))}
         seeded = foreign or (first and any(path not in roots for path in replica))
+        # As this run found it, for check_held (the run deletes from ``replica``).
+        found: dict[str, Entry] = dict(replica) if check_held and not seeded else {}
         synced: list[DomainEvent] = []
         creations: list[tuple[str, Entry]] = []
 

@@ -89,6 +89,7 @@ __all__ = [
     "open_parent",
     "own_meta",
     "owner_access",
+    "path_and_parents",
     "read_xattrs",
     "resolve_under",
     "stat_entry",
@@ -112,6 +113,12 @@ _GONE: Final = frozenset({errno.ENOENT, errno.ENOTDIR, errno.ELOOP})
 
 
 # -- relative paths ---------------------------------------------------------------
+
+
+def path_and_parents(path: RelPath) -> list[RelPath]:
+    """``path`` and every directory above it, shortest first (``a/b`` -> ``a``, ``a/b``)."""
+    parts = path.split("/")
+    return ["/".join(parts[:n]) for n in range(1, len(parts) + 1)]
 
 
 def normalize_relpath(path: str | bytes) -> RelPath:

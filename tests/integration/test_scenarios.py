@@ -8,6 +8,7 @@ built with ``xoengine.testing`` and compared byte for byte with it.
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import shutil
@@ -1283,13 +1284,30 @@ def test_a_journal_from_before_owners_learns_each_owner_once(
     assert sc.capture().events == 0
 
 
+def _as_nobody(body: str, base: Path) -> Any:
+    """Run ``body`` as nobody in a Python child (``base``: its directory); the JSON it printed last.
+
+    The body has ``json``, ``os``, ``sys``, ``Engine`` and ``base`` (a str) at hand.
+    """
+    script = (
+        "import json, os, sys\n"
+        "from xoengine.engine import Engine\n"
+        "import xoengine.worker\n"
+        "os.setgid(65534); os.setuid(65534)  # after the imports: root's Python may be 0700\n"
+        "base = sys.argv[1]\n" + body
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(base)], check=True, capture_output=True, text=True
+    )
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to drop to another user")
 def test_a_replica_run_by_a_user_keeps_its_owner_and_settles(tmp_path: Path) -> None:
     # Run as nobody, the replica's files stay nobody's (no chown is possible): a
     # second synchronization must find nothing to do and the verify no difference,
     # not the owners (or the extended attributes only root may set) of root's files
     # again and again.
-    import json  # noqa: PLC0415
     import tempfile  # noqa: PLC0415
     from pathlib import Path  # noqa: PLC0415
 
@@ -1312,11 +1330,6 @@ def test_a_replica_run_by_a_user_keeps_its_owner_and_settles(tmp_path: Path) -> 
             ]
         )
         script = (
-            "import json, os, sys\n"
-            "from xoengine.engine import Engine\n"
-            "import xoengine.worker\n"
-            "os.setgid(65534); os.setuid(65534)  # after the imports: root's Python may be 0700\n"
-            "base = sys.argv[1]\n"
             "eng = Engine.open(base + '/state', durability='nosync')\n"
             "sc = eng.create_scenario('n', master=base + '/master', replicas={'r1': base + '/r1'})\n"
             "sc.start()\n"
@@ -1326,10 +1339,7 @@ def test_a_replica_run_by_a_user_keeps_its_owner_and_settles(tmp_path: Path) -> 
             "print(json.dumps([run['files_changed'], verify]))\n"
             "eng.close()\n"
         )
-        done = subprocess.run(
-            [sys.executable, "-c", script, str(base)], check=True, capture_output=True, text=True
-        )
-        changed, differences = json.loads(done.stdout.strip().splitlines()[-1])
+        changed, differences = _as_nobody(script, base)
         assert (changed, differences) == (0, {})
         assert os.stat(base / "r1" / "docs" / "a").st_uid == 65534
         assert os.getxattr(base / "r1" / "docs" / "a", "user.note") == b"kept"
@@ -1637,7 +1647,6 @@ def test_a_master_directory_a_user_cannot_list_loses_nothing_in_the_journal() ->
     its files journaled as deleted in the same pass that warned W2002 "its contents are
     unknown (not empty)"; listable again, they came back as new files, new identities.
     A file it cannot read was said to have changed while read (W2010)."""
-    import json  # noqa: PLC0415
     import tempfile  # noqa: PLC0415
     from pathlib import Path  # noqa: PLC0415
 
@@ -1645,10 +1654,6 @@ def test_a_master_directory_a_user_cannot_list_loses_nothing_in_the_journal() ->
     try:
         os.chown(base, 65534, 65534)
         script = (
-            "import json, os, sys\n"
-            "from xoengine.engine import Engine\n"
-            "os.setgid(65534); os.setuid(65534)  # after the imports: root's Python may be 0700\n"
-            "base = sys.argv[1]\n"
             "os.makedirs(base + '/master/a')\n"
             "open(base + '/master/a/x', 'wb').write(b'x' * 100)\n"
             "eng = Engine.open(base + '/state', durability='nosync')\n"
@@ -1668,10 +1673,7 @@ def test_a_master_directory_a_user_cannot_list_loses_nothing_in_the_journal() ->
             "print(json.dumps([hidden.deleted, codes, back.created, ops]))\n"
             "eng.close()\n"
         )
-        done = subprocess.run(
-            [sys.executable, "-c", script, str(base)], check=True, capture_output=True, text=True
-        )
-        deleted, codes, created, ops = json.loads(done.stdout.strip().splitlines()[-1])
+        deleted, codes, created, ops = _as_nobody(script, base)
         assert (deleted, created) == (0, 0)
         # A file that cannot be read is unreadable (W2002), not "changed while read" (W2010).
         assert sorted(map(tuple, codes)) == [("W2002", "a"), ("W2002", "secret")], codes

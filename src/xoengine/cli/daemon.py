@@ -123,6 +123,12 @@ def _alive(pid: int) -> bool:
     return status.rpartition(")")[2].split()[:1] != ["Z"]
 
 
+def _wait_ended(pid: int) -> None:
+    """Return once process ``pid`` has ended."""
+    while _alive(pid):
+        time.sleep(POLL_S / 2)
+
+
 def _asker(path: Path) -> int | None:
     """The pid of the command that wrote ``path`` (``PID-ID.request``), None if not named so."""
     pid, sep, _ = path.name.partition("-")
@@ -296,8 +302,7 @@ def _ask(
         # No room for the request: SIGTERM ends a daemon as a stop does, room or not.
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)
-        while _alive(pid):
-            time.sleep(POLL_S / 2)
+        _wait_ended(pid)
         return None
     try:
         while True:
@@ -318,8 +323,7 @@ def _ask(
     if "error" in answer:
         raise _rebuilt(answer["error"])
     if request["verb"] == "stop":  # answered as the daemon ends: the journal is free after
-        while _alive(pid):
-            time.sleep(POLL_S / 2)
+        _wait_ended(pid)
     return answer["result"]
 
 
