@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO, ClassVar, Final, Self, TypeAlia
 from eventsourcing.application import Application
 from eventsourcing.utils import get_topic
 
-from xoengine import blocks
+from xoengine import blocks, codec
 from xoengine.datastore import keep_freed_memory
 from xoengine.errors import (
     ConfigurationError,
@@ -38,6 +38,7 @@ from xoengine.errors import (
     ScenarioExistsError,
     ScenarioNotFoundError,
     ScenarioStateError,
+    StateCopiedError,
     TreeRootMissingError,
     XoError,
 )
@@ -120,6 +121,7 @@ _KNOWN_OPTIONS: Final = frozenset(
     {"block_size", "include", "exclude", "groups", "databases", "watch_delay", *_NUMERIC_OPTIONS}
 )
 _ROOT_TOPIC: Final = get_topic(RootChanged)
+_RUN_TOPICS: Final = [get_topic(c) for c in (ScenarioCreated, ScenarioStarted, ScenarioStopped)]
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 SCENARIO_TOPICS: Final = tuple(
@@ -253,6 +255,11 @@ def _inside(child: str, parent: str) -> bool:
 # -- the engine --------------------------------------------------------------------------------
 
 
+_HOME_TABLE: Final = "home"
+_JOURNAL_FILE: Final = b"journal-file"
+"""Key of the journal's data file in :data:`_HOME_TABLE`: its inode and the state directory."""
+
+
 class Engine:
     """The xoengine engine over one state directory (journal and everything derived from it).
 
@@ -268,6 +275,7 @@ class Engine:
         durability: str = "sync",
         map_size: int | None = None,
         readonly: bool = False,
+        adopt: bool = False,
     ) -> None:
         """Open (creating if missing, unless ``readonly``) the engine in ``state_dir``."""
         self.state_dir = Path(state_dir).absolute()  # checked against trees: cwd may change
@@ -311,6 +319,7 @@ class Engine:
             # a dropped engine applying beside a new one).
             try:
                 self.store.claim_writer(owner=self)
+                self._claim_home(adopt=adopt)
                 # A journal of an older xoengine: its topic index covers only what
                 # was appended since (once, then the open's own scans use it).
                 self.recorder.index_topics()
@@ -356,13 +365,51 @@ class Engine:
         durability: str = "sync",
         map_size: int | None = None,
         readonly: bool = False,
+        adopt: bool = False,
     ) -> Engine:
         """Open the engine in ``state_dir`` (journal in ``state_dir/journal``).
 
         ``readonly`` opens an existing journal (or a copy of one) for forensics:
         nothing is written, no replica is touched.
+
+        A writable open refuses a copied state directory (``cp -a``, a restore
+        from a backup, a journal copied into ``journal/``): its scenarios name
+        the original's masters and replicas, and writing from the copy would
+        change them behind the original's journal
+        (:class:`~xoengine.errors.StateCopiedError`, E4006). ``adopt`` makes
+        the copy the live state directory (the original retired); moving a
+        state directory within its file system needs no adoption.
         """
-        return cls(state_dir, durability=durability, map_size=map_size, readonly=readonly)
+        return cls(
+            state_dir, durability=durability, map_size=map_size, readonly=readonly, adopt=adopt
+        )
+
+    def _claim_home(self, *, adopt: bool) -> None:
+        """Record the journal's data file as this state directory's, or refuse a copy's.
+
+        A copy of a journal is a new file (a new inode), while the one a state
+        directory was made with keeps its inode for life: LMDB grows it in
+        place, and a move within the file system keeps it too. A journal
+        without the record (made by an older xoengine) is recorded as it is.
+        """
+        data = Path(self.store.path) / "data.mdb"
+        inode = data.stat().st_ino
+        home_dir = os.path.realpath(self.state_dir)
+        self.store.ensure(_HOME_TABLE)
+        with self.store.read() as txn:
+            value = txn.get(_HOME_TABLE, _JOURNAL_FILE)
+        if value is not None:
+            made = dict(codec.unpack(codec.unframe(_JOURNAL_FILE, value, where=_HOME_TABLE)))
+            if made["inode"] != inode and not adopt:
+                detail = (
+                    f"made in {made['state_dir']} as inode {made['inode']}, "
+                    f"this journal is inode {inode}"
+                )
+                raise StateCopiedError(state=str(self.state_dir), detail=detail)
+            if made == {"inode": inode, "state_dir": home_dir}:
+                return  # else adopted, or moved: the record names the new file or place
+        home = codec.frame(_JOURNAL_FILE, codec.pack({"inode": inode, "state_dir": home_dir}))
+        self.store.write(lambda txn: txn.put(_HOME_TABLE, _JOURNAL_FILE, home))
 
     # -- forensics (from the journal alone) --------------------------------------------------
 
@@ -391,6 +438,28 @@ class Engine:
         """
         self._check_open("read root events")
         return self._scenario_events(scenario, [_ROOT_TOPIC], after, upto)
+
+    def stopped_at(self, scenario: str, at: Instant | None) -> tuple[int, int] | None:
+        """``(position, time label)`` of the stop ``scenario`` stood in at ``at``; None if running.
+
+        While a scenario is stopped nothing captures its master: what the
+        journal answers for an instant then is the tree as of the stop, whatever
+        the master held meanwhile. A scenario that ended without a stop (a
+        crash, a kill) has none in the journal and counts as running.
+        """
+        self._check_open(f"read the history of scenario {scenario!r}")
+        ids: set[uuid.UUID] = set()  # a name may be given again after a removal
+        stop: tuple[int, int] | None = None
+        upto = self.instant(scenario, at)
+        for record in self.recorder.records(1, stop=upto, topics=_RUN_TOPICS):
+            event = self._decode(record)
+            if isinstance(event, ScenarioCreated):
+                if event.name == scenario:
+                    ids.add(event.originator_id)
+            elif event.originator_id in ids:
+                stopped = isinstance(event, ScenarioStopped)
+                stop = (record.id, record.time_ns) if stopped else None
+        return stop
 
     def _scenario_events(
         self, scenario: str, topics: Sequence[str], after: int, upto: int | None

@@ -57,6 +57,7 @@ __all__ = [
     "ScenarioNotFoundError",
     "ScenarioStateError",
     "SpecialFileSkippedWarning",
+    "StateCopiedError",
     "StorageError",
     "SymlinkedParentError",
     "TreeRootMissingError",
@@ -146,8 +147,23 @@ class JournalInsideJournalError(ConfigurationError):
     code = "E1002"
     hint = (
         "That directory is a bare journal copy (`xoengine journal copy`): read it with "
-        "the verbs that only look, or copy it into a state directory's journal/ to "
-        "write to it. Nothing was created."
+        "the verbs that only look, or copy it into a state directory's journal/ and "
+        "adopt it (`xoengine adopt STATE`) to write to it. Nothing was created."
+    )
+
+
+class StateCopiedError(StorageError):
+    """{state} holds a copy: its journal is not the file it was made in ({detail})."""
+
+    code = "E4006"
+    hint = (
+        "Its scenarios name the masters and replicas of the state directory it was "
+        "copied from: writing from the copy (start, rewind, resume, sync, rewind points) "
+        "would change them behind the original's journal. Read the copy with the verbs "
+        "that only look (Engine.open(..., readonly=True); replay, cat, history, diff, "
+        "bisect, rewind --dry-run). If it is to take the original's place (restored after "
+        "a loss, moved to another disk), adopt it: Engine.open(..., adopt=True) or "
+        "`xoengine adopt STATE`. Nothing was written."
     )
 
 

@@ -664,6 +664,7 @@ def test_a_rewind_killed_after_any_record_of_kind_swaps_completes_at_open(
         for name in ("state", "r1"):
             shutil.rmtree(tmp_path / name)
             shutil.copytree(pristine / name, tmp_path / name, symlinks=True)
+        Engine.open(state, durability="nosync", adopt=True).close()  # restored with its replica
         proc = subprocess.run(
             [PYTHON, WORKER, str(state), "cx", "r1", "P"],
             env={**os.environ, "DIE_AFTER_UNDO": str(k)},

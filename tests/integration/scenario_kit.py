@@ -1,7 +1,10 @@
-"""What the integration tests share: a file written with its parents, a scenario on a new engine."""
+"""What the integration tests share: a file written with its parents, a scenario on a new engine,
+the command line run in a child process."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from typing import TYPE_CHECKING, Any
 
 from xoengine.engine import Engine, Scenario
@@ -9,6 +12,18 @@ from xoengine.engine import Engine, Scenario
 if TYPE_CHECKING:
     from collections.abc import Sequence
     from pathlib import Path
+
+
+def run_cli(*args: str | Path, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """``xoengine ARGS`` in a child process (text output captured, any exit status)."""
+    return subprocess.run(
+        [sys.executable, "-m", "xoengine.cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        cwd=cwd,
+    )
 
 
 def write(path: Path, data: bytes) -> None:

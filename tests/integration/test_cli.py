@@ -17,6 +17,8 @@ from xoengine.datastore import open_store
 from xoengine.engine import Engine
 from xoengine.journal import LMDBApplicationRecorder
 
+from scenario_kit import run_cli
+
 TOPIC = "xoengine.events:FileCreated"
 
 
@@ -30,16 +32,6 @@ def _journal(path: Path, n: int = 5) -> list[uuid.UUID]:
         recorder.insert_events([StoredEvent(oid, 1, "Created" if i % 2 else "Written", state)])
     store.close()
     return oids
-
-
-def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "xoengine.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
 
 
 def test_cli_demo_runs_and_verifies(tmp_path: Path) -> None:

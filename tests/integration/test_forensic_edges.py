@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import hashlib
 import io
 import json
 import os
@@ -38,6 +39,7 @@ from xoengine.cli import main
 from xoengine.engine import Engine
 from xoengine.errors import ConfigurationError, NoFileAtError, ScenarioNotFoundError
 from xoengine.forensic import Forensics
+from xoengine.journal import iso_time
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -221,20 +223,42 @@ def test_bisect_refuses_a_burst_window_or_threshold_out_of_range_before_any_prob
         assert "burst_" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize(("command", "status"), [("no-such-command-xo", 127), ("kill -9 $$", -9)])
+@pytest.mark.parametrize(
+    ("command", "said"),
+    [("no-such-command-xo", "exit status 127"), ("kill -9 $$", "killed by signal 9 (SIGKILL)")],
+)
 def test_cli_bisect_stops_on_a_command_that_gives_no_verdict(
     small: tuple[Engine, dict[str, int]],
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
     command: str,
-    status: int,
+    said: str,
 ) -> None:
-    """Was a bug (review 17): a command not found read as "bad at the lower bound"."""
+    """Was a bug (review 17): a command not found read as "bad at the lower bound".
+
+    Review 19: a killed shell was said as "exit status -9".
+    """
     _, points = small
     argv = ["bisect", str(tmp_path / "state"), "s", command, "--good", str(points["before"])]
     assert main(argv) == 2
     err = capsys.readouterr().err
-    assert f"exit status {status}" in err and "lower bound" not in err
+    assert said in err and "lower bound" not in err
+
+
+def test_cli_bisect_says_when_its_bad_bound_tests_good(
+    small: tuple[Engine, dict[str, int]], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Review 19: a --bad bound that tested good was taken as the answer without a word."""
+    _, points = small
+    state = str(tmp_path / "state")
+    bad = str(points["before"] + 1)
+    argv = ["bisect", state, "s", "true", "--good", str(points["before"]), "--bad", bad]
+    assert main([*argv, "--json"]) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out)["first_bad"] is None
+    assert f"the --bad bound {bad} tests good" in err
+    assert main(["bisect", state, "s", "true", "--good", str(points["before"])]) == 0
+    assert "--bad" not in capsys.readouterr().err  # no bound given: nothing to say
 
 
 # -- 3. never an empty answer -----------------------------------------------------------------
@@ -662,3 +686,61 @@ def test_an_attribute_set_and_removed_again_is_no_difference(tmp_path: Path) -> 
         sc.capture()
         assert eng.diff(sc, before, eng.last_position()).metadata == []
         sc.stop()
+
+
+def test_cat_out_keeps_a_sparse_files_holes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Review 19: ``cat --out`` wrote a thin disk image out whole (64 MiB for 6 bytes of data)."""
+    master = tmp_path / "m"
+    master.mkdir()
+    with open(master / "img", "wb") as image:
+        image.truncate(64 << 20)
+        image.seek(32 << 20)
+        image.write(b"mid")
+        image.seek((64 << 20) - 3)
+        image.write(b"end")
+    with Engine.open(tmp_path / "state", durability="nosync") as eng:
+        sc = eng.create_scenario("s", master=str(master), replicas={"r1": str(tmp_path / "r1")})
+        sc.start()
+        sc.stop()
+    out = tmp_path / "img.out"
+    assert main(["cat", str(tmp_path / "state"), "s", "img", "--out", str(out), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().err)
+    data = out.read_bytes()
+    assert data == (master / "img").read_bytes()
+    assert summary["bytes"] == len(data) == 64 << 20
+    assert summary["sha256"] == hashlib.sha256(data).hexdigest()
+    assert out.stat().st_blocks * 512 <= 1 << 20  # the holes stayed holes
+
+
+def test_a_time_while_the_scenario_was_stopped_is_noted(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Review 19: ``cat --at`` a time when nothing captured the master answered without a word."""
+    master = tmp_path / "m"
+    write(master / "f", b"v1")
+    state = str(tmp_path / "state")
+    with Engine.open(state, durability="nosync") as eng:
+        sc = eng.create_scenario("s", master=str(master), replicas={"r1": str(tmp_path / "r1")})
+        sc.start()
+        running = eng.last_position()
+        sc.stop()
+        stop = eng.last_position()
+        write(master / "f", b"v2, made while stopped")
+        sc.start()
+        again = eng.last_position()
+        sc.stop()
+        at_running, at_stop, at_again = (
+            iso_time(eng.recorder.time_of(p)) for p in (running, stop, again)
+        )
+        assert eng.stopped_at("s", running) is None
+        assert eng.stopped_at("s", stop) == (stop, eng.recorder.time_of(stop))
+        assert eng.stopped_at("s", again) is None
+    for at, noted in ((at_running, False), (at_stop, True), (at_again, False)):
+        capsys.readouterr()
+        assert main(["cat", state, "s", "f", "--at", at]) == 0
+        out, err = capsys.readouterr()
+        assert out == ("v1" if at != at_again else "v2, made while stopped")
+        assert ("s was stopped at" in err) is noted, (at, err)
+        assert ("changes made to the master while it was stopped were not captured" in err) is noted

@@ -218,6 +218,7 @@ def test_a_journal_older_than_the_topic_index_answers_the_same(
     def forget(txn: Any) -> None:  # what a journal of an xoengine before the topic index holds
         txn.drop(recorder.topics_table)
         txn.delete(recorder.marker_table, journal_module.TOPICS_KEY)
+        txn.delete("home", b"journal-file")  # nor the record of its file (a copy's, here)
 
     store.write(forget)
     store.close()

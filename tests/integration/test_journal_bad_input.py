@@ -28,21 +28,12 @@ from xoengine.errors import (
 )
 from xoengine.journal import LMDBApplicationRecorder, encode_position
 
+from scenario_kit import run_cli
+
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
 SCENARIO = "s"
-
-
-def run_cli(*args: str | Path, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "xoengine.cli", *map(str, args)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-        cwd=cwd,
-    )
 
 
 def run_python(code: str, *args: str | Path) -> subprocess.CompletedProcess[str]:

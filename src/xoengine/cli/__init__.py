@@ -8,6 +8,7 @@ Verbs::
     xoengine demo [--dir DIR]                  journal demo: write events, verify, print the log
     xoengine journal verify|log|copy ...       inspect, check and hot-copy a journal
     xoengine scenario create|list|show|remove  define scenarios in a state directory
+    xoengine adopt STATE                       make a copied state directory the live one
     xoengine start|stop|capture|wait|sync|suspend|resume|stats|report STATE NAME ...
     xoengine replay|cat|history|diff|bisect STATE NAME ...   forensics from the journal alone
     xoengine rewind|rewind-points|difference STATE NAME ...
@@ -85,17 +86,33 @@ def _terminated() -> int:
     The parent sees the signal, not an error status: systemd counts a service
     ended by SIGTERM as stopped, and a shell shows 143 (130 after Ctrl-C).
     """
-    print("xoengine: stopped by SIGTERM", file=sys.stderr)
+    return _end_by(signal.SIGTERM, "stopped by SIGTERM")
+
+
+def _interrupted() -> int:
+    """End the process by SIGINT after Ctrl-C, as Python does, without its traceback (130)."""
+    return _end_by(signal.SIGINT, "interrupted")
+
+
+def _end_by(signum: signal.Signals, said: str) -> int:
+    """Say why on stderr, then end by ``signum`` where its handler is the default (else 128+N).
+
+    A verb's cleanup has run by then (a replay removed its partial tree). A
+    program that runs :func:`main` with its own handler gets the status back.
+    """
+    with contextlib.suppress(OSError, ValueError):
+        print(f"xoengine: {said}", file=sys.stderr)
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(OSError, ValueError):
             stream.flush()
     # The handler in place again decides: by default the process ends here.
-    if (
-        threading.current_thread() is threading.main_thread()
-        and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signum) in (
+        signal.SIG_DFL,
+        signal.default_int_handler,
     ):
-        os.kill(os.getpid(), signal.SIGTERM)
-    return 128 + signal.SIGTERM
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+    return 128 + signum
 
 
 def _coded(e: XoError) -> int:
@@ -136,3 +153,5 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     except Terminated:
         return _terminated()
+    except KeyboardInterrupt:
+        return _interrupted()

@@ -16,6 +16,7 @@ import errno
 import hashlib
 import os
 import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -29,6 +30,7 @@ from xoengine.engine import Engine, Instant
 from xoengine.errors import ConfigurationError, DiskFullError, OutputLocationError, XoError
 from xoengine.forensic import BURST_WINDOW_S, CONTENT_CHANGES, HistoryEntry
 from xoengine.journal import iso_time
+from xoengine.tree import copy_sparse
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -67,17 +69,27 @@ def _instant(eng: Engine, scenario: str, text: str | None) -> Instant | None:
 
 
 def _before_history(eng: Engine, scenario: str, instant: Instant | None, text: str | None) -> None:
-    """Say on stderr when a time names a position before the scenario's first change.
+    """Note on stderr a time the journal cannot answer for in full.
 
-    The rule (the last position labelled at or before it) gives a position
-    where the journal knows nothing of the tree: an empty answer then says
-    nothing about what the master held.
+    Before the scenario's first change, the rule (the last position labelled
+    at or before it) gives a position where the journal knows nothing of the
+    tree: an empty answer then says nothing about what the master held. While
+    the scenario was stopped, nothing captured its master: the answer is the
+    tree as of the stop.
     """
     if not isinstance(instant, dt.datetime):
         return
     position = eng.instant(scenario, instant)
     first = next(iter(eng.file_events(scenario, None)), None)
     if first is None or first[0] <= position:
+        stop = eng.stopped_at(scenario, instant)
+        if stop is not None:
+            print(
+                f"note: {scenario} was stopped at {text} (since position {stop[0]}, "
+                f"{iso_time(stop[1])}): the answer is its tree as journaled then; changes made "
+                "to the master while it was stopped were not captured",
+                file=sys.stderr,
+            )
         return
     print(
         f"note: {text} names position {position}, before the first change the journal holds "
@@ -120,12 +132,17 @@ def _check_output(state: str, out: str | None, scratch: str | None) -> None:
 
 
 def _write_out(source: BinaryIO, out: str, digest: hashlib._Hash) -> int:
-    """Copy ``source`` into the new file ``out``; a failed or interrupted copy leaves no file."""
+    """Copy ``source`` into the new file ``out``; a failed or interrupted copy leaves no file.
+
+    Its holes stay holes (a thin disk image is not written out whole).
+    """
     opened = False
     try:
         with open(out, "xb") as sink:
             opened = True
-            return _copy(source, sink, digest)
+            copy_sparse(source.fileno(), sink.fileno())
+            source.seek(0)
+            return _copy(source, None, digest)
     except BaseException as e:
         if opened:
             with contextlib.suppress(OSError):
@@ -203,10 +220,12 @@ def _mtime(entry: HistoryEntry) -> str:
     return "" if entry.mtime is None else f", mtime {entry.mtime}"
 
 
-def _copy(source: BinaryIO, sink: BinaryIO, digest: hashlib._Hash) -> int:
+def _copy(source: BinaryIO, sink: BinaryIO | None, digest: hashlib._Hash) -> int:
+    """Hash ``source`` (and write it to ``sink``); its size."""
     copied = 0
     while chunk := source.read(1 << 20):
-        sink.write(chunk)
+        if sink is not None:
+            sink.write(chunk)
         digest.update(chunk)
         copied += len(chunk)
     return copied
@@ -327,7 +346,12 @@ def cmd_bisect(args: argparse.Namespace) -> int:
         if done.stdout:  # the command's own output: beside our messages, not in the answer
             sys.stderr.write(done.stdout.decode(errors="replace"))
             sys.stderr.flush()
-        if done.returncode >= _NO_VERDICT or done.returncode < 0:
+        if done.returncode < 0:  # the shell itself was killed
+            raise ConfigurationError(
+                detail=f"the command {args.command!r} gave no verdict: its shell was killed "
+                f"by signal {-done.returncode} ({_signal_name(-done.returncode)})"
+            )
+        if done.returncode >= _NO_VERDICT:
             raise ConfigurationError(
                 detail=f"the command {args.command!r} gave no verdict: exit status "
                 f"{done.returncode} (126: not executable, 127: not found, 128+N: signal N)"
@@ -346,6 +370,12 @@ def cmd_bisect(args: argparse.Namespace) -> int:
             burst_window=args.burst_window,
         )
         _show(result, as_json=args.json)
+        if bad is not None and result.first_bad is None:
+            print(
+                f"note: the --bad bound {args.bad} tests good (position {result.last_good}): "
+                "nothing bad was found up to it; give a later bound, or none (the journal's end)",
+                file=sys.stderr,
+            )
         if result.burst_position is not None:
             print(
                 f"burst: {result.burst_files} files changed close together from position "
@@ -354,6 +384,13 @@ def cmd_bisect(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
     return 0
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return "an unknown signal"
 
 
 def cmd_rewind(args: argparse.Namespace) -> int:

@@ -144,6 +144,18 @@ def cmd_remove(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_adopt(args: argparse.Namespace) -> int:
+    """``adopt``: make a copied state directory the live one (its writable verbs then run).
+
+    A copy's writable verbs are refused (E4006) until it is adopted: its
+    scenarios name the original's masters and replicas.
+    """
+    with Engine.open(args.state, durability=args.durability, adopt=True) as eng:
+        names = [sc.name for sc in eng.scenarios()]
+    _show({"adopted": str(eng.state_dir), "scenarios": names}, as_json=args.json)
+    return 0
+
+
 def cmd_start(args: argparse.Namespace) -> int:
     """``start``: synchronize, then replicate (``--watch``: until interrupted or stopped).
 
@@ -390,6 +402,9 @@ def add_parsers(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     rem = sverbs.add_parser("remove", help="remove a scenario (history stays)")
     common(rem)
     rem.set_defaults(func=cmd_remove)
+    adopt = verbs.add_parser("adopt", help="make a copied state directory the live one")
+    common(adopt, name=False)
+    adopt.set_defaults(func=cmd_adopt)
 
     start = verbs.add_parser("start", help="synchronize, then replicate")
     common(start)

@@ -1,0 +1,129 @@
+"""Review 19 (F1): a copied state directory never writes to the original's trees.
+
+An investigator's ``cp -a`` of a state directory holds scenarios that name the
+live master and replicas. A rewind (or a rewind point, a resume, a start) run
+on the copy changed the live replica behind the original's journal, even
+beside the original's daemon: the copy's journal lock is its own. A writable
+open of a copy is refused (E4006) until it is adopted; reading it is not.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from xoengine.engine import Engine
+from xoengine.errors import StateCopiedError
+
+from scenario_kit import new_scenario, run_cli, write
+
+
+@pytest.fixture
+def state(tmp_path: Path) -> Path:
+    """A state directory whose replica ``r1`` holds ``f`` = v2, with point ``p1`` at v1."""
+    eng, sc, master = new_scenario(tmp_path)
+    try:
+        write(master / "f", b"v1")
+        sc.start()
+        sc.wait_replicated()
+        sc.set_rewind_point("p1")
+        write(master / "f", b"v2")
+        sc.capture()
+        sc.wait_replicated()
+        sc.stop()
+    finally:
+        eng.close()
+    return tmp_path / "state"
+
+
+def _copy(source: Path, target: Path) -> Path:
+    subprocess.run(["cp", "-a", str(source), str(target)], check=True)
+    return target
+
+
+def test_writable_verbs_on_a_copy_are_refused_and_nothing_is_written(
+    state: Path, tmp_path: Path
+) -> None:
+    copy = _copy(state, tmp_path / "copy")
+    data = (copy / "journal" / "data.mdb").read_bytes()
+    with pytest.raises(StateCopiedError) as refused:
+        Engine.open(copy, durability="nosync")
+    assert refused.value.code == "E4006"
+    assert str(state) in str(refused.value) and str(copy) in str(refused.value)
+    for verb in (
+        ["rewind", copy, "fx", "r1", "p1"],
+        ["rewind-points", copy, "fx", "--set", "mine"],
+        ["resume", copy, "fx", "r1"],
+        ["start", copy, "fx"],
+        ["scenario", "remove", copy, "fx"],
+    ):
+        result = run_cli(*verb)
+        assert result.returncode == 3, (verb, result.stderr)
+        assert "E4006" in result.stderr and "adopt" in result.stderr, (verb, result.stderr)
+    assert (tmp_path / "r1" / "f").read_bytes() == b"v2"  # the live replica untouched
+    assert (copy / "journal" / "data.mdb").read_bytes() == data
+    # The verbs that only look read the copy, and a dry run shows the rewind.
+    result = run_cli("history", copy, "fx", "f", "--json")
+    assert result.returncode == 0, result.stderr
+    result = run_cli("rewind", copy, "fx", "r1", "p1", "--dry-run")
+    assert result.returncode == 0, result.stderr
+    result = run_cli("cat", copy, "fx", "f", "--at", "p1")
+    assert (result.returncode, result.stdout) == (0, "v1"), result.stderr
+    # The original writes as before.
+    with Engine.open(state, durability="nosync") as eng:
+        eng.scenario("fx").rewind("r1", to="p1")
+    assert (tmp_path / "r1" / "f").read_bytes() == b"v1"
+
+
+def test_a_journal_copied_into_a_new_state_directory_is_refused(
+    state: Path, tmp_path: Path
+) -> None:
+    bare = tmp_path / "bare"
+    result = run_cli("journal", "copy", state / "journal", bare)
+    assert result.returncode == 0, result.stderr
+    (tmp_path / "other").mkdir()
+    _copy(bare, tmp_path / "other" / "journal")
+    with pytest.raises(StateCopiedError):
+        Engine.open(tmp_path / "other", durability="nosync")
+    with Engine.open(bare, readonly=True) as eng:  # read as it is
+        assert [p.name for p in eng.scenario("fx").rewind_points() if p.kind == "user"] == ["p1"]
+
+
+def test_an_adopted_copy_writes_and_the_original_goes_on(state: Path, tmp_path: Path) -> None:
+    copy = _copy(state, tmp_path / "copy")
+    result = run_cli("adopt", copy, "--json")
+    assert result.returncode == 0, result.stderr
+    assert '"fx"' in result.stdout
+    with Engine.open(copy, durability="nosync") as eng:  # adopted once: for good
+        eng.scenario("fx").set_rewind_point("copy's own")
+    with Engine.open(state, durability="nosync") as eng:  # its own file all along
+        names = [p.name for p in eng.scenario("fx").rewind_points()]
+    assert "copy's own" not in names
+
+
+def test_a_moved_state_directory_needs_no_adoption_and_its_copies_name_the_new_place(
+    state: Path, tmp_path: Path
+) -> None:
+    moved = tmp_path / "moved"
+    os.rename(state, moved)
+    with Engine.open(moved, durability="nosync") as eng:
+        eng.scenario("fx").set_rewind_point("after the move")
+    copy = _copy(moved, tmp_path / "copy")
+    with pytest.raises(StateCopiedError, match=f"made in {moved} as inode"):
+        Engine.open(copy, durability="nosync")
+
+
+def test_a_journal_without_the_record_is_recorded_at_its_first_writable_open(
+    state: Path, tmp_path: Path
+) -> None:
+    """As a journal of an older xoengine: it has no record of its file until then."""
+    with Engine.open(state, durability="nosync") as eng:
+        eng.store.write(lambda txn: txn.delete("home", b"journal-file"))
+    older = _copy(state, tmp_path / "older")
+    with Engine.open(older, durability="nosync"):
+        pass  # nothing to compare with: taken as it is, and recorded
+    with pytest.raises(StateCopiedError, match=f"made in {older} as inode"):
+        Engine.open(_copy(older, tmp_path / "copy"), durability="nosync")
