@@ -122,6 +122,8 @@ _KNOWN_OPTIONS: Final = frozenset(
 )
 _ROOT_TOPIC: Final = get_topic(RootChanged)
 _RUN_TOPICS: Final = [get_topic(c) for c in (ScenarioCreated, ScenarioStarted, ScenarioStopped)]
+_ALERT_TOPICS: Final = [get_topic(c) for c in (ScenarioCreated, AlertRaised)]
+_POINT_TOPICS: Final = [get_topic(c) for c in (ScenarioCreated, RewindPointSet)]
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 SCENARIO_TOPICS: Final = tuple(
@@ -448,18 +450,44 @@ class Engine:
         crash, a kill) has none in the journal and counts as running.
         """
         self._check_open(f"read the history of scenario {scenario!r}")
-        ids: set[uuid.UUID] = set()  # a name may be given again after a removal
         stop: tuple[int, int] | None = None
-        upto = self.instant(scenario, at)
-        for record in self.recorder.records(1, stop=upto, topics=_RUN_TOPICS):
+        for position, label, event in self._named_events(
+            scenario, _RUN_TOPICS, self.instant(scenario, at)
+        ):
+            stop = (position, label) if isinstance(event, ScenarioStopped) else None
+        return stop
+
+    def clock_behind(self, scenario: str, at: Instant | None) -> tuple[int, int] | None:
+        """``(position, seconds)`` of the AW0006 alert of the flat span holding ``at``; else None.
+
+        While the clock stood behind the journal's last time label, every commit
+        got that label (labels never go back): a time in the span resolves to
+        its end, and only positions tell its changes apart. The capture that
+        found the clock behind alerted AW0006 with the span's label.
+        """
+        self._check_open(f"read the history of scenario {scenario!r}")
+        label = self.recorder.time_of(self.instant(scenario, at))
+        for position, _, event in self._named_events(scenario, _ALERT_TOPICS, None):
+            if event.code == "AW0006" and event.details.get("label_ns") == label:
+                return position, int(event.details.get("behind_s", 0))
+        return None
+
+    def _named_events(
+        self, scenario: str, topics: Sequence[str], upto: int | None
+    ) -> Iterator[tuple[int, int, Any]]:
+        """``(position, time label, event)`` of the scenario events of ``topics`` up to ``upto``.
+
+        Of every scenario that had the name (one may be removed and made again):
+        ``topics`` must hold ``ScenarioCreated``'s, which says which they are.
+        """
+        ids: set[uuid.UUID] = set()
+        for record in self.recorder.records(1, stop=upto, topics=topics):
             event = self._decode(record)
             if isinstance(event, ScenarioCreated):
                 if event.name == scenario:
                     ids.add(event.originator_id)
             elif event.originator_id in ids:
-                stopped = isinstance(event, ScenarioStopped)
-                stop = (record.id, record.time_ns) if stopped else None
-        return stop
+                yield record.id, record.time_ns, event
 
     def _scenario_events(
         self, scenario: str, topics: Sequence[str], after: int, upto: int | None
@@ -679,13 +707,9 @@ class Engine:
 
     def _removed_point(self, scenario: str, name: str) -> int | None:
         """The position of the newest point ``name`` of a removed scenario called ``scenario``."""
-        ids: set[uuid.UUID] = set()
         found: int | None = None
-        for _, event in self._iter_events((ScenarioCreated, RewindPointSet)):
-            if isinstance(event, ScenarioCreated):
-                if event.name == scenario:
-                    ids.add(event.originator_id)
-            elif event.originator_id in ids and event.name == name:
+        for _, _, event in self._named_events(scenario, _POINT_TOPICS, None):
+            if event.name == name:
                 found = event.position
         return found
 

@@ -133,6 +133,7 @@ class _Clock:
 
     def __init__(self) -> None:
         self.last = 0
+        self.behind = 0  # how far the clock stood behind the last label when it was given
         self.seen: set[str] = set()  # tables whose last label has been taken as a floor
 
     @classmethod
@@ -141,8 +142,9 @@ class _Clock:
             return cls._clocks.setdefault(store.path, cls())
 
     def now(self, floor: int) -> int:
-        t = max(time.time_ns(), self.last, floor)
-        self.last = t
+        wall = time.time_ns()
+        t = max(wall, self.last, floor)
+        self.last, self.behind = t, t - wall
         return t
 
 
@@ -709,6 +711,15 @@ class LMDBApplicationRecorder(LMDBAggregateRecorder, ApplicationRecorder):
                     return
                 if position >= first:
                     yield position, tkey
+
+    def clock_lag(self) -> tuple[int, int]:
+        """``(label, ns)``: the last label this process gave, and how far the clock stood behind it.
+
+        0 ns when the clock gave the label itself; the label is 0 before this
+        process's first append. While the clock is behind, every commit gets
+        the journal's last label: labels never go back.
+        """
+        return self._clock.last, self._clock.behind
 
     def time_of(self, position: int) -> int:
         """The time label (UTC ns) of ``position`` (KeyError if there is no such position)."""

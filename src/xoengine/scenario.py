@@ -54,6 +54,7 @@ from xoengine.events import (
     event_bytes,
     root_label,
 )
+from xoengine.journal import iso_time
 from xoengine.journaledfile import JournaledFile
 from xoengine.layout import Layout
 from xoengine.ledger import SYNC_EVENTS, Span, operation, sync_runs
@@ -101,6 +102,8 @@ _DB_COMPANIONS: Final = ("-wal", "-shm", "-journal", ".ldf")
 _AUTO_POINT_NAME: Final = re.compile(r"(?:sync|auto|backup|integrity)-\d+")
 """Names of automatic rewind points (kind, then position): refused for user points."""
 
+CLOCK_BEHIND_SLACK_NS: Final = 10**9
+"""How far the clock may stand behind the journal's last label before AW0006 (NTP's small steps)."""
 _MOVES: Final = (FileCreated, FileRenamed, BytesWritten, FileTruncated, ContentReplaced)
 """The events that give a path other bytes, or a file another path."""
 
@@ -200,6 +203,7 @@ class Scenario:
         self._labels: dict[int, int] = {}  # position -> time label, of the rewind points
         self._watcher: Any = None
         self._trim_checked = -float("inf")  # monotonic time of the last automatic retention
+        self._clock_behind_label = 0  # the time label of the flat span AW0006 was raised in
         for replica in definition.replicas:
             self._wire_replica(replica)
         with store.read() as txn:
@@ -448,10 +452,36 @@ class Scenario:
         for thread in list(self._threads.values()):
             thread.wake()
         self._check_state()
+        self._check_clock()
         self._auto_point()
         self._auto_trim()
         with self._captured:
             self._captured.notify_all()
+
+    def _check_clock(self) -> None:
+        """Alert AW0006 once per flat span: the clock stands behind the journal's last label.
+
+        Labels never go back, so while the clock is behind (set back by hand or
+        by NTP) every commit gets the journal's last label: a time in that span
+        resolves to the span's end. The alert, journaled with that label, lets
+        ``cat``, ``replay`` and ``diff`` say so of a time there.
+        """
+        label, behind = self._engine.recorder.clock_lag()
+        if behind <= CLOCK_BEHIND_SLACK_NS or label == self._clock_behind_label:
+            return
+        self._clock_behind_label = label
+        seconds = round(behind / 1e9)
+        self._alert(
+            code="AW0006",
+            severity="warning",
+            message=(
+                f"the clock is {seconds} s behind the journal's last time label "
+                f"{iso_time(label)} (set back?): changes are labelled {iso_time(label)} until "
+                "the clock passes it, in journal order; a time in that span names its end, "
+                "so tell its changes apart by position"
+            ),
+            details={"behind_s": seconds, "label_ns": label},
+        )
 
     def wait_captured(self, path: str, timeout: float | None = None) -> None:
         """Block until ``path`` is in the master state (journaled), e.g. by the live watcher.

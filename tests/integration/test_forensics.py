@@ -61,7 +61,7 @@ from xoengine.events import (
     SyncStarted,
     UndoTrimmed,
 )
-from xoengine.journal import encode_position
+from xoengine.journal import encode_position, iso_time
 from xoengine.ledger import SYNC_EVENTS, sync_runs
 from xoengine.rewind import RetentionPolicy, RewindPoint
 from xoengine.testing import assert_trees_equal, snapshot_contents
@@ -2015,6 +2015,50 @@ def test_clock_jump_back_keeps_labels_and_positions_in_order(
             assert snapshot(tmp_path / "r1") == trees[name], name
         # Before the first label: position 0.
         assert eng.recorder.position_at(labels[1] - 1) == 0
+    finally:
+        eng.close()
+
+
+def test_a_span_labelled_while_the_clock_stood_behind_is_alerted_once_and_noted(
+    tmp_path: Path, clock: FakeClock, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Review 19: ``cat --at`` a time in such a span answered with its end without a word."""
+    eng, sc, master = new_engine(tmp_path)
+    try:
+        write(master / "f", b"v0")
+        sc.start()
+        write(master / "f", b"v1")
+        sc.capture()
+        first = eng.last_position()
+        clock.now -= HOUR  # set back an hour: labels stay at the last one
+        write(master / "f", b"v2-")
+        sc.capture()
+        write(master / "f", b"v3--")
+        sc.capture()
+        span_end = eng.last_position()
+        clock.now += 2 * HOUR  # past the label again
+        write(master / "f", b"v4---")
+        sc.capture()
+        after = eng.last_position()
+        sc.stop()
+        alerts = [(p, e) for p, e in journal_events(eng, AlertRaised) if e.code == "AW0006"]
+        assert len(alerts) == 1, alerts  # once for the span, not once a commit
+        (alerted, alert), label = alerts[0], eng.recorder.time_of(first)
+        assert alert.details == {"behind_s": 3600, "label_ns": label}
+        assert eng.recorder.time_of(span_end) == label < eng.recorder.time_of(after)
+        assert eng.clock_behind("fx", at_ns(label)) == (alerted, 3600)
+        assert eng.clock_behind("fx", after) is None
+        assert eng.clock_behind("fx", first - 1) is None
+        state = str(tmp_path / "state")
+        for at, content, noted in (
+            (iso_time(label), b"v3--", True),  # the span's end, with a note
+            (iso_time(eng.recorder.time_of(after)), b"v4---", False),
+        ):
+            capsys.readouterr()
+            assert main(["cat", state, "fx", "f", "--at", at]) == 0
+            out, err = capsys.readouterr()
+            assert out == content.decode()
+            assert ("AW0006" in err and f"names position {span_end}" in err) is noted, err
     finally:
         eng.close()
 

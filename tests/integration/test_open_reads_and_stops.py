@@ -339,8 +339,9 @@ if hook == "replay":
 else:
     copy = forensic._copy
     def hooked_copy(source, sink, digest):
-        sink.write(source.read(1 << 16))
-        sink.flush()
+        if sink is not None:  # to stdout; with --out the file is there and is being hashed
+            sink.write(source.read(1 << 16))
+            sink.flush()
         block()
         return copy(source, sink, digest)
     forensic._copy = hooked_copy
@@ -362,7 +363,10 @@ def journal_state(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return base
 
 
-def _interrupted(hook: str, args: list[str], signum: signal.Signals) -> tuple[int, str]:
+def _interrupted(
+    hook: str, args: list[str], signum: signal.Signals, blocked: Path | None = None
+) -> tuple[int, str]:
+    """Run the CLI hooked to block midway, signal it there; ``blocked`` must exist by then."""
     child = subprocess.Popen(
         [sys.executable, "-c", _CLI_HOOKED, hook, *args],
         stdin=subprocess.PIPE,
@@ -374,12 +378,16 @@ def _interrupted(hook: str, args: list[str], signum: signal.Signals) -> tuple[in
         assert child.stderr is not None
         line = child.stderr.readline()
         assert line == "blocked\n", line + child.stderr.read()
+        assert blocked is None or blocked.exists()
         child.send_signal(signum)
         _, err = child.communicate(timeout=HANG_GUARD_S)
     finally:
         if child.poll() is None:
             child.kill()
             child.wait()
+        for pipe in (child.stdin, child.stdout, child.stderr):
+            if pipe is not None:
+                pipe.close()
     return child.returncode, err
 
 
@@ -402,7 +410,7 @@ def test_cli_cat_out_interrupted_by_sigterm_leaves_no_file(
 ) -> None:
     out = tmp_path / "f00.copy"
     args = ["cat", str(journal_state / "state"), "s", "sub/f00", "--out", str(out)]
-    returncode, err = _interrupted("cat", args, signal.SIGTERM)
+    returncode, err = _interrupted("cat", args, signal.SIGTERM, blocked=out)
     assert returncode == -signal.SIGTERM, err
     assert not out.exists()
 

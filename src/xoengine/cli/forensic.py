@@ -75,7 +75,8 @@ def _before_history(eng: Engine, scenario: str, instant: Instant | None, text: s
     at or before it) gives a position where the journal knows nothing of the
     tree: an empty answer then says nothing about what the master held. While
     the scenario was stopped, nothing captured its master: the answer is the
-    tree as of the stop.
+    tree as of the stop. While the clock stood behind the journal (AW0006),
+    commits shared one label: a time there names the last of them.
     """
     if not isinstance(instant, dt.datetime):
         return
@@ -88,6 +89,16 @@ def _before_history(eng: Engine, scenario: str, instant: Instant | None, text: s
                 f"note: {scenario} was stopped at {text} (since position {stop[0]}, "
                 f"{iso_time(stop[1])}): the answer is its tree as journaled then; changes made "
                 "to the master while it was stopped were not captured",
+                file=sys.stderr,
+            )
+        behind = eng.clock_behind(scenario, instant)
+        if behind is not None:
+            label = iso_time(eng.recorder.time_of(position))
+            print(
+                f"note: {text} names position {position}, the end of a span of commits all "
+                f"labelled {label}: the clock stood {behind[1]} s behind the journal then "
+                f"(AW0006 at position {behind[0]}); positions tell the span's changes apart "
+                "(`history`, `xoengine journal log`)",
                 file=sys.stderr,
             )
         return
