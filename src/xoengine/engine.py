@@ -32,6 +32,7 @@ from xoengine import blocks, codec
 from xoengine.datastore import keep_freed_memory
 from xoengine.errors import (
     ConfigurationError,
+    JournalMissingError,
     NoFileAtError,
     OverlappingTreesError,
     ScenarioError,
@@ -282,6 +283,9 @@ class Engine:
         """Open (creating if missing, unless ``readonly``) the engine in ``state_dir``."""
         self.state_dir = Path(state_dir).absolute()  # checked against trees: cwd may change
         self.readonly = readonly
+        if adopt and not (self.state_dir / "journal" / "data.mdb").is_file():
+            # Only a journal made elsewhere is adopted: nothing is made here for it.
+            raise JournalMissingError(path=str(self.state_dir / "journal"))
         if not readonly:
             self.state_dir.mkdir(parents=True, exist_ok=True)
             keep_freed_memory()  # captures allocate and free LMDB pages by the GiB

@@ -127,3 +127,9 @@ def test_a_journal_without_the_record_is_recorded_at_its_first_writable_open(
         pass  # nothing to compare with: taken as it is, and recorded
     with pytest.raises(StateCopiedError, match=f"made in {older} as inode"):
         Engine.open(_copy(older, tmp_path / "copy"), durability="nosync")
+
+
+def test_adopt_makes_nothing_where_there_is_no_journal(tmp_path: Path) -> None:
+    result = run_cli("adopt", tmp_path / "nothing")
+    assert result.returncode == 3 and "E4001" in result.stderr, result.stderr
+    assert not (tmp_path / "nothing").exists()
