@@ -79,6 +79,7 @@ __all__ = [
     "WriteTxn",
     "keep_freed_memory",
     "open_store",
+    "writer_of",
 ]
 
 T = TypeVar("T")
@@ -179,6 +180,21 @@ class Durability(enum.Enum):
         except ValueError:
             names = ", ".join(m.value for m in cls)
             raise ConfigurationError(detail=f"durability {value!r} is not one of {names}") from None
+
+
+def writer_of(path: str) -> str | None:
+    """The pid (as its lock file says) of the process writing the journal at ``path``; else None."""
+    try:
+        handle = os.open(os.path.join(path, _LOCK_FILE), os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None  # gone, or never written: nothing writes there
+    try:
+        fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return os.pread(handle, 32, 0).decode(errors="replace").strip() or "?"
+    finally:
+        os.close(handle)  # a shared lock taken is let go with it
+    return None
 
 
 def make_directory(target: Path, action: str, not_done: str) -> list[Path]:

@@ -29,9 +29,11 @@ from eventsourcing.application import Application
 from eventsourcing.utils import get_topic
 
 from xoengine import blocks, codec
-from xoengine.datastore import keep_freed_memory
+from xoengine.datastore import keep_freed_memory, writer_of
 from xoengine.errors import (
     ConfigurationError,
+    JournalDamagedError,
+    JournalLockedError,
     JournalMissingError,
     NoFileAtError,
     OverlappingTreesError,
@@ -263,6 +265,17 @@ _JOURNAL_FILE: Final = b"journal-file"
 """Key of the journal's data file in :data:`_HOME_TABLE`: its inode and the state directory."""
 
 
+def _refuse_live(state_dir: str) -> None:
+    """Refuse to adopt a copy while the state directory it was copied from has a writer.
+
+    Two live state directories would both write the same replicas.
+    """
+    journal = os.path.join(state_dir, "journal")
+    pid = writer_of(journal)
+    if pid is not None:
+        raise JournalLockedError(path=journal, pid=pid)
+
+
 class Engine:
     """The xoengine engine over one state directory (journal and everything derived from it).
 
@@ -395,27 +408,61 @@ class Engine:
 
         A copy of a journal is a new file (a new inode), while the one a state
         directory was made with keeps its inode for life: LMDB grows it in
-        place, and a move within the file system keeps it too. A journal
-        without the record (made by an older xoengine) is recorded as it is.
+        place, and a move within the file system keeps it too (and its device).
+        A block-level copy (a snapshot, an image, a ``dd``) keeps the inode but
+        is another device, at another place. A journal without the record
+        (made by an older xoengine) is recorded as it is.
         """
-        data = Path(self.store.path) / "data.mdb"
-        inode = data.stat().st_ino
-        home_dir = os.path.realpath(self.state_dir)
+        data = os.stat(Path(self.store.path) / "data.mdb")
+        here = {
+            "inode": data.st_ino,
+            "device": data.st_dev,
+            "state_dir": os.path.realpath(self.state_dir),
+        }
         self.store.ensure(_HOME_TABLE)
-        with self.store.read() as txn:
-            value = txn.get(_HOME_TABLE, _JOURNAL_FILE)
-        if value is not None:
-            made = dict(codec.unpack(codec.unframe(_JOURNAL_FILE, value, where=_HOME_TABLE)))
-            if made["inode"] != inode and not adopt:
+        made = self._home(adopt=adopt)
+        if made is not None:
+            moved = made["state_dir"] != here["state_dir"]
+            copied = made["inode"] != data.st_ino or (
+                moved and made.get("device", data.st_dev) != data.st_dev
+            )
+            if copied and not adopt:
                 detail = (
-                    f"made in {made['state_dir']} as inode {made['inode']}, "
-                    f"this journal is inode {inode}"
+                    f"made in {made['state_dir']} as inode {made['inode']}"
+                    + (f" of device {made['device']}" if "device" in made else "")
+                    + f", this journal is inode {data.st_ino} of device {data.st_dev}"
                 )
                 raise StateCopiedError(state=str(self.state_dir), detail=detail)
-            if made == {"inode": inode, "state_dir": home_dir}:
-                return  # else adopted, or moved: the record names the new file or place
-        home = codec.frame(_JOURNAL_FILE, codec.pack({"inode": inode, "state_dir": home_dir}))
+            if copied and moved:
+                _refuse_live(made["state_dir"])
+            if made == here:
+                return  # else adopted, moved or remounted: the record names the file and place
+        home = codec.frame(_JOURNAL_FILE, codec.pack(here))
         self.store.write(lambda txn: txn.put(_HOME_TABLE, _JOURNAL_FILE, home))
+
+    def _home(self, *, adopt: bool) -> dict[str, Any] | None:
+        """The journal's record of its data file; None if none (or, adopting, a damaged one)."""
+        with self.store.read() as txn:
+            value = txn.get(_HOME_TABLE, _JOURNAL_FILE)
+        if value is None:
+            return None
+        try:
+            made = codec.unpack(codec.unframe(_JOURNAL_FILE, value, where=_HOME_TABLE))
+            if not (
+                isinstance(made, dict)
+                and isinstance(made.get("inode"), int)
+                and isinstance(made.get("state_dir"), str)
+            ):
+                raise JournalDamagedError(path=self.store.path, detail=f"it holds {made!r}")
+        except XoError as e:
+            if adopt:
+                return None  # adopting writes it anew
+            raise JournalDamagedError(
+                path=self.store.path,
+                detail=f"the record of its data file (table home) is damaged ({e.message}); "
+                "if this is the live state directory, `xoengine adopt` writes it anew",
+            ) from e
+        return made
 
     # -- forensics (from the journal alone) --------------------------------------------------
 
@@ -458,6 +505,7 @@ class Engine:
         for position, label, event in self._named_events(
             scenario, _RUN_TOPICS, self.instant(scenario, at)
         ):
+            # Started, or made anew under the name (removed and created again): not stopped.
             stop = (position, label) if isinstance(event, ScenarioStopped) else None
         return stop
 
@@ -470,10 +518,17 @@ class Engine:
         found the clock behind alerted AW0006 with the span's label.
         """
         self._check_open(f"read the history of scenario {scenario!r}")
-        label = self.recorder.time_of(self.instant(scenario, at))
-        for position, _, event in self._named_events(scenario, _ALERT_TOPICS, None):
-            if event.code == "AW0006" and event.details.get("label_ns") == label:
-                return position, int(event.details.get("behind_s", 0))
+        position = self.instant(scenario, at)
+        if not position:
+            return None  # before the journal: no label
+        label = self.recorder.time_of(position)
+        for alerted, _, event in self._named_events(scenario, _ALERT_TOPICS, None):
+            if (
+                isinstance(event, AlertRaised)
+                and event.code == "AW0006"
+                and event.details.get("label_ns") == label
+            ):
+                return alerted, int(event.details.get("behind_s", 0))
         return None
 
     def _named_events(
@@ -482,7 +537,8 @@ class Engine:
         """``(position, time label, event)`` of the scenario events of ``topics`` up to ``upto``.
 
         Of every scenario that had the name (one may be removed and made again):
-        ``topics`` must hold ``ScenarioCreated``'s, which says which they are.
+        ``topics`` must hold ``ScenarioCreated``'s, which says which they are
+        (and is given too).
         """
         ids: set[uuid.UUID] = set()
         for record in self.recorder.records(1, stop=upto, topics=topics):
@@ -490,6 +546,7 @@ class Engine:
             if isinstance(event, ScenarioCreated):
                 if event.name == scenario:
                     ids.add(event.originator_id)
+                    yield record.id, record.time_ns, event
             elif event.originator_id in ids:
                 yield record.id, record.time_ns, event
 
@@ -713,7 +770,7 @@ class Engine:
         """The position of the newest point ``name`` of a removed scenario called ``scenario``."""
         found: int | None = None
         for _, _, event in self._named_events(scenario, _POINT_TOPICS, None):
-            if event.name == name:
+            if isinstance(event, RewindPointSet) and event.name == name:
                 found = event.position
         return found
 

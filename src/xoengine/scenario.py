@@ -440,7 +440,7 @@ class Scenario:
         self._usable("capture")
         with self._capture_lock:  # taken before the engine is read: an update may rewire it
             result = self.capture_engine.scan(paths)
-        self._after_append()
+        self._after_append(result.last_position)
         return result
 
     def open(self, path: str, mode: str = "r+b") -> JournaledFile:
@@ -448,24 +448,29 @@ class Scenario:
         self._usable("open a file of")
         return _NotifyingFile(self, self.capture_engine, normalize_relpath(path), mode)
 
-    def _after_append(self) -> None:
+    def _after_append(self, appended: int = 0) -> None:
+        """Wake the appliers, run the checks after appends (``appended``: a capture's last)."""
         for thread in list(self._threads.values()):
             thread.wake()
         self._check_state()
-        self._check_clock()
+        self._check_clock(appended)
         self._auto_point()
         self._auto_trim()
         with self._captured:
             self._captured.notify_all()
 
-    def _check_clock(self) -> None:
+    def _check_clock(self, appended: int) -> None:
         """Alert AW0006 once per flat span: the clock stands behind the journal's last label.
 
         Labels never go back, so while the clock is behind (set back by hand or
         by NTP) every commit gets the journal's last label: a time in that span
         resolves to the span's end. The alert, journaled with that label, lets
-        ``cat``, ``replay`` and ``diff`` say so of a time there.
+        ``cat``, ``replay`` and ``diff`` say so of a time there. Asked after a
+        capture of this scenario that appended ``appended`` last, and only if
+        that is still the journal's last commit (whose lag the recorder knows).
         """
+        if not appended or appended != self._engine.last_position():
+            return
         label, behind = self._engine.recorder.clock_lag()
         if behind <= CLOCK_BEHIND_SLACK_NS or label == self._clock_behind_label:
             return

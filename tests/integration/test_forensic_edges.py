@@ -744,3 +744,36 @@ def test_a_time_while_the_scenario_was_stopped_is_noted(
         assert out == ("v1" if at != at_again else "v2, made while stopped")
         assert ("s was stopped at" in err) is noted, (at, err)
         assert ("changes made to the master while it was stopped were not captured" in err) is noted
+
+
+def test_a_time_before_the_journal_of_a_never_started_scenario_is_answered(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Review 20: ``replay --at`` a time before the journal was ``KeyError: 0`` (no label)."""
+    (tmp_path / "m").mkdir()
+    with Engine.open(tmp_path / "state", durability="nosync") as eng:
+        eng.create_scenario("s", master=str(tmp_path / "m"), replicas={"r1": str(tmp_path / "r1")})
+        assert eng.clock_behind("s", 0) is None
+        assert eng.stopped_at("s", 0) is None
+    argv = ["replay", str(tmp_path / "state"), "s", "--at", "2020-01-01T00:00:00Z"]
+    status = main([*argv, "--to", str(tmp_path / "out")])
+    assert status in (0, 2), capsys.readouterr().err  # an answer or a coded refusal
+
+
+def test_a_name_made_again_is_not_said_stopped_by_the_removed_scenarios_stop(
+    tmp_path: Path,
+) -> None:
+    """Review 20: the stop of a removed scenario was said of a new one under its name."""
+    write(tmp_path / "m" / "f", b"1")
+    (tmp_path / "m2").mkdir()
+    with Engine.open(tmp_path / "state", durability="nosync") as eng:
+        sc = eng.create_scenario(
+            "s", master=str(tmp_path / "m"), replicas={"r1": str(tmp_path / "r1")}
+        )
+        sc.start()
+        sc.stop()
+        stopped = eng.last_position()
+        assert eng.stopped_at("s", stopped) is not None
+        eng.remove_scenario("s")
+        eng.create_scenario("s", master=str(tmp_path / "m2"), replicas={"r1": str(tmp_path / "r2")})
+        assert eng.stopped_at("s", eng.last_position()) is None

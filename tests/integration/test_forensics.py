@@ -2063,6 +2063,29 @@ def test_a_span_labelled_while_the_clock_stood_behind_is_alerted_once_and_noted(
         eng.close()
 
 
+def test_a_capture_after_the_clock_is_right_again_raises_no_aw0006(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    """Review 20: a second scenario's capture that journaled nothing took the first's lag."""
+    eng, sc, master = new_engine(tmp_path)
+    try:
+        other = tmp_path / "m2"
+        write(other / "g", b"g")
+        sc2 = eng.create_scenario("two", master=str(other), replicas={"r1": str(tmp_path / "o1")})
+        sc.start()
+        sc2.start()
+        clock.now -= 3 * 10**9
+        write(master / "f", b"behind")
+        sc.capture()
+        clock.now += HOUR  # right again
+        sc2.capture()  # nothing to journal
+        alerted = [(p, e) for p, e in journal_events(eng, AlertRaised) if e.code == "AW0006"]
+        assert [e.details["behind_s"] for _, e in alerted] == [3], alerted
+        assert eng.clock_behind("two", eng.last_position()) is None
+    finally:
+        eng.close()
+
+
 class SteppedClock(FakeClock):
     """The wall clock as ``FakeClock``, and ``CLOCK_BOOTTIME`` beside it, which no step moves."""
 

@@ -133,3 +133,54 @@ def test_adopt_makes_nothing_where_there_is_no_journal(tmp_path: Path) -> None:
     result = run_cli("adopt", tmp_path / "nothing")
     assert result.returncode == 3 and "E4001" in result.stderr, result.stderr
     assert not (tmp_path / "nothing").exists()
+
+
+def _set_home(state: Path, **record: object) -> None:
+    """Write the journal's record of its data file as given (what another history left)."""
+    from xoengine import codec  # noqa: PLC0415
+    from xoengine.datastore import open_store  # noqa: PLC0415
+
+    store = open_store(str(state / "journal"), durability="nosync")
+    try:
+        value = codec.frame(b"journal-file", codec.pack(record))
+        store.write(lambda txn: txn.put("home", b"journal-file", value))
+    finally:
+        store.close()
+
+
+def test_a_block_level_copy_is_refused_and_a_remount_is_not(state: Path, tmp_path: Path) -> None:
+    """Review 20: a snapshot or image keeps the inode, on another device at another place.
+
+    (The reviewer's run: an ext4 image copied and loop-mounted beside the original;
+    the copy's rewind changed the live replica.) Here the record says so.
+    """
+    data = (state / "journal" / "data.mdb").stat()
+    _set_home(state, inode=data.st_ino, device=data.st_dev + 1, state_dir="/mnt/original/state")
+    with pytest.raises(StateCopiedError, match="of device"):
+        Engine.open(state, durability="nosync")
+    # The same place on another device: the volume mounted again (device numbers change).
+    _set_home(state, inode=data.st_ino, device=data.st_dev + 1, state_dir=os.path.realpath(state))
+    with Engine.open(state, durability="nosync"):
+        pass
+
+
+@pytest.mark.parametrize("record", [{"x": 1}, {"inode": 5}, {"inode": "5", "state_dir": "/s"}])
+def test_a_damaged_home_record_is_coded_and_adopting_writes_it_anew(
+    state: Path, record: dict[str, object]
+) -> None:
+    _set_home(state, **record)
+    result = run_cli("rewind-points", state, "fx", "--set", "p2")
+    assert result.returncode == 4 and "E4005" in result.stderr, result.stderr
+    assert "xoengine adopt" in result.stderr and "Traceback" not in result.stderr
+    assert run_cli("adopt", state).returncode == 0
+    with Engine.open(state, durability="nosync") as eng:
+        eng.scenario("fx").set_rewind_point("p2")
+
+
+def test_a_copy_is_not_adopted_while_its_original_has_a_writer(state: Path, tmp_path: Path) -> None:
+    copy = _copy(state, tmp_path / "copy")
+    with Engine.open(state, durability="nosync"):
+        result = run_cli("adopt", copy)
+        assert result.returncode == 3 and "E4002" in result.stderr, result.stderr
+        assert str(os.getpid()) in result.stderr
+    assert run_cli("adopt", copy).returncode == 0  # retired: taken

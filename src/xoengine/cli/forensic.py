@@ -359,8 +359,8 @@ def cmd_bisect(args: argparse.Namespace) -> int:
             sys.stderr.flush()
         if done.returncode < 0:  # the shell itself was killed
             raise ConfigurationError(
-                detail=f"the command {args.command!r} gave no verdict: its shell was killed "
-                f"by signal {-done.returncode} ({_signal_name(-done.returncode)})"
+                detail=f"the command {args.command!r} gave no verdict: it (or its shell) was "
+                f"killed by signal {-done.returncode} ({_signal_name(-done.returncode)})"
             )
         if done.returncode >= _NO_VERDICT:
             raise ConfigurationError(
