@@ -326,6 +326,16 @@ def block():
     sys.stdin.readline()
 
 hook = sys.argv[1]
+if hook == "replay-cleanup":  # a second signal while the cleanup runs
+    delete = tree.ReplicaTree.delete
+    def hooked_delete(self, *args, **kwargs):
+        if not getattr(hooked_delete, "once", False):
+            hooked_delete.once = True
+            print("cleaning", file=sys.stderr, flush=True)
+            sys.stdin.readline()
+        return delete(self, *args, **kwargs)
+    tree.ReplicaTree.delete = hooked_delete
+    hook = "replay"
 if hook == "replay":
     write_new = tree.ReplicaTree.write_new
     count = 0
@@ -423,3 +433,36 @@ def test_cli_replay_after_sigterm_handler_is_restored(journal_state: Path, tmp_p
     assert main(["replay", str(journal_state / "state"), "s", "--to", str(tmp_path / "rep")]) == 0
     assert signal.getsignal(signal.SIGTERM) is before
     assert compare_trees(journal_state / "m", tmp_path / "rep") == []
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_second_signal_during_the_cleanup_does_not_cut_it_short(
+    journal_state: Path, tmp_path: Path, signum: signal.Signals
+) -> None:
+    """Review 20: a second Ctrl-C while a replay removed its tree left part of it."""
+    out = tmp_path / "out" / "rep"
+    args = ["replay", str(journal_state / "state"), "s", "--to", str(out)]
+    child = subprocess.Popen(
+        [sys.executable, "-c", _CLI_HOOKED, "replay-cleanup", *args],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert child.stderr is not None and child.stdin is not None
+        assert child.stderr.readline() == "blocked\n"
+        child.send_signal(signum)
+        assert child.stderr.readline() == "cleaning\n"
+        child.send_signal(signum)  # Ctrl-C again, while the partial tree is removed
+        _, err = child.communicate("\n", timeout=HANG_GUARD_S)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+        for pipe in (child.stdin, child.stdout, child.stderr):
+            if pipe is not None:
+                pipe.close()
+    assert child.returncode == -signum, err
+    assert "Traceback" not in err
+    assert not (tmp_path / "out").exists(), list((tmp_path / "out").rglob("*"))

@@ -55,11 +55,15 @@ class Terminated(KeyboardInterrupt):
 
 
 @contextlib.contextmanager
-def _sigterm_interrupts() -> Iterator[None]:
-    """While a verb runs, SIGTERM raises :class:`Terminated` (once: the cleanup is not cut short).
+def _interrupts_once() -> Iterator[None]:
+    """While a verb runs, SIGTERM raises :class:`Terminated` and Ctrl-C KeyboardInterrupt, once.
 
-    Only from the main thread (where Python runs signal handlers); the
-    previous handler is back afterwards.
+    A second signal while the first one's cleanup runs (a replay removing its
+    partial tree) is ignored, so the cleanup is not cut short; ``start
+    --watch`` sets its own handlers while it watches. SIGINT is only taken
+    where Python's own handler is in place (not where it is ignored, as in
+    a shell's background job). Only from the main thread (where Python runs
+    signal handlers); the previous handlers are back afterwards.
     """
     if threading.current_thread() is not threading.main_thread():
         yield
@@ -68,16 +72,20 @@ def _sigterm_interrupts() -> Iterator[None]:
 
     def interrupt(signum: int, frame: FrameType | None) -> None:
         nonlocal raised
-        del signum, frame
+        del frame
         if not raised:
             raised = True
-            raise Terminated
+            raise Terminated if signum == signal.SIGTERM else KeyboardInterrupt
 
-    previous: Any = signal.signal(signal.SIGTERM, interrupt)
+    taken = [signal.SIGTERM]
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        taken.append(signal.SIGINT)
+    previous: dict[int, Any] = {signum: signal.signal(signum, interrupt) for signum in taken}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def _terminated() -> int:
@@ -130,7 +138,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     args = build_parser().parse_args(argv)
     try:
-        with _sigterm_interrupts():
+        with _interrupts_once():
             status = int(args.func(args))
             sys.stdout.flush()  # a full volume found here, not as the interpreter ends
             return status
