@@ -376,7 +376,11 @@ def journal_state(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def _interrupted(
     hook: str, args: list[str], signum: signal.Signals, blocked: Path | None = None
 ) -> tuple[int, str]:
-    """Run the CLI hooked to block midway, signal it there; ``blocked`` must exist by then."""
+    """Run the CLI hooked to block midway, signal it there; ``blocked`` must exist by then.
+
+    The hook ``replay-cleanup`` blocks again once the cleanup begins, and is
+    signalled a second time there.
+    """
     child = subprocess.Popen(
         [sys.executable, "-c", _CLI_HOOKED, hook, *args],
         stdin=subprocess.PIPE,
@@ -390,7 +394,10 @@ def _interrupted(
         assert line == "blocked\n", line + child.stderr.read()
         assert blocked is None or blocked.exists()
         child.send_signal(signum)
-        _, err = child.communicate(timeout=HANG_GUARD_S)
+        if hook == "replay-cleanup":
+            assert child.stderr.readline() == "cleaning\n"
+            child.send_signal(signum)  # again, while the partial tree is removed
+        _, err = child.communicate("\n", timeout=HANG_GUARD_S)
     finally:
         if child.poll() is None:
             child.kill()
@@ -442,27 +449,7 @@ def test_a_second_signal_during_the_cleanup_does_not_cut_it_short(
     """Review 20: a second Ctrl-C while a replay removed its tree left part of it."""
     out = tmp_path / "out" / "rep"
     args = ["replay", str(journal_state / "state"), "s", "--to", str(out)]
-    child = subprocess.Popen(
-        [sys.executable, "-c", _CLI_HOOKED, "replay-cleanup", *args],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert child.stderr is not None and child.stdin is not None
-        assert child.stderr.readline() == "blocked\n"
-        child.send_signal(signum)
-        assert child.stderr.readline() == "cleaning\n"
-        child.send_signal(signum)  # Ctrl-C again, while the partial tree is removed
-        _, err = child.communicate("\n", timeout=HANG_GUARD_S)
-    finally:
-        if child.poll() is None:
-            child.kill()
-            child.wait()
-        for pipe in (child.stdin, child.stdout, child.stderr):
-            if pipe is not None:
-                pipe.close()
-    assert child.returncode == -signum, err
+    returncode, err = _interrupted("replay-cleanup", args, signum)
+    assert returncode == -signum, err
     assert "Traceback" not in err
     assert not (tmp_path / "out").exists(), list((tmp_path / "out").rglob("*"))
