@@ -34,7 +34,6 @@ from xoengine.errors import (
     ConfigurationError,
     JournalDamagedError,
     JournalLockedError,
-    JournalMissingError,
     NoFileAtError,
     OverlappingTreesError,
     ScenarioError,
@@ -298,7 +297,15 @@ class Engine:
         self.readonly = readonly
         if adopt and not (self.state_dir / "journal" / "data.mdb").is_file():
             # Only a journal made elsewhere is adopted: nothing is made here for it.
-            raise JournalMissingError(path=str(self.state_dir / "journal"))
+            if (self.state_dir / "data.mdb").is_file():
+                detail = (
+                    f"{self.state_dir} is a journal, not a state directory: adopt the state "
+                    "directory whose journal/ it is (a bare copy goes into a new state "
+                    "directory's journal/ first)"
+                )
+            else:
+                detail = f"{self.state_dir} holds no journal to adopt (no journal/data.mdb)"
+            raise ConfigurationError(detail=detail + "; nothing was made")
         if not readonly:
             self.state_dir.mkdir(parents=True, exist_ok=True)
             keep_freed_memory()  # captures allocate and free LMDB pages by the GiB

@@ -131,8 +131,15 @@ def test_a_journal_without_the_record_is_recorded_at_its_first_writable_open(
 
 def test_adopt_makes_nothing_where_there_is_no_journal(tmp_path: Path) -> None:
     result = run_cli("adopt", tmp_path / "nothing")
-    assert result.returncode == 3 and "E4001" in result.stderr, result.stderr
+    assert result.returncode == 2 and "holds no journal to adopt" in result.stderr, result.stderr
     assert not (tmp_path / "nothing").exists()
+
+
+def test_adopt_of_a_journal_directory_says_what_to_adopt(state: Path) -> None:
+    result = run_cli("adopt", state / "journal")
+    assert result.returncode == 2, result.stderr
+    assert "is a journal, not a state directory" in result.stderr
+    assert not (state / "journal" / "journal").exists()
 
 
 def _set_home(state: Path, **record: object) -> None:
