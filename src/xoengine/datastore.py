@@ -535,7 +535,7 @@ class Store:
     def _lmdb_open(self, **kwargs: Any) -> Any:
         for _ in range(_RESIZE_RETRIES):
             try:
-                return lmdb.open(self.path, **kwargs)
+                return lmdb.open(os.fsencode(self.path), **kwargs)  # any bytes of a name
             except lmdb.MapResizedError:
                 # Another process's commit outgrew the map LMDB sized at open, before
                 # py-lmdb's first transaction: opening again maps the new size.
@@ -1233,7 +1233,7 @@ class Store:
         for _ in range(_RESIZE_RETRIES):
             with self._resize.shared():
                 try:
-                    self._env.copy(destination, compact=compact)
+                    self._env.copy(os.fsencode(destination), compact=compact)
                 except lmdb.MapResizedError:
                     pass  # a writer in another process grew the map: adopt, copy again
                 except lmdb.Error as e:

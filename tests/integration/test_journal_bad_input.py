@@ -404,3 +404,20 @@ def test_a_damaged_record_still_lets_every_record_before_it_be_read(tmp_path: Pa
     listed = run_cli("journal", "log", tmp_path / "journal")
     assert listed.returncode == 4, listed.stderr
     assert len(listed.stdout.splitlines()) == 1499
+
+
+def test_a_state_directory_whose_name_is_not_utf8_works(tmp_path: Path) -> None:
+    """Review 20: LMDB was given the path as text and failed (UnicodeEncodeError, uncoded)."""
+    base = Path(os.fsdecode(os.fsencode(tmp_path) + b"/caf\xe9"))
+    (base / "m").mkdir(parents=True)
+    (base / "m" / "f").write_bytes(b"x")
+    with Engine.open(base / "state", durability="nosync") as eng:
+        sc = eng.create_scenario("s", master=str(base / "m"), replicas={"r1": str(base / "r1")})
+        sc.start()
+        sc.wait_replicated()
+        sc.stop()
+    result = run_cli("journal", "copy", base / "state" / "journal", base / "copy")
+    assert result.returncode == 0, result.stderr
+    for state in (base / "state", base / "copy"):
+        with Engine.open(state, readonly=True) as eng:
+            assert [e.operation for e in eng.history("s", "f")] == ["created", "written"]

@@ -218,7 +218,7 @@ def cmd_copy(args: argparse.Namespace) -> int:
     finally:
         copy.close()
     print(
-        f"copied {args.src} -> {args.dst}: {report.records} records, "
+        f"copied {shown(args.src)} -> {shown(args.dst)}: {report.records} records, "
         f"{'verified OK' if report.ok else 'DAMAGED'}"
     )
     return 0 if report.ok else EXIT_DAMAGE
