@@ -46,7 +46,7 @@ import time
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import lmdb
 
@@ -180,6 +180,10 @@ class Durability(enum.Enum):
         except ValueError:
             names = ", ".join(m.value for m in cls)
             raise ConfigurationError(detail=f"durability {value!r} is not one of {names}") from None
+
+
+_PEEK_WAITS: Final = (0.005, 0.02, None)
+"""How a writer's lock waits out a :func:`writer_of` look (its shared lock) before E4002."""
 
 
 def writer_of(path: str) -> str | None:
@@ -1133,7 +1137,14 @@ class Store:
         lock_path = str(Path(self.path) / _LOCK_FILE)
         fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            for wait in _PEEK_WAITS:  # past writer_of's shared look, which lets go at once
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if wait is None:
+                        raise
+                    time.sleep(wait)
         except BlockingIOError:
             try:
                 pid_text = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"

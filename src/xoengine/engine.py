@@ -453,23 +453,28 @@ class Engine:
             value = txn.get(_HOME_TABLE, _JOURNAL_FILE)
         if value is None:
             return None
+        made: Any = None
+        problem = ""
         try:
             made = codec.unpack(codec.unframe(_JOURNAL_FILE, value, where=_HOME_TABLE))
-            if not (
-                isinstance(made, dict)
-                and isinstance(made.get("inode"), int)
-                and isinstance(made.get("state_dir"), str)
-            ):
-                raise JournalDamagedError(path=self.store.path, detail=f"it holds {made!r}")
         except XoError as e:
-            if adopt:
-                return None  # adopting writes it anew
-            raise JournalDamagedError(
-                path=self.store.path,
-                detail=f"the record of its data file (table home) is damaged ({e.message}); "
-                "if this is the live state directory, `xoengine adopt` writes it anew",
-            ) from e
-        return made
+            problem = e.message
+        if not problem and not (
+            isinstance(made, dict)
+            and isinstance(made.get("inode"), int)
+            and isinstance(made.get("device", 0), int)
+            and isinstance(made.get("state_dir"), str)
+        ):
+            problem = f"it holds {made!r}"
+        if not problem:
+            return dict(made)
+        if adopt:
+            return None  # adopting writes it anew
+        raise JournalDamagedError(
+            path=self.store.path,
+            detail=f"the record of its data file (table home) is damaged: {problem}; "
+            "if this is the live state directory, `xoengine adopt` writes it anew",
+        )
 
     # -- forensics (from the journal alone) --------------------------------------------------
 

@@ -466,8 +466,9 @@ class Scenario:
         by NTP) every commit gets the journal's last label: a time in that span
         resolves to the span's end. The alert, journaled with that label, lets
         ``cat``, ``replay`` and ``diff`` say so of a time there. Asked after a
-        capture of this scenario that appended ``appended`` last, and only if
-        that is still the journal's last commit (whose lag the recorder knows).
+        capture (or a journaled file's flush) of this scenario that appended
+        ``appended`` last, and only if that is still the journal's last commit
+        (whose lag the recorder knows).
         """
         if not appended or appended != self._engine.last_position():
             return
@@ -1681,8 +1682,11 @@ class _NotifyingFile(JournaledFile):
         self._scenario = scenario
 
     def flush(self) -> None:
+        engine = self._scenario._engine
+        before = engine.last_position()
         super().flush()
-        self._scenario._after_append()
+        after = engine.last_position()
+        self._scenario._after_append(after if after != before else 0)
 
 
 def _entries_below(tree: ReplicaTree, path: str) -> int:

@@ -2086,6 +2086,23 @@ def test_a_capture_after_the_clock_is_right_again_raises_no_aw0006(
         eng.close()
 
 
+def test_a_journaled_files_write_behind_the_clock_raises_aw0006(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    """Review 20: writes through ``sc.open`` were no longer checked (only captures were)."""
+    eng, sc, master = new_engine(tmp_path)
+    try:
+        write(master / "f", b"v0")
+        sc.start()
+        clock.now -= 5 * 10**9
+        with sc.open("f") as handle:
+            handle.write(b"v1")
+        alerted = [e for _, e in journal_events(eng, AlertRaised) if e.code == "AW0006"]
+        assert [e.details["behind_s"] for e in alerted] == [5], alerted
+    finally:
+        eng.close()
+
+
 class SteppedClock(FakeClock):
     """The wall clock as ``FakeClock``, and ``CLOCK_BOOTTIME`` beside it, which no step moves."""
 

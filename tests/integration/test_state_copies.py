@@ -171,7 +171,15 @@ def test_a_block_level_copy_is_refused_and_a_remount_is_not(state: Path, tmp_pat
         pass
 
 
-@pytest.mark.parametrize("record", [{"x": 1}, {"inode": 5}, {"inode": "5", "state_dir": "/s"}])
+@pytest.mark.parametrize(
+    "record",
+    [
+        {"x": 1},
+        {"inode": 5},
+        {"inode": "5", "state_dir": "/s"},
+        {"inode": 5, "device": "x", "state_dir": "/s"},
+    ],
+)
 def test_a_damaged_home_record_is_coded_and_adopting_writes_it_anew(
     state: Path, record: dict[str, object]
 ) -> None:
