@@ -2090,17 +2090,16 @@ def test_a_journaled_files_write_behind_the_clock_raises_aw0006(
     tmp_path: Path, clock: FakeClock
 ) -> None:
     """Review 20: writes through ``sc.open`` were no longer checked (only captures were)."""
-    eng, sc, master = new_engine(tmp_path)
-    try:
-        write(master / "f", b"v0")
-        sc.start()
+    with Engine.open(tmp_path / "state", durability="nosync") as eng:
+        (tmp_path / "m").mkdir()
+        sc = eng.create_scenario(
+            "j", master=str(tmp_path / "m"), replicas={"r": str(tmp_path / "r")}
+        )
         clock.now -= 5 * 10**9
-        with sc.open("f") as handle:
+        with sc.open("new", "wb") as handle:
             handle.write(b"v1")
         alerted = [e for _, e in journal_events(eng, AlertRaised) if e.code == "AW0006"]
-        assert [e.details["behind_s"] for e in alerted] == [5], alerted
-    finally:
-        eng.close()
+    assert [e.details["behind_s"] for e in alerted] == [5], alerted
 
 
 class SteppedClock(FakeClock):
