@@ -195,10 +195,15 @@ def writer_of(path: str) -> str | None:
     try:
         fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
     except BlockingIOError:
-        return os.pread(handle, 32, 0).decode(errors="replace").strip() or "?"
+        return _lock_holder(handle)
     finally:
         os.close(handle)  # a shared lock taken is let go with it
     return None
+
+
+def _lock_holder(fd: int) -> str:
+    """The pid the writer lock file open at ``fd`` names ("?" if none)."""
+    return os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
 
 
 def make_directory(target: Path, action: str, not_done: str) -> list[Path]:
@@ -1147,7 +1152,7 @@ class Store:
                     time.sleep(wait)
         except BlockingIOError:
             try:
-                pid_text = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+                pid_text = _lock_holder(fd)
             finally:
                 os.close(fd)
             raise JournalLockedError(path=self.path, pid=pid_text) from None

@@ -264,17 +264,6 @@ _JOURNAL_FILE: Final = b"journal-file"
 """Key of the journal's data file in :data:`_HOME_TABLE`: its inode and the state directory."""
 
 
-def _refuse_live(state_dir: str) -> None:
-    """Refuse to adopt a copy while the state directory it was copied from has a writer.
-
-    Two live state directories would both write the same replicas.
-    """
-    journal = os.path.join(state_dir, "journal")
-    pid = writer_of(journal)
-    if pid is not None:
-        raise JournalLockedError(path=journal, pid=pid)
-
-
 class Engine:
     """The xoengine engine over one state directory (journal and everything derived from it).
 
@@ -440,8 +429,11 @@ class Engine:
                     + f", this journal is inode {data.st_ino} of device {data.st_dev}"
                 )
                 raise StateCopiedError(state=str(self.state_dir), detail=detail)
-            if copied and moved:
-                _refuse_live(made["state_dir"])
+            if copied and moved:  # adopted: not while the original lives (two would write)
+                original = os.path.join(made["state_dir"], "journal")
+                pid = writer_of(original)
+                if pid is not None:
+                    raise JournalLockedError(path=original, pid=pid)
             if made == here:
                 return  # else adopted, moved or remounted: the record names the file and place
         home = codec.frame(_JOURNAL_FILE, codec.pack(here))

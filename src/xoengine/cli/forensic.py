@@ -83,7 +83,7 @@ def _before_history(eng: Engine, scenario: str, instant: Instant | None, text: s
     position = eng.instant(scenario, instant)
     first = next(iter(eng.file_events(scenario, None)), None)
     if first is None or first[0] <= position:
-        stop = eng.stopped_at(scenario, instant)
+        stop = eng.stopped_at(scenario, position)
         if stop is not None:
             print(
                 f"note: {scenario} was stopped at {text} (since position {stop[0]}, "
@@ -91,7 +91,7 @@ def _before_history(eng: Engine, scenario: str, instant: Instant | None, text: s
                 "to the master while it was stopped were not captured",
                 file=sys.stderr,
             )
-        behind = eng.clock_behind(scenario, instant)
+        behind = eng.clock_behind(scenario, position)
         if behind is not None:
             label = iso_time(eng.recorder.time_of(position))
             print(
