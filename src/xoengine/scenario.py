@@ -622,6 +622,7 @@ class Scenario:
                                 first=not self._own_syncs(name),
                                 foreign=foreign,
                                 check_held=self._held_otherwise,
+                                moved_since=self._moved_since,
                             )
                         )
 

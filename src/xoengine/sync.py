@@ -165,6 +165,7 @@ class Synchronizer:
         first: bool = False,
         foreign: bool = False,
         check_held: HeldCheck | None = None,
+        moved_since: Callable[[int], set[str]] | None = None,
     ) -> SyncSummary:
         """Synchronize at journal ``position`` (the master state the capture just journaled).
 
@@ -201,6 +202,13 @@ class Synchronizer:
         replica did not hold what the journal holds at ``held`` (a hand edit, an
         encryption while replication was stopped): it held no state the journal
         names, as for ``foreign``; they go to :attr:`SyncSummary.diverged`.
+
+        ``moved_since(p)``: the master paths whose bytes or place the journal
+        changed after ``p``. A file of the same size and modification time on
+        both sides whose change the scan beside this run journaled (``cp -p``,
+        ``tar x``: the ctime told it) has its bytes compared, as ``recheck``
+        would have it; not at a first synchronization, whose scan journals every
+        file anew (a seeded replica is trusted by size and time, as rsync does).
         """
         if level not in LEVELS:
             raise ConfigurationError(detail=f"sync level {level!r} is not one of {LEVELS}")
@@ -208,6 +216,7 @@ class Synchronizer:
         # and only here (an applier finding it gone stops instead; see _wire_replica).
         self.tree.make_root()
         summary = SyncSummary(self.scenario, self.replica, level, position)
+        begun = position  # where the scan beside this run started
         run_id = new_id()
         self._version = 0
         self._run_id = run_id
@@ -215,6 +224,7 @@ class Synchronizer:
         self._created: list[str] = []
         self._copied: list[str] = []  # new files and files updated in place (for settle)
         self._existed: set[str] = set()  # of those, the ones the replica had before this run
+        self._trusted: set[str] = set()  # files taken as the same by size and time
         # 1. Journal the start; before-images are keyed by its position.
         (started,) = self._append([self._event(SyncStarted, level=level, position=position)], None)
         if started > held + 1:  # before this run records anything: it closes the gap
@@ -238,6 +248,8 @@ class Synchronizer:
         found: dict[str, Entry] = dict(replica) if check_held and not seeded else {}
         synced: list[DomainEvent] = []
         creations: list[tuple[str, Entry]] = []
+        # Files taken as the same by size and time, told once the scan is done.
+        trusted: list[tuple[str, Entry, str]] = []
 
         def note(path: str, entry: Entry, action: str, sent: int) -> None:
             summary.files_changed += 1
@@ -259,7 +271,9 @@ class Synchronizer:
             action, sent = self._bring(path, entry, replica.get(path), level)
             if self._xattrs(path, record=True) and not action:
                 action = "metadata"
-            if action:
+            if path in self._trusted and moved_since is not None and not first:
+                trusted.append((path, entry, action))
+            elif action:
                 note(path, entry, action, sent)
         for done in self._create_batch(creations):
             note(*done)
@@ -270,8 +284,19 @@ class Synchronizer:
             # the applied position past it (raises if the scan failed).
             position = follow.wait_done()
             summary.position = position
-            if settle is not None:
-                settle(self._copied, position, self._keep)
+        if trusted:
+            assert moved_since is not None
+            # The scan journaled a change to some of them that kept size and time.
+            moved = moved_since(begun)
+            for path, entry, first_action in trusted:
+                action, sent = first_action, 0
+                if path in moved and path in replica:
+                    again, sent = self._bring(path, entry, replica[path], level, compare=True)
+                    action = again or first_action
+                if action:
+                    note(path, entry, action, sent)
+        if follow is not None and settle is not None:
+            settle(self._copied, position, self._keep)
         for path in sorted((p for p in replica if p not in master), key=os.fsencode, reverse=True):
             if any(path.startswith(u + "/") or path == u for u in self._unlisted):
                 continue  # unknown master contents: never delete on a guess
@@ -407,7 +432,14 @@ class Synchronizer:
             self._xattrs(path, record=False)
         return done
 
-    def _bring(self, path: str, entry: Entry, have: Entry | None, level: str) -> tuple[str, int]:
+    def _bring(
+        self, path: str, entry: Entry, have: Entry | None, level: str, *, compare: bool = False
+    ) -> tuple[str, int]:
+        """Make the replica's ``path`` what the master's is; (action, bytes sent).
+
+        A file of the same size and time is taken as the same (and noted in
+        ``_trusted``) unless ``compare`` or ``recheck`` says to compare its bytes.
+        """
         tree = self.tree
         if have is not None and have.kind != entry.kind:
             self._delete_tree(path)
@@ -437,7 +469,9 @@ class Synchronizer:
             and have.size == entry.size
             and have.mtime_ns == entry.mtime_ns
             and path not in self.recheck
+            and not compare
         ):
+            self._trusted.add(path)
             return self._meta(path, entry, have), 0
         data = self._read_master(path)
         if data is None:
