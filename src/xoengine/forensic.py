@@ -352,8 +352,9 @@ def _ranges(event: FileEvent, before: int | None = None) -> list[list[int]]:
     A truncation changed the bytes between the size ``before`` it and its own
     (the tail cut off, or the zeros it added); where the size before is not
     known (or the same), it is ``[size, 0]``: cut at ``size``. A write or a
-    delta that a capture saw shrink the file (``truncate``, ``>``) cut the
-    tail too: its ranges include the bytes between its size and ``before``.
+    delta that moved the file's end changed the bytes between its size and
+    ``before`` too: the tail a capture saw cut (``truncate``, ``>``), or the
+    zeros a write past the end left before its own bytes (``seek``, ``write``).
     A delta changed its new bytes and the old bytes it copied to another
     offset (a block copied over another, a hole punched where zeros were
     elsewhere): the delta copies a block from elsewhere only when the block
@@ -374,8 +375,8 @@ def _ranges(event: FileEvent, before: int | None = None) -> list[list[int]]:
     elif isinstance(event, FileTruncated):
         low, high = sorted((event.size, event.size if before is None else before))
         return [[low, high - low]]
-    if size is not None and before is not None and size < before:
-        out.append((size, before - size))
+    if size is not None and before is not None and size != before:
+        out.append((min(size, before), abs(size - before)))
     return _merged(out)
 
 

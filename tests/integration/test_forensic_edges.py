@@ -523,6 +523,31 @@ def test_a_cut_a_capture_saw_spans_the_tail_that_went(tmp_path: Path) -> None:
         sc.stop()
 
 
+def test_the_zeros_a_write_past_the_end_left_are_in_its_ranges(tmp_path: Path) -> None:
+    """A write past a file's end (through ``sc.open``): the gap of zeros before it changed too.
+
+    Was a bug (review 21, M1): the ranges held the written bytes only, ``[[1000, 10]]``
+    where 910 bytes differ, in ``history``, ``diff`` both ways and ``rewind --dry-run``.
+    """
+    master = tmp_path / "m"
+    write(master / "f", b"a" * 100)
+    with Engine.open(tmp_path / "state", durability="nosync") as eng:
+        sc = eng.create_scenario("s", master=str(master), replicas={"r1": str(tmp_path / "r1")})
+        sc.start()
+        a = eng.last_position()
+        with sc.open("f", "r+b") as f:
+            f.seek(1000)
+            f.write(b"X" * 10)
+        b = eng.last_position()
+        sc.wait_replicated()
+        assert eng.diff("s", a, b).modified == {"f": [[100, 910]]}
+        assert eng.diff("s", b, a).modified == {"f": [[100, 910]]}
+        assert sc.rewind_preview("r1", position=a).modified == {"f": [[100, 910]]}
+        last = eng.history("s", "f")[-1]
+        assert (last.operation, last.ranges, last.size) == ("written", [[100, 910]], 1010)
+        sc.stop()
+
+
 def test_bytes_a_delta_moved_within_the_file_are_in_its_ranges(tmp_path: Path) -> None:
     """Blocks copied over others, a hole punched, the tail cut: each change is in the ranges.
 
