@@ -683,6 +683,8 @@ class Engine:
                 if stat.S_ISLNK(st.st_mode):
                     what += f" to {os.readlink(full)!r}"
                 raise NoFileAtError(path=rel, position=position, detail=what)
+            if not st.st_mode & stat.S_IRUSR:  # chmod 200 then: our copy, read without privilege
+                os.chmod(full, stat.S_IMODE(st.st_mode) | stat.S_IRUSR)
             with open(full, "rb") as handle:
                 yield handle
 
@@ -723,21 +725,21 @@ class Engine:
         predicate: Callable[[str], bool],
         *,
         path: str | None = None,
-        between: tuple[Instant, Instant | None] | None = None,
+        between: tuple[Instant | None, Instant | None] | None = None,
         burst_threshold: int = 10,
         burst_window: float = BURST_WINDOW_S,
     ) -> BisectResult:
         """Find the last good position by binary search over replays (see ``Forensics.bisect``).
 
-        ``between`` is (a good instant, a bad one or None for the end); by
-        default the whole journal, from position 0 (the empty tree). A burst
+        ``between`` is (a good instant or None for position 0, the empty tree;
+        a bad one or None for the end); by default the whole journal. A burst
         is ``burst_threshold`` files damaged within ``burst_window`` seconds.
         """
-        low, high = between or (0, None)
+        low, high = between or (None, None)
         return self.forensics(scenario).bisect(
             predicate,
             path,
-            (self.instant(scenario, low), self.instant(scenario, high)),
+            (0 if low is None else self.instant(scenario, low), self.instant(scenario, high)),
             burst_threshold=burst_threshold,
             burst_window=burst_window,
         )

@@ -52,6 +52,7 @@ __all__ = [
     "ReplicaWriteError",
     "ReplicationTimeoutError",
     "RewindUnreachableError",
+    "RewindWriteError",
     "ScenarioError",
     "ScenarioExistsError",
     "ScenarioNotFoundError",
@@ -451,6 +452,17 @@ class ReplicaWriteError(XoError):
     code = "E3010"
     exit_code = 3
     hint = "Check the replica volume (permissions, space); the change is retried on resume."
+
+
+class RewindWriteError(ReplicaWriteError):
+    """Cannot {action} {path!r} on the replica at {root!r}: {detail}."""
+
+    hint = (
+        "The rewind stays pending and the replica suspended: fix the cause, then call "
+        "rewind again (the next open of the engine also retries it). resume() does not "
+        "retry it: it gives the rewind up, resynchronizes the replica with the master "
+        "and puts the replica's history before then out of reach of rewinds."
+    )
 
 
 class ReplicaDivergedError(XoError):

@@ -811,6 +811,14 @@ class Forensics:
             if event.root == target
         ]
         if root_only:
+            if not roots and any(self.roots(end)):  # "." names none of several roots
+                raise NoFileAtError(
+                    f"{path!r} names no root of scenario {self.scenario!r}: it has several, "
+                    f"each by its name ({', '.join(map(repr, sorted(self.roots(end))))}).",
+                    path=path,
+                    position=end,
+                    detail="a root of several is named by its name",
+                )
             return [entry for _, _, entry in roots]
         # The fold of paths: each identity's path after each of its moves (its
         # own renames and those of directories above it), and the moves it had
@@ -1128,7 +1136,11 @@ class Forensics:
                     probe.replay(tree, position, path)
                 except NoFileAtError:  # the path held nothing then: the predicate judges that
                     os.mkdir(tree)
-                verdict = bool(predicate(os.path.join(tree, path) if path else tree))
+                try:
+                    verdict = bool(predicate(os.path.join(tree, path) if path else tree))
+                except Exception as e:  # the caller's own error, told where it came from
+                    e.add_note(f"raised by the bisect predicate at position {position}")
+                    raise
             finally:
                 with contextlib.suppress(OSError):
                     os.chmod(tree, 0o700)  # a root's mode may forbid removing what is in it

@@ -30,7 +30,9 @@ from xoengine.errors import (
     ReplicaDivergedError,
     ReplicaNotFoundError,
     ReplicationTimeoutError,
+    ReplicaWriteError,
     RewindUnreachableError,
+    RewindWriteError,
     ScenarioStateError,
     XoError,
 )
@@ -1044,6 +1046,8 @@ class Scenario:
             except ReplicaDivergedError as e:
                 self._diverged(replica, e)
                 raise
+            except ReplicaWriteError as e:  # its hint is an apply's: "retried on resume"
+                raise RewindWriteError(e.message, **e.fields) from e
 
     def rewind_preview(
         self,

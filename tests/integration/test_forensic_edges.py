@@ -27,12 +27,14 @@ import io
 import json
 import os
 import stat
+import subprocess
+import sys
 import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
-from scenario_kit import write
+from scenario_kit import run_cli, write
 
 from xoengine.capture import FLUSH_BYTES
 from xoengine.cli import main
@@ -802,3 +804,87 @@ def test_a_name_made_again_is_not_said_stopped_by_the_removed_scenarios_stop(
         eng.remove_scenario("s")
         eng.create_scenario("s", master=str(tmp_path / "m2"), replicas={"r1": str(tmp_path / "r2")})
         assert eng.stopped_at("s", eng.last_position()) is None
+
+
+# -- review 21 -------------------------------------------------------------------------------
+
+
+def test_cat_of_a_file_its_owner_could_not_read_then_gives_its_bytes(tmp_path: Path) -> None:
+    """Was a bug (review 21, M5): a file ``chmod 200`` at the instant asked (an intruder's
+    doing) made ``cat`` die with a PermissionError traceback for an investigator without
+    CAP_DAC_OVERRIDE (any user): the replayed copy kept the mode that forbids reading it."""
+    master = tmp_path / "m"
+    write(master / "wo.txt", b"write-only evidence\n")
+    with Engine.open(tmp_path / "state", durability="nosync") as eng:
+        sc = eng.create_scenario("s", master=str(master), replicas={"r1": str(tmp_path / "r1")})
+        sc.start()
+        os.chmod(master / "wo.txt", 0o200)
+        sc.capture()
+        sc.stop()
+    # The reading process without the capabilities that let root read anything.
+    unprivileged = ["setpriv", "--bounding-set", "-dac_override,-dac_read_search,-fowner"]
+    if os.geteuid() != 0:
+        unprivileged = []
+    done = subprocess.run(
+        [
+            *unprivileged,
+            sys.executable,
+            "-m",
+            "xoengine.cli",
+            "cat",
+            str(tmp_path / "state"),
+            "s",
+            "wo.txt",
+        ],
+        capture_output=True,
+        check=False,
+        timeout=120,
+    )
+    assert (done.returncode, done.stdout) == (0, b"write-only evidence\n"), done.stderr
+
+
+@pytest.mark.parametrize("verb", [["diff", "s", "²"], ["cat", "s", "a", "--at", "³"]])
+def test_a_unicode_digit_instant_is_a_coded_error(
+    small: tuple[Engine, dict[str, int]], tmp_path: Path, verb: list[str]
+) -> None:
+    """Was a bug (review 21, L1): ``"²".isdigit()`` holds but ``int("²")`` raises:
+    a ValueError traceback where a coded E1001 belongs."""
+    done = run_cli(verb[0], tmp_path / "state", *verb[1:])
+    assert done.returncode == 2 and "E1001" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_bisect_takes_none_as_the_good_bound_for_position_zero(
+    small: tuple[Engine, dict[str, int]],
+) -> None:
+    """Was a bug (review 21, L2): ``between=(None, b)`` read None as the journal's end, so the
+    search refused to start; None is position 0 (the empty tree), as the default is. A predicate
+    that raises keeps its own exception, with a note naming the probe's position."""
+    eng, _ = small
+
+    def has_no_later(tree: str) -> bool:
+        return not os.path.exists(os.path.join(tree, "later"))
+
+    default = eng.bisect("s", has_no_later)
+    assert eng.bisect("s", has_no_later, between=(None, None)).last_good == default.last_good
+    end = eng.last_position()
+    assert eng.bisect("s", has_no_later, between=(None, end)).last_good == default.last_good
+    with pytest.raises(ZeroDivisionError) as raised:
+        eng.bisect("s", lambda tree: 1 / 0 > 0)
+    assert "raised by the bisect predicate at position 0" in raised.value.__notes__
+
+
+def test_history_of_dot_in_a_scenario_of_several_roots_is_an_error(tmp_path: Path) -> None:
+    """Was a bug (review 21, L4): ``history(".")`` was an empty list where no root is named
+    "." (each of several roots has its name); a typo is never an empty answer."""
+    for name in ("alpha", "beta"):
+        write(tmp_path / name / "f", name.encode())
+    with Engine.open(tmp_path / "state", durability="nosync") as eng:
+        roots = [str(tmp_path / "alpha"), str(tmp_path / "beta")]
+        sc = eng.create_scenario("s", master=roots, replicas={"r1": str(tmp_path / "r1")})
+        sc.start()
+        sc.stop()
+        for path in (".", "/"):
+            with pytest.raises(NoFileAtError, match="names no root"):
+                eng.history("s", path)
+        assert [e.operation for e in eng.history("s", "alpha")] == ["root"]

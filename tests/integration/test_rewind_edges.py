@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import json
 import os
 import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +24,7 @@ from xoengine.errors import (
     ConfigurationError,
     ReplicaDivergedError,
     RewindUnreachableError,
+    RewindWriteError,
     ScenarioError,
 )
 from xoengine.events import AlertRaised, ReplicaSuspended, RewindStarted, UndoTrimmed
@@ -237,6 +240,62 @@ def test_resume_gives_up_a_rewind_that_could_not_finish(tmp_path: Path) -> None:
         sc.start()
         sc.wait_replicated()
         assert snapshot(tmp_path / "r1") == snapshot(master)
+
+
+def test_a_rewind_that_could_not_write_says_to_rewind_again_not_to_resume(
+    tmp_path: Path,
+) -> None:
+    """Was a bug (review 21, F02): a rewind stopped by a replica write error (E3010) gave an
+    apply's hint, "the change is retried on resume"; a resume gives the rewind up and puts the
+    replica's history before it out of reach. Rewinding again, once the cause is fixed, works."""
+    eng, sc, master = new_scenario(tmp_path)
+    locked = tmp_path / "r1" / "d"
+    try:
+        write(master / "a", b"good")
+        (master / "d").mkdir()
+        sc.start()
+        point = sc.set_rewind_point("P")
+        want = snapshot(tmp_path / "r1")
+        write(master / "a", b"bad")
+        write(master / "d" / "y", b"y")
+        sc.capture()
+        sc.wait_replicated()
+        if subprocess.run(["chattr", "+i", str(locked)], check=False).returncode:
+            pytest.skip("no immutable flag on this file system")
+        with pytest.raises(RewindWriteError) as raised:
+            sc.rewind("r1", point)
+        assert raised.value.code == "E3010"
+        assert "call rewind again" in raised.value.hint
+        assert "retried on resume" not in raised.value.hint
+        subprocess.run(["chattr", "-i", str(locked)], check=True)
+        assert sc.rewind("r1", point) == point.position  # as the hint says
+        assert snapshot(tmp_path / "r1") == want
+    finally:
+        subprocess.run(["chattr", "-i", str(locked)], check=False)
+        eng.close()
+
+
+def test_cli_rewind_reads_a_number_as_a_position(tmp_path: Path) -> None:
+    """Was a bug (review 21, F11): ``xoengine rewind STATE S R 10`` looked for a point named
+    "10", a name no point may have; every other verb reads a number as a position."""
+    eng, sc, master = new_scenario(tmp_path)
+    try:
+        write(master / "a", b"good")
+        sc.start()
+        good = sc.set_rewind_point("good")
+        write(master / "a", b"bad")
+        sc.capture()
+        sc.wait_replicated()
+        sc.stop()
+    finally:
+        eng.close()
+    state = tmp_path / "state"
+    both = kit.run_cli("rewind", state, "s", "r1", "good", "--position", str(good.position))
+    assert both.returncode == 2 and "give one of a rewind point" in both.stderr, both.stderr
+    done = kit.run_cli("rewind", state, "s", "r1", str(good.position), "--json")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["position"] == good.position
+    assert (tmp_path / "r1" / "a").read_bytes() == b"good"
 
 
 def test_a_resync_that_repairs_a_replica_changed_by_hand_puts_the_history_below_out_of_reach(

@@ -44,7 +44,7 @@ def _instant(eng: Engine, scenario: str, text: str | None) -> Instant | None:
     """An instant from the command line (see the module's docstring)."""
     if text is None:
         return None
-    if text.isdigit():
+    if text.isascii() and text.isdigit():  # not "²": a digit to isdigit, not to int
         return int(text)
     point: int | None = None
     with contextlib.suppress(XoError):  # no such scenario (removed) or no such point
@@ -410,18 +410,23 @@ def cmd_rewind(args: argparse.Namespace) -> int:
     ``--dry-run`` opens the journal read-only and shows what the rewind would
     change on the replica, doing nothing.
     """
-    target = {"position": args.position, "at": _time(args.at)}
+    if sum(x is not None for x in (args.point, args.position, args.at)) != 1:
+        raise ConfigurationError(
+            detail="give one of a rewind point (or position), --position or --at"
+        )
+    point, target = args.point, {"position": args.position, "at": _time(args.at)}
+    if point is not None and point.isascii() and point.isdigit():  # as every verb reads one
+        target["position"] = int(point)
+        point = None
     if args.dry_run:
         with Engine.open(args.state, readonly=True) as eng:
-            preview = eng.scenario(args.name).rewind_preview(args.replica, args.point, **target)
+            preview = eng.scenario(args.name).rewind_preview(args.replica, point, **target)
             _show(preview, as_json=args.json)
         return 0
     with Engine.open(args.state, durability=args.durability) as eng:
         sc = eng.scenario(args.name)
         was = sc.applied_position(args.replica)
-        held = sc.rewind(
-            args.replica, args.point, **target, progress=_progress("undo records undone")
-        )
+        held = sc.rewind(args.replica, point, **target, progress=_progress("undo records undone"))
         result = {
             "replica": args.replica,
             "position": held,
@@ -532,7 +537,7 @@ def add_parsers(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     rewind = verbs.add_parser("rewind", help="reset a replica to an earlier state")
     common(rewind)
     rewind.add_argument("replica")
-    rewind.add_argument("point", nargs="?", help="rewind point name")
+    rewind.add_argument("point", nargs="?", help="rewind point name, or a position")
     rewind.add_argument("--position", type=int)
     rewind.add_argument("--at", help="time (ISO 8601; UTC if no offset)")
     rewind.add_argument(
