@@ -35,6 +35,7 @@ from xoengine.errors import (
     JournalDamagedError,
     JournalLockedError,
     NoFileAtError,
+    OutputLocationError,
     OverlappingTreesError,
     ScenarioError,
     ScenarioExistsError,
@@ -617,6 +618,26 @@ class Engine:
             raise ConfigurationError(detail=f"position {position} is outside 0..{top}")
         return position
 
+    def check_output_place(self, path: str | os.PathLike[str], action: str) -> None:
+        """Refuse (E2007) an output ``path`` inside the state directory or a scenario's tree.
+
+        A replay's target, a scratch directory, a file written out: inside a
+        master, the next capture would journal the rebuilt evidence as the
+        master's own content; inside a replica, a synchronization removes it;
+        inside the state directory, it lies beside the journal it came from.
+        ``action`` says what was refused, as in "replay into".
+        """
+        there = _real(path)
+        places = [("the state directory", _real(self.state_dir))]
+        for d in self._definitions.values():
+            places += [(f"a master root of scenario {d.name}", root) for root in d.roots]
+            places += [(f"replica {r!r} of scenario {d.name}", p) for r, p in d.replicas.items()]
+        for what, place in places:
+            if _inside(there, place):
+                raise OutputLocationError(
+                    action=action, path=os.fspath(path), detail=f"it is inside {what} ({place})"
+                )
+
     def replay(
         self,
         scenario: str | Scenario,
@@ -646,6 +667,7 @@ class Engine:
                 raise ConfigurationError(detail=f"{name}= does not take {value!r}")
         instant = given[0] if given else None
         at_position = self.instant(scenario, instant)
+        self.check_output_place(to, "replay into")
         return self.forensics(scenario).replay(to, at_position, path, progress)
 
     @contextlib.contextmanager
@@ -667,6 +689,8 @@ class Engine:
         """
         position = self.instant(scenario, at)
         rel = normalize_relpath(path)
+        if scratch is not None:
+            self.check_output_place(scratch, "replay into the scratch directory")
         with tempfile.TemporaryDirectory(prefix="xoengine-file-at-", dir=scratch) as temporary:
             out = os.path.join(temporary, "tree")
             try:

@@ -335,7 +335,8 @@ class OutputLocationError(XoError):
     exit_code = 2
     hint = (
         "Give a path whose parent is an existing, writable directory, outside the state "
-        "directory (a replay's --to: a new or empty directory). Nothing was written."
+        "directory and the scenarios' masters and replicas (a replay's --to: a new or "
+        "empty directory). Nothing was written."
     )
 
 

@@ -39,7 +39,12 @@ from scenario_kit import run_cli, write
 from xoengine.capture import FLUSH_BYTES
 from xoengine.cli import main
 from xoengine.engine import Engine
-from xoengine.errors import ConfigurationError, NoFileAtError, ScenarioNotFoundError
+from xoengine.errors import (
+    ConfigurationError,
+    NoFileAtError,
+    OutputLocationError,
+    ScenarioNotFoundError,
+)
 from xoengine.forensic import Forensics
 from xoengine.journal import iso_time
 
@@ -888,3 +893,36 @@ def test_history_of_dot_in_a_scenario_of_several_roots_is_an_error(tmp_path: Pat
             with pytest.raises(NoFileAtError, match="names no root"):
                 eng.history("s", path)
         assert [e.operation for e in eng.history("s", "alpha")] == ["root"]
+
+
+def test_output_inside_a_scenarios_tree_or_the_state_directory_is_refused(
+    tmp_path: Path,
+) -> None:
+    """Was a bug (review 21, M2, L3): ``replay --to`` (and ``cat --out``, ``--scratch``)
+    into the scenario's master was journaled by the next capture as the master's own
+    content; into a replica, a synchronization removed it; the library's replay wrote
+    even beside ``data.mdb``. Each is E2007 now, and nothing is written."""
+    master = tmp_path / "m"
+    write(master / "doc.txt", b"v1")
+    state = tmp_path / "state"
+    with Engine.open(state, durability="nosync") as eng:
+        sc = eng.create_scenario("s", master=str(master), replicas={"r1": str(tmp_path / "r1")})
+        sc.start()
+        sc.stop()
+    places = [master / "evidence", tmp_path / "r1" / "evidence", state / "journal" / "out"]
+    with Engine.open(state, readonly=True) as eng:
+        for place in places:
+            with pytest.raises(OutputLocationError, match="inside"):
+                eng.replay("s", to=place)
+            with (
+                pytest.raises(OutputLocationError, match="inside"),
+                eng.file_at("s", "doc.txt", scratch=place.parent),
+            ):
+                pass
+            assert not place.exists()
+    for place in places:
+        for verb in (["replay", "--to", place], ["cat", "doc.txt", "--out", place]):
+            done = run_cli(verb[0], state, "s", *verb[1:])
+            assert done.returncode == 2 and "E2007" in done.stderr, done.stderr
+            assert not place.exists()
+    assert sorted(p.name for p in master.iterdir()) == ["doc.txt"]

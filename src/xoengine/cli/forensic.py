@@ -110,19 +110,10 @@ def _before_history(eng: Engine, scenario: str, instant: Instant | None, text: s
     )
 
 
-def _outside_state(state: str, path: str, action: str) -> None:
-    """Refuse an output ``path`` inside the state directory (or journal copy) ``state``."""
-    home, there = os.path.realpath(state), os.path.realpath(path)
-    if os.path.commonpath([home, there]) == home:
-        raise OutputLocationError(
-            action=action, path=path, detail=f"it is inside the state directory {state}"
-        )
-
-
-def _check_output(state: str, out: str | None, scratch: str | None) -> None:
+def _check_output(eng: Engine, out: str | None, scratch: str | None) -> None:
     """Refuse ``cat``'s output file and scratch directory before any work is done."""
     if out is not None:
-        _outside_state(state, out, "write the output to")
+        eng.check_output_place(out, "write the output to")
         if os.path.lexists(out):  # evidence may be there: never written over
             raise OutputLocationError(
                 action="write the output to", path=out, detail="it exists already"
@@ -173,8 +164,8 @@ def cmd_cat(args: argparse.Namespace) -> int:
     since when the path held them and what changed them next. The bytes on
     stdout stay exactly the file's.
     """
-    _check_output(args.state, args.out, args.scratch)
     with Engine.open(args.state, readonly=True) as eng:
+        _check_output(eng, args.out, args.scratch)
         instant = _instant(eng, args.name, args.at)
         _before_history(eng, args.name, instant, args.at)
         position = eng.instant(args.name, instant)
@@ -264,8 +255,7 @@ _NO_VERDICT: Final = 126
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    """``replay``: rebuild a tree, subtree or file as it was (never inside the state directory)."""
-    _outside_state(args.state, args.to, "replay into")
+    """``replay``: rebuild a tree, subtree or file as it was (never inside a tree it names)."""
     with Engine.open(args.state, readonly=True) as eng:
         _before_history(eng, args.name, _time(args.at), args.at)
         result = eng.replay(
