@@ -923,6 +923,12 @@ def test_synchronize_warns_of_the_special_files_it_skips(engine: Engine, tmp_pat
     ]
     assert sorted(os.listdir(tmp_path / "r1" / "run")) == []
     assert (tmp_path / "r1" / "a.txt").read_bytes() == b"a"
+    # Review 21 (F04): verify listed it "missing on the replica", which no sync could clear.
+    assert sc.difference_report("r1", verify=True)["differences"] == {}
+    os.mkfifo(tmp_path / "r1" / "run" / "stray")  # one on the replica is a difference
+    assert sc.difference_report("r1", verify=True)["differences"] == {
+        "run/stray": "only on the replica"
+    }
 
 
 def test_sparse_files_stay_sparse_on_the_replica_and_in_replays(
