@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import math
 import os
 import re
 import stat
@@ -791,6 +792,8 @@ class Engine:
                 raise ConfigurationError(detail=f"no rewind point named {value!r}")
             return found
         if isinstance(value, RewindPoint):  # checked as a position: it may be another journal's
+            if value.position is None:  # not the end, as position_of reads None
+                raise ConfigurationError(detail=f"rewind point {value.name!r} has no position")
             return self.position_of(value.position)
         if isinstance(value, dt.datetime):
             return self.position_of(at=value)
@@ -1150,10 +1153,10 @@ class Engine:
             if value is not None and (
                 isinstance(value, bool)
                 or not isinstance(value, int if count else int | float)
-                or value < 0
+                or not 0 <= value < math.inf  # NaN too: it compares false
             ):
                 whole = ", a whole one" if count else ""
-                raise ScenarioError(name=name, detail=f"{key} must be a number >= 0{whole}")
+                raise ScenarioError(name=name, detail=f"{key} must be a finite number >= 0{whole}")
         return roots, replica_paths
 
     def scenarios(self) -> list[Scenario]:

@@ -28,6 +28,7 @@ clock it measures ages with: a wall clock stepped forward does not age history.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import stat
 import threading
@@ -444,9 +445,13 @@ class RetentionPolicy:
         limits = {"max_age_s": self.max_age_s, "window_s": self.window_s}
         for name, value in limits.items():
             if value is not None and (
-                isinstance(value, bool) or not isinstance(value, int | float) or value < 0
+                isinstance(value, bool)
+                or not isinstance(value, int | float)
+                or not 0 <= value < math.inf  # NaN too: it compares false
             ):
-                raise ConfigurationError(detail=f"{name} is a number >= 0 or None, not {value!r}")
+                raise ConfigurationError(
+                    detail=f"{name} is a finite number >= 0 or None, not {value!r}"
+                )
         for name, count in {"max_bytes": self.max_bytes, "min_points": self.min_points}.items():
             if (count is not None or name == "min_points") and (
                 isinstance(count, bool) or not isinstance(count, int) or count < 0

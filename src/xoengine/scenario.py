@@ -974,8 +974,8 @@ class Scenario:
         given = [x is not None for x in (to, position, at)]
         if sum(given) != 1:
             raise ConfigurationError(detail="give exactly one of a rewind point, position= or at=")
-        if isinstance(to, RewindPoint):
-            return to.position
+        if isinstance(to, RewindPoint):  # made by anyone: its position is checked as one
+            return self._engine.instant(self, to)
         if isinstance(to, str):
             for name, pos, _ in reversed(self._def.points):
                 if name == to:
@@ -1274,6 +1274,10 @@ class Scenario:
         if policy is not None and not isinstance(policy, RetentionPolicy):
             raise ConfigurationError(
                 detail=f"a retention policy is a RetentionPolicy, not {policy!r}"
+            )
+        if now_ns is not None and (not isinstance(now_ns, int) or isinstance(now_ns, bool)):
+            raise ConfigurationError(
+                detail=f"now_ns is a time in ns since the epoch, not {now_ns!r}"
             )
         policy = policy or self._retention_policy()
         now, ahead = self._engine.retention_clock.read() if now_ns is None else (now_ns, 0)

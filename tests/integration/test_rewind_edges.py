@@ -28,7 +28,7 @@ from xoengine.errors import (
     ScenarioError,
 )
 from xoengine.events import AlertRaised, ReplicaSuspended, RewindStarted, UndoTrimmed
-from xoengine.rewind import RetentionPolicy
+from xoengine.rewind import RetentionPolicy, RewindPoint
 from xoengine.testing import snapshot_contents
 
 snapshot = snapshot_contents
@@ -146,6 +146,12 @@ def test_a_rewind_target_is_a_point_a_name_a_position_or_a_time(tmp_path: Path) 
         {"at": dt.date(2026, 11, 27)},
         {"to": 2.0},
         {"to": b"good"},
+        # Review 21 (F05): a RewindPoint was taken at its word; one past the journal's
+        # end journaled a false ReplicaRewound, a non-int position was a TypeError.
+        {"to": RewindPoint(name="far", position=10_000, time_ns=0)},
+        {"to": RewindPoint(name="str", position="3", time_ns=0)},  # type: ignore[arg-type]
+        {"to": RewindPoint(name="none", position=None, time_ns=0)},  # type: ignore[arg-type]
+        {"to": RewindPoint(name="minus", position=-3, time_ns=0)},
     ],
     ids=lambda a: f"{next(iter(a))}={next(iter(a.values()))!r}",
 )
@@ -659,6 +665,8 @@ def test_a_replica_found_diverged_is_not_rewound_until_synchronized(tmp_path: Pa
         {"min_points": 1.5},
         {"max_age_s": -1.0},
         {"window_s": "1h"},
+        {"window_s": float("nan")},  # review 21 (F06): it protected nothing, said nothing
+        {"max_age_s": float("inf")},
     ],
 )
 def test_a_retention_policy_that_means_no_budget_is_refused(
@@ -674,6 +682,8 @@ def test_trim_undo_and_the_undo_options_refuse_what_is_not_a_budget(tmp_path: Pa
     try:
         with pytest.raises(ConfigurationError):
             sc.trim_undo("x")  # type: ignore[arg-type]
+        with pytest.raises(ConfigurationError):
+            sc.trim_undo(now_ns="abc")  # type: ignore[arg-type]
         (tmp_path / "m2").mkdir()
         with pytest.raises(ScenarioError, match="whole one"):
             eng.create_scenario(
@@ -682,5 +692,18 @@ def test_trim_undo_and_the_undo_options_refuse_what_is_not_a_budget(tmp_path: Pa
                 replicas={"r": str(tmp_path / "r2")},
                 undo_min_points=1.5,
             )
+        # Review 21 (F06): NaN passed "< 0": a window that protects nothing, an
+        # automatic point at every capture, and `scenario list --json` not JSON.
+        for option in ("undo_window", "undo_max_age", "rewind_interval"):
+            for value in (float("nan"), float("inf")):
+                with pytest.raises(ScenarioError, match="finite"):
+                    eng.create_scenario(
+                        "t",
+                        master=str(tmp_path / "m2"),
+                        replicas={"r": str(tmp_path / "r2")},
+                        **{option: value},
+                    )
+        with pytest.raises(ScenarioError, match="finite"):
+            eng.update_scenario("s", undo_window=float("nan"))
     finally:
         eng.close()
