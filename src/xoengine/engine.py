@@ -164,9 +164,10 @@ class XoApplication(Application[uuid.UUID]):
 STANDING_ALERTS: Final = frozenset({"AW0001", "AW0002", "AW0005", "E3011"})
 """Alerts that stand for a replica while their condition does, until an ``info`` alert of
 the same code clears them: AW0001 its backlog is over ``spool_limit``, AW0002 the undo
-budget nears the window, AW0005 the clock is ahead of the time that has passed (its
-undo log is aged by elapsed time), E3011 the replica was changed outside xoengine (cleared
-by a synchronization of it)."""
+budget nears the window (or the newest ``undo_min_points`` points hold more than it),
+AW0005 the clock is ahead of the time that has passed (its undo log is aged by elapsed
+time), E3011 the replica was changed outside xoengine (cleared by a synchronization of
+it)."""
 
 
 @dataclass

@@ -619,5 +619,16 @@ def retention(
     if newest and cut > min(newest):
         cut = min(newest)
         reasons.append("held back: rewind points")
+        kept = sum(u.bytes for u in ordered if u.position > cut)
+        if alert is None and policy.max_bytes is not None and kept > policy.max_bytes:
+            # The budget cannot be met without cutting the points that must stay:
+            # said, not done, and not silently exceeded either.
+            alert = (
+                f"undo log holds {kept} bytes after the newest {len(newest)} rewind point(s) "
+                f"it must keep (undo_min_points), over its {policy.max_bytes}-byte budget: "
+                "set a newer rewind point, or lower undo_min_points, or raise the budget"
+            )
+    if not any(u.position <= cut for u in ordered):
+        cut = 0  # nothing left to drop there (trimmed before): no trim to journal
     trimmed = sum(u.bytes for u in ordered if u.position <= cut)
     return RetentionDecision(cut, trimmed, tuple(reasons) if cut else (), alert, share)

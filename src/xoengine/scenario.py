@@ -1319,7 +1319,7 @@ class Scenario:
             share = decision.window_share
             if raised is None and share is not None and share >= CLEAR_SHARE:
                 continue  # standing or not, it stays so until the share falls under 0.7
-            self._standing("AW0002", name, raised, "its undo budget holds its window again")
+            self._standing("AW0002", name, raised, "its undo budget holds what it must keep again")
         return decisions
 
     def _clock_ahead(self, replica: str, ahead_ns: int) -> None:

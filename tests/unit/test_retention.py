@@ -15,6 +15,7 @@ this machine cannot be asked to do under a test.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import pytest
@@ -99,6 +100,20 @@ def test_retention_keeps_min_points_reachable() -> None:
     assert decision.trim_upto == 3
     assert decision.records_bytes == 300
     assert decision.reasons == ("age", "held back: rewind points")
+
+
+def test_retention_held_back_by_points_over_budget_alerts_and_journals_no_empty_trim() -> None:
+    # Was a bug (review 21, F03): with the newest point at 3 and everything up to it
+    # trimmed already, every check returned trim_upto=3 with nothing to drop (an empty
+    # UndoTrimmed journaled each time), and the log grew past its budget unsaid.
+    after = TEN[3:]  # positions 4..10 (700 bytes) left; the point at 3 needs them all
+    decision = retention(after, [point(3)], RetentionPolicy(max_bytes=200, min_points=1), NOW)
+    assert (decision.trim_upto, decision.records_bytes, decision.reasons) == (0, 0, ())
+    assert decision.alert is not None and "700 bytes" in decision.alert
+    assert "undo_min_points" in decision.alert
+    # A newer point lets the budget be met: no alert.
+    decision = retention(after, [point(9)], RetentionPolicy(max_bytes=200, min_points=1), NOW)
+    assert (decision.trim_upto, decision.alert) == (8, None)
 
 
 def test_retention_point_order_does_not_matter() -> None:
@@ -205,6 +220,7 @@ def test_retention_never_trims_inside_the_window_or_past_the_newest_points(
     points = [point(p, f"p{i}") for i, p in enumerate(positions)]
     decision = retention(items, points, policy, NOW)
     cut = decision.trim_upto
+    wanted = model(items, points, policy, NOW)
     # Nothing inside the protected window goes.
     if policy.window_s is not None:
         start = NOW - policy.window_s * S
@@ -217,14 +233,26 @@ def test_retention_never_trims_inside_the_window_or_past_the_newest_points(
         assert cut == 0
     # The numbers add up, and the decision is the model's.
     assert decision.records_bytes == sum(u.bytes for u in items if u.position <= cut)
-    assert cut == model(items, points, policy, NOW)
+    # A cut below every record left is none: nothing is journaled (review 21, F03: an
+    # empty UndoTrimmed at every check while points held the log).
+    assert cut == (wanted if any(u.position <= wanted for u in items) else 0)
     assert bool(decision.reasons) == bool(cut)
-    # The alert says the window's records are at or over 80 % of the budget, and only then.
+    # The alert says the window's records are at or over 80 % of the budget, or that the
+    # newest min_points points hold the log over it (they cut what the budget wanted),
+    # and only then.
+    window_full = False
     if policy.window_s is not None and policy.max_bytes is not None:
         inside = sum(u.bytes for u in items if u.time_ns >= NOW - policy.window_s * S)
-        assert (decision.alert is not None) == (inside >= 0.8 * policy.max_bytes)
-    else:
-        assert decision.alert is None
+        window_full = inside >= 0.8 * policy.max_bytes
+    newest = sorted(positions, reverse=True)[: policy.min_points]
+    unheld = model(items, points, dataclasses.replace(policy, min_points=0), NOW)
+    points_full = (
+        bool(newest)
+        and unheld > min(newest)
+        and policy.max_bytes is not None
+        and sum(u.bytes for u in items if u.position > min(newest)) > policy.max_bytes
+    )
+    assert (decision.alert is not None) == (window_full or points_full)
 
 
 @settings(max_examples=200, deadline=None)
