@@ -456,7 +456,7 @@ class Scenario:
             thread.wake()
         self._check_state()
         self._check_clock(appended)
-        self._auto_point()
+        self._auto_point(appended)
         self._auto_trim()
         with self._captured:
             self._captured.notify_all()
@@ -510,13 +510,17 @@ class Scenario:
                     raise ReplicationTimeoutError(timeout=timeout, what=f"{wanted} to be journaled")
                 self._captured.wait(remaining)
 
-    def _auto_point(self) -> None:
+    def _auto_point(self, position: int) -> None:
+        """An automatic point at ``position``, this scenario's own last change, if one is due.
+
+        Changes flow on this master only: not another scenario's appends, nor this
+        one's bookkeeping (a suspend, a rewind).
+        """
         interval = self._def.options.get("rewind_interval")
-        if not interval:
+        if not interval or not position:
             return
         # The newest automatic point: from the end (the list holds every point ever set).
         last = next((pos for _, pos, kind in reversed(self._def.points) if kind == "auto"), 0)
-        position = self._engine.last_position()
         if position <= last:
             return
         if (

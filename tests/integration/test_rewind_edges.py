@@ -707,3 +707,51 @@ def test_trim_undo_and_the_undo_options_refuse_what_is_not_a_budget(tmp_path: Pa
             eng.update_scenario("s", undo_window=float("nan"))
     finally:
         eng.close()
+
+
+def test_automatic_points_follow_the_scenarios_own_changes(tmp_path: Path) -> None:
+    """``rewind_interval``: a point at a capture's last change, once the interval has passed
+    since the last automatic point. Was a bug (review 21, F07): another scenario's appends,
+    and this one's own suspend or rewind, set points on a master that never changed."""
+    eng, a, master = new_scenario(tmp_path, rewind_interval=1e-9)  # every change is due
+    try:
+        write(tmp_path / "mb" / "x", b"0")
+        b = eng.create_scenario(
+            "b", master=str(tmp_path / "mb"), replicas={"r": str(tmp_path / "rb")}
+        )
+        write(master / "f", b"0")
+        a.start()
+        b.start()
+
+        def autos() -> list[int]:
+            return [p.position for p in a.rewind_points() if p.kind == "auto"]
+
+        write(master / "f", b"1")
+        changed = a.capture().last_position
+        assert autos() == [changed]
+        write(tmp_path / "mb" / "x", b"1")
+        b.capture()  # the other scenario's change
+        assert a.capture().events == 0
+        a.suspend("r1")
+        a.resume("r1")
+        assert a.capture().events == 0
+        assert autos() == [changed]
+        with a.open("f") as f:  # a journaled file's flush is a change too
+            f.write(b"2")
+        assert autos() == [changed, eng.history("s", "f")[-1].position]
+        a.stop()
+        b.stop()
+    finally:
+        eng.close()
+    (tmp_path / "long").mkdir()
+    eng, a, master = new_scenario(tmp_path / "long", rewind_interval=3600)
+    try:
+        a.start()
+        firsts = []
+        for i in range(3):
+            write(master / "f", bytes([i]))
+            firsts.append(a.capture().last_position)
+        assert [p.position for p in a.rewind_points() if p.kind == "auto"] == firsts[:1]
+        a.stop()
+    finally:
+        eng.close()
