@@ -17,6 +17,7 @@ import stat
 import tempfile
 import threading
 import time
+import unicodedata
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
@@ -943,8 +944,8 @@ class Scenario:
             why = "it reads as an ISO 8601 time, which names an instant"
         elif _AUTO_POINT_NAME.fullmatch(name):
             why = "that form is kept for automatic points"
-        elif any(point_name == name for point_name, _, _ in self._def.points):
-            why = "another rewind point of this scenario has it"
+        elif any(_same_name(point_name, name) for point_name, _, _ in self._def.points):
+            why = "another rewind point of this scenario has it (or one that looks the same)"
         if why is not None:
             raise ConfigurationError(detail=f"rewind point name {name!r} refused: {why}")
 
@@ -982,7 +983,7 @@ class Scenario:
             return self._engine.instant(self, to)
         if isinstance(to, str):
             for name, pos, _ in reversed(self._def.points):
-                if name == to:
+                if _same_name(name, to):  # as typed, in whichever Unicode form
                     return pos
             raise ConfigurationError(detail=f"no rewind point named {to!r}")
         if isinstance(to, dt.datetime):
@@ -1700,6 +1701,11 @@ class _NotifyingFile(JournaledFile):
         super().flush()
         after = engine.last_position()
         self._scenario._after_append(after if after != before else 0)
+
+
+def _same_name(a: str, b: str) -> bool:
+    """Whether two point names look the same: one Unicode form (NFC), outer spaces aside."""
+    return unicodedata.normalize("NFC", a.strip()) == unicodedata.normalize("NFC", b.strip())
 
 
 def _entries_below(tree: ReplicaTree, path: str) -> int:

@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import subprocess
+import unicodedata
 from pathlib import Path
 from typing import Any
 
@@ -185,6 +186,26 @@ def test_a_rewind_point_name_that_is_not_plain_text_is_refused(tmp_path: Path, n
         with pytest.raises(ConfigurationError):
             sc.set_rewind_point(name)
         assert sc.rewind_points() == []
+    finally:
+        eng.close()
+
+
+def test_a_point_name_that_looks_like_one_the_scenario_has_is_refused(tmp_path: Path) -> None:
+    """Was a bug (review 21, F12): "café" in NFC and in NFD, or "p1" and "p1 ", were two
+    points the listing showed alike, and the shell typed whichever it typed. A name is
+    compared in one Unicode form without outer spaces, and found so by rewind."""
+    eng, sc, master = new_scenario(tmp_path)
+    try:
+        write(master / "f", b"x")
+        sc.start()
+        nfc, nfd = unicodedata.normalize("NFC", "café"), unicodedata.normalize("NFD", "café")
+        point = sc.set_rewind_point(nfc)
+        sc.set_rewind_point("p1")
+        for name in (nfd, "p1 ", " café"):
+            with pytest.raises(ConfigurationError, match="looks the same"):
+                sc.set_rewind_point(name)
+        assert [p.name for p in sc.rewind_points() if p.kind == "user"] == [nfc, "p1"]
+        assert sc.resolve(nfd) == point.position
     finally:
         eng.close()
 
