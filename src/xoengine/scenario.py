@@ -1020,12 +1020,6 @@ class Scenario:
         self._usable("rewind a replica of")
         applier, target = self._rewind_target(replica, to, position, at)
         applier.check_root()  # refused before anything is journaled
-        if replica in self._def.standing("E3011") or self._used_while_rewound(replica):
-            # Found changed outside xoengine, or used since its rewind: undoing and
-            # applying the journal from a state neither the undo log nor the journal
-            # knows would give a tree the journal never held. A synchronization (or
-            # resume) makes it exact first.
-            raise ReplicaDivergedError(replica=replica, path=".", position=applier.position())
         suspending = replica not in self._def.suspended
         if suspending:  # journaled with the rewind's start: a kill between leaves neither
             self._stop_thread(replica)
@@ -1091,6 +1085,12 @@ class Scenario:
             raise RewindUnreachableError(
                 name=self.name, replica=replica, position=target, floor=floor
             )
+        if replica in self._def.standing("E3011") or self._used_while_rewound(replica):
+            # Found changed outside xoengine, or used since its rewind: undoing and
+            # applying the journal from a state neither the undo log nor the journal
+            # knows would give a tree the journal never held. A synchronization (or
+            # resume) makes it exact first.
+            raise ReplicaDivergedError(replica=replica, path=".", position=applier.position())
         return applier, target
 
     def _floor(self, applier: ReplicaApplier, txn: ReadTxn) -> int:

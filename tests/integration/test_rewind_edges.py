@@ -529,6 +529,9 @@ def test_a_replica_used_while_rewound_is_never_rewound_from_what_it_became(
         write(tmp_path / "r1/app.lock", b"pid")
         with pytest.raises(ReplicaDivergedError):
             sc.rewind("r1", p1)
+        # Review 21 (F09): the preview (`rewind --dry-run`) showed a plan for it.
+        with pytest.raises(ReplicaDivergedError):
+            sc.rewind_preview("r1", p1)
         sc.resume("r1")  # resynchronized; what it was before the resume is out of reach
         sc.wait_replicated()
         assert snapshot(tmp_path / "r1") == snapshot(master)
