@@ -1607,7 +1607,7 @@ def test_retention_options_are_checked(tmp_path: Path) -> None:
     eng, _sc, _master = new_engine(tmp_path)
     (tmp_path / "m2").mkdir()
     try:
-        with pytest.raises(ScenarioError, match="undo_max_bytes must be a number"):
+        with pytest.raises(ScenarioError, match="undo_max_bytes must be a finite number"):
             eng.create_scenario(
                 "other",
                 master=str(tmp_path / "m2"),
@@ -1616,7 +1616,7 @@ def test_retention_options_are_checked(tmp_path: Path) -> None:
             )
         with pytest.raises(ScenarioError, match=r"unknown option\(s\) undo_max_byte;"):
             eng.update_scenario("fx", undo_max_byte=10)  # a typo is not an unset limit
-        with pytest.raises(ScenarioError, match="undo_window must be a number"):
+        with pytest.raises(ScenarioError, match="undo_window must be a finite number"):
             eng.update_scenario("fx", undo_window=-1)
         assert eng.update_scenario("fx", undo_window=3600).options["undo_window"] == 3600
     finally:
