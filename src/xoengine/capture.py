@@ -458,7 +458,9 @@ class Capture:
             entry = walked[path]
             state = known.get(path)
             with self._one_path():
-                if state is not None and state.kind != entry.kind:
+                if state is not None and (
+                    state.kind != entry.kind or self._made_anew(path, entry, state)
+                ):
                     self._delete_tree(path, known)
                     state = None
                 if state is None:
@@ -536,14 +538,42 @@ class Capture:
             if _same_inode(mine, entry):
                 return False  # moved into place already, with its parent
             elsewhere = now_at().get((mine.dev, mine.ino), path)
-            if elsewhere != path and not self._reborn(elsewhere, mine):
+            if elsewhere == path or self._reborn(elsewhere, mine):
+                self._delete_tree(path, known)  # replaced by the moved one
+            elif not self._move_inside(path, old, elsewhere, known, gone):
                 return None  # its own identity moves on first (or the two exchanged)
-            self._delete_tree(path, known)  # replaced by the moved one
         self._create_parents(path, walked, known)
         self._rename(old, path, known)
         for key, was in gone.items():
             if was.startswith(old + "/"):
                 gone[key] = path + was[len(old) :]
+        return True
+
+    def _move_inside(
+        self,
+        path: str,
+        old: str,
+        elsewhere: str,
+        known: dict[str, FileState],
+        gone: dict[tuple[int, int], str],
+    ) -> bool:
+        """Move what ``path`` held into the directory ``old`` that takes its name next.
+
+        ``mv top D/top; mv D top``: ``top``'s file is at ``top/top`` now, below
+        the directory coming from ``D``. It goes to ``D/top`` first, then ``D``
+        (with it) to ``top``. False where ``elsewhere`` is not below ``path`` or
+        has no known directory to go to below ``old``.
+        """
+        if not elsewhere.startswith(path + "/"):
+            return False
+        inside = old + elsewhere[len(path) :]
+        parent = known.get(inside.rpartition("/")[0])
+        if inside in known or parent is None or parent.kind != "dir":
+            return False
+        self._rename(path, inside, known)
+        for key, was in gone.items():  # where they are now: they move on with ``old``
+            if was == path or was.startswith(path + "/"):
+                gone[key] = inside + was[len(path) :]
         return True
 
     def _reborn(self, path: str, was: FileState) -> bool:
@@ -558,6 +588,21 @@ class Capture:
         index, rel = self.layout.split(path)
         born = birth_ns(self.layout.roots[index], rel)
         return born is not None and was.ctime_ns > 0 and born > was.ctime_ns
+
+    def _made_anew(self, path: str, entry: Entry, state: FileState) -> bool:
+        """Whether ``path`` holds a new inode given the number of the one known there.
+
+        ``rm a; echo > a`` (or ``rmdir e; mkdir e``) between two scans keeps the
+        inode number on ext4: the old file is gone and this is another one, not
+        a write to it. Only a path whose change time moved can be one (a new
+        inode's is at or after its birth), so an unchanged tree costs no statx.
+        """
+        return (
+            entry.ctime_ns > state.ctime_ns
+            and bool(state.ino)
+            and _same_inode(state, entry)
+            and self._reborn(path, state)
+        )
 
     @staticmethod
     def _parents_are_dirs(path: str, known: dict[str, FileState]) -> bool:

@@ -1,0 +1,210 @@
+"""Capture keeps file identities apart where the inode numbers do not tell them.
+
+ext4 hands a freed inode number out again at once: a file deleted and made
+again under its name keeps its inode number, and a move can put a file where
+a directory's name was. Each test checks the history of the identities, that
+the replica is the master's copy, and where a file was made again that a
+rewind to before it gives the old file back.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING
+
+import pytest
+from scenario_kit import new_scenario, write
+
+from xoengine.testing import snapshot_contents
+from xoengine.walk import birth_ns
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from xoengine.engine import Engine
+
+
+def _past(ns: int, probe: Path) -> None:
+    """Return once the file system's clock (it moves in ticks) has passed ``ns``."""
+    while True:
+        probe.write_bytes(b"")
+        if probe.stat().st_ctime_ns > ns:
+            return
+
+
+def _made_again(path: Path, content: bytes | None, aside: Path) -> int:
+    """Delete ``path`` and make it again (``content``, or a directory) on its old inode number.
+
+    The new one is born after the old one's last change. ext4 hands out the
+    lowest free number of the directory's group, the one just freed unless a
+    lower one was free too (other tests delete files): a file given another
+    is put ``aside`` (outside the master) and the path made again. Returns how
+    many were put aside.
+    """
+    before = path.lstat()
+    aside.mkdir()
+    _past(before.st_ctime_ns, aside / "probe")
+    if content is None:
+        os.rmdir(path)
+    else:
+        path.unlink()
+    for n in range(200):
+        if content is None:
+            path.mkdir()
+        else:
+            path.write_bytes(content)
+        if path.lstat().st_ino == before.st_ino:
+            break
+        path.rename(aside / str(n))
+    else:
+        pytest.skip("the file system gave no new file the old inode number")
+    if birth_ns(path.parent, path.name) is None:
+        pytest.skip("the file system keeps no birth time")
+    return n
+
+
+def _changes(eng: Engine, path: str, after: int) -> list[tuple[str, str]]:
+    """``path``'s history after position ``after``: (operation, file id)."""
+    return [(e.operation, e.file_id) for e in eng.history("fx", path) if e.position > after]
+
+
+def test_capture_journals_a_file_made_again_on_its_inode_number_as_a_new_one(
+    tmp_path: Path,
+) -> None:
+    """``rm report.txt; echo forged > report.txt`` between two captures.
+
+    Was a write of the new bytes to the old identity: no deletion in its
+    history, ``diff`` said modified.
+    """
+    eng, sc, master = new_scenario(tmp_path)
+    try:
+        write(master / "report.txt", b"original report\n")
+        sc.start()
+        before = sc.set_rewind_point("before")
+        tree = snapshot_contents(master)
+        sc.wait_replicated()  # the replica's files take no inode number from here on
+        (old_id,) = {e.file_id for e in eng.history("fx", "report.txt")}
+        _made_again(master / "report.txt", b"forged\n", tmp_path / "aside")
+        after = sc.set_rewind_point("after")
+        changes = _changes(eng, "report.txt", before.position)
+        assert [op for op, _ in changes] == ["deleted", "created", "written"]
+        assert changes[0][1] == old_id
+        assert changes[1][1] == changes[2][1] != old_id
+        diff = eng.diff("fx", before.position, after.position)
+        assert (diff.removed, diff.added, diff.modified) == (["report.txt"], ["report.txt"], {})
+        # The replica applies the deletion and the creation; a rewind gives the old file back.
+        sc.wait_replicated()
+        assert snapshot_contents(tmp_path / "r1") == snapshot_contents(master)
+        sc.rewind("r1", before)
+        assert snapshot_contents(tmp_path / "r1") == tree
+    finally:
+        eng.close()
+
+
+def test_capture_journals_a_directory_made_again_on_its_inode_number_as_a_new_one(
+    tmp_path: Path,
+) -> None:
+    """``rm e/f; rmdir e; mkdir e`` between two captures: e and e/f deleted, e made anew."""
+    eng, sc, master = new_scenario(tmp_path)
+    try:
+        write(master / "e" / "f", b"inside")
+        sc.start()
+        before = sc.set_rewind_point("before")
+        tree = snapshot_contents(master)
+        sc.wait_replicated()
+        (old_dir,) = {e.file_id for e in eng.history("fx", "e")}
+        (master / "e" / "f").unlink()
+        _made_again(master / "e", None, tmp_path / "aside")
+        sc.capture()
+        changes = _changes(eng, "e", before.position)
+        assert [op for op, _ in changes] == ["deleted", "created"]
+        assert changes[0][1] == old_dir
+        assert changes[1][1] != old_dir
+        assert [op for op, _ in _changes(eng, "e/f", before.position)] == ["deleted"]
+        sc.wait_replicated()
+        assert snapshot_contents(tmp_path / "r1") == snapshot_contents(master)
+        sc.rewind("r1", before)
+        assert snapshot_contents(tmp_path / "r1") == tree
+    finally:
+        eng.close()
+
+
+def test_watch_journals_a_file_made_again_on_its_inode_number_as_a_new_one(
+    tmp_path: Path,
+) -> None:
+    """The live watcher's scoped pass tells the new file from the old one too."""
+    eng, sc, master = new_scenario(tmp_path, watch_delay=0.05)
+    try:
+        write(master / "report.txt", b"original report\n")
+        sc.start(watch=True)
+        sc.wait_captured("report.txt", timeout=60)
+        before = sc.set_rewind_point("before")
+        tree = snapshot_contents(master)
+        sc.wait_replicated(timeout=60)
+        if _made_again(master / "report.txt", b"forged\n", tmp_path / "aside"):
+            pytest.skip("the watcher may have seen a file made on another inode number first")
+        write(master / "marker", b"done")
+        sc.wait_captured("marker", timeout=60)
+        changes = _changes(eng, "report.txt", before.position)
+        assert [op for op, _ in changes] == ["deleted", "created", "written"]
+        assert changes[0][1] != changes[1][1]
+        sc.wait_replicated(timeout=60)
+        sc.stop()
+        assert snapshot_contents(tmp_path / "r1") == snapshot_contents(master)
+        sc.rewind("r1", before)
+        assert snapshot_contents(tmp_path / "r1") == tree
+    finally:
+        eng.close()
+
+
+@pytest.mark.parametrize("kind", ["file", "dir"])
+def test_capture_journals_a_move_into_the_directory_taking_the_name_as_two_renames(
+    tmp_path: Path, kind: str
+) -> None:
+    """``mv top D/top; mv D top`` between two captures: ``top`` renamed to ``D/top``, D to top.
+
+    Was: D, its files and top deleted and journaled anew (all their content
+    again): ``top/top`` was refused as a move "into itself", ``top/inside.txt``
+    as one below what the master state still held as a file.
+    """
+    eng, sc, master = new_scenario(tmp_path)
+    try:
+        write(master / "D" / "inside.txt", b"inside")
+        if kind == "file":
+            write(master / "top", b"the file")
+        else:
+            write(master / "top" / "deep.txt", b"deep in the directory")
+        sc.start()
+        before = sc.set_rewind_point("before")
+        tree = snapshot_contents(master)
+        ids = {p: eng.history("fx", p)[0].file_id for p in ("D", "D/inside.txt", "top")}
+        os.rename(master / "top", master / "D" / "top")
+        os.rename(master / "D", master / "top")
+        after = sc.set_rewind_point("after")
+        moves = {
+            p: [(e.operation, e.path, e.new_path, e.file_id) for e in eng.history("fx", p)]
+            for p in ("top/inside.txt", "top/top")
+        }
+        assert moves["top/inside.txt"][-1] == (
+            "renamed",
+            "D/inside.txt",
+            "top/inside.txt",
+            ids["D/inside.txt"],
+        )
+        renames = [m for m in moves["top/top"] if m[0] == "renamed"]
+        assert renames == [
+            ("renamed", "top", "D/top", ids["top"]),
+            ("renamed", "D/top", "top/top", ids["top"]),
+        ]
+        diff = eng.diff("fx", before.position, after.position)
+        assert (diff.added, diff.removed, diff.modified) == ([], [], {})
+        moved = {"D": "top", "D/inside.txt": "top/inside.txt", "top": "top/top"}
+        if kind == "dir":
+            moved["top/deep.txt"] = "top/top/deep.txt"
+        assert diff.renamed == moved
+        sc.wait_replicated()
+        assert snapshot_contents(tmp_path / "r1") == snapshot_contents(master)
+        sc.rewind("r1", before)
+        assert snapshot_contents(tmp_path / "r1") == tree
+    finally:
+        eng.close()
