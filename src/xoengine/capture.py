@@ -121,12 +121,17 @@ def _unread(path: str, error: OSError) -> TreeWarning:
     return ChangeWhileReadWarning(path=path, detail=error.strerror)
 
 
-def _observed(st: os.stat_result | None) -> list[int]:
-    """The stat of a file just read, with the time it was taken (call right after fstat)."""
+def _observed(st: os.stat_result | None, size: int | None = None) -> list[int]:
+    """The stat of a file just read, with the time it was taken (call right after fstat).
+
+    ``size``: the bytes read, where the file moved under the read (``st`` is
+    then the stat the read began with: the next pass finds it moved, and reads
+    again what was written meanwhile).
+    """
     if st is None:
         return []
     return [
-        st.st_size,
+        st.st_size if size is None else size,
         stat.S_IMODE(st.st_mode),
         st.st_mtime_ns,
         st.st_ctime_ns,
@@ -815,7 +820,9 @@ class Capture:
                 self._result.warnings.append(
                     ChangeWhileReadWarning(path=path, detail="size or mtime moved during the read")
                 )
-                return data, after
+                # The stat it began with, not the one it ended with: that one would vouch
+                # for bytes older than the writes it shows, for good (review 21, F1).
+                return data, before
         return None
 
     def _racy(self, path: str, state: FileState, *, xattrs: bool = False) -> bool:
@@ -863,7 +870,7 @@ class Capture:
         if got is None:
             return
         data, st = got
-        observed = _observed(st)  # first: its time must not lag the fstat (racy rule)
+        observed = _observed(st, len(data))  # first: its time must not lag the fstat (racy)
         bs = self.state.block_size
         new_map = BlockMap.compute(data, bs)
         view = memoryview(data)
@@ -926,9 +933,9 @@ class Capture:
         if not runs and size == old.size:
             # Same bytes: only metadata moved (e.g. touch); keep the stat current.
             if not quiet:
-                self._metadata_only(path, state, _observed(st))
+                self._metadata_only(path, state, _observed(st, size))
             return True
-        self._write_runs(path, state, runs, _observed(st), size)
+        self._write_runs(path, state, runs, _observed(st, size), size)
         return True
 
     def _parts_forgetter(self, state: FileState) -> Callable[[], None]:
@@ -1024,7 +1031,7 @@ class Capture:
                 self._result.warnings.append(
                     ChangeWhileReadWarning(path=path, detail="size or mtime moved during the read")
                 )
-                return runs, offset, after
+                return runs, offset, before  # as _read: the stat it began with
         return None
 
     def _changed_runs(

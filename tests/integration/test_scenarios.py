@@ -1199,6 +1199,72 @@ def test_a_file_changed_while_read_keeps_nothing_of_the_first_read(
     assert (tmp_path / "r1" / "f").read_bytes() == old
 
 
+@pytest.mark.parametrize("read", ["streamed", "whole"])
+def test_a_file_that_moved_under_both_reads_is_read_again_by_the_next_pass(
+    engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, read: str
+) -> None:
+    """A writer keeps writing to a file through both reads of a capture, then stops.
+
+    Was a bug (review 21, F1): the bytes read were recorded with the stat the
+    read ended with, which showed writes the bytes did not hold; every later
+    pass trusted that stat, and the journal and replicas kept the old bytes for
+    good (only ``verify`` saw it). A real write after each read's first chunk
+    (in a region it has read) makes it happen.
+    """
+    from xoengine import capture as capture_module  # noqa: PLC0415
+    from xoengine import masterstate  # noqa: PLC0415
+
+    monkeypatch.setattr(capture_module, "_CHUNK", 64 * 1024)
+    # A read of a large file ends long after its last write, past the racy window,
+    # where no re-read covers for the stat: a window of 0 makes this small one so.
+    monkeypatch.setattr(masterstate, "RACY_WINDOW_NS", 0)
+    sc = _scenario(engine, tmp_path, "r1")
+    master = tmp_path / "master"
+    (master / "f").write_bytes(_random(256 * 1024, 51))
+    sc.start()
+    if read == "whole":
+        (master / "f").unlink()  # a new file is read whole, a known one streamed
+    (master / "f").write_bytes(_random(256 * 1024, 52))
+    writes = [0]
+
+    def write_behind() -> None:
+        writes[0] += 1
+        with (master / "f").open("r+b") as f:
+            f.write(_random(4096, 60 + writes[0]))  # at 0: bytes this read has passed
+
+    read_whole, changed_runs = capture_module.read_whole, capture_module.Capture._changed_runs
+    if read == "whole":
+        reads = capture_module.read_whole
+
+        def read_then_write(*args: Any) -> Any:
+            got = reads(*args)
+            write_behind()
+            return got
+
+        monkeypatch.setattr(capture_module, "read_whole", read_then_write)
+    else:
+        runs = capture_module.Capture._changed_runs
+
+        def runs_then_write(self: Any, chunk: Any, offset: int, *args: Any) -> int:
+            got = runs(self, chunk, offset, *args)
+            if offset == 0:
+                write_behind()
+            return got
+
+        monkeypatch.setattr(capture_module.Capture, "_changed_runs", runs_then_write)
+    result = sc.capture()
+    assert writes[0] == 2  # the premise: the file moved under both reads
+    assert [type(w).__name__ for w in result.warnings] == ["ChangeWhileReadWarning"]
+    monkeypatch.setattr(capture_module, "read_whole", read_whole)  # the writer stops
+    monkeypatch.setattr(capture_module.Capture, "_changed_runs", changed_runs)
+    sc.capture()
+    with engine.file_at("fs", "f") as f:
+        assert f.read() == (master / "f").read_bytes()
+    sc.wait_replicated(timeout=30)
+    assert (tmp_path / "r1" / "f").read_bytes() == (master / "f").read_bytes()
+    assert sc.difference_report("r1", verify=True)["differences"] == {}
+
+
 def test_a_block_level_resync_holds_a_bounded_part_of_a_large_file(
     engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
