@@ -30,7 +30,13 @@ from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from xoengine import blocks
 from xoengine.blocks import BlockMap
-from xoengine.errors import ConfigurationError, SpecialFileSkippedWarning, XoError
+from xoengine.errors import (
+    ConfigurationError,
+    EntryUnreadableWarning,
+    EntryVanishedWarning,
+    SpecialFileSkippedWarning,
+    XoError,
+)
 from xoengine.events import FileSynced, SyncFinished, SyncStarted, new_id
 from xoengine.tree import (
     TMP_PREFIX,
@@ -215,7 +221,7 @@ class Synchronizer:
         # A synchronization builds the replica from whatever is there: the root too,
         # and only here (an applier finding it gone stops instead; see _wire_replica).
         self.tree.make_root()
-        summary = SyncSummary(self.scenario, self.replica, level, position)
+        summary = self._summary = SyncSummary(self.scenario, self.replica, level, position)
         begun = position  # where the scan beside this run started
         run_id = new_id()
         self._version = 0
@@ -421,9 +427,14 @@ class Synchronizer:
                 if self._follow is not None:
                     self._follow.wait_read(path)
                 source = self.layout.master_path(path)
-                sent = self.tree.copy_new(path, source, entry.mode, self._owner(entry))
+                copied = self.tree.copy_new(path, source, entry.mode, self._owner(entry))
+                self._copied.append(path)  # settled: what the journal holds goes there
+                if copied is None:  # gone, moved or unreadable since the walk
+                    self._created.remove(path)
+                    self._summary.warnings.append(_not_copied(path, source))
+                    continue
+                sent = copied
                 self.tree.set_meta(path, None, entry.mtime_ns)  # owner and mode: copy_new
-                self._copied.append(path)
             done.append((path, entry, "created", sent))
         for path, entry in batch:  # directory modes last: creating children moves mtimes
             if entry.kind == "dir":
@@ -474,11 +485,11 @@ class Synchronizer:
             self._trusted.add(path)
             return self._meta(path, entry, have), 0
         data = self._read_master(path)
-        if data is None:
-            return "", 0
-        self._copied.append(path)
+        self._copied.append(path)  # settled: a file gone meanwhile gets the journal's state
         if have is not None:
             self._existed.add(path)
+        if data is None:
+            return "", 0
         if have is None or level == "file" or have.size == 0:
             st = tree.lstat(path) if have else None
             self._record(
@@ -645,6 +656,13 @@ class Synchronizer:
 
     def _synced(self, path: str, action: str, size: int, sent: int) -> DomainEvent:
         return self._event(FileSynced, path=path, action=action, size=size, bytes_sent=sent)
+
+
+def _not_copied(path: str, source: str) -> XoError:
+    """The warning for a new master file a synchronization could not open to copy."""
+    if os.path.isfile(source):
+        return EntryUnreadableWarning(path=path, detail="it could not be opened to copy")
+    return EntryVanishedWarning(path=path, detail="it went, moved or was replaced before its copy")
 
 
 def _mostly_small(entries: dict[str, Entry]) -> bool:

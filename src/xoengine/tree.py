@@ -567,10 +567,12 @@ class ReplicaTree:
             finally:
                 os.close(handle)
 
-    def copy_new(self, path: str, source: str, mode: int, owner: Owner | None = None) -> int:
+    def copy_new(self, path: str, source: str, mode: int, owner: Owner | None = None) -> int | None:
         """Create ``path`` with the bytes of the file ``source`` (kernel copy); return the size.
 
         ``owner`` is given before the mode: a setuid copy never belongs to root.
+        None, and nothing made, where ``source`` cannot be opened (gone, moved or
+        unreadable since it was listed): the caller decides what goes there.
 
         For files that did not exist on the replica: written in place and not
         fsynced here (the caller makes the whole batch durable at once with
@@ -580,8 +582,11 @@ class ReplicaTree:
         with self._parent(path) as (fd, leaf):
             try:
                 src = os.open(source, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-            except OSError as e:
-                raise self._error(path, "read the master copy of", e) from e
+                if not stat.S_ISREG(os.fstat(src).st_mode):  # made a directory meanwhile
+                    os.close(src)
+                    return None
+            except OSError:
+                return None  # not the replica's failure: the master's file went meanwhile
             try:
                 dst = _create_in(fd, leaf)
                 try:
