@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import functools
+import itertools
 import mmap
 import os
 import stat
@@ -45,7 +46,7 @@ from xoengine import blocks, codec
 from xoengine import tree as trees
 from xoengine.blobtable import BLOB_MAX, blob_chunks
 from xoengine.blocks import BlockMap, Copy, Literal
-from xoengine.errors import EntryUnreadableWarning, TreeWarning, XoError
+from xoengine.errors import EntryUnreadableWarning, TreeRootMissingError, TreeWarning, XoError
 from xoengine.events import (
     BytesWritten,
     ContentReplaced,
@@ -264,6 +265,7 @@ class Capture:
         with self.lock:
             for root in self.layout.roots:  # not the state directory through a link
                 check_real_root(root, "master")
+            self._check_mounted()
             self._result = CaptureResult()
             self._versions = {}
             # Nothing of a pass that failed carries over (its journal is what it committed).
@@ -292,6 +294,34 @@ class Capture:
                 self._committer = None
                 self._progress = None
             return self._result
+
+    def _check_mounted(self) -> None:
+        """Refuse a pass over a master root that is an empty directory where its files were.
+
+        A master volume not mounted leaves its mount point: empty, on the file
+        system below. Walked as the master, it would journal the deletion of
+        everything, and every replica would apply it. A root found empty, on
+        another file system than every file the master state knows under it, is
+        :class:`~xoengine.errors.TreeRootMissingError` (E2005); nothing is journaled.
+        """
+        with self.store.read() as txn:
+            for index, root in enumerate(self.layout.roots):
+                try:
+                    with os.scandir(root) as entries:
+                        if next(entries, None) is not None:
+                            continue
+                    device = os.stat(root).st_dev
+                except OSError:
+                    continue  # missing or unreadable: the walk says so
+                known = self.state.manifest.items(txn, self.layout.prefix(index))
+                devices = {state.dev for _, state in itertools.islice(known, 64) if state.dev}
+                if devices and device not in devices:
+                    raise TreeRootMissingError(
+                        root=root,
+                        detail="it is empty, on another file system than the files journaled "
+                        "under it: its volume is not mounted? Mount it; nothing was journaled "
+                        "(to replicate an empty master, leave a file in it)",
+                    )
 
     def _collect(
         self, scopes: Iterable[str] | None

@@ -1075,6 +1075,38 @@ def test_a_replica_whose_volume_is_not_mounted_is_not_written_into_its_mount_poi
     assert_trees_equal(tmp_path / "master", coarse_fs, mtimes=False)
 
 
+def test_a_master_whose_volume_is_not_mounted_is_not_journaled_as_emptied(
+    engine: Engine, tmp_path: Path, coarse_fs: Path
+) -> None:
+    """The master is a whole volume; unmounted, its mount point is an empty directory.
+
+    Was a bug (review 21 C, F3): a capture journaled the deletion of everything
+    and every replica applied it, without a word. Refused (E2005), nothing journaled.
+    """
+    master = TreeBuilder(coarse_fs)
+    master.apply_all([CreateFile("a", b"a"), MakeDir("d"), CreateFile("d/b", b"b")])
+    sc = engine.create_scenario("fs", master=coarse_fs, replicas={"r1": tmp_path / "r1"})
+    sc.start()
+    sc.wait_replicated(timeout=30)
+    assert subprocess.run(["umount", str(coarse_fs)], check=False).returncode == 0
+    top = engine.recorder.max_notification_id()
+    with pytest.raises(TreeRootMissingError, match="not mounted"):
+        sc.capture()
+    assert engine.recorder.max_notification_id() == top  # nothing journaled
+    assert sorted(os.listdir(tmp_path / "r1")) == ["a", "d", "lost+found"]
+    # Mounted again, capture goes on; an emptied volume (same file system) is replicated.
+    image = tmp_path / "coarse.img"
+    mounted = subprocess.run(["mount", "-o", "loop", str(image), str(coarse_fs)], check=False)
+    assert mounted.returncode == 0
+    sc.capture()
+    shutil.rmtree(coarse_fs / "d")
+    (coarse_fs / "a").unlink()
+    sc.capture()
+    sc.wait_replicated(timeout=30)
+    assert os.listdir(tmp_path / "r1") == ["lost+found"]
+    sc.stop()
+
+
 def test_capture_journals_an_insertion_as_a_small_delta(engine: Engine, tmp_path: Path) -> None:
     sc = _scenario(engine, tmp_path, block_size=512)
     master = TreeBuilder(tmp_path / "master")
