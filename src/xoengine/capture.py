@@ -888,8 +888,14 @@ class Capture:
                 # Too much held: an in-place change is journaled in parts as it is
                 # read (a 300 MiB append to a 20 GiB image is not a copy of it).
                 assert old is not None
+                # The size so far, not the final one: a replica extended to the final
+                # size at the first part would write the zeros of the later parts over
+                # bytes it then holds, filling the holes of a grown thin image.
+                reached = max([old.size, *(offset + len(data) for offset, data in runs)])
                 part = (runs, before.st_size, before)
-                return self._in_place(path, state, old, part, quiet=True)
+                return self._in_place(
+                    path, state, old, part, quiet=True, so_far=min(before.st_size, reached)
+                )
 
             streamed = self._stream_changes(path, old_map, spill, self._parts_forgetter(state))
             if streamed is None:
@@ -951,10 +957,12 @@ class Capture:
         streamed: tuple[list[tuple[int, bytes]], int, os.stat_result],
         *,
         quiet: bool,
+        so_far: int | None = None,
     ) -> bool:
         """Journal streamed changes as in-place writes if that is how they are best sent.
 
         Returns False for changes that shift data: a delta is worth it then.
+        ``so_far``: a part of a change journaled as it is read, its size then.
         """
         runs, size, st = streamed
         changed = sum(len(d) for _, d in runs)
@@ -965,6 +973,8 @@ class Capture:
             if not quiet:
                 self._metadata_only(path, state, _observed(st, size))
             return True
+        if so_far is not None:
+            size = so_far
         self._write_runs(path, state, runs, _observed(st, size), size)
         return True
 
