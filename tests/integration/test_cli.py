@@ -153,6 +153,29 @@ def test_cli_scenario_options_at_create_and_update(tmp_path: Path, capsys) -> No
     assert main([*update, "--option", "no-equals-sign"]) != 0
 
 
+def test_every_scenario_verb_answers_json_with_json(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    """Was a bug (review 21 C, F7): ``suspend --json`` and ``stop --json`` printed nothing,
+    and a script reading JSON after every verb failed on them."""
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "f").write_bytes(b"f")
+    state, master, replica = (str(tmp_path / n) for n in ("state", "m", "r"))
+    create = ["scenario", "create", state, "s", "--master", master, "--replica", f"r1={replica}"]
+    assert main(create) == 0
+    capsys.readouterr()
+    for verb in (
+        ["start", state, "s"],
+        ["capture", state, "s"],
+        ["suspend", state, "s", "r1"],
+        ["resume", state, "s", "r1"],
+        ["wait", state, "s"],
+        ["stop", state, "s"],
+    ):
+        assert main([*verb, "--json"]) == 0, verb
+        answer = json.loads(capsys.readouterr().out)
+        assert isinstance(answer, dict) and answer, verb
+    assert answer == {"scenario": "s", "stopped": True}
+
+
 def test_cli_shows_any_file_name_unambiguously_on_a_strict_utf8_stream(tmp_path: Path) -> None:
     """Names with a newline or bytes that are not UTF-8, through history, diff and JSON.
 

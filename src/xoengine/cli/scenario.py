@@ -199,6 +199,7 @@ def cmd_start(args: argparse.Namespace) -> int:
 def cmd_stop(args: argparse.Namespace) -> int:
     """``stop`` (a running ``start --watch`` of the scenario is told to stop, and waited for)."""
     run_or_ask(args.state, args.durability, args.name, {"verb": "stop"})
+    _show({"scenario": args.name, "stopped": True}, as_json=args.json)  # as every verb answers
     return 0
 
 
@@ -228,7 +229,14 @@ def cmd_sync(args: argparse.Namespace) -> int:
 def cmd_suspend(args: argparse.Namespace) -> int:
     """``suspend``."""
     with _engine(args) as eng:
-        eng.scenario(args.name).suspend(args.replica)
+        sc = eng.scenario(args.name)
+        sc.suspend(args.replica)
+        result = {
+            "replica": args.replica,
+            "suspended": True,
+            "position": sc.applied_position(args.replica),
+        }
+        _show(result, as_json=args.json)
     return 0
 
 
