@@ -433,8 +433,7 @@ class Synchronizer:
                     self._created.remove(path)
                     self._summary.warnings.append(_not_copied(path, source))
                     continue
-                sent = copied
-                self.tree.set_meta(path, None, entry.mtime_ns)  # owner and mode: copy_new
+                sent = copied  # owner, mode and mtime (as it was copied): copy_new
             done.append((path, entry, "created", sent))
         for path, entry in batch:  # directory modes last: creating children moves mtimes
             if entry.kind == "dir":

@@ -571,7 +571,8 @@ class ReplicaTree:
         """Create ``path`` with the bytes of the file ``source`` (kernel copy); return the size.
 
         ``owner`` is given before the mode: a setuid copy never belongs to root.
-        None, and nothing made, where ``source`` cannot be opened (gone, moved or
+        The copy has ``source``'s modification time as it was opened. None, and
+        nothing made, where ``source`` cannot be opened (gone, moved or
         unreadable since it was listed): the caller decides what goes there.
 
         For files that did not exist on the replica: written in place and not
@@ -582,7 +583,8 @@ class ReplicaTree:
         with self._parent(path) as (fd, leaf):
             try:
                 src = os.open(source, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-                if not stat.S_ISREG(os.fstat(src).st_mode):  # made a directory meanwhile
+                opened = os.fstat(src)
+                if not stat.S_ISREG(opened.st_mode):  # made a directory meanwhile
                     os.close(src)
                     return None
             except OSError:
@@ -593,6 +595,9 @@ class ReplicaTree:
                     total = copy_sparse(src, dst)
                     self._chown(dst, owner, None)
                     os.fchmod(dst, mode)
+                    # The time of the bytes copied, not of an earlier listing: written
+                    # to since, the file is no longer what its listing said.
+                    os.utime(dst, ns=(opened.st_atime_ns, opened.st_mtime_ns))
                     if self.fsync and total >= _WRITEBACK_EARLY:
                         # Start writing a large copy back now (asynchronously): the
                         # caller's flush of the batch then finds little left to wait for.

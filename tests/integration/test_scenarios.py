@@ -559,6 +559,47 @@ def test_a_new_file_gone_or_made_a_directory_before_its_copy_does_not_stop_the_s
     assert_trees_equal(master, tmp_path / "r1", mtimes=True)
 
 
+def test_a_file_written_between_the_syncs_listing_and_its_copy_has_the_journals_time(
+    engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Was a bug (review 21 C, F6): the copy was stamped with the time the sync's listing
+    saw, older than the bytes it copied (and than the journal's): the replica held a
+    modification time the journal never held, for good (verify compares no times)."""
+    import threading  # noqa: PLC0415
+
+    from xoengine import capture as capture_module  # noqa: PLC0415
+    from xoengine import masterstate  # noqa: PLC0415
+    from xoengine import sync as sync_module  # noqa: PLC0415
+
+    # The write long before the scan's stat (a large tree between): no racy re-read.
+    monkeypatch.setattr(masterstate, "RACY_WINDOW_NS", 0)
+    sc = _scenario(engine, tmp_path, "r1")
+    master = tmp_path / "master"
+    (master / "f").write_bytes(b"listed")
+    listed = threading.Event()
+    walk, read = sync_module.Synchronizer._walk_master, capture_module.Capture._read
+
+    def walk_master(self: Any, summary: Any) -> Any:
+        found = walk(self, summary)
+        listed.set()
+        return found
+
+    def write_then_read(self: Any, path: str) -> Any:
+        if path == "f" and not listed.is_set():
+            assert listed.wait(60)  # the sync has listed f: now it changes, then is read
+            before = (master / "f").stat().st_mtime_ns
+            while (master / "f").stat().st_mtime_ns == before:  # a later time, whatever the tick
+                (master / "f").write_bytes(b"written after the listing")
+        return read(self, path)
+
+    monkeypatch.setattr(sync_module.Synchronizer, "_walk_master", walk_master)
+    monkeypatch.setattr(capture_module.Capture, "_read", write_then_read)
+    sc.start()
+    assert (tmp_path / "r1" / "f").read_bytes() == b"written after the listing"
+    assert (tmp_path / "r1" / "f").stat().st_mtime_ns == (master / "f").stat().st_mtime_ns
+    assert_trees_equal(master, tmp_path / "r1", mtimes=True)
+
+
 @pytest.mark.parametrize("each_max", [0, 2048])
 def test_synchronize_flushes_new_paths_one_by_one_or_with_one_syncfs(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, each_max: int
