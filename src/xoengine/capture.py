@@ -78,6 +78,7 @@ from xoengine.walk import (
     birth_ns,
     check_real_root,
     normalize_relpath,
+    open_below,
     own_meta,
     read_xattrs,
     stat_entry,
@@ -824,10 +825,10 @@ class Capture:
 
     def _read(self, path: str) -> tuple[bytes | mmap.mmap, os.stat_result] | None:
         """Read a regular file consistently (retry once if it changes while read)."""
-        full = self.layout.master_path(path)
+        place = self.layout.master_place(path)
         for attempt in range(2):
             try:
-                fd = os.open(full, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+                fd = open_below(*place, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
             except OSError as e:
                 self._result.warnings.append(_unread(path, e))
                 return None
@@ -1021,7 +1022,7 @@ class Capture:
         what a read spilled, before it starts again or gives up.
         """
         bs = self.state.block_size
-        full = self.layout.master_path(path)
+        place = self.layout.master_place(path)
         if self._chunk is None:
             self._chunk = bytearray(max(bs, _CHUNK - _CHUNK % bs))
         view = memoryview(self._chunk)
@@ -1030,7 +1031,7 @@ class Capture:
             if attempt:
                 forget()  # read again, from the old content: nothing of the first read stays
             try:
-                fd = os.open(full, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+                fd = open_below(*place, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
             except OSError as e:
                 self._result.warnings.append(_unread(path, e))
                 forget()

@@ -93,7 +93,7 @@ from xoengine.replica import (
 )
 from xoengine.rewind import RetentionClock, RewindPoint
 from xoengine.scenario import ReplicaStatistics, Scenario, ScenarioStatistics
-from xoengine.walk import normalize_relpath
+from xoengine.walk import normalize_relpath, open_parent
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator, Sequence
@@ -699,19 +699,24 @@ class Engine:
                 self.forensics(scenario).replay(out, position, rel)
             except NoFileAtError as e:  # a file's bytes were asked for: say it in those words
                 raise NoFileAtError(path=rel, position=position, detail="nothing") from e
-            full = os.path.join(out, rel)
-            try:
-                st = os.lstat(full)
+            what = fd = None
+            try:  # from its parent: the scratch's path may take the whole past PATH_MAX
+                with open_parent(out, rel) as (parent, leaf):
+                    st = os.stat(leaf, dir_fd=parent, follow_symlinks=False)
+                    if stat.S_ISDIR(st.st_mode):
+                        what = "a directory"
+                    elif stat.S_ISLNK(st.st_mode):
+                        what = f"a symbolic link to {os.readlink(leaf, dir_fd=parent)!r}"
+                    else:
+                        if not st.st_mode & stat.S_IRUSR:  # chmod 200 then: our copy, read it
+                            os.chmod(leaf, stat.S_IMODE(st.st_mode) | stat.S_IRUSR, dir_fd=parent)
+                        flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+                        fd = os.open(leaf, flags, dir_fd=parent)
             except FileNotFoundError:
-                raise NoFileAtError(path=rel, position=position, detail="nothing") from None
-            if not stat.S_ISREG(st.st_mode):
-                what = "a directory" if stat.S_ISDIR(st.st_mode) else "a symbolic link"
-                if stat.S_ISLNK(st.st_mode):
-                    what += f" to {os.readlink(full)!r}"
+                what = "nothing"
+            if fd is None:
                 raise NoFileAtError(path=rel, position=position, detail=what)
-            if not st.st_mode & stat.S_IRUSR:  # chmod 200 then: our copy, read without privilege
-                os.chmod(full, stat.S_IMODE(st.st_mode) | stat.S_IRUSR)
-            with open(full, "rb") as handle:
+            with open(fd, "rb") as handle:
                 yield handle
 
     def history(self, scenario: str | Scenario, path: str) -> list[HistoryEntry]:

@@ -68,6 +68,11 @@ class Layout:
         index, rel = self.split(path)
         return os.path.join(self.roots[index], rel)
 
+    def master_place(self, path: str) -> tuple[str, str]:
+        """The master root holding the scenario path ``path``, and the path below it."""
+        index, rel = self.split(path)
+        return self.roots[index], rel
+
     def replica_subdir(self, index: int) -> str:
         """Where root ``index`` lives inside a replica directory ("" = the replica itself)."""
         return "" if self.single else self.root_name(self.roots[index])

@@ -22,6 +22,7 @@ the same transaction).
 from __future__ import annotations
 
 import contextlib
+import functools
 import mmap
 import os
 import stat
@@ -45,7 +46,7 @@ from xoengine.tree import (
     image_of_writes,
     read_whole,
 )
-from xoengine.walk import Entry, entry_from_stat, own_meta, read_xattrs, walk
+from xoengine.walk import Entry, entry_from_stat, open_below, own_meta, read_xattrs, walk
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Collection, Sequence
@@ -426,12 +427,12 @@ class Synchronizer:
             else:
                 if self._follow is not None:
                     self._follow.wait_read(path)
-                source = self.layout.master_path(path)
+                source = functools.partial(open_below, *self.layout.master_place(path), _READ)
                 copied = self.tree.copy_new(path, source, entry.mode, self._owner(entry))
                 self._copied.append(path)  # settled: what the journal holds goes there
                 if copied is None:  # gone, moved or unreadable since the walk
                     self._created.remove(path)
-                    self._summary.warnings.append(_not_copied(path, source))
+                    self._summary.warnings.append(_not_copied(path, self.layout.master_path(path)))
                     continue
                 sent = copied  # owner, mode and mtime (as it was copied): copy_new
             done.append((path, entry, "created", sent))
@@ -618,7 +619,7 @@ class Synchronizer:
         if self._follow is not None:
             self._follow.wait_read(path)
         try:
-            fd = os.open(self.layout.master_path(path), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            fd = open_below(*self.layout.master_place(path), _READ)
         except OSError:
             return None
         try:
@@ -655,6 +656,9 @@ class Synchronizer:
 
     def _synced(self, path: str, action: str, size: int, sent: int) -> DomainEvent:
         return self._event(FileSynced, path=path, action=action, size=size, bytes_sent=sent)
+
+
+_READ: Final = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 def _not_copied(path: str, source: str) -> XoError:

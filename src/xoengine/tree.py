@@ -567,11 +567,14 @@ class ReplicaTree:
             finally:
                 os.close(handle)
 
-    def copy_new(self, path: str, source: str, mode: int, owner: Owner | None = None) -> int | None:
+    def copy_new(
+        self, path: str, source: str | Callable[[], int], mode: int, owner: Owner | None = None
+    ) -> int | None:
         """Create ``path`` with the bytes of the file ``source`` (kernel copy); return the size.
 
         ``owner`` is given before the mode: a setuid copy never belongs to root.
-        The copy has ``source``'s modification time as it was opened. None, and
+        ``source`` is a path, or what opens the source (an fd this closes). The
+        copy has ``source``'s modification time as it was opened. None, and
         nothing made, where ``source`` cannot be opened (gone, moved or
         unreadable since it was listed): the caller decides what goes there.
 
@@ -582,7 +585,10 @@ class ReplicaTree:
         """
         with self._parent(path) as (fd, leaf):
             try:
-                src = os.open(source, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+                if isinstance(source, str):
+                    src = os.open(source, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+                else:
+                    src = source()
                 opened = os.fstat(src)
                 if not stat.S_ISREG(opened.st_mode):  # made a directory meanwhile
                     os.close(src)

@@ -332,6 +332,27 @@ def check_real_root(root: str, what: str) -> None:
         )
 
 
+_SHORT_PATH: Final = 4000
+"""Bytes of a whole path ``os.open`` takes at once (``PATH_MAX`` is 4096, the NUL counted)."""
+
+
+def open_below(root: str, relpath: str, flags: int) -> int:
+    """Open ``relpath`` under ``root`` (``flags`` as ``os.open``), whatever the whole length.
+
+    A path the root's own path makes longer than ``PATH_MAX`` is opened from
+    its parent directory (:func:`open_parent`). Any failure is an ``OSError``,
+    as ``os.open``'s: a parent replaced meanwhile is one that is gone.
+    """
+    full = os.path.join(root, relpath)
+    if len(os.fsencode(full)) < _SHORT_PATH:
+        return os.open(full, flags)
+    try:
+        with open_parent(root, relpath) as (fd, leaf):
+            return os.open(leaf, flags, dir_fd=fd)
+    except PathError as e:  # a parent that is a link or a file now: not there as listed
+        raise FileNotFoundError(errno.ENOENT, e.message, full) from e
+
+
 def _open_root(root: AnyPath) -> int:
     try:
         return os.open(root, _ROOT_FLAGS)
@@ -841,6 +862,13 @@ def read_xattrs(path: str | int) -> Xattrs:
     where the file system keeps none. An attribute removed between the listing
     and its read is left out; :class:`FileNotFoundError` (the path is gone) is raised.
     """
+    if isinstance(path, str) and len(os.fsencode(path)) >= _SHORT_PATH:
+        # Too long to name at once (PATH_MAX): named from its parent, through /proc.
+        try:
+            with open_parent("/", path.lstrip("/")) as (fd, leaf):
+                return read_xattrs(f"/proc/self/fd/{fd}/{leaf}")
+        except PathError as e:  # a parent that is a link or a file now: not there
+            raise FileNotFoundError(errno.ENOENT, e.message, path) from e
     follow = isinstance(path, int)  # an fd has nothing to follow
     try:
         names = os.listxattr(path, follow_symlinks=follow)

@@ -9,6 +9,7 @@ key (``manifest.path_key``) and still lists and scans it in path order.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import uuid
@@ -273,3 +274,56 @@ def test_long_keys_list_and_scan_in_path_order(tmp_path: Path) -> None:
             assert [p for p, _ in manifest.items(txn)] == sorted(names[1::2], key=os.fsencode)
     finally:
         store.close()
+
+
+def _at(root: Path, rel: bytes, flags: int) -> int:
+    """Open ``rel`` below ``root`` one directory at a time (made where missing)."""
+    *parents, leaf = rel.split(b"/")
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    for name in parents:
+        if flags & os.O_CREAT:
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(name, dir_fd=fd)
+        below = os.open(name, os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+        os.close(fd)
+        fd = below
+    try:
+        return os.open(leaf, flags, 0o644, dir_fd=fd)
+    finally:
+        os.close(fd)
+
+
+def _read_at(root: Path, rel: bytes) -> bytes:
+    fd = _at(root, rel, os.O_RDONLY)
+    try:
+        return os.read(fd, 1 << 16)
+    finally:
+        os.close(fd)
+
+
+def test_a_path_the_roots_own_path_takes_past_path_max_is_read(tmp_path: Path) -> None:
+    """A 4,076-byte path below a root whose own path takes the whole past ``PATH_MAX``.
+
+    Was a bug (review 21 C, F4): the content reads opened the whole path: the
+    first synchronization stopped with E3010, and a capture journaled the file
+    as empty, with a "changed while read" warning.
+    """
+    rel = _deep(PATH_MAX - 20, b"f-")
+    master = tmp_path / "master"
+    master.mkdir()
+    assert len(os.fsencode(master)) + 1 + len(rel) >= PATH_MAX  # the premise
+    fd = _at(master, rel, os.O_WRONLY | os.O_CREAT)
+    os.write(fd, b"deep")
+    with temporary_engine(tmp_path) as engine:
+        sc = engine.create_scenario("fs", master=master, replicas={"r1": tmp_path / "r1"})
+        (summary,) = sc.start()
+        assert summary.warnings == []
+        os.write(fd, b" and more")
+        os.close(fd)
+        assert sc.capture().warnings == []
+        sc.wait_replicated()
+        assert _read_at(tmp_path / "r1", rel) == b"deep and more"
+        with engine.file_at("fs", _text(rel)) as f:
+            assert f.read() == b"deep and more"
+        assert sc.difference_report("r1")["pending_files"] == 0
+        sc.stop()

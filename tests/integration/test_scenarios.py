@@ -532,14 +532,14 @@ def test_a_new_file_gone_or_made_a_directory_before_its_copy_does_not_stop_the_s
         (master / name).write_bytes(_random(5000, len(name)))
     real_copy = ReplicaTree.copy_new
 
-    def copy_new(self: ReplicaTree, path: str, source: str, *args: Any) -> int | None:
-        if not source.startswith(str(master)):  # the settling copy, from the journal
+    def copy_new(self: ReplicaTree, path: str, source: Any, *args: Any) -> int | None:
+        if isinstance(source, str):  # the settling copy, from the journal
             pass
         elif path == "gone":
-            os.unlink(source)
+            os.unlink(master / path)
         elif path == "now-dir":
-            os.unlink(source)
-            os.mkdir(source)
+            os.unlink(master / path)
+            os.mkdir(master / path)
         return real_copy(self, path, source, *args)
 
     monkeypatch.setattr(ReplicaTree, "copy_new", copy_new)
