@@ -866,7 +866,7 @@ def read_xattrs(path: str | int) -> Xattrs:
         # Too long to name at once (PATH_MAX): named from its parent, through /proc.
         try:
             with open_parent("/", path.lstrip("/")) as (fd, leaf):
-                return read_xattrs(f"/proc/self/fd/{fd}/{leaf}")
+                return read_xattrs(at_fd(fd, leaf))
         except PathError as e:  # a parent that is a link or a file now: not there
             raise FileNotFoundError(errno.ENOENT, e.message, path) from e
     follow = isinstance(path, int)  # an fd has nothing to follow
