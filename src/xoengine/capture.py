@@ -828,7 +828,7 @@ class Capture:
         place = self.layout.master_place(path)
         for attempt in range(2):
             try:
-                fd = open_below(*place, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+                fd = open_below(*place)
             except OSError as e:
                 self._result.warnings.append(_unread(path, e))
                 return None
@@ -1031,7 +1031,7 @@ class Capture:
             if attempt:
                 forget()  # read again, from the old content: nothing of the first read stays
             try:
-                fd = open_below(*place, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+                fd = open_below(*place)
             except OSError as e:
                 self._result.warnings.append(_unread(path, e))
                 forget()

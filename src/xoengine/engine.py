@@ -93,7 +93,7 @@ from xoengine.replica import (
 )
 from xoengine.rewind import RetentionClock, RewindPoint
 from xoengine.scenario import ReplicaStatistics, Scenario, ScenarioStatistics
-from xoengine.walk import normalize_relpath, open_parent
+from xoengine.walk import READ_FLAGS, normalize_relpath, open_parent
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator, Sequence
@@ -710,8 +710,7 @@ class Engine:
                     else:
                         if not st.st_mode & stat.S_IRUSR:  # chmod 200 then: our copy, read it
                             os.chmod(leaf, stat.S_IMODE(st.st_mode) | stat.S_IRUSR, dir_fd=parent)
-                        flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
-                        fd = os.open(leaf, flags, dir_fd=parent)
+                        fd = os.open(leaf, READ_FLAGS, dir_fd=parent)
             except FileNotFoundError:
                 what = "nothing"
             if fd is None:

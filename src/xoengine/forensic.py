@@ -811,10 +811,11 @@ class Forensics:
             if event.root == target
         ]
         if root_only:
-            if not roots and any(self.roots(end)):  # "." names none of several roots
+            names = sorted(self.roots(end))
+            if not roots and any(names):  # "." names none of several roots
                 raise NoFileAtError(
                     f"{path!r} names no root of scenario {self.scenario!r}: it has several, "
-                    f"each by its name ({', '.join(map(repr, sorted(self.roots(end))))}).",
+                    f"each by its name ({', '.join(map(repr, names))}).",
                     path=path,
                     position=end,
                     detail="a root of several is named by its name",

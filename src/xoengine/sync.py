@@ -257,6 +257,7 @@ class Synchronizer:
         creations: list[tuple[str, Entry]] = []
         # Files taken as the same by size and time, told once the scan is done.
         trusted: list[tuple[str, Entry, str]] = []
+        late = moved_since is not None and not first  # first: a seeded replica is trusted
 
         def note(path: str, entry: Entry, action: str, sent: int) -> None:
             summary.files_changed += 1
@@ -278,7 +279,7 @@ class Synchronizer:
             action, sent = self._bring(path, entry, replica.get(path), level)
             if self._xattrs(path, record=True) and not action:
                 action = "metadata"
-            if path in self._trusted and moved_since is not None and not first:
+            if path in self._trusted and late:
                 trusted.append((path, entry, action))
             elif action:
                 note(path, entry, action, sent)
@@ -427,7 +428,7 @@ class Synchronizer:
             else:
                 if self._follow is not None:
                     self._follow.wait_read(path)
-                source = functools.partial(open_below, *self.layout.master_place(path), _READ)
+                source = functools.partial(open_below, *self.layout.master_place(path))
                 copied = self.tree.copy_new(path, source, entry.mode, self._owner(entry))
                 self._copied.append(path)  # settled: what the journal holds goes there
                 if copied is None:  # gone, moved or unreadable since the walk
@@ -619,7 +620,7 @@ class Synchronizer:
         if self._follow is not None:
             self._follow.wait_read(path)
         try:
-            fd = open_below(*self.layout.master_place(path), _READ)
+            fd = open_below(*self.layout.master_place(path))
         except OSError:
             return None
         try:
@@ -656,9 +657,6 @@ class Synchronizer:
 
     def _synced(self, path: str, action: str, size: int, sent: int) -> DomainEvent:
         return self._event(FileSynced, path=path, action=action, size=size, bytes_sent=sent)
-
-
-_READ: Final = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 def _not_copied(path: str, source: str) -> XoError:

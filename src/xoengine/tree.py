@@ -42,6 +42,7 @@ from xoengine.blobtable import BLOB_SUFFIX, blob_chunks, content_key
 from xoengine.errors import DiskFullError, FrameError, ReplicaWriteError, XoError
 from xoengine.journal import BlobTable, encode_position
 from xoengine.walk import (
+    READ_FLAGS,
     ParentCache,
     Xattrs,
     as_owner,
@@ -585,10 +586,7 @@ class ReplicaTree:
         """
         with self._parent(path) as (fd, leaf):
             try:
-                if isinstance(source, str):
-                    src = os.open(source, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-                else:
-                    src = source()
+                src = os.open(source, READ_FLAGS) if isinstance(source, str) else source()
                 opened = os.fstat(src)
                 if not stat.S_ISREG(opened.st_mode):  # made a directory meanwhile
                     os.close(src)

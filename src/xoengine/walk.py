@@ -335,22 +335,34 @@ def check_real_root(root: str, what: str) -> None:
 _SHORT_PATH: Final = 4000
 """Bytes of a whole path ``os.open`` takes at once (``PATH_MAX`` is 4096, the NUL counted)."""
 
+READ_FLAGS: Final = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+"""How a file is opened to read its bytes: never through a link."""
 
-def open_below(root: str, relpath: str, flags: int) -> int:
+
+@contextmanager
+def _parent_as_found(root: str, relpath: str) -> Iterator[tuple[int, str]]:
+    """:func:`open_parent` for a path that was listed: a parent replaced since is gone.
+
+    (A ``FileNotFoundError``, as a whole-path call would raise, not a ``PathError``.)
+    """
+    try:
+        with open_parent(root, relpath) as found:
+            yield found
+    except PathError as e:  # a link or a file there now: not there as listed
+        raise FileNotFoundError(errno.ENOENT, e.message, os.path.join(root, relpath)) from e
+
+
+def open_below(root: str, relpath: str, flags: int = READ_FLAGS) -> int:
     """Open ``relpath`` under ``root`` (``flags`` as ``os.open``), whatever the whole length.
 
     A path the root's own path makes longer than ``PATH_MAX`` is opened from
-    its parent directory (:func:`open_parent`). Any failure is an ``OSError``,
-    as ``os.open``'s: a parent replaced meanwhile is one that is gone.
+    its parent directory. Any failure is an ``OSError``, as ``os.open``'s.
     """
     full = os.path.join(root, relpath)
     if len(os.fsencode(full)) < _SHORT_PATH:
         return os.open(full, flags)
-    try:
-        with open_parent(root, relpath) as (fd, leaf):
-            return os.open(leaf, flags, dir_fd=fd)
-    except PathError as e:  # a parent that is a link or a file now: not there as listed
-        raise FileNotFoundError(errno.ENOENT, e.message, full) from e
+    with _parent_as_found(root, relpath) as (fd, leaf):
+        return os.open(leaf, flags, dir_fd=fd)
 
 
 def _open_root(root: AnyPath) -> int:
@@ -864,11 +876,8 @@ def read_xattrs(path: str | int) -> Xattrs:
     """
     if isinstance(path, str) and len(os.fsencode(path)) >= _SHORT_PATH:
         # Too long to name at once (PATH_MAX): named from its parent, through /proc.
-        try:
-            with open_parent("/", path.lstrip("/")) as (fd, leaf):
-                return read_xattrs(at_fd(fd, leaf))
-        except PathError as e:  # a parent that is a link or a file now: not there
-            raise FileNotFoundError(errno.ENOENT, e.message, path) from e
+        with _parent_as_found("/", path.lstrip("/")) as (fd, leaf):
+            return read_xattrs(at_fd(fd, leaf))
     follow = isinstance(path, int)  # an fd has nothing to follow
     try:
         names = os.listxattr(path, follow_symlinks=follow)

@@ -10,7 +10,7 @@ rewind to before it gives the old file back.
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from scenario_kit import new_scenario, write
@@ -21,7 +21,8 @@ from xoengine.walk import birth_ns
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from xoengine.engine import Engine
+    from xoengine.engine import Engine, Scenario
+    from xoengine.rewind import RewindPoint
 
 
 def _past(ns: int, probe: Path) -> None:
@@ -63,6 +64,14 @@ def _made_again(path: Path, content: bytes | None, aside: Path) -> int:
     return n
 
 
+def _replicated_and_rewound(sc: Scenario, tmp_path: Path, before: RewindPoint, tree: Any) -> None:
+    """The replica is the master's copy, and a rewind to ``before`` gives ``tree`` back."""
+    sc.wait_replicated(timeout=60)
+    assert snapshot_contents(tmp_path / "r1") == snapshot_contents(tmp_path / "master")
+    sc.rewind("r1", before)
+    assert snapshot_contents(tmp_path / "r1") == tree
+
+
 def _changes(eng: Engine, path: str, after: int) -> list[tuple[str, str]]:
     """``path``'s history after position ``after``: (operation, file id)."""
     return [(e.operation, e.file_id) for e in eng.history("fx", path) if e.position > after]
@@ -93,10 +102,7 @@ def test_capture_journals_a_file_made_again_on_its_inode_number_as_a_new_one(
         diff = eng.diff("fx", before.position, after.position)
         assert (diff.removed, diff.added, diff.modified) == (["report.txt"], ["report.txt"], {})
         # The replica applies the deletion and the creation; a rewind gives the old file back.
-        sc.wait_replicated()
-        assert snapshot_contents(tmp_path / "r1") == snapshot_contents(master)
-        sc.rewind("r1", before)
-        assert snapshot_contents(tmp_path / "r1") == tree
+        _replicated_and_rewound(sc, tmp_path, before, tree)
     finally:
         eng.close()
 
@@ -121,10 +127,7 @@ def test_capture_journals_a_directory_made_again_on_its_inode_number_as_a_new_on
         assert changes[0][1] == old_dir
         assert changes[1][1] != old_dir
         assert [op for op, _ in _changes(eng, "e/f", before.position)] == ["deleted"]
-        sc.wait_replicated()
-        assert snapshot_contents(tmp_path / "r1") == snapshot_contents(master)
-        sc.rewind("r1", before)
-        assert snapshot_contents(tmp_path / "r1") == tree
+        _replicated_and_rewound(sc, tmp_path, before, tree)
     finally:
         eng.close()
 
@@ -148,11 +151,8 @@ def test_watch_journals_a_file_made_again_on_its_inode_number_as_a_new_one(
         changes = _changes(eng, "report.txt", before.position)
         assert [op for op, _ in changes] == ["deleted", "created", "written"]
         assert changes[0][1] != changes[1][1]
-        sc.wait_replicated(timeout=60)
         sc.stop()
-        assert snapshot_contents(tmp_path / "r1") == snapshot_contents(master)
-        sc.rewind("r1", before)
-        assert snapshot_contents(tmp_path / "r1") == tree
+        _replicated_and_rewound(sc, tmp_path, before, tree)
     finally:
         eng.close()
 
@@ -202,9 +202,6 @@ def test_capture_journals_a_move_into_the_directory_taking_the_name_as_two_renam
         if kind == "dir":
             moved["top/deep.txt"] = "top/top/deep.txt"
         assert diff.renamed == moved
-        sc.wait_replicated()
-        assert snapshot_contents(tmp_path / "r1") == snapshot_contents(master)
-        sc.rewind("r1", before)
-        assert snapshot_contents(tmp_path / "r1") == tree
+        _replicated_and_rewound(sc, tmp_path, before, tree)
     finally:
         eng.close()
