@@ -782,6 +782,18 @@ class Scenario:
         with self._engine.store.read() as txn:
             return self._floor(applier, txn)
 
+    def rewindable(self, replica: str) -> bool:
+        """Whether a rewind of ``replica`` is allowed now (to a point at or above its floor).
+
+        Not while it is found changed outside xoengine (E3011) or was used while
+        rewound: undoing and applying the journal from a state neither the undo
+        log nor the journal knows would give a tree the journal never held. A
+        synchronization (or :meth:`resume`) makes it exact first.
+        """
+        self._usable("check a rewind of a replica of")
+        self._replica(replica)
+        return not (replica in self._def.standing("E3011") or self._used_while_rewound(replica))
+
     def suspend(self, replica: str) -> None:
         """Stop applying changes to ``replica``; they accumulate in the journal (R9)."""
         self._usable("suspend a replica of")
@@ -1085,11 +1097,7 @@ class Scenario:
             raise RewindUnreachableError(
                 name=self.name, replica=replica, position=target, floor=floor
             )
-        if replica in self._def.standing("E3011") or self._used_while_rewound(replica):
-            # Found changed outside xoengine, or used since its rewind: undoing and
-            # applying the journal from a state neither the undo log nor the journal
-            # knows would give a tree the journal never held. A synchronization (or
-            # resume) makes it exact first.
+        if not self.rewindable(replica):
             raise ReplicaDivergedError(replica=replica, path=".", position=applier.position())
         return applier, target
 

@@ -20,6 +20,7 @@ import pytest
 import scenario_kit as kit
 from scenario_kit import write
 
+from xoengine.cli import main
 from xoengine.engine import Engine, Scenario
 from xoengine.errors import (
     ConfigurationError,
@@ -515,7 +516,7 @@ def _points(tmp_path: Path) -> tuple[Engine, Scenario, Path, list[tuple[Any, dic
 
 
 def test_a_replica_used_while_rewound_is_never_rewound_from_what_it_became(
-    tmp_path: Path,
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     # Was a bug: an application wrote into the rewound replica; later rewinds undid and
     # applied the journal over those writes and reported trees the journal never held.
@@ -529,6 +530,13 @@ def test_a_replica_used_while_rewound_is_never_rewound_from_what_it_became(
         write(tmp_path / "r1/app.lock", b"pid")
         with pytest.raises(ReplicaDivergedError):
             sc.rewind("r1", p1)
+        # Review 21: `rewind-points` still listed it as reaching every point.
+        assert not sc.rewindable("r1")
+        capsys.readouterr()
+        assert main(["rewind-points", str(tmp_path / "state"), "s", "--json"]) == 0
+        rows = json.loads(capsys.readouterr().out)
+        assert len(rows) >= 3
+        assert all(row["reachable_by"] == [] for row in rows)
         # Review 21 (F09): the preview (`rewind --dry-run`) showed a plan for it.
         with pytest.raises(ReplicaDivergedError):
             sc.rewind_preview("r1", p1)

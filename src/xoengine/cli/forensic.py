@@ -443,7 +443,9 @@ def cmd_points(args: argparse.Namespace) -> int:
         sc = eng.scenario(args.name)
         # Which replicas a rewind to each point still reaches: retention trims below
         # a floor; a point after what a replica applied is reached by applying forward.
-        floors = {r: sc.rewind_floor(r) for r in sc.replicas}
+        # A replica changed outside xoengine, or used while rewound, reaches none
+        # until it is resynchronized.
+        floors = {r: sc.rewind_floor(r) for r in sc.replicas if sc.rewindable(r)}
         rows: list[dict[str, Any]] = []
         for point in sc.rewind_points():
             row = plain(point)
