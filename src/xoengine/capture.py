@@ -86,7 +86,7 @@ from xoengine.walk import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable, Iterator, Sequence
+    from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 
     from xoengine.datastore import Store, WriteTxn
     from xoengine.journal import BlobTable
@@ -279,7 +279,7 @@ class Capture:
             try:
                 walked, known = self._collect(scopes)
                 if progress is not None:
-                    progress.walked()
+                    progress.walked(walked)
                 self._diff(walked, known)
                 self._check_roots()
                 self._flush()
@@ -1374,8 +1374,8 @@ class Capture:
 class ScanProgress(Protocol):
     """What a scan tells a reader that follows it (a synchronizer copying behind it)."""
 
-    def walked(self) -> None:
-        """The master tree was walked: every path the scan will journal is known."""
+    def walked(self, entries: Mapping[str, Entry]) -> None:
+        """The master tree was walked (``entries``): every path the scan will journal is known."""
 
     def read(self, path: str) -> None:
         """``path`` was read (its content is in the batch being journaled)."""

@@ -245,8 +245,12 @@ class _Definition:
             self.state = event.state
 
 
-def _real(path: str | os.PathLike[str]) -> str:
-    return os.path.realpath(os.fspath(path))
+def _real(path: str | bytes | os.PathLike[str] | os.PathLike[bytes]) -> str:
+    return os.fsdecode(os.path.realpath(os.fspath(path)))
+
+
+def _is_path(value: object) -> bool:
+    return isinstance(value, str | bytes | os.PathLike)
 
 
 def _inside(child: str, parent: str) -> bool:
@@ -285,6 +289,12 @@ class Engine:
         adopt: bool = False,
     ) -> None:
         """Open (creating if missing, unless ``readonly``) the engine in ``state_dir``."""
+        if map_size is not None and (
+            not isinstance(map_size, int) or isinstance(map_size, bool) or map_size <= 0
+        ):
+            raise ConfigurationError(
+                detail=f"map_size must be a whole number of bytes > 0, not {map_size!r}"
+            )
         self.state_dir = Path(state_dir).absolute()  # checked against trees: cwd may change
         self.readonly = readonly
         if adopt and not (self.state_dir / "journal" / "data.mdb").is_file():
@@ -362,6 +372,7 @@ class Engine:
         # one writer) appends runs.
         self._sync_runs: dict[tuple[str, str], list[tuple[int, int]]] = {}
         self._sync_started: dict[uuid.UUID, int] = {}
+        self._folded = 0  # the scenario events up to here are in the definitions
         self._ledger = Ledger(
             lambda after, upto: self._iter_events(APPLIED_EVENTS, after, upto),
             self.last_position,
@@ -596,12 +607,14 @@ class Engine:
         """
         name = scenario.name if isinstance(scenario, Scenario) else scenario
         self._check_open(f"read the history of scenario {name!r}")
+        self._refresh()
         if name not in self._ever_named:
             raise ScenarioNotFoundError(name=name)
         return Forensics(self, name)
 
     def position_of(self, position: int | None = None, at: dt.datetime | None = None) -> int:
         """A position given as a position or a time (the last position labelled at or before it)."""
+        self._check_open("resolve an instant")
         if at is not None:
             if not isinstance(at, dt.datetime):
                 raise ConfigurationError(detail=f"a time is a datetime, not {at!r}")
@@ -629,6 +642,8 @@ class Engine:
         inside the state directory, it lies beside the journal it came from.
         ``action`` says what was refused, as in "replay into".
         """
+        if not _is_path(path):
+            raise ConfigurationError(detail=f"cannot {action} {path!r}: not a path")
         there = _real(path)
         places = [("the state directory", _real(self.state_dir))]
         for d in self._definitions.values():
@@ -670,6 +685,7 @@ class Engine:
         instant = given[0] if given else None
         at_position = self.instant(scenario, instant)
         self.check_output_place(to, "replay into")
+        to = os.fsdecode(os.fspath(to))
         return self.forensics(scenario).replay(to, at_position, path, progress)
 
     @contextlib.contextmanager
@@ -761,14 +777,19 @@ class Engine:
     ) -> BisectResult:
         """Find the last good position by binary search over replays (see ``Forensics.bisect``).
 
+        ``predicate`` gets the replayed tree's root, or with ``path`` the
+        replayed path itself (absent where the path held nothing then).
+
         ``between`` is (a good instant or None for position 0, the empty tree;
         a bad one or None for the end); by default the whole journal. A burst
         is ``burst_threshold`` files damaged within ``burst_window`` seconds.
         """
+        if between is not None and (not isinstance(between, tuple | list) or len(between) != 2):
+            raise ConfigurationError(detail=f"between is (good, bad), not {between!r}")
         low, high = between or (None, None)
         return self.forensics(scenario).bisect(
             predicate,
-            path,
+            None if path is None else normalize_relpath(path),
             (0 if low is None else self.instant(scenario, low), self.instant(scenario, high)),
             burst_threshold=burst_threshold,
             burst_window=burst_window,
@@ -786,6 +807,7 @@ class Engine:
         """
         if isinstance(value, str):
             name = scenario.name if isinstance(scenario, Scenario) else scenario
+            self._refresh()
             live = self._scenarios.get(name)
             with contextlib.suppress(ConfigurationError):  # not one of its points: older ones
                 if live is not None:
@@ -922,9 +944,16 @@ class Engine:
             if scenario is None or event.scenario == scenario:
                 yield position, event
 
-    def _load(self) -> None:
+    def _fold(self, after: int, upto: int) -> tuple[set[str], set[str]]:
+        """Fold the scenario and synchronization events in ``(after, upto]`` into the definitions.
+
+        Returns the names of the scenarios created there and of those whose
+        options or replicas changed.
+        """
         topics = (*(_topic_class(t) for t in SCENARIO_TOPICS), SyncStarted, SyncFinished)
-        for position, event in self._iter_events(topics):
+        created: set[str] = set()
+        rewired: set[str] = set()
+        for position, event in self._iter_events(topics, after, upto):
             if isinstance(event, SyncStarted | SyncFinished):
                 self._note_sync(position, event)
             elif isinstance(event, ScenarioCreated):
@@ -940,10 +969,47 @@ class Engine:
                     created=position,
                 )
                 self._by_id = None
+                created.add(event.name)
             else:
                 for definition in self._definitions.values():
                     if definition.id == event.originator_id:
                         definition.apply(event)
+                        if isinstance(event, ScenarioUpdated | ReplicaAdded | ReplicaRemoved):
+                            rewired.add(definition.name)
+        return created, rewired - created
+
+    def _refresh(self) -> None:
+        """Take in what a writer beside this read-only engine journaled since it looked.
+
+        Scenarios created, removed or changed, rewind points, suspensions,
+        rewinds, synchronization runs: the scenario events after the last
+        position folded (the writer folds its own as it appends them). Handles
+        given out before stay valid and see the changes.
+        """
+        if not self.readonly or self._closed:
+            return
+        with self._lock:
+            end = self.recorder.max_notification_id() or 0
+            if end <= self._folded:
+                return
+            created, rewired = self._fold(self._folded, end)
+            self._folded = end
+            for name in sorted(created | rewired):
+                definition = self._definitions[name]
+                if definition.removed:
+                    continue
+                if name in created:
+                    self._scenarios[name] = Scenario(self, definition)
+                else:
+                    self._scenarios[name]._wire()
+            for name, definition in list(self._definitions.items()):
+                if definition.removed:
+                    del self._definitions[name]
+                    self._scenarios.pop(name, None)
+
+    def _load(self) -> None:
+        self._folded = self.recorder.max_notification_id() or 0
+        self._fold(0, self._folded)
         removed = [d for d in self._definitions.values() if d.removed]
         for name, definition in list(self._definitions.items()):
             if definition.removed:
@@ -1084,14 +1150,16 @@ class Engine:
             raise ScenarioExistsError(name=name)
         if kind not in KINDS:
             raise ScenarioError(name=name, detail=f"kind {kind!r} is not one of {KINDS}")
-        masters = [master] if isinstance(master, (str, os.PathLike)) else list(master)
-        if not masters:
-            raise ScenarioError(name=name, detail="at least one master root is needed")
+        masters = [master] if _is_path(master) else master
+        if not isinstance(masters, list | tuple) or not masters:
+            raise ScenarioError(name=name, detail="master is a directory, or a list of them")
         roots = []
         for root in masters:
+            if not _is_path(root):
+                raise ScenarioError(name=name, detail=f"master root {root!r} is not a path")
             real = _real(root)
             if not os.path.isdir(real):
-                raise TreeRootMissingError(root=os.fspath(root), detail="not an existing directory")
+                raise TreeRootMissingError(root=real, detail="not an existing directory")
             roots.append(real)
         try:
             Layout(tuple(roots))
@@ -1103,6 +1171,10 @@ class Engine:
         for replica, path in replicas.items():
             if not isinstance(replica, str) or not _NAME.match(replica):
                 raise ScenarioError(name=name, detail=f"replica name {replica!r} is not valid")
+            if not _is_path(path):
+                raise ScenarioError(
+                    name=name, detail=f"replica {replica!r}: {path!r} is not a path"
+                )
             replica_paths[replica] = _real(path)
         taken = self._replica_states()
         for replica in replica_paths:
@@ -1167,11 +1239,13 @@ class Engine:
     def scenarios(self) -> list[Scenario]:
         """Every scenario, by name."""
         self._check_open("list scenarios")
+        self._refresh()
         return [self._scenarios[n] for n in sorted(self._scenarios)]
 
     def scenario(self, name: str) -> Scenario:
         """The scenario called ``name``."""
         self._check_open(f"open scenario {name!r}")
+        self._refresh()
         try:
             return self._scenarios[name]
         except KeyError:

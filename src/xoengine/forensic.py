@@ -325,9 +325,14 @@ class BisectResult:
     burst_files: int
 
 
-def _names_root(path: str) -> bool:
-    """Whether ``path`` names the root (``.``, ``/`` or nothing) rather than a path below it."""
-    return path.strip("/") in {"", "."}
+def _names_root(path: str | bytes) -> bool:
+    """Whether ``path`` names the root (``.``, ``/`` or nothing) rather than a path below it.
+
+    Anything but a str or bytes path is the coded error of :func:`normalize_relpath`.
+    """
+    if not isinstance(path, str | bytes):
+        normalize_relpath(path)  # raises InvalidRelPathError
+    return os.fsdecode(path).strip("/") in {"", "."}
 
 
 def _observed_time(event: FileEvent, index: int) -> str | None:
@@ -1087,10 +1092,12 @@ class Forensics:
         burst_threshold: int = 10,
         burst_window: float = BURST_WINDOW_S,
     ) -> BisectResult:
-        """Binary-search the last position in ``between`` where ``predicate(replayed dir)`` holds.
+        """Binary-search the last position in ``between`` where ``predicate(replayed)`` holds.
 
-        The predicate gets a scratch directory holding the replay (of ``path`` or
-        the whole tree; where ``path`` held nothing, the path is absent from it).
+        Without ``path`` the predicate gets a scratch directory holding the
+        replay of the whole tree. With ``path`` only that path is replayed, and
+        the predicate gets the replayed path itself (a file, or a directory for
+        a subtree), which does not exist where ``path`` held nothing then.
         ``between[0]`` must be good; if ``between[1]`` is good too, it is the
         answer. Every change is a candidate: file events and a root's own.
 

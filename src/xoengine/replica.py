@@ -170,6 +170,9 @@ class ReplicaApplier:
         self.tracking.create_table()
         self.counts = AppliedCounts()
         self.lock = threading.RLock()  # one applier pass (or sync, or rewind) at a time
+        # One suspend, rewind or resume at a time: each decides from the replica's
+        # state (suspended, rewound, a rewind under way) and changes it.
+        self.control = threading.RLock()
         self._swept = False
 
     def position(self) -> int:

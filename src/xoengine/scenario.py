@@ -28,6 +28,7 @@ from xoengine.errors import (
     CaptureFailedError,
     ConfigurationError,
     FrameError,
+    JournalReadOnlyError,
     ReplicaDivergedError,
     ReplicaNotFoundError,
     ReplicationTimeoutError,
@@ -73,7 +74,7 @@ from xoengine.rewind import (
     retention,
     rewind_back,
 )
-from xoengine.sync import LEVELS, Synchronizer, SyncSummary
+from xoengine.sync import LEVELS, Keep, Synchronizer, SyncSummary
 from xoengine.tree import ReplicaTree
 from xoengine.walk import (
     Entry,
@@ -86,7 +87,7 @@ from xoengine.walk import (
 from xoengine.worker import ApplierThread, ScanFollower, coded_failure, compare_trees
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Collection, Sequence
+    from collections.abc import Callable, Collection, Mapping, Sequence
 
     from xoengine.datastore import ReadTxn, WriteTxn
     from xoengine.engine import Engine, _Definition
@@ -217,6 +218,7 @@ class Scenario:
     def _usable(self, action: str) -> None:
         """Refuse to ``action`` through a handle of a closed engine or a removed scenario."""
         self._engine._check_open(f"{action} scenario {self.name!r}")
+        self._engine._refresh()  # a read-only engine beside a writer: what it journaled since
         if self._def.removed:
             raise ScenarioStateError(name=self.name, state="removed", action=action)
 
@@ -269,16 +271,19 @@ class Scenario:
     @property
     def replicas(self) -> dict[str, str]:
         """Replica name -> replica directory."""
+        self._engine._refresh()
         return dict(self._def.replicas)
 
     @property
     def options(self) -> dict[str, Any]:
         """The scenario's options."""
+        self._engine._refresh()
         return dict(self._def.options)
 
     @property
     def state(self) -> str:
         """Running, Stopped or Problem (R31)."""
+        self._engine._refresh()
         return self._def.state
 
     @property
@@ -294,6 +299,7 @@ class Scenario:
     @property
     def suspended(self) -> set[str]:
         """Names of suspended replicas."""
+        self._engine._refresh()
         return set(self._def.suspended)
 
     def entities(self) -> list[dict[str, Any]]:
@@ -447,8 +453,17 @@ class Scenario:
         return result
 
     def open(self, path: str, mode: str = "r+b") -> JournaledFile:
-        """Open a master file whose writes are journaled as exact byte ranges."""
+        """Open a master file whose writes are journaled as exact byte ranges.
+
+        A read-only engine refuses a mode that writes (E4003) before the file
+        is opened: the bytes would reach the master with nothing journaled.
+        """
         self._usable("open a file of")
+        if self._engine.readonly and set(mode) & set("wax+"):
+            raise JournalReadOnlyError(
+                path=str(self._engine.store.path),
+                detail=f"opening a master file to write ({mode!r}) refused: nothing journals it",
+            )
         return _NotifyingFile(self, self.capture_engine, normalize_relpath(path), mode)
 
     def _after_append(self, appended: int = 0) -> None:
@@ -624,7 +639,7 @@ class Scenario:
                                 start,
                                 applier.set_position,
                                 follow=follower,
-                                settle=functools.partial(self._settle, applier.tree),
+                                settle=functools.partial(self._settle, applier.tree, follower),
                                 held=self._own(applier.position()),
                                 first=not self._own_syncs(name),
                                 foreign=foreign,
@@ -702,20 +717,28 @@ class Scenario:
     def _settle(
         self,
         tree: ReplicaTree,
+        scan: ScanFollower,
         written: list[str],
         position: int,
-        keep: Callable[[list[str]], None],
+        keep: Keep,
+        walked: dict[str, Entry],
+        unlisted: list[str],
     ) -> None:
-        """Make replica files a sync wrote hold what the journal holds at ``position``.
+        """Make the replica paths a sync settled on hold what the journal holds at ``position``.
 
-        (A sync beside a scan.) A copy is trusted when the master file still has
-        the stat the scan recorded: nothing was written to it since the scan
-        read it. Otherwise the copy may hold later bytes, which must arrive
-        through the next capture instead: the path is written again from the
-        journal (a replay of that one path), as what the journal holds there
-        (a file, a directory, a link), or removed if it holds nothing.
+        (A :class:`~xoengine.sync.Settle`, for a sync beside a scan.) A copy is
+        trusted when the master file still has the stat the scan recorded
+        (nothing was written to it since the scan read it) and the replica's
+        copy its size and time (it was made). Otherwise the copy
+        may hold later bytes, which must arrive through the next capture
+        instead. And where the sync's walk found a path the journal does not
+        hold, or missed one it holds, or found another kind (the master moved
+        between the two walks: a directory swapped, a file made a directory),
+        the replica followed the walk. Each such path is written again from
+        the journal (a replay of that one path), as what the journal holds
+        there (a file, a directory, a link), or removed if it holds nothing.
         """
-        moved: list[tuple[str, FileState | None]] = []
+        moved: dict[str, FileState | None] = {}
         caches = [ParentCache(root) for root in self.layout.roots]
         with contextlib.ExitStack() as closing, self._engine.store.read() as txn:
             for cache in caches:
@@ -726,12 +749,27 @@ class Scenario:
                 st = stat_entry(self.layout.roots[index], rel, caches[index])  # as the scan saw it
                 seen = (st.size, st.mtime_ns, st.ctime_ns, st.inode) if st else None
                 known = (state.size, state.mtime_ns, state.ctime_ns, state.ino) if state else None
+                # What the copy left: none where the file went before it (W2001).
+                have = tree.lstat_placed(path)
+                copied = (have.st_size, have.st_mtime_ns) if have else None
                 # A racy stat cannot say the file is unchanged: take the journal's bytes.
-                if state is None or seen != known or racy(state):
-                    moved.append((path, state))
+                if (
+                    state is None
+                    or seen != known
+                    or racy(state)
+                    or copied != (state.size, state.mtime_ns)
+                ):
+                    moved[path] = state
+            moved.update(self._walked_otherwise(txn, scan.scan_walk, walked, unlisted))
         if not moved:
             return
-        keep([path for path, _ in moved])
+        order = sorted(moved, key=os.fsencode)  # parents before what goes in them
+        gone = []
+        for path in order:
+            found, state = tree.lstat_placed(path), moved[path]
+            if found and stat.S_ISDIR(found.st_mode) and (state is None or state.kind != "dir"):
+                gone.append(path)
+        keep(order, gone)
         # Each path's identity is the master state's (no capture runs beside a sync:
         # it is the state at ``position``), read from its own events: the cost is
         # those events', not the journal's. The journal's extended attributes, not
@@ -739,12 +777,18 @@ class Scenario:
         # 6.6 has no user.*).
         forensics = self._engine.forensics(self.name)
         with tempfile.TemporaryDirectory(prefix="xoengine-settle-") as scratch:
-            for number, (path, state) in enumerate(moved):
+            for number, path in enumerate(order):
+                state = moved[path]
                 owner = (state.uid, state.gid) if state and state.uid >= 0 else None
+                have = tree.lstat_placed(path)  # None below a path settled as a file
                 if state is None or state.kind != "file":
-                    tree.delete(path)
+                    dirs = have is not None and stat.S_ISDIR(have.st_mode)
+                    kept = dirs and state is not None and state.kind == "dir"
+                    if have is not None and not kept:
+                        tree.delete(path)
                     if state is not None:
-                        tree.create(path, state.kind, state.mode, state.target)
+                        if not kept:
+                            tree.create(path, state.kind, state.mode, state.target)
                         mode = state.mode if state.kind == "dir" else None
                         tree.set_meta(path, mode, None, owner)
                         live = forensics.live(state.file_id, position)
@@ -757,10 +801,41 @@ class Scenario:
                         position=position,
                         detail=f"the master state holds {path!r}, its own events do not",
                     )
+                if have is not None and not stat.S_ISREG(have.st_mode):
+                    tree.delete(path)
                 tree.copy_new(path, os.path.join(out, path), state.mode, owner)
                 tree.set_meta(path, None, state.mtime_ns)  # owner and mode: copy_new
                 tree.set_xattrs(path, live.xattrs or {})  # last (none handed down)
-        tree.flush([path for path, state in moved if state is not None])
+        tree.flush([path for path in order if moved[path] is not None])
+
+    def _walked_otherwise(
+        self,
+        txn: ReadTxn,
+        scanned: Mapping[str, Entry],
+        walked: dict[str, Entry],
+        unlisted: list[str],
+    ) -> dict[str, FileState | None]:
+        """The paths a sync's walk found otherwise than the journal's state: present, absent, kind.
+
+        Each with the journal's state (None: it holds nothing there). Only where
+        the sync's walk and the scan's (``scanned``: what the journal's state
+        was made from) differ can the journal differ from the sync's walk in
+        presence or kind: only those paths are looked up. The roots' own
+        entries and what lies in directories the sync could not list are not
+        compared (a synchronization leaves those as they are).
+        """
+        roots = {self.layout.prefix(i).rstrip("/") for i in range(len(self.layout.roots))}
+        suspects = [p for p, e in walked.items() if getattr(scanned.get(p), "kind", None) != e.kind]
+        if len(walked) - len(suspects) < len(scanned):  # the scan found paths the sync did not
+            suspects.extend(p for p in scanned if p not in walked)
+        out: dict[str, FileState | None] = {}
+        for path in suspects:
+            if path in roots or any(path == u or path.startswith(u + "/") for u in unlisted):
+                continue
+            state, entry = self.manifest.get(txn, path), walked.get(path)
+            if (state.kind if state else None) != (entry.kind if entry else None):
+                out[path] = state
+        return out
 
     # -- replicas ---------------------------------------------------------------------------
 
@@ -797,10 +872,10 @@ class Scenario:
     def suspend(self, replica: str) -> None:
         """Stop applying changes to ``replica``; they accumulate in the journal (R9)."""
         self._usable("suspend a replica of")
-        self._replica(replica)
-        if replica not in self._def.suspended:
-            self._stop_thread(replica)
-            self._engine._scenario_event(self._def, ReplicaSuspended, replica=replica)
+        with self._replica(replica).control:
+            if replica not in self._def.suspended:
+                self._stop_thread(replica)
+                self._engine._scenario_event(self._def, ReplicaSuspended, replica=replica)
 
     def _stop_thread(self, replica: str) -> None:
         """End the applier thread of ``replica``, if one runs (a suspension, a rewind)."""
@@ -818,9 +893,16 @@ class Scenario:
         Problem) is retried from its tracking position. A rewind that could not
         finish (a full disk, a volume gone) is given up the same way: the
         replica is resynchronized and follows the master again.
+
+        A rewind or suspension of the replica running in another thread is
+        waited for.
         """
         self._usable("resume a replica of")
         applier = self._replica(replica)
+        with applier.control:
+            self._resume(replica, applier)
+
+    def _resume(self, replica: str, applier: ReplicaApplier) -> None:
         if replica in self._def.rewound or replica in self._def.pending_rewinds:
             # A rewind puts back the files' old modification times: a file the
             # master has changed since, at the same size and time (cp -p, tar x),
@@ -928,9 +1010,10 @@ class Scenario:
         not have seen the latest writes yet), so the point holds every change
         made before the call. Its name must name it alone: it is refused if
         empty, if another point of the scenario has it, if it is a number (the
-        CLI reads a number as a position), if it holds a control character or
-        if it has the form of an automatic point's name (``sync-N``,
-        ``auto-N``, ``backup-N``, ``integrity-N``).
+        CLI reads a number as a position), if it reads as an ISO 8601 time (the
+        CLI reads it as an instant), if it holds a control character or if it
+        has the form of an automatic point's name (``sync-N``, ``auto-N``,
+        ``backup-N``, ``integrity-N``).
         """
         self._check_point_name(name)
         self.capture()
@@ -1030,6 +1113,17 @@ class Scenario:
         before-images (records of the undo log), from the calling thread.
         """
         self._usable("rewind a replica of")
+        with self._replica(replica).control:
+            return self._rewind(replica, to, position, at, progress)
+
+    def _rewind(
+        self,
+        replica: str,
+        to: RewindPoint | str | int | dt.datetime | None,
+        position: int | None,
+        at: dt.datetime | None,
+        progress: Callable[[int, int], None] | None,
+    ) -> int:
         applier, target = self._rewind_target(replica, to, position, at)
         applier.check_root()  # refused before anything is journaled
         suspending = replica not in self._def.suspended
@@ -1359,8 +1453,10 @@ class Scenario:
         applier = self._replica(replica)
         pending: dict[str, dict[str, Any]] = {}
         moved = 0
-        since = self._own(applier.position())
-        for _, event in self._engine._iter_file_events(since, self.name):
+        # One reading of each end: the pending events are those between them, as reported.
+        held, end = applier.position(), self._engine.last_position()
+        since = self._own(held)
+        for _, event in self._engine._iter_file_events(since, self.name, end):
             entry = pending.setdefault(event.path, {"events": 0, "bytes": 0})
             entry["events"] += 1
             entry["bytes"] += event_bytes(event)
@@ -1371,15 +1467,15 @@ class Scenario:
                     # pending too, though no event names those paths.
                     entry["entries_moved"] = _entries_below(applier.tree, event.path)
                     moved += entry["entries_moved"]
-        for _, _, change in self._engine.root_events(self.name, None, after=since):
+        for _, _, change in self._engine.root_events(self.name, end, after=since):
             entry = pending.setdefault(root_label(change.root), {"events": 0, "bytes": 0})
             entry["events"] += 1  # a root's own mode, owner or attributes
         report: dict[str, Any] = {
             "scenario": self.name,
             "replica": replica,
             "suspended": replica in self._def.suspended,
-            "applied_position": applier.position(),
-            "journal_position": self._engine.last_position(),
+            "applied_position": held,
+            "journal_position": end,
             "pending_files": len(pending),
             "pending_bytes": sum(v["bytes"] for v in pending.values()),
             "pending_moved": moved,
@@ -1648,9 +1744,15 @@ class Scenario:
     # -- reports ----------------------------------------------------------------------------
 
     def sync_report(self, replica: str | None = None, *, last_only: bool = True) -> dict[str, Any]:
-        """The synchronization report (R35): files sent with paths and sizes, counts, bytes."""
+        """The synchronization report (R35): files sent with paths and sizes, counts, bytes.
+
+        ``replica``: one replica's runs (a replica removed since keeps its runs);
+        a name the scenario never synchronized is :class:`ReplicaNotFoundError`.
+        """
         self._usable("report on")
         ordered = sync_runs(self._engine._iter_events(SYNC_EVENTS), self.name, replica)
+        if replica is not None and not ordered:
+            self._replica(replica)  # a typo is never an empty report
         if last_only:
             latest: dict[str, dict[str, Any]] = {}
             for run in ordered:
@@ -1663,6 +1765,8 @@ class Scenario:
     ) -> dict[str, Any]:
         """The replication report (R35): bytes since start and since the last report, counts."""
         self._usable("report on")
+        if replica is not None:
+            self._replica(replica)  # a typo is never an empty report
         report: dict[str, Any] = {"scenario": self.name, "replicas": {}}
         marks = self._engine._report_marks.setdefault(self.name, {})
         for name, applier in self._appliers.items():

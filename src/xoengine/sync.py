@@ -110,12 +110,29 @@ class Settle(Protocol):
     """Makes the files a sync wrote beside a scan hold what the journal holds (the scenario's)."""
 
     def __call__(
-        self, written: list[str], position: int, keep: Callable[[list[str]], None]
+        self,
+        written: list[str],
+        position: int,
+        keep: Keep,
+        walked: dict[str, Entry],
+        unlisted: list[str],
     ) -> None:
         """Rewrite those of ``written`` the journal holds otherwise at ``position``.
 
-        ``keep(paths)`` must be called with the paths before they change.
+        And the paths whose presence or kind the journal holds otherwise than
+        ``walked`` (the master as the synchronization walked it, after the
+        scan's walk; the listings of ``unlisted`` failed): the master moved
+        between the two walks. ``keep(paths, gone)`` must be called with the
+        paths before they change, and the replica directories among them that
+        go with everything below them.
         """
+
+
+class Keep(Protocol):
+    """Records the before-images of replica paths a settle is about to change (the sync's)."""
+
+    def __call__(self, paths: list[str], gone: list[str]) -> None:
+        """``paths`` are about to change; the directories ``gone`` go with their contents."""
 
 
 class Synchronizer:
@@ -303,8 +320,6 @@ class Synchronizer:
                     action = again or first_action
                 if action:
                     note(path, entry, action, sent)
-        if follow is not None and settle is not None:
-            settle(self._copied, position, self._keep)
         for path in sorted((p for p in replica if p not in master), key=os.fsencode, reverse=True):
             if any(path.startswith(u + "/") or path == u for u in self._unlisted):
                 continue  # unknown master contents: never delete on a guess
@@ -319,6 +334,8 @@ class Synchronizer:
             summary.files_deleted += 1
             summary.transferred.append((path, "deleted", 0, 0))
             synced.append(self._synced(path, "deleted", 0, 0))
+        if follow is not None and settle is not None:  # after the deletions: it may put some back
+            settle(self._copied, position, self._keep, master, self._unlisted)
         if self.layout.single and self._root():
             summary.files_changed += 1
         if not seeded and check_held is not None:
@@ -606,13 +623,27 @@ class Synchronizer:
         tree.set_root("", master["mode"], owner, want)
         return True
 
-    def _keep(self, paths: list[str]) -> None:
-        """Before-images of files this run updated in place, about to change again (settle)."""
+    def _keep(self, paths: list[str], gone: list[str]) -> None:
+        """Before-images of replica paths about to change again (a :class:`Keep`, for settle).
+
+        What is there now, and everything below the directories of ``gone``;
+        a creation where nothing is. Not the paths this run created: their
+        ``created`` records undo whatever is there.
+        """
         tree = self.tree
-        images = []
-        for path in paths:
-            st = tree.lstat(path) if path in self._existed else None
-            if st is not None:
+        ours = {*self._created, *(p for p in self._copied if p not in self._existed)}
+        below: list[str] = []
+        for path in gone:
+            listing = walk(os.path.join(tree.root, path))
+            with contextlib.closing(listing):
+                below.extend(f"{path}/{entry.relpath}" for entry in listing)
+        images: list[Image] = []
+        for path in [*sorted(below, key=os.fsencode, reverse=True), *paths]:
+            st = tree.lstat_placed(path)
+            if st is None:
+                if path not in below:
+                    images.append(("created", path, {}, {}))
+            elif path not in ours:
                 images.append(image_of_existing(tree, path, st, deleted=False))
         self._record(images)
 

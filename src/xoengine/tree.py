@@ -39,7 +39,14 @@ from typing import TYPE_CHECKING, Any, Final, Literal, TypeAlias, TypeVar
 
 from xoengine import blocks, codec
 from xoengine.blobtable import BLOB_SUFFIX, blob_chunks, content_key
-from xoengine.errors import DiskFullError, FrameError, ReplicaWriteError, XoError
+from xoengine.errors import (
+    DiskFullError,
+    FrameError,
+    ParentNotDirectoryError,
+    ReplicaWriteError,
+    SymlinkedParentError,
+    XoError,
+)
 from xoengine.journal import BlobTable, encode_position
 from xoengine.walk import (
     READ_FLAGS,
@@ -474,6 +481,13 @@ class ReplicaTree:
             return None
         except OSError as e:  # an error, never "absent": a rewind would take it for gone
             raise self._error(path, "look up", e) from e
+
+    def lstat_placed(self, path: str) -> os.stat_result | None:
+        """:meth:`lstat`, None also where a parent is a file or a link: nothing is there."""
+        try:
+            return self.lstat(path)
+        except (ParentNotDirectoryError, SymlinkedParentError):
+            return None
 
     def read(self, path: str, offset: int = 0, length: int | None = None) -> bytes:
         """Bytes of a regular file (b"" beyond its end or if it is absent)."""

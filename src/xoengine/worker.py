@@ -22,9 +22,12 @@ from xoengine.events import (
 )
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     from xoengine.replica import ReplicaApplier
     from xoengine.scenario import Scenario
     from xoengine.tree import ReplicaTree
+    from xoengine.walk import Entry
 
 
 __all__ = ["ApplierThread", "ScanFollower", "coded_failure", "compare_trees"]
@@ -240,13 +243,15 @@ class ScanFollower:
     def __init__(self) -> None:
         self._cond = threading.Condition()
         self._walked = False
+        self.scan_walk: Mapping[str, Entry] = {}  # the master as the scan walked it
         self._read: set[str] = set()
         self._done = False
         self._position: int | None = None
 
-    def walked(self) -> None:
-        """The scan finished walking the tree."""
+    def walked(self, entries: Mapping[str, Entry]) -> None:
+        """The scan finished walking the tree: ``entries``, path by path."""
         with self._cond:
+            self.scan_walk = entries
             self._walked = True
             self._cond.notify_all()
 

@@ -198,7 +198,7 @@ def test_cli_shows_any_file_name_unambiguously_on_a_strict_utf8_stream(tmp_path:
     env = {**os.environ, "PYTHONIOENCODING": "utf-8"}
 
     def cli(*args: str) -> subprocess.CompletedProcess[bytes]:
-        command = [sys.executable, "-m", "xoengine.cli", *args]
+        command = [sys.executable, "-m", "xoengine", *args]
         return subprocess.run(command, capture_output=True, timeout=120, check=False, env=env)
 
     history = cli("history", state, "s", os.fsdecode(b"bad\xff.txt"))

@@ -47,6 +47,7 @@ from xoengine.engine import Engine, Scenario
 from xoengine.errors import (
     ConfigurationError,
     FrameError,
+    JournalReadOnlyError,
     NoFileAtError,
     RewindUnreachableError,
     ScenarioError,
@@ -488,6 +489,62 @@ def test_replay_readonly_leaves_the_copy_unchanged(world: World, tmp_path: Path)
         eng.replay("fx", to=tmp_path / "x", position=world.points["end"])
         eng.history("fx", "notes.txt")
     assert {p.name: p.read_bytes() for p in world.copy.iterdir() if p.name == "data.mdb"} == before
+
+
+def test_a_read_only_engine_opens_no_master_file_to_write(tmp_path: Path) -> None:
+    # Was a bug (review 22 C, F4): the bytes reached the master, unjournaled; only the
+    # close failed (E4003), and "wb" made a new master file.
+    eng, sc, master = new_engine(tmp_path)
+    write(master / "a", b"original")
+    sc.start()
+    eng.close()
+    with Engine.open(tmp_path / "state", readonly=True) as ro:
+        sc = ro.scenario("fx")
+        for mode in ("r+b", "wb", "ab", "xb"):
+            with pytest.raises(JournalReadOnlyError):
+                sc.open("a" if mode != "xb" else "new", mode)
+            with pytest.raises(JournalReadOnlyError):
+                sc.open("new", mode)
+        with sc.open("a", "rb") as f:
+            assert f.read() == b"original"
+    assert (master / "a").read_bytes() == b"original"
+    assert not (master / "new").exists()
+
+
+def test_a_read_only_engine_kept_open_sees_what_the_writer_journals_since(
+    tmp_path: Path,
+) -> None:
+    # Was a bug (review 22 C, F2): the scenarios were read once, at open: a point set
+    # later was "no rewind point named", a suspension not seen, and a scenario created
+    # later "No scenario named" (the answer to a typo) in a viewer kept open.
+    eng, sc, master = new_engine(tmp_path)
+    try:
+        write(master / "a", b"a")
+        sc.start()
+        with Engine.open(tmp_path / "state", readonly=True) as ro:
+            seen = ro.scenario("fx")  # a handle taken before the changes
+            assert "r1" not in seen.suspended
+            sc.set_rewind_point("later")
+            sc.suspend("r1")
+            (tmp_path / "other").mkdir()
+            write(tmp_path / "other" / "x", b"x")
+            other = eng.create_scenario(
+                "t", master=str(tmp_path / "other"), replicas={"r": str(tmp_path / "t-r")}
+            )
+            other.capture()
+            eng.update_scenario("t", rewind_interval=60)
+            assert "later" in [p.name for p in seen.rewind_points()]
+            assert seen.resolve("later") == sc.resolve("later")
+            assert seen.suspended == {"r1"}
+            assert seen.difference_report("r1")["suspended"] is True
+            assert [s.name for s in ro.scenarios()] == ["fx", "t"]
+            assert ro.scenario("t").options["rewind_interval"] == 60
+            assert [e.operation for e in ro.history("t", "x")] == ["created", "written"]
+            eng.remove_scenario("t")
+            assert [s.name for s in ro.scenarios()] == ["fx"]
+            assert [e.operation for e in ro.history("t", "x")] == ["created", "written"]
+    finally:
+        eng.close()
 
 
 HISTORY = [
@@ -2616,6 +2673,28 @@ def test_difference_report_shows_pending_changes_during_a_suspension(tmp_path: P
         assert (report["pending_files"], report["pending_bytes"], report["pending"]) == (0, 0, {})
         assert report["differences"] == {}
         assert report["applied_position"] == report["journal_position"]
+    finally:
+        eng.close()
+
+
+def test_difference_report_reads_the_applied_position_once(tmp_path: Path) -> None:
+    # Was a bug (review 22 C, F3): the applied position was read for the pending events
+    # and again for the report: an applier catching up in between gave "caught up"
+    # (applied == journal) beside a pending file in one answer.
+    eng, sc, master = new_engine(tmp_path)
+    try:
+        write(master / "a", b"a")
+        sc.start()
+        sc.suspend("r1")
+        write(master / "a", b"a later")
+        sc.capture()
+        applier = sc._appliers["r1"]
+        before, end = applier.position(), eng.last_position()
+        reads = iter([before, end, end])  # the applier catches up after the first read
+        applier.position = lambda: next(reads)  # type: ignore[method-assign]
+        report = sc.difference_report("r1")
+        assert report["pending_files"] == 1
+        assert report["applied_position"] == before < report["journal_position"] == end
     finally:
         eng.close()
 

@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import subprocess
+import threading
 import unicodedata
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,13 @@ from xoengine.errors import (
     RewindWriteError,
     ScenarioError,
 )
-from xoengine.events import AlertRaised, ReplicaSuspended, RewindStarted, UndoTrimmed
+from xoengine.events import (
+    AlertRaised,
+    ReplicaRewound,
+    ReplicaSuspended,
+    RewindStarted,
+    UndoTrimmed,
+)
 from xoengine.rewind import RetentionPolicy, RewindPoint
 from xoengine.testing import snapshot_contents
 
@@ -554,6 +561,63 @@ def test_a_replica_used_while_rewound_is_never_rewound_from_what_it_became(
         sc.wait_replicated()
         sc.rewind("r1", later)  # after the resume: exact
         assert snapshot(tmp_path / "r1") == want
+    finally:
+        eng.close()
+
+
+class _Announcing:
+    """A lock that tells when a given thread comes to take it (before it may block)."""
+
+    def __init__(self, lock: Any, thread_name: str, came: threading.Event) -> None:
+        self.lock, self.thread_name, self.came = lock, thread_name, came
+
+    def __enter__(self) -> None:
+        if threading.current_thread().name == self.thread_name:
+            self.came.set()
+        self.lock.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.lock.release()
+
+
+def test_a_resume_in_another_thread_waits_for_the_rewind_under_way(tmp_path: Path) -> None:
+    # Was a bug (review 22 C, F1): the resume took the rewind under way for one given up:
+    # a false AW0004, no ReplicaRewound, the undo log's history cut at the resync, and
+    # (by timing) a replica noted suspended while an applier thread fed it.
+    eng, sc, master, marks = _points(tmp_path)
+    try:
+        (p0, _), (p1, tree1), _ = marks
+        applier = sc._appliers["r1"]
+        came = threading.Event()
+        applier.control = _Announcing(threading.RLock(), "resumer", came)
+        failed: list[BaseException] = []
+
+        def resume() -> None:
+            try:
+                sc.resume("r1")
+            except BaseException as e:  # reported below
+                failed.append(e)
+            finally:
+                came.set()  # also when no lock is taken at all
+
+        resumer = threading.Thread(target=resume, name="resumer")
+
+        def progress(done: int, total: int) -> None:
+            if not resumer.is_alive() and not came.is_set():
+                resumer.start()
+                assert came.wait(60)  # at the lock (or, without one, all done)
+
+        assert sc.rewind("r1", p0, progress=progress) == p0.position
+        resumer.join(60)
+        assert not failed
+        rewound = events_of(eng, ReplicaRewound)
+        assert [(e.replica, e.to_position) for e in rewound] == [("r1", p0.position)]
+        assert "AW0004" not in [e.code for e in events_of(eng, AlertRaised)]
+        assert "r1" not in sc.suspended
+        sc.wait_replicated()
+        assert snapshot(tmp_path / "r1") == snapshot(master)
+        sc.rewind("r1", p1)  # the history before the resume's resync is kept
+        assert snapshot(tmp_path / "r1") == tree1
     finally:
         eng.close()
 

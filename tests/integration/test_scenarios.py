@@ -25,6 +25,7 @@ from xoengine.engine import Engine, Scenario
 from xoengine.errors import (
     OverlappingTreesError,
     PathEscapesRootError,
+    ReplicaNotFoundError,
     ReplicaVolumeChangedError,
     RewindUnreachableError,
     ScenarioError,
@@ -60,6 +61,7 @@ from xoengine.testing import (
     WriteAt,
     assert_trees_equal,
     compare_trees,
+    snapshot_contents,
     snapshot_tree,
     temporary_engine,
 )
@@ -600,6 +602,75 @@ def test_a_file_written_between_the_syncs_listing_and_its_copy_has_the_journals_
     assert_trees_equal(master, tmp_path / "r1", mtimes=True)
 
 
+@pytest.mark.parametrize("again", [False, True], ids=["first", "resync"])
+def test_a_master_moved_between_the_scans_walk_and_the_syncs_holds_the_journals_state(
+    engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, again: bool
+) -> None:
+    """Was a bug (review 21 C, t21): a synchronization beside a scan made the replica
+    what its own walk found, after the scan's walk. Directories swapped, a file made a
+    directory, a directory made a file, a file gone or new between the two walks left
+    the replica at SyncFinished unlike the journal's state, and the applier then
+    stopped on the next change there (E3011) until a resync."""
+    from xoengine import sync as sync_module  # noqa: PLC0415
+
+    sc = _scenario(engine, tmp_path, "r1")
+    master, replica = tmp_path / "master", tmp_path / "r1"
+    TreeBuilder(master).apply_all(
+        [
+            *(
+                CreateFile(f"d{d}/f{d}_{i}", _random(3000 + i, 10 * d + i))
+                for d in (0, 1)
+                for i in (0, 1)
+            ),
+            CreateFile("f", b"a file"),
+            CreateFile("g/inside", b"in a directory"),
+            CreateFile("gone", b"goes"),
+        ]
+    )
+    if again:
+        sc.start()
+        sc.stop()
+        before = sc.rewind_points()[-1], snapshot_contents(master)
+    walk = sync_module.Synchronizer._walk_master
+    moved = []
+
+    def walk_master(self: Any, summary: Any) -> Any:
+        if not moved:  # after the scan's walk (the sync waits for it), before this one
+            moved.append(True)
+            (master / "d0").rename(master / "tmp")
+            (master / "d1").rename(master / "d0")
+            (master / "tmp").rename(master / "d1")
+            (master / "f").unlink()
+            (master / "f").mkdir()
+            (master / "f" / "x").write_bytes(b"x")
+            shutil.rmtree(master / "g")
+            (master / "g").write_bytes(b"now a file")
+            (master / "gone").unlink()
+            (master / "new").write_bytes(b"the scan never saw it")
+        return walk(self, summary)
+
+    monkeypatch.setattr(sync_module.Synchronizer, "_walk_master", walk_master)
+    if again:
+        sc.synchronize()
+    else:
+        sc.start()
+    assert moved
+    held = sc.applied_position("r1")
+    engine.replay(sc, to=tmp_path / "journal", position=held)
+    assert snapshot_contents(replica) == snapshot_contents(tmp_path / "journal")
+    if again:
+        sc.start()
+    # The next capture brings the rest; the applier finds what the journal says.
+    sc.capture()
+    sc.wait_replicated()
+    assert sc.state == "Running"
+    assert_trees_equal(master, replica)
+    if again:  # the undo log kept what the settle wrote over: back across the sync
+        point, tree = before
+        sc.rewind("r1", point)
+        assert snapshot_contents(replica) == tree
+
+
 @pytest.mark.parametrize("each_max", [0, 2048])
 def test_synchronize_flushes_new_paths_one_by_one_or_with_one_syncfs(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, each_max: int
@@ -683,6 +754,11 @@ def test_replication_report_counts_operations(engine: Engine, tmp_path: Path) ->
         ("b", "renamed"),
         ("c", "deleted"),
     }
+    # Review 22 (C, F7): a replica name the scenario does not have was an empty report.
+    for report in (sc.replication_report, sc.sync_report):
+        with pytest.raises(ReplicaNotFoundError):
+            report("r9")
+    assert [run["replica"] for run in sc.sync_report("r1")["runs"]] == ["r1"]
 
 
 def test_scenario_spool_limit_puts_it_in_problem_until_caught_up(
