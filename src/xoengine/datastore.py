@@ -1119,16 +1119,20 @@ class Store:
         self._check_open()
         with self._write_lock:
             if owner is not None and self._owner not in {None, owner}:
-                raise JournalLockedError(
-                    f"An engine of this process (pid {os.getpid()}) has the journal at "
-                    f"{self.path} open for writing already: close it first (an Engine not "
-                    "closed keeps its scenarios' threads running).",
-                    path=self.path,
-                    pid=os.getpid(),
-                )
+                raise self._held_here()
             self._take_writer_lock()
             if owner is not None:
                 self._owner = owner
+
+    def _held_here(self) -> JournalLockedError:
+        """The refusal of a second writable engine of this process (see :meth:`claim_writer`)."""
+        return JournalLockedError(
+            f"An engine of this process (pid {os.getpid()}) has the journal at "
+            f"{self.path} open for writing already: close it first (an Engine not "
+            "closed keeps its scenarios' threads running).",
+            path=self.path,
+            pid=os.getpid(),
+        )
 
     def release_writer(self, owner: object) -> None:
         """End ``owner``'s claim (:meth:`claim_writer`); the process stays the writer."""
@@ -1321,6 +1325,8 @@ def open_store(
                     detail=f"{real} is open read-only in this process; close it first"
                 )
             if not readonly and durability is not None and store.durability is not mode:
+                if store._owner is not None:  # an engine writes it: that is the refusal
+                    raise store._held_here()
                 raise ConfigurationError(
                     detail=f"{real} is open with durability {store.durability.value}, "
                     f"not {mode.value}"

@@ -135,6 +135,9 @@ def test_one_writable_engine_per_journal_in_a_process(tmp_path: Path) -> None:
         for path in (tmp_path / "state", tmp_path / "alias"):
             with pytest.raises(JournalLockedError, match="this process"):
                 Engine.open(path, durability="nosync")
+        # Review 22 (C, F5): with another durability it was E1001, "change a setting".
+        with pytest.raises(JournalLockedError, match="this process"):
+            Engine.open(tmp_path / "state", durability="sync")
         with Engine.open(tmp_path / "state", readonly=True) as reader:  # readers are welcome
             assert [s.name for s in reader.scenarios()] == ["s"]
         assert [s.name for s in first.scenarios()] == ["s"]  # the refused open took nothing
