@@ -43,6 +43,7 @@ from xoengine.events import (
     BytesWritten,
     ContentReplaced,
     FileCreated,
+    FileDeleted,
     FileEvent,
     FileRenamed,
     FileTruncated,
@@ -685,22 +686,28 @@ class Scenario:
         """Of a synchronization's changed paths, where the replica did not hold the journal's state.
 
         (A :class:`~xoengine.sync.HeldCheck`.) A path the journal changed after
-        ``held`` (itself, or a directory above it) is the master's change, not
-        the replica's. For any other, the journal's state at ``held`` is the
+        ``held`` (itself; or a directory above it made, deleted or renamed, not
+        only its times or mode) is the master's change, not the replica's. A
+        file made beside it moves its directory's mtime: what lies below that
+        directory is still checked. For any other, the journal's state at ``held`` is the
         master state's now: the replica's entry must be of its kind (and a
         file's size and mtime, which replicas keep), or absent where the
         journal has nothing. A file the master gained or lost beside the scan
         is neither: the journal has nothing of it, or still has it.
         """
         changed: set[str] = set()
+        placed: set[str] = set()  # made, deleted or renamed: what was below it moved too
         for _, _, event in self._engine.file_events(self.name, None, after=held):
             changed.add(event.path)
+            if isinstance(event, FileCreated | FileDeleted | FileRenamed):
+                placed.add(event.path)
             if isinstance(event, FileRenamed):
                 changed.add(event.new_path)
+                placed.add(event.new_path)
         out: list[str] = []
         with self._engine.store.read() as txn:
             for path in sorted(entries, key=os.fsencode):
-                if any(p in changed for p in path_and_parents(path)):
+                if path in changed or any(p in placed for p in path_and_parents(path)):
                     continue
                 entry, state = entries[path], self.manifest.get(txn, path)
                 if entry is None or state is None:

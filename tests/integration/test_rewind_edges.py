@@ -722,6 +722,38 @@ def test_a_write_into_a_file_gone_from_the_replica_stops_its_applier(tmp_path: P
         eng.close()
 
 
+@pytest.mark.parametrize("beside", ["new", "renamed"])
+def test_a_hand_edit_is_found_though_the_master_changed_its_directory_beside_it(
+    tmp_path: Path, beside: str
+) -> None:
+    """Review 22 (B, F1): a file made or renamed in the same directory on the master
+    journals that directory's new mtime, and that change exempted everything below it
+    from the check: an encryption and a ransom note went unreported, and a rewind to
+    an earlier point put them back, reported as the point's tree."""
+    eng, sc, master = kit.new_scenario(tmp_path)
+    try:
+        for i in range(3):
+            write(master / "d" / f"f{i}", b"original %d" % i)
+        sc.start()
+        point = sc.set_rewind_point("P")
+        sc.stop()
+        write(tmp_path / "r1" / "d" / "f0", b"ENCRYPTED BY RANSOMWARE")
+        write(tmp_path / "r1" / "d" / "HOW_TO_DECRYPT.txt", b"pay")
+        if beside == "new":
+            write(master / "d" / "new", b"the master's own file")
+        else:
+            (master / "d" / "f2").rename(master / "f2-moved")
+        sc.start()
+        sc.wait_replicated()
+        assert snapshot(tmp_path / "r1") == snapshot(master)
+        alert = [e for e in events_of(eng, AlertRaised) if e.code == "AW0004"][-1]
+        assert alert.details["paths"] == ["d/HOW_TO_DECRYPT.txt", "d/f0"]
+        with pytest.raises(RewindUnreachableError):
+            sc.rewind("r1", point)
+    finally:
+        eng.close()
+
+
 def test_a_replica_found_diverged_is_not_rewound_until_synchronized(tmp_path: Path) -> None:
     # Was a bug: right after its applier stopped on E3011, a rewind of the replica
     # reported the point reached, over bytes someone had written by hand.
