@@ -867,7 +867,9 @@ class ReplicaTree:
         It gets ``owner``, ``mode`` and ``xattrs`` (in that order) before the rename.
         """
         with self._parent(path) as (fd, leaf):
-            tmp = f"{TMP_PREFIX}{leaf[:100]}-{os.getpid()}-{threading.get_ident()}"
+            # The first 100 bytes of the name, not characters: 85 CJK ones are 255 bytes.
+            head = os.fsdecode(os.fsencode(leaf)[:100])
+            tmp = f"{TMP_PREFIX}{head}-{os.getpid()}-{threading.get_ident()}"
             try:
                 handle = _create_in(fd, tmp)
                 try:

@@ -754,6 +754,33 @@ def test_a_hand_edit_is_found_though_the_master_changed_its_directory_beside_it(
         eng.close()
 
 
+def test_a_name_of_255_bytes_in_multibyte_characters_is_replaced_rewound_and_replayed(
+    tmp_path: Path,
+) -> None:
+    """Review 22 (B, F2): a temporary file took the name's first 100 characters: 85 CJK
+    characters (255 bytes) made it too long, and every apply, rewind, resync and replay
+    through a temporary file failed (E3010) for good."""
+    eng, sc, master = kit.new_scenario(tmp_path)
+    cjk, emoji = "文" * 85, "\U0001f600" * 63
+    try:
+        write(master / cjk, b"x" * 50_000)
+        write(master / emoji, b"y" * 3000)
+        sc.start()
+        point = sc.set_rewind_point("P")
+        before = snapshot(master)
+        write(master / cjk, b"inserted in front " + b"x" * 50_000)  # replaced through a temporary
+        (master / emoji).unlink()
+        sc.capture()
+        sc.wait_replicated()
+        assert snapshot(tmp_path / "r1") == snapshot(master)
+        sc.rewind("r1", point)
+        assert snapshot(tmp_path / "r1") == before
+        eng.replay(sc, to=tmp_path / "out", position=point.position)
+        assert snapshot(tmp_path / "out") == before
+    finally:
+        eng.close()
+
+
 def test_a_replica_found_diverged_is_not_rewound_until_synchronized(tmp_path: Path) -> None:
     # Was a bug: right after its applier stopped on E3011, a rewind of the replica
     # reported the point reached, over bytes someone had written by hand.
