@@ -123,8 +123,13 @@ def undo_one(
         new = args["new_path"]
         # Undone already if the old path is back (a resumed rewind): moving again
         # would put what an older record of this position restored at new_path over it.
-        if tree.lstat(new) is not None and tree.lstat(path) is None:
+        moved, back = tree.lstat(new) is not None, tree.lstat(path) is not None
+        if moved and not back:
             tree.rename(new, path)
+        elif strict and moved == back:
+            # Something else took the old name, or the renamed entry is gone: never
+            # leave both (or neither) and report the point's tree.
+            raise ReplicaDivergedError(path=path, position=record.position, replica=tree.root)
     elif op == "bytes":
         pieces = [(offset, blob(args[name])) for offset, name in args.get("spans", [])]
         restored = tree.restore_bytes(
@@ -141,6 +146,8 @@ def undo_one(
         return  # bytes, size, mode, mtime, owner and extended attributes in one open
     elif op == "content":
         _undo_delta(tree, record, blob)
+    elif strict and tree.lstat(path) is None:  # a mode or time to put back on nothing
+        raise ReplicaDivergedError(path=path, position=record.position, replica=tree.root)
     if ("mode" in args or "mtime_ns" in args) and tree.lstat(path) is not None:
         tree.set_meta(path, args.get("mode"), args.get("mtime_ns"), args.get("owner"))
     if "xattrs" in args:  # last: writes and chowns drop capabilities
@@ -288,6 +295,8 @@ def undo_path(
         if strict and not restored:
             raise ReplicaDivergedError(path=plan.path, position=plan.position, replica=tree.root)
         return
+    if strict and tree.lstat(plan.path) is None:  # a mode or time to put back on nothing
+        raise ReplicaDivergedError(path=plan.path, position=plan.position, replica=tree.root)
     if (plan.mode is not None or plan.mtime_ns is not None) and tree.lstat(plan.path) is not None:
         tree.set_meta(plan.path, plan.mode, plan.mtime_ns, plan.owner)
     if plan.xattrs is not None:  # last: a chown drops file capabilities

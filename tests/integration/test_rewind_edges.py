@@ -781,6 +781,38 @@ def test_a_name_of_255_bytes_in_multibyte_characters_is_replaced_rewound_and_rep
         eng.close()
 
 
+@pytest.mark.parametrize("change", ["rename", "chmod"])
+def test_a_rewind_refuses_a_rename_or_mode_it_cannot_put_back(tmp_path: Path, change: str) -> None:
+    """Review 22 (B, F3, F4): a rename whose old name someone else took, or a mode to
+    put back on a file someone deleted, was skipped, and the rewind reported the
+    point's tree: both names (one a link out of the replica) or a file missing."""
+    eng, sc, master = kit.new_scenario(tmp_path)
+    try:
+        write(master / "d" / "s", b"s")
+        write(master / "f", b"f")
+        sc.start()
+        point = sc.set_rewind_point("A")
+        if change == "rename":
+            (master / "d").rename(master / "d2")
+        else:
+            (master / "f").chmod(0o600)
+        sc.capture()
+        sc.wait_replicated()
+        (tmp_path / "outside").mkdir()
+        if change == "rename":
+            (tmp_path / "r1" / "d").symlink_to(tmp_path / "outside")
+        else:
+            (tmp_path / "r1" / "f").unlink()
+        with pytest.raises(ReplicaDivergedError):
+            sc.rewind("r1", point)
+        assert list((tmp_path / "outside").iterdir()) == []
+        sc.resume("r1")  # resynchronized: the master's state again
+        sc.wait_replicated()
+        assert snapshot(tmp_path / "r1") == snapshot(master)
+    finally:
+        eng.close()
+
+
 def test_a_replica_found_diverged_is_not_rewound_until_synchronized(tmp_path: Path) -> None:
     # Was a bug: right after its applier stopped on E3011, a rewind of the replica
     # reported the point reached, over bytes someone had written by hand.
