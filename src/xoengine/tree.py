@@ -560,10 +560,34 @@ class ReplicaTree:
                 raise self._error(path, "read link", e) from e
 
     def _open_file(self, fd: int, leaf: str, path: str, mode: int = 0o644) -> int:
+        """Open (or make) a regular file to write in place: one of the replica's own."""
+        flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
         try:
-            return _open_at(fd, leaf, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+            handle = _open_at(fd, leaf, flags, mode)
+            if self._unshared(path, handle):  # it was another inode's link: open the copy
+                os.close(handle)
+                handle = _open_at(fd, leaf, flags, mode)
         except OSError as e:
             raise self._error(path, "open", e) from e
+        return handle
+
+    def _unshared(self, path: str, handle: int) -> bool:
+        """Give ``path`` an inode of its own if others link to it; whether it did.
+
+        xoengine makes no hard links in a replica: one there is another tool's
+        (a ``cp -al`` snapshot kept outside the root), and an in-place write
+        would change that file too. The bytes (holes kept), owner, mode, times
+        and extended attributes are copied to a new file renamed over the
+        path, as rsync does; the other links keep the old inode.
+        """
+        st = os.fstat(handle)
+        if st.st_nlink <= 1 or not stat.S_ISREG(st.st_mode):
+            return False
+        owner, mode = (st.st_uid, st.st_gid), stat.S_IMODE(st.st_mode)
+        with self._temporary(path, mode, owner, read_xattrs(handle)) as copy:
+            copy_sparse(handle, copy)
+            os.utime(copy, ns=(st.st_atime_ns, st.st_mtime_ns))
+        return True
 
     def write_ranges(
         self, path: str, pieces: Iterable[tuple[int, bytes | memoryview]], size: int
@@ -757,6 +781,11 @@ class ReplicaTree:
                     st = os.fstat(handle)
                     if not stat.S_ISREG(st.st_mode):
                         return False
+                    if self._unshared(path, handle):  # another inode's link: its copy
+                        os.close(handle)
+                        handle = -1
+                        handle = _open_at(fd, leaf, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
+                        st = os.fstat(handle)
                     end = _write_pieces(handle, pieces, st.st_size)
                     if end != size:
                         os.ftruncate(handle, size)
@@ -774,7 +803,8 @@ class ReplicaTree:
                 except OSError as e:
                     raise self._error(path, "restore", e) from e
                 finally:
-                    os.close(handle)
+                    if handle >= 0:
+                        os.close(handle)
         except (FileNotFoundError, NotADirectoryError):
             return False
         except OSError as e:  # a parent that cannot be opened (no permission)

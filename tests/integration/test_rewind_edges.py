@@ -813,6 +813,33 @@ def test_a_rewind_refuses_a_rename_or_mode_it_cannot_put_back(tmp_path: Path, ch
         eng.close()
 
 
+def test_a_hard_link_to_a_replica_file_from_outside_keeps_its_bytes(tmp_path: Path) -> None:
+    """Review 22 (B, F5): the apply, the rewind and the resync wrote in place through a
+    hard link a backup tool made (`cp -al r1 snapshot`), changing a file outside the
+    replica root."""
+    eng, sc, master = kit.new_scenario(tmp_path)
+    try:
+        write(master / "db", b"A" * 100_000)
+        sc.start()
+        point = sc.set_rewind_point("P")
+        (tmp_path / "snapshot").mkdir()
+        os.link(tmp_path / "r1" / "db", tmp_path / "snapshot" / "db")
+        with open(master / "db", "r+b") as f:  # in place: an apply writes ranges
+            f.seek(5000)
+            f.write(b"B" * 100)
+        sc.capture()
+        sc.wait_replicated()
+        assert (tmp_path / "r1" / "db").read_bytes() == (master / "db").read_bytes()
+        assert (tmp_path / "snapshot" / "db").read_bytes() == b"A" * 100_000
+        os.link(tmp_path / "r1" / "db", tmp_path / "snapshot" / "db2")
+        sc.rewind("r1", point)  # puts bytes back in place
+        assert (tmp_path / "r1" / "db").read_bytes() == b"A" * 100_000
+        assert (tmp_path / "snapshot" / "db2").read_bytes() == (master / "db").read_bytes()
+        assert os.stat(tmp_path / "r1" / "db").st_nlink == 1
+    finally:
+        eng.close()
+
+
 def test_a_replica_found_diverged_is_not_rewound_until_synchronized(tmp_path: Path) -> None:
     # Was a bug: right after its applier stopped on E3011, a rewind of the replica
     # reported the point reached, over bytes someone had written by hand.
