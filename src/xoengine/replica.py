@@ -343,7 +343,7 @@ class ReplicaApplier:
         ):
             # The file these bytes go into is not there (a group never creates and
             # writes one path): something outside xoengine removed or replaced it.
-            raise ReplicaDivergedError(path=path, position=position, replica=self.name)
+            raise ReplicaDivergedError(path=path, position=position, replica=self.tree.root)
         if isinstance(event, BytesWritten):
             return [image_of_writes(tree, path, [(r[0], r[1]) for r in event.ranges], event.size)]
         if isinstance(event, FileTruncated):
@@ -448,5 +448,5 @@ class ReplicaApplier:
             result=event.result,
         )
         if outcome == "diverged":
-            raise ReplicaDivergedError(path=event.path, position=position, replica=self.name)
+            raise ReplicaDivergedError(path=event.path, position=position, replica=self.tree.root)
         self.counts.bytes += sum(op[2] for op in event.ops if op[0] == "data")
