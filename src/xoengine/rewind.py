@@ -50,7 +50,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Iterator, Sequence
 
     from xoengine.datastore import Store, WriteTxn
-    from xoengine.tree import Owner, ReplicaTree, UndoLog, UndoRecord
+    from xoengine.tree import Owner, Piece, ReplicaTree, UndoLog, UndoRecord
     from xoengine.walk import Xattrs
 
 __all__ = [
@@ -71,6 +71,8 @@ CLEAR_SHARE: Final = 0.7
 """Under this share of the budget, a standing AW0002 is cleared (see RetentionDecision)."""
 _RELATIVE: Final = frozenset({"renamed", "content"})
 _IN_PLACE: Final = frozenset({"bytes", "meta", "xattrs"})
+HOLE: Final = b""
+"""The blob id a plan gives to the zeros of a hole a cut took (``holes`` of a ``bytes`` record)."""
 _NO_BYTES: Final = frozenset({"meta", "xattrs"})
 _BATCH_POSITIONS: Final = 256
 _BATCH_BYTES: Final = 1 << 20
@@ -131,7 +133,10 @@ def undo_one(
             # leave both (or neither) and report the point's tree.
             raise ReplicaDivergedError(path=path, position=record.position, replica=tree.root)
     elif op == "bytes":
-        pieces = [(offset, blob(args[name])) for offset, name in args.get("spans", [])]
+        pieces: list[tuple[int, Piece]] = [
+            (offset, blob(args[name])) for offset, name in args.get("spans", [])
+        ]
+        pieces += [(offset, length) for offset, length in args.get("holes", ())]
         restored = tree.restore_bytes(
             path,
             pieces,
@@ -268,6 +273,8 @@ def plan_run(records: Sequence[UndoRecord]) -> list[PathPlan]:
             plan.size = args["old_size"]
         for offset, blob_id, length in _spans(record):
             plan.extents.claim(offset, blob_id, length, plan.size)
+        for offset, length in args.get("holes", ()):  # zeros, no blob
+            plan.extents.claim(offset, HOLE, length, plan.size)
     return list(plans.values())
 
 
@@ -283,8 +290,11 @@ def undo_path(
     """
     if plan.size is not None:
 
-        def pieces() -> Iterator[tuple[int, memoryview]]:
+        def pieces() -> Iterator[tuple[int, memoryview | int]]:
             for blob_id, uses in plan.extents.by_blob().items():
+                if blob_id == HOLE:
+                    yield from ((offset, length) for offset, _, length in uses)
+                    continue
                 data = memoryview(blob(blob_id))
                 for offset, start, length in uses:
                     yield offset, data[start : start + length]

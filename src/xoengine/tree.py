@@ -73,6 +73,7 @@ __all__ = [
     "Extents",
     "Image",
     "ImageBytes",
+    "Piece",
     "Owner",
     "Rebuilt",
     "ReplicaTree",
@@ -120,6 +121,8 @@ def _find_syncfs() -> Callable[[int], int] | None:
 _syncfs = _find_syncfs()
 
 ImageBytes: TypeAlias = "bytes | Callable[[], bytes]"
+Piece: TypeAlias = "bytes | memoryview | int"
+"""Bytes to write at an offset, or (an int) that many zeros: see :func:`_write_pieces`."""
 """Bytes of a before-image, or a reader of them called when they are stored (one chunk of a
 large file at a time: a 20 GiB file's before-image never sits in memory whole)."""
 
@@ -194,37 +197,48 @@ class Extents:
 # -- the replica tree -------------------------------------------------------------------
 
 
+def data_segments(fd: int, start: int = 0, end: int | None = None) -> Iterator[tuple[int, int]]:
+    """``(start, stop)`` of each data segment of the file ``fd`` within ``[start, end)``.
+
+    Holes (``SEEK_DATA``/``SEEK_HOLE``) are left out; where the file system
+    cannot tell them apart, the rest of the range is one segment. ``end``
+    None: the file's size as each segment is looked for (it may change).
+    """
+    position = start
+    while True:
+        limit = os.fstat(fd).st_size if end is None else end
+        if position >= limit:
+            return
+        try:
+            low = os.lseek(fd, position, os.SEEK_DATA)
+            high = os.lseek(fd, low, os.SEEK_HOLE)
+        except OSError as e:
+            if e.errno == errno.ENXIO:  # no data at or after position
+                return
+            if e.errno not in (errno.EINVAL, errno.EOPNOTSUPP):
+                raise
+            yield position, limit
+            return
+        if low >= limit:
+            return
+        yield low, min(high, limit)
+        position = high
+
+
 def copy_sparse(src: int, dst: int) -> int:
     """Copy ``src`` into the new, empty ``dst`` in the kernel, holes kept; return the bytes copied.
 
-    Only the data segments of ``src`` are copied (``SEEK_DATA``/``SEEK_HOLE``),
-    then ``dst`` gets ``src``'s size: a sparse master file (a thin disk image)
+    Only the data segments of ``src`` are copied (:func:`data_segments`), then
+    ``dst`` gets ``src``'s size: a sparse master file (a thin disk image)
     stays sparse on the replica instead of taking its whole size on disk.
-    Where the file system cannot tell holes apart, the whole file is one segment.
     """
-    copied = position = 0
+    copied = 0
     kernel = True  # copy_file_range until it cannot cross file systems, then sendfile
-    seeks = True  # SEEK_DATA/SEEK_HOLE until the file system says it has no such thing
-    while True:
-        if seeks:
-            try:
-                start = os.lseek(src, position, os.SEEK_DATA)
-                stop = os.lseek(src, start, os.SEEK_HOLE)
-            except OSError as e:
-                if e.errno == errno.ENXIO:  # no data at or after position
-                    break
-                if e.errno not in (errno.EINVAL, errno.EOPNOTSUPP):
-                    raise
-                seeks = False
-        if not seeks:  # the rest of the file is one segment
-            start, stop = position, os.fstat(src).st_size
-            if stop <= start:
-                break
+    for start, stop in data_segments(src):
         moved, kernel = _copy_range(src, dst, start, stop - start, kernel)
         copied += moved
         if start + moved < stop:  # the file shrank while being copied
             break
-        position = stop
     size = os.fstat(src).st_size
     if os.fstat(dst).st_size != size:
         os.ftruncate(dst, size)
@@ -286,7 +300,7 @@ def _nonzero_span(view: memoryview, low: int, high: int) -> tuple[int, int]:
     return low, high
 
 
-def _write_pieces(handle: int, pieces: Iterable[tuple[int, bytes | memoryview]], size: int) -> int:
+def _write_pieces(handle: int, pieces: Iterable[tuple[int, Piece]], size: int) -> int:
     """Write ``(offset, bytes)`` pieces into a file of ``size`` bytes; return its size after.
 
     Zeros over no byte the file holds (past its first ``size`` bytes and the
@@ -294,6 +308,8 @@ def _write_pieces(handle: int, pieces: Iterable[tuple[int, bytes | memoryview]],
     piece (in runs of ``_HOLE_GRAIN``): they read as zeros once the caller
     sets the size, and holes stay holes, so a sparse file replicates and
     replays sparse. Everything over bytes the file holds is written as is.
+    A piece given as an ``int`` is that many zeros (a hole's before-image):
+    written only over bytes the file holds, a megabyte at a time.
     """
     held = Extents()  # the claims are the bytes held; its pieces, the parts of a piece over none
     held.claim(0, b"", size)
@@ -305,7 +321,21 @@ def _write_pieces(handle: int, pieces: Iterable[tuple[int, bytes | memoryview]],
             _pwrite_all(handle, view[low:high], offset + low)
             end = max(end, offset + high)
 
+    def zero(low: int, high: int) -> None:
+        zeros = memoryview(_ZEROS)
+        for at in range(low, high, len(zeros)):
+            _pwrite_all(handle, zeros[: min(len(zeros), high - at)], at)
+
     for offset, data in pieces:
+        if isinstance(data, int):  # zeros: over held bytes only (the rest reads as zeros)
+            held.pieces.clear()
+            held.claim(offset, b"", data)
+            cursor = offset
+            for at, _, _, length in held.pieces:
+                zero(cursor, at)
+                cursor = at + length
+            zero(cursor, offset + data)
+            continue
         view = memoryview(data).cast("B")
         held.pieces.clear()
         held.claim(offset, b"", len(view))
@@ -522,6 +552,11 @@ class ReplicaTree:
                 return blocks.BlockMap.compute(b"", block_size)
             with os.fdopen(handle, "rb", 0, closefd=False) as reader:
                 return blocks.BlockMap.compute_file(reader, block_size)
+
+    def data_segments(self, path: str, start: int, end: int) -> list[tuple[int, int]]:
+        """The data segments of the regular file at ``path`` within ``[start, end)`` (no holes)."""
+        with self._reading(path) as handle:
+            return [] if handle is None else list(data_segments(handle, start, end))
 
     def read_ranges(self, path: str, ranges: Sequence[tuple[int, int]]) -> list[bytes]:
         """Bytes at each ``(offset, length)`` of a regular file, in one open (as :meth:`read`)."""
@@ -751,7 +786,7 @@ class ReplicaTree:
     def restore_bytes(
         self,
         path: str,
-        pieces: Iterable[tuple[int, bytes | memoryview]],
+        pieces: Iterable[tuple[int, Piece]],
         size: int,
         mode: int | None,
         mtime_ns: int | None,
@@ -1793,10 +1828,19 @@ def image_of_writes(
         for part, (start, size) in enumerate(blob_chunks(offset, min(length, old_size - offset))):
             spans.append([start, f"b{index}" if part == 0 else f"b{index}.{part}"])
             wanted.append((start, size))
-    if old_size > new_size:  # the change also cuts the file
-        for part, (start, size) in enumerate(blob_chunks(new_size, old_size - new_size)):
-            spans.append([start, "tail" if part == 0 else f"tail.{part}"])
-            wanted.append((start, size))
+    holes: list[list[int]] = []
+    if old_size > new_size:  # the change also cuts the file: its data, not its holes
+        cursor, part = new_size, 0
+        for low, high in tree.data_segments(path, new_size, old_size):
+            if low > cursor:
+                holes.append([cursor, low - cursor])
+            for start, size in blob_chunks(low, high - low):
+                spans.append([start, "tail" if part == 0 else f"tail.{part}"])
+                wanted.append((start, size))
+                part += 1
+            cursor = high
+        if cursor < old_size:
+            holes.append([cursor, old_size - cursor])
     pieces: dict[str, ImageBytes]
     if sum(length for _, length in wanted) <= _EAGER_IMAGE:
         # Every before-image through one open of the file.
@@ -1809,4 +1853,7 @@ def image_of_writes(
         }
     if st is None:
         return ("created", path, {}, {})
-    return ("bytes", path, {"old_size": old_size, "spans": spans, **tree.meta(path, st)}, pieces)
+    args = {"old_size": old_size, "spans": spans, **tree.meta(path, st)}
+    if holes:  # zeros the cut took that were no data (a thin file's holes): none stored
+        args["holes"] = holes
+    return ("bytes", path, args, pieces)

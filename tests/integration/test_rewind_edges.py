@@ -21,6 +21,7 @@ import pytest
 import scenario_kit as kit
 from scenario_kit import write
 
+from xoengine import tree as tree_module
 from xoengine.cli import main
 from xoengine.engine import Engine, Scenario
 from xoengine.errors import (
@@ -836,6 +837,49 @@ def test_a_hard_link_to_a_replica_file_from_outside_keeps_its_bytes(tmp_path: Pa
         assert (tmp_path / "r1" / "db").read_bytes() == b"A" * 100_000
         assert (tmp_path / "snapshot" / "db2").read_bytes() == (master / "db").read_bytes()
         assert os.stat(tmp_path / "r1" / "db").st_nlink == 1
+    finally:
+        eng.close()
+
+
+@pytest.mark.parametrize("then", ["nothing", "regrown"])
+def test_a_cut_of_a_thin_file_keeps_its_data_not_its_holes(tmp_path: Path, then: str) -> None:
+    """Review 22 (B, F6): the before-image of a cut read and stored every hole of the
+    cut tail (a 4 GiB thin image cut to 0: 32 s, 4 GiB of zeros read). Now the holes
+    are noted, not read; a rewind puts zeros back over whatever grew there since."""
+    eng, sc, master = kit.new_scenario(tmp_path)
+    size = 256 << 20
+    try:
+        with open(master / "thin", "wb") as f:
+            f.write(b"head" * 1024)
+            f.seek(size - 4096)
+            f.write(b"tail" * 1024)
+        sc.start()
+        point = sc.set_rewind_point("P")
+        before = snapshot(master)
+        read = tree_module.ReplicaTree.read
+        taken: list[int] = []
+
+        def counting(self: Any, path: str, offset: int = 0, length: int | None = None) -> bytes:
+            data = read(self, path, offset, length)
+            taken.append(len(data))
+            return data
+
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(tree_module.ReplicaTree, "read", counting)
+            os.truncate(master / "thin", 4096)
+            sc.capture()
+            sc.wait_replicated()
+        assert sum(taken) < 1 << 20  # the tail's data, not its 256 MiB
+        if then == "regrown":  # bytes over the old hole: the rewind must zero them
+            with open(master / "thin", "r+b") as f:
+                f.seek(1 << 20)
+                f.write(b"X" * 100_000)
+            sc.capture()
+            sc.wait_replicated()
+        sc.rewind("r1", point)
+        assert snapshot(tmp_path / "r1") == before
+        if then == "nothing":  # zeros put back over bytes written since take room (no punch)
+            assert os.stat(tmp_path / "r1" / "thin").st_blocks * 512 < 1 << 20  # still thin
     finally:
         eng.close()
 
