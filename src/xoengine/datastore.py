@@ -55,6 +55,7 @@ from xoengine.errors import (
     DiskFullError,
     JournalDamagedError,
     JournalInsideJournalError,
+    JournalLiveUnlockedError,
     JournalLockedError,
     JournalMissingError,
     JournalReadOnlyError,
@@ -499,6 +500,28 @@ class Store:
         if problem is not None:
             raise JournalDamagedError(path=self.path, detail=problem)
 
+    def _lockable(self) -> bool:
+        """Whether a reader can use the journal's lock file; if not, that no writer runs.
+
+        Without LMDB's lock (a read-only mount, another user's journal) a reader
+        registers nowhere, and a live writer reuses pages it is still walking:
+        damage reported where there is none, or an abort inside LMDB. Such a
+        read is for a journal nothing writes (a copy, evidence); beside a writer
+        it is refused (:class:`JournalLiveUnlockedError`).
+        """
+        lock_file = Path(self.path) / "lock.mdb"
+        if os.access(self.path, os.W_OK) and (
+            not lock_file.exists() or os.access(lock_file, os.R_OK | os.W_OK)
+        ):
+            return True
+        pid = writer_of(self.path)
+        if pid is not None:
+            what = "its directory" if not os.access(self.path, os.W_OK) else "lock.mdb"
+            raise JournalLiveUnlockedError(
+                path=self.path, pid=pid, detail=f"{what} is not writable by this user or mount"
+            )
+        return False
+
     def _refuse_nested(self) -> None:
         """Refuse to create a journal in a directory of another journal (a bare copy).
 
@@ -520,8 +543,7 @@ class Store:
         if self.readonly:
             if not (Path(self.path) / "data.mdb").exists():
                 raise JournalMissingError(path=self.path)
-            writable_dir = os.access(self.path, os.W_OK)
-            return self._lmdb_open(readonly=True, lock=writable_dir, create=False, **kwargs)
+            return self._lmdb_open(readonly=True, lock=self._lockable(), create=False, **kwargs)
         self._refuse_nested()
         try:
             Path(self.path).mkdir(parents=True, exist_ok=True)

@@ -135,6 +135,19 @@ class JournalLockedError(StorageError):
     )
 
 
+class JournalLiveUnlockedError(StorageError):
+    """The journal at {path} is written by pid {pid}; this reader cannot use its lock: {detail}."""
+
+    code = "E4007"
+    hint = (
+        "A journal in use is read safely only through its lock file (LMDB's table of "
+        "readers): without it the writer reuses pages the reader is still walking. Read "
+        "it as a user who may write its journal directory and lock.mdb, or stop the "
+        "writer, or read a copy taken beside the writer by such a user "
+        "(`xoengine journal copy STATE COPY`). Nothing was read."
+    )
+
+
 class JournalReadOnlyError(StorageError):
     """The journal at {path} is open read-only: {detail}."""
 

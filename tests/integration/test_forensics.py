@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from scenario_kit import new_scenario, write
+from scenario_kit import new_scenario, run_cli, write
 
 import xoengine.engine as engine_module
 import xoengine.forensic as forensic_module
@@ -47,6 +47,7 @@ from xoengine.engine import Engine, Scenario
 from xoengine.errors import (
     ConfigurationError,
     FrameError,
+    JournalLiveUnlockedError,
     JournalReadOnlyError,
     NoFileAtError,
     RewindUnreachableError,
@@ -283,6 +284,31 @@ def test_forensics_read_a_journal_on_read_only_media(
         assert eng.history("fx", world.history_path)
     assert main(["journal", "verify", str(view)]) == 0
     assert os.listdir(view) == ["data.mdb"]
+
+
+def test_a_live_journal_behind_a_read_only_mount_is_refused_not_misread(
+    tmp_path: Path, readonly_view: Any
+) -> None:
+    """Review 22 (A, F1): through a read-only view of a live state directory (or as a
+    user who cannot write it) the reader could not use LMDB's lock file, and the
+    writer reused pages it was walking: "journal damaged, restore from a copy" (E4010,
+    E4005) or an abort inside LMDB, though nothing was damaged. Beside a writer such a
+    read is refused (E4007); once the writer is gone the same view reads."""
+    eng, sc, master = new_engine(tmp_path)
+    write(master / "a", b"a")
+    sc.start()
+    view = readonly_view(tmp_path / "state")
+    try:
+        refused = run_cli("history", view, "fx", "a", "--json")
+        assert refused.returncode == 3, refused.stderr
+        assert "E4007" in refused.stderr and "Traceback" not in refused.stderr
+        with pytest.raises(JournalLiveUnlockedError):
+            Engine.open(view, readonly=True)
+    finally:
+        eng.close()
+    done = run_cli("history", view, "fx", "a", "--json")
+    assert done.returncode == 0, done.stderr
+    assert [e["operation"] for e in json.loads(done.stdout)][:1] == ["created"]
 
 
 def test_file_at_gives_each_file_as_it_was_at_every_point(
