@@ -26,6 +26,7 @@ import hashlib
 import io
 import json
 import os
+import signal
 import stat
 import subprocess
 import sys
@@ -360,7 +361,7 @@ def test_replay_of_one_root_of_several_gives_it_its_mode(tmp_path: Path) -> None
 
 
 def test_cli_bisect_json_stays_json_when_the_command_prints(
-    small: tuple[Engine, dict[str, int]], capsys: pytest.CaptureFixture[str]
+    small: tuple[Engine, dict[str, int]], capfd: pytest.CaptureFixture[str]
 ) -> None:
     eng, points = small
     state = str(eng.state_dir)
@@ -368,11 +369,37 @@ def test_cli_bisect_json_stays_json_when_the_command_prints(
     command = "echo checking; test ! -e later"
     code = main(["bisect", state, "s", command, "--good", "before", "--json"])
     assert code == 0
-    captured = capsys.readouterr()
+    captured = capfd.readouterr()
     found = json.loads(captured.out)
     assert found["first_bad"] is not None
     assert points["before"] <= found["last_good"] < found["first_bad"] <= points["end"]
     assert "checking" in captured.err
+
+
+def test_cli_bisect_takes_the_verdict_from_the_shells_exit_not_from_its_background(
+    small: tuple[Engine, dict[str, int]], tmp_path: Path
+) -> None:
+    """Review 22 (A, F2): the command's output went through a pipe, and each probe
+    waited for its end: a process the command left in the background (a database
+    started on the replay) held it open, for as long as it ran."""
+    eng, points = small
+    state = str(eng.state_dir)
+    eng.close()
+    pids = tmp_path / "pids"
+    command = f"(sleep 600 & echo $! >> {pids}); test ! -e later"
+    cli = [sys.executable, "-m", "xoengine", "bisect", state, "s", command, "--good", "before"]
+    try:
+        with open(tmp_path / "err", "wb") as err:  # a file: the sleeps keep what they inherit
+            done = subprocess.run(
+                [*cli, "--json"], stdout=subprocess.PIPE, stderr=err, timeout=120, check=False
+            )
+        assert done.returncode == 0, (tmp_path / "err").read_text()
+        found = json.loads(done.stdout)
+        assert points["before"] <= found["last_good"] < found["first_bad"] <= points["end"]
+    finally:
+        for pid in pids.read_text().split() if pids.exists() else []:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(pid), signal.SIGKILL)
 
 
 # -- 6. instants of the wrong type ---------------------------------------------------------------

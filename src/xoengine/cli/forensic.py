@@ -340,13 +340,14 @@ def cmd_bisect(args: argparse.Namespace) -> int:
             root = replayed[: len(replayed) - len(args.path)].rstrip(os.sep)
             assert os.path.join(root, args.path) == replayed
         env = {**os.environ, "XO_REPLAY_DIR": root, "XO_REPLAY_PATH": replayed}
-        # The operator's own command line, run as written (like git bisect run).
+        # The operator's own command line, run as written (like git bisect run). Its
+        # output goes to our stderr, beside our messages, not in the answer; through
+        # no pipe, whose end a process it leaves in the background would hold open:
+        # the verdict is the shell's exit, as git bisect run takes it.
+        sys.stderr.flush()
         done = subprocess.run(  # noqa: S602
-            args.command, shell=True, cwd=root, env=env, check=False, stdout=subprocess.PIPE
+            args.command, shell=True, cwd=root, env=env, check=False, stdout=2
         )
-        if done.stdout:  # the command's own output: beside our messages, not in the answer
-            sys.stderr.write(done.stdout.decode(errors="replace"))
-            sys.stderr.flush()
         if done.returncode < 0:  # the shell itself was killed
             raise ConfigurationError(
                 detail=f"the command {args.command!r} gave no verdict: it (or its shell) was "
