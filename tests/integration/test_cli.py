@@ -10,14 +10,13 @@ import uuid
 from pathlib import Path
 
 from eventsourcing.persistence import StoredEvent
+from scenario_kit import run_cli
 
 from xoengine import codec
 from xoengine.cli import main
 from xoengine.datastore import open_store
 from xoengine.engine import Engine
 from xoengine.journal import LMDBApplicationRecorder
-
-from scenario_kit import run_cli
 
 TOPIC = "xoengine.events:FileCreated"
 
@@ -66,6 +65,14 @@ def test_cli_log_filters_and_json(tmp_path: Path, capsys) -> None:  # type: igno
     assert [json.loads(x)["position"] for x in capsys.readouterr().out.splitlines()] == [5]
     assert main(["journal", "log", str(tmp_path), "--until", "2000-01-01T00:00:00"]) == 0
     assert capsys.readouterr().out == ""
+    # Review 22 (A, F3): a time the log prints, given back as --since, left its record out.
+    assert main(["journal", "log", str(tmp_path), "--json", "--from", "3", "--to", "3"]) == 0
+    printed = json.loads(capsys.readouterr().out)["time"]
+    assert (
+        main(["journal", "log", str(tmp_path), "--json", "--since", printed, "--until", printed])
+        == 0
+    )
+    assert 3 in [json.loads(x)["position"] for x in capsys.readouterr().out.splitlines()]
 
 
 def test_cli_verify_exits_nonzero_on_damage(tmp_path: Path) -> None:

@@ -167,7 +167,9 @@ def cmd_log(args: argparse.Namespace) -> int:
     """``journal log``: one line per event, filtered."""
     store = open_store(args.path, readonly=True)
     # Exact nanoseconds by the journal's one rule (a float timestamp would round).
-    since = datetime_ns(parse_time(args.since)) if args.since else None
+    # A bound names a whole microsecond (the log prints labels to the microsecond):
+    # --since from its first nanosecond, --until to its last.
+    since = datetime_ns(parse_time(args.since)) - 999 if args.since else None
     until = datetime_ns(parse_time(args.until)) if args.until else None
     try:
         apps = [args.app] if args.app else applications(store)
