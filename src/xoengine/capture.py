@@ -632,11 +632,17 @@ class Capture:
         inode number on ext4: the old file is gone and this is another one, not
         a write to it. Only a path whose change time moved can be one (a new
         inode's is at or after its birth), so an unchanged tree costs no statx.
+
+        A directory on another inode, not moved there (renames are found
+        first), was made again too, whatever number ext4 gave it (``rm -r T``
+        and a new ``T`` take the freed numbers in any order). A file on another
+        inode stays the same file, written: an editor's save through a
+        temporary file renamed over it.
         """
         return (
             entry.ctime_ns > state.ctime_ns
             and bool(state.ino)
-            and _same_inode(state, entry)
+            and (_same_inode(state, entry) or entry.kind == "dir")
             and self._reborn(path, state)
         )
 

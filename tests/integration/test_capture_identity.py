@@ -132,6 +132,49 @@ def test_capture_journals_a_directory_made_again_on_its_inode_number_as_a_new_on
         eng.close()
 
 
+def test_capture_journals_a_tree_made_again_on_other_inode_numbers_as_new_ones(
+    tmp_path: Path,
+) -> None:
+    """``rm -r T`` and a new ``T`` between two captures (review 22 A, F4).
+
+    ext4 hands the freed numbers out in any order: on its own number ``T`` was
+    deleted and made anew, on another one (here: the old ``T`` kept outside the
+    master, so its number is not free) its history went on with a change of
+    times, and the files in it with writes. A directory on another inode that
+    no move put there is made anew whatever its number.
+    """
+    eng, sc, master = new_scenario(tmp_path)
+    try:
+        write(master / "T" / "sub" / "t2", b"t2\n")
+        write(master / "T" / "t1", b"t1\n")
+        sc.start()
+        before = sc.set_rewind_point("before")
+        tree = snapshot_contents(master)
+        sc.wait_replicated()
+        (old_dir,) = {e.file_id for e in eng.history("fx", "T")}
+        (tmp_path / "aside").mkdir()
+        _past((master / "T").lstat().st_ctime_ns, tmp_path / "aside" / "probe")
+        (master / "T").rename(tmp_path / "aside" / "T")  # out of the master: a deletion
+        write(master / "T" / "sub" / "t2", b"t2\n")
+        write(master / "T" / "t1", b"t1 new\n")
+        if birth_ns(master, "T") is None:
+            pytest.skip("the file system keeps no birth time")
+        after = sc.set_rewind_point("after")
+        changes = _changes(eng, "T", before.position)
+        assert [op for op, _ in changes][:2] == ["deleted", "created"]
+        assert changes[0][1] == old_dir != changes[1][1]
+        for path in ("T/sub", "T/sub/t2", "T/t1"):
+            assert [op for op, _ in _changes(eng, path, before.position)][:2] == [
+                "deleted",
+                "created",
+            ], path
+        diff = eng.diff("fx", before.position, after.position)
+        assert set(diff.removed) == set(diff.added) == {"T", "T/sub", "T/sub/t2", "T/t1"}
+        _replicated_and_rewound(sc, tmp_path, before, tree)
+    finally:
+        eng.close()
+
+
 def test_watch_journals_a_file_made_again_on_its_inode_number_as_a_new_one(
     tmp_path: Path,
 ) -> None:
