@@ -479,6 +479,13 @@ class Store:
         for name in ("data.mdb", "lock.mdb"):
             with contextlib.suppress(OSError):  # none: a new journal, or said by the open
                 st = os.lstat(Path(self.path) / name)
+                if stat.S_ISLNK(st.st_mode):
+                    raise ConfigurationError(
+                        detail=f"{Path(self.path) / name} is a symbolic link: LMDB would "
+                        "write its table of readers through it; give the directory that "
+                        "holds the journal's files themselves (a copy: `xoengine journal "
+                        "copy`)"
+                    )
                 if not stat.S_ISREG(st.st_mode):
                     raise JournalDamagedError(
                         path=self.path, detail=f"its {name} is not a regular file"
@@ -492,6 +499,9 @@ class Store:
             problem = size_problem(fd)
         finally:
             os.close(fd)
+        if problem is None and sizes.get("data.mdb") == 0 and self.readonly:
+            # A read cannot start a journal: an empty data file is a copy cut to nothing.
+            problem = "the data file is empty (a copy cut short?)"
         if problem is None and sizes.get("data.mdb") == 0 and sizes.get("lock.mdb"):
             # An empty data file alone is a journal to start; beside the lock table
             # of a journal that was opened, it is one cut to nothing (LMDB would

@@ -318,6 +318,7 @@ class Engine:
             and (self.state_dir / "data.mdb").exists()
         ):
             journal = self.state_dir  # a bare journal copy (`xoengine journal copy`)
+        self._journal_dir = journal
         env = {
             "PERSISTENCE_MODULE": "xoengine.journal",
             "LMDB_PATH": str(journal),
@@ -646,6 +647,9 @@ class Engine:
             raise ConfigurationError(detail=f"cannot {action} {path!r}: not a path")
         there = _real(path)
         places = [("the state directory", _real(self.state_dir))]
+        if self._journal_dir == self.state_dir and self.state_dir.name == "journal":
+            # A state directory's journal/ opened as a bare journal: its state directory.
+            places.append(("the state directory", _real(self.state_dir.parent)))
         for d in self._definitions.values():
             places += [(f"a master root of scenario {d.name}", root) for root in d.roots]
             places += [(f"replica {r!r} of scenario {d.name}", p) for r, p in d.replicas.items()]

@@ -952,4 +952,10 @@ def test_output_inside_a_scenarios_tree_or_the_state_directory_is_refused(
             done = run_cli(verb[0], state, "s", *verb[1:])
             assert done.returncode == 2 and "E2007" in done.stderr, done.stderr
             assert not place.exists()
+    # Review 22 (A, F8): the state directory's journal/ named instead of the state
+    # directory (it opens as a bare journal) let a replay into the state directory.
+    with Engine.open(state / "journal", readonly=True) as eng:
+        with pytest.raises(OutputLocationError, match="inside"):
+            eng.replay("s", to=state / "out")
+    assert not (state / "out").exists()
     assert sorted(p.name for p in master.iterdir()) == ["doc.txt"]

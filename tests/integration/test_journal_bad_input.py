@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 from eventsourcing.persistence import StoredEvent
+from scenario_kit import run_cli
 
 from xoengine.datastore import open_store
 from xoengine.engine import Engine
@@ -27,8 +28,6 @@ from xoengine.errors import (
     JournalInsideJournalError,
 )
 from xoengine.journal import LMDBApplicationRecorder, encode_position
-
-from scenario_kit import run_cli
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -121,7 +120,8 @@ def test_a_journal_file_that_is_a_link_is_refused_and_its_target_left_alone(
     copy: Path, tmp_path: Path, name: str
 ) -> None:
     """Review 19: a copy whose lock.mdb was a symbolic link had LMDB write its reader
-    table through it (a read-only ``history`` turned a 32-byte file into 65,664 bytes)."""
+    table through it (a read-only ``history`` turned a 32-byte file into 65,664 bytes).
+    Review 22 (A, F6): refused as a setup to change (E1001, exit 2), not as damage."""
     decoy = tmp_path / "decoy"
     decoy.write_bytes(b"an investigator's own file\n")
     moved = tmp_path / f"{name}.real"
@@ -132,8 +132,8 @@ def test_a_journal_file_that_is_a_link_is_refused_and_its_target_left_alone(
         (copy / name).symlink_to(decoy)
     for verb in (["history", copy, SCENARIO, "f.txt"], ["journal", "verify", copy]):
         result = run_cli(*verb)
-        assert result.returncode == 4, (verb, result.stderr)
-        assert "E4005" in result.stderr and f"its {name} is not a regular file" in result.stderr
+        assert result.returncode == 2, (verb, result.stderr)
+        assert "E1001" in result.stderr and f"{name} is a symbolic link" in result.stderr
     state = tmp_path / "linked-state"
     (state / "journal").mkdir(parents=True)
     for entry in copy.iterdir():
@@ -142,7 +142,7 @@ def test_a_journal_file_that_is_a_link_is_refused_and_its_target_left_alone(
         )
     for mode in ("readonly", "writable"):
         result = run_python(_OPEN, state, mode)
-        assert result.stdout.split() == ["E4005", "4"], (mode, result.returncode, result.stderr)
+        assert result.stdout.split() == ["E1001", "2"], (mode, result.returncode, result.stderr)
     assert decoy.read_bytes() == b"an investigator's own file\n"
 
 
@@ -176,9 +176,19 @@ def test_a_table_another_program_added_is_named_as_such(copy: Path) -> None:
 
 
 def test_empty_data_file_is_still_a_new_journal(tmp_path: Path) -> None:
-    """Only a file shorter than its meta pages is damage: an empty one is a journal to start."""
+    """Only a file shorter than its meta pages is damage: an empty one is a journal to start.
+
+    Not for a read (review 22 A, F5): it cannot start one; an empty data file is a
+    copy cut to nothing. It said E4000 "Bad file descriptor" and made lock.mdb, then
+    E4005 on the next read.
+    """
     (tmp_path / "state" / "journal").mkdir(parents=True)
     (tmp_path / "state" / "journal" / "data.mdb").touch()
+    for _ in range(2):
+        result = run_cli("history", tmp_path / "state", SCENARIO, "f.txt")
+        assert result.returncode == 4, result.stderr
+        assert "E4005" in result.stderr and "empty" in result.stderr
+    assert os.listdir(tmp_path / "state" / "journal") == ["data.mdb"]
     with Engine.open(tmp_path / "state", durability="nosync") as eng:
         assert eng.scenarios() == []
 
