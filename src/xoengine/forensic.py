@@ -34,6 +34,7 @@ import os
 import shutil
 import tempfile
 import uuid
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Final, Protocol
@@ -1153,6 +1154,13 @@ class Forensics:
                 with contextlib.suppress(OSError):
                     os.chmod(tree, 0o700)  # a root's mode may forbid removing what is in it
                 shutil.rmtree(scratch, ignore_errors=True)
+                if os.path.lexists(scratch):  # the predicate made it unremovable: say where
+                    warnings.warn(
+                        f"bisect left the replay of position {position} at {scratch}: "
+                        "the predicate made something there that cannot be removed",
+                        RuntimeWarning,
+                        stacklevel=2,
+                    )
             probes.append((position, verdict))
             return verdict
 

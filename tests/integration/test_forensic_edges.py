@@ -26,6 +26,7 @@ import hashlib
 import io
 import json
 import os
+import shutil
 import signal
 import stat
 import subprocess
@@ -312,6 +313,32 @@ def test_cli_replay_and_history_of_nothing_exit_2(
     assert "E3014" in capsys.readouterr().err
     assert main(["history", state, "s", "no/such"]) == 2
     assert "E3014" in capsys.readouterr().err
+
+
+def test_bisect_says_where_it_left_a_replay_it_could_not_remove(
+    small: tuple[Engine, dict[str, int]],
+) -> None:
+    """Review 22 (A, F9): a predicate that made its replay unremovable (``chattr +i``)
+    left the scratch trees in $TMPDIR without a word."""
+    eng, points = small
+    kept: list[str] = []
+
+    def predicate(tree: str) -> bool:
+        locked = os.path.join(tree, "locked")
+        os.mkdir(locked)
+        if subprocess.run(["chattr", "+i", locked], capture_output=True, check=False).returncode:
+            pytest.skip("chattr +i is not available here")
+        kept.append(locked)
+        return True
+
+    try:
+        with pytest.warns(RuntimeWarning, match="bisect left the replay of position"):
+            eng.bisect("s", predicate, between=(points["before"], points["before"]))
+        assert kept and all(os.path.exists(k) for k in kept)
+    finally:
+        for locked in kept:
+            subprocess.run(["chattr", "-i", locked], check=False)
+            shutil.rmtree(os.path.dirname(os.path.dirname(locked)), ignore_errors=True)
 
 
 def test_bisect_of_a_path_absent_at_some_probes_still_runs(
