@@ -830,6 +830,32 @@ class Engine:
             return self.position_of(at=value)
         return self.position_of(value)
 
+    def rewind_points(self, scenario: str | Scenario) -> list[RewindPoint]:
+        """The rewind points of a scenario, a removed one's too (read from the journal).
+
+        A live scenario's are its :meth:`Scenario.rewind_points`. For a name
+        only removed scenarios bore, every point they set, oldest first (their
+        names still resolve in replay, cat, diff and bisect).
+        """
+        name = scenario.name if isinstance(scenario, Scenario) else scenario
+        self._check_open(f"list the rewind points of scenario {name!r}")
+        self._refresh()
+        live = self._scenarios.get(name)
+        if live is not None:
+            return live.rewind_points()
+        if name not in self._ever_named:
+            raise ScenarioNotFoundError(name=name)
+        return [
+            RewindPoint(
+                name=event.name,
+                position=event.position,
+                time_ns=self.recorder.time_of(event.position) if event.position else 0,
+                kind=event.kind,
+            )
+            for _, _, event in self._named_events(name, _POINT_TOPICS, None)
+            if isinstance(event, RewindPointSet)
+        ]
+
     def _removed_point(self, scenario: str, name: str) -> int | None:
         """The position of the newest point ``name`` of a removed scenario called ``scenario``."""
         found: int | None = None

@@ -573,6 +573,25 @@ def test_a_read_only_engine_kept_open_sees_what_the_writer_journals_since(
         eng.close()
 
 
+def test_a_removed_scenarios_rewind_points_are_listed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Review 22 (C, F13): their names resolved, but nothing listed them (E3002).
+    eng, sc, master = new_engine(tmp_path)
+    write(master / "a", b"a")
+    sc.start()
+    first = sc.set_rewind_point("first")
+    names = [p.name for p in sc.rewind_points()]
+    eng.remove_scenario("fx")
+    assert [p.name for p in eng.rewind_points("fx")] == names
+    assert eng.rewind_points("fx")[names.index("first")] == first
+    eng.close()
+    rows = _json(capsys, ["rewind-points", str(tmp_path / "state"), "fx", "--json"])
+    assert [(r["name"], r["reachable_by"]) for r in rows] == [(n, []) for n in names]
+    with pytest.raises(ScenarioNotFoundError), Engine.open(tmp_path / "state") as again:
+        again.rewind_points("never")
+
+
 HISTORY = [
     ("created", "report.txt", None, [], None),
     ("written", "report.txt", None, [[0, 1000]], 1000),

@@ -441,14 +441,17 @@ def cmd_points(args: argparse.Namespace) -> int:
     if args.set is not None:  # "--set ''" is refused by the engine, not a listing
         run_or_ask(args.state, args.durability, args.name, {"verb": "point", "name": args.set})
     with _engine(args, readonly=True) as eng:
-        sc = eng.scenario(args.name)
+        points = eng.rewind_points(args.name)  # a removed scenario's too
         # Which replicas a rewind to each point still reaches: retention trims below
         # a floor; a point after what a replica applied is reached by applying forward.
         # A replica changed outside xoengine, or used while rewound, reaches none
-        # until it is resynchronized.
-        floors = {r: sc.rewind_floor(r) for r in sc.replicas if sc.rewindable(r)}
+        # until it is resynchronized (nor does a removed scenario's).
+        floors: dict[str, int] = {}
+        if args.name in {s.name for s in eng.scenarios()}:
+            sc = eng.scenario(args.name)
+            floors = {r: sc.rewind_floor(r) for r in sc.replicas if sc.rewindable(r)}
         rows: list[dict[str, Any]] = []
-        for point in sc.rewind_points():
+        for point in points:
             row = plain(point)
             row["time"] = iso_time(point.time_ns)
             row["reachable_by"] = [r for r, low in floors.items() if low <= point.position]
