@@ -120,6 +120,27 @@ def _find_syncfs() -> Callable[[int], int] | None:
 
 _syncfs = _find_syncfs()
 
+
+def _find_fallocate() -> Callable[[int, int, int, int], int] | None:
+    try:
+        fallocate = ctypes.CDLL(None, use_errno=True).fallocate
+    except (OSError, AttributeError):
+        return None
+    fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+    fallocate.restype = ctypes.c_int
+    result: Callable[[int, int, int, int], int] = fallocate
+    return result
+
+
+_fallocate = _find_fallocate()
+_PUNCH_HOLE: Final = 0x02 | 0x01  # FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE
+
+
+def _punch(fd: int, offset: int, length: int) -> bool:
+    """Make ``[offset, offset + length)`` of ``fd`` a hole (it reads as zeros); whether it did."""
+    return _fallocate is not None and _fallocate(fd, _PUNCH_HOLE, offset, length) == 0
+
+
 ImageBytes: TypeAlias = "bytes | Callable[[], bytes]"
 Piece: TypeAlias = "bytes | memoryview | int"
 """Bytes to write at an offset, or (an int) that many zeros: see :func:`_write_pieces`."""
@@ -309,7 +330,8 @@ def _write_pieces(handle: int, pieces: Iterable[tuple[int, Piece]], size: int) -
     sets the size, and holes stay holes, so a sparse file replicates and
     replays sparse. Everything over bytes the file holds is written as is.
     A piece given as an ``int`` is that many zeros (a hole's before-image):
-    written only over bytes the file holds, a megabyte at a time.
+    over bytes the file holds a hole is punched (or, where the file system
+    cannot, the zeros written).
     """
     held = Extents()  # the claims are the bytes held; its pieces, the parts of a piece over none
     held.claim(0, b"", size)
@@ -322,7 +344,9 @@ def _write_pieces(handle: int, pieces: Iterable[tuple[int, Piece]], size: int) -
             end = max(end, offset + high)
 
     def zero(low: int, high: int) -> None:
-        zeros = memoryview(_ZEROS)
+        if high <= low or _punch(handle, low, high - low):  # a hole again where it was one
+            return
+        zeros = memoryview(_ZEROS)  # no holes here: the zeros themselves
         for at in range(low, high, len(zeros)):
             _pwrite_all(handle, zeros[: min(len(zeros), high - at)], at)
 
@@ -1822,25 +1846,32 @@ def image_of_writes(
     """Before-image of in-place writes over ``ranges`` that leave the file ``new_size`` long."""
     st = tree.lstat(path)
     old_size = 0 if st is None else st.st_size
+    # Fewer blocks than bytes: the file may have holes (a thin image). Their zeros
+    # are noted, not read and stored, and a rewind makes them holes again.
+    sparse = st is not None and st.st_blocks * 512 < st.st_size
     spans: list[list[Any]] = []
     wanted: list[tuple[int, int]] = []
-    for index, (offset, length) in enumerate(ranges):
-        for part, (start, size) in enumerate(blob_chunks(offset, min(length, old_size - offset))):
-            spans.append([start, f"b{index}" if part == 0 else f"b{index}.{part}"])
-            wanted.append((start, size))
     holes: list[list[int]] = []
-    if old_size > new_size:  # the change also cuts the file: its data, not its holes
-        cursor, part = new_size, 0
-        for low, high in tree.data_segments(path, new_size, old_size):
-            if low > cursor:
-                holes.append([cursor, low - cursor])
-            for start, size in blob_chunks(low, high - low):
-                spans.append([start, "tail" if part == 0 else f"tail.{part}"])
-                wanted.append((start, size))
+
+    def take(low: int, high: int, stem: str) -> None:
+        """The before-image of ``[low, high)``: its data in blobs, its holes noted."""
+        cursor, part = low, 0
+        for start, stop in tree.data_segments(path, low, high) if sparse else [(low, high)]:
+            if start > cursor:
+                holes.append([cursor, start - cursor])
+            for at, size in blob_chunks(start, stop - start):
+                spans.append([at, stem if part == 0 else f"{stem}.{part}"])
+                wanted.append((at, size))
                 part += 1
-            cursor = high
-        if cursor < old_size:
-            holes.append([cursor, old_size - cursor])
+            cursor = stop
+        if cursor < high:
+            holes.append([cursor, high - cursor])
+
+    for index, (offset, length) in enumerate(ranges):
+        if min(offset + length, old_size) > offset:
+            take(offset, min(offset + length, old_size), f"b{index}")
+    if old_size > new_size:  # the change also cuts the file
+        take(new_size, old_size, "tail")
     pieces: dict[str, ImageBytes]
     if sum(length for _, length in wanted) <= _EAGER_IMAGE:
         # Every before-image through one open of the file.
@@ -1854,6 +1885,6 @@ def image_of_writes(
     if st is None:
         return ("created", path, {}, {})
     args = {"old_size": old_size, "spans": spans, **tree.meta(path, st)}
-    if holes:  # zeros the cut took that were no data (a thin file's holes): none stored
+    if holes:  # zeros that were no data (a thin file's holes): none stored
         args["holes"] = holes
     return ("bytes", path, args, pieces)

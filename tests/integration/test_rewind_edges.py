@@ -841,11 +841,13 @@ def test_a_hard_link_to_a_replica_file_from_outside_keeps_its_bytes(tmp_path: Pa
         eng.close()
 
 
-@pytest.mark.parametrize("then", ["nothing", "regrown"])
+@pytest.mark.parametrize("then", ["nothing", "regrown", "written"])
 def test_a_cut_of_a_thin_file_keeps_its_data_not_its_holes(tmp_path: Path, then: str) -> None:
-    """Review 22 (B, F6): the before-image of a cut read and stored every hole of the
-    cut tail (a 4 GiB thin image cut to 0: 32 s, 4 GiB of zeros read). Now the holes
-    are noted, not read; a rewind puts zeros back over whatever grew there since."""
+    """Review 22 (B, F6, F7): the before-image of a cut read and stored every hole of
+    the cut tail (a 4 GiB thin image cut to 0: 32 s, 4 GiB of zeros read), and a
+    rewind of bytes written into a hole wrote zeros: the file was thin no more. Now
+    holes are noted, not read, and a rewind makes them holes again, over whatever
+    grew or was written there since."""
     eng, sc, master = kit.new_scenario(tmp_path)
     size = 256 << 20
     try:
@@ -866,10 +868,15 @@ def test_a_cut_of_a_thin_file_keeps_its_data_not_its_holes(tmp_path: Path, then:
 
         with pytest.MonkeyPatch.context() as patch:
             patch.setattr(tree_module.ReplicaTree, "read", counting)
-            os.truncate(master / "thin", 4096)
+            if then == "written":  # 8 MiB into the hole, in place
+                with open(master / "thin", "r+b") as f:
+                    f.seek(64 << 20)
+                    f.write(b"W" * (8 << 20))
+            else:
+                os.truncate(master / "thin", 4096)
             sc.capture()
             sc.wait_replicated()
-        assert sum(taken) < 1 << 20  # the tail's data, not its 256 MiB
+        assert sum(taken) < 1 << 20  # the data there, not the zeros of the holes
         if then == "regrown":  # bytes over the old hole: the rewind must zero them
             with open(master / "thin", "r+b") as f:
                 f.seek(1 << 20)
@@ -878,8 +885,7 @@ def test_a_cut_of_a_thin_file_keeps_its_data_not_its_holes(tmp_path: Path, then:
             sc.wait_replicated()
         sc.rewind("r1", point)
         assert snapshot(tmp_path / "r1") == before
-        if then == "nothing":  # zeros put back over bytes written since take room (no punch)
-            assert os.stat(tmp_path / "r1" / "thin").st_blocks * 512 < 1 << 20  # still thin
+        assert os.stat(tmp_path / "r1" / "thin").st_blocks * 512 < 1 << 20  # thin again
     finally:
         eng.close()
 
