@@ -849,7 +849,7 @@ def test_a_cut_of_a_thin_file_keeps_its_data_not_its_holes(tmp_path: Path, then:
     holes are noted, not read, and a rewind makes them holes again, over whatever
     grew or was written there since."""
     eng, sc, master = kit.new_scenario(tmp_path)
-    size = 256 << 20
+    size = 64 << 20
     try:
         with open(master / "thin", "wb") as f:
             f.write(b"head" * 1024)
@@ -868,10 +868,10 @@ def test_a_cut_of_a_thin_file_keeps_its_data_not_its_holes(tmp_path: Path, then:
 
         with pytest.MonkeyPatch.context() as patch:
             patch.setattr(tree_module.ReplicaTree, "read", counting)
-            if then == "written":  # 8 MiB into the hole, in place
+            if then == "written":  # 4 MiB into the hole, in place
                 with open(master / "thin", "r+b") as f:
-                    f.seek(64 << 20)
-                    f.write(b"W" * (8 << 20))
+                    f.seek(16 << 20)
+                    f.write(b"W" * (4 << 20))
             else:
                 os.truncate(master / "thin", 4096)
             sc.capture()
