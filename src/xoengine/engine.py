@@ -852,15 +852,20 @@ class Engine:
                 time_ns=self.recorder.time_of(event.position) if event.position else 0,
                 kind=event.kind,
             )
-            for _, _, event in self._named_events(name, _POINT_TOPICS, None)
-            if isinstance(event, RewindPointSet)
+            for event in self._point_events(name)
         ]
+
+    def _point_events(self, scenario: str) -> Iterator[RewindPointSet]:
+        """The points set by every scenario that bore the name ``scenario``, oldest first."""
+        for _, _, event in self._named_events(scenario, _POINT_TOPICS, None):
+            if isinstance(event, RewindPointSet):
+                yield event
 
     def _removed_point(self, scenario: str, name: str) -> int | None:
         """The position of the newest point ``name`` of a removed scenario called ``scenario``."""
         found: int | None = None
-        for _, _, event in self._named_events(scenario, _POINT_TOPICS, None):
-            if isinstance(event, RewindPointSet) and event.name == name:
+        for event in self._point_events(scenario):
+            if event.name == name:
                 found = event.position
         return found
 
@@ -1022,35 +1027,38 @@ class Engine:
             end = self.recorder.max_notification_id() or 0
             if end <= self._folded:
                 return
-            created, rewired = self._fold(self._folded, end)
+            self._admit(*self._fold(self._folded, end))
             self._folded = end
-            for name in sorted(created | rewired):
-                definition = self._definitions[name]
-                if definition.removed:
-                    continue
-                if name in created:
-                    self._scenarios[name] = Scenario(self, definition)
-                else:
-                    self._scenarios[name]._wire()
-            for name, definition in list(self._definitions.items()):
-                if definition.removed:
-                    del self._definitions[name]
-                    self._scenarios.pop(name, None)
+
+    def _admit(self, created: set[str], rewired: set[str]) -> list[_Definition]:
+        """Handles for the scenarios just folded; the removed ones dropped (and returned).
+
+        ``created``: given a handle; ``rewired``: their handles take the new
+        options or replicas (handles given out before stay valid).
+        """
+        for name in sorted(created | rewired):
+            definition = self._definitions[name]
+            if definition.removed:
+                continue
+            if name in created:
+                self._scenarios[name] = Scenario(self, definition)
+            else:
+                self._scenarios[name]._wire()
+        removed = [d for d in self._definitions.values() if d.removed]
+        for definition in removed:
+            del self._definitions[definition.name]
+            self._scenarios.pop(definition.name, None)
+        return removed
 
     def _load(self) -> None:
         self._folded = self.recorder.max_notification_id() or 0
-        self._fold(0, self._folded)
-        removed = [d for d in self._definitions.values() if d.removed]
-        for name, definition in list(self._definitions.items()):
-            if definition.removed:
-                del self._definitions[name]
-            else:
-                # Replication threads do not survive a restart: a scenario that was
-                # running resumes when the caller starts it again.
-                self._scenarios[name] = Scenario(self, definition)
-                if not self.readonly:
-                    self._scenarios[name]._complete_rewinds()
+        created, _ = self._fold(0, self._folded)
+        # Replication threads do not survive a restart: a scenario that was running
+        # resumes when the caller starts it again.
+        removed = self._admit(created, set())
         if not self.readonly:
+            for scenario in self._scenarios.values():
+                scenario._complete_rewinds()
             self._forget_removed(removed)
 
     def _replica_states(self) -> dict[str, tuple[str, str]]:

@@ -68,6 +68,10 @@ class Layout:
         index, rel = self.split(path)
         return os.path.join(self.roots[index], rel)
 
+    def root_paths(self) -> set[str]:
+        """The scenario paths of the roots themselves (none for the one root: "")."""
+        return {self.prefix(i).rstrip("/") for i in range(len(self.roots))}
+
     def master_place(self, path: str) -> tuple[str, str]:
         """The master root holding the scenario path ``path``, and the path below it."""
         index, rel = self.split(path)

@@ -729,7 +729,7 @@ class Scenario:
         position: int,
         keep: Keep,
         walked: dict[str, Entry],
-        unlisted: list[str],
+        unknown: Callable[[str], bool],
     ) -> None:
         """Make the replica paths a sync settled on hold what the journal holds at ``position``.
 
@@ -767,7 +767,7 @@ class Scenario:
                     or copied != (state.size, state.mtime_ns)
                 ):
                     moved[path] = state
-            moved.update(self._walked_otherwise(txn, scan.scan_walk, walked, unlisted))
+            moved.update(self._walked_otherwise(txn, scan.scan_walk, walked, unknown))
         if not moved:
             return
         order = sorted(moved, key=os.fsencode)  # parents before what goes in them
@@ -820,7 +820,7 @@ class Scenario:
         txn: ReadTxn,
         scanned: Mapping[str, Entry],
         walked: dict[str, Entry],
-        unlisted: list[str],
+        unknown: Callable[[str], bool],
     ) -> dict[str, FileState | None]:
         """The paths a sync's walk found otherwise than the journal's state: present, absent, kind.
 
@@ -831,13 +831,13 @@ class Scenario:
         entries and what lies in directories the sync could not list are not
         compared (a synchronization leaves those as they are).
         """
-        roots = {self.layout.prefix(i).rstrip("/") for i in range(len(self.layout.roots))}
+        roots = self.layout.root_paths()
         suspects = [p for p, e in walked.items() if getattr(scanned.get(p), "kind", None) != e.kind]
         if len(walked) - len(suspects) < len(scanned):  # the scan found paths the sync did not
             suspects.extend(p for p in scanned if p not in walked)
         out: dict[str, FileState | None] = {}
         for path in suspects:
-            if path in roots or any(path == u or path.startswith(u + "/") for u in unlisted):
+            if path in roots or unknown(path):
                 continue
             state, entry = self.manifest.get(txn, path), walked.get(path)
             if (state.kind if state else None) != (entry.kind if entry else None):

@@ -115,13 +115,13 @@ class Settle(Protocol):
         position: int,
         keep: Keep,
         walked: dict[str, Entry],
-        unlisted: list[str],
+        unknown: Callable[[str], bool],
     ) -> None:
         """Rewrite those of ``written`` the journal holds otherwise at ``position``.
 
         And the paths whose presence or kind the journal holds otherwise than
         ``walked`` (the master as the synchronization walked it, after the
-        scan's walk; the listings of ``unlisted`` failed): the master moved
+        scan's walk; ``unknown`` paths lie where it could not list): the master moved
         between the two walks. ``keep(paths, gone)`` must be called with the
         paths before they change, and the replica directories among them that
         go with everything below them.
@@ -266,7 +266,7 @@ class Synchronizer:
             follow.wait_done()
         replica = self._walk_replica(summary)
         self._replica_entries = replica  # kept current as kind changes delete subtrees
-        roots = {self.layout.prefix(i).rstrip("/") for i in range(len(self.layout.roots))}
+        roots = self.layout.root_paths()
         seeded = foreign or (first and any(path not in roots for path in replica))
         # As this run found it, for check_held (the run deletes from ``replica``).
         found: dict[str, Entry] = dict(replica) if check_held and not seeded else {}
@@ -321,7 +321,7 @@ class Synchronizer:
                 if action:
                     note(path, entry, action, sent)
         for path in sorted((p for p in replica if p not in master), key=os.fsencode, reverse=True):
-            if any(path.startswith(u + "/") or path == u for u in self._unlisted):
+            if self._unknown(path):
                 continue  # unknown master contents: never delete on a guess
             self._record(
                 [
@@ -335,7 +335,7 @@ class Synchronizer:
             summary.transferred.append((path, "deleted", 0, 0))
             synced.append(self._synced(path, "deleted", 0, 0))
         if follow is not None and settle is not None:  # after the deletions: it may put some back
-            settle(self._copied, position, self._keep, master, self._unlisted)
+            settle(self._copied, position, self._keep, master, self._unknown)
         if self.layout.single and self._root():
             summary.files_changed += 1
         if not seeded and check_held is not None:
@@ -623,6 +623,10 @@ class Synchronizer:
         tree.set_root("", master["mode"], owner, want)
         return True
 
+    def _unknown(self, path: str) -> bool:
+        """Whether ``path`` lies in a master directory this run's walk could not list."""
+        return any(path == u or path.startswith(u + "/") for u in self._unlisted)
+
     def _keep(self, paths: list[str], gone: list[str]) -> None:
         """Before-images of replica paths about to change again (a :class:`Keep`, for settle).
 
@@ -638,10 +642,11 @@ class Synchronizer:
             with contextlib.closing(listing):
                 below.extend(f"{path}/{entry.relpath}" for entry in listing)
         images: list[Image] = []
+        listed = set(below)
         for path in [*sorted(below, key=os.fsencode, reverse=True), *paths]:
             st = tree.lstat_placed(path)
             if st is None:
-                if path not in below:
+                if path not in listed:
                     images.append(("created", path, {}, {}))
             elif path not in ours:
                 images.append(image_of_existing(tree, path, st, deleted=False))

@@ -620,33 +620,39 @@ class ReplicaTree:
 
     def _open_file(self, fd: int, leaf: str, path: str, mode: int = 0o644) -> int:
         """Open (or make) a regular file to write in place: one of the replica's own."""
-        flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
         try:
-            handle = _open_at(fd, leaf, flags, mode)
-            if self._unshared(path, handle):  # it was another inode's link: open the copy
-                os.close(handle)
-                handle = _open_at(fd, leaf, flags, mode)
+            handle = _open_at(fd, leaf, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
         except OSError as e:
             raise self._error(path, "open", e) from e
-        return handle
+        try:
+            return self._own_inode(fd, leaf, path, handle)
+        except BaseException:
+            os.close(handle)
+            raise
 
-    def _unshared(self, path: str, handle: int) -> bool:
-        """Give ``path`` an inode of its own if others link to it; whether it did.
+    def _own_inode(self, fd: int, leaf: str, path: str, handle: int) -> int:
+        """``handle`` (open to write at ``leaf`` of ``fd``), or one of an inode of its own.
 
         xoengine makes no hard links in a replica: one there is another tool's
         (a ``cp -al`` snapshot kept outside the root), and an in-place write
         would change that file too. The bytes (holes kept), owner, mode, times
         and extended attributes are copied to a new file renamed over the
-        path, as rsync does; the other links keep the old inode.
+        path, as rsync does; the other links keep the old inode, and ``handle``
+        is closed once the copy is open. Errors leave ``handle`` open.
         """
         st = os.fstat(handle)
         if st.st_nlink <= 1 or not stat.S_ISREG(st.st_mode):
-            return False
+            return handle
         owner, mode = (st.st_uid, st.st_gid), stat.S_IMODE(st.st_mode)
         with self._temporary(path, mode, owner, read_xattrs(handle)) as copy:
             copy_sparse(handle, copy)
             os.utime(copy, ns=(st.st_atime_ns, st.st_mtime_ns))
-        return True
+        try:
+            mine = _open_at(fd, leaf, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError as e:
+            raise self._error(path, "open", e) from e
+        os.close(handle)
+        return mine
 
     def write_ranges(
         self, path: str, pieces: Iterable[tuple[int, bytes | memoryview]], size: int
@@ -840,11 +846,9 @@ class ReplicaTree:
                     st = os.fstat(handle)
                     if not stat.S_ISREG(st.st_mode):
                         return False
-                    if self._unshared(path, handle):  # another inode's link: its copy
-                        os.close(handle)
-                        handle = -1
-                        handle = _open_at(fd, leaf, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
-                        st = os.fstat(handle)
+                    mine = self._own_inode(fd, leaf, path, handle)
+                    if mine != handle:  # another inode's link: its copy, in its place
+                        handle, st = mine, os.fstat(mine)
                     end = _write_pieces(handle, pieces, st.st_size)
                     if end != size:
                         os.ftruncate(handle, size)
@@ -862,8 +866,7 @@ class ReplicaTree:
                 except OSError as e:
                     raise self._error(path, "restore", e) from e
                 finally:
-                    if handle >= 0:
-                        os.close(handle)
+                    os.close(handle)
         except (FileNotFoundError, NotADirectoryError):
             return False
         except OSError as e:  # a parent that cannot be opened (no permission)
