@@ -16,6 +16,8 @@ with ``raise ... from e`` so that callers only ever see this tree.
 
 from __future__ import annotations
 
+import re
+import string
 from typing import Any, ClassVar
 
 from eventsourcing.persistence import IntegrityError as _ESIntegrityError
@@ -66,7 +68,42 @@ __all__ = [
     "TreeWarning",
     "UnsupportedFormatError",
     "XoError",
+    "quoted",
 ]
+
+
+_ESCAPE = re.compile(r"(\\\\)|\\(x|udc)([89a-f][0-9a-f])")
+"""In a ``repr``: an escaped backslash, or an escape of U+0080-U+00FF or of a lone surrogate."""
+
+
+def _byte_escape(match: re.Match[str]) -> str:
+    if match.group(1):
+        return match.group(1)
+    kind, code = match.group(2), match.group(3)
+    return f"\\x{code}" if kind == "udc" else f"\\u00{code}"
+
+
+class _Message(string.Formatter):
+    r"""``str.format`` whose ``!r`` of a name writes its escapes as the CLI's listings do.
+
+    Names come from :func:`os.fsdecode` (PEP 383): ``b"caf\xe9"`` is held as
+    ``"caf\udce9"``. Its ``repr`` would print the surrogate, and a no-break
+    space (U+00A0) as ``\xa0``: here a byte that is not UTF-8 is ``\xNN``
+    and a character from U+0080 up is ``\uNNNN``, so the two never look alike.
+    """
+
+    def convert_field(self, value: Any, conversion: str | None) -> Any:
+        if conversion == "r" and isinstance(value, str):
+            return quoted(value)
+        return super().convert_field(value, conversion)
+
+
+def quoted(name: str) -> str:
+    """``repr(name)`` with the escapes of a message field's ``!r`` (see :class:`_Message`)."""
+    return _ESCAPE.sub(_byte_escape, repr(name))
+
+
+_MESSAGE = _Message()
 
 
 class XoError(Exception):
@@ -82,7 +119,7 @@ class XoError(Exception):
         if message is None:
             template = (type(self).__doc__ or "{detail}").strip().splitlines()[0]
             try:
-                message = template.format(**fields)
+                message = _MESSAGE.format(template, **fields)
             except (KeyError, IndexError, ValueError):
                 message = f"{template} {fields!r}"
         self.message = message

@@ -46,6 +46,7 @@ from xoengine.errors import (
     ReplicaWriteError,
     SymlinkedParentError,
     XoError,
+    quoted,
 )
 from xoengine.journal import BlobTable, encode_position
 from xoengine.walk import (
@@ -500,12 +501,12 @@ class ReplicaTree:
 
     def _error(self, path: str, action: str, e: OSError) -> Exception:
         if e.errno == errno.ENOSPC:
-            return DiskFullError(path=self.root, detail=f"could not {action} {path!r}")
+            return DiskFullError(path=self.root, detail=f"could not {action} {quoted(path)}")
         fields = {"path": path, "root": self.root, "action": action, "detail": e.strerror}
         if self.replica:
             return ReplicaWriteError(**fields)
-        where = f"in the tree at {self.root!r}"
-        return ReplicaWriteError(f"Cannot {action} {path!r} {where}: {e.strerror}.", **fields)
+        where = f"in the tree at {quoted(self.root)}"
+        return ReplicaWriteError(f"Cannot {action} {quoted(path)} {where}: {e.strerror}.", **fields)
 
     def sweep_temporary(self) -> list[str]:
         """Delete temporary files a killed writer left behind; return their paths.
@@ -641,7 +642,7 @@ class ReplicaTree:
         is closed once the copy is open. Errors leave ``handle`` open.
         """
         st = os.fstat(handle)
-        if st.st_nlink <= 1 or not stat.S_ISREG(st.st_mode):
+        if not _shared(st):
             return handle
         owner, mode = (st.st_uid, st.st_gid), stat.S_IMODE(st.st_mode)
         with self._temporary(path, mode, owner, read_xattrs(handle)) as copy:
@@ -653,6 +654,21 @@ class ReplicaTree:
             raise self._error(path, "open", e) from e
         os.close(handle)
         return mine
+
+    def _unshare(self, fd: int, leaf: str, path: str) -> None:
+        """Give the file at ``leaf`` of ``fd`` an inode of its own (see :meth:`_own_inode`).
+
+        Before a change of its mode, times, owner or extended attributes alone:
+        those too would reach the other names of a hard-linked file.
+        """
+        try:
+            handle = _open_at(fd, leaf, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError as e:
+            raise self._error(path, "open", e) from e
+        try:
+            handle = self._own_inode(fd, leaf, path, handle)
+        finally:
+            os.close(handle)
 
     def write_ranges(
         self, path: str, pieces: Iterable[tuple[int, bytes | memoryview]], size: int
@@ -1143,7 +1159,12 @@ class ReplicaTree:
         """
         try:
             with self._open_parent(path) as (fd, leaf):
-                return self._put_xattrs(at_fd(fd, leaf), xattrs)
+                where = at_fd(fd, leaf)
+                if _shared(os.stat(leaf, dir_fd=fd, follow_symlinks=False)) and (
+                    self.comparable(read_xattrs(where)) != self.comparable(xattrs)
+                ):
+                    self._unshare(fd, leaf, path)
+                return self._put_xattrs(where, xattrs)
         except (FileNotFoundError, NotADirectoryError):
             return False  # not there (a rewind resumed after a kill: deleted since)
         except OSError as e:
@@ -1262,6 +1283,12 @@ class ReplicaTree:
             try:
                 st = os.stat(leaf, dir_fd=fd, follow_symlinks=False)
                 link = stat.S_ISLNK(st.st_mode)
+                if _shared(st) and (
+                    mode not in (None, stat.S_IMODE(st.st_mode))
+                    or mtime_ns not in (None, st.st_mtime_ns)
+                    or owner not in (None, (st.st_uid, st.st_gid), [st.st_uid, st.st_gid])
+                ):
+                    self._unshare(fd, leaf, path)
                 if self._chown(leaf, owner, st, fd) and mode is None:
                     mode = stat.S_IMODE(st.st_mode)  # a chown may have cleared setuid
                 if mode is not None and not link:
@@ -1299,6 +1326,11 @@ _CANNOT_SET_XATTR: Final = frozenset(
 container's root may set a capability, not an NT ACL), an ACL naming an id not mapped
 here, a value too large for this file system (ext4 says ENOSPC past its block, E2BIG
 past 64 KiB), a name it does not keep (``system.nfs4_acl`` on ext4). Replication goes on."""
+
+
+def _shared(st: os.stat_result) -> bool:
+    """Whether ``st`` is a regular file with other names: hard links xoengine never makes."""
+    return st.st_nlink > 1 and stat.S_ISREG(st.st_mode)
 
 
 def _create_in(fd: int, leaf: str) -> int:

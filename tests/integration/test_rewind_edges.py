@@ -841,6 +841,47 @@ def test_a_hard_link_to_a_replica_file_from_outside_keeps_its_bytes(tmp_path: Pa
         eng.close()
 
 
+@pytest.mark.parametrize("change", ["mode", "mtime", "xattr"])
+def test_a_hard_link_to_a_replica_file_from_outside_keeps_its_metadata(
+    tmp_path: Path, change: str
+) -> None:
+    """Session 22 left: a change of mode, time or extended attributes alone still
+    reached the other names of a replica file hard-linked from outside (a
+    `cp -al r1 snapshot`), on the apply and on the rewind that undid it."""
+    eng, sc, master = kit.new_scenario(tmp_path)
+    try:
+        write(master / "db", b"A" * 10_000)
+        os.chmod(master / "db", 0o640)
+        sc.start()
+        point = sc.set_rewind_point("P")
+        (tmp_path / "snapshot").mkdir()
+        os.link(tmp_path / "r1" / "db", tmp_path / "snapshot" / "db")
+        kept = os.stat(tmp_path / "snapshot" / "db")
+        kept_xattrs = os.listxattr(tmp_path / "snapshot" / "db")
+        if change == "mode":
+            os.chmod(master / "db", 0o600)
+        elif change == "mtime":
+            os.utime(master / "db", ns=(1_000_000_000, 1_000_000_000))
+        else:
+            os.setxattr(master / "db", "user.tag", b"new")
+        sc.capture()
+        sc.wait_replicated()
+        assert snapshot(tmp_path / "r1") == snapshot(master)
+        after = os.stat(tmp_path / "snapshot" / "db")
+        assert (after.st_mode, after.st_mtime_ns) == (kept.st_mode, kept.st_mtime_ns)
+        assert os.listxattr(tmp_path / "snapshot" / "db") == kept_xattrs
+        os.link(tmp_path / "r1" / "db", tmp_path / "snapshot" / "db2")
+        moved = os.stat(tmp_path / "snapshot" / "db2")
+        moved_xattrs = os.listxattr(tmp_path / "snapshot" / "db2")
+        sc.rewind("r1", point)  # puts the old metadata back
+        after = os.stat(tmp_path / "snapshot" / "db2")
+        assert (after.st_mode, after.st_mtime_ns) == (moved.st_mode, moved.st_mtime_ns)
+        assert os.listxattr(tmp_path / "snapshot" / "db2") == moved_xattrs
+        assert (tmp_path / "snapshot" / "db").read_bytes() == b"A" * 10_000
+    finally:
+        eng.close()
+
+
 @pytest.mark.parametrize("then", ["nothing", "regrown", "written"])
 def test_a_cut_of_a_thin_file_keeps_its_data_not_its_holes(tmp_path: Path, then: str) -> None:
     """Review 22 (B, F6, F7): the before-image of a cut read and stored every hole of
