@@ -298,6 +298,7 @@ class _MapBuilder:
         self.digests: list[int] = []
         self.weak: list[_U32] = []
         self._tail_seen = False
+        self._zeros: dict[int, tuple[list[int], list[_U32]]] = {}
         batch = max(1, _WEAK_BATCH_BYTES // block_size)
         self._scratch: npt.NDArray[np.float64] = np.empty((batch, block_size), dtype=np.float64)
 
@@ -311,6 +312,20 @@ class _MapBuilder:
             self._tail_seen = True
             self.weak.append(np.array([_weak_one(view[full:])], dtype=np.uint32))
         self.size += len(view)
+
+    def add_zeros(self, length: int) -> None:
+        """Add a chunk of ``length`` zeros (as :meth:`add` would), computed once per length."""
+        cached = self._zeros.get(length)
+        if cached is None:
+            digests, weak = len(self.digests), len(self.weak)
+            self.add(memoryview(bytes(length)))
+            cached = self._zeros[length] = (self.digests[digests:], self.weak[weak:])
+            return
+        assert not self._tail_seen, "a short chunk must be the last"
+        self.digests.extend(cached[0])
+        self.weak.extend(cached[1])
+        self._tail_seen = length % self.block_size != 0
+        self.size += length
 
     def finish(self, file_digest: bytes) -> BlockMap:
         weak = np.concatenate(self.weak) if self.weak else np.empty(0, dtype=np.uint32)
@@ -395,14 +410,40 @@ class BlockMap:
     # -- building
 
     @classmethod
-    def compute(cls, data: Buffer, block_size: int = DEFAULT_BLOCK_SIZE) -> BlockMap:
-        """Map of ``data`` (held in memory or mapped); nothing is copied."""
+    def compute(
+        cls,
+        data: Buffer,
+        block_size: int = DEFAULT_BLOCK_SIZE,
+        *,
+        segments: Sequence[tuple[int, int]] | None = None,
+    ) -> BlockMap:
+        """Map of ``data`` (held in memory or mapped); nothing is copied.
+
+        ``segments``: ``(start, stop)`` of the data of a sparse file, in order
+        (``tree.data_segments``). Chunks of ``data`` outside all of them are
+        holes, zeros that are not read: a mapped thin image is not paged in.
+        """
         builder = _MapBuilder(_check_block_size(block_size))
         view = _byte_view(data)
         step = max(block_size, _READ_CHUNK - _READ_CHUNK % block_size)
+        if segments is None:
+            for start in range(0, len(view), step):
+                builder.add(view[start : start + step])
+            return builder.finish(codec.digest128(view))
+        hasher = codec.hasher128()
+        zeros = memoryview(bytes(step))
+        index = 0
         for start in range(0, len(view), step):
-            builder.add(view[start : start + step])
-        return builder.finish(codec.digest128(view))
+            chunk = view[start : start + step]
+            while index < len(segments) and segments[index][1] <= start:
+                index += 1
+            if index < len(segments) and segments[index][0] < start + len(chunk):
+                builder.add(chunk)
+                hasher.update(chunk)
+            else:
+                builder.add_zeros(len(chunk))
+                hasher.update(zeros[: len(chunk)])
+        return builder.finish(bytes(hasher.digest()))
 
     @classmethod
     def compute_file(

@@ -829,8 +829,15 @@ class Capture:
 
     # -- content -----------------------------------------------------------------------------
 
-    def _read(self, path: str) -> tuple[bytes | mmap.mmap, os.stat_result] | None:
-        """Read a regular file consistently (retry once if it changes while read)."""
+    def _read(
+        self, path: str
+    ) -> tuple[bytes | mmap.mmap, os.stat_result, list[tuple[int, int]] | None] | None:
+        """Read a regular file consistently (retry once if it changes while read).
+
+        Also its data segments (``tree.data_segments``) if it may have holes
+        (:func:`tree.thin`), else None: the holes of a thin image are not read
+        again, hashed or journaled as data.
+        """
         place = self.layout.master_place(path)
         for attempt in range(2):
             try:
@@ -843,6 +850,13 @@ class Capture:
                 if not stat.S_ISREG(before.st_mode):
                     return None
                 data = read_whole(fd, before.st_size, self.store.path)
+                segments = None
+                if trees.thin(before):
+                    segments = [
+                        (start, min(stop, len(data)))
+                        for start, stop in trees.data_segments(fd, 0, before.st_size)
+                        if start < len(data)
+                    ]
                 after = os.fstat(fd)
             except OSError as e:
                 self._result.warnings.append(ChangeWhileReadWarning(path=path, detail=e.strerror))
@@ -852,14 +866,14 @@ class Capture:
             if (before.st_size, before.st_mtime_ns) == (after.st_size, after.st_mtime_ns) and len(
                 data
             ) == after.st_size:
-                return data, after
+                return data, after, segments
             if attempt:
                 self._result.warnings.append(
                     ChangeWhileReadWarning(path=path, detail="size or mtime moved during the read")
                 )
                 # The stat it began with, not the one it ended with: that one would vouch
                 # for bytes older than the writes it shows, for good (review 21, F1).
-                return data, before
+                return data, before, segments
         return None
 
     def _racy(self, path: str, state: FileState, *, xattrs: bool = False) -> bool:
@@ -912,10 +926,10 @@ class Capture:
         got = self._read(path)
         if got is None:
             return
-        data, st = got
+        data, st, segments = got
         observed = _observed(st, len(data))  # first: its time must not lag the fstat (racy)
         bs = self.state.block_size
-        new_map = BlockMap.compute(data, bs)
+        new_map = BlockMap.compute(data, bs, segments=segments)
         view = memoryview(data)
         if old is not None and old.size == 0 and not data:
             # Still empty: only metadata moved (a chmod, an attribute set). Not a
@@ -924,8 +938,12 @@ class Capture:
                 self._metadata_only(path, state, observed)
             return
         if old is None or old.size == 0:
-            ranges = [(0, len(data))] if data else []
-            self._write_ranges(path, state, view, ranges, new_map, observed, len(data))
+            # All of its data; a hole is no write (the replica's file is cut to size).
+            if segments is None:
+                segments = [(0, len(data))] if data else []
+            ranges = [(start, stop - start) for start, stop in segments]
+            blocks_of = [(0, len(data))] if data else []
+            self._write_ranges(path, state, view, ranges, new_map, observed, len(data), blocks_of)
             return
         if old_map is None:  # underived: nothing to compare with, so the whole content goes
             whole: list[blocks.Op] = [Literal(0, len(data))] if data else []
@@ -1150,7 +1168,13 @@ class Capture:
         new_map: BlockMap,
         observed: list[int],
         size: int,
+        digested: list[tuple[int, int]] | None = None,
     ) -> None:
+        """Journal ``ranges`` of ``view`` as written.
+
+        The event carries the digests of the blocks of ``digested`` (default:
+        ``ranges``): those of a new file's holes too, which are no write.
+        """
         bs = self.state.block_size
         pieces = [
             (offset, view[offset : offset + size])
@@ -1159,7 +1183,7 @@ class Capture:
         ]
         spans = [
             [start // bs, pack_digests(new_map, start // bs, -(-(start + length) // bs))]
-            for start, length in ranges
+            for start, length in (ranges if digested is None else digested)
         ]
         self._bytes_written(path, state, pieces, spans, observed, size)
 

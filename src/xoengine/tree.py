@@ -85,6 +85,7 @@ __all__ = [
     "kind_of",
     "pread_all",
     "read_whole",
+    "thin",
     "undo_blob_size",
 ]
 
@@ -245,6 +246,14 @@ def data_segments(fd: int, start: int = 0, end: int | None = None) -> Iterator[t
             return
         yield low, min(high, limit)
         position = high
+
+
+def thin(st: os.stat_result) -> bool:
+    """Whether the file of ``st`` may have holes: fewer blocks than bytes (a thin image).
+
+    Only such a file is worth asking for its :func:`data_segments`.
+    """
+    return st.st_blocks * 512 < st.st_size
 
 
 def copy_sparse(src: int, dst: int) -> int:
@@ -1883,7 +1892,7 @@ def image_of_writes(
     old_size = 0 if st is None else st.st_size
     # Fewer blocks than bytes: the file may have holes (a thin image). Their zeros
     # are noted, not read and stored, and a rewind makes them holes again.
-    sparse = st is not None and st.st_blocks * 512 < st.st_size
+    sparse = st is not None and thin(st)
     spans: list[list[Any]] = []
     wanted: list[tuple[int, int]] = []
     holes: list[list[int]] = []

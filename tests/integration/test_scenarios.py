@@ -1136,6 +1136,32 @@ def test_sparse_files_stay_sparse_on_the_replica_and_in_replays(
         assert f.read() == b"data"
 
 
+def test_a_new_thin_file_is_journaled_as_its_data_not_its_holes(
+    engine: Engine, tmp_path: Path
+) -> None:
+    """Session 22 left: a new 1 GiB image holding 8 KiB was read, hashed and journaled
+    whole, its holes as zeros (8.7 s); now only its data segments are."""
+    mib = 1024 * 1024
+    (tmp_path / "master").mkdir()
+    sc = _scenario(engine, tmp_path)
+    sc.start()
+    image = tmp_path / "master" / "new.img"
+    with open(image, "wb") as f:
+        f.write(b"head")
+        f.seek(48 * mib)
+        f.write(b"tail")
+    if image.stat().st_blocks * 512 >= mib:
+        pytest.skip("this file system does not keep holes")
+    assert sc.capture().bytes_changed < mib
+    sc.wait_replicated(timeout=30)
+    assert_trees_equal(tmp_path / "master", tmp_path / "r1")
+    assert (tmp_path / "r1" / "new.img").stat().st_blocks * 512 < mib
+    out = tmp_path / "replayed"
+    engine.replay(sc, to=out)
+    assert_trees_equal(tmp_path / "master", out)
+    assert (out / "new.img").stat().st_blocks * 512 < mib
+
+
 def test_capture_tells_a_new_file_on_a_reused_inode_from_a_rename(
     engine: Engine, tmp_path: Path
 ) -> None:

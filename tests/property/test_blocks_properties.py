@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import itertools
 import random
+from unittest import mock
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -142,3 +143,38 @@ def test_rolled_weak_sums_equal_per_block_weak_sums(data: bytes, block_size: int
     rolled = roller._weak_at(0, count).tolist()
     view = memoryview(data)
     assert rolled == [blocks._weak_one(view[k : k + block_size]) for k in range(count)]
+
+
+@st.composite
+def thin_contents(draw: st.DrawFn) -> tuple[bytes, list[tuple[int, int]]]:
+    """Content of zero runs (holes) and data runs, with data segments that hold every
+    data run (as ``SEEK_DATA`` gives them: maybe wider, over zeros too)."""
+    data = bytearray()
+    segments: list[tuple[int, int]] = []
+    for _ in range(draw(st.integers(0, 6))):
+        data.extend(bytes(draw(st.integers(0, 400))))
+        piece = draw(st.binary(min_size=1, max_size=200))
+        start = max(0, len(data) - draw(st.integers(0, 20)))
+        data.extend(piece)
+        segments.append((start, len(data)))
+    data.extend(bytes(draw(st.integers(0, 300))))
+    merged: list[tuple[int, int]] = []
+    for start, stop in segments:
+        if merged and start <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(stop, merged[-1][1]))
+        else:
+            merged.append((start, stop))
+    return bytes(data), merged
+
+
+@settings(max_examples=200, deadline=None)
+@given(case=thin_contents(), block_size=BLOCK_SIZES, chunk=st.sampled_from([1, 16, 64, 200]))
+def test_a_map_of_a_thin_file_that_skips_its_holes_is_the_map(
+    case: tuple[bytes, list[tuple[int, int]]], block_size: int, chunk: int
+) -> None:
+    """``BlockMap.compute(segments=)`` does not read the holes, and maps the same bytes."""
+    data, segments = case
+    with mock.patch.object(blocks, "_READ_CHUNK", chunk):  # many chunks, many holes
+        assert BlockMap.compute(data, block_size, segments=segments) == BlockMap.compute(
+            data, block_size
+        )
