@@ -123,6 +123,37 @@ def _unread(path: str, error: OSError) -> TreeWarning:
     return ChangeWhileReadWarning(path=path, detail=error.strerror)
 
 
+class _Holes:
+    """The holes of a file read in chunks: zeros it need not read (a thin image's).
+
+    Only a file with fewer blocks than bytes (:func:`tree.thin`) is asked for
+    its data segments, once, as its read starts; a chunk that lies wholly in
+    a hole then reads as zeros. A write into a hole after that moves the
+    file's mtime, which the read's closing ``fstat`` sees.
+    """
+
+    def __init__(self, fd: int, st: os.stat_result, chunk: int) -> None:
+        self.size = st.st_size
+        self.chunk = chunk
+        self.segments = list(trees.data_segments(fd, 0, st.st_size)) if trees.thin(st) else []
+        self.index = 0
+        self.zeros = memoryview(bytes(chunk)) if trees.thin(st) else None
+
+    def at(self, offset: int) -> memoryview | None:
+        """Zeros for the chunk read at ``offset`` if it lies in a hole, else None: read it."""
+        if self.zeros is None:
+            return None
+        length = min(self.chunk, self.size - offset)
+        if length <= 0:
+            return None
+        segments = self.segments
+        while self.index < len(segments) and segments[self.index][1] <= offset:
+            self.index += 1
+        if self.index < len(segments) and segments[self.index][0] < offset + length:
+            return None
+        return self.zeros[:length]
+
+
 def _observed(st: os.stat_result | None, size: int | None = None) -> list[int]:
     """The stat of a file just read, with the time it was taken (call right after fstat).
 
@@ -225,6 +256,7 @@ class Capture:
         self.lock = threading.RLock()  # one capture at a time per scenario
         self._pending: list[_Pending] = []
         self._chunk: bytearray | None = None  # the streaming read buffer, reused
+        self._zeros: dict[int, Any] = {}  # block digests of a hole's chunk, by length
         self._known: dict[str, FileState] | None = None  # decoded master state, see _collect
         # Hard-linked files: the names of each (dev, inode) seen, and the link count
         # at which the master state was last searched for its names (_widen_for_links).
@@ -1068,20 +1100,23 @@ class Capture:
                     forget()
                     return None
                 offset = 0
-                with os.fdopen(fd, "rb", buffering=0, closefd=False) as reader:
-                    while True:
-                        got = reader.readinto(view) or 0
-                        if got:
-                            held += self._changed_runs(
-                                view[:got], offset, old_digests, old_map.size, runs
-                            )
-                            offset += got
-                            if held > FLUSH_BYTES and spill(runs, before):
-                                runs, held = [], 0  # the spilled list is the journal's now
-                            elif held > trees.HOLD_MAX:
-                                return "whole"
-                        if got < len(view):
-                            break
+                holes = _Holes(fd, before, len(view))
+                while True:
+                    hole = holes.at(offset)
+                    got = len(hole) if hole is not None else os.preadv(fd, [view], offset)
+                    if got:
+                        chunk = view[:got] if hole is None else hole
+                        digests = None if hole is None else self._zero_digests(len(hole))
+                        held += self._changed_runs(
+                            chunk, offset, old_digests, old_map.size, runs, digests
+                        )
+                        offset += got
+                        if held > FLUSH_BYTES and spill(runs, before):
+                            runs, held = [], 0  # the spilled list is the journal's now
+                        elif held > trees.HOLD_MAX:
+                            return "whole"
+                    if got < len(view):
+                        break
                 after = os.fstat(fd)
             except OSError as e:
                 self._result.warnings.append(ChangeWhileReadWarning(path=path, detail=e.strerror))
@@ -1099,6 +1134,14 @@ class Capture:
                 return runs, offset, before  # as _read: the stat it began with
         return None
 
+    def _zero_digests(self, length: int) -> Any:
+        """The block digests of ``length`` zeros (a chunk of a hole), computed once."""
+        digests = self._zeros.get(length)
+        if digests is None:
+            zeros = memoryview(bytes(length))
+            digests = self._zeros[length] = blocks.block_digests(zeros, self.state.block_size)
+        return digests
+
     def _changed_runs(
         self,
         chunk: memoryview,
@@ -1106,10 +1149,15 @@ class Capture:
         old_digests: Any,
         old_size: int,
         runs: list[tuple[int, bytes]],
+        digests: Any = None,
     ) -> int:
-        """Append the changed blocks of ``chunk`` (at ``offset``) to ``runs``; return the bytes."""
+        """Append the changed blocks of ``chunk`` (at ``offset``) to ``runs``; return the bytes.
+
+        ``digests``: its block digests, if known (a hole's).
+        """
         bs = self.state.block_size
-        digests = blocks.block_digests(chunk, bs)
+        if digests is None:
+            digests = blocks.block_digests(chunk, bs)
         first = offset // bs
         old = old_digests[first : first + len(digests)]
         differs = np.ones(len(digests), dtype=bool)

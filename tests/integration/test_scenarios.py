@@ -1136,11 +1136,12 @@ def test_sparse_files_stay_sparse_on_the_replica_and_in_replays(
         assert f.read() == b"data"
 
 
-def test_a_new_thin_file_is_journaled_as_its_data_not_its_holes(
+def test_a_thin_file_is_journaled_and_read_as_its_data_not_its_holes(
     engine: Engine, tmp_path: Path
 ) -> None:
     """Session 22 left: a new 1 GiB image holding 8 KiB was read, hashed and journaled
-    whole, its holes as zeros (8.7 s); now only its data segments are."""
+    whole, its holes as zeros (8.7 s); now only its data segments are. A write into
+    it read all of its holes again (4 s); now its data and the chunks written."""
     mib = 1024 * 1024
     (tmp_path / "master").mkdir()
     sc = _scenario(engine, tmp_path)
@@ -1148,7 +1149,7 @@ def test_a_new_thin_file_is_journaled_as_its_data_not_its_holes(
     image = tmp_path / "master" / "new.img"
     with open(image, "wb") as f:
         f.write(b"head")
-        f.seek(48 * mib)
+        f.seek(128 * mib)
         f.write(b"tail")
     if image.stat().st_blocks * 512 >= mib:
         pytest.skip("this file system does not keep holes")
@@ -1160,6 +1161,30 @@ def test_a_new_thin_file_is_journaled_as_its_data_not_its_holes(
     engine.replay(sc, to=out)
     assert_trees_equal(tmp_path / "master", out)
     assert (out / "new.img").stat().st_blocks * 512 < mib
+    point = sc.set_rewind_point("before the writes")
+    before = snapshot_contents(tmp_path / "master")
+    read: list[int] = []
+    preadv = os.preadv
+
+    def counted(fd: int, buffers: Any, offset: int) -> int:
+        got = preadv(fd, buffers, offset)
+        read.append(got)
+        return got
+
+    with open(image, "r+b") as f:
+        f.seek(20 * mib)
+        f.write(b"new data in a hole")
+        f.seek(0)
+        f.write(b"HEAD")  # over data
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(os, "preadv", counted)
+        assert 0 < sc.capture().bytes_changed < mib
+    assert sum(read) < 64 * mib  # two chunks of 16 MiB, not the 128 MiB of the file
+    sc.wait_replicated(timeout=30)
+    assert_trees_equal(tmp_path / "master", tmp_path / "r1")
+    assert (tmp_path / "r1" / "new.img").stat().st_blocks * 512 < mib
+    sc.rewind("r1", point)
+    assert snapshot_contents(tmp_path / "r1") == before
 
 
 def test_capture_tells_a_new_file_on_a_reused_inode_from_a_rename(
