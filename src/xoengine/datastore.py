@@ -435,6 +435,7 @@ class Store:
         self.path = path
         self.durability = durability
         self.readonly = readonly
+        self._lockless = False  # read without LMDB's lock file (see _lockable)
         self._refs = 0
         self._resize = _RWLock()
         self._write_lock = threading.Lock()
@@ -532,6 +533,22 @@ class Store:
             )
         return False
 
+    def _torn(self) -> JournalLiveUnlockedError | None:
+        """E4007 if this reader has no lock (:meth:`_lockable`) and a writer runs now.
+
+        The open refused a lockless read beside a writer; one that started
+        since may have reused the pages a read just walked. The read's end
+        asks again, so that what it found is never taken for the journal.
+        """
+        if not self._lockless:
+            return None
+        pid = writer_of(self.path)
+        if pid is None:
+            return None
+        return JournalLiveUnlockedError(
+            path=self.path, pid=pid, detail="it started while a read without the lock ran"
+        )
+
     def _refuse_nested(self) -> None:
         """Refuse to create a journal in a directory of another journal (a bare copy).
 
@@ -553,7 +570,8 @@ class Store:
         if self.readonly:
             if not (Path(self.path) / "data.mdb").exists():
                 raise JournalMissingError(path=self.path)
-            return self._lmdb_open(readonly=True, lock=self._lockable(), create=False, **kwargs)
+            self._lockless = not self._lockable()
+            return self._lmdb_open(readonly=True, lock=not self._lockless, create=False, **kwargs)
         self._refuse_nested()
         try:
             Path(self.path).mkdir(parents=True, exist_ok=True)
@@ -841,13 +859,21 @@ class Store:
                     try:
                         yield view
                     except lmdb.Error as e:
-                        raise _translate(e, self.path) from e
+                        raise self._torn() or _translate(e, self.path) from e
+                    except XoError:  # "damage" a writer's reuse of pages may show
+                        torn = self._torn()
+                        if torn is not None:
+                            raise torn from None
+                        raise
                     finally:
                         view._txn.abort()  # the view may have moved to a newer snapshot
                         # py-lmdb keeps an aborted read transaction's reader slot until
                         # the object is freed; a traceback cycle holding the view would
                         # keep it for as long as the cycle lives (1,024 slots in all).
                         view._txn = None
+                    torn = self._torn()
+                    if torn is not None:
+                        raise torn
                     return
             # Another process grew the map beyond ours: adopt its size, outside the
             # shared lock (set_mapsize invalidates every transaction of this env).

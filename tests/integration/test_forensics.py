@@ -311,6 +311,43 @@ def test_a_live_journal_behind_a_read_only_mount_is_refused_not_misread(
     assert [e["operation"] for e in json.loads(done.stdout)][:1] == ["created"]
 
 
+def test_a_writer_that_starts_beside_a_lockless_reader_makes_its_reads_refused(
+    tmp_path: Path, readonly_view: Any
+) -> None:
+    """Session 22 left: E4007 was asked at the open only; a writer started after it
+    could reuse the pages the lockless reader walked. Each read now ends by asking."""
+    eng, sc, master = new_engine(tmp_path)
+    write(master / "a", b"a")
+    sc.start()
+    eng.close()
+    view = readonly_view(tmp_path / "state")
+    with Engine.open(view, readonly=True) as ro:
+        assert [e.operation for e in ro.history("fx", "a")][:1] == ["created"]
+        writer = subprocess.Popen(
+            [sys.executable, "-c", _HOLD_WRITER, str(tmp_path / "state")],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert writer.stdout is not None and writer.stdout.readline() == "open\n"
+            with pytest.raises(JournalLiveUnlockedError, match="started while a read"):
+                ro.history("fx", "a")
+        finally:
+            writer.communicate("")  # its stdin closed: it closes the engine and ends
+        assert writer.returncode == 0
+        assert [e.operation for e in ro.history("fx", "a")][:1] == ["created"]
+
+
+_HOLD_WRITER = """
+import sys
+from xoengine.engine import Engine
+with Engine.open(sys.argv[1]):
+    print("open", flush=True)
+    sys.stdin.read()
+"""
+
+
 def test_file_at_gives_each_file_as_it_was_at_every_point(
     world: World, ro: Engine, tmp_path: Path
 ) -> None:
