@@ -47,6 +47,7 @@ from __future__ import annotations
 import io
 import mmap
 import os
+import typing
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -61,9 +62,11 @@ from xoengine.errors import ConfigurationError, FrameError
 __all__ = [
     "DEFAULT_BLOCK_SIZE",
     "MAX_BLOCK_SIZE",
+    "READ_CHUNK",
     "BlockMap",
     "Buffer",
     "Copy",
+    "Holes",
     "Literal",
     "LiteralSource",
     "Op",
@@ -97,7 +100,7 @@ _MAP_FORMAT: Final = 1
 _MAP_HEADER: Final = 1 + 4 + 8 + 16  # format, block_size, size, file digest
 _MIX: Final = 0x9E3779B1
 _MASK32: Final = 0xFFFFFFFF
-_READ_CHUNK: Final = 4 * 1024 * 1024
+READ_CHUNK: Final = 4 * 1024 * 1024
 _WEAK_BATCH_BYTES: Final = 256 * 1024  # float64 scratch stays in cache
 _ROLL_MAX_WINDOW: Final = 1024 * 1024  # offsets per numpy window: ~20 MB of uint32 scratch
 _COPY_CHUNK: Final = 1024 * 1024
@@ -356,6 +359,37 @@ def _fill(reader: _Reader, view: memoryview) -> int:
     return got
 
 
+# -- holes ------------------------------------------------------------------------
+
+
+class Holes:
+    """Where a sparse file's data segments leave holes: zeros that need no reading.
+
+    ``segments``: ``(start, stop)`` of its data, in order (``tree.data_segments``,
+    which may give more than the data, never less); ``size``: its size when
+    they were asked. A reader going through the file in chunks asks
+    :meth:`covers` for each, at offsets that never go back.
+    """
+
+    def __init__(self, segments: Sequence[tuple[int, int]], size: int, chunk: int) -> None:
+        """Holes of a file of ``size`` bytes read in chunks of at most ``chunk`` bytes."""
+        self.segments = segments
+        self.size = size
+        self._index = 0
+        self._zeros = memoryview(bytes(chunk))
+
+    def covers(self, offset: int, length: int) -> memoryview | None:
+        """``length`` zeros if ``[offset, offset + length)`` lies wholly in a hole, else None."""
+        if length <= 0 or offset + length > self.size or length > len(self._zeros):
+            return None
+        segments = self.segments
+        while self._index < len(segments) and segments[self._index][1] <= offset:
+            self._index += 1
+        if self._index < len(segments) and segments[self._index][0] < offset + length:
+            return None
+        return self._zeros[:length]
+
+
 # -- block maps -------------------------------------------------------------------
 
 
@@ -425,24 +459,21 @@ class BlockMap:
         """
         builder = _MapBuilder(_check_block_size(block_size))
         view = _byte_view(data)
-        step = max(block_size, _READ_CHUNK - _READ_CHUNK % block_size)
+        step = max(block_size, READ_CHUNK - READ_CHUNK % block_size)
         if segments is None:
             for start in range(0, len(view), step):
                 builder.add(view[start : start + step])
             return builder.finish(codec.digest128(view))
         hasher = codec.hasher128()
-        zeros = memoryview(bytes(step))
-        index = 0
+        holes = Holes(segments, len(view), step)
         for start in range(0, len(view), step):
             chunk = view[start : start + step]
-            while index < len(segments) and segments[index][1] <= start:
-                index += 1
-            if index < len(segments) and segments[index][0] < start + len(chunk):
+            zeros = holes.covers(start, len(chunk))
+            if zeros is None:
                 builder.add(chunk)
-                hasher.update(chunk)
             else:
                 builder.add_zeros(len(chunk))
-                hasher.update(zeros[: len(chunk)])
+            hasher.update(chunk if zeros is None else zeros)
         return builder.finish(bytes(hasher.digest()))
 
     @classmethod
@@ -451,26 +482,41 @@ class BlockMap:
         source: str | os.PathLike[str] | os.PathLike[bytes] | bytes | _Reader,
         block_size: int = DEFAULT_BLOCK_SIZE,
         *,
-        buffer_size: int = _READ_CHUNK,
+        buffer_size: int = READ_CHUNK,
+        holes: Holes | None = None,
     ) -> BlockMap:
         """Map of a file, given by path or as a binary reader positioned at its start.
 
         The file is read sequentially into one reused buffer of about
         ``buffer_size`` bytes (rounded to whole blocks). A reader is left at its
         end and not closed. ``OSError`` from opening or reading propagates: the
-        caller (tree walker, capture) owns translating it.
+        caller (tree walker, capture) owns translating it. ``holes``: the
+        file's :class:`Holes` (made for chunks of ``buffer_size``), which a
+        reader that can seek passes over unread.
         """
         _check_block_size(block_size)
         if isinstance(source, str | bytes | os.PathLike):
             with open(source, "rb", buffering=0) as f:
-                return cls.compute_file(f, block_size, buffer_size=buffer_size)
+                return cls.compute_file(f, block_size, buffer_size=buffer_size, holes=holes)
         buffer = memoryview(bytearray(max(block_size, buffer_size - buffer_size % block_size)))
         builder = _MapBuilder(block_size)
         hasher = codec.hasher128()
-        while got := _fill(source, buffer):
+        offset = 0
+        while True:
+            zeros = None if holes is None else holes.covers(offset, len(buffer))
+            if zeros is not None:
+                typing.cast("_SeekableReader", source).seek(offset + len(zeros))
+                builder.add_zeros(len(zeros))
+                hasher.update(zeros)
+                offset += len(zeros)
+                continue
+            got = _fill(source, buffer)
+            if not got:
+                break
             chunk = buffer[:got]
             builder.add(chunk)
             hasher.update(chunk)
+            offset += got
             if got < len(buffer):
                 break
         return builder.finish(bytes(hasher.digest()))

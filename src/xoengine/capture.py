@@ -123,37 +123,6 @@ def _unread(path: str, error: OSError) -> TreeWarning:
     return ChangeWhileReadWarning(path=path, detail=error.strerror)
 
 
-class _Holes:
-    """The holes of a file read in chunks: zeros it need not read (a thin image's).
-
-    Only a file with fewer blocks than bytes (:func:`tree.thin`) is asked for
-    its data segments, once, as its read starts; a chunk that lies wholly in
-    a hole then reads as zeros. A write into a hole after that moves the
-    file's mtime, which the read's closing ``fstat`` sees.
-    """
-
-    def __init__(self, fd: int, st: os.stat_result, chunk: int) -> None:
-        self.size = st.st_size
-        self.chunk = chunk
-        self.segments = list(trees.data_segments(fd, 0, st.st_size)) if trees.thin(st) else []
-        self.index = 0
-        self.zeros = memoryview(bytes(chunk)) if trees.thin(st) else None
-
-    def at(self, offset: int) -> memoryview | None:
-        """Zeros for the chunk read at ``offset`` if it lies in a hole, else None: read it."""
-        if self.zeros is None:
-            return None
-        length = min(self.chunk, self.size - offset)
-        if length <= 0:
-            return None
-        segments = self.segments
-        while self.index < len(segments) and segments[self.index][1] <= offset:
-            self.index += 1
-        if self.index < len(segments) and segments[self.index][0] < offset + length:
-            return None
-        return self.zeros[:length]
-
-
 def _observed(st: os.stat_result | None, size: int | None = None) -> list[int]:
     """The stat of a file just read, with the time it was taken (call right after fstat).
 
@@ -882,13 +851,7 @@ class Capture:
                 if not stat.S_ISREG(before.st_mode):
                     return None
                 data = read_whole(fd, before.st_size, self.store.path)
-                segments = None
-                if trees.thin(before):
-                    segments = [
-                        (start, min(stop, len(data)))
-                        for start, stop in trees.data_segments(fd, 0, before.st_size)
-                        if start < len(data)
-                    ]
+                segments = trees.data_of(fd, before, len(data))
                 after = os.fstat(fd)
             except OSError as e:
                 self._result.warnings.append(ChangeWhileReadWarning(path=path, detail=e.strerror))
@@ -1100,9 +1063,10 @@ class Capture:
                     forget()
                     return None
                 offset = 0
-                holes = _Holes(fd, before, len(view))
+                holes = trees.holes_of(fd, before, len(view))
                 while True:
-                    hole = holes.at(offset)
+                    left = min(len(view), before.st_size - offset)
+                    hole = None if holes is None else holes.covers(offset, left)
                     got = len(hole) if hole is not None else os.preadv(fd, [view], offset)
                     if got:
                         chunk = view[:got] if hole is None else hole

@@ -42,6 +42,7 @@ from xoengine.events import FileSynced, SyncFinished, SyncStarted, new_id
 from xoengine.tree import (
     TMP_PREFIX,
     Image,
+    data_of,
     image_of_existing,
     image_of_writes,
     read_whole,
@@ -502,7 +503,8 @@ class Synchronizer:
         ):
             self._trusted.add(path)
             return self._meta(path, entry, have), 0
-        data = self._read_master(path)
+        got = self._read_master(path)
+        data, segments = got if got is not None else (None, None)
         self._copied.append(path)  # settled: a file gone meanwhile gets the journal's state
         if have is not None:
             self._existed.add(path)
@@ -518,17 +520,24 @@ class Synchronizer:
             tree.replace(path, [memoryview(data)], mode=entry.mode, owner=self._owner(entry))
             tree.set_meta(path, None, entry.mtime_ns)  # owner and mode: replace
             return ("created" if have is None else "updated"), len(data)
-        sent = self._block_update(path, data, have)
+        sent = self._block_update(path, data, have, segments)
         if self._meta_of(have) != self._meta_of(entry):
             self._record([("meta", path, tree.meta(path, tree.lstat(path)), {})])
         tree.set_meta(path, entry.mode, entry.mtime_ns, self._owner(entry))
         return ("updated" if sent or have.size != len(data) else "metadata"), sent
 
-    def _block_update(self, path: str, data: bytes | mmap.mmap, have: Entry) -> int:
+    def _block_update(
+        self,
+        path: str,
+        data: bytes | mmap.mmap,
+        have: Entry,
+        segments: list[tuple[int, int]] | None,
+    ) -> int:
+        """Send the blocks of ``data`` (``segments``: its data, if it has holes) that differ."""
         tree = self.tree
         bs = self.block_size
         old_map = tree.block_map(path, bs)  # read a chunk at a time: the file may be large
-        new_map = BlockMap.compute(data, bs)
+        new_map = BlockMap.compute(data, bs, segments=segments)
         ranges = blocks.changed_ranges(old_map, new_map)
         aligned = sum(n for _, n in ranges)
         if len(data) != old_map.size and aligned > 2 * bs:
@@ -652,7 +661,10 @@ class Synchronizer:
                 images.append(image_of_existing(tree, path, st, deleted=False))
         self._record(images)
 
-    def _read_master(self, path: str) -> bytes | mmap.mmap | None:
+    def _read_master(
+        self, path: str
+    ) -> tuple[bytes | mmap.mmap, list[tuple[int, int]] | None] | None:
+        """A master file's bytes, and its data segments if it may have holes (``data_of``)."""
         if self._follow is not None:
             self._follow.wait_read(path)
         try:
@@ -660,7 +672,9 @@ class Synchronizer:
         except OSError:
             return None
         try:
-            return read_whole(fd, os.fstat(fd).st_size, self.store.path)
+            st = os.fstat(fd)
+            data = read_whole(fd, st.st_size, self.store.path)
+            return data, data_of(fd, st, len(data))
         finally:
             os.close(fd)
 

@@ -81,7 +81,9 @@ __all__ = [
     "UndoLog",
     "UndoRecord",
     "copy_sparse",
+    "data_of",
     "event_delta",
+    "holes_of",
     "kind_of",
     "pread_all",
     "read_whole",
@@ -254,6 +256,34 @@ def thin(st: os.stat_result) -> bool:
     Only such a file is worth asking for its :func:`data_segments`.
     """
     return st.st_blocks * 512 < st.st_size
+
+
+def data_of(fd: int, st: os.stat_result, length: int) -> list[tuple[int, int]] | None:
+    """The data segments of the file ``fd`` in its first ``length`` bytes, if it may have holes.
+
+    ``st``: its fstat. None for a file that is not :func:`thin`: all of it is data.
+    The file's offset is left where it was (a reader may go on from it).
+    """
+    if not thin(st):
+        return None
+    at = os.lseek(fd, 0, os.SEEK_CUR)
+    try:
+        return [
+            (start, min(stop, length))
+            for start, stop in data_segments(fd, 0, st.st_size)
+            if start < length
+        ]
+    finally:
+        os.lseek(fd, at, os.SEEK_SET)
+
+
+def holes_of(fd: int, st: os.stat_result, chunk: int) -> blocks.Holes | None:
+    """The :class:`blocks.Holes` of the file ``fd`` (``st``: its fstat), read in ``chunk``s.
+
+    None where it is not :func:`thin`: a reader reads it all.
+    """
+    segments = data_of(fd, st, st.st_size)
+    return None if segments is None else blocks.Holes(segments, st.st_size, chunk)
 
 
 def copy_sparse(src: int, dst: int) -> int:
@@ -584,8 +614,9 @@ class ReplicaTree:
         with self._reading(path) as handle:
             if handle is None:
                 return blocks.BlockMap.compute(b"", block_size)
+            holes = holes_of(handle, os.fstat(handle), blocks.READ_CHUNK)
             with os.fdopen(handle, "rb", 0, closefd=False) as reader:
-                return blocks.BlockMap.compute_file(reader, block_size)
+                return blocks.BlockMap.compute_file(reader, block_size, holes=holes)
 
     def data_segments(self, path: str, start: int, end: int) -> list[tuple[int, int]]:
         """The data segments of the regular file at ``path`` within ``[start, end)`` (no holes)."""

@@ -174,7 +174,7 @@ def test_a_map_of_a_thin_file_that_skips_its_holes_is_the_map(
 ) -> None:
     """``BlockMap.compute(segments=)`` does not read the holes, and maps the same bytes."""
     data, segments = case
-    with mock.patch.object(blocks, "_READ_CHUNK", chunk):  # many chunks, many holes
+    with mock.patch.object(blocks, "READ_CHUNK", chunk):  # many chunks, many holes
         assert BlockMap.compute(data, block_size, segments=segments) == BlockMap.compute(
             data, block_size
         )

@@ -10,7 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from xoengine.tree import ReplicaTree
+from xoengine.blocks import BlockMap
+from xoengine.tree import ReplicaTree, data_of
 
 MiB = 1024 * 1024
 
@@ -124,6 +125,33 @@ def test_copy_new_keeps_holes(sparse_dir: Path) -> None:
         while block := a.read(MiB):
             assert b.read(MiB) == block
     assert replica.stat().st_mode & 0o777 == 0o640
+
+
+@pytest.mark.parametrize("block_size", [4096, 1000, 65536])
+def test_the_block_map_of_a_thin_file_skips_its_holes_and_is_its_map(
+    sparse_dir: Path, block_size: int
+) -> None:
+    """A thin replica file's map (the block-level resync's) read without its holes is
+    the map of its bytes: the reader's offset survives the data segments' lseeks."""
+    image = sparse_dir / "replica" / "thin.img"
+    image.parent.mkdir()
+    with open(image, "wb") as f:
+        f.write(b"head" * 3000)
+        f.seek(13 * MiB + 5)
+        f.write(b"middle")
+        f.seek(40 * MiB)
+        f.write(b"tail" * 100)
+    tree = ReplicaTree(str(sparse_dir / "replica"), fsync=False)
+    data = image.read_bytes()
+    assert tree.block_map("thin.img", block_size) == BlockMap.compute(data, block_size)
+    with open(image, "rb") as f:
+        st = os.fstat(f.fileno())
+        segments = data_of(f.fileno(), st, st.st_size)
+        assert segments is not None and segments[0][0] == 0
+        assert f.tell() == 0
+    assert BlockMap.compute(data, block_size, segments=segments) == BlockMap.compute(
+        data, block_size
+    )
 
 
 def test_copy_new_of_a_file_with_no_holes_copies_it_all(tmp_path: Path) -> None:
