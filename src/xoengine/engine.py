@@ -619,7 +619,7 @@ class Engine:
         if at is not None:
             if not isinstance(at, dt.datetime):
                 raise ConfigurationError(detail=f"a time is a datetime, not {at!r}")
-            if at.tzinfo is None:
+            if at.utcoffset() is None:  # Python's "aware": a tzinfo that gives an offset
                 raise ConfigurationError(detail="at= needs a timezone-aware datetime")
             return self.recorder.position_at(datetime_ns(at))
         top = self.last_position()

@@ -1100,7 +1100,13 @@ class Forensics:
         the predicate gets the replayed path itself (a file, or a directory for
         a subtree), which does not exist where ``path`` held nothing then.
         ``between[0]`` must be good; if ``between[1]`` is good too, it is the
-        answer. Every change is a candidate: file events and a root's own.
+        answer. The candidates are the ends of the commits that changed
+        something (file events and a root's own): positions of one commit
+        share its time label, and a state inside one (a file made but not yet
+        written, a swap half done) was never the master's whole, so it is
+        never probed. ``first_bad`` is the first bad commit's first change,
+        ``last_good`` the position before it. Where the clock
+        stood behind (AW0006), commits share one label and are probed as one.
 
         Also reports the first *burst*, the mark of mass damage such as
         ransomware: at least ``burst_threshold`` files that existed before it
@@ -1170,9 +1176,18 @@ class Forensics:
                 + (" (the empty tree)" if low == 0 else "")
                 + ": give a good instant to search from (between=(good, bad); CLI: --good)"
             )
-        candidates = sorted({change[0] for change in changes})
+        # Candidates are commit ends: a commit's positions share its time label, and
+        # one inside it (a file made, not yet written; a swap half done) is a state
+        # the master never held whole, which would make a predicate flip back.
+        starts: dict[int, int] = {}  # label -> its first change here
+        ends: dict[int, int] = {}  # label -> its last
+        for pos, time_ns, _, _ in changes:
+            starts.setdefault(time_ns, pos)
+            ends[time_ns] = pos
+        candidates = sorted(ends.values())
+        begins = {ends[label]: starts[label] for label in ends}
         first_bad: int | None = None
-        if good(high):
+        if high == low or good(high):  # low was probed good just now
             last_good = high
         else:
             # Invariant: the state after candidates[lo-1] (or low) is good, after
@@ -1184,8 +1199,9 @@ class Forensics:
                     lo = mid + 1
                 else:
                     hi = mid
-            first_bad = candidates[lo] if candidates else high
-            last_good = first_bad - 1 if first_bad > low else low
+            end = candidates[lo] if candidates else high
+            first_bad = max(begins.get(end, end), low + 1)  # the bad commit's first change
+            last_good = first_bad - 1
         burst_position, burst_files = self._burst(
             changes, burst_threshold, round(burst_window * 1e9)
         )

@@ -106,6 +106,45 @@ def test_bisect_takes_a_root_change_as_a_candidate(tmp_path: Path) -> None:
         assert good(str(out))
 
 
+@pytest.mark.parametrize(("days", "damaged"), [(10, 9), (16, 14), (20, 10)])
+def test_bisect_never_probes_a_state_inside_a_commit(
+    tmp_path: Path, days: int, damaged: int
+) -> None:
+    """Review 23 (D, F1): bisect probed every position, steps inside a capture's commit
+    too: a new report made but not yet written is empty there, a state the master
+    never held. "Every report is non-empty" then failed on a good day's creation step,
+    and the search named that day (10 days, damage on day 9: day 5)."""
+    master = tmp_path / "m"
+    write(master / "r0.csv", b"id,amount\n1,5\n")
+    with Engine.open(tmp_path / "state", durability="nosync") as eng:
+        sc = eng.create_scenario("s", master=str(master), replicas={"r1": str(tmp_path / "r1")})
+        sc.start()
+        good_end = eng.last_position()
+        spans = {}
+        for day in range(1, days + 1):
+            write(master / f"r{day}.csv", f"id,amount\n{day},{day * 7}\n".encode())
+            if day == damaged:
+                os.truncate(master / "r0.csv", 0)  # the damage
+            first = eng.last_position() + 1
+            sc.capture()
+            spans[day] = (first, eng.last_position())
+        sc.stop()
+
+        def good(tree: str) -> bool:
+            return all(os.path.getsize(os.path.join(tree, n)) > 0 for n in os.listdir(tree))
+
+        found = eng.bisect("s", good, between=(good_end, None))
+        assert found.first_bad == spans[damaged][0]  # the damage's commit
+        assert found.last_good == spans[damaged][0] - 1
+        assert all(
+            position in {end for _, end in spans.values()} | {good_end, eng.last_position()}
+            for position, _ in found.probes
+        )
+        out = tmp_path / "check"
+        eng.replay("s", to=out, position=found.last_good)
+        assert good(str(out)) and len(os.listdir(out)) == damaged
+
+
 # -- 2. a burst committed in several transactions ----------------------------------------------
 
 

@@ -1236,6 +1236,29 @@ def test_bisect_refuses_bounds_in_the_wrong_order(ro: Engine) -> None:
         ro.bisect("fx", lambda d: True, between=("burst", "good"))
 
 
+def test_bisect_between_one_instant_and_itself_probes_it_once(ro: Engine) -> None:
+    """Review 23 (D, F10): between=(p, p) ran the predicate twice on the same tree."""
+    found = ro.bisect("fx", lambda d: True, between=("good", "good"))
+    assert [verdict for _, verdict in found.probes] == [True]
+    assert (found.last_good, found.first_bad) == (found.probes[0][0], None)
+
+
+class _Floating(dt.tzinfo):
+    """A time zone that gives no offset: Python takes its datetimes as naive."""
+
+    def utcoffset(self, when: dt.datetime | None) -> dt.timedelta | None:
+        return None
+
+
+def test_a_datetime_whose_zone_gives_no_offset_is_refused_coded(ro: Engine) -> None:
+    """Review 23 (D, F8): it passed the aware check and ended in a TypeError."""
+    floating = dt.datetime(2026, 1, 1, tzinfo=_Floating())
+    with pytest.raises(ConfigurationError, match="timezone-aware"):
+        ro.position_of(at=floating)
+    with pytest.raises(ConfigurationError, match="timezone-aware"):
+        ro.diff("fx", from_=floating, to=None)
+
+
 def test_bisect_refuses_an_empty_tree_that_fails_with_a_way_out(ro: Engine) -> None:
     with pytest.raises(ConfigurationError, match=r"lower bound 0 \(the empty tree\).*--good"):
         ro.bisect("fx", lambda d: os.path.exists(os.path.join(d, "notes.txt")))
