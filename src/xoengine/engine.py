@@ -573,7 +573,8 @@ class Engine:
         self, scenario: str, topics: Sequence[str], after: int, upto: int | None
     ) -> Iterator[tuple[int, int, Any]]:
         """``(position, time label, event)`` of a scenario's events of ``topics`` in a range."""
-        for record in self.recorder.records(after + 1, stop=upto, topics=topics):
+        records = self.recorder.records(after + 1, stop=upto, topics=topics, complete=True)
+        for record in records:
             event = self._decode(record)
             if event.scenario == scenario:
                 yield record.id, record.time_ns, event

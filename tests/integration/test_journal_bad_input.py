@@ -165,6 +165,48 @@ env.close()
 """
 
 
+_LOSE_TOPIC_ENTRY = """
+import sys, lmdb
+from xoengine.record import topic_key
+env = lmdb.open(sys.argv[1], max_dbs=100)
+topics = env.open_db(b"xoengine.events.topics")
+tkey = topic_key("xoengine.events:FileDeleted")
+with env.begin(write=True) as txn:
+    key, value = next((k, v) for k, v in txn.cursor(db=topics) if k.startswith(tkey))
+    txn.delete(key, db=topics)
+    if sys.argv[2] == "moved":  # a bit flipped in its topic half: under another topic
+        txn.put(bytes([key[0] ^ 0x10]) + key[1:], value, db=topics)
+env.close()
+"""
+
+
+@pytest.mark.parametrize("damage", ["lost", "moved"])
+def test_a_topic_index_entry_lost_or_moved_is_damage_not_a_wrong_tree(
+    tmp_path: Path, damage: str
+) -> None:
+    """Review 23 (F, H1): replay and diff read file events through the topic index.
+    An entry lost, or moved under another topic by a flipped key bit, was never read:
+    deleted files came back in the replay, with exit 0."""
+    state = _state(tmp_path, {"keep.txt": b"k", "gone/a.txt": b"a", "gone/b.txt": b"b"})
+    with Engine.open(state, durability="nosync") as eng:
+        sc = eng.scenario(SCENARIO)
+        shutil.rmtree(tmp_path / "m" / "gone")
+        sc.capture()
+        sc.stop()
+    assert run_cli("journal", "copy", state, tmp_path / "copy").returncode == 0
+    damaged = run_python(_LOSE_TOPIC_ENTRY, tmp_path / "copy", damage)
+    assert damaged.returncode == 0, damaged.stderr
+    replay = run_cli("replay", tmp_path / "copy", SCENARIO, "--to", tmp_path / "out")
+    assert replay.returncode == 4, replay.stderr
+    if damage == "lost":
+        assert "E4010" in replay.stderr and "topic index names" in replay.stderr
+    else:  # found by its checksum, which covers its key
+        assert "E4011" in replay.stderr and "xoengine.events.topics" in replay.stderr
+    assert not (tmp_path / "out" / "gone").exists()
+    assert run_cli("diff", tmp_path / "copy", SCENARIO, "1").returncode == 4
+    assert run_cli("journal", "verify", tmp_path / "copy").returncode == 4
+
+
 def test_a_table_another_program_added_is_named_as_such(copy: Path) -> None:
     # Refused (the journal is no longer what xoengine wrote), but not called a
     # damaged table directory with "missing []".
