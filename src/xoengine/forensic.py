@@ -705,11 +705,14 @@ class Forensics:
                 event = events[stop]
                 assert isinstance(event, ContentReplaced)
                 delta = event_delta(event.ops, self.source.blob)
-                made = out.rebuild(live.path, *delta, base=None, result=None)
+                # Both digests checked: the bytes it applies to, and what it made.
+                base, result = event.base or None, event.result or None
+                made = out.rebuild(live.path, *delta, base=base, result=result)
                 if made == "diverged":
                     raise FrameError(
                         position=live.content[stop][0],
-                        detail=f"its delta copies bytes {live.path!r} did not hold then",
+                        detail=f"its delta does not turn the bytes {live.path!r} held then "
+                        "into the content its digests name",
                     )
                 size = sum(op[2] for op in event.ops)
             begin = stop + 1

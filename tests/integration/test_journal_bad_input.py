@@ -9,6 +9,7 @@ where that cannot be done).
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import subprocess
 import sys
@@ -205,6 +206,48 @@ def test_a_topic_index_entry_lost_or_moved_is_damage_not_a_wrong_tree(
     assert not (tmp_path / "out" / "gone").exists()
     assert run_cli("diff", tmp_path / "copy", SCENARIO, "1").returncode == 4
     assert run_cli("journal", "verify", tmp_path / "copy").returncode == 4
+
+
+_SHIFT_A_COPY = """
+import struct, sys, lmdb, msgpack, xxhash
+env = lmdb.open(sys.argv[1], max_dbs=100)
+events = env.open_db(b"xoengine.events")
+key = struct.pack(">Q", int(sys.argv[2]))
+keep = {"ext_hook": msgpack.ExtType, "raw": False, "strict_map_key": False}
+with env.begin(write=True) as txn:
+    record = msgpack.unpackb(txn.get(key, db=events)[9:], **keep)
+    state = msgpack.unpackb(record[4], **keep)
+    copy = [op for op in state["ops"] if op[0] == "copy"][-1]
+    copy[1] -= 8  # a delta that copies the wrong bytes; its digests left as they were
+    record[4] = msgpack.packb(state, use_bin_type=True)
+    body = msgpack.packb(record, use_bin_type=True)
+    checksum = struct.pack(">Q", xxhash.xxh3_64_intdigest(key + body))
+    txn.put(key, b"\x01" + checksum + body, db=events)  # a frame that verifies
+env.close()
+"""
+
+
+def test_a_delta_whose_bytes_miss_its_result_digest_is_damage_not_a_wrong_file(
+    tmp_path: Path,
+) -> None:
+    """Review 23 (F, H3): replay applied a ContentReplaced without checking its
+    `result` digest (nor `base`): a delta that copied the wrong bytes, in a frame
+    whose checksum holds, made a wrong file with exit 0."""
+    data = random.Random(23).randbytes(200_000)  # no repeats: each copy from its own offset
+    state = _state(tmp_path, {"big.bin": data})
+    with Engine.open(state, durability="nosync") as eng:
+        sc = eng.scenario(SCENARIO)
+        shifted = data[:100_000] + b"0123456789" + data[100_000:]  # journaled as a delta
+        (tmp_path / "m" / "big.bin").write_bytes(shifted)
+        sc.capture()
+        sc.stop()
+        replaced = [h.position for h in eng.history(SCENARIO, "big.bin")]
+    assert run_cli("journal", "copy", state, tmp_path / "copy").returncode == 0
+    crafted = run_python(_SHIFT_A_COPY, tmp_path / "copy", replaced[-1])
+    assert crafted.returncode == 0, crafted.stderr
+    replay = run_cli("replay", tmp_path / "copy", SCENARIO, "--to", tmp_path / "out")
+    assert replay.returncode == 4, replay.stderr
+    assert "E4010" in replay.stderr and "digests" in replay.stderr
 
 
 def test_a_table_another_program_added_is_named_as_such(copy: Path) -> None:
