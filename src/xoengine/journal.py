@@ -1112,7 +1112,9 @@ def _verify_record(
     if kind == "events":
         if decode_position(key) != ordinal:  # the n-th record of a gapless table is position n
             raise FrameError(position=decode_position(key), detail=f"gap: expected {ordinal}")
-        decode_event(key, value, name)
+        event, _ = decode_event(key, value, name)
+        if event.topic in _CONTENT_TOPICS:
+            _verify_blob_refs(txn, ordinal, event.state)
     elif kind == "streams":
         _verify_stream_entry(txn, name, key, value)
     elif kind == "marker":
@@ -1127,6 +1129,39 @@ def _verify_record(
         BlobTable(store, name).get(key, txn)
     else:
         codec.unframe(key, value, where=name)
+
+
+_CONTENT_TOPICS: Final = frozenset(
+    {"xoengine.events:BytesWritten", "xoengine.events:ContentReplaced"}
+)
+"""The events whose bytes are blobs: ``ranges`` ``[offset, length, id]``, ``ops`` ``["data", id,
+length]`` (journal-format.md)."""
+
+
+def _verify_blob_refs(txn: ReadTxn, position: int, state: bytes) -> None:
+    """Check that each blob an event's state names is in the blob table, as long as named.
+
+    A blob lost (a damaged page, a table edited) otherwise verifies as a
+    journal whose replay then fails; a length that is not the blob's would
+    replay wrong bytes.
+    """
+    body = codec.unpack(state, position=position)
+    refs = [(r[2], r[1]) for r in body.get("ranges") or ()] if isinstance(body, dict) else []
+    if isinstance(body, dict):
+        refs += [(op[1], op[2]) for op in body.get("ops") or () if op[0] == "data"]
+    for blob_id, length in refs:
+        if not isinstance(blob_id, bytes) or len(blob_id) != 25:
+            raise FrameError(position=position, detail=f"names no blob id: {blob_id!r}")
+        if txn.get(BLOB_TABLE, blob_id) is None:
+            raise FrameError(
+                position=position, detail=f"names blob {blob_id.hex()}, which is not stored"
+            )
+        if length != POS.unpack_from(blob_id, 16)[0]:
+            raise FrameError(
+                position=position,
+                detail=f"takes {length!r} bytes of blob {blob_id.hex()}, which holds "
+                f"{POS.unpack_from(blob_id, 16)[0]}",
+            )
 
 
 def _verify_stream_entry(txn: ReadTxn, name: str, key: bytes, value: bytes) -> None:

@@ -250,6 +250,29 @@ def test_a_delta_whose_bytes_miss_its_result_digest_is_damage_not_a_wrong_file(
     assert "E4010" in replay.stderr and "digests" in replay.stderr
 
 
+_LOSE_A_BLOB = """
+import sys, lmdb
+env = lmdb.open(sys.argv[1], max_dbs=100)
+blobs = env.open_db(b"blobs")
+with env.begin(write=True) as txn:
+    key = max((k for k, _ in txn.cursor(db=blobs)), key=lambda k: int.from_bytes(k[16:24], "big"))
+    txn.delete(key, db=blobs)  # the largest: the 4 MiB one, as a lost overflow page would
+env.close()
+"""
+
+
+def test_verify_finds_a_blob_an_event_names_gone(tmp_path: Path) -> None:
+    """Review 23 (F, H2): `journal verify` checked the blobs there, not that the events'
+    blobs are: a journal that lost a blob verified OK, and its replay failed later."""
+    state = _state(tmp_path, {"big.bin": random.Random(7).randbytes(5 << 20), "f.txt": b"f"})
+    assert run_cli("journal", "copy", state, tmp_path / "copy").returncode == 0
+    lost = run_python(_LOSE_A_BLOB, tmp_path / "copy")
+    assert lost.returncode == 0, lost.stderr
+    verified = run_cli("journal", "verify", tmp_path / "copy")
+    assert verified.returncode == 4, verified.stdout
+    assert "which is not stored" in verified.stdout + verified.stderr
+
+
 def test_a_table_another_program_added_is_named_as_such(copy: Path) -> None:
     # Refused (the journal is no longer what xoengine wrote), but not called a
     # damaged table directory with "missing []".
