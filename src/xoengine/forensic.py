@@ -326,6 +326,20 @@ class BisectResult:
     burst_files: int
 
 
+def _check_blob_length(live: LiveFile, blob_id: bytes, length: int) -> None:
+    """Refuse a write that takes another length than its blob holds (its id says: 16..24)."""
+    if (
+        not isinstance(blob_id, bytes)
+        or len(blob_id) != 25
+        or length != int.from_bytes(blob_id[16:24], "big")
+    ):
+        raise FrameError(
+            position=live.path,
+            detail=f"a write takes {length!r} bytes of blob {blob_id!r}, which holds another "
+            "length",
+        )
+
+
 def _names_root(path: str | bytes) -> bool:
     """Whether ``path`` names the root (``.``, ``/`` or nothing) rather than a path below it.
 
@@ -740,6 +754,7 @@ class Forensics:
             if isinstance(event, BytesWritten):
                 limit = min(limit, event.size)
                 for offset, length, blob_id in event.ranges:
+                    _check_blob_length(live, blob_id, length)
                     extents.claim(offset, blob_id, length, limit)
             elif isinstance(event, FileTruncated):
                 limit = min(limit, event.size)
@@ -748,6 +763,7 @@ class Forensics:
                 cursor = 0
                 for op in event.ops:
                     if op[0] == "data":
+                        _check_blob_length(live, op[1], op[2])
                         extents.claim(cursor, op[1], op[2], limit)
                     cursor += op[2]
 

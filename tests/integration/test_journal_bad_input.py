@@ -208,7 +208,7 @@ def test_a_topic_index_entry_lost_or_moved_is_damage_not_a_wrong_tree(
     assert run_cli("journal", "verify", tmp_path / "copy").returncode == 4
 
 
-_SHIFT_A_COPY = """
+_CRAFT = """
 import struct, sys, lmdb, msgpack, xxhash
 env = lmdb.open(sys.argv[1], max_dbs=100)
 events = env.open_db(b"xoengine.events")
@@ -217,8 +217,11 @@ keep = {"ext_hook": msgpack.ExtType, "raw": False, "strict_map_key": False}
 with env.begin(write=True) as txn:
     record = msgpack.unpackb(txn.get(key, db=events)[9:], **keep)
     state = msgpack.unpackb(record[4], **keep)
-    copy = [op for op in state["ops"] if op[0] == "copy"][-1]
-    copy[1] -= 8  # a delta that copies the wrong bytes; its digests left as they were
+    if sys.argv[3] == "copy":
+        copy = [op for op in state["ops"] if op[0] == "copy"][-1]
+        copy[1] -= 8  # a delta that copies the wrong bytes; its digests left as they were
+    else:
+        state["ranges"][0][1] -= 5  # a write that takes less than its blob
     record[4] = msgpack.packb(state, use_bin_type=True)
     body = msgpack.packb(record, use_bin_type=True)
     checksum = struct.pack(">Q", xxhash.xxh3_64_intdigest(key + body))
@@ -243,11 +246,26 @@ def test_a_delta_whose_bytes_miss_its_result_digest_is_damage_not_a_wrong_file(
         sc.stop()
         replaced = [h.position for h in eng.history(SCENARIO, "big.bin")]
     assert run_cli("journal", "copy", state, tmp_path / "copy").returncode == 0
-    crafted = run_python(_SHIFT_A_COPY, tmp_path / "copy", replaced[-1])
+    crafted = run_python(_CRAFT, tmp_path / "copy", replaced[-1], "copy")
     assert crafted.returncode == 0, crafted.stderr
     replay = run_cli("replay", tmp_path / "copy", SCENARIO, "--to", tmp_path / "out")
     assert replay.returncode == 4, replay.stderr
     assert "E4010" in replay.stderr and "digests" in replay.stderr
+
+
+def test_a_write_that_takes_another_length_than_its_blob_is_damage(tmp_path: Path) -> None:
+    """Review 23 (F, M7): a BytesWritten range whose length is not its blob's (a frame
+    that verifies) replayed a wrong file with exit 0; verify said OK."""
+    state = _state(tmp_path, {"f.bin": b"0123456789" * 100})
+    with Engine.open(state, readonly=True) as eng:
+        written = [h.position for h in eng.history(SCENARIO, "f.bin")][-1]
+    assert run_cli("journal", "copy", state, tmp_path / "copy").returncode == 0
+    crafted = run_python(_CRAFT, tmp_path / "copy", written, "length")
+    assert crafted.returncode == 0, crafted.stderr
+    replay = run_cli("replay", tmp_path / "copy", SCENARIO, "--to", tmp_path / "out")
+    assert replay.returncode == 4 and "E4010" in replay.stderr, replay.stderr
+    verified = run_cli("journal", "verify", tmp_path / "copy")
+    assert verified.returncode == 4 and "holds 1000" in verified.stdout, verified.stdout
 
 
 _LOSE_A_BLOB = """
