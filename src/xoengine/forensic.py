@@ -270,7 +270,9 @@ class HistoryEntry:
     Empty: only the ``ctime`` moved, with nothing a user sets (a rename of the
     file, a hard link made or removed, a chmod or touch to the same value): the
     capture journals the new ``lstat`` so that it can tell the next change.
-    None for the other operations.
+    For a write, truncation or replacement that also moved the mode (a chmod
+    the same capture saw: it journals the content, whose ``lstat`` holds the
+    new mode), what it moved, and ``mode`` is the new one. None otherwise.
     """
 
 
@@ -664,7 +666,7 @@ class Forensics:
                 live = load(shape)
                 if live.kind == "symlink":
                     out.create(live.path, "symlink", 0, live.target)
-                    out.set_meta(live.path, None, None, live.owner)
+                    out.set_meta(live.path, None, live.mtime_ns, live.owner)  # the link's own
                     links += 1
                 elif live.kind == "file":
                     total += self._rebuild(out, live)
@@ -888,10 +890,14 @@ class Forensics:
                 was = _user_meta(state.get(fid))
                 self._step(state, pos, event)
                 entry = self._entry(pos, time_ns, fid, event, at, before=size)
+                after = _user_meta(state.get(fid))
+                pairs = zip(_META_NAMES, was, after, strict=False)  # not the xattrs
+                moved = [n for n, a, b in pairs if a != b]
                 if isinstance(event, MetadataChanged):
-                    after = _user_meta(state.get(fid))
-                    pairs = zip(_META_NAMES, was, after, strict=False)  # not the xattrs
-                    entry = dataclasses.replace(entry, changed=[n for n, a, b in pairs if a != b])
+                    entry = dataclasses.replace(entry, changed=moved)
+                elif was and not isinstance(event, FileCreated) and "mode" in moved:
+                    # A chmod the same pass saw with a write: its stat carries the mode.
+                    entry = dataclasses.replace(entry, mode=after[0], changed=moved)
                 entries.append((pos, 0, entry))
                 size = _size_after([event], size)
             for n, (pos, time_ns, old, now, via) in enumerate(carried.get(fid, []), 1):

@@ -145,6 +145,46 @@ def test_bisect_never_probes_a_state_inside_a_commit(
         assert good(str(out)) and len(os.listdir(out)) == damaged
 
 
+def test_history_shows_a_chmod_the_capture_saw_with_a_write(tmp_path: Path) -> None:
+    """Review 23 (E, F6): a chmod made with a content write between two captures was
+    journaled with the write (its lstat holds the mode) and shown nowhere: history's
+    last word on the mode stayed the old one."""
+    master = tmp_path / "m"
+    write(master / "f", b"secret")
+    os.chmod(master / "f", 0o600)
+    with Engine.open(tmp_path / "state", durability="nosync") as eng:
+        sc = eng.create_scenario("s", master=str(master), replicas={"r1": str(tmp_path / "r1")})
+        sc.start()
+        os.chmod(master / "f", 0o644)
+        with open(master / "f", "ab") as f:
+            f.write(b" shared")
+        sc.capture()
+        sc.stop()
+        last = eng.history("s", "f")[-1]
+        assert (last.operation, last.mode, last.changed) == ("written", 0o644, ["mode", "mtime"])
+        assert [e.mode for e in eng.history("s", "f") if e.mode is not None] == [0o600, 0o644]
+
+
+def test_replay_gives_a_link_its_journaled_mtime(tmp_path: Path) -> None:
+    """Review 23 (E, F3): replayed links carried the replay's own time; the journal,
+    diff and the replica had the link's."""
+    master = tmp_path / "m"
+    write(master / "f", b"f")
+    os.symlink("f", master / "l")
+    os.utime(master / "l", ns=(1_100_000_000 * 10**9,) * 2, follow_symlinks=False)
+    with Engine.open(tmp_path / "state", durability="nosync") as eng:
+        sc = eng.create_scenario("s", master=str(master), replicas={"r1": str(tmp_path / "r1")})
+        sc.start()
+        first = eng.last_position()
+        os.utime(master / "l", ns=(1_200_000_000 * 10**9,) * 2, follow_symlinks=False)
+        sc.capture()
+        sc.stop()
+        for position, seconds in [(first, 1_100_000_000), (eng.last_position(), 1_200_000_000)]:
+            out = tmp_path / f"out{position}"
+            eng.replay("s", to=out, position=position)
+            assert os.lstat(out / "l").st_mtime_ns == seconds * 10**9
+
+
 # -- 2. a burst committed in several transactions ----------------------------------------------
 
 
