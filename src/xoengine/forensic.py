@@ -892,12 +892,12 @@ class Forensics:
                 entry = self._entry(pos, time_ns, fid, event, at, before=size)
                 after = _user_meta(state.get(fid))
                 pairs = zip(_META_NAMES, was, after, strict=False)  # not the xattrs
-                moved = [n for n, a, b in pairs if a != b]
+                touched = [n for n, a, b in pairs if a != b]
                 if isinstance(event, MetadataChanged):
-                    entry = dataclasses.replace(entry, changed=moved)
-                elif was and not isinstance(event, FileCreated) and "mode" in moved:
+                    entry = dataclasses.replace(entry, changed=touched)
+                elif was and not isinstance(event, FileCreated) and "mode" in touched:
                     # A chmod the same pass saw with a write: its stat carries the mode.
-                    entry = dataclasses.replace(entry, mode=after[0], changed=moved)
+                    entry = dataclasses.replace(entry, mode=state[fid].mode, changed=touched)
                 entries.append((pos, 0, entry))
                 size = _size_after([event], size)
             for n, (pos, time_ns, old, now, via) in enumerate(carried.get(fid, []), 1):
