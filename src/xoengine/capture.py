@@ -487,7 +487,8 @@ class Capture:
 
     def _diff(self, walked: dict[str, Entry], known: dict[str, FileState]) -> None:
         # 1. Renames (they move known entries, so the steps below see them moved).
-        self._find_renames(walked, known)
+        # A move into a directory made anew waits for it (``waiting``): step 2 moves it.
+        waiting = self._find_renames(walked, known)
         # 2. Creations and changes, parents before children (walk order).
         # ``walked`` is in walk order (each directory right before its contents), all
         # this loop needs: no sort on the no-change path.
@@ -500,8 +501,12 @@ class Capture:
                 ):
                     self._delete_tree(path, known)
                     state = None
+                if state is None and path in waiting and waiting[path]():
+                    state = known.get(path)  # moved in, under its parent made anew
                 if state is None:
-                    self._create(path, entry)
+                    made = self._create(path, entry)
+                    if waiting and entry.kind == "dir":  # a parent of what moves in later
+                        known[path] = self._made_dir(made, entry)
                 else:
                     self._update(path, entry, state)
             if self._progress is not None:
@@ -515,7 +520,9 @@ class Capture:
             self._delete(path, known[path])
             del known[path]
 
-    def _find_renames(self, walked: dict[str, Entry], known: dict[str, FileState]) -> None:
+    def _find_renames(
+        self, walked: dict[str, Entry], known: dict[str, FileState]
+    ) -> dict[str, Callable[[], bool]]:
         """Journal moves: a path that holds an inode (and kind) another path held and lost.
 
         Parents first, so a directory's move carries its children, and their own
@@ -527,6 +534,11 @@ class Capture:
         path whose own inode went to a path not handled yet is not deleted (its
         identity moves there first). Where neither order serves (two paths that
         exchanged inodes), their contents are compared as usual.
+
+        A move into a directory made anew in the same pass (``rm -r out; mkdir
+        out; mv report out/``) waits for it: the old directory goes with what
+        it held, the new one is made, then the file moves in. Returned: for
+        each such path, what journals its move then (True if it did).
         """
         gone = {
             (s.dev, s.ino): p
@@ -534,7 +546,7 @@ class Capture:
             if s.ino and (p not in walked or not _same_inode(s, walked[p]))
         }
         if not gone:
-            return
+            return {}
 
         @functools.cache
         def now_at() -> dict[tuple[int, int], str]:  # only a replaced path asks (rare)
@@ -543,9 +555,17 @@ class Capture:
         candidates = [p for p in walked if p not in known or not _same_inode(known[p], walked[p])]
         ordered = sorted(candidates, key=lambda p: (p.count("/"), p in known))
         # Each one moved in turn; kept: those whose own identity had to move on first.
-        deferred = [p for p in ordered if self._move_into(p, walked, known, gone, now_at) is None]
+        waiting: set[str] = set()
+        deferred = [
+            p for p in ordered if self._move_into(p, walked, known, gone, now_at, waiting) is None
+        ]
         for path in deferred:  # their identity went on (now new paths), or they exchanged
-            self._move_into(path, walked, known, gone, now_at)
+            self._move_into(path, walked, known, gone, now_at, waiting)
+
+        def later(path: str) -> Callable[[], bool]:
+            return lambda: self._move_into(path, walked, known, gone, now_at, None) is True
+
+        return {path: later(path) for path in waiting}
 
     def _move_into(
         self,
@@ -554,11 +574,14 @@ class Capture:
         known: dict[str, FileState],
         gone: dict[tuple[int, int], str],
         now_at: Callable[[], dict[tuple[int, int], str]],
+        waiting: set[str] | None,
     ) -> bool | None:
         """Journal the move of what ``path`` holds from where it was, if it moved there.
 
         True if it did, False if it did not move, None if it may once the
         identity ``path`` holds now has moved on (to a path not handled yet).
+        A path under a directory made anew is added to ``waiting`` (False):
+        its move comes once that directory is (None: it is now).
         """
         entry = walked[path]
         old = gone.get((entry.dev, entry.inode))
@@ -570,6 +593,9 @@ class Capture:
             return False  # a new file given the freed inode number: created, not moved
         if not self._parents_are_dirs(path, known):
             return False  # under what the replica still holds as a file or link
+        if waiting is not None and self._made_anew_above(path, walked, known):
+            waiting.add(path)
+            return False  # into a directory made anew: once it is (step 2 of the diff)
         if path in known:
             mine = known[path]
             if _same_inode(mine, entry):
@@ -646,6 +672,22 @@ class Capture:
             and (_same_inode(state, entry) or entry.kind == "dir")
             and self._reborn(path, state)
         )
+
+    def _made_anew_above(
+        self, path: str, walked: dict[str, Entry], known: dict[str, FileState]
+    ) -> bool:
+        """Whether a directory above ``path`` is another one than the one known there."""
+        parts = path.split("/")
+        for depth in range(1, len(parts)):
+            above = "/".join(parts[:depth])
+            state, entry = known.get(above), walked.get(above)
+            if (
+                state is not None
+                and entry is not None
+                and (state.kind != entry.kind or self._made_anew(above, entry, state))
+            ):
+                return True
+        return False
 
     @staticmethod
     def _parents_are_dirs(path: str, known: dict[str, FileState]) -> bool:
@@ -736,18 +778,21 @@ class Capture:
             entry = walked.get(parent)
             if parent in known or entry is None or entry.kind != "dir":
                 continue
-            made = self._create(parent, entry)
-            known[parent] = made.evolve(
-                version=self._versions[made.file_id],
-                kind="dir",
-                mode=entry.mode,
-                mtime_ns=entry.mtime_ns,
-                ctime_ns=entry.ctime_ns,
-                ino=entry.inode,
-                dev=entry.dev,
-                uid=entry.uid,
-                gid=entry.gid,
-            )
+            known[parent] = self._made_dir(self._create(parent, entry), entry)
+
+    def _made_dir(self, made: FileState, entry: Entry) -> FileState:
+        """The state of a directory just journaled as made (``made``), as the walk saw it."""
+        return made.evolve(
+            version=self._versions[made.file_id],
+            kind="dir",
+            mode=entry.mode,
+            mtime_ns=entry.mtime_ns,
+            ctime_ns=entry.ctime_ns,
+            ino=entry.inode,
+            dev=entry.dev,
+            uid=entry.uid,
+            gid=entry.gid,
+        )
 
     def _update(self, path: str, entry: Entry, state: FileState) -> None:
         same_stat = (

@@ -10,6 +10,7 @@ rewind to before it gives the old file back.
 from __future__ import annotations
 
 import os
+import shutil
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -245,6 +246,38 @@ def test_capture_journals_a_move_into_the_directory_taking_the_name_as_two_renam
         if kind == "dir":
             moved["top/deep.txt"] = "top/top/deep.txt"
         assert diff.renamed == moved
+        _replicated_and_rewound(sc, tmp_path, before, tree)
+    finally:
+        eng.close()
+
+
+def test_capture_journals_a_move_into_a_directory_made_anew_as_a_rename(
+    tmp_path: Path,
+) -> None:
+    """``rm -r out; mkdir out; mv report out/`` between two captures (review 23 E, F4).
+
+    Was: report renamed into the old ``out``, then deleted with it, and a new file
+    made: the journal said the evidence was deleted. Now: the old ``out`` goes with
+    what it held, the new one is made, then report moves in.
+    """
+    eng, sc, master = new_scenario(tmp_path)
+    try:
+        write(master / "out" / "old", b"old build")
+        write(master / "report", b"evidence")
+        sc.start()
+        before = sc.set_rewind_point("before")
+        tree = snapshot_contents(master)
+        report = eng.history("fx", "report")[0].file_id
+        shutil.rmtree(master / "out")
+        (master / "out").mkdir()
+        os.rename(master / "report", master / "out" / "report")
+        after = sc.set_rewind_point("after")
+        history = [(e.operation, e.file_id) for e in eng.history("fx", "out/report")]
+        assert history[:3] == [("created", report), ("written", report), ("renamed", report)]
+        assert "deleted" not in [operation for operation, _ in history]
+        diff = eng.diff("fx", before.position, after.position)
+        assert diff.renamed == {"report": "out/report"}
+        assert diff.removed == ["out", "out/old"] and diff.added == ["out"]
         _replicated_and_rewound(sc, tmp_path, before, tree)
     finally:
         eng.close()
