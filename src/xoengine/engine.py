@@ -14,6 +14,7 @@ background thread while the scenario runs), and a
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
 import math
 import os
@@ -33,6 +34,7 @@ from xoengine import blocks, codec
 from xoengine.datastore import keep_freed_memory, writer_of
 from xoengine.errors import (
     ConfigurationError,
+    FrameError,
     JournalDamagedError,
     JournalLockedError,
     NoFileAtError,
@@ -949,7 +951,28 @@ class Engine:
         return list(self._sync_runs.get((scenario, replica), ()))
 
     def _decode(self, notification: Any) -> Any:
-        return self.app.mapper.to_domain_event(notification)
+        """The domain event of a record; one that does not decode is damage (E4010).
+
+        Its frame verified, a record may still hold a state that is not its
+        topic's (a writer's bug, a tool's edit): not a msgpack map, a topic
+        that names no class, a field missing.
+        """
+        try:
+            event = self.app.mapper.to_domain_event(notification)
+        except Exception as e:  # whatever the mapper met: the record's fault
+            raise FrameError(
+                position=notification.id,
+                detail=f"its state does not decode as a {notification.topic!r} event "
+                f"({type(e).__name__}: {e})",
+            ) from e
+        if dataclasses.is_dataclass(event):
+            missing = [f.name for f in dataclasses.fields(event) if not hasattr(event, f.name)]
+            if missing:
+                raise FrameError(
+                    position=notification.id,
+                    detail=f"its {notification.topic!r} event lacks {', '.join(missing)}",
+                )
+        return event
 
     def _read_file_events(self, after: int, limit: int) -> list[tuple[int, Applied | None]]:
         notes = self.recorder.select_notifications(after + 1, limit)

@@ -209,7 +209,7 @@ def test_a_topic_index_entry_lost_or_moved_is_damage_not_a_wrong_tree(
 
 
 _CRAFT = """
-import struct, sys, lmdb, msgpack, xxhash
+import struct, sys, zlib, lmdb, msgpack, xxhash
 env = lmdb.open(sys.argv[1], max_dbs=100)
 events = env.open_db(b"xoengine.events")
 key = struct.pack(">Q", int(sys.argv[2]))
@@ -220,9 +220,13 @@ with env.begin(write=True) as txn:
     if sys.argv[3] == "copy":
         copy = [op for op in state["ops"] if op[0] == "copy"][-1]
         copy[1] -= 8  # a delta that copies the wrong bytes; its digests left as they were
-    else:
+    elif sys.argv[3] == "length":
         state["ranges"][0][1] -= 5  # a write that takes less than its blob
+    elif sys.argv[3] == "no ranges":
+        del state["ranges"]
     record[4] = msgpack.packb(state, use_bin_type=True)
+    if sys.argv[3] == "compressed":
+        record[4] = zlib.compress(record[4])
     body = msgpack.packb(record, use_bin_type=True)
     checksum = struct.pack(">Q", xxhash.xxh3_64_intdigest(key + body))
     txn.put(key, b"\x01" + checksum + body, db=events)  # a frame that verifies
@@ -266,6 +270,24 @@ def test_a_write_that_takes_another_length_than_its_blob_is_damage(tmp_path: Pat
     assert replay.returncode == 4 and "E4010" in replay.stderr, replay.stderr
     verified = run_cli("journal", "verify", tmp_path / "copy")
     assert verified.returncode == 4 and "holds 1000" in verified.stdout, verified.stdout
+
+
+@pytest.mark.parametrize("craft", ["no ranges", "compressed"])
+def test_an_event_state_that_does_not_decode_is_damage_not_a_traceback(
+    tmp_path: Path, craft: str
+) -> None:
+    """Review 23 (F, M6): a frame that verifies but whose state is not its topic's (a
+    field missing, a compressed state) ended replay in a Python traceback, exit 1."""
+    state = _state(tmp_path, {"f.bin": b"0123456789" * 100})
+    with Engine.open(state, readonly=True) as eng:
+        written = [h.position for h in eng.history(SCENARIO, "f.bin")][-1]
+    assert run_cli("journal", "copy", state, tmp_path / "copy").returncode == 0
+    crafted = run_python(_CRAFT, tmp_path / "copy", written, craft)
+    assert crafted.returncode == 0, crafted.stderr
+    for verb in (["replay", "--to", str(tmp_path / "out")], ["cat", "f.bin"]):
+        done = run_cli(verb[0], tmp_path / "copy", SCENARIO, *verb[1:])
+        assert done.returncode == 4, done.stderr
+        assert "E4010" in done.stderr and "Traceback" not in done.stderr
 
 
 _LOSE_A_BLOB = """
