@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as dt
+import functools
 import math
 import os
 import re
@@ -271,6 +272,12 @@ def _inside(child: str, parent: str) -> bool:
 _HOME_TABLE: Final = "home"
 _JOURNAL_FILE: Final = b"journal-file"
 """Key of the journal's data file in :data:`_HOME_TABLE`: its inode and the state directory."""
+
+
+@functools.cache
+def _field_names(cls: type) -> tuple[str, ...]:
+    """The dataclass fields of an event class (none for another class)."""
+    return tuple(f.name for f in dataclasses.fields(cls)) if dataclasses.is_dataclass(cls) else ()
 
 
 class Engine:
@@ -965,8 +972,9 @@ class Engine:
                 detail=f"its state does not decode as a {notification.topic!r} event "
                 f"({type(e).__name__}: {e})",
             ) from e
-        if dataclasses.is_dataclass(event):
-            missing = [f.name for f in dataclasses.fields(event) if not hasattr(event, f.name)]
+        held = getattr(event, "__dict__", None)
+        if held is not None and len(held) < len(names := _field_names(type(event))):
+            missing = [name for name in names if name not in held]
             if missing:
                 raise FrameError(
                     position=notification.id,
