@@ -636,7 +636,9 @@ def retention(
             )
     newest = sorted((p.position for p in points), reverse=True)[: max(policy.min_points, 0)]
     if newest and cut > min(newest):
-        cut = min(newest)
+        # The last record the oldest kept point does not need: rewinds to positions
+        # between it and the point find the same state, and stay reachable.
+        cut = max((u.position for u in ordered if u.position <= min(newest)), default=0)
         reasons.append("held back: rewind points")
         kept = sum(u.bytes for u in ordered if u.position > cut)
         if alert is None and policy.max_bytes is not None and kept > policy.max_bytes:

@@ -102,6 +102,16 @@ def test_retention_keeps_min_points_reachable() -> None:
     assert decision.reasons == ("age", "held back: rewind points")
 
 
+def test_retention_held_back_by_a_point_cuts_at_the_last_record_before_it() -> None:
+    """Review 23 (D, F7): the cut (the rewind floor) was put at the point itself, so
+    positions between the last record before it and the point, which hold the same
+    replica state, were refused (E3012)."""
+    sparse = [u for u in TEN if u.position in (2, 4, 8, 9)]  # no records at 5..7
+    decision = retention(sparse, [point(7)], RetentionPolicy(max_bytes=1, min_points=1), NOW)
+    assert decision.trim_upto == 4
+    assert decision.reasons == ("size", "held back: rewind points")
+
+
 def test_retention_held_back_by_points_over_budget_alerts_and_journals_no_empty_trim() -> None:
     # Was a bug (review 21, F03): with the newest point at 3 and everything up to it
     # trimmed already, every check returned trim_upto=3 with nothing to drop (an empty
@@ -207,8 +217,8 @@ def model(
         outside = [u.position for u in items if u.time_ns < now - policy.window_s * S]
         cut = min(cut, max(outside, default=0))
     newest = sorted((p.position for p in points), reverse=True)[: policy.min_points]
-    if newest:
-        cut = min(cut, *newest)
+    if newest and cut > min(newest):  # the last record before the oldest kept point
+        cut = max((u.position for u in items if u.position <= min(newest)), default=0)
     return cut
 
 
