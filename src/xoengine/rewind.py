@@ -628,7 +628,11 @@ def retention(
             reasons.append("held back: window")
         if policy.max_bytes is not None:
             share = inside_bytes / max(policy.max_bytes, 1)
-        if policy.max_bytes is not None and inside_bytes >= _ALERT_SHARE * policy.max_bytes:
+        if (
+            policy.max_bytes is not None
+            and inside_bytes > 0  # an empty log is over no budget, a 0-byte one neither
+            and inside_bytes >= _ALERT_SHARE * policy.max_bytes
+        ):
             alert = (
                 f"undo log for the protected window holds {inside_bytes} bytes, "
                 f"{inside_bytes * 100 // max(policy.max_bytes, 1)}% of the {policy.max_bytes}-byte "

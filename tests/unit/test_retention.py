@@ -160,6 +160,13 @@ def test_retention_no_alert_below_eighty_percent() -> None:
     assert decision.alert is None  # 400 / 501 = 79.8 %
 
 
+def test_retention_no_alert_for_an_empty_window_under_a_zero_budget() -> None:
+    """Review 23 (D, F10): "0 bytes, 0% of the 0-byte budget" was an alert."""
+    policy = RetentionPolicy(max_bytes=0, window_s=100, min_points=0)
+    assert retention([], [], policy, NOW).alert is None
+    assert retention(TEN, [], policy, NOW).alert is not None  # 1000 bytes over a 0 budget
+
+
 def test_retention_no_alert_without_a_window() -> None:
     decision = retention(TEN, [], RetentionPolicy(max_bytes=10, min_points=0), NOW)
     assert decision.alert is None
@@ -253,7 +260,7 @@ def test_retention_never_trims_inside_the_window_or_past_the_newest_points(
     window_full = False
     if policy.window_s is not None and policy.max_bytes is not None:
         inside = sum(u.bytes for u in items if u.time_ns >= NOW - policy.window_s * S)
-        window_full = inside >= 0.8 * policy.max_bytes
+        window_full = inside > 0 and inside >= 0.8 * policy.max_bytes
     newest = sorted(positions, reverse=True)[: policy.min_points]
     unheld = model(items, points, dataclasses.replace(policy, min_points=0), NOW)
     points_full = (
