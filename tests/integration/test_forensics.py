@@ -2221,6 +2221,15 @@ def test_a_span_labelled_while_the_clock_stood_behind_is_alerted_once_and_noted(
             out, err = capsys.readouterr()
             assert out == content.decode()
             assert ("AW0006" in err and f"names position {span_end}" in err) is noted, err
+        # Review 23 (D, F6): the verbs that act on such a time say so too.
+        at = iso_time(label)
+        for verb in (
+            ["rewind", state, "fx", "r1", "--at", at, "--dry-run"],
+            ["bisect", state, "fx", "true", "--good", at],
+        ):
+            capsys.readouterr()
+            assert main(verb) == 0
+            assert f"names position {span_end}" in capsys.readouterr().err, verb[0]
     finally:
         eng.close()
 

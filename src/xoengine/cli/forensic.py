@@ -363,6 +363,8 @@ def cmd_bisect(args: argparse.Namespace) -> int:
     with Engine.open(args.state, readonly=True) as eng:
         good = _instant(eng, args.name, args.good)
         bad = _instant(eng, args.name, args.bad)
+        _before_history(eng, args.name, good, args.good)
+        _before_history(eng, args.name, bad, args.bad)
         result = eng.bisect(
             args.name,
             predicate,
@@ -411,11 +413,13 @@ def cmd_rewind(args: argparse.Namespace) -> int:
         point = None
     if args.dry_run:
         with Engine.open(args.state, readonly=True) as eng:
+            _before_history(eng, args.name, target["at"], args.at)
             preview = eng.scenario(args.name).rewind_preview(args.replica, point, **target)
             _show(preview, as_json=args.json)
         return 0
     with Engine.open(args.state, durability=args.durability) as eng:
         sc = eng.scenario(args.name)
+        _before_history(eng, args.name, target["at"], args.at)  # a flat span: the rewind's too
         was = sc.applied_position(args.replica)
         held = sc.rewind(args.replica, point, **target, progress=_progress("undo records undone"))
         result = {
