@@ -2230,6 +2230,10 @@ def test_a_span_labelled_while_the_clock_stood_behind_is_alerted_once_and_noted(
             capsys.readouterr()
             assert main(verb) == 0
             assert f"names position {span_end}" in capsys.readouterr().err, verb[0]
+        # (F2) A burst in the span may take in commits made long apart: said.
+        assert main(["bisect", state, "fx", "true", "--good", str(first), "--burst", "1"]) == 0
+        err = capsys.readouterr().err
+        assert "burst: " in err and "may take in commits made long apart" in err, err
     finally:
         eng.close()
 

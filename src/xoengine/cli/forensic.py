@@ -387,6 +387,15 @@ def cmd_bisect(args: argparse.Namespace) -> int:
                 "which a checkout, a build or an unpacked archive also trips",
                 file=sys.stderr,
             )
+            behind = eng.clock_behind(args.name, result.burst_position)
+            if behind is not None:  # commits there share one label: time cannot part them
+                print(
+                    f"note: the burst lies where the clock stood {behind[1]} s behind the "
+                    f"journal (AW0006 at position {behind[0]}): commits there share one time "
+                    "label, so the burst may take in commits made long apart; its start and "
+                    "files are an upper bound (`history`, `xoengine journal log` tell them apart)",
+                    file=sys.stderr,
+                )
     return 0
 
 
