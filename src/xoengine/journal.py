@@ -87,7 +87,7 @@ from xoengine.record import (
 from xoengine.streamindex import MARKER_KEY, MERGE_AT, StreamEntries, StreamTail, frame_marker
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator, Sequence
+    from collections.abc import Callable, Iterable, Iterator, Sequence
 
     from eventsourcing.persistence import Transcoder
     from eventsourcing.utils import Environment, EnvType
@@ -765,6 +765,18 @@ class LMDBApplicationRecorder(LMDBAggregateRecorder, ApplicationRecorder):
         if value is None:
             raise KeyError(position)
         return decode_event(key, value, self.events_table)[1]
+
+    def times_of(self, positions: Iterable[int]) -> list[int]:
+        """The time labels of ``positions``, in one read (KeyError for one there is not)."""
+        labels: list[int] = []
+        with self.datastore.read() as txn:
+            for position in positions:
+                key = encode_position(position)
+                value = txn.get(self.events_table, key)
+                if value is None:
+                    raise KeyError(position)
+                labels.append(decode_event(key, value, self.events_table)[1])
+        return labels
 
     def position_at(self, time_ns: int) -> int:
         """The last position whose time label is at or before ``time_ns`` (0 if none).

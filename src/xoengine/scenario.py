@@ -1404,11 +1404,9 @@ class Scenario:
                 # Records above the applied position are what an apply or a sync that
                 # did not finish left: kept for _recover, which undoes their changes.
                 applied = applier.position()
-                usage = [
-                    UndoUsage(p, recorder.time_of(p), b)
-                    for p, b in applier.undo.position_sizes()
-                    if p <= applied
-                ]
+                sizes = [(p, b) for p, b in applier.undo.position_sizes() if p <= applied]
+                labels = recorder.times_of(p for p, _ in sizes)  # one read, not one each
+                usage = [UndoUsage(p, t, b) for (p, b), t in zip(sizes, labels, strict=True)]
                 decision = retention(usage, points, policy, now)
                 decisions[name] = decision
                 if decision.trim_upto:
