@@ -1006,6 +1006,10 @@ class Scenario:
         if self._def.state == "Problem":
             self._check_state()  # caught up: the spool may be back under its limit
         self._alert_left_out()  # what was applied is told by now, whichever thread applied it
+        if not self._engine.readonly:
+            # The check after the appends saw the undo logs before these were applied:
+            # their before-images count now (AW0002 early, not one capture late).
+            self._auto_trim()
         return target
 
     # -- rewind (R5, R6) --------------------------------------------------------------------

@@ -1756,6 +1756,32 @@ def test_configured_retention_alerts_once_while_the_window_is_near_the_budget(
         assert len(warnings(eng)) == 4
 
 
+def test_the_budget_alert_counts_the_capture_just_applied(tmp_path: Path) -> None:
+    """Review 23 (D, F5): the check after a capture's append saw the undo logs before
+    the replicas applied it: at 90 % of the budget no alert, one only with the overrun.
+    wait_replicated checks again, once the before-images are in."""
+    eng, sc, master = new_engine(
+        tmp_path,
+        undo_max_bytes=1_000_000,
+        undo_window=86400,
+        undo_min_points=0,
+        undo_check_interval=0,
+    )
+    try:
+        write(master / "a", os.urandom(450_000))
+        sc.start()
+        write(master / "a", os.urandom(450_000))  # its before-image: 45 % of the budget
+        sc.capture()
+        sc.wait_replicated()
+        assert not warnings(eng)
+        write(master / "a", os.urandom(450_000))  # 90 %: the early warning
+        sc.capture()
+        sc.wait_replicated()
+        assert sorted(a.details["replica"] for a in warnings(eng)) == ["r1", "r2"]
+    finally:
+        eng.close()
+
+
 def warnings(eng: Engine) -> list[Any]:
     """The AW0002 alerts raised (not the notices that they cleared)."""
     return [
