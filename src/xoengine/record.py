@@ -223,6 +223,8 @@ def _event(position: int | str, record: Any) -> tuple[StoredEvent, int]:
     """The event and time label of an unpacked record (FrameError if it is not one)."""
     try:
         kind, oid, version, topic, state, time_ns = record
+        if not (kind == OID_UUID or (kind == OID_STR and type(oid) is str)):
+            raise ValueError(f"originator id kind {kind!r} with {type(oid).__name__} id")
         originator_id: uuid.UUID | str = uuid.UUID(bytes=oid) if kind == OID_UUID else oid
         event = StoredEvent(
             originator_id=originator_id,

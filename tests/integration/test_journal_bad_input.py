@@ -224,6 +224,8 @@ with env.begin(write=True) as txn:
         state["ranges"][0][1] -= 5  # a write that takes less than its blob
     elif sys.argv[3] == "no ranges":
         del state["ranges"]
+    elif sys.argv[3] == "oid kind":
+        record[0] = 2  # neither a UUID (0) nor a str (1) originator
     record[4] = msgpack.packb(state, use_bin_type=True)
     if sys.argv[3] == "compressed":
         record[4] = zlib.compress(record[4])
@@ -272,7 +274,7 @@ def test_a_write_that_takes_another_length_than_its_blob_is_damage(tmp_path: Pat
     assert verified.returncode == 4 and "holds 1000" in verified.stdout, verified.stdout
 
 
-@pytest.mark.parametrize("craft", ["no ranges", "compressed"])
+@pytest.mark.parametrize("craft", ["no ranges", "compressed", "oid kind"])
 def test_an_event_state_that_does_not_decode_is_damage_not_a_traceback(
     tmp_path: Path, craft: str
 ) -> None:
