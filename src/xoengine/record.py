@@ -219,15 +219,22 @@ def _topic_of(record: Any) -> str | None:
     return None
 
 
+def _originator(kind: object, oid: object) -> uuid.UUID | str:
+    """The originator id of a record's first two fields (ValueError: of no known kind)."""
+    if kind == OID_UUID and isinstance(oid, bytes):
+        return uuid.UUID(bytes=oid)
+    if kind == OID_STR and type(oid) is str:
+        return oid
+    msg = f"originator id kind {kind!r} with a {type(oid).__name__} id"
+    raise ValueError(msg)
+
+
 def _event(position: int | str, record: Any) -> tuple[StoredEvent, int]:
     """The event and time label of an unpacked record (FrameError if it is not one)."""
     try:
         kind, oid, version, topic, state, time_ns = record
-        if not (kind == OID_UUID or (kind == OID_STR and type(oid) is str)):
-            raise ValueError(f"originator id kind {kind!r} with {type(oid).__name__} id")
-        originator_id: uuid.UUID | str = uuid.UUID(bytes=oid) if kind == OID_UUID else oid
         event = StoredEvent(
-            originator_id=originator_id,
+            originator_id=_originator(kind, oid),
             originator_version=int(version),
             topic=str(topic),
             state=bytes(state),
