@@ -1099,13 +1099,15 @@ def verify(store: Store) -> VerifyReport:
             if kind == "catalog":
                 continue
             count = named = 0  # named: the events the topic index's entries name
+            latest = 0  # the newest time label so far: labels never go back
             for key, value in txn.items(name):
                 count += 1
                 try:
                     if kind == "topics":
                         named += _verify_topic_entry(txn, name, key, value)
-                    else:
-                        _verify_record(store, txn, kind, name, key, value, count)
+                        continue
+                    label = _verify_record(store, txn, kind, name, key, value, count, latest)
+                    latest = max(latest, label or 0)
                 except (FrameError, KeyError, ValueError) as e:
                     where = (
                         decode_position(key) if kind == "events" and len(key) == 8 else key.hex()
@@ -1119,15 +1121,32 @@ def verify(store: Store) -> VerifyReport:
 
 
 def _verify_record(
-    store: Store, txn: ReadTxn, kind: str, name: str, key: bytes, value: bytes, ordinal: int
-) -> None:
+    store: Store,
+    txn: ReadTxn,
+    kind: str,
+    name: str,
+    key: bytes,
+    value: bytes,
+    ordinal: int,
+    latest: int,
+) -> int | None:
+    """Check one record of a table of ``kind``; an event's time label (else None).
+
+    ``latest``: the newest label before it, which an event's may not be before.
+    """
     if kind == "events":
         if decode_position(key) != ordinal:  # the n-th record of a gapless table is position n
             raise FrameError(position=decode_position(key), detail=f"gap: expected {ordinal}")
-        event, _ = decode_event(key, value, name)
+        event, label = decode_event(key, value, name)
+        if label < latest:
+            raise FrameError(
+                position=ordinal,
+                detail=f"its time label {label} is before the one before it, {latest}",
+            )
         if event.topic in _CONTENT_TOPICS:
             _verify_blob_refs(txn, ordinal, event.state)
-    elif kind == "streams":
+        return label
+    if kind == "streams":
         _verify_stream_entry(txn, name, key, value)
     elif kind == "marker":
         body = codec.unframe(key, value, where=name, position="marker")
@@ -1141,6 +1160,7 @@ def _verify_record(
         BlobTable(store, name).get(key, txn)
     else:
         codec.unframe(key, value, where=name)
+    return None
 
 
 _CONTENT_TOPICS: Final = frozenset(

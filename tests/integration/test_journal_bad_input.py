@@ -226,6 +226,8 @@ with env.begin(write=True) as txn:
         del state["ranges"]
     elif sys.argv[3] == "oid kind":
         record[0] = 2  # neither a UUID (0) nor a str (1) originator
+    elif sys.argv[3] == "label back":
+        record[5] = 1  # a time label before the one before it
     record[4] = msgpack.packb(state, use_bin_type=True)
     if sys.argv[3] == "compressed":
         record[4] = zlib.compress(record[4])
@@ -290,6 +292,19 @@ def test_an_event_state_that_does_not_decode_is_damage_not_a_traceback(
         done = run_cli(verb[0], tmp_path / "copy", SCENARIO, *verb[1:])
         assert done.returncode == 4, done.stderr
         assert "E4010" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_verify_finds_a_time_label_that_goes_back(tmp_path: Path) -> None:
+    """Review 23 (F, M7): labels never go back (journal-format.md); one that did, in a
+    frame that verifies, passed `journal verify`."""
+    state = _state(tmp_path, {"f.bin": b"f"})
+    with Engine.open(state, readonly=True) as eng:
+        written = [h.position for h in eng.history(SCENARIO, "f.bin")][-1]
+    assert run_cli("journal", "copy", state, tmp_path / "copy").returncode == 0
+    crafted = run_python(_CRAFT, tmp_path / "copy", written, "label back")
+    assert crafted.returncode == 0, crafted.stderr
+    verified = run_cli("journal", "verify", tmp_path / "copy")
+    assert verified.returncode == 4 and "is before the one before it" in verified.stdout
 
 
 _LOSE_A_BLOB = """
