@@ -40,6 +40,7 @@ if TYPE_CHECKING:
     from xoengine.datastore import ReadTxn, WriteTxn
 
 __all__ = [
+    "RACY_NS_PER_BYTE",
     "RACY_WINDOW_NS",
     "RACY_WINDOW_WHOLE_SECONDS_NS",
     "MasterState",
@@ -95,10 +96,22 @@ RACY_WINDOW_WHOLE_SECONDS_NS: Final = 2_000_000_000
 """The window for timestamps that are whole seconds (filesystems without sub-second time)."""
 
 
+RACY_NS_PER_BYTE: Final = 4
+"""How long a write may take per byte (250 MB/s), added to a file's racy window (ns).
+
+A write stamps the mtime as it begins, and its bytes land until it ends: a
+capture that read a file while one long write was in flight (a database's
+or ``dd``'s 128 MiB ``pwrite``) saw some old bytes and some new, under the
+stat the write leaves. The window grows with the file's size by the time
+writing all of it may take, so such a file is read again once that time has
+passed (review 23 E, F8)."""
+
+
 def racy_window(state: FileState) -> int:
     """The window within which a stat taken after a timestamp leaves the file racy (ns)."""
     whole = state.mtime_ns % 1_000_000_000 == 0 and state.ctime_ns % 1_000_000_000 == 0
-    return RACY_WINDOW_WHOLE_SECONDS_NS if whole else RACY_WINDOW_NS
+    tick = RACY_WINDOW_WHOLE_SECONDS_NS if whole else RACY_WINDOW_NS
+    return tick + max(state.size, 0) * RACY_NS_PER_BYTE
 
 
 def _too_soon(state: FileState) -> bool:
