@@ -346,7 +346,10 @@ def test_cli_bisect_says_when_its_bad_bound_tests_good(
     assert json.loads(out)["first_bad"] is None
     assert f"the --bad bound {bad} tests good" in err
     assert main(["bisect", state, "s", "true", "--good", str(points["before"])]) == 0
-    assert "--bad" not in capsys.readouterr().err  # no bound given: nothing to say
+    err = capsys.readouterr().err
+    assert "--bad" not in err  # no bound given: nothing to say
+    # Review 23 (D, F9): no burst is said as such, with what it means.
+    assert "no burst: no 10 files that were there changed within 60 s" in err
 
 
 # -- 3. never an empty answer -----------------------------------------------------------------

@@ -380,7 +380,14 @@ def cmd_bisect(args: argparse.Namespace) -> int:
                 "nothing bad was found up to it; give a later bound, or none (the journal's end)",
                 file=sys.stderr,
             )
-        if result.burst_position is not None:
+        if result.burst_position is None:
+            print(
+                f"no burst: no {args.burst} files that were there changed within "
+                f"{args.burst_window:g} s of each other (damage paced slower is not flagged: "
+                "--burst-window widens the window; `diff` lists every change)",
+                file=sys.stderr,
+            )
+        else:
             print(
                 f"burst: {result.burst_files} files changed close together from position "
                 f"{result.burst_position}; a heuristic for mass damage (ransomware), "
