@@ -876,6 +876,29 @@ class Scenario:
         self._replica(replica)
         return not (replica in self._def.standing("E3011") or self._used_while_rewound(replica))
 
+    def reachable_by(self, point: RewindPoint | int) -> list[str]:
+        """The replicas a rewind to ``point`` (a rewind point, or a position) reaches now.
+
+        Those :meth:`rewindable` whose :meth:`rewind_floor` is at or below it:
+        retention trimmed the before-images below a floor, and a point after what
+        a replica applied is reached by applying forward.
+        """
+        self._usable("check the rewinds of")
+        position = point.position if isinstance(point, RewindPoint) else point
+        if not isinstance(position, int) or isinstance(position, bool) or position < 0:
+            raise ConfigurationError(
+                detail=f"a rewind point or a position (int >= 0), not {point!r}"
+            )
+        return [name for name, floor in self.rewind_floors().items() if floor <= position]
+
+    def rewind_floors(self) -> dict[str, int]:
+        """The :meth:`rewind_floor` of each replica that is :meth:`rewindable` now.
+
+        A point at or above a replica's floor is :meth:`reachable_by` it.
+        """
+        self._usable("check the rewinds of")
+        return {name: self.rewind_floor(name) for name in self.replicas if self.rewindable(name)}
+
     def suspend(self, replica: str) -> None:
         """Stop applying changes to ``replica``; they accumulate in the journal (R9)."""
         self._usable("suspend a replica of")

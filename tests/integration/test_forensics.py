@@ -1869,6 +1869,13 @@ def test_rewind_to_a_trimmed_point_is_refused(
         rows = {r["name"]: r for r in _json(capsys, ["rewind-points", state, "fx", "--json"])}
         assert "r1" not in rows[marks[0][0].name]["reachable_by"]
         assert "r1" in rows[marks[-1][0].name]["reachable_by"]
+        # And the API (review 23 D, F11: only the CLI said).
+        assert "r1" not in sc.reachable_by(marks[0][0])
+        assert "r1" in sc.reachable_by(marks[-1][0])
+        assert "r1" in sc.reachable_by(marks[-1][0].position)
+        assert sc.rewind_floors()["r1"] == sc.rewind_floor("r1")
+        with pytest.raises(ConfigurationError):
+            sc.reachable_by("not a point")  # type: ignore[arg-type]
         before = snapshot(tmp_path / "r1")
         with pytest.raises(RewindUnreachableError) as refused:
             sc.rewind("r1", marks[0][0])

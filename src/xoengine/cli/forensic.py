@@ -462,14 +462,10 @@ def cmd_points(args: argparse.Namespace) -> int:
         run_or_ask(args.state, args.durability, args.name, {"verb": "point", "name": args.set})
     with _engine(args, readonly=True) as eng:
         points = eng.rewind_points(args.name)  # a removed scenario's too
-        # Which replicas a rewind to each point still reaches: retention trims below
-        # a floor; a point after what a replica applied is reached by applying forward.
-        # A replica changed outside xoengine, or used while rewound, reaches none
-        # until it is resynchronized (nor does a removed scenario's).
-        floors: dict[str, int] = {}
-        if args.name in {s.name for s in eng.scenarios()}:
-            sc = eng.scenario(args.name)
-            floors = {r: sc.rewind_floor(r) for r in sc.replicas if sc.rewindable(r)}
+        # Which replicas a rewind to each point still reaches (Scenario.reachable_by,
+        # from the floors read once); none of a removed scenario's.
+        live = args.name in {s.name for s in eng.scenarios()}
+        floors = eng.scenario(args.name).rewind_floors() if live else {}
         rows: list[dict[str, Any]] = []
         for point in points:
             row = plain(point)
