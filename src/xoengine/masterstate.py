@@ -43,6 +43,7 @@ __all__ = [
     "RACY_NS_PER_BYTE",
     "RACY_WINDOW_NS",
     "RACY_WINDOW_WHOLE_SECONDS_NS",
+    "RACY_WRITE_MAX_NS",
     "MasterState",
     "capability_dropped",
     "holds_capability",
@@ -104,14 +105,17 @@ capture that read a file while one long write was in flight (a database's
 or ``dd``'s 128 MiB ``pwrite``) saw some old bytes and some new, under the
 stat the write leaves. The window grows with the file's size by the time
 writing all of it may take, so such a file is read again once that time has
-passed (review 23 E, F8)."""
+passed (review 23 E, F8), up to :data:`RACY_WRITE_MAX_NS`."""
+RACY_WRITE_MAX_NS: Final = 1_000_000_000
+"""The most a file's size adds to its racy window: a file is read again at each pass
+within its window, and a 20 GiB image must not be read whole for 80 s after a write."""
 
 
 def racy_window(state: FileState) -> int:
     """The window within which a stat taken after a timestamp leaves the file racy (ns)."""
     whole = state.mtime_ns % 1_000_000_000 == 0 and state.ctime_ns % 1_000_000_000 == 0
     tick = RACY_WINDOW_WHOLE_SECONDS_NS if whole else RACY_WINDOW_NS
-    return tick + max(state.size, 0) * RACY_NS_PER_BYTE
+    return tick + min(max(state.size, 0) * RACY_NS_PER_BYTE, RACY_WRITE_MAX_NS)
 
 
 def _too_soon(state: FileState) -> bool:

@@ -10,6 +10,7 @@ from xoengine.masterstate import (
     RACY_NS_PER_BYTE,
     RACY_WINDOW_NS,
     RACY_WINDOW_WHOLE_SECONDS_NS,
+    RACY_WRITE_MAX_NS,
     racy,
 )
 
@@ -44,6 +45,9 @@ def test_a_large_files_window_holds_the_time_writing_it_may_take() -> None:
     assert racy(_file(t, t, t + 100_000_000, size=size))  # 100 ms after: maybe in flight
     assert not racy(_file(t, t, t + 100_000_000))  # a small file: settled
     assert not racy(_file(t, t, t + SECOND, size=size))  # 1 s: written whole by then
+    huge = 20 << 30  # a 20 GiB image: at most a second more, not 80 s of whole reads
+    assert racy(_file(t, t, t + SECOND, size=huge))
+    assert not racy(_file(t, t, t + RACY_WINDOW_NS + RACY_WRITE_MAX_NS, size=huge))
 
 
 def test_whole_second_timestamps_get_the_wide_window() -> None:
