@@ -336,8 +336,9 @@ def _copy_range(src: int, dst: int, offset: int, count: int, kernel: bool) -> tu
 
 _ZEROS: Final = bytes(1 << 20)
 """Compared against, never written: a calloc'd buffer costs no memory until touched."""
-_HOLE_GRAIN: Final = 64 * 1024
-"""Zeros past a file's end are found (and left unwritten) in runs of this many bytes."""
+_HOLE_GRAINS: Final = (64 * 1024, 4096)
+"""Zeros past a file's end are found (and left unwritten) in runs of these many bytes: the
+large run first, then the block (the smallest hole a file system keeps) at the edge."""
 
 
 def _is_zeros(data: memoryview) -> bool:
@@ -347,17 +348,18 @@ def _is_zeros(data: memoryview) -> bool:
 
 
 def _nonzero_span(view: memoryview, low: int, high: int) -> tuple[int, int]:
-    """``view[low:high]`` without the runs of zeros (``_HOLE_GRAIN`` each) that lead or end it."""
-    while high > low:
-        cut = max(low, high - _HOLE_GRAIN)
-        if not _is_zeros(view[cut:high]):
-            break
-        high = cut
-    while low < high:
-        cut = min(high, low + _HOLE_GRAIN)
-        if not _is_zeros(view[low:cut]):
-            break
-        low = cut
+    """``view[low:high]`` without the runs of zeros (``_HOLE_GRAINS``) that lead or end it."""
+    for grain in _HOLE_GRAINS:
+        while high > low:
+            cut = max(low, high - grain)
+            if not _is_zeros(view[cut:high]):
+                break
+            high = cut
+        while low < high:
+            cut = min(high, low + grain)
+            if not _is_zeros(view[low:cut]):
+                break
+            low = cut
     return low, high
 
 
@@ -366,7 +368,7 @@ def _write_pieces(handle: int, pieces: Iterable[tuple[int, Piece]], size: int) -
 
     Zeros over no byte the file holds (past its first ``size`` bytes and the
     pieces before them) are left unwritten where they lead or end a part of a
-    piece (in runs of ``_HOLE_GRAIN``): they read as zeros once the caller
+    piece (in runs of ``_HOLE_GRAINS``): they read as zeros once the caller
     sets the size, and holes stay holes, so a sparse file replicates and
     replays sparse. Everything over bytes the file holds is written as is.
     A piece given as an ``int`` is that many zeros (a hole's before-image):

@@ -108,6 +108,22 @@ def test_zeros_past_the_end_stay_holes(sparse_dir: Path) -> None:
     assert image.read_bytes() == bytes(20 * MiB) + b"tail"
 
 
+def test_a_block_of_data_with_zeros_after_it_takes_its_block_not_its_run(
+    sparse_dir: Path,
+) -> None:
+    """Review 23 (E, F11): a changed 64 KiB block holding 4 bytes of data past a hole was
+    written whole (the zeros were trimmed in 64 KiB runs only): 64 KiB on disk where
+    the master took 4 KiB."""
+    tree = ReplicaTree(str(sparse_dir / "out"), fsync=False)
+    block = b"tail" + bytes(64 * 1024 - 4)
+    tree.write_new("image", [(64 * MiB, block)], 128 * MiB, 0o600, 0)
+    image = sparse_dir / "out" / "image"
+    assert allocated(image) <= 8192
+    with open(image, "rb") as f:
+        f.seek(64 * MiB)
+        assert f.read(len(block) + 8) == block + bytes(8)
+
+
 def test_copy_new_keeps_holes(sparse_dir: Path) -> None:
     master = sparse_dir / "thin.img"
     with open(master, "wb") as f:
