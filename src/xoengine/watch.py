@@ -16,6 +16,18 @@ checks the roots); where watchdog reports it as *modified*, the next full
 capture journals it. If the kernel's event queue overflows, the watcher
 falls back to one full capture.
 
+watchdog watches a directory it is told appeared by its path, when it reads
+the event: if the directory moved away (or its parent did) before that, the
+path may hold another directory by then, and its map of watched paths goes
+stale. The directory that moved is not watched, and events of the one
+watched come under the wrong path, for as long as the watch lasts; no scoped
+pass can make up for it (review 23 E, F9). So a directory moved away or
+deleted at or above one that appeared since the watches were made starts a
+*rewatch*: every root is watched afresh (a new walk) and the pass is a full
+capture, which sees what the stale watches missed and what changed while the
+new ones were being made. ``rm -r build`` after ``mkdir build`` costs one full
+pass; a directory made or moved in and left where it is costs nothing.
+
 ``stop`` journals every change made before it was called: its last pass is a
 full capture, after the observer stopped. Events still queued in watchdog when
 it stops are dropped (and a mark sent through the queue cannot tell a stale
@@ -37,7 +49,10 @@ import threading
 from typing import TYPE_CHECKING, Any, Protocol
 
 from watchdog.events import (
+    DirCreatedEvent,
+    DirDeletedEvent,
     DirModifiedEvent,
+    DirMovedEvent,
     FileSystemEvent,
     FileSystemEventHandler,
     FileSystemMovedEvent,
@@ -47,12 +62,17 @@ from watchdog.observers import Observer
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
+    from watchdog.observers.api import ObservedWatch
+
     from xoengine.layout import Layout
 
 __all__ = ["RETRY_MAX_S", "Capturing", "Watcher"]
 
 RETRY_MAX_S = 30.0
 """The longest pause between the retries of a failing live capture."""
+
+_APPEARED_MAX = 100_000
+"""Directories (and their parents) noted as appeared before a rewatch is made to forget them."""
 
 _STOPPED_EMITTER = "InotifyEmitter.queue_events() called when the thread is inactive"
 
@@ -95,6 +115,12 @@ class _Handler(FileSystemEventHandler):
     def on_any_event(self, event: FileSystemEvent) -> None:
         if isinstance(event, DirModifiedEvent) or event.event_type in {"opened", "closed_no_write"}:
             return
+        if isinstance(event, DirMovedEvent | DirDeletedEvent):
+            self.watcher.directory_left(os.fsdecode(event.src_path))
+        if isinstance(event, DirMovedEvent):
+            self.watcher.directory_appeared(os.fsdecode(event.dest_path))
+        elif isinstance(event, DirCreatedEvent):
+            self.watcher.directory_appeared(os.fsdecode(event.src_path))
         paths = [event.src_path]
         if isinstance(event, FileSystemMovedEvent):
             paths.append(event.dest_path)
@@ -115,7 +141,12 @@ class Watcher:
         self.delay = delay
         self._dirty: set[str] = set()
         self._roots_dirty = False  # a root's own metadata changed (a pass checks every root)
+        self._appeared: set[str] = set()  # directories made or moved in since the watches (parents)
+        self._rewatch = False  # the watches may be stale: make them again, then a full pass
         self._lock = threading.Lock()
+        self._scheduling = threading.Lock()  # a rewatch against stop
+        self._stopping = False
+        self._watches: list[ObservedWatch] = []
         self._signal = threading.Event()
         self._stop = threading.Event()
         self._observer = Observer()
@@ -131,8 +162,7 @@ class Watcher:
 
     def start(self) -> None:
         """Start watching (the observer schedules every root recursively)."""
-        for index, root in enumerate(self.layout.roots):
-            self._observer.schedule(_Handler(self, index, root), root, recursive=True)
+        self._schedule()
         self._observer.start()
         self._thread.start()
 
@@ -145,6 +175,8 @@ class Watcher:
         that last pass fails, its error is raised once both have ended.
         """
         try:
+            with self._scheduling:  # after a rewatch under way, before the next
+                self._stopping = True
             self._observer.stop()
             self._observer.join()
         except Exception as e:  # noqa: BLE001 (kept for the caller; the last pass covers it)
@@ -162,12 +194,50 @@ class Watcher:
             self._roots_dirty |= not paths
         self._signal.set()
 
-    def _take(self) -> set[str] | None:
-        """The paths to capture (empty: only the roots), None if nothing changed."""
+    def directory_appeared(self, path: str) -> None:
+        """Note a directory made or moved in at ``path`` (absolute; from watchdog's thread)."""
+        with self._lock:
+            while path not in self._appeared:
+                self._appeared.add(path)
+                path, child = os.path.dirname(path), path
+                if path == child:
+                    break
+            if len(self._appeared) > _APPEARED_MAX:  # forgotten by a rewatch
+                self._rewatch = True
+
+    def directory_left(self, path: str) -> None:
+        """Note a directory moved away or deleted at ``path``: a watch under it may be stale."""
+        with self._lock:
+            if path not in self._appeared:
+                return
+            self._rewatch = True
+        self._signal.set()
+
+    def _take(self) -> tuple[set[str] | None, bool]:
+        """The paths to capture (empty: only the roots; None: nothing changed), and a rewatch."""
         with self._lock:
             dirty, self._dirty = self._dirty, set()
             roots, self._roots_dirty = self._roots_dirty, False
-            return dirty if dirty or roots else None
+            rewatch, self._rewatch = self._rewatch, False
+            if rewatch:
+                self._appeared.clear()  # the new watches are made from the tree as it is now
+            return (dirty if dirty or roots else None), rewatch
+
+    def _schedule(self) -> None:
+        self._watches = [
+            self._observer.schedule(_Handler(self, index, root), root, recursive=True)
+            for index, root in enumerate(self.layout.roots)
+        ]
+
+    def _rewatch_roots(self) -> None:
+        """Watch every root afresh: watchdog's map of the watched directories may be stale."""
+        with self._scheduling:
+            if self._stopping:  # the last pass is a full one and needs no watches
+                return
+            for watch in self._watches:
+                self._observer.unschedule(watch)
+            self._watches = []
+            self._schedule()
 
     def _run(self) -> None:
         while True:
@@ -185,16 +255,21 @@ class Watcher:
                 self._take()
                 self._capture(None)  # the last pass: everything, the observer has stopped
                 return
-            dirty = self._take()
-            if self.failing is not None:  # a retry: a full pass sees what the failed one missed
+            dirty, rewatch = self._take()
+            if rewatch:  # new watches, then a full pass: it sees what the stale ones missed
+                self._capture(None, rewatch=True)
+            elif self.failing is not None:  # a retry: a full pass sees what the failed one missed
                 self._capture(None)
             elif dirty is not None:
                 self._capture(sorted(dirty))
 
-    def _capture(self, paths: list[str] | None) -> None:
+    def _capture(self, paths: list[str] | None, *, rewatch: bool = False) -> None:
         try:
-            self.scenario.capture(paths)
+            self._pass(paths, rewatch=rewatch)
         except Exception as e:  # noqa: BLE001 (told, kept, retried; the watcher goes on)
+            if rewatch:
+                with self._lock:
+                    self._rewatch = True  # with the retry
             self.errors.append(e)
             self._retries += 1
             self._signal.set()  # a retry, after a pause
@@ -206,6 +281,17 @@ class Watcher:
         if self.failing is not None:
             self.failing, self._retries = None, 0
             self._tell(None)
+
+    def _pass(self, paths: list[str] | None, *, rewatch: bool) -> None:
+        failed: OSError | None = None
+        if rewatch:
+            try:
+                self._rewatch_roots()
+            except OSError as e:  # a root gone: the pass says so in its own terms, if it fails
+                failed = e
+        self.scenario.capture(paths)
+        if failed is not None:
+            raise failed
 
     def _tell(self, error: Exception | None) -> None:
         try:

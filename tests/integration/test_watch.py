@@ -394,3 +394,63 @@ def test_an_applier_told_to_stop_ends_after_its_group_not_its_backlog(
         sc.start()  # a new thread takes it up
         sc.wait_replicated()
         assert compare_trees(master, tmp_path / "r1") == []
+
+
+@pytest.mark.parametrize(
+    ("steps", "moved"),
+    [
+        (["mkdir a/a", "mv a/a a/c", "mkdir a/a"], "a/c"),  # the directory moved
+        (["mkdir a/x", "mv a b", "mkdir a", "mkdir a/x"], "b/x"),  # its parent moved
+    ],
+)
+def test_watch_journals_changes_in_a_directory_moved_before_its_creation_was_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, steps: list[str], moved: str
+) -> None:
+    """A directory made, then moved (or its parent), read by watchdog only after the last step.
+
+    Review 23 E, F9: watchdog watches a directory it is told was created by
+    its path, when it reads the event; the path then held another directory,
+    so the one made (now at ``moved``) was never watched and the watch of the
+    other was filed under ``moved``. What was made there later was never
+    journaled nor replicated, until a full pass. The watchdog thread is held
+    at a gate here while the directories move, as a busy machine holds it.
+    """
+    from watchdog.observers.inotify_c import InotifyFD  # noqa: PLC0415
+
+    master, r1 = tmp_path / "m", tmp_path / "r1"
+    (master / "a").mkdir(parents=True)
+    gate = threading.Event()
+    gate.set()
+    original = InotifyFD.handle_event
+
+    def gated(self: InotifyFD, event: Any) -> None:
+        gate.wait()
+        original(self, event)
+
+    monkeypatch.setattr(InotifyFD, "handle_event", gated)
+    with Engine.open(tmp_path / "state", durability="nosync") as eng:
+        sc = eng.create_scenario("w", master=str(master), replicas={"r1": str(r1)}, watch_delay=0.1)
+        sc.start(watch=True)
+        try:
+            (master / "marker-0").write_text("watching")
+            sc.wait_captured("marker-0", timeout=60)
+            gate.clear()
+            try:
+                for step in steps:
+                    verb, *names = step.split()
+                    if verb == "mkdir":
+                        (master / names[0]).mkdir()
+                    else:
+                        (master / names[0]).rename(master / names[1])
+                (master / "marker-1").write_text("moved")
+            finally:
+                gate.set()  # watchdog reads them all now
+            sc.wait_captured("marker-1", timeout=60)
+            (master / moved / "new").write_text("made in the moved directory")
+            (master / steps[-1].split()[-1] / "other").write_text("made in the second one")
+            (master / "marker-2").write_text("made")
+            sc.wait_captured("marker-2", timeout=60)
+            sc.wait_replicated(timeout=60)
+            assert compare_trees(master, r1) == []
+        finally:
+            sc.stop()
