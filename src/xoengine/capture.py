@@ -533,7 +533,8 @@ class Capture:
         mv C A``, a deployment's swap): new paths come first at each depth, and a
         path whose own inode went to a path not handled yet is not deleted (its
         identity moves there first). Where neither order serves (two paths that
-        exchanged inodes), their contents are compared as usual.
+        exchanged inodes), their contents are compared as usual. A directory a
+        move replaces first gives up what it held that lives on (``_rescue``).
 
         A move into a directory made anew in the same pass (``rm -r out; mkdir
         out; mv report out/``) waits for it: the old directory goes with what
@@ -602,14 +603,13 @@ class Capture:
                 return False  # moved into place already, with its parent
             elsewhere = now_at().get((mine.dev, mine.ino), path)
             if elsewhere == path or self._reborn(elsewhere, mine):
+                self._rescue(path, old, walked, known, gone, now_at)
                 self._delete_tree(path, known)  # replaced by the moved one
-            elif not self._move_inside(path, old, elsewhere, known, gone):
+            elif not self._move_inside(path, old, elsewhere, known, gone, now_at):
                 return None  # its own identity moves on first (or the two exchanged)
         self._create_parents(path, walked, known)
         self._rename(old, path, known)
-        for key, was in gone.items():
-            if was.startswith(old + "/"):
-                gone[key] = path + was[len(old) :]
+        self._moved_on(old, path, gone)
         return True
 
     def _move_inside(
@@ -619,25 +619,101 @@ class Capture:
         elsewhere: str,
         known: dict[str, FileState],
         gone: dict[tuple[int, int], str],
+        now_at: Callable[[], dict[tuple[int, int], str]],
     ) -> bool:
         """Move what ``path`` held into the directory ``old`` that takes its name next.
 
         ``mv top D/top; mv D top``: ``top``'s file is at ``top/top`` now, below
         the directory coming from ``D``. It goes to ``D/top`` first, then ``D``
-        (with it) to ``top``. False where ``elsewhere`` is not below ``path`` or
-        has no known directory to go to below ``old``.
+        (with it) to ``top``. A ``D/top`` it was moved over (its inode is gone)
+        is deleted first. False where ``elsewhere`` is not below ``path`` or has
+        no known directory to go to below ``old``, or where what ``D/top`` held
+        lives on elsewhere (it moves first).
         """
         if not elsewhere.startswith(path + "/"):
             return False
         inside = old + elsewhere[len(path) :]
         parent = known.get(inside.rpartition("/")[0])
-        if inside in known or parent is None or parent.kind != "dir":
+        if parent is None or parent.kind != "dir" or not self._free(inside, known, now_at):
             return False
         self._rename(path, inside, known)
         for key, was in gone.items():  # where they are now: they move on with ``old``
             if was == path or was.startswith(path + "/"):
                 gone[key] = inside + was[len(path) :]
         return True
+
+    def _rescue(
+        self,
+        path: str,
+        old: str,
+        walked: dict[str, Entry],
+        known: dict[str, FileState],
+        gone: dict[tuple[int, int], str],
+        now_at: Callable[[], dict[tuple[int, int], str]],
+    ) -> None:
+        """Move out what the directory ``path``, replaced by ``old``, held that lives on.
+
+        ``mv release/config keep/; mv release-new release``: config goes to keep
+        first, then the old release is deleted and release-new takes its name.
+        ``mv c/y b/y; rmdir c; mv b c``: y goes into b first and comes back to
+        c/y with it. What has no known directory to go to (or goes below one
+        made anew) is deleted with ``path``, as before.
+        """
+        below = [p for p in known if p.startswith(path + "/")]
+        for child in sorted(below, key=lambda p: p.count("/")):
+            state = known.get(child)
+            if state is None or not state.ino:
+                continue  # moved on with its directory, or of no known inode
+            at = now_at().get((state.dev, state.ino))
+            if at is None or self._reborn(at, state):
+                continue  # gone (or a new file took its number): deleted with ``path``
+            if at.startswith(path + "/"):
+                to = old + at[len(path) :]  # into ``old``: with it to ``at``
+                parent = known.get(to.rpartition("/")[0])
+                if parent is None or parent.kind != "dir" or not self._free(to, known, now_at):
+                    continue
+            else:
+                to = at
+                if (
+                    at.startswith((old + "/", child + "/"))
+                    or not self._parents_are_dirs(at, known)
+                    or self._made_anew_above(at, walked, known)
+                    or not self._free(at, known, now_at)
+                ):
+                    continue
+                self._create_parents(at, walked, known)
+            self._rename(child, to, known)
+            self._moved_on(child, to, gone)
+
+    def _free(
+        self,
+        path: str,
+        known: dict[str, FileState],
+        now_at: Callable[[], dict[tuple[int, int], str]],
+    ) -> bool:
+        """Whether a move may go to ``path``: nothing known there, or what was is deleted first.
+
+        A move over a file (or an empty directory) that lives on nowhere is its
+        deletion (``mv a b`` over ``b``). False where what ``path`` held lives on
+        elsewhere (it moves first), or is a directory that holds entries.
+        """
+        over = known.get(path)
+        if over is None:
+            return True
+        at = now_at().get((over.dev, over.ino))
+        if (at is not None and not self._reborn(at, over)) or any(
+            p.startswith(path + "/") for p in known
+        ):
+            return False
+        self._delete(path, known.pop(path))  # moved over
+        return True
+
+    @staticmethod
+    def _moved_on(old: str, new: str, gone: dict[tuple[int, int], str]) -> None:
+        """Note in ``gone`` that what was below ``old`` is below ``new`` now."""
+        for key, was in gone.items():
+            if was.startswith(old + "/"):
+                gone[key] = new + was[len(old) :]
 
     def _reborn(self, path: str, was: FileState) -> bool:
         """Whether ``path``'s inode was created after ``was`` (the vanished path) was last seen.

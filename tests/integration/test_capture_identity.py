@@ -281,3 +281,128 @@ def test_capture_journals_a_move_into_a_directory_made_anew_as_a_rename(
         _replicated_and_rewound(sc, tmp_path, before, tree)
     finally:
         eng.close()
+
+
+def _moves(eng: Engine, path: str) -> list[tuple[str, str, str | None]]:
+    """``path``'s renames and deletions: (operation, path, new path)."""
+    return [
+        (e.operation, e.path, e.new_path)
+        for e in eng.history("fx", path)
+        if e.operation in {"renamed", "deleted", "created"}
+    ]
+
+
+@pytest.mark.parametrize("how", ["renamed onto", "removed, then another renamed onto", "over"])
+def test_capture_journals_a_file_rescued_out_of_a_replaced_directory_as_a_rename(
+    tmp_path: Path, how: str
+) -> None:
+    """``mv release/config keep/; mv release-new release`` between two captures (review 23 E, F2).
+
+    Was: config deleted with the old release and a new file made at keep/config
+    (history said the evidence was deleted). Now: config renamed to keep/config
+    first, then the old release deleted, release-new renamed to release. Moved
+    over a kept config (``over``): that one deleted first.
+    """
+    eng, sc, master = new_scenario(tmp_path)
+    try:
+        write(master / "release" / "config", b"evidence config")
+        write(master / "release-new" / "app", b"new app")
+        (master / "keep").mkdir()
+        if how == "over":
+            write(master / "keep" / "config", b"an older config")
+        sc.start()
+        before = sc.set_rewind_point("before")
+        tree = snapshot_contents(master)
+        config = eng.history("fx", "release/config")[0].file_id
+        os.rename(master / "release" / "config", master / "keep" / "config")
+        if how == "removed, then another renamed onto":
+            os.rmdir(master / "release")
+        os.rename(master / "release-new", master / "release")
+        after = sc.set_rewind_point("after")
+        moves = [m for m in _moves(eng, "keep/config") if m[1] != "keep/config"]
+        assert moves == [
+            ("created", "release/config", None),
+            ("renamed", "release/config", "keep/config"),
+        ]
+        assert {e.file_id for e in eng.history("fx", "release/config")} == {config}
+        diff = eng.diff("fx", before.position, after.position)
+        assert diff.renamed == {
+            "release/config": "keep/config",
+            "release-new": "release",
+            "release-new/app": "release/app",
+        }
+        removed = ["keep/config", "release"] if how == "over" else ["release"]
+        assert (diff.removed, diff.added) == (removed, [])
+        _replicated_and_rewound(sc, tmp_path, before, tree)
+    finally:
+        eng.close()
+
+
+def test_capture_keeps_a_file_moved_into_the_directory_taking_its_directory_s_name(
+    tmp_path: Path,
+) -> None:
+    """``mv c/y b/y; rmdir c; mv b c`` between two captures (review 23 E, F2).
+
+    c/y is the same file at the same path after. Was: c/y deleted with the old c
+    and made again. Now: renamed to b/y, then back to c/y with b.
+    """
+    eng, sc, master = new_scenario(tmp_path)
+    try:
+        write(master / "b" / "x", b"x" * 5000)
+        write(master / "c" / "y", b"evidence y")
+        sc.start()
+        before = sc.set_rewind_point("before")
+        tree = snapshot_contents(master)
+        y = eng.history("fx", "c/y")[0].file_id
+        os.rename(master / "c" / "y", master / "b" / "y")
+        os.rmdir(master / "c")
+        os.rename(master / "b", master / "c")
+        after = sc.set_rewind_point("after")
+        assert _moves(eng, "c/y") == [
+            ("created", "c/y", None),
+            ("renamed", "c/y", "b/y"),
+            ("renamed", "b/y", "c/y"),
+        ]
+        assert {e.file_id for e in eng.history("fx", "c/y")} == {y}
+        diff = eng.diff("fx", before.position, after.position)
+        assert diff.renamed == {"b": "c", "b/x": "c/x"}
+        assert (diff.removed, diff.added) == (["c"], [])
+        _replicated_and_rewound(sc, tmp_path, before, tree)
+    finally:
+        eng.close()
+
+
+def test_capture_journals_a_directory_renamed_onto_a_file_moved_into_it_as_renames(
+    tmp_path: Path,
+) -> None:
+    """``mv c b/a`` (over b/a), then ``mv b c``, between two captures (review 23 E, F1).
+
+    Was: b, c and all they held deleted and journaled anew (every file's bytes
+    again, no rename in history or diff). Now: b/a deleted (moved over), c
+    renamed to b/a, then b to c.
+    """
+    eng, sc, master = new_scenario(tmp_path)
+    try:
+        write(master / "b" / "a", b"old a")
+        write(master / "b" / "x", b"x" * 5000)
+        write(master / "c", b"file c")
+        sc.start()
+        before = sc.set_rewind_point("before")
+        tree = snapshot_contents(master)
+        ids = {p: eng.history("fx", p)[0].file_id for p in ("b/a", "b/x", "c")}
+        os.rename(master / "c", master / "b" / "a")
+        os.rename(master / "b", master / "c")
+        after = sc.set_rewind_point("after")
+        assert _moves(eng, "c/x") == [("created", "b/x", None), ("renamed", "b/x", "c/x")]
+        assert _moves(eng, "c/a")[-2:] == [("renamed", "c", "b/a"), ("renamed", "b/a", "c/a")]
+        assert {e.file_id for e in eng.history("fx", "c/a") if e.operation == "renamed"} == {
+            ids["c"]
+        }
+        old_a = [e.operation for e in eng.history("fx", "b/a") if e.file_id == ids["b/a"]]
+        assert old_a[-1] == "deleted"
+        diff = eng.diff("fx", before.position, after.position)
+        assert diff.renamed == {"b": "c", "b/x": "c/x", "c": "c/a"}
+        assert (diff.removed, diff.added) == (["b/a"], [])
+        _replicated_and_rewound(sc, tmp_path, before, tree)
+    finally:
+        eng.close()
