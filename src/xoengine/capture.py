@@ -487,7 +487,8 @@ class Capture:
 
     def _diff(self, walked: dict[str, Entry], known: dict[str, FileState]) -> None:
         # 1. Renames (they move known entries, so the steps below see them moved).
-        # A move into a directory made anew waits for it (``waiting``): step 2 moves it.
+        # A move into a directory made anew (or where a file was) waits for it
+        # (``waiting``): step 2 moves it.
         waiting = self._find_renames(walked, known)
         # 2. Creations and changes, parents before children (walk order).
         # ``walked`` is in walk order (each directory right before its contents), all
@@ -537,9 +538,10 @@ class Capture:
         move replaces first gives up what it held that lives on (``_rescue``).
 
         A move into a directory made anew in the same pass (``rm -r out; mkdir
-        out; mv report out/``) waits for it: the old directory goes with what
-        it held, the new one is made, then the file moves in. Returned: for
-        each such path, what journals its move then (True if it did).
+        out; mv report out/``, or ``rm x; mkdir x; mv f x/``) waits for it:
+        the old directory (or file) goes with what it held, the new one is
+        made, then the file moves in. Returned: for each such path, what
+        journals its move then (True if it did).
         """
         gone = {
             (s.dev, s.ino): p
@@ -592,11 +594,11 @@ class Capture:
             return False  # into itself, or out of the directory it replaces
         if self._reborn(path, known[old]):
             return False  # a new file given the freed inode number: created, not moved
-        if not self._parents_are_dirs(path, known):
-            return False  # under what the replica still holds as a file or link
         if waiting is not None and self._made_anew_above(path, walked, known):
             waiting.add(path)
-            return False  # into a directory made anew: once it is (step 2 of the diff)
+            return False  # into a directory made anew (or of a file): once it is (step 2)
+        if not self._parents_are_dirs(path, known):
+            return False  # under what the replica still holds as a file or link
         if path in known:
             mine = known[path]
             if _same_inode(mine, entry):
@@ -752,7 +754,7 @@ class Capture:
     def _made_anew_above(
         self, path: str, walked: dict[str, Entry], known: dict[str, FileState]
     ) -> bool:
-        """Whether a directory above ``path`` is another one than the one known there."""
+        """Whether a directory above ``path`` is another one than the one (or file) known there."""
         parts = path.split("/")
         for depth in range(1, len(parts)):
             above = "/".join(parts[:depth])

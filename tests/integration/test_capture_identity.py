@@ -406,3 +406,38 @@ def test_capture_journals_a_directory_renamed_onto_a_file_moved_into_it_as_renam
         _replicated_and_rewound(sc, tmp_path, before, tree)
     finally:
         eng.close()
+
+
+@pytest.mark.parametrize("kind", ["file", "dir"])
+def test_capture_journals_a_move_into_a_directory_that_replaced_a_file_as_a_rename(
+    tmp_path: Path, kind: str
+) -> None:
+    """``rm x; mkdir x; mv f x/f`` between two captures (review 23 E, F5).
+
+    Was: f deleted and x/f made anew (the master state still held x as a file).
+    Now: the file x deleted, the directory x made, then f moved in.
+    """
+    eng, sc, master = new_scenario(tmp_path)
+    try:
+        write(master / "x", b"x")
+        if kind == "file":
+            write(master / "f", b"evidence")
+        else:
+            write(master / "f" / "inside", b"evidence")
+        sc.start()
+        before = sc.set_rewind_point("before")
+        tree = snapshot_contents(master)
+        f = eng.history("fx", "f")[0].file_id
+        (master / "x").unlink()
+        (master / "x").mkdir()
+        os.rename(master / "f", master / "x" / "f")
+        after = sc.set_rewind_point("after")
+        assert _moves(eng, "x/f") == [("created", "f", None), ("renamed", "f", "x/f")]
+        assert {e.file_id for e in eng.history("fx", "x/f")} == {f}
+        diff = eng.diff("fx", before.position, after.position)
+        moved = {"f": "x/f"} if kind == "file" else {"f": "x/f", "f/inside": "x/f/inside"}
+        assert diff.renamed == moved
+        assert (diff.removed, diff.added) == (["x"], ["x"])
+        _replicated_and_rewound(sc, tmp_path, before, tree)
+    finally:
+        eng.close()
