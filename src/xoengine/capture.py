@@ -244,6 +244,8 @@ class Capture:
         self._settling: set[tuple[str, int]] = set()  # re-read by the pass running: settled after
         self._settling_xattrs: set[tuple[str, int]] = set()
         self._unlisted: list[str] = []  # directories the pass could not list (W2002)
+        # Whether a directory exchanged inodes with another this pass (set by _find_renames).
+        self._exchanged: Callable[[str, Entry, FileState], bool] = _exchanged_none
         self._walk_ns = 0  # when the last walk began
         self._committer: _Committer | None = None  # set during scan(): commits off-thread
         self._progress: ScanProgress | None = None
@@ -520,6 +522,7 @@ class Capture:
                 continue
             self._delete(path, known[path])
             del known[path]
+        self._exchanged = _exchanged_none  # holds the pass's walk: not kept past it
 
     def _find_renames(
         self, walked: dict[str, Entry], known: dict[str, FileState]
@@ -534,8 +537,10 @@ class Capture:
         mv C A``, a deployment's swap): new paths come first at each depth, and a
         path whose own inode went to a path not handled yet is not deleted (its
         identity moves there first). Where neither order serves (two paths that
-        exchanged inodes), their contents are compared as usual. A directory a
-        move replaces first gives up what it held that lives on (``_rescue``).
+        exchanged inodes), their contents are compared as usual: two directories
+        that did (``mv A T; mv B A; mv T B``) keep their names' identities, not
+        made anew, and what they hold moves between them. A directory a move
+        replaces first gives up what it held that lives on (``_rescue``).
 
         A move into a directory made anew in the same pass (``rm -r out; mkdir
         out; mv report out/``, or ``rm x; mkdir x; mv f x/``) waits for it:
@@ -548,6 +553,7 @@ class Capture:
             for p, s in known.items()
             if s.ino and (p not in walked or not _same_inode(s, walked[p]))
         }
+        self._exchanged = functools.partial(self._exchanged_with, walked, known, gone)
         if not gone:
             return {}
 
@@ -739,16 +745,46 @@ class Capture:
         inode's is at or after its birth), so an unchanged tree costs no statx.
 
         A directory on another inode, not moved there (renames are found
-        first), was made again too, whatever number ext4 gave it (``rm -r T``
-        and a new ``T`` take the freed numbers in any order). A file on another
-        inode stays the same file, written: an editor's save through a
-        temporary file renamed over it.
+        first) nor exchanged with another (``_exchanged``), was made again
+        too, whatever number ext4 gave it (``rm -r T`` and a new ``T`` take
+        the freed numbers in any order). A file on another inode stays the
+        same file, written: an editor's save through a temporary file renamed
+        over it.
         """
         return (
             entry.ctime_ns > state.ctime_ns
             and bool(state.ino)
-            and (_same_inode(state, entry) or entry.kind == "dir")
+            and (
+                _same_inode(state, entry)
+                or (entry.kind == "dir" and not self._exchanged(path, entry, state))
+            )
             and self._reborn(path, state)
+        )
+
+    def _exchanged_with(
+        self,
+        walked: dict[str, Entry],
+        known: dict[str, FileState],
+        gone: dict[tuple[int, int], str],
+        path: str,
+        entry: Entry,
+        state: FileState,
+    ) -> bool:
+        """Whether the directory ``path`` (``state``, now ``entry``) exchanged inodes with another.
+
+        ``mv A T; mv B A; mv T B``: A holds what B held, B what A held, and
+        neither move can be journaled before the other. Not two directories made
+        anew that ext4 gave each other's numbers: the inode at ``path`` is born
+        before it was last seen at the other path.
+        """
+        other = gone.get((entry.dev, entry.inode))
+        if other is None or other == path or other not in known or other not in walked:
+            return False
+        was = known[other]
+        return (
+            _same_inode(was, entry)
+            and _same_inode(state, walked[other])
+            and not self._reborn(path, was)
         )
 
     def _made_anew_above(
@@ -1638,6 +1674,11 @@ def _entry_observed(entry: Entry, walk_ns: int) -> list[int]:
         entry.uid,
         entry.gid,
     ]
+
+
+def _exchanged_none(_path: str, _entry: Entry, _state: FileState) -> bool:
+    """No directory exchanged inodes (before a pass finds renames)."""
+    return False
 
 
 def _same_inode(state: FileState, entry: Entry) -> bool:

@@ -441,3 +441,35 @@ def test_capture_journals_a_move_into_a_directory_that_replaced_a_file_as_a_rena
         _replicated_and_rewound(sc, tmp_path, before, tree)
     finally:
         eng.close()
+
+
+def test_capture_journals_two_directories_exchanged_as_their_contents_moved(
+    tmp_path: Path,
+) -> None:
+    """``mv A T; mv B A; mv T B`` between two captures (review 23 E, F7).
+
+    As for two files that exchanged inodes, each name keeps its identity and
+    the contents are compared: a.txt moves to B, b.txt to A. Was: A deleted and
+    made anew (the inode at A born after A was last seen).
+    """
+    eng, sc, master = new_scenario(tmp_path)
+    try:
+        write(master / "A" / "a.txt", b"A" * 100)
+        write(master / "B" / "b.txt", b"B" * 100)
+        sc.start()
+        before = sc.set_rewind_point("before")
+        tree = snapshot_contents(master)
+        ids = {p: eng.history("fx", p)[0].file_id for p in ("A", "B", "A/a.txt", "B/b.txt")}
+        os.rename(master / "A", master / "T")
+        os.rename(master / "B", master / "A")
+        os.rename(master / "T", master / "B")
+        after = sc.set_rewind_point("after")
+        for path, was in (("A", "A"), ("B", "B"), ("B/a.txt", "A/a.txt"), ("A/b.txt", "B/b.txt")):
+            assert {e.file_id for e in eng.history("fx", path)} == {ids[was]}, path
+        diff = eng.diff("fx", before.position, after.position)
+        assert diff.renamed == {"A/a.txt": "B/a.txt", "B/b.txt": "A/b.txt"}
+        assert (diff.removed, diff.added, diff.modified) == ([], [], {})
+        assert sc.capture().events == 0  # the master state holds the exchanged inodes
+        _replicated_and_rewound(sc, tmp_path, before, tree)
+    finally:
+        eng.close()
