@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from pathlib import Path
 
 JOURNALS = 8
-TRIALS_PER_JOURNAL = 20  # 160 trials in all
+TRIALS_PER_JOURNAL = 15  # 120 trials in all
 WRITER = os.path.join(HERE, "crash_writer.py")
 
 
