@@ -1009,8 +1009,7 @@ class Capture:
                 before = os.fstat(fd)
                 if not stat.S_ISREG(before.st_mode):
                     return None
-                data = read_whole(fd, before.st_size, self.store.path)
-                segments = trees.data_of(fd, before, len(data))
+                data, segments = read_whole(fd, before, self.store.path)
                 after = os.fstat(fd)
             except OSError as e:
                 self._result.warnings.append(ChangeWhileReadWarning(path=path, detail=e.strerror))

@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Final, Protocol
 
+from xoengine.blobtable import BlobTable
 from xoengine.blocks import coalesce_ranges
 from xoengine.datastore import make_directory
 from xoengine.errors import (
@@ -329,11 +330,11 @@ class BisectResult:
 
 
 def _check_blob_length(live: LiveFile, blob_id: bytes, length: int) -> None:
-    """Refuse a write that takes another length than its blob holds (its id says: 16..24)."""
+    """Refuse a write that takes another length than its blob holds (its id says)."""
     if (
         not isinstance(blob_id, bytes)
-        or len(blob_id) != 25
-        or length != int.from_bytes(blob_id[16:24], "big")
+        or len(blob_id) != BlobTable.ID_SIZE
+        or length != BlobTable.size_of(blob_id)
     ):
         raise FrameError(
             position=live.path,
@@ -1204,13 +1205,11 @@ class Forensics:
         # Candidates are commit ends: a commit's positions share its time label, and
         # one inside it (a file made, not yet written; a swap half done) is a state
         # the master never held whole, which would make a predicate flip back.
-        starts: dict[int, int] = {}  # label -> its first change here
-        ends: dict[int, int] = {}  # label -> its last
+        commits: dict[int, list[int]] = {}  # label -> [its first change here, its last]
         for pos, time_ns, _, _ in changes:
-            starts.setdefault(time_ns, pos)
-            ends[time_ns] = pos
-        candidates = sorted(ends.values())
-        begins = {ends[label]: starts[label] for label in ends}
+            commits.setdefault(time_ns, [pos, pos])[1] = pos
+        begins = {last: first for first, last in commits.values()}  # commit end -> start
+        candidates = sorted(begins)
         first_bad: int | None = None
         if high == low or good(high):  # low was probed good just now
             last_good = high

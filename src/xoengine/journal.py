@@ -759,12 +759,7 @@ class LMDBApplicationRecorder(LMDBAggregateRecorder, ApplicationRecorder):
 
     def time_of(self, position: int) -> int:
         """The time label (UTC ns) of ``position`` (KeyError if there is no such position)."""
-        key = encode_position(position)
-        with self.datastore.read() as txn:
-            value = txn.get(self.events_table, key)
-        if value is None:
-            raise KeyError(position)
-        return decode_event(key, value, self.events_table)[1]
+        return self.times_of([position])[0]
 
     def times_of(self, positions: Iterable[int]) -> list[int]:
         """The time labels of ``positions``, in one read (KeyError for one there is not)."""
@@ -1182,17 +1177,16 @@ def _verify_blob_refs(txn: ReadTxn, position: int, state: bytes) -> None:
     if isinstance(body, dict):
         refs += [(op[1], op[2]) for op in body.get("ops") or () if op[0] == "data"]
     for blob_id, length in refs:
-        if not isinstance(blob_id, bytes) or len(blob_id) != 25:
+        if not isinstance(blob_id, bytes) or len(blob_id) != BlobTable.ID_SIZE:
             raise FrameError(position=position, detail=f"names no blob id: {blob_id!r}")
         if txn.get(BLOB_TABLE, blob_id) is None:
             raise FrameError(
                 position=position, detail=f"names blob {blob_id.hex()}, which is not stored"
             )
-        if length != POS.unpack_from(blob_id, 16)[0]:
+        if length != (held := BlobTable.size_of(blob_id)):
             raise FrameError(
                 position=position,
-                detail=f"takes {length!r} bytes of blob {blob_id.hex()}, which holds "
-                f"{POS.unpack_from(blob_id, 16)[0]}",
+                detail=f"takes {length!r} bytes of blob {blob_id.hex()}, which holds {held}",
             )
 
 

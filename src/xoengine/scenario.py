@@ -883,7 +883,6 @@ class Scenario:
         retention trimmed the before-images below a floor, and a point after what
         a replica applied is reached by applying forward.
         """
-        self._usable("check the rewinds of")
         position = point.position if isinstance(point, RewindPoint) else point
         if not isinstance(position, int) or isinstance(position, bool) or position < 0:
             raise ConfigurationError(

@@ -42,7 +42,6 @@ from xoengine.events import FileSynced, SyncFinished, SyncStarted, new_id
 from xoengine.tree import (
     TMP_PREFIX,
     Image,
-    data_of,
     image_of_existing,
     image_of_writes,
     read_whole,
@@ -664,7 +663,7 @@ class Synchronizer:
     def _read_master(
         self, path: str
     ) -> tuple[bytes | mmap.mmap, list[tuple[int, int]] | None] | None:
-        """A master file's bytes, and its data segments if it may have holes (``data_of``)."""
+        """A master file's bytes, and its data segments if it may have holes (``read_whole``)."""
         if self._follow is not None:
             self._follow.wait_read(path)
         try:
@@ -672,9 +671,7 @@ class Synchronizer:
         except OSError:
             return None
         try:
-            st = os.fstat(fd)
-            data = read_whole(fd, st.st_size, self.store.path)
-            return data, data_of(fd, st, len(data))
+            return read_whole(fd, os.fstat(fd), self.store.path)
         finally:
             os.close(fd)
 

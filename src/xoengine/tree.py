@@ -1328,7 +1328,7 @@ class ReplicaTree:
                 if _shared(st) and (
                     mode not in (None, stat.S_IMODE(st.st_mode))
                     or mtime_ns not in (None, st.st_mtime_ns)
-                    or owner not in (None, (st.st_uid, st.st_gid), [st.st_uid, st.st_gid])
+                    or (owner is not None and tuple(owner) != (st.st_uid, st.st_gid))
                 ):
                     self._unshare(fd, leaf, path)
                 if self._chown(leaf, owner, st, fd) and mode is None:
@@ -1505,7 +1505,20 @@ def event_delta(
     return delta, lambda offset, _: blob(refs[offset])
 
 
-def read_whole(fd: int, size: int, scratch: str) -> bytes | mmap.mmap:
+def read_whole(
+    fd: int, st: os.stat_result, scratch: str
+) -> tuple[bytes | mmap.mmap, list[tuple[int, int]] | None]:
+    """The bytes of an open file (``st``: its fstat), and its :func:`data_of` them.
+
+    The one way a master file is read whole (a capture, a synchronization):
+    the segments let a thin image's holes go unread, unhashed and unjournaled
+    (see :func:`_bytes_of` for where the bytes are held).
+    """
+    data = _bytes_of(fd, st.st_size, scratch)
+    return data, data_of(fd, st, len(data))
+
+
+def _bytes_of(fd: int, size: int, scratch: str) -> bytes | mmap.mmap:
     """The bytes of an open file (``size`` from its fstat): in memory, or a private mapped copy.
 
     A file larger than :data:`HOLD_MAX` is copied in the kernel to an unnamed
