@@ -138,31 +138,30 @@ def test_read_whole_maps_a_private_copy_of_a_large_file_and_leaves_nothing(
     scratch.mkdir()
     fd = os.open(source, os.O_RDONLY)
     try:
-        got = tree_module.read_whole(fd, 5000, str(scratch))
+        got = tree_module.read_whole(fd, os.fstat(fd), str(scratch))[0]
         assert isinstance(got, mmap.mmap)
         assert got[:] == data
         source.write_bytes(b"changed under the map")  # truncates the source: the copy holds
         assert got[:] == data
         assert not list(scratch.iterdir())  # unnamed: nothing to clean up, even after a kill
         os.lseek(fd, 0, os.SEEK_SET)
-        small = tree_module.read_whole(fd, 21, str(scratch))
+        small = tree_module.read_whole(fd, os.fstat(fd), str(scratch))[0]
         assert small == b"changed under the map"  # at most HOLD_MAX: read into memory
         # Where no copy can be made at all (no such directory, a full disk), a large
         # file is read into memory.
         source.write_bytes(data)
         os.lseek(fd, 0, os.SEEK_SET)
-        assert tree_module.read_whole(fd, 5000, str(tmp_path / "missing")) == data
+        assert tree_module.read_whole(fd, os.fstat(fd), str(tmp_path / "missing"))[0] == data
         # A file system without O_TMPFILE (NFS, FAT; opening the directory itself is
         # what a kernel without the flag does): a named copy, unlinked at once.
         monkeypatch.setattr(os, "O_TMPFILE", 0)
         os.lseek(fd, 0, os.SEEK_SET)
-        named = tree_module.read_whole(fd, 5000, str(scratch))
+        named = tree_module.read_whole(fd, os.fstat(fd), str(scratch))[0]
         assert isinstance(named, mmap.mmap)
         assert named[:] == data
         assert not list(scratch.iterdir())
     finally:
         os.close(fd)
-
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to drop to another user")
