@@ -529,24 +529,39 @@ class Store:
         if pid is not None:
             what = "its directory" if not os.access(self.path, os.W_OK) else "lock.mdb"
             raise JournalLiveUnlockedError(
-                path=self.path, pid=pid, detail=f"{what} is not writable by this user or mount"
+                path=self.path,
+                writer=f"pid {pid}",
+                detail=f"{what} is not writable by this user or mount",
             )
         return False
 
-    def _torn(self) -> JournalLiveUnlockedError | None:
-        """E4007 if this reader has no lock (:meth:`_lockable`) and a writer runs now.
+    def _torn(self, snapshot: int) -> JournalLiveUnlockedError | None:
+        """E4007 if this reader has no lock (:meth:`_lockable`) and a writer ran since ``snapshot``.
 
         The open refused a lockless read beside a writer; one that started
         since may have reused the pages a read just walked. The read's end
-        asks again, so that what it found is never taken for the journal.
+        asks again, so that what it found is never taken for the journal: is a
+        writer running now, or did one (come and go and) commit twice since the
+        read's snapshot (transaction id ``snapshot``)? LMDB's writer reuses a
+        page freed by a commit from the commit after it on, when no reader is
+        registered: the second commit after a snapshot may overwrite its pages.
         """
         if not self._lockless:
             return None
         pid = writer_of(self.path)
-        if pid is None:
+        if pid is not None:
+            return JournalLiveUnlockedError(
+                path=self.path,
+                writer=f"pid {pid}",
+                detail="it started while a read without the lock ran",
+            )
+        last = int(self._env.info()["last_txnid"])
+        if last < snapshot + 2:
             return None
         return JournalLiveUnlockedError(
-            path=self.path, pid=pid, detail="it started while a read without the lock ran"
+            path=self.path,
+            writer="a writer that has ended since",
+            detail=f"it committed {last - snapshot} transactions while a read without the lock ran",
         )
 
     def _refuse_nested(self) -> None:
@@ -856,12 +871,13 @@ class Store:
                     raise _translate(e, self.path) from e
                 if txn is not None:
                     view = ReadTxn(self, txn, seq)
+                    snapshot = txn.id()  # the first: the view may move to newer ones
                     try:
                         yield view
                     except lmdb.Error as e:
-                        raise self._torn() or _translate(e, self.path) from e
+                        raise self._torn(snapshot) or _translate(e, self.path) from e
                     except XoError:  # "damage" a writer's reuse of pages may show
-                        torn = self._torn()
+                        torn = self._torn(snapshot)
                         if torn is not None:
                             raise torn from None
                         raise
@@ -871,7 +887,7 @@ class Store:
                         # the object is freed; a traceback cycle holding the view would
                         # keep it for as long as the cycle lives (1,024 slots in all).
                         view._txn = None
-                    torn = self._torn()
+                    torn = self._torn(snapshot)
                     if torn is not None:
                         raise torn
                     return

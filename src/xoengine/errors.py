@@ -173,7 +173,7 @@ class JournalLockedError(StorageError):
 
 
 class JournalLiveUnlockedError(StorageError):
-    """The journal at {path} is written by pid {pid}; this reader cannot use its lock: {detail}."""
+    """The journal at {path} is written by {writer}; this reader cannot use its lock: {detail}."""
 
     code = "E4007"
     hint = (

@@ -339,6 +339,54 @@ def test_a_writer_that_starts_beside_a_lockless_reader_makes_its_reads_refused(
         assert [e.operation for e in ro.history("fx", "a")][:1] == ["created"]
 
 
+def test_a_writer_that_comes_and_goes_within_one_lockless_read_makes_it_refused(
+    tmp_path: Path, readonly_view: Any
+) -> None:
+    """Session 23 left: a writer that started and ended within one lockless read
+    (no pid to see at its end) could have reused the pages it walked, unseen. The
+    read's end now also asks whether two commits came after its snapshot: the
+    second may reuse a page of it."""
+    eng, sc, master = new_engine(tmp_path)
+    write(master / "a", b"a")
+    sc.start()
+    eng.close()
+    view = readonly_view(tmp_path / "state")
+
+    def writer(commits: int) -> None:
+        done = subprocess.run(
+            [sys.executable, "-c", _COMMITS, str(tmp_path / "state" / "journal"), str(commits)],
+            capture_output=True,
+            text=True,
+        )
+        assert done.returncode == 0, done.stderr
+
+    writer(0)  # the table it writes made
+    store = open_store(view / "journal", readonly=True)
+    try:
+        with store.read() as txn:
+            before = txn.get("xoengine.events", encode_position(1))
+            writer(1)  # one commit reuses no page of this snapshot: the read stands
+        with pytest.raises(JournalLiveUnlockedError, match="has ended since.*2 transactions"):
+            with store.read() as txn:
+                assert txn.get("xoengine.events", encode_position(1)) == before
+                writer(2)
+        with store.read() as txn:  # a read begun after it sees the journal as it is now
+            assert txn.get("xoengine.events", encode_position(1)) == before
+    finally:
+        store.close()
+
+
+_COMMITS = """
+import sys
+from xoengine.datastore import open_store
+store = open_store(sys.argv[1])
+store.ensure("probe")
+for n in range(int(sys.argv[2])):
+    store.write(lambda txn: txn.put("probe", str(n).encode(), b"x"))
+store.close()
+"""
+
+
 _HOLD_WRITER = """
 import sys
 from xoengine.engine import Engine
