@@ -32,7 +32,7 @@ from eventsourcing.application import Application
 from eventsourcing.utils import get_topic
 
 from xoengine import blocks, codec
-from xoengine.datastore import keep_freed_memory, writer_of
+from xoengine.datastore import Store, keep_freed_memory, open_store, writer_of
 from xoengine.errors import (
     ConfigurationError,
     FrameError,
@@ -103,7 +103,7 @@ if TYPE_CHECKING:
 
     from eventsourcing.domain import DomainEvent
 
-    from xoengine.datastore import Store, WriteTxn
+    from xoengine.datastore import WriteTxn
 
 __all__ = ["KINDS", "Engine", "Instant", "ReplicaStatistics", "Scenario", "ScenarioStatistics"]
 
@@ -280,6 +280,19 @@ def _field_names(cls: type) -> tuple[str, ...]:
     return tuple(f.name for f in dataclasses.fields(cls)) if dataclasses.is_dataclass(cls) else ()
 
 
+def _copied(made: dict[str, Any], here: dict[str, Any]) -> bool:
+    """Whether the journal a home record ``made`` names is not the file ``here``.
+
+    A copy is a new file (a new inode); a block-level copy keeps the inode but is
+    another device, at another place (a remount at the same place is not a copy).
+    """
+    moved = made["state_dir"] != here["state_dir"]
+    return bool(
+        made["inode"] != here["inode"]
+        or (moved and made.get("device", here["device"]) != here["device"])
+    )
+
+
 class Engine:
     """The xoengine engine over one state directory (journal and everything derived from it).
 
@@ -328,6 +341,14 @@ class Engine:
         ):
             journal = self.state_dir  # a bare journal copy (`xoengine journal copy`)
         self._journal_dir = journal
+        if not readonly and not adopt and (journal / "data.mdb").is_file():
+            # Before the writable open, which writes its pid into writer.lock (and may
+            # make a table): a copy is refused with nothing written to it.
+            peek = open_store(journal, readonly=True)
+            try:
+                self._refuse_copy(peek, adopt=False)
+            finally:
+                peek.close()
         env = {
             "PERSISTENCE_MODULE": "xoengine.journal",
             "LMDB_PATH": str(journal),
@@ -433,27 +454,11 @@ class Engine:
         is another device, at another place. A journal without the record
         (made by an older xoengine) is recorded as it is.
         """
-        data = os.stat(Path(self.store.path) / "data.mdb")
-        here = {
-            "inode": data.st_ino,
-            "device": data.st_dev,
-            "state_dir": os.path.realpath(self.state_dir),
-        }
         self.store.ensure(_HOME_TABLE)
-        made = self._home(adopt=adopt)
+        made, here = self._refuse_copy(self.store, adopt=adopt)
         if made is not None:
-            moved = made["state_dir"] != here["state_dir"]
-            copied = made["inode"] != data.st_ino or (
-                moved and made.get("device", data.st_dev) != data.st_dev
-            )
-            if copied and not adopt:
-                detail = (
-                    f"made in {made['state_dir']} as inode {made['inode']}"
-                    + (f" of device {made['device']}" if "device" in made else "")
-                    + f", this journal is inode {data.st_ino} of device {data.st_dev}"
-                )
-                raise StateCopiedError(state=str(self.state_dir), detail=detail)
-            if copied and moved:  # adopted: not while the original lives (two would write)
+            if _copied(made, here) and made["state_dir"] != here["state_dir"]:
+                # Adopted: not while the original lives (two would write).
                 original = os.path.join(made["state_dir"], "journal")
                 pid = writer_of(original)
                 if pid is not None:
@@ -463,9 +468,33 @@ class Engine:
         home = codec.frame(_JOURNAL_FILE, codec.pack(here))
         self.store.write(lambda txn: txn.put(_HOME_TABLE, _JOURNAL_FILE, home))
 
-    def _home(self, *, adopt: bool) -> dict[str, Any] | None:
+    def _refuse_copy(
+        self, store: Store, *, adopt: bool
+    ) -> tuple[dict[str, Any] | None, dict[str, Any]]:
+        """E4006 if the journal in ``store`` is a copy (unless ``adopt``).
+
+        Returns its record of its data file (None if none) and the file and place
+        it is now.
+        """
+        data = os.stat(Path(store.path) / "data.mdb")
+        here = {
+            "inode": data.st_ino,
+            "device": data.st_dev,
+            "state_dir": os.path.realpath(self.state_dir),
+        }
+        made = self._home(store, adopt=adopt)
+        if made is not None and not adopt and _copied(made, here):
+            detail = (
+                f"made in {made['state_dir']} as inode {made['inode']}"
+                + (f" of device {made['device']}" if "device" in made else "")
+                + f", this journal is inode {data.st_ino} of device {data.st_dev}"
+            )
+            raise StateCopiedError(state=str(self.state_dir), detail=detail)
+        return made, here
+
+    def _home(self, store: Store, *, adopt: bool) -> dict[str, Any] | None:
         """The journal's record of its data file; None if none (or, adopting, a damaged one)."""
-        with self.store.read() as txn:
+        with store.read() as txn:
             value = txn.get(_HOME_TABLE, _JOURNAL_FILE)
         if value is None:
             return None
@@ -487,7 +516,7 @@ class Engine:
         if adopt:
             return None  # adopting writes it anew
         raise JournalDamagedError(
-            path=self.store.path,
+            path=store.path,
             detail=f"the record of its data file (table home) is damaged: {problem}; "
             "if this is the live state directory, `xoengine adopt` writes it anew",
         )

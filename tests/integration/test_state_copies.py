@@ -39,6 +39,16 @@ def state(tmp_path: Path) -> Path:
     return tmp_path / "state"
 
 
+def _files(root: Path) -> dict[str, bytes]:
+    """Every file below ``root`` and its bytes, but LMDB's readers' table (lock.mdb),
+    which any read registers in."""
+    return {
+        str(path.relative_to(root)): path.read_bytes()
+        for path in sorted(root.rglob("*"))
+        if path.is_file() and path.name != "lock.mdb"
+    }
+
+
 def _copy(source: Path, target: Path) -> Path:
     subprocess.run(["cp", "-a", str(source), str(target)], check=True)
     return target
@@ -49,8 +59,12 @@ def test_writable_verbs_on_a_copy_are_refused_and_nothing_is_written(
 ) -> None:
     copy = _copy(state, tmp_path / "copy")
     data = (copy / "journal" / "data.mdb").read_bytes()
+    files = _files(copy)
     with pytest.raises(StateCopiedError) as refused:
         Engine.open(copy, durability="nosync")
+    # Session 23 left: the refused open had written its pid into the copy's
+    # writer.lock. Now it looks before it opens for writing.
+    assert _files(copy) == files
     assert refused.value.code == "E4006"
     assert str(state) in str(refused.value) and str(copy) in str(refused.value)
     for verb in (
@@ -65,6 +79,7 @@ def test_writable_verbs_on_a_copy_are_refused_and_nothing_is_written(
         assert "E4006" in result.stderr and "adopt" in result.stderr, (verb, result.stderr)
     assert (tmp_path / "r1" / "f").read_bytes() == b"v2"  # the live replica untouched
     assert (copy / "journal" / "data.mdb").read_bytes() == data
+    assert _files(copy) == files
     # The verbs that only look read the copy, and a dry run shows the rewind.
     result = run_cli("history", copy, "fx", "f", "--json")
     assert result.returncode == 0, result.stderr
