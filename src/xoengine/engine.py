@@ -925,6 +925,8 @@ class Engine:
                 failed = failed or e
             except BaseException as e:  # noqa: BLE001 (Ctrl-C: the others stop, undrained)
                 failed, interrupted = e, True
+            finally:
+                scenario._release_replicas()
         self._closed = True
         self.store.release_writer(self)
         try:
@@ -1384,6 +1386,7 @@ class Engine:
         with contextlib.suppress(Exception):  # its watcher's last pass: the scenario goes
             scenario._stop_threads(drain=False)  # its replicas are left as they are
         self._scenario_event(scenario._def, ScenarioRemoved)
+        scenario._release_replicas()  # another engine's scenario may take them now
         del self._scenarios[name]
         del self._definitions[name]
         shared = self._replica_states()  # directories from before the check may share them

@@ -49,6 +49,7 @@ __all__ = [
     "PathEscapesRootError",
     "RecordTooLargeError",
     "ReplicaDivergedError",
+    "ReplicaInUseError",
     "ReplicaNotFoundError",
     "ReplicaVolumeChangedError",
     "ReplicaWriteError",
@@ -536,6 +537,19 @@ class ReplicaVolumeChangedError(XoError):
     hint = (
         "Its volume is not mounted, or was replaced: mount it again, or synchronize the "
         "replica to build it on this file system. Nothing was written."
+    )
+
+
+class ReplicaInUseError(XoError):
+    """Replica root {root!r} is held by another engine: {detail}."""
+
+    code = "E3016"
+    exit_code = 3
+    hint = (
+        "Another state directory's scenario names the same replica directory, and its "
+        "engine is open: two journals would write one tree, each behind the other's undo "
+        "log. Give this scenario another replica directory, or close the other engine "
+        "(and remove its scenario) first. Nothing was written."
     )
 
 

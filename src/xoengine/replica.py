@@ -21,6 +21,7 @@ the journal (ARCHITECTURE.md: the master's journal is the spool).
 
 from __future__ import annotations
 
+import fcntl
 import functools
 import os
 import stat
@@ -34,6 +35,7 @@ from eventsourcing.utils import get_topic
 from xoengine.blobtable import blob_chunks
 from xoengine.errors import (
     ReplicaDivergedError,
+    ReplicaInUseError,
     ReplicaVolumeChangedError,
     TreeRootMissingError,
 )
@@ -174,6 +176,7 @@ class ReplicaApplier:
         # state (suspended, rewound, a rewind under way) and changes it.
         self.control = threading.RLock()
         self._swept = False
+        self._held: tuple[int, int, int] | None = None  # the root's flock: fd, device, inode
 
     def position(self) -> int:
         """The last journal position applied (0 if none)."""
@@ -266,6 +269,42 @@ class ReplicaApplier:
         """
         check_real_root(self.tree.root, "replica")
 
+    def claim(self) -> None:
+        """Hold the replica's root for this engine (``flock`` on it) until :meth:`release`.
+
+        Another engine whose scenario names the same directory (another state
+        directory, in this process or another) is refused
+        (:class:`ReplicaInUseError`) before it writes: two journals writing one
+        tree would each undo and resynchronize behind the other. Nothing is
+        written into the replica for it. A root made anew (a synchronization
+        after it was deleted) is held anew; a root not there yet is not held.
+        """
+        try:
+            fd = os.open(self.tree.root, os.O_RDONLY | os.O_DIRECTORY)
+        except OSError:
+            return  # not there (yet): nothing of it to write over
+        st = os.fstat(fd)
+        if self._held is not None and self._held[1:] == (st.st_dev, st.st_ino):
+            os.close(fd)
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise ReplicaInUseError(
+                root=self.tree.root,
+                detail=f"replica {self.name!r} of this engine's scenario {self.scenario!r} "
+                "is another open engine's replica too",
+            ) from None
+        self.release()
+        self._held = (fd, st.st_dev, st.st_ino)
+
+    def release(self) -> None:
+        """Let go of the root :meth:`claim` held (the engine closes, the scenario is removed)."""
+        held, self._held = self._held, None
+        if held is not None:
+            os.close(held[0])
+
     def check_root(self) -> None:
         """Refuse to write if the root is gone, or on another file system than the last sync built.
 
@@ -288,6 +327,7 @@ class ReplicaApplier:
             raise ReplicaVolumeChangedError(
                 root=self.tree.root, detail=f"file system id {now:x}, was {was:x}"
             )
+        self.claim()
 
     def _apply_group(self, group: Sequence[tuple[int, Applied | None]]) -> None:
         if not group:

@@ -405,6 +405,11 @@ class Scenario:
             if self._watch_error is not None:  # no live capture fails now: said, and cleared
                 self._watch_failed(None)
 
+    def _release_replicas(self) -> None:
+        """Let go of the replica roots this engine held (:meth:`ReplicaApplier.claim`)."""
+        for applier in self._appliers.values():
+            applier.release()
+
     def _start_watch(self) -> None:
         from xoengine.watch import Watcher  # noqa: PLC0415 (watchdog loads only when watching)
 
@@ -607,6 +612,8 @@ class Scenario:
         for name in names:
             # Nothing copied into, or deleted from, the target of a link put there.
             self._replica(name).check_place()
+            # Nor into another open engine's replica: refused before the scan journals.
+            self._replica(name).claim()
         summaries: list[SyncSummary] = []
         with self.capture_engine.lock:
             # The scan makes the master state current, and no other capture runs

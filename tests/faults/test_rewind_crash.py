@@ -288,8 +288,11 @@ class _Killed(BaseException):
 
 
 def _dead(eng: Engine) -> None:
-    """Leave ``eng`` as a killed process leaves it: no clean close."""
+    """Leave ``eng`` as a killed process leaves it: no clean close (its locks go,
+    the replica roots' among them)."""
     eng._closed = True
+    for scenario in eng._scenarios.values():
+        scenario._release_replicas()
     eng.app.close()
 
 

@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 
 from xoengine.engine import Engine
-from xoengine.errors import StateCopiedError
+from xoengine.errors import ReplicaInUseError, StateCopiedError
+from xoengine.testing import snapshot_contents
 
 from scenario_kit import new_scenario, run_cli, write
 
@@ -214,3 +215,44 @@ def test_a_copy_is_not_adopted_while_its_original_has_a_writer(state: Path, tmp_
         assert result.returncode == 3 and "E4002" in result.stderr, result.stderr
         assert str(os.getpid()) in result.stderr
     assert run_cli("adopt", copy).returncode == 0  # retired: taken
+
+
+def test_two_state_directories_never_write_one_replica_at_once(tmp_path: Path) -> None:
+    """Session 23 left: replica directories were not held across state directories.
+    A second state directory whose scenario names a replica directory another open
+    engine replicates to is refused (E3016) before anything is journaled or written,
+    in this process and in another; once that engine closes, it may take it."""
+    shared = tmp_path / "shared"
+    first, second = tmp_path / "one", tmp_path / "two"
+    for base in (first, second):
+        (base / "master").mkdir(parents=True)
+    write(first / "master" / "f", b"one's")
+    write(second / "master" / "g", b"two's")
+    one = Engine.open(first / "state", durability="nosync")
+    try:
+        sc = one.create_scenario("fx", master=str(first / "master"), replicas={"r": str(shared)})
+        sc.start()
+        sc.wait_replicated()
+        held = snapshot_contents(shared)
+        with Engine.open(second / "state", durability="nosync") as two:
+            other = two.create_scenario(
+                "fx", master=str(second / "master"), replicas={"r": str(shared)}
+            )
+            created = two.last_position()
+            with pytest.raises(ReplicaInUseError) as refused:
+                other.start()
+            assert refused.value.code == "E3016" and str(shared) in str(refused.value)
+            assert other.state == "Stopped" and two.last_position() == created  # nothing more
+        result = run_cli("start", second / "state", "fx")
+        assert result.returncode == 3 and "E3016" in result.stderr, result.stderr
+        assert snapshot_contents(shared) == held
+        write(first / "master" / "f", b"one's, again")
+        sc.capture()
+        sc.wait_replicated()  # its own engine goes on writing it
+        assert (shared / "f").read_bytes() == b"one's, again"
+    finally:
+        one.close()
+    with Engine.open(second / "state", durability="nosync") as two:
+        two.scenario("fx").start()
+        two.scenario("fx").wait_replicated()
+    assert sorted(os.listdir(shared)) == ["g"]
