@@ -58,6 +58,7 @@ __all__ = [
     "pack",
     "unframe",
     "unpack",
+    "verified_size",
 ]
 
 FORMAT_VERSION: Final = 1
@@ -171,6 +172,26 @@ def unframe(
         # Checked after the checksum: a flipped version bit is damage, not a new format.
         raise UnsupportedFormatError(position=pos, version=version, supported=FORMAT_VERSION)
     return body
+
+
+def verified_size(key: bytes, value: bytes) -> int | None:
+    """The body size of the frame ``value`` under ``key`` if it verifies, else None.
+
+    :func:`unframe`'s checks without its body view, for a reader that only
+    counts a table's records (call :func:`unframe` on None for the coded error).
+    """
+    size = len(value) - FRAME_HEADER.size
+    if size < 0 or len(value) > MAX_FRAME_BYTES:
+        return None
+    version, checksum = FRAME_HEADER.unpack_from(value)
+    if not 0 < version <= FORMAT_VERSION:
+        return None
+    body = (
+        value[FRAME_HEADER.size :]
+        if size <= _JOIN_BELOW
+        else memoryview(value)[FRAME_HEADER.size :]
+    )
+    return size if _checksum(key, body) == checksum else None
 
 
 # -- msgpack -----------------------------------------------------------------------

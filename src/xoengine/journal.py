@@ -475,6 +475,9 @@ class LMDBApplicationRecorder(LMDBAggregateRecorder, ApplicationRecorder):
         self.topics_table = self.events_table + ".topics"
         self._topics_marked = False  # the first indexed position is stored (it never goes)
         self._topics_made = False  # its tables exist (ensured once)
+        # The positions whose topic index entries were counted whole (_check_topics):
+        # what is written never changes, so a range checked once stays checked.
+        self._topics_checked: tuple[int, int] | None = None
 
     def _tables(self) -> tuple[str, ...]:
         return (*super()._tables(), self.topics_table)
@@ -520,16 +523,31 @@ class LMDBApplicationRecorder(LMDBAggregateRecorder, ApplicationRecorder):
         verified: the key is checksummed too), and the positions it names in
         the range counted; fewer or more than the range holds is damage.
         """
+        checked = self._topics_checked
+        if checked is not None and checked[0] <= first and stop <= checked[1]:
+            return
+        table = self.topics_table
         with self.datastore.read() as txn:
             indexed = self._topics_from(txn)
             if indexed is None or max(first, indexed) > stop:
                 return
             low = max(first, indexed)
             named = 0
-            for key, value in txn.items(self.topics_table):
-                if len(key) == 16 and POS.unpack_from(key, 8)[0] > stop:
+            for key, value in txn.items(table):
+                begin = POS.unpack_from(key, 8)[0] if len(key) == 16 else None
+                if begin is not None and begin > stop:
                     continue  # begins past the range: names none of it
-                positions = decode_topic_entry(key, value, self.topics_table)[1]
+                size = codec.verified_size(key, value)
+                if (  # whole in the range (its last position in it): its size counts them
+                    begin is not None
+                    and size
+                    and not size % POS.size
+                    and begin >= low
+                    and POS.unpack_from(value, len(value) - POS.size)[0] <= stop
+                ):
+                    named += size // POS.size
+                    continue
+                positions = decode_topic_entry(key, value, table)[1]  # coded if damaged
                 named += bisect.bisect_right(positions, stop) - bisect.bisect_left(positions, low)
         if named != stop - low + 1:
             raise FrameError(
@@ -537,6 +555,9 @@ class LMDBApplicationRecorder(LMDBAggregateRecorder, ApplicationRecorder):
                 detail=f"the topic index names {named} of the {stop - low + 1} positions "
                 "there: an entry is lost or damaged (xoengine journal verify tells which)",
             )
+        if checked is not None and checked[0] <= stop + 1 and low <= checked[1] + 1:
+            low, stop = min(low, checked[0]), max(stop, checked[1])  # one range, both checked
+        self._topics_checked = (low, stop)
 
     def _topics_from(self, txn: ReadTxn) -> int | None:
         """The first position the topic index holds in ``txn`` (None: it holds none)."""

@@ -12,6 +12,7 @@ import tempfile
 import uuid
 from unittest import mock
 
+import pytest
 from eventsourcing.persistence import IntegrityError, StoredEvent, Tracking
 from eventsourcing.popo import POPOProcessRecorder
 from hypothesis import HealthCheck, given, settings
@@ -19,6 +20,7 @@ from hypothesis import strategies as st
 
 from xoengine import journal, record
 from xoengine.datastore import open_store
+from xoengine.errors import FrameError
 from xoengine.journal import LMDBProcessRecorder, verify
 
 ORIGINATORS = [uuid.UUID(int=i + 1) for i in range(3)] + ["name-a", "name-b\udce9"]
@@ -164,8 +166,12 @@ def test_recorder_matches_popo(  # type: ignore[no-untyped-def]
                 want_e = want_e[:limit]
             assert reader.select_events(oid, gt=gt, lte=lte, desc=desc, limit=limit) == want_e
         for start, limit, stop, topics, inclusive in notification_queries:
-            got_n = ours.select_notifications(start, limit, stop, topics, inclusive_of_start=inclusive)
-            want_n = model.select_notifications(start, limit, stop, topics, inclusive_of_start=inclusive)
+            got_n = ours.select_notifications(
+                start, limit, stop, topics, inclusive_of_start=inclusive
+            )
+            want_n = model.select_notifications(
+                start, limit, stop, topics, inclusive_of_start=inclusive
+            )
             assert got_n == list(want_n)
             # The same range by records(), read in chunks: the same notifications.
             first = 1 if start is None else max(start + (0 if inclusive else 1), 1)
@@ -176,7 +182,11 @@ def test_recorder_matches_popo(  # type: ignore[no-untyped-def]
         for oid in ORIGINATORS:
             for stop in (None, 0, 3, 10):
                 want_r = sorted(
-                    (r for r in scanned if r.originator_id == oid and (stop is None or r.id <= stop)),
+                    (
+                        r
+                        for r in scanned
+                        if r.originator_id == oid and (stop is None or r.id <= stop)
+                    ),
                     key=lambda r: r.originator_version,
                 )
                 assert reader.stream_records(oid, stop=stop) == want_r, (oid, stop)
@@ -185,5 +195,55 @@ def test_recorder_matches_popo(  # type: ignore[no-untyped-def]
         assert [n.id for n in everything] == list(range(1, len(everything) + 1))
     finally:
         patches.close()
+        store.close()
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@given(
+    st.lists(st.lists(st.sampled_from(TOPICS), min_size=1, max_size=6), min_size=1, max_size=10),
+    st.sampled_from([2, record.TOPIC_RUN_MAX]),
+    st.lists(st.tuples(st.integers(1, 60), st.integers(0, 60)), min_size=1, max_size=6),
+    st.integers(min_value=0),
+)
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def test_the_topic_index_count_finds_exactly_the_ranges_an_entry_lost_leaves_short(  # type: ignore[no-untyped-def]
+    appends, run_max, ranges, lost
+) -> None:
+    """Forensic reads count the positions the topic index names in their range
+    (``_check_topics``); session 24 counts an entry whole in the range by its size,
+    and remembers a range once counted. Ranges are cut anywhere, through entries
+    of appends of mixed topics (their positions not contiguous): a range passes
+    exactly when no position of a lost entry lies in it (a recorder that counted a
+    range before the loss does not count it again: what is written never changes)."""
+    path = tempfile.mkdtemp(prefix="xo-prop-")
+    store = open_store(path, durability="nosync")
+    try:
+        with mock.patch.object(record, "TOPIC_RUN_MAX", run_max):
+            writer = LMDBProcessRecorder(store)
+            writer.create_table()
+            for topics in appends:
+                writer.insert_events([StoredEvent(uuid.uuid4(), 1, topic, b"") for topic in topics])
+        last = writer.max_notification_id()
+        ranges = [(first, min(stop, last)) for first, stop in ranges if first <= min(stop, last)]
+        remembering = LMDBProcessRecorder(store)
+        for first, stop in ranges:
+            LMDBProcessRecorder(store)._check_topics(first, stop)
+            remembering._check_topics(first, stop)
+        with store.read() as txn:
+            entries = list(txn.items(writer.topics_table))
+        key, value = entries[lost % len(entries)]
+        gone = set(record.decode_topic_entry(key, value, writer.topics_table)[1])
+        store.write(lambda txn: txn.delete(writer.topics_table, key))
+        for first, stop in [*ranges, (1, last)]:
+            short = any(first <= p <= stop for p in gone)
+            fresh = LMDBProcessRecorder(store)
+            if short:
+                with pytest.raises(FrameError, match="topic index names"):
+                    fresh._check_topics(first, stop)
+            else:
+                fresh._check_topics(first, stop)
+        for first, stop in ranges:  # counted once, before the loss: not counted again
+            remembering._check_topics(first, stop)
+    finally:
         store.close()
         shutil.rmtree(path, ignore_errors=True)
