@@ -157,6 +157,19 @@ class JournaledFile:
         ranges = coalesce_ranges(self._ranges)
         cut = self._cut
         self._ranges, self._buffered, self._cut = [], 0, None
+        try:
+            self._journal(ranges, cut)
+        except BaseException:
+            # Nothing of it is journaled (one transaction): the next flush journals it
+            # with what is written meanwhile, never a stat that vouches for bytes it left.
+            self._ranges[:0] = ranges
+            self._buffered += sum(n for _, n in ranges)
+            if cut is not None:
+                self._cut = cut if self._cut is None else min(self._cut, cut)
+            raise
+
+    def _journal(self, ranges: list[tuple[int, int]], cut: int | None) -> None:
+        """Journal ``ranges`` written and the file ``cut`` to that size (if not None)."""
         capture = self._capture
         with capture.lock:
             capture._result = CaptureResult()

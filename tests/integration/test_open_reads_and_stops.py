@@ -159,6 +159,56 @@ def test_capture_needing_a_bigger_map_waits_for_busy_readers_not_iterators(
     assert result["differences"] == 0
 
 
+_FLUSH_SCRIPT = r"""
+import json, os, sys
+from pathlib import Path
+from xoengine.engine import Engine
+from xoengine.errors import StorageError
+from xoengine.testing import compare_trees
+
+base = Path(sys.argv[1])
+master, replica = base / "m", base / "r1"
+master.mkdir()
+(master / "db").write_bytes(bytes(8192))
+eng = Engine.open(base / "state", durability="nosync", map_size=4 * 1024 * 1024)
+sc = eng.create_scenario("s", master=str(master), replicas={"r1": str(replica)})
+sc.start()
+f = sc.open("db", "r+b")
+with eng.store.read():  # the map must grow for the flush: it cannot while this read is open
+    try:
+        f.write(os.urandom(12 * 1024 * 1024))  # past BLOB_MAX: flushed by the write
+        first = "flushed"
+    except StorageError as e:
+        first = e.code
+f.seek(0, os.SEEK_END)
+f.write(b"tail")  # the program goes on writing, and its next flush succeeds
+f.close()
+captured = sc.capture().events  # the stat the flush recorded is the file's: nothing to see
+sc.wait_replicated(timeout=60)
+with eng.file_at("s", "db") as held:
+    journal_holds = held.read() == (master / "db").read_bytes()
+print(json.dumps({
+    "first": first,
+    "captured": captured,
+    "journal_holds": journal_holds,
+    "differences": len(compare_trees(master, replica)),
+}))
+eng.close()
+"""
+
+
+def test_a_journaled_file_flush_that_failed_is_journaled_by_the_next(tmp_path: Path) -> None:
+    """Review 24 (G1): a flush that failed (E4000 here; a full journal volume, Ctrl-C)
+    dropped the ranges it took; the next flush journaled its own and recorded the
+    file's stat, so no capture looked again: the journal and every replica kept
+    zeros where the master had the bytes. The failed flush's ranges now stay."""
+    result = _child(_FLUSH_SCRIPT, tmp_path)
+    assert result["first"] == "E4000"
+    assert result["journal_holds"] is True
+    assert result["differences"] == 0
+    assert result["captured"] == 0
+
+
 _ABORT_SCRIPT = r"""
 import json, os, sys, threading
 from xoengine.datastore import open_store
