@@ -437,6 +437,7 @@ class Store:
         self.readonly = readonly
         self._lockless = False  # read without LMDB's lock file (see _lockable)
         self._refs = 0
+        self._views = 0  # of the references: read-only views (open_store)
         self._resize = _RWLock()
         self._write_lock = threading.Lock()
         self._working: int | None = None  # the thread running a batch's work functions
@@ -1214,6 +1215,19 @@ class Store:
             if self._owner is owner:
                 self._owner = None
 
+    def _drop_writer(self) -> None:
+        """Stop being the journal's writer: read-only from now on, its lock let go.
+
+        When the last writable opener closes while read-only views stay open: another
+        process may write the journal then (the views read it as any reader does).
+        """
+        with self._write_lock:
+            self.readonly = True
+            self._owner = None
+            if self._lock_fd is not None:
+                os.close(self._lock_fd)
+                self._lock_fd = None
+
     def _take_writer_lock(self) -> None:
         if self._lock_fd is not None:
             return
@@ -1414,16 +1428,72 @@ def open_store(
             )
             _registry[real] = store
         store._refs += 1
+        if readonly and not store.readonly:
+            # Open for writing by another opener of this process: this one reads it
+            # through a view that refuses writes, as another process's read would.
+            store._views += 1
+            return _ReadOnlyView(store)
         return store
 
 
-def _release(store: Store) -> None:
+def _release(store: Store, *, view: bool = False) -> None:
     with _registry_lock:
         if store._refs <= 0:
             return
         store._refs -= 1
+        store._views -= view
+        if store._refs and store._refs == store._views and not store.readonly:
+            # Only read-only views are left: the process stops being the writer.
+            store._drop_writer()
         if store._refs:
             return
         if _registry.get(store.path) is store:
             del _registry[store.path]
     store._really_close()
+
+
+class _ReadOnlyView(Store):
+    """A read-only opener's handle of a :class:`Store` this process has open for writing.
+
+    LMDB allows one environment per file and process, so a read-only opener
+    (an ``Engine(readonly=True)``, a forensic reader) beside a writable one
+    shares its environment; through this view it reads it, and every write is
+    refused (:class:`~xoengine.errors.JournalReadOnlyError`, E4003) as it is
+    to another process's read-only opener. Everything else is the store's.
+    """
+
+    _OWN: Final = frozenset({"_base", "readonly", "_view_closed"})
+    _base: Store
+    _view_closed: bool
+
+    def __init__(self, base: Store) -> None:  # the base's environment: none opened here
+        object.__setattr__(self, "_base", base)
+        object.__setattr__(self, "readonly", True)
+        object.__setattr__(self, "_view_closed", False)
+
+    def __getattr__(self, name: str) -> Any:
+        """The store's attribute (its environment, tables, locks)."""
+        return getattr(self._base, name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        """Set the store's attribute: its state is one, whatever handle changes it."""
+        if name in self._OWN:
+            object.__setattr__(self, name, value)
+        else:
+            setattr(self._base, name, value)
+
+    def close(self) -> None:
+        """Drop this view's reference to the store (once)."""
+        if not self._view_closed:
+            self._view_closed = True
+            _release(self._base, view=True)
+
+    @property
+    def closed(self) -> bool:
+        """Whether this view, or the store, has been closed."""
+        return bool(self._view_closed or self._base.closed)
+
+    def _check_open(self) -> None:
+        if self._view_closed:
+            raise StorageError(detail=f"store {self.path} is closed")
+        self._base._check_open()

@@ -279,6 +279,8 @@ class ReplicaApplier:
         written into the replica for it. A root made anew (a synchronization
         after it was deleted) is held anew; a root not there yet is not held.
         """
+        if self.store.readonly:
+            return  # a read-only engine writes nothing (its journal writes are refused)
         try:
             fd = os.open(self.tree.root, os.O_RDONLY | os.O_DIRECTORY)
         except OSError:

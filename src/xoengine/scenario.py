@@ -200,6 +200,8 @@ class Scenario:
             roots=lambda: engine.forensics(definition.name).roots(None),
         )
         self.capture_engine.lock = self._capture_lock
+        if hasattr(self, "_appliers"):  # wired again (an update): the new appliers claim
+            self._release_replicas()
         self._appliers: dict[str, ReplicaApplier] = {}
         self._threads: dict[str, ApplierThread] = {}
         self._failed_inline: dict[str, XoError] = {}

@@ -22,6 +22,7 @@ from xoengine.engine import Engine
 from xoengine.errors import (
     ConfigurationError,
     JournalLockedError,
+    JournalReadOnlyError,
     OverlappingTreesError,
     ScenarioError,
     ScenarioStateError,
@@ -145,6 +146,67 @@ def test_one_writable_engine_per_journal_in_a_process(tmp_path: Path) -> None:
         first.close()
     with Engine.open(tmp_path / "state", durability="nosync") as second:
         assert [s.name for s in second.scenarios()] == ["s"]
+
+
+def test_a_read_only_engine_beside_the_writer_of_its_process_writes_nothing(
+    tmp_path: Path,
+) -> None:
+    """Review 24 (G2): a read-only engine opened in the writer's process was given the
+    writer's store, and its rewind, rewind point, suspension and removal of a scenario
+    were journaled behind the writer's back (whose projections then refused its own
+    next point, E4020, and whose journal lost its scenario). It also kept the process
+    the journal's writer after the writable engine closed. It writes nothing now,
+    as in another process, and the writer's close lets the journal go."""
+    master = _master(tmp_path)
+    writer = Engine.open(tmp_path / "state", durability="nosync")
+    sc = writer.create_scenario("s", master=str(master), replicas={"r1": str(tmp_path / "r1")})
+    sc.start()
+    sc.set_rewind_point("p1")
+    (master / "a").write_text("a2")
+    sc.capture()
+    sc.wait_replicated()
+    reader = Engine.open(tmp_path / "state", readonly=True)
+    try:
+        mine = reader.scenario("s")
+        last = writer.last_position()
+        for write in (
+            lambda: mine.rewind("r1", to="p1"),
+            lambda: mine.set_rewind_point("p2"),
+            lambda: mine.suspend("r1"),
+            lambda: reader.remove_scenario("s"),
+        ):
+            with pytest.raises(JournalReadOnlyError):
+                write()
+        assert writer.last_position() == last
+        assert (tmp_path / "r1" / "a").read_text() == "a2"
+        assert [p.name for p in sc.rewind_points() if p.kind == "user"] == ["p1"]
+        sc.set_rewind_point("p2")  # the writer's projections are the journal's
+        assert reader.history("s", "a")[-1].operation == "written"  # it reads
+        sc.stop()
+        writer.close()
+        other = subprocess.run(  # the journal is another process's to write now
+            [sys.executable, "-c", _SET_POINT, str(tmp_path / "state")],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert other.returncode == 0, other.stderr
+        with pytest.raises(JournalReadOnlyError):
+            mine.set_rewind_point("p4")
+        names = [p.name for p in reader.scenario("s").rewind_points() if p.kind == "user"]
+        assert names == ["p1", "p2", "p3"]  # and the reader reads what it wrote
+    finally:
+        writer.close()
+        reader.close()
+
+
+_SET_POINT = """
+import sys
+from xoengine.engine import Engine
+with Engine.open(sys.argv[1], durability="nosync") as eng:
+    eng.scenario("s").set_rewind_point("p3")
+"""
 
 
 def test_a_refused_open_leaves_the_journal_to_its_holder(tmp_path: Path) -> None:
