@@ -438,6 +438,7 @@ class Store:
         self._lockless = False  # read without LMDB's lock file (see _lockable)
         self._refs = 0
         self._views = 0  # of the references: read-only views (open_store)
+        self._pid = os.getpid()  # a child forked from this process may not use it (FACTS.md)
         self._resize = _RWLock()
         self._write_lock = threading.Lock()
         self._working: int | None = None  # the thread running a batch's work functions
@@ -1255,6 +1256,13 @@ class Store:
     def _check_open(self) -> None:
         if self._closed:
             raise StorageError(detail=f"store {self.path} is closed")
+        if os.getpid() != self._pid:
+            raise StorageError(
+                detail=f"the journal at {self.path} was opened by process {self._pid}, which "
+                f"this process ({os.getpid()}) was forked from: LMDB forbids using it after "
+                "a fork (the parent would not know of the write). Open it anew in the child "
+                "(Engine.open), or start workers with the 'spawn' or 'forkserver' method"
+            )
 
     # -- change notification -----------------------------------------------------
 
