@@ -46,7 +46,13 @@ from xoengine import blocks, codec
 from xoengine import tree as trees
 from xoengine.blobtable import BLOB_MAX, blob_chunks
 from xoengine.blocks import BlockMap, Copy, Literal
-from xoengine.errors import EntryUnreadableWarning, TreeRootMissingError, TreeWarning, XoError
+from xoengine.errors import (
+    EntryUnreadableWarning,
+    ScenarioStateError,
+    TreeRootMissingError,
+    TreeWarning,
+    XoError,
+)
 from xoengine.events import (
     BytesWritten,
     ContentReplaced,
@@ -223,6 +229,7 @@ class Capture:
         self.exclude = tuple(exclude)
         self._filter = PathFilter(self.include, self.exclude)
         self.lock = threading.RLock()  # one capture at a time per scenario
+        self.removed = False  # the scenario is removed (set under the lock): nothing more
         self._pending: list[_Pending] = []
         self._chunk: bytearray | None = None  # the streaming read buffer, reused
         self._zeros: dict[int, Any] = {}  # block digests of a hole's chunk, by length
@@ -267,6 +274,7 @@ class Capture:
         the scan returns only when every batch is committed.
         """
         with self.lock:
+            self.check_not_removed()
             for root in self.layout.roots:  # not the state directory through a link
                 check_real_root(root, "master")
             self._check_mounted()
@@ -1531,6 +1539,15 @@ class Capture:
     def forget_master_state(self) -> None:
         """Drop the decoded copy of the master state (after it was changed elsewhere)."""
         self._known = None
+
+    def check_not_removed(self) -> None:
+        """Refuse a pass (under :attr:`lock`) once the scenario is removed.
+
+        A removal waits for the pass under way; one that waited for it finds the
+        scenario gone: nothing of the scenario is journaled after its removal.
+        """
+        if self.removed:
+            raise ScenarioStateError(name=self.scenario, state="removed", action="capture")
 
     def _flush(self) -> None:
         pending, self._pending = self._pending, []

@@ -1385,7 +1385,9 @@ class Engine:
         scenario = self.scenario(name)
         with contextlib.suppress(Exception):  # its watcher's last pass: the scenario goes
             scenario._stop_threads(drain=False)  # its replicas are left as they are
-        self._scenario_event(scenario._def, ScenarioRemoved)
+        with scenario._capture_lock:  # after a capture under way; none journals after it
+            self._scenario_event(scenario._def, ScenarioRemoved)
+            scenario.capture_engine.removed = True
         scenario._release_replicas()  # another engine's scenario may take them now
         del self._scenarios[name]
         del self._definitions[name]

@@ -172,6 +172,7 @@ class JournaledFile:
         """Journal ``ranges`` written and the file ``cut`` to that size (if not None)."""
         capture = self._capture
         with capture.lock:
+            capture.check_not_removed()
             capture._result = CaptureResult()
             capture._versions = {}
             fd = self._file.fileno()

@@ -435,3 +435,80 @@ def test_a_write_asked_from_inside_a_writes_work_is_refused(tmp_path: Path) -> N
         assert (txn.get("t", b"outer"), txn.get("t", b"inner")) == (b"1", None)
     store.write(lambda txn: txn.put("t", b"after", b"3"))  # the store goes on
     store.close()
+
+
+class _WatchedLock:
+    """The scenario's capture lock, telling when a caller has to wait for it."""
+
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+        self.waited = threading.Event()
+
+    def __enter__(self) -> None:
+        if not self._lock.acquire(blocking=False):
+            self.waited.set()
+            self._lock.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self._lock.release()
+
+
+class _Gate:
+    """A scan progress that holds the scan after its walk until released."""
+
+    def __init__(self) -> None:
+        self.walked_tree, self.go = threading.Event(), threading.Event()
+
+    def walked(self, entries: object) -> None:
+        self.walked_tree.set()
+        self.go.wait()
+
+    def read(self, path: str) -> None:
+        pass
+
+
+def test_a_removal_waits_for_the_capture_under_way_and_none_journals_after_it(
+    tmp_path: Path,
+) -> None:
+    """Review 24 (G8): remove_scenario did not wait for a capture running on another
+    thread, which then journaled the removed scenario's changes after ScenarioRemoved
+    (a scenario made again under the name inherited them)."""
+    master = _master(tmp_path)
+    eng = Engine.open(tmp_path / "state", durability="nosync")
+    try:
+        sc = eng.create_scenario("s", master=str(master), replicas={"r1": str(tmp_path / "r1")})
+        sc.start()
+        for i in range(20):
+            (master / f"n{i}").write_text(str(i))
+        lock, gate = _WatchedLock(), _Gate()
+        sc._capture_lock = sc.capture_engine.lock = lock  # type: ignore[assignment]
+        outcome: dict[str, object] = {}
+
+        def capture() -> None:
+            with lock:
+                outcome["capture"] = sc.capture_engine.scan(None, progress=gate).events
+
+        capturing = threading.Thread(target=capture)
+        capturing.start()
+        gate.walked_tree.wait()
+
+        def remove() -> None:
+            try:
+                eng.remove_scenario("s")
+            finally:
+                lock.waited.set()  # done without waiting for the capture (as it was)
+
+        removing = threading.Thread(target=remove)
+        removing.start()
+        lock.waited.wait()  # the removal waits for the capture's lock
+        gate.go.set()
+        capturing.join()
+        removing.join()
+        assert outcome["capture"] >= 20  # its 20 new files, journaled
+        with pytest.raises(ScenarioStateError, match="removed"):
+            sc.capture_engine.scan(None)  # a pass that waited for the removal: refused
+        removed = eng.last_position()
+        positions = [p for p, _, _ in eng.file_events("s", None)]
+        assert positions and max(positions) < removed
+    finally:
+        eng.close()
