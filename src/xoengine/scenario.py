@@ -371,14 +371,21 @@ class Scenario:
                 self._start_thread(replica)
 
     def _start_thread(self, replica: str) -> None:
-        old = self._threads.get(replica)
-        if old is not None and old.error is None:
-            return
-        if old is not None:
-            old.stop()  # it failed: a fresh thread retries from the tracking position
-        thread = ApplierThread(self, replica, self._appliers[replica])
-        self._threads[replica] = thread
-        thread.start()
+        applier = self._appliers[replica]
+        # Under the replica's control lock, as a suspension or rewind of it stops it:
+        # one of them on another thread could otherwise stop a thread not started yet
+        # (an uncoded RuntimeError), or this start follow a replica just suspended.
+        with applier.control:
+            if replica in self._def.suspended or replica in self._def.rewound:
+                return
+            old = self._threads.get(replica)
+            if old is not None and old.error is None:
+                return
+            if old is not None:
+                old.stop()  # it failed: a fresh thread retries from the tracking position
+            thread = ApplierThread(self, replica, applier)
+            thread.start()
+            self._threads[replica] = thread
 
     def _stop_threads(self, *, drain: bool = True) -> None:
         """End the watcher and the appliers; then raise the watcher's last pass's error, if any.

@@ -512,3 +512,57 @@ def test_a_removal_waits_for_the_capture_under_way_and_none_journals_after_it(
         assert positions and max(positions) < removed
     finally:
         eng.close()
+
+
+def test_a_suspension_beside_a_start_waits_for_its_applier_to_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review 24 (G6): start() published a replica's applier thread before starting
+    it; a suspend() on another thread in between stopped the unstarted thread (an
+    uncoded RuntimeError) and left the replica unsuspended with no applier."""
+    from xoengine.worker import ApplierThread  # noqa: PLC0415
+
+    master = _master(tmp_path)
+    with Engine.open(tmp_path / "state", durability="nosync") as eng:
+        sc = eng.create_scenario("s", master=str(master), replicas={"r1": str(tmp_path / "r1")})
+        control = _WatchedLock()
+        sc._appliers["r1"].control = control  # type: ignore[assignment]
+        starting, go = threading.Event(), threading.Event()
+        real_start = ApplierThread.start
+
+        def gated_start(thread: ApplierThread) -> None:
+            starting.set()
+            go.wait()
+            real_start(thread)
+
+        monkeypatch.setattr(ApplierThread, "start", gated_start)
+        outcome: dict[str, object] = {}
+
+        def suspend() -> None:
+            try:
+                sc.suspend("r1")
+                outcome["suspend"] = "done"
+            except Exception as e:  # noqa: BLE001 (the test reports what it was)
+                outcome["suspend"] = repr(e)
+            finally:
+                control.waited.set()  # done without waiting for the start (as it was)
+
+        starter = threading.Thread(target=sc.start)
+        starter.start()
+        starting.wait()
+        suspender = threading.Thread(target=suspend)
+        suspender.start()
+        control.waited.wait()  # the suspension waits for the applier's start
+        go.set()
+        starter.join()
+        suspender.join()
+        monkeypatch.setattr(ApplierThread, "start", real_start)
+        assert outcome["suspend"] == "done"
+        assert sc.suspended == {"r1"}
+        assert not [t for t in threading.enumerate() if t.name == "xoengine-apply:s:r1"]
+        sc.resume("r1")  # and it follows again
+        (master / "b").write_text("b")
+        sc.capture()
+        sc.wait_replicated()
+        assert (tmp_path / "r1" / "b").read_text() == "b"
+        sc.stop()
