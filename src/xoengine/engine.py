@@ -341,9 +341,11 @@ class Engine:
         ):
             journal = self.state_dir  # a bare journal copy (`xoengine journal copy`)
         self._journal_dir = journal
-        if not readonly and not adopt and (journal / "data.mdb").is_file():
+        data = journal / "data.mdb"
+        if not readonly and not adopt and data.is_file() and data.stat().st_size:
             # Before the writable open, which writes its pid into writer.lock (and may
-            # make a table): a copy is refused with nothing written to it.
+            # make a table): a copy is refused with nothing written to it. (An empty
+            # data file is a journal to start: no copy of anything.)
             peek = open_store(journal, readonly=True)
             try:
                 self._refuse_copy(peek, adopt=False)
@@ -623,10 +625,12 @@ class Engine:
         """``(position, time label, event)`` of one file identity's events up to ``upto``.
 
         Read through the journal's stream index: the cost follows that
-        identity's events, not the journal's length.
+        identity's events, not the journal's length. An identity's versions are
+        1, 2, 3 ... (capture numbers them so): one the index skips is an entry
+        lost or damaged, a coded error rather than an answer without that event.
         """
         self._check_open("read a file's events")
-        for record in self.recorder.stream_records(file_id, stop=upto):
+        for record in self.recorder.stream_records(file_id, stop=upto, gapless=True):
             yield record.id, record.time_ns, self._decode(record)
 
     def blob(self, blob_id: bytes) -> memoryview:

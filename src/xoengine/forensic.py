@@ -856,8 +856,10 @@ class Forensics:
         moves: dict[uuid.UUID, list[tuple[int, str]]] = {}
         carried: dict[uuid.UUID, list[tuple[int, int, str, str, str]]] = {}
         kinds = PATH_EVENTS
+        own_paths: dict[uuid.UUID, set[int]] = {}  # each identity's own path events
         for pos, time_ns, event in self.source.file_events(self.scenario, end, kinds=kinds):
             fid = event.originator_id
+            own_paths.setdefault(fid, set()).add(pos)
             before = alive[fid].path if fid in alive else event.path
             moved = self._step(alive, pos, event)
             if isinstance(event, FileCreated):
@@ -884,7 +886,18 @@ class Forensics:
             starts = [pos for pos, _ in timeline]
             size = 0  # made empty: its content events give every size after
             state: dict[uuid.UUID, LiveFile] = {}  # the identity's own fold, for what moved
-            for pos, time_ns, event in self.source.file_stream(fid, end):
+            own = list(self.source.file_stream(fid, end))
+            # Its path events are among its own (read through another index): one
+            # missing is an entry of the stream index lost or damaged.
+            missing = own_paths.get(fid, set()) - {pos for pos, _, _ in own}
+            if missing:
+                raise FrameError(
+                    position=min(missing),
+                    detail=f"the path events of {target!r} hold this position, its own "
+                    "events (the stream index) do not: an entry is lost or damaged "
+                    "(xoengine journal verify tells which)",
+                )
+            for pos, time_ns, event in own:
                 # Where it was just before this event: after its last move before it.
                 index = bisection.bisect_left(starts, pos) - 1
                 at = timeline[index][1] if index >= 0 else event.path
@@ -1086,6 +1099,13 @@ class Forensics:
             if was is None and pos > low:
                 was = _user_meta(state.get(fid))
             self._step(state, pos, event)
+        if fid not in state:  # alive at high by the path events: its own must say so too
+            raise FrameError(
+                position=high,
+                detail=f"file identity {fid} is alive by its path events, but its own events "
+                "(the stream index) hold none of it: an entry is lost or damaged "
+                "(xoengine journal verify tells which)",
+            )
         return was is not None and was != _user_meta(state.get(fid))
 
     def roots(self, position: int | None) -> dict[str, RootChanged]:

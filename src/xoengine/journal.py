@@ -382,17 +382,27 @@ class LMDBAggregateRecorder(_LMDBRecorder, AggregateRecorder):
             ]
 
     def stream_records(
-        self, originator_id: uuid.UUID | str, *, stop: int | None = None
+        self, originator_id: uuid.UUID | str, *, stop: int | None = None, gapless: bool = False
     ) -> list[JournalRecord]:
         """One aggregate's records up to position ``stop``, by version, with positions and times.
 
         What :meth:`select_events` gives, read through the stream index too: the
-        cost follows the aggregate's events, not the journal's.
+        cost follows the aggregate's events, not the journal's. ``gapless``: the
+        aggregate's versions are 1, 2, 3 ... (an xoengine file identity's are):
+        an index that skips one, before ``stop`` or after it, has an entry lost
+        or damaged (coded), which would otherwise leave that event out unsaid.
         """
         prefix = oid_prefix(originator_id)
         records: list[JournalRecord] = []
         with self.datastore.read() as txn:
-            for version, position in self._stream(txn, originator_id):
+            for expected, (version, position) in enumerate(self._stream(txn, originator_id), 1):
+                if gapless and version != expected:
+                    raise FrameError(
+                        position=position,
+                        detail=f"the stream index of {originator_id} goes from version "
+                        f"{expected - 1} to {version}: an entry is lost or damaged "
+                        "(xoengine journal verify tells which)",
+                    )
                 if stop is not None and position > stop:
                     continue  # past the bound: not decoded (versions need not follow positions)
                 event, time_ns = self._indexed(txn, prefix, version, position)
@@ -1110,19 +1120,23 @@ def verify(store: Store) -> VerifyReport:
         damage.append(Damage(table, str(position), code, str(error)))
 
     with store.read() as txn:
-        for name in txn.tables():
+        tables = txn.tables()
+        for name in tables:
             kind = _table_kind(name)
             if kind == "catalog":
                 continue
             count = named = 0  # named: the events the topic index's entries name
             latest = 0  # the newest time label so far: labels never go back
+            streams = _stream_bound(txn, name, tables) if kind == "events" else None
             for key, value in txn.items(name):
                 count += 1
                 try:
                     if kind == "topics":
                         named += _verify_topic_entry(txn, name, key, value)
                         continue
-                    label = _verify_record(store, txn, kind, name, key, value, count, latest)
+                    label = _verify_record(
+                        store, txn, kind, name, key, value, count, latest, streams
+                    )
                     latest = max(latest, label or 0)
                 except (FrameError, KeyError, ValueError) as e:
                     where = (
@@ -1136,6 +1150,22 @@ def verify(store: Store) -> VerifyReport:
     return VerifyReport(tables=counts, records=total, damage=tuple(damage))
 
 
+def _stream_bound(txn: ReadTxn, name: str, tables: list[str]) -> tuple[str, int] | None:
+    """The stream index of events table ``name`` and the last position it must hold.
+
+    Events above the merge marker have their entries in the tail (rebuilt from
+    the events by each reader), not in the index yet. None: no stream index.
+    """
+    streams = name + ".streams"
+    if streams not in tables:
+        return None
+    marker = _read_marker(txn, name + ".indexed", MARKER_KEY, "marker")
+    if marker is None:  # written before the marker existed: every event is indexed
+        last = txn.last(name)
+        marker = decode_position(last[0]) if last else 0
+    return streams, marker
+
+
 def _verify_record(
     store: Store,
     txn: ReadTxn,
@@ -1145,10 +1175,13 @@ def _verify_record(
     value: bytes,
     ordinal: int,
     latest: int,
+    streams: tuple[str, int] | None = None,
 ) -> int | None:
     """Check one record of a table of ``kind``; an event's time label (else None).
 
     ``latest``: the newest label before it, which an event's may not be before.
+    ``streams``: an event's stream index, and the last position it holds: an event
+    up to there without its entry would be left out of its aggregate's reads.
     """
     if kind == "events":
         if decode_position(key) != ordinal:  # the n-th record of a gapless table is position n
@@ -1159,6 +1192,14 @@ def _verify_record(
                 position=ordinal,
                 detail=f"its time label {label} is before the one before it, {latest}",
             )
+        if streams is not None and ordinal <= streams[1]:
+            entry = stream_key(event.originator_id, event.originator_version)
+            if txn.get(streams[0], entry) != key:
+                raise FrameError(
+                    position=ordinal,
+                    detail=f"the stream index ({streams[0]}) has no entry for it "
+                    f"(version {event.originator_version} of {event.originator_id})",
+                )
         if event.topic in _CONTENT_TOPICS:
             _verify_blob_refs(txn, ordinal, event.state)
         return label

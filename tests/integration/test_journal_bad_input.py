@@ -208,6 +208,54 @@ def test_a_topic_index_entry_lost_or_moved_is_damage_not_a_wrong_tree(
     assert run_cli("journal", "verify", tmp_path / "copy").returncode == 4
 
 
+_LOSE_STREAM_ENTRY = """
+import sys, lmdb
+from xoengine.record import stream_key
+from xoengine.journal import decode_event
+env = lmdb.open(sys.argv[1], max_dbs=100)
+events = env.open_db(b"xoengine.events")
+streams = env.open_db(b"xoengine.events.streams")
+with env.begin(write=True) as txn:
+    writes = []
+    for key, value in txn.cursor(db=events):
+        event, _ = decode_event(key, value, "xoengine.events")
+        if event.topic.endswith(":BytesWritten"):
+            writes.append(event)
+    first, second, third = writes  # v1 (its creation's bytes), v2, v3
+    txn.delete(stream_key(second.originator_id, second.originator_version), db=streams)
+env.close()
+"""
+
+
+def test_a_stream_index_entry_lost_is_damage_not_an_older_file(tmp_path: Path) -> None:
+    """Review 24 (H2): a read of one file follows its stream index, whose values are
+    raw positions. With the entry of a write lost, `cat` gave the file's bytes from
+    before that write, `history` left the write out, and `journal verify` said OK,
+    all with exit 0."""
+    state = _state(tmp_path, {"f.txt": b"v1"})
+    with Engine.open(state, durability="nosync") as eng:
+        sc = eng.scenario(SCENARIO)
+        for data in (b"v2", b"v3"):
+            (tmp_path / "m" / "f.txt").write_bytes(data)
+            sc.capture()
+            sc.set_rewind_point(data.decode())
+        sc.stop()
+    assert run_cli("journal", "copy", state, tmp_path / "copy").returncode == 0
+    damaged = run_python(_LOSE_STREAM_ENTRY, tmp_path / "copy")
+    assert damaged.returncode == 0, damaged.stderr
+    for verb in (
+        ["cat", tmp_path / "copy", SCENARIO, "f.txt", "--at", "v2"],
+        ["history", tmp_path / "copy", SCENARIO, "f.txt"],
+        ["journal", "verify", tmp_path / "copy"],
+    ):
+        result = run_cli(*verb)
+        assert result.returncode == 4, (verb, result.stdout, result.stderr)
+        assert "E4010" in result.stderr + result.stdout, (verb, result.stderr)
+        assert "stream index" in result.stderr + result.stdout, (verb, result.stderr)
+    intact = run_cli("cat", state, SCENARIO, "f.txt", "--at", "v2")
+    assert (intact.returncode, intact.stdout) == (0, "v2"), intact.stderr
+
+
 _CRAFT = """
 import struct, sys, zlib, lmdb, msgpack, xxhash
 env = lmdb.open(sys.argv[1], max_dbs=100)
