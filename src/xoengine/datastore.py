@@ -59,6 +59,7 @@ from xoengine.errors import (
     JournalLockedError,
     JournalMissingError,
     JournalReadOnlyError,
+    JournalUnreadableError,
     OutputLocationError,
     StorageError,
     XoError,
@@ -78,6 +79,7 @@ __all__ = [
     "Store",
     "StoreInfo",
     "WriteTxn",
+    "has_journal",
     "keep_freed_memory",
     "open_store",
     "writer_of",
@@ -207,6 +209,27 @@ def _lock_holder(fd: int) -> str:
     return os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
 
 
+def has_journal(path: str | os.PathLike[str]) -> bool:
+    """Whether the directory ``path`` holds a journal (its ``data.mdb``).
+
+    A directory this user may not search, or a data file it may not read, is
+    :class:`JournalUnreadableError`, not "no journal" (``os.path.exists`` says
+    False to both).
+    """
+    data = os.path.join(os.fspath(path), "data.mdb")
+    try:
+        os.stat(data)
+    except PermissionError:
+        raise JournalUnreadableError(
+            path=os.fspath(path), detail=f"{data}: permission denied (searching its directory)"
+        ) from None
+    except OSError:
+        return False
+    if not os.access(data, os.R_OK):
+        raise JournalUnreadableError(path=os.fspath(path), detail=f"{data}: not readable")
+    return True
+
+
 def make_directory(target: Path, action: str, not_done: str) -> list[Path]:
     """Make ``target`` and its missing parents; return the ones made, deepest first.
 
@@ -262,6 +285,8 @@ def _translate(
     ``not_done``: what a full volume at ``path`` left undone, for the message.
     """
     text = str(exc)
+    if "Permission denied" in text or getattr(exc, "errno", None) == errno.EACCES:
+        return JournalUnreadableError(path=path, detail=text)
     if isinstance(exc, lmdb.ReadonlyError):
         return JournalReadOnlyError(path=path, detail=text)
     if "No space left" in text or getattr(exc, "errno", None) == errno.ENOSPC:
@@ -585,7 +610,7 @@ class Store:
             "map_async": False,
         }
         if self.readonly:
-            if not (Path(self.path) / "data.mdb").exists():
+            if not has_journal(self.path):
                 raise JournalMissingError(path=self.path)
             self._lockless = not self._lockable()
             return self._lmdb_open(readonly=True, lock=not self._lockless, create=False, **kwargs)

@@ -32,7 +32,7 @@ from eventsourcing.application import Application
 from eventsourcing.utils import get_topic
 
 from xoengine import blocks, codec
-from xoengine.datastore import Store, keep_freed_memory, open_store, writer_of
+from xoengine.datastore import Store, has_journal, keep_freed_memory, open_store, writer_of
 from xoengine.errors import (
     ConfigurationError,
     FrameError,
@@ -334,11 +334,7 @@ class Engine:
             self.state_dir.mkdir(parents=True, exist_ok=True)
             keep_freed_memory()  # captures allocate and free LMDB pages by the GiB
         journal = self.state_dir / "journal"
-        if (
-            readonly
-            and not (journal / "data.mdb").exists()
-            and (self.state_dir / "data.mdb").exists()
-        ):
+        if readonly and not has_journal(journal) and has_journal(self.state_dir):
             journal = self.state_dir  # a bare journal copy (`xoengine journal copy`)
         self._journal_dir = journal
         data = journal / "data.mdb"

@@ -41,6 +41,7 @@ __all__ = [
     "JournalLockedError",
     "JournalMissingError",
     "JournalReadOnlyError",
+    "JournalUnreadableError",
     "NoFileAtError",
     "OutputLocationError",
     "OverlappingTreesError",
@@ -183,6 +184,17 @@ class JournalLiveUnlockedError(StorageError):
         "it as a user who may write its journal directory and lock.mdb, or stop the "
         "writer, or read a copy taken beside the writer by such a user "
         "(`xoengine journal copy STATE COPY`). Nothing was read."
+    )
+
+
+class JournalUnreadableError(StorageError):
+    """The journal at {path} cannot be read by this user: {detail}."""
+
+    code = "E4008"
+    hint = (
+        "Read it as a user who may search the directories down to it and read data.mdb, "
+        "or copy it to where you may read it (`cp -a` keeps the modes: give the copy "
+        "yours). Nothing was read."
     )
 
 

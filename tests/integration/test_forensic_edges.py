@@ -1068,3 +1068,42 @@ def test_output_inside_a_scenarios_tree_or_the_state_directory_is_refused(
             eng.replay("s", to=state / "out")
     assert not (state / "out").exists()
     assert sorted(p.name for p in master.iterdir()) == ["doc.txt"]
+
+
+@pytest.mark.parametrize("closed", ["journal", "data.mdb"])
+def test_a_copy_this_user_may_not_read_is_a_coded_error_not_no_journal(
+    tmp_path: Path, closed: str
+) -> None:
+    """Review 24 (H5): a copy whose journal directory this user could not search made
+    every engine verb die with a PermissionError traceback, and `journal verify` say
+    "No journal" (E4001, "open it writable to create one"); an unreadable data file
+    was E4003 "open it writable". Each is E4008 now, naming what may not be read."""
+    master = tmp_path / "m"
+    write(master / "a", b"a")
+    with Engine.open(tmp_path / "state", durability="nosync") as eng:
+        sc = eng.create_scenario("s", master=str(master), replicas={"r1": str(tmp_path / "r1")})
+        sc.start()
+        sc.stop()
+    target = tmp_path / "state" / "journal" / ("" if closed == "journal" else closed)
+    os.chmod(target, 0)
+    unprivileged = ["setpriv", "--bounding-set", "-dac_override,-dac_read_search,-fowner"]
+    if os.geteuid() != 0:
+        unprivileged = []
+    try:
+        state = str(tmp_path / "state")
+        for verb in (
+            ["history", state, "s", "a"],
+            ["journal", "verify", state],
+            ["journal", "log", state],
+        ):
+            done = subprocess.run(
+                [*unprivileged, sys.executable, "-m", "xoengine.cli", *verb],
+                capture_output=True,
+                text=True,
+                check=False,
+                timeout=120,
+            )
+            assert done.returncode == 3, (verb, done.stderr)
+            assert "E4008" in done.stderr and "Traceback" not in done.stderr, (verb, done.stderr)
+    finally:
+        os.chmod(target, 0o755 if closed == "journal" else 0o644)

@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING, Any, Final
 
 from xoengine import codec
 from xoengine.cli.output import json_text, shown
-from xoengine.datastore import open_store
-from xoengine.errors import ConfigurationError, FrameError, XoError
+from xoengine.datastore import has_journal, open_store
+from xoengine.errors import ConfigurationError, FrameError, JournalUnreadableError, XoError
 from xoengine.journal import (
     BlobTable,
     Damage,
@@ -325,6 +325,9 @@ def add_parsers(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 def journal_path(text: str) -> str:
     """A journal directory, or an engine state directory holding one in ``journal/``."""
     inner = os.path.join(text, "journal")
-    if os.path.exists(os.path.join(inner, "data.mdb")):
-        return inner
+    try:
+        if has_journal(inner):
+            return inner
+    except JournalUnreadableError:
+        return inner  # said (coded) when the verb opens it, not as a parse error
     return text
