@@ -1107,3 +1107,29 @@ def test_a_copy_this_user_may_not_read_is_a_coded_error_not_no_journal(
             assert "E4008" in done.stderr and "Traceback" not in done.stderr, (verb, done.stderr)
     finally:
         os.chmod(target, 0o755 if closed == "journal" else 0o644)
+
+
+def test_replay_and_rewind_read_at_as_every_verb_reads_an_instant(
+    small: tuple[Engine, dict[str, int]], tmp_path: Path
+) -> None:
+    """Review 24 (H4): ``replay --at`` and ``rewind --at`` took only times, while
+    ``cat``/``diff``/``bisect --at`` take a position, a rewind point or a time: the
+    same text (``20261129``) was a position to one verb and a date to the other."""
+    eng, points = small
+    state = tmp_path / "state"
+    for at in ("before", str(points["before"])):
+        out = tmp_path / f"out-{at}"
+        done = run_cli("replay", state, "s", "--to", out, "--at", at, "--json")
+        assert done.returncode == 0, done.stderr
+        assert json.loads(done.stdout)["position"] == points["before"]
+        assert sorted(os.listdir(out)) == ["a", "gone"] and (out / "a").read_bytes() == b"1"
+        preview = run_cli("rewind", state, "s", "r1", "--at", at, "--dry-run", "--json")
+        assert preview.returncode == 0, preview.stderr
+    far = run_cli("replay", state, "s", "--to", tmp_path / "far", "--at", "20261129")
+    cat = run_cli("cat", state, "s", "a", "--at", "20261129")
+    assert far.returncode == cat.returncode == 2, (far.stderr, cat.stderr)  # both: a position
+    assert "E1001" in far.stderr and "E1001" in cat.stderr
+    both = run_cli(
+        "replay", state, "s", "--to", tmp_path / "b", "--at", "before", "--position", "1"
+    )
+    assert both.returncode == 2 and "not both" in both.stderr, both.stderr

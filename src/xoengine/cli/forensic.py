@@ -36,10 +36,6 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
 
-def _time(text: str | None) -> dt.datetime | None:
-    return None if text is None else parse_time(text)
-
-
 def _instant(eng: Engine, scenario: str, text: str | None) -> Instant | None:
     """An instant from the command line (see the module's docstring)."""
     if text is None:
@@ -66,6 +62,24 @@ def _instant(eng: Engine, scenario: str, text: str | None) -> Instant | None:
     raise ConfigurationError(
         detail=f"{text!r} is neither a position, a rewind point of {scenario}, nor an ISO 8601 time"
     )
+
+
+def _position_or_time(
+    eng: Engine, scenario: str, position: int | None, at: str | None
+) -> tuple[int | None, dt.datetime | None]:
+    """``--position`` and ``--at`` as the engine takes them.
+
+    ``--at`` is read as every verb reads an instant (a position, a rewind point's
+    name or a time): one text names one instant whichever verb is given it.
+    """
+    instant = _instant(eng, scenario, at)
+    if isinstance(instant, dt.datetime):
+        return position, instant
+    if not isinstance(instant, int):  # none given (a point is read as its position)
+        return position, None
+    if position is not None:
+        raise ConfigurationError(detail="give --position or --at, not both")
+    return instant, None
 
 
 def _before_history(eng: Engine, scenario: str, instant: Instant | None, text: str | None) -> None:
@@ -257,12 +271,13 @@ _NO_VERDICT: Final = 126
 def cmd_replay(args: argparse.Namespace) -> int:
     """``replay``: rebuild a tree, subtree or file as it was (never inside a tree it names)."""
     with Engine.open(args.state, readonly=True) as eng:
-        _before_history(eng, args.name, _time(args.at), args.at)
+        position, at = _position_or_time(eng, args.name, args.position, args.at)
+        _before_history(eng, args.name, at, args.at)
         result = eng.replay(
             args.name,
             to=args.to,
-            position=args.position,
-            at=_time(args.at),
+            position=position,
+            at=at,
             point=args.point,
             path=args.path,
             progress=_progress("entries written"),
@@ -423,21 +438,26 @@ def cmd_rewind(args: argparse.Namespace) -> int:
         raise ConfigurationError(
             detail="give one of a rewind point (or position), --position or --at"
         )
-    point, target = args.point, {"position": args.position, "at": _time(args.at)}
+    point, position = args.point, args.position
     if point is not None and point.isascii() and point.isdigit():  # as every verb reads one
-        target["position"] = int(point)
+        position = int(point)
         point = None
+
+    def target(eng: Engine) -> dict[str, Any]:
+        position_, at = _position_or_time(eng, args.name, position, args.at)
+        _before_history(eng, args.name, at, args.at)  # a flat span: the rewind's too
+        return {"position": position_, "at": at}
+
     if args.dry_run:
         with Engine.open(args.state, readonly=True) as eng:
-            _before_history(eng, args.name, target["at"], args.at)
-            preview = eng.scenario(args.name).rewind_preview(args.replica, point, **target)
+            preview = eng.scenario(args.name).rewind_preview(args.replica, point, **target(eng))
             _show(preview, as_json=args.json)
         return 0
     with Engine.open(args.state, durability=args.durability) as eng:
         sc = eng.scenario(args.name)
-        _before_history(eng, args.name, target["at"], args.at)  # a flat span: the rewind's too
+        where = target(eng)
         was = sc.applied_position(args.replica)
-        held = sc.rewind(args.replica, point, **target, progress=_progress("undo records undone"))
+        held = sc.rewind(args.replica, point, **where, progress=_progress("undo records undone"))
         result = {
             "replica": args.replica,
             "position": held,
@@ -504,7 +524,7 @@ def add_parsers(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     common(replay)
     replay.add_argument("--to", required=True, help="output directory")
     replay.add_argument("--position", type=int)
-    replay.add_argument("--at", help="time (ISO 8601; UTC if no offset)")
+    replay.add_argument("--at", help=_INSTANT)
     replay.add_argument("--point", help="rewind point name")
     replay.add_argument("--path", help="one file or subtree")
     replay.set_defaults(func=cmd_replay)
@@ -551,7 +571,7 @@ def add_parsers(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     rewind.add_argument("replica")
     rewind.add_argument("point", nargs="?", help="rewind point name, or a position")
     rewind.add_argument("--position", type=int)
-    rewind.add_argument("--at", help="time (ISO 8601; UTC if no offset)")
+    rewind.add_argument("--at", help=_INSTANT)
     rewind.add_argument(
         "--dry-run",
         action="store_true",
