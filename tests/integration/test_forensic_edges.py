@@ -914,6 +914,31 @@ def test_a_time_while_the_scenario_was_stopped_is_noted(
         assert ("changes made to the master while it was stopped were not captured" in err) is noted
 
 
+def test_a_time_after_the_last_record_of_a_running_scenario_is_noted(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Review 24 (H3): on a copy taken while the scenario ran, a time after its last
+    record was answered with the last bytes journaled and no word: the copy cannot
+    say what the master held then. (Stopped, the stop's note says why.)"""
+    master = tmp_path / "m"
+    write(master / "f", b"v1")
+    state = str(tmp_path / "state")
+    eng = Engine.open(state, durability="nosync")
+    try:
+        sc = eng.create_scenario("s", master=str(master), replicas={"r1": str(tmp_path / "r1")})
+        sc.start()
+        last = iso_time(eng.recorder.time_of(eng.last_position()))
+        assert eng.scenario("s").state == "Running"
+    finally:
+        eng.close()  # closed while running: as a copy taken beside the writer reads
+    for at, noted in ((last, False), ("2099-01-01T00:00:00Z", True)):
+        capsys.readouterr()
+        assert main(["cat", state, "s", "f", "--at", at]) == 0
+        out, err = capsys.readouterr()
+        assert out == "v1"
+        assert ("after the journal's last record" in err) is noted, (at, err)
+
+
 def test_a_time_before_the_journal_of_a_never_started_scenario_is_answered(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

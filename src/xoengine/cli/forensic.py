@@ -29,7 +29,7 @@ from xoengine.cli.scenario import _engine, _show
 from xoengine.engine import Engine, Instant
 from xoengine.errors import ConfigurationError, DiskFullError, OutputLocationError, XoError
 from xoengine.forensic import BURST_WINDOW_S, CONTENT_CHANGES, HistoryEntry
-from xoengine.journal import iso_time
+from xoengine.journal import datetime_ns, iso_time
 from xoengine.tree import copy_sparse
 
 if TYPE_CHECKING:
@@ -90,7 +90,9 @@ def _before_history(eng: Engine, scenario: str, instant: Instant | None, text: s
     tree: an empty answer then says nothing about what the master held. While
     the scenario was stopped, nothing captured its master: the answer is the
     tree as of the stop. While the clock stood behind the journal (AW0006),
-    commits shared one label: a time there names the last of them.
+    commits shared one label: a time there names the last of them. After the
+    journal's last record while the scenario ran (a copy, a writer gone), the
+    journal cannot say what the master held.
     """
     if not isinstance(instant, dt.datetime):
         return
@@ -103,6 +105,16 @@ def _before_history(eng: Engine, scenario: str, instant: Instant | None, text: s
                 f"note: {scenario} was stopped at {text} (since position {stop[0]}, "
                 f"{iso_time(stop[1])}): the answer is its tree as journaled then; changes made "
                 "to the master while it was stopped were not captured",
+                file=sys.stderr,
+            )
+        last = eng.last_position()
+        asked = datetime_ns(instant) - 999  # the microsecond asked begins after the last
+        if stop is None and position == last and asked > (end := eng.recorder.time_of(last)):
+            print(
+                f"note: {text} is after the journal's last record (position {last}, "
+                f"{iso_time(end)}) while {scenario} was running: the answer is its tree "
+                "as journaled then; what the master held later is not in this journal "
+                "(a copy taken then, or a writer that stopped writing)",
                 file=sys.stderr,
             )
         behind = eng.clock_behind(scenario, position)
