@@ -66,3 +66,15 @@ def test_plain_names_stay_plain() -> None:
     assert shown("a\u00a0b") == '"a\\u00a0b"'
     assert shown(os.fsdecode(b"a\xa0b")) == '"a\\xa0b"'
     assert shown("\u202eevil") == '"\\u202eevil"'  # a right-to-left override
+
+
+def test_names_that_hold_a_reports_separators_or_combining_marks_are_quoted() -> None:
+    """Review 24 (H1): ``x -> y`` renamed to ``z`` and ``x`` renamed to ``y -> z`` printed
+    the same history line (and ``a: b``/``b: c`` the same diff line); ``café`` composed
+    and decomposed printed alike."""
+    assert f"{shown('x -> y')} -> {shown('z')}" != f"{shown('x')} -> {shown('y -> z')}"
+    assert f"{shown('a: b')}: {shown('c')}" != f"{shown('a')}: {shown('b: c')}"
+    assert shown("x -> y") == '"x -> y"'
+    assert shown("cafe\u0301.txt") == '"cafe\\u0301.txt"'
+    assert shown("caf\u00e9.txt") == "caf\u00e9.txt"
+    assert shown("a->b") == "a->b" and shown("a:b") == "a:b"  # only the separators as written

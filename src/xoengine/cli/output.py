@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import unicodedata
 from typing import Any
 
 __all__ = ["json_text", "plain", "shown"]
@@ -20,14 +21,24 @@ __all__ = ["json_text", "plain", "shown"]
 _ESCAPES = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
 
+_SEPARATORS = (" -> ", ": ")
+"""What reports put between two names (a rename, a mapping): a name holding one is quoted."""
+
+
 def _needs_quotes(text: str) -> bool:
-    return not text.isprintable() or text != text.strip() or text.startswith('"')
+    return (
+        not text.isprintable()
+        or text != text.strip()
+        or text.startswith('"')
+        or any(separator in text for separator in _SEPARATORS)
+        or any(unicodedata.combining(char) for char in text)
+    )
 
 
 def _escape(char: str) -> str:
     if char in _ESCAPES:
         return _ESCAPES[char]
-    if char.isprintable():
+    if char.isprintable() and not unicodedata.combining(char):
         return char
     code = ord(char)
     if 0xDC80 <= code <= 0xDCFF:  # a byte that was not UTF-8 (surrogateescape)
@@ -44,8 +55,10 @@ def shown(text: str) -> str:
     in double quotes with escapes: ``\n``, ``\t``, ``\"``, ``\\``; ``\xNN`` for
     a byte that was not UTF-8 (NN >= 80) or an ASCII control character;
     ``\uNNNN`` or ``\UNNNNNNNN`` for any other unprintable character (a
-    no-break space, a bidirectional override). A shown name starts with a
-    quote only if it is quoted.
+    no-break space, a bidirectional override) and for a combining mark (so a
+    name in decomposed form, ``cafe\u0301``, is told from the composed one).
+    A name holding what reports put between two names (`` -> ``, ``: ``) is
+    quoted too. A shown name starts with a quote only if it is quoted.
     """
     if not _needs_quotes(text):
         return text
