@@ -122,10 +122,11 @@ _NUMERIC_OPTIONS: Final = (
     "undo_min_points",
     "undo_window",
     "undo_check_interval",
+    "watch_delay",
 )
 #: Every scenario option (a typo must not pass silently for an unset limit).
 _KNOWN_OPTIONS: Final = frozenset(
-    {"block_size", "include", "exclude", "groups", "databases", "watch_delay", *_NUMERIC_OPTIONS}
+    {"block_size", "include", "exclude", "groups", "databases", *_NUMERIC_OPTIONS}
 )
 _ROOT_TOPIC: Final = get_topic(RootChanged)
 _RUN_TOPICS: Final = [get_topic(c) for c in (ScenarioCreated, ScenarioStarted, ScenarioStopped)]
@@ -1314,10 +1315,23 @@ class Engine:
             raise ScenarioError(
                 name=name, detail="a storage_group scenario needs groups={name: [paths]}"
             )
-        for key in ("include", "exclude"):
+        for key in ("include", "exclude", "databases"):
             value = options.get(key, ())
-            if isinstance(value, str) or not all(isinstance(p, str) and p for p in value):
+            if not isinstance(value, list | tuple) or not all(
+                isinstance(p, str) and p for p in value
+            ):
                 raise ScenarioError(name=name, detail=f"{key} must be a list of glob patterns")
+        groups = options.get("groups", {})
+        if not isinstance(groups, dict) or not all(
+            isinstance(group, str)
+            and group
+            and isinstance(paths, list | tuple)
+            and all(isinstance(p, str) and p for p in paths)
+            for group, paths in groups.items()
+        ):
+            raise ScenarioError(
+                name=name, detail="groups must map each group's name to a list of its paths"
+            )
         unknown = sorted(set(options) - _KNOWN_OPTIONS)
         if unknown:
             raise ScenarioError(

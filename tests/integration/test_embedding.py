@@ -566,3 +566,35 @@ def test_a_suspension_beside_a_start_waits_for_its_applier_to_start(
         sc.wait_replicated()
         assert (tmp_path / "r1" / "b").read_text() == "b"
         sc.stop()
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "says"),
+    [
+        ("watch_delay", "abc", "watch_delay must be a finite number"),
+        ("watch_delay", -1, "watch_delay must be a finite number"),
+        ("watch_delay", float("nan"), "watch_delay must be a finite number"),
+        ("groups", "x", "groups must map"),
+        ("groups", {"g": "one/path"}, "groups must map"),
+        ("databases", "*.mdf", "databases must be a list"),
+        ("exclude", 5, "exclude must be a list"),
+    ],
+)
+def test_a_scenario_option_of_the_wrong_kind_is_refused_at_creation(
+    tmp_path: Path, option: str, value: object, says: str
+) -> None:
+    """Review 24 (G4): ``watch_delay="abc"`` was journaled, and ``start(watch=True)``
+    then synchronized, journaled ScenarioStarted and died with an uncoded ValueError,
+    leaving it Running with no watcher; ``groups="x"`` broke ``entities()`` later."""
+    master = _master(tmp_path)
+    kind = "storage_group" if option == "groups" else "file_server"
+    with Engine.open(tmp_path / "state", durability="nosync") as eng:
+        with pytest.raises(ScenarioError, match=says):
+            eng.create_scenario(
+                "s",
+                kind=kind,
+                master=str(master),
+                replicas={"r1": str(tmp_path / "r1")},
+                **{option: value},
+            )
+        assert eng.scenarios() == [] and eng.last_position() == 0
