@@ -1206,11 +1206,7 @@ class Capture:
         mapped, for a delta. None if it could not be read. ``forget()`` drops
         what a read spilled, before it starts again or gives up.
         """
-        bs = self.state.block_size
         place = self.layout.master_place(path)
-        if self._chunk is None:
-            self._chunk = bytearray(max(bs, _CHUNK - _CHUNK % bs))
-        view = memoryview(self._chunk)
         old_digests = old_map.digest_array()
         for attempt in range(2):
             if attempt:
@@ -1228,6 +1224,7 @@ class Capture:
                 if not stat.S_ISREG(before.st_mode):
                     forget()
                     return None
+                view = self._buffer(before.st_size)
                 offset = 0
                 holes = trees.holes_of(fd, before, len(view))
                 while True:
@@ -1539,6 +1536,22 @@ class Capture:
     def forget_master_state(self) -> None:
         """Drop the decoded copy of the master state (after it was changed elsewhere)."""
         self._known = None
+
+    def _buffer(self, size: int) -> memoryview:
+        """The streaming read buffer for a file of ``size`` bytes, reused.
+
+        Whole blocks, at most :data:`_CHUNK`: grown when a larger file needs it (a
+        scenario of small files holds a small one).
+        """
+        bs = self.state.block_size
+        want = max(bs, min(_CHUNK - _CHUNK % bs, -(-(size + 1) // bs) * bs))
+        if self._chunk is None or len(self._chunk) < want:
+            self._chunk = bytearray(want)
+        return memoryview(self._chunk)[:want]
+
+    def release_buffers(self) -> None:
+        """Drop the streaming read buffer (the engine closes; the next pass makes one)."""
+        self._chunk = None
 
     def check_not_removed(self) -> None:
         """Refuse a pass (under :attr:`lock`) once the scenario is removed.

@@ -928,6 +928,7 @@ class Engine:
                 failed, interrupted = e, True
             finally:
                 scenario._release_replicas()
+                scenario.capture_engine.release_buffers()  # a handle kept holds no 16 MiB
         self._closed = True
         self.store.release_writer(self)
         try:

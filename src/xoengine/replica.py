@@ -21,10 +21,12 @@ the journal (ARCHITECTURE.md: the master's journal is the spool).
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import functools
 import os
 import stat
+import tempfile
 import threading
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final, TypeAlias
@@ -129,6 +131,39 @@ class AppliedCounts:
     deleted: int = 0
     renamed: int = 0
     errors: list[str] = field(default_factory=list)
+
+
+REPLICA_LOCKS: Final = os.path.join(tempfile.gettempdir(), "xoengine-replicas")
+"""Where engines hold the replica roots they write (:meth:`ReplicaApplier.claim`)."""
+
+
+def _lock_replica(st: os.stat_result) -> int | None:
+    """An ``flock``-held lock file for the directory ``st`` (-1: no place for one).
+
+    None if another holder has it. The file is removed by its holder's release,
+    so a lock taken on a file removed meanwhile is taken again on the new one.
+    """
+    path = os.path.join(REPLICA_LOCKS, f"{st.st_dev:x}-{st.st_ino:x}")
+    while True:
+        try:
+            if not os.path.isdir(REPLICA_LOCKS):
+                os.makedirs(REPLICA_LOCKS, exist_ok=True)
+                os.chmod(REPLICA_LOCKS, 0o1777)  # noqa: S103 (sticky, as /tmp: each user's own)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+        except OSError:
+            return -1  # best effort: nowhere to hold it
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        try:
+            same = os.stat(path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            return fd
+        os.close(fd)  # removed by the holder that let go while this one opened it
 
 
 class ReplicaApplier:
@@ -270,34 +305,35 @@ class ReplicaApplier:
         check_real_root(self.tree.root, "replica")
 
     def claim(self) -> None:
-        """Hold the replica's root for this engine (``flock`` on it) until :meth:`release`.
+        """Hold the replica's root for this engine until :meth:`release`.
 
         Another engine whose scenario names the same directory (another state
         directory, in this process or another) is refused
         (:class:`ReplicaInUseError`) before it writes: two journals writing one
-        tree would each undo and resynchronize behind the other. Nothing is
-        written into the replica for it. A root made anew (a synchronization
-        after it was deleted) is held anew; a root not there yet is not held.
+        tree would each undo and resynchronize behind the other. The hold is an
+        ``flock`` on a lock file named by the root's device and inode in
+        :data:`REPLICA_LOCKS` (outside the replica: nothing is written into it,
+        and its volume stays free to unmount); where that place cannot be made
+        or opened, nothing is held. A root made anew (a synchronization after it
+        was deleted) is held anew; a root not there yet is not held.
         """
         if self.store.readonly:
             return  # a read-only engine writes nothing (its journal writes are refused)
         try:
-            fd = os.open(self.tree.root, os.O_RDONLY | os.O_DIRECTORY)
+            st = os.stat(self.tree.root)
         except OSError:
             return  # not there (yet): nothing of it to write over
-        st = os.fstat(fd)
         if self._held is not None and self._held[1:] == (st.st_dev, st.st_ino):
-            os.close(fd)
             return
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
+        fd = _lock_replica(st)
+        if fd is None:
             raise ReplicaInUseError(
                 root=self.tree.root,
-                detail=f"replica {self.name!r} of this engine's scenario {self.scenario!r} "
-                "is another open engine's replica too",
-            ) from None
+                detail=f"replica {self.name!r} of scenario {self.scenario!r} is another "
+                "open engine's replica too",
+            )
+        if fd < 0:
+            return  # nowhere to hold it: not held (said in the guide)
         self.release()
         self._held = (fd, st.st_dev, st.st_ino)
 
@@ -305,6 +341,8 @@ class ReplicaApplier:
         """Let go of the root :meth:`claim` held (the engine closes, the scenario is removed)."""
         held, self._held = self._held, None
         if held is not None:
+            with contextlib.suppress(OSError):  # the next holder makes it again
+                os.unlink(os.path.join(REPLICA_LOCKS, f"{held[1]:x}-{held[2]:x}"))
             os.close(held[0])
 
     def check_root(self) -> None:
