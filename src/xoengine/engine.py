@@ -254,7 +254,11 @@ def _real(path: str | bytes | os.PathLike[str] | os.PathLike[bytes]) -> str:
 
 
 def _is_path(value: object) -> bool:
-    return isinstance(value, str | bytes | os.PathLike)
+    """A str, bytes or path-like holding no NUL (no file system name can)."""
+    if not isinstance(value, str | bytes | os.PathLike):
+        return False
+    raw = os.fspath(value)
+    return (b"\0" if isinstance(raw, bytes) else "\0") not in raw
 
 
 def _inside(child: str, parent: str) -> bool:
@@ -318,7 +322,11 @@ class Engine:
             raise ConfigurationError(
                 detail=f"map_size must be a whole number of bytes > 0, not {map_size!r}"
             )
-        self.state_dir = Path(state_dir).absolute()  # checked against trees: cwd may change
+        if not _is_path(state_dir):
+            raise ConfigurationError(
+                detail=f"the state directory must be a path, not {state_dir!r}"
+            )
+        self.state_dir = Path(os.fsdecode(state_dir)).absolute()  # cwd may change: kept whole
         self.readonly = readonly
         if adopt and not (self.state_dir / "journal" / "data.mdb").is_file():
             # Only a journal made elsewhere is adopted: nothing is made here for it.
@@ -332,7 +340,13 @@ class Engine:
                 detail = f"{self.state_dir} holds no journal to adopt (no journal/data.mdb)"
             raise ConfigurationError(detail=detail + "; nothing was made")
         if not readonly:
-            self.state_dir.mkdir(parents=True, exist_ok=True)
+            try:
+                self.state_dir.mkdir(parents=True, exist_ok=True)
+            except OSError as e:  # a file there, or above it; no right to make it
+                raise ConfigurationError(
+                    detail=f"the state directory {os.fspath(self.state_dir)!r} cannot be a "
+                    f"directory: {e.strerror}"
+                ) from None
             keep_freed_memory()  # captures allocate and free LMDB pages by the GiB
         journal = self.state_dir / "journal"
         if readonly and not has_journal(journal) and has_journal(self.state_dir):
@@ -533,10 +547,21 @@ class Engine:
         """``(position, time label, event)`` of a scenario's file events in ``(after, upto]``.
 
         Only events of ``kinds``: the others are skipped before their state is decoded.
+        A name the journal never held is refused, as by :meth:`forensics`.
         """
         self._check_open("read file events")
+        self._check_reading(scenario, upto)
         topics = FILE_TOPICS if kinds == FILE_EVENTS else [get_topic(c) for c in kinds]
         return self._scenario_events(scenario, topics, after, upto)
+
+    def _check_reading(self, scenario: str, upto: int | None) -> None:
+        """Refuse a scenario name the journal never held, and a bound that is no position."""
+        if scenario not in self._ever_named:
+            self._refresh()
+            if scenario not in self._ever_named:
+                raise ScenarioNotFoundError(name=scenario)
+        if upto is not None and (not isinstance(upto, int) or isinstance(upto, bool)):
+            raise ConfigurationError(detail=f"upto is a position (int) or None, not {upto!r}")
 
     def root_events(
         self, scenario: str, upto: int | None, *, after: int = 0
@@ -546,6 +571,7 @@ class Engine:
         Read through the journal's topic index: a few events, however long the journal.
         """
         self._check_open("read root events")
+        self._check_reading(scenario, upto)
         return self._scenario_events(scenario, [_ROOT_TOPIC], after, upto)
 
     def stopped_at(self, scenario: str, at: Instant | None) -> tuple[int, int] | None:
@@ -753,6 +779,12 @@ class Engine:
         rel = normalize_relpath(path)
         if scratch is not None:
             self.check_output_place(scratch, "replay into the scratch directory")
+            if not os.path.isdir(scratch):
+                raise OutputLocationError(
+                    action="replay into the scratch directory",
+                    path=os.fspath(scratch),
+                    detail="not an existing directory",
+                )
         with tempfile.TemporaryDirectory(prefix="xoengine-file-at-", dir=scratch) as temporary:
             out = os.path.join(temporary, "tree")
             try:
@@ -828,6 +860,8 @@ class Engine:
         a bad one or None for the end); by default the whole journal. A burst
         is ``burst_threshold`` files damaged within ``burst_window`` seconds.
         """
+        if not callable(predicate):  # refused before any replay, not after the first
+            raise ConfigurationError(detail=f"predicate is a callable, not {predicate!r}")
         if between is not None and (not isinstance(between, tuple | list) or len(between) != 2):
             raise ConfigurationError(detail=f"between is (good, bad), not {between!r}")
         low, high = between or (None, None)
@@ -1268,6 +1302,8 @@ class Engine:
             Layout(tuple(roots))
         except ConfigurationError as e:
             raise ScenarioError(name=name, detail=e.message) from None
+        if not isinstance(replicas, dict):
+            raise ScenarioError(name=name, detail="replicas maps each replica's name to its path")
         if not replicas:
             raise ScenarioError(name=name, detail="at least one replica is needed")
         replica_paths: dict[str, str] = {}

@@ -46,6 +46,7 @@ from xoengine.errors import (
     ConfigurationError,
     FrameError,
     NoFileAtError,
+    OutputLocationError,
     XoError,
 )
 from xoengine.events import (
@@ -562,9 +563,15 @@ class Forensics:
         :class:`~xoengine.errors.OutputLocationError` (or ``DiskFullError``).
         """
         target = Path(to)
-        if target.is_symlink() or (
-            target.exists() and (not target.is_dir() or any(target.iterdir()))
-        ):
+        try:
+            taken = target.is_symlink() or (
+                target.exists() and (not target.is_dir() or any(target.iterdir()))
+            )
+        except OSError as e:  # a name too long, a place this user may not look into
+            raise OutputLocationError(
+                action="replay into", path=str(target), detail=e.strerror or str(e)
+            ) from None
+        if taken:
             raise ConfigurationError(
                 detail=f"replay target {target} is not an empty directory: replay into a new one"
             )

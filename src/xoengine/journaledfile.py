@@ -14,6 +14,7 @@ from typing import IO, Any, Final, Self
 from xoengine.blobtable import BLOB_MAX, blob_chunks
 from xoengine.blocks import BlockMap, coalesce_ranges
 from xoengine.capture import Capture, CaptureResult, _entry_observed, _observed
+from xoengine.errors import ConfigurationError, PathError
 from xoengine.events import (
     BytesWritten,
     FileEvent,
@@ -55,6 +56,13 @@ class JournaledFile:
 
     def __init__(self, capture: Capture, path: str, mode: str) -> None:
         """Open scenario path ``path`` on the master (``mode`` as for ``open``, binary)."""
+        if (
+            not isinstance(mode, str)
+            or set(mode) - set("rwxab+")
+            or sum(mode.count(c) for c in "rwxa") != 1
+            or any(mode.count(c) > 1 for c in "b+")
+        ):
+            raise ConfigurationError(detail=f"a file's mode is r, w, x or a, with b or +: {mode!r}")
         if "b" not in mode:
             mode += "b"
         self._capture = capture
@@ -70,7 +78,13 @@ class JournaledFile:
         self._make_parents(index, rel)
         existed = os.path.lexists(full)
         # Read access even for "w"/"a" modes: flush reads back what was written.
-        self._file: IO[bytes] = open(full, mode, opener=_read_write_opener)  # noqa: SIM115
+        try:
+            self._file: IO[bytes] = open(full, mode, opener=_read_write_opener)  # noqa: SIM115
+        except OSError as e:  # a link (never followed), a directory, a name too long ...
+            raise PathError(path=self.path, detail=e.strerror or str(e)) from None
+        if not self._file.seekable():  # a fifo, a socket: no byte ranges to journal
+            self._file.close()
+            raise PathError(path=self.path, detail="not a regular file")
         self._ranges: list[tuple[int, int]] = []
         self._buffered = 0
         # The smallest size the file had since the last flush (None: never cut).

@@ -104,6 +104,9 @@ DEFAULT_DATABASE_PATTERNS: Final = ("*.db", "*.sqlite", "*.sqlite3", "*.mdf")
 
 _DB_COMPANIONS: Final = ("-wal", "-shm", "-journal", ".ldf")
 
+_POINT_NAME_MAX: Final = 256
+"""The longest rewind point name, in characters (they are journaled with every point)."""
+
 _AUTO_POINT_NAME: Final = re.compile(r"(?:sync|auto|backup|integrity)-\d+")
 """Names of automatic rewind points (kind, then position): refused for user points."""
 
@@ -904,6 +907,8 @@ class Scenario:
             raise ConfigurationError(
                 detail=f"a rewind point or a position (int >= 0), not {point!r}"
             )
+        if position > (top := self._engine.last_position()):  # as every reader refuses it
+            raise ConfigurationError(detail=f"position {position} is outside 0..{top}")
         return [name for name, floor in self.rewind_floors().items() if floor <= position]
 
     def rewind_floors(self) -> dict[str, int]:
@@ -1016,8 +1021,15 @@ class Scenario:
         brought up to date in this thread.
         """
         self._usable("wait for")
+        if timeout is not None and (
+            isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout >= 0
+        ):
+            raise ConfigurationError(
+                detail=f"timeout is a number of seconds >= 0, or None, not {timeout!r}"
+            )
         target = self._engine.last_position()
-        deadline = None if timeout is None else time.monotonic() + timeout
+        # inf (or a huge number) is no deadline: Condition.wait cannot take one that far.
+        deadline = None if timeout is None or timeout > 1e9 else time.monotonic() + timeout
         for name, applier in self._appliers.items():
             if name in self._def.suspended:
                 continue
@@ -1080,6 +1092,8 @@ class Scenario:
         why = None
         if not name.strip():
             why = "it is empty"
+        elif len(name) > _POINT_NAME_MAX:
+            why = f"it is longer than {_POINT_NAME_MAX} characters"
         elif not name.isprintable():
             why = "it holds a control character"
         elif name.strip().isdigit():

@@ -772,6 +772,10 @@ def stat_entry(
             target = os.fsdecode(os.readlink(leaf, dir_fd=fd)) if kind == "symlink" else None
     except (FileNotFoundError, NotADirectoryError, PathError):
         return None
+    except OSError as e:
+        if e.errno == errno.ENAMETOOLONG:  # a name no file system holds: nothing there
+            return None
+        raise
     return entry_from_stat(rel, kind, st, target)
 
 

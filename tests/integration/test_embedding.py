@@ -598,3 +598,60 @@ def test_a_scenario_option_of_the_wrong_kind_is_refused_at_creation(
                 **{option: value},
             )
         assert eng.scenarios() == [] and eng.last_position() == 0
+
+
+def test_bad_arguments_at_the_api_are_coded_errors(tmp_path: Path) -> None:
+    """Review 24 (G5): each of these raised a bare Python exception (ValueError,
+    AttributeError, FileExistsError, OverflowError, TypeError, OSError) or was
+    accepted (a point name of 100,000 characters, a position past the journal)."""
+    master = _master(tmp_path)
+    (tmp_path / "a-file").write_text("x")
+    (master / "dir").mkdir()
+    os.symlink("a", master / "link")
+    os.mkfifo(master / "fifo")
+    with pytest.raises(XoError):
+        Engine.open(tmp_path / "a-file")
+    with pytest.raises(XoError):
+        Engine.open(tmp_path / "a-file" / "below")
+    with pytest.raises(XoError):
+        Engine.open(None)  # type: ignore[arg-type]
+    with Engine.open(tmp_path / "state", durability="nosync") as eng:
+        for bad in (
+            {"master": str(master) + "\0x", "replicas": {"r1": str(tmp_path / "r1")}},
+            {"master": str(master), "replicas": [str(tmp_path / "r1")]},
+            {"master": str(master), "replicas": {"r1": str(tmp_path / "r1\0")}},
+        ):
+            with pytest.raises(XoError):
+                eng.create_scenario("s", **bad)  # type: ignore[arg-type]
+        sc = eng.create_scenario("s", master=str(master), replicas={"r1": str(tmp_path / "r1")})
+        sc.start()
+        calls: dict[str, Callable[[], object]] = {
+            "timeout inf": lambda: sc.wait_replicated(timeout=float("inf")),
+        }
+        assert calls["timeout inf"]() == eng.last_position()  # no deadline: it waits
+        refused: dict[str, Callable[[], object]] = {
+            "timeout text": lambda: sc.wait_replicated(timeout="1"),  # type: ignore[arg-type]
+            "timeout nan": lambda: sc.wait_replicated(timeout=float("nan")),
+            "mode": lambda: sc.open("a", "zz"),
+            "text mode": lambda: sc.open("a", "rt"),
+            "a link": lambda: sc.open("link"),
+            "a directory": lambda: sc.open("dir"),
+            "a fifo": lambda: sc.open("fifo"),
+            "a name too long": lambda: sc.open("a" * 300, "wb"),
+            "replay into a name too long": lambda: eng.replay("s", to=tmp_path / ("o" * 300)),
+            "a missing scratch": lambda: eng.file_at(
+                "s", "a", scratch=tmp_path / "no" / "dir"
+            ).__enter__(),
+            "no predicate": lambda: eng.bisect("s", None),  # type: ignore[arg-type]
+            "a scenario never held": lambda: eng.file_events("typo", None),
+            "a bound that is no position": lambda: eng.file_events("s", "x"),  # type: ignore[arg-type]
+            "a position past the journal": lambda: sc.reachable_by(10**30),
+            "a point name too long": lambda: sc.set_rewind_point("p" * 100_000),
+        }
+        for what, call in refused.items():
+            with pytest.raises(XoError):
+                call()
+            assert what  # (named in the failure's traceback)
+        assert sc.capture([("a" * 300)]).events == 0  # a name no file system holds: nothing
+        assert [p.name for p in sc.rewind_points() if p.kind == "user"] == []
+        sc.stop()
