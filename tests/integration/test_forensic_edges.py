@@ -1158,3 +1158,25 @@ def test_replay_and_rewind_read_at_as_every_verb_reads_an_instant(
         "replay", state, "s", "--to", tmp_path / "b", "--at", "before", "--position", "1"
     )
     assert both.returncode == 2 and "not both" in both.stderr, both.stderr
+
+
+def test_replay_and_diff_at_a_position_inside_a_commit_say_so(
+    small: tuple[Engine, dict[str, int]], tmp_path: Path
+) -> None:
+    """Review 24 (L9): ``cat`` noted a position inside a commit (a step of it, such as
+    a file made before its content); ``replay`` and ``diff`` built that state silently."""
+    eng, points = small
+    recorder = eng.recorder
+    inside = next(
+        p for p in range(1, points["end"]) if recorder.position_at(recorder.time_of(p)) != p
+    )
+    state = tmp_path / "state"
+    for verb in (
+        ["replay", state, "s", "--to", tmp_path / "out", "--position", str(inside)],
+        ["diff", state, "s", str(inside), str(points["end"])],
+    ):
+        done = run_cli(*verb)
+        assert done.returncode == 0, done.stderr
+        assert f"position {inside} shares its time label" in done.stderr, done.stderr
+    done = run_cli("replay", state, "s", "--to", tmp_path / "end", "--position", str(points["end"]))
+    assert "shares its time label" not in done.stderr

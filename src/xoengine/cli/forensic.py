@@ -136,6 +136,25 @@ def _before_history(eng: Engine, scenario: str, instant: Instant | None, text: s
     )
 
 
+def _inside_commit(eng: Engine, position: int | None) -> None:
+    """Note on stderr a position before its commit's last: a step of that commit.
+
+    Such a state (a file made, its content not yet written) may never have been
+    the master's; ``cat`` says so in its summary, ``replay`` and ``diff`` here.
+    """
+    if position is None or not 0 < position <= eng.last_position():
+        return
+    end = eng.recorder.position_at(eng.recorder.time_of(position))
+    if end != position:
+        print(
+            f"note: position {position} shares its time label with later positions, up to "
+            f"{end} (the positions of one commit share its label, and so do commits made "
+            "while the clock stood behind the last label): inside a commit, the tree may be "
+            "one the master never held, such as a file made before its content",
+            file=sys.stderr,
+        )
+
+
 def _check_output(eng: Engine, out: str | None, scratch: str | None) -> None:
     """Refuse ``cat``'s output file and scratch directory before any work is done."""
     if out is not None:
@@ -285,6 +304,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     with Engine.open(args.state, readonly=True) as eng:
         position, at = _position_or_time(eng, args.name, args.position, args.at)
         _before_history(eng, args.name, at, args.at)
+        _inside_commit(eng, position)
         result = eng.replay(
             args.name,
             to=args.to,
@@ -343,6 +363,8 @@ def cmd_diff(args: argparse.Namespace) -> int:
         end = _instant(eng, args.name, args.to)
         _before_history(eng, args.name, start, args.from_)
         _before_history(eng, args.name, end, args.to)
+        for instant in (start, end):
+            _inside_commit(eng, instant if isinstance(instant, int) else None)
         result = eng.diff(args.name, start, end)
         _show(result, as_json=args.json)
     return 0
