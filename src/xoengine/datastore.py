@@ -80,6 +80,7 @@ __all__ = [
     "StoreInfo",
     "WriteTxn",
     "has_journal",
+    "inside_dir",
     "keep_freed_memory",
     "open_store",
     "writer_of",
@@ -1390,15 +1391,29 @@ class Store:
     def copy_to(self, destination: str, *, compact: bool = True) -> None:
         """Write a consistent copy of the environment into ``destination`` (hot copy).
 
-        ``destination`` is made if missing and must hold no journal. A copy that
-        fails (a full volume) removes what it wrote, the directories it made
-        too: a retry finds ``destination`` as it was.
+        ``destination`` is made if missing, and must be empty (a copy beside other
+        files would pass for part of them) and outside this journal's directory
+        (a journal nested in a live one). A copy that fails (a full volume)
+        removes what it wrote, the directories it made too: a retry finds
+        ``destination`` as it was.
         """
         self._check_open()
         target = Path(destination)
+        if inside_dir(os.path.realpath(target), os.path.realpath(self.path)):
+            raise OutputLocationError(
+                action="copy the journal into",
+                path=os.fspath(destination),
+                detail=f"it is inside the journal's own directory ({self.path})",
+            )
         made = make_directory(target, "make the copy's directory", "the copy was not made")
         if (target / "data.mdb").exists():
             raise ConfigurationError(detail=f"{destination} already holds a journal")
+        if not made and any(target.iterdir()):
+            raise OutputLocationError(
+                action="copy the journal into",
+                path=os.fspath(destination),
+                detail="it is not an empty directory: copy into a new one",
+            )
         try:
             self._copy_env(destination, compact=compact)
         except BaseException:
@@ -1409,6 +1424,11 @@ class Store:
                 with contextlib.suppress(OSError):
                     directory.rmdir()
             raise
+
+
+def inside_dir(child: str, parent: str) -> bool:
+    """Whether the path ``child`` is ``parent`` or below it (both resolved by the caller)."""
+    return child == parent or child.startswith(parent.rstrip("/") + "/")
 
 
 # -- the process-wide registry -----------------------------------------------------

@@ -32,7 +32,14 @@ from eventsourcing.application import Application
 from eventsourcing.utils import get_topic
 
 from xoengine import blocks, codec
-from xoengine.datastore import Store, has_journal, keep_freed_memory, open_store, writer_of
+from xoengine.datastore import (
+    Store,
+    has_journal,
+    inside_dir,
+    keep_freed_memory,
+    open_store,
+    writer_of,
+)
 from xoengine.errors import (
     ConfigurationError,
     FrameError,
@@ -259,10 +266,6 @@ def _is_path(value: object) -> bool:
         return False
     raw = os.fspath(value)
     return (b"\0" if isinstance(raw, bytes) else "\0") not in raw
-
-
-def _inside(child: str, parent: str) -> bool:
-    return child == parent or child.startswith(parent.rstrip("/") + "/")
 
 
 # -- statistics -----------------------------------------------------------------------------------
@@ -720,7 +723,7 @@ class Engine:
             places += [(f"a master root of scenario {d.name}", root) for root in d.roots]
             places += [(f"replica {r!r} of scenario {d.name}", p) for r, p in d.replicas.items()]
         for what, place in places:
-            if _inside(there, place):
+            if inside_dir(there, place):
                 raise OutputLocationError(
                     action=action, path=os.fspath(path), detail=f"it is inside {what} ({place})"
                 )
@@ -1338,7 +1341,7 @@ class Engine:
             for j, (kind_b, b) in enumerate(trees):
                 if i == j:
                     continue
-                if _inside(a, b) or _inside(b, a):
+                if inside_dir(a, b) or inside_dir(b, a):
                     raise OverlappingTreesError(
                         name=name, first=f"{kind_a} {a}", second=f"{kind_b} {b}"
                     )

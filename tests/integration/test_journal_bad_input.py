@@ -644,3 +644,18 @@ def test_a_state_directory_whose_name_is_not_utf8_works(tmp_path: Path) -> None:
     for state in (base / "state", base / "copy"):
         with Engine.open(state, readonly=True) as eng:
             assert [e.operation for e in eng.history("s", "f")] == ["created", "written"]
+
+
+def test_a_journal_copy_goes_into_an_empty_directory_outside_its_journal(tmp_path: Path) -> None:
+    """Review 24 (L7): ``journal copy`` wrote beside unrelated files, and into a
+    directory inside the source's own journal directory (a journal nested in a live one)."""
+    state = _state(tmp_path, {"f.txt": b"hi\n"})
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "notes.txt").write_text("mine")
+    for target in (tmp_path / "busy", state / "journal" / "sub"):
+        refused = run_cli("journal", "copy", state, target)
+        assert refused.returncode == 2 and "E2007" in refused.stderr, refused.stderr
+    assert sorted(os.listdir(tmp_path / "busy")) == ["notes.txt"]
+    assert not (state / "journal" / "sub").exists()
+    (tmp_path / "empty").mkdir()
+    assert run_cli("journal", "copy", state, tmp_path / "empty").returncode == 0
