@@ -659,3 +659,13 @@ def test_a_journal_copy_goes_into_an_empty_directory_outside_its_journal(tmp_pat
     assert not (state / "journal" / "sub").exists()
     (tmp_path / "empty").mkdir()
     assert run_cli("journal", "copy", state, tmp_path / "empty").returncode == 0
+
+
+def test_journal_log_refuses_bounds_and_applications_it_cannot_have(copy: Path) -> None:
+    """Review 24 (L5): ``journal log --from 500`` (past the end), ``--from 5 --to 3``
+    and ``--app nosuch`` printed nothing with exit 0, where every other verb refuses
+    a position outside the journal (E1001): a typo passed for "nothing there"."""
+    for argv in (["--from", "500"], ["--from", "5", "--to", "3"], ["--app", "nosuch"]):
+        done = run_cli("journal", "log", copy, *argv)
+        assert done.returncode == 2 and "E1001" in done.stderr, (argv, done.stderr)
+    assert run_cli("journal", "log", copy, "--from", "2", "--to", "3").stdout.count("\n") == 2

@@ -172,9 +172,21 @@ def cmd_log(args: argparse.Namespace) -> int:
     since = datetime_ns(parse_time(args.since)) - 999 if args.since else None
     until = datetime_ns(parse_time(args.until)) if args.until else None
     try:
-        apps = [args.app] if args.app else applications(store)
+        known = applications(store)
+        if args.app and args.app not in known:  # a typo must not pass for "nothing there"
+            raise ConfigurationError(
+                detail=f"the journal holds no application {args.app!r} "
+                f"(it holds: {', '.join(known) or 'none'})"
+            )
+        apps = [args.app] if args.app else known
         for app in apps:
             recorder = LMDBApplicationRecorder(store, prefix=app)
+            last = recorder.max_notification_id() or 0
+            for bound, value in (("--from", args.start), ("--to", args.stop)):
+                if value is not None and not 0 <= value <= max(last, 1):
+                    raise ConfigurationError(detail=f"{bound} {value} is outside 0..{last}")
+            if args.start is not None and args.stop is not None and args.start > args.stop:
+                raise ConfigurationError(detail="--from is after --to")
             # A whole topic (``module:Class``) reads the topic index; a class name alone
             # (``FileCreated``, ``Aggregate.Event``) is matched against every record's.
             whole = args.topic if args.topic and ":" in args.topic else None
