@@ -45,6 +45,7 @@ from xoengine.datastore import make_directory
 from xoengine.errors import (
     ConfigurationError,
     FrameError,
+    InvalidRelPathError,
     NoFileAtError,
     OutputLocationError,
     XoError,
@@ -577,7 +578,9 @@ class Forensics:
             )
         if position is None:  # one instant for every read of the answer
             position = self.source.last_position()
-        wanted = normalize_relpath(path) if path else None
+        if path == "":  # not the whole tree by accident (a variable left empty)
+            raise InvalidRelPathError(path=path, detail="empty: give no path for the whole tree")
+        wanted = None if path is None or path == "." else normalize_relpath(path)
         selected, load = self._selected(position, wanted)
         # The roots' own metadata: every root's for the tree, a root's own when it is
         # the path asked for (a root of several), none under one.

@@ -43,6 +43,7 @@ from xoengine.cli import main
 from xoengine.engine import Engine
 from xoengine.errors import (
     ConfigurationError,
+    InvalidRelPathError,
     NoFileAtError,
     OutputLocationError,
     ScenarioNotFoundError,
@@ -1180,3 +1181,16 @@ def test_replay_and_diff_at_a_position_inside_a_commit_say_so(
         assert f"position {inside} shares its time label" in done.stderr, done.stderr
     done = run_cli("replay", state, "s", "--to", tmp_path / "end", "--position", str(points["end"]))
     assert "shares its time label" not in done.stderr
+
+
+def test_replay_of_an_empty_path_is_refused_and_dot_is_the_whole_tree(
+    small: tuple[Engine, dict[str, int]], tmp_path: Path
+) -> None:
+    """Review 24 (L1): ``--path ''`` (a variable left empty) replayed the whole tree
+    silently, while ``--path .`` (the root, as ``history .`` takes it) was refused."""
+    eng, _ = small
+    with pytest.raises(InvalidRelPathError):
+        eng.replay("s", to=tmp_path / "empty", path="")
+    assert not (tmp_path / "empty").exists()
+    whole = eng.replay("s", to=tmp_path / "dot", path=".")
+    assert sorted(os.listdir(tmp_path / "dot")) == ["a", "later"] and whole.files == 2
