@@ -727,6 +727,17 @@ class Engine:
                 raise OutputLocationError(
                     action=action, path=os.fspath(path), detail=f"it is inside {what} ({place})"
                 )
+        for above in (Path(there), *Path(there).parents):  # another journal's (a copy's)
+            for journal in (above, above / "journal"):
+                found = False
+                with contextlib.suppress(XoError):  # one this user may not read: not seen
+                    found = has_journal(journal)
+                if found:
+                    raise OutputLocationError(
+                        action=action,
+                        path=os.fspath(path),
+                        detail=f"it is inside the directory of another journal ({journal})",
+                    )
 
     def replay(
         self,

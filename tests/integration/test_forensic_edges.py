@@ -1194,3 +1194,18 @@ def test_replay_of_an_empty_path_is_refused_and_dot_is_the_whole_tree(
     assert not (tmp_path / "empty").exists()
     whole = eng.replay("s", to=tmp_path / "dot", path=".")
     assert sorted(os.listdir(tmp_path / "dot")) == ["a", "later"] and whole.files == 2
+
+
+def test_a_replay_into_another_journals_directory_is_refused(
+    small: tuple[Engine, dict[str, int]], tmp_path: Path
+) -> None:
+    """Review 24 (L3): a replay or ``cat --out`` refused only the state directory it
+    read, and wrote into another one (the original's, another evidence copy's)."""
+    eng, _ = small
+    other = tmp_path / "other"
+    assert run_cli("journal", "copy", tmp_path / "state", other / "journal").returncode == 0
+    for target in (other / "journal" / "rebuilt", other / "rebuilt"):
+        with pytest.raises(OutputLocationError, match="another journal"):
+            eng.replay("s", to=target)
+        assert not target.exists()
+    eng.replay("s", to=tmp_path / "elsewhere")  # beside it, not in it
