@@ -565,16 +565,16 @@ class Forensics:
         """
         target = Path(to)
         try:
-            taken = target.is_symlink() or (
-                target.exists() and (not target.is_dir() or any(target.iterdir()))
-            )
+            link = target.is_symlink()
+            taken = target.exists() and (not target.is_dir() or any(target.iterdir()))
         except OSError as e:  # a name too long, a place this user may not look into
             raise OutputLocationError(
                 action="replay into", path=str(target), detail=e.strerror or str(e)
             ) from None
-        if taken:
+        if link or taken:
+            why = "a symbolic link (never followed)" if link else "not an empty directory"
             raise ConfigurationError(
-                detail=f"replay target {target} is not an empty directory: replay into a new one"
+                detail=f"replay target {target} is {why}: replay into a new directory"
             )
         if position is None:  # one instant for every read of the answer
             position = self.source.last_position()

@@ -1209,3 +1209,16 @@ def test_a_replay_into_another_journals_directory_is_refused(
             eng.replay("s", to=target)
         assert not target.exists()
     eng.replay("s", to=tmp_path / "elsewhere")  # beside it, not in it
+
+
+def test_a_replay_target_that_is_a_link_is_refused_as_a_link(
+    small: tuple[Engine, dict[str, int]], tmp_path: Path
+) -> None:
+    """Review 24 (L2): a target that is a symbolic link to an empty directory was
+    refused as "not an empty directory"."""
+    eng, _ = small
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "empty")
+    with pytest.raises(ConfigurationError, match="a symbolic link"):
+        eng.replay("s", to=tmp_path / "link")
+    assert os.listdir(tmp_path / "empty") == []
