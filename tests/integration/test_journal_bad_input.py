@@ -8,6 +8,7 @@ where that cannot be done).
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import shutil
@@ -669,3 +670,13 @@ def test_journal_log_refuses_bounds_and_applications_it_cannot_have(copy: Path) 
         done = run_cli("journal", "log", copy, *argv)
         assert done.returncode == 2 and "E1001" in done.stderr, (argv, done.stderr)
     assert run_cli("journal", "log", copy, "--from", "2", "--to", "3").stdout.count("\n") == 2
+
+
+def test_journal_log_json_gives_each_events_fields_whole(tmp_path: Path) -> None:
+    """Review 24 (L6): ``journal log --json`` had only a summary cut at 100 characters."""
+    name = "d" * 60 + "/" + "f" * 80 + ".txt"
+    state = _state(tmp_path, {name: b"x"})
+    done = run_cli("journal", "log", state, "--json", "--topic", "FileCreated")
+    assert done.returncode == 0, done.stderr
+    rows = [json.loads(line) for line in done.stdout.splitlines()]
+    assert name in [row["state"]["path"] for row in rows]

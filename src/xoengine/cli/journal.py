@@ -82,15 +82,23 @@ def _jsonable(value: Any) -> Any:
     return str(value)
 
 
-def summarize_state(state: bytes, limit: int = 100) -> str:
-    """A short human summary of an event's state (msgpack or JSON), else its size."""
+def _decoded(state: bytes) -> Any:
+    """An event's state (msgpack or JSON) as JSON takes it (bytes: size and head); else None."""
     try:
         decoded: Any = codec.unpack(state)
     except XoError:
         try:
             decoded = json.loads(state)
         except (ValueError, UnicodeDecodeError):
-            return f"<{len(state)} bytes>"
+            return None
+    return _jsonable(decoded)
+
+
+def summarize_state(state: bytes, limit: int = 100) -> str:
+    """A short human summary of an event's state (msgpack or JSON), else its size."""
+    decoded = _decoded(state)
+    if decoded is None:
+        return f"<{len(state)} bytes>"
     if isinstance(decoded, dict):
         parts = [
             f"{k}={_jsonable(v)!r}"
@@ -112,6 +120,7 @@ def _record_dict(app: str, record: JournalRecord) -> dict[str, Any]:
         "originator": str(record.originator_id),
         "version": record.originator_version,
         "summary": summarize_state(record.state),
+        "state": _decoded(record.state),  # every field, names whole (--json)
     }
 
 
