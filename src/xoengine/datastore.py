@@ -286,8 +286,6 @@ def _translate(
     ``not_done``: what a full volume at ``path`` left undone, for the message.
     """
     text = str(exc)
-    if "Permission denied" in text or getattr(exc, "errno", None) == errno.EACCES:
-        return JournalUnreadableError(path=path, detail=text)
     if isinstance(exc, lmdb.ReadonlyError):
         return JournalReadOnlyError(path=path, detail=text)
     if "No space left" in text or getattr(exc, "errno", None) == errno.ENOSPC:
@@ -465,6 +463,9 @@ class Store:
         self._refs = 0
         self._views = 0  # of the references: read-only views (open_store)
         self._pid = os.getpid()  # a child forked from this process may not use it (FACTS.md)
+        # How the environment was opened: a store that stops being the writer
+        # (_drop_writer), and a read-only view of it, keep a writable one.
+        self._env_readonly = readonly
         self._resize = _RWLock()
         self._write_lock = threading.Lock()
         self._working: int | None = None  # the thread running a batch's work functions
@@ -653,6 +654,8 @@ class Store:
                         path=self.path,
                         pid=os.getppid(),
                     ) from e
+                if "Permission denied" in str(e):  # at the open: its files, not a write
+                    raise JournalUnreadableError(path=self.path, detail=str(e)) from e
                 raise _translate(e, self.path) from e
         raise StorageError(detail=f"map kept being resized under {self.path}")
 
@@ -705,7 +708,7 @@ class Store:
             if entry is not None:
                 return entry
             try:
-                if self.readonly:
+                if self._env_readonly:
                     # Without a txn py-lmdb opens it in a read-only transaction of its
                     # own that it really commits (Transaction.commit of a read-only txn
                     # is a reset, which closes the handles opened in it).
@@ -1286,8 +1289,9 @@ class Store:
             raise StorageError(
                 detail=f"the journal at {self.path} was opened by process {self._pid}, which "
                 f"this process ({os.getpid()}) was forked from: LMDB forbids using it after "
-                "a fork (the parent would not know of the write). Open it anew in the child "
-                "(Engine.open), or start workers with the 'spawn' or 'forkserver' method"
+                "a fork (the parent would not know of the write), and a forked child cannot "
+                "open it either while the parent holds it; start workers with the 'spawn' "
+                "or 'forkserver' method and open the engine in each"
             )
 
     # -- change notification -----------------------------------------------------
@@ -1462,9 +1466,13 @@ def open_store(
         store = _registry.get(real)
         if store is not None and not store.closed:
             if store.readonly and not readonly:
-                raise ConfigurationError(
-                    detail=f"{real} is open read-only in this process; close it first"
-                )
+                if store._env_readonly:
+                    raise ConfigurationError(
+                        detail=f"{real} is open read-only in this process; close it first"
+                    )
+                # Its writer closed while read-only views stayed: writable again (the
+                # writer lock is taken as by any writer, at its claim or first write).
+                store.readonly = False
             if not readonly and durability is not None and store.durability is not mode:
                 if store._owner is not None:  # an engine writes it: that is the refusal
                     raise store._held_here()
@@ -1481,9 +1489,10 @@ def open_store(
             )
             _registry[real] = store
         store._refs += 1
-        if readonly and not store.readonly:
-            # Open for writing by another opener of this process: this one reads it
-            # through a view that refuses writes, as another process's read would.
+        if readonly and not store._env_readonly:
+            # Open for writing by another opener of this process (now, or before its
+            # writer closed): this one reads it through a view that refuses writes,
+            # as another process's read would.
             store._views += 1
             return _ReadOnlyView(store)
         return store

@@ -133,8 +133,21 @@ class AppliedCounts:
     errors: list[str] = field(default_factory=list)
 
 
-REPLICA_LOCKS: Final = os.path.join(tempfile.gettempdir(), "xoengine-replicas")
-"""Where engines hold the replica roots they write (:meth:`ReplicaApplier.claim`)."""
+REPLICA_LOCKS: Final = os.path.join(tempfile.gettempdir(), f"xoengine-replicas-{os.getuid()}")
+"""Where this user's engines hold the replica roots they write (:meth:`ReplicaApplier.claim`):
+a directory of this user's alone (mode 0700), so that no other user can plant a link there
+or hold a name to block these engines."""
+
+
+def _lock_place() -> bool:
+    """Whether :data:`REPLICA_LOCKS` is (made, if missing) a directory of this user's alone."""
+    with contextlib.suppress(OSError):  # there already, or not to be made: looked at next
+        os.mkdir(REPLICA_LOCKS, 0o700)
+    try:
+        st = os.lstat(REPLICA_LOCKS)
+    except OSError:
+        return False
+    return stat.S_ISDIR(st.st_mode) and st.st_uid == os.getuid() and not st.st_mode & 0o077
 
 
 def _lock_replica(st: os.stat_result) -> int | None:
@@ -143,15 +156,14 @@ def _lock_replica(st: os.stat_result) -> int | None:
     None if another holder has it. The file is removed by its holder's release,
     so a lock taken on a file removed meanwhile is taken again on the new one.
     """
+    if not _lock_place():
+        return -1  # best effort: nowhere safe to hold it
     path = os.path.join(REPLICA_LOCKS, f"{st.st_dev:x}-{st.st_ino:x}")
     while True:
         try:
-            if not os.path.isdir(REPLICA_LOCKS):
-                os.makedirs(REPLICA_LOCKS, exist_ok=True)
-                os.chmod(REPLICA_LOCKS, 0o1777)  # noqa: S103 (sticky, as /tmp: each user's own)
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
         except OSError:
-            return -1  # best effort: nowhere to hold it
+            return -1
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -212,6 +224,7 @@ class ReplicaApplier:
         self.control = threading.RLock()
         self._swept = False
         self._held: tuple[int, int, int] | None = None  # the root's flock: fd, device, inode
+        self._claiming = threading.Lock()  # an applier thread and a synchronization at once
 
     def position(self) -> int:
         """The last journal position applied (0 if none)."""
@@ -319,23 +332,24 @@ class ReplicaApplier:
         """
         if self.store.readonly:
             return  # a read-only engine writes nothing (its journal writes are refused)
-        try:
-            st = os.stat(self.tree.root)
-        except OSError:
-            return  # not there (yet): nothing of it to write over
-        if self._held is not None and self._held[1:] == (st.st_dev, st.st_ino):
-            return
-        fd = _lock_replica(st)
-        if fd is None:
-            raise ReplicaInUseError(
-                root=self.tree.root,
-                detail=f"replica {self.name!r} of scenario {self.scenario!r} is another "
-                "open engine's replica too",
-            )
-        if fd < 0:
-            return  # nowhere to hold it: not held (said in the guide)
-        self.release()
-        self._held = (fd, st.st_dev, st.st_ino)
+        with self._claiming:
+            try:
+                st = os.stat(self.tree.root)
+            except OSError:
+                return  # not there (yet): nothing of it to write over
+            if self._held is not None and self._held[1:] == (st.st_dev, st.st_ino):
+                return
+            fd = _lock_replica(st)
+            if fd is None:
+                raise ReplicaInUseError(
+                    root=self.tree.root,
+                    detail=f"replica {self.name!r} of scenario {self.scenario!r} is another "
+                    "open engine's replica too",
+                )
+            if fd < 0:
+                return  # nowhere to hold it: not held (said in the guide)
+            self.release()
+            self._held = (fd, st.st_dev, st.st_ino)
 
     def release(self) -> None:
         """Let go of the root :meth:`claim` held (the engine closes, the scenario is removed)."""

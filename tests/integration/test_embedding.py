@@ -655,3 +655,62 @@ def test_bad_arguments_at_the_api_are_coded_errors(tmp_path: Path) -> None:
         assert sc.capture([("a" * 300)]).events == 0  # a name no file system holds: nothing
         assert [p.name for p in sc.rewind_points() if p.kind == "user"] == []
         sc.stop()
+
+
+_VIEW_BESIDE_A_COMMIT = """
+import sys, threading
+from xoengine.engine import Engine
+writer = Engine(sys.argv[1], durability="nosync")
+reader = Engine(sys.argv[1], readonly=True)
+inside, never = threading.Event(), threading.Event()
+
+def work(txn):
+    inside.set()
+    # A write transaction under way, its thread off the GIL for a while: the view's
+    # read below waits for it (it cannot open a table's handle beside a commit), and
+    # must not hold the GIL while it waits, or this thread could never go on.
+    never.wait(0.5)
+
+thread = threading.Thread(target=lambda: writer.store.write(work))
+thread.start()
+inside.wait()
+with reader.store.read() as txn:  # a table not opened yet: its handle is opened now
+    print("absent:", txn.get("no-such-table", b"k"), flush=True)
+thread.join()
+reader.close()
+writer.close()
+again = Engine(sys.argv[1], durability="nosync")  # the view closed last: writable again
+again.close()
+print("done", flush=True)
+"""
+
+
+def test_a_read_only_view_opens_a_table_beside_a_commit_and_the_writer_reopens(
+    tmp_path: Path,
+) -> None:
+    """Review 24 (I2, I1): the read-only view opened a table's handle as a read-only
+    store does, which in the writer's writable environment is a write transaction begun
+    with the GIL held: it deadlocked against the commit under way. And with a view
+    still open, the writable engine could not be opened again once closed (E1001)."""
+    done = subprocess.run(
+        [sys.executable, "-c", _VIEW_BESIDE_A_COMMIT, str(tmp_path / "state")],
+        capture_output=True,
+        text=True,
+        timeout=120,  # a deadlock fails the test, it does not hang the suite
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split("\n")[:2] == ["absent: None", "done"]
+    master = _master(tmp_path)
+    writer = Engine.open(tmp_path / "state", durability="nosync")
+    writer.create_scenario("s", master=str(master), replicas={"r1": str(tmp_path / "r1")})
+    reader = Engine.open(tmp_path / "state", readonly=True)
+    try:
+        writer.close()
+        with Engine.open(tmp_path / "state", durability="nosync") as again:
+            again.scenario("s").set_rewind_point("p")
+        assert [p.name for p in reader.scenario("s").rewind_points()][-1:] == ["p"]
+        with pytest.raises(JournalReadOnlyError):
+            reader.scenario("s").set_rewind_point("q")
+    finally:
+        reader.close()

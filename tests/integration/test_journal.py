@@ -9,6 +9,7 @@ import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from eventsourcing.application import Application
@@ -226,7 +227,11 @@ def test_verify_and_topic_reads_catch_a_damaged_topic_index(
     recorder.create_table()
     oid = uuid.uuid4()
     recorder.insert_events(
-        [StoredEvent(oid, 1, "a", b""), StoredEvent(oid, 2, "b", b""), StoredEvent(oid, 3, "a", b"")]
+        [
+            StoredEvent(oid, 1, "a", b""),
+            StoredEvent(oid, 2, "b", b""),
+            StoredEvent(oid, 3, "a", b""),
+        ]
     )
     table = "default.events.topics"
 
@@ -267,15 +272,26 @@ def test_a_journal_older_than_the_topic_index_takes_appends_without_create_table
     tmp_path: Path,
 ) -> None:
     """Was a bug: with ``CREATE_TABLE=no`` the first append to such a journal failed (E4000)."""
-    from xoengine.record import encode_events, oid_prefixes  # noqa: PLC0415
+    from xoengine.record import (  # noqa: PLC0415
+        encode_events,
+        encode_position,
+        oid_prefixes,
+        stream_key,
+    )
 
     store = open_store(tmp_path, durability="nosync")
-    # The tables an xoengine before the topic index made, and its events in them.
+    # The tables an xoengine before the topic index made, and its events in them (with
+    # their stream entries: every event at or below the marker has one, verify checks).
     store.ensure("default.events", "default.events.streams", "default.events.indexed")
     old = [StoredEvent(uuid.uuid4(), 1, topic, b"") for topic in ("a", "b", "a")]
-    store.write(
-        lambda txn: txn.append_many("default.events", encode_events(1, old, oid_prefixes(old), 1))
-    )
+
+    def append(txn: Any) -> None:
+        txn.append_many("default.events", encode_events(1, old, oid_prefixes(old), 1))
+        for position, event in enumerate(old, 1):
+            key = stream_key(event.originator_id, event.originator_version)
+            txn.put("default.events.streams", key, encode_position(position))
+
+    store.write(append)
     store.close()
     env = {"LMDB_PATH": str(tmp_path), "CREATE_TABLE": "no"}
     factory = LMDBFactory(env)

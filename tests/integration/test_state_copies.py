@@ -10,13 +10,16 @@ open of a copy is refused (E4006) until it is adopted; reading it is not.
 from __future__ import annotations
 
 import os
+import stat
 import subprocess
+import threading
 from pathlib import Path
 
 import pytest
 
 from xoengine.engine import Engine
 from xoengine.errors import ReplicaInUseError, StateCopiedError
+from xoengine.replica import REPLICA_LOCKS
 from xoengine.testing import snapshot_contents
 
 from scenario_kit import new_scenario, run_cli, write
@@ -256,3 +259,47 @@ def test_two_state_directories_never_write_one_replica_at_once(tmp_path: Path) -
         two.scenario("fx").start()
         two.scenario("fx").wait_replicated()
     assert sorted(os.listdir(shared)) == ["g"]
+
+
+def test_a_replica_root_is_held_once_by_its_engine_whatever_its_threads_do(
+    tmp_path: Path,
+) -> None:
+    """Review 24 (I3, I4): two threads of one engine claiming its replica at once (the
+    applier and a synchronization) could refuse it as another engine's (E3016); the
+    lock files lay in a directory every user may write, under names anyone can tell,
+    and a link planted there was followed."""
+    master, replica = tmp_path / "m", tmp_path / "r"
+    write(master / "f", b"f")
+    replica.mkdir()
+    st = replica.stat()
+    planted = REPLICA_LOCKS + f"/{st.st_dev:x}-{st.st_ino:x}"
+    with Engine.open(tmp_path / "state", durability="nosync") as eng:
+        sc = eng.create_scenario("fx", master=str(master), replicas={"r": str(replica)})
+        applier = sc._replica("r")
+        refused = []
+        for _ in range(50):
+            applier.release()
+            both = threading.Barrier(2)
+
+            def claim() -> None:
+                both.wait()
+                try:
+                    applier.claim()
+                except ReplicaInUseError as e:
+                    refused.append(e)
+
+            threads = [threading.Thread(target=claim) for _ in range(2)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+        assert refused == []
+        mode = os.stat(REPLICA_LOCKS).st_mode
+        assert stat.S_IMODE(mode) == 0o700 and os.stat(REPLICA_LOCKS).st_uid == os.getuid()
+        applier.release()
+        os.symlink(tmp_path / "made-through-a-link", planted)
+        try:
+            applier.claim()  # not held (nowhere safe), and nothing made through the link
+            assert not (tmp_path / "made-through-a-link").exists()
+        finally:
+            os.unlink(planted)

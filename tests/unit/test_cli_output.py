@@ -77,4 +77,6 @@ def test_names_that_hold_a_reports_separators_or_combining_marks_are_quoted() ->
     assert shown("x -> y") == '"x -> y"'
     assert shown("cafe\u0301.txt") == '"cafe\\u0301.txt"'
     assert shown("caf\u00e9.txt") == "caf\u00e9.txt"
-    assert shown("a->b") == "a->b" and shown("a:b") == "a:b"  # only the separators as written
+    assert shown("a:b") == "a:b"  # a colon without its space is no separator
+    # Review 24 (I5): "x" -> "-> y" and "x ->" -> "y" printed "x -> -> y" alike.
+    assert f"{shown('x')} -> {shown('-> y')}" != f"{shown('x ->')} -> {shown('y')}"

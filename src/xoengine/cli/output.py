@@ -21,8 +21,9 @@ __all__ = ["json_text", "plain", "shown"]
 _ESCAPES = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
 
-_SEPARATORS = (" -> ", ": ")
-"""What reports put between two names (a rename, a mapping): a name holding one is quoted."""
+_SEPARATORS = ("->", ": ")
+"""What reports put between two names (`` -> `` in a rename, ``: `` in a mapping): a name
+holding one (an arrow without its spaces too: ``x ->`` and ``-> y`` joined by one) is quoted."""
 
 
 def _needs_quotes(text: str) -> bool:
@@ -57,7 +58,7 @@ def shown(text: str) -> str:
     ``\uNNNN`` or ``\UNNNNNNNN`` for any other unprintable character (a
     no-break space, a bidirectional override) and for a combining mark (so a
     name in decomposed form, ``cafe\u0301``, is told from the composed one).
-    A name holding what reports put between two names (`` -> ``, ``: ``) is
+    A name holding what reports put between two names (``->``, ``: ``) is
     quoted too. A shown name starts with a quote only if it is quoted.
     """
     if not _needs_quotes(text):
