@@ -39,6 +39,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Final, Protocol
 
+import numpy as np
+
 from xoengine.blobtable import BlobTable
 from xoengine.blocks import coalesce_ranges
 from xoengine.datastore import make_directory
@@ -1208,10 +1210,16 @@ class Forensics:
                 except NoFileAtError:  # the path held nothing then: the predicate judges that
                     os.mkdir(tree)
                 try:
-                    verdict = bool(predicate(os.path.join(tree, path) if path else tree))
+                    said = predicate(os.path.join(tree, path) if path else tree)
                 except Exception as e:  # the caller's own error, told where it came from
                     e.add_note(f"raised by the bisect predicate at position {position}")
                     raise
+                if not isinstance(said, bool | np.bool_):  # "no" is truthy: never a verdict
+                    raise ConfigurationError(
+                        detail=f"the bisect predicate said {said!r} at position {position}: "
+                        "it must return True (good) or False (bad)"
+                    )
+                verdict = bool(said)
             finally:
                 with contextlib.suppress(OSError):
                     os.chmod(tree, 0o700)  # a root's mode may forbid removing what is in it

@@ -1222,3 +1222,15 @@ def test_a_replay_target_that_is_a_link_is_refused_as_a_link(
     with pytest.raises(ConfigurationError, match="a symbolic link"):
         eng.replay("s", to=tmp_path / "link")
     assert os.listdir(tmp_path / "empty") == []
+
+
+def test_a_bisect_predicate_that_says_no_bool_is_refused(
+    small: tuple[Engine, dict[str, int]],
+) -> None:
+    """Review 24 (G, minor): the verdict was ``bool(predicate(...))``: a predicate that
+    answered ``"no"`` (truthy) was taken for good, silently."""
+    eng, _ = small
+    with pytest.raises(ConfigurationError, match="must return True"):
+        eng.bisect("s", lambda tree: "no")
+    result = eng.bisect("s", lambda tree: not os.path.exists(os.path.join(tree, "later")))
+    assert result.first_bad is not None
