@@ -8,6 +8,7 @@ Room: producers, above ``capture`` (it journals through a scenario's
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 from typing import IO, Any, Final, Self
 
@@ -81,7 +82,8 @@ class JournaledFile:
         try:
             self._file: IO[bytes] = open(full, mode, opener=_read_write_opener)  # noqa: SIM115
         except OSError as e:  # a link (never followed), a directory, a name too long ...
-            raise PathError(path=self.path, detail=e.strerror or str(e)) from None
+            detail = "a symbolic link (never followed)" if e.errno == errno.ELOOP else e.strerror
+            raise PathError(path=self.path, detail=detail or str(e)) from None
         if not self._file.seekable():  # a fifo, a socket: no byte ranges to journal
             self._file.close()
             raise PathError(path=self.path, detail="not a regular file")
