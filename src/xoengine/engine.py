@@ -659,6 +659,14 @@ class Engine:
         for record in self.recorder.stream_records(file_id, stop=upto, gapless=True):
             yield record.id, record.time_ns, self._decode(record)
 
+    def file_stream_newest_first(
+        self, file_id: uuid.UUID, upto: int | None
+    ) -> Iterator[tuple[int, int, FileEvent]]:
+        """:meth:`file_stream` newest first, each event decoded as it is asked for."""
+        self._check_open("read a file's events")
+        for record in self.recorder.stream_records_newest_first(file_id, stop=upto, gapless=True):
+            yield record.id, record.time_ns, self._decode(record)
+
     def blob(self, blob_id: bytes) -> memoryview:
         """The verified bytes of a blob (a read-only view: no copy beyond LMDB's)."""
         self._check_open("read a blob")

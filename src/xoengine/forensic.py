@@ -117,6 +117,11 @@ class JournalSource(Protocol):
     ) -> Iterator[tuple[int, int, FileEvent]]:
         """The same for one file identity's events, read by identity (not by a scan)."""
 
+    def file_stream_newest_first(
+        self, file_id: uuid.UUID, upto: int | None
+    ) -> Iterator[tuple[int, int, FileEvent]]:
+        """:meth:`file_stream` newest first (each decoded only when it is asked for)."""
+
     def root_events(
         self, scenario: str, upto: int | None, *, after: int = 0
     ) -> Iterator[tuple[int, int, RootChanged]]:
@@ -191,6 +196,11 @@ class _Decoded:
             for item in self._events:
                 self._streams.setdefault(item[2].originator_id, []).append(item)
         return itertools.takewhile(lambda item: item[0] <= upto, self._streams.get(file_id, []))
+
+    def file_stream_newest_first(
+        self, file_id: uuid.UUID, upto: int | None
+    ) -> Iterator[tuple[int, int, FileEvent]]:
+        return reversed(list(self.file_stream(file_id, upto)))
 
     def root_events(
         self, scenario: str, upto: int | None, *, after: int = 0
@@ -1063,10 +1073,8 @@ class Forensics:
                 if isinstance(event, FileCreated):
                     sizes[fid] = 0
             elif isinstance(event, (BytesWritten, FileTruncated, ContentReplaced)):
-                if fid not in sizes:
-                    # Only a cut's range needs the size before it: read it then.
-                    was = self.live(fid, low)
-                    sizes[fid] = 0 if was is None else _size_after([e for _, e in was.content], 0)
+                if fid not in sizes:  # the size it had at low, for the range its size moved
+                    sizes[fid] = self._size_at(fid, low)
                 size = sizes.get(fid)
                 touched.setdefault(fid, []).extend(_ranges(event, size))
                 sizes[fid] = _size_after([event], size or 0)
@@ -1119,6 +1127,21 @@ class Forensics:
                 "(xoengine journal verify tells which)",
             )
         return was is not None and was != _user_meta(state.get(fid))
+
+    def _size_at(self, fid: uuid.UUID, position: int) -> int:
+        """The size of file identity ``fid`` at ``position`` (0 if it was not alive then).
+
+        From its newest events back to the last that set it: a file written
+        many times is not folded whole for it.
+        """
+        for _, _, event in self.source.file_stream_newest_first(fid, position):
+            if isinstance(event, FileDeleted):
+                return 0
+            if isinstance(event, (BytesWritten, FileTruncated, ContentReplaced)):
+                return _size_after([event], 0)
+            if isinstance(event, FileCreated):
+                return 0  # made empty: its content events give every size after
+        return 0
 
     def roots(self, position: int | None) -> dict[str, RootChanged]:
         """The own metadata of each root (by name) as journaled last at ``position``."""

@@ -392,31 +392,55 @@ class LMDBAggregateRecorder(_LMDBRecorder, AggregateRecorder):
         an index that skips one, before ``stop`` or after it, has an entry lost
         or damaged (coded), which would otherwise leave that event out unsaid.
         """
-        prefix = oid_prefix(originator_id)
-        records: list[JournalRecord] = []
         with self.datastore.read() as txn:
-            for expected, (version, position) in enumerate(self._stream(txn, originator_id), 1):
-                if gapless and version != expected:
-                    raise FrameError(
-                        position=position,
-                        detail=f"the stream index of {originator_id} goes from version "
-                        f"{expected - 1} to {version}: an entry is lost or damaged "
-                        "(xoengine journal verify tells which)",
-                    )
-                if stop is not None and position > stop:
-                    continue  # past the bound: not decoded (versions need not follow positions)
-                event, time_ns = self._indexed(txn, prefix, version, position)
-                records.append(
-                    JournalRecord(
-                        id=position,
-                        originator_id=event.originator_id,
-                        originator_version=version,
-                        topic=event.topic,
-                        state=event.state,
-                        time_ns=time_ns,
-                    )
+            found = self._stream_upto(txn, originator_id, stop, gapless=gapless)
+            return [self._record_at(txn, originator_id, *pair) for pair in found]
+
+    def stream_records_newest_first(
+        self, originator_id: uuid.UUID | str, *, stop: int | None = None, gapless: bool = False
+    ) -> Iterator[JournalRecord]:
+        """:meth:`stream_records` newest first, each decoded when the caller asks for it.
+
+        For a caller that wants the last events before ``stop`` only (the size a
+        file had then): a stream of many events is not decoded whole. The index
+        is read (and checked) whole first; each record in a read of its own.
+        """
+        with self.datastore.read() as txn:
+            found = self._stream_upto(txn, originator_id, stop, gapless=gapless)
+        for pair in reversed(found):
+            with self.datastore.read() as txn:
+                record = self._record_at(txn, originator_id, *pair)
+            yield record
+
+    def _stream_upto(
+        self, txn: ReadTxn, originator_id: uuid.UUID | str, stop: int | None, *, gapless: bool
+    ) -> list[tuple[int, int]]:
+        """``(version, position)`` of one aggregate's events up to ``stop`` (see stream_records)."""
+        found = []
+        for expected, (version, position) in enumerate(self._stream(txn, originator_id), 1):
+            if gapless and version != expected:
+                raise FrameError(
+                    position=position,
+                    detail=f"the stream index of {originator_id} goes from version "
+                    f"{expected - 1} to {version}: an entry is lost or damaged "
+                    "(xoengine journal verify tells which)",
                 )
-        return records
+            if stop is None or position <= stop:  # past it: not decoded (versions need
+                found.append((version, position))  # not follow positions)
+        return found
+
+    def _record_at(
+        self, txn: ReadTxn, originator_id: uuid.UUID | str, version: int, position: int
+    ) -> JournalRecord:
+        event, time_ns = self._indexed(txn, oid_prefix(originator_id), version, position)
+        return JournalRecord(
+            id=position,
+            originator_id=event.originator_id,
+            originator_version=version,
+            topic=event.topic,
+            state=event.state,
+            time_ns=time_ns,
+        )
 
     def _stream(
         self,
@@ -547,6 +571,14 @@ class LMDBApplicationRecorder(LMDBAggregateRecorder, ApplicationRecorder):
                 begin = POS.unpack_from(key, 8)[0] if len(key) == 16 else None
                 if begin is not None and begin > stop:
                     continue  # begins past the range: names none of it
+                if (
+                    begin is not None
+                    and begin < low
+                    and len(value) >= 2 * POS.size
+                    and POS.unpack_from(value, len(value) - POS.size)[0] < low
+                ):
+                    continue  # ends before the range (its last position, unverified: none
+                    # of it is counted; damaged, it is the damage of another range)
                 size = codec.verified_size(key, value)
                 if (  # whole in the range (its last position in it): its size counts them
                     begin is not None
