@@ -22,6 +22,7 @@ import sys
 import time
 from typing import TYPE_CHECKING, Any, BinaryIO, Final
 
+from xoengine import codec
 from xoengine.cli.daemon import run_or_ask
 from xoengine.cli.journal import parse_time, refuse_finer_than_microseconds
 from xoengine.cli.output import json_text, plain, shown
@@ -134,6 +135,11 @@ def _before_history(eng: Engine, scenario: str, instant: Instant | None, text: s
         "of its tree then",
         file=sys.stderr,
     )
+
+
+def _fingerprint(value_hex: str) -> str:
+    """Eight hex digits of an extended attribute's value (``--json`` has the value)."""
+    return f"{codec.digest64(bytes.fromhex(value_hex)):016x}"[:8]
 
 
 def _inside_commit(eng: Engine, position: int | None) -> None:
@@ -338,8 +344,9 @@ def cmd_history(args: argparse.Namespace) -> int:
             if e.owner is not None and owners.get(e.file_id) != e.owner:
                 owners[e.file_id] = e.owner  # shown where it is first known, and changes
                 extra += f" owner={e.owner[0]}:{e.owner[1]}"
-            if e.xattrs is not None:
-                extra += f" xattrs={','.join(shown(name) for name in e.xattrs) or '(none)'}"
+            if e.xattrs is not None:  # each value by a fingerprint: a change of one shows
+                marks = [f"{shown(name)}#{_fingerprint(value)}" for name, value in e.xattrs.items()]
+                extra += f" xattrs={','.join(marks) or '(none)'}"
             ranges = " ".join(f"{o}+{n}" for o, n in e.ranges)
             size = "" if e.size is None else f" size={e.size}"
             if e.mtime is not None and (
