@@ -1611,9 +1611,19 @@ class Scenario:
             rewind_floor=floor,
             xattrs_left_out=self._left_out(name),
             standing_alerts=sorted(
-                code for code, names in self._def.standing_alerts.items() if name in names
+                {code for code, names in self._def.standing_alerts.items() if name in names}
+                | self._failure_codes(name)
             ),
         )
+
+    def _failure_codes(self, replica: str) -> set[str]:
+        """The code of the error ``replica``'s applier stopped on, while it stands (to a resume)."""
+        thread = self._threads.get(replica)
+        error = thread.error if thread is not None else None
+        if error is None:
+            error = self._failed_inline.get(replica)
+        code = getattr(error, "code", None)
+        return {code} if isinstance(code, str) else set()
 
     def _left_out(self, replica: str) -> list[str]:
         """Attribute names a replica leaves out: told by AW0003 (the journal), or since."""

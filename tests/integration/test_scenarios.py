@@ -973,6 +973,10 @@ def test_a_replica_whose_root_vanished_stops_instead_of_starting_over_empty(
         with pytest.raises(TreeRootMissingError):
             sc.wait_replicated(timeout=30)
         assert not (tmp_path / "r1").exists()
+        # Review 24 (G, note): the failure stands for the replica while the scenario
+        # is in Problem; standing_alerts said nothing of it.
+        assert sc.state == "Problem"
+        assert sc.statistics().replicas["r1"].standing_alerts == ["E2005"]
         top = engine.recorder.max_notification_id()
         with pytest.raises(TreeRootMissingError, match="synchronize the replica"):
             sc.rewind("r1", point)
@@ -981,6 +985,7 @@ def test_a_replica_whose_root_vanished_stops_instead_of_starting_over_empty(
         sc.synchronize(replica="r1")
         sc.wait_replicated(timeout=30)
         assert_trees_equal(tmp_path / "master", tmp_path / "r1", mtimes=False)
+        assert sc.statistics().replicas["r1"].standing_alerts == []
 
 
 @pytest.mark.parametrize("replica_had", ["nothing", "older files"])
