@@ -609,6 +609,15 @@ class Forensics:
                 position=position,
                 detail="nothing was there",
             )
+        at = next((live for live in selected if live.path == wanted), None)
+        if path is not None and path.endswith("/") and at is not None and at.kind != "dir":
+            raise NoFileAtError(  # "x/" names a directory, as a shell's path would
+                f"{wanted!r} was a {'symbolic link' if at.kind == 'symlink' else 'file'} at "
+                f"position {position}, not the directory {path!r} names.",
+                path=wanted,
+                position=position,
+                detail="not a directory",
+            )
         made = _make_target(target)
         out = ReplicaTree(os.fspath(to), fsync=False, replica=False)
         try:

@@ -1187,13 +1187,17 @@ def test_replay_of_an_empty_path_is_refused_and_dot_is_the_whole_tree(
     small: tuple[Engine, dict[str, int]], tmp_path: Path
 ) -> None:
     """Review 24 (L1): ``--path ''`` (a variable left empty) replayed the whole tree
-    silently, while ``--path .`` (the root, as ``history .`` takes it) was refused."""
+    silently, while ``--path .`` (the root, as ``history .`` takes it) was refused;
+    ``--path file/`` gave the file."""
     eng, _ = small
     with pytest.raises(InvalidRelPathError):
         eng.replay("s", to=tmp_path / "empty", path="")
     assert not (tmp_path / "empty").exists()
     whole = eng.replay("s", to=tmp_path / "dot", path=".")
     assert sorted(os.listdir(tmp_path / "dot")) == ["a", "later"] and whole.files == 2
+    with pytest.raises(NoFileAtError, match="not the directory"):  # "a/" names a directory
+        eng.replay("s", to=tmp_path / "slash", path="a/")
+    assert not (tmp_path / "slash").exists()
 
 
 def test_a_replay_into_another_journals_directory_is_refused(
