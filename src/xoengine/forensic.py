@@ -1144,12 +1144,10 @@ class Forensics:
         many times is not folded whole for it.
         """
         for _, _, event in self.source.file_stream_newest_first(fid, position):
-            if isinstance(event, FileDeleted):
-                return 0
+            if isinstance(event, (FileCreated, FileDeleted)):
+                return 0  # made empty (its content events give every size after), or gone
             if isinstance(event, (BytesWritten, FileTruncated, ContentReplaced)):
                 return _size_after([event], 0)
-            if isinstance(event, FileCreated):
-                return 0  # made empty: its content events give every size after
         return 0
 
     def roots(self, position: int | None) -> dict[str, RootChanged]:

@@ -568,27 +568,20 @@ class LMDBApplicationRecorder(LMDBAggregateRecorder, ApplicationRecorder):
             low = max(first, indexed)
             named = 0
             for key, value in txn.items(table):
-                begin = POS.unpack_from(key, 8)[0] if len(key) == 16 else None
-                if begin is not None and begin > stop:
-                    continue  # begins past the range: names none of it
-                if (
-                    begin is not None
-                    and begin < low
-                    and len(value) >= 2 * POS.size
-                    and POS.unpack_from(value, len(value) - POS.size)[0] < low
-                ):
-                    continue  # ends before the range (its last position, unverified: none
-                    # of it is counted; damaged, it is the damage of another range)
-                size = codec.verified_size(key, value)
-                if (  # whole in the range (its last position in it): its size counts them
-                    begin is not None
-                    and size
-                    and not size % POS.size
-                    and begin >= low
-                    and POS.unpack_from(value, len(value) - POS.size)[0] <= stop
-                ):
-                    named += size // POS.size
-                    continue
+                if len(key) == 16:  # its first position, and its last (unverified yet)
+                    begin = POS.unpack_from(key, 8)[0]
+                    end = (
+                        POS.unpack_from(value, len(value) - POS.size)[0]
+                        if len(value) >= codec.FRAME_HEADER.size + POS.size
+                        else None
+                    )
+                    if begin > stop or (end is not None and end < low):
+                        continue  # names none of the range (damaged: another range's)
+                    size = codec.verified_size(key, value)
+                    whole = end is not None and low <= begin and end <= stop
+                    if whole and size and not size % POS.size:  # its size counts them
+                        named += size // POS.size
+                        continue
                 positions = decode_topic_entry(key, value, table)[1]  # coded if damaged
                 named += bisect.bisect_right(positions, stop) - bisect.bisect_left(positions, low)
         if named != stop - low + 1:

@@ -150,15 +150,19 @@ def _lock_place() -> bool:
     return stat.S_ISDIR(st.st_mode) and st.st_uid == os.getuid() and not st.st_mode & 0o077
 
 
-def _lock_replica(st: os.stat_result) -> int | None:
-    """An ``flock``-held lock file for the directory ``st`` (-1: no place for one).
+def _lock_path(st: os.stat_result) -> str:
+    """The lock file of the directory ``st``: named by its device and inode."""
+    return os.path.join(REPLICA_LOCKS, f"{st.st_dev:x}-{st.st_ino:x}")
+
+
+def _lock_replica(path: str) -> int | None:
+    """An ``flock``-held lock file at ``path`` (:func:`_lock_path`; -1: no place for one).
 
     None if another holder has it. The file is removed by its holder's release,
     so a lock taken on a file removed meanwhile is taken again on the new one.
     """
     if not _lock_place():
         return -1  # best effort: nowhere safe to hold it
-    path = os.path.join(REPLICA_LOCKS, f"{st.st_dev:x}-{st.st_ino:x}")
     while True:
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
@@ -223,7 +227,7 @@ class ReplicaApplier:
         # state (suspended, rewound, a rewind under way) and changes it.
         self.control = threading.RLock()
         self._swept = False
-        self._held: tuple[int, int, int] | None = None  # the root's flock: fd, device, inode
+        self._held: tuple[int, str] | None = None  # the root's flock: fd, lock file
         self._claiming = threading.Lock()  # an applier thread and a synchronization at once
 
     def position(self) -> int:
@@ -337,9 +341,10 @@ class ReplicaApplier:
                 st = os.stat(self.tree.root)
             except OSError:
                 return  # not there (yet): nothing of it to write over
-            if self._held is not None and self._held[1:] == (st.st_dev, st.st_ino):
+            path = _lock_path(st)
+            if self._held is not None and self._held[1] == path:
                 return
-            fd = _lock_replica(st)
+            fd = _lock_replica(path)
             if fd is None:
                 raise ReplicaInUseError(
                     root=self.tree.root,
@@ -349,14 +354,14 @@ class ReplicaApplier:
             if fd < 0:
                 return  # nowhere to hold it: not held (said in the guide)
             self.release()
-            self._held = (fd, st.st_dev, st.st_ino)
+            self._held = (fd, path)
 
     def release(self) -> None:
         """Let go of the root :meth:`claim` held (the engine closes, the scenario is removed)."""
         held, self._held = self._held, None
         if held is not None:
             with contextlib.suppress(OSError):  # the next holder makes it again
-                os.unlink(os.path.join(REPLICA_LOCKS, f"{held[1]:x}-{held[2]:x}"))
+                os.unlink(held[1])
             os.close(held[0])
 
     def check_root(self) -> None:

@@ -367,11 +367,11 @@ class Scenario:
                         self._engine._scenario_event(self._def, ScenarioStopped)
 
     def _start_threads(self) -> None:
-        # Not for suspended replicas (a rewound one among them): they stay as they
-        # are, across a second start and across a restart, until resume().
+        # Not for suspended replicas (a rewound one among them: _start_thread says):
+        # they stay as they are, across a second start and across a restart, until
+        # resume().
         for replica in self._appliers:
-            if replica not in self._def.suspended:
-                self._start_thread(replica)
+            self._start_thread(replica)
 
     def _start_thread(self, replica: str) -> None:
         applier = self._appliers[replica]
@@ -1616,13 +1616,18 @@ class Scenario:
             ),
         )
 
-    def _failure_codes(self, replica: str) -> set[str]:
-        """The code of the error ``replica``'s applier stopped on, while it stands (to a resume)."""
+    def _failure(self, replica: str) -> BaseException | None:
+        """The error ``replica``'s applier (its thread, or an inline apply) stopped on, if any.
+
+        It stands until a resume or a synchronization gets the replica going.
+        """
         thread = self._threads.get(replica)
         error = thread.error if thread is not None else None
-        if error is None:
-            error = self._failed_inline.get(replica)
-        code = getattr(error, "code", None)
+        return error if error is not None else self._failed_inline.get(replica)
+
+    def _failure_codes(self, replica: str) -> set[str]:
+        """The code of :meth:`_failure` (none if it has none)."""
+        code = getattr(self._failure(replica), "code", None)
         return {code} if isinstance(code, str) else set()
 
     def _left_out(self, replica: str) -> list[str]:
@@ -1728,10 +1733,7 @@ class Scenario:
                 cleared=f"spool back under threshold ({limit} bytes)",
                 details={"backlog_bytes": waiting, "limit": limit},
             )
-        failed = sorted(
-            {name for name, t in self._threads.items() if t.error is not None}
-            | self._failed_inline.keys()
-        )
+        failed = sorted(name for name in self._appliers if self._failure(name) is not None)
         watch = self._watch_error
         if (over or failed or watch) and self._def.state != "Problem":
             reason = (

@@ -26,6 +26,17 @@ def run_cli(*args: str | Path, cwd: Path | None = None) -> subprocess.CompletedP
     )
 
 
+def run_python(code: str, *args: str | Path) -> subprocess.CompletedProcess[str]:
+    """``python -c CODE ARGS`` in a child process (a hang fails after 120 s, not the suite)."""
+    return subprocess.run(
+        [sys.executable, "-c", code, *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
 def write(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path``, making its parent directories."""
     path.parent.mkdir(parents=True, exist_ok=True)

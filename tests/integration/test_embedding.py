@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
+from scenario_kit import run_python
 
 from xoengine.datastore import open_store
 from xoengine.engine import Engine
@@ -184,13 +185,7 @@ def test_a_read_only_engine_beside_the_writer_of_its_process_writes_nothing(
         assert reader.history("s", "a")[-1].operation == "written"  # it reads
         sc.stop()
         writer.close()
-        other = subprocess.run(  # the journal is another process's to write now
-            [sys.executable, "-c", _SET_POINT, str(tmp_path / "state")],
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
+        other = run_python(_SET_POINT, tmp_path / "state")  # another process's to write now
         assert other.returncode == 0, other.stderr
         with pytest.raises(JournalReadOnlyError):
             mine.set_rewind_point("p4")
@@ -404,13 +399,7 @@ eng.close()
 
 def test_a_forked_child_is_refused_the_journal_its_parent_writes(tmp_path: Path) -> None:
     # Was E4000 "already open in this process" (py-lmdb's registry, which the child inherits).
-    done = subprocess.run(
-        [sys.executable, "-c", _FORK_SCRIPT, str(tmp_path / "state")],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    done = run_python(_FORK_SCRIPT, tmp_path / "state")
     assert done.returncode == 0, done.stderr
     # Review 24 (G3): the handles the child inherited wrote the journal (LMDB used
     # after fork), and the parent's next point failed (E4020) until it reopened.
@@ -692,13 +681,7 @@ def test_a_read_only_view_opens_a_table_beside_a_commit_and_the_writer_reopens(
     store does, which in the writer's writable environment is a write transaction begun
     with the GIL held: it deadlocked against the commit under way. And with a view
     still open, the writable engine could not be opened again once closed (E1001)."""
-    done = subprocess.run(
-        [sys.executable, "-c", _VIEW_BESIDE_A_COMMIT, str(tmp_path / "state")],
-        capture_output=True,
-        text=True,
-        timeout=120,  # a deadlock fails the test, it does not hang the suite
-        check=False,
-    )
+    done = run_python(_VIEW_BESIDE_A_COMMIT, tmp_path / "state")  # a deadlock: fails, no hang
     assert done.returncode == 0, done.stderr
     assert done.stdout.split("\n")[:2] == ["absent: None", "done"]
     master = _master(tmp_path)

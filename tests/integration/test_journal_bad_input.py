@@ -13,14 +13,13 @@ import os
 import random
 import shutil
 import subprocess
-import sys
 import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
 from eventsourcing.persistence import StoredEvent
-from scenario_kit import run_cli
+from scenario_kit import run_cli, run_python
 
 from xoengine.datastore import open_store
 from xoengine.engine import Engine
@@ -35,16 +34,6 @@ if TYPE_CHECKING:
     from collections.abc import Iterator
 
 SCENARIO = "s"
-
-
-def run_python(code: str, *args: str | Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-c", code, *map(str, args)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
 
 
 def _state(where: Path, files: dict[str, bytes]) -> Path:
