@@ -150,6 +150,10 @@ class ReplicaStatistics:
     rewind_floor: int = 0  # a rewind reaches positions >= this one (retention trimmed below)
     xattrs_left_out: list[str] = field(default_factory=list)
     """Extended attributes the master has and this replica leaves out (alert AW0003)."""
+    rewind_pending: tuple[int, int] | None = None
+    """``(from, to)`` of a rewind begun and not finished (killed midway, or stopped on an
+    error): the replica holds neither position until the next writable open, or a
+    ``rewind`` called again, completes it (``resume`` gives it up)."""
     standing_alerts: list[str] = field(default_factory=list)
     """Codes of the alerts that stand for this replica (raised, not yet cleared): AW0001
     spool over its limit, AW0002 undo budget near the window, AW0005 the clock ahead
@@ -1516,7 +1520,11 @@ class Scenario:
         moved = 0
         # One reading of each end: the pending events are those between them, as reported.
         held, end = applier.position(), self._engine.last_position()
-        since = self._own(held)
+        unfinished = self._def.pending_rewinds.get(replica)  # (from, to)
+        # A rewind left unfinished (killed midway) leaves the replica between its
+        # target and where it started, holding neither: every path changed since
+        # the target may differ from the master.
+        since = self._own(held if unfinished is None else min(held, unfinished[1]))
         for _, event in self._engine._iter_file_events(since, self.name, end):
             entry = pending.setdefault(event.path, {"events": 0, "bytes": 0})
             entry["events"] += 1
@@ -1537,6 +1545,7 @@ class Scenario:
             "suspended": replica in self._def.suspended,
             "applied_position": held,
             "journal_position": end,
+            "rewind_pending": None if unfinished is None else list(unfinished),
             "pending_files": len(pending),
             "pending_bytes": sum(v["bytes"] for v in pending.values()),
             "pending_moved": moved,
@@ -1587,7 +1596,9 @@ class Scenario:
     def _replica_statistics(self, name: str) -> ReplicaStatistics:
         applier = self._appliers[name]
         applied = applier.position()
-        backlog = self._span(applied)
+        unfinished = self._def.pending_rewinds.get(name)
+        # What a rewind left unfinished still has to undo waits too (difference_report).
+        backlog = self._span(applied if unfinished is None else min(applied, unfinished[1]))
         done = self._span(0, applied)
         oldest: float | None = None
         if backlog.first is not None:
@@ -1610,6 +1621,7 @@ class Scenario:
             undo_bytes=undo_bytes,
             rewind_floor=floor,
             xattrs_left_out=self._left_out(name),
+            rewind_pending=unfinished,
             standing_alerts=sorted(
                 {code for code, names in self._def.standing_alerts.items() if name in names}
                 | self._failure_codes(name)

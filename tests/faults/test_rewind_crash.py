@@ -192,6 +192,7 @@ def trial(
 
     # 2. The rewind, in children that die.
     crash(state, target, expected)
+    pending_is_said(state, master, r1, position)
 
     # 3. Reopen: the open completes the rewind; r1 is exactly the point's tree.
     with Engine.open(state, durability="sync") as eng:
@@ -226,6 +227,29 @@ def trial(
         for replica in ("r1", "r2"):
             assert sc._appliers[replica].undo.check() == []
     totals["trials"] += 1
+
+
+def pending_is_said(state: Path, master: Path, r1: Path, target: int) -> None:
+    """Before anything completes it, a rewind killed midway is reported, by read-only readers.
+
+    The replica holds neither where the rewind started nor its target: the difference
+    report and the statistics name the unfinished rewind, and every path where r1
+    differs from the master is among the pending ones (none is reported in sync).
+    """
+    with Engine.open(state, readonly=True) as eng:
+        sc = eng.scenario("cx")
+        report = sc.difference_report("r1")
+        stats = sc.statistics().replicas["r1"]
+        started = {e.to_position for e in journal_events(eng, RewindStarted)}
+    if report["rewind_pending"] is None:  # killed before it began, or after it ended
+        assert stats.rewind_pending is None
+        return
+    assert target in started
+    assert report["rewind_pending"][1] == target == stats.rewind_pending[1], report
+    assert stats.backlog_events > 0
+    got, want = snapshot(r1), snapshot(master)
+    differ = {os.fsdecode(p) for p in set(got) | set(want) if got.get(p) != want.get(p)}
+    assert differ <= set(report["pending"]), sorted(differ - set(report["pending"]))
 
 
 def _totals() -> dict[str, int]:
