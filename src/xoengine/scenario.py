@@ -1467,7 +1467,11 @@ class Scenario:
                 sizes = [(p, b) for p, b in applier.undo.position_sizes() if p <= applied]
                 labels = recorder.times_of(p for p, _ in sizes)  # one read, not one each
                 usage = [UndoUsage(p, t, b) for (p, b), t in zip(sizes, labels, strict=True)]
-                decision = retention(usage, points, policy, now)
+                # The points it rewinds back to: one past what it holds (a suspended
+                # replica's, a point set during the suspension) is reached forward, by
+                # applying the journal, and uses up none of its undo_min_points.
+                behind = [p for p in points if p.position <= applied]
+                decision = retention(usage, behind, policy, now)
                 decisions[name] = decision
                 if decision.trim_upto:
                     # The trim and its UndoTrimmed commit together: history is never

@@ -1501,6 +1501,35 @@ def _assert_reachable(sc: Scenario, master: Path, point: Any, tree: dict[bytes, 
     assert snapshot(sc.replicas["r1"]) == tree
 
 
+def test_a_point_past_a_suspended_replica_uses_up_none_of_its_min_points(
+    tmp_path: Path,
+) -> None:
+    """Points set while r1 stands suspended are reached forward: p4 stays r1's to rewind to.
+
+    Counted among the newest ``min_points``, the new point let the trim take every
+    record r1 needs to go back to p4 (E3012), though r1 had no point left behind it.
+    """
+    eng, sc, master, marks = _history_with_points(tmp_path)
+    try:
+        write(master / "a", b"encrypted")  # the damage reaches r1 ...
+        sc.capture()
+        sc.wait_replicated()
+        sc.suspend("r1")  # ... which is kept as it is, to look into
+        write(master / "f1", b"encrypted too")
+        sc.capture()
+        sc.set_rewind_point("incident")  # past what r1 holds
+        decisions = sc.trim_undo(RetentionPolicy(max_bytes=1, min_points=1))
+        newest = max(p.position for p in sc.rewind_points())
+        assert decisions["r2"].trim_upto == newest  # r2 follows: the new point is its newest
+        p4, tree = marks[-1]
+        assert decisions["r1"].trim_upto <= p4.position
+        assert sc.reachable_by(p4) == ["r1"]
+        sc.rewind("r1", p4)
+        assert snapshot(sc.replicas["r1"]) == tree
+    finally:
+        eng.close()
+
+
 def test_trim_undo_journals_the_trim_and_keeps_the_newest_point(tmp_path: Path) -> None:
     eng, sc, master, marks = _history_with_points(tmp_path)
     try:
