@@ -63,7 +63,7 @@ def test_cli_log_filters_and_json(tmp_path: Path, capsys) -> None:  # type: igno
     assert len(lines) == 2 and lines[0].split()[0] == "2"
     assert main(["journal", "log", str(tmp_path), "--originator", str(oids[4]), "--json"]) == 0
     assert [json.loads(x)["position"] for x in capsys.readouterr().out.splitlines()] == [5]
-    assert main(["journal", "log", str(tmp_path), "--until", "2000-01-01T00:00:00"]) == 0
+    assert main(["journal", "log", str(tmp_path), "--until", "2000-01-01T00:00:00Z"]) == 0
     assert capsys.readouterr().out == ""
     # Review 22 (A, F3): a time the log prints, given back as --since, left its record out.
     assert main(["journal", "log", str(tmp_path), "--json", "--from", "3", "--to", "3"]) == 0

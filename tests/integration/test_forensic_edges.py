@@ -806,7 +806,7 @@ def test_a_time_before_the_scenarios_first_change_is_said_so(
     """
     eng, points = small
     state = str(tmp_path / "state")
-    early = "1999-01-01T00:00:00"
+    early = "1999-01-01T00:00:00+00:00"
     assert main(["replay", state, "s", "--to", str(tmp_path / "out"), "--at", early]) == 0
     said = capsys.readouterr().err
     assert f"note: {early} names position 0, before the first change" in said
@@ -834,8 +834,36 @@ def test_a_time_finer_than_a_microsecond_is_refused_not_cut(
     err = capsys.readouterr().err
     assert err.startswith("error E1001:") and "finer than a microsecond" in err, err
     # Zeros past the microsecond name it exactly: taken.
-    micro = f"{whole}.{ns // 1000:06d}000"
+    micro = f"{whole}.{ns // 1000:06d}000+00:00"
     assert main(["diff", state, "s", micro, "--json"]) == 0
+
+
+def test_a_time_without_a_utc_offset_is_refused_by_every_verb(
+    small: tuple[Engine, dict[str, int]], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Review 25 (K2): a time without an offset was read as UTC, whatever the zone of whoever
+    typed it: local "15:04" in New York named 10:04 there, east of UTC a later instant
+    (inside an attack). The API refuses a naive datetime; the command line does too."""
+    _, _ = small
+    state = str(tmp_path / "state")
+    naive = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    capsys.readouterr()
+    for argv in (
+        ["rewind", state, "s", "r1", "--at", naive, "--dry-run"],
+        ["replay", state, "s", "--to", str(tmp_path / "out"), "--at", naive],
+        ["cat", state, "s", "b", "--at", naive],
+        ["diff", state, "s", naive],
+        ["bisect", state, "s", "true", "--good", naive],
+        ["journal", "log", state, "--since", naive],
+        ["journal", "log", state, "--until", naive[:10]],  # a date alone: midnight where?
+    ):
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert err.startswith("error E1001:") and "has no UTC offset" in err, (argv, err)
+    assert not (tmp_path / "out").exists()
+    for stamp in (f"{naive}Z", f"{naive}+00:00", f"{naive}-05:00"):
+        assert main(["diff", state, "s", stamp, "--json"]) == 0
+        capsys.readouterr()
 
 
 def test_an_attribute_set_and_removed_again_is_no_difference(tmp_path: Path) -> None:

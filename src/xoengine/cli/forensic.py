@@ -4,7 +4,7 @@ Room: edge. ``replay``, ``history``, ``diff`` and ``bisect`` open the journal
 read-only (a state directory or a bare journal copy from another machine)
 and need nothing else. An instant on the command line is a number (a
 position), else a rewind point name of the scenario, else an ISO 8601 time
-(UTC if no offset).
+with its UTC offset (one without it is refused: see ``parse_time``).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO, Final
 
 from xoengine import codec
 from xoengine.cli.daemon import run_or_ask
-from xoengine.cli.journal import parse_time, refuse_finer_than_microseconds
+from xoengine.cli.journal import parse_time, read_iso_time, refuse_finer_than_microseconds
 from xoengine.cli.output import json_text, plain, shown
 from xoengine.cli.scenario import _engine, _show
 from xoengine.engine import Engine, Instant
@@ -48,18 +48,16 @@ def _instant(eng: Engine, scenario: str, text: str | None) -> Instant | None:
         point = eng.instant(scenario, text)
     if point is None:
         refuse_finer_than_microseconds(text)  # a time, too fine to take: said as such
-    stamp: dt.datetime | None = None
-    with contextlib.suppress(ConfigurationError):
-        stamp = parse_time(text)
-    if point is not None and stamp is not None:  # a point named so before such names were refused
+    is_time = read_iso_time(text) is not None
+    if point is not None and is_time:  # a point named so before such names were refused
         raise ConfigurationError(
             detail=f"{text!r} is both a rewind point of {scenario} (position {point}) and an "
             "ISO 8601 time: give the point's position, or the time with its UTC offset"
         )
     if point is not None:
         return point
-    if stamp is not None:
-        return stamp
+    if is_time:
+        return parse_time(text)  # or why it takes no such time (no offset)
     raise ConfigurationError(
         detail=f"{text!r} is neither a position, a rewind point of {scenario}, nor an ISO 8601 time"
     )

@@ -59,14 +59,32 @@ def refuse_finer_than_microseconds(text: str) -> None:
         )
 
 
-def parse_time(text: str) -> dt.datetime:
-    """An ISO 8601 time from the command line (UTC when it has no offset), to the microsecond."""
-    refuse_finer_than_microseconds(text)
+def read_iso_time(text: str) -> dt.datetime | None:
+    """``text`` read as an ISO 8601 time (naive if it has no offset); None if it reads as none."""
     try:
-        stamp = dt.datetime.fromisoformat(text)
+        return dt.datetime.fromisoformat(text)
     except ValueError:
-        raise ConfigurationError(detail=f"{text!r} is not an ISO 8601 time") from None
-    return stamp if stamp.tzinfo else stamp.replace(tzinfo=dt.UTC)
+        return None
+
+
+def parse_time(text: str) -> dt.datetime:
+    """An ISO 8601 time with its UTC offset from the command line, to the microsecond.
+
+    A time without an offset is refused, as the API refuses a naive datetime:
+    read as UTC, or in this machine's zone, it names another instant for whoever
+    typed it in another zone (the journal may come from another machine), by
+    hours, and silently: an instant "just before the attack" inside it.
+    """
+    refuse_finer_than_microseconds(text)
+    stamp = read_iso_time(text)
+    if stamp is None:
+        raise ConfigurationError(detail=f"{text!r} is not an ISO 8601 time")
+    if stamp.utcoffset() is None:
+        raise ConfigurationError(
+            detail=f"{text!r} has no UTC offset: give it one ({text}Z for UTC, or "
+            f"{text}+01:00 ...); without it the time names another instant in each zone"
+        )
+    return stamp
 
 
 def _jsonable(value: Any) -> Any:
@@ -332,8 +350,8 @@ def add_parsers(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     log.add_argument("--originator", help="only this originator id")
     log.add_argument("--from", dest="start", type=int, default=1, help="first position")
     log.add_argument("--to", dest="stop", type=int, default=None, help="last position")
-    log.add_argument("--since", help="ISO 8601 time (UTC if no offset)")
-    log.add_argument("--until", help="ISO 8601 time (UTC if no offset)")
+    log.add_argument("--since", help="ISO 8601 time with its UTC offset (Z, +01:00)")
+    log.add_argument("--until", help="ISO 8601 time with its UTC offset (Z, +01:00)")
     log.add_argument("--json", action="store_true", help="one JSON object per line")
     log.set_defaults(func=cmd_log)
 
