@@ -506,10 +506,71 @@ def test_cli_bisect_takes_the_verdict_from_the_shells_exit_not_from_its_backgrou
         assert done.returncode == 0, (tmp_path / "err").read_text()
         found = json.loads(done.stdout)
         assert points["before"] <= found["last_good"] < found["first_bad"] <= points["end"]
+        # Review 25 (K4): each probe's processes end with it, not in a tree that is gone.
+        assert not [pid for pid in pids.read_text().split() if _running(int(pid))]
     finally:
         for pid in pids.read_text().split() if pids.exists() else []:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(int(pid), signal.SIGKILL)
+
+
+def _running(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie waiting for its reaper has ended)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state != "Z"
+
+
+@pytest.mark.parametrize("stop", ["sigterm", "probe-timeout"])
+def test_cli_bisect_ends_what_its_command_started_when_it_stops(
+    small: tuple[Engine, dict[str, int]], tmp_path: Path, stop: str
+) -> None:
+    """Review 25 (K4): SIGTERM to bisect (``timeout``, ``systemctl stop``) killed the shell
+    alone: what the command ran went on, orphaned, in a scratch tree already deleted; and a
+    probe that hung hung the search. Its process group is killed with it now, and
+    ``--probe-timeout`` ends a probe that takes too long (no verdict: E1001)."""
+    eng, _ = small
+    state = str(eng.state_dir)
+    eng.close()
+    ready = tmp_path / "ready"
+    if stop == "sigterm":
+        os.mkfifo(ready)  # the test reads it once the probe runs: then it stops bisect
+    command = f"sleep 600 & echo $! > {ready}; wait"
+    cli = [sys.executable, "-m", "xoengine", "bisect", state, "s", command, "--good", "before"]
+    if stop == "probe-timeout":
+        cli += ["--probe-timeout", "5"]
+    pid = 0
+    with open(tmp_path / "err", "wb") as err:
+        bisect = subprocess.Popen(cli, stdout=subprocess.DEVNULL, stderr=err)
+        try:
+            if stop == "sigterm":
+                with ready.open() as fifo:  # opens once the probe's shell writes: it runs
+                    pid = int(fifo.read())
+                bisect.terminate()
+            status = bisect.wait(timeout=120)
+            pid = pid or int(ready.read_text())
+        finally:
+            bisect.kill()
+            if pid:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+    said = (tmp_path / "err").read_text()
+    if stop == "sigterm":
+        assert status == -signal.SIGTERM, said
+    else:
+        assert status == 2 and "gave no verdict within --probe-timeout 5 s" in said, said
+    assert not _running(pid), "the command's background process outlived bisect"
+
+
+def test_cli_bisect_refuses_a_probe_timeout_out_of_range(
+    small: tuple[Engine, dict[str, int]], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    state = str(tmp_path / "state")
+    for bad in ("0", "-1", "nan", "inf"):
+        assert main(["bisect", state, "s", "true", "--probe-timeout", bad]) == 2
+        assert "--probe-timeout is seconds above 0" in capsys.readouterr().err
 
 
 # -- 6. instants of the wrong type ---------------------------------------------------------------

@@ -14,7 +14,9 @@ import contextlib
 import datetime as dt
 import errno
 import hashlib
+import math
 import os
+import select
 import shlex
 import signal
 import subprocess
@@ -394,26 +396,22 @@ def cmd_bisect(args: argparse.Namespace) -> int:
             root = replayed[: len(replayed) - len(args.path)].rstrip(os.sep)
             assert os.path.join(root, args.path) == replayed
         env = {**os.environ, "XO_REPLAY_DIR": root, "XO_REPLAY_PATH": replayed}
-        # The operator's own command line, run as written (like git bisect run). Its
-        # output goes to our stderr, beside our messages, not in the answer; through
-        # no pipe, whose end a process it leaves in the background would hold open:
-        # the verdict is the shell's exit, as git bisect run takes it.
-        sys.stderr.flush()
-        done = subprocess.run(  # noqa: S602
-            args.command, shell=True, cwd=root, env=env, check=False, stdout=2
-        )
-        if done.returncode < 0:  # the shell itself was killed
+        status = _run_probe(args.command, root, env, args.probe_timeout)
+        if status < 0:  # the shell itself was killed
             raise ConfigurationError(
                 detail=f"the command {args.command!r} gave no verdict: it (or its shell) was "
-                f"killed by signal {-done.returncode} ({_signal_name(-done.returncode)})"
+                f"killed by signal {-status} ({_signal_name(-status)})"
             )
-        if done.returncode >= _NO_VERDICT:
+        if status >= _NO_VERDICT:
             raise ConfigurationError(
                 detail=f"the command {args.command!r} gave no verdict: exit status "
-                f"{done.returncode} (126: not executable, 127: not found, 128+N: signal N)"
+                f"{status} (126: not executable, 127: not found, 128+N: signal N)"
             )
-        return done.returncode == 0
+        return status == 0
 
+    limit = args.probe_timeout
+    if limit is not None and not (math.isfinite(limit) and limit > 0):
+        raise ConfigurationError(detail=f"--probe-timeout is seconds above 0, not {limit:g}")
     with Engine.open(args.state, readonly=True) as eng:
         good = _instant(eng, args.name, args.good)
         bad = _instant(eng, args.name, args.bad)
@@ -458,6 +456,40 @@ def cmd_bisect(args: argparse.Namespace) -> int:
                     file=sys.stderr,
                 )
     return 0
+
+
+def _run_probe(command: str, root: str, env: dict[str, str], timeout: float | None) -> int:
+    """Run the operator's command line at ``root``; its shell's exit status.
+
+    Run as written (like ``git bisect run``), in a process group of its own,
+    which is killed when the probe ends: normally, after ``timeout`` seconds
+    (no verdict: E1001), or because bisect itself is stopped (Ctrl-C, SIGTERM
+    from ``timeout`` or ``systemctl stop``). Nothing it started runs on in a
+    scratch tree that is gone. The group is killed while the shell is not yet
+    reaped, so its id names no other group. Its output goes to our stderr,
+    beside our messages, not in the answer; through no pipe, whose end a process
+    left in the background would hold open.
+    """
+    sys.stderr.flush()
+    process = subprocess.Popen(  # noqa: S602
+        command, shell=True, cwd=root, env=env, stdout=2, start_new_session=True
+    )
+    try:
+        waiting = os.pidfd_open(process.pid)
+        try:  # the shell's end, not reaped (select wakes on it; a signal interrupts it)
+            ended, _, _ = select.select([waiting], [], [], timeout)
+        finally:
+            os.close(waiting)
+        if not ended:
+            raise ConfigurationError(
+                detail=f"the command {command!r} gave no verdict within --probe-timeout "
+                f"{timeout:g} s: it was killed"
+            )
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+    return process.returncode
 
 
 def _signal_name(number: int) -> str:
@@ -595,6 +627,11 @@ def add_parsers(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     bisect.add_argument("--bad", help=f"a known bad instant: {_INSTANT} (default: the end)")
     bisect.add_argument(
         "--burst", type=int, default=10, help="files changed at once that flag a burst"
+    )
+    bisect.add_argument(
+        "--probe-timeout",
+        type=float,
+        help="seconds a probe of the command may take (then no verdict: E1001; default: none)",
     )
     bisect.add_argument(
         "--burst-window",
