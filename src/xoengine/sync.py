@@ -440,7 +440,7 @@ class Synchronizer:
                 sent = 0
             elif entry.kind == "symlink":
                 self.tree.create(path, "symlink", 0, entry.target)
-                self.tree.set_meta(path, None, None, self._owner(entry))
+                self.tree.set_meta(path, None, entry.mtime_ns, self._owner(entry))
                 sent = 0
             else:
                 if self._follow is not None:
@@ -490,7 +490,7 @@ class Synchronizer:
             else:
                 self._record([("created", path, {}, {})])
             tree.create(path, "symlink", 0, entry.target)
-            tree.set_meta(path, None, None, self._owner(entry))
+            tree.set_meta(path, None, entry.mtime_ns, self._owner(entry))
             return ("created" if have is None else "updated"), 0
         # Regular files.
         if (
@@ -570,19 +570,23 @@ class Synchronizer:
         return meta if owner is None else {**meta, "owner": list(owner)}
 
     def _meta(self, path: str, entry: Entry, have: Entry) -> str:
-        """Bring the mode, mtime and owner (a link: its owner) the master has; "" if it had them."""
-        file = entry.kind == "file"
+        """Bring the master's mode, mtime and owner; "" if the replica had them.
+
+        A link has no mode of its own; a directory's mtime moves with every entry
+        made in it.
+        """
         link = entry.kind == "symlink"
+        timed = entry.kind != "dir"
         if (
             self._owner(have) == self._owner(entry)
             and (link or have.mode == entry.mode)
-            and (not file or have.mtime_ns == entry.mtime_ns)
+            and (not timed or have.mtime_ns == entry.mtime_ns)
         ):
             return ""
         st = self.tree.lstat(path)
         self._record([("meta", path, self.tree.meta(path, st), {})] if st else [])
         mode = None if link else entry.mode
-        self.tree.set_meta(path, mode, entry.mtime_ns if file else None, self._owner(entry))
+        self.tree.set_meta(path, mode, entry.mtime_ns if timed else None, self._owner(entry))
         return "metadata"
 
     def _xattrs(self, path: str, *, record: bool) -> bool:

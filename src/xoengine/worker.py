@@ -20,6 +20,7 @@ from xoengine.errors import (
 from xoengine.events import (
     root_label,
 )
+from xoengine.record import iso_time
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -32,9 +33,9 @@ if TYPE_CHECKING:
 
 __all__ = ["ApplierThread", "ScanFollower", "coded_failure", "compare_trees"]
 
-_Seen = tuple[str, int, str, tuple[int, int], dict[str, bytes]]
+_Seen = tuple[str, int, str, tuple[int, int], dict[str, bytes], int]
 """A walked entry as the difference report compares it: kind, mode, content digest or link
-target, owner, extended attributes."""
+target, owner, extended attributes, mtime (ns)."""
 
 
 def compare_trees(scenario: Scenario, replica_tree: ReplicaTree) -> dict[str, str]:
@@ -76,6 +77,7 @@ def compare_trees(scenario: Scenario, replica_tree: ReplicaTree) -> dict[str, st
                     value,
                     (entry.uid, entry.gid),
                     xattrs,
+                    entry.mtime_ns,
                 )
         unlisted.update((prefix + u, side) for u in tree.unlisted)
         return out
@@ -108,11 +110,27 @@ def compare_trees(scenario: Scenario, replica_tree: ReplicaTree) -> dict[str, st
             differences[path] = f"owner {a[3][0]}:{a[3][1]} vs {b[3][0]}:{b[3][1]}"
         elif a[4] != b[4]:
             differences[path] = _xattrs_differ(a[4], b[4])
+        elif a[0] != "dir" and not _same_time(a[5], b[5]):  # a directory's moves with entries
+            shown = iso_time(a[5]), iso_time(b[5])  # to the microsecond, ns if alike there
+            if shown[0] == shown[1]:
+                shown = str(a[5]), str(b[5])
+            differences[path] = f"mtime {shown[0]} vs {shown[1]}"
     for index, root in enumerate(scenario.layout.roots):  # the roots' own metadata
         name = scenario.layout.prefix(index).rstrip("/")
         if (why := _root_differs(root, name, replica_tree)) is not None:
             differences[root_label(name)] = why
     return differences
+
+
+def _same_time(master_ns: int, replica_ns: int) -> bool:
+    """Whether a replica's mtime is the master's, as far as its file system keeps times.
+
+    To the nanosecond; to the second on one that keeps whole seconds (an ext4
+    with small inodes; FAT keeps two).
+    """
+    if replica_ns % 10**9 == 0 and master_ns % 10**9 != 0:
+        return abs(master_ns - replica_ns) < 2 * 10**9
+    return master_ns == replica_ns
 
 
 def _root_differs(root: str, name: str, replica_tree: ReplicaTree) -> str | None:

@@ -1069,6 +1069,8 @@ def test_replica_on_another_filesystem_is_synchronized_and_follows(
     sc.capture()
     sc.wait_replicated(timeout=30)
     assert_trees_equal(tmp_path / "master", coarse_fs / "r1", mtimes=False)
+    # ... and verify compares mtimes there in the seconds it keeps.
+    assert sc.difference_report("r1", verify=True)["differences"] == {}
 
 
 def test_synchronize_warns_of_the_special_files_it_skips(engine: Engine, tmp_path: Path) -> None:
@@ -1092,6 +1094,32 @@ def test_synchronize_warns_of_the_special_files_it_skips(engine: Engine, tmp_pat
     assert sc.difference_report("r1", verify=True)["differences"] == {
         "run/stray": "only on the replica"
     }
+
+
+def test_verify_lists_a_file_or_link_whose_mtime_differs(engine: Engine, tmp_path: Path) -> None:
+    """Review 25 (K5): mtimes are replicated, and verify did not compare them (an investigator
+    reads them; backup tools copy again what they see changed). A synchronization gave links
+    no mtime of their own: it gives the master's now."""
+    master = TreeBuilder(tmp_path / "master")
+    master.apply_all([CreateFile("a.txt", b"a"), MakeDir("d"), CreateFile("d/b", b"b")])
+    os.symlink("a.txt", tmp_path / "master" / "l")
+    os.utime(tmp_path / "master" / "l", ns=(10**18, 10**18), follow_symlinks=False)
+    sc = _scenario(engine, tmp_path)
+    sc.synchronize()
+    assert sc.difference_report("r1", verify=True)["differences"] == {}
+    r1 = tmp_path / "r1"
+    os.utime(r1 / "a.txt", ns=(5 * 10**9, 5 * 10**9))
+    os.utime(r1 / "l", ns=(10**18 + 1, 10**18 + 1), follow_symlinks=False)
+    os.utime(r1 / "d", ns=(5 * 10**9, 5 * 10**9))  # a directory's moves with its entries
+    found = sc.difference_report("r1", verify=True)["differences"]
+    assert sorted(found) == ["a.txt", "l"], found
+    assert (
+        found["a.txt"].startswith("mtime ")
+        and "vs 1970-01-01T00:00:05.000000+00:00" in found["a.txt"]
+    )
+    assert found["l"] == f"mtime {10**18} vs {10**18 + 1}"  # alike to the microsecond
+    sc.synchronize()
+    assert sc.difference_report("r1", verify=True)["differences"] == {}
 
 
 @pytest.mark.parametrize("parts", [False, True])
