@@ -150,6 +150,9 @@ class ReplicaStatistics:
     rewind_floor: int = 0  # a rewind reaches positions >= this one (retention trimmed below)
     xattrs_left_out: list[str] = field(default_factory=list)
     """Extended attributes the master has and this replica leaves out (alert AW0003)."""
+    synchronized: bool = True
+    """False until the replica's first synchronization: its backlog is then no measure of
+    what it lacks (the master's whole tree, which the journal does not hold yet)."""
     rewind_pending: tuple[int, int] | None = None
     """``(from, to)`` of a rewind begun and not finished (killed midway, or stopped on an
     error): the replica holds neither position until the next writable open, or a
@@ -1549,6 +1552,9 @@ class Scenario:
             "suspended": replica in self._def.suspended,
             "applied_position": held,
             "journal_position": end,
+            # Never synchronized (a scenario not started yet): what the journal holds
+            # pending is no measure of what the replica lacks (the master's whole tree).
+            "synchronized": held > 0,
             "rewind_pending": None if unfinished is None else list(unfinished),
             "pending_files": len(pending),
             "pending_bytes": sum(v["bytes"] for v in pending.values()),
@@ -1626,6 +1632,7 @@ class Scenario:
             rewind_floor=floor,
             xattrs_left_out=self._left_out(name),
             rewind_pending=unfinished,
+            synchronized=applied > 0,
             standing_alerts=sorted(
                 {code for code, names in self._def.standing_alerts.items() if name in names}
                 | self._failure_codes(name)

@@ -2862,7 +2862,13 @@ def test_difference_report_shows_pending_changes_during_a_suspension(tmp_path: P
         write(master / "a", b"a" * 5000)
         write(master / "b", b"bbb")
         write(master / "e", b"eee")
+        # Review 25 (K6): before its first synchronization "0 pending" read as "in sync".
+        report = sc.difference_report("r1")
+        assert (report["pending_files"], report["synchronized"]) == (0, False)
+        assert sc.statistics().replicas["r1"].synchronized is False
         sc.start()
+        assert sc.difference_report("r1")["synchronized"] is True
+        assert sc.statistics().replicas["r1"].synchronized is True
         sc.suspend("r1")
         with sc.open("a", "r+b") as f:  # exact ranges: 100 bytes at 2000
             f.seek(2000)
