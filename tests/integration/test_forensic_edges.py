@@ -353,6 +353,32 @@ def test_cli_bisect_says_when_its_bad_bound_tests_good(
     assert "no burst: no 10 files that were there changed within 60 s" in err
 
 
+def test_cli_bisect_says_when_the_burst_starts_where_the_command_found_good(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Review 25 (K7): an ordinary edit just before the attack, inside the window, starts
+    the burst: before the last good position, and nothing said the two disagree."""
+    master = tmp_path / "m"
+    for i in range(12):
+        write(master / f"f{i}", b"plain")
+    with Engine.open(tmp_path / "state", durability="nosync") as eng:
+        sc = eng.create_scenario("s", master=str(master), replicas={"r1": str(tmp_path / "r1")})
+        sc.start()
+        write(master / "f0", b"an edit")  # ordinary work, seconds before the attack
+        sc.capture()
+        for i in range(12):
+            write(master / f"f{i}", b"ENC")
+        sc.capture()
+        sc.stop()
+    state = str(tmp_path / "state")
+    assert main(["bisect", state, "s", "! grep -rq ENC .", "--json"]) == 0
+    out, err = capsys.readouterr()
+    found = json.loads(out)
+    assert found["burst_position"] <= found["last_good"] < found["first_bad"]
+    assert f"note: the burst's window starts at position {found['burst_position']}" in err
+    assert f"what the command calls bad starts at position {found['first_bad']}" in err
+
+
 # -- 3. never an empty answer -----------------------------------------------------------------
 
 

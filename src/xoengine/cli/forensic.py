@@ -446,6 +446,15 @@ def cmd_bisect(args: argparse.Namespace) -> int:
                 "which a checkout, a build or an unpacked archive also trips",
                 file=sys.stderr,
             )
+            if result.burst_position <= result.last_good:
+                print(
+                    f"note: the burst's window starts at position {result.burst_position}, "
+                    f"at or before the last good position {result.last_good}: it takes in "
+                    "changes the command found good (a window reaches back up to "
+                    f"{args.burst_window:g} s from the damage); what the command calls bad "
+                    f"starts at position {result.first_bad}",
+                    file=sys.stderr,
+                )
             behind = eng.clock_behind(args.name, result.burst_position)
             if behind is not None:  # commits there share one label: time cannot part them
                 print(
