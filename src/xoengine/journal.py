@@ -680,11 +680,13 @@ class LMDBApplicationRecorder(LMDBAggregateRecorder, ApplicationRecorder):
         unfinished): a write that must grow the map never waits for it. Records
         below the journal's end never change, so the chunks make one answer.
         """
-        if stop is None:
+        if stop is None or (complete and topics):
             with self.datastore.read() as txn:
                 last = txn.last(self.events_table)
             # A last key of another shape is damage, which the scan reports where it is.
-            stop = decode_position(last[0]) if last and len(last[0]) == 8 else None
+            end = decode_position(last[0]) if last and len(last[0]) == 8 else None
+            # A stop past the end counts no position that is not there yet as lost.
+            stop = end if stop is None or end is None else min(stop, end)
         first, left = max(first, 1), limit
         if complete and topics and stop is not None:
             self._check_topics(first, stop)

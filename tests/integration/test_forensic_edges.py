@@ -379,6 +379,20 @@ def test_cli_bisect_says_when_the_burst_starts_where_the_command_found_good(
     assert f"what the command calls bad starts at position {found['first_bad']}" in err
 
 
+def test_events_up_to_a_position_past_the_end_are_those_up_to_the_end(
+    small: tuple[Engine, dict[str, int]],
+) -> None:
+    """Review 25 (J3): ``upto`` past the end (read a moment before in another process, an
+    off-by-one) was reported as a damaged journal (E4010: the topic index lacked the
+    positions not there yet)."""
+    eng, _ = small
+    end = eng.last_position()
+    whole = list(eng.file_events("s", None))
+    assert whole
+    assert list(eng.file_events("s", end + 1)) == list(eng.file_events("s", end + 100)) == whole
+    assert list(eng.root_events("s", end + 5)) == list(eng.root_events("s", None))
+
+
 # -- 3. never an empty answer -----------------------------------------------------------------
 
 
