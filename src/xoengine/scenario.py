@@ -29,6 +29,7 @@ from xoengine.errors import (
     ConfigurationError,
     FrameError,
     JournalReadOnlyError,
+    ParentNotDirectoryError,
     ReplicaDivergedError,
     ReplicaNotFoundError,
     ReplicationTimeoutError,
@@ -36,6 +37,7 @@ from xoengine.errors import (
     RewindUnreachableError,
     RewindWriteError,
     ScenarioStateError,
+    SymlinkedParentError,
     XoError,
 )
 from xoengine.events import (
@@ -1917,8 +1919,15 @@ def _same_name(a: str, b: str) -> bool:
 
 
 def _entries_below(tree: ReplicaTree, path: str) -> int:
-    """How many entries the replica holds below ``path`` (0 unless it is a directory there)."""
-    st = tree.lstat(path)
+    """How many entries the replica holds below ``path`` (0 unless it is a directory there).
+
+    A replica out of replication (suspended, rewound) may hold a file or a link
+    where the pending events have a directory above ``path``: it holds nothing there.
+    """
+    try:
+        st = tree.lstat(path)
+    except (ParentNotDirectoryError, SymlinkedParentError):
+        return 0
     if st is None or not stat.S_ISDIR(st.st_mode):
         return 0
     entries = walk(os.path.join(tree.root, path))

@@ -2911,6 +2911,38 @@ def test_difference_report_shows_pending_changes_during_a_suspension(tmp_path: P
         eng.close()
 
 
+@pytest.mark.parametrize("held", ["file", "link"])
+def test_difference_report_of_a_pending_rename_below_what_the_replica_holds_as_a_file(
+    tmp_path: Path, held: str
+) -> None:
+    """Review 25 (J4): a suspended replica held ``c0`` as a file (or a link) where the
+    pending events made a directory with a rename inside it: the report raised E2004
+    (E2003), and its hint said to resynchronize, which gives up a rewind."""
+    eng, sc, master = new_engine(tmp_path)
+    try:
+        if held == "file":
+            write(master / "c0", b"a file")
+        else:
+            (master / "d").mkdir()
+            os.symlink("d", master / "c0")
+        sc.start()
+        sc.wait_replicated()
+        sc.suspend("r1")
+        (master / "c0").unlink()
+        (master / "c0" / "a").mkdir(parents=True)
+        write(master / "c0" / "a" / "f", b"x")
+        sc.capture()
+        (master / "c0" / "a").rename(master / "c0" / "b")
+        sc.capture()
+        report = sc.difference_report("r1", verify=True)
+        assert {"c0", "c0/a"} <= set(report["pending"])
+        assert report["pending"]["c0/a"]["renamed_to"] == "c0/b"
+        assert report["pending"]["c0/a"]["entries_moved"] == 0
+        assert report["differences"]["c0"].startswith("kind ")
+    finally:
+        eng.close()
+
+
 def test_difference_report_reads_the_applied_position_once(tmp_path: Path) -> None:
     # Was a bug (review 22 C, F3): the applied position was read for the pending events
     # and again for the report: an applier catching up in between gave "caught up"
