@@ -498,30 +498,21 @@ class Capture:
     def _diff(self, walked: dict[str, Entry], known: dict[str, FileState]) -> None:
         # 1. Renames (they move known entries, so the steps below see them moved).
         # A move into a directory made anew (or where a file was) waits for it
-        # (``waiting``): step 2 moves it.
-        waiting = self._find_renames(walked, known)
+        # (``waiting``): step 2 moves it. A move onto a path whose own identity
+        # goes to such a waiting path (``blocked``) comes after it: step 2 takes
+        # that path (and what is below it) last.
+        waiting, blocked = self._find_renames(walked, known)
         # 2. Creations and changes, parents before children (walk order).
         # ``walked`` is in walk order (each directory right before its contents), all
         # this loop needs: no sort on the no-change path.
+        last: dict[str, None] = {}  # (in walk order: a parent before its contents)
         for path in list(walked):
-            entry = walked[path]
-            state = known.get(path)
-            with self._one_path():
-                if state is not None and (
-                    state.kind != entry.kind or self._made_anew(path, entry, state)
-                ):
-                    self._delete_tree(path, known)
-                    state = None
-                if state is None and path in waiting and waiting[path]():
-                    state = known.get(path)  # moved in, under its parent made anew
-                if state is None:
-                    made = self._create(path, entry)
-                    if waiting and entry.kind == "dir":  # a parent of what moves in later
-                        known[path] = self._made_dir(made, entry)
-                else:
-                    self._update(path, entry, state)
-            if self._progress is not None:
-                self._progress.read(path)
+            if blocked and (path in blocked or path.rpartition("/")[0] in last):
+                last[path] = None
+            else:
+                self._diff_path(path, walked, known, waiting)
+        for path in last:  # their own identities have moved on: each moves in
+            self._diff_path(path, walked, known, {**waiting, **blocked})
         # 3. Deletions, children before parents. Not below a directory the walk could
         # not list (W2002): its contents are unknown, not gone.
         unknown = tuple(u + "/" for u in self._unlisted)
@@ -532,9 +523,36 @@ class Capture:
             del known[path]
         self._exchanged = _exchanged_none  # holds the pass's walk: not kept past it
 
+    def _diff_path(
+        self,
+        path: str,
+        walked: dict[str, Entry],
+        known: dict[str, FileState],
+        waiting: dict[str, Callable[[], bool]],
+    ) -> None:
+        """Step 2 of :meth:`_diff` for one path: create it, or journal what changed."""
+        entry = walked[path]
+        state = known.get(path)
+        with self._one_path():
+            if state is not None and (
+                state.kind != entry.kind or self._made_anew(path, entry, state)
+            ):
+                self._delete_tree(path, known)
+                state = None
+            if state is None and path in waiting and waiting[path]():
+                state = known.get(path)  # moved in (under its parent made anew)
+            if state is None:
+                made = self._create(path, entry)
+                if waiting and entry.kind == "dir":  # a parent of what moves in later
+                    known[path] = self._made_dir(made, entry)
+            else:
+                self._update(path, entry, state)
+        if self._progress is not None:
+            self._progress.read(path)
+
     def _find_renames(
         self, walked: dict[str, Entry], known: dict[str, FileState]
-    ) -> dict[str, Callable[[], bool]]:
+    ) -> tuple[dict[str, Callable[[], bool]], dict[str, Callable[[], bool]]]:
         """Journal moves: a path that holds an inode (and kind) another path held and lost.
 
         Parents first, so a directory's move carries its children, and their own
@@ -553,8 +571,10 @@ class Capture:
         A move into a directory made anew in the same pass (``rm -r out; mkdir
         out; mv report out/``, or ``rm x; mkdir x; mv f x/``) waits for it:
         the old directory (or file) goes with what it held, the new one is
-        made, then the file moves in. Returned: for each such path, what
-        journals its move then (True if it did).
+        made, then the file moves in. A move onto the name such a file freed
+        (``rm -r z; mkdir z; mv a z/a; mv b a``) comes after that: ``b`` to
+        ``a`` once ``a``'s identity is at ``z/a``. Returned: for each such path
+        (waiting, then blocked), what journals its move then (True if it did).
         """
         gone = {
             (s.dev, s.ino): p
@@ -563,7 +583,7 @@ class Capture:
         }
         self._exchanged = functools.partial(self._exchanged_with, walked, known, gone)
         if not gone:
-            return {}
+            return {}, {}
 
         @functools.cache
         def now_at() -> dict[tuple[int, int], str]:  # only a replaced path asks (rare)
@@ -576,13 +596,18 @@ class Capture:
         deferred = [
             p for p in ordered if self._move_into(p, walked, known, gone, now_at, waiting) is None
         ]
-        for path in deferred:  # their identity went on (now new paths), or they exchanged
-            self._move_into(path, walked, known, gone, now_at, waiting)
+        # Their identity went on (now new paths), or they exchanged; or it goes to a
+        # path that waits: after it (blocked).
+        blocked = [
+            p
+            for p in deferred
+            if self._move_into(p, walked, known, gone, now_at, waiting) is None and waiting
+        ]
 
         def later(path: str) -> Callable[[], bool]:
             return lambda: self._move_into(path, walked, known, gone, now_at, None) is True
 
-        return {path: later(path) for path in waiting}
+        return {path: later(path) for path in waiting}, {path: later(path) for path in blocked}
 
     def _move_into(
         self,

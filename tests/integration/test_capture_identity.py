@@ -283,6 +283,57 @@ def test_capture_journals_a_move_into_a_directory_made_anew_as_a_rename(
         eng.close()
 
 
+@pytest.mark.parametrize("directory", ["z", "0dir", "zfile"])
+def test_capture_journals_a_move_onto_the_name_a_file_moved_into_a_directory_made_anew_freed(
+    tmp_path: Path, directory: str
+) -> None:
+    """``rm -r z; mkdir z; mv a z/a; mv b a`` between two captures (review 25 J1, J2).
+
+    Was, with ``z`` walked after ``a``: b's bytes written into a's identity, which then
+    moved to ``z/a``, and ``b`` deleted: at that position ``a`` was missing and ``z/a``
+    held b's bytes (a tree the master never had, in the replica, replays and rewinds).
+    With ``0dir`` walked before ``a``: ``b`` deleted and ``a`` made anew (its bytes
+    journaled again). Now: two renames, ``a`` to ``z/a`` once ``z`` is made, then
+    ``b`` to ``a``. ``zfile``: a file where the directory is made.
+    """
+    eng, sc, master = new_scenario(tmp_path)
+    name = directory.removesuffix("file")
+    try:
+        if directory.endswith("file"):
+            write(master / name, b"a file")
+        else:
+            write(master / name / "old", b"old build")
+        write(master / "a", b"AAAA" * 10)
+        write(master / "b", b"bb")
+        sc.start()
+        before = sc.set_rewind_point("before")
+        tree = snapshot_contents(master)
+        ids = {p: eng.history("fx", p)[0].file_id for p in ("a", "b")}
+        if directory.endswith("file"):
+            (master / name).unlink()
+        else:
+            shutil.rmtree(master / name)
+        (master / name).mkdir()
+        os.rename(master / "a", master / name / "a")
+        os.rename(master / "b", master / "a")
+        after = sc.set_rewind_point("after")
+        at_after = snapshot_contents(master)
+        diff = eng.diff("fx", before.position, after.position)
+        assert diff.renamed == {"a": f"{name}/a", "b": "a"}, diff
+        later = [e for e in eng.history("fx", "b") if e.position > before.position]
+        assert [e.operation for e in later if e.operation != "metadata"] == ["renamed"]
+        moved = [e for e in eng.history("fx", f"{name}/a") if e.position > before.position]
+        assert {e.file_id for e in moved} == {ids["a"]}
+        assert not [e for e in moved if e.operation == "written"]
+        eng.replay("fx", to=tmp_path / "out", point="after")
+        assert snapshot_contents(tmp_path / "out") == at_after
+        _replicated_and_rewound(sc, tmp_path, before, tree)
+        sc.rewind("r1", after)
+        assert snapshot_contents(tmp_path / "r1") == at_after
+    finally:
+        eng.close()
+
+
 def _moves(eng: Engine, path: str) -> list[tuple[str, str, str | None]]:
     """``path``'s renames and deletions: (operation, path, new path)."""
     return [
