@@ -803,22 +803,27 @@ class Capture:
         entry: Entry,
         state: FileState,
     ) -> bool:
-        """Whether the directory ``path`` (``state``, now ``entry``) exchanged inodes with another.
+        """Whether the directory ``path`` (``state``, now ``entry``) exchanged inodes with others.
 
         ``mv A T; mv B A; mv T B``: A holds what B held, B what A held, and
-        neither move can be journaled before the other. Not two directories made
-        anew that ext4 gave each other's numbers: the inode at ``path`` is born
-        before it was last seen at the other path.
+        neither move can be journaled before the other. So with three or more
+        (``mv E t; mv c E; mv G/D c; mv t G/D``): each holds what the next one
+        held, round to ``path``. Not directories made anew that ext4 gave each
+        other's numbers: each inode is born before it was last seen at the path
+        it came from.
         """
-        other = gone.get((entry.dev, entry.inode))
-        if other is None or other == path or other not in known or other not in walked:
-            return False
-        was = known[other]
-        return (
-            _same_inode(was, entry)
-            and _same_inode(state, walked[other])
-            and not self._reborn(path, was)
-        )
+        at, now = path, entry
+        for _ in range(len(gone)):
+            other = gone.get((now.dev, now.inode))
+            if other is None or other == at or other not in known or other not in walked:
+                return False
+            was = known[other]
+            if not _same_inode(was, now) or self._reborn(at, was):
+                return False
+            at, now = other, walked[other]
+            if _same_inode(state, now):
+                return True  # round to ``path``: the one before it holds what it held
+        return False
 
     def _made_anew_above(
         self, path: str, walked: dict[str, Entry], known: dict[str, FileState]

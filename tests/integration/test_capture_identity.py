@@ -524,3 +524,45 @@ def test_capture_journals_two_directories_exchanged_as_their_contents_moved(
         _replicated_and_rewound(sc, tmp_path, before, tree)
     finally:
         eng.close()
+
+
+@pytest.mark.parametrize("shared_names", [True, False])
+def test_capture_journals_three_directories_rotated_as_their_contents_moved(
+    tmp_path: Path, shared_names: bool
+) -> None:
+    """``mv E t; mv c E; mv G/D c; mv t G/D`` between two captures (review 25 J1).
+
+    Each directory holds what the one before it held, round: as for two that
+    exchanged, each name keeps its identity and what they hold moves. Was (E made
+    after G/D): G/D taken as made anew, E's files written with c's bytes and moved
+    to G/D, E left empty: at that position the journal held a tree the master never
+    had (E/a, E/b missing, G/D/a and G/D/b with c's bytes).
+    """
+    eng, sc, master = new_scenario(tmp_path)
+    try:
+        write(master / "G" / "D" / "x", b"GDx")
+        sc.start()
+        write(master / "c" / "a", b"ca" * 35)
+        write(master / "c" / ("b" if shared_names else "cb"), b"cb" * 10)
+        sc.capture()
+        write(master / "E" / "a", b"Ea" * 50)
+        write(master / "E" / "b", b"Eb" * 50)
+        before = sc.set_rewind_point("before")
+        tree = snapshot_contents(master)
+        os.rename(master / "E", master / "t")
+        os.rename(master / "c", master / "E")
+        os.rename(master / "G" / "D", master / "c")
+        os.rename(master / "t", master / "G" / "D")
+        after = sc.set_rewind_point("after")
+        at_after = snapshot_contents(master)
+        diff = eng.diff("fx", before.position, after.position)
+        moved = {"G/D/x": "c/x", "E/a": "G/D/a", "E/b": "G/D/b", "c/a": "E/a"}
+        moved["c/b" if shared_names else "c/cb"] = "E/b" if shared_names else "E/cb"
+        assert diff.renamed == moved
+        assert (diff.removed, diff.added, diff.modified) == ([], [], {})
+        assert sc.capture().events == 0  # the master state holds the rotated inodes
+        eng.replay("fx", to=tmp_path / "out", point="after")
+        assert snapshot_contents(tmp_path / "out") == at_after
+        _replicated_and_rewound(sc, tmp_path, before, tree)
+    finally:
+        eng.close()
