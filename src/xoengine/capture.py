@@ -597,12 +597,17 @@ class Capture:
             p for p in ordered if self._move_into(p, walked, known, gone, now_at, waiting) is None
         ]
         # Their identity went on (now new paths), or they exchanged; or it goes to a
-        # path that waits: after it (blocked).
+        # path that waits: after it (blocked). So does a path that holds another file
+        # now (one made anew on a freed inode number), whose identity moves to one.
         blocked = [
             p
             for p in deferred
             if self._move_into(p, walked, known, gone, now_at, waiting) is None and waiting
         ]
+        for path in waiting:
+            origin = gone.get((walked[path].dev, walked[path].inode))
+            if origin is not None and origin in walked and origin not in waiting:
+                blocked.append(origin)
 
         def later(path: str) -> Callable[[], bool]:
             return lambda: self._move_into(path, walked, known, gone, now_at, None) is True

@@ -334,6 +334,42 @@ def test_capture_journals_a_move_onto_the_name_a_file_moved_into_a_directory_mad
         eng.close()
 
 
+def test_capture_journals_a_file_made_where_one_moved_into_a_directory_made_anew_as_new(
+    tmp_path: Path,
+) -> None:
+    """``rm -r x; mkdir x; mv a x/a; echo new > a`` between two captures (review 25 J1).
+
+    Was: the new bytes written into a's identity, which then moved to ``x/a``: ``x/a``
+    held them and ``a`` was missing at that position. Now: ``a`` moves into the new
+    ``x`` first, then the new ``a`` is created.
+    """
+    eng, sc, master = new_scenario(tmp_path)
+    try:
+        write(master / "x" / "old", b"old build")
+        write(master / "a", b"evidence")
+        sc.start()
+        before = sc.set_rewind_point("before")
+        tree = snapshot_contents(master)
+        evidence = eng.history("fx", "a")[0].file_id
+        shutil.rmtree(master / "x")
+        (master / "x").mkdir()
+        os.rename(master / "a", master / "x" / "a")
+        write(master / "a", b"a new file")
+        after = sc.set_rewind_point("after")
+        at_after = snapshot_contents(master)
+        diff = eng.diff("fx", before.position, after.position)
+        assert diff.renamed == {"a": "x/a"}
+        assert "a" in diff.added
+        assert {e.file_id for e in eng.history("fx", "x/a")} == {evidence}
+        with eng.file_at("fx", "x/a", after) as held:
+            assert held.read() == b"evidence"
+        eng.replay("fx", to=tmp_path / "out", point="after")
+        assert snapshot_contents(tmp_path / "out") == at_after
+        _replicated_and_rewound(sc, tmp_path, before, tree)
+    finally:
+        eng.close()
+
+
 def _moves(eng: Engine, path: str) -> list[tuple[str, str, str | None]]:
     """``path``'s renames and deletions: (operation, path, new path)."""
     return [
