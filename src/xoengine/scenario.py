@@ -1198,6 +1198,12 @@ class Scenario:
     ) -> int:
         applier, target = self._rewind_target(replica, to, position, at)
         applier.check_root()  # refused before anything is journaled
+        earlier = self._def.pending_rewinds.get(replica)
+        if earlier is not None and earlier[1] < target:
+            # A rewind stopped on an error may have undone records below this target
+            # in a commit it never made: it is finished first (journaled as it is, so
+            # a kill leaves no mixture), then this one goes forward from its target.
+            self._finishing(replica, *earlier, progress)
         suspending = replica not in self._def.suspended
         if suspending:  # journaled with the rewind's start: a kill between leaves neither
             self._stop_thread(replica)
@@ -1218,13 +1224,23 @@ class Scenario:
                 if suspending and self._def.running:
                     self._start_thread(replica)  # not rewound, not suspended: it follows
                 raise
-            try:
-                return self._finish_rewind(replica, current, target, progress)
-            except ReplicaDivergedError as e:
-                self._diverged(replica, e)
-                raise
-            except ReplicaWriteError as e:  # its hint is an apply's: "retried on resume"
-                raise RewindWriteError(e.message, **e.fields) from e
+            return self._finishing(replica, current, target, progress)
+
+    def _finishing(
+        self,
+        replica: str,
+        current: int,
+        target: int,
+        progress: Callable[[int, int], None] | None,
+    ) -> int:
+        """:meth:`_finish_rewind`, its errors said as a rewind's."""
+        try:
+            return self._finish_rewind(replica, current, target, progress)
+        except ReplicaDivergedError as e:
+            self._diverged(replica, e)
+            raise
+        except ReplicaWriteError as e:  # its hint is an apply's: "retried on resume"
+            raise RewindWriteError(e.message, **e.fields) from e
 
     def rewind_preview(
         self,

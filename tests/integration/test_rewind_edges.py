@@ -30,6 +30,7 @@ from xoengine.errors import (
     RewindUnreachableError,
     RewindWriteError,
     ScenarioError,
+    XoError,
 )
 from xoengine.events import (
     AlertRaised,
@@ -308,6 +309,47 @@ def test_a_rewind_that_could_not_write_says_to_rewind_again_not_to_resume(
         assert snapshot(tmp_path / "r1") == want
     finally:
         subprocess.run(["chattr", "-i", str(locked)], check=False)
+        eng.close()
+
+
+def test_a_rewind_stopped_midway_then_asked_for_a_later_target_holds_that_target(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review 25 (L2): a rewind stopped by a full volume had put back 30 deleted files in a
+    commit it never made; a rewind called again to a later target undid only what lies
+    after that target and left the files deleted before it: the replica held 30 files
+    where the target's tree has 14, and the rewind said it held the target."""
+    eng, sc, master = new_scenario(tmp_path)
+    try:
+        for i in range(40):
+            write(master / f"f{i:03}", bytes([i]) * 3000)
+        sc.start()
+        point = sc.set_rewind_point("p0")
+        trees = {}
+        for i in range(40):  # one deletion per capture: each its own position
+            (master / f"f{i:03}").unlink()
+            sc.capture()
+            trees[eng.last_position()] = snapshot(master)
+        sc.wait_replicated()
+        real = tree_module.ReplicaTree.replace
+        calls = [0]
+
+        def full(self: tree_module.ReplicaTree, *args: Any, **kwargs: Any) -> None:
+            calls[0] += 1
+            if calls[0] > 12:  # twelve deleted files put back, then the volume is full
+                raise tree_module.DiskFullError(path=self.root, detail="could not replace")
+            real(self, *args, **kwargs)
+
+        monkeypatch.setattr(tree_module.ReplicaTree, "replace", full)
+        with pytest.raises(XoError):
+            sc.rewind("r1", point)
+        monkeypatch.setattr(tree_module.ReplicaTree, "replace", real)
+        later = sorted(trees)[35]  # f000..f035 deleted: above what the stopped rewind reached
+        assert sc.rewind("r1", position=later) == later
+        assert snapshot(tmp_path / "r1") == trees[later]
+        assert sc.rewind("r1", point) == point.position  # and back, exactly
+        assert len(os.listdir(tmp_path / "r1")) == 40
+    finally:
         eng.close()
 
 
