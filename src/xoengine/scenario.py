@@ -118,6 +118,10 @@ _MOVES: Final = (FileCreated, FileRenamed, BytesWritten, FileTruncated, ContentR
 """The events that give a path other bytes, or a file another path."""
 
 
+RESYNCING: Final = b"resyncing"
+"""A rewound replica's print while a resume's resync runs (no digest is 9 bytes long)."""
+
+
 def _reads_as_time(name: str) -> bool:
     """Whether the command line would read ``name`` as an ISO 8601 time too."""
     try:
@@ -974,10 +978,20 @@ class Scenario:
             given_up = replica in self._def.pending_rewinds
             used = self._used_while_rewound(replica) or given_up
             # The verdict outlives a resync killed midway (its own writes change the
-            # print): a later rewind or resume goes by it.
-            verdict = b"" if used else None
+            # print): a later rewind or resume goes by it. Not used: what the resync
+            # changes is in the undo log (a rewind undoes it first), and what is done
+            # by hand after a resync that did not finish must be seen: the print is
+            # noted where it stopped (killed: at the next open).
+            verdict = b"" if used else RESYNCING
             self._engine.store.write(lambda txn: applier.undo.set_rewound_print(txn, verdict))
-            self._synchronize("block", replica, recheck, foreign=used)
+            try:
+                self._synchronize("block", replica, recheck, foreign=used)
+            except BaseException:
+                if not used:
+                    self._note_print(replica)
+                raise
+            if not used:  # replicating again: nothing to compare with
+                self._engine.store.write(lambda txn: applier.undo.set_rewound_print(txn, None))
             if used:
                 self._alert(
                     code="AW0004",
@@ -1365,10 +1379,7 @@ class Scenario:
         while it was out of replication holds a state the journal does not name.
         """
         undo = self._appliers[replica].undo
-        try:
-            mark = self._print(replica)
-        except (XoError, OSError):
-            mark = b""  # matches no print: the next resume takes the replica as used
+        mark = self._print_or_used(replica)
         self._engine._scenario_event(
             self._def,
             ReplicaRewound,
@@ -1384,12 +1395,29 @@ class Scenario:
         self._standing(error.code, replica, ("error", str(error)))
 
     def _used_while_rewound(self, replica: str) -> bool:
-        """Whether a rewound replica changed since its rewind (its print is another)."""
+        """Whether a rewound replica changed since its rewind (its print is another).
+
+        A resume's resync killed midway left no print (noted at the next writable
+        open): what was done by hand before that open is not seen.
+        """
         if replica not in self._def.rewound:
             return False
         with self._engine.store.read() as txn:
             left = self._appliers[replica].undo.rewound_print(txn)
-        return left is not None and left != self._print(replica)
+        return left not in (None, RESYNCING) and left != self._print(replica)
+
+    def _note_print(self, replica: str) -> None:
+        """Note the replica's print as it is now (a resume's resync stopped midway)."""
+        undo = self._appliers[replica].undo
+        mark = self._print_or_used(replica)
+        self._engine.store.write(lambda txn: undo.set_rewound_print(txn, mark))
+
+    def _print_or_used(self, replica: str) -> bytes:
+        """:meth:`_print`, or ``b""`` (matches no print: taken as used) if it cannot be read."""
+        try:
+            return self._print(replica)
+        except (XoError, OSError):
+            return b""
 
     def _print(self, replica: str) -> bytes:
         """A digest of every entry of the replica's tree as ``lstat`` sees it.
@@ -1437,6 +1465,13 @@ class Scenario:
             )
 
     def _complete_rewinds(self) -> None:
+        for replica, applier in self._appliers.items():
+            if replica not in self._def.rewound:
+                continue
+            with self._engine.store.read() as txn:  # a resume's resync killed midway
+                left = applier.undo.rewound_print(txn)
+            if left == RESYNCING:
+                self._note_print(replica)
         for replica, (current, target) in list(self._def.pending_rewinds.items()):
             try:
                 self._finish_rewind(replica, current, target)

@@ -353,6 +353,53 @@ def test_a_rewind_stopped_midway_then_asked_for_a_later_target_holds_that_target
         eng.close()
 
 
+@pytest.mark.parametrize("edit", ["add", "modify", "delete"])
+def test_a_replica_changed_by_hand_after_a_resume_that_failed_is_not_rewound(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, edit: str
+) -> None:
+    """Review 25 (L1): a resume that stopped on an error (a full volume) had cleared the
+    print of the rewound replica: a file then added, changed or deleted by hand stayed
+    through the next rewind, which said it held the point's tree."""
+    eng, sc, master = new_scenario(tmp_path)
+    try:
+        write(master / "a.txt", b"a0")
+        write(master / "b.txt", b"b0")
+        sc.start()
+        p1 = sc.set_rewind_point("p1")
+        write(master / "a.txt", b"a1")
+        write(master / "big.bin", b"x" * 100_000)
+        sc.capture()
+        p2 = sc.set_rewind_point("p2")
+        write(master / "a.txt", b"a2")
+        write(master / "big2.bin", b"y" * 100_000)
+        sc.capture()
+        sc.wait_replicated()
+        sc.rewind("r1", p2)
+
+        def full(self: tree_module.ReplicaTree, *_: Any, **__: Any) -> None:
+            raise tree_module.DiskFullError(path=self.root, detail="could not copy")
+
+        monkeypatch.setattr(tree_module.ReplicaTree, "copy_new", full)
+        with pytest.raises(XoError):
+            sc.resume("r1")
+        monkeypatch.undo()
+        r1 = tmp_path / "r1"
+        if edit == "add":
+            write(r1 / "notes.txt", b"made by hand")
+        elif edit == "modify":
+            write(r1 / "b.txt", b"HAND")
+        else:
+            (r1 / "b.txt").unlink()
+        assert not sc.rewindable("r1")
+        with pytest.raises(ReplicaDivergedError):
+            sc.rewind("r1", p1)
+        sc.resume("r1")  # resynchronizes it (its history before is out of reach)
+        sc.wait_replicated()
+        assert snapshot(r1) == snapshot(master)
+    finally:
+        eng.close()
+
+
 def test_cli_rewind_reads_a_number_as_a_position(tmp_path: Path) -> None:
     """Was a bug (review 21, F11): ``xoengine rewind STATE S R 10`` looked for a point named
     "10", a name no point may have; every other verb reads a number as a position."""
