@@ -77,7 +77,7 @@ from xoengine.masterstate import (
     xattr_digest,
     xattrs_racy,
 )
-from xoengine.tree import read_whole
+from xoengine.tree import TMP_PREFIX, read_whole
 from xoengine.walk import (
     Entry,
     PathFilter,
@@ -365,6 +365,8 @@ class Capture:
         for scope in _top_scopes(scopes):
             index, rel = layout.split(scope)
             root = layout.roots[index]
+            if any(part.startswith(TMP_PREFIX) for part in rel.split("/")):
+                continue  # a name kept for temporary files: never replicated (W2004)
             entry = stat_entry(root, rel)
             if entry is None or entry.kind == "special":
                 continue
@@ -486,7 +488,7 @@ class Capture:
         return self._filter.selects(rel, is_dir=kind == "dir")
 
     def _walk_into(self, walked: dict[str, Entry], root: str, prefix: str) -> None:
-        tree = walk(root, self.include, self.exclude)
+        tree = walk(root, self.include, self.exclude, reserved=TMP_PREFIX)
         with contextlib.closing(tree):
             for entry in tree:
                 if entry.kind == "special":

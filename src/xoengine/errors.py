@@ -55,6 +55,7 @@ __all__ = [
     "ReplicaVolumeChangedError",
     "ReplicaWriteError",
     "ReplicationTimeoutError",
+    "ReservedNameSkippedWarning",
     "RewindUnreachableError",
     "RewindWriteError",
     "ScenarioError",
@@ -453,6 +454,16 @@ class SpecialFileSkippedWarning(TreeWarning):
     hint = (
         "Fifos, sockets and device nodes have no content to copy; recreate them on the "
         "replica host if an application needs them, or exclude them."
+    )
+
+
+class ReservedNameSkippedWarning(TreeWarning):
+    """{path!r} has a name xoengine keeps for its temporary files: it is not replicated."""
+
+    code = "W2004"
+    hint = (
+        "Rename it: a name beginning with .xoengine-tmp- is what a write killed midway "
+        "leaves on a replica, which xoengine sweeps away (a directory with all it holds)."
     )
 
 

@@ -78,7 +78,7 @@ from xoengine.rewind import (
     rewind_back,
 )
 from xoengine.sync import LEVELS, Keep, Synchronizer, SyncSummary
-from xoengine.tree import ReplicaTree
+from xoengine.tree import TMP_PREFIX, ReplicaTree
 from xoengine.walk import (
     Entry,
     ParentCache,
@@ -495,7 +495,13 @@ class Scenario:
                 path=str(self._engine.store.path),
                 detail=f"opening a master file to write ({mode!r}) refused: nothing journals it",
             )
-        return _NotifyingFile(self, self.capture_engine, normalize_relpath(path), mode)
+        rel = normalize_relpath(path)
+        if any(part.startswith(TMP_PREFIX) for part in rel.split("/")):
+            raise ConfigurationError(
+                detail=f"{rel!r}: a name beginning with {TMP_PREFIX} is kept for xoengine's "
+                "temporary files on replicas, and never replicated (W2004)"
+            )
+        return _NotifyingFile(self, self.capture_engine, rel, mode)
 
     def _after_append(self, appended: int = 0) -> None:
         """Wake the appliers, run the checks after appends (``appended``: a capture's last)."""

@@ -373,7 +373,7 @@ class Synchronizer:
         self._unlisted: list[str] = []
         for index, root in enumerate(self.layout.roots):
             prefix = self.layout.prefix(index)
-            tree = walk(root, self.include, self.exclude)
+            tree = walk(root, self.include, self.exclude, reserved=TMP_PREFIX)
             with contextlib.closing(tree):
                 for entry in tree:
                     if entry.kind == "special":

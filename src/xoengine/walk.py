@@ -65,6 +65,7 @@ from xoengine.errors import (
     ParentNotDirectoryError,
     PathError,
     PathEscapesRootError,
+    ReservedNameSkippedWarning,
     SymlinkedParentError,
     TreeRootMissingError,
     TreeRootUnreadableError,
@@ -606,7 +607,12 @@ class Walk(Iterator[Entry]):
     """
 
     def __init__(
-        self, root: AnyPath, include: Iterable[Pattern] = (), exclude: Iterable[Pattern] = ()
+        self,
+        root: AnyPath,
+        include: Iterable[Pattern] = (),
+        exclude: Iterable[Pattern] = (),
+        *,
+        reserved: str = "",
     ) -> None:
         """Open and list the root; see :func:`walk`."""
         self._stack: list[_Frame] = []
@@ -614,6 +620,7 @@ class Walk(Iterator[Entry]):
         self.warnings: list[TreeWarning] = []
         self.unlisted: list[RelPath] = []
         self._filter = PathFilter(include, exclude)
+        self._reserved = reserved
         fd = _open_root(root)
         try:
             names = _list(fd)
@@ -656,6 +663,9 @@ class Walk(Iterator[Entry]):
 
     def _visit(self, frame: _Frame, name: str) -> Entry | None:
         relpath = frame.prefix + name
+        if self._reserved and name.startswith(self._reserved):
+            self.warnings.append(ReservedNameSkippedWarning(path=relpath))
+            return None
         try:
             st = os.stat(name, dir_fd=frame.fd, follow_symlinks=False)
         except OSError as e:
@@ -745,14 +755,22 @@ def entry_from_stat(
     )
 
 
-def walk(root: AnyPath, include: Iterable[Pattern] = (), exclude: Iterable[Pattern] = ()) -> Walk:
+def walk(
+    root: AnyPath,
+    include: Iterable[Pattern] = (),
+    exclude: Iterable[Pattern] = (),
+    *,
+    reserved: str = "",
+) -> Walk:
     """Walk the tree under ``root``: the one walker for scans, sync and verification.
 
     ``include`` and ``exclude`` are glob patterns (:class:`PathFilter` has the
-    rules). Iterate the result for :class:`Entry` objects, then read its
-    ``warnings`` and ``unlisted``; see :class:`Walk` for order and errors.
+    rules). ``reserved``: a name beginning with it is left out (a directory with
+    what it holds), with a :class:`~xoengine.errors.ReservedNameSkippedWarning`.
+    Iterate the result for :class:`Entry` objects, then read its ``warnings``
+    and ``unlisted``; see :class:`Walk` for order and errors.
     """
-    return Walk(root, include, exclude)
+    return Walk(root, include, exclude, reserved=reserved)
 
 
 def stat_entry(

@@ -56,11 +56,14 @@ def compare_trees(scenario: Scenario, replica_tree: ReplicaTree) -> dict[str, st
         files = ReplicaTree(
             root, fsync=False, create=False, replica=False
         )  # read only: its streamed digest
-        tree = walk(root, scenario.capture_engine.include, scenario.capture_engine.exclude)
+        tree = walk(
+            root,
+            scenario.capture_engine.include,
+            scenario.capture_engine.exclude,
+            reserved=TMP_PREFIX,  # never replicated; on a replica, what a kill left
+        )
         with contextlib.closing(tree):
             for entry in tree:
-                if entry.name.startswith(TMP_PREFIX):
-                    continue
                 if entry.kind == "special" and side == "master":
                     continue  # fifos, sockets, devices: never replicated (W2003), not missing
                 if entry.kind == "file":

@@ -23,6 +23,7 @@ import pytest
 from xoengine import scenario as scenario_module
 from xoengine.engine import Engine, Scenario
 from xoengine.errors import (
+    ConfigurationError,
     OverlappingTreesError,
     PathError,
     PathEscapesRootError,
@@ -1094,6 +1095,32 @@ def test_synchronize_warns_of_the_special_files_it_skips(engine: Engine, tmp_pat
     assert sc.difference_report("r1", verify=True)["differences"] == {
         "run/stray": "only on the replica"
     }
+
+
+def test_names_kept_for_temporary_files_are_not_replicated_and_said_so(
+    engine: Engine, tmp_path: Path
+) -> None:
+    """Review 25 (L3): a master file or directory named ``.xoengine-tmp-*`` was journaled and
+    synchronized, then swept from the replica by every apply, rewind and sync (what a
+    killed write leaves is named so); verify listed only what was below the directory."""
+    master = TreeBuilder(tmp_path / "master")
+    master.apply_all(
+        [
+            CreateFile("plain.txt", b"plain"),
+            CreateFile(".xoengine-tmp-notes.txt", b"user data"),
+            MakeDir(".xoengine-tmp-cache"),
+            CreateFile(".xoengine-tmp-cache/important.db", b"precious"),
+        ]
+    )
+    sc = _scenario(engine, tmp_path)
+    (summary,) = sc.synchronize()
+    skipped = sorted(w.fields["path"] for w in summary.warnings if w.code == "W2004")
+    assert skipped == [".xoengine-tmp-cache", ".xoengine-tmp-notes.txt"]
+    assert sorted(os.listdir(tmp_path / "r1")) == ["plain.txt"]
+    assert {e.path for _, _, e in engine.file_events("fs", None)} == {"plain.txt"}
+    assert sc.difference_report("r1", verify=True)["differences"] == {}
+    with pytest.raises(ConfigurationError, match="kept for xoengine's temporary files"):
+        sc.open(".xoengine-tmp-notes.txt")
 
 
 def test_verify_lists_a_file_or_link_whose_mtime_differs(engine: Engine, tmp_path: Path) -> None:
