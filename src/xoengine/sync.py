@@ -35,6 +35,7 @@ from xoengine.errors import (
     ConfigurationError,
     EntryUnreadableWarning,
     EntryVanishedWarning,
+    ReplicaWriteError,
     SpecialFileSkippedWarning,
     XoError,
 )
@@ -265,6 +266,7 @@ class Synchronizer:
             # on the journal's fsyncs) than the overlap saves: copy after the scan.
             follow.wait_done()
         replica = self._walk_replica(summary)
+        self._replica_unlisted_first = self._replica_unlisted
         self._replica_entries = replica  # kept current as kind changes delete subtrees
         roots = self.layout.root_paths()
         seeded = foreign or (first and any(path not in roots for path in replica))
@@ -320,6 +322,8 @@ class Synchronizer:
                     action = again or first_action
                 if action:
                     note(path, entry, action, sent)
+        if self._replica_unlisted_first:
+            self._list_again(master, replica)
         for path in sorted((p for p in replica if p not in master), key=os.fsencode, reverse=True):
             if self._unknown(path):
                 continue  # unknown master contents: never delete on a guess
@@ -391,18 +395,53 @@ class Synchronizer:
                 found[prefix.rstrip("/")] = _root_entry(prefix.rstrip("/"), root)
         return found
 
-    def _walk_replica(self, summary: SyncSummary) -> dict[str, Entry]:
+    def _walk_replica(self, summary: SyncSummary | None, below: str = "") -> dict[str, Entry]:
+        """The replica's entries (below the directory ``below``); its warnings to ``summary``.
+
+        The directories it could not list are left in ``_replica_unlisted``.
+        """
         found: dict[str, Entry] = {}
-        tree = walk(self.tree.root)
+        prefix = below + "/" if below else ""
+        tree = walk(os.path.join(self.tree.root, below))
         with contextlib.closing(tree):
             for entry in tree:
                 if entry.name.startswith(TMP_PREFIX):
                     # A temporary file left by a crash: never part of the copy.
-                    self.tree.delete(entry.relpath)
+                    self.tree.delete(prefix + entry.relpath)
                     continue
-                found[entry.relpath] = entry
-        summary.warnings.extend(tree.warnings)
+                found[prefix + entry.relpath] = entry
+        if summary is not None:
+            summary.warnings.extend(tree.warnings)
+        self._replica_unlisted = [prefix + u for u in tree.unlisted]
         return found
+
+    def _list_again(self, master: dict[str, Entry], replica: dict[str, Entry]) -> None:
+        """List the replica directories the first walk could not (a mode changed by hand).
+
+        Their modes are the master's now: what they hold is compared like the rest,
+        never taken as empty (a file the master deleted would stay, the run said
+        done). One still unreadable stops the run (E3010): the replica cannot be made
+        the master's copy.
+        """
+        for below in self._replica_unlisted_first:
+            if below not in master or master[below].kind != "dir" or self._unknown(below):
+                continue  # deleted with what it holds, or its master contents unknown
+            try:
+                again = self._walk_replica(None, below)
+            except XoError as e:
+                detail = str(e)
+            else:
+                if not self._replica_unlisted:
+                    replica.update(again)
+                    continue
+                detail = f"{self._replica_unlisted[0]!r} cannot be listed"
+            raise ReplicaWriteError(
+                path=below,
+                root=self.tree.root,
+                action="list",
+                detail=f"{detail}: what it holds is unknown, and the replica cannot be "
+                "made the master's copy",
+            )
 
     # -- one path -----------------------------------------------------------------------------
 

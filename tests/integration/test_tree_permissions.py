@@ -240,7 +240,49 @@ def test_verify_says_a_directory_it_cannot_list_is_unreadable(user_dir: Path) ->
         print(json.dumps(out))
         """,
     )
-    assert result == {"r1": {"d": "unreadable on the replica"}, "m": {"d": "unreadable on the master"}}
+    assert result == {
+        "r1": {"d": "unreadable on the replica"},
+        "m": {"d": "unreadable on the master"},
+    }
+
+
+@as_user
+def test_resume_lists_a_replica_directory_made_unreadable_by_hand_once_its_mode_is_back(
+    user_dir: Path,
+) -> None:
+    # Review 25 (L4): the resync took what it could not list as unknown, set the master's
+    # mode on it and went back into replication, leaving a file the master deleted.
+    result = run_as_user(
+        user_dir,
+        """
+        import json, os
+        from pathlib import Path
+        from xoengine.engine import Engine
+
+        Path("m/b").mkdir(parents=True)
+        Path("m/b/keep").write_text("keep")
+        Path("m/b/gone").write_text("gone")
+        with Engine.open("state", durability="nosync") as eng:
+            sc = eng.create_scenario("s", master="m", replicas={"r1": "r1"})
+            sc.start()
+            p1 = sc.set_rewind_point("p1")
+            os.unlink("m/b/gone")
+            sc.capture()
+            sc.wait_replicated()
+            sc.rewind("r1", p1)
+            os.chmod("r1/b", 0)
+            sc.resume("r1")
+            sc.wait_replicated()
+            out = {
+                "listed": sorted(os.listdir("r1/b")),
+                "verify": sc.difference_report("r1", verify=True)["differences"],
+            }
+            sc.stop()
+        print(json.dumps(out))
+        """,
+    )
+    assert result["listed"] == ["keep"]
+    assert result["verify"] == {}
 
 
 @as_user
