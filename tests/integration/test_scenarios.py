@@ -1532,16 +1532,15 @@ def test_a_file_that_moved_under_both_reads_is_read_again_by_the_next_pass(
     monkeypatch.setattr(masterstate, "RACY_WINDOW_NS", 0)
     sc = _scenario(engine, tmp_path, "r1")
     master = tmp_path / "master"
+    name = "f" if read == "streamed" else "g"  # a new file is read whole, a known one streamed
     (master / "f").write_bytes(_random(256 * 1024, 51))
     sc.start()
-    if read == "whole":
-        (master / "f").unlink()  # a new file is read whole, a known one streamed
-    (master / "f").write_bytes(_random(256 * 1024, 52))
+    (master / name).write_bytes(_random(256 * 1024, 52))
     writes = [0]
 
     def write_behind() -> None:
         writes[0] += 1
-        with (master / "f").open("r+b") as f:
+        with (master / name).open("r+b") as f:
             f.write(_random(4096, 60 + writes[0]))  # at 0: bytes this read has passed
 
     read_whole, changed_runs = capture_module.read_whole, capture_module.Capture._changed_runs
@@ -1570,10 +1569,10 @@ def test_a_file_that_moved_under_both_reads_is_read_again_by_the_next_pass(
     monkeypatch.setattr(capture_module, "read_whole", read_whole)  # the writer stops
     monkeypatch.setattr(capture_module.Capture, "_changed_runs", changed_runs)
     sc.capture()
-    with engine.file_at("fs", "f") as f:
-        assert f.read() == (master / "f").read_bytes()
+    with engine.file_at("fs", name) as f:
+        assert f.read() == (master / name).read_bytes()
     sc.wait_replicated(timeout=30)
-    assert (tmp_path / "r1" / "f").read_bytes() == (master / "f").read_bytes()
+    assert (tmp_path / "r1" / name).read_bytes() == (master / name).read_bytes()
     assert sc.difference_report("r1", verify=True)["differences"] == {}
 
 
