@@ -77,7 +77,7 @@ from xoengine.masterstate import (
     xattr_digest,
     xattrs_racy,
 )
-from xoengine.tree import TMP_PREFIX, read_whole
+from xoengine.tree import TMP_PREFIX, read_whole, reserved_name
 from xoengine.walk import (
     Entry,
     PathFilter,
@@ -365,7 +365,7 @@ class Capture:
         for scope in _top_scopes(scopes):
             index, rel = layout.split(scope)
             root = layout.roots[index]
-            if any(part.startswith(TMP_PREFIX) for part in rel.split("/")):
+            if reserved_name(rel):
                 continue  # a name kept for temporary files: never replicated (W2004)
             entry = stat_entry(root, rel)
             if entry is None or entry.kind == "special":
@@ -640,10 +640,22 @@ class Capture:
             return False  # into itself, or out of the directory it replaces
         if self._reborn(path, known[old]):
             return False  # a new file given the freed inode number: created, not moved
-        if waiting is not None and self._made_anew_above(path, walked, known):
+        inside = (
+            None
+            if self._parents_are_dirs(path, known)
+            else self._in_moving_parent(path, walked, known, gone)
+        )
+        if inside is not None:
+            # Into a directory that moves there after it, over what is known there now
+            # (``mv a x/z; mv b a; mv x b``): into it where it is still known, and with
+            # it to ``path`` then.
+            if not self._free(inside, known, now_at):
+                return False
+            path = inside
+        elif waiting is not None and self._made_anew_above(path, walked, known):
             waiting.add(path)
             return False  # into a directory made anew (or of a file): once it is (step 2)
-        if not self._parents_are_dirs(path, known):
+        elif not self._parents_are_dirs(path, known):
             return False  # under what the replica still holds as a file or link
         if path in known:
             mine = known[path]
@@ -659,6 +671,27 @@ class Capture:
         self._rename(old, path, known)
         self._moved_on(old, path, gone)
         return True
+
+    @staticmethod
+    def _in_moving_parent(
+        path: str,
+        walked: dict[str, Entry],
+        known: dict[str, FileState],
+        gone: dict[tuple[int, int], str],
+    ) -> str | None:
+        """``path``'s name in its directory where that directory is still known, if it moved.
+
+        None where the directory did not move, or moved into place already.
+        """
+        parent, _, name = path.rpartition("/")
+        entry = walked.get(parent)
+        if not parent or entry is None or entry.kind != "dir":
+            return None
+        was = gone.get((entry.dev, entry.inode))
+        state = known.get(was) if was is not None else None
+        if was is None or state is None or state.kind != "dir" or not _same_inode(state, entry):
+            return None
+        return f"{was}/{name}"
 
     def _move_inside(
         self,

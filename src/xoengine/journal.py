@@ -81,6 +81,7 @@ from xoengine.record import (
     iso_time,
     oid_prefix,
     oid_prefixes,
+    read_iso_time,
     stream_key,
     topic_key,
 )
@@ -108,6 +109,7 @@ __all__ = [
     "decode_position",
     "encode_position",
     "iso_time",
+    "read_iso_time",
 ]
 
 META_TABLE: Final = "meta"

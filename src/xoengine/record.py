@@ -39,6 +39,7 @@ __all__ = [
     "iso_time",
     "oid_prefix",
     "oid_prefixes",
+    "read_iso_time",
     "stream_key",
     "topic_key",
 ]
@@ -53,6 +54,20 @@ OID_STR: Final = 1  # or a string one
 def datetime_ns(when: dt.datetime) -> int:
     """The last UTC nanosecond of the microsecond a timezone-aware datetime names (no float)."""
     return (when - _EPOCH) // dt.timedelta(microseconds=1) * 1000 + 999
+
+
+def read_iso_time(text: str) -> dt.datetime | None:
+    """``text`` read as an ISO 8601 time (naive if it has no offset); None if it reads as none.
+
+    Outer blanks are left out and a final ``z`` is taken as ``Z``.
+    """
+    text = text.strip()
+    if text.endswith("z"):
+        text = text[:-1] + "Z"
+    try:
+        return dt.datetime.fromisoformat(text)
+    except ValueError:
+        return None
 
 
 def iso_time(time_ns: int) -> str:

@@ -61,7 +61,7 @@ from xoengine.events import (
     event_bytes,
     root_label,
 )
-from xoengine.journal import iso_time
+from xoengine.journal import iso_time, read_iso_time
 from xoengine.journaledfile import JournaledFile
 from xoengine.layout import Layout
 from xoengine.ledger import SYNC_EVENTS, Span, operation, sync_runs
@@ -78,7 +78,7 @@ from xoengine.rewind import (
     rewind_back,
 )
 from xoengine.sync import LEVELS, Keep, Synchronizer, SyncSummary
-from xoengine.tree import TMP_PREFIX, ReplicaTree
+from xoengine.tree import TMP_PREFIX, ReplicaTree, reserved_name
 from xoengine.walk import (
     Entry,
     ParentCache,
@@ -124,11 +124,7 @@ RESYNCING: Final = b"resyncing"
 
 def _reads_as_time(name: str) -> bool:
     """Whether the command line would read ``name`` as an ISO 8601 time too."""
-    try:
-        dt.datetime.fromisoformat(name.strip())
-    except ValueError:
-        return False
-    return True
+    return read_iso_time(name) is not None
 
 
 def _trim_inline(undo: UndoLog, upto: int, txn: WriteTxn, _positions: list[int]) -> None:
@@ -496,7 +492,7 @@ class Scenario:
                 detail=f"opening a master file to write ({mode!r}) refused: nothing journals it",
             )
         rel = normalize_relpath(path)
-        if any(part.startswith(TMP_PREFIX) for part in rel.split("/")):
+        if reserved_name(rel):
             raise ConfigurationError(
                 detail=f"{rel!r}: a name beginning with {TMP_PREFIX} is kept for xoengine's "
                 "temporary files on replicas, and never replicated (W2004)"

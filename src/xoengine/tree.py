@@ -87,11 +87,19 @@ __all__ = [
     "kind_of",
     "pread_all",
     "read_whole",
+    "reserved_name",
     "thin",
     "undo_blob_size",
 ]
 
 TMP_PREFIX: Final = ".xoengine-tmp-"
+
+
+def reserved_name(relpath: str) -> bool:
+    """Whether a part of ``relpath`` begins with :data:`TMP_PREFIX` (never replicated: W2004)."""
+    return any(part.startswith(TMP_PREFIX) for part in relpath.split("/"))
+
+
 """Name prefix of temporary files (never left behind; skipped by scans of a replica)."""
 
 _WRITEBACK_EARLY: Final = 1024 * 1024

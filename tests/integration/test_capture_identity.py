@@ -602,3 +602,38 @@ def test_capture_journals_three_directories_rotated_as_their_contents_moved(
         _replicated_and_rewound(sc, tmp_path, before, tree)
     finally:
         eng.close()
+
+
+@pytest.mark.parametrize("nested", [False, True])
+def test_capture_journals_a_move_into_a_directory_that_moves_over_a_file_as_renames(
+    tmp_path: Path, nested: bool
+) -> None:
+    """``mv a x/z; mv b a; mv x b`` between two captures (review 25 M1).
+
+    Was: b's bytes written into a's identity, which then moved to ``b/z``: at that
+    position ``a`` was missing and ``b/z`` held b's bytes. Now: ``a`` into ``x`` where
+    it still is, ``b`` to ``a``, then ``x`` (with it) to ``b``.
+    """
+    eng, sc, master = new_scenario(tmp_path)
+    inner = "x/y" if nested else "x"
+    try:
+        write(master / "a", b"A-evidence" * 20)
+        write(master / "b", b"B-bytes" * 10)
+        write(master / inner / "f", b"inside")
+        sc.start()
+        before = sc.set_rewind_point("before")
+        tree = snapshot_contents(master)
+        os.rename(master / "a", master / inner / "z")
+        os.rename(master / "b", master / "a")
+        os.rename(master / "x", master / "b")
+        after = sc.set_rewind_point("after")
+        at_after = snapshot_contents(master)
+        diff = eng.diff("fx", before.position, after.position)
+        moved = "b/y/z" if nested else "b/z"
+        assert diff.renamed["a"] == moved and diff.renamed["b"] == "a" and diff.renamed["x"] == "b"
+        assert (diff.removed, diff.added, diff.modified) == ([], [], {})
+        eng.replay("fx", to=tmp_path / "out", point="after")
+        assert snapshot_contents(tmp_path / "out") == at_after
+        _replicated_and_rewound(sc, tmp_path, before, tree)
+    finally:
+        eng.close()

@@ -377,6 +377,11 @@ def test_cli_bisect_says_when_the_burst_starts_where_the_command_found_good(
     assert found["burst_position"] <= found["last_good"] < found["first_bad"]
     assert f"note: the burst's window starts at position {found['burst_position']}" in err
     assert f"what the command calls bad starts at position {found['first_bad']}" in err
+    # Review 25 (M4): a command that finds nothing bad has no such start to name.
+    assert main(["bisect", state, "s", "true", "--json"]) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out)["first_bad"] is None
+    assert "burst: " in err and "note: the burst's window" not in err
 
 
 def test_events_up_to_a_position_past_the_end_are_those_up_to_the_end(
@@ -962,7 +967,16 @@ def test_a_time_without_a_utc_offset_is_refused_by_every_verb(
         err = capsys.readouterr().err
         assert err.startswith("error E1001:") and "has no UTC offset" in err, (argv, err)
     assert not (tmp_path / "out").exists()
-    for stamp in (f"{naive}Z", f"{naive}+00:00", f"{naive}-05:00"):
+    # Review 25 (M7): a date alone is told its midnight's form, which parses.
+    assert main(["diff", state, "s", naive[:10]]) == 2
+    assert f"({naive[:10]}T00:00Z for UTC" in capsys.readouterr().err
+    for stamp in (
+        f"{naive}Z",
+        f"{naive}+00:00",
+        f"{naive}-05:00",
+        f" {naive}z ",
+        f"{naive[:10]}T00:00Z",
+    ):
         assert main(["diff", state, "s", stamp, "--json"]) == 0
         capsys.readouterr()
 

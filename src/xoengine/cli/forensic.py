@@ -26,13 +26,13 @@ from typing import TYPE_CHECKING, Any, BinaryIO, Final
 
 from xoengine import codec
 from xoengine.cli.daemon import run_or_ask
-from xoengine.cli.journal import parse_time, read_iso_time, refuse_finer_than_microseconds
+from xoengine.cli.journal import parse_time, refuse_finer_than_microseconds
 from xoengine.cli.output import json_text, plain, shown
 from xoengine.cli.scenario import _engine, _show
 from xoengine.engine import Engine, Instant
 from xoengine.errors import ConfigurationError, DiskFullError, OutputLocationError, XoError
 from xoengine.forensic import BURST_WINDOW_S, CONTENT_CHANGES, HistoryEntry
-from xoengine.journal import datetime_ns, iso_time
+from xoengine.journal import datetime_ns, iso_time, read_iso_time
 from xoengine.tree import copy_sparse
 
 if TYPE_CHECKING:
@@ -446,7 +446,7 @@ def cmd_bisect(args: argparse.Namespace) -> int:
                 "which a checkout, a build or an unpacked archive also trips",
                 file=sys.stderr,
             )
-            if result.burst_position <= result.last_good:
+            if result.first_bad is not None and result.burst_position <= result.last_good:
                 print(
                     f"note: the burst's window starts at position {result.burst_position}, "
                     f"at or before the last good position {result.last_good}: it takes in "
@@ -473,9 +473,10 @@ def _run_probe(command: str, root: str, env: dict[str, str], timeout: float | No
     Run as written (like ``git bisect run``), in a process group of its own,
     which is killed when the probe ends: normally, after ``timeout`` seconds
     (no verdict: E1001), or because bisect itself is stopped (Ctrl-C, SIGTERM
-    from ``timeout`` or ``systemctl stop``). Nothing it started runs on in a
-    scratch tree that is gone. The group is killed while the shell is not yet
-    reaped, so its id names no other group. Its output goes to our stderr,
+    from ``timeout`` or ``systemctl stop``). Nothing it started in that group
+    runs on in a scratch tree that is gone (a process that makes a session of
+    its own, ``setsid``, has left it). The group is killed while the shell is
+    not yet reaped, so its id names no other group. Its output goes to our stderr,
     beside our messages, not in the answer; through no pipe, whose end a process
     left in the background would hold open.
     """
@@ -484,12 +485,7 @@ def _run_probe(command: str, root: str, env: dict[str, str], timeout: float | No
         command, shell=True, cwd=root, env=env, stdout=2, start_new_session=True
     )
     try:
-        waiting = os.pidfd_open(process.pid)
-        try:  # the shell's end, not reaped (select wakes on it; a signal interrupts it)
-            ended, _, _ = select.select([waiting], [], [], timeout)
-        finally:
-            os.close(waiting)
-        if not ended:
+        if not _ended(process, timeout):
             raise ConfigurationError(
                 detail=f"the command {command!r} gave no verdict within --probe-timeout "
                 f"{timeout:g} s: it was killed"
@@ -499,6 +495,27 @@ def _run_probe(command: str, root: str, env: dict[str, str], timeout: float | No
             os.killpg(process.pid, signal.SIGKILL)
         process.wait()
     return process.returncode
+
+
+def _ended(process: subprocess.Popen[bytes], timeout: float | None) -> bool:
+    """Wait for ``process`` to end, not reaping it; False once ``timeout`` passed first.
+
+    Through a pidfd (Linux 5.3 and later: a signal interrupts the wait); where
+    there is none, by waiting for it, which reaps it.
+    """
+    try:
+        waiting = os.pidfd_open(process.pid)
+    except (AttributeError, OSError):
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return False
+        return True
+    try:
+        ended, _, _ = select.select([waiting], [], [], timeout)
+    finally:
+        os.close(waiting)
+    return bool(ended)
 
 
 def _signal_name(number: int) -> str:

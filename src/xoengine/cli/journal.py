@@ -27,6 +27,7 @@ from xoengine.journal import (
     applications,
     datetime_ns,
     iso_time,
+    read_iso_time,
     verify,
 )
 from xoengine.tree import UndoLog
@@ -59,14 +60,6 @@ def refuse_finer_than_microseconds(text: str) -> None:
         )
 
 
-def read_iso_time(text: str) -> dt.datetime | None:
-    """``text`` read as an ISO 8601 time (naive if it has no offset); None if it reads as none."""
-    try:
-        return dt.datetime.fromisoformat(text)
-    except ValueError:
-        return None
-
-
 def parse_time(text: str) -> dt.datetime:
     """An ISO 8601 time with its UTC offset from the command line, to the microsecond.
 
@@ -80,9 +73,12 @@ def parse_time(text: str) -> dt.datetime:
     if stamp is None:
         raise ConfigurationError(detail=f"{text!r} is not an ISO 8601 time")
     if stamp.utcoffset() is None:
+        form = text.strip()
+        if "T" not in form.upper() and " " not in form:  # a date alone: its midnight
+            form += "T00:00"
         raise ConfigurationError(
-            detail=f"{text!r} has no UTC offset: give it one ({text}Z for UTC, or "
-            f"{text}+01:00 ...); without it the time names another instant in each zone"
+            detail=f"{text!r} has no UTC offset: give it one ({form}Z for UTC, or "
+            f"{form}+01:00 ...); without it the time names another instant in each zone"
         )
     return stamp
 
