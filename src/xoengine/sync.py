@@ -266,7 +266,8 @@ class Synchronizer:
             # on the journal's fsyncs) than the overlap saves: copy after the scan.
             follow.wait_done()
         replica = self._walk_replica(summary)
-        self._replica_unlisted_first = self._replica_unlisted
+        if self._replica_unlisted:
+            self._list_again(master, replica)
         self._replica_entries = replica  # kept current as kind changes delete subtrees
         roots = self.layout.root_paths()
         seeded = foreign or (first and any(path not in roots for path in replica))
@@ -322,8 +323,6 @@ class Synchronizer:
                     action = again or first_action
                 if action:
                     note(path, entry, action, sent)
-        if self._replica_unlisted_first:
-            self._list_again(master, replica)
         for path in sorted((p for p in replica if p not in master), key=os.fsencode, reverse=True):
             if self._unknown(path):
                 continue  # unknown master contents: never delete on a guess
@@ -416,16 +415,21 @@ class Synchronizer:
         return found
 
     def _list_again(self, master: dict[str, Entry], replica: dict[str, Entry]) -> None:
-        """List the replica directories the first walk could not (a mode changed by hand).
+        """List the replica directories the walk could not (a mode changed by hand).
 
-        Their modes are the master's now: what they hold is compared like the rest,
-        never taken as empty (a file the master deleted would stay, the run said
-        done). One still unreadable stops the run (E3010): the replica cannot be made
-        the master's copy.
+        Each is given the master's mode first (its before-image kept), then what it
+        holds is compared like the rest, never taken as empty (a file the master
+        deleted would stay, the run said done). One still unreadable stops the run
+        (E3010): the replica cannot be made the master's copy.
         """
-        for below in self._replica_unlisted_first:
+        first = self._replica_unlisted  # (each listing below sets it anew)
+        for below in first:
             if below not in master or master[below].kind != "dir" or self._unknown(below):
                 continue  # deleted with what it holds, or its master contents unknown
+            st = self.tree.lstat(below)
+            if st is not None:
+                self._record([("meta", below, self.tree.meta(below, st), {})])
+            self.tree.set_meta(below, master[below].mode, None)
             try:
                 again = self._walk_replica(None, below)
             except XoError as e:

@@ -276,6 +276,9 @@ def test_resume_lists_a_replica_directory_made_unreadable_by_hand_once_its_mode_
             out = {
                 "listed": sorted(os.listdir("r1/b")),
                 "verify": sc.difference_report("r1", verify=True)["differences"],
+                "actions": [
+                    [f["path"], f["action"]] for f in sc.sync_report("r1")["runs"][-1]["files"]
+                ],
             }
             sc.stop()
         print(json.dumps(out))
@@ -283,6 +286,9 @@ def test_resume_lists_a_replica_directory_made_unreadable_by_hand_once_its_mode_
     )
     assert result["listed"] == ["keep"]
     assert result["verify"] == {}
+    # Review 25 (M5): listed before the comparison, what it held is compared, not copied anew.
+    assert ["b/gone", "deleted"] in result["actions"]
+    assert ["b/keep", "created"] not in result["actions"], result["actions"]
 
 
 @as_user
