@@ -21,7 +21,8 @@ LMDB's traps (FACTS.md):
 - never ``writemap`` (a full disk would kill the process with SIGBUS);
 - stale reader slots of dead processes are cleared on open (``reader_check``);
 - a full volume is :class:`~xoengine.errors.DiskFullError` even when LMDB
-  reports the short write it causes as EIO;
+  reports the short write it causes as EIO; a data file at the process's
+  file-size limit (EFBIG, also EIO) is said as such;
 - at open, damage that LMDB would trust is refused: the data file's length
   (before LMDB maps it: a meta page cut short is SIGBUS), its meta pages and
   the roots of the tables are checked (a flipped bit there would otherwise make
@@ -40,6 +41,7 @@ import errno
 import fcntl
 import os
 import platform
+import resource
 import stat
 import threading
 import time
@@ -274,6 +276,18 @@ def _volume_full(path: str) -> bool:
     return blocks * stat.f_frsize < _NEARLY_FULL
 
 
+def _size_limit_reached(path: str) -> int | None:
+    """The process's file-size limit if the journal's data file is at (or near) it, else None."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_FSIZE)
+    if soft == resource.RLIM_INFINITY:
+        return None
+    try:
+        size = os.stat(os.path.join(path, "data.mdb")).st_size
+    except OSError:
+        return None
+    return soft if size + _NEARLY_FULL >= soft else None
+
+
 _DAMAGE = (lmdb.CorruptedError, lmdb.PageNotFoundError, lmdb.InvalidError)
 """LMDB's answers to a broken page structure (or a data file that is no LMDB file)."""
 
@@ -294,6 +308,13 @@ def _translate(
         # LMDB turns a short write into EIO; the kernel writes short when the volume
         # runs out of room in the middle of a write, so on a full volume it is ENOSPC.
         return DiskFullError(path=path, detail=not_done)
+    if "Input/output error" in text and (limit := _size_limit_reached(path)) is not None:
+        # So it turns EFBIG too: a write past this process's file-size limit.
+        return StorageError(
+            detail=f"{type(exc).__name__}: {text} ({path}): the journal's data file reached "
+            f"this process's file-size limit (RLIMIT_FSIZE, `ulimit -f`: {limit} bytes); "
+            f"{not_done}"
+        )
     if isinstance(exc, _DAMAGE):
         return JournalDamagedError(path=path, detail=f"{type(exc).__name__}: {text}")
     if isinstance(exc, (lmdb.NotFoundError,)) and "No such file" in text:

@@ -351,3 +351,37 @@ def test_a_racy_file_a_failed_pass_read_is_read_again_by_the_next(
         sc.wait_replicated(timeout=HANG_GUARD_S)
         assert (tmp_path / "r1" / "a").read_bytes() == b"22222"
         sc.stop()
+
+
+_FILE_SIZE_LIMITED = """
+import os, resource, signal, sys
+from xoengine.datastore import open_store
+from xoengine.errors import XoError
+from xoengine.journal import BlobTable
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG, as a shell's `ulimit -f` makes it
+store = open_store(sys.argv[1])
+blobs = BlobTable(store)
+resource.setrlimit(resource.RLIMIT_FSIZE, (4 * 1024 * 1024, resource.RLIM_INFINITY))
+try:
+    for _ in range(64):
+        store.write(lambda txn: blobs.put(txn, os.urandom(256 * 1024)))
+except XoError as e:
+    print(e.code)
+    print(e)
+"""
+
+
+def test_a_journal_at_the_processs_file_size_limit_says_so(tmp_path: Path) -> None:
+    """Review 25 (L6): LMDB reports EFBIG (RLIMIT_FSIZE, ``ulimit -f``) as EIO, which was
+    said as "Input/output error" alone: the limit is named now."""
+    done = subprocess.run(
+        [PYTHON, "-c", _FILE_SIZE_LIMITED, str(tmp_path / "journal")],
+        capture_output=True,
+        text=True,
+        timeout=HANG_GUARD_S,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    code, message = done.stdout.split("\n", 1)
+    assert code == "E4000", done.stdout
+    assert "file-size limit (RLIMIT_FSIZE" in message, message
