@@ -118,8 +118,8 @@ _MOVES: Final = (FileCreated, FileRenamed, BytesWritten, FileTruncated, ContentR
 """The events that give a path other bytes, or a file another path."""
 
 
-RESYNCING: Final = b"resyncing"
-"""A rewound replica's print while a resume's resync runs (no digest is 9 bytes long)."""
+RESYNCING: Final = b"resyncing:"
+"""Before a rewound replica's content print while a resume's resync runs (see _resume)."""
 
 
 def _reads_as_time(name: str) -> bool:
@@ -984,7 +984,7 @@ class Scenario:
             # changes is in the undo log (a rewind undoes it first), and what is done
             # by hand after a resync that did not finish must be seen: the print is
             # noted where it stopped (killed: at the next open).
-            verdict = b"" if used else RESYNCING
+            verdict = b"" if used else RESYNCING + self._content_print(replica)
             self._engine.store.write(lambda txn: applier.undo.set_rewound_print(txn, verdict))
             try:
                 self._synchronize("block", replica, recheck, foreign=used)
@@ -1399,14 +1399,17 @@ class Scenario:
     def _used_while_rewound(self, replica: str) -> bool:
         """Whether a rewound replica changed since its rewind (its print is another).
 
-        A resume's resync killed midway left no print (noted at the next writable
-        open): what was done by hand before that open is not seen.
+        A resume's resync killed midway left the content print of the tree it
+        started from: the next writable open undoes what it did and compares
+        (:meth:`_complete_rewinds`).
         """
         if replica not in self._def.rewound:
             return False
         with self._engine.store.read() as txn:
             left = self._appliers[replica].undo.rewound_print(txn)
-        return left not in (None, RESYNCING) and left != self._print(replica)
+        if left is None or left.startswith(RESYNCING):
+            return False
+        return left != self._print(replica)
 
     def _note_print(self, replica: str) -> None:
         """Note the replica's print as it is now (a resume's resync stopped midway)."""
@@ -1414,12 +1417,32 @@ class Scenario:
         mark = self._print_or_used(replica)
         self._engine.store.write(lambda txn: undo.set_rewound_print(txn, mark))
 
+    def _mark_used(self, undo: UndoLog) -> None:
+        """Note a rewound replica as used (``b""`` matches no print)."""
+        self._engine.store.write(lambda txn: undo.set_rewound_print(txn, b""))
+
     def _print_or_used(self, replica: str) -> bytes:
         """:meth:`_print`, or ``b""`` (matches no print: taken as used) if it cannot be read."""
         try:
             return self._print(replica)
         except (XoError, OSError):
             return b""
+
+    def _content_print(self, replica: str) -> bytes:
+        """A digest of what the replica's tree holds, as undoing a resync puts it back.
+
+        Each entry's kind, size, mode, owner, link target and (but a directory's)
+        mtime; not change times nor inodes, which nothing puts back.
+        """
+        tree = walk(self._appliers[replica].tree.root)
+        with contextlib.closing(tree):
+            rows = sorted(
+                f"{e.relpath}\0{e.kind}\0{e.size}\0{e.mode}\0{e.uid}\0{e.gid}\0{e.target}"
+                f"\0{0 if e.kind == 'dir' else e.mtime_ns}"
+                for e in tree
+                if not e.name.startswith(TMP_PREFIX)
+            )
+        return codec.digest128("\n".join(rows).encode("utf-8", "surrogateescape"))
 
     def _print(self, replica: str) -> bytes:
         """A digest of every entry of the replica's tree as ``lstat`` sees it.
@@ -1472,8 +1495,18 @@ class Scenario:
                 continue
             with self._engine.store.read() as txn:  # a resume's resync killed midway
                 left = applier.undo.rewound_print(txn)
-            if left == RESYNCING:
+            if left is None or not left.startswith(RESYNCING):
+                continue
+            try:  # back to the tree it started from, then compared with it
+                applier.sweep_once()
+                self._recover(replica)
+                same = self._content_print(replica) == left[len(RESYNCING) :]
+            except (XoError, OSError):
+                continue  # (a volume not mounted yet): the next open decides
+            if same:
                 self._note_print(replica)
+            else:  # changed by hand since: taken as used
+                self._mark_used(applier.undo)
         for replica, (current, target) in list(self._def.pending_rewinds.items()):
             try:
                 self._finish_rewind(replica, current, target)

@@ -34,7 +34,7 @@ from journal_probe import HERE, PYTHON, run_killed
 
 import xoengine.rewind as rewind_module
 from xoengine.engine import Engine, Scenario
-from xoengine.errors import ReplicaVolumeChangedError
+from xoengine.errors import ReplicaDivergedError, ReplicaVolumeChangedError
 from xoengine.events import FileRenamed, ReplicaRewound, RewindStarted
 from xoengine.rewind import RetentionPolicy
 from xoengine.sync import Synchronizer
@@ -713,3 +713,67 @@ def test_a_rewind_killed_after_any_record_of_kind_swaps_completes_at_open(
             assert not sc.statistics().replicas["r1"].standing_alerts, k
         assert snapshot(r1) == expected, k
     assert k > 20  # the history has that many records to kill after
+
+
+_RESUME_KILLED = """
+import os, sys
+import xoengine.tree as tree
+from xoengine.engine import Engine
+def killed(*_args, **_kwargs):
+    os.kill(os.getpid(), 9)  # inside the resync, before its first new file is made
+tree.ReplicaTree.copy_new = killed
+with Engine.open(sys.argv[1], durability="nosync") as eng:
+    eng.scenario("cx").resume("r1")
+"""
+
+
+@pytest.mark.parametrize("edit", ["none", "add", "modify", "delete"])
+def test_a_replica_changed_by_hand_after_its_resync_was_killed_is_not_rewound(
+    tmp_path: Path, edit: str
+) -> None:
+    """Review 25 (L1): a resume killed in its resynchronization left no print of the rewound
+    replica: a file then added, changed or deleted by hand stayed through the next rewind,
+    which said it held the point's tree. The next open undoes what the resync did and
+    compares the tree with the one the resync started from: changed, the replica is taken
+    as used (E3011); as it was, it is rewound exactly."""
+    master, r1, state = tmp_path / "master", tmp_path / "r1", tmp_path / "state"
+    master.mkdir()
+    (master / "a.txt").write_bytes(b"a0")
+    (master / "b.txt").write_bytes(b"b0")
+    with Engine.open(state, durability="nosync") as eng:
+        sc = eng.create_scenario("cx", master=str(master), replicas={"r1": str(r1)})
+        sc.start()
+        p1 = sc.set_rewind_point("p1")
+        want = snapshot(r1)
+        (master / "a.txt").write_bytes(b"a1")
+        sc.capture()
+        p2 = sc.set_rewind_point("p2")
+        (master / "a.txt").write_bytes(b"a2")
+        (master / "new.bin").write_bytes(b"n" * 5000)
+        sc.capture()
+        sc.wait_replicated()
+        sc.rewind("r1", p2)
+        sc.stop()
+    done = subprocess.run(
+        [PYTHON, "-c", _RESUME_KILLED, str(state)], capture_output=True, text=True, check=False
+    )
+    assert done.returncode == -9, done.stderr
+    if edit == "add":
+        (r1 / "notes.txt").write_bytes(b"made by hand")
+    elif edit == "modify":
+        (r1 / "b.txt").write_bytes(b"HAND")
+    elif edit == "delete":
+        (r1 / "b.txt").unlink()
+    with Engine.open(state, durability="nosync") as eng:
+        sc = eng.scenario("cx")
+        if edit == "none":
+            assert sc.rewindable("r1")
+            assert sc.rewind("r1", p1) == p1.position
+            assert snapshot(r1) == want
+        else:
+            assert not sc.rewindable("r1")
+            with pytest.raises(ReplicaDivergedError):
+                sc.rewind("r1", p1)
+        sc.resume("r1")
+        sc.wait_replicated()
+        assert snapshot(r1) == snapshot(master)
