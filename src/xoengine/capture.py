@@ -640,11 +640,8 @@ class Capture:
             return False  # into itself, or out of the directory it replaces
         if self._reborn(path, known[old]):
             return False  # a new file given the freed inode number: created, not moved
-        inside = (
-            None
-            if self._parents_are_dirs(path, known)
-            else self._in_moving_parent(path, walked, known, gone)
-        )
+        dirs = self._parents_are_dirs(path, known)
+        inside = None if dirs else self._in_moving_parent(path, walked, known, gone)
         if inside is not None:
             # Into a directory that moves there after it, over what is known there now
             # (``mv a x/z; mv b a; mv x b``): into it where it is still known, and with
@@ -655,7 +652,7 @@ class Capture:
         elif waiting is not None and self._made_anew_above(path, walked, known):
             waiting.add(path)
             return False  # into a directory made anew (or of a file): once it is (step 2)
-        elif not self._parents_are_dirs(path, known):
+        elif not dirs:
             return False  # under what the replica still holds as a file or link
         if path in known:
             mine = known[path]
@@ -688,8 +685,8 @@ class Capture:
         if not parent or entry is None or entry.kind != "dir":
             return None
         was = gone.get((entry.dev, entry.inode))
-        state = known.get(was) if was is not None else None
-        if was is None or state is None or state.kind != "dir" or not _same_inode(state, entry):
+        state = None if was is None else known.get(was)
+        if state is None or state.kind != "dir" or not _same_inode(state, entry):
             return None
         return f"{was}/{name}"
 

@@ -984,17 +984,16 @@ class Scenario:
             # changes is in the undo log (a rewind undoes it first), and what is done
             # by hand after a resync that did not finish must be seen: the print is
             # noted where it stopped (killed: at the next open).
-            verdict = b"" if used else RESYNCING + self._content_print(replica)
-            self._engine.store.write(lambda txn: applier.undo.set_rewound_print(txn, verdict))
+            self._keep_print(replica, b"" if used else RESYNCING + self._content_print(replica))
             try:
                 self._synchronize("block", replica, recheck, foreign=used)
             except BaseException:
                 if not used:
-                    self._note_print(replica)
+                    self._keep_print(replica, self._print_or_used(replica))
                 raise
             if not used:  # replicating again: nothing to compare with
-                self._engine.store.write(lambda txn: applier.undo.set_rewound_print(txn, None))
-            if used:
+                self._keep_print(replica, None)
+            else:
                 self._alert(
                     code="AW0004",
                     severity="warning",
@@ -1411,15 +1410,10 @@ class Scenario:
             return False
         return left != self._print(replica)
 
-    def _note_print(self, replica: str) -> None:
-        """Note the replica's print as it is now (a resume's resync stopped midway)."""
+    def _keep_print(self, replica: str, value: bytes | None) -> None:
+        """Note the print a rewound replica is compared with (``b""``: used; None: none)."""
         undo = self._appliers[replica].undo
-        mark = self._print_or_used(replica)
-        self._engine.store.write(lambda txn: undo.set_rewound_print(txn, mark))
-
-    def _mark_used(self, undo: UndoLog) -> None:
-        """Note a rewound replica as used (``b""`` matches no print)."""
-        self._engine.store.write(lambda txn: undo.set_rewound_print(txn, b""))
+        self._engine.store.write(lambda txn: undo.set_rewound_print(txn, value))
 
     def _print_or_used(self, replica: str) -> bytes:
         """:meth:`_print`, or ``b""`` (matches no print: taken as used) if it cannot be read."""
@@ -1434,15 +1428,14 @@ class Scenario:
         Each entry's kind, size, mode, owner, link target and (but a directory's)
         mtime; not change times nor inodes, which nothing puts back.
         """
-        tree = walk(self._appliers[replica].tree.root)
-        with contextlib.closing(tree):
-            rows = sorted(
-                f"{e.relpath}\0{e.kind}\0{e.size}\0{e.mode}\0{e.uid}\0{e.gid}\0{e.target}"
-                f"\0{0 if e.kind == 'dir' else e.mtime_ns}"
-                for e in tree
-                if not e.name.startswith(TMP_PREFIX)
-            )
-        return codec.digest128("\n".join(rows).encode("utf-8", "surrogateescape"))
+        return self._digest_tree(
+            replica,
+            lambda e: (
+                f"{e.relpath}\0{e.kind}\0{e.size}\0{e.mode}\0{e.uid}\0{e.gid}"
+                f"\0{e.target}\0{0 if e.kind == 'dir' else e.mtime_ns}"
+            ),
+            reserved=TMP_PREFIX,
+        )
 
     def _print(self, replica: str) -> bytes:
         """A digest of every entry of the replica's tree as ``lstat`` sees it.
@@ -1450,12 +1443,16 @@ class Scenario:
         Any write, creation, deletion, rename or change of mode or owner changes
         an entry's change time (which nothing sets back) or the entries listed.
         """
-        tree = walk(self._appliers[replica].tree.root)
+        return self._digest_tree(
+            replica,
+            lambda e: f"{e.relpath}\0{e.kind}\0{e.size}\0{e.mtime_ns}\0{e.ctime_ns}\0{e.inode}",
+        )
+
+    def _digest_tree(self, replica: str, row: Callable[[Entry], str], reserved: str = "") -> bytes:
+        """A digest of the replica's tree: one ``row`` per entry, sorted."""
+        tree = walk(self._appliers[replica].tree.root, reserved=reserved)
         with contextlib.closing(tree):
-            rows = sorted(
-                f"{e.relpath}\0{e.kind}\0{e.size}\0{e.mtime_ns}\0{e.ctime_ns}\0{e.inode}"
-                for e in tree
-            )
+            rows = sorted(row(e) for e in tree)
         return codec.digest128("\n".join(rows).encode("utf-8", "surrogateescape"))
 
     def _recover(self, replica: str) -> int:
@@ -1503,10 +1500,8 @@ class Scenario:
                 same = self._content_print(replica) == left[len(RESYNCING) :]
             except (XoError, OSError):
                 continue  # (a volume not mounted yet): the next open decides
-            if same:
-                self._note_print(replica)
-            else:  # changed by hand since: taken as used
-                self._mark_used(applier.undo)
+            # Changed by hand since: taken as used.
+            self._keep_print(replica, self._print_or_used(replica) if same else b"")
         for replica, (current, target) in list(self._def.pending_rewinds.items()):
             try:
                 self._finish_rewind(replica, current, target)
@@ -1616,10 +1611,7 @@ class Scenario:
         # One reading of each end: the pending events are those between them, as reported.
         held, end = applier.position(), self._engine.last_position()
         unfinished = self._def.pending_rewinds.get(replica)  # (from, to)
-        # A rewind left unfinished (killed midway) leaves the replica between its
-        # target and where it started, holding neither: every path changed since
-        # the target may differ from the master.
-        since = self._own(held if unfinished is None else min(held, unfinished[1]))
+        since = self._own(self._pending_from(replica, held))
         for _, event in self._engine._iter_file_events(since, self.name, end):
             entry = pending.setdefault(event.path, {"events": 0, "bytes": 0})
             entry["events"] += 1
@@ -1678,6 +1670,16 @@ class Scenario:
             self.name, self.kind, self.state, journal_position, roots, replicas
         )
 
+    def _pending_from(self, replica: str, held: int) -> int:
+        """The position after which the journal's events are pending for ``replica``.
+
+        The one it holds; a rewind left unfinished (killed midway) leaves it between
+        its target and where it started, holding neither: every path changed since
+        the target may differ from the master.
+        """
+        unfinished = self._def.pending_rewinds.get(replica)
+        return held if unfinished is None else min(held, unfinished[1])
+
     def _own(self, after: int) -> int:
         """``after``, or the scenario's creation if it is earlier.
 
@@ -1695,8 +1697,7 @@ class Scenario:
         applier = self._appliers[name]
         applied = applier.position()
         unfinished = self._def.pending_rewinds.get(name)
-        # What a rewind left unfinished still has to undo waits too (difference_report).
-        backlog = self._span(applied if unfinished is None else min(applied, unfinished[1]))
+        backlog = self._span(self._pending_from(name, applied))
         done = self._span(0, applied)
         oldest: float | None = None
         if backlog.first is not None:

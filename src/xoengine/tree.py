@@ -93,14 +93,13 @@ __all__ = [
 ]
 
 TMP_PREFIX: Final = ".xoengine-tmp-"
+"""Name prefix of temporary files (never left behind; skipped by scans of a replica)."""
 
 
 def reserved_name(relpath: str) -> bool:
     """Whether a part of ``relpath`` begins with :data:`TMP_PREFIX` (never replicated: W2004)."""
     return any(part.startswith(TMP_PREFIX) for part in relpath.split("/"))
 
-
-"""Name prefix of temporary files (never left behind; skipped by scans of a replica)."""
 
 _WRITEBACK_EARLY: Final = 1024 * 1024
 """``copy_new`` starts the writeback of copies at least this large (small ones: at flush)."""
