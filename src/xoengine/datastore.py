@@ -19,7 +19,8 @@ LMDB's traps (FACTS.md):
   so that a second writer gets :class:`~xoengine.errors.JournalLockedError`
   instead of two processes resizing one map;
 - never ``writemap`` (a full disk would kill the process with SIGBUS);
-- stale reader slots of dead processes are cleared on open (``reader_check``);
+- stale reader slots of dead processes are cleared on open and before each
+  write transaction (``reader_check``): a killed reader pins no snapshot;
 - a full volume is :class:`~xoengine.errors.DiskFullError` even when LMDB
   reports the short write it causes as EIO; a data file at the process's
   file-size limit (EFBIG, also EIO) is said as such;
@@ -1095,6 +1096,12 @@ class Store:
             resize: Callable[[], None] | None = None
             try:
                 with self._resize.shared():
+                    # A reader killed (kill -9, the OOM killer) leaves its slot holding
+                    # an old snapshot, and LMDB then reuses no page freed since: the
+                    # file would grow for as long as this writer runs. Clearing dead
+                    # slots costs well under a microsecond when there are none.
+                    with contextlib.suppress(lmdb.Error):
+                        self._env.reader_check()
                     txn = self._env.begin(write=True)
                     for request in live:
                         request.error, request.committed = None, []

@@ -11,6 +11,8 @@
 2. A second process opening the same journal writable gets the coded
    JournalLockedError on its first write while the first writer keeps working;
    once the first closes, a new process may write.
+3. A reader process killed inside a read leaves its LMDB reader slot behind;
+   the running writer clears it, so the pages it frees are reused again.
 """
 
 from __future__ import annotations
@@ -21,7 +23,16 @@ import subprocess
 import uuid
 from typing import TYPE_CHECKING
 
-from journal_probe import END_TOPIC, HERE, PYTHON, LineReader, check_records, make_event, read_all
+from journal_probe import (
+    END_TOPIC,
+    HERE,
+    PYTHON,
+    LineReader,
+    check_records,
+    make_event,
+    read_all,
+    run_killed,
+)
 
 from xoengine.datastore import open_store
 from xoengine.journal import LMDBApplicationRecorder
@@ -204,3 +215,38 @@ def test_mapgrowth_second_writer_process_is_locked_out(tmp_path: Path) -> None:
         f"first writer appended 400 more events (map {MIB // 1024} KiB -> {grown // MIB} MiB), "
         f"after close a new writer appended at position 406"
     )
+
+
+_PINNING_READER = """
+import signal, sys
+from xoengine.datastore import open_store
+store = open_store(sys.argv[1], readonly=True)
+with store.read():
+    print("READING", flush=True)
+    signal.pause()
+"""
+
+
+def test_a_reader_killed_inside_a_read_pins_no_snapshot(tmp_path: Path) -> None:
+    # Review 26 F1: the writer cleared dead readers' slots only when it opened. A
+    # reader killed with -9 (timeout -s KILL, the OOM killer) kept its snapshot
+    # pinned, so no page freed since was reused and the file grew for as long as
+    # the writer ran (a daemon runs for weeks).
+    path = tmp_path / "journal"
+    store = open_store(path, durability="nosync")
+    value = os.urandom(64 * 4096)
+    try:
+        store.ensure("t")
+        store.write(lambda txn: txn.put("t", b"k", value))
+        lines, errors = run_killed(
+            [PYTHON, "-c", _PINNING_READER, str(path)], lambda line: line == "READING"
+        )
+        assert lines == ["READING"], errors
+        start = store.info().used_bytes
+        for _ in range(40):  # each overwrite frees the 65 pages of the one before
+            store.write(lambda txn: txn.put("t", b"k", os.urandom(len(value))))
+        grown = store.info().used_bytes - start
+    finally:
+        store.close()
+    # Pinned, none of the freed pages is reused: 40 values' worth (10 MiB).
+    assert grown <= 4 * len(value), f"the file grew by {grown} bytes"
