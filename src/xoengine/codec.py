@@ -166,12 +166,17 @@ def unframe(
         raise FrameTooLargeError(position=pos, size=len(value), cap=MAX_FRAME_BYTES)
     version, checksum = FRAME_HEADER.unpack_from(value)
     body = memoryview(value)[FRAME_HEADER.size :]
-    if _checksum(key, body) != checksum:
+    if version == 1:
+        if _checksum(key, body) != checksum:
+            raise ChecksumMismatchError(position=pos, table=where)
+        return body
+    # Version 1's checksum leaves its version byte out; every later version's covers
+    # it. So a frame checked by the rule of the version it claims fails when that
+    # byte is damaged (a version-1 frame whose byte now reads 0 or 3), and only a
+    # frame really written by a later version is refused as a newer format.
+    if version == 0 or _checksum(bytes((version,)) + key, body) != checksum:
         raise ChecksumMismatchError(position=pos, table=where)
-    if version == 0 or version > FORMAT_VERSION:
-        # Checked after the checksum: a flipped version bit is damage, not a new format.
-        raise UnsupportedFormatError(position=pos, version=version, supported=FORMAT_VERSION)
-    return body
+    raise UnsupportedFormatError(position=pos, version=version, supported=FORMAT_VERSION)
 
 
 def verified_size(key: bytes, value: bytes) -> int | None:
