@@ -590,8 +590,8 @@ class Scenario:
         (default every 60 s).
         """
         policy = self._retention_policy()
-        if not (policy.max_age_s or policy.max_bytes or policy.window_s):
-            return
+        if policy.max_age_s is None and policy.max_bytes is None and policy.window_s is None:
+            return  # (a limit of 0 is a limit: keep nothing beyond the points)
         now = time.monotonic()
         if now - self._trim_checked < float(self._def.options.get("undo_check_interval", 60)):
             return

@@ -1774,12 +1774,14 @@ def test_trim_undo_alerts_when_the_window_nears_the_budget(tmp_path: Path) -> No
         eng.close()
 
 
+@pytest.mark.parametrize("budget", [1, 0])
 def test_configured_retention_runs_on_its_own_and_keeps_the_newest_point(
-    tmp_path: Path,
+    tmp_path: Path, budget: int
 ) -> None:
     """With a budget configured, appends apply it (no trim_undo call), journaled."""
+    # A budget of 0 is one too (review 26 N: it was taken as "no limit").
     eng, sc, master = new_engine(
-        tmp_path, undo_max_bytes=1, undo_min_points=1, undo_check_interval=0
+        tmp_path, undo_max_bytes=budget, undo_min_points=1, undo_check_interval=0
     )
     try:
         write(master / "a", b"a0" * 300)
