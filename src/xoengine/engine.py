@@ -61,6 +61,7 @@ from xoengine.events import (
     FILE_EVENTS,
     AlertRaised,
     FileEvent,
+    FileRenamed,
     ReplicaAdded,
     ReplicaRemoved,
     ReplicaResumed,
@@ -102,7 +103,7 @@ from xoengine.replica import (
     replica_tables,
 )
 from xoengine.rewind import RetentionClock, RewindPoint
-from xoengine.scenario import ReplicaStatistics, Scenario, ScenarioStatistics
+from xoengine.scenario import ReplicaStatistics, Scenario, ScenarioStatistics, master_manifest
 from xoengine.walk import READ_FLAGS, normalize_relpath, open_parent
 
 if TYPE_CHECKING:
@@ -656,7 +657,9 @@ class Engine:
         lost or damaged, a coded error rather than an answer without that event.
         """
         self._check_open("read a file's events")
-        for record in self.recorder.stream_records(file_id, stop=upto, gapless=True):
+        records = self.recorder.stream_records(file_id, stop=upto, gapless=True)
+        self._check_stream_end(file_id)
+        for record in records:
             yield record.id, record.time_ns, self._decode(record)
 
     def file_stream_newest_first(
@@ -664,8 +667,42 @@ class Engine:
     ) -> Iterator[tuple[int, int, FileEvent]]:
         """:meth:`file_stream` newest first, each event decoded as it is asked for."""
         self._check_open("read a file's events")
-        for record in self.recorder.stream_records_newest_first(file_id, stop=upto, gapless=True):
+        records = self.recorder.stream_records_newest_first(file_id, stop=upto, gapless=True)
+        self._check_stream_end(file_id)
+        for record in records:
             yield record.id, record.time_ns, self._decode(record)
+
+    def _check_stream_end(self, file_id: uuid.UUID) -> None:
+        """Refuse a stream whose last entry is lost, where the master state can tell.
+
+        A lost entry between two others is a gap in the versions; a lost *last*
+        one is not, and a read through the index would answer without that
+        event. The master state (folded in the append's own transaction) holds
+        each live path's identity and the version of its last event: one later
+        than the stream's last is that loss. Read after the stream, it may be
+        newer (a capture appended meanwhile): the stream's end is read again
+        before it is called damage.
+        """
+        last = self.recorder.stream_last(file_id)
+        if last is None:
+            return
+        event = self._decode(last)
+        if not isinstance(event, FileEvent):
+            return
+        path = event.new_path if isinstance(event, FileRenamed) else event.path
+        with self.store.read() as txn:
+            state = master_manifest(event.scenario).get(txn, path)
+        if state is None or state.file_id != file_id or state.version <= last.originator_version:
+            return
+        again = self.recorder.stream_last(file_id)
+        if again is not None and again.originator_version >= state.version:
+            return
+        raise FrameError(
+            position=last.id,
+            detail=f"the stream index of {file_id} ends at version {last.originator_version}, "
+            f"but the master state of {path!r} holds version {state.version}: the entry of a "
+            "later event is lost (xoengine journal verify tells which)",
+        )
 
     def blob(self, blob_id: bytes) -> memoryview:
         """The verified bytes of a blob (a read-only view: no copy beyond LMDB's)."""

@@ -414,6 +414,13 @@ class LMDBAggregateRecorder(_LMDBRecorder, AggregateRecorder):
                 record = self._record_at(txn, originator_id, *pair)
             yield record
 
+    def stream_last(self, originator_id: uuid.UUID | str) -> JournalRecord | None:
+        """The last record of one aggregate's stream index (None: it has none)."""
+        with self.datastore.read() as txn:
+            for pair in self._stream(txn, originator_id, desc=True, limit=1):
+                return self._record_at(txn, originator_id, *pair)
+        return None
+
     def _stream_upto(
         self, txn: ReadTxn, originator_id: uuid.UUID | str, stop: int | None, *, gapless: bool
     ) -> list[tuple[int, int]]:

@@ -98,7 +98,13 @@ if TYPE_CHECKING:
     from xoengine.replica import Applied
     from xoengine.tree import UndoLog
 
-__all__ = ["DEFAULT_DATABASE_PATTERNS", "ReplicaStatistics", "Scenario", "ScenarioStatistics"]
+__all__ = [
+    "DEFAULT_DATABASE_PATTERNS",
+    "ReplicaStatistics",
+    "Scenario",
+    "ScenarioStatistics",
+    "master_manifest",
+]
 
 
 DEFAULT_DATABASE_PATTERNS: Final = ("*.db", "*.sqlite", "*.sqlite3", "*.mdf")
@@ -120,6 +126,11 @@ _MOVES: Final = (FileCreated, FileRenamed, BytesWritten, FileTruncated, ContentR
 
 RESYNCING: Final = b"resyncing:"
 """Before a rewound replica's content print while a resume's resync runs (see _resume)."""
+
+
+def master_manifest(scenario: str) -> Manifest:
+    """The tables of ``scenario``'s master state (path entries and block digests)."""
+    return Manifest(f"scenario.{scenario}.master")
 
 
 def _reads_as_time(name: str) -> bool:
@@ -197,7 +208,7 @@ class Scenario:
         self.block_size: int = int(options.get("block_size", blocks.DEFAULT_BLOCK_SIZE))
         self.layout = Layout(tuple(definition.roots))
         store = engine.store
-        self.manifest = Manifest(f"scenario.{definition.name}.master")
+        self.manifest = master_manifest(definition.name)
         store.ensure(*self.manifest.tables)
         self.master_state = MasterState(definition.name, self.manifest, self.block_size)
         self.capture_engine = Capture(

@@ -212,16 +212,19 @@ with env.begin(write=True) as txn:
         if event.topic.endswith(":BytesWritten"):
             writes.append(event)
     first, second, third = writes  # v1 (its creation's bytes), v2, v3
-    txn.delete(stream_key(second.originator_id, second.originator_version), db=streams)
+    lost = {"middle": second, "last": third}[sys.argv[2]]
+    txn.delete(stream_key(lost.originator_id, lost.originator_version), db=streams)
 env.close()
 """
 
 
-def test_a_stream_index_entry_lost_is_damage_not_an_older_file(tmp_path: Path) -> None:
+@pytest.mark.parametrize("lost", ["middle", "last"])
+def test_a_stream_index_entry_lost_is_damage_not_an_older_file(tmp_path: Path, lost: str) -> None:
     """Review 24 (H2): a read of one file follows its stream index, whose values are
     raw positions. With the entry of a write lost, `cat` gave the file's bytes from
     before that write, `history` left the write out, and `journal verify` said OK,
-    all with exit 0."""
+    all with exit 0. Review 26 (P2): the same with the stream's last entry lost,
+    which leaves no gap in its versions (the master state names a later one)."""
     state = _state(tmp_path, {"f.txt": b"v1"})
     with Engine.open(state, durability="nosync") as eng:
         sc = eng.scenario(SCENARIO)
@@ -231,10 +234,10 @@ def test_a_stream_index_entry_lost_is_damage_not_an_older_file(tmp_path: Path) -
             sc.set_rewind_point(data.decode())
         sc.stop()
     assert run_cli("journal", "copy", state, tmp_path / "copy").returncode == 0
-    damaged = run_python(_LOSE_STREAM_ENTRY, tmp_path / "copy")
+    damaged = run_python(_LOSE_STREAM_ENTRY, tmp_path / "copy", lost)
     assert damaged.returncode == 0, damaged.stderr
     for verb in (
-        ["cat", tmp_path / "copy", SCENARIO, "f.txt", "--at", "v2"],
+        ["cat", tmp_path / "copy", SCENARIO, "f.txt", "--at", "v3"],
         ["history", tmp_path / "copy", SCENARIO, "f.txt"],
         ["journal", "verify", tmp_path / "copy"],
     ):
