@@ -194,9 +194,21 @@ _PEEK_WAITS: Final = (0.005, 0.02, None)
 
 
 def writer_of(path: str) -> str | None:
-    """The pid (as its lock file says) of the process writing the journal at ``path``; else None."""
+    """The pid (as its lock file says) of the process writing the journal at ``path``; else None.
+
+    Also a writer of the same data file under another name (a hard link of
+    ``data.mdb`` in another directory): its pid is not known here.
+    """
+    pid = _locked_by(os.path.join(path, _LOCK_FILE))
+    if pid is None and _locked_by(os.path.join(path, "data.mdb")) is not None:
+        return "unknown: it writes another name (hard link) of this data.mdb"
+    return pid
+
+
+def _locked_by(file: str) -> str | None:
+    """What the file says (its first line: a pid, or "?") if a writer holds its lock; else None."""
     try:
-        handle = os.open(os.path.join(path, _LOCK_FILE), os.O_RDONLY | os.O_CLOEXEC)
+        handle = os.open(file, os.O_RDONLY | os.O_CLOEXEC)
     except OSError:
         return None  # gone, or never written: nothing writes there
     try:
@@ -211,6 +223,23 @@ def writer_of(path: str) -> str | None:
 def _lock_holder(fd: int) -> str:
     """The pid the writer lock file open at ``fd`` names ("?" if none)."""
     return os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+
+
+def _exclusive(fd: int) -> bool:
+    """Take ``fd``'s exclusive ``flock``; False if another holds it.
+
+    Retried a few times: :func:`writer_of`'s shared look holds it for an instant.
+    """
+    for wait in _PEEK_WAITS:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if wait is None:
+                return False
+            time.sleep(wait)
+        else:
+            return True
+    return False
 
 
 def has_journal(path: str | os.PathLike[str]) -> bool:
@@ -501,6 +530,7 @@ class Store:
         self._dbi_seq = 0
         self._handles_lock = threading.Lock()
         self._lock_fd: int | None = None
+        self._data_lock_fd: int | None = None
         self._owner: object | None = None  # the one writer of this process (claim_writer)
         self._listeners: dict[threading.Event, Callable[[], None] | None] = {}
         self._listen_lock = threading.Lock()
@@ -572,6 +602,22 @@ class Store:
         it is refused (:class:`JournalLiveUnlockedError`).
         """
         lock_file = Path(self.path) / "lock.mdb"
+        try:
+            names = os.stat(Path(self.path) / "data.mdb").st_nlink
+        except OSError:
+            names = 1
+        if names > 1 and _locked_by(os.path.join(self.path, _LOCK_FILE)) is None:
+            # A hard link of the data file: a writer through another name keeps its
+            # own table of readers, where this one does not register.
+            other = writer_of(self.path)
+            if other is not None:
+                raise JournalLiveUnlockedError(
+                    path=self.path,
+                    writer=f"pid {other}",
+                    detail=f"its data.mdb has {names} names (hard links), and a writer "
+                    "of another name does not see the readers of this one",
+                )
+            return False
         if os.access(self.path, os.W_OK) and (
             not lock_file.exists() or os.access(lock_file, os.R_OK | os.W_OK)
         ):
@@ -644,6 +690,10 @@ class Store:
         except OSError as e:
             raise StorageError(detail=f"cannot create {self.path}: {e.strerror}") from e
         existing = (Path(self.path) / "data.mdb").exists()
+        if existing and _locked_by(os.path.join(self.path, _LOCK_FILE)) is None:
+            other = writer_of(self.path)  # not this directory's: another name's
+            if other is not None:
+                raise JournalLockedError(path=self.path, pid=other)
         if existing:
             # Keep the size the file already has when it is larger than asked.
             map_size = max(map_size, (Path(self.path) / "data.mdb").stat().st_size)
@@ -703,9 +753,7 @@ class Store:
             self._closed = True
             with self._resize.exclusive():
                 self._env.close()
-            if self._lock_fd is not None:
-                os.close(self._lock_fd)
-                self._lock_fd = None
+            self._drop_writer_lock()
 
     @property
     def closed(self) -> bool:
@@ -1282,33 +1330,46 @@ class Store:
         with self._write_lock:
             self.readonly = True
             self._owner = None
-            if self._lock_fd is not None:
-                os.close(self._lock_fd)
-                self._lock_fd = None
+            self._drop_writer_lock()
 
     def _take_writer_lock(self) -> None:
+        """Lock ``writer.lock`` and the data file itself, or raise :class:`JournalLockedError`.
+
+        The data file's lock holds through every name it has: a hard link of a
+        live journal's ``data.mdb`` in another directory has a ``writer.lock``
+        (and an LMDB lock table) of its own, and two writers of one file would
+        damage it.
+        """
         if self._lock_fd is not None:
             return
         lock_path = str(Path(self.path) / _LOCK_FILE)
         fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            for wait in _PEEK_WAITS:  # past writer_of's shared look, which lets go at once
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if wait is None:
-                        raise
-                    time.sleep(wait)
-        except BlockingIOError:
+        if not _exclusive(fd):
             try:
                 pid_text = _lock_holder(fd)
             finally:
                 os.close(fd)
-            raise JournalLockedError(path=self.path, pid=pid_text) from None
+            raise JournalLockedError(path=self.path, pid=pid_text)
+        try:
+            data_fd = os.open(Path(self.path) / "data.mdb", os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as e:
+            os.close(fd)
+            raise StorageError(detail=f"cannot open {self.path}/data.mdb: {e.strerror}") from e
+        if not _exclusive(data_fd):
+            os.close(data_fd)
+            os.close(fd)
+            raise JournalLockedError(
+                path=self.path, pid="unknown: it writes another name (hard link) of its data.mdb"
+            )
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        self._lock_fd = fd
+        self._lock_fd, self._data_lock_fd = fd, data_fd
+
+    def _drop_writer_lock(self) -> None:
+        for fd in (self._lock_fd, self._data_lock_fd):
+            if fd is not None:
+                os.close(fd)
+        self._lock_fd = self._data_lock_fd = None
 
     def _check_open(self) -> None:
         if self._closed:

@@ -254,3 +254,55 @@ def test_a_reader_killed_inside_a_read_pins_no_snapshot(tmp_path: Path) -> None:
         store.close()
     # Pinned, none of the freed pages is reused: 40 values' worth (10 MiB).
     assert grown <= 4 * len(value), f"the file grew by {grown} bytes"
+
+
+_THROUGH_A_LINK = """
+import sys
+from xoengine.datastore import open_store
+from xoengine.errors import XoError
+from xoengine.journal import LMDBApplicationRecorder
+try:
+    store = open_store(sys.argv[1], readonly=sys.argv[2] == "read")
+    print("MAX", LMDBApplicationRecorder(store).max_notification_id())
+    store.close()
+except XoError as e:
+    print("REFUSED", e.code)
+"""
+
+
+def test_a_hard_link_of_a_live_journal_is_neither_written_nor_read_unseen(tmp_path: Path) -> None:
+    # Review 26 (O F2, F3): a hard link of a live journal's data.mdb in another
+    # directory has a writer.lock and an LMDB lock table of its own. A writer
+    # through it was let in beside the live one (which then aborted inside LMDB),
+    # and a reader through it went unseen by the live writer (aborts, damage
+    # reported where there was none).
+    path = tmp_path / "journal"
+    store = open_store(path, map_size=MIB, durability="sync")
+    link = tmp_path / "evidence" / "journal"
+    link.mkdir(parents=True)
+    try:
+        recorder = LMDBApplicationRecorder(store)
+        recorder.create_table()
+        recorder.insert_events([make_event(uuid.uuid4(), v, "bulky") for v in range(1, 6)])
+        os.link(path / "data.mdb", link / "data.mdb")
+        for mode, code in (("write", "E4002"), ("read", "E4007")):
+            result = subprocess.run(
+                [PYTHON, "-c", _THROUGH_A_LINK, str(link), mode],
+                capture_output=True,
+                text=True,
+                timeout=HANG_GUARD_S,
+                check=False,
+            )
+            assert result.stdout.split("\n")[0] == f"REFUSED {code}", (mode, result)
+        recorder.insert_events([make_event(uuid.uuid4(), 1, "bulky")])  # the writer goes on
+    finally:
+        store.close()
+    # With no writer left, the link reads as a copy does.
+    result = subprocess.run(
+        [PYTHON, "-c", _THROUGH_A_LINK, str(link), "read"],
+        capture_output=True,
+        text=True,
+        timeout=HANG_GUARD_S,
+        check=False,
+    )
+    assert result.stdout.split("\n")[0] == "MAX 6", result
