@@ -256,8 +256,10 @@ class JournalDamagedError(StorageError):
     hint = (
         "The journal's structure (LMDB's pages, or its list of tables) is not what "
         "xoengine wrote (a cut-short, corrupted or foreign-modified file): nothing "
-        "was read from it. Restore the state directory from a copy "
-        "(`xoengine journal copy`); `xoengine journal verify` checks a copy."
+        "was read from it. A copy made with cp, tar or rsync while a writer ran is "
+        "torn this way: copy a journal in use with `xoengine journal copy STATE COPY`, "
+        "which is consistent while it is written. Otherwise restore the state "
+        "directory from such a copy; `xoengine journal verify` checks a copy."
     )
 
 
@@ -267,8 +269,10 @@ class FrameError(StorageError):
     code = "E4010"
     exit_code = 4
     hint = (
-        "The journal is damaged at that record. Run `xoengine journal verify` and "
-        "restore the state directory from a copy (`xoengine journal copy`)."
+        "The journal is damaged at that record (or torn: copied with cp, tar or "
+        "rsync while a writer ran). Run `xoengine journal verify` and restore the "
+        "state directory from a copy (`xoengine journal copy`, consistent while "
+        "the journal is written)."
     )
 
     def __init__(self, message: str | None = None, **fields: Any) -> None:

@@ -27,6 +27,7 @@ from __future__ import annotations
 import bisect as bisection
 import contextlib
 import dataclasses
+import errno
 import itertools
 import mmap
 import numbers
@@ -46,6 +47,7 @@ from xoengine.blocks import coalesce_ranges
 from xoengine.datastore import make_directory
 from xoengine.errors import (
     ConfigurationError,
+    DiskFullError,
     FrameError,
     InvalidRelPathError,
     NoFileAtError,
@@ -69,7 +71,7 @@ from xoengine.events import (
     root_label,
 )
 from xoengine.journal import iso_time
-from xoengine.tree import Extents, ReplicaTree, event_delta
+from xoengine.tree import TMP_PREFIX, Extents, ReplicaTree, event_delta
 from xoengine.walk import Xattrs, normalize_relpath, read_xattrs
 
 if TYPE_CHECKING:
@@ -79,6 +81,7 @@ __all__ = [
     "BURST_WINDOW_S",
     "CONTENT_CHANGES",
     "PATH_EVENTS",
+    "UNFINISHED_REPLAY",
     "BisectResult",
     "DiffResult",
     "Forensics",
@@ -133,6 +136,14 @@ class JournalSource(Protocol):
     def last_position(self) -> int:
         """The journal's last position now (0: empty): where "the end" is, for one answer."""
 
+
+UNFINISHED_REPLAY: Final = TMP_PREFIX + "replay-unfinished"
+"""The file a replay keeps in its output directory until the tree is whole."""
+
+_UNFINISHED_TEXT: Final = (
+    "This directory holds a replay that did not finish (its process was killed):\n"
+    "files may be missing or hold other bytes. Discard it and replay again.\n"
+)
 
 _DEFAULT_ACL: Final = "system.posix_acl_default"
 """A directory's ACL that the paths made in it inherit."""
@@ -585,6 +596,8 @@ class Forensics:
             ) from None
         if link or taken:
             why = "a symbolic link (never followed)" if link else "not an empty directory"
+            if not link and (target / UNFINISHED_REPLAY).is_file():
+                why += f" (it holds a replay that did not finish: {UNFINISHED_REPLAY})"
             raise ConfigurationError(
                 detail=f"replay target {target} is {why}: replay into a new directory"
             )
@@ -621,8 +634,20 @@ class Forensics:
         made = _make_target(target)
         out = ReplicaTree(os.fspath(to), fsync=False, replica=False)
         try:
+            # A replay killed (-9, the OOM killer) cleans nothing up: until the tree is
+            # whole, it says so itself (a reserved name: no journaled path has it).
+            marker = target / UNFINISHED_REPLAY
+            try:
+                marker.write_text(_UNFINISHED_TEXT)
+            except OSError as e:
+                if e.errno == errno.ENOSPC:
+                    raise DiskFullError(path=str(target), detail="nothing was replayed") from e
+                raise OutputLocationError(
+                    action="replay into", path=str(target), detail=e.strerror or str(e)
+                ) from e
             with out.holding_parents():  # a new tree: nothing moves
                 files, dirs, links, total = self._write_tree(out, selected, load, progress)
+            marker.unlink()
             for name, event in roots.items():  # last: a root's mode may forbid writing into it
                 if name and out.lstat(name) is None:  # a root of several, empty then
                     out.create(name, "dir", event.mode, None)

@@ -30,6 +30,7 @@ from typing import Any
 import pytest
 
 from xoengine.engine import Engine, Scenario
+from xoengine.forensic import UNFINISHED_REPLAY
 from xoengine.testing import compare_trees
 
 HANG_GUARD_S = 180  # only ends a stuck child so that the failure is reported
@@ -480,9 +481,52 @@ def test_cli_cat_out_interrupted_by_sigterm_leaves_no_file(
 ) -> None:
     out = tmp_path / "f00.copy"
     args = ["cat", str(journal_state / "state"), "s", "sub/f00", "--out", str(out)]
-    returncode, err = _interrupted("cat", args, signal.SIGTERM, blocked=out)
+    returncode, err = _interrupted("cat", args, signal.SIGTERM)
     assert returncode == -signal.SIGTERM, err
     assert not out.exists()
+    assert sorted(tmp_path.iterdir()) == []  # its partial copy too
+
+
+def test_cli_cat_out_killed_leaves_no_file_holding_part_of_the_bytes(
+    journal_state: Path, tmp_path: Path
+) -> None:
+    # Review 26 (O F4): kill -9 cleans nothing up; the copy was made at the name
+    # asked for, so it was left there cut short. It is made under a reserved name.
+    out = tmp_path / "f00.copy"
+    args = ["cat", str(journal_state / "state"), "s", "sub/f00", "--out", str(out)]
+    returncode, err = _interrupted("cat", args, signal.SIGKILL)
+    assert returncode == -signal.SIGKILL, err
+    assert not out.exists()
+    assert [p.name.startswith(".xoengine-tmp-") for p in tmp_path.iterdir()] == [True]
+
+
+def test_cli_replay_killed_leaves_a_tree_that_says_it_is_unfinished(
+    journal_state: Path, tmp_path: Path
+) -> None:
+    # Review 26 (O F4): a replay killed with -9 (the OOM killer, timeout -s KILL) left
+    # files under their names, some empty or cut short, and nothing said so.
+    out = tmp_path / "rep"
+    args = ["replay", str(journal_state / "state"), "s", "--to", str(out)]
+    returncode, err = _interrupted("replay", args, signal.SIGKILL)
+    assert returncode == -signal.SIGKILL, err
+    marker = out / UNFINISHED_REPLAY
+    assert "did not finish" in marker.read_text()
+    again = subprocess.run(
+        [sys.executable, "-m", "xoengine", *args], capture_output=True, text=True, check=False
+    )
+    assert again.returncode == 2, again.stderr
+    assert "a replay that did not finish" in again.stderr
+    assert marker.exists()
+    done = tmp_path / "whole"
+    finished = subprocess.run(
+        [sys.executable, "-m", "xoengine", *args[:-1], str(done)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert finished.returncode == 0, finished.stderr
+    assert not (done / UNFINISHED_REPLAY).exists()
+    assert len(list((done / "sub").iterdir())) == 20
 
 
 def test_cli_replay_after_sigterm_handler_is_restored(journal_state: Path, tmp_path: Path) -> None:

@@ -33,7 +33,7 @@ from xoengine.engine import Engine, Instant
 from xoengine.errors import ConfigurationError, DiskFullError, OutputLocationError, XoError
 from xoengine.forensic import BURST_WINDOW_S, CONTENT_CHANGES, HistoryEntry
 from xoengine.journal import datetime_ns, iso_time, read_iso_time
-from xoengine.tree import copy_sparse
+from xoengine.tree import TMP_PREFIX, copy_sparse
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -187,24 +187,40 @@ def _check_output(eng: Engine, out: str | None, scratch: str | None) -> None:
 def _write_out(source: BinaryIO, out: str, digest: hashlib._Hash) -> int:
     """Copy ``source`` into the new file ``out``; a failed or interrupted copy leaves no file.
 
-    Its holes stay holes (a thin disk image is not written out whole).
+    Its holes stay holes (a thin disk image is not written out whole). The
+    bytes go to a reserved name beside ``out`` first, which gets the name
+    ``out`` once whole (a hard link: never over a file that appeared there):
+    a copy killed outright (-9) leaves no ``out`` holding part of them.
     """
+    if os.path.lexists(out):
+        raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), out)
+    head, tail = os.path.split(out)
+    partial = os.path.join(head, f"{TMP_PREFIX}cat-{os.getpid()}-{tail}"[:255])
     opened = False
     try:
-        with open(out, "xb") as sink:
+        with open(partial, "xb") as sink:
             opened = True
             copy_sparse(source.fileno(), sink.fileno())
             source.seek(0)
-            return _copy(source, None, digest)
+            copied = _copy(source, None, digest)
+        try:
+            os.link(partial, out)
+        except OSError as e:
+            if e.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.EMLINK) or os.path.lexists(out):
+                raise
+            os.rename(partial, out)  # a file system without hard links
+        else:
+            os.unlink(partial)
     except BaseException as e:
         if opened:
             with contextlib.suppress(OSError):
-                os.unlink(out)
+                os.unlink(partial)
         if not isinstance(e, OSError):
             raise  # Ctrl-C, SIGTERM (the CLI's Terminated): cleaned up, as a replay is
         if e.errno == errno.ENOSPC:
             raise DiskFullError(path=out, detail="the output was not written") from e
         raise OutputLocationError(action="write the output to", path=out, detail=e.strerror) from e
+    return copied
 
 
 def cmd_cat(args: argparse.Namespace) -> int:
