@@ -1117,9 +1117,24 @@ class Engine:
         return out
 
     def _iter_events(
-        self, classes: tuple[type, ...], after: int = 0, upto: int | None = None
+        self,
+        classes: tuple[type, ...],
+        after: int = 0,
+        upto: int | None = None,
+        *,
+        complete: bool = False,
     ) -> Iterator[tuple[int, Any]]:
+        """``(position, event)`` of the events of ``classes`` in ``(after, upto]``.
+
+        ``complete``: first check that the topic index names every position of
+        the range (a lost entry would leave its event out unsaid); it reads the
+        whole index, so only the open asks for it.
+        """
         topics = [get_topic(c) for c in classes]
+        if complete:
+            for record in self.recorder.records(after + 1, stop=upto, topics=topics, complete=True):
+                yield record.id, self._decode(record)
+            return
         start = after + 1
         while True:
             notes = self.recorder.select_notifications(start, 1000, stop=upto, topics=topics)
@@ -1146,7 +1161,9 @@ class Engine:
         topics = (*(_topic_class(t) for t in SCENARIO_TOPICS), SyncStarted, SyncFinished)
         created: set[str] = set()
         rewired: set[str] = set()
-        for position, event in self._iter_events(topics, after, upto):
+        # At the open, the whole journal: a lost index entry of a scenario event would
+        # make a scenario, a replica or a point silently not there (E4010 instead).
+        for position, event in self._iter_events(topics, after, upto, complete=after == 0):
             if isinstance(event, SyncStarted | SyncFinished):
                 self._note_sync(position, event)
             elif isinstance(event, ScenarioCreated):

@@ -13,6 +13,7 @@ import os
 import random
 import shutil
 import subprocess
+import sys
 import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -161,7 +162,7 @@ import sys, lmdb
 from xoengine.record import topic_key
 env = lmdb.open(sys.argv[1], max_dbs=100)
 topics = env.open_db(b"xoengine.events.topics")
-tkey = topic_key("xoengine.events:FileDeleted")
+tkey = topic_key("xoengine.events:" + (sys.argv[3] if len(sys.argv) > 3 else "FileDeleted"))
 with env.begin(write=True) as txn:
     key, value = next((k, v) for k, v in txn.cursor(db=topics) if k.startswith(tkey))
     txn.delete(key, db=topics)
@@ -196,6 +197,27 @@ def test_a_topic_index_entry_lost_or_moved_is_damage_not_a_wrong_tree(
     assert not (tmp_path / "out" / "gone").exists()
     assert run_cli("diff", tmp_path / "copy", SCENARIO, "1").returncode == 4
     assert run_cli("journal", "verify", tmp_path / "copy").returncode == 4
+
+
+def test_a_lost_index_entry_of_a_scenario_event_is_damage_not_no_scenario(
+    tmp_path: Path,
+) -> None:
+    """Review 26 (O F9): the open reads the scenario events through the topic index
+    without counting it. With the entry of the ScenarioCreated lost, the journal read
+    as one with no scenario: `scenario list` printed [] (exit 0), and every verb said
+    "No scenario named 's'" (E3002, exit 2: the user's typo)."""
+    state = _state(tmp_path, {"keep.txt": b"k"})
+    assert run_cli("journal", "copy", state, tmp_path / "copy").returncode == 0
+    damaged = run_python(_LOSE_TOPIC_ENTRY, tmp_path / "copy", "lost", "ScenarioCreated")
+    assert damaged.returncode == 0, damaged.stderr
+    for verb in (
+        ["scenario", "list", tmp_path / "copy"],
+        ["rewind-points", tmp_path / "copy", SCENARIO],
+    ):
+        result = run_cli(*verb)
+        assert result.returncode == 4, (verb, result.stdout, result.stderr)
+        assert "E4010" in result.stderr and "topic index names" in result.stderr, result.stderr
+    assert run_cli("scenario", "list", state).returncode == 0
 
 
 _LOSE_STREAM_ENTRY = """
@@ -672,3 +694,41 @@ def test_journal_log_json_gives_each_events_fields_whole(tmp_path: Path) -> None
     assert done.returncode == 0, done.stderr
     rows = [json.loads(line) for line in done.stdout.splitlines()]
     assert name in [row["state"]["path"] for row in rows]
+
+
+_ABORT_IN_THE_CHECK = """
+import os
+if os.environ.get("XOENGINE_VERIFY_HERE") == "1":  # as LMDB's assertions do on torn pages
+    import xoengine.journal
+    def aborted(*args, **kwargs):
+        os.abort()
+    xoengine.journal.verify = aborted
+"""
+
+
+@pytest.mark.parametrize("json_out", [False, True])
+def test_journal_verify_says_damaged_when_lmdb_stops_the_check(
+    tmp_path: Path, json_out: bool
+) -> None:
+    """Review 26 (O F7): on a torn copy's B-tree pages (cp of a journal being written)
+    LMDB stops the process with an assertion: `journal verify`, the tool whose job is
+    to say "damaged", died with exit 134, no code and no JSON. (The abort is made here
+    by a sitecustomize hook in the child: a torn page that makes LMDB assert cannot be
+    made to order.)"""
+    state = _state(tmp_path, {"a.txt": b"a"})
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(_ABORT_IN_THE_CHECK)
+    paths = [str(hook), *filter(None, [os.environ.get("PYTHONPATH")])]
+    result = subprocess.run(
+        [sys.executable, "-m", "xoengine", "journal", "verify", str(state)]
+        + (["--json"] if json_out else []),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(paths)},
+    )
+    assert result.returncode == 4, result.stderr
+    assert "E4005" in result.stderr and "SIGABRT" in result.stderr, result.stderr
+    assert run_cli("journal", "verify", state).returncode == 0
