@@ -683,7 +683,11 @@ class Store:
             if not has_journal(self.path):
                 raise JournalMissingError(path=self.path)
             self._lockless = not self._lockable()
-            return self._lmdb_open(readonly=True, lock=not self._lockless, create=False, **kwargs)
+            env = self._lmdb_open(readonly=True, lock=not self._lockless, create=False, **kwargs)
+            if not self._lockless:  # a reader may clear dead readers' slots too
+                with contextlib.suppress(lmdb.Error):
+                    env.reader_check()
+            return env
         self._refuse_nested()
         try:
             Path(self.path).mkdir(parents=True, exist_ok=True)
@@ -965,7 +969,7 @@ class Store:
             with self._resize.shared():
                 seq = self._dbi_seq
                 try:
-                    txn = self._env.begin(write=False, buffers=False)
+                    txn = self._begin_read()
                 except lmdb.MapResizedError:
                     txn = None
                 except lmdb.Error as e:
@@ -996,6 +1000,16 @@ class Store:
             # shared lock (set_mapsize invalidates every transaction of this env).
             self._adopt_map_size()
         raise StorageError(detail=f"map kept being resized under {self.path}")
+
+    def _begin_read(self) -> Any:
+        try:
+            return self._env.begin(write=False, buffers=False)
+        except lmdb.ReadersFullError:
+            # The table of readers may be full of readers that died (kill -9) while
+            # some process kept the journal open: clear their slots, try once more.
+            with contextlib.suppress(lmdb.Error):
+                self._env.reader_check()
+            return self._env.begin(write=False, buffers=False)
 
     def _adopt_map_size(self) -> None:
         if self._resize.held_here():

@@ -306,3 +306,35 @@ def test_a_hard_link_of_a_live_journal_is_neither_written_nor_read_unseen(tmp_pa
         check=False,
     )
     assert result.stdout.split("\n")[0] == "MAX 6", result
+
+
+def test_a_reader_that_opens_clears_the_slots_of_readers_killed_inside_a_read(
+    tmp_path: Path,
+) -> None:
+    # Review 26 (O F8): only a writable open cleared the slots of readers that died.
+    # While any process keeps the journal open (a daemon, a monitoring job) LMDB keeps
+    # its table of readers, so killed readers added up until, at 1,024, every read
+    # failed (MDB_READERS_FULL).
+    path = tmp_path / "journal"
+    store = open_store(path, durability="nosync")
+    store.ensure("t")
+    store.write(lambda txn: txn.put("t", b"k", b"v"))
+    store.close()
+    held = open_store(path, readonly=True)  # keeps the table of readers alive
+    try:
+        lines, errors = run_killed(
+            [PYTHON, "-c", _PINNING_READER, str(path)], lambda line: line == "READING"
+        )
+        assert lines == ["READING"], errors
+        assert "no active readers" not in held._env.readers()  # the dead one's slot
+        opener = subprocess.run(
+            [PYTHON, "-c", _THROUGH_A_LINK, str(path), "read"],
+            capture_output=True,
+            text=True,
+            timeout=HANG_GUARD_S,
+            check=False,
+        )
+        assert opener.stdout.startswith("MAX "), opener
+        assert "no active readers" in held._env.readers()
+    finally:
+        held.close()
