@@ -1411,15 +1411,40 @@ class Scenario:
 
         A resume's resync killed midway left the content print of the tree it
         started from: the next writable open undoes what it did and compares
-        (:meth:`_complete_rewinds`).
+        (:meth:`_settle_resync`), or this does, where that open could not. Until
+        then the replica is taken as used.
         """
         if replica not in self._def.rewound:
             return False
+        if not self._settle_resync(replica):
+            return True  # cannot be told yet (a volume not mounted): not rewound on a guess
         with self._engine.store.read() as txn:
             left = self._appliers[replica].undo.rewound_print(txn)
-        if left is None or left.startswith(RESYNCING):
+        return left is not None and left != self._print(replica)
+
+    def _settle_resync(self, replica: str) -> bool:
+        """Undo a resume's resync killed midway and compare the tree with the print it left.
+
+        The tree it started from is kept as the print to compare with, or (changed
+        by hand since) the replica is taken as used. The open does it; where the
+        replica could not be read then (a volume not mounted yet), the first
+        question asked of it does (review 26 N B4). False: still not possible.
+        """
+        applier = self._appliers[replica]
+        with self._engine.store.read() as txn:
+            left = applier.undo.rewound_print(txn)
+        if left is None or not left.startswith(RESYNCING):
+            return True
+        if self._engine.readonly:  # only a writer may undo it
             return False
-        return left != self._print(replica)
+        try:  # back to the tree it started from, then compared with it
+            applier.sweep_once()
+            self._recover(replica)
+            same = self._content_print(replica) == left[len(RESYNCING) :]
+        except (XoError, OSError):
+            return False
+        self._keep_print(replica, self._print_or_used(replica) if same else b"")
+        return True
 
     def _keep_print(self, replica: str, value: bytes | None) -> None:
         """Note the print a rewound replica is compared with (``b""``: used; None: none)."""
@@ -1498,21 +1523,9 @@ class Scenario:
             )
 
     def _complete_rewinds(self) -> None:
-        for replica, applier in self._appliers.items():
-            if replica not in self._def.rewound:
-                continue
-            with self._engine.store.read() as txn:  # a resume's resync killed midway
-                left = applier.undo.rewound_print(txn)
-            if left is None or not left.startswith(RESYNCING):
-                continue
-            try:  # back to the tree it started from, then compared with it
-                applier.sweep_once()
-                self._recover(replica)
-                same = self._content_print(replica) == left[len(RESYNCING) :]
-            except (XoError, OSError):
-                continue  # (a volume not mounted yet): the next open decides
-            # Changed by hand since: taken as used.
-            self._keep_print(replica, self._print_or_used(replica) if same else b"")
+        for replica in self._appliers:
+            if replica in self._def.rewound:  # a resume's resync killed midway
+                self._settle_resync(replica)
         for replica, (current, target) in list(self._def.pending_rewinds.items()):
             try:
                 self._finish_rewind(replica, current, target)

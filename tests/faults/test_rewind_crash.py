@@ -727,15 +727,18 @@ with Engine.open(sys.argv[1], durability="nosync") as eng:
 """
 
 
+@pytest.mark.parametrize("absent", [False, True])
 @pytest.mark.parametrize("edit", ["none", "add", "modify", "delete"])
 def test_a_replica_changed_by_hand_after_its_resync_was_killed_is_not_rewound(
-    tmp_path: Path, edit: str
+    tmp_path: Path, edit: str, absent: bool
 ) -> None:
     """Review 25 (L1): a resume killed in its resynchronization left no print of the rewound
     replica: a file then added, changed or deleted by hand stayed through the next rewind,
     which said it held the point's tree. The next open undoes what the resync did and
     compares the tree with the one the resync started from: changed, the replica is taken
-    as used (E3011); as it was, it is rewound exactly."""
+    as used (E3011); as it was, it is rewound exactly. ``absent``: review 26 (N B4), the
+    replica's volume was not there at that open and came back (edited) after it: the
+    first question asked of the replica does what the open could not."""
     master, r1, state = tmp_path / "master", tmp_path / "r1", tmp_path / "state"
     master.mkdir()
     (master / "a.txt").write_bytes(b"a0")
@@ -758,14 +761,24 @@ def test_a_replica_changed_by_hand_after_its_resync_was_killed_is_not_rewound(
         [PYTHON, "-c", _RESUME_KILLED, str(state)], capture_output=True, text=True, check=False
     )
     assert done.returncode == -9, done.stderr
-    if edit == "add":
-        (r1 / "notes.txt").write_bytes(b"made by hand")
-    elif edit == "modify":
-        (r1 / "b.txt").write_bytes(b"HAND")
-    elif edit == "delete":
-        (r1 / "b.txt").unlink()
+
+    def hand_edit() -> None:
+        if edit == "add":
+            (r1 / "notes.txt").write_bytes(b"made by hand")
+        elif edit == "modify":
+            (r1 / "b.txt").write_bytes(b"HAND")
+        elif edit == "delete":
+            (r1 / "b.txt").unlink()
+
+    if absent:
+        r1.rename(tmp_path / "r1-unmounted")
+    else:
+        hand_edit()
     with Engine.open(state, durability="nosync") as eng:
         sc = eng.scenario("cx")
+        if absent:
+            (tmp_path / "r1-unmounted").rename(r1)
+            hand_edit()
         if edit == "none":
             assert sc.rewindable("r1")
             assert sc.rewind("r1", p1) == p1.position
