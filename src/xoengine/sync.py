@@ -419,17 +419,26 @@ class Synchronizer:
 
         Each is given the master's mode first (its before-image kept), then what it
         holds is compared like the rest, never taken as empty (a file the master
-        deleted would stay, the run said done). One still unreadable stops the run
-        (E3010): the replica cannot be made the master's copy.
+        deleted would stay, the run said done). One the master no longer has as a
+        directory is given its owner's rwx, so that it is deleted with what it
+        holds, their before-images kept (review 26 N B5: the run stopped on it).
+        One still unreadable stops the run (E3010): the replica cannot be made the
+        master's copy.
         """
         first = self._replica_unlisted  # (each listing below sets it anew)
         for below in first:
-            if below not in master or master[below].kind != "dir" or self._unknown(below):
-                continue  # deleted with what it holds, or its master contents unknown
+            if self._unknown(below):
+                continue  # its master contents unknown
             st = self.tree.lstat(below)
+            if below in master and master[below].kind == "dir":
+                mode = master[below].mode
+            elif st is not None:
+                mode = stat.S_IMODE(st.st_mode) | stat.S_IRWXU
+            else:
+                continue  # gone meanwhile
             if st is not None:
                 self._record([("meta", below, self.tree.meta(below, st), {})])
-            self.tree.set_meta(below, master[below].mode, None)
+            self.tree.set_meta(below, mode, None)
             try:
                 again = self._walk_replica(None, below)
             except XoError as e:

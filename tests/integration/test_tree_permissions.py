@@ -292,6 +292,45 @@ def test_resume_lists_a_replica_directory_made_unreadable_by_hand_once_its_mode_
 
 
 @as_user
+def test_resume_deletes_a_replica_directory_made_unreadable_whose_master_is_gone(
+    user_dir: Path,
+) -> None:
+    # Review 26 (N B5): only a directory the master still had was given a mode it could
+    # be listed with; one the master deleted stopped the resume (E3010, Permission
+    # denied), and the replica stayed out of replication.
+    result = run_as_user(
+        user_dir,
+        """
+        import json, os, shutil
+        from pathlib import Path
+        from xoengine.engine import Engine
+
+        Path("m/b").mkdir(parents=True)
+        Path("m/b/keep").write_text("keep")
+        with Engine.open("state", durability="nosync") as eng:
+            sc = eng.create_scenario("s", master="m", replicas={"r1": "r1"})
+            sc.start()
+            p1 = sc.set_rewind_point("p1")
+            shutil.rmtree("m/b")
+            sc.capture()
+            sc.wait_replicated()
+            sc.rewind("r1", p1)
+            os.chmod("r1/b", 0)
+            sc.resume("r1")
+            sc.wait_replicated()
+            out = {
+                "r1": sorted(os.listdir("r1")),
+                "verify": sc.difference_report("r1", verify=True)["differences"],
+            }
+            sc.stop()
+        print(json.dumps(out))
+        """,
+    )
+    assert result["r1"] == []
+    assert result["verify"] == {}
+
+
+@as_user
 def test_a_user_replicates_rewinds_and_replays_read_only_directories(user_dir: Path) -> None:
     # Directories of mode 0555 holding files, one holding another, and a read-only
     # file: synchronized, applied (names added, removed, a directory moved from one
