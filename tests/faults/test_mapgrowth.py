@@ -270,6 +270,17 @@ except XoError as e:
 """
 
 
+def _open_through(path: Path, mode: str) -> subprocess.CompletedProcess[str]:
+    """Open the journal at ``path`` in a child, to ``mode`` ("write" or "read")."""
+    return subprocess.run(
+        [PYTHON, "-c", _THROUGH_A_LINK, str(path), mode],
+        capture_output=True,
+        text=True,
+        timeout=HANG_GUARD_S,
+        check=False,
+    )
+
+
 def test_a_hard_link_of_a_live_journal_is_neither_written_nor_read_unseen(tmp_path: Path) -> None:
     # Review 26 (O F2, F3): a hard link of a live journal's data.mdb in another
     # directory has a writer.lock and an LMDB lock table of its own. A writer
@@ -286,25 +297,13 @@ def test_a_hard_link_of_a_live_journal_is_neither_written_nor_read_unseen(tmp_pa
         recorder.insert_events([make_event(uuid.uuid4(), v, "bulky") for v in range(1, 6)])
         os.link(path / "data.mdb", link / "data.mdb")
         for mode, code in (("write", "E4002"), ("read", "E4007")):
-            result = subprocess.run(
-                [PYTHON, "-c", _THROUGH_A_LINK, str(link), mode],
-                capture_output=True,
-                text=True,
-                timeout=HANG_GUARD_S,
-                check=False,
-            )
+            result = _open_through(link, mode)
             assert result.stdout.split("\n")[0] == f"REFUSED {code}", (mode, result)
         recorder.insert_events([make_event(uuid.uuid4(), 1, "bulky")])  # the writer goes on
     finally:
         store.close()
     # With no writer left, the link reads as a copy does.
-    result = subprocess.run(
-        [PYTHON, "-c", _THROUGH_A_LINK, str(link), "read"],
-        capture_output=True,
-        text=True,
-        timeout=HANG_GUARD_S,
-        check=False,
-    )
+    result = _open_through(link, "read")
     assert result.stdout.split("\n")[0] == "MAX 6", result
 
 
@@ -327,13 +326,7 @@ def test_a_reader_that_opens_clears_the_slots_of_readers_killed_inside_a_read(
         )
         assert lines == ["READING"], errors
         assert "no active readers" not in held._env.readers()  # the dead one's slot
-        opener = subprocess.run(
-            [PYTHON, "-c", _THROUGH_A_LINK, str(path), "read"],
-            capture_output=True,
-            text=True,
-            timeout=HANG_GUARD_S,
-            check=False,
-        )
+        opener = _open_through(path, "read")
         assert opener.stdout.startswith("MAX "), opener
         assert "no active readers" in held._env.readers()
     finally:
