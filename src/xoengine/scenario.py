@@ -1699,10 +1699,21 @@ class Scenario:
 
         The one it holds; a rewind left unfinished (killed midway) leaves it between
         its target and where it started, holding neither: every path changed since
-        the target may differ from the master.
+        the target may differ from the master. Since the lowest state the rewind
+        passes through, in fact: a target inside a gap an earlier rewind and its
+        resync left is reached by undoing down to the gap's start, then applying
+        forward (so a path deleted between the two is back on the replica meanwhile).
         """
         unfinished = self._def.pending_rewinds.get(replica)
-        return held if unfinished is None else min(held, unfinished[1])
+        if unfinished is None:
+            return held
+        lowest = target = unfinished[1]
+        with self._engine.store.read() as txn:
+            gaps = self._appliers[replica].undo.gaps(txn)
+        for low, high in gaps:
+            if low < target and (high is None or target < high):
+                lowest = low
+        return min(held, lowest)
 
     def _own(self, after: int) -> int:
         """``after``, or the scenario's creation if it is earlier.

@@ -790,3 +790,59 @@ def test_a_replica_changed_by_hand_after_its_resync_was_killed_is_not_rewound(
         sc.resume("r1")
         sc.wait_replicated()
         assert snapshot(r1) == snapshot(master)
+
+
+def test_a_rewind_into_an_earlier_rewinds_gap_killed_midway_reports_what_it_passed_through(
+    tmp_path: Path,
+) -> None:
+    """Found by the randomized kill test (seed 1017031482): a target inside the gap an
+    earlier rewind and its resync left is reached by undoing down to the gap's start,
+    then applying forward. Killed in between, the replica held a file deleted before
+    the target (y.txt), and the difference report, counting pending paths from the
+    target only, did not list it."""
+    master, state, r1 = tmp_path / "master", tmp_path / "state", tmp_path / "r1"
+    master.mkdir()
+    (master / "a.txt").write_bytes(b"a0")
+    (master / "y.txt").write_bytes(b"y0")
+    with Engine.open(state, durability="nosync") as eng:
+        sc = eng.create_scenario("cx", master=str(master), replicas={"r1": str(r1)})
+        sc.start()
+        p1 = sc.set_rewind_point("p1")
+        (master / "y.txt").unlink()
+        (master / "x.txt").write_bytes(b"x0")
+        sc.capture()
+        sc.set_rewind_point("p2")
+        (master / "a.txt").write_bytes(b"a1")
+        sc.capture()
+        sc.wait_replicated()
+        sc.rewind("r1", p1)
+        sc.resume("r1")  # the gap: (p1, the resync)
+        (master / "a.txt").write_bytes(b"a2")
+        sc.capture()
+        sc.wait_replicated()
+        sc.stop()
+    pristine = tmp_path / "pristine"
+    shutil.copytree(state, pristine / "state", symlinks=True)
+    shutil.copytree(r1, pristine / "r1", symlinks=True)
+    seen = []
+    for k in range(1, 12):
+        for name in ("state", "r1"):
+            shutil.rmtree(tmp_path / name)
+            shutil.copytree(pristine / name, tmp_path / name, symlinks=True)
+        Engine.open(state, durability="nosync", adopt=True).close()  # restored with its replica
+        proc = subprocess.run(
+            [PYTHON, WORKER, str(state), "cx", "r1", "p2"],
+            env={**os.environ, "DIE_AFTER_UNDO": str(k)},
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert "Traceback" not in proc.stderr, proc.stderr
+        if "DYING" not in proc.stdout:
+            break
+        if (r1 / "y.txt").exists():  # past the resync's undo, before the apply forward
+            with Engine.open(state, readonly=True) as eng:
+                report = eng.scenario("cx").difference_report("r1")
+            assert "y.txt" in report["pending"], (k, report)
+            seen.append(k)
+    assert seen, "no kill left the replica holding y.txt"
