@@ -156,6 +156,12 @@ _VERIFY_HERE: Final = "XOENGINE_VERIFY_HERE"
 _DAMAGE_SIGNALS: Final = (signal.SIGABRT, signal.SIGSEGV, signal.SIGBUS)
 
 
+def _this_import_path() -> str:
+    """PYTHONPATH for a child that must import this xoengine (not another one installed)."""
+    here = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    return os.pathsep.join(filter(None, [here, os.environ.get("PYTHONPATH")]))
+
+
 def cmd_verify(args: argparse.Namespace) -> int:
     """``journal verify``: scan everything; non-zero exit on damage.
 
@@ -167,7 +173,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
         argv = [sys.executable, "-m", "xoengine", "journal", "verify", args.path]
         child = subprocess.run(  # noqa: S603 (this program, the path it was given)
             [*argv, "--json"] if args.json else argv,
-            env={**os.environ, _VERIFY_HERE: "1"},
+            env={**os.environ, _VERIFY_HERE: "1", "PYTHONPATH": _this_import_path()},
             capture_output=True,  # handed on: a caller in this process may redirect its own
             text=True,
             errors="surrogateescape",
