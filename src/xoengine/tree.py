@@ -952,13 +952,21 @@ class ReplicaTree:
         """Write a whole new content through temp + fsync + rename.
 
         If ``chunks`` raises (a verification failed) the temporary file is removed
-        and the old content stays. ``owner`` None: this process's.
+        and the old content stays. ``owner`` None: this process's. Zeros that
+        lead or end a chunk are left as holes, as in any new file (a thin image's
+        whole before-image comes back thin).
         """
-        with self._temporary(path, mode, owner) as handle:
-            offset = 0
+        size = 0
+
+        def pieces() -> Iterator[tuple[int, bytes | memoryview]]:
+            nonlocal size
             for chunk in chunks:
-                _pwrite_all(handle, chunk, offset)
-                offset += len(chunk)
+                yield size, chunk
+                size += len(chunk)
+
+        with self._temporary(path, mode, owner) as handle:
+            if _write_pieces(handle, pieces(), 0) != size:
+                os.ftruncate(handle, size)  # it ends in zeros left unwritten
 
     def rebuild(
         self,

@@ -1149,3 +1149,31 @@ def test_automatic_points_follow_the_scenarios_own_changes(tmp_path: Path) -> No
         a.stop()
     finally:
         eng.close()
+
+
+def test_a_thin_file_rewound_across_a_resync_comes_back_thin(tmp_path: Path) -> None:
+    # Review 26 (P8): a resync keeps a file it rewrites as a whole before-image, its
+    # holes read as zeros; a rewind across it wrote them back (2 MiB allocated where
+    # the file held 5,000 bytes of data).
+    master, r1 = tmp_path / "m", tmp_path / "r1"
+    master.mkdir()
+    with (master / "s.img").open("wb") as f:
+        f.truncate(2 << 20)
+        f.write(os.urandom(5000))
+    with Engine.open(tmp_path / "state", durability="nosync") as eng:
+        sc = eng.create_scenario("s", master=str(master), replicas={"r1": str(r1)})
+        sc.start()
+        point = sc.set_rewind_point("p")
+        want = (master / "s.img").read_bytes()
+        with (master / "s.img").open("r+b") as f:
+            f.seek(3 << 20)
+            f.write(b"x" * 100)
+        sc.capture()
+        sc.wait_replicated()
+        sc.rewind("r1", point)
+        sc.resume("r1")
+        sc.wait_replicated()
+        sc.rewind("r1", point)
+        assert (r1 / "s.img").read_bytes() == want
+        assert (r1 / "s.img").stat().st_blocks * 512 < 1 << 20
+        sc.stop()
