@@ -647,7 +647,7 @@ class Capture:
             # (``mv a x/z; mv b a; mv x b``): into it where it is still known, and with
             # it to ``path`` then.
             if not self._free(inside, known, now_at):
-                return False
+                return None  # once what is known there has moved on
             path = inside
         elif waiting is not None and self._made_anew_above(path, walked, known):
             waiting.add(path)
@@ -771,19 +771,20 @@ class Capture:
     ) -> bool:
         """Whether a move may go to ``path``: nothing known there, or what was is deleted first.
 
-        A move over a file (or an empty directory) that lives on nowhere is its
-        deletion (``mv a b`` over ``b``). False where what ``path`` held lives on
-        elsewhere (it moves first), or is a directory that holds entries.
+        A move over a file (or a directory) that lives on nowhere, nor anything
+        below it, is its deletion (``mv a b`` over ``b``; ``rm -r x/z; mv a
+        x/z``). False where what ``path`` held, or held below it, lives on
+        elsewhere (it moves first).
         """
         over = known.get(path)
         if over is None:
             return True
-        at = now_at().get((over.dev, over.ino))
-        if (at is not None and not self._reborn(at, over)) or any(
-            p.startswith(path + "/") for p in known
-        ):
-            return False
-        self._delete(path, known.pop(path))  # moved over
+        held = [(path, over), *((p, s) for p, s in known.items() if p.startswith(path + "/"))]
+        for _, state in held:
+            at = now_at().get((state.dev, state.ino))
+            if at is not None and not self._reborn(at, state):
+                return False
+        self._delete_tree(path, known)  # moved over
         return True
 
     @staticmethod

@@ -637,3 +637,38 @@ def test_capture_journals_a_move_into_a_directory_that_moves_over_a_file_as_rena
         _replicated_and_rewound(sc, tmp_path, before, tree)
     finally:
         eng.close()
+
+
+def test_capture_journals_a_move_into_a_moving_directory_over_a_removed_one_as_renames(
+    tmp_path: Path,
+) -> None:
+    """``rm -r x/z; mv a x/z; mv b a; mv x b`` between two captures (review 26 N B3).
+
+    Was review 25 M1 again: the move of ``a`` into ``x/z`` waited for a name that a
+    directory holding entries kept, so b's bytes were journaled as written into a's
+    identity, and ``b/z`` as created. What lives on nowhere (``x/z`` and what it
+    held) is deleted first; then the three renames.
+    """
+    eng, sc, master = new_scenario(tmp_path)
+    try:
+        write(master / "a", b"A-evidence" * 20)
+        write(master / "b", b"B-bytes" * 10)
+        write(master / "x" / "f", b"inside")
+        write(master / "x" / "z" / "in", b"Z" * 30)
+        sc.start()
+        before = sc.set_rewind_point("before")
+        tree = snapshot_contents(master)
+        shutil.rmtree(master / "x" / "z")
+        os.rename(master / "a", master / "x" / "z")
+        os.rename(master / "b", master / "a")
+        os.rename(master / "x", master / "b")
+        after = sc.set_rewind_point("after")
+        at_after = snapshot_contents(master)
+        diff = eng.diff("fx", before.position, after.position)
+        assert diff.renamed["a"] == "b/z" and diff.renamed["b"] == "a" and diff.renamed["x"] == "b"
+        assert diff.removed == ["x/z", "x/z/in"] and diff.modified == {}, diff
+        eng.replay("fx", to=tmp_path / "out", point="after")
+        assert snapshot_contents(tmp_path / "out") == at_after
+        _replicated_and_rewound(sc, tmp_path, before, tree)
+    finally:
+        eng.close()
