@@ -201,8 +201,16 @@ def writer_of(path: str) -> str | None:
     """
     pid = _locked_by(os.path.join(path, _LOCK_FILE))
     if pid is None and _locked_by(os.path.join(path, "data.mdb")) is not None:
-        return "unknown: it writes another name (hard link) of this data.mdb"
+        return _ELSEWHERE
     return pid
+
+
+_ELSEWHERE: Final = "unknown: it writes another name (hard link) of this data.mdb"
+
+
+def _written_elsewhere(path: str) -> bool:
+    """Whether a writer holds the data file at ``path`` under another name (not this one)."""
+    return writer_of(path) == _ELSEWHERE
 
 
 def _locked_by(file: str) -> str | None:
@@ -609,11 +617,10 @@ class Store:
         if names > 1 and _locked_by(os.path.join(self.path, _LOCK_FILE)) is None:
             # A hard link of the data file: a writer through another name keeps its
             # own table of readers, where this one does not register.
-            other = writer_of(self.path)
-            if other is not None:
+            if _written_elsewhere(self.path):
                 raise JournalLiveUnlockedError(
                     path=self.path,
-                    writer=f"pid {other}",
+                    writer=f"pid {_ELSEWHERE}",
                     detail=f"its data.mdb has {names} names (hard links), and a writer "
                     "of another name does not see the readers of this one",
                 )
@@ -694,10 +701,8 @@ class Store:
         except OSError as e:
             raise StorageError(detail=f"cannot create {self.path}: {e.strerror}") from e
         existing = (Path(self.path) / "data.mdb").exists()
-        if existing and _locked_by(os.path.join(self.path, _LOCK_FILE)) is None:
-            other = writer_of(self.path)  # not this directory's: another name's
-            if other is not None:
-                raise JournalLockedError(path=self.path, pid=other)
+        if existing and _written_elsewhere(self.path):
+            raise JournalLockedError(path=self.path, pid=_ELSEWHERE)
         if existing:
             # Keep the size the file already has when it is larger than asked.
             map_size = max(map_size, (Path(self.path) / "data.mdb").stat().st_size)
@@ -1372,9 +1377,7 @@ class Store:
         if not _exclusive(data_fd):
             os.close(data_fd)
             os.close(fd)
-            raise JournalLockedError(
-                path=self.path, pid="unknown: it writes another name (hard link) of its data.mdb"
-            )
+            raise JournalLockedError(path=self.path, pid=_ELSEWHERE)
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self._lock_fd, self._data_lock_fd = fd, data_fd

@@ -692,18 +692,7 @@ def test_a_rewind_killed_after_any_record_of_kind_swaps_completes_at_open(
     k = 0
     while True:
         k += 1
-        for name in ("state", "r1"):
-            shutil.rmtree(tmp_path / name)
-            shutil.copytree(pristine / name, tmp_path / name, symlinks=True)
-        Engine.open(state, durability="nosync", adopt=True).close()  # restored with its replica
-        proc = subprocess.run(
-            [PYTHON, WORKER, str(state), "cx", "r1", "P"],
-            env={**os.environ, "DIE_AFTER_UNDO": str(k)},
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        assert "Traceback" not in proc.stderr, proc.stderr
+        proc = _rewind_dying_after(tmp_path, pristine, "P", k)
         if "DYING" not in proc.stdout:
             assert "DONE" in proc.stdout, proc.stdout
             break  # every record had its kill
@@ -713,6 +702,27 @@ def test_a_rewind_killed_after_any_record_of_kind_swaps_completes_at_open(
             assert not sc.statistics().replicas["r1"].standing_alerts, k
         assert snapshot(r1) == expected, k
     assert k > 20  # the history has that many records to kill after
+
+
+def _rewind_dying_after(
+    tmp_path: Path, pristine: Path, point: str, k: int
+) -> subprocess.CompletedProcess[str]:
+    """Restore ``state`` and ``r1`` from ``pristine``; rewind r1 to ``point`` in a worker
+    that kills itself after its ``k``-th undone before-image (DYING), or ends (DONE)."""
+    for name in ("state", "r1"):
+        shutil.rmtree(tmp_path / name)
+        shutil.copytree(pristine / name, tmp_path / name, symlinks=True)
+    state = tmp_path / "state"
+    Engine.open(state, durability="nosync", adopt=True).close()  # restored with its replica
+    proc = subprocess.run(
+        [PYTHON, WORKER, str(state), "cx", "r1", point],
+        env={**os.environ, "DIE_AFTER_UNDO": str(k)},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert "Traceback" not in proc.stderr, proc.stderr
+    return proc
 
 
 _RESUME_KILLED = """
@@ -826,18 +836,7 @@ def test_a_rewind_into_an_earlier_rewinds_gap_killed_midway_reports_what_it_pass
     shutil.copytree(r1, pristine / "r1", symlinks=True)
     seen = []
     for k in range(1, 12):
-        for name in ("state", "r1"):
-            shutil.rmtree(tmp_path / name)
-            shutil.copytree(pristine / name, tmp_path / name, symlinks=True)
-        Engine.open(state, durability="nosync", adopt=True).close()  # restored with its replica
-        proc = subprocess.run(
-            [PYTHON, WORKER, str(state), "cx", "r1", "p2"],
-            env={**os.environ, "DIE_AFTER_UNDO": str(k)},
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        assert "Traceback" not in proc.stderr, proc.stderr
+        proc = _rewind_dying_after(tmp_path, pristine, "p2", k)
         if "DYING" not in proc.stdout:
             break
         if (r1 / "y.txt").exists():  # past the resync's undo, before the apply forward

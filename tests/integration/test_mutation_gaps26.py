@@ -378,46 +378,6 @@ def test_a_replica_chmodded_while_rewound_is_rewound_no_further_back_than_its_re
         eng.close()
 
 
-def test_a_replica_absent_at_the_open_after_its_resync_was_killed_is_rewound_exactly_once_back(
-    tmp_path: Path,
-) -> None:
-    """The open that follows a resync killed midway cannot check a replica whose volume is
-    absent; back (unchanged) in the same session, it is still rewindable, and exactly."""
-    # S07: `_used_while_rewound` compares a RESYNCING content print with the lstat print.
-    master, r1, state = tmp_path / "master", tmp_path / "r1", tmp_path / "state"
-    master.mkdir()
-    (master / "a.txt").write_bytes(b"a0")
-    (master / "b.txt").write_bytes(b"b0")
-    with Engine.open(state, durability="nosync") as eng:
-        sc = eng.create_scenario("cx", master=str(master), replicas={"r1": str(r1)})
-        sc.start()
-        p1 = sc.set_rewind_point("p1")
-        want = snapshot_contents(r1)
-        (master / "a.txt").write_bytes(b"a1")
-        sc.capture()
-        p2 = sc.set_rewind_point("p2")
-        (master / "a.txt").write_bytes(b"a2")
-        (master / "new.bin").write_bytes(b"n" * 5000)
-        sc.capture()
-        sc.wait_replicated()
-        sc.rewind("r1", p2)
-        sc.stop()
-    done = subprocess.run(
-        [sys.executable, "-c", _RESUME_KILLED, str(state)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert done.returncode == -9, done.stderr
-    os.rename(r1, tmp_path / "unmounted")  # the volume is not there at the next open
-    with Engine.open(state, durability="nosync") as eng:
-        sc = eng.scenario("cx")
-        os.rename(tmp_path / "unmounted", r1)
-        assert sc.rewindable("r1")
-        assert sc.rewind("r1", p1) == p1.position
-        assert snapshot_contents(r1) == want
-
-
 # -- synchronization: replica directories it could not list ------------------------------------------
 
 
