@@ -253,6 +253,9 @@ class Capture:
         self._unlisted: list[str] = []  # directories the pass could not list (W2002)
         # Whether a directory exchanged inodes with another this pass (set by _find_renames).
         self._exchanged: Callable[[str, Entry, FileState], bool] = _exchanged_none
+        self._replacing: set[str] = set()  # replaced paths whose moves out go first
+        self._done_early: set[str] = set()  # paths diffed before their turn this pass
+        self._held_back: set[str] = set()  # blocked paths this pass: never before their turn
         self._walk_ns = 0  # when the last walk began
         self._committer: _Committer | None = None  # set during scan(): commits off-thread
         self._progress: ScanProgress | None = None
@@ -504,15 +507,20 @@ class Capture:
         # goes to such a waiting path (``blocked``) comes after it: step 2 takes
         # that path (and what is below it) last.
         waiting, blocked = self._find_renames(walked, known)
+        self._held_back = set(blocked)
         # 2. Creations and changes, parents before children (walk order).
         # ``walked`` is in walk order (each directory right before its contents), all
         # this loop needs: no sort on the no-change path.
         last: dict[str, None] = {}  # (in walk order: a parent before its contents)
         for path in list(walked):
+            if path in self._done_early:
+                continue  # taken before its turn (_moves_out_first)
             if blocked and (path in blocked or path.rpartition("/")[0] in last):
                 last[path] = None
             else:
                 self._diff_path(path, walked, known, waiting)
+        self._done_early.clear()
+        self._held_back.clear()
         for path in last:  # their own identities have moved on: each moves in
             self._diff_path(path, walked, known, {**waiting, **blocked})
         # 3. Deletions, children before parents. Not below a directory the walk could
@@ -535,10 +543,13 @@ class Capture:
         """Step 2 of :meth:`_diff` for one path: create it, or journal what changed."""
         entry = walked[path]
         state = known.get(path)
+        replaced = state is not None and (
+            state.kind != entry.kind or self._made_anew(path, entry, state)
+        )
+        if replaced and waiting:
+            self._moves_out_first(path, walked, known, waiting)
         with self._one_path():
-            if state is not None and (
-                state.kind != entry.kind or self._made_anew(path, entry, state)
-            ):
+            if replaced:
                 self._delete_tree(path, known)
                 state = None
             if state is None and path in waiting and waiting[path]():
@@ -551,6 +562,44 @@ class Capture:
                 self._update(path, entry, state)
         if self._progress is not None:
             self._progress.read(path)
+
+    def _moves_out_first(
+        self,
+        path: str,
+        walked: dict[str, Entry],
+        known: dict[str, FileState],
+        waiting: dict[str, Callable[[], bool]],
+    ) -> None:
+        """Journal the waiting moves out of ``path`` (replaced) before it goes.
+
+        ``rm -r b; mkdir b; mv a/f b/g; rmdir a; mkdir a``: ``b/g`` waits for
+        ``b`` made anew, and ``a``, made anew too, comes first in walk order:
+        deleted with what it holds, it would take ``f``'s identity with it (``b/g``
+        journaled as created). So ``b`` and then ``b/g`` are taken before their
+        turn, ``a/f`` moves to ``b/g``, and only then ``a`` goes. Not where the
+        move waits for ``path`` itself, or for a directory taken so already.
+        """
+        held = {
+            (s.dev, s.ino)
+            for p, s in known.items()
+            if s.ino and (p == path or p.startswith(path + "/"))
+        }
+        self._replacing.add(path)
+        try:
+            for moving in sorted(waiting, key=lambda p: (p.count("/"), os.fsencode(p))):
+                entry = walked[moving]
+                if (entry.dev, entry.inode) not in held or moving in known:
+                    continue
+                parts = moving.split("/")
+                line = ["/".join(parts[:depth]) for depth in range(1, len(parts) + 1)]
+                if any(p in self._replacing or p in self._held_back for p in line):
+                    continue  # into what is being replaced, or what comes last: its turn
+                for step in line:
+                    if step in walked and step not in self._done_early:
+                        self._done_early.add(step)
+                        self._diff_path(step, walked, known, waiting)
+        finally:
+            self._replacing.discard(path)
 
     def _find_renames(
         self, walked: dict[str, Entry], known: dict[str, FileState]

@@ -672,3 +672,36 @@ def test_capture_journals_a_move_into_a_moving_directory_over_a_removed_one_as_r
         _replicated_and_rewound(sc, tmp_path, before, tree)
     finally:
         eng.close()
+
+
+@pytest.mark.parametrize("source", ["a", "z"])
+def test_capture_journals_a_move_between_two_directories_made_anew_as_a_rename(
+    tmp_path: Path, source: str
+) -> None:
+    """``rm -r b; mkdir b; mv SRC/f b/g; rmdir SRC; mkdir SRC`` between two captures (26 N B2).
+
+    Was: with ``SRC`` walked before ``b`` (``a``), ``a`` made anew was deleted with
+    ``f`` before ``b/g``'s move (waiting for ``b``) ran: ``a/f`` deleted and ``b/g``
+    created, where ``z`` (walked after ``b``) gave the rename. Now the moves out of a
+    directory made anew go before it does, in either order of names.
+    """
+    eng, sc, master = new_scenario(tmp_path)
+    try:
+        write(master / source / "f", b"F-evidence" * 4)
+        write(master / "b" / "old", b"old")
+        sc.start()
+        before = sc.set_rewind_point("before")
+        tree = snapshot_contents(master)
+        shutil.rmtree(master / "b")
+        (master / "b").mkdir()
+        os.rename(master / source / "f", master / "b" / "g")
+        os.rmdir(master / source)
+        (master / source).mkdir()
+        after = sc.set_rewind_point("after")
+        diff = eng.diff("fx", before.position, after.position)
+        assert diff.renamed == {f"{source}/f": "b/g"}, diff
+        assert diff.removed == sorted([source, "b", "b/old"]), diff
+        assert diff.added == sorted([source, "b"]) and diff.modified == {}, diff
+        _replicated_and_rewound(sc, tmp_path, before, tree)
+    finally:
+        eng.close()
