@@ -644,17 +644,20 @@ class Capture:
         ordered = sorted(candidates, key=lambda p: (p.count("/"), p in known))
         # Each one moved in turn; kept: those whose own identity had to move on first.
         waiting: set[str] = set()
-        deferred = [
-            p for p in ordered if self._move_into(p, walked, known, gone, now_at, waiting) is None
-        ]
+        deferred = ordered
+        while True:  # again while a round moves one: each may free a name another waits for
+            left = [
+                p
+                for p in deferred
+                if self._move_into(p, walked, known, gone, now_at, waiting) is None
+            ]
+            if len(left) == len(deferred):
+                break
+            deferred = left
         # Their identity went on (now new paths), or they exchanged; or it goes to a
         # path that waits: after it (blocked). So does a path that holds another file
         # now (one made anew on a freed inode number), whose identity moves to one.
-        blocked = [
-            p
-            for p in deferred
-            if self._move_into(p, walked, known, gone, now_at, waiting) is None and waiting
-        ]
+        blocked = deferred if waiting else []
         for path in waiting:
             origin = gone.get((walked[path].dev, walked[path].inode))
             if origin is not None and origin in walked and origin not in waiting:

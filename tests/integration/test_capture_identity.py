@@ -705,3 +705,36 @@ def test_capture_journals_a_move_between_two_directories_made_anew_as_a_rename(
         _replicated_and_rewound(sc, tmp_path, before, tree)
     finally:
         eng.close()
+
+
+def test_capture_journals_a_move_into_a_moving_directory_over_a_file_moved_deeper_as_renames(
+    tmp_path: Path,
+) -> None:
+    """``mv x/z d/e/q; mv a x/z; mv b a; mv x b`` between two captures (review 26 N B3's variant).
+
+    Was: the moves were tried in two rounds; ``x/z``'s move (deeper) freed its name in
+    the second only, ``a``'s move into it came then, and ``b -> a`` and ``x -> b``
+    were never tried again: a, b, x and what x held were journaled as deleted and
+    made anew. Now the rounds go on while one moves something.
+    """
+    eng, sc, master = new_scenario(tmp_path)
+    try:
+        write(master / "a", b"A-evidence" * 5)
+        write(master / "b", b"B-bytes" * 3)
+        write(master / "x" / "f", b"f")
+        write(master / "x" / "z", b"Z" * 30)
+        (master / "d" / "e").mkdir(parents=True)
+        sc.start()
+        before = sc.set_rewind_point("before")
+        tree = snapshot_contents(master)
+        os.rename(master / "x" / "z", master / "d" / "e" / "q")
+        os.rename(master / "a", master / "x" / "z")
+        os.rename(master / "b", master / "a")
+        os.rename(master / "x", master / "b")
+        after = sc.set_rewind_point("after")
+        diff = eng.diff("fx", before.position, after.position)
+        assert diff.renamed == {"a": "b/z", "b": "a", "x": "b", "x/f": "b/f", "x/z": "d/e/q"}
+        assert diff.added == diff.removed == [] and diff.modified == {}, diff
+        _replicated_and_rewound(sc, tmp_path, before, tree)
+    finally:
+        eng.close()
