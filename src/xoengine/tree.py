@@ -370,12 +370,39 @@ def _nonzero_span(view: memoryview, low: int, high: int) -> tuple[int, int]:
     return low, high
 
 
+def _nonzero_runs(view: memoryview, low: int, high: int, offset: int) -> Iterator[tuple[int, int]]:
+    """The parts of ``view[low:high]`` (at ``offset`` in its file) that are not runs of zeros.
+
+    Its leading and ending zeros go (:func:`_nonzero_span`), and so does each run
+    of zeros inside it that covers whole ``_HOLE_GRAINS[0]`` blocks of the file
+    (a hole between the data of a thin image's before-image). Data costs a look at
+    a byte or two per grain (6 ms a GiB): only a grain that starts and ends with zeros
+    is compared whole.
+    """
+    low, high = _nonzero_span(view, low, high)
+    grain = _HOLE_GRAINS[0]
+    at = low + (-(offset + low)) % grain  # the first whole grain of the file inside
+    start = low
+    while at + grain <= high:
+        if view[at] or view[at + grain - 1] or not _is_zeros(view[at : at + grain]):
+            at += grain  # (data: its first or last byte tells, mostly)
+            continue
+        if at > start:
+            yield start, at
+        at += grain
+        while at + grain <= high and _is_zeros(view[at : at + grain]):
+            at += grain
+        start = at
+    if high > start:
+        yield start, high
+
+
 def _write_pieces(handle: int, pieces: Iterable[tuple[int, Piece]], size: int) -> int:
     """Write ``(offset, bytes)`` pieces into a file of ``size`` bytes; return its size after.
 
     Zeros over no byte the file holds (past its first ``size`` bytes and the
     pieces before them) are left unwritten where they lead or end a part of a
-    piece (in runs of ``_HOLE_GRAINS``): they read as zeros once the caller
+    piece, or fill whole grains inside it (``_nonzero_runs``): they read as zeros once the caller
     sets the size, and holes stay holes, so a sparse file replicates and
     replays sparse. Everything over bytes the file holds is written as is.
     A piece given as an ``int`` is that many zeros (a hole's before-image):
@@ -415,7 +442,8 @@ def _write_pieces(handle: int, pieces: Iterable[tuple[int, Piece]], size: int) -
         cursor = 0
         for _, _, start, length in held.pieces:
             put(view, offset, cursor, start)
-            put(view, offset, *_nonzero_span(view, start, start + length))
+            for low, high in _nonzero_runs(view, start, start + length, offset):
+                put(view, offset, low, high)
             cursor = start + length
         put(view, offset, cursor, len(view))
     return end
