@@ -545,9 +545,12 @@ class Forensics:
         if isinstance(event, FileRenamed):
             old, new = live.path, event.new_path
             live.path = new
+            if live.kind != "dir":  # nothing moves with it (a look at every alive path, else)
+                return []
             moved = []
-            for key, other in alive.items():
-                if key != fid and (other.path == old or other.path.startswith(old + "/")):
+            below = old + "/"
+            for key, other in alive.items():  # the path first: a match is rare
+                if (other.path == old or other.path.startswith(below)) and key != fid:
                     moved.append((key, other.path))
                     other.path = new + other.path[len(old) :]
             return moved
