@@ -80,15 +80,16 @@ from xoengine.masterstate import (
 from xoengine.tree import TMP_PREFIX, read_whole, reserved_name
 from xoengine.walk import (
     Entry,
+    ParentCache,
     PathFilter,
     birth_ns,
     check_real_root,
     normalize_relpath,
     open_below,
     own_meta,
-    read_xattrs,
     stat_entry,
     walk,
+    xattrs_below,
 )
 
 if TYPE_CHECKING:
@@ -259,6 +260,7 @@ class Capture:
         self._walk_ns = 0  # when the last walk began
         self._committer: _Committer | None = None  # set during scan(): commits off-thread
         self._progress: ScanProgress | None = None
+        self._parents: dict[str, ParentCache] = {}  # per master root, while a pass runs
 
     # -- scanning ------------------------------------------------------------------------------
 
@@ -290,6 +292,8 @@ class Capture:
             self._unlisted = []
             self._progress = progress
             self._committer = _Committer(self.store.awaiting_write)
+            # The directories files are read from, each opened once a pass (no link followed).
+            self._parents = {root: ParentCache(root) for root in self.layout.roots}
             try:
                 walked, known = self._collect(scopes)
                 if progress is not None:
@@ -308,6 +312,9 @@ class Capture:
                 self._committer.close()
                 self._committer = None
                 self._progress = None
+                for cache in self._parents.values():
+                    cache.close()
+                self._parents = {}
             return self._result
 
     def _check_mounted(self) -> None:
@@ -718,7 +725,7 @@ class Capture:
                 return None  # its own identity moves on first (or the two exchanged)
         self._create_parents(path, walked, known)
         self._rename(old, path, known)
-        self._moved_on(old, path, gone)
+        self._moved_on(old, path, gone, known)
         return True
 
     @staticmethod
@@ -789,8 +796,7 @@ class Capture:
         c/y with it. What has no known directory to go to (or goes below one
         made anew) is deleted with ``path``, as before.
         """
-        below = [p for p in known if p.startswith(path + "/")]
-        for child in sorted(below, key=lambda p: p.count("/")):
+        for child in sorted(_below(path, known), key=lambda p: p.count("/")):
             state = known.get(child)
             if state is None or not state.ino:
                 continue  # moved on with its directory, or of no known inode
@@ -813,7 +819,7 @@ class Capture:
                     continue
                 self._create_parents(at, walked, known)
             self._rename(child, to, known)
-            self._moved_on(child, to, gone)
+            self._moved_on(child, to, gone, known)
 
     def _free(
         self,
@@ -831,7 +837,7 @@ class Capture:
         over = known.get(path)
         if over is None:
             return True
-        held = [(path, over), *((p, s) for p, s in known.items() if p.startswith(path + "/"))]
+        held = [(path, over), *((p, known[p]) for p in _below(path, known))]
         for _, state in held:
             at = now_at().get((state.dev, state.ino))
             if at is not None and not self._reborn(at, state):
@@ -840,8 +846,12 @@ class Capture:
         return True
 
     @staticmethod
-    def _moved_on(old: str, new: str, gone: dict[tuple[int, int], str]) -> None:
-        """Note in ``gone`` that what was below ``old`` is below ``new`` now."""
+    def _moved_on(
+        old: str, new: str, gone: dict[tuple[int, int], str], known: dict[str, FileState]
+    ) -> None:
+        """Note in ``gone`` that what was below ``old`` is below ``new`` (now in ``known``)."""
+        if known[new].kind != "dir":
+            return  # nothing is below a file
         for key, was in gone.items():
             if was.startswith(old + "/"):
                 gone[key] = new + was[len(old) :]
@@ -856,7 +866,8 @@ class Capture:
         birth time is known, the inode decides, as before.
         """
         index, rel = self.layout.split(path)
-        born = birth_ns(self.layout.roots[index], rel)
+        root = self.layout.roots[index]
+        born = birth_ns(root, rel, self._parents.get(root))
         return born is not None and was.ctime_ns > 0 and born > was.ctime_ns
 
     def _made_anew(self, path: str, entry: Entry, state: FileState) -> bool:
@@ -944,7 +955,7 @@ class Capture:
         state = known[old]
         version = self._journal(FileRenamed, state, old, [], new_path=new)
         self._result.renamed += 1
-        for path in [old, *[p for p in known if p.startswith(old + "/")]]:
+        for path in [old, *_below(old, known)]:
             moved = new + path[len(old) :]
             moving = known.pop(path)
             known[moved] = moving.evolve(version=version) if path == old else moving
@@ -1004,7 +1015,7 @@ class Capture:
         state = FileState(file_id=file_id, version=1, kind=entry.kind, mode=entry.mode, xattrs=0)
         if entry.kind == "file":
             self._capture_content(path, state, None)
-        return state.evolve(xattrs=self._xattrs(path, state))
+        return state.evolve(xattrs=self._xattrs(path, entry, state))
 
     def _create_parents(
         self, path: str, walked: dict[str, Entry], known: dict[str, FileState]
@@ -1067,7 +1078,7 @@ class Capture:
                 or (entry.uid, entry.gid) != (state.uid, state.gid)
                 or self._result.updated != updated
             )
-            self._xattrs(path, state, again=again)
+            self._xattrs(path, entry, state, again=again)
 
     def _update_stat(
         self, path: str, entry: Entry, state: FileState, same_stat: bool, same_meta: bool
@@ -1093,8 +1104,11 @@ class Capture:
         self._metadata_only(path, state, _entry_observed(entry, self._walk_ns))  # what moved
         return True
 
-    def _xattrs(self, path: str, state: FileState, *, again: bool = False) -> int:
+    def _xattrs(self, path: str, entry: Entry, state: FileState, *, again: bool = False) -> int:
         """Journal ``path``'s extended attributes where they are not what ``state`` knows.
+
+        Read from the inode the walk found (``entry``): another file renamed there
+        since would give its attributes (a capability set among them) to this one.
 
         ``again``: the path was written or given another owner since ``state``,
         so a file capability it has was set again (the kernel drops it): its set
@@ -1105,7 +1119,9 @@ class Capture:
         The event carries no stat: the other events of this pass carry it.
         """
         try:
-            found = read_xattrs(self.layout.master_path(path))
+            place = self.layout.master_place(path)
+            inode = (entry.dev, entry.inode)
+            found = xattrs_below(*place, cache=self._parents.get(place[0]), inode=inode)
         except OSError:
             return state.xattrs  # gone: the next pass journals that
         digest = xattr_digest(found)
@@ -1129,7 +1145,7 @@ class Capture:
         place = self.layout.master_place(path)
         for attempt in range(2):
             try:
-                fd = open_below(*place)
+                fd = open_below(*place, cache=self._parents.get(place[0]))
             except OSError as e:
                 self._result.warnings.append(_unread(path, e))
                 return None
@@ -1332,7 +1348,7 @@ class Capture:
             if attempt:
                 forget()  # read again, from the old content: nothing of the first read stays
             try:
-                fd = open_below(*place)
+                fd = open_below(*place, cache=self._parents.get(place[0]))
             except OSError as e:
                 self._result.warnings.append(_unread(path, e))
                 forget()
@@ -1794,6 +1810,14 @@ def _with_stored(
 ) -> FileEvent | RootChanged:
     """An event whose blobs were stored before (:meth:`Capture._store_blobs`): its ids."""
     return make(stored[0][start : start + count])
+
+
+def _below(path: str, known: dict[str, FileState]) -> list[str]:
+    """The known paths below ``path``: none below a file (no look at every known path then)."""
+    state = known.get(path)
+    if state is not None and state.kind != "dir":
+        return []
+    return [p for p in known if p.startswith(path + "/")]
 
 
 def _top_scopes(scopes: Iterable[str]) -> list[str]:

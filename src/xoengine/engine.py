@@ -104,7 +104,7 @@ from xoengine.replica import (
 )
 from xoengine.rewind import RetentionClock, RewindPoint
 from xoengine.scenario import ReplicaStatistics, Scenario, ScenarioStatistics, master_manifest
-from xoengine.walk import READ_FLAGS, normalize_relpath, open_parent
+from xoengine.walk import READ_FLAGS, normalize_relpath, open_parent, open_to_others
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator, Sequence
@@ -772,6 +772,14 @@ class Engine:
                 raise OutputLocationError(
                     action=action, path=os.fspath(path), detail=f"it is inside {what} ({place})"
                 )
+        unsafe = open_to_others(there)
+        if unsafe is not None:
+            raise OutputLocationError(
+                action=action,
+                path=os.fspath(path),
+                detail=f"{unsafe}: a link put on the way while this writes would lead the "
+                "writes elsewhere; write where only you (and root) may",
+            )
         for above in (Path(there), *Path(there).parents):  # another journal's (a copy's)
             for journal in (above, above / "journal"):
                 found = False

@@ -7,8 +7,8 @@ Room: producers, above ``capture`` (it journals through a scenario's
 
 from __future__ import annotations
 
-import contextlib
 import errno
+import functools
 import os
 from typing import IO, Any, Final, Self
 
@@ -26,8 +26,10 @@ from xoengine.masterstate import pack_digests, racy
 from xoengine.tree import pread_all
 from xoengine.walk import (
     Entry,
+    at_fd,
     entry_from_stat,
     normalize_relpath,
+    open_parent,
     resolve_under,
     stat_entry,
 )
@@ -68,7 +70,6 @@ class JournaledFile:
             mode += "b"
         self._capture = capture
         self.path = normalize_relpath(path)
-        full = capture.layout.master_path(self.path)
         index, rel = capture.layout.split(self.path)
         self._journaled = capture._filter.selects(rel, is_dir=False)
         # Like the walker, never follow a symlink below the root: a parent that is
@@ -76,14 +77,20 @@ class JournaledFile:
         resolve_under(capture.layout.roots[index], rel)
         if self._journaled:
             self._catch_up(index, rel, truncating="w" in mode)
-        self._make_parents(index, rel)
-        existed = os.path.lexists(full)
-        # Read access even for "w"/"a" modes: flush reads back what was written.
-        try:
-            self._file: IO[bytes] = open(full, mode, opener=_read_write_opener)  # noqa: SIM115
-        except OSError as e:  # a link (never followed), a directory, a name too long ...
-            detail = "a symbolic link (never followed)" if e.errno == errno.ELOOP else e.strerror
-            raise PathError(path=self.path, detail=detail or str(e)) from None
+        # Opened from its parent, made if missing, each directory on the way opened
+        # without following a link (one swapped in after the check above would lead
+        # the truncation and the writes out of the master).
+        with open_parent(capture.layout.roots[index], rel, create=True) as (parent, leaf):
+            existed = os.path.lexists(at_fd(parent, leaf))
+            # Read access even for "w"/"a" modes: flush reads back what was written.
+            try:
+                self._file: IO[bytes] = open(  # noqa: SIM115
+                    leaf, mode, opener=functools.partial(_read_write_opener, dir_fd=parent)
+                )
+            except OSError as e:  # a link (never followed), a directory, a name too long ...
+                link = e.errno == errno.ELOOP
+                detail = "a symbolic link (never followed)" if link else e.strerror
+                raise PathError(path=self.path, detail=detail or str(e)) from None
         if not self._file.seekable():  # a fifo, a socket: no byte ranges to journal
             self._file.close()
             raise PathError(path=self.path, detail="not a regular file")
@@ -128,13 +135,6 @@ class JournaledFile:
                     stale = prefix + sub
         if stale is not None:
             capture.scan([stale])
-
-    def _make_parents(self, index: int, rel: str) -> None:
-        root = self._capture.layout.roots[index]
-        parts = rel.split("/")[:-1]
-        for depth in range(1, len(parts) + 1):
-            with contextlib.suppress(FileExistsError):
-                os.mkdir(os.path.join(root, *parts[:depth]))
 
     def write(self, data: bytes | bytearray | memoryview) -> int:
         """Write ``data`` at the current position; it is journaled at the next flush."""
@@ -321,10 +321,12 @@ class JournaledFile:
         self.close()
 
 
-def _read_write_opener(path: str, flags: int) -> int:
+def _read_write_opener(path: str, flags: int, *, dir_fd: int) -> int:
     if flags & os.O_WRONLY:
         flags = (flags & ~os.O_WRONLY) | os.O_RDWR
-    return os.open(path, flags | os.O_CLOEXEC | os.O_NOFOLLOW, 0o666)
+    # Never waits (a FIFO there opens at once, and is refused as not seekable).
+    flags |= os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK
+    return os.open(path, flags, 0o666, dir_fd=dir_fd)
 
 
 def _fd_entry(path: str, st: os.stat_result) -> Entry:

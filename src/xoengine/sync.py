@@ -22,6 +22,7 @@ the same transaction).
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import mmap
 import os
@@ -327,11 +328,7 @@ class Synchronizer:
             if self._unknown(path):
                 continue  # unknown master contents: never delete on a guess
             self._record(
-                [
-                    image_of_existing(
-                        self.tree, path, self.tree.lstat(path) or _never(), deleted=True
-                    )
-                ]
+                [image_of_existing(self.tree, path, _still_there(self.tree, path), deleted=True)]
             )
             self.tree.delete(path)
             summary.files_deleted += 1
@@ -497,7 +494,7 @@ class Synchronizer:
             else:
                 if self._follow is not None:
                     self._follow.wait_read(path)
-                source = functools.partial(open_below, *self.layout.master_place(path))
+                source = functools.partial(self._open_master, path, entry)
                 copied = self.tree.copy_new(path, source, entry.mode, self._owner(entry))
                 self._copied.append(path)  # settled: what the journal holds goes there
                 if copied is None:  # gone, moved or unreadable since the walk
@@ -537,7 +534,7 @@ class Synchronizer:
                 return self._meta(path, entry, have), 0
             if have is not None:
                 self._record(
-                    [image_of_existing(tree, path, tree.lstat(path) or _never(), deleted=True)]
+                    [image_of_existing(tree, path, _still_there(tree, path), deleted=True)]
                 )
             else:
                 self._record([("created", path, {}, {})])
@@ -554,7 +551,7 @@ class Synchronizer:
         ):
             self._trusted.add(path)
             return self._meta(path, entry, have), 0
-        got = self._read_master(path)
+        got = self._read_master(path, entry)
         data, segments = got if got is not None else (None, None)
         self._copied.append(path)  # settled: a file gone meanwhile gets the journal's state
         if have is not None:
@@ -596,7 +593,7 @@ class Synchronizer:
             literal = blocks.literal_bytes(ops)
             if literal < aligned:
                 self._record(
-                    [image_of_existing(tree, path, tree.lstat(path) or _never(), deleted=False)]
+                    [image_of_existing(tree, path, _still_there(tree, path), deleted=False)]
                 )
                 base, result = old_map.file_digest.hex(), new_map.file_digest.hex()
                 made = tree.rebuild(path, ops, data, base=base, result=result, mode=have.mode)
@@ -717,19 +714,37 @@ class Synchronizer:
         self._record(images)
 
     def _read_master(
-        self, path: str
+        self, path: str, entry: Entry
     ) -> tuple[bytes | mmap.mmap, list[tuple[int, int]] | None] | None:
-        """A master file's bytes, and its data segments if it may have holes (``read_whole``)."""
+        """A master file's bytes, and its data segments if it may have holes (``read_whole``).
+
+        None where ``path`` is no longer the file the walk found (``entry``).
+        """
         if self._follow is not None:
             self._follow.wait_read(path)
         try:
-            fd = open_below(*self.layout.master_place(path))
+            fd = self._open_master(path, entry)
         except OSError:
             return None
         try:
             return read_whole(fd, os.fstat(fd), self.store.path)
         finally:
             os.close(fd)
+
+    def _open_master(self, path: str, entry: Entry) -> int:
+        """Open the master file the walk found at ``path`` (``entry``): that inode, or OSError.
+
+        Another file renamed there since (a file of another owner, in a directory
+        a user may write) would go to the replica with the walk's mode and owner:
+        its bytes to a user the master never gave them to. Found: it is left for
+        the capture (it journals what is there) and the next run.
+        """
+        fd = open_below(*self.layout.master_place(path))
+        st = os.fstat(fd)
+        if (st.st_dev, st.st_ino) != (entry.dev, entry.inode) or not stat.S_ISREG(st.st_mode):
+            os.close(fd)
+            raise FileNotFoundError(errno.ENOENT, "replaced since the walk", path)
+        return fd
 
     # -- journal and undo ---------------------------------------------------------------------
 
@@ -779,8 +794,17 @@ def _root_entry(name: str, root: str) -> Entry:
     return entry_from_stat(name, "dir", os.stat(root))
 
 
-def _never() -> os.stat_result:
-    raise XoError(detail="a replica path vanished during synchronization")
+def _still_there(tree: ReplicaTree, path: str) -> os.stat_result:
+    """The stat of a replica path the synchronization listed, for its before-image."""
+    st = tree.lstat(path)
+    if st is not None:
+        return st
+    raise ReplicaWriteError(
+        action="keep the before-image of",
+        path=path,
+        root=tree.root,
+        detail="it vanished during the synchronization: something else changes the replica",
+    )
 
 
 def _special_kind(path: str) -> str:

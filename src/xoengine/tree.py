@@ -56,6 +56,7 @@ from xoengine.walk import (
     as_owner,
     at_fd,
     normalize_relpath,
+    open_directory,
     open_parent,
     own_meta,
     owner_access,
@@ -465,7 +466,9 @@ class ReplicaTree:
         ``replica`` False: the tree is no replica (a replay's target, a scratch
         directory) and its errors say "the tree at" instead of "the replica at".
         """
-        self.root = root
+        # Resolved once, here: from now on no link on its way is followed (a directory
+        # swapped for one while this writes is refused: walk.open_directory).
+        self.root = os.path.realpath(root)
         self.fsync = fsync
         self.replica = replica
         self.owners = os.geteuid() == 0
@@ -838,7 +841,7 @@ class ReplicaTree:
         # fsync each (measured: 10,000 small files, ~1.3 s more); sync(2) where
         # syncfs is missing.
         try:
-            handle = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            handle = open_directory(self.root)
         except OSError as e:
             raise self._error(".", "flush", e) from e
         try:
@@ -851,7 +854,7 @@ class ReplicaTree:
         flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
         try:
             if not rel:
-                handle = os.open(self.root, flags | os.O_DIRECTORY)
+                handle = open_directory(self.root)
             else:
                 with self._open_parent(rel) as (fd, leaf):
                     try:
@@ -1344,7 +1347,7 @@ class ReplicaTree:
             self.set_xattrs(sub, xattrs)
             return
         try:
-            fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
+            fd = open_directory(self.root)
         except OSError as e:
             raise self._error(".", "open the root", e) from e
         try:

@@ -87,7 +87,9 @@ __all__ = [
     "check_real_root",
     "entry_from_stat",
     "normalize_relpath",
+    "open_directory",
     "open_parent",
+    "open_to_others",
     "own_meta",
     "owner_access",
     "path_and_parents",
@@ -95,6 +97,7 @@ __all__ = [
     "resolve_under",
     "stat_entry",
     "walk",
+    "xattrs_below",
 ]
 
 RelPath: TypeAlias = str
@@ -106,8 +109,7 @@ Kind: TypeAlias = Literal["file", "dir", "symlink", "special"]
 AnyPath: TypeAlias = str | bytes | os.PathLike[str] | os.PathLike[bytes]
 Pattern: TypeAlias = str | bytes
 
-_ROOT_FLAGS: Final = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
-_DIR_FLAGS: Final = _ROOT_FLAGS | os.O_NOFOLLOW
+_DIR_FLAGS: Final = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 # Opening a directory that was replaced by a file or symlink (O_NOFOLLOW gives
 # ENOTDIR on Linux, ELOOP elsewhere) or removed: it is gone, not unreadable.
 _GONE: Final = frozenset({errno.ENOENT, errno.ENOTDIR, errno.ELOOP})
@@ -312,6 +314,36 @@ def _check_parent(st: os.stat_result, rel: str, root: AnyPath, parent: str) -> N
         raise ParentNotDirectoryError(path=rel, root=os.fspath(root), parent=parent)
 
 
+def open_to_others(path: str) -> str | None:
+    """Why another user could lead writes under ``path`` elsewhere (None: no one could).
+
+    ``path`` (resolved) and each directory above it must belong to root or to
+    this process's user, and be writable by no one else, or sticky (as
+    ``/tmp``: no one renames what is not theirs there). Where one is not, that
+    user may swap a directory on the way for a link (or their own directory)
+    between this process's check and its writes: a root process replaying
+    there would write, or delete, where that user chose.
+    """
+    me = os.geteuid()
+    at = os.path.realpath(path)
+    while True:
+        try:
+            st = os.stat(at)
+        except FileNotFoundError:
+            st = None  # made by the writer: its parents decide
+        except OSError:
+            return None  # this process may not look: the write will say why
+        if st is not None and stat.S_ISDIR(st.st_mode):
+            if st.st_uid not in {0, me}:
+                return f"{at} belongs to another user (uid {st.st_uid})"
+            if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH) and not st.st_mode & stat.S_ISVTX:
+                return f"{at} may be written by other users (mode {stat.S_IMODE(st.st_mode):o})"
+        above = os.path.dirname(at)
+        if above == at:
+            return None
+        at = above
+
+
 def check_real_root(root: str, what: str) -> None:
     """Refuse a configured root that now leads elsewhere through a symbolic link.
 
@@ -323,8 +355,12 @@ def check_real_root(root: str, what: str) -> None:
     :class:`~xoengine.errors.TreeRootMissingError`; a missing root is left to
     whoever opens it.
     """
-    real = os.path.realpath(root)
-    if real != root and os.path.lexists(root):
+    try:
+        real = os.path.realpath(root)
+        linked = real != root and os.path.lexists(root)
+    except OSError as e:  # changed while resolved (a link one moment, gone the next)
+        raise TreeRootMissingError(root=root, detail=e.strerror) from e
+    if linked:
         raise TreeRootMissingError(
             root=root,
             detail=f"the {what} root leads to {real!r} now, through a symbolic link; a "
@@ -333,45 +369,113 @@ def check_real_root(root: str, what: str) -> None:
         )
 
 
-_SHORT_PATH: Final = 4000
-"""Bytes of a whole path ``os.open`` takes at once (``PATH_MAX`` is 4096, the NUL counted)."""
-
-READ_FLAGS: Final = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
-"""How a file is opened to read its bytes: never through a link."""
+READ_FLAGS: Final = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+"""How a file is opened to read its bytes: never through a link, and never waiting (a FIFO
+swapped in for a file opens at once, and its ``fstat`` says it is no file; on a file
+``O_NONBLOCK`` changes nothing)."""
 
 
 @contextmanager
-def _parent_as_found(root: str, relpath: str) -> Iterator[tuple[int, str]]:
+def _parent_as_found(
+    root: str, relpath: str, cache: ParentCache | None = None
+) -> Iterator[tuple[int, str]]:
     """:func:`open_parent` for a path that was listed: a parent replaced since is gone.
 
     (A ``FileNotFoundError``, as a whole-path call would raise, not a ``PathError``.)
     """
     try:
-        with open_parent(root, relpath) as found:
+        with open_parent(root, relpath, cache=cache) as found:
             yield found
     except PathError as e:  # a link or a file there now: not there as listed
         raise FileNotFoundError(errno.ENOENT, e.message, os.path.join(root, relpath)) from e
 
 
-def open_below(root: str, relpath: str, flags: int = READ_FLAGS) -> int:
-    """Open ``relpath`` under ``root`` (``flags`` as ``os.open``), whatever the whole length.
+def open_below(
+    root: str, relpath: str, flags: int = READ_FLAGS, cache: ParentCache | None = None
+) -> int:
+    """Open ``relpath`` under ``root`` (``flags`` as ``os.open``), following no link on the way.
 
-    A path the root's own path makes longer than ``PATH_MAX`` is opened from
-    its parent directory. Any failure is an ``OSError``, as ``os.open``'s.
+    From its parent directory, opened one directory at a time (:func:`open_parent`;
+    kept open in ``cache``, for ``root``, if given): a directory swapped for a
+    link while a root process reads (to a file it alone may read) is a vanished
+    path, never followed; and so the path may be longer than ``PATH_MAX``. Any
+    failure is an ``OSError``, as ``os.open``'s.
     """
-    full = os.path.join(root, relpath)
-    if len(os.fsencode(full)) < _SHORT_PATH:
-        return os.open(full, flags)
-    with _parent_as_found(root, relpath) as (fd, leaf):
+    with _parent_as_found(root, relpath, cache) as (fd, leaf):
         return os.open(leaf, flags, dir_fd=fd)
 
 
-def _open_root(root: AnyPath) -> int:
+def xattrs_below(
+    root: str,
+    relpath: str,
+    cache: ParentCache | None = None,
+    inode: tuple[int, int] | None = None,
+) -> Xattrs:
+    """:func:`read_xattrs` of ``relpath`` under ``root``, as :func:`open_below` opens it.
+
+    With ``inode`` (``(st_dev, st_ino)``), only that file's: read through an open
+    of it (not by its name again), and :class:`FileNotFoundError` where another
+    is there now. A link's own (never opened) and a file this process may not
+    open are read by name.
+    """
+    with _parent_as_found(root, relpath, cache) as (fd, leaf):
+        if inode is not None:
+            try:
+                handle = os.open(leaf, READ_FLAGS, dir_fd=fd)
+            except OSError as e:
+                if e.errno not in {errno.ELOOP, errno.EACCES, errno.EPERM}:
+                    raise
+            else:
+                try:
+                    st = os.fstat(handle)
+                    if (st.st_dev, st.st_ino) != inode:
+                        raise FileNotFoundError(errno.ENOENT, "another file there now", relpath)
+                    return read_xattrs(handle)
+                finally:
+                    os.close(handle)
+        return read_xattrs(at_fd(fd, leaf))
+
+
+def open_directory(path: AnyPath) -> int:
+    """Open the directory ``path`` following no link: each directory on its way, from ``/``.
+
+    Roots are kept resolved (``realpath``). A directory on the way swapped for a
+    link since (by a user who may write above a replica, a master or a replay's
+    target, racing a root process) would lead writes or reads elsewhere: it is
+    an ``OSError`` (``ELOOP``, or ``ENOTDIR``) naming the path up to it.
+    """
+    whole = os.path.abspath(os.fsdecode(path))
+    fd = os.open("/", _DIR_FLAGS)
     try:
-        return os.open(root, _ROOT_FLAGS)
-    except (FileNotFoundError, NotADirectoryError) as e:
-        raise TreeRootMissingError(root=os.fspath(root), detail=e.strerror) from e
+        done = ""
+        for name in filter(None, whole.split("/")):
+            done += "/" + name
+            try:
+                child = os.open(name, _DIR_FLAGS, dir_fd=fd)
+            except OSError as e:
+                e.filename = done
+                raise
+            os.close(fd)
+            fd = child
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _open_root(root: AnyPath) -> int:
+    """:func:`open_directory` of a tree's root; a coded error where it cannot be."""
+    try:
+        return open_directory(root)
     except OSError as e:
+        if e.errno in {errno.ELOOP, errno.ENOTDIR} and os.path.islink(e.filename):
+            raise TreeRootMissingError(
+                root=os.fspath(root),
+                detail=f"{e.filename!r} on its way is a symbolic link now: a root is never "
+                "followed through one (put the directory back, or give the new place)",
+            ) from e
+        if isinstance(e, (FileNotFoundError, NotADirectoryError)):
+            raise TreeRootMissingError(root=os.fspath(root), detail=e.strerror) from e
         raise TreeRootUnreadableError(root=os.fspath(root), detail=e.strerror) from e
 
 
@@ -821,7 +925,7 @@ def _find_statx() -> Callable[..., int] | None:
 _statx = _find_statx()
 
 
-def birth_ns(root: AnyPath, relpath: str | bytes) -> int | None:
+def birth_ns(root: AnyPath, relpath: str | bytes, cache: ParentCache | None = None) -> int | None:
     """When the inode at ``relpath`` was created (ns), or None where that is not known.
 
     The birth time tells a renamed file from a new file that got the inode
@@ -829,13 +933,13 @@ def birth_ns(root: AnyPath, relpath: str | bytes) -> int | None:
     once): a rename keeps the birth time, a new inode gets a new one. None
     without ``statx`` in the C library, on file systems that keep no birth
     time (ext4 with 128-byte inodes, most network file systems) and for a
-    path that is gone.
+    path that is gone. ``cache`` (for ``root``): its directories, kept open.
     """
     if _statx is None:
         return None
     buffer = ctypes.create_string_buffer(_STATX_SIZE)
     try:
-        with open_parent(root, normalize_relpath(relpath)) as (fd, leaf):
+        with open_parent(root, normalize_relpath(relpath), cache=cache) as (fd, leaf):
             if _statx(fd, os.fsencode(leaf), _AT_SYMLINK_NOFOLLOW, _STATX_BTIME, buffer) != 0:
                 return None
     except (OSError, PathError):
@@ -875,7 +979,7 @@ def own_meta(root: str) -> dict[str, Any]:
     What a scenario keeps of a root (a link to a directory: the directory).
     Read through one open of it; :class:`OSError` if it cannot be.
     """
-    fd = os.open(root, _ROOT_FLAGS)
+    fd = open_directory(root)
     try:
         st = os.fstat(fd)
         return {
@@ -896,9 +1000,11 @@ def read_xattrs(path: str | int) -> Xattrs:
     where the file system keeps none. An attribute removed between the listing
     and its read is left out; :class:`FileNotFoundError` (the path is gone) is raised.
     """
-    if isinstance(path, str) and len(os.fsencode(path)) >= _SHORT_PATH:
-        # Too long to name at once (PATH_MAX): named from its parent, through /proc.
-        with _parent_as_found("/", path.lstrip("/")) as (fd, leaf):
+    if isinstance(path, str) and not path.startswith("/proc/self/fd/"):
+        # Named from its parent, opened one directory at a time: no link on the way is
+        # followed (one swapped in would give another file's attributes, a capability
+        # set among them), and the path may be longer than PATH_MAX.
+        with _parent_as_found("/", os.path.abspath(path).lstrip("/")) as (fd, leaf):
             return read_xattrs(at_fd(fd, leaf))
     follow = isinstance(path, int)  # an fd has nothing to follow
     try:

@@ -434,9 +434,14 @@ def test_walk_of_an_empty_root_is_empty_without_warnings(tmp_dir: Path) -> None:
     assert (w.warnings, w.unlisted) == ([], [])
 
 
-def test_walk_follows_a_root_that_is_a_symlink(tmp_dir: Path) -> None:
-    build(tmp_dir, {"real": {"f": b""}, "alias": ("link", "real")})
-    assert listing(tmp_dir / "alias") == [("f", "file")]
+def test_walk_follows_no_link_on_its_roots_way(tmp_dir: Path) -> None:
+    """Roots are resolved where they are configured (a scenario's, a replay's target):
+    a link on the way now is one swapped in since, and never followed (review 27 R)."""
+    build(tmp_dir, {"real": {"d": {"f": b""}}, "alias": ("link", "real")})
+    assert listing(tmp_dir / "real" / "d") == [("f", "file")]
+    for through in (tmp_dir / "alias", tmp_dir / "alias" / "d"):
+        with pytest.raises(TreeRootMissingError, match="symbolic link"):
+            walk(through)
 
 
 @pytest.mark.parametrize("make", ["missing", "file", "dangling"])
