@@ -319,12 +319,14 @@ def open_to_others(path: str) -> str | None:
 
     ``path`` (resolved) and each directory above it must belong to root or to
     this process's user, and be writable by no one else, or sticky (as
-    ``/tmp``: no one renames what is not theirs there). Where one is not, that
+    ``/tmp``: no one renames what is not theirs there). Group write is taken
+    as the user's own where the group is root's or the process's (a umask of
+    002 with a group per user). Where one is not, that
     user may swap a directory on the way for a link (or their own directory)
     between this process's check and its writes: a root process replaying
     there would write, or delete, where that user chose.
     """
-    me = os.geteuid()
+    me, group = os.geteuid(), os.getegid()
     at = os.path.realpath(path)
     while True:
         try:
@@ -336,7 +338,8 @@ def open_to_others(path: str) -> str | None:
         if st is not None and stat.S_ISDIR(st.st_mode):
             if st.st_uid not in {0, me}:
                 return f"{at} belongs to another user (uid {st.st_uid})"
-            if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH) and not st.st_mode & stat.S_ISVTX:
+            others = stat.S_IWOTH | (stat.S_IWGRP if st.st_gid not in {0, group} else 0)
+            if st.st_mode & others and not st.st_mode & stat.S_ISVTX:
                 return f"{at} may be written by other users (mode {stat.S_IMODE(st.st_mode):o})"
         above = os.path.dirname(at)
         if above == at:

@@ -154,6 +154,12 @@ def test_a_replay_or_output_where_another_user_may_swap_a_directory_is_refused(
             eng.replay("fx", to=shared / "out")
         assert refused.value.code == "E2007"
         assert not (shared / "out").exists()
+        os.chown(shared, 0, 65534)
+        os.chmod(shared, 0o770)  # a group's with other members: still theirs to swap in
+        with pytest.raises(OutputLocationError):
+            eng.replay("fx", to=shared / "out")
+        os.chown(shared, 0, os.getegid())
+        eng.replay("fx", to=shared / "own group")  # this process's group (umask 002)
         os.chmod(shared, 0o1777)  # sticky (as /tmp): no one renames what is not theirs
         os.chown(shared, 0, 0)
         eng.replay("fx", to=shared / "out")
