@@ -401,8 +401,10 @@ def open_below(
     From its parent directory, opened one directory at a time (:func:`open_parent`;
     kept open in ``cache``, for ``root``, if given): a directory swapped for a
     link while a root process reads (to a file it alone may read) is a vanished
-    path, never followed; and so the path may be longer than ``PATH_MAX``. Any
-    failure is an ``OSError``, as ``os.open``'s.
+    path, never followed; and so the path may be longer than ``PATH_MAX``. A
+    failure is an ``OSError``, as ``os.open``'s, except for the root itself: gone,
+    or led elsewhere through a link, it is the scenario's problem, not the path's
+    (:class:`~xoengine.errors.TreeRootMissingError`).
     """
     with _parent_as_found(root, relpath, cache) as (fd, leaf):
         return os.open(leaf, flags, dir_fd=fd)
