@@ -93,7 +93,7 @@ from xoengine.walk import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+    from collections.abc import Callable, Container, Iterable, Iterator, Mapping, Sequence
 
     from xoengine.datastore import Store, WriteTxn
     from xoengine.journal import BlobTable
@@ -256,7 +256,7 @@ class Capture:
         self._exchanged: Callable[[str, Entry, FileState], bool] = _exchanged_none
         self._replacing: set[str] = set()  # replaced paths whose moves out go first
         self._done_early: set[str] = set()  # paths diffed before their turn this pass
-        self._held_back: set[str] = set()  # blocked paths this pass: never before their turn
+        self._held_back: Container[str] = ()  # blocked paths this pass: never before their turn
         self._walk_ns = 0  # when the last walk began
         self._committer: _Committer | None = None  # set during scan(): commits off-thread
         self._progress: ScanProgress | None = None
@@ -514,7 +514,7 @@ class Capture:
         # goes to such a waiting path (``blocked``) comes after it: step 2 takes
         # that path (and what is below it) last.
         waiting, blocked = self._find_renames(walked, known)
-        self._held_back = set(blocked)
+        self._held_back = blocked
         # 2. Creations and changes, parents before children (walk order).
         # ``walked`` is in walk order (each directory right before its contents), all
         # this loop needs: no sort on the no-change path.
@@ -527,7 +527,7 @@ class Capture:
             else:
                 self._diff_path(path, walked, known, waiting)
         self._done_early.clear()
-        self._held_back.clear()
+        self._held_back = ()
         for path in last:  # their own identities have moved on: each moves in
             self._diff_path(path, walked, known, {**waiting, **blocked})
         # 3. Deletions, children before parents. Not below a directory the walk could
@@ -586,11 +586,7 @@ class Capture:
         turn, ``a/f`` moves to ``b/g``, and only then ``a`` goes. Not where the
         move waits for ``path`` itself, or for a directory taken so already.
         """
-        held = {
-            (s.dev, s.ino)
-            for p, s in known.items()
-            if s.ino and (p == path or p.startswith(path + "/"))
-        }
+        held = {(known[p].dev, known[p].ino) for p in [path, *_below(path, known)]}
         self._replacing.add(path)
         try:
             for moving in sorted(waiting, key=lambda p: (p.count("/"), os.fsencode(p))):
@@ -961,9 +957,7 @@ class Capture:
             known[moved] = moving.evolve(version=version) if path == old else moving
 
     def _delete_tree(self, path: str, known: dict[str, FileState]) -> None:
-        for child in sorted(
-            (p for p in known if p.startswith(path + "/")), key=os.fsencode, reverse=True
-        ):
+        for child in sorted(_below(path, known), key=os.fsencode, reverse=True):
             self._delete(child, known.pop(child))
         self._delete(path, known.pop(path))
 

@@ -48,7 +48,7 @@ from xoengine.tree import (
     image_of_writes,
     read_whole,
 )
-from xoengine.walk import Entry, entry_from_stat, open_below, own_meta, read_xattrs, walk
+from xoengine.walk import Entry, entry_from_stat, open_below, own_meta, walk, xattrs_below
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Collection, Sequence
@@ -647,7 +647,7 @@ class Synchronizer:
         """
         tree = self.tree
         try:
-            want = read_xattrs(self.layout.master_path(path))
+            want = xattrs_below(*self.layout.master_place(path))
         except OSError:
             return False  # gone from the master: the capture journals that
         have = tree.get_xattrs(path)

@@ -61,6 +61,7 @@ from xoengine.walk import (
     own_meta,
     owner_access,
     read_xattrs,
+    xattrs_below,
 )
 
 if TYPE_CHECKING:
@@ -391,8 +392,6 @@ def _nonzero_runs(view: memoryview, low: int, high: int, offset: int) -> Iterato
         if at > start:
             yield start, at
         at += grain
-        while at + grain <= high and _is_zeros(view[at : at + grain]):
-            at += grain
         start = at
     if high > start:
         yield start, high
@@ -983,9 +982,9 @@ class ReplicaTree:
         """Write a whole new content through temp + fsync + rename.
 
         If ``chunks`` raises (a verification failed) the temporary file is removed
-        and the old content stays. ``owner`` None: this process's. Zeros that
-        lead or end a chunk are left as holes, as in any new file (a thin image's
-        whole before-image comes back thin).
+        and the old content stays. ``owner`` None: this process's. Runs of zeros
+        are left as holes, as in any new file (a thin image's whole before-image
+        comes back thin).
         """
         size = 0
 
@@ -1212,12 +1211,12 @@ class ReplicaTree:
     def get_xattrs(self, path: str) -> Xattrs | None:
         """Extended attributes of ``path`` (a link itself), None if it is not there.
 
-        Read by name under the root, not through :meth:`_open_parent`: a read
-        changes nothing, and walking the parents costs ~20 us a path (a sync
-        compares every path, the applier reads one per before-image).
+        Read from its parent directory, as every path here is (no link on the way
+        followed), kept open where this thread holds its parents (a sync compares
+        every path, the applier reads one per before-image).
         """
         try:
-            return read_xattrs(os.path.join(self.root, path))
+            return xattrs_below(self.root, path, self._held.get(threading.get_ident()))
         except (FileNotFoundError, NotADirectoryError):
             return None
         except OSError as e:

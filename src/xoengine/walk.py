@@ -981,7 +981,7 @@ def at_fd(fd: int, leaf: str) -> str:
 def own_meta(root: str) -> dict[str, Any]:
     """``mode``, ``owner`` (``[uid, gid]``) and ``xattrs`` of the directory ``root`` itself.
 
-    What a scenario keeps of a root (a link to a directory: the directory).
+    What a scenario keeps of a root (resolved: no link on its way is followed).
     Read through one open of it; :class:`OSError` if it cannot be.
     """
     fd = open_directory(root)
@@ -1009,8 +1009,7 @@ def read_xattrs(path: str | int) -> Xattrs:
         # Named from its parent, opened one directory at a time: no link on the way is
         # followed (one swapped in would give another file's attributes, a capability
         # set among them), and the path may be longer than PATH_MAX.
-        with _parent_as_found("/", os.path.abspath(path).lstrip("/")) as (fd, leaf):
-            return read_xattrs(at_fd(fd, leaf))
+        return xattrs_below("/", os.path.abspath(path).lstrip("/"))
     follow = isinstance(path, int)  # an fd has nothing to follow
     try:
         names = os.listxattr(path, follow_symlinks=follow)

@@ -45,7 +45,7 @@ def compare_trees(scenario: Scenario, replica_tree: ReplicaTree) -> dict[str, st
     (root), extended attributes but those it refused (:meth:`ReplicaTree.comparable`).
     """
     from xoengine.tree import TMP_PREFIX, ReplicaTree  # noqa: PLC0415
-    from xoengine.walk import read_xattrs, walk  # noqa: PLC0415
+    from xoengine.walk import walk, xattrs_below  # noqa: PLC0415
 
     owners = replica_tree.owners
     replica_root = replica_tree.root
@@ -71,7 +71,7 @@ def compare_trees(scenario: Scenario, replica_tree: ReplicaTree) -> dict[str, st
                 else:
                     value = entry.target or ""
                 try:  # as far as the replica can be given them
-                    xattrs = replica_tree.comparable(read_xattrs(os.path.join(root, entry.relpath)))
+                    xattrs = replica_tree.comparable(xattrs_below(root, entry.relpath))
                 except FileNotFoundError:
                     xattrs = {}
                 out[prefix + entry.relpath] = (
