@@ -73,6 +73,7 @@ from xoengine.masterstate import (
     pack_digests,
     racy,
     racy_window,
+    strong_digests,
     unpack_map,
     xattr_digest,
     xattrs_racy,
@@ -150,6 +151,70 @@ def _observed(st: os.stat_result | None, size: int | None = None) -> list[int]:
         st.st_uid,
         st.st_gid,
     ]
+
+
+_HOLE_WINDOW: Final = 16384
+"""Blocks of a long hole compared with the old digests at a time (64 MiB at 4 KiB)."""
+
+
+def _append_runs(
+    differs: Any, chunk: memoryview, offset: int, bs: int, runs: list[tuple[int, bytes]]
+) -> int:
+    """Append the blocks of ``chunk`` (at ``offset``) that ``differs`` marks to ``runs``.
+
+    Runs of consecutive blocks are sliced once (a block-by-block concatenation
+    copied each run over again: quadratic in its length) and grow to
+    ``BLOB_MAX``, never past it. Returns the bytes appended.
+    """
+    edges = np.flatnonzero(np.diff(differs.astype(np.int8), prepend=0, append=0))
+    per_blob = max(1, BLOB_MAX // bs)
+    added = 0
+    for first_block, end_block in zip(edges[::2].tolist(), edges[1::2].tolist(), strict=True):
+        for start in range(first_block, end_block, per_blob):
+            begin, end = start * bs, min(end_block, start + per_blob) * bs
+            data = chunk[begin:end]
+            at = offset + begin
+            run_at, run = runs[-1] if runs else (-1, b"")
+            if run_at + len(run) == at and len(run) < BLOB_MAX:
+                room = BLOB_MAX - len(run)
+                runs[-1] = (run_at, run + data[:room])
+                data, at = data[room:], at + room
+            if data:
+                runs.append((at, bytes(data)))
+            added += min(end, len(chunk)) - begin
+    return added
+
+
+_DIGEST_WINDOW: Final = 262144
+"""Old block digests read from the master state at a time (1 GiB of a file at 4 KiB)."""
+
+
+class _Digests:
+    """The strong digests a file's blocks had, read from the master state a window at a time.
+
+    A stream through a 1 TiB thin image holds a few MiB of them, not 2 GiB.
+    """
+
+    def __init__(self, store: Store, state: MasterState, file: FileState) -> None:
+        self.store = store
+        self.state = state
+        self.file = file
+        self.size = file.size
+        self.count = -(-file.size // state.block_size)
+        self._first = 0
+        self._window: Any = np.empty(0, dtype=np.uint64)
+
+    def strong(self, first: int, count: int) -> Any:
+        """The digests of blocks ``first .. first+count-1`` (fewer past the old end)."""
+        last = min(first + count, self.count)
+        if last <= first:
+            return self._window[:0]
+        if not (self._first <= first and last <= self._first + len(self._window)):
+            stop = min(self.count, max(last, first + _DIGEST_WINDOW))
+            with self.store.read() as txn:
+                packed = self.state.digests(txn, self.file, first, stop)
+            self._first, self._window = first, strong_digests(packed)
+        return self._window[first - self._first : last - self._first]
 
 
 # -- capture ---------------------------------------------------------------------------------
@@ -233,7 +298,6 @@ class Capture:
         self.removed = False  # the scenario is removed (set under the lock): nothing more
         self._pending: list[_Pending] = []
         self._chunk: bytearray | None = None  # the streaming read buffer, reused
-        self._zeros: dict[int, Any] = {}  # block digests of a hole's chunk, by length
         self._known: dict[str, FileState] | None = None  # decoded master state, see _collect
         # Hard-linked files: the names of each (dev, inode) seen, and the link count
         # at which the master state was last searched for its names (_widen_for_links).
@@ -1190,11 +1254,12 @@ class Capture:
         self, path: str, state: FileState, old: FileState | None, *, quiet: bool = False
     ) -> None:
         """Journal what changed in ``path``'s bytes (``quiet``: nothing if they did not)."""
-        old_map = None
-        if old is not None and old.size > 0:
-            with self.store.read() as txn:
-                old_map = self.state.block_map(txn, old)
-        if old is not None and old_map is not None:
+        if old is None or old.size == 0:
+            self._capture_new(path, state, old, quiet=quiet)
+            return
+        with self.store.read() as txn:
+            underived = self.state.manifest.is_underived(txn, old.file_id)
+        if not underived:
 
             def spill(runs: list[tuple[int, bytes]], before: os.stat_result) -> bool:
                 # Too much held: an in-place change is journaled in parts as it is
@@ -1209,7 +1274,7 @@ class Capture:
                     path, state, old, part, quiet=True, so_far=min(before.st_size, reached)
                 )
 
-            streamed = self._stream_changes(path, old_map, spill, self._parts_forgetter(state))
+            streamed = self._stream_changes(path, old, spill, self._parts_forgetter(state))
             if streamed is None:
                 return
             if streamed != "whole" and self._in_place(path, state, old, streamed, quiet=quiet):
@@ -1222,20 +1287,10 @@ class Capture:
         bs = self.state.block_size
         new_map = BlockMap.compute(data, bs, segments=segments)
         view = memoryview(data)
-        if old is not None and old.size == 0 and not data:
-            # Still empty: only metadata moved (a chmod, an attribute set). Not a
-            # write, which would say the kernel dropped a file capability.
-            if not quiet:
-                self._metadata_only(path, state, observed)
-            return
-        if old is None or old.size == 0:
-            # All of its data; a hole is no write (the replica's file is cut to size).
-            if segments is None:
-                segments = [(0, len(data))] if data else []
-            ranges = [(start, stop - start) for start, stop in segments]
-            blocks_of = [(0, len(data))] if data else []
-            self._write_ranges(path, state, view, ranges, new_map, observed, len(data), blocks_of)
-            return
+        old_map = None
+        if not underived:
+            with self.store.read() as txn:
+                old_map = self.state.block_map(txn, old)
         if old_map is None:  # underived: nothing to compare with, so the whole content goes
             whole: list[blocks.Op] = [Literal(0, len(data))] if data else []
             self._replace(path, state, view, whole, old, new_map, observed)
@@ -1291,7 +1346,7 @@ class Capture:
             return True
         if so_far is not None:
             size = so_far
-        self._write_runs(path, state, runs, _observed(st, size), size)
+        self._write_runs(path, state, runs, _observed(st, size), size, part=so_far is not None)
         return True
 
     def _parts_forgetter(self, state: FileState) -> Callable[[], None]:
@@ -1319,25 +1374,57 @@ class Capture:
 
         return forget
 
+    def _capture_new(
+        self, path: str, state: FileState, old: FileState | None, *, quiet: bool
+    ) -> None:
+        """Journal the content of a file that had none (new, or empty until now).
+
+        Read as an in-place change of an empty file: in parts past
+        ``FLUSH_BYTES`` (a 100 GiB file is not one record), its holes neither
+        read nor journaled (the replica's file is cut to size; a block with no
+        digest in the master state is zeros).
+        """
+        empty = old if old is not None else state.evolve(size=0)
+
+        def spill(runs: list[tuple[int, bytes]], before: os.stat_result) -> bool:
+            so_far = min(before.st_size, max(offset + len(data) for offset, data in runs))
+            self._write_runs(path, state, runs, _observed(before, so_far), so_far, part=True)
+            return True
+
+        streamed = self._stream_changes(path, empty, spill, self._parts_forgetter(state))
+        if streamed is None or streamed == "whole":  # "whole": never, its spills always go
+            return
+        runs, size, st = streamed
+        if old is not None and not runs and size == 0:
+            # Still empty: only metadata moved (a chmod, an attribute set). Not a
+            # write, which would say the kernel dropped a file capability.
+            if not quiet:
+                self._metadata_only(path, state, _observed(st, size))
+            return
+        self._write_runs(path, state, runs, _observed(st, size), size)
+
     def _stream_changes(
         self,
         path: str,
-        old_map: BlockMap,
+        old: FileState,
         spill: Callable[[list[tuple[int, bytes]], os.stat_result], bool],
         forget: Callable[[], None],
     ) -> tuple[list[tuple[int, bytes]], int, os.stat_result] | typing.Literal["whole"] | None:
         """Read a file in chunks through one reused buffer; return its changed block runs.
 
-        Only the strong digests are computed while streaming (weak sums are made
-        for the changed blocks alone), and nothing but changed bytes is kept.
-        Past ``FLUSH_BYTES`` of them, ``spill(runs, stat before)`` journals the
-        runs held and the stream goes on; if it will not (the change shifts
-        data), past ``HOLD_MAX``: ``"whole"``, the caller reads the file whole,
-        mapped, for a delta. None if it could not be read. ``forget()`` drops
-        what a read spilled, before it starts again or gives up.
+        ``old``: the file as the master state holds it, whose digests are read
+        a window at a time. Only the strong digests are computed while
+        streaming (weak sums are made for the changed blocks alone), and
+        nothing but changed bytes is kept; a hole is not read, and past the
+        old size it is no change at all. Past ``FLUSH_BYTES`` of changed
+        bytes, ``spill(runs, stat before)`` journals the runs held and the
+        stream goes on; if it will not (the change shifts data), past
+        ``HOLD_MAX``: ``"whole"``, the caller reads the file whole, mapped, for
+        a delta. None if it could not be read. ``forget()`` drops what a read
+        spilled, before it starts again or gives up.
         """
         place = self.layout.master_place(path)
-        old_digests = old_map.digest_array()
+        bs = self.state.block_size
         for attempt in range(2):
             if attempt:
                 forget()  # read again, from the old content: nothing of the first read stays
@@ -1347,6 +1434,7 @@ class Capture:
                 self._result.warnings.append(_unread(path, e))
                 forget()
                 return None
+            old_digests = _Digests(self.store, self.state, old)
             runs: list[tuple[int, bytes]] = []
             held = 0
             try:
@@ -1358,21 +1446,28 @@ class Capture:
                 offset = 0
                 holes = trees.holes_of(fd, before, len(view))
                 while True:
-                    left = min(len(view), before.st_size - offset)
-                    hole = None if holes is None else holes.covers(offset, left)
-                    got = len(hole) if hole is not None else os.preadv(fd, [view], offset)
+                    want = len(view)
+                    if holes is not None:
+                        # A hole is not read: only its blocks that held data go. Data
+                        # is read up to its end (a block's), so a hole is seen whole.
+                        in_hole, end = holes.extent(offset)
+                        if in_hole and end // bs * bs > offset:
+                            held += self._hole_runs(offset, end // bs * bs, old_digests, runs)
+                            offset = end // bs * bs
+                            in_hole, end = holes.extent(offset)
+                        if in_hole:  # less than a block of it left: read through the data
+                            end = holes.extent(end)[1]
+                        if end < before.st_size:
+                            want = min(want, -(-end // bs) * bs - offset)
+                    got = os.preadv(fd, [view[:want]], offset)
                     if got:
-                        chunk = view[:got] if hole is None else hole
-                        digests = None if hole is None else self._zero_digests(len(hole))
-                        held += self._changed_runs(
-                            chunk, offset, old_digests, old_map.size, runs, digests
-                        )
+                        held += self._changed_runs(view[:got], offset, old_digests, runs)
                         offset += got
-                        if held > FLUSH_BYTES and spill(runs, before):
-                            runs, held = [], 0  # the spilled list is the journal's now
-                        elif held > trees.HOLD_MAX:
-                            return "whole"
-                    if got < len(view):
+                    if held > min(FLUSH_BYTES, trees.HOLD_MAX) and spill(runs, before):
+                        runs, held = [], 0  # the spilled list is the journal's now
+                    elif held > trees.HOLD_MAX:
+                        return "whole"
+                    if got < want:
                         break
                 after = os.fstat(fd)
             except OSError as e:
@@ -1391,59 +1486,50 @@ class Capture:
                 return runs, offset, before  # as _read: the stat it began with
         return None
 
-    def _zero_digests(self, length: int) -> Any:
-        """The block digests of ``length`` zeros (a chunk of a hole), computed once."""
-        digests = self._zeros.get(length)
-        if digests is None:
-            zeros = memoryview(bytes(length))
-            digests = self._zeros[length] = blocks.block_digests(zeros, self.state.block_size)
-        return digests
+    def _hole_runs(
+        self, offset: int, end: int, old: _Digests, runs: list[tuple[int, bytes]]
+    ) -> int:
+        """Append zeros for the blocks of the hole ``[offset, end)`` that held other bytes.
+
+        Both ends are whole blocks. Blocks past the old size are none: the
+        replica's file is cut to size. Compared a window at a time, so a
+        terabyte's hole is not a terabyte's digests.
+        """
+        bs = self.state.block_size
+        zero = strong_digests(self.state.hole)[0]
+        zeros = memoryview(bytes(min(end - offset, _HOLE_WINDOW * bs)))
+        added = 0
+        for at in range(offset, min(end, old.count * bs), _HOLE_WINDOW * bs):
+            stop = min(end, at + _HOLE_WINDOW * bs)
+            had = old.strong(at // bs, (stop - at) // bs)
+            differs = np.zeros((stop - at) // bs, dtype=bool)
+            differs[: len(had)] = had != zero
+            added += _append_runs(differs, zeros[: stop - at], at, bs, runs)
+        return added
 
     def _changed_runs(
         self,
         chunk: memoryview,
         offset: int,
-        old_digests: Any,
-        old_size: int,
+        old: _Digests,
         runs: list[tuple[int, bytes]],
-        digests: Any = None,
     ) -> int:
-        """Append the changed blocks of ``chunk`` (at ``offset``) to ``runs``; return the bytes.
-
-        ``digests``: its block digests, if known (a hole's).
-        """
+        """Append the changed blocks of ``chunk`` (at ``offset``) to ``runs``; return the bytes."""
         bs = self.state.block_size
-        if digests is None:
-            digests = blocks.block_digests(chunk, bs)
         first = offset // bs
-        old = old_digests[first : first + len(digests)]
-        differs = np.ones(len(digests), dtype=bool)
-        differs[: len(old)] = digests[: len(old)] != old
-        # A short last block with the same digest but another length is a change too.
-        last = len(digests) - 1
-        if last >= 0 and not differs[last] and last < len(old):
-            start = (first + last) * bs
-            if min(bs, old_size - start) != len(chunk) - last * bs:
-                differs[last] = True
-        # Runs of consecutive changed blocks, each sliced once (a block-by-block
-        # concatenation copied each run over again: quadratic in its length).
-        edges = np.flatnonzero(np.diff(differs.astype(np.int8), prepend=0, append=0))
-        per_blob = max(1, BLOB_MAX // bs)
-        added = 0
-        for first_block, end_block in zip(edges[::2].tolist(), edges[1::2].tolist(), strict=True):
-            for start in range(first_block, end_block, per_blob):
-                begin, end = start * bs, min(end_block, start + per_blob) * bs
-                data = chunk[begin:end]
-                at = offset + begin
-                run_at, run = runs[-1] if runs else (-1, b"")
-                if run_at + len(run) == at and len(run) < BLOB_MAX:
-                    room = BLOB_MAX - len(run)  # a run grows to BLOB_MAX, never past it
-                    runs[-1] = (run_at, run + data[:room])
-                    data, at = data[room:], at + room
-                if data:
-                    runs.append((at, bytes(data)))
-                added += min(end, len(chunk)) - begin
-        return added
+        count = -(-len(chunk) // bs)
+        differs = np.ones(count, dtype=bool)  # past the old end: nothing to digest
+        if first < old.count:
+            digests = blocks.block_digests(chunk, bs)
+            had = old.strong(first, count)
+            differs[: len(had)] = digests[: len(had)] != had
+            # A short last block with the same digest but another length is a change too.
+            last = count - 1
+            if not differs[last] and last < len(had):
+                start = (first + last) * bs
+                if min(bs, old.size - start) != len(chunk) - last * bs:
+                    differs[last] = True
+        return _append_runs(differs, chunk, offset, bs, runs)
 
     def _write_runs(
         self,
@@ -1452,11 +1538,14 @@ class Capture:
         runs: list[tuple[int, bytes]],
         observed: list[int],
         size: int,
+        *,
+        part: bool = False,
     ) -> None:
+        """Journal changed ``runs`` as one BytesWritten (``part``: one of a change in parts)."""
         bs = self.state.block_size
         # Digests of the changed blocks only, one span per run: the event stays small.
         spans = [[at // bs, pack_digests(BlockMap.compute(data, bs))] for at, data in runs]
-        self._bytes_written(path, state, runs, spans, observed, size)
+        self._bytes_written(path, state, runs, spans, observed, size, part=part)
 
     def _metadata_only(self, path: str, state: FileState, observed: list[int]) -> None:
         self._journal(
@@ -1473,13 +1562,8 @@ class Capture:
         new_map: BlockMap,
         observed: list[int],
         size: int,
-        digested: list[tuple[int, int]] | None = None,
     ) -> None:
-        """Journal ``ranges`` of ``view`` as written.
-
-        The event carries the digests of the blocks of ``digested`` (default:
-        ``ranges``): those of a new file's holes too, which are no write.
-        """
+        """Journal ``ranges`` of ``view`` as written (with the new digests of their blocks)."""
         bs = self.state.block_size
         pieces = [
             (offset, view[offset : offset + size])
@@ -1488,7 +1572,7 @@ class Capture:
         ]
         spans = [
             [start // bs, pack_digests(new_map, start // bs, -(-(start + length) // bs))]
-            for start, length in (ranges if digested is None else digested)
+            for start, length in ranges
         ]
         self._bytes_written(path, state, pieces, spans, observed, size)
 
@@ -1500,8 +1584,13 @@ class Capture:
         spans: list[list[Any]],
         observed: list[int],
         size: int,
+        *,
+        part: bool = False,
     ) -> None:
-        """Queue one BytesWritten: ``pieces`` become blobs, ``spans`` the new block digests."""
+        """Queue one BytesWritten: ``pieces`` become blobs, ``spans`` the new block digests.
+
+        ``part``: not the last of a change journaled in parts (the path counts once).
+        """
         version = self._next_version(state)
         scenario = self.scenario
         extents = [(at, len(data)) for at, data in pieces]  # not the bytes: stored, they go
@@ -1521,7 +1610,7 @@ class Capture:
 
         self._queue(make, [data for _, data in pieces])
         self._result.bytes_changed += sum(len(data) for _, data in pieces)
-        self._result.updated += 1
+        self._result.updated += not part
 
     def _replace(
         self,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import errno
 import functools
 import os
-from typing import IO, Any, Final, Self
+from typing import IO, TYPE_CHECKING, Any, Final, Self
 
 from xoengine.blobtable import BLOB_MAX, blob_chunks
 from xoengine.blocks import BlockMap, coalesce_ranges
@@ -21,9 +21,8 @@ from xoengine.events import (
     FileEvent,
     FileTruncated,
 )
-from xoengine.manifest import DIGEST_WIDTH, FileState
-from xoengine.masterstate import pack_digests, racy
-from xoengine.tree import pread_all
+from xoengine.masterstate import pack_digests, racy, without_holes
+from xoengine.tree import holes_of, pread_all
 from xoengine.walk import (
     Entry,
     at_fd,
@@ -33,6 +32,9 @@ from xoengine.walk import (
     resolve_under,
     stat_entry,
 )
+
+if TYPE_CHECKING:
+    from xoengine.manifest import FileState
 
 __all__ = ["JournaledFile"]
 
@@ -200,13 +202,6 @@ class JournaledFile:
             with capture.store.read() as txn:
                 missing = [p for p in parents if capture.state.manifest.get(txn, p) is None]
                 state = capture.state.manifest.get(txn, self.path)
-                old_packed = (
-                    capture.state.manifest.digests(
-                        txn, state.file_id, -(-state.size // capture.state.block_size)
-                    )
-                    if state is not None
-                    else b""
-                )
             # Parent directories the master state lacks come first (this open made
             # them, or they were not captured yet), as a capture would journal them.
             for parent in missing:
@@ -220,13 +215,12 @@ class JournaledFile:
                 capture._create(self.path, _fd_entry(self.path, st))
                 capture._flush()
                 return
-            self._queue_changes(state, old_packed, ranges, cut, st)
+            self._queue_changes(state, ranges, cut, st)
             capture._flush()
 
     def _queue_changes(
         self,
         state: FileState,
-        old_packed: bytes,
         ranges: list[tuple[int, int]],
         cut: int | None,
         st: os.stat_result,
@@ -269,18 +263,20 @@ class JournaledFile:
         if low != size or size != state.size:
             spans.append((low // bs, last_block))
         spans = [(a, a + n) for a, n in coalesce_ranges([(a, b - a) for a, b in spans if b > a])]
-        first = spans[0][0] if spans else last_block
-        last = spans[-1][1] if spans else last_block
-        packed = bytearray(old_packed[: last * DIGEST_WIDTH].ljust(last * DIGEST_WIDTH, b"\0"))
+        # Past the block holding the lowest size, none is stored: a hole there needs
+        # none either (a block without one is zeros), and is not read.
+        fresh = low // bs + 1
         step = max(1, _DIGEST_READ // bs)  # blocks per read: memory stays bounded
+        holes = holes_of(fd, st, step * bs)
+        digests: list[list[Any]] = []
         for a, b in spans:
             for lo in range(a, b, step):
                 hi = min(b, lo + step)
+                if lo >= fresh and holes is not None and holes.covers(lo * bs, (hi - lo) * bs):
+                    continue
                 region = pread_all(fd, (hi - lo) * bs, lo * bs)
-                packed[lo * DIGEST_WIDTH : hi * DIGEST_WIDTH] = pack_digests(
-                    BlockMap.compute(region, bs)
-                )
-        digests = [[first, bytes(packed[first * DIGEST_WIDTH : last * DIGEST_WIDTH])]]
+                packed = pack_digests(BlockMap.compute(region, bs))
+                digests += without_holes(lo, packed, capture.state.hole, fresh)
         version = capture._next_version(state)
 
         common: dict[str, Any] = {

@@ -13,7 +13,9 @@ A manifest is three tables under one name ``N``:
   whole path, and its frame holds ``[path bytes, entry]`` (see :func:`path_key`);
 - ``N.blocks``: file id (16 bytes) + chunk number (4 bytes BE) -> frame of the
   packed block digests of up to :data:`CHUNK_BLOCKS` consecutive blocks, each
-  digest :data:`DIGEST_WIDTH` bytes (``blocks.BlockMap`` layout);
+  digest :data:`DIGEST_WIDTH` bytes (``blocks.BlockMap`` layout); a block
+  past a chunk's end, or in no chunk, holds zeros (a thin image's holes take
+  no room);
 - ``N.underived``: file id -> empty: files whose block digests are not known
   yet and must be derived from their content (a delta's new map is not in its
   event; see ``masterstate``); and the key ``rebuilding`` while a rebuild of
@@ -248,23 +250,43 @@ class Manifest:
     def _chunk_key(self, file_id: uuid.UUID, chunk: int) -> bytes:
         return file_id.bytes + chunk.to_bytes(4, "big")
 
-    def digests(self, txn: ReadTxn, file_id: uuid.UUID, nblocks: int) -> bytes:
-        """The packed digests of blocks ``0 .. nblocks-1`` (missing ones are zero)."""
+    def digests(
+        self, txn: ReadTxn, file_id: uuid.UUID, nblocks: int, *, fill: bytes, first: int = 0
+    ) -> bytes:
+        """The packed digests of blocks ``first .. nblocks-1``.
+
+        A block with none stored is one of zeros, whose digest the caller gives
+        as ``fill`` (:data:`DIGEST_WIDTH` bytes): the holes of a thin image
+        cost no room (see :meth:`set_digests`).
+        """
         out = bytearray()
-        for chunk in range((nblocks + CHUNK_BLOCKS - 1) // CHUNK_BLOCKS):
+        for chunk in range(first // CHUNK_BLOCKS, -(-nblocks // CHUNK_BLOCKS)):
             key = self._chunk_key(file_id, chunk)
             value = txn.get(self.blocks_table, key)
-            want = min(CHUNK_BLOCKS, nblocks - chunk * CHUNK_BLOCKS) * DIGEST_WIDTH
+            base = chunk * CHUNK_BLOCKS
+            lo, hi = max(first - base, 0), min(CHUNK_BLOCKS, nblocks - base)
             body = (
                 b"" if value is None else bytes(codec.unframe(key, value, where=self.blocks_table))
             )
-            out += body[:want].ljust(want, b"\0")
+            body = body[lo * DIGEST_WIDTH : hi * DIGEST_WIDTH]
+            out += body + fill * (hi - lo - len(body) // DIGEST_WIDTH)
         return bytes(out)
 
     def set_digests(
-        self, txn: WriteTxn, file_id: uuid.UUID, first: int, packed: bytes, nblocks: int | None
+        self,
+        txn: WriteTxn,
+        file_id: uuid.UUID,
+        first: int,
+        packed: bytes,
+        nblocks: int | None,
+        *,
+        fill: bytes,
     ) -> None:
-        """Store digests of blocks ``first..`` (and cut the map to ``nblocks`` blocks if given)."""
+        """Store digests of blocks ``first..`` (and cut the map to ``nblocks`` blocks if given).
+
+        ``fill``: the digest of a block of zeros. A chunk that holds nothing
+        else is not stored (:meth:`digests` gives ``fill`` for it).
+        """
         count = len(packed) // DIGEST_WIDTH
         index = first
         while index < first + count:
@@ -275,10 +297,14 @@ class Manifest:
             body = bytearray(b"" if value is None else codec.unframe(key, value))
             start = offset * DIGEST_WIDTH
             if len(body) < start:
-                body += b"\0" * (start - len(body))
+                body += fill * ((start - len(body)) // DIGEST_WIDTH)
             piece = packed[(index - first) * DIGEST_WIDTH : (index - first + take) * DIGEST_WIDTH]
             body[start : start + len(piece)] = piece
-            txn.put(self.blocks_table, key, codec.frame(key, bytes(body)))
+            if body == fill * (len(body) // DIGEST_WIDTH):
+                if value is not None:
+                    txn.delete(self.blocks_table, key)
+            else:
+                txn.put(self.blocks_table, key, codec.frame(key, bytes(body)))
             index += take
         if nblocks is not None:
             self.cut_digests(txn, file_id, nblocks)

@@ -12,10 +12,12 @@ detection and racy files").
 
 from __future__ import annotations
 
+import functools
 import os
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import numpy as np
+import numpy.typing as npt
 
 from xoengine import codec
 from xoengine.blocks import BlockMap
@@ -31,7 +33,7 @@ from xoengine.events import (
     XattrsChanged,
     observed_owner,
 )
-from xoengine.manifest import FileState, Manifest
+from xoengine.manifest import DIGEST_WIDTH, FileState, Manifest
 from xoengine.walk import CAPABILITY
 
 if TYPE_CHECKING:
@@ -50,9 +52,12 @@ __all__ = [
     "pack_digests",
     "racy",
     "racy_window",
+    "strong_digests",
     "unpack_map",
+    "without_holes",
     "xattr_digest",
     "xattrs_racy",
+    "zero_digests",
 ]
 
 _PACKED = np.dtype([("strong", "<u8"), ("weak", "<u4")])
@@ -69,6 +74,36 @@ def pack_digests(block_map: BlockMap, first: int = 0, last: int | None = None) -
     packed["strong"] = block_map.digest_array()[first:last]
     packed["weak"] = block_map.weak_array()[first:last]
     return packed.tobytes()
+
+
+@functools.lru_cache(maxsize=16)
+def zero_digests(length: int) -> bytes:
+    """The packed digest (manifest layout) of one block of ``length`` zeros."""
+    return pack_digests(BlockMap.compute(bytes(length), max(length, 1)))
+
+
+def without_holes(first: int, packed: bytes, hole: bytes, keep: int = 0) -> list[list[Any]]:
+    """``[first block, packed]`` spans of ``packed`` but its blocks of zeros from ``keep`` on.
+
+    ``packed``: digests of blocks from ``first``; ``hole``: a zero block's
+    (:attr:`MasterState.hole`). Where no digest is stored a block is zeros, so
+    blocks past any the master state holds need none (a file grown by a hole).
+    """
+    rows = np.frombuffer(packed, dtype=_PACKED)
+    zero = np.frombuffer(hole, dtype=_PACKED)[0]
+    kept = (rows["strong"] != zero["strong"]) | (rows["weak"] != zero["weak"])
+    kept[: max(0, keep - first)] = True
+    edges = np.flatnonzero(np.diff(kept.astype(np.int8), prepend=0, append=0)).tolist()
+    width = DIGEST_WIDTH
+    return [
+        [first + a, packed[a * width : b * width]]
+        for a, b in zip(edges[::2], edges[1::2], strict=True)
+    ]
+
+
+def strong_digests(packed: bytes) -> npt.NDArray[np.uint64]:
+    """The strong (xxh3-64) digests of manifest-layout ``packed`` digests, as an array."""
+    return np.frombuffer(packed, dtype=_PACKED)["strong"].astype(np.uint64)
 
 
 def unpack_map(packed: bytes, size: int, block_size: int) -> BlockMap:
@@ -182,6 +217,8 @@ class MasterState:
         self.scenario = scenario
         self.manifest = manifest
         self.block_size = block_size
+        self.hole = zero_digests(block_size)
+        """The packed digest of a block of zeros: what the manifest holds for one it has not."""
 
     def fold(self, txn: WriteTxn, event: FileEvent, derived: bytes | None = None) -> None:
         """Apply one file event to the manifest (inside the append transaction).
@@ -235,7 +272,7 @@ class MasterState:
                     manifest.mark_underived(txn, state.file_id, underived=derived is None)
                     spans = [[0, derived]] if derived is not None else []
                 for first, packed in spans:
-                    manifest.set_digests(txn, state.file_id, first, packed, None)
+                    manifest.set_digests(txn, state.file_id, first, packed, None, fill=self.hole)
                 manifest.cut_digests(txn, state.file_id, nblocks)
         if capability_dropped(state, event):
             state = state.evolve(xattrs=-1)
@@ -269,14 +306,24 @@ class MasterState:
     def derive(self, txn: WriteTxn, file_id: uuid.UUID, block_map: BlockMap) -> None:
         """Store the map derived for an underived file (from its content in the journal)."""
         self.manifest.cut_digests(txn, file_id, 0)
-        self.manifest.set_digests(txn, file_id, 0, pack_digests(block_map), None)
+        self.manifest.set_digests(txn, file_id, 0, pack_digests(block_map), None, fill=self.hole)
         self.manifest.mark_underived(txn, file_id, underived=False)
 
     def block_map(self, txn: ReadTxn, state: FileState) -> BlockMap | None:
         """The block map the master state holds for a file (None: underived, not known)."""
         if self.manifest.is_underived(txn, state.file_id):
             return None
+        return unpack_map(self.digests(txn, state), state.size, self.block_size)
+
+    def digests(
+        self, txn: ReadTxn, state: FileState, first: int = 0, last: int | None = None
+    ) -> bytes:
+        """The packed digests of ``state``'s blocks ``first .. last-1`` (holes' included)."""
         nblocks = -(-state.size // self.block_size)
-        return unpack_map(
-            self.manifest.digests(txn, state.file_id, nblocks), state.size, self.block_size
-        )
+        last = nblocks if last is None else min(last, nblocks)
+        packed = self.manifest.digests(txn, state.file_id, last, fill=self.hole, first=first)
+        tail = state.size % self.block_size
+        if tail and last == nblocks > first and packed[-DIGEST_WIDTH:] == self.hole:
+            # None stored for a short last block: it is zeros, but short ones.
+            packed = packed[:-DIGEST_WIDTH] + zero_digests(tail)
+        return packed

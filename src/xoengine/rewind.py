@@ -174,7 +174,8 @@ def _restore(
         if _kind(tree, path) not in {None, "file"}:
             tree.delete(path)
         names = args.get("chunks", ["content"] if "content" in args else [])
-        chunks = (blob(args[name]) for name in names)
+        # A count is that many zeros: a thin image's holes are no blob.
+        chunks = (name if isinstance(name, int) else blob(args[name]) for name in names)
         tree.replace(path, chunks, mode=args.get("mode"), owner=args.get("owner"))
 
 

@@ -1957,8 +1957,8 @@ class Scenario:
         out: dict[str, Any] = {}
         with self._engine.store.read() as txn:
             for path, state in self.manifest.items(txn):
-                nblocks = -(-state.size // self.block_size) if state.kind == "file" else 0
-                out[path] = (state, self.manifest.digests(txn, state.file_id, nblocks))
+                digests = self.master_state.digests(txn, state) if state.kind == "file" else b""
+                out[path] = (state, digests)
         return out
 
     # -- reports ----------------------------------------------------------------------------

@@ -584,11 +584,12 @@ class Synchronizer:
         """Send the blocks of ``data`` (``segments``: its data, if it has holes) that differ."""
         tree = self.tree
         bs = self.block_size
-        old_map = tree.block_map(path, bs)  # read a chunk at a time: the file may be large
-        new_map = BlockMap.compute(data, bs, segments=segments)
-        ranges = blocks.changed_ranges(old_map, new_map)
+        old_size = _still_there(tree, path).st_size
+        ranges = self._changed_ranges(path, data, segments, old_size)
         aligned = sum(n for _, n in ranges)
-        if len(data) != old_map.size and aligned > 2 * bs:
+        if len(data) != old_size and aligned > 2 * bs:
+            old_map = tree.block_map(path, bs)  # read a chunk at a time: the file may be large
+            new_map = BlockMap.compute(data, bs, segments=segments)
             ops = blocks.delta(old_map, data, new_map=new_map)
             literal = blocks.literal_bytes(ops)
             if literal < aligned:
@@ -601,12 +602,44 @@ class Synchronizer:
                     tree.replace(path, [memoryview(data)], mode=have.mode)
                     return len(data)
                 return literal
-        if not ranges and len(data) == old_map.size:
+        if not ranges and len(data) == old_size:
             return 0
         self._record([image_of_writes(tree, path, ranges, len(data))])
         view = memoryview(data)
         tree.write_ranges(path, ((o, view[o : o + n]) for o, n in ranges), len(data))
         return aligned
+
+    def _changed_ranges(
+        self,
+        path: str,
+        data: bytes | mmap.mmap,
+        segments: list[tuple[int, int]] | None,
+        old_size: int,
+    ) -> list[tuple[int, int]]:
+        """:func:`blocks.changed_ranges` of the replica's file and ``data``, a window at a time.
+
+        A window where neither file holds data (holes, or past the replica's
+        end) is not read: the blocks of a 1 TiB thin image are not all held
+        at once, and its holes are not hashed.
+        """
+        bs = self.block_size
+        size = len(data)
+        window = max(bs, blocks.READ_CHUNK - blocks.READ_CHUNK % bs)
+        ours = blocks.Holes([(0, size)] if segments is None else segments, size, window)
+        theirs = blocks.Holes(self.tree.data_segments(path, 0, old_size), old_size, window)
+        view = memoryview(data)
+        ranges: list[tuple[int, int]] = []
+        for low in range(0, size, window):  # past the master's end: cut, nothing to send
+            high = min(size, low + window)
+            held = min(old_size, low + window) - low
+            if ours.covers(low, high - low) is not None and (
+                held <= 0 or theirs.covers(low, held) is not None
+            ):
+                continue  # zeros on both sides (past the replica's end: cut to size)
+            old_map = BlockMap.compute(self.tree.read(path, low, max(held, 0)), bs)
+            found = blocks.changed_ranges(old_map, view[low:high])
+            ranges += [(low + offset, length) for offset, length in found]
+        return blocks.coalesce_ranges(ranges)
 
     def _owner(self, entry: Entry) -> tuple[int, int] | None:
         """The owner to give (and compare): None where the replica cannot be given owners."""

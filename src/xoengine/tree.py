@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final, Literal, TypeAlias, TypeVar
 
 from xoengine import blocks, codec
-from xoengine.blobtable import BLOB_SUFFIX, blob_chunks, content_key
+from xoengine.blobtable import BLOB_MAX, BLOB_SUFFIX, blob_chunks, content_key
 from xoengine.errors import (
     DiskFullError,
     FrameError,
@@ -975,11 +975,13 @@ class ReplicaTree:
     def replace(
         self,
         path: str,
-        chunks: Iterable[bytes | memoryview],
+        chunks: Iterable[Piece],
         mode: int | None = None,
         owner: Owner | None = None,
     ) -> None:
         """Write a whole new content through temp + fsync + rename.
+
+        A chunk given as an ``int`` is that many zeros, left a hole.
 
         If ``chunks`` raises (a verification failed) the temporary file is removed
         and the old content stays. ``owner`` None: this process's. Runs of zeros
@@ -988,11 +990,11 @@ class ReplicaTree:
         """
         size = 0
 
-        def pieces() -> Iterator[tuple[int, bytes | memoryview]]:
+        def pieces() -> Iterator[tuple[int, Piece]]:
             nonlocal size
             for chunk in chunks:
                 yield size, chunk
-                size += len(chunk)
+                size += chunk if isinstance(chunk, int) else len(chunk)
 
         with self._temporary(path, mode, owner) as handle:
             if _write_pieces(handle, pieces(), 0) != size:
@@ -1968,9 +1970,20 @@ def image_of_existing(tree: ReplicaTree, path: str, st: os.stat_result, *, delet
         if len(parts) <= 1:
             blobs["content"] = tree.read(path)
         else:  # saved as several blobs, restored in order, each read as it is stored
-            names = [f"content.{index}" for index in range(len(parts))]
-            for name, (offset, length) in zip(names, parts, strict=True):
-                blobs[name] = functools.partial(tree.read, path, offset, length)
+            # A part wholly in a hole of a thin image is a count of zeros, not a blob
+            # (consecutive ones one count): a 1 TiB image's holes are not read.
+            data = tree.data_segments(path, 0, st.st_size) if thin(st) else [(0, st.st_size)]
+            holes = blocks.Holes(data, st.st_size, BLOB_MAX)
+            names: list[str | int] = []
+            for index, (offset, length) in enumerate(parts):
+                last = names[-1] if names else None
+                if holes.covers(offset, length) is None:
+                    names.append(f"content.{index}")
+                    blobs[f"content.{index}"] = functools.partial(tree.read, path, offset, length)
+                elif isinstance(last, int):
+                    names[-1] = last + length
+                else:
+                    names.append(length)
             args["chunks"] = names
     return ("deleted" if deleted else "replaced", path, args, blobs)
 

@@ -494,17 +494,17 @@ def test_synchronize_beside_the_scan_copies_after_it_and_finishes_after_its_even
     # The scan commits in small batches, so the synchronizer runs while it is journaling.
     monkeypatch.setattr(capture, "FLUSH_EVENTS", 7)
     order: list[tuple[str, str]] = []
-    real_read, real_copy = capture.Capture._read, ReplicaTree.copy_new
+    real_read, real_copy = capture.Capture._stream_changes, ReplicaTree.copy_new
 
-    def read(self: capture.Capture, path: str) -> Any:
+    def read(self: capture.Capture, path: str, *args: Any) -> Any:
         order.append(("read", path))
-        return real_read(self, path)
+        return real_read(self, path, *args)
 
     def copy_new(self: ReplicaTree, path: str, source: str, mode: int, owner: Any = None) -> int:
         order.append(("copy", path))
         return real_copy(self, path, source, mode, owner)
 
-    monkeypatch.setattr(capture.Capture, "_read", read)
+    monkeypatch.setattr(capture.Capture, "_stream_changes", read)
     monkeypatch.setattr(ReplicaTree, "copy_new", copy_new)
     summaries = sc.start()
     for replica in ("r1", "r2"):
@@ -581,23 +581,23 @@ def test_a_file_written_between_the_syncs_listing_and_its_copy_has_the_journals_
     master = tmp_path / "master"
     (master / "f").write_bytes(b"listed")
     listed = threading.Event()
-    walk, read = sync_module.Synchronizer._walk_master, capture_module.Capture._read
+    walk, read = sync_module.Synchronizer._walk_master, capture_module.Capture._stream_changes
 
     def walk_master(self: Any, summary: Any) -> Any:
         found = walk(self, summary)
         listed.set()
         return found
 
-    def write_then_read(self: Any, path: str) -> Any:
+    def write_then_read(self: Any, path: str, *args: Any) -> Any:
         if path == "f" and not listed.is_set():
             assert listed.wait(60)  # the sync has listed f: now it changes, then is read
             before = (master / "f").stat().st_mtime_ns
             while (master / "f").stat().st_mtime_ns == before:  # a later time, whatever the tick
                 (master / "f").write_bytes(b"written after the listing")
-        return read(self, path)
+        return read(self, path, *args)
 
     monkeypatch.setattr(sync_module.Synchronizer, "_walk_master", walk_master)
-    monkeypatch.setattr(capture_module.Capture, "_read", write_then_read)
+    monkeypatch.setattr(capture_module.Capture, "_stream_changes", write_then_read)
     sc.start()
     assert (tmp_path / "r1" / "f").read_bytes() == b"written after the listing"
     assert (tmp_path / "r1" / "f").stat().st_mtime_ns == (master / "f").stat().st_mtime_ns
@@ -710,20 +710,20 @@ def test_synchronize_journals_no_sync_finished_when_the_scan_fails(
     TreeBuilder(tmp_path / "master").apply_all(
         [CreateFile(f"f{i:02d}", _random(500, i)) for i in range(20)]
     )
-    real_read = capture.Capture._read
+    real_read = capture.Capture._stream_changes
 
-    def failing_read(self: capture.Capture, path: str) -> Any:
+    def failing_read(self: capture.Capture, path: str, *args: Any) -> Any:
         if path == "f10":
             raise XoError(detail="injected")
-        return real_read(self, path)
+        return real_read(self, path, *args)
 
-    monkeypatch.setattr(capture.Capture, "_read", failing_read)
+    monkeypatch.setattr(capture.Capture, "_stream_changes", failing_read)
     with pytest.raises(XoError, match="injected"):
         sc.synchronize()
     assert sc._appliers["r1"].position() == 0
     assert not any(run.get("finished") for run in sc.sync_report(last_only=False)["runs"])
     # The next synchronization completes the replica.
-    monkeypatch.setattr(capture.Capture, "_read", real_read)
+    monkeypatch.setattr(capture.Capture, "_stream_changes", real_read)
     sc.synchronize()
     assert_trees_equal(tmp_path / "master", tmp_path / "r1", mtimes=True)
 
@@ -1525,17 +1525,23 @@ def test_a_file_that_moved_under_both_reads_is_read_again_by_the_next_pass(
     """
     from xoengine import capture as capture_module  # noqa: PLC0415
     from xoengine import masterstate  # noqa: PLC0415
+    from xoengine import tree as trees  # noqa: PLC0415
 
     monkeypatch.setattr(capture_module, "_CHUNK", 64 * 1024)
+    # A change that shifts more than this is read whole, for a delta.
+    monkeypatch.setattr(trees, "HOLD_MAX", 64 * 1024)
     # A read of a large file ends long after its last write, past the racy window,
     # where no re-read covers for the stat: a window of 0 makes this small one so.
     monkeypatch.setattr(masterstate, "RACY_WINDOW_NS", 0)
     sc = _scenario(engine, tmp_path, "r1")
     master = tmp_path / "master"
-    name = "f" if read == "streamed" else "g"  # a new file is read whole, a known one streamed
-    (master / "f").write_bytes(_random(256 * 1024, 51))
+    name = "f"
+    (master / name).write_bytes(_random(256 * 1024, 51))
     sc.start()
-    (master / name).write_bytes(_random(256 * 1024, 52))
+    if read == "streamed":  # rewritten in place: read a chunk at a time
+        (master / name).write_bytes(_random(256 * 1024, 52))
+    else:  # shifted: read whole after a first streamed read, for a delta
+        (master / name).write_bytes(b"inserted" + (master / name).read_bytes())
     writes = [0]
 
     def write_behind() -> None:
