@@ -1299,14 +1299,14 @@ class Capture:
         aligned_bytes = sum(length for _, length in ranges)
         first = ranges[0][0] if ranges else None
         if not self._shifts(old, len(data), first, aligned_bytes):  # read whole: too much changed
-            self._write_ranges(path, state, view, ranges, new_map, observed, len(data))
+            self._write_ranges(path, state, view, ranges, new_map, observed, old.size)
             return
         ops = blocks.delta(old_map, view, new_map=new_map)
         literal = blocks.literal_bytes(ops)
         if literal + 2 * bs < aligned_bytes:
             self._replace(path, state, view, ops, old, new_map, observed)
             return
-        self._write_ranges(path, state, view, ranges, new_map, observed, len(data))
+        self._write_ranges(path, state, view, ranges, new_map, observed, old.size)
 
     def _shifts(self, old: FileState, size: int, first: int | None, changed: int) -> bool:
         """Whether changes may have shifted data (worth a delta) rather than written in place.
@@ -1561,20 +1561,35 @@ class Capture:
         ranges: list[tuple[int, int]],
         new_map: BlockMap,
         observed: list[int],
-        size: int,
+        old_size: int,
     ) -> None:
-        """Journal ``ranges`` of ``view`` as written (with the new digests of their blocks)."""
+        """Journal ``ranges`` of ``view`` as written (with the new digests of their blocks).
+
+        In parts of ``FLUSH_BYTES`` at most, as a streamed change is: a record
+        holds a part's digests, whatever the file's size. A part before the
+        last leaves the file as long as it is written so far (``old_size`` at
+        least), as :meth:`_capture_content`'s spills do.
+        """
         bs = self.state.block_size
+        size = len(view)
         pieces = [
-            (offset, view[offset : offset + size])
-            for start, length in ranges
-            for offset, size in blob_chunks(start, length)
+            (offset, view[offset : offset + length])
+            for start, whole in ranges
+            for offset, length in blob_chunks(start, whole)
         ]
-        spans = [
-            [start // bs, pack_digests(new_map, start // bs, -(-(start + length) // bs))]
-            for start, length in ranges
-        ]
-        self._bytes_written(path, state, pieces, spans, observed, size)
+        per = max(1, FLUSH_BYTES // BLOB_MAX)
+        for first in range(0, max(len(pieces), 1), per):
+            part = pieces[first : first + per]
+            spans = [
+                [at // bs, pack_digests(new_map, at // bs, -(-(at + len(data)) // bs))]
+                for at, data in part
+            ]
+            if first + per >= len(pieces):
+                self._bytes_written(path, state, part, spans, observed, size)
+            else:
+                so_far = min(size, max(old_size, part[-1][0] + len(part[-1][1])))
+                stat = [so_far, *observed[1:]]
+                self._bytes_written(path, state, part, spans, stat, so_far, part=True)
 
     def _bytes_written(
         self,

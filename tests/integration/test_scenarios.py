@@ -38,6 +38,7 @@ from xoengine.errors import (
 )
 from xoengine.events import (
     AlertRaised,
+    BytesWritten,
     ContentReplaced,
     FileCreated,
     ScenarioStateChanged,
@@ -1616,6 +1617,46 @@ def test_a_block_level_resync_holds_a_bounded_part_of_a_large_file(
     assert run["level"] == "block"
     assert run["bytes_sent"] < BLOB_MAX  # a delta still: only the inserted bytes were sent
     assert_trees_equal(tmp_path / "master", tmp_path / "r1", mtimes=True)
+
+
+def test_a_large_rewrite_read_whole_is_journaled_in_parts(
+    engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file rewritten whole at another size goes in parts, each a bounded record.
+
+    Was a bug (review 27r, M3): read whole (its change shifts data, and a delta
+    is not worth it), all of its changed ranges and their block digests went in
+    one event: past ~85 GiB of them, more than a record may hold (E4014), and
+    every pass failed. Scaled down here by the size of a part.
+    """
+    from xoengine import capture as capture_module  # noqa: PLC0415
+    from xoengine import tree as trees  # noqa: PLC0415
+    from xoengine.blobtable import BLOB_MAX  # noqa: PLC0415
+
+    monkeypatch.setattr(capture_module, "FLUSH_BYTES", 2 * BLOB_MAX)
+    monkeypatch.setattr(trees, "HOLD_MAX", 2 * BLOB_MAX)
+    sc = _scenario(engine, tmp_path, "r1")
+    master = tmp_path / "master"
+    (master / "big").write_bytes(_random(5 * BLOB_MAX + 123, 70))
+    sc.start()
+    point = sc.set_rewind_point("before")
+    before = (master / "big").read_bytes()
+    (master / "big").write_bytes(_random(6 * BLOB_MAX + 7, 71))
+    mark = engine.last_position()
+    sc.capture()
+    written = [event for _, event in engine._iter_events((BytesWritten,), mark)]
+    assert len(written) >= 3
+    assert max(len(event.ranges) for event in written) <= 2
+    sc.wait_replicated(timeout=60)
+    assert (tmp_path / "r1" / "big").read_bytes() == (master / "big").read_bytes()
+    assert sc.capture().events == 0
+    sc.rewind("r1", point)
+    assert (tmp_path / "r1" / "big").read_bytes() == before
+    with engine.file_at("fs", "big", mark) as f:
+        assert f.read() == before
+    live = sc.master_state_snapshot()
+    sc.rebuild_master_state()
+    assert sc.master_state_snapshot() == live
 
 
 def test_a_rebuild_cut_short_runs_again_when_the_engine_opens(
