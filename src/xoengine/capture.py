@@ -113,6 +113,8 @@ __all__ = [
 _CHUNK: Final = 16 * 1024 * 1024
 FLUSH_BYTES: Final = 64 * 1024 * 1024
 FLUSH_EVENTS: Final = 2000
+MAX_DELTA_OPS: Final = 1_000_000
+"""Most ops a change is journaled with as a delta (a ContentReplaced record of ~40 MB)."""
 OFF_THREAD_BYTES: Final = 16 * 1024 * 1024
 """A scan's batch at least this large is committed by a thread beside the scan (overlap)."""
 
@@ -1303,7 +1305,9 @@ class Capture:
             return
         ops = blocks.delta(old_map, view, new_map=new_map)
         literal = blocks.literal_bytes(ops)
-        if literal + 2 * bs < aligned_bytes:
+        # A delta is one record: one of millions of ops (data shifted at every few
+        # blocks of a huge file) would pass a record's cap; in-place parts never do.
+        if literal + 2 * bs < aligned_bytes and len(ops) <= MAX_DELTA_OPS:
             self._replace(path, state, view, ops, old, new_map, observed)
             return
         self._write_ranges(path, state, view, ranges, new_map, observed, old.size)

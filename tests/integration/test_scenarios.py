@@ -1659,6 +1659,35 @@ def test_a_large_rewrite_read_whole_is_journaled_in_parts(
     assert sc.master_state_snapshot() == live
 
 
+def test_a_delta_of_too_many_ops_is_journaled_as_writes(
+    engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A delta is one record: past ``MAX_DELTA_OPS`` ops it goes as in-place writes.
+
+    Data shifted every few blocks of a huge file makes millions of ops, more
+    than a record may hold (E4014, every pass failing). Scaled down here.
+    """
+    from xoengine import capture as capture_module  # noqa: PLC0415
+
+    sc = _scenario(engine, tmp_path, "r1", block_size=512)
+    master = tmp_path / "master"
+    original = _random(64 * 1024, 80)
+    (master / "f").write_bytes(original)
+    sc.start()
+    point = sc.set_rewind_point("before")
+    shifted = b"".join(original[i : i + 4096] + b"+" for i in range(0, len(original), 4096))
+    (master / "f").write_bytes(shifted)
+    monkeypatch.setattr(capture_module, "MAX_DELTA_OPS", 4)
+    mark = engine.last_position()
+    sc.capture()
+    assert not list(engine._iter_events((ContentReplaced,), mark))
+    assert list(engine._iter_events((BytesWritten,), mark))
+    sc.wait_replicated(timeout=60)
+    assert (tmp_path / "r1" / "f").read_bytes() == shifted
+    sc.rewind("r1", point)
+    assert (tmp_path / "r1" / "f").read_bytes() == original
+
+
 def test_a_rebuild_cut_short_runs_again_when_the_engine_opens(
     engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
