@@ -165,11 +165,14 @@ def _append_runs(
     """Append the blocks of ``chunk`` (at ``offset``) that ``differs`` marks to ``runs``.
 
     Runs of consecutive blocks are sliced once (a block-by-block concatenation
-    copied each run over again: quadratic in its length) and grow to
-    ``BLOB_MAX``, never past it. Returns the bytes appended.
+    copied each run over again: quadratic in its length) and grow to the most
+    whole blocks a blob holds, never past: each run starts on a block, whose
+    digests are taken from there (a block size that does not divide
+    ``BLOB_MAX``, 1536 say, cut a run inside a block). Returns the bytes appended.
     """
     edges = np.flatnonzero(np.diff(differs.astype(np.int8), prepend=0, append=0))
     per_blob = max(1, BLOB_MAX // bs)
+    most = per_blob * bs
     added = 0
     for first_block, end_block in zip(edges[::2].tolist(), edges[1::2].tolist(), strict=True):
         for start in range(first_block, end_block, per_blob):
@@ -177,14 +180,42 @@ def _append_runs(
             data = chunk[begin:end]
             at = offset + begin
             run_at, run = runs[-1] if runs else (-1, b"")
-            if run_at + len(run) == at and len(run) < BLOB_MAX:
-                room = BLOB_MAX - len(run)
+            if run_at + len(run) == at and len(run) < most:
+                room = most - len(run)
                 runs[-1] = (run_at, run + data[:room])
                 data, at = data[room:], at + room
             if data:
                 runs.append((at, bytes(data)))
             added += min(end, len(chunk)) - begin
     return added
+
+
+def _data_past(
+    ranges: list[tuple[int, int]], segments: list[tuple[int, int]] | None, old_size: int
+) -> list[tuple[int, int]]:
+    """``ranges`` but their parts past ``old_size`` that lie in a hole (``segments``: the data).
+
+    Such a part is no change: the replica's file is cut to size, and a block
+    with no digest is zeros.
+    """
+    if segments is None:
+        return ranges
+    out: list[tuple[int, int]] = []
+    index = 0  # both in order: one pass over the segments
+    for start, length in ranges:
+        end = start + length
+        if start < old_size:
+            out.append((start, min(end, old_size) - start))
+        low = max(start, old_size)
+        while index < len(segments) and segments[index][1] <= low:
+            index += 1
+        at = index
+        while at < len(segments) and segments[at][0] < end:
+            a, b = max(low, segments[at][0]), min(end, segments[at][1])
+            if b > a:
+                out.append((a, b - a))
+            at += 1
+    return blocks.coalesce_ranges(out)
 
 
 _DIGEST_WINDOW: Final = 262144
@@ -1297,7 +1328,7 @@ class Capture:
             whole: list[blocks.Op] = [Literal(0, len(data))] if data else []
             self._replace(path, state, view, whole, old, new_map, observed)
             return
-        ranges = blocks.changed_ranges(old_map, new_map)
+        ranges = _data_past(blocks.changed_ranges(old_map, new_map), segments, old.size)
         aligned_bytes = sum(length for _, length in ranges)
         first = ranges[0][0] if ranges else None
         if not self._shifts(old, len(data), first, aligned_bytes):  # read whole: too much changed

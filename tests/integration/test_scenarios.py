@@ -1688,6 +1688,33 @@ def test_a_delta_of_too_many_ops_is_journaled_as_writes(
     assert (tmp_path / "r1" / "f").read_bytes() == original
 
 
+@pytest.mark.parametrize("block_size", [1536, 1000])
+def test_runs_of_a_block_size_that_does_not_divide_a_blob_keep_their_digests(
+    engine: Engine, tmp_path: Path, block_size: int
+) -> None:
+    """Review 28 (B1): a run of changed blocks grew to 4 MiB, cut inside a block where the
+    block size does not divide it, and the next run's digests were taken from there: the
+    master state held wrong digests past 4 MiB of a new file, a second pass journaled it
+    again, and a delta built on them copied wrong blocks (the replica diverged, E3011).
+    """
+    from xoengine.masterstate import pack_digests  # noqa: PLC0415
+
+    sc = _scenario(engine, tmp_path, "r1", block_size=block_size)
+    master = tmp_path / "master"
+    sc.start()
+    data = _random(10 * 1024 * 1024 + 77, 90)
+    (master / "f").write_bytes(data)
+    sc.capture()
+    held = sc.master_state_snapshot()["f"][1]
+    tree = ReplicaTree(str(master), fsync=False)
+    assert held == pack_digests(tree.block_map("f", block_size))
+    assert sc.capture().events == 0
+    (master / "f").write_bytes(data[1024:])  # shifted: a delta built on those digests
+    sc.capture()
+    sc.wait_replicated(timeout=60)
+    assert (tmp_path / "r1" / "f").read_bytes() == data[1024:]
+
+
 def test_a_rebuild_cut_short_runs_again_when_the_engine_opens(
     engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

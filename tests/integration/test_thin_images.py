@@ -225,3 +225,26 @@ def test_a_resync_keeps_a_rewound_images_holes_as_counts(base: Path) -> None:
         assert content_of(base / "r1" / "img") == after
     finally:
         eng.close()
+
+
+def test_a_rewrite_read_whole_journals_no_hole_past_the_old_end(base: Path) -> None:
+    """Review 28 (B3): a file rewritten at another size is read whole (its change shifts
+    data); every block past its old end counted as changed, holes included: the zeros
+    of a hole grown after the new data were journaled (1 GiB of them here, 7 s)."""
+    eng, sc, master = new_scenario(base)
+    image = master / "img"
+    image.write_bytes(os.urandom(MiB))
+    try:
+        sc.start()
+        with open(image, "wb") as f:
+            f.write(os.urandom(2 * MiB))
+            f.truncate(256 * MiB)
+        result = sc.capture()
+        assert result.bytes_changed <= 2 * MiB + BS
+        sc.wait_replicated()
+        assert content_of(base / "r1" / "img") == content_of(image)
+        assert allocated(base / "r1" / "img") < 8 * MiB
+        master_digests_are_the_files(sc, master, "img")
+        quiet_after(sc)
+    finally:
+        eng.close()
