@@ -68,6 +68,23 @@ _SMALL_AVERAGE: Final = 256 * 1024  # below this average file size, copy after t
 since each may wait for a capture commit of many MiB running beside the sync."""
 
 
+def _shifted(ranges: list[tuple[int, int]], size: int, old_size: int) -> bool:
+    """Whether changed ``ranges`` may be data shifted (an insertion): worth a delta.
+
+    Shifted data differs in every block from the insertion to the end of what
+    both files hold; a few writes in place (into a large file, or into a
+    thin image's data between its holes, which compare equal) change a small
+    part of that span, and a delta would read and map both files whole for
+    them. An eighth of the span from the first change on is the line.
+    """
+    common = min(size, old_size)
+    first = ranges[0][0] if ranges else common
+    if first >= common:
+        return False
+    covered = sum(max(0, min(at + n, common) - max(at, first)) for at, n in ranges)
+    return 8 * covered >= common - first
+
+
 @dataclass
 class SyncSummary:
     """What one synchronization of one replica did."""
@@ -587,7 +604,7 @@ class Synchronizer:
         old_size = _still_there(tree, path).st_size
         ranges = self._changed_ranges(path, data, segments, old_size)
         aligned = sum(n for _, n in ranges)
-        if len(data) != old_size and aligned > 2 * bs:
+        if len(data) != old_size and aligned > 2 * bs and _shifted(ranges, len(data), old_size):
             old_map = tree.block_map(path, bs)  # read a chunk at a time: the file may be large
             new_map = BlockMap.compute(data, bs, segments=segments)
             ops = blocks.delta(old_map, data, new_map=new_map)

@@ -1480,7 +1480,11 @@ class _NotTheResultError(Exception):
 
 
 class _Appender:
-    """A writer that appends to an fd and hashes what it wrote (for ``apply_delta_to``)."""
+    """A writer that appends to a new file's fd and hashes what it wrote (for ``apply_delta_to``).
+
+    Runs of zeros are left unwritten, holes of the new file (``_nonzero_runs``):
+    a delta of a thin image copies its holes' zeros, and they stay holes.
+    """
 
     def __init__(self, handle: int) -> None:
         self.handle = handle
@@ -1488,13 +1492,16 @@ class _Appender:
         self.hasher = codec.hasher128()
 
     def write(self, data: bytes | memoryview, /) -> int:
-        _pwrite_all(self.handle, data, self.offset)
-        self.hasher.update(data)
-        self.offset += len(data)
-        return len(data)
+        view = memoryview(data).cast("B")
+        for low, high in _nonzero_runs(view, 0, len(view), self.offset):
+            _pwrite_all(self.handle, view[low:high], self.offset + low)
+        self.hasher.update(view)
+        self.offset += len(view)
+        return len(view)
 
     def check(self, result: str | None) -> None:
-        """Raise :class:`_NotTheResultError` unless what was written hashes to ``result``."""
+        """Give the file its size; :class:`_NotTheResultError` unless it hashes to ``result``."""
+        os.ftruncate(self.handle, self.offset)  # it may end in zeros left unwritten
         if result is not None and self.hasher.hexdigest() != result:
             raise _NotTheResultError
 

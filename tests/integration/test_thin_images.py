@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from scenario_kit import new_scenario
 
-from xoengine.events import BytesWritten, FileTruncated
+from xoengine.events import BytesWritten, ContentReplaced, FileTruncated
 from xoengine.masterstate import pack_digests
 from xoengine.tree import ReplicaTree
 
@@ -246,5 +246,47 @@ def test_a_rewrite_read_whole_journals_no_hole_past_the_old_end(base: Path) -> N
         assert allocated(base / "r1" / "img") < 8 * MiB
         master_digests_are_the_files(sc, master, "img")
         quiet_after(sc)
+    finally:
+        eng.close()
+
+
+def test_a_thin_image_resynced_or_shifted_keeps_its_holes(base: Path) -> None:
+    """Review 28 (B2): a resync of a rewound thin image whose size changed took the
+    delta path (the whole apparent size mapped and read, ~10 s a GiB), and a delta's
+    copies of zero blocks filled the holes of the replica and of a replay: a 1 TiB
+    image would fill the replica's disk. A delta is tried for shifted data only, and
+    a file rebuilt from one leaves runs of zeros as holes."""
+    eng, sc, master = new_scenario(base)
+    image = master / "img"
+    data = os.urandom(MiB)
+    with open(image, "wb") as f:
+        f.write(data)
+        f.truncate(128 * MiB)
+    replica = base / "r1" / "img"
+    try:
+        sc.start()
+        point = sc.set_rewind_point("before")
+        write_at(image, 64 * MiB, os.urandom(12 * 1024))
+        os.truncate(image, 256 * MiB)
+        sc.capture()
+        sc.wait_replicated()
+        sc.rewind("r1", point)
+        sc.resume("r1")
+        sc.wait_replicated()
+        assert content_of(replica) == content_of(image)
+        assert allocated(replica) < 8 * MiB
+        with open(image, "wb") as f:  # shifted by a byte at its front: a delta
+            f.write(b"X" + data)
+            f.truncate(512 * MiB)
+        mark = eng.last_position()
+        sc.capture()
+        assert list(eng._iter_events((ContentReplaced,), mark))
+        sc.wait_replicated()
+        assert content_of(replica) == content_of(image)
+        assert allocated(replica) < 8 * MiB
+        out = base / "replay"
+        eng.replay("fx", to=out, position=eng.last_position())
+        assert content_of(out / "img") == content_of(image)
+        assert allocated(out / "img") < 8 * MiB
     finally:
         eng.close()
