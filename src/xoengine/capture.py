@@ -155,8 +155,8 @@ def _observed(st: os.stat_result | None, size: int | None = None) -> list[int]:
     ]
 
 
-_HOLE_WINDOW: Final = 16384
-"""Blocks of a long hole compared with the old digests at a time (64 MiB at 4 KiB)."""
+_HOLE_WINDOW: Final = 64 * 1024 * 1024
+"""Bytes of a long hole compared with the old digests at a time (whole blocks, one at least)."""
 
 
 def _append_runs(
@@ -1532,10 +1532,14 @@ class Capture:
         """
         bs = self.state.block_size
         zero = strong_digests(self.state.hole)[0]
-        zeros = memoryview(bytes(min(end - offset, _HOLE_WINDOW * bs)))
+        window = max(bs, _HOLE_WINDOW - _HOLE_WINDOW % bs)
+        limit = min(end, old.count * bs)  # past the old end: nothing to compare
+        if limit <= offset:
+            return 0
+        zeros = memoryview(bytes(min(limit - offset, window)))
         added = 0
-        for at in range(offset, min(end, old.count * bs), _HOLE_WINDOW * bs):
-            stop = min(end, at + _HOLE_WINDOW * bs)
+        for at in range(offset, limit, window):
+            stop = min(limit, at + window)
             had = old.strong(at // bs, (stop - at) // bs)
             differs = np.zeros((stop - at) // bs, dtype=bool)
             differs[: len(had)] = had != zero

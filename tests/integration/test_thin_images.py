@@ -290,3 +290,27 @@ def test_a_thin_image_resynced_or_shifted_keeps_its_holes(base: Path) -> None:
         assert allocated(out / "img") < 8 * MiB
     finally:
         eng.close()
+
+
+def test_a_long_hole_at_the_largest_block_size_is_compared_a_window_at_a_time(
+    base: Path,
+) -> None:
+    """Review 28 (B2'): the zeros of a hole's window were sized in blocks (16,384 of them):
+    64 GiB at a block size of 4 MiB, and a file grown by a hole of 24 GiB or more made
+    every capture raise MemoryError."""
+    eng, sc, master = new_scenario(base, block_size=4 * MiB)
+    image = master / "img"
+    image.write_bytes(os.urandom(MiB))
+    try:
+        sc.start()
+        os.truncate(image, 64 * GiB)
+        assert sc.capture().bytes_changed <= 4 * MiB
+        sc.wait_replicated()
+        assert content_of(base / "r1" / "img") == content_of(image)
+        punch(image, 0, 4 * MiB)  # a hole over the old data: compared with its digests
+        assert sc.capture().bytes_changed == 4 * MiB
+        sc.wait_replicated()
+        assert content_of(base / "r1" / "img") == content_of(image)
+        quiet_after(sc)
+    finally:
+        eng.close()
