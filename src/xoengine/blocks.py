@@ -375,8 +375,8 @@ class Holes:
 
     ``segments``: ``(start, stop)`` of its data, in order (``tree.data_segments``,
     which may give more than the data, never less); ``size``: its size when
-    they were asked. A reader going through the file in chunks asks
-    :meth:`covers` for each, at offsets that never go back.
+    they were asked. A reader going through the file asks :meth:`covers` of
+    each chunk, or :meth:`extent` where it is, at offsets that never go back.
     """
 
     def __init__(self, segments: Sequence[tuple[int, int]], size: int, chunk: int) -> None:
@@ -386,24 +386,27 @@ class Holes:
         self._index = 0
         self._zeros = memoryview(bytes(chunk))
 
-    def extent(self, offset: int) -> tuple[bool, int]:
-        """Whether ``offset`` lies in a hole, and where that hole (or data) ends."""
+    def _next(self, offset: int) -> tuple[int, int] | None:
+        """The first segment that ends past ``offset`` (None: only a hole is left)."""
         segments = self.segments
         while self._index < len(segments) and segments[self._index][1] <= offset:
             self._index += 1
-        if self._index == len(segments):
+        return segments[self._index] if self._index < len(segments) else None
+
+    def extent(self, offset: int) -> tuple[bool, int]:
+        """Whether ``offset`` lies in a hole, and where that hole (or data) ends."""
+        segment = self._next(offset)
+        if segment is None:
             return True, max(offset, self.size)
-        start, stop = segments[self._index]
+        start, stop = segment
         return (True, start) if offset < start else (False, stop)
 
     def covers(self, offset: int, length: int) -> memoryview | None:
         """``length`` zeros if ``[offset, offset + length)`` lies wholly in a hole, else None."""
         if length <= 0 or offset + length > self.size or length > len(self._zeros):
             return None
-        segments = self.segments
-        while self._index < len(segments) and segments[self._index][1] <= offset:
-            self._index += 1
-        if self._index < len(segments) and segments[self._index][0] < offset + length:
+        segment = self._next(offset)
+        if segment is not None and segment[0] < offset + length:
             return None
         return self._zeros[:length]
 
