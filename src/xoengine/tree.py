@@ -552,8 +552,10 @@ class ReplicaTree:
 
         count = min(threads, len(pending))
         with ThreadPoolExecutor(count, thread_name_prefix="xoengine-files") as pool:
-            futures = [pool.submit(run) for _ in range(count)]
             try:
+                # Submitted inside: a Ctrl-C taken while the first threads run (one
+                # of them may raise it) must stop them as well.
+                futures = [pool.submit(run) for _ in range(count)]
                 # Wait in slices: a signal caught by one of the threads (Ctrl-C) is
                 # handled by this one, which an untimed wait would leave asleep.
                 while wait(futures, timeout=_WAIT_SLICE_S).not_done:
