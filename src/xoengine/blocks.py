@@ -642,44 +642,61 @@ def _as_map(content: BlockMap | Buffer, block_size: int) -> BlockMap:
 # -- aligned comparison -----------------------------------------------------------
 
 
-def changed_blocks(old: BlockMap, new: BlockMap | Buffer) -> list[int]:
+def _compared_size(old: BlockMap | Buffer, new: BlockMap | Buffer, block_size: int | None) -> int:
+    """The block size two contents are compared at: a map's, else ``block_size``."""
+    sizes = {c.block_size for c in (old, new) if isinstance(c, BlockMap)}
+    if block_size is not None:
+        sizes.add(block_size)
+    if len(sizes) != 1:
+        detail = f"block sizes differ ({sorted(sizes)})" if sizes else "no block size given"
+        raise ConfigurationError(detail=detail)
+    return sizes.pop()
+
+
+def _strong(content: BlockMap | Buffer, block_size: int) -> tuple[_U64, int]:
+    """The block digests and size of a map, or of bytes (their strong digests alone)."""
+    if isinstance(content, BlockMap):
+        return content.digest_array(), content.size
+    view = _byte_view(content)
+    return np.array(_digests(view, block_size), dtype=np.uint64), len(view)
+
+
+def changed_blocks(
+    old: BlockMap | Buffer, new: BlockMap | Buffer, block_size: int | None = None
+) -> list[int]:
     """Indices of the new content's blocks that differ from the same-numbered old block.
 
     Aligned comparison only: right for in-place overwrites and appends. A block
     that exists only in the new content counts as changed; blocks cut off by a
-    truncation are not listed (compare the sizes for that).
+    truncation are not listed (compare the sizes for that). Either side may be
+    bytes, digested here (strong digests only); ``block_size`` is needed where
+    neither is a map.
     """
-    if isinstance(new, BlockMap):
-        if new.block_size != old.block_size:
-            raise ConfigurationError(
-                detail=f"block sizes differ ({old.block_size} and {new.block_size})"
-            )
-        new_digests = new.digest_array()
-        new_size = new.size
-    else:
-        view = _byte_view(new)
-        new_digests = np.array(_digests(view, old.block_size), dtype=np.uint64)
-        new_size = len(view)
-    common = min(old.block_count, len(new_digests))
-    differs = new_digests[:common] != old.digest_array()[:common]
+    bs = _compared_size(old, new, block_size)
+    old_digests, old_size = _strong(old, bs)
+    new_digests, new_size = _strong(new, bs)
+    common = min(len(old_digests), len(new_digests))
+    differs = new_digests[:common] != old_digests[:common]
     changed = np.flatnonzero(differs).tolist()
     last = common - 1
     # Only the last common block can differ in length; equal digests of unequal
     # lengths are not trusted.
     if last >= 0 and not differs[last]:
-        offset = last * old.block_size
-        if min(old.block_size, old.size - offset) != min(old.block_size, new_size - offset):
+        offset = last * bs
+        if min(bs, old_size - offset) != min(bs, new_size - offset):
             changed.append(last)
     changed.extend(range(common, len(new_digests)))
     return [int(i) for i in changed]
 
 
-def changed_ranges(old: BlockMap, new: BlockMap | Buffer) -> list[tuple[int, int]]:
+def changed_ranges(
+    old: BlockMap | Buffer, new: BlockMap | Buffer, block_size: int | None = None
+) -> list[tuple[int, int]]:
     """:func:`changed_blocks` as coalesced ``(offset, length)`` byte ranges of the new content."""
     size = new.size if isinstance(new, BlockMap) else len(_byte_view(new))
-    bs = old.block_size
+    bs = _compared_size(old, new, block_size)
     ranges: list[tuple[int, int]] = []
-    for index in changed_blocks(old, new):
+    for index in changed_blocks(old, new, bs):
         start, end = index * bs, min(size, (index + 1) * bs)
         if ranges and ranges[-1][0] + ranges[-1][1] == start:
             ranges[-1] = (ranges[-1][0], end - ranges[-1][0])

@@ -1286,32 +1286,42 @@ class Capture:
     def _capture_content(
         self, path: str, state: FileState, old: FileState | None, *, quiet: bool = False
     ) -> None:
-        """Journal what changed in ``path``'s bytes (``quiet``: nothing if they did not)."""
-        if old is None or old.size == 0:
-            self._capture_new(path, state, old, quiet=quiet)
-            return
-        with self.store.read() as txn:
-            underived = self.state.manifest.is_underived(txn, old.file_id)
+        """Journal what changed in ``path``'s bytes (``quiet``: nothing if they did not).
+
+        Streamed first, as an in-place change (a new file's of an empty one: in
+        parts past ``FLUSH_BYTES``, its holes neither read nor journaled); read
+        whole, for a delta, only where the change shifts data.
+        """
+        known = old if old is not None else state.evolve(size=0)
+        underived = False
+        if known.size > 0:
+            with self.store.read() as txn:
+                underived = self.state.manifest.is_underived(txn, known.file_id)
         if not underived:
 
             def spill(runs: list[tuple[int, bytes]], before: os.stat_result) -> bool:
                 # Too much held: an in-place change is journaled in parts as it is
                 # read (a 300 MiB append to a 20 GiB image is not a copy of it).
-                assert old is not None
                 # The size so far, not the final one: a replica extended to the final
                 # size at the first part would write the zeros of the later parts over
                 # bytes it then holds, filling the holes of a grown thin image.
-                reached = max([old.size, *(offset + len(data) for offset, data in runs)])
+                reached = max([known.size, *(offset + len(data) for offset, data in runs)])
                 part = (runs, before.st_size, before)
                 return self._in_place(
-                    path, state, old, part, quiet=True, so_far=min(before.st_size, reached)
+                    path, state, known, part, quiet=True, so_far=min(before.st_size, reached)
                 )
 
-            streamed = self._stream_changes(path, old, spill, self._parts_forgetter(state))
+            streamed = self._stream_changes(path, known, spill, self._parts_forgetter(state))
             if streamed is None:
                 return
-            if streamed != "whole" and self._in_place(path, state, old, streamed, quiet=quiet):
+            if streamed != "whole" and old is None:  # new: its content is a write, even none
+                runs, size, st = streamed
+                self._write_runs(path, state, runs, _observed(st, size), size)
                 return
+            if streamed != "whole" and self._in_place(path, state, known, streamed, quiet=quiet):
+                return
+        # Only a change that shifts data gets here, and an empty old content has none.
+        assert old is not None
         got = self._read(path)
         if got is None:
             return
@@ -1408,35 +1418,6 @@ class Capture:
                 self._versions[state.file_id] = version
 
         return forget
-
-    def _capture_new(
-        self, path: str, state: FileState, old: FileState | None, *, quiet: bool
-    ) -> None:
-        """Journal the content of a file that had none (new, or empty until now).
-
-        Read as an in-place change of an empty file: in parts past
-        ``FLUSH_BYTES`` (a 100 GiB file is not one record), its holes neither
-        read nor journaled (the replica's file is cut to size; a block with no
-        digest in the master state is zeros).
-        """
-        empty = old if old is not None else state.evolve(size=0)
-
-        def spill(runs: list[tuple[int, bytes]], before: os.stat_result) -> bool:
-            so_far = min(before.st_size, max(offset + len(data) for offset, data in runs))
-            self._write_runs(path, state, runs, _observed(before, so_far), so_far, part=True)
-            return True
-
-        streamed = self._stream_changes(path, empty, spill, self._parts_forgetter(state))
-        if streamed is None or streamed == "whole":  # "whole": never, its spills always go
-            return
-        runs, size, st = streamed
-        if old is not None and not runs and size == 0:
-            # Still empty: only metadata moved (a chmod, an attribute set). Not a
-            # write, which would say the kernel dropped a file capability.
-            if not quiet:
-                self._metadata_only(path, state, _observed(st, size))
-            return
-        self._write_runs(path, state, runs, _observed(st, size), size)
 
     def _stream_changes(
         self,

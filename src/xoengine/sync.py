@@ -653,8 +653,8 @@ class Synchronizer:
                 held <= 0 or theirs.covers(low, held) is not None
             ):
                 continue  # zeros on both sides (past the replica's end: cut to size)
-            old_map = BlockMap.compute(self.tree.read(path, low, max(held, 0)), bs)
-            found = blocks.changed_ranges(old_map, view[low:high])
+            theirs_now = self.tree.read(path, low, max(held, 0))
+            found = blocks.changed_ranges(theirs_now, view[low:high], bs)  # no weak sums
             ranges += [(low + offset, length) for offset, length in found]
         return blocks.coalesce_ranges(ranges)
 
